@@ -1,0 +1,339 @@
+"""Typed provisioning records: users, RADIUS clients, gateways, services, QoS
+classes, per-user VPN records and AAA sessions.
+
+These are the values the database stores, the CLI edits and the home AAA reads.
+Every record validates itself on construction (an invalid one cannot exist) and
+raises :class:`ValidationError` with a message meant for an operator.
+Secrets are :class:`~aaa_vpn.secret.Secret` so that a ``repr`` never shows them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from aaa_vpn.secret import Secret
+
+
+class ValidationError(ValueError):
+    """A record or a value given by the operator is invalid (the caller's fault)."""
+
+
+# RFC 7542 NAI, in the practical subset real MNs use: user@realm, realm required.
+_NAI_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,200}@[A-Za-z0-9.\-]{1,200}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+
+
+def check_nai(nai: str) -> str:
+    """Return ``nai`` if it is a valid ``user@realm`` NAI (RFC 7542), else raise."""
+    if not isinstance(nai, str) or not _NAI_RE.match(nai) or ".." in nai:
+        raise ValidationError(f"invalid NAI {nai!r}: expected user@realm (RFC 7542)")
+    return nai
+
+
+def nai_realm(nai: str) -> str:
+    """The realm part of a NAI, lower-cased (realms compare case-insensitively)."""
+    return nai.rpartition("@")[2].lower()
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValidationError(
+            f"invalid {kind} name {name!r}: 1-63 of letters, digits, '_', '.', '-', starting with a letter or digit"
+        )
+    return name
+
+
+def parse_ipv4(what: str, value: str | IPv4Address) -> IPv4Address:
+    if isinstance(value, IPv4Address):
+        return value
+    try:
+        return IPv4Address(value)
+    except (ValueError, TypeError):
+        raise ValidationError(f"invalid {what} {value!r}: expected an IPv4 address") from None
+
+
+def parse_network(what: str, value: str | IPv4Network) -> IPv4Network:
+    if isinstance(value, IPv4Network):
+        return value
+    try:
+        return IPv4Network(value, strict=True)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"invalid {what} {value!r}: {exc}") from None
+
+
+def _check_spi(what: str, spi: int) -> int:
+    # RFC 5944 section 1.6: SPIs 0-255 are reserved for Mobile IP security contexts.
+    if not isinstance(spi, int) or not 256 <= spi <= 0xFFFFFFFF:
+        raise ValidationError(f"invalid {what} {spi!r}: an SPI is 256..4294967295")
+    return spi
+
+
+def _check_secret(what: str, secret: Secret, minimum: int) -> Secret:
+    if not isinstance(secret, Secret):
+        raise ValidationError(f"{what} must be a Secret")
+    if len(secret) < minimum:
+        raise ValidationError(f"{what} is too short: at least {minimum} bytes are required")
+    return secret
+
+
+class ClientRole(enum.Enum):
+    """What a RADIUS client is to the home AAA."""
+
+    FA = "fa"
+    HA = "ha"
+    GW = "gw"
+    PROXY = "proxy"
+
+
+class Flavour(enum.Enum):
+    """Which attributes a client is sent the VPN profile in."""
+
+    AAA_VPN = "aaa-vpn"  # the full aaa_vpn vendor attributes
+    RFC2868 = "rfc2868"  # RFC 2868 Tunnel-* attributes only
+    THREEGPP2 = "3gpp2"  # the 3GPP2 attributes real PDSN/HA equipment reads
+
+
+class GatewayMode(enum.Enum):
+    """A correspondent's network apparatus: stationary tunnel to the HA, or route optimisation."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class KeyMode(enum.Enum):
+    """How a path's SAs are keyed: AAA-issued ESP keys, or IKEv2 with an AAA-issued PSK."""
+
+    MANUAL = "manual"
+    IKEV2 = "ikev2"
+
+
+class EspTransform(enum.Enum):
+    """ESP transforms of RFC 8221's MUST list, tunnel mode.
+
+    ``value`` is the strongSwan proposal keyword; :attr:`code` is the number sent
+    in RADIUS; :attr:`keymat_length` is the key material per direction
+    (RFC 4106 section 8.1: AES key plus 4-byte salt; CBC: AES key plus HMAC key).
+    """
+
+    AES_GCM_16_128 = "aes128gcm16"
+    AES_GCM_16_256 = "aes256gcm16"
+    AES_CBC_128_HMAC_SHA256 = "aes128-sha256"
+    AES_CBC_256_HMAC_SHA256 = "aes256-sha256"
+
+    @property
+    def code(self) -> int:
+        return _TRANSFORM_CODES[self]
+
+    @classmethod
+    def from_code(cls, code: int) -> EspTransform:
+        for transform, number in _TRANSFORM_CODES.items():
+            if number == code:
+                return transform
+        raise ValueError(f"unknown ESP transform code {code}")
+
+    @property
+    def is_aead(self) -> bool:
+        return self in (EspTransform.AES_GCM_16_128, EspTransform.AES_GCM_16_256)
+
+    @property
+    def encryption_key_length(self) -> int:
+        return 16 if self in (EspTransform.AES_GCM_16_128, EspTransform.AES_CBC_128_HMAC_SHA256) else 32
+
+    @property
+    def keymat_length(self) -> int:
+        if self.is_aead:
+            return self.encryption_key_length + 4
+        return self.encryption_key_length + 32
+
+
+_TRANSFORM_CODES = {
+    EspTransform.AES_GCM_16_128: 1,
+    EspTransform.AES_GCM_16_256: 2,
+    EspTransform.AES_CBC_128_HMAC_SHA256: 3,
+    EspTransform.AES_CBC_256_HMAC_SHA256: 4,
+}
+
+# IKEv2 proposals in strongSwan syntax: encryption-[integrity-]prf?-dh.
+_IKE_PROPOSAL_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+){1,4}$")
+
+
+@dataclass(frozen=True)
+class User:
+    """A mobile user: its NAI, home address and the keys its mobile node shares."""
+
+    nai: str
+    home_agent: IPv4Address
+    mn_aaa_secret: Secret
+    mn_ha_spi: int
+    mn_ha_key: Secret
+    home_address: IPv4Address | None = None  # None: assigned by the home agent
+    mn_aaa_spi: int = 2  # RFC 4721 section 8: CHAP_SPI, the 3GPP2 default
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        check_nai(self.nai)
+        parse_ipv4("home agent", self.home_agent)
+        if self.home_address is not None:
+            parse_ipv4("home address", self.home_address)
+        _check_secret("MN-AAA secret", self.mn_aaa_secret, 1)
+        _check_secret("MN-HA key", self.mn_ha_key, 16)  # RFC 5944 section 5.1: >= 128 bits
+        _check_spi("MN-HA SPI", self.mn_ha_spi)
+        if not isinstance(self.mn_aaa_spi, int) or not 0 <= self.mn_aaa_spi <= 0xFFFFFFFF:
+            raise ValidationError(f"invalid MN-AAA SPI {self.mn_aaa_spi!r}")
+
+
+@dataclass(frozen=True)
+class Client:
+    """A RADIUS client: an FA, HA, gateway or a foreign-domain proxy."""
+
+    name: str
+    network: IPv4Network  # one address (/32) or a CIDR block
+    secret: Secret
+    role: ClientRole
+    domain: str = ""
+    coa_port: int = 3799  # RFC 5176 section 2.3
+    flavour: Flavour = Flavour.AAA_VPN
+    require_message_authenticator: bool = True
+
+    def __post_init__(self) -> None:
+        check_name("client", self.name)
+        if not isinstance(self.network, IPv4Network):
+            raise ValidationError("client network must be an IPv4Network")
+        # RFC 2865 section 3: the secret SHOULD be at least 16 octets; we refuse
+        # obviously weak ones but accept the common 10-byte test secrets.
+        _check_secret("RADIUS shared secret", self.secret, 8)
+        if not 1 <= self.coa_port <= 65535:
+            raise ValidationError(f"invalid CoA port {self.coa_port}")
+        if self.domain and not re.match(r"^[A-Za-z0-9.\-]{1,200}$", self.domain):
+            raise ValidationError(f"invalid domain {self.domain!r}")
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The network apparatus in front of correspondent hosts."""
+
+    name: str
+    address: IPv4Address
+    mode: GatewayMode
+    protected_prefixes: tuple[IPv4Network, ...]
+    gateway_key: Secret  # pairwise HA-GW key for Binding Update key wrapping
+
+    def __post_init__(self) -> None:
+        check_name("gateway", self.name)
+        parse_ipv4("gateway address", self.address)
+        if not self.protected_prefixes:
+            raise ValidationError("a gateway protects at least one prefix")
+        _check_secret("gateway key", self.gateway_key, 16)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A named security service: the IPsec transform set and its lifetimes."""
+
+    name: str
+    key_mode: KeyMode = KeyMode.MANUAL
+    esp_transform: EspTransform = EspTransform.AES_GCM_16_256
+    ike_proposal: str = "aes256gcm16-prfsha256-x25519"
+    sa_lifetime: int = 3600
+    ike_lifetime: int = 14400
+
+    def __post_init__(self) -> None:
+        check_name("service", self.name)
+        if not _IKE_PROPOSAL_RE.match(self.ike_proposal):
+            raise ValidationError(
+                f"invalid IKE proposal {self.ike_proposal!r}: expected strongSwan syntax,"
+                " e.g. aes256gcm16-prfsha256-x25519"
+            )
+        for what, seconds in (("SA lifetime", self.sa_lifetime), ("IKE lifetime", self.ike_lifetime)):
+            # Lifetimes ride in 24-bit tagged integers (RFC 2868 section 3 style).
+            if not 60 <= seconds <= 0xFFFFFF:
+                raise ValidationError(f"invalid {what} {seconds}: 60..16777215 seconds")
+
+
+@dataclass(frozen=True)
+class QosClass:
+    """A QoS class: DSCP marking and a rate limit (0 = unlimited)."""
+
+    name: str
+    dscp: int = 0
+    rate_kbps: int = 0
+
+    def __post_init__(self) -> None:
+        check_name("QoS class", self.name)
+        if not 0 <= self.dscp <= 63:
+            raise ValidationError(f"invalid DSCP {self.dscp}: 0..63")
+        if not 0 <= self.rate_kbps <= 0xFFFFFF:
+            raise ValidationError(f"invalid rate {self.rate_kbps}: 0..16777215 kbit/s")
+
+
+@dataclass(frozen=True)
+class VpnRecord:
+    """One line of a user's VPN: a correspondent network, through which gateway,
+    with which security service and QoS class."""
+
+    nai: str
+    correspondent: IPv4Network
+    gateway: str
+    service: str
+    qos: str | None = None
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        check_nai(self.nai)
+        if not isinstance(self.correspondent, IPv4Network):
+            raise ValidationError("correspondent must be an IPv4Network")
+        check_name("gateway", self.gateway)
+        check_name("service", self.service)
+        if self.qos is not None:
+            check_name("QoS class", self.qos)
+
+
+@dataclass(frozen=True)
+class SpiAllocation:
+    """An ESP SPI allocated on one receiving node for one path of a session."""
+
+    node: IPv4Address
+    spi: int
+    path: str  # e.g. "fa-ha:192.0.2.1>192.0.2.2" (label and direction)
+
+
+@dataclass(frozen=True)
+class Session:
+    """An AAA session: one registration of one mobile node."""
+
+    session_id: str
+    nai: str
+    session_root_key: Secret
+    epoch: int
+    home_address: IPv4Address
+    home_agent: IPv4Address
+    care_of_address: IPv4Address
+    created: float
+    expires: float
+    spis: tuple[SpiAllocation, ...] = field(default_factory=tuple)
+    foreign_domain: str = ""
+
+
+__all__ = [
+    "Client",
+    "ClientRole",
+    "EspTransform",
+    "Flavour",
+    "Gateway",
+    "GatewayMode",
+    "KeyMode",
+    "QosClass",
+    "Service",
+    "Session",
+    "SpiAllocation",
+    "User",
+    "ValidationError",
+    "VpnRecord",
+    "check_nai",
+    "nai_realm",
+    "parse_ipv4",
+    "parse_network",
+]

@@ -1,0 +1,246 @@
+"""``aaa-vpn serve home``: the home AAA's UDP endpoint and its worker processes.
+
+Each worker is one process with its own socket bound with ``SO_REUSEPORT`` to
+the same address and port; the kernel spreads datagrams over the workers by
+source address and port, so one retransmitting NAS always reaches the same
+worker and its duplicate cache. Each worker runs an asyncio loop that drains
+its socket in batches (``loop.add_reader`` + non-blocking ``recvfrom``) rather
+than through a datagram transport, which costs a loop iteration per datagram.
+
+The parent process checks the configuration (database, key file, address)
+before it forks, supervises the workers (a worker that dies is restarted; one
+that keeps dying stops the server), and forwards SIGTERM/SIGINT for a
+graceful stop. ``workers == 1`` serves in the parent process itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
+from aaa_vpn.service.logging import configure_logging, fields
+
+log = logging.getLogger("aaa_vpn.server")
+
+_BATCH = 256  # datagrams handled per wake-up before yielding to the loop
+_RECV_BUFFER = 4 * 1024 * 1024
+_EXPIRE_EVERY = 30.0
+_STATS_EVERY = 300.0
+
+
+class ServerError(Exception):
+    """The server cannot start: bad configuration, address in use, ..."""
+
+
+def _bind(address: str, port: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+        except OSError:
+            pass
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerError(f"cannot listen on {address}:{port}: address already in use") from None
+        raise ServerError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _open(settings: Any) -> HomeAaa:
+    from aaa_vpn.store import open_store
+    from aaa_vpn.wire.radius import load_dictionary
+
+    store = open_store(settings.db_path, settings.key_file)
+    options = HomeAaaOptions(session_lifetime=settings.session_lifetime, dup_cache_seconds=settings.dup_cache_seconds)
+    return HomeAaa(store, load_dictionary(), options)
+
+
+def _log_counters(aaa: HomeAaa, message: str) -> None:
+    log.info(message, extra=fields(**{k.replace(".", "_"): v for k, v in sorted(aaa.counters.items())}))
+
+
+def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT; returns the exit code."""
+    aaa = _open(settings)
+    if sock is None:
+        sock = _bind(settings.listen, settings.port, reuse_port=True)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def readable() -> None:
+        for _ in range(_BATCH):
+            try:
+                data, source = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ECONNREFUSED from an earlier sendto
+                log.debug("recvfrom failed", extra=fields(error=str(exc)))
+                continue
+            try:
+                reply = aaa.handle(data, source, time.time())
+            except Exception:  # a bug must cost one request, never the daemon
+                aaa.counters["dropped"] += 1
+                aaa.counters["dropped.internal_error"] += 1
+                log.exception("internal error handling a request", extra=fields(source=source[0]))
+                continue
+            if reply is not None:
+                try:
+                    sock.sendto(reply, source)
+                except OSError as exc:
+                    aaa.counters["send_errors"] += 1
+                    log.warning("sendto failed", extra=fields(destination=source[0], error=str(exc)))
+
+    async def housekeeping() -> None:
+        last_stats = time.monotonic()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=_EXPIRE_EVERY)
+            except TimeoutError:
+                pass
+            if index == 0:
+                try:
+                    aaa.expire(time.time())
+                except Exception:
+                    log.exception("session expiry failed")
+            if time.monotonic() - last_stats >= _STATS_EVERY:
+                _log_counters(aaa, "counters")
+                last_stats = time.monotonic()
+
+    async def main() -> None:
+        loop.add_reader(sock.fileno(), readable)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: _log_counters(aaa, "counters"))
+        host, port = sock.getsockname()
+        log.info("worker listening", extra=fields(worker=index, address=f"{host}:{port}"))
+        task = asyncio.ensure_future(housekeeping())
+        await stop.wait()
+        loop.remove_reader(sock.fileno())
+        await task
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        _log_counters(aaa, "worker stopped")
+        loop.close()
+        sock.close()
+        aaa.store.close()
+    return 0
+
+
+def run_home_server(settings: Any) -> int:
+    """Entry point of ``aaa-vpn serve home``; returns the process exit code."""
+    configure_logging(settings.log_level, settings.log_format)
+    workers = settings.workers or (os.cpu_count() or 1)
+    try:
+        # Check everything a worker needs before forking, so that a bad
+        # database, key file or address is one clear error, not N.
+        aaa = _open(settings)
+        clients = len(aaa._clients)
+        aaa.store.close()
+        probe = _bind(settings.listen, settings.port, reuse_port=workers > 1)
+    except ServerError as exc:
+        log.error(str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - store errors, missing key file, corrupt database: one clear line
+        log.error("cannot start the home AAA", extra=fields(error=f"{type(exc).__name__}: {exc}"))
+        return 1
+    if clients == 0:
+        log.warning("no RADIUS clients are provisioned: every request will be dropped")
+    log.info(
+        "home AAA starting",
+        extra=fields(address=f"{settings.listen}:{probe.getsockname()[1]}", workers=workers, clients=clients),
+    )
+    if workers == 1:
+        return serve_worker(settings, 0, sock=probe)
+    if settings.port == 0:
+        # Workers must share one concrete port.
+        settings = _with_port(settings, probe.getsockname()[1])
+    probe.close()
+    return _supervise(settings, workers)
+
+
+def _with_port(settings: Any, port: int) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(settings, port=port)
+
+
+def _supervise(settings: Any, workers: int) -> int:
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+    crashes: list[float] = []
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = serve_worker(settings, index)
+            except ServerError as exc:
+                log.error(str(exc))
+            except BaseException:
+                log.exception("worker failed", extra=fields(worker=index))
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = index
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for index in range(workers):
+        spawn(index)
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        log.error("worker exited", extra=fields(worker=index, pid=pid, code=code))
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < 60] + [now]
+        if len(crashes) > 5:
+            log.error("workers keep failing: stopping the home AAA")
+            exit_code = 1
+            on_signal(signal.SIGTERM, None)
+            continue
+        time.sleep(0.5)
+        spawn(index)
+    log.info("home AAA stopped")
+    return exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover - debugging aid
+    sys.exit("use: aaa-vpn serve home")

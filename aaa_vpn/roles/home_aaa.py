@@ -1,0 +1,354 @@
+"""Home AAA decisions: authenticate the mobile node, plan its session's VPN
+paths and keys, and cut each network element's view of them.
+
+Rules (everything that decides what a node is told lives here):
+
+1. The mobile node is authenticated from the MN-AAA authenticator carried as
+   RADIUS CHAP attributes in the 3GPP2 manner (RFC 4721 section 8, CHAP_SPI):
+   CHAP-Password = Challenge[0] || MN-AAA authenticator, CHAP-Challenge =
+   MD5(preceding Mobile IP data || Type, Subtype, Length, SPI) ||
+   least-significant 237 octets of the FA challenge. The check is plain RADIUS
+   CHAP (RFC 1994): MD5(CHAP-ID || MN-AAA secret || CHAP-Challenge). See
+   docs/mn-aaa-chap.md.
+2. A session has one FA <-> HA path, one HA <-> GW path per VPN record through a
+   static gateway and one FA <-> GW path per record through a dynamic gateway
+   (route optimisation). At most :data:`~aaa_vpn.wire.profile.MAX_PATHS`.
+3. The FA <-> HA path carries everything the MN sends through its home agent
+   (remote traffic selector 0.0.0.0/0: reverse tunnelling, RFC 3024) and uses
+   the security service and QoS class of the user's first VPN record (lowest
+   id), or the built-in default service when the user has none.
+4. Keys come from the session root key (keys.py); every direction of every
+   path has its own key; SPIs are allocated per receiving node.
+5. Least privilege (DESIGN.md section 3): the FA sees only paths that end at the
+   FA; the HA sees its own paths plus the gateway's side of FA <-> GW paths (it
+   forwards those in a Binding Update) and the SRK; a foreign-AAA proxy sees the
+   FA's view plus the SRK; a gateway sees only paths that end at it.
+
+Pure: no sockets, no database, no clock (``now`` is passed in), no randomness
+except through the ``random_bytes`` callable the caller gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from aaa_vpn import keys
+from aaa_vpn.model import (
+    ClientRole,
+    Gateway,
+    GatewayMode,
+    KeyMode,
+    QosClass,
+    Service,
+    Session,
+    SpiAllocation,
+    User,
+    VpnRecord,
+)
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire.profile import (
+    MAX_PATHS,
+    SPI_MAX,
+    SPI_MIN,
+    PathProfile,
+    PathRole,
+    QosSpec,
+    RejectReason,
+    RequestType,
+    VpnProfile,
+)
+
+#: The service used for the FA <-> HA path of a user without VPN records.
+DEFAULT_SERVICE = Service("default")
+ANY = IPv4Network("0.0.0.0/0")
+#: Label of the Mobile IP FA-HA security association in a session's SPI list.
+FA_HA_MIP_LABEL = "mip-fa-ha"
+
+
+class Rejected(Exception):
+    """The request is refused; ``reason`` and ``message`` go into the Access-Reject."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def verify_mn_aaa_chap(chap_password: bytes, chap_challenge: bytes, secret: Secret) -> bool:
+    """Check an MN-AAA authenticator carried as CHAP attributes (rule 1)."""
+    if len(chap_password) != 17 or not chap_challenge:
+        return False
+    expected = hashlib.md5(chap_password[:1] + secret.value + chap_challenge).digest()
+    return hmac.compare_digest(expected, chap_password[1:])
+
+
+def mn_aaa_chap_attributes(challenge: bytes, preceding: bytes, secret: Secret) -> tuple[bytes, bytes]:
+    """The (CHAP-Password, CHAP-Challenge) an FA sends for an RRQ whose MN-AAA
+    authenticator was computed with CHAP_SPI; also what a mobile node computes.
+
+    ``preceding`` is the Mobile IP data up to and including the MN-AAA
+    extension's Type, Subtype, Length and SPI fields (RFC 4721 section 6)."""
+    if not challenge:
+        raise ValueError("an MN-FA challenge is required")
+    chap_challenge = hashlib.md5(preceding).digest() + challenge[-237:]
+    chap_id = challenge[:1]
+    response = hashlib.md5(chap_id + secret.value + chap_challenge).digest()
+    return chap_id + response, chap_challenge
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """Everything the planner needs about one user, read from provisioning."""
+
+    user: User
+    records: tuple[VpnRecord, ...]
+    gateways: Mapping[str, Gateway]
+    services: Mapping[str, Service]
+    qos: Mapping[str, QosClass]
+
+
+@dataclass(frozen=True)
+class PlannedPath:
+    """One path of a session in neutral form: endpoint ``a`` is the mobile
+    side (FA, or HA for HA <-> GW), ``b`` the other."""
+
+    label: str
+    role: PathRole
+    a: IPv4Address
+    b: IPv4Address
+    a_ts: tuple[IPv4Network, ...]
+    b_ts: tuple[IPv4Network, ...]
+    service: Service
+    qos: QosClass | None
+    gateway_mode: GatewayMode | None
+
+
+def plan_paths(
+    ctx: UserContext, home_address: IPv4Address, home_agent: IPv4Address, care_of: IPv4Address
+) -> list[PlannedPath]:
+    """The paths of a session (rules 2 and 3)."""
+    records = sorted(ctx.records, key=lambda r: r.id or 0)
+    mn = (IPv4Network(f"{home_address}/32"),)
+    first_service = ctx.services[records[0].service] if records else DEFAULT_SERVICE
+    first_qos = ctx.qos.get(records[0].qos) if records and records[0].qos else None
+    paths = [PlannedPath("fa-ha", PathRole.FA_HA, care_of, home_agent, mn, (ANY,), first_service, first_qos, None)]
+    for record in records:
+        gateway = ctx.gateways[record.gateway]
+        service = ctx.services[record.service]
+        qos = ctx.qos.get(record.qos) if record.qos else None
+        if gateway.mode is GatewayMode.STATIC:
+            paths.append(
+                PlannedPath(
+                    f"ha-gw:{record.id}",
+                    PathRole.HA_GW,
+                    home_agent,
+                    gateway.address,
+                    mn,
+                    (record.correspondent,),
+                    service,
+                    qos,
+                    GatewayMode.STATIC,
+                )
+            )
+        else:
+            paths.append(
+                PlannedPath(
+                    f"fa-gw:{record.id}",
+                    PathRole.FA_GW,
+                    care_of,
+                    gateway.address,
+                    mn,
+                    (record.correspondent,),
+                    service,
+                    qos,
+                    GatewayMode.DYNAMIC,
+                )
+            )
+    if len(paths) > MAX_PATHS:
+        raise Rejected(
+            RejectReason.PROFILE_TOO_LARGE,
+            f"user has {len(paths)} VPN paths, at most {MAX_PATHS} fit in one profile",
+        )
+    return paths
+
+
+def _spi_key(label: str, node: IPv4Address) -> str:
+    return f"{label}@{node}"
+
+
+def allocate_spis(
+    paths: Sequence[PlannedPath],
+    fa_ha_nodes: tuple[IPv4Address, IPv4Address],
+    existing: Sequence[SpiAllocation],
+    random_bytes: Callable[[int], bytes],
+) -> tuple[SpiAllocation, ...]:
+    """SPIs for every (path, receiving node), keeping those already allocated.
+
+    ESP SPIs are drawn at random from [SPI_MIN, SPI_MAX] (24 bits: they ride in
+    tagged integers); the Mobile IP FA-HA SPI is drawn from 256..2**32-1. The
+    database's UNIQUE(node, spi) catches the rare collision with another
+    session; the caller then retries with fresh draws."""
+    have = {a.path: a for a in existing}
+    taken: dict[IPv4Address, set[int]] = {}
+    for allocation in existing:
+        taken.setdefault(allocation.node, set()).add(allocation.spi)
+    result: list[SpiAllocation] = []
+
+    def draw(node: IPv4Address, low: int, high: int) -> int:
+        used = taken.setdefault(node, set())
+        while True:
+            spi = low + int.from_bytes(random_bytes(4), "big") % (high - low + 1)
+            if spi not in used:
+                used.add(spi)
+                return spi
+
+    for path in paths:
+        for node in (path.a, path.b):
+            key = _spi_key(path.label, node)
+            result.append(have.get(key) or SpiAllocation(node, draw(node, SPI_MIN, SPI_MAX), key))
+    # The Mobile IP FA-HA security association is indexed by SPI at the HA
+    # (RFC 5944 section 3.5.4); its SPI lives in the same per-node table.
+    ha = fa_ha_nodes[1]
+    key = _spi_key(FA_HA_MIP_LABEL, ha)
+    result.append(have.get(key) or SpiAllocation(ha, draw(ha, 256, 0xFFFFFFFF), key))
+    return tuple(result)
+
+
+def _spi(session: Session, label: str, node: IPv4Address) -> int:
+    key = _spi_key(label, node)
+    for allocation in session.spis:
+        if allocation.path == key:
+            return allocation.spi
+    raise KeyError(key)
+
+
+def _path_view(session: Session, path: PlannedPath, local: IPv4Address) -> PathProfile:
+    """``path`` as seen from ``local`` (one of its endpoints)."""
+    peer = path.b if local == path.a else path.a
+    local_ts, remote_ts = (path.a_ts, path.b_ts) if local == path.a else (path.b_ts, path.a_ts)
+    srk, epoch, label = session.session_root_key, session.epoch, path.label.encode()
+    transform = path.service.esp_transform
+    key_in = keys.derive_sa_key(srk, label, peer, local, epoch, transform.keymat_length)
+    key_out = keys.derive_sa_key(srk, label, local, peer, epoch, transform.keymat_length)
+    ikev2 = path.service.key_mode is KeyMode.IKEV2
+    return PathProfile(
+        role=path.role,
+        local=local,
+        peer=peer,
+        local_ts=local_ts,
+        remote_ts=remote_ts,
+        key_mode=path.service.key_mode,
+        esp_transform=transform,
+        spi_in=_spi(session, path.label, local),
+        spi_out=_spi(session, path.label, peer),
+        key_in=key_in,
+        key_out=key_out,
+        lifetime=path.service.sa_lifetime,
+        ike_proposal=path.service.ike_proposal if ikev2 else None,
+        ike_psk=keys.derive_ike_psk(srk, label, local, peer, epoch) if ikev2 else None,
+        qos=QosSpec(path.qos.name, path.qos.dscp, path.qos.rate_kbps) if path.qos else None,
+        gateway_mode=path.gateway_mode,
+    )
+
+
+def view_for(
+    session: Session,
+    paths: Sequence[PlannedPath],
+    role: ClientRole,
+    request_type: RequestType,
+    node: IPv4Address,
+    user: User,
+    lifetime: int,
+) -> VpnProfile:
+    """The profile one requester is sent (rule 5).
+
+    ``node`` is the requester's own address on the path: the care-of address for
+    an FA (also when asked through a proxy), the HA address for an HA, the
+    gateway address for a gateway."""
+    fa, ha = session.care_of_address, session.home_agent
+    fa_ha_spi = _spi(session, FA_HA_MIP_LABEL, ha)
+    fa_ha_key = keys.derive_fa_ha_key(session.session_root_key, fa, ha, session.epoch)
+    common = {
+        "session_id": session.session_id,
+        "home_address": session.home_address,
+        "home_agent": ha,
+        "care_of_address": fa,
+        "lifetime": lifetime,
+        "epoch": session.epoch,
+    }
+    if request_type is RequestType.HA_REGISTRATION:
+        views = [_path_view(session, p, ha) for p in paths if ha in (p.a, p.b)]
+        # The gateway's side of route-optimised paths: the HA hands it over in
+        # the Binding Update (flow B).
+        views += [_path_view(session, p, p.b) for p in paths if p.role is PathRole.FA_GW]
+        return VpnProfile(
+            **common,  # type: ignore[arg-type]
+            paths=tuple(views),
+            mn_ha_spi=user.mn_ha_spi,
+            mn_ha_key=user.mn_ha_key,
+            fa_ha_spi=fa_ha_spi,
+            fa_ha_key=fa_ha_key,
+            session_root_key=session.session_root_key,
+        )
+    if request_type is RequestType.GW_BINDING:
+        views = [_path_view(session, p, node) for p in paths if node in (p.a, p.b)]
+        return VpnProfile(**common, paths=tuple(views))  # type: ignore[arg-type]
+    views = [_path_view(session, p, fa) for p in paths if fa in (p.a, p.b)]
+    return VpnProfile(
+        **common,  # type: ignore[arg-type]
+        paths=tuple(views),
+        fa_ha_spi=fa_ha_spi,
+        fa_ha_key=fa_ha_key,
+        session_root_key=session.session_root_key if role is ClientRole.PROXY else None,
+    )
+
+
+def new_session(
+    ctx: UserContext,
+    session_id: str,
+    srk: Secret,
+    home_agent: IPv4Address,
+    care_of: IPv4Address,
+    now: float,
+    lifetime: int,
+    random_bytes: Callable[[int], bytes],
+    foreign_domain: str = "",
+) -> tuple[Session, list[PlannedPath]]:
+    """Plan a fresh session for an FA registration."""
+    user = ctx.user
+    if user.home_address is None:
+        raise Rejected(
+            RejectReason.BAD_REQUEST,
+            "user has no provisioned home address (dynamic assignment is not supported)",
+        )
+    if home_agent != user.home_agent:
+        raise Rejected(
+            RejectReason.BAD_REQUEST,
+            f"requested home agent {home_agent} is not the user's home agent",
+        )
+    paths = plan_paths(ctx, user.home_address, home_agent, care_of)
+    spis = allocate_spis(paths, (care_of, home_agent), (), random_bytes)
+    # The epoch makes keys of a re-keyed path differ from the previous ones even
+    # under the same SRK; a fresh session starts at 1.
+    session = Session(
+        session_id=session_id,
+        nai=user.nai,
+        session_root_key=srk,
+        epoch=1,
+        home_address=user.home_address,
+        home_agent=home_agent,
+        care_of_address=care_of,
+        created=now,
+        expires=now + lifetime,
+        spis=spis,
+        foreign_domain=foreign_domain,
+    )
+    return session, paths
+
+
+def session_id_from(random_bytes: Callable[[int], bytes]) -> str:
+    return random_bytes(16).hex()

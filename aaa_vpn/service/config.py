@@ -1,0 +1,96 @@
+"""Settings objects the CLI builds and the daemons read.
+
+Each setting is declared once, here, with its default; the CLI options and the
+environment variables (``AAA_VPN_DB``, ``AAA_VPN_KEY_FILE``) only fill them in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from aaa_vpn.model import ValidationError
+from aaa_vpn.store import default_key_file
+
+DB_ENV = "AAA_VPN_DB"
+KEY_FILE_ENV = "AAA_VPN_KEY_FILE"
+DEFAULT_DB_PATH = Path("aaa-vpn.db")
+
+DEFAULT_LISTEN = "0.0.0.0"
+DEFAULT_PORT = 1812  # RFC 2865 section 3
+DEFAULT_DUP_CACHE_SECONDS = 10.0
+DEFAULT_SESSION_LIFETIME = 3600
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def key_file_for(db_path: Path, key_file: Path | None) -> Path:
+    """The key file to use: the one named, else ``<db>.key`` beside the database."""
+    return key_file if key_file is not None else default_key_file(db_path)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where the VPN database and its secrets key live."""
+
+    db_path: Path = DEFAULT_DB_PATH
+    key_file: Path = Path(f"{DEFAULT_DB_PATH}.key")
+
+    @classmethod
+    def resolve(cls, db_path: Path | None = None, key_file: Path | None = None) -> StoreSettings:
+        """Fill in from the environment, then the defaults (options win over both)."""
+        if db_path is None:
+            db_path = Path(os.environ.get(DB_ENV) or DEFAULT_DB_PATH)
+        if key_file is None and os.environ.get(KEY_FILE_ENV):
+            key_file = Path(os.environ[KEY_FILE_ENV])
+        return cls(db_path=db_path, key_file=key_file_for(db_path, key_file))
+
+
+@dataclass(frozen=True)
+class HomeServerSettings:
+    """Everything ``aaa-vpn serve home`` needs to run the home AAA server."""
+
+    db_path: Path
+    key_file: Path
+    listen: str = DEFAULT_LISTEN
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    log_level: str = "info"
+    log_format: str = "text"
+    dup_cache_seconds: float = DEFAULT_DUP_CACHE_SECONDS
+    session_lifetime: int = DEFAULT_SESSION_LIFETIME
+
+    def __post_init__(self) -> None:
+        # The CLI validates its options already; this guards other callers.
+        if not 0 <= self.port < 65536:  # 0: any free port (tests)
+            raise ValidationError(f"invalid port {self.port}")
+        if self.workers < 1:
+            raise ValidationError(f"invalid number of workers {self.workers}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValidationError(f"invalid log level {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValidationError(f"invalid log format {self.log_format!r}")
+        if self.dup_cache_seconds < 0:
+            raise ValidationError(f"invalid duplicate cache time {self.dup_cache_seconds}")
+        if self.session_lifetime < 1:
+            raise ValidationError(f"invalid session lifetime {self.session_lifetime}")
+
+
+__all__ = [
+    "DB_ENV",
+    "DEFAULT_DB_PATH",
+    "KEY_FILE_ENV",
+    "HomeServerSettings",
+    "StoreSettings",
+    "default_workers",
+    "key_file_for",
+]

@@ -1,0 +1,531 @@
+"""The home AAA server's request handling: one datagram in, at most one reply out.
+
+Theory of operation (RFC 2865, 3579, 5080, 5997; DESIGN.md sections 3-4):
+
+1. The source address picks the RADIUS client (exact address or CIDR, the
+   longest prefix wins). Unknown sources are dropped and counted.
+2. The packet is decoded with pyrad (``AuthPacket`` on our dictionary); a
+   malformed one is dropped and counted.
+3. A retransmission -- same source address and port, Identifier and Request
+   Authenticator -- gets the byte-identical earlier reply from the duplicate
+   cache and changes nothing (RFC 5080 section 2.2.2).
+4. Message-Authenticator is required in every Access-Request from a client
+   that requires it (the default) and in every Status-Server (RFC 5997); a
+   missing or wrong one means a silent drop (RFC 5080 section 2.2.2), counted.
+   A wrong shared secret shows up here.
+5. Status-Server is answered with an Access-Accept (RFC 5997 section 3).
+6. Access-Request: the MN is authenticated (roles/home_aaa.py rule 1), the
+   user's VPN is planned, the session stored, and the requester's view of the
+   profile encoded in its client's flavour. Unknown/disabled users and failed
+   authentication get an Access-Reject with a Reply-Message and an
+   Aaa-Vpn-Reject-Reason.
+7. Every reply starts with a Message-Authenticator and echoes the request's
+   Proxy-State attributes, in order, at its end (RFC 2865 section 5.33).
+
+The class is synchronous and single-threaded; the network layer
+(net/home_server.py) feeds it datagrams. Provisioning is cached per process and
+dropped whenever the store's generation number changes, so CLI changes are
+seen by the next request.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
+
+import pyrad.packet
+from pyrad.dictionary import Dictionary
+
+from aaa_vpn import keys
+from aaa_vpn.model import Client, ClientRole, Session, nai_realm
+from aaa_vpn.net import radius_codec as rc
+from aaa_vpn.roles import home_aaa
+from aaa_vpn.roles.home_aaa import Rejected, UserContext
+from aaa_vpn.service.logging import fields
+from aaa_vpn.store.base import NotFound, SpiConflict, Store, StoreError
+from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType
+from aaa_vpn.wire.radius_profile import ProfileError, encode_profile
+
+log = logging.getLogger("aaa_vpn.home")
+
+VSA_SESSION_ID = (VENDOR_ID, 1)
+VSA_REQUEST_TYPE = (VENDOR_ID, 2)
+VSA_HOME_AGENT = (VENDOR_ID, 4)
+VSA_CARE_OF = (VENDOR_ID, 5)
+VSA_REJECT_REASON = 14
+TGPP2_HOME_AGENT = (5535, 7)
+
+#: Which request types each kind of client may make (least privilege).
+ALLOWED_REQUESTS: dict[ClientRole, frozenset[RequestType]] = {
+    ClientRole.FA: frozenset({RequestType.FA_REGISTRATION}),
+    ClientRole.PROXY: frozenset({RequestType.FA_REGISTRATION}),
+    ClientRole.HA: frozenset({RequestType.HA_REGISTRATION}),
+    ClientRole.GW: frozenset({RequestType.GW_BINDING}),
+}
+DEFAULT_REQUEST = {
+    ClientRole.FA: RequestType.FA_REGISTRATION,
+    ClientRole.PROXY: RequestType.FA_REGISTRATION,
+    ClientRole.HA: RequestType.HA_REGISTRATION,
+    ClientRole.GW: RequestType.GW_BINDING,
+}
+_SPI_RETRIES = 5
+_LOG_BURST = 20  # per drop reason and minute, so a flood cannot flood the log
+
+
+class ClientTable:
+    """RADIUS clients by address: exact or CIDR, longest prefix first."""
+
+    def __init__(self, clients: list[Client]) -> None:
+        self._clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
+        self._cache: dict[str, Client | None] = {}
+
+    def lookup(self, address: str) -> Client | None:
+        try:
+            return self._cache[address]
+        except KeyError:
+            pass
+        found = None
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            ip = None
+        if ip is not None and ip.version == 4:
+            for client in self._clients:
+                if ip in client.network:
+                    found = client
+                    break
+        if len(self._cache) > 65536:
+            self._cache.clear()
+        self._cache[address] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
+class DuplicateCache:
+    """Replies by (source address, source port, Identifier, Request Authenticator),
+    kept for ``ttl`` seconds (RFC 5080 section 2.2.2), at most ``limit`` entries."""
+
+    def __init__(self, ttl: float, limit: int = 200_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._entries: collections.OrderedDict[tuple[str, int, int, bytes], tuple[float, bytes | None]] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, key: tuple[str, int, int, bytes], now: float) -> tuple[float, bytes | None] | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] < now:
+            return None
+        return entry
+
+    def put(self, key: tuple[str, int, int, bytes], reply: bytes | None, now: float) -> None:
+        entries = self._entries
+        # Entries are added in time order, so the expired ones are at the front.
+        while entries:
+            first = next(iter(entries.values()))
+            if first[0] >= now and len(entries) < self.limit:
+                break
+            entries.popitem(last=False)
+        entries[key] = (now + self.ttl, reply)
+        entries.move_to_end(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
+class HomeAaaOptions:
+    session_lifetime: int = 3600
+    dup_cache_seconds: float = 10.0
+
+
+class HomeAaa:
+    """The home AAA of one worker process."""
+
+    def __init__(
+        self,
+        store: Store,
+        dictionary: Dictionary,
+        options: HomeAaaOptions,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.store = store
+        self.dictionary = dictionary
+        self.options = options
+        self.random_bytes = random_bytes
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.started = time.time()
+        self.duplicates = DuplicateCache(options.dup_cache_seconds)
+        self._generation = -1
+        self._clients = ClientTable([])
+        self._users: dict[str, UserContext | None] = {}
+        self._log_budget: dict[str, tuple[float, int]] = {}
+        self.refresh()
+
+    # -- provisioning cache -------------------------------------------------------
+    def refresh(self) -> None:
+        """Drop the caches if provisioning changed since they were filled."""
+        generation = self.store.generation()
+        if generation != self._generation:
+            self._clients = ClientTable(self.store.list_clients())
+            self._users = {}
+            self._generation = generation
+
+    def _user_context(self, nai: str) -> UserContext | None:
+        try:
+            return self._users[nai]
+        except KeyError:
+            pass
+        try:
+            user = self.store.get_user(nai)
+        except NotFound:
+            ctx = None
+        else:
+            records = tuple(self.store.list_vpn_records(nai))
+            ctx = UserContext(
+                user=user,
+                records=records,
+                gateways={r.gateway: self.store.get_gateway(r.gateway) for r in records},
+                services={r.service: self.store.get_service(r.service) for r in records},
+                qos={r.qos: self.store.get_qos(r.qos) for r in records if r.qos},
+            )
+        if len(self._users) > 100_000:
+            self._users.clear()
+        self._users[nai] = ctx
+        return ctx
+
+    # -- counting and logging ----------------------------------------------------
+    def _drop(self, reason: str, source: tuple[str, int], now: float, detail: str = "") -> None:
+        self.counters["dropped"] += 1
+        self.counters[f"dropped.{reason}"] += 1
+        window, count = self._log_budget.get(reason, (now, 0))
+        if now - window >= 60:
+            window, count = now, 0
+        if count < _LOG_BURST:
+            log.warning(
+                "request dropped", extra=fields(reason=reason, source=f"{source[0]}:{source[1]}", detail=detail)
+            )
+        self._log_budget[reason] = (window, count + 1)
+
+    # -- the entry point ---------------------------------------------------------
+    def handle(self, data: bytes, source: tuple[str, int], now: float) -> bytes | None:
+        """Process one datagram from ``source``; return the reply to send, if any."""
+        self.counters["received"] += 1
+        client = self._clients.lookup(source[0])
+        if client is None:
+            self.refresh()  # a client added a moment ago
+            client = self._clients.lookup(source[0])
+            if client is None:
+                self._drop("unknown_client", source, now)
+                return None
+        if len(data) < rc.HEADER:
+            self._drop("malformed", source, now, "shorter than a RADIUS header")
+            return None
+        code, identifier, length = struct.unpack_from("!BBH", data)
+        if length < rc.HEADER or length > len(data) or length > rc.MAX_PACKET:
+            self._drop("malformed", source, now, f"bad Length {length} for {len(data)} octets")
+            return None
+        data = data[:length]  # RFC 2865 section 3: octets beyond Length are padding
+        if code not in (rc.ACCESS_REQUEST, rc.STATUS_SERVER):
+            self._drop("unsupported_code", source, now, f"code {code}")
+            return None
+        authenticator = data[4:20]
+        key = (source[0], source[1], identifier, authenticator)
+        cached = self.duplicates.get(key, now)
+        if cached is not None:
+            self.counters["duplicates"] += 1
+            return cached[1]
+        try:
+            packet = pyrad.packet.AuthPacket(packet=data, dict=self.dictionary, secret=client.secret.value)
+        except Exception as exc:  # noqa: BLE001 - pyrad raises PacketError, struct.error, UnicodeDecodeError...
+            self._drop("malformed", source, now, str(exc)[:120])
+            return None
+        secret = client.secret.value
+        ma = rc.check_request_message_authenticator(data, secret)
+        if ma is False:
+            self._drop("bad_message_authenticator", source, now, f"client {client.name}")
+            return None
+        if ma is None and (code == rc.STATUS_SERVER or client.require_message_authenticator):
+            self._drop("missing_message_authenticator", source, now, f"client {client.name}")
+            return None
+        if code == rc.STATUS_SERVER:
+            # RFC 5997 section 3: not subject to duplicate detection.
+            self.counters["status_server"] += 1
+            return self._status_reply(identifier, authenticator, secret, packet)
+        self.refresh()
+        self.counters["access_requests"] += 1
+        reply = self._access_request(client, packet, identifier, authenticator, source, now)
+        self.duplicates.put(key, reply, now)
+        return reply
+
+    # -- Status-Server --------------------------------------------------------------
+    def _status_reply(self, identifier: int, authenticator: bytes, secret: bytes, packet: pyrad.packet.Packet) -> bytes:
+        c = self.counters
+        message = (
+            f"aaa-vpn home AAA up {int(time.time() - self.started)}s pid {os.getpid()}:"
+            f" requests {c['access_requests']} accepts {c['accepts']} rejects {c['rejects']}"
+            f" duplicates {c['duplicates']} dropped {c['dropped']}"
+        ).encode()
+        attributes = rc.attribute(rc.REPLY_MESSAGE, message) + _proxy_states(packet)
+        return rc.encode_reply(rc.ACCESS_ACCEPT, identifier, authenticator, secret, attributes)
+
+    # -- Access-Request --------------------------------------------------------------
+    def _access_request(
+        self,
+        client: Client,
+        packet: pyrad.packet.Packet,
+        identifier: int,
+        authenticator: bytes,
+        source: tuple[str, int],
+        now: float,
+    ) -> bytes | None:
+        secret = client.secret.value
+        proxy_states = _proxy_states(packet)
+        try:
+            nai, request_type, reply_attributes = self._decide(client, packet, source, now)
+        except Rejected as rejected:
+            self.counters["rejects"] += 1
+            self.counters[f"rejects.{rejected.reason.name.lower()}"] += 1
+            log.info(
+                "access rejected",
+                extra=fields(
+                    nai=_loggable_name(packet),
+                    client=client.name,
+                    reason=rejected.reason.name.lower(),
+                    detail=rejected.message,
+                ),
+            )
+            attributes = (
+                rc.attribute(rc.REPLY_MESSAGE, rejected.message.encode()[:253])
+                + rc.vendor_attribute(VENDOR_ID, VSA_REJECT_REASON, struct.pack("!I", rejected.reason))
+                + proxy_states
+            )
+            return rc.encode_reply(rc.ACCESS_REJECT, identifier, authenticator, secret, attributes)
+        try:
+            reply = rc.encode_reply(
+                rc.ACCESS_ACCEPT, identifier, authenticator, secret, reply_attributes + proxy_states
+            )
+        except rc.ReplyTooLarge as exc:
+            self.counters["rejects"] += 1
+            self.counters["rejects.profile_too_large"] += 1
+            log.error("profile does not fit in a reply", extra=fields(nai=nai, client=client.name, detail=str(exc)))
+            attributes = (
+                rc.attribute(rc.REPLY_MESSAGE, b"VPN profile too large for one RADIUS packet")
+                + rc.vendor_attribute(VENDOR_ID, VSA_REJECT_REASON, struct.pack("!I", RejectReason.PROFILE_TOO_LARGE))
+                + proxy_states
+            )
+            return rc.encode_reply(rc.ACCESS_REJECT, identifier, authenticator, secret, attributes)
+        self.counters["accepts"] += 1
+        log.debug(
+            "access accepted",
+            extra=fields(nai=nai, client=client.name, request=request_type.name.lower(), octets=len(reply)),
+        )
+        return reply
+
+    def _decide(
+        self, client: Client, packet: pyrad.packet.Packet, source: tuple[str, int], now: float
+    ) -> tuple[str, RequestType, bytes]:
+        nai = _first_text(packet, rc.USER_NAME)
+        if not nai:
+            raise Rejected(RejectReason.BAD_REQUEST, "User-Name (the mobile node's NAI) is missing")
+        request_type = self._request_type(client, packet)
+        ctx = self._user_context(nai)
+        if ctx is None:
+            raise Rejected(RejectReason.UNKNOWN_USER, "unknown user")
+        if not ctx.user.enabled:
+            raise Rejected(RejectReason.USER_DISABLED, "user is disabled")
+        if request_type is not RequestType.GW_BINDING:
+            chap_password = _first(packet, rc.CHAP_PASSWORD)
+            chap_challenge = _first(packet, rc.CHAP_CHALLENGE)
+            if chap_password is None or chap_challenge is None:
+                raise Rejected(
+                    RejectReason.BAD_REQUEST, "the MN-AAA authenticator (CHAP-Password, CHAP-Challenge) is missing"
+                )
+            if not home_aaa.verify_mn_aaa_chap(chap_password, chap_challenge, ctx.user.mn_aaa_secret):
+                raise Rejected(RejectReason.AUTHENTICATION_FAILED, "mobile node failed authentication")
+        node = self._requester_address(client, packet, source)
+        if request_type is RequestType.FA_REGISTRATION:
+            session, paths = self._register(client, packet, ctx, node, now)
+            view_node = session.care_of_address
+        else:
+            session, paths = self._find_session(ctx, packet, request_type, node)
+            view_node = node
+        lifetime = max(0, int(session.expires - now))
+        profile = home_aaa.view_for(session, paths, client.role, request_type, view_node, ctx.user, lifetime)
+        try:
+            encoded = encode_profile(
+                profile,
+                client.flavour,
+                client.secret.value,
+                packet.authenticator,
+                budget=rc.MAX_PACKET - rc.HEADER - rc.MA_LENGTH - len(_proxy_states(packet)),
+            )
+        except ProfileError as exc:
+            raise Rejected(RejectReason.PROFILE_TOO_LARGE, f"VPN profile does not fit: {exc}") from None
+        return nai, request_type, b"".join(encoded)
+
+    def _request_type(self, client: Client, packet: pyrad.packet.Packet) -> RequestType:
+        raw = _first(packet, VSA_REQUEST_TYPE)
+        if raw is None:
+            return DEFAULT_REQUEST[client.role]
+        if len(raw) != 4:
+            raise Rejected(RejectReason.BAD_REQUEST, "Aaa-Vpn-Request-Type is not a 4-octet integer")
+        try:
+            request_type = RequestType(int.from_bytes(raw, "big"))
+        except ValueError:
+            raise Rejected(
+                RejectReason.BAD_REQUEST, f"unknown Aaa-Vpn-Request-Type {int.from_bytes(raw, 'big')}"
+            ) from None
+        if request_type not in ALLOWED_REQUESTS[client.role]:
+            raise Rejected(
+                RejectReason.BAD_REQUEST,
+                f"a {client.role.value} client may not make a {request_type.name.lower()} request",
+            )
+        return request_type
+
+    @staticmethod
+    def _requester_address(client: Client, packet: pyrad.packet.Packet, source: tuple[str, int]) -> IPv4Address:
+        """The requester's own address: NAS-IP-Address if it lies in the client's
+        network, else the source address."""
+        nas = _first_ipv4(packet, rc.NAS_IP_ADDRESS)
+        if nas is not None and (client.role is ClientRole.PROXY or nas in client.network):
+            return nas
+        return IPv4Address(source[0])
+
+    def _register(
+        self, client: Client, packet: pyrad.packet.Packet, ctx: UserContext, node: IPv4Address, now: float
+    ) -> tuple[Session, list[home_aaa.PlannedPath]]:
+        care_of = _first_ipv4(packet, VSA_CARE_OF) or node
+        if client.role is ClientRole.FA and care_of not in client.network:
+            raise Rejected(
+                RejectReason.BAD_REQUEST, f"care-of address {care_of} does not belong to client {client.name}"
+            )
+        home_agent = _first_ipv4(packet, VSA_HOME_AGENT) or _first_ipv4(packet, TGPP2_HOME_AGENT)
+        if home_agent is None or home_agent == IPv4Address(0):
+            home_agent = ctx.user.home_agent  # RFC 4433-style: the AAA assigns the HA
+        replaced = [s.session_id for s in self.store.find_sessions(ctx.user.nai)]
+        domain = client.domain if client.role is ClientRole.PROXY else nai_realm(ctx.user.nai)
+        for _attempt in range(_SPI_RETRIES):
+            session, paths = home_aaa.new_session(
+                ctx,
+                session_id=home_aaa.session_id_from(self.random_bytes),
+                srk=keys.new_session_root_key(),
+                home_agent=home_agent,
+                care_of=care_of,
+                now=now,
+                lifetime=self.options.session_lifetime,
+                random_bytes=self.random_bytes,
+                foreign_domain=domain,
+            )
+            try:
+                self.store.put_session(session, replaces=replaced)
+            except SpiConflict:
+                self.counters["spi_collisions"] += 1
+                continue
+            except StoreError as exc:
+                log.error("cannot store session", extra=fields(nai=ctx.user.nai, detail=str(exc)))
+                raise Rejected(RejectReason.NO_RESOURCES, "home AAA cannot store the session") from None
+            self.counters["sessions_created"] += 1
+            log.info(
+                "session created",
+                extra=fields(
+                    nai=ctx.user.nai,
+                    session=session.session_id,
+                    client=client.name,
+                    care_of=str(care_of),
+                    home_agent=str(home_agent),
+                    paths=len(paths),
+                    replaced=len(replaced),
+                ),
+            )
+            return session, paths
+        raise Rejected(RejectReason.NO_RESOURCES, "no free SPI after several attempts")
+
+    def _find_session(
+        self, ctx: UserContext, packet: pyrad.packet.Packet, request_type: RequestType, node: IPv4Address
+    ) -> tuple[Session, list[home_aaa.PlannedPath]]:
+        wanted_id = _first_text(packet, VSA_SESSION_ID)
+        care_of = _first_ipv4(packet, VSA_CARE_OF)
+        sessions = sorted(self.store.find_sessions(ctx.user.nai), key=lambda s: s.created, reverse=True)
+        for session in sessions:
+            if wanted_id and session.session_id != wanted_id:
+                continue
+            if care_of is not None and session.care_of_address != care_of:
+                continue
+            if request_type is RequestType.HA_REGISTRATION and session.home_agent != node:
+                continue
+            paths = home_aaa.plan_paths(ctx, session.home_address, session.home_agent, session.care_of_address)
+            if request_type is RequestType.GW_BINDING and not any(node in (p.a, p.b) for p in paths):
+                continue
+            return self._with_spis(session, paths), paths
+        raise Rejected(RejectReason.NO_SESSION, "no matching session for this mobile node")
+
+    def _with_spis(self, session: Session, paths: list[home_aaa.PlannedPath]) -> Session:
+        """Allocate SPIs for paths added since the session was created (the
+        user's VPN changed), and store them."""
+        spis = home_aaa.allocate_spis(
+            paths, (session.care_of_address, session.home_agent), session.spis, self.random_bytes
+        )
+        if len(spis) == len(session.spis):
+            return session
+        for _attempt in range(_SPI_RETRIES):
+            updated = Session(**{**session.__dict__, "spis": spis})
+            try:
+                self.store.put_session(updated, replaces=[session.session_id])
+                return updated
+            except SpiConflict:
+                spis = home_aaa.allocate_spis(
+                    paths, (session.care_of_address, session.home_agent), session.spis, self.random_bytes
+                )
+        raise Rejected(RejectReason.NO_RESOURCES, "no free SPI after several attempts")
+
+    def expire(self, now: float) -> int:
+        count = self.store.expire_sessions(now)
+        if count:
+            self.counters["sessions_expired"] += count
+            log.info("sessions expired", extra=fields(count=count))
+        return count
+
+
+def _first(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> bytes | None:
+    values = dict.get(packet, key)
+    return values[0] if values else None
+
+
+def _first_text(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> str:
+    raw = _first(packet, key)
+    if raw is None:
+        return ""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(RejectReason.BAD_REQUEST, f"attribute {key} is not valid UTF-8") from None
+
+
+def _first_ipv4(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> IPv4Address | None:
+    raw = _first(packet, key)
+    if raw is None:
+        return None
+    if len(raw) != 4:
+        raise Rejected(RejectReason.BAD_REQUEST, f"attribute {key} is not a 4-octet IPv4 address")
+    return IPv4Address(raw)
+
+
+def _loggable_name(packet: pyrad.packet.Packet) -> str:
+    raw = _first(packet, rc.USER_NAME) or b""
+    return raw[:128].decode("utf-8", "backslashreplace")
+
+
+def _proxy_states(packet: pyrad.packet.Packet) -> bytes:
+    return b"".join(rc.attribute(rc.PROXY_STATE, value) for value in dict.get(packet, rc.PROXY_STATE, ()))
+
+
+__all__ = ["ClientTable", "DuplicateCache", "HomeAaa", "HomeAaaOptions"]

@@ -1,0 +1,116 @@
+"""The storage interface: everything callers may ask of the VPN database.
+
+Small on purpose, so that a PostgreSQL implementation can follow the SQLite
+one without touching callers. Records are the frozen dataclasses of
+:mod:`aaa_vpn.model`; secrets come back decrypted as :class:`~aaa_vpn.secret.Secret`
+and are stored encrypted under the server key file.
+
+Errors: :class:`NotFound` for a missing record, :class:`AlreadyExists` for a
+duplicate key, :class:`ReferenceError_` when a record names one that does not
+exist (or deletion would orphan one), :class:`StoreError` for everything else
+(corrupt database, wrong key file). All derive from :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from aaa_vpn.model import Client, Gateway, QosClass, Service, Session, User, VpnRecord
+
+
+class StoreError(Exception):
+    """The database cannot do what was asked."""
+
+
+class NotFound(StoreError):
+    """No record with that key."""
+
+
+class AlreadyExists(StoreError):
+    """A record with that key exists already."""
+
+
+class ReferenceError_(StoreError):
+    """A record names another that does not exist, or is still named by others."""
+
+
+class SpiConflict(StoreError):
+    """An SPI is already allocated on that receiving node."""
+
+
+class Store(Protocol):
+    """What the home AAA, the CLI and the tests need from the VPN database."""
+
+    # -- change detection -------------------------------------------------
+    def generation(self) -> int:
+        """A number that changes whenever provisioning data (not sessions) changes.
+
+        Cheap to call; the server polls it to know when to drop its caches."""
+
+    # -- users ---------------------------------------------------------------
+    def add_user(self, user: User) -> None: ...
+    def get_user(self, nai: str) -> User: ...
+    def list_users(self) -> list[User]: ...
+    def update_user(self, user: User) -> None: ...
+    def delete_user(self, nai: str) -> None:
+        """Deletes the user's VPN records and sessions too."""
+
+    # -- RADIUS clients -------------------------------------------------------
+    def add_client(self, client: Client) -> None: ...
+    def get_client(self, name: str) -> Client: ...
+    def list_clients(self) -> list[Client]: ...
+    def update_client(self, client: Client) -> None: ...
+    def delete_client(self, name: str) -> None: ...
+
+    # -- gateways ----------------------------------------------------------
+    def add_gateway(self, gateway: Gateway) -> None: ...
+    def get_gateway(self, name: str) -> Gateway: ...
+    def list_gateways(self) -> list[Gateway]: ...
+    def update_gateway(self, gateway: Gateway) -> None: ...
+    def delete_gateway(self, name: str) -> None:
+        """Raises ReferenceError_ while a VPN record uses the gateway."""
+
+    # -- security services ----------------------------------------------
+    def add_service(self, service: Service) -> None: ...
+    def get_service(self, name: str) -> Service: ...
+    def list_services(self) -> list[Service]: ...
+    def update_service(self, service: Service) -> None: ...
+    def delete_service(self, name: str) -> None: ...
+
+    # -- QoS classes --------------------------------------------------------
+    def add_qos(self, qos: QosClass) -> None: ...
+    def get_qos(self, name: str) -> QosClass: ...
+    def list_qos(self) -> list[QosClass]: ...
+    def update_qos(self, qos: QosClass) -> None: ...
+    def delete_qos(self, name: str) -> None: ...
+
+    # -- VPN records -------------------------------------------------------
+    def add_vpn_record(self, record: VpnRecord) -> VpnRecord:
+        """Returns the record with its assigned ``id``. Raises ReferenceError_
+        if the user, gateway, service or QoS class does not exist."""
+
+    def get_vpn_record(self, record_id: int) -> VpnRecord: ...
+    def list_vpn_records(self, nai: str | None = None) -> list[VpnRecord]: ...
+    def update_vpn_record(self, record: VpnRecord) -> None: ...
+    def delete_vpn_record(self, record_id: int) -> None: ...
+
+    # -- sessions -----------------------------------------------------------
+    def put_session(self, session: Session, replaces: Iterable[str] = ()) -> None:
+        """Store ``session`` and its SPI allocations in one transaction, after
+        deleting the sessions named in ``replaces`` (and their SPIs).
+
+        Raises SpiConflict (and stores nothing) if one of the SPIs is already
+        allocated on its node."""
+
+    def get_session(self, session_id: str) -> Session: ...
+    def find_sessions(self, nai: str) -> list[Session]: ...
+    def list_sessions(self) -> list[Session]: ...
+    def delete_session(self, session_id: str) -> None: ...
+    def expire_sessions(self, now: float) -> int:
+        """Delete sessions whose ``expires`` is before ``now``; return how many."""
+
+    def spis_in_use(self, node: IPv4Address) -> Sequence[int]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,963 @@
+"""The VPN database on SQLite (stdlib :mod:`sqlite3`): the default :class:`~aaa_vpn.store.base.Store`.
+
+Rules:
+
+- One store object per thread; each server worker process opens its own. The
+  connection runs in autocommit mode (``isolation_level=None``) and every write
+  is an explicit ``BEGIN IMMEDIATE`` transaction: taking the write lock up front
+  means two processes never deadlock upgrading read locks, and the busy timeout
+  (5 s by default) queues writers instead of failing them.
+- WAL journal, ``synchronous=NORMAL`` (durable at checkpoints, never corrupt),
+  ``foreign_keys=ON`` on every connection (SQLite's default is off).
+- Schema changes are an ordered list of steps (:data:`MIGRATIONS`); the schema
+  version is ``PRAGMA user_version``. Missing steps are applied in one
+  transaction at open; a database newer than the code is refused.
+- Secret columns hold :class:`~aaa_vpn.store.crypto.SecretBox` blobs bound to
+  their table, column and row key; plaintext secrets never reach the file.
+- ``generation()`` reads a one-row counter that SQL triggers bump on every
+  change to provisioning tables (not sessions), so the server can poll it
+  cheaply and drop its caches when it moves.
+- Hot-path reads are single constant SQL statements (sqlite3 caches the
+  prepared statements) with positional row unpacking; no ORM.
+- Sessions deliberately have no foreign key to users: a foreign AAA may keep
+  sessions of visitors it has no user record for. ``delete_user`` deletes the
+  user's sessions explicitly instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from aaa_vpn.model import (
+    Client,
+    ClientRole,
+    EspTransform,
+    Flavour,
+    Gateway,
+    GatewayMode,
+    KeyMode,
+    QosClass,
+    Service,
+    Session,
+    SpiAllocation,
+    User,
+    VpnRecord,
+)
+from aaa_vpn.secret import Secret
+from aaa_vpn.store.base import (
+    AlreadyExists,
+    NotFound,
+    ReferenceError_,
+    SpiConflict,
+    StoreError,
+)
+from aaa_vpn.store.crypto import SecretBox, secret_context
+
+log = logging.getLogger(__name__)
+
+#: "aavp": marks the file as an aaa_vpn database (PRAGMA application_id).
+APPLICATION_ID = 0x61617670
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+PROVISIONING_TABLES = ("users", "clients", "gateways", "services", "qos_classes", "vpn_records")
+
+
+def _generation_triggers() -> tuple[str, ...]:
+    return tuple(
+        f"CREATE TRIGGER {table}_{op.lower()}_bumps_generation AFTER {op} ON {table}"
+        " BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END"
+        for table in PROVISIONING_TABLES
+        for op in ("INSERT", "UPDATE", "DELETE")
+    )
+
+
+# Each step is a sequence of single statements, executed inside the migration
+# transaction. (``executescript`` would commit first, breaking atomicity.)
+# Never edit a released step: append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the tables.
+    (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)",
+        "INSERT INTO generation (id, value) VALUES (1, 1)",
+        """CREATE TABLE users (
+            nai TEXT PRIMARY KEY NOT NULL,
+            home_agent TEXT NOT NULL,
+            home_address TEXT,
+            mn_aaa_spi INTEGER NOT NULL,
+            mn_aaa_secret BLOB NOT NULL,
+            mn_ha_spi INTEGER NOT NULL,
+            mn_ha_key BLOB NOT NULL,
+            enabled INTEGER NOT NULL CHECK (enabled IN (0, 1))
+        )""",
+        # An exact duplicate network would make the client of a source address ambiguous.
+        """CREATE TABLE clients (
+            name TEXT PRIMARY KEY NOT NULL,
+            network TEXT NOT NULL UNIQUE,
+            secret BLOB NOT NULL,
+            role TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            coa_port INTEGER NOT NULL,
+            flavour TEXT NOT NULL,
+            require_message_authenticator INTEGER NOT NULL
+        )""",
+        # Prefixes as a JSON array: read with the gateway in one row, never queried alone.
+        """CREATE TABLE gateways (
+            name TEXT PRIMARY KEY NOT NULL,
+            address TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            protected_prefixes TEXT NOT NULL,
+            gateway_key BLOB NOT NULL
+        )""",
+        """CREATE TABLE services (
+            name TEXT PRIMARY KEY NOT NULL,
+            key_mode TEXT NOT NULL,
+            esp_transform TEXT NOT NULL,
+            ike_proposal TEXT NOT NULL,
+            sa_lifetime INTEGER NOT NULL,
+            ike_lifetime INTEGER NOT NULL
+        )""",
+        """CREATE TABLE qos_classes (
+            name TEXT PRIMARY KEY NOT NULL,
+            dscp INTEGER NOT NULL,
+            rate_kbps INTEGER NOT NULL
+        )""",
+        # AUTOINCREMENT: an id is never reused, so a stale id in an operator's
+        # script cannot hit someone else's record. UNIQUE (nai, correspondent)
+        # also serves list_vpn_records(nai).
+        """CREATE TABLE vpn_records (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            nai TEXT NOT NULL REFERENCES users (nai) ON DELETE CASCADE,
+            correspondent TEXT NOT NULL,
+            gateway TEXT NOT NULL REFERENCES gateways (name) ON DELETE RESTRICT,
+            service TEXT NOT NULL REFERENCES services (name) ON DELETE RESTRICT,
+            qos TEXT REFERENCES qos_classes (name) ON DELETE RESTRICT,
+            UNIQUE (nai, correspondent)
+        )""",
+        """CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY NOT NULL,
+            nai TEXT NOT NULL,
+            session_root_key BLOB NOT NULL,
+            epoch INTEGER NOT NULL,
+            home_address TEXT NOT NULL,
+            home_agent TEXT NOT NULL,
+            care_of_address TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL,
+            foreign_domain TEXT NOT NULL
+        )""",
+        # The primary key indexes session_id, which the cascade delete needs.
+        """CREATE TABLE session_spis (
+            session_id TEXT NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            spi INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            PRIMARY KEY (session_id, position),
+            UNIQUE (node, spi)
+        )""",
+        *_generation_triggers(),
+    ),
+    # 2: indexes for session lookups, expiry and the RESTRICT checks on delete.
+    # A separate step so that the upgrade path is exercised by tests from day one.
+    (
+        "CREATE INDEX sessions_by_nai ON sessions (nai)",
+        "CREATE INDEX sessions_by_expiry ON sessions (expires)",
+        "CREATE INDEX vpn_records_by_gateway ON vpn_records (gateway)",
+        "CREATE INDEX vpn_records_by_service ON vpn_records (service)",
+        "CREATE INDEX vpn_records_by_qos ON vpn_records (qos)",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# -- constant SQL (sqlite3 keeps these prepared in its statement cache) ----------
+
+_GENERATION = "SELECT value FROM generation WHERE id = 1"
+
+_USER_COLUMNS = "nai, home_agent, home_address, mn_aaa_spi, mn_aaa_secret, mn_ha_spi, mn_ha_key, enabled"
+_GET_USER = f"SELECT {_USER_COLUMNS} FROM users WHERE nai = ?"
+_LIST_USERS = f"SELECT {_USER_COLUMNS} FROM users ORDER BY nai"
+_INSERT_USER = f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE_USER = (
+    "UPDATE users SET nai = ?, home_agent = ?, home_address = ?, mn_aaa_spi = ?, mn_aaa_secret = ?,"
+    " mn_ha_spi = ?, mn_ha_key = ?, enabled = ? WHERE nai = ?"
+)
+
+_CLIENT_COLUMNS = "name, network, secret, role, domain, coa_port, flavour, require_message_authenticator"
+_GET_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE name = ?"
+_LIST_CLIENTS = f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY name"
+_INSERT_CLIENT = f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE_CLIENT = (
+    "UPDATE clients SET name = ?, network = ?, secret = ?, role = ?, domain = ?, coa_port = ?,"
+    " flavour = ?, require_message_authenticator = ? WHERE name = ?"
+)
+
+_GATEWAY_COLUMNS = "name, address, mode, protected_prefixes, gateway_key"
+_GET_GATEWAY = f"SELECT {_GATEWAY_COLUMNS} FROM gateways WHERE name = ?"
+_LIST_GATEWAYS = f"SELECT {_GATEWAY_COLUMNS} FROM gateways ORDER BY name"
+_INSERT_GATEWAY = f"INSERT INTO gateways ({_GATEWAY_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+_UPDATE_GATEWAY = (
+    "UPDATE gateways SET name = ?, address = ?, mode = ?, protected_prefixes = ?, gateway_key = ? WHERE name = ?"
+)
+
+_SERVICE_COLUMNS = "name, key_mode, esp_transform, ike_proposal, sa_lifetime, ike_lifetime"
+_GET_SERVICE = f"SELECT {_SERVICE_COLUMNS} FROM services WHERE name = ?"
+_LIST_SERVICES = f"SELECT {_SERVICE_COLUMNS} FROM services ORDER BY name"
+_INSERT_SERVICE = f"INSERT INTO services ({_SERVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+_UPDATE_SERVICE = (
+    "UPDATE services SET name = ?, key_mode = ?, esp_transform = ?, ike_proposal = ?, sa_lifetime = ?,"
+    " ike_lifetime = ? WHERE name = ?"
+)
+
+_GET_QOS = "SELECT name, dscp, rate_kbps FROM qos_classes WHERE name = ?"
+_LIST_QOS = "SELECT name, dscp, rate_kbps FROM qos_classes ORDER BY name"
+_INSERT_QOS = "INSERT INTO qos_classes (name, dscp, rate_kbps) VALUES (?, ?, ?)"
+_UPDATE_QOS = "UPDATE qos_classes SET name = ?, dscp = ?, rate_kbps = ? WHERE name = ?"
+
+_VPN_COLUMNS = "id, nai, correspondent, gateway, service, qos"
+_GET_VPN = f"SELECT {_VPN_COLUMNS} FROM vpn_records WHERE id = ?"
+_LIST_VPN = f"SELECT {_VPN_COLUMNS} FROM vpn_records ORDER BY id"
+_LIST_VPN_OF_USER = f"SELECT {_VPN_COLUMNS} FROM vpn_records WHERE nai = ? ORDER BY id"
+_INSERT_VPN = f"INSERT INTO vpn_records ({_VPN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+_UPDATE_VPN = "UPDATE vpn_records SET nai = ?, correspondent = ?, gateway = ?, service = ?, qos = ? WHERE id = ?"
+
+# Sessions are read with their SPIs in one statement, so that a concurrent
+# writer can never be seen half-way (one statement = one snapshot).
+_SESSION_SELECT = (
+    "SELECT s.session_id, s.nai, s.session_root_key, s.epoch, s.home_address, s.home_agent,"
+    " s.care_of_address, s.created, s.expires, s.foreign_domain, p.node, p.spi, p.path"
+    " FROM sessions AS s LEFT JOIN session_spis AS p ON p.session_id = s.session_id"
+)
+_GET_SESSION = f"{_SESSION_SELECT} WHERE s.session_id = ? ORDER BY p.position"
+_FIND_SESSIONS = f"{_SESSION_SELECT} WHERE s.nai = ? ORDER BY s.created, s.session_id, p.position"
+_LIST_SESSIONS = f"{_SESSION_SELECT} ORDER BY s.created, s.session_id, p.position"
+_INSERT_SESSION = (
+    "INSERT INTO sessions (session_id, nai, session_root_key, epoch, home_address, home_agent,"
+    " care_of_address, created, expires, foreign_domain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SPI = "INSERT INTO session_spis (session_id, position, node, spi, path) VALUES (?, ?, ?, ?, ?)"
+_DELETE_SESSION = "DELETE FROM sessions WHERE session_id = ?"
+_SPIS_IN_USE = "SELECT spi FROM session_spis WHERE node = ? ORDER BY spi"
+
+_Row = tuple[Any, ...]
+
+
+def _is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
+    text = str(exc)
+    return "UNIQUE constraint failed" in text or "PRIMARY KEY" in text
+
+
+def _is_fk_violation(exc: sqlite3.IntegrityError) -> bool:
+    return "FOREIGN KEY constraint failed" in str(exc)
+
+
+class SqliteStore:
+    """:class:`~aaa_vpn.store.base.Store` on one SQLite file.
+
+    ``create``: allow creating a new database file (``aaa-vpn db init``); otherwise
+    a missing file is an error rather than a silently empty database.
+    ``migrate``: apply missing schema steps at open (the default); if false, an
+    old schema is an error.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        box: SecretBox,
+        *,
+        create: bool = False,
+        migrate: bool = True,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> None:
+        self.path = Path(path)
+        self._box = box
+        #: The schema version found at open (0 for a new database).
+        self.opened_version = 0
+        if not create and not self.path.exists():
+            raise StoreError(f"database {self.path} does not exist (create it with 'aaa-vpn db init')")
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={'rwc' if create else 'rw'}"
+        try:
+            self._conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000, cached_statements=256
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        try:
+            self._setup(busy_timeout_ms, migrate)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- opening ------------------------------------------------------------------
+
+    def _setup(self, busy_timeout_ms: int, migrate: bool) -> None:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        version = self._user_version()
+        self.opened_version = version
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if application_id not in (0, APPLICATION_ID) or (
+            version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        ):
+            raise StoreError(f"{self.path} is not an aaa_vpn database")
+        self._refuse_newer(version)
+        journal = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(journal).lower() != "wal":
+            # E.g. on a file system without shared memory; still correct, only slower.
+            log.warning("database %s: WAL journal unavailable, using %s", self.path, journal)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if version < SCHEMA_VERSION:
+            if not migrate:
+                raise StoreError(
+                    f"database {self.path} has schema version {version}, this aaa_vpn needs"
+                    f" {SCHEMA_VERSION}: run 'aaa-vpn db migrate'"
+                )
+            self._migrate()
+        row = conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()
+        if row is None:
+            raise StoreError(f"database {self.path} has no key check value; it is damaged")
+        if not self._box.matches(bytes(row[0])):
+            raise StoreError(f"key file does not match this database ({self.path})")
+
+    def _user_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self.path} has schema version {version}, newer than this aaa_vpn"
+                f" knows ({SCHEMA_VERSION}); upgrade aaa_vpn"
+            )
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: another worker may have migrated
+            # between our first look and now.
+            current = self._user_version()
+            self._refuse_newer(current)
+            for step in MIGRATIONS[current:]:
+                for statement in step:
+                    conn.execute(statement)
+            if current == 0:
+                conn.execute("INSERT INTO meta (name, value) VALUES ('key_check', ?)", (self._box.key_check,))
+            if current < SCHEMA_VERSION:
+                log.info("database %s: schema migrated from version %d to %d", self.path, current, SCHEMA_VERSION)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return self._user_version()
+
+    # -- transactions ---------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several store calls into one all-or-nothing write transaction.
+
+        Calls inside join it; an exception rolls everything back. Used by import.
+        """
+        with self._writing():
+            yield
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        if conn.in_transaction:
+            # Inside transaction(): the outermost block commits or rolls back.
+            yield conn
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}") from None
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"database {self.path}: {exc}") from None
+        except BaseException:
+            self._rollback()
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"database {self.path}: {exc}") from None
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _one(self, sql: str, params: Sequence[object]) -> _Row | None:
+        try:
+            row: _Row | None = self._conn.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}") from None
+        return row
+
+    def _all(self, sql: str, params: Sequence[object] = ()) -> list[_Row]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: {exc}") from None
+
+    # -- secrets --------------------------------------------------------------------
+
+    def _seal(self, secret: Secret, table: str, column: str, row_key: str) -> bytes:
+        return self._box.seal(secret.value, secret_context(table, column, row_key))
+
+    def _open(self, blob: bytes, table: str, column: str, row_key: str) -> Secret:
+        return Secret(self._box.open(bytes(blob), secret_context(table, column, row_key)))
+
+    def _corrupt(self, what: str, exc: Exception) -> StoreError:
+        return StoreError(f"database {self.path}: stored {what} is invalid: {exc}")
+
+    # -- change detection -------------------------------------------------------------
+
+    def generation(self) -> int:
+        row = self._one(_GENERATION, ())
+        if row is None:
+            raise StoreError(f"database {self.path}: generation counter is missing")
+        return int(row[0])
+
+    # -- users ------------------------------------------------------------------------
+
+    def _user_params(self, user: User) -> tuple[object, ...]:
+        return (
+            user.nai,
+            str(user.home_agent),
+            None if user.home_address is None else str(user.home_address),
+            user.mn_aaa_spi,
+            self._seal(user.mn_aaa_secret, "users", "mn_aaa_secret", user.nai),
+            user.mn_ha_spi,
+            self._seal(user.mn_ha_key, "users", "mn_ha_key", user.nai),
+            int(user.enabled),
+        )
+
+    def _user(self, row: _Row) -> User:
+        nai, home_agent, home_address, mn_aaa_spi, mn_aaa_secret, mn_ha_spi, mn_ha_key, enabled = row
+        try:
+            return User(
+                nai=nai,
+                home_agent=IPv4Address(home_agent),
+                mn_aaa_secret=self._open(mn_aaa_secret, "users", "mn_aaa_secret", nai),
+                mn_ha_spi=mn_ha_spi,
+                mn_ha_key=self._open(mn_ha_key, "users", "mn_ha_key", nai),
+                home_address=None if home_address is None else IPv4Address(home_address),
+                mn_aaa_spi=mn_aaa_spi,
+                enabled=bool(enabled),
+            )
+        except ValueError as exc:  # ValidationError is a ValueError
+            raise self._corrupt(f"user {nai!r}", exc) from None
+
+    def add_user(self, user: User) -> None:
+        params = self._user_params(user)
+        with self._writing() as conn:
+            try:
+                conn.execute(_INSERT_USER, params)
+            except sqlite3.IntegrityError as exc:
+                raise self._integrity(exc, f"user {user.nai!r}") from None
+
+    def get_user(self, nai: str) -> User:
+        row = self._one(_GET_USER, (nai,))
+        if row is None:
+            raise NotFound(f"no user {nai!r}")
+        return self._user(row)
+
+    def list_users(self) -> list[User]:
+        return [self._user(row) for row in self._all(_LIST_USERS)]
+
+    def update_user(self, user: User) -> None:
+        params = self._user_params(user)
+        with self._writing() as conn:
+            if conn.execute(_UPDATE_USER, (*params, user.nai)).rowcount == 0:
+                raise NotFound(f"no user {user.nai!r}")
+
+    def delete_user(self, nai: str) -> None:
+        with self._writing() as conn:
+            conn.execute("DELETE FROM sessions WHERE nai = ?", (nai,))
+            # vpn_records follow by ON DELETE CASCADE.
+            if conn.execute("DELETE FROM users WHERE nai = ?", (nai,)).rowcount == 0:
+                raise NotFound(f"no user {nai!r}")
+
+    # -- RADIUS clients -----------------------------------------------------------------
+
+    def _client_params(self, client: Client) -> tuple[object, ...]:
+        return (
+            client.name,
+            str(client.network),
+            self._seal(client.secret, "clients", "secret", client.name),
+            client.role.value,
+            client.domain,
+            client.coa_port,
+            client.flavour.value,
+            int(client.require_message_authenticator),
+        )
+
+    def _client(self, row: _Row) -> Client:
+        name, network, secret, role, domain, coa_port, flavour, require_ma = row
+        try:
+            return Client(
+                name=name,
+                network=IPv4Network(network),
+                secret=self._open(secret, "clients", "secret", name),
+                role=ClientRole(role),
+                domain=domain,
+                coa_port=coa_port,
+                flavour=Flavour(flavour),
+                require_message_authenticator=bool(require_ma),
+            )
+        except ValueError as exc:
+            raise self._corrupt(f"client {name!r}", exc) from None
+
+    def _client_conflict(self, exc: sqlite3.IntegrityError, client: Client) -> StoreError:
+        if "clients.network" in str(exc):
+            return AlreadyExists(f"a client with network {client.network} exists already")
+        return self._integrity(exc, f"client {client.name!r}")
+
+    def add_client(self, client: Client) -> None:
+        params = self._client_params(client)
+        with self._writing() as conn:
+            try:
+                conn.execute(_INSERT_CLIENT, params)
+            except sqlite3.IntegrityError as exc:
+                raise self._client_conflict(exc, client) from None
+
+    def get_client(self, name: str) -> Client:
+        row = self._one(_GET_CLIENT, (name,))
+        if row is None:
+            raise NotFound(f"no client {name!r}")
+        return self._client(row)
+
+    def list_clients(self) -> list[Client]:
+        return [self._client(row) for row in self._all(_LIST_CLIENTS)]
+
+    def update_client(self, client: Client) -> None:
+        params = self._client_params(client)
+        with self._writing() as conn:
+            try:
+                updated = conn.execute(_UPDATE_CLIENT, (*params, client.name)).rowcount
+            except sqlite3.IntegrityError as exc:
+                raise self._client_conflict(exc, client) from None
+            if updated == 0:
+                raise NotFound(f"no client {client.name!r}")
+
+    def delete_client(self, name: str) -> None:
+        with self._writing() as conn:
+            if conn.execute("DELETE FROM clients WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFound(f"no client {name!r}")
+
+    # -- gateways ---------------------------------------------------------------------
+
+    def _gateway_params(self, gateway: Gateway) -> tuple[object, ...]:
+        return (
+            gateway.name,
+            str(gateway.address),
+            gateway.mode.value,
+            json.dumps([str(prefix) for prefix in gateway.protected_prefixes]),
+            self._seal(gateway.gateway_key, "gateways", "gateway_key", gateway.name),
+        )
+
+    def _gateway(self, row: _Row) -> Gateway:
+        name, address, mode, prefixes, gateway_key = row
+        try:
+            return Gateway(
+                name=name,
+                address=IPv4Address(address),
+                mode=GatewayMode(mode),
+                protected_prefixes=tuple(IPv4Network(prefix) for prefix in json.loads(prefixes)),
+                gateway_key=self._open(gateway_key, "gateways", "gateway_key", name),
+            )
+        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            raise self._corrupt(f"gateway {name!r}", exc) from None
+
+    def add_gateway(self, gateway: Gateway) -> None:
+        params = self._gateway_params(gateway)
+        with self._writing() as conn:
+            try:
+                conn.execute(_INSERT_GATEWAY, params)
+            except sqlite3.IntegrityError as exc:
+                raise self._integrity(exc, f"gateway {gateway.name!r}") from None
+
+    def get_gateway(self, name: str) -> Gateway:
+        row = self._one(_GET_GATEWAY, (name,))
+        if row is None:
+            raise NotFound(f"no gateway {name!r}")
+        return self._gateway(row)
+
+    def list_gateways(self) -> list[Gateway]:
+        return [self._gateway(row) for row in self._all(_LIST_GATEWAYS)]
+
+    def update_gateway(self, gateway: Gateway) -> None:
+        params = self._gateway_params(gateway)
+        with self._writing() as conn:
+            if conn.execute(_UPDATE_GATEWAY, (*params, gateway.name)).rowcount == 0:
+                raise NotFound(f"no gateway {gateway.name!r}")
+
+    def delete_gateway(self, name: str) -> None:
+        self._delete_referenced("gateways", "gateway", name)
+
+    # -- security services ------------------------------------------------------------
+
+    @staticmethod
+    def _service_params(service: Service) -> tuple[object, ...]:
+        return (
+            service.name,
+            service.key_mode.value,
+            service.esp_transform.value,
+            service.ike_proposal,
+            service.sa_lifetime,
+            service.ike_lifetime,
+        )
+
+    def _service(self, row: _Row) -> Service:
+        name, key_mode, esp_transform, ike_proposal, sa_lifetime, ike_lifetime = row
+        try:
+            return Service(
+                name=name,
+                key_mode=KeyMode(key_mode),
+                esp_transform=EspTransform(esp_transform),
+                ike_proposal=ike_proposal,
+                sa_lifetime=sa_lifetime,
+                ike_lifetime=ike_lifetime,
+            )
+        except ValueError as exc:
+            raise self._corrupt(f"service {name!r}", exc) from None
+
+    def add_service(self, service: Service) -> None:
+        with self._writing() as conn:
+            try:
+                conn.execute(_INSERT_SERVICE, self._service_params(service))
+            except sqlite3.IntegrityError as exc:
+                raise self._integrity(exc, f"service {service.name!r}") from None
+
+    def get_service(self, name: str) -> Service:
+        row = self._one(_GET_SERVICE, (name,))
+        if row is None:
+            raise NotFound(f"no service {name!r}")
+        return self._service(row)
+
+    def list_services(self) -> list[Service]:
+        return [self._service(row) for row in self._all(_LIST_SERVICES)]
+
+    def update_service(self, service: Service) -> None:
+        with self._writing() as conn:
+            if conn.execute(_UPDATE_SERVICE, (*self._service_params(service), service.name)).rowcount == 0:
+                raise NotFound(f"no service {service.name!r}")
+
+    def delete_service(self, name: str) -> None:
+        self._delete_referenced("services", "service", name)
+
+    # -- QoS classes ----------------------------------------------------------------------
+
+    def _qos(self, row: _Row) -> QosClass:
+        name, dscp, rate_kbps = row
+        try:
+            return QosClass(name=name, dscp=dscp, rate_kbps=rate_kbps)
+        except ValueError as exc:
+            raise self._corrupt(f"QoS class {name!r}", exc) from None
+
+    def add_qos(self, qos: QosClass) -> None:
+        with self._writing() as conn:
+            try:
+                conn.execute(_INSERT_QOS, (qos.name, qos.dscp, qos.rate_kbps))
+            except sqlite3.IntegrityError as exc:
+                raise self._integrity(exc, f"QoS class {qos.name!r}") from None
+
+    def get_qos(self, name: str) -> QosClass:
+        row = self._one(_GET_QOS, (name,))
+        if row is None:
+            raise NotFound(f"no QoS class {name!r}")
+        return self._qos(row)
+
+    def list_qos(self) -> list[QosClass]:
+        return [self._qos(row) for row in self._all(_LIST_QOS)]
+
+    def update_qos(self, qos: QosClass) -> None:
+        with self._writing() as conn:
+            if conn.execute(_UPDATE_QOS, (qos.name, qos.dscp, qos.rate_kbps, qos.name)).rowcount == 0:
+                raise NotFound(f"no QoS class {qos.name!r}")
+
+    def delete_qos(self, name: str) -> None:
+        self._delete_referenced("qos_classes", "qos", name)
+
+    _KIND_NAMES: ClassVar[dict[str, str]] = {"gateway": "gateway", "service": "service", "qos": "QoS class"}
+
+    def _delete_referenced(self, table: str, column: str, name: str) -> None:
+        """Delete a record that VPN records may name (ON DELETE RESTRICT)."""
+        kind = self._KIND_NAMES[column]
+        with self._writing() as conn:
+            try:
+                deleted = conn.execute(f"DELETE FROM {table} WHERE name = ?", (name,)).rowcount
+            except sqlite3.IntegrityError as exc:
+                if not _is_fk_violation(exc):
+                    raise
+                users = conn.execute(
+                    f"SELECT id, nai FROM vpn_records WHERE {column} = ? ORDER BY id", (name,)
+                ).fetchall()
+                named = ", ".join(f"{record_id} ({nai})" for record_id, nai in users[:10])
+                more = f" and {len(users) - 10} more" if len(users) > 10 else ""
+                raise ReferenceError_(
+                    f"{kind} {name!r} is used by VPN record(s) {named}{more}; change or delete those first"
+                ) from None
+            if deleted == 0:
+                raise NotFound(f"no {kind} {name!r}")
+
+    # -- VPN records -------------------------------------------------------------------
+
+    def _vpn_record(self, row: _Row) -> VpnRecord:
+        record_id, nai, correspondent, gateway, service, qos = row
+        try:
+            return VpnRecord(
+                nai=nai,
+                correspondent=IPv4Network(correspondent),
+                gateway=gateway,
+                service=service,
+                qos=qos,
+                id=record_id,
+            )
+        except ValueError as exc:
+            raise self._corrupt(f"VPN record {record_id}", exc) from None
+
+    def _vpn_problem(self, conn: sqlite3.Connection, exc: sqlite3.IntegrityError, record: VpnRecord) -> StoreError:
+        if _is_unique_violation(exc):
+            existing = conn.execute(
+                "SELECT id FROM vpn_records WHERE nai = ? AND correspondent = ?",
+                (record.nai, str(record.correspondent)),
+            ).fetchone()
+            if existing is not None and existing[0] != record.id:
+                return AlreadyExists(
+                    f"user {record.nai!r} has a VPN record for {record.correspondent} already (id {existing[0]})"
+                )
+            return AlreadyExists(f"VPN record {record.id} exists already")
+        if _is_fk_violation(exc):
+            # SQLite does not say which reference failed; find it (error path only).
+            for kind, table, key, value in (
+                ("user", "users", "nai", record.nai),
+                ("gateway", "gateways", "name", record.gateway),
+                ("service", "services", "name", record.service),
+                ("QoS class", "qos_classes", "name", record.qos),
+            ):
+                if (
+                    value is not None
+                    and conn.execute(f"SELECT 1 FROM {table} WHERE {key} = ?", (value,)).fetchone() is None
+                ):
+                    return ReferenceError_(f"the VPN record names {kind} {value!r}, which does not exist")
+            return ReferenceError_(f"the VPN record names a record that does not exist: {exc}")
+        return StoreError(f"database {self.path}: {exc}")
+
+    def add_vpn_record(self, record: VpnRecord) -> VpnRecord:
+        params = (record.id, record.nai, str(record.correspondent), record.gateway, record.service, record.qos)
+        with self._writing() as conn:
+            try:
+                cursor = conn.execute(_INSERT_VPN, params)
+            except sqlite3.IntegrityError as exc:
+                raise self._vpn_problem(conn, exc, record) from None
+            record_id = cursor.lastrowid
+        return dataclasses.replace(record, id=record_id)
+
+    def get_vpn_record(self, record_id: int) -> VpnRecord:
+        row = self._one(_GET_VPN, (record_id,))
+        if row is None:
+            raise NotFound(f"no VPN record {record_id}")
+        return self._vpn_record(row)
+
+    def list_vpn_records(self, nai: str | None = None) -> list[VpnRecord]:
+        rows = self._all(_LIST_VPN) if nai is None else self._all(_LIST_VPN_OF_USER, (nai,))
+        return [self._vpn_record(row) for row in rows]
+
+    def update_vpn_record(self, record: VpnRecord) -> None:
+        if record.id is None:
+            raise NotFound("a VPN record without an id cannot be updated")
+        params = (record.nai, str(record.correspondent), record.gateway, record.service, record.qos, record.id)
+        with self._writing() as conn:
+            try:
+                updated = conn.execute(_UPDATE_VPN, params).rowcount
+            except sqlite3.IntegrityError as exc:
+                raise self._vpn_problem(conn, exc, record) from None
+            if updated == 0:
+                raise NotFound(f"no VPN record {record.id}")
+
+    def delete_vpn_record(self, record_id: int) -> None:
+        with self._writing() as conn:
+            if conn.execute("DELETE FROM vpn_records WHERE id = ?", (record_id,)).rowcount == 0:
+                raise NotFound(f"no VPN record {record_id}")
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def _sessions(self, rows: list[_Row]) -> list[Session]:
+        """Fold joined (session, SPI) rows into sessions, keeping row order."""
+        sessions: list[Session] = []
+        current: _Row | None = None
+        spis: list[SpiAllocation] = []
+        for row in rows:
+            if current is not None and row[0] != current[0]:
+                sessions.append(self._session(current, spis))
+                spis = []
+            current = row
+            if row[10] is not None:
+                spis.append(SpiAllocation(node=IPv4Address(row[10]), spi=row[11], path=row[12]))
+        if current is not None:
+            sessions.append(self._session(current, spis))
+        return sessions
+
+    def _session(self, row: _Row, spis: list[SpiAllocation]) -> Session:
+        session_id, nai, root_key, epoch, home_address, home_agent, care_of_address, created, expires, domain = row[:10]
+        try:
+            return Session(
+                session_id=session_id,
+                nai=nai,
+                session_root_key=self._open(root_key, "sessions", "session_root_key", session_id),
+                epoch=epoch,
+                home_address=IPv4Address(home_address),
+                home_agent=IPv4Address(home_agent),
+                care_of_address=IPv4Address(care_of_address),
+                created=created,
+                expires=expires,
+                spis=tuple(spis),
+                foreign_domain=domain,
+            )
+        except ValueError as exc:
+            raise self._corrupt(f"session {session_id!r}", exc) from None
+
+    def put_session(self, session: Session, replaces: Iterable[str] = ()) -> None:
+        """Store ``session`` (replacing one with the same id) and its SPIs, after
+        deleting the sessions in ``replaces``; all in one transaction."""
+        # Seal before taking the write lock: keep the lock as short as possible.
+        params = (
+            session.session_id,
+            session.nai,
+            self._seal(session.session_root_key, "sessions", "session_root_key", session.session_id),
+            session.epoch,
+            str(session.home_address),
+            str(session.home_agent),
+            str(session.care_of_address),
+            session.created,
+            session.expires,
+            session.foreign_domain,
+        )
+        spis = [
+            (session.session_id, position, str(allocation.node), allocation.spi, allocation.path)
+            for position, allocation in enumerate(session.spis)
+        ]
+        with self._writing() as conn:
+            for old in replaces:
+                conn.execute(_DELETE_SESSION, (old,))
+            # "put" replaces a session of the same id (e.g. after a handoff),
+            # whose own SPIs must not count as conflicts.
+            conn.execute(_DELETE_SESSION, (session.session_id,))
+            conn.execute(_INSERT_SESSION, params)
+            for spi_params in spis:
+                try:
+                    conn.execute(_INSERT_SPI, spi_params)
+                except sqlite3.IntegrityError as exc:
+                    if not _is_unique_violation(exc):
+                        raise
+                    node, spi = spi_params[2], spi_params[3]
+                    raise SpiConflict(f"SPI {spi} (0x{spi:08x}) is already allocated on node {node}") from None
+
+    def get_session(self, session_id: str) -> Session:
+        sessions = self._sessions(self._all(_GET_SESSION, (session_id,)))
+        if not sessions:
+            raise NotFound(f"no session {session_id!r}")
+        return sessions[0]
+
+    def find_sessions(self, nai: str) -> list[Session]:
+        return self._sessions(self._all(_FIND_SESSIONS, (nai,)))
+
+    def list_sessions(self) -> list[Session]:
+        return self._sessions(self._all(_LIST_SESSIONS))
+
+    def delete_session(self, session_id: str) -> None:
+        with self._writing() as conn:
+            if conn.execute(_DELETE_SESSION, (session_id,)).rowcount == 0:
+                raise NotFound(f"no session {session_id!r}")
+
+    def expire_sessions(self, now: float) -> int:
+        with self._writing() as conn:
+            return int(conn.execute("DELETE FROM sessions WHERE expires < ?", (now,)).rowcount)
+
+    def spis_in_use(self, node: IPv4Address) -> Sequence[int]:
+        return [int(row[0]) for row in self._all(_SPIS_IN_USE, (str(node),))]
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table, for ``aaa-vpn db check``."""
+        tables = (*PROVISIONING_TABLES, "sessions", "session_spis")
+        return {table: int(self._all(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
+
+    def check(self) -> list[str]:
+        """Look for damage: SQLite's integrity and foreign key checks, and every
+        secret opened under the key file. Returns the problems found."""
+        problems = [f"integrity: {row[0]}" for row in self._all("PRAGMA integrity_check") if row[0] != "ok"]
+        problems += [
+            f"foreign key: {row[0]} row {row[1]} names a missing {row[2]} record"
+            for row in self._all("PRAGMA foreign_key_check")
+        ]
+        for what, lister in (
+            ("users", self.list_users),
+            ("clients", self.list_clients),
+            ("gateways", self.list_gateways),
+            ("services", self.list_services),
+            ("QoS classes", self.list_qos),
+            ("VPN records", self.list_vpn_records),
+            ("sessions", self.list_sessions),
+        ):
+            try:
+                lister()
+            except StoreError as exc:
+                problems.append(f"{what}: {exc}")
+        return problems
+
+    def _integrity(self, exc: sqlite3.IntegrityError, what: str) -> StoreError:
+        if _is_unique_violation(exc):
+            return AlreadyExists(f"{what} exists already")
+        if _is_fk_violation(exc):
+            return ReferenceError_(f"{what} names a record that does not exist")
+        return StoreError(f"{what}: {exc}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
+
+
+if TYPE_CHECKING:
+    from aaa_vpn.store.base import Store
+
+    def _conforms(store: SqliteStore) -> Store:
+        # mypy checks here that SqliteStore implements the Store protocol.
+        return store

@@ -1,0 +1,120 @@
+"""The VPN profile as typed values: what one network element is told about its
+part of a mobile user's VPN.
+
+A :class:`VpnProfile` is always *one receiver's view*: ``PathProfile.local`` is
+the receiving node's own end, ``peer`` the other end; ``spi_in``/``key_in``
+protect traffic peer -> local, ``spi_out``/``key_out`` local -> peer. The FA's
+and the HA's views of the same path are mirror images (same keys, swapped).
+
+Wire mapping (implemented in :mod:`aaa_vpn.wire.radius_profile`; the full
+table with numbers is in ``docs/protocol.md`` and ``dictionaries/dictionary.aaa_vpn``):
+
+* vendor id :data:`VENDOR_ID` (RFC 5612's documentation number 32473, a
+  placeholder a deployment replaces here and in the dictionary's VENDOR line);
+* session-level values are untagged vendor attributes;
+* every attribute of one path carries the same RFC 2868 tag (1..31), so a
+  profile with several paths is unambiguous even if a proxy reorders
+  attributes of different types. Tagged integers have 24 value bits
+  (RFC 2868 section 3), which bounds SPIs, lifetimes and rates;
+* keys, PSKs and the session root key are salt-encrypted (RFC 2868 section 3.5).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
+from aaa_vpn.secret import Secret
+
+#: The project's enterprise number (RFC 5612 documentation PEN: a placeholder).
+VENDOR_ID = 32473
+#: Largest value of a tagged integer attribute (RFC 2868 section 3: 24 bits).
+TAGGED_INT_MAX = 0xFFFFFF
+#: ESP SPIs the home AAA allocates: 24 bits (tagged integers), never 0-255 (RFC 4303 section 2.1).
+SPI_MIN = 0x100
+SPI_MAX = TAGGED_INT_MAX
+#: At most this many paths in one profile (one RFC 2868 tag each).
+MAX_PATHS = 31
+
+
+class PathRole(enum.IntEnum):
+    """Which two network elements a path joins."""
+
+    FA_HA = 1  # foreign agent <-> home agent
+    HA_GW = 2  # home agent <-> static correspondent gateway (stationary tunnel)
+    FA_GW = 3  # foreign agent <-> dynamic correspondent gateway (route optimisation)
+    FA_FA = 4  # old FA -> new FA forwarding path (smooth handoff)
+
+
+class RequestType(enum.IntEnum):
+    """What an Access-Request to the home AAA asks for (Aaa-Vpn-Request-Type)."""
+
+    FA_REGISTRATION = 1
+    HA_REGISTRATION = 2
+    GW_BINDING = 3
+    HANDOFF = 4
+    SERVICE_UPDATE = 5
+
+
+class RejectReason(enum.IntEnum):
+    """Why the home AAA rejected a request (Aaa-Vpn-Reject-Reason), so an agent
+    can pick the right Mobile IP reply code."""
+
+    UNKNOWN_USER = 1
+    USER_DISABLED = 2
+    AUTHENTICATION_FAILED = 3
+    NO_SESSION = 4
+    BAD_REQUEST = 5
+    PROFILE_TOO_LARGE = 6
+    NO_RESOURCES = 7
+
+
+@dataclass(frozen=True)
+class QosSpec:
+    """The QoS a path applies: class name, DSCP marking, rate limit (0 = none)."""
+
+    name: str
+    dscp: int
+    rate_kbps: int
+
+
+@dataclass(frozen=True)
+class PathProfile:
+    """One path of the VPN, as seen by the node at ``local``."""
+
+    role: PathRole
+    local: IPv4Address
+    peer: IPv4Address
+    local_ts: tuple[IPv4Network, ...]
+    remote_ts: tuple[IPv4Network, ...]
+    key_mode: KeyMode
+    esp_transform: EspTransform
+    spi_in: int
+    spi_out: int
+    key_in: Secret
+    key_out: Secret
+    lifetime: int
+    ike_proposal: str | None = None  # set when key_mode is IKEV2
+    ike_psk: Secret | None = None  # set when key_mode is IKEV2
+    qos: QosSpec | None = None
+    gateway_mode: GatewayMode | None = None  # set on paths that end at a gateway
+
+
+@dataclass(frozen=True)
+class VpnProfile:
+    """Everything one receiver is told in one Access-Accept."""
+
+    session_id: str
+    home_address: IPv4Address
+    home_agent: IPv4Address
+    care_of_address: IPv4Address
+    lifetime: int  # registration/session lifetime in seconds (also Session-Timeout)
+    epoch: int
+    paths: tuple[PathProfile, ...] = field(default_factory=tuple)
+    mn_ha_spi: int | None = None  # HA only: the MN-HA security association
+    mn_ha_key: Secret | None = None
+    fa_ha_spi: int | None = None  # FA and HA: Mobile IP FA-HA authentication (RFC 5944 3.5.4)
+    fa_ha_key: Secret | None = None
+    session_root_key: Secret | None = None  # HA and foreign AAA only (least privilege)

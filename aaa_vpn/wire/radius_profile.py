@@ -1,0 +1,973 @@
+"""The VPN profile as RADIUS attributes: :class:`~aaa_vpn.wire.profile.VpnProfile`
+<-> raw attributes, in three flavours (DESIGN.md section 4).
+
+Rules (everything that decides the wire format lives here):
+
+* ``Flavour.AAA_VPN``: the vendor attributes of ``dictionaries/dictionary.aaa_vpn``
+  (vendor :data:`~aaa_vpn.wire.profile.VENDOR_ID`, RFC 2865 section 5.26
+  recommended format: 1-octet type, 1-octet length). Session values (1-31)
+  are untagged; every attribute of path *i* (0-based) carries the RFC 2868
+  section 3 tag *i* + 1 (1..31). Tagged integers are tag + 24 bits;
+  untagged integers 32 bits. Local/Peer are dotted-decimal text, each traffic
+  selector one attribute ("198.51.100.10/32"). Keys, PSKs and the session
+  root key are salt-encrypted (RFC 2868 section 3.5); a tagged one is
+  ``tag || salt || ciphertext``. Session-Timeout (27, RFC 2865 section 5.27)
+  repeats the profile lifetime for equipment that reads only standard
+  attributes.
+* ``Flavour.RFC2868``: per path, tag *i* + 1: Tunnel-Type = ESP (9),
+  Tunnel-Medium-Type = IPv4 (1), Tunnel-Client-Endpoint = local,
+  Tunnel-Server-Endpoint = peer, Tunnel-Password = the IKE PSK (omitted if
+  the path has none), Tunnel-Assignment-Id = the role ("fa-ha"),
+  Tunnel-Preference = tag; plus Session-Timeout. It cannot express SPIs,
+  manual keys, transforms, traffic selectors, QoS, lifetimes per path, or
+  any session value but the lifetime.
+* ``Flavour.THREEGPP2`` (vendor 5535, X.S0011-005 numbers):
+  3GPP2-Home-Agent-IP-Address, 3GPP2-MN-HA-SPI and 3GPP2-MN-HA-Shared-Key
+  (salt-encrypted) if the profile has them, 3GPP2-Security-Level = 3 (IPsec
+  for tunnels and registration messages) when there are paths, and
+  3GPP2-Pre-Shared-Secret = the IKE PSK of the first FA-HA path,
+  salt-encrypted (a project decision: STAROS calls it salt-encrypted,
+  FreeRADIUS' dictionary has no flag), plus Session-Timeout. It cannot
+  express paths other than the one FA-HA IKE PSK.
+* Never truncate: anything that does not fit (a value beyond one attribute,
+  more than 31 paths, a secret beyond 239 octets, the packet beyond its
+  budget) raises :class:`ProfileError`, the caller's fault. Anything
+  malformed on receipt raises :class:`ProfileDecodeError`, the peer's fault.
+* Salts: one ``os.urandom`` per packet gives a random start; attribute *k*
+  gets ``0x8000 | (start + k) mod 0x8000``, so salts are unique within the
+  packet as RFC 2868 section 3.5 requires (independent random salts collide
+  with a few percent probability in a large profile).
+
+Decoding needs no pyrad dictionary (this module never imports pyrad): it
+takes the raw attribute section of a packet (``packet[20:length]``) or the
+list of raw attributes :func:`encode_profile` returns, skips what it does not
+know (other vendors, Message-Authenticator, Proxy-State, unknown vendor
+types), and is strict about what it knows.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import TypeVar
+
+from aaa_vpn.model import EspTransform, Flavour, GatewayMode, KeyMode
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire.profile import (
+    MAX_PATHS,
+    TAGGED_INT_MAX,
+    VENDOR_ID,
+    PathProfile,
+    PathRole,
+    QosSpec,
+    VpnProfile,
+)
+from aaa_vpn.wire.radius import (
+    AUTHENTICATOR_LENGTH,
+    DEFAULT_ATTRIBUTE_BUDGET,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_SALT_PLAINTEXT,
+    MAX_VSA_VALUE,
+    salt_decrypt,
+    salt_encrypt,
+)
+
+
+class ProfileError(ValueError):
+    """The profile cannot be encoded as asked (the caller's fault): a value too
+    large for its attribute, too many paths, or more than the packet holds."""
+
+
+class ProfileDecodeError(ValueError):
+    """Received attributes are malformed or incomplete (the peer's fault)."""
+
+
+#: 3GPP2's enterprise number (X.S0011-005).
+THREEGPP2_VENDOR_ID = 5535
+UINT32_MAX = 0xFFFFFFFF
+
+
+class Attr(enum.IntEnum):
+    """Standard attribute types used here (RFC 2865 section 5, RFC 2868 section 3)."""
+
+    SESSION_TIMEOUT = 27
+    TUNNEL_TYPE = 64
+    TUNNEL_MEDIUM_TYPE = 65
+    TUNNEL_CLIENT_ENDPOINT = 66
+    TUNNEL_SERVER_ENDPOINT = 67
+    TUNNEL_PASSWORD = 69
+    TUNNEL_PRIVATE_GROUP_ID = 81
+    TUNNEL_ASSIGNMENT_ID = 82
+    TUNNEL_PREFERENCE = 83
+    TUNNEL_CLIENT_AUTH_ID = 90
+    TUNNEL_SERVER_AUTH_ID = 91
+
+
+class AaaVpnAttr(enum.IntEnum):
+    """Vendor types of ``dictionary.aaa_vpn`` (names without the ``Aaa-Vpn-`` prefix)."""
+
+    SESSION_ID = 1
+    REQUEST_TYPE = 2
+    HOME_ADDRESS = 3
+    HOME_AGENT = 4
+    CARE_OF_ADDRESS = 5
+    PREVIOUS_FA = 6
+    SESSION_ROOT_KEY = 7
+    KEY_EPOCH = 8
+    LIFETIME = 9
+    MN_HA_SPI = 10
+    MN_HA_KEY = 11
+    FA_HA_SPI = 12
+    FA_HA_KEY = 13
+    REJECT_REASON = 14
+    PATH_ROLE = 32
+    PATH_LOCAL = 33
+    PATH_PEER = 34
+    PATH_LOCAL_TS = 35
+    PATH_REMOTE_TS = 36
+    PATH_KEY_MODE = 37
+    PATH_ESP_TRANSFORM = 38
+    PATH_SPI_IN = 39
+    PATH_SPI_OUT = 40
+    PATH_KEY_IN = 41
+    PATH_KEY_OUT = 42
+    PATH_LIFETIME = 43
+    PATH_IKE_PROPOSAL = 44
+    PATH_IKE_PSK = 45
+    PATH_QOS_CLASS = 46
+    PATH_DSCP = 47
+    PATH_RATE_LIMIT = 48
+    PATH_GATEWAY_MODE = 49
+
+
+class ThreeGpp2Attr(enum.IntEnum):
+    """3GPP2 vendor types used here (FreeRADIUS ``dictionary.3gpp2`` names)."""
+
+    IKE_PRESHARED_SECRET_REQUEST = 1
+    SECURITY_LEVEL = 2
+    PRE_SHARED_SECRET = 3
+    HOME_AGENT_IP_ADDRESS = 7
+    MN_HA_SPI = 57
+    MN_HA_SHARED_KEY = 58
+    FOREIGN_AGENT_ADDRESS = 79
+    SESSION_TERMINATION_CAPABILITY = 88
+
+
+#: RFC 2868 section 3.1 / 3.2 values the RFC2868 flavour sends.
+TUNNEL_TYPE_ESP = 9
+TUNNEL_MEDIUM_IPV4 = 1
+#: STAROS: IPsec for tunnels and registration messages.
+SECURITY_LEVEL_IPSEC = 3
+
+# Wire numbers of the model's enums, as in dictionary.aaa_vpn's VALUE lines.
+_KEY_MODE_CODE = {KeyMode.MANUAL: 1, KeyMode.IKEV2: 2}
+_KEY_MODE_BY_CODE = {v: k for k, v in _KEY_MODE_CODE.items()}
+_GATEWAY_MODE_CODE = {GatewayMode.STATIC: 1, GatewayMode.DYNAMIC: 2}
+_GATEWAY_MODE_BY_CODE = {v: k for k, v in _GATEWAY_MODE_CODE.items()}
+_ESP_BY_CODE = {t.code: t for t in EspTransform}
+_ROLE_BY_CODE = {int(r): r for r in PathRole}
+_E = TypeVar("_E", bound=enum.Enum)
+#: Tunnel-Assignment-Id per role (RFC2868 flavour).
+ASSIGNMENT_ID = {
+    PathRole.FA_HA: "fa-ha",
+    PathRole.HA_GW: "ha-gw",
+    PathRole.FA_GW: "fa-gw",
+    PathRole.FA_FA: "fa-fa",
+}
+
+# --- precomputed headers ------------------------------------------------------------------
+# A VSA in the RFC 2865 section 5.26 recommended format:
+#   26 | 8 + n | vendor id (4) | vendor type | 2 + n | value (n)
+_VSA = struct.Struct("!BBIBB")
+# Headers of 4-octet values (integers, tagged integers, ipaddr) never change.
+_HDR4 = {t: _VSA.pack(26, 12, VENDOR_ID, t, 6) for t in AaaVpnAttr}
+_HDR4_3GPP2 = {t: _VSA.pack(26, 12, THREEGPP2_VENDOR_ID, t, 6) for t in ThreeGpp2Attr}
+_U32 = struct.Struct("!I")
+_SESSION_TIMEOUT_HDR = bytes((Attr.SESSION_TIMEOUT, 6))
+
+
+# Dictionary names, for error messages that point at what tshark/radclient show.
+_NAMES = {
+    AaaVpnAttr.SESSION_ID: "Aaa-Vpn-Session-Id",
+    AaaVpnAttr.REQUEST_TYPE: "Aaa-Vpn-Request-Type",
+    AaaVpnAttr.HOME_ADDRESS: "Aaa-Vpn-Home-Address",
+    AaaVpnAttr.HOME_AGENT: "Aaa-Vpn-Home-Agent",
+    AaaVpnAttr.CARE_OF_ADDRESS: "Aaa-Vpn-Care-Of-Address",
+    AaaVpnAttr.PREVIOUS_FA: "Aaa-Vpn-Previous-FA",
+    AaaVpnAttr.SESSION_ROOT_KEY: "Aaa-Vpn-Session-Root-Key",
+    AaaVpnAttr.KEY_EPOCH: "Aaa-Vpn-Key-Epoch",
+    AaaVpnAttr.LIFETIME: "Aaa-Vpn-Lifetime",
+    AaaVpnAttr.MN_HA_SPI: "Aaa-Vpn-MN-HA-SPI",
+    AaaVpnAttr.MN_HA_KEY: "Aaa-Vpn-MN-HA-Key",
+    AaaVpnAttr.FA_HA_SPI: "Aaa-Vpn-FA-HA-SPI",
+    AaaVpnAttr.FA_HA_KEY: "Aaa-Vpn-FA-HA-Key",
+    AaaVpnAttr.REJECT_REASON: "Aaa-Vpn-Reject-Reason",
+    AaaVpnAttr.PATH_ROLE: "Aaa-Vpn-Path-Role",
+    AaaVpnAttr.PATH_LOCAL: "Aaa-Vpn-Path-Local",
+    AaaVpnAttr.PATH_PEER: "Aaa-Vpn-Path-Peer",
+    AaaVpnAttr.PATH_LOCAL_TS: "Aaa-Vpn-Path-Local-TS",
+    AaaVpnAttr.PATH_REMOTE_TS: "Aaa-Vpn-Path-Remote-TS",
+    AaaVpnAttr.PATH_KEY_MODE: "Aaa-Vpn-Path-Key-Mode",
+    AaaVpnAttr.PATH_ESP_TRANSFORM: "Aaa-Vpn-Path-ESP-Transform",
+    AaaVpnAttr.PATH_SPI_IN: "Aaa-Vpn-Path-SPI-In",
+    AaaVpnAttr.PATH_SPI_OUT: "Aaa-Vpn-Path-SPI-Out",
+    AaaVpnAttr.PATH_KEY_IN: "Aaa-Vpn-Path-Key-In",
+    AaaVpnAttr.PATH_KEY_OUT: "Aaa-Vpn-Path-Key-Out",
+    AaaVpnAttr.PATH_LIFETIME: "Aaa-Vpn-Path-Lifetime",
+    AaaVpnAttr.PATH_IKE_PROPOSAL: "Aaa-Vpn-Path-IKE-Proposal",
+    AaaVpnAttr.PATH_IKE_PSK: "Aaa-Vpn-Path-IKE-PSK",
+    AaaVpnAttr.PATH_QOS_CLASS: "Aaa-Vpn-Path-QoS-Class",
+    AaaVpnAttr.PATH_DSCP: "Aaa-Vpn-Path-DSCP",
+    AaaVpnAttr.PATH_RATE_LIMIT: "Aaa-Vpn-Path-Rate-Limit",
+    AaaVpnAttr.PATH_GATEWAY_MODE: "Aaa-Vpn-Path-Gateway-Mode",
+}
+_TUNNEL_NAMES = {
+    Attr.SESSION_TIMEOUT: "Session-Timeout",
+    Attr.TUNNEL_TYPE: "Tunnel-Type",
+    Attr.TUNNEL_MEDIUM_TYPE: "Tunnel-Medium-Type",
+    Attr.TUNNEL_CLIENT_ENDPOINT: "Tunnel-Client-Endpoint",
+    Attr.TUNNEL_SERVER_ENDPOINT: "Tunnel-Server-Endpoint",
+    Attr.TUNNEL_PASSWORD: "Tunnel-Password",
+    Attr.TUNNEL_PRIVATE_GROUP_ID: "Tunnel-Private-Group-Id",
+    Attr.TUNNEL_ASSIGNMENT_ID: "Tunnel-Assignment-Id",
+    Attr.TUNNEL_PREFERENCE: "Tunnel-Preference",
+    Attr.TUNNEL_CLIENT_AUTH_ID: "Tunnel-Client-Auth-Id",
+    Attr.TUNNEL_SERVER_AUTH_ID: "Tunnel-Server-Auth-Id",
+}
+_3GPP2_NAMES = {
+    ThreeGpp2Attr.IKE_PRESHARED_SECRET_REQUEST: "3GPP2-Ike-Preshared-Secret-Request",
+    ThreeGpp2Attr.SECURITY_LEVEL: "3GPP2-Security-Level",
+    ThreeGpp2Attr.PRE_SHARED_SECRET: "3GPP2-Pre-Shared-Secret",
+    ThreeGpp2Attr.HOME_AGENT_IP_ADDRESS: "3GPP2-Home-Agent-IP-Address",
+    ThreeGpp2Attr.MN_HA_SPI: "3GPP2-MN-HA-SPI",
+    ThreeGpp2Attr.MN_HA_SHARED_KEY: "3GPP2-MN-HA-Shared-Key",
+    ThreeGpp2Attr.FOREIGN_AGENT_ADDRESS: "3GPP2-Foreign-Agent-Address",
+    ThreeGpp2Attr.SESSION_TERMINATION_CAPABILITY: "3GPP2-Session-Termination-Capability",
+}
+
+
+def _name(t: AaaVpnAttr) -> str:
+    return _NAMES[t]
+
+
+class _Encoder:
+    """State of one encode: output list and the salt counter."""
+
+    __slots__ = ("authenticator", "out", "salt_base", "salt_count", "secret")
+
+    def __init__(self, secret: bytes, request_authenticator: bytes) -> None:
+        self.out: list[bytes] = []
+        self.secret = secret
+        self.authenticator = request_authenticator
+        # One urandom call per packet; see the module docstring for why a counter.
+        self.salt_base = int.from_bytes(os.urandom(2), "big")
+        self.salt_count = 0
+
+    def salt(self) -> bytes:
+        n = (self.salt_base + self.salt_count) & 0x7FFF
+        self.salt_count += 1
+        if self.salt_count > 0x8000:
+            raise ProfileError("more salt-encrypted attributes than distinct salts")
+        return (0x8000 | n).to_bytes(2, "big")
+
+    def encrypt(self, what: str, value: bytes) -> bytes:
+        if len(value) > MAX_SALT_PLAINTEXT:
+            raise ProfileError(
+                f"{what} is {len(value)} octets; salt encryption fits at most {MAX_SALT_PLAINTEXT}"
+                " (RFC 2868 section 3.5)"
+            )
+        return salt_encrypt(value, self.secret, self.authenticator, self.salt())
+
+    # --- our vendor ---
+    def vsa(self, t: int, value: bytes, vendor: int = VENDOR_ID) -> None:
+        n = len(value)
+        if n > MAX_VSA_VALUE:
+            raise ProfileError(
+                f"vendor {vendor} attribute {t}: value of {n} octets, at most {MAX_VSA_VALUE} fit"
+                " (RFC 2865 section 5.26)"
+            )
+        self.out.append(_VSA.pack(26, n + 8, vendor, t, n + 2) + value)
+
+    def u32(self, t: AaaVpnAttr, value: int) -> None:
+        if not 0 <= value <= UINT32_MAX:
+            raise ProfileError(f"{_name(t)} = {value}: a RADIUS integer is 0..{UINT32_MAX}")
+        self.out.append(_HDR4[t] + _U32.pack(value))
+
+    def ip(self, t: AaaVpnAttr, value: IPv4Address) -> None:
+        self.out.append(_HDR4[t] + value.packed)
+
+    def tagged_u24(self, t: AaaVpnAttr, tag: int, value: int) -> None:
+        # RFC 2868 section 3: the tag replaces the first octet of the integer.
+        if not 0 <= value <= TAGGED_INT_MAX:
+            raise ProfileError(f"{_name(t)} = {value}: a tagged integer is 0..{TAGGED_INT_MAX} (RFC 2868 section 3)")
+        self.out.append(_HDR4[t] + _U32.pack(tag << 24 | value))
+
+    def tagged_str(self, t: AaaVpnAttr, tag: int, value: str) -> None:
+        self.vsa(t, bytes((tag,)) + value.encode("utf-8"))
+
+    def tagged_secret(self, t: AaaVpnAttr, tag: int, value: Secret) -> None:
+        self.vsa(t, bytes((tag,)) + self.encrypt(_name(t), value.value))
+
+    def std(self, t: int, value: bytes) -> None:
+        if len(value) > MAX_ATTRIBUTE_VALUE:
+            raise ProfileError(f"attribute {t}: value of {len(value)} octets, at most 253 fit")
+        self.out.append(bytes((t, len(value) + 2)) + value)
+
+    def session_timeout(self, lifetime: int) -> None:
+        if not 0 <= lifetime <= UINT32_MAX:
+            raise ProfileError(f"Session-Timeout = {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
+        self.out.append(_SESSION_TIMEOUT_HDR + _U32.pack(lifetime))
+
+
+def _check_inputs(profile: VpnProfile, request_authenticator: bytes) -> None:
+    if len(request_authenticator) != AUTHENTICATOR_LENGTH:
+        raise ProfileError("the request authenticator is 16 octets")
+    if len(profile.paths) > MAX_PATHS:
+        raise ProfileError(f"{len(profile.paths)} paths: at most {MAX_PATHS} fit (one RFC 2868 tag each)")
+
+
+def encode_profile(
+    profile: VpnProfile,
+    flavour: Flavour,
+    secret: bytes | Secret,
+    request_authenticator: bytes,
+    budget: int = DEFAULT_ATTRIBUTE_BUDGET,
+) -> list[bytes]:
+    """Encode ``profile`` as complete raw attributes in ``flavour``.
+
+    ``secret`` is the RADIUS shared secret with the receiving client and
+    ``request_authenticator`` the Authenticator of the Access-Request being
+    answered: both key the salt encryption. ``budget`` is the number of
+    octets still free in the packet (default: 4096 minus the header and a
+    Message-Authenticator). The result goes after the Message-Authenticator.
+
+    Raises :class:`ProfileError` instead of truncating anything.
+    """
+    key = secret.value if isinstance(secret, Secret) else secret
+    _check_inputs(profile, request_authenticator)
+    enc = _Encoder(key, request_authenticator)
+    if flavour is Flavour.AAA_VPN:
+        _encode_aaa_vpn(enc, profile)
+    elif flavour is Flavour.RFC2868:
+        _encode_rfc2868(enc, profile)
+    elif flavour is Flavour.THREEGPP2:
+        _encode_3gpp2(enc, profile)
+    else:  # pragma: no cover - Flavour is closed
+        raise ProfileError(f"unknown flavour {flavour!r}")
+    total = sum(map(len, enc.out))
+    if total > budget:
+        raise ProfileError(
+            f"the {flavour.value} profile needs {total} octets but only {budget} are free in the packet"
+            " (RFC 2865 section 3: at most 4096)"
+        )
+    return enc.out
+
+
+def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
+    A = AaaVpnAttr
+    enc.session_timeout(p.lifetime)
+    session_id = p.session_id.encode("utf-8")
+    if not session_id:
+        # RFC 2865 section 5: zero-length strings are not sent.
+        raise ProfileError("the session id is empty")
+    enc.vsa(A.SESSION_ID, session_id)
+    enc.ip(A.HOME_ADDRESS, p.home_address)
+    enc.ip(A.HOME_AGENT, p.home_agent)
+    enc.ip(A.CARE_OF_ADDRESS, p.care_of_address)
+    enc.u32(A.KEY_EPOCH, p.epoch)
+    enc.u32(A.LIFETIME, p.lifetime)
+    if p.session_root_key is not None:
+        enc.vsa(
+            A.SESSION_ROOT_KEY,
+            enc.encrypt("Aaa-Vpn-Session-Root-Key", p.session_root_key.value),
+        )
+    if p.mn_ha_spi is not None:
+        enc.u32(A.MN_HA_SPI, p.mn_ha_spi)
+    if p.mn_ha_key is not None:
+        enc.vsa(A.MN_HA_KEY, enc.encrypt("Aaa-Vpn-MN-HA-Key", p.mn_ha_key.value))
+    if p.fa_ha_spi is not None:
+        enc.u32(A.FA_HA_SPI, p.fa_ha_spi)
+    if p.fa_ha_key is not None:
+        enc.vsa(A.FA_HA_KEY, enc.encrypt("Aaa-Vpn-FA-HA-Key", p.fa_ha_key.value))
+    for index, path in enumerate(p.paths):
+        tag = index + 1
+        enc.tagged_u24(A.PATH_ROLE, tag, int(path.role))
+        enc.tagged_str(A.PATH_LOCAL, tag, str(path.local))
+        enc.tagged_str(A.PATH_PEER, tag, str(path.peer))
+        for net in path.local_ts:
+            enc.tagged_str(A.PATH_LOCAL_TS, tag, str(net))
+        for net in path.remote_ts:
+            enc.tagged_str(A.PATH_REMOTE_TS, tag, str(net))
+        enc.tagged_u24(A.PATH_KEY_MODE, tag, _KEY_MODE_CODE[path.key_mode])
+        enc.tagged_u24(A.PATH_ESP_TRANSFORM, tag, path.esp_transform.code)
+        enc.tagged_u24(A.PATH_SPI_IN, tag, path.spi_in)
+        enc.tagged_u24(A.PATH_SPI_OUT, tag, path.spi_out)
+        enc.tagged_secret(A.PATH_KEY_IN, tag, path.key_in)
+        enc.tagged_secret(A.PATH_KEY_OUT, tag, path.key_out)
+        enc.tagged_u24(A.PATH_LIFETIME, tag, path.lifetime)
+        if path.ike_proposal is not None:
+            enc.tagged_str(A.PATH_IKE_PROPOSAL, tag, path.ike_proposal)
+        if path.ike_psk is not None:
+            enc.tagged_secret(A.PATH_IKE_PSK, tag, path.ike_psk)
+        if path.qos is not None:
+            enc.tagged_str(A.PATH_QOS_CLASS, tag, path.qos.name)
+            enc.tagged_u24(A.PATH_DSCP, tag, path.qos.dscp)
+            enc.tagged_u24(A.PATH_RATE_LIMIT, tag, path.qos.rate_kbps)
+        if path.gateway_mode is not None:
+            enc.tagged_u24(A.PATH_GATEWAY_MODE, tag, _GATEWAY_MODE_CODE[path.gateway_mode])
+
+
+def _encode_rfc2868(enc: _Encoder, p: VpnProfile) -> None:
+    for index, path in enumerate(p.paths):
+        tag = index + 1
+        t = bytes((tag,))
+        enc.std(Attr.TUNNEL_TYPE, _U32.pack(tag << 24 | TUNNEL_TYPE_ESP))
+        enc.std(Attr.TUNNEL_MEDIUM_TYPE, _U32.pack(tag << 24 | TUNNEL_MEDIUM_IPV4))
+        enc.std(Attr.TUNNEL_CLIENT_ENDPOINT, t + str(path.local).encode("ascii"))
+        enc.std(Attr.TUNNEL_SERVER_ENDPOINT, t + str(path.peer).encode("ascii"))
+        if path.ike_psk is not None:
+            enc.std(
+                Attr.TUNNEL_PASSWORD,
+                t + enc.encrypt("Tunnel-Password", path.ike_psk.value),
+            )
+        enc.std(Attr.TUNNEL_ASSIGNMENT_ID, t + ASSIGNMENT_ID[path.role].encode("ascii"))
+        enc.std(Attr.TUNNEL_PREFERENCE, _U32.pack(tag << 24 | tag))
+    enc.session_timeout(p.lifetime)
+
+
+def _encode_3gpp2(enc: _Encoder, p: VpnProfile) -> None:
+    G = ThreeGpp2Attr
+    v = THREEGPP2_VENDOR_ID
+    enc.out.append(_HDR4_3GPP2[G.HOME_AGENT_IP_ADDRESS] + p.home_agent.packed)
+    if p.mn_ha_spi is not None:
+        if not 0 <= p.mn_ha_spi <= UINT32_MAX:
+            raise ProfileError(f"3GPP2-MN-HA-SPI = {p.mn_ha_spi}: a RADIUS integer is 0..{UINT32_MAX}")
+        enc.out.append(_HDR4_3GPP2[G.MN_HA_SPI] + _U32.pack(p.mn_ha_spi))
+    if p.mn_ha_key is not None:
+        enc.vsa(
+            G.MN_HA_SHARED_KEY,
+            enc.encrypt("3GPP2-MN-HA-Shared-Key", p.mn_ha_key.value),
+            v,
+        )
+    if p.paths:
+        enc.out.append(_HDR4_3GPP2[G.SECURITY_LEVEL] + _U32.pack(SECURITY_LEVEL_IPSEC))
+    fa_ha = next((path for path in p.paths if path.role is PathRole.FA_HA), None)
+    if fa_ha is not None and fa_ha.ike_psk is not None:
+        enc.vsa(
+            G.PRE_SHARED_SECRET,
+            enc.encrypt("3GPP2-Pre-Shared-Secret", fa_ha.ike_psk.value),
+            v,
+        )
+    enc.session_timeout(p.lifetime)
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _as_bytes(attributes: bytes | bytearray | memoryview | Iterable[bytes]) -> bytes:
+    if isinstance(attributes, (bytes, bytearray, memoryview)):
+        return bytes(attributes)
+    try:
+        return b"".join(attributes)
+    except TypeError:
+        raise ProfileDecodeError("attributes must be bytes or an iterable of raw attributes") from None
+
+
+def iter_attributes(
+    attributes: bytes | bytearray | memoryview | Iterable[bytes],
+    vendors: Iterable[int] = (VENDOR_ID,),
+) -> Iterator[tuple[int, int, bytes]]:
+    """Split raw attributes into ``(vendor, type, value)`` triples.
+
+    Standard attributes come as vendor 0. Vendor-Specific attributes of the
+    ``vendors`` given are split into their sub-attributes (RFC 2865 section
+    5.26 recommended format; several per VSA allowed); those of other vendors
+    are skipped, since their format is not known here. Raises
+    :class:`ProfileDecodeError` if any length is inconsistent.
+    """
+    data = _as_bytes(attributes)
+    wanted = frozenset(vendors)
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < 2:
+            raise ProfileDecodeError(f"truncated attribute header at offset {pos}: {data[pos:].hex()}")
+        atype, alen = data[pos], data[pos + 1]
+        if alen < 2 or pos + alen > end:
+            raise ProfileDecodeError(
+                f"attribute {atype} at offset {pos}: length {alen} does not fit the {end - pos} octets left"
+            )
+        if atype == 26:
+            if alen < 7:  # RFC 2865 section 5.26: Length >= 7
+                raise ProfileDecodeError(f"Vendor-Specific at offset {pos}: length {alen} < 7")
+            vendor = int.from_bytes(data[pos + 2 : pos + 6], "big")
+            if vendor in wanted:
+                sub, sub_end = pos + 6, pos + alen
+                while sub < sub_end:
+                    if sub_end - sub < 2:
+                        raise ProfileDecodeError(f"vendor {vendor}: truncated sub-attribute at offset {sub}")
+                    vtype, vlen = data[sub], data[sub + 1]
+                    if vlen < 2 or sub + vlen > sub_end:
+                        raise ProfileDecodeError(
+                            f"vendor {vendor} attribute {vtype} at offset {sub}: length {vlen} does not fit"
+                        )
+                    yield vendor, vtype, data[sub + 2 : sub + vlen]
+                    sub += vlen
+        else:
+            yield 0, atype, data[pos + 2 : pos + alen]
+        pos += alen
+
+
+def _fail(what: str, value: bytes, expected: str) -> ProfileDecodeError:
+    return ProfileDecodeError(f"{what}: got {value.hex() or '(empty)'}, expected {expected}")
+
+
+def _u32(what: str, value: bytes) -> int:
+    if len(value) != 4:
+        raise _fail(what, value, "a 4-octet integer")
+    return int.from_bytes(value, "big")
+
+
+def _u24(what: str, value: bytes) -> int:
+    # value without its tag octet
+    if len(value) != 3:
+        raise _fail(what, value, "a tag and a 3-octet integer (RFC 2868 section 3)")
+    return int.from_bytes(value, "big")
+
+
+def _ipaddr(what: str, value: bytes) -> IPv4Address:
+    if len(value) != 4:
+        raise _fail(what, value, "a 4-octet IPv4 address")
+    return IPv4Address(value)
+
+
+def _text(what: str, value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(what, value, "UTF-8 text") from None
+
+
+def _address_text(what: str, value: bytes) -> IPv4Address:
+    try:
+        text = value.decode("ascii")
+        address = IPv4Address(text)
+    except ValueError:
+        raise _fail(what, value, "a dotted-decimal IPv4 address") from None
+    if str(address) != text:
+        raise _fail(what, value, "a canonical dotted-decimal IPv4 address")
+    return address
+
+
+def _network_text(what: str, value: bytes) -> IPv4Network:
+    try:
+        text = value.decode("ascii")
+        network = IPv4Network(text, strict=True)
+    except ValueError:
+        raise _fail(what, value, "an IPv4 prefix such as 198.51.100.0/24") from None
+    if str(network) != text:
+        raise _fail(what, value, "a canonical IPv4 prefix such as 198.51.100.0/24")
+    return network
+
+
+def _decrypt(what: str, value: bytes, secret: bytes, authenticator: bytes, strict: bool) -> Secret:
+    try:
+        return Secret(salt_decrypt(value, secret, authenticator, strict=strict))
+    except ValueError as exc:
+        raise ProfileDecodeError(f"{what}: {exc}") from None
+
+
+def _prepare(secret: bytes | Secret, request_authenticator: bytes) -> bytes:
+    if len(request_authenticator) != AUTHENTICATOR_LENGTH:
+        raise ValueError("the request authenticator is 16 octets")
+    return secret.value if isinstance(secret, Secret) else secret
+
+
+_SESSION_TYPES = frozenset(
+    (
+        AaaVpnAttr.SESSION_ID,
+        AaaVpnAttr.HOME_ADDRESS,
+        AaaVpnAttr.HOME_AGENT,
+        AaaVpnAttr.CARE_OF_ADDRESS,
+        AaaVpnAttr.SESSION_ROOT_KEY,
+        AaaVpnAttr.KEY_EPOCH,
+        AaaVpnAttr.LIFETIME,
+        AaaVpnAttr.MN_HA_SPI,
+        AaaVpnAttr.MN_HA_KEY,
+        AaaVpnAttr.FA_HA_SPI,
+        AaaVpnAttr.FA_HA_KEY,
+    )
+)
+_PATH_TYPES = frozenset(t for t in AaaVpnAttr if t >= 32)
+_MULTI_PATH_TYPES = frozenset((AaaVpnAttr.PATH_LOCAL_TS, AaaVpnAttr.PATH_REMOTE_TS))
+
+
+class _Path:
+    """The attributes of one tag, collected before they are checked."""
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+        self.values: dict[int, bytes] = {}
+        self.local_ts: list[IPv4Network] = []
+        self.remote_ts: list[IPv4Network] = []
+
+    def need(self, t: AaaVpnAttr) -> bytes:
+        try:
+            return self.values[t]
+        except KeyError:
+            raise ProfileDecodeError(f"path with tag {self.tag}: {_name(t)} is missing") from None
+
+    def what(self, t: AaaVpnAttr) -> str:
+        return f"{_name(t)}:{self.tag}"
+
+
+def decode_profile(
+    attributes: bytes | bytearray | memoryview | Iterable[bytes],
+    secret: bytes | Secret,
+    request_authenticator: bytes,
+) -> VpnProfile:
+    """Decode the AAA_VPN flavour back into a :class:`VpnProfile`.
+
+    ``attributes`` is the raw attribute section of the reply
+    (``packet[20:length]``) or a list of complete raw attributes (as
+    :func:`encode_profile` returns). ``secret``/``request_authenticator``
+    are the shared secret and the Authenticator of the Access-Request this
+    reply answers. Paths come out in ascending tag order.
+
+    Raises :class:`ProfileDecodeError` for anything malformed: bad lengths or
+    tags, missing mandatory attributes, duplicates of single attributes, bad
+    salt-encrypted values, bad address text, unknown enumeration values.
+    """
+    key = _prepare(secret, request_authenticator)
+    A = AaaVpnAttr
+    session: dict[int, bytes] = {}
+    session_timeout: bytes | None = None
+    paths: dict[int, _Path] = {}
+    for vendor, t, value in iter_attributes(attributes):
+        if vendor == 0:
+            if t == Attr.SESSION_TIMEOUT:
+                if session_timeout is not None:
+                    raise ProfileDecodeError("Session-Timeout appears twice")
+                session_timeout = value
+            continue
+        if t in _SESSION_TYPES:
+            if t in session:
+                raise ProfileDecodeError(f"{_name(A(t))} appears twice")
+            session[t] = value
+        elif t in _PATH_TYPES:
+            if not value or not 1 <= value[0] <= 0x1F:
+                raise _fail(_name(A(t)), value, "a tag 1..31 first (RFC 2868 section 3)")
+            tag = value[0]
+            path = paths.get(tag)
+            if path is None:
+                path = paths[tag] = _Path(tag)
+            body = value[1:]
+            if t == A.PATH_LOCAL_TS:
+                path.local_ts.append(_network_text(path.what(A(t)), body))
+            elif t == A.PATH_REMOTE_TS:
+                path.remote_ts.append(_network_text(path.what(A(t)), body))
+            elif t in path.values:
+                raise ProfileDecodeError(f"{path.what(A(t))} appears twice")
+            else:
+                path.values[t] = body
+        # other vendor types: a newer sender's additions, skipped by length
+
+    def need(t: AaaVpnAttr) -> bytes:
+        try:
+            return session[t]
+        except KeyError:
+            raise ProfileDecodeError(f"{_name(t)} is missing") from None
+
+    def optional_u32(t: AaaVpnAttr) -> int | None:
+        return _u32(_name(t), session[t]) if t in session else None
+
+    def optional_key(t: AaaVpnAttr) -> Secret | None:
+        return _decrypt(_name(t), session[t], key, request_authenticator, True) if t in session else None
+
+    session_id = _text(_name(A.SESSION_ID), need(A.SESSION_ID))
+    if not session_id:
+        raise ProfileDecodeError("Aaa-Vpn-Session-Id is empty")
+    if A.LIFETIME in session:
+        lifetime = _u32(_name(A.LIFETIME), session[A.LIFETIME])
+    elif session_timeout is not None:
+        lifetime = _u32("Session-Timeout", session_timeout)
+    else:
+        raise ProfileDecodeError("neither Aaa-Vpn-Lifetime nor Session-Timeout is present")
+
+    decoded_paths = tuple(_decode_path(paths[tag], key, request_authenticator) for tag in sorted(paths))
+    return VpnProfile(
+        session_id=session_id,
+        home_address=_ipaddr(_name(A.HOME_ADDRESS), need(A.HOME_ADDRESS)),
+        home_agent=_ipaddr(_name(A.HOME_AGENT), need(A.HOME_AGENT)),
+        care_of_address=_ipaddr(_name(A.CARE_OF_ADDRESS), need(A.CARE_OF_ADDRESS)),
+        lifetime=lifetime,
+        epoch=_u32(_name(A.KEY_EPOCH), need(A.KEY_EPOCH)),
+        paths=decoded_paths,
+        mn_ha_spi=optional_u32(A.MN_HA_SPI),
+        mn_ha_key=optional_key(A.MN_HA_KEY),
+        fa_ha_spi=optional_u32(A.FA_HA_SPI),
+        fa_ha_key=optional_key(A.FA_HA_KEY),
+        session_root_key=optional_key(A.SESSION_ROOT_KEY),
+    )
+
+
+def _decode_path(p: _Path, key: bytes, authenticator: bytes) -> PathProfile:
+    A = AaaVpnAttr
+
+    def u24(t: AaaVpnAttr) -> int:
+        return _u24(p.what(t), p.need(t))
+
+    def secret(t: AaaVpnAttr) -> Secret:
+        return _decrypt(p.what(t), p.need(t), key, authenticator, True)
+
+    def code(t: AaaVpnAttr, table: dict[int, _E]) -> _E:
+        number = u24(t)
+        try:
+            return table[number]
+        except KeyError:
+            raise ProfileDecodeError(f"{p.what(t)}: unknown value {number}") from None
+
+    role = code(A.PATH_ROLE, _ROLE_BY_CODE)
+    key_mode = code(A.PATH_KEY_MODE, _KEY_MODE_BY_CODE)
+    transform = code(A.PATH_ESP_TRANSFORM, _ESP_BY_CODE)
+    gateway_mode = code(A.PATH_GATEWAY_MODE, _GATEWAY_MODE_BY_CODE) if A.PATH_GATEWAY_MODE in p.values else None
+    qos_present = [t in p.values for t in (A.PATH_QOS_CLASS, A.PATH_DSCP, A.PATH_RATE_LIMIT)]
+    if any(qos_present) and not all(qos_present):
+        raise ProfileDecodeError(f"path with tag {p.tag}: QoS-Class, DSCP and Rate-Limit come together or not at all")
+    qos = (
+        QosSpec(
+            name=_text(p.what(A.PATH_QOS_CLASS), p.values[A.PATH_QOS_CLASS]),
+            dscp=u24(A.PATH_DSCP),
+            rate_kbps=u24(A.PATH_RATE_LIMIT),
+        )
+        if all(qos_present)
+        else None
+    )
+    return PathProfile(
+        role=role,
+        local=_address_text(p.what(A.PATH_LOCAL), p.need(A.PATH_LOCAL)),
+        peer=_address_text(p.what(A.PATH_PEER), p.need(A.PATH_PEER)),
+        local_ts=tuple(p.local_ts),
+        remote_ts=tuple(p.remote_ts),
+        key_mode=key_mode,
+        esp_transform=transform,
+        spi_in=u24(A.PATH_SPI_IN),
+        spi_out=u24(A.PATH_SPI_OUT),
+        key_in=secret(A.PATH_KEY_IN),
+        key_out=secret(A.PATH_KEY_OUT),
+        lifetime=u24(A.PATH_LIFETIME),
+        ike_proposal=(
+            _text(p.what(A.PATH_IKE_PROPOSAL), p.values[A.PATH_IKE_PROPOSAL])
+            if A.PATH_IKE_PROPOSAL in p.values
+            else None
+        ),
+        ike_psk=secret(A.PATH_IKE_PSK) if A.PATH_IKE_PSK in p.values else None,
+        qos=qos,
+        gateway_mode=gateway_mode,
+    )
+
+
+# --- the other flavours, decoded as what they carry -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """The RFC 2868 attributes of one tag (0 = untagged). ``None``: absent."""
+
+    tag: int
+    tunnel_type: int | None = None  # section 3.1; 9 = ESP
+    medium_type: int | None = None  # section 3.2; 1 = IPv4
+    client_endpoint: str | None = None  # section 3.3: address text or FQDN
+    server_endpoint: str | None = None  # section 3.4
+    password: Secret | None = None  # section 3.5, decrypted
+    private_group_id: str | None = None  # section 3.6
+    assignment_id: str | None = None  # section 3.7
+    preference: int | None = None  # section 3.8; lowest = most preferred
+    client_auth_id: str | None = None  # section 3.9
+    server_auth_id: str | None = None  # section 3.10
+
+
+@dataclass(frozen=True)
+class TunnelAttributes:
+    """What an RFC2868-flavour reply carries: tunnels in ascending tag order."""
+
+    tunnels: tuple[Tunnel, ...]
+    session_timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class ThreeGpp2Attributes:
+    """What a 3GPP2-flavour reply carries. ``None``: absent."""
+
+    home_agent: IPv4Address | None = None
+    mn_ha_spi: int | None = None
+    mn_ha_key: Secret | None = None
+    security_level: int | None = None
+    pre_shared_secret: Secret | None = None  # salt-encrypted on the wire (project decision)
+    foreign_agent: IPv4Address | None = None
+    session_timeout: int | None = None
+
+
+_TUNNEL_FIELDS: dict[int, tuple[str, str]] = {
+    Attr.TUNNEL_TYPE: ("tunnel_type", "int"),
+    Attr.TUNNEL_MEDIUM_TYPE: ("medium_type", "int"),
+    Attr.TUNNEL_CLIENT_ENDPOINT: ("client_endpoint", "str"),
+    Attr.TUNNEL_SERVER_ENDPOINT: ("server_endpoint", "str"),
+    Attr.TUNNEL_PASSWORD: ("password", "secret"),
+    Attr.TUNNEL_PRIVATE_GROUP_ID: ("private_group_id", "str"),
+    Attr.TUNNEL_ASSIGNMENT_ID: ("assignment_id", "str"),
+    Attr.TUNNEL_PREFERENCE: ("preference", "int"),
+    Attr.TUNNEL_CLIENT_AUTH_ID: ("client_auth_id", "str"),
+    Attr.TUNNEL_SERVER_AUTH_ID: ("server_auth_id", "str"),
+}
+
+
+def decode_tunnel_attributes(
+    attributes: bytes | bytearray | memoryview | Iterable[bytes],
+    secret: bytes | Secret,
+    request_authenticator: bytes,
+) -> TunnelAttributes:
+    """Decode the RFC 2868 tunnel attributes (any sender) and Session-Timeout.
+
+    Tags follow RFC 2868 section 3: integers always start with the tag octet;
+    Tunnel-Password is ``tag || salt || ciphertext`` (a value of 2 + 16k
+    octets is read as untagged, as older pyrad sent it); a string's first
+    octet is its tag if it is at most 0x1F (0 = untagged, as pyrad sends it).
+    The password's padding is not checked, so senders that pad with garbage
+    still decode. Raises :class:`ProfileDecodeError` for malformed values or
+    an attribute given twice for one tag.
+    """
+    key = _prepare(secret, request_authenticator)
+    fields: dict[int, dict[str, object]] = {}
+    session_timeout: int | None = None
+    for vendor, t, value in iter_attributes(attributes, ()):
+        if vendor:
+            continue
+        if t == Attr.SESSION_TIMEOUT:
+            if session_timeout is not None:
+                raise ProfileDecodeError("Session-Timeout appears twice")
+            session_timeout = _u32("Session-Timeout", value)
+            continue
+        spec = _TUNNEL_FIELDS.get(t)
+        if spec is None:
+            continue
+        name, kind = spec
+        what = _TUNNEL_NAMES[Attr(t)]
+        decoded: object
+        if kind == "int":
+            if len(value) != 4 or value[0] > 0x1F:
+                raise _fail(
+                    what,
+                    value,
+                    "a tag 0..31 and a 3-octet integer (RFC 2868 section 3)",
+                )
+            tag, decoded = value[0], int.from_bytes(value[1:], "big")
+        elif kind == "secret":
+            if len(value) % 16 == 2:
+                tag, body = 0, value
+            elif value and value[0] <= 0x1F:
+                tag, body = value[0], value[1:]
+            else:
+                raise _fail(what, value, "tag || salt || 16k octets (RFC 2868 section 3.5)")
+            decoded = _decrypt(what, body, key, request_authenticator, False)
+        else:
+            if value and value[0] <= 0x1F:
+                tag, body = value[0], value[1:]
+            else:
+                tag, body = 0, value
+            decoded = _text(what, body)
+        slot = fields.setdefault(tag, {})
+        if name in slot:
+            raise ProfileDecodeError(f"{what}:{tag} appears twice")
+        slot[name] = decoded
+    tunnels = tuple(Tunnel(tag, **fields[tag]) for tag in sorted(fields))  # type: ignore[arg-type]
+    return TunnelAttributes(tunnels=tunnels, session_timeout=session_timeout)
+
+
+def decode_3gpp2(
+    attributes: bytes | bytearray | memoryview | Iterable[bytes],
+    secret: bytes | Secret,
+    request_authenticator: bytes,
+) -> ThreeGpp2Attributes:
+    """Decode the 3GPP2 attributes the THREEGPP2 flavour sends (plus
+    3GPP2-Foreign-Agent-Address) and Session-Timeout.
+
+    3GPP2-MN-HA-Shared-Key and 3GPP2-Pre-Shared-Secret are read as
+    ``salt || ciphertext`` (RFC 2868 section 3.5 without a tag). Raises
+    :class:`ProfileDecodeError` for malformed or repeated values.
+    """
+    key = _prepare(secret, request_authenticator)
+    G = ThreeGpp2Attr
+    seen: dict[int, bytes] = {}
+    session_timeout: int | None = None
+    for vendor, t, value in iter_attributes(attributes, (THREEGPP2_VENDOR_ID,)):
+        if vendor == 0:
+            if t == Attr.SESSION_TIMEOUT:
+                if session_timeout is not None:
+                    raise ProfileDecodeError("Session-Timeout appears twice")
+                session_timeout = _u32("Session-Timeout", value)
+            continue
+        if t in (
+            G.SECURITY_LEVEL,
+            G.PRE_SHARED_SECRET,
+            G.HOME_AGENT_IP_ADDRESS,
+            G.MN_HA_SPI,
+            G.MN_HA_SHARED_KEY,
+            G.FOREIGN_AGENT_ADDRESS,
+        ):
+            if t in seen:
+                raise ProfileDecodeError(f"{_3GPP2_NAMES[G(t)]} appears twice")
+            seen[t] = value
+
+    def get(t: ThreeGpp2Attr) -> bytes | None:
+        return seen.get(t)
+
+    def name(t: ThreeGpp2Attr) -> str:
+        return _3GPP2_NAMES[t]
+
+    def ip(t: ThreeGpp2Attr) -> IPv4Address | None:
+        v = get(t)
+        return None if v is None else _ipaddr(name(t), v)
+
+    def u32(t: ThreeGpp2Attr) -> int | None:
+        v = get(t)
+        return None if v is None else _u32(name(t), v)
+
+    def sec(t: ThreeGpp2Attr) -> Secret | None:
+        v = get(t)
+        return None if v is None else _decrypt(name(t), v, key, request_authenticator, False)
+
+    return ThreeGpp2Attributes(
+        home_agent=ip(G.HOME_AGENT_IP_ADDRESS),
+        mn_ha_spi=u32(G.MN_HA_SPI),
+        mn_ha_key=sec(G.MN_HA_SHARED_KEY),
+        security_level=u32(G.SECURITY_LEVEL),
+        pre_shared_secret=sec(G.PRE_SHARED_SECRET),
+        foreign_agent=ip(G.FOREIGN_AGENT_ADDRESS),
+        session_timeout=session_timeout,
+    )
+
+
+__all__ = [
+    "ASSIGNMENT_ID",
+    "SECURITY_LEVEL_IPSEC",
+    "THREEGPP2_VENDOR_ID",
+    "TUNNEL_MEDIUM_IPV4",
+    "TUNNEL_TYPE_ESP",
+    "AaaVpnAttr",
+    "Attr",
+    "ProfileDecodeError",
+    "ProfileError",
+    "ThreeGpp2Attr",
+    "ThreeGpp2Attributes",
+    "Tunnel",
+    "TunnelAttributes",
+    "decode_3gpp2",
+    "decode_profile",
+    "decode_tunnel_attributes",
+    "encode_profile",
+    "iter_attributes",
+]

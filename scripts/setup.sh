@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Prepare a machine to build, test and demo aaa_vpn.
+#
+#   1. system packages (Debian 12): RADIUS client tools, tshark, tcpdump, iproute2, ping,
+#      strongSwan with kernel-libipsec (see docs / test-environment notes). Only what is
+#      missing is installed; `apt-get update` only runs when something is missing.
+#   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`;
+#      skipped when setup.cfg / pyproject.toml have not changed since the last run.
+#
+# Idempotent and quick when everything is already there. Environment:
+#   PYTHON=python3            interpreter used to create the virtualenv
+#   AAA_VPN_VENV=.venv        where the virtualenv lives
+#   AAA_VPN_SKIP_APT=1        do not touch system packages (e.g. a developer laptop)
+#   AAA_VPN_FORCE_PIP=1       reinstall the Python packages even if nothing changed
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+PYTHON=${PYTHON:-python3}
+VENV=${AAA_VPN_VENV:-$ROOT/.venv}
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- system packages
+# "check:package": check is a command name, a path (starting with /) that the
+# package installs, or "-" (ask dpkg whether the package is installed). The strongSwan set is needed by the strongswan backend tests.
+REQUIRED=(
+    "radclient:freeradius-utils"
+    "tshark:tshark"
+    "tcpdump:tcpdump"
+    "ip:iproute2"
+    "ping:iputils-ping"
+    "swanctl:strongswan-swanctl"
+    "charon-systemd:charon-systemd"
+    "-:strongswan-charon"
+    "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so:libcharon-extra-plugins"
+    "/usr/lib/ipsec/plugins/libstrongswan-gcm.so:libstrongswan-standard-plugins"
+    "-:libstrongswan-extra-plugins"
+)
+
+have() {
+    local check=$1
+    case $check in
+        -) return 1 ;;
+        /*) [[ -e $check ]] ;;
+        *) command -v "$check" >/dev/null 2>&1 ;;
+    esac
+}
+
+missing=()
+for entry in "${REQUIRED[@]}"; do
+    check=${entry%%:*}
+    pkg=${entry#*:}
+    if have "$check"; then
+        continue
+    fi
+    # A package can be installed without the file we look for (e.g. a plugin moved):
+    # trust dpkg in that case rather than reinstalling on every run.
+    if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        continue
+    fi
+    [[ " ${missing[*]:-} " == *" $pkg "* ]] || missing+=("$pkg")
+done
+
+# python3 -m venv needs ensurepip (Debian: python3-venv / python3.X-venv).
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 && [[ ! -x $VENV/bin/python ]]; then
+    missing+=("python3-venv")
+fi
+
+if ((${#missing[@]} == 0)); then
+    say "system packages: all present"
+elif [[ ${AAA_VPN_SKIP_APT:-0} == 1 ]]; then
+    say "system packages missing but AAA_VPN_SKIP_APT=1: ${missing[*]}"
+else
+    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get; install them by hand"
+    SUDO=()
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "missing ${missing[*]}; run as root or install sudo"
+        SUDO=(sudo)
+    fi
+    say "installing system packages: ${missing[*]}"
+    # tshark asks whether non-root users may capture: answer "no" up front.
+    echo 'wireshark-common wireshark-common/install-setuid boolean false' \
+        | "${SUDO[@]}" debconf-set-selections 2>/dev/null || true
+    # apt/dpkg chatter goes to a log that is shown only when something fails.
+    # (Postinst of the strongSwan packages prints "Failed to send reload request" when
+    # there is no systemd; that is harmless. No daemon is started.)
+    aptlog=$(mktemp -t aaa_vpn-apt.XXXXXX.log)
+    run_apt() {
+        if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive "$@" >>"$aptlog" 2>&1; then
+            tail -n 40 "$aptlog" >&2
+            die "'$*' failed (full log: $aptlog)"
+        fi
+    }
+    say "apt-get update"
+    run_apt apt-get update
+    say "apt-get install --no-install-recommends ${missing[*]}"
+    run_apt apt-get install -y --no-install-recommends "${missing[@]}"
+    rm -f "$aptlog"
+    say "system packages installed"
+fi
+
+# ---------------------------------------------------------------- virtualenv
+"$PYTHON" - <<'EOF' || die "$PYTHON is older than 3.11"
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+EOF
+
+if [[ ! -x $VENV/bin/python ]]; then
+    say "creating virtualenv $VENV with $("$PYTHON" --version 2>&1)"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+
+STAMP=$VENV/.aaa_vpn-installed
+want=$(cat setup.cfg pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+have_stamp=$(cat "$STAMP" 2>/dev/null || true)
+if [[ ${AAA_VPN_FORCE_PIP:-0} != 1 && $want == "$have_stamp" ]] \
+    && "$VENV/bin/python" -c 'import aaa_vpn' >/dev/null 2>&1; then
+    say "python packages: up to date ($VENV)"
+else
+    say "pip install -e '.[test]' into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+    echo "$want" >"$STAMP"
+    say "python packages installed"
+fi
+
+say "ready: $("$VENV/bin/python" --version), $(radclient -v 2>/dev/null | head -n1 || echo 'radclient ?')"

@@ -1,0 +1,516 @@
+"""The home AAA as a real process: provisioned through the CLI, serving on
+loopback, driven by a RADIUS client over UDP.
+
+Addresses (all loopback): the server on 127.0.0.1; clients fa1 = 127.0.0.1/32
+(aaa-vpn flavour), ha1 = 127.0.0.2, gw-dyn = 127.0.0.20, fa-rfc = 127.0.1.0/24
+(rfc2868 flavour), fa-3gpp2 = 127.0.2.0/24 (3gpp2 flavour), proxy = 127.0.0.5.
+127.0.0.99 is nobody.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from aaa_vpn.net import radius_codec as rc
+from aaa_vpn.store import open_store
+from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, RequestType
+from aaa_vpn.wire.radius_profile import (
+    decode_3gpp2,
+    decode_profile,
+    decode_tunnel_attributes,
+)
+
+from .radius_client import (
+    access_request,
+    exchange,
+    free_udp_port,
+    status_server,
+    vendor_values,
+    wait_until_serving,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = b"fa1-shared-secret"
+HA_SECRET = b"ha1-shared-secret"
+MN_SECRET = b"mn1-aaa-secret"
+NAI = "mn1@home.example"
+
+
+def cli(db: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "aaa_vpn.cli", "--db", str(db), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"aaa-vpn {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def provision(db: Path) -> None:
+    cli(db, "db", "init")
+    cli(
+        db,
+        "client",
+        "add",
+        "fa1",
+        "--address",
+        "127.0.0.1",
+        "--role",
+        "fa",
+        "--secret",
+        SECRET.decode(),
+        "--domain",
+        "visited.example",
+    )
+    cli(db, "client", "add", "ha1", "--address", "127.0.0.2", "--role", "ha", "--secret", HA_SECRET.decode())
+    cli(db, "client", "add", "gw-dyn", "--address", "127.0.0.20", "--role", "gw", "--secret", "gw-dyn-secret")
+    cli(
+        db,
+        "client",
+        "add",
+        "proxy",
+        "--address",
+        "127.0.0.5",
+        "--role",
+        "proxy",
+        "--secret",
+        "proxy-secret",
+        "--domain",
+        "visited.example",
+    )
+    cli(
+        db,
+        "client",
+        "add",
+        "fa-rfc",
+        "--address",
+        "127.0.1.0/24",
+        "--role",
+        "fa",
+        "--secret",
+        "rfc-secret-1",
+        "--flavour",
+        "rfc2868",
+    )
+    cli(
+        db,
+        "client",
+        "add",
+        "fa-3gpp2",
+        "--address",
+        "127.0.2.0/24",
+        "--role",
+        "fa",
+        "--secret",
+        "tgpp2-secret",
+        "--flavour",
+        "3gpp2",
+    )
+    for nai, address in ((NAI, "198.51.100.10"), ("mn2@home.example", "198.51.100.11")):
+        cli(
+            db,
+            "user",
+            "add",
+            nai,
+            "--home-agent",
+            "127.0.0.2",
+            "--home-address",
+            address,
+            "--mn-aaa-secret",
+            MN_SECRET.decode(),
+            "--mn-ha-spi",
+            "256",
+            "--mn-ha-key-hex",
+            "00112233445566778899aabbccddeeff",
+        )
+    cli(
+        db,
+        "gateway",
+        "add",
+        "gw-static",
+        "--address",
+        "127.0.0.10",
+        "--mode",
+        "static",
+        "--protects",
+        "203.0.113.0/25",
+        "--generate",
+    )
+    cli(
+        db,
+        "gateway",
+        "add",
+        "gw-dyn",
+        "--address",
+        "127.0.0.20",
+        "--mode",
+        "dynamic",
+        "--protects",
+        "203.0.113.128/25",
+        "--generate",
+    )
+    cli(db, "service", "add", "gold", "--key-mode", "ikev2", "--esp-transform", "aes256gcm16")
+    cli(db, "service", "add", "silver", "--esp-transform", "aes128-sha256")
+    cli(db, "qos", "add", "voice", "--dscp", "46", "--rate-kbps", "512")
+    cli(
+        db,
+        "vpn",
+        "add",
+        "--user",
+        NAI,
+        "--correspondent",
+        "203.0.113.0/25",
+        "--gateway",
+        "gw-static",
+        "--service",
+        "gold",
+        "--qos",
+        "voice",
+    )
+    cli(
+        db,
+        "vpn",
+        "add",
+        "--user",
+        NAI,
+        "--correspondent",
+        "203.0.113.128/25",
+        "--gateway",
+        "gw-dyn",
+        "--service",
+        "silver",
+    )
+
+
+@dataclass
+class Server:
+    db: Path
+    address: tuple[str, int]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(db: Path, port: int, workers: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aaa_vpn.cli",
+                "--db",
+                str(db),
+                "serve",
+                "home",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--log-level",
+                "debug",
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError("the server did not stop on SIGTERM within 10 s") from None
+    return process.returncode
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("home")
+    db = tmp / "vpn.db"
+    provision(db)
+    port = free_udp_port()
+    log = tmp / "server.log"
+    process = start_server(db, port, 2, log)
+    try:
+        wait_until_serving(("127.0.0.1", port), SECRET)
+        yield Server(db, ("127.0.0.1", port), process, log)
+    finally:
+        code = stop(process)
+        assert code == 0, f"server exited with {code}:\n{log.read_text()}"
+
+
+def sessions(db: Path, nai: str = NAI) -> list[dict[str, object]]:
+    result = cli(db, "--json", "session", "list", "--user", nai)
+    return list(json.loads(result.stdout)["sessions"])
+
+
+def register(server: Server, **kwargs: object) -> tuple[object, object]:
+    request = access_request(SECRET, NAI, MN_SECRET, care_of="127.0.0.1", home_agent="127.0.0.2", **kwargs)  # type: ignore[arg-type]
+    ex = exchange(server.address, request)
+    return request, ex
+
+
+def test_fa_registration_gets_the_fa_part_of_the_profile(server: Server) -> None:
+    request, ex = register(server)
+    assert ex.reply is not None, "no reply to a valid Access-Request"
+    assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR  # first attribute (BlastRADIUS)
+    assert request.VerifyReply(_decoded(ex.reply, SECRET), rawreply=ex.reply, enforce_ma=True)
+    profile = decode_profile(ex.reply[20:], SECRET, ex.authenticator)
+    assert profile.home_address == IPv4Address("198.51.100.10")
+    assert profile.care_of_address == IPv4Address("127.0.0.1")
+    assert profile.session_root_key is None and profile.mn_ha_key is None  # least privilege
+    roles = sorted((p.role, str(p.peer)) for p in profile.paths)
+    assert roles == [(PathRole.FA_HA, "127.0.0.2"), (PathRole.FA_GW, "127.0.0.20")]
+    fa_gw = next(p for p in profile.paths if p.role is PathRole.FA_GW)
+    assert fa_gw.remote_ts == (IPv4Network("203.0.113.128/25"),)
+    assert len(fa_gw.key_in) == 48  # AES-128-CBC key + HMAC-SHA-256 key
+    fa_ha = next(p for p in profile.paths if p.role is PathRole.FA_HA)
+    assert fa_ha.ike_psk is not None and len(fa_ha.key_in) == 36  # gold: IKEv2, AES-256-GCM
+    assert fa_ha.qos is not None and fa_ha.qos.dscp == 46
+    stored = sessions(server.db)
+    assert [s["session_id"] for s in stored] == [profile.session_id]
+
+
+def test_ha_gets_the_mirrored_part(server: Server) -> None:
+    _, fa_ex = register(server)
+    fa = decode_profile(fa_ex.reply[20:], SECRET, fa_ex.authenticator)
+    request = access_request(
+        HA_SECRET, NAI, MN_SECRET, nas_ip="127.0.0.2", care_of="127.0.0.1", request_type=RequestType.HA_REGISTRATION
+    )
+    ex = exchange(server.address, request, source=("127.0.0.2", 0))
+    assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    ha = decode_profile(ex.reply[20:], HA_SECRET, ex.authenticator)
+    assert ha.session_id == fa.session_id
+    assert ha.session_root_key is not None and ha.mn_ha_spi == 256
+    assert ha.mn_ha_key is not None and ha.mn_ha_key.value == bytes.fromhex("00112233445566778899aabbccddeeff")
+    at_fa = next(p for p in fa.paths if p.role is PathRole.FA_HA)
+    at_ha = next(p for p in ha.paths if p.role is PathRole.FA_HA)
+    assert (at_ha.local, at_ha.peer) == (at_fa.peer, at_fa.local)
+    assert at_ha.key_in == at_fa.key_out and at_ha.key_out == at_fa.key_in
+    assert at_ha.spi_in == at_fa.spi_out and at_ha.spi_out == at_fa.spi_in
+    assert at_ha.ike_psk == at_fa.ike_psk
+    assert ha.fa_ha_key == fa.fa_ha_key and ha.fa_ha_spi == fa.fa_ha_spi
+    # the HA also gets the gateway's side of the route-optimised path, for its Binding Update
+    gw_side = next(p for p in ha.paths if p.role is PathRole.FA_GW)
+    fa_side = next(p for p in fa.paths if p.role is PathRole.FA_GW)
+    assert gw_side.local == fa_side.peer and gw_side.key_in == fa_side.key_out
+    assert any(p.role is PathRole.HA_GW for p in ha.paths)
+
+
+def test_gateway_gets_only_its_own_paths(server: Server) -> None:
+    _, fa_ex = register(server)
+    fa = decode_profile(fa_ex.reply[20:], SECRET, fa_ex.authenticator)
+    request = access_request(b"gw-dyn-secret", NAI, None, nas_ip="127.0.0.20")
+    ex = exchange(server.address, request, source=("127.0.0.20", 0))
+    assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    gw = decode_profile(ex.reply[20:], b"gw-dyn-secret", ex.authenticator)
+    assert [(p.role, str(p.local), str(p.peer)) for p in gw.paths] == [(PathRole.FA_GW, "127.0.0.20", "127.0.0.1")]
+    assert gw.session_root_key is None and gw.fa_ha_key is None
+    fa_side = next(p for p in fa.paths if p.role is PathRole.FA_GW)
+    assert gw.paths[0].spi_in == fa_side.spi_out
+
+
+def test_proxy_gets_the_session_root_key(server: Server) -> None:
+    request = access_request(b"proxy-secret", NAI, MN_SECRET, nas_ip="127.0.0.1", care_of="127.0.0.1")
+    ex = exchange(server.address, request, source=("127.0.0.5", 0))
+    assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    profile = decode_profile(ex.reply[20:], b"proxy-secret", ex.authenticator)
+    assert profile.session_root_key is not None and len(profile.session_root_key) == 32
+
+
+def _reject_reason(ex: object) -> tuple[int, str]:
+    attrs = ex.attributes  # type: ignore[attr-defined]
+    reason = vendor_values(attrs, VENDOR_ID, 14)
+    message = [v for c, v in attrs if c == rc.REPLY_MESSAGE]
+    assert reason and message, attrs
+    return int.from_bytes(reason[0], "big"), message[0].decode()
+
+
+@pytest.mark.parametrize(
+    ("nai", "mn_secret", "reason", "text"),
+    [
+        ("nobody@home.example", MN_SECRET, RejectReason.UNKNOWN_USER, "unknown user"),
+        (NAI, b"wrong-secret", RejectReason.AUTHENTICATION_FAILED, "failed authentication"),
+    ],
+)
+def test_rejects_carry_reason_and_message(
+    server: Server, nai: str, mn_secret: bytes, reason: RejectReason, text: str
+) -> None:
+    request = access_request(SECRET, nai, mn_secret, care_of="127.0.0.1")
+    ex = exchange(server.address, request)
+    assert ex.code == rc.ACCESS_REJECT
+    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR
+    assert request.VerifyReply(_decoded(ex.reply, SECRET), rawreply=ex.reply, enforce_ma=True)
+    code, message = _reject_reason(ex)
+    assert code == reason and text in message
+
+
+def test_fa_may_not_ask_for_the_ha_part_or_claim_another_care_of(server: Server) -> None:
+    request = access_request(SECRET, NAI, MN_SECRET, request_type=RequestType.HA_REGISTRATION)
+    ex = exchange(server.address, request)
+    assert ex.code == rc.ACCESS_REJECT and _reject_reason(ex)[0] == RejectReason.BAD_REQUEST
+    request = access_request(SECRET, NAI, MN_SECRET, care_of="127.0.0.77")
+    ex = exchange(server.address, request)
+    assert ex.code == rc.ACCESS_REJECT and "care-of address" in _reject_reason(ex)[1]
+
+
+def test_disabling_a_user_takes_effect_at_once(server: Server) -> None:
+    cli(server.db, "user", "change", "mn2@home.example", "--disable")
+    try:
+        request = access_request(SECRET, "mn2@home.example", MN_SECRET, care_of="127.0.0.1")
+        ex = exchange(server.address, request)
+        assert ex.code == rc.ACCESS_REJECT and _reject_reason(ex)[0] == RejectReason.USER_DISABLED
+    finally:
+        cli(server.db, "user", "change", "mn2@home.example", "--enable")
+    ex = exchange(server.address, access_request(SECRET, "mn2@home.example", MN_SECRET, care_of="127.0.0.1"))
+    assert ex.code == rc.ACCESS_ACCEPT
+
+
+def test_retransmission_gets_the_identical_reply_and_no_second_session(server: Server) -> None:
+    request = access_request(SECRET, NAI, MN_SECRET, care_of="127.0.0.1")
+    raw = request.RequestPacket()
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        first = exchange(server.address, raw, sock=sock)
+        ids_after_first = [s["session_id"] for s in sessions(server.db)]
+        second = exchange(server.address, raw, sock=sock)
+    assert first.reply is not None and first.reply == second.reply
+    assert [s["session_id"] for s in sessions(server.db)] == ids_after_first
+    assert len(ids_after_first) == 1
+
+
+def test_new_registration_replaces_the_previous_session(server: Server) -> None:
+    _, one = register(server)
+    _, two = register(server)
+    first = decode_profile(one.reply[20:], SECRET, one.authenticator)
+    second = decode_profile(two.reply[20:], SECRET, two.authenticator)
+    assert first.session_id != second.session_id
+    assert [s["session_id"] for s in sessions(server.db)] == [second.session_id]
+
+
+def test_proxy_state_is_echoed_in_order(server: Server) -> None:
+    states = (b"\x00first", b"second-state", b"\xff")
+    request = access_request(SECRET, NAI, MN_SECRET, care_of="127.0.0.1", proxy_states=states)
+    ex = exchange(server.address, request)
+    assert ex.code == rc.ACCESS_ACCEPT
+    assert tuple(v for c, v in ex.attributes if c == rc.PROXY_STATE) == states
+    assert ex.attributes[-len(states) :] == [(rc.PROXY_STATE, s) for s in states]
+    reject = access_request(SECRET, "nobody@home.example", MN_SECRET, proxy_states=states)
+    ex = exchange(server.address, reject)
+    assert tuple(v for c, v in ex.attributes if c == rc.PROXY_STATE) == states
+
+
+def test_status_server(server: Server) -> None:
+    ex = status_server(server.address, SECRET)
+    assert ex.code == rc.ACCESS_ACCEPT
+    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR
+    message = next(v for c, v in ex.attributes if c == rc.REPLY_MESSAGE).decode()
+    assert "requests" in message and "dropped" in message
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no_message_authenticator", "wrong_secret", "unknown_client", "garbage", "bad_length", "accounting"],
+)
+def test_bad_input_is_dropped_counted_and_harmless(server: Server, case: str) -> None:
+    source = ("127.0.0.1", 0)
+    if case == "no_message_authenticator":
+        packet: bytes = access_request(SECRET, NAI, MN_SECRET, message_authenticator=False).RequestPacket()
+    elif case == "wrong_secret":
+        packet = access_request(b"not-the-secret", NAI, MN_SECRET).RequestPacket()
+    elif case == "unknown_client":
+        packet = access_request(SECRET, NAI, MN_SECRET).RequestPacket()
+        source = ("127.0.0.99", 0)
+    elif case == "garbage":
+        packet = os.urandom(57)
+    elif case == "bad_length":
+        good = access_request(SECRET, NAI, MN_SECRET).RequestPacket()
+        packet = good[:2] + (len(good) + 40).to_bytes(2, "big") + good[4:]
+    else:
+        packet = bytes([4]) + access_request(SECRET, NAI, MN_SECRET).RequestPacket()[1:]
+    ex = exchange(server.address, packet, source=source, timeout=0.5)
+    assert ex.reply is None
+    # still serving, and the drop was logged with its reason
+    assert status_server(server.address, SECRET).code == rc.ACCESS_ACCEPT
+    reason = {
+        "no_message_authenticator": "missing_message_authenticator",
+        "wrong_secret": "bad_message_authenticator",
+        "unknown_client": "unknown_client",
+        "garbage": None,
+        "bad_length": "malformed",
+        "accounting": "unsupported_code",
+    }[case]
+    deadline = time.monotonic() + 2
+    while reason and f"reason={reason}" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if reason:
+        assert f"reason={reason}" in server.log_text()
+
+
+def test_other_flavours(server: Server) -> None:
+    rfc = access_request(b"rfc-secret-1", NAI, MN_SECRET, nas_ip="127.0.1.7", care_of="127.0.1.7")
+    ex = exchange(server.address, rfc, source=("127.0.1.7", 0))
+    assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    tunnels = decode_tunnel_attributes(ex.reply[20:], b"rfc-secret-1", ex.authenticator)
+    assert not any(c == 26 and v[:4] == VENDOR_ID.to_bytes(4, "big") for c, v in ex.attributes)
+    assert tunnels.tunnels, tunnels
+    tgpp2 = access_request(b"tgpp2-secret", NAI, MN_SECRET, nas_ip="127.0.2.7", care_of="127.0.2.7")
+    ex = exchange(server.address, tgpp2, source=("127.0.2.7", 0))
+    assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    decoded = decode_3gpp2(ex.reply[20:], b"tgpp2-secret", ex.authenticator)
+    assert decoded.home_agent == IPv4Address("127.0.0.2")
+
+
+def test_logs_never_show_secrets(server: Server) -> None:
+    register(server)
+    text = server.log_text()
+    for secret in (SECRET, HA_SECRET, MN_SECRET, b"00112233445566778899aabbccddeeff"):
+        assert secret.decode() not in text
+    store = open_store(server.db, server.db.with_name(server.db.name + ".key"))
+    try:
+        for session in store.list_sessions():
+            assert session.session_root_key.value.hex() not in text
+    finally:
+        store.close()
+
+
+def test_bad_start_is_one_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    log = tmp_path / "log"
+    process = start_server(missing, free_udp_port(), 2, log)
+    assert process.wait(timeout=30) != 0
+    assert "Traceback" not in log.read_text()
+
+
+def _decoded(reply: bytes, secret: bytes) -> object:
+    import pyrad.packet
+
+    from aaa_vpn.wire.radius import load_dictionary
+
+    return pyrad.packet.Packet(packet=reply, dict=load_dictionary(), secret=secret)

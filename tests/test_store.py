@@ -1,0 +1,848 @@
+"""The SQLite store: CRUD, references, generation, sessions and SPIs, concurrency,
+migrations, and the import/export document (real SQLite files, no mocks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aaa_vpn.model import (
+    Client,
+    ClientRole,
+    EspTransform,
+    Flavour,
+    Gateway,
+    GatewayMode,
+    KeyMode,
+    QosClass,
+    Service,
+    Session,
+    SpiAllocation,
+    User,
+    ValidationError,
+    VpnRecord,
+)
+from aaa_vpn.secret import Secret
+from aaa_vpn.store import (
+    AlreadyExists,
+    NotFound,
+    ReferenceError_,
+    SpiConflict,
+    SqliteStore,
+    StoreError,
+    init_store,
+    open_store,
+)
+from aaa_vpn.store.crypto import SecretBox, read_key_file, secret_context
+from aaa_vpn.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+from aaa_vpn.store.transfer import export_document, import_document
+
+REPO = Path(__file__).resolve().parent.parent
+NAI = "mn1@home.example"
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+def make_user(nai: str = NAI, spi: int = 256) -> User:
+    return User(
+        nai=nai,
+        home_agent=IPv4Address("192.0.2.2"),
+        mn_aaa_secret=Secret(b"mn-aaa-" + nai.encode()),
+        mn_ha_spi=spi,
+        mn_ha_key=Secret(b"K" * 16),
+        home_address=IPv4Address("198.51.100.10"),
+    )
+
+
+def make_client(name: str = "fa1", network: str = "192.0.2.1/32") -> Client:
+    return Client(
+        name=name,
+        network=IPv4Network(network),
+        secret=Secret(b"testing123"),
+        role=ClientRole.FA,
+        domain="visited.example",
+        flavour=Flavour.THREEGPP2,
+    )
+
+
+def make_gateway(name: str = "gw1") -> Gateway:
+    return Gateway(
+        name=name,
+        address=IPv4Address("203.0.113.1"),
+        mode=GatewayMode.DYNAMIC,
+        protected_prefixes=(IPv4Network("10.1.0.0/16"), IPv4Network("10.2.0.0/16")),
+        gateway_key=Secret(b"G" * 32),
+    )
+
+
+def make_session(
+    session_id: str = "s1", nai: str = NAI, spis: tuple[tuple[str, int], ...] = (), expires: float = 2000.0
+) -> Session:
+    return Session(
+        session_id=session_id,
+        nai=nai,
+        session_root_key=Secret(b"R" * 32),
+        epoch=1,
+        home_address=IPv4Address("198.51.100.10"),
+        home_agent=IPv4Address("192.0.2.2"),
+        care_of_address=IPv4Address("192.0.2.1"),
+        created=1000.0,
+        expires=expires,
+        spis=tuple(SpiAllocation(IPv4Address(node), spi, f"fa-ha:{node}") for node, spi in spis),
+        foreign_domain="visited.example",
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "vpn.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SqliteStore]:
+    opened, _ = init_store(db_path)
+    with opened:
+        yield opened
+
+
+@pytest.fixture
+def provisioned(store: SqliteStore) -> SqliteStore:
+    store.add_user(make_user())
+    store.add_gateway(make_gateway())
+    store.add_service(Service("gold"))
+    store.add_qos(QosClass("voice", dscp=46))
+    return store
+
+
+# -- opening -------------------------------------------------------------------------------------
+
+
+def test_pragmas(store: SqliteStore) -> None:
+    conn = store._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert store.schema_version == SCHEMA_VERSION
+
+
+def test_missing_database_is_not_created(tmp_path: Path, db_path: Path) -> None:
+    init_store(db_path)[0].close()
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(tmp_path / "typo.db", db_path.with_name("vpn.db.key"))
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_init_refuses_existing_files(db_path: Path) -> None:
+    init_store(db_path)[0].close()
+    with pytest.raises(StoreError, match="exists already"):
+        init_store(db_path)
+    db_path.unlink()
+    with pytest.raises(StoreError, match="--existing-key"):
+        init_store(db_path)
+    store, created = init_store(db_path, existing_key=True)
+    store.close()
+    assert not created
+
+
+def test_init_force_keeps_key_file(db_path: Path) -> None:
+    store, _ = init_store(db_path)
+    store.add_qos(QosClass("voice"))
+    store.close()
+    key = Path(f"{db_path}.key").read_bytes()
+    store, created = init_store(db_path, force=True)
+    with store:
+        assert not created
+        assert store.list_qos() == []
+    assert Path(f"{db_path}.key").read_bytes() == key
+
+
+def test_not_an_aaa_vpn_database(tmp_path: Path, db_path: Path) -> None:
+    init_store(db_path)[0].close()
+    key = Path(f"{db_path}.key")
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not an aaa_vpn database"):
+        open_store(other, key)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open database"):
+        open_store(garbage, key)
+
+
+# -- users ----------------------------------------------------------------------------------------
+
+
+def test_user_crud(store: SqliteStore) -> None:
+    user = make_user()
+    store.add_user(user)
+    assert store.get_user(NAI) == user
+    with pytest.raises(AlreadyExists, match=NAI):
+        store.add_user(user)
+    changed = dataclasses.replace(user, mn_ha_key=Secret(b"N" * 20), home_address=None, enabled=False)
+    store.update_user(changed)
+    assert store.get_user(NAI) == changed
+    store.add_user(make_user("a@home.example"))
+    assert [u.nai for u in store.list_users()] == ["a@home.example", NAI]
+    store.delete_user(NAI)
+    with pytest.raises(NotFound):
+        store.get_user(NAI)
+    with pytest.raises(NotFound):
+        store.delete_user(NAI)
+    with pytest.raises(NotFound):
+        store.update_user(user)
+
+
+def test_client_crud(store: SqliteStore) -> None:
+    client = make_client()
+    store.add_client(client)
+    assert store.get_client("fa1") == client
+    with pytest.raises(AlreadyExists, match=r"network 192\.0\.2\.1/32"):
+        store.add_client(make_client("fa2"))
+    store.add_client(make_client("fa2", "192.0.2.128/25"))
+    with pytest.raises(AlreadyExists, match="network"):
+        store.update_client(dataclasses.replace(client, network=IPv4Network("192.0.2.128/25")))
+    changed = dataclasses.replace(client, role=ClientRole.PROXY, coa_port=1700, require_message_authenticator=False)
+    store.update_client(changed)
+    assert store.get_client("fa1") == changed
+    assert [c.name for c in store.list_clients()] == ["fa1", "fa2"]
+    store.delete_client("fa1")
+    with pytest.raises(NotFound):
+        store.get_client("fa1")
+    with pytest.raises(NotFound):
+        store.delete_client("fa1")
+
+
+def test_gateway_service_qos_crud(store: SqliteStore) -> None:
+    gateway = make_gateway()
+    store.add_gateway(gateway)
+    assert store.get_gateway("gw1") == gateway
+    store.update_gateway(
+        dataclasses.replace(gateway, mode=GatewayMode.STATIC, protected_prefixes=(IPv4Network("10.9.0.0/16"),))
+    )
+    assert store.get_gateway("gw1").protected_prefixes == (IPv4Network("10.9.0.0/16"),)
+    with pytest.raises(AlreadyExists):
+        store.add_gateway(gateway)
+
+    service = Service(
+        "gold", key_mode=KeyMode.IKEV2, esp_transform=EspTransform.AES_CBC_128_HMAC_SHA256, sa_lifetime=600
+    )
+    store.add_service(service)
+    assert store.get_service("gold") == service
+    store.update_service(dataclasses.replace(service, ike_lifetime=7200))
+    assert store.list_services()[0].ike_lifetime == 7200
+
+    store.add_qos(QosClass("voice", dscp=46, rate_kbps=512))
+    store.update_qos(QosClass("voice", dscp=34))
+    assert store.list_qos() == [QosClass("voice", dscp=34)]
+
+    for delete, getter, name in (
+        (store.delete_gateway, store.get_gateway, "gw1"),
+        (store.delete_service, store.get_service, "gold"),
+        (store.delete_qos, store.get_qos, "voice"),
+    ):
+        delete(name)
+        with pytest.raises(NotFound):
+            getter(name)
+        with pytest.raises(NotFound):
+            delete(name)
+    with pytest.raises(NotFound):
+        store.update_service(service)
+    with pytest.raises(NotFound):
+        store.update_qos(QosClass("x"))
+
+
+def test_vpn_record_crud(provisioned: SqliteStore) -> None:
+    store = provisioned
+    record = store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold", "voice"))
+    assert record.id is not None
+    assert store.get_vpn_record(record.id) == record
+    with pytest.raises(AlreadyExists, match=f"id {record.id}"):
+        store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold"))
+    second = store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.2.0.0/16"), "gw1", "gold"))
+    assert store.list_vpn_records(NAI) == [record, second]
+    assert store.list_vpn_records("nobody@home.example") == []
+    store.update_vpn_record(dataclasses.replace(second, qos="voice"))
+    assert store.get_vpn_record(second.id or 0).qos == "voice"
+    with pytest.raises(AlreadyExists):
+        store.update_vpn_record(dataclasses.replace(second, correspondent=IPv4Network("10.1.0.0/16")))
+    store.delete_vpn_record(record.id)
+    with pytest.raises(NotFound):
+        store.get_vpn_record(record.id)
+    with pytest.raises(NotFound):
+        store.delete_vpn_record(record.id)
+    # AUTOINCREMENT: ids are never reused.
+    third = store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.3.0.0/16"), "gw1", "gold"))
+    assert (third.id or 0) > (second.id or 0)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (VpnRecord("nobody@home.example", IPv4Network("10.1.0.0/16"), "gw1", "gold"), "user 'nobody@home.example'"),
+        (VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw9", "gold"), "gateway 'gw9'"),
+        (VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "silver"), "service 'silver'"),
+        (VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold", "video"), "QoS class 'video'"),
+    ],
+)
+def test_vpn_record_names_missing_record(provisioned: SqliteStore, record: VpnRecord, message: str) -> None:
+    with pytest.raises(ReferenceError_, match=f"{message}, which does not exist"):
+        provisioned.add_vpn_record(record)
+    assert provisioned.list_vpn_records() == []
+    good = provisioned.add_vpn_record(VpnRecord(NAI, IPv4Network("10.5.0.0/16"), "gw1", "gold"))
+    with pytest.raises(ReferenceError_, match=message):
+        provisioned.update_vpn_record(dataclasses.replace(record, id=good.id))
+
+
+def test_restrict_delete_of_referenced_records(provisioned: SqliteStore) -> None:
+    store = provisioned
+    record = store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold", "voice"))
+    for delete, what in (
+        (store.delete_gateway, "gateway 'gw1'"),
+        (store.delete_service, "service 'gold'"),
+        (store.delete_qos, "QoS class 'voice'"),
+    ):
+        name = what.split("'")[1]
+        with pytest.raises(ReferenceError_, match=f"{what} is used by VPN record\\(s\\) {record.id} \\({NAI}\\)"):
+            delete(name)
+    assert store.get_gateway("gw1") and store.get_service("gold") and store.get_qos("voice")
+
+
+def test_delete_user_cascades_to_vpn_records_and_sessions(provisioned: SqliteStore) -> None:
+    store = provisioned
+    store.add_user(make_user("other@home.example", spi=300))
+    store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold"))
+    kept = store.add_vpn_record(VpnRecord("other@home.example", IPv4Network("10.1.0.0/16"), "gw1", "gold"))
+    store.put_session(make_session("s1", spis=(("192.0.2.1", 4096),)))
+    store.put_session(make_session("s2", nai="other@home.example"))
+    store.delete_user(NAI)
+    assert store.list_vpn_records() == [kept]
+    assert [s.session_id for s in store.list_sessions()] == ["s2"]
+    assert store.spis_in_use(IPv4Address("192.0.2.1")) == []
+    # The gateway is still restricted by the other user's record.
+    with pytest.raises(ReferenceError_):
+        store.delete_gateway("gw1")
+
+
+# -- generation -------------------------------------------------------------------------------------
+
+
+def test_generation_moves_on_every_provisioning_change(store: SqliteStore) -> None:
+    seen = [store.generation()]
+
+    def moved() -> None:
+        now = store.generation()
+        assert now != seen[-1]
+        seen.append(now)
+
+    user = make_user()
+    store.add_user(user)
+    moved()
+    store.update_user(dataclasses.replace(user, enabled=False))
+    moved()
+    store.add_client(make_client())
+    moved()
+    store.update_client(dataclasses.replace(make_client(), domain="x.example"))
+    moved()
+    store.add_gateway(make_gateway())
+    moved()
+    store.add_service(Service("gold"))
+    moved()
+    store.add_qos(QosClass("voice"))
+    moved()
+    store.update_qos(QosClass("voice", dscp=1))
+    moved()
+    record = store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold"))
+    moved()
+    store.update_vpn_record(dataclasses.replace(record, qos="voice"))
+    moved()
+    store.delete_vpn_record(record.id or 0)
+    moved()
+    store.delete_client("fa1")
+    moved()
+    store.delete_user(NAI)
+    moved()
+
+
+def test_generation_does_not_move_on_session_writes(provisioned: SqliteStore) -> None:
+    store = provisioned
+    before = store.generation()
+    store.put_session(make_session("s1", spis=(("192.0.2.1", 4096),), expires=10.0))
+    store.put_session(make_session("s2", spis=(("192.0.2.1", 4097),)), replaces=["s1"])
+    with pytest.raises(SpiConflict):
+        store.put_session(make_session("s3", spis=(("192.0.2.1", 4097),)))
+    store.expire_sessions(5000.0)
+    store.put_session(make_session("s4"))
+    store.delete_session("s4")
+    assert store.generation() == before
+
+
+def test_generation_seen_by_another_store_object(db_path: Path, store: SqliteStore) -> None:
+    other = open_store(db_path)
+    with other:
+        before = other.generation()
+        store.add_qos(QosClass("voice"))
+        assert other.generation() != before
+
+
+def test_failed_write_changes_nothing(provisioned: SqliteStore) -> None:
+    before = provisioned.generation()
+    with pytest.raises(ReferenceError_):
+        provisioned.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw9", "gold"))
+    with pytest.raises(AlreadyExists):
+        provisioned.add_user(make_user())
+    assert provisioned.generation() == before
+
+
+# -- sessions ---------------------------------------------------------------------------------------
+
+
+def test_session_round_trip_and_lookup(store: SqliteStore) -> None:
+    session = make_session("s1", spis=(("192.0.2.1", 4096), ("192.0.2.2", 4096), ("192.0.2.1", 300)))
+    store.put_session(session)
+    assert store.get_session("s1") == session  # SPIs keep their order
+    store.put_session(make_session("s2", nai="b@home.example"))
+    assert store.find_sessions(NAI) == [session]
+    assert [s.session_id for s in store.list_sessions()] == ["s1", "s2"]
+    assert list(store.spis_in_use(IPv4Address("192.0.2.1"))) == [300, 4096]
+    assert list(store.spis_in_use(IPv4Address("192.0.2.9"))) == []
+    with pytest.raises(NotFound):
+        store.get_session("nope")
+    store.delete_session("s1")
+    assert list(store.spis_in_use(IPv4Address("192.0.2.1"))) == []
+    with pytest.raises(NotFound):
+        store.delete_session("s1")
+
+
+def test_put_session_again_replaces_it_with_its_own_spis(store: SqliteStore) -> None:
+    store.put_session(make_session("s1", spis=(("192.0.2.1", 4096),)))
+    moved = dataclasses.replace(
+        make_session("s1", spis=(("192.0.2.1", 4096), ("192.0.2.7", 5000))), care_of_address=IPv4Address("192.0.2.7")
+    )
+    store.put_session(moved)
+    assert store.get_session("s1") == moved
+
+
+def test_put_session_replaces(store: SqliteStore) -> None:
+    store.put_session(make_session("old", spis=(("192.0.2.1", 4096),)))
+    store.put_session(make_session("other", spis=(("192.0.2.1", 4097),)))
+    # The new session may reuse the replaced session's SPI: it is freed first.
+    store.put_session(make_session("new", spis=(("192.0.2.1", 4096),)), replaces=["old", "never-existed"])
+    assert [s.session_id for s in store.list_sessions()] == ["new", "other"]
+    assert list(store.spis_in_use(IPv4Address("192.0.2.1"))) == [4096, 4097]
+
+
+def test_spi_conflict_stores_nothing(store: SqliteStore) -> None:
+    store.put_session(make_session("old", spis=(("192.0.2.1", 4096),)))
+    store.put_session(make_session("holder", spis=(("192.0.2.2", 7000),)))
+    attempt = make_session("new", spis=(("192.0.2.1", 4096), ("192.0.2.3", 1), ("192.0.2.2", 7000)))
+    with pytest.raises(SpiConflict, match=r"SPI 7000 \(0x00001b58\) is already allocated on node 192.0.2.2"):
+        store.put_session(attempt, replaces=["old"])
+    # Nothing of the attempt is stored, and the replaced session is still there.
+    assert [s.session_id for s in store.list_sessions()] == ["holder", "old"]
+    assert list(store.spis_in_use(IPv4Address("192.0.2.3"))) == []
+    assert store.get_session("old").spis == make_session("old", spis=(("192.0.2.1", 4096),)).spis
+
+
+def test_expire_sessions(store: SqliteStore) -> None:
+    for number, expires in enumerate((10.0, 20.0, 30.0)):
+        store.put_session(make_session(f"s{number}", spis=(("192.0.2.1", 4096 + number),), expires=expires))
+    assert store.expire_sessions(20.0) == 1  # strictly before now
+    assert store.expire_sessions(25.0) == 1
+    assert [s.session_id for s in store.list_sessions()] == ["s2"]
+    assert list(store.spis_in_use(IPv4Address("192.0.2.1"))) == [4098]
+    assert store.expire_sessions(25.0) == 0
+
+
+# -- concurrency ----------------------------------------------------------------------------------------
+
+
+def test_two_store_objects_in_two_threads(db_path: Path, store: SqliteStore) -> None:
+    errors: list[BaseException] = []
+
+    def writer(prefix: str, base: int) -> None:
+        try:
+            with open_store(db_path) as own:
+                for number in range(50):
+                    own.put_session(make_session(f"{prefix}{number}", spis=(("192.0.2.1", base + number),)))
+                    own.get_session(f"{prefix}{number}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(p, b)) for p, b in (("a", 1000), ("b", 2000))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.list_sessions()) == 100
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys
+    from ipaddress import IPv4Address
+    from aaa_vpn.model import Session, SpiAllocation
+    from aaa_vpn.secret import Secret
+    from aaa_vpn.store import SpiConflict, open_store
+
+    db, worker = sys.argv[1], sys.argv[2]
+    won = 0
+    with open_store(db) as store:
+        for number in range(60):
+            spis = (SpiAllocation(IPv4Address("192.0.2.1"), 10000 + number, "x"),)
+            session = Session(f"{worker}-{number}", "mn1@home.example", Secret(b"R" * 32), 1,
+                              IPv4Address("198.51.100.10"), IPv4Address("192.0.2.2"),
+                              IPv4Address("192.0.2.1"), 1.0, 2.0, spis)
+            try:
+                store.put_session(session)
+                won += 1
+            except SpiConflict:
+                pass
+            # And one SPI that is this worker's alone.
+            own = Session(f"{worker}-own-{number}", "mn1@home.example", Secret(b"R" * 32), 1,
+                          IPv4Address("198.51.100.10"), IPv4Address("192.0.2.2"),
+                          IPv4Address("192.0.2.1"), 1.0, 2.0,
+                          (SpiAllocation(IPv4Address("192.0.2.9"), int(worker) * 1000 + number + 256, "y"),))
+            store.put_session(own)
+    print(won)
+    """
+)
+
+
+def test_two_processes_racing_for_the_same_spis(db_path: Path, store: SqliteStore) -> None:
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(db_path), str(worker)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for worker in (1, 2, 3)
+    ]
+    results = [worker.communicate(timeout=120) for worker in workers]
+    for worker, (_, stderr) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, stderr
+    # Every contested SPI went to exactly one worker; every uncontested one was stored.
+    assert sum(int(out) for out, _ in results) == 60
+    assert list(store.spis_in_use(IPv4Address("192.0.2.1"))) == list(range(10000, 10060))
+    assert len(store.spis_in_use(IPv4Address("192.0.2.9"))) == 180
+    assert len(store.list_sessions()) == 240
+
+
+# -- migrations ------------------------------------------------------------------------------------------
+
+
+def _version_1_database(db_path: Path) -> None:
+    """A database as schema version 1 left it, with one user in it."""
+    Path(f"{db_path}.key").write_bytes(bytes(range(32)))
+    Path(f"{db_path}.key").chmod(0o600)
+    box = SecretBox(read_key_file(Path(f"{db_path}.key")))
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN")
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (box.key_check,))
+    conn.execute(
+        "INSERT INTO users VALUES (?, '192.0.2.2', NULL, 2, ?, 256, ?, 1)",
+        (
+            NAI,
+            box.seal(b"aaa-secret", secret_context("users", "mn_aaa_secret", NAI)),
+            box.seal(b"H" * 16, secret_context("users", "mn_ha_key", NAI)),
+        ),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _indexes(db_path: Path) -> set[str]:
+    conn = sqlite3.connect(db_path)
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    conn.close()
+    return names
+
+
+def test_migration_from_version_1(db_path: Path) -> None:
+    _version_1_database(db_path)
+    assert "sessions_by_expiry" not in _indexes(db_path)
+    with pytest.raises(StoreError, match="db migrate"):
+        open_store(db_path, migrate=False)
+    with open_store(db_path) as store:
+        assert store.opened_version == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
+        user = store.get_user(NAI)
+        assert user.mn_ha_key == Secret(b"H" * 16)
+        assert user.home_address is None
+    assert {"sessions_by_nai", "sessions_by_expiry", "vpn_records_by_gateway"} <= _indexes(db_path)
+    with open_store(db_path) as store:
+        assert store.opened_version == SCHEMA_VERSION
+
+
+def test_failed_migration_leaves_database_as_it_was(db_path: Path) -> None:
+    _version_1_database(db_path)
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE INDEX sessions_by_expiry ON users (nai)")  # step 2 will collide with it
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="already exists"):
+        open_store(db_path)
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "sessions_by_nai" not in {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    init_store(db_path)[0].close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this aaa_vpn knows"):
+        open_store(db_path)
+
+
+def test_check_finds_nothing_on_a_good_database(provisioned: SqliteStore) -> None:
+    provisioned.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold"))
+    provisioned.put_session(make_session("s1", spis=(("192.0.2.1", 4096),)))
+    assert provisioned.check() == []
+    assert provisioned.counts()["session_spis"] == 1
+
+
+# -- import / export --------------------------------------------------------------------------------------
+
+
+def _document(store: SqliteStore) -> dict[str, object]:
+    return export_document(store, with_secrets=True)
+
+
+def test_import_merge_keeps_secrets_and_replace_deletes(provisioned: SqliteStore, tmp_path: Path) -> None:
+    store = provisioned
+    store.add_client(make_client())
+    store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold"))
+    without = export_document(store)
+    assert "mn_ha_key" not in without["users"][0]
+    target, _ = init_store(tmp_path / "target.db")
+    with target:
+        with pytest.raises(ValidationError, match=r"gateways\[0\] \(gw1\): field 'gateway_key' is required"):
+            import_document(target, without)
+        assert target.list_qos() == []  # all or nothing
+    # Merge into the source: secrets kept, nothing changed.
+    summary = import_document(store, without)
+    assert sum(summary.unchanged.values()) == 6 and sum(summary.updated.values()) == 0
+    assert store.get_user(NAI) == make_user()
+    # Replace with a smaller document deletes the rest (dependents first).
+    small = {"format": "aaa-vpn", "version": 1, "qos_classes": [{"name": "voice", "dscp": 46}]}
+    summary = import_document(store, small, replace=True)
+    assert summary.deleted == {
+        "qos_classes": 0,
+        "services": 1,
+        "gateways": 1,
+        "clients": 1,
+        "users": 1,
+        "vpn_records": 1,
+    }
+    assert store.list_users() == [] and store.list_qos() == [QosClass("voice", dscp=46)]
+
+
+def test_import_is_atomic(provisioned: SqliteStore) -> None:
+    before = _document(provisioned)
+    generation = provisioned.generation()
+    document = {
+        "format": "aaa-vpn",
+        "version": 1,
+        "qos_classes": [{"name": "bulk", "dscp": 8}],
+        "services": [{"name": "gold", "sa_lifetime": 600}],
+        "vpn_records": [
+            {"nai": NAI, "correspondent": "10.1.0.0/16", "gateway": "gw1", "service": "gold"},
+            {"nai": NAI, "correspondent": "10.2.0.0/16", "gateway": "nope", "service": "gold"},
+        ],
+    }
+    with pytest.raises(ReferenceError_, match="gateway 'nope'"):
+        import_document(provisioned, document)
+    assert _document(provisioned) == before
+    assert provisioned.generation() == generation
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([], "must be a JSON object"),
+        ({"format": "other", "version": 1}, "format"),
+        ({"format": "aaa-vpn", "version": 2}, "unsupported import format version 2"),
+        ({"format": "aaa-vpn", "version": 1, "userz": []}, "unknown top-level field"),
+        ({"format": "aaa-vpn", "version": 1, "qos_classes": [{"name": "a", "dcsp": 1}]}, "unknown field"),
+        ({"format": "aaa-vpn", "version": 1, "qos_classes": [{"name": "a", "dscp": "1"}]}, "must be an integer"),
+        ({"format": "aaa-vpn", "version": 1, "qos_classes": [{"name": "a"}, {"name": "a"}]}, "duplicate"),
+        (
+            {"format": "aaa-vpn", "version": 1, "services": [{"name": "s", "key_mode": "psk"}]},
+            "must be one of 'manual', 'ikev2'",
+        ),
+        (
+            {
+                "format": "aaa-vpn",
+                "version": 1,
+                "clients": [{"name": "c", "network": "192.0.2.0/24", "role": "fa", "secret": {"hex": "zz"}}],
+            },
+            "not hexadecimal",
+        ),
+    ],
+)
+def test_import_rejects_bad_documents(store: SqliteStore, document: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        import_document(store, document)
+
+
+_names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
+_secret = st.binary(min_size=32, max_size=40).map(Secret)
+_octet = st.integers(min_value=1, max_value=254)
+_address = st.builds(lambda a, b: IPv4Address(f"10.{a}.{b}.1"), _octet, _octet)
+_network = st.builds(lambda a, b: IPv4Network(f"172.{a % 16 + 16}.{b}.0/24"), _octet, _octet)
+
+
+@st.composite
+def _provisioning(draw: st.DrawFn) -> dict[str, list[Any]]:
+    qos = draw(
+        st.lists(
+            st.builds(QosClass, _names, st.integers(0, 63), st.integers(0, 10**6)),
+            max_size=3,
+            unique_by=lambda q: q.name,
+        )
+    )
+    services = draw(
+        st.lists(
+            st.builds(
+                Service,
+                _names,
+                st.sampled_from(KeyMode),
+                st.sampled_from(EspTransform),
+                st.just("aes256gcm16-prfsha256-x25519"),
+                st.integers(60, 10**6),
+                st.integers(60, 10**6),
+            ),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda s: s.name,
+        )
+    )
+    gateways = draw(
+        st.lists(
+            st.builds(
+                Gateway,
+                _names,
+                _address,
+                st.sampled_from(GatewayMode),
+                st.lists(_network, min_size=1, max_size=3).map(tuple),
+                _secret,
+            ),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda g: g.name,
+        )
+    )
+    clients = draw(
+        st.lists(
+            st.builds(
+                Client,
+                _names,
+                _network,
+                _secret,
+                st.sampled_from(ClientRole),
+                st.just("visited.example"),
+                st.integers(1, 65535),
+                st.sampled_from(Flavour),
+                st.booleans(),
+            ),
+            max_size=3,
+            unique_by=(lambda c: c.name, lambda c: c.network),
+        )
+    )
+    users = draw(
+        st.lists(
+            st.builds(
+                User,
+                _names.map(lambda n: f"{n}@home.example"),
+                _address,
+                _secret,
+                st.integers(256, 2**32 - 1),
+                _secret,
+                st.one_of(st.none(), _address),
+                st.integers(0, 2**32 - 1),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda u: u.nai,
+        )
+    )
+    records = draw(
+        st.lists(
+            st.builds(
+                VpnRecord,
+                st.sampled_from([u.nai for u in users]),
+                _network,
+                st.sampled_from([g.name for g in gateways]),
+                st.sampled_from([s.name for s in services]),
+                st.one_of(st.none(), st.sampled_from([q.name for q in qos])) if qos else st.none(),
+            ),
+            max_size=5,
+            unique_by=lambda r: (r.nai, r.correspondent),
+        )
+    )
+    return {
+        "qos": qos,
+        "services": services,
+        "gateways": gateways,
+        "clients": clients,
+        "users": users,
+        "records": records,
+    }
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_provisioning())
+def test_export_import_round_trip(data: dict[str, list[Any]]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        source, _ = init_store(Path(directory) / "source.db")
+        target, _ = init_store(Path(directory) / "target.db")
+        with source, target:
+            for kind, add in (
+                ("qos", source.add_qos),
+                ("services", source.add_service),
+                ("gateways", source.add_gateway),
+                ("clients", source.add_client),
+                ("users", source.add_user),
+                ("records", source.add_vpn_record),
+            ):
+                for record in data[kind]:
+                    add(record)
+            document = _document(source)
+            summary = import_document(target, document)
+            assert sum(summary.added.values()) == sum(len(v) for v in data.values())
+            assert _document(target) == document
+            assert target.list_users() == source.list_users()
+            assert target.list_gateways() == source.list_gateways()
+            assert target.list_clients() == source.list_clients()
+            # Importing the same again changes nothing, not even the generation.
+            generation = target.generation()
+            summary = import_document(target, document, replace=True)
+            assert sum(summary.unchanged.values()) == sum(len(v) for v in data.values())
+            assert target.generation() == generation
