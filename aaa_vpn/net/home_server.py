@@ -81,21 +81,27 @@ def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -
     stop = asyncio.Event()
 
     def readable() -> None:
+        # Drain what the socket holds (up to _BATCH datagrams), handle it as one
+        # batch -- one database transaction for all sessions it creates --
+        # then send the replies.
+        batch: list[tuple[bytes, tuple[str, int]]] = []
         for _ in range(_BATCH):
             try:
-                data, source = sock.recvfrom(65535)
+                batch.append(sock.recvfrom(65535))
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. ECONNREFUSED from an earlier sendto
+                break
+            except OSError as exc:  # e.g. ECONNREFUSED reported for an earlier sendto
                 log.debug("recvfrom failed", extra=fields(error=str(exc)))
-                continue
-            try:
-                reply = aaa.handle(data, source, time.time())
-            except Exception:  # a bug must cost one request, never the daemon
-                aaa.counters["dropped"] += 1
-                aaa.counters["dropped.internal_error"] += 1
-                log.exception("internal error handling a request", extra=fields(source=source[0]))
-                continue
+        if not batch:
+            return
+        try:
+            replies = aaa.handle_batch(batch, time.time())
+        except Exception:  # a bug must cost these requests, never the daemon
+            aaa.counters["dropped"] += len(batch)
+            aaa.counters["dropped.internal_error"] += len(batch)
+            log.exception("internal error handling requests", extra=fields(count=len(batch)))
+            return
+        for (_data, source), reply in zip(batch, replies, strict=True):
             if reply is not None:
                 try:
                     sock.sendto(reply, source)

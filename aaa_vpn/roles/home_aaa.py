@@ -61,6 +61,7 @@ from aaa_vpn.wire.profile import (
     RequestType,
     VpnProfile,
 )
+from aaa_vpn.wire.text import text
 
 #: The service used for the FA <-> HA path of a user without VPN records.
 DEFAULT_SERVICE = Service("default")
@@ -177,7 +178,7 @@ def plan_paths(
 
 
 def _spi_key(label: str, node: IPv4Address) -> str:
-    return f"{label}@{node}"
+    return label + "@" + text(node)
 
 
 def allocate_spis(

@@ -142,6 +142,16 @@ class DuplicateCache:
 
 
 @dataclass(frozen=True)
+class _Pending:
+    """A session planned while handling a batch, stored when the batch ends."""
+
+    index: int  # the request's position in the batch
+    session: Session
+    client: str
+    paths: int
+
+
+@dataclass(frozen=True)
 class HomeAaaOptions:
     session_lifetime: int = 3600
     dup_cache_seconds: float = 10.0
@@ -168,6 +178,9 @@ class HomeAaa:
         self._clients = ClientTable([])
         self._users: dict[str, UserContext | None] = {}
         self._log_budget: dict[str, tuple[float, int]] = {}
+        self._pending: list[_Pending] = []
+        self._batching = True
+        self._index = 0
         self.refresh()
 
     # -- provisioning cache -------------------------------------------------------
@@ -218,53 +231,131 @@ class HomeAaa:
     # -- the entry point ---------------------------------------------------------
     def handle(self, data: bytes, source: tuple[str, int], now: float) -> bytes | None:
         """Process one datagram from ``source``; return the reply to send, if any."""
-        self.counters["received"] += 1
+        return self.handle_batch([(data, source)], now)[0]
+
+    def handle_batch(self, batch: list[tuple[bytes, tuple[str, int]]], now: float) -> list[bytes | None]:
+        """Process datagrams received together; return their replies, in order.
+
+        The sessions the batch creates are stored in one transaction (group
+        commit) before any reply is returned, so a reply never announces a
+        session the database does not have. A retransmission inside the batch
+        gets the same reply as its original."""
+        self._pending = []
+        replies: list[bytes | None] = []
+        cache_keys: list[tuple[str, int, int, bytes] | None] = []
+        first_of: dict[tuple[str, int, int, bytes], int] = {}
+        for data, source in batch:
+            self.counters["received"] += 1
+            key = _duplicate_key(data, source)
+            if key is not None and key in first_of:
+                self.counters["duplicates"] += 1
+                replies.append(None)  # filled in below from its original
+                cache_keys.append(None)
+                continue
+            self._index = len(replies)
+            reply, is_request = self._one(data, source, now)
+            replies.append(reply)
+            cache_keys.append(key if is_request else None)
+            if is_request and key is not None:
+                first_of[key] = len(replies) - 1
+        if self._pending:
+            self._commit(batch, replies, now)
+        for key, index in first_of.items():
+            for position, (data, source) in enumerate(batch):
+                if position != index and replies[position] is None and _duplicate_key(data, source) == key:
+                    replies[position] = replies[index]
+        for key, reply in zip(cache_keys, replies, strict=True):
+            if key is not None:
+                self.duplicates.put(key, reply, now)
+                if reply is not None and reply[0] == rc.ACCESS_ACCEPT:
+                    self.counters["accepts"] += 1
+                elif reply is not None and reply[0] == rc.ACCESS_REJECT:
+                    self.counters["rejects"] += 1
+        return replies
+
+    def _commit(self, batch: list[tuple[bytes, tuple[str, int]]], replies: list[bytes | None], now: float) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            replaced = self.store.put_sessions([p.session for p in pending], replace_user_sessions=True)
+        except StoreError as exc:
+            # An SPI collision (rare) or a busy database: redo these requests
+            # one by one, each with its own retries and transaction.
+            self.counters["spi_collisions" if isinstance(exc, SpiConflict) else "batch_retries"] += 1
+            self._batching = False
+            self.counters["access_requests"] -= len(pending)  # counted again by _one
+            try:
+                for entry in pending:
+                    self._index = entry.index
+                    data, source = batch[entry.index]
+                    replies[entry.index] = self._one(data, source, now)[0]
+            finally:
+                self._batching = True
+            return
+        for entry, count in zip(pending, replaced, strict=True):
+            self._session_created(entry, count)
+
+    def _session_created(self, entry: _Pending, replaced: int) -> None:
+        self.counters["sessions_created"] += 1
+        session = entry.session
+        log.info(
+            "session created",
+            extra=fields(
+                nai=session.nai,
+                session=session.session_id,
+                client=entry.client,
+                care_of=str(session.care_of_address),
+                home_agent=str(session.home_agent),
+                paths=entry.paths,
+                replaced=replaced,
+            ),
+        )
+
+    def _one(self, data: bytes, source: tuple[str, int], now: float) -> tuple[bytes | None, bool]:
+        """One datagram; returns (reply, whether it was an Access-Request that
+        the duplicate cache should remember)."""
         client = self._clients.lookup(source[0])
         if client is None:
             self.refresh()  # a client added a moment ago
             client = self._clients.lookup(source[0])
             if client is None:
                 self._drop("unknown_client", source, now)
-                return None
+                return None, False
         if len(data) < rc.HEADER:
             self._drop("malformed", source, now, "shorter than a RADIUS header")
-            return None
+            return None, False
         code, identifier, length = struct.unpack_from("!BBH", data)
         if length < rc.HEADER or length > len(data) or length > rc.MAX_PACKET:
             self._drop("malformed", source, now, f"bad Length {length} for {len(data)} octets")
-            return None
+            return None, False
         data = data[:length]  # RFC 2865 section 3: octets beyond Length are padding
         if code not in (rc.ACCESS_REQUEST, rc.STATUS_SERVER):
             self._drop("unsupported_code", source, now, f"code {code}")
-            return None
+            return None, False
         authenticator = data[4:20]
-        key = (source[0], source[1], identifier, authenticator)
-        cached = self.duplicates.get(key, now)
+        cached = self.duplicates.get((source[0], source[1], identifier, authenticator), now)
         if cached is not None:
             self.counters["duplicates"] += 1
-            return cached[1]
+            return cached[1], False
         try:
             packet = pyrad.packet.AuthPacket(packet=data, dict=self.dictionary, secret=client.secret.value)
         except Exception as exc:  # noqa: BLE001 - pyrad raises PacketError, struct.error, UnicodeDecodeError...
             self._drop("malformed", source, now, str(exc)[:120])
-            return None
+            return None, False
         secret = client.secret.value
         ma = rc.check_request_message_authenticator(data, secret)
         if ma is False:
             self._drop("bad_message_authenticator", source, now, f"client {client.name}")
-            return None
+            return None, False
         if ma is None and (code == rc.STATUS_SERVER or client.require_message_authenticator):
             self._drop("missing_message_authenticator", source, now, f"client {client.name}")
-            return None
+            return None, False
         if code == rc.STATUS_SERVER:
             # RFC 5997 section 3: not subject to duplicate detection.
             self.counters["status_server"] += 1
-            return self._status_reply(identifier, authenticator, secret, packet)
+            return self._status_reply(identifier, authenticator, secret, packet), False
         self.refresh()
         self.counters["access_requests"] += 1
-        reply = self._access_request(client, packet, identifier, authenticator, source, now)
-        self.duplicates.put(key, reply, now)
-        return reply
+        return self._access_request(client, packet, identifier, authenticator, source, now), True
 
     # -- Status-Server --------------------------------------------------------------
     def _status_reply(self, identifier: int, authenticator: bytes, secret: bytes, packet: pyrad.packet.Packet) -> bytes:
@@ -292,7 +383,6 @@ class HomeAaa:
         try:
             nai, request_type, reply_attributes = self._decide(client, packet, source, now)
         except Rejected as rejected:
-            self.counters["rejects"] += 1
             self.counters[f"rejects.{rejected.reason.name.lower()}"] += 1
             log.info(
                 "access rejected",
@@ -314,7 +404,6 @@ class HomeAaa:
                 rc.ACCESS_ACCEPT, identifier, authenticator, secret, reply_attributes + proxy_states
             )
         except rc.ReplyTooLarge as exc:
-            self.counters["rejects"] += 1
             self.counters["rejects.profile_too_large"] += 1
             log.error("profile does not fit in a reply", extra=fields(nai=nai, client=client.name, detail=str(exc)))
             attributes = (
@@ -323,7 +412,6 @@ class HomeAaa:
                 + proxy_states
             )
             return rc.encode_reply(rc.ACCESS_REJECT, identifier, authenticator, secret, attributes)
-        self.counters["accepts"] += 1
         log.debug(
             "access accepted",
             extra=fields(nai=nai, client=client.name, request=request_type.name.lower(), octets=len(reply)),
@@ -411,7 +499,6 @@ class HomeAaa:
         home_agent = _first_ipv4(packet, VSA_HOME_AGENT) or _first_ipv4(packet, TGPP2_HOME_AGENT)
         if home_agent is None or home_agent == IPv4Address(0):
             home_agent = ctx.user.home_agent  # RFC 4433-style: the AAA assigns the HA
-        replaced = [s.session_id for s in self.store.find_sessions(ctx.user.nai)]
         domain = client.domain if client.role is ClientRole.PROXY else nai_realm(ctx.user.nai)
         for _attempt in range(_SPI_RETRIES):
             session, paths = home_aaa.new_session(
@@ -425,27 +512,19 @@ class HomeAaa:
                 random_bytes=self.random_bytes,
                 foreign_domain=domain,
             )
+            entry = _Pending(self._index, session, client.name, len(paths))
+            if self._batching:
+                self._pending.append(entry)  # stored by _commit, before the reply leaves
+                return session, paths
             try:
-                self.store.put_session(session, replaces=replaced)
+                replaced = self.store.put_sessions([session], replace_user_sessions=True)[0]
             except SpiConflict:
                 self.counters["spi_collisions"] += 1
                 continue
             except StoreError as exc:
                 log.error("cannot store session", extra=fields(nai=ctx.user.nai, detail=str(exc)))
                 raise Rejected(RejectReason.NO_RESOURCES, "home AAA cannot store the session") from None
-            self.counters["sessions_created"] += 1
-            log.info(
-                "session created",
-                extra=fields(
-                    nai=ctx.user.nai,
-                    session=session.session_id,
-                    client=client.name,
-                    care_of=str(care_of),
-                    home_agent=str(home_agent),
-                    paths=len(paths),
-                    replaced=len(replaced),
-                ),
-            )
+            self._session_created(entry, replaced)
             return session, paths
         raise Rejected(RejectReason.NO_RESOURCES, "no free SPI after several attempts")
 
@@ -517,6 +596,13 @@ def _first_ipv4(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> IPv4
     if len(raw) != 4:
         raise Rejected(RejectReason.BAD_REQUEST, f"attribute {key} is not a 4-octet IPv4 address")
     return IPv4Address(raw)
+
+
+def _duplicate_key(data: bytes, source: tuple[str, int]) -> tuple[str, int, int, bytes] | None:
+    """(source address, source port, Identifier, Request Authenticator), RFC 5080 section 2.2.2."""
+    if len(data) < rc.HEADER:
+        return None
+    return (source[0], source[1], data[1], data[4:20])
 
 
 def _loggable_name(packet: pyrad.packet.Packet) -> str:

@@ -104,6 +104,12 @@ class Store(Protocol):
         Raises SpiConflict (and stores nothing) if one of the SPIs is already
         allocated on its node."""
 
+    def put_sessions(self, sessions: Sequence[Session], replace_user_sessions: bool = False) -> list[int]:
+        """Store several new sessions in one transaction (the home AAA's group
+        commit). With ``replace_user_sessions`` each first deletes the other
+        sessions of its NAI. Returns per session how many it replaced. Raises
+        SpiConflict (and stores nothing) on an SPI collision."""
+
     def get_session(self, session_id: str) -> Session: ...
     def find_sessions(self, nai: str) -> list[Session]: ...
     def list_sessions(self) -> list[Session]: ...

@@ -61,6 +61,7 @@ from aaa_vpn.store.base import (
     StoreError,
 )
 from aaa_vpn.store.crypto import SecretBox, secret_context
+from aaa_vpn.wire.text import text
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,11 @@ _INSERT_SESSION = (
 )
 _INSERT_SPI = "INSERT INTO session_spis (session_id, position, node, spi, path) VALUES (?, ?, ?, ?, ?)"
 _DELETE_SESSION = "DELETE FROM sessions WHERE session_id = ?"
+_DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE nai = ?"
+_SPI_HOLDER = (
+    "SELECT p.session_id, s.nai FROM session_spis AS p JOIN sessions AS s ON s.session_id = p.session_id"
+    " WHERE p.node = ? AND p.spi = ?"
+)
 _SPIS_IN_USE = "SELECT spi FROM session_spis WHERE node = ? ORDER BY spi"
 
 _Row = tuple[Any, ...]
@@ -842,41 +848,86 @@ class SqliteStore:
         except ValueError as exc:
             raise self._corrupt(f"session {session_id!r}", exc) from None
 
-    def put_session(self, session: Session, replaces: Iterable[str] = ()) -> None:
-        """Store ``session`` (replacing one with the same id) and its SPIs, after
-        deleting the sessions in ``replaces``; all in one transaction."""
-        # Seal before taking the write lock: keep the lock as short as possible.
+    def _session_params(self, session: Session) -> tuple[tuple[object, ...], list[tuple[object, ...]]]:
         params = (
             session.session_id,
             session.nai,
             self._seal(session.session_root_key, "sessions", "session_root_key", session.session_id),
             session.epoch,
-            str(session.home_address),
-            str(session.home_agent),
-            str(session.care_of_address),
+            text(session.home_address),
+            text(session.home_agent),
+            text(session.care_of_address),
             session.created,
             session.expires,
             session.foreign_domain,
         )
         spis = [
-            (session.session_id, position, str(allocation.node), allocation.spi, allocation.path)
+            (session.session_id, position, text(allocation.node), allocation.spi, allocation.path)
             for position, allocation in enumerate(session.spis)
         ]
-        with self._writing() as conn:
-            for old in replaces:
-                conn.execute(_DELETE_SESSION, (old,))
-            # "put" replaces a session of the same id (e.g. after a handoff),
-            # whose own SPIs must not count as conflicts.
-            conn.execute(_DELETE_SESSION, (session.session_id,))
-            conn.execute(_INSERT_SESSION, params)
-            for spi_params in spis:
-                try:
-                    conn.execute(_INSERT_SPI, spi_params)
-                except sqlite3.IntegrityError as exc:
-                    if not _is_unique_violation(exc):
-                        raise
-                    node, spi = spi_params[2], spi_params[3]
-                    raise SpiConflict(f"SPI {spi} (0x{spi:08x}) is already allocated on node {node}") from None
+        return params, spis
+
+    def _spi_conflict(
+        self, spis: Iterable[tuple[object, ...]], freed_sessions: set[str], freed_nais: set[str]
+    ) -> SpiConflict:
+        """Name the SPI that collided (looked up after the rollback), ignoring
+        SPIs of sessions the failed transaction was replacing."""
+        for _sid, _pos, node, spi, _path in spis:
+            holder = self._one(_SPI_HOLDER, (node, spi))
+            if holder is not None and holder[0] not in freed_sessions and holder[1] not in freed_nais:
+                assert isinstance(spi, int)
+                return SpiConflict(f"SPI {spi} (0x{spi:08x}) is already allocated on node {node}")
+        return SpiConflict("two sessions of one batch drew the same SPI on one node")
+
+    def put_session(self, session: Session, replaces: Iterable[str] = ()) -> None:
+        """Store ``session`` (replacing one with the same id) and its SPIs, after
+        deleting the sessions in ``replaces``; all in one transaction."""
+        replaces = list(replaces)
+        # Seal before taking the write lock: keep the lock as short as possible.
+        params, spis = self._session_params(session)
+        try:
+            with self._writing() as conn:
+                for old in replaces:
+                    conn.execute(_DELETE_SESSION, (old,))
+                # "put" replaces a session of the same id (e.g. after a handoff),
+                # whose own SPIs must not count as conflicts.
+                conn.execute(_DELETE_SESSION, (session.session_id,))
+                conn.execute(_INSERT_SESSION, params)
+                conn.executemany(_INSERT_SPI, spis)
+        except StoreError as exc:
+            if "UNIQUE constraint failed: session_spis" in str(exc):
+                raise self._spi_conflict(spis, {*replaces, session.session_id}, set()) from None
+            raise
+
+    def put_sessions(self, sessions: Sequence[Session], replace_user_sessions: bool = False) -> list[int]:
+        """Store several new sessions in one transaction (group commit).
+
+        With ``replace_user_sessions`` each session first deletes the other
+        sessions of its NAI (a new registration replaces the old one), in
+        order, so the last session of a NAI in the batch wins. Returns, per
+        session, how many sessions it replaced. On an SPI collision nothing is
+        stored and SpiConflict is raised."""
+        prepared = [self._session_params(session) for session in sessions]
+        replaced: list[int] = []
+        try:
+            with self._writing() as conn:
+                for session, (params, spis) in zip(sessions, prepared, strict=True):
+                    if replace_user_sessions:
+                        replaced.append(conn.execute(_DELETE_USER_SESSIONS, (session.nai,)).rowcount)
+                    else:
+                        replaced.append(0)
+                    conn.execute(_DELETE_SESSION, (session.session_id,))
+                    conn.execute(_INSERT_SESSION, params)
+                    conn.executemany(_INSERT_SPI, spis)
+        except StoreError as exc:
+            if "UNIQUE constraint failed: session_spis" in str(exc):
+                raise self._spi_conflict(
+                    (spi for _params, spis in prepared for spi in spis),
+                    {session.session_id for session in sessions},
+                    {session.nai for session in sessions} if replace_user_sessions else set(),
+                ) from None
+            raise
+        return replaced
 
     def get_session(self, session_id: str) -> Session:
         sessions = self._sessions(self._all(_GET_SESSION, (session_id,)))

@@ -75,6 +75,7 @@ from aaa_vpn.wire.radius import (
     salt_decrypt,
     salt_encrypt,
 )
+from aaa_vpn.wire.text import text as _text_of
 
 
 class ProfileError(ValueError):
@@ -396,12 +397,12 @@ def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
     for index, path in enumerate(p.paths):
         tag = index + 1
         enc.tagged_u24(A.PATH_ROLE, tag, int(path.role))
-        enc.tagged_str(A.PATH_LOCAL, tag, str(path.local))
-        enc.tagged_str(A.PATH_PEER, tag, str(path.peer))
+        enc.tagged_str(A.PATH_LOCAL, tag, _text_of(path.local))
+        enc.tagged_str(A.PATH_PEER, tag, _text_of(path.peer))
         for net in path.local_ts:
-            enc.tagged_str(A.PATH_LOCAL_TS, tag, str(net))
+            enc.tagged_str(A.PATH_LOCAL_TS, tag, _text_of(net))
         for net in path.remote_ts:
-            enc.tagged_str(A.PATH_REMOTE_TS, tag, str(net))
+            enc.tagged_str(A.PATH_REMOTE_TS, tag, _text_of(net))
         enc.tagged_u24(A.PATH_KEY_MODE, tag, _KEY_MODE_CODE[path.key_mode])
         enc.tagged_u24(A.PATH_ESP_TRANSFORM, tag, path.esp_transform.code)
         enc.tagged_u24(A.PATH_SPI_IN, tag, path.spi_in)
@@ -427,8 +428,8 @@ def _encode_rfc2868(enc: _Encoder, p: VpnProfile) -> None:
         t = bytes((tag,))
         enc.std(Attr.TUNNEL_TYPE, _U32.pack(tag << 24 | TUNNEL_TYPE_ESP))
         enc.std(Attr.TUNNEL_MEDIUM_TYPE, _U32.pack(tag << 24 | TUNNEL_MEDIUM_IPV4))
-        enc.std(Attr.TUNNEL_CLIENT_ENDPOINT, t + str(path.local).encode("ascii"))
-        enc.std(Attr.TUNNEL_SERVER_ENDPOINT, t + str(path.peer).encode("ascii"))
+        enc.std(Attr.TUNNEL_CLIENT_ENDPOINT, t + _text_of(path.local).encode("ascii"))
+        enc.std(Attr.TUNNEL_SERVER_ENDPOINT, t + _text_of(path.peer).encode("ascii"))
         if path.ike_psk is not None:
             enc.std(
                 Attr.TUNNEL_PASSWORD,
