@@ -1,0 +1,131 @@
+"""The home AAA's batch handling (group commit) on a real SQLite database."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from aaa_vpn.model import Client, ClientRole, User
+from aaa_vpn.net import radius_codec as rc
+from aaa_vpn.secret import Secret
+from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
+from aaa_vpn.store import init_store
+from aaa_vpn.store.sqlite import SqliteStore
+from aaa_vpn.wire.radius import load_dictionary
+from aaa_vpn.wire.radius_profile import decode_profile
+
+from .radius_client import access_request
+
+SECRET = b"batch-test-secret"
+MN = b"mn-secret"
+SOURCE = ("127.0.0.1", 40000)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    db, key = tmp_path / "vpn.db", tmp_path / "vpn.key"
+    store, _created = init_store(db, key)
+    store.add_client(Client("fa1", IPv4Network("127.0.0.1/32"), Secret(SECRET), ClientRole.FA))
+    for n in range(1, 4):
+        store.add_user(
+            User(
+                f"mn{n}@home.example",
+                IPv4Address("127.0.0.2"),
+                Secret(MN),
+                256,
+                Secret(bytes(16)),
+                home_address=IPv4Address(f"198.51.100.{n}"),
+            )
+        )
+    yield store  # type: ignore[misc]
+    store.close()
+
+
+def _aaa(store: SqliteStore, random_bytes: Callable[[int], bytes] = os.urandom) -> HomeAaa:
+    return HomeAaa(store, load_dictionary(), HomeAaaOptions(), random_bytes=random_bytes)
+
+
+def _request(nai: str) -> bytes:
+    return access_request(SECRET, nai, MN, care_of="127.0.0.1").RequestPacket()  # type: ignore[no-any-return]
+
+
+def test_a_batch_is_stored_in_one_go_and_every_reply_matches_its_session(store: SqliteStore) -> None:
+    aaa = _aaa(store)
+    batch = [(_request(f"mn{n}@home.example"), (SOURCE[0], SOURCE[1] + n)) for n in (1, 2, 3)]
+    replies = aaa.handle_batch(batch, now=1000.0)
+    assert all(r is not None and r[0] == rc.ACCESS_ACCEPT for r in replies)
+    stored = {s.nai: s.session_id for s in store.list_sessions()}
+    for (data, _source), reply in zip(batch, replies, strict=True):
+        assert reply is not None
+        profile = decode_profile(reply[20:], SECRET, data[4:20])
+        assert stored[f"mn{profile.home_address.packed[-1]}@home.example"] == profile.session_id
+    assert aaa.counters["accepts"] == 3 and aaa.counters["sessions_created"] == 3
+
+
+def test_a_retransmission_inside_a_batch_gets_the_same_reply_and_one_session(store: SqliteStore) -> None:
+    aaa = _aaa(store)
+    raw = _request("mn1@home.example")
+    replies = aaa.handle_batch([(raw, SOURCE), (raw, SOURCE)], now=1000.0)
+    assert replies[0] is not None and replies[0] == replies[1]
+    assert len(store.find_sessions("mn1@home.example")) == 1
+    # and in a later batch, from the duplicate cache
+    assert aaa.handle_batch([(raw, SOURCE)], now=1001.0) == [replies[0]]
+    assert aaa.counters["duplicates"] == 2 and aaa.counters["sessions_created"] == 1
+
+
+def test_two_registrations_of_one_user_in_a_batch_leave_the_last(store: SqliteStore) -> None:
+    aaa = _aaa(store)
+    first, second = _request("mn1@home.example"), _request("mn1@home.example")
+    replies = aaa.handle_batch([(first, SOURCE), (second, (SOURCE[0], SOURCE[1] + 1))], now=1000.0)
+    last = decode_profile(replies[1][20:], SECRET, second[4:20])  # type: ignore[index]
+    assert [s.session_id for s in store.find_sessions("mn1@home.example")] == [last.session_id]
+
+
+def test_spi_collision_in_a_batch_falls_back_and_still_answers_every_request(store: SqliteStore) -> None:
+    # mn1 takes SPIs drawn from a fixed sequence; the batch for mn2 and mn3 then
+    # draws the very same sequence first, so the group commit collides, and the
+    # one-by-one retries must find free SPIs.
+    def fixed() -> Iterator[bytes]:
+        for value in itertools.count(0x1000):
+            yield value.to_bytes(4, "big")
+
+    sequence = fixed()
+    replay: list[bytes] = []
+
+    def recording(n: int) -> bytes:
+        value = next(sequence) if n == 4 else os.urandom(n)
+        if n == 4:
+            replay.append(value)
+        return value
+
+    aaa = _aaa(store, recording)
+    assert aaa.handle_batch([(_request("mn1@home.example"), SOURCE)], now=1000.0)[0][0] == rc.ACCESS_ACCEPT  # type: ignore[index]
+    taken = {(str(a.node), a.spi) for s in store.list_sessions() for a in s.spis}
+    colliding = iter(replay * 3)
+
+    def collide_then_random(n: int) -> bytes:
+        if n == 4:
+            return next(colliding, os.urandom(4))
+        return os.urandom(n)
+
+    aaa.random_bytes = collide_then_random
+    batch = [(_request("mn2@home.example"), SOURCE), (_request("mn3@home.example"), (SOURCE[0], SOURCE[1] + 1))]
+    replies = aaa.handle_batch(batch, now=1001.0)
+    assert [r[0] if r else None for r in replies] == [rc.ACCESS_ACCEPT, rc.ACCESS_ACCEPT]
+    assert aaa.counters["spi_collisions"] >= 1
+    sessions = store.list_sessions()
+    assert sorted(s.nai for s in sessions) == ["mn1@home.example", "mn2@home.example", "mn3@home.example"]
+    per_node: dict[str, list[int]] = {}
+    for s in sessions:
+        for a in s.spis:
+            per_node.setdefault(str(a.node), []).append(a.spi)
+    assert all(len(v) == len(set(v)) for v in per_node.values())
+    assert taken <= {(str(a.node), a.spi) for s in sessions for a in s.spis}  # mn1 kept its SPIs
+    for (data, _), reply in zip(batch, replies, strict=True):
+        profile = decode_profile(reply[20:], SECRET, data[4:20])  # type: ignore[index]
+        assert profile.session_id in {s.session_id for s in sessions}
