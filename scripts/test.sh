@@ -5,7 +5,7 @@
 #   scripts/test.sh -k profile -x   pytest arguments pass through
 #
 # Exit status: pytest's (exit code 5, "no tests collected", counts as a failure); if pytest
-# passed, ruff's. mypy --strict is run and reported but does not fail the script yet.
+# passed, ruff's, then mypy --strict's.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,12 +31,15 @@ say "ruff check ${lint_paths[*]}"
 "$VENV/bin/ruff" check "${lint_paths[@]}"
 ruff_rc=$?
 
-say "mypy --strict aaa_vpn (report only: type errors do not fail this script yet)"
+say "mypy --strict aaa_vpn"
 "$VENV/bin/mypy" --strict aaa_vpn
 mypy_rc=$?
 
-say "summary: pytest=$pytest_rc ruff=$ruff_rc mypy=$mypy_rc (mypy not enforced)"
+say "summary: pytest=$pytest_rc ruff=$ruff_rc mypy=$mypy_rc"
 if ((pytest_rc != 0)); then
     exit "$pytest_rc"
 fi
-exit "$ruff_rc"
+if ((ruff_rc != 0)); then
+    exit "$ruff_rc"
+fi
+exit "$mypy_rc"

@@ -514,3 +514,19 @@ def _decoded(reply: bytes, secret: bytes) -> object:
     from aaa_vpn.wire.radius import load_dictionary
 
     return pyrad.packet.Packet(packet=reply, dict=load_dictionary(), secret=secret)
+
+
+def test_sigusr1_logs_every_workers_counters(server: Server) -> None:
+    register(server)
+    before = server.log_text().count("INFO    aaa_vpn.server")
+    server.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [line for line in server.log_text().splitlines() if ": counters " in line]
+        if len(lines) >= 2:  # one line per worker
+            break
+        time.sleep(0.05)
+    assert len(lines) >= 2, server.log_text()[-2000:]
+    assert any("accepts=" in line for line in lines)
+    assert server.process.poll() is None  # the signal did not stop the server
+    assert server.log_text().count("INFO    aaa_vpn.server") > before

@@ -195,6 +195,7 @@ def _supervise(settings: Any, workers: int) -> int:
         if pid == 0:  # child
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until its loop handles it
             code = 1
             try:
                 code = serve_worker(settings, index)
@@ -216,8 +217,16 @@ def _supervise(settings: Any, workers: int) -> int:
             except ProcessLookupError:
                 pass
 
+    def forward_usr1(_signum: int, _frame: object) -> None:
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGUSR1)  # each worker logs its counters
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, forward_usr1)
     for index in range(workers):
         spawn(index)
     exit_code = 0
@@ -228,9 +237,9 @@ def _supervise(settings: Any, workers: int) -> int:
             break
         except InterruptedError:
             continue
-        index = children.pop(pid, None)
-        if index is None:
+        if pid not in children:
             continue
+        index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             continue

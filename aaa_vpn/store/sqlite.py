@@ -849,7 +849,7 @@ class SqliteStore:
             raise self._corrupt(f"session {session_id!r}", exc) from None
 
     def _session_params(self, session: Session) -> tuple[tuple[object, ...], list[tuple[object, ...]]]:
-        params = (
+        params: tuple[object, ...] = (
             session.session_id,
             session.nai,
             self._seal(session.session_root_key, "sessions", "session_root_key", session.session_id),
@@ -861,7 +861,7 @@ class SqliteStore:
             session.expires,
             session.foreign_domain,
         )
-        spis = [
+        spis: list[tuple[object, ...]] = [
             (session.session_id, position, text(allocation.node), allocation.spi, allocation.path)
             for position, allocation in enumerate(session.spis)
         ]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pyrad has no type hints; import it only where it is used
-    from pyrad.dictionary import Dictionary  # type: ignore[import-untyped]
+    from pyrad.dictionary import Dictionary
 
 #: RFC 2865 section 3: the largest RADIUS packet.
 MAX_PACKET_LENGTH = 4096
