@@ -50,9 +50,13 @@ def hkdf_sha256(ikm: bytes, info: bytes, length: int, salt: bytes = b"") -> byte
     AAA derives several keys per request and this is several times faster than
     building a ``cryptography`` HKDF object each time; tests check it against
     RFC 5869's test vectors and against ``cryptography``."""
+    return _expand(hmac.digest(salt or _ZERO_SALT, ikm, "sha256"), info, length)
+
+
+def _expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand (RFC 5869 section 2.3)."""
     if not 0 < length <= 255 * 32:
         raise ValueError("HKDF-SHA256 output length must be 1..8160")
-    prk = hmac.digest(salt or b"\x00" * 32, ikm, "sha256")
     out, block, counter = b"", b"", 1
     while len(out) < length:
         block = hmac.digest(prk, block + info + bytes((counter,)), "sha256")
@@ -61,8 +65,21 @@ def hkdf_sha256(ikm: bytes, info: bytes, length: int, salt: bytes = b"") -> byte
     return out[:length]
 
 
+_ZERO_SALT = b"\x00" * 32
+# HKDF-Extract of recent session root keys: one registration derives half a
+# dozen keys from one SRK, and the extract step is the same for all of them.
+_PRK_CACHE: dict[bytes, bytes] = {}
+_PRK_CACHE_SIZE = 256
+
+
 def _hkdf(srk: Secret, info: bytes, length: int) -> bytes:
-    return hkdf_sha256(srk.value, info, length)
+    ikm = srk.value
+    prk = _PRK_CACHE.get(ikm)
+    if prk is None:
+        if len(_PRK_CACHE) >= _PRK_CACHE_SIZE:
+            _PRK_CACHE.clear()
+        prk = _PRK_CACHE[ikm] = hmac.digest(_ZERO_SALT, ikm, "sha256")
+    return _expand(prk, info, length)
 
 
 def _info(label: bytes, a: IPv4Address, b: IPv4Address, epoch: int) -> bytes:
@@ -78,7 +95,7 @@ def derive_sa_key(
 
 def derive_ike_psk(srk: Secret, label: bytes, a: IPv4Address, b: IPv4Address, epoch: int) -> Secret:
     """The IKEv2 pre-shared key of the path between ``a`` and ``b`` (order-independent)."""
-    low, high = sorted((a, b))
+    low, high = (a, b) if int(a) <= int(b) else (b, a)
     return Secret(_hkdf(srk, _info(LABEL_IKE_PSK + b" " + label, low, high, epoch), IKE_PSK_LENGTH))
 
 

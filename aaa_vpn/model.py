@@ -13,6 +13,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple
 
 from aaa_vpn.secret import Secret
 
@@ -291,13 +292,15 @@ class VpnRecord:
             check_name("QoS class", self.qos)
 
 
-@dataclass(frozen=True)
-class SpiAllocation:
-    """An ESP SPI allocated on one receiving node for one path of a session."""
+class SpiAllocation(NamedTuple):
+    """An ESP SPI allocated on one receiving node for one path of a session.
+
+    A named tuple rather than a dataclass: the home AAA makes several per
+    request, and a frozen dataclass costs a few microseconds each to build."""
 
     node: IPv4Address
     spi: int
-    path: str  # e.g. "fa-ha:192.0.2.1>192.0.2.2" (label and direction)
+    path: str  # "<path label>@<node>", e.g. "fa-ha@192.0.2.1"
 
 
 @dataclass(frozen=True)

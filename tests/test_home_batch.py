@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
@@ -87,30 +86,28 @@ def test_two_registrations_of_one_user_in_a_batch_leave_the_last(store: SqliteSt
 
 
 def test_spi_collision_in_a_batch_falls_back_and_still_answers_every_request(store: SqliteStore) -> None:
-    # mn1 takes SPIs drawn from a fixed sequence; the batch for mn2 and mn3 then
-    # draws the very same sequence first, so the group commit collides, and the
-    # one-by-one retries must find free SPIs.
-    def fixed() -> Iterator[bytes]:
-        for value in itertools.count(0x1000):
-            yield value.to_bytes(4, "big")
-
-    sequence = fixed()
-    replay: list[bytes] = []
+    # mn1's SPIs come from recorded randomness; the batch for mn2 and mn3 is then
+    # handed the very same bytes first, so its group commit collides, and the
+    # one-by-one retries (with fresh randomness) must find free SPIs. Session ids
+    # (16-byte draws) stay random.
+    recorded: list[bytes] = []
 
     def recording(n: int) -> bytes:
-        value = next(sequence) if n == 4 else os.urandom(n)
-        if n == 4:
-            replay.append(value)
+        value = os.urandom(n)
+        if n != 16:
+            recorded.append(value)
         return value
 
     aaa = _aaa(store, recording)
     assert aaa.handle_batch([(_request("mn1@home.example"), SOURCE)], now=1000.0)[0][0] == rc.ACCESS_ACCEPT  # type: ignore[index]
     taken = {(str(a.node), a.spi) for s in store.list_sessions() for a in s.spis}
-    colliding = iter(replay * 3)
+    colliding = iter(recorded * 2)
 
     def collide_then_random(n: int) -> bytes:
-        if n == 4:
-            return next(colliding, os.urandom(4))
+        if n != 16:
+            value = next(colliding, None)
+            if value is not None and len(value) == n:
+                return value
         return os.urandom(n)
 
     aaa.random_bytes = collide_then_random

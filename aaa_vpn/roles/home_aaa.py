@@ -30,6 +30,7 @@ except through the ``random_bytes`` callable the caller gives.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
@@ -128,6 +129,11 @@ class PlannedPath:
     gateway_mode: GatewayMode | None
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _host_network(address: IPv4Address) -> IPv4Network:
+    return IPv4Network((int(address), 32))
+
+
 def plan_paths(
     ctx: UserContext, home_address: IPv4Address, home_agent: IPv4Address, care_of: IPv4Address
 ) -> list[PlannedPath]:
@@ -194,15 +200,22 @@ def allocate_spis(
     database's UNIQUE(node, spi) catches the rare collision with another
     session; the caller then retries with fresh draws."""
     have = {a.path: a for a in existing}
-    taken: dict[IPv4Address, set[int]] = {}
+    taken: dict[int, set[int]] = {}  # by int(node): IPv4Address hashes in Python
     for allocation in existing:
-        taken.setdefault(allocation.node, set()).add(allocation.spi)
+        taken.setdefault(int(allocation.node), set()).add(allocation.spi)
     result: list[SpiAllocation] = []
 
+    # One call for all the randomness of a typical allocation (the source is
+    # os.urandom: a system call per request rather than per SPI).
+    pool = bytearray()
+
     def draw(node: IPv4Address, low: int, high: int) -> int:
-        used = taken.setdefault(node, set())
+        used = taken.setdefault(int(node), set())
         while True:
-            spi = low + int.from_bytes(random_bytes(4), "big") % (high - low + 1)
+            if len(pool) < 4:
+                pool.extend(random_bytes(4 * (2 * len(paths) + 1)))
+            spi = low + int.from_bytes(pool[:4], "big") % (high - low + 1)
+            del pool[:4]
             if spi not in used:
                 used.add(spi)
                 return spi
@@ -219,16 +232,13 @@ def allocate_spis(
     return tuple(result)
 
 
-def _spi(session: Session, label: str, node: IPv4Address) -> int:
-    key = _spi_key(label, node)
-    for allocation in session.spis:
-        if allocation.path == key:
-            return allocation.spi
-    raise KeyError(key)
+def _spi_table(session: Session) -> dict[str, int]:
+    return {allocation.path: allocation.spi for allocation in session.spis}
 
 
-def _path_view(session: Session, path: PlannedPath, local: IPv4Address) -> PathProfile:
-    """``path`` as seen from ``local`` (one of its endpoints)."""
+def _path_view(session: Session, path: PlannedPath, local: IPv4Address, spis: dict[str, int]) -> PathProfile:
+    """``path`` as seen from ``local`` (one of its endpoints); ``spis`` is the
+    session's SPI table (:func:`_spi_table`)."""
     peer = path.b if local == path.a else path.a
     local_ts, remote_ts = (path.a_ts, path.b_ts) if local == path.a else (path.b_ts, path.a_ts)
     srk, epoch, label = session.session_root_key, session.epoch, path.label.encode()
@@ -244,8 +254,8 @@ def _path_view(session: Session, path: PlannedPath, local: IPv4Address) -> PathP
         remote_ts=remote_ts,
         key_mode=path.service.key_mode,
         esp_transform=transform,
-        spi_in=_spi(session, path.label, local),
-        spi_out=_spi(session, path.label, peer),
+        spi_in=spis[_spi_key(path.label, local)],
+        spi_out=spis[_spi_key(path.label, peer)],
         key_in=key_in,
         key_out=key_out,
         lifetime=path.service.sa_lifetime,
@@ -271,7 +281,8 @@ def view_for(
     an FA (also when asked through a proxy), the HA address for an HA, the
     gateway address for a gateway."""
     fa, ha = session.care_of_address, session.home_agent
-    fa_ha_spi = _spi(session, FA_HA_MIP_LABEL, ha)
+    spis = _spi_table(session)
+    fa_ha_spi = spis[_spi_key(FA_HA_MIP_LABEL, ha)]
     fa_ha_key = keys.derive_fa_ha_key(session.session_root_key, fa, ha, session.epoch)
     common = {
         "session_id": session.session_id,
@@ -282,10 +293,10 @@ def view_for(
         "epoch": session.epoch,
     }
     if request_type is RequestType.HA_REGISTRATION:
-        views = [_path_view(session, p, ha) for p in paths if ha in (p.a, p.b)]
+        views = [_path_view(session, p, ha, spis) for p in paths if ha in (p.a, p.b)]
         # The gateway's side of route-optimised paths: the HA hands it over in
         # the Binding Update (flow B).
-        views += [_path_view(session, p, p.b) for p in paths if p.role is PathRole.FA_GW]
+        views += [_path_view(session, p, p.b, spis) for p in paths if p.role is PathRole.FA_GW]
         return VpnProfile(
             **common,  # type: ignore[arg-type]
             paths=tuple(views),
@@ -296,9 +307,9 @@ def view_for(
             session_root_key=session.session_root_key,
         )
     if request_type is RequestType.GW_BINDING:
-        views = [_path_view(session, p, node) for p in paths if node in (p.a, p.b)]
+        views = [_path_view(session, p, node, spis) for p in paths if node in (p.a, p.b)]
         return VpnProfile(**common, paths=tuple(views))  # type: ignore[arg-type]
-    views = [_path_view(session, p, fa) for p in paths if fa in (p.a, p.b)]
+    views = [_path_view(session, p, fa, spis) for p in paths if fa in (p.a, p.b)]
     return VpnProfile(
         **common,  # type: ignore[arg-type]
         paths=tuple(views),
@@ -318,8 +329,11 @@ def new_session(
     lifetime: int,
     random_bytes: Callable[[int], bytes],
     foreign_domain: str = "",
+    paths: list[PlannedPath] | None = None,
 ) -> tuple[Session, list[PlannedPath]]:
-    """Plan a fresh session for an FA registration."""
+    """Plan a fresh session for an FA registration. ``paths``, if given, is
+    what :func:`plan_paths` returns for this user, home agent and care-of
+    address (callers cache it while provisioning is unchanged)."""
     user = ctx.user
     if user.home_address is None:
         raise Rejected(
@@ -331,7 +345,8 @@ def new_session(
             RejectReason.BAD_REQUEST,
             f"requested home agent {home_agent} is not the user's home agent",
         )
-    paths = plan_paths(ctx, user.home_address, home_agent, care_of)
+    if paths is None:
+        paths = plan_paths(ctx, user.home_address, home_agent, care_of)
     spis = allocate_spis(paths, (care_of, home_agent), (), random_bytes)
     # The epoch makes keys of a re-keyed path differ from the previous ones even
     # under the same SRK; a fresh session starts at 1.

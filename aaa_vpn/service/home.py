@@ -179,6 +179,7 @@ class HomeAaa:
         self._users: dict[str, UserContext | None] = {}
         self._log_budget: dict[str, tuple[float, int]] = {}
         self._pending: list[_Pending] = []
+        self._plans: dict[tuple[str, int, int, int], list[home_aaa.PlannedPath]] = {}
         self._batching = True
         self._index = 0
         self.refresh()
@@ -190,7 +191,20 @@ class HomeAaa:
         if generation != self._generation:
             self._clients = ClientTable(self.store.list_clients())
             self._users = {}
+            self._plans = {}
             self._generation = generation
+
+    def _plan(
+        self, ctx: UserContext, home_address: IPv4Address, home_agent: IPv4Address, care_of: IPv4Address
+    ) -> list[home_aaa.PlannedPath]:
+        """plan_paths, cached while provisioning is unchanged."""
+        key = (ctx.user.nai, int(home_address), int(home_agent), int(care_of))
+        paths = self._plans.get(key)
+        if paths is None:
+            if len(self._plans) > 100_000:
+                self._plans.clear()
+            paths = self._plans[key] = home_aaa.plan_paths(ctx, home_address, home_agent, care_of)
+        return paths
 
     def _user_context(self, nai: str) -> UserContext | None:
         try:
@@ -241,6 +255,8 @@ class HomeAaa:
         session the database does not have. A retransmission inside the batch
         gets the same reply as its original."""
         self._pending = []
+        # Provisioning changes made before this batch arrived are seen by it.
+        self.refresh()
         replies: list[bytes | None] = []
         cache_keys: list[tuple[str, int, int, bytes] | None] = []
         first_of: dict[tuple[str, int, int, bytes], int] = {}
@@ -296,6 +312,8 @@ class HomeAaa:
 
     def _session_created(self, entry: _Pending, replaced: int) -> None:
         self.counters["sessions_created"] += 1
+        if not log.isEnabledFor(logging.INFO):
+            return
         session = entry.session
         log.info(
             "session created",
@@ -353,7 +371,6 @@ class HomeAaa:
             # RFC 5997 section 3: not subject to duplicate detection.
             self.counters["status_server"] += 1
             return self._status_reply(identifier, authenticator, secret, packet), False
-        self.refresh()
         self.counters["access_requests"] += 1
         return self._access_request(client, packet, identifier, authenticator, source, now), True
 
@@ -381,7 +398,7 @@ class HomeAaa:
         secret = client.secret.value
         proxy_states = _proxy_states(packet)
         try:
-            nai, request_type, reply_attributes = self._decide(client, packet, source, now)
+            nai, request_type, reply_attributes = self._decide(client, packet, source, now, len(proxy_states))
         except Rejected as rejected:
             self.counters[f"rejects.{rejected.reason.name.lower()}"] += 1
             log.info(
@@ -412,15 +429,18 @@ class HomeAaa:
                 + proxy_states
             )
             return rc.encode_reply(rc.ACCESS_REJECT, identifier, authenticator, secret, attributes)
-        log.debug(
-            "access accepted",
-            extra=fields(nai=nai, client=client.name, request=request_type.name.lower(), octets=len(reply)),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "access accepted",
+                extra=fields(nai=nai, client=client.name, request=request_type.name.lower(), octets=len(reply)),
+            )
         return reply
 
     def _decide(
-        self, client: Client, packet: pyrad.packet.Packet, source: tuple[str, int], now: float
+        self, client: Client, packet: pyrad.packet.Packet, source: tuple[str, int], now: float, reserved: int
     ) -> tuple[str, RequestType, bytes]:
+        """Decide an Access-Request; ``reserved`` octets of the reply are taken
+        by the Proxy-State echo."""
         nai = _first_text(packet, rc.USER_NAME)
         if not nai:
             raise Rejected(RejectReason.BAD_REQUEST, "User-Name (the mobile node's NAI) is missing")
@@ -454,7 +474,7 @@ class HomeAaa:
                 client.flavour,
                 client.secret.value,
                 packet.authenticator,
-                budget=rc.MAX_PACKET - rc.HEADER - rc.MA_LENGTH - len(_proxy_states(packet)),
+                budget=rc.MAX_PACKET - rc.HEADER - rc.MA_LENGTH - reserved,
             )
         except ProfileError as exc:
             raise Rejected(RejectReason.PROFILE_TOO_LARGE, f"VPN profile does not fit: {exc}") from None
@@ -511,6 +531,9 @@ class HomeAaa:
                 lifetime=self.options.session_lifetime,
                 random_bytes=self.random_bytes,
                 foreign_domain=domain,
+                paths=self._plan(ctx, ctx.user.home_address, home_agent, care_of)
+                if ctx.user.home_address is not None and home_agent == ctx.user.home_agent
+                else None,
             )
             entry = _Pending(self._index, session, client.name, len(paths))
             if self._batching:
@@ -541,7 +564,7 @@ class HomeAaa:
                 continue
             if request_type is RequestType.HA_REGISTRATION and session.home_agent != node:
                 continue
-            paths = home_aaa.plan_paths(ctx, session.home_address, session.home_agent, session.care_of_address)
+            paths = self._plan(ctx, session.home_address, session.home_agent, session.care_of_address)
             if request_type is RequestType.GW_BINDING and not any(node in (p.a, p.b) for p in paths):
                 continue
             return self._with_spis(session, paths), paths
