@@ -82,7 +82,9 @@ def _start_capture(tshark: str, port: int, pcap: Path) -> subprocess.Popen[bytes
     assert capture.stderr is not None
     deadline = time.monotonic() + 20
     seen = b""
-    while b"Capturing on" not in seen:
+    # "Capturing on ..." comes before dumpcap has attached its filter; tshark
+    # reports "Capture started" once packets are really being recorded.
+    while b"Capture started" not in seen:
         if capture.poll() is not None or time.monotonic() > deadline:
             capture.kill()
             raise AssertionError(f"tshark did not start capturing: {seen.decode(errors='replace')}")
