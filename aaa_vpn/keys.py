@@ -55,6 +55,11 @@ def hkdf_sha256(ikm: bytes, info: bytes, length: int, salt: bytes = b"") -> byte
 
 def _expand(prk: bytes, info: bytes, length: int) -> bytes:
     """HKDF-Expand (RFC 5869 section 2.3)."""
+    if length <= 64:  # every key here: one or two blocks, unrolled
+        first = hmac.digest(prk, info + b"\x01", "sha256")
+        if length <= 32:
+            return first[:length]
+        return (first + hmac.digest(prk, first + info + b"\x02", "sha256"))[:length]
     if not 0 < length <= 255 * 32:
         raise ValueError("HKDF-SHA256 output length must be 1..8160")
     out, block, counter = b"", b"", 1
@@ -83,7 +88,10 @@ def _hkdf(srk: Secret, info: bytes, length: int) -> bytes:
 
 
 def _info(label: bytes, a: IPv4Address, b: IPv4Address, epoch: int) -> bytes:
-    return label + b"\x00" + a.packed + b.packed + struct.pack("!I", epoch)
+    return label + b"\x00" + _ADDRESS_EPOCH.pack(int(a), int(b), epoch)
+
+
+_ADDRESS_EPOCH = struct.Struct("!III")
 
 
 def derive_sa_key(

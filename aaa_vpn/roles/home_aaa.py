@@ -34,7 +34,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from aaa_vpn import keys
@@ -127,6 +127,19 @@ class PlannedPath:
     service: Service
     qos: QosClass | None
     gateway_mode: GatewayMode | None
+
+    #: Names of the SPIs allocated at ``a`` and at ``b`` (derived, see __post_init__).
+    a_key: str = field(default="", compare=False)
+    b_key: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # Computed once per (cached) plan rather than for every registration.
+        object.__setattr__(self, "a_key", _spi_key(self.label, self.a))
+        object.__setattr__(self, "b_key", _spi_key(self.label, self.b))
+
+    def spi_key(self, node: IPv4Address) -> str:
+        """The name of the SPI allocated at ``node`` (one of the endpoints)."""
+        return self.a_key if node == self.a else self.b_key
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -221,8 +234,7 @@ def allocate_spis(
                 return spi
 
     for path in paths:
-        for node in (path.a, path.b):
-            key = _spi_key(path.label, node)
+        for node, key in ((path.a, path.a_key), (path.b, path.b_key)):
             result.append(have.get(key) or SpiAllocation(node, draw(node, SPI_MIN, SPI_MAX), key))
     # The Mobile IP FA-HA security association is indexed by SPI at the HA
     # (RFC 5944 section 3.5.4); its SPI lives in the same per-node table.
@@ -254,8 +266,8 @@ def _path_view(session: Session, path: PlannedPath, local: IPv4Address, spis: di
         remote_ts=remote_ts,
         key_mode=path.service.key_mode,
         esp_transform=transform,
-        spi_in=spis[_spi_key(path.label, local)],
-        spi_out=spis[_spi_key(path.label, peer)],
+        spi_in=spis[path.spi_key(local)],
+        spi_out=spis[path.spi_key(peer)],
         key_in=key_in,
         key_out=key_out,
         lifetime=path.service.sa_lifetime,

@@ -178,6 +178,7 @@ class HomeAaa:
         self._clients = ClientTable([])
         self._users: dict[str, UserContext | None] = {}
         self._log_budget: dict[str, tuple[float, int]] = {}
+        self._packet = pyrad.packet.AuthPacket(dict=dictionary)
         self._pending: list[_Pending] = []
         self._plans: dict[tuple[str, int, int, int], list[home_aaa.PlannedPath]] = {}
         self._batching = True
@@ -255,6 +256,7 @@ class HomeAaa:
         session the database does not have. A retransmission inside the batch
         gets the same reply as its original."""
         self._pending = []
+        self.counters["batches"] += 1
         # Provisioning changes made before this batch arrived are seen by it.
         self.refresh()
         replies: list[bytes | None] = []
@@ -354,8 +356,11 @@ class HomeAaa:
         if cached is not None:
             self.counters["duplicates"] += 1
             return cached[1], False
+        packet = self._packet  # one pyrad packet object, decoded anew for each request
+        packet.secret = client.secret.value
+        packet.message_authenticator = None
         try:
-            packet = pyrad.packet.AuthPacket(packet=data, dict=self.dictionary, secret=client.secret.value)
+            packet.DecodePacket(data)
         except Exception as exc:  # noqa: BLE001 - pyrad raises PacketError, struct.error, UnicodeDecodeError...
             self._drop("malformed", source, now, str(exc)[:120])
             return None, False

@@ -117,16 +117,25 @@ def secret_context(table: str, column: str, row_key: str) -> bytes:
     return f"{table}\x00{column}\x00{row_key}".encode()
 
 
+#: Blobs sealed under one salt (one derived AES key) before a fresh salt is
+#: drawn. Random 96-bit nonces stay collision-safe far beyond this (NIST SP
+#: 800-38D section 8.3 allows 2**32 per key); drawing a salt per blob instead
+#: cost a key derivation and a cipher setup on every session write.
+_BLOBS_PER_SALT = 1 << 20
+
+
 class SecretBox:
     """Seals and opens secret column values under the server key."""
 
-    __slots__ = ("_check", "_encryption_key")
+    __slots__ = ("_check", "_encryption_key", "_sealer", "_sealed")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_SIZE:
             raise KeyFileError(f"the server key must be {KEY_SIZE} bytes, not {len(key)}")
         self._encryption_key = hmac.new(key, _ENCRYPTION_LABEL, hashlib.sha256).digest()
         self._check = hmac.new(key, _CHECK_LABEL, hashlib.sha256).digest()
+        self._sealer: tuple[bytes, AESGCM] | None = None
+        self._sealed = 0
 
     @classmethod
     def from_key_file(cls, path: Path) -> SecretBox:
@@ -147,9 +156,14 @@ class SecretBox:
         return AESGCM(hmac.new(self._encryption_key, salt, hashlib.sha256).digest())
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
-        salt = os.urandom(SALT_SIZE)
+        if self._sealer is None or self._sealed >= _BLOBS_PER_SALT:
+            salt = os.urandom(SALT_SIZE)
+            self._sealer = (salt, self._cipher(salt))
+            self._sealed = 0
+        self._sealed += 1
+        salt, cipher = self._sealer
         nonce = os.urandom(NONCE_SIZE)
-        sealed = self._cipher(salt).encrypt(nonce, plaintext, _VERSION + context)
+        sealed = cipher.encrypt(nonce, plaintext, _VERSION + context)
         return _VERSION + salt + nonce + sealed
 
     def open(self, blob: bytes, context: bytes) -> bytes:

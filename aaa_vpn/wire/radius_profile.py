@@ -255,6 +255,21 @@ def _name(t: AaaVpnAttr) -> str:
     return _NAMES[t]
 
 
+# Encoded non-secret attributes by (type, tag, value). Most of a profile --
+# roles, endpoints, traffic selectors, transforms, lifetimes, QoS -- repeats
+# from one registration to the next, and a dictionary lookup is several times
+# cheaper than packing the attribute again. Bounded: cleared when full.
+_STATIC: dict[tuple[int, int, object], bytes] = {}
+_STATIC_LIMIT = 65536
+
+
+def _remember(key: tuple[int, int, object], encoded: bytes) -> bytes:
+    if len(_STATIC) >= _STATIC_LIMIT:
+        _STATIC.clear()
+    _STATIC[key] = encoded
+    return encoded
+
+
 class _Encoder:
     """State of one encode: output list and the salt counter."""
 
@@ -301,14 +316,33 @@ class _Encoder:
     def ip(self, t: AaaVpnAttr, value: IPv4Address) -> None:
         self.out.append(_HDR4[t] + value.packed)
 
-    def tagged_u24(self, t: AaaVpnAttr, tag: int, value: int) -> None:
+    def tagged_spi(self, t: AaaVpnAttr, tag: int, value: int) -> None:
+        """A tagged integer that differs in every profile: not worth caching."""
         # RFC 2868 section 3: the tag replaces the first octet of the integer.
         if not 0 <= value <= TAGGED_INT_MAX:
             raise ProfileError(f"{_name(t)} = {value}: a tagged integer is 0..{TAGGED_INT_MAX} (RFC 2868 section 3)")
         self.out.append(_HDR4[t] + _U32.pack(tag << 24 | value))
 
+    def tagged_u24(self, t: AaaVpnAttr, tag: int, value: int) -> None:
+        key = (t, tag, value)
+        encoded = _STATIC.get(key)
+        if encoded is None:
+            # RFC 2868 section 3: the tag replaces the first octet of the integer.
+            if not 0 <= value <= TAGGED_INT_MAX:
+                raise ProfileError(
+                    f"{_name(t)} = {value}: a tagged integer is 0..{TAGGED_INT_MAX} (RFC 2868 section 3)"
+                )
+            encoded = _remember(key, _HDR4[t] + _U32.pack(tag << 24 | value))
+        self.out.append(encoded)
+
     def tagged_str(self, t: AaaVpnAttr, tag: int, value: str) -> None:
-        self.vsa(t, bytes((tag,)) + value.encode("utf-8"))
+        key = (t, tag, value)
+        encoded = _STATIC.get(key)
+        if encoded is None:
+            self.vsa(t, bytes((tag,)) + value.encode("utf-8"))
+            _remember(key, self.out[-1])
+        else:
+            self.out.append(encoded)
 
     def tagged_secret(self, t: AaaVpnAttr, tag: int, value: Secret) -> None:
         self.vsa(t, bytes((tag,)) + self.encrypt(_name(t), value.value))
@@ -405,8 +439,8 @@ def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
             enc.tagged_str(A.PATH_REMOTE_TS, tag, _text_of(net))
         enc.tagged_u24(A.PATH_KEY_MODE, tag, _KEY_MODE_CODE[path.key_mode])
         enc.tagged_u24(A.PATH_ESP_TRANSFORM, tag, path.esp_transform.code)
-        enc.tagged_u24(A.PATH_SPI_IN, tag, path.spi_in)
-        enc.tagged_u24(A.PATH_SPI_OUT, tag, path.spi_out)
+        enc.tagged_spi(A.PATH_SPI_IN, tag, path.spi_in)
+        enc.tagged_spi(A.PATH_SPI_OUT, tag, path.spi_out)
         enc.tagged_secret(A.PATH_KEY_IN, tag, path.key_in)
         enc.tagged_secret(A.PATH_KEY_OUT, tag, path.key_out)
         enc.tagged_u24(A.PATH_LIFETIME, tag, path.lifetime)
