@@ -109,7 +109,20 @@ EOF
 
 if [[ ! -x $VENV/bin/python ]]; then
     say "creating virtualenv $VENV with $("$PYTHON" --version 2>&1)"
-    "$PYTHON" -m venv "$VENV"
+    if ! "$PYTHON" -m venv "$VENV"; then
+        # Debian splits ensurepip out of the interpreter: python3-venv / python3.X-venv.
+        [[ ${AAA_VPN_SKIP_APT:-0} != 1 ]] && command -v apt-get >/dev/null 2>&1 \
+            || die "'$PYTHON -m venv' failed; install python3-venv"
+        rm -rf "$VENV"
+        pyver=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        say "python3 -m venv failed: installing python3-venv python$pyver-venv"
+        SUDO=()
+        [[ $(id -u) == 0 ]] || SUDO=(sudo)
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            python3-venv "python$pyver-venv" >/dev/null \
+            || die "could not install python3-venv"
+        "$PYTHON" -m venv "$VENV"
+    fi
     "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 

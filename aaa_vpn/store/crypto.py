@@ -127,7 +127,7 @@ _BLOBS_PER_SALT = 1 << 20
 class SecretBox:
     """Seals and opens secret column values under the server key."""
 
-    __slots__ = ("_check", "_encryption_key", "_sealer", "_sealed")
+    __slots__ = ("_check", "_encryption_key", "_sealed", "_sealer")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_SIZE:
