@@ -145,10 +145,16 @@ class EspTransform(enum.Enum):
 
     @property
     def keymat_length(self) -> int:
-        if self.is_aead:
-            return self.encryption_key_length + 4
-        return self.encryption_key_length + 32
+        return _KEYMAT_LENGTHS[self]
 
+
+# RFC 4106 section 8.1: AES key + 4-octet salt; CBC: AES key + HMAC-SHA-256 key.
+_KEYMAT_LENGTHS = {
+    EspTransform.AES_GCM_16_128: 16 + 4,
+    EspTransform.AES_GCM_16_256: 32 + 4,
+    EspTransform.AES_CBC_128_HMAC_SHA256: 16 + 32,
+    EspTransform.AES_CBC_256_HMAC_SHA256: 32 + 32,
+}
 
 _TRANSFORM_CODES = {
     EspTransform.AES_GCM_16_128: 1,
