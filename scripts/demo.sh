@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Show aaa_vpn working. Runs setup.sh, then `aaa-vpn demo "$@"` when the CLI has it;
-# otherwise a small fallback: a temporary database with one sample user
+# until the Mobile IP agents exist: a temporary database with one sample user
 # (scripts/sample-records.sh), the home AAA on 127.0.0.1:18120, one FA-Registration
-# Access-Request from radclient, the Access-Accept with the FA's VPN profile printed,
-# and the server stopped again. Everything stays on loopback.
+# Access-Request from radclient and the Access-Accept with the FA's VPN profile
+# printed. On a terminal the home AAA then keeps serving until Ctrl-C (try the
+# printed radclient command); otherwise, or with --once, it is stopped at once.
+# Everything stays on loopback.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -62,3 +64,11 @@ say "reply (radclient -x verifies the Response Authenticator and Message-Authent
 radclient -x -r 1 -t 2 -d "$DICT" -f "$T/request.txt" "127.0.0.1:$PORT" auth testing123
 say "server log:"
 sed 's/^/    /' "$T/server.log"
+
+if [[ ${1:-} != --once && -t 0 ]]; then
+    say "the home AAA keeps serving on 127.0.0.1:$PORT (database $T/aaa.db); try:"
+    say "    radclient -x -d $DICT -f $T/request.txt 127.0.0.1:$PORT auth testing123"
+    say "    $AAA --db $T/aaa.db --key-file $T/server.key session list"
+    say "press Ctrl-C to stop"
+    wait "$SERVER_PID" || true
+fi

@@ -7,7 +7,8 @@ protect traffic peer -> local, ``spi_out``/``key_out`` local -> peer. The FA's
 and the HA's views of the same path are mirror images (same keys, swapped).
 
 Wire mapping (implemented in :mod:`aaa_vpn.wire.radius_profile`; the full
-table with numbers is in ``docs/protocol.md`` and ``dictionaries/dictionary.aaa_vpn``):
+table with numbers is in ``docs/radius-attributes.md`` and ``dictionaries/dictionary.aaa_vpn``;
+the decisions behind it in ``docs/protocol.md``):
 
 * vendor id :data:`VENDOR_ID` (RFC 5612's documentation number 32473, a
   placeholder a deployment replaces here and in the dictionary's VENDOR line);
