@@ -916,7 +916,8 @@ class SqliteStore:
                         replaced.append(conn.execute(_DELETE_USER_SESSIONS, (session.nai,)).rowcount)
                     else:
                         replaced.append(0)
-                    conn.execute(_DELETE_SESSION, (session.session_id,))
+                    # New sessions: a same-id row cannot exist (128-bit random
+                    # ids), and the primary key would refuse one anyway.
                     conn.execute(_INSERT_SESSION, params)
                     conn.executemany(_INSERT_SPI, spis)
         except StoreError as exc:
