@@ -55,6 +55,7 @@ from aaa_vpn.model import (
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.config import (
+    CONFIG_ENV,
     DB_ENV,
     DEFAULT_DUP_CACHE_SECONDS,
     DEFAULT_LISTEN,
@@ -63,6 +64,7 @@ from aaa_vpn.service.config import (
     KEY_FILE_ENV,
     LOG_FORMATS,
     LOG_LEVELS,
+    ConfigFile,
     HomeServerSettings,
     StoreSettings,
     default_workers,
@@ -373,13 +375,38 @@ def _require(value: Secret | None, spec: SecretSpec) -> Secret:
     show_envvar=True,
     help="The secrets key file (mode 0600).  [default: <db>.key]",
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=CONFIG_ENV,
+    show_envvar=True,
+    help="A TOML settings file (docs/cli.md); options and the environment win over it.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("-v", "--verbose", count=True, help="Log more (repeat for debug).")
 @click.version_option(version=__version__, message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, db_path: Path | None, key_file: Path | None, json_output: bool, verbose: int) -> None:
+def cli(
+    ctx: click.Context,
+    db_path: Path | None,
+    key_file: Path | None,
+    config_file: Path | None,
+    json_output: bool,
+    verbose: int,
+) -> None:
     """Provision and run aaa_vpn: a mobile user's VPN that follows them."""
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    if config_file is not None:
+        try:
+            config = ConfigFile.load(config_file)
+        except ValidationError as exc:
+            raise InvalidInput(str(exc)) from None
+        db_path = db_path or config.db_path
+        key_file = key_file or config.key_file
+        if config.serve_home:
+            # Defaults for `serve home`: its own options still win.
+            ctx.default_map = {"serve": {"home": config.serve_home}}
     ctx.obj = App(StoreSettings.resolve(db_path, key_file), json_output=json_output, verbose=verbose)
 
 

@@ -557,3 +557,62 @@ def test_real_entry_point_as_subprocess(tmp_path: Path) -> None:
     assert "Traceback" not in failed.stderr + invalid.stderr
     version = aaa_vpn("--version")
     assert version.stdout.startswith("aaa-vpn ")
+
+
+# -- the TOML settings file ---------------------------------------------------------------------
+
+
+def test_config_file_supplies_db_and_serve_defaults(tmp_path: Path) -> None:
+    from aaa_vpn.service.config import ConfigFile
+
+    config = tmp_path / "aaa-vpn.toml"
+    config.write_text(
+        f'db = "{tmp_path / "from-config.db"}"\n'
+        '[serve.home]\nlisten = "127.0.0.1"\nport = 18999\nworkers = 3\nlog_format = "json"\n'
+    )
+    loaded = ConfigFile.load(config)
+    assert loaded.db_path == tmp_path / "from-config.db"
+    assert loaded.serve_home == {"listen": "127.0.0.1", "port": 18999, "workers": 3, "log_format": "json"}
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--config", str(config), "db", "init"], env={"AAA_VPN_DB": ""})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "from-config.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("db = [1", "not valid TOML"),
+        ("colour = 'blue'", "colour is not a known setting"),
+        ("[serve.home]\nport = 'x'", "serve.home.port has the wrong type"),
+        ("[serve.home]\nworkers = true", "serve.home.workers has the wrong type"),
+        ("[serve.home]\nthreads = 4", "serve.home.threads is not a known setting"),
+        ("[serve.foreign]\nport = 1", "may only hold a [serve.home] table"),
+    ],
+)
+def test_bad_config_file_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = CliRunner().invoke(cli, ["--config", str(config), "user", "list"])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "nope.toml"), "user", "list"])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_config_file_serve_defaults_yield_to_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[HomeServerSettings] = []
+    module = types.ModuleType("aaa_vpn.net.home_server")
+    module.run_home_server = lambda settings: received.append(settings) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "aaa_vpn.net.home_server", module)
+    config = tmp_path / "aaa-vpn.toml"
+    config.write_text('[serve.home]\nlisten = "127.0.0.1"\nport = 18999\nworkers = 3\nsession_lifetime = 600\n')
+    db = tmp_path / "vpn.db"
+    result = CliRunner().invoke(cli, ["--config", str(config), "--db", str(db), "serve", "home", "--port", "19000"])
+    assert result.exit_code == 0, result.output
+    (settings,) = received
+    assert (settings.listen, settings.port, settings.workers, settings.session_lifetime) == ("127.0.0.1", 19000, 3, 600)
+    assert settings.db_path == db

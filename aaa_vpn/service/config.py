@@ -94,3 +94,82 @@ __all__ = [
     "default_workers",
     "key_file_for",
 ]
+
+
+CONFIG_ENV = "AAA_VPN_CONFIG"
+_HOME_KEYS: dict[str, type | tuple[type, ...]] = {
+    "listen": str,
+    "port": int,
+    "workers": int,
+    "log_level": str,
+    "log_format": str,
+    "dup_cache_seconds": (int, float),
+    "session_lifetime": int,
+}
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """What a TOML configuration file says; command-line options and the
+    environment take precedence over it, and it over the defaults.
+
+    Layout (every key optional)::
+
+        db = "/var/lib/aaa-vpn/vpn.db"
+        key_file = "/etc/aaa-vpn/vpn.key"
+
+        [serve.home]
+        listen = "192.0.2.5"
+        port = 1812
+        workers = 4
+        log_level = "info"        # debug | info | warning | error
+        log_format = "json"       # text | json
+        dup_cache_seconds = 10
+        session_lifetime = 3600
+    """
+
+    db_path: Path | None = None
+    key_file: Path | None = None
+    serve_home: dict[str, object] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> ConfigFile:
+        """Read and check ``path``; raise ValidationError naming the file and key."""
+        import tomllib
+
+        try:
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ValidationError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ValidationError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValidationError(f"config file {path} is not valid TOML: {exc}") from None
+
+        def where(key: str) -> str:
+            return f"config file {path}: {key}"
+
+        unknown = set(data) - {"db", "key_file", "serve"}
+        if unknown:
+            raise ValidationError(f"{where(sorted(unknown)[0])} is not a known setting")
+        paths: dict[str, Path | None] = {}
+        for key in ("db", "key_file"):
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(f"{where(key)} must be a string (a file name)")
+            paths[key] = Path(value) if value else None
+        serve = data.get("serve", {})
+        if not isinstance(serve, dict) or set(serve) - {"home"}:
+            raise ValidationError(f"{where('serve')} may only hold a [serve.home] table")
+        home = serve.get("home")
+        if home is not None:
+            if not isinstance(home, dict):
+                raise ValidationError(f"{where('serve.home')} must be a table")
+            for key, value in home.items():
+                expected = _HOME_KEYS.get(key)
+                if expected is None:
+                    raise ValidationError(f"{where('serve.home.' + key)} is not a known setting")
+                if isinstance(value, bool) or not isinstance(value, expected):
+                    raise ValidationError(f"{where('serve.home.' + key)} has the wrong type ({type(value).__name__})")
+        return cls(db_path=paths["db"], key_file=paths["key_file"], serve_home=dict(home) if home else None)
