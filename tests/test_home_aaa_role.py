@@ -98,8 +98,8 @@ def test_paths_follow_the_vpn_records() -> None:
     session, paths = new_session(make_context())
     assert [(p.label, p.role, p.a, p.b) for p in paths] == [
         ("fa-ha", PathRole.FA_HA, FA, HA),
-        ("ha-gw:1", PathRole.HA_GW, HA, GW_STATIC),
-        ("fa-gw:2", PathRole.FA_GW, FA, GW_DYNAMIC),
+        ("ha-gw:192.0.2.10:203.0.113.0/25", PathRole.HA_GW, HA, GW_STATIC),
+        ("fa-gw:192.0.2.20:203.0.113.128/25", PathRole.FA_GW, FA, GW_DYNAMIC),
     ]
     assert paths[0].b_ts == (IPv4Network("0.0.0.0/0"),)
     assert paths[0].service.name == "gold"  # the first record's service
@@ -218,3 +218,19 @@ def test_spi_allocation_keeps_existing_and_avoids_duplicates() -> None:
     for allocation in spis:
         per_node.setdefault(allocation.node, []).append(allocation.spi)
     assert all(len(v) == len(set(v)) for v in per_node.values())
+
+
+def test_path_labels_are_derivable_from_a_view() -> None:
+    # A foreign AAA re-deriving a moved path's keys only has the FA's view:
+    # the role, the gateway end and the correspondent selector.
+    ctx = make_context()
+    session, paths = new_session(ctx)
+    fa = home_aaa.view_for(session, paths, ClientRole.FA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    for view in fa.paths:
+        gateway = view.peer if view.role is not PathRole.FA_HA else None
+        correspondent = view.remote_ts[0] if view.role is not PathRole.FA_HA else None
+        label = home_aaa.path_label(view.role, gateway, correspondent).encode()
+        expected = keys.derive_sa_key(
+            session.session_root_key, label, view.peer, view.local, session.epoch, view.esp_transform.keymat_length
+        )
+        assert view.key_in == expected

@@ -142,6 +142,23 @@ class PlannedPath:
         return self.a_key if node == self.a else self.b_key
 
 
+def path_label(role: PathRole, gateway: IPv4Address | None = None, correspondent: IPv4Network | None = None) -> str:
+    """The label a path's keys and SPIs are derived and named with.
+
+    Built only from what every node of the path sees in its own view (the
+    role, the gateway end and the correspondent selector), so that a foreign
+    AAA or an agent holding the session root key can re-derive a moved path's
+    keys without being told the home AAA's record ids:
+    ``fa-ha``, ``ha-gw:<gateway>:<correspondent>``, ``fa-gw:<gateway>:<correspondent>``.
+    """
+    if role is PathRole.FA_HA:
+        return "fa-ha"
+    if gateway is None or correspondent is None:
+        raise ValueError(f"a {role.name} path label names its gateway and correspondent")
+    prefix = "ha-gw" if role is PathRole.HA_GW else "fa-gw"
+    return f"{prefix}:{text(gateway)}:{text(correspondent)}"
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _host_network(address: IPv4Address) -> IPv4Network:
     return IPv4Network((int(address), 32))
@@ -155,7 +172,7 @@ def plan_paths(
     mn = (IPv4Network(f"{home_address}/32"),)
     first_service = ctx.services[records[0].service] if records else DEFAULT_SERVICE
     first_qos = ctx.qos.get(records[0].qos) if records and records[0].qos else None
-    paths = [PlannedPath("fa-ha", PathRole.FA_HA, care_of, home_agent, mn, (ANY,), first_service, first_qos, None)]
+    paths = [PlannedPath(path_label(PathRole.FA_HA), PathRole.FA_HA, care_of, home_agent, mn, (ANY,), first_service, first_qos, None)]
     for record in records:
         gateway = ctx.gateways[record.gateway]
         service = ctx.services[record.service]
@@ -163,7 +180,7 @@ def plan_paths(
         if gateway.mode is GatewayMode.STATIC:
             paths.append(
                 PlannedPath(
-                    f"ha-gw:{record.id}",
+                    path_label(PathRole.HA_GW, gateway.address, record.correspondent),
                     PathRole.HA_GW,
                     home_agent,
                     gateway.address,
@@ -177,7 +194,7 @@ def plan_paths(
         else:
             paths.append(
                 PlannedPath(
-                    f"fa-gw:{record.id}",
+                    path_label(PathRole.FA_GW, gateway.address, record.correspondent),
                     PathRole.FA_GW,
                     care_of,
                     gateway.address,
