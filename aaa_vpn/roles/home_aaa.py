@@ -172,7 +172,11 @@ def plan_paths(
     mn = (IPv4Network(f"{home_address}/32"),)
     first_service = ctx.services[records[0].service] if records else DEFAULT_SERVICE
     first_qos = ctx.qos.get(records[0].qos) if records and records[0].qos else None
-    paths = [PlannedPath(path_label(PathRole.FA_HA), PathRole.FA_HA, care_of, home_agent, mn, (ANY,), first_service, first_qos, None)]
+    paths = [
+        PlannedPath(
+            path_label(PathRole.FA_HA), PathRole.FA_HA, care_of, home_agent, mn, (ANY,), first_service, first_qos, None
+        )
+    ]
     for record in records:
         gateway = ctx.gateways[record.gateway]
         service = ctx.services[record.service]
