@@ -14,6 +14,8 @@
   ascending order so that both peers derive the same PSK.
 * A per-FA handoff key (smooth handoff, flow E) is derived from the SRK and
   the FA's address.
+* The HA-GW binding key is derived from the gateway's provisioned key (not the
+  SRK) and the HA and gateway addresses.
 
 Pure functions, no clock, no I/O except :func:`new_session_root_key`'s
 ``os.urandom``. HKDF is RFC 5869 with an all-zero salt.
@@ -36,6 +38,8 @@ LABEL_ESP = b"aaa-vpn esp"
 LABEL_IKE_PSK = b"aaa-vpn ike-psk"
 LABEL_FA_HA_AUTH = b"aaa-vpn mip fa-ha"
 LABEL_HANDOFF = b"aaa-vpn fa handoff"
+LABEL_BINDING = b"aaa-vpn ha-gw binding"
+BINDING_KEY_LENGTH = 32
 
 
 def new_session_root_key() -> Secret:
@@ -115,3 +119,14 @@ def derive_fa_ha_key(srk: Secret, fa: IPv4Address, ha: IPv4Address, epoch: int) 
 def derive_handoff_key(srk: Secret, fa: IPv4Address, epoch: int) -> Secret:
     """The per-FA handoff key with which a new FA's Binding Update to ``fa`` is wrapped."""
     return Secret(_hkdf(srk, _info(LABEL_HANDOFF, fa, fa, epoch), HANDOFF_KEY_LENGTH))
+
+
+def derive_binding_key(gateway_key: Secret, home_agent: IPv4Address, gateway: IPv4Address) -> Secret:
+    """The HA-GW pairwise key: the HA authenticates its Binding Updates to the
+    gateway with it and wraps (RFC 5649) the keys they carry.
+
+    Derived from the gateway's provisioned key, which only the gateway and the
+    home AAA hold; the HA is told the derived key for its own address only, so
+    one HA cannot speak for another. Not tied to a session: it is the
+    "pairwise key that AAA distributed earlier" of DESIGN.md section 3."""
+    return Secret(hkdf_sha256(gateway_key.value, _info(LABEL_BINDING, home_agent, gateway, 0), BINDING_KEY_LENGTH))

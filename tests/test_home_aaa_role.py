@@ -234,3 +234,23 @@ def test_path_labels_are_derivable_from_a_view() -> None:
             session.session_root_key, label, view.peer, view.local, session.epoch, view.esp_transform.keymat_length
         )
         assert view.key_in == expected
+
+
+def test_only_the_ha_gets_binding_keys_for_its_gateways() -> None:
+    ctx = make_context()
+    session, paths = new_session(ctx)
+    ha = home_aaa.view_for(session, paths, ClientRole.HA, RequestType.HA_REGISTRATION, HA, ctx.user, 3600)
+    fa = home_aaa.view_for(session, paths, ClientRole.FA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    gw = home_aaa.view_for(session, paths, ClientRole.GW, RequestType.GW_BINDING, GW_DYNAMIC, ctx.user, 3600)
+    for view in ha.paths:
+        if view.role is PathRole.FA_HA:
+            assert view.binding_key is None
+            continue
+        gateway = GW_STATIC if view.role is PathRole.HA_GW else GW_DYNAMIC
+        provisioned = ctx.gateways["gw-static" if gateway == GW_STATIC else "gw-dyn"].gateway_key
+        assert view.binding_key == keys.derive_binding_key(provisioned, HA, gateway)
+    assert all(p.binding_key is None for p in fa.paths + gw.paths)
+    # another HA would get another key
+    assert keys.derive_binding_key(Secret(b"g" * 16), HA, GW_DYNAMIC) != keys.derive_binding_key(
+        Secret(b"g" * 16), IPv4Address("192.0.2.3"), GW_DYNAMIC
+    )

@@ -376,6 +376,7 @@ def paths(draw: st.DrawFn) -> PathProfile:
         ike_psk=draw(st.none() | keys),
         qos=draw(st.none() | st.builds(QosSpec, text, u24, u24)),
         gateway_mode=draw(st.none() | st.sampled_from(GatewayMode)),
+        binding_key=draw(st.none() | keys),
     )
 
 

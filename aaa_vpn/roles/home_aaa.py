@@ -127,6 +127,7 @@ class PlannedPath:
     service: Service
     qos: QosClass | None
     gateway_mode: GatewayMode | None
+    gateway_key: Secret | None = field(default=None, compare=False, repr=False)
 
     #: Names of the SPIs allocated at ``a`` and at ``b`` (derived, see __post_init__).
     a_key: str = field(default="", compare=False)
@@ -193,6 +194,7 @@ def plan_paths(
                     service,
                     qos,
                     GatewayMode.STATIC,
+                    gateway.gateway_key,
                 )
             )
         else:
@@ -207,6 +209,7 @@ def plan_paths(
                     service,
                     qos,
                     GatewayMode.DYNAMIC,
+                    gateway.gateway_key,
                 )
             )
     if len(paths) > MAX_PATHS:
@@ -269,9 +272,16 @@ def _spi_table(session: Session) -> dict[str, int]:
     return {allocation.path: allocation.spi for allocation in session.spis}
 
 
-def _path_view(session: Session, path: PlannedPath, local: IPv4Address, spis: dict[str, int]) -> PathProfile:
+def _path_view(
+    session: Session,
+    path: PlannedPath,
+    local: IPv4Address,
+    spis: dict[str, int],
+    binding_for: IPv4Address | None = None,
+) -> PathProfile:
     """``path`` as seen from ``local`` (one of its endpoints); ``spis`` is the
-    session's SPI table (:func:`_spi_table`)."""
+    session's SPI table (:func:`_spi_table`). With ``binding_for`` (an HA's
+    address) a path that ends at a gateway carries that HA's binding key."""
     peer = path.b if local == path.a else path.a
     local_ts, remote_ts = (path.a_ts, path.b_ts) if local == path.a else (path.b_ts, path.a_ts)
     srk, epoch, label = session.session_root_key, session.epoch, path.label.encode()
@@ -296,6 +306,11 @@ def _path_view(session: Session, path: PlannedPath, local: IPv4Address, spis: di
         ike_psk=keys.derive_ike_psk(srk, label, local, peer, epoch) if ikev2 else None,
         qos=QosSpec(path.qos.name, path.qos.dscp, path.qos.rate_kbps) if path.qos else None,
         gateway_mode=path.gateway_mode,
+        binding_key=(
+            keys.derive_binding_key(path.gateway_key, binding_for, path.b)
+            if binding_for is not None and path.gateway_key is not None
+            else None
+        ),
     )
 
 
@@ -326,10 +341,11 @@ def view_for(
         "epoch": session.epoch,
     }
     if request_type is RequestType.HA_REGISTRATION:
-        views = [_path_view(session, p, ha, spis) for p in paths if ha in (p.a, p.b)]
+        views = [_path_view(session, p, ha, spis, binding_for=ha) for p in paths if ha in (p.a, p.b)]
         # The gateway's side of route-optimised paths: the HA hands it over in
-        # the Binding Update (flow B).
-        views += [_path_view(session, p, p.b, spis) for p in paths if p.role is PathRole.FA_GW]
+        # the Binding Update (flow B), authenticated and wrapped with the key
+        # it shares with that gateway.
+        views += [_path_view(session, p, p.b, spis, binding_for=ha) for p in paths if p.role is PathRole.FA_GW]
         return VpnProfile(
             **common,  # type: ignore[arg-type]
             paths=tuple(views),

@@ -101,6 +101,10 @@ class PathProfile:
     ike_psk: Secret | None = None  # set when key_mode is IKEV2
     qos: QosSpec | None = None
     gateway_mode: GatewayMode | None = None  # set on paths that end at a gateway
+    #: HA only, on paths that end at a gateway: the HA-GW pairwise key with which
+    #: the HA authenticates its Binding Update to that gateway and wraps the
+    #: keys it forwards (DESIGN.md section 3; keys.derive_binding_key).
+    binding_key: Secret | None = None
 
 
 @dataclass(frozen=True)

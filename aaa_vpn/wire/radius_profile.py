@@ -143,6 +143,7 @@ class AaaVpnAttr(enum.IntEnum):
     PATH_DSCP = 47
     PATH_RATE_LIMIT = 48
     PATH_GATEWAY_MODE = 49
+    PATH_BINDING_KEY = 50
 
 
 class ThreeGpp2Attr(enum.IntEnum):
@@ -225,6 +226,7 @@ _NAMES = {
     AaaVpnAttr.PATH_DSCP: "Aaa-Vpn-Path-DSCP",
     AaaVpnAttr.PATH_RATE_LIMIT: "Aaa-Vpn-Path-Rate-Limit",
     AaaVpnAttr.PATH_GATEWAY_MODE: "Aaa-Vpn-Path-Gateway-Mode",
+    AaaVpnAttr.PATH_BINDING_KEY: "Aaa-Vpn-Path-Binding-Key",
 }
 _TUNNEL_NAMES = {
     Attr.SESSION_TIMEOUT: "Session-Timeout",
@@ -454,6 +456,8 @@ def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
             enc.tagged_u24(A.PATH_RATE_LIMIT, tag, path.qos.rate_kbps)
         if path.gateway_mode is not None:
             enc.tagged_u24(A.PATH_GATEWAY_MODE, tag, _GATEWAY_MODE_CODE[path.gateway_mode])
+        if path.binding_key is not None:
+            enc.tagged_secret(A.PATH_BINDING_KEY, tag, path.binding_key)
 
 
 def _encode_rfc2868(enc: _Encoder, p: VpnProfile) -> None:
@@ -802,6 +806,7 @@ def _decode_path(p: _Path, key: bytes, authenticator: bytes) -> PathProfile:
         ike_psk=secret(A.PATH_IKE_PSK) if A.PATH_IKE_PSK in p.values else None,
         qos=qos,
         gateway_mode=gateway_mode,
+        binding_key=secret(A.PATH_BINDING_KEY) if A.PATH_BINDING_KEY in p.values else None,
     )
 
 
