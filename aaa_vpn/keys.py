@@ -130,3 +130,18 @@ def derive_binding_key(gateway_key: Secret, home_agent: IPv4Address, gateway: IP
     one HA cannot speak for another. Not tied to a session: it is the
     "pairwise key that AAA distributed earlier" of DESIGN.md section 3."""
     return Secret(hkdf_sha256(gateway_key.value, _info(LABEL_BINDING, home_agent, gateway, 0), BINDING_KEY_LENGTH))
+
+
+LABEL_BINDING_AUTH = b"aaa-vpn binding auth"
+LABEL_BINDING_WRAP = b"aaa-vpn binding wrap"
+
+
+def binding_subkeys(binding_key: Secret) -> tuple[Secret, Secret]:
+    """(authentication key, key-wrapping key) of an HA-GW binding key: one key,
+    one purpose (docs/protocol.md section 3.6). Binding messages are
+    authenticated with the first; the VPN keys they carry are wrapped
+    (RFC 5649) with the second."""
+    return (
+        Secret(hkdf_sha256(binding_key.value, LABEL_BINDING_AUTH, 16)),
+        Secret(hkdf_sha256(binding_key.value, LABEL_BINDING_WRAP, 32)),
+    )

@@ -1,0 +1,147 @@
+"""What the mobility agents (FA, HA, gateway) and the mobile-node simulator
+have in common: the sans-IO shape and the events they hand to the service
+layer.
+
+Theory of operation (the aioquic shape, STYLE.md): an agent's inputs are
+``receive_datagram(channel, data, source, now)``, ``handle_timer(now)`` and,
+for an agent that asked for SAs, ``paths_installed(owner, error, now)``; its
+outputs are ``datagrams_to_send(now)`` (each tagged with the socket it leaves
+from: Mobile IP or RADIUS), ``get_timer()`` and ``next_event()``. Agents never
+touch a socket, a clock, the database or an SA backend: they ask for SAs with
+:class:`InstallPaths` / :class:`DeletePaths` events that the service layer
+carries out (all or nothing) and reports back with ``paths_installed``.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from aaa_vpn.wire.profile import PathProfile
+
+Address = tuple[str, int]
+
+
+class Channel(enum.Enum):
+    """The socket a datagram belongs to."""
+
+    MIP = "mip"  # Mobile IP control messages (UDP 434)
+    RADIUS = "radius"  # the agent's RADIUS client socket
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """One datagram to send."""
+
+    channel: Channel
+    """The socket it leaves from."""
+    data: bytes
+    """The UDP payload."""
+    address: Address
+    """Its destination (host, port)."""
+
+
+class Event:
+    """Base class of what agents report through ``next_event()``."""
+
+
+@dataclass(frozen=True)
+class InstallPaths(Event):
+    """Install these paths, all or nothing, then call ``paths_installed``."""
+
+    owner: str
+    """Groups the paths of one registration or binding (for later deletion)."""
+    paths: tuple[PathProfile, ...]
+    """This node's views of the paths."""
+
+
+@dataclass(frozen=True)
+class DeletePaths(Event):
+    """Remove the paths of ``owner`` (only those toward ``peer`` if given)."""
+
+    owner: str
+    """As given to :class:`InstallPaths`."""
+    peer: IPv4Address | None = None
+    """Restrict the deletion to paths toward this peer."""
+
+
+@dataclass(frozen=True)
+class RegistrationDone(Event):
+    """A registration (or a binding at a gateway) was decided, for logs and tests."""
+
+    nai: str
+    """The mobile node's NAI ('' where the message carries none)."""
+    home_address: IPv4Address
+    """Its home address."""
+    code: int
+    """The Mobile IP reply code (or Binding Acknowledge status) sent."""
+    lifetime: int
+    """The lifetime granted (0 when denied or deregistered)."""
+    detail: str = ""
+    """Why, when denied."""
+
+
+class Agent:
+    """Output queues and timers shared by the agents."""
+
+    def __init__(self) -> None:
+        self._outbox: list[Datagram] = []
+        self._events: collections.deque[Event] = collections.deque()
+        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        self._sequence = itertools.count()
+        self._cancelled: set[int] = set()
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # -- outputs --------------------------------------------------------------------------------
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        while self._timers and self._timers[0][1] in self._cancelled:
+            self._cancelled.discard(heapq.heappop(self._timers)[1])
+        own = self._timers[0][0] if self._timers else None
+        inner = self._inner_timer()
+        if own is None:
+            return inner
+        return own if inner is None else min(own, inner)
+
+    def handle_timer(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            _when, number, callback = heapq.heappop(self._timers)
+            if number in self._cancelled:
+                self._cancelled.discard(number)
+                continue
+            callback(now)
+        self._inner_handle_timer(now)
+
+    # -- for subclasses --------------------------------------------------------------------------
+    def _send(self, channel: Channel, data: bytes, address: Address) -> None:
+        self._outbox.append(Datagram(channel, data, address))
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _call_at(self, when: float, callback: Callable[[float], None]) -> int:
+        number = next(self._sequence)
+        heapq.heappush(self._timers, (when, number, callback))
+        return number
+
+    def _cancel(self, number: int | None) -> None:
+        if number is not None:
+            self._cancelled.add(number)
+
+    def _inner_timer(self) -> float | None:
+        """Timers of embedded state machines (the RADIUS client)."""
+        return None
+
+    def _inner_handle_timer(self, now: float) -> None:
+        pass

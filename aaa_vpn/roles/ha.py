@@ -1,0 +1,500 @@
+"""The home agent (HA), sans-IO.
+
+Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
+
+1. A relayed Registration Request must carry the NAI and the MN-AAA proof
+   (else 134). The HA asks the home AAA for its part of the profile
+   (HA-Registration with the relayed proof and the care-of address); a reject
+   becomes 131 (authentication) or 129, an unreachable AAA 130.
+2. With the profile it checks the MN-HA authenticator (its SPI and key come
+   from AAA; else 131), the FA-HA authenticator (else 132) and the
+   Identification timestamp against the last one it accepted from this node
+   (RFC 5944 section 5.7.1; else 133, with the HA's time in the high 32 bits).
+   A lifetime longer than its maximum is shortened (section 3.8.2).
+3. It asks the service layer to install its own paths (FA <-> HA, HA <-> GW),
+   all or nothing (else 130), then sends every gateway of the user's VPN a
+   Binding Update carrying that gateway's paths, authenticated and with the
+   keys wrapped under the HA-GW binding key (docs/protocol.md section 3.6).
+   Only when every gateway acknowledged does it accept the registration; a
+   gateway that refuses or does not answer within ``gateway_timeout`` makes
+   it remove everything it installed and deny with 130.
+4. The Registration Reply carries the NAI, MN-HA authentication and FA-HA
+   authentication (RFC 5944 section 3.8.3.3). A new registration of the same
+   node replaces the old binding and its paths; a deregistration (lifetime 0,
+   authenticated with the MN-HA key of the existing binding) removes them and
+   tells the gateways (Binding Update, lifetime 0).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from aaa_vpn import keys
+from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.radius_client import RadiusClient, RequestAccepted, RequestFailed, RequestRejected, ServerConfig
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire import mip
+from aaa_vpn.wire.mip import (
+    BindingAcknowledge,
+    BindingUpdate,
+    ExtensionType,
+    GeneralizedAuthSubtype,
+    NaiExtension,
+    RegistrationReply,
+    ReplyCode,
+)
+from aaa_vpn.wire.mip_auth import (
+    append_authentication,
+    append_generalized_authentication,
+    mn_aaa_proof,
+    verify_authentication,
+)
+from aaa_vpn.wire.mip_replay import check_timestamp, mismatch_identification, timestamp_identification
+from aaa_vpn.wire.mip_vpn import encode_vpn_path
+from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.radius_request import AccessRequestInfo
+
+MIP_PORT = 434
+#: The SPI of aaa_vpn's binding authentication extension (the key is chosen by
+#: the sender's address; SPIs 0-255 are reserved, RFC 5944 section 1.6).
+BINDING_SPI = 256
+
+
+@dataclass(frozen=True)
+class HaConfig:
+    """How one home agent runs."""
+
+    address: IPv4Address
+    aaa_servers: Sequence[ServerConfig]
+    mip_port: int = MIP_PORT
+    max_lifetime: int = 1800
+    gateway_timeout: float = 3.0
+    replay_tolerance: float = 7.0  # RFC 5944 section 5.7: SHOULD be more than 3 s
+    radius_timeout: float = 2.0
+    radius_retries: int = 2
+
+
+def mirror(path: PathProfile) -> PathProfile:
+    """The other end's view of ``path``: ends, selectors, SPIs and keys swapped."""
+    return PathProfile(
+        role=path.role,
+        local=path.peer,
+        peer=path.local,
+        local_ts=path.remote_ts,
+        remote_ts=path.local_ts,
+        key_mode=path.key_mode,
+        esp_transform=path.esp_transform,
+        spi_in=path.spi_out,
+        spi_out=path.spi_in,
+        key_in=path.key_out,
+        key_out=path.key_in,
+        lifetime=path.lifetime,
+        ike_proposal=path.ike_proposal,
+        ike_psk=path.ike_psk,
+        qos=path.qos,
+        gateway_mode=path.gateway_mode,
+    )
+
+
+def gateway_views(profile: VpnProfile, home_agent: IPv4Address) -> dict[IPv4Address, tuple[Secret, list[PathProfile]]]:
+    """Per gateway: the binding key and the gateway's views of its paths.
+
+    An HA <-> GW path is in the HA's view (mirrored here); an FA <-> GW path is
+    already the gateway's view (the home AAA gives the HA the gateway's side)."""
+    result: dict[IPv4Address, tuple[Secret, list[PathProfile]]] = {}
+    for path in profile.paths:
+        if path.binding_key is None:
+            continue
+        if path.role is PathRole.HA_GW and path.local == home_agent:
+            gateway, view = path.peer, mirror(path)
+        elif path.role is PathRole.FA_GW:
+            gateway, view = path.local, path
+        else:
+            continue
+        result.setdefault(gateway, (path.binding_key, []))[1].append(view)
+    return result
+
+
+@dataclass
+class Binding:
+    """A mobility binding: where a mobile node is and what the HA installed for it."""
+
+    nai: str
+    home_address: IPv4Address
+    care_of_address: IPv4Address
+    session_id: str
+    expires: float
+    identification: int
+    profile: VpnProfile = field(repr=False)
+
+
+@dataclass
+class _Pending:
+    request: bytes
+    message: mip.RegistrationRequest
+    source: Address
+    nai: str
+    profile: VpnProfile | None = None
+    lifetime: int = 0
+    gateways: dict[IPv4Address, tuple[Secret, list[PathProfile]]] = field(default_factory=dict)
+    waiting: dict[IPv4Address, int] = field(default_factory=dict)  # gateway -> BU identification
+    timer: int | None = None
+
+
+class HomeAgent(Agent):
+    """One home agent."""
+
+    def __init__(self, config: HaConfig, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        super().__init__()
+        self.config = config
+        self.random_bytes = random_bytes
+        self.radius = RadiusClient(
+            config.aaa_servers,
+            timeout=config.radius_timeout,
+            retries=config.radius_retries,
+            nas_ip_address=config.address,
+            random_bytes=random_bytes,
+        )
+        self.bindings: dict[str, Binding] = {}
+        self._last_identification: dict[str, int] = {}
+        self._pending: dict[object, _Pending] = {}
+        self._by_owner: dict[str, object] = {}
+        self._binding_timers: dict[str, int] = {}
+        self._last_sent = 0
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def receive_datagram(self, channel: Channel, data: bytes, source: Address, now: float) -> None:
+        if channel is Channel.RADIUS:
+            self.radius.receive_datagram(data, source, now)
+            self._radius_events(now)
+            return
+        try:
+            message = mip.decode_message(data)
+        except mip.MipDecodeError:
+            self.counters["dropped.malformed"] += 1
+            return
+        if isinstance(message, mip.RegistrationRequest):
+            self._registration_request(data, message, source, now)
+        elif isinstance(message, BindingAcknowledge):
+            self._binding_acknowledge(data, message, source, now)
+        else:
+            self.counters["dropped.unexpected"] += 1
+
+    def paths_installed(self, owner: str, error: str | None, now: float) -> None:
+        """The service layer's answer to :class:`InstallPaths`."""
+        key = self._by_owner.get(owner)
+        pending = self._pending.get(key) if key is not None else None
+        if key is None or pending is None or pending.profile is None:
+            return
+        if error is not None:
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"cannot install SAs: {error}", delete=False)
+            return
+        if not pending.gateways:
+            self._accept(key, now)
+            return
+        for gateway, (binding_key, views) in pending.gateways.items():
+            identification = self._identification(now)
+            pending.waiting[gateway] = identification
+            self._send_binding_update(
+                gateway, binding_key, views, pending.lifetime, pending.message, identification, now
+            )
+        pending.timer = self._call_at(now + self.config.gateway_timeout, functools.partial(self._gateway_timeout, key))
+
+    # -- registration ---------------------------------------------------------------------------
+    def _registration_request(self, data: bytes, message: mip.RegistrationRequest, source: Address, now: float) -> None:
+        self.counters["requests"] += 1
+        nai = next((e.nai for e in message.extensions if isinstance(e, NaiExtension)), "")
+        key = (source[0], nai, message.identification)
+        if key in self._pending:
+            self.counters["duplicates"] += 1
+            return
+        if not nai:
+            self._deny(message, source, ReplyCode.HA_POORLY_FORMED_REQUEST, nai, "no NAI", None)
+            return
+        if message.home_agent != self.config.address:
+            self._deny(message, source, ReplyCode.HA_UNKNOWN_HOME_AGENT_ADDRESS, nai, "not this home agent", None)
+            return
+        if message.lifetime == 0:
+            self._deregistration(data, message, source, nai, now)
+            return
+        try:
+            chap_password, chap_challenge = mn_aaa_proof(data).chap_attributes()
+        except (mip.MipDecodeError, mip.MipValueError) as exc:
+            self._deny(message, source, ReplyCode.HA_POORLY_FORMED_REQUEST, nai, str(exc), None)
+            return
+        info = AccessRequestInfo(
+            nai=nai,
+            chap_password=chap_password,
+            chap_challenge=chap_challenge,
+            nas_ip_address=self.config.address,
+            request_type=RequestType.HA_REGISTRATION,
+            care_of_address=message.care_of_address,
+        )
+        self._pending[key] = _Pending(data, message, source, nai)
+        self.radius.request(info, now, tag=key)
+        self._radius_events(now)
+
+    def _radius_events(self, now: float) -> None:
+        for datagram, address in self.radius.datagrams_to_send(now):
+            self._send(Channel.RADIUS, datagram, address)
+        while (event := self.radius.next_event()) is not None:
+            if isinstance(event, RequestAccepted):
+                self._accepted(event, now)
+            elif isinstance(event, RequestRejected):
+                code = {
+                    RejectReason.UNKNOWN_USER: ReplyCode.HA_MN_FAILED_AUTHENTICATION,
+                    RejectReason.AUTHENTICATION_FAILED: ReplyCode.HA_MN_FAILED_AUTHENTICATION,
+                    RejectReason.NO_RESOURCES: ReplyCode.HA_INSUFFICIENT_RESOURCES,
+                }.get(event.reason or RejectReason.BAD_REQUEST, ReplyCode.HA_ADMINISTRATIVELY_PROHIBITED)
+                self._fail(event.tag, code, f"AAA rejected: {event.message}", delete=False)
+            elif isinstance(event, RequestFailed):
+                self._fail(event.tag, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"AAA unreachable: {event.reason}", False)
+
+    def _accepted(self, event: RequestAccepted, now: float) -> None:
+        key = event.tag
+        pending = self._pending.get(key)
+        if pending is None:
+            return
+        profile = event.profile
+        message, data = pending.message, pending.request
+        if profile.mn_ha_key is None or profile.fa_ha_key is None:
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA gave no MN-HA or FA-HA key", delete=False)
+            return
+        if not verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi):
+            self._fail(key, ReplyCode.HA_MN_FAILED_AUTHENTICATION, "MN-HA authentication failed", delete=False)
+            return
+        if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
+            self._fail(key, ReplyCode.HA_FA_FAILED_AUTHENTICATION, "FA-HA authentication failed", delete=False)
+            return
+        verdict = check_timestamp(
+            message.identification, now, self._last_identification.get(pending.nai), self.config.replay_tolerance
+        )
+        pending.profile = profile
+        if not verdict.ok:
+            self._fail(key, ReplyCode.HA_IDENTIFICATION_MISMATCH, verdict.reason, delete=False, now=now)
+            return
+        self._last_identification[pending.nai] = message.identification
+        pending.lifetime = min(message.lifetime, self.config.max_lifetime)
+        pending.gateways = gateway_views(profile, self.config.address)
+        self._by_owner[profile.session_id] = key
+        own = tuple(p for p in profile.paths if p.local == self.config.address)
+        self._emit(InstallPaths(profile.session_id, own))
+
+    def _accept(self, key: object, now: float) -> None:
+        pending = self._pending.pop(key)
+        self._cancel(pending.timer)
+        profile = pending.profile
+        assert profile is not None
+        self._by_owner.pop(profile.session_id, None)
+        old = self.bindings.get(pending.nai)
+        if old is not None and old.session_id != profile.session_id:
+            self._emit(DeletePaths(old.session_id))
+        binding = Binding(
+            pending.nai,
+            pending.message.home_address,
+            pending.message.care_of_address,
+            profile.session_id,
+            now + pending.lifetime,
+            pending.message.identification,
+            profile,
+        )
+        self.bindings[pending.nai] = binding
+        self._cancel(self._binding_timers.pop(pending.nai, None))
+        self._binding_timers[pending.nai] = self._call_at(binding.expires, functools.partial(self._expire, pending.nai))
+        self._reply(pending.message, pending.source, ReplyCode.ACCEPTED, pending.lifetime, pending.nai, profile)
+        self.counters["accepted"] += 1
+        self._emit(RegistrationDone(pending.nai, pending.message.home_address, 0, pending.lifetime))
+
+    # -- gateways -------------------------------------------------------------------------------
+    def _identification(self, now: float) -> int:
+        """A timestamp Identification (RFC 5944 section 5.7), strictly greater
+        than any this HA sent before: gateways refuse one that is not newer."""
+        identification = max(
+            timestamp_identification(now, int.from_bytes(self.random_bytes(2), "big") & 0xFFF), self._last_sent + 1
+        )
+        self._last_sent = identification
+        return identification
+
+    def _send_binding_update(
+        self,
+        gateway: IPv4Address,
+        binding_key: Secret,
+        views: list[PathProfile],
+        lifetime: int,
+        message: mip.RegistrationRequest,
+        identification: int,
+        now: float,
+    ) -> None:
+        auth_key, wrap_key = keys.binding_subkeys(binding_key)
+        update = BindingUpdate(
+            lifetime=lifetime,
+            home_address=message.home_address,
+            care_of_address=message.care_of_address,
+            identification=identification,
+            acknowledge=True,
+            extensions=tuple(encode_vpn_path(view, wrap_key) for view in views),
+        )
+        signed = append_generalized_authentication(
+            mip.encode_binding_message(update), GeneralizedAuthSubtype.BINDING, BINDING_SPI, auth_key
+        )
+        self.counters["binding_updates"] += 1
+        self._send(Channel.MIP, signed, (str(gateway), self.config.mip_port))
+
+    def _binding_acknowledge(self, data: bytes, message: BindingAcknowledge, source: Address, now: float) -> None:
+        gateway = IPv4Address(source[0])
+        found = next(
+            ((k, p) for k, p in self._pending.items() if p.waiting.get(gateway) == message.identification), None
+        )
+        if found is None:
+            self.counters["dropped.unmatched_ack"] += 1
+            return
+        key, pending = found
+        binding_key = pending.gateways[gateway][0]
+        auth_key, _ = keys.binding_subkeys(binding_key)
+        if not verify_authentication(
+            data, ExtensionType.GENERALIZED_AUTH, auth_key, subtype=GeneralizedAuthSubtype.BINDING, spi=BINDING_SPI
+        ):
+            self.counters["dropped.bad_binding_auth"] += 1
+            return
+        if not message.accepted:
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"gateway {gateway} refused: {message.status}")
+            return
+        del pending.waiting[gateway]
+        if not pending.waiting:
+            self._accept(key, now)
+
+    def _gateway_timeout(self, key: object, now: float) -> None:
+        pending = self._pending.get(key)
+        if pending is not None and pending.waiting:
+            missing = ", ".join(str(g) for g in pending.waiting)
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"no Binding Acknowledge from {missing}", now=now)
+
+    def _withdraw_from_gateways(self, pending: _Pending, now: float) -> None:
+        """Tell gateways that may have installed paths to remove them (lifetime 0)."""
+        for gateway, (binding_key, views) in pending.gateways.items():
+            identification = self._identification(now)
+            self._send_binding_update(gateway, binding_key, views, 0, pending.message, identification, now)
+
+    # -- deregistration and expiry ----------------------------------------------------------------------
+    def _deregistration(
+        self, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str, now: float
+    ) -> None:
+        binding = self.bindings.get(nai)
+        profile = binding.profile if binding is not None else None
+        if profile is None or profile.mn_ha_key is None:
+            self._deny(message, source, ReplyCode.HA_MN_FAILED_AUTHENTICATION, nai, "no binding to deregister", None)
+            return
+        if not verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi):
+            self._deny(message, source, ReplyCode.HA_MN_FAILED_AUTHENTICATION, nai, "MN-HA authentication failed", None)
+            return
+        verdict = check_timestamp(
+            message.identification, now, self._last_identification.get(nai), self.config.replay_tolerance
+        )
+        if not verdict.ok:
+            self._deny(message, source, ReplyCode.HA_IDENTIFICATION_MISMATCH, nai, verdict.reason, profile, now=now)
+            return
+        self._last_identification[nai] = message.identification
+        self._remove_binding(nai, now)
+        self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=False)
+        self._emit(RegistrationDone(nai, message.home_address, 0, 0, "deregistered"))
+
+    def _expire(self, nai: str, now: float) -> None:
+        binding = self.bindings.get(nai)
+        if binding is not None and binding.expires <= now:
+            self.counters["bindings_expired"] += 1
+            self._remove_binding(nai, now)
+
+    def _remove_binding(self, nai: str, now: float) -> None:
+        binding = self.bindings.pop(nai, None)
+        self._cancel(self._binding_timers.pop(nai, None))
+        if binding is None:
+            return
+        self._emit(DeletePaths(binding.session_id))
+        for gateway, (binding_key, views) in gateway_views(binding.profile, self.config.address).items():
+            identification = self._identification(now)
+            update = mip.RegistrationRequest(
+                flags=mip.RegistrationFlags(0),
+                lifetime=0,
+                home_address=binding.home_address,
+                home_agent=self.config.address,
+                care_of_address=binding.care_of_address,
+                identification=identification,
+            )
+            self._send_binding_update(gateway, binding_key, views, 0, update, identification, now)
+
+    # -- replies ----------------------------------------------------------------------------------
+    def _fail(self, key: object, code: ReplyCode, detail: str, delete: bool = True, now: float = 0.0) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        self._cancel(pending.timer)
+        if pending.profile is not None:
+            self._by_owner.pop(pending.profile.session_id, None)
+            if delete:
+                self._emit(DeletePaths(pending.profile.session_id))
+                if pending.gateways:
+                    self._withdraw_from_gateways(pending, now)
+        self._deny(pending.message, pending.source, code, pending.nai, detail, pending.profile, now=now)
+
+    def _deny(
+        self,
+        message: mip.RegistrationRequest,
+        source: Address,
+        code: ReplyCode,
+        nai: str,
+        detail: str,
+        profile: VpnProfile | None,
+        now: float = 0.0,
+    ) -> None:
+        self.counters[f"denied.{int(code)}"] += 1
+        identification = message.identification
+        if code == ReplyCode.HA_IDENTIFICATION_MISMATCH:
+            identification = mismatch_identification(message.identification, now)  # RFC 5944 section 5.7.1
+        reply_message = mip.RegistrationRequest(
+            flags=message.flags,
+            lifetime=message.lifetime,
+            home_address=message.home_address,
+            home_agent=message.home_agent,
+            care_of_address=message.care_of_address,
+            identification=identification,
+        )
+        self._reply(reply_message, source, code, 0, nai, profile)
+        self._emit(RegistrationDone(nai, message.home_address, int(code), 0, detail))
+
+    def _reply(
+        self,
+        message: mip.RegistrationRequest,
+        source: Address,
+        code: ReplyCode,
+        lifetime: int,
+        nai: str,
+        profile: VpnProfile | None,
+        fa_ha: bool = True,
+    ) -> None:
+        """A Registration Reply: NAI, then MN-HA and FA-HA authentication when
+        the keys are known (RFC 5944 section 3.8.3.3)."""
+        reply = RegistrationReply(
+            code=code,
+            lifetime=lifetime,
+            home_address=message.home_address,
+            home_agent=self.config.address,
+            identification=message.identification,
+            extensions=(NaiExtension(nai),) if nai else (),
+        )
+        data = mip.encode_registration_reply(reply)
+        if profile is not None and profile.mn_ha_key is not None and profile.mn_ha_spi is not None:
+            data = append_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_spi, profile.mn_ha_key)
+        if fa_ha and profile is not None and profile.fa_ha_key is not None and profile.fa_ha_spi is not None:
+            data = append_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key)
+        self._send(Channel.MIP, data, source)
+
+    def _inner_timer(self) -> float | None:
+        return self.radius.get_timer()
+
+    def _inner_handle_timer(self, now: float) -> None:
+        self.radius.handle_timer(now)
+        self._radius_events(now)

@@ -1,0 +1,190 @@
+"""The mobile node simulator, sans-IO: registers with NAI, MN-HA and MN-AAA
+authentication, moves between foreign agents, deregisters.
+
+Rules (RFC 5944 sections 3.3, 3.6 and 5.7; RFC 4721):
+
+1. A Registration Request carries, in this order: the NAI (RFC 2794), the
+   previous FA when moving (an NVSE, docs/protocol.md), MN-HA authentication,
+   the MN-FA challenge of this FA if it has one, and MN-AAA authentication
+   with CHAP_SPI (RFC 4721 sections 6 and 8). Its Identification is a
+   timestamp (section 5.7), new for every request, retransmissions included.
+2. Without a challenge of that FA it sends the request anyway: the FA answers
+   105 (or 104/106) with a fresh challenge, and the node sends again at once.
+   Every accepted reply may carry the challenge for the next registration.
+3. An accepted reply must carry a valid MN-HA authenticator, or it is
+   ignored (the node keeps waiting and retransmits). The granted lifetime is
+   the smaller of the requested and the replied one.
+4. Unanswered requests are sent again every ``retransmit`` seconds, at most
+   ``attempts`` times; then the registration fails (reported as code 78).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from aaa_vpn.roles.agent import Address, Agent, Channel, RegistrationDone
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire import mip
+from aaa_vpn.wire.mip import (
+    ChallengeExtension,
+    ExtensionType,
+    GeneralizedAuthSubtype,
+    NaiExtension,
+    RegistrationFlags,
+    ReplyCode,
+)
+from aaa_vpn.wire.mip_auth import (
+    CHAP_SPI,
+    append_authentication,
+    append_generalized_authentication,
+    verify_authentication,
+)
+from aaa_vpn.wire.mip_replay import identification_matches, timestamp_identification
+from aaa_vpn.wire.mip_vpn import previous_fa_extension
+
+_CHALLENGE_CODES = (ReplyCode.FA_MISSING_CHALLENGE, ReplyCode.FA_UNKNOWN_CHALLENGE, ReplyCode.FA_STALE_CHALLENGE)
+
+
+@dataclass(frozen=True)
+class MnConfig:
+    """A mobile node's identity and keys."""
+
+    nai: str
+    home_address: IPv4Address
+    home_agent: IPv4Address
+    mn_ha_spi: int
+    mn_ha_key: Secret = field(repr=False)
+    mn_aaa_secret: Secret = field(repr=False)
+    lifetime: int = 600
+    retransmit: float = 1.0
+    attempts: int = 4
+
+
+@dataclass
+class _Outstanding:
+    fa: Address
+    lifetime: int
+    previous_fa: IPv4Address | None
+    identification: int = 0
+    attempts: int = 0
+    challenge_retries: int = 0
+    timer: int | None = None
+
+
+class MobileNode(Agent):
+    """One simulated mobile node."""
+
+    def __init__(self, config: MnConfig, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        super().__init__()
+        self.config = config
+        self.random_bytes = random_bytes
+        self.current_fa: Address | None = None
+        self.registered_until = 0.0
+        self._challenges: dict[str, bytes] = {}  # FA address -> challenge for the next request
+        self._outstanding: _Outstanding | None = None
+        self._last_sent = 0
+
+    # -- the API --------------------------------------------------------------------------------
+    def register(self, fa: Address, now: float, previous_fa: IPv4Address | None = None) -> None:
+        """Register through the FA at ``fa`` (its Mobile IP address and port)."""
+        self._start(_Outstanding(fa, self.config.lifetime, previous_fa), now)
+
+    def deregister(self, now: float) -> None:
+        """Deregister (lifetime 0) through the current FA."""
+        if self.current_fa is None:
+            raise ValueError("not registered")
+        self._start(_Outstanding(self.current_fa, 0, None), now)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def receive_datagram(self, channel: Channel, data: bytes, source: Address, now: float) -> None:
+        outstanding = self._outstanding
+        try:
+            reply = mip.decode_registration_reply(data)
+        except mip.MipDecodeError:
+            self.counters["dropped.malformed"] += 1
+            return
+        if outstanding is None or source[0] != outstanding.fa[0]:
+            self.counters["dropped.unexpected"] += 1
+            return
+        if not identification_matches(reply.identification, outstanding.identification):
+            self.counters["dropped.unmatched"] += 1
+            return
+        challenge = next((e.challenge for e in reversed(reply.extensions) if isinstance(e, ChallengeExtension)), None)
+        if challenge is not None:
+            self._challenges[outstanding.fa[0]] = challenge
+        if reply.code in _CHALLENGE_CODES and challenge is not None and outstanding.challenge_retries < 2:
+            outstanding.challenge_retries += 1
+            self._send_request(outstanding, now)
+            return
+        if reply.accepted and not verify_authentication(
+            data, ExtensionType.MN_HA_AUTH, self.config.mn_ha_key, spi=self.config.mn_ha_spi
+        ):
+            self.counters["dropped.bad_mn_ha_auth"] += 1
+            return
+        self._cancel(outstanding.timer)
+        self._outstanding = None
+        if reply.accepted:
+            lifetime = min(reply.lifetime, outstanding.lifetime)
+            self.current_fa = outstanding.fa if lifetime else None
+            self.registered_until = now + lifetime
+            self._emit(RegistrationDone(self.config.nai, self.config.home_address, int(reply.code), lifetime))
+        else:
+            self._emit(RegistrationDone(self.config.nai, self.config.home_address, int(reply.code), 0, "denied"))
+
+    # -- requests -------------------------------------------------------------------------------
+    def _start(self, outstanding: _Outstanding, now: float) -> None:
+        if self._outstanding is not None:
+            self._cancel(self._outstanding.timer)
+        self._outstanding = outstanding
+        self._send_request(outstanding, now)
+
+    def _send_request(self, outstanding: _Outstanding, now: float) -> None:
+        outstanding.attempts += 1
+        # RFC 5944 section 5.7: every request newer than the last one.
+        outstanding.identification = max(
+            timestamp_identification(now, int.from_bytes(self.random_bytes(2), "big") & 0xFFF), self._last_sent + 1
+        )
+        self._last_sent = outstanding.identification
+        self._send(Channel.MIP, self._request_bytes(outstanding), outstanding.fa)
+        self._cancel(outstanding.timer)
+        outstanding.timer = self._call_at(now + self.config.retransmit, self._retransmit)
+
+    def _retransmit(self, now: float) -> None:
+        outstanding = self._outstanding
+        if outstanding is None:
+            return
+        if outstanding.attempts >= self.config.attempts:
+            self._outstanding = None
+            self._emit(
+                RegistrationDone(
+                    self.config.nai, self.config.home_address, int(ReplyCode.FA_REGISTRATION_TIMEOUT), 0, "no reply"
+                )
+            )
+            return
+        self._send_request(outstanding, now)
+
+    def _request_bytes(self, outstanding: _Outstanding) -> bytes:
+        c = self.config
+        extensions: list[mip.Extension] = [NaiExtension(c.nai)]
+        if outstanding.previous_fa is not None:
+            extensions.append(previous_fa_extension(outstanding.previous_fa))
+        request = mip.RegistrationRequest(
+            flags=RegistrationFlags.T,  # reverse tunnelling through the HA (RFC 3024)
+            lifetime=outstanding.lifetime,
+            home_address=c.home_address,
+            home_agent=c.home_agent,
+            care_of_address=IPv4Address(outstanding.fa[0]),
+            identification=outstanding.identification,
+            extensions=tuple(extensions),
+        )
+        data = append_authentication(
+            mip.encode_registration_request(request), ExtensionType.MN_HA_AUTH, c.mn_ha_spi, c.mn_ha_key
+        )
+        challenge = self._challenges.get(outstanding.fa[0])
+        if challenge is not None:
+            data += mip.encode_extension(ChallengeExtension(challenge))
+            data = append_generalized_authentication(data, GeneralizedAuthSubtype.MN_AAA, CHAP_SPI, c.mn_aaa_secret)
+        return data

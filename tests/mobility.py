@@ -1,0 +1,270 @@
+"""A whole aaa_vpn system in one process: real UDP sockets on loopback
+(distinct 127.0.0.x addresses), a fake clock, the home AAA on a real SQLite
+database, and every agent with a memory SA backend that really encrypts.
+
+Time only moves when a test says so (:meth:`Network.advance`), so timeouts and
+retransmissions are deterministic; datagrams still cross the kernel's
+loopback like in production.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from aaa_vpn.model import (
+    Client,
+    ClientRole,
+    EspTransform,
+    Gateway,
+    GatewayMode,
+    KeyMode,
+    QosClass,
+    Service,
+    User,
+    VpnRecord,
+)
+from aaa_vpn.roles.agent import Agent, Channel, Event, RegistrationDone
+from aaa_vpn.roles.fa import FaConfig, ForeignAgent
+from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
+from aaa_vpn.roles.ha import HaConfig, HomeAgent
+from aaa_vpn.roles.mn import MnConfig, MobileNode
+from aaa_vpn.roles.radius_client import ServerConfig
+from aaa_vpn.sa.memory import MemoryBackend
+from aaa_vpn.secret import Secret
+from aaa_vpn.service.agents import SaExecutor, run_events
+from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
+from aaa_vpn.store import init_store
+from aaa_vpn.store.sqlite import SqliteStore
+from aaa_vpn.wire.radius import load_dictionary
+
+AAA = "127.0.0.1"
+HA = "127.0.0.2"
+FA1 = "127.0.0.11"
+FA2 = "127.0.0.12"
+GW_STATIC = "127.0.0.21"
+GW_DYNAMIC = "127.0.0.22"
+MN_SOCKET = "127.0.0.100"
+HOME_ADDRESS = "198.51.100.10"
+CN_STATIC = "203.0.113.5"  # behind the static gateway
+CN_DYNAMIC = "203.0.113.130"  # behind the dynamic gateway
+NAI = "mn1@home.example"
+MN_AAA = Secret(b"mn1-aaa-secret")
+MN_HA = Secret(bytes(range(16)))
+GATEWAY_KEYS = {GW_STATIC: Secret(b"static-gateway-key-0123"), GW_DYNAMIC: Secret(b"dynamic-gateway-key-456")}
+SECRETS = {FA1: Secret(b"fa1-secret-xyz"), FA2: Secret(b"fa2-secret-xyz"), HA: Secret(b"ha-secret-xyzw")}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def provision(
+    store: SqliteStore, gateways: tuple[str, ...] = ("static", "dynamic"), key_mode: KeyMode = KeyMode.MANUAL
+) -> None:
+    """The user, the agents as RADIUS clients, the gateways and the VPN records."""
+    for address, role in ((FA1, ClientRole.FA), (FA2, ClientRole.FA), (HA, ClientRole.HA)):
+        store.add_client(Client(f"c-{address.replace('.', '-')}", IPv4Network(f"{address}/32"), SECRETS[address], role))
+    store.add_user(User(NAI, IPv4Address(HA), MN_AAA, 256, MN_HA, home_address=IPv4Address(HOME_ADDRESS)))
+    store.add_gateway(
+        Gateway(
+            "gw-static",
+            IPv4Address(GW_STATIC),
+            GatewayMode.STATIC,
+            (IPv4Network("203.0.113.0/25"),),
+            GATEWAY_KEYS[GW_STATIC],
+        )
+    )
+    store.add_gateway(
+        Gateway(
+            "gw-dynamic",
+            IPv4Address(GW_DYNAMIC),
+            GatewayMode.DYNAMIC,
+            (IPv4Network("203.0.113.128/25"),),
+            GATEWAY_KEYS[GW_DYNAMIC],
+        )
+    )
+    store.add_service(Service("gold", key_mode=key_mode, esp_transform=EspTransform.AES_GCM_16_256))
+    store.add_service(Service("silver", esp_transform=EspTransform.AES_CBC_128_HMAC_SHA256))
+    store.add_qos(QosClass("voice", dscp=46, rate_kbps=512))
+    if "static" in gateways:
+        store.add_vpn_record(VpnRecord(NAI, IPv4Network("203.0.113.0/25"), "gw-static", "gold", "voice"))
+    if "dynamic" in gateways:
+        store.add_vpn_record(VpnRecord(NAI, IPv4Network("203.0.113.128/25"), "gw-dynamic", "silver"))
+
+
+@dataclass
+class Node:
+    name: str
+    agent: Agent
+    address: str
+    sockets: dict[Channel, socket.socket]
+    backend: MemoryBackend | None = None
+    executor: SaExecutor | None = None
+    events: list[Event] = field(default_factory=list)
+
+    def done(self) -> list[RegistrationDone]:
+        return [e for e in self.events if isinstance(e, RegistrationDone)]
+
+
+class Network:
+    """The agents, the home AAA and the sockets between them."""
+
+    def __init__(self, tmp_path: Path, provisioner: Callable[[SqliteStore], None] = provision) -> None:
+        self.clock = time.time()  # timestamps (RFC 5944 section 5.7) are wall-clock based
+        self.mip_port = free_port()
+        self.radius_port = free_port()
+        self.store, _ = init_store(tmp_path / "vpn.db", tmp_path / "vpn.key")
+        provisioner(self.store)
+        self.home = HomeAaa(self.store, load_dictionary(), HomeAaaOptions())
+        self.aaa_socket = self._socket(AAA, self.radius_port)
+        self.nodes: dict[str, Node] = {}
+        self.aaa_up = True
+
+    # -- building -------------------------------------------------------------------------------
+    def _socket(self, address: str, port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((address, port))
+        sock.setblocking(False)
+        return sock
+
+    def _add(self, name: str, agent: Agent, address: str, mip_port: int, radius: bool, backend: bool) -> Node:
+        sockets = {Channel.MIP: self._socket(address, mip_port)}
+        if radius:
+            sockets[Channel.RADIUS] = self._socket(address, 0)
+        node = Node(name, agent, address, sockets)
+        if backend:
+            node.backend = MemoryBackend(IPv4Address(address))
+            node.executor = SaExecutor(node.backend, name)
+        self.nodes[name] = node
+        return node
+
+    def aaa_servers(self, address: str) -> list[ServerConfig]:
+        return [ServerConfig(AAA, self.radius_port, SECRETS[address])]
+
+    def add_fa(self, name: str, address: str, **options: object) -> ForeignAgent:
+        config = FaConfig(IPv4Address(address), self.aaa_servers(address), mip_port=self.mip_port, **options)  # type: ignore[arg-type]
+        agent = ForeignAgent(config)
+        self._add(name, agent, address, self.mip_port, radius=True, backend=True)
+        return agent
+
+    def add_ha(self, **options: object) -> HomeAgent:
+        config = HaConfig(IPv4Address(HA), self.aaa_servers(HA), mip_port=self.mip_port, **options)  # type: ignore[arg-type]
+        agent = HomeAgent(config)
+        self._add("ha", agent, HA, self.mip_port, radius=True, backend=True)
+        return agent
+
+    def add_gw(self, name: str, address: str) -> CorrespondentGateway:
+        agent = CorrespondentGateway(GwConfig(IPv4Address(address), GATEWAY_KEYS[address]))
+        self._add(name, agent, address, self.mip_port, radius=False, backend=True)
+        return agent
+
+    def add_mn(self, **options: object) -> MobileNode:
+        config = MnConfig(NAI, IPv4Address(HOME_ADDRESS), IPv4Address(HA), 256, MN_HA, MN_AAA, **options)  # type: ignore[arg-type]
+        agent = MobileNode(config)
+        self._add("mn", agent, MN_SOCKET, 0, radius=False, backend=False)
+        return agent
+
+    def standard(self) -> None:
+        """HA, two FAs, both gateways and the mobile node."""
+        self.add_ha()
+        self.add_fa("fa1", FA1)
+        self.add_fa("fa2", FA2)
+        self.add_gw("gw-static", GW_STATIC)
+        self.add_gw("gw-dynamic", GW_DYNAMIC)
+        self.add_mn()
+
+    def fa_address(self, address: str) -> tuple[str, int]:
+        return (address, self.mip_port)
+
+    # -- running --------------------------------------------------------------------------------
+    def _flush(self) -> bool:
+        sent = False
+        for node in self.nodes.values():
+            node.events += run_events(node.agent, node.executor, self.clock)  # type: ignore[arg-type]
+            for datagram in node.agent.datagrams_to_send(self.clock):
+                sock = node.sockets[datagram.channel]
+                try:
+                    sock.sendto(datagram.data, datagram.address)
+                except OSError:
+                    pass  # e.g. ECONNREFUSED reported for an earlier datagram: UDP
+                sent = True
+        return sent
+
+    def _receive(self, timeout: float) -> bool:
+        sockets = [self.aaa_socket] + [s for n in self.nodes.values() for s in n.sockets.values()]
+        readable, _, _ = select.select(sockets, [], [], timeout)
+        for sock in readable:
+            while True:
+                try:
+                    data, source = sock.recvfrom(65535)
+                except (BlockingIOError, ConnectionRefusedError):
+                    break
+                if sock is self.aaa_socket:
+                    if self.aaa_up:
+                        reply = self.home.handle(data, source, self.clock)
+                        if reply is not None:
+                            sock.sendto(reply, source)
+                    continue
+                for node in self.nodes.values():
+                    for channel, own in node.sockets.items():
+                        if own is sock:
+                            node.agent.receive_datagram(channel, data, source, self.clock)  # type: ignore[attr-defined]
+        return bool(readable)
+
+    def settle(self, rounds: int = 200) -> None:
+        """Exchange datagrams until nothing moves (without advancing the clock)."""
+        quiet = 0
+        for _ in range(rounds):
+            sent = self._flush()
+            received = self._receive(0.02 if sent else 0.005)
+            quiet = 0 if (sent or received) else quiet + 1
+            if quiet >= 3:
+                return
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward, firing every timer that falls due on the way."""
+        target = self.clock + seconds
+        while True:
+            due = [t for n in self.nodes.values() if (t := n.agent.get_timer()) is not None and t <= target]
+            if not due:
+                break
+            self.clock = max(self.clock, min(due))
+            for node in self.nodes.values():
+                timer = node.agent.get_timer()
+                if timer is not None and timer <= self.clock:
+                    node.agent.handle_timer(self.clock)
+            self.settle()
+        self.clock = target
+        self.settle()
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            for sock in node.sockets.values():
+                sock.close()
+        self.aaa_socket.close()
+        self.store.close()
+
+
+def inner_packet(source: str, destination: str, payload: bytes = b"hello through the VPN") -> bytes:
+    """A minimal IPv4/UDP packet (checksums as a kernel would not check them here)."""
+    import struct
+
+    udp = struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
+    total = 20 + len(udp)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 17, 0, socket.inet_aton(source), socket.inet_aton(destination)
+    )
+    return header + udp
+
+
+def random_payload() -> bytes:
+    return os.urandom(32)

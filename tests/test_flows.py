@@ -1,0 +1,249 @@
+"""Flows A and B of DESIGN.md section 2, and the ways a registration fails,
+with the whole system in one process on loopback and a fake clock
+(tests/mobility.py). After every step each node's SA table is checked, and
+packets encrypted at one end of a path must decrypt at the other end and
+nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from aaa_vpn.roles.agent import RegistrationDone
+from aaa_vpn.sa.esp import EspError
+from aaa_vpn.sa.memory import MemoryBackend
+from aaa_vpn.wire.mip import ReplyCode
+from aaa_vpn.wire.profile import PathRole
+
+from .mobility import (
+    CN_DYNAMIC,
+    CN_STATIC,
+    FA1,
+    GW_DYNAMIC,
+    GW_STATIC,
+    HA,
+    HOME_ADDRESS,
+    Network,
+    inner_packet,
+    provision,
+    random_payload,
+)
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path)
+    network.standard()
+    yield network
+    network.close()
+
+
+def backend(net: Network, name: str) -> MemoryBackend:
+    node_backend = net.nodes[name].backend
+    assert node_backend is not None
+    return node_backend
+
+
+def table(net: Network, name: str) -> list[tuple[str, str]]:
+    """A node's installed paths as (role, peer), sorted."""
+    return sorted((p.path.role.name, str(p.peer)) for p in backend(net, name).paths())
+
+
+def mn_result(net: Network) -> RegistrationDone:
+    done = net.nodes["mn"].done()
+    assert done, "the mobile node got no answer"
+    return done[-1]
+
+
+def register(net: Network, fa: str = FA1) -> RegistrationDone:
+    net.nodes["mn"].agent.register(net.fa_address(fa), net.clock)  # type: ignore[attr-defined]
+    net.settle()
+    return mn_result(net)
+
+
+def only_at(net: Network, sender: str, inner: bytes, receiver: str) -> bytes:
+    """Encrypt ``inner`` at ``sender``; it must decrypt at ``receiver`` and at no other node."""
+    protected = backend(net, sender).protect(inner)
+    assert protected is not None, f"{sender} has no SA for this packet"
+    destination, outer = protected
+    assert str(destination) == net.nodes[receiver].address
+    for name, node in net.nodes.items():
+        if node.backend is None or name in (sender, receiver):
+            continue
+        with pytest.raises(EspError):
+            node.backend.unprotect(outer)
+    return backend(net, receiver).unprotect(outer)
+
+
+def test_flow_a_static_gateway(net: Network) -> None:
+    result = register(net)
+    assert (result.code, result.lifetime) == (0, 600), result
+    # FA: only its path to the HA carries traffic to the static correspondent
+    assert ("FA_HA", HA) in table(net, "fa1")
+    # HA: toward the FA, and the stationary path toward the static gateway
+    assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
+    # the static gateway learnt its side from the HA's Binding Update
+    assert table(net, "gw-static") == [("HA_GW", HA)]
+    # MN -> correspondent: FA -> HA -> static gateway, encrypted on every hop
+    outbound = inner_packet(HOME_ADDRESS, CN_STATIC, random_payload())
+    assert only_at(net, "fa1", outbound, "ha") == outbound
+    assert only_at(net, "ha", outbound, "gw-static") == outbound
+    # correspondent -> MN: the reverse
+    inbound = inner_packet(CN_STATIC, HOME_ADDRESS, random_payload())
+    assert only_at(net, "gw-static", inbound, "ha") == inbound
+    assert only_at(net, "ha", inbound, "fa1") == inbound
+    # the other FA has nothing
+    assert table(net, "fa2") == []
+
+
+def test_flow_b_dynamic_gateway(net: Network) -> None:
+    result = register(net)
+    assert result.code == 0
+    # FA: a path to the HA and a direct one to the dynamic gateway
+    assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    # the dynamic gateway installed its side toward the FA before the HA replied
+    assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
+    gw_done = net.nodes["gw-dynamic"].done()
+    assert gw_done and gw_done[0].code == 0
+    # the binding acknowledge came before the registration reply
+    ha_done = net.nodes["ha"].done()
+    assert ha_done[-1].code == 0
+    # route optimisation: FA <-> dynamic gateway directly, the HA sees nothing
+    outbound = inner_packet(HOME_ADDRESS, CN_DYNAMIC, random_payload())
+    assert only_at(net, "fa1", outbound, "gw-dynamic") == outbound
+    inbound = inner_packet(CN_DYNAMIC, HOME_ADDRESS, random_payload())
+    assert only_at(net, "gw-dynamic", inbound, "fa1") == inbound
+    # the same keys as the home AAA derives: the FA-GW SPIs match the session's
+    (session,) = net.store.find_sessions("mn1@home.example")
+    spis = {a.path: a.spi for a in session.spis}
+    fa_gw = next(p.path for p in backend(net, "fa1").paths() if p.path.role is PathRole.FA_GW)
+    assert fa_gw.spi_in == spis[f"fa-gw:{GW_DYNAMIC}:203.0.113.128/25@{FA1}"]
+
+
+def test_reregistration_replaces_the_old_sas(net: Network) -> None:
+    assert register(net).code == 0
+    first = {p.spi_in for p in backend(net, "ha").paths()}
+    net.advance(2.0)
+    assert register(net).code == 0
+    second = {p.spi_in for p in backend(net, "ha").paths()}
+    assert len(second) == len(first) and first.isdisjoint(second)  # a new session: new SPIs, old SAs gone
+    assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
+    assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
+
+
+def test_deregistration_tears_everything_down(net: Network) -> None:
+    assert register(net).code == 0
+    net.advance(1.0)
+    net.nodes["mn"].agent.deregister(net.clock)  # type: ignore[attr-defined]
+    net.settle()
+    result = mn_result(net)
+    assert (result.code, result.lifetime) == (0, 0)
+    for name in ("fa1", "ha", "gw-static", "gw-dynamic"):
+        assert table(net, name) == [], name
+
+
+def no_sas_anywhere(net: Network) -> None:
+    for name, node in net.nodes.items():
+        if node.backend is not None:
+            assert node.backend.paths() == [], f"{name} kept SAs"
+
+
+def test_bad_mn_aaa_secret_is_67_and_leaves_nothing(tmp_path: Path) -> None:
+    net = Network(tmp_path)
+    net.standard()
+    try:
+        from aaa_vpn.secret import Secret
+
+        mn = net.nodes["mn"].agent
+        object.__setattr__(mn.config, "mn_aaa_secret", Secret(b"not-the-secret"))  # type: ignore[attr-defined]
+        assert register(net).code == ReplyCode.FA_MN_FAILED_AUTHENTICATION
+        no_sas_anywhere(net)
+    finally:
+        net.close()
+
+
+def test_unknown_user_is_67(tmp_path: Path) -> None:
+    def nobody(store: object) -> None:
+        provision(store)  # type: ignore[arg-type]
+        store.delete_user("mn1@home.example")  # type: ignore[attr-defined]
+
+    net = Network(tmp_path, nobody)
+    net.standard()
+    try:
+        assert register(net).code == ReplyCode.FA_MN_FAILED_AUTHENTICATION
+        no_sas_anywhere(net)
+    finally:
+        net.close()
+
+
+def test_aaa_unreachable_is_66_after_the_radius_retries(net: Network) -> None:
+    net.aaa_up = False
+    net.nodes["mn"].agent.register(net.fa_address(FA1), net.clock)  # type: ignore[attr-defined]
+    net.settle()
+    net.advance(20.0)  # RADIUS timeouts and retries; the MN retransmits meanwhile
+    codes = [d.code for d in net.nodes["fa1"].done()]
+    assert ReplyCode.FA_INSUFFICIENT_RESOURCES in codes, codes
+    no_sas_anywhere(net)
+
+
+def test_ha_unreachable_is_78_and_the_fa_rolls_back(tmp_path: Path) -> None:
+    net = Network(tmp_path)
+    net.add_fa("fa1", FA1, ha_timeout=3.0)
+    net.add_gw("gw-static", GW_STATIC)
+    net.add_mn(retransmit=30.0)
+    try:
+        net.nodes["mn"].agent.register(net.fa_address(FA1), net.clock)  # type: ignore[attr-defined]
+        net.settle()
+        # AAA accepted: the FA installed its paths and relayed to a silent HA
+        assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+        net.advance(3.5)
+        assert mn_result(net).code == ReplyCode.FA_REGISTRATION_TIMEOUT
+        no_sas_anywhere(net)
+    finally:
+        net.close()
+
+
+def test_replayed_request_is_refused(net: Network) -> None:
+    assert register(net).code == 0
+    fa_node = net.nodes["fa1"]
+    # capture what the MN would send and send the identical bytes again later
+    mn = net.nodes["mn"].agent
+    mn.register(net.fa_address(FA1), net.clock)  # type: ignore[attr-defined]
+    (datagram,) = mn.datagrams_to_send(net.clock)
+    net.nodes["mn"].sockets[datagram.channel].sendto(datagram.data, datagram.address)
+    net.settle()
+    assert mn_result(net).code == 0
+    before = table(net, "ha")
+    net.advance(1.0)
+    net.nodes["mn"].sockets[datagram.channel].sendto(datagram.data, datagram.address)
+    net.settle()
+    # the FA's challenge was used: 104 (unknown challenge), nothing changes
+    assert fa_node.done()[-1].code == ReplyCode.FA_UNKNOWN_CHALLENGE
+    assert table(net, "ha") == before
+
+
+def test_forged_binding_update_is_ignored(net: Network) -> None:
+    from aaa_vpn import keys
+    from aaa_vpn.secret import Secret
+    from aaa_vpn.wire import mip
+    from aaa_vpn.wire.mip_auth import append_generalized_authentication
+
+    update = mip.BindingUpdate(
+        lifetime=600,
+        home_address=IPv4Address(HOME_ADDRESS),
+        care_of_address=IPv4Address("127.0.0.66"),
+        identification=1,
+    )
+    wrong_key = keys.binding_subkeys(Secret(b"guessed-binding-key"))[0]
+    data = append_generalized_authentication(
+        mip.encode_binding_message(update), mip.GeneralizedAuthSubtype.BINDING, 256, wrong_key
+    )
+    net.nodes["ha"].sockets[next(iter(net.nodes["ha"].sockets))].sendto(data, (GW_DYNAMIC, net.mip_port))
+    net.settle()
+    gw = net.nodes["gw-dynamic"]
+    assert gw.agent.counters["dropped.bad_binding_auth"] == 1
+    assert table(net, "gw-dynamic") == [] and gw.done() == []
