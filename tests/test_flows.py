@@ -22,6 +22,7 @@ from .mobility import (
     CN_DYNAMIC,
     CN_STATIC,
     FA1,
+    FA2,
     GW_DYNAMIC,
     GW_STATIC,
     HA,
@@ -123,16 +124,77 @@ def test_flow_b_dynamic_gateway(net: Network) -> None:
     assert fa_gw.spi_in == spis[f"fa-gw:{GW_DYNAMIC}:203.0.113.128/25@{FA1}"]
 
 
-def test_reregistration_replaces_the_old_sas(net: Network) -> None:
+def test_renewal_through_the_same_fa_keeps_the_session_and_its_sas(net: Network) -> None:
     assert register(net).code == 0
-    first = {p.spi_in for p in backend(net, "ha").paths()}
+    tables = {
+        name: sorted((p.owner, p.spi_in) for p in backend(net, name).paths())
+        for name in ("fa1", "ha", "gw-static", "gw-dynamic")
+    }
+    (before,) = net.store.find_sessions("mn1@home.example")
     net.advance(2.0)
     assert register(net).code == 0
-    second = {p.spi_in for p in backend(net, "ha").paths()}
-    assert len(second) == len(first) and first.isdisjoint(second)  # a new session: new SPIs, old SAs gone
+    (after,) = net.store.find_sessions("mn1@home.example")
+    assert (after.session_id, after.epoch) == (before.session_id, before.epoch)
+    assert after.expires > before.expires
+    for name, paths in tables.items():
+        assert sorted((p.owner, p.spi_in) for p in backend(net, name).paths()) == paths, name
+    # the gateways refreshed their bindings rather than installing anything
+    assert net.nodes["gw-dynamic"].done()[-1].detail == "binding refreshed"
+
+
+def move(net: Network, fa: str, previous: str) -> RegistrationDone:
+    net.nodes["mn"].agent.register(net.fa_address(fa), net.clock, previous_fa=IPv4Address(previous))  # type: ignore[attr-defined]
+    net.settle()
+    return mn_result(net)
+
+
+def test_handoff_moves_the_fa_side_and_keeps_the_stationary_path(net: Network) -> None:
+    assert register(net).code == 0
+    static_before = [(p.owner, p.spi_in) for p in backend(net, "gw-static").paths()]
+    ha_gw_before = [p.spi_in for p in backend(net, "ha").paths() if p.path.role is PathRole.HA_GW]
+    stale = backend(net, "fa1").protect(inner_packet(HOME_ADDRESS, CN_STATIC))
+    assert stale is not None
+    net.advance(2.0)
+    assert move(net, FA2, FA1).code == 0
+    # the session moved: same session, next epoch, new care-of address
+    (session,) = net.store.find_sessions("mn1@home.example")
+    assert (str(session.care_of_address), session.epoch) == (FA2, 2)
+    # HA: toward FA2 now, never toward FA1; the stationary path untouched
+    assert table(net, "ha") == [("FA_HA", FA2), ("HA_GW", GW_STATIC)]
+    assert [p.spi_in for p in backend(net, "ha").paths() if p.path.role is PathRole.HA_GW] == ha_gw_before
+    assert [(p.owner, p.spi_in) for p in backend(net, "gw-static").paths()] == static_before
+    # the dynamic gateway follows the node to FA2 (make before break)
+    assert table(net, "gw-dynamic") == [("FA_GW", FA2)]
+    assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    # traffic flows through FA2; what FA1 still encrypts no longer decrypts anywhere
+    outbound = inner_packet(HOME_ADDRESS, CN_STATIC, random_payload())
+    assert only_at(net, "fa2", outbound, "ha") == outbound
+    assert only_at(net, "ha", inbound := inner_packet(CN_STATIC, HOME_ADDRESS), "fa2") == inbound
+    direct = inner_packet(HOME_ADDRESS, CN_DYNAMIC, random_payload())
+    assert only_at(net, "fa2", direct, "gw-dynamic") == direct
+    with pytest.raises(EspError):
+        backend(net, "ha").unprotect(stale[1])
+    # the old FA keeps its visitor (and SAs) until the lifetime ends: flow E/G
+    net.advance(601.0)
+    assert table(net, "fa1") == []
+
+
+def test_back_to_the_first_fa_uses_fresh_keys(net: Network) -> None:
+    assert register(net).code == 0
+    first = {p.spi_in: p.path.key_in for p in backend(net, "fa1").paths()}
+    net.advance(2.0)
+    assert move(net, FA2, FA1).code == 0
+    net.advance(2.0)
+    assert move(net, FA1, FA2).code == 0
+    (session,) = net.store.find_sessions("mn1@home.example")
+    assert (str(session.care_of_address), session.epoch) == (FA1, 3)
+    now = {p.spi_in: p.path.key_in for p in backend(net, "fa1").paths()}
+    assert len(now) == len(first)  # the first visit's paths were replaced, not kept beside
+    assert not set(first.values()) & set(now.values())  # epoch 3: no key repeats
     assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
-    assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
-    assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
+    assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]  # until its visitor expires
+    outbound = inner_packet(HOME_ADDRESS, CN_DYNAMIC, random_payload())
+    assert only_at(net, "fa1", outbound, "gw-dynamic") == outbound
 
 
 def test_deregistration_tears_everything_down(net: Network) -> None:

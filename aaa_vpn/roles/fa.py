@@ -94,8 +94,15 @@ class Visitor:
     home_agent: IPv4Address
     source: Address
     session_id: str
+    owner: str  # what its paths are installed under
     expires: float
     profile: VpnProfile = field(repr=False)
+
+
+def _owner(profile: VpnProfile) -> str:
+    # One owner per session epoch: after a handoff away and back, the paths of
+    # the earlier visit (other keys, other SPIs) are told apart from the new.
+    return f"{profile.session_id}#{profile.epoch}"
 
 
 def _key(home_agent: IPv4Address, identification: int) -> object:
@@ -268,7 +275,7 @@ class ForeignAgent(Agent):
             )
             return
         pending.profile = profile
-        owner = profile.session_id
+        owner = _owner(profile)
         self._by_owner[owner] = key
         paths = tuple(p for p in profile.paths if p.local == self.config.address)
         self._emit(InstallPaths(owner, paths))
@@ -323,7 +330,7 @@ class ForeignAgent(Agent):
         if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
             self.counters["dropped.bad_fa_ha_auth"] += 1
             self._forget(key)
-            self._emit(DeletePaths(profile.session_id))
+            self._emit(DeletePaths(_owner(profile)))
             self._deny(
                 pending.message,
                 pending.source,
@@ -334,15 +341,15 @@ class ForeignAgent(Agent):
             return
         self._forget(key)
         if not message.accepted:
-            self._emit(DeletePaths(profile.session_id))
+            self._emit(DeletePaths(_owner(profile)))
             self._send(Channel.MIP, relay_reply(data), pending.source)
             self._emit(
                 RegistrationDone(pending.nai, message.home_address, int(message.code), 0, "denied by the home agent")
             )
             return
         old = self.visitors.get(pending.nai)
-        if old is not None and old.session_id != profile.session_id:
-            self._emit(DeletePaths(old.session_id))
+        if old is not None and old.owner != _owner(profile):
+            self._emit(DeletePaths(old.owner))
         self._add_visitor(pending, profile, message, now)
         relayed = relay_reply(data, extensions=[ChallengeExtension(self._new_challenge(now))])
         self._send(Channel.MIP, relayed, pending.source)
@@ -354,7 +361,7 @@ class ForeignAgent(Agent):
             return
         self._forget(key)
         if pending.profile is not None:
-            self._emit(DeletePaths(pending.profile.session_id))
+            self._emit(DeletePaths(_owner(pending.profile)))
         self._deny(
             pending.message,
             pending.source,
@@ -372,6 +379,7 @@ class ForeignAgent(Agent):
             home_agent=reply.home_agent,
             source=pending.source,
             session_id=profile.session_id,
+            owner=_owner(profile),
             expires=now + reply.lifetime,
             profile=profile,
         )
@@ -388,7 +396,7 @@ class ForeignAgent(Agent):
         visitor = self.visitors.pop(nai, None)
         self._cancel(self._visitor_timers.pop(nai, None))
         if visitor is not None and delete:
-            self._emit(DeletePaths(visitor.session_id))
+            self._emit(DeletePaths(visitor.owner))
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _forget(self, key: object) -> None:
@@ -396,7 +404,7 @@ class ForeignAgent(Agent):
         if pending is not None:
             self._cancel(pending.timer)
             if pending.profile is not None:
-                self._by_owner.pop(pending.profile.session_id, None)
+                self._by_owner.pop(_owner(pending.profile), None)
 
     def _new_challenge(self, now: float) -> bytes:
         for old in [c for c, issued in self._challenges.items() if now - issued > self.config.challenge_lifetime]:

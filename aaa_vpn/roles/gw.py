@@ -14,7 +14,8 @@ Rules (DESIGN.md flows A and B; docs/protocol.md section 3.6):
    does not unwrap, or paths that do not end at this gateway, 160.
 3. The paths are installed all or nothing (else 161) under an owner of their
    own, and only then does the old binding of that home address lose its
-   paths (make before break). Lifetime 0 removes the binding.
+   paths (make before break). The very same paths again only refresh the
+   binding's lifetime. Lifetime 0 removes the binding.
 4. The Binding Acknowledge echoes home address, care-of address and
    identification, carries the granted lifetime and is authenticated with the
    same key. A binding expires with its lifetime, and its paths with it.
@@ -158,8 +159,21 @@ class CorrespondentGateway(Agent):
                 source, auth_key, update, BindingStatus.VPN_INFORMATION_INVALID, 0, "paths do not end here"
             )
             return
+        lifetime = min(update.lifetime, self.config.max_lifetime)
+        current = self.bindings.get(update.home_address)
+        if current is not None and current.paths == paths and current.home_agent == ha:
+            # The same paths again (a renewal, or a handoff that did not move
+            # this gateway's stationary path): refresh the binding's lifetime.
+            current.expires = now + lifetime
+            current.care_of_address = update.care_of_address
+            self._cancel(self._binding_timer(update.home_address))
+            self._binding_timers[update.home_address] = self._call_at(
+                current.expires, functools.partial(self._expire, update.home_address)
+            )
+            self._acknowledge(source, auth_key, update, BindingStatus.ACCEPTED, lifetime, "binding refreshed")
+            return
         owner = f"binding:{update.home_address}:{update.identification:016x}"
-        self._pending[owner] = _Pending(update, source, auth_key, paths, min(update.lifetime, self.config.max_lifetime))
+        self._pending[owner] = _Pending(update, source, auth_key, paths, lifetime)
         self._emit(InstallPaths(owner, paths))
 
     def _acknowledge(

@@ -293,6 +293,11 @@ class HomeAgent(Agent):
         old = self.bindings.get(pending.nai)
         if old is not None and old.session_id != profile.session_id:
             self._emit(DeletePaths(old.session_id))
+        elif old is not None and old.care_of_address != pending.message.care_of_address:
+            # A handoff: the path toward the new FA is up, the one toward the
+            # old FA goes (make before break); stationary paths stay.
+            self._emit(DeletePaths(profile.session_id, peer=old.care_of_address))
+            self.counters["handoffs"] += 1
         binding = Binding(
             pending.nai,
             pending.message.home_address,

@@ -23,6 +23,10 @@ Rules (everything that decides what a node is told lives here):
    FA; the HA sees its own paths plus the gateway's side of FA <-> GW paths (it
    forwards those in a Binding Update) and the SRK; a foreign-AAA proxy sees the
    FA's view plus the SRK; a gateway sees only paths that end at it.
+6. A registration through another FA of a live session moves it (flows C/D):
+   same session and session root key, care-of address rewritten, epoch + 1,
+   fresh SPIs and keys for every path that ends at the FA; the stationary
+   HA <-> GW paths keep theirs. A registration through the same FA renews it.
 
 Pure: no sockets, no database, no clock (``now`` is passed in), no randomness
 except through the ``random_bytes`` callable the caller gives.
@@ -30,6 +34,7 @@ except through the ``random_bytes`` callable the caller gives.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -220,6 +225,17 @@ def plan_paths(
     return paths
 
 
+def path_epoch(role: PathRole, session_epoch: int) -> int:
+    """The epoch a path's keys are derived with (rule 6).
+
+    Paths that end at the FA follow the session's epoch, which a handoff
+    increments: their keys never repeat, even when the node comes back to an
+    FA it used before (an AES-GCM key must never restart its counter). A
+    stationary HA <-> GW path does not move, so it keeps epoch 1 and its SAs
+    survive handoffs untouched."""
+    return 1 if role is PathRole.HA_GW else session_epoch
+
+
 def _spi_key(label: str, node: IPv4Address) -> str:
     return label + "@" + text(node)
 
@@ -284,7 +300,7 @@ def _path_view(
     address) a path that ends at a gateway carries that HA's binding key."""
     peer = path.b if local == path.a else path.a
     local_ts, remote_ts = (path.a_ts, path.b_ts) if local == path.a else (path.b_ts, path.a_ts)
-    srk, epoch, label = session.session_root_key, session.epoch, path.label.encode()
+    srk, epoch, label = session.session_root_key, path_epoch(path.role, session.epoch), path.label.encode()
     transform = path.service.esp_transform
     key_in = keys.derive_sa_key(srk, label, peer, local, epoch, transform.keymat_length)
     key_out = keys.derive_sa_key(srk, label, local, peer, epoch, transform.keymat_length)
@@ -413,6 +429,24 @@ def new_session(
         foreign_domain=foreign_domain,
     )
     return session, paths
+
+
+def move_session(
+    session: Session,
+    paths: list[PlannedPath],
+    care_of: IPv4Address,
+    now: float,
+    lifetime: int,
+    random_bytes: Callable[[int], bytes],
+) -> Session:
+    """``session`` moved to the FA at ``care_of`` (rule 6). ``paths`` are the
+    plans for the new care-of address."""
+    moving = {p.label for p in paths if p.role is not PathRole.HA_GW} | {FA_HA_MIP_LABEL}
+    kept = tuple(a for a in session.spis if a.path.rpartition("@")[0] not in moving)
+    spis = allocate_spis(paths, (care_of, session.home_agent), kept, random_bytes)
+    return dataclasses.replace(
+        session, care_of_address=care_of, epoch=session.epoch + 1, expires=now + lifetime, spis=spis
+    )
 
 
 def session_id_from(random_bytes: Callable[[int], bytes]) -> str:

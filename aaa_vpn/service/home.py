@@ -31,6 +31,7 @@ seen by the next request.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import struct
@@ -149,6 +150,7 @@ class _Pending:
     session: Session
     client: str
     paths: int
+    kind: str = "created"  # created, renewed or moved
 
 
 @dataclass(frozen=True)
@@ -313,12 +315,12 @@ class HomeAaa:
             self._session_created(entry, count)
 
     def _session_created(self, entry: _Pending, replaced: int) -> None:
-        self.counters["sessions_created"] += 1
+        self.counters[f"sessions_{entry.kind}"] += 1
         if not log.isEnabledFor(logging.INFO):
             return
         session = entry.session
         log.info(
-            "session created",
+            f"session {entry.kind}",
             extra=fields(
                 nai=session.nai,
                 session=session.session_id,
@@ -525,22 +527,37 @@ class HomeAaa:
         if home_agent is None or home_agent == IPv4Address(0):
             home_agent = ctx.user.home_agent  # RFC 4433-style: the AAA assigns the HA
         domain = client.domain if client.role is ClientRole.PROXY else nai_realm(ctx.user.nai)
+        planned = (
+            self._plan(ctx, ctx.user.home_address, home_agent, care_of)
+            if ctx.user.home_address is not None and home_agent == ctx.user.home_agent
+            else None
+        )
+        current = self._live_session(ctx.user.nai, home_agent, now)
         for _attempt in range(_SPI_RETRIES):
-            session, paths = home_aaa.new_session(
-                ctx,
-                session_id=home_aaa.session_id_from(self.random_bytes),
-                srk=keys.new_session_root_key(),
-                home_agent=home_agent,
-                care_of=care_of,
-                now=now,
-                lifetime=self.options.session_lifetime,
-                random_bytes=self.random_bytes,
-                foreign_domain=domain,
-                paths=self._plan(ctx, ctx.user.home_address, home_agent, care_of)
-                if ctx.user.home_address is not None and home_agent == ctx.user.home_agent
-                else None,
-            )
-            entry = _Pending(self._index, session, client.name, len(paths))
+            if current is not None and planned is not None:
+                if current.care_of_address == care_of:  # a renewal: same session, same keys
+                    session, kind = dataclasses.replace(current, expires=now + self.options.session_lifetime), "renewed"
+                else:  # a handoff (home_aaa rule 6)
+                    session = home_aaa.move_session(
+                        current, planned, care_of, now, self.options.session_lifetime, self.random_bytes
+                    )
+                    kind = "moved"
+                paths = planned
+            else:
+                session, paths = home_aaa.new_session(
+                    ctx,
+                    session_id=home_aaa.session_id_from(self.random_bytes),
+                    srk=keys.new_session_root_key(),
+                    home_agent=home_agent,
+                    care_of=care_of,
+                    now=now,
+                    lifetime=self.options.session_lifetime,
+                    random_bytes=self.random_bytes,
+                    foreign_domain=domain,
+                    paths=planned,
+                )
+                kind = "created"
+            entry = _Pending(self._index, session, client.name, len(paths), kind)
             if self._batching:
                 self._pending.append(entry)  # stored by _commit, before the reply leaves
                 return session, paths
@@ -555,6 +572,11 @@ class HomeAaa:
             self._session_created(entry, replaced)
             return session, paths
         raise Rejected(RejectReason.NO_RESOURCES, "no free SPI after several attempts")
+
+    def _live_session(self, nai: str, home_agent: IPv4Address, now: float) -> Session | None:
+        """The user's current session through ``home_agent``, if it has not expired."""
+        sessions = [s for s in self.store.find_sessions(nai) if s.home_agent == home_agent and s.expires > now]
+        return max(sessions, key=lambda s: s.created) if sessions else None
 
     def _find_session(
         self, ctx: UserContext, packet: pyrad.packet.Packet, request_type: RequestType, node: IPv4Address
