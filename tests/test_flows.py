@@ -309,3 +309,29 @@ def test_forged_binding_update_is_ignored(net: Network) -> None:
     gw = net.nodes["gw-dynamic"]
     assert gw.agent.counters["dropped.bad_binding_auth"] == 1
     assert table(net, "gw-dynamic") == [] and gw.done() == []
+
+
+def test_a_vpn_change_rolls_out_at_the_next_registration(tmp_path: Path) -> None:
+    from ipaddress import IPv4Network
+
+    from aaa_vpn.model import VpnRecord
+
+    net = Network(tmp_path, lambda store: provision(store, gateways=("static",)))
+    net.standard()
+    try:
+        assert register(net).code == 0
+        assert table(net, "fa1") == [("FA_HA", HA)]
+        assert table(net, "gw-dynamic") == []
+        # the operator adds a correspondent behind the dynamic gateway
+        net.store.add_vpn_record(VpnRecord("mn1@home.example", IPv4Network("203.0.113.128/25"), "gw-dynamic", "silver"))
+        net.advance(2.0)
+        assert register(net).code == 0
+        (session,) = net.store.find_sessions("mn1@home.example")
+        assert session.epoch == 2  # the VPN changed: a new epoch, new FA-side keys
+        assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+        assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
+        assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
+        outbound = inner_packet(HOME_ADDRESS, CN_DYNAMIC, random_payload())
+        assert only_at(net, "fa1", outbound, "gw-dynamic") == outbound
+    finally:
+        net.close()

@@ -119,6 +119,17 @@ def gateway_views(profile: VpnProfile, home_agent: IPv4Address) -> dict[IPv4Addr
     return result
 
 
+def fa_owner(profile: VpnProfile) -> str:
+    """The owner of the paths that end at the FA: one per session epoch, so a
+    handoff or a VPN change installs beside the old ones, then removes them."""
+    return f"{profile.session_id}#{profile.epoch}"
+
+
+def stationary_owner(profile: VpnProfile) -> str:
+    """The owner of the HA <-> GW paths, which do not move with the node."""
+    return f"{profile.session_id}/stationary"
+
+
 @dataclass
 class Binding:
     """A mobility binding: where a mobile node is and what the HA installed for it."""
@@ -142,6 +153,7 @@ class _Pending:
     lifetime: int = 0
     gateways: dict[IPv4Address, tuple[Secret, list[PathProfile]]] = field(default_factory=dict)
     waiting: dict[IPv4Address, int] = field(default_factory=dict)  # gateway -> BU identification
+    installing: set[str] = field(default_factory=set)  # owners whose InstallPaths is not answered yet
     timer: int | None = None
 
 
@@ -191,7 +203,11 @@ class HomeAgent(Agent):
         if key is None or pending is None or pending.profile is None:
             return
         if error is not None:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"cannot install SAs: {error}", delete=False)
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"cannot install SAs: {error}")
+            return
+        pending.installing.discard(owner)
+        self._by_owner.pop(owner, None)
+        if pending.installing:
             return
         if not pending.gateways:
             self._accept(key, now)
@@ -280,24 +296,34 @@ class HomeAgent(Agent):
         self._last_identification[pending.nai] = message.identification
         pending.lifetime = min(message.lifetime, self.config.max_lifetime)
         pending.gateways = gateway_views(profile, self.config.address)
-        self._by_owner[profile.session_id] = key
-        own = tuple(p for p in profile.paths if p.local == self.config.address)
-        self._emit(InstallPaths(profile.session_id, own))
+        own = [p for p in profile.paths if p.local == self.config.address]
+        stationary = tuple(p for p in own if p.role is PathRole.HA_GW)
+        moving = tuple(p for p in own if p.role is not PathRole.HA_GW)
+        for owner, paths in ((stationary_owner(profile), stationary), (fa_owner(profile), moving)):
+            if paths:
+                pending.installing.add(owner)
+                self._by_owner[owner] = key
+        # Stationary first: it is usually there already (a no-op), and the
+        # request fails before anything moves if it cannot be.
+        for owner, paths in ((stationary_owner(profile), stationary), (fa_owner(profile), moving)):
+            if paths:
+                self._emit(InstallPaths(owner, paths))
 
     def _accept(self, key: object, now: float) -> None:
         pending = self._pending.pop(key)
         self._cancel(pending.timer)
         profile = pending.profile
         assert profile is not None
-        self._by_owner.pop(profile.session_id, None)
         old = self.bindings.get(pending.nai)
         if old is not None and old.session_id != profile.session_id:
-            self._emit(DeletePaths(old.session_id))
-        elif old is not None and old.care_of_address != pending.message.care_of_address:
-            # A handoff: the path toward the new FA is up, the one toward the
-            # old FA goes (make before break); stationary paths stay.
-            self._emit(DeletePaths(profile.session_id, peer=old.care_of_address))
-            self.counters["handoffs"] += 1
+            self._emit(DeletePaths(fa_owner(old.profile)))
+            self._emit(DeletePaths(stationary_owner(old.profile)))
+        elif old is not None and fa_owner(old.profile) != fa_owner(profile):
+            # A handoff (or a VPN change): the paths toward the new FA are up,
+            # the old ones go (make before break); stationary paths stay.
+            self._emit(DeletePaths(fa_owner(old.profile)))
+            if old.care_of_address != pending.message.care_of_address:
+                self.counters["handoffs"] += 1
         binding = Binding(
             pending.nai,
             pending.message.home_address,
@@ -418,7 +444,8 @@ class HomeAgent(Agent):
         self._cancel(self._binding_timers.pop(nai, None))
         if binding is None:
             return
-        self._emit(DeletePaths(binding.session_id))
+        self._emit(DeletePaths(fa_owner(binding.profile)))
+        self._emit(DeletePaths(stationary_owner(binding.profile)))
         for gateway, (binding_key, views) in gateway_views(binding.profile, self.config.address).items():
             identification = self._identification(now)
             update = mip.RegistrationRequest(
@@ -437,11 +464,20 @@ class HomeAgent(Agent):
         if pending is None:
             return
         self._cancel(pending.timer)
-        if pending.profile is not None:
-            self._by_owner.pop(pending.profile.session_id, None)
+        profile = pending.profile
+        if profile is not None:
+            for owner in (fa_owner(profile), stationary_owner(profile)):
+                self._by_owner.pop(owner, None)
             if delete:
-                self._emit(DeletePaths(pending.profile.session_id))
-                if pending.gateways:
+                # Remove what this registration installed, never what a live
+                # binding of the same session still uses.
+                current = self.bindings.get(pending.nai)
+                same_session = current is not None and current.session_id == profile.session_id
+                if not same_session or fa_owner(current.profile) != fa_owner(profile):  # type: ignore[union-attr]
+                    self._emit(DeletePaths(fa_owner(profile)))
+                if not same_session:
+                    self._emit(DeletePaths(stationary_owner(profile)))
+                if pending.gateways and not same_session:
                     self._withdraw_from_gateways(pending, now)
         self._deny(pending.message, pending.source, code, pending.nai, detail, pending.profile, now=now)
 

@@ -183,6 +183,7 @@ class HomeAaa:
         self._packet = pyrad.packet.AuthPacket(dict=dictionary)
         self._pending: list[_Pending] = []
         self._plans: dict[tuple[str, int, int, int], list[home_aaa.PlannedPath]] = {}
+        self._live: dict[str, Session] = {}  # per NAI: the session last stored or read here
         self._batching = True
         self._index = 0
         self.refresh()
@@ -295,8 +296,14 @@ class HomeAaa:
 
     def _commit(self, batch: list[tuple[bytes, tuple[str, int]]], replies: list[bytes | None], now: float) -> None:
         pending, self._pending = self._pending, []
+        renewals = [p for p in pending if p.kind == "renewed"]
+        written = [p for p in pending if p.kind != "renewed"]
         try:
-            replaced = self.store.put_sessions([p.session for p in pending], replace_user_sessions=True)
+            replaced = self.store.put_sessions(
+                [p.session for p in written],
+                replace_user_sessions=True,
+                renewals=[(p.session.session_id, p.session.expires) for p in renewals],
+            )
         except StoreError as exc:
             # An SPI collision (rare) or a busy database: redo these requests
             # one by one, each with its own retries and transaction.
@@ -311,10 +318,13 @@ class HomeAaa:
             finally:
                 self._batching = True
             return
-        for entry, count in zip(pending, replaced, strict=True):
+        for entry, count in zip(written, replaced, strict=True):
             self._session_created(entry, count)
+        for entry in renewals:
+            self._session_created(entry, 0)
 
     def _session_created(self, entry: _Pending, replaced: int) -> None:
+        self._live[entry.session.nai] = entry.session
         self.counters[f"sessions_{entry.kind}"] += 1
         if not log.isEnabledFor(logging.INFO):
             return
@@ -534,15 +544,18 @@ class HomeAaa:
         )
         current = self._live_session(ctx.user.nai, home_agent, now)
         for _attempt in range(_SPI_RETRIES):
+            lifetime = self.options.session_lifetime
             if current is not None and planned is not None:
-                if current.care_of_address == care_of:  # a renewal: same session, same keys
-                    session, kind = dataclasses.replace(current, expires=now + self.options.session_lifetime), "renewed"
-                else:  # a handoff (home_aaa rule 6)
-                    session = home_aaa.move_session(
-                        current, planned, care_of, now, self.options.session_lifetime, self.random_bytes
-                    )
-                    kind = "moved"
                 paths = planned
+                spis = home_aaa.allocate_spis(planned, (care_of, home_agent), current.spis, self.random_bytes)
+                if current.care_of_address == care_of and spis == current.spis:
+                    # A renewal: the same session, keys and SPIs; only the expiry moves.
+                    session, kind = dataclasses.replace(current, expires=now + lifetime), "renewed"
+                else:
+                    # A handoff, or the user's VPN changed: next epoch, fresh
+                    # FA-side SPIs and keys (home_aaa rule 6).
+                    session = home_aaa.move_session(current, planned, care_of, now, lifetime, self.random_bytes)
+                    kind = "moved" if current.care_of_address != care_of else "updated"
             else:
                 session, paths = home_aaa.new_session(
                     ctx,
@@ -551,7 +564,7 @@ class HomeAaa:
                     home_agent=home_agent,
                     care_of=care_of,
                     now=now,
-                    lifetime=self.options.session_lifetime,
+                    lifetime=lifetime,
                     random_bytes=self.random_bytes,
                     foreign_domain=domain,
                     paths=planned,
@@ -562,9 +575,14 @@ class HomeAaa:
                 self._pending.append(entry)  # stored by _commit, before the reply leaves
                 return session, paths
             try:
-                replaced = self.store.put_sessions([session], replace_user_sessions=True)[0]
+                if kind == "renewed":
+                    self.store.put_sessions([], renewals=[(session.session_id, session.expires)])
+                    replaced = 0
+                else:
+                    replaced = self.store.put_sessions([session], replace_user_sessions=True)[0]
             except SpiConflict:
                 self.counters["spi_collisions"] += 1
+                current = self._live_session(ctx.user.nai, home_agent, now)
                 continue
             except StoreError as exc:
                 log.error("cannot store session", extra=fields(nai=ctx.user.nai, detail=str(exc)))
@@ -574,9 +592,31 @@ class HomeAaa:
         raise Rejected(RejectReason.NO_RESOURCES, "no free SPI after several attempts")
 
     def _live_session(self, nai: str, home_agent: IPv4Address, now: float) -> Session | None:
-        """The user's current session through ``home_agent``, if it has not expired."""
-        sessions = [s for s in self.store.find_sessions(nai) if s.home_agent == home_agent and s.expires > now]
-        return max(sessions, key=lambda s: s.created) if sessions else None
+        """The user's current session through ``home_agent``, if it has not expired.
+
+        One light query for the sessions' heads; the full session (keys, SPIs)
+        comes from this worker's cache when its (id, epoch, care-of address) is
+        unchanged -- whoever changes SPIs also changes the epoch (rule 6) --
+        and from the database otherwise."""
+        heads = [h for h in self.store.session_heads(nai) if h.home_agent == home_agent and h.expires > now]
+        if not heads:
+            return None
+        head = max(heads, key=lambda h: h.created)
+        cached = self._live.get(nai)
+        if cached is not None and (cached.session_id, cached.epoch, cached.care_of_address) == (
+            head.session_id,
+            head.epoch,
+            head.care_of_address,
+        ):
+            return dataclasses.replace(cached, expires=head.expires)
+        try:
+            session = self.store.get_session(head.session_id)
+        except NotFound:
+            return None  # expired or deleted in between
+        if len(self._live) > 100_000:
+            self._live.clear()
+        self._live[nai] = session
+        return session
 
     def _find_session(
         self, ctx: UserContext, packet: pyrad.packet.Packet, request_type: RequestType, node: IPv4Address
@@ -594,27 +634,13 @@ class HomeAaa:
             paths = self._plan(ctx, session.home_address, session.home_agent, session.care_of_address)
             if request_type is RequestType.GW_BINDING and not any(node in (p.a, p.b) for p in paths):
                 continue
-            return self._with_spis(session, paths), paths
+            # Paths added to the user's VPN since the FA's registration have no
+            # SPIs yet: they join at the next registration (a new epoch), so
+            # that HA, FA and gateways always see the same set.
+            allocated = {a.path for a in session.spis}
+            paths = [p for p in paths if p.a_key in allocated and p.b_key in allocated]
+            return session, paths
         raise Rejected(RejectReason.NO_SESSION, "no matching session for this mobile node")
-
-    def _with_spis(self, session: Session, paths: list[home_aaa.PlannedPath]) -> Session:
-        """Allocate SPIs for paths added since the session was created (the
-        user's VPN changed), and store them."""
-        spis = home_aaa.allocate_spis(
-            paths, (session.care_of_address, session.home_agent), session.spis, self.random_bytes
-        )
-        if len(spis) == len(session.spis):
-            return session
-        for _attempt in range(_SPI_RETRIES):
-            updated = Session(**{**session.__dict__, "spis": spis})
-            try:
-                self.store.put_session(updated, replaces=[session.session_id])
-                return updated
-            except SpiConflict:
-                spis = home_aaa.allocate_spis(
-                    paths, (session.care_of_address, session.home_agent), session.spis, self.random_bytes
-                )
-        raise Rejected(RejectReason.NO_RESOURCES, "no free SPI after several attempts")
 
     def expire(self, now: float) -> int:
         count = self.store.expire_sessions(now)

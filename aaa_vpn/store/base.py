@@ -14,10 +14,24 @@ exist (or deletion would orphan one), :class:`StoreError` for everything else
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
 
 from aaa_vpn.model import Client, Gateway, QosClass, Service, Session, User, VpnRecord
+
+
+@dataclass(frozen=True)
+class SessionHead:
+    """What identifies a session's state without its secrets: a session whose
+    (session id, epoch, care-of address) did not change did not change."""
+
+    session_id: str
+    home_agent: IPv4Address
+    care_of_address: IPv4Address
+    epoch: int
+    created: float
+    expires: float
 
 
 class StoreError(Exception):
@@ -104,11 +118,20 @@ class Store(Protocol):
         Raises SpiConflict (and stores nothing) if one of the SPIs is already
         allocated on its node."""
 
-    def put_sessions(self, sessions: Sequence[Session], replace_user_sessions: bool = False) -> list[int]:
+    def put_sessions(
+        self,
+        sessions: Sequence[Session],
+        replace_user_sessions: bool = False,
+        renewals: Sequence[tuple[str, float]] = (),
+    ) -> list[int]:
         """Store several new sessions in one transaction (the home AAA's group
-        commit). With ``replace_user_sessions`` each first deletes the other
+        commit), and set the expiry of the ``renewals`` (session id, expires).
+        With ``replace_user_sessions`` each session first deletes the other
         sessions of its NAI. Returns per session how many it replaced. Raises
         SpiConflict (and stores nothing) on an SPI collision."""
+
+    def session_heads(self, nai: str) -> list[SessionHead]:
+        """The user's sessions without keys and SPIs (cheap), oldest first."""
 
     def get_session(self, session_id: str) -> Session: ...
     def find_sessions(self, nai: str) -> list[Session]: ...

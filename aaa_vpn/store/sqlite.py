@@ -57,6 +57,7 @@ from aaa_vpn.store.base import (
     AlreadyExists,
     NotFound,
     ReferenceError_,
+    SessionHead,
     SpiConflict,
     StoreError,
 )
@@ -242,6 +243,11 @@ _SESSION_SELECT = (
 )
 _GET_SESSION = f"{_SESSION_SELECT} WHERE s.session_id = ? ORDER BY p.position"
 _FIND_SESSIONS = f"{_SESSION_SELECT} WHERE s.nai = ? ORDER BY s.created, s.session_id, p.position"
+_SESSION_HEADS = (
+    "SELECT session_id, home_agent, care_of_address, epoch, created, expires FROM sessions WHERE nai = ?"
+    " ORDER BY created, session_id"
+)
+_RENEW_SESSION = "UPDATE sessions SET expires = ? WHERE session_id = ?"
 _LIST_SESSIONS = f"{_SESSION_SELECT} ORDER BY s.created, s.session_id, p.position"
 _INSERT_SESSION = (
     "INSERT INTO sessions (session_id, nai, session_root_key, epoch, home_address, home_agent,"
@@ -899,8 +905,14 @@ class SqliteStore:
                 raise self._spi_conflict(spis, {*replaces, session.session_id}, set()) from None
             raise
 
-    def put_sessions(self, sessions: Sequence[Session], replace_user_sessions: bool = False) -> list[int]:
-        """Store several new sessions in one transaction (group commit).
+    def put_sessions(
+        self,
+        sessions: Sequence[Session],
+        replace_user_sessions: bool = False,
+        renewals: Sequence[tuple[str, float]] = (),
+    ) -> list[int]:
+        """Store several new sessions in one transaction (group commit), and
+        extend the lifetime of ``renewals`` (session id, new expiry).
 
         With ``replace_user_sessions`` each session first deletes the other
         sessions of its NAI (a new registration replaces the old one), in
@@ -911,6 +923,8 @@ class SqliteStore:
         replaced: list[int] = []
         try:
             with self._writing() as conn:
+                if renewals:
+                    conn.executemany(_RENEW_SESSION, [(expires, sid) for sid, expires in renewals])
                 for session, (params, spis) in zip(sessions, prepared, strict=True):
                     if replace_user_sessions:
                         replaced.append(conn.execute(_DELETE_USER_SESSIONS, (session.nai,)).rowcount)
@@ -938,6 +952,13 @@ class SqliteStore:
 
     def find_sessions(self, nai: str) -> list[Session]:
         return self._sessions(self._all(_FIND_SESSIONS, (nai,)))
+
+    def session_heads(self, nai: str) -> list[SessionHead]:
+        """The user's sessions without their keys and SPIs: one light query."""
+        return [
+            SessionHead(sid, IPv4Address(ha), IPv4Address(coa), epoch, created, expires)
+            for sid, ha, coa, epoch, created, expires in self._all(_SESSION_HEADS, (nai,))
+        ]
 
     def list_sessions(self) -> list[Session]:
         return self._sessions(self._all(_LIST_SESSIONS))
