@@ -1247,6 +1247,68 @@ def serve_home(
         raise click.exceptions.Exit(int(code))
 
 
+FOREIGN_CONFIG_ENV = "AAA_VPN_FOREIGN_CONFIG"
+
+
+@serve.command(
+    "foreign",
+    epilog=example(
+        "aaa-vpn serve foreign --config /etc/aaa-vpn/foreign.toml",
+        "aaa-vpn serve foreign --config foreign.toml --check",
+    ),
+)
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=FOREIGN_CONFIG_ENV,
+    show_envvar=True,
+    help="The proxy's TOML file: listen address, clients, realms and home servers (docs/foreign-aaa.md).",
+)
+@click.option("--listen", default=None, metavar="ADDR", help="Address to listen on (overrides the file).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="RADIUS port (overrides the file; 0: any).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (overrides the file).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, help="Overrides the file.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None, help="Overrides the file.")
+@click.option("--check", is_flag=True, help="Only check the configuration, print a summary and exit.")
+@pass_app
+def serve_foreign(
+    app: App,
+    config_path: Path,
+    listen: str | None,
+    port: int | None,
+    workers: int | None,
+    log_level: str | None,
+    log_format: str | None,
+    check: bool,
+) -> None:
+    """Run the foreign-domain AAA: a RADIUS proxy routing by NAI realm to home AAA pools."""
+    # Imported here: the proxy pulls in the RADIUS codecs and asyncio.
+    foreign = importlib.import_module("aaa_vpn.service.foreign")
+    settings = foreign.load_foreign_settings(
+        config_path, listen=listen, port=port, workers=workers, log_level=log_level, log_format=log_format
+    )
+    if check:
+        document = {
+            "config": str(config_path),
+            "listen": f"{settings.listen}:{settings.port}",
+            "upstream_address": settings.upstream_address,
+            "workers": settings.workers,
+            "clients": [{"name": c.name, "address": str(c.network)} for c in settings.clients],
+            "realms": [{"name": r.name, "servers": [s.name for s in r.servers]} for r in settings.realms],
+        }
+        lines = [f"{config_path}: OK, listening on {settings.listen}:{settings.port}"]
+        lines += [f"client {c.name} {c.network}" for c in settings.clients]
+        lines += [f"realm {r.name} -> {', '.join(s.name for s in r.servers)}" for r in settings.realms]
+        emit(app, document, "\n".join(lines))
+        return
+    server = importlib.import_module("aaa_vpn.net.foreign_server")
+    code = server.run_foreign_server(settings)
+    if code:
+        raise click.exceptions.Exit(int(code))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``aaa-vpn`` console script."""
     cli.main(args=argv, prog_name="aaa-vpn")

@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aaa_vpn.model import ValidationError
 from aaa_vpn.store import default_key_file
+
+if TYPE_CHECKING:  # the roles pull in the RADIUS codecs, which provisioning commands do not need
+    from aaa_vpn.roles.foreign_aaa import ProxyClient, Realm
 
 DB_ENV = "AAA_VPN_DB"
 KEY_FILE_ENV = "AAA_VPN_KEY_FILE"
@@ -85,10 +89,53 @@ class HomeServerSettings:
             raise ValidationError(f"invalid session lifetime {self.session_lifetime}")
 
 
+@dataclass(frozen=True)
+class ForeignServerSettings:
+    """Everything ``aaa-vpn serve foreign`` needs to run the foreign AAA proxy,
+    read from its TOML file by :func:`aaa_vpn.service.foreign.load_foreign_settings`
+    (docs/foreign-aaa.md)."""
+
+    config_path: Path | None = None
+    listen: str = DEFAULT_LISTEN
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    log_level: str = "info"
+    log_format: str = "text"
+    dup_cache_seconds: float = DEFAULT_DUP_CACHE_SECONDS
+    cache_size: int = 100_000
+    source_address: str | None = None  # upstream sockets bind here; default: listen
+    timeout: float = 2.0
+    retries: int = 2
+    dead_time: float = 30.0
+    status_interval: float | None = 6.0
+    clients: tuple[ProxyClient, ...] = ()
+    realms: tuple[Realm, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:  # 0: any free port (tests)
+            raise ValidationError(f"invalid port {self.port}")
+        if self.workers < 1:
+            raise ValidationError(f"invalid number of workers {self.workers}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValidationError(f"invalid log level {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValidationError(f"invalid log format {self.log_format!r}")
+        if self.dup_cache_seconds < 0:
+            raise ValidationError(f"invalid duplicate cache time {self.dup_cache_seconds}")
+        if self.cache_size < 1:
+            raise ValidationError(f"invalid cache size {self.cache_size}")
+
+    @property
+    def upstream_address(self) -> str:
+        """The address the upstream sockets bind to: how the home AAA knows us."""
+        return self.source_address or self.listen
+
+
 __all__ = [
     "DB_ENV",
     "DEFAULT_DB_PATH",
     "KEY_FILE_ENV",
+    "ForeignServerSettings",
     "HomeServerSettings",
     "StoreSettings",
     "default_workers",

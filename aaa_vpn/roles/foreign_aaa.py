@@ -1,0 +1,913 @@
+"""The foreign-domain AAA (AAAF): a sans-IO RADIUS proxy that routes the
+visited domain's Access-Requests by NAI realm to pools of home AAA servers
+(DESIGN.md flows A and B), and caches what it learns for same-domain
+handoffs (flow C, answered later from :class:`SessionCache`).
+
+Rules (everything that decides what is sent, relayed or kept lives here):
+
+1. Clients (RFC 2865 section 3): the source address picks the client, exact
+   address or CIDR, the longest prefix wins; unknown sources are dropped.
+   Only Access-Request and Status-Server are handled; anything else, or a
+   malformed packet, is dropped. Every drop is counted by reason.
+2. Message-Authenticator (RFC 3579 section 3.2, RFC 5080 section 2.2.2,
+   BlastRADIUS): a wrong one is a silent drop; a missing one is a silent
+   drop for Status-Server and for clients that require it (the default).
+3. Duplicates (RFC 5080 section 2.2.2): a request with the same (source
+   address, source port, Identifier, Request Authenticator) as one still
+   being proxied is absorbed (never forwarded twice: the upstream client
+   retransmits on its own); one already answered within
+   ``dup_cache_seconds`` gets the byte-identical reply again.
+4. Status-Server to the AAAF itself (RFC 5997 section 3) is answered with an
+   Access-Accept carrying a Reply-Message with the counters; it is not
+   subject to duplicate detection and never proxied.
+5. Routing: the realm is what follows the last ``@`` of the User-Name (the
+   NAI, RFC 7542), compared case-insensitively; a realm without its own
+   pool goes to ``DEFAULT`` if configured. No route: Access-Reject with
+   ``Reply-Message = "no route to realm ..."`` and
+   ``Aaa-Vpn-Reject-Reason = Unknown-User`` (nobody here can vouch for the
+   user). A request whose Proxy-States already hold one of ours is a proxy
+   loop and is dropped.
+6. Forwarding (RFC 2865 section 2.3): the client's attributes are carried
+   unchanged and in order (its Proxy-States included), without its
+   Message-Authenticator, and our own Proxy-State is appended last. The
+   upstream :class:`~aaa_vpn.roles.radius_client.RadiusClient` of the realm's
+   pool gives the request a fresh Identifier and Request Authenticator, puts
+   a new Message-Authenticator first, retransmits, fails over in the pool's
+   order and probes dead servers with Status-Server (its rules 1-4).
+7. Replies from upstream are believed only after the RadiusClient verified
+   them (Response Authenticator, Message-Authenticator, every Proxy-State
+   echoed in order -- so ours is present and last); anything else is
+   dropped there and the request keeps waiting. Our Proxy-State is removed
+   and the reply is re-signed for the client (its secret, its Identifier,
+   its Request Authenticator), Message-Authenticator first:
+
+   * Access-Reject (and Access-Challenge, which the agents do not do, RFC
+     2865 section 4.4): its attributes as they are, as an Access-Reject.
+   * Access-Accept: the VPN profile -- decoded with the home server's secret
+     and the proxied request's authenticator -- is re-encoded in the
+     ``aaa-vpn`` flavour with the client's secret and the client's Request
+     Authenticator (RFC 2868 section 3.5), **without the session root key**,
+     which stays here (least privilege, DESIGN.md section 3). Other standard
+     attributes are copied; Tunnel-Password and other vendors' attributes are
+     not, since they may be encrypted under the home server's secret.
+   * No usable answer (every server timed out or is dead, or an authentic
+     Accept did not decode): Access-Reject with a Reply-Message and
+     ``Aaa-Vpn-Reject-Reason = No-Resources``.
+8. Cache: every relayed Accept's full profile (session root key included) is
+   kept by NAI and session id, with the FA (care-of address) and client it
+   was for, until the profile's lifetime ends; a newer session of a NAI
+   replaces its older ones (as the home AAA does); at most ``cache_size``
+   sessions, the oldest evicted first.
+
+Theory of operation (the aioquic shape): inputs are
+:meth:`ForeignAaa.receive_from_client`, :meth:`ForeignAaa.receive_from_upstream`
+and :meth:`ForeignAaa.handle_timer`, each with ``now`` (seconds, any monotonic
+clock); outputs are :meth:`ForeignAaa.datagrams_to_send` (each with the
+socket to send it from: the clients' socket, or the pool's upstream socket),
+:meth:`ForeignAaa.get_timer` and :meth:`ForeignAaa.next_event`. No sockets,
+no clock; randomness only through ``random_bytes``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import hmac
+import itertools
+import os
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, ip_address
+from typing import NamedTuple
+
+from aaa_vpn.model import Flavour
+from aaa_vpn.roles.radius_client import (
+    DEFAULT_DEAD_TIME,
+    DEFAULT_RETRIES,
+    DEFAULT_STATUS_INTERVAL,
+    DEFAULT_TIMEOUT,
+    RadiusClient,
+    RequestAccepted,
+    RequestFailed,
+    RequestRejected,
+    ServerConfig,
+    ServerDown,
+    ServerUp,
+    _Request,
+)
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, VpnProfile
+from aaa_vpn.wire.radius import (
+    AUTHENTICATOR_LENGTH,
+    HEADER_LENGTH,
+    MAX_PACKET_LENGTH,
+    MESSAGE_AUTHENTICATOR_LENGTH,
+    MESSAGE_AUTHENTICATOR_TYPE,
+    encode_reply,
+)
+from aaa_vpn.wire.radius_profile import AaaVpnAttr, ProfileError, encode_profile
+
+ACCESS_REQUEST = 1
+ACCESS_ACCEPT = 2
+ACCESS_REJECT = 3
+STATUS_SERVER = 12
+
+USER_NAME = 1
+REPLY_MESSAGE = 18
+VENDOR_SPECIFIC = 26
+SESSION_TIMEOUT = 27
+PROXY_STATE = 33
+TUNNEL_PASSWORD = 69
+
+#: The realm name that catches every realm without its own pool.
+DEFAULT_REALM = "DEFAULT"
+DEFAULT_DUP_CACHE_SECONDS = 10.0
+DEFAULT_CACHE_SIZE = 100_000
+#: Our Proxy-State: 4 octets naming this proxy instance, 4 octets of sequence.
+PROXY_STATE_LENGTH = 8
+
+Address = tuple[str, int]
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyClient:
+    """A RADIUS client of the AAAF: an FA (or a block of FAs) of the visited domain."""
+
+    name: str
+    """For logs and counters."""
+    network: IPv4Network
+    """One address (/32) or a CIDR block."""
+    secret: Secret
+    """The RADIUS shared secret with this client."""
+    require_message_authenticator: bool = True
+    """Drop its Access-Requests without a Message-Authenticator (BlastRADIUS)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.network, IPv4Network):
+            raise ValueError(f"client {self.name}: the network must be an IPv4Network")
+        if not isinstance(self.secret, Secret) or not self.secret:
+            raise ValueError(f"client {self.name}: the shared secret is a non-empty Secret")
+
+
+@dataclass(frozen=True)
+class Realm:
+    """A realm and the pool of home AAA servers that serve it, in failover order."""
+
+    name: str
+    """The NAI realm, e.g. ``home.example`` (matched case-insensitively), or ``DEFAULT``."""
+    servers: tuple[ServerConfig, ...]
+    """The pool, first preferred."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a realm needs a name")
+        if not self.servers:
+            raise ValueError(f"realm {self.name}: the pool needs at least one home server")
+
+    @property
+    def key(self) -> str:
+        """The name routing compares with: lower case, ``DEFAULT`` as is."""
+        return DEFAULT_REALM if self.name.upper() == DEFAULT_REALM else self.name.lower()
+
+
+@dataclass(frozen=True)
+class ForeignAaaOptions:
+    """Tunables of the proxy; the upstream ones go to each pool's RadiusClient."""
+
+    dup_cache_seconds: float = DEFAULT_DUP_CACHE_SECONDS
+    """How long an answered request's reply is kept for retransmissions."""
+    dup_cache_limit: int = 200_000
+    """At most this many answered requests are remembered."""
+    cache_size: int = DEFAULT_CACHE_SIZE
+    """At most this many cached sessions."""
+    timeout: float = DEFAULT_TIMEOUT
+    """Upstream: seconds before a transmission counts as unanswered."""
+    retries: int = DEFAULT_RETRIES
+    """Upstream: retransmissions to one server before failing over."""
+    dead_time: float = DEFAULT_DEAD_TIME
+    """Upstream: seconds a server that timed out gets no requests."""
+    status_interval: float | None = DEFAULT_STATUS_INTERVAL
+    """Upstream: seconds between Status-Server probes of a dead server (None: no probes)."""
+    nas_ip_address: IPv4Address | None = None
+    """The AAAF's own address, put into its Status-Server probes."""
+
+
+# --- outputs and events --------------------------------------------------------------------
+
+
+class Datagram(NamedTuple):
+    """A datagram to send."""
+
+    data: bytes
+    """The packet."""
+    address: Address
+    """Where to: a client's (address, port) or a home server's."""
+    pool: int | None
+    """The socket to send it from: None for the clients' (listening) socket,
+    else the index of the pool whose upstream socket it belongs to."""
+
+
+class Event:
+    """Base class of what :meth:`ForeignAaa.next_event` reports (for logs)."""
+
+
+@dataclass(frozen=True)
+class Dropped(Event):
+    """A datagram from a client was dropped (rule 1-2, 5)."""
+
+    reason: str
+    """Counter name suffix: ``unknown_client``, ``malformed``, ``bad_message_authenticator``..."""
+    source: Address
+    """Who sent it."""
+    detail: str
+    """What was wrong (never a secret)."""
+
+
+@dataclass(frozen=True)
+class Answered(Event):
+    """A proxied (or locally rejected) Access-Request was answered."""
+
+    nai: str
+    """The User-Name, as far as it is printable."""
+    client: str
+    """The client's name."""
+    realm: str
+    """The realm it was routed by ('' if none)."""
+    outcome: str
+    """``accept``, ``reject`` (relayed from home), ``no_route``, ``no_resources``,
+    ``bad_request``, ``profile_too_large``."""
+    detail: str
+    """The Reply-Message or the failure reason (never a secret)."""
+    server: str = ""
+    """The home server that answered, if any."""
+
+
+@dataclass(frozen=True)
+class UpstreamDown(Event):
+    """A home server was marked dead (RadiusClient rule 4)."""
+
+    pool: str
+    """The pool's name (its realms)."""
+    server: str
+    """The server's name."""
+
+
+@dataclass(frozen=True)
+class UpstreamUp(Event):
+    """A dead home server is in use again."""
+
+    pool: str
+    """The pool's name (its realms)."""
+    server: str
+    """The server's name."""
+    reason: str
+    """Why (``answered`` or ``dead time elapsed``)."""
+
+
+# --- the session cache ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedSession:
+    """What the AAAF keeps of one proxied registration (DESIGN.md flow C).
+
+    The profile is the proxy's view from the home AAA: the FA's paths, the
+    FA-HA key and the session root key, all :class:`Secret` (redacted in
+    ``repr``)."""
+
+    nai: str
+    """The mobile node's NAI."""
+    profile: VpnProfile
+    """The full profile, session root key included."""
+    care_of_address: IPv4Address
+    """The FA the session was set up through (the profile's care-of address)."""
+    client: str
+    """The name of the AAAF client that asked."""
+    realm: str
+    """The realm the request was routed by."""
+    server: str
+    """The home AAA server that answered."""
+    created: float
+    """When it was cached (the role's clock)."""
+    expires: float
+    """``created`` + the profile's lifetime."""
+
+    @property
+    def session_id(self) -> str:
+        return self.profile.session_id
+
+    @property
+    def session_root_key(self) -> Secret | None:
+        return self.profile.session_root_key
+
+
+class SessionCache:
+    """Cached sessions by NAI and session id; see rule 8."""
+
+    def __init__(self, limit: int = DEFAULT_CACHE_SIZE) -> None:
+        if limit < 1:
+            raise ValueError(f"cache size {limit}: expected >= 1")
+        self.limit = limit
+        self._by_id: collections.OrderedDict[str, CachedSession] = collections.OrderedDict()
+        self._by_nai: dict[str, str] = {}  # NAI (lower case) -> its current session id
+        self.expired = 0
+        self.evicted = 0
+
+    @staticmethod
+    def _nai_key(nai: str) -> str:
+        # The user part of a NAI is case-sensitive in principle (RFC 7542
+        # section 2.4), but the home AAA treats NAIs as given; so do we, except
+        # for the realm, which is case-insensitive.
+        user, at, realm = nai.rpartition("@")
+        return f"{user}@{realm.lower()}" if at else nai
+
+    def put(self, entry: CachedSession) -> None:
+        """Keep ``entry``; it replaces the NAI's earlier session."""
+        key = self._nai_key(entry.nai)
+        previous = self._by_nai.get(key)
+        if previous is not None:
+            self._by_id.pop(previous, None)
+        self._by_id.pop(entry.session_id, None)
+        self._by_id[entry.session_id] = entry
+        self._by_nai[key] = entry.session_id
+        while len(self._by_id) > self.limit:
+            _sid, oldest = self._by_id.popitem(last=False)
+            self._forget_nai(oldest)
+            self.evicted += 1
+
+    def _forget_nai(self, entry: CachedSession) -> None:
+        key = self._nai_key(entry.nai)
+        if self._by_nai.get(key) == entry.session_id:
+            del self._by_nai[key]
+
+    def lookup(self, nai: str, previous_fa: IPv4Address | None, now: float) -> CachedSession | None:
+        """The NAI's live session, if it was set up through ``previous_fa``
+        (any FA when None): what a same-domain handoff needs."""
+        session_id = self._by_nai.get(self._nai_key(nai))
+        if session_id is None:
+            return None
+        entry = self.get(session_id, now)
+        if entry is None or (previous_fa is not None and entry.care_of_address != previous_fa):
+            return None
+        return entry
+
+    def get(self, session_id: str, now: float) -> CachedSession | None:
+        """The live session ``session_id``, or None."""
+        entry = self._by_id.get(session_id)
+        if entry is not None and entry.expires <= now:
+            self._remove(entry)
+            self.expired += 1
+            return None
+        return entry
+
+    def _remove(self, entry: CachedSession) -> None:
+        self._by_id.pop(entry.session_id, None)
+        self._forget_nai(entry)
+
+    def expire(self, now: float) -> int:
+        """Drop every expired session; return how many."""
+        dead = [entry for entry in self._by_id.values() if entry.expires <= now]
+        for entry in dead:
+            self._remove(entry)
+        self.expired += len(dead)
+        return len(dead)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[CachedSession]:
+        return iter(list(self._by_id.values()))
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+class _Upstream(RadiusClient):
+    """The sans-IO RADIUS client, taking a request's attributes as they are.
+
+    The proxy relays the client's attributes verbatim (rule 6) instead of
+    building them from an ``AccessRequestInfo``; everything else --
+    Identifiers, sealing per server, retransmission, failover, probing,
+    reply verification -- is the RadiusClient's own."""
+
+    def request_attributes(self, attributes: bytes, now: float, tag: object) -> None:
+        """Like :meth:`RadiusClient.request` for already encoded attributes
+        (no Message-Authenticator: sealing puts one first)."""
+        entry = _Request(tag, attributes)
+        self.counters["requests"] += 1
+        self._waiting.append(entry)
+        self._dispatch(now)
+
+
+@dataclass
+class _Pool:
+    index: int
+    name: str
+    client: _Upstream
+
+
+@dataclass
+class _Pending:
+    """An Access-Request being proxied."""
+
+    key: tuple[str, int, int, bytes]
+    client: ProxyClient
+    source: Address
+    identifier: int
+    authenticator: bytes
+    nai: str
+    realm: str
+    proxy_states: bytes  # the client's Proxy-State attributes, raw, in order
+    absorbed: int = 0
+
+
+class _ClientTable:
+    def __init__(self, clients: Sequence[ProxyClient]) -> None:
+        self._clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
+        self._cache: dict[str, ProxyClient | None] = {}
+
+    def lookup(self, address: str) -> ProxyClient | None:
+        try:
+            return self._cache[address]
+        except KeyError:
+            pass
+        found = None
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            ip = None
+        if ip is not None and ip.version == 4:
+            found = next((c for c in self._clients if ip in c.network), None)
+        if len(self._cache) > 65536:
+            self._cache.clear()
+        self._cache[address] = found
+        return found
+
+
+def _split(data: bytes) -> list[tuple[int, bytes]] | None:
+    """The (type, value) attributes of a length-checked packet, or None if malformed."""
+    out = []
+    position, end = HEADER_LENGTH, len(data)
+    while position < end:
+        if position + 2 > end:
+            return None
+        code, length = data[position], data[position + 1]
+        if length < 2 or position + length > end:
+            return None
+        out.append((code, data[position + 2 : position + length]))
+        position += length
+    return out
+
+
+def _attribute(code: int, value: bytes) -> bytes:
+    return bytes((code, len(value) + 2)) + value
+
+
+def _reject_reason(reason: RejectReason) -> bytes:
+    return struct.pack("!BBIBBI", VENDOR_SPECIFIC, 12, VENDOR_ID, AaaVpnAttr.REJECT_REASON, 6, reason)
+
+
+def _is_ours(code: int, value: bytes) -> bool:
+    """Whether an attribute is part of the aaa-vpn profile (re-encoded, not copied)."""
+    if code == SESSION_TIMEOUT:
+        return True
+    return code == VENDOR_SPECIFIC and len(value) >= 4 and int.from_bytes(value[:4], "big") == VENDOR_ID
+
+
+def _printable(raw: bytes) -> str:
+    return raw[:128].decode("utf-8", "backslashreplace")
+
+
+def realm_of(nai: str) -> str:
+    """The realm of a NAI, lower case; '' when it has none (RFC 7542 section 2.2)."""
+    _user, at, realm = nai.rpartition("@")
+    return realm.lower() if at else ""
+
+
+# --- the proxy -----------------------------------------------------------------------------
+
+
+class ForeignAaa:
+    """The foreign AAA's decisions; see the module rules."""
+
+    def __init__(
+        self,
+        clients: Sequence[ProxyClient],
+        realms: Sequence[Realm],
+        options: ForeignAaaOptions | None = None,
+        *,
+        now: float = 0.0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """``now`` starts the uptime shown in Status-Server replies.
+
+        Raises ValueError for two clients with the same network or two realms
+        of the same name (the configuration's fault)."""
+        self.options = options or ForeignAaaOptions()
+        self.random_bytes = random_bytes
+        self.started = now
+        self.counters: collections.Counter[str] = collections.Counter()
+        networks: dict[IPv4Network, str] = {}
+        for client in clients:
+            if client.network in networks:
+                raise ValueError(f"clients {networks[client.network]} and {client.name}: same network {client.network}")
+            networks[client.network] = client.name
+        self._clients = _ClientTable(clients)
+        self.cache = SessionCache(self.options.cache_size)
+        # Realms with the same pool (same servers, secrets and order) share one
+        # upstream client, hence one Identifier space and one view of which
+        # servers are dead; every distinct pool has its own upstream socket.
+        self.pools: list[_Pool] = []
+        self._routes: dict[str, _Pool] = {}
+        by_servers: dict[tuple[tuple[str, int, bytes], ...], _Pool] = {}
+        for realm in realms:
+            if realm.key in self._routes:
+                raise ValueError(f"realm {realm.name} is configured twice")
+            identity = tuple((s.address, s.port, hashlib.sha256(s.secret.value).digest()) for s in realm.servers)
+            pool = by_servers.get(identity)
+            if pool is None:
+                upstream = _Upstream(
+                    realm.servers,
+                    timeout=self.options.timeout,
+                    retries=self.options.retries,
+                    dead_time=self.options.dead_time,
+                    status_interval=self.options.status_interval,
+                    nas_ip_address=self.options.nas_ip_address,
+                    random_bytes=random_bytes,
+                )
+                pool = by_servers[identity] = _Pool(len(self.pools), realm.key, upstream)
+                self.pools.append(pool)
+            else:
+                pool.name += f",{realm.key}"
+            self._routes[realm.key] = pool
+        self._instance = random_bytes(4)
+        self._sequence = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}  # by upstream tag
+        self._pending_keys: dict[tuple[str, int, int, bytes], _Pending] = {}
+        self._answered: collections.OrderedDict[tuple[str, int, int, bytes], tuple[float, bytes]] = (
+            collections.OrderedDict()
+        )
+        self._outbox: list[Datagram] = []
+        self._events: collections.deque[Event] = collections.deque()
+
+    # -- the API ----------------------------------------------------------------------------
+    def receive_from_client(self, data: bytes, source: Address, now: float) -> None:
+        """Handle a datagram an FA sent to the AAAF's listening socket."""
+        self.counters["received"] += 1
+        client = self._clients.lookup(source[0])
+        if client is None:
+            self._drop("unknown_client", source, "not a configured client")
+            return
+        if len(data) < HEADER_LENGTH:
+            self._drop("malformed", source, f"{len(data)} octets: shorter than a RADIUS header")
+            return
+        code, identifier, length = struct.unpack_from("!BBH", data)
+        if not HEADER_LENGTH <= length <= min(len(data), MAX_PACKET_LENGTH):
+            self._drop("malformed", source, f"bad Length {length} for {len(data)} octets")
+            return
+        data = data[:length]  # RFC 2865 section 3: octets beyond Length are padding
+        if code not in (ACCESS_REQUEST, STATUS_SERVER):
+            self._drop("unsupported_code", source, f"code {code}")
+            return
+        authenticator = data[4:HEADER_LENGTH]
+        key = (source[0], source[1], identifier, authenticator)
+        if code == ACCESS_REQUEST and self._duplicate(key, source, now):
+            return
+        attributes = _split(data)
+        if attributes is None:
+            self._drop("malformed", source, "attribute lengths do not add up")
+            return
+        ma = self._check_message_authenticator(data, attributes, client.secret.value)
+        if ma is False:
+            self._drop("bad_message_authenticator", source, f"client {client.name}")
+            return
+        if ma is None and (code == STATUS_SERVER or client.require_message_authenticator):
+            self._drop("missing_message_authenticator", source, f"client {client.name}")
+            return
+        proxy_states = b"".join(_attribute(PROXY_STATE, v) for c, v in attributes if c == PROXY_STATE)
+        if code == STATUS_SERVER:
+            self.counters["status_server"] += 1
+            self._send_to_client(self._status_reply(identifier, authenticator, client, proxy_states, now), source)
+            return
+        self.counters["access_requests"] += 1
+        self._access_request(client, source, key, attributes, proxy_states, now)
+
+    def receive_from_upstream(self, data: bytes, source: Address, pool: int, now: float) -> None:
+        """Handle a datagram that arrived on pool ``pool``'s upstream socket."""
+        if not 0 <= pool < len(self.pools):
+            raise ValueError(f"no pool {pool}")  # the caller's bug
+        self.pools[pool].client.receive_datagram(data, source, now)
+        self._collect(self.pools[pool], data, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit, fail over and probe upstream; expire what is due."""
+        for pool in self.pools:
+            when = pool.client.get_timer()
+            if when is not None and when <= now:
+                pool.client.handle_timer(now)
+                self._collect(pool, None, now)
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        """The datagrams to send now."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must be called next, or None."""
+        timers = [when for pool in self.pools if (when := pool.client.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def next_event(self) -> Event | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def expire(self, now: float) -> int:
+        """Housekeeping: drop expired cached sessions and duplicate-cache
+        entries; return the number of sessions dropped."""
+        self._expire_answered(now)
+        count = self.cache.expire(now)
+        self.counters["sessions_expired"] += count
+        return count
+
+    def lookup(self, nai: str, previous_fa: IPv4Address | None, now: float) -> CachedSession | None:
+        """The cached session of ``nai`` set up through ``previous_fa`` (flow C)."""
+        return self.cache.lookup(nai, previous_fa, now)
+
+    @property
+    def pending(self) -> int:
+        """Access-Requests being proxied."""
+        return len(self._pending)
+
+    def upstream_counters(self) -> collections.Counter[str]:
+        """The pools' RadiusClient counters, summed."""
+        total: collections.Counter[str] = collections.Counter()
+        for pool in self.pools:
+            total.update(pool.client.counters)
+        return total
+
+    # -- client side ------------------------------------------------------------------------
+    def _drop(self, reason: str, source: Address, detail: str) -> None:
+        self.counters["dropped"] += 1
+        self.counters[f"dropped.{reason}"] += 1
+        self._events.append(Dropped(reason, source, detail))
+
+    def _send_to_client(self, reply: bytes, destination: Address) -> None:
+        self._outbox.append(Datagram(reply, destination, None))
+
+    def _duplicate(self, key: tuple[str, int, int, bytes], source: Address, now: float) -> bool:
+        """Rule 3: True if the request was absorbed or answered from the cache."""
+        pending = self._pending_keys.get(key)
+        if pending is not None:
+            pending.absorbed += 1
+            self.counters["absorbed"] += 1
+            return True
+        answered = self._answered.get(key)
+        if answered is not None and answered[0] > now:
+            self.counters["duplicates"] += 1
+            self._send_to_client(answered[1], source)
+            return True
+        return False
+
+    @staticmethod
+    def _check_message_authenticator(data: bytes, attributes: list[tuple[int, bytes]], secret: bytes) -> bool | None:
+        position = HEADER_LENGTH
+        found: int | None = None
+        for code, value in attributes:
+            if code == MESSAGE_AUTHENTICATOR_TYPE:
+                if len(value) != AUTHENTICATOR_LENGTH or found is not None:
+                    return False
+                found = position + 2
+            position += len(value) + 2
+        if found is None:
+            return None
+        zeroed = data[:found] + b"\x00" * AUTHENTICATOR_LENGTH + data[found + AUTHENTICATOR_LENGTH :]
+        expected = hmac.new(secret, zeroed, hashlib.md5).digest()
+        return hmac.compare_digest(data[found : found + AUTHENTICATOR_LENGTH], expected)
+
+    def _status_reply(
+        self, identifier: int, authenticator: bytes, client: ProxyClient, proxy_states: bytes, now: float
+    ) -> bytes:
+        c, up = self.counters, self.upstream_counters()
+        message = (
+            f"aaa-vpn foreign AAA up {int(now - self.started)}s pid {os.getpid()}:"
+            f" requests {c['access_requests']} accepts {c['accepts']} rejects {c['rejects']}"
+            f" no_route {c['rejects.no_route']} no_resources {c['rejects.no_resources']}"
+            f" absorbed {c['absorbed']} duplicates {c['duplicates']} dropped {c['dropped']}"
+            f" pending {len(self._pending)} cached {len(self.cache)}"
+            f" upstream sent {up['sent']} retransmitted {up['retransmissions']} failovers {up['failovers']}"
+            f" dropped {up['dropped']}"
+        ).encode()[:253]
+        return encode_reply(
+            ACCESS_ACCEPT,
+            identifier,
+            authenticator,
+            client.secret.value,
+            [_attribute(REPLY_MESSAGE, message)] + ([proxy_states] if proxy_states else []),
+        )
+
+    def _access_request(
+        self,
+        client: ProxyClient,
+        source: Address,
+        key: tuple[str, int, int, bytes],
+        attributes: list[tuple[int, bytes]],
+        proxy_states: bytes,
+        now: float,
+    ) -> None:
+        identifier, authenticator = key[2], key[3]
+        names = [value for code, value in attributes if code == USER_NAME]
+        nai_raw = names[0] if names else b""
+        pending = _Pending(key, client, source, identifier, authenticator, _printable(nai_raw), "", proxy_states)
+        if len(names) != 1 or not nai_raw:
+            self._answer_locally(
+                pending, RejectReason.BAD_REQUEST, "exactly one User-Name (the NAI) is required", "bad_request", now
+            )
+            return
+        try:
+            nai = nai_raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._answer_locally(pending, RejectReason.BAD_REQUEST, "User-Name is not UTF-8", "bad_request", now)
+            return
+        for code, value in attributes:
+            if code == PROXY_STATE and len(value) == PROXY_STATE_LENGTH and value[:4] == self._instance:
+                self._drop("proxy_loop", source, f"client {client.name}: our own Proxy-State came back")
+                return
+        realm = realm_of(nai)
+        pending.realm = realm
+        pool = self._routes.get(realm) or self._routes.get(DEFAULT_REALM)
+        if pool is None:
+            message = f"no route to realm {realm!r}" if realm else "no route: the NAI has no realm"
+            self._answer_locally(pending, RejectReason.UNKNOWN_USER, message[:253], "no_route", now)
+            return
+        # Rule 6: the client's attributes in order, without its
+        # Message-Authenticator (the seal puts a new one first), ours last.
+        state = self._instance + struct.pack("!I", next(self._sequence) & 0xFFFFFFFF)
+        upstream = b"".join(_attribute(code, value) for code, value in attributes if code != MESSAGE_AUTHENTICATOR_TYPE)
+        upstream += _attribute(PROXY_STATE, state)
+        if HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(upstream) > MAX_PACKET_LENGTH:
+            self._answer_locally(
+                pending, RejectReason.BAD_REQUEST, "the request is too large to proxy", "bad_request", now
+            )
+            return
+        tag = int.from_bytes(state[4:], "big")
+        self._pending[tag] = pending
+        self._pending_keys[key] = pending
+        self.counters["proxied"] += 1
+        pool.client.request_attributes(upstream, now, tag)
+        self._collect(pool, None, now)
+
+    def _answer_locally(
+        self, pending: _Pending, reason: RejectReason, message: str, outcome: str, now: float, detail: str = ""
+    ) -> None:
+        attributes = [_attribute(REPLY_MESSAGE, message.encode()[:253]), _reject_reason(reason)]
+        if pending.proxy_states:
+            attributes.append(pending.proxy_states)
+        self.counters[f"rejects.{outcome}"] += 1
+        event = Answered(pending.nai, pending.client.name, pending.realm, outcome, detail or message)
+        self._finish(pending, ACCESS_REJECT, attributes, now, event)
+
+    def _finish(self, pending: _Pending, code: int, attributes: list[bytes], now: float, event: Event) -> None:
+        reply = encode_reply(code, pending.identifier, pending.authenticator, pending.client.secret.value, attributes)
+        self.counters["accepts" if code == ACCESS_ACCEPT else "rejects"] += 1
+        self._remember(pending.key, reply, now)
+        self._send_to_client(reply, pending.source)
+        self._events.append(event)
+
+    def _remember(self, key: tuple[str, int, int, bytes], reply: bytes, now: float) -> None:
+        if self.options.dup_cache_seconds <= 0:
+            return
+        self._expire_answered(now)
+        answered = self._answered
+        while len(answered) >= self.options.dup_cache_limit:
+            answered.popitem(last=False)
+        answered[key] = (now + self.options.dup_cache_seconds, reply)
+        answered.move_to_end(key)
+
+    def _expire_answered(self, now: float) -> None:
+        # Entries are added in time order with one ttl: the expired ones are first.
+        answered = self._answered
+        while answered:
+            first = next(iter(answered.values()))
+            if first[0] > now:
+                break
+            answered.popitem(last=False)
+
+    # -- upstream side ----------------------------------------------------------------------
+    def _collect(self, pool: _Pool, data: bytes | None, now: float) -> None:
+        """Take the pool client's datagrams and events. ``data`` is the
+        datagram just received from upstream: a verified reply event raised
+        while handling it answers with exactly these octets."""
+        for packet, address in pool.client.datagrams_to_send(now):
+            self._outbox.append(Datagram(packet, address, pool.index))
+        while (event := pool.client.next_event()) is not None:
+            if isinstance(event, (RequestAccepted, RequestRejected, RequestFailed)):
+                tag = event.tag
+                pending = self._pending.pop(tag, None) if isinstance(tag, int) else None
+                if pending is None:  # pragma: no cover - every tag is ours
+                    continue
+                self._pending_keys.pop(pending.key, None)
+                if isinstance(event, RequestAccepted):
+                    self._relay_accept(pending, event, now)
+                elif isinstance(event, RequestRejected):
+                    assert data is not None  # a reject is always a reply to a datagram
+                    self._relay_reject(pending, event, data, now)
+                else:
+                    self.counters["upstream_failed"] += 1
+                    message = f"no home AAA server of realm {pending.realm or DEFAULT_REALM} answered"
+                    self._answer_locally(
+                        pending, RejectReason.NO_RESOURCES, message, "no_resources", now, f"{message}: {event.reason}"
+                    )
+            elif isinstance(event, ServerDown):
+                self._events.append(UpstreamDown(pool.name, event.server))
+            elif isinstance(event, ServerUp):
+                self._events.append(UpstreamUp(pool.name, event.server, event.reason))
+
+    def _relay_reject(self, pending: _Pending, event: RequestRejected, data: bytes, now: float) -> None:
+        length = struct.unpack_from("!H", data, 2)[0]
+        split = _split(data[:length]) or []
+        # The RadiusClient verified that every Proxy-State is echoed, ours last.
+        last_state = max((i for i, (code, _v) in enumerate(split) if code == PROXY_STATE), default=-1)
+        attributes = [
+            _attribute(code, value)
+            for i, (code, value) in enumerate(split)
+            if i != last_state and code not in (MESSAGE_AUTHENTICATOR_TYPE, TUNNEL_PASSWORD)
+        ]
+        self.counters["rejects.relayed"] += 1
+        outcome = Answered(pending.nai, pending.client.name, pending.realm, "reject", event.message, event.server)
+        self._finish(pending, ACCESS_REJECT, attributes, now, outcome)
+
+    def _relay_accept(self, pending: _Pending, event: RequestAccepted, now: float) -> None:
+        profile = event.profile
+        # Other attributes of the Accept are copied, except the ones that may
+        # be encrypted under the home server's secret (rule 7).
+        extra: list[bytes] = []
+        for code, value in _split(bytes(HEADER_LENGTH) + event.attributes) or []:
+            if code in (MESSAGE_AUTHENTICATOR_TYPE, PROXY_STATE) or _is_ours(code, value):
+                continue
+            if code in (TUNNEL_PASSWORD, VENDOR_SPECIFIC):
+                self.counters["accept_attributes_dropped"] += 1
+                continue
+            extra.append(_attribute(code, value))
+        budget = (
+            MAX_PACKET_LENGTH
+            - HEADER_LENGTH
+            - MESSAGE_AUTHENTICATOR_LENGTH
+            - len(pending.proxy_states)
+            - sum(map(len, extra))
+        )
+        fa_profile = dataclasses.replace(profile, session_root_key=None)  # least privilege
+        try:
+            encoded = encode_profile(
+                fa_profile, Flavour.AAA_VPN, pending.client.secret, pending.authenticator, budget=budget
+            )
+        except ProfileError as exc:
+            self._answer_locally(
+                pending, RejectReason.PROFILE_TOO_LARGE, f"VPN profile does not fit: {exc}", "profile_too_large", now
+            )
+            return
+        if profile.session_root_key is None:
+            # A home AAA that does not treat us as a proxy: relayed, but a
+            # handoff cannot be answered here without the root key.
+            self.counters["accepts_without_session_root_key"] += 1
+        else:
+            self.cache.put(
+                CachedSession(
+                    nai=pending.nai,
+                    profile=profile,
+                    care_of_address=profile.care_of_address,
+                    client=pending.client.name,
+                    realm=pending.realm,
+                    server=event.server,
+                    created=now,
+                    expires=now + profile.lifetime,
+                )
+            )
+            self.counters["sessions_cached"] += 1
+        attributes = [*encoded, *extra]
+        if pending.proxy_states:
+            attributes.append(pending.proxy_states)
+        outcome = Answered(pending.nai, pending.client.name, pending.realm, "accept", profile.session_id, event.server)
+        self._finish(pending, ACCESS_ACCEPT, attributes, now, outcome)
+
+
+__all__ = [
+    "DEFAULT_REALM",
+    "Answered",
+    "CachedSession",
+    "Datagram",
+    "Dropped",
+    "Event",
+    "ForeignAaa",
+    "ForeignAaaOptions",
+    "ProxyClient",
+    "Realm",
+    "SessionCache",
+    "UpstreamDown",
+    "UpstreamUp",
+    "realm_of",
+]

@@ -1,0 +1,413 @@
+"""The foreign AAA's service glue: its TOML configuration file, and the
+:class:`ForeignService` that wraps the sans-IO proxy
+(:mod:`aaa_vpn.roles.foreign_aaa`) with logging and housekeeping for the
+network layer (:mod:`aaa_vpn.net.foreign_server`).
+
+Configuration rules (the format is in docs/foreign-aaa.md):
+
+* One TOML file; every error is one :class:`~aaa_vpn.model.ValidationError`
+  naming the file and the key (``clients[1].address``): unknown keys, wrong
+  types, bad addresses, duplicate client networks or realms, a secret given
+  both inline and as a file, or neither.
+* A file that holds secrets inline must not be accessible by group or
+  others (the error says which ``chmod`` fixes it); the same goes for every
+  ``secret_file``. Relative ``secret_file`` paths are relative to the
+  configuration file. A secret file's trailing newline is not part of the
+  secret.
+* Secrets become :class:`~aaa_vpn.secret.Secret` at once and are never
+  logged; the log shows names, addresses, realms and counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from pathlib import Path
+from typing import Any
+
+from aaa_vpn.model import ValidationError
+from aaa_vpn.roles.foreign_aaa import (
+    DEFAULT_REALM,
+    Answered,
+    Datagram,
+    Dropped,
+    ForeignAaa,
+    ForeignAaaOptions,
+    ProxyClient,
+    Realm,
+    UpstreamDown,
+    UpstreamUp,
+)
+from aaa_vpn.roles.radius_client import ServerConfig
+from aaa_vpn.secret import Secret
+from aaa_vpn.service.config import LOG_FORMATS, LOG_LEVELS, ForeignServerSettings
+from aaa_vpn.service.logging import fields
+
+log = logging.getLogger("aaa_vpn.foreign")
+
+#: Shortest shared secret accepted (RFC 2865 section 3 asks for 16; the model allows 8).
+MIN_SECRET = 8
+_LOG_BURST = 20  # per drop reason and minute
+
+_TOP: dict[str, type | tuple[type, ...]] = {
+    "listen": str,
+    "port": int,
+    "workers": int,
+    "log_level": str,
+    "log_format": str,
+    "dup_cache_seconds": (int, float),
+    "cache_size": int,
+    "source_address": str,
+    "upstream": dict,
+    "clients": list,
+    "realms": list,
+}
+_UPSTREAM: dict[str, type | tuple[type, ...]] = {
+    "timeout": (int, float),
+    "retries": int,
+    "dead_time": (int, float),
+    "status_interval": (int, float),
+}
+_CLIENT: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "address": str,
+    "secret": str,
+    "secret_file": str,
+    "require_message_authenticator": bool,
+}
+_REALM: dict[str, type | tuple[type, ...]] = {"name": str, "servers": list}
+_SERVER: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "address": str,
+    "port": int,
+    "secret": str,
+    "secret_file": str,
+}
+
+
+class _Reader:
+    """Checks one file's values; every error names the file and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.inline_secrets = False
+
+    def error(self, key: str, message: str) -> ValidationError:
+        return ValidationError(f"config file {self.path}: {key}: {message}")
+
+    def table(self, value: object, key: str, schema: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a table, not {_type(value)}")
+        for name, item in value.items():
+            expected = schema.get(name)
+            where = f"{key}.{name}" if key else name
+            if expected is None:
+                known = ", ".join(sorted(schema))
+                raise ValidationError(f"config file {self.path}: {where} is not a known setting (known: {known})")
+            if (isinstance(item, bool) and expected is not bool) or not isinstance(item, expected):
+                raise ValidationError(f"config file {self.path}: {where} has the wrong type ({_type(item)})")
+        return value
+
+    def required(self, table: dict[str, Any], name: str, key: str) -> Any:
+        if name not in table:
+            raise self.error(key, f"{name} is required")
+        return table[name]
+
+    def secret(self, table: dict[str, Any], key: str) -> Secret:
+        inline, file = table.get("secret"), table.get("secret_file")
+        if (inline is None) == (file is None):
+            raise self.error(key, "give exactly one of secret and secret_file")
+        if inline is not None:
+            self.inline_secrets = True
+            value = inline.encode("utf-8")
+        else:
+            secret_path = Path(str(file))
+            if not secret_path.is_absolute():
+                secret_path = self.path.parent / secret_path
+            _check_private(secret_path, f"config file {self.path}: {key}.secret_file {secret_path}")
+            try:
+                value = secret_path.read_bytes().rstrip(b"\r\n")
+            except OSError as exc:
+                raise self.error(f"{key}.secret_file", f"cannot read {secret_path}: {exc.strerror}") from None
+        if len(value) < MIN_SECRET:
+            raise self.error(key, f"the shared secret has {len(value)} octets; at least {MIN_SECRET} are required")
+        return Secret(value)
+
+
+def _type(value: object) -> str:
+    return {dict: "table", list: "array", str: "string", bool: "boolean", int: "integer", float: "float"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_private(path: Path, what: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ValidationError(f"{what} does not exist") from None
+    except OSError as exc:
+        raise ValidationError(f"{what}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ValidationError(
+            f"{what} holds secrets but is accessible by group or others (mode {stat.S_IMODE(mode):04o});"
+            f" fix: chmod 600 {path}"
+        )
+
+
+def _ipv4(reader: _Reader, key: str, value: str) -> IPv4Address:
+    try:
+        address = ip_address(value)
+    except ValueError:
+        raise reader.error(key, f"{value!r} is not an IP address") from None
+    if not isinstance(address, IPv4Address):
+        raise reader.error(key, f"{value!r}: only IPv4 is supported")
+    return address
+
+
+def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings:
+    """Read the foreign AAA's configuration file; ``overrides`` (command-line
+    options that were given) win over it. Raises ValidationError."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ValidationError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValidationError(f"config file {path} is a directory") from None
+    except OSError as exc:
+        raise ValidationError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError(f"config file {path} is not valid TOML: {exc}") from None
+    reader = _Reader(path)
+    top = reader.table(data, "", _TOP)
+    values: dict[str, Any] = {"config_path": path}
+    for name in ("listen", "port", "workers", "log_level", "log_format", "cache_size", "source_address"):
+        if name in top:
+            values[name] = top[name]
+    if "dup_cache_seconds" in top:
+        values["dup_cache_seconds"] = float(top["dup_cache_seconds"])
+    for name in ("listen", "source_address"):
+        if name in values:
+            _ipv4(reader, name, values[name])
+    if "log_level" in values and values["log_level"] not in LOG_LEVELS:
+        raise reader.error("log_level", f"{values['log_level']!r}: expected one of {', '.join(LOG_LEVELS)}")
+    if "log_format" in values and values["log_format"] not in LOG_FORMATS:
+        raise reader.error("log_format", f"{values['log_format']!r}: expected one of {', '.join(LOG_FORMATS)}")
+    upstream = reader.table(top.get("upstream", {}), "upstream", _UPSTREAM)
+    if "timeout" in upstream:
+        if upstream["timeout"] <= 0:
+            raise reader.error("upstream.timeout", "must be > 0")
+        values["timeout"] = float(upstream["timeout"])
+    if "retries" in upstream:
+        if upstream["retries"] < 0:
+            raise reader.error("upstream.retries", "must be >= 0")
+        values["retries"] = upstream["retries"]
+    if "dead_time" in upstream:
+        if upstream["dead_time"] < 0:
+            raise reader.error("upstream.dead_time", "must be >= 0")
+        values["dead_time"] = float(upstream["dead_time"])
+    if "status_interval" in upstream:
+        interval = upstream["status_interval"]
+        if interval < 0:
+            raise reader.error("upstream.status_interval", "must be >= 0 (0: no Status-Server probes)")
+        values["status_interval"] = float(interval) or None
+    values["clients"] = _clients(reader, top.get("clients", []))
+    values["realms"] = _realms(reader, top.get("realms", []))
+    if reader.inline_secrets:
+        _check_private(path, f"config file {path}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ForeignServerSettings(**values)
+    except ValidationError as exc:
+        raise ValidationError(f"config file {path}: {exc}") from None
+
+
+def _clients(reader: _Reader, items: list[Any]) -> tuple[ProxyClient, ...]:
+    if not items:
+        raise reader.error("clients", "at least one [[clients]] entry is required")
+    clients: list[ProxyClient] = []
+    seen: dict[IPv4Network, str] = {}
+    names: set[str] = set()
+    for index, item in enumerate(items):
+        key = f"clients[{index}]"
+        table = reader.table(item, key, _CLIENT)
+        name = reader.required(table, "name", key)
+        if not name or name in names:
+            raise reader.error(f"{key}.name", f"{name!r} is empty or used twice")
+        names.add(name)
+        address = reader.required(table, "address", key)
+        try:
+            network = ip_network(address, strict=True)
+        except ValueError as exc:
+            raise reader.error(f"{key}.address", f"{address!r} is not an address or CIDR block ({exc})") from None
+        if not isinstance(network, IPv4Network):
+            raise reader.error(f"{key}.address", f"{address!r}: only IPv4 is supported")
+        if network in seen:
+            raise reader.error(f"{key}.address", f"{network} is also the network of client {seen[network]}")
+        seen[network] = name
+        clients.append(
+            ProxyClient(
+                name,
+                network,
+                reader.secret(table, key),
+                require_message_authenticator=table.get("require_message_authenticator", True),
+            )
+        )
+    return tuple(clients)
+
+
+def _realms(reader: _Reader, items: list[Any]) -> tuple[Realm, ...]:
+    if not items:
+        raise reader.error("realms", "at least one [[realms]] entry is required")
+    realms: list[Realm] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        key = f"realms[{index}]"
+        table = reader.table(item, key, _REALM)
+        name = reader.required(table, "name", key)
+        if not name or "@" in name or any(c.isspace() for c in name):
+            raise reader.error(f"{key}.name", f"{name!r} is not a realm name")
+        folded = DEFAULT_REALM if name.upper() == DEFAULT_REALM else name.lower()
+        if folded in seen:
+            raise reader.error(f"{key}.name", f"realm {name!r} is configured twice (realms compare case-insensitively)")
+        seen.add(folded)
+        servers: list[ServerConfig] = []
+        endpoints: set[tuple[IPv4Address, int]] = set()
+        entries = reader.required(table, "servers", key)
+        if not entries:
+            raise reader.error(f"{key}.servers", "the pool needs at least one home server")
+        for number, entry in enumerate(entries):
+            where = f"{key}.servers[{number}]"
+            server = reader.table(entry, where, _SERVER)
+            address = _ipv4(reader, f"{where}.address", reader.required(server, "address", where))
+            port = server.get("port", 1812)
+            if not 1 <= port <= 65535:
+                raise reader.error(f"{where}.port", f"{port}: expected 1..65535")
+            if (address, port) in endpoints:
+                raise reader.error(where, f"{address}:{port} is already in this pool")
+            endpoints.add((address, port))
+            servers.append(ServerConfig(str(address), port, reader.secret(server, where), server.get("name", "")))
+        realms.append(Realm(name, tuple(servers)))
+    return tuple(realms)
+
+
+def options_for(settings: ForeignServerSettings) -> ForeignAaaOptions:
+    """The proxy's options from the settings."""
+    nas: IPv4Address | None = None
+    address = IPv4Address(settings.upstream_address)
+    if not address.is_unspecified:
+        nas = address
+    return ForeignAaaOptions(
+        dup_cache_seconds=settings.dup_cache_seconds,
+        cache_size=settings.cache_size,
+        timeout=settings.timeout,
+        retries=settings.retries,
+        dead_time=settings.dead_time,
+        status_interval=settings.status_interval,
+        nas_ip_address=nas,
+    )
+
+
+@dataclass
+class _Budget:
+    window: float
+    count: int
+
+
+class ForeignService:
+    """One worker's proxy: the sans-IO :class:`ForeignAaa` plus logging.
+
+    The network layer calls the ``receive_*`` and ``handle_timer`` methods
+    with the loop's monotonic clock and sends what :meth:`outgoing` returns."""
+
+    def __init__(
+        self, settings: ForeignServerSettings, now: float, random_bytes: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        self.settings = settings
+        try:
+            self.aaa = ForeignAaa(
+                settings.clients, settings.realms, options_for(settings), now=now, random_bytes=random_bytes
+            )
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        self._budget: dict[str, _Budget] = {}
+
+    def receive_from_client(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        self.aaa.receive_from_client(data, source, now)
+
+    def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
+        self.aaa.receive_from_upstream(data, source, pool, now)
+
+    def handle_timer(self, now: float) -> None:
+        self.aaa.handle_timer(now)
+
+    def outgoing(self) -> list[Datagram]:
+        """What to send now; logs the events that came with it."""
+        self._log_events()
+        return self.aaa.datagrams_to_send()
+
+    def housekeeping(self, now: float) -> None:
+        count = self.aaa.expire(now)
+        if count:
+            log.info("cached sessions expired", extra=fields(count=count))
+
+    def counters(self) -> dict[str, int]:
+        merged = {k.replace(".", "_"): v for k, v in sorted(self.aaa.counters.items())}
+        merged.update({f"upstream_{k.replace('.', '_')}": v for k, v in sorted(self.aaa.upstream_counters().items())})
+        merged["cached_sessions"] = len(self.aaa.cache)
+        merged["pending"] = self.aaa.pending
+        return merged
+
+    def _log_events(self) -> None:
+        while (event := self.aaa.next_event()) is not None:
+            if isinstance(event, Dropped):
+                if self._allowed(event.reason):
+                    log.warning(
+                        "request dropped",
+                        extra=fields(
+                            reason=event.reason, source=f"{event.source[0]}:{event.source[1]}", detail=event.detail
+                        ),
+                    )
+            elif isinstance(event, Answered):
+                level = logging.DEBUG if event.outcome == "accept" else logging.INFO
+                if log.isEnabledFor(level):
+                    log.log(
+                        level,
+                        "access accepted" if event.outcome == "accept" else "access rejected",
+                        extra=fields(
+                            nai=event.nai,
+                            client=event.client,
+                            realm=event.realm,
+                            outcome=event.outcome,
+                            server=event.server,
+                            detail=event.detail,
+                        ),
+                    )
+            elif isinstance(event, UpstreamDown):
+                log.warning("home server marked dead", extra=fields(pool=event.pool, server=event.server))
+            elif isinstance(event, UpstreamUp):
+                log.info(
+                    "home server in use again", extra=fields(pool=event.pool, server=event.server, reason=event.reason)
+                )
+
+    def _allowed(self, reason: str) -> bool:
+        """At most _LOG_BURST log lines per drop reason and minute (a flood cannot flood the log)."""
+        now = time.monotonic()
+        budget = self._budget.get(reason)
+        if budget is None or now - budget.window >= 60:
+            budget = self._budget[reason] = _Budget(now, 0)
+        budget.count += 1
+        return budget.count <= _LOG_BURST
+
+
+def with_port(settings: ForeignServerSettings, port: int) -> ForeignServerSettings:
+    return replace(settings, port=port)
+
+
+__all__ = ["ForeignService", "load_foreign_settings", "options_for", "with_port"]
