@@ -145,3 +145,20 @@ def binding_subkeys(binding_key: Secret) -> tuple[Secret, Secret]:
         Secret(hkdf_sha256(binding_key.value, LABEL_BINDING_AUTH, 16)),
         Secret(hkdf_sha256(binding_key.value, LABEL_BINDING_WRAP, 32)),
     )
+
+
+LABEL_SPI = b"aaa-vpn spi"
+
+
+def derive_spi(srk: Secret, name: str, epoch: int, low: int, high: int) -> int:
+    """An SPI in [low, high] derived from the session root key for the SA
+    ``name`` (``<path label>@<receiving node>``) in ``epoch``.
+
+    Used when a session moves (flows C and D): the foreign AAA that answers a
+    same-domain handoff and the home AAA that learns of it from the HA must
+    arrive at the same SPIs without talking to each other. Uniqueness on the
+    receiving node is probabilistic (24 bits); a collision fails that
+    registration, and the node's next attempt moves to the next epoch."""
+    info = LABEL_SPI + b"\x00" + name.encode() + struct.pack("!I", epoch)
+    value = int.from_bytes(_hkdf(srk, info, 8), "big")
+    return low + value % (high - low + 1)

@@ -32,6 +32,7 @@ from aaa_vpn.model import (
 )
 from aaa_vpn.roles.agent import Agent, Channel, Event, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
+from aaa_vpn.roles.foreign_aaa import ForeignAaa, ProxyClient, Realm
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
 from aaa_vpn.roles.ha import HaConfig, HomeAgent
 from aaa_vpn.roles.mn import MnConfig, MobileNode
@@ -50,6 +51,7 @@ FA1 = "127.0.0.11"
 FA2 = "127.0.0.12"
 GW_STATIC = "127.0.0.21"
 GW_DYNAMIC = "127.0.0.22"
+AAAF = "127.0.0.3"
 MN_SOCKET = "127.0.0.100"
 HOME_ADDRESS = "198.51.100.10"
 CN_STATIC = "203.0.113.5"  # behind the static gateway
@@ -58,7 +60,12 @@ NAI = "mn1@home.example"
 MN_AAA = Secret(b"mn1-aaa-secret")
 MN_HA = Secret(bytes(range(16)))
 GATEWAY_KEYS = {GW_STATIC: Secret(b"static-gateway-key-0123"), GW_DYNAMIC: Secret(b"dynamic-gateway-key-456")}
-SECRETS = {FA1: Secret(b"fa1-secret-xyz"), FA2: Secret(b"fa2-secret-xyz"), HA: Secret(b"ha-secret-xyzw")}
+SECRETS = {
+    FA1: Secret(b"fa1-secret-xyz"),
+    FA2: Secret(b"fa2-secret-xyz"),
+    HA: Secret(b"ha-secret-xyzw"),
+    AAAF: Secret(b"aaaf-home-secret"),
+}
 
 
 def free_port() -> int:
@@ -71,7 +78,7 @@ def provision(
     store: SqliteStore, gateways: tuple[str, ...] = ("static", "dynamic"), key_mode: KeyMode = KeyMode.MANUAL
 ) -> None:
     """The user, the agents as RADIUS clients, the gateways and the VPN records."""
-    for address, role in ((FA1, ClientRole.FA), (FA2, ClientRole.FA), (HA, ClientRole.HA)):
+    for address, role in ((FA1, ClientRole.FA), (FA2, ClientRole.FA), (HA, ClientRole.HA), (AAAF, ClientRole.PROXY)):
         store.add_client(Client(f"c-{address.replace('.', '-')}", IPv4Network(f"{address}/32"), SECRETS[address], role))
     store.add_user(User(NAI, IPv4Address(HA), MN_AAA, 256, MN_HA, home_address=IPv4Address(HOME_ADDRESS)))
     store.add_gateway(
@@ -118,7 +125,11 @@ class Node:
 class Network:
     """The agents, the home AAA and the sockets between them."""
 
-    def __init__(self, tmp_path: Path, provisioner: Callable[[SqliteStore], None] = provision) -> None:
+    def __init__(
+        self, tmp_path: Path, provisioner: Callable[[SqliteStore], None] = provision, foreign: bool = False
+    ) -> None:
+        """With ``foreign`` the FAs ask a foreign AAA (visited.example) that
+        proxies to the home AAA; the HA always asks the home AAA."""
         self.clock = time.time()  # timestamps (RFC 5944 section 5.7) are wall-clock based
         self.mip_port = free_port()
         self.radius_port = free_port()
@@ -128,6 +139,16 @@ class Network:
         self.aaa_socket = self._socket(AAA, self.radius_port)
         self.nodes: dict[str, Node] = {}
         self.aaa_up = True
+        self.foreign: ForeignAaa | None = None
+        if foreign:
+            self.foreign_port = free_port()
+            self.foreign = ForeignAaa(
+                [ProxyClient(f"fa-{a}", IPv4Network(f"{a}/32"), SECRETS[a]) for a in (FA1, FA2)],
+                [Realm("home.example", (ServerConfig(AAA, self.radius_port, SECRETS[AAAF]),))],
+                now=self.clock,
+            )
+            self.foreign_socket = self._socket(AAAF, self.foreign_port)
+            self.foreign_upstream = self._socket(AAAF, 0)
 
     # -- building -------------------------------------------------------------------------------
     def _socket(self, address: str, port: int) -> socket.socket:
@@ -148,6 +169,8 @@ class Network:
         return node
 
     def aaa_servers(self, address: str) -> list[ServerConfig]:
+        if self.foreign is not None and address != HA:
+            return [ServerConfig(AAAF, self.foreign_port, SECRETS[address])]
         return [ServerConfig(AAA, self.radius_port, SECRETS[address])]
 
     def add_fa(self, name: str, address: str, **options: object) -> ForeignAgent:
@@ -188,6 +211,11 @@ class Network:
     # -- running --------------------------------------------------------------------------------
     def _flush(self) -> bool:
         sent = False
+        if self.foreign is not None:
+            for out in self.foreign.datagrams_to_send():
+                sock = self.foreign_socket if out.pool is None else self.foreign_upstream
+                sock.sendto(out.data, out.address)
+                sent = True
         for node in self.nodes.values():
             node.events += run_events(node.agent, node.executor, self.clock)  # type: ignore[arg-type]
             for datagram in node.agent.datagrams_to_send(self.clock):
@@ -201,6 +229,8 @@ class Network:
 
     def _receive(self, timeout: float) -> bool:
         sockets = [self.aaa_socket] + [s for n in self.nodes.values() for s in n.sockets.values()]
+        if self.foreign is not None:
+            sockets += [self.foreign_socket, self.foreign_upstream]
         readable, _, _ = select.select(sockets, [], [], timeout)
         for sock in readable:
             while True:
@@ -208,6 +238,12 @@ class Network:
                     data, source = sock.recvfrom(65535)
                 except (BlockingIOError, ConnectionRefusedError):
                     break
+                if self.foreign is not None and sock is self.foreign_socket:
+                    self.foreign.receive_from_client(data, source, self.clock)
+                    continue
+                if self.foreign is not None and sock is self.foreign_upstream:
+                    self.foreign.receive_from_upstream(data, source, 0, self.clock)
+                    continue
                 if sock is self.aaa_socket:
                     if self.aaa_up:
                         reply = self.home.handle(data, source, self.clock)
@@ -235,6 +271,8 @@ class Network:
         target = self.clock + seconds
         while True:
             due = [t for n in self.nodes.values() if (t := n.agent.get_timer()) is not None and t <= target]
+            if self.foreign is not None and (t := self.foreign.get_timer()) is not None and t <= target:
+                due.append(t)
             if not due:
                 break
             self.clock = max(self.clock, min(due))
@@ -242,6 +280,8 @@ class Network:
                 timer = node.agent.get_timer()
                 if timer is not None and timer <= self.clock:
                     node.agent.handle_timer(self.clock)
+            if self.foreign is not None and (t := self.foreign.get_timer()) is not None and t <= self.clock:
+                self.foreign.handle_timer(self.clock)
             self.settle()
         self.clock = target
         self.settle()
@@ -251,6 +291,9 @@ class Network:
             for sock in node.sockets.values():
                 sock.close()
         self.aaa_socket.close()
+        if self.foreign is not None:
+            self.foreign_socket.close()
+            self.foreign_upstream.close()
         self.store.close()
 
 

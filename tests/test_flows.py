@@ -335,3 +335,48 @@ def test_a_vpn_change_rolls_out_at_the_next_registration(tmp_path: Path) -> None
         assert only_at(net, "fa1", outbound, "gw-dynamic") == outbound
     finally:
         net.close()
+
+
+def test_flow_c_same_domain_handoff_answered_by_the_foreign_aaa(tmp_path: Path) -> None:
+    net = Network(tmp_path, foreign=True)
+    net.standard()
+    try:
+        foreign = net.foreign
+        assert foreign is not None
+        assert register(net).code == 0  # flows A+B through the foreign AAA
+        assert foreign.counters["proxied"] == 1
+        (session,) = net.store.find_sessions("mn1@home.example")
+        assert session.foreign_domain == ""  # proxied for a client without a configured domain
+        cached = foreign.lookup("mn1@home.example", IPv4Address(FA1), net.clock)
+        assert cached is not None and cached.profile.session_root_key == session.session_root_key
+        static_before = [(p.owner, p.spi_in) for p in backend(net, "gw-static").paths()]
+        net.advance(2.0)
+        assert move(net, FA2, FA1).code == 0
+        # the foreign AAA answered the new FA itself: nothing more went home from it
+        assert foreign.counters["proxied"] == 1 and foreign.counters["handoffs_answered"] == 1
+        # the home AAA learnt the move from the HA and derived the same keys and SPIs
+        (moved,) = net.store.find_sessions("mn1@home.example")
+        assert (moved.session_id, moved.epoch, str(moved.care_of_address)) == (session.session_id, 2, FA2)
+        fa2_paths = {p.path.role: p.path for p in backend(net, "fa2").paths()}
+        ha_fa = next(p.path for p in backend(net, "ha").paths() if p.path.role is PathRole.FA_HA)
+        assert (ha_fa.peer, ha_fa.spi_out, ha_fa.key_out) == (
+            IPv4Address(FA2),
+            fa2_paths[PathRole.FA_HA].spi_in,
+            fa2_paths[PathRole.FA_HA].key_in,
+        )
+        assert table(net, "ha") == [("FA_HA", FA2), ("HA_GW", GW_STATIC)]
+        assert table(net, "gw-dynamic") == [("FA_GW", FA2)]
+        assert [(p.owner, p.spi_in) for p in backend(net, "gw-static").paths()] == static_before
+        outbound = inner_packet(HOME_ADDRESS, CN_STATIC, random_payload())
+        assert only_at(net, "fa2", outbound, "ha") == outbound
+        direct = inner_packet(HOME_ADDRESS, CN_DYNAMIC, random_payload())
+        assert only_at(net, "fa2", direct, "gw-dynamic") == direct
+        # and back: answered locally again, epoch 3
+        net.advance(2.0)
+        assert move(net, FA1, FA2).code == 0
+        assert foreign.counters["handoffs_answered"] == 2 and foreign.counters["proxied"] == 1
+        (back,) = net.store.find_sessions("mn1@home.example")
+        assert (back.epoch, str(back.care_of_address)) == (3, FA1)
+        assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
+    finally:
+        net.close()

@@ -254,3 +254,29 @@ def test_only_the_ha_gets_binding_keys_for_its_gateways() -> None:
     assert keys.derive_binding_key(Secret(b"g" * 16), HA, GW_DYNAMIC) != keys.derive_binding_key(
         Secret(b"g" * 16), IPv4Address("192.0.2.3"), GW_DYNAMIC
     )
+
+
+def test_a_foreign_aaa_moving_a_view_agrees_with_the_home_aaa() -> None:
+    # Flow C: the foreign AAA moves the FA's view to the new FA from its cache;
+    # the home AAA moves the session when the HA asks. Same SPIs, same keys.
+    ctx = make_context(key_mode=KeyMode.IKEV2)
+    session, paths = new_session(ctx)
+    old = home_aaa.view_for(session, paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    new_fa = IPv4Address("192.0.2.99")
+    by_aaaf = home_aaa.moved_view(old, new_fa, session.epoch + 1, 3000)
+    new_paths = home_aaa.plan_paths(ctx, HOME, HA, new_fa)
+    moved = home_aaa.move_session(session, new_paths, new_fa, 1000.0, 3600, os.urandom, epoch=session.epoch + 1)
+    by_aaah = home_aaa.view_for(moved, new_paths, ClientRole.FA, RequestType.FA_REGISTRATION, new_fa, ctx.user, 3000)
+    assert by_aaaf.paths == by_aaah.paths
+    assert (by_aaaf.fa_ha_spi, by_aaaf.fa_ha_key) == (by_aaah.fa_ha_spi, by_aaah.fa_ha_key)
+    assert (by_aaaf.epoch, by_aaaf.care_of_address) == (2, new_fa)
+    # nothing repeats from the old FA's view, and the stationary path kept its SPIs
+    assert not {p.spi_in for p in old.paths} & {p.spi_in for p in by_aaaf.paths}
+    assert not {p.key_in.value for p in old.paths} & {p.key_in.value for p in by_aaaf.paths}
+    stationary = {a.path: a.spi for a in session.spis if a.path.startswith("ha-gw:")}
+    assert stationary and all(a.spi == stationary[a.path] for a in moved.spis if a.path in stationary)
+    # and the HA's view after the move mirrors the new FA's
+    ha = home_aaa.view_for(moved, new_paths, ClientRole.HA, RequestType.HA_REGISTRATION, HA, ctx.user, 3000)
+    at_ha = next(p for p in ha.paths if p.role is PathRole.FA_HA)
+    at_fa = next(p for p in by_aaaf.paths if p.role is PathRole.FA_HA)
+    assert (at_ha.spi_in, at_ha.key_in, at_ha.peer) == (at_fa.spi_out, at_fa.key_out, new_fa)

@@ -48,6 +48,7 @@ from aaa_vpn.roles.radius_client import (
 from aaa_vpn.wire import mip
 from aaa_vpn.wire.mip import ChallengeExtension, ExtensionType, NaiExtension, RegistrationReply, ReplyCode
 from aaa_vpn.wire.mip_auth import CHAP_SPI, mn_aaa_proof, relay_reply, relay_request, verify_authentication
+from aaa_vpn.wire.mip_vpn import previous_fa, session_extension
 from aaa_vpn.wire.profile import RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_request import AccessRequestInfo
 
@@ -165,6 +166,9 @@ class ForeignAgent(Agent):
         profile = pending.profile
         relayed = relay_request(
             pending.request,
+            # Which session and key epoch these SAs belong to: after a handoff
+            # answered by the foreign AAA, the HA's home AAA learns it here.
+            extensions=[session_extension(profile.session_id, profile.epoch)],
             fa_ha_spi=profile.fa_ha_spi,
             fa_ha_key=profile.fa_ha_key,
         )
@@ -227,6 +231,11 @@ class ForeignAgent(Agent):
             return
         del self._challenges[challenges[-1]]  # RFC 4721 section 9: each challenge is answered once
         home_agent = message.home_agent if int(message.home_agent) else None
+        try:
+            previous = previous_fa(message.extensions)
+        except mip.MipDecodeError as exc:
+            self._deny(message, source, ReplyCode.FA_POORLY_FORMED_REQUEST, nai, str(exc))
+            return
         info = AccessRequestInfo(
             nai=nai,
             chap_password=chap_password,
@@ -235,6 +244,7 @@ class ForeignAgent(Agent):
             request_type=RequestType.FA_REGISTRATION,
             care_of_address=self.config.address,
             home_agent=home_agent,
+            previous_fa=previous,
         )
         self._pending[key] = _Pending(data, message, source, nai)
         self.radius.request(info, now, tag=key)

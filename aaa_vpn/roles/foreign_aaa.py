@@ -58,6 +58,18 @@ Rules (everything that decides what is sent, relayed or kept lives here):
    was for, until the profile's lifetime ends; a newer session of a NAI
    replaces its older ones (as the home AAA does); at most ``cache_size``
    sessions, the oldest evicted first.
+9. Same-domain handoff (flow C): an FA-Registration that names a previous FA
+   (Aaa-Vpn-Previous-FA) through which a cached, live session of the NAI was
+   set up, from a client whose network holds the new care-of address, is
+   answered here at once, without the home domain: the cached view is moved
+   to the new FA in the next epoch (:func:`aaa_vpn.roles.home_aaa.moved_view`:
+   keys and SPIs derived from the session root key exactly as the home AAA
+   derives them when the HA reports the move) and the cache follows the
+   node. The foreign AAA cannot check the MN-AAA proof (it has no MN-AAA
+   secret): the mobile node is authenticated on the home leg, where the HA
+   checks MN-HA and the home AAA the MN-AAA proof before any SA at the HA
+   or a gateway moves; a forged request only makes the new FA install SAs
+   that never carry traffic and are removed when the HA refuses.
 
 Theory of operation (the aioquic shape): inputs are
 :meth:`ForeignAaa.receive_from_client`, :meth:`ForeignAaa.receive_from_upstream`
@@ -83,6 +95,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import NamedTuple
 
 from aaa_vpn.model import Flavour
+from aaa_vpn.roles.home_aaa import moved_view
 from aaa_vpn.roles.radius_client import (
     DEFAULT_DEAD_TIME,
     DEFAULT_RETRIES,
@@ -115,6 +128,7 @@ ACCESS_REJECT = 3
 STATUS_SERVER = 12
 
 USER_NAME = 1
+NAS_IP_ADDRESS = 4
 REPLY_MESSAGE = 18
 VENDOR_SPECIFIC = 26
 SESSION_TIMEOUT = 27
@@ -239,8 +253,9 @@ class Answered(Event):
     realm: str
     """The realm it was routed by ('' if none)."""
     outcome: str
-    """``accept``, ``reject`` (relayed from home), ``no_route``, ``no_resources``,
-    ``bad_request``, ``profile_too_large``."""
+    """``accept``, ``reject`` (relayed from home), ``handoff`` (answered from
+    the cache, rule 9), ``no_route``, ``no_resources``, ``bad_request``,
+    ``profile_too_large``."""
     detail: str
     """The Reply-Message or the failure reason (never a secret)."""
     server: str = ""
@@ -462,6 +477,25 @@ def _split(data: bytes) -> list[tuple[int, bytes]] | None:
         out.append((code, data[position + 2 : position + length]))
         position += length
     return out
+
+
+def _vendor_value(attributes: list[tuple[int, bytes]], vendor_type: int) -> bytes | None:
+    """The value of our first vendor attribute of ``vendor_type`` (RFC 2865 section 5.26 form)."""
+    for code, value in attributes:
+        if (
+            code == VENDOR_SPECIFIC
+            and len(value) >= 6
+            and value[:4] == VENDOR_ID.to_bytes(4, "big")
+            and value[4] == vendor_type
+            and value[5] == len(value) - 4
+        ):
+            return value[6:]
+    return None
+
+
+def _vendor_ipv4(attributes: list[tuple[int, bytes]], vendor_type: int) -> IPv4Address | None:
+    value = _vendor_value(attributes, vendor_type)
+    return IPv4Address(value) if value is not None and len(value) == 4 else None
 
 
 def _attribute(code: int, value: bytes) -> bytes:
@@ -739,6 +773,8 @@ class ForeignAaa:
                 return
         realm = realm_of(nai)
         pending.realm = realm
+        if self._handoff(pending, client, nai, attributes, now):
+            return
         pool = self._routes.get(realm) or self._routes.get(DEFAULT_REALM)
         if pool is None:
             message = f"no route to realm {realm!r}" if realm else "no route: the NAI has no realm"
@@ -760,6 +796,47 @@ class ForeignAaa:
         self.counters["proxied"] += 1
         pool.client.request_attributes(upstream, now, tag)
         self._collect(pool, None, now)
+
+    def _handoff(
+        self,
+        pending: _Pending,
+        client: ProxyClient,
+        nai: str,
+        attributes: list[tuple[int, bytes]],
+        now: float,
+    ) -> bool:
+        """Answer a same-domain handoff from the cache (rule 9); False if this
+        request is not one."""
+        previous = _vendor_ipv4(attributes, AaaVpnAttr.PREVIOUS_FA)
+        request_type = _vendor_value(attributes, AaaVpnAttr.REQUEST_TYPE)
+        if previous is None or (request_type is not None and request_type != b"\x00\x00\x00\x01"):
+            return False
+        care_of = _vendor_ipv4(attributes, AaaVpnAttr.CARE_OF_ADDRESS)
+        if care_of is None:
+            nas = [value for code, value in attributes if code == NAS_IP_ADDRESS and len(value) == 4]
+            care_of = IPv4Address(nas[0]) if nas else None
+        entry = self.cache.lookup(nai, previous, now)
+        if care_of is None or entry is None or care_of == entry.care_of_address or care_of not in client.network:
+            return False
+        epoch = entry.profile.epoch + 1
+        moved = moved_view(entry.profile, care_of, epoch, max(1, int(entry.expires - now)))
+        budget = MAX_PACKET_LENGTH - HEADER_LENGTH - MESSAGE_AUTHENTICATOR_LENGTH - len(pending.proxy_states)
+        try:
+            encoded = encode_profile(
+                dataclasses.replace(moved, session_root_key=None),  # least privilege
+                Flavour.AAA_VPN,
+                client.secret,
+                pending.authenticator,
+                budget=budget,
+            )
+        except ProfileError:
+            return False  # let the home AAA answer it
+        self.cache.put(dataclasses.replace(entry, profile=moved, care_of_address=care_of, client=client.name))
+        self.counters["handoffs_answered"] += 1
+        reply = [*encoded, pending.proxy_states] if pending.proxy_states else list(encoded)
+        event = Answered(nai, client.name, pending.realm, "handoff", f"{moved.session_id} epoch {epoch}", "")
+        self._finish(pending, ACCESS_ACCEPT, reply, now, event)
+        return True
 
     def _answer_locally(
         self, pending: _Pending, reason: RejectReason, message: str, outcome: str, now: float, detail: str = ""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -54,8 +55,8 @@ from aaa_vpn.wire.mip_auth import (
     verify_authentication,
 )
 from aaa_vpn.wire.mip_replay import check_timestamp, mismatch_identification, timestamp_identification
-from aaa_vpn.wire.mip_vpn import encode_vpn_path
-from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.mip_vpn import encode_vpn_path, session_of
+from aaa_vpn.wire.profile import VENDOR_ID, PathProfile, PathRole, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_request import AccessRequestInfo
 
 MIP_PORT = 434
@@ -242,6 +243,11 @@ class HomeAgent(Agent):
         except (mip.MipDecodeError, mip.MipValueError) as exc:
             self._deny(message, source, ReplyCode.HA_POORLY_FORMED_REQUEST, nai, str(exc), None)
             return
+        try:
+            session = session_of(message.extensions)
+        except mip.MipDecodeError as exc:
+            self._deny(message, source, ReplyCode.HA_POORLY_FORMED_REQUEST, nai, str(exc), None)
+            return
         info = AccessRequestInfo(
             nai=nai,
             chap_password=chap_password,
@@ -249,6 +255,9 @@ class HomeAgent(Agent):
             nas_ip_address=self.config.address,
             request_type=RequestType.HA_REGISTRATION,
             care_of_address=message.care_of_address,
+            session_id=session[0] if session else None,
+            # Aaa-Vpn-Key-Epoch: the epoch the FA's SAs were derived in.
+            extra=(struct.pack("!BBIBBI", 26, 12, VENDOR_ID, 8, 6, session[1]),) if session else (),
         )
         self._pending[key] = _Pending(data, message, source, nai)
         self.radius.request(info, now, tag=key)

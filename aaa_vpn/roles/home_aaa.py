@@ -431,6 +431,12 @@ def new_session(
     return session, paths
 
 
+def _moved_spi(srk: Secret, label: str, node: IPv4Address, epoch: int) -> int:
+    if label == FA_HA_MIP_LABEL:
+        return keys.derive_spi(srk, _spi_key(label, node), epoch, 256, 0xFFFFFFFF)
+    return keys.derive_spi(srk, _spi_key(label, node), epoch, SPI_MIN, SPI_MAX)
+
+
 def move_session(
     session: Session,
     paths: list[PlannedPath],
@@ -438,14 +444,67 @@ def move_session(
     now: float,
     lifetime: int,
     random_bytes: Callable[[int], bytes],
+    epoch: int | None = None,
 ) -> Session:
-    """``session`` moved to the FA at ``care_of`` (rule 6). ``paths`` are the
-    plans for the new care-of address."""
-    moving = {p.label for p in paths if p.role is not PathRole.HA_GW} | {FA_HA_MIP_LABEL}
-    kept = tuple(a for a in session.spis if a.path.rpartition("@")[0] not in moving)
-    spis = allocate_spis(paths, (care_of, session.home_agent), kept, random_bytes)
+    """``session`` moved to the FA at ``care_of`` in ``epoch`` (default: the
+    next one), rule 6. ``paths`` are the plans for the new care-of address.
+
+    The SPIs of the moving paths are derived from the session root key
+    (:func:`aaa_vpn.keys.derive_spi`), so a foreign AAA that answers the
+    handoff itself (:func:`moved_view`) hands out exactly what the home AAA
+    stores when the HA asks; other SPIs are kept, new ones drawn."""
+    epoch = session.epoch + 1 if epoch is None else epoch
+    srk, ha = session.session_root_key, session.home_agent
+    moving = [p for p in paths if p.role is not PathRole.HA_GW]
+    derived = [
+        SpiAllocation(node, _moved_spi(srk, p.label, node, epoch), key)
+        for p in moving
+        for node, key in ((p.a, p.a_key), (p.b, p.b_key))
+    ]
+    mip_key = _spi_key(FA_HA_MIP_LABEL, ha)
+    derived.append(SpiAllocation(ha, _moved_spi(srk, FA_HA_MIP_LABEL, ha, epoch), mip_key))
+    names = {a.path for a in derived}
+    moving_labels = {p.label for p in moving} | {FA_HA_MIP_LABEL}
+    kept = tuple(a for a in session.spis if a.path.rpartition("@")[0] not in moving_labels) + tuple(derived)
+    spis = allocate_spis(paths, (care_of, ha), kept, random_bytes)
+    assert names <= {a.path for a in spis}
+    return dataclasses.replace(session, care_of_address=care_of, epoch=epoch, expires=now + lifetime, spis=spis)
+
+
+def moved_view(view: VpnProfile, care_of: IPv4Address, epoch: int, lifetime: int) -> VpnProfile:
+    """An FA's view moved to the FA at ``care_of`` in ``epoch``: what the home
+    AAA's :func:`move_session` and :func:`view_for` give the new FA, computed
+    from the old FA's view and its session root key alone (flow C: the
+    foreign AAA answers a same-domain handoff without the home domain)."""
+    srk = view.session_root_key
+    if srk is None:
+        raise ValueError("moving a view needs its session root key")
+    moved = []
+    for path in view.paths:
+        is_gateway = path.role is PathRole.FA_GW
+        label = path_label(path.role, path.peer if is_gateway else None, path.remote_ts[0] if is_gateway else None)
+        name = label.encode()
+        length = path.esp_transform.keymat_length
+        moved.append(
+            dataclasses.replace(
+                path,
+                local=care_of,
+                spi_in=_moved_spi(srk, label, care_of, epoch),
+                spi_out=_moved_spi(srk, label, path.peer, epoch),
+                key_in=keys.derive_sa_key(srk, name, path.peer, care_of, epoch, length),
+                key_out=keys.derive_sa_key(srk, name, care_of, path.peer, epoch, length),
+                ike_psk=keys.derive_ike_psk(srk, name, care_of, path.peer, epoch) if path.ike_psk else None,
+            )
+        )
+    ha = view.home_agent
     return dataclasses.replace(
-        session, care_of_address=care_of, epoch=session.epoch + 1, expires=now + lifetime, spis=spis
+        view,
+        care_of_address=care_of,
+        epoch=epoch,
+        lifetime=lifetime,
+        paths=tuple(moved),
+        fa_ha_spi=_moved_spi(srk, FA_HA_MIP_LABEL, ha, epoch),
+        fa_ha_key=keys.derive_fa_ha_key(srk, care_of, ha, epoch),
     )
 
 

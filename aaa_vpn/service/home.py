@@ -59,6 +59,7 @@ VSA_SESSION_ID = (VENDOR_ID, 1)
 VSA_REQUEST_TYPE = (VENDOR_ID, 2)
 VSA_HOME_AGENT = (VENDOR_ID, 4)
 VSA_CARE_OF = (VENDOR_ID, 5)
+VSA_KEY_EPOCH = (VENDOR_ID, 8)
 VSA_REJECT_REASON = 14
 TGPP2_HOME_AGENT = (5535, 7)
 
@@ -481,7 +482,7 @@ class HomeAaa:
             session, paths = self._register(client, packet, ctx, node, now)
             view_node = session.care_of_address
         else:
-            session, paths = self._find_session(ctx, packet, request_type, node)
+            session, paths = self._find_session(ctx, packet, request_type, node, now, client)
             view_node = node
         lifetime = max(0, int(session.expires - now))
         profile = home_aaa.view_for(session, paths, client.role, request_type, view_node, ctx.user, lifetime)
@@ -619,17 +620,29 @@ class HomeAaa:
         return session
 
     def _find_session(
-        self, ctx: UserContext, packet: pyrad.packet.Packet, request_type: RequestType, node: IPv4Address
+        self,
+        ctx: UserContext,
+        packet: pyrad.packet.Packet,
+        request_type: RequestType,
+        node: IPv4Address,
+        now: float,
+        client: Client,
     ) -> tuple[Session, list[home_aaa.PlannedPath]]:
         wanted_id = _first_text(packet, VSA_SESSION_ID)
         care_of = _first_ipv4(packet, VSA_CARE_OF)
+        epoch = _first_u32(packet, VSA_KEY_EPOCH)
         sessions = sorted(self.store.find_sessions(ctx.user.nai), key=lambda s: s.created, reverse=True)
         for session in sessions:
             if wanted_id and session.session_id != wanted_id:
                 continue
-            if care_of is not None and session.care_of_address != care_of:
-                continue
-            if request_type is RequestType.HA_REGISTRATION and session.home_agent != node:
+            if request_type is RequestType.HA_REGISTRATION:
+                if session.home_agent != node or session.expires <= now:
+                    continue
+                if care_of is not None and (
+                    session.care_of_address != care_of or (epoch is not None and epoch != session.epoch)
+                ):
+                    session = self._moved_by_foreign_aaa(ctx, session, care_of, epoch, now, client)
+            elif care_of is not None and session.care_of_address != care_of:
                 continue
             paths = self._plan(ctx, session.home_address, session.home_agent, session.care_of_address)
             if request_type is RequestType.GW_BINDING and not any(node in (p.a, p.b) for p in paths):
@@ -641,6 +654,37 @@ class HomeAaa:
             paths = [p for p in paths if p.a_key in allocated and p.b_key in allocated]
             return session, paths
         raise Rejected(RejectReason.NO_SESSION, "no matching session for this mobile node")
+
+    def _moved_by_foreign_aaa(
+        self,
+        ctx: UserContext,
+        session: Session,
+        care_of: IPv4Address,
+        epoch: int | None,
+        now: float,
+        client: Client,
+    ) -> Session:
+        """The HA reports the node at another FA than this session's: a foreign
+        AAA answered a same-domain handoff from its cache (flow C). Move the
+        session the same deterministic way (home_aaa.move_session) to the epoch
+        the new FA was given, and store it."""
+        target = session.epoch + 1 if epoch is None else epoch
+        if target <= session.epoch:
+            raise Rejected(RejectReason.NO_SESSION, f"epoch {target} is not newer than the session's {session.epoch}")
+        paths = self._plan(ctx, session.home_address, session.home_agent, care_of)
+        moved = home_aaa.move_session(
+            session, paths, care_of, now, self.options.session_lifetime, self.random_bytes, epoch=target
+        )
+        try:
+            self.store.put_session(moved, replaces=[session.session_id])
+        except SpiConflict:
+            self.counters["spi_collisions"] += 1
+            raise Rejected(RejectReason.NO_RESOURCES, "a derived SPI is taken: register again") from None
+        except StoreError as exc:
+            log.error("cannot store session", extra=fields(nai=ctx.user.nai, detail=str(exc)))
+            raise Rejected(RejectReason.NO_RESOURCES, "home AAA cannot store the session") from None
+        self._session_created(_Pending(self._index, moved, client.name, len(paths), "moved"), 0)
+        return moved
 
     def expire(self, now: float) -> int:
         count = self.store.expire_sessions(now)
@@ -663,6 +707,15 @@ def _first_text(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected(RejectReason.BAD_REQUEST, f"attribute {key} is not valid UTF-8") from None
+
+
+def _first_u32(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> int | None:
+    raw = _first(packet, key)
+    if raw is None:
+        return None
+    if len(raw) != 4:
+        raise Rejected(RejectReason.BAD_REQUEST, f"attribute {key} is not a 4-octet integer")
+    return int.from_bytes(raw, "big")
 
 
 def _first_ipv4(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> IPv4Address | None:

@@ -58,6 +58,7 @@ class NvseType(enum.IntEnum):
     """Vendor-NVSE-Type values under :data:`VENDOR_ID` (a separate number space)."""
 
     PREVIOUS_FA = 1
+    SESSION = 2  # from an FA to the HA: the AAA session id and key epoch it was given
 
 
 class VpnInformationError(MipDecodeError):
@@ -280,4 +281,28 @@ def previous_fa(extensions: Iterable[Extension]) -> IPv4Address | None:
             if len(e.value) != 4:
                 raise MipDecodeError(f"previous-FA NVSE value is {len(e.value)} octets, expected 4")
             return IPv4Address(e.value)
+    return None
+
+
+def session_extension(session_id: str, epoch: int) -> NormalVendorExtension:
+    """The NVSE with which an FA tells the home agent which AAA session, in
+    which key epoch, its SAs belong to (after a same-domain handoff the HA's
+    home AAA learns the new epoch from it): ``epoch(4) || session id``."""
+    encoded = session_id.encode("ascii")
+    if not 1 <= len(encoded) <= 64 or not 0 <= epoch <= 0xFFFFFFFF:
+        raise MipValueError("session id of 1..64 ASCII characters and a 32-bit epoch")
+    return NormalVendorExtension(VENDOR_ID, NvseType.SESSION, struct.pack("!I", epoch) + encoded)
+
+
+def session_of(extensions: Iterable[Extension]) -> tuple[str, int] | None:
+    """(session id, epoch) of a session NVSE, if the message carries one."""
+    for e in extensions:
+        if isinstance(e, NormalVendorExtension) and e.vendor_id == VENDOR_ID and e.vendor_type == NvseType.SESSION:
+            if not 5 <= len(e.value) <= 68:
+                raise MipDecodeError(f"session NVSE value is {len(e.value)} octets, expected 5..68")
+            try:
+                session_id = e.value[4:].decode("ascii")
+            except UnicodeDecodeError:
+                raise MipDecodeError("session NVSE: the session id is not ASCII") from None
+            return session_id, struct.unpack("!I", e.value[:4])[0]
     return None
