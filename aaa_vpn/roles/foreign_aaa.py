@@ -108,7 +108,6 @@ from aaa_vpn.roles.radius_client import (
     ServerConfig,
     ServerDown,
     ServerUp,
-    _Request,
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, VpnProfile
@@ -402,28 +401,11 @@ class SessionCache:
 # --- internals -----------------------------------------------------------------------------
 
 
-class _Upstream(RadiusClient):
-    """The sans-IO RADIUS client, taking a request's attributes as they are.
-
-    The proxy relays the client's attributes verbatim (rule 6) instead of
-    building them from an ``AccessRequestInfo``; everything else --
-    Identifiers, sealing per server, retransmission, failover, probing,
-    reply verification -- is the RadiusClient's own."""
-
-    def request_attributes(self, attributes: bytes, now: float, tag: object) -> None:
-        """Like :meth:`RadiusClient.request` for already encoded attributes
-        (no Message-Authenticator: sealing puts one first)."""
-        entry = _Request(tag, attributes)
-        self.counters["requests"] += 1
-        self._waiting.append(entry)
-        self._dispatch(now)
-
-
 @dataclass
 class _Pool:
     index: int
     name: str
-    client: _Upstream
+    client: RadiusClient
 
 
 @dataclass
@@ -565,7 +547,7 @@ class ForeignAaa:
             identity = tuple((s.address, s.port, hashlib.sha256(s.secret.value).digest()) for s in realm.servers)
             pool = by_servers.get(identity)
             if pool is None:
-                upstream = _Upstream(
+                upstream = RadiusClient(
                     realm.servers,
                     timeout=self.options.timeout,
                     retries=self.options.retries,

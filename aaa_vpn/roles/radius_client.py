@@ -321,7 +321,13 @@ class RadiusClient:
 
         Raises :class:`~aaa_vpn.wire.radius_request.RequestError` at once if
         the request cannot be encoded (the caller's fault)."""
-        entry = _Request(tag, encode_request_attributes(info))
+        self.request_attributes(encode_request_attributes(info), now, tag)
+
+    def request_attributes(self, attributes: bytes, now: float, tag: object = None) -> None:
+        """Like :meth:`request` for attributes already encoded (a proxy relays
+        its client's verbatim): raw attributes without Message-Authenticator,
+        which sealing puts first for each server."""
+        entry = _Request(tag, attributes)
         self.counters["requests"] += 1
         self._waiting.append(entry)
         self._dispatch(now)
