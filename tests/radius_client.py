@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import pyrad.packet
 
-from aaa_vpn.net import radius_codec as rc
 from aaa_vpn.roles.home_aaa import mn_aaa_chap_attributes
 from aaa_vpn.secret import Secret
+from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import VENDOR_ID
 from aaa_vpn.wire.radius import load_dictionary
 

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from aaa_vpn.model import Client, ClientRole, Gateway, GatewayMode, Service, User, ValidationError, VpnRecord
-from aaa_vpn.net import radius_codec as rc
 from aaa_vpn.roles.foreign_aaa import (
     CachedSession,
     Datagram,
@@ -43,6 +42,7 @@ from aaa_vpn.service.foreign import load_foreign_settings
 from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
 from aaa_vpn.store import init_store
 from aaa_vpn.store.sqlite import SqliteStore
+from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, VpnProfile
 from aaa_vpn.wire.radius import load_dictionary
 from aaa_vpn.wire.radius_profile import AaaVpnAttr
@@ -231,7 +231,7 @@ def only_reply(net: Net) -> bytes:
 
 
 def without_ma(attributes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    return [(code, value) for code, value in attributes if code != rc.MESSAGE_AUTHENTICATOR]
+    return [(code, value) for code, value in attributes if code != rc.MESSAGE_AUTHENTICATOR_TYPE]
 
 
 # --- accept, reject, routing ---------------------------------------------------------------
@@ -248,7 +248,7 @@ def test_accept_is_relayed_with_the_profile_reencrypted_for_the_fa_and_without_t
     # Verified like an FA does: Response Authenticator, Message-Authenticator, Proxy-State.
     result = decode_access_reply(reply, request, FA_SECRET)
     assert isinstance(result, Accepted), result
-    assert split_attributes(reply)[0][0] == rc.MESSAGE_AUTHENTICATOR  # first (BlastRADIUS)
+    assert split_attributes(reply)[0][0] == rc.MESSAGE_AUTHENTICATOR_TYPE  # first (BlastRADIUS)
     profile = result.profile
     assert profile.session_root_key is None  # least privilege: the SRK stays in the AAAF
     assert vendor_values(split_attributes(reply), VENDOR_ID, AaaVpnAttr.SESSION_ROOT_KEY) == []
@@ -270,7 +270,7 @@ def test_accept_is_relayed_with_the_profile_reencrypted_for_the_fa_and_without_t
     (upstream,) = net.sent_to(SERVER_A)
     assert upstream[4:20] != request[4:20]
     up_attributes = split_attributes(upstream)
-    assert up_attributes[0][0] == rc.MESSAGE_AUTHENTICATOR
+    assert up_attributes[0][0] == rc.MESSAGE_AUTHENTICATOR_TYPE
     assert without_ma(up_attributes)[:-1] == without_ma(split_attributes(request))
     assert up_attributes[-1][0] == rc.PROXY_STATE and len(up_attributes[-1][1]) == 8
     assert aaaf.counters["accepts"] == 1 and aaaf.counters["sessions_cached"] == 1
@@ -478,7 +478,7 @@ def test_unknown_clients_and_missing_or_wrong_message_authenticators_are_dropped
     request = fa_request(secret=BLOCK_SECRET, message_authenticator=False)
     net.send(request, T0, source=("127.0.1.7", 40000))
     (upstream,) = net.sent_to(SERVER_A)
-    assert split_attributes(upstream)[0][0] == rc.MESSAGE_AUTHENTICATOR
+    assert split_attributes(upstream)[0][0] == rc.MESSAGE_AUTHENTICATOR_TYPE
     assert isinstance(decode_access_reply(net.to_clients[0].data, request, BLOCK_SECRET), Accepted)
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from aaa_vpn.model import Client, ClientRole, User
-from aaa_vpn.net import radius_codec as rc
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
 from aaa_vpn.store import init_store
 from aaa_vpn.store.sqlite import SqliteStore
+from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.radius import load_dictionary
 from aaa_vpn.wire.radius_profile import decode_profile
 

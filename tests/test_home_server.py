@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from aaa_vpn.net import radius_codec as rc
 from aaa_vpn.store import open_store
+from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, RequestType
 from aaa_vpn.wire.radius_profile import (
     decode_3gpp2,
@@ -277,7 +277,7 @@ def test_fa_registration_gets_the_fa_part_of_the_profile(server: Server) -> None
     request, ex = register(server)
     assert ex.reply is not None, "no reply to a valid Access-Request"
     assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
-    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR  # first attribute (BlastRADIUS)
+    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR_TYPE  # first attribute (BlastRADIUS)
     assert request.VerifyReply(_decoded(ex.reply, SECRET), rawreply=ex.reply, enforce_ma=True)
     profile = decode_profile(ex.reply[20:], SECRET, ex.authenticator)
     assert profile.home_address == IPv4Address("198.51.100.10")
@@ -363,7 +363,7 @@ def test_rejects_carry_reason_and_message(
     request = access_request(SECRET, nai, mn_secret, care_of="127.0.0.1")
     ex = exchange(server.address, request)
     assert ex.code == rc.ACCESS_REJECT
-    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR
+    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR_TYPE
     assert request.VerifyReply(_decoded(ex.reply, SECRET), rawreply=ex.reply, enforce_ma=True)
     code, message = _reject_reason(ex)
     assert code == reason and text in message
@@ -447,7 +447,7 @@ def test_proxy_state_is_echoed_in_order(server: Server) -> None:
 def test_status_server(server: Server) -> None:
     ex = status_server(server.address, SECRET)
     assert ex.code == rc.ACCESS_ACCEPT
-    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR
+    assert ex.attributes[0][0] == rc.MESSAGE_AUTHENTICATOR_TYPE
     message = next(v for c, v in ex.attributes if c == rc.REPLY_MESSAGE).decode()
     assert "requests" in message and "dropped" in message
 

@@ -26,7 +26,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aaa_vpn.model import Client, ClientRole, Flavour, User
-from aaa_vpn.net import radius_codec as rc
 from aaa_vpn.roles.home_aaa import mn_aaa_chap_attributes
 from aaa_vpn.roles.radius_client import (
     Event,
@@ -42,6 +41,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
 from aaa_vpn.store import init_store
 from aaa_vpn.store.sqlite import SqliteStore
+from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, RequestType
 from aaa_vpn.wire.radius import encode_reply, load_dictionary
 from aaa_vpn.wire.radius_request import (

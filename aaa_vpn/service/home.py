@@ -45,11 +45,11 @@ from pyrad.dictionary import Dictionary
 
 from aaa_vpn import keys
 from aaa_vpn.model import Client, ClientRole, Session, nai_realm
-from aaa_vpn.net import radius_codec as rc
 from aaa_vpn.roles import home_aaa
 from aaa_vpn.roles.home_aaa import Rejected, UserContext
 from aaa_vpn.service.logging import fields
 from aaa_vpn.store.base import NotFound, SpiConflict, Store, StoreError
+from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType
 from aaa_vpn.wire.radius_profile import ProfileError, encode_profile
 
@@ -353,11 +353,11 @@ class HomeAaa:
             if client is None:
                 self._drop("unknown_client", source, now)
                 return None, False
-        if len(data) < rc.HEADER:
+        if len(data) < rc.HEADER_LENGTH:
             self._drop("malformed", source, now, "shorter than a RADIUS header")
             return None, False
         code, identifier, length = struct.unpack_from("!BBH", data)
-        if length < rc.HEADER or length > len(data) or length > rc.MAX_PACKET:
+        if length < rc.HEADER_LENGTH or length > len(data) or length > rc.MAX_PACKET_LENGTH:
             self._drop("malformed", source, now, f"bad Length {length} for {len(data)} octets")
             return None, False
         data = data[:length]  # RFC 2865 section 3: octets beyond Length are padding
@@ -492,7 +492,7 @@ class HomeAaa:
                 client.flavour,
                 client.secret.value,
                 packet.authenticator,
-                budget=rc.MAX_PACKET - rc.HEADER - rc.MA_LENGTH - reserved,
+                budget=rc.MAX_PACKET_LENGTH - rc.HEADER_LENGTH - rc.MESSAGE_AUTHENTICATOR_LENGTH - reserved,
             )
         except ProfileError as exc:
             raise Rejected(RejectReason.PROFILE_TOO_LARGE, f"VPN profile does not fit: {exc}") from None
@@ -729,7 +729,7 @@ def _first_ipv4(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> IPv4
 
 def _duplicate_key(data: bytes, source: tuple[str, int]) -> tuple[str, int, int, bytes] | None:
     """(source address, source port, Identifier, Request Authenticator), RFC 5080 section 2.2.2."""
-    if len(data) < rc.HEADER:
+    if len(data) < rc.HEADER_LENGTH:
         return None
     return (source[0], source[1], data[1], data[4:20])
 

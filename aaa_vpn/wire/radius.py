@@ -28,6 +28,7 @@ import importlib.resources
 import os
 import struct
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,40 @@ MAX_SALT_PLAINTEXT = 239
 DEFAULT_ATTRIBUTE_BUDGET = MAX_PACKET_LENGTH - HEADER_LENGTH - MESSAGE_AUTHENTICATOR_LENGTH
 
 _BLOCK = 16
+
+# Packet codes (RFC 2865 section 3, RFC 5997) and attribute types the code names.
+ACCESS_REQUEST = 1
+ACCESS_ACCEPT = 2
+ACCESS_REJECT = 3
+ACCOUNTING_REQUEST = 4
+ACCESS_CHALLENGE = 11
+STATUS_SERVER = 12
+
+USER_NAME = 1
+CHAP_PASSWORD = 3
+NAS_IP_ADDRESS = 4
+REPLY_MESSAGE = 18
+SESSION_TIMEOUT = 27
+PROXY_STATE = 33
+CHAP_CHALLENGE = 60
+
+
+class ReplyTooLarge(ValueError):
+    """A reply would exceed 4096 octets (RFC 2865 section 3)."""
+
+
+def attribute(code: int, value: bytes) -> bytes:
+    """One standard attribute; ValueError if the value exceeds 253 octets."""
+    if len(value) > MAX_ATTRIBUTE_VALUE:
+        raise ValueError(f"attribute {code}: value of {len(value)} octets, at most {MAX_ATTRIBUTE_VALUE} fit")
+    return bytes((code, len(value) + 2)) + value
+
+
+def vendor_attribute(vendor: int, code: int, value: bytes) -> bytes:
+    """One Vendor-Specific attribute in the RFC 2865 section 5.26 recommended form."""
+    if len(value) > MAX_VSA_VALUE:
+        raise ValueError(f"vendor attribute {vendor}:{code}: value of {len(value)} octets, at most {MAX_VSA_VALUE}")
+    return struct.pack("!BBIBB", 26, len(value) + 8, vendor, code, len(value) + 2) + value
 
 
 def _xor16(a: bytes, b: bytes) -> bytes:
@@ -218,28 +253,49 @@ def encode_reply(
     identifier: int,
     request_authenticator: bytes,
     secret: bytes,
-    attributes: list[bytes],
+    attributes: bytes | Sequence[bytes],
 ) -> bytes:
     """A complete reply to an Access-Request: header, Message-Authenticator
-    first (FreeRADIUS' BlastRADIUS guidance), then ``attributes`` (raw,
-    e.g. from :func:`aaa_vpn.wire.radius_profile.encode_profile`).
+    first (FreeRADIUS' BlastRADIUS guidance), then ``attributes`` (raw: one
+    byte string, or a list such as :func:`aaa_vpn.wire.radius_profile.encode_profile`
+    returns). Also right for Status-Server replies (RFC 5997 section 3).
 
     The Message-Authenticator is computed before the Response Authenticator
-    (RFC 3579 section 3.2). Raises ValueError beyond 4096 octets.
-    """
-    body = b"".join(attributes)
+    (RFC 3579 section 3.2). Raises :class:`ReplyTooLarge` beyond 4096 octets."""
+    body = attributes if isinstance(attributes, bytes) else b"".join(attributes)
     length = HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(body)
     if length > MAX_PACKET_LENGTH:
-        raise ValueError(f"reply of {length} octets exceeds {MAX_PACKET_LENGTH} (RFC 2865 section 3)")
+        raise ReplyTooLarge(f"reply of {length} octets exceeds {MAX_PACKET_LENGTH} (RFC 2865 section 3)")
     head = struct.pack("!BBH", code, identifier, length)
-    mac = hmac.new(secret, digestmod=hashlib.md5)
-    mac.update(head)
-    mac.update(request_authenticator)
-    mac.update(b"\x50\x12" + b"\x00" * AUTHENTICATOR_LENGTH)
-    mac.update(body)
-    attrs = b"\x50\x12" + mac.digest() + body
+    mac = hmac.new(secret, head + request_authenticator + _MA_ZERO + body, hashlib.md5).digest()
+    attrs = b"\x50\x12" + mac + body
     auth = hashlib.md5(head + request_authenticator + attrs + secret).digest()
     return head + auth + attrs
+
+
+_MA_ZERO = b"\x50\x12" + b"\x00" * AUTHENTICATOR_LENGTH
+
+
+def check_request_message_authenticator(packet: bytes, secret: bytes) -> bool | None:
+    """The Message-Authenticator of a received *request* (Access-Request,
+    Status-Server): None when it has none, else whether it is valid.
+
+    ``packet`` must be length-checked (Length == len(packet)); malformed
+    attributes make it False rather than raise."""
+    position = HEADER_LENGTH
+    end = len(packet)
+    while position + 2 <= end:
+        code, length = packet[position], packet[position + 1]
+        if length < 2:
+            return False
+        if code == MESSAGE_AUTHENTICATOR_TYPE:
+            if length != MESSAGE_AUTHENTICATOR_LENGTH:
+                return False
+            received = packet[position + 2 : position + 18]
+            zeroed = packet[: position + 2] + b"\x00" * 16 + packet[position + 18 :]
+            return hmac.compare_digest(received, hmac.new(secret, zeroed, hashlib.md5).digest())
+        position += length
+    return None
 
 
 # --- dictionaries ---------------------------------------------------------------------------
