@@ -9,6 +9,8 @@ loopback like in production.
 
 from __future__ import annotations
 
+import functools
+import heapq
 import os
 import select
 import socket
@@ -49,6 +51,7 @@ AAA = "127.0.0.1"
 HA = "127.0.0.2"
 FA1 = "127.0.0.11"
 FA2 = "127.0.0.12"
+FA3 = "127.0.0.13"  # another visited domain: no foreign AAA, asks the home AAA directly
 GW_STATIC = "127.0.0.21"
 GW_DYNAMIC = "127.0.0.22"
 AAAF = "127.0.0.3"
@@ -63,6 +66,7 @@ GATEWAY_KEYS = {GW_STATIC: Secret(b"static-gateway-key-0123"), GW_DYNAMIC: Secre
 SECRETS = {
     FA1: Secret(b"fa1-secret-xyz"),
     FA2: Secret(b"fa2-secret-xyz"),
+    FA3: Secret(b"fa3-secret-xyz"),
     HA: Secret(b"ha-secret-xyzw"),
     AAAF: Secret(b"aaaf-home-secret"),
 }
@@ -78,7 +82,14 @@ def provision(
     store: SqliteStore, gateways: tuple[str, ...] = ("static", "dynamic"), key_mode: KeyMode = KeyMode.MANUAL
 ) -> None:
     """The user, the agents as RADIUS clients, the gateways and the VPN records."""
-    for address, role in ((FA1, ClientRole.FA), (FA2, ClientRole.FA), (HA, ClientRole.HA), (AAAF, ClientRole.PROXY)):
+    agents = (
+        (FA1, ClientRole.FA),
+        (FA2, ClientRole.FA),
+        (FA3, ClientRole.FA),
+        (HA, ClientRole.HA),
+        (AAAF, ClientRole.PROXY),
+    )
+    for address, role in agents:
         store.add_client(Client(f"c-{address.replace('.', '-')}", IPv4Network(f"{address}/32"), SECRETS[address], role))
     store.add_user(User(NAI, IPv4Address(HA), MN_AAA, 256, MN_HA, home_address=IPv4Address(HOME_ADDRESS)))
     store.add_gateway(
@@ -139,6 +150,9 @@ class Network:
         self.aaa_socket = self._socket(AAA, self.radius_port)
         self.nodes: dict[str, Node] = {}
         self.aaa_up = True
+        self.wan_delay = 0.0  # one way, between the visited domains and the home domain (real-time runs)
+        self._deferred: list[tuple[float, int, Callable[[], None]]] = []
+        self._deferred_count = 0
         self.foreign: ForeignAaa | None = None
         if foreign:
             self.foreign_port = free_port()
@@ -169,7 +183,7 @@ class Network:
         return node
 
     def aaa_servers(self, address: str) -> list[ServerConfig]:
-        if self.foreign is not None and address != HA:
+        if self.foreign is not None and address in (FA1, FA2):
             return [ServerConfig(AAAF, self.foreign_port, SECRETS[address])]
         return [ServerConfig(AAA, self.radius_port, SECRETS[address])]
 
@@ -238,23 +252,55 @@ class Network:
                     data, source = sock.recvfrom(65535)
                 except (BlockingIOError, ConnectionRefusedError):
                     break
-                if self.foreign is not None and sock is self.foreign_socket:
-                    self.foreign.receive_from_client(data, source, self.clock)
-                    continue
-                if self.foreign is not None and sock is self.foreign_upstream:
-                    self.foreign.receive_from_upstream(data, source, 0, self.clock)
-                    continue
-                if sock is self.aaa_socket:
-                    if self.aaa_up:
-                        reply = self.home.handle(data, source, self.clock)
-                        if reply is not None:
-                            sock.sendto(reply, source)
-                    continue
-                for node in self.nodes.values():
-                    for channel, own in node.sockets.items():
-                        if own is sock:
-                            node.agent.receive_datagram(channel, data, source, self.clock)  # type: ignore[attr-defined]
+                deliver = functools.partial(self._deliver, sock, data, source)
+                if self.wan_delay and _home(source[0]) != _home(sock.getsockname()[0]):
+                    self._deferred_count += 1
+                    heapq.heappush(self._deferred, (time.time() + self.wan_delay, self._deferred_count, deliver))
+                else:
+                    deliver()
         return bool(readable)
+
+    def _deliver(self, sock: socket.socket, data: bytes, source: tuple[str, int]) -> None:
+        if self.foreign is not None and sock is self.foreign_socket:
+            self.foreign.receive_from_client(data, source, self.clock)
+            return
+        if self.foreign is not None and sock is self.foreign_upstream:
+            self.foreign.receive_from_upstream(data, source, 0, self.clock)
+            return
+        if sock is self.aaa_socket:
+            if self.aaa_up:
+                reply = self.home.handle(data, source, self.clock)
+                if reply is not None:
+                    sock.sendto(reply, source)
+            return
+        for node in self.nodes.values():
+            for channel, own in node.sockets.items():
+                if own is sock:
+                    node.agent.receive_datagram(channel, data, source, self.clock)  # type: ignore[attr-defined]
+
+    def run_until(self, done: Callable[[], bool], timeout: float = 30.0) -> float:
+        """Real-time mode: run on the wall clock until ``done()``; return the
+        seconds it took. Datagrams between the visited domains and the home
+        domain are held for ``wan_delay`` seconds each way."""
+        start = time.time()
+        while not done():
+            self.clock = now = time.time()
+            if now - start > timeout:
+                raise TimeoutError("nothing happened in time")
+            while self._deferred and self._deferred[0][0] <= now:
+                heapq.heappop(self._deferred)[2]()
+            for node in self.nodes.values():
+                timer = node.agent.get_timer()
+                if timer is not None and timer <= now:
+                    node.agent.handle_timer(now)
+            if self.foreign is not None and (t := self.foreign.get_timer()) is not None and t <= now:
+                self.foreign.handle_timer(now)
+            sent = self._flush()
+            wait = 0.0 if sent else 0.002
+            if self._deferred:
+                wait = max(0.0, min(wait, self._deferred[0][0] - time.time()))
+            self._receive(wait)
+        return time.time() - start
 
     def settle(self, rounds: int = 200) -> None:
         """Exchange datagrams until nothing moves (without advancing the clock)."""
@@ -295,6 +341,11 @@ class Network:
             self.foreign_socket.close()
             self.foreign_upstream.close()
         self.store.close()
+
+
+def _home(address: str) -> bool:
+    """Whether ``address`` is in the home domain (home AAA, HA, gateways)."""
+    return address in (AAA, HA, GW_STATIC, GW_DYNAMIC)
 
 
 def inner_packet(source: str, destination: str, payload: bytes = b"hello through the VPN") -> bytes:
