@@ -380,3 +380,28 @@ def test_flow_c_same_domain_handoff_answered_by_the_foreign_aaa(tmp_path: Path) 
         assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
     finally:
         net.close()
+
+
+def test_a_gateway_that_never_acknowledges_rolls_everything_back(tmp_path: Path) -> None:
+    from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
+    from aaa_vpn.secret import Secret
+
+    net = Network(tmp_path)
+    net.add_ha(gateway_timeout=2.0)
+    net.add_fa("fa1", FA1)
+    net.add_gw("gw-static", GW_STATIC)
+    # the dynamic gateway has the wrong provisioned key: it cannot authenticate the
+    # HA's Binding Update, drops it and never answers
+    wrong = CorrespondentGateway(GwConfig(IPv4Address(GW_DYNAMIC), Secret(b"not-the-gateway-key")))
+    net._add("gw-dynamic", wrong, GW_DYNAMIC, net.mip_port, radius=False, backend=True)
+    net.add_mn(retransmit=30.0)
+    try:
+        net.nodes["mn"].agent.register(net.fa_address(FA1), net.clock)  # type: ignore[attr-defined]
+        net.settle()
+        assert table(net, "gw-static") == [("HA_GW", HA)]  # the static gateway did install
+        net.advance(2.5)  # the HA gives up waiting for the dynamic gateway
+        assert mn_result(net).code == ReplyCode.HA_INSUFFICIENT_RESOURCES
+        assert wrong.counters["dropped.bad_binding_auth"] >= 1  # the update (and the withdrawal)
+        no_sas_anywhere(net)  # the HA withdrew the static gateway's binding too
+    finally:
+        net.close()
