@@ -191,7 +191,7 @@ def main() -> int:
         p50 = percentile(values, 0.5)
         lines.append(
             f"| {label} | {len(values)} | {p50:.1f} | {percentile(values, 0.99):.1f} | {statistics.fmean(values):.1f}"
-            f" | {p50 / (2 * args.wan_ms):.2f} |"
+            + (f" | {p50 / (2 * args.wan_ms):.2f} |" if args.wan_ms else " | - |")
         )
     report = "\n".join(lines) + "\n"
     print(report)
