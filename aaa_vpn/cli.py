@@ -1309,6 +1309,385 @@ def serve_foreign(
         raise click.exceptions.Exit(int(code))
 
 
+# -- mobility agents, the mobile-node simulator, the demo ----------------------------------------------
+# The options become an aaa_vpn.service.agent_config.AgentSettings, passed to
+# aaa_vpn.net.agents.run_agent; docs/agents.md is the reference.
+
+
+def _agent_options(role: str) -> Callable[[F], F]:
+    """The options of ``agent fa|ha|gw``; each also has a key in the TOML file."""
+
+    def decorate(function: F) -> F:
+        decorators = [
+            click.option(
+                "--config",
+                "config_path",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="The agent's TOML file (docs/agents.md); options win over it.",
+            ),
+            click.option("--address", metavar="ADDR", help="The agent's own IPv4 address (required)."),
+            click.option("--name", metavar="NAME", help=f"Its name in logs and the state file.  [default: {role}]"),
+            click.option(
+                "--mip-port",
+                type=click.IntRange(1, 65535),
+                default=None,
+                help="The Mobile IP UDP port, the same on every agent.  [default: 434]",
+            ),
+        ]
+        if role in ("fa", "ha"):
+            decorators += [
+                click.option(
+                    "--aaa",
+                    "aaa",
+                    multiple=True,
+                    metavar="HOST[:PORT]",
+                    help="An AAA server (repeat for failover, in order).  [default port: 1812]",
+                ),
+                click.option(
+                    "--secret-file",
+                    type=click.Path(dir_okay=False, path_type=Path),
+                    help="The RADIUS shared secret with the AAA servers (a file of mode 0600).",
+                ),
+                click.option("--radius-timeout", type=click.FloatRange(min=0.01), default=None, help="[default: 2]"),
+                click.option("--radius-retries", type=click.IntRange(min=0), default=None, help="[default: 2]"),
+            ]
+        if role == "fa":
+            decorators.append(
+                click.option(
+                    "--ha-timeout",
+                    type=click.FloatRange(min=0.01),
+                    default=None,
+                    help="Seconds to wait for the home agent before answering 78.  [default: 5]",
+                )
+            )
+        if role == "ha":
+            decorators.append(
+                click.option(
+                    "--gateway-timeout",
+                    type=click.FloatRange(min=0.01),
+                    default=None,
+                    help="Seconds to wait for a gateway's Binding Acknowledge.  [default: 3]",
+                )
+            )
+        if role == "gw":
+            decorators += [
+                click.option(
+                    "--gateway-key-file",
+                    type=click.Path(dir_okay=False, path_type=Path),
+                    help="The key provisioned for this gateway (mode 0600; the file given to 'gateway add').",
+                ),
+                click.option(
+                    "--home-agent",
+                    "home_agents",
+                    multiple=True,
+                    metavar="ADDR",
+                    help="Accept Binding Updates only from this home agent (repeatable).  [default: any]",
+                ),
+            ]
+        decorators += [
+            click.option(
+                "--max-lifetime", type=click.IntRange(1, 0xFFFE), default=None, help="Longest lifetime granted."
+            ),
+            click.option(
+                "--state-file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Keep the SA table, visitors/bindings and recent events here as JSON (docs/agents.md).",
+            ),
+            click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, help="[default: info]"),
+            click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None, help="[default: text]"),
+            click.option("--check", is_flag=True, help="Only check the settings, print a summary and exit."),
+        ]
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return decorate
+
+
+def _run_agent(app: App, role: str, options: dict[str, Any]) -> None:
+    agent_config = importlib.import_module("aaa_vpn.service.agent_config")
+    config_path: Path | None = options.pop("config_path")
+    check: bool = options.pop("check")
+    aaa = [agent_config.parse_endpoint("--aaa", value, 1812) for value in options.pop("aaa", ())]
+    secret_file: Path | None = options.pop("secret_file", None)
+    secret = (
+        agent_config.read_secret_file(secret_file, "--secret-file", agent_config.MIN_SECRET)
+        if secret_file is not None
+        else None
+    )
+    key_file: Path | None = options.pop("gateway_key_file", None)
+    if key_file is not None:
+        options["gateway_key"] = agent_config.read_secret_file(key_file, "--gateway-key-file", 16)
+    home_agents = options.pop("home_agents", ())
+    if home_agents:
+        options["home_agents"] = frozenset(agent_config.parse_ipv4("--home-agent", a) for a in home_agents)
+    if options.get("address") is not None:
+        options["address"] = agent_config.parse_ipv4("--address", options["address"])
+    settings = agent_config.load_agent_settings(role, config_path, options, aaa=aaa, secret=secret)
+    if check:
+        document: JsonObject = {
+            "role": settings.role,
+            "name": settings.node,
+            "address": str(settings.address),
+            "mip_port": settings.mip_port,
+            "aaa": [s.name for s in settings.aaa_servers],
+            "home_agents": sorted(str(a) for a in settings.home_agents),
+            "state_file": str(settings.state_file) if settings.state_file else None,
+        }
+        lines = [f"{settings.node} ({settings.role}): OK, Mobile IP on {settings.address}:{settings.mip_port}"]
+        lines += [f"AAA server {s.name}" for s in settings.aaa_servers]
+        if settings.role == "gw":
+            trusted = ", ".join(sorted(str(a) for a in settings.home_agents)) or "any that authenticates"
+            lines.append(f"home agents: {trusted}")
+        if settings.state_file:
+            lines.append(f"state file {settings.state_file}")
+        emit(app, document, "\n".join(lines))
+        return
+    # Imported here: the agents pull in asyncio and the SA backend.
+    agents = importlib.import_module("aaa_vpn.net.agents")
+    code = agents.run_agent(settings)
+    if code:
+        raise click.exceptions.Exit(int(code))
+
+
+@cli.group(
+    epilog=example(
+        "aaa-vpn agent fa --address 192.0.2.1 --aaa 192.0.2.5:1812 --secret-file fa1.secret",
+        "aaa-vpn agent ha --config /etc/aaa-vpn/ha.toml",
+    )
+)
+def agent() -> None:
+    """Run the Mobile IP agents: foreign agent, home agent, correspondent gateway."""
+
+
+@agent.command(
+    "fa",
+    epilog=example(
+        "aaa-vpn agent fa --address 192.0.2.1 --aaa 192.0.2.5:1812 --aaa 192.0.2.6 \\",
+        "    --secret-file /etc/aaa-vpn/fa1.secret --state-file /run/aaa-vpn/fa1.json",
+        "aaa-vpn agent fa --config /etc/aaa-vpn/fa1.toml",
+    ),
+)
+@_agent_options("fa")
+@pass_app
+def agent_fa(app: App, /, **options: Any) -> None:
+    """Run a foreign agent: Mobile IP registrations, AAA, visitors and their SAs."""
+    _run_agent(app, "fa", options)
+
+
+@agent.command(
+    "ha",
+    epilog=example(
+        "aaa-vpn agent ha --address 192.0.2.2 --aaa 192.0.2.5:1812 --secret-file /etc/aaa-vpn/ha.secret",
+        "aaa-vpn agent ha --config /etc/aaa-vpn/ha.toml --check",
+    ),
+)
+@_agent_options("ha")
+@pass_app
+def agent_ha(app: App, /, **options: Any) -> None:
+    """Run a home agent: mobility bindings, Binding Updates to gateways, their SAs."""
+    _run_agent(app, "ha", options)
+
+
+@agent.command(
+    "gw",
+    epilog=example(
+        "aaa-vpn agent gw --address 192.0.2.10 --gateway-key-file /etc/aaa-vpn/gw-hq.key --home-agent 192.0.2.2",
+        "aaa-vpn agent gw --config /etc/aaa-vpn/gw-hq.toml",
+    ),
+)
+@_agent_options("gw")
+@pass_app
+def agent_gw(app: App, /, **options: Any) -> None:
+    """Run a correspondent gateway: authenticated Binding Updates from home agents, their SAs."""
+    _run_agent(app, "gw", options)
+
+
+@dataclass
+class MnSettings:
+    """The ``mn`` group's options, for its subcommands."""
+
+    nai: str
+    home_address: Any
+    home_agent: Any
+    mn_ha_spi: int
+    mn_ha_key: Secret
+    mn_aaa_secret: Secret
+    lifetime: int
+    retransmit: float
+    attempts: int
+    mip_port: int
+    source: str
+
+
+_MN_HA = SecretSpec("mn-ha-key", "MN-HA key", _random_key(16))
+_MN_AAA = SecretSpec("mn-aaa-secret", "MN-AAA secret", _text_secret(18))
+
+
+@cli.group(
+    "mn",
+    epilog=example(
+        "aaa-vpn mn --nai mn1@home.example --home-address 198.51.100.10 --home-agent 192.0.2.2 \\",
+        "    --mn-ha-spi 256 --mn-ha-key-file mn1.mnha --mn-aaa-secret-file mn1.secret \\",
+        "    register --fa 192.0.2.1",
+    ),
+)
+@click.option("--nai", help="The mobile node's NAI, e.g. mn1@home.example (required).")
+@click.option("--home-address", metavar="ADDR", help="Its home address (required).")
+@click.option("--home-agent", metavar="ADDR", help="Its home agent (required).")
+@click.option("--mn-ha-spi", type=click.IntRange(256, 0xFFFFFFFF), help="The MN-HA SPI (required).")
+@click.option("--mn-ha-key-file", type=click.Path(dir_okay=False, allow_dash=True), help="The MN-HA key (raw bytes).")
+@click.option("--mn-ha-key-hex", metavar="HEX", help="The MN-HA key in hex.")
+@click.option("--mn-aaa-secret-file", type=click.Path(dir_okay=False, allow_dash=True), help="The MN-AAA secret.")
+@click.option("--mn-aaa-secret", metavar="TEXT", help="The MN-AAA secret as text (visible in 'ps').")
+@click.option("--lifetime", type=click.IntRange(1, 0xFFFE), default=600, show_default=True, help="Lifetime to ask for.")
+@click.option(
+    "--retransmit", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds between tries."
+)
+@click.option("--attempts", type=click.IntRange(1, 20), default=4, show_default=True, help="Tries before giving up.")
+@click.option(
+    "--mip-port", type=click.IntRange(1, 65535), default=434, show_default=True, help="The FAs' Mobile IP port."
+)
+@click.option("--source", default="0.0.0.0", show_default=True, metavar="ADDR", help="Address to send from.")
+@click.pass_context
+def mn(ctx: click.Context, /, **options: Any) -> None:
+    """Simulate a mobile node: register through an FA, move, deregister (one exchange per call).
+
+    Exit status 0 when the registration was accepted, 1 when it was denied or
+    not answered, 2 for invalid input."""
+    # Checked by the subcommand, so that 'mn register --help' works without them.
+    ctx.obj = (ctx.find_object(App), options)
+
+
+def _mn_settings(options: dict[str, Any]) -> MnSettings:
+    from aaa_vpn.model import check_nai
+
+    for name in ("nai", "home_address", "home_agent", "mn_ha_spi"):
+        if options.get(name) is None:
+            raise InvalidInput(f"missing option --{name.replace('_', '-')} (before the subcommand)")
+    check_nai(options["nai"])
+    generated: dict[str, Secret] = {}
+    mn_ha = _require(secret_from_options(_MN_HA, dict(options), generated), _MN_HA)
+    if len(mn_ha) < 16:
+        raise InvalidInput(f"the MN-HA key has {len(mn_ha)} octets; at least 16 are required (RFC 5944 section 5.1)")
+    mn_aaa = _require(secret_from_options(_MN_AAA, dict(options), generated), _MN_AAA)
+    parse_ipv4("--source", options["source"])
+    return MnSettings(
+        options["nai"],
+        parse_ipv4("--home-address", options["home_address"]),
+        parse_ipv4("--home-agent", options["home_agent"]),
+        options["mn_ha_spi"],
+        mn_ha,
+        mn_aaa,
+        options["lifetime"],
+        options["retransmit"],
+        options["attempts"],
+        options["mip_port"],
+        options["source"],
+    )
+
+
+def _run_mn(ctx: click.Context, fa: str, previous_fa: str | None, deregister: bool, json_flag: bool) -> None:
+    app, options = ctx.obj
+    settings = _mn_settings(options)
+    agents = importlib.import_module("aaa_vpn.net.agents")
+    agent_config = importlib.import_module("aaa_vpn.service.agent_config")
+    from aaa_vpn.roles.mn import MnConfig
+
+    address, port = agent_config.parse_endpoint("--fa", fa, settings.mip_port)
+    previous = parse_ipv4("--previous-fa", previous_fa) if previous_fa is not None else None
+    config = MnConfig(
+        nai=settings.nai,
+        home_address=settings.home_address,
+        home_agent=settings.home_agent,
+        mn_ha_spi=settings.mn_ha_spi,
+        mn_ha_key=settings.mn_ha_key,
+        mn_aaa_secret=settings.mn_aaa_secret,
+        lifetime=settings.lifetime,
+        retransmit=settings.retransmit,
+        attempts=settings.attempts,
+    )
+    try:
+        outcome = agents.run_mobile_node(
+            config, (str(address), port), deregister=deregister, previous_fa=previous, source=settings.source
+        )
+    except agents.AgentError as exc:
+        raise StoreFailure(str(exc)) from None
+    document = outcome.to_json()
+    if app.json_output or json_flag:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        what = "deregistration" if deregister else "registration"
+        verdict = "accepted" if outcome.accepted else "denied"
+        text = (
+            f"{what} of {settings.nai} through {address}:{port}: {verdict},"
+            f" code {outcome.code} ({document['code_name']}), lifetime {outcome.lifetime} s"
+            f" ({document['seconds']} s)"
+        )
+        if outcome.detail and not outcome.accepted:
+            text += f": {outcome.detail}"
+        click.echo(text)
+    if not outcome.accepted:
+        raise click.exceptions.Exit(1)
+
+
+@mn.command("register", epilog=example("aaa-vpn mn ... register --fa 192.0.2.12 --previous-fa 192.0.2.11"))
+@click.option("--fa", required=True, metavar="ADDR[:PORT]", help="The foreign agent to register through.")
+@click.option("--previous-fa", metavar="ADDR", help="The FA the node comes from (a handoff).")
+@click.option("--json", "json_flag", is_flag=True, help="Print the result as JSON (like the global --json).")
+@click.pass_context
+def mn_register(ctx: click.Context, fa: str, previous_fa: str | None, json_flag: bool) -> None:
+    """Register once through an FA; print the reply code and lifetime."""
+    _run_mn(ctx, fa, previous_fa, False, json_flag)
+
+
+@mn.command("deregister", epilog=example("aaa-vpn mn ... deregister --fa 192.0.2.11"))
+@click.option("--fa", required=True, metavar="ADDR[:PORT]", help="The foreign agent the node is registered through.")
+@click.option("--json", "json_flag", is_flag=True, help="Print the result as JSON (like the global --json).")
+@click.pass_context
+def mn_deregister(ctx: click.Context, fa: str, json_flag: bool) -> None:
+    """Deregister (lifetime 0) through an FA: every node removes the node's SAs."""
+    _run_mn(ctx, fa, None, True, json_flag)
+
+
+@cli.command(
+    "demo",
+    epilog=example("aaa-vpn demo", "aaa-vpn demo --json > demo.json"),
+)
+@click.option(
+    "--mip-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="The agents' Mobile IP port (0: a free high port; 434 needs root).",
+)
+@click.option("--json", "json_flag", is_flag=True, help="Print the report as one JSON document (like --json).")
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (database, logs, state files).")
+@pass_app
+def demo(app: App, mip_port: int, json_flag: bool, keep: bool) -> None:
+    """Run the whole system on loopback and walk a mobile node through flows A, B, C and D.
+
+    Starts the home AAA on a temporary database with a sample user, a foreign
+    AAA, a home agent, three foreign agents, a static and a dynamic gateway as
+    separate processes; registers the node through FA1, hands it off to FA2
+    (same domain: the foreign AAA answers), to FA3 (another domain: the home
+    AAA answers) and back to FA1, deregisters it; prints after every step what
+    happened and every node's SAs. Exit status 0 when every step succeeded.
+    Everything is stopped and removed at the end, also on Ctrl-C."""
+    demo_module = importlib.import_module("aaa_vpn.demo")
+    as_json = app.json_output or json_flag
+    report = demo_module.run_demo(
+        demo_module.DemoOptions(mip_port=mip_port, keep=keep),
+        progress=None if as_json else click.echo,
+    )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    if report.get("error") == "interrupted":
+        raise click.exceptions.Exit(130)  # 128 + SIGINT, as a shell reports Ctrl-C
+    if not report["ok"]:
+        raise click.exceptions.Exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``aaa-vpn`` console script."""
     cli.main(args=argv, prog_name="aaa-vpn")

@@ -1,0 +1,951 @@
+"""``aaa-vpn demo``: the whole system on loopback, as real processes, and a
+mobile node walked through flows A, B, C and D of DESIGN.md section 2.
+
+What it does:
+
+1. A temporary directory with a SQLite database provisioned through the
+   library (:mod:`aaa_vpn.store`): the user ``mn1@home.example`` with one
+   correspondent network behind a static gateway (stationary tunnel to the
+   HA) and one behind a dynamic gateway (route optimisation); the HA, FA3
+   and the visited domain's foreign AAA as RADIUS clients; the foreign AAA's
+   TOML file with FA1 and FA2 as its clients; random secrets in files of
+   mode 0600.
+2. Eight processes, each an ``aaa-vpn`` command on its own loopback address:
+   ``serve home`` (127.0.0.1), ``serve foreign`` (127.0.0.3, the domain
+   visited-a.example of FA1 and FA2), ``agent ha`` (127.0.0.2), ``agent fa``
+   FA1 (127.0.0.11), FA2 (127.0.0.12) and FA3 (127.0.0.13, domain
+   visited-b.example, which asks the home AAA directly), ``agent gw`` static
+   (127.0.0.21) and dynamic (127.0.0.22); the agents on one free high Mobile
+   IP port (434 needs root), each with a ``--state-file``.
+3. The steps, each one ``aaa-vpn mn`` run from 127.0.0.100: registration
+   through FA1 (flows A and B, proxied by the foreign AAA), handoff to FA2
+   answered by the foreign AAA alone (flow C), handoff to FA3 through the
+   home AAA (flow D), back to FA1 (flow D through the foreign AAA),
+   deregistration. After each step it waits until the state files show the
+   expected SA tables (or a few seconds pass), asks the foreign AAA for its
+   counters (SIGUSR1), then reports the node's result, a timeline of the
+   messages and SA changes every node recorded, each node's SA table, and
+   the checks.
+
+Flow E (smooth handoff) is not built yet: the old FA keeps the node's visitor
+entry and SAs until the registration lifetime ends.
+
+Every process is stopped by its PID (SIGTERM, then SIGKILL after a grace
+period) and the temporary directory removed, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from aaa_vpn.model import (
+    Client,
+    ClientRole,
+    EspTransform,
+    Gateway,
+    GatewayMode,
+    KeyMode,
+    QosClass,
+    Service,
+    User,
+    VpnRecord,
+)
+from aaa_vpn.secret import Secret
+from aaa_vpn.store import init_store
+
+AAA = "127.0.0.1"
+HA = "127.0.0.2"
+AAAF = "127.0.0.3"
+FA1 = "127.0.0.11"
+FA2 = "127.0.0.12"
+FA3 = "127.0.0.13"
+GW_STATIC = "127.0.0.21"
+GW_DYNAMIC = "127.0.0.22"
+MN_SOURCE = "127.0.0.100"
+NAI = "mn1@home.example"
+HOME_ADDRESS = "198.51.100.10"
+MN_HA_SPI = 256
+STATIC_NETWORK = "203.0.113.0/25"
+DYNAMIC_NETWORK = "203.0.113.128/25"
+
+#: The agents: name -> (role, address).
+AGENTS: dict[str, tuple[str, str]] = {
+    "ha": ("ha", HA),
+    "fa1": ("fa", FA1),
+    "fa2": ("fa", FA2),
+    "fa3": ("fa", FA3),
+    "gw-static": ("gw", GW_STATIC),
+    "gw-dynamic": ("gw", GW_DYNAMIC),
+}
+#: The FAs of the visited domain with a foreign AAA; FA3 asks the home AAA directly.
+BEHIND_FOREIGN_AAA = ("fa1", "fa2")
+NAMES = {
+    AAA: "home-aaa",
+    AAAF: "foreign-aaa",
+    MN_SOURCE: "mn",
+    **{address: name for name, (_role, address) in AGENTS.items()},
+}
+
+_START_TIMEOUT = 20.0
+_SETTLE_TIMEOUT = 3.0
+_STOP_GRACE = 5.0
+
+Expected = dict[str, set[tuple[str, str]]]  # node -> {(path role, peer address)}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """How the demo runs."""
+
+    mip_port: int = 0
+    """The agents' Mobile IP port; 0: a free high port."""
+    radius_port: int = 0
+    """The home AAA's RADIUS port; 0: a free high port."""
+    keep: bool = False
+    """Keep the temporary directory (database, logs, state files)."""
+    python: str = sys.executable
+    """The interpreter that runs ``-m aaa_vpn.cli`` for every process."""
+
+
+@dataclass
+class _Step:
+    name: str
+    flow: str
+    description: str
+    fa: str
+    previous_fa: str | None = None
+    deregister: bool = False
+    expected: Expected = field(default_factory=dict)
+    foreign: tuple[int, int] | None = None
+    """The foreign AAA's counters after the step: (proxied, handoffs_answered)."""
+    notes: tuple[str, ...] = ()
+
+
+_FA_PATHS = {("FA_HA", HA), ("FA_GW", GW_DYNAMIC)}
+_OLD_FA = "keeps its visitor and SAs until the registration lifetime ends (flow E is not built yet)"
+
+STEPS = (
+    _Step(
+        "register via FA1",
+        "A+B",
+        "initial registration through FA1, proxied by the visited domain's foreign AAA: the static"
+        " gateway's stationary tunnel to the HA (flow A) and route optimisation with the dynamic gateway (flow B)",
+        FA1,
+        expected={
+            "fa1": _FA_PATHS,
+            "fa2": set(),
+            "fa3": set(),
+            "ha": {("FA_HA", FA1), ("HA_GW", GW_STATIC)},
+            "gw-static": {("HA_GW", HA)},
+            "gw-dynamic": {("FA_GW", FA1)},
+        },
+        foreign=(1, 0),
+    ),
+    _Step(
+        "handoff to FA2",
+        "C",
+        "the node moves to FA2 in the same domain: the foreign AAA answers FA2 from its cache (next epoch,"
+        " keys derived from the session root key) without asking the home domain; the HA and the dynamic"
+        " gateway replace their SAs toward FA1 with SAs toward FA2",
+        FA2,
+        previous_fa=FA1,
+        expected={
+            "fa2": _FA_PATHS,
+            "ha": {("FA_HA", FA2), ("HA_GW", GW_STATIC)},
+            "gw-static": {("HA_GW", HA)},
+            "gw-dynamic": {("FA_GW", FA2)},
+        },
+        foreign=(1, 1),
+        notes=(f"fa1 {_OLD_FA}",),
+    ),
+    _Step(
+        "handoff to FA3",
+        "D",
+        "the node moves to FA3 in another domain without a foreign AAA: FA3 asks the home AAA, which moves"
+        " the session to FA3 (flow D)",
+        FA3,
+        previous_fa=FA2,
+        expected={
+            "fa3": _FA_PATHS,
+            "ha": {("FA_HA", FA3), ("HA_GW", GW_STATIC)},
+            "gw-static": {("HA_GW", HA)},
+            "gw-dynamic": {("FA_GW", FA3)},
+        },
+        foreign=(1, 1),
+        notes=(f"fa2 {_OLD_FA}",),
+    ),
+    _Step(
+        "back to FA1",
+        "D",
+        "the node returns to FA1: the foreign AAA's cache names FA2, not FA3, so it proxies the request to"
+        " the home AAA (flow D); a new epoch gives FA1 fresh SPIs and keys",
+        FA1,
+        previous_fa=FA3,
+        expected={
+            "fa1": _FA_PATHS,
+            "ha": {("FA_HA", FA1), ("HA_GW", GW_STATIC)},
+            "gw-static": {("HA_GW", HA)},
+            "gw-dynamic": {("FA_GW", FA1)},
+        },
+        foreign=(2, 1),
+        notes=(f"fa3 {_OLD_FA}",),
+    ),
+    _Step(
+        "deregister",
+        "G",
+        "the node deregisters (lifetime 0) through FA1: FA1, the HA and both gateways remove its SAs",
+        FA1,
+        deregister=True,
+        expected={"fa1": set(), "ha": set(), "gw-static": set(), "gw-dynamic": set()},
+        foreign=(2, 1),
+        notes=("fa2 and fa3 still hold their visits until the lifetime ends (flow E is not built yet)",),
+    ),
+)
+
+NOTES = (
+    "Flow E (smooth handoff) is not built yet: after a move, the old FA keeps the node's SAs until the"
+    " registration lifetime ends.",
+)
+
+
+class DemoError(Exception):
+    """The topology could not be started."""
+
+
+# -- the topology -----------------------------------------------------------------------------------
+
+
+def free_port(addresses: tuple[str, ...]) -> int:
+    """A UDP port that is free on every one of ``addresses`` right now."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((addresses[0], 0))
+            port = int(probe.getsockname()[1])
+            others: list[socket.socket] = []
+            try:
+                for address in addresses[1:]:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    others.append(sock)
+                    sock.bind((address, port))
+            except OSError:
+                continue
+            finally:
+                for sock in others:
+                    sock.close()
+            return port
+    raise DemoError("no UDP port is free on every demo address")
+
+
+def _write_secret(path: Path, value: bytes) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(value)
+    return path
+
+
+@dataclass
+class _Files:
+    directory: Path
+    db: Path
+    key: Path
+    secrets: dict[str, Path]
+    mn_ha_key: Path
+    mn_aaa_secret: Path
+
+
+def provision(directory: Path) -> _Files:
+    """The sample database and the secret files the processes read."""
+    db, key = directory / "vpn.db", directory / "vpn.db.key"
+    store, _ = init_store(db, key)
+    # fa1 and fa2 share a secret with the foreign AAA; fa3, the HA and the foreign AAA with the home AAA
+    client_secrets = {name: secrets.token_urlsafe(18).encode() for name in ("fa1", "fa2", "fa3", "ha", "aaaf")}
+    gateway_keys = {name: secrets.token_bytes(32) for name in ("gw-static", "gw-dynamic")}
+    mn_aaa, mn_ha = secrets.token_urlsafe(18).encode(), secrets.token_bytes(16)
+    try:
+        store.add_client(
+            Client(
+                "aaaf", IPv4Network(f"{AAAF}/32"), Secret(client_secrets["aaaf"]), ClientRole.PROXY, "visited-a.example"
+            )
+        )
+        store.add_client(
+            Client("fa3", IPv4Network(f"{FA3}/32"), Secret(client_secrets["fa3"]), ClientRole.FA, "visited-b.example")
+        )
+        store.add_client(Client("ha", IPv4Network(f"{HA}/32"), Secret(client_secrets["ha"]), ClientRole.HA))
+        store.add_user(
+            User(NAI, IPv4Address(HA), Secret(mn_aaa), MN_HA_SPI, Secret(mn_ha), home_address=IPv4Address(HOME_ADDRESS))
+        )
+        store.add_gateway(
+            Gateway(
+                "gw-static",
+                IPv4Address(GW_STATIC),
+                GatewayMode.STATIC,
+                (IPv4Network(STATIC_NETWORK),),
+                Secret(gateway_keys["gw-static"]),
+            )
+        )
+        store.add_gateway(
+            Gateway(
+                "gw-dynamic",
+                IPv4Address(GW_DYNAMIC),
+                GatewayMode.DYNAMIC,
+                (IPv4Network(DYNAMIC_NETWORK),),
+                Secret(gateway_keys["gw-dynamic"]),
+            )
+        )
+        store.add_service(Service("gold", key_mode=KeyMode.MANUAL, esp_transform=EspTransform.AES_GCM_16_256))
+        store.add_service(Service("silver", esp_transform=EspTransform.AES_CBC_128_HMAC_SHA256))
+        store.add_qos(QosClass("voice", dscp=46, rate_kbps=512))
+        store.add_vpn_record(VpnRecord(NAI, IPv4Network(STATIC_NETWORK), "gw-static", "gold", "voice"))
+        store.add_vpn_record(VpnRecord(NAI, IPv4Network(DYNAMIC_NETWORK), "gw-dynamic", "silver"))
+    finally:
+        store.close()
+    files = {name: _write_secret(directory / f"{name}.secret", value) for name, value in client_secrets.items()}
+    files.update({name: _write_secret(directory / f"{name}.key", value) for name, value in gateway_keys.items()})
+    return _Files(
+        directory,
+        db,
+        key,
+        files,
+        _write_secret(directory / "mn1.mn-ha-key", mn_ha),
+        _write_secret(directory / "mn1.mn-aaa-secret", mn_aaa),
+    )
+
+
+@dataclass
+class _Process:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+class Topology:
+    """The processes of the demo; :meth:`stop` ends them by PID."""
+
+    def __init__(self, options: DemoOptions, files: _Files) -> None:
+        self.options = options
+        self.files = files
+        addresses = tuple(address for _role, address in AGENTS.values())
+        self.mip_port = options.mip_port or free_port(addresses)
+        self.radius_port = options.radius_port or free_port((AAA,))
+        self.foreign_port = free_port((AAAF,))
+        self.processes: dict[str, _Process] = {}
+        self._foreign_log_offset = 0
+
+    def state_file(self, name: str) -> Path:
+        return self.files.directory / f"{name}.state.json"
+
+    def _command(self, *args: str) -> list[str]:
+        return [self.options.python, "-m", "aaa_vpn.cli", *args]
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = self.files.directory / f"{name}.log"
+        with log.open("wb") as out:
+            # A session of its own: Ctrl-C reaches the demo, which stops the
+            # processes in order and by PID.
+            process = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self.processes[name] = _Process(name, process, log)
+
+    def start(self) -> None:
+        files = self.files
+        self._spawn(
+            "home-aaa",
+            self._command(
+                "--db",
+                str(files.db),
+                "--key-file",
+                str(files.key),
+                "serve",
+                "home",
+                "--listen",
+                AAA,
+                "--port",
+                str(self.radius_port),
+                "--workers",
+                "1",
+                "--log-format",
+                "json",
+            ),
+        )
+        self._spawn(
+            "foreign-aaa",
+            self._command(
+                "serve",
+                "foreign",
+                "--config",
+                str(self._foreign_config()),
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+            ),
+        )
+        for name, (role, address) in AGENTS.items():
+            args = ["agent", role, "--name", name, "--address", address, "--mip-port", str(self.mip_port)]
+            args += ["--state-file", str(self.state_file(name)), "--log-format", "json"]
+            if role in ("fa", "ha"):
+                aaa = f"{AAAF}:{self.foreign_port}" if name in BEHIND_FOREIGN_AAA else f"{AAA}:{self.radius_port}"
+                args += ["--aaa", aaa, "--secret-file", str(files.secrets[name])]
+                args += ["--radius-timeout", "1", "--radius-retries", "2"]
+            else:
+                args += ["--gateway-key-file", str(files.secrets[name]), "--home-agent", HA]
+            self._spawn(name, self._command(*args))
+        self._wait_ready()
+
+    def _foreign_config(self) -> Path:
+        """The foreign AAA's TOML file (docs/foreign-aaa.md): FA1 and FA2 are its
+        clients, realm home.example goes to the home AAA."""
+        path = self.files.directory / "foreign.toml"
+        clients = "".join(
+            f'[[clients]]\nname = "{name}"\naddress = "{AGENTS[name][1]}"\n'
+            f'secret_file = "{self.files.secrets[name]}"\n\n'
+            for name in BEHIND_FOREIGN_AAA
+        )
+        path.write_text(
+            f'listen = "{AAAF}"\nport = {self.foreign_port}\nworkers = 1\n\n'
+            "[upstream]\ntimeout = 1.0\nretries = 2\n\n"
+            f"{clients}"
+            '[[realms]]\nname = "home.example"\n[[realms.servers]]\nname = "home-aaa"\n'
+            f'address = "{AAA}"\nport = {self.radius_port}\nsecret_file = "{self.files.secrets["aaaf"]}"\n'
+        )
+        path.chmod(0o600)
+        return path
+
+    def foreign_counters(self) -> dict[str, Any]:
+        """Ask the foreign AAA for its counters (SIGUSR1) and read them from its log."""
+        entry = self.processes["foreign-aaa"]
+        before = entry.log.read_text(errors="replace").count('"msg": "counters"')
+        os.kill(entry.process.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            lines = [line for line in entry.log.read_text(errors="replace").splitlines() if '"msg": "counters"' in line]
+            if len(lines) > before:
+                counters: dict[str, Any] = json.loads(lines[-1])
+                return counters
+            time.sleep(0.02)
+        return {}
+
+    def foreign_events(self) -> list[dict[str, Any]]:
+        """The foreign AAA's decisions logged since the last call (JSON lines)."""
+        entry = self.processes["foreign-aaa"]
+        with entry.log.open("rb") as handle:
+            handle.seek(self._foreign_log_offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._foreign_log_offset += len(complete)
+        events = []
+        for line in complete.decode(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "outcome" in record:
+                events.append(record)
+        return events
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        waiting = set(self.processes)
+        while waiting:
+            for name in sorted(waiting):
+                entry = self.processes[name]
+                if entry.process.poll() is not None:
+                    raise DemoError(f"{name} exited with status {entry.process.returncode}:\n{_tail(entry.log)}")
+                if name in ("home-aaa", "foreign-aaa"):
+                    if "worker listening" in entry.log.read_text(errors="replace"):
+                        waiting.discard(name)
+                else:
+                    state = read_state(self.state_file(name))
+                    if state is not None and state.get("running"):
+                        waiting.discard(name)
+            if waiting and time.monotonic() > deadline:
+                raise DemoError(f"not ready after {_START_TIMEOUT:.0f} s: {', '.join(sorted(waiting))}")
+            if waiting:
+                time.sleep(0.05)
+
+    def mn(self, step: _Step) -> dict[str, Any]:
+        """Run ``aaa-vpn mn`` for ``step``; its JSON result."""
+        args = [
+            "--json",
+            "mn",
+            "--nai",
+            NAI,
+            "--home-address",
+            HOME_ADDRESS,
+            "--home-agent",
+            HA,
+            "--mn-ha-spi",
+            str(MN_HA_SPI),
+            "--mn-ha-key-file",
+            str(self.files.mn_ha_key),
+            "--mn-aaa-secret-file",
+            str(self.files.mn_aaa_secret),
+            "--mip-port",
+            str(self.mip_port),
+            "--source",
+            MN_SOURCE,
+            "--retransmit",
+            "1",
+            "--attempts",
+            "4",
+        ]
+        if step.deregister:
+            args += ["deregister", "--fa", step.fa]
+        else:
+            args += ["register", "--fa", step.fa]
+            if step.previous_fa:
+                args += ["--previous-fa", step.previous_fa]
+        result = subprocess.run(self._command(*args), capture_output=True, timeout=60, check=False)
+        try:
+            document: dict[str, Any] = json.loads(result.stdout)
+        except ValueError:
+            error = result.stderr.decode(errors="replace").strip()
+            return {"accepted": False, "code": None, "detail": error or "no output", "exit_status": result.returncode}
+        document["exit_status"] = result.returncode
+        return document
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        result = {}
+        for name in AGENTS:
+            state = read_state(self.state_file(name))
+            result[name] = state if state is not None else {}
+        return result
+
+    def pids(self) -> dict[str, int]:
+        return {name: entry.process.pid for name, entry in self.processes.items()}
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM every process (agents first, the AAA servers last), wait, SIGKILL what remains."""
+        servers = [name for name in ("foreign-aaa", "home-aaa") if name in self.processes]
+        order = [name for name in self.processes if name not in servers] + servers
+        for name in order:
+            entry = self.processes.get(name)
+            if entry is not None and entry.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(entry.process.pid, signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        deadline = time.monotonic() + _STOP_GRACE
+        for name in order:
+            entry = self.processes.get(name)
+            if entry is None:
+                continue
+            try:
+                codes[name] = entry.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(entry.process.pid, signal.SIGKILL)
+                entry.process.wait()
+                codes[name] = None
+        return codes
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """An agent's state file, or None if it is not there (yet)."""
+    try:
+        document: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return document
+
+
+# -- checks --------------------------------------------------------------------------------------------
+
+
+def sa_table(state: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(sa["role"], sa["peer"]) for sa in state.get("sas", [])}
+
+
+def _spis(state: dict[str, Any], role: str | None = None) -> list[tuple[int, int]]:
+    return sorted((sa["spi_in"], sa["spi_out"]) for sa in state.get("sas", []) if role is None or sa["role"] == role)
+
+
+def _describe_table(table: set[tuple[str, str]]) -> str:
+    return ", ".join(f"{role} -> {NAMES.get(peer, peer)}" for role, peer in sorted(table)) or "none"
+
+
+def _checks(
+    step: _Step, index: int, states: dict[str, dict[str, Any]], history: list[dict[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def check(what: str, ok: bool, detail: str = "") -> None:
+        checks.append({"check": what, "ok": ok, "detail": detail})
+
+    for name, expected in step.expected.items():
+        actual = sa_table(states.get(name, {}))
+        check(
+            f"{name} has SAs {_describe_table(expected)}",
+            actual == expected,
+            "" if actual == expected else f"it has {_describe_table(actual)}",
+        )
+    if history and not step.deregister:
+        first = history[0]
+        for name, role, what in (
+            ("ha", "HA_GW", "ha: the stationary path to gw-static is unchanged (same SPIs as in step 1)"),
+            ("gw-static", None, "gw-static: the stationary path to the HA is unchanged (same SPIs as in step 1)"),
+        ):
+            before, now = _spis(first.get(name, {}), role), _spis(states.get(name, {}), role)
+            check(what, before == now, "" if before == now else f"SPIs {before} became {now}")
+    fa_name = NAMES[step.fa]
+    earlier = {spi for previous in history for spi in _spis(previous.get(fa_name, {}))}
+    if earlier and not step.deregister:  # back at an FA of an earlier step: a new epoch, fresh SPIs
+        now_spis = set(_spis(states.get(fa_name, {})))
+        check(f"{fa_name} uses fresh SPIs, none of its earlier visit (a new epoch)", not (earlier & now_spis), "")
+    ha_bindings = states.get("ha", {}).get("bindings", [])
+    if step.deregister:
+        check("the HA has no binding", not ha_bindings, json.dumps(ha_bindings))
+    else:
+        found = [(b.get("care_of_address"), b.get("epoch")) for b in ha_bindings if b.get("nai") == NAI]
+        check(
+            f"the HA's binding points at {NAMES[step.fa]}, session epoch {index + 1}",
+            found == [(step.fa, index + 1)],
+            f"care-of and epoch {found}",
+        )
+    return checks
+
+
+# -- the timeline --------------------------------------------------------------------------------------
+
+
+def _peer_name(peer: str | None) -> str:
+    if not peer:
+        return "?"
+    address = peer.rsplit(":", 1)[0]
+    return NAMES.get(address, peer)
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    kind = event["kind"]
+    if kind in ("sent", "received"):
+        message = str(event.get("message", ""))
+        extra = []
+        if "code" in event:
+            extra.append(f"code {event['code']} {event.get('code_name', '')}".strip())
+        if "status" in event:
+            extra.append(f"status {event['status']} {event.get('status_name', '')}".strip())
+        if "lifetime" in event:
+            extra.append(f"lifetime {event['lifetime']}")
+        if event.get("care_of_address") and message != "Registration Reply":
+            extra.append(f"care-of {_peer_name(event['care_of_address'])}")
+        detail = f" ({', '.join(extra)})" if extra else ""
+        arrow = "->" if kind == "sent" else "<-"
+        return f"{arrow} {_peer_name(event.get('peer'))}: {message}{detail}"
+    if kind == "sa_installed":
+        return (
+            f"installed SA {event['role']} <-> {_peer_name(event['peer'])}"
+            f" (SPI in 0x{event['spi_in']:06x}, out 0x{event['spi_out']:06x}, {event['esp_transform']})"
+        )
+    if kind == "sa_removed":
+        return (
+            f"removed SA {event['role']} <-> {_peer_name(event['peer'])}"
+            f" (SPI in 0x{event['spi_in']:06x}, out 0x{event['spi_out']:06x})"
+        )
+    if kind == "sa_install_failed":
+        return f"could not install SAs: {event.get('error', '')}"
+    if kind == "registration":
+        who = event.get("nai") or event.get("home_address", "")
+        detail = f": {event['detail']}" if event.get("detail") else ""
+        return f"decided {who}: {event['code_name']} (code {event['code']}), lifetime {event['lifetime']}{detail}"
+    return json.dumps(event)
+
+
+_SERVERS = ("home-aaa", "foreign-aaa")  # they keep no event log: their answers are shown where received
+
+
+def _foreign_text(record: dict[str, Any]) -> str:
+    outcome, client = record.get("outcome"), record.get("client", "?")
+    if outcome == "handoff":
+        return f"answered {client}'s handoff itself from its cache ({record.get('detail', '')}): nothing sent home"
+    if outcome == "accept":
+        return f"proxied {client}'s Access-Request to {record.get('server', 'the home AAA')}: Access-Accept relayed"
+    return f"{outcome} for {client}: {record.get('detail', '')}"
+
+
+def timeline(
+    mn_result: dict[str, Any],
+    states: dict[str, dict[str, Any]],
+    seen: dict[str, int],
+    foreign: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Every node's new events since ``seen`` (updated), the foreign AAA's
+    decisions and the mobile node's exchange, in time order. A message
+    appears once, at its sender, unless the sender keeps no event log (the
+    AAA servers)."""
+    entries: list[dict[str, Any]] = []
+    for record in foreign:
+        entries.append(
+            {
+                "node": "foreign-aaa",
+                "kind": "decision",
+                "time": record.get("ts", 0.0),
+                "outcome": record.get("outcome"),
+                "client": record.get("client"),
+                "detail": record.get("detail", ""),
+                "text": _foreign_text(record),
+            }
+        )
+    for item in mn_result.get("exchange", []):
+        if item.get("direction") == "sent":
+            entries.append({"node": "mn", "kind": "sent", **{k: v for k, v in item.items() if k != "direction"}})
+    for name, state in states.items():
+        last = seen.get(name, 0)
+        for event in state.get("events", []):
+            if event["seq"] <= last:
+                continue
+            seen[name] = max(seen.get(name, 0), event["seq"])
+            if event["kind"] == "received" and _peer_name(event.get("peer")) not in _SERVERS:
+                continue
+            entries.append({"node": name, **event})
+    entries.sort(key=lambda e: (e["time"], e.get("seq", 0)))
+    for entry in entries:
+        entry.setdefault("text", _event_text(entry))
+    return entries
+
+
+def _node_view(state: dict[str, Any]) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "address": state.get("address"),
+        "running": state.get("running", False),
+        "sas": [{k: v for k, v in sa.items() if k not in ("local",)} for sa in state.get("sas", [])],
+    }
+    for key in ("visitors", "bindings"):
+        if key in state:
+            view[key] = state[key]
+    return view
+
+
+# -- running -------------------------------------------------------------------------------------------
+
+
+def _settle(topology: Topology, step: _Step) -> dict[str, dict[str, Any]]:
+    """Wait until every expected SA table is there and nothing changed for a
+    moment (a deregistration tells the gateways after replying), or time out."""
+    deadline = time.monotonic() + _SETTLE_TIMEOUT
+    last: dict[str, Any] | None = None
+    quiet_since = time.monotonic()
+    while True:
+        states = topology.states()
+        marks = {name: (s.get("updated"), len(s.get("events", []))) for name, s in states.items()}
+        if marks != last:
+            last, quiet_since = marks, time.monotonic()
+        done = all(sa_table(states.get(name, {})) == expected for name, expected in step.expected.items())
+        if (done and time.monotonic() - quiet_since >= 0.15) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.03)
+
+
+def _render_step(number: int, step: _Step, report: dict[str, Any]) -> str:
+    mn_result = report["mn"]
+    lines = [
+        "",
+        f"== step {number}/{len(STEPS)}: {step.name} (flow {step.flow}) ==",
+        f"   {step.description}",
+        "",
+    ]
+    if mn_result.get("code") is None:
+        lines.append(f"   mobile node: FAILED: {mn_result.get('detail', '')}")
+    else:
+        verdict = (
+            f"accepted (code {mn_result['code']})"
+            if mn_result.get("accepted")
+            else f"DENIED (code {mn_result['code']}, {mn_result.get('code_name', '')})"
+        )
+        lines.append(
+            f"   mobile node: {mn_result.get('action', '')} through {_peer_name(mn_result.get('fa'))}: {verdict},"
+            f" lifetime {mn_result.get('lifetime')} s, answered in {mn_result.get('seconds', 0) * 1000:.1f} ms"
+        )
+    lines += ["", "   timeline:"]
+    start = report["timeline"][0]["time"] if report["timeline"] else 0.0
+    for entry in report["timeline"]:
+        lines.append(f"     +{(entry['time'] - start) * 1000:7.1f} ms  {entry['node']:<11}  {entry['text']}")
+    lines += ["", "   SA tables (keys never shown):"]
+    for name, view in report["nodes"].items():
+        sas = view["sas"]
+        if not sas:
+            lines.append(f"     {name:<10}  (no SAs)")
+        for index, sa in enumerate(sas):
+            label = name if index == 0 else ""
+            lines.append(
+                f"     {label:<10}  {sa['role']:<5} <-> {_peer_name(sa['peer']):<10}"
+                f"  SPI in 0x{sa['spi_in']:06x} out 0x{sa['spi_out']:06x}  {sa['esp_transform']}"
+            )
+        for visitor in view.get("visitors", []):
+            lines.append(f"     {'':<10}  visitor {visitor['nai']} (home address {visitor['home_address']})")
+        for binding in view.get("bindings", []):
+            care_of = _peer_name(binding.get("care_of_address"))
+            who = binding.get("nai") or binding.get("home_address")
+            lines.append(f"     {'':<10}  binding {who} -> care-of {care_of}")
+    lines += ["", "   checks:"]
+    for item in report["checks"]:
+        mark = "ok  " if item["ok"] else "FAIL"
+        detail = f" -- {item['detail']}" if item["detail"] and not item["ok"] else ""
+        lines.append(f"     [{mark}] {item['check']}{detail}")
+    for note in step.notes:
+        lines.append(f"     note: {note}")
+    lines.append(f"   => step {'succeeded' if report['ok'] else 'FAILED'}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so that cleanup runs."""
+
+    def raise_interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the demo; the report as data (``aaa-vpn demo --json``). ``progress``
+    gets the readable text as the demo goes."""
+    say = progress or (lambda _text: None)
+    directory = Path(tempfile.mkdtemp(prefix="aaa_vpn-demo."))
+    report: dict[str, Any] = {"ok": False, "steps": [], "notes": list(NOTES), "directory": str(directory)}
+    topology: Topology | None = None
+    try:
+        with _terminate_on_sigterm():
+            try:
+                files = provision(directory)
+                topology = Topology(options, files)
+                say(f"[demo] temporary directory {directory}")
+                say(f"[demo] starting (Mobile IP port {topology.mip_port}):")
+                say(f"[demo]   {'home-aaa':<11} aaa-vpn serve home --listen {AAA} --port {topology.radius_port}")
+                say(f"[demo]   {'foreign-aaa':<11} aaa-vpn serve foreign (listen {AAAF}:{topology.foreign_port})")
+                for name, (role, address) in AGENTS.items():
+                    server = "foreign-aaa" if name in BEHIND_FOREIGN_AAA else "home-aaa"
+                    asks = f", asks {server}" if role in ("fa", "ha") else ""
+                    say(f"[demo]   {name:<11} aaa-vpn agent {role} --address {address}{asks}")
+                topology.start()
+            except DemoError as exc:
+                report["error"] = str(exc)
+                say(f"[demo] cannot start: {exc}")
+                return report
+            report["topology"] = {
+                "mip_port": topology.mip_port,
+                "home_aaa": f"{AAA}:{topology.radius_port}",
+                "mobile_node": {"nai": NAI, "home_address": HOME_ADDRESS, "source": MN_SOURCE},
+                "nodes": {name: {"address": NAMES_BY_NAME[name], "pid": pid} for name, pid in topology.pids().items()},
+            }
+            say(f"[demo] all processes ready: {', '.join(f'{n} (pid {p})' for n, p in topology.pids().items())}")
+            seen: dict[str, int] = {}
+            topology_states = topology.states()
+            for name, state in topology_states.items():  # startup events are not part of step 1
+                seen[name] = max((e["seq"] for e in state.get("events", [])), default=0)
+            history: list[dict[str, dict[str, Any]]] = []
+            all_ok = True
+            for index, step in enumerate(STEPS):
+                mn_result = topology.mn(step)
+                states = _settle(topology, step)
+                expected_code_ok = mn_result.get("accepted") is True and mn_result.get("exit_status") == 0
+                checks = [
+                    {
+                        "check": f"the mobile node's {'deregistration' if step.deregister else 'registration'}"
+                        " was accepted",
+                        "ok": expected_code_ok,
+                        "detail": f"code {mn_result.get('code')}: {mn_result.get('detail', '')}",
+                    },
+                    *_checks(step, index, states, history),
+                ]
+                counters = topology.foreign_counters()
+                if step.foreign is not None:
+                    proxied, answered = step.foreign
+                    actual = (counters.get("proxied"), counters.get("handoffs_answered", 0))
+                    checks.append(
+                        {
+                            "check": f"the foreign AAA proxied {proxied} request(s) home and answered"
+                            f" {answered} handoff(s) itself so far",
+                            "ok": actual == (proxied, answered),
+                            "detail": f"proxied {actual[0]}, handoffs answered {actual[1]}",
+                        }
+                    )
+                ok = all(item["ok"] for item in checks)
+                all_ok = all_ok and ok
+                step_report = {
+                    "step": index + 1,
+                    "name": step.name,
+                    "flow": step.flow,
+                    "description": step.description,
+                    "ok": ok,
+                    "mn": mn_result,
+                    "timeline": timeline(mn_result, states, seen, topology.foreign_events()),
+                    "foreign_aaa": {
+                        k: v for k, v in counters.items() if k in ("proxied", "handoffs_answered", "received")
+                    },
+                    "nodes": {name: _node_view(state) for name, state in states.items()},
+                    "checks": checks,
+                    "notes": list(step.notes),
+                }
+                report["steps"].append(step_report)
+                history.append(states)
+                say(_render_step(index + 1, step, step_report))
+            report["ok"] = all_ok
+    except KeyboardInterrupt:
+        report["error"] = "interrupted"
+        say("\n[demo] interrupted: stopping everything")
+    except (OSError, subprocess.SubprocessError) as exc:
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"[demo] failed: {report['error']}")
+    finally:
+        # Clean up first, talk afterwards: a closed stdout must not keep processes or files around.
+        messages: list[str] = []
+        if topology is not None:
+            codes = topology.stop()
+            report["exit_codes"] = codes
+            unclean = {name: code for name, code in codes.items() if code != 0}
+            if unclean:
+                report["ok"] = False
+                report.setdefault("error", f"processes did not stop cleanly: {unclean}")
+                for name, code in unclean.items():
+                    messages.append(
+                        f"[demo] {name} exited with {code}; its log:\n{_tail(topology.processes[name].log)}"
+                    )
+            messages.append(f"[demo] stopped {len(codes)} processes")
+        if options.keep:
+            messages.append(f"[demo] kept {directory} (database, logs, state files)")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+            report["directory"] = None
+        with contextlib.suppress(OSError):
+            for message in messages:
+                say(message)
+    say(f"[demo] {'every step succeeded' if report['ok'] else 'FAILED'}")
+    for note in NOTES:
+        say(f"[demo] note: {note}")
+    return report
+
+
+NAMES_BY_NAME = {"home-aaa": AAA, "foreign-aaa": AAAF, **{name: address for name, (_role, address) in AGENTS.items()}}
+
+__all__ = ["DemoError", "DemoOptions", "run_demo"]

@@ -1,0 +1,730 @@
+"""``aaa-vpn agent fa|ha|gw`` and ``aaa-vpn mn``: the asyncio drivers of the
+sans-IO mobility agents (:mod:`aaa_vpn.roles.fa`, ``ha``, ``gw``) and a
+one-shot driver of the mobile-node simulator (:mod:`aaa_vpn.roles.mn`).
+
+An agent process owns:
+
+* a Mobile IP UDP socket bound to ``(address, mip_port)`` (RFC 5944 section
+  1.8: 434 by default), which receives and sends every Mobile IP message;
+* for an FA or HA, a RADIUS client socket bound to ``(address, 0)``: the home
+  AAA recognises its clients by their source address, the port is ephemeral;
+* one timer following the role's ``get_timer()``;
+* a :class:`~aaa_vpn.sa.memory.MemoryBackend` on which an
+  :class:`~aaa_vpn.service.agents.SaExecutor` carries out the role's
+  InstallPaths / DeletePaths events (all or nothing) and reports back with
+  ``paths_installed``.
+
+Time: the roles take ``now`` as wall-clock seconds (``time.time()``), because
+the Mobile IP Identification is a timestamp (RFC 5944 section 5.7) and the
+agents of a deployment compare each other's clocks. Timers are armed on the
+loop with ``call_later(when - time.time())``.
+
+Order of work after every input (a datagram or the timer): the role's events
+are carried out first (SAs installed/removed, decisions logged), then the
+state file is rewritten, and only then are the role's datagrams sent. So when
+a node downstream sees a message, the sender's state file already shows what
+led to it -- tests and the demo rely on that.
+
+Signals: SIGTERM/SIGINT stop the agent gracefully (sockets closed, counters
+logged, the state file marked ``running: false``); SIGUSR1 logs the counters
+and the SA table (owner, role, peer, SPIs -- never keys).
+
+The state file (``--state-file``, format in docs/agents.md) is JSON written
+with an atomic rename: the node, its SAs without keys, its visitors (FA) or
+bindings (HA, GW), its counters and the last events (messages sent and
+received, SAs installed and removed, registrations decided).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from aaa_vpn.roles.agent import Address, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.fa import FaConfig, ForeignAgent
+from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
+from aaa_vpn.roles.ha import HaConfig, HomeAgent
+from aaa_vpn.roles.mn import MnConfig, MobileNode
+from aaa_vpn.sa.base import InstalledPath
+from aaa_vpn.sa.memory import MemoryBackend
+from aaa_vpn.service.agent_config import AgentSettings, role_config
+from aaa_vpn.service.agents import SaExecutor
+from aaa_vpn.service.logging import configure_logging, fields
+from aaa_vpn.wire import mip
+from aaa_vpn.wire.profile import PathProfile
+
+log = logging.getLogger("aaa_vpn.agent")
+
+RoleAgent = ForeignAgent | HomeAgent | CorrespondentGateway
+
+_BATCH = 64  # datagrams per wake-up and socket before yielding to the loop
+_EVENTS_KEPT = 500  # events kept for the state file
+_STATE_VERSION = 1
+_RADIUS_CODES = {
+    1: "Access-Request",
+    2: "Access-Accept",
+    3: "Access-Reject",
+    11: "Access-Challenge",
+    12: "Status-Server",
+}
+
+
+class AgentError(Exception):
+    """The agent cannot start: address in use or not local, state file not writable, ..."""
+
+
+# -- descriptions without secrets ------------------------------------------------------------------
+
+
+def path_json(installed: InstalledPath) -> dict[str, Any]:
+    """One installed path as the state file shows it: never a key."""
+    path = installed.path
+    return {
+        "owner": installed.owner,
+        "role": path.role.name,
+        "local": str(path.local),
+        "peer": str(path.peer),
+        "spi_in": path.spi_in,
+        "spi_out": path.spi_out,
+        "esp_transform": path.esp_transform.value,
+        "key_mode": path.key_mode.value,
+        "local_ts": [str(n) for n in path.local_ts],
+        "remote_ts": [str(n) for n in path.remote_ts],
+        "lifetime": path.lifetime,
+        "dscp": path.qos.dscp if path.qos is not None else None,
+        "gateway_mode": path.gateway_mode.value if path.gateway_mode is not None else None,
+    }
+
+
+def _path_fields(path: PathProfile) -> dict[str, Any]:
+    return {
+        "role": path.role.name,
+        "peer": str(path.peer),
+        "spi_in": path.spi_in,
+        "spi_out": path.spi_out,
+        "esp_transform": path.esp_transform.value,
+    }
+
+
+def reply_code_name(code: int) -> str:
+    """``0`` -> ``accepted``, ``67`` -> ``fa mn failed authentication``."""
+    try:
+        return mip.ReplyCode(code).name.lower().replace("_", " ")
+    except ValueError:
+        return f"code {code}"
+
+
+def binding_status_name(status: int) -> str:
+    try:
+        return mip.BindingStatus(status).name.lower().replace("_", " ")
+    except ValueError:
+        return f"status {status}"
+
+
+def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
+    """What a datagram is, for logs and the state file: message name and the
+    fields that say what it does (never an authenticator or a key)."""
+    if channel is Channel.RADIUS:
+        code = data[0] if data else -1
+        return {"message": _RADIUS_CODES.get(code, f"RADIUS code {code}")}
+    try:
+        message = mip.decode_message(data)
+    except mip.MipDecodeError as exc:
+        return {"message": "malformed Mobile IP message", "error": str(exc)}
+    if isinstance(message, mip.RegistrationRequest):
+        nai = next((e.nai for e in message.extensions if isinstance(e, mip.NaiExtension)), "")
+        return {
+            "message": "Registration Request",
+            "nai": nai,
+            "lifetime": message.lifetime,
+            "home_address": str(message.home_address),
+            "care_of_address": str(message.care_of_address),
+        }
+    if isinstance(message, mip.RegistrationReply):
+        return {
+            "message": "Registration Reply",
+            "code": int(message.code),
+            "code_name": reply_code_name(int(message.code)),
+            "lifetime": message.lifetime,
+            "home_address": str(message.home_address),
+        }
+    if isinstance(message, mip.BindingUpdate):
+        return {
+            "message": "Binding Update",
+            "lifetime": message.lifetime,
+            "home_address": str(message.home_address),
+            "care_of_address": str(message.care_of_address),
+        }
+    if isinstance(message, mip.BindingAcknowledge):
+        return {
+            "message": "Binding Acknowledge",
+            "status": int(message.status),
+            "status_name": binding_status_name(int(message.status)),
+            "lifetime": message.lifetime,
+            "home_address": str(message.home_address),
+        }
+    words = "".join(f" {c}" if c.isupper() else c for c in type(message).__name__).strip()
+    return {"message": words}
+
+
+def _bind(address: str, port: int, what: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AgentError(f"cannot bind the {what} socket to {address}:{port}: address already in use") from None
+        if exc.errno == errno.EACCES:
+            raise AgentError(
+                f"cannot bind the {what} socket to {address}:{port}: permission denied"
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise AgentError(
+                f"cannot bind the {what} socket to {address}:{port}: not an address of this host"
+            ) from None
+        raise AgentError(f"cannot bind the {what} socket to {address}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def build_role(settings: AgentSettings) -> RoleAgent:
+    """The sans-IO agent the settings describe."""
+    config = role_config(settings)
+    if isinstance(config, FaConfig):
+        return ForeignAgent(config)
+    if isinstance(config, HaConfig):
+        return HomeAgent(config)
+    assert isinstance(config, GwConfig)
+    return CorrespondentGateway(config)
+
+
+# -- one agent -------------------------------------------------------------------------------------
+
+
+class AgentNode:
+    """One agent with its sockets, SA backend, state file and event log.
+
+    :meth:`open` binds the sockets; :meth:`serve` runs until ``stop`` is set;
+    :meth:`close` releases everything. Without asyncio, :meth:`receive`,
+    :meth:`fire_timer` and :meth:`service` drive it by hand."""
+
+    def __init__(self, settings: AgentSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.agent: RoleAgent = build_role(settings)
+        self.backend = MemoryBackend(settings.address)
+        self.executor = SaExecutor(self.backend, settings.node)
+        self.sockets: dict[Channel, socket.socket] = {}
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=_EVENTS_KEPT)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.started = clock()
+        self.running = False
+        self._sequence = 0
+        self._dirty = True
+        self._record_messages = settings.state_file is not None or log.isEnabledFor(logging.DEBUG)
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def open(self) -> None:
+        address = str(self.settings.address)
+        try:
+            self.sockets[Channel.MIP] = _bind(address, self.settings.mip_port, "Mobile IP")
+            if self.settings.role in ("fa", "ha"):
+                self.sockets[Channel.RADIUS] = _bind(address, 0, "RADIUS client")
+            self.running = True
+            self._dirty = True
+            self.write_state()  # also the sign that the agent is ready
+        except AgentError:
+            self.running = False
+            self.close_sockets()
+            raise
+
+    def close_sockets(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+
+    def close(self) -> None:
+        self.running = False
+        self.close_sockets()
+        self.backend.close()
+        self._dirty = True
+        try:
+            self.write_state()
+        except AgentError as exc:
+            log.warning("cannot write the final state file", extra=fields(node=self.settings.node, error=str(exc)))
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def receive(self, channel: Channel) -> None:
+        """Drain up to a batch of datagrams from ``channel``'s socket, then service."""
+        sock = self.sockets.get(channel)
+        if sock is None:
+            return
+        for _ in range(_BATCH):
+            try:
+                data, source = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ECONNREFUSED reported for an earlier sendto
+                self.counters["receive_errors"] += 1
+                log.debug("recvfrom failed", extra=fields(node=self.settings.node, error=str(exc)))
+                continue
+            now = self.clock()
+            address: Address = (str(source[0]), int(source[1]))
+            self.counters[f"received.{channel.value}"] += 1
+            if self._record_messages:
+                self._note(
+                    "received",
+                    now,
+                    channel=channel.value,
+                    peer=f"{address[0]}:{address[1]}",
+                    **describe_message(channel, data),
+                )
+            try:
+                self.agent.receive_datagram(channel, data, address, now)
+            except Exception:  # a bug must cost this datagram, never the agent
+                self.counters["dropped.internal_error"] += 1
+                log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
+        self.service()
+
+    def fire_timer(self, now: float) -> None:
+        try:
+            self.agent.handle_timer(now)
+        except Exception:
+            self.counters["timer_errors"] += 1
+            log.exception("internal error in a timer", extra=fields(node=self.settings.node))
+        self.service()
+
+    # -- outputs ------------------------------------------------------------------------------------
+    def service(self) -> None:
+        """Carry out the role's events, write the state file, send its datagrams."""
+        now = self.clock()
+        self._run_events(now)
+        datagrams = self.agent.datagrams_to_send(now)
+        if self._record_messages:
+            for datagram in datagrams:
+                self._note(
+                    "sent",
+                    now,
+                    channel=datagram.channel.value,
+                    peer=f"{datagram.address[0]}:{datagram.address[1]}",
+                    **describe_message(datagram.channel, datagram.data),
+                )
+        if self._dirty:
+            try:
+                self.write_state()
+            except AgentError as exc:
+                self.counters["state_file_errors"] += 1
+                log.warning("cannot write the state file", extra=fields(node=self.settings.node, error=str(exc)))
+        for datagram in datagrams:
+            sock = self.sockets.get(datagram.channel)
+            if sock is None:
+                continue
+            try:
+                sock.sendto(datagram.data, datagram.address)
+                self.counters[f"sent.{datagram.channel.value}"] += 1
+            except OSError as exc:
+                self.counters["send_errors"] += 1
+                log.warning(
+                    "sendto failed",
+                    extra=fields(node=self.settings.node, destination=f"{datagram.address[0]}", error=str(exc)),
+                )
+
+    def _run_events(self, now: float) -> None:
+        node = self.settings.node
+        while (event := self.agent.next_event()) is not None:
+            if isinstance(event, InstallPaths):
+                before = {(p.owner, p.spi_in) for p in self.backend.paths()}
+                error = self.executor.install(event)
+                if error is None:
+                    for path in event.paths:
+                        if (event.owner, path.spi_in) in before:
+                            continue  # already there: a no-op
+                        self._note("sa_installed", now, owner=event.owner, **_path_fields(path))
+                        log.info("SA installed", extra=fields(node=node, owner=event.owner, **_path_fields(path)))
+                else:
+                    self._note("sa_install_failed", now, owner=event.owner, error=error)
+                self.agent.paths_installed(event.owner, error, now)
+            elif isinstance(event, DeletePaths):
+                doomed = [
+                    p
+                    for p in self.backend.paths()
+                    if p.owner == event.owner and (event.peer is None or p.peer == event.peer)
+                ]
+                self.executor.delete(event)
+                for installed in doomed:
+                    self._note("sa_removed", now, owner=installed.owner, **_path_fields(installed.path))
+                    log.info(
+                        "SA removed", extra=fields(node=node, owner=installed.owner, **_path_fields(installed.path))
+                    )
+            elif isinstance(event, RegistrationDone):
+                self.counters["decisions"] += 1
+                log.info(
+                    "registration decided",
+                    extra=fields(
+                        node=node,
+                        nai=event.nai,
+                        home_address=str(event.home_address),
+                        code=event.code,
+                        lifetime=event.lifetime,
+                        detail=event.detail,
+                    ),
+                )
+                self._note(
+                    "registration",
+                    now,
+                    nai=event.nai,
+                    home_address=str(event.home_address),
+                    code=event.code,
+                    code_name=(
+                        binding_status_name(event.code)
+                        if isinstance(self.agent, CorrespondentGateway)
+                        else reply_code_name(event.code)
+                    ),
+                    lifetime=event.lifetime,
+                    detail=event.detail,
+                )
+
+    def _note(self, kind: str, now: float, **values: Any) -> None:
+        self._sequence += 1
+        self.events.append({"seq": self._sequence, "time": round(now, 6), "kind": kind, **values})
+        self._dirty = True
+        if kind in ("sent", "received"):
+            log.debug(f"{kind} {values.get('message', '')}", extra=fields(node=self.settings.node, **values))
+
+    # -- state ------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The state file's document (docs/agents.md)."""
+        agent = self.agent
+        document: dict[str, Any] = {
+            "version": _STATE_VERSION,
+            "node": self.settings.node,
+            "role": self.settings.role,
+            "address": str(self.settings.address),
+            "mip_port": self.settings.mip_port,
+            "pid": os.getpid(),
+            "running": self.running,
+            "started": round(self.started, 6),
+            "updated": round(self.clock(), 6),
+            "sas": [path_json(p) for p in self.backend.paths()] if self.running else [],
+        }
+        if isinstance(agent, ForeignAgent):
+            document["visitors"] = (
+                [
+                    {
+                        "nai": v.nai,
+                        "home_address": str(v.home_address),
+                        "home_agent": str(v.home_agent),
+                        "mobile_node": f"{v.source[0]}:{v.source[1]}",
+                        "session_id": v.session_id,
+                        "owner": v.owner,
+                        "expires": round(v.expires, 3),
+                    }
+                    for v in agent.visitors.values()
+                ]
+                if self.running
+                else []
+            )
+        elif isinstance(agent, HomeAgent):
+            document["bindings"] = (
+                [
+                    {
+                        "nai": b.nai,
+                        "home_address": str(b.home_address),
+                        "care_of_address": str(b.care_of_address),
+                        "session_id": b.session_id,
+                        "epoch": b.profile.epoch,
+                        "expires": round(b.expires, 3),
+                    }
+                    for b in agent.bindings.values()
+                ]
+                if self.running
+                else []
+            )
+        else:
+            document["bindings"] = (
+                [
+                    {
+                        "home_address": str(b.home_address),
+                        "care_of_address": str(b.care_of_address),
+                        "home_agent": str(b.home_agent),
+                        "owner": b.owner,
+                        "expires": round(b.expires, 3),
+                    }
+                    for b in agent.bindings.values()
+                ]
+                if self.running
+                else []
+            )
+        document["counters"] = dict(sorted((agent.counters + self.counters).items()))
+        document["events"] = list(self.events)
+        return document
+
+    def write_state(self) -> None:
+        """Write the state file (if any) atomically: a temporary file, then rename."""
+        self._dirty = False
+        path = self.settings.state_file
+        if path is None:
+            return
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(json.dumps(self.state(), indent=1) + "\n")
+            os.replace(temporary, path)
+        except OSError as exc:
+            try:
+                temporary.unlink()
+            except OSError:
+                pass
+            raise AgentError(f"cannot write the state file {path}: {exc.strerror}") from None
+
+    def log_table(self, message: str = "counters") -> None:
+        """Counters, then one line per installed path (owner, role, peer, SPIs; never keys)."""
+        node = self.settings.node
+        counters = {k.replace(".", "_"): v for k, v in sorted((self.agent.counters + self.counters).items())}
+        log.info(message, extra=fields(node=node, **counters))
+        paths = self.backend.paths() if self.running else []
+        entries = len(getattr(self.agent, "visitors", {}) or getattr(self.agent, "bindings", {}))
+        log.info("SA table", extra=fields(node=node, paths=len(paths), visitors_or_bindings=entries))
+        for installed in paths:
+            log.info("SA", extra=fields(node=node, owner=installed.owner, **_path_fields(installed.path)))
+
+    # -- asyncio ------------------------------------------------------------------------------------------
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set."""
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        timer_at: float | None = None
+
+        def arm() -> None:
+            nonlocal timer, timer_at
+            when = self.agent.get_timer()
+            if when == timer_at and timer is not None:
+                return
+            if timer is not None:
+                timer.cancel()
+            timer, timer_at = None, when
+            if when is not None:
+                timer = loop.call_later(max(0.0, when - self.clock()), fired, when)
+
+        def fired(when: float) -> None:
+            nonlocal timer, timer_at
+            timer, timer_at = None, None
+            # call_later runs on the loop's monotonic clock: never hand the role
+            # a "now" before the time it asked for.
+            self.fire_timer(max(self.clock(), when))
+            arm()
+
+        def readable(channel: Channel) -> None:
+            self.receive(channel)
+            arm()
+
+        for channel, sock in self.sockets.items():
+            loop.add_reader(sock.fileno(), readable, channel)
+        self.service()
+        arm()
+        try:
+            await stop.wait()
+        finally:
+            for sock in self.sockets.values():
+                loop.remove_reader(sock.fileno())
+            if timer is not None:
+                timer.cancel()
+
+
+def run_agent(settings: AgentSettings) -> int:
+    """Entry point of ``aaa-vpn agent fa|ha|gw``; returns the process exit code."""
+    configure_logging(settings.log_level, settings.log_format)
+    node = AgentNode(settings)
+    try:
+        node.open()
+    except AgentError as exc:
+        log.error(str(exc), extra=fields(node=settings.node))
+        return 1
+    mip_address = node.sockets[Channel.MIP].getsockname()
+    radius = node.sockets.get(Channel.RADIUS)
+    log.info(
+        "agent started",
+        extra=fields(
+            node=settings.node,
+            role=settings.role,
+            mip=f"{mip_address[0]}:{mip_address[1]}",
+            radius_client=f"{radius.getsockname()[0]}:{radius.getsockname()[1]}" if radius is not None else "",
+            aaa=",".join(s.name for s in settings.aaa_servers),
+            home_agents=",".join(sorted(str(a) for a in settings.home_agents)),
+            state_file=str(settings.state_file or ""),
+        ),
+    )
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, node.log_table)
+        await node.serve(stop)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        node.log_table("agent stopped")
+        node.close()
+        loop.close()
+    return 0
+
+
+# -- the mobile node, once ---------------------------------------------------------------------------
+
+
+@dataclass
+class MnOutcome:
+    """What one registration or deregistration of ``aaa-vpn mn`` ended with."""
+
+    action: str
+    """``register`` or ``deregister``."""
+    nai: str
+    fa: Address
+    code: int
+    lifetime: int
+    detail: str
+    started: float
+    finished: float
+    exchange: list[dict[str, Any]] = field(default_factory=list)
+    """The messages sent and received, in order, with their times."""
+
+    @property
+    def accepted(self) -> bool:
+        return mip.is_accepted(self.code)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "nai": self.nai,
+            "fa": f"{self.fa[0]}:{self.fa[1]}",
+            "accepted": self.accepted,
+            "code": self.code,
+            "code_name": reply_code_name(self.code),
+            "lifetime": self.lifetime,
+            "detail": self.detail,
+            "started": round(self.started, 6),
+            "finished": round(self.finished, 6),
+            "seconds": round(self.finished - self.started, 4),
+            "exchange": self.exchange,
+        }
+
+
+def run_mobile_node(
+    config: MnConfig,
+    fa: Address,
+    *,
+    deregister: bool = False,
+    previous_fa: IPv4Address | None = None,
+    source: str = "0.0.0.0",
+) -> MnOutcome:
+    """Register (or deregister) the simulated node once through the FA at
+    ``fa`` and return the outcome. The simulator's own retransmissions
+    (``config.retransmit`` x ``config.attempts``) bound the time it takes;
+    without an answer the outcome is code 78 (registration timeout).
+
+    Raises :class:`AgentError` if the socket cannot be bound."""
+    sock = _bind(source, 0, "mobile node")
+    node = MobileNode(config)
+    started = time.time()
+    exchange: list[dict[str, Any]] = []
+    deadline = started + config.retransmit * (config.attempts + 1) + 5.0
+    try:
+        if deregister:
+            node.current_fa = fa  # a fresh process: deregister through the FA named
+            node.deregister(started)
+        else:
+            node.register(fa, started, previous_fa=previous_fa)
+        while True:
+            now = time.time()
+            for datagram in node.datagrams_to_send(now):
+                exchange.append(
+                    {
+                        "time": round(now, 6),
+                        "direction": "sent",
+                        "peer": f"{datagram.address[0]}:{datagram.address[1]}",
+                        **describe_message(Channel.MIP, datagram.data),
+                    }
+                )
+                try:
+                    sock.sendto(datagram.data, datagram.address)
+                except OSError as exc:
+                    exchange.append({"time": round(now, 6), "direction": "error", "error": str(exc)})
+            while (event := node.next_event()) is not None:
+                if isinstance(event, RegistrationDone):
+                    return MnOutcome(
+                        "deregister" if deregister else "register",
+                        config.nai,
+                        fa,
+                        event.code,
+                        event.lifetime,
+                        event.detail,
+                        started,
+                        time.time(),
+                        exchange,
+                    )
+            if now > deadline:  # cannot happen while the simulator retransmits; a last guard
+                return MnOutcome(
+                    "deregister" if deregister else "register",
+                    config.nai,
+                    fa,
+                    int(mip.ReplyCode.FA_REGISTRATION_TIMEOUT),
+                    0,
+                    "no reply",
+                    started,
+                    now,
+                    exchange,
+                )
+            timer = node.get_timer()
+            wait = 0.5 if timer is None else min(0.5, max(0.0, timer - now))
+            readable, _, _ = select.select([sock], [], [], wait)
+            if readable:
+                try:
+                    data, address = sock.recvfrom(65535)
+                except OSError as exc:  # ICMP port unreachable from an earlier send
+                    exchange.append({"time": round(time.time(), 6), "direction": "error", "error": str(exc)})
+                    continue
+                now = time.time()
+                exchange.append(
+                    {
+                        "time": round(now, 6),
+                        "direction": "received",
+                        "peer": f"{address[0]}:{address[1]}",
+                        **describe_message(Channel.MIP, data),
+                    }
+                )
+                node.receive_datagram(Channel.MIP, data, (str(address[0]), int(address[1])), now)
+            else:
+                timer = node.get_timer()
+                now = time.time()
+                if timer is not None and timer <= now:
+                    node.handle_timer(now)
+    finally:
+        sock.close()
+
+
+__all__ = [
+    "AgentError",
+    "AgentNode",
+    "MnOutcome",
+    "describe_message",
+    "path_json",
+    "reply_code_name",
+    "run_agent",
+    "run_mobile_node",
+]

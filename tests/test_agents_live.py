@@ -1,0 +1,495 @@
+"""Flows A, B, C and D (DESIGN.md section 2) with every component a separate
+``aaa-vpn`` process on loopback -- the same flows as tests/test_flows.py,
+which runs them in one process with a fake clock.
+
+* ``aaa-vpn serve home`` on 127.0.0.1 (a free port), its database
+  provisioned through the library with tests/mobility.py's ``provision``;
+* for flow C, ``aaa-vpn serve foreign`` on 127.0.0.3 with FA1 and FA2 as its
+  clients and realm home.example routed to the home AAA;
+* ``aaa-vpn agent ha`` (127.0.0.2), ``agent fa`` FA1 (127.0.0.11) and FA2
+  (127.0.0.12), ``agent gw`` static (127.0.0.21) and dynamic (127.0.0.22),
+  all on one free high Mobile IP port, each with a ``--state-file``;
+* the mobile node: ``aaa-vpn mn ... register`` / ``deregister``.
+
+After every step each node's SA table is read from its state file: the right
+peers, both ends of a path with mirrored SPIs, old SAs gone after the
+handoff, the stationary path unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aaa_vpn.store import init_store
+
+from .mobility import AAA, AAAF, FA1, FA2, GATEWAY_KEYS, GW_DYNAMIC, GW_STATIC, HA, HOME_ADDRESS, MN_HA, NAI, SECRETS
+from .mobility import provision as provision_store
+from .radius_client import free_udp_port
+
+REPO = Path(__file__).resolve().parents[1]
+MN_SOURCE = "127.0.0.100"
+AGENTS = {
+    "ha": ("ha", HA),
+    "fa1": ("fa", FA1),
+    "fa2": ("fa", FA2),
+    "gw-static": ("gw", GW_STATIC),
+    "gw-dynamic": ("gw", GW_DYNAMIC),
+}
+Table = list[tuple[str, str]]
+
+
+def free_port_on_all(addresses: list[str]) -> int:
+    import socket
+
+    for _ in range(100):
+        port = free_udp_port(addresses[0])
+        held: list[socket.socket] = []
+        try:
+            for address in addresses:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(sock)
+                sock.bind((address, port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return port
+    raise AssertionError("no port free on every address")
+
+
+def private(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+def aaa_vpn(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aaa_vpn.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class Topology:
+    tmp: Path
+    mip_port: int
+    radius_port: int
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def state_file(self, name: str) -> Path:
+        return self.tmp / f"{name}.json"
+
+    def state(self, name: str) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.state_file(name).read_text())
+        return document
+
+    def table(self, name: str) -> Table:
+        return sorted((sa["role"], sa["peer"]) for sa in self.state(name)["sas"])
+
+    def tables(self) -> dict[str, Table]:
+        return {name: self.table(name) for name in AGENTS}
+
+    def spawn(self, name: str, *args: str) -> None:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as out:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "aaa_vpn.cli", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.logs[name] = log
+
+    def mn(self, action: str, *args: str, mn_aaa_secret: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        secret = private(self.tmp / "mn.secret", mn_aaa_secret if mn_aaa_secret is not None else SECRETS_MN)
+        result = aaa_vpn(
+            "mn",
+            "--nai",
+            NAI,
+            "--home-address",
+            HOME_ADDRESS,
+            "--home-agent",
+            HA,
+            "--mn-ha-spi",
+            "256",
+            "--mn-ha-key-file",
+            str(self.tmp / "mn.mnha"),
+            "--mn-aaa-secret-file",
+            str(secret),
+            "--mip-port",
+            str(self.mip_port),
+            "--source",
+            MN_SOURCE,
+            "--retransmit",
+            "1",
+            action,
+            *args,
+            "--json",
+        )
+        assert result.stdout, result.stderr
+        return result.returncode, json.loads(result.stdout)
+
+    def wait_for(self, expected: dict[str, Table], timeout: float = 3.0) -> dict[str, Table]:
+        """Poll the state files until they show ``expected`` (a deregistration
+        reaches the gateways after the node's reply); return what they show."""
+        deadline = time.monotonic() + timeout
+        while True:
+            tables = self.tables()
+            if all(tables[name] == sorted(table) for name, table in expected.items()):
+                return tables
+            if time.monotonic() > deadline:
+                return tables
+            time.sleep(0.03)
+
+    def stop(self) -> dict[str, int]:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, process in self.processes.items():
+            try:
+                codes[name] = process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                codes[name] = -9
+        return codes
+
+
+SECRETS_MN = b"mn1-aaa-secret"  # tests/mobility.py's MN_AAA
+
+
+def start(tmp: Path, foreign: bool = False) -> Topology:
+    """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process."""
+    store, _ = init_store(tmp / "vpn.db", tmp / "vpn.key")
+    provision_store(store)  # AAAF is a proxy client of the home AAA
+    store.close()
+    topology = Topology(tmp, free_port_on_all([a for _r, a in AGENTS.values()]), free_udp_port(AAA))
+    private(tmp / "mn.mnha", MN_HA.value)
+    topology.spawn(
+        "home-aaa",
+        *("--db", str(tmp / "vpn.db"), "--key-file", str(tmp / "vpn.key"), "serve", "home"),
+        *("--listen", AAA, "--port", str(topology.radius_port), "--workers", "1", "--log-level", "debug"),
+    )
+    foreign_port = free_udp_port(AAAF)
+    if foreign:
+        private(tmp / "aaaf-home.secret", SECRETS[AAAF].value)
+        for address in (FA1, FA2):
+            private(tmp / f"aaaf-{address}.secret", SECRETS[address].value)
+        config = tmp / "foreign.toml"
+        config.write_text(
+            f'listen = "{AAAF}"\nport = {foreign_port}\n'
+            + "".join(
+                f'[[clients]]\nname = "fa-{a}"\naddress = "{a}"\nsecret_file = "aaaf-{a}.secret"\n' for a in (FA1, FA2)
+            )
+            + f'[[realms]]\nname = "home.example"\n[[realms.servers]]\naddress = "{AAA}"\n'
+            f'port = {topology.radius_port}\nsecret_file = "aaaf-home.secret"\n'
+        )
+        topology.spawn("foreign-aaa", "serve", "foreign", "--config", str(config), "--log-level", "debug")
+    for name, (role, address) in AGENTS.items():
+        args = ["agent", role, "--name", name, "--address", address, "--mip-port", str(topology.mip_port)]
+        args += ["--state-file", str(topology.state_file(name)), "--log-level", "debug"]
+        if role == "gw":
+            key = private(tmp / f"{name}.key", GATEWAY_KEYS[address].value)
+            args += ["--gateway-key-file", str(key), "--home-agent", HA]
+        else:
+            secret = private(tmp / f"{name}.secret", SECRETS[address].value + b"\n")  # the newline is dropped
+            server = f"{AAAF}:{foreign_port}" if foreign and address in (FA1, FA2) else f"{AAA}:{topology.radius_port}"
+            args += ["--aaa", server, "--secret-file", str(secret)]
+        topology.spawn(name, *args)
+    deadline = time.monotonic() + 20
+    waiting = set(topology.processes)
+    while waiting:
+        for name in list(waiting):
+            process = topology.processes[name]
+            assert process.poll() is None, f"{name} exited:\n{topology.logs[name].read_text()}"
+            if name in ("home-aaa", "foreign-aaa"):
+                ready = "worker listening" in topology.logs[name].read_text()
+            else:
+                ready = topology.state_file(name).exists() and topology.state(name)["running"]
+            if ready:
+                waiting.discard(name)
+        assert time.monotonic() < deadline, f"not ready: {waiting}"
+        time.sleep(0.03)
+    return topology
+
+
+@pytest.fixture
+def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topology]:
+    running = start(tmp_path, foreign=bool(getattr(request, "param", False)))
+    try:
+        yield running
+    finally:
+        codes = running.stop()
+        logs = "\n".join(f"--- {n}\n{p.read_text()[-3000:]}" for n, p in running.logs.items())
+        assert codes == dict.fromkeys(codes, 0), f"exit codes {codes}\n{logs}"
+        for name in AGENTS:
+            final = running.state(name)
+            assert final["running"] is False and final["sas"] == [], name
+
+
+def spis(topology: Topology, name: str, role: str | None = None) -> list[tuple[int, int]]:
+    return sorted(
+        (sa["spi_in"], sa["spi_out"]) for sa in topology.state(name)["sas"] if role is None or sa["role"] == role
+    )
+
+
+def assert_mirrored(topology: Topology, a: str, b: str, role: str) -> None:
+    """Both ends of a path: a's inbound SPI is b's outbound one and vice versa."""
+    (a_in, a_out), (b_in, b_out) = spis(topology, a, role)[0], spis(topology, b, role)[0]
+    assert (a_in, a_out) == (b_out, b_in), f"{a} {role} SPIs {a_in:#x}/{a_out:#x}, {b}: {b_in:#x}/{b_out:#x}"
+
+
+AFTER_REGISTRATION = {
+    "fa1": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+    "fa2": [],
+    "ha": [("FA_HA", FA1), ("HA_GW", GW_STATIC)],
+    "gw-static": [("HA_GW", HA)],
+    "gw-dynamic": [("FA_GW", FA1)],
+}
+
+
+def test_flows_a_b_handoff_and_back_and_deregistration(topology: Topology) -> None:
+    # Flows A + B: initial registration through FA1
+    code, result = topology.mn("register", "--fa", FA1)
+    assert (code, result["code"], result["lifetime"], result["accepted"]) == (0, 0, 600, True), result
+    assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+    assert_mirrored(topology, "fa1", "ha", "FA_HA")
+    assert_mirrored(topology, "ha", "gw-static", "HA_GW")
+    assert_mirrored(topology, "fa1", "gw-dynamic", "FA_GW")
+    assert [v["nai"] for v in topology.state("fa1")["visitors"]] == [NAI]
+    assert [(b["nai"], b["care_of_address"]) for b in topology.state("ha")["bindings"]] == [(NAI, FA1)]
+    assert [b["care_of_address"] for b in topology.state("gw-dynamic")["bindings"]] == [FA1]
+    # the dynamic gateway acknowledged before the HA replied (flow B): event order at the HA
+    kinds = [(e["kind"], e.get("message")) for e in topology.state("ha")["events"]]
+    ack = kinds.index(("received", "Binding Acknowledge"))
+    reply = kinds.index(("sent", "Registration Reply"))
+    assert ack < reply, kinds
+    static_first = spis(topology, "gw-static")
+    ha_gw_first = spis(topology, "ha", "HA_GW")
+    fa1_first = spis(topology, "fa1")
+
+    # SIGUSR1: counters and the SA table in the log, never a key
+    topology.processes["ha"].send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while '"SA table"' not in (log := topology.logs["ha"].read_text()) and "SA table" not in log:
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
+    time.sleep(0.1)
+    log = topology.logs["ha"].read_text()
+    assert f"spi_in={ha_gw_first[0][0]}" in log and "role=HA_GW" in log, log
+
+    # Flow D: handoff to FA2 through the home AAA
+    code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    expected = {
+        "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+        "ha": [("FA_HA", FA2), ("HA_GW", GW_STATIC)],  # the SA toward FA1 is gone
+        "gw-static": [("HA_GW", HA)],
+        "gw-dynamic": [("FA_GW", FA2)],  # make before break: FA1's is gone
+        # the old FA keeps its visitor and SAs until the lifetime ends (flow E
+        # is not built yet; tests/test_flows.py asserts the same)
+        "fa1": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+    }
+    assert topology.wait_for(expected) == expected
+    assert_mirrored(topology, "fa2", "ha", "FA_HA")
+    assert_mirrored(topology, "fa2", "gw-dynamic", "FA_GW")
+    assert spis(topology, "gw-static") == static_first  # the static path did not move
+    assert spis(topology, "ha", "HA_GW") == ha_gw_first
+    assert [b["care_of_address"] for b in topology.state("ha")["bindings"]] == [FA2]
+    assert topology.state("ha")["bindings"][0]["epoch"] == 2
+
+    # back to FA1: a new epoch, fresh SPIs at FA1
+    code, result = topology.mn("register", "--fa", FA1, "--previous-fa", FA2)
+    assert (code, result["code"]) == (0, 0), result
+    expected = {**AFTER_REGISTRATION, "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]}
+    assert topology.wait_for(expected) == expected
+    assert_mirrored(topology, "fa1", "ha", "FA_HA")
+    assert_mirrored(topology, "fa1", "gw-dynamic", "FA_GW")
+    assert not set(spis(topology, "fa1")) & set(fa1_first)
+    assert spis(topology, "gw-static") == static_first
+    assert topology.state("ha")["bindings"][0]["epoch"] == 3
+
+    # deregistration through FA1: FA1, HA and both gateways remove everything
+    code, result = topology.mn("deregister", "--fa", FA1)
+    assert (code, result["code"], result["lifetime"]) == (0, 0, 0), result
+    expected = {"fa1": [], "ha": [], "gw-static": [], "gw-dynamic": []}
+    assert {k: v for k, v in topology.wait_for(expected).items() if k in expected} == expected
+    assert topology.state("ha")["bindings"] == [] and topology.state("fa1")["visitors"] == []
+
+    # nothing secret in a state file or a log
+    secrets = [s.value for s in SECRETS.values()] + [k.value for k in GATEWAY_KEYS.values()] + [SECRETS_MN]
+    for name in AGENTS:
+        text = topology.state_file(name).read_bytes() + topology.logs[name].read_bytes()
+        for secret in secrets:
+            assert secret not in text and secret.hex().encode() not in text, name
+        assert b"key" not in topology.state_file(name).read_bytes().replace(b"key_mode", b""), name
+
+
+def foreign_counters(topology: Topology) -> dict[str, int]:
+    """The foreign AAA's counters, asked for with SIGUSR1 and read from its log."""
+    log = topology.logs["foreign-aaa"]
+    before = log.read_text().count(" counters ")
+    topology.processes["foreign-aaa"].send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while (text := log.read_text()).count(" counters ") == before:
+        assert time.monotonic() < deadline, text
+        time.sleep(0.02)
+    line = [line for line in text.splitlines() if " counters " in line][-1]
+    return {k: int(v) for k, v in (item.split("=", 1) for item in line.split() if "=" in item) if v.isdigit()}
+
+
+@pytest.mark.parametrize("topology", [True], indirect=True)
+def test_flow_c_same_domain_handoff_answered_by_the_foreign_aaa(topology: Topology) -> None:
+    code, result = topology.mn("register", "--fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+    assert foreign_counters(topology)["proxied"] == 1
+    static_first = spis(topology, "gw-static")
+
+    # flow C: FA2 is a client of the same foreign AAA, which answers from its cache
+    code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    expected = {
+        "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+        "ha": [("FA_HA", FA2), ("HA_GW", GW_STATIC)],
+        "gw-static": [("HA_GW", HA)],
+        "gw-dynamic": [("FA_GW", FA2)],
+    }
+    tables = topology.wait_for(expected)
+    assert {k: v for k, v in tables.items() if k in expected} == expected
+    counters = foreign_counters(topology)
+    assert (counters["proxied"], counters["handoffs_answered"]) == (1, 1), counters
+    # the keys the foreign AAA derived are the ones the home AAA gave the HA
+    assert_mirrored(topology, "fa2", "ha", "FA_HA")
+    assert_mirrored(topology, "fa2", "gw-dynamic", "FA_GW")
+    assert spis(topology, "gw-static") == static_first
+    assert topology.state("ha")["bindings"][0]["epoch"] == 2
+    fa2_sent = [e["peer"] for e in topology.state("fa2")["events"] if e["kind"] == "sent" and e["channel"] == "radius"]
+    assert fa2_sent and all(peer.startswith(f"{AAAF}:") for peer in fa2_sent)
+
+    # and back: answered by the foreign AAA again, epoch 3
+    code, result = topology.mn("register", "--fa", FA1, "--previous-fa", FA2)
+    assert (code, result["code"]) == (0, 0), result
+    expected = {**AFTER_REGISTRATION, "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]}
+    assert topology.wait_for(expected) == expected
+    counters = foreign_counters(topology)
+    assert (counters["proxied"], counters["handoffs_answered"]) == (1, 2), counters
+    assert topology.state("ha")["bindings"][0]["epoch"] == 3
+    assert_mirrored(topology, "fa1", "ha", "FA_HA")
+
+
+def test_wrong_mn_aaa_secret_is_67_and_no_sas_anywhere(topology: Topology) -> None:
+    code, result = topology.mn("register", "--fa", FA1, mn_aaa_secret=b"not-the-secret")
+    assert code == 1 and result["code"] == 67 and result["accepted"] is False, result
+    time.sleep(0.2)  # nothing may appear later either
+    assert topology.tables() == {name: [] for name in AGENTS}
+    decisions = [e for e in topology.state("fa1")["events"] if e["kind"] == "registration"]
+    assert decisions[-1]["code"] == 67, decisions
+    assert topology.state("ha")["events"] == []  # the HA never heard of it
+
+
+def test_unreachable_fa_is_78_and_exit_status_1(tmp_path: Path) -> None:
+    port = free_udp_port("127.0.0.13")
+    private(tmp_path / "k", MN_HA.value)
+    result = aaa_vpn(
+        *("mn", "--nai", NAI, "--home-address", HOME_ADDRESS, "--home-agent", HA, "--mn-ha-spi", "256"),
+        *("--mn-ha-key-file", str(tmp_path / "k"), "--mn-aaa-secret", "x", "--retransmit", "0.1", "--attempts", "2"),
+        *("register", "--fa", f"127.0.0.13:{port}"),
+    )
+    assert result.returncode == 1, result
+    assert "code 78" in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["agent", "fa", "--address", "127.0.0.11", "--aaa", "127.0.0.1"], "--secret-file"),
+        (["agent", "fa", "--address", "nope", "--aaa", "127.0.0.1"], "not an IP address"),
+        (["agent", "ha", "--aaa", "127.0.0.1:70000", "--address", "127.0.0.2"], "1..65535"),
+        (["agent", "gw", "--address", "127.0.0.21"], "--gateway-key-file"),
+        (["agent", "ha", "--config", "/nonexistent.toml"], "does not exist"),
+        (["mn", "register", "--fa", "127.0.0.11"], "--nai"),
+        (
+            [
+                "mn",
+                "--nai",
+                "bad nai",
+                "--home-address",
+                "1.2.3.4",
+                "--home-agent",
+                "1.2.3.5",
+                "--mn-ha-spi",
+                "256",
+                "--mn-ha-key-hex",
+                "00" * 16,
+                "--mn-aaa-secret",
+                "x",
+                "register",
+                "--fa",
+                "127.0.0.11",
+            ],
+            "NAI",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(args: list[str], message: str) -> None:
+    result = aaa_vpn(*args)
+    assert result.returncode == 2, result
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_config_file_and_check(tmp_path: Path) -> None:
+    private(tmp_path / "fa.secret", b"fa1-secret-xyz\n")
+    config = tmp_path / "fa.toml"
+    config.write_text(
+        'address = "127.0.0.11"\nmip_port = 4340\nstate_file = "fa.json"\nha_timeout = 2.5\n'
+        '[[aaa]]\naddress = "127.0.0.1"\nsecret_file = "fa.secret"\n'
+        '[[aaa]]\naddress = "127.0.0.3"\nport = 18120\nsecret_file = "fa.secret"\n'
+    )
+    result = aaa_vpn("--json", "agent", "fa", "--config", str(config), "--check", "--name", "fa-one")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "role": "fa",
+        "name": "fa-one",
+        "address": "127.0.0.11",
+        "mip_port": 4340,
+        "aaa": ["127.0.0.1:1812", "127.0.0.3:18120"],
+        "home_agents": [],
+        "state_file": str(tmp_path / "fa.json"),
+    }
+    (tmp_path / "fa.secret").chmod(0o644)
+    result = aaa_vpn("agent", "fa", "--config", str(config), "--check")
+    assert result.returncode == 2 and "chmod 600" in result.stderr, result.stderr
+    config.write_text('address = "127.0.0.21"\ngateway_key_file = "k"\n')  # a GW key in an FA file
+    result = aaa_vpn("agent", "fa", "--config", str(config), "--check")
+    assert result.returncode == 2 and "gateway_key_file is not a known setting" in result.stderr, result.stderr
+
+
+def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.21", 0))
+        port = holder.getsockname()[1]
+        key = private(tmp_path / "gw.key", os.urandom(32))
+        result = aaa_vpn(
+            *("agent", "gw", "--address", "127.0.0.21", "--mip-port", str(port), "--gateway-key-file", str(key))
+        )
+    assert result.returncode == 1, result
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,100 @@
+"""``aaa-vpn demo``: the whole topology as processes on loopback, every step
+succeeding, and nothing left behind -- also when interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie that has not been reaped yet counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_demo_json_every_step_succeeds() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aaa_vpn.cli", "demo", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert [(s["name"], s["flow"], s["ok"]) for s in report["steps"]] == [
+        ("register via FA1", "A+B", True),
+        ("handoff to FA2", "C", True),
+        ("handoff to FA3", "D", True),
+        ("back to FA1", "D", True),
+        ("deregister", "G", True),
+    ]
+    first, handoff, other_domain, _back, last = report["steps"]
+    assert first["mn"]["code"] == 0 and first["mn"]["lifetime"] > 0
+    assert last["mn"]["lifetime"] == 0
+    assert all(check["ok"] for step in report["steps"] for check in step["checks"])
+    # the timeline shows the messages and the SA changes, in time order
+    texts = [(e["node"], e["kind"]) for e in first["timeline"]]
+    assert ("gw-dynamic", "sa_installed") in texts and ("ha", "sa_installed") in texts
+    times = [e["time"] for e in first["timeline"]]
+    assert times == sorted(times)
+    assert ("ha", "sa_removed") in [(e["node"], e["kind"]) for e in handoff["timeline"]]
+    # flow C: the foreign AAA answered FA2 itself; flow D: FA3 asked the home AAA
+    assert [e["outcome"] for e in handoff["timeline"] if e["node"] == "foreign-aaa"] == ["handoff"]
+    assert handoff["foreign_aaa"]["handoffs_answered"] == 1 and handoff["foreign_aaa"]["proxied"] == 1
+    fa3_sent = [e.get("peer", "") for e in other_domain["timeline"] if e["node"] == "fa3" and e["kind"] == "sent"]
+    assert any(peer.startswith("127.0.0.1:") for peer in fa3_sent), fa3_sent
+    assert sorted((sa["role"], sa["peer"]) for sa in first["nodes"]["ha"]["sas"]) == [
+        ("FA_HA", "127.0.0.11"),
+        ("HA_GW", "127.0.0.21"),
+    ]
+    # every process exited cleanly and is gone; the temporary directory too
+    assert set(report["exit_codes"].values()) == {0}
+    assert not any(_alive(node["pid"]) for node in report["topology"]["nodes"].values())
+    assert report["directory"] is None
+    assert "Flow E" in " ".join(report["notes"])
+
+
+def test_ctrl_c_stops_everything_and_removes_the_files() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aaa_vpn.cli", "demo"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    directory, pids = None, []
+    try:
+        for line in process.stdout:
+            if line.startswith("[demo] temporary directory "):
+                directory = Path(line.split()[-1])
+            if line.startswith("[demo] all processes ready"):
+                pids = [int(part.rstrip("),")) for part in line.split() if part.rstrip("),").isdigit()]
+                process.send_signal(signal.SIGINT)
+                break
+        rest = process.stdout.read()
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert code == 130, rest
+    assert "interrupted" in rest and "stopped 8 processes" in rest, rest
+    assert len(pids) == 8 and not any(_alive(pid) for pid in pids)
+    assert directory is not None and not directory.exists()
