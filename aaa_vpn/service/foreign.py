@@ -376,10 +376,13 @@ class ForeignService:
                     )
             elif isinstance(event, Answered):
                 level = logging.DEBUG if event.outcome == "accept" else logging.INFO
+                message = {"accept": "access accepted", "handoff": "handoff answered from the cache"}.get(
+                    event.outcome, "access rejected"
+                )
                 if log.isEnabledFor(level):
                     log.log(
                         level,
-                        "access accepted" if event.outcome == "accept" else "access rejected",
+                        message,
                         extra=fields(
                             nai=event.nai,
                             client=event.client,
