@@ -50,7 +50,7 @@ from aaa_vpn.roles.home_aaa import Rejected, UserContext
 from aaa_vpn.service.logging import fields
 from aaa_vpn.store.base import NotFound, SpiConflict, Store, StoreError
 from aaa_vpn.wire import radius as rc
-from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType
+from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import ProfileError, encode_profile
 
 log = logging.getLogger("aaa_vpn.home")
@@ -185,6 +185,7 @@ class HomeAaa:
         self._pending: list[_Pending] = []
         self._plans: dict[tuple[str, int, int, int], list[home_aaa.PlannedPath]] = {}
         self._live: dict[str, Session] = {}  # per NAI: the session last stored or read here
+        self._views: dict[tuple[object, ...], VpnProfile] = {}
         self._batching = True
         self._index = 0
         self.refresh()
@@ -197,6 +198,7 @@ class HomeAaa:
             self._clients = ClientTable(self.store.list_clients())
             self._users = {}
             self._plans = {}
+            self._views = {}
             self._generation = generation
 
     def _plan(
@@ -210,6 +212,30 @@ class HomeAaa:
                 self._plans.clear()
             paths = self._plans[key] = home_aaa.plan_paths(ctx, home_address, home_agent, care_of)
         return paths
+
+    def _view(
+        self,
+        session: Session,
+        paths: list[home_aaa.PlannedPath],
+        role: ClientRole,
+        request_type: RequestType,
+        node: IPv4Address,
+        ctx: UserContext,
+        lifetime: int,
+    ) -> VpnProfile:
+        """home_aaa.view_for, cached: a session's views change only with its
+        epoch and care-of address (rule 6) or with provisioning (which empties
+        the cache), so a renewal derives no key again."""
+        key = (session.session_id, session.epoch, int(session.care_of_address), role, request_type, int(node))
+        view = self._views.get(key)
+        if view is None:
+            view = home_aaa.view_for(session, paths, role, request_type, node, ctx.user, lifetime)
+            if len(self._views) > 50_000:
+                self._views.clear()
+            self._views[key] = view
+        elif view.lifetime != lifetime:
+            view = dataclasses.replace(view, lifetime=lifetime)
+        return view
 
     def _user_context(self, nai: str) -> UserContext | None:
         try:
@@ -485,7 +511,7 @@ class HomeAaa:
             session, paths = self._find_session(ctx, packet, request_type, node, now, client)
             view_node = node
         lifetime = max(0, int(session.expires - now))
-        profile = home_aaa.view_for(session, paths, client.role, request_type, view_node, ctx.user, lifetime)
+        profile = self._view(session, paths, client.role, request_type, view_node, ctx, lifetime)
         try:
             encoded = encode_profile(
                 profile,
