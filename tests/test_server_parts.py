@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aaa_vpn.model import Client, ClientRole
+from aaa_vpn.roles.client_table import ClientTable
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.home import ClientTable, DuplicateCache
+from aaa_vpn.service.home import DuplicateCache
 from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.radius import load_dictionary
 

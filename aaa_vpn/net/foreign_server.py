@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import time
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from functools import partial
 
 from aaa_vpn.model import ValidationError
-from aaa_vpn.net.home_server import ServerError, _bind
+from aaa_vpn.net.home_server import ServerError, _bind, supervise
 from aaa_vpn.service.config import ForeignServerSettings
 from aaa_vpn.service.foreign import ForeignService, with_port
 from aaa_vpn.service.logging import configure_logging, fields
@@ -197,65 +196,7 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
 
 
 def _supervise(settings: ForeignServerSettings) -> int:
-    children: dict[int, int] = {}  # pid -> worker index
-    stopping = False
-    crashes: list[float] = []
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # child
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, signal.SIG_DFL)
-            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until its loop handles it
-            code = 1
-            try:
-                code = serve_worker(settings, index)
-            except ServerError as exc:
-                log.error(str(exc))
-            except BaseException:
-                log.exception("worker failed", extra=fields(worker=index))
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = index
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if signum != signal.SIGUSR1:
-            stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM if signum != signal.SIGUSR1 else signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(signum, forward)
-    for index in range(settings.workers):
-        spawn(index)
-    exit_code = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, -1)
-        if index < 0 or stopping:
-            continue
-        log.error("worker exited", extra=fields(worker=index, pid=pid, code=os.waitstatus_to_exitcode(status)))
-        now = time.monotonic()
-        crashes = [t for t in crashes if now - t < 60] + [now]
-        if len(crashes) > 5:
-            log.error("workers keep failing: stopping the foreign AAA")
-            exit_code = 1
-            forward(signal.SIGTERM, None)
-            continue
-        time.sleep(0.5)
-        spawn(index)
-    log.info("foreign AAA stopped")
-    return exit_code
+    return supervise(partial(serve_worker, settings), settings.workers, "foreign AAA")
 
 
 __all__ = ["run_foreign_server", "serve_worker"]

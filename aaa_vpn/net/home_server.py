@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
@@ -186,6 +188,15 @@ def _with_port(settings: Any, port: int) -> Any:
 
 
 def _supervise(settings: Any, workers: int) -> int:
+    return supervise(functools.partial(serve_worker, settings), workers, "home AAA")
+
+
+def supervise(serve: Callable[[int], int], workers: int, what: str) -> int:
+    """Run ``serve(index)`` in ``workers`` forked processes until SIGTERM or
+    SIGINT (forwarded to them); SIGUSR1 is forwarded too. A worker that dies
+    is restarted after half a second; more than five deaths within a minute
+    stop the whole server with exit code 1. Shared by the home and the
+    foreign AAA."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
     crashes: list[float] = []
@@ -198,7 +209,7 @@ def _supervise(settings: Any, workers: int) -> int:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until its loop handles it
             code = 1
             try:
-                code = serve_worker(settings, index)
+                code = serve(index)
             except ServerError as exc:
                 log.error(str(exc))
             except BaseException:
@@ -208,25 +219,19 @@ def _supervise(settings: Any, workers: int) -> int:
                 os._exit(code)
         children[pid] = index
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True
+        if signum != signal.SIGUSR1:
+            stopping = True
         for pid in list(children):
             try:
-                os.kill(pid, signal.SIGTERM)
+                # SIGUSR1: each worker logs its counters; otherwise stop.
+                os.kill(pid, signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
-    def forward_usr1(_signum: int, _frame: object) -> None:
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGUSR1)  # each worker logs its counters
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGUSR1, forward_usr1)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, forward)
     for index in range(workers):
         spawn(index)
     exit_code = 0
@@ -240,20 +245,19 @@ def _supervise(settings: Any, workers: int) -> int:
         if pid not in children:
             continue
         index = children.pop(pid)
-        code = os.waitstatus_to_exitcode(status)
         if stopping:
             continue
-        log.error("worker exited", extra=fields(worker=index, pid=pid, code=code))
+        log.error("worker exited", extra=fields(worker=index, pid=pid, code=os.waitstatus_to_exitcode(status)))
         now = time.monotonic()
         crashes = [t for t in crashes if now - t < 60] + [now]
         if len(crashes) > 5:
-            log.error("workers keep failing: stopping the home AAA")
+            log.error(f"workers keep failing: stopping the {what}")
             exit_code = 1
-            on_signal(signal.SIGTERM, None)
+            forward(signal.SIGTERM, None)
             continue
         time.sleep(0.5)
         spawn(index)
-    log.info("home AAA stopped")
+    log.info(f"{what} stopped")
     return exit_code
 
 

@@ -91,10 +91,11 @@ import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network
 from typing import NamedTuple
 
 from aaa_vpn.model import Flavour
+from aaa_vpn.roles.client_table import ClientTable
 from aaa_vpn.roles.home_aaa import moved_view
 from aaa_vpn.roles.radius_client import (
     DEFAULT_DEAD_TIME,
@@ -423,28 +424,6 @@ class _Pending:
     absorbed: int = 0
 
 
-class _ClientTable:
-    def __init__(self, clients: Sequence[ProxyClient]) -> None:
-        self._clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
-        self._cache: dict[str, ProxyClient | None] = {}
-
-    def lookup(self, address: str) -> ProxyClient | None:
-        try:
-            return self._cache[address]
-        except KeyError:
-            pass
-        found = None
-        try:
-            ip = ip_address(address)
-        except ValueError:
-            ip = None
-        if ip is not None and ip.version == 4:
-            found = next((c for c in self._clients if ip in c.network), None)
-        if len(self._cache) > 65536:
-            self._cache.clear()
-        self._cache[address] = found
-        return found
-
 
 def _split(data: bytes) -> list[tuple[int, bytes]] | None:
     """The (type, value) attributes of a length-checked packet, or None if malformed."""
@@ -533,7 +512,7 @@ class ForeignAaa:
             if client.network in networks:
                 raise ValueError(f"clients {networks[client.network]} and {client.name}: same network {client.network}")
             networks[client.network] = client.name
-        self._clients = _ClientTable(clients)
+        self._clients: ClientTable[ProxyClient] = ClientTable(clients)
         self.cache = SessionCache(self.options.cache_size)
         # Realms with the same pool (same servers, secrets and order) share one
         # upstream client, hence one Identifier space and one view of which

@@ -38,7 +38,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address
 
 import pyrad.packet
 from pyrad.dictionary import Dictionary
@@ -46,6 +46,7 @@ from pyrad.dictionary import Dictionary
 from aaa_vpn import keys
 from aaa_vpn.model import Client, ClientRole, Session, nai_realm
 from aaa_vpn.roles import home_aaa
+from aaa_vpn.roles.client_table import ClientTable
 from aaa_vpn.roles.home_aaa import Rejected, UserContext
 from aaa_vpn.service.logging import fields
 from aaa_vpn.store.base import NotFound, SpiConflict, Store, StoreError
@@ -78,37 +79,6 @@ DEFAULT_REQUEST = {
 }
 _SPI_RETRIES = 5
 _LOG_BURST = 20  # per drop reason and minute, so a flood cannot flood the log
-
-
-class ClientTable:
-    """RADIUS clients by address: exact or CIDR, longest prefix first."""
-
-    def __init__(self, clients: list[Client]) -> None:
-        self._clients = sorted(clients, key=lambda c: c.network.prefixlen, reverse=True)
-        self._cache: dict[str, Client | None] = {}
-
-    def lookup(self, address: str) -> Client | None:
-        try:
-            return self._cache[address]
-        except KeyError:
-            pass
-        found = None
-        try:
-            ip = ip_address(address)
-        except ValueError:
-            ip = None
-        if ip is not None and ip.version == 4:
-            for client in self._clients:
-                if ip in client.network:
-                    found = client
-                    break
-        if len(self._cache) > 65536:
-            self._cache.clear()
-        self._cache[address] = found
-        return found
-
-    def __len__(self) -> int:
-        return len(self._clients)
 
 
 class DuplicateCache:
@@ -178,7 +148,7 @@ class HomeAaa:
         self.started = time.time()
         self.duplicates = DuplicateCache(options.dup_cache_seconds)
         self._generation = -1
-        self._clients = ClientTable([])
+        self._clients: ClientTable[Client] = ClientTable([])
         self._users: dict[str, UserContext | None] = {}
         self._log_budget: dict[str, tuple[float, int]] = {}
         self._packet = pyrad.packet.AuthPacket(dict=dictionary)
@@ -769,4 +739,4 @@ def _proxy_states(packet: pyrad.packet.Packet) -> bytes:
     return b"".join(rc.attribute(rc.PROXY_STATE, value) for value in dict.get(packet, rc.PROXY_STATE, ()))
 
 
-__all__ = ["ClientTable", "DuplicateCache", "HomeAaa", "HomeAaaOptions"]
+__all__ = ["DuplicateCache", "HomeAaa", "HomeAaaOptions"]
