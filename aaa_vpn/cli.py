@@ -1383,6 +1383,20 @@ def _agent_options(role: str) -> Callable[[F], F]:
                     metavar="ADDR",
                     help="Accept Binding Updates only from this home agent (repeatable).  [default: any]",
                 ),
+                click.option(
+                    "--refresh-threshold",
+                    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                    default=None,
+                    metavar="FRACTION",
+                    help="Ask the HA for a refresh when this much of a binding's lifetime is left.  [default: 0.2]",
+                ),
+                click.option(
+                    "--refresh-retries",
+                    type=click.IntRange(0, 100),
+                    default=None,
+                    metavar="N",
+                    help="Binding Requests repeated after the first before a binding expires.  [default: 3]",
+                ),
             ]
         decorators += [
             click.option(
@@ -1439,6 +1453,12 @@ def _run_agent(app: App, role: str, options: dict[str, Any]) -> None:
         if settings.role == "gw":
             trusted = ", ".join(sorted(str(a) for a in settings.home_agents)) or "any that authenticates"
             lines.append(f"home agents: {trusted}")
+            document["refresh_threshold"] = settings.refresh_threshold
+            document["refresh_retries"] = settings.refresh_retries
+            lines.append(
+                f"Binding Requests when {settings.refresh_threshold:g} of a binding's lifetime is left,"
+                f" {settings.refresh_retries} retries"
+            )
         if settings.state_file:
             lines.append(f"state file {settings.state_file}")
         emit(app, document, "\n".join(lines))

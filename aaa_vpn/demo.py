@@ -27,8 +27,9 @@ What it does:
    messages and SA changes every node recorded, each node's SA table, and
    the checks.
 
-Flow E (smooth handoff) is not built yet: the old FA keeps the node's visitor
-entry and SAs until the registration lifetime ends.
+After each handoff the new FA sends the old one a Previous-FA Notification
+(flow E, smooth handoff): the old FA replaces the node's SAs with a forwarding
+path toward the new FA, which both remove after ``forwarding_lifetime`` (10 s).
 
 Every process is stopped by its PID (SIGTERM, then SIGKILL after a grace
 period) and the temporary directory removed, also on Ctrl-C or SIGTERM.
@@ -137,7 +138,10 @@ class _Step:
 
 
 _FA_PATHS = {("FA_HA", HA), ("FA_GW", GW_DYNAMIC)}
-_OLD_FA = "keeps its visitor and SAs until the registration lifetime ends (flow E is not built yet)"
+_OLD_FA = (
+    "replaced the node's SAs with a forwarding path toward the new FA (flow E, smooth handoff),"
+    " which both ends remove after 10 s"
+)
 
 STEPS = (
     _Step(
@@ -165,7 +169,8 @@ STEPS = (
         FA2,
         previous_fa=FA1,
         expected={
-            "fa2": _FA_PATHS,
+            "fa2": _FA_PATHS | {("FA_FA", FA1)},
+            "fa1": {("FA_FA", FA2)},
             "ha": {("FA_HA", FA2), ("HA_GW", GW_STATIC)},
             "gw-static": {("HA_GW", HA)},
             "gw-dynamic": {("FA_GW", FA2)},
@@ -181,7 +186,8 @@ STEPS = (
         FA3,
         previous_fa=FA2,
         expected={
-            "fa3": _FA_PATHS,
+            "fa3": _FA_PATHS | {("FA_FA", FA2)},
+            "fa2": {("FA_FA", FA3)},
             "ha": {("FA_HA", FA3), ("HA_GW", GW_STATIC)},
             "gw-static": {("HA_GW", HA)},
             "gw-dynamic": {("FA_GW", FA3)},
@@ -197,7 +203,8 @@ STEPS = (
         FA1,
         previous_fa=FA3,
         expected={
-            "fa1": _FA_PATHS,
+            "fa1": _FA_PATHS | {("FA_FA", FA3)},
+            "fa3": {("FA_FA", FA1)},
             "ha": {("FA_HA", FA1), ("HA_GW", GW_STATIC)},
             "gw-static": {("HA_GW", HA)},
             "gw-dynamic": {("FA_GW", FA1)},
@@ -213,14 +220,11 @@ STEPS = (
         deregister=True,
         expected={"fa1": set(), "ha": set(), "gw-static": set(), "gw-dynamic": set()},
         foreign=(2, 1),
-        notes=("fa2 and fa3 still hold their visits until the lifetime ends (flow E is not built yet)",),
+        notes=("fa3's forwarding path toward FA1 ends with its forwarding lifetime (flow E)",),
     ),
 )
 
-NOTES = (
-    "Flow E (smooth handoff) is not built yet: after a move, the old FA keeps the node's SAs until the"
-    " registration lifetime ends.",
-)
+NOTES = ("Flow E (smooth handoff): after a move the old FA keeps only a forwarding path toward the new FA, for 10 s.",)
 
 
 class DemoError(Exception):

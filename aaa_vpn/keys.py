@@ -162,3 +162,19 @@ def derive_spi(srk: Secret, name: str, epoch: int, low: int, high: int) -> int:
     info = LABEL_SPI + b"\x00" + name.encode() + struct.pack("!I", epoch)
     value = int.from_bytes(_hkdf(srk, info, 8), "big")
     return low + value % (high - low + 1)
+
+
+LABEL_HANDOFF_AUTH = b"aaa-vpn handoff auth"
+LABEL_HANDOFF_WRAP = b"aaa-vpn handoff wrap"
+
+
+def handoff_subkeys(handoff_key: Secret) -> tuple[Secret, Secret]:
+    """(authentication key, key-wrapping key) of a per-FA handoff key (flow E):
+    the new FA authenticates its Previous-FA Notification with the first and
+    wraps (RFC 5649) the forwarding path's keys with the second; the previous
+    FA, which holds the same handoff key, derives both itself. Labels of their
+    own, so they never equal the subkeys of an HA-GW binding key."""
+    return (
+        Secret(hkdf_sha256(handoff_key.value, LABEL_HANDOFF_AUTH, 16)),
+        Secret(hkdf_sha256(handoff_key.value, LABEL_HANDOFF_WRAP, 32)),
+    )

@@ -91,9 +91,7 @@ def chap_request(challenge: bytes) -> tuple[bytes, bytes]:
     preceding = rrq + bytes([36, 1]) + (23).to_bytes(2, "big") + MN_AAA_SPI.to_bytes(4, "big")
     chap_challenge = hashlib.md5(preceding).digest() + challenge[-237:]
     chap_id = challenge[0]
-    response = hashlib.md5(
-        bytes([chap_id]) + MN_AAA_SECRET.encode() + chap_challenge
-    ).digest()
+    response = hashlib.md5(bytes([chap_id]) + MN_AAA_SECRET.encode() + chap_challenge).digest()
     return chap_challenge, bytes([chap_id]) + response
 
 
@@ -137,8 +135,12 @@ def start(argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = N
     """Start a server in its own process group (so its workers can be stopped with it)."""
     out = log_path.open("ab")
     proc = subprocess.Popen(
-        list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env=env,
+        list(argv),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
     )
     out.close()
     ALL_STARTED.append(proc)
@@ -253,9 +255,25 @@ class Load:
         prefix = ["taskset", "-c", self.cpus] if self.cpus else []
         prefix += ["nice", "-n", str(self.nice)] if self.nice else []
         return [
-            *prefix, "radclient", "-c", str(count), "-p", str(self.in_flight), "-q", "-s",
-            "-r", "3", "-t", "2", "-d", str(self.dict_dir), "-f", str(self.req_file),
-            f"127.0.0.1:{port}", "auth", SECRET,
+            *prefix,
+            "radclient",
+            "-c",
+            str(count),
+            "-p",
+            str(self.in_flight),
+            "-q",
+            "-s",
+            "-r",
+            "3",
+            "-t",
+            "2",
+            "-d",
+            str(self.dict_dir),
+            "-f",
+            str(self.req_file),
+            f"127.0.0.1:{port}",
+            "auth",
+            SECRET,
         ]
 
 
@@ -302,7 +320,9 @@ def run_load(load: Load, server: str, rnd: int, port: int, total: int, server_pi
     procs = []
     for _ in range(load.clients):
         p = subprocess.Popen(
-            load.argv(port, per_client), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            load.argv(port, per_client),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         procs.append(p)
@@ -332,10 +352,17 @@ def run_load(load: Load, server: str, rnd: int, port: int, total: int, server_pi
             counts[key] += int(value)
     per_process = sorted((per1.get(pid, 0.0) - per0.get(pid, 0.0) for pid in per1), reverse=True)
     res = RoundResult(
-        server=server, round=rnd, requests=requests, elapsed=elapsed,
-        accepted=counts["Accepted"], rejected=counts["Rejected"], lost=counts["Lost"],
-        server_cpu=cpu1 - cpu0, client_cpu=client_cpu,
-        per_process_cpu=[round(c, 2) for c in per_process if c > 0.005], rc=rcs,
+        server=server,
+        round=rnd,
+        requests=requests,
+        elapsed=elapsed,
+        accepted=counts["Accepted"],
+        rejected=counts["Rejected"],
+        lost=counts["Lost"],
+        server_cpu=cpu1 - cpu0,
+        client_cpu=client_cpu,
+        per_process_cpu=[round(c, 2) for c in per_process if c > 0.005],
+        rc=rcs,
     )
     if not res.ok:
         tail = "\n".join(o.strip()[-600:] for o in outputs if o.strip())
@@ -350,9 +377,24 @@ def probe(load: Load, port: int, *, attempts: int = 50) -> str | None:
     out = ""
     for _ in range(attempts):
         cp = subprocess.run(
-            ["radclient", "-x", "-r", "1", "-t", "0.2", "-d", str(load.dict_dir), "-f", str(one),
-             f"127.0.0.1:{port}", "auth", SECRET],
-            capture_output=True, text=True, check=False,
+            [
+                "radclient",
+                "-x",
+                "-r",
+                "1",
+                "-t",
+                "0.2",
+                "-d",
+                str(load.dict_dir),
+                "-f",
+                str(one),
+                f"127.0.0.1:{port}",
+                "auth",
+                SECRET,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         out = cp.stdout + cp.stderr
         if "Received Access-" in out:
@@ -368,7 +410,7 @@ def reply_shape(radclient_x: str) -> tuple[str, int, list[str]]:
     if not m:
         return "?", 0, []
     attrs = []
-    for line in radclient_x[m.end():].splitlines()[1:]:
+    for line in radclient_x[m.end() :].splitlines()[1:]:
         if not line.startswith(("\t", " ")) or "=" not in line:
             break
         attrs.append(line.strip())
@@ -433,7 +475,8 @@ def ensure_freeradius() -> None:
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "freeradius"],
-        check=True, env=env,
+        check=True,
+        env=env,
     )
 
 
@@ -452,8 +495,7 @@ def write_raddb(base: Path, port: int, reply: str) -> Path:
     # does not sign Access-Accepts on its own); radclient verifies both.
     reply_items = "Message-Authenticator = 0x00,\n" + reply
     (raddb / "users").write_text(
-        f'{NAI} Cleartext-Password := "{MN_AAA_SECRET}"\n'
-        + "".join(f"\t{line}\n" for line in reply_items.splitlines())
+        f'{NAI} Cleartext-Password := "{MN_AAA_SECRET}"\n' + "".join(f"\t{line}\n" for line in reply_items.splitlines())
     )
     (raddb / "radiusd.conf").write_text(f"""\
 prefix = /usr
@@ -552,18 +594,80 @@ def provision_commands(db: Path, key: Path) -> list[list[str]]:
         [*g, "db", "init"],
         [*g, "client", "add", "bench-fa", "--address", "127.0.0.1", "--role", "fa", "--secret", SECRET],
         [*g, "client", "add", "bench-ha", "--address", HOME_AGENT, "--role", "ha", "--secret", SECRET],
-        [*g, "user", "add", NAI, "--home-agent", HOME_AGENT, "--home-address", HOME_ADDRESS,
-         "--mn-aaa-secret", MN_AAA_SECRET, "--mn-ha-spi", str(MN_HA_SPI), "--mn-ha-key-hex", MN_HA_KEY],
-        [*g, "gateway", "add", "gw-static", "--address", GW_STATIC, "--mode", "static",
-         "--protects", PREFIX_STATIC, "--generate-gateway-key"],
-        [*g, "gateway", "add", "gw-dynamic", "--address", GW_DYNAMIC, "--mode", "dynamic",
-         "--protects", PREFIX_DYNAMIC, "--generate-gateway-key"],
+        [
+            *g,
+            "user",
+            "add",
+            NAI,
+            "--home-agent",
+            HOME_AGENT,
+            "--home-address",
+            HOME_ADDRESS,
+            "--mn-aaa-secret",
+            MN_AAA_SECRET,
+            "--mn-ha-spi",
+            str(MN_HA_SPI),
+            "--mn-ha-key-hex",
+            MN_HA_KEY,
+        ],
+        [
+            *g,
+            "gateway",
+            "add",
+            "gw-static",
+            "--address",
+            GW_STATIC,
+            "--mode",
+            "static",
+            "--protects",
+            PREFIX_STATIC,
+            "--generate-gateway-key",
+        ],
+        [
+            *g,
+            "gateway",
+            "add",
+            "gw-dynamic",
+            "--address",
+            GW_DYNAMIC,
+            "--mode",
+            "dynamic",
+            "--protects",
+            PREFIX_DYNAMIC,
+            "--generate-gateway-key",
+        ],
         [*g, "service", "add", "gold", "--key-mode", "manual", "--esp-transform", "aes256gcm16"],
         [*g, "qos", "add", "video", "--dscp", "34", "--rate-kbps", "10000"],
-        [*g, "vpn", "add", "--user", NAI, "--correspondent", PREFIX_STATIC, "--gateway", "gw-static",
-         "--service", "gold", "--qos", "video"],
-        [*g, "vpn", "add", "--user", NAI, "--correspondent", PREFIX_DYNAMIC, "--gateway", "gw-dynamic",
-         "--service", "gold", "--qos", "video"],
+        [
+            *g,
+            "vpn",
+            "add",
+            "--user",
+            NAI,
+            "--correspondent",
+            PREFIX_STATIC,
+            "--gateway",
+            "gw-static",
+            "--service",
+            "gold",
+            "--qos",
+            "video",
+        ],
+        [
+            *g,
+            "vpn",
+            "add",
+            "--user",
+            NAI,
+            "--correspondent",
+            PREFIX_DYNAMIC,
+            "--gateway",
+            "gw-dynamic",
+            "--service",
+            "gold",
+            "--qos",
+            "video",
+        ],
     ]
 
 
@@ -578,9 +682,23 @@ def provision(cli: list[str], base: Path, commands_log: list[str]) -> tuple[Path
 
 
 def serve_argv(cli: list[str], db: Path, key: Path, port: int, workers: int) -> list[str]:
-    return [*cli, "--db", str(db), "--key-file", str(key), "serve", "home",
-            "--listen", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-            "--log-level", "warning"]
+    return [
+        *cli,
+        "--db",
+        str(db),
+        "--key-file",
+        str(key),
+        "serve",
+        "home",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
 
 
 # --------------------------------------------------------------------------- profile
@@ -621,22 +739,19 @@ def summarize_collapsed(path: Path, top: int = 25) -> str:
             incl_c[f] += n
     if not total:
         return "(no samples)\n"
-    lines = [f"{total} samples (all server processes). Self time by file:", "",
-             "| self % | file |", "|---:|---|"]
+    lines = [f"{total} samples (all server processes). Self time by file:", "", "| self % | file |", "|---:|---|"]
     lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in file_c.most_common(15)]
     lines += ["", "Top functions by self time:", "", "| self % | incl % | function |", "|---:|---:|---|"]
-    lines += [f"| {100 * n / total:.1f} | {100 * incl_c[f] / total:.1f} | `{f}` |"
-              for f, n in self_c.most_common(top)]
+    lines += [f"| {100 * n / total:.1f} | {100 * incl_c[f] / total:.1f} | `{f}` |" for f, n in self_c.most_common(top)]
     # frames present in (nearly) every sample are scaffolding: main, click, the event loop
     inner = [(f, n) for f, n in incl_c.most_common() if n < 0.95 * total][:top]
-    lines += ["", "Top functions by inclusive time (below the event loop):", "",
-              "| incl % | function |", "|---:|---|"]
+    lines += ["", "Top functions by inclusive time (below the event loop):", "", "| incl % | function |", "|---:|---|"]
     lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in inner]
     return "\n".join(lines) + "\n"
 
 
 def _function(frame: str) -> str:
-    """"f (path/to/x.py:123)" -> "f (x.py relative)"; merges the lines of one function."""
+    """ "f (path/to/x.py:123)" -> "f (x.py relative)"; merges the lines of one function."""
     m = re.match(r"^(.*) \((.*?)(?::\d+)?\)$", frame)
     if not m:
         return frame
@@ -700,27 +815,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds per server (default 3)")
     ap.add_argument("--requests", type=int, default=40000, help="requests per round per server (default 40000)")
     ap.add_argument("--workers", type=int, default=2, help="worker processes of our server (default 2)")
-    ap.add_argument("--clients", type=int, default=0,
-                    help="parallel radclient processes, each with 64 in flight (default 2 x workers: "
-                         "SO_REUSEPORT balances by source port, so more clients than workers keeps "
-                         "one unlucky hash from pinning the load to one worker)")
-    ap.add_argument("--client-nice", type=int, default=0,
-                    help="run radclient under `nice -n N` (radclient busy-polls while it waits for "
-                         "replies, which steals CPU from a slow server on a small machine)")
-    ap.add_argument("--pin", action="store_true",
-                    help="pin the server under test (all processes and threads) to the first half of "
-                         "the CPUs and radclient to the other half, as in the reference measurement")
+    ap.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="parallel radclient processes, each with 64 in flight (default 2 x workers: "
+        "SO_REUSEPORT balances by source port, so more clients than workers keeps "
+        "one unlucky hash from pinning the load to one worker)",
+    )
+    ap.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="run radclient under `nice -n N` (radclient busy-polls while it waits for "
+        "replies, which steals CPU from a slow server on a small machine)",
+    )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the server under test (all processes and threads) to the first half of "
+        "the CPUs and radclient to the other half, as in the reference measurement",
+    )
     ap.add_argument("--warmup", type=int, default=2000, help="unmeasured requests before the rounds")
     ap.add_argument("--freeradius-only", action="store_true", help="measure the FreeRADIUS anchor alone")
-    ap.add_argument("--profile", action="store_true",
-                    help="after the measured rounds, one more round on our server under py-spy")
-    ap.add_argument("--profile-idle", action="store_true",
-                    help="with --profile: also sample waiting threads (py-spy --idle), to see time "
-                         "spent blocked (locks, I/O) rather than on the CPU")
+    ap.add_argument(
+        "--profile", action="store_true", help="after the measured rounds, one more round on our server under py-spy"
+    )
+    ap.add_argument(
+        "--profile-idle",
+        action="store_true",
+        help="with --profile: also sample waiting threads (py-spy --idle), to see time "
+        "spent blocked (locks, I/O) rather than on the CPU",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (for debugging)")
     ap.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(ROOT)}")
-    ap.add_argument("--print-request", action="store_true",
-                    help="print one bench Access-Request in radclient's format and exit (used by scripts/demo.sh)")
+    ap.add_argument(
+        "--kind",
+        choices=("renewal", "initial"),
+        default="renewal",
+        help="renewal: every request renews the session the probe created (it names the session,"
+        " as an FA does for its current visitor); initial: every request is a first registration"
+        " and creates a new session (default renewal)",
+    )
+    ap.add_argument(
+        "--print-request",
+        action="store_true",
+        help="print one bench Access-Request in radclient's format and exit (used by scripts/demo.sh)",
+    )
     args = ap.parse_args(argv)
     if args.print_request:
         sys.stdout.write(request_text(fa_challenge()))
@@ -759,8 +900,13 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
     req = base / "req64.txt"
     req.write_text("\n".join([request_text(fa_challenge())] * IN_FLIGHT))
     server_cpus, client_cpus = cpu_split() if args.pin else (set(), set())
-    load = Load(dict_dir=dict_dir, req_file=req, clients=clients, nice=args.client_nice,
-                cpus=",".join(map(str, sorted(client_cpus))))
+    load = Load(
+        dict_dir=dict_dir,
+        req_file=req,
+        clients=clients,
+        nice=args.client_nice,
+        cpus=",".join(map(str, sorted(client_cpus))),
+    )
     commands: list[str] = []
     notes: list[str] = []
 
@@ -780,7 +926,7 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
         else:
             db, key = provisioned
             argv = serve_argv(cli, db, key, ours_port, args.workers)
-            commands.append(shlex.join(["aaa-vpn", *argv[len(cli):]]).replace(str(base), "$T"))
+            commands.append(shlex.join(["aaa-vpn", *argv[len(cli) :]]).replace(str(base), "$T"))
             ours = start(argv, log_path=base / "ours.log")
             out = probe(load, ours_port)
             code, _, _ = reply_shape(out or "")
@@ -792,6 +938,17 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
                 ours = None
             else:
                 ours_reply = out
+                if args.kind == "renewal":
+                    # An FA renewing for its current visitor names the session
+                    # (docs/protocol.md section 4): from now on every request
+                    # renews the session the probe created.
+                    found = re.search(r'Aaa-Vpn-Session-Id = "([0-9a-f]+)"', out)
+                    if found:
+                        line = f'Aaa-Vpn-Session-Id = "{found.group(1)}"\n'
+                        req.write_text(req.read_text().replace("Message-Authenticator", line + "Message-Authenticator"))
+                        notes.append("requests: renewals of one session (Aaa-Vpn-Session-Id from the probe's Accept)")
+                else:
+                    notes.append("requests: initial registrations (every request creates a new session)")
 
     # ---- FreeRADIUS, with the same reply attributes as ours when we have them
     fr_port = free_udp_port()
@@ -824,9 +981,14 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
     if ours is not None:
         servers.append(("aaa_vpn", ours_port, ours))
     servers.append(("FreeRADIUS", fr_port, fr))
-    commands.append(shlex.join(load.argv(0, 0)).replace(str(base), "$T").replace(str(ROOT) + "/", "").replace(
-        "-c 0", "-c <n>").replace("127.0.0.1:0", "127.0.0.1:<port>")
-        + f"    # x{clients} in parallel, n = requests / ({clients} x {IN_FLIGHT})")
+    commands.append(
+        shlex.join(load.argv(0, 0))
+        .replace(str(base), "$T")
+        .replace(str(ROOT) + "/", "")
+        .replace("-c 0", "-c <n>")
+        .replace("127.0.0.1:0", "127.0.0.1:<port>")
+        + f"    # x{clients} in parallel, n = requests / ({clients} x {IN_FLIGHT})"
+    )
 
     if args.pin:
         for _name, _, proc in servers:
@@ -843,17 +1005,18 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
         for name, port, proc in order:
             r = run_load(load, name, rnd, port, args.requests, proc.pid)
             results.append(r)
-            log(f"round {rnd} {name}: {r.rate:,.0f} req/s, {r.accepted}/{r.requests} accepted, "
+            log(
+                f"round {rnd} {name}: {r.rate:,.0f} req/s, {r.accepted}/{r.requests} accepted, "
                 f"lost {r.lost}, server CPU {r.cpu_us_per_req:.1f} us/req ({r.server_util:.2f} cores busy), "
-                f"per process {r.per_process_cpu}, radclient CPU {r.client_cpu:.1f} s")
+                f"per process {r.per_process_cpu}, radclient CPU {r.client_cpu:.1f} s"
+            )
 
     profile_md = ""
     if args.profile:
         if ours is None:
             notes.append("profile: skipped (our server is not running)")
         else:
-            profile_md = profile_ours(load, ours_port, ours.pid, args.requests, base, commands,
-                                      idle=args.profile_idle)
+            profile_md = profile_ours(load, ours_port, ours.pid, args.requests, base, commands, idle=args.profile_idle)
 
     stop(fr, "FreeRADIUS")
     if ours is not None:
@@ -871,14 +1034,34 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
 
 
 def profile_ours(
-    load: Load, port: int, pid: int, requests: int, base: Path, commands: list[str], *, idle: bool,
+    load: Load,
+    port: int,
+    pid: int,
+    requests: int,
+    base: Path,
+    commands: list[str],
+    *,
+    idle: bool,
 ) -> str:
     spy = ensure_py_spy()
     if spy is None:
         return "py-spy could not be installed: no profile.\n"
     out = base / "ours.collapsed"
-    argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200",
-            "--format", "raw", "--output", str(out), "--nonblocking", *(["--idle"] if idle else [])]
+    argv = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+        *(["--idle"] if idle else []),
+    ]
     commands.append(shlex.join(["py-spy", *argv[1:]]).replace(str(base), "$T").replace(str(pid), "<server pid>"))
     log("profiling our server with py-spy for one round")
     rec = start(argv, log_path=base / "py-spy.log")
@@ -893,8 +1076,13 @@ def profile_ours(
 
 
 def render(
-    args: argparse.Namespace, clients: int, results: list[RoundResult],
-    shapes: dict[str, tuple[str, int, list[str]]], commands: list[str], notes: list[str], profile_md: str,
+    args: argparse.Namespace,
+    clients: int,
+    results: list[RoundResult],
+    shapes: dict[str, tuple[str, int, list[str]]],
+    commands: list[str],
+    notes: list[str],
+    profile_md: str,
 ) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     by: dict[str, list[RoundResult]] = collections.defaultdict(list)
@@ -902,14 +1090,22 @@ def render(
         by[r.server].append(r)
     med = {s: (median([r.rate for r in rs]), median([r.cpu_us_per_req for r in rs])) for s, rs in by.items()}
     out = [f"## {now}: aaa_vpn home AAA vs FreeRADIUS, Access-Request -> two-path FA profile", ""]
-    out += [f"- machine: {machine()}",
-            (f"- {version_of(['freeradius', '-v']).removeprefix('radiusd: ')}; load: radclient "
-            f"{version_of(['radclient', '-v']).removeprefix('radclient version ')}"),
-            (f"- load: {clients} radclient processes x {IN_FLIGHT} in flight, {args.requests} requests "
+    out += [
+        f"- machine: {machine()}",
+        (
+            f"- {version_of(['freeradius', '-v']).removeprefix('radiusd: ')}; load: radclient "
+            f"{version_of(['radclient', '-v']).removeprefix('radclient version ')}"
+        ),
+        (
+            f"- load: {clients} radclient processes x {IN_FLIGHT} in flight, {args.requests} requests "
             f"per round per server, {args.rounds} interleaved rounds, {args.warmup} warm-up requests; "
-            f"our server: {args.workers} worker processes (SO_REUSEPORT); FreeRADIUS: thread pool 5..32"),
-            ("- request: FA-Registration of mn1@home.example, CHAP (3GPP2 MN-AAA mapping), "
-            "Message-Authenticator; both servers sign their replies")]
+            f"our server: {args.workers} worker processes (SO_REUSEPORT); FreeRADIUS: thread pool 5..32"
+        ),
+        (
+            "- request: FA-Registration of mn1@home.example, CHAP (3GPP2 MN-AAA mapping), "
+            "Message-Authenticator; both servers sign their replies"
+        ),
+    ]
     out += [f"- {n}" for n in notes]
     for name, (code, length, attrs) in shapes.items():
         out.append(f"- {name} reply: {code}, {length} bytes, {len(attrs)} attributes")
@@ -923,19 +1119,35 @@ def render(
             verdict = "meets parity"
         else:
             verdict = "above the 0.25x floor" if ratio >= 0.25 else "BELOW the 0.25x floor"
-        out += ["", (f"**Ratio aaa_vpn / FreeRADIUS: {ratio:.2f}x throughput ({verdict}); "
-                    f"{cpu_ratio:.2f}x server CPU per request.**")]
-    out += ["", ("server cores busy = server CPU / elapsed. Well below the cores the server may use "
-                 "means the load generator, not the server, set the pace: that rate is a lower bound "
-                 "(radclient busy-polls while it waits, so on a small machine it competes with the server)."),
-            "", "Raw rounds:", "",
-            ("| server | round | requests | accepted | rejected | lost | elapsed s | req/s | server CPU s "
-            "| us/req | server cores busy | CPU per server process s | radclient CPU s |"),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        out += [
+            "",
+            (
+                f"**Ratio aaa_vpn / FreeRADIUS: {ratio:.2f}x throughput ({verdict}); "
+                f"{cpu_ratio:.2f}x server CPU per request.**"
+            ),
+        ]
+    out += [
+        "",
+        (
+            "server cores busy = server CPU / elapsed. Well below the cores the server may use "
+            "means the load generator, not the server, set the pace: that rate is a lower bound "
+            "(radclient busy-polls while it waits, so on a small machine it competes with the server)."
+        ),
+        "",
+        "Raw rounds:",
+        "",
+        (
+            "| server | round | requests | accepted | rejected | lost | elapsed s | req/s | server CPU s "
+            "| us/req | server cores busy | CPU per server process s | radclient CPU s |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in results:
-        out.append(f"| {r.server} | {r.round} | {r.requests} | {r.accepted} | {r.rejected} | {r.lost} "
-                   f"| {r.elapsed:.3f} | {r.rate:,.0f} | {r.server_cpu:.2f} | {r.cpu_us_per_req:.1f} "
-                   f"| {r.server_util:.2f} | {r.per_process_cpu} | {r.client_cpu:.2f} |")
+        out.append(
+            f"| {r.server} | {r.round} | {r.requests} | {r.accepted} | {r.rejected} | {r.lost} "
+            f"| {r.elapsed:.3f} | {r.rate:,.0f} | {r.server_cpu:.2f} | {r.cpu_us_per_req:.1f} "
+            f"| {r.server_util:.2f} | {r.per_process_cpu} | {r.client_cpu:.2f} |"
+        )
     out += ["", "Commands (`$T` = the temporary work directory):", "", "```", *commands, "```"]
     if profile_md:
         out += ["", "Profile of our server (py-spy, one extra round, all worker processes):", "", profile_md]

@@ -219,6 +219,13 @@ class Network:
         self.add_gw("gw-dynamic", GW_DYNAMIC)
         self.add_mn()
 
+    def remove(self, name: str) -> Node:
+        """Take a node off the network (its sockets closed): an agent that is gone."""
+        node = self.nodes.pop(name)
+        for sock in node.sockets.values():
+            sock.close()
+        return node
+
     def fa_address(self, address: str) -> tuple[str, int]:
         return (address, self.mip_port)
 

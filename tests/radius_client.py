@@ -66,6 +66,8 @@ def access_request(
     message_authenticator: bool = True,
     challenge: bytes | None = None,
     identifier: int | None = None,
+    session_id: str | None = None,
+    previous_fa: str | None = None,
 ) -> pyrad.packet.AuthPacket:
     """An Access-Request as an FA (or HA) sends it, with the MN-AAA proof as CHAP."""
     request = pyrad.packet.AuthPacket(
@@ -90,6 +92,10 @@ def access_request(
         request[(VENDOR_ID, 5)] = [socket.inet_aton(care_of)]
     if home_agent is not None:
         request[(VENDOR_ID, 4)] = [socket.inet_aton(home_agent)]
+    if session_id is not None:
+        request[(VENDOR_ID, 1)] = [session_id.encode()]
+    if previous_fa is not None:
+        request[(VENDOR_ID, 6)] = [socket.inet_aton(previous_fa)]
     if proxy_states:
         request[rc.PROXY_STATE] = list(proxy_states)
     return request

@@ -262,6 +262,12 @@ AFTER_REGISTRATION = {
     "gw-static": [("HA_GW", HA)],
     "gw-dynamic": [("FA_GW", FA1)],
 }
+# Back at FA1 after FA2 (smooth handoff, flow E): FA1 holds the receiving end of
+# the forwarding path from FA2, and FA2 only that path, until it expires.
+BACK_AT_FA1 = {
+    "fa1": [("FA_FA", FA2), ("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+    "fa2": [("FA_FA", FA1)],
+}
 
 
 def test_flows_a_b_handoff_and_back_and_deregistration(topology: Topology) -> None:
@@ -298,13 +304,14 @@ def test_flows_a_b_handoff_and_back_and_deregistration(topology: Topology) -> No
     code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
     assert (code, result["code"]) == (0, 0), result
     expected = {
-        "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+        # FA2 also holds the receiving end of the forwarding path from FA1
+        "fa2": [("FA_FA", FA1), ("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
         "ha": [("FA_HA", FA2), ("HA_GW", GW_STATIC)],  # the SA toward FA1 is gone
         "gw-static": [("HA_GW", HA)],
         "gw-dynamic": [("FA_GW", FA2)],  # make before break: FA1's is gone
-        # the old FA keeps its visitor and SAs until the lifetime ends (flow E
-        # is not built yet; tests/test_flows.py asserts the same)
-        "fa1": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+        # smooth handoff (flow E): FA2's Previous-FA Notification replaced the
+        # old FA's SAs with the forwarding path toward FA2 (for 10 s)
+        "fa1": [("FA_FA", FA2)],
     }
     assert topology.wait_for(expected) == expected
     assert_mirrored(topology, "fa2", "ha", "FA_HA")
@@ -317,10 +324,11 @@ def test_flows_a_b_handoff_and_back_and_deregistration(topology: Topology) -> No
     # back to FA1: a new epoch, fresh SPIs at FA1
     code, result = topology.mn("register", "--fa", FA1, "--previous-fa", FA2)
     assert (code, result["code"]) == (0, 0), result
-    expected = {**AFTER_REGISTRATION, "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]}
+    expected = {**AFTER_REGISTRATION, **BACK_AT_FA1}
     assert topology.wait_for(expected) == expected
     assert_mirrored(topology, "fa1", "ha", "FA_HA")
     assert_mirrored(topology, "fa1", "gw-dynamic", "FA_GW")
+    assert_mirrored(topology, "fa1", "fa2", "FA_FA")
     assert not set(spis(topology, "fa1")) & set(fa1_first)
     assert spis(topology, "gw-static") == static_first
     assert topology.state("ha")["bindings"][0]["epoch"] == 3
@@ -366,10 +374,11 @@ def test_flow_c_same_domain_handoff_answered_by_the_foreign_aaa(topology: Topolo
     code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
     assert (code, result["code"]) == (0, 0), result
     expected = {
-        "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+        "fa2": [("FA_FA", FA1), ("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
         "ha": [("FA_HA", FA2), ("HA_GW", GW_STATIC)],
         "gw-static": [("HA_GW", HA)],
         "gw-dynamic": [("FA_GW", FA2)],
+        "fa1": [("FA_FA", FA2)],  # smooth handoff (flow E)
     }
     tables = topology.wait_for(expected)
     assert {k: v for k, v in tables.items() if k in expected} == expected
@@ -386,7 +395,7 @@ def test_flow_c_same_domain_handoff_answered_by_the_foreign_aaa(topology: Topolo
     # and back: answered by the foreign AAA again, epoch 3
     code, result = topology.mn("register", "--fa", FA1, "--previous-fa", FA2)
     assert (code, result["code"]) == (0, 0), result
-    expected = {**AFTER_REGISTRATION, "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]}
+    expected = {**AFTER_REGISTRATION, **BACK_AT_FA1}
     assert topology.wait_for(expected) == expected
     counters = foreign_counters(topology)
     assert (counters["proxied"], counters["handoffs_answered"]) == (1, 2), counters

@@ -165,7 +165,9 @@ def test_handoff_moves_the_fa_side_and_keeps_the_stationary_path(net: Network) -
     assert [(p.owner, p.spi_in) for p in backend(net, "gw-static").paths()] == static_before
     # the dynamic gateway follows the node to FA2 (make before break)
     assert table(net, "gw-dynamic") == [("FA_GW", FA2)]
-    assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    # smooth handoff (flow E, tests/test_smooth_handoff.py): FA2 also holds the
+    # receiving end of the forwarding path from FA1 for a while
+    assert table(net, "fa2") == [("FA_FA", FA1), ("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
     # traffic flows through FA2; what FA1 still encrypts no longer decrypts anywhere
     outbound = inner_packet(HOME_ADDRESS, CN_STATIC, random_payload())
     assert only_at(net, "fa2", outbound, "ha") == outbound
@@ -174,9 +176,13 @@ def test_handoff_moves_the_fa_side_and_keeps_the_stationary_path(net: Network) -
     assert only_at(net, "fa2", direct, "gw-dynamic") == direct
     with pytest.raises(EspError):
         backend(net, "ha").unprotect(stale[1])
-    # the old FA keeps its visitor (and SAs) until the lifetime ends: flow E/G
-    net.advance(601.0)
+    # the old FA no longer keeps its visitor's SAs until the lifetime ends: the
+    # Previous-FA Notification (flow E) replaced them with the forwarding path
+    # toward FA2, which both ends remove when the forwarding lifetime ends
+    assert table(net, "fa1") == [("FA_FA", FA2)]
+    net.advance(11.0)
     assert table(net, "fa1") == []
+    assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
 
 
 def test_back_to_the_first_fa_uses_fresh_keys(net: Network) -> None:
@@ -188,11 +194,14 @@ def test_back_to_the_first_fa_uses_fresh_keys(net: Network) -> None:
     assert move(net, FA1, FA2).code == 0
     (session,) = net.store.find_sessions("mn1@home.example")
     assert (str(session.care_of_address), session.epoch) == (FA1, 3)
-    now = {p.spi_in: p.path.key_in for p in backend(net, "fa1").paths()}
+    now = {p.spi_in: p.path.key_in for p in backend(net, "fa1").paths() if p.path.role is not PathRole.FA_FA}
     assert len(now) == len(first)  # the first visit's paths were replaced, not kept beside
     assert not set(first.values()) & set(now.values())  # epoch 3: no key repeats
     assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
-    assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]  # until its visitor expires
+    # smooth handoff (flow E): FA1's forwarding toward FA2 ended when the node
+    # came back; FA2 (whose visitor used to stay until it expired) now forwards to FA1
+    assert table(net, "fa1") == [("FA_FA", FA2), ("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    assert table(net, "fa2") == [("FA_FA", FA1)]
     outbound = inner_packet(HOME_ADDRESS, CN_DYNAMIC, random_payload())
     assert only_at(net, "fa1", outbound, "gw-dynamic") == outbound
 

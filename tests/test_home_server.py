@@ -407,29 +407,32 @@ def test_retransmission_gets_the_identical_reply_and_no_second_session(server: S
 
 def test_registrations_renew_move_and_replace_sessions(server: Server) -> None:
     _, one = register(server)
-    _, two = register(server)
     first = decode_profile(one.reply[20:], SECRET, one.authenticator)
+    # the FA renews for its current visitor, naming the session: same session, same keys
+    _, two = register(server, session_id=first.session_id)
     second = decode_profile(two.reply[20:], SECRET, two.authenticator)
-    # through the same FA: a renewal -- the same session and the same keys
     assert (second.session_id, second.epoch) == (first.session_id, first.epoch)
     assert [p.key_in for p in second.paths] == [p.key_in for p in first.paths]
-    # through another FA (fa-rfc's 127.0.1.0/24): a handoff -- same session,
-    # next epoch, new FA-side keys (home_aaa rule 6)
-    moved = access_request(b"rfc-secret-1", NAI, MN_SECRET, nas_ip="127.0.1.9", care_of="127.0.1.9")
+    # another FA (fa-rfc's 127.0.1.0/24) naming the previous one: a handoff --
+    # same session, next epoch, new FA-side keys (home_aaa rule 6)
+    moved = access_request(
+        b"rfc-secret-1", NAI, MN_SECRET, nas_ip="127.0.1.9", care_of="127.0.1.9", previous_fa="127.0.0.1"
+    )
     ex = exchange(server.address, moved, source=("127.0.1.9", 0))
     assert ex.code == rc.ACCESS_ACCEPT
     (stored,) = sessions(server.db)
     assert stored["session_id"] == first.session_id and stored["epoch"] == first.epoch + 1
     assert stored["care_of_address"] == "127.0.1.9"
-    # through another home agent: a new session replaces the old one
-    cli(server.db, "user", "change", NAI, "--home-agent", "127.0.0.3")
-    try:
-        _, three = register(server, home_agent="127.0.0.3")
-        third = decode_profile(three.reply[20:], SECRET, three.authenticator)
-        assert third.session_id != first.session_id
-        assert [s["session_id"] for s in sessions(server.db)] == [third.session_id]
-    finally:
-        cli(server.db, "user", "change", NAI, "--home-agent", "127.0.0.2")
+    # a registration that names neither (after a deregistration, say): a new
+    # session, so no node is handed keys it has removed before
+    _, three = register(server)
+    third = decode_profile(three.reply[20:], SECRET, three.authenticator)
+    assert third.session_id != first.session_id
+    assert [s["session_id"] for s in sessions(server.db)] == [third.session_id]
+    # naming a session that is not the live one does not renew it either
+    _, four = register(server, session_id=first.session_id)
+    fourth = decode_profile(four.reply[20:], SECRET, four.authenticator)
+    assert fourth.session_id not in (first.session_id, third.session_id)
 
 
 def test_proxy_state_is_echoed_in_order(server: Server) -> None:

@@ -394,6 +394,9 @@ profiles = st.builds(
     fa_ha_spi=st.none() | u32,
     fa_ha_key=st.none() | keys,
     session_root_key=st.none() | keys,
+    handoff_key=st.none() | keys,
+    previous_fa=st.none() | ipv4,
+    previous_fa_handoff_key=st.none() | keys,
 )
 
 

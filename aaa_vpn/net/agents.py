@@ -167,6 +167,8 @@ def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
             "home_address": str(message.home_address),
             "care_of_address": str(message.care_of_address),
         }
+    if isinstance(message, mip.BindingRequest):
+        return {"message": "Binding Request", "home_address": str(message.home_address)}
     if isinstance(message, mip.BindingAcknowledge):
         return {
             "message": "Binding Acknowledge",
@@ -462,7 +464,9 @@ class AgentNode:
                         "care_of_address": str(b.care_of_address),
                         "home_agent": str(b.home_agent),
                         "owner": b.owner,
+                        "lifetime": b.lifetime,
                         "expires": round(b.expires, 3),
+                        "binding_requests_sent": b.requests_sent,
                     }
                     for b in agent.bindings.values()
                 ]

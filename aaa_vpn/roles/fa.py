@@ -27,6 +27,35 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    visitor until its lifetime ends, when its paths are removed. A
    deregistration (lifetime 0) is relayed without AAA and removes the
    visitor when the home agent accepts it.
+
+Smooth handoff (DESIGN.md flow E, docs/protocol.md section 5):
+
+6. As the *new* FA: when AAA's view names a previous FA (with that FA's
+   handoff key) and carries the FA-FA forwarding path, the path's receiving
+   end is installed with the registration's own paths (first, so that it
+   never wins an outbound lookup). Only once the node has its reply does the
+   FA send the previous FA a Previous-FA Notification (binding message
+   sub-type 5, A set, lifetime ``forwarding_lifetime``) with the session
+   NVSE of the previous FA's epoch and the previous FA's view of the path in
+   a VPN-path CVSE, its keys wrapped, the message authenticated, under the
+   two subkeys of the previous FA's handoff key (:func:`aaa_vpn.keys.handoff_subkeys`;
+   SPI :data:`HANDOFF_SPI`). It retransmits ``notification_retries`` times;
+   unanswered or refused, it removes its end of the path and nothing else
+   changes (counted). Acknowledged, its end goes when the granted lifetime
+   ends.
+7. As the *previous* FA: a notification must authenticate under the handoff
+   key of a visitor it has with that home address (otherwise it is dropped,
+   counted, never answered); without such a visitor it is answered with
+   status 131 (this FA holds no security association to check it with),
+   unauthenticated. Then the session and epoch must be the visitor's (129),
+   the timestamp fresh (RFC 5944 section 5.7; 133), no unknown CVSE (140),
+   and exactly one FA-FA path from this FA to the sender covering the home
+   address that unwraps (160). The path is installed (else 161), then the
+   visitor and its SAs toward the HA and the gateways go, and the
+   acknowledgement (status 0, the granted lifetime, at most
+   ``max_forwarding_lifetime``) is authenticated with the same key. The
+   forwarding path is removed when that lifetime ends, or at once if the
+   node registers here again.
 """
 
 from __future__ import annotations
@@ -37,7 +66,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from aaa_vpn import keys
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.ha import mirror
 from aaa_vpn.roles.radius_client import (
     RadiusClient,
     RequestAccepted,
@@ -45,15 +76,46 @@ from aaa_vpn.roles.radius_client import (
     RequestRejected,
     ServerConfig,
 )
+from aaa_vpn.secret import Secret
 from aaa_vpn.wire import mip
-from aaa_vpn.wire.mip import ChallengeExtension, ExtensionType, NaiExtension, RegistrationReply, ReplyCode
-from aaa_vpn.wire.mip_auth import CHAP_SPI, mn_aaa_proof, relay_reply, relay_request, verify_authentication
-from aaa_vpn.wire.mip_vpn import previous_fa, session_extension
-from aaa_vpn.wire.profile import RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.mip import (
+    BindingAcknowledge,
+    BindingStatus,
+    ChallengeExtension,
+    ExtensionType,
+    GeneralizedAuthSubtype,
+    NaiExtension,
+    PreviousFaNotification,
+    RegistrationReply,
+    ReplyCode,
+)
+from aaa_vpn.wire.mip_auth import (
+    CHAP_SPI,
+    append_generalized_authentication,
+    mn_aaa_proof,
+    relay_reply,
+    relay_request,
+    verify_authentication,
+)
+from aaa_vpn.wire.mip_replay import check_timestamp, timestamp_identification
+from aaa_vpn.wire.mip_vpn import (
+    VpnInformationError,
+    encode_vpn_path,
+    previous_fa,
+    session_extension,
+    session_of,
+    unknown_critical_extensions,
+    vpn_paths,
+)
+from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_request import AccessRequestInfo
 
 MIP_PORT = 434  # RFC 5944 section 1.8
 CHALLENGE_LENGTH = 16
+#: The SPI of the binding authentication between a new and a previous FA (rule
+#: 6); the key is the previous FA's handoff key for the node's session and
+#: epoch. 256 is the HA-GW one (aaa_vpn.roles.ha.BINDING_SPI).
+HANDOFF_SPI = 257
 
 
 @dataclass(frozen=True)
@@ -74,6 +136,16 @@ class FaConfig:
     """How long it waits for the home agent's reply before answering 78."""
     radius_timeout: float = 2.0
     radius_retries: int = 2
+    forwarding_lifetime: int = 10
+    """Smooth handoff (rule 6): how long the previous FA is asked to forward (seconds; 0: not at all)."""
+    max_forwarding_lifetime: int = 60
+    """As a previous FA (rule 7): the longest forwarding it grants."""
+    notification_timeout: float = 1.0
+    """How long it waits for the previous FA's Binding Acknowledge before sending again."""
+    notification_retries: int = 2
+    """How many times it sends a Previous-FA Notification again before giving up."""
+    replay_tolerance: float = 7.0
+    """RFC 5944 section 5.7: how far a notification's timestamp may be from this FA's clock."""
 
 
 @dataclass
@@ -98,6 +170,44 @@ class Visitor:
     owner: str  # what its paths are installed under
     expires: float
     profile: VpnProfile = field(repr=False)
+
+
+@dataclass
+class Forwarding:
+    """What a previous FA forwards for a node that moved on (flow E)."""
+
+    nai: str
+    home_address: IPv4Address
+    new_fa: IPv4Address
+    owner: str  # what the forwarding path is installed under
+    identification: int  # of the notification, to recognise its retransmissions
+    lifetime: int
+    expires: float
+    auth_key: Secret = field(repr=False)
+    timer: int | None = None
+
+
+@dataclass
+class _Notification:
+    """A Previous-FA Notification this FA (the new one) waits to see acknowledged."""
+
+    previous: IPv4Address
+    owner: str  # the visitor's owner, under which the forwarding path's receiving end is installed
+    data: bytes
+    auth_key: Secret = field(repr=False)
+    sent: int = 1
+    timer: int | None = None
+
+
+@dataclass
+class _Forwarding:
+    """A notification whose forwarding path is being installed (rule 7)."""
+
+    visitor: Visitor
+    message: PreviousFaNotification
+    source: Address
+    auth_key: Secret = field(repr=False)
+    lifetime: int
 
 
 def _owner(profile: VpnProfile) -> str:
@@ -131,6 +241,14 @@ class ForeignAgent(Agent):
         self._pending: dict[object, _Pending] = {}
         self._by_owner: dict[str, object] = {}
         self._visitor_timers: dict[str, int] = {}
+        # smooth handoff: as the new FA, notifications by (previous FA, identification)
+        self._notifications: dict[tuple[IPv4Address, int], _Notification] = {}
+        # as the previous FA: forwarding by home address, installations by owner,
+        # the last notification timestamp accepted per (new FA, home address)
+        self.forwarding: dict[IPv4Address, Forwarding] = {}
+        self._installing: dict[str, _Forwarding] = {}
+        self._last_notification: dict[tuple[IPv4Address, IPv4Address], int] = {}
+        self._last_sent = 0
 
     # -- inputs ---------------------------------------------------------------------------------
     def receive_datagram(self, channel: Channel, data: bytes, source: Address, now: float) -> None:
@@ -150,11 +268,18 @@ class ForeignAgent(Agent):
             self._registration_request(data, message, source, now)
         elif isinstance(message, mip.RegistrationReply):
             self._registration_reply(data, message, source, now)
+        elif isinstance(message, PreviousFaNotification):
+            self._notification(data, message, source, now)
+        elif isinstance(message, BindingAcknowledge):
+            self._acknowledged(data, message, source, now)
         else:
             self.counters["dropped.unexpected"] += 1
 
     def paths_installed(self, owner: str, error: str | None, now: float) -> None:
         """The service layer's answer to :class:`InstallPaths`."""
+        if owner in self._installing:
+            self._forwarding_installed(owner, error, now)
+            return
         key = self._by_owner.get(owner)
         pending = self._pending.get(key) if key is not None else None
         if key is None or pending is None or pending.profile is None:
@@ -245,6 +370,10 @@ class ForeignAgent(Agent):
             care_of_address=self.config.address,
             home_agent=home_agent,
             previous_fa=previous,
+            # A renewal names the session this FA holds for the node: only then
+            # may the AAA keep its keys (after a deregistration or an expiry the
+            # SAs are gone here, and keys once removed are never installed again).
+            session_id=visitor.session_id if (visitor := self.visitors.get(nai)) is not None else None,
         )
         self._pending[key] = _Pending(data, message, source, nai)
         self.radius.request(info, now, tag=key)
@@ -287,7 +416,17 @@ class ForeignAgent(Agent):
         pending.profile = profile
         owner = _owner(profile)
         self._by_owner[owner] = key
-        paths = tuple(p for p in profile.paths if p.local == self.config.address)
+        current = self.visitors.get(pending.nai)
+        renewal = current is not None and current.owner == owner
+        # Rule 6: the forwarding path's receiving end first, so that the
+        # node's own paths, installed after it, win every outbound lookup;
+        # only when the node arrives (a renewal would install its keys again
+        # once the forwarding is over, which no SA database may accept).
+        paths = tuple(
+            p
+            for p in sorted(profile.paths, key=lambda p: p.role is not PathRole.FA_FA)
+            if p.local == self.config.address and not (renewal and p.role is PathRole.FA_FA)
+        )
         self._emit(InstallPaths(owner, paths))
 
     def _rejected(self, event: RequestRejected) -> None:
@@ -364,6 +503,11 @@ class ForeignAgent(Agent):
         relayed = relay_reply(data, extensions=[ChallengeExtension(self._new_challenge(now))])
         self._send(Channel.MIP, relayed, pending.source)
         self._emit(RegistrationDone(pending.nai, message.home_address, int(message.code), message.lifetime))
+        # The node is back here: what this FA still forwarded for it elsewhere goes.
+        self._stop_forwarding(message.home_address)
+        if old is None or old.owner != _owner(profile):
+            # Rule 6, after the reply: the node never waits for the previous FA.
+            self._notify_previous_fa(self.visitors[pending.nai], now)
 
     def _ha_timeout(self, key: object, now: float) -> None:
         pending = self._pending.get(key)
@@ -407,6 +551,256 @@ class ForeignAgent(Agent):
         self._cancel(self._visitor_timers.pop(nai, None))
         if visitor is not None and delete:
             self._emit(DeletePaths(visitor.owner))
+
+    # -- smooth handoff, as the new FA (rule 6) ----------------------------------------------------------
+    def _notify_previous_fa(self, visitor: Visitor, now: float) -> None:
+        profile = visitor.profile
+        previous, handoff_key = profile.previous_fa, profile.previous_fa_handoff_key
+        if previous is None or handoff_key is None or previous == self.config.address:
+            return
+        path = next((p for p in profile.paths if p.role is PathRole.FA_FA and p.local == self.config.address), None)
+        if path is None or path.peer != previous:
+            self.counters["handoff.no_forwarding_path"] += 1
+            return
+        if self.config.forwarding_lifetime <= 0:
+            self._emit(DeletePaths(visitor.owner, previous))
+            return
+        auth_key, wrap_key = keys.handoff_subkeys(handoff_key)
+        identification = self._identification(now)
+        notification = PreviousFaNotification(
+            lifetime=self.config.forwarding_lifetime,
+            home_address=visitor.home_address,
+            care_of_address=self.config.address,
+            identification=identification,
+            acknowledge=True,
+            extensions=(
+                # the registration the previous FA holds: the session in the epoch before
+                session_extension(profile.session_id, profile.epoch - 1),
+                encode_vpn_path(mirror(path), wrap_key),
+            ),
+        )
+        data = append_generalized_authentication(
+            mip.encode_binding_message(notification), GeneralizedAuthSubtype.BINDING, HANDOFF_SPI, auth_key
+        )
+        state = _Notification(previous, visitor.owner, data, auth_key)
+        self._notifications[(previous, identification)] = state
+        self.counters["handoff.notifications_sent"] += 1
+        self._send(Channel.MIP, data, (str(previous), self.config.mip_port))
+        state.timer = self._call_at(
+            now + self.config.notification_timeout,
+            functools.partial(self._notification_timeout, previous, identification),
+        )
+
+    def _notification_timeout(self, previous: IPv4Address, identification: int, now: float) -> None:
+        state = self._notifications.get((previous, identification))
+        if state is None:
+            return
+        if state.sent <= self.config.notification_retries:
+            state.sent += 1
+            self.counters["handoff.notifications_retransmitted"] += 1
+            self._send(Channel.MIP, state.data, (str(previous), self.config.mip_port))
+            state.timer = self._call_at(
+                now + self.config.notification_timeout,
+                functools.partial(self._notification_timeout, previous, identification),
+            )
+            return
+        # The previous FA is gone or silent: the node is registered all the same;
+        # only the receiving end of the forwarding path, now useless, goes.
+        del self._notifications[(previous, identification)]
+        self.counters["handoff.unanswered"] += 1
+        self._emit(DeletePaths(state.owner, previous))
+
+    def _acknowledged(self, data: bytes, message: BindingAcknowledge, source: Address, now: float) -> None:
+        previous = IPv4Address(source[0])
+        state = self._notifications.get((previous, message.identification))
+        if state is None:
+            self.counters["dropped.unmatched_ack"] += 1
+            return
+        authentic = verify_authentication(
+            data,
+            ExtensionType.GENERALIZED_AUTH,
+            state.auth_key,
+            subtype=GeneralizedAuthSubtype.BINDING,
+            spi=HANDOFF_SPI,
+        )
+        if not authentic and message.accepted:
+            # Only a refusal is believed unauthenticated (a previous FA without
+            # the visitor has no key to sign with); it merely ends the retries.
+            self.counters["dropped.bad_handoff_auth"] += 1
+            return
+        del self._notifications[(previous, message.identification)]
+        self._cancel(state.timer)
+        if not message.accepted:
+            self.counters[f"handoff.refused.{int(message.status)}"] += 1
+            self._emit(DeletePaths(state.owner, previous))
+            return
+        self.counters["handoff.acknowledged"] += 1
+        # The receiving end lives as long as the previous FA forwards.
+        self._call_at(now + message.lifetime, lambda _now: self._emit(DeletePaths(state.owner, previous)))
+
+    # -- smooth handoff, as the previous FA (rule 7) ------------------------------------------------------
+    def _notification(self, data: bytes, message: PreviousFaNotification, source: Address, now: float) -> None:
+        self.counters["handoff.notifications_received"] += 1
+        sender = IPv4Address(source[0])
+        visitor = next((v for v in self.visitors.values() if v.home_address == message.home_address), None)
+        handoff_key = visitor.profile.handoff_key if visitor is not None else None
+        if visitor is None or handoff_key is None:
+            done = self.forwarding.get(message.home_address)
+            if (
+                done is not None
+                and (done.new_fa, done.identification) == (sender, message.identification)
+                and self._authentic(data, done.auth_key)
+            ):
+                # A retransmission of one already carried out: the same answer again.
+                self.counters["handoff.duplicates"] += 1
+                self._acknowledge(source, done.auth_key, message, BindingStatus.ACCEPTED, done.lifetime)
+                return
+            self.counters["handoff.unknown_visitor"] += 1
+            self._acknowledge(source, None, message, BindingStatus.AUTHENTICATION_FAILED, 0)
+            return
+        auth_key, wrap_key = keys.handoff_subkeys(handoff_key)
+        if not self._authentic(data, auth_key):
+            self.counters["dropped.bad_handoff_auth"] += 1
+            return
+        if any(p.visitor is visitor for p in self._installing.values()):
+            self.counters["handoff.duplicates"] += 1  # answered when the installation ends
+            return
+        verdict = check_timestamp(
+            message.identification,
+            now,
+            self._last_notification.get((sender, message.home_address)),
+            self.config.replay_tolerance,
+        )
+        if not verdict.ok:
+            self._acknowledge(source, auth_key, message, BindingStatus.IDENTIFICATION_MISMATCH, 0)
+            return
+        self._last_notification[(sender, message.home_address)] = message.identification
+        try:
+            session = session_of(message.extensions)
+        except mip.MipDecodeError:
+            session = None
+        if session is None:
+            self._acknowledge(source, auth_key, message, BindingStatus.POORLY_FORMED, 0)
+            return
+        if session != (visitor.session_id, visitor.profile.epoch):
+            self._acknowledge(source, auth_key, message, BindingStatus.ADMINISTRATIVELY_PROHIBITED, 0)
+            return
+        if unknown_critical_extensions(message.extensions):
+            self._acknowledge(source, auth_key, message, BindingStatus.UNKNOWN_VPN_INFORMATION, 0)
+            return
+        try:
+            paths = vpn_paths(message.extensions, wrap_key)
+        except (VpnInformationError, mip.MipDecodeError):
+            self._acknowledge(source, auth_key, message, BindingStatus.VPN_INFORMATION_INVALID, 0)
+            return
+        if not self._forwarding_path_ok(paths, message, sender):
+            self._acknowledge(source, auth_key, message, BindingStatus.VPN_INFORMATION_INVALID, 0)
+            return
+        lifetime = min(message.lifetime, self.config.max_forwarding_lifetime)
+        if lifetime == 0:  # the new FA wants no forwarding: the visitor just goes
+            self._remove_visitor(visitor.nai)
+            self._acknowledge(source, auth_key, message, BindingStatus.ACCEPTED, 0)
+            return
+        owner = f"{visitor.owner}/forward"
+        self._installing[owner] = _Forwarding(visitor, message, source, auth_key, lifetime)
+        self._emit(InstallPaths(owner, paths))
+
+    def _forwarding_path_ok(
+        self, paths: tuple[PathProfile, ...], message: PreviousFaNotification, sender: IPv4Address
+    ) -> bool:
+        """Exactly one FA-FA path, from this FA to the sender, which is the new
+        care-of address, for traffic to the node's home address."""
+        if len(paths) != 1:
+            return False
+        (path,) = paths
+        return (
+            path.role is PathRole.FA_FA
+            and path.local == self.config.address
+            and path.peer == sender == message.care_of_address
+            and any(message.home_address in network for network in path.remote_ts)
+        )
+
+    def _forwarding_installed(self, owner: str, error: str | None, now: float) -> None:
+        pending = self._installing.pop(owner)
+        message, visitor = pending.message, pending.visitor
+        if error is not None:
+            self._acknowledge(pending.source, pending.auth_key, message, BindingStatus.SA_INSTALL_FAILED, 0)
+            return
+        if self.visitors.get(visitor.nai) is not visitor:
+            # The node registered here again meanwhile: nothing to forward.
+            self._emit(DeletePaths(owner))
+            self._acknowledge(pending.source, pending.auth_key, message, BindingStatus.ADMINISTRATIVELY_PROHIBITED, 0)
+            return
+        self._stop_forwarding(message.home_address)
+        # Its SAs toward the HA and the gateways go; packets still arriving for
+        # the node leave through the forwarding path to the new FA.
+        self._remove_visitor(visitor.nai)
+        forwarding = Forwarding(
+            nai=visitor.nai,
+            home_address=message.home_address,
+            new_fa=message.care_of_address,
+            owner=owner,
+            identification=message.identification,
+            lifetime=pending.lifetime,
+            expires=now + pending.lifetime,
+            auth_key=pending.auth_key,
+        )
+        forwarding.timer = self._call_at(
+            forwarding.expires, functools.partial(self._forwarding_expired, message.home_address)
+        )
+        self.forwarding[message.home_address] = forwarding
+        self.counters["handoff.forwarding"] += 1
+        self._acknowledge(pending.source, pending.auth_key, message, BindingStatus.ACCEPTED, pending.lifetime)
+
+    def _forwarding_expired(self, home_address: IPv4Address, now: float) -> None:
+        forwarding = self.forwarding.get(home_address)
+        if forwarding is not None and forwarding.expires <= now:
+            self.counters["handoff.forwarding_expired"] += 1
+            self._stop_forwarding(home_address)
+
+    def _stop_forwarding(self, home_address: IPv4Address) -> None:
+        forwarding = self.forwarding.pop(home_address, None)
+        if forwarding is not None:
+            self._cancel(forwarding.timer)
+            self._emit(DeletePaths(forwarding.owner))
+
+    def _authentic(self, data: bytes, auth_key: Secret) -> bool:
+        return verify_authentication(
+            data, ExtensionType.GENERALIZED_AUTH, auth_key, subtype=GeneralizedAuthSubtype.BINDING, spi=HANDOFF_SPI
+        )
+
+    def _acknowledge(
+        self,
+        source: Address,
+        auth_key: Secret | None,
+        message: PreviousFaNotification,
+        status: BindingStatus,
+        lifetime: int,
+    ) -> None:
+        """A Binding Acknowledge (if asked for): home address, care-of address and
+        identification echoed; authenticated when there is a key to do it with."""
+        self.counters[f"handoff.acknowledged.{int(status)}"] += 1
+        if not message.acknowledge:
+            return
+        ack = BindingAcknowledge(
+            status=status,
+            lifetime=lifetime,
+            home_address=message.home_address,
+            care_of_address=message.care_of_address,
+            identification=message.identification,
+        )
+        data = mip.encode_binding_message(ack)
+        if auth_key is not None:
+            data = append_generalized_authentication(data, GeneralizedAuthSubtype.BINDING, HANDOFF_SPI, auth_key)
+        self._send(Channel.MIP, data, source)
+
+    def _identification(self, now: float) -> int:
+        """A timestamp Identification (RFC 5944 section 5.7), strictly increasing."""
+        identification = max(
+            timestamp_identification(now, int.from_bytes(self.random_bytes(2), "big") & 0xFFF), self._last_sent + 1
+        )
+        self._last_sent = identification
+        return identification
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _forget(self, key: object) -> None:

@@ -424,7 +424,6 @@ class _Pending:
     absorbed: int = 0
 
 
-
 def _split(data: bytes) -> list[tuple[int, bytes]] | None:
     """The (type, value) attributes of a length-checked packet, or None if malformed."""
     out = []

@@ -16,15 +16,26 @@ Rules (DESIGN.md flows A and B; docs/protocol.md section 3.6):
    own, and only then does the old binding of that home address lose its
    paths (make before break). The very same paths again only refresh the
    binding's lifetime. Lifetime 0 removes the binding.
-4. The Binding Acknowledge echoes home address, care-of address and
-   identification, carries the granted lifetime and is authenticated with the
-   same key. A binding expires with its lifetime, and its paths with it.
+4. The Binding Acknowledge (sent when the update's A flag asks for one)
+   echoes home address, care-of address and identification, carries the
+   granted lifetime and is authenticated with the same key.
+5. Lifetimes (flow G; docs/protocol.md section 3.10). When a binding's
+   remaining lifetime falls to ``refresh_threshold`` of the lifetime granted,
+   the gateway sends the binding's HA a Binding Request authenticated like a
+   Binding Update, with a timestamp Identification strictly greater than any
+   it sent before, and repeats it ``refresh_retries`` times, evenly spaced,
+   before the lifetime ends. Any Binding Update for the home address (rules 1
+   to 3) renews the binding and stops the requests. An update that moves the
+   expiry by no more than a second (the HA's own binding ends there too) is
+   not asked about again. A binding that nothing renews expires, and its
+   paths with it.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -33,9 +44,16 @@ from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPat
 from aaa_vpn.roles.ha import BINDING_SPI
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import mip
-from aaa_vpn.wire.mip import BindingAcknowledge, BindingStatus, BindingUpdate, ExtensionType, GeneralizedAuthSubtype
+from aaa_vpn.wire.mip import (
+    BindingAcknowledge,
+    BindingRequest,
+    BindingStatus,
+    BindingUpdate,
+    ExtensionType,
+    GeneralizedAuthSubtype,
+)
 from aaa_vpn.wire.mip_auth import append_generalized_authentication, verify_authentication
-from aaa_vpn.wire.mip_replay import check_timestamp
+from aaa_vpn.wire.mip_replay import check_timestamp, timestamp_identification
 from aaa_vpn.wire.mip_vpn import VpnInformationError, unknown_critical_extensions, vpn_paths
 from aaa_vpn.wire.profile import PathProfile
 
@@ -51,6 +69,22 @@ class GwConfig:
     """Home agents whose Binding Updates it accepts; empty: any that authenticates."""
     max_lifetime: int = 1800
     replay_tolerance: float = 7.0
+    refresh_threshold: float = 0.2
+    """Ask the HA to refresh a binding when its remaining lifetime falls to
+    this fraction of the lifetime granted (0 < x < 1)."""
+    refresh_retries: int = 3
+    """Binding Requests repeated after the first, evenly spaced before expiry."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.refresh_threshold < 1:
+            raise ValueError(f"refresh threshold {self.refresh_threshold!r} must be between 0 and 1 (exclusive)")
+        if self.refresh_retries < 0:
+            raise ValueError(f"refresh retries {self.refresh_retries!r} must be >= 0")
+
+
+#: A renewal that moves the expiry by no more than this (seconds) did not
+#: extend the binding: the HA's binding ends there too, so asking again is useless.
+RENEWAL_SLACK = 1.0
 
 
 @dataclass
@@ -63,6 +97,14 @@ class GwBinding:
     owner: str
     expires: float
     paths: tuple[PathProfile, ...] = field(repr=False)
+    lifetime: int = 0
+    """The lifetime granted by the last Binding Update (seconds)."""
+    home_agent_port: int = 434
+    """The UDP port the HA's Binding Updates come from: Binding Requests go there."""
+    requests_sent: int = 0
+    """Binding Requests sent for the current expiry."""
+    asked_for: float | None = None
+    """The expiry the first of those requests was about (None: not asked yet)."""
 
 
 @dataclass
@@ -77,13 +119,17 @@ class _Pending:
 class CorrespondentGateway(Agent):
     """One gateway in front of correspondent hosts."""
 
-    def __init__(self, config: GwConfig) -> None:
+    def __init__(self, config: GwConfig, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         super().__init__()
         self.config = config
+        self.random_bytes = random_bytes
         self.bindings: dict[IPv4Address, GwBinding] = {}
         self._last: dict[tuple[IPv4Address, IPv4Address], int] = {}
         self._pending: dict[str, _Pending] = {}
+        # per home address: the expiry timer and the next Binding Request's timer
         self._binding_timers: dict[IPv4Address, int] = {}
+        self._refresh_timers: dict[IPv4Address, int] = {}
+        self._last_sent = 0
 
     def receive_datagram(self, channel: Channel, data: bytes, source: Address, now: float) -> None:
         if channel is not Channel.MIP:
@@ -95,6 +141,7 @@ class CorrespondentGateway(Agent):
             self.counters["dropped.malformed"] += 1
             return
         if not isinstance(message, BindingUpdate):
+            # A Binding Request is the gateway's own message, never answered here.
             self.counters["dropped.unexpected"] += 1
             return
         self._binding_update(data, message, source, now)
@@ -112,13 +159,17 @@ class CorrespondentGateway(Agent):
             self._emit(DeletePaths(old.owner))
         ha = IPv4Address(pending.source[0])
         binding = GwBinding(
-            update.home_address, update.care_of_address, ha, owner, now + pending.lifetime, pending.paths
+            update.home_address,
+            update.care_of_address,
+            ha,
+            owner,
+            now + pending.lifetime,
+            pending.paths,
+            lifetime=pending.lifetime,
+            home_agent_port=pending.source[1],
         )
         self.bindings[update.home_address] = binding
-        self._cancel(self._binding_timer(update.home_address))
-        self._binding_timers[update.home_address] = self._call_at(
-            binding.expires, functools.partial(self._expire, update.home_address)
-        )
+        self._schedule(binding, now)
         self._acknowledge(pending.source, pending.auth_key, update, BindingStatus.ACCEPTED, pending.lifetime, "")
 
     # -- Binding Update ---------------------------------------------------------------------------
@@ -162,14 +213,17 @@ class CorrespondentGateway(Agent):
         lifetime = min(update.lifetime, self.config.max_lifetime)
         current = self.bindings.get(update.home_address)
         if current is not None and current.paths == paths and current.home_agent == ha:
-            # The same paths again (a renewal, or a handoff that did not move
-            # this gateway's stationary path): refresh the binding's lifetime.
+            # The same paths again (a renewal, an answer to a Binding Request,
+            # or a handoff that did not move this gateway's stationary path):
+            # refresh the binding's lifetime.
+            asked = current.requests_sent > 0
             current.expires = now + lifetime
+            current.lifetime = lifetime
             current.care_of_address = update.care_of_address
-            self._cancel(self._binding_timer(update.home_address))
-            self._binding_timers[update.home_address] = self._call_at(
-                current.expires, functools.partial(self._expire, update.home_address)
-            )
+            current.home_agent_port = source[1]
+            if asked:
+                self.counters["bindings_refreshed"] += 1
+            self._schedule(current, now)
             self._acknowledge(source, auth_key, update, BindingStatus.ACCEPTED, lifetime, "binding refreshed")
             return
         owner = f"binding:{update.home_address}:{update.identification:016x}"
@@ -195,13 +249,68 @@ class CorrespondentGateway(Agent):
         data = append_generalized_authentication(
             mip.encode_binding_message(ack), GeneralizedAuthSubtype.BINDING, BINDING_SPI, auth_key
         )
-        self.counters[f"acknowledged.{int(status)}"] += 1
-        self._send(Channel.MIP, data, source)
+        if update.acknowledge:
+            self.counters[f"acknowledged.{int(status)}"] += 1
+            self._send(Channel.MIP, data, source)
         self._emit(RegistrationDone("", update.home_address, int(status), lifetime, detail))
 
-    # -- expiry -----------------------------------------------------------------------------------
-    def _binding_timer(self, home_address: IPv4Address) -> int | None:
-        return self._binding_timers.pop(home_address, None)
+    # -- lifetimes: Binding Requests and expiry --------------------------------------------------
+    def _schedule(self, binding: GwBinding, now: float) -> None:
+        """(Re)arm a binding's timers after a Binding Update set its expiry."""
+        home_address = binding.home_address
+        self._cancel(self._binding_timers.pop(home_address, None))
+        self._cancel(self._refresh_timers.pop(home_address, None))
+        self._binding_timers[home_address] = self._call_at(
+            binding.expires, functools.partial(self._expire, home_address)
+        )
+        binding.requests_sent = 0
+        if binding.asked_for is not None and binding.expires <= binding.asked_for + RENEWAL_SLACK:
+            # The HA answered, but its binding ends when ours does: only a new
+            # registration (which brings its own Binding Update) extends it.
+            return
+        binding.asked_for = None
+        self._refresh_timers[home_address] = self._call_at(
+            binding.expires - self._window(binding), functools.partial(self._refresh, home_address)
+        )
+
+    def _window(self, binding: GwBinding) -> float:
+        """Seconds before expiry in which the gateway asks for a refresh."""
+        return binding.lifetime * self.config.refresh_threshold
+
+    def _refresh(self, home_address: IPv4Address, now: float) -> None:
+        self._refresh_timers.pop(home_address, None)
+        binding = self.bindings.get(home_address)
+        if binding is None or binding.expires <= now:
+            return
+        if binding.asked_for is None:
+            binding.asked_for = binding.expires
+        binding.requests_sent += 1
+        self._send_binding_request(binding, now)
+        if binding.requests_sent <= self.config.refresh_retries:
+            interval = self._window(binding) / (self.config.refresh_retries + 1)
+            if now + interval < binding.expires:
+                self._refresh_timers[home_address] = self._call_at(
+                    now + interval, functools.partial(self._refresh, home_address)
+                )
+
+    def _identification(self, now: float) -> int:
+        """A timestamp Identification (RFC 5944 section 5.7), strictly greater
+        than any this gateway sent before: the HA refuses one that is not newer."""
+        identification = max(
+            timestamp_identification(now, int.from_bytes(self.random_bytes(2), "big") & 0xFFF), self._last_sent + 1
+        )
+        self._last_sent = identification
+        return identification
+
+    def _send_binding_request(self, binding: GwBinding, now: float) -> None:
+        binding_key = keys.derive_binding_key(self.config.gateway_key, binding.home_agent, self.config.address)
+        auth_key, _ = keys.binding_subkeys(binding_key)
+        request = BindingRequest(binding.home_address, self._identification(now))
+        data = append_generalized_authentication(
+            mip.encode_binding_message(request), GeneralizedAuthSubtype.BINDING, BINDING_SPI, auth_key
+        )
+        self.counters["binding_requests"] += 1
+        self._send(Channel.MIP, data, (str(binding.home_agent), binding.home_agent_port))
 
     def _expire(self, home_address: IPv4Address, now: float) -> None:
         binding = self.bindings.get(home_address)
@@ -211,7 +320,8 @@ class CorrespondentGateway(Agent):
 
     def _remove(self, home_address: IPv4Address) -> None:
         binding = self.bindings.pop(home_address, None)
-        self._cancel(self._binding_timer(home_address))
+        self._cancel(self._binding_timers.pop(home_address, None))
+        self._cancel(self._refresh_timers.pop(home_address, None))
         if binding is not None:
             self._emit(DeletePaths(binding.owner))
 

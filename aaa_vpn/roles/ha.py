@@ -22,12 +22,23 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    authentication (RFC 5944 section 3.8.3.3). A new registration of the same
    node replaces the old binding and its paths; a deregistration (lifetime 0,
    authenticated with the MN-HA key of the existing binding) removes them and
-   tells the gateways (Binding Update, lifetime 0).
+   tells the gateways (Binding Update, lifetime 0). A binding that is not
+   renewed expires the same way.
+5. Binding Requests (flow G; docs/protocol.md section 3.10). A gateway's
+   Binding Request is answered only if the home address has a live binding
+   that has paths toward that gateway, the request authenticates under that
+   binding's HA-GW binding key, and its timestamp Identification is newer than
+   the last one accepted from that gateway for that home address. The answer
+   is a Binding Update, without the A flag, carrying the gateway's current
+   paths (those it got at registration, so it only refreshes) and the
+   binding's remaining lifetime, rounded up. Anything else is counted and not
+   answered: a gateway whose node is gone lets its binding expire.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -41,6 +52,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.wire import mip
 from aaa_vpn.wire.mip import (
     BindingAcknowledge,
+    BindingRequest,
     BindingUpdate,
     ExtensionType,
     GeneralizedAuthSubtype,
@@ -178,6 +190,9 @@ class HomeAgent(Agent):
         self._by_owner: dict[str, object] = {}
         self._binding_timers: dict[str, int] = {}
         self._last_sent = 0
+        # (gateway, home address) -> Identification of the last Binding Request accepted
+        self._last_request: dict[tuple[IPv4Address, IPv4Address], int] = {}
+        self._nai_of: dict[IPv4Address, str] = {}  # home address -> NAI of its binding
 
     # -- inputs ---------------------------------------------------------------------------------
     def receive_datagram(self, channel: Channel, data: bytes, source: Address, now: float) -> None:
@@ -194,6 +209,8 @@ class HomeAgent(Agent):
             self._registration_request(data, message, source, now)
         elif isinstance(message, BindingAcknowledge):
             self._binding_acknowledge(data, message, source, now)
+        elif isinstance(message, BindingRequest):
+            self._binding_request(data, message, source, now)
         else:
             self.counters["dropped.unexpected"] += 1
 
@@ -217,7 +234,13 @@ class HomeAgent(Agent):
             identification = self._identification(now)
             pending.waiting[gateway] = identification
             self._send_binding_update(
-                gateway, binding_key, views, pending.lifetime, pending.message, identification, now
+                gateway,
+                binding_key,
+                views,
+                pending.lifetime,
+                pending.message.home_address,
+                pending.message.care_of_address,
+                identification,
             )
         pending.timer = self._call_at(now + self.config.gateway_timeout, functools.partial(self._gateway_timeout, key))
 
@@ -343,6 +366,9 @@ class HomeAgent(Agent):
             profile,
         )
         self.bindings[pending.nai] = binding
+        if old is not None and self._nai_of.get(old.home_address) == pending.nai:
+            del self._nai_of[old.home_address]
+        self._nai_of[binding.home_address] = pending.nai
         self._cancel(self._binding_timers.pop(pending.nai, None))
         self._binding_timers[pending.nai] = self._call_at(binding.expires, functools.partial(self._expire, pending.nai))
         self._reply(pending.message, pending.source, ReplyCode.ACCEPTED, pending.lifetime, pending.nai, profile)
@@ -365,17 +391,18 @@ class HomeAgent(Agent):
         binding_key: Secret,
         views: list[PathProfile],
         lifetime: int,
-        message: mip.RegistrationRequest,
+        home_address: IPv4Address,
+        care_of_address: IPv4Address,
         identification: int,
-        now: float,
+        acknowledge: bool = True,
     ) -> None:
         auth_key, wrap_key = keys.binding_subkeys(binding_key)
         update = BindingUpdate(
             lifetime=lifetime,
-            home_address=message.home_address,
-            care_of_address=message.care_of_address,
+            home_address=home_address,
+            care_of_address=care_of_address,
             identification=identification,
-            acknowledge=True,
+            acknowledge=acknowledge,
             extensions=tuple(encode_vpn_path(view, wrap_key) for view in views),
         )
         signed = append_generalized_authentication(
@@ -407,6 +434,44 @@ class HomeAgent(Agent):
         if not pending.waiting:
             self._accept(key, now)
 
+    def _binding_request(self, data: bytes, request: BindingRequest, source: Address, now: float) -> None:
+        """A gateway asks for a refresh of its binding (rule 5)."""
+        self.counters["binding_requests"] += 1
+        gateway = IPv4Address(source[0])
+        binding = self.bindings.get(self._nai_of.get(request.home_address, ""))
+        if binding is None or binding.expires <= now:
+            # The node deregistered or its binding expired: no answer, so the
+            # gateway's binding expires (and there is no key to check with).
+            self.counters["binding_requests.no_binding"] += 1
+            return
+        views = gateway_views(binding.profile, self.config.address).get(gateway)
+        if views is None:
+            self.counters["binding_requests.not_a_gateway"] += 1
+            return
+        binding_key, paths = views
+        auth_key, _ = keys.binding_subkeys(binding_key)
+        if not verify_authentication(
+            data, ExtensionType.GENERALIZED_AUTH, auth_key, subtype=GeneralizedAuthSubtype.BINDING, spi=BINDING_SPI
+        ):
+            self.counters["dropped.bad_binding_auth"] += 1
+            return
+        last = self._last_request.get((gateway, request.home_address))
+        if not check_timestamp(request.identification, now, last, self.config.replay_tolerance).ok:
+            self.counters["binding_requests.identification_mismatch"] += 1
+            return
+        self._last_request[(gateway, request.home_address)] = request.identification
+        self.counters["binding_requests.answered"] += 1
+        self._send_binding_update(
+            gateway,
+            binding_key,
+            paths,
+            math.ceil(binding.expires - now),  # never below 1 here: the binding is live
+            binding.home_address,
+            binding.care_of_address,
+            self._identification(now),
+            acknowledge=False,  # the update is the answer; the gateway asks again if it is lost
+        )
+
     def _gateway_timeout(self, key: object, now: float) -> None:
         pending = self._pending.get(key)
         if pending is not None and pending.waiting:
@@ -417,7 +482,10 @@ class HomeAgent(Agent):
         """Tell gateways that may have installed paths to remove them (lifetime 0)."""
         for gateway, (binding_key, views) in pending.gateways.items():
             identification = self._identification(now)
-            self._send_binding_update(gateway, binding_key, views, 0, pending.message, identification, now)
+            message = pending.message
+            self._send_binding_update(
+                gateway, binding_key, views, 0, message.home_address, message.care_of_address, identification
+            )
 
     # -- deregistration and expiry ----------------------------------------------------------------------
     def _deregistration(
@@ -453,19 +521,16 @@ class HomeAgent(Agent):
         self._cancel(self._binding_timers.pop(nai, None))
         if binding is None:
             return
+        if self._nai_of.get(binding.home_address) == nai:
+            del self._nai_of[binding.home_address]
         self._emit(DeletePaths(fa_owner(binding.profile)))
         self._emit(DeletePaths(stationary_owner(binding.profile)))
         for gateway, (binding_key, views) in gateway_views(binding.profile, self.config.address).items():
             identification = self._identification(now)
-            update = mip.RegistrationRequest(
-                flags=mip.RegistrationFlags(0),
-                lifetime=0,
-                home_address=binding.home_address,
-                home_agent=self.config.address,
-                care_of_address=binding.care_of_address,
-                identification=identification,
+            self._send_binding_update(
+                gateway, binding_key, views, 0, binding.home_address, binding.care_of_address, identification
             )
-            self._send_binding_update(gateway, binding_key, views, 0, update, identification, now)
+            self._last_request.pop((gateway, binding.home_address), None)
 
     # -- replies ----------------------------------------------------------------------------------
     def _fail(self, key: object, code: ReplyCode, detail: str, delete: bool = True, now: float = 0.0) -> None:

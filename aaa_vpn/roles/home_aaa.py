@@ -23,10 +23,23 @@ Rules (everything that decides what a node is told lives here):
    FA; the HA sees its own paths plus the gateway's side of FA <-> GW paths (it
    forwards those in a Binding Update) and the SRK; a foreign-AAA proxy sees the
    FA's view plus the SRK; a gateway sees only paths that end at it.
-6. A registration through another FA of a live session moves it (flows C/D):
-   same session and session root key, care-of address rewritten, epoch + 1,
-   fresh SPIs and keys for every path that ends at the FA; the stationary
-   HA <-> GW paths keep theirs. A registration through the same FA renews it.
+6. A registration through another FA that names the previous one moves the
+   live session (flows C/D): same session and session root key, care-of
+   address rewritten, epoch + 1, fresh SPIs and keys for every path that ends
+   at the FA; the stationary HA <-> GW paths keep theirs. A registration by
+   the FA that names the session (its current visitor) renews it. Any other
+   registration starts a new session (fresh root key): keys that nodes
+   removed are never handed out again.
+7. Smooth handoff (flow E, docs/protocol.md section 5): every FA view carries
+   the FA's own handoff key for the session and epoch it registers in
+   (:func:`aaa_vpn.keys.derive_handoff_key`). After a move to another FA the
+   new FA's view also names the previous FA (the FA of ``epoch - 1``) with
+   that FA's handoff key, and carries the FA <-> FA forwarding path (label
+   ``fa-fa:<previous FA>``, keys and SPIs derived from the SRK in the new
+   epoch, selectors: the home address at the new FA, anything at the previous
+   one). Nobody else is told any of it. Its SPIs sit in the session's SPI
+   table like any path's, which is also how the stored session remembers the
+   previous FA.
 
 Pure: no sockets, no database, no clock (``now`` is passed in), no randomness
 except through the ``random_bytes`` callable the caller gives.
@@ -74,6 +87,8 @@ DEFAULT_SERVICE = Service("default")
 ANY = IPv4Network("0.0.0.0/0")
 #: Label of the Mobile IP FA-HA security association in a session's SPI list.
 FA_HA_MIP_LABEL = "mip-fa-ha"
+#: Label prefix of the smooth-handoff forwarding path (rule 7): ``fa-fa:<previous FA>``.
+FORWARDING_LABEL_PREFIX = "fa-fa:"
 
 
 class Rejected(Exception):
@@ -163,6 +178,11 @@ def path_label(role: PathRole, gateway: IPv4Address | None = None, correspondent
         raise ValueError(f"a {role.name} path label names its gateway and correspondent")
     prefix = "ha-gw" if role is PathRole.HA_GW else "fa-gw"
     return f"{prefix}:{text(gateway)}:{text(correspondent)}"
+
+
+def forwarding_label(previous_fa: IPv4Address) -> str:
+    """The label of the forwarding path from ``previous_fa`` to the node's new FA (rule 7)."""
+    return FORWARDING_LABEL_PREFIX + text(previous_fa)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -281,6 +301,9 @@ def allocate_spis(
     ha = fa_ha_nodes[1]
     key = _spi_key(FA_HA_MIP_LABEL, ha)
     result.append(have.get(key) or SpiAllocation(ha, draw(ha, 256, 0xFFFFFFFF), key))
+    # The forwarding path of the last move (rule 7) is not planned: it stays
+    # as the move derived it, so that a renewal finds the same table.
+    result += [a for a in existing if a.path.startswith(FORWARDING_LABEL_PREFIX)]
     return tuple(result)
 
 
@@ -374,13 +397,82 @@ def view_for(
     if request_type is RequestType.GW_BINDING:
         views = [_path_view(session, p, node, spis) for p in paths if node in (p.a, p.b)]
         return VpnProfile(**common, paths=tuple(views))  # type: ignore[arg-type]
+    srk, epoch = session.session_root_key, session.epoch
     views = [_path_view(session, p, fa, spis) for p in paths if fa in (p.a, p.b)]
+    previous = _previous_fa(spis, fa)
+    previous_key = None
+    fa_ha = next((v for v in views if v.role is PathRole.FA_HA), None)
+    if previous is not None and fa_ha is not None:
+        label = forwarding_label(previous)
+        views.append(
+            _forwarding_view(
+                srk,
+                fa_ha,
+                previous,
+                session.home_address,
+                epoch,
+                spis[_spi_key(label, fa)],
+                spis[_spi_key(label, previous)],
+            )
+        )
+        previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
     return VpnProfile(
         **common,  # type: ignore[arg-type]
         paths=tuple(views),
         fa_ha_spi=fa_ha_spi,
         fa_ha_key=fa_ha_key,
-        session_root_key=session.session_root_key if role is ClientRole.PROXY else None,
+        session_root_key=srk if role is ClientRole.PROXY else None,
+        handoff_key=keys.derive_handoff_key(srk, fa, epoch),
+        previous_fa=previous if previous_key is not None else None,
+        previous_fa_handoff_key=previous_key,
+    )
+
+
+def _previous_fa(spis: Mapping[str, int], fa: IPv4Address) -> IPv4Address | None:
+    """The previous FA named by the forwarding path's SPI at ``fa`` (rule 7), if any."""
+    suffix = "@" + text(fa)
+    for name in spis:
+        if name.startswith(FORWARDING_LABEL_PREFIX) and name.endswith(suffix):
+            return IPv4Address(name[len(FORWARDING_LABEL_PREFIX) : -len(suffix)])
+    return None
+
+
+def _forwarding_view(
+    srk: Secret,
+    fa_ha: PathProfile,
+    previous: IPv4Address,
+    home_address: IPv4Address,
+    epoch: int,
+    spi_in: int,
+    spi_out: int,
+) -> PathProfile:
+    """The new FA's view of the forwarding path from ``previous`` (rule 7).
+
+    Built from the new FA's view of its FA <-> HA path alone (the same
+    security service, transform, lifetime and QoS; the new FA is its local
+    end), so that the home AAA (:func:`view_for`) and a foreign AAA
+    (:func:`moved_view`) build the very same path. Selectors: the home address
+    here, anything at the previous FA, which sends whatever still arrives for
+    the node."""
+    care_of = fa_ha.local
+    name = forwarding_label(previous).encode()
+    length = fa_ha.esp_transform.keymat_length
+    return PathProfile(
+        role=PathRole.FA_FA,
+        local=care_of,
+        peer=previous,
+        local_ts=(_host_network(home_address),),
+        remote_ts=(ANY,),
+        key_mode=fa_ha.key_mode,
+        esp_transform=fa_ha.esp_transform,
+        spi_in=spi_in,
+        spi_out=spi_out,
+        key_in=keys.derive_sa_key(srk, name, previous, care_of, epoch, length),
+        key_out=keys.derive_sa_key(srk, name, care_of, previous, epoch, length),
+        lifetime=fa_ha.lifetime,
+        ike_proposal=fa_ha.ike_proposal,
+        ike_psk=keys.derive_ike_psk(srk, name, care_of, previous, epoch) if fa_ha.ike_psk is not None else None,
+        qos=fa_ha.qos,
     )
 
 
@@ -463,9 +555,21 @@ def move_session(
     ]
     mip_key = _spi_key(FA_HA_MIP_LABEL, ha)
     derived.append(SpiAllocation(ha, _moved_spi(srk, FA_HA_MIP_LABEL, ha, epoch), mip_key))
+    previous = session.care_of_address
+    if previous != care_of:
+        # Rule 7: the forwarding path from the FA the node leaves.
+        label = forwarding_label(previous)
+        derived += [
+            SpiAllocation(node, _moved_spi(srk, label, node, epoch), _spi_key(label, node))
+            for node in (care_of, previous)
+        ]
     names = {a.path for a in derived}
     moving_labels = {p.label for p in moving} | {FA_HA_MIP_LABEL}
-    kept = tuple(a for a in session.spis if a.path.rpartition("@")[0] not in moving_labels) + tuple(derived)
+    kept = tuple(
+        a
+        for a in session.spis
+        if a.path.rpartition("@")[0] not in moving_labels and not a.path.startswith(FORWARDING_LABEL_PREFIX)
+    ) + tuple(derived)
     spis = allocate_spis(paths, (care_of, ha), kept, random_bytes)
     assert names <= {a.path for a in spis}
     return dataclasses.replace(session, care_of_address=care_of, epoch=epoch, expires=now + lifetime, spis=spis)
@@ -481,6 +585,8 @@ def moved_view(view: VpnProfile, care_of: IPv4Address, epoch: int, lifetime: int
         raise ValueError("moving a view needs its session root key")
     moved = []
     for path in view.paths:
+        if path.role is PathRole.FA_FA:
+            continue  # the forwarding path of an earlier move does not move
         is_gateway = path.role is PathRole.FA_GW
         label = path_label(path.role, path.peer if is_gateway else None, path.remote_ts[0] if is_gateway else None)
         name = label.encode()
@@ -497,6 +603,15 @@ def moved_view(view: VpnProfile, care_of: IPv4Address, epoch: int, lifetime: int
             )
         )
     ha = view.home_agent
+    previous = view.care_of_address
+    previous_key = None
+    fa_ha = next((p for p in moved if p.role is PathRole.FA_HA), None)
+    if previous != care_of and fa_ha is not None:
+        # Rule 7, as move_session and view_for do it.
+        label = forwarding_label(previous)
+        spi_in, spi_out = _moved_spi(srk, label, care_of, epoch), _moved_spi(srk, label, previous, epoch)
+        moved.append(_forwarding_view(srk, fa_ha, previous, view.home_address, epoch, spi_in, spi_out))
+        previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
     return dataclasses.replace(
         view,
         care_of_address=care_of,
@@ -505,6 +620,9 @@ def moved_view(view: VpnProfile, care_of: IPv4Address, epoch: int, lifetime: int
         paths=tuple(moved),
         fa_ha_spi=_moved_spi(srk, FA_HA_MIP_LABEL, ha, epoch),
         fa_ha_key=keys.derive_fa_ha_key(srk, care_of, ha, epoch),
+        handoff_key=keys.derive_handoff_key(srk, care_of, epoch),
+        previous_fa=previous if previous_key is not None else None,
+        previous_fa_handoff_key=previous_key,
     )
 
 

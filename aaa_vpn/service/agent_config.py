@@ -67,6 +67,8 @@ _KEYS: dict[str, _Schema] = {
         "gateway_key_file": str,
         "home_agents": list,
         "replay_tolerance": (int, float),
+        "refresh_threshold": (int, float),
+        "refresh_retries": int,
     },
 }
 _SERVER: _Schema = {"name": str, "address": str, "port": int, "secret": str, "secret_file": str}
@@ -98,6 +100,11 @@ class AgentSettings:
     replay_tolerance: float = 7.0
     radius_timeout: float = 2.0
     radius_retries: int = 2
+    refresh_threshold: float = 0.2
+    """GW: send the HA a Binding Request when a binding's remaining lifetime
+    falls to this fraction of the lifetime granted (0 < x < 1)."""
+    refresh_retries: int = 3
+    """GW: Binding Requests repeated after the first before the binding expires."""
     state_file: Path | None = None
     """Where the agent keeps its SA table and visitors/bindings as JSON (docs/agents.md)."""
     log_level: str = "info"
@@ -131,6 +138,12 @@ class AgentSettings:
                 raise ValidationError(f"invalid {what} {value}: must be > 0")
         if self.radius_retries < 0:
             raise ValidationError(f"invalid RADIUS retries {self.radius_retries}: must be >= 0")
+        if not 0 < self.refresh_threshold < 1:
+            raise ValidationError(
+                f"invalid refresh threshold {self.refresh_threshold}: a fraction of the lifetime, 0 < x < 1"
+            )
+        if not 0 <= self.refresh_retries <= 100:
+            raise ValidationError(f"invalid refresh retries {self.refresh_retries}: 0..100")
         if self.log_level not in LOG_LEVELS:
             raise ValidationError(f"invalid log level {self.log_level!r}: one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
@@ -173,6 +186,8 @@ def role_config(settings: AgentSettings) -> FaConfig | HaConfig | GwConfig:
         home_agents=settings.home_agents,
         max_lifetime=settings.max_lifetime,
         replay_tolerance=settings.replay_tolerance,
+        refresh_threshold=settings.refresh_threshold,
+        refresh_retries=settings.refresh_retries,
     )
 
 
@@ -373,12 +388,20 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
         "mip_port",
         "max_lifetime",
         "radius_retries",
+        "refresh_retries",
         "log_level",
         "log_format",
     ):
         if name in top:
             values[name] = top[name]
-    for name in ("ha_timeout", "challenge_lifetime", "gateway_timeout", "replay_tolerance", "radius_timeout"):
+    for name in (
+        "ha_timeout",
+        "challenge_lifetime",
+        "gateway_timeout",
+        "replay_tolerance",
+        "radius_timeout",
+        "refresh_threshold",
+    ):
         if name in top:
             values[name] = float(top[name])
     if "address" in top:

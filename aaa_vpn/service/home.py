@@ -60,6 +60,7 @@ VSA_SESSION_ID = (VENDOR_ID, 1)
 VSA_REQUEST_TYPE = (VENDOR_ID, 2)
 VSA_HOME_AGENT = (VENDOR_ID, 4)
 VSA_CARE_OF = (VENDOR_ID, 5)
+VSA_PREVIOUS_FA = (VENDOR_ID, 6)
 VSA_KEY_EPOCH = (VENDOR_ID, 8)
 VSA_REJECT_REASON = 14
 TGPP2_HOME_AGENT = (5535, 7)
@@ -539,7 +540,18 @@ class HomeAaa:
             if ctx.user.home_address is not None and home_agent == ctx.user.home_agent
             else None
         )
-        current = self._live_session(ctx.user.nai, home_agent, now)
+        # Rule 6 of home_aaa: the live session is renewed only for the FA that
+        # names it (its current visitor), moved only for an FA that names the
+        # previous one; any other registration starts a new session, so keys
+        # that nodes removed (deregistration, expiry) are never handed out again.
+        claimed = _first_text(packet, VSA_SESSION_ID)
+        previous = _first_ipv4(packet, VSA_PREVIOUS_FA)
+        current = self._live_session(ctx.user.nai, home_agent, now) if (claimed or previous) else None
+        if current is not None and not (
+            (claimed == current.session_id and current.care_of_address == care_of)
+            or (previous is not None and current.care_of_address != care_of)
+        ):
+            current = None
         for _attempt in range(_SPI_RETRIES):
             lifetime = self.options.session_lifetime
             if current is not None and planned is not None:

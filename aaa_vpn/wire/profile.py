@@ -17,7 +17,8 @@ the decisions behind it in ``docs/protocol.md``):
   profile with several paths is unambiguous even if a proxy reorders
   attributes of different types. Tagged integers have 24 value bits
   (RFC 2868 section 3), which bounds SPIs, lifetimes and rates;
-* keys, PSKs and the session root key are salt-encrypted (RFC 2868 section 3.5).
+* keys, PSKs, the session root key and the handoff keys are salt-encrypted
+  (RFC 2868 section 3.5).
 """
 
 from __future__ import annotations
@@ -123,3 +124,13 @@ class VpnProfile:
     fa_ha_spi: int | None = None  # FA and HA: Mobile IP FA-HA authentication (RFC 5944 3.5.4)
     fa_ha_key: Secret | None = None
     session_root_key: Secret | None = None  # HA and foreign AAA only (least privilege)
+    #: FA (and the foreign AAA's copy) only: this FA's own handoff key for the
+    #: session and epoch it registers in (keys.derive_handoff_key); a later new
+    #: FA's Previous-FA Notification is authenticated with it (flow E).
+    handoff_key: Secret | None = None
+    #: A new FA after a move only: the FA the node was at in the epoch before
+    #: (``epoch - 1``) and that FA's handoff key, with which the new FA
+    #: authenticates its Previous-FA Notification and wraps the forwarding
+    #: path's keys. The forwarding path itself is the FA_FA path in ``paths``.
+    previous_fa: IPv4Address | None = None
+    previous_fa_handoff_key: Secret | None = None

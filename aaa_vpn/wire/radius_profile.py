@@ -9,9 +9,9 @@ Rules (everything that decides the wire format lives here):
   are untagged; every attribute of path *i* (0-based) carries the RFC 2868
   section 3 tag *i* + 1 (1..31). Tagged integers are tag + 24 bits;
   untagged integers 32 bits. Local/Peer are dotted-decimal text, each traffic
-  selector one attribute ("198.51.100.10/32"). Keys, PSKs and the session
-  root key are salt-encrypted (RFC 2868 section 3.5); a tagged one is
-  ``tag || salt || ciphertext``. Session-Timeout (27, RFC 2865 section 5.27)
+  selector one attribute ("198.51.100.10/32"). Keys, PSKs, the session
+  root key and the handoff keys are salt-encrypted (RFC 2868 section 3.5);
+  a tagged one is ``tag || salt || ciphertext``. Session-Timeout (27, RFC 2865 section 5.27)
   repeats the profile lifetime for equipment that reads only standard
   attributes.
 * ``Flavour.RFC2868``: per path, tag *i* + 1: Tunnel-Type = ESP (9),
@@ -125,6 +125,8 @@ class AaaVpnAttr(enum.IntEnum):
     FA_HA_SPI = 12
     FA_HA_KEY = 13
     REJECT_REASON = 14
+    HANDOFF_KEY = 15
+    PREVIOUS_FA_HANDOFF_KEY = 16
     PATH_ROLE = 32
     PATH_LOCAL = 33
     PATH_PEER = 34
@@ -208,6 +210,8 @@ _NAMES = {
     AaaVpnAttr.FA_HA_SPI: "Aaa-Vpn-FA-HA-SPI",
     AaaVpnAttr.FA_HA_KEY: "Aaa-Vpn-FA-HA-Key",
     AaaVpnAttr.REJECT_REASON: "Aaa-Vpn-Reject-Reason",
+    AaaVpnAttr.HANDOFF_KEY: "Aaa-Vpn-Handoff-Key",
+    AaaVpnAttr.PREVIOUS_FA_HANDOFF_KEY: "Aaa-Vpn-Previous-FA-Handoff-Key",
     AaaVpnAttr.PATH_ROLE: "Aaa-Vpn-Path-Role",
     AaaVpnAttr.PATH_LOCAL: "Aaa-Vpn-Path-Local",
     AaaVpnAttr.PATH_PEER: "Aaa-Vpn-Path-Peer",
@@ -430,6 +434,17 @@ def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
         enc.u32(A.FA_HA_SPI, p.fa_ha_spi)
     if p.fa_ha_key is not None:
         enc.vsa(A.FA_HA_KEY, enc.encrypt("Aaa-Vpn-FA-HA-Key", p.fa_ha_key.value))
+    # Smooth handoff (flow E): the FA's own handoff key; after a move, the
+    # previous FA and its handoff key (the forwarding path is an FA-FA path).
+    if p.handoff_key is not None:
+        enc.vsa(A.HANDOFF_KEY, enc.encrypt("Aaa-Vpn-Handoff-Key", p.handoff_key.value))
+    if p.previous_fa is not None:
+        enc.ip(A.PREVIOUS_FA, p.previous_fa)
+    if p.previous_fa_handoff_key is not None:
+        enc.vsa(
+            A.PREVIOUS_FA_HANDOFF_KEY,
+            enc.encrypt("Aaa-Vpn-Previous-FA-Handoff-Key", p.previous_fa_handoff_key.value),
+        )
     for index, path in enumerate(p.paths):
         tag = index + 1
         enc.tagged_u24(A.PATH_ROLE, tag, int(path.role))
@@ -638,6 +653,9 @@ _SESSION_TYPES = frozenset(
         AaaVpnAttr.MN_HA_KEY,
         AaaVpnAttr.FA_HA_SPI,
         AaaVpnAttr.FA_HA_KEY,
+        AaaVpnAttr.PREVIOUS_FA,
+        AaaVpnAttr.HANDOFF_KEY,
+        AaaVpnAttr.PREVIOUS_FA_HANDOFF_KEY,
     )
 )
 _PATH_TYPES = frozenset(t for t in AaaVpnAttr if t >= 32)
@@ -750,6 +768,9 @@ def decode_profile(
         fa_ha_spi=optional_u32(A.FA_HA_SPI),
         fa_ha_key=optional_key(A.FA_HA_KEY),
         session_root_key=optional_key(A.SESSION_ROOT_KEY),
+        handoff_key=optional_key(A.HANDOFF_KEY),
+        previous_fa=_ipaddr(_name(A.PREVIOUS_FA), session[A.PREVIOUS_FA]) if A.PREVIOUS_FA in session else None,
+        previous_fa_handoff_key=optional_key(A.PREVIOUS_FA_HANDOFF_KEY),
     )
 
 
