@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -1090,6 +1091,84 @@ def session_list(app: App, nai: str | None, show_secrets: bool) -> None:
     emit_table(app, "sessions", [session_to_json(s, with_secrets=show_secrets) for s in sessions])
 
 
+@session.command("show", epilog=example("aaa-vpn session show 5f1c..."))
+@click.argument("session_id")
+@click.option("--show-secrets", is_flag=True, help="Include the session root key.")
+@pass_app
+def session_show(app: App, session_id: str, show_secrets: bool) -> None:
+    """Show one session, with the agents a disconnect would go to."""
+    from aaa_vpn.service import coa as coa_service
+
+    store = app.store()
+    session_record = store.get_session(session_id)
+    document = session_to_json(session_record, with_secrets=show_secrets)
+    document["agents"] = [
+        {
+            "role": t.role,
+            "address": str(t.address),
+            "client": t.client or None,
+            "coa_port": t.port if t.client else None,
+        }
+        for t in coa_service.targets_for(store, session_record)
+    ]
+    emit(app, document)
+
+
+@session.command(
+    "disconnect",
+    epilog=example(
+        "aaa-vpn session disconnect 5f1c... --source 192.0.2.1",
+        "aaa-vpn --json session disconnect 5f1c... --timeout 1 --retries 3",
+    ),
+)
+@click.argument("session_id")
+@click.option(
+    "--source",
+    metavar="ADDR",
+    default="0.0.0.0",
+    show_default=True,
+    help="Send from this address: the agents accept requests only from their AAA server's address.",
+)
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True, help="Seconds per attempt.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retransmissions.")
+@click.option("--keep", is_flag=True, help="Keep the session in the database (only tell the agents).")
+@pass_app
+def session_disconnect(app: App, session_id: str, source: str, timeout: float, retries: int, keep: bool) -> None:
+    """End a session: a Disconnect-Request (RFC 5176) to its FA and its HA,
+    which remove its SAs everywhere; then the session is deleted.
+
+    Exit status 0 only if both acknowledged."""
+    from aaa_vpn.service import coa as coa_service
+    from aaa_vpn.wire import coa
+
+    try:
+        ipaddress.IPv4Address(source)
+    except ValueError:
+        raise InvalidInput(f"--source: {source!r} is not an IPv4 address") from None
+    try:
+        outcome = coa_service.disconnect_session(
+            app.store(), session_id, source=source, timeout=timeout, retries=retries, delete=not keep
+        )
+    except coa_service.CoaError as exc:
+        raise StoreFailure(str(exc)) from None
+    except OSError as exc:
+        raise StoreFailure(f"cannot send from {source}: {exc.strerror}") from None
+    lines = []
+    for result in outcome.results:
+        target = result.target
+        where = f"{target.role.upper()} {target.address}:{target.port}"
+        if result.answer is None:
+            lines.append(f"{where}: {result.error}")
+        else:
+            cause = result.answer.error_cause
+            extra = f" ({cause} {coa.error_cause_name(cause)})" if cause is not None else ""
+            lines.append(f"{where}: {result.answer.name}{extra}")
+    lines.append(f"session {session_id} " + ("deleted" if outcome.deleted else "kept"))
+    emit(app, outcome.to_json(), "\n".join(lines))
+    if not outcome.acknowledged:
+        raise click.exceptions.Exit(1)
+
+
 @session.command("delete", epilog=example("aaa-vpn session delete 5f1c..."))
 @click.argument("session_id")
 @pass_app
@@ -1350,6 +1429,13 @@ def _agent_options(role: str) -> Callable[[F], F]:
                 ),
                 click.option("--radius-timeout", type=click.FloatRange(min=0.01), default=None, help="[default: 2]"),
                 click.option("--radius-retries", type=click.IntRange(min=0), default=None, help="[default: 2]"),
+                click.option(
+                    "--coa-port",
+                    type=click.IntRange(0, 65535),
+                    default=None,
+                    help="UDP port for Disconnect/CoA-Requests from the AAA servers (RFC 5176; 0: none)."
+                    "  [default: 3799]",
+                ),
             ]
         if role == "fa":
             decorators.append(
@@ -1444,6 +1530,7 @@ def _run_agent(app: App, role: str, options: dict[str, Any]) -> None:
             "name": settings.node,
             "address": str(settings.address),
             "mip_port": settings.mip_port,
+            "coa_port": getattr(settings, "coa_port", None),
             "aaa": [s.name for s in settings.aaa_servers],
             "home_agents": sorted(str(a) for a in settings.home_agents),
             "state_file": str(settings.state_file) if settings.state_file else None,

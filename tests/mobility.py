@@ -226,6 +226,21 @@ class Network:
             sock.close()
         return node
 
+    def enable_coa(self) -> int:
+        """Give every FA and HA a Dynamic Authorization socket (RFC 5176) on
+        one free port, and make that port the clients' CoA port in the
+        database; return the port."""
+        import dataclasses
+
+        if getattr(self, "coa_port", None) is None:
+            self.coa_port = free_port()
+            for client in self.store.list_clients():
+                self.store.update_client(dataclasses.replace(client, coa_port=self.coa_port))
+        for node in self.nodes.values():
+            if Channel.RADIUS in node.sockets and Channel.COA not in node.sockets:
+                node.sockets[Channel.COA] = self._socket(node.address, self.coa_port)
+        return self.coa_port
+
     def fa_address(self, address: str) -> tuple[str, int]:
         return (address, self.mip_port)
 

@@ -478,6 +478,7 @@ def test_config_file_and_check(tmp_path: Path) -> None:
         "name": "fa-one",
         "address": "127.0.0.11",
         "mip_port": 4340,
+        "coa_port": 3799,
         "aaa": ["127.0.0.1:1812", "127.0.0.3:18120"],
         "home_agents": [],
         "state_file": str(tmp_path / "fa.json"),

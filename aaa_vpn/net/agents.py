@@ -8,6 +8,9 @@ An agent process owns:
   1.8: 434 by default), which receives and sends every Mobile IP message;
 * for an FA or HA, a RADIUS client socket bound to ``(address, 0)``: the home
   AAA recognises its clients by their source address, the port is ephemeral;
+* for an FA or HA, a Dynamic Authorization socket bound to
+  ``(address, coa_port)`` (RFC 5176: 3799 by default; 0: none) for the
+  Disconnect-/CoA-Requests of its AAA servers (:mod:`aaa_vpn.roles.coa`);
 * one timer following the role's ``get_timer()``;
 * a :class:`~aaa_vpn.sa.memory.MemoryBackend` on which an
   :class:`~aaa_vpn.service.agents.SaExecutor` carries out the role's
@@ -62,7 +65,7 @@ from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
 from aaa_vpn.service.agents import SaExecutor
 from aaa_vpn.service.logging import configure_logging, fields
-from aaa_vpn.wire import mip
+from aaa_vpn.wire import coa, mip
 from aaa_vpn.wire.profile import PathProfile
 
 log = logging.getLogger("aaa_vpn.agent")
@@ -139,6 +142,9 @@ def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
     if channel is Channel.RADIUS:
         code = data[0] if data else -1
         return {"message": _RADIUS_CODES.get(code, f"RADIUS code {code}")}
+    if channel is Channel.COA:
+        code = data[0] if data else -1
+        return {"message": coa.CODE_NAMES.get(code, f"RADIUS code {code}")}
     try:
         message = mip.decode_message(data)
     except mip.MipDecodeError as exc:
@@ -246,6 +252,8 @@ class AgentNode:
             self.sockets[Channel.MIP] = _bind(address, self.settings.mip_port, "Mobile IP")
             if self.settings.role in ("fa", "ha"):
                 self.sockets[Channel.RADIUS] = _bind(address, 0, "RADIUS client")
+                if self.settings.coa_port:
+                    self.sockets[Channel.COA] = _bind(address, self.settings.coa_port, "CoA")
             self.running = True
             self._dirty = True
             self.write_state()  # also the sign that the agent is ready
@@ -417,6 +425,7 @@ class AgentNode:
             "role": self.settings.role,
             "address": str(self.settings.address),
             "mip_port": self.settings.mip_port,
+            "coa_port": self.settings.coa_port if self.settings.role in ("fa", "ha") else None,
             "pid": os.getpid(),
             "running": self.running,
             "started": round(self.started, 6),

@@ -56,6 +56,15 @@ Smooth handoff (DESIGN.md flow E, docs/protocol.md section 5):
    ``max_forwarding_lifetime``) is authenticated with the same key. The
    forwarding path is removed when that lifetime ends, or at once if the
    node registers here again.
+
+Dynamic Authorization (RFC 5176; docs/protocol.md section 6):
+
+8. A Disconnect-Request that :mod:`aaa_vpn.roles.coa` accepts (from one of
+   its AAA servers, authenticators valid, not a duplicate) and that names a
+   visitor by NAI and session id removes the visitor and all its SAs and is
+   answered Disconnect-ACK; no such visitor: Disconnect-NAK 503; NAI or
+   session id missing: NAK 402. A CoA-Request gets CoA-NAK 405 (pushing a
+   profile is not built yet).
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ from ipaddress import IPv4Address
 
 from aaa_vpn import keys
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.ha import mirror
 from aaa_vpn.roles.radius_client import (
     RadiusClient,
@@ -77,7 +87,7 @@ from aaa_vpn.roles.radius_client import (
     ServerConfig,
 )
 from aaa_vpn.secret import Secret
-from aaa_vpn.wire import mip
+from aaa_vpn.wire import coa, mip
 from aaa_vpn.wire.mip import (
     BindingAcknowledge,
     BindingStatus,
@@ -146,6 +156,8 @@ class FaConfig:
     """How many times it sends a Previous-FA Notification again before giving up."""
     replay_tolerance: float = 7.0
     """RFC 5944 section 5.7: how far a notification's timestamp may be from this FA's clock."""
+    coa_peers: Sequence[CoaPeer] = ()
+    """Who else may send it Disconnect-/CoA-Requests (its AAA servers always may, rule 8)."""
 
 
 @dataclass
@@ -249,12 +261,19 @@ class ForeignAgent(Agent):
         self._installing: dict[str, _Forwarding] = {}
         self._last_notification: dict[tuple[IPv4Address, IPv4Address], int] = {}
         self._last_sent = 0
+        self.coa = CoaResponder(
+            [CoaPeer(IPv4Address(s.address), s.secret) for s in config.aaa_servers] + list(config.coa_peers),
+            self.counters,
+        )
 
     # -- inputs ---------------------------------------------------------------------------------
     def receive_datagram(self, channel: Channel, data: bytes, source: Address, now: float) -> None:
         if channel is Channel.RADIUS:
             self.radius.receive_datagram(data, source, now)
             self._radius_events(now)
+            return
+        if channel is Channel.COA:
+            self._coa_datagram(data, source, now)
             return
         try:
             message = mip.decode_message(data)
@@ -801,6 +820,32 @@ class ForeignAgent(Agent):
         )
         self._last_sent = identification
         return identification
+
+    # -- Dynamic Authorization (rule 8) ------------------------------------------------------------------
+    def _coa_datagram(self, data: bytes, source: Address, now: float) -> None:
+        received = self.coa.receive(data, source, now)
+        if isinstance(received, bytes):
+            self._send(Channel.COA, received, source)  # a retransmission: the same answer
+        if not isinstance(received, Received):
+            return
+        request = received.request
+        if not request.nai or not request.session_id:
+            self._coa_answer(received, False, now, coa.ErrorCause.MISSING_ATTRIBUTE)
+            return
+        visitor = self.visitors.get(request.nai)
+        if visitor is None or visitor.session_id != request.session_id:
+            self._coa_answer(received, False, now, coa.ErrorCause.SESSION_CONTEXT_NOT_FOUND)
+            return
+        if request.code == coa.DISCONNECT_REQUEST:
+            self.counters["coa.disconnected"] += 1
+            self._remove_visitor(request.nai)
+            self._emit(RegistrationDone(visitor.nai, visitor.home_address, 0, 0, "disconnected by AAA"))
+            self._coa_answer(received, True, now)
+            return
+        self._coa_answer(received, False, now, coa.ErrorCause.UNSUPPORTED_SERVICE)
+
+    def _coa_answer(self, received: Received, ack: bool, now: float, cause: int | None = None) -> None:
+        self._send(Channel.COA, self.coa.answer(received, ack, now, cause), received.source)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _forget(self, key: object) -> None:

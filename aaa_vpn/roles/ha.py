@@ -33,6 +33,12 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    paths (those it got at registration, so it only refreshes) and the
    binding's remaining lifetime, rounded up. Anything else is counted and not
    answered: a gateway whose node is gone lets its binding expire.
+6. Dynamic Authorization (RFC 5176; docs/protocol.md section 6). A
+   Disconnect-Request that :mod:`aaa_vpn.roles.coa` accepts and that names a
+   binding by NAI and session id removes the binding like a deregistration
+   (its SAs; lifetime-0 Binding Updates to the gateways) and is answered
+   Disconnect-ACK; no such binding: NAK 503; NAI or session id missing: NAK
+   402. A CoA-Request gets CoA-NAK 405 (pushing a profile is not built yet).
 """
 
 from __future__ import annotations
@@ -47,9 +53,10 @@ from ipaddress import IPv4Address
 
 from aaa_vpn import keys
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.radius_client import RadiusClient, RequestAccepted, RequestFailed, RequestRejected, ServerConfig
 from aaa_vpn.secret import Secret
-from aaa_vpn.wire import mip
+from aaa_vpn.wire import coa, mip
 from aaa_vpn.wire.mip import (
     BindingAcknowledge,
     BindingRequest,
@@ -89,6 +96,8 @@ class HaConfig:
     replay_tolerance: float = 7.0  # RFC 5944 section 5.7: SHOULD be more than 3 s
     radius_timeout: float = 2.0
     radius_retries: int = 2
+    coa_peers: Sequence[CoaPeer] = ()
+    """Who else may send it Disconnect-/CoA-Requests (its AAA servers always may, rule 6)."""
 
 
 def mirror(path: PathProfile) -> PathProfile:
@@ -193,12 +202,19 @@ class HomeAgent(Agent):
         # (gateway, home address) -> Identification of the last Binding Request accepted
         self._last_request: dict[tuple[IPv4Address, IPv4Address], int] = {}
         self._nai_of: dict[IPv4Address, str] = {}  # home address -> NAI of its binding
+        self.coa = CoaResponder(
+            [CoaPeer(IPv4Address(s.address), s.secret) for s in config.aaa_servers] + list(config.coa_peers),
+            self.counters,
+        )
 
     # -- inputs ---------------------------------------------------------------------------------
     def receive_datagram(self, channel: Channel, data: bytes, source: Address, now: float) -> None:
         if channel is Channel.RADIUS:
             self.radius.receive_datagram(data, source, now)
             self._radius_events(now)
+            return
+        if channel is Channel.COA:
+            self._coa_datagram(data, source, now)
             return
         try:
             message = mip.decode_message(data)
@@ -531,6 +547,32 @@ class HomeAgent(Agent):
                 gateway, binding_key, views, 0, binding.home_address, binding.care_of_address, identification
             )
             self._last_request.pop((gateway, binding.home_address), None)
+
+    # -- Dynamic Authorization (rule 6) ------------------------------------------------------------------
+    def _coa_datagram(self, data: bytes, source: Address, now: float) -> None:
+        received = self.coa.receive(data, source, now)
+        if isinstance(received, bytes):
+            self._send(Channel.COA, received, source)  # a retransmission: the same answer
+        if not isinstance(received, Received):
+            return
+        request = received.request
+        if not request.nai or not request.session_id:
+            self._coa_answer(received, False, now, coa.ErrorCause.MISSING_ATTRIBUTE)
+            return
+        binding = self.bindings.get(request.nai)
+        if binding is None or binding.session_id != request.session_id:
+            self._coa_answer(received, False, now, coa.ErrorCause.SESSION_CONTEXT_NOT_FOUND)
+            return
+        if request.code == coa.DISCONNECT_REQUEST:
+            self.counters["coa.disconnected"] += 1
+            self._remove_binding(request.nai, now)  # its SAs, and lifetime-0 Binding Updates to the gateways
+            self._emit(RegistrationDone(binding.nai, binding.home_address, 0, 0, "disconnected by AAA"))
+            self._coa_answer(received, True, now)
+            return
+        self._coa_answer(received, False, now, coa.ErrorCause.UNSUPPORTED_SERVICE)
+
+    def _coa_answer(self, received: Received, ack: bool, now: float, cause: int | None = None) -> None:
+        self._send(Channel.COA, self.coa.answer(received, ack, now, cause), received.source)
 
     # -- replies ----------------------------------------------------------------------------------
     def _fail(self, key: object, code: ReplyCode, detail: str, delete: bool = True, now: float = 0.0) -> None:

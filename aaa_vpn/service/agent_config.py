@@ -43,6 +43,7 @@ from aaa_vpn.service.config import LOG_FORMATS, LOG_LEVELS
 ROLES = ("fa", "ha", "gw")
 MIP_PORT = 434  # RFC 5944 section 1.8
 RADIUS_PORT = 1812  # RFC 2865 section 3
+COA_PORT = 3799  # RFC 5176 section 2.3
 #: Shortest RADIUS shared secret accepted (RFC 2865 section 3 asks for 16; the model allows 8).
 MIN_SECRET = 8
 #: Shortest gateway key accepted (the provisioned keys are 32 random octets).
@@ -58,7 +59,7 @@ _COMMON: _Schema = {
     "log_level": str,
     "log_format": str,
 }
-_RADIUS: _Schema = {"radius_timeout": (int, float), "radius_retries": int, "aaa": list}
+_RADIUS: _Schema = {"radius_timeout": (int, float), "radius_retries": int, "aaa": list, "coa_port": int}
 _KEYS: dict[str, _Schema] = {
     "fa": {**_COMMON, **_RADIUS, "ha_timeout": (int, float), "challenge_lifetime": (int, float)},
     "ha": {**_COMMON, **_RADIUS, "gateway_timeout": (int, float), "replay_tolerance": (int, float)},
@@ -100,6 +101,9 @@ class AgentSettings:
     replay_tolerance: float = 7.0
     radius_timeout: float = 2.0
     radius_retries: int = 2
+    coa_port: int = COA_PORT
+    """FA and HA: the UDP port of Disconnect-/CoA-Requests from their AAA servers
+    (RFC 5176; 0: none)."""
     refresh_threshold: float = 0.2
     """GW: send the HA a Binding Request when a binding's remaining lifetime
     falls to this fraction of the lifetime granted (0 < x < 1)."""
@@ -136,6 +140,8 @@ class AgentSettings:
         ):
             if not value > 0:
                 raise ValidationError(f"invalid {what} {value}: must be > 0")
+        if not 0 <= self.coa_port <= 65535:
+            raise ValidationError(f"invalid CoA port {self.coa_port}: expected 1..65535, or 0 for none")
         if self.radius_retries < 0:
             raise ValidationError(f"invalid RADIUS retries {self.radius_retries}: must be >= 0")
         if not 0 < self.refresh_threshold < 1:
@@ -386,6 +392,7 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
     for name in (
         "name",
         "mip_port",
+        "coa_port",
         "max_lifetime",
         "radius_retries",
         "refresh_retries",

@@ -1,0 +1,241 @@
+"""Dynamic Authorization (RFC 5176): Disconnect-Request/ACK/NAK and
+CoA-Request/ACK/NAK, as the home AAA sends them to the agents.
+
+Rules (docs/protocol.md section 6):
+
+* Codes 40-45 (RFC 5176 section 2.3). A request's Authenticator is computed
+  as for an Accounting-Request (RFC 2866 section 3)::
+
+      MD5(Code + Identifier + Length + 16 zero octets + Attributes + Secret)
+
+* Every request carries a Message-Authenticator, first (BlastRADIUS
+  guidance), computed over the packet with 16 zero octets in the
+  Authenticator field *before* the Request Authenticator is (RFC 5176
+  section 3.4). A request whose Authenticator or Message-Authenticator is
+  wrong is invalid (:func:`decode_request` returns None): the receiver drops
+  it silently.
+* An answer (ACK/NAK) is built like an Access-Accept
+  (:func:`aaa_vpn.wire.radius.encode_reply`): Message-Authenticator first,
+  computed with the request's Authenticator, then the Response
+  Authenticator. A NAK carries one Error-Cause (101).
+* The session is named by User-Name (the NAI) and ``Aaa-Vpn-Session-Id``.
+* Salt-encrypted attributes of a CoA-Request (a pushed VPN profile) are
+  keyed with 16 zero octets instead of an authenticator, as FreeRADIUS and
+  pyrad do (``Packet._salt_vector``): the Request Authenticator covers them,
+  so it cannot key them.
+
+Pure functions: no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.profile import VENDOR_ID
+from aaa_vpn.wire.radius_profile import ProfileDecodeError, iter_attributes
+
+DISCONNECT_REQUEST = 40
+DISCONNECT_ACK = 41
+DISCONNECT_NAK = 42
+COA_REQUEST = 43
+COA_ACK = 44
+COA_NAK = 45
+#: RFC 5176 section 3.5.
+ERROR_CAUSE = 101
+#: Aaa-Vpn-Session-Id (dictionary.aaa_vpn).
+SESSION_ID_TYPE = 1
+#: RFC 5176 section 2.3.
+COA_PORT = 3799
+ZERO_AUTHENTICATOR = b"\x00" * rc.AUTHENTICATOR_LENGTH
+
+REQUEST_CODES = frozenset({DISCONNECT_REQUEST, COA_REQUEST})
+ANSWER_CODES = {DISCONNECT_REQUEST: (DISCONNECT_ACK, DISCONNECT_NAK), COA_REQUEST: (COA_ACK, COA_NAK)}
+CODE_NAMES = {
+    DISCONNECT_REQUEST: "Disconnect-Request",
+    DISCONNECT_ACK: "Disconnect-ACK",
+    DISCONNECT_NAK: "Disconnect-NAK",
+    COA_REQUEST: "CoA-Request",
+    COA_ACK: "CoA-ACK",
+    COA_NAK: "CoA-NAK",
+}
+
+
+class ErrorCause(enum.IntEnum):
+    """Error-Cause values (RFC 5176 section 3.5) the agents send."""
+
+    RESIDUAL_CONTEXT_REMOVED = 201
+    UNSUPPORTED_ATTRIBUTE = 401
+    MISSING_ATTRIBUTE = 402
+    INVALID_REQUEST = 404
+    UNSUPPORTED_SERVICE = 405
+    INVALID_ATTRIBUTE_VALUE = 407
+    ADMINISTRATIVELY_PROHIBITED = 501
+    SESSION_CONTEXT_NOT_FOUND = 503
+    SESSION_CONTEXT_NOT_REMOVABLE = 504
+    RESOURCES_UNAVAILABLE = 506
+
+
+class CoaDecodeError(ValueError):
+    """A CoA/Disconnect packet that does not parse."""
+
+
+def error_cause_name(value: int) -> str:
+    try:
+        return ErrorCause(value).name.replace("_", "-").title()
+    except ValueError:
+        return f"Error-Cause {value}"
+
+
+def session_attributes(nai: str, session_id: str) -> list[bytes]:
+    """User-Name and Aaa-Vpn-Session-Id: what names the session."""
+    return [
+        rc.attribute(rc.USER_NAME, nai.encode("utf-8")),
+        rc.vendor_attribute(VENDOR_ID, SESSION_ID_TYPE, session_id.encode("utf-8")),
+    ]
+
+
+def encode_request(code: int, identifier: int, secret: bytes, attributes: bytes | Sequence[bytes]) -> bytes:
+    """A Disconnect-Request or CoA-Request: Message-Authenticator first
+    (computed with a zero Authenticator), then the Request Authenticator."""
+    if code not in REQUEST_CODES:
+        raise ValueError(f"code {code} is not a Disconnect-Request or CoA-Request")
+    body = attributes if isinstance(attributes, bytes) else b"".join(attributes)
+    length = rc.HEADER_LENGTH + rc.MESSAGE_AUTHENTICATOR_LENGTH + len(body)
+    if length > rc.MAX_PACKET_LENGTH:
+        raise rc.ReplyTooLarge(f"request of {length} octets exceeds {rc.MAX_PACKET_LENGTH} (RFC 2865 section 3)")
+    head = struct.pack("!BBH", code, identifier & 0xFF, length)
+    zero_ma = b"\x50\x12" + ZERO_AUTHENTICATOR
+    mac = hmac.new(secret, head + ZERO_AUTHENTICATOR + zero_ma + body, hashlib.md5).digest()
+    attrs = b"\x50\x12" + mac + body
+    authenticator = hashlib.md5(head + ZERO_AUTHENTICATOR + attrs + secret).digest()
+    return head + authenticator + attrs
+
+
+@dataclass(frozen=True)
+class CoaRequest:
+    """A verified Disconnect-Request or CoA-Request."""
+
+    code: int
+    identifier: int
+    authenticator: bytes
+    attributes: bytes
+    """The raw attribute section (Message-Authenticator included)."""
+    nai: str
+    session_id: str
+
+    @property
+    def name(self) -> str:
+        return CODE_NAMES[self.code]
+
+
+def _header(packet: bytes) -> tuple[int, int, int]:
+    if len(packet) < rc.HEADER_LENGTH:
+        raise CoaDecodeError(f"{len(packet)} octets: shorter than a RADIUS header")
+    code, identifier, length = struct.unpack_from("!BBH", packet)
+    if length < rc.HEADER_LENGTH or length > len(packet) or length > rc.MAX_PACKET_LENGTH:
+        raise CoaDecodeError(f"length field {length} does not fit the {len(packet)} octets received")
+    return code, identifier, length
+
+
+def decode_request(packet: bytes, secret: bytes) -> CoaRequest | None:
+    """Verify and decode a request; None if an authenticator is wrong or the
+    Message-Authenticator is missing (drop it). Raises :class:`CoaDecodeError`
+    for a packet that is not a well-formed request."""
+    code, identifier, length = _header(packet)
+    if code not in REQUEST_CODES:
+        raise CoaDecodeError(f"code {code} is not a Disconnect-Request or CoA-Request")
+    packet = packet[:length]  # RFC 2865 section 3: octets beyond Length are padding
+    attributes = packet[rc.HEADER_LENGTH :]
+    try:
+        triples = list(iter_attributes(attributes))
+    except ProfileDecodeError as exc:
+        raise CoaDecodeError(str(exc)) from None
+    expected = hashlib.md5(packet[:4] + ZERO_AUTHENTICATOR + attributes + secret).digest()
+    if not hmac.compare_digest(expected, packet[4:20]):
+        return None
+    if not rc.verify_message_authenticator(packet, secret, ZERO_AUTHENTICATOR):
+        return None
+    nai = session_id = ""
+    for vendor, atype, value in triples:
+        if vendor == 0 and atype == rc.USER_NAME and not nai:
+            nai = value.decode("utf-8", "replace")
+        elif vendor == VENDOR_ID and atype == SESSION_ID_TYPE and not session_id:
+            session_id = value.decode("utf-8", "replace")
+    return CoaRequest(code, identifier, packet[4:20], attributes, nai, session_id)
+
+
+def encode_answer(request: CoaRequest, ack: bool, secret: bytes, error_cause: int | None = None) -> bytes:
+    """The ACK or NAK to ``request``; a NAK carries ``error_cause``."""
+    ack_code, nak_code = ANSWER_CODES[request.code]
+    attributes = b""
+    if error_cause is not None:
+        attributes = rc.attribute(ERROR_CAUSE, struct.pack("!I", error_cause))
+    return rc.encode_reply(ack_code if ack else nak_code, request.identifier, request.authenticator, secret, attributes)
+
+
+@dataclass(frozen=True)
+class CoaAnswer:
+    """A verified ACK or NAK."""
+
+    code: int
+    error_cause: int | None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.code in (DISCONNECT_ACK, COA_ACK)
+
+    @property
+    def name(self) -> str:
+        return CODE_NAMES[self.code]
+
+
+def decode_answer(answer: bytes, request: bytes, secret: bytes) -> CoaAnswer | None:
+    """Verify ``answer`` against the ``request`` it answers; None if it is not
+    an answer to it (identifier, code, Response Authenticator or
+    Message-Authenticator wrong). Raises :class:`CoaDecodeError` if malformed."""
+    code, identifier, length = _header(answer)
+    answer = answer[:length]
+    if identifier != request[1] or code not in ANSWER_CODES.get(request[0], ()):
+        return None
+    authenticator = request[4:20]
+    if not hmac.compare_digest(rc.response_authenticator(answer, authenticator, secret), answer[4:20]):
+        return None
+    if not rc.verify_message_authenticator(answer, secret, authenticator):
+        return None
+    try:
+        triples = list(iter_attributes(answer[rc.HEADER_LENGTH :]))
+    except ProfileDecodeError as exc:
+        raise CoaDecodeError(str(exc)) from None
+    cause = next((int.from_bytes(v, "big") for vend, t, v in triples if vend == 0 and t == ERROR_CAUSE), None)
+    return CoaAnswer(code, cause)
+
+
+__all__ = [
+    "ANSWER_CODES",
+    "COA_ACK",
+    "COA_NAK",
+    "COA_PORT",
+    "COA_REQUEST",
+    "CODE_NAMES",
+    "DISCONNECT_ACK",
+    "DISCONNECT_NAK",
+    "DISCONNECT_REQUEST",
+    "ERROR_CAUSE",
+    "ZERO_AUTHENTICATOR",
+    "CoaAnswer",
+    "CoaDecodeError",
+    "CoaRequest",
+    "ErrorCause",
+    "decode_answer",
+    "decode_request",
+    "encode_answer",
+    "encode_request",
+    "error_cause_name",
+    "session_attributes",
+]

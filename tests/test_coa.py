@@ -1,0 +1,353 @@
+"""Dynamic Authorization (RFC 5176, DESIGN.md flow F): Disconnect-Requests
+(and CoA pushes) from the home AAA to the agents, with the whole system in
+one process on loopback (tests/mobility.py). After every step each node's SA
+table is checked."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pyrad.packet
+import pytest
+
+from aaa_vpn.sa.memory import MemoryBackend
+from aaa_vpn.secret import Secret
+from aaa_vpn.service import coa as coa_service
+from aaa_vpn.wire import coa
+from aaa_vpn.wire import radius as rc
+
+from .mobility import AAA, FA1, HA, NAI, SECRETS, Network
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path)
+    network.standard()
+    network.enable_coa()
+    yield network
+    network.close()
+
+
+def backend(net: Network, name: str) -> MemoryBackend:
+    node_backend = net.nodes[name].backend
+    assert node_backend is not None
+    return node_backend
+
+
+def table(net: Network, name: str) -> list[tuple[str, str]]:
+    return sorted((p.path.role.name, str(p.peer)) for p in backend(net, name).paths())
+
+
+def register(net: Network, fa: str = FA1) -> str:
+    """Register the node through ``fa``; return its session id."""
+    net.nodes["mn"].agent.register(net.fa_address(fa), net.clock)  # type: ignore[attr-defined]
+    net.settle()
+    done = net.nodes["mn"].done()
+    assert done and done[-1].code == 0, done
+    (session,) = net.store.find_sessions(NAI)
+    return session.session_id
+
+
+def everything_installed(net: Network) -> None:
+    assert table(net, "fa1") == [("FA_GW", "127.0.0.22"), ("FA_HA", HA)]
+    assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", "127.0.0.21")]
+    assert table(net, "gw-static") == [("HA_GW", HA)]
+    assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
+
+
+def no_sas_anywhere(net: Network) -> None:
+    for name, node in net.nodes.items():
+        if node.backend is not None:
+            assert node.backend.paths() == [], f"{name} still has SAs"
+
+
+def run_exchange(
+    net: Network, requests: list[tuple[coa_service.CoaTarget, bytes | None]], timeout: float = 1.0, retries: int = 2
+) -> list[coa_service.TargetResult]:
+    """The sending side in a thread (it blocks), the agents in this one."""
+    results: list[coa_service.TargetResult] = []
+    thread = threading.Thread(target=lambda: results.extend(coa_service.exchange(requests, AAA, timeout, retries)))
+    thread.start()
+    net.run_until(lambda: not thread.is_alive(), timeout=30)
+    thread.join()
+    net.settle()  # what the answers set off (Binding Updates to the gateways) is carried out
+    return results
+
+
+class Peer:
+    """A raw socket at the home AAA's address, for hand-made requests."""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((AAA, 0))
+        self.sock.setblocking(False)
+
+    def ask(self, packet: bytes, address: str) -> list[bytes]:
+        self.sock.sendto(packet, (address, self.net.coa_port))
+        self.net.settle()
+        answers = []
+        while True:
+            try:
+                answers.append(self.sock.recv(65535))
+            except BlockingIOError:
+                return answers
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def disconnect(session_id: str, address: str, identifier: int = 7, secret: Secret | None = None) -> bytes:
+    key = (secret or SECRETS[address]).value
+    return coa.encode_request(coa.DISCONNECT_REQUEST, identifier, key, coa.session_attributes(NAI, session_id))
+
+
+# -- the codec ------------------------------------------------------------------------------------
+
+
+def test_request_is_what_pyrad_verifies_and_the_other_way_round() -> None:
+    secret = b"a-shared-secret"
+    ours = coa.encode_request(coa.DISCONNECT_REQUEST, 9, secret, coa.session_attributes(NAI, "abc"))
+    theirs = pyrad.packet.CoAPacket(packet=ours, secret=secret, dict=rc.load_dictionary())
+    assert theirs.VerifyCoARequest()
+    assert theirs.code == coa.DISCONNECT_REQUEST
+    assert theirs["User-Name"] == [NAI]
+    # the Message-Authenticator is computed with a zero authenticator (RFC 5176 section 3.4)
+    assert rc.verify_message_authenticator(ours, secret, coa.ZERO_AUTHENTICATOR)
+    decoded = coa.decode_request(ours, secret)
+    assert decoded is not None and (decoded.nai, decoded.session_id, decoded.identifier) == (NAI, "abc", 9)
+    # pyrad's own request (with a Message-Authenticator) decodes here
+    packet = pyrad.packet.CoAPacket(
+        code=pyrad.packet.DisconnectRequest, id=3, secret=secret, dict=rc.load_dictionary(), message_authenticator=True
+    )
+    packet["User-Name"] = NAI
+    raw = packet.RequestPacket()
+    decoded = coa.decode_request(raw, secret)
+    assert decoded is not None and decoded.nai == NAI and decoded.identifier == 3
+
+
+def test_wrong_secret_or_tampering_is_invalid() -> None:
+    ours = coa.encode_request(coa.COA_REQUEST, 1, b"right-secret", coa.session_attributes(NAI, "abc"))
+    assert coa.decode_request(ours, b"wrong-secret") is None
+    tampered = bytearray(ours)
+    tampered[-1] ^= 1
+    assert coa.decode_request(bytes(tampered), b"right-secret") is None
+    with pytest.raises(coa.CoaDecodeError):
+        coa.decode_request(ours[:10], b"right-secret")
+
+
+def test_answers_verify_against_their_request_only() -> None:
+    secret = b"s3cret-s3cret"
+    request = coa.encode_request(coa.DISCONNECT_REQUEST, 5, secret, coa.session_attributes(NAI, "x"))
+    decoded = coa.decode_request(request, secret)
+    assert decoded is not None
+    nak = coa.encode_answer(decoded, False, secret, coa.ErrorCause.SESSION_CONTEXT_NOT_FOUND)
+    answer = coa.decode_answer(nak, request, secret)
+    assert answer == coa.CoaAnswer(coa.DISCONNECT_NAK, 503)
+    assert not answer.acknowledged
+    assert coa.decode_answer(nak, request, b"other-secret") is None
+    other = coa.encode_request(coa.DISCONNECT_REQUEST, 5, secret, coa.session_attributes(NAI, "y"))
+    assert coa.decode_answer(nak, other, secret) is None
+    ack = coa.encode_answer(decoded, True, secret)
+    assert coa.decode_answer(ack, request, secret) == coa.CoaAnswer(coa.DISCONNECT_ACK, None)
+    # pyrad agrees on the reply's authenticator
+    reply = pyrad.packet.CoAPacket(packet=ack, secret=secret, dict=rc.load_dictionary())
+    sent = pyrad.packet.CoAPacket(packet=request, secret=secret, dict=rc.load_dictionary())
+    assert sent.VerifyReply(reply, ack)
+
+
+# -- disconnect ------------------------------------------------------------------------------------
+
+
+def test_disconnect_removes_every_sa_on_fa_ha_and_gateways(net: Network) -> None:
+    session_id = register(net)
+    everything_installed(net)
+    session, targets = coa_service.disconnect_targets(net.store, session_id)
+    assert [(t.role, str(t.address), t.port) for t in targets] == [("fa", FA1, net.coa_port), ("ha", HA, net.coa_port)]
+    requests = [(t, coa_service.disconnect_request(t, session, 17)) for t in targets]
+    results = run_exchange(net, requests)
+    assert [r.answer for r in results] == [coa.CoaAnswer(coa.DISCONNECT_ACK, None)] * 2
+    assert all(r.attempts == 1 for r in results)
+    no_sas_anywhere(net)
+    assert net.nodes["fa1"].agent.visitors == {}  # type: ignore[attr-defined]
+    assert net.nodes["ha"].agent.bindings == {}  # type: ignore[attr-defined]
+    assert net.nodes["gw-static"].agent.bindings == {}  # type: ignore[attr-defined]
+    assert net.nodes["gw-dynamic"].agent.bindings == {}  # type: ignore[attr-defined]
+    # the node can come back: a new session, everything installed again
+    net.store.delete_session(session_id)
+    assert register(net) != session_id
+    everything_installed(net)
+
+
+def test_unknown_session_is_nak_503_and_changes_nothing(net: Network) -> None:
+    register(net)
+    peer = Peer(net)
+    try:
+        for address in (FA1, HA):
+            request = disconnect("no-such-session", address)
+            (answer,) = peer.ask(request, address)
+            decoded = coa.decode_answer(answer, request, SECRETS[address].value)
+            assert decoded == coa.CoaAnswer(coa.DISCONNECT_NAK, coa.ErrorCause.SESSION_CONTEXT_NOT_FOUND)
+    finally:
+        peer.close()
+    everything_installed(net)
+
+
+def test_wrong_secret_bad_authenticator_or_stranger_is_dropped_unanswered(net: Network) -> None:
+    session_id = register(net)
+    peer = Peer(net)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.50", 0))
+    stranger.setblocking(False)
+    try:
+        assert peer.ask(disconnect(session_id, FA1, secret=Secret(b"not-the-secret")), FA1) == []
+        tampered = bytearray(disconnect(session_id, HA))
+        tampered[5] ^= 0xFF  # the Request Authenticator
+        assert peer.ask(bytes(tampered), HA) == []
+        stranger.sendto(disconnect(session_id, HA), (HA, net.coa_port))
+        net.settle()
+        with pytest.raises(BlockingIOError):
+            stranger.recv(65535)
+    finally:
+        peer.close()
+        stranger.close()
+    fa = net.nodes["fa1"].agent
+    ha = net.nodes["ha"].agent
+    assert fa.counters["coa.dropped.bad_authenticator"] == 1
+    assert ha.counters["coa.dropped.bad_authenticator"] == 1
+    assert ha.counters["coa.dropped.unknown_source"] == 1
+    everything_installed(net)
+
+
+def test_a_duplicate_gets_the_same_answer(net: Network) -> None:
+    session_id = register(net)
+    peer = Peer(net)
+    try:
+        request = disconnect(session_id, HA, identifier=42)
+        (first,) = peer.ask(request, HA)
+        (second,) = peer.ask(request, HA)
+        assert first == second
+        assert coa.decode_answer(first, request, SECRETS[HA].value) == coa.CoaAnswer(coa.DISCONNECT_ACK, None)
+        # a new request (another Identifier) for the same session: it is gone now
+        again = disconnect(session_id, HA, identifier=43)
+        (third,) = peer.ask(again, HA)
+        assert coa.decode_answer(third, again, SECRETS[HA].value) == coa.CoaAnswer(coa.DISCONNECT_NAK, 503)
+    finally:
+        peer.close()
+    assert net.nodes["ha"].agent.counters["coa.duplicates"] == 1
+    assert table(net, "ha") == []
+    assert table(net, "gw-static") == [] and table(net, "gw-dynamic") == []
+    assert table(net, "fa1") != []  # the FA was not told
+
+
+def test_unanswered_target_is_retried_then_reported(net: Network) -> None:
+    session_id = register(net)
+    session, targets = coa_service.disconnect_targets(net.store, session_id)
+    net.remove("fa1")
+    requests = [(t, coa_service.disconnect_request(t, session, 1)) for t in targets]
+    results = run_exchange(net, requests, timeout=0.2, retries=2)
+    assert results[0].answer is None and results[0].attempts == 3 and "no answer" in results[0].error
+    assert results[1].acknowledged and results[1].attempts == 1
+
+
+def test_disconnect_session_deletes_the_session_and_reports(net: Network) -> None:
+    session_id = register(net)
+    outcome: list[coa_service.DisconnectOutcome] = []
+    # the store belongs to this thread: plan here, exchange there, delete here
+    session, targets = coa_service.disconnect_targets(net.store, session_id)
+    requests: list[tuple[coa_service.CoaTarget, bytes | None]] = [
+        (t, coa_service.disconnect_request(t, session, 99)) for t in targets
+    ]
+    results = run_exchange(net, requests)
+    net.store.delete_session(session_id)
+    outcome.append(coa_service.DisconnectOutcome(session, results, True))
+    document = outcome[0].to_json()
+    assert document["acknowledged"] is True
+    assert [a["answer"] for a in document["agents"]] == ["Disconnect-ACK", "Disconnect-ACK"]
+    assert net.store.find_sessions(NAI) == []
+    no_sas_anywhere(net)
+
+
+def test_targets_without_a_client_are_reported_not_sent(net: Network) -> None:
+    session_id = register(net)
+    session = net.store.get_session(session_id)
+    fake = coa_service.CoaTarget("fa", IPv4Address("127.0.0.99"))
+    results = coa_service.exchange([(fake, None)], AAA)
+    assert results[0].answer is None and "no RADIUS client" in results[0].error and results[0].attempts == 0
+    assert session.session_id == session_id
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def run_cli(net: Network, tmp_path: Path, *args: str) -> tuple[int, str]:
+    """``aaa-vpn ARGS`` on the harness's database, in a thread while the agents run here."""
+    from click.testing import CliRunner
+
+    from aaa_vpn.cli import cli
+
+    env = {"AAA_VPN_DB": str(tmp_path / "vpn.db"), "AAA_VPN_KEY_FILE": str(tmp_path / "vpn.key")}
+    outcome: list[tuple[int, str]] = []
+
+    def invoke() -> None:
+        result = CliRunner().invoke(cli, list(args), env=env)
+        outcome.append((result.exit_code, result.stdout + result.stderr))
+
+    thread = threading.Thread(target=invoke)
+    thread.start()
+    net.run_until(lambda: not thread.is_alive(), timeout=30)
+    thread.join()
+    net.settle()
+    return outcome[0]
+
+
+def test_cli_session_show_and_disconnect(net: Network, tmp_path: Path) -> None:
+    import json
+
+    session_id = register(net)
+    code, out = run_cli(net, tmp_path, "--json", "session", "show", session_id)
+    assert code == 0, out
+    shown = json.loads(out)
+    assert shown["session_id"] == session_id and "session_root_key" not in shown
+    assert [(a["role"], a["address"]) for a in shown["agents"]] == [("fa", FA1), ("ha", HA)]
+    root_key = net.store.get_session(session_id).session_root_key.value.hex()
+    assert root_key not in out
+    code, out = run_cli(net, tmp_path, "--json", "session", "disconnect", session_id, "--source", AAA, "--timeout", "1")
+    assert code == 0, out
+    document = json.loads(out)
+    assert document["acknowledged"] and document["deleted"]
+    assert [a["answer"] for a in document["agents"]] == ["Disconnect-ACK", "Disconnect-ACK"]
+    assert net.store.find_sessions(NAI) == []
+    no_sas_anywhere(net)
+
+
+def test_cli_disconnect_of_a_session_the_agents_lost_exits_1(net: Network, tmp_path: Path) -> None:
+    session_id = register(net)
+    net.remove("fa1")
+    code, out = run_cli(
+        net, tmp_path, "session", "disconnect", session_id, "--source", AAA, "--timeout", "0.2", "--retries", "1"
+    )
+    assert code == 1, out
+    assert f"FA {FA1}:{net.coa_port}: no answer after 2 attempts" in out
+    assert f"HA {HA}:{net.coa_port}: Disconnect-ACK" in out
+    assert "deleted" in out
+    code, out = run_cli(net, tmp_path, "session", "disconnect", session_id, "--source", AAA)
+    assert code == 1 and "no session" in out
+
+
+def test_a_coa_request_is_refused_with_405_for_now(net: Network) -> None:
+    session_id = register(net)
+    peer = Peer(net)
+    try:
+        for address in (FA1, HA):
+            key = SECRETS[address].value
+            request = coa.encode_request(coa.COA_REQUEST, 1, key, coa.session_attributes(NAI, session_id))
+            (answer,) = peer.ask(request, address)
+            assert coa.decode_answer(answer, request, key) == coa.CoaAnswer(coa.COA_NAK, 405)
+    finally:
+        peer.close()
+    everything_installed(net)
