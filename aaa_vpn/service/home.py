@@ -15,8 +15,11 @@ Theory of operation (RFC 2865, 3579, 5080, 5997; DESIGN.md sections 3-4):
    A wrong shared secret shows up here.
 5. Status-Server is answered with an Access-Accept (RFC 5997 section 3).
 6. Access-Request: the MN is authenticated (roles/home_aaa.py rule 1), the
-   user's VPN is planned, the session stored, and the requester's view of the
-   profile encoded in its client's flavour. Unknown/disabled users and failed
+   user's VPN is planned, the session created, renewed or moved (rule 6 there;
+   an HA's request may move it too, after a handoff the foreign AAA answered)
+   and stored -- the sessions of one receive batch in one transaction, before
+   any reply leaves -- and the requester's view of the profile encoded in its
+   client's flavour. Unknown/disabled users and failed
    authentication get an Access-Reject with a Reply-Message and an
    Aaa-Vpn-Reject-Reason.
 7. Every reply starts with a Message-Authenticator and echoes the request's
