@@ -1075,7 +1075,7 @@ def vpn_delete(app: App, record_id: int) -> None:
 # -- sessions ----------------------------------------------------------------------------------------
 
 
-@cli.group(epilog=example("aaa-vpn session list --user mn1@home.example"))
+@cli.group(epilog=example("aaa-vpn session list --user mn1@home.example", "aaa-vpn session push 5f1c..."))
 def session() -> None:
     """AAA sessions the home server keeps (runtime state)."""
 
@@ -1139,7 +1139,6 @@ def session_disconnect(app: App, session_id: str, source: str, timeout: float, r
 
     Exit status 0 only if both acknowledged."""
     from aaa_vpn.service import coa as coa_service
-    from aaa_vpn.wire import coa
 
     try:
         ipaddress.IPv4Address(source)
@@ -1153,8 +1152,18 @@ def session_disconnect(app: App, session_id: str, source: str, timeout: float, r
         raise StoreFailure(str(exc)) from None
     except OSError as exc:
         raise StoreFailure(f"cannot send from {source}: {exc.strerror}") from None
+    lines = _answer_lines(outcome.results)
+    lines.append(f"session {session_id} " + ("deleted" if outcome.deleted else "kept"))
+    emit(app, outcome.to_json(), "\n".join(lines))
+    if not outcome.acknowledged:
+        raise click.exceptions.Exit(1)
+
+
+def _answer_lines(results: list[Any]) -> list[str]:
+    from aaa_vpn.wire import coa
+
     lines = []
-    for result in outcome.results:
+    for result in results:
         target = result.target
         where = f"{target.role.upper()} {target.address}:{target.port}"
         if result.answer is None:
@@ -1163,7 +1172,48 @@ def session_disconnect(app: App, session_id: str, source: str, timeout: float, r
             cause = result.answer.error_cause
             extra = f" ({cause} {coa.error_cause_name(cause)})" if cause is not None else ""
             lines.append(f"{where}: {result.answer.name}{extra}")
-    lines.append(f"session {session_id} " + ("deleted" if outcome.deleted else "kept"))
+    return lines
+
+
+@session.command(
+    "push",
+    epilog=example(
+        "aaa-vpn session push 5f1c... --source 192.0.2.1",
+        "aaa-vpn --json session push 5f1c... --timeout 1 --retries 3",
+    ),
+)
+@click.argument("session_id")
+@click.option(
+    "--source",
+    metavar="ADDR",
+    default="0.0.0.0",
+    show_default=True,
+    help="Send from this address: the agents accept requests only from their AAA server's address.",
+)
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True, help="Seconds per attempt.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retransmissions.")
+@pass_app
+def session_push(app: App, session_id: str, source: str, timeout: float, retries: int) -> None:
+    """Push the user's current VPN to a live session at once: the session
+    moves to its next epoch (same FA) and its FA and HA each get a
+    CoA-Request (RFC 5176) with their new view, install it and answer.
+
+    Exit status 0 only if both answered CoA-ACK."""
+    from aaa_vpn.service import coa as coa_service
+
+    try:
+        ipaddress.IPv4Address(source)
+    except ValueError:
+        raise InvalidInput(f"--source: {source!r} is not an IPv4 address") from None
+    try:
+        outcome = coa_service.push_session(app.store(), session_id, source=source, timeout=timeout, retries=retries)
+    except coa_service.CoaError as exc:
+        raise StoreFailure(str(exc)) from None
+    except OSError as exc:
+        raise StoreFailure(f"cannot send from {source}: {exc.strerror}") from None
+    lines = _answer_lines(outcome.results)
+    plan = outcome.plan
+    lines.append(f"session {session_id} epoch {plan.previous.epoch} -> {plan.session.epoch}")
     emit(app, outcome.to_json(), "\n".join(lines))
     if not outcome.acknowledged:
         raise click.exceptions.Exit(1)

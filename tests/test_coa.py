@@ -5,22 +5,43 @@ table is checked."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
 import socket
 import threading
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pyrad.packet
 import pytest
 
+from aaa_vpn.model import VpnRecord
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.secret import Secret
 from aaa_vpn.service import coa as coa_service
 from aaa_vpn.wire import coa
 from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.profile import PathRole
 
-from .mobility import AAA, FA1, HA, NAI, SECRETS, Network
+from .mobility import (
+    AAA,
+    CN_DYNAMIC,
+    CN_STATIC,
+    FA1,
+    GW_DYNAMIC,
+    GW_STATIC,
+    HA,
+    HOME_ADDRESS,
+    NAI,
+    SECRETS,
+    Network,
+    inner_packet,
+    provision,
+    random_payload,
+)
+from .test_flows import only_at
 
 
 @pytest.fixture
@@ -339,15 +360,157 @@ def test_cli_disconnect_of_a_session_the_agents_lost_exits_1(net: Network, tmp_p
     assert code == 1 and "no session" in out
 
 
-def test_a_coa_request_is_refused_with_405_for_now(net: Network) -> None:
+# -- pushing a VPN change (CoA-Request) --------------------------------------------------------------
+
+
+@pytest.fixture
+def static_only(tmp_path: Path) -> Iterator[Network]:
+    """The node's VPN has only the static gateway; both gateways run."""
+    network = Network(tmp_path, provisioner=functools.partial(provision, gateways=("static",)))
+    network.standard()
+    network.enable_coa()
+    yield network
+    network.close()
+
+
+def add_dynamic_record(net: Network) -> None:
+    net.store.add_vpn_record(VpnRecord(NAI, IPv4Network("203.0.113.128/25"), "gw-dynamic", "silver"))
+
+
+def owners(net: Network, name: str) -> set[str]:
+    return {p.owner for p in backend(net, name).paths()}
+
+
+def test_push_rolls_a_new_dynamic_gateway_out_at_once(static_only: Network) -> None:
+    net = static_only
     session_id = register(net)
+    assert table(net, "fa1") == [("FA_HA", HA)]
+    assert table(net, "gw-dynamic") == []
+    add_dynamic_record(net)
+    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    assert (plan.previous.epoch, plan.session.epoch) == (1, 2)
+    assert net.store.get_session(session_id).epoch == 2
+    results = run_exchange(net, plan.requests)
+    assert [r.answer for r in results] == [coa.CoaAnswer(coa.COA_ACK, None)] * 2, [r.to_json() for r in results]
+    # the FA: FA_HA and FA_GW of epoch 2 only; the HA: the new FA-side path and the stationary one
+    assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    assert owners(net, "fa1") == {f"{session_id}#2"}
+    assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
+    assert owners(net, "ha") == {f"{session_id}#2", f"{session_id}/stationary"}
+    assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
+    assert table(net, "gw-static") == [("HA_GW", HA)]
+    fa = net.nodes["fa1"].agent
+    assert fa.visitors[NAI].profile.epoch == 2  # type: ignore[attr-defined]
+    assert net.nodes["ha"].agent.bindings[NAI].profile.epoch == 2  # type: ignore[attr-defined]
+    # traffic: to the dynamic correspondent straight to its gateway, to the static one via the HA
+    outbound = inner_packet(HOME_ADDRESS, CN_DYNAMIC, random_payload())
+    assert only_at(net, "fa1", outbound, "gw-dynamic") == outbound
+    inbound = inner_packet(CN_DYNAMIC, HOME_ADDRESS, random_payload())
+    assert only_at(net, "gw-dynamic", inbound, "fa1") == inbound
+    to_static = inner_packet(HOME_ADDRESS, CN_STATIC, random_payload())
+    assert only_at(net, "fa1", to_static, "ha") == to_static
+    # the node's next renewal keeps epoch 2: same keys, nothing reinstalled
+    register(net)
+    assert net.store.get_session(session_id).epoch == 2
+    assert owners(net, "fa1") == {f"{session_id}#2"}
+    assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
+
+
+def test_push_for_an_unknown_session_is_nak_503(static_only: Network) -> None:
+    net = static_only
+    session_id = register(net)
+    add_dynamic_record(net)
+    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    # the agents lose the session (the node deregistered meanwhile, say)
+    net.nodes["fa1"].agent.visitors.clear()  # type: ignore[attr-defined]
+    net.nodes["ha"].agent.bindings.clear()  # type: ignore[attr-defined]
+    results = run_exchange(net, plan.requests)
+    assert [r.answer for r in results] == [coa.CoaAnswer(coa.COA_NAK, 503)] * 2
+    assert table(net, "gw-dynamic") == []
+    assert all(not o.endswith("#2") for name in ("fa1", "ha") for o in owners(net, name))
+    with pytest.raises(coa_service.CoaError):
+        coa_service.prepare_push(net.store, "no-such-session", net.clock)
+
+
+def test_tampered_push_is_dropped_and_stale_push_is_nak_404(static_only: Network) -> None:
+    net = static_only
+    session_id = register(net)
+    add_dynamic_record(net)
+    plan = coa_service.prepare_push(net.store, session_id, net.clock)
     peer = Peer(net)
     try:
-        for address in (FA1, HA):
-            key = SECRETS[address].value
-            request = coa.encode_request(coa.COA_REQUEST, 1, key, coa.session_attributes(NAI, session_id))
-            (answer,) = peer.ask(request, address)
-            assert coa.decode_answer(answer, request, key) == coa.CoaAnswer(coa.COA_NAK, 405)
+        for (target, request), address in zip(plan.requests, (FA1, HA), strict=True):
+            assert request is not None and str(target.address) == address
+            tampered = bytearray(request)
+            tampered[-3] ^= 0x40  # inside the pushed profile
+            assert peer.ask(bytes(tampered), address) == []
+        for name in ("fa1", "ha"):
+            assert net.nodes[name].agent.counters["coa.dropped.bad_authenticator"] == 1
+        assert table(net, "fa1") == [("FA_HA", HA)] and table(net, "gw-dynamic") == []
+        # an epoch that is not newer (the view of epoch 1 again): Invalid-Request
+        session = net.store.get_session(session_id)
+        fa_view = dataclasses.replace(plan.views["fa"], epoch=1)
+        key = SECRETS[FA1].value
+        stale = coa.encode_request(coa.COA_REQUEST, 5, key, coa.push_attributes(NAI, fa_view, SECRETS[FA1]))
+        (answer,) = peer.ask(stale, FA1)
+        assert coa.decode_answer(answer, stale, key) == coa.CoaAnswer(coa.COA_NAK, 404)
+        # no profile at all: Invalid-Request too
+        bare = coa.encode_request(coa.COA_REQUEST, 6, key, coa.session_attributes(NAI, session.session_id))
+        (answer,) = peer.ask(bare, FA1)
+        assert coa.decode_answer(answer, bare, key) == coa.CoaAnswer(coa.COA_NAK, 404)
     finally:
         peer.close()
-    everything_installed(net)
+    assert owners(net, "fa1") == {f"{session_id}#1"}
+
+
+def test_push_that_cannot_be_installed_is_nak_506_and_keeps_the_old_paths(static_only: Network) -> None:
+    net = static_only
+    session_id = register(net)
+    add_dynamic_record(net)
+    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    fa_backend = backend(net, "fa1")
+    fa_view = plan.views["fa"]
+    # the new FA_GW path's inbound SPI is taken on the FA: its installation fails
+    new_gw = next(p for p in fa_view.paths if p.role is PathRole.FA_GW)
+    size = len(new_gw.key_in)
+    blocker = dataclasses.replace(
+        new_gw, peer=IPv4Address("127.0.0.99"), key_in=Secret(os.urandom(size)), key_out=Secret(os.urandom(size))
+    )
+    fa_backend.install(blocker, "blocker")
+    results = run_exchange(net, plan.requests[:1])
+    assert results[0].answer == coa.CoaAnswer(coa.COA_NAK, coa.ErrorCause.RESOURCES_UNAVAILABLE)
+    assert owners(net, "fa1") == {f"{session_id}#1", "blocker"}
+    assert net.nodes["fa1"].agent.visitors[NAI].profile.epoch == 1  # type: ignore[attr-defined]
+
+
+def test_ha_push_without_gateway_answer_is_nak_506_and_rolled_back(static_only: Network) -> None:
+    net = static_only
+    session_id = register(net)
+    add_dynamic_record(net)
+    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    net.remove("gw-dynamic")
+    ha = net.nodes["ha"].agent
+    ha.config = dataclasses.replace(ha.config, gateway_timeout=0.3)  # type: ignore[attr-defined]
+    results = run_exchange(net, plan.requests[1:])
+    assert results[0].answer == coa.CoaAnswer(coa.COA_NAK, coa.ErrorCause.RESOURCES_UNAVAILABLE)
+    assert net.nodes["ha"].agent.counters["coa.push.gateway_timeout"] == 1
+    assert owners(net, "ha") == {f"{session_id}#1", f"{session_id}/stationary"}
+    assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
+    assert net.nodes["ha"].agent.bindings[NAI].profile.epoch == 1  # type: ignore[attr-defined]
+    assert table(net, "gw-static") == [("HA_GW", HA)]
+
+
+def test_cli_session_push(static_only: Network, tmp_path: Path) -> None:
+    import json
+
+    net = static_only
+    session_id = register(net)
+    add_dynamic_record(net)
+    code, out = run_cli(net, tmp_path, "--json", "session", "push", session_id, "--source", AAA, "--timeout", "1")
+    assert code == 0, out
+    document = json.loads(out)
+    assert document["acknowledged"] and document["epoch"] == 2
+    assert [a["answer"] for a in document["agents"]] == ["CoA-ACK", "CoA-ACK"]
+    assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
+    code, out = run_cli(net, tmp_path, "session", "push", "no-such-session", "--source", AAA)
+    assert code == 1 and "no session" in out

@@ -63,8 +63,16 @@ Dynamic Authorization (RFC 5176; docs/protocol.md section 6):
    its AAA servers, authenticators valid, not a duplicate) and that names a
    visitor by NAI and session id removes the visitor and all its SAs and is
    answered Disconnect-ACK; no such visitor: Disconnect-NAK 503; NAI or
-   session id missing: NAK 402. A CoA-Request gets CoA-NAK 405 (pushing a
-   profile is not built yet).
+   session id missing: NAK 402.
+9. A CoA-Request (a VPN change pushed by the home AAA) for a visitor carries
+   its new view (:func:`aaa_vpn.wire.coa.pushed_profile`). No such visitor:
+   CoA-NAK 503. A view that does not decode, is for another FA, home agent or
+   session, has no FA-HA key, or whose epoch is not newer than the
+   visitor's: NAK 404 (Invalid-Request). Otherwise the new epoch's paths are
+   installed under their own owner (all or nothing; failure: NAK 506
+   Resources-Unavailable, the old paths untouched), then the old epoch's
+   paths go, the visitor takes the new view (its lifetime is unchanged) and
+   the answer is CoA-ACK.
 """
 
 from __future__ import annotations
@@ -118,6 +126,7 @@ from aaa_vpn.wire.mip_vpn import (
     vpn_paths,
 )
 from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.radius_profile import ProfileDecodeError
 from aaa_vpn.wire.radius_request import AccessRequestInfo
 
 MIP_PORT = 434  # RFC 5944 section 1.8
@@ -222,6 +231,15 @@ class _Forwarding:
     lifetime: int
 
 
+@dataclass
+class _Push:
+    """A CoA-Request whose new epoch's paths are being installed (rule 9)."""
+
+    received: Received
+    visitor: Visitor
+    profile: VpnProfile = field(repr=False)
+
+
 def _owner(profile: VpnProfile) -> str:
     # One owner per session epoch: after a handoff away and back, the paths of
     # the earlier visit (other keys, other SPIs) are told apart from the new.
@@ -261,6 +279,7 @@ class ForeignAgent(Agent):
         self._installing: dict[str, _Forwarding] = {}
         self._last_notification: dict[tuple[IPv4Address, IPv4Address], int] = {}
         self._last_sent = 0
+        self._pushes: dict[str, _Push] = {}  # rule 9: pushed views being installed, by new owner
         self.coa = CoaResponder(
             [CoaPeer(IPv4Address(s.address), s.secret) for s in config.aaa_servers] + list(config.coa_peers),
             self.counters,
@@ -298,6 +317,9 @@ class ForeignAgent(Agent):
         """The service layer's answer to :class:`InstallPaths`."""
         if owner in self._installing:
             self._forwarding_installed(owner, error, now)
+            return
+        if owner in self._pushes:
+            self._push_installed(owner, error, now)
             return
         key = self._by_owner.get(owner)
         pending = self._pending.get(key) if key is not None else None
@@ -842,7 +864,52 @@ class ForeignAgent(Agent):
             self._emit(RegistrationDone(visitor.nai, visitor.home_address, 0, 0, "disconnected by AAA"))
             self._coa_answer(received, True, now)
             return
-        self._coa_answer(received, False, now, coa.ErrorCause.UNSUPPORTED_SERVICE)
+        self._push(received, visitor, now)
+
+    def _push(self, received: Received, visitor: Visitor, now: float) -> None:
+        """Rule 9: install a pushed view's paths beside the current ones."""
+        try:
+            profile = coa.pushed_profile(received.request, received.secret)
+        except ProfileDecodeError:
+            self.counters["coa.push.undecodable"] += 1
+            self._coa_answer(received, False, now, coa.ErrorCause.INVALID_REQUEST)
+            return
+        owner = _owner(profile)
+        if (
+            profile.session_id != visitor.session_id
+            or profile.care_of_address != self.config.address
+            or profile.home_agent != visitor.home_agent
+            or profile.home_address != visitor.home_address
+            or profile.epoch <= visitor.profile.epoch
+            or profile.fa_ha_key is None
+            or profile.fa_ha_spi is None
+            or owner in self._pushes
+            or owner in self._by_owner
+        ):
+            self.counters["coa.push.invalid"] += 1
+            self._coa_answer(received, False, now, coa.ErrorCause.INVALID_REQUEST)
+            return
+        paths = tuple(p for p in profile.paths if p.local == self.config.address and p.role is not PathRole.FA_FA)
+        self._pushes[owner] = _Push(received, visitor, profile)
+        self._emit(InstallPaths(owner, paths))
+
+    def _push_installed(self, owner: str, error: str | None, now: float) -> None:
+        push = self._pushes.pop(owner)
+        visitor = push.visitor
+        if error is not None:
+            self.counters["coa.push.install_failed"] += 1
+            self._coa_answer(push.received, False, now, coa.ErrorCause.RESOURCES_UNAVAILABLE)
+            return
+        if self.visitors.get(visitor.nai) is not visitor or visitor.profile.epoch >= push.profile.epoch:
+            # The node deregistered, expired or registered again meanwhile.
+            self._emit(DeletePaths(owner))
+            self._coa_answer(push.received, False, now, coa.ErrorCause.SESSION_CONTEXT_NOT_FOUND)
+            return
+        old_owner = visitor.owner
+        visitor.owner, visitor.profile = owner, push.profile
+        self._emit(DeletePaths(old_owner))  # make before break
+        self.counters["coa.pushed"] += 1
+        self._coa_answer(push.received, True, now)
 
     def _coa_answer(self, received: Received, ack: bool, now: float, cause: int | None = None) -> None:
         self._send(Channel.COA, self.coa.answer(received, ack, now, cause), received.source)

@@ -38,7 +38,22 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    binding by NAI and session id removes the binding like a deregistration
    (its SAs; lifetime-0 Binding Updates to the gateways) and is answered
    Disconnect-ACK; no such binding: NAK 503; NAI or session id missing: NAK
-   402. A CoA-Request gets CoA-NAK 405 (pushing a profile is not built yet).
+   402.
+7. A CoA-Request (a VPN change pushed by the home AAA) for a binding carries
+   the HA's new view (:func:`aaa_vpn.wire.coa.pushed_profile`). No such
+   binding: CoA-NAK 503. A view that does not decode, is for another HA,
+   home address, care-of address or session, lacks the MN-HA or FA-HA key,
+   or whose epoch is not newer than the binding's (or a registration of the
+   node is under way): NAK 404. Otherwise, as in a registration (rule 3), the
+   stationary paths that are new and the new epoch's FA-side paths are
+   installed, then every gateway of the new view gets a Binding Update with
+   its new paths (the binding's remaining lifetime). Once all acknowledged,
+   the old epoch's FA-side paths, stationary paths no longer in the view and
+   the bindings of gateways no longer in it (lifetime-0 Binding Update) go,
+   the binding takes the new view (its lifetime unchanged): CoA-ACK. An
+   installation failure, a refusing gateway or none answering within
+   ``gateway_timeout``: what this push installed here is removed, gateways
+   new to the view are withdrawn (lifetime 0), and the answer is NAK 506.
 """
 
 from __future__ import annotations
@@ -76,6 +91,7 @@ from aaa_vpn.wire.mip_auth import (
 from aaa_vpn.wire.mip_replay import check_timestamp, mismatch_identification, timestamp_identification
 from aaa_vpn.wire.mip_vpn import encode_vpn_path, session_of
 from aaa_vpn.wire.profile import VENDOR_ID, PathProfile, PathRole, RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.radius_profile import ProfileDecodeError
 from aaa_vpn.wire.radius_request import AccessRequestInfo
 
 MIP_PORT = 434
@@ -179,6 +195,22 @@ class _Pending:
     timer: int | None = None
 
 
+@dataclass
+class _Push:
+    """A CoA-Request being carried out (rule 7)."""
+
+    received: Received
+    binding: Binding
+    profile: VpnProfile = field(repr=False)
+    lifetime: int
+    added_stationary: tuple[IPv4Address, ...]  # gateways whose HA-GW paths this push adds
+    gateways: dict[IPv4Address, tuple[Secret, list[PathProfile]]] = field(default_factory=dict)
+    waiting: dict[IPv4Address, int] = field(default_factory=dict)  # gateway -> BU identification
+    installing: set[str] = field(default_factory=set)
+    told: bool = False  # Binding Updates sent
+    timer: int | None = None
+
+
 class HomeAgent(Agent):
     """One home agent."""
 
@@ -202,6 +234,8 @@ class HomeAgent(Agent):
         # (gateway, home address) -> Identification of the last Binding Request accepted
         self._last_request: dict[tuple[IPv4Address, IPv4Address], int] = {}
         self._nai_of: dict[IPv4Address, str] = {}  # home address -> NAI of its binding
+        self._pushes: dict[str, _Push] = {}  # rule 7, by NAI
+        self._push_owners: dict[str, str] = {}  # owner being installed -> NAI
         self.coa = CoaResponder(
             [CoaPeer(IPv4Address(s.address), s.secret) for s in config.aaa_servers] + list(config.coa_peers),
             self.counters,
@@ -232,6 +266,9 @@ class HomeAgent(Agent):
 
     def paths_installed(self, owner: str, error: str | None, now: float) -> None:
         """The service layer's answer to :class:`InstallPaths`."""
+        if owner in self._push_owners:
+            self._push_installed(owner, error, now)
+            return
         key = self._by_owner.get(owner)
         pending = self._pending.get(key) if key is not None else None
         if key is None or pending is None or pending.profile is None:
@@ -429,6 +466,10 @@ class HomeAgent(Agent):
 
     def _binding_acknowledge(self, data: bytes, message: BindingAcknowledge, source: Address, now: float) -> None:
         gateway = IPv4Address(source[0])
+        push = next((p for p in self._pushes.values() if p.waiting.get(gateway) == message.identification), None)
+        if push is not None:
+            self._push_acknowledged(push, gateway, data, message, now)
+            return
         found = next(
             ((k, p) for k, p in self._pending.items() if p.waiting.get(gateway) == message.identification), None
         )
@@ -569,7 +610,172 @@ class HomeAgent(Agent):
             self._emit(RegistrationDone(binding.nai, binding.home_address, 0, 0, "disconnected by AAA"))
             self._coa_answer(received, True, now)
             return
-        self._coa_answer(received, False, now, coa.ErrorCause.UNSUPPORTED_SERVICE)
+        self._push(received, binding, now)
+
+    def _push(self, received: Received, binding: Binding, now: float) -> None:
+        """Rule 7: install a pushed view beside the binding's current one."""
+        try:
+            profile = coa.pushed_profile(received.request, received.secret)
+        except ProfileDecodeError:
+            self.counters["coa.push.undecodable"] += 1
+            self._coa_answer(received, False, now, coa.ErrorCause.INVALID_REQUEST)
+            return
+        nai = binding.nai
+        if (
+            profile.session_id != binding.session_id
+            or profile.home_agent != self.config.address
+            or profile.home_address != binding.home_address
+            or profile.care_of_address != binding.care_of_address
+            or profile.epoch <= binding.profile.epoch
+            or profile.mn_ha_key is None
+            or profile.fa_ha_key is None
+            or nai in self._pushes
+            or any(p.nai == nai for p in self._pending.values())
+        ):
+            self.counters["coa.push.invalid"] += 1
+            self._coa_answer(received, False, now, coa.ErrorCause.INVALID_REQUEST)
+            return
+        own = [p for p in profile.paths if p.local == self.config.address]
+        stationary = tuple(p for p in own if p.role is PathRole.HA_GW)
+        moving = tuple(p for p in own if p.role is not PathRole.HA_GW)
+        before = {p.peer for p in binding.profile.paths if p.role is PathRole.HA_GW and p.local == self.config.address}
+        push = _Push(
+            received,
+            binding,
+            profile,
+            lifetime=max(1, math.ceil(binding.expires - now)),
+            added_stationary=tuple(sorted({p.peer for p in stationary} - before)),
+            gateways=gateway_views(profile, self.config.address),
+        )
+        self._pushes[nai] = push
+        work = [(o, paths) for o, paths in ((stationary_owner(profile), stationary), (fa_owner(profile), moving))]
+        for owner, paths in work:
+            if paths:
+                push.installing.add(owner)
+                self._push_owners[owner] = nai
+        if not push.installing:
+            self._push_send_updates(push, now)
+            return
+        for owner, paths in work:
+            if paths:
+                self._emit(InstallPaths(owner, paths))
+
+    def _push_installed(self, owner: str, error: str | None, now: float) -> None:
+        nai = self._push_owners.pop(owner)
+        push = self._pushes.get(nai)
+        if push is None:
+            return
+        push.installing.discard(owner)
+        if error is not None:
+            self.counters["coa.push.install_failed"] += 1
+            self._push_failed(push, now)
+            return
+        if not push.installing:
+            self._push_send_updates(push, now)
+
+    def _push_send_updates(self, push: _Push, now: float) -> None:
+        if self.bindings.get(push.binding.nai) is not push.binding:
+            self._push_failed(push, now, coa.ErrorCause.SESSION_CONTEXT_NOT_FOUND)  # gone meanwhile
+            return
+        if not push.gateways:
+            self._push_done(push, now)
+            return
+        binding = push.binding
+        push.told = True
+        for gateway, (binding_key, views) in push.gateways.items():
+            identification = self._identification(now)
+            push.waiting[gateway] = identification
+            self._send_binding_update(
+                gateway,
+                binding_key,
+                views,
+                push.lifetime,
+                binding.home_address,
+                binding.care_of_address,
+                identification,
+            )
+        push.timer = self._call_at(
+            now + self.config.gateway_timeout, functools.partial(self._push_timeout, binding.nai, push)
+        )
+
+    def _push_acknowledged(
+        self, push: _Push, gateway: IPv4Address, data: bytes, message: BindingAcknowledge, now: float
+    ) -> None:
+        auth_key, _ = keys.binding_subkeys(push.gateways[gateway][0])
+        if not verify_authentication(
+            data, ExtensionType.GENERALIZED_AUTH, auth_key, subtype=GeneralizedAuthSubtype.BINDING, spi=BINDING_SPI
+        ):
+            self.counters["dropped.bad_binding_auth"] += 1
+            return
+        if not message.accepted:
+            self.counters["coa.push.gateway_refused"] += 1
+            self._push_failed(push, now)
+            return
+        del push.waiting[gateway]
+        if not push.waiting:
+            self._push_done(push, now)
+
+    def _push_timeout(self, nai: str, push: _Push, now: float) -> None:
+        if self._pushes.get(nai) is push and push.waiting:
+            self.counters["coa.push.gateway_timeout"] += 1
+            self._push_failed(push, now)
+
+    def _push_done(self, push: _Push, now: float) -> None:
+        binding, old, profile = push.binding, push.binding.profile, push.profile
+        del self._pushes[binding.nai]
+        self._cancel(push.timer)
+        if self.bindings.get(binding.nai) is not binding:
+            self._push_failed(push, now, coa.ErrorCause.SESSION_CONTEXT_NOT_FOUND)
+            return
+        # Make before break: the old epoch's FA-side paths, stationary paths
+        # and gateways the new view no longer has.
+        self._emit(DeletePaths(fa_owner(old)))
+        kept = {p.peer for p in profile.paths if p.role is PathRole.HA_GW and p.local == self.config.address}
+        for path in old.paths:
+            if path.role is PathRole.HA_GW and path.local == self.config.address and path.peer not in kept:
+                self._emit(DeletePaths(stationary_owner(old), path.peer))
+        for gateway, (binding_key, views) in gateway_views(old, self.config.address).items():
+            if gateway not in push.gateways:
+                self._send_binding_update(
+                    gateway,
+                    binding_key,
+                    views,
+                    0,
+                    binding.home_address,
+                    binding.care_of_address,
+                    self._identification(now),
+                )
+                self._last_request.pop((gateway, binding.home_address), None)
+        binding.profile = profile
+        self.counters["coa.pushed"] += 1
+        self._coa_answer(push.received, True, now)
+
+    def _push_failed(
+        self, push: _Push, now: float, cause: coa.ErrorCause = coa.ErrorCause.RESOURCES_UNAVAILABLE
+    ) -> None:
+        """Remove what this push installed here; withdraw gateways new to the view."""
+        binding, profile = push.binding, push.profile
+        self._pushes.pop(binding.nai, None)
+        self._cancel(push.timer)
+        for owner in (fa_owner(profile), stationary_owner(profile)):
+            self._push_owners.pop(owner, None)
+        self._emit(DeletePaths(fa_owner(profile)))
+        for peer in push.added_stationary:
+            self._emit(DeletePaths(stationary_owner(profile), peer))
+        old_gateways = gateway_views(binding.profile, self.config.address)
+        for gateway, (binding_key, views) in push.gateways.items():
+            if not push.told or gateway in old_gateways:
+                continue  # never told, or keeps a binding (refreshed, or updated if it acknowledged)
+            self._send_binding_update(
+                gateway,
+                binding_key,
+                views,
+                0,
+                binding.home_address,
+                binding.care_of_address,
+                self._identification(now),
+            )
+        self._coa_answer(push.received, False, now, cause)
 
     def _coa_answer(self, received: Received, ack: bool, now: float, cause: int | None = None) -> None:
         self._send(Channel.COA, self.coa.answer(received, ack, now, cause), received.source)

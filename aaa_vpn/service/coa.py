@@ -17,6 +17,21 @@ Theory of operation (docs/protocol.md section 6):
 3. The caller then deletes the session from the database
    (:func:`disconnect_session` does all three).
 
+Pushing a VPN change (CoA-Request, :func:`push_session`):
+
+4. :func:`prepare_push` reads the live session and the user's current
+   provisioning, moves the session to the next epoch at the same care-of
+   address (``home_aaa.move_session`` with the plan of the current VPN
+   records, so a changed VPN rolls out; the session keeps its expiry),
+   stores it in place of itself, and builds one CoA-Request per agent
+   carrying User-Name and that agent's view (``home_aaa.view_for``) in the
+   aaa-vpn flavour, salt encryption keyed with 16 zero octets
+   (:func:`aaa_vpn.wire.coa.push_attributes`).
+5. :func:`exchange` sends them (rule 2); the push succeeded only if both
+   answered CoA-ACK. A NAK leaves the session in the database at the new
+   epoch: the node's next registration (or another push) brings the agents
+   there.
+
 :func:`exchange` touches no database, so tests can run it in a thread while
 the agents run in the main one.
 """
@@ -27,14 +42,18 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn.model import Client, ClientRole, Session
+from aaa_vpn.roles import home_aaa
 from aaa_vpn.secret import Secret
-from aaa_vpn.store.base import NotFound, Store
+from aaa_vpn.store.base import NotFound, SpiConflict, Store
 from aaa_vpn.wire import coa
+from aaa_vpn.wire.profile import RequestType, VpnProfile
+from aaa_vpn.wire.radius_profile import ProfileError
 
 
 class CoaError(Exception):
@@ -232,15 +251,134 @@ def disconnect_session(
     return DisconnectOutcome(session, results, deleted)
 
 
+def user_context(store: Store, nai: str) -> home_aaa.UserContext:
+    """The user's provisioning as the home AAA plans paths from it."""
+    try:
+        user = store.get_user(nai)
+    except NotFound:
+        raise CoaError(f"no user {nai}") from None
+    records = tuple(store.list_vpn_records(nai))
+    return home_aaa.UserContext(
+        user=user,
+        records=records,
+        gateways={r.gateway: store.get_gateway(r.gateway) for r in records},
+        services={r.service: store.get_service(r.service) for r in records},
+        qos={r.qos: store.get_qos(r.qos) for r in records if r.qos},
+    )
+
+
+#: How many epochs a push tries when a derived SPI is taken (docs/protocol.md section 4).
+_SPI_ATTEMPTS = 3
+
+
+@dataclass
+class PushPlan:
+    """A session moved to its next epoch and the CoA-Requests that push it."""
+
+    previous: Session
+    session: Session
+    views: dict[str, VpnProfile] = field(repr=False)  # by role: "fa", "ha"
+    requests: list[tuple[CoaTarget, bytes | None]] = field(repr=False)
+
+
+def prepare_push(
+    store: Store,
+    session_id: str,
+    now: float | None = None,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> PushPlan:
+    """Rule 4: move and store the session, build the requests. CoaError if
+    there is no live session or its view cannot be sent."""
+    now = time.time() if now is None else now
+    try:
+        session = store.get_session(session_id)
+    except NotFound:
+        raise CoaError(f"no session {session_id}") from None
+    if session.expires <= now:
+        raise CoaError(f"session {session_id} has expired")
+    ctx = user_context(store, session.nai)
+    if not ctx.user.enabled:
+        raise CoaError(f"user {session.nai} is disabled: disconnect the session instead")
+    care_of, ha = session.care_of_address, session.home_agent
+    paths = home_aaa.plan_paths(ctx, session.home_address, ha, care_of)
+    lifetime = max(1, int(session.expires - now))
+    for attempt in range(_SPI_ATTEMPTS):
+        moved = home_aaa.move_session(
+            session, paths, care_of, now, lifetime, random_bytes, epoch=session.epoch + 1 + attempt
+        )
+        try:
+            store.put_session(moved, replaces=[session.session_id])
+            break
+        except SpiConflict:
+            continue
+    else:
+        raise CoaError("a derived SPI is taken in every epoch tried: push again")
+    views = {
+        "fa": home_aaa.view_for(moved, paths, ClientRole.FA, RequestType.FA_REGISTRATION, care_of, ctx.user, lifetime),
+        "ha": home_aaa.view_for(moved, paths, ClientRole.HA, RequestType.HA_REGISTRATION, ha, ctx.user, lifetime),
+    }
+    requests: list[tuple[CoaTarget, bytes | None]] = []
+    for target in targets_for(store, moved):
+        if target.secret is None:
+            requests.append((target, None))
+            continue
+        try:
+            attributes = coa.push_attributes(moved.nai, views[target.role], target.secret)
+        except ProfileError as exc:
+            raise CoaError(f"the {target.role.upper()}'s view does not fit in a CoA-Request: {exc}") from None
+        request = coa.encode_request(coa.COA_REQUEST, new_identifier(), target.secret.value, attributes)
+        requests.append((target, request))
+    return PushPlan(session, moved, views, requests)
+
+
+@dataclass
+class PushOutcome:
+    plan: PushPlan
+    results: list[TargetResult]
+
+    @property
+    def acknowledged(self) -> bool:
+        return all(r.acknowledged for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        session = self.plan.session
+        return {
+            "session": session.session_id,
+            "nai": session.nai,
+            "epoch": session.epoch,
+            "previous_epoch": self.plan.previous.epoch,
+            "acknowledged": self.acknowledged,
+            "agents": [r.to_json() for r in self.results],
+        }
+
+
+def push_session(
+    store: Store,
+    session_id: str,
+    source: str = "0.0.0.0",
+    timeout: float = 2.0,
+    retries: int = 2,
+    now: float | None = None,
+) -> PushOutcome:
+    """Rules 4 and 5: push the user's current VPN to the session's FA and HA."""
+    plan = prepare_push(store, session_id, now)
+    return PushOutcome(plan, exchange(plan.requests, source, timeout, retries))
+
+
 __all__ = [
     "CoaError",
     "CoaTarget",
     "DisconnectOutcome",
+    "PushOutcome",
+    "PushPlan",
     "TargetResult",
     "client_for",
     "disconnect_request",
     "disconnect_session",
     "disconnect_targets",
     "exchange",
+    "prepare_push",
+    "push_session",
     "targets_for",
+    "user_context",
 ]

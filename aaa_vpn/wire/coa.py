@@ -36,9 +36,11 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aaa_vpn.model import Flavour
+from aaa_vpn.secret import Secret
 from aaa_vpn.wire import radius as rc
-from aaa_vpn.wire.profile import VENDOR_ID
-from aaa_vpn.wire.radius_profile import ProfileDecodeError, iter_attributes
+from aaa_vpn.wire.profile import VENDOR_ID, VpnProfile
+from aaa_vpn.wire.radius_profile import ProfileDecodeError, decode_profile, encode_profile, iter_attributes
 
 DISCONNECT_REQUEST = 40
 DISCONNECT_ACK = 41
@@ -98,6 +100,22 @@ def session_attributes(nai: str, session_id: str) -> list[bytes]:
         rc.attribute(rc.USER_NAME, nai.encode("utf-8")),
         rc.vendor_attribute(VENDOR_ID, SESSION_ID_TYPE, session_id.encode("utf-8")),
     ]
+
+
+def push_attributes(nai: str, profile: VpnProfile, secret: bytes | Secret) -> list[bytes]:
+    """A CoA-Request's attributes pushing ``profile`` (one agent's view):
+    User-Name, then the profile in the aaa-vpn flavour (which names the
+    session with its Aaa-Vpn-Session-Id), salt encryption keyed with 16 zero
+    octets. Raises ProfileError if it does not fit in one packet."""
+    budget = rc.MAX_PACKET_LENGTH - rc.HEADER_LENGTH - rc.MESSAGE_AUTHENTICATOR_LENGTH - 2 - len(nai.encode())
+    profile_attributes = encode_profile(profile, Flavour.AAA_VPN, secret, ZERO_AUTHENTICATOR, budget=budget)
+    return [rc.attribute(rc.USER_NAME, nai.encode("utf-8")), *profile_attributes]
+
+
+def pushed_profile(request: CoaRequest, secret: bytes | Secret) -> VpnProfile:
+    """The profile a verified CoA-Request pushes (:func:`push_attributes`);
+    raises :class:`ProfileDecodeError` if it carries none or a malformed one."""
+    return decode_profile(request.attributes, secret, ZERO_AUTHENTICATOR)
 
 
 def encode_request(code: int, identifier: int, secret: bytes, attributes: bytes | Sequence[bytes]) -> bytes:
@@ -237,5 +255,7 @@ __all__ = [
     "encode_answer",
     "encode_request",
     "error_cause_name",
+    "push_attributes",
+    "pushed_profile",
     "session_attributes",
 ]
