@@ -1,5 +1,5 @@
 """``aaa-vpn demo``: the whole system on loopback, as real processes, and a
-mobile node walked through flows A, B, C and D of DESIGN.md section 2.
+mobile node walked through flows A to F of DESIGN.md section 2 (docs/flows.md).
 
 What it does:
 
@@ -20,8 +20,12 @@ What it does:
 3. The steps, each one ``aaa-vpn mn`` run from 127.0.0.100: registration
    through FA1 (flows A and B, proxied by the foreign AAA), handoff to FA2
    answered by the foreign AAA alone (flow C), handoff to FA3 through the
-   home AAA (flow D), back to FA1 (flow D through the foreign AAA),
-   deregistration. After each step it waits until the state files show the
+   home AAA (flow D), back to FA1 (flow D through the foreign AAA), to FA3
+   again (flow D); then the operator (``aaa-vpn`` on the home AAA's database,
+   flow F) changes the VPN and pushes it (``session push --source``), and
+   ends the session (``session disconnect --source``) -- FA3, not FA1, since
+   FA1 and FA2 ask the foreign AAA and the home AAA's CoA/Disconnect-Requests
+   go only to its own clients. After each step it waits until the state files show the
    expected SA tables (or a few seconds pass), asks the foreign AAA for its
    counters (SIGUSR1), then reports the node's result, a timeline of the
    messages and SA changes every node recorded, each node's SA table, and
@@ -29,7 +33,8 @@ What it does:
 
 After each handoff the new FA sends the old one a Previous-FA Notification
 (flow E, smooth handoff): the old FA replaces the node's SAs with a forwarding
-path toward the new FA, which both remove after ``forwarding_lifetime`` (10 s).
+path toward the new FA, which both remove after ``forwarding_lifetime`` (10 s;
+the push step waits for that, so that its SA tables are exact).
 
 Every process is stopped by its PID (SIGTERM, then SIGKILL after a grace
 period) and the temporary directory removed, also on Ctrl-C or SIGTERM.
@@ -135,6 +140,15 @@ class _Step:
     foreign: tuple[int, int] | None = None
     """The foreign AAA's counters after the step: (proxied, handoffs_answered)."""
     notes: tuple[str, ...] = ()
+    operator: str | None = None
+    """Flow F: "push" (change the VPN, ``aaa-vpn session push``) or "disconnect"
+    (``aaa-vpn session disconnect``) instead of the mobile node."""
+    settle_timeout: float = _SETTLE_TIMEOUT
+    """How long to wait for the expected SA tables."""
+
+    @property
+    def ends_session(self) -> bool:
+        return self.deregister or self.operator == "disconnect"
 
 
 _FA_PATHS = {("FA_HA", HA), ("FA_GW", GW_DYNAMIC)}
@@ -213,18 +227,64 @@ STEPS = (
         notes=(f"fa3 {_OLD_FA}",),
     ),
     _Step(
-        "deregister",
-        "G",
-        "the node deregisters (lifetime 0) through FA1: FA1, the HA and both gateways remove its SAs",
-        FA1,
-        deregister=True,
-        expected={"fa1": set(), "ha": set(), "gw-static": set(), "gw-dynamic": set()},
+        "handoff to FA3 again",
+        "D",
+        "the node moves to FA3 again (the home AAA moves the session, flow D): the session is now at an FA"
+        " that is a RADIUS client of the home AAA, which can reach it with CoA and Disconnect-Requests",
+        FA3,
+        previous_fa=FA1,
+        expected={
+            "fa3": _FA_PATHS | {("FA_FA", FA1)},
+            "fa1": {("FA_FA", FA3)},
+            "ha": {("FA_HA", FA3), ("HA_GW", GW_STATIC)},
+            "gw-static": {("HA_GW", HA)},
+            "gw-dynamic": {("FA_GW", FA3)},
+        },
         foreign=(2, 1),
-        notes=("fa3's forwarding path toward FA1 ends with its forwarding lifetime (flow E)",),
+        notes=(f"fa1 {_OLD_FA}",),
+    ),
+    _Step(
+        "operator pushes a VPN change",
+        "F",
+        "the operator changes the VPN record of the dynamic gateway's network to the gold service"
+        " (aaa-vpn vpn change) and pushes it (aaa-vpn session push --source <home AAA>): the session moves"
+        " to its next epoch at FA3; FA3 and the HA each get a CoA-Request with their new view, install the"
+        " new epoch's paths (the HA also updates the gateways) and remove the old epoch's",
+        FA3,
+        operator="push",
+        expected={
+            "fa3": _FA_PATHS,
+            "fa1": set(),
+            "ha": {("FA_HA", FA3), ("HA_GW", GW_STATIC)},
+            "gw-static": {("HA_GW", HA)},
+            "gw-dynamic": {("FA_GW", FA3)},
+        },
+        foreign=(2, 1),
+        settle_timeout=15.0,
+        notes=(
+            "the forwarding path between fa1 and fa3 of the last handoff ends with its forwarding lifetime"
+            " (10 s, flow E); this step waits for that too",
+        ),
+    ),
+    _Step(
+        "operator ends the session",
+        "F",
+        "the operator ends the session (aaa-vpn session disconnect --source <home AAA>): FA3 and the HA get"
+        " a Disconnect-Request and remove its SAs, the HA withdraws the gateways' bindings, and the home AAA"
+        " deletes the session",
+        FA3,
+        operator="disconnect",
+        expected={name: set() for name in AGENTS},
+        foreign=(2, 1),
     ),
 )
 
-NOTES = ("Flow E (smooth handoff): after a move the old FA keeps only a forwarding path toward the new FA, for 10 s.",)
+NOTES = (
+    "Flow E (smooth handoff): after a move the old FA keeps only a forwarding path toward the new FA, for 10 s.",
+    "Flow F: the operator's CoA and Disconnect-Requests go to the session's FA and HA from the home AAA's"
+    " address; FA1 and FA2 ask the foreign AAA, so the session is moved to FA3 (a client of the home AAA) first.",
+    "The node's own deregistration (lifetime 0) is not a step: the operator's disconnect ends the session.",
+)
 
 
 class DemoError(Exception):
@@ -270,11 +330,14 @@ class _Files:
     secrets: dict[str, Path]
     mn_ha_key: Path
     mn_aaa_secret: Path
+    coa_port: int
 
 
 def provision(directory: Path) -> _Files:
-    """The sample database and the secret files the processes read."""
+    """The sample database and the secret files the processes read; the FA3
+    and HA client records name a free port for CoA and Disconnect-Requests."""
     db, key = directory / "vpn.db", directory / "vpn.db.key"
+    coa_port = free_port(tuple(address for _role, address in AGENTS.values()))
     store, _ = init_store(db, key)
     # fa1 and fa2 share a secret with the foreign AAA; fa3, the HA and the foreign AAA with the home AAA
     client_secrets = {name: secrets.token_urlsafe(18).encode() for name in ("fa1", "fa2", "fa3", "ha", "aaaf")}
@@ -287,9 +350,18 @@ def provision(directory: Path) -> _Files:
             )
         )
         store.add_client(
-            Client("fa3", IPv4Network(f"{FA3}/32"), Secret(client_secrets["fa3"]), ClientRole.FA, "visited-b.example")
+            Client(
+                "fa3",
+                IPv4Network(f"{FA3}/32"),
+                Secret(client_secrets["fa3"]),
+                ClientRole.FA,
+                "visited-b.example",
+                coa_port=coa_port,
+            )
         )
-        store.add_client(Client("ha", IPv4Network(f"{HA}/32"), Secret(client_secrets["ha"]), ClientRole.HA))
+        store.add_client(
+            Client("ha", IPv4Network(f"{HA}/32"), Secret(client_secrets["ha"]), ClientRole.HA, coa_port=coa_port)
+        )
         store.add_user(
             User(NAI, IPv4Address(HA), Secret(mn_aaa), MN_HA_SPI, Secret(mn_ha), home_address=IPv4Address(HOME_ADDRESS))
         )
@@ -327,6 +399,7 @@ def provision(directory: Path) -> _Files:
         files,
         _write_secret(directory / "mn1.mn-ha-key", mn_ha),
         _write_secret(directory / "mn1.mn-aaa-secret", mn_aaa),
+        coa_port,
     )
 
 
@@ -406,7 +479,7 @@ class Topology:
             if role in ("fa", "ha"):
                 aaa = f"{AAAF}:{self.foreign_port}" if name in BEHIND_FOREIGN_AAA else f"{AAA}:{self.radius_port}"
                 args += ["--aaa", aaa, "--secret-file", str(files.secrets[name])]
-                args += ["--radius-timeout", "1", "--radius-retries", "2"]
+                args += ["--radius-timeout", "1", "--radius-retries", "2", "--coa-port", str(files.coa_port)]
             else:
                 args += ["--gateway-key-file", str(files.secrets[name]), "--home-agent", HA]
             self._spawn(name, self._command(*args))
@@ -524,6 +597,52 @@ class Topology:
         document["exit_status"] = result.returncode
         return document
 
+    def operator(self, *args: str) -> dict[str, Any]:
+        """Run ``aaa-vpn --json ARGS`` on the home AAA's database (the operator
+        on the home AAA host); its JSON document with ``exit_status``."""
+        command = self._command("--db", str(self.files.db), "--key-file", str(self.files.key), "--json", *args)
+        result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+        try:
+            document = json.loads(result.stdout)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            error = result.stderr.decode(errors="replace").strip()
+            document = {"detail": error or "no output"}
+        document["exit_status"] = result.returncode
+        document["command"] = " ".join(["aaa-vpn", *args])
+        return document
+
+    def operate(self, step: _Step) -> dict[str, Any]:
+        """Flow F: the operator's commands for ``step``; the last one's result,
+        with every command run under ``commands``."""
+        commands: list[dict[str, Any]] = []
+        sessions = self.operator("session", "list", "--user", NAI)
+        commands.append(sessions)
+        live = sessions.get("sessions") or []
+        if sessions["exit_status"] != 0 or len(live) != 1:
+            return {"acknowledged": False, "detail": f"expected one session, found {len(live)}", "commands": commands}
+        session_id = str(live[0]["session_id"])
+        if step.operator == "push":
+            records = self.operator("vpn", "list", "--user", NAI)
+            commands.append(records)
+            ids = [
+                r.get("id")
+                for value in records.values()
+                if isinstance(value, list)
+                for r in value
+                if isinstance(r, dict) and r.get("gateway") == "gw-dynamic"
+            ]
+            if len(ids) != 1:
+                return {"acknowledged": False, "detail": "no VPN record for gw-dynamic", "commands": commands}
+            changed = self.operator("vpn", "change", str(ids[0]), "--service", "gold")
+            commands.append(changed)
+            if changed["exit_status"] != 0:
+                return {"acknowledged": False, "detail": changed.get("detail", ""), "commands": commands}
+        action = "push" if step.operator == "push" else "disconnect"
+        result = self.operator("session", action, session_id, "--source", AAA, "--timeout", "1")
+        return {**result, "action": action, "session": session_id, "commands": [*commands, result]}
+
     def states(self) -> dict[str, dict[str, Any]]:
         result = {}
         for name in AGENTS:
@@ -605,7 +724,7 @@ def _checks(
             actual == expected,
             "" if actual == expected else f"it has {_describe_table(actual)}",
         )
-    if history and not step.deregister:
+    if history and not step.ends_session:
         first = history[0]
         for name, role, what in (
             ("ha", "HA_GW", "ha: the stationary path to gw-static is unchanged (same SPIs as in step 1)"),
@@ -615,11 +734,11 @@ def _checks(
             check(what, before == now, "" if before == now else f"SPIs {before} became {now}")
     fa_name = NAMES[step.fa]
     earlier = {spi for previous in history for spi in _spis(previous.get(fa_name, {}))}
-    if earlier and not step.deregister:  # back at an FA of an earlier step: a new epoch, fresh SPIs
+    if earlier and not step.ends_session:  # back at an FA of an earlier step: a new epoch, fresh SPIs
         now_spis = set(_spis(states.get(fa_name, {})))
         check(f"{fa_name} uses fresh SPIs, none of its earlier visit (a new epoch)", not (earlier & now_spis), "")
     ha_bindings = states.get("ha", {}).get("bindings", [])
-    if step.deregister:
+    if step.ends_session:
         check("the HA has no binding", not ha_bindings, json.dumps(ha_bindings))
     else:
         found = [(b.get("care_of_address"), b.get("epoch")) for b in ha_bindings if b.get("nai") == NAI]
@@ -628,6 +747,61 @@ def _checks(
             found == [(step.fa, index + 1)],
             f"care-of and epoch {found}",
         )
+    return checks
+
+
+def _operator_checks(
+    step: _Step,
+    result: dict[str, Any],
+    states: dict[str, dict[str, Any]],
+    history: list[dict[str, dict[str, Any]]],
+    topology: Topology,
+) -> list[dict[str, Any]]:
+    """Flow F: what the operator's command answered and what it changed."""
+    checks: list[dict[str, Any]] = []
+
+    def check(what: str, ok: bool, detail: str = "") -> None:
+        checks.append({"check": what, "ok": ok, "detail": detail})
+
+    answer = "CoA-ACK" if step.operator == "push" else "Disconnect-ACK"
+    answers = [(a.get("role"), a.get("answer")) for a in result.get("agents", [])]
+    check(
+        f"aaa-vpn session {result.get('action', step.operator)} exited 0: the FA and the HA answered {answer}",
+        result.get("exit_status") == 0 and answers == [("fa", answer), ("ha", answer)],
+        f"exit status {result.get('exit_status')}, answers {answers} {result.get('detail', '')}".strip(),
+    )
+    fa = states.get(NAMES[step.fa], {})
+    if step.operator == "push":
+        epoch = result.get("epoch")
+        owners = sorted({sa.get("owner", "") for sa in fa.get("sas", [])})
+        check(
+            f"{NAMES[step.fa]}'s paths are all of the new epoch {epoch}, the old epoch's are gone",
+            bool(owners) and all(owner.endswith(f"#{epoch}") for owner in owners),
+            f"owners {owners}",
+        )
+        before = history[-1] if history else {}
+
+        def transform(state: dict[str, Any]) -> str | None:
+            return next((sa["esp_transform"] for sa in state.get("sas", []) if sa["role"] == "FA_GW"), None)
+
+        was, now = transform(before.get(NAMES[step.fa], {})), transform(fa)
+        gateway = transform(states.get("gw-dynamic", {}))
+        check(
+            "the FA_GW path uses the changed service's transform at both ends",
+            now is not None and now != was and now == gateway,
+            f"was {was}, now {now}, at gw-dynamic {gateway}",
+        )
+    else:
+        check("the session is deleted from the database", result.get("deleted") is True, json.dumps(result))
+        listed = topology.operator("session", "list")
+        check(
+            "aaa-vpn session list shows no session",
+            listed.get("exit_status") == 0 and listed.get("sessions") == [],
+            json.dumps(listed.get("sessions")),
+        )
+        check(f"{NAMES[step.fa]} has no visitor", not fa.get("visitors"), json.dumps(fa.get("visitors")))
+        gw_bindings = states.get("gw-dynamic", {}).get("bindings", [])
+        check("gw-dynamic has no binding", not gw_bindings, json.dumps(gw_bindings))
     return checks
 
 
@@ -747,7 +921,7 @@ def _node_view(state: dict[str, Any]) -> dict[str, Any]:
 def _settle(topology: Topology, step: _Step) -> dict[str, dict[str, Any]]:
     """Wait until every expected SA table is there and nothing changed for a
     moment (a deregistration tells the gateways after replying), or time out."""
-    deadline = time.monotonic() + _SETTLE_TIMEOUT
+    deadline = time.monotonic() + step.settle_timeout
     last: dict[str, Any] | None = None
     quiet_since = time.monotonic()
     while True:
@@ -769,7 +943,19 @@ def _render_step(number: int, step: _Step, report: dict[str, Any]) -> str:
         f"   {step.description}",
         "",
     ]
-    if mn_result.get("code") is None:
+    operator_result = report.get("operator")
+    if operator_result is not None:
+        for command in operator_result.get("commands", []):
+            lines.append(f"   operator: {command.get('command', '')} -> exit status {command.get('exit_status')}")
+        for agent in operator_result.get("agents", []):
+            cause = f" (Error-Cause {agent['error_cause']})" if agent.get("error_cause") else ""
+            answer = agent.get("answer") or f"no answer: {agent.get('error', '')}"
+            lines.append(f"   {_peer_name(agent.get('address')):<10} answered {answer}{cause}")
+        if "epoch" in operator_result:
+            lines.append(f"   session epoch {operator_result.get('previous_epoch')} -> {operator_result['epoch']}")
+        if operator_result.get("detail"):
+            lines.append(f"   operator: FAILED: {operator_result['detail']}")
+    elif mn_result.get("code") is None:
         lines.append(f"   mobile node: FAILED: {mn_result.get('detail', '')}")
     else:
         verdict = (
@@ -870,18 +1056,25 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
             history: list[dict[str, dict[str, Any]]] = []
             all_ok = True
             for index, step in enumerate(STEPS):
-                mn_result = topology.mn(step)
-                states = _settle(topology, step)
-                expected_code_ok = mn_result.get("accepted") is True and mn_result.get("exit_status") == 0
-                checks = [
-                    {
-                        "check": f"the mobile node's {'deregistration' if step.deregister else 'registration'}"
-                        " was accepted",
-                        "ok": expected_code_ok,
-                        "detail": f"code {mn_result.get('code')}: {mn_result.get('detail', '')}",
-                    },
-                    *_checks(step, index, states, history),
-                ]
+                operator_result: dict[str, Any] | None = None
+                if step.operator is not None:
+                    operator_result = topology.operate(step)
+                    mn_result: dict[str, Any] = {}
+                    states = _settle(topology, step)
+                    checks = _operator_checks(step, operator_result, states, history, topology)
+                else:
+                    mn_result = topology.mn(step)
+                    states = _settle(topology, step)
+                    expected_code_ok = mn_result.get("accepted") is True and mn_result.get("exit_status") == 0
+                    checks = [
+                        {
+                            "check": f"the mobile node's {'deregistration' if step.deregister else 'registration'}"
+                            " was accepted",
+                            "ok": expected_code_ok,
+                            "detail": f"code {mn_result.get('code')}: {mn_result.get('detail', '')}",
+                        }
+                    ]
+                checks += _checks(step, index, states, history)
                 counters = topology.foreign_counters()
                 if step.foreign is not None:
                     proxied, answered = step.foreign
@@ -903,6 +1096,7 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
                     "description": step.description,
                     "ok": ok,
                     "mn": mn_result,
+                    "operator": operator_result,
                     "timeline": timeline(mn_result, states, seen, topology.foreign_events()),
                     "foreign_aaa": {
                         k: v for k, v in counters.items() if k in ("proxied", "handoffs_answered", "received")

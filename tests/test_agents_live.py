@@ -1,6 +1,7 @@
-"""Flows A, B, C and D (DESIGN.md section 2) with every component a separate
-``aaa-vpn`` process on loopback -- the same flows as tests/test_flows.py,
-which runs them in one process with a fake clock.
+"""Flows A, B, C, D, E and F (DESIGN.md section 2, docs/flows.md) with every
+component a separate ``aaa-vpn`` process on loopback -- the same flows as
+tests/test_flows.py, tests/test_smooth_handoff.py and tests/test_coa.py,
+which run them in one process with a fake clock.
 
 * ``aaa-vpn serve home`` on 127.0.0.1 (a free port), its database
   provisioned through the library with tests/mobility.py's ``provision``;
@@ -9,7 +10,11 @@ which runs them in one process with a fake clock.
 * ``aaa-vpn agent ha`` (127.0.0.2), ``agent fa`` FA1 (127.0.0.11) and FA2
   (127.0.0.12), ``agent gw`` static (127.0.0.21) and dynamic (127.0.0.22),
   all on one free high Mobile IP port, each with a ``--state-file``;
-* the mobile node: ``aaa-vpn mn ... register`` / ``deregister``.
+* the mobile node: ``aaa-vpn mn ... register`` / ``deregister``;
+* the operator (flow F): ``aaa-vpn vpn add``, ``session push`` and
+  ``session disconnect --source <home AAA>`` on the test's database; the FA
+  and HA take CoA/Disconnect-Requests on a free ``--coa-port``, which the
+  database's client records name.
 
 After every step each node's SA table is read from its state file: the right
 peers, both ends of a path with mirrored SPIs, old SAs gone after the
@@ -18,6 +23,7 @@ handoff, the stationary path unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -174,12 +180,17 @@ class Topology:
 SECRETS_MN = b"mn1-aaa-secret"  # tests/mobility.py's MN_AAA
 
 
-def start(tmp: Path, foreign: bool = False) -> Topology:
-    """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process."""
+def start(tmp: Path, foreign: bool = False, gateways: tuple[str, ...] = ("static", "dynamic")) -> Topology:
+    """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
+    ``gateways``: the user's VPN records (tests/mobility.py's ``provision``)."""
+    agent_addresses = [a for _r, a in AGENTS.values()]
+    coa_port = free_port_on_all(agent_addresses)
     store, _ = init_store(tmp / "vpn.db", tmp / "vpn.key")
-    provision_store(store)  # AAAF is a proxy client of the home AAA
+    provision_store(store, gateways)  # AAAF is a proxy client of the home AAA
+    for client in store.list_clients():  # where `session push|disconnect` send their requests
+        store.update_client(dataclasses.replace(client, coa_port=coa_port))
     store.close()
-    topology = Topology(tmp, free_port_on_all([a for _r, a in AGENTS.values()]), free_udp_port(AAA))
+    topology = Topology(tmp, free_port_on_all(agent_addresses), free_udp_port(AAA))
     private(tmp / "mn.mnha", MN_HA.value)
     topology.spawn(
         "home-aaa",
@@ -210,7 +221,7 @@ def start(tmp: Path, foreign: bool = False) -> Topology:
         else:
             secret = private(tmp / f"{name}.secret", SECRETS[address].value + b"\n")  # the newline is dropped
             server = f"{AAAF}:{foreign_port}" if foreign and address in (FA1, FA2) else f"{AAA}:{topology.radius_port}"
-            args += ["--aaa", server, "--secret-file", str(secret)]
+            args += ["--aaa", server, "--secret-file", str(secret), "--coa-port", str(coa_port)]
         topology.spawn(name, *args)
     deadline = time.monotonic() + 20
     waiting = set(topology.processes)
@@ -231,7 +242,11 @@ def start(tmp: Path, foreign: bool = False) -> Topology:
 
 @pytest.fixture
 def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topology]:
-    running = start(tmp_path, foreign=bool(getattr(request, "param", False)))
+    """``request.param``: True for the foreign AAA, or "static-only" for a user
+    with only the static gateway's VPN record."""
+    param = getattr(request, "param", False)
+    gateways = ("static",) if param == "static-only" else ("static", "dynamic")
+    running = start(tmp_path, foreign=param is True, gateways=gateways)
     try:
         yield running
     finally:
@@ -401,6 +416,100 @@ def test_flow_c_same_domain_handoff_answered_by_the_foreign_aaa(topology: Topolo
     assert (counters["proxied"], counters["handoffs_answered"]) == (1, 2), counters
     assert topology.state("ha")["bindings"][0]["epoch"] == 3
     assert_mirrored(topology, "fa1", "ha", "FA_HA")
+
+
+def operator(topology: Topology, *args: str) -> tuple[int, Any]:
+    """``aaa-vpn --json ARGS`` on the test's database (the operator on the home AAA host)."""
+    db = ("--db", str(topology.tmp / "vpn.db"), "--key-file", str(topology.tmp / "vpn.key"))
+    result = aaa_vpn(*db, "--json", *args)
+    assert "Traceback" not in result.stderr, result.stderr
+    try:
+        document = json.loads(result.stdout) if result.stdout.strip() else None
+    except ValueError:
+        document = result.stdout
+    return result.returncode, document if document is not None else result.stderr
+
+
+def owners(topology: Topology, name: str) -> set[str]:
+    return {sa["owner"] for sa in topology.state(name)["sas"]}
+
+
+@pytest.mark.parametrize("topology", ["static-only"], indirect=True)
+def test_flows_e_and_f_old_fa_forwarding_then_push_and_disconnect(topology: Topology) -> None:
+    """Flow E (smooth handoff) and flow F (CoA push, Disconnect) as processes:
+    tests/test_smooth_handoff.py and tests/test_coa.py with a fake clock."""
+    code, result = topology.mn("register", "--fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    expected = {"fa1": [("FA_HA", HA)], "ha": [("FA_HA", FA1), ("HA_GW", GW_STATIC)], "gw-static": [("HA_GW", HA)]}
+    assert {k: v for k, v in topology.wait_for(expected).items() if k in expected} == expected
+    handoff = time.monotonic()
+    code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+
+    # (a) flow E: the old FA keeps only the forwarding path toward FA2 ...
+    expected = {
+        "fa1": [("FA_FA", FA2)],
+        "fa2": [("FA_FA", FA1), ("FA_HA", HA)],
+        "ha": [("FA_HA", FA2), ("HA_GW", GW_STATIC)],
+        "gw-static": [("HA_GW", HA)],
+        "gw-dynamic": [],
+    }
+    assert topology.wait_for(expected) == expected
+    assert_mirrored(topology, "fa1", "fa2", "FA_FA")
+    assert topology.state("fa1")["visitors"] == []
+    # ... for its forwarding lifetime (10 s; the FA agent has no option for
+    # it), after which both ends of that path are gone
+    expected = {**expected, "fa1": [], "fa2": [("FA_HA", HA)]}
+    tables = topology.wait_for(expected, timeout=15.0)
+    assert tables == expected, f"after {time.monotonic() - handoff:.1f} s"
+    assert time.monotonic() - handoff >= 9.0  # not before its lifetime ended
+
+    # (b) flow F: the operator adds a VPN record behind the dynamic gateway and pushes it
+    code, out = operator(topology, "session", "list")
+    assert code == 0, out
+    (session,) = out["sessions"]
+    session_id = session["session_id"]
+    code, out = operator(
+        topology,
+        *("vpn", "add", "--user", NAI, "--correspondent", "203.0.113.128/25", "--gateway", "gw-dynamic"),
+        *("--service", "silver"),
+    )
+    assert code == 0, out
+    old_owners = owners(topology, "fa2")
+    static_first = spis(topology, "gw-static")
+    code, out = operator(topology, "session", "push", session_id, "--source", AAA, "--timeout", "1")
+    assert code == 0, out
+    assert out["acknowledged"] and (out["previous_epoch"], out["epoch"]) == (2, 3), out
+    assert [(a["role"], a["answer"]) for a in out["agents"]] == [("fa", "CoA-ACK"), ("ha", "CoA-ACK")]
+    expected = {
+        "fa1": [],
+        "fa2": [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)],
+        "ha": [("FA_HA", FA2), ("HA_GW", GW_STATIC)],
+        "gw-static": [("HA_GW", HA)],
+        "gw-dynamic": [("FA_GW", FA2)],
+    }
+    assert topology.wait_for(expected) == expected
+    assert_mirrored(topology, "fa2", "ha", "FA_HA")
+    assert_mirrored(topology, "fa2", "gw-dynamic", "FA_GW")
+    assert not owners(topology, "fa2") & old_owners, "the old epoch's paths are gone"
+    assert owners(topology, "fa2") == {f"{session_id}#3"}
+    assert [(b["care_of_address"], b["epoch"]) for b in topology.state("ha")["bindings"]] == [(FA2, 3)]
+    assert spis(topology, "gw-static") == static_first
+
+    # (c) flow F: the operator ends the session
+    code, out = operator(topology, "session", "disconnect", session_id, "--source", AAA, "--timeout", "1")
+    assert code == 0, out
+    assert out["acknowledged"] and out["deleted"], out
+    assert [(a["role"], a["answer"]) for a in out["agents"]] == [
+        ("fa", "Disconnect-ACK"),
+        ("ha", "Disconnect-ACK"),
+    ]
+    expected = {name: [] for name in AGENTS}
+    assert topology.wait_for(expected) == expected
+    assert topology.state("fa2")["visitors"] == [] and topology.state("ha")["bindings"] == []
+    assert topology.state("gw-dynamic")["bindings"] == []
+    code, out = operator(topology, "session", "list")
+    assert (code, out) == (0, {"sessions": []}), out
 
 
 def test_wrong_mn_aaa_secret_is_67_and_no_sas_anywhere(topology: Topology) -> None:

@@ -42,11 +42,20 @@ def test_demo_json_every_step_succeeds() -> None:
         ("handoff to FA2", "C", True),
         ("handoff to FA3", "D", True),
         ("back to FA1", "D", True),
-        ("deregister", "G", True),
+        ("handoff to FA3 again", "D", True),
+        ("operator pushes a VPN change", "F", True),
+        ("operator ends the session", "F", True),
     ]
-    first, handoff, other_domain, _back, last = report["steps"]
+    first, handoff, other_domain, _back, _again, push, disconnect = report["steps"]
     assert first["mn"]["code"] == 0 and first["mn"]["lifetime"] > 0
-    assert last["mn"]["lifetime"] == 0
+    # flow F: the operator's push and disconnect, each acknowledged by FA3 and the HA
+    assert push["operator"]["exit_status"] == 0 and push["operator"]["epoch"] == 6
+    assert [a["answer"] for a in push["operator"]["agents"]] == ["CoA-ACK", "CoA-ACK"]
+    fa3_owners = {sa["owner"] for sa in push["nodes"]["fa3"]["sas"]}
+    assert fa3_owners and all(owner.endswith("#6") for owner in fa3_owners), fa3_owners
+    assert [a["answer"] for a in disconnect["operator"]["agents"]] == ["Disconnect-ACK", "Disconnect-ACK"]
+    assert disconnect["operator"]["deleted"] is True
+    assert all(view["sas"] == [] for view in disconnect["nodes"].values())
     assert all(check["ok"] for step in report["steps"] for check in step["checks"])
     # the timeline shows the messages and the SA changes, in time order
     texts = [(e["node"], e["kind"]) for e in first["timeline"]]
@@ -67,7 +76,7 @@ def test_demo_json_every_step_succeeds() -> None:
     assert set(report["exit_codes"].values()) == {0}
     assert not any(_alive(node["pid"]) for node in report["topology"]["nodes"].values())
     assert report["directory"] is None
-    assert "Flow E" in " ".join(report["notes"])
+    assert "Flow E" in " ".join(report["notes"]) and "Flow F" in " ".join(report["notes"])
 
 
 def test_ctrl_c_stops_everything_and_removes_the_files() -> None:
