@@ -25,7 +25,6 @@ Rules (the format is in docs/agents.md):
 from __future__ import annotations
 
 import stat
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_address
@@ -38,7 +37,7 @@ from aaa_vpn.roles.gw import GwConfig
 from aaa_vpn.roles.ha import HaConfig
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.config import LOG_FORMATS, LOG_LEVELS
+from aaa_vpn.service.config import LOG_FORMATS, LOG_LEVELS, read_toml
 
 ROLES = ("fa", "ha", "gw")
 MIP_PORT = 434  # RFC 5944 section 1.8
@@ -375,17 +374,7 @@ def load_agent_settings(
 
 
 def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ValidationError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ValidationError(f"config file {path} is a directory") from None
-    except OSError as exc:
-        raise ValidationError(f"config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValidationError(f"config file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path)
     reader = _Reader(path)
     top = reader.table(data, "", _KEYS[role])
     values: dict[str, Any] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aaa_vpn.model import ValidationError
 from aaa_vpn.store import default_key_file
@@ -144,6 +144,26 @@ __all__ = [
 
 
 CONFIG_ENV = "AAA_VPN_CONFIG"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML settings file as a dictionary; every failure is one
+    ValidationError naming the file (shared by all the settings files)."""
+    import tomllib
+
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ValidationError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValidationError(f"config file {path} is a directory") from None
+    except OSError as exc:
+        raise ValidationError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError(f"config file {path} is not valid TOML: {exc}") from None
+
+
 _HOME_KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str,
     "port": int,
@@ -182,17 +202,7 @@ class ConfigFile:
     @classmethod
     def load(cls, path: Path) -> ConfigFile:
         """Read and check ``path``; raise ValidationError naming the file and key."""
-        import tomllib
-
-        try:
-            with path.open("rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ValidationError(f"config file {path} does not exist") from None
-        except OSError as exc:
-            raise ValidationError(f"config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ValidationError(f"config file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path)
 
         def where(key: str) -> str:
             return f"config file {path}: {key}"

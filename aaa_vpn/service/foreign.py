@@ -24,7 +24,6 @@ import logging
 import os
 import stat
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
@@ -46,7 +45,12 @@ from aaa_vpn.roles.foreign_aaa import (
 )
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.config import LOG_FORMATS, LOG_LEVELS, ForeignServerSettings
+from aaa_vpn.service.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    ForeignServerSettings,
+    read_toml,
+)
 from aaa_vpn.service.logging import fields
 
 log = logging.getLogger("aaa_vpn.foreign")
@@ -173,17 +177,7 @@ def _ipv4(reader: _Reader, key: str, value: str) -> IPv4Address:
 def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings:
     """Read the foreign AAA's configuration file; ``overrides`` (command-line
     options that were given) win over it. Raises ValidationError."""
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ValidationError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ValidationError(f"config file {path} is a directory") from None
-    except OSError as exc:
-        raise ValidationError(f"config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValidationError(f"config file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path)
     reader = _Reader(path)
     top = reader.table(data, "", _TOP)
     values: dict[str, Any] = {"config_path": path}
