@@ -42,11 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aaa_vpn.model import (  # noqa: E402
-    Client,
-    ClientRole,
     EspTransform,
-    Gateway,
-    GatewayMode,
     Service,
     User,
     VpnRecord,
@@ -55,18 +51,16 @@ from aaa_vpn.roles.agent import RegistrationDone  # noqa: E402
 from aaa_vpn.roles.mn import MnConfig, MobileNode  # noqa: E402
 from aaa_vpn.store.sqlite import SqliteStore  # noqa: E402
 from tests.mobility import (  # noqa: E402
-    AAAF,
     FA1,
     FA2,
     FA3,
-    GATEWAY_KEYS,
     GW_DYNAMIC,
     GW_STATIC,
     HA,
     MN_AAA,
     MN_HA,
-    SECRETS,
     Network,
+    provision_network,
 )
 
 
@@ -77,34 +71,7 @@ def home_address(index: int) -> IPv4Address:
 def provisioner(count: int):  # type: ignore[no-untyped-def]
     def provision(store: SqliteStore) -> None:
         with store.transaction():
-            for address, role in (
-                (FA1, ClientRole.FA),
-                (FA2, ClientRole.FA),
-                (FA3, ClientRole.FA),
-                (HA, ClientRole.HA),
-                (AAAF, ClientRole.PROXY),
-            ):
-                store.add_client(
-                    Client(f"c-{address.replace('.', '-')}", IPv4Network(f"{address}/32"), SECRETS[address], role)
-                )
-            store.add_gateway(
-                Gateway(
-                    "gw-static",
-                    IPv4Address(GW_STATIC),
-                    GatewayMode.STATIC,
-                    (IPv4Network("203.0.113.0/25"),),
-                    GATEWAY_KEYS[GW_STATIC],
-                )
-            )
-            store.add_gateway(
-                Gateway(
-                    "gw-dynamic",
-                    IPv4Address(GW_DYNAMIC),
-                    GatewayMode.DYNAMIC,
-                    (IPv4Network("203.0.113.128/25"),),
-                    GATEWAY_KEYS[GW_DYNAMIC],
-                )
-            )
+            provision_network(store)
             store.add_service(Service("gold", esp_transform=EspTransform.AES_GCM_16_256))
             for i in range(count):
                 nai = f"mn{i}@home.example"

@@ -78,10 +78,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def provision(
-    store: SqliteStore, gateways: tuple[str, ...] = ("static", "dynamic"), key_mode: KeyMode = KeyMode.MANUAL
-) -> None:
-    """The user, the agents as RADIUS clients, the gateways and the VPN records."""
+def provision_network(store: SqliteStore) -> None:
+    """The agents as RADIUS clients and the two gateways (shared with bench/)."""
     agents = (
         (FA1, ClientRole.FA),
         (FA2, ClientRole.FA),
@@ -91,7 +89,6 @@ def provision(
     )
     for address, role in agents:
         store.add_client(Client(f"c-{address.replace('.', '-')}", IPv4Network(f"{address}/32"), SECRETS[address], role))
-    store.add_user(User(NAI, IPv4Address(HA), MN_AAA, 256, MN_HA, home_address=IPv4Address(HOME_ADDRESS)))
     store.add_gateway(
         Gateway(
             "gw-static",
@@ -110,6 +107,14 @@ def provision(
             GATEWAY_KEYS[GW_DYNAMIC],
         )
     )
+
+
+def provision(
+    store: SqliteStore, gateways: tuple[str, ...] = ("static", "dynamic"), key_mode: KeyMode = KeyMode.MANUAL
+) -> None:
+    """The user, the agents as RADIUS clients, the gateways and the VPN records."""
+    provision_network(store)
+    store.add_user(User(NAI, IPv4Address(HA), MN_AAA, 256, MN_HA, home_address=IPv4Address(HOME_ADDRESS)))
     store.add_service(Service("gold", key_mode=key_mode, esp_transform=EspTransform.AES_GCM_16_256))
     store.add_service(Service("silver", esp_transform=EspTransform.AES_CBC_128_HMAC_SHA256))
     store.add_qos(QosClass("voice", dscp=46, rate_kbps=512))
