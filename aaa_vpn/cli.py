@@ -1195,8 +1195,9 @@ def _answer_lines(results: list[Any]) -> list[str]:
 @pass_app
 def session_push(app: App, session_id: str, source: str, timeout: float, retries: int) -> None:
     """Push the user's current VPN to a live session at once: the session
-    moves to its next epoch (same FA) and its FA and HA each get a
-    CoA-Request (RFC 5176) with their new view, install it and answer.
+    moves to its next epoch (same FA) with new keys for every path (so this
+    also re-keys a session), and its FA and HA each get a CoA-Request
+    (RFC 5176) with their new view, install it and answer.
 
     Exit status 0 only if both answered CoA-ACK."""
     from aaa_vpn.service import coa as coa_service

@@ -725,13 +725,19 @@ def _checks(
             "" if actual == expected else f"it has {_describe_table(actual)}",
         )
     if history and not step.ends_session:
-        first = history[0]
-        for name, role, what in (
-            ("ha", "HA_GW", "ha: the stationary path to gw-static is unchanged (same SPIs as in step 1)"),
-            ("gw-static", None, "gw-static: the stationary path to the HA is unchanged (same SPIs as in step 1)"),
-        ):
-            before, now = _spis(first.get(name, {}), role), _spis(states.get(name, {}), role)
-            check(what, before == now, "" if before == now else f"SPIs {before} became {now}")
+        last = history[-1]
+        for name, role, what in (("ha", "HA_GW", "ha"), ("gw-static", None, "gw-static")):
+            before, now = _spis(last.get(name, {}), role), _spis(states.get(name, {}), role)
+            if step.operator == "push":
+                # A push re-keys every path, the stationary one too (new SPIs, new keys).
+                ok = bool(now) and not set(before) & set(now)
+                check(f"{what}: the stationary path was re-keyed (new SPIs)", ok, f"SPIs {before} -> {now}")
+            else:
+                check(
+                    f"{what}: the stationary path is unchanged (same SPIs as in the step before)",
+                    before == now,
+                    "" if before == now else f"SPIs {before} became {now}",
+                )
     fa_name = NAMES[step.fa]
     earlier = {spi for previous in history for spi in _spis(previous.get(fa_name, {}))}
     if earlier and not step.ends_session:  # back at an FA of an earlier step: a new epoch, fresh SPIs

@@ -324,6 +324,12 @@ class Session:
     expires: float
     spis: tuple[SpiAllocation, ...] = field(default_factory=tuple)
     foreign_domain: str = ""
+    #: The epoch the stationary HA <-> GW keys and SPIs were derived in: 1 for a
+    #: new session; a re-key sets it to the new epoch (handoffs leave it alone).
+    stationary_epoch: int = 1
+    #: When the session's keys were last all renewed (created or re-keyed), in
+    #: the caller's clock; the SA lifetimes count from here (docs/protocol.md 4).
+    keyed_at: float = 0.0
 
 
 __all__ = [

@@ -494,7 +494,9 @@ def test_flows_e_and_f_old_fa_forwarding_then_push_and_disconnect(topology: Topo
     assert not owners(topology, "fa2") & old_owners, "the old epoch's paths are gone"
     assert owners(topology, "fa2") == {f"{session_id}#3"}
     assert [(b["care_of_address"], b["epoch"]) for b in topology.state("ha")["bindings"]] == [(FA2, 3)]
-    assert spis(topology, "gw-static") == static_first
+    # a push re-keys every path: the stationary one has new SPIs at both ends, the old ones are gone
+    assert not set(spis(topology, "gw-static")) & set(static_first), "the stationary path was re-keyed"
+    assert_mirrored(topology, "ha", "gw-static", "HA_GW")
 
     # (c) flow F: the operator ends the session
     code, out = operator(topology, "session", "disconnect", session_id, "--source", AAA, "--timeout", "1")

@@ -132,7 +132,7 @@ def _secrets_in(text: str) -> list[str]:
 def test_db_init_creates_private_files_once(tmp_path: Path) -> None:
     run = Cli(tmp_path)
     out = run.json("db", "init")
-    assert out["key_file_created"] is True and out["schema_version"] == 2
+    assert out["key_file_created"] is True and out["schema_version"] == 3
     assert stat.S_IMODE(run.key.stat().st_mode) == 0o600
     assert stat.S_IMODE(run.db.stat().st_mode) == 0o600
     key = run.key.read_bytes()
@@ -144,7 +144,7 @@ def test_db_init_creates_private_files_once(tmp_path: Path) -> None:
 
 
 def test_db_migrate_and_check(run: Cli) -> None:
-    assert run.json("db", "migrate") == {"database": str(run.db), "from_version": 2, "to_version": 2}
+    assert run.json("db", "migrate") == {"database": str(run.db), "from_version": 3, "to_version": 3}
     check = run.json("db", "check")
     assert check["ok"] is True and check["problems"] == []
     assert "ok" in run("db", "check").stdout
@@ -545,7 +545,7 @@ def test_real_entry_point_as_subprocess(tmp_path: Path) -> None:
 
     done = aaa_vpn("--json", "db", "init")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["schema_version"] == 2
+    assert json.loads(done.stdout)["schema_version"] == 3
     done = aaa_vpn("user", "add", NAI, "--home-agent", "192.0.2.2", "--mn-ha-spi", "256", "--generate")
     assert done.returncode == 0, done.stderr
     listed = aaa_vpn("--json", "user", "list")

@@ -18,12 +18,13 @@ import pyrad.packet
 import pytest
 
 from aaa_vpn.model import VpnRecord
+from aaa_vpn.roles.ha import stationary_owner
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.secret import Secret
 from aaa_vpn.service import coa as coa_service
 from aaa_vpn.wire import coa
 from aaa_vpn.wire import radius as rc
-from aaa_vpn.wire.profile import PathRole
+from aaa_vpn.wire.profile import PathRole, VpnProfile
 
 from .mobility import (
     AAA,
@@ -57,6 +58,11 @@ def backend(net: Network, name: str) -> MemoryBackend:
     node_backend = net.nodes[name].backend
     assert node_backend is not None
     return node_backend
+
+
+def ha_profile(net: Network) -> VpnProfile:
+    """The HA's current view of the node's session."""
+    return net.nodes["ha"].agent.bindings[NAI].profile  # type: ignore[attr-defined,no-any-return]
 
 
 def table(net: Network, name: str) -> list[tuple[str, str]]:
@@ -387,6 +393,7 @@ def test_push_rolls_a_new_dynamic_gateway_out_at_once(static_only: Network) -> N
     assert table(net, "fa1") == [("FA_HA", HA)]
     assert table(net, "gw-dynamic") == []
     add_dynamic_record(net)
+    stationary_before = stationary_owner(ha_profile(net))
     plan = coa_service.prepare_push(net.store, session_id, net.clock)
     assert (plan.previous.epoch, plan.session.epoch) == (1, 2)
     assert net.store.get_session(session_id).epoch == 2
@@ -396,7 +403,9 @@ def test_push_rolls_a_new_dynamic_gateway_out_at_once(static_only: Network) -> N
     assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
     assert owners(net, "fa1") == {f"{session_id}#2"}
     assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
-    assert owners(net, "ha") == {f"{session_id}#2", f"{session_id}/stationary"}
+    # the push re-keyed the stationary path too: a new owner (its SPIs), the old one gone
+    assert owners(net, "ha") == {f"{session_id}#2", stationary_owner(ha_profile(net))}
+    assert stationary_owner(ha_profile(net)) != stationary_before
     assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
     assert table(net, "gw-static") == [("HA_GW", HA)]
     fa = net.nodes["fa1"].agent
@@ -494,7 +503,7 @@ def test_ha_push_without_gateway_answer_is_nak_506_and_rolled_back(static_only: 
     results = run_exchange(net, plan.requests[1:])
     assert results[0].answer == coa.CoaAnswer(coa.COA_NAK, coa.ErrorCause.RESOURCES_UNAVAILABLE)
     assert net.nodes["ha"].agent.counters["coa.push.gateway_timeout"] == 1
-    assert owners(net, "ha") == {f"{session_id}#1", f"{session_id}/stationary"}
+    assert owners(net, "ha") == {f"{session_id}#1", stationary_owner(ha_profile(net))}
     assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
     assert net.nodes["ha"].agent.bindings[NAI].profile.epoch == 1  # type: ignore[attr-defined]
     assert table(net, "gw-static") == [("HA_GW", HA)]

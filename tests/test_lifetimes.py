@@ -7,6 +7,7 @@ moves only in ``Network.advance``, which fires every timer on the way."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -290,14 +291,15 @@ def test_a_gateway_whose_ha_is_silent_lets_the_binding_expire(tmp_path: Path) ->
         net.close()
 
 
-# Known gap (issue 4, "SAs are re-keyed"): while the node stays registered, a
-# gateway that let its binding expire gets the same paths again on the next
-# renewal, and an SA backend refuses keys it has removed before (an AES-GCM
-# key must not restart its sequence numbers, RFC 4106 section 3.1): the
-# gateway answers 161, the HA 130. Fixing it needs the home AAA to re-key (a
-# new epoch, stationary paths included). After a deregistration the FA no
-# longer names the session, so the home AAA starts a new one: that case works.
-REKEY_GAP = "a renewal reissues the keys a gateway removed at expiry; needs re-keying in the home AAA (issue 4)"
+# While the node stays registered, a gateway that let its binding expire gets
+# the same paths again on the next renewal, and an SA backend refuses keys it
+# removed before (an AES-GCM key must not restart its sequence numbers, RFC
+# 4106 section 3.1): the gateway answers 161, the HA denies 130. The FA keeps
+# the registration that renewal was for (its SAs stay until it expires) and
+# asks for fresh keys at the next registration (a Service-Update request): the
+# home AAA re-keys the session (a new epoch, stationary paths included).
+# After a deregistration the FA no longer names the session, so the home AAA
+# starts a new one.
 
 
 def test_registering_again_after_deregistration_gets_fresh_keys(net: Network) -> None:
@@ -309,15 +311,34 @@ def test_registering_again_after_deregistration_gets_fresh_keys(net: Network) ->
     assert register(net).code == 0
 
 
-@pytest.mark.xfail(reason=REKEY_GAP, strict=True)
 def test_registering_again_after_a_gateway_expired_its_binding(tmp_path: Path) -> None:
     net = build(tmp_path, lifetime=600, max_lifetime=50)
     try:
         assert register(net).code == 0
+        (session,) = net.store.find_sessions("mn1@home.example")
+        fa_before, ha_before = spis(net, "fa1"), spis(net, "ha")
         undo = intercept(net, "ha", lambda data, source: source[0] not in (GW_STATIC, GW_DYNAMIC))
         net.advance(51.0)
         undo()
+        assert table(net, "gw-static") == table(net, "gw-dynamic") == []  # the gateways gave up
+        # 1. the renewal: the gateways refuse the keys they removed; the HA denies
+        assert register(net).code == 130
+        assert gw(net, "gw-static").counters["acknowledged.161"] == 1
+        assert fa(net, "fa1").counters["renewals_refused"] == 1
+        # ... and the registration it renewed stands, with its SAs, at the FA and the HA
+        assert spis(net, "fa1") == fa_before and spis(net, "ha") == ha_before
+        # 2. the next registration asks for fresh keys and gets them everywhere
         assert register(net).code == 0
+        (rekeyed,) = net.store.find_sessions("mn1@home.example")
+        assert rekeyed.session_id == session.session_id
+        assert (rekeyed.epoch, rekeyed.stationary_epoch) == (2, 2)
+        assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+        assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
+        assert table(net, "gw-static") == [("HA_GW", HA)] and table(net, "gw-dynamic") == [("FA_GW", FA1)]
+        old = {spi for _, spi_in, spi_out in fa_before + ha_before for spi in (spi_in, spi_out)}
+        for name in ("fa1", "ha", "gw-static", "gw-dynamic"):
+            assert not {spi for _, spi_in, _ in spis(net, name) for spi in (spi_in,)} & old, name
+        assert fa(net, "fa1").visitors["mn1@home.example"].renewal_refused is False
     finally:
         net.close()
 
@@ -521,3 +542,66 @@ def test_agent_gw_check_shows_the_refresh_options(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "--refresh-threshold" in bad.stderr, bad.stderr
+
+
+# -- re-keying (home_aaa rule 8, docs/protocol.md section 4) ------------------------------------------
+
+
+def short_lived_keys(net: Network, sa_lifetime: int = 100) -> None:
+    """Give both services an SA lifetime of ``sa_lifetime`` seconds."""
+    for name in ("gold", "silver"):
+        net.store.update_service(dataclasses.replace(net.store.get_service(name), sa_lifetime=sa_lifetime))
+
+
+def all_spis(net: Network) -> dict[str, set[int]]:
+    return {
+        name: {spi for _, spi_in, spi_out in spis(net, name) for spi in (spi_in, spi_out)}
+        for name in ("fa1", "ha", "gw-static", "gw-dynamic")
+    }
+
+
+def test_no_registration_outlives_its_keys_and_a_due_renewal_rekeys_every_path(net: Network) -> None:
+    short_lived_keys(net, 100)
+    start = net.clock
+    # asked for 600 s, granted only what the keys have left (100 s), at the HA and so at the node
+    done = register(net)
+    assert (done.code, done.lifetime) == (0, 100)
+    (first,) = net.store.find_sessions("mn1@home.example")
+    assert (first.epoch, first.stationary_epoch, first.keyed_at) == (1, 1, start)
+    before = all_spis(net)
+    # a renewal before half the SA lifetime: same keys, and still not past their lifetime
+    net.advance(30.0)
+    done = register(net)
+    assert (done.code, done.lifetime) == (0, 70)
+    assert all_spis(net) == before
+    # past half of it: the renewal re-keys everything, stationary paths included
+    net.advance(25.0)
+    done = register(net)
+    assert (done.code, done.lifetime) == (0, 100)
+    (rekeyed,) = net.store.find_sessions("mn1@home.example")
+    assert (rekeyed.session_id, rekeyed.epoch, rekeyed.stationary_epoch) == (first.session_id, 2, 2)
+    assert rekeyed.keyed_at == start + 55.0
+    after = all_spis(net)
+    for name, old in before.items():
+        assert after[name] and not after[name] & old, f"{name} kept SPIs of the old keys"
+    assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
+    assert table(net, "gw-static") == [("HA_GW", HA)] and table(net, "gw-dynamic") == [("FA_GW", FA1)]
+    # both ends of every path agree on the new SPIs
+    for a, b in (("fa1", "ha"), ("ha", "gw-static"), ("fa1", "gw-dynamic")):
+        a_paths = {
+            (p.path.spi_in, p.path.spi_out) for p in net.nodes[a].backend.paths() if str(p.peer) == net.nodes[b].address
+        }  # type: ignore[union-attr]
+        b_paths = {
+            (p.path.spi_out, p.path.spi_in) for p in net.nodes[b].backend.paths() if str(p.peer) == net.nodes[a].address
+        }  # type: ignore[union-attr]
+        assert a_paths == b_paths, (a, b)
+
+
+def test_a_node_that_stops_renewing_loses_its_sas_before_their_lifetime_ends(net: Network) -> None:
+    short_lived_keys(net, 100)
+    assert register(net).code == 0
+    net.advance(99.0)
+    assert table(net, "ha") and table(net, "fa1")
+    net.advance(1.5)
+    nothing_left(net)

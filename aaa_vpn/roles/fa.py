@@ -21,7 +21,11 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    installed the node gets 66 and nothing is relayed.
 4. The home agent's reply must carry a valid FA-HA authenticator (else 68 to
    the node); a denial or no reply within ``ha_timeout`` (78) removes the
-   paths again: a registration is either fully set up or rolled back.
+   paths again: a registration is either fully set up or rolled back. A
+   renewal installs nothing new, so a refused one leaves the registration it
+   renews (and its SAs) in place until it expires; the FA then asks for fresh
+   keys at the next registration (Aaa-Vpn-Request-Type Service-Update, which
+   re-keys the session: something on the path refused the old ones).
 5. An accepted reply is relayed to the node (FA-HA stripped, a fresh
    challenge appended for its next registration) and the node becomes a
    visitor until its lifetime ends, when its paths are removed. A
@@ -191,6 +195,10 @@ class Visitor:
     owner: str  # what its paths are installed under
     expires: float
     profile: VpnProfile = field(repr=False)
+    #: The HA denied the last renewal (a gateway lost its binding and refused
+    #: the same keys, say): the next registration asks for fresh keys
+    #: (a service update, docs/protocol.md section 4) instead of a renewal.
+    renewal_refused: bool = False
 
 
 @dataclass
@@ -402,19 +410,24 @@ class ForeignAgent(Agent):
         except mip.MipDecodeError as exc:
             self._deny(message, source, ReplyCode.FA_POORLY_FORMED_REQUEST, nai, str(exc))
             return
+        visitor = self.visitors.get(nai)
         info = AccessRequestInfo(
             nai=nai,
             chap_password=chap_password,
             chap_challenge=chap_challenge,
             nas_ip_address=self.config.address,
-            request_type=RequestType.FA_REGISTRATION,
+            request_type=(
+                RequestType.SERVICE_UPDATE
+                if visitor is not None and visitor.renewal_refused
+                else RequestType.FA_REGISTRATION
+            ),
             care_of_address=self.config.address,
             home_agent=home_agent,
             previous_fa=previous,
             # A renewal names the session this FA holds for the node: only then
             # may the AAA keep its keys (after a deregistration or an expiry the
             # SAs are gone here, and keys once removed are never installed again).
-            session_id=visitor.session_id if (visitor := self.visitors.get(nai)) is not None else None,
+            session_id=visitor.session_id if visitor is not None else None,
         )
         self._pending[key] = _Pending(data, message, source, nai)
         self.radius.request(info, now, tag=key)
@@ -520,7 +533,7 @@ class ForeignAgent(Agent):
         if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
             self.counters["dropped.bad_fa_ha_auth"] += 1
             self._forget(key)
-            self._emit(DeletePaths(_owner(profile)))
+            self._discard(pending.nai, profile)
             self._deny(
                 pending.message,
                 pending.source,
@@ -531,7 +544,13 @@ class ForeignAgent(Agent):
             return
         self._forget(key)
         if not message.accepted:
-            self._emit(DeletePaths(_owner(profile)))
+            current = self.visitors.get(pending.nai)
+            if current is not None and current.owner == _owner(profile):
+                # A refused renewal: the registration it renews stands until it
+                # expires (so do its SAs), and the next one asks for new keys.
+                current.renewal_refused = True
+                self.counters["renewals_refused"] += 1
+            self._discard(pending.nai, profile)
             self._send(Channel.MIP, relay_reply(data), pending.source)
             self._emit(
                 RegistrationDone(pending.nai, message.home_address, int(message.code), 0, "denied by the home agent")
@@ -556,7 +575,7 @@ class ForeignAgent(Agent):
             return
         self._forget(key)
         if pending.profile is not None:
-            self._emit(DeletePaths(_owner(pending.profile)))
+            self._discard(pending.nai, pending.profile)
         self._deny(
             pending.message,
             pending.source,
@@ -564,6 +583,13 @@ class ForeignAgent(Agent):
             pending.nai,
             "no reply from the home agent",
         )
+
+    def _discard(self, nai: str, profile: VpnProfile) -> None:
+        """Remove what a failed registration installed, unless the node's
+        current registration uses it (a renewal installs nothing new)."""
+        current = self.visitors.get(nai)
+        if current is None or current.owner != _owner(profile):
+            self._emit(DeletePaths(_owner(profile)))
 
     # -- visitors ------------------------------------------------------------------------------------
     def _add_visitor(self, pending: _Pending, profile: VpnProfile, reply: RegistrationReply, now: float) -> None:

@@ -10,7 +10,8 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    from AAA; else 131), the FA-HA authenticator (else 132) and the
    Identification timestamp against the last one it accepted from this node
    (RFC 5944 section 5.7.1; else 133, with the HA's time in the high 32 bits).
-   A lifetime longer than its maximum is shortened (section 3.8.2).
+   A lifetime longer than its maximum, or than the home AAA granted (the
+   keys' lifetime), is shortened (section 3.8.2).
 3. It asks the service layer to install its own paths (FA <-> HA, HA <-> GW),
    all or nothing (else 130), then sends every gateway of the user's VPN a
    Binding Update carrying that gateway's paths, authenticated and with the
@@ -45,11 +46,12 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    home address, care-of address or session, lacks the MN-HA or FA-HA key,
    or whose epoch is not newer than the binding's (or a registration of the
    node is under way): NAK 404. Otherwise, as in a registration (rule 3), the
-   stationary paths that are new and the new epoch's FA-side paths are
-   installed, then every gateway of the new view gets a Binding Update with
-   its new paths (the binding's remaining lifetime). Once all acknowledged,
-   the old epoch's FA-side paths, stationary paths no longer in the view and
-   the bindings of gateways no longer in it (lifetime-0 Binding Update) go,
+   view's stationary paths (re-keyed by the push: a new owner) and the new
+   epoch's FA-side paths are installed, then every gateway of the new view
+   gets a Binding Update with its new paths (the binding's remaining
+   lifetime). Once all acknowledged, the old epoch's FA-side paths, the old
+   stationary paths and the bindings of gateways no longer in the view
+   (lifetime-0 Binding Update) go,
    the binding takes the new view (its lifetime unchanged): CoA-ACK. An
    installation failure, a refusing gateway or none answering within
    ``gateway_timeout``: what this push installed here is removed, gateways
@@ -59,6 +61,7 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import struct
@@ -164,8 +167,19 @@ def fa_owner(profile: VpnProfile) -> str:
 
 
 def stationary_owner(profile: VpnProfile) -> str:
-    """The owner of the HA <-> GW paths, which do not move with the node."""
-    return f"{profile.session_id}/stationary"
+    """The owner of the HA <-> GW paths, which do not move with the node.
+
+    It names the paths' SPIs (a short digest), so the same stationary paths
+    keep their owner across handoffs and renewals, and re-keyed ones (new
+    SPIs, home_aaa rule 8) get a new owner: installed beside the old ones,
+    which go once the registration or push is through (make before break)."""
+    spis = sorted(
+        (int(p.peer), p.spi_in, p.spi_out)
+        for p in profile.paths
+        if p.role is PathRole.HA_GW and p.local == profile.home_agent
+    )
+    digest = hashlib.sha256(repr(spis).encode()).hexdigest()[:8]
+    return f"{profile.session_id}/stationary#{digest}"
 
 
 @dataclass
@@ -203,7 +217,6 @@ class _Push:
     binding: Binding
     profile: VpnProfile = field(repr=False)
     lifetime: int
-    added_stationary: tuple[IPv4Address, ...]  # gateways whose HA-GW paths this push adds
     gateways: dict[IPv4Address, tuple[Secret, list[PathProfile]]] = field(default_factory=dict)
     waiting: dict[IPv4Address, int] = field(default_factory=dict)  # gateway -> BU identification
     installing: set[str] = field(default_factory=set)
@@ -379,7 +392,8 @@ class HomeAgent(Agent):
             self._fail(key, ReplyCode.HA_IDENTIFICATION_MISMATCH, verdict.reason, delete=False, now=now)
             return
         self._last_identification[pending.nai] = message.identification
-        pending.lifetime = min(message.lifetime, self.config.max_lifetime)
+        # Never past what the home AAA granted (its keys' lifetime, home_aaa rule 8).
+        pending.lifetime = min(message.lifetime, self.config.max_lifetime, profile.lifetime or message.lifetime)
         pending.gateways = gateway_views(profile, self.config.address)
         own = [p for p in profile.paths if p.local == self.config.address]
         stationary = tuple(p for p in own if p.role is PathRole.HA_GW)
@@ -403,12 +417,16 @@ class HomeAgent(Agent):
         if old is not None and old.session_id != profile.session_id:
             self._emit(DeletePaths(fa_owner(old.profile)))
             self._emit(DeletePaths(stationary_owner(old.profile)))
-        elif old is not None and fa_owner(old.profile) != fa_owner(profile):
-            # A handoff (or a VPN change): the paths toward the new FA are up,
-            # the old ones go (make before break); stationary paths stay.
-            self._emit(DeletePaths(fa_owner(old.profile)))
-            if old.care_of_address != pending.message.care_of_address:
-                self.counters["handoffs"] += 1
+        elif old is not None:
+            if fa_owner(old.profile) != fa_owner(profile):
+                # A handoff, a VPN change or a re-key: the paths toward the new
+                # FA are up, the old ones go (make before break).
+                self._emit(DeletePaths(fa_owner(old.profile)))
+                if old.care_of_address != pending.message.care_of_address:
+                    self.counters["handoffs"] += 1
+            if stationary_owner(old.profile) != stationary_owner(profile):
+                # Re-keyed stationary paths (home_aaa rule 8); otherwise they stay.
+                self._emit(DeletePaths(stationary_owner(old.profile)))
         binding = Binding(
             pending.nai,
             pending.message.home_address,
@@ -638,13 +656,11 @@ class HomeAgent(Agent):
         own = [p for p in profile.paths if p.local == self.config.address]
         stationary = tuple(p for p in own if p.role is PathRole.HA_GW)
         moving = tuple(p for p in own if p.role is not PathRole.HA_GW)
-        before = {p.peer for p in binding.profile.paths if p.role is PathRole.HA_GW and p.local == self.config.address}
         push = _Push(
             received,
             binding,
             profile,
             lifetime=max(1, math.ceil(binding.expires - now)),
-            added_stationary=tuple(sorted({p.peer for p in stationary} - before)),
             gateways=gateway_views(profile, self.config.address),
         )
         self._pushes[nai] = push
@@ -730,10 +746,8 @@ class HomeAgent(Agent):
         # Make before break: the old epoch's FA-side paths, stationary paths
         # and gateways the new view no longer has.
         self._emit(DeletePaths(fa_owner(old)))
-        kept = {p.peer for p in profile.paths if p.role is PathRole.HA_GW and p.local == self.config.address}
-        for path in old.paths:
-            if path.role is PathRole.HA_GW and path.local == self.config.address and path.peer not in kept:
-                self._emit(DeletePaths(stationary_owner(old), path.peer))
+        if stationary_owner(old) != stationary_owner(profile):
+            self._emit(DeletePaths(stationary_owner(old)))
         for gateway, (binding_key, views) in gateway_views(old, self.config.address).items():
             if gateway not in push.gateways:
                 self._send_binding_update(
@@ -760,8 +774,8 @@ class HomeAgent(Agent):
         for owner in (fa_owner(profile), stationary_owner(profile)):
             self._push_owners.pop(owner, None)
         self._emit(DeletePaths(fa_owner(profile)))
-        for peer in push.added_stationary:
-            self._emit(DeletePaths(stationary_owner(profile), peer))
+        if stationary_owner(profile) != stationary_owner(binding.profile):
+            self._emit(DeletePaths(stationary_owner(profile)))
         old_gateways = gateway_views(binding.profile, self.config.address)
         for gateway, (binding_key, views) in push.gateways.items():
             if not push.told or gateway in old_gateways:
@@ -797,7 +811,7 @@ class HomeAgent(Agent):
                 same_session = current is not None and current.session_id == profile.session_id
                 if not same_session or fa_owner(current.profile) != fa_owner(profile):  # type: ignore[union-attr]
                     self._emit(DeletePaths(fa_owner(profile)))
-                if not same_session:
+                if not same_session or stationary_owner(current.profile) != stationary_owner(profile):  # type: ignore[union-attr]
                     self._emit(DeletePaths(stationary_owner(profile)))
                 if pending.gateways and not same_session:
                     self._withdraw_from_gateways(pending, now)

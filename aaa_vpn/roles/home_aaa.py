@@ -40,6 +40,13 @@ Rules (everything that decides what a node is told lives here):
    one). Nobody else is told any of it. Its SPIs sit in the session's SPI
    table like any path's, which is also how the stored session remembers the
    previous FA.
+8. Re-keying (docs/protocol.md section 4): a session's keys are due once a
+   fraction of the shortest SA lifetime of its paths has passed since they
+   were last all renewed (``keyed_at``). A re-key is a move to the next epoch
+   at the same care-of address in which the stationary HA <-> GW paths get
+   new keys and SPIs as well (``stationary_epoch`` = the new epoch). A
+   registration is never granted past the keys' lifetime, so no SA outlives
+   its keys even if the node stops renewing.
 
 Pure: no sockets, no database, no clock (``now`` is passed in), no randomness
 except through the ``random_bytes`` callable the caller gives.
@@ -245,15 +252,34 @@ def plan_paths(
     return paths
 
 
-def path_epoch(role: PathRole, session_epoch: int) -> int:
-    """The epoch a path's keys are derived with (rule 6).
+def path_epoch(role: PathRole, session_epoch: int, stationary_epoch: int = 1) -> int:
+    """The epoch a path's keys are derived with (rules 6 and 8).
 
     Paths that end at the FA follow the session's epoch, which a handoff
     increments: their keys never repeat, even when the node comes back to an
     FA it used before (an AES-GCM key must never restart its counter). A
-    stationary HA <-> GW path does not move, so it keeps epoch 1 and its SAs
-    survive handoffs untouched."""
-    return 1 if role is PathRole.HA_GW else session_epoch
+    stationary HA <-> GW path does not move: it keeps the epoch of the last
+    re-key (``stationary_epoch``, 1 until the first), so its SAs survive
+    handoffs untouched."""
+    return stationary_epoch if role is PathRole.HA_GW else session_epoch
+
+
+def key_lifetime(paths: Sequence[PlannedPath]) -> int | None:
+    """The shortest SA lifetime of ``paths`` (seconds), None without paths."""
+    return min((p.service.sa_lifetime for p in paths), default=None)
+
+
+def rekey_due(session: Session, paths: Sequence[PlannedPath], now: float, fraction: float) -> bool:
+    """Rule 8: are the session's keys due for renewal? True once ``fraction``
+    of the shortest SA lifetime has passed since they were last all renewed."""
+    lifetime = key_lifetime(paths)
+    return lifetime is not None and now >= session.keyed_at + fraction * lifetime
+
+
+def key_life_left(session: Session, paths: Sequence[PlannedPath], now: float) -> float | None:
+    """Seconds until the first of the session's SAs reaches its lifetime (None: no paths)."""
+    lifetime = key_lifetime(paths)
+    return None if lifetime is None else session.keyed_at + lifetime - now
 
 
 def _spi_key(label: str, node: IPv4Address) -> str:
@@ -323,7 +349,8 @@ def _path_view(
     address) a path that ends at a gateway carries that HA's binding key."""
     peer = path.b if local == path.a else path.a
     local_ts, remote_ts = (path.a_ts, path.b_ts) if local == path.a else (path.b_ts, path.a_ts)
-    srk, epoch, label = session.session_root_key, path_epoch(path.role, session.epoch), path.label.encode()
+    srk, label = session.session_root_key, path.label.encode()
+    epoch = path_epoch(path.role, session.epoch, session.stationary_epoch)
     transform = path.service.esp_transform
     key_in = keys.derive_sa_key(srk, label, peer, local, epoch, transform.keymat_length)
     key_out = keys.derive_sa_key(srk, label, local, peer, epoch, transform.keymat_length)
@@ -519,6 +546,7 @@ def new_session(
         expires=now + lifetime,
         spis=spis,
         foreign_domain=foreign_domain,
+        keyed_at=now,
     )
     return session, paths
 
@@ -537,9 +565,12 @@ def move_session(
     lifetime: int,
     random_bytes: Callable[[int], bytes],
     epoch: int | None = None,
+    rekey: bool = False,
 ) -> Session:
     """``session`` moved to the FA at ``care_of`` in ``epoch`` (default: the
     next one), rule 6. ``paths`` are the plans for the new care-of address.
+    With ``rekey`` (rule 8) the stationary HA <-> GW paths get new keys and
+    SPIs in that epoch too, and the key lifetimes start again at ``now``.
 
     The SPIs of the moving paths are derived from the session root key
     (:func:`aaa_vpn.keys.derive_spi`), so a foreign AAA that answers the
@@ -547,7 +578,7 @@ def move_session(
     stores when the HA asks; other SPIs are kept, new ones drawn."""
     epoch = session.epoch + 1 if epoch is None else epoch
     srk, ha = session.session_root_key, session.home_agent
-    moving = [p for p in paths if p.role is not PathRole.HA_GW]
+    moving = [p for p in paths if rekey or p.role is not PathRole.HA_GW]
     derived = [
         SpiAllocation(node, _moved_spi(srk, p.label, node, epoch), key)
         for p in moving
@@ -572,7 +603,10 @@ def move_session(
     ) + tuple(derived)
     spis = allocate_spis(paths, (care_of, ha), kept, random_bytes)
     assert names <= {a.path for a in spis}
-    return dataclasses.replace(session, care_of_address=care_of, epoch=epoch, expires=now + lifetime, spis=spis)
+    moved = dataclasses.replace(session, care_of_address=care_of, epoch=epoch, expires=now + lifetime, spis=spis)
+    if rekey:
+        moved = dataclasses.replace(moved, stationary_epoch=epoch, keyed_at=now)
+    return moved
 
 
 def moved_view(view: VpnProfile, care_of: IPv4Address, epoch: int, lifetime: int) -> VpnProfile:

@@ -22,7 +22,8 @@ Pushing a VPN change (CoA-Request, :func:`push_session`):
 4. :func:`prepare_push` reads the live session and the user's current
    provisioning, moves the session to the next epoch at the same care-of
    address (``home_aaa.move_session`` with the plan of the current VPN
-   records, so a changed VPN rolls out; the session keeps its expiry),
+   records, so a changed VPN rolls out; the session keeps its expiry; every
+   path is re-keyed, the stationary HA <-> GW paths included),
    stores it in place of itself, and builds one CoA-Request per agent
    carrying User-Name and that agent's view (``home_aaa.view_for``) in the
    aaa-vpn flavour, salt encryption keyed with 16 zero octets
@@ -303,8 +304,10 @@ def prepare_push(
     paths = home_aaa.plan_paths(ctx, session.home_address, ha, care_of)
     lifetime = max(1, int(session.expires - now))
     for attempt in range(_SPI_ATTEMPTS):
+        # rekey: every path gets new keys and SPIs, the stationary ones too
+        # (home_aaa rule 8), so a push is also how an operator re-keys a session.
         moved = home_aaa.move_session(
-            session, paths, care_of, now, lifetime, random_bytes, epoch=session.epoch + 1 + attempt
+            session, paths, care_of, now, lifetime, random_bytes, epoch=session.epoch + 1 + attempt, rekey=True
         )
         try:
             store.put_session(moved, replaces=[session.session_id])

@@ -16,7 +16,9 @@ Theory of operation (RFC 2865, 3579, 5080, 5997; DESIGN.md sections 3-4):
 5. Status-Server is answered with an Access-Accept (RFC 5997 section 3).
 6. Access-Request: the MN is authenticated (roles/home_aaa.py rule 1), the
    user's VPN is planned, the session created, renewed or moved (rule 6 there;
-   an HA's request may move it too, after a handoff the foreign AAA answered)
+   an HA's request may move it too, after a handoff the foreign AAA answered;
+   a renewal whose keys are due re-keys it, rule 8, and no session is granted
+   past its keys' lifetime)
    and stored -- the sessions of one receive batch in one transaction, before
    any reply leaves -- and the requester's view of the profile encoded in its
    client's flavour. Unknown/disabled users and failed
@@ -70,8 +72,8 @@ TGPP2_HOME_AGENT = (5535, 7)
 
 #: Which request types each kind of client may make (least privilege).
 ALLOWED_REQUESTS: dict[ClientRole, frozenset[RequestType]] = {
-    ClientRole.FA: frozenset({RequestType.FA_REGISTRATION}),
-    ClientRole.PROXY: frozenset({RequestType.FA_REGISTRATION}),
+    ClientRole.FA: frozenset({RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE}),
+    ClientRole.PROXY: frozenset({RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE}),
     ClientRole.HA: frozenset({RequestType.HA_REGISTRATION}),
     ClientRole.GW: frozenset({RequestType.GW_BINDING}),
 }
@@ -125,13 +127,16 @@ class _Pending:
     session: Session
     client: str
     paths: int
-    kind: str = "created"  # created, renewed or moved
+    kind: str = "created"  # created, renewed, moved, updated or rekeyed
 
 
 @dataclass(frozen=True)
 class HomeAaaOptions:
     session_lifetime: int = 3600
     dup_cache_seconds: float = 10.0
+    #: home_aaa rule 8: a renewal re-keys the session once this fraction of the
+    #: shortest SA lifetime has passed since its keys were last all renewed.
+    rekey_fraction: float = 0.5
 
 
 class HomeAaa:
@@ -478,9 +483,11 @@ class HomeAaa:
             if not home_aaa.verify_mn_aaa_chap(chap_password, chap_challenge, ctx.user.mn_aaa_secret):
                 raise Rejected(RejectReason.AUTHENTICATION_FAILED, "mobile node failed authentication")
         node = self._requester_address(client, packet, source)
-        if request_type is RequestType.FA_REGISTRATION:
-            session, paths = self._register(client, packet, ctx, node, now)
+        if request_type in (RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE):
+            rekey = request_type is RequestType.SERVICE_UPDATE
+            session, paths = self._register(client, packet, ctx, node, now, rekey)
             view_node = session.care_of_address
+            request_type = RequestType.FA_REGISTRATION  # the FA's view either way
         else:
             session, paths = self._find_session(ctx, packet, request_type, node, now, client)
             view_node = node
@@ -527,8 +534,18 @@ class HomeAaa:
         return IPv4Address(source[0])
 
     def _register(
-        self, client: Client, packet: pyrad.packet.Packet, ctx: UserContext, node: IPv4Address, now: float
+        self,
+        client: Client,
+        packet: pyrad.packet.Packet,
+        ctx: UserContext,
+        node: IPv4Address,
+        now: float,
+        rekey: bool = False,
     ) -> tuple[Session, list[home_aaa.PlannedPath]]:
+        """An FA's registration: create, renew, move or re-key the session
+        (home_aaa rules 6 and 8). ``rekey``: a service update, which the FA
+        sends after the HA refused its last renewal (a gateway lost its
+        binding, say): the session it names is re-keyed rather than renewed."""
         care_of = _first_ipv4(packet, VSA_CARE_OF) or node
         if client.role is ClientRole.FA and care_of not in client.network:
             raise Rejected(
@@ -561,13 +578,25 @@ class HomeAaa:
                 paths = planned
                 spis = home_aaa.allocate_spis(planned, (care_of, home_agent), current.spis, self.random_bytes)
                 if current.care_of_address == care_of and spis == current.spis:
-                    # A renewal: the same session, keys and SPIs; only the expiry moves.
-                    session, kind = dataclasses.replace(current, expires=now + lifetime), "renewed"
+                    if rekey or home_aaa.rekey_due(current, planned, now, self.options.rekey_fraction):
+                        # Rule 8: the keys are getting old; a renewal re-keys every path.
+                        session = home_aaa.move_session(
+                            current, planned, care_of, now, lifetime, self.random_bytes, rekey=True
+                        )
+                        kind = "rekeyed"
+                    else:
+                        # A renewal: the same session, keys and SPIs; only the expiry moves.
+                        session, kind = dataclasses.replace(current, expires=now + lifetime), "renewed"
                 else:
                     # A handoff, or the user's VPN changed: next epoch, fresh
                     # FA-side SPIs and keys (home_aaa rule 6).
-                    session = home_aaa.move_session(current, planned, care_of, now, lifetime, self.random_bytes)
-                    kind = "moved" if current.care_of_address != care_of else "updated"
+                    # A changed VPN re-keys the stationary paths too (rule 8), so a
+                    # changed stationary path never reuses an SPI with other keys.
+                    updated = current.care_of_address == care_of
+                    session = home_aaa.move_session(
+                        current, planned, care_of, now, lifetime, self.random_bytes, rekey=updated
+                    )
+                    kind = "updated" if updated else "moved"
             else:
                 session, paths = home_aaa.new_session(
                     ctx,
@@ -582,6 +611,7 @@ class HomeAaa:
                     paths=planned,
                 )
                 kind = "created"
+            session = _within_key_life(session, paths, now)
             entry = _Pending(self._index, session, client.name, len(paths), kind)
             if self._batching:
                 self._pending.append(entry)  # stored by _commit, before the reply leaves
@@ -686,6 +716,7 @@ class HomeAaa:
         moved = home_aaa.move_session(
             session, paths, care_of, now, self.options.session_lifetime, self.random_bytes, epoch=target
         )
+        moved = _within_key_life(moved, paths, now)
         try:
             self.store.put_session(moved, replaces=[session.session_id])
         except SpiConflict:
@@ -703,6 +734,16 @@ class HomeAaa:
             self.counters["sessions_expired"] += count
             log.info("sessions expired", extra=fields(count=count))
         return count
+
+
+def _within_key_life(session: Session, paths: list[home_aaa.PlannedPath], now: float) -> Session:
+    """``session`` with its expiry no later than its keys' (home_aaa rule 8):
+    a node that stops renewing loses its registration, and with it its SAs,
+    before any SA outlives its lifetime. Never less than one second."""
+    left = home_aaa.key_life_left(session, paths, now)
+    if left is None or session.expires <= now + left:
+        return session
+    return dataclasses.replace(session, expires=now + max(1, int(left)))
 
 
 def _first(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> bytes | None:

@@ -179,6 +179,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX vpn_records_by_service ON vpn_records (service)",
         "CREATE INDEX vpn_records_by_qos ON vpn_records (qos)",
     ),
+    # 3: re-keying (docs/protocol.md section 4): the epoch of the stationary
+    # HA <-> GW keys and when the session's keys were last all renewed.
+    (
+        "ALTER TABLE sessions ADD COLUMN stationary_epoch INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE sessions ADD COLUMN keyed_at REAL NOT NULL DEFAULT 0",
+        "UPDATE sessions SET keyed_at = created",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -238,7 +245,8 @@ _UPDATE_VPN = "UPDATE vpn_records SET nai = ?, correspondent = ?, gateway = ?, s
 # writer can never be seen half-way (one statement = one snapshot).
 _SESSION_SELECT = (
     "SELECT s.session_id, s.nai, s.session_root_key, s.epoch, s.home_address, s.home_agent,"
-    " s.care_of_address, s.created, s.expires, s.foreign_domain, p.node, p.spi, p.path"
+    " s.care_of_address, s.created, s.expires, s.foreign_domain, s.stationary_epoch, s.keyed_at,"
+    " p.node, p.spi, p.path"
     " FROM sessions AS s LEFT JOIN session_spis AS p ON p.session_id = s.session_id"
 )
 _GET_SESSION = f"{_SESSION_SELECT} WHERE s.session_id = ? ORDER BY p.position"
@@ -251,7 +259,8 @@ _RENEW_SESSION = "UPDATE sessions SET expires = ? WHERE session_id = ?"
 _LIST_SESSIONS = f"{_SESSION_SELECT} ORDER BY s.created, s.session_id, p.position"
 _INSERT_SESSION = (
     "INSERT INTO sessions (session_id, nai, session_root_key, epoch, home_address, home_agent,"
-    " care_of_address, created, expires, foreign_domain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " care_of_address, created, expires, foreign_domain, stationary_epoch, keyed_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SPI = "INSERT INTO session_spis (session_id, position, node, spi, path) VALUES (?, ?, ?, ?, ?)"
 _DELETE_SESSION = "DELETE FROM sessions WHERE session_id = ?"
@@ -829,14 +838,15 @@ class SqliteStore:
                 sessions.append(self._session(current, spis))
                 spis = []
             current = row
-            if row[10] is not None:
-                spis.append(SpiAllocation(node=IPv4Address(row[10]), spi=row[11], path=row[12]))
+            if row[12] is not None:
+                spis.append(SpiAllocation(node=IPv4Address(row[12]), spi=row[13], path=row[14]))
         if current is not None:
             sessions.append(self._session(current, spis))
         return sessions
 
     def _session(self, row: _Row, spis: list[SpiAllocation]) -> Session:
         session_id, nai, root_key, epoch, home_address, home_agent, care_of_address, created, expires, domain = row[:10]
+        stationary_epoch, keyed_at = row[10:12]
         try:
             return Session(
                 session_id=session_id,
@@ -850,6 +860,8 @@ class SqliteStore:
                 expires=expires,
                 spis=tuple(spis),
                 foreign_domain=domain,
+                stationary_epoch=stationary_epoch,
+                keyed_at=keyed_at,
             )
         except ValueError as exc:
             raise self._corrupt(f"session {session_id!r}", exc) from None
@@ -866,6 +878,8 @@ class SqliteStore:
             session.created,
             session.expires,
             session.foreign_domain,
+            session.stationary_epoch,
+            session.keyed_at,
         )
         spis: list[tuple[object, ...]] = [
             (session.session_id, position, text(allocation.node), allocation.spi, allocation.path)
