@@ -121,7 +121,11 @@ class Topology:
             )
         self.logs[name] = log
 
-    def mn(self, action: str, *args: str, mn_aaa_secret: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    def mn(
+        self, action: str, *args: str, mn_aaa_secret: bytes | None = None, options: tuple[str, ...] = ()
+    ) -> tuple[int, dict[str, Any]]:
+        """Run ``aaa-vpn mn [options] action [args]``; ``options`` go to the
+        ``mn`` group (e.g. ``("--lifetime", "3")``)."""
         secret = private(self.tmp / "mn.secret", mn_aaa_secret if mn_aaa_secret is not None else SECRETS_MN)
         result = aaa_vpn(
             "mn",
@@ -143,6 +147,7 @@ class Topology:
             MN_SOURCE,
             "--retransmit",
             "1",
+            *options,
             action,
             *args,
             "--json",
@@ -180,9 +185,17 @@ class Topology:
 SECRETS_MN = b"mn1-aaa-secret"  # tests/mobility.py's MN_AAA
 
 
-def start(tmp: Path, foreign: bool = False, gateways: tuple[str, ...] = ("static", "dynamic")) -> Topology:
+def start(
+    tmp: Path,
+    foreign: bool = False,
+    gateways: tuple[str, ...] = ("static", "dynamic"),
+    gw_args: tuple[str, ...] = (),
+    home_args: tuple[str, ...] = (),
+) -> Topology:
     """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
-    ``gateways``: the user's VPN records (tests/mobility.py's ``provision``)."""
+    ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
+    ``gw_args``: more options for both gateways, ``home_args`` for the home
+    AAA (flow G's lifetimes)."""
     agent_addresses = [a for _r, a in AGENTS.values()]
     coa_port = free_port_on_all(agent_addresses)
     store, _ = init_store(tmp / "vpn.db", tmp / "vpn.key")
@@ -196,6 +209,7 @@ def start(tmp: Path, foreign: bool = False, gateways: tuple[str, ...] = ("static
         "home-aaa",
         *("--db", str(tmp / "vpn.db"), "--key-file", str(tmp / "vpn.key"), "serve", "home"),
         *("--listen", AAA, "--port", str(topology.radius_port), "--workers", "1", "--log-level", "debug"),
+        *home_args,
     )
     foreign_port = free_udp_port(AAAF)
     if foreign:
@@ -217,7 +231,7 @@ def start(tmp: Path, foreign: bool = False, gateways: tuple[str, ...] = ("static
         args += ["--state-file", str(topology.state_file(name)), "--log-level", "debug"]
         if role == "gw":
             key = private(tmp / f"{name}.key", GATEWAY_KEYS[address].value)
-            args += ["--gateway-key-file", str(key), "--home-agent", HA]
+            args += ["--gateway-key-file", str(key), "--home-agent", HA, *gw_args]
         else:
             secret = private(tmp / f"{name}.secret", SECRETS[address].value + b"\n")  # the newline is dropped
             server = f"{AAAF}:{foreign_port}" if foreign and address in (FA1, FA2) else f"{AAA}:{topology.radius_port}"
@@ -614,3 +628,77 @@ def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
         )
     assert result.returncode == 1, result
     assert "address already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- flow G with separate processes -------------------------------------------------------------------
+
+#: Gateways that grant at most 2 s and ask the HA for a refresh with 1 s left,
+#: once more 0.5 s later (docs/protocol.md section 3.10).
+SHORT_GATEWAY_BINDINGS = ("--max-lifetime", "2", "--refresh-threshold", "0.5", "--refresh-retries", "1")
+
+
+def counters(topology: Topology, name: str) -> dict[str, int]:
+    found: dict[str, int] = topology.state(name)["counters"]
+    return found
+
+
+def test_flow_g_gateways_ask_the_ha_and_expire_when_it_is_gone(tmp_path: Path) -> None:
+    topology = start(tmp_path, gw_args=SHORT_GATEWAY_BINDINGS)
+    try:
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        first = {name: spis(topology, name) for name in ("gw-static", "gw-dynamic")}
+        # 1. the HA answers every Binding Request: the 2 s gateway bindings
+        # live on (three lifetimes here), with the very same SAs
+        time.sleep(6.0)
+        assert topology.tables() == AFTER_REGISTRATION
+        for name in ("gw-static", "gw-dynamic"):
+            assert spis(topology, name) == first[name], name
+            assert counters(topology, name)["bindings_refreshed"] >= 3, counters(topology, name)
+            assert counters(topology, name).get("bindings_expired", 0) == 0
+        assert counters(topology, "ha")["binding_requests.answered"] >= 6, counters(topology, "ha")
+        # 2. the HA stops: nobody answers, and each gateway removes its binding
+        # and its SAs when the binding ends (2 s at most)
+        ha = topology.processes["ha"]
+        ha.send_signal(signal.SIGTERM)
+        assert ha.wait(timeout=10) == 0
+        gone = {"gw-static": [], "gw-dynamic": []}
+        assert topology.wait_for(gone, timeout=4.0) == {**topology.tables(), **gone}
+        for name in gone:
+            assert counters(topology, name)["bindings_expired"] == 1, counters(topology, name)
+            assert topology.state(name)["bindings"] == []
+        # the FA's visitor lives on until its own lifetime (600 s) ends
+        assert topology.table("fa1") == AFTER_REGISTRATION["fa1"]
+    finally:
+        codes = topology.stop()
+        assert codes == dict.fromkeys(codes, 0), codes
+
+
+def test_flow_g_a_registration_nobody_renews_expires_everywhere(tmp_path: Path) -> None:
+    topology = start(tmp_path, home_args=("--session-lifetime", "4"))
+    try:
+        code, result = topology.mn("register", "--fa", FA1, options=("--lifetime", "3"))
+        assert (code, result["code"], result["lifetime"]) == (0, 0, 3), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        nothing = {name: [] for name in AGENTS}
+        assert topology.wait_for(nothing, timeout=6.0) == nothing
+        assert counters(topology, "fa1")["visitors_expired"] == 1
+        assert counters(topology, "ha")["bindings_expired"] == 1
+        assert topology.state("fa1")["visitors"] == [] and topology.state("ha")["bindings"] == []
+        for name in ("gw-static", "gw-dynamic"):
+            assert topology.state(name)["bindings"] == [], name
+        # and the home AAA's session (4 s without a registration) has ended too
+        time.sleep(max(0.0, out_expires(operator(topology, "session", "list")) - time.time()) + 0.2)
+        code, out = operator(topology, "session", "list")
+        assert code == 0 and [s for s in out["sessions"] if s["expires"] > time.time()] == [], out
+    finally:
+        codes = topology.stop()
+        assert codes == dict.fromkeys(codes, 0), codes
+
+
+def out_expires(listing: tuple[int, Any]) -> float:
+    """The latest expiry in ``aaa-vpn --json session list`` output."""
+    code, out = listing
+    assert code == 0, out
+    return max((float(s["expires"]) for s in out["sessions"]), default=0.0)
