@@ -1544,6 +1544,12 @@ def _agent_options(role: str) -> Callable[[F], F]:
                 type=click.Path(dir_okay=False, path_type=Path),
                 help="Keep the SA table, visitors/bindings and recent events here as JSON (docs/agents.md).",
             ),
+            click.option(
+                "--journal",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Keep the live state here, sealed, and carry on from it after a restart"
+                " (docs/agents.md, Restart).",
+            ),
             click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, help="[default: info]"),
             click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None, help="[default: text]"),
             click.option("--check", is_flag=True, help="Only check the settings, print a summary and exit."),
@@ -1585,6 +1591,7 @@ def _run_agent(app: App, role: str, options: dict[str, Any]) -> None:
             "aaa": [s.name for s in settings.aaa_servers],
             "home_agents": sorted(str(a) for a in settings.home_agents),
             "state_file": str(settings.state_file) if settings.state_file else None,
+            "journal": str(settings.journal) if settings.journal else None,
         }
         lines = [f"{settings.node} ({settings.role}): OK, Mobile IP on {settings.address}:{settings.mip_port}"]
         lines += [f"AAA server {s.name}" for s in settings.aaa_servers]
@@ -1599,6 +1606,8 @@ def _run_agent(app: App, role: str, options: dict[str, Any]) -> None:
             )
         if settings.state_file:
             lines.append(f"state file {settings.state_file}")
+        if settings.journal:
+            lines.append(f"journal {settings.journal}")
         emit(app, document, "\n".join(lines))
         return
     # Imported here: the agents pull in asyncio and the SA backend.

@@ -99,6 +99,7 @@ class Topology:
     radius_port: int
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def state_file(self, name: str) -> Path:
         return self.tmp / f"{name}.json"
@@ -114,8 +115,9 @@ class Topology:
         return {name: self.table(name) for name in AGENTS}
 
     def spawn(self, name: str, *args: str) -> None:
+        self.commands[name] = args
         log = self.tmp / f"{name}.log"
-        with log.open("wb") as out:
+        with log.open("ab") as out:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "aaa_vpn.cli", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
             )
@@ -229,6 +231,7 @@ def start(
     for name, (role, address) in AGENTS.items():
         args = ["agent", role, "--name", name, "--address", address, "--mip-port", str(topology.mip_port)]
         args += ["--state-file", str(topology.state_file(name)), "--log-level", "debug"]
+        args += ["--journal", str(tmp / f"{name}.journal")]
         if role == "gw":
             key = private(tmp / f"{name}.key", GATEWAY_KEYS[address].value)
             args += ["--gateway-key-file", str(key), "--home-agent", HA, *gw_args]
@@ -535,7 +538,8 @@ def test_wrong_mn_aaa_secret_is_67_and_no_sas_anywhere(topology: Topology) -> No
     assert topology.tables() == {name: [] for name in AGENTS}
     decisions = [e for e in topology.state("fa1")["events"] if e["kind"] == "registration"]
     assert decisions[-1]["code"] == 67, decisions
-    assert topology.state("ha")["events"] == []  # the HA never heard of it
+    # the HA never heard of it (its only event: starting from an empty journal)
+    assert [e["kind"] for e in topology.state("ha")["events"]] == ["recovered"]
 
 
 def test_unreachable_fa_is_78_and_exit_status_1(tmp_path: Path) -> None:
@@ -607,6 +611,7 @@ def test_config_file_and_check(tmp_path: Path) -> None:
         "aaa": ["127.0.0.1:1812", "127.0.0.3:18120"],
         "home_agents": [],
         "state_file": str(tmp_path / "fa.json"),
+        "journal": None,
     }
     (tmp_path / "fa.secret").chmod(0o644)
     result = aaa_vpn("agent", "fa", "--config", str(config), "--check")
@@ -702,3 +707,71 @@ def out_expires(listing: tuple[int, Any]) -> float:
     code, out = listing
     assert code == 0, out
     return max((float(s["expires"]) for s in out["sessions"]), default=0.0)
+
+
+def restart_agent(topology: Topology, name: str) -> dict[str, Any]:
+    """Stop ``name`` (SIGTERM, by its PID), start it again with the same
+    command and wait until it runs; return its recovery note."""
+    process = topology.processes[name]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    started = time.time()
+    topology.spawn(name, *topology.commands[name])
+    deadline = time.monotonic() + 20
+    while True:
+        assert topology.processes[name].poll() is None, topology.logs[name].read_text()[-3000:]
+        state = topology.state(name) if topology.state_file(name).exists() else {}
+        if state.get("running") and state.get("started", 0) >= started:
+            notes = [e for e in state["events"] if e["kind"] == "recovered"]
+            assert notes, state["events"]
+            return notes[-1]
+        assert time.monotonic() < deadline, f"{name} did not come back"
+        time.sleep(0.03)
+
+
+def test_restarted_agents_carry_on_from_their_journal(tmp_path: Path) -> None:
+    """Separate processes, the memory backend: an agent's SAs die with its
+    process, so a restarted agent finds none, ends the state its journal
+    holds (an HA withdraws the gateways' bindings at once) and the node's
+    next registrations bring everything back, with fresh keys."""
+    topology = start(tmp_path)
+    try:
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        journal = tmp_path / "ha.journal"
+        assert journal.stat().st_mode & 0o777 == 0o600
+        assert json.loads(journal.read_text())["format"] == "aaa-vpn-agent-journal"
+        note = restart_agent(topology, "ha")
+        assert (note["restored"], note["kept"], note["ended"]) == (2, 0, 2), note
+        # the gateways were told at once (lifetime 0), not left to expire
+        gone = {"ha": [], "gw-static": [], "gw-dynamic": []}
+        assert topology.wait_for(gone) == {**topology.tables(), **gone}
+        assert counters(topology, "ha")["restart.bindings_without_sas"] == 1
+        # the renewal: the gateways refuse the keys they removed (130); the next
+        # registration asks for fresh ones and everything is up again
+        code, result = topology.mn("register", "--fa", FA1)
+        assert result["code"] == 130, result
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        assert_mirrored(topology, "fa1", "ha", "FA_HA")
+        assert_mirrored(topology, "ha", "gw-static", "HA_GW")
+        # an FA restart: its visitor ends with its SAs; the node's next
+        # registration (no session named) starts a new session, up at once
+        note = restart_agent(topology, "fa1")
+        assert (note["restored"], note["kept"], note["ended"]) == (1, 0, 1), note
+        assert topology.state("fa1")["visitors"] == []
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        assert_mirrored(topology, "fa1", "ha", "FA_HA")
+        # a journal that does not open (here: garbage) is set aside, logged, and the agent starts clean
+        (tmp_path / "gw-static.journal").write_bytes(b"not a journal")
+        note = restart_agent(topology, "gw-static")
+        assert note["restored"] == 0
+        assert (tmp_path / "gw-static.journal.unreadable").read_bytes() == b"not a journal"
+        assert "journal unreadable" in topology.logs["gw-static"].read_text()
+    finally:
+        codes = topology.stop()
+        assert codes == dict.fromkeys(codes, 0), codes

@@ -64,6 +64,7 @@ from aaa_vpn.sa.base import InstalledPath
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
 from aaa_vpn.service.agents import SaExecutor
+from aaa_vpn.service.journal import JournalError, Recovery, decode_journal, encode_journal, recover, write_journal
 from aaa_vpn.service.logging import configure_logging, fields
 from aaa_vpn.wire import coa, mip
 from aaa_vpn.wire.profile import PathProfile
@@ -244,6 +245,8 @@ class AgentNode:
         self._sequence = 0
         self._dirty = True
         self._record_messages = settings.state_file is not None or log.isEnabledFor(logging.DEBUG)
+        self._journaled: dict[str, Any] | None = None  # the state last written to the journal
+        self.recovery: Recovery | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -256,6 +259,7 @@ class AgentNode:
                     self.sockets[Channel.COA] = _bind(address, self.settings.coa_port, "CoA")
             self.running = True
             self._dirty = True
+            self.recover()
             self.write_state()  # also the sign that the agent is ready
         except AgentError:
             self.running = False
@@ -276,6 +280,63 @@ class AgentNode:
             self.write_state()
         except AgentError as exc:
             log.warning("cannot write the final state file", extra=fields(node=self.settings.node, error=str(exc)))
+
+    # -- restart (docs/agents.md, "Restart") ---------------------------------------------------------------
+    def recover(self) -> None:
+        """Carry on from the journal (if any) with what the backend holds:
+        keep the SAs of live state, remove the others, end live state whose
+        SAs are gone (aaa_vpn.service.journal, rule 4)."""
+        path = self.settings.journal
+        if path is None:
+            return
+        node, now = self.settings.node, self.clock()
+        state: dict[str, Any] | None = None
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        except OSError as exc:
+            raise AgentError(f"cannot read the journal {path}: {exc.strerror}") from None
+        if data is not None:
+            try:
+                state = decode_journal(data, self.settings.role, self.settings.address, self.settings.credential)
+            except JournalError as exc:
+                # Never half-read: start without it (every SA the backend holds
+                # goes), and keep the file for a look.
+                self.counters["journal.unreadable"] += 1
+                aside = path.with_name(path.name + ".unreadable")
+                log.error(
+                    "journal unreadable, starting without it",
+                    extra=fields(node=node, journal=str(path), error=str(exc), moved_to=str(aside)),
+                )
+                try:
+                    os.replace(path, aside)
+                except OSError:
+                    pass
+        self.recovery = recover(self.agent, self.backend, state, now)
+        for error in self.recovery.errors:
+            log.warning("cannot remove a stale SA", extra=fields(node=node, error=error))
+        log.info("recovered from the journal", extra=fields(node=node, **self.recovery.to_json()))
+        self._note("recovered", now, **self.recovery.to_json())
+        self._journaled = None
+        self.service()
+
+    def save_journal(self) -> None:
+        """Write the journal if the live state changed since the last write."""
+        path = self.settings.journal
+        if path is None or not self.running:
+            return
+        state = self.agent.export_state()
+        if state == self._journaled:
+            return
+        data = encode_journal(state, self.settings.role, self.settings.address, self.settings.credential, self.clock())
+        try:
+            write_journal(path, data)
+        except JournalError as exc:
+            self.counters["journal.write_errors"] += 1
+            log.warning("cannot write the journal", extra=fields(node=self.settings.node, error=str(exc)))
+            return
+        self._journaled = state
 
     # -- inputs -------------------------------------------------------------------------------------
     def receive(self, channel: Channel) -> None:
@@ -323,6 +384,9 @@ class AgentNode:
         """Carry out the role's events, write the state file, send its datagrams."""
         now = self.clock()
         self._run_events(now)
+        # Before anything leaves: an answer is never sent for state the
+        # journal would not bring back after a crash.
+        self.save_journal()
         datagrams = self.agent.datagrams_to_send(now)
         if self._record_messages:
             for datagram in datagrams:

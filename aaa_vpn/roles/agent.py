@@ -21,6 +21,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Any
 
 from aaa_vpn.wire.profile import PathProfile
 
@@ -123,6 +124,26 @@ class Agent:
                 continue
             callback(now)
         self._inner_handle_timer(now)
+
+    # -- restart (docs/agents.md, "Restart") -------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """The long-lived state a restarted agent needs: plain values, plus
+        :class:`~aaa_vpn.wire.profile.VpnProfile` and
+        :class:`~aaa_vpn.secret.Secret` objects (the journal protects them).
+        In-flight exchanges are not part of it: they start over."""
+        return {}
+
+    def restore_state(self, state: dict[str, Any], now: float) -> None:
+        """Take ``state`` (from :meth:`export_state`) back; entries that ended
+        before ``now`` are dropped, timers are armed again."""
+
+    def owners(self) -> set[str]:
+        """The SA owners the live state uses: what a restarted agent keeps."""
+        return set()
+
+    def forget_unbacked(self, installed: set[str], now: float) -> None:
+        """After a restart: drop live state whose SAs are gone from the
+        backend (``installed``: the owners it still holds), as if it had ended."""
 
     # -- for subclasses --------------------------------------------------------------------------
     def _send(self, channel: Channel, data: bytes, address: Address) -> None:

@@ -86,6 +86,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any
 
 from aaa_vpn import keys
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
@@ -590,6 +591,91 @@ class ForeignAgent(Agent):
         current = self.visitors.get(nai)
         if current is None or current.owner != _owner(profile):
             self._emit(DeletePaths(_owner(profile)))
+
+    # -- restart (docs/agents.md, "Restart") ------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        return {
+            "visitors": [
+                {
+                    "nai": v.nai,
+                    "home_address": str(v.home_address),
+                    "home_agent": str(v.home_agent),
+                    "source": [v.source[0], v.source[1]],
+                    "session_id": v.session_id,
+                    "owner": v.owner,
+                    "expires": v.expires,
+                    "renewal_refused": v.renewal_refused,
+                    "profile": v.profile,
+                }
+                for v in self.visitors.values()
+            ],
+            "forwarding": [
+                {
+                    "nai": f.nai,
+                    "home_address": str(f.home_address),
+                    "new_fa": str(f.new_fa),
+                    "owner": f.owner,
+                    "identification": f.identification,
+                    "lifetime": f.lifetime,
+                    "expires": f.expires,
+                    "auth_key": f.auth_key,
+                }
+                for f in self.forwarding.values()
+            ],
+            "last_notification": [[str(s), str(h), i] for (s, h), i in self._last_notification.items()],
+            "last_sent": self._last_sent,
+        }
+
+    def restore_state(self, state: dict[str, Any], now: float) -> None:
+        for entry in state.get("visitors", []):
+            if entry["expires"] <= now:
+                continue
+            visitor = Visitor(
+                nai=entry["nai"],
+                home_address=IPv4Address(entry["home_address"]),
+                home_agent=IPv4Address(entry["home_agent"]),
+                source=(entry["source"][0], int(entry["source"][1])),
+                session_id=entry["session_id"],
+                owner=entry["owner"],
+                expires=entry["expires"],
+                profile=entry["profile"],
+                renewal_refused=bool(entry.get("renewal_refused", False)),
+            )
+            self.visitors[visitor.nai] = visitor
+            self._visitor_timers[visitor.nai] = self._call_at(
+                visitor.expires, functools.partial(self._expire, visitor.nai)
+            )
+        for entry in state.get("forwarding", []):
+            if entry["expires"] <= now:
+                continue
+            forwarding = Forwarding(
+                nai=entry["nai"],
+                home_address=IPv4Address(entry["home_address"]),
+                new_fa=IPv4Address(entry["new_fa"]),
+                owner=entry["owner"],
+                identification=int(entry["identification"]),
+                lifetime=int(entry["lifetime"]),
+                expires=entry["expires"],
+                auth_key=entry["auth_key"],
+            )
+            forwarding.timer = self._call_at(
+                forwarding.expires, functools.partial(self._forwarding_expired, forwarding.home_address)
+            )
+            self.forwarding[forwarding.home_address] = forwarding
+        for sender, home, identification in state.get("last_notification", []):
+            self._last_notification[(IPv4Address(sender), IPv4Address(home))] = int(identification)
+        self._last_sent = max(self._last_sent, int(state.get("last_sent", 0)))
+
+    def owners(self) -> set[str]:
+        return {v.owner for v in self.visitors.values()} | {f.owner for f in self.forwarding.values()}
+
+    def forget_unbacked(self, installed: set[str], now: float) -> None:
+        for nai in [n for n, v in self.visitors.items() if v.owner not in installed]:
+            self.counters["restart.visitors_without_sas"] += 1
+            self._remove_visitor(nai)
+        for home in [h for h, f in self.forwarding.items() if f.owner not in installed]:
+            self.counters["restart.forwarding_without_sas"] += 1
+            self._stop_forwarding(home)
 
     # -- visitors ------------------------------------------------------------------------------------
     def _add_visitor(self, pending: _Pending, profile: VpnProfile, reply: RegistrationReply, now: float) -> None:

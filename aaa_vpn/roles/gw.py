@@ -38,6 +38,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any
 
 from aaa_vpn import keys
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
@@ -324,6 +325,54 @@ class CorrespondentGateway(Agent):
         self._cancel(self._refresh_timers.pop(home_address, None))
         if binding is not None:
             self._emit(DeletePaths(binding.owner))
+
+    # -- restart (docs/agents.md, "Restart") ------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        return {
+            "bindings": [
+                {
+                    "home_address": str(b.home_address),
+                    "care_of_address": str(b.care_of_address),
+                    "home_agent": str(b.home_agent),
+                    "owner": b.owner,
+                    "expires": b.expires,
+                    "lifetime": b.lifetime,
+                    "home_agent_port": b.home_agent_port,
+                    "paths": b.paths,
+                }
+                for b in self.bindings.values()
+            ],
+            "last": [[str(ha), str(home), i] for (ha, home), i in self._last.items()],
+            "last_sent": self._last_sent,
+        }
+
+    def restore_state(self, state: dict[str, Any], now: float) -> None:
+        for ha, home, identification in state.get("last", []):
+            self._last[(IPv4Address(ha), IPv4Address(home))] = int(identification)
+        self._last_sent = max(self._last_sent, int(state.get("last_sent", 0)))
+        for entry in state.get("bindings", []):
+            if entry["expires"] <= now:
+                continue
+            binding = GwBinding(
+                home_address=IPv4Address(entry["home_address"]),
+                care_of_address=IPv4Address(entry["care_of_address"]),
+                home_agent=IPv4Address(entry["home_agent"]),
+                owner=entry["owner"],
+                expires=entry["expires"],
+                paths=tuple(entry["paths"]),
+                lifetime=int(entry["lifetime"]),
+                home_agent_port=int(entry["home_agent_port"]),
+            )
+            self.bindings[binding.home_address] = binding
+            self._schedule(binding, now)
+
+    def owners(self) -> set[str]:
+        return {b.owner for b in self.bindings.values()}
+
+    def forget_unbacked(self, installed: set[str], now: float) -> None:
+        for home in [h for h, b in self.bindings.items() if b.owner not in installed]:
+            self.counters["restart.bindings_without_sas"] += 1
+            self._remove(home)
 
     def home_addresses(self) -> Iterable[IPv4Address]:
         return self.bindings.keys()

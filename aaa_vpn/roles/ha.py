@@ -68,6 +68,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any
 
 from aaa_vpn import keys
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
@@ -561,6 +562,65 @@ class HomeAgent(Agent):
             self._send_binding_update(
                 gateway, binding_key, views, 0, message.home_address, message.care_of_address, identification
             )
+
+    # -- restart (docs/agents.md, "Restart") ------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        return {
+            "bindings": [
+                {
+                    "nai": b.nai,
+                    "home_address": str(b.home_address),
+                    "care_of_address": str(b.care_of_address),
+                    "session_id": b.session_id,
+                    "expires": b.expires,
+                    "identification": b.identification,
+                    "profile": b.profile,
+                }
+                for b in self.bindings.values()
+            ],
+            # Replay protection must survive a restart (RFC 5944 section 5.7).
+            "last_identification": dict(self._last_identification),
+            "last_request": [[str(g), str(h), i] for (g, h), i in self._last_request.items()],
+            "last_sent": self._last_sent,
+        }
+
+    def restore_state(self, state: dict[str, Any], now: float) -> None:
+        for nai, identification in state.get("last_identification", {}).items():
+            self._last_identification[nai] = int(identification)
+        for gateway, home, identification in state.get("last_request", []):
+            self._last_request[(IPv4Address(gateway), IPv4Address(home))] = int(identification)
+        self._last_sent = max(self._last_sent, int(state.get("last_sent", 0)))
+        for entry in state.get("bindings", []):
+            if entry["expires"] <= now:
+                continue
+            binding = Binding(
+                nai=entry["nai"],
+                home_address=IPv4Address(entry["home_address"]),
+                care_of_address=IPv4Address(entry["care_of_address"]),
+                session_id=entry["session_id"],
+                expires=entry["expires"],
+                identification=int(entry["identification"]),
+                profile=entry["profile"],
+            )
+            self.bindings[binding.nai] = binding
+            self._nai_of[binding.home_address] = binding.nai
+            self._binding_timers[binding.nai] = self._call_at(
+                binding.expires, functools.partial(self._expire, binding.nai)
+            )
+
+    def owners(self) -> set[str]:
+        owners: set[str] = set()
+        for binding in self.bindings.values():
+            owners |= {fa_owner(binding.profile), stationary_owner(binding.profile)}
+        return owners
+
+    def forget_unbacked(self, installed: set[str], now: float) -> None:
+        """A binding whose FA-side SAs are gone ends (its gateways are told,
+        lifetime 0); the node registers again. Missing stationary SAs alone
+        (a user without static gateways has none) do not end it."""
+        for nai in [n for n, b in self.bindings.items() if fa_owner(b.profile) not in installed]:
+            self.counters["restart.bindings_without_sas"] += 1
+            self._remove_binding(nai, now)
 
     # -- deregistration and expiry ----------------------------------------------------------------------
     def _deregistration(

@@ -55,6 +55,7 @@ _COMMON: _Schema = {
     "mip_port": int,
     "max_lifetime": int,
     "state_file": str,
+    "journal": str,
     "log_level": str,
     "log_format": str,
 }
@@ -110,6 +111,9 @@ class AgentSettings:
     """GW: Binding Requests repeated after the first before the binding expires."""
     state_file: Path | None = None
     """Where the agent keeps its SA table and visitors/bindings as JSON (docs/agents.md)."""
+    journal: Path | None = None
+    """Where the agent keeps its live state, sealed, to carry on after a restart
+    with the SAs its backend still holds (docs/agents.md, "Restart")."""
     log_level: str = "info"
     log_format: str = "text"
 
@@ -158,6 +162,17 @@ class AgentSettings:
     def node(self) -> str:
         """The node's name in logs and the state file."""
         return self.name or self.role
+
+    @property
+    def credential(self) -> Secret:
+        """The node's own secret, which seals its journal: a gateway's key,
+        an FA's or HA's shared secret with its first AAA server."""
+        if self.role == "gw":
+            assert self.gateway_key is not None  # checked in __post_init__
+            return self.gateway_key
+        if not self.aaa_servers:
+            raise ValidationError("an FA or HA needs an AAA server")
+        return self.aaa_servers[0].secret
 
 
 def role_config(settings: AgentSettings) -> FaConfig | HaConfig | GwConfig:
@@ -347,7 +362,7 @@ def load_agent_settings(
 ) -> AgentSettings:
     """The settings of an agent of ``role``: from the TOML file at ``path``
     (if any), with ``overrides`` (the command-line values that were given,
-    already typed: ``address`` an IPv4Address, ``state_file`` a Path, ...)
+    already typed: ``address`` an IPv4Address, ``state_file`` and ``journal`` Paths, ...)
     winning over it. ``aaa`` (``--aaa``) replaces the file's AAA servers and
     needs ``secret`` (``--secret-file``), which otherwise replaces the secret
     of the file's servers. Raises ValidationError."""
@@ -404,6 +419,8 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
         values["address"] = _file_ipv4(reader, "address", top["address"])
     if "state_file" in top:
         values["state_file"] = reader.file(top["state_file"])
+    if "journal" in top:
+        values["journal"] = reader.file(top["journal"])
     if "aaa" in top:
         values["aaa_servers"] = _servers(reader, top["aaa"], secret)
     if "gateway_key_file" in top:
