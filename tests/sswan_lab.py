@@ -1,5 +1,5 @@
 """A small lab of network namespaces with one charon each, for the strongswan
-backend's tests.
+backend's tests and ``bench/sa_setup.py``.
 
 ``Lab(n)`` makes ``n`` nodes ``aas_<pid>_<k>_<i>`` joined through a bridge in a
 hub namespace ``aas_<pid>_<k>_hub``: node ``i`` has 192.0.2.(i+1)/24 on its
@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
+from typing import Any
 
 from aaa_vpn.sa.charon import Charon
+from aaa_vpn.sa.strongswan import StrongSwanBackend
 
 PREFIX = "aas_"
 _labs = itertools.count()
@@ -83,6 +85,9 @@ class LabNode:
 
     def add_address(self, interface: str | IPv4Interface, device: str = "lo") -> None:
         ip("-n", self.netns, "addr", "add", str(interface), "dev", device)
+
+    def backend(self, **kwargs: Any) -> StrongSwanBackend:
+        return StrongSwanBackend(self.address, self.charon.vici_socket, **kwargs)
 
     def capture(self, name: str = "capture.pcap") -> Capture:
         capture = Capture(self.netns, self.veth, self.lab.directory / f"n{self.index}-{name}")
