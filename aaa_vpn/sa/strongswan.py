@@ -21,7 +21,10 @@ Rules:
   ``spi_out@peer``. Both ends compute the same pair from their mirrored views.
   Identities by address alone would not do: two sessions between the same FA
   and HA would offer charon two connections and two keys for one pair of
-  identities, and it would pick the wrong one for one of them.
+  identities, and it would pick the wrong one for one of them. The profile's
+  SPIs are thus the path's name here (connection, identities, the
+  :class:`SaConflict` check); the ESP SPIs on the wire are the ones charon
+  allocates in the exchange, and ``key_in``/``key_out`` are not used.
 * **Who initiates.** ``initiator(path)`` says whether this end starts the IKE
   exchange; the rule is "the end that installs second in the flow", whose
   peer is then ready for it. :func:`initiator_for` gives it per agent
