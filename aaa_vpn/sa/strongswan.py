@@ -1,0 +1,868 @@
+"""The ``strongswan`` SA backend: a node's paths as IKEv2 connections of its own
+strongSwan daemon (charon), driven over VICI with the ``vici`` package.
+
+One path (``PathProfile`` with ``key_mode`` IKEV2) becomes, in this node's charon:
+
+* a shared IKE key (``load-shared``): ``path.ike_psk``, owned by the two ends'
+  identities;
+* a connection (``load-conn``): IKEv2 (RFC 7296) between ``local`` and ``peer``
+  with ``path.ike_proposal``, PSK authentication, and one CHILD_SA in tunnel
+  mode (RFC 4301 section 4.4.1) with ``local_ts``/``remote_ts`` as traffic
+  selectors and the path's ESP transform as its only proposal.
+
+Rules:
+
+* **Names and identities.** The connection (and its shared key) is named
+  ``aaa_vpn:<owner, percent-encoded>:<peer>:<spi_in as 8 hex digits>``
+  (:func:`connection_name`), so a restarted agent finds every path with its
+  owner and peer in ``list-conns`` again. The IKE identities are per path:
+  ``<spi>@<address>`` with the SPI the end receives on
+  (:func:`ike_identity`): the local end is ``spi_in@local``, the peer
+  ``spi_out@peer``. Both ends compute the same pair from their mirrored views.
+  Identities by address alone would not do: two sessions between the same FA
+  and HA would offer charon two connections and two keys for one pair of
+  identities, and it would pick the wrong one for one of them. The profile's
+  SPIs are thus the path's name here (connection, identities, the
+  :class:`SaConflict` check); the ESP SPIs on the wire are the ones charon
+  allocates in the exchange, and ``key_in``/``key_out`` are not used.
+* **Who initiates.** ``initiator(path)`` says whether this end starts the IKE
+  exchange; the rule is "the end that installs second in the flow", whose
+  peer is then ready for it. :func:`initiator_for` gives it per agent
+  (HA: FA-HA; gateway: HA-GW and FA-GW; FA: the previous FA's end of FA-FA);
+  :func:`default_initiator` guesses it from the path alone (see there). The
+  initiating :meth:`StrongSwanBackend.install` returns only when the VICI
+  ``initiate`` command reports the CHILD_SA established (installed), or fails;
+  the responding one returns once the key and the connection are loaded.
+* **All or nothing** (``aaa_vpn.sa.base``): on any failure (peer unreachable
+  within ``timeout``, proposal mismatch, authentication failure, daemon gone)
+  the IKE_SA is terminated and the connection and key unloaded before the
+  :class:`StrongSwanError` subclass is raised; nothing of the path is left in
+  this node's charon.
+* **Lifetimes** (:func:`lifetimes`): no SA outlives ``path.lifetime``. The
+  CHILD_SA's hard lifetime is ``lifetime``; the initiating end rekeys it (and
+  its IKE_SA) a margin before, each new SA again bounded by ``lifetime``, so
+  a path that the agents keep (renewals install the identical path: a no-op)
+  keeps working. The responding end never rekeys (no rekey collisions); its
+  CHILD_SAs hard-expire at ``lifetime`` if the initiator does not rekey. The
+  agents' timers call :meth:`~StrongSwanBackend.delete` for the path itself.
+* **delete(owner, peer)** terminates the matching connections' IKE_SAs (the
+  peer gets the DELETE and removes its side; after ``timeout`` without an
+  answer the SA is dropped anyway) and unloads connection and key. Other
+  owners' and other peers' connections are not touched.
+* **Restart.** charon keeps the connections and SAs when the agent process
+  goes (``close`` leaves them). What charon cannot give back is kept in a
+  side table (a JSON file beside the VICI socket by default): per connection
+  the owner, the installation order, who initiated and the path's non-secret
+  fields, plus a SHA-256 fingerprint of its secret fields to recognise the
+  identical path again. It never holds a key or the PSK. A new backend object
+  lists what is loaded in charon and described in the table; its paths have
+  empty :class:`~aaa_vpn.secret.Secret` placeholders for ``key_in``,
+  ``key_out``, ``ike_psk`` (and ``binding_key``) until they are installed
+  again.
+* **Not supported**: MANUAL paths (strongSwan keys its SAs with IKE; it has
+  no way to install AAA-issued ESP keys) raise :class:`SaUnsupported`; QoS
+  (DSCP marking, rate limits) is not applied by this backend.
+
+The VICI replies are plain dicts of bytes; :class:`Vici` is the small typed
+layer over the untyped package, and the only place that touches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+
+import vici
+import vici.exception
+
+from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
+from aaa_vpn.sa.base import InstalledPath, SaConflict, SaError, SaUnsupported, validate_path
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec
+
+log = logging.getLogger("aaa_vpn.sa.strongswan")
+
+#: Every connection this backend loads is named ``aaa_vpn:...``; others in the same charon are ignored.
+NAME_PREFIX = "aaa_vpn"
+#: The CHILD_SA of each connection.
+CHILD_NAME = "esp"
+#: VICI section names are at most 255 octets.
+MAX_NAME = 255
+#: Side table format version.
+TABLE_VERSION = 1
+
+ANY = IPv4Network("0.0.0.0/0")
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+class StrongSwanError(SaError):
+    """The strongswan backend could not install or remove a path; nothing was left installed."""
+
+
+class CharonUnavailable(StrongSwanError):
+    """This node's charon cannot be reached: the daemon is down or its VICI socket missing."""
+
+
+class NegotiationFailed(StrongSwanError):
+    """The IKE exchange with the peer did not produce the CHILD_SA."""
+
+
+class PeerUnreachable(NegotiationFailed):
+    """The peer did not answer the IKE exchange within the backend's timeout."""
+
+
+class ProposalMismatch(NegotiationFailed):
+    """The peer accepted none of the IKE proposals or ESP transforms (NO_PROPOSAL_CHOSEN)."""
+
+
+class AuthenticationFailed(NegotiationFailed):
+    """The PSK authentication failed (AUTHENTICATION_FAILED): the keys differ, or the
+    peer has no connection for this path's identities (it has not installed its end)."""
+
+
+# -- names, identities, initiator rules, lifetimes --------------------------------
+
+
+def connection_name(owner: str, peer: IPv4Address, spi_in: int) -> str:
+    """The charon connection (and shared key id) of ``owner``'s path toward ``peer``
+    that receives on ``spi_in``: ``aaa_vpn:<owner>:<peer>:<spi_in>``."""
+    if not owner:
+        raise SaError("a path's owner must not be empty")
+    name = f"{NAME_PREFIX}:{quote(owner, safe='')}:{peer}:{spi_in:08x}"
+    if len(name.encode()) > MAX_NAME:
+        raise SaError(f"owner too long for a charon connection name ({len(name.encode())} > {MAX_NAME} octets)")
+    return name
+
+
+@dataclass(frozen=True)
+class ConnectionName:
+    """A parsed :func:`connection_name`."""
+
+    owner: str
+    peer: IPv4Address
+    spi_in: int
+
+
+_NAME_RE = re.compile(rf"^{NAME_PREFIX}:([^:]+):([0-9.]+):([0-9a-f]{{8}})$")
+
+
+def parse_connection_name(name: str) -> ConnectionName | None:
+    """The owner, peer and inbound SPI in ``name``, or ``None`` if it is not one of ours."""
+    match = _NAME_RE.match(name)
+    if match is None:
+        return None
+    try:
+        peer = IPv4Address(match.group(2))
+    except ValueError:
+        return None
+    return ConnectionName(unquote(match.group(1)), peer, int(match.group(3), 16))
+
+
+def ike_identity(address: IPv4Address, spi: int) -> str:
+    """An end's IKE identity for one path: ``<spi it receives on>@<address>`` (an RFC822-type ID)."""
+    return f"{spi:08x}@{address}"
+
+
+def _single_host(selectors: tuple[IPv4Network, ...]) -> bool:
+    return len(selectors) == 1 and selectors[0].prefixlen == 32
+
+
+def default_initiator(path: PathProfile) -> bool:
+    """Whether this end initiates, guessed from the path alone.
+
+    Every path the home AAA plans (``roles.home_aaa.plan_paths`` and the
+    forwarding path) has the mobile node's home address as the one selector
+    of the end nearer the node: the FA of FA-HA and FA-GW, the HA of HA-GW,
+    the new FA of FA-FA. That end installs first in every flow, so the other
+    end, whose *remote* selector is that single host, initiates. When both or
+    neither side is a single host (a gateway path to a one-host
+    correspondent), the end with the higher address initiates, so exactly one
+    does; an agent should then pass :func:`initiator_for` instead."""
+    near, far = _single_host(path.local_ts), _single_host(path.remote_ts)
+    if near != far:
+        return far
+    return int(path.local) > int(path.peer)
+
+
+AgentKind = Literal["fa", "ha", "gw"]
+
+
+def initiator_for(kind: AgentKind) -> Callable[[PathProfile], bool]:
+    """The rule of DESIGN.md's flows for the agent running on this node: the end
+    that installs second initiates.
+
+    * HA: FA-HA paths (the FA installed before relaying the registration);
+      not HA-GW (the gateway installs after the HA, from its Binding Update).
+    * gateway: HA-GW and FA-GW paths (it installs from the HA's Binding Update,
+      after the HA and the FA).
+    * FA: only the previous FA's end of an FA-FA forwarding path (the new FA
+      installed its end at registration; the previous FA's view is the one
+      whose remote selector is the node's home address); never FA-HA or FA-GW.
+    """
+    if kind == "ha":
+        return lambda path: path.role is PathRole.FA_HA
+    if kind == "gw":
+        return lambda path: path.role in (PathRole.HA_GW, PathRole.FA_GW)
+    if kind == "fa":
+        return lambda path: path.role is PathRole.FA_FA and default_initiator(path)
+    raise ValueError(f"unknown agent kind {kind!r}: fa, ha or gw")
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """charon's timers for one path, in seconds (0 = never)."""
+
+    child_life: int  # CHILD_SA hard lifetime: deleted then
+    child_rekey: int  # CHILD_SA soft lifetime: rekeyed then (minus up to rand)
+    ike_rekey: int  # IKE_SA rekeyed then (minus up to rand)
+    ike_over: int  # IKE_SA deleted this long after its (jittered) rekey time if that failed
+    rand: int  # jitter subtracted from rekey times
+
+
+def lifetimes(lifetime: int, initiator: bool) -> Lifetimes:
+    """The timers that keep every SA within ``lifetime`` seconds.
+
+    The margin between rekeying and the hard end is a tenth of the lifetime,
+    at least one second; rekeys are spread over half of it. The IKE_SA ends
+    at ``rekey - jitter + over <= lifetime``. The responder never rekeys."""
+    margin = max(1, lifetime // 10)
+    rekey = max(0, lifetime - margin)
+    if not initiator or rekey == 0:
+        return Lifetimes(child_life=lifetime, child_rekey=0, ike_rekey=0, ike_over=0, rand=0)
+    return Lifetimes(child_life=lifetime, child_rekey=rekey, ike_rekey=rekey, ike_over=margin, rand=margin // 2)
+
+
+# -- the typed VICI layer ----------------------------------------------------------
+
+
+class _CommandFailed(Exception):
+    """A VICI command answered ``success = no``."""
+
+    def __init__(self, errmsg: str, logs: list[str]) -> None:
+        super().__init__(errmsg)
+        self.errmsg = errmsg
+        self.logs = logs
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    return ""
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    return tuple(_text(v) for v in value) if isinstance(value, list) else ()
+
+
+def _section(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class ChildSaState:
+    """One CHILD_SA as ``list-sas`` shows it (SPIs as integers)."""
+
+    name: str
+    state: str  # INSTALLED, REKEYED, DELETED, ...
+    spi_in: int
+    spi_out: int
+    encryption: str
+    encap: bool  # ESP in UDP (always, with kernel-libipsec in 5.9.8)
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    life_time: int  # seconds left before the hard expiry
+
+
+@dataclass(frozen=True)
+class IkeSaState:
+    """One IKE_SA as ``list-sas`` shows it."""
+
+    name: str  # the connection's name
+    unique_id: int
+    state: str  # CONNECTING, ESTABLISHED, ...
+    initiator: bool
+    local_id: str
+    remote_id: str
+    remote_host: str
+    children: tuple[ChildSaState, ...] = field(default_factory=tuple)
+
+    @property
+    def installed(self) -> tuple[ChildSaState, ...]:
+        return tuple(c for c in self.children if c.state == "INSTALLED")
+
+
+def _hex(value: object) -> int:
+    try:
+        return int(_text(value), 16)
+    except ValueError:
+        return 0
+
+
+def _int(value: object) -> int:
+    try:
+        return int(_text(value))
+    except ValueError:
+        return 0
+
+
+def _ike_sa(name: str, sa: Mapping[str, object]) -> IkeSaState:
+    children = tuple(
+        ChildSaState(
+            name=_text(child.get("name")),
+            state=_text(child.get("state")),
+            spi_in=_hex(child.get("spi-in")),
+            spi_out=_hex(child.get("spi-out")),
+            encryption=_text(child.get("encr-alg")),
+            encap=_text(child.get("encap")) == "yes",
+            local_ts=_texts(child.get("local-ts")),
+            remote_ts=_texts(child.get("remote-ts")),
+            life_time=_int(child.get("life-time")),
+        )
+        for child in map(_section, _section(sa.get("child-sas")).values())
+    )
+    return IkeSaState(
+        name=name,
+        unique_id=_int(sa.get("uniqueid")),
+        state=_text(sa.get("state")),
+        initiator=_text(sa.get("initiator")) == "yes",
+        local_id=_text(sa.get("local-id")),
+        remote_id=_text(sa.get("remote-id")),
+        remote_host=_text(sa.get("remote-host")),
+        children=children,
+    )
+
+
+class Vici:
+    """A typed VICI session with one charon. Every failure to talk to the daemon
+    raises :class:`CharonUnavailable`; a command that charon refuses raises
+    ``_CommandFailed`` (internal) with charon's message and the streamed logs."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], timeout: float) -> None:
+        self.socket_path = str(socket_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bounds every wait for a reply; initiate/terminate get their own, shorter, charon-side timeout.
+        sock.settimeout(timeout + 5.0)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as exc:
+            sock.close()
+            raise CharonUnavailable(f"cannot reach charon at {self.socket_path}: {exc.strerror or exc}") from None
+        self._sock = sock
+        self._session: Any = vici.Session(sock)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def __enter__(self) -> Vici:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except vici.exception.CommandException as exc:
+            raise _CommandFailed(str(exc).removeprefix("Command failed: "), []) from None
+        except (OSError, vici.exception.SessionException, vici.exception.DeserializationException) as exc:
+            raise CharonUnavailable(f"lost charon at {self.socket_path} during {what}: {exc}") from None
+
+    def _streamed(self, what: str, command: str, message: Mapping[str, object]) -> list[str]:
+        """Run a command that streams ``control-log`` events; return the log lines."""
+        logs: list[str] = []
+
+        def run() -> None:
+            for event in self._session.streamed_request(command, "control-log", dict(message)):
+                logs.append(_text(_section(event).get("msg")))
+
+        try:
+            self._call(what, run)
+        except _CommandFailed as exc:
+            raise _CommandFailed(exc.errmsg, logs) from None
+        return logs
+
+    def version(self) -> str:
+        reply = _section(self._call("version", self._session.version))
+        return f"{_text(reply.get('daemon'))} {_text(reply.get('version'))}"
+
+    def connection_names(self) -> list[str]:
+        names: list[str] = []
+        for conns in self._call("list-conns", lambda: list(self._session.list_conns())):
+            names.extend(_section(conns).keys())
+        return names
+
+    def ike_sas(self, name: str | None = None) -> list[IkeSaState]:
+        filters = {"ike": name} if name is not None else None
+        result: list[IkeSaState] = []
+        for sas in self._call("list-sas", lambda: list(self._session.list_sas(filters))):
+            for ike_name, sa in _section(sas).items():
+                result.append(_ike_sa(ike_name, _section(sa)))
+        return result
+
+    def shared_key_ids(self) -> list[str]:
+        """The ids of the shared keys loaded over VICI (never their values)."""
+        return list(_texts(_section(self._call("get-shared", self._session.get_shared)).get("keys")))
+
+    def load_shared(self, key_id: str, data: bytes, owners: list[str]) -> None:
+        message = {"id": key_id, "type": "IKE", "data": data, "owners": owners}
+        self._call("load-shared", lambda: self._session.load_shared(message))
+
+    def unload_shared(self, key_id: str) -> None:
+        self._call("unload-shared", lambda: self._session.unload_shared({"id": key_id}))
+
+    def load_conn(self, config: Mapping[str, object]) -> None:
+        self._call("load-conn", lambda: self._session.load_conn(dict(config)))
+
+    def unload_conn(self, name: str) -> None:
+        self._call("unload-conn", lambda: self._session.unload_conn({"name": name}))
+
+    def initiate(self, ike: str, child: str, timeout: float) -> list[str]:
+        """Start ``child`` of ``ike``; return when it is established (or raise, charon's
+        message and logs attached). charon gives up waiting after ``timeout`` seconds."""
+        message = {"ike": ike, "child": child, "timeout": str(max(1, round(timeout * 1000)))}
+        return self._streamed("initiate", "initiate", message)
+
+    def terminate(self, ike: str, timeout: float) -> list[str]:
+        """Delete every IKE_SA of connection ``ike`` (and their CHILD_SAs) with the peer;
+        without an answer within ``timeout`` seconds, drop them anyway."""
+        message = {"ike": ike, "timeout": str(max(1, round(timeout * 1000))), "force": "yes"}
+        return self._streamed("terminate", "terminate", message)
+
+
+# -- the side table -----------------------------------------------------------------
+
+
+def fingerprint(path: PathProfile) -> str:
+    """A SHA-256 over the path's secret fields (domain-separated, length-prefixed):
+    tells an identical re-installation from a different one after a restart,
+    and reveals nothing of the (high-entropy, derived) keys themselves."""
+    digest = hashlib.sha256(b"aaa_vpn strongswan path fingerprint v1\x00")
+    for secret in (path.ike_psk, path.key_in, path.key_out, path.binding_key):
+        if secret is None:
+            digest.update(b"\x00")
+        else:
+            digest.update(b"\x01" + len(secret).to_bytes(4, "big") + secret.value)
+    return digest.hexdigest()
+
+
+def _public_fields(path: PathProfile) -> dict[str, Any]:
+    """The path's non-secret fields, as JSON values."""
+    return {
+        "role": path.role.name,
+        "local": str(path.local),
+        "peer": str(path.peer),
+        "local_ts": [str(n) for n in path.local_ts],
+        "remote_ts": [str(n) for n in path.remote_ts],
+        "key_mode": path.key_mode.value,
+        "esp_transform": path.esp_transform.value,
+        "spi_in": path.spi_in,
+        "spi_out": path.spi_out,
+        "lifetime": path.lifetime,
+        "ike_proposal": path.ike_proposal,
+        "qos": None
+        if path.qos is None
+        else {"name": path.qos.name, "dscp": path.qos.dscp, "rate_kbps": path.qos.rate_kbps},
+        "gateway_mode": None if path.gateway_mode is None else path.gateway_mode.value,
+        "binding_key": path.binding_key is not None,
+    }
+
+
+_PLACEHOLDER = Secret(b"")
+
+
+def _path_from_fields(fields: Mapping[str, Any]) -> PathProfile:
+    qos = fields["qos"]
+    return PathProfile(
+        role=PathRole[fields["role"]],
+        local=IPv4Address(fields["local"]),
+        peer=IPv4Address(fields["peer"]),
+        local_ts=tuple(IPv4Network(n) for n in fields["local_ts"]),
+        remote_ts=tuple(IPv4Network(n) for n in fields["remote_ts"]),
+        key_mode=KeyMode(fields["key_mode"]),
+        esp_transform=EspTransform(fields["esp_transform"]),
+        spi_in=int(fields["spi_in"]),
+        spi_out=int(fields["spi_out"]),
+        key_in=_PLACEHOLDER,
+        key_out=_PLACEHOLDER,
+        lifetime=int(fields["lifetime"]),
+        ike_proposal=fields["ike_proposal"],
+        ike_psk=_PLACEHOLDER,
+        qos=None if qos is None else QosSpec(qos["name"], int(qos["dscp"]), int(qos["rate_kbps"])),
+        gateway_mode=None if fields["gateway_mode"] is None else GatewayMode(fields["gateway_mode"]),
+        binding_key=_PLACEHOLDER if fields["binding_key"] else None,
+    )
+
+
+@dataclass
+class _Record:
+    """One installed path as the side table keeps it (no secrets)."""
+
+    name: str
+    owner: str
+    seq: int
+    initiator: bool
+    fingerprint: str
+    fields: dict[str, Any]
+
+    def same_path(self, fields: Mapping[str, Any], print_: str) -> bool:
+        return self.fields == fields and self.fingerprint == print_
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "owner": self.owner,
+            "seq": self.seq,
+            "initiator": self.initiator,
+            "fingerprint": self.fingerprint,
+            "path": self.fields,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _Record:
+        record = cls(
+            name=str(data["name"]),
+            owner=str(data["owner"]),
+            seq=int(data["seq"]),
+            initiator=bool(data["initiator"]),
+            fingerprint=str(data["fingerprint"]),
+            fields=dict(data["path"]),
+        )
+        _path_from_fields(record.fields)  # must rebuild, or the table is corrupt
+        return record
+
+
+class _SideTable:
+    """The JSON file that survives the agent: ``{"version": 1, "paths": [record, ...]}``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, _Record]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StrongSwanError(f"cannot read the side table {self.path}: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+            if data.get("version") != TABLE_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {TABLE_VERSION}")
+            records = [_Record.from_json(item) for item in data["paths"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StrongSwanError(f"the side table {self.path} is corrupt ({exc}); remove it to start over") from None
+        return {record.name: record for record in records}
+
+    def save(self, records: Mapping[str, _Record]) -> None:
+        data = {"version": TABLE_VERSION, "paths": [r.to_json() for r in sorted(records.values(), key=_seq)]}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise StrongSwanError(f"cannot write the side table {self.path}: {exc.strerror}") from None
+
+
+def _seq(record: _Record) -> int:
+    return record.seq
+
+
+# -- the backend ----------------------------------------------------------------------
+
+
+class StrongSwanBackend:
+    """The SAs of one node in that node's charon (see the module docstring).
+
+    ``vici_socket_path``: charon's VICI socket (one charon per node);
+    ``initiator(path)``: whether this end initiates (:func:`initiator_for`,
+    default :func:`default_initiator`); ``timeout``: seconds to wait for the
+    peer in an IKE exchange (initiation and deletion); ``state_file``: the side
+    table, by default ``<vici_socket_path>.aaa_vpn.json``.
+    """
+
+    def __init__(
+        self,
+        node: IPv4Address,
+        vici_socket_path: str | os.PathLike[str],
+        initiator: Callable[[PathProfile], bool] = default_initiator,
+        timeout: float = 5.0,
+        state_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.node = node
+        self.vici_socket_path = Path(vici_socket_path)
+        self.initiator = initiator
+        self.timeout = timeout
+        self._table = _SideTable(
+            Path(state_file) if state_file is not None else Path(str(vici_socket_path) + ".aaa_vpn.json")
+        )
+        self._records = self._table.load()
+        self._full: dict[str, InstalledPath] = {}  # paths installed through this object, with their secrets
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"StrongSwanBackend(node={self.node}, socket={str(self.vici_socket_path)!r}, paths={len(self._records)})"
+
+    @property
+    def state_file(self) -> Path:
+        return self._table.path
+
+    # -- SaBackend -------------------------------------------------------------------
+
+    def install(self, path: PathProfile, owner: str) -> InstalledPath:
+        """Load ``path`` into charon for ``owner``; initiate it if this end initiates
+        (see :class:`~aaa_vpn.sa.base.SaBackend` and the module docstring)."""
+        self._check_open()
+        validate_path(path, self.node)
+        if path.key_mode is not KeyMode.IKEV2:
+            raise SaUnsupported(
+                "the strongswan backend keys its SAs with IKEv2: a MANUAL path (AAA-issued ESP keys) "
+                "needs the memory, xfrm or userspace backend"
+            )
+        if path.ike_psk is None or not path.ike_psk:
+            raise SaError("an IKEv2 path needs its pre-shared key (ike_psk)")
+        if not path.ike_proposal:
+            raise SaError("an IKEv2 path needs its IKE proposal (ike_proposal)")
+        if path.lifetime < 1:
+            raise SaError(f"invalid lifetime {path.lifetime}: at least 1 second")
+        name = connection_name(owner, path.peer, path.spi_in)
+        public, print_ = _public_fields(path), fingerprint(path)
+        with self._vici() as v:
+            loaded = self._sync(v)
+            existing = self._records.get(name)
+            if existing is not None:
+                if existing.owner == owner and existing.same_path(public, print_):
+                    installed = InstalledPath(owner=owner, path=path)
+                    self._full[name] = installed
+                    return installed  # identical: a no-op
+                raise SaConflict(f"inbound SPI 0x{path.spi_in:08x} is already in use on {self.node}")
+            for record in self._records.values():
+                if int(record.fields["spi_in"]) == path.spi_in:
+                    raise SaConflict(f"inbound SPI 0x{path.spi_in:08x} is already in use on {self.node}")
+            if name in loaded:  # left by an install that died half-way: ours by its name, but unknown
+                log.warning("removing an unrecorded connection first", extra={"fields": {"conn": name}})
+                self._teardown(v, name)
+            initiate = bool(self.initiator(path))
+            try:
+                v.load_shared(name, path.ike_psk.value, [ike_identity(path.local, path.spi_in), self._peer_id(path)])
+                v.load_conn({name: self._connection(path, initiate)})
+                if initiate:
+                    self._initiate(v, name, path)
+                seq = max((r.seq for r in self._records.values()), default=0) + 1
+                self._records[name] = _Record(name, owner, seq, initiate, print_, public)
+                self._table.save(self._records)
+            except _CommandFailed as exc:
+                self._rollback(v, name)
+                raise StrongSwanError(f"charon refused the path toward {path.peer}: {exc.errmsg}") from None
+            except BaseException:
+                self._rollback(v, name)
+                raise
+        installed = InstalledPath(owner=owner, path=path)
+        self._full[name] = installed
+        log.info("path installed", extra={"fields": {"conn": name, "initiator": initiate}})
+        return installed
+
+    def delete(self, owner: str, peer: IPv4Address | None = None) -> int:
+        """Terminate and unload ``owner``'s paths (toward ``peer`` only, if given); return how many."""
+        self._check_open()
+        with self._vici() as v:
+            loaded = self._sync(v)
+            doomed: list[str] = []
+            for name in sorted(loaded, key=self._order):
+                parsed = parse_connection_name(name)
+                if parsed is not None and parsed.owner == owner and (peer is None or parsed.peer == peer):
+                    doomed.append(name)
+            try:
+                for name in doomed:
+                    self._teardown(v, name)
+                    self._records.pop(name, None)
+                    self._full.pop(name, None)
+            finally:
+                if doomed:
+                    self._table.save(self._records)
+        if doomed:
+            log.info("paths deleted", extra={"fields": {"owner": owner, "count": len(doomed)}})
+        return len(doomed)
+
+    def paths(self) -> list[InstalledPath]:
+        """The paths loaded in charon that this backend (or an earlier one) installed, in order."""
+        self._check_open()
+        with self._vici() as v:
+            self._sync(v)
+        return [self._installed(record) for record in sorted(self._records.values(), key=_seq)]
+
+    def close(self) -> None:
+        """Forget the in-memory state; charon keeps the connections and SAs (see the module docstring)."""
+        self._full.clear()
+        self._closed = True
+
+    # -- beyond the interface ------------------------------------------------------------
+
+    def sas(self, owner: str | None = None, peer: IPv4Address | None = None) -> list[IkeSaState]:
+        """The IKE_SAs (with their CHILD_SAs) of this backend's connections, optionally
+        of one owner (toward one peer)."""
+        self._check_open()
+        with self._vici() as v:
+            result = []
+            for sa in v.ike_sas():
+                parsed = parse_connection_name(sa.name)
+                if parsed is None or (owner is not None and parsed.owner != owner):
+                    continue
+                if peer is None or parsed.peer == peer:
+                    result.append(sa)
+        return result
+
+    def daemon_version(self) -> str:
+        """charon's name and version, e.g. ``charon-systemd 5.9.8``."""
+        with self._vici() as v:
+            return v.version()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SaError(f"the strongswan backend of {self.node} is closed")
+
+    def _vici(self) -> Vici:
+        return Vici(self.vici_socket_path, self.timeout)
+
+    def _order(self, name: str) -> tuple[int, str]:
+        record = self._records.get(name)
+        return (record.seq if record is not None else 1 << 62, name)
+
+    def _sync(self, v: Vici) -> set[str]:
+        """Our connection names loaded in charon. Re-reads the side table (another backend
+        object of this node may have changed it) and forgets recorded paths that charon
+        no longer has (it was restarted) or that belong to another node."""
+        loaded = {name for name in v.connection_names() if parse_connection_name(name) is not None}
+        self._records = self._table.load()
+        gone = [n for n, r in self._records.items() if n not in loaded or r.fields["local"] != str(self.node)]
+        for name in gone:
+            del self._records[name]
+            self._full.pop(name, None)
+        if gone:
+            self._table.save(self._records)
+        return loaded
+
+    def _installed(self, record: _Record) -> InstalledPath:
+        full = self._full.get(record.name)
+        if full is not None and record.same_path(_public_fields(full.path), fingerprint(full.path)):
+            return full  # with its secrets, as installed through this object
+        return InstalledPath(owner=record.owner, path=_path_from_fields(record.fields))
+
+    @staticmethod
+    def _peer_id(path: PathProfile) -> str:
+        return ike_identity(path.peer, path.spi_out)
+
+    def _connection(self, path: PathProfile, initiate: bool) -> dict[str, object]:
+        times = lifetimes(path.lifetime, initiate)
+        return {
+            "version": "2",
+            "local_addrs": [str(path.local)],
+            "remote_addrs": [str(path.peer)],
+            "proposals": [path.ike_proposal],
+            "local": {"auth": "psk", "id": ike_identity(path.local, path.spi_in)},
+            "remote": {"auth": "psk", "id": self._peer_id(path)},
+            "keyingtries": "1",  # one attempt; install reports the failure and cleans up
+            "mobike": "no",
+            "unique": "no",
+            "send_certreq": "no",
+            "reauth_time": "0",
+            "rekey_time": f"{times.ike_rekey}s",
+            "over_time": f"{times.ike_over}s",
+            "rand_time": f"{times.rand}s",
+            "children": {
+                CHILD_NAME: {
+                    "mode": "tunnel",
+                    "local_ts": [str(n) for n in path.local_ts],
+                    "remote_ts": [str(n) for n in path.remote_ts],
+                    "esp_proposals": [path.esp_transform.value],
+                    "life_time": f"{times.child_life}s",
+                    "rekey_time": f"{times.child_rekey}s",
+                    "rand_time": f"{times.rand}s",
+                    "start_action": "none",
+                    "close_action": "none",
+                    "dpd_action": "clear",
+                }
+            },
+        }
+
+    def _initiate(self, v: Vici, name: str, path: PathProfile) -> None:
+        try:
+            v.initiate(name, CHILD_NAME, self.timeout)
+        except _CommandFailed as exc:
+            raise _classify(exc, path, self.timeout) from None
+
+    def _teardown(self, v: Vici, name: str) -> None:
+        """Terminate the connection's SAs with the peer, then unload it and its key."""
+        if v.ike_sas(name):
+            with contextlib.suppress(_CommandFailed):  # gone in the meantime
+                v.terminate(name, self.timeout)
+        with contextlib.suppress(_CommandFailed):  # not loaded
+            v.unload_conn(name)
+        with contextlib.suppress(_CommandFailed):
+            v.unload_shared(name)
+
+    def _rollback(self, v: Vici, name: str) -> None:
+        """Best effort after a failed install: charon may be gone too."""
+        self._records.pop(name, None)
+        with contextlib.suppress(CharonUnavailable):
+            self._teardown(v, name)
+
+
+def _classify(exc: _CommandFailed, path: PathProfile, timeout: float) -> NegotiationFailed:
+    """The error a failed ``initiate`` means, from charon's message and logs (never key material)."""
+    logs = "\n".join(exc.logs)
+    peer = path.peer
+    if "not established after" in exc.errmsg or "peer not responding" in logs or "giving up after" in logs:
+        return PeerUnreachable(
+            f"no IKE answer from {peer} within {timeout:g} s: is its charon running and reachable from {path.local}?"
+        )
+    if "NO_PROPOSAL_CHOSEN" in logs or "no acceptable proposal" in logs:
+        if "no CHILD_SA built" in logs:
+            return ProposalMismatch(
+                f"{peer} accepts none of the ESP transforms offered ({path.esp_transform.value}); "
+                "the IKE_SA was established and has been deleted"
+            )
+        return ProposalMismatch(
+            f"{peer} accepts none of the IKE proposals offered ({path.ike_proposal}), "
+            f"or has no connection at all from {path.local} (no end of any path installed there)"
+        )
+    if "AUTHENTICATION_FAILED" in logs or re.search(r"authentication of .* failed", logs):
+        return AuthenticationFailed(
+            f"PSK authentication with {peer} failed: the keys differ, or {peer} has not installed its end of "
+            f"this path (identities {ike_identity(path.local, path.spi_in)} / {ike_identity(peer, path.spi_out)})"
+        )
+    selectors = f"{[str(n) for n in path.local_ts]} === {[str(n) for n in path.remote_ts]}"
+    if "TS_UNACCEPTABLE" in logs:
+        return NegotiationFailed(
+            f"{peer} refused the traffic selectors {selectors} (they differ from its end's, or it could not "
+            "install them: kernel-libipsec needs an address of the node inside its local selectors)"
+        )
+    if "unable to install" in logs:
+        return NegotiationFailed(
+            f"this node could not install the CHILD_SA for {selectors} (kernel-libipsec needs an address of "
+            "the node inside its local selectors)"
+        )
+    return NegotiationFailed(f"establishing the CHILD_SA with {peer} failed: {exc.errmsg}")
