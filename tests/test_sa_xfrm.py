@@ -1435,6 +1435,9 @@ def test_failed_rollback_is_retried(split: Split) -> None:
     with pytest.raises(SaError, match="rollback failed and will be retried"):
         fa.install(fa_path(), OWNER)
     assert len(split.policies()) == 1, "the out policy could not be removed yet"
+    split.wire.faults.append(Fault(x.XFRM_MSG_DELPOLICY, extack="stuck again"))
+    with pytest.raises(SaConflict):
+        fa.install(fa_path(), OWNER)  # not "already installed": the path is half gone, its SPI still taken
     assert fa.paths() == []
     assert split.policies() == set() and split.wire.kernel.states == {}
 

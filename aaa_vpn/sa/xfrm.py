@@ -1339,7 +1339,7 @@ class XfrmBackend:
         self._finish_pending()
         for entry in self._entries.values():
             if entry.path.spi_in == path.spi_in:
-                if entry.owner == owner and _same_path(entry.path, path):
+                if entry.state == _INSTALLED and entry.owner == owner and _same_path(entry.path, path):
                     entry.path = path  # the caller's copy carries the secrets the table does not keep
                     return InstalledPath(owner, path)
                 raise SaConflict(f"inbound SPI 0x{path.spi_in:08x} is already in use on {self.node}")
