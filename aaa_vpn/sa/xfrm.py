@@ -48,9 +48,9 @@ Rules (what this backend adds to :mod:`aaa_vpn.sa.base`):
   backend's back (``ip xfrm state flush``) is removed completely by
   :meth:`XfrmBackend.paths`.
 * Kernel lifetimes are left infinite (byte/packet limits ``XFRM_INF``, no
-  time limit): the agents' timers delete paths (base rules), and a kernel hard
-  expiry would outlive nothing but could cut a path whose renewal re-installed
-  it unchanged (a no-op).
+  time limit): the agents' timers delete paths (base rules), and a hard expiry
+  set at install would cut a path that a renewal re-installed unchanged (a no-op
+  that cannot move the expiry).
 * Inbound SAs get a 64-packet anti-replay window (``XFRMA_REPLAY_ESN_VAL``
   without ESN, as strongSwan does; RFC 4303 section 3.4.3). Single-selector
   paths also get the selector on the SA (the kernel checks a decrypted packet
