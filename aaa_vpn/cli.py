@@ -1545,6 +1545,22 @@ def _agent_options(role: str) -> Callable[[F], F]:
                 help="Keep the SA table, visitors/bindings and recent events here as JSON (docs/agents.md).",
             ),
             click.option(
+                "--backend",
+                type=click.Choice(["memory", "strongswan", "xfrm"]),
+                default=None,
+                help="Where the SAs go (docs/sa-backends.md).  [default: memory]",
+            ),
+            click.option(
+                "--vici-socket",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="strongswan: the VICI socket of this node's charon.",
+            ),
+            click.option(
+                "--xfrm-table",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="xfrm: the side table that keeps the SAs' owners across restarts.",
+            ),
+            click.option(
                 "--journal",
                 type=click.Path(dir_okay=False, path_type=Path),
                 help="Keep the live state here, sealed, and carry on from it after a restart"
@@ -1592,6 +1608,7 @@ def _run_agent(app: App, role: str, options: dict[str, Any]) -> None:
             "home_agents": sorted(str(a) for a in settings.home_agents),
             "state_file": str(settings.state_file) if settings.state_file else None,
             "journal": str(settings.journal) if settings.journal else None,
+            "backend": settings.backend,
         }
         lines = [f"{settings.node} ({settings.role}): OK, Mobile IP on {settings.address}:{settings.mip_port}"]
         lines += [f"AAA server {s.name}" for s in settings.aaa_servers]
@@ -1608,6 +1625,9 @@ def _run_agent(app: App, role: str, options: dict[str, Any]) -> None:
             lines.append(f"state file {settings.state_file}")
         if settings.journal:
             lines.append(f"journal {settings.journal}")
+        lines.append(
+            f"SA backend {settings.backend}" + (f" (charon at {settings.vici_socket})" if settings.vici_socket else "")
+        )
         emit(app, document, "\n".join(lines))
         return
     # Imported here: the agents pull in asyncio and the SA backend.

@@ -612,6 +612,7 @@ def test_config_file_and_check(tmp_path: Path) -> None:
         "home_agents": [],
         "state_file": str(tmp_path / "fa.json"),
         "journal": None,
+        "backend": "memory",
     }
     (tmp_path / "fa.secret").chmod(0o644)
     result = aaa_vpn("agent", "fa", "--config", str(config), "--check")
@@ -619,6 +620,25 @@ def test_config_file_and_check(tmp_path: Path) -> None:
     config.write_text('address = "127.0.0.21"\ngateway_key_file = "k"\n')  # a GW key in an FA file
     result = aaa_vpn("agent", "fa", "--config", str(config), "--check")
     assert result.returncode == 2 and "gateway_key_file is not a known setting" in result.stderr, result.stderr
+    key = private(tmp_path / "gw.key", os.urandom(32))
+    config.write_text('address = "127.0.0.11"\nbackend = "strongswan"\n')  # no VICI socket
+    result = aaa_vpn("agent", "gw", "--config", str(config), "--gateway-key-file", str(key), "--check")
+    assert result.returncode == 2 and "needs charon's VICI socket" in result.stderr, result.stderr
+    config.write_text('address = "127.0.0.11"\nbackend = "racoon"\n')
+    result = aaa_vpn("agent", "gw", "--config", str(config), "--gateway-key-file", str(key), "--check")
+    assert result.returncode == 2 and "unknown SA backend 'racoon'" in result.stderr, result.stderr
+
+
+def test_an_agent_whose_charon_is_unreachable_does_not_start(tmp_path: Path) -> None:
+    key = private(tmp_path / "gw.key", os.urandom(32))
+    socket_path = tmp_path / "nobody.vici"
+    result = aaa_vpn(
+        *("agent", "gw", "--address", "127.0.0.21", "--mip-port", "4340", "--gateway-key-file", str(key)),
+        *("--backend", "strongswan", "--vici-socket", str(socket_path)),
+    )
+    assert result.returncode == 1, result
+    assert f"SA backend strongswan: cannot reach charon at {socket_path}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
 from aaa_vpn.roles.ha import HaConfig, HomeAgent
 from aaa_vpn.roles.mn import MnConfig, MobileNode
-from aaa_vpn.sa.base import InstalledPath
+from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
 from aaa_vpn.service.agents import SaExecutor
@@ -210,6 +210,33 @@ def _bind(address: str, port: int, what: str) -> socket.socket:
     return sock
 
 
+def build_backend(settings: AgentSettings) -> SaBackend:
+    """The SA backend the settings name (docs/sa-backends.md); AgentError if it
+    cannot be reached (charon down, no netlink)."""
+    if settings.backend == "memory":
+        return MemoryBackend(settings.address)
+    try:
+        if settings.backend == "strongswan":
+            from aaa_vpn.sa.strongswan import StrongSwanBackend, initiator_for
+
+            assert settings.vici_socket is not None  # checked by AgentSettings
+            kind = {"fa": "fa", "ha": "ha", "gw": "gw"}[settings.role]
+            backend: SaBackend = StrongSwanBackend(
+                settings.address,
+                settings.vici_socket,
+                initiator=initiator_for(kind),  # type: ignore[arg-type]
+                timeout=settings.ike_timeout,
+            )
+        else:
+            from aaa_vpn.sa.xfrm import XfrmBackend
+
+            backend = XfrmBackend(settings.address, table=settings.xfrm_table)
+        backend.paths()  # reachable now, or a clear error at start rather than at the first registration
+    except SaError as exc:
+        raise AgentError(f"SA backend {settings.backend}: {exc}") from None
+    return backend
+
+
 def build_role(settings: AgentSettings) -> RoleAgent:
     """The sans-IO agent the settings describe."""
     config = role_config(settings)
@@ -231,11 +258,13 @@ class AgentNode:
     :meth:`close` releases everything. Without asyncio, :meth:`receive`,
     :meth:`fire_timer` and :meth:`service` drive it by hand."""
 
-    def __init__(self, settings: AgentSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: AgentSettings, clock: Callable[[], float] = time.time, backend: SaBackend | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.agent: RoleAgent = build_role(settings)
-        self.backend = MemoryBackend(settings.address)
+        self.backend: SaBackend = backend if backend is not None else build_backend(settings)
         self.executor = SaExecutor(self.backend, settings.node)
         self.sockets: dict[Channel, socket.socket] = {}
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=_EVENTS_KEPT)
@@ -624,7 +653,11 @@ class AgentNode:
 def run_agent(settings: AgentSettings) -> int:
     """Entry point of ``aaa-vpn agent fa|ha|gw``; returns the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
-    node = AgentNode(settings)
+    try:
+        node = AgentNode(settings)
+    except AgentError as exc:
+        log.error(str(exc), extra=fields(node=settings.node))
+        return 1
     try:
         node.open()
     except AgentError as exc:
@@ -642,6 +675,7 @@ def run_agent(settings: AgentSettings) -> int:
             aaa=",".join(s.name for s in settings.aaa_servers),
             home_agents=",".join(sorted(str(a) for a in settings.home_agents)),
             state_file=str(settings.state_file or ""),
+            backend=settings.backend,
         ),
     )
     loop = asyncio.new_event_loop()

@@ -40,6 +40,8 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.service.config import LOG_FORMATS, LOG_LEVELS, read_toml
 
 ROLES = ("fa", "ha", "gw")
+#: Where an agent's SAs go (docs/sa-backends.md).
+BACKENDS = ("memory", "strongswan", "xfrm")
 MIP_PORT = 434  # RFC 5944 section 1.8
 RADIUS_PORT = 1812  # RFC 2865 section 3
 COA_PORT = 3799  # RFC 5176 section 2.3
@@ -56,6 +58,10 @@ _COMMON: _Schema = {
     "max_lifetime": int,
     "state_file": str,
     "journal": str,
+    "backend": str,
+    "vici_socket": str,
+    "ike_timeout": (int, float),
+    "xfrm_table": str,
     "log_level": str,
     "log_format": str,
 }
@@ -114,6 +120,15 @@ class AgentSettings:
     journal: Path | None = None
     """Where the agent keeps its live state, sealed, to carry on after a restart
     with the SAs its backend still holds (docs/agents.md, "Restart")."""
+    backend: str = "memory"
+    """Where its SAs go: ``memory``, ``strongswan`` (a charon over VICI) or
+    ``xfrm`` (the kernel) -- docs/sa-backends.md."""
+    vici_socket: Path | None = None
+    """strongswan: the VICI socket of this node's charon."""
+    ike_timeout: float = 2.0
+    """strongswan: seconds an IKE exchange may take (below the FA's ``ha_timeout``)."""
+    xfrm_table: Path | None = None
+    """xfrm: the side table that keeps the SAs' owners across restarts."""
     log_level: str = "info"
     log_format: str = "text"
 
@@ -153,6 +168,12 @@ class AgentSettings:
             )
         if not 0 <= self.refresh_retries <= 100:
             raise ValidationError(f"invalid refresh retries {self.refresh_retries}: 0..100")
+        if self.backend not in BACKENDS:
+            raise ValidationError(f"unknown SA backend {self.backend!r}: one of {', '.join(BACKENDS)}")
+        if self.backend == "strongswan" and self.vici_socket is None:
+            raise ValidationError("the strongswan backend needs charon's VICI socket (--vici-socket, vici_socket)")
+        if not 0 < self.ike_timeout <= 60:
+            raise ValidationError(f"invalid IKE timeout {self.ike_timeout}: 0 < x <= 60 seconds")
         if self.log_level not in LOG_LEVELS:
             raise ValidationError(f"invalid log level {self.log_level!r}: one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
@@ -395,6 +416,7 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in (
         "name",
+        "backend",
         "mip_port",
         "coa_port",
         "max_lifetime",
@@ -412,6 +434,7 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
         "replay_tolerance",
         "radius_timeout",
         "refresh_threshold",
+        "ike_timeout",
     ):
         if name in top:
             values[name] = float(top[name])
@@ -421,6 +444,9 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
         values["state_file"] = reader.file(top["state_file"])
     if "journal" in top:
         values["journal"] = reader.file(top["journal"])
+    for name in ("vici_socket", "xfrm_table"):
+        if name in top:
+            values[name] = reader.file(top[name])
     if "aaa" in top:
         values["aaa_servers"] = _servers(reader, top["aaa"], secret)
     if "gateway_key_file" in top:
@@ -440,6 +466,7 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
 
 
 __all__ = [
+    "BACKENDS",
     "MIP_PORT",
     "ROLES",
     "AgentSettings",
