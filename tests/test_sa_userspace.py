@@ -17,9 +17,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from aaa_vpn.model import EspTransform, KeyMode
+from aaa_vpn.sa import SaBackend, SaError
 from aaa_vpn.sa.qos import MIN_BURST, TokenBucket, burst_octets
+from aaa_vpn.sa.tun import call_in_netns
+from aaa_vpn.sa.userspace import UserspaceBackend
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec
 
 
 class FakeClock:
@@ -69,3 +89,358 @@ def test_token_bucket_edges() -> None:
     with pytest.raises(ValueError):
         burst_octets(-1)
     assert "8 kbit/s" in repr(bucket)
+
+
+# -- the backend in network namespaces ------------------------------------------------
+
+FA = IPv4Address("192.0.2.1")  # node A
+HA = IPv4Address("192.0.2.2")  # node B
+NEW = IPv4Address("192.0.2.3")  # node C
+H = IPv4Address("198.51.100.10")  # host behind A
+H2 = IPv4Address("198.51.100.11")  # a second address of that host
+K = IPv4Address("203.0.113.5")  # host behind B (and, later, C)
+H_NET = IPv4Network("198.51.100.0/24")
+K_NET = IPv4Network("203.0.113.0/24")
+GCM = EspTransform.AES_GCM_16_128
+CBC = EspTransform.AES_CBC_128_HMAC_SHA256
+MARKER = b"aau-inner-marker-"  # in every test payload: must never be seen in clear on the wire
+
+
+def _run(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr.strip()}"
+    return done.stdout
+
+
+@dataclass
+class Topology:
+    """Names of the namespaces and links of one test module."""
+
+    prefix: str
+    a: str
+    b: str
+    c: str
+    h: str
+    k: str
+    wire_b: str  # B's end of the A-B link (captured)
+    wire_c: str  # C's end of the A-C link
+
+    def ip(self, netns: str, *args: str) -> str:
+        return _run("ip", "-n", netns, *args)
+
+
+@pytest.fixture(scope="module")
+def topology() -> Iterator[Topology]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    if shutil.which("ip") is None:
+        if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":
+            pytest.fail("AAA_VPN_REQUIRE_TOOLS=1 but ip is not installed")
+        pytest.skip("ip (iproute2) is not installed")
+    tag = f"{os.getpid() % 100000}"
+    prefix = f"aau_{tag}_"
+    t = Topology(prefix, *(prefix + n for n in "abchk"), wire_b=f"aau{tag}b", wire_c=f"aau{tag}c")
+    created: list[str] = []
+    try:
+        for ns in (t.a, t.b, t.c, t.h, t.k):
+            _run("ip", "netns", "add", ns)
+            created.append(ns)
+            for knob in ("all", "default"):
+                _run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{knob}.disable_ipv6=1")
+                # Strict reverse-path filtering on every node: decrypted packets must pass it.
+                _run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.{knob}.rp_filter=1")
+            t.ip(ns, "link", "set", "lo", "up")
+
+        def link(ns1: str, dev1: str, ns2: str, dev2: str) -> None:
+            _run("ip", "link", "add", dev1, "netns", ns1, "type", "veth", "peer", "name", dev2, "netns", ns2)
+            t.ip(ns1, "link", "set", dev1, "up")
+            t.ip(ns2, "link", "set", dev2, "up")
+
+        link(t.a, f"aau{tag}ab", t.b, t.wire_b)
+        link(t.a, f"aau{tag}ac", t.c, t.wire_c)
+        link(t.a, f"aau{tag}ah", t.h, f"aau{tag}h")
+        link(t.b, f"aau{tag}bk", t.k, f"aau{tag}k")
+        # The wire: A is 192.0.2.1 on both of its links, B and C are its neighbours.
+        t.ip(t.a, "addr", "add", f"{FA}/24", "dev", f"aau{tag}ab")
+        t.ip(t.a, "addr", "add", f"{FA}/32", "dev", f"aau{tag}ac")
+        t.ip(t.a, "route", "add", f"{NEW}/32", "dev", f"aau{tag}ac")
+        t.ip(t.b, "addr", "add", f"{HA}/24", "dev", t.wire_b)
+        t.ip(t.c, "addr", "add", f"{NEW}/24", "dev", t.wire_c)
+        t.ip(t.c, "addr", "add", f"{K}/32", "dev", "lo")
+        # The inner networks.
+        t.ip(t.a, "addr", "add", "198.51.100.1/24", "dev", f"aau{tag}ah")
+        t.ip(t.h, "addr", "add", f"{H}/24", "dev", f"aau{tag}h")
+        t.ip(t.h, "addr", "add", f"{H2}/24", "dev", f"aau{tag}h")
+        t.ip(t.h, "route", "add", "default", "via", "198.51.100.1")
+        t.ip(t.b, "addr", "add", "203.0.113.1/24", "dev", f"aau{tag}bk")
+        t.ip(t.k, "addr", "add", f"{K}/24", "dev", f"aau{tag}k")
+        t.ip(t.k, "route", "add", "default", "via", "203.0.113.1")
+        for ns in (t.a, t.b, t.c):
+            _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        yield t
+    finally:
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], check=False, timeout=30)
+
+
+_tun_names = itertools.count()
+
+
+@pytest.fixture
+def backend(topology: Topology) -> Iterator[Callable[..., UserspaceBackend]]:
+    """``backend(netns, node, **options)``: a started backend, closed after the test."""
+    started: list[UserspaceBackend] = []
+
+    def start(netns: str, node: IPv4Address, **options: Any) -> UserspaceBackend:
+        options.setdefault("tun_name", f"aaut{os.getpid() % 10000}x{next(_tun_names)}")
+        created = UserspaceBackend(node, netns=netns, **options)
+        started.append(created)
+        return created
+
+    yield start
+    for created in started:
+        created.close()
+
+
+def mirrored(
+    transform: EspTransform,
+    a: IPv4Address,
+    b: IPv4Address,
+    a_ts: tuple[IPv4Network, ...],
+    b_ts: tuple[IPv4Network, ...],
+    spi_a: int = 0x1001,
+    spi_b: int = 0x2002,
+    qos: QosSpec | None = None,
+    role: PathRole = PathRole.FA_HA,
+) -> tuple[PathProfile, PathProfile]:
+    """Both ends' views of one path with fresh random keys, as the AAA issues them:
+    A's key_out is B's key_in and the other way round. ``spi_a`` is A's inbound SPI."""
+    a_to_b = Secret(os.urandom(transform.keymat_length))
+    b_to_a = Secret(os.urandom(transform.keymat_length))
+    view_a = PathProfile(
+        role=role,
+        local=a,
+        peer=b,
+        local_ts=a_ts,
+        remote_ts=b_ts,
+        key_mode=KeyMode.MANUAL,
+        esp_transform=transform,
+        spi_in=spi_a,
+        spi_out=spi_b,
+        key_in=b_to_a,
+        key_out=a_to_b,
+        lifetime=3600,
+        qos=qos,
+    )
+    view_b = dataclasses.replace(
+        view_a,
+        local=b,
+        peer=a,
+        local_ts=b_ts,
+        remote_ts=a_ts,
+        spi_in=spi_b,
+        spi_out=spi_a,
+        key_in=a_to_b,
+        key_out=b_to_a,
+    )
+    return view_a, view_b
+
+
+def udp_socket(netns: str, address: IPv4Address, port: int = 0) -> socket.socket:
+    """A UDP socket bound to ``address:port`` inside ``netns``."""
+
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((str(address), port))
+        return sock
+
+    return call_in_netns(netns, make)
+
+
+def send_udp(sender: socket.socket, to: IPv4Address, port: int, count: int, size: int = 200, pace: int = 0) -> None:
+    """``count`` datagrams numbered in their payload; a 1 ms pause after every ``pace`` of them."""
+    for n in range(count):
+        payload = MARKER + n.to_bytes(4, "big")
+        sender.sendto(payload + bytes(max(0, size - len(payload))), (str(to), port))
+        if pace and n % pace == pace - 1:
+            time.sleep(0.001)
+
+
+def receive_udp(receiver: socket.socket, timeout: float = 1.0) -> list[int]:
+    """The numbers of the datagrams that arrive until ``timeout`` passes without one."""
+    receiver.settimeout(timeout)
+    numbers = []
+    try:
+        while True:
+            data = receiver.recv(65535)
+            if data.startswith(MARKER):
+                numbers.append(int.from_bytes(data[len(MARKER) : len(MARKER) + 4], "big"))
+    except TimeoutError:
+        pass
+    return numbers
+
+
+def test_is_an_sa_backend(topology: Topology, backend: Callable[..., UserspaceBackend]) -> None:
+    a = backend(topology.a, FA)
+    assert isinstance(a, SaBackend)
+    assert a.stats().running
+    assert a.tun_name in topology.ip(topology.a, "link", "show", "dev", a.tun_name)
+    # A name in use, or a node address that is not there, is refused before anything starts.
+    with pytest.raises(SaError, match="already exists"):
+        backend(topology.a, FA, tun_name=a.tun_name, table=4400, priority=4400, fwmark=0x4400)
+    with pytest.raises(SaError, match="not configured"):
+        backend(topology.a, NEW, table=4400, priority=4400, fwmark=0x4400)
+    assert "4400" not in topology.ip(topology.a, "rule", "show")
+
+
+class Capture:
+    """tcpdump on one interface of a namespace, into a pcap, stopped by PID."""
+
+    def __init__(self, tcpdump: str, netns: str, interface: str, pcap: Path) -> None:
+        self.pcap = pcap
+        argv = ["ip", "netns", "exec", netns, tcpdump, "-i", interface, "-n", "--immediate-mode", "-U"]
+        # `ip netns exec` execs, so this PID is tcpdump's own.
+        self.process = subprocess.Popen([*argv, "-w", str(pcap)], stderr=subprocess.PIPE, text=True)
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()  # "listening on ...": the capture is open
+        assert "listening on" in line, line
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            time.sleep(0.2)  # let the last frames in flight reach the capture
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def capture(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Callable[[str, str], Capture]]:
+    tcpdump = require_tool("tcpdump")
+    running: list[Capture] = []
+
+    def start(netns: str, interface: str) -> Capture:
+        started = Capture(tcpdump, netns, interface, tmp_path / f"{interface}-{len(running)}.pcap")
+        running.append(started)
+        return started
+
+    yield start
+    for started in running:
+        started.stop()
+
+
+# tshark's literal algorithm labels (reference/test-environment.md section 3.1).
+_TSHARK_ENCRYPTION = {True: "AES-GCM with 16 octet ICV [RFC4106]", False: "AES-CBC [RFC3602]"}
+_TSHARK_AUTH = {True: "NULL", False: "HMAC-SHA-256-128 [RFC4868]"}
+
+
+def esp_sa_record(view: PathProfile) -> str:
+    """tshark's ``esp_sa`` UAT record of ``view``'s outbound SA."""
+    transform, key = view.esp_transform, view.key_out.value
+    k = transform.encryption_key_length
+    encryption, integrity = (key, "") if transform.is_aead else (key[:k], "0x" + key[k:].hex())
+    fields = [
+        "IPv4",
+        str(view.local),
+        str(view.peer),
+        f"0x{view.spi_out:08x}",
+        _TSHARK_ENCRYPTION[transform.is_aead],
+        "0x" + encryption.hex(),
+        _TSHARK_AUTH[transform.is_aead],
+        integrity,
+    ]
+    return ",".join(f'"{field}"' for field in fields)
+
+
+def tshark_fields(tshark: str, pcap: Path, config: Path, fields: list[str], sas: list[PathProfile]) -> list[list[str]]:
+    """One row per frame; with ``sas``, ESP is decrypted with their outbound SAs."""
+    config.mkdir(exist_ok=True)
+    command = [tshark, "-n", "-r", str(pcap)]
+    if sas:
+        command += ["-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE"]
+        for view in sas:
+            command += ["-o", f"uat:esp_sa:{esp_sa_record(view)}"]
+    command += ["-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"]
+    for field in fields:
+        command += ["-e", field]
+    # A private configuration directory: the user's own profile must not leak in.
+    env = dict(os.environ, WIRESHARK_CONFIG_DIR=str(config), HOME=str(config))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    return [line.split("|") for line in done.stdout.splitlines()]
+
+
+def ping(topology: Topology, netns: str, source: IPv4Address, to: IPv4Address, count: int = 3) -> bool:
+    argv = ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1"]
+    argv += ["-I", str(source), str(to)]
+    return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
+
+
+@pytest.mark.netns
+@pytest.mark.interop
+@pytest.mark.parametrize("transform", [GCM, CBC], ids=lambda t: t.name)
+def test_tunnel_carries_traffic_as_esp_only(
+    transform: EspTransform,
+    topology: Topology,
+    backend: Callable[..., UserspaceBackend],
+    capture: Callable[[str, str], Capture],
+    require_tool: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    tshark = require_tool("tshark")
+    require_tool("ping")
+    t = topology
+    gold = QosSpec("gold", 46, 0)
+    view_a, view_b = mirrored(transform, FA, HA, (H_NET,), (K_NET,), qos=gold)
+    a, b = backend(t.a, FA), backend(t.b, HA)
+    a.install(view_a, "s1/FA_HA")
+    b.install(view_b, "s1/FA_HA")
+    assert a.routing() == ([(H_NET, K_NET)], [K_NET])
+    assert f"from {H_NET} to {K_NET} lookup 4303" in t.ip(t.a, "rule", "show")
+    assert f"{K_NET} dev {a.tun_name}" in t.ip(t.a, "route", "show", "table", "4303")
+
+    wire = capture(t.b, t.wire_b)
+    receiver = udp_socket(t.k, K, 40001)
+    sender = udp_socket(t.h, H)
+    with receiver, sender:
+        assert ping(t, t.h, H, K), "ping h -> k through the tunnel"
+        send_udp(sender, K, 40001, 20)
+        assert sorted(receive_udp(receiver)) == list(range(20))
+    wire.stop()
+
+    sa_a = {c.direction.value: c for c in a.counters()}
+    sa_b = {c.direction.value: c for c in b.counters()}
+    assert sa_a["out"].packets == 3 + 20 and sa_b["in"].packets == 3 + 20
+    assert sa_b["out"].packets == 3 and sa_a["in"].packets == 3  # the echo replies
+    for node in (a, b):
+        stats = node.stats()
+        assert stats.running and stats.drops == {}, stats
+
+    # What the wire saw: ARP and ESP, nothing else, and never the payload in clear.
+    assert MARKER not in wire.pcap.read_bytes()
+    plain = tshark_fields(tshark, wire.pcap, tmp_path / "ws", ["frame.protocols", "ip.src", "ip.dst"], [])
+    ip_frames = [row for row in plain if row[0] != "eth:ethertype:arp"]
+    assert ip_frames and all(row[0] == "eth:ethertype:ip:esp" for row in ip_frames), plain
+    assert {(row[1], row[2]) for row in ip_frames} == {(str(FA), str(HA)), (str(HA), str(FA))}
+
+    # tshark decrypts every frame with the SAs the AAA issued, and every ICV is good.
+    fields = ["esp.spi", "esp.icv_good", "esp.icv_bad", "ip.src", "ip.dst", "ip.dsfield.dscp", "ip.proto"]
+    rows = tshark_fields(tshark, wire.pcap, tmp_path / "ws", [*fields, "data.data"], [view_a, view_b])
+    esp_rows = [row for row in rows if row[0]]
+    assert len(esp_rows) == len(ip_frames) == 3 * 2 + 20
+    inner_pairs = set()
+    for spi, good, bad, src, dst, dscp, proto, data in esp_rows:
+        assert (good, bad) == ("1", "0"), f"ICV of SPI {spi} not verified by tshark"
+        outer_src, inner_src = src.split(",")
+        inner_dst = dst.split(",")[1]
+        inner_pairs.add((inner_src, inner_dst, proto.split(",")[1]))
+        assert dscp.split(",")[0] == "46", "the outer header carries the path's DSCP"
+        assert int(spi, 16) == (view_a.spi_out if outer_src == str(FA) else view_b.spi_out)
+        if proto.endswith(",17"):
+            assert bytes.fromhex(data).startswith(MARKER), "the inner UDP payload decrypts"
+    assert inner_pairs == {(str(H), str(K), "1"), (str(K), str(H), "1"), (str(H), str(K), "17")}
