@@ -20,9 +20,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +36,8 @@ from typing import Any
 import pytest
 
 from aaa_vpn.model import EspTransform, KeyMode
-from aaa_vpn.sa import SaBackend, SaError
+from aaa_vpn.sa import SaBackend, SaConflict, SaError, SaUnsupported
+from aaa_vpn.sa.esp import EspSa, OuterHeader, encapsulate, internet_checksum
 from aaa_vpn.sa.qos import MIN_BURST, TokenBucket, burst_octets
 from aaa_vpn.sa.tun import call_in_netns
 from aaa_vpn.sa.userspace import UserspaceBackend
@@ -267,12 +270,13 @@ def send_udp(sender: socket.socket, to: IPv4Address, port: int, count: int, size
             time.sleep(0.001)
 
 
-def receive_udp(receiver: socket.socket, timeout: float = 1.0) -> list[int]:
-    """The numbers of the datagrams that arrive until ``timeout`` passes without one."""
+def receive_udp(receiver: socket.socket, timeout: float = 1.0, expect: int | None = None) -> list[int]:
+    """The numbers of the datagrams that arrive until ``timeout`` passes without
+    one (or, with ``expect``, until that many have arrived)."""
     receiver.settimeout(timeout)
-    numbers = []
+    numbers: list[int] = []
     try:
-        while True:
+        while expect is None or len(numbers) < expect:
             data = receiver.recv(65535)
             if data.startswith(MARKER):
                 numbers.append(int.from_bytes(data[len(MARKER) : len(MARKER) + 4], "big"))
@@ -410,7 +414,7 @@ def test_tunnel_carries_traffic_as_esp_only(
     with receiver, sender:
         assert ping(t, t.h, H, K), "ping h -> k through the tunnel"
         send_udp(sender, K, 40001, 20)
-        assert sorted(receive_udp(receiver)) == list(range(20))
+        assert sorted(receive_udp(receiver, expect=20)) == list(range(20))
     wire.stop()
 
     sa_a = {c.direction.value: c for c in a.counters()}
@@ -444,3 +448,302 @@ def test_tunnel_carries_traffic_as_esp_only(
         if proto.endswith(",17"):
             assert bytes.fromhex(data).startswith(MARKER), "the inner UDP payload decrypts"
     assert inner_pairs == {(str(H), str(K), "1"), (str(K), str(H), "1"), (str(H), str(K), "17")}
+
+
+@pytest.mark.netns
+def test_delete_removes_the_routing_and_traffic_stops(
+    topology: Topology, backend: Callable[..., UserspaceBackend], capture: Callable[[str, str], Capture]
+) -> None:
+    t = topology
+    view_a, view_b = mirrored(GCM, FA, HA, (H_NET,), (K_NET,))
+    a, b = backend(t.a, FA), backend(t.b, HA)
+    a.install(view_a, "s1/FA_HA")
+    b.install(view_b, "s1/FA_HA")
+    with udp_socket(t.k, K, 40002) as receiver, udp_socket(t.h, H) as sender:
+        send_udp(sender, K, 40002, 10)
+        assert sorted(receive_udp(receiver, expect=10)) == list(range(10))
+
+        assert a.delete("s1/FA_HA") == 1
+        assert a.paths() == [] and a.routing() == ([], [])
+        assert "lookup 4303" not in t.ip(t.a, "rule", "show").replace("fwmark 0x4303/0x4303 lookup main", "")
+        assert t.ip(t.a, "route", "show", "table", "4303").strip() == ""
+        wire = capture(t.b, t.wire_b)
+        sent_before = a.stats().esp_out
+        send_udp(sender, K, 40002, 10)
+        assert receive_udp(receiver, timeout=0.5) == [], "nothing arrives once the path is deleted"
+        wire.stop()
+    assert a.stats().esp_out == sent_before
+    # A has no other route to k's network: the packets stop at A, neither
+    # tunnelled nor in clear; the capture on the wire is empty of IPv4.
+    assert MARKER not in wire.pcap.read_bytes()
+    (b_in, _) = b.counters()
+    assert b_in.packets == 10
+    assert a.delete("s1/FA_HA") == 0
+
+
+@pytest.mark.netns
+def test_handoff_make_before_break_moves_traffic(topology: Topology, backend: Callable[..., UserspaceBackend]) -> None:
+    """A's path to k's address moves from B to C: the new path is installed first
+    (make), the old one deleted after (break); traffic follows at once, and the
+    routing into A's device stays in place throughout."""
+    t = topology
+    k_host = (IPv4Network(f"{K}/32"),)
+    old_a, old_b = mirrored(CBC, FA, HA, (H_NET,), k_host)
+    new_a, new_c = mirrored(CBC, FA, NEW, (H_NET,), k_host, spi_a=0x3003, spi_b=0x4004, role=PathRole.FA_FA)
+    a, b, c = backend(t.a, FA), backend(t.b, HA), backend(t.c, NEW)
+    a.install(old_a, "s1/FA_HA")
+    b.install(old_b, "s1/FA_HA")
+    with (
+        udp_socket(t.k, K, 40003) as at_k,
+        udp_socket(t.c, K, 40003) as at_c,
+        udp_socket(t.h, H) as sender,
+    ):
+        send_udp(sender, K, 40003, 5)
+        assert sorted(receive_udp(at_k, expect=5)) == list(range(5))
+
+        c.install(new_c, "s1/FA_FA")
+        a.install(new_a, "s1/FA_FA")  # make: the newest path wins at once
+        assert a.routing() == ([(H_NET, k_host[0])], list(k_host)), "shared by both paths"
+        send_udp(sender, K, 40003, 5)
+        assert sorted(receive_udp(at_c, expect=5)) == list(range(5))
+        assert receive_udp(at_k, timeout=0.2) == []
+
+        assert a.delete("s1/FA_HA", peer=HA) == 1  # break
+        assert [p.peer for p in a.paths()] == [NEW]
+        assert a.routing() == ([(H_NET, k_host[0])], list(k_host)), "the route stays: the new path uses it"
+        send_udp(sender, K, 40003, 5)
+        assert sorted(receive_udp(at_c, expect=5)) == list(range(5))
+
+        # Replies from C come back through the new path.
+        reply = udp_socket(t.c, K)
+        with reply, udp_socket(t.h, H, 40004) as at_h:
+            send_udp(reply, H, 40004, 3)
+            assert sorted(receive_udp(at_h, expect=3)) == list(range(3))
+    assert {(s.direction.value, s.packets) for s in a.counters("s1/FA_FA")} == {("out", 10), ("in", 3)}
+    assert sum(s.packets for s in b.counters() if s.direction.value == "in") == 5
+
+
+def raw_sender(netns: str) -> socket.socket:
+    """An IP_HDRINCL socket in ``netns``: sends outer packets exactly as given."""
+    return call_in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+
+
+def ip_udp(src: IPv4Address, dst: IPv4Address, payload: bytes, dport: int) -> bytes:
+    """An inner IPv4/UDP packet (UDP checksum 0: none, RFC 768)."""
+    total = 28 + len(payload)
+    header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 17, 0, src.packed, dst.packed)
+    header = header[:10] + internet_checksum(header).to_bytes(2, "big") + header[12:]
+    return header + struct.pack(">HHHH", 40000, dport, 8 + len(payload), 0) + payload
+
+
+@pytest.mark.netns
+def test_garbage_is_counted_and_the_loop_survives(topology: Topology, backend: Callable[..., UserspaceBackend]) -> None:
+    t = topology
+    view_a, view_b = mirrored(GCM, FA, HA, (H_NET,), (K_NET,))
+    a, b = backend(t.a, FA), backend(t.b, HA)
+    a.install(view_a, "s1/FA_HA")
+    b.install(view_b, "s1/FA_HA")
+    # The test holds B's outbound key, as B does: it can forge B's packets.
+    forger = EspSa(view_b.spi_out, GCM, view_b.key_out)
+    outer = OuterHeader(HA, FA)
+
+    def valid(payload: bytes, src: IPv4Address = K) -> bytes:
+        return outer.wrap(forger.seal(ip_udp(src, H, MARKER + payload, 40005)))
+
+    spi = view_a.spi_in.to_bytes(4, "big")
+    first = valid(b"\x00\x00\x00\x01")
+    tampered = bytearray(valid(b"\x00\x00\x00\x02"))
+    tampered[-1] ^= 0x01
+    garbage = {
+        "malformed": [encapsulate(HA, FA, b""), encapsulate(HA, FA, b"\x01" * 7)],  # no SPI at all
+        "unknown_spi": [encapsulate(HA, FA, b"\xde\xad\xbe\xef" + os.urandom(60))],
+        "bad_icv": [encapsulate(HA, FA, spi + os.urandom(60)), bytes(tampered)],
+        "replay": [first],  # the second copy, below
+        "wrong_peer": [encapsulate(IPv4Address("192.0.2.99"), FA, valid(b"x")[20:])],
+        "policy": [valid(b"y", src=IPv4Address("10.0.0.1"))],  # inner source outside B's selectors
+        "next_header": [outer.wrap(forger.seal(b"\x00" * 40, next_header=59))],  # a dummy packet
+        "too_old": [],
+    }
+    with raw_sender(t.b) as raw, udp_socket(t.h, H, 40005) as at_h:
+        raw.sendto(first, (str(FA), 0))
+        assert receive_udp(at_h, expect=1) == [1], "a forged-but-valid packet is accepted"
+        for packets in garbage.values():
+            for packet in packets:
+                raw.sendto(packet, (str(FA), 0))
+        # 70 more valid packets move the window past `first`'s neighbour: too old.
+        late = valid(b"\x00\x00\x00\x03")
+        for n in range(70):
+            raw.sendto(valid((100 + n).to_bytes(4, "big")), (str(FA), 0))
+        raw.sendto(late, (str(FA), 0))
+        garbage["too_old"].append(late)
+        assert len(receive_udp(at_h, expect=70)) == 70
+        expected = {reason: len(packets) for reason, packets in garbage.items()}
+        deadline = time.monotonic() + 5
+        while sum(a.stats().drops.values()) < sum(expected.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a.stats().drops == expected
+
+        # Fuzz: random outer payloads, half of them with the path's SPI in front.
+        rng = random.Random(4303)
+        for n in range(400):
+            body = rng.randbytes(rng.randrange(0, 1400))
+            raw.sendto(encapsulate(HA, FA, (spi + body) if n % 2 else body), (str(FA), 0))
+        raw.sendto(valid(b"\x00\x00\x00\x04"), (str(FA), 0))
+        assert receive_udp(at_h, expect=1) == [4], "the data plane still works after the fuzz"
+    stats = a.stats()
+    assert stats.running and "internal" not in stats.drops
+    assert stats.esp_in == 1 + sum(expected.values()) + 70 + 400 + 1
+    assert stats.tun_out == 1 + 70 + 1
+    assert sum(stats.drops.values()) == stats.esp_in - stats.tun_out
+
+    # And traffic the other way still flows too.
+    with udp_socket(t.k, K, 40006) as at_k, udp_socket(t.h, H) as sender:
+        send_udp(sender, K, 40006, 5)
+        assert sorted(receive_udp(at_k, expect=5)) == list(range(5))
+
+
+@pytest.mark.netns
+def test_rate_limit_polices_a_bronze_path_and_not_a_gold_one(
+    topology: Topology, backend: Callable[..., UserspaceBackend]
+) -> None:
+    t = topology
+    gold, bronze = QosSpec("gold", 46, 0), QosSpec("bronze", 10, 400)  # 400 kbit/s = 50,000 octets/s
+    gold_a, gold_b = mirrored(GCM, FA, HA, (IPv4Network(f"{H}/32"),), (K_NET,), qos=gold)
+    bronze_a, bronze_b = mirrored(
+        GCM, FA, HA, (IPv4Network(f"{H2}/32"),), (K_NET,), spi_a=0x1101, spi_b=0x2202, qos=bronze
+    )
+    a, b = backend(t.a, FA), backend(t.b, HA)
+    for view, node in ((gold_a, a), (gold_b, b), (bronze_a, a), (bronze_b, b)):
+        node.install(view, "s1/" + view.qos.name if view.qos else "s1")
+    count, size = 400, 1000
+    results = {}
+    with udp_socket(t.k, K, 40007) as at_k:
+        for source, name in ((H, "gold"), (H2, "bronze")):
+            with udp_socket(t.h, source) as sender:
+                started = time.monotonic()
+                send_udp(sender, K, 40007, count, size=size, pace=10)  # ~10 packets per ms at most
+                results[name] = receive_udp(at_k, timeout=1.0)
+                results[name + " elapsed"] = [int((time.monotonic() - started) * 1000)]
+    stats = a.stats()
+    (meter,) = stats.qos
+    assert (meter.qos, meter.rate_kbps, meter.spi_out) == ("bronze", 400, 0x2202)
+    assert meter.burst == 5000  # 100 ms of the rate
+    # Gold: unlimited, everything arrives (a wide margin for losses that are not QoS).
+    assert len(results["gold"]) >= 0.95 * count, results["gold"]
+    # Bronze: at most the bucket's depth plus the rate over the whole time the
+    # bucket could have refilled (sending and receiving, an upper bound), plus one packet.
+    outer = 20 + 16 + size + 28 + 2 + 2 + 16  # ESP header+IV, inner, trailer, ICV (GCM, 4-octet alignment)
+    elapsed = results["bronze elapsed"][0] / 1000
+    ceiling = (meter.burst + 50_000 * elapsed) // outer + 1
+    delivered = len(results["bronze"])
+    assert meter.burst // outer <= delivered <= ceiling, (delivered, ceiling, elapsed)
+    assert delivered < 0.5 * count
+    assert meter.passed == delivered and meter.dropped == count - delivered
+    assert stats.drops == {"rate_limited": meter.dropped}
+    assert meter.dropped_octets == meter.dropped * outer
+    # The receiver saw no gaps the policer did not make.
+    assert b.stats().drops == {}
+
+
+def path_rules(topology: Topology, netns: str) -> list[str]:
+    """The path rules (priority 4304) in ``netns``, as ``ip rule`` prints them."""
+    return [
+        line.split(":", 1)[1].strip() for line in topology.ip(netns, "rule", "show").splitlines() if "4304:" in line
+    ]
+
+
+@pytest.mark.netns
+def test_install_and_delete_rules_hold_with_routing(
+    topology: Topology, backend: Callable[..., UserspaceBackend]
+) -> None:
+    t = topology
+    a = backend(t.a, FA, transforms=[CBC, GCM])
+    view, _ = mirrored(GCM, FA, HA, (H_NET,), (K_NET,))
+    installed = a.install(view, "s1/FA_HA")
+    assert a.install(view, "s1/FA_HA") is installed, "idempotent: same entry, no second rule"
+    assert path_rules(t, t.a) == [f"from {H_NET} to {K_NET} lookup 4303"]
+
+    # A conflicting SPI, an unsupported transform, a path for another node:
+    # refused, and the routing is exactly as before.
+    other_net = IPv4Network("10.20.0.0/16")
+    conflicting = dataclasses.replace(mirrored(GCM, FA, NEW, (H_NET,), (other_net,))[0], spi_in=view.spi_in)
+    with pytest.raises(SaConflict):
+        a.install(conflicting, "s2/FA_HA")
+    with pytest.raises(SaConflict):
+        a.install(view, "someone-else")
+    with pytest.raises(SaError, match="not for this node"):
+        a.install(mirrored(GCM, HA, NEW, (K_NET,), (other_net,))[0], "s2/FA_HA")
+    narrow = backend(t.b, HA, transforms=[CBC])
+    with pytest.raises(SaUnsupported):
+        narrow.install(mirrored(GCM, HA, FA, (K_NET,), (H_NET,))[0], "s1/FA_HA")
+    assert path_rules(t, t.b) == [] and narrow.paths() == []
+    # Keys are never installed twice (GCM nonces would repeat); the refusal
+    # after the routing was added takes the routing back.
+    assert a.delete("s1/FA_HA") == 1
+    reused = dataclasses.replace(view, remote_ts=(other_net,))
+    with pytest.raises(SaError, match="already used"):
+        a.install(reused, "s1/FA_HA")
+    assert a.paths() == [] and a.routing() == ([], []) and path_rules(t, t.a) == []
+    assert t.ip(t.a, "route", "show", "table", "4303").strip() == ""
+
+    # A routing failure (here: a rule already there that is not ours) leaves nothing
+    # installed, and the keys unused.
+    fresh, _ = mirrored(CBC, FA, HA, (H_NET,), (other_net,), spi_a=0x5005)
+    t.ip(t.a, "rule", "add", "pref", "4304", "from", str(H_NET), "to", str(other_net), "lookup", "4303")
+    try:
+        with pytest.raises(SaError, match="cannot route"):
+            a.install(fresh, "s3/FA_HA")
+        assert a.paths() == [] and a.routing() == ([], [])
+    finally:
+        t.ip(t.a, "rule", "del", "pref", "4304", "from", str(H_NET), "to", str(other_net), "lookup", "4303")
+    assert t.ip(t.a, "route", "show", "table", "4303").strip() == ""
+    assert a.install(fresh, "s3/FA_HA").spi_in == 0x5005
+    assert path_rules(t, t.a) == [f"from {H_NET} to {other_net} lookup 4303"]
+
+    # close: rules, routes and the device are gone, and the backend refuses further calls.
+    a.close()
+    assert path_rules(t, t.a) == [] and "4303" not in t.ip(t.a, "rule", "show")
+    assert a.tun_name not in t.ip(t.a, "link", "show")
+    assert not a.stats().running
+    for call in (a.paths, lambda: a.install(fresh, "s3/FA_HA"), lambda: a.delete("s3/FA_HA")):
+        with pytest.raises(SaError, match="closed"):
+            call()
+    a.close()  # twice is fine
+    assert "redacted" not in repr(a) and fresh.key_out.value.hex() not in repr(a)
+
+
+@pytest.mark.netns
+def test_host_to_host_path_does_not_loop(
+    request: pytest.FixtureRequest,
+    topology: Topology,
+    backend: Callable[..., UserspaceBackend],
+    capture: Callable[[str, str], Capture],
+    require_tool: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """The selectors cover the nodes themselves: the outer ESP packets to the
+    peer must bypass the tunnel (fwmark rule), or they would loop into the device.
+
+    Strict reverse-path filtering cannot work here: the reverse route to the
+    peer now points into the device, so the peer's ESP and ARP would fail it.
+    The nodes use loose filtering for this test (docs/sa-backends.md)."""
+    require_tool("ping")
+    t = topology
+
+    def rp_filter(mode: int) -> None:  # the effective value is max(all, device)
+        for ns in (t.a, t.b):
+            _run("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.all.rp_filter={mode}")
+
+    rp_filter(2)
+    request.addfinalizer(lambda: rp_filter(1))
+    view_a, view_b = mirrored(GCM, FA, HA, (IPv4Network(f"{FA}/32"),), (IPv4Network(f"{HA}/32"),))
+    a, b = backend(t.a, FA), backend(t.b, HA)
+    a.install(view_a, "s1/FA_HA")
+    b.install(view_b, "s1/FA_HA")
+    wire = capture(t.b, t.wire_b)
+    assert ping(t, t.a, FA, HA)
+    wire.stop()
+    assert (a.stats().tun_in, a.stats().esp_out, b.stats().tun_out, b.stats().esp_out) == (3, 3, 3, 3)
+    assert a.stats().drops == {} and b.stats().drops == {}
+    rows = tshark_fields(require_tool("tshark"), wire.pcap, tmp_path / "ws", ["frame.protocols"], [])
+    assert [row[0] for row in rows if row[0] != "eth:ethertype:arp"] == ["eth:ethertype:ip:esp"] * 6

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import re
 import shutil
 import socket
 import struct
@@ -52,12 +53,22 @@ IFNAME_MAX: Final = 15
 #: Where ``ip netns add`` puts its namespaces.
 NETNS_RUN_DIR: Final = "/run/netns"
 
+_FAILED_LINE = re.compile(r"Command failed -:(\d+)")
 _IFREQ_FLAGS = struct.Struct("16sH")
 _IFREQ_INT = struct.Struct("16si")
 
 
 class NetnsError(OSError):
     """A namespace, device or ``ip`` command could not be set up as asked."""
+
+
+class IpBatchError(NetnsError):
+    """An ``ip -batch`` command failed; :attr:`done` commands before it succeeded
+    (``None``: unknown, ``ip`` did not say which line failed)."""
+
+    def __init__(self, message: str, done: int | None) -> None:
+        super().__init__(message)
+        self.done = done
 
 
 def _setns(path: str) -> None:
@@ -175,8 +186,9 @@ class IpCommand:
         """Run ``commands`` (each the arguments after ``ip``) in one ``ip -batch`` process.
 
         Without ``force`` it stops at the first failure and raises
-        :class:`NetnsError` with ``ip``'s message; with ``force`` it runs all of
-        them and ignores failures (for cleanup)."""
+        :class:`IpBatchError` with ``ip``'s message and how many commands had
+        succeeded before (so the caller undoes those, and nothing it did not
+        make); with ``force`` it runs all of them and ignores failures."""
         if not commands:
             return
         script = "".join(" ".join(command) + "\n" for command in commands)
@@ -184,7 +196,8 @@ class IpCommand:
         done = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=30, check=False)
         if done.returncode != 0 and not force:
             message = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
-            raise NetnsError(f"ip: {message}")
+            failed = _FAILED_LINE.search(done.stderr)  # "Command failed -:3"
+            raise IpBatchError(f"ip: {message}", int(failed.group(1)) - 1 if failed else None)
 
     def output(self, *args: str) -> str:
         """The standard output of one ``ip`` command (for listings)."""

@@ -98,7 +98,7 @@ from aaa_vpn.sa.base import InstalledPath, SaConflict, SaError, SaUnsupported, v
 from aaa_vpn.sa.esp import IPPROTO_ESP, SUPPORTED_TRANSFORMS, EspError, EspErrorReason
 from aaa_vpn.sa.memory import MemoryBackend, SaCounters
 from aaa_vpn.sa.qos import DEFAULT_BURST_MS, TokenBucket, burst_octets
-from aaa_vpn.sa.tun import IpCommand, NetnsError, call_in_netns, check_ifname, open_tun
+from aaa_vpn.sa.tun import IpBatchError, IpCommand, NetnsError, call_in_netns, check_ifname, open_tun
 from aaa_vpn.wire.profile import PathProfile
 
 log = logging.getLogger("aaa_vpn.sa.userspace")
@@ -223,11 +223,14 @@ class _Routing:
         new_rules = [pair for pair in dict.fromkeys(self._pairs(path)) if pair not in self._rules]
         new_routes = [net for net in dict.fromkeys(path.remote_ts) if net not in self._routes]
         commands = [self._rule("add", pair) for pair in new_rules] + [self._route("replace", n) for n in new_routes]
+        undo = [self._rule("del", pair) for pair in new_rules] + [self._route("del", n) for n in new_routes]
         try:
             self.ip.batch(commands)
-        except NetnsError as exc:
-            undo = [self._rule("del", pair) for pair in new_rules] + [self._route("del", n) for n in new_routes]
-            self.ip.batch(undo, force=True)
+        except IpBatchError as exc:
+            # Undo what was made, and only that: a rule that failed with "File
+            # exists" is someone else's.
+            done = len(commands) if exc.done is None else exc.done
+            self.ip.batch(undo[:done], force=True)
             raise SaError(f"cannot route the path's selectors into {self.tun}: {exc}") from None
         for pair in self._pairs(path):
             self._rules[pair] = self._rules.get(pair, 0) + 1
@@ -387,7 +390,8 @@ class UserspaceBackend:
 
     def __repr__(self) -> str:
         where = f", netns={self.netns!r}" if self.netns else ""
-        return f"UserspaceBackend(node={self.node}, tun={self.tun_name!r}{where}, paths={len(self._sad.paths())})"
+        state = "closed" if self._closed else f"paths={len(self._sad.paths())}"
+        return f"UserspaceBackend(node={self.node}, tun={self.tun_name!r}{where}, {state})"
 
     def __enter__(self) -> UserspaceBackend:
         return self
