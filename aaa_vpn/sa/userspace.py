@@ -525,6 +525,12 @@ class UserspaceBackend:
             qos=tuple(qos),
         )
 
+    @property
+    def thread_id(self) -> int | None:
+        """The data-plane thread's native id (for CPU accounting in ``/proc``), while it runs."""
+        thread = self._thread
+        return thread.native_id if thread is not None and thread.is_alive() else None
+
     def routing(self) -> tuple[list[tuple[IPv4Network, IPv4Network]], list[IPv4Network]]:
         """What this backend has routed into its device: (rule selector pairs, table routes)."""
         return self._routing.rules(), self._routing.routes()
