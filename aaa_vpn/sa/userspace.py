@@ -601,12 +601,13 @@ class UserspaceBackend:
             address = addresses.get(peer)
             if address is None:
                 address = addresses[peer] = (str(peer), 0)
+            # Counted before it leaves, so that whoever sees the packet arrive sees it counted.
+            self._esp_out += 1
             try:
                 sendto(packet, address)
             except OSError:
+                self._esp_out -= 1
                 drops[SEND_FAILED] += 1
-                continue
-            self._esp_out += 1
 
     def _inbound(self) -> None:
         """Up to :data:`BATCH` packets from the ESP socket: unprotect, hand to the TUN device."""
@@ -630,9 +631,9 @@ class UserspaceBackend:
             except Exception:  # noqa: BLE001 - a bug must cost one packet, not the data plane
                 self._internal_error("inbound")
                 continue
+            self._tun_out += 1  # before the write, as above
             try:
                 write(fd, inner)
             except OSError:
+                self._tun_out -= 1
                 drops[TUN_WRITE_FAILED] += 1
-                continue
-            self._tun_out += 1
