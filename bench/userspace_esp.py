@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transform", action="append", choices=sorted(TRANSFORMS), help="repeatable (default: both)")
     parser.add_argument("--layout", choices=("process", "threads"), default="process")
     parser.add_argument(
-        "--rates", default="10000,20000,30000,40000,50000,60000,max", help="offered pkt/s; max = unpaced"
+        "--rates", default="10000,20000,30000,40000,50000,60000,70000,80000,max", help="offered pkt/s; max = unpaced"
     )
     parser.add_argument("--seconds", type=float, default=2.0, help="per step (default 2)")
     parser.add_argument("--max-loss", type=float, default=0.01, help="loss allowed for the headline (default 0.01)")
