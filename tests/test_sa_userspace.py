@@ -287,6 +287,7 @@ def receive_udp(receiver: socket.socket, timeout: float = 1.0, expect: int | Non
     return numbers
 
 
+@pytest.mark.netns
 def test_is_an_sa_backend(topology: Topology, backend: Callable[..., UserspaceBackend]) -> None:
     a = backend(topology.a, FA)
     assert isinstance(a, SaBackend)
@@ -297,6 +298,11 @@ def test_is_an_sa_backend(topology: Topology, backend: Callable[..., UserspaceBa
         backend(topology.a, FA, tun_name=a.tun_name, table=4400, priority=4400, fwmark=0x4400)
     with pytest.raises(SaError, match="not configured"):
         backend(topology.a, NEW, table=4400, priority=4400, fwmark=0x4400)
+    for bad in ("tun%d", "a/b", "x" * 16, ""):
+        with pytest.raises(SaError, match="invalid interface name"):
+            backend(topology.a, FA, tun_name=bad, table=4400, priority=4400, fwmark=0x4400)
+    with pytest.raises(SaError, match="no network namespace"):
+        backend(topology.prefix + "missing", FA)
     assert "4400" not in topology.ip(topology.a, "rule", "show")
 
 
@@ -381,7 +387,7 @@ def tshark_fields(tshark: str, pcap: Path, config: Path, fields: list[str], sas:
     return [line.split("|") for line in done.stdout.splitlines()]
 
 
-def ping(topology: Topology, netns: str, source: IPv4Address, to: IPv4Address, count: int = 3) -> bool:
+def ping(netns: str, source: IPv4Address, to: IPv4Address, count: int = 3) -> bool:
     argv = ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1"]
     argv += ["-I", str(source), str(to)]
     return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
@@ -414,7 +420,7 @@ def test_tunnel_carries_traffic_as_esp_only(
     receiver = udp_socket(t.k, K, 40001)
     sender = udp_socket(t.h, H)
     with receiver, sender:
-        assert ping(t, t.h, H, K), "ping h -> k through the tunnel"
+        assert ping(t.h, H, K), "ping h -> k through the tunnel"
         send_udp(sender, K, 40001, 20)
         assert sorted(receive_udp(receiver, expect=20)) == list(range(20))
     wire.stop()
@@ -743,7 +749,7 @@ def test_host_to_host_path_does_not_loop(
     a.install(view_a, "s1/FA_HA")
     b.install(view_b, "s1/FA_HA")
     wire = capture(t.b, t.wire_b)
-    assert ping(t, t.a, FA, HA)
+    assert ping(t.a, FA, HA)
     wire.stop()
     assert (a.stats().tun_in, a.stats().esp_out, b.stats().tun_out, b.stats().esp_out) == (3, 3, 3, 3)
     assert a.stats().drops == {} and b.stats().drops == {}

@@ -121,8 +121,9 @@ def call_in_netns(netns: str | None, function: Callable[[], T]) -> T:
 
 def check_ifname(name: str) -> None:
     """Raise :class:`ValueError` unless ``name`` can be a Linux interface name."""
-    if not name or len(name) > IFNAME_MAX or not name.isascii() or any(c in name for c in "/: \t\n"):
-        raise ValueError(f"invalid interface name {name!r}: 1-{IFNAME_MAX} ASCII characters, no '/', ':' or space")
+    # '%' would make TUNSETIFF pick a name of its own ("tun%d"), and the routes would miss it.
+    if not name or len(name) > IFNAME_MAX or not name.isascii() or any(c in name for c in "/:% \t\n"):
+        raise ValueError(f"invalid interface name {name!r}: 1-{IFNAME_MAX} ASCII characters, no '/', ':', '%' or space")
     if name in (".", ".."):
         raise ValueError(f"invalid interface name {name!r}")
 
