@@ -1497,6 +1497,15 @@ def _agent_options(role: str) -> Callable[[F], F]:
                     help="Seconds to wait for the home agent before answering 78.  [default: 5]",
                 )
             )
+            decorators.append(
+                click.option(
+                    "--forwarding-lifetime",
+                    type=click.IntRange(0, 0xFFFF),
+                    default=None,
+                    metavar="S",
+                    help="Smooth handoff: seconds the previous FA forwards after a move; 0: none.  [default: 10]",
+                )
+            )
         if role == "ha":
             decorators.append(
                 click.option(
@@ -1546,7 +1555,7 @@ def _agent_options(role: str) -> Callable[[F], F]:
             ),
             click.option(
                 "--backend",
-                type=click.Choice(["memory", "strongswan", "xfrm"]),
+                type=click.Choice(["memory", "strongswan", "xfrm", "userspace"]),
                 default=None,
                 help="Where the SAs go (docs/sa-backends.md).  [default: memory]",
             ),
@@ -1556,9 +1565,26 @@ def _agent_options(role: str) -> Callable[[F], F]:
                 help="strongswan: the VICI socket of this node's charon.",
             ),
             click.option(
+                "--route-into",
+                default=None,
+                metavar="DEV",
+                help="strongswan: lead the paths' traffic into this TUN device (ipsec0) by policy routing.",
+            ),
+            click.option(
                 "--xfrm-table",
                 type=click.Path(dir_okay=False, path_type=Path),
                 help="xfrm: the side table that keeps the SAs' owners across restarts.",
+            ),
+            click.option(
+                "--tun-name",
+                default=None,
+                metavar="NAME",
+                help="userspace: the data plane's TUN device.  [default: aavpn0]",
+            ),
+            click.option(
+                "--data-path/--no-data-path",
+                default=None,
+                help="FA: route each visitor's home address to the link it registered from.  [default: off]",
             ),
             click.option(
                 "--journal",

@@ -89,6 +89,24 @@ MN_HA_SPI = 256
 STATIC_NETWORK = "203.0.113.0/25"
 DYNAMIC_NETWORK = "203.0.113.128/25"
 
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where the demo's elements are: loopback (:data:`LOOPBACK`), or the
+    backbone of the network-namespace topology (:mod:`aaa_vpn.netlab`)."""
+
+    aaa: str
+    ha: str
+    aaaf: str
+    fa1: str
+    fa2: str
+    fa3: str
+    gw_static: str
+    gw_dynamic: str
+
+
+LOOPBACK = Addresses(AAA, HA, AAAF, FA1, FA2, FA3, GW_STATIC, GW_DYNAMIC)
+
 #: The agents: name -> (role, address).
 AGENTS: dict[str, tuple[str, str]] = {
     "ha": ("ha", HA),
@@ -333,11 +351,21 @@ class _Files:
     coa_port: int
 
 
-def provision(directory: Path) -> _Files:
+def provision(
+    directory: Path,
+    addresses: Addresses | None = None,
+    key_mode: KeyMode = KeyMode.MANUAL,
+    coa_port: int | None = None,
+) -> _Files:
     """The sample database and the secret files the processes read; the FA3
-    and HA client records name a free port for CoA and Disconnect-Requests."""
+    and HA client records name a free port for CoA and Disconnect-Requests
+    (``coa_port``, default: one free on every loopback address of the agents).
+    ``addresses``: where each element is (default: loopback, :data:`LOOPBACK`);
+    ``key_mode``: how both services key their SAs (IKEv2 for strongSwan)."""
+    a = addresses or LOOPBACK
     db, key = directory / "vpn.db", directory / "vpn.db.key"
-    coa_port = free_port(tuple(address for _role, address in AGENTS.values()))
+    if coa_port is None:
+        coa_port = free_port(tuple(address for _role, address in AGENTS.values()))
     store, _ = init_store(db, key)
     # fa1 and fa2 share a secret with the foreign AAA; fa3, the HA and the foreign AAA with the home AAA
     client_secrets = {name: secrets.token_urlsafe(18).encode() for name in ("fa1", "fa2", "fa3", "ha", "aaaf")}
@@ -346,13 +374,17 @@ def provision(directory: Path) -> _Files:
     try:
         store.add_client(
             Client(
-                "aaaf", IPv4Network(f"{AAAF}/32"), Secret(client_secrets["aaaf"]), ClientRole.PROXY, "visited-a.example"
+                "aaaf",
+                IPv4Network(f"{a.aaaf}/32"),
+                Secret(client_secrets["aaaf"]),
+                ClientRole.PROXY,
+                "visited-a.example",
             )
         )
         store.add_client(
             Client(
                 "fa3",
-                IPv4Network(f"{FA3}/32"),
+                IPv4Network(f"{a.fa3}/32"),
                 Secret(client_secrets["fa3"]),
                 ClientRole.FA,
                 "visited-b.example",
@@ -360,15 +392,17 @@ def provision(directory: Path) -> _Files:
             )
         )
         store.add_client(
-            Client("ha", IPv4Network(f"{HA}/32"), Secret(client_secrets["ha"]), ClientRole.HA, coa_port=coa_port)
+            Client("ha", IPv4Network(f"{a.ha}/32"), Secret(client_secrets["ha"]), ClientRole.HA, coa_port=coa_port)
         )
         store.add_user(
-            User(NAI, IPv4Address(HA), Secret(mn_aaa), MN_HA_SPI, Secret(mn_ha), home_address=IPv4Address(HOME_ADDRESS))
+            User(
+                NAI, IPv4Address(a.ha), Secret(mn_aaa), MN_HA_SPI, Secret(mn_ha), home_address=IPv4Address(HOME_ADDRESS)
+            )
         )
         store.add_gateway(
             Gateway(
                 "gw-static",
-                IPv4Address(GW_STATIC),
+                IPv4Address(a.gw_static),
                 GatewayMode.STATIC,
                 (IPv4Network(STATIC_NETWORK),),
                 Secret(gateway_keys["gw-static"]),
@@ -377,14 +411,14 @@ def provision(directory: Path) -> _Files:
         store.add_gateway(
             Gateway(
                 "gw-dynamic",
-                IPv4Address(GW_DYNAMIC),
+                IPv4Address(a.gw_dynamic),
                 GatewayMode.DYNAMIC,
                 (IPv4Network(DYNAMIC_NETWORK),),
                 Secret(gateway_keys["gw-dynamic"]),
             )
         )
-        store.add_service(Service("gold", key_mode=KeyMode.MANUAL, esp_transform=EspTransform.AES_GCM_16_256))
-        store.add_service(Service("silver", esp_transform=EspTransform.AES_CBC_128_HMAC_SHA256))
+        store.add_service(Service("gold", key_mode=key_mode, esp_transform=EspTransform.AES_GCM_16_256))
+        store.add_service(Service("silver", key_mode=key_mode, esp_transform=EspTransform.AES_CBC_128_HMAC_SHA256))
         store.add_qos(QosClass("voice", dscp=46, rate_kbps=512))
         store.add_vpn_record(VpnRecord(NAI, IPv4Network(STATIC_NETWORK), "gw-static", "gold", "voice"))
         store.add_vpn_record(VpnRecord(NAI, IPv4Network(DYNAMIC_NETWORK), "gw-dynamic", "silver"))

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
+from aaa_vpn.net.datapath import VisitorRoutes
 from aaa_vpn.roles.agent import Address, Channel, DeletePaths, InstallPaths, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
@@ -226,7 +227,12 @@ def build_backend(settings: AgentSettings) -> SaBackend:
                 settings.vici_socket,
                 initiator=initiator_for(kind),  # type: ignore[arg-type]
                 timeout=settings.ike_timeout,
+                route_into=settings.route_into,
             )
+        elif settings.backend == "userspace":
+            from aaa_vpn.sa.userspace import UserspaceBackend
+
+            backend = UserspaceBackend(settings.address, tun_name=settings.tun_name)
         else:
             from aaa_vpn.sa.xfrm import XfrmBackend
 
@@ -275,6 +281,7 @@ class AgentNode:
         self._dirty = True
         self._record_messages = settings.state_file is not None or log.isEnabledFor(logging.DEBUG)
         self._journaled: dict[str, Any] | None = None  # the state last written to the journal
+        self.routes = VisitorRoutes() if settings.data_path and settings.role == "fa" else None
         self.recovery: Recovery | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -303,6 +310,8 @@ class AgentNode:
     def close(self) -> None:
         self.running = False
         self.close_sockets()
+        if self.routes is not None:
+            self.routes.close()
         self.backend.close()
         self._dirty = True
         try:
@@ -413,6 +422,8 @@ class AgentNode:
         """Carry out the role's events, write the state file, send its datagrams."""
         now = self.clock()
         self._run_events(now)
+        if self.routes is not None and isinstance(self.agent, ForeignAgent):
+            self.routes.sync((v.home_address, v.source[0]) for v in self.agent.visitors.values())
         # Before anything leaves: an answer is never sent for state the
         # journal would not bring back after a crash.
         self.save_journal()

@@ -17,8 +17,8 @@ Rules (what every backend guarantees):
 * Installing the identical path again under the same owner is a no-op that
   returns the existing entry (a retransmitted Access-Accept must not reset
   sequence counters). Another path with an inbound SPI that is already in use
-  on the node raises :class:`SaConflict` (the SPI alone selects the inbound SA,
-  RFC 4303 section 2.1).
+  on the node raises :class:`SaConflict` (with manual keys the SPI alone
+  selects the inbound SA, RFC 4303 section 2.1; with IKE it names the path).
 * Tunnel mode only (DESIGN.md section 4). Lifetimes are enforced by the agents'
   timers, which call :meth:`SaBackend.delete`; a backend may also expire SAs
   itself (strongSwan does) but never silently keeps one past ``lifetime``.
@@ -27,8 +27,11 @@ Errors say whose fault they are: :class:`SaConflict` and :class:`SaUnsupported`
 are about this node's state and abilities; :class:`SaError` itself covers the
 rest (an invalid path, a backend that is closed or failing).
 
-Backends: ``memory`` (:mod:`aaa_vpn.sa.memory`) now; ``strongswan``, ``xfrm``
-and ``userspace`` later (``docs/sa-backends.md``).
+Backends (``docs/sa-backends.md``): ``memory`` (:mod:`aaa_vpn.sa.memory`),
+``strongswan`` (:mod:`aaa_vpn.sa.strongswan`: a charon over VICI; the
+profile's SPIs name the path there, the SPIs on the wire are IKE's), ``xfrm``
+(:mod:`aaa_vpn.sa.xfrm`: the kernel) and ``userspace``
+(:mod:`aaa_vpn.sa.userspace`: the project's own ESP on a TUN device).
 """
 
 from __future__ import annotations

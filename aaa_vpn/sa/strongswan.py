@@ -88,6 +88,9 @@ import vici.exception
 
 from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
 from aaa_vpn.sa.base import InstalledPath, SaConflict, SaError, SaUnsupported, validate_path
+from aaa_vpn.sa.charon import FWMARK
+from aaa_vpn.sa.routing import PolicyRouting
+from aaa_vpn.sa.tun import IpCommand, NetnsError
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec
 
@@ -607,6 +610,7 @@ class StrongSwanBackend:
         initiator: Callable[[PathProfile], bool] = default_initiator,
         timeout: float = 5.0,
         state_file: str | os.PathLike[str] | None = None,
+        route_into: str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -620,6 +624,17 @@ class StrongSwanBackend:
         self._records = self._table.load()
         self._full: dict[str, InstalledPath] = {}  # paths installed through this object, with their secrets
         self._closed = False
+        # route_into: lead each path's traffic into charon's TUN device (kernel-libipsec,
+        # charon started with install_routes = no; aaa_vpn.sa.routing).
+        self._routing: PolicyRouting | None = None
+        self._routed: set[str] = set()
+        if route_into is not None:
+            self._routing = PolicyRouting(IpCommand(None, options=("-4",)), route_into, 4500, 4500, FWMARK)
+            try:
+                self._routing.start()
+                self.paths()  # routes for what charon still holds (after a restart)
+            except NetnsError as exc:
+                raise SaError(f"cannot set up the routing into {route_into}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"StrongSwanBackend(node={self.node}, socket={str(self.vici_socket_path)!r}, paths={len(self._records)})"
@@ -664,6 +679,8 @@ class StrongSwanBackend:
                 log.warning("removing an unrecorded connection first", extra={"fields": {"conn": name}})
                 self._teardown(v, name)
             initiate = bool(self.initiator(path))
+            if self._routing is not None:
+                self._routing.acquire(path)  # SaError, with nothing left, if it cannot
             try:
                 v.load_shared(name, path.ike_psk.value, [ike_identity(path.local, path.spi_in), self._peer_id(path)])
                 v.load_conn({name: self._connection(path, initiate)})
@@ -674,10 +691,14 @@ class StrongSwanBackend:
                 self._table.save(self._records)
             except _CommandFailed as exc:
                 self._rollback(v, name)
+                self._unroute(path)
                 raise StrongSwanError(f"charon refused the path toward {path.peer}: {exc.errmsg}") from None
             except BaseException:
                 self._rollback(v, name)
+                self._unroute(path)
                 raise
+            if self._routing is not None:
+                self._routed.add(name)
         installed = InstalledPath(owner=owner, path=path)
         self._full[name] = installed
         log.info("path installed", extra={"fields": {"conn": name, "initiator": initiate}})
@@ -696,8 +717,11 @@ class StrongSwanBackend:
             try:
                 for name in doomed:
                     self._teardown(v, name)
-                    self._records.pop(name, None)
+                    record = self._records.pop(name, None)
                     self._full.pop(name, None)
+                    if record is not None and name in self._routed:
+                        self._routed.discard(name)
+                        self._unroute(_path_from_fields(record.fields))
             finally:
                 if doomed:
                     self._table.save(self._records)
@@ -740,6 +764,10 @@ class StrongSwanBackend:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _unroute(self, path: PathProfile) -> None:
+        if self._routing is not None:
+            self._routing.release(path)
+
     def _check_open(self) -> None:
         if self._closed:
             raise SaError(f"the strongswan backend of {self.node} is closed")
@@ -759,8 +787,16 @@ class StrongSwanBackend:
         self._records = self._table.load()
         gone = [n for n, r in self._records.items() if n not in loaded or r.fields["local"] != str(self.node)]
         for name in gone:
-            del self._records[name]
+            record = self._records.pop(name)
             self._full.pop(name, None)
+            if name in self._routed:
+                self._routed.discard(name)
+                self._unroute(_path_from_fields(record.fields))
+        if self._routing is not None:
+            for name, record in self._records.items():
+                if name not in self._routed:  # held by charon from before this object: route it
+                    self._routing.acquire(_path_from_fields(record.fields))
+                    self._routed.add(name)
         if gone:
             self._table.save(self._records)
         return loaded

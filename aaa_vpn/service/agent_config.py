@@ -41,7 +41,7 @@ from aaa_vpn.service.config import LOG_FORMATS, LOG_LEVELS, read_toml
 
 ROLES = ("fa", "ha", "gw")
 #: Where an agent's SAs go (docs/sa-backends.md).
-BACKENDS = ("memory", "strongswan", "xfrm")
+BACKENDS = ("memory", "strongswan", "xfrm", "userspace")
 MIP_PORT = 434  # RFC 5944 section 1.8
 RADIUS_PORT = 1812  # RFC 2865 section 3
 COA_PORT = 3799  # RFC 5176 section 2.3
@@ -62,12 +62,21 @@ _COMMON: _Schema = {
     "vici_socket": str,
     "ike_timeout": (int, float),
     "xfrm_table": str,
+    "tun_name": str,
+    "route_into": str,
+    "data_path": bool,
     "log_level": str,
     "log_format": str,
 }
 _RADIUS: _Schema = {"radius_timeout": (int, float), "radius_retries": int, "aaa": list, "coa_port": int}
 _KEYS: dict[str, _Schema] = {
-    "fa": {**_COMMON, **_RADIUS, "ha_timeout": (int, float), "challenge_lifetime": (int, float)},
+    "fa": {
+        **_COMMON,
+        **_RADIUS,
+        "ha_timeout": (int, float),
+        "challenge_lifetime": (int, float),
+        "forwarding_lifetime": int,
+    },
     "ha": {**_COMMON, **_RADIUS, "gateway_timeout": (int, float), "replay_tolerance": (int, float)},
     "gw": {
         **_COMMON,
@@ -103,6 +112,9 @@ class AgentSettings:
     max_lifetime: int = 1800
     ha_timeout: float = 5.0
     challenge_lifetime: float = 30.0
+    forwarding_lifetime: int = 10
+    """FA: how long the previous FA is asked to forward after a move (smooth
+    handoff, flow E); 0: no smooth handoff."""
     gateway_timeout: float = 3.0
     replay_tolerance: float = 7.0
     radius_timeout: float = 2.0
@@ -127,8 +139,17 @@ class AgentSettings:
     """strongswan: the VICI socket of this node's charon."""
     ike_timeout: float = 2.0
     """strongswan: seconds an IKE exchange may take (below the FA's ``ha_timeout``)."""
+    route_into: str | None = None
+    """strongswan: lead each path's traffic into this TUN device (kernel-libipsec's
+    ``ipsec0``) by policy routing, for a charon that installs no routes itself."""
     xfrm_table: Path | None = None
     """xfrm: the side table that keeps the SAs' owners across restarts."""
+    tun_name: str = "aavpn0"
+    """userspace: the TUN device of the node's ESP data plane."""
+    data_path: bool = False
+    """FA: route each visitor's home address to the link its registration came
+    from (the Mobile IP data path; off where agents share a host, e.g. tests on
+    loopback)."""
     log_level: str = "info"
     log_format: str = "text"
 
@@ -172,6 +193,8 @@ class AgentSettings:
             raise ValidationError(f"unknown SA backend {self.backend!r}: one of {', '.join(BACKENDS)}")
         if self.backend == "strongswan" and self.vici_socket is None:
             raise ValidationError("the strongswan backend needs charon's VICI socket (--vici-socket, vici_socket)")
+        if not 0 <= self.forwarding_lifetime <= 0xFFFF:
+            raise ValidationError(f"invalid forwarding lifetime {self.forwarding_lifetime}: 0..65535 seconds")
         if not 0 < self.ike_timeout <= 60:
             raise ValidationError(f"invalid IKE timeout {self.ike_timeout}: 0 < x <= 60 seconds")
         if self.log_level not in LOG_LEVELS:
@@ -208,6 +231,7 @@ def role_config(settings: AgentSettings) -> FaConfig | HaConfig | GwConfig:
             ha_timeout=settings.ha_timeout,
             radius_timeout=settings.radius_timeout,
             radius_retries=settings.radius_retries,
+            forwarding_lifetime=settings.forwarding_lifetime,
         )
     if settings.role == "ha":
         return HaConfig(
@@ -417,6 +441,7 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
     for name in (
         "name",
         "backend",
+        "forwarding_lifetime",
         "mip_port",
         "coa_port",
         "max_lifetime",
@@ -447,6 +472,9 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
     for name in ("vici_socket", "xfrm_table"):
         if name in top:
             values[name] = reader.file(top[name])
+    for name in ("tun_name", "data_path", "route_into"):
+        if name in top:
+            values[name] = top[name]
     if "aaa" in top:
         values["aaa_servers"] = _servers(reader, top["aaa"], secret)
     if "gateway_key_file" in top:

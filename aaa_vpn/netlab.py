@@ -1,0 +1,694 @@
+"""The whole system in network namespaces, with real IPsec and real traffic
+(issue 5): the topology of ``aaa-vpn demo --netns``, of the end-to-end tests
+and of ``bench/handoff_outage.py``.
+
+What :class:`Lab` builds (every name starts with its own prefix, default
+``aae<pid>_``; nothing outside these namespaces is touched, and
+:meth:`Lab.close` removes all of it):
+
+* a backbone bridge (namespace ``hub``) joining the home AAA (192.0.2.1),
+  the HA (192.0.2.2), the visited domain's foreign AAA (192.0.2.3), FA1,
+  FA2 (192.0.2.11, .12: visited-a.example, asking the foreign AAA), FA3
+  (192.0.2.13: visited-b.example, asking the home AAA), the static gateway
+  (192.0.2.21) and the dynamic gateway (192.0.2.22). The backbone has no
+  route to the home or correspondent networks: what crosses it between
+  agents is ESP or the control protocols, never an inner packet in clear.
+* the mobile node (namespace ``mn``) with its home address 198.51.100.10 and
+  one link to each FA (10.0.k.0/30: the FA .1, the node .2). Moving to FA k
+  takes the old link down (the radio is gone), brings link k up and points
+  the default route there, then registers with FA k, naming the previous FA.
+* a correspondent host behind each gateway: ``ch1`` 203.0.113.10 behind the
+  static gateway (203.0.113.0/25), ``ch2`` 203.0.113.138 behind the dynamic
+  one (203.0.113.128/25).
+* every element as a real ``aaa-vpn`` process in its namespace (``ip netns
+  exec``), the agents with the chosen SA backend: ``userspace`` (the
+  project's ESP on a TUN device) or ``strongswan`` (one charon-systemd with
+  kernel-libipsec per agent, started here by PID), their FAs with the
+  Mobile IP data path (``--data-path``).
+
+Traffic: :meth:`Lab.send` runs a UDP sender in a correspondent's namespace
+(sequence-numbered datagrams at a fixed rate), :meth:`Lab.receive` a
+receiver in the mobile node's; both are this module run as a program
+(``python -m aaa_vpn.netlab send|receive``) and write JSON when stopped
+(SIGTERM). :func:`losses` attributes every datagram that never arrived to the
+move during which it was sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aaa_vpn.demo import NAI, Addresses, provision
+from aaa_vpn.model import KeyMode
+
+BACKBONE = Addresses(
+    aaa="192.0.2.1",
+    ha="192.0.2.2",
+    aaaf="192.0.2.3",
+    fa1="192.0.2.11",
+    fa2="192.0.2.12",
+    fa3="192.0.2.13",
+    gw_static="192.0.2.21",
+    gw_dynamic="192.0.2.22",
+)
+HOME_ADDRESS = "198.51.100.10"
+CH1 = "203.0.113.10"  # behind the static gateway
+CH2 = "203.0.113.138"  # behind the dynamic gateway
+MIP_PORT = 434
+RADIUS_PORT = 1812
+COA_PORT = 3799
+TRAFFIC_PORT = 9000
+
+#: Namespaces on the backbone: name -> (address, role or None for the AAA servers).
+BACKBONE_NODES: dict[str, tuple[str, str | None]] = {
+    "aaa": (BACKBONE.aaa, None),
+    "aaaf": (BACKBONE.aaaf, None),
+    "ha": (BACKBONE.ha, "ha"),
+    "fa1": (BACKBONE.fa1, "fa"),
+    "fa2": (BACKBONE.fa2, "fa"),
+    "fa3": (BACKBONE.fa3, "fa"),
+    "gw-static": (BACKBONE.gw_static, "gw"),
+    "gw-dynamic": (BACKBONE.gw_dynamic, "gw"),
+}
+AGENT_NAMES = tuple(name for name, (_a, role) in BACKBONE_NODES.items() if role)
+FAS = ("fa1", "fa2", "fa3")
+BEHIND_FOREIGN_AAA = ("fa1", "fa2")
+BACKENDS = ("userspace", "strongswan")
+_SHORT = {"aaa": "aaa", "aaaf": "aaf", "ha": "ha", "fa1": "fa1", "fa2": "fa2", "fa3": "fa3"}
+_SHORT.update({"gw-static": "gws", "gw-dynamic": "gwd", "hub": "hub", "mn": "mn", "ch1": "ch1", "ch2": "ch2"})
+
+
+class LabError(Exception):
+    """The topology could not be built or a process did not come up."""
+
+
+def mn_link(fa: str) -> tuple[str, str]:
+    """(the FA's address, the node's address) on the link between the node and ``fa``."""
+    k = FAS.index(fa) + 1
+    return f"10.0.{k}.1", f"10.0.{k}.2"
+
+
+@dataclass
+class _Proc:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Lab:
+    """The namespaces, links and processes (see the module docstring)."""
+
+    directory: Path
+    backend: str = "userspace"
+    forwarding_lifetime: int = 10
+    prefix: str = field(default_factory=lambda: f"aae{os.getpid() % 100000}_")
+    python: str = sys.executable
+    log_keys: bool = False  # strongswan: CHILD_SA keys in charon's log, for tshark (tests only)
+    processes: dict[str, _Proc] = field(default_factory=dict)
+    charons: dict[str, Any] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)
+    attached: str | None = None
+    files: Any = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise LabError(f"unknown backend {self.backend!r}: one of {', '.join(BACKENDS)}")
+        if len(self.prefix) > 9:
+            raise LabError("the prefix is at most 9 characters (interface names are 15)")
+
+    # -- names and commands ----------------------------------------------------------------------------
+    def ns(self, name: str) -> str:
+        return self.prefix + _SHORT[name]
+
+    def _ip(self, *args: str, ns: str | None = None) -> None:
+        command = ["ip", *(("-n", self.ns(ns)) if ns else ()), *args]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise LabError(f"{' '.join(command)}: {result.stderr.strip()}")
+
+    def run(
+        self, name: str, *command: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` in ``name``'s namespace."""
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.ns(name), *command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise LabError(f"{name}: {' '.join(command)}: {result.stderr.strip() or result.stdout.strip()}")
+        return result
+
+    def _sysctl(self, name: str, *settings: str) -> None:
+        self.run(name, "sysctl", "-q", "-w", *settings)
+
+    # -- building ---------------------------------------------------------------------------------------
+    def create(self) -> None:
+        """The namespaces and links (module docstring); LabError, with everything removed, on failure."""
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+
+    def _veth(self, a: str, a_name: str, b: str, b_name: str, number: int) -> None:
+        left, right = f"{self.prefix}{number}a", f"{self.prefix}{number}b"
+        self._ip("link", "add", left, "type", "veth", "peer", "name", right)
+        self._ip("link", "set", left, "netns", self.ns(a))
+        self._ip("link", "set", right, "netns", self.ns(b))
+        self._ip("link", "set", left, "name", a_name, ns=a)
+        self._ip("link", "set", right, "name", b_name, ns=b)
+
+    def _create(self) -> None:
+        names = ["hub", *BACKBONE_NODES, "mn", "ch1", "ch2"]
+        for name in names:
+            self._ip("netns", "add", self.ns(name))
+            self.namespaces.append(self.ns(name))
+            self._ip("link", "set", "lo", "up", ns=name)
+            self._sysctl(name, "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+        self._ip("link", "add", "br0", "type", "bridge", ns="hub")
+        self._ip("link", "set", "br0", "up", ns="hub")
+        number = 0
+        for name, (address, role) in BACKBONE_NODES.items():
+            number += 1
+            self._veth(name, "eth0", "hub", f"p{_SHORT[name]}", number)
+            self._ip("link", "set", f"p{_SHORT[name]}", "master", "br0", "up", ns="hub")
+            self._ip("addr", "add", f"{address}/24", "dev", "eth0", ns=name)
+            self._ip("link", "set", "eth0", "up", ns=name)
+            if role:
+                self._sysctl(name, "net.ipv4.ip_forward=1")
+        for fa in FAS:
+            number += 1
+            fa_side, mn_side = mn_link(fa)
+            self._veth(fa, "mn", "mn", fa, number)
+            self._ip("addr", "add", f"{fa_side}/30", "dev", "mn", ns=fa)
+            self._ip("addr", "add", f"{mn_side}/30", "dev", fa, ns="mn")
+            self._ip("link", "set", "mn", "up", ns=fa)
+        self._ip("addr", "add", f"{HOME_ADDRESS}/32", "dev", "lo", ns="mn")
+        for gateway, host, (gw_address, host_address) in (
+            ("gw-static", "ch1", ("203.0.113.1", CH1)),
+            ("gw-dynamic", "ch2", ("203.0.113.129", CH2)),
+        ):
+            number += 1
+            self._veth(gateway, "ch", host, "gw", number)
+            self._ip("addr", "add", f"{gw_address}/25", "dev", "ch", ns=gateway)
+            self._ip("addr", "add", f"{host_address}/25", "dev", "gw", ns=host)
+            self._ip("link", "set", "ch", "up", ns=gateway)
+            self._ip("link", "set", "gw", "up", ns=host)
+            self._ip("route", "add", "default", "via", gw_address, ns=host)
+
+    # -- processes ----------------------------------------------------------------------------------------
+    def _spawn(self, name: str, netns: str, args: Sequence[str]) -> None:
+        log = self.directory / f"{name}.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(netns), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.processes[name] = _Proc(process, log)
+
+    def _aaa_vpn(self, *args: str) -> list[str]:
+        return [self.python, "-m", "aaa_vpn.cli", *args]
+
+    def state_file(self, name: str) -> Path:
+        return self.directory / f"{name}.state.json"
+
+    def state(self, name: str) -> dict[str, Any]:
+        try:
+            document: dict[str, Any] = json.loads(self.state_file(name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return document
+
+    def start(self) -> None:
+        """Provision, start every process, wait until all run."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        key_mode = KeyMode.IKEV2 if self.backend == "strongswan" else KeyMode.MANUAL
+        self.files = files = provision(self.directory, BACKBONE, key_mode=key_mode, coa_port=COA_PORT)
+        self._spawn(
+            "home-aaa",
+            "aaa",
+            self._aaa_vpn(
+                *("--db", str(files.db), "--key-file", str(files.key), "serve", "home"),
+                *("--listen", BACKBONE.aaa, "--port", str(RADIUS_PORT), "--workers", "1", "--log-format", "json"),
+            ),
+        )
+        foreign = self.directory / "foreign.toml"
+        foreign.write_text(
+            f'listen = "{BACKBONE.aaaf}"\nport = {RADIUS_PORT}\nworkers = 1\n\n'
+            "[upstream]\ntimeout = 1.0\nretries = 2\n\n"
+            + "".join(
+                f'[[clients]]\nname = "{n}"\naddress = "{BACKBONE_NODES[n][0]}"\nsecret_file = "{files.secrets[n]}"\n\n'
+                for n in BEHIND_FOREIGN_AAA
+            )
+            + f'[[realms]]\nname = "home.example"\n[[realms.servers]]\nname = "home-aaa"\naddress = "{BACKBONE.aaa}"\n'
+            f'port = {RADIUS_PORT}\nsecret_file = "{files.secrets["aaaf"]}"\n'
+        )
+        foreign.chmod(0o600)
+        self._spawn(
+            "foreign-aaa", "aaaf", self._aaa_vpn("serve", "foreign", "--config", str(foreign), "--log-format", "json")
+        )
+        if self.backend == "strongswan":
+            from aaa_vpn.sa.charon import Charon
+
+            for name in AGENT_NAMES:
+                charon = Charon(
+                    self.directory / f"charon-{name}", netns=self.ns(name), log_keys=self.log_keys, install_routes=False
+                )
+                self.charons[name] = charon
+                charon.start()
+        for name in AGENT_NAMES:
+            address, role = BACKBONE_NODES[name]
+            assert role is not None
+            args = ["agent", role, "--name", name, "--address", address, "--mip-port", str(MIP_PORT)]
+            args += ["--state-file", str(self.state_file(name)), "--journal", str(self.directory / f"{name}.journal")]
+            args += ["--log-format", "json", "--backend", self.backend]
+            if self.backend == "strongswan":
+                args += ["--vici-socket", str(self.charons[name].vici_socket), "--route-into", "ipsec0"]
+            if role in ("fa", "ha"):
+                aaa = (
+                    f"{BACKBONE.aaaf}:{RADIUS_PORT}" if name in BEHIND_FOREIGN_AAA else f"{BACKBONE.aaa}:{RADIUS_PORT}"
+                )
+                args += ["--aaa", aaa, "--secret-file", str(files.secrets[name]), "--coa-port", str(COA_PORT)]
+                args += ["--radius-timeout", "1"]
+            if role == "fa":
+                args += ["--data-path", "--forwarding-lifetime", str(self.forwarding_lifetime)]
+            if role == "gw":
+                args += ["--gateway-key-file", str(files.secrets[name]), "--home-agent", BACKBONE.ha]
+            self._spawn(name, name, self._aaa_vpn(*args))
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(self.processes)
+        while waiting:
+            for name in sorted(waiting):
+                entry = self.processes[name]
+                if entry.process.poll() is not None:
+                    raise LabError(f"{name} exited ({entry.process.returncode}): {_tail(entry.log)}")
+                if name in ("home-aaa", "foreign-aaa"):
+                    ready = "worker listening" in entry.log.read_text(errors="replace")
+                else:
+                    ready = bool(self.state(name).get("running"))
+                if ready:
+                    waiting.discard(name)
+            if waiting and time.monotonic() > deadline:
+                raise LabError(f"not ready after {timeout:.0f} s: {', '.join(sorted(waiting))}")
+            time.sleep(0.05)
+
+    # -- the mobile node --------------------------------------------------------------------------------
+    def attach(self, fa: str) -> None:
+        """The node's radio moves to ``fa``: the old link down, the new one up, the default route there."""
+        if self.attached is not None and self.attached != fa:
+            self._ip("link", "set", self.attached, "down", ns="mn")
+        fa_side, _ = mn_link(fa)
+        self._ip("link", "set", fa, "up", ns="mn")
+        self._ip("route", "replace", "default", "via", fa_side, "dev", fa, "src", HOME_ADDRESS, ns="mn")
+        self.attached = fa
+
+    def mn(self, fa: str, previous: str | None = None, deregister: bool = False) -> dict[str, Any]:
+        """``aaa-vpn mn register|deregister`` from the node, over its link to ``fa``; the JSON result."""
+        files = self.files
+        _, source = mn_link(fa)
+        args = self._aaa_vpn(
+            *("--json", "mn", "--nai", NAI, "--home-address", HOME_ADDRESS, "--home-agent", BACKBONE.ha),
+            *("--mn-ha-spi", "256", "--mn-ha-key-file", str(files.mn_ha_key)),
+            *("--mn-aaa-secret-file", str(files.mn_aaa_secret), "--mip-port", str(MIP_PORT), "--source", source),
+            *("--retransmit", "1", "--attempts", "4"),
+            *(("deregister",) if deregister else ("register",)),
+            *("--fa", BACKBONE_NODES[fa][0]),
+            *(("--previous-fa", BACKBONE_NODES[previous][0]) if previous and not deregister else ()),
+        )
+        result = self.run("mn", *args, check=False, timeout=60)
+        try:
+            document: dict[str, Any] = json.loads(result.stdout)
+        except ValueError:
+            return {"accepted": False, "code": None, "detail": result.stderr.strip() or "no output"}
+        return document
+
+    def start_driver(self) -> None:
+        """A long-running mobile node in its namespace (``python -m aaa_vpn.netlab
+        mn-driver``): a move is then the link switch and one registration, not
+        an interpreter's start-up."""
+        files = self.files
+        process = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", self.ns("mn"), self.python, "-m", "aaa_vpn.netlab", "mn-driver"),
+                *("--mn-ha-key-file", str(files.mn_ha_key), "--mn-aaa-secret-file", str(files.mn_aaa_secret)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=(self.directory / "mn-driver.log").open("ab"),
+        )
+        self.processes["mn-driver"] = _Proc(process, self.directory / "mn-driver.log")
+        if self._driver("hello") != {"ready": True}:
+            raise LabError("the mobile node driver did not start")
+
+    def _driver(self, *words: str) -> dict[str, Any]:
+        process = self.processes["mn-driver"].process
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write((" ".join(words) + "\n").encode())
+        process.stdin.flush()
+        line = process.stdout.readline()
+        if not line:
+            raise LabError(f"the mobile node driver exited: {_tail(self.directory / 'mn-driver.log')}")
+        document: dict[str, Any] = json.loads(line)
+        return document
+
+    def move(self, fa: str, previous: str | None = None, deregister: bool = False) -> dict[str, Any]:
+        """Through the driver (:meth:`start_driver`): attach to ``fa`` (old link
+        down, new one up) and register there naming ``previous``; the outcome
+        with ``link_switched`` and ``finished`` wall-clock times."""
+        words = ["deregister", fa] if deregister else ["move", fa, previous or "-"]
+        result = self._driver(*words)
+        if not deregister:
+            self.attached = fa
+        return result
+
+    def tables(self) -> dict[str, list[tuple[str, str]]]:
+        """Every agent's SA table as (role, peer), sorted."""
+        return {
+            name: sorted((sa["role"], sa["peer"]) for sa in self.state(name).get("sas", [])) for name in AGENT_NAMES
+        }
+
+    def wait_for(self, expected: dict[str, list[tuple[str, str]]], timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            tables = self.tables()
+            if all(tables[n] == sorted(t) for n, t in expected.items()) or time.monotonic() > deadline:
+                return tables
+            time.sleep(0.05)
+
+    # -- traffic and captures ------------------------------------------------------------------------
+    def send(self, host: str, to: str, rate: float, size: int = 200, port: int = TRAFFIC_PORT) -> str:
+        """Start a UDP sender in ``host``'s namespace (``ch1``, ``ch2`` or ``mn``); its name."""
+        name = f"send-{host}-{port}"
+        program = [self.python, "-m", "aaa_vpn.netlab", "send", "--to", to, "--rate", str(rate), "--size", str(size)]
+        self._spawn(name, host, [*program, "--port", str(port), "--out", str(self.directory / f"{name}.json")])
+        return name
+
+    def receive(self, host: str, port: int = TRAFFIC_PORT) -> str:
+        """Start a UDP receiver on ``port`` in ``host``'s namespace; its name."""
+        name = f"receive-{host}-{port}"
+        program = [self.python, "-m", "aaa_vpn.netlab", "receive", "--port", str(port)]
+        self._spawn(name, host, [*program, "--out", str(self.directory / f"{name}.json")])
+        return name
+
+    def issued_sas(self) -> list[Any]:
+        """The SAs the AAA servers issued, as the agents hold them now (read
+        from their sealed journals with their own secrets): every installed
+        path in both directions, as ``PathProfile`` views (``local`` sends on
+        ``spi_out`` with ``key_out``)."""
+        from ipaddress import IPv4Address
+
+        from aaa_vpn.roles.ha import mirror
+        from aaa_vpn.service.agent_config import read_secret_file
+        from aaa_vpn.service.journal import decode_journal
+
+        views: list[Any] = []
+        for name in AGENT_NAMES:
+            address, role = BACKBONE_NODES[name]
+            assert role is not None
+            path = self.directory / f"{name}.journal"
+            if not path.exists():
+                continue
+            secret = read_secret_file(self.files.secrets[name], name, 8)
+            state = decode_journal(path.read_bytes(), role, IPv4Address(address), secret)
+            for entry in state.get("visitors", []) + state.get("bindings", []):
+                paths = entry["profile"].paths if "profile" in entry else entry["paths"]
+                for view in paths:
+                    if str(view.local) == address:
+                        views += [view, mirror(view)]
+        return views
+
+    def stop_traffic(self, name: str) -> dict[str, Any]:
+        """Stop a sender or receiver (SIGTERM by PID); its JSON report."""
+        entry = self.processes.pop(name)
+        entry.process.send_signal(signal.SIGTERM)
+        entry.process.wait(10)
+        report: dict[str, Any] = json.loads((self.directory / f"{name}.json").read_text())
+        return report
+
+    def capture(self, name: str = "backbone", interface: str = "br0", netns: str = "hub") -> Path:
+        """Start tcpdump on the backbone bridge; stopped by :meth:`stop_capture`."""
+        path = self.directory / f"{name}.pcap"
+        process = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns(netns),
+                "tcpdump",
+                "-i",
+                interface,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-w",
+                str(path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        if b"listening on" not in line:
+            process.kill()
+            process.wait()
+            raise LabError(f"tcpdump did not start: {line!r}")
+        self.processes[f"capture-{name}"] = _Proc(process, path)
+        return path
+
+    def stop_capture(self, name: str = "backbone") -> Path:
+        entry = self.processes.pop(f"capture-{name}")
+        entry.process.send_signal(signal.SIGINT)
+        entry.process.wait(10)
+        return entry.log
+
+    # -- the end -----------------------------------------------------------------------------------------
+    def stop(self) -> dict[str, int | None]:
+        """Stop every process by its PID (SIGTERM, SIGKILL after 10 s); their exit statuses."""
+        codes: dict[str, int | None] = {}
+        for entry in self.processes.values():
+            if entry.process.poll() is None:
+                entry.process.send_signal(signal.SIGTERM)
+        for name, entry in self.processes.items():
+            try:
+                codes[name] = entry.process.wait(10)
+            except subprocess.TimeoutExpired:
+                entry.process.kill()
+                codes[name] = entry.process.wait()
+        self.processes.clear()
+        for charon in self.charons.values():
+            charon.stop()
+        self.charons.clear()
+        return codes
+
+    def close(self) -> None:
+        """Stop everything and delete the namespaces (also after a failed start)."""
+        self.stop()
+        for netns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        self.namespaces.clear()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# -- loss accounting --------------------------------------------------------------------------------------
+
+
+def losses(sent: dict[str, Any], received: dict[str, Any], windows: dict[str, tuple[float, float]]) -> dict[str, int]:
+    """Datagrams sent and never received, by the move window their send time
+    falls in (``windows``: name -> (start, end), wall clock); ``other`` for the rest."""
+    got = set(received["seqs"])
+    counts = dict.fromkeys(windows, 0)
+    counts["other"] = 0
+    for seq, when in enumerate(sent["times"]):
+        if seq in got:
+            continue
+        for name, (start, end) in windows.items():
+            if start <= when <= end:
+                counts[name] += 1
+                break
+        else:
+            counts["other"] += 1
+    return counts
+
+
+# -- the traffic programs (python -m aaa_vpn.netlab send|receive) ------------------------------------------
+
+_HEADER = struct.Struct("!Id")
+
+
+def _send(to: str, rate: float, size: int, port: int, out: Path) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    times: list[float] = []
+    stop = False
+
+    def finish(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, finish)
+    interval = 1.0 / rate
+    start = time.monotonic()
+    padding = b"\x00" * max(0, size - _HEADER.size)
+    errors = 0
+    while not stop:
+        seq = len(times)
+        now = time.time()
+        try:
+            sock.sendto(_HEADER.pack(seq, now) + padding, (to, port))
+        except OSError:
+            errors += 1  # e.g. no route yet: counted as sent and lost
+        times.append(now)
+        delay = start + (seq + 1) * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    out.write_text(json.dumps({"to": to, "rate": rate, "size": size, "times": times, "send_errors": errors}))
+
+
+def _receive(port: int, out: Path) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    sock.settimeout(0.2)
+    seqs: list[int] = []
+    arrivals: list[float] = []
+    stop = False
+
+    def finish(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, finish)
+    while not stop:
+        try:
+            data, _source = sock.recvfrom(65535)
+        except (TimeoutError, InterruptedError):
+            continue
+        if len(data) >= _HEADER.size:
+            seq, _sent = _HEADER.unpack_from(data)
+            seqs.append(seq)
+            arrivals.append(time.time())
+    out.write_text(json.dumps({"seqs": seqs, "arrivals": arrivals}))
+
+
+def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
+    """Commands on stdin, one JSON answer per line on stdout: ``hello``,
+    ``move FA PREVIOUS|-``, ``deregister FA``."""
+    from ipaddress import IPv4Address
+
+    from aaa_vpn.net.agents import run_mobile_node
+    from aaa_vpn.roles.mn import MnConfig
+    from aaa_vpn.secret import Secret
+
+    config = MnConfig(
+        NAI,
+        IPv4Address(HOME_ADDRESS),
+        IPv4Address(BACKBONE.ha),
+        256,
+        Secret(mn_ha_key_file.read_bytes()),
+        Secret(mn_aaa_secret_file.read_bytes()),
+        retransmit=0.5,
+        attempts=6,
+    )
+    attached: str | None = None
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "hello":
+            answer: dict[str, Any] = {"ready": True}
+        elif words[0] in ("move", "deregister"):
+            fa = words[1]
+            fa_side, source = mn_link(fa)
+            switched = time.time()
+            if words[0] == "move":
+                if attached is not None and attached != fa:
+                    ip("link", "set", attached, "down")
+                ip("link", "set", fa, "up")
+                ip("route", "replace", "default", "via", fa_side, "dev", fa, "src", HOME_ADDRESS)
+                attached = fa
+                switched = time.time()
+            previous = words[2] if len(words) > 2 and words[2] != "-" else None
+            outcome = run_mobile_node(
+                config,
+                (BACKBONE_NODES[fa][0], MIP_PORT),
+                deregister=words[0] == "deregister",
+                previous_fa=IPv4Address(BACKBONE_NODES[previous][0]) if previous else None,
+                source=source,
+            )
+            answer = {**outcome.to_json(), "link_switched": switched}
+        else:
+            answer = {"error": f"unknown command {words[0]!r}"}
+        print(json.dumps(answer), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aaa_vpn.netlab", description="traffic for the netns lab")
+    commands = parser.add_subparsers(dest="command", required=True)
+    send = commands.add_parser("send")
+    send.add_argument("--to", required=True)
+    send.add_argument("--rate", type=float, default=200.0)
+    send.add_argument("--size", type=int, default=200)
+    send.add_argument("--port", type=int, default=TRAFFIC_PORT)
+    send.add_argument("--out", type=Path, required=True)
+    receive = commands.add_parser("receive")
+    receive.add_argument("--port", type=int, default=TRAFFIC_PORT)
+    receive.add_argument("--out", type=Path, required=True)
+    driver = commands.add_parser("mn-driver")
+    driver.add_argument("--mn-ha-key-file", type=Path, required=True)
+    driver.add_argument("--mn-aaa-secret-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "send":
+        _send(args.to, args.rate, args.size, args.port, args.out)
+    elif args.command == "receive":
+        _receive(args.port, args.out)
+    else:
+        _mn_driver(args.mn_ha_key_file, args.mn_aaa_secret_file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["BACKBONE", "Lab", "LabError", "losses", "mn_link"]

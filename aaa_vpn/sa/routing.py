@@ -1,0 +1,138 @@
+"""Policy routing into a data plane's TUN device, shared by the ``userspace``
+backend (its own ESP on a TUN device) and the ``strongswan`` backend with
+kernel-libipsec (charon's ``ipsec0``; charon's own route installation is off,
+``aaa_vpn.sa.charon``): the kernel must hand the data plane exactly the
+traffic a path protects.
+
+Rules:
+
+* For every installed path, for each pair of its selectors, a rule
+  ``from <local_ts> to <remote_ts> lookup <table>`` (priority ``priority + 1``)
+  and, in ``table``, a route ``<remote_ts> dev <tun>``. Selecting on the
+  source too keeps a broad ``remote_ts`` such as ``0.0.0.0/0`` (an FA's path
+  to its HA, the forwarding path of a smooth handoff) from pulling in the
+  node's own control traffic or the packets it has just decrypted; it is also
+  why a node needs no address inside its local selectors (an FA protects its
+  visitors' home addresses, which are not its own).
+* Rules and routes are reference-counted over the paths (a make-before-break
+  replacement to another peer with the same selectors keeps them), added
+  before the SAs on install (a packet that arrives in between meets no SA and
+  is dropped, never sent in clear) and removed after the SAs on delete; only
+  what one call added is undone when it fails.
+* Packets carrying ``fwmark`` (the data plane's own outer packets, charon's
+  IKE and ESP-in-UDP) bypass the table (rule at ``priority``), so a path whose
+  selectors cover its peer cannot loop.
+* Stale rules at these priorities (a crashed predecessor's) are removed by
+  :meth:`PolicyRouting.start`.
+"""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Network
+
+from aaa_vpn.sa.base import SaError
+from aaa_vpn.sa.tun import IpBatchError, IpCommand, NetnsError
+from aaa_vpn.wire.profile import PathProfile
+
+log = logging.getLogger("aaa_vpn.sa.routing")
+
+
+class PolicyRouting:
+    """The rules and routes that lead a node's protected traffic into its TUN device,
+    reference-counted over the installed paths."""
+
+    def __init__(self, ip: IpCommand, tun: str, table: int, priority: int, fwmark: int) -> None:
+        self.ip = ip
+        self.tun = tun
+        self.table = table
+        self.priority = priority
+        self.fwmark = fwmark
+        self._rules: dict[tuple[IPv4Network, IPv4Network], int] = {}
+        self._routes: dict[IPv4Network, int] = {}
+
+    def _bypass(self, verb: str) -> list[str]:
+        mark = f"0x{self.fwmark:x}/0x{self.fwmark:x}"
+        return ["rule", verb, "pref", str(self.priority), "fwmark", mark, "lookup", "main"]
+
+    def _rule(self, verb: str, pair: tuple[IPv4Network, IPv4Network]) -> list[str]:
+        local, remote = pair
+        pref = str(self.priority + 1)
+        return ["rule", verb, "pref", pref, "from", str(local), "to", str(remote), "lookup", str(self.table)]
+
+    def _route(self, verb: str, network: IPv4Network) -> list[str]:
+        return ["route", verb, str(network), "dev", self.tun, "table", str(self.table)]
+
+    def start(self) -> None:
+        """Remove stale rules at this backend's priorities, then add the bypass rule."""
+        stale = 0
+        for line in self.ip.output("rule", "show").splitlines():
+            pref = line.split(":", 1)[0].strip()
+            if pref in (str(self.priority), str(self.priority + 1)):
+                stale += 1
+        if stale:
+            log.warning("removing stale routing rules", extra={"fields": {"count": stale, "netns": self.ip.netns}})
+            commands = [["rule", "del", "pref", str(p)] for p in (self.priority, self.priority + 1)]
+            self.ip.batch(commands * stale, force=True)
+        self.ip.batch([self._bypass("add")])
+
+    @staticmethod
+    def _pairs(path: PathProfile) -> list[tuple[IPv4Network, IPv4Network]]:
+        return [(local, remote) for local in path.local_ts for remote in path.remote_ts]
+
+    def acquire(self, path: PathProfile) -> None:
+        """Add what ``path`` needs and is not there yet; all of it or, raising :class:`SaError`, none."""
+        new_rules = [pair for pair in dict.fromkeys(self._pairs(path)) if pair not in self._rules]
+        new_routes = [net for net in dict.fromkeys(path.remote_ts) if net not in self._routes]
+        commands = [self._rule("add", pair) for pair in new_rules] + [self._route("replace", n) for n in new_routes]
+        undo = [self._rule("del", pair) for pair in new_rules] + [self._route("del", n) for n in new_routes]
+        try:
+            self.ip.batch(commands)
+        except IpBatchError as exc:
+            # Undo what was made, and only that: a rule that failed with "File
+            # exists" is someone else's.
+            done = len(commands) if exc.done is None else exc.done
+            self.ip.batch(undo[:done], force=True)
+            raise SaError(f"cannot route the path's selectors into {self.tun}: {exc}") from None
+        for pair in self._pairs(path):
+            self._rules[pair] = self._rules.get(pair, 0) + 1
+        for net in path.remote_ts:
+            self._routes[net] = self._routes.get(net, 0) + 1
+
+    def release(self, path: PathProfile) -> None:
+        """Drop ``path``'s references; remove the rules and routes no other path uses."""
+        commands: list[list[str]] = []
+        for pair in self._pairs(path):
+            self._rules[pair] -= 1
+            if self._rules[pair] == 0:
+                del self._rules[pair]
+                commands.append(self._rule("del", pair))
+        for net in path.remote_ts:
+            self._routes[net] -= 1
+            if self._routes[net] == 0:
+                del self._routes[net]
+                commands.append(self._route("del", net))
+        try:
+            self.ip.batch(commands)
+        except NetnsError as exc:
+            # The SAs are gone already, so what is left only leads into a TUN
+            # device that drops the packets (no_policy); say so and carry on.
+            log.error("could not remove routing state", extra={"fields": {"tun": self.tun, "error": str(exc)}})
+            self.ip.batch(commands, force=True)
+
+    def stop(self) -> None:
+        """Remove every rule and route this backend added (the routes go with the device anyway)."""
+        commands = [self._rule("del", pair) for pair in self._rules]
+        commands += [self._route("del", net) for net in self._routes]
+        commands.append(self._bypass("del"))
+        self._rules.clear()
+        self._routes.clear()
+        self.ip.batch(commands, force=True)
+
+    def rules(self) -> list[tuple[IPv4Network, IPv4Network]]:
+        """The (local, remote) selector pairs routed into the device now."""
+        return list(self._rules)
+
+    def routes(self) -> list[IPv4Network]:
+        """The remote prefixes in the table now."""
+        return list(self._routes)
