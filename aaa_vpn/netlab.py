@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -444,6 +445,20 @@ class Lab:
                         views += [view, mirror(view)]
         return views
 
+    def charon_esp_sas(self) -> list[tuple[int, bytes, bytes]]:
+        """strongswan with ``log_keys``: every CHILD_SA's ESP keys as charon
+        logged them (``chd = 4``): (SPI, encryption key, integrity key or
+        b"") per direction, read from every agent's charon log."""
+        found: dict[int, tuple[bytes, bytes]] = {}
+        for charon in self.charons.values() or [None]:
+            logs = [charon.log_path] if charon is not None else []
+            for log in logs:
+                found.update(parse_charon_keys(log.read_text(errors="replace")))
+        if not self.charons:
+            for log in self.directory.glob("charon-*/charon.log"):
+                found.update(parse_charon_keys(log.read_text(errors="replace")))
+        return [(spi, enc, integ) for spi, (enc, integ) in found.items()]
+
     def stop_traffic(self, name: str) -> dict[str, Any]:
         """Stop a sender or receiver (SIGTERM by PID); its JSON report."""
         entry = self.processes.pop(name)
@@ -526,6 +541,52 @@ def _tail(path: Path, lines: int = 8) -> str:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+_HEX_DUMP = re.compile(r"^\d+: ((?:[0-9A-F]{2} )*[0-9A-F]{2})(?:  |$)")
+
+
+def parse_charon_keys(text: str) -> dict[int, tuple[bytes, bytes]]:
+    """SPI -> (encryption key, integrity key) from a charon log with ``chd = 4``.
+
+    charon logs a CHILD_SA's keys (``encryption initiator key => N bytes``
+    and a hex dump; likewise responder, integrity), then ``established with
+    SPIs <in>_i <out>_o`` on the same thread, which earlier parsed the
+    exchange's request (this end responds) or response (it initiated). The initiator's keys
+    protect initiator -> responder: the responder's inbound SPI, the
+    initiator's outbound one."""
+    keys: dict[str, dict[str, bytearray]] = {}  # thread -> "encryption initiator" -> key
+    current: dict[str, bytearray] = {}  # thread -> the key being dumped
+    responder: dict[str, bool] = {}  # thread -> it parsed a request (so it answers)
+    result: dict[int, tuple[bytes, bytes]] = {}
+    for line in text.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            continue
+        thread, message = parts[1].split("[", 1)[0], parts[2]
+        dump = _HEX_DUMP.match(message)
+        if thread in current and dump is not None:
+            current[thread] += bytes.fromhex(dump.group(1))
+            continue
+        current.pop(thread, None)
+        if " key => " in message and ("initiator" in message or "responder" in message):
+            name = message.split(" key =>", 1)[0].strip()  # e.g. "encryption initiator"
+            current[thread] = keys.setdefault(thread, {}).setdefault(name, bytearray())
+            current[thread].clear()
+        elif message.startswith("parsed ") and (" request " in message or " response " in message):
+            responder[thread] = " request " in message
+        elif "established with SPIs" in message:
+            words = message.split()
+            spi_in = int(next(w for w in words if w.endswith("_i"))[:-2], 16)
+            spi_out = int(next(w for w in words if w.endswith("_o"))[:-2], 16)
+            found = keys.pop(thread, {})
+            mine, theirs = ("responder", "initiator") if responder.get(thread) else ("initiator", "responder")
+            for spi, side in ((spi_out, mine), (spi_in, theirs)):
+                result[spi] = (
+                    bytes(found.get(f"encryption {side}", b"")),
+                    bytes(found.get(f"integrity {side}", b"")),
+                )
+    return result
 
 
 # -- loss accounting --------------------------------------------------------------------------------------

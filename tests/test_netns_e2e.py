@@ -13,16 +13,19 @@ servers issued (read from the agents' sealed journals), with the ICV good and
 the inner packets those of the VPN; and the datagrams lost during each move
 are counted (reported; bench/handoff_outage.py measures them).
 
-The ``userspace`` backend runs here. The ``strongswan`` backend with
-kernel-libipsec cannot carry an FA's paths on this machine (see the module
-``aaa_vpn.sa.strongswan`` and docs/sa-backends.md): libipsec refuses a
-CHILD_SA whose local selector (the visitor's home address) holds no address
-of the node.
+Run with both backends: ``userspace`` (the project's ESP; the keys are the
+AAA-issued ones) and ``strongswan`` (a charon with kernel-libipsec per agent,
+IKEv2 with the AAA-issued PSKs; ESP rides in UDP 4500 and its keys are
+IKE's, read from charon's ``chd = 4`` log for tshark). With strongSwan the
+run is without smooth handoff (kernel-libipsec picks the newest of two
+policies with equal selectors, so the forwarding path's receiving end at the
+new FA would take the node's own outbound traffic; docs/sa-backends.md).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,8 +33,6 @@ from pathlib import Path
 import pytest
 
 from aaa_vpn.netlab import BACKBONE, CH1, CH2, HOME_ADDRESS, Lab, losses
-
-from .test_sa_userspace import tshark_fields
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -47,16 +48,28 @@ STATIC_PORT, DYNAMIC_PORT = 9001, 9002
 MOVES = (("fa2", "fa1"), ("fa3", "fa2"), ("fa1", "fa3"))
 
 
-@pytest.fixture
-def lab(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Lab]:
-    for tool in ("ip", "tcpdump", "tshark", "ping"):
+@pytest.fixture(params=["userspace", "strongswan"])
+def lab(tmp_path: Path, require_tool: Callable[[str], str], request: pytest.FixtureRequest) -> Iterator[Lab]:
+    for tool in ("ip", "tcpdump", "tshark", "ping") + (("charon-systemd",) if request.param == "strongswan" else ()):
         require_tool(tool)
     if os.geteuid() != 0:
         message = "network namespaces need root"
         if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":
             pytest.fail(f"AAA_VPN_REQUIRE_TOOLS=1 but {message}")
         pytest.skip(message)
-    running = Lab(tmp_path, backend="userspace", prefix=f"aae{os.getpid() % 10000}u_")
+    backend = str(request.param)
+    # strongSwan's kernel-libipsec prefers the newest of two policies with the
+    # same selectors and ignores explicit priorities: at the new FA the
+    # forwarding path's receiving end (set up after the node's own paths)
+    # would take the node's outbound traffic. Smooth handoff is off there.
+    forwarding = 0 if backend == "strongswan" else 10
+    running = Lab(
+        tmp_path,
+        backend=backend,
+        prefix=f"aae{os.getpid() % 10000}{backend[0]}_",
+        log_keys=True,
+        forwarding_lifetime=forwarding,
+    )
     try:
         running.create()
         running.start()
@@ -64,6 +77,35 @@ def lab(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Lab]:
         yield running
     finally:
         running.close()
+
+
+_ENCRYPTION = {True: "AES-GCM with 16 octet ICV [RFC4106]", False: "AES-CBC [RFC3602]"}
+_AUTHENTICATION = {True: "NULL", False: "HMAC-SHA-256-128 [RFC4868]"}
+
+
+def uat(spi: int, encryption: bytes, integrity: bytes) -> str:
+    """tshark's ``esp_sa`` record of one SA (any addresses)."""
+    aead = not integrity
+    fields = ["IPv4", "*", "*", f"0x{spi:08x}", _ENCRYPTION[aead], "0x" + encryption.hex()]
+    fields += [_AUTHENTICATION[aead], "" if aead else "0x" + integrity.hex()]
+    return ",".join(f'"{field}"' for field in fields)
+
+
+def tshark(pcap: Path, config: Path, fields: list[str], records: list[str]) -> list[list[str]]:
+    """One row per frame; ESP decrypted with ``records`` if any (a private config directory)."""
+    config.mkdir(exist_ok=True)
+    command = ["tshark", "-n", "-r", str(pcap)]
+    if records:
+        command += ["-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE"]
+        for record in records:
+            command += ["-o", f"uat:esp_sa:{record}"]
+    command += ["-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"]
+    for field in fields:
+        command += ["-e", field]
+    env = dict(os.environ, WIRESHARK_CONFIG_DIR=str(config), HOME=str(config))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    return [line.split("|") for line in done.stdout.splitlines()]
 
 
 def ping(lab: Lab, to: str) -> bool:
@@ -81,7 +123,7 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
         lab.send("ch1", HOME_ADDRESS, RATE, port=STATIC_PORT),
         lab.send("ch2", HOME_ADDRESS, RATE, port=DYNAMIC_PORT),
     ]
-    issued = {(v.local, v.spi_out): v for v in lab.issued_sas()}
+    issued = {v.spi_out: v for v in lab.issued_sas()}
     time.sleep(1.0)
     assert ping(lab, CH1) and ping(lab, CH2), "the node reaches both correspondents through FA1"
     windows: dict[str, tuple[float, float]] = {}
@@ -91,7 +133,7 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
         windows[fa] = (result["link_switched"] - 0.05, result["finished"] + 0.5)
         time.sleep(1.0)
         assert ping(lab, CH1) and ping(lab, CH2), f"the node reaches both correspondents through {fa}"
-        issued.update({(v.local, v.spi_out): v for v in lab.issued_sas()})
+        issued.update({v.spi_out: v for v in lab.issued_sas()})
     sent = [lab.stop_traffic(name) for name in senders]
     received = [lab.stop_traffic(name) for name in receivers]
     pcap = lab.stop_capture()
@@ -107,25 +149,33 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
 
     config = tmp_path / "wireshark"
     # 1. no inner packet in clear on the backbone: without keys, nothing from or to the VPN's networks
-    clear = tshark_fields("tshark", pcap, config, ["frame.number", "ip.src", "ip.dst", "ip.proto"], sas=[])
+    fields = ["frame.number", "ip.src", "ip.dst", "ip.proto", "udp.port", "esp.spi", "isakmp", "ip.flags.mf"]
+    rows = tshark(pcap, config, fields, [])
     inner = ("198.51.100.", "203.0.113.")
-    leaks = [
-        row for row in clear if any(address.startswith(inner) for address in row[1].split(",") + row[2].split(","))
-    ]
+    leaks = [r for r in rows if any(a.startswith(inner) for a in r[1].split(",") + r[2].split(","))]
     assert leaks == [], leaks[:5]
-    # ... and between the agents only ESP (50), Mobile IP (434), RADIUS (1812) and CoA (3799)
-    rows = tshark_fields("tshark", pcap, config, ["frame.number", "ip.proto", "udp.port"], sas=[])
-    other = [r for r in rows if r[1] and r[1] != "50" and not set(r[2].split(",")) & {"434", "1812", "3799"}]
+    # ... and between the agents only ESP, IKE, Mobile IP (434), RADIUS (1812) and CoA (3799)
+    control = {"434", "1812", "3799"}
+    # (a fragmented datagram is judged by its last fragment, where tshark reassembles it)
+    other = [r for r in rows if r[3] and not r[5] and not r[6] and r[7] != "1" and not set(r[4].split(",")) & control]
     assert other == [], other[:5]
-    esp_frames = [r for r in rows if r[1] == "50"]
+    esp_frames = [r for r in rows if r[5]]
     assert len(esp_frames) > 2 * RATE, "the traffic crossed the backbone as ESP"
 
-    # 2. tshark decrypts every ESP frame with the SAs the AAA issued, ICV good
+    # 2. tshark decrypts every ESP frame with the SAs: those the AAA issued
+    # (userspace), or those charon negotiated with the AAA's PSKs (strongswan)
+    if lab.backend == "userspace":
+        records = []
+        for view in issued.values():
+            key, k = view.key_out.value, view.esp_transform.encryption_key_length
+            aead = view.esp_transform.is_aead
+            records.append(uat(view.spi_out, key if aead else key[:k], b"" if aead else key[k:]))
+    else:
+        records = [uat(spi, enc, integ) for spi, enc, integ in lab.charon_esp_sas()]
     fields = ["esp.spi", "esp.icv_good", "esp.icv_bad", "ip.src", "ip.dst"]
-    decrypted = tshark_fields("tshark", pcap, config, fields, sas=list(issued.values()))
-    esp = [row for row in decrypted if row[0]]
+    esp = [r for r in tshark(pcap, config, fields, records) if r[0]]
     assert len(esp) == len(esp_frames)
-    bad = [row for row in esp if row[1] != "1" or row[2] == "1"]
+    bad = [r for r in esp if r[1] != "1" or r[2] == "1"]
     assert bad == [], bad[:5]
-    inner_addresses = {a for row in esp for a in (row[3].split(",")[1:] + row[4].split(",")[1:])}
+    inner_addresses = {a for r in esp for a in (r[3].split(",")[1:] + r[4].split(",")[1:])}
     assert {HOME_ADDRESS, CH1, CH2} <= inner_addresses, inner_addresses

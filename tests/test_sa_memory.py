@@ -209,16 +209,33 @@ def test_newest_path_wins_outbound() -> None:
     ha.install(ha_view, OWNER)
     in_flight = ha.protect(udp(CN, MN))
     assert in_flight is not None
-    new_view = dataclasses.replace(
-        mirrored(spi_fa=0x5005, spi_ha=0x6006, seed=0x20)[0], peer=OTHER, role=PathRole.FA_FA
-    )
-    fa.install(new_view, "s1/FA_FA")
+    new_view = dataclasses.replace(mirrored(spi_fa=0x5005, spi_ha=0x6006, seed=0x20)[0], peer=OTHER)
+    fa.install(new_view, "s1#2/FA_HA")
     routed = fa.protect(udp(MN, CN))
     assert routed is not None and routed[0] == OTHER
     assert fa.unprotect(in_flight[1]) == udp(CN, MN)
-    assert fa.delete("s1/FA_FA") == 1
+    assert fa.delete("s1#2/FA_HA") == 1
     routed = fa.protect(udp(MN, CN))
     assert routed is not None and routed[0] == HA
+
+
+def test_a_forwarding_path_never_takes_the_nodes_own_traffic() -> None:
+    # At the new FA the forwarding path's receiving end has the selectors of the
+    # node's path to its HA (home address -> anything) and is set up after it;
+    # it only receives: the node's own path keeps sending.
+    own, _ = mirrored()
+    fa = MemoryBackend(FA)
+    fa.install(own, OWNER)
+    forwarding = dataclasses.replace(
+        mirrored(spi_fa=0x5005, spi_ha=0x6006, seed=0x20)[0], peer=OTHER, role=PathRole.FA_FA
+    )
+    fa.install(forwarding, "s1#1/forward")
+    routed = fa.protect(udp(MN, CN))
+    assert routed is not None and routed[0] == HA
+    # alone, it is used (at the previous FA it is the only way to the node)
+    assert fa.delete(OWNER) == 1
+    routed = fa.protect(udp(MN, CN))
+    assert routed is not None and routed[0] == OTHER
 
 
 def test_inbound_checks_peer_destination_and_selectors() -> None:

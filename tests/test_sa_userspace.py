@@ -498,7 +498,7 @@ def test_handoff_make_before_break_moves_traffic(topology: Topology, backend: Ca
     t = topology
     k_host = (IPv4Network(f"{K}/32"),)
     old_a, old_b = mirrored(CBC, FA, HA, (H_NET,), k_host)
-    new_a, new_c = mirrored(CBC, FA, NEW, (H_NET,), k_host, spi_a=0x3003, spi_b=0x4004, role=PathRole.FA_FA)
+    new_a, new_c = mirrored(CBC, FA, NEW, (H_NET,), k_host, spi_a=0x3003, spi_b=0x4004, role=PathRole.FA_HA)
     a, b, c = backend(t.a, FA), backend(t.b, HA), backend(t.c, NEW)
     a.install(old_a, "s1/FA_HA")
     b.install(old_b, "s1/FA_HA")
@@ -510,8 +510,8 @@ def test_handoff_make_before_break_moves_traffic(topology: Topology, backend: Ca
         send_udp(sender, K, 40003, 5)
         assert sorted(receive_udp(at_k, expect=5)) == list(range(5))
 
-        c.install(new_c, "s1/FA_FA")
-        a.install(new_a, "s1/FA_FA")  # make: the newest path wins at once
+        c.install(new_c, "s1#2/FA_HA")
+        a.install(new_a, "s1#2/FA_HA")  # make: the newest path wins at once
         assert a.routing() == ([(H_NET, k_host[0])], list(k_host)), "shared by both paths"
         send_udp(sender, K, 40003, 5)
         assert sorted(receive_udp(at_c, expect=5)) == list(range(5))
@@ -528,7 +528,7 @@ def test_handoff_make_before_break_moves_traffic(topology: Topology, backend: Ca
         with reply, udp_socket(t.h, H, 40004) as at_h:
             send_udp(reply, H, 40004, 3)
             assert sorted(receive_udp(at_h, expect=3)) == list(range(3))
-    assert {(s.direction.value, s.packets) for s in a.counters("s1/FA_FA")} == {("out", 10), ("in", 3)}
+    assert {(s.direction.value, s.packets) for s in a.counters("s1#2/FA_HA")} == {("out", 10), ("in", 3)}
     assert sum(s.packets for s in b.counters() if s.direction.value == "in") == 5
 
 

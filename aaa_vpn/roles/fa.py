@@ -473,13 +473,15 @@ class ForeignAgent(Agent):
         self._by_owner[owner] = key
         current = self.visitors.get(pending.nai)
         renewal = current is not None and current.owner == owner
-        # Rule 6: the forwarding path's receiving end first, so that the
-        # node's own paths, installed after it, win every outbound lookup;
-        # only when the node arrives (a renewal would install its keys again
-        # once the forwarding is over, which no SA database may accept).
+        # Rule 6: the forwarding path's receiving end last, and only when the
+        # node arrives (a renewal would install its keys again once the
+        # forwarding is over, which no SA database may accept). Backends
+        # prefer the node's own paths for outbound traffic (the forwarding
+        # path only receives here); installed first, they also win where a
+        # backend breaks ties by age (strongSwan's libipsec).
         paths = tuple(
             p
-            for p in sorted(profile.paths, key=lambda p: p.role is not PathRole.FA_FA)
+            for p in sorted(profile.paths, key=lambda p: p.role is PathRole.FA_FA)
             if p.local == self.config.address and not (renewal and p.role is PathRole.FA_FA)
         )
         self._emit(InstallPaths(owner, paths))

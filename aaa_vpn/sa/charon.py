@@ -164,6 +164,20 @@ class Charon:
                 self.stop()
                 raise CharonError(f"charon's VICI socket {self.vici_socket} did not accept within {timeout} s")
             time.sleep(0.005)  # the socket appears ~10-40 ms after the exec
+        if not self.install_routes:
+            self._drop_route_rules()
+
+    def _drop_route_rules(self) -> None:
+        """Without charon's routes its routing-table rule (``lookup 220``,
+        added by kernel-netlink at start) only sends traffic to an empty or
+        stale table: remove it, so that policy routing alone decides."""
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns is not None else []
+        for _ in range(4):
+            done = subprocess.run(
+                [*prefix, "ip", "-4", "rule", "del", "table", "220"], capture_output=True, check=False
+            )
+            if done.returncode != 0:
+                break
 
     def _accepts(self) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

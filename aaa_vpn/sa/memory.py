@@ -8,7 +8,9 @@ Rules:
 
 * Outbound (RFC 4301 section 5.1): :meth:`MemoryBackend.protect` looks the
   inner packet's source and destination up in the outbound policies, newest
-  path first (so make-before-break replacement takes effect at once), requires
+  path first (so make-before-break replacement takes effect at once) except
+  that forwarding (FA-FA) paths come after all others (at the new FA they
+  only receive: the node's own paths send), requires
   ``src`` in one of the path's ``local_ts`` and ``dst`` in one of its
   ``remote_ts``, seals it with the path's outbound SA and wraps it in an outer
   IPv4 header ``local -> peer`` marked with the path's DSCP. No match: ``None``
@@ -52,7 +54,7 @@ from aaa_vpn.sa.esp import (
     parse_outer,
     peek_spi,
 )
-from aaa_vpn.wire.profile import PathProfile
+from aaa_vpn.wire.profile import PathProfile, PathRole
 
 
 class Direction(enum.Enum):
@@ -139,7 +141,7 @@ class MemoryBackend:
         if unknown:
             raise SaUnsupported(f"no ESP implementation for {sorted(t.name for t in unknown)}")
         self._entries: list[_Entry] = []  # installation order
-        self._policies: list[_Entry] = []  # outbound lookup order: newest first
+        self._policies: list[_Entry] = []  # outbound lookup order: newest first, forwarding paths last
         self._inbound: dict[int, _Entry] = {}  # by spi_in
         self._used_keys: set[bytes] = set()
         self._node_errors: Counter[str] = Counter()
@@ -181,7 +183,12 @@ class MemoryBackend:
         # Commit: nothing below can fail.
         self._used_keys.update(digests)
         self._entries.append(entry)
-        self._policies.insert(0, entry)
+        if path.role is PathRole.FA_FA:
+            # The forwarding path is the least preferred way out (at the new
+            # FA it receives; the node's own paths send): after every other.
+            self._policies.append(entry)
+        else:
+            self._policies.insert(0, entry)
         self._inbound[path.spi_in] = entry
         return installed
 

@@ -24,12 +24,21 @@ Rules:
   selectors cover its peer cannot loop.
 * Stale rules at these priorities (a crashed predecessor's) are removed by
   :meth:`PolicyRouting.start`.
+* ``anchors`` (kernel-libipsec, which refuses a CHILD_SA whose local selector
+  holds none of the node's addresses: it wants a local source address for
+  the route it installs): for a local selector without one, the host address
+  (the /32 itself, or the network's first host) is added to the TUN device,
+  and a rule at :data:`ANCHOR_PRIORITY` sends packets *to* it on to the path
+  rules (``goto``) before the ``local`` table, which :meth:`start` moves from
+  priority 0 to :data:`LOCAL_PRIORITY`: the kernel forwards them (to the
+  visitor on its link, or into the tunnel) instead of taking them as its own.
+  Reference-counted like the rules; removed with the last path.
 """
 
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from aaa_vpn.sa.base import SaError
 from aaa_vpn.sa.tun import IpBatchError, IpCommand, NetnsError
@@ -37,19 +46,26 @@ from aaa_vpn.wire.profile import PathProfile
 
 log = logging.getLogger("aaa_vpn.sa.routing")
 
+#: With anchors: the anchors' rules (to the anchor: go on at the path rules)
+#: come before the local table, which moves from priority 0 to this one.
+ANCHOR_PRIORITY = 50
+LOCAL_PRIORITY = 100
+
 
 class PolicyRouting:
     """The rules and routes that lead a node's protected traffic into its TUN device,
     reference-counted over the installed paths."""
 
-    def __init__(self, ip: IpCommand, tun: str, table: int, priority: int, fwmark: int) -> None:
+    def __init__(self, ip: IpCommand, tun: str, table: int, priority: int, fwmark: int, anchors: bool = False) -> None:
         self.ip = ip
         self.tun = tun
         self.table = table
         self.priority = priority
         self.fwmark = fwmark
+        self.anchors = anchors
         self._rules: dict[tuple[IPv4Network, IPv4Network], int] = {}
         self._routes: dict[IPv4Network, int] = {}
+        self._anchors: dict[IPv4Address, int] = {}
 
     def _bypass(self, verb: str) -> list[str]:
         mark = f"0x{self.fwmark:x}/0x{self.fwmark:x}"
@@ -75,17 +91,57 @@ class PolicyRouting:
             commands = [["rule", "del", "pref", str(p)] for p in (self.priority, self.priority + 1)]
             self.ip.batch(commands * stale, force=True)
         self.ip.batch([self._bypass("add")])
+        if self.anchors and not any(
+            line.split(":", 1)[0].strip() == str(LOCAL_PRIORITY) for line in self.ip.output("rule", "show").splitlines()
+        ):
+            # The local table after the anchors' rules (see the module rules).
+            self.ip.batch([["rule", "add", "pref", str(LOCAL_PRIORITY), "lookup", "local"]])
+            self.ip.batch([["rule", "del", "pref", "0", "lookup", "local"]], force=True)
 
     @staticmethod
     def _pairs(path: PathProfile) -> list[tuple[IPv4Network, IPv4Network]]:
         return [(local, remote) for local in path.local_ts for remote in path.remote_ts]
 
+    def _node_addresses(self) -> list[IPv4Address]:
+        addresses = []
+        for line in self.ip.output("-o", "addr", "show").splitlines():
+            words = line.split()
+            if "inet" in words:
+                addresses.append(IPv4Address(words[words.index("inet") + 1].split("/")[0]))
+        return addresses
+
+    @staticmethod
+    def _candidate(net: IPv4Network) -> IPv4Address:
+        return net.network_address if net.prefixlen == 32 else net.network_address + 1
+
+    def _anchors_for(self, path: PathProfile) -> list[IPv4Address]:
+        """The anchor addresses ``path`` uses (``anchors``): one per local selector
+        that holds none of the node's own addresses (or that is anchored already)."""
+        if not self.anchors:
+            return []
+        own = [a for a in self._node_addresses() if a not in self._anchors]
+        return [
+            self._candidate(net)
+            for net in path.local_ts
+            if self._candidate(net) in self._anchors or not any(a in net for a in own)
+        ]
+
+    def _anchor(self, verb: str, address: IPv4Address) -> list[list[str]]:
+        rule = ["rule", verb, "pref", str(ANCHOR_PRIORITY), "to", f"{address}/32", "goto", str(self.priority)]
+        if verb == "add":
+            return [["addr", "add", f"{address}/32", "dev", self.tun], rule]
+        return [rule, ["addr", "del", f"{address}/32", "dev", self.tun]]
+
     def acquire(self, path: PathProfile) -> None:
         """Add what ``path`` needs and is not there yet; all of it or, raising :class:`SaError`, none."""
+        wanted_anchors = self._anchors_for(path)
+        new_anchors = [a for a in dict.fromkeys(wanted_anchors) if a not in self._anchors]
         new_rules = [pair for pair in dict.fromkeys(self._pairs(path)) if pair not in self._rules]
         new_routes = [net for net in dict.fromkeys(path.remote_ts) if net not in self._routes]
-        commands = [self._rule("add", pair) for pair in new_rules] + [self._route("replace", n) for n in new_routes]
-        undo = [self._rule("del", pair) for pair in new_rules] + [self._route("del", n) for n in new_routes]
+        commands = [c for a in new_anchors for c in self._anchor("add", a)]
+        undo = [c for a in new_anchors for c in self._anchor("del", a)]
+        commands += [self._rule("add", pair) for pair in new_rules] + [self._route("replace", n) for n in new_routes]
+        undo += [self._rule("del", pair) for pair in new_rules] + [self._route("del", n) for n in new_routes]
         try:
             self.ip.batch(commands)
         except IpBatchError as exc:
@@ -98,6 +154,8 @@ class PolicyRouting:
             self._rules[pair] = self._rules.get(pair, 0) + 1
         for net in path.remote_ts:
             self._routes[net] = self._routes.get(net, 0) + 1
+        for address in wanted_anchors:
+            self._anchors[address] = self._anchors.get(address, 0) + 1
 
     def release(self, path: PathProfile) -> None:
         """Drop ``path``'s references; remove the rules and routes no other path uses."""
@@ -112,6 +170,13 @@ class PolicyRouting:
             if self._routes[net] == 0:
                 del self._routes[net]
                 commands.append(self._route("del", net))
+        for net in path.local_ts:
+            address = self._candidate(net)
+            if address in self._anchors:
+                self._anchors[address] -= 1
+                if self._anchors[address] == 0:
+                    del self._anchors[address]
+                    commands += self._anchor("del", address)
         try:
             self.ip.batch(commands)
         except NetnsError as exc:
@@ -124,6 +189,8 @@ class PolicyRouting:
         """Remove every rule and route this backend added (the routes go with the device anyway)."""
         commands = [self._rule("del", pair) for pair in self._rules]
         commands += [self._route("del", net) for net in self._routes]
+        commands += [c for address in self._anchors for c in self._anchor("del", address)]
+        self._anchors.clear()
         commands.append(self._bypass("del"))
         self._rules.clear()
         self._routes.clear()

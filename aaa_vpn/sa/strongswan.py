@@ -111,6 +111,11 @@ ANY = IPv4Network("0.0.0.0/0")
 # -- errors ----------------------------------------------------------------------
 
 
+#: The IPsec policy priority of forwarding (FA-FA) paths: after every
+#: automatic one (charon's are below 200000; lower is preferred).
+FORWARDING_POLICY_PRIORITY = 300000
+
+
 class StrongSwanError(SaError):
     """The strongswan backend could not install or remove a path; nothing was left installed."""
 
@@ -629,7 +634,9 @@ class StrongSwanBackend:
         self._routing: PolicyRouting | None = None
         self._routed: set[str] = set()
         if route_into is not None:
-            self._routing = PolicyRouting(IpCommand(None, options=("-4",)), route_into, 4500, 4500, FWMARK)
+            self._routing = PolicyRouting(
+                IpCommand(None, options=("-4",)), route_into, 4500, 4500, FWMARK, anchors=True
+            )
             try:
                 self._routing.start()
                 self.paths()  # routes for what charon still holds (after a restart)
@@ -840,6 +847,14 @@ class StrongSwanBackend:
                     "start_action": "none",
                     "close_action": "none",
                     "dpd_action": "clear",
+                    # Our own reqid (the path's inbound SPI, unique on the node):
+                    # charon would share one between CHILD_SAs with equal
+                    # selectors (the new FA's FA-HA path and the receiving end of
+                    # the forwarding path), and the outbound SA would be either.
+                    "reqid": str(path.spi_in),
+                    # The forwarding path is the least preferred way out: at the
+                    # new FA it only receives, the node's own paths send.
+                    **({"priority": str(FORWARDING_POLICY_PRIORITY)} if path.role is PathRole.FA_FA else {}),
                 }
             },
         }
