@@ -28,7 +28,9 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1876,28 +1878,63 @@ def mn_deregister(ctx: click.Context, fa: str, json_flag: bool) -> None:
 )
 @click.option("--json", "json_flag", is_flag=True, help="Print the report as one JSON document (like --json).")
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (database, logs, state files).")
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="Run the real topology in network namespaces (root), with real IPsec and traffic (docs/agents.md).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["userspace", "strongswan"]),
+    default="userspace",
+    show_default=True,
+    help="With --netns: the agents' SA backend.",
+)
 @pass_app
-def demo(app: App, mip_port: int, json_flag: bool, keep: bool) -> None:
-    """Run the whole system on loopback and walk a mobile node through flows A, B, C and D.
+def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, backend: str) -> None:
+    """Run the whole system and walk a mobile node through the flows of DESIGN.md.
 
-    Starts the home AAA on a temporary database with a sample user, a foreign
-    AAA, a home agent, three foreign agents, a static and a dynamic gateway as
-    separate processes; registers the node through FA1, hands it off to FA2
-    (same domain: the foreign AAA answers), to FA3 (another domain: the home
-    AAA answers) and back to FA1, deregisters it; prints after every step what
-    happened and every node's SAs. Exit status 0 when every step succeeded.
-    Everything is stopped and removed at the end, also on Ctrl-C."""
-    demo_module = importlib.import_module("aaa_vpn.demo")
+    Without --netns, on loopback with the in-memory SA backend: starts the home
+    AAA on a temporary database with a sample user, a foreign AAA, a home
+    agent, three foreign agents, a static and a dynamic gateway as separate
+    processes; registers the node through FA1 (flows A and B), hands it off to
+    FA2 (flow C: the foreign AAA answers), to FA3 (flow D: the home AAA
+    answers), back to FA1 and to FA3 again, each with smooth handoff (flow E);
+    then the operator pushes a VPN change and ends the session (flow F). After
+    every step it prints what happened and every node's SAs.
+
+    With --netns (as root): the same elements in network namespaces with real
+    IPsec (--backend userspace or strongswan), a correspondent host behind
+    each gateway streaming to the node, which registers and moves FA1 -> FA2
+    -> FA3 -> FA1; every step shows the reply, the SA tables, whether the node
+    reaches both correspondents, and the datagrams lost while it moved.
+
+    Exit status 0 when every step succeeded. Everything is stopped and
+    removed at the end, also on Ctrl-C."""
     as_json = app.json_output or json_flag
-    report = demo_module.run_demo(
-        demo_module.DemoOptions(mip_port=mip_port, keep=keep),
-        progress=None if as_json else click.echo,
-    )
+    if netns:
+        netlab = importlib.import_module("aaa_vpn.netlab")
+        directory = Path(tempfile.mkdtemp(prefix="aaa-vpn-netns-demo-"))
+        try:
+            report = netlab.run_netns_demo(directory, backend=backend, progress=None if as_json else click.echo)
+        finally:
+            if keep:
+                click.echo(f"kept {directory}", err=True)
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+    else:
+        demo_module = importlib.import_module("aaa_vpn.demo")
+        report = demo_module.run_demo(
+            demo_module.DemoOptions(mip_port=mip_port, keep=keep),
+            progress=None if as_json else click.echo,
+        )
     if as_json:
         click.echo(json.dumps(report, indent=2))
     if report.get("error") == "interrupted":
         raise click.exceptions.Exit(130)  # 128 + SIGINT, as a shell reports Ctrl-C
     if not report["ok"]:
+        if report.get("error") and not as_json:
+            click.echo(f"Error: {report['error']}", err=True)
         raise click.exceptions.Exit(1)
 
 

@@ -8,7 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,3 +110,36 @@ def test_ctrl_c_stops_everything_and_removes_the_files() -> None:
     assert "interrupted" in rest and "stopped 8 processes" in rest, rest
     assert len(pids) == 8 and not any(_alive(pid) for pid in pids)
     assert directory is not None and not directory.exists()
+
+
+def test_netns_demo_json_every_step_succeeds_and_removes_its_namespaces(
+    require_tool: Callable[[str], str],
+) -> None:
+    """``aaa-vpn demo --netns``: the real topology with the userspace backend
+    (tests/test_netns_e2e.py asserts the wire, with both backends)."""
+    for tool in ("ip", "ping", "tcpdump"):
+        require_tool(tool)
+    if os.geteuid() != 0:
+        if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":
+            pytest.fail("AAA_VPN_REQUIRE_TOOLS=1 but the netns demo needs root")
+        pytest.skip("the netns demo needs root")
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "aaa_vpn.cli", "demo", "--netns", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["backend"] == "userspace" and report["smooth_handoff"] is True
+    assert [(s["fa"], s["code"], s["tables_ok"], s["reached"]) for s in report["steps"]] == [
+        (fa, 0, True, {"ch1": True, "ch2": True}) for fa in ("fa1", "fa2", "fa3", "fa1")
+    ]
+    for stream in report["traffic"].values():
+        assert stream["received"] >= 0.9 * stream["sent"] and stream["lost_per_step"]["other"] == 0
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    left = {line.split()[0] for line in after.splitlines()} - {line.split()[0] for line in before.splitlines()}
+    assert not left, f"the demo left namespaces behind: {left}"

@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""Traffic lost during a handoff: the whole system in network namespaces
+(:class:`aaa_vpn.netlab.Lab`: home AAA, foreign AAA, HA, FA1-3, a static and a
+dynamic gateway, correspondents ch1 and ch2, the mobile node, every element a
+real ``aaa-vpn`` process with real IPsec) while both correspondents stream to
+the mobile node and it moves.
+
+Per configuration (one fresh lab each):
+
+* backend ``userspace`` (the project's ESP on TUN devices) or ``strongswan``
+  (a charon-systemd with kernel-libipsec per agent, IKEv2 with the AAA's PSKs);
+* smooth handoff on (``forwarding_lifetime = 10``: the new FA notifies the
+  previous one, which forwards to it through an FA-FA path) or off (0).
+  strongSwan runs only with it off: kernel-libipsec picks the newest of two
+  policies with equal selectors and ignores priorities, so at the new FA the
+  forwarding path's receiving end would take the node's own outbound traffic
+  (docs/sa-backends.md; tests/test_netns_e2e.py runs it the same way);
+* the link switch: ``break`` (the netlab driver: the old link goes down, the
+  new one comes up, then the node registers -- a hard handoff) or, with
+  ``--overlap``, also ``overlap`` (a soft handoff, make before break: the new
+  link comes up and the default route moves to it, the node registers, and the
+  old link goes down ``--overlap-ms`` after the accepted reply). The overlap
+  mode uses this script's own copy of the node driver (``mn-driver``
+  subcommand, run in the node's namespace); aaa_vpn itself is not changed.
+
+The node registers at FA1, then ch2 (behind the dynamic gateway, no QoS
+limit) sends ``--rate`` datagrams/s (200 octets) and ch1 (behind the static
+gateway, whose path has a 512 kbit/s QoS class) ``--static-rate``; then
+``--rounds`` rounds of three moves, ``--gap`` seconds apart: FA1 -> FA2 (same
+visited domain, flow C: the foreign AAA answers), FA2 -> FA3 (other domain,
+flow D: through the home AAA), FA3 -> FA1 (flow D). Every datagram sent and
+never received is charged to the move whose interval (from the move command
+to the next one) its send time falls in. Reported per configuration and
+handoff type, median and max over the rounds: datagrams lost per handoff on
+each stream, the outage (lost / rate, in ms), the longest gap between two
+arrivals around the move (ms; at 500/s the normal gap is 2 ms), and the
+registration time at the node (``seconds``: first Registration Request to
+the accepted reply, including the MN-FA challenge round trip).
+
+Usage (root; from the repository root):
+
+    .venv/bin/python bench/handoff_outage.py --quick                  # smoke run, < 60 s
+    .venv/bin/python bench/handoff_outage.py --rounds 10 --overlap --json /tmp/handoff.json
+    .venv/bin/python bench/handoff_outage.py --backends userspace --smooth on --rate 1000
+
+The markdown table goes to stdout (``--json PATH`` writes every move's raw
+numbers). Namespaces are ``aab<pid><k>_*``; every process is stopped by its
+PID and every namespace deleted at the end, also on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aaa_vpn.netlab import BACKBONE_NODES, HOME_ADDRESS, MIP_PORT, Lab, LabError, mn_link  # noqa: E402
+
+STATIC_PORT, DYNAMIC_PORT = 9001, 9002
+MOVES = (("fa2", "fa1", "FA1->FA2 (C, same domain)"), ("fa3", "fa2", "FA2->FA3 (D)"), ("fa1", "fa3", "FA3->FA1 (D)"))
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str
+    smooth: bool
+    overlap: bool
+
+    @property
+    def label(self) -> str:
+        smooth = "smooth" if self.smooth else "no smooth"
+        return f"{self.backend}, {smooth}, {'overlap' if self.overlap else 'break'}"
+
+
+@dataclass
+class Move:
+    kind: str
+    round: int
+    command: float  # wall clock when the move was asked for
+    code: int | None
+    seconds: float
+    link_switched: float
+    finished: float
+    old_link_down: float | None = None  # overlap only
+    exchange: list[dict[str, Any]] = field(default_factory=list)  # the node's Mobile IP datagrams
+    lost: dict[str, int] = field(default_factory=dict)  # stream -> datagrams
+    outage_ms: dict[str, float] = field(default_factory=dict)  # stream -> lost / rate
+    gap_ms: dict[str, float] = field(default_factory=dict)  # stream -> longest gap between arrivals
+
+
+# -- the mobile node with a make-before-break link switch (run in its namespace) --------------------
+
+
+def mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
+    """Like ``python -m aaa_vpn.netlab mn-driver`` (same node configuration), with
+    one more command: ``soft FA PREVIOUS|- OVERLAP_MS`` brings link FA up and moves
+    the default route there while the old link stays up, registers, and takes
+    the old link down OVERLAP_MS after the reply."""
+    from ipaddress import IPv4Address
+
+    from aaa_vpn.demo import NAI
+    from aaa_vpn.net.agents import run_mobile_node
+    from aaa_vpn.netlab import BACKBONE
+    from aaa_vpn.roles.mn import MnConfig
+    from aaa_vpn.secret import Secret
+
+    config = MnConfig(
+        NAI,
+        IPv4Address(HOME_ADDRESS),
+        IPv4Address(BACKBONE.ha),
+        256,
+        Secret(mn_ha_key_file.read_bytes()),
+        Secret(mn_aaa_secret_file.read_bytes()),
+        retransmit=0.5,
+        attempts=6,
+    )
+    attached: str | None = None
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "hello":
+            print(json.dumps({"ready": True}), flush=True)
+            continue
+        if words[0] not in ("move", "soft"):
+            print(json.dumps({"error": f"unknown command {words[0]!r}"}), flush=True)
+            continue
+        fa, soft = words[1], words[0] == "soft"
+        fa_side, source = mn_link(fa)
+        old = attached if attached not in (None, fa) else None
+        if old is not None and not soft:
+            ip("link", "set", old, "down")
+        ip("link", "set", fa, "up")
+        ip("route", "replace", "default", "via", fa_side, "dev", fa, "src", HOME_ADDRESS)
+        attached = fa
+        switched = time.time()
+        previous = words[2] if len(words) > 2 and words[2] != "-" else None
+        outcome = run_mobile_node(
+            config,
+            (BACKBONE_NODES[fa][0], MIP_PORT),
+            previous_fa=IPv4Address(BACKBONE_NODES[previous][0]) if previous else None,
+            source=source,
+        )
+        answer: dict[str, Any] = {**outcome.to_json(), "link_switched": switched}
+        if soft and old is not None:
+            time.sleep(float(words[3]) / 1000 if len(words) > 3 else 0.0)
+            ip("link", "set", old, "down")
+            answer["old_link_down"] = time.time()
+        print(json.dumps(answer), flush=True)
+
+
+class SoftDriver:
+    """This script's ``mn-driver`` in the node's namespace; stopped by its PID."""
+
+    def __init__(self, lab: Lab) -> None:
+        files = lab.files
+        self.log = (lab.directory / "soft-driver.log").open("ab")
+        command = [lab.python, str(Path(__file__).resolve()), "mn-driver"]
+        command += ["--mn-ha-key-file", str(files.mn_ha_key), "--mn-aaa-secret-file", str(files.mn_aaa_secret)]
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns("mn"), *command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            start_new_session=True,  # Ctrl-C reaches only this script, which stops it
+        )
+        if self.ask("hello") != {"ready": True}:
+            raise LabError("the soft-handoff driver did not start")
+
+    def ask(self, *words: str) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write((" ".join(words) + "\n").encode())
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise LabError("the soft-handoff driver exited (see soft-driver.log)")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+
+
+def charge(sent: dict[str, Any], received: dict[str, Any], moves: list[Move], stream: str, rate: float) -> int:
+    """Fill in ``stream``'s losses and longest gaps of every move; return the datagrams
+    lost before the first move (the warm-up, charged to no move)."""
+    got = set(received["seqs"])
+    starts = [m.command for m in moves]
+    ends = [*starts[1:], float("inf")]
+    counts = [0] * len(moves)
+    before = 0
+    for seq, when in enumerate(sent["times"]):
+        if seq in got:
+            continue
+        if when < starts[0]:
+            before += 1
+            continue
+        for index in range(len(moves)):
+            if starts[index] <= when < ends[index]:
+                counts[index] += 1
+                break
+    arrivals = sorted(received["arrivals"])
+    for move, start, end, count in zip(moves, starts, ends, counts, strict=True):
+        move.lost[stream] = count
+        move.outage_ms[stream] = round(1000 * count / rate, 1)
+        gaps = [b - a for a, b in itertools.pairwise(arrivals) if b > start and a < end]
+        move.gap_ms[stream] = round(1000 * max(gaps, default=0.0), 1)
+    return before
+
+
+def run_config(config: Config, args: argparse.Namespace, index: int) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix="aab_"))  # short: charon's VICI socket path
+    lab = Lab(
+        directory,
+        backend=config.backend,
+        forwarding_lifetime=10 if config.smooth else 0,
+        prefix=f"aab{os.getpid() % 10000}{index}_",
+        python=sys.executable,
+    )
+    soft: SoftDriver | None = None
+    started = time.monotonic()
+    try:
+        lab.create()
+        lab.start()
+        if config.overlap:
+            soft = SoftDriver(lab)
+        else:
+            lab.start_driver()
+
+        def move(fa: str, previous: str | None) -> dict[str, Any]:
+            if soft is not None:
+                return soft.ask("soft", fa, previous or "-", str(args.overlap_ms))
+            return lab.move(fa, previous)
+
+        first = move("fa1", None)
+        if first.get("code") != 0:
+            raise LabError(f"the first registration at FA1 failed: {first.get('code')} {first.get('detail')}")
+        lab_ready = time.monotonic() - started
+        receivers = {"ch2": lab.receive("mn", DYNAMIC_PORT), "ch1": lab.receive("mn", STATIC_PORT)}
+        senders = {
+            "ch2": lab.send("ch2", HOME_ADDRESS, args.rate, port=DYNAMIC_PORT),
+            "ch1": lab.send("ch1", HOME_ADDRESS, args.static_rate, port=STATIC_PORT),
+        }
+        time.sleep(args.gap)
+        moves: list[Move] = []
+        for round_ in range(args.rounds):
+            for fa, previous, kind in MOVES:
+                command = time.time()
+                result = move(fa, previous)
+                moves.append(
+                    Move(
+                        kind,
+                        round_,
+                        command,
+                        result.get("code"),
+                        float(result.get("seconds", float("nan"))),
+                        float(result.get("link_switched", command)),
+                        float(result.get("finished", command)),
+                        result.get("old_link_down"),
+                        result.get("exchange", []),
+                    )
+                )
+                if result.get("code") != 0:
+                    print(f"  {config.label}: {kind} round {round_}: code {result.get('code')}", file=sys.stderr)
+                time.sleep(args.gap)
+        sent = {name: lab.stop_traffic(process) for name, process in senders.items()}
+        time.sleep(0.5)  # what is in flight arrives
+        received = {name: lab.stop_traffic(process) for name, process in receivers.items()}
+        # Datagrams sent in the last 0.5 s (after the last gap) are charged to nobody.
+        rates = {"ch2": args.rate, "ch1": args.static_rate}
+        warmup = {name: charge(sent[name], received[name], moves, name, rates[name]) for name in sent}
+        totals = {
+            name: {
+                "sent": len(sent[name]["times"]),
+                "received": len(set(received[name]["seqs"])),
+                "send_errors": sent[name].get("send_errors", 0),
+                "lost_before_first_move": warmup[name],
+            }
+            for name in sent
+        }
+        return {
+            "config": asdict(config),
+            "label": config.label,
+            "lab_ready_seconds": round(lab_ready, 2),
+            "streams": totals,
+            "moves": [asdict(m) for m in moves],
+        }
+    finally:
+        if soft is not None:
+            soft.close()
+        lab.close()
+        if args.keep:
+            print(f"  kept {directory}", file=sys.stderr)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- the report ----------------------------------------------------------------------------------------
+
+
+def _stat(values: list[float], digits: int = 0) -> str:
+    if not values:
+        return "-"
+    fmt = f"{{:.{digits}f}}"
+    return f"{fmt.format(statistics.median(values))} / {fmt.format(max(values))}"
+
+
+def table(results: list[dict[str, Any]], rate: float, static_rate: float) -> str:
+    lines = [
+        f"| configuration | handoff | n | ch2 lost ({rate:g}/s) | ch2 outage ms | ch2 longest gap ms "
+        f"| ch1 lost ({static_rate:g}/s) | ch1 longest gap ms | registration ms | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        for _fa, _previous, kind in MOVES:
+            moves = [m for m in result["moves"] if m["kind"] == kind]
+            ok = [m for m in moves if m["code"] == 0]
+            lines.append(
+                f"| {result['label']} | {kind} | {len(moves)} "
+                f"| {_stat([m['lost']['ch2'] for m in ok])} | {_stat([m['outage_ms']['ch2'] for m in ok])} "
+                f"| {_stat([m['gap_ms']['ch2'] for m in ok])} | {_stat([m['lost']['ch1'] for m in ok])} "
+                f"| {_stat([m['gap_ms']['ch1'] for m in ok])} | {_stat([1000 * m['seconds'] for m in ok])} "
+                f"| {len(moves) - len(ok)} |"
+            )
+    lines.append("")
+    lines.append("Each cell: median / max over the rounds.")
+    return "\n".join(lines)
+
+
+def configurations(args: argparse.Namespace) -> tuple[list[Config], list[str]]:
+    configs: list[Config] = []
+    skipped: list[str] = []
+    smooth_choices = {"on": (True,), "off": (False,), "both": (True, False)}[args.smooth or "both"]
+    links = (False, True) if args.overlap else (False,)
+    for backend in args.backends.split(","):
+        for smooth in smooth_choices:
+            if backend == "strongswan" and smooth:
+                skipped.append(
+                    "strongswan with smooth handoff: kernel-libipsec picks the newest of two policies with equal "
+                    "selectors (priorities ignored), so the forwarding path's receiving end at the new FA would "
+                    "take the node's own outbound traffic"
+                )
+                continue
+            for overlap in links:
+                configs.append(Config(backend, smooth, overlap))
+    return configs, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["mn-driver"]:
+        driver = argparse.ArgumentParser(prog="handoff_outage.py mn-driver")
+        driver.add_argument("--mn-ha-key-file", type=Path, required=True)
+        driver.add_argument("--mn-aaa-secret-file", type=Path, required=True)
+        options = driver.parse_args(argv[1:])
+        mn_driver(options.mn_ha_key_file, options.mn_aaa_secret_file)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of three moves (default 10)")
+    parser.add_argument("--rate", type=float, default=500, help="ch2 datagrams/s, no QoS limit (default 500)")
+    parser.add_argument("--static-rate", type=float, default=150, help="ch1 datagrams/s (default 150)")
+    parser.add_argument("--backends", default="userspace,strongswan", help="comma-separated (default both)")
+    parser.add_argument("--smooth", choices=("on", "off", "both"), help="smooth handoff (default both)")
+    parser.add_argument("--overlap", action="store_true", help="also run every configuration with a soft handoff")
+    parser.add_argument("--overlap-ms", type=int, default=500, help="old link kept after the reply (default 500)")
+    parser.add_argument("--gap", type=float, default=1.5, help="seconds between moves (default 1.5)")
+    parser.add_argument("--json", type=Path, help="write every move's numbers here")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, userspace smooth and strongswan")
+    parser.add_argument("--keep", action="store_true", help="keep each lab's directory (logs, state files)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    if args.quick:
+        args.rounds, args.gap = 1, 1.0
+    backends = args.backends.split(",")
+    if unknown := [b for b in backends if b not in ("userspace", "strongswan")]:
+        parser.error(f"unknown backend(s) {', '.join(unknown)}")
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    configs, skipped = configurations(args)
+    if args.quick and args.smooth is None:  # per backend the end-to-end test's configuration
+        configs = [c for c in configs if c.smooth == (c.backend == "userspace")]
+    if args.quick:
+        configs = [c for c in configs if not c.overlap or c.backend == "userspace"]
+    began = time.monotonic()
+    load = os.getloadavg()[0]
+    results = []
+    for index, config in enumerate(configs):
+        print(f"{config.label}: {args.rounds} rounds ...", file=sys.stderr, flush=True)
+        results.append(run_config(config, args, index))
+    elapsed = time.monotonic() - began
+    command = shlex.join([".venv/bin/python", "bench/handoff_outage.py", *argv])
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"## {stamp}: datagrams lost per handoff (bench/handoff_outage.py)\n")
+    print(f"- machine: {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; ")
+    print(f"  load average before: {load:.2f}; run took {elapsed:.0f} s")
+    print(
+        f"- ch2 -> node {args.rate:g}/s, ch1 -> node {args.static_rate:g}/s, 200 octets; {args.rounds} rounds, "
+        f"moves {args.gap:g} s apart"
+        + (f"; overlap: old link down {args.overlap_ms} ms after the reply" if args.overlap else "")
+    )
+    print(f"- command: `{command}`")
+    for reason in dict.fromkeys(skipped):
+        print(f"- skipped: {reason}")
+    for result in results:
+        streams = ", ".join(
+            f"{name} sent {s['sent']} received {s['received']} "
+            f"(lost before the first move {s['lost_before_first_move']})"
+            for name, s in result["streams"].items()
+        )
+        print(f"- {result['label']}: lab up in {result['lab_ready_seconds']} s; {streams}")
+    print()
+    print(table(results, args.rate, args.static_rate))
+    if args.json:
+        document = {"command": command, "when": stamp, "args": {k: str(v) for k, v in vars(args).items()}}
+        args.json.write_text(json.dumps({**document, "skipped": skipped, "results": results}, indent=1))
+        print(f"\nraw numbers: {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
