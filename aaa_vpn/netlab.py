@@ -119,6 +119,7 @@ class Lab:
     python: str = sys.executable
     log_keys: bool = False  # strongswan: CHILD_SA keys in charon's log, for tshark (tests only)
     processes: dict[str, _Proc] = field(default_factory=dict)
+    commands: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name -> (namespace, argv)
     charons: dict[str, Any] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
     attached: str | None = None
@@ -215,6 +216,7 @@ class Lab:
 
     # -- processes ----------------------------------------------------------------------------------------
     def _spawn(self, name: str, netns: str, args: Sequence[str]) -> None:
+        self.commands[name] = (netns, list(args))
         log = self.directory / f"{name}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
@@ -319,6 +321,28 @@ class Lab:
                     waiting.discard(name)
             if waiting and time.monotonic() > deadline:
                 raise LabError(f"not ready after {timeout:.0f} s: {', '.join(sorted(waiting))}")
+            time.sleep(0.05)
+
+    def restart_agent(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Stop agent ``name`` (SIGTERM, by its PID; its charon keeps running),
+        start it again with the same command, wait until it runs; its
+        ``recovered`` event (docs/agents.md, "Restart")."""
+        entry = self.processes.pop(name)
+        entry.process.send_signal(signal.SIGTERM)
+        if entry.process.wait(10) != 0:
+            raise LabError(f"{name} did not stop cleanly: {_tail(entry.log)}")
+        started = time.time()
+        netns, args = self.commands[name]
+        self._spawn(name, netns, args)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state(name)
+            if state.get("running") and state.get("started", 0) >= started:
+                notes: list[dict[str, Any]] = [e for e in state.get("events", []) if e.get("kind") == "recovered"]
+                if notes:
+                    return notes[-1]
+            if self.processes[name].process.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"{name} did not come back: {_tail(self.processes[name].log)}")
             time.sleep(0.05)
 
     # -- the mobile node --------------------------------------------------------------------------------

@@ -33,9 +33,17 @@ never received is charged to the move whose interval (from the move command
 to the next one) its send time falls in. Reported per configuration and
 handoff type, median and max over the rounds: datagrams lost per handoff on
 each stream, the outage (lost / rate, in ms), the longest gap between two
-arrivals around the move (ms; at 500/s the normal gap is 2 ms), and the
+arrivals around the move (from the move command until 0.3 s after the reply,
+or after the old link went down; ms; at 500/s the normal gap is 2 ms), the
 registration time at the node (``seconds``: first Registration Request to
-the accepted reply, including the MN-FA challenge round trip).
+the accepted reply, including the MN-FA challenge round trip: the node has
+no agent advertisements, so its first request to an FA gets code 105 with a
+challenge), and how many moves needed a retransmission.
+
+The loss count and the gap measure different things: a datagram that was
+delayed (queued in an agent that had no CPU while the others worked on the
+registration, then sent on the new path) adds to the gap but is not lost. On
+a small machine both depend on the scheduler; read them together.
 
 Usage (root; from the repository root):
 
@@ -57,6 +65,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -101,6 +110,7 @@ class Move:
     finished: float
     old_link_down: float | None = None  # overlap only
     exchange: list[dict[str, Any]] = field(default_factory=list)  # the node's Mobile IP datagrams
+    lost_at_ms: dict[str, list[float]] = field(default_factory=dict)  # stream -> send times of the lost, from command
     lost: dict[str, int] = field(default_factory=dict)  # stream -> datagrams
     outage_ms: dict[str, float] = field(default_factory=dict)  # stream -> lost / rate
     gap_ms: dict[str, float] = field(default_factory=dict)  # stream -> longest gap between arrivals
@@ -222,6 +232,7 @@ def charge(sent: dict[str, Any], received: dict[str, Any], moves: list[Move], st
     starts = [m.command for m in moves]
     ends = [*starts[1:], float("inf")]
     counts = [0] * len(moves)
+    at: list[list[float]] = [[] for _ in moves]
     before = 0
     for seq, when in enumerate(sent["times"]):
         if seq in got:
@@ -232,12 +243,16 @@ def charge(sent: dict[str, Any], received: dict[str, Any], moves: list[Move], st
         for index in range(len(moves)):
             if starts[index] <= when < ends[index]:
                 counts[index] += 1
+                at[index].append(round(1000 * (when - starts[index]), 1))
                 break
     arrivals = sorted(received["arrivals"])
-    for move, start, end, count in zip(moves, starts, ends, counts, strict=True):
+    for move, start, end, count, times in zip(moves, starts, ends, counts, at, strict=True):
         move.lost[stream] = count
+        move.lost_at_ms[stream] = times
         move.outage_ms[stream] = round(1000 * count / rate, 1)
-        gaps = [b - a for a, b in itertools.pairwise(arrivals) if b > start and a < end]
+        # around the move: from the command until 0.3 s after the reply (overlap: after the old link went down)
+        until = min(end, max(move.finished, move.old_link_down or 0.0) + 0.3)
+        gaps = [b - a for a, b in itertools.pairwise(arrivals) if b > start and a < until]
         move.gap_ms[stream] = round(1000 * max(gaps, default=0.0), 1)
     return before
 
@@ -320,13 +335,56 @@ def run_config(config: Config, args: argparse.Namespace, index: int) -> dict[str
             "moves": [asdict(m) for m in moves],
         }
     finally:
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        shield()  # the lab goes down completely, also when Ctrl-C is pressed again
         if soft is not None:
             soft.close()
         lab.close()
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
         if args.keep:
             print(f"  kept {directory}", file=sys.stderr)
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def sweep(pattern: re.Pattern[str]) -> list[str]:
+    """The last resort after an interruption: whatever still runs in this run's
+    namespaces (names matching ``pattern``) is stopped by its PID (SIGTERM, then
+    SIGKILL after 5 s) and the namespaces are deleted. Returns what it deleted."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    mine = [line.split()[0] for line in listed.splitlines() if line.strip() and pattern.match(line.split()[0])]
+    pids: set[int] = set()
+    for ns in mine:
+        found = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False).stdout
+        pids.update(int(pid) for pid in found.split())
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = {pid for pid in pids if alive(pid)}
+        if not pids:
+            break
+    for ns in mine:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    return mine
+
+
+def shield() -> None:
+    """Ignore Ctrl-C and SIGTERM from now on (the cleanup must finish)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # -- the report ----------------------------------------------------------------------------------------
@@ -339,11 +397,19 @@ def _stat(values: list[float], digits: int = 0) -> str:
     return f"{fmt.format(statistics.median(values))} / {fmt.format(max(values))}"
 
 
+def retransmitted(move: dict[str, Any]) -> bool:
+    """The node sent a Registration Request again (no reply within 0.5 s)."""
+    exchange = move["exchange"]
+    requests = sum(1 for e in exchange if e.get("direction") == "sent")
+    replies = sum(1 for e in exchange if e.get("direction") == "received")
+    return requests > replies
+
+
 def table(results: list[dict[str, Any]], rate: float, static_rate: float) -> str:
     lines = [
         f"| configuration | handoff | n | ch2 lost ({rate:g}/s) | ch2 outage ms | ch2 longest gap ms "
-        f"| ch1 lost ({static_rate:g}/s) | ch1 longest gap ms | registration ms | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| ch1 lost ({static_rate:g}/s) | ch1 longest gap ms | registration ms | retransmitted | failed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         for _fa, _previous, kind in MOVES:
@@ -354,10 +420,13 @@ def table(results: list[dict[str, Any]], rate: float, static_rate: float) -> str
                 f"| {_stat([m['lost']['ch2'] for m in ok])} | {_stat([m['outage_ms']['ch2'] for m in ok])} "
                 f"| {_stat([m['gap_ms']['ch2'] for m in ok])} | {_stat([m['lost']['ch1'] for m in ok])} "
                 f"| {_stat([m['gap_ms']['ch1'] for m in ok])} | {_stat([1000 * m['seconds'] for m in ok])} "
-                f"| {len(moves) - len(ok)} |"
+                f"| {sum(retransmitted(m) for m in moves)} | {len(moves) - len(ok)} |"
             )
     lines.append("")
-    lines.append("Each cell: median / max over the rounds.")
+    lines.append(
+        "Each cell: median / max over the rounds; retransmitted: moves in which the node sent a Registration "
+        "Request again after 0.5 s without a reply; failed: moves not accepted (left out of the other columns)."
+    )
     return "\n".join(lines)
 
 
@@ -411,8 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown backend(s) {', '.join(unknown)}")
 
     def stop(signum: int, _frame: object) -> None:
+        # The first Ctrl-C / SIGTERM stops the run; later ones must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt(f"signal {signum}")
 
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     configs, skipped = configurations(args)
     if args.quick and args.smooth is None:  # per backend the end-to-end test's configuration
@@ -421,10 +494,17 @@ def main(argv: list[str] | None = None) -> int:
         configs = [c for c in configs if not c.overlap or c.backend == "userspace"]
     began = time.monotonic()
     load = os.getloadavg()[0]
+    if len(configs) > 10:
+        parser.error("at most 10 configurations in one run")
     results = []
-    for index, config in enumerate(configs):
-        print(f"{config.label}: {args.rounds} rounds ...", file=sys.stderr, flush=True)
-        results.append(run_config(config, args, index))
+    try:
+        for index, config in enumerate(configs):
+            print(f"{config.label}: {args.rounds} rounds ...", file=sys.stderr, flush=True)
+            results.append(run_config(config, args, index))
+    finally:
+        shield()
+        if left := sweep(re.compile(rf"^aab{os.getpid() % 10000}\d_")):
+            print(f"cleaned up after an interruption: {len(left)} namespaces", file=sys.stderr)
     elapsed = time.monotonic() - began
     command = shlex.join([".venv/bin/python", "bench/handoff_outage.py", *argv])
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -179,3 +179,56 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
     assert bad == [], bad[:5]
     inner_addresses = {a for r in esp for a in (r[3].split(",")[1:] + r[4].split(",")[1:])}
     assert {HOME_ADDRESS, CH1, CH2} <= inner_addresses, inner_addresses
+
+
+@pytest.fixture
+def strongswan_lab(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Lab]:
+    for tool in ("ip", "ping", "charon-systemd"):
+        require_tool(tool)
+    if os.geteuid() != 0:
+        if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":
+            pytest.fail("AAA_VPN_REQUIRE_TOOLS=1 but network namespaces need root")
+        pytest.skip("network namespaces need root")
+    running = Lab(tmp_path, backend="strongswan", prefix=f"aae{os.getpid() % 10000}r_", forwarding_lifetime=0)
+    try:
+        running.create()
+        running.start()
+        running.start_driver()
+        yield running
+    finally:
+        running.close()
+
+
+def test_restarted_agents_keep_the_sas_charon_still_holds(strongswan_lab: Lab) -> None:
+    """Recovery (issue 4) with a backend whose SAs outlive the agent: the HA
+    and the FA restart (their charons keep running); each finds its
+    connections in charon, keeps them (none removed, no state ended), and the
+    traffic goes on through the very same CHILD_SAs; the next renewal and a
+    handoff work as ever."""
+    lab = strongswan_lab
+    receiver = lab.receive("mn", DYNAMIC_PORT)
+    assert lab.move("fa1")["code"] == 0
+    assert lab.wait_for(AFTER_FA1) == {**lab.tables(), **AFTER_FA1}
+    sender = lab.send("ch2", HOME_ADDRESS, RATE, port=DYNAMIC_PORT)
+    before = {name: lab.state(name)["sas"] for name in ("ha", "fa1")}
+    for name, paths in (("ha", 2), ("fa1", 2)):
+        note = lab.restart_agent(name)
+        assert (note["restored"], note["kept"], note["removed"], note["ended"]) == (
+            len({sa["owner"] for sa in before[name]}),
+            paths,
+            0,
+            0,
+        ), (name, note)
+        assert lab.state(name)["sas"] == before[name], name
+    time.sleep(1.0)
+    assert ping(lab, CH1) and ping(lab, CH2)
+    # a renewal through the restarted FA and HA: the same paths (identical re-installs are no-ops)
+    assert lab.move("fa1", None)["code"] == 0
+    assert lab.tables() == {**lab.tables(), **AFTER_FA1}
+    assert lab.state("ha")["sas"] == before["ha"] and lab.state("fa1")["sas"] == before["fa1"]
+    # and a handoff
+    assert lab.move("fa2", "fa1")["code"] == 0
+    time.sleep(1.0)
+    assert ping(lab, CH1) and ping(lab, CH2)
+    sent, received = lab.stop_traffic(sender), lab.stop_traffic(receiver)
+    assert len(set(received["seqs"])) >= 0.9 * len(sent["times"])

@@ -281,7 +281,11 @@ class AgentNode:
         self._dirty = True
         self._record_messages = settings.state_file is not None or log.isEnabledFor(logging.DEBUG)
         self._journaled: dict[str, Any] | None = None  # the state last written to the journal
-        self.routes = VisitorRoutes() if settings.data_path and settings.role == "fa" else None
+        self.routes = (
+            VisitorRoutes(keep_on_close=settings.journal is not None)
+            if settings.data_path and settings.role == "fa"
+            else None
+        )
         self.recovery: Recovery | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------

@@ -15,8 +15,13 @@ Rules (RFC 5944 sections 4.2.2 and 4.2.3):
 * A visitor whose registration came from its home address itself needs no
   route of its own (the node is on the link already).
 * Routes are changed with ``ip route replace``/``ip route del`` in the
-  agent's own network namespace; a failure is logged and counted, and
-  retried at the next change. Only routes this object added are removed.
+  agent's own network namespace, marked ``proto`` :data:`ROUTE_PROTOCOL` so
+  they are recognisably the FA's; a failure is logged and counted, and
+  retried at the next change. Only such routes are ever removed.
+* An FA that keeps a journal keeps its visitor routes when it stops (its
+  visitors, and their SAs in a charon or the kernel, outlive the process);
+  the next start adopts the marked routes and removes those of visitors
+  that ended meanwhile at its first change.
 """
 
 from __future__ import annotations
@@ -31,13 +36,29 @@ from aaa_vpn.service.logging import fields
 log = logging.getLogger("aaa_vpn.datapath")
 
 
+#: The routing protocol number that marks an FA's visitor routes (a private value).
+ROUTE_PROTOCOL = 44
+
+
 class VisitorRoutes:
     """An FA's host routes to its visitors' home addresses."""
 
-    def __init__(self, ip: str = "ip") -> None:
+    def __init__(self, ip: str = "ip", keep_on_close: bool = False) -> None:
         self.ip = ip
+        self.keep_on_close = keep_on_close
         self.routes: dict[IPv4Address, str] = {}  # home address -> next hop (the node on its link)
         self.errors = 0
+        # Adopt the routes a predecessor left (rules above).
+        listing = subprocess.run(
+            [self.ip, "-4", "route", "show", "proto", str(ROUTE_PROTOCOL)], capture_output=True, text=True, check=False
+        )
+        for line in listing.stdout.splitlines():
+            words = line.split()
+            if len(words) >= 3 and words[1] == "via":
+                try:
+                    self.routes[IPv4Address(words[0].split("/")[0])] = words[2]
+                except ValueError:
+                    continue
 
     def _run(self, *args: str) -> str | None:
         result = subprocess.run([self.ip, "-4", *args], capture_output=True, text=True, check=False)
@@ -52,7 +73,7 @@ class VisitorRoutes:
         for home, via in wanted.items():
             if self.routes.get(home) == via:
                 continue
-            error = self._run("route", "replace", f"{home}/32", "via", via)
+            error = self._run("route", "replace", f"{home}/32", "via", via, "proto", str(ROUTE_PROTOCOL))
             if error is None:
                 self.routes[home] = via
                 log.info("visitor route added", extra=fields(home_address=str(home), via=via))
@@ -67,5 +88,6 @@ class VisitorRoutes:
                 log.warning("cannot remove a visitor route", extra=fields(home_address=str(home), error=error))
 
     def close(self) -> None:
-        """Remove every route this object added."""
-        self.sync(())
+        """Remove every visitor route, unless they are kept for the next start."""
+        if not self.keep_on_close:
+            self.sync(())
