@@ -36,11 +36,14 @@ profile's SPIs name the path there, the SPIs on the wire are IKE's), ``xfrm``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
-from typing import Protocol, runtime_checkable
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Protocol, runtime_checkable
 
-from aaa_vpn.wire.profile import PathProfile, PathRole
+from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec
 
 #: Lowest SPI an SA may use: 1-255 are reserved by IANA (RFC 4303 section 2.1).
 SPI_MIN = 256
@@ -106,6 +109,62 @@ def validate_path(path: PathProfile, node: IPv4Address) -> None:
             raise SaError(f"{what} key of {path.esp_transform.name} must be {need} octets, not {len(key)}")
     if not path.local_ts or not path.remote_ts:
         raise SaError("a path needs at least one local and one remote traffic selector")
+
+
+def public_fields(path: PathProfile) -> dict[str, Any]:
+    """``path``'s non-secret fields as JSON values: what a backend's side table
+    keeps on disk (the keys, the PSK and the binding key never; whether there
+    is a binding key, yes)."""
+    return {
+        "role": path.role.name,
+        "local": str(path.local),
+        "peer": str(path.peer),
+        "local_ts": [str(n) for n in path.local_ts],
+        "remote_ts": [str(n) for n in path.remote_ts],
+        "key_mode": path.key_mode.value,
+        "esp_transform": path.esp_transform.value,
+        "spi_in": path.spi_in,
+        "spi_out": path.spi_out,
+        "lifetime": path.lifetime,
+        "ike_proposal": path.ike_proposal,
+        "qos": None
+        if path.qos is None
+        else {"name": path.qos.name, "dscp": path.qos.dscp, "rate_kbps": path.qos.rate_kbps},
+        "gateway_mode": None if path.gateway_mode is None else path.gateway_mode.value,
+        "binding_key": path.binding_key is not None,
+    }
+
+
+#: Stands in for a secret a backend does not keep (after a restart).
+PLACEHOLDER = Secret(b"")
+
+
+def path_from_public_fields(
+    fields: Mapping[str, Any], key_in: Secret = PLACEHOLDER, key_out: Secret = PLACEHOLDER
+) -> PathProfile:
+    """The path :func:`public_fields` described, with ``key_in``/``key_out``
+    (e.g. read back from the kernel) and placeholders for the PSK and the
+    binding key where it had them. KeyError, ValueError if the fields are bad."""
+    qos = fields["qos"]
+    return PathProfile(
+        role=PathRole[fields["role"]],
+        local=IPv4Address(fields["local"]),
+        peer=IPv4Address(fields["peer"]),
+        local_ts=tuple(IPv4Network(n) for n in fields["local_ts"]),
+        remote_ts=tuple(IPv4Network(n) for n in fields["remote_ts"]),
+        key_mode=KeyMode(fields["key_mode"]),
+        esp_transform=EspTransform(fields["esp_transform"]),
+        spi_in=int(fields["spi_in"]),
+        spi_out=int(fields["spi_out"]),
+        key_in=key_in,
+        key_out=key_out,
+        lifetime=int(fields["lifetime"]),
+        ike_proposal=fields["ike_proposal"],
+        ike_psk=PLACEHOLDER if fields["key_mode"] == KeyMode.IKEV2.value else None,
+        qos=None if qos is None else QosSpec(qos["name"], int(qos["dscp"]), int(qos["rate_kbps"])),
+        gateway_mode=None if fields["gateway_mode"] is None else GatewayMode(fields["gateway_mode"]),
+        binding_key=PLACEHOLDER if fields["binding_key"] else None,
+    )
 
 
 @runtime_checkable

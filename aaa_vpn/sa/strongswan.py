@@ -86,13 +86,20 @@ from urllib.parse import quote, unquote
 import vici
 import vici.exception
 
-from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
-from aaa_vpn.sa.base import InstalledPath, SaConflict, SaError, SaUnsupported, validate_path
+from aaa_vpn.model import KeyMode
+from aaa_vpn.sa.base import (
+    InstalledPath,
+    SaConflict,
+    SaError,
+    SaUnsupported,
+    path_from_public_fields,
+    public_fields,
+    validate_path,
+)
 from aaa_vpn.sa.charon import FWMARK
 from aaa_vpn.sa.routing import PolicyRouting
 from aaa_vpn.sa.tun import IpCommand, NetnsError
-from aaa_vpn.secret import Secret
-from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec
+from aaa_vpn.wire.profile import PathProfile, PathRole
 
 log = logging.getLogger("aaa_vpn.sa.strongswan")
 
@@ -469,54 +476,6 @@ def fingerprint(path: PathProfile) -> str:
     return digest.hexdigest()
 
 
-def _public_fields(path: PathProfile) -> dict[str, Any]:
-    """The path's non-secret fields, as JSON values."""
-    return {
-        "role": path.role.name,
-        "local": str(path.local),
-        "peer": str(path.peer),
-        "local_ts": [str(n) for n in path.local_ts],
-        "remote_ts": [str(n) for n in path.remote_ts],
-        "key_mode": path.key_mode.value,
-        "esp_transform": path.esp_transform.value,
-        "spi_in": path.spi_in,
-        "spi_out": path.spi_out,
-        "lifetime": path.lifetime,
-        "ike_proposal": path.ike_proposal,
-        "qos": None
-        if path.qos is None
-        else {"name": path.qos.name, "dscp": path.qos.dscp, "rate_kbps": path.qos.rate_kbps},
-        "gateway_mode": None if path.gateway_mode is None else path.gateway_mode.value,
-        "binding_key": path.binding_key is not None,
-    }
-
-
-_PLACEHOLDER = Secret(b"")
-
-
-def _path_from_fields(fields: Mapping[str, Any]) -> PathProfile:
-    qos = fields["qos"]
-    return PathProfile(
-        role=PathRole[fields["role"]],
-        local=IPv4Address(fields["local"]),
-        peer=IPv4Address(fields["peer"]),
-        local_ts=tuple(IPv4Network(n) for n in fields["local_ts"]),
-        remote_ts=tuple(IPv4Network(n) for n in fields["remote_ts"]),
-        key_mode=KeyMode(fields["key_mode"]),
-        esp_transform=EspTransform(fields["esp_transform"]),
-        spi_in=int(fields["spi_in"]),
-        spi_out=int(fields["spi_out"]),
-        key_in=_PLACEHOLDER,
-        key_out=_PLACEHOLDER,
-        lifetime=int(fields["lifetime"]),
-        ike_proposal=fields["ike_proposal"],
-        ike_psk=_PLACEHOLDER,
-        qos=None if qos is None else QosSpec(qos["name"], int(qos["dscp"]), int(qos["rate_kbps"])),
-        gateway_mode=None if fields["gateway_mode"] is None else GatewayMode(fields["gateway_mode"]),
-        binding_key=_PLACEHOLDER if fields["binding_key"] else None,
-    )
-
-
 @dataclass
 class _Record:
     """One installed path as the side table keeps it (no secrets)."""
@@ -551,7 +510,7 @@ class _Record:
             fingerprint=str(data["fingerprint"]),
             fields=dict(data["path"]),
         )
-        _path_from_fields(record.fields)  # must rebuild, or the table is corrupt
+        path_from_public_fields(record.fields)  # must rebuild, or the table is corrupt
         return record
 
 
@@ -669,7 +628,7 @@ class StrongSwanBackend:
         if path.lifetime < 1:
             raise SaError(f"invalid lifetime {path.lifetime}: at least 1 second")
         name = connection_name(owner, path.peer, path.spi_in)
-        public, print_ = _public_fields(path), fingerprint(path)
+        public, print_ = public_fields(path), fingerprint(path)
         with self._vici() as v:
             loaded = self._sync(v)
             existing = self._records.get(name)
@@ -728,7 +687,7 @@ class StrongSwanBackend:
                     self._full.pop(name, None)
                     if record is not None and name in self._routed:
                         self._routed.discard(name)
-                        self._unroute(_path_from_fields(record.fields))
+                        self._unroute(path_from_public_fields(record.fields))
             finally:
                 if doomed:
                     self._table.save(self._records)
@@ -798,11 +757,11 @@ class StrongSwanBackend:
             self._full.pop(name, None)
             if name in self._routed:
                 self._routed.discard(name)
-                self._unroute(_path_from_fields(record.fields))
+                self._unroute(path_from_public_fields(record.fields))
         if self._routing is not None:
             for name, record in self._records.items():
                 if name not in self._routed:  # held by charon from before this object: route it
-                    self._routing.acquire(_path_from_fields(record.fields))
+                    self._routing.acquire(path_from_public_fields(record.fields))
                     self._routed.add(name)
         if gone:
             self._table.save(self._records)
@@ -810,9 +769,9 @@ class StrongSwanBackend:
 
     def _installed(self, record: _Record) -> InstalledPath:
         full = self._full.get(record.name)
-        if full is not None and record.same_path(_public_fields(full.path), fingerprint(full.path)):
+        if full is not None and record.same_path(public_fields(full.path), fingerprint(full.path)):
             return full  # with its secrets, as installed through this object
-        return InstalledPath(owner=record.owner, path=_path_from_fields(record.fields))
+        return InstalledPath(owner=record.owner, path=path_from_public_fields(record.fields))
 
     @staticmethod
     def _peer_id(path: PathProfile) -> str:

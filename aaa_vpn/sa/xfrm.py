@@ -116,9 +116,17 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar, Final, TextIO
 
-from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
+from aaa_vpn.model import EspTransform
 from aaa_vpn.sa import base
-from aaa_vpn.sa.base import InstalledPath, SaConflict, SaError, SaUnsupported, validate_path
+from aaa_vpn.sa.base import (
+    InstalledPath,
+    SaConflict,
+    SaError,
+    SaUnsupported,
+    path_from_public_fields,
+    public_fields,
+    validate_path,
+)
 from aaa_vpn.sa.netlink import (
     NETLINK_XFRM,
     NetlinkDecodeError,
@@ -131,7 +139,7 @@ from aaa_vpn.sa.netlink import (
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import profile as wire_profile
-from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec
+from aaa_vpn.wire.profile import PathProfile
 
 log = logging.getLogger(__name__)
 
@@ -1062,46 +1070,6 @@ def key_digest(key: bytes) -> bytes:
     return hashlib.sha256(b"aaa_vpn xfrm backend key use\x00" + key).digest()
 
 
-def _path_record(path: PathProfile) -> dict[str, Any]:
-    """The non-secret fields of ``path`` (``key_in``/``key_out``/``ike_psk``/``binding_key`` left out)."""
-    return {
-        "role": path.role.value,
-        "local": str(path.local),
-        "peer": str(path.peer),
-        "local_ts": [str(n) for n in path.local_ts],
-        "remote_ts": [str(n) for n in path.remote_ts],
-        "key_mode": path.key_mode.value,
-        "esp_transform": path.esp_transform.value,
-        "spi_in": path.spi_in,
-        "spi_out": path.spi_out,
-        "lifetime": path.lifetime,
-        "ike_proposal": path.ike_proposal,
-        "qos": None if path.qos is None else [path.qos.name, path.qos.dscp, path.qos.rate_kbps],
-        "gateway_mode": None if path.gateway_mode is None else path.gateway_mode.value,
-    }
-
-
-def _path_from_record(record: dict[str, Any], key_in: Secret, key_out: Secret) -> PathProfile:
-    qos = record["qos"]
-    return PathProfile(
-        role=PathRole(record["role"]),
-        local=IPv4Address(record["local"]),
-        peer=IPv4Address(record["peer"]),
-        local_ts=tuple(IPv4Network(n) for n in record["local_ts"]),
-        remote_ts=tuple(IPv4Network(n) for n in record["remote_ts"]),
-        key_mode=KeyMode(record["key_mode"]),
-        esp_transform=EspTransform(record["esp_transform"]),
-        spi_in=record["spi_in"],
-        spi_out=record["spi_out"],
-        key_in=key_in,
-        key_out=key_out,
-        lifetime=record["lifetime"],
-        ike_proposal=record["ike_proposal"],
-        qos=None if qos is None else QosSpec(qos[0], qos[1], qos[2]),
-        gateway_mode=None if record["gateway_mode"] is None else GatewayMode(record["gateway_mode"]),
-    )
-
-
 @dataclass
 class _Row:
     reqid: int
@@ -1359,7 +1327,7 @@ class XfrmBackend:
             raise SaError(f"cannot read the kernel's SAs of {self.node}: {exc}") from exc
         entry = _Entry(reqid, self._table.max_ord() + 1, owner, path, priority, _INSTALLING)
         self._table.begin_install(
-            _Row(reqid, entry.ord, owner, _INSTALLING, priority, _path_record(path)), (digest_in, digest_out)
+            _Row(reqid, entry.ord, owner, _INSTALLING, priority, public_fields(path)), (digest_in, digest_out)
         )
         self._entries[reqid] = entry
         self._reserved.pop(path.spi_in, None)
@@ -1563,7 +1531,7 @@ class XfrmBackend:
         transform = EspTransform(row.record["esp_transform"])
         blank = Secret(bytes(transform.keymat_length))
         return _Entry(
-            row.reqid, row.ord, row.owner, _path_from_record(row.record, blank, blank), row.priority, row.state
+            row.reqid, row.ord, row.owner, path_from_public_fields(row.record, blank, blank), row.priority, row.state
         )
 
     def _restore(self, row: _Row, states: dict[tuple[bytes, int], SaMessage]) -> _Entry | None:
