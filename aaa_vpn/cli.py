@@ -1900,8 +1900,9 @@ def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, back
     processes; registers the node through FA1 (flows A and B), hands it off to
     FA2 (flow C: the foreign AAA answers), to FA3 (flow D: the home AAA
     answers), back to FA1 and to FA3 again, each with smooth handoff (flow E);
-    then the operator pushes a VPN change and ends the session (flow F). After
-    every step it prints what happened and every node's SAs.
+    then the operator pushes a VPN change and ends the session (flow F); the
+    gateways' short bindings are refreshed through Binding Requests all along
+    (flow G). After every step it prints what happened and every node's SAs.
 
     With --netns (as root): the same elements in network namespaces with real
     IPsec (--backend userspace or strongswan), a correspondent host behind

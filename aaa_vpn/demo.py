@@ -31,6 +31,11 @@ What it does:
    messages and SA changes every node recorded, each node's SA table, and
    the checks.
 
+The gateways grant bindings of at most 6 s (``GATEWAY_MAX_LIFETIME``) and
+ask the HA for a refresh with half of one left (flow G, Binding Requests):
+during the demo's seconds they do so several times; the push step checks
+that each gateway asked, was refreshed and never let a binding expire.
+
 After each handoff the new FA sends the old one a Previous-FA Notification
 (flow E, smooth handoff): the old FA replaces the node's SAs with a forwarding
 path toward the new FA, which both remove after ``forwarding_lifetime`` (10 s;
@@ -125,6 +130,8 @@ NAMES = {
     **{address: name for name, (_role, address) in AGENTS.items()},
 }
 
+#: The gateways' longest binding (seconds): short, so that flow G happens during the demo.
+GATEWAY_MAX_LIFETIME = 6
 _START_TIMEOUT = 20.0
 _SETTLE_TIMEOUT = 3.0
 _STOP_GRACE = 5.0
@@ -282,6 +289,8 @@ STEPS = (
         notes=(
             "the forwarding path between fa1 and fa3 of the last handoff ends with its forwarding lifetime"
             " (10 s, flow E); this step waits for that too",
+            f"meanwhile the gateways, whose bindings last at most {GATEWAY_MAX_LIFETIME} s, ask the HA for"
+            " refreshes with Binding Requests and get them (flow G)",
         ),
     ),
     _Step(
@@ -516,6 +525,9 @@ class Topology:
                 args += ["--radius-timeout", "1", "--radius-retries", "2", "--coa-port", str(files.coa_port)]
             else:
                 args += ["--gateway-key-file", str(files.secrets[name]), "--home-agent", HA]
+                # Flow G within the demo's seconds: bindings of at most 6 s, a
+                # Binding Request to the HA when half of one is left.
+                args += ["--max-lifetime", str(GATEWAY_MAX_LIFETIME), "--refresh-threshold", "0.5"]
             self._spawn(name, self._command(*args))
         self._wait_ready()
 
@@ -831,6 +843,18 @@ def _operator_checks(
             now is not None and now != was and now == gateway,
             f"was {was}, now {now}, at gw-dynamic {gateway}",
         )
+        # Flow G, over the whole demo: the gateways' 6 s bindings lived on
+        # because each asked the HA (Binding Request) and got a refresh.
+        for name in ("gw-static", "gw-dynamic"):
+            counters = states.get(name, {}).get("counters", {})
+            asked, refreshed = counters.get("binding_requests", 0), counters.get("bindings_refreshed", 0)
+            expired = counters.get("bindings_expired", 0)
+            check(
+                f"flow G: {name}'s {GATEWAY_MAX_LIFETIME} s binding was refreshed through Binding Requests"
+                " to the HA, never expired",
+                asked >= 1 and refreshed >= 1 and expired == 0,
+                f"binding_requests {asked}, bindings_refreshed {refreshed}, bindings_expired {expired}",
+            )
     else:
         check("the session is deleted from the database", result.get("deleted") is True, json.dumps(result))
         listed = topology.operator("session", "list")
