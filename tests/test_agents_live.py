@@ -795,3 +795,34 @@ def test_restarted_agents_carry_on_from_their_journal(tmp_path: Path) -> None:
     finally:
         codes = topology.stop()
         assert codes == dict.fromkeys(codes, 0), codes
+
+
+def test_a_renewal_past_half_the_sa_lifetime_rekeys_every_path(tmp_path: Path) -> None:
+    """Re-keying (issue 4) with separate processes: both services' SAs live
+    60 s (the shortest a service allows); the registration is granted no
+    more, and the renewal after 31 s (past half of it) gives every path new
+    SPIs and keys, stationary ones included, at every node."""
+    topology = start(tmp_path)
+    try:
+        for service in ("gold", "silver"):
+            code, out = operator(topology, "service", "change", service, "--sa-lifetime", "60")
+            assert code == 0, out
+        code, result = topology.mn("register", "--fa", FA1)
+        # granted what the keys have left: 60 s, less the moment the request took (whole seconds)
+        assert (code, result["code"]) == (0, 0) and result["lifetime"] in (59, 60), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        first = {name: set(spis(topology, name)) for name in AGENTS if name not in ("fa2",)}
+        time.sleep(31.0)
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        for name, old in first.items():
+            now = set(spis(topology, name))
+            assert now and not now & old, f"{name} still has SPIs of the old keys"
+        assert_mirrored(topology, "fa1", "ha", "FA_HA")
+        assert_mirrored(topology, "ha", "gw-static", "HA_GW")
+        assert_mirrored(topology, "fa1", "gw-dynamic", "FA_GW")
+        assert [b["epoch"] for b in topology.state("ha")["bindings"]] == [2]
+    finally:
+        codes = topology.stop()
+        assert codes == dict.fromkeys(codes, 0), codes
