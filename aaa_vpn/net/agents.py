@@ -427,7 +427,7 @@ class AgentNode:
         now = self.clock()
         self._run_events(now)
         if self.routes is not None and isinstance(self.agent, ForeignAgent):
-            self.routes.sync((v.home_address, v.source[0]) for v in self.agent.visitors.values())
+            self.routes.sync(self.agent.node_routes())
         # Before anything leaves: an answer is never sent for state the
         # journal would not bring back after a crash.
         self.save_journal()

@@ -1,5 +1,5 @@
 """The Mobile IP data path an FA adds to its host (issue 5; docs/agents.md,
-"Data path").
+"The netns demo and the data path").
 
 Rules (RFC 5944 sections 4.2.2 and 4.2.3):
 
@@ -11,7 +11,10 @@ Rules (RFC 5944 sections 4.2.2 and 4.2.3):
   address the visitor's registration came from (the mobile node's address on
   that link), and removes the route when the visitor goes (expiry,
   deregistration, a move elsewhere: after a move the forwarding path's rule
-  takes the node's packets to the new FA).
+  takes the node's packets to the new FA). A registration the FA relayed to
+  the HA (AAA accepted, its SAs installed) is routed already: the HA and the
+  gateways send here as soon as they accept, before the reply is back; a
+  denial or a timeout removes the route again.
 * A visitor whose registration came from its home address itself needs no
   route of its own (the node is on the link already).
 * Routes are changed with ``ip route replace``/``ip route del`` in the

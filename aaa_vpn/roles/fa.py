@@ -349,6 +349,11 @@ class ForeignAgent(Agent):
         )
         self._send(Channel.MIP, relayed, (str(pending.message.home_agent), self.config.mip_port))
         pending.timer = self._call_at(now + self.config.ha_timeout, functools.partial(self._ha_timeout, key))
+        # The node is back here: what this FA still forwarded for it elsewhere
+        # (flow E, from an earlier visit) goes now, not when the reply comes:
+        # the HA sends here as soon as it accepts, and the forwarding path
+        # would take those packets away from the node.
+        self._stop_forwarding(pending.message.home_address)
 
     # -- the registration request -------------------------------------------------------------------
     def _registration_request(self, data: bytes, message: mip.RegistrationRequest, source: Address, now: float) -> None:
@@ -482,7 +487,8 @@ class ForeignAgent(Agent):
         paths = tuple(
             p
             for p in sorted(profile.paths, key=lambda p: p.role is PathRole.FA_FA)
-            if p.local == self.config.address and not (renewal and p.role is PathRole.FA_FA)
+            if p.local == self.config.address
+            and not (p.role is PathRole.FA_FA and (renewal or self.config.forwarding_lifetime == 0))
         )
         self._emit(InstallPaths(owner, paths))
 
@@ -593,6 +599,17 @@ class ForeignAgent(Agent):
         current = self.visitors.get(nai)
         if current is None or current.owner != _owner(profile):
             self._emit(DeletePaths(_owner(profile)))
+
+    def node_routes(self) -> list[tuple[IPv4Address, str]]:
+        """(home address, where its registration came from) for every node the
+        data path should deliver to: the visitors, and the registrations
+        relayed to the HA (their SAs are up, and the HA and the gateways send
+        here as soon as they accept, before the reply is back)."""
+        routes = {v.home_address: v.source[0] for v in self.visitors.values()}
+        for pending in self._pending.values():
+            if pending.profile is not None and pending.timer is not None and pending.message.lifetime:
+                routes.setdefault(pending.message.home_address, pending.source[0])
+        return list(routes.items())
 
     # -- restart (docs/agents.md, "Restart") ------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
