@@ -45,10 +45,21 @@ delayed (queued in an agent that had no CPU while the others worked on the
 registration, then sent on the new path) adds to the gap but is not lost. On
 a small machine both depend on the scheduler; read them together.
 
+Revisits: the node comes back to each FA three moves later. Without smooth
+handoff nothing tells the previous FA that the node left, so it keeps the
+visitor, its SAs and its host route to the node until the registration
+lifetime ends (600 s by default): when the node comes back, the FA's routing
+is already in place (installs are cheaper, and datagrams that reach it before
+the HA's reply are delivered). With smooth handoff the previous FA drops the
+visitor when notified. ``--lifetime 3`` (with ``--gap 1.5``) lets that stale
+state expire before each revisit, so every move meets an FA without it (the
+node then uses this script's driver for every move, with that lifetime).
+
 Usage (root; from the repository root):
 
     .venv/bin/python bench/handoff_outage.py --quick                  # smoke run, < 60 s
     .venv/bin/python bench/handoff_outage.py --rounds 10 --overlap --json /tmp/handoff.json
+    .venv/bin/python bench/handoff_outage.py --rounds 10 --overlap --lifetime 3   # no stale state at revisits
     .venv/bin/python bench/handoff_outage.py --backends userspace --smooth on --rate 1000
 
 The markdown table goes to stdout (``--json PATH`` writes every move's raw
@@ -84,6 +95,7 @@ sys.path.insert(0, str(ROOT))
 from aaa_vpn.netlab import BACKBONE_NODES, HOME_ADDRESS, MIP_PORT, Lab, LabError, mn_link  # noqa: E402
 
 STATIC_PORT, DYNAMIC_PORT = 9001, 9002
+DEFAULT_LIFETIME = 600  # the node's registration lifetime (MnConfig's default, as the netlab driver)
 MOVES = (("fa2", "fa1", "FA1->FA2 (C, same domain)"), ("fa3", "fa2", "FA2->FA3 (D)"), ("fa1", "fa3", "FA3->FA1 (D)"))
 
 
@@ -119,11 +131,12 @@ class Move:
 # -- the mobile node with a make-before-break link switch (run in its namespace) --------------------
 
 
-def mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
-    """Like ``python -m aaa_vpn.netlab mn-driver`` (same node configuration), with
-    one more command: ``soft FA PREVIOUS|- OVERLAP_MS`` brings link FA up and moves
-    the default route there while the old link stays up, registers, and takes
-    the old link down OVERLAP_MS after the reply."""
+def mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int) -> None:
+    """Like ``python -m aaa_vpn.netlab mn-driver`` (same node configuration but
+    the registration ``lifetime``; ``move`` does the same), with one more
+    command: ``soft FA PREVIOUS|- OVERLAP_MS`` brings link FA up and moves the
+    default route there while the old link stays up, registers, and takes the
+    old link down OVERLAP_MS after the reply."""
     from ipaddress import IPv4Address
 
     from aaa_vpn.demo import NAI
@@ -139,6 +152,7 @@ def mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
         256,
         Secret(mn_ha_key_file.read_bytes()),
         Secret(mn_aaa_secret_file.read_bytes()),
+        lifetime=lifetime,
         retransmit=0.5,
         attempts=6,
     )
@@ -181,13 +195,13 @@ def mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
         print(json.dumps(answer), flush=True)
 
 
-class SoftDriver:
+class OwnDriver:
     """This script's ``mn-driver`` in the node's namespace; stopped by its PID."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, lifetime: int) -> None:
         files = lab.files
-        self.log = (lab.directory / "soft-driver.log").open("ab")
-        command = [lab.python, str(Path(__file__).resolve()), "mn-driver"]
+        self.log = (lab.directory / "own-driver.log").open("ab")
+        command = [lab.python, str(Path(__file__).resolve()), "mn-driver", "--lifetime", str(lifetime)]
         command += ["--mn-ha-key-file", str(files.mn_ha_key), "--mn-aaa-secret-file", str(files.mn_aaa_secret)]
         self.process = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns("mn"), *command],
@@ -197,7 +211,7 @@ class SoftDriver:
             start_new_session=True,  # Ctrl-C reaches only this script, which stops it
         )
         if self.ask("hello") != {"ready": True}:
-            raise LabError("the soft-handoff driver did not start")
+            raise LabError("this script's mobile node driver did not start")
 
     def ask(self, *words: str) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -205,7 +219,7 @@ class SoftDriver:
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:
-            raise LabError("the soft-handoff driver exited (see soft-driver.log)")
+            raise LabError("this script's mobile node driver exited (see own-driver.log)")
         answer: dict[str, Any] = json.loads(line)
         return answer
 
@@ -266,20 +280,22 @@ def run_config(config: Config, args: argparse.Namespace, index: int) -> dict[str
         prefix=f"aab{os.getpid() % 10000}{index}_",
         python=sys.executable,
     )
-    soft: SoftDriver | None = None
+    own: OwnDriver | None = None
     started = time.monotonic()
     try:
         lab.create()
         lab.start()
-        if config.overlap:
-            soft = SoftDriver(lab)
+        if config.overlap or args.lifetime is not None:
+            own = OwnDriver(lab, args.lifetime or DEFAULT_LIFETIME)
         else:
             lab.start_driver()
 
         def move(fa: str, previous: str | None) -> dict[str, Any]:
-            if soft is not None:
-                return soft.ask("soft", fa, previous or "-", str(args.overlap_ms))
-            return lab.move(fa, previous)
+            if own is None:
+                return lab.move(fa, previous)
+            if config.overlap:
+                return own.ask("soft", fa, previous or "-", str(args.overlap_ms))
+            return own.ask("move", fa, previous or "-")
 
         first = move("fa1", None)
         if first.get("code") != 0:
@@ -337,8 +353,8 @@ def run_config(config: Config, args: argparse.Namespace, index: int) -> dict[str
     finally:
         handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
         shield()  # the lab goes down completely, also when Ctrl-C is pressed again
-        if soft is not None:
-            soft.close()
+        if own is not None:
+            own.close()
         lab.close()
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
@@ -455,8 +471,9 @@ def main(argv: list[str] | None = None) -> int:
         driver = argparse.ArgumentParser(prog="handoff_outage.py mn-driver")
         driver.add_argument("--mn-ha-key-file", type=Path, required=True)
         driver.add_argument("--mn-aaa-secret-file", type=Path, required=True)
+        driver.add_argument("--lifetime", type=int, default=DEFAULT_LIFETIME)
         options = driver.parse_args(argv[1:])
-        mn_driver(options.mn_ha_key_file, options.mn_aaa_secret_file)
+        mn_driver(options.mn_ha_key_file, options.mn_aaa_secret_file, options.lifetime)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=10, help="rounds of three moves (default 10)")
@@ -467,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", action="store_true", help="also run every configuration with a soft handoff")
     parser.add_argument("--overlap-ms", type=int, default=500, help="old link kept after the reply (default 500)")
     parser.add_argument("--gap", type=float, default=1.5, help="seconds between moves (default 1.5)")
+    parser.add_argument(
+        "--lifetime",
+        type=int,
+        help="registration lifetime in s (default 600, the netlab driver); below 3 x --gap the previous FAs' "
+        "visitor state expires before the node comes back",
+    )
     parser.add_argument("--json", type=Path, help="write every move's numbers here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, userspace smooth and strongswan")
     parser.add_argument("--keep", action="store_true", help="keep each lab's directory (logs, state files)")
@@ -509,12 +532,16 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "bench/handoff_outage.py", *argv])
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"## {stamp}: datagrams lost per handoff (bench/handoff_outage.py)\n")
-    print(f"- machine: {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; ")
-    print(f"  load average before: {load:.2f}; run took {elapsed:.0f} s")
+    print(
+        f"- machine: {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; "
+        f"load average before: {load:.2f}; run took {elapsed:.0f} s"
+    )
     print(
         f"- ch2 -> node {args.rate:g}/s, ch1 -> node {args.static_rate:g}/s, 200 octets; {args.rounds} rounds, "
         f"moves {args.gap:g} s apart"
         + (f"; overlap: old link down {args.overlap_ms} ms after the reply" if args.overlap else "")
+        + f"; registration lifetime {args.lifetime or DEFAULT_LIFETIME} s"
+        + ("" if args.lifetime is None else " (this script's node driver for every move)")
     )
     print(f"- command: `{command}`")
     for reason in dict.fromkeys(skipped):
