@@ -388,6 +388,7 @@ class Lab:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=(self.directory / "mn-driver.log").open("ab"),
+            start_new_session=True,  # a terminal's Ctrl-C reaches the lab, which stops it
         )
         self.processes["mn-driver"] = _Proc(process, self.directory / "mn-driver.log")
         if self._driver("hello") != {"ready": True}:
@@ -548,11 +549,21 @@ class Lab:
         return codes
 
     def close(self) -> None:
-        """Stop everything and delete the namespaces (also after a failed start)."""
-        self.stop()
-        for netns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
-        self.namespaces.clear()
+        """Stop everything and delete the namespaces (also after a failed start).
+        A second Ctrl-C while it does so is ignored: it must not leave
+        namespaces and processes behind."""
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            self.stop()
+            for netns in reversed(self.namespaces):
+                subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+            self.namespaces.clear()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
     def __enter__(self) -> Lab:
         return self

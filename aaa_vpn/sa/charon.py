@@ -152,7 +152,12 @@ class Charon:
         env = dict(os.environ, STRONGSWAN_CONF=str(self.conf_path))
         with open(self.stderr_path, "wb") as stderr:
             self._process = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # a terminal's Ctrl-C reaches our caller, which stops it by PID
             )
         deadline = time.monotonic() + timeout
         while not self._accepts():
