@@ -375,15 +375,16 @@ class Lab:
             return {"accepted": False, "code": None, "detail": result.stderr.strip() or "no output"}
         return document
 
-    def start_driver(self) -> None:
+    def start_driver(self, lifetime: int = 600) -> None:
         """A long-running mobile node in its namespace (``python -m aaa_vpn.netlab
         mn-driver``): a move is then the link switch and one registration, not
-        an interpreter's start-up."""
+        an interpreter's start-up. Its registrations ask for ``lifetime``."""
         files = self.files
         process = subprocess.Popen(
             [
                 *("ip", "netns", "exec", self.ns("mn"), self.python, "-m", "aaa_vpn.netlab", "mn-driver"),
                 *("--mn-ha-key-file", str(files.mn_ha_key), "--mn-aaa-secret-file", str(files.mn_aaa_secret)),
+                *("--lifetime", str(lifetime)),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -405,11 +406,20 @@ class Lab:
         document: dict[str, Any] = json.loads(line)
         return document
 
-    def move(self, fa: str, previous: str | None = None, deregister: bool = False) -> dict[str, Any]:
+    def move(
+        self, fa: str, previous: str | None = None, deregister: bool = False, overlap_ms: float | None = None
+    ) -> dict[str, Any]:
         """Through the driver (:meth:`start_driver`): attach to ``fa`` (old link
-        down, new one up) and register there naming ``previous``; the outcome
-        with ``link_switched`` and ``finished`` wall-clock times."""
-        words = ["deregister", fa] if deregister else ["move", fa, previous or "-"]
+        down, new one up; with ``overlap_ms`` the old link goes down that long
+        after the reply instead) and register there naming ``previous``; the
+        outcome with ``link_switched`` and ``finished`` (and ``old_link_down``)
+        wall-clock times."""
+        if deregister:
+            words = ["deregister", fa]
+        elif overlap_ms is not None:
+            words = ["soft", fa, previous or "-", str(overlap_ms)]
+        else:
+            words = ["move", fa, previous or "-"]
         result = self._driver(*words)
         if not deregister:
             self.attached = fa
@@ -704,9 +714,13 @@ def _receive(port: int, out: Path) -> None:
     out.write_text(json.dumps({"seqs": seqs, "arrivals": arrivals}))
 
 
-def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
+def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 600) -> None:
     """Commands on stdin, one JSON answer per line on stdout: ``hello``,
-    ``move FA PREVIOUS|-``, ``deregister FA``."""
+    ``move FA PREVIOUS|-`` (the old link down first: a hard handoff),
+    ``soft FA PREVIOUS|- OVERLAP_MS`` (make before break: the new link up and
+    the default route there while the old one stays up, the registration, the
+    old link down OVERLAP_MS after the reply; the answer has
+    ``old_link_down``), ``deregister FA``. Registrations ask for ``lifetime``."""
     from ipaddress import IPv4Address
 
     from aaa_vpn.net.agents import run_mobile_node
@@ -720,6 +734,7 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
         256,
         Secret(mn_ha_key_file.read_bytes()),
         Secret(mn_aaa_secret_file.read_bytes()),
+        lifetime=lifetime,
         retransmit=0.5,
         attempts=6,
     )
@@ -734,13 +749,14 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
             continue
         if words[0] == "hello":
             answer: dict[str, Any] = {"ready": True}
-        elif words[0] in ("move", "deregister"):
+        elif words[0] in ("move", "soft", "deregister"):
             fa = words[1]
             fa_side, source = mn_link(fa)
             switched = time.time()
-            if words[0] == "move":
-                if attached is not None and attached != fa:
-                    ip("link", "set", attached, "down")
+            old = attached if attached not in (None, fa) else None
+            if words[0] != "deregister":
+                if old is not None and words[0] == "move":
+                    ip("link", "set", old, "down")
                 ip("link", "set", fa, "up")
                 ip("route", "replace", "default", "via", fa_side, "dev", fa, "src", HOME_ADDRESS)
                 attached = fa
@@ -754,6 +770,10 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path) -> None:
                 source=source,
             )
             answer = {**outcome.to_json(), "link_switched": switched}
+            if words[0] == "soft" and old is not None:
+                time.sleep(float(words[3]) / 1000 if len(words) > 3 else 0.0)
+                ip("link", "set", old, "down")
+                answer["old_link_down"] = time.time()
         else:
             answer = {"error": f"unknown command {words[0]!r}"}
         print(json.dumps(answer), flush=True)
@@ -774,13 +794,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     driver = commands.add_parser("mn-driver")
     driver.add_argument("--mn-ha-key-file", type=Path, required=True)
     driver.add_argument("--mn-aaa-secret-file", type=Path, required=True)
+    driver.add_argument("--lifetime", type=int, default=600)
     args = parser.parse_args(argv)
     if args.command == "send":
         _send(args.to, args.rate, args.size, args.port, args.out)
     elif args.command == "receive":
         _receive(args.port, args.out)
     else:
-        _mn_driver(args.mn_ha_key_file, args.mn_aaa_secret_file)
+        _mn_driver(args.mn_ha_key_file, args.mn_aaa_secret_file, args.lifetime)
     return 0
 
 

@@ -19,9 +19,8 @@ Per configuration (one fresh lab each):
   new one comes up, then the node registers -- a hard handoff) or, with
   ``--overlap``, also ``overlap`` (a soft handoff, make before break: the new
   link comes up and the default route moves to it, the node registers, and the
-  old link goes down ``--overlap-ms`` after the accepted reply). The overlap
-  mode uses this script's own copy of the node driver (``mn-driver``
-  subcommand, run in the node's namespace); aaa_vpn itself is not changed.
+  old link goes down ``--overlap-ms`` after the accepted reply; the netlab
+  driver's ``soft`` move).
 
 The node registers at FA1, then ch2 (behind the dynamic gateway, no QoS
 limit) sends ``--rate`` datagrams/s (200 octets) and ch1 (behind the static
@@ -53,7 +52,7 @@ is already in place (installs are cheaper, and datagrams that reach it before
 the HA's reply are delivered). With smooth handoff the previous FA drops the
 visitor when notified. ``--lifetime 3`` (with ``--gap 1.5``) lets that stale
 state expire before each revisit, so every move meets an FA without it (the
-node then uses this script's driver for every move, with that lifetime).
+node's registrations then ask for that lifetime).
 
 Usage (root; from the repository root):
 
@@ -70,7 +69,6 @@ PID and every namespace deleted at the end, also on Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import itertools
 import json
@@ -81,7 +79,6 @@ import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -95,7 +92,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from netns_cleanup import shield, sweep  # noqa: E402  (bench/netns_cleanup.py)
 
-from aaa_vpn.netlab import BACKBONE_NODES, HOME_ADDRESS, MIP_PORT, Lab, LabError, mn_link  # noqa: E402
+from aaa_vpn.netlab import HOME_ADDRESS, Lab, LabError  # noqa: E402
 
 STATIC_PORT, DYNAMIC_PORT = 9001, 9002
 DEFAULT_LIFETIME = 600  # the node's registration lifetime (MnConfig's default, as the netlab driver)
@@ -129,114 +126,6 @@ class Move:
     lost: dict[str, int] = field(default_factory=dict)  # stream -> datagrams
     outage_ms: dict[str, float] = field(default_factory=dict)  # stream -> lost / rate
     gap_ms: dict[str, float] = field(default_factory=dict)  # stream -> longest gap between arrivals
-
-
-# -- the mobile node with a make-before-break link switch (run in its namespace) --------------------
-
-
-def mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int) -> None:
-    """Like ``python -m aaa_vpn.netlab mn-driver`` (same node configuration but
-    the registration ``lifetime``; ``move`` does the same), with one more
-    command: ``soft FA PREVIOUS|- OVERLAP_MS`` brings link FA up and moves the
-    default route there while the old link stays up, registers, and takes the
-    old link down OVERLAP_MS after the reply."""
-    from ipaddress import IPv4Address
-
-    from aaa_vpn.demo import NAI
-    from aaa_vpn.net.agents import run_mobile_node
-    from aaa_vpn.netlab import BACKBONE
-    from aaa_vpn.roles.mn import MnConfig
-    from aaa_vpn.secret import Secret
-
-    config = MnConfig(
-        NAI,
-        IPv4Address(HOME_ADDRESS),
-        IPv4Address(BACKBONE.ha),
-        256,
-        Secret(mn_ha_key_file.read_bytes()),
-        Secret(mn_aaa_secret_file.read_bytes()),
-        lifetime=lifetime,
-        retransmit=0.5,
-        attempts=6,
-    )
-    attached: str | None = None
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True)
-
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "hello":
-            print(json.dumps({"ready": True}), flush=True)
-            continue
-        if words[0] not in ("move", "soft"):
-            print(json.dumps({"error": f"unknown command {words[0]!r}"}), flush=True)
-            continue
-        fa, soft = words[1], words[0] == "soft"
-        fa_side, source = mn_link(fa)
-        old = attached if attached not in (None, fa) else None
-        if old is not None and not soft:
-            ip("link", "set", old, "down")
-        ip("link", "set", fa, "up")
-        ip("route", "replace", "default", "via", fa_side, "dev", fa, "src", HOME_ADDRESS)
-        attached = fa
-        switched = time.time()
-        previous = words[2] if len(words) > 2 and words[2] != "-" else None
-        outcome = run_mobile_node(
-            config,
-            (BACKBONE_NODES[fa][0], MIP_PORT),
-            previous_fa=IPv4Address(BACKBONE_NODES[previous][0]) if previous else None,
-            source=source,
-        )
-        answer: dict[str, Any] = {**outcome.to_json(), "link_switched": switched}
-        if soft and old is not None:
-            time.sleep(float(words[3]) / 1000 if len(words) > 3 else 0.0)
-            ip("link", "set", old, "down")
-            answer["old_link_down"] = time.time()
-        print(json.dumps(answer), flush=True)
-
-
-class OwnDriver:
-    """This script's ``mn-driver`` in the node's namespace; stopped by its PID."""
-
-    def __init__(self, lab: Lab, lifetime: int) -> None:
-        files = lab.files
-        self.log = (lab.directory / "own-driver.log").open("ab")
-        command = [lab.python, str(Path(__file__).resolve()), "mn-driver", "--lifetime", str(lifetime)]
-        command += ["--mn-ha-key-file", str(files.mn_ha_key), "--mn-aaa-secret-file", str(files.mn_aaa_secret)]
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns("mn"), *command],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            start_new_session=True,  # Ctrl-C reaches only this script, which stops it
-        )
-        if self.ask("hello") != {"ready": True}:
-            raise LabError("this script's mobile node driver did not start")
-
-    def ask(self, *words: str) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write((" ".join(words) + "\n").encode())
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise LabError("this script's mobile node driver exited (see own-driver.log)")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(OSError):
-                assert self.process.stdin is not None
-                self.process.stdin.close()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
 
 
 # -- measuring -----------------------------------------------------------------------------------------
@@ -283,22 +172,14 @@ def run_config(config: Config, args: argparse.Namespace, index: int) -> dict[str
         prefix=f"aab{os.getpid() % 10000}{index}_",
         python=sys.executable,
     )
-    own: OwnDriver | None = None
     started = time.monotonic()
     try:
         lab.create()
         lab.start()
-        if config.overlap or args.lifetime is not None:
-            own = OwnDriver(lab, args.lifetime or DEFAULT_LIFETIME)
-        else:
-            lab.start_driver()
+        lab.start_driver(args.lifetime or DEFAULT_LIFETIME)
 
         def move(fa: str, previous: str | None) -> dict[str, Any]:
-            if own is None:
-                return lab.move(fa, previous)
-            if config.overlap:
-                return own.ask("soft", fa, previous or "-", str(args.overlap_ms))
-            return own.ask("move", fa, previous or "-")
+            return lab.move(fa, previous, overlap_ms=args.overlap_ms if config.overlap else None)
 
         first = move("fa1", None)
         if first.get("code") != 0:
@@ -356,8 +237,6 @@ def run_config(config: Config, args: argparse.Namespace, index: int) -> dict[str
     finally:
         handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
         shield()  # the lab goes down completely, also when Ctrl-C is pressed again
-        if own is not None:
-            own.close()
         lab.close()
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
@@ -431,14 +310,6 @@ def configurations(args: argparse.Namespace) -> tuple[list[Config], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["mn-driver"]:
-        driver = argparse.ArgumentParser(prog="handoff_outage.py mn-driver")
-        driver.add_argument("--mn-ha-key-file", type=Path, required=True)
-        driver.add_argument("--mn-aaa-secret-file", type=Path, required=True)
-        driver.add_argument("--lifetime", type=int, default=DEFAULT_LIFETIME)
-        options = driver.parse_args(argv[1:])
-        mn_driver(options.mn_ha_key_file, options.mn_aaa_secret_file, options.lifetime)
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=10, help="rounds of three moves (default 10)")
     parser.add_argument("--rate", type=float, default=500, help="ch2 datagrams/s, no QoS limit (default 500)")
