@@ -25,7 +25,6 @@ new FA would take the node's own outbound traffic; docs/sa-backends.md).
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,8 @@ from pathlib import Path
 import pytest
 
 from aaa_vpn.netlab import BACKBONE, CH1, CH2, HOME_ADDRESS, Lab, losses
+
+from .test_sa_userspace import esp_sa_record, esp_sa_uat, tshark_rows
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -48,28 +49,22 @@ STATIC_PORT, DYNAMIC_PORT = 9001, 9002
 MOVES = (("fa2", "fa1"), ("fa3", "fa2"), ("fa1", "fa3"))
 
 
-@pytest.fixture(params=["userspace", "strongswan"])
-def lab(tmp_path: Path, require_tool: Callable[[str], str], request: pytest.FixtureRequest) -> Iterator[Lab]:
-    for tool in ("ip", "tcpdump", "tshark", "ping") + (("charon-systemd",) if request.param == "strongswan" else ()):
+def running_lab(tmp_path: Path, require_tool: Callable[[str], str], backend: str, prefix: str) -> Iterator[Lab]:
+    """The lab (aaa_vpn.netlab) with ``backend``, up with its node driver, removed afterwards.
+
+    strongSwan's kernel-libipsec prefers the newest of two policies with the
+    same selectors and ignores explicit priorities: at the new FA the
+    forwarding path's receiving end (set up after the node's own paths) would
+    take the node's outbound traffic. Smooth handoff is off there."""
+    for tool in ("ip", "tcpdump", "tshark", "ping") + (("charon-systemd",) if backend == "strongswan" else ()):
         require_tool(tool)
     if os.geteuid() != 0:
         message = "network namespaces need root"
         if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":
             pytest.fail(f"AAA_VPN_REQUIRE_TOOLS=1 but {message}")
         pytest.skip(message)
-    backend = str(request.param)
-    # strongSwan's kernel-libipsec prefers the newest of two policies with the
-    # same selectors and ignores explicit priorities: at the new FA the
-    # forwarding path's receiving end (set up after the node's own paths)
-    # would take the node's outbound traffic. Smooth handoff is off there.
     forwarding = 0 if backend == "strongswan" else 10
-    running = Lab(
-        tmp_path,
-        backend=backend,
-        prefix=f"aae{os.getpid() % 10000}{backend[0]}_",
-        log_keys=True,
-        forwarding_lifetime=forwarding,
-    )
+    running = Lab(tmp_path, backend=backend, prefix=prefix, log_keys=True, forwarding_lifetime=forwarding)
     try:
         running.create()
         running.start()
@@ -79,33 +74,10 @@ def lab(tmp_path: Path, require_tool: Callable[[str], str], request: pytest.Fixt
         running.close()
 
 
-_ENCRYPTION = {True: "AES-GCM with 16 octet ICV [RFC4106]", False: "AES-CBC [RFC3602]"}
-_AUTHENTICATION = {True: "NULL", False: "HMAC-SHA-256-128 [RFC4868]"}
-
-
-def uat(spi: int, encryption: bytes, integrity: bytes) -> str:
-    """tshark's ``esp_sa`` record of one SA (any addresses)."""
-    aead = not integrity
-    fields = ["IPv4", "*", "*", f"0x{spi:08x}", _ENCRYPTION[aead], "0x" + encryption.hex()]
-    fields += [_AUTHENTICATION[aead], "" if aead else "0x" + integrity.hex()]
-    return ",".join(f'"{field}"' for field in fields)
-
-
-def tshark(pcap: Path, config: Path, fields: list[str], records: list[str]) -> list[list[str]]:
-    """One row per frame; ESP decrypted with ``records`` if any (a private config directory)."""
-    config.mkdir(exist_ok=True)
-    command = ["tshark", "-n", "-r", str(pcap)]
-    if records:
-        command += ["-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE"]
-        for record in records:
-            command += ["-o", f"uat:esp_sa:{record}"]
-    command += ["-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"]
-    for field in fields:
-        command += ["-e", field]
-    env = dict(os.environ, WIRESHARK_CONFIG_DIR=str(config), HOME=str(config))
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert done.returncode == 0, done.stderr
-    return [line.split("|") for line in done.stdout.splitlines()]
+@pytest.fixture(params=["userspace", "strongswan"])
+def lab(tmp_path: Path, require_tool: Callable[[str], str], request: pytest.FixtureRequest) -> Iterator[Lab]:
+    backend = str(request.param)
+    yield from running_lab(tmp_path, require_tool, backend, f"aae{os.getpid() % 10000}{backend[0]}_")
 
 
 def ping(lab: Lab, to: str) -> bool:
@@ -150,7 +122,7 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
     config = tmp_path / "wireshark"
     # 1. no inner packet in clear on the backbone: without keys, nothing from or to the VPN's networks
     fields = ["frame.number", "ip.src", "ip.dst", "ip.proto", "udp.port", "esp.spi", "isakmp", "ip.flags.mf"]
-    rows = tshark(pcap, config, fields, [])
+    rows = tshark_rows("tshark", pcap, config, fields, [], timeout=300)
     inner = ("198.51.100.", "203.0.113.")
     leaks = [r for r in rows if any(a.startswith(inner) for a in r[1].split(",") + r[2].split(","))]
     assert leaks == [], leaks[:5]
@@ -165,15 +137,11 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
     # 2. tshark decrypts every ESP frame with the SAs: those the AAA issued
     # (userspace), or those charon negotiated with the AAA's PSKs (strongswan)
     if lab.backend == "userspace":
-        records = []
-        for view in issued.values():
-            key, k = view.key_out.value, view.esp_transform.encryption_key_length
-            aead = view.esp_transform.is_aead
-            records.append(uat(view.spi_out, key if aead else key[:k], b"" if aead else key[k:]))
+        records = [esp_sa_record(view) for view in issued.values()]
     else:
-        records = [uat(spi, enc, integ) for spi, enc, integ in lab.charon_esp_sas()]
+        records = [esp_sa_uat("*", "*", spi, enc, integ) for spi, enc, integ in lab.charon_esp_sas()]
     fields = ["esp.spi", "esp.icv_good", "esp.icv_bad", "ip.src", "ip.dst"]
-    esp = [r for r in tshark(pcap, config, fields, records) if r[0]]
+    esp = [r for r in tshark_rows("tshark", pcap, config, fields, records, timeout=300) if r[0]]
     assert len(esp) == len(esp_frames)
     bad = [r for r in esp if r[1] != "1" or r[2] == "1"]
     assert bad == [], bad[:5]
@@ -183,20 +151,7 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
 
 @pytest.fixture
 def strongswan_lab(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Lab]:
-    for tool in ("ip", "ping", "charon-systemd"):
-        require_tool(tool)
-    if os.geteuid() != 0:
-        if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":
-            pytest.fail("AAA_VPN_REQUIRE_TOOLS=1 but network namespaces need root")
-        pytest.skip("network namespaces need root")
-    running = Lab(tmp_path, backend="strongswan", prefix=f"aae{os.getpid() % 10000}r_", forwarding_lifetime=0)
-    try:
-        running.create()
-        running.start()
-        running.start_driver()
-        yield running
-    finally:
-        running.close()
+    yield from running_lab(tmp_path, require_tool, "strongswan", f"aae{os.getpid() % 10000}r_")
 
 
 def test_restarted_agents_keep_the_sas_charon_still_holds(strongswan_lab: Lab) -> None:

@@ -352,40 +352,44 @@ _TSHARK_ENCRYPTION = {True: "AES-GCM with 16 octet ICV [RFC4106]", False: "AES-C
 _TSHARK_AUTH = {True: "NULL", False: "HMAC-SHA-256-128 [RFC4868]"}
 
 
-def esp_sa_record(view: PathProfile) -> str:
-    """tshark's ``esp_sa`` UAT record of ``view``'s outbound SA."""
-    transform, key = view.esp_transform, view.key_out.value
-    k = transform.encryption_key_length
-    encryption, integrity = (key, "") if transform.is_aead else (key[:k], "0x" + key[k:].hex())
-    fields = [
-        "IPv4",
-        str(view.local),
-        str(view.peer),
-        f"0x{view.spi_out:08x}",
-        _TSHARK_ENCRYPTION[transform.is_aead],
-        "0x" + encryption.hex(),
-        _TSHARK_AUTH[transform.is_aead],
-        integrity,
-    ]
+def esp_sa_uat(src: str, dst: str, spi: int, encryption: bytes, integrity: bytes) -> str:
+    """tshark's ``esp_sa`` UAT record of one SA (``integrity`` empty: AES-GCM)."""
+    aead = not integrity
+    fields = ["IPv4", src, dst, f"0x{spi:08x}", _TSHARK_ENCRYPTION[aead], "0x" + encryption.hex()]
+    fields += [_TSHARK_AUTH[aead], "" if aead else "0x" + integrity.hex()]
     return ",".join(f'"{field}"' for field in fields)
 
 
-def tshark_fields(tshark: str, pcap: Path, config: Path, fields: list[str], sas: list[PathProfile]) -> list[list[str]]:
-    """One row per frame; with ``sas``, ESP is decrypted with their outbound SAs."""
+def esp_sa_record(view: PathProfile) -> str:
+    """tshark's ``esp_sa`` UAT record of ``view``'s outbound SA."""
+    key, k = view.key_out.value, view.esp_transform.encryption_key_length
+    encryption, integrity = (key, b"") if view.esp_transform.is_aead else (key[:k], key[k:])
+    return esp_sa_uat(str(view.local), str(view.peer), view.spi_out, encryption, integrity)
+
+
+def tshark_rows(
+    tshark: str, pcap: Path, config: Path, fields: list[str], records: list[str], timeout: float = 120
+) -> list[list[str]]:
+    """One row per frame; ESP decrypted with the ``esp_sa`` ``records`` if any."""
     config.mkdir(exist_ok=True)
     command = [tshark, "-n", "-r", str(pcap)]
-    if sas:
+    if records:
         command += ["-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE"]
-        for view in sas:
-            command += ["-o", f"uat:esp_sa:{esp_sa_record(view)}"]
+        for record in records:
+            command += ["-o", f"uat:esp_sa:{record}"]
     command += ["-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"]
     for field in fields:
         command += ["-e", field]
     # A private configuration directory: the user's own profile must not leak in.
     env = dict(os.environ, WIRESHARK_CONFIG_DIR=str(config), HOME=str(config))
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     assert done.returncode == 0, done.stderr
     return [line.split("|") for line in done.stdout.splitlines()]
+
+
+def tshark_fields(tshark: str, pcap: Path, config: Path, fields: list[str], sas: list[PathProfile]) -> list[list[str]]:
+    """One row per frame; with ``sas``, ESP is decrypted with their outbound SAs."""
+    return tshark_rows(tshark, pcap, config, fields, [esp_sa_record(view) for view in sas])
 
 
 def ping(netns: str, source: IPv4Address, to: IPv4Address, count: int = 3) -> bool:
