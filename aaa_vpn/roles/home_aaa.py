@@ -269,17 +269,23 @@ def key_lifetime(paths: Sequence[PlannedPath]) -> int | None:
     return min((p.service.sa_lifetime for p in paths), default=None)
 
 
-def rekey_due(session: Session, paths: Sequence[PlannedPath], now: float, fraction: float) -> bool:
+def rekey_due(session: Session, key_life: int | None, now: float, fraction: float) -> bool:
     """Rule 8: are the session's keys due for renewal? True once ``fraction``
-    of the shortest SA lifetime has passed since they were last all renewed."""
-    lifetime = key_lifetime(paths)
-    return lifetime is not None and now >= session.keyed_at + fraction * lifetime
+    of the shortest SA lifetime (``key_life``, :func:`key_lifetime`) has
+    passed since they were last all renewed."""
+    return key_life is not None and now >= session.keyed_at + fraction * key_life
 
 
-def key_life_left(session: Session, paths: Sequence[PlannedPath], now: float) -> float | None:
-    """Seconds until the first of the session's SAs reaches its lifetime (None: no paths)."""
-    lifetime = key_lifetime(paths)
-    return None if lifetime is None else session.keyed_at + lifetime - now
+def key_capped_expiry(now: float, lifetime: float, keyed_at: float, key_life: int | None) -> float:
+    """Rule 8: the expiry of a registration granted ``lifetime`` seconds at
+    ``now``, no later than its keys' (keyed at ``keyed_at``, shortest SA
+    lifetime ``key_life``): a node that stops renewing loses its
+    registration, and with it its SAs, before any SA outlives its lifetime.
+    Never less than one second."""
+    if key_life is None:
+        return now + lifetime
+    left = keyed_at + key_life - now
+    return now + lifetime if lifetime <= left else now + max(1, int(left))
 
 
 def _spi_key(label: str, node: IPv4Address) -> str:

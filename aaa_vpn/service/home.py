@@ -578,15 +578,18 @@ class HomeAaa:
                 paths = planned
                 spis = home_aaa.allocate_spis(planned, (care_of, home_agent), current.spis, self.random_bytes)
                 if current.care_of_address == care_of and spis == current.spis:
-                    if rekey or home_aaa.rekey_due(current, planned, now, self.options.rekey_fraction):
+                    key_life = home_aaa.key_lifetime(planned)
+                    if rekey or home_aaa.rekey_due(current, key_life, now, self.options.rekey_fraction):
                         # Rule 8: the keys are getting old; a renewal re-keys every path.
                         session = home_aaa.move_session(
                             current, planned, care_of, now, lifetime, self.random_bytes, rekey=True
                         )
                         kind = "rekeyed"
                     else:
-                        # A renewal: the same session, keys and SPIs; only the expiry moves.
-                        session, kind = dataclasses.replace(current, expires=now + lifetime), "renewed"
+                        # A renewal: the same session, keys and SPIs; only the expiry
+                        # moves, never past the keys' lifetime (the hot path: one copy).
+                        expires = home_aaa.key_capped_expiry(now, lifetime, current.keyed_at, key_life)
+                        session, kind = dataclasses.replace(current, expires=expires), "renewed"
                 else:
                     # A handoff, or the user's VPN changed: next epoch, fresh
                     # FA-side SPIs and keys (home_aaa rule 6).
@@ -611,7 +614,8 @@ class HomeAaa:
                     paths=planned,
                 )
                 kind = "created"
-            session = _within_key_life(session, paths, now)
+            if kind != "renewed":
+                session = _within_key_life(session, paths, now)
             entry = _Pending(self._index, session, client.name, len(paths), kind)
             if self._batching:
                 self._pending.append(entry)  # stored by _commit, before the reply leaves
@@ -737,13 +741,10 @@ class HomeAaa:
 
 
 def _within_key_life(session: Session, paths: list[home_aaa.PlannedPath], now: float) -> Session:
-    """``session`` with its expiry no later than its keys' (home_aaa rule 8):
-    a node that stops renewing loses its registration, and with it its SAs,
-    before any SA outlives its lifetime. Never less than one second."""
-    left = home_aaa.key_life_left(session, paths, now)
-    if left is None or session.expires <= now + left:
-        return session
-    return dataclasses.replace(session, expires=now + max(1, int(left)))
+    """``session`` with its expiry no later than its keys' (home_aaa rule 8)."""
+    lifetime = session.expires - now
+    expires = home_aaa.key_capped_expiry(now, lifetime, session.keyed_at, home_aaa.key_lifetime(paths))
+    return session if expires >= session.expires else dataclasses.replace(session, expires=expires)
 
 
 def _first(packet: pyrad.packet.Packet, key: int | tuple[int, int]) -> bytes | None:
