@@ -36,9 +36,9 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aaa_vpn.model import Flavour
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.enums import Flavour
 from aaa_vpn.wire.profile import VENDOR_ID, VpnProfile
 from aaa_vpn.wire.radius_profile import ProfileDecodeError, decode_profile, encode_profile, iter_attributes
 

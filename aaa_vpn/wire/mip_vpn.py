@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap_with_padding,
 )
 
-from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
 from aaa_vpn.secret import Secret
+from aaa_vpn.wire.enums import EspTransform, GatewayMode, KeyMode
 from aaa_vpn.wire.mip import (
     CriticalVendorExtension,
     Extension,

@@ -27,8 +27,8 @@ import enum
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
 from aaa_vpn.secret import Secret
+from aaa_vpn.wire.enums import EspTransform, GatewayMode, KeyMode
 
 #: The project's enterprise number (RFC 5612 documentation PEN: a placeholder).
 VENDOR_ID = 32473

@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import TypeVar
 
-from aaa_vpn.model import EspTransform, Flavour, GatewayMode, KeyMode
 from aaa_vpn.secret import Secret
+from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode
 from aaa_vpn.wire.profile import (
     MAX_PATHS,
     TAGGED_INT_MAX,
