@@ -51,6 +51,7 @@ from ipaddress import IPv4Address
 from typing import NamedTuple, TypeAlias, TypeVar
 
 from aaa_vpn.wire.profile import VENDOR_ID
+from aaa_vpn.wire.reader import DecodeError, Reader
 
 #: RFC 5944 section 1.1: the Mobile IP control port (UDP).
 MIP_PORT = 434
@@ -70,14 +71,10 @@ _U32_MAX = 0xFFFFFFFF
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
 
 
-class MipDecodeError(ValueError):
+class MipDecodeError(DecodeError):
     """Bytes received from a peer are not a valid Mobile IP message (the peer's fault).
 
     ``offset`` is where in the message the problem was found, when known."""
-
-    def __init__(self, message: str, offset: int | None = None) -> None:
-        super().__init__(message if offset is None else f"{message} (at offset {offset})")
-        self.offset = offset
 
 
 class UnknownNonSkippableExtension(MipDecodeError):
@@ -242,71 +239,13 @@ def _known(enum_type: type[_E], value: int) -> _E | int:
 
 
 # --------------------------------------------------------------------------------------------
-# The reader
+# The reader (the shared bounded reader, raising MipDecodeError)
 
 
-class _Reader:
-    """A cursor over one message that cannot read past the end of its window.
-
-    :meth:`sub` hands out a reader restricted to the next ``n`` octets (one
-    length-prefixed field); :meth:`expect_end` insists that it was consumed."""
-
-    __slots__ = ("_data", "_end", "_pos")
-
-    def __init__(self, data: bytes, start: int = 0, end: int | None = None) -> None:
-        self._data = data
-        self._pos = start
-        self._end = len(data) if end is None else end
-
-    @property
-    def position(self) -> int:
-        return self._pos
-
-    @property
-    def remaining(self) -> int:
-        return self._end - self._pos
-
-    def _need(self, n: int, what: str) -> int:
-        if n > self._end - self._pos:
-            raise MipDecodeError(f"{what}: {n} octets needed, {self._end - self._pos} left", self._pos)
-        start = self._pos
-        self._pos += n
-        return start
-
-    def take(self, n: int, what: str) -> bytes:
-        start = self._need(n, what)
-        return self._data[start : start + n]
-
-    def u8(self, what: str) -> int:
-        return self._data[self._need(1, what)]
-
-    def u16(self, what: str) -> int:
-        start = self._need(2, what)
-        return int.from_bytes(self._data[start : start + 2], "big")
-
-    def u32(self, what: str) -> int:
-        start = self._need(4, what)
-        return int.from_bytes(self._data[start : start + 4], "big")
-
-    def u64(self, what: str) -> int:
-        start = self._need(8, what)
-        return int.from_bytes(self._data[start : start + 8], "big")
-
-    def address(self, what: str) -> IPv4Address:
-        return IPv4Address(self.u32(what))
-
-    def rest(self) -> bytes:
-        start = self._pos
-        self._pos = self._end
-        return self._data[start : self._end]
-
-    def sub(self, n: int, what: str) -> _Reader:
-        start = self._need(n, what)
-        return _Reader(self._data, start, start + n)
-
-    def expect_end(self, what: str) -> None:
-        if self._pos != self._end:
-            raise MipDecodeError(f"{what}: {self._end - self._pos} octets left over", self._pos)
+def mip_reader(data: bytes, start: int = 0, end: int | None = None) -> Reader:
+    """A bounded reader (:class:`aaa_vpn.wire.reader.Reader`) over a Mobile IP
+    message: every error it raises is a :class:`MipDecodeError`."""
+    return Reader(data, start, end, MipDecodeError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,10 +473,10 @@ def encode_extensions(extensions: Iterable[Extension]) -> bytes:
     return b"".join(encode_extension(e) for e in extensions)
 
 
-_ShortDecoder: TypeAlias = Callable[[_Reader], Extension]
+_ShortDecoder: TypeAlias = Callable[[Reader], Extension]
 
 
-def _decode_nai(body: _Reader) -> NaiExtension:
+def _decode_nai(body: Reader) -> NaiExtension:
     raw = body.rest()
     try:
         return NaiExtension(raw.decode("utf-8"))
@@ -546,18 +485,18 @@ def _decode_nai(body: _Reader) -> NaiExtension:
 
 
 def _auth_decoder(extension_type: ExtensionType) -> _ShortDecoder:
-    def decode(body: _Reader) -> AuthenticationExtension:
+    def decode(body: Reader) -> AuthenticationExtension:
         spi = body.u32(f"{extension_type.name} extension SPI")
         return AuthenticationExtension(extension_type, spi, body.rest())
 
     return decode
 
 
-def _decode_challenge(body: _Reader) -> ChallengeExtension:
+def _decode_challenge(body: Reader) -> ChallengeExtension:
     return ChallengeExtension(body.rest())
 
 
-def _decode_nvse(body: _Reader) -> NormalVendorExtension:
+def _decode_nvse(body: Reader) -> NormalVendorExtension:
     reserved = body.u16("NVSE reserved field")
     vendor_id = body.u32("NVSE Vendor/Org-ID")
     vendor_type = body.u16("Vendor-NVSE-Type")
@@ -577,7 +516,7 @@ _DECODERS_SHORT: dict[int, _ShortDecoder] = {
 }
 
 
-def _decode_one(r: _Reader) -> Extension:
+def _decode_one(r: Reader) -> Extension:
     start = r.position
     extension_type = r.u8("extension type")
     if extension_type == ExtensionType.PADDING:
@@ -626,7 +565,7 @@ class ExtensionSpan(NamedTuple):
     end: int
 
 
-def _decode_spans(r: _Reader) -> tuple[ExtensionSpan, ...]:
+def _decode_spans(r: Reader) -> tuple[ExtensionSpan, ...]:
     # RFC 5944 section 1.8: the extensions run to the end of the UDP payload.
     spans = []
     while r.remaining:
@@ -641,7 +580,7 @@ def _decode_spans(r: _Reader) -> tuple[ExtensionSpan, ...]:
 
 def decode_extension(data: bytes) -> Extension:
     """Exactly one extension; raises :class:`MipDecodeError` if ``data`` is not one."""
-    r = _Reader(bytes(data))
+    r = mip_reader(bytes(data))
     spans = _decode_spans(r)
     if len(spans) != 1:
         raise MipDecodeError(f"expected one extension, found {len(spans)}")
@@ -650,7 +589,7 @@ def decode_extension(data: bytes) -> Extension:
 
 def decode_extensions(data: bytes) -> tuple[Extension, ...]:
     """A run of extensions filling ``data``."""
-    return tuple(span.extension for span in _decode_spans(_Reader(bytes(data))))
+    return tuple(span.extension for span in _decode_spans(mip_reader(bytes(data))))
 
 
 def _check_extensions(extensions: Sequence[Extension]) -> tuple[Extension, ...]:
@@ -753,13 +692,13 @@ def encode_registration_reply(message: RegistrationReply) -> bytes:
     return fixed + encode_extensions(message.extensions)
 
 
-def _expect_type(r: _Reader, expected: MessageType) -> None:
+def _expect_type(r: Reader, expected: MessageType) -> None:
     got = r.u8("message type")
     if got != expected:
         raise MipDecodeError(f"message type {got}: expected {int(expected)} ({expected.name})", 0)
 
 
-def _decode_request(r: _Reader) -> tuple[RegistrationRequest, tuple[ExtensionSpan, ...]]:
+def _decode_request(r: Reader) -> tuple[RegistrationRequest, tuple[ExtensionSpan, ...]]:
     _expect_type(r, MessageType.REGISTRATION_REQUEST)
     flags = r.u8("flags")
     lifetime = r.u16("lifetime")
@@ -780,7 +719,7 @@ def _decode_request(r: _Reader) -> tuple[RegistrationRequest, tuple[ExtensionSpa
     return message, spans
 
 
-def _decode_reply(r: _Reader) -> tuple[RegistrationReply, tuple[ExtensionSpan, ...]]:
+def _decode_reply(r: Reader) -> tuple[RegistrationReply, tuple[ExtensionSpan, ...]]:
     _expect_type(r, MessageType.REGISTRATION_REPLY)
     code = r.u8("code")
     lifetime = r.u16("lifetime")
@@ -795,11 +734,11 @@ def _decode_reply(r: _Reader) -> tuple[RegistrationReply, tuple[ExtensionSpan, .
 
 
 def decode_registration_request(data: bytes) -> RegistrationRequest:
-    return _decode_request(_Reader(bytes(data)))[0]
+    return _decode_request(mip_reader(bytes(data)))[0]
 
 
 def decode_registration_reply(data: bytes) -> RegistrationReply:
-    return _decode_reply(_Reader(bytes(data)))[0]
+    return _decode_reply(mip_reader(bytes(data)))[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -989,7 +928,7 @@ def encode_binding_message(message: BindingMessage) -> bytes:
     return header + body + extensions
 
 
-def _decode_binding(r: _Reader) -> tuple[BindingMessage, tuple[ExtensionSpan, ...]]:
+def _decode_binding(r: Reader) -> tuple[BindingMessage, tuple[ExtensionSpan, ...]]:
     _expect_type(r, MessageType.EXPERIMENTAL)
     raw_subtype = r.u8("binding message sub-type")
     flags = r.u8("binding message flags")
@@ -1046,7 +985,7 @@ def _exts(spans: tuple[ExtensionSpan, ...]) -> tuple[Extension, ...]:
 
 
 def decode_binding_message(data: bytes) -> BindingMessage:
-    return _decode_binding(_Reader(bytes(data)))[0]
+    return _decode_binding(mip_reader(bytes(data)))[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1059,7 +998,7 @@ def decode_message_spans(data: bytes) -> tuple[Message, tuple[ExtensionSpan, ...
     data = bytes(data)
     if not data:
         raise MipDecodeError("empty message", 0)
-    r = _Reader(data)
+    r = mip_reader(data)
     try:
         if data[0] == MessageType.REGISTRATION_REQUEST:
             return _decode_request(r)

@@ -43,9 +43,10 @@ from aaa_vpn.wire.mip import (
     MipDecodeError,
     MipValueError,
     NormalVendorExtension,
-    _Reader,
+    mip_reader,
 )
 from aaa_vpn.wire.profile import VENDOR_ID, PathProfile, PathRole, QosSpec
+from aaa_vpn.wire.reader import Reader
 
 
 class CvseType(enum.IntEnum):
@@ -159,7 +160,7 @@ def encode_vpn_path(path: PathProfile, key: Secret) -> CriticalVendorExtension:
     return CriticalVendorExtension(VENDOR_ID, CvseType.VPN_PATH, b"".join(parts))
 
 
-def _text(r: _Reader, what: str) -> str:
+def _text(r: Reader, what: str) -> str:
     raw = r.take(r.u8(f"{what} length"), what)
     if not raw:
         raise MipDecodeError(f"VPN path: empty {what}", r.position)
@@ -177,7 +178,7 @@ def decode_vpn_path(extension: CriticalVendorExtension, key: Secret) -> PathProf
     if extension.vendor_id != VENDOR_ID or extension.vendor_type != CvseType.VPN_PATH:
         raise MipDecodeError(f"CVSE {extension.vendor_id}/{extension.vendor_type} is not an aaa_vpn VPN path")
     kek = _kek(key)
-    r = _Reader(extension.value)
+    r = mip_reader(extension.value)
     role_code, mode_code, transform_code, flags = (r.u8(w) for w in ("role", "key mode", "transform", "flags"))
     local, peer = r.address("local address"), r.address("peer address")
     spi_in, spi_out, lifetime = r.u32("SPI in"), r.u32("SPI out"), r.u32("lifetime")
@@ -214,7 +215,7 @@ def decode_vpn_path(extension: CriticalVendorExtension, key: Secret) -> PathProf
         plain = aes_key_unwrap_with_padding(kek, wrapped)
     except (InvalidUnwrap, ValueError):
         raise VpnInformationError("VPN path: the keys do not unwrap under this key (RFC 5649)") from None
-    keys = _Reader(plain)
+    keys = mip_reader(plain)
     if keys.u32("wrapped SPI in") != spi_in or keys.u32("wrapped SPI out") != spi_out:
         raise VpnInformationError("VPN path: the wrapped keys belong to other SPIs")
     length = transform.keymat_length

@@ -1,26 +1,53 @@
-"""RADIUS building blocks shared by the codecs and the network layer.
+"""The RADIUS kit: every code, attribute number and packet-level primitive the
+project's RADIUS clients and servers share, defined once.
 
-* :func:`salt_encrypt` / :func:`salt_decrypt`: the salt scheme of RFC 2868
-  section 3.5 (Tunnel-Password; dictionaries say ``encrypt=2``), which the
-  project uses for every key it sends in an attribute (DESIGN.md section 3).
-* :func:`hide_user_password` / :func:`recover_user_password`: RFC 2865
-  section 5.2 (``encrypt=1``).
-* :func:`response_authenticator` (RFC 2865 section 3), and the
+* Numbers: :class:`Code` (RFC 2865 section 3, RFC 2866, RFC 5176 section 2.3,
+  RFC 5997), :class:`Attr` (the standard attribute types used anywhere here),
+  :class:`AaaVpnAttr` (``dictionary.aaa_vpn``, vendor
+  :data:`~aaa_vpn.wire.profile.VENDOR_ID`), :class:`ThreeGpp2Attr`
+  (X.S0011-005, vendor :data:`THREEGPP2_VENDOR_ID`). The plain-integer
+  aliases (``ACCESS_REQUEST``, ``USER_NAME``...) are the same numbers for hot
+  paths and short call sites.
+* Decoding: :func:`decode_packet` turns a datagram into a :class:`Packet`
+  (header checked, attributes split with the bounded reader of
+  :mod:`aaa_vpn.wire.reader`: an attribute whose Length runs past the packet's
+  end is a :class:`RadiusDecodeError`, never accepted); :func:`iter_attributes`
+  splits vendor attributes into ``(vendor, type, value)`` triples.
+* Authenticators: :func:`response_authenticator` (RFC 2865 section 3), the
   Message-Authenticator (RFC 3579 section 3.2, RFC 5176 section 3.4):
   :func:`compute_message_authenticator`, :func:`verify_message_authenticator`,
-  and :func:`encode_reply`, which builds a complete reply with the
-  Message-Authenticator as its first attribute (BlastRADIUS, CVE-2024-3596).
+  :func:`check_request_message_authenticator`.
+* Encoding: :func:`encode_reply` (a reply to an Access-Request or Status-Server
+  or a Dynamic Authorization request, Message-Authenticator first:
+  BlastRADIUS, CVE-2024-3596), :func:`seal_request` (an Access-Request or
+  Status-Server, Message-Authenticator first), :func:`encode_hashed_request`
+  (requests whose Authenticator is an MD5 over the packet: CoA/Disconnect,
+  RFC 5176 section 2.3, and Accounting-Request, RFC 2866 section 3), and
+  :func:`attribute` / :func:`vendor_attribute`.
+* Hiding: :func:`salt_encrypt` / :func:`salt_decrypt`, the salt scheme of RFC
+  2868 section 3.5 (Tunnel-Password; dictionaries say ``encrypt=2``), which
+  the project uses for every key it sends in an attribute (DESIGN.md section
+  3); :func:`hide_user_password` / :func:`recover_user_password`, RFC 2865
+  section 5.2 (``encrypt=1``).
 * Size limits of RFC 2865 sections 3 and 5.
-* :func:`load_dictionary`: the project's full dictionary set as a cached
-  :class:`pyrad.dictionary.Dictionary`; :func:`prepare_tool_dir`: a directory
-  that radclient (``-d``) and tshark (``WIRESHARK_CONFIG_DIR``) can use.
+* Dictionaries: :func:`load_dictionary`, the project's full dictionary set as
+  a cached :class:`pyrad.dictionary.Dictionary` (pyrad is the attribute
+  definition layer and a test oracle; nothing on the hot path builds pyrad
+  packets); :func:`prepare_tool_dir`, a directory that radclient (``-d``) and
+  tshark (``WIRESHARK_CONFIG_DIR``) can use.
 
-Pure functions: no sockets, no clock. ``hashlib.md5`` is used directly
-because the server calls these on its hot path.
+Errors: :class:`RadiusDecodeError` means the peer sent something malformed;
+``ValueError`` from an encoder means the caller asked for something that
+cannot be built (:class:`ReplyTooLarge` for a packet beyond 4096 octets).
+
+Pure functions: no sockets, no clock. ``hashlib.md5`` and the one-shot
+``hmac.digest`` are used directly because servers call these on their hot
+path.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import hmac
@@ -28,9 +55,12 @@ import importlib.resources
 import os
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from aaa_vpn.wire.profile import VENDOR_ID
+from aaa_vpn.wire.reader import DecodeError, Reader
 
 if TYPE_CHECKING:  # pyrad has no type hints; import it only where it is used
     from pyrad.dictionary import Dictionary
@@ -55,24 +85,266 @@ MAX_VSA_VALUE = MAX_ATTRIBUTE_VALUE - 6
 MAX_SALT_PLAINTEXT = 239
 #: Bytes a reply has for attributes after the header and the Message-Authenticator.
 DEFAULT_ATTRIBUTE_BUDGET = MAX_PACKET_LENGTH - HEADER_LENGTH - MESSAGE_AUTHENTICATOR_LENGTH
+#: 3GPP2's enterprise number (X.S0011-005).
+THREEGPP2_VENDOR_ID = 5535
+#: 16 zero octets: the Authenticator CoA and Accounting requests are hashed
+#: with, and the salt-encryption key of the attributes they carry.
+ZERO_AUTHENTICATOR = b"\x00" * AUTHENTICATOR_LENGTH
 
 _BLOCK = 16
 
-# Packet codes (RFC 2865 section 3, RFC 5997) and attribute types the code names.
-ACCESS_REQUEST = 1
-ACCESS_ACCEPT = 2
-ACCESS_REJECT = 3
-ACCOUNTING_REQUEST = 4
-ACCESS_CHALLENGE = 11
-STATUS_SERVER = 12
 
-USER_NAME = 1
-CHAP_PASSWORD = 3
-NAS_IP_ADDRESS = 4
-REPLY_MESSAGE = 18
-SESSION_TIMEOUT = 27
-PROXY_STATE = 33
-CHAP_CHALLENGE = 60
+class Code(enum.IntEnum):
+    """Packet codes (RFC 2865 section 3, RFC 2866 section 4, RFC 5176 section
+    2.3, RFC 5997 section 2)."""
+
+    ACCESS_REQUEST = 1
+    ACCESS_ACCEPT = 2
+    ACCESS_REJECT = 3
+    ACCOUNTING_REQUEST = 4
+    ACCOUNTING_RESPONSE = 5
+    ACCESS_CHALLENGE = 11
+    STATUS_SERVER = 12
+    STATUS_CLIENT = 13
+    DISCONNECT_REQUEST = 40
+    DISCONNECT_ACK = 41
+    DISCONNECT_NAK = 42
+    COA_REQUEST = 43
+    COA_ACK = 44
+    COA_NAK = 45
+
+
+#: Names as the RFCs spell them, for errors and logs.
+CODE_NAMES: dict[int, str] = {
+    Code.ACCESS_REQUEST: "Access-Request",
+    Code.ACCESS_ACCEPT: "Access-Accept",
+    Code.ACCESS_REJECT: "Access-Reject",
+    Code.ACCOUNTING_REQUEST: "Accounting-Request",
+    Code.ACCOUNTING_RESPONSE: "Accounting-Response",
+    Code.ACCESS_CHALLENGE: "Access-Challenge",
+    Code.STATUS_SERVER: "Status-Server",
+    Code.STATUS_CLIENT: "Status-Client",
+    Code.DISCONNECT_REQUEST: "Disconnect-Request",
+    Code.DISCONNECT_ACK: "Disconnect-ACK",
+    Code.DISCONNECT_NAK: "Disconnect-NAK",
+    Code.COA_REQUEST: "CoA-Request",
+    Code.COA_ACK: "CoA-ACK",
+    Code.COA_NAK: "CoA-NAK",
+}
+
+
+def code_name(code: int) -> str:
+    """The packet code's name (``Access-Request``), or ``code N``."""
+    return CODE_NAMES.get(code) or f"code {code}"
+
+
+class Attr(enum.IntEnum):
+    """Standard attribute types used here (RFC 2865 section 5, RFC 2866 section
+    5, RFC 2868 section 3, RFC 2869 section 5, RFC 5176 section 3)."""
+
+    USER_NAME = 1
+    USER_PASSWORD = 2
+    CHAP_PASSWORD = 3
+    NAS_IP_ADDRESS = 4
+    NAS_PORT = 5
+    SERVICE_TYPE = 6
+    FRAMED_IP_ADDRESS = 8
+    REPLY_MESSAGE = 18
+    STATE = 24
+    CLASS = 25
+    VENDOR_SPECIFIC = 26
+    SESSION_TIMEOUT = 27
+    CALLED_STATION_ID = 30
+    CALLING_STATION_ID = 31
+    NAS_IDENTIFIER = 32
+    PROXY_STATE = 33
+    ACCT_STATUS_TYPE = 40
+    ACCT_SESSION_ID = 44
+    CHAP_CHALLENGE = 60
+    TUNNEL_TYPE = 64
+    TUNNEL_MEDIUM_TYPE = 65
+    TUNNEL_CLIENT_ENDPOINT = 66
+    TUNNEL_SERVER_ENDPOINT = 67
+    TUNNEL_PASSWORD = 69
+    MESSAGE_AUTHENTICATOR = 80
+    TUNNEL_PRIVATE_GROUP_ID = 81
+    TUNNEL_ASSIGNMENT_ID = 82
+    TUNNEL_PREFERENCE = 83
+    TUNNEL_CLIENT_AUTH_ID = 90
+    TUNNEL_SERVER_AUTH_ID = 91
+    ERROR_CAUSE = 101
+
+
+class AaaVpnAttr(enum.IntEnum):
+    """Vendor types of ``dictionary.aaa_vpn`` (names without the ``Aaa-Vpn-`` prefix)."""
+
+    SESSION_ID = 1
+    REQUEST_TYPE = 2
+    HOME_ADDRESS = 3
+    HOME_AGENT = 4
+    CARE_OF_ADDRESS = 5
+    PREVIOUS_FA = 6
+    SESSION_ROOT_KEY = 7
+    KEY_EPOCH = 8
+    LIFETIME = 9
+    MN_HA_SPI = 10
+    MN_HA_KEY = 11
+    FA_HA_SPI = 12
+    FA_HA_KEY = 13
+    REJECT_REASON = 14
+    HANDOFF_KEY = 15
+    PREVIOUS_FA_HANDOFF_KEY = 16
+    PROFILE_DIGEST = 17
+    PATH_ROLE = 32
+    PATH_LOCAL = 33
+    PATH_PEER = 34
+    PATH_LOCAL_TS = 35
+    PATH_REMOTE_TS = 36
+    PATH_KEY_MODE = 37
+    PATH_ESP_TRANSFORM = 38
+    PATH_SPI_IN = 39
+    PATH_SPI_OUT = 40
+    PATH_KEY_IN = 41
+    PATH_KEY_OUT = 42
+    PATH_LIFETIME = 43
+    PATH_IKE_PROPOSAL = 44
+    PATH_IKE_PSK = 45
+    PATH_QOS_CLASS = 46
+    PATH_DSCP = 47
+    PATH_RATE_LIMIT = 48
+    PATH_GATEWAY_MODE = 49
+    PATH_BINDING_KEY = 50
+
+
+class ThreeGpp2Attr(enum.IntEnum):
+    """3GPP2 vendor types used here (FreeRADIUS ``dictionary.3gpp2`` names)."""
+
+    IKE_PRESHARED_SECRET_REQUEST = 1
+    SECURITY_LEVEL = 2
+    PRE_SHARED_SECRET = 3
+    HOME_AGENT_IP_ADDRESS = 7
+    MN_HA_SPI = 57
+    MN_HA_SHARED_KEY = 58
+    FOREIGN_AGENT_ADDRESS = 79
+    SESSION_TERMINATION_CAPABILITY = 88
+
+
+# Plain-integer aliases of the numbers above (the same values).
+ACCESS_REQUEST = int(Code.ACCESS_REQUEST)
+ACCESS_ACCEPT = int(Code.ACCESS_ACCEPT)
+ACCESS_REJECT = int(Code.ACCESS_REJECT)
+ACCOUNTING_REQUEST = int(Code.ACCOUNTING_REQUEST)
+ACCESS_CHALLENGE = int(Code.ACCESS_CHALLENGE)
+STATUS_SERVER = int(Code.STATUS_SERVER)
+
+USER_NAME = int(Attr.USER_NAME)
+CHAP_PASSWORD = int(Attr.CHAP_PASSWORD)
+NAS_IP_ADDRESS = int(Attr.NAS_IP_ADDRESS)
+REPLY_MESSAGE = int(Attr.REPLY_MESSAGE)
+VENDOR_SPECIFIC = int(Attr.VENDOR_SPECIFIC)
+SESSION_TIMEOUT = int(Attr.SESSION_TIMEOUT)
+NAS_IDENTIFIER = int(Attr.NAS_IDENTIFIER)
+PROXY_STATE = int(Attr.PROXY_STATE)
+CHAP_CHALLENGE = int(Attr.CHAP_CHALLENGE)
+TUNNEL_PASSWORD = int(Attr.TUNNEL_PASSWORD)
+ERROR_CAUSE = int(Attr.ERROR_CAUSE)
+
+
+class RadiusDecodeError(DecodeError):
+    """A received RADIUS packet is malformed (the peer's fault)."""
+
+
+class Packet:
+    """A received RADIUS packet whose header and attribute lengths check out
+    (:func:`decode_packet`). Nothing in it is verified yet."""
+
+    __slots__ = ("attributes", "authenticator", "code", "data", "identifier")
+
+    def __init__(
+        self, data: bytes, code: int, identifier: int, authenticator: bytes, attributes: list[tuple[int, bytes]]
+    ) -> None:
+        self.data = data
+        """The packet up to its Length (octets beyond it are padding, RFC 2865 section 3)."""
+        self.code = code
+        self.identifier = identifier
+        self.authenticator = authenticator
+        """The Request or Response Authenticator field (16 octets)."""
+        self.attributes = attributes
+        """``(type, value)`` in the order received."""
+
+    def first(self, attribute_type: int) -> bytes | None:
+        """The value of the first attribute of ``attribute_type``, or None."""
+        for code, value in self.attributes:
+            if code == attribute_type:
+                return value
+        return None
+
+    def all(self, attribute_type: int) -> list[bytes]:
+        """The values of every attribute of ``attribute_type``, in order."""
+        return [value for code, value in self.attributes if code == attribute_type]
+
+    def proxy_states(self) -> bytes:
+        """The Proxy-State attributes, raw and in order: what a reply echoes
+        at its end (RFC 2865 section 5.33)."""
+        return b"".join(bytes((PROXY_STATE, len(v) + 2)) + v for c, v in self.attributes if c == PROXY_STATE)
+
+    def __repr__(self) -> str:
+        return f"Packet({code_name(self.code)}, id={self.identifier}, {len(self.attributes)} attributes)"
+
+
+_HEADER = struct.Struct("!BBH")
+
+
+def decode_packet(data: bytes) -> Packet:
+    """Check a datagram's header and split its attributes (RFC 2865 section 3
+    and 5). Octets beyond Length are padding and ignored; a Length below 20,
+    above 4096 or beyond the datagram, or an attribute whose Length is below
+    2 or runs past the packet's end, raises :class:`RadiusDecodeError`."""
+    if len(data) < HEADER_LENGTH:
+        raise RadiusDecodeError(f"{len(data)} octets: shorter than the 20-octet RADIUS header", 0)
+    code, identifier, length = _HEADER.unpack_from(data)
+    if length < HEADER_LENGTH or length > MAX_PACKET_LENGTH:
+        raise RadiusDecodeError(f"Length {length}: expected 20..4096 (RFC 2865 section 3)", 2)
+    if length > len(data):
+        raise RadiusDecodeError(f"Length {length} exceeds the {len(data)} octets received", 2)
+    if length != len(data):
+        data = data[:length]
+    attributes = Reader(data, HEADER_LENGTH, length, RadiusDecodeError).attributes(code_name(code))
+    return Packet(data, code, identifier, data[4:HEADER_LENGTH], attributes)
+
+
+def split_attributes(attributes: bytes, what: str = "attributes") -> list[tuple[int, bytes]]:
+    """Raw attributes (``packet[20:length]``, or a concatenation of complete
+    attributes) as ``(type, value)`` pairs; :class:`RadiusDecodeError` if a
+    Length does not fit."""
+    return Reader(attributes, error=RadiusDecodeError).attributes(what)
+
+
+def iter_attributes(
+    attributes: bytes | Iterable[tuple[int, bytes]],
+    vendors: Iterable[int] = (VENDOR_ID,),
+) -> Iterator[tuple[int, int, bytes]]:
+    """Attributes as ``(vendor, type, value)`` triples.
+
+    ``attributes`` is raw (see :func:`split_attributes`) or already split.
+    Standard attributes come as vendor 0. Vendor-Specific attributes of the
+    ``vendors`` given are split into their sub-attributes (RFC 2865 section
+    5.26 recommended format; several per VSA allowed); those of other vendors
+    are skipped, since their format is not known here. Raises
+    :class:`RadiusDecodeError` if any length is inconsistent."""
+    raw = isinstance(attributes, (bytes, bytearray, memoryview))
+    pairs = split_attributes(bytes(attributes)) if raw else attributes  # type: ignore[arg-type]
+    wanted = frozenset(vendors)
+    for atype, value in pairs:
+        if atype != VENDOR_SPECIFIC:
+            yield 0, atype, value
+            continue
+        if len(value) < 5:  # RFC 2865 section 5.26: Length >= 7
+            raise RadiusDecodeError(f"Vendor-Specific of {len(value) + 2} octets: at least 7")
+        vendor = int.from_bytes(value[:4], "big")
+        if vendor in wanted:
+            for vtype, vvalue in Reader(value, 4, error=RadiusDecodeError).attributes(f"vendor {vendor} attribute"):
+                yield vendor, vtype, vvalue
 
 
 class ReplyTooLarge(ValueError):
@@ -216,27 +488,31 @@ def _find_message_authenticator(packet: bytes) -> int:
     return -1
 
 
+def _mac(secret: bytes, packet: bytes, offset: int, authenticator: bytes) -> bytes:
+    """HMAC-MD5 over ``packet`` with ``authenticator`` in the Authenticator
+    field and the Message-Authenticator value at ``offset`` zeroed."""
+    return hmac.digest(
+        secret,
+        packet[:4] + authenticator + packet[HEADER_LENGTH:offset] + ZERO_AUTHENTICATOR + packet[offset + 16 :],
+        "md5",
+    )
+
+
 def compute_message_authenticator(packet: bytes, secret: bytes, request_authenticator: bytes | None = None) -> bytes:
     """HMAC-MD5 of RFC 3579 section 3.2 over ``packet``.
 
     The Message-Authenticator value is taken as 16 zero octets. For a reply
-    (Access-Accept/Reject/Challenge) pass the Access-Request's authenticator
-    as ``request_authenticator``: it replaces the packet's Authenticator field
-    in the computation. For CoA/Disconnect-Request and Accounting-Request pass
-    16 zero octets (RFC 5176 section 3.4). Raises ValueError if the packet has
-    no well-formed Message-Authenticator.
+    (Access-Accept/Reject/Challenge, CoA/Disconnect-ACK/NAK) pass the
+    request's authenticator as ``request_authenticator``: it replaces the
+    packet's Authenticator field in the computation. For CoA/Disconnect-Request
+    and Accounting-Request pass 16 zero octets (RFC 5176 section 3.4). Raises
+    ValueError if the packet has no well-formed Message-Authenticator.
     """
     offset = _find_message_authenticator(packet)
     if offset < 0:
         raise ValueError("the packet has no Message-Authenticator (type 80, length 18)")
     authenticator = packet[4:HEADER_LENGTH] if request_authenticator is None else request_authenticator
-    mac = hmac.new(secret, digestmod=hashlib.md5)
-    mac.update(packet[:4])
-    mac.update(authenticator)
-    mac.update(packet[HEADER_LENGTH:offset])
-    mac.update(b"\x00" * AUTHENTICATOR_LENGTH)
-    mac.update(packet[offset + AUTHENTICATOR_LENGTH :])
-    return mac.digest()
+    return _mac(secret, packet, offset, authenticator)
 
 
 def verify_message_authenticator(packet: bytes, secret: bytes, request_authenticator: bytes | None = None) -> bool:
@@ -248,6 +524,45 @@ def verify_message_authenticator(packet: bytes, secret: bytes, request_authentic
     return hmac.compare_digest(packet[offset : offset + AUTHENTICATOR_LENGTH], expected)
 
 
+def check_message_authenticator(packet: Packet, secret: bytes, authenticator: bytes | None = None) -> bool | None:
+    """The Message-Authenticator of a decoded packet: None when it has none,
+    else whether it is valid (constant-time compare). More than one, or one
+    whose value is not 16 octets, is invalid (RFC 3579 section 3.2).
+
+    ``authenticator`` replaces the packet's Authenticator field in the
+    computation: None for an Access-Request or Status-Server (its own), the
+    request's for a reply, 16 zero octets for a CoA/Disconnect or Accounting
+    request."""
+    position = HEADER_LENGTH
+    found = -1
+    for code, value in packet.attributes:
+        if code == MESSAGE_AUTHENTICATOR_TYPE:
+            if found >= 0 or len(value) != AUTHENTICATOR_LENGTH:
+                return False
+            found = position + 2
+        position += len(value) + 2
+    if found < 0:
+        return None
+    data = packet.data
+    expected = _mac(secret, data, found, packet.authenticator if authenticator is None else authenticator)
+    return hmac.compare_digest(data[found : found + AUTHENTICATOR_LENGTH], expected)
+
+
+def check_request_message_authenticator(packet: bytes, secret: bytes) -> bool | None:
+    """:func:`check_message_authenticator` of a raw *request* (Access-Request,
+    Status-Server): None when it has none, else whether it is valid; a
+    malformed packet is False rather than an exception."""
+    try:
+        decoded = decode_packet(packet)
+    except RadiusDecodeError:
+        return False
+    return check_message_authenticator(decoded, secret)
+
+
+_MA_ZERO = bytes((MESSAGE_AUTHENTICATOR_TYPE, MESSAGE_AUTHENTICATOR_LENGTH)) + ZERO_AUTHENTICATOR
+_MA_HEAD = bytes((MESSAGE_AUTHENTICATOR_TYPE, MESSAGE_AUTHENTICATOR_LENGTH))
+
+
 def encode_reply(
     code: int,
     identifier: int,
@@ -255,10 +570,11 @@ def encode_reply(
     secret: bytes,
     attributes: bytes | Sequence[bytes],
 ) -> bytes:
-    """A complete reply to an Access-Request: header, Message-Authenticator
-    first (FreeRADIUS' BlastRADIUS guidance), then ``attributes`` (raw: one
-    byte string, or a list such as :func:`aaa_vpn.wire.radius_profile.encode_profile`
-    returns). Also right for Status-Server replies (RFC 5997 section 3).
+    """A complete reply: header, Message-Authenticator first (FreeRADIUS'
+    BlastRADIUS guidance), then ``attributes`` (raw: one byte string, or a
+    list of complete attributes). Right for Access-Accept/Reject/Challenge,
+    Status-Server replies (RFC 5997 section 3) and CoA/Disconnect ACKs and
+    NAKs (RFC 5176 section 3.4).
 
     The Message-Authenticator is computed before the Response Authenticator
     (RFC 3579 section 3.2). Raises :class:`ReplyTooLarge` beyond 4096 octets."""
@@ -266,36 +582,56 @@ def encode_reply(
     length = HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(body)
     if length > MAX_PACKET_LENGTH:
         raise ReplyTooLarge(f"reply of {length} octets exceeds {MAX_PACKET_LENGTH} (RFC 2865 section 3)")
-    head = struct.pack("!BBH", code, identifier, length)
-    mac = hmac.new(secret, head + request_authenticator + _MA_ZERO + body, hashlib.md5).digest()
-    attrs = b"\x50\x12" + mac + body
-    auth = hashlib.md5(head + request_authenticator + attrs + secret).digest()
-    return head + auth + attrs
+    head = _HEADER.pack(code, identifier, length)
+    attrs = _MA_HEAD + hmac.digest(secret, head + request_authenticator + _MA_ZERO + body, "md5") + body
+    return head + hashlib.md5(head + request_authenticator + attrs + secret).digest() + attrs
 
 
-_MA_ZERO = b"\x50\x12" + b"\x00" * AUTHENTICATOR_LENGTH
+def seal_request(code: int, identifier: int, request_authenticator: bytes, secret: bytes, attributes: bytes) -> bytes:
+    """A complete Access-Request or Status-Server: header, Message-Authenticator
+    first, ``attributes``. The Message-Authenticator is HMAC-MD5(secret, packet
+    with its value zeroed) (RFC 3579 section 3.2). ValueError for an
+    Identifier outside 0..255 or an authenticator that is not 16 octets;
+    :class:`ReplyTooLarge` beyond 4096 octets."""
+    if not 0 <= identifier <= 255:
+        raise ValueError(f"Identifier {identifier}: expected 0..255")
+    if len(request_authenticator) != AUTHENTICATOR_LENGTH:
+        raise ValueError(f"the Request Authenticator is {len(request_authenticator)} octets, expected 16")
+    length = HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(attributes)
+    if length > MAX_PACKET_LENGTH:
+        raise ReplyTooLarge(f"the request would be {length} octets; RADIUS allows {MAX_PACKET_LENGTH}")
+    head = _HEADER.pack(code, identifier, length) + request_authenticator
+    return head + _MA_HEAD + hmac.digest(secret, head + _MA_ZERO + attributes, "md5") + attributes
 
 
-def check_request_message_authenticator(packet: bytes, secret: bytes) -> bool | None:
-    """The Message-Authenticator of a received *request* (Access-Request,
-    Status-Server): None when it has none, else whether it is valid.
+def encode_hashed_request(code: int, identifier: int, secret: bytes, attributes: bytes | Sequence[bytes]) -> bytes:
+    """A request whose Authenticator is ``MD5(Code + Identifier + Length + 16
+    zero octets + Attributes + Secret)``: CoA-Request and Disconnect-Request
+    (RFC 5176 section 2.3) and Accounting-Request (RFC 2866 section 3). The
+    Message-Authenticator comes first, computed with 16 zero octets in the
+    Authenticator field before the Request Authenticator is (RFC 5176 section
+    3.4). :class:`ReplyTooLarge` beyond 4096 octets."""
+    body = attributes if isinstance(attributes, bytes) else b"".join(attributes)
+    length = HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(body)
+    if length > MAX_PACKET_LENGTH:
+        raise ReplyTooLarge(f"request of {length} octets exceeds {MAX_PACKET_LENGTH} (RFC 2865 section 3)")
+    head = _HEADER.pack(code, identifier & 0xFF, length)
+    attrs = _MA_HEAD + hmac.digest(secret, head + ZERO_AUTHENTICATOR + _MA_ZERO + body, "md5") + body
+    return head + hashlib.md5(head + ZERO_AUTHENTICATOR + attrs + secret).digest() + attrs
 
-    ``packet`` must be length-checked (Length == len(packet)); malformed
-    attributes make it False rather than raise."""
-    position = HEADER_LENGTH
-    end = len(packet)
-    while position + 2 <= end:
-        code, length = packet[position], packet[position + 1]
-        if length < 2:
-            return False
-        if code == MESSAGE_AUTHENTICATOR_TYPE:
-            if length != MESSAGE_AUTHENTICATOR_LENGTH:
-                return False
-            received = packet[position + 2 : position + 18]
-            zeroed = packet[: position + 2] + b"\x00" * 16 + packet[position + 18 :]
-            return hmac.compare_digest(received, hmac.new(secret, zeroed, hashlib.md5).digest())
-        position += length
-    return None
+
+def check_hashed_request(packet: Packet, secret: bytes) -> bool:
+    """Whether a CoA/Disconnect or Accounting request's Request Authenticator
+    (:func:`encode_hashed_request`) is right (constant-time compare)."""
+    data = packet.data
+    expected = hashlib.md5(data[:4] + ZERO_AUTHENTICATOR + data[HEADER_LENGTH:] + secret).digest()
+    return hmac.compare_digest(expected, packet.authenticator)
+
+
+def check_response_authenticator(packet: Packet, request_authenticator: bytes, secret: bytes) -> bool:
+    """Whether a reply's Response Authenticator is right (RFC 2865 section 3;
+    constant-time compare)."""
+    return hmac.compare_digest(response_authenticator(packet.data, request_authenticator, secret), packet.authenticator)
 
 
 # --- dictionaries ---------------------------------------------------------------------------
@@ -371,6 +707,7 @@ def prepare_tool_dir(directory: str | os.PathLike[str]) -> Path:
 
 __all__ = [
     "AUTHENTICATOR_LENGTH",
+    "CODE_NAMES",
     "DEFAULT_ATTRIBUTE_BUDGET",
     "HEADER_LENGTH",
     "MAX_ATTRIBUTE_VALUE",
@@ -380,17 +717,38 @@ __all__ = [
     "MESSAGE_AUTHENTICATOR_LENGTH",
     "MESSAGE_AUTHENTICATOR_TYPE",
     "ROOT_DICTIONARY",
+    "THREEGPP2_VENDOR_ID",
     "VENDOR_DICTIONARY",
     "WIRESHARK_FIXES",
+    "ZERO_AUTHENTICATOR",
+    "AaaVpnAttr",
+    "Attr",
+    "Code",
+    "Packet",
+    "RadiusDecodeError",
+    "ReplyTooLarge",
+    "ThreeGpp2Attr",
+    "attribute",
+    "check_hashed_request",
+    "check_message_authenticator",
+    "check_request_message_authenticator",
+    "check_response_authenticator",
+    "code_name",
     "compute_message_authenticator",
+    "decode_packet",
     "dictionary_dir",
+    "encode_hashed_request",
     "encode_reply",
     "hide_user_password",
+    "iter_attributes",
     "load_dictionary",
     "prepare_tool_dir",
     "recover_user_password",
     "response_authenticator",
     "salt_decrypt",
     "salt_encrypt",
+    "seal_request",
+    "split_attributes",
+    "vendor_attribute",
     "verify_message_authenticator",
 ]

@@ -72,9 +72,16 @@ from aaa_vpn.wire.radius import (
     MAX_ATTRIBUTE_VALUE,
     MAX_SALT_PLAINTEXT,
     MAX_VSA_VALUE,
+    THREEGPP2_VENDOR_ID,
+    AaaVpnAttr,
+    Attr,
+    RadiusDecodeError,
+    ThreeGpp2Attr,
     salt_decrypt,
     salt_encrypt,
 )
+from aaa_vpn.wire.radius import iter_attributes as _radius_iter_attributes
+from aaa_vpn.wire.reader import DecodeError
 from aaa_vpn.wire.text import text as _text_of
 
 
@@ -83,82 +90,11 @@ class ProfileError(ValueError):
     large for its attribute, too many paths, or more than the packet holds."""
 
 
-class ProfileDecodeError(ValueError):
+class ProfileDecodeError(DecodeError):
     """Received attributes are malformed or incomplete (the peer's fault)."""
 
 
-#: 3GPP2's enterprise number (X.S0011-005).
-THREEGPP2_VENDOR_ID = 5535
 UINT32_MAX = 0xFFFFFFFF
-
-
-class Attr(enum.IntEnum):
-    """Standard attribute types used here (RFC 2865 section 5, RFC 2868 section 3)."""
-
-    SESSION_TIMEOUT = 27
-    TUNNEL_TYPE = 64
-    TUNNEL_MEDIUM_TYPE = 65
-    TUNNEL_CLIENT_ENDPOINT = 66
-    TUNNEL_SERVER_ENDPOINT = 67
-    TUNNEL_PASSWORD = 69
-    TUNNEL_PRIVATE_GROUP_ID = 81
-    TUNNEL_ASSIGNMENT_ID = 82
-    TUNNEL_PREFERENCE = 83
-    TUNNEL_CLIENT_AUTH_ID = 90
-    TUNNEL_SERVER_AUTH_ID = 91
-
-
-class AaaVpnAttr(enum.IntEnum):
-    """Vendor types of ``dictionary.aaa_vpn`` (names without the ``Aaa-Vpn-`` prefix)."""
-
-    SESSION_ID = 1
-    REQUEST_TYPE = 2
-    HOME_ADDRESS = 3
-    HOME_AGENT = 4
-    CARE_OF_ADDRESS = 5
-    PREVIOUS_FA = 6
-    SESSION_ROOT_KEY = 7
-    KEY_EPOCH = 8
-    LIFETIME = 9
-    MN_HA_SPI = 10
-    MN_HA_KEY = 11
-    FA_HA_SPI = 12
-    FA_HA_KEY = 13
-    REJECT_REASON = 14
-    HANDOFF_KEY = 15
-    PREVIOUS_FA_HANDOFF_KEY = 16
-    PATH_ROLE = 32
-    PATH_LOCAL = 33
-    PATH_PEER = 34
-    PATH_LOCAL_TS = 35
-    PATH_REMOTE_TS = 36
-    PATH_KEY_MODE = 37
-    PATH_ESP_TRANSFORM = 38
-    PATH_SPI_IN = 39
-    PATH_SPI_OUT = 40
-    PATH_KEY_IN = 41
-    PATH_KEY_OUT = 42
-    PATH_LIFETIME = 43
-    PATH_IKE_PROPOSAL = 44
-    PATH_IKE_PSK = 45
-    PATH_QOS_CLASS = 46
-    PATH_DSCP = 47
-    PATH_RATE_LIMIT = 48
-    PATH_GATEWAY_MODE = 49
-    PATH_BINDING_KEY = 50
-
-
-class ThreeGpp2Attr(enum.IntEnum):
-    """3GPP2 vendor types used here (FreeRADIUS ``dictionary.3gpp2`` names)."""
-
-    IKE_PRESHARED_SECRET_REQUEST = 1
-    SECURITY_LEVEL = 2
-    PRE_SHARED_SECRET = 3
-    HOME_AGENT_IP_ADDRESS = 7
-    MN_HA_SPI = 57
-    MN_HA_SHARED_KEY = 58
-    FOREIGN_AGENT_ADDRESS = 79
-    SESSION_TERMINATION_CAPABILITY = 88
 
 
 #: RFC 2868 section 3.1 / 3.2 values the RFC2868 flavour sends.
@@ -535,44 +471,12 @@ def iter_attributes(
     attributes: bytes | bytearray | memoryview | Iterable[bytes],
     vendors: Iterable[int] = (VENDOR_ID,),
 ) -> Iterator[tuple[int, int, bytes]]:
-    """Split raw attributes into ``(vendor, type, value)`` triples.
-
-    Standard attributes come as vendor 0. Vendor-Specific attributes of the
-    ``vendors`` given are split into their sub-attributes (RFC 2865 section
-    5.26 recommended format; several per VSA allowed); those of other vendors
-    are skipped, since their format is not known here. Raises
-    :class:`ProfileDecodeError` if any length is inconsistent.
-    """
-    data = _as_bytes(attributes)
-    wanted = frozenset(vendors)
-    pos, end = 0, len(data)
-    while pos < end:
-        if end - pos < 2:
-            raise ProfileDecodeError(f"truncated attribute header at offset {pos}: {data[pos:].hex()}")
-        atype, alen = data[pos], data[pos + 1]
-        if alen < 2 or pos + alen > end:
-            raise ProfileDecodeError(
-                f"attribute {atype} at offset {pos}: length {alen} does not fit the {end - pos} octets left"
-            )
-        if atype == 26:
-            if alen < 7:  # RFC 2865 section 5.26: Length >= 7
-                raise ProfileDecodeError(f"Vendor-Specific at offset {pos}: length {alen} < 7")
-            vendor = int.from_bytes(data[pos + 2 : pos + 6], "big")
-            if vendor in wanted:
-                sub, sub_end = pos + 6, pos + alen
-                while sub < sub_end:
-                    if sub_end - sub < 2:
-                        raise ProfileDecodeError(f"vendor {vendor}: truncated sub-attribute at offset {sub}")
-                    vtype, vlen = data[sub], data[sub + 1]
-                    if vlen < 2 or sub + vlen > sub_end:
-                        raise ProfileDecodeError(
-                            f"vendor {vendor} attribute {vtype} at offset {sub}: length {vlen} does not fit"
-                        )
-                    yield vendor, vtype, data[sub + 2 : sub + vlen]
-                    sub += vlen
-        else:
-            yield 0, atype, data[pos + 2 : pos + alen]
-        pos += alen
+    """:func:`aaa_vpn.wire.radius.iter_attributes` over raw attributes (or a
+    list of complete raw attributes), raising :class:`ProfileDecodeError`."""
+    try:
+        yield from _radius_iter_attributes(_as_bytes(attributes), vendors)
+    except RadiusDecodeError as exc:
+        raise ProfileDecodeError(str(exc)) from None
 
 
 def _fail(what: str, value: bytes, expected: str) -> ProfileDecodeError:
