@@ -332,8 +332,11 @@ def iter_attributes(
     5.26 recommended format; several per VSA allowed); those of other vendors
     are skipped, since their format is not known here. Raises
     :class:`RadiusDecodeError` if any length is inconsistent."""
-    raw = isinstance(attributes, (bytes, bytearray, memoryview))
-    pairs = split_attributes(bytes(attributes)) if raw else attributes  # type: ignore[arg-type]
+    pairs: Iterable[tuple[int, bytes]]
+    if isinstance(attributes, (bytes, bytearray, memoryview)):
+        pairs = split_attributes(bytes(attributes))
+    else:
+        pairs = attributes
     wanted = frozenset(vendors)
     for atype, value in pairs:
         if atype != VENDOR_SPECIFIC:
