@@ -60,6 +60,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.service.config import (
     CONFIG_ENV,
     DB_ENV,
+    DEFAULT_DB_BUSY_TIMEOUT,
     DEFAULT_DUP_CACHE_SECONDS,
     DEFAULT_LISTEN,
     DEFAULT_PORT,
@@ -1099,7 +1100,7 @@ def session_list(app: App, nai: str | None, show_secrets: bool) -> None:
 @pass_app
 def session_show(app: App, session_id: str, show_secrets: bool) -> None:
     """Show one session, with the agents a disconnect would go to."""
-    from aaa_vpn.service import coa as coa_service
+    from aaa_vpn.net import coa_client as coa_service
 
     store = app.store()
     session_record = store.get_session(session_id)
@@ -1140,7 +1141,7 @@ def session_disconnect(app: App, session_id: str, source: str, timeout: float, r
     which remove its SAs everywhere; then the session is deleted.
 
     Exit status 0 only if both acknowledged."""
-    from aaa_vpn.service import coa as coa_service
+    from aaa_vpn.net import coa_client as coa_service
 
     try:
         ipaddress.IPv4Address(source)
@@ -1202,7 +1203,7 @@ def session_push(app: App, session_id: str, source: str, timeout: float, retries
     (RFC 5176) with their new view, install it and answer.
 
     Exit status 0 only if both answered CoA-ACK."""
-    from aaa_vpn.service import coa as coa_service
+    from aaa_vpn.net import coa_client as coa_service
 
     try:
         ipaddress.IPv4Address(source)
@@ -1215,8 +1216,7 @@ def session_push(app: App, session_id: str, source: str, timeout: float, retries
     except OSError as exc:
         raise StoreFailure(f"cannot send from {source}: {exc.strerror}") from None
     lines = _answer_lines(outcome.results)
-    plan = outcome.plan
-    lines.append(f"session {session_id} epoch {plan.previous.epoch} -> {plan.session.epoch}")
+    lines.append(f"session {session_id} epoch {outcome.previous.epoch} -> {outcome.session.epoch}")
     emit(app, outcome.to_json(), "\n".join(lines))
     if not outcome.acknowledged:
         raise click.exceptions.Exit(1)
@@ -1345,6 +1345,14 @@ def serve() -> None:
     show_default=True,
     help="Seconds a session lives without re-registration.",
 )
+@click.option(
+    "--db-busy-timeout",
+    type=click.FloatRange(min=0.001, max=60),
+    default=DEFAULT_DB_BUSY_TIMEOUT,
+    show_default=True,
+    help="Seconds a worker waits for the database's write lock; requests whose writes"
+    " cannot wait longer are dropped (their retransmissions are tried again).",
+)
 @pass_app
 def serve_home(
     app: App,
@@ -1355,6 +1363,7 @@ def serve_home(
     log_format: str,
     dup_cache_seconds: float,
     session_lifetime: int,
+    db_busy_timeout: float,
 ) -> None:
     """Run the home AAA server (RADIUS) on the VPN database."""
     settings = HomeServerSettings(
@@ -1367,6 +1376,7 @@ def serve_home(
         log_format=log_format,
         dup_cache_seconds=dup_cache_seconds,
         session_lifetime=session_lifetime,
+        db_busy_timeout=db_busy_timeout,
     )
     # Imported here: the server pulls in asyncio and pyrad, which the
     # provisioning commands do not need.

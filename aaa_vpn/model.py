@@ -87,7 +87,17 @@ class ClientRole(enum.Enum):
     FA = "fa"
     HA = "ha"
     GW = "gw"
+    #: A generic RADIUS proxy of a visited domain (FreeRADIUS, say): it relays
+    #: its FAs' requests and gets their views, never the session root key.
     PROXY = "proxy"
+    #: This project's foreign AAA (``aaa-vpn serve foreign``): a proxy that
+    #: also gets the session root key, so it can answer same-domain handoffs.
+    FOREIGN_AAA = "foreign-aaa"
+
+    @property
+    def relays(self) -> bool:
+        """Whether the client relays FAs' requests (a proxy of either kind)."""
+        return self in (ClientRole.PROXY, ClientRole.FOREIGN_AAA)
 
 
 # IKEv2 proposals in strongSwan syntax: encryption-[integrity-]prf?-dh.
@@ -259,6 +269,60 @@ class Session:
     keyed_at: float = 0.0
 
 
+class WriteKind(enum.Enum):
+    """What a :class:`SessionWrite` does."""
+
+    #: Store a new session; the NAI's other sessions go (a new registration replaces them).
+    CREATE = "create"
+    #: Set the expiry of a session whose epoch is still ``expected_epoch``.
+    RENEW = "renew"
+    #: Replace a session whose epoch is still ``expected_epoch`` (a move, a re-key,
+    #: a VPN change): its care-of address, epoch, SPIs and expiry change.
+    REPLACE = "replace"
+    #: Delete a session (if ``expected_epoch`` is set, only at that epoch).
+    DELETE = "delete"
+
+
+class WriteOutcome(enum.Enum):
+    """What became of a :class:`SessionWrite`."""
+
+    STORED = "stored"
+    #: The condition failed: the session is gone or at another epoch (another
+    #: worker or node changed it); nothing was written.
+    CONFLICT = "conflict"
+    #: An SPI of the session is already allocated on its node; nothing was written.
+    SPI_TAKEN = "spi_taken"
+    #: The store could not be reached in time (locked, read-only, down); nothing
+    #: was written.
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class SessionWrite:
+    """One change of the sessions table, decided by the home AAA and carried
+    out by the service layer (all writes of a batch in one transaction, each
+    with its own outcome). The conditions make concurrent changes of one
+    session from two workers or nodes safe: the second finds the epoch moved
+    and gets :attr:`WriteOutcome.CONFLICT` instead of overwriting."""
+
+    kind: WriteKind
+    session_id: str
+    #: CREATE and REPLACE: the session as it is to be stored.
+    session: Session | None = None
+    #: RENEW, REPLACE (and optionally DELETE): the epoch the session must still have.
+    expected_epoch: int | None = None
+    #: RENEW: the new expiry.
+    expires: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind in (WriteKind.CREATE, WriteKind.REPLACE) and (
+            self.session is None or self.session.session_id != self.session_id
+        ):
+            raise ValidationError(f"a {self.kind.value} write carries the session it stores")
+        if self.kind in (WriteKind.RENEW, WriteKind.REPLACE) and self.expected_epoch is None:
+            raise ValidationError(f"a {self.kind.value} write is conditional on the session's epoch")
+
+
 __all__ = [
     "Client",
     "ClientRole",
@@ -270,10 +334,13 @@ __all__ = [
     "QosClass",
     "Service",
     "Session",
+    "SessionWrite",
     "SpiAllocation",
     "User",
     "ValidationError",
     "VpnRecord",
+    "WriteKind",
+    "WriteOutcome",
     "check_nai",
     "nai_realm",
     "parse_ipv4",

@@ -1,19 +1,24 @@
-"""A whole aaa_vpn system in one process: real UDP sockets on loopback
-(distinct 127.0.0.x addresses), a fake clock, the home AAA on a real SQLite
-database, and every agent with a memory SA backend that really encrypts.
+"""A whole aaa_vpn system in one process, without sockets or a database: a
+fake link carries datagrams between the home AAA (the real role and service
+layer on an in-memory store), a foreign AAA, and every agent with a memory SA
+backend that really encrypts; the clock is fake.
 
 Time only moves when a test says so (:meth:`Network.advance`), so timeouts and
-retransmissions are deterministic; datagrams still cross the kernel's
-loopback like in production.
+retransmissions are deterministic. Each node's "sockets" are
+:class:`FakeSocket` endpoints on the link: ``sendto`` queues a datagram,
+``recvfrom`` reads what reached it, as with UDP; a datagram to an address and
+port where nobody listens is lost. :attr:`Network.drop` decides, per
+datagram, whether the link loses it (loss tests). In real-time mode
+(:meth:`Network.run_until`) datagrams between the visited domains and the
+home domain are held ``wan_delay`` seconds each way.
 """
 
 from __future__ import annotations
 
-import functools
+import collections
 import heapq
+import itertools
 import os
-import select
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,20 +37,24 @@ from aaa_vpn.model import (
     User,
     VpnRecord,
 )
+from aaa_vpn.net.coa_client import TargetResult
 from aaa_vpn.roles.agent import Agent, Channel, Event, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.foreign_aaa import ForeignAaa, ProxyClient, Realm
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
 from aaa_vpn.roles.ha import HaConfig, HomeAgent
+from aaa_vpn.roles.home_aaa import CoaTarget, HomeAaaOptions
 from aaa_vpn.roles.mn import MnConfig, MobileNode
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.agents import SaExecutor, run_events
-from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
-from aaa_vpn.store import init_store
-from aaa_vpn.store.sqlite import SqliteStore
-from aaa_vpn.wire.radius import load_dictionary
+from aaa_vpn.service.home import HomeService
+from aaa_vpn.store.base import Store
+from aaa_vpn.store.memory import MemoryStore
+from aaa_vpn.wire import coa
+
+Address = tuple[str, int]
 
 AAA = "127.0.0.1"
 HA = "127.0.0.2"
@@ -72,20 +81,14 @@ SECRETS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def provision_network(store: SqliteStore) -> None:
+def provision_network(store: Store) -> None:
     """The agents as RADIUS clients and the two gateways (shared with bench/)."""
     agents = (
         (FA1, ClientRole.FA),
         (FA2, ClientRole.FA),
         (FA3, ClientRole.FA),
         (HA, ClientRole.HA),
-        (AAAF, ClientRole.PROXY),
+        (AAAF, ClientRole.FOREIGN_AAA),
     )
     for address, role in agents:
         store.add_client(Client(f"c-{address.replace('.', '-')}", IPv4Network(f"{address}/32"), SECRETS[address], role))
@@ -110,7 +113,7 @@ def provision_network(store: SqliteStore) -> None:
 
 
 def provision(
-    store: SqliteStore, gateways: tuple[str, ...] = ("static", "dynamic"), key_mode: KeyMode = KeyMode.MANUAL
+    store: Store, gateways: tuple[str, ...] = ("static", "dynamic"), key_mode: KeyMode = KeyMode.MANUAL
 ) -> None:
     """The user, the agents as RADIUS clients, the gateways and the VPN records."""
     provision_network(store)
@@ -124,12 +127,89 @@ def provision(
         store.add_vpn_record(VpnRecord(NAI, IPv4Network("203.0.113.128/25"), "gw-dynamic", "silver"))
 
 
+class FakeLink:
+    """Datagrams between endpoints by (address, port); see the module docstring."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[Address, Callable[[bytes, Address], None]] = {}
+        self._queue: list[tuple[float, int, Address, Address, bytes]] = []
+        self._count = itertools.count()
+        self._ports = itertools.count(40000)
+        #: Called for every datagram sent: True loses it.
+        self.drop: Callable[[Address, Address, bytes], bool] | None = None
+        #: One-way delay (seconds) for datagrams that ``delayed`` says cross the WAN.
+        self.delay = 0.0
+        self.delayed: Callable[[Address, Address], bool] = lambda source, destination: False
+        self.sent = 0
+        self.lost = 0
+        self.undeliverable = 0
+
+    def ephemeral(self) -> int:
+        return next(self._ports)
+
+    def send(self, source: Address, destination: Address, data: bytes) -> None:
+        self.sent += 1
+        destination = (str(destination[0]), int(destination[1]))
+        if self.drop is not None and self.drop(source, destination, data):
+            self.lost += 1
+            return
+        at = time.time() + self.delay if self.delay and self.delayed(source, destination) else 0.0
+        heapq.heappush(self._queue, (at, next(self._count), source, destination, bytes(data)))
+
+    def deliver_due(self, wall: float) -> bool:
+        """Deliver what is due (everything, unless held for the WAN); True if anything was."""
+        delivered = False
+        while self._queue and self._queue[0][0] <= wall:
+            _at, _n, source, destination, data = heapq.heappop(self._queue)
+            receiver = self.endpoints.get(destination)
+            if receiver is None:
+                self.undeliverable += 1  # nobody listens there: UDP loses it
+                continue
+            receiver(data, source)
+            delivered = True
+        return delivered
+
+    def next_due(self) -> float | None:
+        return self._queue[0][0] if self._queue else None
+
+
+class FakeSocket:
+    """A UDP endpoint on the :class:`FakeLink`."""
+
+    def __init__(self, link: FakeLink, address: str, port: int = 0) -> None:
+        self.link = link
+        self.address = (address, port or link.ephemeral())
+        self.inbox: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self.receiver: Callable[[bytes, Address], None] = lambda data, source: self.inbox.append((data, source))
+        link.endpoints[self.address] = lambda data, source: self.receiver(data, source)
+        self.closed = False
+
+    def getsockname(self) -> Address:
+        return self.address
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        if self.closed:
+            raise OSError("the socket is closed")
+        self.link.send(self.address, (str(address[0]), int(address[1])), bytes(data))
+        return len(data)
+
+    def recvfrom(self, _size: int = 65535) -> tuple[bytes, Address]:
+        if not self.inbox:
+            raise BlockingIOError("nothing received")
+        return self.inbox.popleft()
+
+    def close(self) -> None:
+        if not self.closed and self.link.endpoints.get(self.address) is not None:
+            del self.link.endpoints[self.address]
+        self.closed = True
+
+
 @dataclass
 class Node:
     name: str
     agent: Agent
     address: str
-    sockets: dict[Channel, socket.socket]
+    sockets: dict[Channel, FakeSocket]
     backend: MemoryBackend | None = None
     executor: SaExecutor | None = None
     events: list[Event] = field(default_factory=list)
@@ -138,54 +218,106 @@ class Node:
         return [e for e in self.events if isinstance(e, RegistrationDone)]
 
 
+MIP_PORT = 434
+RADIUS_PORT = 1812
+COA_PORT = 3799
+
+
 class Network:
-    """The agents, the home AAA and the sockets between them."""
+    """The agents, the home AAA and the link between them."""
 
     def __init__(
-        self, tmp_path: Path, provisioner: Callable[[SqliteStore], None] = provision, foreign: bool = False
+        self,
+        tmp_path: Path | None = None,
+        provisioner: Callable[[Store], None] = provision,
+        foreign: bool = False,
+        options: HomeAaaOptions | None = None,
     ) -> None:
         """With ``foreign`` the FAs ask a foreign AAA (visited.example) that
-        proxies to the home AAA; the HA always asks the home AAA."""
+        proxies to the home AAA; the HA always asks the home AAA.
+        ``tmp_path`` is accepted for symmetry with the live harnesses and unused."""
         self.clock = time.time()  # timestamps (RFC 5944 section 5.7) are wall-clock based
-        self.mip_port = free_port()
-        self.radius_port = free_port()
-        self.store, _ = init_store(tmp_path / "vpn.db", tmp_path / "vpn.key")
+        self.link = FakeLink()
+        self.link.delayed = lambda source, destination: _home(source[0]) != _home(destination[0])
+        self.mip_port = MIP_PORT
+        self.radius_port = RADIUS_PORT
+        self.store = MemoryStore()
         provisioner(self.store)
-        self.home = HomeAaa(self.store, load_dictionary(), HomeAaaOptions())
-        self.aaa_socket = self._socket(AAA, self.radius_port)
+        self.home = HomeService(self.store, options, now=self.clock)
+        self.aaa_socket = FakeSocket(self.link, AAA, self.radius_port)
+        self._home_batch: list[tuple[bytes, Address]] = []
+        self.aaa_socket.receiver = lambda data, source: self._home_batch.append((data, source))
         self.nodes: dict[str, Node] = {}
         self.aaa_up = True
-        self.wan_delay = 0.0  # one way, between the visited domains and the home domain (real-time runs)
-        self._deferred: list[tuple[float, int, Callable[[], None]]] = []
-        self._deferred_count = 0
         self.foreign: ForeignAaa | None = None
         if foreign:
-            self.foreign_port = free_port()
+            self.foreign_port = RADIUS_PORT
             self.foreign = ForeignAaa(
                 [ProxyClient(f"fa-{a}", IPv4Network(f"{a}/32"), SECRETS[a]) for a in (FA1, FA2)],
                 [Realm("home.example", (ServerConfig(AAA, self.radius_port, SECRETS[AAAF]),))],
                 now=self.clock,
             )
-            self.foreign_socket = self._socket(AAAF, self.foreign_port)
-            self.foreign_upstream = self._socket(AAAF, 0)
+            self.foreign_socket = FakeSocket(self.link, AAAF, self.foreign_port)
+            self.foreign_upstream = FakeSocket(self.link, AAAF)
+            self.foreign_socket.receiver = self._to_foreign(None)
+            self.foreign_upstream.receiver = self._to_foreign(0)
+
+    def _to_foreign(self, pool: int | None) -> Callable[[bytes, Address], None]:
+        def receive(data: bytes, source: Address) -> None:
+            assert self.foreign is not None  # the foreign AAA in place now (a test may replace it)
+            if pool is None:
+                self.foreign.receive_from_client(data, source, self.clock)
+            else:
+                self.foreign.receive_from_upstream(data, source, pool, self.clock)
+
+        return receive
+
+    def restart_home(self) -> None:
+        """A new home AAA on the same store: empty caches, nothing but what the
+        store holds (the process restarted)."""
+        self.home = HomeService(self.store, self.home.role.options, now=self.clock)
+
+    @property
+    def wan_delay(self) -> float:
+        """One way, between the visited domains and the home domain (real-time runs)."""
+        return self.link.delay
+
+    @wan_delay.setter
+    def wan_delay(self, seconds: float) -> None:
+        self.link.delay = seconds
+
+    @property
+    def drop(self) -> Callable[[Address, Address, bytes], bool] | None:
+        """Decides, per datagram (source, destination, data), whether the link loses it."""
+        return self.link.drop
+
+    @drop.setter
+    def drop(self, decide: Callable[[Address, Address, bytes], bool] | None) -> None:
+        self.link.drop = decide
+
+    def socket(self, address: str, port: int = 0) -> FakeSocket:
+        """An endpoint of the test's own (a stranger, a forger) on the link."""
+        return FakeSocket(self.link, address, port)
 
     # -- building -------------------------------------------------------------------------------
-    def _socket(self, address: str, port: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((address, port))
-        sock.setblocking(False)
-        return sock
-
     def _add(self, name: str, agent: Agent, address: str, mip_port: int, radius: bool, backend: bool) -> Node:
-        sockets = {Channel.MIP: self._socket(address, mip_port)}
+        sockets = {Channel.MIP: FakeSocket(self.link, address, mip_port)}
         if radius:
-            sockets[Channel.RADIUS] = self._socket(address, 0)
+            sockets[Channel.RADIUS] = FakeSocket(self.link, address)
         node = Node(name, agent, address, sockets)
+        for channel, sock in sockets.items():
+            sock.receiver = self._receiver(node, channel)
         if backend:
             node.backend = MemoryBackend(IPv4Address(address))
             node.executor = SaExecutor(node.backend, name)
         self.nodes[name] = node
         return node
+
+    def _receiver(self, node: Node, channel: Channel) -> Callable[[bytes, Address], None]:
+        def receive(data: bytes, source: Address) -> None:
+            node.agent.receive_datagram(channel, data, source, self.clock)  # type: ignore[attr-defined]
+
+        return receive
 
     def aaa_servers(self, address: str) -> list[ServerConfig]:
         if self.foreign is not None and address in (FA1, FA2):
@@ -225,85 +357,113 @@ class Network:
         self.add_mn()
 
     def remove(self, name: str) -> Node:
-        """Take a node off the network (its sockets closed): an agent that is gone."""
+        """Take a node off the network (its endpoints closed): an agent that is gone."""
         node = self.nodes.pop(name)
         for sock in node.sockets.values():
             sock.close()
         return node
 
     def enable_coa(self) -> int:
-        """Give every FA and HA a Dynamic Authorization socket (RFC 5176) on
-        one free port, and make that port the clients' CoA port in the
-        database; return the port."""
+        """Give every FA and HA a Dynamic Authorization endpoint (RFC 5176) on
+        one port, and make that port the clients' CoA port in the database;
+        return the port."""
         import dataclasses
 
         if getattr(self, "coa_port", None) is None:
-            self.coa_port = free_port()
+            self.coa_port = COA_PORT
             for client in self.store.list_clients():
                 self.store.update_client(dataclasses.replace(client, coa_port=self.coa_port))
         for node in self.nodes.values():
             if Channel.RADIUS in node.sockets and Channel.COA not in node.sockets:
-                node.sockets[Channel.COA] = self._socket(node.address, self.coa_port)
+                sock = FakeSocket(self.link, node.address, self.coa_port)
+                sock.receiver = self._receiver(node, Channel.COA)
+                node.sockets[Channel.COA] = sock
         return self.coa_port
 
     def fa_address(self, address: str) -> tuple[str, int]:
         return (address, self.mip_port)
 
+    # -- Dynamic Authorization from the home AAA's address ------------------------------------------
+    def coa_exchange(
+        self,
+        requests: list[tuple[CoaTarget, bytes | None]] | tuple[tuple[CoaTarget, bytes | None], ...],
+        timeout: float = 1.0,
+        retries: int = 2,
+    ) -> list[TargetResult]:
+        """What net/coa_client.exchange does, over the link from the home AAA's
+        address: send, let the network settle, resend what is unanswered
+        (byte-identical) after ``timeout`` seconds, ``retries`` times."""
+        results = [
+            TargetResult(t, error="" if r is not None else "no RADIUS client holds this address")
+            for t, r in requests
+        ]
+        waiting = {i: r for i, (_t, r) in enumerate(requests) if r is not None}
+        sock = FakeSocket(self.link, AAA)
+        try:
+            for attempt in range(retries + 1):
+                for i, data in waiting.items():
+                    results[i].attempts += 1
+                    target = requests[i][0]
+                    sock.sendto(data, (str(target.address), target.port))
+                self.settle()
+                while sock.inbox:
+                    data, sender = sock.recvfrom()
+                    for i, request in list(waiting.items()):
+                        target = requests[i][0]
+                        if sender != (str(target.address), target.port) or target.secret is None:
+                            continue
+                        try:
+                            answer = coa.decode_answer(data, request, target.secret.value)
+                        except coa.CoaDecodeError:
+                            answer = None
+                        if answer is None:
+                            results[i].ignored += 1
+                            continue
+                        results[i].answer = answer
+                        del waiting[i]
+                        break
+                if not waiting:
+                    break
+                if attempt < retries:
+                    self.advance(timeout)
+            for i in waiting:
+                results[i].error = f"no answer after {results[i].attempts} attempts"
+        finally:
+            sock.close()
+        return results
+
     # -- running --------------------------------------------------------------------------------
-    def _flush(self) -> bool:
-        sent = False
+    def _pump(self, wall: float) -> bool:
+        """One round: every node's events and datagrams out, what is due in,
+        the home AAA's batch handled. True if anything moved."""
+        moved = False
         if self.foreign is not None:
             for out in self.foreign.datagrams_to_send():
                 sock = self.foreign_socket if out.pool is None else self.foreign_upstream
                 sock.sendto(out.data, out.address)
-                sent = True
-        for node in self.nodes.values():
+                moved = True
+        for node in list(self.nodes.values()):
             node.events += run_events(node.agent, node.executor, self.clock)  # type: ignore[arg-type]
             for datagram in node.agent.datagrams_to_send(self.clock):
-                sock = node.sockets[datagram.channel]
-                try:
+                sock = node.sockets.get(datagram.channel)
+                if sock is not None and not sock.closed:
                     sock.sendto(datagram.data, datagram.address)
-                except OSError:
-                    pass  # e.g. ECONNREFUSED reported for an earlier datagram: UDP
-                sent = True
-        return sent
-
-    def _receive(self, timeout: float) -> bool:
-        sockets = [self.aaa_socket] + [s for n in self.nodes.values() for s in n.sockets.values()]
-        if self.foreign is not None:
-            sockets += [self.foreign_socket, self.foreign_upstream]
-        readable, _, _ = select.select(sockets, [], [], timeout)
-        for sock in readable:
-            while True:
-                try:
-                    data, source = sock.recvfrom(65535)
-                except (BlockingIOError, ConnectionRefusedError):
-                    break
-                deliver = functools.partial(self._deliver, sock, data, source)
-                if self.wan_delay and _home(source[0]) != _home(sock.getsockname()[0]):
-                    self._deferred_count += 1
-                    heapq.heappush(self._deferred, (time.time() + self.wan_delay, self._deferred_count, deliver))
-                else:
-                    deliver()
-        return bool(readable)
-
-    def _deliver(self, sock: socket.socket, data: bytes, source: tuple[str, int]) -> None:
-        if self.foreign is not None and sock is self.foreign_socket:
-            self.foreign.receive_from_client(data, source, self.clock)
-            return
-        if self.foreign is not None and sock is self.foreign_upstream:
-            self.foreign.receive_from_upstream(data, source, 0, self.clock)
-            return
-        if sock is self.aaa_socket:
+                moved = True
+        moved = self.link.deliver_due(wall) or moved
+        if self._home_batch:
+            batch, self._home_batch = self._home_batch, []
             if self.aaa_up:
-                reply = self.home.handle(data, source, self.clock)
-                if reply is not None:
-                    sock.sendto(reply, source)
-            return
-        for node in self.nodes.values():
-            for channel, own in node.sockets.items():
-                if own is sock:
-                    node.agent.receive_datagram(channel, data, source, self.clock)  # type: ignore[attr-defined]
+                for reply, destination in self.home.handle_batch(batch, self.clock):
+                    self.aaa_socket.sendto(reply, destination)
+            moved = True
+        return moved
+
+    def settle(self, rounds: int = 10_000) -> None:
+        """Exchange datagrams until nothing moves (without advancing the clock)."""
+        for _ in range(rounds):
+            if not self._pump(float("inf") if not self.link.delay else time.time()):
+                return
+        raise RuntimeError("the network does not settle")  # a message loop
 
     def run_until(self, done: Callable[[], bool], timeout: float = 30.0) -> float:
         """Real-time mode: run on the wall clock until ``done()``; return the
@@ -314,30 +474,16 @@ class Network:
             self.clock = now = time.time()
             if now - start > timeout:
                 raise TimeoutError("nothing happened in time")
-            while self._deferred and self._deferred[0][0] <= now:
-                heapq.heappop(self._deferred)[2]()
-            for node in self.nodes.values():
+            for node in list(self.nodes.values()):
                 timer = node.agent.get_timer()
                 if timer is not None and timer <= now:
                     node.agent.handle_timer(now)
             if self.foreign is not None and (t := self.foreign.get_timer()) is not None and t <= now:
                 self.foreign.handle_timer(now)
-            sent = self._flush()
-            wait = 0.0 if sent else 0.002
-            if self._deferred:
-                wait = max(0.0, min(wait, self._deferred[0][0] - time.time()))
-            self._receive(wait)
+            if not self._pump(now):
+                due = self.link.next_due()
+                time.sleep(max(0.0, min(0.001, (due - time.time()) if due is not None else 0.001)))
         return time.time() - start
-
-    def settle(self, rounds: int = 200) -> None:
-        """Exchange datagrams until nothing moves (without advancing the clock)."""
-        quiet = 0
-        for _ in range(rounds):
-            sent = self._flush()
-            received = self._receive(0.02 if sent else 0.005)
-            quiet = 0 if (sent or received) else quiet + 1
-            if quiet >= 3:
-                return
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward, firing every timer that falls due on the way."""
@@ -349,7 +495,7 @@ class Network:
             if not due:
                 break
             self.clock = max(self.clock, min(due))
-            for node in self.nodes.values():
+            for node in list(self.nodes.values()):
                 timer = node.agent.get_timer()
                 if timer is not None and timer <= self.clock:
                     node.agent.handle_timer(self.clock)
@@ -377,6 +523,7 @@ def _home(address: str) -> bool:
 
 def inner_packet(source: str, destination: str, payload: bytes = b"hello through the VPN") -> bytes:
     """A minimal IPv4/UDP packet (checksums as a kernel would not check them here)."""
+    import socket
     import struct
 
     udp = struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pyrad.packet
 
-from aaa_vpn.roles.home_aaa import mn_aaa_chap_attributes
+from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import VENDOR_ID

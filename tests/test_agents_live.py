@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from aaa_vpn.store import init_store
+from aaa_vpn.store import init_store, open_store
 
 from .mobility import AAA, AAAF, FA1, FA2, GATEWAY_KEYS, GW_DYNAMIC, GW_STATIC, HA, HOME_ADDRESS, MN_HA, NAI, SECRETS
 from .mobility import provision as provision_store
@@ -201,7 +201,7 @@ def start(
     agent_addresses = [a for _r, a in AGENTS.values()]
     coa_port = free_port_on_all(agent_addresses)
     store, _ = init_store(tmp / "vpn.db", tmp / "vpn.key")
-    provision_store(store, gateways)  # AAAF is a proxy client of the home AAA
+    provision_store(store, gateways)  # AAAF is a foreign-aaa client of the home AAA
     for client in store.list_clients():  # where `session push|disconnect` send their requests
         store.update_client(dataclasses.replace(client, coa_port=coa_port))
     store.close()
@@ -529,6 +529,43 @@ def test_flows_e_and_f_old_fa_forwarding_then_push_and_disconnect(topology: Topo
     assert topology.state("gw-dynamic")["bindings"] == []
     code, out = operator(topology, "session", "list")
     assert (code, out) == (0, {"sessions": []}), out
+
+
+def test_operator_commands_report_an_agent_that_does_not_answer(topology: Topology) -> None:
+    """``session show`` names the agents and no key; ``session disconnect``
+    toward an FA that is gone retries, says so, exits 1, and still deletes."""
+    code, result = topology.mn("register", "--fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    code, out = operator(topology, "session", "list")
+    (session,) = out["sessions"]
+    session_id = session["session_id"]
+    db = ("--db", str(topology.tmp / "vpn.db"), "--key-file", str(topology.tmp / "vpn.key"))
+    shown = aaa_vpn(*db, "--json", "session", "show", session_id)
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert "session_root_key" not in document and [(a["role"], a["address"]) for a in document["agents"]] == [
+        ("fa", FA1),
+        ("ha", HA),
+    ]
+    with open_store(topology.tmp / "vpn.db", topology.tmp / "vpn.key") as store:
+        root_key = store.get_session(session_id).session_root_key.value.hex()
+        coa_port = store.get_client(f"c-{FA1.replace('.', '-')}").coa_port
+    assert root_key not in shown.stdout
+    fa1 = topology.processes["fa1"]
+    fa1.send_signal(signal.SIGTERM)
+    fa1.wait(timeout=10)
+    result_text = aaa_vpn(
+        *db, "session", "disconnect", session_id, "--source", AAA, "--timeout", "0.2", "--retries", "1"
+    )
+    out_text = result_text.stdout + result_text.stderr
+    assert result_text.returncode == 1, out_text
+    assert f"FA {FA1}:{coa_port}: no answer after 2 attempts" in out_text
+    assert f"HA {HA}:{coa_port}: Disconnect-ACK" in out_text
+    assert f"session {session_id} deleted" in out_text
+    again = aaa_vpn(*db, "session", "disconnect", session_id, "--source", AAA)
+    assert again.returncode == 1 and "no session" in again.stdout + again.stderr
+    code, out = operator(topology, "session", "push", "no-such-session", "--source", AAA)
+    assert code == 1 and "does not exist" in str(out), out
 
 
 def test_wrong_mn_aaa_secret_is_67_and_no_sas_anywhere(topology: Topology) -> None:

@@ -1,15 +1,14 @@
 """Dynamic Authorization (RFC 5176, DESIGN.md flow F): Disconnect-Requests
 (and CoA pushes) from the home AAA to the agents, with the whole system in
-one process on loopback (tests/mobility.py). After every step each node's SA
-table is checked."""
+one process over the fake link (tests/mobility.py). After every step each
+node's SA table is checked. The command line's ``session push|disconnect``
+runs against real processes in tests/test_agents_live.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -18,10 +17,11 @@ import pyrad.packet
 import pytest
 
 from aaa_vpn.model import VpnRecord
+from aaa_vpn.net import coa_client
 from aaa_vpn.roles.ha import stationary_owner
+from aaa_vpn.roles.home_aaa import Authorize, CoaTarget
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.secret import Secret
-from aaa_vpn.service import coa as coa_service
 from aaa_vpn.wire import coa
 from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import PathRole, VpnProfile
@@ -93,36 +93,36 @@ def no_sas_anywhere(net: Network) -> None:
 
 
 def run_exchange(
-    net: Network, requests: list[tuple[coa_service.CoaTarget, bytes | None]], timeout: float = 1.0, retries: int = 2
-) -> list[coa_service.TargetResult]:
-    """The sending side in a thread (it blocks), the agents in this one."""
-    results: list[coa_service.TargetResult] = []
-    thread = threading.Thread(target=lambda: results.extend(coa_service.exchange(requests, AAA, timeout, retries)))
-    thread.start()
-    net.run_until(lambda: not thread.is_alive(), timeout=30)
-    thread.join()
-    net.settle()  # what the answers set off (Binding Updates to the gateways) is carried out
+    net: Network, requests: tuple[tuple[CoaTarget, bytes | None], ...], timeout: float = 1.0, retries: int = 2
+) -> list[coa_client.TargetResult]:
+    """The home AAA sends ``requests`` over the link; the network then settles
+    (what the answers set off, Binding Updates to the gateways, is carried out)."""
+    results = net.coa_exchange(requests, timeout, retries)
+    net.settle()
     return results
 
 
+def pushed(net: Network, session_id: str) -> Authorize:
+    """The home AAA's push of the session: stored at the next epoch, requests ready."""
+    plan = net.home.push(session_id, net.clock)
+    assert not plan.error, plan.error
+    return plan
+
+
 class Peer:
-    """A raw socket at the home AAA's address, for hand-made requests."""
+    """An endpoint at the home AAA's address, for hand-made requests."""
 
     def __init__(self, net: Network) -> None:
         self.net = net
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((AAA, 0))
-        self.sock.setblocking(False)
+        self.sock = net.socket(AAA)
 
     def ask(self, packet: bytes, address: str) -> list[bytes]:
         self.sock.sendto(packet, (address, self.net.coa_port))
         self.net.settle()
         answers = []
-        while True:
-            try:
-                answers.append(self.sock.recv(65535))
-            except BlockingIOError:
-                return answers
+        while self.sock.inbox:
+            answers.append(self.sock.recvfrom()[0])
+        return answers
 
     def close(self) -> None:
         self.sock.close()
@@ -193,10 +193,10 @@ def test_answers_verify_against_their_request_only() -> None:
 def test_disconnect_removes_every_sa_on_fa_ha_and_gateways(net: Network) -> None:
     session_id = register(net)
     everything_installed(net)
-    session, targets = coa_service.disconnect_targets(net.store, session_id)
+    plan = net.home.disconnect(session_id, net.clock)
+    targets = [target for target, _request in plan.requests]
     assert [(t.role, str(t.address), t.port) for t in targets] == [("fa", FA1, net.coa_port), ("ha", HA, net.coa_port)]
-    requests = [(t, coa_service.disconnect_request(t, session, 17)) for t in targets]
-    results = run_exchange(net, requests)
+    results = run_exchange(net, plan.requests)
     assert [r.answer for r in results] == [coa.CoaAnswer(coa.DISCONNECT_ACK, None)] * 2
     assert all(r.attempts == 1 for r in results)
     no_sas_anywhere(net)
@@ -227,9 +227,7 @@ def test_unknown_session_is_nak_503_and_changes_nothing(net: Network) -> None:
 def test_wrong_secret_bad_authenticator_or_stranger_is_dropped_unanswered(net: Network) -> None:
     session_id = register(net)
     peer = Peer(net)
-    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    stranger.bind(("127.0.0.50", 0))
-    stranger.setblocking(False)
+    stranger = net.socket("127.0.0.50")
     try:
         assert peer.ask(disconnect(session_id, FA1, secret=Secret(b"not-the-secret")), FA1) == []
         tampered = bytearray(disconnect(session_id, HA))
@@ -238,7 +236,7 @@ def test_wrong_secret_bad_authenticator_or_stranger_is_dropped_unanswered(net: N
         stranger.sendto(disconnect(session_id, HA), (HA, net.coa_port))
         net.settle()
         with pytest.raises(BlockingIOError):
-            stranger.recv(65535)
+            stranger.recvfrom(65535)
     finally:
         peer.close()
         stranger.close()
@@ -273,97 +271,40 @@ def test_a_duplicate_gets_the_same_answer(net: Network) -> None:
 
 def test_unanswered_target_is_retried_then_reported(net: Network) -> None:
     session_id = register(net)
-    session, targets = coa_service.disconnect_targets(net.store, session_id)
+    plan = net.home.disconnect(session_id, net.clock)
     net.remove("fa1")
-    requests = [(t, coa_service.disconnect_request(t, session, 1)) for t in targets]
-    results = run_exchange(net, requests, timeout=0.2, retries=2)
+    results = run_exchange(net, plan.requests, timeout=0.2, retries=2)
     assert results[0].answer is None and results[0].attempts == 3 and "no answer" in results[0].error
     assert results[1].acknowledged and results[1].attempts == 1
 
 
-def test_disconnect_session_deletes_the_session_and_reports(net: Network) -> None:
+def test_disconnect_then_delete_reports_and_forgets_the_session(net: Network) -> None:
     session_id = register(net)
-    outcome: list[coa_service.DisconnectOutcome] = []
-    # the store belongs to this thread: plan here, exchange there, delete here
-    session, targets = coa_service.disconnect_targets(net.store, session_id)
-    requests: list[tuple[coa_service.CoaTarget, bytes | None]] = [
-        (t, coa_service.disconnect_request(t, session, 99)) for t in targets
-    ]
-    results = run_exchange(net, requests)
-    net.store.delete_session(session_id)
-    outcome.append(coa_service.DisconnectOutcome(session, results, True))
-    document = outcome[0].to_json()
+    plan = net.home.disconnect(session_id, net.clock)
+    assert plan.previous is not None and plan.previous.session_id == session_id
+    results = run_exchange(net, plan.requests)
+    assert net.home.delete(session_id, net.clock)
+    document = coa_client.DisconnectOutcome(plan.previous, results, True).to_json()
     assert document["acknowledged"] is True
     assert [a["answer"] for a in document["agents"]] == ["Disconnect-ACK", "Disconnect-ACK"]
     assert net.store.find_sessions(NAI) == []
+    assert not net.home.delete(session_id, net.clock)  # gone already
     no_sas_anywhere(net)
 
 
 def test_targets_without_a_client_are_reported_not_sent(net: Network) -> None:
     session_id = register(net)
     session = net.store.get_session(session_id)
-    fake = coa_service.CoaTarget("fa", IPv4Address("127.0.0.99"))
-    results = coa_service.exchange([(fake, None)], AAA)
+    fake = CoaTarget("fa", IPv4Address("127.0.0.99"))
+    results = coa_client.exchange([(fake, None)], AAA)
     assert results[0].answer is None and "no RADIUS client" in results[0].error and results[0].attempts == 0
     assert session.session_id == session_id
 
 
-# -- the command line ------------------------------------------------------------------------------
-
-
-def run_cli(net: Network, tmp_path: Path, *args: str) -> tuple[int, str]:
-    """``aaa-vpn ARGS`` on the harness's database, in a thread while the agents run here."""
-    from click.testing import CliRunner
-
-    from aaa_vpn.cli import cli
-
-    env = {"AAA_VPN_DB": str(tmp_path / "vpn.db"), "AAA_VPN_KEY_FILE": str(tmp_path / "vpn.key")}
-    outcome: list[tuple[int, str]] = []
-
-    def invoke() -> None:
-        result = CliRunner().invoke(cli, list(args), env=env)
-        outcome.append((result.exit_code, result.stdout + result.stderr))
-
-    thread = threading.Thread(target=invoke)
-    thread.start()
-    net.run_until(lambda: not thread.is_alive(), timeout=30)
-    thread.join()
-    net.settle()
-    return outcome[0]
-
-
-def test_cli_session_show_and_disconnect(net: Network, tmp_path: Path) -> None:
-    import json
-
-    session_id = register(net)
-    code, out = run_cli(net, tmp_path, "--json", "session", "show", session_id)
-    assert code == 0, out
-    shown = json.loads(out)
-    assert shown["session_id"] == session_id and "session_root_key" not in shown
-    assert [(a["role"], a["address"]) for a in shown["agents"]] == [("fa", FA1), ("ha", HA)]
-    root_key = net.store.get_session(session_id).session_root_key.value.hex()
-    assert root_key not in out
-    code, out = run_cli(net, tmp_path, "--json", "session", "disconnect", session_id, "--source", AAA, "--timeout", "1")
-    assert code == 0, out
-    document = json.loads(out)
-    assert document["acknowledged"] and document["deleted"]
-    assert [a["answer"] for a in document["agents"]] == ["Disconnect-ACK", "Disconnect-ACK"]
-    assert net.store.find_sessions(NAI) == []
-    no_sas_anywhere(net)
-
-
-def test_cli_disconnect_of_a_session_the_agents_lost_exits_1(net: Network, tmp_path: Path) -> None:
-    session_id = register(net)
-    net.remove("fa1")
-    code, out = run_cli(
-        net, tmp_path, "session", "disconnect", session_id, "--source", AAA, "--timeout", "0.2", "--retries", "1"
-    )
-    assert code == 1, out
-    assert f"FA {FA1}:{net.coa_port}: no answer after 2 attempts" in out
-    assert f"HA {HA}:{net.coa_port}: Disconnect-ACK" in out
-    assert "deleted" in out
-    code, out = run_cli(net, tmp_path, "session", "disconnect", session_id, "--source", AAA)
-    assert code == 1 and "no session" in out
+def test_disconnect_or_push_of_no_session_says_so(net: Network) -> None:
+    register(net)
+    assert net.home.disconnect("no-such-session", net.clock).error == "no session no-such-session"
+    assert "does not exist" in net.home.push("no-such-session", net.clock).error
 
 
 # -- pushing a VPN change (CoA-Request) --------------------------------------------------------------
@@ -394,7 +335,8 @@ def test_push_rolls_a_new_dynamic_gateway_out_at_once(static_only: Network) -> N
     assert table(net, "gw-dynamic") == []
     add_dynamic_record(net)
     stationary_before = stationary_owner(ha_profile(net))
-    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    plan = pushed(net, session_id)
+    assert plan.previous is not None and plan.session is not None
     assert (plan.previous.epoch, plan.session.epoch) == (1, 2)
     assert net.store.get_session(session_id).epoch == 2
     results = run_exchange(net, plan.requests)
@@ -429,7 +371,7 @@ def test_push_for_an_unknown_session_is_nak_503(static_only: Network) -> None:
     net = static_only
     session_id = register(net)
     add_dynamic_record(net)
-    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    plan = pushed(net, session_id)
     # the agents lose the session (the node deregistered meanwhile, say)
     net.nodes["fa1"].agent.visitors.clear()  # type: ignore[attr-defined]
     net.nodes["ha"].agent.bindings.clear()  # type: ignore[attr-defined]
@@ -437,15 +379,14 @@ def test_push_for_an_unknown_session_is_nak_503(static_only: Network) -> None:
     assert [r.answer for r in results] == [coa.CoaAnswer(coa.COA_NAK, 503)] * 2
     assert table(net, "gw-dynamic") == []
     assert all(not o.endswith("#2") for name in ("fa1", "ha") for o in owners(net, name))
-    with pytest.raises(coa_service.CoaError):
-        coa_service.prepare_push(net.store, "no-such-session", net.clock)
+    assert net.home.push("no-such-session", net.clock).error
 
 
 def test_tampered_push_is_dropped_and_stale_push_is_nak_404(static_only: Network) -> None:
     net = static_only
     session_id = register(net)
     add_dynamic_record(net)
-    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    plan = pushed(net, session_id)
     peer = Peer(net)
     try:
         for (target, request), address in zip(plan.requests, (FA1, HA), strict=True):
@@ -476,7 +417,7 @@ def test_push_that_cannot_be_installed_is_nak_506_and_keeps_the_old_paths(static
     net = static_only
     session_id = register(net)
     add_dynamic_record(net)
-    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    plan = pushed(net, session_id)
     fa_backend = backend(net, "fa1")
     fa_view = plan.views["fa"]
     # the new FA_GW path's inbound SPI is taken on the FA: its installation fails
@@ -496,7 +437,7 @@ def test_ha_push_without_gateway_answer_is_nak_506_and_rolled_back(static_only: 
     net = static_only
     session_id = register(net)
     add_dynamic_record(net)
-    plan = coa_service.prepare_push(net.store, session_id, net.clock)
+    plan = pushed(net, session_id)
     net.remove("gw-dynamic")
     ha = net.nodes["ha"].agent
     ha.config = dataclasses.replace(ha.config, gateway_timeout=0.3)  # type: ignore[attr-defined]
@@ -507,19 +448,3 @@ def test_ha_push_without_gateway_answer_is_nak_506_and_rolled_back(static_only: 
     assert table(net, "ha") == [("FA_HA", FA1), ("HA_GW", GW_STATIC)]
     assert net.nodes["ha"].agent.bindings[NAI].profile.epoch == 1  # type: ignore[attr-defined]
     assert table(net, "gw-static") == [("HA_GW", HA)]
-
-
-def test_cli_session_push(static_only: Network, tmp_path: Path) -> None:
-    import json
-
-    net = static_only
-    session_id = register(net)
-    add_dynamic_record(net)
-    code, out = run_cli(net, tmp_path, "--json", "session", "push", session_id, "--source", AAA, "--timeout", "1")
-    assert code == 0, out
-    document = json.loads(out)
-    assert document["acknowledged"] and document["epoch"] == 2
-    assert [a["answer"] for a in document["agents"]] == ["CoA-ACK", "CoA-ACK"]
-    assert table(net, "gw-dynamic") == [("FA_GW", FA1)]
-    code, out = run_cli(net, tmp_path, "session", "push", "no-such-session", "--source", AAA)
-    assert code == 1 and "no session" in out

@@ -1,5 +1,5 @@
 """The foreign AAA proxy (``roles/foreign_aaa.py``) against in-memory home AAA
-servers (``service.home.HomeAaa`` on real SQLite stores) on a fake clock, and
+servers (``service.home.HomeService`` on real SQLite stores) on a fake clock, and
 its configuration file (``service/foreign.py``, ``aaa-vpn serve foreign --check``).
 
 Addresses: the FA client fa1 is 127.0.0.1 (secret FA_SECRET), a CIDR client
@@ -36,15 +36,15 @@ from aaa_vpn.roles.foreign_aaa import (
     UpstreamUp,
     realm_of,
 )
+from aaa_vpn.roles.home_aaa import HomeAaaOptions
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.foreign import load_foreign_settings
-from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
+from aaa_vpn.service.home import HomeService
 from aaa_vpn.store import init_store
 from aaa_vpn.store.sqlite import SqliteStore
 from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, VpnProfile
-from aaa_vpn.wire.radius import load_dictionary
 from aaa_vpn.wire.radius_profile import AaaVpnAttr
 from aaa_vpn.wire.radius_request import (
     Accepted,
@@ -81,7 +81,9 @@ def make_store(path: Path, proxy_secret: bytes) -> SqliteStore:
     path.mkdir()
     store, _created = init_store(path / "vpn.db", path / "vpn.key")
     store.add_client(
-        Client("aaaf", IPv4Network(f"{AAAF}/32"), Secret(proxy_secret), ClientRole.PROXY, domain="visited.example")
+        Client(
+            "aaaf", IPv4Network(f"{AAAF}/32"), Secret(proxy_secret), ClientRole.FOREIGN_AAA, domain="visited.example"
+        )
     )
     mn_ha_key = Secret(bytes(range(16)))
     store.add_user(User(NAI, IPv4Address("127.0.0.2"), Secret(MN), 256, mn_ha_key, IPv4Address("198.51.100.10")))
@@ -106,8 +108,8 @@ def stores(tmp_path: Path) -> Iterator[dict[Address, SqliteStore]]:
 
 
 @pytest.fixture
-def homes(stores: dict[Address, SqliteStore]) -> dict[Address, HomeAaa]:
-    return {address: HomeAaa(store, load_dictionary(), HomeAaaOptions()) for address, store in stores.items()}
+def homes(stores: dict[Address, SqliteStore]) -> dict[Address, HomeService]:
+    return {address: HomeService(store, HomeAaaOptions()) for address, store in stores.items()}
 
 
 def server(address: Address, secret: bytes, name: str) -> ServerConfig:
@@ -141,7 +143,7 @@ class Net:
     ``held`` instead of delivering them; ``tamper``: a function applied to
     the next replies of the home servers."""
 
-    def __init__(self, aaaf: ForeignAaa, homes: dict[Address, HomeAaa]) -> None:
+    def __init__(self, aaaf: ForeignAaa, homes: dict[Address, HomeService]) -> None:
         self.aaaf = aaaf
         self.homes = homes
         self.down: set[Address] = set()
@@ -238,7 +240,7 @@ def without_ma(attributes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
 
 
 def test_accept_is_relayed_with_the_profile_reencrypted_for_the_fa_and_without_the_root_key(
-    homes: dict[Address, HomeAaa], stores: dict[Address, SqliteStore]
+    homes: dict[Address, HomeService], stores: dict[Address, SqliteStore]
 ) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
@@ -276,7 +278,7 @@ def test_accept_is_relayed_with_the_profile_reencrypted_for_the_fa_and_without_t
     assert aaaf.counters["accepts"] == 1 and aaaf.counters["sessions_cached"] == 1
 
 
-def test_reject_is_relayed_with_its_reason_and_nothing_is_cached(homes: dict[Address, HomeAaa]) -> None:
+def test_reject_is_relayed_with_its_reason_and_nothing_is_cached(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
     request = fa_request(mn_secret=b"wrong-mn-secret")
@@ -287,7 +289,7 @@ def test_reject_is_relayed_with_its_reason_and_nothing_is_cached(homes: dict[Add
     assert len(aaaf.cache) == 0 and aaaf.counters["rejects.relayed"] == 1
 
 
-def test_unknown_realm_is_rejected_here_without_asking_anyone(homes: dict[Address, HomeAaa]) -> None:
+def test_unknown_realm_is_rejected_here_without_asking_anyone(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
     request = fa_request(nai="mn1@nowhere.example")
@@ -306,7 +308,7 @@ def test_realms_match_case_insensitively() -> None:
     assert len(net.sent_to(SERVER_A)) == 1 and aaaf.counters["rejects.no_route"] == 0
 
 
-def test_default_realm_catches_the_rest(homes: dict[Address, HomeAaa]) -> None:
+def test_default_realm_catches_the_rest(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy(HOME_REALM, DEFAULT_REALM)
     net = Net(aaaf, homes)
     request = fa_request()  # home.example: its own pool
@@ -329,7 +331,7 @@ def test_realms_with_the_same_pool_share_one_upstream_client() -> None:
 
 
 def test_failover_to_the_second_home_server_then_status_server_probes_revive_the_first(
-    homes: dict[Address, HomeAaa], stores: dict[Address, SqliteStore]
+    homes: dict[Address, HomeService], stores: dict[Address, SqliteStore]
 ) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
@@ -354,7 +356,7 @@ def test_failover_to_the_second_home_server_then_status_server_probes_revive_the
     assert aaaf.upstream_counters()["status_sent"] >= 1
 
 
-def test_every_home_server_down_gives_a_reject_with_no_resources(homes: dict[Address, HomeAaa]) -> None:
+def test_every_home_server_down_gives_a_reject_with_no_resources(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
     net.down.update({SERVER_A, SERVER_B})
@@ -378,7 +380,7 @@ def test_every_home_server_down_gives_a_reject_with_no_resources(homes: dict[Add
 
 
 def test_fa_retransmissions_are_absorbed_while_pending_then_answered_byte_identically(
-    homes: dict[Address, HomeAaa], stores: dict[Address, SqliteStore]
+    homes: dict[Address, HomeService], stores: dict[Address, SqliteStore]
 ) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
@@ -401,7 +403,7 @@ def test_fa_retransmissions_are_absorbed_while_pending_then_answered_byte_identi
     assert len(net.sent_to(SERVER_A)) == 2
 
 
-def test_the_same_identifier_from_another_port_is_a_new_request(homes: dict[Address, HomeAaa]) -> None:
+def test_the_same_identifier_from_another_port_is_a_new_request(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
     request = fa_request()
@@ -413,7 +415,7 @@ def test_the_same_identifier_from_another_port_is_a_new_request(homes: dict[Addr
 # --- Proxy-State ---------------------------------------------------------------------------
 
 
-def test_client_proxy_states_are_kept_in_order_and_ours_removed(homes: dict[Address, HomeAaa]) -> None:
+def test_client_proxy_states_are_kept_in_order_and_ours_removed(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
     states = (b"fa-state-1", b"\x00\x01")
@@ -428,7 +430,7 @@ def test_client_proxy_states_are_kept_in_order_and_ours_removed(homes: dict[Addr
     assert up_states[:2] == list(states) and len(up_states) == 3
 
 
-def test_a_request_carrying_our_own_proxy_state_is_a_loop_and_dropped(homes: dict[Address, HomeAaa]) -> None:
+def test_a_request_carrying_our_own_proxy_state_is_a_loop_and_dropped(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
     net.send(fa_request(), T0)
@@ -437,7 +439,7 @@ def test_a_request_carrying_our_own_proxy_state_is_a_loop_and_dropped(homes: dic
     assert len(net.to_clients) == 1 and aaaf.counters["dropped.proxy_loop"] == 1
 
 
-def test_a_tampered_upstream_reply_is_dropped_and_the_genuine_one_relayed(homes: dict[Address, HomeAaa]) -> None:
+def test_a_tampered_upstream_reply_is_dropped_and_the_genuine_one_relayed(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
 
@@ -461,7 +463,7 @@ def test_a_tampered_upstream_reply_is_dropped_and_the_genuine_one_relayed(homes:
 
 
 def test_unknown_clients_and_missing_or_wrong_message_authenticators_are_dropped(
-    homes: dict[Address, HomeAaa],
+    homes: dict[Address, HomeService],
 ) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
@@ -533,7 +535,7 @@ def test_cache_lookup_by_nai_and_previous_fa_expires_and_replaces() -> None:
     assert "\\x42" not in repr(_cached(NAI, "s3")) and "42424242" not in repr(_cached(NAI, "s3"))
 
 
-def test_cached_sessions_expire_in_the_proxy(homes: dict[Address, HomeAaa]) -> None:
+def test_cached_sessions_expire_in_the_proxy(homes: dict[Address, HomeService]) -> None:
     aaaf = proxy()
     net = Net(aaaf, homes)
     net.send(fa_request(), T0)

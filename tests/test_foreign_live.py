@@ -27,12 +27,12 @@ import pytest
 
 from aaa_vpn import keys
 from aaa_vpn.net.radius_client import AsyncRadiusClient
-from aaa_vpn.roles.home_aaa import mn_aaa_chap_attributes
+from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import RejectReason, RequestType
 from aaa_vpn.wire.radius import prepare_tool_dir
-from aaa_vpn.wire.radius_request import Accepted, AccessRequestInfo, Rejected
+from aaa_vpn.wire.radius_request import Accepted, AccessRequest, Rejected
 
 from .radius_client import PRECEDING, free_udp_port, status_server, wait_until_serving
 from .test_home_server import MN_SECRET, NAI, REPO, SECRET, cli, provision, start_server, stop
@@ -69,7 +69,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     tmp = tmp_path_factory.mktemp("foreign")
     db = tmp / "vpn.db"
     provision(db)
-    proxy_client = ["aaaf", "--address", AAAF, "--role", "proxy", "--domain", "visited.example"]
+    proxy_client = ["aaaf", "--address", AAAF, "--role", "foreign-aaa", "--domain", "visited.example"]
     cli(db, "client", "add", *proxy_client, "--secret", AAAF_SECRET.decode())
     home_port, dead_port = free_udp_port(), free_udp_port()
     aaaf_port = free_udp_port(AAAF)
@@ -118,9 +118,9 @@ secret = "{AAAF_SECRET.decode()}"
         assert codes == (0, 0), f"exit codes {codes}:\n{aaaf_log.read_text()}\n{home_log.read_text()}"
 
 
-def info(nai: str = NAI, challenge: bytes | None = None) -> AccessRequestInfo:
+def info(nai: str = NAI, challenge: bytes | None = None) -> AccessRequest:
     chap_password, chap_challenge = mn_aaa_chap_attributes(challenge or os.urandom(16), PRECEDING, Secret(MN_SECRET))
-    return AccessRequestInfo(
+    return AccessRequest(
         nai=nai,
         chap_password=chap_password,
         chap_challenge=chap_challenge,
@@ -131,7 +131,7 @@ def info(nai: str = NAI, challenge: bytes | None = None) -> AccessRequestInfo:
     )
 
 
-def ask(topology: Topology, request: AccessRequestInfo) -> Accepted | Rejected:
+def ask(topology: Topology, request: AccessRequest) -> Accepted | Rejected:
     async def run() -> Accepted | Rejected:
         server = ServerConfig(topology.aaaf[0], topology.aaaf[1], Secret(FA_SECRET), "aaaf")
         async with AsyncRadiusClient([server], local_address=("127.0.0.1", 0), timeout=3.0, retries=1) as client:

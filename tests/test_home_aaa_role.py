@@ -22,8 +22,8 @@ from aaa_vpn.model import (
     User,
     VpnRecord,
 )
-from aaa_vpn.roles import home_aaa
-from aaa_vpn.roles.home_aaa import Rejected, UserContext
+from aaa_vpn.roles import home_plan as home_aaa
+from aaa_vpn.roles.home_plan import Rejected, UserContext
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import SPI_MAX, SPI_MIN, PathRole, RejectReason, RequestType
 
@@ -137,7 +137,7 @@ def test_least_privilege() -> None:
     ctx = make_context()
     session, paths = new_session(ctx)
     fa = home_aaa.view_for(session, paths, ClientRole.FA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
-    proxy = home_aaa.view_for(session, paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    proxy = home_aaa.view_for(session, paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
     ha = home_aaa.view_for(session, paths, ClientRole.HA, RequestType.HA_REGISTRATION, HA, ctx.user, 3600)
     gw = home_aaa.view_for(session, paths, ClientRole.GW, RequestType.GW_BINDING, GW_DYNAMIC, ctx.user, 3600)
     # the FA: only paths that end at the FA, no SRK, no MN-HA key
@@ -261,7 +261,7 @@ def test_a_foreign_aaa_moving_a_view_agrees_with_the_home_aaa() -> None:
     # the home AAA moves the session when the HA asks. Same SPIs, same keys.
     ctx = make_context(key_mode=KeyMode.IKEV2)
     session, paths = new_session(ctx)
-    old = home_aaa.view_for(session, paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    old = home_aaa.view_for(session, paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
     new_fa = IPv4Address("192.0.2.99")
     by_aaaf = home_aaa.moved_view(old, new_fa, session.epoch + 1, 3000)
     new_paths = home_aaa.plan_paths(ctx, HOME, HA, new_fa)

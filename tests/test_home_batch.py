@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from aaa_vpn.model import Client, ClientRole, User
+from aaa_vpn.roles.home_aaa import HomeAaaOptions
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
+from aaa_vpn.service.home import HomeService
 from aaa_vpn.store import init_store
 from aaa_vpn.store.sqlite import SqliteStore
 from aaa_vpn.wire import radius as rc
-from aaa_vpn.wire.radius import load_dictionary
 from aaa_vpn.wire.radius_profile import decode_profile
 
 from .radius_client import access_request
@@ -45,75 +45,90 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     store.close()
 
 
-def _aaa(store: SqliteStore, random_bytes: Callable[[int], bytes] = os.urandom) -> HomeAaa:
-    return HomeAaa(store, load_dictionary(), HomeAaaOptions(), random_bytes=random_bytes)
+def _aaa(store: SqliteStore, random_bytes: Callable[[int], bytes] = os.urandom) -> HomeService:
+    return HomeService(store, HomeAaaOptions(), random_bytes=random_bytes)
 
 
 def _request(nai: str) -> bytes:
     return access_request(SECRET, nai, MN, care_of="127.0.0.1").RequestPacket()  # type: ignore[no-any-return]
 
 
+def _by_source(replies: list[tuple[bytes, tuple[str, int]]]) -> dict[tuple[str, int], bytes]:
+    out: dict[tuple[str, int], bytes] = {}
+    for reply, destination in replies:
+        assert destination not in out, f"two replies to {destination}"
+        out[destination] = reply
+    return out
+
+
 def test_a_batch_is_stored_in_one_go_and_every_reply_matches_its_session(store: SqliteStore) -> None:
     aaa = _aaa(store)
     batch = [(_request(f"mn{n}@home.example"), (SOURCE[0], SOURCE[1] + n)) for n in (1, 2, 3)]
-    replies = aaa.handle_batch(batch, now=1000.0)
-    assert all(r is not None and r[0] == rc.ACCESS_ACCEPT for r in replies)
+    replies = _by_source(aaa.handle_batch(batch, now=1000.0))
+    assert aaa.counters["store_transactions"] == 1  # one transaction for the three sessions
     stored = {s.nai: s.session_id for s in store.list_sessions()}
-    for (data, _source), reply in zip(batch, replies, strict=True):
-        assert reply is not None
+    for data, source in batch:
+        reply = replies[source]
+        assert reply[0] == rc.ACCESS_ACCEPT
         profile = decode_profile(reply[20:], SECRET, data[4:20])
         assert stored[f"mn{profile.home_address.packed[-1]}@home.example"] == profile.session_id
     assert aaa.counters["accepts"] == 3 and aaa.counters["sessions_created"] == 3
 
 
-def test_a_retransmission_inside_a_batch_gets_the_same_reply_and_one_session(store: SqliteStore) -> None:
+def test_a_retransmission_inside_a_batch_is_absorbed_and_one_session_made(store: SqliteStore) -> None:
     aaa = _aaa(store)
     raw = _request("mn1@home.example")
     replies = aaa.handle_batch([(raw, SOURCE), (raw, SOURCE)], now=1000.0)
-    assert replies[0] is not None and replies[0] == replies[1]
+    assert len(replies) == 1 and replies[0][0][0] == rc.ACCESS_ACCEPT
     assert len(store.find_sessions("mn1@home.example")) == 1
-    # and in a later batch, from the duplicate cache
-    assert aaa.handle_batch([(raw, SOURCE)], now=1001.0) == [replies[0]]
-    assert aaa.counters["duplicates"] == 2 and aaa.counters["sessions_created"] == 1
+    # and in a later batch, the byte-identical reply from the duplicate cache
+    assert aaa.handle_batch([(raw, SOURCE)], now=1001.0) == replies
+    assert aaa.counters["duplicates"] == 1 and aaa.counters["absorbed"] == 1
+    assert aaa.counters["sessions_created"] == 1
 
 
 def test_two_registrations_of_one_user_in_a_batch_leave_the_last(store: SqliteStore) -> None:
     aaa = _aaa(store)
     first, second = _request("mn1@home.example"), _request("mn1@home.example")
-    replies = aaa.handle_batch([(first, SOURCE), (second, (SOURCE[0], SOURCE[1] + 1))], now=1000.0)
-    last = decode_profile(replies[1][20:], SECRET, second[4:20])  # type: ignore[index]
+    later = (SOURCE[0], SOURCE[1] + 1)
+    replies = _by_source(aaa.handle_batch([(first, SOURCE), (second, later)], now=1000.0))
+    assert set(replies) == {SOURCE, later}
+    # the second waited for the first's write (one write per user in flight)
+    assert aaa.counters["store_transactions"] == 2
+    last = decode_profile(replies[later][20:], SECRET, second[4:20])
     assert [s.session_id for s in store.find_sessions("mn1@home.example")] == [last.session_id]
 
 
-def test_spi_collision_in_a_batch_falls_back_and_still_answers_every_request(store: SqliteStore) -> None:
+def test_spi_collision_in_a_batch_draws_again_and_still_answers_every_request(store: SqliteStore) -> None:
     # mn1's SPIs come from recorded randomness; the batch for mn2 and mn3 is then
-    # handed the very same bytes first, so its group commit collides, and the
-    # one-by-one retries (with fresh randomness) must find free SPIs. Session ids
-    # (16-byte draws) stay random.
+    # handed the very same bytes first, so its writes collide, and the requests
+    # decided again (with fresh randomness) must find free SPIs. Session ids and
+    # root keys (16- and 32-byte draws) stay random.
     recorded: list[bytes] = []
 
     def recording(n: int) -> bytes:
         value = os.urandom(n)
-        if n != 16:
+        if n not in (16, 32):
             recorded.append(value)
         return value
 
     aaa = _aaa(store, recording)
-    assert aaa.handle_batch([(_request("mn1@home.example"), SOURCE)], now=1000.0)[0][0] == rc.ACCESS_ACCEPT  # type: ignore[index]
+    ((first, _),) = aaa.handle_batch([(_request("mn1@home.example"), SOURCE)], now=1000.0)
+    assert first[0] == rc.ACCESS_ACCEPT
     taken = {(str(a.node), a.spi) for s in store.list_sessions() for a in s.spis}
     colliding = iter(recorded * 2)
 
     def collide_then_random(n: int) -> bytes:
-        if n != 16:
+        if n not in (16, 32):
             value = next(colliding, None)
             if value is not None and len(value) == n:
                 return value
         return os.urandom(n)
 
-    aaa.random_bytes = collide_then_random
+    aaa.role.random_bytes = collide_then_random
     batch = [(_request("mn2@home.example"), SOURCE), (_request("mn3@home.example"), (SOURCE[0], SOURCE[1] + 1))]
-    replies = aaa.handle_batch(batch, now=1001.0)
-    assert [r[0] if r else None for r in replies] == [rc.ACCESS_ACCEPT, rc.ACCESS_ACCEPT]
+    replies = _by_source(aaa.handle_batch(batch, now=1001.0))
+    assert [replies[source][0] for _data, source in batch] == [rc.ACCESS_ACCEPT, rc.ACCESS_ACCEPT]
     assert aaa.counters["spi_collisions"] >= 1
     sessions = store.list_sessions()
     assert sorted(s.nai for s in sessions) == ["mn1@home.example", "mn2@home.example", "mn3@home.example"]
@@ -123,6 +138,6 @@ def test_spi_collision_in_a_batch_falls_back_and_still_answers_every_request(sto
             per_node.setdefault(str(a.node), []).append(a.spi)
     assert all(len(v) == len(set(v)) for v in per_node.values())
     assert taken <= {(str(a.node), a.spi) for s in sessions for a in s.spis}  # mn1 kept its SPIs
-    for (data, _), reply in zip(batch, replies, strict=True):
-        profile = decode_profile(reply[20:], SECRET, data[4:20])  # type: ignore[index]
+    for data, source in batch:
+        profile = decode_profile(replies[source][20:], SECRET, data[4:20])
         assert profile.session_id in {s.session_id for s in sessions}

@@ -23,7 +23,7 @@ import pytest
 
 from aaa_vpn import keys
 from aaa_vpn.model import EspTransform
-from aaa_vpn.roles.home_aaa import mn_aaa_chap_attributes
+from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
 from aaa_vpn.secret import Secret
 from aaa_vpn.store import open_store
 from aaa_vpn.wire.radius import prepare_tool_dir

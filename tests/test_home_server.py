@@ -94,6 +94,11 @@ def provision(db: Path) -> None:
     )
     cli(
         db,
+        *("client", "add", "aaaf6", "--address", "127.0.0.6", "--role", "foreign-aaa"),
+        *("--secret", "aaaf-secret", "--domain", "visited.example"),
+    )
+    cli(
+        db,
         "client",
         "add",
         "fa-rfc",
@@ -334,11 +339,19 @@ def test_gateway_gets_only_its_own_paths(server: Server) -> None:
     assert gw.paths[0].spi_in == fa_side.spi_out
 
 
-def test_proxy_gets_the_session_root_key(server: Server) -> None:
+def test_a_generic_proxy_gets_no_session_root_key_and_our_foreign_aaa_does(server: Server) -> None:
+    # A generic proxy (FreeRADIUS, say) passes the Accept on to its FA: the FA's view, no SRK.
     request = access_request(b"proxy-secret", NAI, MN_SECRET, nas_ip="127.0.0.1", care_of="127.0.0.1")
     ex = exchange(server.address, request, source=("127.0.0.5", 0))
     assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    assert not vendor_values(ex.attributes, VENDOR_ID, 7), "Aaa-Vpn-Session-Root-Key sent to a generic proxy"
     profile = decode_profile(ex.reply[20:], b"proxy-secret", ex.authenticator)
+    assert profile.session_root_key is None and profile.paths
+    # This project's foreign AAA keeps it to answer same-domain handoffs.
+    request = access_request(b"aaaf-secret", NAI, MN_SECRET, nas_ip="127.0.0.1", care_of="127.0.0.1")
+    ex = exchange(server.address, request, source=("127.0.0.6", 0))
+    assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    profile = decode_profile(ex.reply[20:], b"aaaf-secret", ex.authenticator)
     assert profile.session_root_key is not None and len(profile.session_root_key) == 32
 
 

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
-from aaa_vpn.roles import home_aaa
+from aaa_vpn.roles import home_plan as home_aaa
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.mip import (
     AuthenticationExtension,

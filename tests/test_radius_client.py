@@ -1,6 +1,6 @@
 """The agents' RADIUS client: requests and reply verification
 (``wire/radius_request.py``) and the sans-IO client (``roles/radius_client.py``)
-against in-memory home AAA servers (``service.home.HomeAaa`` over real SQLite
+against in-memory home AAA servers (``service.home.HomeService`` over real SQLite
 stores) on a fake clock.
 
 Addresses: the FA client is 127.0.0.1, the HA client 127.0.0.2 (as the stores
@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aaa_vpn.model import Client, ClientRole, Flavour, User
-from aaa_vpn.roles.home_aaa import mn_aaa_chap_attributes
+from aaa_vpn.roles.home_aaa import HomeAaaOptions
+from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
 from aaa_vpn.roles.radius_client import (
     Event,
     RadiusClient,
@@ -38,7 +39,7 @@ from aaa_vpn.roles.radius_client import (
     ServerUp,
 )
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
+from aaa_vpn.service.home import HomeService
 from aaa_vpn.store import init_store
 from aaa_vpn.store.sqlite import SqliteStore
 from aaa_vpn.wire import radius as rc
@@ -49,15 +50,15 @@ from aaa_vpn.wire.radius_request import (
     ACCESS_CHALLENGE,
     STATUS_SERVER,
     Accepted,
-    AccessRequestInfo,
+    AccessRequest,
     ProfileReplyError,
     Rejected,
     ReplyError,
     RequestError,
-    build_access_request,
     build_status_server,
     decode_access_reply,
     decode_status_reply,
+    encode_access_request,
 )
 
 from .radius_client import PRECEDING
@@ -100,11 +101,11 @@ def stores(tmp_path: Path) -> Iterator[dict[Address, SqliteStore]]:
 
 
 @pytest.fixture
-def servers(stores: dict[Address, SqliteStore]) -> dict[Address, HomeAaa]:
-    return {address: HomeAaa(store, load_dictionary(), HomeAaaOptions()) for address, store in stores.items()}
+def servers(stores: dict[Address, SqliteStore]) -> dict[Address, HomeService]:
+    return {address: HomeService(store, HomeAaaOptions()) for address, store in stores.items()}
 
 
-def fa_info(mn_secret: bytes = MN, **changes: object) -> AccessRequestInfo:
+def fa_info(mn_secret: bytes = MN, **changes: object) -> AccessRequest:
     chap_password, chap_challenge = mn_aaa_chap_attributes(CHALLENGE, PRECEDING, Secret(mn_secret))
     fields: dict[str, object] = {
         "nai": NAI,
@@ -116,10 +117,10 @@ def fa_info(mn_secret: bytes = MN, **changes: object) -> AccessRequestInfo:
         "home_agent": HA,
     }
     fields.update(changes)
-    return AccessRequestInfo(**fields)  # type: ignore[arg-type]
+    return AccessRequest(**fields)  # type: ignore[arg-type]
 
 
-def ha_info() -> AccessRequestInfo:
+def ha_info() -> AccessRequest:
     return fa_info(nas_ip_address=HA, request_type=RequestType.HA_REGISTRATION, home_agent=None)
 
 
@@ -147,7 +148,7 @@ class Link:
     ``down``: servers that hear nothing; ``lose_replies[server]``: replies of
     that server to lose (the server still handles the request)."""
 
-    def __init__(self, client: RadiusClient, servers: dict[Address, HomeAaa], source: Address = FA_SOURCE) -> None:
+    def __init__(self, client: RadiusClient, servers: dict[Address, HomeService], source: Address = FA_SOURCE) -> None:
         self.client = client
         self.servers = servers
         self.source = source
@@ -217,11 +218,11 @@ def attributes_after_ma(reply: bytes) -> list[bytes]:
 
 
 def genuine(
-    server: HomeAaa, info: AccessRequestInfo, secret: bytes, source: Address = FA_SOURCE
+    server: HomeService, info: AccessRequest, secret: bytes, source: Address = FA_SOURCE
 ) -> tuple[bytes, bytes]:
-    request = build_access_request(info, 42, random.Random(7).randbytes(16), secret)
+    request = encode_access_request(info, 42, random.Random(7).randbytes(16), secret)
     reply = server.handle(request, source, T0)
-    assert reply is not None, "the home AAA dropped a request built by build_access_request"
+    assert reply is not None, "the home AAA dropped a request built by encode_access_request"
     return request, reply
 
 
@@ -231,7 +232,7 @@ def genuine(
 def test_request_has_message_authenticator_first_and_every_field() -> None:
     info = fa_info(session_id="s-1", previous_fa=IPv4Address("127.0.0.9"), proxy_states=(b"ps1", b"ps2"))
     authenticator = bytes(range(16))
-    raw = build_access_request(info, 7, authenticator, SECRET_A)
+    raw = encode_access_request(info, 7, authenticator, SECRET_A)
     assert raw[:4] == struct.pack("!BBH", 1, 7, len(raw)) and raw[4:20] == authenticator
     types = [t for t, _ in split(raw)]
     assert types == [80, 1, 4, 3, 60, 26, 26, 26, 26, 26, 33, 33], types
@@ -263,15 +264,13 @@ def test_status_server_is_signed() -> None:
     ("changes", "message"),
     [
         ({"chap_password": b"\x01" * 16}, "CHAP-Password is 16 octets"),
-        ({"chap_challenge": None}, "come together"),
         ({"chap_challenge": b"abc"}, "CHAP-Challenge is 3 octets"),
         ({"nai": ""}, "User-Name"),
         ({"nai": "x" * 254}, "User-Name"),
-        ({"nas_ip_address": None}, "NAS-IP-Address or a NAS-Identifier"),
         ({"nas_ip_address": "127.0.0.1"}, "IPv4Address"),
         ({"proxy_states": (b"",)}, "Proxy-State"),
-        ({"extra": (b"\x50\x12" + bytes(16),)}, "the builder's"),
-        ({"extra": (b"\x21\x03x",)}, "the builder's"),
+        ({"extra": (b"\x50\x12" + bytes(16),)}, "the codec's"),
+        ({"extra": (b"\x21\x03x",)}, "the codec's"),
         ({"extra": (b"\x12\x09abc",)}, "Length octet"),
         ({"session_id": ""}, "Session-Id"),
     ],
@@ -281,19 +280,25 @@ def test_impossible_requests_are_the_callers_error(changes: dict[str, object], m
         fa_info(**changes)  # type: ignore[arg-type]
 
 
+def test_a_request_without_nas_ip_address_or_nas_identifier_cannot_be_encoded() -> None:
+    # RFC 2865 section 4.1; a received one still decodes (the server decides)
+    with pytest.raises(RequestError, match="NAS-IP-Address or a NAS-Identifier"):
+        encode_access_request(fa_info(nas_ip_address=None), 1, bytes(16), SECRET_A)
+
+
 def test_nas_identifier_in_extra_replaces_nas_ip_and_size_is_checked() -> None:
     info = fa_info(nas_ip_address=None, extra=(b"\x20\x05fa1",))
-    raw = build_access_request(info, 1, bytes(16), SECRET_A)
+    raw = encode_access_request(info, 1, bytes(16), SECRET_A)
     assert (32, b"fa1") in split(raw)
     big = fa_info(extra=tuple(b"\x12\xff" + b"m" * 253 for _ in range(16)))
     with pytest.raises(RequestError, match="4096"):
-        build_access_request(big, 1, bytes(16), SECRET_A)
+        encode_access_request(big, 1, bytes(16), SECRET_A)
 
 
 # --- replies -------------------------------------------------------------------------------
 
 
-def test_fa_and_ha_replies_decode_into_mirrored_profiles(servers: dict[Address, HomeAaa]) -> None:
+def test_fa_and_ha_replies_decode_into_mirrored_profiles(servers: dict[Address, HomeService]) -> None:
     server = servers[SERVER_A]
     request, reply = genuine(server, fa_info(), SECRET_A)
     fa = decode_access_reply(reply, request, SECRET_A)
@@ -310,13 +315,13 @@ def test_fa_and_ha_replies_decode_into_mirrored_profiles(servers: dict[Address, 
     assert at_ha.key_in == at_fa.key_out and at_ha.spi_in == at_fa.spi_out
 
 
-def test_reject_carries_reason_and_message(servers: dict[Address, HomeAaa]) -> None:
+def test_reject_carries_reason_and_message(servers: dict[Address, HomeService]) -> None:
     request, reply = genuine(servers[SERVER_A], fa_info(mn_secret=b"not-the-secret"), SECRET_A)
     result = decode_access_reply(reply, request, SECRET_A)
     assert result == Rejected(RejectReason.AUTHENTICATION_FAILED, "mobile node failed authentication")
 
 
-def test_proxy_state_round_trip_and_challenge_as_reject(servers: dict[Address, HomeAaa]) -> None:
+def test_proxy_state_round_trip_and_challenge_as_reject(servers: dict[Address, HomeService]) -> None:
     states = (b"\x00first", b"second")
     request, reply = genuine(servers[SERVER_A], fa_info(proxy_states=states), SECRET_A)
     assert isinstance(decode_access_reply(reply, request, SECRET_A), Accepted)
@@ -331,7 +336,7 @@ def test_proxy_state_round_trip_and_challenge_as_reject(servers: dict[Address, H
     assert isinstance(result, Rejected) and result.reason is None and "Access-Challenge" in result.message
 
 
-def test_status_reply_is_verified(servers: dict[Address, HomeAaa]) -> None:
+def test_status_reply_is_verified(servers: dict[Address, HomeService]) -> None:
     request = build_status_server(9, bytes(range(16)), SECRET_A)
     reply = servers[SERVER_A].handle(request, FA_SOURCE, T0)
     assert reply is not None
@@ -353,7 +358,7 @@ def _tampered(request: bytes, reply: bytes) -> dict[str, tuple[bytes, str]]:
             reply_without_ma(reply[0], request, SECRET_A, b"".join(rest)),
             "without Message-Authenticator",
         ),
-        "wrong message-authenticator": (bytes(wrong_ma), "Message-Authenticator .* is wrong"),
+        "wrong message-authenticator": (bytes(wrong_ma), "Message-Authenticator is wrong"),
         "unexpected proxy-state": (reseal(reply, request, SECRET_A, [*rest, b"\x21\x06evil"]), "Proxy-State"),
         "identifier": (reply[:1] + bytes((reply[1] ^ 1,)) + reply[2:], "Identifier"),
         "code": (bytes((4,)) + reply[1:], "does not answer"),
@@ -375,14 +380,14 @@ def _tampered(request: bytes, reply: bytes) -> dict[str, tuple[bytes, str]]:
         "short",
     ],
 )
-def test_tampered_replies_are_refused(servers: dict[Address, HomeAaa], case: str) -> None:
+def test_tampered_replies_are_refused(servers: dict[Address, HomeService], case: str) -> None:
     request, reply = genuine(servers[SERVER_A], fa_info(), SECRET_A)
     bad, message = _tampered(request, reply)[case]
     with pytest.raises(ReplyError, match=message):
         decode_access_reply(bad, request, SECRET_A)
 
 
-def test_missing_proxy_state_and_wrong_secret_are_refused(servers: dict[Address, HomeAaa]) -> None:
+def test_missing_proxy_state_and_wrong_secret_are_refused(servers: dict[Address, HomeService]) -> None:
     request, reply = genuine(servers[SERVER_A], fa_info(proxy_states=(b"mine",)), SECRET_A)
     stripped = reseal(reply, request, SECRET_A, [a for a in attributes_after_ma(reply) if a[0] != 33])
     with pytest.raises(ReplyError, match="Proxy-State"):
@@ -391,14 +396,14 @@ def test_missing_proxy_state_and_wrong_secret_are_refused(servers: dict[Address,
         decode_access_reply(reply, request, SECRET_B)
 
 
-def test_authentic_accept_without_a_profile_is_a_profile_error(servers: dict[Address, HomeAaa]) -> None:
+def test_authentic_accept_without_a_profile_is_a_profile_error(servers: dict[Address, HomeService]) -> None:
     request, reply = genuine(servers[SERVER_A], fa_info(), SECRET_A)
     empty = reseal(reply, request, SECRET_A, [b"\x12\x04ok"], ACCESS_ACCEPT)
     with pytest.raises(ProfileReplyError, match="does not decode"):
         decode_access_reply(empty, request, SECRET_A)
 
 
-_REQUEST = build_access_request(fa_info(), 42, bytes(range(16)), SECRET_A)
+_REQUEST = encode_access_request(fa_info(), 42, bytes(range(16)), SECRET_A)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -426,7 +431,7 @@ def test_any_changed_octet_of_a_reply_is_detected(position: int, xor: int) -> No
 # --- the sans-IO client ----------------------------------------------------------------------
 
 
-def test_fa_then_ha_register_through_the_client(servers: dict[Address, HomeAaa]) -> None:
+def test_fa_then_ha_register_through_the_client(servers: dict[Address, HomeService]) -> None:
     fa = fa_client()
     link = Link(fa, servers)
     fa.request(fa_info(), T0, tag="rrq-1")
@@ -445,7 +450,7 @@ def test_fa_then_ha_register_through_the_client(servers: dict[Address, HomeAaa])
     assert fa.get_timer() is None and ha.get_timer() is None
 
 
-def test_reject_reaches_the_agent(servers: dict[Address, HomeAaa]) -> None:
+def test_reject_reaches_the_agent(servers: dict[Address, HomeService]) -> None:
     client = fa_client()
     link = Link(client, servers)
     client.request(fa_info(mn_secret=b"wrong-mn-secret"), T0, tag=1)
@@ -455,7 +460,7 @@ def test_reject_reaches_the_agent(servers: dict[Address, HomeAaa]) -> None:
 
 
 def test_retransmissions_are_byte_identical_and_answered_from_the_duplicate_cache(
-    servers: dict[Address, HomeAaa],
+    servers: dict[Address, HomeService],
 ) -> None:
     client = fa_client()
     link = Link(client, servers)
@@ -471,7 +476,7 @@ def test_retransmissions_are_byte_identical_and_answered_from_the_duplicate_cach
     assert client.counters["retransmissions"] == 2 and client.counters["failovers"] == 0
 
 
-def test_failover_reseals_for_the_next_server_and_marks_the_first_dead(servers: dict[Address, HomeAaa]) -> None:
+def test_failover_reseals_for_the_next_server_and_marks_the_first_dead(servers: dict[Address, HomeService]) -> None:
     client = fa_client()
     link = Link(client, servers)
     link.down.add(SERVER_A)
@@ -495,7 +500,7 @@ def test_failover_reseals_for_the_next_server_and_marks_the_first_dead(servers: 
 
 
 def test_dead_server_is_probed_with_status_server_and_revived_by_an_answer(
-    servers: dict[Address, HomeAaa],
+    servers: dict[Address, HomeService],
 ) -> None:
     client = fa_client()
     link = Link(client, servers)
@@ -521,7 +526,7 @@ def test_dead_server_is_probed_with_status_server_and_revived_by_an_answer(
     assert link.outcomes()[1].server == "a"  # type: ignore[attr-defined]
 
 
-def test_dead_time_elapsing_puts_the_server_back_without_probes(servers: dict[Address, HomeAaa]) -> None:
+def test_dead_time_elapsing_puts_the_server_back_without_probes(servers: dict[Address, HomeService]) -> None:
     client = fa_client(status_interval=None, dead_time=20.0)
     link = Link(client, servers)
     link.down.add(SERVER_A)
@@ -537,7 +542,7 @@ def test_dead_time_elapsing_puts_the_server_back_without_probes(servers: dict[Ad
     assert link.outcomes()[1].server == "a"  # type: ignore[attr-defined]
 
 
-def test_no_server_answers_and_then_every_server_is_dead(servers: dict[Address, HomeAaa]) -> None:
+def test_no_server_answers_and_then_every_server_is_dead(servers: dict[Address, HomeService]) -> None:
     client = fa_client()
     link = Link(client, servers)
     link.down.update((SERVER_A, SERVER_B))
@@ -554,7 +559,7 @@ def test_no_server_answers_and_then_every_server_is_dead(servers: dict[Address, 
     assert len(link.sent) == sent
 
 
-def test_the_257th_outstanding_request_waits_for_a_free_identifier(servers: dict[Address, HomeAaa]) -> None:
+def test_the_257th_outstanding_request_waits_for_a_free_identifier(servers: dict[Address, HomeService]) -> None:
     client = RadiusClient([config(SERVER_A, SECRET_A, "a")], timeout=1.0, retries=0, random_bytes=seeded())
     for n in range(257):
         client.request(fa_info(), T0, tag=n)
@@ -581,7 +586,7 @@ def test_the_257th_outstanding_request_waits_for_a_free_identifier(servers: dict
     assert client.outstanding == 0 and client.waiting == 0
 
 
-def test_tampered_and_stray_replies_are_dropped_and_counted(servers: dict[Address, HomeAaa]) -> None:
+def test_tampered_and_stray_replies_are_dropped_and_counted(servers: dict[Address, HomeService]) -> None:
     client = RadiusClient([config(SERVER_A, SECRET_A, "a")], random_bytes=seeded())
     client.request(fa_info(), T0, tag="t")
     [(request, _)] = client.datagrams_to_send(T0)
@@ -611,7 +616,7 @@ def test_tampered_and_stray_replies_are_dropped_and_counted(servers: dict[Addres
 def test_authentic_but_undecodable_accept_fails_at_once(tmp_path: Path) -> None:
     store = make_store(tmp_path / "rfc", SECRET_A, Flavour.RFC2868)
     try:
-        servers = {SERVER_A: HomeAaa(store, load_dictionary(), HomeAaaOptions())}
+        servers = {SERVER_A: HomeService(store, HomeAaaOptions())}
         client = RadiusClient([config(SERVER_A, SECRET_A, "a")], random_bytes=seeded())
         link = Link(client, servers)
         client.request(fa_info(), T0, tag="t")
@@ -642,7 +647,7 @@ def test_configuration_is_checked() -> None:
     assert "redacted" in repr(config(SERVER_A, SECRET_A, "a"))
 
 
-def test_vendor_reject_reason_unknown_number_is_none(servers: dict[Address, HomeAaa]) -> None:
+def test_vendor_reject_reason_unknown_number_is_none(servers: dict[Address, HomeService]) -> None:
     request, reply = genuine(servers[SERVER_A], fa_info(), SECRET_A)
     unknown = struct.pack("!BBIBBI", 26, 12, VENDOR_ID, 14, 6, 99)
     rejected = reseal(reply, request, SECRET_A, [b"\x12\x05no!", unknown], 3)

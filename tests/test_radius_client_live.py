@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from aaa_vpn.net.radius_client import AsyncRadiusClient, RadiusUnavailable
-from aaa_vpn.roles.home_aaa import mn_aaa_chap_attributes
+from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import PathRole, RejectReason, RequestType
-from aaa_vpn.wire.radius_request import Accepted, AccessRequestInfo, Rejected
+from aaa_vpn.wire.radius_request import Accepted, AccessRequest, Rejected
 
 from .radius_client import PRECEDING, free_udp_port, wait_until_serving
 from .test_home_server import HA_SECRET, MN_SECRET, NAI, SECRET, provision, start_server, stop
@@ -75,9 +75,9 @@ def _proof(mn_secret: bytes = MN_SECRET, challenge: bytes = b"\x07live-ch") -> t
     return mn_aaa_chap_attributes(challenge, PRECEDING, Secret(mn_secret))
 
 
-def fa_registration(nai: str = NAI, mn_secret: bytes = MN_SECRET) -> AccessRequestInfo:
+def fa_registration(nai: str = NAI, mn_secret: bytes = MN_SECRET) -> AccessRequest:
     chap_password, chap_challenge = _proof(mn_secret, os.urandom(8))
-    return AccessRequestInfo(
+    return AccessRequest(
         nai,
         chap_password,
         chap_challenge,
@@ -97,7 +97,7 @@ def _client(servers: list[ServerConfig], local: str) -> AsyncRadiusClient:
 def test_fa_then_ha_register_over_a_dead_first_server(home: Home) -> None:
     async def scenario() -> tuple[Accepted | Rejected, Accepted | Rejected, AsyncRadiusClient]:
         proof = _proof()
-        fa_info = AccessRequestInfo(
+        fa_info = AccessRequest(
             NAI,
             *proof,
             nas_ip_address=FA,
@@ -105,7 +105,7 @@ def test_fa_then_ha_register_over_a_dead_first_server(home: Home) -> None:
             care_of_address=FA,
             home_agent=HA,
         )
-        ha_info = AccessRequestInfo(
+        ha_info = AccessRequest(
             NAI, *proof, nas_ip_address=HA, request_type=RequestType.HA_REGISTRATION, care_of_address=FA
         )
         async with _client([_config(home.dead, SECRET, "dead"), _config(home.one, SECRET, "one")], "127.0.0.1") as fa:

@@ -8,20 +8,15 @@ from pathlib import Path
 
 from aaa_vpn.roles.foreign_aaa import ForeignAaa, ProxyClient, Realm
 from aaa_vpn.roles.radius_client import ServerConfig
-from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
-from aaa_vpn.store import open_store
-from aaa_vpn.wire.radius import load_dictionary
 
 from .mobility import AAA, AAAF, FA1, FA2, GW_DYNAMIC, GW_STATIC, SECRETS, Network
 from .test_flows import backend, move, register, table
 
 
 def restart_home_aaa(net: Network, tmp_path: Path) -> None:
-    """A new home AAA on the same database and key file: empty caches, nothing
-    but what the database holds (the process restarted)."""
-    net.store.close()
-    net.store = open_store(tmp_path / "vpn.db", tmp_path / "vpn.key")
-    net.home = HomeAaa(net.store, load_dictionary(), HomeAaaOptions())
+    """A new home AAA on the same store: empty caches, nothing but what the
+    store holds (the process restarted)."""
+    net.restart_home()
 
 
 def test_sessions_survive_a_home_aaa_restart(tmp_path: Path) -> None:

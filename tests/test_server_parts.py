@@ -13,9 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aaa_vpn.model import Client, ClientRole
-from aaa_vpn.roles.client_table import ClientTable
+from aaa_vpn.roles.radius_server import ClientTable, DuplicateCache
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.home import DuplicateCache
 from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.radius import load_dictionary
 
@@ -99,16 +98,20 @@ def test_client_table_longest_prefix_wins() -> None:
 def test_duplicate_cache_returns_the_same_reply_until_it_expires() -> None:
     cache = DuplicateCache(ttl=10)
     key = ("127.0.0.1", 4000, 9, bytes(16))
-    cache.put(key, b"reply-1", now=100.0)
-    assert cache.get(key, now=105.0) == (110.0, b"reply-1")
+    cache.begin(key, now=99.0)
+    assert cache.get(key, now=99.5) == b""  # in flight: a retransmission is absorbed
+    cache.finish(key, b"reply-1", now=100.0)
+    assert cache.get(key, now=105.0) == b"reply-1"
     assert cache.get(("127.0.0.1", 4001, 9, bytes(16)), now=105.0) is None  # other port: other request
     assert cache.get(key, now=110.5) is None
-    cache.put(("127.0.0.1", 4000, 10, bytes(16)), b"reply-2", now=111.0)
+    cache.finish(("127.0.0.1", 4000, 10, bytes(16)), b"reply-2", now=111.0)
     assert len(cache) == 1  # the expired entry was purged
+    cache.forget(("127.0.0.1", 4000, 10, bytes(16)))
+    assert len(cache) == 0
 
 
 def test_duplicate_cache_is_bounded() -> None:
     cache = DuplicateCache(ttl=100, limit=3)
     for i in range(10):
-        cache.put(("127.0.0.1", i, 1, bytes(16)), b"r", now=float(i))
+        cache.finish(("127.0.0.1", i, 1, bytes(16)), b"r", now=float(i))
     assert len(cache) == 3

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from aaa_vpn import keys
 from aaa_vpn.model import ClientRole, Flavour, KeyMode, Session
-from aaa_vpn.roles import home_aaa
+from aaa_vpn.roles import home_plan as home_aaa
 from aaa_vpn.roles.fa import HANDOFF_SPI, ForeignAgent
 from aaa_vpn.roles.ha import mirror
 from aaa_vpn.sa.esp import EspError
@@ -54,6 +53,7 @@ from .mobility import (
     HA,
     HOME_ADDRESS,
     MN_SOCKET,
+    FakeSocket,
     Network,
     inner_packet,
     random_payload,
@@ -324,23 +324,21 @@ def forwarding_path(local: str = FA1, peer: str = FA2, key: bytes = b"k") -> Pat
 
 
 @pytest.fixture
-def sender(net: Network) -> Iterator[socket.socket]:
-    """A socket at FA2's address (the new FA's agent is not on this port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((FA2, 0))
-    sock.settimeout(0.3)
+def sender(net: Network) -> Iterator[FakeSocket]:
+    """An endpoint at FA2's address (the new FA's agent is not on this port)."""
+    sock = net.socket(FA2)
     yield sock
     sock.close()
 
 
-def send(net: Network, sock: socket.socket, data: bytes, auth_key: Secret | None = None) -> BindingAcknowledge | None:
+def send(net: Network, sock: FakeSocket, data: bytes, auth_key: Secret | None = None) -> BindingAcknowledge | None:
     """Send ``data`` to FA1; its answer, if any, which must authenticate
     under ``auth_key`` if given (and must not authenticate otherwise)."""
     sock.sendto(data, net.fa_address(FA1))
     net.settle()
     try:
         answer, _ = sock.recvfrom(4096)
-    except TimeoutError:
+    except BlockingIOError:
         return None
     message = mip.decode_message(answer)
     assert isinstance(message, BindingAcknowledge)
@@ -353,7 +351,7 @@ def send(net: Network, sock: socket.socket, data: bytes, auth_key: Secret | None
     return message
 
 
-def test_a_forged_notification_changes_nothing(net: Network, sender: socket.socket) -> None:
+def test_a_forged_notification_changes_nothing(net: Network, sender: FakeSocket) -> None:
     assert register(net, FA1) == 0
     before = [(p.owner, p.spi_in) for p in backend(net, "fa1").paths()]
     visitor = fa(net, "fa1").visitors["mn1@home.example"]
@@ -369,7 +367,7 @@ def test_a_forged_notification_changes_nothing(net: Network, sender: socket.sock
     assert only_at(net, "fa1", outbound, "ha") == outbound
 
 
-def test_refused_notifications_are_acknowledged_with_their_status(net: Network, sender: socket.socket) -> None:
+def test_refused_notifications_are_acknowledged_with_their_status(net: Network, sender: FakeSocket) -> None:
     assert register(net, FA1) == 0
     before = [(p.owner, p.spi_in) for p in backend(net, "fa1").paths()]
     visitor = fa(net, "fa1").visitors["mn1@home.example"]
@@ -415,7 +413,7 @@ def test_refused_notifications_are_acknowledged_with_their_status(net: Network, 
     assert "mn1@home.example" in fa(net, "fa1").visitors and fa(net, "fa1").forwarding == {}
 
 
-def test_a_retransmitted_notification_is_answered_again(net: Network, sender: socket.socket) -> None:
+def test_a_retransmitted_notification_is_answered_again(net: Network, sender: FakeSocket) -> None:
     assert register(net, FA1) == 0
     visitor = fa(net, "fa1").visitors["mn1@home.example"]
     key = visitor.profile.handoff_key
@@ -440,7 +438,8 @@ def views(key_mode: KeyMode = KeyMode.MANUAL) -> tuple[VpnProfile, VpnProfile, V
     """(old FA's proxy view, the foreign AAA's moved view, the home AAA's view after the move, moved session)."""
     ctx = make_context(key_mode=key_mode)
     session, paths = new_session(ctx)
-    old = home_aaa.view_for(session, paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, UNIT_FA, ctx.user, 3600)
+    aaaf = ClientRole.FOREIGN_AAA
+    old = home_aaa.view_for(session, paths, aaaf, RequestType.FA_REGISTRATION, UNIT_FA, ctx.user, 3600)
     new_fa = IPv4Address("192.0.2.99")
     by_aaaf = home_aaa.moved_view(old, new_fa, session.epoch + 1, 3000)
     new_paths = home_aaa.plan_paths(ctx, UNIT_HOME, UNIT_HA, new_fa)
@@ -505,7 +504,7 @@ def test_the_forwarding_path_follows_only_the_last_move() -> None:
     view = home_aaa.view_for(updated, fa3_paths, ClientRole.FA, RequestType.FA_REGISTRATION, fa3, ctx.user, 1)
     assert view.previous_fa is None and all(p.role is not PathRole.FA_FA for p in view.paths)
     # the foreign AAA, moving a view that already has a forwarding path, drops it
-    proxy = home_aaa.view_for(at_fa3, fa3_paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, fa3, ctx.user, 1)
+    proxy = home_aaa.view_for(at_fa3, fa3_paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, fa3, ctx.user, 1)
     again = home_aaa.moved_view(proxy, UNIT_FA, at_fa3.epoch + 1, 1)
     assert [(p.local, p.peer) for p in again.paths if p.role is PathRole.FA_FA] == [(UNIT_FA, fa3)]
 

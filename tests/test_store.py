@@ -30,10 +30,13 @@ from aaa_vpn.model import (
     QosClass,
     Service,
     Session,
+    SessionWrite,
     SpiAllocation,
     User,
     ValidationError,
     VpnRecord,
+    WriteKind,
+    WriteOutcome,
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.store import (
@@ -42,6 +45,7 @@ from aaa_vpn.store import (
     ReferenceError_,
     SpiConflict,
     SqliteStore,
+    StoreBusy,
     StoreError,
     init_store,
     open_store,
@@ -846,3 +850,136 @@ def test_export_import_round_trip(data: dict[str, list[Any]]) -> None:
             summary = import_document(target, document, replace=True)
             assert sum(summary.unchanged.values()) == sum(len(v) for v in data.values())
             assert target.generation() == generation
+
+
+# -- a database that becomes writable; conditional session writes ---------------------------------
+
+
+def test_a_database_opened_read_only_is_written_once_it_becomes_writable(tmp_path: Path) -> None:
+    """SQLite's mode=rw opens a write-protected file read-only, silently; the
+    store must not stay so after the file becomes writable. Run as an
+    unprivileged user (root writes anything)."""
+    import os
+    import pwd
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as the user nobody")
+    # pytest's own directories are root's alone; nobody needs a path it can walk
+    directory = Path(tempfile.mkdtemp(prefix="aaa_vpn-readonly-"))
+    db, key = directory / "vpn.db", directory / "vpn.key"
+    store, _created = init_store(db, key)
+    store.close()
+    nobody = pwd.getpwnam("nobody")
+    for path in (directory, db, key, *directory.glob("vpn.db-*")):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    db.chmod(0o444)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nobody
+        os.close(read)
+        report: list[str] = []
+        try:
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            opened = open_store(db, key)
+            try:
+                opened.add_qos(QosClass("while-read-only"))
+                report.append("written while read-only")
+            except StoreError as exc:
+                report.append(f"refused: {exc}")
+            db.chmod(0o644)
+            session = Session(
+                "s1",
+                "mn1@home.example",
+                Secret(bytes(32)),
+                1,
+                IPv4Address("198.51.100.1"),
+                IPv4Address("192.0.2.2"),
+                IPv4Address("192.0.2.1"),
+                0.0,
+                100.0,
+            )
+            outcomes = opened.apply_session_writes([SessionWrite(WriteKind.CREATE, "s1", session)])
+            report.append(f"session write: {outcomes[0].value}")
+            opened.add_qos(QosClass("afterwards"))
+            report.append("qos: " + ",".join(q.name for q in opened.list_qos()))
+        except BaseException as exc:  # reported to the parent
+            report.append(f"child failed: {type(exc).__name__}: {exc}")
+        os.write(write, "\n".join(report).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        lines = pipe.read().splitlines()
+    os.waitpid(pid, 0)
+    shutil.rmtree(directory)
+    assert lines[0].startswith("refused: ") and "read-only" in lines[0], lines
+    # the first write after the file became writable succeeds (the store opened it again)
+    assert lines[1:] == ["session write: stored", "qos: afterwards"], lines
+
+
+def test_conditional_session_writes_each_on_their_own(provisioned: SqliteStore) -> None:
+    store = provisioned
+    base = Session(
+        "s1",
+        "mn1@home.example",
+        Secret(bytes(32)),
+        1,
+        IPv4Address("198.51.100.1"),
+        IPv4Address("192.0.2.2"),
+        IPv4Address("192.0.2.1"),
+        0.0,
+        100.0,
+        spis=(SpiAllocation(IPv4Address("192.0.2.1"), 4000, "fa-ha@192.0.2.1"),),
+    )
+    other = dataclasses.replace(
+        base,
+        session_id="s2",
+        nai="mn2@home.example",
+        spis=(SpiAllocation(IPv4Address("192.0.2.1"), 4000, "fa-ha@192.0.2.1"),),
+    )
+    assert store.apply_session_writes([SessionWrite(WriteKind.CREATE, "s1", base)]) == [WriteOutcome.STORED]
+    moved = dataclasses.replace(base, epoch=2, care_of_address=IPv4Address("192.0.2.5"), expires=200.0)
+    outcomes = store.apply_session_writes(
+        [
+            SessionWrite(WriteKind.RENEW, "s1", expected_epoch=2, expires=300.0),  # not at epoch 2: conflict
+            SessionWrite(WriteKind.CREATE, "s2", other),  # SPI 4000 on 192.0.2.1 is s1's: taken
+            SessionWrite(WriteKind.REPLACE, "s1", moved, expected_epoch=1),  # stored
+            SessionWrite(WriteKind.REPLACE, "s1", moved, expected_epoch=1),  # epoch moved meanwhile: conflict
+            SessionWrite(WriteKind.RENEW, "s1", expected_epoch=2, expires=250.0),  # stored
+        ]
+    )
+    assert outcomes == [
+        WriteOutcome.CONFLICT,
+        WriteOutcome.SPI_TAKEN,
+        WriteOutcome.STORED,
+        WriteOutcome.CONFLICT,
+        WriteOutcome.STORED,
+    ]
+    (session,) = store.list_sessions()
+    assert (session.session_id, session.epoch, str(session.care_of_address), session.expires) == (
+        "s1",
+        2,
+        "192.0.2.5",
+        250.0,
+    )
+    assert store.apply_session_writes([SessionWrite(WriteKind.DELETE, "s1", expected_epoch=1)]) == [
+        WriteOutcome.CONFLICT
+    ]
+    assert store.apply_session_writes([SessionWrite(WriteKind.DELETE, "s1")]) == [WriteOutcome.STORED]
+
+
+def test_a_writer_holding_the_lock_past_the_busy_timeout_is_a_store_busy_error(tmp_path: Path) -> None:
+    db, key = tmp_path / "vpn.db", tmp_path / "vpn.key"
+    init_store(db, key)[0].close()
+    fast = open_store(db, key, busy_timeout_ms=100)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreBusy, match="locked by another writer for more than 100 ms"):
+            fast.apply_session_writes([SessionWrite(WriteKind.DELETE, "nothing")])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert fast.apply_session_writes([SessionWrite(WriteKind.DELETE, "nothing")]) == [WriteOutcome.CONFLICT]
+    fast.close()

@@ -56,7 +56,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn.net.datapath import VisitorRoutes
-from aaa_vpn.roles.agent import Address, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
 from aaa_vpn.roles.ha import HaConfig, HomeAgent
@@ -64,11 +64,10 @@ from aaa_vpn.roles.mn import MnConfig, MobileNode
 from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
-from aaa_vpn.service.agents import SaExecutor
+from aaa_vpn.service.agents import SaExecutor, binding_status_name, path_fields, reply_code_name, run_events
 from aaa_vpn.service.journal import JournalError, Recovery, decode_journal, encode_journal, recover, write_journal
 from aaa_vpn.service.logging import configure_logging, fields
 from aaa_vpn.wire import coa, mip
-from aaa_vpn.wire.profile import PathProfile
 
 log = logging.getLogger("aaa_vpn.agent")
 
@@ -111,31 +110,6 @@ def path_json(installed: InstalledPath) -> dict[str, Any]:
         "dscp": path.qos.dscp if path.qos is not None else None,
         "gateway_mode": path.gateway_mode.value if path.gateway_mode is not None else None,
     }
-
-
-def _path_fields(path: PathProfile) -> dict[str, Any]:
-    return {
-        "role": path.role.name,
-        "peer": str(path.peer),
-        "spi_in": path.spi_in,
-        "spi_out": path.spi_out,
-        "esp_transform": path.esp_transform.value,
-    }
-
-
-def reply_code_name(code: int) -> str:
-    """``0`` -> ``accepted``, ``67`` -> ``fa mn failed authentication``."""
-    try:
-        return mip.ReplyCode(code).name.lower().replace("_", " ")
-    except ValueError:
-        return f"code {code}"
-
-
-def binding_status_name(status: int) -> str:
-    try:
-        return mip.BindingStatus(status).name.lower().replace("_", " ")
-    except ValueError:
-        return f"status {status}"
 
 
 def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
@@ -462,59 +436,10 @@ class AgentNode:
                 )
 
     def _run_events(self, now: float) -> None:
-        node = self.settings.node
-        while (event := self.agent.next_event()) is not None:
-            if isinstance(event, InstallPaths):
-                before = {(p.owner, p.spi_in) for p in self.backend.paths()}
-                error = self.executor.install(event)
-                if error is None:
-                    for path in event.paths:
-                        if (event.owner, path.spi_in) in before:
-                            continue  # already there: a no-op
-                        self._note("sa_installed", now, owner=event.owner, **_path_fields(path))
-                        log.info("SA installed", extra=fields(node=node, owner=event.owner, **_path_fields(path)))
-                else:
-                    self._note("sa_install_failed", now, owner=event.owner, error=error)
-                self.agent.paths_installed(event.owner, error, now)
-            elif isinstance(event, DeletePaths):
-                doomed = [
-                    p
-                    for p in self.backend.paths()
-                    if p.owner == event.owner and (event.peer is None or p.peer == event.peer)
-                ]
-                self.executor.delete(event)
-                for installed in doomed:
-                    self._note("sa_removed", now, owner=installed.owner, **_path_fields(installed.path))
-                    log.info(
-                        "SA removed", extra=fields(node=node, owner=installed.owner, **_path_fields(installed.path))
-                    )
-            elif isinstance(event, RegistrationDone):
+        code_name = binding_status_name if isinstance(self.agent, CorrespondentGateway) else reply_code_name
+        for event in run_events(self.agent, self.executor, now, self._note, code_name):
+            if isinstance(event, RegistrationDone):
                 self.counters["decisions"] += 1
-                log.info(
-                    "registration decided",
-                    extra=fields(
-                        node=node,
-                        nai=event.nai,
-                        home_address=str(event.home_address),
-                        code=event.code,
-                        lifetime=event.lifetime,
-                        detail=event.detail,
-                    ),
-                )
-                self._note(
-                    "registration",
-                    now,
-                    nai=event.nai,
-                    home_address=str(event.home_address),
-                    code=event.code,
-                    code_name=(
-                        binding_status_name(event.code)
-                        if isinstance(self.agent, CorrespondentGateway)
-                        else reply_code_name(event.code)
-                    ),
-                    lifetime=event.lifetime,
-                    detail=event.detail,
-                )
 
     def _note(self, kind: str, now: float, **values: Any) -> None:
         self._sequence += 1
@@ -620,7 +545,7 @@ class AgentNode:
         entries = len(getattr(self.agent, "visitors", {}) or getattr(self.agent, "bindings", {}))
         log.info("SA table", extra=fields(node=node, paths=len(paths), visitors_or_bindings=entries))
         for installed in paths:
-            log.info("SA", extra=fields(node=node, owner=installed.owner, **_path_fields(installed.path)))
+            log.info("SA", extra=fields(node=node, owner=installed.owner, **path_fields(installed.path)))
 
     # -- asyncio ------------------------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Event) -> None:

@@ -8,9 +8,14 @@ its socket in batches (``loop.add_reader`` + non-blocking ``recvfrom``) rather
 than through a datagram transport, which costs a loop iteration per datagram.
 
 The parent process checks the configuration (database, key file, address)
-before it forks, supervises the workers (a worker that dies is restarted; one
-that keeps dying stops the server), and forwards SIGTERM/SIGINT for a
-graceful stop. ``workers == 1`` serves in the parent process itself.
+before it forks, supervises the workers -- one as well as many: a worker that
+dies (killed by a signal, say) is logged with its exit status and restarted;
+workers that keep dying stop the server -- and forwards SIGTERM/SIGINT for a
+graceful stop and SIGUSR1 for the counters.
+
+A worker's event loop never waits on the database longer than
+``--db-busy-timeout`` (service/home.py rule 4), and an error while handling a
+batch costs that batch's replies, never the worker.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aaa_vpn.service.home import HomeAaa, HomeAaaOptions
+from aaa_vpn.roles.home_aaa import HomeAaaOptions
+from aaa_vpn.service.home import HomeService
 from aaa_vpn.service.logging import configure_logging, fields
 
 log = logging.getLogger("aaa_vpn.server")
@@ -61,16 +67,15 @@ def _bind(address: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _open(settings: Any) -> HomeAaa:
+def _open(settings: Any) -> HomeService:
     from aaa_vpn.store import open_store
-    from aaa_vpn.wire.radius import load_dictionary
 
-    store = open_store(settings.db_path, settings.key_file)
+    store = open_store(settings.db_path, settings.key_file, busy_timeout_ms=int(settings.db_busy_timeout * 1000))
     options = HomeAaaOptions(session_lifetime=settings.session_lifetime, dup_cache_seconds=settings.dup_cache_seconds)
-    return HomeAaa(store, load_dictionary(), options)
+    return HomeService(store, options)
 
 
-def _log_counters(aaa: HomeAaa, message: str) -> None:
+def _log_counters(aaa: HomeService, message: str) -> None:
     log.info(message, extra=fields(**{k.replace(".", "_"): v for k, v in sorted(aaa.counters.items())}))
 
 
@@ -103,13 +108,12 @@ def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -
             aaa.counters["dropped.internal_error"] += len(batch)
             log.exception("internal error handling requests", extra=fields(count=len(batch)))
             return
-        for (_data, source), reply in zip(batch, replies, strict=True):
-            if reply is not None:
-                try:
-                    sock.sendto(reply, source)
-                except OSError as exc:
-                    aaa.counters["send_errors"] += 1
-                    log.warning("sendto failed", extra=fields(destination=source[0], error=str(exc)))
+        for reply, destination in replies:
+            try:
+                sock.sendto(reply, destination)
+            except OSError as exc:
+                aaa.counters["send_errors"] += 1
+                log.warning("sendto failed", extra=fields(destination=destination[0], error=str(exc)))
 
     async def housekeeping() -> None:
         last_stats = time.monotonic()
@@ -157,7 +161,7 @@ def run_home_server(settings: Any) -> int:
         # Check everything a worker needs before forking, so that a bad
         # database, key file or address is one clear error, not N.
         aaa = _open(settings)
-        clients = len(aaa._clients)
+        clients = len(aaa.provisioning.clients())
         aaa.store.close()
         probe = _bind(settings.listen, settings.port, reuse_port=workers > 1)
     except ServerError as exc:
@@ -173,7 +177,13 @@ def run_home_server(settings: Any) -> int:
         extra=fields(address=f"{settings.listen}:{probe.getsockname()[1]}", workers=workers, clients=clients),
     )
     if workers == 1:
-        return serve_worker(settings, 0, sock=probe)
+        # One worker serves on the socket bound here (a restarted worker
+        # inherits it again): no moment without a listener, and port 0 stays
+        # the port reported above.
+        try:
+            return supervise(functools.partial(serve_worker, settings, sock=probe), 1, "home AAA")
+        finally:
+            probe.close()
     if settings.port == 0:
         # Workers must share one concrete port.
         settings = _with_port(settings, probe.getsockname()[1])
@@ -247,7 +257,9 @@ def supervise(serve: Callable[[int], int], workers: int, what: str) -> int:
         index = children.pop(pid)
         if stopping:
             continue
-        log.error("worker exited", extra=fields(worker=index, pid=pid, code=os.waitstatus_to_exitcode(status)))
+        code = os.waitstatus_to_exitcode(status)
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        log.error(f"worker exited ({how}): restarting it", extra=fields(worker=index, pid=pid, code=code))
         now = time.monotonic()
         crashes = [t for t in crashes if now - t < 60] + [now]
         if len(crashes) > 5:

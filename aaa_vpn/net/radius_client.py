@@ -37,7 +37,7 @@ from aaa_vpn.roles.radius_client import (
     ServerDown,
     ServerUp,
 )
-from aaa_vpn.wire.radius_request import Accepted, AccessRequestInfo, Rejected
+from aaa_vpn.wire.radius_request import Accepted, AccessRequest, Rejected
 
 log = logging.getLogger("aaa_vpn.radius_client")
 
@@ -124,7 +124,7 @@ class AsyncRadiusClient:
         name = self._transport.get_extra_info("sockname")
         return (str(name[0]), int(name[1]))
 
-    async def access_request(self, info: AccessRequestInfo) -> Accepted | Rejected:
+    async def access_request(self, info: AccessRequest) -> Accepted | Rejected:
         """Send ``info`` and wait for the outcome.
 
         Raises :class:`RadiusUnavailable` if no server gave a usable answer,

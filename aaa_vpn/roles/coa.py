@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from aaa_vpn.roles.agent import Address
+from aaa_vpn.roles.radius_server import DuplicateCache, Key
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import coa
 
 #: How long an answer is remembered for retransmissions (seconds).
 DUPLICATE_TTL = 30.0
 
-_Key = tuple[str, int, int, bytes]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Received:
     request: coa.CoaRequest
     source: Address
     secret: Secret = field(repr=False)
-    key: _Key
+    key: Key
 
 
 class CoaResponder:
@@ -58,8 +58,7 @@ class CoaResponder:
     def __init__(self, peers: Iterable[CoaPeer], counters: collections.Counter[str], ttl: float = DUPLICATE_TTL):
         self.peers = {str(p.address): p.secret for p in peers}
         self.counters = counters
-        self.ttl = ttl
-        self._answers: collections.OrderedDict[_Key, tuple[float, bytes | None]] = collections.OrderedDict()
+        self.answers = DuplicateCache(ttl, limit=10_000)
 
     def receive(self, data: bytes, source: Address, now: float) -> Received | bytes | None:
         """A request to decide, a cached answer to send again, or None (dropped)."""
@@ -70,12 +69,12 @@ class CoaResponder:
         if len(data) < 20:
             self._drop("malformed")
             return None
-        key: _Key = (source[0], source[1], data[1], bytes(data[4:20]))
-        self._expire(now)
-        cached = self._answers.get(key)
+        key: Key = (source[0], source[1], data[1], bytes(data[4:20]))
+        self.answers.expire(now)
+        cached = self.answers.get(key, now)
         if cached is not None:
             self.counters["coa.duplicates"] += 1
-            return cached[1]  # None while the first is still being carried out
+            return cached or None  # b"" while the first is still being carried out
         try:
             request = coa.decode_request(data, secret.value)
         except coa.CoaDecodeError:
@@ -85,14 +84,13 @@ class CoaResponder:
             self._drop("bad_authenticator")
             return None
         self.counters[f"coa.received.{request.name}"] += 1
-        self._answers[key] = (now + self.ttl, None)
+        self.answers.begin(key, now)
         return Received(request, source, secret, key)
 
     def answer(self, received: Received, ack: bool, now: float, error_cause: int | None = None) -> bytes:
         """Encode the answer, remember it for retransmissions and return it."""
         data = coa.encode_answer(received.request, ack, received.secret.value, None if ack else error_cause)
-        self._answers[received.key] = (now + self.ttl, data)
-        self._answers.move_to_end(received.key)
+        self.answers.finish(received.key, data, now)
         name = coa.CODE_NAMES[data[0]]
         self.counters[f"coa.sent.{name}"] += 1
         if not ack and error_cause is not None:
@@ -102,18 +100,6 @@ class CoaResponder:
     def _drop(self, reason: str) -> None:
         self.counters["coa.dropped"] += 1
         self.counters[f"coa.dropped.{reason}"] += 1
-        return None
-
-    def _expire(self, now: float) -> None:
-        answers = self._answers
-        while answers:
-            first_key = next(iter(answers))
-            expires, data = answers[first_key]
-            if expires >= now and len(answers) < 10_000:
-                break
-            if data is None and expires >= now:
-                break  # still being carried out: kept
-            answers.popitem(last=False)
 
 
 __all__ = ["DUPLICATE_TTL", "CoaPeer", "CoaResponder", "Received"]

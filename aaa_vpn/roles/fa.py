@@ -81,6 +81,7 @@ Dynamic Authorization (RFC 5176; docs/protocol.md section 6):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -132,7 +133,7 @@ from aaa_vpn.wire.mip_vpn import (
 )
 from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import ProfileDecodeError
-from aaa_vpn.wire.radius_request import AccessRequestInfo
+from aaa_vpn.wire.radius_request import AccessRequest
 
 MIP_PORT = 434  # RFC 5944 section 1.8
 CHALLENGE_LENGTH = 16
@@ -417,7 +418,7 @@ class ForeignAgent(Agent):
             self._deny(message, source, ReplyCode.FA_POORLY_FORMED_REQUEST, nai, str(exc))
             return
         visitor = self.visitors.get(nai)
-        info = AccessRequestInfo(
+        info = AccessRequest(
             nai=nai,
             chap_password=chap_password,
             chap_challenge=chap_challenge,
@@ -434,6 +435,11 @@ class ForeignAgent(Agent):
             # may the AAA keep its keys (after a deregistration or an expiry the
             # SAs are gone here, and keys once removed are never installed again).
             session_id=visitor.session_id if visitor is not None else None,
+            # ... and the view it holds: if nothing changed the AAA confirms it
+            # rather than sending every key again (docs/protocol.md section 1).
+            profile_digest=(
+                visitor.profile.digest if visitor is not None and not visitor.renewal_refused else None
+            ),
         )
         self._pending[key] = _Pending(data, message, source, nai)
         self.radius.request(info, now, tag=key)
@@ -463,6 +469,27 @@ class ForeignAgent(Agent):
         if pending is None:
             return
         profile = event.profile
+        if profile is None:
+            # A confirmation: the view this FA holds stands, with a new lifetime.
+            visitor = self.visitors.get(pending.nai)
+            confirmation = event.confirmation
+            if (
+                visitor is None
+                or confirmation is None
+                or (visitor.session_id, visitor.profile.epoch, visitor.profile.digest)
+                != (confirmation.session_id, confirmation.epoch, confirmation.digest)
+            ):
+                self._forget(key)
+                self._deny(
+                    pending.message,
+                    pending.source,
+                    ReplyCode.FA_INSUFFICIENT_RESOURCES,
+                    pending.nai,
+                    "AAA confirmed a view this FA does not hold",
+                )
+                return
+            self.counters["renewals_confirmed"] += 1
+            profile = dataclasses.replace(visitor.profile, lifetime=confirmation.lifetime)
         if profile.fa_ha_key is None or profile.fa_ha_spi is None:
             self._forget(key)
             self._deny(

@@ -5,21 +5,24 @@ handoffs (flow C, answered later from :class:`SessionCache`).
 
 Rules (everything that decides what is sent, relayed or kept lives here):
 
-1. Clients (RFC 2865 section 3): the source address picks the client, exact
-   address or CIDR, the longest prefix wins; unknown sources are dropped.
-   Only Access-Request and Status-Server are handled; anything else, or a
-   malformed packet, is dropped. Every drop is counted by reason.
-2. Message-Authenticator (RFC 3579 section 3.2, RFC 5080 section 2.2.2,
-   BlastRADIUS): a wrong one is a silent drop; a missing one is a silent
-   drop for Status-Server and for clients that require it (the default).
-3. Duplicates (RFC 5080 section 2.2.2): a request with the same (source
-   address, source port, Identifier, Request Authenticator) as one still
-   being proxied is absorbed (never forwarded twice: the upstream client
-   retransmits on its own); one already answered within
-   ``dup_cache_seconds`` gets the byte-identical reply again.
+1. RADIUS plumbing (:mod:`aaa_vpn.roles.radius_server` rules 1-6, shared
+   with the home AAA): clients by address or CIDR, the longest prefix
+   winning; framing checked (an attribute that runs past the packet is
+   malformed); only Access-Request and Status-Server; retransmissions of a
+   request still being proxied are absorbed (never forwarded twice: the
+   upstream client retransmits on its own), those of an answered one within
+   ``dup_cache_seconds`` get the byte-identical reply again;
+   Message-Authenticator wrong: dropped, missing: dropped for Status-Server
+   and for clients that require it (the default). Every drop is counted by
+   reason.
+2. The request is decoded once into an
+   :class:`~aaa_vpn.wire.radius_request.AccessRequest`; one that does not
+   decode (User-Name missing or repeated, a malformed known attribute) is
+   answered here with an Access-Reject (Bad-Request).
+3. (Retransmissions: rule 1.)
 4. Status-Server to the AAAF itself (RFC 5997 section 3) is answered with an
-   Access-Accept carrying a Reply-Message with the counters; it is not
-   subject to duplicate detection and never proxied.
+   Access-Accept carrying a Reply-Message with the counters; it is never
+   proxied.
 5. Routing: the realm is what follows the last ``@`` of the User-Name (the
    NAI, RFC 7542), compared case-insensitively; a realm without its own
    pool goes to ``DEFAULT`` if configured. No route: Access-Reject with
@@ -49,7 +52,10 @@ Rules (everything that decides what is sent, relayed or kept lives here):
      Authenticator (RFC 2868 section 3.5), **without the session root key**,
      which stays here (least privilege, DESIGN.md section 3). Other standard
      attributes are copied; Tunnel-Password and other vendors' attributes are
-     not, since they may be encrypted under the home server's secret.
+     not, since they may be encrypted under the home server's secret. A
+     confirmation (the FA's renewal named the digest of the view it holds,
+     and nothing changed) carries no key: it is relayed as it is, and the
+     cached session's lifetime follows it.
    * No usable answer (every server timed out or is dead, or an authentic
      Accept did not decode): Access-Reject with a Reply-Message and
      ``Aaa-Vpn-Reject-Reason = No-Resources``.
@@ -62,7 +68,7 @@ Rules (everything that decides what is sent, relayed or kept lives here):
    (Aaa-Vpn-Previous-FA) through which a cached, live session of the NAI was
    set up, from a client whose network holds the new care-of address, is
    answered here at once, without the home domain: the cached view is moved
-   to the new FA in the next epoch (:func:`aaa_vpn.roles.home_aaa.moved_view`:
+   to the new FA in the next epoch (:func:`aaa_vpn.roles.home_plan.moved_view`:
    keys and SPIs derived from the session root key exactly as the home AAA
    derives them when the HA reports the move) and the cache follows the
    node. The foreign AAA cannot check the MN-AAA proof (it has no MN-AAA
@@ -85,7 +91,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import hmac
 import itertools
 import os
 import struct
@@ -95,8 +100,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import NamedTuple
 
 from aaa_vpn.model import Flavour
-from aaa_vpn.roles.client_table import ClientTable
-from aaa_vpn.roles.home_aaa import moved_view
+from aaa_vpn.roles.home_plan import moved_view
 from aaa_vpn.roles.radius_client import (
     DEFAULT_DEAD_TIME,
     DEFAULT_RETRIES,
@@ -110,30 +114,30 @@ from aaa_vpn.roles.radius_client import (
     ServerDown,
     ServerUp,
 )
+from aaa_vpn.roles.radius_server import Dropped, Incoming, RadiusServer
 from aaa_vpn.secret import Secret
-from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, VpnProfile
+from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius import (
-    AUTHENTICATOR_LENGTH,
+    ACCESS_ACCEPT,
+    ACCESS_REJECT,
     HEADER_LENGTH,
     MAX_PACKET_LENGTH,
     MESSAGE_AUTHENTICATOR_LENGTH,
     MESSAGE_AUTHENTICATOR_TYPE,
-    encode_reply,
+    PROXY_STATE,
+    REPLY_MESSAGE,
+    SESSION_TIMEOUT,
+    STATUS_SERVER,
+    TUNNEL_PASSWORD,
+    USER_NAME,
+    VENDOR_SPECIFIC,
+    AaaVpnAttr,
+    RadiusDecodeError,
+    attribute,
+    split_attributes,
 )
-from aaa_vpn.wire.radius_profile import AaaVpnAttr, ProfileError, encode_profile
-
-ACCESS_REQUEST = 1
-ACCESS_ACCEPT = 2
-ACCESS_REJECT = 3
-STATUS_SERVER = 12
-
-USER_NAME = 1
-NAS_IP_ADDRESS = 4
-REPLY_MESSAGE = 18
-VENDOR_SPECIFIC = 26
-SESSION_TIMEOUT = 27
-PROXY_STATE = 33
-TUNNEL_PASSWORD = 69
+from aaa_vpn.wire.radius_profile import ProfileError, encode_profile
+from aaa_vpn.wire.radius_request import AccessRequest, RequestDecodeError, decode_access_request
 
 #: The realm name that catches every realm without its own pool.
 DEFAULT_REALM = "DEFAULT"
@@ -228,18 +232,6 @@ class Datagram(NamedTuple):
 
 class Event:
     """Base class of what :meth:`ForeignAaa.next_event` reports (for logs)."""
-
-
-@dataclass(frozen=True)
-class Dropped(Event):
-    """A datagram from a client was dropped (rule 1-2, 5)."""
-
-    reason: str
-    """Counter name suffix: ``unknown_client``, ``malformed``, ``bad_message_authenticator``..."""
-    source: Address
-    """Who sent it."""
-    detail: str
-    """What was wrong (never a secret)."""
 
 
 @dataclass(frozen=True)
@@ -411,59 +403,31 @@ class _Pool:
 
 @dataclass
 class _Pending:
-    """An Access-Request being proxied."""
+    """An Access-Request being proxied (or answered here)."""
 
-    key: tuple[str, int, int, bytes]
-    client: ProxyClient
-    source: Address
-    identifier: int
-    authenticator: bytes
+    incoming: Incoming[ProxyClient]
     nai: str
-    realm: str
-    proxy_states: bytes  # the client's Proxy-State attributes, raw, in order
-    absorbed: int = 0
+    realm: str = ""
+
+    @property
+    def client(self) -> ProxyClient:
+        return self.incoming.client
+
+    @property
+    def authenticator(self) -> bytes:
+        return self.incoming.authenticator
+
+    @property
+    def reserved(self) -> int:
+        """Octets of the reply the client's Proxy-States take."""
+        return len(self.incoming.packet.proxy_states())
 
 
-def _split(data: bytes) -> list[tuple[int, bytes]] | None:
-    """The (type, value) attributes of a length-checked packet, or None if malformed."""
-    out = []
-    position, end = HEADER_LENGTH, len(data)
-    while position < end:
-        if position + 2 > end:
-            return None
-        code, length = data[position], data[position + 1]
-        if length < 2 or position + length > end:
-            return None
-        out.append((code, data[position + 2 : position + length]))
-        position += length
-    return out
-
-
-def _vendor_value(attributes: list[tuple[int, bytes]], vendor_type: int) -> bytes | None:
-    """The value of our first vendor attribute of ``vendor_type`` (RFC 2865 section 5.26 form)."""
-    for code, value in attributes:
-        if (
-            code == VENDOR_SPECIFIC
-            and len(value) >= 6
-            and value[:4] == VENDOR_ID.to_bytes(4, "big")
-            and value[4] == vendor_type
-            and value[5] == len(value) - 4
-        ):
-            return value[6:]
-    return None
-
-
-def _vendor_ipv4(attributes: list[tuple[int, bytes]], vendor_type: int) -> IPv4Address | None:
-    value = _vendor_value(attributes, vendor_type)
-    return IPv4Address(value) if value is not None and len(value) == 4 else None
-
-
-def _attribute(code: int, value: bytes) -> bytes:
-    return bytes((code, len(value) + 2)) + value
-
-
-def _reject_reason(reason: RejectReason) -> bytes:
-    return struct.pack("!BBIBBI", VENDOR_SPECIFIC, 12, VENDOR_ID, AaaVpnAttr.REJECT_REASON, 6, reason)
+def _reject_attributes(reason: RejectReason, message: str) -> list[bytes]:
+    return [
+        attribute(REPLY_MESSAGE, message.encode("utf-8")[:253]),
+        struct.pack("!BBIBBI", VENDOR_SPECIFIC, 12, VENDOR_ID, AaaVpnAttr.REJECT_REASON, 6, reason),
+    ]
 
 
 def _is_ours(code: int, value: bytes) -> bool:
@@ -511,7 +475,12 @@ class ForeignAaa:
             if client.network in networks:
                 raise ValueError(f"clients {networks[client.network]} and {client.name}: same network {client.network}")
             networks[client.network] = client.name
-        self._clients: ClientTable[ProxyClient] = ClientTable(clients)
+        self.server: RadiusServer[ProxyClient] = RadiusServer(
+            clients,
+            dup_ttl=self.options.dup_cache_seconds,
+            dup_limit=self.options.dup_cache_limit,
+            counters=self.counters,
+        )
         self.cache = SessionCache(self.options.cache_size)
         # Realms with the same pool (same servers, secrets and order) share one
         # upstream client, hence one Identifier space and one view of which
@@ -542,54 +511,27 @@ class ForeignAaa:
         self._instance = random_bytes(4)
         self._sequence = itertools.count(1)
         self._pending: dict[int, _Pending] = {}  # by upstream tag
-        self._pending_keys: dict[tuple[str, int, int, bytes], _Pending] = {}
-        self._answered: collections.OrderedDict[tuple[str, int, int, bytes], tuple[float, bytes]] = (
-            collections.OrderedDict()
-        )
         self._outbox: list[Datagram] = []
-        self._events: collections.deque[Event] = collections.deque()
+        self._events: collections.deque[Event | Dropped] = collections.deque()
 
     # -- the API ----------------------------------------------------------------------------
     def receive_from_client(self, data: bytes, source: Address, now: float) -> None:
         """Handle a datagram an FA sent to the AAAF's listening socket."""
-        self.counters["received"] += 1
-        client = self._clients.lookup(source[0])
-        if client is None:
-            self._drop("unknown_client", source, "not a configured client")
+        result = self.server.receive(data, source, now)
+        self._take_dropped()
+        if result is None:
             return
-        if len(data) < HEADER_LENGTH:
-            self._drop("malformed", source, f"{len(data)} octets: shorter than a RADIUS header")
+        if isinstance(result, bytes):
+            self._send_to_client(result, source)
             return
-        code, identifier, length = struct.unpack_from("!BBH", data)
-        if not HEADER_LENGTH <= length <= min(len(data), MAX_PACKET_LENGTH):
-            self._drop("malformed", source, f"bad Length {length} for {len(data)} octets")
-            return
-        data = data[:length]  # RFC 2865 section 3: octets beyond Length are padding
-        if code not in (ACCESS_REQUEST, STATUS_SERVER):
-            self._drop("unsupported_code", source, f"code {code}")
-            return
-        authenticator = data[4:HEADER_LENGTH]
-        key = (source[0], source[1], identifier, authenticator)
-        if code == ACCESS_REQUEST and self._duplicate(key, source, now):
-            return
-        attributes = _split(data)
-        if attributes is None:
-            self._drop("malformed", source, "attribute lengths do not add up")
-            return
-        ma = self._check_message_authenticator(data, attributes, client.secret.value)
-        if ma is False:
-            self._drop("bad_message_authenticator", source, f"client {client.name}")
-            return
-        if ma is None and (code == STATUS_SERVER or client.require_message_authenticator):
-            self._drop("missing_message_authenticator", source, f"client {client.name}")
-            return
-        proxy_states = b"".join(_attribute(PROXY_STATE, v) for c, v in attributes if c == PROXY_STATE)
-        if code == STATUS_SERVER:
-            self.counters["status_server"] += 1
-            self._send_to_client(self._status_reply(identifier, authenticator, client, proxy_states, now), source)
+        if result.code == STATUS_SERVER:
+            reply = self.server.status_reply(result, self._status_message(now), now)
+            self._take_dropped()
+            if reply is not None:
+                self._send_to_client(reply, source)
             return
         self.counters["access_requests"] += 1
-        self._access_request(client, source, key, attributes, proxy_states, now)
+        self._access_request(result, now)
 
     def receive_from_upstream(self, data: bytes, source: Address, pool: int, now: float) -> None:
         """Handle a datagram that arrived on pool ``pool``'s upstream socket."""
@@ -616,14 +558,14 @@ class ForeignAaa:
         timers = [when for pool in self.pools if (when := pool.client.get_timer()) is not None]
         return min(timers) if timers else None
 
-    def next_event(self) -> Event | None:
+    def next_event(self) -> Event | Dropped | None:
         """The next event, or None."""
         return self._events.popleft() if self._events else None
 
     def expire(self, now: float) -> int:
         """Housekeeping: drop expired cached sessions and duplicate-cache
         entries; return the number of sessions dropped."""
-        self._expire_answered(now)
+        self.server.expire(now)
         count = self.cache.expire(now)
         self.counters["sessions_expired"] += count
         return count
@@ -645,49 +587,21 @@ class ForeignAaa:
         return total
 
     # -- client side ------------------------------------------------------------------------
+    def _take_dropped(self) -> None:
+        dropped = self.server.dropped
+        while dropped:
+            self._events.append(dropped.popleft())
+
     def _drop(self, reason: str, source: Address, detail: str) -> None:
-        self.counters["dropped"] += 1
-        self.counters[f"dropped.{reason}"] += 1
-        self._events.append(Dropped(reason, source, detail))
+        self.server.drop(reason, source, detail)
+        self._take_dropped()
 
     def _send_to_client(self, reply: bytes, destination: Address) -> None:
         self._outbox.append(Datagram(reply, destination, None))
 
-    def _duplicate(self, key: tuple[str, int, int, bytes], source: Address, now: float) -> bool:
-        """Rule 3: True if the request was absorbed or answered from the cache."""
-        pending = self._pending_keys.get(key)
-        if pending is not None:
-            pending.absorbed += 1
-            self.counters["absorbed"] += 1
-            return True
-        answered = self._answered.get(key)
-        if answered is not None and answered[0] > now:
-            self.counters["duplicates"] += 1
-            self._send_to_client(answered[1], source)
-            return True
-        return False
-
-    @staticmethod
-    def _check_message_authenticator(data: bytes, attributes: list[tuple[int, bytes]], secret: bytes) -> bool | None:
-        position = HEADER_LENGTH
-        found: int | None = None
-        for code, value in attributes:
-            if code == MESSAGE_AUTHENTICATOR_TYPE:
-                if len(value) != AUTHENTICATOR_LENGTH or found is not None:
-                    return False
-                found = position + 2
-            position += len(value) + 2
-        if found is None:
-            return None
-        zeroed = data[:found] + b"\x00" * AUTHENTICATOR_LENGTH + data[found + AUTHENTICATOR_LENGTH :]
-        expected = hmac.new(secret, zeroed, hashlib.md5).digest()
-        return hmac.compare_digest(data[found : found + AUTHENTICATOR_LENGTH], expected)
-
-    def _status_reply(
-        self, identifier: int, authenticator: bytes, client: ProxyClient, proxy_states: bytes, now: float
-    ) -> bytes:
+    def _status_message(self, now: float) -> str:
         c, up = self.counters, self.upstream_counters()
-        message = (
+        return (
             f"aaa-vpn foreign AAA up {int(now - self.started)}s pid {os.getpid()}:"
             f" requests {c['access_requests']} accepts {c['accepts']} rejects {c['rejects']}"
             f" no_route {c['rejects.no_route']} no_resources {c['rejects.no_resources']}"
@@ -695,45 +609,26 @@ class ForeignAaa:
             f" pending {len(self._pending)} cached {len(self.cache)}"
             f" upstream sent {up['sent']} retransmitted {up['retransmissions']} failovers {up['failovers']}"
             f" dropped {up['dropped']}"
-        ).encode()[:253]
-        return encode_reply(
-            ACCESS_ACCEPT,
-            identifier,
-            authenticator,
-            client.secret.value,
-            [_attribute(REPLY_MESSAGE, message)] + ([proxy_states] if proxy_states else []),
         )
 
-    def _access_request(
-        self,
-        client: ProxyClient,
-        source: Address,
-        key: tuple[str, int, int, bytes],
-        attributes: list[tuple[int, bytes]],
-        proxy_states: bytes,
-        now: float,
-    ) -> None:
-        identifier, authenticator = key[2], key[3]
-        names = [value for code, value in attributes if code == USER_NAME]
-        nai_raw = names[0] if names else b""
-        pending = _Pending(key, client, source, identifier, authenticator, _printable(nai_raw), "", proxy_states)
-        if len(names) != 1 or not nai_raw:
-            self._answer_locally(
-                pending, RejectReason.BAD_REQUEST, "exactly one User-Name (the NAI) is required", "bad_request", now
-            )
-            return
+    def _access_request(self, incoming: Incoming[ProxyClient], now: float) -> None:
+        client = incoming.client
+        names = incoming.packet.all(USER_NAME)
+        pending = _Pending(incoming, _printable(names[0]) if names else "")
         try:
-            nai = nai_raw.decode("utf-8")
-        except UnicodeDecodeError:
-            self._answer_locally(pending, RejectReason.BAD_REQUEST, "User-Name is not UTF-8", "bad_request", now)
+            request = decode_access_request(incoming.packet)
+        except RequestDecodeError as exc:
+            self._answer_locally(pending, RejectReason.BAD_REQUEST, str(exc), "bad_request", now)
             return
-        for code, value in attributes:
-            if code == PROXY_STATE and len(value) == PROXY_STATE_LENGTH and value[:4] == self._instance:
-                self._drop("proxy_loop", source, f"client {client.name}: our own Proxy-State came back")
+        nai = request.nai
+        for state in request.proxy_states:
+            if len(state) == PROXY_STATE_LENGTH and state[:4] == self._instance:
+                self.server.abandon(incoming, "proxy_loop", f"client {client.name}: our own Proxy-State came back")
+                self._take_dropped()
                 return
         realm = realm_of(nai)
         pending.realm = realm
-        if self._handoff(pending, client, nai, attributes, now):
+        if self._handoff(pending, request, now):
             return
         pool = self._routes.get(realm) or self._routes.get(DEFAULT_REALM)
         if pool is None:
@@ -743,8 +638,10 @@ class ForeignAaa:
         # Rule 6: the client's attributes in order, without its
         # Message-Authenticator (the seal puts a new one first), ours last.
         state = self._instance + struct.pack("!I", next(self._sequence) & 0xFFFFFFFF)
-        upstream = b"".join(_attribute(code, value) for code, value in attributes if code != MESSAGE_AUTHENTICATOR_TYPE)
-        upstream += _attribute(PROXY_STATE, state)
+        upstream = b"".join(
+            attribute(code, value) for code, value in incoming.packet.attributes if code != MESSAGE_AUTHENTICATOR_TYPE
+        )
+        upstream += attribute(PROXY_STATE, state)
         if HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(upstream) > MAX_PACKET_LENGTH:
             self._answer_locally(
                 pending, RejectReason.BAD_REQUEST, "the request is too large to proxy", "bad_request", now
@@ -752,35 +649,24 @@ class ForeignAaa:
             return
         tag = int.from_bytes(state[4:], "big")
         self._pending[tag] = pending
-        self._pending_keys[key] = pending
         self.counters["proxied"] += 1
         pool.client.request_attributes(upstream, now, tag)
         self._collect(pool, None, now)
 
-    def _handoff(
-        self,
-        pending: _Pending,
-        client: ProxyClient,
-        nai: str,
-        attributes: list[tuple[int, bytes]],
-        now: float,
-    ) -> bool:
+    def _handoff(self, pending: _Pending, request: AccessRequest, now: float) -> bool:
         """Answer a same-domain handoff from the cache (rule 9); False if this
         request is not one."""
-        previous = _vendor_ipv4(attributes, AaaVpnAttr.PREVIOUS_FA)
-        request_type = _vendor_value(attributes, AaaVpnAttr.REQUEST_TYPE)
-        if previous is None or (request_type is not None and request_type != b"\x00\x00\x00\x01"):
+        previous = request.previous_fa
+        if previous is None or request.request_type not in (None, RequestType.FA_REGISTRATION):
             return False
-        care_of = _vendor_ipv4(attributes, AaaVpnAttr.CARE_OF_ADDRESS)
-        if care_of is None:
-            nas = [value for code, value in attributes if code == NAS_IP_ADDRESS and len(value) == 4]
-            care_of = IPv4Address(nas[0]) if nas else None
-        entry = self.cache.lookup(nai, previous, now)
+        client = pending.client
+        care_of = request.care_of_address or request.nas_ip_address
+        entry = self.cache.lookup(request.nai, previous, now)
         if care_of is None or entry is None or care_of == entry.care_of_address or care_of not in client.network:
             return False
         epoch = entry.profile.epoch + 1
         moved = moved_view(entry.profile, care_of, epoch, max(1, int(entry.expires - now)))
-        budget = MAX_PACKET_LENGTH - HEADER_LENGTH - MESSAGE_AUTHENTICATOR_LENGTH - len(pending.proxy_states)
+        budget = MAX_PACKET_LENGTH - HEADER_LENGTH - MESSAGE_AUTHENTICATOR_LENGTH - pending.reserved
         try:
             encoded = encode_profile(
                 dataclasses.replace(moved, session_root_key=None),  # least privilege
@@ -793,46 +679,26 @@ class ForeignAaa:
             return False  # let the home AAA answer it
         self.cache.put(dataclasses.replace(entry, profile=moved, care_of_address=care_of, client=client.name))
         self.counters["handoffs_answered"] += 1
-        reply = [*encoded, pending.proxy_states] if pending.proxy_states else list(encoded)
-        event = Answered(nai, client.name, pending.realm, "handoff", f"{moved.session_id} epoch {epoch}", "")
-        self._finish(pending, ACCESS_ACCEPT, reply, now, event)
+        event = Answered(request.nai, client.name, pending.realm, "handoff", f"{moved.session_id} epoch {epoch}", "")
+        self._finish(pending, ACCESS_ACCEPT, list(encoded), now, event)
         return True
 
     def _answer_locally(
         self, pending: _Pending, reason: RejectReason, message: str, outcome: str, now: float, detail: str = ""
     ) -> None:
-        attributes = [_attribute(REPLY_MESSAGE, message.encode()[:253]), _reject_reason(reason)]
-        if pending.proxy_states:
-            attributes.append(pending.proxy_states)
         self.counters[f"rejects.{outcome}"] += 1
         event = Answered(pending.nai, pending.client.name, pending.realm, outcome, detail or message)
-        self._finish(pending, ACCESS_REJECT, attributes, now, event)
+        self._finish(pending, ACCESS_REJECT, _reject_attributes(reason, message), now, event)
 
     def _finish(self, pending: _Pending, code: int, attributes: list[bytes], now: float, event: Event) -> None:
-        reply = encode_reply(code, pending.identifier, pending.authenticator, pending.client.secret.value, attributes)
-        self.counters["accepts" if code == ACCESS_ACCEPT else "rejects"] += 1
-        self._remember(pending.key, reply, now)
-        self._send_to_client(reply, pending.source)
-        self._events.append(event)
-
-    def _remember(self, key: tuple[str, int, int, bytes], reply: bytes, now: float) -> None:
-        if self.options.dup_cache_seconds <= 0:
+        """Answer the client (its Proxy-States echoed, rule 7) and remember the reply."""
+        reply = self.server.answer(pending.incoming, code, attributes, now)
+        self._take_dropped()
+        if reply is None:
             return
-        self._expire_answered(now)
-        answered = self._answered
-        while len(answered) >= self.options.dup_cache_limit:
-            answered.popitem(last=False)
-        answered[key] = (now + self.options.dup_cache_seconds, reply)
-        answered.move_to_end(key)
-
-    def _expire_answered(self, now: float) -> None:
-        # Entries are added in time order with one ttl: the expired ones are first.
-        answered = self._answered
-        while answered:
-            first = next(iter(answered.values()))
-            if first[0] > now:
-                break
-            answered.popitem(last=False)
+        self.counters["accepts" if code == ACCESS_ACCEPT else "rejects"] += 1
+        self._send_to_client(reply, pending.incoming.source)
+        self._events.append(event)
 
     # -- upstream side ----------------------------------------------------------------------
     def _collect(self, pool: _Pool, data: bytes | None, now: float) -> None:
@@ -847,7 +713,6 @@ class ForeignAaa:
                 pending = self._pending.pop(tag, None) if isinstance(tag, int) else None
                 if pending is None:  # pragma: no cover - every tag is ours
                     continue
-                self._pending_keys.pop(pending.key, None)
                 if isinstance(event, RequestAccepted):
                     self._relay_accept(pending, event, now)
                 elif isinstance(event, RequestRejected):
@@ -865,37 +730,58 @@ class ForeignAaa:
                 self._events.append(UpstreamUp(pool.name, event.server, event.reason))
 
     def _relay_reject(self, pending: _Pending, event: RequestRejected, data: bytes, now: float) -> None:
-        length = struct.unpack_from("!H", data, 2)[0]
-        split = _split(data[:length]) or []
-        # The RadiusClient verified that every Proxy-State is echoed, ours last.
-        last_state = max((i for i, (code, _v) in enumerate(split) if code == PROXY_STATE), default=-1)
+        try:
+            split = split_attributes(data[HEADER_LENGTH : int.from_bytes(data[2:4], "big")])
+        except RadiusDecodeError:  # pragma: no cover - the RadiusClient verified it
+            split = []
+        # The RadiusClient verified that every Proxy-State is echoed, ours last;
+        # the client's own are echoed again by the plumbing.
         attributes = [
-            _attribute(code, value)
-            for i, (code, value) in enumerate(split)
-            if i != last_state and code not in (MESSAGE_AUTHENTICATOR_TYPE, TUNNEL_PASSWORD)
+            attribute(code, value)
+            for code, value in split
+            if code not in (MESSAGE_AUTHENTICATOR_TYPE, TUNNEL_PASSWORD, PROXY_STATE)
         ]
         self.counters["rejects.relayed"] += 1
         outcome = Answered(pending.nai, pending.client.name, pending.realm, "reject", event.message, event.server)
         self._finish(pending, ACCESS_REJECT, attributes, now, outcome)
 
     def _relay_accept(self, pending: _Pending, event: RequestAccepted, now: float) -> None:
-        profile = event.profile
         # Other attributes of the Accept are copied, except the ones that may
         # be encrypted under the home server's secret (rule 7).
         extra: list[bytes] = []
-        for code, value in _split(bytes(HEADER_LENGTH) + event.attributes) or []:
-            if code in (MESSAGE_AUTHENTICATOR_TYPE, PROXY_STATE) or _is_ours(code, value):
+        ours: list[bytes] = []
+        for code, value in split_attributes(event.attributes):
+            if code in (MESSAGE_AUTHENTICATOR_TYPE, PROXY_STATE):
+                continue
+            if _is_ours(code, value):
+                ours.append(attribute(code, value))
                 continue
             if code in (TUNNEL_PASSWORD, VENDOR_SPECIFIC):
                 self.counters["accept_attributes_dropped"] += 1
                 continue
-            extra.append(_attribute(code, value))
+            extra.append(attribute(code, value))
+        profile = event.profile
+        if profile is None:
+            # A confirmation: no key inside, relayed as it is; the cache follows.
+            confirmation = event.confirmation
+            assert confirmation is not None
+            entry = self.cache.get(confirmation.session_id, now)
+            if entry is not None and entry.profile.epoch == confirmation.epoch:
+                self.cache.put(
+                    dataclasses.replace(
+                        entry,
+                        profile=dataclasses.replace(entry.profile, lifetime=confirmation.lifetime),
+                        expires=now + confirmation.lifetime,
+                    )
+                )
+            self.counters["confirmations_relayed"] += 1
+            outcome = Answered(
+                pending.nai, pending.client.name, pending.realm, "accept", confirmation.session_id, event.server
+            )
+            self._finish(pending, ACCESS_ACCEPT, [*ours, *extra], now, outcome)
+            return
         budget = (
-            MAX_PACKET_LENGTH
-            - HEADER_LENGTH
-            - MESSAGE_AUTHENTICATOR_LENGTH
-            - len(pending.proxy_states)
-            - sum(map(len, extra))
+            MAX_PACKET_LENGTH - HEADER_LENGTH - MESSAGE_AUTHENTICATOR_LENGTH - pending.reserved - sum(map(len, extra))
         )
         fa_profile = dataclasses.replace(profile, session_root_key=None)  # least privilege
         try:
@@ -908,8 +794,8 @@ class ForeignAaa:
             )
             return
         if profile.session_root_key is None:
-            # A home AAA that does not treat us as a proxy: relayed, but a
-            # handoff cannot be answered here without the root key.
+            # A home AAA that does not treat us as its foreign AAA: relayed,
+            # but a handoff cannot be answered here without the root key.
             self.counters["accepts_without_session_root_key"] += 1
         else:
             self.cache.put(
@@ -925,11 +811,8 @@ class ForeignAaa:
                 )
             )
             self.counters["sessions_cached"] += 1
-        attributes = [*encoded, *extra]
-        if pending.proxy_states:
-            attributes.append(pending.proxy_states)
         outcome = Answered(pending.nai, pending.client.name, pending.realm, "accept", profile.session_id, event.server)
-        self._finish(pending, ACCESS_ACCEPT, attributes, now, outcome)
+        self._finish(pending, ACCESS_ACCEPT, [*encoded, *extra], now, outcome)
 
 
 __all__ = [

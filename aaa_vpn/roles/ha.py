@@ -60,11 +60,11 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
 import os
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -94,9 +94,9 @@ from aaa_vpn.wire.mip_auth import (
 )
 from aaa_vpn.wire.mip_replay import check_timestamp, mismatch_identification, timestamp_identification
 from aaa_vpn.wire.mip_vpn import encode_vpn_path, session_of
-from aaa_vpn.wire.profile import VENDOR_ID, PathProfile, PathRole, RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import ProfileDecodeError
-from aaa_vpn.wire.radius_request import AccessRequestInfo
+from aaa_vpn.wire.radius_request import AccessRequest
 
 MIP_PORT = 434
 #: The SPI of aaa_vpn's binding authentication extension (the key is chosen by
@@ -338,7 +338,14 @@ class HomeAgent(Agent):
         except mip.MipDecodeError as exc:
             self._deny(message, source, ReplyCode.HA_POORLY_FORMED_REQUEST, nai, str(exc), None)
             return
-        info = AccessRequestInfo(
+        binding = self.bindings.get(nai)
+        holds = (
+            binding is not None
+            and session is not None
+            and (binding.session_id, binding.profile.epoch) == session
+            and binding.care_of_address == message.care_of_address
+        )
+        info = AccessRequest(
             nai=nai,
             chap_password=chap_password,
             chap_challenge=chap_challenge,
@@ -346,8 +353,11 @@ class HomeAgent(Agent):
             request_type=RequestType.HA_REGISTRATION,
             care_of_address=message.care_of_address,
             session_id=session[0] if session else None,
-            # Aaa-Vpn-Key-Epoch: the epoch the FA's SAs were derived in.
-            extra=(struct.pack("!BBIBBI", 26, 12, VENDOR_ID, 8, 6, session[1]),) if session else (),
+            # The epoch the FA's SAs were derived in.
+            key_epoch=session[1] if session else None,
+            # A renewal of the binding this HA holds names its view: if nothing
+            # changed, the home AAA confirms it instead of sending the keys again.
+            profile_digest=binding.profile.digest if holds and binding is not None else None,
         )
         self._pending[key] = _Pending(data, message, source, nai)
         self.radius.request(info, now, tag=key)
@@ -374,8 +384,11 @@ class HomeAgent(Agent):
         pending = self._pending.get(key)
         if pending is None:
             return
-        profile = event.profile
+        profile = self._accepted_profile(event, pending.nai)
         message, data = pending.message, pending.request
+        if profile is None:
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA confirmed a view this HA does not hold", False)
+            return
         if profile.mn_ha_key is None or profile.fa_ha_key is None:
             self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA gave no MN-HA or FA-HA key", delete=False)
             return
@@ -408,6 +421,26 @@ class HomeAgent(Agent):
         for owner, paths in ((stationary_owner(profile), stationary), (fa_owner(profile), moving)):
             if paths:
                 self._emit(InstallPaths(owner, paths))
+
+    def _accepted_profile(self, event: RequestAccepted, nai: str) -> VpnProfile | None:
+        """The view an Accept gives: its profile, or -- a confirmation -- the
+        binding's own view with the new lifetime (None if it is not the view
+        confirmed)."""
+        if event.profile is not None:
+            return event.profile
+        confirmation = event.confirmation
+        binding = self.bindings.get(nai)
+        if confirmation is None or binding is None:
+            return None
+        held = binding.profile
+        if (held.session_id, held.epoch, held.digest) != (
+            confirmation.session_id,
+            confirmation.epoch,
+            confirmation.digest,
+        ):
+            return None
+        self.counters["renewals_confirmed"] += 1
+        return dataclasses.replace(held, lifetime=confirmation.lifetime)
 
     def _accept(self, key: object, now: float) -> None:
         pending = self._pending.pop(key)

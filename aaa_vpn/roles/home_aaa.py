@@ -1,670 +1,1037 @@
-"""Home AAA decisions: authenticate the mobile node, plan its session's VPN
-paths and keys, and cut each network element's view of them.
+"""The home AAA (AAAH), sans-IO: it answers the Access-Requests of FAs, HAs,
+gateways and visited domains' proxies with each one's part of a user's VPN,
+and decides every change of the user's session.
 
-Rules (everything that decides what a node is told lives here):
+Rules (everything that decides what is answered and what is stored lives
+here; "plan rule N" refers to :mod:`aaa_vpn.roles.home_plan`):
 
-1. The mobile node is authenticated from the MN-AAA authenticator carried as
-   RADIUS CHAP attributes in the 3GPP2 manner (RFC 4721 section 8, CHAP_SPI):
-   CHAP-Password = Challenge[0] || MN-AAA authenticator, CHAP-Challenge =
-   MD5(preceding Mobile IP data || Type, Subtype, Length, SPI) ||
-   least-significant 237 octets of the FA challenge. The check is plain RADIUS
-   CHAP (RFC 1994): MD5(CHAP-ID || MN-AAA secret || CHAP-Challenge). See
-   docs/mn-aaa-chap.md.
-2. A session has one FA <-> HA path, one HA <-> GW path per VPN record through a
-   static gateway and one FA <-> GW path per record through a dynamic gateway
-   (route optimisation). At most :data:`~aaa_vpn.wire.profile.MAX_PATHS`.
-3. The FA <-> HA path carries everything the MN sends through its home agent
-   (remote traffic selector 0.0.0.0/0: reverse tunnelling, RFC 3024) and uses
-   the security service and QoS class of the user's first VPN record (lowest
-   id), or the built-in default service when the user has none.
-4. Keys come from the session root key (keys.py); every direction of every
-   path has its own key; SPIs are allocated per receiving node.
-5. Least privilege (DESIGN.md section 3): the FA sees only paths that end at the
-   FA; the HA sees its own paths plus the gateway's side of FA <-> GW paths (it
-   forwards those in a Binding Update) and the SRK; a foreign-AAA proxy sees the
-   FA's view plus the SRK; a gateway sees only paths that end at it.
-6. A registration through another FA that names the previous one moves the
-   live session (flows C/D): same session and session root key, care-of
-   address rewritten, epoch + 1, fresh SPIs and keys for every path that ends
-   at the FA; the stationary HA <-> GW paths keep theirs. A registration by
-   the FA that names the session (its current visitor) renews it. Any other
-   registration starts a new session (fresh root key): keys that nodes
-   removed are never handed out again.
-7. Smooth handoff (flow E, docs/protocol.md section 5): every FA view carries
-   the FA's own handoff key for the session and epoch it registers in
-   (:func:`aaa_vpn.keys.derive_handoff_key`). After a move to another FA the
-   new FA's view also names the previous FA (the FA of ``epoch - 1``) with
-   that FA's handoff key, and carries the FA <-> FA forwarding path (label
-   ``fa-fa:<previous FA>``, keys and SPIs derived from the SRK in the new
-   epoch, selectors: the home address at the new FA, anything at the previous
-   one). Nobody else is told any of it. Its SPIs sit in the session's SPI
-   table like any path's, which is also how the stored session remembers the
-   previous FA.
-8. Re-keying (docs/protocol.md section 4): a session's keys are due once a
-   fraction of the shortest SA lifetime of its paths has passed since they
-   were last all renewed (``keyed_at``). A re-key is a move to the next epoch
-   at the same care-of address in which the stationary HA <-> GW paths get
-   new keys and SPIs as well (``stationary_epoch`` = the new epoch). A
-   registration is never granted past the keys' lifetime, so no SA outlives
-   its keys even if the node stops renewing.
+1. RADIUS plumbing: :mod:`aaa_vpn.roles.radius_server` rules 1-6 (clients by
+   address or CIDR, framing, duplicates, Message-Authenticator, Proxy-State,
+   Status-Server). Status-Server is answered with the counters.
+2. The request is decoded once into an
+   :class:`~aaa_vpn.wire.radius_request.AccessRequest`; one that does not
+   decode is answered with an Access-Reject (Bad-Request) naming the
+   attribute. Every Access-Reject carries a Reply-Message and an
+   Aaa-Vpn-Reject-Reason.
+3. Who may ask what (:data:`ALLOWED_REQUESTS`): FAs, proxies and this
+   project's foreign AAAs make FA-Registrations and Service-Updates, HAs
+   HA-Registrations, gateways GW-Bindings; without Aaa-Vpn-Request-Type the
+   client's role picks (:data:`DEFAULT_REQUEST`). Anything else: Bad-Request.
+4. The user must exist (else Unknown-User) and be enabled (else
+   User-Disabled); the mobile node is authenticated by its MN-AAA proof in
+   CHAP attributes (plan rule 1; missing: Bad-Request; wrong:
+   Authentication-Failed) in every request but a GW-Binding.
+5. The requester's own address is its NAS-IP-Address if that lies in its
+   client's network (any, for a proxy), else the datagram's source. An FA's
+   care-of address (Aaa-Vpn-Care-Of-Address, else that address) must lie in
+   its client's network; a proxy's is taken as given. The home agent is the
+   one the request names (ours or 3GPP2's attribute), else the user's.
+6. An FA registration is one of five cases, :data:`FA_CASES` and
+   :func:`choose_case` (the live session is the user's newest unexpired
+   session through that home agent):
 
-Pure: no sockets, no database, no clock (``now`` is passed in), no randomness
-except through the ``random_bytes`` callable the caller gives.
+   ========  ==================================================  ======================  =======
+   case      when                                                the session             store
+   ========  ==================================================  ======================  =======
+   create    no live session, or the request names neither it    new (fresh root key)    CREATE
+             (its id, at its care-of address) nor a previous FA
+   renew     names the live session at its care-of address; the  expiry moves (never     RENEW
+             VPN is unchanged, the keys are not due, not a        past the keys' life)
+             Service-Update
+   rekey     as renew, but the keys are due (plan rule 8) or it   next epoch, every path  REPLACE
+             is a Service-Update (something refused the keys)     re-keyed
+   update    names the live session at its care-of address, but   next epoch, every path  REPLACE
+             the user's VPN changed (paths came or went)          re-keyed
+   move      names a previous FA; the live session is at another  next epoch at the new   REPLACE
+             care-of address (flows C and D)                      FA (plan rule 6)
+   ========  ==================================================  ======================  =======
+
+   A renewal's keys and SPIs stay; keys a node removed (after a
+   deregistration or an expiry the session is gone) are never handed out
+   again.
+7. An HA registration answers for the session it names (else the user's
+   newest live session through that HA; none: No-Session). If it reports
+   the node at another care-of address or key epoch -- a foreign AAA
+   answered a same-domain handoff from its cache (flow C) -- the session is
+   moved the same deterministic way (plan rule 6) to that epoch, which must
+   be newer than the session's and at most :data:`MAX_EPOCH_STEP` ahead
+   (never past the 32-bit field); anything else is No-Session. The move is
+   checked by the MN-AAA proof the HA relays (rule 4) and stored like any
+   other change (rule 10). A GW-Binding only reads: the gateway's view of
+   the session that has a path to it.
+8. Views (plan rule 5): the FA's (also what a proxy gets), the HA's, the
+   gateway's; the session root key goes only to HAs and to clients of role
+   ``foreign-aaa``. Each view carries its digest (Aaa-Vpn-Profile-Digest).
+9. Replies: the view in the client's flavour (aaa-vpn, rfc2868, 3gpp2), its
+   lifetime the session's remaining one; or, to an aaa-vpn client whose
+   request named the digest of the very view it would get, a confirmation:
+   session id, epoch, lifetime and digest, no key (docs/protocol.md section
+   1, "Renewals that change no key"). A view that does not fit the packet is
+   Profile-Too-Large.
+10. Store: a decision that changes a session is a :class:`StoreSession`
+    event; its reply waits for :meth:`HomeAaa.sessions_stored`. Writes are
+    conditional on the session's epoch (model.SessionWrite): CONFLICT (another
+    worker or node changed the session) decides the request again from the
+    store, up to :data:`CONFLICT_RETRIES` times; SPI_TAKEN draws new SPIs,
+    up to :data:`SPI_RETRIES` times, then No-Resources; UNAVAILABLE (the
+    store did not answer in time) drops the request, counted, so that its
+    retransmission is decided anew. One write per user is in flight at a
+    time: the user's later requests wait for it, in order.
+11. Operator actions (RFC 5176, docs/protocol.md section 6):
+    :meth:`HomeAaa.push` re-keys a live session at the next epoch with the
+    user's current VPN (every path, the stationary ones too) and, once that
+    is stored, asks for a CoA-Request to its FA and HA carrying each one's
+    new view; :meth:`HomeAaa.disconnect` asks for Disconnect-Requests, and
+    :meth:`HomeAaa.delete` forgets the session.
+
+Theory of operation (the aioquic shape): inputs are
+:meth:`~HomeAaa.receive_datagram`, :meth:`~HomeAaa.sessions_stored`,
+:meth:`~HomeAaa.push`, :meth:`~HomeAaa.disconnect`, :meth:`~HomeAaa.delete`,
+:meth:`~HomeAaa.refresh` and :meth:`~HomeAaa.expire`, each with ``now``;
+outputs are :meth:`~HomeAaa.datagrams_to_send` and :meth:`~HomeAaa.next_event`.
+Provisioning and sessions are read through two small read-only interfaces,
+:class:`Provisioning` and :class:`SessionReader` (a cache, SQLite and
+PostgreSQL all fit behind them); every change leaves as an event. No sockets,
+no database, no clock; randomness only through ``random_bytes``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
-import hashlib
-import hmac
-from collections.abc import Callable, Mapping, Sequence
+import enum
+import itertools
+import os
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
+from typing import Protocol
 
-from aaa_vpn import keys
 from aaa_vpn.model import (
+    Client,
     ClientRole,
-    Gateway,
-    GatewayMode,
-    KeyMode,
-    QosClass,
-    Service,
+    Flavour,
     Session,
-    SpiAllocation,
-    User,
-    VpnRecord,
+    SessionWrite,
+    WriteKind,
+    WriteOutcome,
+    nai_realm,
 )
+from aaa_vpn.roles import home_plan as plan
+from aaa_vpn.roles.home_plan import PlannedPath, Rejected, UserContext
+from aaa_vpn.roles.radius_server import Address, Dropped, Incoming, RadiusServer
 from aaa_vpn.secret import Secret
-from aaa_vpn.wire.profile import (
-    MAX_PATHS,
-    SPI_MAX,
-    SPI_MIN,
-    PathProfile,
-    PathRole,
-    QosSpec,
-    RejectReason,
-    RequestType,
-    VpnProfile,
+from aaa_vpn.wire import coa
+from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.radius_profile import (
+    ProfileError,
+    ProfileTemplate,
+    compile_confirmation,
+    compile_profile,
 )
-from aaa_vpn.wire.text import text
+from aaa_vpn.wire.radius_request import (
+    MAX_KEY_EPOCH,
+    AccessRequest,
+    RequestDecodeError,
+    decode_access_request,
+)
 
-#: The service used for the FA <-> HA path of a user without VPN records.
-DEFAULT_SERVICE = Service("default")
-ANY = IPv4Network("0.0.0.0/0")
-#: Label of the Mobile IP FA-HA security association in a session's SPI list.
-FA_HA_MIP_LABEL = "mip-fa-ha"
-#: Label prefix of the smooth-handoff forwarding path (rule 7): ``fa-fa:<previous FA>``.
-FORWARDING_LABEL_PREFIX = "fa-fa:"
+#: Which request types each kind of client may make (rule 3; least privilege).
+ALLOWED_REQUESTS: dict[ClientRole, frozenset[RequestType]] = {
+    ClientRole.FA: frozenset({RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE}),
+    ClientRole.PROXY: frozenset({RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE}),
+    ClientRole.FOREIGN_AAA: frozenset({RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE}),
+    ClientRole.HA: frozenset({RequestType.HA_REGISTRATION}),
+    ClientRole.GW: frozenset({RequestType.GW_BINDING}),
+}
+#: The request type of a request without Aaa-Vpn-Request-Type (rule 3).
+DEFAULT_REQUEST: dict[ClientRole, RequestType] = {
+    ClientRole.FA: RequestType.FA_REGISTRATION,
+    ClientRole.PROXY: RequestType.FA_REGISTRATION,
+    ClientRole.FOREIGN_AAA: RequestType.FA_REGISTRATION,
+    ClientRole.HA: RequestType.HA_REGISTRATION,
+    ClientRole.GW: RequestType.GW_BINDING,
+}
+#: Rule 7: how far ahead of the stored session an HA may report the key epoch.
+#: A foreign AAA moves a session one epoch per same-domain handoff; a few
+#: handoffs may pass before their HA registrations reach us.
+MAX_EPOCH_STEP = 8
+#: Rule 10: decisions made again after a write found the session changed.
+CONFLICT_RETRIES = 3
+#: Rule 10: fresh SPI draws after a write found an SPI taken.
+SPI_RETRIES = 5
+#: Rule 11: epochs a push tries when a derived SPI is taken.
+_PUSH_EPOCHS = 3
+_CACHE_LIMIT = 100_000
 
 
-class Rejected(Exception):
-    """The request is refused; ``reason`` and ``message`` go into the Access-Reject."""
-
-    def __init__(self, reason: RejectReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+# --- interfaces ----------------------------------------------------------------------------
 
 
-def verify_mn_aaa_chap(chap_password: bytes, chap_challenge: bytes, secret: Secret) -> bool:
-    """Check an MN-AAA authenticator carried as CHAP attributes (rule 1)."""
-    if len(chap_password) != 17 or not chap_challenge:
-        return False
-    expected = hashlib.md5(chap_password[:1] + secret.value + chap_challenge).digest()
-    return hmac.compare_digest(expected, chap_password[1:])
+class Provisioning(Protocol):
+    """The provisioning the home AAA reads (read-only)."""
+
+    def generation(self) -> int:
+        """A number that changes whenever provisioning changes (cheap)."""
+
+    def clients(self) -> Sequence[Client]:
+        """Every RADIUS client."""
+
+    def user_context(self, nai: str) -> UserContext | None:
+        """The user and everything its VPN records name, or None."""
 
 
-def mn_aaa_chap_attributes(challenge: bytes, preceding: bytes, secret: Secret) -> tuple[bytes, bytes]:
-    """The (CHAP-Password, CHAP-Challenge) an FA sends for an RRQ whose MN-AAA
-    authenticator was computed with CHAP_SPI; also what a mobile node computes.
+class SessionReader(Protocol):
+    """The sessions the home AAA reads (read-only; changes leave as events)."""
 
-    ``preceding`` is the Mobile IP data up to and including the MN-AAA
-    extension's Type, Subtype, Length and SPI fields (RFC 4721 section 6)."""
-    if not challenge:
-        raise ValueError("an MN-FA challenge is required")
-    chap_challenge = hashlib.md5(preceding).digest() + challenge[-237:]
-    chap_id = challenge[:1]
-    response = hashlib.md5(chap_id + secret.value + chap_challenge).digest()
-    return chap_id + response, chap_challenge
+    def live_session(self, nai: str, home_agent: IPv4Address, now: float) -> Session | None:
+        """The user's newest session through ``home_agent`` that has not expired."""
+
+    def sessions_of(self, nai: str) -> Sequence[Session]:
+        """The user's sessions, newest first."""
+
+    def session(self, session_id: str) -> Session | None:
+        """One session, or None."""
 
 
 @dataclass(frozen=True)
-class UserContext:
-    """Everything the planner needs about one user, read from provisioning."""
+class HomeAaaOptions:
+    """Tunables of the home AAA."""
 
-    user: User
-    records: tuple[VpnRecord, ...]
-    gateways: Mapping[str, Gateway]
-    services: Mapping[str, Service]
-    qos: Mapping[str, QosClass]
+    session_lifetime: int = 3600
+    """Seconds a registration's session is granted (before key-life capping)."""
+    dup_cache_seconds: float = 10.0
+    """How long an answer is kept for retransmissions (RFC 5080 section 2.2.2)."""
+    rekey_fraction: float = 0.5
+    """Plan rule 8: a renewal re-keys once this fraction of the shortest SA
+    lifetime has passed since the keys were last all renewed."""
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+class Event:
+    """Base class of what :meth:`HomeAaa.next_event` reports."""
 
 
 @dataclass(frozen=True)
-class PlannedPath:
-    """One path of a session in neutral form: endpoint ``a`` is the mobile
-    side (FA, or HA for HA <-> GW), ``b`` the other."""
+class StoreSession(Event):
+    """Carry out ``write`` (in one transaction with the other writes of the
+    batch, if any), then call :meth:`HomeAaa.sessions_stored` with ``write_id``
+    and its outcome."""
 
-    label: str
-    role: PathRole
-    a: IPv4Address
-    b: IPv4Address
-    a_ts: tuple[IPv4Network, ...]
-    b_ts: tuple[IPv4Network, ...]
-    service: Service
-    qos: QosClass | None
-    gateway_mode: GatewayMode | None
-    gateway_key: Secret | None = field(default=None, compare=False, repr=False)
-
-    #: Names of the SPIs allocated at ``a`` and at ``b`` (derived, see __post_init__).
-    a_key: str = field(default="", compare=False)
-    b_key: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        # Computed once per (cached) plan rather than for every registration.
-        object.__setattr__(self, "a_key", _spi_key(self.label, self.a))
-        object.__setattr__(self, "b_key", _spi_key(self.label, self.b))
-
-    def spi_key(self, node: IPv4Address) -> str:
-        """The name of the SPI allocated at ``node`` (one of the endpoints)."""
-        return self.a_key if node == self.a else self.b_key
+    write_id: int
+    """Names the write in the acknowledgement."""
+    write: SessionWrite
+    """What to change."""
 
 
-def path_label(role: PathRole, gateway: IPv4Address | None = None, correspondent: IPv4Network | None = None) -> str:
-    """The label a path's keys and SPIs are derived and named with.
+@dataclass(frozen=True)
+class Decided(Event):
+    """An Access-Request was answered (for logs and counters)."""
 
-    Built only from what every node of the path sees in its own view (the
-    role, the gateway end and the correspondent selector), so that a foreign
-    AAA or an agent holding the session root key can re-derive a moved path's
-    keys without being told the home AAA's record ids:
-    ``fa-ha``, ``ha-gw:<gateway>:<correspondent>``, ``fa-gw:<gateway>:<correspondent>``.
-    """
-    if role is PathRole.FA_HA:
-        return "fa-ha"
-    if gateway is None or correspondent is None:
-        raise ValueError(f"a {role.name} path label names its gateway and correspondent")
-    prefix = "ha-gw" if role is PathRole.HA_GW else "fa-gw"
-    return f"{prefix}:{text(gateway)}:{text(correspondent)}"
+    nai: str
+    """The User-Name, as far as it is printable."""
+    client: str
+    """The client's name."""
+    request: str
+    """The request type (``fa_registration``...), or ``""`` if it did not decode."""
+    outcome: str
+    """``created``, ``renewed``, ``rekeyed``, ``updated``, ``moved``,
+    ``confirmed`` (a renewal answered with a confirmation) or ``answered``
+    (nothing changed), or ``rejected``."""
+    reason: str = ""
+    """The reject reason (``unknown_user``...), when rejected."""
+    detail: str = ""
+    """The Reply-Message of a reject (never a secret)."""
+    session_id: str = ""
+    """The session concerned, if any."""
+    care_of: str = ""
+    """Its care-of address."""
+    paths: int = 0
+    """Paths of the view sent."""
 
 
-def forwarding_label(previous_fa: IPv4Address) -> str:
-    """The label of the forwarding path from ``previous_fa`` to the node's new FA (rule 7)."""
-    return FORWARDING_LABEL_PREFIX + text(previous_fa)
+@dataclass(frozen=True)
+class CoaTarget:
+    """An agent a CoA-/Disconnect-Request goes to."""
+
+    role: str
+    """``fa`` or ``ha``."""
+    address: IPv4Address
+    """The agent (the session's care-of address or home agent)."""
+    client: str = ""
+    """Its RADIUS client's name ('' when no client holds this address)."""
+    port: int = coa.COA_PORT
+    """Its CoA port (the client's ``coa_port``)."""
+    secret: Secret | None = field(default=None, repr=False)
+    """The client's shared secret."""
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _host_network(address: IPv4Address) -> IPv4Network:
-    return IPv4Network((int(address), 32))
+@dataclass(frozen=True)
+class Authorize(Event):
+    """Dynamic Authorization requests to send (RFC 5176): the exchange
+    (send, retransmit byte-identically, match the answers) is the service
+    layer's (net/coa_client.py)."""
+
+    tag: object
+    """The caller's tag given to :meth:`HomeAaa.push` or :meth:`HomeAaa.disconnect`."""
+    action: str
+    """``push`` or ``disconnect``."""
+    previous: Session | None
+    """The session before the action."""
+    session: Session | None
+    """The session after it (a push's new epoch); None if the action failed."""
+    requests: tuple[tuple[CoaTarget, bytes | None], ...] = ()
+    """Per target, the request to send (None: no client holds its address)."""
+    views: dict[str, VpnProfile] = field(default_factory=dict, repr=False)
+    """A push's new views, by role (``fa``, ``ha``)."""
+    error: str = ""
+    """Why there is nothing to send (no such session, it expired...)."""
 
 
-def plan_paths(
-    ctx: UserContext, home_address: IPv4Address, home_agent: IPv4Address, care_of: IPv4Address
-) -> list[PlannedPath]:
-    """The paths of a session (rules 2 and 3)."""
-    records = sorted(ctx.records, key=lambda r: r.id or 0)
-    mn = (IPv4Network(f"{home_address}/32"),)
-    first_service = ctx.services[records[0].service] if records else DEFAULT_SERVICE
-    first_qos = ctx.qos.get(records[0].qos) if records and records[0].qos else None
-    paths = [
-        PlannedPath(
-            path_label(PathRole.FA_HA), PathRole.FA_HA, care_of, home_agent, mn, (ANY,), first_service, first_qos, None
-        )
+# --- the five cases of rule 6 --------------------------------------------------------------
+
+
+class Case(enum.Enum):
+    """An FA registration's case (rule 6)."""
+
+    CREATE = "created"
+    RENEW = "renewed"
+    REKEY = "rekeyed"
+    UPDATE = "updated"
+    MOVE = "moved"
+
+
+def choose_case(
+    current: Session | None,
+    request: AccessRequest,
+    care_of: IPv4Address,
+    vpn_changed: bool,
+    keys_due: bool,
+) -> Case:
+    """Rule 6: which case an FA registration is. ``vpn_changed``: the user's
+    current plan has paths the live session has no SPIs for (or lost some);
+    ``keys_due``: plan rule 8 says the keys are getting old."""
+    if current is None:
+        return Case.CREATE
+    if request.session_id == current.session_id and current.care_of_address == care_of:
+        if vpn_changed:
+            return Case.UPDATE
+        if keys_due or request.request_type is RequestType.SERVICE_UPDATE:
+            return Case.REKEY
+        return Case.RENEW
+    if request.previous_fa is not None and current.care_of_address != care_of:
+        return Case.MOVE
+    return Case.CREATE
+
+
+#: Rule 6's table as data: what each case does to the session and the store.
+FA_CASES: dict[Case, tuple[str, WriteKind]] = {
+    Case.CREATE: ("new session, fresh session root key", WriteKind.CREATE),
+    Case.RENEW: ("expiry moves, keys and SPIs stay", WriteKind.RENEW),
+    Case.REKEY: ("next epoch at the same FA, every path re-keyed", WriteKind.REPLACE),
+    Case.UPDATE: ("next epoch at the same FA, every path re-keyed", WriteKind.REPLACE),
+    Case.MOVE: ("next epoch at the new FA", WriteKind.REPLACE),
+}
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """An Access-Request being decided."""
+
+    incoming: Incoming[Client]
+    request: AccessRequest
+    conflicts: int = 0
+    spi_draws: int = 0
+
+
+@dataclass
+class _Answer:
+    """A decided Access-Request: its reply, once its write (if any) is stored."""
+
+    code: int
+    attributes: list[bytes]
+    decided: Decided
+    write: SessionWrite | None = None
+    session: Session | None = None
+
+
+@dataclass
+class _Action:
+    """A push waiting for its write."""
+
+    tag: object
+    action: str
+    previous: Session
+    paths: list[PlannedPath]
+    ctx: UserContext
+    attempt: int = 0
+    moved: Session | None = None
+
+
+class _View:
+    """One requester's view of a session, compiled per flavour on demand."""
+
+    __slots__ = ("confirmation", "profile", "templates")
+
+    def __init__(self, profile: VpnProfile) -> None:
+        self.profile = profile
+        self.templates: dict[Flavour, ProfileTemplate] = {}
+        self.confirmation: ProfileTemplate | None = None
+
+    def template(self, flavour: Flavour) -> ProfileTemplate:
+        template = self.templates.get(flavour)
+        if template is None:
+            template = self.templates[flavour] = compile_profile(self.profile, flavour)
+        return template
+
+    def confirmation_template(self) -> ProfileTemplate:
+        if self.confirmation is None:
+            self.confirmation = compile_confirmation(self.profile)
+        return self.confirmation
+
+
+def _printable(raw: bytes | str) -> str:
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
+    return text[:128]
+
+
+_REJECT_REASON = struct.Struct("!BBIBBI")
+
+
+def reject_attributes(reason: RejectReason, message: str) -> list[bytes]:
+    """An Access-Reject's attributes: Reply-Message and Aaa-Vpn-Reject-Reason."""
+    return [
+        rc.attribute(rc.REPLY_MESSAGE, message.encode("utf-8")[:253]),
+        _REJECT_REASON.pack(rc.VENDOR_SPECIFIC, 12, VENDOR_ID, rc.AaaVpnAttr.REJECT_REASON, 6, reason),
     ]
-    for record in records:
-        gateway = ctx.gateways[record.gateway]
-        service = ctx.services[record.service]
-        qos = ctx.qos.get(record.qos) if record.qos else None
-        if gateway.mode is GatewayMode.STATIC:
-            paths.append(
-                PlannedPath(
-                    path_label(PathRole.HA_GW, gateway.address, record.correspondent),
-                    PathRole.HA_GW,
-                    home_agent,
-                    gateway.address,
-                    mn,
-                    (record.correspondent,),
-                    service,
-                    qos,
-                    GatewayMode.STATIC,
-                    gateway.gateway_key,
-                )
-            )
+
+
+class HomeAaa:
+    """The home AAA of one worker; see the module rules."""
+
+    def __init__(
+        self,
+        provisioning: Provisioning,
+        sessions: SessionReader,
+        options: HomeAaaOptions | None = None,
+        *,
+        now: float = 0.0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """``now`` starts the uptime shown in Status-Server replies."""
+        self.provisioning = provisioning
+        self.sessions = sessions
+        self.options = options or HomeAaaOptions()
+        self.random_bytes = random_bytes
+        self.started = now
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.server: RadiusServer[Client] = RadiusServer(
+            provisioning.clients(), dup_ttl=self.options.dup_cache_seconds, counters=self.counters
+        )
+        self._generation = provisioning.generation()
+        self._plans: dict[tuple[str, int, int, int], list[PlannedPath]] = {}
+        self._views: dict[tuple[object, ...], _View] = {}
+        self._live: dict[str, Session] = {}  # by NAI: the session this worker last stored or read
+        self._write_ids = itertools.count(1)
+        self._writes: dict[int, tuple[_Job, _Answer] | _Action] = {}
+        self._busy: dict[str, collections.deque[_Job]] = {}  # NAIs with a write in flight: who waits
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._events: collections.deque[Event] = collections.deque()
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Provisioning may have changed: if its generation moved, serve the
+        current clients and forget every plan and view made from the old."""
+        generation = self.provisioning.generation()
+        if generation != self._generation:
+            self._generation = generation
+            self.server.set_clients(self.provisioning.clients())
+            self._plans.clear()
+            self._views.clear()
+
+    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
+        """Handle one datagram from ``source`` (rules 1-10)."""
+        result = self.server.receive(data, source, now)
+        if result is None and self.server.dropped and self.server.dropped[-1].reason == "unknown_client":
+            # A client added a moment ago: look again with current provisioning.
+            self.refresh()
+            if self.server.clients.lookup(source[0]) is not None:
+                self.server.counters["dropped"] -= 1
+                self.server.counters["dropped.unknown_client"] -= 1
+                self.server.dropped.pop()
+                result = self.server.receive(data, source, now)
+                self.counters["received"] -= 1
+        self._take_dropped()
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            self._outbox.append((result, source))
+            return
+        if result.code == rc.STATUS_SERVER:
+            reply = self.server.status_reply(result, self._status_message(now), now)
+            self._take_dropped()
+            if reply is not None:
+                self._outbox.append((reply, source))
+            return
+        self.counters["access_requests"] += 1
+        try:
+            request = decode_access_request(result.packet)
+        except RequestDecodeError as exc:
+            nai = result.packet.first(rc.USER_NAME) or b""
+            self._reject_incoming(result, RejectReason.BAD_REQUEST, str(exc), now, _printable(nai), "")
+            return
+        self._run(_Job(result, request), now)
+
+    def sessions_stored(self, write_id: int, outcome: WriteOutcome, now: float) -> None:
+        """The service layer's answer to :class:`StoreSession` (rule 10)."""
+        entry = self._writes.pop(write_id, None)
+        if entry is None:
+            return
+        if isinstance(entry, _Action):
+            self._action_stored(entry, outcome, now)
+            return
+        job, answer = entry
+        nai = job.request.nai
+        waiting = self._busy.pop(nai, collections.deque())
+        if outcome is WriteOutcome.STORED:
+            if answer.session is not None:
+                self._remember(answer.session)
+            self._send(job, answer, now)
+        elif outcome is WriteOutcome.CONFLICT:
+            self._live.pop(nai, None)
+            self.counters["store_conflicts"] += 1
+            job.conflicts += 1
+            if job.conflicts > CONFLICT_RETRIES:
+                self.server.abandon(job.incoming, "store_conflict", f"session of {_printable(nai)} keeps changing")
+                self._take_dropped()
+            else:
+                waiting.appendleft(job)
+        elif outcome is WriteOutcome.SPI_TAKEN:
+            self.counters["spi_collisions"] += 1
+            job.spi_draws += 1
+            if job.spi_draws >= SPI_RETRIES:
+                self._reject_job(job, RejectReason.NO_RESOURCES, "no free SPI after several attempts", now)
+            else:
+                waiting.appendleft(job)
         else:
-            paths.append(
-                PlannedPath(
-                    path_label(PathRole.FA_GW, gateway.address, record.correspondent),
-                    PathRole.FA_GW,
-                    care_of,
-                    gateway.address,
-                    mn,
-                    (record.correspondent,),
-                    service,
-                    qos,
-                    GatewayMode.DYNAMIC,
-                    gateway.gateway_key,
+            self.server.abandon(job.incoming, "store_unavailable", "the session store did not answer in time")
+            self._take_dropped()
+        for queued in waiting:
+            self._run(queued, now)
+
+    def push(self, session_id: str, now: float, tag: object = None) -> None:
+        """Rule 11: roll the user's current VPN out to a live session's FA and
+        HA. Ends in an :class:`Authorize` event (after a :class:`StoreSession`)."""
+        session = self.sessions.session(session_id)
+        if session is None or session.expires <= now:
+            what = "has expired" if session is not None else "does not exist"
+            self._events.append(Authorize(tag, "push", session, None, error=f"session {session_id} {what}"))
+            return
+        ctx = self.provisioning.user_context(session.nai)
+        if ctx is None or not ctx.user.enabled:
+            why = f"user {session.nai} is disabled: disconnect the session instead" if ctx else f"no user {session.nai}"
+            self._events.append(Authorize(tag, "push", session, None, error=why))
+            return
+        paths = plan.plan_paths(ctx, session.home_address, session.home_agent, session.care_of_address)
+        self._push_write(_Action(tag, "push", session, paths, ctx), now)
+
+    def disconnect(self, session_id: str, now: float, tag: object = None) -> None:
+        """Rule 11: the Disconnect-Requests that end a session on its FA and
+        HA (an :class:`Authorize` event). The session stays until :meth:`delete`."""
+        session = self.sessions.session(session_id)
+        if session is None:
+            self._events.append(Authorize(tag, "disconnect", None, None, error=f"no session {session_id}"))
+            return
+        attributes = coa.session_attributes(session.nai, session.session_id)
+        requests = tuple(
+            (target, self._coa_request(coa.DISCONNECT_REQUEST, target, attributes) if target.secret else None)
+            for target in self.coa_targets(session)
+        )
+        self._events.append(Authorize(tag, "disconnect", session, session, requests))
+
+    def delete(self, session_id: str, now: float) -> None:
+        """Forget a session (a :class:`StoreSession` DELETE)."""
+        for nai, cached in list(self._live.items()):
+            if cached.session_id == session_id:
+                del self._live[nai]
+        write = SessionWrite(WriteKind.DELETE, session_id)
+        self._events.append(StoreSession(next(self._write_ids), write))
+
+    def expire(self, now: float) -> None:
+        """Housekeeping: forget old answers and expired cached sessions."""
+        self.server.expire(now)
+        for nai in [nai for nai, session in self._live.items() if session.expires <= now]:
+            del self._live[nai]
+
+    # -- outputs --------------------------------------------------------------------------------
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        """The replies to send now, with their destinations."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> Event | Dropped | None:
+        """The next event (a :class:`Dropped` from the plumbing included), or None."""
+        return self._events.popleft() if self._events else None
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes announced and not yet acknowledged."""
+        return len(self._writes)
+
+    # -- deciding ---------------------------------------------------------------------------------
+    def _run(self, job: _Job, now: float) -> None:
+        nai = job.request.nai
+        waiting = self._busy.get(nai)
+        if waiting is not None:
+            waiting.append(job)  # rule 10: one write per user in flight
+            return
+        try:
+            answer = self._decide(job, now)
+        except Rejected as rejected:
+            self._reject_job(job, rejected.reason, rejected.message, now)
+            return
+        if answer.write is None:
+            self._send(job, answer, now)
+            return
+        write_id = next(self._write_ids)
+        self._writes[write_id] = (job, answer)
+        self._busy[nai] = collections.deque()
+        self._events.append(StoreSession(write_id, answer.write))
+
+    def _decide(self, job: _Job, now: float) -> _Answer:
+        request, client = job.request, job.incoming.client
+        request_type = request.request_type or DEFAULT_REQUEST[client.role]
+        if request_type not in ALLOWED_REQUESTS[client.role]:
+            raise Rejected(
+                RejectReason.BAD_REQUEST,
+                f"a {client.role.value} client may not make a {request_type.name.lower()} request",
+            )
+        ctx = self.provisioning.user_context(request.nai)
+        if ctx is None:
+            raise Rejected(RejectReason.UNKNOWN_USER, "unknown user")
+        if not ctx.user.enabled:
+            raise Rejected(RejectReason.USER_DISABLED, "user is disabled")
+        if request_type is not RequestType.GW_BINDING:
+            if request.chap_password is None or request.chap_challenge is None:
+                raise Rejected(
+                    RejectReason.BAD_REQUEST, "the MN-AAA authenticator (CHAP-Password, CHAP-Challenge) is missing"
                 )
+            if not plan.verify_mn_aaa_chap(request.chap_password, request.chap_challenge, ctx.user.mn_aaa_secret):
+                raise Rejected(RejectReason.AUTHENTICATION_FAILED, "mobile node failed authentication")
+        node = self._requester_address(client, request, job.incoming.source)
+        if request_type in (RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE):
+            return self._fa_registration(job, ctx, node, now)
+        if request_type is RequestType.HA_REGISTRATION:
+            return self._ha_registration(job, ctx, node, now)
+        return self._gw_binding(job, ctx, node, now)
+
+    @staticmethod
+    def _requester_address(client: Client, request: AccessRequest, source: Address) -> IPv4Address:
+        """Rule 5."""
+        nas = request.nas_ip_address
+        if nas is not None and (client.role.relays or nas in client.network):
+            return nas
+        return IPv4Address(source[0])
+
+    def _fa_registration(self, job: _Job, ctx: UserContext, node: IPv4Address, now: float) -> _Answer:
+        request, client = job.request, job.incoming.client
+        care_of = request.care_of_address or node
+        if client.role is ClientRole.FA and care_of not in client.network:
+            raise Rejected(
+                RejectReason.BAD_REQUEST, f"care-of address {care_of} does not belong to client {client.name}"
             )
-    if len(paths) > MAX_PATHS:
-        raise Rejected(
-            RejectReason.PROFILE_TOO_LARGE,
-            f"user has {len(paths)} VPN paths, at most {MAX_PATHS} fit in one profile",
-        )
-    return paths
-
-
-def path_epoch(role: PathRole, session_epoch: int, stationary_epoch: int = 1) -> int:
-    """The epoch a path's keys are derived with (rules 6 and 8).
-
-    Paths that end at the FA follow the session's epoch, which a handoff
-    increments: their keys never repeat, even when the node comes back to an
-    FA it used before (an AES-GCM key must never restart its counter). A
-    stationary HA <-> GW path does not move: it keeps the epoch of the last
-    re-key (``stationary_epoch``, 1 until the first), so its SAs survive
-    handoffs untouched."""
-    return stationary_epoch if role is PathRole.HA_GW else session_epoch
-
-
-def key_lifetime(paths: Sequence[PlannedPath]) -> int | None:
-    """The shortest SA lifetime of ``paths`` (seconds), None without paths."""
-    return min((p.service.sa_lifetime for p in paths), default=None)
-
-
-def rekey_due(session: Session, key_life: int | None, now: float, fraction: float) -> bool:
-    """Rule 8: are the session's keys due for renewal? True once ``fraction``
-    of the shortest SA lifetime (``key_life``, :func:`key_lifetime`) has
-    passed since they were last all renewed."""
-    return key_life is not None and now >= session.keyed_at + fraction * key_life
-
-
-def key_capped_expiry(now: float, lifetime: float, keyed_at: float, key_life: int | None) -> float:
-    """Rule 8: the expiry of a registration granted ``lifetime`` seconds at
-    ``now``, no later than its keys' (keyed at ``keyed_at``, shortest SA
-    lifetime ``key_life``): a node that stops renewing loses its
-    registration, and with it its SAs, before any SA outlives its lifetime.
-    Never less than one second."""
-    if key_life is None:
-        return now + lifetime
-    left = keyed_at + key_life - now
-    return now + lifetime if lifetime <= left else now + max(1, int(left))
-
-
-def _spi_key(label: str, node: IPv4Address) -> str:
-    return label + "@" + text(node)
-
-
-def allocate_spis(
-    paths: Sequence[PlannedPath],
-    fa_ha_nodes: tuple[IPv4Address, IPv4Address],
-    existing: Sequence[SpiAllocation],
-    random_bytes: Callable[[int], bytes],
-) -> tuple[SpiAllocation, ...]:
-    """SPIs for every (path, receiving node), keeping those already allocated.
-
-    ESP SPIs are drawn at random from [SPI_MIN, SPI_MAX] (24 bits: they ride in
-    tagged integers); the Mobile IP FA-HA SPI is drawn from 256..2**32-1. The
-    database's UNIQUE(node, spi) catches the rare collision with another
-    session; the caller then retries with fresh draws."""
-    have = {a.path: a for a in existing}
-    taken: dict[int, set[int]] = {}  # by int(node): IPv4Address hashes in Python
-    for allocation in existing:
-        taken.setdefault(int(allocation.node), set()).add(allocation.spi)
-    result: list[SpiAllocation] = []
-
-    # One call for all the randomness of a typical allocation (the source is
-    # os.urandom: a system call per request rather than per SPI).
-    pool = bytearray()
-
-    def draw(node: IPv4Address, low: int, high: int) -> int:
-        used = taken.setdefault(int(node), set())
-        while True:
-            if len(pool) < 4:
-                pool.extend(random_bytes(4 * (2 * len(paths) + 1)))
-            spi = low + int.from_bytes(pool[:4], "big") % (high - low + 1)
-            del pool[:4]
-            if spi not in used:
-                used.add(spi)
-                return spi
-
-    for path in paths:
-        for node, key in ((path.a, path.a_key), (path.b, path.b_key)):
-            result.append(have.get(key) or SpiAllocation(node, draw(node, SPI_MIN, SPI_MAX), key))
-    # The Mobile IP FA-HA security association is indexed by SPI at the HA
-    # (RFC 5944 section 3.5.4); its SPI lives in the same per-node table.
-    ha = fa_ha_nodes[1]
-    key = _spi_key(FA_HA_MIP_LABEL, ha)
-    result.append(have.get(key) or SpiAllocation(ha, draw(ha, 256, 0xFFFFFFFF), key))
-    # The forwarding path of the last move (rule 7) is not planned: it stays
-    # as the move derived it, so that a renewal finds the same table.
-    result += [a for a in existing if a.path.startswith(FORWARDING_LABEL_PREFIX)]
-    return tuple(result)
-
-
-def _spi_table(session: Session) -> dict[str, int]:
-    return {allocation.path: allocation.spi for allocation in session.spis}
-
-
-def _path_view(
-    session: Session,
-    path: PlannedPath,
-    local: IPv4Address,
-    spis: dict[str, int],
-    binding_for: IPv4Address | None = None,
-) -> PathProfile:
-    """``path`` as seen from ``local`` (one of its endpoints); ``spis`` is the
-    session's SPI table (:func:`_spi_table`). With ``binding_for`` (an HA's
-    address) a path that ends at a gateway carries that HA's binding key."""
-    peer = path.b if local == path.a else path.a
-    local_ts, remote_ts = (path.a_ts, path.b_ts) if local == path.a else (path.b_ts, path.a_ts)
-    srk, label = session.session_root_key, path.label.encode()
-    epoch = path_epoch(path.role, session.epoch, session.stationary_epoch)
-    transform = path.service.esp_transform
-    key_in = keys.derive_sa_key(srk, label, peer, local, epoch, transform.keymat_length)
-    key_out = keys.derive_sa_key(srk, label, local, peer, epoch, transform.keymat_length)
-    ikev2 = path.service.key_mode is KeyMode.IKEV2
-    return PathProfile(
-        role=path.role,
-        local=local,
-        peer=peer,
-        local_ts=local_ts,
-        remote_ts=remote_ts,
-        key_mode=path.service.key_mode,
-        esp_transform=transform,
-        spi_in=spis[path.spi_key(local)],
-        spi_out=spis[path.spi_key(peer)],
-        key_in=key_in,
-        key_out=key_out,
-        lifetime=path.service.sa_lifetime,
-        ike_proposal=path.service.ike_proposal if ikev2 else None,
-        ike_psk=keys.derive_ike_psk(srk, label, local, peer, epoch) if ikev2 else None,
-        qos=QosSpec(path.qos.name, path.qos.dscp, path.qos.rate_kbps) if path.qos else None,
-        gateway_mode=path.gateway_mode,
-        binding_key=(
-            keys.derive_binding_key(path.gateway_key, binding_for, path.b)
-            if binding_for is not None and path.gateway_key is not None
-            else None
-        ),
-    )
-
-
-def view_for(
-    session: Session,
-    paths: Sequence[PlannedPath],
-    role: ClientRole,
-    request_type: RequestType,
-    node: IPv4Address,
-    user: User,
-    lifetime: int,
-) -> VpnProfile:
-    """The profile one requester is sent (rule 5).
-
-    ``node`` is the requester's own address on the path: the care-of address for
-    an FA (also when asked through a proxy), the HA address for an HA, the
-    gateway address for a gateway."""
-    fa, ha = session.care_of_address, session.home_agent
-    spis = _spi_table(session)
-    fa_ha_spi = spis[_spi_key(FA_HA_MIP_LABEL, ha)]
-    fa_ha_key = keys.derive_fa_ha_key(session.session_root_key, fa, ha, session.epoch)
-    common = {
-        "session_id": session.session_id,
-        "home_address": session.home_address,
-        "home_agent": ha,
-        "care_of_address": fa,
-        "lifetime": lifetime,
-        "epoch": session.epoch,
-    }
-    if request_type is RequestType.HA_REGISTRATION:
-        views = [_path_view(session, p, ha, spis, binding_for=ha) for p in paths if ha in (p.a, p.b)]
-        # The gateway's side of route-optimised paths: the HA hands it over in
-        # the Binding Update (flow B), authenticated and wrapped with the key
-        # it shares with that gateway.
-        views += [_path_view(session, p, p.b, spis, binding_for=ha) for p in paths if p.role is PathRole.FA_GW]
-        return VpnProfile(
-            **common,  # type: ignore[arg-type]
-            paths=tuple(views),
-            mn_ha_spi=user.mn_ha_spi,
-            mn_ha_key=user.mn_ha_key,
-            fa_ha_spi=fa_ha_spi,
-            fa_ha_key=fa_ha_key,
-            session_root_key=session.session_root_key,
-        )
-    if request_type is RequestType.GW_BINDING:
-        views = [_path_view(session, p, node, spis) for p in paths if node in (p.a, p.b)]
-        return VpnProfile(**common, paths=tuple(views))  # type: ignore[arg-type]
-    srk, epoch = session.session_root_key, session.epoch
-    views = [_path_view(session, p, fa, spis) for p in paths if fa in (p.a, p.b)]
-    previous = _previous_fa(spis, fa)
-    previous_key = None
-    fa_ha = next((v for v in views if v.role is PathRole.FA_HA), None)
-    if previous is not None and fa_ha is not None:
-        label = forwarding_label(previous)
-        views.append(
-            _forwarding_view(
-                srk,
-                fa_ha,
-                previous,
-                session.home_address,
-                epoch,
-                spis[_spi_key(label, fa)],
-                spis[_spi_key(label, previous)],
+        user = ctx.user
+        home_agent = request.requested_home_agent
+        if home_agent is None or home_agent == IPv4Address(0):
+            home_agent = user.home_agent  # RFC 4433-style: the AAA assigns the HA
+        if user.home_address is None:
+            raise Rejected(
+                RejectReason.BAD_REQUEST,
+                "user has no provisioned home address (dynamic assignment is not supported)",
             )
-        )
-        previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
-    return VpnProfile(
-        **common,  # type: ignore[arg-type]
-        paths=tuple(views),
-        fa_ha_spi=fa_ha_spi,
-        fa_ha_key=fa_ha_key,
-        session_root_key=srk if role is ClientRole.PROXY else None,
-        handoff_key=keys.derive_handoff_key(srk, fa, epoch),
-        previous_fa=previous if previous_key is not None else None,
-        previous_fa_handoff_key=previous_key,
-    )
-
-
-def _previous_fa(spis: Mapping[str, int], fa: IPv4Address) -> IPv4Address | None:
-    """The previous FA named by the forwarding path's SPI at ``fa`` (rule 7), if any."""
-    suffix = "@" + text(fa)
-    for name in spis:
-        if name.startswith(FORWARDING_LABEL_PREFIX) and name.endswith(suffix):
-            return IPv4Address(name[len(FORWARDING_LABEL_PREFIX) : -len(suffix)])
-    return None
-
-
-def _forwarding_view(
-    srk: Secret,
-    fa_ha: PathProfile,
-    previous: IPv4Address,
-    home_address: IPv4Address,
-    epoch: int,
-    spi_in: int,
-    spi_out: int,
-) -> PathProfile:
-    """The new FA's view of the forwarding path from ``previous`` (rule 7).
-
-    Built from the new FA's view of its FA <-> HA path alone (the same
-    security service, transform, lifetime and QoS; the new FA is its local
-    end), so that the home AAA (:func:`view_for`) and a foreign AAA
-    (:func:`moved_view`) build the very same path. Selectors: the home address
-    here, anything at the previous FA, which sends whatever still arrives for
-    the node."""
-    care_of = fa_ha.local
-    name = forwarding_label(previous).encode()
-    length = fa_ha.esp_transform.keymat_length
-    return PathProfile(
-        role=PathRole.FA_FA,
-        local=care_of,
-        peer=previous,
-        local_ts=(_host_network(home_address),),
-        remote_ts=(ANY,),
-        key_mode=fa_ha.key_mode,
-        esp_transform=fa_ha.esp_transform,
-        spi_in=spi_in,
-        spi_out=spi_out,
-        key_in=keys.derive_sa_key(srk, name, previous, care_of, epoch, length),
-        key_out=keys.derive_sa_key(srk, name, care_of, previous, epoch, length),
-        lifetime=fa_ha.lifetime,
-        ike_proposal=fa_ha.ike_proposal,
-        ike_psk=keys.derive_ike_psk(srk, name, care_of, previous, epoch) if fa_ha.ike_psk is not None else None,
-        qos=fa_ha.qos,
-    )
-
-
-def new_session(
-    ctx: UserContext,
-    session_id: str,
-    srk: Secret,
-    home_agent: IPv4Address,
-    care_of: IPv4Address,
-    now: float,
-    lifetime: int,
-    random_bytes: Callable[[int], bytes],
-    foreign_domain: str = "",
-    paths: list[PlannedPath] | None = None,
-) -> tuple[Session, list[PlannedPath]]:
-    """Plan a fresh session for an FA registration. ``paths``, if given, is
-    what :func:`plan_paths` returns for this user, home agent and care-of
-    address (callers cache it while provisioning is unchanged)."""
-    user = ctx.user
-    if user.home_address is None:
-        raise Rejected(
-            RejectReason.BAD_REQUEST,
-            "user has no provisioned home address (dynamic assignment is not supported)",
-        )
-    if home_agent != user.home_agent:
-        raise Rejected(
-            RejectReason.BAD_REQUEST,
-            f"requested home agent {home_agent} is not the user's home agent",
-        )
-    if paths is None:
-        paths = plan_paths(ctx, user.home_address, home_agent, care_of)
-    spis = allocate_spis(paths, (care_of, home_agent), (), random_bytes)
-    # The epoch makes keys of a re-keyed path differ from the previous ones even
-    # under the same SRK; a fresh session starts at 1.
-    session = Session(
-        session_id=session_id,
-        nai=user.nai,
-        session_root_key=srk,
-        epoch=1,
-        home_address=user.home_address,
-        home_agent=home_agent,
-        care_of_address=care_of,
-        created=now,
-        expires=now + lifetime,
-        spis=spis,
-        foreign_domain=foreign_domain,
-        keyed_at=now,
-    )
-    return session, paths
-
-
-def _moved_spi(srk: Secret, label: str, node: IPv4Address, epoch: int) -> int:
-    if label == FA_HA_MIP_LABEL:
-        return keys.derive_spi(srk, _spi_key(label, node), epoch, 256, 0xFFFFFFFF)
-    return keys.derive_spi(srk, _spi_key(label, node), epoch, SPI_MIN, SPI_MAX)
-
-
-def move_session(
-    session: Session,
-    paths: list[PlannedPath],
-    care_of: IPv4Address,
-    now: float,
-    lifetime: int,
-    random_bytes: Callable[[int], bytes],
-    epoch: int | None = None,
-    rekey: bool = False,
-) -> Session:
-    """``session`` moved to the FA at ``care_of`` in ``epoch`` (default: the
-    next one), rule 6. ``paths`` are the plans for the new care-of address.
-    With ``rekey`` (rule 8) the stationary HA <-> GW paths get new keys and
-    SPIs in that epoch too, and the key lifetimes start again at ``now``.
-
-    The SPIs of the moving paths are derived from the session root key
-    (:func:`aaa_vpn.keys.derive_spi`), so a foreign AAA that answers the
-    handoff itself (:func:`moved_view`) hands out exactly what the home AAA
-    stores when the HA asks; other SPIs are kept, new ones drawn."""
-    epoch = session.epoch + 1 if epoch is None else epoch
-    srk, ha = session.session_root_key, session.home_agent
-    moving = [p for p in paths if rekey or p.role is not PathRole.HA_GW]
-    derived = [
-        SpiAllocation(node, _moved_spi(srk, p.label, node, epoch), key)
-        for p in moving
-        for node, key in ((p.a, p.a_key), (p.b, p.b_key))
-    ]
-    mip_key = _spi_key(FA_HA_MIP_LABEL, ha)
-    derived.append(SpiAllocation(ha, _moved_spi(srk, FA_HA_MIP_LABEL, ha, epoch), mip_key))
-    previous = session.care_of_address
-    if previous != care_of:
-        # Rule 7: the forwarding path from the FA the node leaves.
-        label = forwarding_label(previous)
-        derived += [
-            SpiAllocation(node, _moved_spi(srk, label, node, epoch), _spi_key(label, node))
-            for node in (care_of, previous)
-        ]
-    names = {a.path for a in derived}
-    moving_labels = {p.label for p in moving} | {FA_HA_MIP_LABEL}
-    kept = tuple(
-        a
-        for a in session.spis
-        if a.path.rpartition("@")[0] not in moving_labels and not a.path.startswith(FORWARDING_LABEL_PREFIX)
-    ) + tuple(derived)
-    spis = allocate_spis(paths, (care_of, ha), kept, random_bytes)
-    assert names <= {a.path for a in spis}
-    moved = dataclasses.replace(session, care_of_address=care_of, epoch=epoch, expires=now + lifetime, spis=spis)
-    if rekey:
-        moved = dataclasses.replace(moved, stationary_epoch=epoch, keyed_at=now)
-    return moved
-
-
-def moved_view(view: VpnProfile, care_of: IPv4Address, epoch: int, lifetime: int) -> VpnProfile:
-    """An FA's view moved to the FA at ``care_of`` in ``epoch``: what the home
-    AAA's :func:`move_session` and :func:`view_for` give the new FA, computed
-    from the old FA's view and its session root key alone (flow C: the
-    foreign AAA answers a same-domain handoff without the home domain)."""
-    srk = view.session_root_key
-    if srk is None:
-        raise ValueError("moving a view needs its session root key")
-    moved = []
-    for path in view.paths:
-        if path.role is PathRole.FA_FA:
-            continue  # the forwarding path of an earlier move does not move
-        is_gateway = path.role is PathRole.FA_GW
-        label = path_label(path.role, path.peer if is_gateway else None, path.remote_ts[0] if is_gateway else None)
-        name = label.encode()
-        length = path.esp_transform.keymat_length
-        moved.append(
-            dataclasses.replace(
-                path,
-                local=care_of,
-                spi_in=_moved_spi(srk, label, care_of, epoch),
-                spi_out=_moved_spi(srk, label, path.peer, epoch),
-                key_in=keys.derive_sa_key(srk, name, path.peer, care_of, epoch, length),
-                key_out=keys.derive_sa_key(srk, name, care_of, path.peer, epoch, length),
-                ike_psk=keys.derive_ike_psk(srk, name, care_of, path.peer, epoch) if path.ike_psk else None,
+        if home_agent != user.home_agent:
+            raise Rejected(RejectReason.BAD_REQUEST, f"requested home agent {home_agent} is not the user's home agent")
+        paths = self._plan(ctx, user.home_address, home_agent, care_of)
+        current = self._current(request, home_agent, care_of, now)
+        key_life = plan.key_lifetime(paths)
+        lifetime = self.options.session_lifetime
+        vpn_changed = False
+        if current is not None and request.session_id == current.session_id and current.care_of_address == care_of:
+            spis = plan.allocate_spis(paths, (care_of, home_agent), current.spis, self.random_bytes)
+            vpn_changed = spis != current.spis
+        keys_due = current is not None and plan.rekey_due(current, key_life, now, self.options.rekey_fraction)
+        case = choose_case(current, request, care_of, vpn_changed, keys_due)
+        write: SessionWrite
+        if case is Case.CREATE:
+            domain = client.domain if client.role.relays else nai_realm(user.nai)
+            session, _ = plan.new_session(
+                ctx,
+                session_id=plan.session_id_from(self.random_bytes),
+                srk=Secret(self.random_bytes(32)),
+                home_agent=home_agent,
+                care_of=care_of,
+                now=now,
+                lifetime=lifetime,
+                random_bytes=self.random_bytes,
+                foreign_domain=domain,
+                paths=paths,
             )
+            session = _within_key_life(session, paths, now)
+            write = SessionWrite(WriteKind.CREATE, session.session_id, session)
+        elif case is Case.RENEW:
+            assert current is not None
+            expires = plan.key_capped_expiry(now, lifetime, current.keyed_at, key_life)
+            session = dataclasses.replace(current, expires=expires)
+            write = SessionWrite(WriteKind.RENEW, current.session_id, expected_epoch=current.epoch, expires=expires)
+        else:
+            assert current is not None
+            # Rekey and update re-key every path, the stationary ones too
+            # (plan rule 8), so a changed stationary path never reuses an SPI
+            # with other keys; a move re-keys what moves (plan rule 6).
+            moved = plan.move_session(
+                current, paths, care_of, now, lifetime, self.random_bytes, rekey=case is not Case.MOVE
+            )
+            session = _within_key_life(moved, paths, now)
+            write = SessionWrite(WriteKind.REPLACE, session.session_id, session, expected_epoch=current.epoch)
+        answer = self._answer(job, session, paths, RequestType.FA_REGISTRATION, session.care_of_address, ctx, now)
+        answer.write, answer.session = write, session
+        if answer.decided.outcome != "confirmed":
+            answer.decided = dataclasses.replace(answer.decided, outcome=case.value)
+        return answer
+
+    def _ha_registration(self, job: _Job, ctx: UserContext, node: IPv4Address, now: float) -> _Answer:
+        request = job.request
+        session = self._named_session(ctx, request, lambda s: s.home_agent == node and s.expires > now)
+        care_of, epoch = request.care_of_address, request.key_epoch
+        write = None
+        elsewhere = care_of is not None and care_of != session.care_of_address
+        if care_of is not None and (elsewhere or (epoch is not None and epoch != session.epoch)):
+            # Rule 7: a foreign AAA answered a same-domain handoff (flow C).
+            target = session.epoch + 1 if epoch is None else epoch
+            if not session.epoch < target <= min(session.epoch + MAX_EPOCH_STEP, MAX_KEY_EPOCH):
+                raise Rejected(
+                    RejectReason.NO_SESSION,
+                    f"key epoch {target}: expected {session.epoch + 1}..{session.epoch + MAX_EPOCH_STEP}"
+                    f" after the session's {session.epoch}",
+                )
+            paths = self._plan(ctx, session.home_address, session.home_agent, care_of)
+            moved = plan.move_session(
+                session, paths, care_of, now, self.options.session_lifetime, self.random_bytes, epoch=target
+            )
+            moved = _within_key_life(moved, paths, now)
+            write = SessionWrite(WriteKind.REPLACE, session.session_id, moved, expected_epoch=session.epoch)
+            session = moved
+        paths = self._allocated_paths(ctx, session)
+        answer = self._answer(job, session, paths, RequestType.HA_REGISTRATION, node, ctx, now)
+        if write is not None:
+            answer.write, answer.session = write, session
+            answer.decided = dataclasses.replace(answer.decided, outcome="moved")
+        return answer
+
+    def _gw_binding(self, job: _Job, ctx: UserContext, node: IPv4Address, now: float) -> _Answer:
+        request = job.request
+
+        def has_path(session: Session) -> bool:
+            if request.care_of_address is not None and session.care_of_address != request.care_of_address:
+                return False
+            paths = self._plan(ctx, session.home_address, session.home_agent, session.care_of_address)
+            return any(node in (p.a, p.b) for p in paths)
+
+        session = self._named_session(ctx, request, has_path)
+        paths = self._allocated_paths(ctx, session)
+        return self._answer(job, session, paths, RequestType.GW_BINDING, node, ctx, now)
+
+    def _named_session(self, ctx: UserContext, request: AccessRequest, wanted: Callable[[Session], bool]) -> Session:
+        """The newest session of the user that the request names (by id, if
+        it gives one) and that ``wanted`` accepts; No-Session otherwise."""
+        for session in self.sessions.sessions_of(ctx.user.nai):
+            if request.session_id and session.session_id != request.session_id:
+                continue
+            if wanted(session):
+                return session
+        raise Rejected(RejectReason.NO_SESSION, "no matching session for this mobile node")
+
+    def _allocated_paths(self, ctx: UserContext, session: Session) -> list[PlannedPath]:
+        """The session's planned paths that have SPIs: paths added to the
+        user's VPN since the FA registered join at its next registration (a
+        new epoch), so that HA, FA and gateways always see the same set."""
+        paths = self._plan(ctx, session.home_address, session.home_agent, session.care_of_address)
+        allocated = {a.path for a in session.spis}
+        return [p for p in paths if p.a_key in allocated and p.b_key in allocated]
+
+    def _current(
+        self, request: AccessRequest, home_agent: IPv4Address, care_of: IPv4Address, now: float
+    ) -> Session | None:
+        """The live session an FA registration may renew or move (rule 6).
+        A renewal of the session this worker knows is decided from its copy
+        (the write's epoch condition catches a change made elsewhere); other
+        cases read the store."""
+        if not request.session_id and request.previous_fa is None:
+            return None  # rule 6: a registration that names nothing creates
+        nai = request.nai
+        cached = self._live.get(nai)
+        if (
+            cached is not None
+            and cached.session_id == request.session_id
+            and cached.care_of_address == care_of
+            and cached.home_agent == home_agent
+            and cached.expires > now
+            and (request.key_epoch is None or request.key_epoch == cached.epoch)
+        ):
+            return cached
+        session = self.sessions.live_session(nai, home_agent, now)
+        if session is not None:
+            self._remember(session)
+        return session
+
+    def _remember(self, session: Session) -> None:
+        if len(self._live) >= _CACHE_LIMIT and session.nai not in self._live:
+            self._live.clear()
+        self._live[session.nai] = session
+
+    def _plan(
+        self, ctx: UserContext, home_address: IPv4Address, home_agent: IPv4Address, care_of: IPv4Address
+    ) -> list[PlannedPath]:
+        """plan_paths, cached while provisioning is unchanged."""
+        key = (ctx.user.nai, int(home_address), int(home_agent), int(care_of))
+        paths = self._plans.get(key)
+        if paths is None:
+            if len(self._plans) >= _CACHE_LIMIT:
+                self._plans.clear()
+            paths = self._plans[key] = plan.plan_paths(ctx, home_address, home_agent, care_of)
+        return paths
+
+    def _view(
+        self,
+        session: Session,
+        paths: list[PlannedPath],
+        role: ClientRole,
+        request_type: RequestType,
+        node: IPv4Address,
+        ctx: UserContext,
+    ) -> _View:
+        """plan.view_for, cached: a session's views change only with its epoch
+        and care-of address (plan rules 6 and 8) or with provisioning (which
+        empties the cache), so a renewal derives no key again."""
+        key = (
+            session.session_id,
+            session.epoch,
+            session.stationary_epoch,
+            int(session.care_of_address),
+            role is ClientRole.FOREIGN_AAA,
+            request_type,
+            int(node),
         )
-    ha = view.home_agent
-    previous = view.care_of_address
-    previous_key = None
-    fa_ha = next((p for p in moved if p.role is PathRole.FA_HA), None)
-    if previous != care_of and fa_ha is not None:
-        # Rule 7, as move_session and view_for do it.
-        label = forwarding_label(previous)
-        spi_in, spi_out = _moved_spi(srk, label, care_of, epoch), _moved_spi(srk, label, previous, epoch)
-        moved.append(_forwarding_view(srk, fa_ha, previous, view.home_address, epoch, spi_in, spi_out))
-        previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
-    return dataclasses.replace(
-        view,
-        care_of_address=care_of,
-        epoch=epoch,
-        lifetime=lifetime,
-        paths=tuple(moved),
-        fa_ha_spi=_moved_spi(srk, FA_HA_MIP_LABEL, ha, epoch),
-        fa_ha_key=keys.derive_fa_ha_key(srk, care_of, ha, epoch),
-        handoff_key=keys.derive_handoff_key(srk, care_of, epoch),
-        previous_fa=previous if previous_key is not None else None,
-        previous_fa_handoff_key=previous_key,
-    )
+        view = self._views.get(key)
+        if view is None:
+            profile = plan.view_for(session, paths, role, request_type, node, ctx.user, 0)
+            if len(self._views) >= _CACHE_LIMIT:
+                self._views.clear()
+            view = self._views[key] = _View(profile)
+        return view
+
+    def _answer(
+        self,
+        job: _Job,
+        session: Session,
+        paths: list[PlannedPath],
+        request_type: RequestType,
+        node: IPv4Address,
+        ctx: UserContext,
+        now: float,
+    ) -> _Answer:
+        """Rule 9: the Access-Accept for ``session``."""
+        client, incoming, request = job.incoming.client, job.incoming, job.request
+        view = self._view(session, paths, client.role, request_type, node, ctx)
+        lifetime = max(0, int(session.expires - now))
+        reserved = len(incoming.packet.proxy_states())
+        budget = rc.DEFAULT_ATTRIBUTE_BUDGET - reserved
+        confirm = (
+            client.flavour is Flavour.AAA_VPN
+            and request.profile_digest is not None
+            and request.profile_digest == view.profile.digest
+        )
+        try:
+            template = view.confirmation_template() if confirm else view.template(client.flavour)
+            salt = int.from_bytes(self.random_bytes(2), "big") if template.secrets else 0
+            attributes = template.render(lifetime, client.secret, incoming.authenticator, budget, salt)
+        except ProfileError as exc:
+            raise Rejected(RejectReason.PROFILE_TOO_LARGE, f"VPN profile does not fit: {exc}") from None
+        decided = Decided(
+            _printable(request.nai),
+            client.name,
+            request_type.name.lower(),
+            "confirmed" if confirm else "answered",
+            session_id=session.session_id,
+            care_of=str(session.care_of_address),
+            paths=len(view.profile.paths),
+        )
+        return _Answer(rc.ACCESS_ACCEPT, attributes, decided)
+
+    # -- answering -----------------------------------------------------------------------------------
+    def _send(self, job: _Job, answer: _Answer, now: float) -> None:
+        reply = self.server.answer(job.incoming, answer.code, answer.attributes, now)
+        if reply is None:
+            # Rule 5 of the plumbing: it cannot fit; try a reject, which is smaller.
+            self._take_dropped()
+            return
+        self._outbox.append((reply, job.incoming.source))
+        outcome = answer.decided.outcome
+        self.counters["accepts"] += 1
+        if outcome in ("created", "renewed", "rekeyed", "updated", "moved"):
+            self.counters[f"sessions_{outcome}"] += 1
+        elif outcome == "confirmed":
+            self.counters["sessions_renewed"] += 1
+            self.counters["renewals_confirmed"] += 1
+        self._events.append(answer.decided)
+
+    def _reject_job(self, job: _Job, reason: RejectReason, message: str, now: float) -> None:
+        request_type = job.request.request_type
+        self._reject_incoming(
+            job.incoming,
+            reason,
+            message,
+            now,
+            _printable(job.request.nai),
+            request_type.name.lower() if request_type else "",
+        )
+
+    def _reject_incoming(
+        self, incoming: Incoming[Client], reason: RejectReason, message: str, now: float, nai: str, request: str
+    ) -> None:
+        reply = self.server.answer(incoming, rc.ACCESS_REJECT, reject_attributes(reason, message), now)
+        self._take_dropped()
+        if reply is None:
+            return
+        self._outbox.append((reply, incoming.source))
+        self.counters["rejects"] += 1
+        self.counters[f"rejects.{reason.name.lower()}"] += 1
+        self._events.append(
+            Decided(nai, incoming.client.name, request, "rejected", reason.name.lower(), message)
+        )
+
+    def _take_dropped(self) -> None:
+        dropped = self.server.dropped
+        while dropped:
+            self._events.append(dropped.popleft())  # type: ignore[arg-type]
+
+    def _status_message(self, now: float) -> str:
+        c = self.counters
+        return (
+            f"aaa-vpn home AAA up {int(now - self.started)}s pid {os.getpid()}:"
+            f" requests {c['access_requests']} accepts {c['accepts']} rejects {c['rejects']}"
+            f" duplicates {c['duplicates']} dropped {c['dropped']}"
+        )
+
+    # -- operator actions (rule 11) ---------------------------------------------------------------
+    def coa_targets(self, session: Session) -> list[CoaTarget]:
+        """The session's FA and HA: the client of role ``fa`` whose network
+        holds the care-of address and the client of role ``ha`` whose network
+        holds the home agent, the longest prefix winning."""
+        clients = self.provisioning.clients()
+        targets = []
+        for role, address in (("fa", session.care_of_address), ("ha", session.home_agent)):
+            matching = [c for c in clients if c.role is ClientRole(role) and address in c.network]
+            client = max(matching, key=lambda c: c.network.prefixlen) if matching else None
+            if client is None:
+                targets.append(CoaTarget(role, address))
+            else:
+                targets.append(CoaTarget(role, address, client.name, client.coa_port, client.secret))
+        return targets
+
+    def _coa_request(self, code: int, target: CoaTarget, attributes: Sequence[bytes]) -> bytes:
+        assert target.secret is not None
+        return coa.encode_request(code, self.random_bytes(1)[0], target.secret.value, attributes)
+
+    def _push_write(self, action: _Action, now: float) -> None:
+        session = action.previous
+        lifetime = max(1, int(session.expires - now))
+        # Plan rule 8: every path gets new keys and SPIs, the stationary ones too,
+        # so a push is also how an operator re-keys a session. A derived SPI
+        # that is taken is avoided by trying the epoch after.
+        action.moved = plan.move_session(
+            session,
+            action.paths,
+            session.care_of_address,
+            now,
+            lifetime,
+            self.random_bytes,
+            epoch=session.epoch + 1 + action.attempt,
+            rekey=True,
+        )
+        write = SessionWrite(WriteKind.REPLACE, session.session_id, action.moved, expected_epoch=session.epoch)
+        write_id = next(self._write_ids)
+        self._writes[write_id] = action
+        self._events.append(StoreSession(write_id, write))
+
+    def _action_stored(self, action: _Action, outcome: WriteOutcome, now: float) -> None:
+        previous, moved = action.previous, action.moved
+        if outcome is WriteOutcome.SPI_TAKEN and action.attempt + 1 < _PUSH_EPOCHS:
+            action.attempt += 1
+            self._push_write(action, now)
+            return
+        if outcome is not WriteOutcome.STORED or moved is None:
+            error = {
+                WriteOutcome.SPI_TAKEN: "a derived SPI is taken in every epoch tried: push again",
+                WriteOutcome.CONFLICT: "the session changed meanwhile (another node moved or renewed it): push again",
+            }.get(outcome, "the session store did not answer in time")
+            self._events.append(Authorize(action.tag, action.action, previous, None, error=error))
+            return
+        self._remember(moved)
+        lifetime = max(1, int(moved.expires - now))
+        care_of, ha, user = moved.care_of_address, moved.home_agent, action.ctx.user
+        paths = action.paths
+        views = {
+            "fa": plan.view_for(moved, paths, ClientRole.FA, RequestType.FA_REGISTRATION, care_of, user, lifetime),
+            "ha": plan.view_for(moved, paths, ClientRole.HA, RequestType.HA_REGISTRATION, ha, user, lifetime),
+        }
+        requests: list[tuple[CoaTarget, bytes | None]] = []
+        for target in self.coa_targets(moved):
+            if target.secret is None:
+                requests.append((target, None))
+                continue
+            try:
+                attributes = coa.push_attributes(moved.nai, views[target.role], target.secret)
+            except ProfileError as exc:
+                error = f"the {target.role.upper()}'s view does not fit in a CoA-Request: {exc}"
+                self._events.append(Authorize(action.tag, action.action, previous, moved, error=error))
+                return
+            requests.append((target, self._coa_request(coa.COA_REQUEST, target, attributes)))
+        self.counters["sessions_pushed"] += 1
+        self._events.append(Authorize(action.tag, action.action, previous, moved, tuple(requests), views))
 
 
-def session_id_from(random_bytes: Callable[[int], bytes]) -> str:
-    return random_bytes(16).hex()
+def _within_key_life(session: Session, paths: list[PlannedPath], now: float) -> Session:
+    """``session`` with its expiry no later than its keys' (plan rule 8)."""
+    lifetime = session.expires - now
+    expires = plan.key_capped_expiry(now, lifetime, session.keyed_at, plan.key_lifetime(paths))
+    return session if expires >= session.expires else dataclasses.replace(session, expires=expires)
+
+
+__all__ = [
+    "ALLOWED_REQUESTS",
+    "CONFLICT_RETRIES",
+    "DEFAULT_REQUEST",
+    "FA_CASES",
+    "MAX_EPOCH_STEP",
+    "SPI_RETRIES",
+    "Authorize",
+    "Case",
+    "CoaTarget",
+    "Decided",
+    "Event",
+    "HomeAaa",
+    "HomeAaaOptions",
+    "Provisioning",
+    "SessionReader",
+    "StoreSession",
+    "choose_case",
+    "reject_attributes",
+]

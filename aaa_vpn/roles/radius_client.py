@@ -64,10 +64,11 @@ from ipaddress import IPv4Address, ip_address
 
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import RejectReason, VpnProfile
+from aaa_vpn.wire.radius import ACCESS_REQUEST
 from aaa_vpn.wire.radius_request import (
-    ACCESS_REQUEST,
     Accepted,
-    AccessRequestInfo,
+    AccessRequest,
+    Confirmation,
     ProfileReplyError,
     ReplyError,
     build_status_server,
@@ -129,8 +130,8 @@ class RequestAccepted(Event):
 
     tag: object
     """The caller's tag given to :meth:`RadiusClient.request`."""
-    profile: VpnProfile
-    """The receiver's view of the VPN."""
+    profile: VpnProfile | None
+    """The receiver's view of the VPN; None when the Accept is a confirmation."""
     attributes: bytes
     """The reply's raw attribute section, for attributes the profile does not cover."""
     request_authenticator: bytes
@@ -138,6 +139,9 @@ class RequestAccepted(Event):
     ``attributes`` decrypt with it (RFC 2868 section 3.5)."""
     server: str
     """The name of the server that answered."""
+    confirmation: Confirmation | None = None
+    """Set instead of ``profile``: the server confirmed the view the request's
+    Aaa-Vpn-Profile-Digest named (its keys stand; only the lifetime is new)."""
 
 
 @dataclass(frozen=True)
@@ -314,7 +318,7 @@ class RadiusClient:
         self._sequence = itertools.count()
 
     # -- the API ----------------------------------------------------------------------------
-    def request(self, info: AccessRequestInfo, now: float, tag: object = None) -> None:
+    def request(self, info: AccessRequest, now: float, tag: object = None) -> None:
         """Queue an Access-Request for ``info``; its outcome arrives as one
         :class:`RequestAccepted`, :class:`RequestRejected` or
         :class:`RequestFailed` carrying ``tag``.
@@ -592,7 +596,11 @@ class RadiusClient:
         name = server.config.name
         if isinstance(result, Accepted):
             self.counters["accepts"] += 1
-            self._events.append(RequestAccepted(entry.tag, result.profile, result.attributes, entry.packet[4:20], name))
+            self._events.append(
+                RequestAccepted(
+                    entry.tag, result.profile, result.attributes, entry.packet[4:20], name, result.confirmation
+                )
+            )
         else:
             self.counters["rejects"] += 1
             self._events.append(RequestRejected(entry.tag, result.reason, result.message, name))

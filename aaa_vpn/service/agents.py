@@ -1,27 +1,67 @@
-"""Carrying out what the mobility agents ask for: SA installation and removal.
+"""Carrying out what the mobility agents ask for: SA installation and removal,
+and the record of what happened. The one event runner of the agents, used by
+the daemons (net/agents.py) and by the in-process test harness alike.
 
 An agent emits :class:`~aaa_vpn.roles.agent.InstallPaths` and
 :class:`~aaa_vpn.roles.agent.DeletePaths`; :class:`SaExecutor` performs them on
 an SA backend and reports installations back. Installation is all or nothing
 across the paths of one event: if one path fails, the ones installed before it
 are removed again, so no node is ever left with half a registration.
+
+:func:`run_events` drains an agent's events: SA events are carried out (and
+their results fed back, which may cause more events), every SA change and
+every registration decision is logged and handed to the optional ``note``
+callback (the daemons' timeline), and the other events are returned in order.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aaa_vpn.roles.agent import DeletePaths, Event, InstallPaths, RegistrationDone
-from aaa_vpn.sa.base import SaBackend, SaError
+from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.service.logging import fields
+from aaa_vpn.wire import mip
+from aaa_vpn.wire.profile import PathProfile
 
 log = logging.getLogger("aaa_vpn.agents")
+
+#: ``note(kind, now, **values)``: a record of what happened, for a timeline.
+Note = Callable[..., None]
 
 
 class _Agent(Protocol):
     def next_event(self) -> Event | None: ...
     def paths_installed(self, owner: str, error: str | None, now: float) -> None: ...
+
+
+def path_fields(path: PathProfile) -> dict[str, Any]:
+    """What logs and timelines say of a path: never a key."""
+    return {
+        "role": path.role.name,
+        "peer": str(path.peer),
+        "spi_in": path.spi_in,
+        "spi_out": path.spi_out,
+        "esp_transform": path.esp_transform.value,
+    }
+
+
+def reply_code_name(code: int) -> str:
+    """``0`` -> ``accepted``, ``67`` -> ``fa mn failed authentication``."""
+    try:
+        return mip.ReplyCode(code).name.lower().replace("_", " ")
+    except ValueError:
+        return f"code {code}"
+
+
+def binding_status_name(status: int) -> str:
+    """A Binding Acknowledge status by name (``0`` -> ``accepted``)."""
+    try:
+        return mip.BindingStatus(status).name.lower().replace("_", " ")
+    except ValueError:
+        return f"status {status}"
 
 
 class SaExecutor:
@@ -31,9 +71,10 @@ class SaExecutor:
         self.backend = backend
         self.node = node
 
-    def install(self, event: InstallPaths) -> str | None:
-        """Install every path of ``event``; on failure remove those just
-        installed and return why (None on success)."""
+    def install(self, event: InstallPaths) -> tuple[list[PathProfile], str | None]:
+        """Install every path of ``event``: the paths that were not there
+        before, and None -- or, on failure, remove those just installed and
+        return ([], why)."""
         before = {(p.owner, p.spi_in) for p in self.backend.paths()}
         try:
             for path in event.paths:
@@ -43,34 +84,64 @@ class SaExecutor:
                 if installed.owner == event.owner and (installed.owner, installed.spi_in) not in before:
                     self.backend.delete(event.owner, installed.peer)
             log.warning("SA installation failed", extra=fields(node=self.node, owner=event.owner, error=str(exc)))
-            return str(exc)
-        log.info("SAs installed", extra=fields(node=self.node, owner=event.owner, paths=len(event.paths)))
-        return None
+            return [], str(exc)
+        added = [path for path in event.paths if (event.owner, path.spi_in) not in before]
+        for path in added:
+            log.info("SA installed", extra=fields(node=self.node, owner=event.owner, **path_fields(path)))
+        return added, None
 
-    def delete(self, event: DeletePaths) -> int:
-        removed = self.backend.delete(event.owner, event.peer)
-        if removed:
-            log.info("SAs removed", extra=fields(node=self.node, owner=event.owner, paths=removed))
-        return removed
+    def delete(self, event: DeletePaths) -> list[InstalledPath]:
+        """Remove the paths of ``event``; return those removed."""
+        doomed = [
+            p
+            for p in self.backend.paths()
+            if p.owner == event.owner and (event.peer is None or p.peer == event.peer)
+        ]
+        self.backend.delete(event.owner, event.peer)
+        for installed in doomed:
+            log.info("SA removed", extra=fields(node=self.node, owner=installed.owner, **path_fields(installed.path)))
+        return doomed
 
 
-def run_events(agent: _Agent, executor: SaExecutor | None, now: float) -> list[Event]:
+def run_events(
+    agent: _Agent,
+    executor: SaExecutor | None,
+    now: float,
+    note: Note | None = None,
+    code_name: Callable[[int], str] = reply_code_name,
+) -> list[Event]:
     """Carry out the agent's SA events (feeding installation results back,
-    which may cause more events) and return the others, in order."""
+    which may cause more events), log and ``note`` what happened, and return
+    the other events, in order. ``code_name`` names a
+    :class:`~aaa_vpn.roles.agent.RegistrationDone` code (a gateway's are
+    Binding Acknowledge statuses)."""
+    node = executor.node if executor is not None else ""
     others: list[Event] = []
     while (event := agent.next_event()) is not None:
         if isinstance(event, InstallPaths):
-            error = executor.install(event) if executor is not None else "no SA backend on this node"
+            added: list[PathProfile]
+            error: str | None
+            if executor is None:
+                added, error = [], "no SA backend on this node"
+            else:
+                added, error = executor.install(event)
+            if note is not None:
+                for path in added:
+                    note("sa_installed", now, owner=event.owner, **path_fields(path))
+                if error is not None:
+                    note("sa_install_failed", now, owner=event.owner, error=error)
             agent.paths_installed(event.owner, error, now)
         elif isinstance(event, DeletePaths):
-            if executor is not None:
-                executor.delete(event)
+            removed = executor.delete(event) if executor is not None else []
+            if note is not None:
+                for installed in removed:
+                    note("sa_removed", now, owner=installed.owner, **path_fields(installed.path))
         else:
             if isinstance(event, RegistrationDone):
                 log.info(
                     "registration decided",
                     extra=fields(
-                        node=executor.node if executor else "",
+                        node=node,
                         nai=event.nai,
                         home_address=str(event.home_address),
                         code=event.code,
@@ -78,5 +149,25 @@ def run_events(agent: _Agent, executor: SaExecutor | None, now: float) -> list[E
                         detail=event.detail,
                     ),
                 )
+                if note is not None:
+                    note(
+                        "registration",
+                        now,
+                        nai=event.nai,
+                        home_address=str(event.home_address),
+                        code=event.code,
+                        code_name=code_name(event.code),
+                        lifetime=event.lifetime,
+                        detail=event.detail,
+                    )
             others.append(event)
     return others
+
+
+__all__ = [
+    "SaExecutor",
+    "binding_status_name",
+    "path_fields",
+    "reply_code_name",
+    "run_events",
+]

@@ -25,6 +25,9 @@ DEFAULT_LISTEN = "0.0.0.0"
 DEFAULT_PORT = 1812  # RFC 2865 section 3
 DEFAULT_DUP_CACHE_SECONDS = 10.0
 DEFAULT_SESSION_LIFETIME = 3600
+#: Seconds a server worker waits for the database's write lock before it
+#: gives up on a batch's writes (docs/operations: the event loop never waits longer).
+DEFAULT_DB_BUSY_TIMEOUT = 0.25
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -72,9 +75,12 @@ class HomeServerSettings:
     log_format: str = "text"
     dup_cache_seconds: float = DEFAULT_DUP_CACHE_SECONDS
     session_lifetime: int = DEFAULT_SESSION_LIFETIME
+    db_busy_timeout: float = DEFAULT_DB_BUSY_TIMEOUT
 
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
+        if not 0 < self.db_busy_timeout <= 60:
+            raise ValidationError(f"invalid database busy timeout {self.db_busy_timeout}: 0 < seconds <= 60")
         if not 0 <= self.port < 65536:  # 0: any free port (tests)
             raise ValidationError(f"invalid port {self.port}")
         if self.workers < 1:

@@ -16,10 +16,11 @@ from aaa_vpn.store.base import (
     ReferenceError_,
     SpiConflict,
     Store,
+    StoreBusy,
     StoreError,
 )
 from aaa_vpn.store.crypto import KeyFileError, SecretBox, create_key_file
-from aaa_vpn.store.sqlite import SCHEMA_VERSION, SqliteStore
+from aaa_vpn.store.sqlite import DEFAULT_BUSY_TIMEOUT_MS, SCHEMA_VERSION, SqliteStore
 
 
 def default_key_file(db_path: str | Path) -> Path:
@@ -32,6 +33,7 @@ def open_store(
     key_file: str | Path | None = None,
     *,
     migrate: bool = True,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
 ) -> SqliteStore:
     """Open an existing database with the secrets key in ``key_file``.
 
@@ -40,7 +42,7 @@ def open_store(
     others or does not match, or the schema is newer than this code.
     """
     key_path = Path(key_file) if key_file is not None else default_key_file(path)
-    return SqliteStore(path, SecretBox.from_key_file(key_path), migrate=migrate)
+    return SqliteStore(path, SecretBox.from_key_file(key_path), migrate=migrate, busy_timeout_ms=busy_timeout_ms)
 
 
 def init_store(
@@ -88,6 +90,7 @@ __all__ = [
     "SpiConflict",
     "SqliteStore",
     "Store",
+    "StoreBusy",
     "StoreError",
     "default_key_file",
     "init_store",

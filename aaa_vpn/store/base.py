@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from aaa_vpn.model import Client, Gateway, QosClass, Service, Session, User, VpnRecord
+from aaa_vpn.model import Client, Gateway, QosClass, Service, Session, SessionWrite, User, VpnRecord, WriteOutcome
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ class ReferenceError_(StoreError):
 
 class SpiConflict(StoreError):
     """An SPI is already allocated on that receiving node."""
+
+
+class StoreBusy(StoreError):
+    """Another writer held the database longer than the busy timeout."""
 
 
 class Store(Protocol):
@@ -129,6 +133,11 @@ class Store(Protocol):
         With ``replace_user_sessions`` each session first deletes the other
         sessions of its NAI. Returns per session how many it replaced. Raises
         SpiConflict (and stores nothing) on an SPI collision."""
+
+    def apply_session_writes(self, writes: Sequence[SessionWrite]) -> list[WriteOutcome]:
+        """Carry out the home AAA's conditional session writes in one
+        transaction, each on its own (model.SessionWrite); one outcome per
+        write. Raises StoreError if the transaction fails: nothing written."""
 
     def session_heads(self, nai: str) -> list[SessionHead]:
         """The user's sessions without keys and SPIs (cheap), oldest first."""

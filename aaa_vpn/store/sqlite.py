@@ -6,7 +6,17 @@ Rules:
   connection runs in autocommit mode (``isolation_level=None``) and every write
   is an explicit ``BEGIN IMMEDIATE`` transaction: taking the write lock up front
   means two processes never deadlock upgrading read locks, and the busy timeout
-  (5 s by default) queues writers instead of failing them.
+  queues writers instead of failing them -- 5 s by default for the CLI, a short
+  bound (``--db-busy-timeout``) in a server, whose event loop must not wait on
+  a writer that holds the lock for long.
+- A connection that SQLite opened read-only (``mode=rw`` falls back to
+  read-only, silently, when the file is write-protected) is opened again the
+  first time a write finds it so: a database that becomes writable is written
+  from then on, without a restart.
+- Session writes decided by the home AAA (:meth:`SqliteStore.apply_session_writes`)
+  are conditional on the session's epoch, each in its own savepoint of one
+  transaction: one that finds the session changed or an SPI taken is undone
+  alone and reported, the others commit.
 - WAL journal, ``synchronous=NORMAL`` (durable at checkpoints, never corrupt),
   ``foreign_keys=ON`` on every connection (SQLite's default is off).
 - Schema changes are an ordered list of steps (:data:`MIGRATIONS`); the schema
@@ -29,7 +39,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
+import stat
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,9 +60,12 @@ from aaa_vpn.model import (
     QosClass,
     Service,
     Session,
+    SessionWrite,
     SpiAllocation,
     User,
     VpnRecord,
+    WriteKind,
+    WriteOutcome,
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.store.base import (
@@ -59,6 +74,7 @@ from aaa_vpn.store.base import (
     ReferenceError_,
     SessionHead,
     SpiConflict,
+    StoreBusy,
     StoreError,
 )
 from aaa_vpn.store.crypto import SecretBox, secret_context
@@ -256,6 +272,8 @@ _SESSION_HEADS = (
     " ORDER BY created, session_id"
 )
 _RENEW_SESSION = "UPDATE sessions SET expires = ? WHERE session_id = ?"
+_RENEW_AT_EPOCH = "UPDATE sessions SET expires = ? WHERE session_id = ? AND epoch = ?"
+_DELETE_AT_EPOCH = "DELETE FROM sessions WHERE session_id = ? AND epoch = ?"
 _LIST_SESSIONS = f"{_SESSION_SELECT} ORDER BY s.created, s.session_id, p.position"
 _INSERT_SESSION = (
     "INSERT INTO sessions (session_id, nai, session_root_key, epoch, home_address, home_agent,"
@@ -272,6 +290,10 @@ _SPI_HOLDER = (
 _SPIS_IN_USE = "SELECT spi FROM session_spis WHERE node = ? ORDER BY spi"
 
 _Row = tuple[Any, ...]
+
+
+class _Reopened(StoreError):
+    """A write found the connection read-only and opened it again: retry."""
 
 
 def _is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
@@ -305,15 +327,12 @@ class SqliteStore:
         self._box = box
         #: The schema version found at open (0 for a new database).
         self.opened_version = 0
+        #: How often the connection was opened again after it was found read-only.
+        self.reopened = 0
         if not create and not self.path.exists():
             raise StoreError(f"database {self.path} does not exist (create it with 'aaa-vpn db init')")
-        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={'rwc' if create else 'rw'}"
-        try:
-            self._conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000, cached_statements=256
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn = self._connect("rwc" if create else "rw")
         try:
             self._setup(busy_timeout_ms, migrate)
         except sqlite3.DatabaseError as exc:
@@ -324,6 +343,49 @@ class SqliteStore:
             raise
 
     # -- opening ------------------------------------------------------------------
+
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={mode}"
+        try:
+            return sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=self._busy_timeout_ms / 1000, cached_statements=256
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+
+    def _reopen(self) -> None:
+        """Open the connection again (it was opened read-only). The old one is
+        closed first: SQLite would hand the new connection its read-only file
+        descriptor otherwise."""
+        self._conn.close()
+        self._align_wal_modes()
+        fresh = self._connect("rw")
+        try:
+            fresh.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            fresh.execute("PRAGMA foreign_keys = ON")
+            fresh.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            fresh.close()
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        self._conn = fresh
+        self.reopened += 1
+
+    def _align_wal_modes(self) -> None:
+        """A read-only connection leaves ``-wal`` and ``-shm`` files with the
+        database's read-only mode, and SQLite stays read-only while they are
+        so. Once the database itself is writable again, give our own such files
+        its mode."""
+        if not os.access(self.path, os.W_OK):
+            return
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            try:
+                if not os.access(side, os.W_OK) and side.stat().st_uid == os.geteuid():
+                    side.chmod(mode)
+                    log.warning("database %s: %s was left read-only; now %04o like the database", self.path, side, mode)
+            except OSError:
+                continue  # gone meanwhile, or not ours
 
     def _setup(self, busy_timeout_ms: int, migrate: bool) -> None:
         conn = self._conn
@@ -412,12 +474,12 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: {exc}") from None
+            raise self._error(exc) from None
         try:
             yield conn
         except sqlite3.Error as exc:
             self._rollback()
-            raise StoreError(f"database {self.path}: {exc}") from None
+            raise self._error(exc) from None
         except BaseException:
             self._rollback()
             raise
@@ -430,6 +492,24 @@ class SqliteStore:
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        """A write failed: the operator's message; a connection found
+        read-only is opened again, so the next write may succeed."""
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY or isinstance(
+            exc, sqlite3.ProgrammingError  # closed: an earlier reopen failed
+        ):
+            try:
+                self._reopen()
+            except StoreError as reopen:
+                return StoreError(f"database {self.path} is read-only: {exc}; {reopen}")
+            return _Reopened(f"database {self.path} was opened read-only: {exc} (opened again; retry)")
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+            return StoreBusy(
+                f"database {self.path} is locked by another writer for more than"
+                f" {self._busy_timeout_ms} ms: {exc}"
+            )
+        return StoreError(f"database {self.path}: {exc}")
 
     def _one(self, sql: str, params: Sequence[object]) -> _Row | None:
         try:
@@ -957,6 +1037,62 @@ class SqliteStore:
                 ) from None
             raise
         return replaced
+
+    def apply_session_writes(self, writes: Sequence[SessionWrite]) -> list[WriteOutcome]:
+        """Carry out the home AAA's session writes in one transaction, each in
+        its own savepoint (module rules); one outcome per write, in order.
+        Raises StoreError (:class:`StoreBusy` for a held lock) if the
+        transaction itself fails: then nothing was written."""
+        # Seal before taking the write lock: keep the lock as short as possible.
+        prepared = [self._session_params(w.session) if w.session is not None else None for w in writes]
+        for attempt in (1, 2):
+            outcomes: list[WriteOutcome] = []
+            try:
+                with self._writing() as conn:
+                    for write, params in zip(writes, prepared, strict=True):
+                        outcomes.append(self._apply_write(conn, write, params))
+            except _Reopened:
+                if attempt == 2:
+                    raise
+                continue  # the connection was read-only and is not any more: once more
+            return outcomes
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _apply_write(
+        conn: sqlite3.Connection,
+        write: SessionWrite,
+        params: tuple[tuple[object, ...], list[tuple[object, ...]]] | None,
+    ) -> WriteOutcome:
+        kind = write.kind
+        if kind is WriteKind.RENEW:
+            done = conn.execute(_RENEW_AT_EPOCH, (write.expires, write.session_id, write.expected_epoch)).rowcount
+            return WriteOutcome.STORED if done else WriteOutcome.CONFLICT
+        if kind is WriteKind.DELETE:
+            if write.expected_epoch is None:
+                done = conn.execute(_DELETE_SESSION, (write.session_id,)).rowcount
+            else:
+                done = conn.execute(_DELETE_AT_EPOCH, (write.session_id, write.expected_epoch)).rowcount
+            return WriteOutcome.STORED if done else WriteOutcome.CONFLICT
+        assert params is not None and write.session is not None
+        row, spis = params
+        conn.execute("SAVEPOINT session_write")
+        try:
+            if kind is WriteKind.CREATE:
+                conn.execute(_DELETE_USER_SESSIONS, (write.session.nai,))
+            elif conn.execute(_DELETE_AT_EPOCH, (write.session_id, write.expected_epoch)).rowcount == 0:
+                conn.execute("RELEASE session_write")
+                return WriteOutcome.CONFLICT
+            conn.execute(_INSERT_SESSION, row)
+            conn.executemany(_INSERT_SPI, spis)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO session_write")
+            conn.execute("RELEASE session_write")
+            if "session_spis" in str(exc):
+                return WriteOutcome.SPI_TAKEN
+            return WriteOutcome.CONFLICT  # the same session id twice: it changed meanwhile
+        conn.execute("RELEASE session_write")
+        return WriteOutcome.STORED
 
     def get_session(self, session_id: str) -> Session:
         sessions = self._sessions(self._all(_GET_SESSION, (session_id,)))

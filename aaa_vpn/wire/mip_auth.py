@@ -74,7 +74,7 @@ def chap_authenticator(challenge: bytes, covered: bytes, key: Secret) -> bytes:
 
     ``covered`` is the message up to and including the MN-AAA extension's
     Type, Subtype, Length and SPI; ``challenge`` the MN-FA challenge value.
-    Equals the CHAP response :func:`aaa_vpn.roles.home_aaa.verify_mn_aaa_chap`
+    Equals the CHAP response :func:`aaa_vpn.roles.home_plan.verify_mn_aaa_chap`
     checks (CHAP-Password without its first octet)."""
     if not challenge:
         raise MipValueError("the CHAP MN-AAA authenticator needs an MN-FA challenge (RFC 4721 section 8)")
@@ -243,7 +243,7 @@ class MnAaaProof:
 
     ``preceding`` is the request up to and including the MN-AAA extension's
     Type, Subtype, Length and SPI (RFC 4721 section 6): the argument
-    :func:`aaa_vpn.roles.home_aaa.mn_aaa_chap_attributes` takes."""
+    :func:`aaa_vpn.roles.home_plan.mn_aaa_chap_attributes` takes."""
 
     spi: int
     authenticator: bytes

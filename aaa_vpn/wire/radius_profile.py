@@ -59,6 +59,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode
 from aaa_vpn.wire.profile import (
     MAX_PATHS,
+    PROFILE_DIGEST_LENGTH,
     TAGGED_INT_MAX,
     VENDOR_ID,
     PathProfile,
@@ -148,6 +149,7 @@ _NAMES = {
     AaaVpnAttr.REJECT_REASON: "Aaa-Vpn-Reject-Reason",
     AaaVpnAttr.HANDOFF_KEY: "Aaa-Vpn-Handoff-Key",
     AaaVpnAttr.PREVIOUS_FA_HANDOFF_KEY: "Aaa-Vpn-Previous-FA-Handoff-Key",
+    AaaVpnAttr.PROFILE_DIGEST: "Aaa-Vpn-Profile-Digest",
     AaaVpnAttr.PATH_ROLE: "Aaa-Vpn-Path-Role",
     AaaVpnAttr.PATH_LOCAL: "Aaa-Vpn-Path-Local",
     AaaVpnAttr.PATH_PEER: "Aaa-Vpn-Path-Peer",
@@ -212,35 +214,115 @@ def _remember(key: tuple[int, int, object], encoded: bytes) -> bytes:
     return encoded
 
 
-class _Encoder:
-    """State of one encode: output list and the salt counter."""
+class _Secret:
+    """A salt-encrypted attribute of a template: its header (through the tag,
+    if any) is fixed, its salt and ciphertext are made for each packet."""
 
-    __slots__ = ("authenticator", "out", "salt_base", "salt_count", "secret")
+    __slots__ = ("head", "value")
 
-    def __init__(self, secret: bytes, request_authenticator: bytes) -> None:
-        self.out: list[bytes] = []
-        self.secret = secret
-        self.authenticator = request_authenticator
-        # One urandom call per packet; see the module docstring for why a counter.
-        self.salt_base = int.from_bytes(os.urandom(2), "big")
-        self.salt_count = 0
+    def __init__(self, head: bytes, value: bytes) -> None:
+        self.head = head
+        self.value = value
 
-    def salt(self) -> bytes:
-        n = (self.salt_base + self.salt_count) & 0x7FFF
-        self.salt_count += 1
-        if self.salt_count > 0x8000:
+
+class _Lifetime:
+    """A 4-octet attribute that carries the packet's lifetime."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+
+
+def _cipher_length(plain: int) -> int:
+    """Salt and ciphertext octets of a salt-encrypted value of ``plain`` octets
+    (RFC 2868 section 3.5: a length octet, zero-padded to blocks of 16)."""
+    return 2 + 16 * ((plain + 1 + 15) // 16)
+
+
+class ProfileTemplate:
+    """A profile compiled for one flavour (:func:`compile_profile`): every
+    attribute that does not change from one packet to the next is encoded
+    once; keys are salt-encrypted and the lifetime filled in by
+    :meth:`render` for each packet. A server caches a view's template while
+    the view does not change, so a renewal re-encodes nothing but that."""
+
+    __slots__ = ("length", "parts", "secrets")
+
+    def __init__(self, parts: list[bytes | _Secret | _Lifetime]) -> None:
+        self.parts = parts
+        self.secrets = sum(isinstance(part, _Secret) for part in parts)
+        length = 0
+        for part in parts:
+            if isinstance(part, bytes):
+                length += len(part)
+            elif isinstance(part, _Secret):
+                length += len(part.head) + _cipher_length(len(part.value))
+            else:
+                length += len(part.head) + 4
+        self.length = length
+        """Octets of every rendering."""
+
+    def render(
+        self,
+        lifetime: int,
+        secret: bytes | Secret,
+        request_authenticator: bytes,
+        budget: int = DEFAULT_ATTRIBUTE_BUDGET,
+        salt_base: int | None = None,
+    ) -> list[bytes]:
+        """The attributes for one packet: keys salt-encrypted with ``secret``
+        and ``request_authenticator`` (the Access-Request's; 16 zero octets in
+        a CoA-Request), salts unique in the packet from ``salt_base`` (random
+        if None), ``lifetime`` in Session-Timeout and Aaa-Vpn-Lifetime.
+        Raises :class:`ProfileError` if it does not fit ``budget`` octets."""
+        if len(request_authenticator) != AUTHENTICATOR_LENGTH:
+            raise ProfileError("the request authenticator is 16 octets")
+        if self.length > budget:
+            raise ProfileError(
+                f"the profile needs {self.length} octets but only {budget} are free in the packet"
+                " (RFC 2865 section 3: at most 4096)"
+            )
+        if not 0 <= lifetime <= UINT32_MAX:
+            raise ProfileError(f"lifetime {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
+        if self.secrets > 0x8000:
             raise ProfileError("more salt-encrypted attributes than distinct salts")
-        return (0x8000 | n).to_bytes(2, "big")
+        key = secret.value if isinstance(secret, Secret) else secret
+        if salt_base is None:
+            salt_base = int.from_bytes(os.urandom(2), "big")
+        packed = _U32.pack(lifetime)
+        out: list[bytes] = []
+        count = 0
+        for part in self.parts:
+            if isinstance(part, bytes):
+                out.append(part)
+            elif isinstance(part, _Secret):
+                # RFC 2868 section 3.5: salts unique within the packet, MSB set.
+                salt = (0x8000 | ((salt_base + count) & 0x7FFF)).to_bytes(2, "big")
+                count += 1
+                out.append(part.head + salt_encrypt(part.value, key, request_authenticator, salt))
+            else:
+                out.append(part.head + packed)
+        return out
 
-    def encrypt(self, what: str, value: bytes) -> bytes:
+
+class _Encoder:
+    """Builds one template."""
+
+    __slots__ = ("out",)
+
+    def __init__(self) -> None:
+        self.out: list[bytes | _Secret | _Lifetime] = []
+
+    @staticmethod
+    def _check_secret(what: str, value: bytes) -> None:
         if len(value) > MAX_SALT_PLAINTEXT:
             raise ProfileError(
                 f"{what} is {len(value)} octets; salt encryption fits at most {MAX_SALT_PLAINTEXT}"
                 " (RFC 2868 section 3.5)"
             )
-        return salt_encrypt(value, self.secret, self.authenticator, self.salt())
 
-    # --- our vendor ---
+    # --- vendor attributes ---
     def vsa(self, t: int, value: bytes, vendor: int = VENDOR_ID) -> None:
         n = len(value)
         if n > MAX_VSA_VALUE:
@@ -250,10 +332,21 @@ class _Encoder:
             )
         self.out.append(_VSA.pack(26, n + 8, vendor, t, n + 2) + value)
 
+    def secret_vsa(self, what: str, t: int, value: Secret, vendor: int = VENDOR_ID, tag: int | None = None) -> None:
+        """A salt-encrypted vendor attribute (``tag || salt || ciphertext`` if tagged)."""
+        raw = value.value
+        self._check_secret(what, raw)
+        n = _cipher_length(len(raw)) + (tag is not None)
+        head = _VSA.pack(26, n + 8, vendor, t, n + 2) + (bytes((tag,)) if tag is not None else b"")
+        self.out.append(_Secret(head, raw))
+
     def u32(self, t: AaaVpnAttr, value: int) -> None:
         if not 0 <= value <= UINT32_MAX:
             raise ProfileError(f"{_name(t)} = {value}: a RADIUS integer is 0..{UINT32_MAX}")
         self.out.append(_HDR4[t] + _U32.pack(value))
+
+    def lifetime_u32(self, t: AaaVpnAttr) -> None:
+        self.out.append(_Lifetime(_HDR4[t]))
 
     def ip(self, t: AaaVpnAttr, value: IPv4Address) -> None:
         self.out.append(_HDR4[t] + value.packed)
@@ -282,29 +375,63 @@ class _Encoder:
         encoded = _STATIC.get(key)
         if encoded is None:
             self.vsa(t, bytes((tag,)) + value.encode("utf-8"))
-            _remember(key, self.out[-1])
+            last = self.out[-1]
+            assert isinstance(last, bytes)
+            _remember(key, last)
         else:
             self.out.append(encoded)
 
     def tagged_secret(self, t: AaaVpnAttr, tag: int, value: Secret) -> None:
-        self.vsa(t, bytes((tag,)) + self.encrypt(_name(t), value.value))
+        self.secret_vsa(_name(t), t, value, tag=tag)
 
+    # --- standard attributes ---
     def std(self, t: int, value: bytes) -> None:
         if len(value) > MAX_ATTRIBUTE_VALUE:
             raise ProfileError(f"attribute {t}: value of {len(value)} octets, at most 253 fit")
         self.out.append(bytes((t, len(value) + 2)) + value)
 
-    def session_timeout(self, lifetime: int) -> None:
-        if not 0 <= lifetime <= UINT32_MAX:
-            raise ProfileError(f"Session-Timeout = {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
-        self.out.append(_SESSION_TIMEOUT_HDR + _U32.pack(lifetime))
+    def std_secret(self, what: str, t: int, value: Secret, tag: int) -> None:
+        raw = value.value
+        self._check_secret(what, raw)
+        n = _cipher_length(len(raw)) + 1
+        self.out.append(_Secret(bytes((t, n + 2, tag)), raw))
+
+    def session_timeout(self) -> None:
+        self.out.append(_Lifetime(_SESSION_TIMEOUT_HDR))
 
 
-def _check_inputs(profile: VpnProfile, request_authenticator: bytes) -> None:
-    if len(request_authenticator) != AUTHENTICATOR_LENGTH:
-        raise ProfileError("the request authenticator is 16 octets")
+def compile_profile(profile: VpnProfile, flavour: Flavour) -> ProfileTemplate:
+    """``profile`` compiled for ``flavour`` (see the module rules); its
+    ``lifetime`` is filled in when the template is rendered. Raises
+    :class:`ProfileError` for anything that does not fit."""
     if len(profile.paths) > MAX_PATHS:
         raise ProfileError(f"{len(profile.paths)} paths: at most {MAX_PATHS} fit (one RFC 2868 tag each)")
+    enc = _Encoder()
+    if flavour is Flavour.AAA_VPN:
+        _encode_aaa_vpn(enc, profile)
+    elif flavour is Flavour.RFC2868:
+        _encode_rfc2868(enc, profile)
+    elif flavour is Flavour.THREEGPP2:
+        _encode_3gpp2(enc, profile)
+    else:  # pragma: no cover - Flavour is closed
+        raise ProfileError(f"unknown flavour {flavour!r}")
+    return ProfileTemplate(enc.out)
+
+
+def compile_confirmation(profile: VpnProfile) -> ProfileTemplate:
+    """The Access-Accept attributes confirming ``profile`` to a sender that
+    named its digest (docs/protocol.md section 1): Session-Timeout,
+    Aaa-Vpn-Session-Id, Aaa-Vpn-Key-Epoch, Aaa-Vpn-Lifetime and
+    Aaa-Vpn-Profile-Digest -- no key, no Aaa-Vpn-Home-Address."""
+    if profile.digest is None:
+        raise ProfileError("a confirmation names the profile's digest")
+    enc = _Encoder()
+    enc.session_timeout()
+    enc.vsa(AaaVpnAttr.SESSION_ID, profile.session_id.encode("utf-8"))
+    enc.u32(AaaVpnAttr.KEY_EPOCH, profile.epoch)
+    enc.lifetime_u32(AaaVpnAttr.LIFETIME)
+    enc.vsa(AaaVpnAttr.PROFILE_DIGEST, profile.digest)
+    return ProfileTemplate(enc.out)
 
 
 def encode_profile(
@@ -324,29 +451,14 @@ def encode_profile(
 
     Raises :class:`ProfileError` instead of truncating anything.
     """
-    key = secret.value if isinstance(secret, Secret) else secret
-    _check_inputs(profile, request_authenticator)
-    enc = _Encoder(key, request_authenticator)
-    if flavour is Flavour.AAA_VPN:
-        _encode_aaa_vpn(enc, profile)
-    elif flavour is Flavour.RFC2868:
-        _encode_rfc2868(enc, profile)
-    elif flavour is Flavour.THREEGPP2:
-        _encode_3gpp2(enc, profile)
-    else:  # pragma: no cover - Flavour is closed
-        raise ProfileError(f"unknown flavour {flavour!r}")
-    total = sum(map(len, enc.out))
-    if total > budget:
-        raise ProfileError(
-            f"the {flavour.value} profile needs {total} octets but only {budget} are free in the packet"
-            " (RFC 2865 section 3: at most 4096)"
-        )
-    return enc.out
+    if len(request_authenticator) != AUTHENTICATOR_LENGTH:
+        raise ProfileError("the request authenticator is 16 octets")
+    return compile_profile(profile, flavour).render(profile.lifetime, secret, request_authenticator, budget)
 
 
 def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
     A = AaaVpnAttr
-    enc.session_timeout(p.lifetime)
+    enc.session_timeout()
     session_id = p.session_id.encode("utf-8")
     if not session_id:
         # RFC 2865 section 5: zero-length strings are not sent.
@@ -356,31 +468,27 @@ def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
     enc.ip(A.HOME_AGENT, p.home_agent)
     enc.ip(A.CARE_OF_ADDRESS, p.care_of_address)
     enc.u32(A.KEY_EPOCH, p.epoch)
-    enc.u32(A.LIFETIME, p.lifetime)
+    enc.lifetime_u32(A.LIFETIME)
     if p.session_root_key is not None:
-        enc.vsa(
-            A.SESSION_ROOT_KEY,
-            enc.encrypt("Aaa-Vpn-Session-Root-Key", p.session_root_key.value),
-        )
+        enc.secret_vsa("Aaa-Vpn-Session-Root-Key", A.SESSION_ROOT_KEY, p.session_root_key)
     if p.mn_ha_spi is not None:
         enc.u32(A.MN_HA_SPI, p.mn_ha_spi)
     if p.mn_ha_key is not None:
-        enc.vsa(A.MN_HA_KEY, enc.encrypt("Aaa-Vpn-MN-HA-Key", p.mn_ha_key.value))
+        enc.secret_vsa("Aaa-Vpn-MN-HA-Key", A.MN_HA_KEY, p.mn_ha_key)
     if p.fa_ha_spi is not None:
         enc.u32(A.FA_HA_SPI, p.fa_ha_spi)
     if p.fa_ha_key is not None:
-        enc.vsa(A.FA_HA_KEY, enc.encrypt("Aaa-Vpn-FA-HA-Key", p.fa_ha_key.value))
+        enc.secret_vsa("Aaa-Vpn-FA-HA-Key", A.FA_HA_KEY, p.fa_ha_key)
     # Smooth handoff (flow E): the FA's own handoff key; after a move, the
     # previous FA and its handoff key (the forwarding path is an FA-FA path).
     if p.handoff_key is not None:
-        enc.vsa(A.HANDOFF_KEY, enc.encrypt("Aaa-Vpn-Handoff-Key", p.handoff_key.value))
+        enc.secret_vsa("Aaa-Vpn-Handoff-Key", A.HANDOFF_KEY, p.handoff_key)
     if p.previous_fa is not None:
         enc.ip(A.PREVIOUS_FA, p.previous_fa)
     if p.previous_fa_handoff_key is not None:
-        enc.vsa(
-            A.PREVIOUS_FA_HANDOFF_KEY,
-            enc.encrypt("Aaa-Vpn-Previous-FA-Handoff-Key", p.previous_fa_handoff_key.value),
-        )
+        enc.secret_vsa("Aaa-Vpn-Previous-FA-Handoff-Key", A.PREVIOUS_FA_HANDOFF_KEY, p.previous_fa_handoff_key)
+    if p.digest is not None:
+        enc.vsa(A.PROFILE_DIGEST, p.digest)
     for index, path in enumerate(p.paths):
         tag = index + 1
         enc.tagged_u24(A.PATH_ROLE, tag, int(path.role))
@@ -420,13 +528,10 @@ def _encode_rfc2868(enc: _Encoder, p: VpnProfile) -> None:
         enc.std(Attr.TUNNEL_CLIENT_ENDPOINT, t + _text_of(path.local).encode("ascii"))
         enc.std(Attr.TUNNEL_SERVER_ENDPOINT, t + _text_of(path.peer).encode("ascii"))
         if path.ike_psk is not None:
-            enc.std(
-                Attr.TUNNEL_PASSWORD,
-                t + enc.encrypt("Tunnel-Password", path.ike_psk.value),
-            )
+            enc.std_secret("Tunnel-Password", Attr.TUNNEL_PASSWORD, path.ike_psk, tag)
         enc.std(Attr.TUNNEL_ASSIGNMENT_ID, t + ASSIGNMENT_ID[path.role].encode("ascii"))
         enc.std(Attr.TUNNEL_PREFERENCE, _U32.pack(tag << 24 | tag))
-    enc.session_timeout(p.lifetime)
+    enc.session_timeout()
 
 
 def _encode_3gpp2(enc: _Encoder, p: VpnProfile) -> None:
@@ -438,21 +543,13 @@ def _encode_3gpp2(enc: _Encoder, p: VpnProfile) -> None:
             raise ProfileError(f"3GPP2-MN-HA-SPI = {p.mn_ha_spi}: a RADIUS integer is 0..{UINT32_MAX}")
         enc.out.append(_HDR4_3GPP2[G.MN_HA_SPI] + _U32.pack(p.mn_ha_spi))
     if p.mn_ha_key is not None:
-        enc.vsa(
-            G.MN_HA_SHARED_KEY,
-            enc.encrypt("3GPP2-MN-HA-Shared-Key", p.mn_ha_key.value),
-            v,
-        )
+        enc.secret_vsa("3GPP2-MN-HA-Shared-Key", G.MN_HA_SHARED_KEY, p.mn_ha_key, v)
     if p.paths:
         enc.out.append(_HDR4_3GPP2[G.SECURITY_LEVEL] + _U32.pack(SECURITY_LEVEL_IPSEC))
     fa_ha = next((path for path in p.paths if path.role is PathRole.FA_HA), None)
     if fa_ha is not None and fa_ha.ike_psk is not None:
-        enc.vsa(
-            G.PRE_SHARED_SECRET,
-            enc.encrypt("3GPP2-Pre-Shared-Secret", fa_ha.ike_psk.value),
-            v,
-        )
-    enc.session_timeout(p.lifetime)
+        enc.secret_vsa("3GPP2-Pre-Shared-Secret", G.PRE_SHARED_SECRET, fa_ha.ike_psk, v)
+    enc.session_timeout()
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -477,6 +574,12 @@ def iter_attributes(
         yield from _radius_iter_attributes(_as_bytes(attributes), vendors)
     except RadiusDecodeError as exc:
         raise ProfileDecodeError(str(exc)) from None
+
+
+def _digest_value(value: bytes) -> bytes:
+    if len(value) != PROFILE_DIGEST_LENGTH:
+        raise _fail("Aaa-Vpn-Profile-Digest", value, f"{PROFILE_DIGEST_LENGTH} octets")
+    return value
 
 
 def _fail(what: str, value: bytes, expected: str) -> ProfileDecodeError:
@@ -560,6 +663,7 @@ _SESSION_TYPES = frozenset(
         AaaVpnAttr.PREVIOUS_FA,
         AaaVpnAttr.HANDOFF_KEY,
         AaaVpnAttr.PREVIOUS_FA_HANDOFF_KEY,
+        AaaVpnAttr.PROFILE_DIGEST,
     )
 )
 _PATH_TYPES = frozenset(t for t in AaaVpnAttr if t >= 32)
@@ -675,6 +779,7 @@ def decode_profile(
         handoff_key=optional_key(A.HANDOFF_KEY),
         previous_fa=_ipaddr(_name(A.PREVIOUS_FA), session[A.PREVIOUS_FA]) if A.PREVIOUS_FA in session else None,
         previous_fa_handoff_key=optional_key(A.PREVIOUS_FA_HANDOFF_KEY),
+        digest=_digest_value(session[A.PROFILE_DIGEST]) if A.PROFILE_DIGEST in session else None,
     )
 
 
@@ -926,10 +1031,13 @@ __all__ = [
     "Attr",
     "ProfileDecodeError",
     "ProfileError",
+    "ProfileTemplate",
     "ThreeGpp2Attr",
     "ThreeGpp2Attributes",
     "Tunnel",
     "TunnelAttributes",
+    "compile_confirmation",
+    "compile_profile",
     "decode_3gpp2",
     "decode_profile",
     "decode_tunnel_attributes",

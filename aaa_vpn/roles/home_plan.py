@@ -1,0 +1,683 @@
+"""The home AAA's plans: how a user's VPN record becomes a session's paths,
+SPIs and keys, how a session moves or is re-keyed, and what each network
+element is told of it. Pure functions; the role that uses them to answer
+requests is :mod:`aaa_vpn.roles.home_aaa`.
+
+Rules (everything that decides what a node is told lives here; the home AAA
+role and the docs cite them as "plan rule N"):
+
+1. The mobile node is authenticated from the MN-AAA authenticator carried as
+   RADIUS CHAP attributes in the 3GPP2 manner (RFC 4721 section 8, CHAP_SPI):
+   CHAP-Password = Challenge[0] || MN-AAA authenticator, CHAP-Challenge =
+   MD5(preceding Mobile IP data || Type, Subtype, Length, SPI) ||
+   least-significant 237 octets of the FA challenge. The check is plain RADIUS
+   CHAP (RFC 1994): MD5(CHAP-ID || MN-AAA secret || CHAP-Challenge). See
+   docs/mn-aaa-chap.md.
+2. A session has one FA <-> HA path, one HA <-> GW path per VPN record through a
+   static gateway and one FA <-> GW path per record through a dynamic gateway
+   (route optimisation). At most :data:`~aaa_vpn.wire.profile.MAX_PATHS`.
+3. The FA <-> HA path carries everything the MN sends through its home agent
+   (remote traffic selector 0.0.0.0/0: reverse tunnelling, RFC 3024) and uses
+   the security service and QoS class of the user's first VPN record (lowest
+   id), or the built-in default service when the user has none.
+4. Keys come from the session root key (keys.py); every direction of every
+   path has its own key; SPIs are allocated per receiving node.
+5. Least privilege (DESIGN.md section 3): the FA sees only paths that end at the
+   FA; the HA sees its own paths plus the gateway's side of FA <-> GW paths (it
+   forwards those in a Binding Update) and the SRK; this project's foreign AAA
+   (client role ``foreign-aaa``) sees the FA's view plus the SRK, so it can
+   answer same-domain handoffs; a generic proxy (role ``proxy``, FreeRADIUS
+   say) sees exactly what its FA sees, never the SRK; a gateway sees only
+   paths that end at it.
+6. A registration through another FA that names the previous one moves the
+   live session (flows C/D): same session and session root key, care-of
+   address rewritten, epoch + 1, fresh SPIs and keys for every path that ends
+   at the FA; the stationary HA <-> GW paths keep theirs. A registration by
+   the FA that names the session (its current visitor) renews it. Any other
+   registration starts a new session (fresh root key): keys that nodes
+   removed are never handed out again.
+7. Smooth handoff (flow E, docs/protocol.md section 5): every FA view carries
+   the FA's own handoff key for the session and epoch it registers in
+   (:func:`aaa_vpn.keys.derive_handoff_key`). After a move to another FA the
+   new FA's view also names the previous FA (the FA of ``epoch - 1``) with
+   that FA's handoff key, and carries the FA <-> FA forwarding path (label
+   ``fa-fa:<previous FA>``, keys and SPIs derived from the SRK in the new
+   epoch, selectors: the home address at the new FA, anything at the previous
+   one). Nobody else is told any of it. Its SPIs sit in the session's SPI
+   table like any path's, which is also how the stored session remembers the
+   previous FA.
+8. Re-keying (docs/protocol.md section 4): a session's keys are due once a
+   fraction of the shortest SA lifetime of its paths has passed since they
+   were last all renewed (``keyed_at``). A re-key is a move to the next epoch
+   at the same care-of address in which the stationary HA <-> GW paths get
+   new keys and SPIs as well (``stationary_epoch`` = the new epoch). A
+   registration is never granted past the keys' lifetime, so no SA outlives
+   its keys even if the node stops renewing.
+
+Pure: no sockets, no database, no clock (``now`` is passed in), no randomness
+except through the ``random_bytes`` callable the caller gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from aaa_vpn import keys
+from aaa_vpn.model import (
+    ClientRole,
+    Gateway,
+    GatewayMode,
+    KeyMode,
+    QosClass,
+    Service,
+    Session,
+    SpiAllocation,
+    User,
+    VpnRecord,
+)
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire.profile import (
+    MAX_PATHS,
+    SPI_MAX,
+    SPI_MIN,
+    PathProfile,
+    PathRole,
+    QosSpec,
+    RejectReason,
+    RequestType,
+    VpnProfile,
+    with_digest,
+)
+from aaa_vpn.wire.text import text
+
+#: The service used for the FA <-> HA path of a user without VPN records.
+DEFAULT_SERVICE = Service("default")
+ANY = IPv4Network("0.0.0.0/0")
+#: Label of the Mobile IP FA-HA security association in a session's SPI list.
+FA_HA_MIP_LABEL = "mip-fa-ha"
+#: Label prefix of the smooth-handoff forwarding path (rule 7): ``fa-fa:<previous FA>``.
+FORWARDING_LABEL_PREFIX = "fa-fa:"
+
+
+class Rejected(Exception):
+    """The request is refused; ``reason`` and ``message`` go into the Access-Reject."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def verify_mn_aaa_chap(chap_password: bytes, chap_challenge: bytes, secret: Secret) -> bool:
+    """Check an MN-AAA authenticator carried as CHAP attributes (rule 1)."""
+    if len(chap_password) != 17 or not chap_challenge:
+        return False
+    expected = hashlib.md5(chap_password[:1] + secret.value + chap_challenge).digest()
+    return hmac.compare_digest(expected, chap_password[1:])
+
+
+def mn_aaa_chap_attributes(challenge: bytes, preceding: bytes, secret: Secret) -> tuple[bytes, bytes]:
+    """The (CHAP-Password, CHAP-Challenge) an FA sends for an RRQ whose MN-AAA
+    authenticator was computed with CHAP_SPI; also what a mobile node computes.
+
+    ``preceding`` is the Mobile IP data up to and including the MN-AAA
+    extension's Type, Subtype, Length and SPI fields (RFC 4721 section 6)."""
+    if not challenge:
+        raise ValueError("an MN-FA challenge is required")
+    chap_challenge = hashlib.md5(preceding).digest() + challenge[-237:]
+    chap_id = challenge[:1]
+    response = hashlib.md5(chap_id + secret.value + chap_challenge).digest()
+    return chap_id + response, chap_challenge
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """Everything the planner needs about one user, read from provisioning."""
+
+    user: User
+    records: tuple[VpnRecord, ...]
+    gateways: Mapping[str, Gateway]
+    services: Mapping[str, Service]
+    qos: Mapping[str, QosClass]
+
+
+@dataclass(frozen=True)
+class PlannedPath:
+    """One path of a session in neutral form: endpoint ``a`` is the mobile
+    side (FA, or HA for HA <-> GW), ``b`` the other."""
+
+    label: str
+    role: PathRole
+    a: IPv4Address
+    b: IPv4Address
+    a_ts: tuple[IPv4Network, ...]
+    b_ts: tuple[IPv4Network, ...]
+    service: Service
+    qos: QosClass | None
+    gateway_mode: GatewayMode | None
+    gateway_key: Secret | None = field(default=None, compare=False, repr=False)
+
+    #: Names of the SPIs allocated at ``a`` and at ``b`` (derived, see __post_init__).
+    a_key: str = field(default="", compare=False)
+    b_key: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # Computed once per (cached) plan rather than for every registration.
+        object.__setattr__(self, "a_key", _spi_key(self.label, self.a))
+        object.__setattr__(self, "b_key", _spi_key(self.label, self.b))
+
+    def spi_key(self, node: IPv4Address) -> str:
+        """The name of the SPI allocated at ``node`` (one of the endpoints)."""
+        return self.a_key if node == self.a else self.b_key
+
+
+def path_label(role: PathRole, gateway: IPv4Address | None = None, correspondent: IPv4Network | None = None) -> str:
+    """The label a path's keys and SPIs are derived and named with.
+
+    Built only from what every node of the path sees in its own view (the
+    role, the gateway end and the correspondent selector), so that a foreign
+    AAA or an agent holding the session root key can re-derive a moved path's
+    keys without being told the home AAA's record ids:
+    ``fa-ha``, ``ha-gw:<gateway>:<correspondent>``, ``fa-gw:<gateway>:<correspondent>``.
+    """
+    if role is PathRole.FA_HA:
+        return "fa-ha"
+    if gateway is None or correspondent is None:
+        raise ValueError(f"a {role.name} path label names its gateway and correspondent")
+    prefix = "ha-gw" if role is PathRole.HA_GW else "fa-gw"
+    return f"{prefix}:{text(gateway)}:{text(correspondent)}"
+
+
+def forwarding_label(previous_fa: IPv4Address) -> str:
+    """The label of the forwarding path from ``previous_fa`` to the node's new FA (rule 7)."""
+    return FORWARDING_LABEL_PREFIX + text(previous_fa)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _host_network(address: IPv4Address) -> IPv4Network:
+    return IPv4Network((int(address), 32))
+
+
+def plan_paths(
+    ctx: UserContext, home_address: IPv4Address, home_agent: IPv4Address, care_of: IPv4Address
+) -> list[PlannedPath]:
+    """The paths of a session (rules 2 and 3)."""
+    records = sorted(ctx.records, key=lambda r: r.id or 0)
+    mn = (IPv4Network(f"{home_address}/32"),)
+    first_service = ctx.services[records[0].service] if records else DEFAULT_SERVICE
+    first_qos = ctx.qos.get(records[0].qos) if records and records[0].qos else None
+    paths = [
+        PlannedPath(
+            path_label(PathRole.FA_HA), PathRole.FA_HA, care_of, home_agent, mn, (ANY,), first_service, first_qos, None
+        )
+    ]
+    for record in records:
+        gateway = ctx.gateways[record.gateway]
+        service = ctx.services[record.service]
+        qos = ctx.qos.get(record.qos) if record.qos else None
+        if gateway.mode is GatewayMode.STATIC:
+            paths.append(
+                PlannedPath(
+                    path_label(PathRole.HA_GW, gateway.address, record.correspondent),
+                    PathRole.HA_GW,
+                    home_agent,
+                    gateway.address,
+                    mn,
+                    (record.correspondent,),
+                    service,
+                    qos,
+                    GatewayMode.STATIC,
+                    gateway.gateway_key,
+                )
+            )
+        else:
+            paths.append(
+                PlannedPath(
+                    path_label(PathRole.FA_GW, gateway.address, record.correspondent),
+                    PathRole.FA_GW,
+                    care_of,
+                    gateway.address,
+                    mn,
+                    (record.correspondent,),
+                    service,
+                    qos,
+                    GatewayMode.DYNAMIC,
+                    gateway.gateway_key,
+                )
+            )
+    if len(paths) > MAX_PATHS:
+        raise Rejected(
+            RejectReason.PROFILE_TOO_LARGE,
+            f"user has {len(paths)} VPN paths, at most {MAX_PATHS} fit in one profile",
+        )
+    return paths
+
+
+def path_epoch(role: PathRole, session_epoch: int, stationary_epoch: int = 1) -> int:
+    """The epoch a path's keys are derived with (rules 6 and 8).
+
+    Paths that end at the FA follow the session's epoch, which a handoff
+    increments: their keys never repeat, even when the node comes back to an
+    FA it used before (an AES-GCM key must never restart its counter). A
+    stationary HA <-> GW path does not move: it keeps the epoch of the last
+    re-key (``stationary_epoch``, 1 until the first), so its SAs survive
+    handoffs untouched."""
+    return stationary_epoch if role is PathRole.HA_GW else session_epoch
+
+
+def key_lifetime(paths: Sequence[PlannedPath]) -> int | None:
+    """The shortest SA lifetime of ``paths`` (seconds), None without paths."""
+    return min((p.service.sa_lifetime for p in paths), default=None)
+
+
+def rekey_due(session: Session, key_life: int | None, now: float, fraction: float) -> bool:
+    """Rule 8: are the session's keys due for renewal? True once ``fraction``
+    of the shortest SA lifetime (``key_life``, :func:`key_lifetime`) has
+    passed since they were last all renewed."""
+    return key_life is not None and now >= session.keyed_at + fraction * key_life
+
+
+def key_capped_expiry(now: float, lifetime: float, keyed_at: float, key_life: int | None) -> float:
+    """Rule 8: the expiry of a registration granted ``lifetime`` seconds at
+    ``now``, no later than its keys' (keyed at ``keyed_at``, shortest SA
+    lifetime ``key_life``): a node that stops renewing loses its
+    registration, and with it its SAs, before any SA outlives its lifetime.
+    Never less than one second."""
+    if key_life is None:
+        return now + lifetime
+    left = keyed_at + key_life - now
+    return now + lifetime if lifetime <= left else now + max(1, int(left))
+
+
+def _spi_key(label: str, node: IPv4Address) -> str:
+    return label + "@" + text(node)
+
+
+def allocate_spis(
+    paths: Sequence[PlannedPath],
+    fa_ha_nodes: tuple[IPv4Address, IPv4Address],
+    existing: Sequence[SpiAllocation],
+    random_bytes: Callable[[int], bytes],
+) -> tuple[SpiAllocation, ...]:
+    """SPIs for every (path, receiving node), keeping those already allocated.
+
+    ESP SPIs are drawn at random from [SPI_MIN, SPI_MAX] (24 bits: they ride in
+    tagged integers); the Mobile IP FA-HA SPI is drawn from 256..2**32-1. The
+    database's UNIQUE(node, spi) catches the rare collision with another
+    session; the caller then retries with fresh draws."""
+    have = {a.path: a for a in existing}
+    taken: dict[int, set[int]] = {}  # by int(node): IPv4Address hashes in Python
+    for allocation in existing:
+        taken.setdefault(int(allocation.node), set()).add(allocation.spi)
+    result: list[SpiAllocation] = []
+
+    # One call for all the randomness of a typical allocation (the source is
+    # os.urandom: a system call per request rather than per SPI).
+    pool = bytearray()
+
+    def draw(node: IPv4Address, low: int, high: int) -> int:
+        used = taken.setdefault(int(node), set())
+        while True:
+            if len(pool) < 4:
+                pool.extend(random_bytes(4 * (2 * len(paths) + 1)))
+            spi = low + int.from_bytes(pool[:4], "big") % (high - low + 1)
+            del pool[:4]
+            if spi not in used:
+                used.add(spi)
+                return spi
+
+    for path in paths:
+        for node, key in ((path.a, path.a_key), (path.b, path.b_key)):
+            result.append(have.get(key) or SpiAllocation(node, draw(node, SPI_MIN, SPI_MAX), key))
+    # The Mobile IP FA-HA security association is indexed by SPI at the HA
+    # (RFC 5944 section 3.5.4); its SPI lives in the same per-node table.
+    ha = fa_ha_nodes[1]
+    key = _spi_key(FA_HA_MIP_LABEL, ha)
+    result.append(have.get(key) or SpiAllocation(ha, draw(ha, 256, 0xFFFFFFFF), key))
+    # The forwarding path of the last move (rule 7) is not planned: it stays
+    # as the move derived it, so that a renewal finds the same table.
+    result += [a for a in existing if a.path.startswith(FORWARDING_LABEL_PREFIX)]
+    return tuple(result)
+
+
+def _spi_table(session: Session) -> dict[str, int]:
+    return {allocation.path: allocation.spi for allocation in session.spis}
+
+
+def _path_view(
+    session: Session,
+    path: PlannedPath,
+    local: IPv4Address,
+    spis: dict[str, int],
+    binding_for: IPv4Address | None = None,
+) -> PathProfile:
+    """``path`` as seen from ``local`` (one of its endpoints); ``spis`` is the
+    session's SPI table (:func:`_spi_table`). With ``binding_for`` (an HA's
+    address) a path that ends at a gateway carries that HA's binding key."""
+    peer = path.b if local == path.a else path.a
+    local_ts, remote_ts = (path.a_ts, path.b_ts) if local == path.a else (path.b_ts, path.a_ts)
+    srk, label = session.session_root_key, path.label.encode()
+    epoch = path_epoch(path.role, session.epoch, session.stationary_epoch)
+    transform = path.service.esp_transform
+    key_in = keys.derive_sa_key(srk, label, peer, local, epoch, transform.keymat_length)
+    key_out = keys.derive_sa_key(srk, label, local, peer, epoch, transform.keymat_length)
+    ikev2 = path.service.key_mode is KeyMode.IKEV2
+    return PathProfile(
+        role=path.role,
+        local=local,
+        peer=peer,
+        local_ts=local_ts,
+        remote_ts=remote_ts,
+        key_mode=path.service.key_mode,
+        esp_transform=transform,
+        spi_in=spis[path.spi_key(local)],
+        spi_out=spis[path.spi_key(peer)],
+        key_in=key_in,
+        key_out=key_out,
+        lifetime=path.service.sa_lifetime,
+        ike_proposal=path.service.ike_proposal if ikev2 else None,
+        ike_psk=keys.derive_ike_psk(srk, label, local, peer, epoch) if ikev2 else None,
+        qos=QosSpec(path.qos.name, path.qos.dscp, path.qos.rate_kbps) if path.qos else None,
+        gateway_mode=path.gateway_mode,
+        binding_key=(
+            keys.derive_binding_key(path.gateway_key, binding_for, path.b)
+            if binding_for is not None and path.gateway_key is not None
+            else None
+        ),
+    )
+
+
+def view_for(
+    session: Session,
+    paths: Sequence[PlannedPath],
+    role: ClientRole,
+    request_type: RequestType,
+    node: IPv4Address,
+    user: User,
+    lifetime: int,
+) -> VpnProfile:
+    """The profile one requester is sent (rule 5).
+
+    ``node`` is the requester's own address on the path: the care-of address for
+    an FA (also when asked through a proxy), the HA address for an HA, the
+    gateway address for a gateway."""
+    fa, ha = session.care_of_address, session.home_agent
+    spis = _spi_table(session)
+    fa_ha_spi = spis[_spi_key(FA_HA_MIP_LABEL, ha)]
+    fa_ha_key = keys.derive_fa_ha_key(session.session_root_key, fa, ha, session.epoch)
+    common = {
+        "session_id": session.session_id,
+        "home_address": session.home_address,
+        "home_agent": ha,
+        "care_of_address": fa,
+        "lifetime": lifetime,
+        "epoch": session.epoch,
+    }
+    if request_type is RequestType.HA_REGISTRATION:
+        views = [_path_view(session, p, ha, spis, binding_for=ha) for p in paths if ha in (p.a, p.b)]
+        # The gateway's side of route-optimised paths: the HA hands it over in
+        # the Binding Update (flow B), authenticated and wrapped with the key
+        # it shares with that gateway.
+        views += [_path_view(session, p, p.b, spis, binding_for=ha) for p in paths if p.role is PathRole.FA_GW]
+        return with_digest(
+            VpnProfile(
+                **common,  # type: ignore[arg-type]
+                paths=tuple(views),
+                mn_ha_spi=user.mn_ha_spi,
+                mn_ha_key=user.mn_ha_key,
+                fa_ha_spi=fa_ha_spi,
+                fa_ha_key=fa_ha_key,
+                session_root_key=session.session_root_key,
+            )
+        )
+    if request_type is RequestType.GW_BINDING:
+        views = [_path_view(session, p, node, spis) for p in paths if node in (p.a, p.b)]
+        return with_digest(VpnProfile(**common, paths=tuple(views)))  # type: ignore[arg-type]
+    srk, epoch = session.session_root_key, session.epoch
+    views = [_path_view(session, p, fa, spis) for p in paths if fa in (p.a, p.b)]
+    previous = _previous_fa(spis, fa)
+    previous_key = None
+    fa_ha = next((v for v in views if v.role is PathRole.FA_HA), None)
+    if previous is not None and fa_ha is not None:
+        label = forwarding_label(previous)
+        views.append(
+            _forwarding_view(
+                srk,
+                fa_ha,
+                previous,
+                session.home_address,
+                epoch,
+                spis[_spi_key(label, fa)],
+                spis[_spi_key(label, previous)],
+            )
+        )
+        previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
+    return with_digest(
+        VpnProfile(
+            **common,  # type: ignore[arg-type]
+            paths=tuple(views),
+            fa_ha_spi=fa_ha_spi,
+            fa_ha_key=fa_ha_key,
+            session_root_key=srk if role is ClientRole.FOREIGN_AAA else None,
+            handoff_key=keys.derive_handoff_key(srk, fa, epoch),
+            previous_fa=previous if previous_key is not None else None,
+            previous_fa_handoff_key=previous_key,
+        )
+    )
+
+
+def _previous_fa(spis: Mapping[str, int], fa: IPv4Address) -> IPv4Address | None:
+    """The previous FA named by the forwarding path's SPI at ``fa`` (rule 7), if any."""
+    suffix = "@" + text(fa)
+    for name in spis:
+        if name.startswith(FORWARDING_LABEL_PREFIX) and name.endswith(suffix):
+            return IPv4Address(name[len(FORWARDING_LABEL_PREFIX) : -len(suffix)])
+    return None
+
+
+def _forwarding_view(
+    srk: Secret,
+    fa_ha: PathProfile,
+    previous: IPv4Address,
+    home_address: IPv4Address,
+    epoch: int,
+    spi_in: int,
+    spi_out: int,
+) -> PathProfile:
+    """The new FA's view of the forwarding path from ``previous`` (rule 7).
+
+    Built from the new FA's view of its FA <-> HA path alone (the same
+    security service, transform, lifetime and QoS; the new FA is its local
+    end), so that the home AAA (:func:`view_for`) and a foreign AAA
+    (:func:`moved_view`) build the very same path. Selectors: the home address
+    here, anything at the previous FA, which sends whatever still arrives for
+    the node."""
+    care_of = fa_ha.local
+    name = forwarding_label(previous).encode()
+    length = fa_ha.esp_transform.keymat_length
+    return PathProfile(
+        role=PathRole.FA_FA,
+        local=care_of,
+        peer=previous,
+        local_ts=(_host_network(home_address),),
+        remote_ts=(ANY,),
+        key_mode=fa_ha.key_mode,
+        esp_transform=fa_ha.esp_transform,
+        spi_in=spi_in,
+        spi_out=spi_out,
+        key_in=keys.derive_sa_key(srk, name, previous, care_of, epoch, length),
+        key_out=keys.derive_sa_key(srk, name, care_of, previous, epoch, length),
+        lifetime=fa_ha.lifetime,
+        ike_proposal=fa_ha.ike_proposal,
+        ike_psk=keys.derive_ike_psk(srk, name, care_of, previous, epoch) if fa_ha.ike_psk is not None else None,
+        qos=fa_ha.qos,
+    )
+
+
+def new_session(
+    ctx: UserContext,
+    session_id: str,
+    srk: Secret,
+    home_agent: IPv4Address,
+    care_of: IPv4Address,
+    now: float,
+    lifetime: int,
+    random_bytes: Callable[[int], bytes],
+    foreign_domain: str = "",
+    paths: list[PlannedPath] | None = None,
+) -> tuple[Session, list[PlannedPath]]:
+    """Plan a fresh session for an FA registration. ``paths``, if given, is
+    what :func:`plan_paths` returns for this user, home agent and care-of
+    address (callers cache it while provisioning is unchanged)."""
+    user = ctx.user
+    if user.home_address is None:
+        raise Rejected(
+            RejectReason.BAD_REQUEST,
+            "user has no provisioned home address (dynamic assignment is not supported)",
+        )
+    if home_agent != user.home_agent:
+        raise Rejected(
+            RejectReason.BAD_REQUEST,
+            f"requested home agent {home_agent} is not the user's home agent",
+        )
+    if paths is None:
+        paths = plan_paths(ctx, user.home_address, home_agent, care_of)
+    spis = allocate_spis(paths, (care_of, home_agent), (), random_bytes)
+    # The epoch makes keys of a re-keyed path differ from the previous ones even
+    # under the same SRK; a fresh session starts at 1.
+    session = Session(
+        session_id=session_id,
+        nai=user.nai,
+        session_root_key=srk,
+        epoch=1,
+        home_address=user.home_address,
+        home_agent=home_agent,
+        care_of_address=care_of,
+        created=now,
+        expires=now + lifetime,
+        spis=spis,
+        foreign_domain=foreign_domain,
+        keyed_at=now,
+    )
+    return session, paths
+
+
+def _moved_spi(srk: Secret, label: str, node: IPv4Address, epoch: int) -> int:
+    if label == FA_HA_MIP_LABEL:
+        return keys.derive_spi(srk, _spi_key(label, node), epoch, 256, 0xFFFFFFFF)
+    return keys.derive_spi(srk, _spi_key(label, node), epoch, SPI_MIN, SPI_MAX)
+
+
+def move_session(
+    session: Session,
+    paths: list[PlannedPath],
+    care_of: IPv4Address,
+    now: float,
+    lifetime: int,
+    random_bytes: Callable[[int], bytes],
+    epoch: int | None = None,
+    rekey: bool = False,
+) -> Session:
+    """``session`` moved to the FA at ``care_of`` in ``epoch`` (default: the
+    next one), rule 6. ``paths`` are the plans for the new care-of address.
+    With ``rekey`` (rule 8) the stationary HA <-> GW paths get new keys and
+    SPIs in that epoch too, and the key lifetimes start again at ``now``.
+
+    The SPIs of the moving paths are derived from the session root key
+    (:func:`aaa_vpn.keys.derive_spi`), so a foreign AAA that answers the
+    handoff itself (:func:`moved_view`) hands out exactly what the home AAA
+    stores when the HA asks; other SPIs are kept, new ones drawn."""
+    epoch = session.epoch + 1 if epoch is None else epoch
+    srk, ha = session.session_root_key, session.home_agent
+    moving = [p for p in paths if rekey or p.role is not PathRole.HA_GW]
+    derived = [
+        SpiAllocation(node, _moved_spi(srk, p.label, node, epoch), key)
+        for p in moving
+        for node, key in ((p.a, p.a_key), (p.b, p.b_key))
+    ]
+    mip_key = _spi_key(FA_HA_MIP_LABEL, ha)
+    derived.append(SpiAllocation(ha, _moved_spi(srk, FA_HA_MIP_LABEL, ha, epoch), mip_key))
+    previous = session.care_of_address
+    if previous != care_of:
+        # Rule 7: the forwarding path from the FA the node leaves.
+        label = forwarding_label(previous)
+        derived += [
+            SpiAllocation(node, _moved_spi(srk, label, node, epoch), _spi_key(label, node))
+            for node in (care_of, previous)
+        ]
+    names = {a.path for a in derived}
+    moving_labels = {p.label for p in moving} | {FA_HA_MIP_LABEL}
+    kept = tuple(
+        a
+        for a in session.spis
+        if a.path.rpartition("@")[0] not in moving_labels and not a.path.startswith(FORWARDING_LABEL_PREFIX)
+    ) + tuple(derived)
+    spis = allocate_spis(paths, (care_of, ha), kept, random_bytes)
+    assert names <= {a.path for a in spis}
+    moved = dataclasses.replace(session, care_of_address=care_of, epoch=epoch, expires=now + lifetime, spis=spis)
+    if rekey:
+        moved = dataclasses.replace(moved, stationary_epoch=epoch, keyed_at=now)
+    return moved
+
+
+def moved_view(view: VpnProfile, care_of: IPv4Address, epoch: int, lifetime: int) -> VpnProfile:
+    """An FA's view moved to the FA at ``care_of`` in ``epoch``: what the home
+    AAA's :func:`move_session` and :func:`view_for` give the new FA, computed
+    from the old FA's view and its session root key alone (flow C: the
+    foreign AAA answers a same-domain handoff without the home domain)."""
+    srk = view.session_root_key
+    if srk is None:
+        raise ValueError("moving a view needs its session root key")
+    moved = []
+    for path in view.paths:
+        if path.role is PathRole.FA_FA:
+            continue  # the forwarding path of an earlier move does not move
+        is_gateway = path.role is PathRole.FA_GW
+        label = path_label(path.role, path.peer if is_gateway else None, path.remote_ts[0] if is_gateway else None)
+        name = label.encode()
+        length = path.esp_transform.keymat_length
+        moved.append(
+            dataclasses.replace(
+                path,
+                local=care_of,
+                spi_in=_moved_spi(srk, label, care_of, epoch),
+                spi_out=_moved_spi(srk, label, path.peer, epoch),
+                key_in=keys.derive_sa_key(srk, name, path.peer, care_of, epoch, length),
+                key_out=keys.derive_sa_key(srk, name, care_of, path.peer, epoch, length),
+                ike_psk=keys.derive_ike_psk(srk, name, care_of, path.peer, epoch) if path.ike_psk else None,
+            )
+        )
+    ha = view.home_agent
+    previous = view.care_of_address
+    previous_key = None
+    fa_ha = next((p for p in moved if p.role is PathRole.FA_HA), None)
+    if previous != care_of and fa_ha is not None:
+        # Rule 7, as move_session and view_for do it.
+        label = forwarding_label(previous)
+        spi_in, spi_out = _moved_spi(srk, label, care_of, epoch), _moved_spi(srk, label, previous, epoch)
+        moved.append(_forwarding_view(srk, fa_ha, previous, view.home_address, epoch, spi_in, spi_out))
+        previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
+    return with_digest(
+        dataclasses.replace(
+            view,
+            care_of_address=care_of,
+            epoch=epoch,
+            lifetime=lifetime,
+            paths=tuple(moved),
+            fa_ha_spi=_moved_spi(srk, FA_HA_MIP_LABEL, ha, epoch),
+            fa_ha_key=keys.derive_fa_ha_key(srk, care_of, ha, epoch),
+            handoff_key=keys.derive_handoff_key(srk, care_of, epoch),
+            previous_fa=previous if previous_key is not None else None,
+            previous_fa_handoff_key=previous_key,
+        )
+    )
+
+
+def session_id_from(random_bytes: Callable[[int], bytes]) -> str:
+    return random_bytes(16).hex()
