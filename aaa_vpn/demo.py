@@ -386,7 +386,7 @@ def provision(
                 "aaaf",
                 IPv4Network(f"{a.aaaf}/32"),
                 Secret(client_secrets["aaaf"]),
-                ClientRole.PROXY,
+                ClientRole.FOREIGN_AAA,
                 "visited-a.example",
             )
         )

@@ -82,12 +82,24 @@ def _check_secret(what: str, secret: Secret, minimum: int) -> Secret:
 
 
 class ClientRole(enum.Enum):
-    """What a RADIUS client is to the home AAA."""
+    """What a RADIUS client is to the home AAA.
+
+    ``PROXY`` is any RADIUS proxy relaying FAs' requests (FreeRADIUS, a roaming
+    hub): it gets the FA's view and nothing more. ``FOREIGN_AAA`` is this
+    project's foreign AAA (``aaa-vpn serve foreign``), which also gets the
+    session root key so that it can answer same-domain handoffs itself and
+    strips it before relaying to the FA (DESIGN.md section 3)."""
 
     FA = "fa"
     HA = "ha"
     GW = "gw"
     PROXY = "proxy"
+    FOREIGN_AAA = "foreign-aaa"
+
+
+#: Roles that relay other elements' requests: NAS-IP-Address names the FA
+#: behind them, and their ``domain`` is the visited domain of the session.
+PROXY_ROLES = frozenset({ClientRole.PROXY, ClientRole.FOREIGN_AAA})
 
 
 # IKEv2 proposals in strongSwan syntax: encryption-[integrity-]prf?-dh.
@@ -121,7 +133,7 @@ class User:
 
 @dataclass(frozen=True)
 class Client:
-    """A RADIUS client: an FA, HA, gateway or a foreign-domain proxy."""
+    """A RADIUS client: an FA, HA, gateway, a foreign-domain proxy or foreign AAA."""
 
     name: str
     network: IPv4Network  # one address (/32) or a CIDR block

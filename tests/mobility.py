@@ -85,7 +85,7 @@ def provision_network(store: SqliteStore) -> None:
         (FA2, ClientRole.FA),
         (FA3, ClientRole.FA),
         (HA, ClientRole.HA),
-        (AAAF, ClientRole.PROXY),
+        (AAAF, ClientRole.FOREIGN_AAA),
     )
     for address, role in agents:
         store.add_client(Client(f"c-{address.replace('.', '-')}", IPv4Network(f"{address}/32"), SECRETS[address], role))

@@ -201,7 +201,7 @@ def start(
     agent_addresses = [a for _r, a in AGENTS.values()]
     coa_port = free_port_on_all(agent_addresses)
     store, _ = init_store(tmp / "vpn.db", tmp / "vpn.key")
-    provision_store(store, gateways)  # AAAF is a proxy client of the home AAA
+    provision_store(store, gateways)  # AAAF is a foreign-aaa client of the home AAA
     for client in store.list_clients():  # where `session push|disconnect` send their requests
         store.update_client(dataclasses.replace(client, coa_port=coa_port))
     store.close()

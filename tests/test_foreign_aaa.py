@@ -81,7 +81,9 @@ def make_store(path: Path, proxy_secret: bytes) -> SqliteStore:
     path.mkdir()
     store, _created = init_store(path / "vpn.db", path / "vpn.key")
     store.add_client(
-        Client("aaaf", IPv4Network(f"{AAAF}/32"), Secret(proxy_secret), ClientRole.PROXY, domain="visited.example")
+        Client(
+            "aaaf", IPv4Network(f"{AAAF}/32"), Secret(proxy_secret), ClientRole.FOREIGN_AAA, domain="visited.example"
+        )
     )
     mn_ha_key = Secret(bytes(range(16)))
     store.add_user(User(NAI, IPv4Address("127.0.0.2"), Secret(MN), 256, mn_ha_key, IPv4Address("198.51.100.10")))

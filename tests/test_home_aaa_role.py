@@ -137,6 +137,7 @@ def test_least_privilege() -> None:
     ctx = make_context()
     session, paths = new_session(ctx)
     fa = home_aaa.view_for(session, paths, ClientRole.FA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    aaaf = home_aaa.view_for(session, paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
     proxy = home_aaa.view_for(session, paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
     ha = home_aaa.view_for(session, paths, ClientRole.HA, RequestType.HA_REGISTRATION, HA, ctx.user, 3600)
     gw = home_aaa.view_for(session, paths, ClientRole.GW, RequestType.GW_BINDING, GW_DYNAMIC, ctx.user, 3600)
@@ -144,8 +145,10 @@ def test_least_privilege() -> None:
     assert {p.role for p in fa.paths} == {PathRole.FA_HA, PathRole.FA_GW}
     assert all(p.local == FA for p in fa.paths)
     assert fa.session_root_key is None and fa.mn_ha_key is None
-    # the foreign AAA: the FA's view plus the SRK
-    assert proxy.paths == fa.paths and proxy.session_root_key == session.session_root_key
+    # this project's foreign AAA: the FA's view plus the SRK
+    assert aaaf.paths == fa.paths and aaaf.session_root_key == session.session_root_key
+    # any other RADIUS proxy (FreeRADIUS, a roaming hub) relays to the FA: the FA's view, no SRK
+    assert proxy == fa and proxy.session_root_key is None
     # the HA: its own paths, the gateway side of FA-GW, the SRK and the MN-HA key
     assert sorted((p.role, p.local) for p in ha.paths) == [
         (PathRole.FA_HA, HA),
@@ -261,7 +264,7 @@ def test_a_foreign_aaa_moving_a_view_agrees_with_the_home_aaa() -> None:
     # the home AAA moves the session when the HA asks. Same SPIs, same keys.
     ctx = make_context(key_mode=KeyMode.IKEV2)
     session, paths = new_session(ctx)
-    old = home_aaa.view_for(session, paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    old = home_aaa.view_for(session, paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
     new_fa = IPv4Address("192.0.2.99")
     by_aaaf = home_aaa.moved_view(old, new_fa, session.epoch + 1, 3000)
     new_paths = home_aaa.plan_paths(ctx, HOME, HA, new_fa)

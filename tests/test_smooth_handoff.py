@@ -440,7 +440,9 @@ def views(key_mode: KeyMode = KeyMode.MANUAL) -> tuple[VpnProfile, VpnProfile, V
     """(old FA's proxy view, the foreign AAA's moved view, the home AAA's view after the move, moved session)."""
     ctx = make_context(key_mode=key_mode)
     session, paths = new_session(ctx)
-    old = home_aaa.view_for(session, paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, UNIT_FA, ctx.user, 3600)
+    old = home_aaa.view_for(
+        session, paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, UNIT_FA, ctx.user, 3600
+    )
     new_fa = IPv4Address("192.0.2.99")
     by_aaaf = home_aaa.moved_view(old, new_fa, session.epoch + 1, 3000)
     new_paths = home_aaa.plan_paths(ctx, UNIT_HOME, UNIT_HA, new_fa)
@@ -505,7 +507,7 @@ def test_the_forwarding_path_follows_only_the_last_move() -> None:
     view = home_aaa.view_for(updated, fa3_paths, ClientRole.FA, RequestType.FA_REGISTRATION, fa3, ctx.user, 1)
     assert view.previous_fa is None and all(p.role is not PathRole.FA_FA for p in view.paths)
     # the foreign AAA, moving a view that already has a forwarding path, drops it
-    proxy = home_aaa.view_for(at_fa3, fa3_paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, fa3, ctx.user, 1)
+    proxy = home_aaa.view_for(at_fa3, fa3_paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, fa3, ctx.user, 1)
     again = home_aaa.moved_view(proxy, UNIT_FA, at_fa3.epoch + 1, 1)
     assert [(p.local, p.peer) for p in again.paths if p.role is PathRole.FA_FA] == [(UNIT_FA, fa3)]
 

@@ -21,8 +21,10 @@ Rules (everything that decides what a node is told lives here):
    path has its own key; SPIs are allocated per receiving node.
 5. Least privilege (DESIGN.md section 3): the FA sees only paths that end at the
    FA; the HA sees its own paths plus the gateway's side of FA <-> GW paths (it
-   forwards those in a Binding Update) and the SRK; a foreign-AAA proxy sees the
-   FA's view plus the SRK; a gateway sees only paths that end at it.
+   forwards those in a Binding Update) and the SRK; this project's foreign AAA
+   (client role ``foreign-aaa``) sees the FA's view plus the SRK; any other
+   proxy (role ``proxy``) sees the FA's view only; a gateway sees only paths
+   that end at it.
 6. A registration through another FA that names the previous one moves the
    live session (flows C/D): same session and session root key, care-of
    address rewritten, epoch + 1, fresh SPIs and keys for every path that ends
@@ -454,7 +456,7 @@ def view_for(
         paths=tuple(views),
         fa_ha_spi=fa_ha_spi,
         fa_ha_key=fa_ha_key,
-        session_root_key=srk if role is ClientRole.PROXY else None,
+        session_root_key=srk if role is ClientRole.FOREIGN_AAA else None,
         handoff_key=keys.derive_handoff_key(srk, fa, epoch),
         previous_fa=previous if previous_key is not None else None,
         previous_fa_handoff_key=previous_key,

@@ -49,7 +49,7 @@ import pyrad.packet
 from pyrad.dictionary import Dictionary
 
 from aaa_vpn import keys
-from aaa_vpn.model import Client, ClientRole, Session, nai_realm
+from aaa_vpn.model import PROXY_ROLES, Client, ClientRole, Session, nai_realm
 from aaa_vpn.roles import home_aaa
 from aaa_vpn.roles.client_table import ClientTable
 from aaa_vpn.roles.home_aaa import Rejected, UserContext
@@ -74,12 +74,14 @@ TGPP2_HOME_AGENT = (5535, 7)
 ALLOWED_REQUESTS: dict[ClientRole, frozenset[RequestType]] = {
     ClientRole.FA: frozenset({RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE}),
     ClientRole.PROXY: frozenset({RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE}),
+    ClientRole.FOREIGN_AAA: frozenset({RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE}),
     ClientRole.HA: frozenset({RequestType.HA_REGISTRATION}),
     ClientRole.GW: frozenset({RequestType.GW_BINDING}),
 }
 DEFAULT_REQUEST = {
     ClientRole.FA: RequestType.FA_REGISTRATION,
     ClientRole.PROXY: RequestType.FA_REGISTRATION,
+    ClientRole.FOREIGN_AAA: RequestType.FA_REGISTRATION,
     ClientRole.HA: RequestType.HA_REGISTRATION,
     ClientRole.GW: RequestType.GW_BINDING,
 }
@@ -529,7 +531,7 @@ class HomeAaa:
         """The requester's own address: NAS-IP-Address if it lies in the client's
         network, else the source address."""
         nas = _first_ipv4(packet, rc.NAS_IP_ADDRESS)
-        if nas is not None and (client.role is ClientRole.PROXY or nas in client.network):
+        if nas is not None and (client.role in PROXY_ROLES or nas in client.network):
             return nas
         return IPv4Address(source[0])
 
@@ -554,7 +556,7 @@ class HomeAaa:
         home_agent = _first_ipv4(packet, VSA_HOME_AGENT) or _first_ipv4(packet, TGPP2_HOME_AGENT)
         if home_agent is None or home_agent == IPv4Address(0):
             home_agent = ctx.user.home_agent  # RFC 4433-style: the AAA assigns the HA
-        domain = client.domain if client.role is ClientRole.PROXY else nai_realm(ctx.user.nai)
+        domain = client.domain if client.role in PROXY_ROLES else nai_realm(ctx.user.nai)
         planned = (
             self._plan(ctx, ctx.user.home_address, home_agent, care_of)
             if ctx.user.home_address is not None and home_agent == ctx.user.home_agent
