@@ -19,7 +19,8 @@ Usage (from the repository root):
 Results are printed and appended to bench/results/radius-throughput.md. Everything runs
 on 127.0.0.1; every process started here is stopped by its PID (or its own process
 group), temporary files are removed, also on Ctrl-C. Needs root only to install
-FreeRADIUS with apt when it is missing.
+FreeRADIUS (scripts/setup.sh) when it is missing; the configuration it writes comes from
+tests/freeradius.py, shared with the FreeRADIUS proxy interop test.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import freeradius as freeradius_conf  # noqa: E402  (the configuration shared with the interop test)
+
 DICT_DIR = ROOT / "aaa_vpn" / "dictionaries"
 VENDOR_DICT = DICT_DIR / "dictionary.aaa_vpn"
 RESULTS = ROOT / "bench" / "results" / "radius-throughput.md"
@@ -465,19 +470,19 @@ Aaa-Vpn-Path-Rate-Limit:2 = 10000,
 Aaa-Vpn-Path-Gateway-Mode:2 = Dynamic"""
 
 
-def ensure_freeradius() -> None:
-    if shutil.which("freeradius") or Path("/usr/sbin/freeradius").exists():
-        return
+def ensure_freeradius() -> str:
+    """The freeradius binary; installed by scripts/setup.sh (which leaves no daemon running) if missing."""
+    found = freeradius_conf.find_freeradius()
+    if found:
+        return found
     if os.geteuid() != 0:
-        raise SystemExit("freeradius is not installed and this is not root: apt-get install freeradius")
-    log("installing freeradius (apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "freeradius"],
-        check=True,
-        env=env,
-    )
+        raise SystemExit("freeradius is not installed and this is not root: run scripts/setup.sh as root")
+    log("installing freeradius (scripts/setup.sh)")
+    subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], check=True)
+    found = freeradius_conf.find_freeradius()
+    if not found:
+        raise SystemExit("scripts/setup.sh did not install freeradius")
+    return found
 
 
 def reply_from_ours(attrs: list[str]) -> str | None:
@@ -487,56 +492,21 @@ def reply_from_ours(attrs: list[str]) -> str | None:
 
 
 def write_raddb(base: Path, port: int, reply: str) -> Path:
+    """The anchor's raddb: tests/freeradius.py's minimal radiusd.conf with one
+    client (radclient), ``chap`` and ``files`` answering NAI with ``reply``."""
     raddb = base / "raddb"
-    for d in ("raddb", "log", "run"):
-        (base / d).mkdir(exist_ok=True)
-    (raddb / "dictionary").write_text(f"$INCLUDE {VENDOR_DICT}\n")
+    raddb.mkdir(parents=True, exist_ok=True)
     # Message-Authenticator in the reply makes FreeRADIUS sign it as ours does (3.2.1
     # does not sign Access-Accepts on its own); radclient verifies both.
     reply_items = "Message-Authenticator = 0x00,\n" + reply
     (raddb / "users").write_text(
         f'{NAI} Cleartext-Password := "{MN_AAA_SECRET}"\n' + "".join(f"\t{line}\n" for line in reply_items.splitlines())
     )
-    (raddb / "radiusd.conf").write_text(f"""\
-prefix = /usr
-exec_prefix = /usr
-sysconfdir = /etc
-localstatedir = /var
-sbindir = /usr/sbin
-logdir = {base}/log
-raddbdir = {raddb}
-radacctdir = {base}/log/radacct
-name = freeradius
-confdir = {raddb}
-modconfdir = {raddb}/mods-config
-run_dir = {base}/run
-db_dir = {raddb}
-libdir = /usr/lib/freeradius
-pidfile = {base}/run/freeradius.pid
-max_request_time = 30
-cleanup_delay = 5
-max_requests = 65536
-hostname_lookups = no
-proxy_requests = no
-log {{
-    destination = files
-    file = {base}/log/radius.log
-    auth = no
-}}
-security {{
-    allow_core_dumps = no
-    max_attributes = 200
-    reject_delay = 0
-    status_server = no
-}}
-thread pool {{
-    start_servers = 5
-    max_servers = 32
-    min_spare_servers = 3
-    max_spare_servers = 10
-    max_requests_per_server = 0
-    auto_limit_acct = no
-}}
+    for name in ("users.acct", "users.preproxy"):
+        (raddb / name).write_text("")
+    return freeradius_conf.write_raddb(
+        base,
+        f"""\
 client bench_fa {{
     ipaddr = 127.0.0.1
     secret = {SECRET}
@@ -569,10 +539,8 @@ server bench {{
     post-auth {{
     }}
 }}
-""")
-    for name in ("users.acct", "users.preproxy"):
-        (raddb / name).write_text("")
-    return raddb
+""",
+    )
 
 
 # --------------------------------------------------------------------------- our server
@@ -870,8 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not shutil.which("radclient"):
         raise SystemExit("radclient not found: run scripts/setup.sh (freeradius-utils)")
-    ensure_freeradius()
-    freeradius = shutil.which("freeradius") or "/usr/sbin/freeradius"
+    freeradius = ensure_freeradius()
 
     base = Path(tempfile.mkdtemp(prefix="aaa_vpn-bench-"))
     log(f"work dir {base}")
@@ -959,10 +926,10 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
         reply = TEMPLATE_REPLY
         notes.append("FreeRADIUS reply: the built-in template of an FA two-path profile")
     raddb = write_raddb(base, fr_port, reply)
-    check = subprocess.run([freeradius, "-C", "-d", str(raddb)], capture_output=True, text=True, check=False)
-    if check.returncode != 0:
-        print(check.stdout[-3000:], check.stderr[-3000:])
-        raise SystemExit("FreeRADIUS rejected the generated configuration")
+    try:
+        freeradius_conf.check_raddb(freeradius, raddb)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     fr_argv = [freeradius, "-f", "-d", str(raddb)]
     commands.append("freeradius -f -d $T/raddb")
     fr = start(fr_argv, log_path=base / "freeradius.out")

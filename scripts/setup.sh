@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Prepare a machine to build, test and demo aaa_vpn.
 #
-#   1. system packages (Debian 12): RADIUS client tools, tshark, tcpdump, iproute2, ping,
-#      strongSwan with kernel-libipsec (see docs / test-environment notes). Only what is
-#      missing is installed; `apt-get update` only runs when something is missing.
+#   1. system packages (Debian 12): RADIUS client tools, the FreeRADIUS server (the tests
+#      run their own instances from temporary configurations; the system daemon is neither
+#      left running nor enabled at boot when this script installs it), tshark, tcpdump,
+#      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes).
+#      Only what is missing is installed; `apt-get update` only runs when something is missing.
 #   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`;
 #      skipped when setup.cfg / pyproject.toml have not changed since the last run.
 #
@@ -27,6 +29,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # package installs, or "-" (ask dpkg whether the package is installed). The strongSwan set is needed by the strongswan backend tests.
 REQUIRED=(
     "radclient:freeradius-utils"
+    "/usr/sbin/freeradius:freeradius"
     "tshark:tshark"
     "tcpdump:tcpdump"
     "ip:iproute2"
@@ -38,6 +41,39 @@ REQUIRED=(
     "/usr/lib/ipsec/plugins/libstrongswan-gcm.so:libstrongswan-standard-plugins"
     "-:libstrongswan-extra-plugins"
 )
+
+# Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke
+# under systemd) on *:1812/1813. Both helpers ask /usr/sbin/policy-rc.d first and start
+# nothing when it answers 101 ("action forbidden"), so setup.sh puts one there for the
+# install unless the machine has its own (Docker images do), removes it afterwards, then
+# disables the service for the next boot, stops it in case it ran and checks.
+POLICY_RC=/usr/sbin/policy-rc.d
+own_policy=0
+drop_policy() {
+    if ((own_policy)); then
+        "${SUDO[@]}" rm -f "$POLICY_RC"
+        own_policy=0
+    fi
+}
+
+quiet_freeradius() {
+    if [[ -d /run/systemd/system ]]; then
+        "${SUDO[@]}" systemctl disable --now freeradius.service >>"$aptlog" 2>&1 || true
+    else
+        "${SUDO[@]}" update-rc.d freeradius disable >>"$aptlog" 2>&1 || true
+        if [[ -x /etc/init.d/freeradius ]]; then
+            "${SUDO[@]}" /etc/init.d/freeradius stop >>"$aptlog" 2>&1 || true
+        fi
+    fi
+    local pidfile=/run/freeradius/freeradius.pid pid listening
+    pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == freeradius ]]; then
+        die "the system freeradius daemon is running (pid $pid, $pidfile); stop it"
+    fi
+    listening=$("${SUDO[@]}" ss -Hulpn 2>/dev/null | grep -E '"freeradius"' | grep -E ':181[23] ' || true)
+    [[ -z $listening ]] || die "a freeradius daemon listens on 1812/1813 after the install: $listening"
+    say "freeradius installed; no daemon running, not enabled at boot"
+}
 
 have() {
     local check=$1
@@ -87,6 +123,13 @@ else
     # (Postinst of the strongSwan packages prints "Failed to send reload request" when
     # there is no systemd; that is harmless. No daemon is started.)
     aptlog=$(mktemp -t aaa_vpn-apt.XXXXXX.log)
+    if [[ " ${missing[*]} " == *" freeradius "* && ! -e $POLICY_RC ]]; then
+        trap drop_policy EXIT
+        own_policy=1
+        printf '#!/bin/sh\n# scripts/setup.sh (aaa_vpn): no daemon starts during its install\nexit 101\n' \
+            | "${SUDO[@]}" tee "$POLICY_RC" >/dev/null
+        "${SUDO[@]}" chmod 755 "$POLICY_RC"
+    fi
     run_apt() {
         if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive "$@" >>"$aptlog" 2>&1; then
             tail -n 40 "$aptlog" >&2
@@ -97,6 +140,10 @@ else
     run_apt apt-get update
     say "apt-get install --no-install-recommends ${missing[*]}"
     run_apt apt-get install -y --no-install-recommends "${missing[@]}"
+    drop_policy
+    if [[ " ${missing[*]} " == *" freeradius "* ]]; then
+        quiet_freeradius
+    fi
     rm -f "$aptlog"
     say "system packages installed"
 fi
@@ -140,3 +187,4 @@ else
 fi
 
 say "ready: $("$VENV/bin/python" --version), $(radclient -v 2>/dev/null | head -n1 || echo 'radclient ?')"
+say "       $(/usr/sbin/freeradius -v 2>/dev/null | head -n1 || echo 'freeradius ?')"

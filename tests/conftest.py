@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 * ``require_tool``: a callable ``require_tool(name) -> str`` giving the path of
-  an external program (radclient, tshark). If it is missing the test is
+  an external program (radclient, tshark, freeradius). If it is missing the test is
   skipped, or fails when ``AAA_VPN_REQUIRE_TOOLS=1`` (CI sets it so interop
   tests cannot silently vanish).
 """
@@ -16,7 +16,8 @@ import pytest
 
 
 def _require_tool(name: str) -> str:
-    path = shutil.which(name)
+    # Daemons (freeradius) live in /usr/sbin, which is not on every PATH.
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
         message = f"{name} is not installed (see reference/test-environment.md section 0)"
         if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":

@@ -397,6 +397,30 @@ def test_export_import_round_trip(provisioned: Cli, tmp_path: Path) -> None:
     assert all(kind["unchanged"] == 1 for kind in out["summary"].values())
 
 
+def test_foreign_aaa_and_proxy_roles_through_cli_export_and_import(run: Cli, tmp_path: Path) -> None:
+    # The two proxy roles are distinct all the way: CLI, store, export and import.
+    aaaf = ("aaaf", "--address", "192.0.2.53", "--role", "foreign-aaa", "--domain", "visited.example")
+    run("client", "add", *aaaf, "--secret", CLIENT_SECRET)
+    run("client", "add", "hub", "--address", "192.0.2.54", "--role", "proxy", "--secret", CLIENT_SECRET)
+    assert run.json("client", "show", "aaaf")["role"] == "foreign-aaa"
+    run("client", "change", "hub", "--role", "foreign-aaa")
+    assert run.json("client", "show", "hub")["role"] == "foreign-aaa"
+    run("client", "change", "hub", "--role", "proxy")
+    document = json.loads(run("export", "--with-secrets").stdout)
+    assert {c["name"]: c["role"] for c in document["clients"]} == {"aaaf": "foreign-aaa", "hub": "proxy"}
+    other = Cli(tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    other("db", "init")
+    other("import", "-", input=json.dumps(document))
+    assert {c["name"]: c["role"] for c in other.json("client", "list")["clients"]} == {
+        "aaaf": "foreign-aaa",
+        "hub": "proxy",
+    }
+    document["clients"][0]["role"] = "foreign_aaa"
+    result = other("import", "-", input=json.dumps(document), code=2)
+    assert "'foreign-aaa'" in result.output + result.stderr
+
+
 def test_import_from_stdin_merge_replace_and_dry_run(provisioned: Cli) -> None:
     run = provisioned
     exported = run("export").stdout  # no secrets: merge keeps the stored ones

@@ -1,7 +1,7 @@
 """The foreign AAA as a real process in front of a real home AAA process, on loopback.
 
 * home AAA: ``aaa-vpn serve home`` on 127.0.0.1, provisioned through the CLI
-  (tests/test_home_server.py's ``provision``) plus the AAAF as a ``proxy``
+  (tests/test_home_server.py's ``provision``) plus the AAAF as a ``foreign-aaa``
   client ``aaaf`` = 127.0.0.3 of domain visited.example;
 * foreign AAA: ``aaa-vpn serve foreign`` on 127.0.0.3, its upstream sockets
   bound to 127.0.0.3 too; realm home.example -> a dead first server (a free

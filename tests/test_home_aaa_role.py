@@ -137,15 +137,18 @@ def test_least_privilege() -> None:
     ctx = make_context()
     session, paths = new_session(ctx)
     fa = home_aaa.view_for(session, paths, ClientRole.FA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
-    proxy = home_aaa.view_for(session, paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    aaaf = home_aaa.view_for(session, paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
+    proxy = home_aaa.view_for(session, paths, ClientRole.PROXY, RequestType.FA_REGISTRATION, FA, ctx.user, 3600)
     ha = home_aaa.view_for(session, paths, ClientRole.HA, RequestType.HA_REGISTRATION, HA, ctx.user, 3600)
     gw = home_aaa.view_for(session, paths, ClientRole.GW, RequestType.GW_BINDING, GW_DYNAMIC, ctx.user, 3600)
     # the FA: only paths that end at the FA, no SRK, no MN-HA key
     assert {p.role for p in fa.paths} == {PathRole.FA_HA, PathRole.FA_GW}
     assert all(p.local == FA for p in fa.paths)
     assert fa.session_root_key is None and fa.mn_ha_key is None
-    # the foreign AAA: the FA's view plus the SRK
-    assert proxy.paths == fa.paths and proxy.session_root_key == session.session_root_key
+    # this project's foreign AAA: the FA's view plus the SRK
+    assert aaaf.paths == fa.paths and aaaf.session_root_key == session.session_root_key
+    # any other RADIUS proxy (FreeRADIUS, a roaming hub) relays to the FA: the FA's view, no SRK
+    assert proxy == fa and proxy.session_root_key is None
     # the HA: its own paths, the gateway side of FA-GW, the SRK and the MN-HA key
     assert sorted((p.role, p.local) for p in ha.paths) == [
         (PathRole.FA_HA, HA),

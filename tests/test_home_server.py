@@ -3,7 +3,8 @@ loopback, driven by a RADIUS client over UDP.
 
 Addresses (all loopback): the server on 127.0.0.1; clients fa1 = 127.0.0.1/32
 (aaa-vpn flavour), ha1 = 127.0.0.2, gw-dyn = 127.0.0.20, fa-rfc = 127.0.1.0/24
-(rfc2868 flavour), fa-3gpp2 = 127.0.2.0/24 (3gpp2 flavour), proxy = 127.0.0.5.
+(rfc2868 flavour), fa-3gpp2 = 127.0.2.0/24 (3gpp2 flavour), proxy = 127.0.0.5 (a generic
+RADIUS proxy), visited-aaaf = 127.0.0.6 (role foreign-aaa).
 127.0.0.99 is nobody.
 """
 
@@ -26,6 +27,7 @@ from aaa_vpn.store import open_store
 from aaa_vpn.wire import radius as rc
 from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, RequestType
 from aaa_vpn.wire.radius_profile import (
+    AaaVpnAttr,
     decode_3gpp2,
     decode_profile,
     decode_tunnel_attributes,
@@ -94,8 +96,17 @@ def provision(db: Path) -> None:
     )
     cli(
         db,
-        *("client", "add", "aaaf6", "--address", "127.0.0.6", "--role", "foreign-aaa"),
-        *("--secret", "aaaf-secret", "--domain", "visited.example"),
+        "client",
+        "add",
+        "visited-aaaf",
+        "--address",
+        "127.0.0.6",
+        "--role",
+        "foreign-aaa",
+        "--secret",
+        "aaaf-secret",
+        "--domain",
+        "visited.example",
     )
     cli(
         db,
@@ -339,18 +350,21 @@ def test_gateway_gets_only_its_own_paths(server: Server) -> None:
     assert gw.paths[0].spi_in == fa_side.spi_out
 
 
-def test_a_generic_proxy_gets_no_session_root_key_and_our_foreign_aaa_does(server: Server) -> None:
-    # A generic proxy (FreeRADIUS, say) passes the Accept on to its FA: the FA's view, no SRK.
+def test_only_a_foreign_aaa_gets_the_session_root_key(server: Server) -> None:
+    # DESIGN.md section 3: the SRK goes to this project's foreign AAA (which keeps
+    # it for same-domain handoffs and strips it), never to a generic proxy, which
+    # would pass it on to the FA.
     request = access_request(b"proxy-secret", NAI, MN_SECRET, nas_ip="127.0.0.1", care_of="127.0.0.1")
     ex = exchange(server.address, request, source=("127.0.0.5", 0))
     assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
-    assert not vendor_values(ex.attributes, VENDOR_ID, 7), "Aaa-Vpn-Session-Root-Key sent to a generic proxy"
+    srk_attributes = vendor_values(ex.attributes, VENDOR_ID, AaaVpnAttr.SESSION_ROOT_KEY)
+    assert srk_attributes == [], f"a proxy client got Aaa-Vpn-Session-Root-Key: {[v.hex() for v in srk_attributes]}"
     profile = decode_profile(ex.reply[20:], b"proxy-secret", ex.authenticator)
-    assert profile.session_root_key is None and profile.paths
-    # This project's foreign AAA keeps it to answer same-domain handoffs.
+    assert profile.session_root_key is None and profile.fa_ha_key is not None
     request = access_request(b"aaaf-secret", NAI, MN_SECRET, nas_ip="127.0.0.1", care_of="127.0.0.1")
     ex = exchange(server.address, request, source=("127.0.0.6", 0))
     assert ex.code == rc.ACCESS_ACCEPT, ex.attributes
+    assert len(vendor_values(ex.attributes, VENDOR_ID, AaaVpnAttr.SESSION_ROOT_KEY)) == 1, ex.attributes
     profile = decode_profile(ex.reply[20:], b"aaaf-secret", ex.authenticator)
     assert profile.session_root_key is not None and len(profile.session_root_key) == 32
 

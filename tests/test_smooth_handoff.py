@@ -438,8 +438,9 @@ def views(key_mode: KeyMode = KeyMode.MANUAL) -> tuple[VpnProfile, VpnProfile, V
     """(old FA's proxy view, the foreign AAA's moved view, the home AAA's view after the move, moved session)."""
     ctx = make_context(key_mode=key_mode)
     session, paths = new_session(ctx)
-    aaaf = ClientRole.FOREIGN_AAA
-    old = home_aaa.view_for(session, paths, aaaf, RequestType.FA_REGISTRATION, UNIT_FA, ctx.user, 3600)
+    old = home_aaa.view_for(
+        session, paths, ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, UNIT_FA, ctx.user, 3600
+    )
     new_fa = IPv4Address("192.0.2.99")
     by_aaaf = home_aaa.moved_view(old, new_fa, session.epoch + 1, 3000)
     new_paths = home_aaa.plan_paths(ctx, UNIT_HOME, UNIT_HA, new_fa)

@@ -223,7 +223,9 @@ def test_client_crud(store: SqliteStore) -> None:
     store.add_client(make_client("fa2", "192.0.2.128/25"))
     with pytest.raises(AlreadyExists, match="network"):
         store.update_client(dataclasses.replace(client, network=IPv4Network("192.0.2.128/25")))
-    changed = dataclasses.replace(client, role=ClientRole.PROXY, coa_port=1700, require_message_authenticator=False)
+    changed = dataclasses.replace(
+        client, role=ClientRole.FOREIGN_AAA, coa_port=1700, require_message_authenticator=False
+    )
     store.update_client(changed)
     assert store.get_client("fa1") == changed
     assert [c.name for c in store.list_clients()] == ["fa1", "fa2"]
