@@ -779,7 +779,7 @@ def test_restarted_agents_carry_on_from_their_journal(tmp_path: Path) -> None:
 
 
 def test_a_renewal_past_half_the_sa_lifetime_rekeys_every_path(tmp_path: Path) -> None:
-    """Re-keying (issue 4) with separate processes: both services' SAs live
+    """Re-keying with separate processes: both services' SAs live
     60 s (the shortest a service allows); the registration is granted no
     more, and the renewal after 31 s (past half of it) gives every path new
     SPIs and keys, stationary ones included, at every node."""

@@ -146,7 +146,7 @@ def strongswan_lab(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterat
 
 
 def test_restarted_agents_keep_the_sas_charon_still_holds(strongswan_lab: Lab) -> None:
-    """Recovery (issue 4) with a backend whose SAs outlive the agent: the HA
+    """Recovery after a restart with a backend whose SAs outlive the agent: the HA
     and the FA restart (their charons keep running); each finds its
     connections in charon, keeps them (none removed, no state ended), and the
     traffic goes on through the very same CHILD_SAs; the next renewal and a
