@@ -1924,7 +1924,7 @@ def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, back
     removed at the end, also on Ctrl-C."""
     as_json = app.json_output or json_flag
     if netns:
-        netlab = importlib.import_module("aaa_vpn.netlab")
+        netlab = importlib.import_module("aaa_vpn.lab.netns")
         directory = Path(tempfile.mkdtemp(prefix="aaa-vpn-netns-demo-"))
         try:
             report = netlab.run_netns_demo(directory, backend=backend, progress=None if as_json else click.echo)
@@ -1934,7 +1934,7 @@ def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, back
             else:
                 shutil.rmtree(directory, ignore_errors=True)
     else:
-        demo_module = importlib.import_module("aaa_vpn.demo")
+        demo_module = importlib.import_module("aaa_vpn.lab.demo")
         report = demo_module.run_demo(
             demo_module.DemoOptions(mip_port=mip_port, keep=keep),
             progress=None if as_json else click.echo,

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Traffic lost during a handoff: the whole system in network namespaces
-(:class:`aaa_vpn.netlab.Lab`: home AAA, foreign AAA, HA, FA1-3, a static and a
+(:class:`aaa_vpn.lab.netns.Lab`: home AAA, foreign AAA, HA, FA1-3, a static and a
 dynamic gateway, correspondents ch1 and ch2, the mobile node, every element a
 real ``aaa-vpn`` process with real IPsec) while both correspondents stream to
 the mobile node and it moves.
@@ -15,11 +15,11 @@ Per configuration (one fresh lab each):
   policies with equal selectors and ignores priorities, so at the new FA the
   forwarding path's receiving end would take the node's own outbound traffic
   (docs/sa-backends.md; tests/test_netns_e2e.py runs it the same way);
-* the link switch: ``break`` (the netlab driver: the old link goes down, the
+* the link switch: ``break`` (the lab driver: the old link goes down, the
   new one comes up, then the node registers -- a hard handoff) or, with
   ``--overlap``, also ``overlap`` (a soft handoff, make before break: the new
   link comes up and the default route moves to it, the node registers, and the
-  old link goes down ``--overlap-ms`` after the accepted reply; the netlab
+  old link goes down ``--overlap-ms`` after the accepted reply; the lab
   driver's ``soft`` move).
 
 The node registers at FA1, then ch2 (behind the dynamic gateway, no QoS
@@ -92,10 +92,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from netns_cleanup import shield, sweep  # noqa: E402  (bench/netns_cleanup.py)
 
-from aaa_vpn.netlab import HOME_ADDRESS, Lab, LabError  # noqa: E402
+from aaa_vpn.lab.netns import Lab  # noqa: E402
+from aaa_vpn.lab.topology import HOME_ADDRESS, LabError  # noqa: E402
 
 STATIC_PORT, DYNAMIC_PORT = 9001, 9002
-DEFAULT_LIFETIME = 600  # the node's registration lifetime (MnConfig's default, as the netlab driver)
+DEFAULT_LIFETIME = 600  # the node's registration lifetime (MnConfig's default, as the lab driver)
 MOVES = (("fa2", "fa1", "FA1->FA2 (C, same domain)"), ("fa3", "fa2", "FA2->FA3 (D)"), ("fa1", "fa3", "FA3->FA1 (D)"))
 
 
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lifetime",
         type=int,
-        help="registration lifetime in s (default 600, the netlab driver); below 3 x --gap the previous FAs' "
+        help="registration lifetime in s (default 600, the lab driver); below 3 x --gap the previous FAs' "
         "visitor state expires before the node comes back",
     )
     parser.add_argument("--json", type=Path, help="write every move's numbers here")

@@ -78,6 +78,7 @@ from netns_cleanup import shield, sweep  # noqa: E402  (bench/netns_cleanup.py)
 
 from aaa_vpn.model import EspTransform, KeyMode  # noqa: E402
 from aaa_vpn.sa import xfrm as x  # noqa: E402
+from aaa_vpn.sa import xfrm_codec as xc  # noqa: E402
 from aaa_vpn.sa.base import SaUnsupported  # noqa: E402
 from aaa_vpn.sa.memory import MemoryBackend  # noqa: E402
 from aaa_vpn.sa.netlink import NETLINK_XFRM, NetlinkSocket, open_transport  # noqa: E402
@@ -243,31 +244,33 @@ def bench_xfrm(n: int, prefix: str) -> tuple[Times, list[str]]:
     return times, notes
 
 
-def policy_messages(path: PathProfile, node: IPv4Address) -> list[tuple[x.PolicyMessage, x.PolicyIdMessage]]:
+def policy_messages(path: PathProfile, node: IPv4Address) -> list[tuple[xc.PolicyMessage, xc.PolicyIdMessage]]:
     """The 3 policies (out, in, fwd) of ``path`` as XfrmBackend builds them, with their delete requests."""
     result = []
     for direction, src, dst in x.policy_keys(path):
-        outbound = direction == x.XFRM_POLICY_OUT
+        outbound = direction == xc.XFRM_POLICY_OUT
         tunnel_src, tunnel_dst = (node, path.peer) if outbound else (path.peer, node)
-        template = x.UserTmpl(
-            id=x.XfrmId(x.xfrm_address(tunnel_dst), 0, x.IPPROTO_ESP),
-            family=x.AF_INET,
-            saddr=x.xfrm_address(tunnel_src),
+        template = xc.UserTmpl(
+            id=xc.XfrmId(xc.xfrm_address(tunnel_dst), 0, xc.IPPROTO_ESP),
+            family=xc.AF_INET,
+            saddr=xc.xfrm_address(tunnel_src),
             reqid=x.REQID_BASE,
-            mode=x.XFRM_MODE_TUNNEL,
+            mode=xc.XFRM_MODE_TUNNEL,
         )
-        selector = x.XfrmSelector.ipv4(src, dst)
-        info = x.UserPolicyInfo(
-            sel=selector, lft=x.LIFETIME_INFINITE, priority=x.PRIORITY_BASE, dir=direction, action=x.XFRM_POLICY_ALLOW
+        selector = xc.XfrmSelector.ipv4(src, dst)
+        info = xc.UserPolicyInfo(
+            sel=selector, lft=xc.LIFETIME_INFINITE, priority=x.PRIORITY_BASE, dir=direction, action=xc.XFRM_POLICY_ALLOW
         )
-        result.append((x.PolicyMessage(info, (template,)), x.PolicyIdMessage(x.UserPolicyId(selector, 0, direction))))
+        result.append(
+            (xc.PolicyMessage(info, (template,)), xc.PolicyIdMessage(xc.UserPolicyId(selector, 0, direction)))
+        )
     return result
 
 
 def bench_xfrm_spd(n: int, prefix: str) -> tuple[Times, list[str]]:
     with two_namespaces(prefix + "p_", link=False) as (ns_a, ns_b):
-        near_sock = NetlinkSocket(open_transport(NETLINK_XFRM, ns_a), x.MESSAGE_NAMES)
-        far_sock = NetlinkSocket(open_transport(NETLINK_XFRM, ns_b), x.MESSAGE_NAMES)
+        near_sock = NetlinkSocket(open_transport(NETLINK_XFRM, ns_a), xc.MESSAGE_NAMES)
+        far_sock = NetlinkSocket(open_transport(NETLINK_XFRM, ns_b), xc.MESSAGE_NAMES)
         fa_view, ha_view = views(0)
         near_messages = [(m.encode(), d.encode()) for m, d in policy_messages(fa_view, FA)]
         far_messages = [(m.encode(), d.encode()) for m, d in policy_messages(ha_view, HA)]
@@ -278,11 +281,11 @@ def bench_xfrm_spd(n: int, prefix: str) -> tuple[Times, list[str]]:
 
             def install(self, path: PathProfile, owner: str) -> None:
                 for new, _delete in self.messages:
-                    self.sock.request(x.XFRM_MSG_NEWPOLICY, new)
+                    self.sock.request(xc.XFRM_MSG_NEWPOLICY, new)
 
             def delete(self, owner: str) -> int:
                 for _new, delete in self.messages:
-                    self.sock.request(x.XFRM_MSG_DELPOLICY, delete)
+                    self.sock.request(xc.XFRM_MSG_DELPOLICY, delete)
                 return 1
 
         try:

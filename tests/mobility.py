@@ -25,18 +25,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from aaa_vpn.model import (
-    Client,
-    ClientRole,
-    EspTransform,
-    Gateway,
-    GatewayMode,
-    KeyMode,
-    QosClass,
-    Service,
-    User,
-    VpnRecord,
-)
+from aaa_vpn.lab.topology import HOME_ADDRESS, LOOPBACK, NAI, add_gateways, add_user_vpn
+from aaa_vpn.model import Client, ClientRole, KeyMode
 from aaa_vpn.net.coa_client import TargetResult
 from aaa_vpn.roles.agent import Agent, Channel, Event, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
@@ -56,19 +46,13 @@ from aaa_vpn.wire import coa
 
 Address = tuple[str, int]
 
-AAA = "127.0.0.1"
-HA = "127.0.0.2"
-FA1 = "127.0.0.11"
-FA2 = "127.0.0.12"
-FA3 = "127.0.0.13"  # another visited domain: no foreign AAA, asks the home AAA directly
-GW_STATIC = "127.0.0.21"
-GW_DYNAMIC = "127.0.0.22"
-AAAF = "127.0.0.3"
+AAA, HA, AAAF = LOOPBACK.aaa, LOOPBACK.ha, LOOPBACK.aaaf
+FA1, FA2 = LOOPBACK.fa1, LOOPBACK.fa2
+FA3 = LOOPBACK.fa3  # another visited domain: no foreign AAA, asks the home AAA directly
+GW_STATIC, GW_DYNAMIC = LOOPBACK.gw_static, LOOPBACK.gw_dynamic
 MN_SOCKET = "127.0.0.100"
-HOME_ADDRESS = "198.51.100.10"
 CN_STATIC = "203.0.113.5"  # behind the static gateway
 CN_DYNAMIC = "203.0.113.130"  # behind the dynamic gateway
-NAI = "mn1@home.example"
 MN_AAA = Secret(b"mn1-aaa-secret")
 MN_HA = Secret(bytes(range(16)))
 GATEWAY_KEYS = {GW_STATIC: Secret(b"static-gateway-key-0123"), GW_DYNAMIC: Secret(b"dynamic-gateway-key-456")}
@@ -92,24 +76,7 @@ def provision_network(store: Store) -> None:
     )
     for address, role in agents:
         store.add_client(Client(f"c-{address.replace('.', '-')}", IPv4Network(f"{address}/32"), SECRETS[address], role))
-    store.add_gateway(
-        Gateway(
-            "gw-static",
-            IPv4Address(GW_STATIC),
-            GatewayMode.STATIC,
-            (IPv4Network("203.0.113.0/25"),),
-            GATEWAY_KEYS[GW_STATIC],
-        )
-    )
-    store.add_gateway(
-        Gateway(
-            "gw-dynamic",
-            IPv4Address(GW_DYNAMIC),
-            GatewayMode.DYNAMIC,
-            (IPv4Network("203.0.113.128/25"),),
-            GATEWAY_KEYS[GW_DYNAMIC],
-        )
-    )
+    add_gateways(store, LOOPBACK, {"gw-static": GATEWAY_KEYS[GW_STATIC], "gw-dynamic": GATEWAY_KEYS[GW_DYNAMIC]})
 
 
 def provision(
@@ -117,14 +84,7 @@ def provision(
 ) -> None:
     """The user, the agents as RADIUS clients, the gateways and the VPN records."""
     provision_network(store)
-    store.add_user(User(NAI, IPv4Address(HA), MN_AAA, 256, MN_HA, home_address=IPv4Address(HOME_ADDRESS)))
-    store.add_service(Service("gold", key_mode=key_mode, esp_transform=EspTransform.AES_GCM_16_256))
-    store.add_service(Service("silver", esp_transform=EspTransform.AES_CBC_128_HMAC_SHA256))
-    store.add_qos(QosClass("voice", dscp=46, rate_kbps=512))
-    if "static" in gateways:
-        store.add_vpn_record(VpnRecord(NAI, IPv4Network("203.0.113.0/25"), "gw-static", "gold", "voice"))
-    if "dynamic" in gateways:
-        store.add_vpn_record(VpnRecord(NAI, IPv4Network("203.0.113.128/25"), "gw-dynamic", "silver"))
+    add_user_vpn(store, LOOPBACK, MN_AAA, MN_HA, key_mode, gateways)
 
 
 class FakeLink:

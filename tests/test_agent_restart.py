@@ -1,4 +1,4 @@
-"""Recovery (issue 4): an agent that restarts finds the SAs it owns in its
+"""Recovery: an agent that restarts finds the SAs it owns in its
 backend, keeps those that match its journal's live state and removes the rest
 (aaa_vpn.service.journal; docs/agents.md, "Restart").
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from aaa_vpn.lab.topology import free_port
 from aaa_vpn.store import init_store, open_store
 
 from .mobility import AAA, AAAF, FA1, FA2, GATEWAY_KEYS, GW_DYNAMIC, GW_STATIC, HA, HOME_ADDRESS, MN_HA, NAI, SECRETS
@@ -53,26 +54,6 @@ AGENTS = {
     "gw-dynamic": ("gw", GW_DYNAMIC),
 }
 Table = list[tuple[str, str]]
-
-
-def free_port_on_all(addresses: list[str]) -> int:
-    import socket
-
-    for _ in range(100):
-        port = free_udp_port(addresses[0])
-        held: list[socket.socket] = []
-        try:
-            for address in addresses:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(sock)
-                sock.bind((address, port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        return port
-    raise AssertionError("no port free on every address")
 
 
 def private(path: Path, data: bytes) -> Path:
@@ -199,13 +180,13 @@ def start(
     ``gw_args``: more options for both gateways, ``home_args`` for the home
     AAA (flow G's lifetimes)."""
     agent_addresses = [a for _r, a in AGENTS.values()]
-    coa_port = free_port_on_all(agent_addresses)
+    coa_port = free_port(agent_addresses)
     store, _ = init_store(tmp / "vpn.db", tmp / "vpn.key")
     provision_store(store, gateways)  # AAAF is a foreign-aaa client of the home AAA
     for client in store.list_clients():  # where `session push|disconnect` send their requests
         store.update_client(dataclasses.replace(client, coa_port=coa_port))
     store.close()
-    topology = Topology(tmp, free_port_on_all(agent_addresses), free_udp_port(AAA))
+    topology = Topology(tmp, free_port(agent_addresses), free_udp_port(AAA))
     private(tmp / "mn.mnha", MN_HA.value)
     topology.spawn(
         "home-aaa",
@@ -835,7 +816,7 @@ def test_restarted_agents_carry_on_from_their_journal(tmp_path: Path) -> None:
 
 
 def test_a_renewal_past_half_the_sa_lifetime_rekeys_every_path(tmp_path: Path) -> None:
-    """Re-keying (issue 4) with separate processes: both services' SAs live
+    """Re-keying with separate processes: both services' SAs live
     60 s (the shortest a service allows); the registration is granted no
     more, and the renewal after 31 s (past half of it) gives every path new
     SPIs and keys, stationary ones included, at every node."""

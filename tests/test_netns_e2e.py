@@ -1,5 +1,5 @@
 """The whole system with real IPsec and real traffic in network namespaces
-(issue 5; aaa_vpn.netlab): home AAA, foreign AAA, HA, three FAs, a static
+(aaa_vpn.lab.netns): home AAA, foreign AAA, HA, three FAs, a static
 and a dynamic gateway with a correspondent host behind each, and a mobile
 node -- every element a real ``aaa-vpn`` process.
 
@@ -31,18 +31,14 @@ from pathlib import Path
 
 import pytest
 
-from aaa_vpn.netlab import BACKBONE, CH1, CH2, HOME_ADDRESS, Lab, losses
+from aaa_vpn.lab.netns import CH1, CH2, Lab, expected_tables, losses
+from aaa_vpn.lab.topology import HOME_ADDRESS
 
 from .test_sa_userspace import esp_sa_record, esp_sa_uat, tshark_rows
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
-AFTER_FA1 = {
-    "ha": [("FA_HA", BACKBONE.fa1), ("HA_GW", BACKBONE.gw_static)],
-    "fa1": [("FA_GW", BACKBONE.gw_dynamic), ("FA_HA", BACKBONE.ha)],
-    "gw-static": [("HA_GW", BACKBONE.ha)],
-    "gw-dynamic": [("FA_GW", BACKBONE.fa1)],
-}
+AFTER_FA1 = expected_tables("fa1")
 #: 150 datagrams of 200 octets a second: under the static path's 512 kbit/s QoS class.
 RATE = 150
 STATIC_PORT, DYNAMIC_PORT = 9001, 9002
@@ -50,7 +46,7 @@ MOVES = (("fa2", "fa1"), ("fa3", "fa2"), ("fa1", "fa3"))
 
 
 def running_lab(tmp_path: Path, require_tool: Callable[[str], str], backend: str, prefix: str) -> Iterator[Lab]:
-    """The lab (aaa_vpn.netlab) with ``backend``, up with its node driver, removed afterwards.
+    """The lab (aaa_vpn.lab.netns) with ``backend``, up with its node driver, removed afterwards.
 
     strongSwan's kernel-libipsec prefers the newest of two policies with the
     same selectors and ignores explicit priorities: at the new FA the
@@ -80,11 +76,6 @@ def lab(tmp_path: Path, require_tool: Callable[[str], str], request: pytest.Fixt
     yield from running_lab(tmp_path, require_tool, backend, f"aae{os.getpid() % 10000}{backend[0]}_")
 
 
-def ping(lab: Lab, to: str) -> bool:
-    result = lab.run("mn", "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-I", HOME_ADDRESS, to, check=False)
-    return result.returncode == 0
-
-
 def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
     lab.capture()
     receivers = [lab.receive("mn", STATIC_PORT), lab.receive("mn", DYNAMIC_PORT)]
@@ -97,14 +88,14 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
     ]
     issued = {v.spi_out: v for v in lab.issued_sas()}
     time.sleep(1.0)
-    assert ping(lab, CH1) and ping(lab, CH2), "the node reaches both correspondents through FA1"
+    assert lab.reaches(CH1) and lab.reaches(CH2), "the node reaches both correspondents through FA1"
     windows: dict[str, tuple[float, float]] = {}
     for fa, previous in MOVES:
         result = lab.move(fa, previous)
         assert result["code"] == 0, (fa, result)
         windows[fa] = (result["link_switched"] - 0.05, result["finished"] + 0.5)
         time.sleep(1.0)
-        assert ping(lab, CH1) and ping(lab, CH2), f"the node reaches both correspondents through {fa}"
+        assert lab.reaches(CH1) and lab.reaches(CH2), f"the node reaches both correspondents through {fa}"
         issued.update({v.spi_out: v for v in lab.issued_sas()})
     sent = [lab.stop_traffic(name) for name in senders]
     received = [lab.stop_traffic(name) for name in receivers]
@@ -155,7 +146,7 @@ def strongswan_lab(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterat
 
 
 def test_restarted_agents_keep_the_sas_charon_still_holds(strongswan_lab: Lab) -> None:
-    """Recovery (issue 4) with a backend whose SAs outlive the agent: the HA
+    """Recovery after a restart with a backend whose SAs outlive the agent: the HA
     and the FA restart (their charons keep running); each finds its
     connections in charon, keeps them (none removed, no state ended), and the
     traffic goes on through the very same CHILD_SAs; the next renewal and a
@@ -176,7 +167,7 @@ def test_restarted_agents_keep_the_sas_charon_still_holds(strongswan_lab: Lab) -
         ), (name, note)
         assert lab.state(name)["sas"] == before[name], name
     time.sleep(1.0)
-    assert ping(lab, CH1) and ping(lab, CH2)
+    assert lab.reaches(CH1) and lab.reaches(CH2)
     # a renewal through the restarted FA and HA: the same paths (identical re-installs are no-ops)
     assert lab.move("fa1", None)["code"] == 0
     assert lab.tables() == {**lab.tables(), **AFTER_FA1}
@@ -184,6 +175,6 @@ def test_restarted_agents_keep_the_sas_charon_still_holds(strongswan_lab: Lab) -
     # and a handoff
     assert lab.move("fa2", "fa1")["code"] == 0
     time.sleep(1.0)
-    assert ping(lab, CH1) and ping(lab, CH2)
+    assert lab.reaches(CH1) and lab.reaches(CH2)
     sent, received = lab.stop_traffic(sender), lab.stop_traffic(receiver)
     assert len(set(received["seqs"])) >= 0.9 * len(sent["times"])

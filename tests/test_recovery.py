@@ -1,4 +1,4 @@
-"""Recovery (issue 4): sessions survive a home AAA restart, and a foreign AAA
+"""Recovery: sessions survive a home AAA restart, and a foreign AAA
 that lost its cache falls back to the home domain."""
 
 from __future__ import annotations

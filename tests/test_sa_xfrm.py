@@ -49,6 +49,8 @@ from aaa_vpn.model import EspTransform, KeyMode
 from aaa_vpn.sa import InstalledPath, SaBackend, SaConflict, SaError, SaUnsupported, path_owner
 from aaa_vpn.sa import netlink as nl
 from aaa_vpn.sa import xfrm as x
+from aaa_vpn.sa import xfrm_codec as xc
+from aaa_vpn.sa import xfrm_table as xt
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec
 from tests.test_sa_memory import CN_NET, FA, HA, OTHER, mirrored
@@ -93,22 +95,22 @@ def test_host_is_64_bit_little_endian() -> None:
 
 def test_struct_sizes() -> None:
     sizes = {
-        "xfrm_selector": (x.XfrmSelector.SIZE, 56),
-        "xfrm_id": (x.XfrmId.SIZE, 24),
-        "xfrm_lifetime_cfg": (x.LifetimeCfg.SIZE, 64),
-        "xfrm_lifetime_cur": (x.LifetimeCur.SIZE, 32),
-        "xfrm_stats": (x.XfrmStats.SIZE, 12),
-        "xfrm_usersa_info": (x.UserSaInfo.SIZE, 224),
-        "xfrm_usersa_id": (x.UserSaId.SIZE, 24),
-        "xfrm_userspi_info": (x.UserSpiInfo.SIZE, 232),
-        "xfrm_userpolicy_info": (x.UserPolicyInfo.SIZE, 168),
-        "xfrm_userpolicy_id": (x.UserPolicyId.SIZE, 64),
-        "xfrm_user_tmpl": (x.UserTmpl.SIZE, 64),
+        "xfrm_selector": (xc.XfrmSelector.SIZE, 56),
+        "xfrm_id": (xc.XfrmId.SIZE, 24),
+        "xfrm_lifetime_cfg": (xc.LifetimeCfg.SIZE, 64),
+        "xfrm_lifetime_cur": (xc.LifetimeCur.SIZE, 32),
+        "xfrm_stats": (xc.XfrmStats.SIZE, 12),
+        "xfrm_usersa_info": (xc.UserSaInfo.SIZE, 224),
+        "xfrm_usersa_id": (xc.UserSaId.SIZE, 24),
+        "xfrm_userspi_info": (xc.UserSpiInfo.SIZE, 232),
+        "xfrm_userpolicy_info": (xc.UserPolicyInfo.SIZE, 168),
+        "xfrm_userpolicy_id": (xc.UserPolicyId.SIZE, 64),
+        "xfrm_user_tmpl": (xc.UserTmpl.SIZE, 64),
         "nlmsghdr": (nl.NLMSG_HEADER.size, 16),
     }
     for name, (ours, kernel) in sizes.items():
         assert ours == kernel, f"sizeof(struct {name}) is {kernel}, ours {ours}"
-    for struct_, size in ((x.UserSaInfo(), 224), (x.UserPolicyInfo(), 168), (x.UserTmpl(), 64)):
+    for struct_, size in ((xc.UserSaInfo(), 224), (xc.UserPolicyInfo(), 168), (xc.UserTmpl(), 64)):
         assert len(struct_.encode()) == size
 
 
@@ -120,64 +122,64 @@ def offset_of(default: Any, **change: Any) -> int:
 
 
 ADDR = b"\x01" * 16
-SEL = x.XfrmSelector(family=0x1234)
-SA_ID = x.XfrmId(spi=0x01020304)
+SEL = xc.XfrmSelector(family=0x1234)
+SA_ID = xc.XfrmId(spi=0x01020304)
 
 
 @pytest.mark.parametrize(
     ("default", "change", "offset"),
     [
-        (x.XfrmSelector(), {"daddr": ADDR}, 0),
-        (x.XfrmSelector(), {"saddr": ADDR}, 16),
-        (x.XfrmSelector(), {"dport": 0x0101}, 32),
-        (x.XfrmSelector(), {"dport_mask": 0x0101}, 34),
-        (x.XfrmSelector(), {"sport": 0x0101}, 36),
-        (x.XfrmSelector(), {"sport_mask": 0x0101}, 38),
-        (x.XfrmSelector(), {"family": 0x0101}, 40),
-        (x.XfrmSelector(), {"prefixlen_d": 1}, 42),
-        (x.XfrmSelector(), {"prefixlen_s": 1}, 43),
-        (x.XfrmSelector(), {"proto": 1}, 44),
-        (x.XfrmSelector(), {"ifindex": 1}, 48),
-        (x.XfrmSelector(), {"user": 1}, 52),
-        (x.XfrmId(), {"spi": 1 << 24}, 16),
-        (x.XfrmId(), {"proto": 50}, 20),
-        (x.UserSaInfo(), {"sel": SEL}, 40),
-        (x.UserSaInfo(), {"id": SA_ID}, 56 + 16),
-        (x.UserSaInfo(), {"saddr": ADDR}, 80),
-        (x.UserSaInfo(), {"lft": x.LifetimeCfg(hard_add_expires_seconds=1)}, 96 + 40),
-        (x.UserSaInfo(), {"curlft": x.LifetimeCur(use_time=1)}, 160 + 24),
-        (x.UserSaInfo(), {"stats": x.XfrmStats(integrity_failed=1)}, 192 + 8),
-        (x.UserSaInfo(), {"seq": 1}, 204),
-        (x.UserSaInfo(), {"reqid": 1}, 208),
-        (x.UserSaInfo(), {"family": 2}, 212),
-        (x.UserSaInfo(), {"mode": 1}, 214),
-        (x.UserSaInfo(), {"replay_window": 1}, 215),
-        (x.UserSaInfo(), {"flags": 1}, 216),
-        (x.UserSaId(), {"spi": 1 << 24}, 16),
-        (x.UserSaId(), {"family": 2}, 20),
-        (x.UserSaId(), {"proto": 50}, 22),
-        (x.UserSpiInfo(), {"min": 1}, 224),
-        (x.UserSpiInfo(), {"max": 1}, 228),
-        (x.UserPolicyInfo(), {"lft": x.LifetimeCfg(soft_byte_limit=1)}, 56),
-        (x.UserPolicyInfo(), {"curlft": x.LifetimeCur(byte_count=1)}, 120),
-        (x.UserPolicyInfo(), {"priority": 1}, 152),
-        (x.UserPolicyInfo(), {"index": 1}, 156),
-        (x.UserPolicyInfo(), {"dir": 1}, 160),
-        (x.UserPolicyInfo(), {"action": 1}, 161),
-        (x.UserPolicyInfo(), {"flags": 1}, 162),
-        (x.UserPolicyInfo(), {"share": 1}, 163),
-        (x.UserPolicyId(), {"index": 1}, 56),
-        (x.UserPolicyId(), {"dir": 1}, 60),
-        (x.UserTmpl(), {"id": SA_ID}, 16),
-        (x.UserTmpl(), {"family": 2}, 24),
-        (x.UserTmpl(), {"saddr": ADDR}, 28),
-        (x.UserTmpl(), {"reqid": 1}, 44),
-        (x.UserTmpl(), {"mode": 1}, 48),
-        (x.UserTmpl(), {"share": 1}, 49),
-        (x.UserTmpl(), {"optional": 1}, 50),
-        (x.UserTmpl(), {"aalgos": 0}, 52),
-        (x.UserTmpl(), {"ealgos": 0}, 56),
-        (x.UserTmpl(), {"calgos": 0}, 60),
+        (xc.XfrmSelector(), {"daddr": ADDR}, 0),
+        (xc.XfrmSelector(), {"saddr": ADDR}, 16),
+        (xc.XfrmSelector(), {"dport": 0x0101}, 32),
+        (xc.XfrmSelector(), {"dport_mask": 0x0101}, 34),
+        (xc.XfrmSelector(), {"sport": 0x0101}, 36),
+        (xc.XfrmSelector(), {"sport_mask": 0x0101}, 38),
+        (xc.XfrmSelector(), {"family": 0x0101}, 40),
+        (xc.XfrmSelector(), {"prefixlen_d": 1}, 42),
+        (xc.XfrmSelector(), {"prefixlen_s": 1}, 43),
+        (xc.XfrmSelector(), {"proto": 1}, 44),
+        (xc.XfrmSelector(), {"ifindex": 1}, 48),
+        (xc.XfrmSelector(), {"user": 1}, 52),
+        (xc.XfrmId(), {"spi": 1 << 24}, 16),
+        (xc.XfrmId(), {"proto": 50}, 20),
+        (xc.UserSaInfo(), {"sel": SEL}, 40),
+        (xc.UserSaInfo(), {"id": SA_ID}, 56 + 16),
+        (xc.UserSaInfo(), {"saddr": ADDR}, 80),
+        (xc.UserSaInfo(), {"lft": xc.LifetimeCfg(hard_add_expires_seconds=1)}, 96 + 40),
+        (xc.UserSaInfo(), {"curlft": xc.LifetimeCur(use_time=1)}, 160 + 24),
+        (xc.UserSaInfo(), {"stats": xc.XfrmStats(integrity_failed=1)}, 192 + 8),
+        (xc.UserSaInfo(), {"seq": 1}, 204),
+        (xc.UserSaInfo(), {"reqid": 1}, 208),
+        (xc.UserSaInfo(), {"family": 2}, 212),
+        (xc.UserSaInfo(), {"mode": 1}, 214),
+        (xc.UserSaInfo(), {"replay_window": 1}, 215),
+        (xc.UserSaInfo(), {"flags": 1}, 216),
+        (xc.UserSaId(), {"spi": 1 << 24}, 16),
+        (xc.UserSaId(), {"family": 2}, 20),
+        (xc.UserSaId(), {"proto": 50}, 22),
+        (xc.UserSpiInfo(), {"min": 1}, 224),
+        (xc.UserSpiInfo(), {"max": 1}, 228),
+        (xc.UserPolicyInfo(), {"lft": xc.LifetimeCfg(soft_byte_limit=1)}, 56),
+        (xc.UserPolicyInfo(), {"curlft": xc.LifetimeCur(byte_count=1)}, 120),
+        (xc.UserPolicyInfo(), {"priority": 1}, 152),
+        (xc.UserPolicyInfo(), {"index": 1}, 156),
+        (xc.UserPolicyInfo(), {"dir": 1}, 160),
+        (xc.UserPolicyInfo(), {"action": 1}, 161),
+        (xc.UserPolicyInfo(), {"flags": 1}, 162),
+        (xc.UserPolicyInfo(), {"share": 1}, 163),
+        (xc.UserPolicyId(), {"index": 1}, 56),
+        (xc.UserPolicyId(), {"dir": 1}, 60),
+        (xc.UserTmpl(), {"id": SA_ID}, 16),
+        (xc.UserTmpl(), {"family": 2}, 24),
+        (xc.UserTmpl(), {"saddr": ADDR}, 28),
+        (xc.UserTmpl(), {"reqid": 1}, 44),
+        (xc.UserTmpl(), {"mode": 1}, 48),
+        (xc.UserTmpl(), {"share": 1}, 49),
+        (xc.UserTmpl(), {"optional": 1}, 50),
+        (xc.UserTmpl(), {"aalgos": 0}, 52),
+        (xc.UserTmpl(), {"ealgos": 0}, 56),
+        (xc.UserTmpl(), {"calgos": 0}, 60),
     ],
     ids=lambda v: "" if isinstance(v, (dict, int)) else type(v).__name__,
 )
@@ -187,11 +189,11 @@ def test_field_offsets(default: Any, change: dict[str, Any], offset: int) -> Non
 
 
 def test_algorithm_structs() -> None:
-    crypt = x.XfrmAlgo("cbc(aes)", Secret(bytes(16))).encode()
+    crypt = xc.XfrmAlgo("cbc(aes)", Secret(bytes(16))).encode()
     assert len(crypt) == 68 + 16 and struct.unpack_from("=I", crypt, 64) == (128,)
-    aead = x.XfrmAlgoAead("rfc4106(gcm(aes))", Secret(bytes(20)), 128).encode()
+    aead = xc.XfrmAlgoAead("rfc4106(gcm(aes))", Secret(bytes(20)), 128).encode()
     assert len(aead) == 72 + 20 and struct.unpack_from("=II", aead, 64) == (160, 128)
-    esn = x.ReplayStateEsn(bmp=(0, 0), replay_window=64).encode()
+    esn = xc.ReplayStateEsn(bmp=(0, 0), replay_window=64).encode()
     assert len(esn) == 24 + 8 and struct.unpack_from("=6I", esn) == (2, 0, 0, 0, 0, 64)
 
 
@@ -341,51 +343,51 @@ IPROUTE2 = {
 
 
 def addr(text: str) -> bytes:
-    return x.xfrm_address(IPv4Address(text))
+    return xc.xfrm_address(IPv4Address(text))
 
 
 K16, K32 = bytes(range(16)), bytes(range(32))
 TS_MN, TS_CN = IPv4Network("198.51.100.10/32"), IPv4Network("203.0.113.0/24")
 
 OURS: dict[str, Any] = {
-    "newsa-cbc": x.SaMessage(
-        x.UserSaInfo(
-            id=x.XfrmId(addr("192.0.2.2"), 0x1001, 50),
+    "newsa-cbc": xc.SaMessage(
+        xc.UserSaInfo(
+            id=xc.XfrmId(addr("192.0.2.2"), 0x1001, 50),
             saddr=addr("192.0.2.1"),
-            lft=x.LIFETIME_INFINITE,
+            lft=xc.LIFETIME_INFINITE,
             reqid=7,
             family=2,
             mode=1,
         ),
-        crypt=x.XfrmAlgo("cbc(aes)", Secret(K16)),
-        auth_trunc=x.XfrmAlgoAuth("hmac(sha256)", Secret(K32), 128),
+        crypt=xc.XfrmAlgo("cbc(aes)", Secret(K16)),
+        auth_trunc=xc.XfrmAlgoAuth("hmac(sha256)", Secret(K32), 128),
     ),
-    "newsa-aead": x.SaMessage(
-        x.UserSaInfo(
-            sel=x.XfrmSelector.ipv4(TS_CN, TS_MN),
-            id=x.XfrmId(addr("192.0.2.1"), 0x2002, 50),
+    "newsa-aead": xc.SaMessage(
+        xc.UserSaInfo(
+            sel=xc.XfrmSelector.ipv4(TS_CN, TS_MN),
+            id=xc.XfrmId(addr("192.0.2.1"), 0x2002, 50),
             saddr=addr("192.0.2.2"),
-            lft=x.LIFETIME_INFINITE,
+            lft=xc.LIFETIME_INFINITE,
             reqid=7,
             family=2,
             mode=1,
             replay_window=32,
         ),
-        aead=x.XfrmAlgoAead("rfc4106(gcm(aes))", Secret(K16 + bytes.fromhex("cafebabe")), 128),
+        aead=xc.XfrmAlgoAead("rfc4106(gcm(aes))", Secret(K16 + bytes.fromhex("cafebabe")), 128),
     ),
-    "newpolicy": x.PolicyMessage(
-        x.UserPolicyInfo(sel=x.XfrmSelector.ipv4(TS_MN, TS_CN), lft=x.LIFETIME_INFINITE, priority=32768, dir=1),
-        (x.UserTmpl(id=x.XfrmId(addr("192.0.2.2"), 0, 50), family=2, saddr=addr("192.0.2.1"), reqid=7, mode=1),),
+    "newpolicy": xc.PolicyMessage(
+        xc.UserPolicyInfo(sel=xc.XfrmSelector.ipv4(TS_MN, TS_CN), lft=xc.LIFETIME_INFINITE, priority=32768, dir=1),
+        (xc.UserTmpl(id=xc.XfrmId(addr("192.0.2.2"), 0, 50), family=2, saddr=addr("192.0.2.1"), reqid=7, mode=1),),
     ),
-    "policy-id": x.PolicyIdMessage(x.UserPolicyId(x.XfrmSelector.ipv4(TS_MN, TS_CN), 0, 1)),
-    "allocspi": x.SpiMessage(
-        x.UserSpiInfo(
-            x.UserSaInfo(id=x.XfrmId(addr("192.0.2.1"), 0, 50), saddr=addr("192.0.2.2"), reqid=9, family=2, mode=1),
+    "policy-id": xc.PolicyIdMessage(xc.UserPolicyId(xc.XfrmSelector.ipv4(TS_MN, TS_CN), 0, 1)),
+    "allocspi": xc.SpiMessage(
+        xc.UserSpiInfo(
+            xc.UserSaInfo(id=xc.XfrmId(addr("192.0.2.1"), 0, 50), saddr=addr("192.0.2.2"), reqid=9, family=2, mode=1),
             0x2000,
             0x2FFF,
         )
     ),
-    "sa-id": x.SaIdMessage(x.UserSaId(addr("192.0.2.1"), 0x2000, 2, 50), addr("192.0.2.2")),
+    "sa-id": xc.SaIdMessage(xc.UserSaId(addr("192.0.2.1"), 0x2000, 2, 50), addr("192.0.2.2")),
 }
 
 
@@ -418,7 +420,7 @@ class KernelError(Exception):
         self.extack = extack
 
 
-SA_TYPES = {x.XFRM_MSG_NEWSA, x.XFRM_MSG_UPDSA, x.XFRM_MSG_DELSA, x.XFRM_MSG_GETSA, x.XFRM_MSG_ALLOCSPI}
+SA_TYPES = {xc.XFRM_MSG_NEWSA, xc.XFRM_MSG_UPDSA, xc.XFRM_MSG_DELSA, xc.XFRM_MSG_GETSA, xc.XFRM_MSG_ALLOCSPI}
 
 
 def error_reply(request: nl.Message, code: int, extack: str | None, capped: bool = False) -> bytes:
@@ -445,18 +447,18 @@ class FakeKernel:
 
     def __init__(self, *, esp: bool = True) -> None:
         self.esp = esp
-        self.states: dict[tuple[bytes, int], x.SaMessage] = {}
-        self.policies: dict[tuple[int, bytes], x.PolicyMessage] = {}
+        self.states: dict[tuple[bytes, int], xc.SaMessage] = {}
+        self.policies: dict[tuple[int, bytes], xc.PolicyMessage] = {}
         self.raw_states: list[bytes] = []  # dumped as they are (someone else's odd SAs)
 
     def handle(self, request: nl.Message) -> bytes:
         try:
             if request.flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP:
-                if request.type == x.XFRM_MSG_GETSA:
+                if request.type == xc.XFRM_MSG_GETSA:
                     dumped = [self._as_dumped(s) for s in self.states.values()] + self.raw_states
-                    return self._dump(request, x.XFRM_MSG_NEWSA, dumped)
-                if request.type == x.XFRM_MSG_GETPOLICY:
-                    return self._dump(request, x.XFRM_MSG_NEWPOLICY, [p.encode() for p in self.policies.values()])
+                    return self._dump(request, xc.XFRM_MSG_NEWSA, dumped)
+                if request.type == xc.XFRM_MSG_GETPOLICY:
+                    return self._dump(request, xc.XFRM_MSG_NEWPOLICY, [p.encode() for p in self.policies.values()])
             replies = self._handle(request.type, request.payload)
         except KernelError as exc:
             return error_reply(request, exc.code, exc.extack)
@@ -472,69 +474,69 @@ class FakeKernel:
         return b"".join(messages) + done
 
     @staticmethod
-    def _as_dumped(state: x.SaMessage) -> bytes:
+    def _as_dumped(state: xc.SaMessage) -> bytes:
         auth = None
         if state.auth_trunc is not None:
-            auth = x.XfrmAlgo(state.auth_trunc.name, state.auth_trunc.key)
-        return dataclasses.replace(state, auth=auth, other=((x.XFRMA_LTIME_VAL, bytes(32)),)).encode()
+            auth = xc.XfrmAlgo(state.auth_trunc.name, state.auth_trunc.key)
+        return dataclasses.replace(state, auth=auth, other=((xc.XFRMA_LTIME_VAL, bytes(32)),)).encode()
 
     def _handle(self, type_: int, payload: bytes) -> list[tuple[int, bytes]]:
-        if type_ in (x.XFRM_MSG_NEWSA, x.XFRM_MSG_UPDSA):
-            sa = x.SaMessage.decode(payload)
+        if type_ in (xc.XFRM_MSG_NEWSA, xc.XFRM_MSG_UPDSA):
+            sa = xc.SaMessage.decode(payload)
             if sa.aead is not None and not self.esp:
                 raise KernelError(errno.ENOSYS, "Requested AEAD algorithm not found")
-            if sa.info.id.proto != x.IPPROTO_ESP or not self.esp:
+            if sa.info.id.proto != xc.IPPROTO_ESP or not self.esp:
                 raise KernelError(errno.EPROTONOSUPPORT, "Requested type not found")
             key = (sa.info.id.daddr, sa.info.id.spi)
             existing = self.states.get(key)
-            if type_ == x.XFRM_MSG_NEWSA and existing is not None:
+            if type_ == xc.XFRM_MSG_NEWSA and existing is not None:
                 raise KernelError(errno.EEXIST)
-            if type_ == x.XFRM_MSG_UPDSA:
+            if type_ == xc.XFRM_MSG_UPDSA:
                 if existing is None:
                     raise KernelError(errno.ESRCH)
                 if existing.aead is not None or existing.crypt is not None:
                     raise KernelError(errno.EEXIST)
             self.states[key] = sa
             return []
-        if type_ in (x.XFRM_MSG_DELSA, x.XFRM_MSG_GETSA):
-            sa_id = x.SaIdMessage.decode(payload).id
+        if type_ in (xc.XFRM_MSG_DELSA, xc.XFRM_MSG_GETSA):
+            sa_id = xc.SaIdMessage.decode(payload).id
             key = (sa_id.daddr, sa_id.spi)
             if key not in self.states:
                 raise KernelError(errno.ESRCH)
-            if type_ == x.XFRM_MSG_DELSA:
+            if type_ == xc.XFRM_MSG_DELSA:
                 del self.states[key]
                 return []
-            return [(x.XFRM_MSG_NEWSA, self._as_dumped(self.states[key]))]
-        if type_ == x.XFRM_MSG_ALLOCSPI:
-            spi_info = x.SpiMessage.decode(payload).info
+            return [(xc.XFRM_MSG_NEWSA, self._as_dumped(self.states[key]))]
+        if type_ == xc.XFRM_MSG_ALLOCSPI:
+            spi_info = xc.SpiMessage.decode(payload).info
             info = spi_info.info
             for spi in range(spi_info.min, spi_info.max + 1):
                 if (info.id.daddr, spi) not in self.states:
-                    src, dst = IPv4Network(x.ipv4_of(info.saddr)), IPv4Network(x.ipv4_of(info.id.daddr))
-                    larval = x.SaMessage(
+                    src, dst = IPv4Network(xc.ipv4_of(info.saddr)), IPv4Network(xc.ipv4_of(info.id.daddr))
+                    larval = xc.SaMessage(
                         dataclasses.replace(
-                            info, id=dataclasses.replace(info.id, spi=spi), sel=x.XfrmSelector.ipv4(src, dst)
+                            info, id=dataclasses.replace(info.id, spi=spi), sel=xc.XfrmSelector.ipv4(src, dst)
                         )
                     )
                     self.states[(info.id.daddr, spi)] = larval
-                    return [(x.XFRM_MSG_NEWSA, larval.encode())]
+                    return [(xc.XFRM_MSG_NEWSA, larval.encode())]
             raise KernelError(errno.ENOENT)
-        if type_ in (x.XFRM_MSG_NEWPOLICY, x.XFRM_MSG_UPDPOLICY):
-            policy = x.PolicyMessage.decode(payload)
+        if type_ in (xc.XFRM_MSG_NEWPOLICY, xc.XFRM_MSG_UPDPOLICY):
+            policy = xc.PolicyMessage.decode(payload)
             pkey = (policy.info.dir, policy.info.sel.encode())
-            if type_ == x.XFRM_MSG_NEWPOLICY and pkey in self.policies:
+            if type_ == xc.XFRM_MSG_NEWPOLICY and pkey in self.policies:
                 raise KernelError(errno.EEXIST)
             self.policies[pkey] = policy
             return []
-        if type_ in (x.XFRM_MSG_DELPOLICY, x.XFRM_MSG_GETPOLICY):
-            pid = x.PolicyIdMessage.decode(payload).id
+        if type_ in (xc.XFRM_MSG_DELPOLICY, xc.XFRM_MSG_GETPOLICY):
+            pid = xc.PolicyIdMessage.decode(payload).id
             pkey = (pid.dir, pid.sel.encode())
             if pkey not in self.policies:
                 raise KernelError(errno.ENOENT)
-            if type_ == x.XFRM_MSG_DELPOLICY:
+            if type_ == xc.XFRM_MSG_DELPOLICY:
                 del self.policies[pkey]
                 return []
-            return [(x.XFRM_MSG_NEWPOLICY, self.policies[pkey].encode())]
+            return [(xc.XFRM_MSG_NEWPOLICY, self.policies[pkey].encode())]
         raise KernelError(errno.EOPNOTSUPP)
 
 
@@ -732,8 +734,8 @@ def fa_path(**change: Any) -> PathProfile:
 def test_backend_newsa_and_newpolicy_bytes() -> None:
     backend, wire = fake_backend()
     backend.install(fa_path(), OWNER)
-    newsa = [m for m in wire.sent if m.type == x.XFRM_MSG_NEWSA]
-    newpolicy = [m for m in wire.sent if m.type == x.XFRM_MSG_NEWPOLICY]
+    newsa = [m for m in wire.sent if m.type == xc.XFRM_MSG_NEWSA]
+    newpolicy = [m for m in wire.sent if m.type == xc.XFRM_MSG_NEWPOLICY]
     assert len(newsa) == 2 and len(newpolicy) == 3
     inbound, outbound_policy = newsa[0], newpolicy[0]
     assert (inbound.flags, len(inbound.payload)) == (nl.NLM_F_REQUEST | nl.NLM_F_ACK, 372)  # nlmsg_len 388
@@ -808,8 +810,12 @@ def test_backend_newsa_and_newpolicy_bytes() -> None:
         ],
     )
     # The outbound SA: node -> peer, spi_out, no replay window, CBC would carry two attributes.
-    outbound = x.SaMessage.decode(newsa[1].payload)
-    assert (x.ipv4_of(outbound.info.id.daddr), outbound.info.id.spi, x.ipv4_of(outbound.info.saddr)) == (HA, 0x2002, FA)
+    outbound = xc.SaMessage.decode(newsa[1].payload)
+    assert (xc.ipv4_of(outbound.info.id.daddr), outbound.info.id.spi, xc.ipv4_of(outbound.info.saddr)) == (
+        HA,
+        0x2002,
+        FA,
+    )
     assert outbound.replay_esn is None and outbound.aead is not None
     assert outbound.aead.key == fa_path().key_out
 
@@ -818,46 +824,46 @@ def test_cbc_transform_attributes() -> None:
     backend, wire = fake_backend()
     path = fa_path(transform=EspTransform.AES_CBC_128_HMAC_SHA256)
     backend.install(path, OWNER)
-    sa = x.SaMessage.decode(next(m for m in wire.sent if m.type == x.XFRM_MSG_NEWSA).payload)
+    sa = xc.SaMessage.decode(next(m for m in wire.sent if m.type == xc.XFRM_MSG_NEWSA).payload)
     assert sa.aead is None and sa.crypt is not None and sa.auth_trunc is not None
     assert (sa.crypt.name, sa.crypt.key.value) == ("cbc(aes)", path.key_in.value[:16])
     assert (sa.auth_trunc.name, sa.auth_trunc.trunc_len) == ("hmac(sha256)", 128)
     assert sa.auth_trunc.key.value == path.key_in.value[16:]
-    assert x.sa_keymat(path.esp_transform, sa) == path.key_in.value
+    assert xc.sa_keymat(path.esp_transform, sa) == path.key_in.value
 
 
 def test_install_order_and_selectors_of_a_multi_selector_path() -> None:
     backend, wire = fake_backend()
     path = fa_path(remote_ts=(CN_NET, IPv4Network("10.0.0.0/8")))
     backend.install(path, OWNER)
-    writes = [m for m in wire.sent if m.type in (x.XFRM_MSG_NEWSA, x.XFRM_MSG_NEWPOLICY)]
-    assert [m.type for m in writes] == [x.XFRM_MSG_NEWSA] * 2 + [x.XFRM_MSG_NEWPOLICY] * 6
-    policies = [x.PolicyMessage.decode(m.payload).info for m in writes[2:]]
+    writes = [m for m in wire.sent if m.type in (xc.XFRM_MSG_NEWSA, xc.XFRM_MSG_NEWPOLICY)]
+    assert [m.type for m in writes] == [xc.XFRM_MSG_NEWSA] * 2 + [xc.XFRM_MSG_NEWPOLICY] * 6
+    policies = [xc.PolicyMessage.decode(m.payload).info for m in writes[2:]]
     assert [(p.dir, str(p.sel.src), str(p.sel.dst)) for p in policies] == [
-        (x.XFRM_POLICY_OUT, "198.51.100.10/32", "203.0.113.0/24"),
-        (x.XFRM_POLICY_OUT, "198.51.100.10/32", "10.0.0.0/8"),
-        (x.XFRM_POLICY_IN, "203.0.113.0/24", "198.51.100.10/32"),
-        (x.XFRM_POLICY_IN, "10.0.0.0/8", "198.51.100.10/32"),
-        (x.XFRM_POLICY_FWD, "203.0.113.0/24", "198.51.100.10/32"),
-        (x.XFRM_POLICY_FWD, "10.0.0.0/8", "198.51.100.10/32"),
+        (xc.XFRM_POLICY_OUT, "198.51.100.10/32", "203.0.113.0/24"),
+        (xc.XFRM_POLICY_OUT, "198.51.100.10/32", "10.0.0.0/8"),
+        (xc.XFRM_POLICY_IN, "203.0.113.0/24", "198.51.100.10/32"),
+        (xc.XFRM_POLICY_IN, "10.0.0.0/8", "198.51.100.10/32"),
+        (xc.XFRM_POLICY_FWD, "203.0.113.0/24", "198.51.100.10/32"),
+        (xc.XFRM_POLICY_FWD, "10.0.0.0/8", "198.51.100.10/32"),
     ]
     # Two selector pairs: the SAs get no selector of their own (the policies decide).
-    sa = x.SaMessage.decode(writes[0].payload)
-    assert sa.info.sel == x.XfrmSelector()
+    sa = xc.SaMessage.decode(writes[0].payload)
+    assert sa.info.sel == xc.XfrmSelector()
 
 
 # -- netlink: messages, acks, extack --------------------------------------------------------------
 
 
 def test_decode_error_with_extack_uncapped_and_capped() -> None:
-    request = nl.Message(x.XFRM_MSG_NEWSA, 5, 99, 0, bytes(range(40)))
+    request = nl.Message(xc.XFRM_MSG_NEWSA, 5, 99, 0, bytes(range(40)))
     for capped in (False, True):
         (message,) = nl.decode_messages(error_reply(request, errno.EPROTONOSUPPORT, "Requested type not found", capped))
         assert message.type == nl.NLMSG_ERROR
         assert message.flags == nl.NLM_F_ACK_TLVS | (nl.NLM_F_CAPPED if capped else 0)
         ack = nl.decode_ack(message.payload, message.flags)
         assert (ack.error, ack.message, ack.offset) == (-errno.EPROTONOSUPPORT, "Requested type not found", None)
-        assert ack.request is not None and (ack.request.type, ack.request.seq) == (x.XFRM_MSG_NEWSA, 99)
+        assert ack.request is not None and (ack.request.type, ack.request.seq) == (xc.XFRM_MSG_NEWSA, 99)
         assert ack.request.payload == (b"" if capped else request.payload)
 
 
@@ -897,7 +903,7 @@ def test_request_skips_stale_replies_and_collects_multipart_dumps() -> None:
             self.sent.append(request)
             seq = request.seq
             if request.flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP:
-                parts = [nl.Message(x.XFRM_MSG_NEWPOLICY, nl.NLM_F_MULTI, seq, 0, bytes([i]) * 4) for i in range(3)]
+                parts = [nl.Message(xc.XFRM_MSG_NEWPOLICY, nl.NLM_F_MULTI, seq, 0, bytes([i]) * 4) for i in range(3)]
                 intr = nl.NLM_F_DUMP_INTR if len(self.sent) == 2 else 0  # the first dump is interrupted
                 self.replies.append(
                     nl.encode_message(dataclasses.replace(parts[0], flags=nl.NLM_F_MULTI | intr))
@@ -909,7 +915,7 @@ def test_request_skips_stale_replies_and_collects_multipart_dumps() -> None:
                 # A stale ack of an earlier request first, then the reply and the ack.
                 self.replies.append(ack_reply(dataclasses.replace(request, seq=seq - 1)))
                 self.replies.append(
-                    nl.encode_message(nl.Message(x.XFRM_MSG_NEWSA, 0, seq, 0, b"reply")) + ack_reply(request)
+                    nl.encode_message(nl.Message(xc.XFRM_MSG_NEWSA, 0, seq, 0, b"reply")) + ack_reply(request)
                 )
 
         def recv(self) -> bytes:
@@ -919,11 +925,11 @@ def test_request_skips_stale_replies_and_collects_multipart_dumps() -> None:
             pass
 
     transport = Scripted()
-    sock = nl.NetlinkSocket(transport, x.MESSAGE_NAMES)
-    (reply,) = sock.request(x.XFRM_MSG_GETSA, b"")
-    assert (reply.type, reply.payload) == (x.XFRM_MSG_NEWSA, b"reply")
+    sock = nl.NetlinkSocket(transport, xc.MESSAGE_NAMES)
+    (reply,) = sock.request(xc.XFRM_MSG_GETSA, b"")
+    assert (reply.type, reply.payload) == (xc.XFRM_MSG_NEWSA, b"reply")
     assert transport.sent[0].flags == nl.NLM_F_REQUEST | nl.NLM_F_ACK
-    dumped = sock.dump(x.XFRM_MSG_GETPOLICY)
+    dumped = sock.dump(xc.XFRM_MSG_GETPOLICY)
     assert [m.payload for m in dumped] == [bytes([i]) * 4 for i in range(3)]
     assert len(transport.sent) == 3, "the interrupted dump was repeated once"
     assert transport.sent[1].flags == nl.NLM_F_REQUEST | nl.NLM_F_DUMP
@@ -945,20 +951,20 @@ def test_dump_error_in_done() -> None:
         def close(self) -> None:
             pass
 
-    sock = nl.NetlinkSocket(DumpFails(), x.MESSAGE_NAMES)
+    sock = nl.NetlinkSocket(DumpFails(), xc.MESSAGE_NAMES)
     with pytest.raises(nl.NetlinkError) as info:
-        sock.dump(x.XFRM_MSG_GETSA)
+        sock.dump(xc.XFRM_MSG_GETSA)
     assert info.value.errno == errno.EPERM and info.value.extack == "Operation not permitted here"
     assert "XFRM_MSG_GETSA dump" in str(info.value)
     sock.close()
     with pytest.raises(nl.NetlinkError, match="closed"):
-        sock.request(x.XFRM_MSG_GETSA, b"")
+        sock.request(xc.XFRM_MSG_GETSA, b"")
 
 
 def test_reprs_and_errors_never_show_keys() -> None:
     path = fa_path()
-    message = x.SaMessage(x.UserSaInfo(), aead=x.XfrmAlgoAead("rfc4106(gcm(aes))", path.key_in, 128))
-    wire = nl.Message(x.XFRM_MSG_NEWSA, 5, 1, 0, message.encode())
+    message = xc.SaMessage(xc.UserSaInfo(), aead=xc.XfrmAlgoAead("rfc4106(gcm(aes))", path.key_in, 128))
+    wire = nl.Message(xc.XFRM_MSG_NEWSA, 5, 1, 0, message.encode())
     ack = nl.Ack(-errno.EINVAL, wire, "nope")
     key_hex = path.key_in.value.hex()
     for text in (repr(message), repr(wire), repr(ack), str(nl.NetlinkError(22, "XFRM_MSG_NEWSA", "nope"))):
@@ -971,14 +977,14 @@ def test_reprs_and_errors_never_show_keys() -> None:
 u8, u16, u32, u64 = (st.integers(0, 2**n - 1) for n in (8, 16, 32, 64))
 s32 = st.integers(-(2**31), 2**31 - 1)
 addresses = st.binary(min_size=16, max_size=16)
-selectors = st.builds(x.XfrmSelector, addresses, addresses, u16, u16, u16, u16, u16, u8, u8, u8, s32, u32)
-ids = st.builds(x.XfrmId, addresses, u32, u8)
-lifetimes = st.builds(x.LifetimeCfg, u64, u64, u64, u64, u64, u64, u64, u64)
-currents = st.builds(x.LifetimeCur, u64, u64, u64, u64)
-stats = st.builds(x.XfrmStats, u32, u32, u32)
-sa_infos = st.builds(x.UserSaInfo, selectors, ids, addresses, lifetimes, currents, stats, u32, u32, u16, u8, u8, u8)
-templates = st.builds(x.UserTmpl, ids, u16, addresses, u32, u8, u8, u8, u32, u32, u32)
-policy_infos = st.builds(x.UserPolicyInfo, selectors, lifetimes, currents, u32, u32, u8, u8, u8, u8)
+selectors = st.builds(xc.XfrmSelector, addresses, addresses, u16, u16, u16, u16, u16, u8, u8, u8, s32, u32)
+ids = st.builds(xc.XfrmId, addresses, u32, u8)
+lifetimes = st.builds(xc.LifetimeCfg, u64, u64, u64, u64, u64, u64, u64, u64)
+currents = st.builds(xc.LifetimeCur, u64, u64, u64, u64)
+stats = st.builds(xc.XfrmStats, u32, u32, u32)
+sa_infos = st.builds(xc.UserSaInfo, selectors, ids, addresses, lifetimes, currents, stats, u32, u32, u16, u8, u8, u8)
+templates = st.builds(xc.UserTmpl, ids, u16, addresses, u32, u8, u8, u8, u32, u32, u32)
+policy_infos = st.builds(xc.UserPolicyInfo, selectors, lifetimes, currents, u32, u32, u8, u8, u8, u8)
 names = st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=63)
 keys = st.binary(max_size=64).map(Secret)
 
@@ -988,29 +994,29 @@ def other_attrs(known: tuple[int, ...]) -> st.SearchStrategy[tuple[tuple[int, by
 
 
 sa_messages = st.builds(
-    x.SaMessage,
+    xc.SaMessage,
     sa_infos,
-    st.none() | st.builds(x.XfrmAlgoAead, names, keys, u32),
-    st.none() | st.builds(x.XfrmAlgo, names, keys),
-    st.none() | st.builds(x.XfrmAlgo, names, keys),
-    st.none() | st.builds(x.XfrmAlgoAuth, names, keys, u32),
-    st.none() | st.builds(x.ReplayStateEsn, st.lists(u32, max_size=4).map(tuple), u32, u32, u32, u32, u32),
-    other_attrs(x._SA_ATTRS),
+    st.none() | st.builds(xc.XfrmAlgoAead, names, keys, u32),
+    st.none() | st.builds(xc.XfrmAlgo, names, keys),
+    st.none() | st.builds(xc.XfrmAlgo, names, keys),
+    st.none() | st.builds(xc.XfrmAlgoAuth, names, keys, u32),
+    st.none() | st.builds(xc.ReplayStateEsn, st.lists(u32, max_size=4).map(tuple), u32, u32, u32, u32, u32),
+    other_attrs(xc._SA_ATTRS),
 )
 policy_messages = st.builds(
-    x.PolicyMessage, policy_infos, st.lists(templates, max_size=3).map(tuple), other_attrs((x.XFRMA_TMPL,))
+    xc.PolicyMessage, policy_infos, st.lists(templates, max_size=3).map(tuple), other_attrs((xc.XFRMA_TMPL,))
 )
 sa_id_messages = st.builds(
-    x.SaIdMessage, st.builds(x.UserSaId, addresses, u32, u16, u8), st.none() | addresses, other_attrs((13,))
+    xc.SaIdMessage, st.builds(xc.UserSaId, addresses, u32, u16, u8), st.none() | addresses, other_attrs((13,))
 )
-spi_messages = st.builds(x.SpiMessage, st.builds(x.UserSpiInfo, sa_infos, u32, u32), other_attrs(()))
-policy_id_messages = st.builds(x.PolicyIdMessage, st.builds(x.UserPolicyId, selectors, u32, u8), other_attrs(()))
+spi_messages = st.builds(xc.SpiMessage, st.builds(xc.UserSpiInfo, sa_infos, u32, u32), other_attrs(()))
+policy_id_messages = st.builds(xc.PolicyIdMessage, st.builds(xc.UserPolicyId, selectors, u32, u8), other_attrs(()))
 MESSAGE_STRATEGIES = {
-    x.SaMessage: sa_messages,
-    x.PolicyMessage: policy_messages,
-    x.SaIdMessage: sa_id_messages,
-    x.SpiMessage: spi_messages,
-    x.PolicyIdMessage: policy_id_messages,
+    xc.SaMessage: sa_messages,
+    xc.PolicyMessage: policy_messages,
+    xc.SaIdMessage: sa_id_messages,
+    xc.SpiMessage: spi_messages,
+    xc.PolicyIdMessage: policy_id_messages,
 }
 
 
@@ -1023,20 +1029,20 @@ def test_xfrm_messages_round_trip(kind: Any, data: st.DataObject) -> None:
 
 
 DECODERS: list[Callable[[bytes], object]] = [
-    x.XfrmSelector.decode,
-    x.XfrmId.decode,
-    x.UserSaInfo.decode,
-    x.UserPolicyInfo.decode,
-    x.UserTmpl.decode,
-    x.XfrmAlgo.decode,
-    x.XfrmAlgoAuth.decode,
-    x.XfrmAlgoAead.decode,
-    x.ReplayStateEsn.decode,
-    x.SaMessage.decode,
-    x.PolicyMessage.decode,
-    x.SaIdMessage.decode,
-    x.SpiMessage.decode,
-    x.PolicyIdMessage.decode,
+    xc.XfrmSelector.decode,
+    xc.XfrmId.decode,
+    xc.UserSaInfo.decode,
+    xc.UserPolicyInfo.decode,
+    xc.UserTmpl.decode,
+    xc.XfrmAlgo.decode,
+    xc.XfrmAlgoAuth.decode,
+    xc.XfrmAlgoAead.decode,
+    xc.ReplayStateEsn.decode,
+    xc.SaMessage.decode,
+    xc.PolicyMessage.decode,
+    xc.SaIdMessage.decode,
+    xc.SpiMessage.decode,
+    xc.PolicyIdMessage.decode,
     nl.decode_messages,
     nl.decode_attrs,
     lambda b: nl.decode_ack(b, nl.NLM_F_ACK_TLVS),
@@ -1125,7 +1131,7 @@ def test_fake_install_delete_and_idempotence() -> None:
 def test_kernel_sa_on_the_inbound_spi_is_a_conflict() -> None:
     backend, wire = fake_backend()
     other = fa_path(seed=0x40, spi_ha=0x7007)
-    wire.kernel.states[(x.xfrm_address(FA), 0x1001)] = backend._sa_message(
+    wire.kernel.states[(xc.xfrm_address(FA), 0x1001)] = backend._sa_message(
         x._Entry(1, 1, "x", other, 1, "installed"), inbound=True
     )
     with pytest.raises(SaConflict, match="in use in the kernel"):
@@ -1133,8 +1139,8 @@ def test_kernel_sa_on_the_inbound_spi_is_a_conflict() -> None:
     assert backend.paths() == [] and len(wire.kernel.states) == 1 and wire.kernel.policies == {}
     # An outbound SA to the peer on spi_out exists: also this node's conflict.
     wire.kernel.states.clear()
-    wire.kernel.states[(x.xfrm_address(HA), 0x2002)] = x.SaMessage(
-        x.UserSaInfo(id=x.XfrmId(x.xfrm_address(HA), 0x2002, 50))
+    wire.kernel.states[(xc.xfrm_address(HA), 0x2002)] = xc.SaMessage(
+        xc.UserSaInfo(id=xc.XfrmId(xc.xfrm_address(HA), 0x2002, 50))
     )
     with pytest.raises(SaConflict, match="outbound SA"):
         backend.install(fa_path(), OWNER)
@@ -1221,29 +1227,29 @@ def test_table_holds_no_key_material(tmp_path: Path) -> None:
 
 
 def test_kernel_newsa_errno_and_extack(netns: str) -> None:
-    sock = nl.NetlinkSocket(nl.open_transport(nl.NETLINK_XFRM, netns), x.MESSAGE_NAMES)
+    sock = nl.NetlinkSocket(nl.open_transport(nl.NETLINK_XFRM, netns), xc.MESSAGE_NAMES)
     try:
         for name, code, text in (
             ("newsa-cbc", errno.EPROTONOSUPPORT, "Requested type not found"),
             ("newsa-aead", errno.ENOSYS, "Requested AEAD algorithm not found"),
         ):
             try:
-                sock.request(x.XFRM_MSG_NEWSA, bytes.fromhex(IPROUTE2[name]))
+                sock.request(xc.XFRM_MSG_NEWSA, bytes.fromhex(IPROUTE2[name]))
             except nl.NetlinkError as exc:
                 assert (exc.errno, exc.extack) == (code, text), f"{name}: {exc}"
                 assert str(exc).endswith(f"(XFRM_MSG_NEWSA; kernel: {text!r})")
             else:  # a kernel with ESP: the SA really is there
                 assert "spi 0x0000" in ip_xfrm(netns, "state", "list")
         # A policy twice: EEXIST without extack; then a malformed one: EINVAL.
-        sock.request(x.XFRM_MSG_NEWPOLICY, bytes.fromhex(IPROUTE2["newpolicy"]))
+        sock.request(xc.XFRM_MSG_NEWPOLICY, bytes.fromhex(IPROUTE2["newpolicy"]))
         with pytest.raises(nl.NetlinkError) as info:
-            sock.request(x.XFRM_MSG_NEWPOLICY, bytes.fromhex(IPROUTE2["newpolicy"]))
+            sock.request(xc.XFRM_MSG_NEWPOLICY, bytes.fromhex(IPROUTE2["newpolicy"]))
         assert info.value.errno == errno.EEXIST
-        (policy,) = sock.dump(x.XFRM_MSG_GETPOLICY)
-        assert x.PolicyMessage.decode(policy.payload).templates == OURS["newpolicy"].templates
-        bad = x.PolicyMessage(dataclasses.replace(OURS["newpolicy"].info, dir=7)).encode()
+        (policy,) = sock.dump(xc.XFRM_MSG_GETPOLICY)
+        assert xc.PolicyMessage.decode(policy.payload).templates == OURS["newpolicy"].templates
+        bad = xc.PolicyMessage(dataclasses.replace(OURS["newpolicy"].info, dir=7)).encode()
         with pytest.raises(nl.NetlinkError) as info:
-            sock.request(x.XFRM_MSG_NEWPOLICY, bad)
+            sock.request(xc.XFRM_MSG_NEWPOLICY, bad)
         assert info.value.errno == errno.EINVAL
     finally:
         sock.close()
@@ -1251,9 +1257,9 @@ def test_kernel_newsa_errno_and_extack(netns: str) -> None:
 
 @pytest.fixture
 def kernel_has_esp(netns: str) -> bool:
-    sock = nl.NetlinkSocket(nl.open_transport(nl.NETLINK_XFRM, netns), x.MESSAGE_NAMES)
+    sock = nl.NetlinkSocket(nl.open_transport(nl.NETLINK_XFRM, netns), xc.MESSAGE_NAMES)
     try:
-        sock.request(x.XFRM_MSG_NEWSA, bytes.fromhex(IPROUTE2["newsa-cbc"]))
+        sock.request(xc.XFRM_MSG_NEWSA, bytes.fromhex(IPROUTE2["newsa-cbc"]))
     except nl.NetlinkError as exc:
         assert exc.errno == errno.EPROTONOSUPPORT
         return False
@@ -1316,14 +1322,14 @@ def test_allocate_spi(netns: str, kernel_has_esp: bool) -> None:
 def test_allocate_spi_then_install_replaces_the_larval_sa() -> None:
     backend, wire = fake_backend()
     spi = backend.allocate_spi(HA, 0x5000, 0x5FFF)
-    assert spi == 0x5000 and wire.kernel.states[(x.xfrm_address(FA), spi)].aead is None
+    assert spi == 0x5000 and wire.kernel.states[(xc.xfrm_address(FA), spi)].aead is None
     backend.install(fa_path(spi_fa=spi), OWNER)
-    updsa = [m for m in wire.sent if m.type == x.XFRM_MSG_UPDSA]
-    assert len(updsa) == 1 and x.SaMessage.decode(updsa[0].payload).info.reqid == R0, "the reservation's reqid"
-    assert wire.kernel.states[(x.xfrm_address(FA), spi)].aead is not None
+    updsa = [m for m in wire.sent if m.type == xc.XFRM_MSG_UPDSA]
+    assert len(updsa) == 1 and xc.SaMessage.decode(updsa[0].payload).info.reqid == R0, "the reservation's reqid"
+    assert wire.kernel.states[(xc.xfrm_address(FA), spi)].aead is not None
     # Someone else's larval SA (not reserved here) is a conflict.
-    wire.kernel.states[(x.xfrm_address(FA), 0x6000)] = x.SaMessage(
-        x.UserSaInfo(id=x.XfrmId(x.xfrm_address(FA), 0x6000, 50))
+    wire.kernel.states[(xc.xfrm_address(FA), 0x6000)] = xc.SaMessage(
+        xc.UserSaInfo(id=xc.XfrmId(xc.xfrm_address(FA), 0x6000, 50))
     )
     with pytest.raises(SaConflict):
         backend.install(fa_path(spi_fa=0x6000, spi_ha=0x6001, seed=0x30), "s2/FA_HA")
@@ -1338,11 +1344,11 @@ def test_policies_appear_in_the_kernel(split: Split) -> None:
     installed = backend.install(path, OWNER)
     assert split.policies() == expected_policies(path, R0, BASE)
     assert backend.paths() == [installed]
-    sa_in = split.wire.kernel.states[(x.xfrm_address(FA), 0x1001)]
-    sa_out = split.wire.kernel.states[(x.xfrm_address(HA), 0x2002)]
-    assert (x.ipv4_of(sa_in.info.saddr), sa_in.info.reqid, sa_in.info.mode) == (HA, R0, x.XFRM_MODE_TUNNEL)
+    sa_in = split.wire.kernel.states[(xc.xfrm_address(FA), 0x1001)]
+    sa_out = split.wire.kernel.states[(xc.xfrm_address(HA), 0x2002)]
+    assert (xc.ipv4_of(sa_in.info.saddr), sa_in.info.reqid, sa_in.info.mode) == (HA, R0, xc.XFRM_MODE_TUNNEL)
     assert sa_in.replay_esn is not None and sa_in.replay_esn.replay_window == 64
-    assert (x.ipv4_of(sa_out.info.saddr), sa_out.info.reqid) == (FA, R0)
+    assert (xc.ipv4_of(sa_out.info.saddr), sa_out.info.reqid) == (FA, R0)
     assert backend.delete(OWNER) == 1
     assert split.policies() == set() and split.wire.kernel.states == {}
 
@@ -1392,15 +1398,15 @@ def test_delete_by_owner_and_peer(split: Split) -> None:
     assert fa.delete(OWNER) == 1
     assert split.policies() == expected_policies(third, R0 + 2, BASE)
     assert [p.spi_in for p in fa.paths()] == [0x8008]
-    assert set(split.wire.kernel.states) == {(x.xfrm_address(FA), 0x8008), (x.xfrm_address(HA), 0x9009)}
+    assert set(split.wire.kernel.states) == {(xc.xfrm_address(FA), 0x8008), (xc.xfrm_address(HA), 0x9009)}
 
 
 ROLLBACK_STEPS = [
     # (failing request, how many of that type go through first, an SA had been created)
-    pytest.param(x.XFRM_MSG_NEWSA, 1, True, id="outbound-SA"),
-    pytest.param(x.XFRM_MSG_NEWPOLICY, 0, True, id="first-policy"),
-    pytest.param(x.XFRM_MSG_NEWPOLICY, 2, True, id="fwd-policy"),
-    pytest.param(x.XFRM_MSG_UPDPOLICY, 1, True, id="takeover-in-policy"),
+    pytest.param(xc.XFRM_MSG_NEWSA, 1, True, id="outbound-SA"),
+    pytest.param(xc.XFRM_MSG_NEWPOLICY, 0, True, id="first-policy"),
+    pytest.param(xc.XFRM_MSG_NEWPOLICY, 2, True, id="fwd-policy"),
+    pytest.param(xc.XFRM_MSG_UPDPOLICY, 1, True, id="takeover-in-policy"),
 ]
 
 
@@ -1412,7 +1418,7 @@ def test_rollback_leaves_the_kernel_as_it_was(split: Split, type_: int, skip: in
     before_policies, before_states = split.policies(), dict(split.wire.kernel.states)
     # A new path: the same selectors (its policies take over) when testing UPDPOLICY, else other ones.
     new = dataclasses.replace(mirrored(spi_fa=0x5005, spi_ha=0x6006, seed=0x20)[1], peer=OTHER)
-    if type_ != x.XFRM_MSG_UPDPOLICY:
+    if type_ != xc.XFRM_MSG_UPDPOLICY:
         new = dataclasses.replace(new, remote_ts=(IPv4Network("198.51.100.20/32"),))
     split.wire.faults.append(Fault(type_, skip=skip, code=errno.ENOBUFS, extack="injected: no buffer"))
     with pytest.raises(SaError, match="injected: no buffer") as info:
@@ -1431,11 +1437,11 @@ def test_rollback_leaves_the_kernel_as_it_was(split: Split, type_: int, skip: in
 
 def test_failed_rollback_is_retried(split: Split) -> None:
     fa = split.backend()
-    split.wire.faults += [Fault(x.XFRM_MSG_NEWPOLICY, skip=1), Fault(x.XFRM_MSG_DELPOLICY, extack="stuck")]
+    split.wire.faults += [Fault(xc.XFRM_MSG_NEWPOLICY, skip=1), Fault(xc.XFRM_MSG_DELPOLICY, extack="stuck")]
     with pytest.raises(SaError, match="rollback failed and will be retried"):
         fa.install(fa_path(), OWNER)
     assert len(split.policies()) == 1, "the out policy could not be removed yet"
-    split.wire.faults.append(Fault(x.XFRM_MSG_DELPOLICY, extack="stuck again"))
+    split.wire.faults.append(Fault(xc.XFRM_MSG_DELPOLICY, extack="stuck again"))
     with pytest.raises(SaConflict):
         fa.install(fa_path(), OWNER)  # not "already installed": the path is half gone, its SPI still taken
     assert fa.paths() == []
@@ -1504,7 +1510,7 @@ def test_crash_mid_install_is_undone_at_the_next_open(split: Split, tmp_path: Pa
     table = tmp_path / "xfrm.sqlite"
     fa = split.backend(table=table)
     kept = fa.install(fa_path(), OWNER)
-    split.wire.faults.append(Fault(x.XFRM_MSG_NEWPOLICY, skip=2, crash=True))
+    split.wire.faults.append(Fault(xc.XFRM_MSG_NEWPOLICY, skip=2, crash=True))
     other = fa_path(spi_fa=0x7007, spi_ha=0x7008, seed=0x50, peer=OTHER, remote_ts=(IPv4Network("10.0.0.0/8"),))
     with pytest.raises(Crash):
         fa.install(other, "s2/FA_HA")
@@ -1513,21 +1519,21 @@ def test_crash_mid_install_is_undone_at_the_next_open(split: Split, tmp_path: Pa
     again = split.backend(table=table)
     assert again.paths() == [kept]
     assert split.policies() == expected_policies(kept.path, R0, BASE)
-    assert set(split.wire.kernel.states) == {(x.xfrm_address(FA), 0x1001), (x.xfrm_address(HA), 0x2002)}
+    assert set(split.wire.kernel.states) == {(xc.xfrm_address(FA), 0x1001), (xc.xfrm_address(HA), 0x2002)}
 
 
 def test_a_path_that_lost_its_sa_is_removed(split: Split) -> None:
     fa = split.backend()
     fa.install(fa_path(), OWNER)
-    del split.wire.kernel.states[(x.xfrm_address(HA), 0x2002)]  # e.g. `ip xfrm state flush` by someone
+    del split.wire.kernel.states[(xc.xfrm_address(HA), 0x2002)]  # e.g. `ip xfrm state flush` by someone
     assert fa.paths() == []
     assert split.policies() == set() and split.wire.kernel.states == {}
 
 
 def test_unreadable_foreign_sa_in_a_dump_is_skipped() -> None:
     wire = Wire()
-    broken = x.UserSaInfo(id=x.XfrmId(x.xfrm_address(OTHER), 0x4444, 50)).encode() + nl.encode_attr(
-        x.XFRMA_ALG_CRYPT, b"no name and no length"
+    broken = xc.UserSaInfo(id=xc.XfrmId(xc.xfrm_address(OTHER), 0x4444, 50)).encode() + nl.encode_attr(
+        xc.XFRMA_ALG_CRYPT, b"no name and no length"
     )
     wire.kernel.raw_states.append(broken)
     backend, _ = fake_backend(wire)
@@ -1537,14 +1543,14 @@ def test_unreadable_foreign_sa_in_a_dump_is_skipped() -> None:
 
 def test_table_failure_at_commit_undoes_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     backend, wire = fake_backend()
-    real = x._SideTable.set_state
+    real = xt.SideTable.set_state
 
-    def failing(table: x._SideTable, reqids: Any, state: str) -> None:
+    def failing(table: xt.SideTable, reqids: Any, state: str) -> None:
         if state == "installed":
             raise SaError("the xfrm side table (memory) failed: disk I/O error")
         real(table, reqids, state)
 
-    monkeypatch.setattr(x._SideTable, "set_state", failing)
+    monkeypatch.setattr(xt.SideTable, "set_state", failing)
     with pytest.raises(SaError, match="disk I/O error"):
         backend.install(fa_path(), OWNER)
     assert wire.kernel.states == {} and wire.kernel.policies == {}

@@ -1,5 +1,5 @@
-"""The Mobile IP data path an FA adds to its host (issue 5; docs/agents.md,
-"The netns demo and the data path").
+"""The Mobile IP data path an FA adds to its host (docs/agents.md, "The netns
+demo and the data path").
 
 Rules (RFC 5944 sections 4.2.2 and 4.2.3):
 

@@ -3,7 +3,8 @@ describes the protocol, ``linux/netlink.h`` is the authority for the layouts).
 
 pyroute2 0.9.7 has no XFRM API, and a raw ``AF_NETLINK`` socket with a few
 structs is shorter than hand-written pyroute2 message classes, so the xfrm
-backend (:mod:`aaa_vpn.sa.xfrm`) talks netlink through this module.
+backend (:mod:`aaa_vpn.sa.xfrm`) talks netlink through this module, and its
+message codec (:mod:`aaa_vpn.sa.xfrm_codec`) builds on the framing here.
 
 Rules:
 
@@ -22,7 +23,12 @@ Rules:
   ``NETLINK_EXT_ACK``, the kernel's own explanation (``extack``: the text and the
   offset of the offending attribute in the request). :class:`NetlinkDecodeError`
   means a reply could not be parsed (our bug or the peer's). Every decoder here
-  raises only :class:`NetlinkDecodeError` on bad input.
+  raises only :class:`NetlinkDecodeError` on bad input; a family's codec raises
+  its own subclass for its structures (:func:`split_message`, :func:`check_once`
+  take it).
+* A family message (``XFRM_MSG_*`` and the like) is a fixed part whose length
+  is a multiple of 4, then attributes; an attribute a message may carry once
+  is refused when it comes twice.
 * ``NLMSG_ERROR`` payload: ``error(s32) | the request's nlmsghdr | the request's
   payload`` -- the payload is left out when the kernel sets ``NLM_F_CAPPED``
   (always for a success ack, or when the socket asked for ``NETLINK_CAP_ACK``)
@@ -84,7 +90,8 @@ _CLONE_NEWNET: Final = 0x40000000
 NLMSG_HEADER: Final = struct.Struct("=IHHII")  # len, type, flags, seq, pid: 16 octets
 _NLATTR = struct.Struct("=HH")  # len, type
 _S32 = struct.Struct("=i")
-_U32 = struct.Struct("=I")
+#: A host-order 32-bit unsigned integer, the commonest field of netlink structures.
+U32: Final = struct.Struct("=I")
 
 #: Receive buffer: the kernel sends dump batches of at most 32 KiB (and one page
 #: per message for the xfrm family); a larger buffer never truncates them.
@@ -175,14 +182,20 @@ def encode_attr(type_: int, value: bytes) -> bytes:
     return _NLATTR.pack(length, type_) + value + bytes(align4(length) - length)
 
 
-def encode_attrs(attrs: Iterable[tuple[int, bytes]]) -> bytes:
+#: One attribute: ``(type, value)``, the type with its flag bits.
+Attribute = tuple[int, bytes]
+#: Attributes kept raw, in order.
+Attributes = tuple[Attribute, ...]
+
+
+def encode_attrs(attrs: Iterable[Attribute]) -> bytes:
     return b"".join(encode_attr(type_, value) for type_, value in attrs)
 
 
-def decode_attrs(data: bytes) -> list[tuple[int, bytes]]:
+def decode_attrs(data: bytes) -> list[Attribute]:
     """``(type, value)`` of every attribute in ``data``, in order; ``type`` keeps
     its flag bits. Each ``nla_len`` must fit; the padding of the last may be missing."""
-    attrs: list[tuple[int, bytes]] = []
+    attrs: list[Attribute] = []
     offset = 0
     while offset < len(data):
         if len(data) - offset < _NLATTR.size:
@@ -193,6 +206,35 @@ def decode_attrs(data: bytes) -> list[tuple[int, bytes]]:
         attrs.append((type_, bytes(data[offset + _NLATTR.size : offset + length])))
         offset += align4(length)
     return attrs
+
+
+def split_message(
+    payload: bytes, size: int, what: str, error: type[NetlinkDecodeError] = NetlinkDecodeError
+) -> tuple[bytes, list[Attribute]]:
+    """A family message: its fixed part of ``size`` octets (a multiple of 4, so
+    ``NLMSG_ALIGN(size)`` is ``size``) and its attributes. ``error`` (the
+    family's subclass) when ``payload`` is shorter than the fixed part."""
+    if len(payload) < size:
+        raise error(f"{what} message of {len(payload)} octets, the fixed part alone is {size}")
+    return payload[:size], decode_attrs(payload[size:])
+
+
+def check_once(seen: set[int], type_: int, error: type[NetlinkDecodeError] = NetlinkDecodeError) -> None:
+    """Note attribute ``type_`` in ``seen``; ``error`` if it came before."""
+    if type_ in seen:
+        raise error(f"attribute {type_} appears twice")
+    seen.add(type_)
+
+
+def check_raw_attributes(other: Attributes, known: Iterable[int]) -> None:
+    """Attributes a message keeps raw must be ``bytes`` and none of ``known``
+    (the types it has a field of its own for): ValueError, the caller's bug."""
+    known_set = set(known)
+    for type_, value in other:
+        if type_ in known_set:
+            raise ValueError(f"attribute {type_} has its own field")
+        if not isinstance(value, bytes):
+            raise ValueError("attribute values are bytes")
 
 
 @dataclass(frozen=True)
@@ -208,7 +250,7 @@ class Ack:
     request: Message | None = None
     message: str | None = None
     offset: int | None = None
-    other: tuple[tuple[int, bytes], ...] = ()
+    other: Attributes = ()
 
     @property
     def flags(self) -> int:
@@ -229,11 +271,11 @@ def encode_ack(ack: Ack) -> bytes:
     out = _S32.pack(ack.error)
     if ack.request is not None:
         out += encode_message(ack.request)
-    tlvs: list[tuple[int, bytes]] = []
+    tlvs: list[Attribute] = []
     if ack.message is not None:
         tlvs.append((NLMSGERR_ATTR_MSG, ack.message.encode("utf-8") + b"\x00"))
     if ack.offset is not None:
-        tlvs.append((NLMSGERR_ATTR_OFFS, _U32.pack(ack.offset)))
+        tlvs.append((NLMSGERR_ATTR_OFFS, U32.pack(ack.offset)))
     tlvs.extend(ack.other)
     return out + encode_attrs(tlvs)
 
@@ -266,7 +308,7 @@ def decode_ack(payload: bytes, flags: int, *, done: bool = False) -> Ack:
         offset = align4(end)
     message: str | None = None
     bad_offset: int | None = None
-    other: list[tuple[int, bytes]] = []
+    other: list[Attribute] = []
     if flags & NLM_F_ACK_TLVS:
         for type_, value in decode_attrs(payload[offset:]):
             if type_ == NLMSGERR_ATTR_MSG and message is None:
@@ -276,9 +318,9 @@ def decode_ack(payload: bytes, flags: int, *, done: bool = False) -> Ack:
                 except UnicodeDecodeError:
                     raise NetlinkDecodeError("extack message is not UTF-8") from None
             elif type_ == NLMSGERR_ATTR_OFFS and bad_offset is None:
-                if len(value) != _U32.size:
+                if len(value) != U32.size:
                     raise NetlinkDecodeError(f"extack offset of {len(value)} octets")
-                (bad_offset,) = _U32.unpack(value)
+                (bad_offset,) = U32.unpack(value)
             else:
                 other.append((type_, value))
     return Ack(error, request, message, bad_offset, tuple(other))

@@ -1,6 +1,5 @@
 """An agent's journal: what a restarted FA, HA or gateway needs to carry on
-with the SAs its backend still holds (issue 4, "Recovery"; docs/agents.md,
-"Restart").
+with the SAs its backend still holds (docs/agents.md, "Restart").
 
 Rules:
 

@@ -4,9 +4,10 @@ mobile node walked through flows A to F of DESIGN.md section 2 (docs/flows.md).
 What it does:
 
 1. A temporary directory with a SQLite database provisioned through the
-   library (:mod:`aaa_vpn.store`): the user ``mn1@home.example`` with one
-   correspondent network behind a static gateway (stationary tunnel to the
-   HA) and one behind a dynamic gateway (route optimisation); the HA, FA3
+   library (:func:`aaa_vpn.lab.topology.provision`): the user
+   ``mn1@home.example`` with one correspondent network behind a static
+   gateway (stationary tunnel to the HA) and one behind a dynamic gateway
+   (route optimisation); the HA, FA3
    and the visited domain's foreign AAA as RADIUS clients; the foreign AAA's
    TOML file with FA1 and FA2 as its clients; random secrets in files of
    mode 0600.
@@ -50,85 +51,45 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from aaa_vpn.model import (
-    Client,
-    ClientRole,
-    EspTransform,
-    Gateway,
-    GatewayMode,
-    KeyMode,
-    QosClass,
-    Service,
-    User,
-    VpnRecord,
+from aaa_vpn.lab.processes import Processes, log_tail
+from aaa_vpn.lab.topology import (
+    AGENTS,
+    BEHIND_FOREIGN_AAA,
+    HOME_ADDRESS,
+    LOOPBACK,
+    NAI,
+    SERVERS,
+    Files,
+    LabError,
+    agent_args,
+    free_port,
+    home_aaa_args,
+    mn_args,
+    mn_result,
+    provision,
+    write_foreign_config,
 )
-from aaa_vpn.secret import Secret
-from aaa_vpn.store import init_store
 
-AAA = "127.0.0.1"
-HA = "127.0.0.2"
-AAAF = "127.0.0.3"
-FA1 = "127.0.0.11"
-FA2 = "127.0.0.12"
-FA3 = "127.0.0.13"
-GW_STATIC = "127.0.0.21"
-GW_DYNAMIC = "127.0.0.22"
+AAA, HA, AAAF = LOOPBACK.aaa, LOOPBACK.ha, LOOPBACK.aaaf
+FA1, FA2, FA3 = LOOPBACK.fa1, LOOPBACK.fa2, LOOPBACK.fa3
+GW_STATIC, GW_DYNAMIC = LOOPBACK.gw_static, LOOPBACK.gw_dynamic
 MN_SOURCE = "127.0.0.100"
-NAI = "mn1@home.example"
-HOME_ADDRESS = "198.51.100.10"
-MN_HA_SPI = 256
-STATIC_NETWORK = "203.0.113.0/25"
-DYNAMIC_NETWORK = "203.0.113.128/25"
 
-
-@dataclass(frozen=True)
-class Addresses:
-    """Where the demo's elements are: loopback (:data:`LOOPBACK`), or the
-    backbone of the network-namespace topology (:mod:`aaa_vpn.netlab`)."""
-
-    aaa: str
-    ha: str
-    aaaf: str
-    fa1: str
-    fa2: str
-    fa3: str
-    gw_static: str
-    gw_dynamic: str
-
-
-LOOPBACK = Addresses(AAA, HA, AAAF, FA1, FA2, FA3, GW_STATIC, GW_DYNAMIC)
-
-#: The agents: name -> (role, address).
-AGENTS: dict[str, tuple[str, str]] = {
-    "ha": ("ha", HA),
-    "fa1": ("fa", FA1),
-    "fa2": ("fa", FA2),
-    "fa3": ("fa", FA3),
-    "gw-static": ("gw", GW_STATIC),
-    "gw-dynamic": ("gw", GW_DYNAMIC),
-}
-#: The FAs of the visited domain with a foreign AAA; FA3 asks the home AAA directly.
-BEHIND_FOREIGN_AAA = ("fa1", "fa2")
-NAMES = {
-    AAA: "home-aaa",
-    AAAF: "foreign-aaa",
-    MN_SOURCE: "mn",
-    **{address: name for name, (_role, address) in AGENTS.items()},
-}
+#: Element name -> its address.
+ADDRESSES = {name: LOOPBACK.of(name) for name in (*SERVERS, *AGENTS)}
+#: Address -> the element's name, for the timeline.
+NAMES = {MN_SOURCE: "mn", **{address: name for name, address in ADDRESSES.items()}}
 
 #: The gateways' longest binding (seconds): short, so that flow G happens during the demo.
 GATEWAY_MAX_LIFETIME = 6
@@ -314,241 +275,49 @@ NOTES = (
 )
 
 
-class DemoError(Exception):
-    """The topology could not be started."""
-
-
 # -- the topology -----------------------------------------------------------------------------------
-
-
-def free_port(addresses: tuple[str, ...]) -> int:
-    """A UDP port that is free on every one of ``addresses`` right now."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((addresses[0], 0))
-            port = int(probe.getsockname()[1])
-            others: list[socket.socket] = []
-            try:
-                for address in addresses[1:]:
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    others.append(sock)
-                    sock.bind((address, port))
-            except OSError:
-                continue
-            finally:
-                for sock in others:
-                    sock.close()
-            return port
-    raise DemoError("no UDP port is free on every demo address")
-
-
-def _write_secret(path: Path, value: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(value)
-    return path
-
-
-@dataclass
-class _Files:
-    directory: Path
-    db: Path
-    key: Path
-    secrets: dict[str, Path]
-    mn_ha_key: Path
-    mn_aaa_secret: Path
-    coa_port: int
-
-
-def provision(
-    directory: Path,
-    addresses: Addresses | None = None,
-    key_mode: KeyMode = KeyMode.MANUAL,
-    coa_port: int | None = None,
-) -> _Files:
-    """The sample database and the secret files the processes read; the FA3
-    and HA client records name a free port for CoA and Disconnect-Requests
-    (``coa_port``, default: one free on every loopback address of the agents).
-    ``addresses``: where each element is (default: loopback, :data:`LOOPBACK`);
-    ``key_mode``: how both services key their SAs (IKEv2 for strongSwan)."""
-    a = addresses or LOOPBACK
-    db, key = directory / "vpn.db", directory / "vpn.db.key"
-    if coa_port is None:
-        coa_port = free_port(tuple(address for _role, address in AGENTS.values()))
-    store, _ = init_store(db, key)
-    # fa1 and fa2 share a secret with the foreign AAA; fa3, the HA and the foreign AAA with the home AAA
-    client_secrets = {name: secrets.token_urlsafe(18).encode() for name in ("fa1", "fa2", "fa3", "ha", "aaaf")}
-    gateway_keys = {name: secrets.token_bytes(32) for name in ("gw-static", "gw-dynamic")}
-    mn_aaa, mn_ha = secrets.token_urlsafe(18).encode(), secrets.token_bytes(16)
-    try:
-        store.add_client(
-            Client(
-                "aaaf",
-                IPv4Network(f"{a.aaaf}/32"),
-                Secret(client_secrets["aaaf"]),
-                ClientRole.FOREIGN_AAA,
-                "visited-a.example",
-            )
-        )
-        store.add_client(
-            Client(
-                "fa3",
-                IPv4Network(f"{a.fa3}/32"),
-                Secret(client_secrets["fa3"]),
-                ClientRole.FA,
-                "visited-b.example",
-                coa_port=coa_port,
-            )
-        )
-        store.add_client(
-            Client("ha", IPv4Network(f"{a.ha}/32"), Secret(client_secrets["ha"]), ClientRole.HA, coa_port=coa_port)
-        )
-        store.add_user(
-            User(
-                NAI, IPv4Address(a.ha), Secret(mn_aaa), MN_HA_SPI, Secret(mn_ha), home_address=IPv4Address(HOME_ADDRESS)
-            )
-        )
-        store.add_gateway(
-            Gateway(
-                "gw-static",
-                IPv4Address(a.gw_static),
-                GatewayMode.STATIC,
-                (IPv4Network(STATIC_NETWORK),),
-                Secret(gateway_keys["gw-static"]),
-            )
-        )
-        store.add_gateway(
-            Gateway(
-                "gw-dynamic",
-                IPv4Address(a.gw_dynamic),
-                GatewayMode.DYNAMIC,
-                (IPv4Network(DYNAMIC_NETWORK),),
-                Secret(gateway_keys["gw-dynamic"]),
-            )
-        )
-        store.add_service(Service("gold", key_mode=key_mode, esp_transform=EspTransform.AES_GCM_16_256))
-        store.add_service(Service("silver", key_mode=key_mode, esp_transform=EspTransform.AES_CBC_128_HMAC_SHA256))
-        store.add_qos(QosClass("voice", dscp=46, rate_kbps=512))
-        store.add_vpn_record(VpnRecord(NAI, IPv4Network(STATIC_NETWORK), "gw-static", "gold", "voice"))
-        store.add_vpn_record(VpnRecord(NAI, IPv4Network(DYNAMIC_NETWORK), "gw-dynamic", "silver"))
-    finally:
-        store.close()
-    files = {name: _write_secret(directory / f"{name}.secret", value) for name, value in client_secrets.items()}
-    files.update({name: _write_secret(directory / f"{name}.key", value) for name, value in gateway_keys.items()})
-    return _Files(
-        directory,
-        db,
-        key,
-        files,
-        _write_secret(directory / "mn1.mn-ha-key", mn_ha),
-        _write_secret(directory / "mn1.mn-aaa-secret", mn_aaa),
-        coa_port,
-    )
-
-
-@dataclass
-class _Process:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
 
 
 class Topology:
     """The processes of the demo; :meth:`stop` ends them by PID."""
 
-    def __init__(self, options: DemoOptions, files: _Files) -> None:
+    def __init__(self, options: DemoOptions, files: Files) -> None:
         self.options = options
         self.files = files
-        addresses = tuple(address for _role, address in AGENTS.values())
-        self.mip_port = options.mip_port or free_port(addresses)
+        self.mip_port = options.mip_port or free_port([LOOPBACK.of(name) for name in AGENTS])
         self.radius_port = options.radius_port or free_port((AAA,))
         self.foreign_port = free_port((AAAF,))
-        self.processes: dict[str, _Process] = {}
+        self.processes = Processes(files.directory)
         self._foreign_log_offset = 0
-
-    def state_file(self, name: str) -> Path:
-        return self.files.directory / f"{name}.state.json"
 
     def _command(self, *args: str) -> list[str]:
         return [self.options.python, "-m", "aaa_vpn.cli", *args]
 
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = self.files.directory / f"{name}.log"
-        with log.open("wb") as out:
-            # A session of its own: Ctrl-C reaches the demo, which stops the
-            # processes in order and by PID.
-            process = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        self.processes[name] = _Process(name, process, log)
-
     def start(self) -> None:
         files = self.files
-        self._spawn(
-            "home-aaa",
-            self._command(
-                "--db",
-                str(files.db),
-                "--key-file",
-                str(files.key),
-                "serve",
-                "home",
-                "--listen",
-                AAA,
-                "--port",
-                str(self.radius_port),
-                "--workers",
-                "1",
-                "--log-format",
-                "json",
-            ),
-        )
-        self._spawn(
+        self.processes.spawn("home-aaa", self._command(*home_aaa_args(files, AAA, self.radius_port)))
+        config = write_foreign_config(files, LOOPBACK, self.foreign_port, self.radius_port)
+        self.processes.spawn(
             "foreign-aaa",
-            self._command(
-                "serve",
-                "foreign",
-                "--config",
-                str(self._foreign_config()),
-                "--log-format",
-                "json",
-                "--log-level",
-                "debug",
-            ),
+            self._command("serve", "foreign", "--config", str(config), "--log-format", "json", "--log-level", "debug"),
         )
-        for name, (role, address) in AGENTS.items():
-            args = ["agent", role, "--name", name, "--address", address, "--mip-port", str(self.mip_port)]
-            args += ["--state-file", str(self.state_file(name)), "--log-format", "json"]
+        for name, role in AGENTS.items():
+            args = agent_args(
+                name,
+                files,
+                LOOPBACK,
+                self.mip_port,
+                self.processes.state_file(name),
+                (self.radius_port, self.foreign_port),
+            )
             if role in ("fa", "ha"):
-                aaa = f"{AAAF}:{self.foreign_port}" if name in BEHIND_FOREIGN_AAA else f"{AAA}:{self.radius_port}"
-                args += ["--aaa", aaa, "--secret-file", str(files.secrets[name])]
-                args += ["--radius-timeout", "1", "--radius-retries", "2", "--coa-port", str(files.coa_port)]
+                args += ["--radius-retries", "2"]
             else:
-                args += ["--gateway-key-file", str(files.secrets[name]), "--home-agent", HA]
                 # Flow G within the demo's seconds: bindings of at most 6 s, a
                 # Binding Request to the HA when half of one is left.
                 args += ["--max-lifetime", str(GATEWAY_MAX_LIFETIME), "--refresh-threshold", "0.5"]
-            self._spawn(name, self._command(*args))
-        self._wait_ready()
-
-    def _foreign_config(self) -> Path:
-        """The foreign AAA's TOML file (docs/foreign-aaa.md): FA1 and FA2 are its
-        clients, realm home.example goes to the home AAA."""
-        path = self.files.directory / "foreign.toml"
-        clients = "".join(
-            f'[[clients]]\nname = "{name}"\naddress = "{AGENTS[name][1]}"\n'
-            f'secret_file = "{self.files.secrets[name]}"\n\n'
-            for name in BEHIND_FOREIGN_AAA
-        )
-        path.write_text(
-            f'listen = "{AAAF}"\nport = {self.foreign_port}\nworkers = 1\n\n'
-            "[upstream]\ntimeout = 1.0\nretries = 2\n\n"
-            f"{clients}"
-            '[[realms]]\nname = "home.example"\n[[realms.servers]]\nname = "home-aaa"\n'
-            f'address = "{AAA}"\nport = {self.radius_port}\nsecret_file = "{self.files.secrets["aaaf"]}"\n'
-        )
-        path.chmod(0o600)
-        return path
+            self.processes.spawn(name, self._command(*args))
+        self.processes.wait_ready(_START_TIMEOUT)
 
     def foreign_counters(self) -> dict[str, Any]:
         """Ask the foreign AAA for its counters (SIGUSR1) and read them from its log."""
@@ -582,66 +351,12 @@ class Topology:
                 events.append(record)
         return events
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT
-        waiting = set(self.processes)
-        while waiting:
-            for name in sorted(waiting):
-                entry = self.processes[name]
-                if entry.process.poll() is not None:
-                    raise DemoError(f"{name} exited with status {entry.process.returncode}:\n{_tail(entry.log)}")
-                if name in ("home-aaa", "foreign-aaa"):
-                    if "worker listening" in entry.log.read_text(errors="replace"):
-                        waiting.discard(name)
-                else:
-                    state = read_state(self.state_file(name))
-                    if state is not None and state.get("running"):
-                        waiting.discard(name)
-            if waiting and time.monotonic() > deadline:
-                raise DemoError(f"not ready after {_START_TIMEOUT:.0f} s: {', '.join(sorted(waiting))}")
-            if waiting:
-                time.sleep(0.05)
-
     def mn(self, step: _Step) -> dict[str, Any]:
         """Run ``aaa-vpn mn`` for ``step``; its JSON result."""
-        args = [
-            "--json",
-            "mn",
-            "--nai",
-            NAI,
-            "--home-address",
-            HOME_ADDRESS,
-            "--home-agent",
-            HA,
-            "--mn-ha-spi",
-            str(MN_HA_SPI),
-            "--mn-ha-key-file",
-            str(self.files.mn_ha_key),
-            "--mn-aaa-secret-file",
-            str(self.files.mn_aaa_secret),
-            "--mip-port",
-            str(self.mip_port),
-            "--source",
-            MN_SOURCE,
-            "--retransmit",
-            "1",
-            "--attempts",
-            "4",
-        ]
-        if step.deregister:
-            args += ["deregister", "--fa", step.fa]
-        else:
-            args += ["register", "--fa", step.fa]
-            if step.previous_fa:
-                args += ["--previous-fa", step.previous_fa]
-        result = subprocess.run(self._command(*args), capture_output=True, timeout=60, check=False)
-        try:
-            document: dict[str, Any] = json.loads(result.stdout)
-        except ValueError:
-            error = result.stderr.decode(errors="replace").strip()
-            return {"accepted": False, "code": None, "detail": error or "no output", "exit_status": result.returncode}
-        document["exit_status"] = result.returncode
-        return document
+        args = mn_args(
+            self.files, LOOPBACK, self.mip_port, MN_SOURCE, step.fa, step.previous_fa, deregister=step.deregister
+        )
+        return mn_result(subprocess.run(self._command(*args), capture_output=True, timeout=60, check=False))
 
     def operator(self, *args: str) -> dict[str, Any]:
         """Run ``aaa-vpn --json ARGS`` on the home AAA's database (the operator
@@ -690,54 +405,11 @@ class Topology:
         return {**result, "action": action, "session": session_id, "commands": [*commands, result]}
 
     def states(self) -> dict[str, dict[str, Any]]:
-        result = {}
-        for name in AGENTS:
-            state = read_state(self.state_file(name))
-            result[name] = state if state is not None else {}
-        return result
-
-    def pids(self) -> dict[str, int]:
-        return {name: entry.process.pid for name, entry in self.processes.items()}
+        return {name: self.processes.state(name) for name in AGENTS}
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM every process (agents first, the AAA servers last), wait, SIGKILL what remains."""
-        servers = [name for name in ("foreign-aaa", "home-aaa") if name in self.processes]
-        order = [name for name in self.processes if name not in servers] + servers
-        for name in order:
-            entry = self.processes.get(name)
-            if entry is not None and entry.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(entry.process.pid, signal.SIGTERM)
-        codes: dict[str, int | None] = {}
-        deadline = time.monotonic() + _STOP_GRACE
-        for name in order:
-            entry = self.processes.get(name)
-            if entry is None:
-                continue
-            try:
-                codes[name] = entry.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(entry.process.pid, signal.SIGKILL)
-                entry.process.wait()
-                codes[name] = None
-        return codes
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def read_state(path: Path) -> dict[str, Any] | None:
-    """An agent's state file, or None if it is not there (yet)."""
-    try:
-        document: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return document
+        return self.processes.stop(_STOP_GRACE)
 
 
 # -- checks --------------------------------------------------------------------------------------------
@@ -1097,22 +769,24 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
                 say(f"[demo] starting (Mobile IP port {topology.mip_port}):")
                 say(f"[demo]   {'home-aaa':<11} aaa-vpn serve home --listen {AAA} --port {topology.radius_port}")
                 say(f"[demo]   {'foreign-aaa':<11} aaa-vpn serve foreign (listen {AAAF}:{topology.foreign_port})")
-                for name, (role, address) in AGENTS.items():
+                for name, role in AGENTS.items():
+                    address = ADDRESSES[name]
                     server = "foreign-aaa" if name in BEHIND_FOREIGN_AAA else "home-aaa"
                     asks = f", asks {server}" if role in ("fa", "ha") else ""
                     say(f"[demo]   {name:<11} aaa-vpn agent {role} --address {address}{asks}")
                 topology.start()
-            except DemoError as exc:
+            except LabError as exc:
                 report["error"] = str(exc)
                 say(f"[demo] cannot start: {exc}")
                 return report
+            pids = topology.processes.pids()
             report["topology"] = {
                 "mip_port": topology.mip_port,
                 "home_aaa": f"{AAA}:{topology.radius_port}",
                 "mobile_node": {"nai": NAI, "home_address": HOME_ADDRESS, "source": MN_SOURCE},
-                "nodes": {name: {"address": NAMES_BY_NAME[name], "pid": pid} for name, pid in topology.pids().items()},
+                "nodes": {name: {"address": ADDRESSES[name], "pid": pid} for name, pid in pids.items()},
             }
-            say(f"[demo] all processes ready: {', '.join(f'{n} (pid {p})' for n, p in topology.pids().items())}")
+            say(f"[demo] all processes ready: {', '.join(f'{n} (pid {p})' for n, p in pids.items())}")
             seen: dict[str, int] = {}
             topology_states = topology.states()
             for name, state in topology_states.items():  # startup events are not part of step 1
@@ -1191,7 +865,7 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
                 report.setdefault("error", f"processes did not stop cleanly: {unclean}")
                 for name, code in unclean.items():
                     messages.append(
-                        f"[demo] {name} exited with {code}; its log:\n{_tail(topology.processes[name].log)}"
+                        f"[demo] {name} exited with {code}; its log:\n{log_tail(topology.processes.log(name))}"
                     )
             messages.append(f"[demo] stopped {len(codes)} processes")
         if options.keep:
@@ -1208,6 +882,4 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
     return report
 
 
-NAMES_BY_NAME = {"home-aaa": AAA, "foreign-aaa": AAAF, **{name: address for name, (_role, address) in AGENTS.items()}}
-
-__all__ = ["DemoError", "DemoOptions", "run_demo"]
+__all__ = ["DemoOptions", "run_demo"]

@@ -1,6 +1,7 @@
-"""The whole system in network namespaces, with real IPsec and real traffic
-(issue 5): the topology of ``aaa-vpn demo --netns``, of the end-to-end tests
-and of ``bench/handoff_outage.py``.
+"""The whole system in network namespaces, with real IPsec and real traffic:
+the topology (:mod:`aaa_vpn.lab.topology` on its :data:`BACKBONE`) of
+``aaa-vpn demo --netns``, of the end-to-end tests and of
+``bench/handoff_outage.py``.
 
 What :class:`Lab` builds (every name starts with its own prefix, default
 ``aae<pid>_``; nothing outside these namespaces is touched, and
@@ -29,7 +30,7 @@ What :class:`Lab` builds (every name starts with its own prefix, default
 Traffic: :meth:`Lab.send` runs a UDP sender in a correspondent's namespace
 (sequence-numbered datagrams at a fixed rate), :meth:`Lab.receive` a
 receiver in the mobile node's; both are this module run as a program
-(``python -m aaa_vpn.netlab send|receive``) and write JSON when stopped
+(``python -m aaa_vpn.lab.netns send|receive``) and write JSON when stopped
 (SIGTERM). :func:`losses` attributes every datagram that never arrived to the
 move during which it was sent.
 """
@@ -52,20 +53,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aaa_vpn.demo import NAI, Addresses, provision
+from aaa_vpn.lab.processes import Process, Processes, log_tail
+from aaa_vpn.lab.topology import (
+    AGENTS,
+    BACKBONE,
+    HOME_ADDRESS,
+    MN_HA_SPI,
+    NAI,
+    Files,
+    LabError,
+    agent_args,
+    home_aaa_args,
+    mn_args,
+    mn_result,
+    provision,
+    write_foreign_config,
+)
 from aaa_vpn.model import KeyMode
 
-BACKBONE = Addresses(
-    aaa="192.0.2.1",
-    ha="192.0.2.2",
-    aaaf="192.0.2.3",
-    fa1="192.0.2.11",
-    fa2="192.0.2.12",
-    fa3="192.0.2.13",
-    gw_static="192.0.2.21",
-    gw_dynamic="192.0.2.22",
-)
-HOME_ADDRESS = "198.51.100.10"
 CH1 = "203.0.113.10"  # behind the static gateway
 CH2 = "203.0.113.138"  # behind the dynamic gateway
 MIP_PORT = 434
@@ -73,39 +78,18 @@ RADIUS_PORT = 1812
 COA_PORT = 3799
 TRAFFIC_PORT = 9000
 
-#: Namespaces on the backbone: name -> (address, role or None for the AAA servers).
-BACKBONE_NODES: dict[str, tuple[str, str | None]] = {
-    "aaa": (BACKBONE.aaa, None),
-    "aaaf": (BACKBONE.aaaf, None),
-    "ha": (BACKBONE.ha, "ha"),
-    "fa1": (BACKBONE.fa1, "fa"),
-    "fa2": (BACKBONE.fa2, "fa"),
-    "fa3": (BACKBONE.fa3, "fa"),
-    "gw-static": (BACKBONE.gw_static, "gw"),
-    "gw-dynamic": (BACKBONE.gw_dynamic, "gw"),
-}
-AGENT_NAMES = tuple(name for name, (_a, role) in BACKBONE_NODES.items() if role)
+#: The namespaces on the backbone: namespace -> the element in it.
+BACKBONE_NAMESPACES = {"aaa": "home-aaa", "aaaf": "foreign-aaa", **{name: name for name in AGENTS}}
 FAS = ("fa1", "fa2", "fa3")
-BEHIND_FOREIGN_AAA = ("fa1", "fa2")
 BACKENDS = ("userspace", "strongswan")
 _SHORT = {"aaa": "aaa", "aaaf": "aaf", "ha": "ha", "fa1": "fa1", "fa2": "fa2", "fa3": "fa3"}
 _SHORT.update({"gw-static": "gws", "gw-dynamic": "gwd", "hub": "hub", "mn": "mn", "ch1": "ch1", "ch2": "ch2"})
-
-
-class LabError(Exception):
-    """The topology could not be built or a process did not come up."""
 
 
 def mn_link(fa: str) -> tuple[str, str]:
     """(the FA's address, the node's address) on the link between the node and ``fa``."""
     k = FAS.index(fa) + 1
     return f"10.0.{k}.1", f"10.0.{k}.2"
-
-
-@dataclass
-class _Proc:
-    process: subprocess.Popen[bytes]
-    log: Path
 
 
 @dataclass
@@ -118,14 +102,14 @@ class Lab:
     prefix: str = field(default_factory=lambda: f"aae{os.getpid() % 100000}_")
     python: str = sys.executable
     log_keys: bool = False  # strongswan: CHILD_SA keys in charon's log, for tshark (tests only)
-    processes: dict[str, _Proc] = field(default_factory=dict)
-    commands: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name -> (namespace, argv)
     charons: dict[str, Any] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
     attached: str | None = None
-    files: Any = None
+    processes: Processes = field(init=False)
+    files: Files = field(init=False)
 
     def __post_init__(self) -> None:
+        self.processes = Processes(self.directory)
         if self.backend not in BACKENDS:
             raise LabError(f"unknown backend {self.backend!r}: one of {', '.join(BACKENDS)}")
         if len(self.prefix) > 9:
@@ -177,7 +161,7 @@ class Lab:
         self._ip("link", "set", right, "name", b_name, ns=b)
 
     def _create(self) -> None:
-        names = ["hub", *BACKBONE_NODES, "mn", "ch1", "ch2"]
+        names = ["hub", *BACKBONE_NAMESPACES, "mn", "ch1", "ch2"]
         for name in names:
             self._ip("netns", "add", self.ns(name))
             self.namespaces.append(self.ns(name))
@@ -186,13 +170,13 @@ class Lab:
         self._ip("link", "add", "br0", "type", "bridge", ns="hub")
         self._ip("link", "set", "br0", "up", ns="hub")
         number = 0
-        for name, (address, role) in BACKBONE_NODES.items():
+        for name, element in BACKBONE_NAMESPACES.items():
             number += 1
             self._veth(name, "eth0", "hub", f"p{_SHORT[name]}", number)
             self._ip("link", "set", f"p{_SHORT[name]}", "master", "br0", "up", ns="hub")
-            self._ip("addr", "add", f"{address}/24", "dev", "eth0", ns=name)
+            self._ip("addr", "add", f"{BACKBONE.of(element)}/24", "dev", "eth0", ns=name)
             self._ip("link", "set", "eth0", "up", ns=name)
-            if role:
+            if element in AGENTS:
                 self._sysctl(name, "net.ipv4.ip_forward=1")
         for fa in FAS:
             number += 1
@@ -215,31 +199,17 @@ class Lab:
             self._ip("route", "add", "default", "via", gw_address, ns=host)
 
     # -- processes ----------------------------------------------------------------------------------------
-    def _spawn(self, name: str, netns: str, args: Sequence[str]) -> None:
-        self.commands[name] = (netns, list(args))
-        log = self.directory / f"{name}.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(netns), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.processes[name] = _Proc(process, log)
+    def _spawn(self, name: str, netns: str, args: Sequence[str]) -> Process:
+        return self.processes.spawn(name, ["ip", "netns", "exec", self.ns(netns), *args])
 
     def _aaa_vpn(self, *args: str) -> list[str]:
         return [self.python, "-m", "aaa_vpn.cli", *args]
 
     def state_file(self, name: str) -> Path:
-        return self.directory / f"{name}.state.json"
+        return self.processes.state_file(name)
 
     def state(self, name: str) -> dict[str, Any]:
-        try:
-            document: dict[str, Any] = json.loads(self.state_file(name).read_text())
-        except (OSError, ValueError):
-            return {}
-        return document
+        return self.processes.state(name)
 
     def start(self) -> None:
         """Provision, start every process, wait until all run."""
@@ -252,88 +222,37 @@ class Lab:
     def _start(self) -> None:
         key_mode = KeyMode.IKEV2 if self.backend == "strongswan" else KeyMode.MANUAL
         self.files = files = provision(self.directory, BACKBONE, key_mode=key_mode, coa_port=COA_PORT)
-        self._spawn(
-            "home-aaa",
-            "aaa",
-            self._aaa_vpn(
-                *("--db", str(files.db), "--key-file", str(files.key), "serve", "home"),
-                *("--listen", BACKBONE.aaa, "--port", str(RADIUS_PORT), "--workers", "1", "--log-format", "json"),
-            ),
-        )
-        foreign = self.directory / "foreign.toml"
-        foreign.write_text(
-            f'listen = "{BACKBONE.aaaf}"\nport = {RADIUS_PORT}\nworkers = 1\n\n'
-            "[upstream]\ntimeout = 1.0\nretries = 2\n\n"
-            + "".join(
-                f'[[clients]]\nname = "{n}"\naddress = "{BACKBONE_NODES[n][0]}"\nsecret_file = "{files.secrets[n]}"\n\n'
-                for n in BEHIND_FOREIGN_AAA
-            )
-            + f'[[realms]]\nname = "home.example"\n[[realms.servers]]\nname = "home-aaa"\naddress = "{BACKBONE.aaa}"\n'
-            f'port = {RADIUS_PORT}\nsecret_file = "{files.secrets["aaaf"]}"\n'
-        )
-        foreign.chmod(0o600)
+        self._spawn("home-aaa", "aaa", self._aaa_vpn(*home_aaa_args(files, BACKBONE.aaa, RADIUS_PORT)))
+        foreign = write_foreign_config(files, BACKBONE, RADIUS_PORT, RADIUS_PORT)
         self._spawn(
             "foreign-aaa", "aaaf", self._aaa_vpn("serve", "foreign", "--config", str(foreign), "--log-format", "json")
         )
         if self.backend == "strongswan":
             from aaa_vpn.sa.charon import Charon
 
-            for name in AGENT_NAMES:
+            for name in AGENTS:
                 charon = Charon(
                     self.directory / f"charon-{name}", netns=self.ns(name), log_keys=self.log_keys, install_routes=False
                 )
                 self.charons[name] = charon
                 charon.start()
-        for name in AGENT_NAMES:
-            address, role = BACKBONE_NODES[name]
-            assert role is not None
-            args = ["agent", role, "--name", name, "--address", address, "--mip-port", str(MIP_PORT)]
-            args += ["--state-file", str(self.state_file(name)), "--journal", str(self.directory / f"{name}.journal")]
-            args += ["--log-format", "json", "--backend", self.backend]
+        for name, role in AGENTS.items():
+            state_file = self.state_file(name)
+            args = agent_args(name, files, BACKBONE, MIP_PORT, state_file, (RADIUS_PORT, RADIUS_PORT))
+            args += ["--journal", str(self.directory / f"{name}.journal"), "--backend", self.backend]
             if self.backend == "strongswan":
                 args += ["--vici-socket", str(self.charons[name].vici_socket), "--route-into", "ipsec0"]
-            if role in ("fa", "ha"):
-                aaa = (
-                    f"{BACKBONE.aaaf}:{RADIUS_PORT}" if name in BEHIND_FOREIGN_AAA else f"{BACKBONE.aaa}:{RADIUS_PORT}"
-                )
-                args += ["--aaa", aaa, "--secret-file", str(files.secrets[name]), "--coa-port", str(COA_PORT)]
-                args += ["--radius-timeout", "1"]
             if role == "fa":
                 args += ["--data-path", "--forwarding-lifetime", str(self.forwarding_lifetime)]
-            if role == "gw":
-                args += ["--gateway-key-file", str(files.secrets[name]), "--home-agent", BACKBONE.ha]
             self._spawn(name, name, self._aaa_vpn(*args))
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = set(self.processes)
-        while waiting:
-            for name in sorted(waiting):
-                entry = self.processes[name]
-                if entry.process.poll() is not None:
-                    raise LabError(f"{name} exited ({entry.process.returncode}): {_tail(entry.log)}")
-                if name in ("home-aaa", "foreign-aaa"):
-                    ready = "worker listening" in entry.log.read_text(errors="replace")
-                else:
-                    ready = bool(self.state(name).get("running"))
-                if ready:
-                    waiting.discard(name)
-            if waiting and time.monotonic() > deadline:
-                raise LabError(f"not ready after {timeout:.0f} s: {', '.join(sorted(waiting))}")
-            time.sleep(0.05)
+        self.processes.wait_ready(30.0)
 
     def restart_agent(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
         """Stop agent ``name`` (SIGTERM, by its PID; its charon keeps running),
         start it again with the same command, wait until it runs; its
         ``recovered`` event (docs/agents.md, "Restart")."""
-        entry = self.processes.pop(name)
-        entry.process.send_signal(signal.SIGTERM)
-        if entry.process.wait(10) != 0:
-            raise LabError(f"{name} did not stop cleanly: {_tail(entry.log)}")
         started = time.time()
-        netns, args = self.commands[name]
-        self._spawn(name, netns, args)
+        self.processes.restart(name)
         deadline = time.monotonic() + timeout
         while True:
             state = self.state(name)
@@ -342,7 +261,7 @@ class Lab:
                 if notes:
                     return notes[-1]
             if self.processes[name].process.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"{name} did not come back: {_tail(self.processes[name].log)}")
+                raise LabError(f"{name} did not come back: {log_tail(self.processes[name].log, 8, ' | ')}")
             time.sleep(0.05)
 
     # -- the mobile node --------------------------------------------------------------------------------
@@ -357,32 +276,19 @@ class Lab:
 
     def mn(self, fa: str, previous: str | None = None, deregister: bool = False) -> dict[str, Any]:
         """``aaa-vpn mn register|deregister`` from the node, over its link to ``fa``; the JSON result."""
-        files = self.files
         _, source = mn_link(fa)
-        args = self._aaa_vpn(
-            *("--json", "mn", "--nai", NAI, "--home-address", HOME_ADDRESS, "--home-agent", BACKBONE.ha),
-            *("--mn-ha-spi", "256", "--mn-ha-key-file", str(files.mn_ha_key)),
-            *("--mn-aaa-secret-file", str(files.mn_aaa_secret), "--mip-port", str(MIP_PORT), "--source", source),
-            *("--retransmit", "1", "--attempts", "4"),
-            *(("deregister",) if deregister else ("register",)),
-            *("--fa", BACKBONE_NODES[fa][0]),
-            *(("--previous-fa", BACKBONE_NODES[previous][0]) if previous and not deregister else ()),
-        )
-        result = self.run("mn", *args, check=False, timeout=60)
-        try:
-            document: dict[str, Any] = json.loads(result.stdout)
-        except ValueError:
-            return {"accepted": False, "code": None, "detail": result.stderr.strip() or "no output"}
-        return document
+        previous_fa = BACKBONE.of(previous) if previous else None
+        args = mn_args(self.files, BACKBONE, MIP_PORT, source, BACKBONE.of(fa), previous_fa, deregister)
+        return mn_result(self.run("mn", *self._aaa_vpn(*args), check=False, timeout=60))
 
     def start_driver(self, lifetime: int = 600) -> None:
-        """A long-running mobile node in its namespace (``python -m aaa_vpn.netlab
+        """A long-running mobile node in its namespace (``python -m aaa_vpn.lab.netns
         mn-driver``): a move is then the link switch and one registration, not
         an interpreter's start-up. Its registrations ask for ``lifetime``."""
         files = self.files
         process = subprocess.Popen(
             [
-                *("ip", "netns", "exec", self.ns("mn"), self.python, "-m", "aaa_vpn.netlab", "mn-driver"),
+                *("ip", "netns", "exec", self.ns("mn"), self.python, "-m", "aaa_vpn.lab.netns", "mn-driver"),
                 *("--mn-ha-key-file", str(files.mn_ha_key), "--mn-aaa-secret-file", str(files.mn_aaa_secret)),
                 *("--lifetime", str(lifetime)),
             ],
@@ -391,7 +297,7 @@ class Lab:
             stderr=(self.directory / "mn-driver.log").open("ab"),
             start_new_session=True,  # a terminal's Ctrl-C reaches the lab, which stops it
         )
-        self.processes["mn-driver"] = _Proc(process, self.directory / "mn-driver.log")
+        self.processes.add("mn-driver", process, self.directory / "mn-driver.log")
         if self._driver("hello") != {"ready": True}:
             raise LabError("the mobile node driver did not start")
 
@@ -402,7 +308,7 @@ class Lab:
         process.stdin.flush()
         line = process.stdout.readline()
         if not line:
-            raise LabError(f"the mobile node driver exited: {_tail(self.directory / 'mn-driver.log')}")
+            raise LabError(f"the mobile node driver exited: {log_tail(self.directory / 'mn-driver.log', 8, ' | ')}")
         document: dict[str, Any] = json.loads(line)
         return document
 
@@ -425,11 +331,14 @@ class Lab:
             self.attached = fa
         return result
 
+    def reaches(self, to: str) -> bool:
+        """Whether the node, from its home address, gets an answer to a ping of ``to``."""
+        ping = ("ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-I", HOME_ADDRESS, to)
+        return self.run("mn", *ping, check=False).returncode == 0
+
     def tables(self) -> dict[str, list[tuple[str, str]]]:
         """Every agent's SA table as (role, peer), sorted."""
-        return {
-            name: sorted((sa["role"], sa["peer"]) for sa in self.state(name).get("sas", [])) for name in AGENT_NAMES
-        }
+        return {name: sorted((sa["role"], sa["peer"]) for sa in self.state(name).get("sas", [])) for name in AGENTS}
 
     def wait_for(self, expected: dict[str, list[tuple[str, str]]], timeout: float = 5.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -443,14 +352,14 @@ class Lab:
     def send(self, host: str, to: str, rate: float, size: int = 200, port: int = TRAFFIC_PORT) -> str:
         """Start a UDP sender in ``host``'s namespace (``ch1``, ``ch2`` or ``mn``); its name."""
         name = f"send-{host}-{port}"
-        program = [self.python, "-m", "aaa_vpn.netlab", "send", "--to", to, "--rate", str(rate), "--size", str(size)]
+        program = [self.python, "-m", "aaa_vpn.lab.netns", "send", "--to", to, "--rate", str(rate), "--size", str(size)]
         self._spawn(name, host, [*program, "--port", str(port), "--out", str(self.directory / f"{name}.json")])
         return name
 
     def receive(self, host: str, port: int = TRAFFIC_PORT) -> str:
         """Start a UDP receiver on ``port`` in ``host``'s namespace; its name."""
         name = f"receive-{host}-{port}"
-        program = [self.python, "-m", "aaa_vpn.netlab", "receive", "--port", str(port)]
+        program = [self.python, "-m", "aaa_vpn.lab.netns", "receive", "--port", str(port)]
         self._spawn(name, host, [*program, "--out", str(self.directory / f"{name}.json")])
         return name
 
@@ -466,9 +375,8 @@ class Lab:
         from aaa_vpn.service.journal import decode_journal
 
         views: list[Any] = []
-        for name in AGENT_NAMES:
-            address, role = BACKBONE_NODES[name]
-            assert role is not None
+        for name, role in AGENTS.items():
+            address = BACKBONE.of(name)
             path = self.directory / f"{name}.journal"
             if not path.exists():
                 continue
@@ -530,7 +438,7 @@ class Lab:
             process.kill()
             process.wait()
             raise LabError(f"tcpdump did not start: {line!r}")
-        self.processes[f"capture-{name}"] = _Proc(process, path)
+        self.processes.add(f"capture-{name}", process, path)
         return path
 
     def stop_capture(self, name: str = "backbone") -> Path:
@@ -541,18 +449,9 @@ class Lab:
 
     # -- the end -----------------------------------------------------------------------------------------
     def stop(self) -> dict[str, int | None]:
-        """Stop every process by its PID (SIGTERM, SIGKILL after 10 s); their exit statuses."""
-        codes: dict[str, int | None] = {}
-        for entry in self.processes.values():
-            if entry.process.poll() is None:
-                entry.process.send_signal(signal.SIGTERM)
-        for name, entry in self.processes.items():
-            try:
-                codes[name] = entry.process.wait(10)
-            except subprocess.TimeoutExpired:
-                entry.process.kill()
-                codes[name] = entry.process.wait()
-        self.processes.clear()
+        """Stop every process by its PID (SIGTERM, SIGKILL after 10 s), then the
+        charons; the processes' exit statuses (``None``: killed)."""
+        codes = self.processes.stop(10.0)
         for charon in self.charons.values():
             charon.stop()
         self.charons.clear()
@@ -580,13 +479,6 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 _HEX_DUMP = re.compile(r"^\d+: ((?:[0-9A-F]{2} )*[0-9A-F]{2})(?:  |$)")
@@ -656,7 +548,7 @@ def losses(sent: dict[str, Any], received: dict[str, Any], windows: dict[str, tu
     return counts
 
 
-# -- the traffic programs (python -m aaa_vpn.netlab send|receive) ------------------------------------------
+# -- the traffic programs (python -m aaa_vpn.lab.netns send|receive) ------------------------------------------
 
 _HEADER = struct.Struct("!Id")
 
@@ -731,7 +623,7 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
         NAI,
         IPv4Address(HOME_ADDRESS),
         IPv4Address(BACKBONE.ha),
-        256,
+        MN_HA_SPI,
         Secret(mn_ha_key_file.read_bytes()),
         Secret(mn_aaa_secret_file.read_bytes()),
         lifetime=lifetime,
@@ -764,9 +656,9 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
             previous = words[2] if len(words) > 2 and words[2] != "-" else None
             outcome = run_mobile_node(
                 config,
-                (BACKBONE_NODES[fa][0], MIP_PORT),
+                (BACKBONE.of(fa), MIP_PORT),
                 deregister=words[0] == "deregister",
-                previous_fa=IPv4Address(BACKBONE_NODES[previous][0]) if previous else None,
+                previous_fa=IPv4Address(BACKBONE.of(previous)) if previous else None,
                 source=source,
             )
             answer = {**outcome.to_json(), "link_switched": switched}
@@ -780,7 +672,7 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aaa_vpn.netlab", description="traffic for the netns lab")
+    parser = argparse.ArgumentParser(prog="python -m aaa_vpn.lab.netns", description="traffic for the netns lab")
     commands = parser.add_subparsers(dest="command", required=True)
     send = commands.add_parser("send")
     send.add_argument("--to", required=True)
@@ -805,13 +697,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-__all__ = ["BACKBONE", "Lab", "LabError", "losses", "mn_link"]
-
-
 # -- aaa-vpn demo --netns ---------------------------------------------------------------------------------------
 
 _DEMO_STEPS = (
@@ -822,10 +707,10 @@ _DEMO_STEPS = (
 )
 
 
-def _expected_tables(fa: str, previous: str | None, smooth: bool) -> dict[str, list[tuple[str, str]]]:
+def expected_tables(fa: str, previous: str | None = None, smooth: bool = True) -> dict[str, list[tuple[str, str]]]:
     """The SA tables after a registration at ``fa`` (coming from ``previous``):
     with smooth handoff both FAs also hold the forwarding path between them."""
-    address = BACKBONE_NODES[fa][0]
+    address = BACKBONE.of(fa)
     expected = {
         "ha": [("FA_HA", address), ("HA_GW", BACKBONE.gw_static)],
         fa: [("FA_GW", BACKBONE.gw_dynamic), ("FA_HA", BACKBONE.ha)],
@@ -833,7 +718,7 @@ def _expected_tables(fa: str, previous: str | None, smooth: bool) -> dict[str, l
         "gw-dynamic": [("FA_GW", address)],
     }
     if previous is not None and smooth:
-        expected[fa].append(("FA_FA", BACKBONE_NODES[previous][0]))
+        expected[fa].append(("FA_FA", BACKBONE.of(previous)))
         expected[previous] = [("FA_FA", address)]
     return expected
 
@@ -876,28 +761,22 @@ def run_netns_demo(
             if not senders:
                 senders = {h: lab.send(h, HOME_ADDRESS, rate, port=p) for h, p in streams.items()}
             windows[f"{number}:{fa}"] = (result.get("link_switched", 0.0) - 0.05, result.get("finished", 0.0) + 0.5)
-            expected = _expected_tables(fa, previous, smooth)
+            expected = expected_tables(fa, previous, smooth)
             tables = lab.wait_for(expected)
             time.sleep(1.0)
-            reached = {
-                host: lab.run(
-                    "mn", "ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-I", HOME_ADDRESS, to, check=False
-                ).returncode
-                == 0
-                for host, to in (("ch1", CH1), ("ch2", CH2))
-            }
+            reached = {host: lab.reaches(to) for host, to in (("ch1", CH1), ("ch2", CH2))}
             step = {
                 "title": title,
                 "fa": fa,
                 "code": result.get("code"),
                 "registration_ms": round(1000 * float(result.get("seconds", 0.0)), 1),
-                "tables": {n: tables[n] for n in AGENT_NAMES},
+                "tables": {n: tables[n] for n in AGENTS},
                 "tables_ok": all(tables[n] == sorted(t) for n, t in expected.items()),
                 "reached": reached,
             }
             report["steps"].append(step)
             say(f"  reply code {step['code']} after {step['registration_ms']} ms")
-            for name in AGENT_NAMES:
+            for name in AGENTS:
                 say(f"  {name:<10} " + (", ".join(f"{r} -> {p}" for r, p in tables[name]) or "(no SAs)"))
             say(f"  the node reaches ch1: {reached['ch1']}, ch2: {reached['ch2']}")
         totals: dict[str, dict[str, Any]] = {}
@@ -933,3 +812,10 @@ def run_netns_demo(
     report["seconds"] = round(time.monotonic() - started, 1)
     say(f"\n{'every step succeeded' if report['ok'] else 'FAILED'} ({report['seconds']} s); namespaces removed")
     return report
+
+
+__all__ = ["BACKBONE", "Lab", "LabError", "expected_tables", "losses", "mn_link", "run_netns_demo"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
