@@ -2,10 +2,15 @@
 
 One :class:`AgentSettings` describes one agent process: its role, its address,
 the Mobile IP port, its AAA servers (FA and HA) or its gateway key (GW), the
-state file and logging. :func:`load_agent_settings` reads the TOML file and
-lets command-line values win over it; :func:`role_config` turns the settings
-into the sans-IO role's own configuration (:class:`~aaa_vpn.roles.fa.FaConfig`,
-:class:`~aaa_vpn.roles.ha.HaConfig`, :class:`~aaa_vpn.roles.gw.GwConfig`).
+state file and logging. Each of its fields declares, once, its default, its
+command-line option, its TOML key, the roles that have it, its rule and its
+parser (:mod:`aaa_vpn.service.settings`); from these :func:`agent_options`
+gives the command line its options, :func:`settings_from_options` and
+:func:`load_agent_settings` read the TOML file and let command-line values win
+over it, and :func:`role_config` turns the settings into the sans-IO role's own
+configuration (:class:`~aaa_vpn.roles.fa.FaConfig`,
+:class:`~aaa_vpn.roles.ha.HaConfig`, :class:`~aaa_vpn.roles.gw.GwConfig`) by
+field name.
 
 Rules (the format is in docs/agents.md):
 
@@ -24,20 +29,24 @@ Rules (the format is in docs/agents.md):
 
 from __future__ import annotations
 
+import functools
 import stat
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aaa_vpn.model import ValidationError
-from aaa_vpn.roles.fa import FaConfig
-from aaa_vpn.roles.gw import GwConfig
-from aaa_vpn.roles.ha import HaConfig
-from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.config import LOG_FORMATS, LOG_LEVELS, read_toml
+from aaa_vpn.service.config import log_format_setting, log_level_setting, read_toml
+from aaa_vpn.service.settings import Bounds, Choices, Declared, Setting, TomlReader, check_declared, declared, setting
+
+if TYPE_CHECKING:  # the roles pull in the Mobile IP and RADIUS codecs, which the command line loads only to run
+    from aaa_vpn.roles.fa import FaConfig
+    from aaa_vpn.roles.gw import GwConfig
+    from aaa_vpn.roles.ha import HaConfig
+    from aaa_vpn.roles.radius_client import ServerConfig
 
 ROLES = ("fa", "ha", "gw")
 #: Where an agent's SAs go (docs/sa-backends.md).
@@ -50,213 +59,17 @@ MIN_SECRET = 8
 #: Shortest gateway key accepted (the provisioned keys are 32 random octets).
 MIN_GATEWAY_KEY = 16
 
-_Schema = dict[str, type | tuple[type, ...]]
-_COMMON: _Schema = {
+_RADIUS_ROLES = ("fa", "ha")
+_SERVER: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "address": str,
-    "mip_port": int,
-    "max_lifetime": int,
-    "state_file": str,
-    "journal": str,
-    "backend": str,
-    "vici_socket": str,
-    "ike_timeout": (int, float),
-    "xfrm_table": str,
-    "tun_name": str,
-    "route_into": str,
-    "data_path": bool,
-    "log_level": str,
-    "log_format": str,
+    "port": int,
+    "secret": str,
+    "secret_file": str,
 }
-_RADIUS: _Schema = {"radius_timeout": (int, float), "radius_retries": int, "aaa": list, "coa_port": int}
-_KEYS: dict[str, _Schema] = {
-    "fa": {
-        **_COMMON,
-        **_RADIUS,
-        "ha_timeout": (int, float),
-        "challenge_lifetime": (int, float),
-        "forwarding_lifetime": int,
-    },
-    "ha": {**_COMMON, **_RADIUS, "gateway_timeout": (int, float), "replay_tolerance": (int, float)},
-    "gw": {
-        **_COMMON,
-        "gateway_key_file": str,
-        "home_agents": list,
-        "replay_tolerance": (int, float),
-        "refresh_threshold": (int, float),
-        "refresh_retries": int,
-    },
-}
-_SERVER: _Schema = {"name": str, "address": str, "port": int, "secret": str, "secret_file": str}
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    """Everything one agent process needs."""
-
-    role: str
-    """``fa``, ``ha`` or ``gw``."""
-    address: IPv4Address
-    """Its own address: the Mobile IP socket binds here (and the RADIUS client
-    socket, on an ephemeral port: the home AAA tells clients apart by it)."""
-    name: str = ""
-    """For logs and the state file; default: the role."""
-    mip_port: int = MIP_PORT
-    """The Mobile IP UDP port, the same on every agent of a deployment."""
-    aaa_servers: tuple[ServerConfig, ...] = ()
-    """FA and HA: their AAA servers, in order of preference (failover)."""
-    gateway_key: Secret | None = field(default=None, repr=False)
-    """GW: the key provisioned for this gateway."""
-    home_agents: frozenset[IPv4Address] = frozenset()
-    """GW: the home agents whose Binding Updates it accepts (empty: any that authenticates)."""
-    max_lifetime: int = 1800
-    ha_timeout: float = 5.0
-    challenge_lifetime: float = 30.0
-    forwarding_lifetime: int = 10
-    """FA: how long the previous FA is asked to forward after a move (smooth
-    handoff, flow E); 0: no smooth handoff."""
-    gateway_timeout: float = 3.0
-    replay_tolerance: float = 7.0
-    radius_timeout: float = 2.0
-    radius_retries: int = 2
-    coa_port: int = COA_PORT
-    """FA and HA: the UDP port of Disconnect-/CoA-Requests from their AAA servers
-    (RFC 5176; 0: none)."""
-    refresh_threshold: float = 0.2
-    """GW: send the HA a Binding Request when a binding's remaining lifetime
-    falls to this fraction of the lifetime granted (0 < x < 1)."""
-    refresh_retries: int = 3
-    """GW: Binding Requests repeated after the first before the binding expires."""
-    state_file: Path | None = None
-    """Where the agent keeps its SA table and visitors/bindings as JSON (docs/agents.md)."""
-    journal: Path | None = None
-    """Where the agent keeps its live state, sealed, to carry on after a restart
-    with the SAs its backend still holds (docs/agents.md, "Restart")."""
-    backend: str = "memory"
-    """Where its SAs go: ``memory``, ``strongswan`` (a charon over VICI) or
-    ``xfrm`` (the kernel) -- docs/sa-backends.md."""
-    vici_socket: Path | None = None
-    """strongswan: the VICI socket of this node's charon."""
-    ike_timeout: float = 2.0
-    """strongswan: seconds an IKE exchange may take (below the FA's ``ha_timeout``)."""
-    route_into: str | None = None
-    """strongswan: lead each path's traffic into this TUN device (kernel-libipsec's
-    ``ipsec0``) by policy routing, for a charon that installs no routes itself."""
-    xfrm_table: Path | None = None
-    """xfrm: the side table that keeps the SAs' owners across restarts."""
-    tun_name: str = "aavpn0"
-    """userspace: the TUN device of the node's ESP data plane."""
-    data_path: bool = False
-    """FA: route each visitor's home address to the link its registration came
-    from (the Mobile IP data path; off where agents share a host, e.g. tests on
-    loopback)."""
-    log_level: str = "info"
-    log_format: str = "text"
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValidationError(f"unknown agent role {self.role!r}: one of {', '.join(ROLES)}")
-        if not isinstance(self.address, IPv4Address) or self.address.is_unspecified:
-            raise ValidationError(f"the agent needs its own IPv4 address, not {self.address}")
-        if not 1 <= self.mip_port <= 65535:
-            raise ValidationError(f"invalid Mobile IP port {self.mip_port}: expected 1..65535")
-        if self.role in ("fa", "ha") and not self.aaa_servers:
-            raise ValidationError(f"the {self.role.upper()} needs at least one AAA server (--aaa HOST:PORT)")
-        if self.role == "gw" and (self.gateway_key is None or not self.gateway_key):
-            raise ValidationError("the gateway needs its provisioned key (--gateway-key-file)")
-        if self.role == "gw" and self.gateway_key is not None and len(self.gateway_key) < MIN_GATEWAY_KEY:
-            raise ValidationError(
-                f"the gateway key has {len(self.gateway_key)} octets; at least {MIN_GATEWAY_KEY} are required"
-            )
-        if not 1 <= self.max_lifetime <= 0xFFFE:
-            raise ValidationError(f"invalid maximum lifetime {self.max_lifetime}: 1..65534 seconds")
-        for what, value in (
-            ("HA timeout", self.ha_timeout),
-            ("challenge lifetime", self.challenge_lifetime),
-            ("gateway timeout", self.gateway_timeout),
-            ("replay tolerance", self.replay_tolerance),
-            ("RADIUS timeout", self.radius_timeout),
-        ):
-            if not value > 0:
-                raise ValidationError(f"invalid {what} {value}: must be > 0")
-        if not 0 <= self.coa_port <= 65535:
-            raise ValidationError(f"invalid CoA port {self.coa_port}: expected 1..65535, or 0 for none")
-        if self.radius_retries < 0:
-            raise ValidationError(f"invalid RADIUS retries {self.radius_retries}: must be >= 0")
-        if not 0 < self.refresh_threshold < 1:
-            raise ValidationError(
-                f"invalid refresh threshold {self.refresh_threshold}: a fraction of the lifetime, 0 < x < 1"
-            )
-        if not 0 <= self.refresh_retries <= 100:
-            raise ValidationError(f"invalid refresh retries {self.refresh_retries}: 0..100")
-        if self.backend not in BACKENDS:
-            raise ValidationError(f"unknown SA backend {self.backend!r}: one of {', '.join(BACKENDS)}")
-        if self.backend == "strongswan" and self.vici_socket is None:
-            raise ValidationError("the strongswan backend needs charon's VICI socket (--vici-socket, vici_socket)")
-        if not 0 <= self.forwarding_lifetime <= 0xFFFF:
-            raise ValidationError(f"invalid forwarding lifetime {self.forwarding_lifetime}: 0..65535 seconds")
-        if not 0 < self.ike_timeout <= 60:
-            raise ValidationError(f"invalid IKE timeout {self.ike_timeout}: 0 < x <= 60 seconds")
-        if self.log_level not in LOG_LEVELS:
-            raise ValidationError(f"invalid log level {self.log_level!r}: one of {', '.join(LOG_LEVELS)}")
-        if self.log_format not in LOG_FORMATS:
-            raise ValidationError(f"invalid log format {self.log_format!r}: one of {', '.join(LOG_FORMATS)}")
-
-    @property
-    def node(self) -> str:
-        """The node's name in logs and the state file."""
-        return self.name or self.role
-
-    @property
-    def credential(self) -> Secret:
-        """The node's own secret, which seals its journal: a gateway's key,
-        an FA's or HA's shared secret with its first AAA server."""
-        if self.role == "gw":
-            assert self.gateway_key is not None  # checked in __post_init__
-            return self.gateway_key
-        if not self.aaa_servers:
-            raise ValidationError("an FA or HA needs an AAA server")
-        return self.aaa_servers[0].secret
-
-
-def role_config(settings: AgentSettings) -> FaConfig | HaConfig | GwConfig:
-    """The sans-IO role's configuration."""
-    if settings.role == "fa":
-        return FaConfig(
-            address=settings.address,
-            aaa_servers=settings.aaa_servers,
-            mip_port=settings.mip_port,
-            max_lifetime=settings.max_lifetime,
-            challenge_lifetime=settings.challenge_lifetime,
-            ha_timeout=settings.ha_timeout,
-            radius_timeout=settings.radius_timeout,
-            radius_retries=settings.radius_retries,
-            forwarding_lifetime=settings.forwarding_lifetime,
-        )
-    if settings.role == "ha":
-        return HaConfig(
-            address=settings.address,
-            aaa_servers=settings.aaa_servers,
-            mip_port=settings.mip_port,
-            max_lifetime=settings.max_lifetime,
-            gateway_timeout=settings.gateway_timeout,
-            replay_tolerance=settings.replay_tolerance,
-            radius_timeout=settings.radius_timeout,
-            radius_retries=settings.radius_retries,
-        )
-    assert settings.gateway_key is not None  # checked by AgentSettings
-    return GwConfig(
-        address=settings.address,
-        gateway_key=settings.gateway_key,
-        home_agents=settings.home_agents,
-        max_lifetime=settings.max_lifetime,
-        replay_tolerance=settings.replay_tolerance,
-        refresh_threshold=settings.refresh_threshold,
-        refresh_retries=settings.refresh_retries,
-    )
-
-
-# -- reading values -------------------------------------------------------------------------------
+# -- written values -------------------------------------------------------------------------------
 
 
 def parse_ipv4(what: str, value: str) -> IPv4Address:
@@ -319,38 +132,312 @@ def read_secret_file(path: Path, what: str, minimum: int = 1) -> Secret:
     return Secret(data)
 
 
-def _type(value: object) -> str:
-    return {dict: "table", list: "array", str: "string", bool: "boolean", int: "integer", float: "float"}.get(
-        type(value), type(value).__name__
+# -- the settings ----------------------------------------------------------------------------------
+
+
+def _positive(what: str) -> Bounds:
+    return Bounds(what, low=0, low_open=True, rule="must be > 0")
+
+
+def _secret_file(minimum: int, where: str, path: Path) -> Secret:
+    return read_secret_file(path, where, minimum)
+
+
+def _servers_from_file(reader: TomlReader, key: str, items: Sequence[Any]) -> tuple[ServerConfig, ...]:
+    assert isinstance(reader, _Reader)
+    return _servers(reader, items, reader.secret_override)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Everything one agent process needs.
+
+    Each field is declared once, here: its default, its ``--option`` of
+    ``aaa-vpn agent fa|ha|gw``, its key in the agent's TOML file, which roles
+    have it, its rule and how a written value becomes the field's
+    (:mod:`aaa_vpn.service.settings`). The command line, the TOML reader, the
+    checks below and :func:`role_config` all come from these declarations."""
+
+    role: str
+    """``fa``, ``ha`` or ``gw``."""
+    address: IPv4Address = setting(
+        help="The agent's own IPv4 address (required).", flag="--address", metavar="ADDR", parse=parse_ipv4
     )
+    """Its own address: the Mobile IP socket binds here (and the RADIUS client
+    socket, on an ephemeral port: the home AAA tells clients apart by it)."""
+    name: str = setting("", help="Its name in logs and the state file.", flag="--name", metavar="NAME")
+    """For logs and the state file; default: the role."""
+    mip_port: int = setting(
+        MIP_PORT,
+        help="The Mobile IP UDP port, the same on every agent.",
+        flag="--mip-port",
+        check=Bounds("Mobile IP port", 1, 65535, rule="expected 1..65535"),
+    )
+    aaa_servers: tuple[ServerConfig, ...] = setting(
+        (),
+        help=f"An AAA server, HOST or HOST:PORT (port {RADIUS_PORT} if none); repeat for failover, in order.",
+        flag="--aaa",
+        metavar="HOST[:PORT]",
+        toml="aaa",
+        multiple=True,
+        roles=_RADIUS_ROLES,
+        parse=functools.partial(parse_endpoint, default_port=RADIUS_PORT),
+        from_file=_servers_from_file,
+    )
+    """FA and HA: their AAA servers, in order of preference (failover). The
+    command line gives their endpoints (``--aaa``) and their secret
+    (``--secret-file``, :data:`SECRET_FILE`); the file gives ``[[aaa]]`` tables."""
+    radius_timeout: float = setting(
+        2.0,
+        help="Seconds before a RADIUS retransmission.",
+        flag="--radius-timeout",
+        roles=_RADIUS_ROLES,
+        check=_positive("RADIUS timeout"),
+    )
+    radius_retries: int = setting(
+        2,
+        help="Retransmissions per AAA server.",
+        flag="--radius-retries",
+        roles=_RADIUS_ROLES,
+        check=Bounds("RADIUS retries", low=0, rule="must be >= 0"),
+    )
+    coa_port: int = setting(
+        COA_PORT,
+        help="UDP port for Disconnect/CoA-Requests from the AAA servers (RFC 5176; 0: none).",
+        flag="--coa-port",
+        roles=_RADIUS_ROLES,
+        check=Bounds("CoA port", 0, 65535, rule="expected 1..65535, or 0 for none"),
+    )
+    """FA and HA: the UDP port of Disconnect-/CoA-Requests from their AAA servers
+    (RFC 5176; 0: none)."""
+    ha_timeout: float = setting(
+        5.0,
+        help="Seconds to wait for the home agent before answering 78.",
+        flag="--ha-timeout",
+        roles=("fa",),
+        check=_positive("HA timeout"),
+    )
+    challenge_lifetime: float = setting(
+        30.0,
+        help="Seconds an MN-FA challenge may be answered.",
+        roles=("fa",),
+        check=_positive("challenge lifetime"),
+    )
+    forwarding_lifetime: int = setting(
+        10,
+        help="Smooth handoff: seconds the previous FA forwards after a move; 0: none.",
+        flag="--forwarding-lifetime",
+        metavar="S",
+        roles=("fa",),
+        check=Bounds("forwarding lifetime", 0, 0xFFFF, rule="0..65535 seconds"),
+    )
+    """FA: how long the previous FA is asked to forward after a move (smooth
+    handoff, flow E); 0: no smooth handoff."""
+    gateway_timeout: float = setting(
+        3.0,
+        help="Seconds to wait for a gateway's Binding Acknowledge.",
+        flag="--gateway-timeout",
+        roles=("ha",),
+        check=_positive("gateway timeout"),
+    )
+    replay_tolerance: float = setting(
+        7.0,
+        help="Seconds of timestamp tolerance (RFC 5944 section 5.7).",
+        roles=("ha", "gw"),
+        check=_positive("replay tolerance"),
+    )
+    gateway_key: Secret | None = setting(
+        None,
+        secret=True,
+        help="The key provisioned for this gateway (mode 0600; the file given to 'gateway add').",
+        flag="--gateway-key-file",
+        toml="gateway_key_file",
+        kind=Path,
+        roles=("gw",),
+        parse=functools.partial(_secret_file, MIN_GATEWAY_KEY),
+    )
+    home_agents: frozenset[IPv4Address] = setting(
+        frozenset(),
+        help="Accept Binding Updates only from this home agent (repeatable).",
+        flag="--home-agent",
+        metavar="ADDR",
+        multiple=True,
+        roles=("gw",),
+        parse=parse_ipv4,
+        collect=frozenset,
+        shown_default="any",
+    )
+    """GW: the home agents whose Binding Updates it accepts (empty: any that authenticates)."""
+    refresh_threshold: float = setting(
+        0.2,
+        help="Ask the HA for a refresh when this much of a binding's lifetime is left.",
+        flag="--refresh-threshold",
+        metavar="FRACTION",
+        roles=("gw",),
+        check=Bounds(
+            "refresh threshold", 0, 1, low_open=True, high_open=True, rule="a fraction of the lifetime, 0 < x < 1"
+        ),
+    )
+    """GW: send the HA a Binding Request when a binding's remaining lifetime
+    falls to this fraction of the lifetime granted (0 < x < 1)."""
+    refresh_retries: int = setting(
+        3,
+        help="Binding Requests repeated after the first before a binding expires.",
+        flag="--refresh-retries",
+        metavar="N",
+        roles=("gw",),
+        check=Bounds("refresh retries", 0, 100, rule="0..100"),
+    )
+    max_lifetime: int = setting(
+        1800,
+        help="Longest lifetime granted.",
+        flag="--max-lifetime",
+        check=Bounds("maximum lifetime", 1, 0xFFFE, rule="1..65534 seconds"),
+    )
+    state_file: Path | None = setting(
+        None,
+        help="Keep the SA table, visitors/bindings and recent events here as JSON (docs/agents.md).",
+        flag="--state-file",
+        kind=Path,
+    )
+    journal: Path | None = setting(
+        None,
+        help="Keep the live state here, sealed, and carry on from it after a restart (docs/agents.md, Restart).",
+        flag="--journal",
+        kind=Path,
+    )
+    """Where the agent keeps its live state, sealed, to carry on after a restart
+    with the SAs its backend still holds (docs/agents.md, "Restart")."""
+    backend: str = setting(
+        "memory",
+        help="Where the SAs go (docs/sa-backends.md).",
+        flag="--backend",
+        check=Choices("SA backend", BACKENDS, verb="unknown"),
+    )
+    """Where its SAs go: ``memory``, ``strongswan`` (a charon over VICI),
+    ``xfrm`` (the kernel) or ``userspace`` -- docs/sa-backends.md."""
+    vici_socket: Path | None = setting(
+        None, help="strongswan: the VICI socket of this node's charon.", flag="--vici-socket", kind=Path
+    )
+    ike_timeout: float = setting(
+        2.0,
+        help="strongswan: seconds an IKE exchange may take (below the FA's ha_timeout).",
+        check=Bounds("IKE timeout", 0, 60, low_open=True, rule="0 < x <= 60 seconds"),
+    )
+    route_into: str | None = setting(
+        None,
+        help="strongswan: lead the paths' traffic into this TUN device (ipsec0) by policy routing.",
+        flag="--route-into",
+        metavar="DEV",
+    )
+    """strongswan: lead each path's traffic into this TUN device (kernel-libipsec's
+    ``ipsec0``) by policy routing, for a charon that installs no routes itself."""
+    xfrm_table: Path | None = setting(
+        None,
+        help="xfrm: the side table that keeps the SAs' owners across restarts.",
+        flag="--xfrm-table",
+        kind=Path,
+    )
+    tun_name: str = setting("aavpn0", help="userspace: the data plane's TUN device.", flag="--tun-name", metavar="NAME")
+    data_path: bool = setting(
+        False, help="FA: route each visitor's home address to the link it registered from.", flag="--data-path"
+    )
+    """FA: route each visitor's home address to the link its registration came
+    from (the Mobile IP data path; off where agents share a host, e.g. tests on
+    loopback)."""
+    log_level: str = log_level_setting()
+    log_format: str = log_format_setting()
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValidationError(f"unknown agent role {self.role!r}: one of {', '.join(ROLES)}")
+        if not isinstance(self.address, IPv4Address) or self.address.is_unspecified:
+            raise ValidationError(f"the agent needs its own IPv4 address, not {self.address}")
+        if self.role in _RADIUS_ROLES and not self.aaa_servers:
+            raise ValidationError(f"the {self.role.upper()} needs at least one AAA server (--aaa HOST:PORT)")
+        if self.role == "gw" and (self.gateway_key is None or not self.gateway_key):
+            raise ValidationError("the gateway needs its provisioned key (--gateway-key-file)")
+        if self.role == "gw" and self.gateway_key is not None and len(self.gateway_key) < MIN_GATEWAY_KEY:
+            raise ValidationError(
+                f"the gateway key has {len(self.gateway_key)} octets; at least {MIN_GATEWAY_KEY} are required"
+            )
+        check_declared(self)
+        if self.backend == "strongswan" and self.vici_socket is None:
+            raise ValidationError("the strongswan backend needs charon's VICI socket (--vici-socket, vici_socket)")
+
+    @property
+    def node(self) -> str:
+        """The node's name in logs and the state file."""
+        return self.name or self.role
+
+    @property
+    def credential(self) -> Secret:
+        """The node's own secret, which seals its journal: a gateway's key,
+        an FA's or HA's shared secret with its first AAA server."""
+        if self.role == "gw":
+            assert self.gateway_key is not None  # checked in __post_init__
+            return self.gateway_key
+        if not self.aaa_servers:
+            raise ValidationError("an FA or HA needs an AAA server")
+        return self.aaa_servers[0].secret
 
 
-class _Reader:
-    """Checks one file's values; every error names the file and the key."""
+#: ``--secret-file``: the RADIUS shared secret of the AAA servers, those of
+#: ``--aaa`` or of the file's ``[[aaa]]`` tables (whose own secrets it replaces).
+#: Not a field: it becomes part of :attr:`AgentSettings.aaa_servers`.
+SECRET_FILE = Declared(
+    "secret_file",
+    Setting(
+        help="The RADIUS shared secret with the AAA servers (a file of mode 0600).",
+        flag="--secret-file",
+        toml=False,
+        roles=_RADIUS_ROLES,
+        parse=functools.partial(_secret_file, MIN_SECRET),
+    ),
+    kind=Path,
+)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.inline_secrets = False
 
-    def error(self, key: str, message: str) -> ValidationError:
-        return ValidationError(f"config file {self.path}: {key}: {message}")
+def agent_options(role: str) -> tuple[Declared, ...]:
+    """The command-line options of an agent of ``role``, in the order ``--help`` lists them."""
+    options: list[Declared] = []
+    for item in declared(AgentSettings):
+        if item.setting.flag is not None and item.for_role(role):
+            options.append(item)
+            if item.name == "aaa_servers":
+                options.append(SECRET_FILE)
+    return tuple(options)
 
-    def table(self, value: object, key: str, schema: _Schema) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.error(key, f"must be a table, not {_type(value)}")
-        for name, item in value.items():
-            expected = schema.get(name)
-            where = f"{key}.{name}" if key else name
-            if expected is None:
-                known = ", ".join(sorted(schema))
-                raise ValidationError(f"config file {self.path}: {where} is not a known setting (known: {known})")
-            if (isinstance(item, bool) and expected is not bool) or not isinstance(item, expected):
-                raise ValidationError(f"config file {self.path}: {where} has the wrong type ({_type(item)})")
-        return value
 
-    def file(self, value: str) -> Path:
-        path = Path(value)
-        return path if path.is_absolute() else self.path.parent / path
+def settings_from_options(role: str, path: Path | None, given: Mapping[str, Any]) -> AgentSettings:
+    """The settings of an agent of ``role`` from its TOML file at ``path`` (if
+    any) and the command-line options that were ``given`` (by field name, as
+    the command line typed them), which win over the file. Raises ValidationError."""
+    values = {item.name: item.from_option(given[item.name]) for item in agent_options(role) if item.name in given}
+    aaa: Sequence[tuple[IPv4Address, int]] = values.pop("aaa_servers", ())
+    secret: Secret | None = values.pop("secret_file", None)
+    return load_agent_settings(role, path, values, aaa=aaa, secret=secret)
+
+
+def role_config(settings: AgentSettings) -> FaConfig | HaConfig | GwConfig:
+    """The sans-IO role's configuration: the settings of the role that the
+    role's configuration has a field for."""
+    from aaa_vpn.roles.fa import FaConfig
+    from aaa_vpn.roles.gw import GwConfig
+    from aaa_vpn.roles.ha import HaConfig
+
+    config_type: type[FaConfig | HaConfig | GwConfig] = {"fa": FaConfig, "ha": HaConfig, "gw": GwConfig}[settings.role]
+    wanted = {field.name for field in fields(config_type)}
+    names = [item.name for item in declared(AgentSettings) if item.for_role(settings.role)]
+    return config_type(**{name: getattr(settings, name) for name in names if name in wanted})
+
+
+class _Reader(TomlReader):
+    """Reads an agent's TOML file; ``--secret-file`` replaces the secrets of its AAA servers."""
+
+    def __init__(self, path: Path, secret_override: Secret | None) -> None:
+        super().__init__(path)
+        self.secret_override = secret_override
 
     def secret(self, table: Mapping[str, Any], key: str) -> Secret:
         inline, file = table.get("secret"), table.get("secret_file")
@@ -366,17 +453,9 @@ class _Reader:
         return value
 
 
-def _file_ipv4(reader: _Reader, key: str, value: str) -> IPv4Address:
-    try:
-        address = ip_address(value.strip())
-    except ValueError:
-        raise reader.error(key, f"{value!r} is not an IP address") from None
-    if not isinstance(address, IPv4Address):
-        raise reader.error(key, f"{value!r}: only IPv4 is supported")
-    return address
+def _servers(reader: _Reader, items: Iterable[Any], secret: Secret | None) -> tuple[ServerConfig, ...]:
+    from aaa_vpn.roles.radius_client import ServerConfig
 
-
-def _servers(reader: _Reader, items: Sequence[Any], secret: Secret | None) -> tuple[ServerConfig, ...]:
     servers: list[ServerConfig] = []
     seen: set[tuple[IPv4Address, int]] = set()
     for index, item in enumerate(items):
@@ -384,7 +463,7 @@ def _servers(reader: _Reader, items: Sequence[Any], secret: Secret | None) -> tu
         table = reader.table(item, key, _SERVER)
         if "address" not in table:
             raise reader.error(key, "address is required")
-        address = _file_ipv4(reader, f"{key}.address", table["address"])
+        address = parse_ipv4(reader.where(f"{key}.address"), table["address"])
         port = table.get("port", RADIUS_PORT)
         if not 1 <= port <= 65535:
             raise reader.error(f"{key}.port", f"{port}: expected 1..65535")
@@ -411,6 +490,8 @@ def load_agent_settings(
     winning over it. ``aaa`` (``--aaa``) replaces the file's AAA servers and
     needs ``secret`` (``--secret-file``), which otherwise replaces the secret
     of the file's servers. Raises ValidationError."""
+    from aaa_vpn.roles.radius_client import ServerConfig
+
     if role not in ROLES:
         raise ValidationError(f"unknown agent role {role!r}")
     values: dict[str, Any] = {"role": role}
@@ -434,60 +515,8 @@ def load_agent_settings(
 
 
 def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
-    data = read_toml(path)
-    reader = _Reader(path)
-    top = reader.table(data, "", _KEYS[role])
-    values: dict[str, Any] = {}
-    for name in (
-        "name",
-        "backend",
-        "forwarding_lifetime",
-        "mip_port",
-        "coa_port",
-        "max_lifetime",
-        "radius_retries",
-        "refresh_retries",
-        "log_level",
-        "log_format",
-    ):
-        if name in top:
-            values[name] = top[name]
-    for name in (
-        "ha_timeout",
-        "challenge_lifetime",
-        "gateway_timeout",
-        "replay_tolerance",
-        "radius_timeout",
-        "refresh_threshold",
-        "ike_timeout",
-    ):
-        if name in top:
-            values[name] = float(top[name])
-    if "address" in top:
-        values["address"] = _file_ipv4(reader, "address", top["address"])
-    if "state_file" in top:
-        values["state_file"] = reader.file(top["state_file"])
-    if "journal" in top:
-        values["journal"] = reader.file(top["journal"])
-    for name in ("vici_socket", "xfrm_table"):
-        if name in top:
-            values[name] = reader.file(top[name])
-    for name in ("tun_name", "data_path", "route_into"):
-        if name in top:
-            values[name] = top[name]
-    if "aaa" in top:
-        values["aaa_servers"] = _servers(reader, top["aaa"], secret)
-    if "gateway_key_file" in top:
-        values["gateway_key"] = read_secret_file(
-            reader.file(top["gateway_key_file"]), f"config file {path}: gateway_key_file", MIN_GATEWAY_KEY
-        )
-    if "home_agents" in top:
-        agents: set[IPv4Address] = set()
-        for index, item in enumerate(top["home_agents"]):
-            if not isinstance(item, str):
-                raise reader.error(f"home_agents[{index}]", f"must be a string, not {_type(item)}")
-            agents.add(_file_ipv4(reader, f"home_agents[{index}]", item))
-        values["home_agents"] = frozenset(agents)
+    reader = _Reader(path, secret)
+    values = reader.settings(read_toml(path), [item for item in declared(AgentSettings) if item.for_role(role)])
     if reader.inline_secrets:
         check_private(path, "config file")
     return values
@@ -497,11 +526,14 @@ __all__ = [
     "BACKENDS",
     "MIP_PORT",
     "ROLES",
+    "SECRET_FILE",
     "AgentSettings",
+    "agent_options",
     "check_private",
     "load_agent_settings",
     "parse_endpoint",
     "parse_ipv4",
     "read_secret_file",
     "role_config",
+    "settings_from_options",
 ]

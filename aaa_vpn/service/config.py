@@ -1,7 +1,9 @@
 """Settings objects the CLI builds and the daemons read.
 
-Each setting is declared once, here, with its default; the CLI options and the
-environment variables (``AAA_VPN_DB``, ``AAA_VPN_KEY_FILE``) only fill them in.
+Each setting is declared once, here, with its default, help, option, TOML key
+and rule (:mod:`aaa_vpn.service.settings`); the CLI options, the ``[serve.home]``
+table of the settings file and the environment variables (``AAA_VPN_DB``,
+``AAA_VPN_KEY_FILE``) only fill them in.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aaa_vpn.model import ValidationError
+from aaa_vpn.service.settings import Bounds, Choices, check_declared, declared, setting
 from aaa_vpn.store import default_key_file
 
 if TYPE_CHECKING:  # the roles pull in the RADIUS codecs, which provisioning commands do not need
@@ -26,10 +29,53 @@ DEFAULT_PORT = 1812  # RFC 2865 section 3
 DEFAULT_DUP_CACHE_SECONDS = 10.0
 DEFAULT_SESSION_LIFETIME = 3600
 #: Seconds a server worker waits for the database's write lock before it
-#: gives up on a batch's writes (docs/operations: the event loop never waits longer).
+#: gives up on a batch's writes (the event loop never waits longer).
 DEFAULT_DB_BUSY_TIMEOUT = 0.25
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+
+
+def log_level_setting() -> Any:
+    """The ``log_level`` setting of every daemon."""
+    return setting(
+        "info", help="The least severity logged.", flag="--log-level", check=Choices("log level", LOG_LEVELS)
+    )
+
+
+def log_format_setting() -> Any:
+    """The ``log_format`` setting of every daemon."""
+    return setting(
+        "text",
+        help="One line of text, or one JSON object, per event.",
+        flag="--log-format",
+        check=Choices("log format", LOG_FORMATS),
+    )
+
+
+def _listen() -> Any:
+    return setting(DEFAULT_LISTEN, help="Address to listen on.", flag="--listen", metavar="ADDR")
+
+
+def _port() -> Any:
+    return setting(
+        DEFAULT_PORT,
+        help="RADIUS authentication port (0: any free port).",
+        flag="--port",
+        check=Bounds("port", 0, 65535),
+    )
+
+
+def _workers(**how: Any) -> Any:
+    return setting(1, help="Worker processes.", flag="--workers", check=Bounds("number of workers", low=1), **how)
+
+
+def _dup_cache_seconds(flag: str | None) -> Any:
+    return setting(
+        DEFAULT_DUP_CACHE_SECONDS,
+        help="How long replies are kept to answer retransmissions.",
+        flag=flag,
+        check=Bounds("duplicate cache time", low=0),
+    )
 
 
 def default_workers() -> int:
@@ -68,31 +114,29 @@ class HomeServerSettings:
 
     db_path: Path
     key_file: Path
-    listen: str = DEFAULT_LISTEN
-    port: int = DEFAULT_PORT
-    workers: int = 1
-    log_level: str = "info"
-    log_format: str = "text"
-    dup_cache_seconds: float = DEFAULT_DUP_CACHE_SECONDS
-    session_lifetime: int = DEFAULT_SESSION_LIFETIME
-    db_busy_timeout: float = DEFAULT_DB_BUSY_TIMEOUT
+    listen: str = _listen()
+    port: int = _port()
+    workers: int = _workers(cli_default=default_workers, shown_default="number of CPUs")
+    log_level: str = log_level_setting()
+    log_format: str = log_format_setting()
+    dup_cache_seconds: float = _dup_cache_seconds("--dup-cache-seconds")
+    session_lifetime: int = setting(
+        DEFAULT_SESSION_LIFETIME,
+        help="Seconds a session lives without re-registration.",
+        flag="--session-lifetime",
+        check=Bounds("session lifetime", low=1),
+    )
+    db_busy_timeout: float = setting(
+        DEFAULT_DB_BUSY_TIMEOUT,
+        help="Seconds a worker waits for the database's write lock; requests whose writes cannot wait"
+        " longer are dropped (their retransmissions are tried again).",
+        flag="--db-busy-timeout",
+        check=Bounds("database busy timeout", low=0, high=60, low_open=True, rule="0 < seconds <= 60"),
+    )
 
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
-        if not 0 < self.db_busy_timeout <= 60:
-            raise ValidationError(f"invalid database busy timeout {self.db_busy_timeout}: 0 < seconds <= 60")
-        if not 0 <= self.port < 65536:  # 0: any free port (tests)
-            raise ValidationError(f"invalid port {self.port}")
-        if self.workers < 1:
-            raise ValidationError(f"invalid number of workers {self.workers}")
-        if self.log_level not in LOG_LEVELS:
-            raise ValidationError(f"invalid log level {self.log_level!r}")
-        if self.log_format not in LOG_FORMATS:
-            raise ValidationError(f"invalid log format {self.log_format!r}")
-        if self.dup_cache_seconds < 0:
-            raise ValidationError(f"invalid duplicate cache time {self.dup_cache_seconds}")
-        if self.session_lifetime < 1:
-            raise ValidationError(f"invalid session lifetime {self.session_lifetime}")
+        check_declared(self)
 
 
 @dataclass(frozen=True)
@@ -102,13 +146,13 @@ class ForeignServerSettings:
     (docs/foreign-aaa.md)."""
 
     config_path: Path | None = None
-    listen: str = DEFAULT_LISTEN
-    port: int = DEFAULT_PORT
-    workers: int = 1
-    log_level: str = "info"
-    log_format: str = "text"
-    dup_cache_seconds: float = DEFAULT_DUP_CACHE_SECONDS
-    cache_size: int = 100_000
+    listen: str = _listen()
+    port: int = _port()
+    workers: int = _workers()
+    log_level: str = log_level_setting()
+    log_format: str = log_format_setting()
+    dup_cache_seconds: float = _dup_cache_seconds(None)  # only in the file
+    cache_size: int = setting(100_000, check=Bounds("cache size", low=1))
     source_address: str | None = None  # upstream sockets bind here; default: listen
     timeout: float = 2.0
     retries: int = 2
@@ -118,18 +162,7 @@ class ForeignServerSettings:
     realms: tuple[Realm, ...] = ()
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port < 65536:  # 0: any free port (tests)
-            raise ValidationError(f"invalid port {self.port}")
-        if self.workers < 1:
-            raise ValidationError(f"invalid number of workers {self.workers}")
-        if self.log_level not in LOG_LEVELS:
-            raise ValidationError(f"invalid log level {self.log_level!r}")
-        if self.log_format not in LOG_FORMATS:
-            raise ValidationError(f"invalid log format {self.log_format!r}")
-        if self.dup_cache_seconds < 0:
-            raise ValidationError(f"invalid duplicate cache time {self.dup_cache_seconds}")
-        if self.cache_size < 1:
-            raise ValidationError(f"invalid cache size {self.cache_size}")
+        check_declared(self)
 
     @property
     def upstream_address(self) -> str:
@@ -170,15 +203,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ValidationError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-_HOME_KEYS: dict[str, type | tuple[type, ...]] = {
-    "listen": str,
-    "port": int,
-    "workers": int,
-    "log_level": str,
-    "log_format": str,
-    "dup_cache_seconds": (int, float),
-    "session_lifetime": int,
-}
+#: The keys of ``[serve.home]`` and their TOML types: the declared settings of ``serve home``.
+_HOME_KEYS = {item.name: item.toml_type for item in declared(HomeServerSettings) if item.setting.flag}
 
 
 @dataclass(frozen=True)
