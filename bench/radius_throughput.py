@@ -818,6 +818,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (for debugging)")
     ap.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(ROOT)}")
     ap.add_argument(
+        "--full-renewals",
+        action="store_true",
+        help="renewals name the session but not the digest of the view (as a third-party FA would):"
+        " every Accept carries the whole profile again",
+    )
+    ap.add_argument(
         "--kind",
         choices=("renewal", "initial"),
         default="renewal",
@@ -907,13 +913,22 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
                 ours_reply = out
                 if args.kind == "renewal":
                     # An FA renewing for its current visitor names the session
-                    # (docs/protocol.md section 4): from now on every request
-                    # renews the session the probe created.
+                    # and the digest of the view it holds (docs/protocol.md
+                    # section 1): from now on every request renews the session
+                    # the probe created, and is answered with a confirmation.
+                    # FreeRADIUS then returns a copy of that renewal's Accept.
                     found = re.search(r'Aaa-Vpn-Session-Id = "([0-9a-f]+)"', out)
+                    digest = re.search(r"Aaa-Vpn-Profile-Digest = (0x[0-9a-f]+)", out)
                     if found:
                         line = f'Aaa-Vpn-Session-Id = "{found.group(1)}"\n'
+                        if digest and not args.full_renewals:
+                            line += f"Aaa-Vpn-Profile-Digest = {digest.group(1)}\n"
                         req.write_text(req.read_text().replace("Message-Authenticator", line + "Message-Authenticator"))
-                        notes.append("requests: renewals of one session (Aaa-Vpn-Session-Id from the probe's Accept)")
+                        renewal = probe(load, ours_port)
+                        if renewal is not None and reply_shape(renewal)[0] == "Access-Accept":
+                            ours_reply = renewal
+                        what = "the session and the digest of its view" if "Digest" in line else "the session"
+                        notes.append(f"requests: renewals of one session, naming {what} (from the probe's Accept)")
                 else:
                     notes.append("requests: initial registrations (every request creates a new session)")
 

@@ -93,10 +93,30 @@ def test_two_registrations_of_one_user_in_a_batch_leave_the_last(store: SqliteSt
     later = (SOURCE[0], SOURCE[1] + 1)
     replies = _by_source(aaa.handle_batch([(first, SOURCE), (second, later)], now=1000.0))
     assert set(replies) == {SOURCE, later}
-    # the second waited for the first's write (one write per user in flight)
-    assert aaa.counters["store_transactions"] == 2
+    # both name nothing, so neither depends on the other's write: one transaction, the last wins
+    assert aaa.counters["store_transactions"] == 1
     last = decode_profile(replies[later][20:], SECRET, second[4:20])
     assert [s.session_id for s in store.find_sessions("mn1@home.example")] == [last.session_id]
+
+
+def test_a_renewal_waits_for_the_write_of_the_session_it_names(store: SqliteStore) -> None:
+    aaa = _aaa(store)
+    first = _request("mn1@home.example")
+    ((reply, _),) = aaa.handle_batch([(first, SOURCE)], now=1000.0)
+    profile = decode_profile(reply[20:], SECRET, first[4:20])
+    # a new registration and a Service-Update naming the session, in one batch:
+    # the second reads the session the first replaces, so it waits for that write
+    renewal = access_request(
+        SECRET, "mn1@home.example", MN, care_of="127.0.0.1", session_id=profile.session_id, request_type=5
+    ).RequestPacket()
+    later = (SOURCE[0], SOURCE[1] + 1)
+    before = aaa.counters["store_transactions"]
+    replies = _by_source(aaa.handle_batch([(_request("mn1@home.example"), SOURCE), (renewal, later)], now=1001.0))
+    assert aaa.counters["store_transactions"] - before == 2
+    (session,) = store.find_sessions("mn1@home.example")
+    # the Service-Update named a session that the new registration replaced: it creates another
+    updated = decode_profile(replies[later][20:], SECRET, renewal[4:20])
+    assert session.session_id == updated.session_id != profile.session_id
 
 
 def test_spi_collision_in_a_batch_draws_again_and_still_answers_every_request(store: SqliteStore) -> None:

@@ -35,7 +35,7 @@ from aaa_vpn.model import (
     WriteKind,
     WriteOutcome,
 )
-from aaa_vpn.roles.home_aaa import Case, HomeAaa, StoreSession, choose_case
+from aaa_vpn.roles.home_aaa import Case, HomeAaa, HomeAaaOptions, StoreSession, choose_case
 from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.home import HomeService, StoreProvisioning, StoreSessions
@@ -383,3 +383,69 @@ def test_conditional_writes_on_the_memory_store() -> None:
     delete = SessionWrite(WriteKind.DELETE, first.session_id, expected_epoch=1)
     assert store.apply_session_writes([renew, delete]) == [WriteOutcome.CONFLICT, WriteOutcome.STORED]
     assert store.list_sessions() == []
+
+
+# -- the renewal memo (rule 12) ---------------------------------------------------------------------
+
+
+def _renewal(fa1: Client_, first: VpnProfile) -> bytes:
+    return fa1.packet(fa_request(session_id=first.session_id, profile_digest=first.digest))
+
+
+def test_the_memo_answers_a_repeated_renewal_as_the_role_would(store: MemoryStore) -> None:
+    memo_on = HomeService(store, now=NOW)
+    memo_off = HomeService(store, HomeAaaOptions(renewal_memo=False), now=NOW)
+    fa1 = Client_(memo_on, FA1)
+    first = profile_of(fa1.accepted(fa_request()))
+    assert memo_on.handle(_renewal(fa1, first), (FA1, 1), NOW + 1) is not None  # decided, written
+    assert memo_on.handle(_renewal(fa1, first), (FA1, 1), NOW + 1.2) is not None  # decided, remembered
+    assert memo_on.counters["memo_answers"] == 0
+    again = _renewal(fa1, first)  # the same shape, a new authenticator and proof
+    from_memo = memo_on.handle(again, (FA1, 2), NOW + 1.5)
+    assert memo_on.counters["memo_answers"] == 1 and memo_on.counters["renewals_confirmed"] == 3
+    from_role = memo_off.handle(again, (FA1, 2), NOW + 1.5)
+    assert from_memo is not None and from_memo == from_role, "the memo's reply differs from the role's"
+
+
+def test_the_memo_answers_nothing_the_role_would_not(store: MemoryStore) -> None:
+    service = HomeService(store, now=NOW)
+    fa1 = Client_(service, FA1)
+    first = profile_of(fa1.accepted(fa_request()))
+    assert service.handle(_renewal(fa1, first), (FA1, 1), NOW + 0.5) is not None  # remembered
+    # a wrong MN-AAA proof: rejected by the role, never confirmed from the memo
+    bad = dataclasses.replace(
+        fa_request(session_id=first.session_id, profile_digest=first.digest), chap_password=bytes(17)
+    )
+    answer = fa1.ask(bad, NOW + 0.6)
+    assert isinstance(answer, Rejected) and answer.reason is RejectReason.AUTHENTICATION_FAILED
+    # a wrong Message-Authenticator: dropped
+    raw = bytearray(_renewal(fa1, first))
+    raw[-1] ^= 1
+    assert service.handle(bytes(raw), (FA1, 3), NOW + 0.7) is None
+    assert service.counters["dropped.bad_message_authenticator"] == 1
+    # the same request from another address: not the client's memo (and not a client at all)
+    assert service.handle(_renewal(fa1, first), ("192.0.2.99", 4), NOW + 0.8) is None
+    assert service.counters["memo_answers"] == 0
+    # (the memo was there all along: the genuine request is answered from it)
+    assert service.handle(_renewal(fa1, first), (FA1, 5), NOW + 0.9) is not None
+    assert service.counters["memo_answers"] == 1
+    # provisioning changes (the user is disabled): the next renewal is rejected
+    user = store.get_user(NAI)
+    store.update_user(dataclasses.replace(user, enabled=False))
+    answer = fa1.ask(_renewal(fa1, first), NOW + 0.95)
+    assert isinstance(answer, Rejected) and answer.reason is RejectReason.USER_DISABLED
+    assert service.counters["memo_answers"] == 1
+
+
+def test_the_memo_is_forgotten_when_the_session_changes_here(store: MemoryStore) -> None:
+    service = HomeService(store, now=NOW)
+    fa1 = Client_(service, FA1)
+    first = profile_of(fa1.accepted(fa_request()))
+    assert service.handle(_renewal(fa1, first), (FA1, 1), NOW + 0.5) is not None  # remembered
+    assert service.handle(_renewal(fa1, first), (FA1, 2), NOW + 0.6) is not None
+    assert service.counters["memo_answers"] == 1
+    pushed = service.push(first.session_id, NOW + 2)  # epoch 2: the view the FA holds is gone
+    assert not pushed.error
+    answer = fa1.accepted(fa_request(session_id=first.session_id, profile_digest=first.digest), NOW + 3)
+    assert answer.profile is not None and answer.profile.epoch == 2  # the whole new view, not a confirmation
+    assert service.counters["memo_answers"] == 1

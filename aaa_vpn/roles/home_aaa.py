@@ -83,6 +83,18 @@ here; "plan rule N" refers to :mod:`aaa_vpn.roles.home_plan`):
     is stored, asks for a CoA-Request to its FA and HA carrying each one's
     new view; :meth:`HomeAaa.disconnect` asks for Disconnect-Requests, and
     :meth:`HomeAaa.delete` forgets the session.
+12. The renewal memo (:mod:`aaa_vpn.wire.memo`): a renewal confirmed
+    without a write is remembered -- the request's shape, the client's and
+    the mobile node's secrets, the confirmation -- until the same request
+    would need a write (the stored expiry less the lifetime, plus
+    :data:`RENEWAL_GRANULARITY`), the keys are due, or the session or
+    provisioning changes here (every write of the user's session and every
+    new provisioning generation forget it). A request of that shape whose
+    Message-Authenticator and MN-AAA proof check out is answered from the
+    memo (counted, not logged one by one); anything else is decided as
+    above. A change another worker or node made is seen at the latest by
+    the next write, within a second, as with any renewal answered without
+    a write.
 
 Theory of operation (the aioquic shape): inputs are
 :meth:`~HomeAaa.receive_datagram`, :meth:`~HomeAaa.sessions_stored`,
@@ -124,12 +136,15 @@ from aaa_vpn.roles.radius_server import Address, Dropped, Incoming, RadiusServer
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import coa
 from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.memo import PyRenewalMemo, renewal_memo
+from aaa_vpn.wire.memo import shape as memo_shape
 from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import (
     ProfileError,
     ProfileTemplate,
     compile_confirmation,
     compile_profile,
+    compile_with_digest,
 )
 from aaa_vpn.wire.radius_request import (
     MAX_KEY_EPOCH,
@@ -164,6 +179,9 @@ CONFLICT_RETRIES = 3
 SPI_RETRIES = 5
 #: Rule 11: epochs a push tries when a derived SPI is taken.
 _PUSH_EPOCHS = 3
+#: Rule 6: a renewal that would move the stored expiry by less than this
+#: (seconds) writes nothing and is granted the stored expiry.
+RENEWAL_GRANULARITY = 1.0
 _CACHE_LIMIT = 100_000
 
 
@@ -207,6 +225,8 @@ class HomeAaaOptions:
     rekey_fraction: float = 0.5
     """Plan rule 8: a renewal re-keys once this fraction of the shortest SA
     lifetime has passed since the keys were last all renewed."""
+    renewal_memo: bool = True
+    """Rule 12: answer repeated renewals from the renewal memo."""
 
 
 # --- events --------------------------------------------------------------------------------
@@ -331,7 +351,7 @@ def choose_case(
 #: Rule 6's table as data: what each case does to the session and the store.
 FA_CASES: dict[Case, tuple[str, WriteKind]] = {
     Case.CREATE: ("new session, fresh session root key", WriteKind.CREATE),
-    Case.RENEW: ("expiry moves, keys and SPIs stay", WriteKind.RENEW),
+    Case.RENEW: ("expiry moves, keys and SPIs stay (no write within a second)", WriteKind.RENEW),
     Case.REKEY: ("next epoch at the same FA, every path re-keyed", WriteKind.REPLACE),
     Case.UPDATE: ("next epoch at the same FA, every path re-keyed", WriteKind.REPLACE),
     Case.MOVE: ("next epoch at the new FA", WriteKind.REPLACE),
@@ -360,6 +380,8 @@ class _Answer:
     decided: Decided
     write: SessionWrite | None = None
     session: Session | None = None
+    #: A confirmation's template, which the renewal memo may remember (rule 12).
+    confirmation: ProfileTemplate | None = None
 
 
 @dataclass
@@ -381,8 +403,10 @@ class _View:
     __slots__ = ("confirmation", "profile", "templates")
 
     def __init__(self, profile: VpnProfile) -> None:
-        self.profile = profile
-        self.templates: dict[Flavour, ProfileTemplate] = {}
+        """``profile`` without its digest: the aaa-vpn compilation gives it."""
+        template, digest = compile_with_digest(profile)
+        self.profile = dataclasses.replace(profile, digest=digest)
+        self.templates: dict[Flavour, ProfileTemplate] = {Flavour.AAA_VPN: template}
         self.confirmation: ProfileTemplate | None = None
 
     def template(self, flavour: Flavour) -> ProfileTemplate:
@@ -438,10 +462,14 @@ class HomeAaa:
         self._generation = provisioning.generation()
         self._plans: dict[tuple[str, int, int, int], list[PlannedPath]] = {}
         self._views: dict[tuple[object, ...], _View] = {}
+        self._names: dict[int, tuple[list[PlannedPath], frozenset[str]]] = {}
+        self._memo = renewal_memo(_CACHE_LIMIT) if self.options.renewal_memo else PyRenewalMemo(0)
+        self._memo_keys: dict[str, set[bytes]] = {}  # by NAI: the memos that answer for its session
         self._live: dict[str, Session] = {}  # by NAI: the session this worker last stored or read
         self._write_ids = itertools.count(1)
         self._writes: dict[int, tuple[_Job, _Answer] | _Action] = {}
         self._busy: dict[str, collections.deque[_Job]] = {}  # NAIs with a write in flight: who waits
+        self._in_flight: collections.Counter[str] = collections.Counter()  # writes in flight per NAI
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: collections.deque[Event] = collections.deque()
 
@@ -455,9 +483,16 @@ class HomeAaa:
             self.server.set_clients(self.provisioning.clients())
             self._plans.clear()
             self._views.clear()
+            self._names.clear()
+            self._memo.clear()
+            self._memo_keys.clear()
 
     def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
-        """Handle one datagram from ``source`` (rules 1-10)."""
+        """Handle one datagram from ``source`` (rules 1-12)."""
+        reply = self._memo.answer(data, source[0], now)
+        if reply is not None:
+            self._outbox.append((reply, source))
+            return
         result = self.server.receive(data, source, now)
         if result is None and self.server.dropped and self.server.dropped[-1].reason == "unknown_client":
             # A client added a moment ago: look again with current provisioning.
@@ -499,13 +534,19 @@ class HomeAaa:
             return
         job, answer = entry
         nai = job.request.nai
-        waiting = self._busy.pop(nai, collections.deque())
+        self._in_flight[nai] -= 1
+        if self._in_flight[nai] > 0:
+            waiting: collections.deque[_Job] = collections.deque()  # the user's later writes are still in flight
+        else:
+            del self._in_flight[nai]
+            waiting = self._busy.pop(nai, collections.deque())
         if outcome is WriteOutcome.STORED:
             if answer.session is not None:
                 self._remember(answer.session)
             self._send(job, answer, now)
         elif outcome is WriteOutcome.CONFLICT:
             self._live.pop(nai, None)
+            self._forget_memos(nai)
             self.counters["store_conflicts"] += 1
             job.conflicts += 1
             if job.conflicts > CONFLICT_RETRIES:
@@ -561,6 +602,7 @@ class HomeAaa:
         for nai, cached in list(self._live.items()):
             if cached.session_id == session_id:
                 del self._live[nai]
+                self._forget_memos(nai)
         write = SessionWrite(WriteKind.DELETE, session_id)
         self._events.append(StoreSession(next(self._write_ids), write))
 
@@ -573,6 +615,12 @@ class HomeAaa:
     # -- outputs --------------------------------------------------------------------------------
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         """The replies to send now, with their destinations."""
+        answered = self._memo.take_answered()
+        if answered:
+            c = self.counters
+            for name in ("received", "access_requests", "accepts", "sessions_renewed", "renewals_confirmed"):
+                c[name] += answered
+            c["memo_answers"] += answered
         out, self._outbox = self._outbox, []
         return out
 
@@ -589,7 +637,7 @@ class HomeAaa:
     def _run(self, job: _Job, now: float) -> None:
         nai = job.request.nai
         waiting = self._busy.get(nai)
-        if waiting is not None:
+        if waiting is not None and not _reads_nothing(job, waiting):
             waiting.append(job)  # rule 10: one write per user in flight
             return
         try:
@@ -602,7 +650,9 @@ class HomeAaa:
             return
         write_id = next(self._write_ids)
         self._writes[write_id] = (job, answer)
-        self._busy[nai] = collections.deque()
+        self._busy.setdefault(nai, collections.deque())
+        self._in_flight[nai] += 1
+        self._forget_memos(nai)
         self._events.append(StoreSession(write_id, answer.write))
 
     def _decide(self, job: _Job, now: float) -> _Answer:
@@ -661,50 +711,139 @@ class HomeAaa:
         paths = self._plan(ctx, user.home_address, home_agent, care_of)
         current = self._current(request, home_agent, care_of, now)
         key_life = plan.key_lifetime(paths)
-        lifetime = self.options.session_lifetime
         vpn_changed = False
         if current is not None and request.session_id == current.session_id and current.care_of_address == care_of:
-            spis = plan.allocate_spis(paths, (care_of, home_agent), current.spis, self.random_bytes)
-            vpn_changed = spis != current.spis
+            vpn_changed = self._planned_names(paths, home_agent) != _allocated_names(current)
         keys_due = current is not None and plan.rekey_due(current, key_life, now, self.options.rekey_fraction)
         case = choose_case(current, request, care_of, vpn_changed, keys_due)
-        write: SessionWrite
+        write: SessionWrite | None
         if case is Case.CREATE:
-            domain = client.domain if client.role.relays else nai_realm(user.nai)
-            session, _ = plan.new_session(
-                ctx,
-                session_id=plan.session_id_from(self.random_bytes),
-                srk=Secret(self.random_bytes(32)),
-                home_agent=home_agent,
-                care_of=care_of,
-                now=now,
-                lifetime=lifetime,
-                random_bytes=self.random_bytes,
-                foreign_domain=domain,
-                paths=paths,
-            )
-            session = _within_key_life(session, paths, now)
-            write = SessionWrite(WriteKind.CREATE, session.session_id, session)
-        elif case is Case.RENEW:
-            assert current is not None
-            expires = plan.key_capped_expiry(now, lifetime, current.keyed_at, key_life)
-            session = dataclasses.replace(current, expires=expires)
-            write = SessionWrite(WriteKind.RENEW, current.session_id, expected_epoch=current.epoch, expires=expires)
+            session, write = self._create(ctx, client, paths, home_agent, care_of, now)
         else:
             assert current is not None
-            # Rekey and update re-key every path, the stationary ones too
-            # (plan rule 8), so a changed stationary path never reuses an SPI
-            # with other keys; a move re-keys what moves (plan rule 6).
-            moved = plan.move_session(
-                current, paths, care_of, now, lifetime, self.random_bytes, rekey=case is not Case.MOVE
-            )
-            session = _within_key_life(moved, paths, now)
-            write = SessionWrite(WriteKind.REPLACE, session.session_id, session, expected_epoch=current.epoch)
-        answer = self._answer(job, session, paths, RequestType.FA_REGISTRATION, session.care_of_address, ctx, now)
+            session, write = _FA_CASES[case](self, current, paths, care_of, key_life, now)
+        answer = self._answer(job, session, paths, RequestType.FA_REGISTRATION, session.care_of_address, ctx, now, case)
         answer.write, answer.session = write, session
-        if answer.decided.outcome != "confirmed":
-            answer.decided = dataclasses.replace(answer.decided, outcome=case.value)
+        if case is Case.RENEW and write is None and answer.confirmation is not None:
+            self._memorize(job, session, ctx, answer.confirmation, key_life, now)
         return answer
+
+    # -- one small function per case of rule 6 ---------------------------------------------------------
+    def _create(
+        self,
+        ctx: UserContext,
+        client: Client,
+        paths: list[PlannedPath],
+        home_agent: IPv4Address,
+        care_of: IPv4Address,
+        now: float,
+    ) -> tuple[Session, SessionWrite]:
+        """A new session with a fresh session root key."""
+        session, _ = plan.new_session(
+            ctx,
+            session_id=plan.session_id_from(self.random_bytes),
+            srk=Secret(self.random_bytes(32)),
+            home_agent=home_agent,
+            care_of=care_of,
+            now=now,
+            lifetime=self.options.session_lifetime,
+            random_bytes=self.random_bytes,
+            foreign_domain=client.domain if client.role.relays else nai_realm(ctx.user.nai),
+            paths=paths,
+        )
+        session = _within_key_life(session, paths, now)
+        return session, SessionWrite(WriteKind.CREATE, session.session_id, session)
+
+    def _renew(
+        self, current: Session, paths: list[PlannedPath], care_of: IPv4Address, key_life: int | None, now: float
+    ) -> tuple[Session, SessionWrite | None]:
+        """The same session, keys and SPIs; the expiry moves, never past the
+        keys' lifetime. A renewal that would move it by less than
+        :data:`RENEWAL_GRANULARITY` writes nothing and is granted the stored
+        expiry (a burst of renewals is one write)."""
+        expires = plan.key_capped_expiry(now, self.options.session_lifetime, current.keyed_at, key_life)
+        if expires - current.expires < RENEWAL_GRANULARITY:
+            return current, None
+        session = _with_expiry(current, expires)
+        return session, SessionWrite(WriteKind.RENEW, current.session_id, expected_epoch=current.epoch, expires=expires)
+
+    def _rekey(
+        self, current: Session, paths: list[PlannedPath], care_of: IPv4Address, key_life: int | None, now: float
+    ) -> tuple[Session, SessionWrite]:
+        """Next epoch at the same FA, every path re-keyed, the stationary ones
+        too (plan rule 8), so a changed stationary path never reuses an SPI
+        with other keys (re-key and VPN update alike)."""
+        lifetime = self.options.session_lifetime
+        moved = plan.move_session(current, paths, care_of, now, lifetime, self.random_bytes, rekey=True)
+        session = _within_key_life(moved, paths, now)
+        return session, SessionWrite(WriteKind.REPLACE, session.session_id, session, expected_epoch=current.epoch)
+
+    def _move(
+        self, current: Session, paths: list[PlannedPath], care_of: IPv4Address, key_life: int | None, now: float
+    ) -> tuple[Session, SessionWrite]:
+        """Next epoch at the new FA: what moves gets new SPIs and keys (plan rule 6)."""
+        moved = plan.move_session(current, paths, care_of, now, self.options.session_lifetime, self.random_bytes)
+        session = _within_key_life(moved, paths, now)
+        return session, SessionWrite(WriteKind.REPLACE, session.session_id, session, expected_epoch=current.epoch)
+
+    def _memorize(
+        self,
+        job: _Job,
+        session: Session,
+        ctx: UserContext,
+        template: ProfileTemplate,
+        key_life: int | None,
+        now: float,
+    ) -> None:
+        """Rule 12: remember a renewal confirmed without a write, for as long
+        as the same request would be decided the same way: while no write is
+        needed (:meth:`_renew`: until the stored expiry less the lifetime,
+        plus :data:`RENEWAL_GRANULARITY`; for good once grants are capped by
+        the keys' lifetime within a granule of the stored expiry), the keys
+        are not due and the session lives."""
+        lifetime, stored = self.options.session_lifetime, session.expires
+        # Uncapped, a renewal at ``now`` asks for ``now + lifetime``: no write
+        # while that is less than a granule past the stored expiry.
+        valid_until = stored - lifetime + RENEWAL_GRANULARITY
+        if key_life is not None:
+            capped = session.keyed_at + key_life  # plan rule 8: no grant past the keys' lifetime
+            if stored + RENEWAL_GRANULARITY > capped:
+                valid_until = stored  # no grant can move the expiry a granule any more
+            valid_until = min(valid_until, session.keyed_at + self.options.rekey_fraction * key_life)
+        valid_until = min(valid_until, stored)
+        if valid_until <= now:
+            return
+        incoming = job.incoming
+        key = memo_shape(incoming.packet.data, incoming.source[0])
+        if key is None:  # pragma: no cover - the packet decoded
+            return
+        attributes, slots = template.layout()
+        client = incoming.client
+        self._memo.remember(
+            key,
+            client.secret.value,
+            ctx.user.mn_aaa_secret.value,
+            attributes,
+            slots,
+            client.require_message_authenticator,
+            valid_until,
+            session.expires,
+        )
+        keys = self._memo_keys.setdefault(session.nai, set())
+        keys.add(key)
+
+    def _forget_memos(self, nai: str) -> None:
+        """The user's session is about to change: no memo answers for it."""
+        for key in self._memo_keys.pop(nai, ()):
+            self._memo.discard(key)
+
+    def _planned_names(self, paths: list[PlannedPath], home_agent: IPv4Address) -> frozenset[str]:
+        """The SPI names a session of ``paths`` has (the Mobile IP FA-HA one included)."""
+        key = id(paths)
+        names = self._names.get(key)
+        if names is None or names[0] is not paths:
+            names = self._names[key] = (paths, plan.planned_spi_names(paths, home_agent))
+        return names[1]
 
     def _ha_registration(self, job: _Job, ctx: UserContext, node: IPv4Address, now: float) -> _Answer:
         request = job.request
@@ -831,7 +970,7 @@ class HomeAaa:
         )
         view = self._views.get(key)
         if view is None:
-            profile = plan.view_for(session, paths, role, request_type, node, ctx.user, 0)
+            profile = plan.view_for(session, paths, role, request_type, node, ctx.user, 0, digest=False)
             if len(self._views) >= _CACHE_LIMIT:
                 self._views.clear()
             view = self._views[key] = _View(profile)
@@ -846,8 +985,10 @@ class HomeAaa:
         node: IPv4Address,
         ctx: UserContext,
         now: float,
+        case: Case | None = None,
     ) -> _Answer:
-        """Rule 9: the Access-Accept for ``session``."""
+        """Rule 9: the Access-Accept for ``session``; ``case``: what an FA
+        registration did (the outcome reported)."""
         client, incoming, request = job.incoming.client, job.incoming, job.request
         view = self._view(session, paths, client.role, request_type, node, ctx)
         lifetime = max(0, int(session.expires - now))
@@ -868,12 +1009,12 @@ class HomeAaa:
             _printable(request.nai),
             client.name,
             request_type.name.lower(),
-            "confirmed" if confirm else "answered",
+            "confirmed" if confirm else case.value if case is not None else "answered",
             session_id=session.session_id,
             care_of=str(session.care_of_address),
             paths=len(view.profile.paths),
         )
-        return _Answer(rc.ACCESS_ACCEPT, attributes, decided)
+        return _Answer(rc.ACCESS_ACCEPT, attributes, decided, confirmation=template if confirm else None)
 
     # -- answering -----------------------------------------------------------------------------------
     def _send(self, job: _Job, answer: _Answer, now: float) -> None:
@@ -913,9 +1054,7 @@ class HomeAaa:
         self._outbox.append((reply, incoming.source))
         self.counters["rejects"] += 1
         self.counters[f"rejects.{reason.name.lower()}"] += 1
-        self._events.append(
-            Decided(nai, incoming.client.name, request, "rejected", reason.name.lower(), message)
-        )
+        self._events.append(Decided(nai, incoming.client.name, request, "rejected", reason.name.lower(), message))
 
     def _take_dropped(self) -> None:
         dropped = self.server.dropped
@@ -969,6 +1108,7 @@ class HomeAaa:
         write = SessionWrite(WriteKind.REPLACE, session.session_id, action.moved, expected_epoch=session.epoch)
         write_id = next(self._write_ids)
         self._writes[write_id] = action
+        self._forget_memos(session.nai)
         self._events.append(StoreSession(write_id, write))
 
     def _action_stored(self, action: _Action, outcome: WriteOutcome, now: float) -> None:
@@ -1006,6 +1146,44 @@ class HomeAaa:
             requests.append((target, self._coa_request(coa.COA_REQUEST, target, attributes)))
         self.counters["sessions_pushed"] += 1
         self._events.append(Authorize(action.tag, action.action, previous, moved, tuple(requests), views))
+
+
+def _reads_nothing(job: _Job, waiting: collections.deque[_Job]) -> bool:
+    """Rule 10: an FA registration that names neither a session nor a
+    previous FA creates a session whatever the store holds, so it need not
+    wait for the user's write in flight -- unless requests are already
+    waiting, which it must not overtake."""
+    request = job.request
+    return (
+        not waiting
+        and not request.session_id
+        and request.previous_fa is None
+        and request.request_type in (None, RequestType.FA_REGISTRATION)
+        and job.incoming.client.role is not ClientRole.HA
+        and job.incoming.client.role is not ClientRole.GW
+    )
+
+
+#: Rule 6: the function of each case that continues a live session.
+_FA_CASES: dict[Case, Callable[..., tuple[Session, SessionWrite | None]]] = {
+    Case.RENEW: HomeAaa._renew,
+    Case.REKEY: HomeAaa._rekey,
+    Case.UPDATE: HomeAaa._rekey,
+    Case.MOVE: HomeAaa._move,
+}
+
+
+def _allocated_names(session: Session) -> frozenset[str]:
+    """The SPI names of a session but its forwarding path's (plan rule 7)."""
+    return frozenset(a.path for a in session.spis if not a.path.startswith(plan.FORWARDING_LABEL_PREFIX))
+
+
+def _with_expiry(session: Session, expires: float) -> Session:
+    """``session`` with another expiry (a cheap copy: renewals are the hot path)."""
+    copy = object.__new__(Session)
+    copy.__dict__.update(session.__dict__)
+    object.__setattr__(copy, "expires", expires)
+    return copy
 
 
 def _within_key_life(session: Session, paths: list[PlannedPath], now: float) -> Session:

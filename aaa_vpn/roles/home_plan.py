@@ -92,8 +92,8 @@ from aaa_vpn.wire.profile import (
     RejectReason,
     RequestType,
     VpnProfile,
-    with_digest,
 )
+from aaa_vpn.wire.radius_profile import with_digest
 from aaa_vpn.wire.text import text
 
 #: The service used for the FA <-> HA path of a user without VPN records.
@@ -346,6 +346,15 @@ def allocate_spis(
     return tuple(result)
 
 
+def planned_spi_names(paths: Sequence[PlannedPath], home_agent: IPv4Address) -> frozenset[str]:
+    """The names of the SPIs :func:`allocate_spis` gives a session of
+    ``paths`` (the forwarding path's aside): a session whose SPI names differ
+    has paths its user's VPN no longer has, or lacks some it has now."""
+    names = {key for path in paths for key in (path.a_key, path.b_key)}
+    names.add(_spi_key(FA_HA_MIP_LABEL, home_agent))
+    return frozenset(names)
+
+
 def _spi_table(session: Session) -> dict[str, int]:
     return {allocation.path: allocation.spi for allocation in session.spis}
 
@@ -401,8 +410,11 @@ def view_for(
     node: IPv4Address,
     user: User,
     lifetime: int,
+    digest: bool = True,
 ) -> VpnProfile:
-    """The profile one requester is sent (rule 5).
+    """The profile one requester is sent (rule 5), with its digest unless
+    ``digest`` is false (a caller that compiles the view computes it then:
+    :func:`aaa_vpn.wire.radius_profile.compile_with_digest`).
 
     ``node`` is the requester's own address on the path: the care-of address for
     an FA (also when asked through a proxy), the HA address for an HA, the
@@ -425,7 +437,8 @@ def view_for(
         # the Binding Update (flow B), authenticated and wrapped with the key
         # it shares with that gateway.
         views += [_path_view(session, p, p.b, spis, binding_for=ha) for p in paths if p.role is PathRole.FA_GW]
-        return with_digest(
+        return _digested(
+            digest,
             VpnProfile(
                 **common,  # type: ignore[arg-type]
                 paths=tuple(views),
@@ -434,11 +447,11 @@ def view_for(
                 fa_ha_spi=fa_ha_spi,
                 fa_ha_key=fa_ha_key,
                 session_root_key=session.session_root_key,
-            )
+            ),
         )
     if request_type is RequestType.GW_BINDING:
         views = [_path_view(session, p, node, spis) for p in paths if node in (p.a, p.b)]
-        return with_digest(VpnProfile(**common, paths=tuple(views)))  # type: ignore[arg-type]
+        return _digested(digest, VpnProfile(**common, paths=tuple(views)))  # type: ignore[arg-type]
     srk, epoch = session.session_root_key, session.epoch
     views = [_path_view(session, p, fa, spis) for p in paths if fa in (p.a, p.b)]
     previous = _previous_fa(spis, fa)
@@ -458,7 +471,8 @@ def view_for(
             )
         )
         previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
-    return with_digest(
+    return _digested(
+        digest,
         VpnProfile(
             **common,  # type: ignore[arg-type]
             paths=tuple(views),
@@ -468,8 +482,12 @@ def view_for(
             handoff_key=keys.derive_handoff_key(srk, fa, epoch),
             previous_fa=previous if previous_key is not None else None,
             previous_fa_handoff_key=previous_key,
-        )
+        ),
     )
+
+
+def _digested(digest: bool, profile: VpnProfile) -> VpnProfile:
+    return with_digest(profile) if digest else profile
 
 
 def _previous_fa(spis: Mapping[str, int], fa: IPv4Address) -> IPv4Address | None:

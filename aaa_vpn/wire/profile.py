@@ -19,16 +19,15 @@ the decisions behind it in ``docs/protocol.md``):
   (RFC 2868 section 3), which bounds SPIs, lifetimes and rates;
 * keys, PSKs, the session root key and the handoff keys are salt-encrypted
   (RFC 2868 section 3.5);
-* every view carries its :func:`profile_digest`, which its receiver names in
+* every view carries its digest (:func:`aaa_vpn.wire.radius_profile.profile_digest`),
+  which its receiver names in
   its next request so that a renewal that changes nothing need not carry the
   keys again (docs/protocol.md section 1).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -139,67 +138,12 @@ class VpnProfile:
     #: path's keys. The forwarding path itself is the FA_FA path in ``paths``.
     previous_fa: IPv4Address | None = None
     previous_fa_handoff_key: Secret | None = None
-    #: :func:`profile_digest` of this view as its sender computed it
-    #: (Aaa-Vpn-Profile-Digest). A receiver keeps it and names it in its next
-    #: request; a server that would send the same view again then sends a
-    #: confirmation instead (docs/protocol.md section 1).
+    #: :func:`aaa_vpn.wire.radius_profile.profile_digest` of this view as its
+    #: sender computed it (Aaa-Vpn-Profile-Digest). A receiver keeps it and
+    #: names it in its next request; a server that would send the same view
+    #: again then sends a confirmation instead (docs/protocol.md section 1).
     digest: bytes | None = None
 
 
-#: Octets of a :func:`profile_digest` (a truncated SHA-256).
+#: Octets of a profile digest (a truncated SHA-256).
 PROFILE_DIGEST_LENGTH = 16
-_DIGEST_LABEL = b"aaa-vpn profile digest 1\x00"
-
-
-def _canonical(value: object, out: list[bytes]) -> None:
-    """A self-delimiting encoding of the values a profile is made of."""
-    if value is None:
-        out.append(b"N")
-    elif isinstance(value, bool):
-        out.append(b"T" if value else b"F")
-    elif isinstance(value, enum.Enum):
-        _canonical(value.value, out)
-    elif isinstance(value, int):
-        out.append(b"I" + value.to_bytes(8, "big", signed=True))
-    elif isinstance(value, IPv4Address):
-        out.append(b"A" + value.packed)
-    elif isinstance(value, IPv4Network):
-        out.append(b"P" + value.network_address.packed + bytes((value.prefixlen,)))
-    elif isinstance(value, str):
-        raw = value.encode("utf-8")
-        out.append(b"S" + len(raw).to_bytes(4, "big") + raw)
-    elif isinstance(value, Secret):
-        out.append(b"K" + len(value.value).to_bytes(4, "big") + value.value)
-    elif isinstance(value, tuple):
-        out.append(b"L" + len(value).to_bytes(4, "big"))
-        for item in value:
-            _canonical(item, out)
-    elif isinstance(value, (PathProfile, QosSpec)):
-        out.append(b"R" + type(value).__name__.encode())
-        for item in dataclasses.fields(value):
-            _canonical(getattr(value, item.name), out)
-    else:  # pragma: no cover - a field of a new type must be added above
-        raise TypeError(f"no canonical form for {type(value).__name__}")
-
-
-def profile_digest(profile: VpnProfile) -> bytes:
-    """A digest of everything a receiver installs from ``profile``: every field
-    but its lifetime (a renewal moves it), the session root key (a foreign AAA
-    keeps it, its FA never sees it) and the digest itself. Two views with the
-    same digest install the same SAs with the same keys.
-
-    SHA-256 over a canonical encoding of the fields, truncated to
-    :data:`PROFILE_DIGEST_LENGTH` octets. The keys inside are random and at
-    least 128 bits long, so the digest, which travels in clear, tells an
-    observer nothing about them."""
-    out = [_DIGEST_LABEL]
-    for item in dataclasses.fields(profile):
-        if item.name not in ("lifetime", "session_root_key", "digest"):
-            out.append(item.name.encode() + b"=")
-            _canonical(getattr(profile, item.name), out)
-    return hashlib.sha256(b"".join(out)).digest()[:PROFILE_DIGEST_LENGTH]
-
-
-def with_digest(profile: VpnProfile) -> VpnProfile:
-    """``profile`` carrying its own :func:`profile_digest`."""
-    return dataclasses.replace(profile, digest=profile_digest(profile))

@@ -47,10 +47,12 @@ types), and is strict about what it knows.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import TypeVar
@@ -218,11 +220,19 @@ class _Secret:
     """A salt-encrypted attribute of a template: its header (through the tag,
     if any) is fixed, its salt and ciphertext are made for each packet."""
 
-    __slots__ = ("head", "value")
+    __slots__ = ("head", "root_key", "value")
 
-    def __init__(self, head: bytes, value: bytes) -> None:
+    def __init__(self, head: bytes, value: bytes, root_key: bool = False) -> None:
         self.head = head
         self.value = value
+        self.root_key = root_key
+        """The session root key: not part of the profile's digest."""
+
+
+class _DigestSlot:
+    """Where Aaa-Vpn-Profile-Digest goes once it is known (:func:`compile_with_digest`)."""
+
+    __slots__ = ()
 
 
 class _Lifetime:
@@ -249,11 +259,15 @@ class ProfileTemplate:
 
     __slots__ = ("length", "parts", "secrets")
 
-    def __init__(self, parts: list[bytes | _Secret | _Lifetime]) -> None:
-        self.parts = parts
+    def __init__(self, parts: Sequence[bytes | _Secret | _Lifetime | _DigestSlot]) -> None:
+        self.parts: list[bytes | _Secret | _Lifetime] = []
+        for part in parts:
+            if isinstance(part, _DigestSlot):  # pragma: no cover - internal
+                raise ValueError("a template whose digest slot is not filled")
+            self.parts.append(part)
         self.secrets = sum(isinstance(part, _Secret) for part in parts)
         length = 0
-        for part in parts:
+        for part in self.parts:
             if isinstance(part, bytes):
                 length += len(part)
             elif isinstance(part, _Secret):
@@ -262,6 +276,23 @@ class ProfileTemplate:
                 length += len(part.head) + 4
         self.length = length
         """Octets of every rendering."""
+
+    def layout(self) -> tuple[bytes, tuple[int, ...]]:
+        """A template without keys as bytes, with the offsets of its 4-octet
+        lifetime values (zero here). ValueError if it has keys (they are
+        salt-encrypted anew for each packet)."""
+        if self.secrets:
+            raise ValueError("a template with keys has no fixed layout")
+        out = bytearray()
+        slots: list[int] = []
+        for part in self.parts:
+            if isinstance(part, bytes):
+                out += part
+            elif isinstance(part, _Lifetime):
+                out += part.head
+                slots.append(len(out))
+                out += bytes(4)
+        return bytes(out), tuple(slots)
 
     def render(
         self,
@@ -312,7 +343,7 @@ class _Encoder:
     __slots__ = ("out",)
 
     def __init__(self) -> None:
-        self.out: list[bytes | _Secret | _Lifetime] = []
+        self.out: list[bytes | _Secret | _Lifetime | _DigestSlot] = []
 
     @staticmethod
     def _check_secret(what: str, value: bytes) -> None:
@@ -338,7 +369,8 @@ class _Encoder:
         self._check_secret(what, raw)
         n = _cipher_length(len(raw)) + (tag is not None)
         head = _VSA.pack(26, n + 8, vendor, t, n + 2) + (bytes((tag,)) if tag is not None else b"")
-        self.out.append(_Secret(head, raw))
+        root_key = vendor == VENDOR_ID and t == AaaVpnAttr.SESSION_ROOT_KEY
+        self.out.append(_Secret(head, raw, root_key))
 
     def u32(self, t: AaaVpnAttr, value: int) -> None:
         if not 0 <= value <= UINT32_MAX:
@@ -400,22 +432,69 @@ class _Encoder:
         self.out.append(_Lifetime(_SESSION_TIMEOUT_HDR))
 
 
-def compile_profile(profile: VpnProfile, flavour: Flavour) -> ProfileTemplate:
-    """``profile`` compiled for ``flavour`` (see the module rules); its
-    ``lifetime`` is filled in when the template is rendered. Raises
-    :class:`ProfileError` for anything that does not fit."""
+def _compile(profile: VpnProfile, flavour: Flavour, digest_slot: bool = False) -> _Encoder:
     if len(profile.paths) > MAX_PATHS:
         raise ProfileError(f"{len(profile.paths)} paths: at most {MAX_PATHS} fit (one RFC 2868 tag each)")
     enc = _Encoder()
     if flavour is Flavour.AAA_VPN:
-        _encode_aaa_vpn(enc, profile)
+        _encode_aaa_vpn(enc, profile, digest_slot)
     elif flavour is Flavour.RFC2868:
         _encode_rfc2868(enc, profile)
     elif flavour is Flavour.THREEGPP2:
         _encode_3gpp2(enc, profile)
     else:  # pragma: no cover - Flavour is closed
         raise ProfileError(f"unknown flavour {flavour!r}")
-    return ProfileTemplate(enc.out)
+    return enc
+
+
+def compile_profile(profile: VpnProfile, flavour: Flavour) -> ProfileTemplate:
+    """``profile`` compiled for ``flavour`` (see the module rules); its
+    ``lifetime`` is filled in when the template is rendered. Raises
+    :class:`ProfileError` for anything that does not fit."""
+    return ProfileTemplate(_compile(profile, flavour).out)
+
+
+_DIGEST_LABEL = b"aaa-vpn profile digest 2\x00"
+
+
+def compile_with_digest(profile: VpnProfile) -> tuple[ProfileTemplate, bytes]:
+    """``profile`` compiled in the aaa-vpn flavour with its digest (whatever
+    ``profile.digest`` says), and that digest.
+
+    The digest is SHA-256, truncated to
+    :data:`~aaa_vpn.wire.profile.PROFILE_DIGEST_LENGTH` octets, over the
+    compiled attributes: every attribute as encoded, keys in clear (with their
+    headers), but the lifetimes (a renewal moves them), the session root key
+    (a foreign AAA keeps it, its FA never sees it) and the digest itself. Two
+    views with the same digest install the same SAs with the same keys. The
+    keys are random and at least 128 bits long, so the digest, which travels
+    in clear, tells an observer nothing about them."""
+    enc = _compile(profile, Flavour.AAA_VPN, digest_slot=True)
+    hashed = hashlib.sha256(_DIGEST_LABEL)
+    for part in enc.out:
+        if isinstance(part, bytes):
+            hashed.update(part)
+        elif isinstance(part, _Secret):
+            if not part.root_key:
+                hashed.update(part.head + len(part.value).to_bytes(2, "big") + part.value)
+        elif isinstance(part, _Lifetime):
+            hashed.update(part.head)
+    digest = hashed.digest()[:PROFILE_DIGEST_LENGTH]
+    filled = [
+        _VSA.pack(26, 24, VENDOR_ID, AaaVpnAttr.PROFILE_DIGEST, 18) + digest if isinstance(p, _DigestSlot) else p
+        for p in enc.out
+    ]
+    return ProfileTemplate(filled), digest
+
+
+def profile_digest(profile: VpnProfile) -> bytes:
+    """The digest of ``profile`` (:func:`compile_with_digest`)."""
+    return compile_with_digest(profile)[1]
+
+
+def with_digest(profile: VpnProfile) -> VpnProfile:
+    """``profile`` carrying its own digest."""
+    return dataclasses.replace(profile, digest=profile_digest(profile))
 
 
 def compile_confirmation(profile: VpnProfile) -> ProfileTemplate:
@@ -456,7 +535,7 @@ def encode_profile(
     return compile_profile(profile, flavour).render(profile.lifetime, secret, request_authenticator, budget)
 
 
-def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
+def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile, digest_slot: bool = False) -> None:
     A = AaaVpnAttr
     enc.session_timeout()
     session_id = p.session_id.encode("utf-8")
@@ -487,7 +566,9 @@ def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile) -> None:
         enc.ip(A.PREVIOUS_FA, p.previous_fa)
     if p.previous_fa_handoff_key is not None:
         enc.secret_vsa("Aaa-Vpn-Previous-FA-Handoff-Key", A.PREVIOUS_FA_HANDOFF_KEY, p.previous_fa_handoff_key)
-    if p.digest is not None:
+    if digest_slot:
+        enc.out.append(_DigestSlot())
+    elif p.digest is not None:
         enc.vsa(A.PROFILE_DIGEST, p.digest)
     for index, path in enumerate(p.paths):
         tag = index + 1
@@ -1038,9 +1119,12 @@ __all__ = [
     "TunnelAttributes",
     "compile_confirmation",
     "compile_profile",
+    "compile_with_digest",
     "decode_3gpp2",
     "decode_profile",
     "decode_tunnel_attributes",
     "encode_profile",
     "iter_attributes",
+    "profile_digest",
+    "with_digest",
 ]
