@@ -649,7 +649,7 @@ def provision(cli: list[str], base: Path, commands_log: list[str]) -> tuple[Path
     return db, key
 
 
-def serve_argv(cli: list[str], db: Path, key: Path, port: int, workers: int) -> list[str]:
+def serve_argv(cli: list[str], db: Path, key: Path, port: int, workers: int, memo: bool = True) -> list[str]:
     return [
         *cli,
         "--db",
@@ -666,6 +666,7 @@ def serve_argv(cli: list[str], db: Path, key: Path, port: int, workers: int) -> 
         str(workers),
         "--log-level",
         "warning",
+        *(() if memo else ("--no-renewal-memo",)),
     ]
 
 
@@ -824,6 +825,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         " every Accept carries the whole profile again",
     )
     ap.add_argument(
+        "--no-renewal-memo",
+        action="store_true",
+        help="run our server with --no-renewal-memo: every renewal is decided in full (store read,"
+        " plan, write when the expiry moves) instead of answered from the renewal memo",
+    )
+    ap.add_argument(
         "--kind",
         choices=("renewal", "initial"),
         default="renewal",
@@ -898,7 +905,7 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
             notes.append(f"our server: not run ({provisioned})")
         else:
             db, key = provisioned
-            argv = serve_argv(cli, db, key, ours_port, args.workers)
+            argv = serve_argv(cli, db, key, ours_port, args.workers, memo=not args.no_renewal_memo)
             commands.append(shlex.join(["aaa-vpn", *argv[len(cli) :]]).replace(str(base), "$T"))
             ours = start(argv, log_path=base / "ours.log")
             out = probe(load, ours_port)

@@ -6,8 +6,10 @@
 #      left running nor enabled at boot when this script installs it), tshark, tcpdump,
 #      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes).
 #      Only what is missing is installed; `apt-get update` only runs when something is missing.
-#   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`;
-#      skipped when setup.cfg / pyproject.toml have not changed since the last run.
+#   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`, which
+#      also compiles aaa_vpn/wire/_fast.c (gcc and the Python headers); skipped when
+#      setup.cfg, pyproject.toml, setup.py and the C source have not changed since
+#      the last run and the compiled module is there.
 #
 # Idempotent and quick when everything is already there. Environment:
 #   PYTHON=python3            interpreter used to create the virtualenv
@@ -40,6 +42,7 @@ REQUIRED=(
     "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so:libcharon-extra-plugins"
     "/usr/lib/ipsec/plugins/libstrongswan-gcm.so:libstrongswan-standard-plugins"
     "-:libstrongswan-extra-plugins"
+    "gcc:gcc"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke
@@ -98,6 +101,12 @@ for entry in "${REQUIRED[@]}"; do
     fi
     [[ " ${missing[*]:-} " == *" $pkg "* ]] || missing+=("$pkg")
 done
+
+# The compiled hot path (aaa_vpn/wire/_fast.c) needs the interpreter's headers
+# (Debian: python3-dev for the system Python; other builds ship them).
+if ! "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+    missing+=("python3-dev")
+fi
 
 # python3 -m venv needs ensurepip (Debian: python3-venv / python3.X-venv).
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 && [[ ! -x $VENV/bin/python ]]; then
@@ -174,10 +183,10 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 
 STAMP=$VENV/.aaa_vpn-installed
-want=$(cat setup.cfg pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+want=$(cat setup.cfg pyproject.toml setup.py aaa_vpn/wire/_fast.c 2>/dev/null | sha256sum | cut -d' ' -f1)
 have_stamp=$(cat "$STAMP" 2>/dev/null || true)
 if [[ ${AAA_VPN_FORCE_PIP:-0} != 1 && $want == "$have_stamp" ]] \
-    && "$VENV/bin/python" -c 'import aaa_vpn' >/dev/null 2>&1; then
+    && "$VENV/bin/python" -c 'import aaa_vpn.wire._fast' >/dev/null 2>&1; then
     say "python packages: up to date ($VENV)"
 else
     say "pip install -e '.[test]' into $VENV"

@@ -8,6 +8,8 @@ import os
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aaa_vpn import keys
 from aaa_vpn.model import (
@@ -26,6 +28,7 @@ from aaa_vpn.roles import home_plan as home_aaa
 from aaa_vpn.roles.home_plan import Rejected, UserContext
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import SPI_MAX, SPI_MIN, PathRole, RejectReason, RequestType
+from aaa_vpn.wire.radius_profile import compile_with_digest
 
 FA = IPv4Address("192.0.2.1")
 HA = IPv4Address("192.0.2.2")
@@ -283,3 +286,62 @@ def test_a_foreign_aaa_moving_a_view_agrees_with_the_home_aaa() -> None:
     at_ha = next(p for p in ha.paths if p.role is PathRole.FA_HA)
     at_fa = next(p for p in by_aaaf.paths if p.role is PathRole.FA_HA)
     assert (at_ha.spi_in, at_ha.key_in, at_ha.peer) == (at_fa.spi_out, at_fa.key_out, new_fa)
+
+
+# -- the compiled view: skeletons give the same bytes as compiling the view -------------------------
+
+_REQUESTERS = [
+    (ClientRole.FA, RequestType.FA_REGISTRATION, None),
+    (ClientRole.FOREIGN_AAA, RequestType.FA_REGISTRATION, None),
+    (ClientRole.PROXY, RequestType.FA_REGISTRATION, None),
+    (ClientRole.HA, RequestType.HA_REGISTRATION, HA),
+    (ClientRole.GW, RequestType.GW_BINDING, GW_STATIC),
+    (ClientRole.GW, RequestType.GW_BINDING, GW_DYNAMIC),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.integers(0, 2),
+    key_mode=st.sampled_from(KeyMode),
+    srk=st.binary(min_size=32, max_size=32),
+    moves=st.integers(0, 3),
+    requester=st.sampled_from(_REQUESTERS),
+    lifetime=st.integers(0, 2**32 - 1),
+    salt_base=st.integers(0, 0xFFFF),
+    secret=st.binary(min_size=1, max_size=32),
+)
+def test_the_view_template_is_the_compiled_view(
+    records: int,
+    key_mode: KeyMode,
+    srk: bytes,
+    moves: int,
+    requester: tuple[ClientRole, RequestType, IPv4Address | None],
+    lifetime: int,
+    salt_base: int,
+    secret: bytes,
+) -> None:
+    ctx = make_context(records, key_mode)
+    session, paths = home_aaa.new_session(ctx, "s1", Secret(srk), HA, FA, 1000.0, 3600, os.urandom)
+    fa = FA
+    for n in range(moves):  # each move leaves a forwarding path from the previous FA
+        fa = IPv4Address(f"192.0.2.{100 + n}")
+        paths = home_aaa.plan_paths(ctx, HOME, HA, fa)
+        session = home_aaa.move_session(session, paths, fa, 1000.0 + n, 3600, os.urandom, rekey=n == 2)
+    role, request_type, node = requester
+    node = fa if node is None else node
+    view = home_aaa.view_for(session, paths, role, request_type, node, ctx.user, lifetime)
+    expected, expected_digest = compile_with_digest(view)
+    template, digest, count = home_aaa.view_template(session, paths, role, request_type, node, ctx.user)
+    assert digest == expected_digest == view.digest
+    assert count == len(view.paths)
+    authenticator = hashlib.sha256(secret).digest()[:16]
+    assert template.render_bytes(lifetime, secret, authenticator, salt_base=salt_base) == b"".join(
+        expected.render(lifetime, secret, authenticator, salt_base=salt_base)
+    )
+    # asked twice (the skeletons now cached), the same again
+    again, again_digest, _ = home_aaa.view_template(session, paths, role, request_type, node, ctx.user)
+    assert again_digest == digest
+    assert again.render_bytes(lifetime, secret, authenticator, salt_base=salt_base) == template.render_bytes(
+        lifetime, secret, authenticator, salt_base=salt_base
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,13 +26,14 @@ import pytest
 
 from aaa_vpn.store import open_store
 from aaa_vpn.wire import radius as rc
-from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, RequestType
+from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import (
     AaaVpnAttr,
     decode_3gpp2,
     decode_profile,
     decode_tunnel_attributes,
 )
+from aaa_vpn.wire.radius_request import Accepted, decode_access_reply
 
 from .radius_client import (
     access_request,
@@ -578,3 +580,44 @@ def test_sigusr1_logs_every_workers_counters(server: Server) -> None:
     assert any("accepts=" in line for line in lines)
     assert server.process.poll() is None  # the signal did not stop the server
     assert server.log_text().count("INFO    aaa_vpn.server") > before
+
+
+def test_no_worker_confirms_a_session_another_worker_replaced(server: Server) -> None:
+    """Both workers hold the session and remember its confirmation (renewals
+    come from eight source ports, which SO_REUSEPORT spreads over the
+    workers); a registration that names nothing replaces it; no worker then
+    confirms the old session, from its copy or from its memo."""
+    sockets = []
+    try:
+        for _ in range(8):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+
+        def renew(sock: socket.socket, profile: VpnProfile) -> Accepted:
+            request = access_request(
+                SECRET, NAI, MN_SECRET, care_of="127.0.0.1", home_agent="127.0.0.2", session_id=profile.session_id
+            )
+            request[(VENDOR_ID, 17)] = [profile.digest]
+            ex = exchange(server.address, request, sock=sock)
+            assert ex.reply is not None, "no reply to a renewal"
+            answer = decode_access_reply(ex.reply, ex.request, SECRET)
+            assert isinstance(answer, Accepted), answer
+            return answer
+
+        for _round in range(3):
+            _, one = register(server)
+            first = decode_profile(one.reply[20:], SECRET, one.authenticator)
+            for sock in sockets * 2:  # the second time from the memo
+                confirmed = renew(sock, first)
+                assert confirmed.profile is None and confirmed.confirmation is not None
+            _, two = register(server)
+            second = decode_profile(two.reply[20:], SECRET, two.authenticator)
+            assert second.session_id != first.session_id
+            for sock in sockets:
+                answer = renew(sock, first)
+                assert answer.profile is not None, "a worker confirmed a session that was replaced"
+                assert answer.profile.session_id not in (first.session_id, second.session_id)
+    finally:
+        for sock in sockets:
+            sock.close()

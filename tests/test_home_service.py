@@ -359,18 +359,49 @@ def test_a_store_that_does_not_answer_costs_only_the_requests_that_need_it(store
 
 def test_a_session_another_worker_changed_is_decided_again_not_overwritten(store: MemoryStore) -> None:
     worker_a, worker_b = HomeService(store, now=NOW), HomeService(store, now=NOW)
-    first = profile_of(Client_(worker_a, FA1).accepted(fa_request()))
-    # worker B re-keys the session (a push from the operator, say): epoch 2
-    pushed = worker_b.push(first.session_id, NOW + 1)
+    fa1 = Client_(worker_a, FA1)
+    first = profile_of(fa1.accepted(fa_request()))
+    # worker A decides a renewal (a RENEW write: the expiry moves two seconds)...
+    raw = fa1.packet(fa_request(session_id=first.session_id, profile_digest=first.digest))
+    worker_a.role.receive_datagram(raw, (FA1, 7), NOW + 2)
+    assert worker_a.role.pending_writes == 1
+    # ...and before its write reaches the store, worker B re-keys the session (a push): epoch 2
+    pushed = worker_b.push(first.session_id, NOW + 2)
     assert not pushed.error and only_session(store).epoch == 2
-    # worker A still holds epoch 1; the FA renews naming the view of epoch 1
-    answer = Client_(worker_a, FA1).accepted(
-        fa_request(session_id=first.session_id, profile_digest=first.digest), NOW + 2
-    )
+    worker_a.run(NOW + 2)  # A's write finds epoch 2: a conflict, and A decides again from the store
     assert worker_a.counters["store_conflicts"] == 1
+    ((reply, destination),) = worker_a.role.datagrams_to_send()
+    answer = decode_access_reply(reply, raw, SECRETS[FA1])
+    assert destination == (FA1, 7) and isinstance(answer, Accepted)
     assert answer.profile is not None and answer.profile.epoch == 2  # the view of the session as it is now
     session = only_session(store)
     assert session.epoch == 2 and session.expires == pytest.approx(NOW + 2 + 3600, abs=1)
+
+
+def test_a_worker_trusts_its_copy_only_while_no_other_worker_changed_the_session(store: MemoryStore) -> None:
+    worker_a, worker_b = HomeService(store, now=NOW), HomeService(store, now=NOW)
+    fa1_a, fa1_b = Client_(worker_a, FA1), Client_(worker_b, FA1)
+    first = profile_of(fa1_a.accepted(fa_request()))
+    renewal = fa_request(session_id=first.session_id, profile_digest=first.digest)
+    # A renews twice within a second: decided from its copy, then from its memo; no write
+    assert fa1_a.accepted(renewal, NOW + 0.2).profile is None  # a confirmation
+    assert fa1_a.accepted(renewal, NOW + 0.3).profile is None
+    assert worker_a.counters["memo_answers"] == 1
+    # B replaces the session: a registration that names nothing creates a new one
+    second = profile_of(fa1_b.accepted(fa_request(), NOW + 0.4))
+    assert second.session_id != first.session_id
+    # A must not confirm the session B deleted, neither from its memo nor from its copy
+    answer = fa1_a.accepted(renewal, NOW + 0.5)
+    assert worker_a.counters["memo_answers"] == 1
+    assert answer.profile is not None and answer.profile.session_id not in (first.session_id, second.session_id)
+    assert [s.session_id for s in store.list_sessions()] == [answer.profile.session_id]
+    # and a session B re-keys is not renewed from A's copy either
+    third = answer.profile
+    assert fa1_a.accepted(fa_request(session_id=third.session_id, profile_digest=third.digest), NOW + 0.6)
+    assert not worker_b.push(third.session_id, NOW + 0.7).error
+    renewed = fa1_a.accepted(fa_request(session_id=third.session_id, profile_digest=third.digest), NOW + 0.8)
+    assert renewed.profile is not None and renewed.profile.epoch == 2
+    assert worker_a.counters["store_conflicts"] == 0  # seen by the mark, before any write
 
 
 def test_conditional_writes_on_the_memory_store() -> None:

@@ -102,7 +102,10 @@ def test_serve_home_options_and_toml_keys_are_the_declared_settings(tmp_path: Pa
     assert set(options) - {"help"} == {item.name for item in flagged}
     assert options["port"].default == 1812 and options["session_lifetime"].default == 3600
     config = tmp_path / "aaa-vpn.toml"
-    config.write_text("[serve.home]\n" + "".join(f"{item.name} = {item.default!r}\n" for item in flagged))
+    def toml(value: object) -> str:
+        return str(value).lower() if isinstance(value, bool) else repr(value)
+
+    config.write_text("[serve.home]\n" + "".join(f"{item.name} = {toml(item.default)}\n" for item in flagged))
     assert ConfigFile.load(config).serve_home == {item.name: item.default for item in flagged}
 
 

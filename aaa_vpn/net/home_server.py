@@ -71,7 +71,11 @@ def _open(settings: Any) -> HomeService:
     from aaa_vpn.store import open_store
 
     store = open_store(settings.db_path, settings.key_file, busy_timeout_ms=int(settings.db_busy_timeout * 1000))
-    options = HomeAaaOptions(session_lifetime=settings.session_lifetime, dup_cache_seconds=settings.dup_cache_seconds)
+    options = HomeAaaOptions(
+        session_lifetime=settings.session_lifetime,
+        dup_cache_seconds=settings.dup_cache_seconds,
+        renewal_memo=settings.renewal_memo,
+    )
     return HomeService(store, options)
 
 

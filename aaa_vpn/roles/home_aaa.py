@@ -92,9 +92,11 @@ here; "plan rule N" refers to :mod:`aaa_vpn.roles.home_plan`):
     new provisioning generation forget it). A request of that shape whose
     Message-Authenticator and MN-AAA proof check out is answered from the
     memo (counted, not logged one by one); anything else is decided as
-    above. A change another worker or node made is seen at the latest by
-    the next write, within a second, as with any renewal answered without
-    a write.
+    above. Changes other processes make are seen through the session marks
+    (:mod:`aaa_vpn.store.marks`): a worker decides a renewal from its copy
+    of a session, and the memo answers for it, only while the user's mark
+    holds the stamp taken before that copy was read; without marks, every
+    renewal reads the store and nothing is remembered.
 
 Theory of operation (the aioquic shape): inputs are
 :meth:`~HomeAaa.receive_datagram`, :meth:`~HomeAaa.sessions_stored`,
@@ -112,6 +114,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import functools
 import itertools
 import os
 import struct
@@ -134,9 +137,10 @@ from aaa_vpn.roles import home_plan as plan
 from aaa_vpn.roles.home_plan import PlannedPath, Rejected, UserContext
 from aaa_vpn.roles.radius_server import Address, Dropped, Incoming, RadiusServer
 from aaa_vpn.secret import Secret
+from aaa_vpn.store.marks import SessionMarks
 from aaa_vpn.wire import coa
 from aaa_vpn.wire import radius as rc
-from aaa_vpn.wire.memo import PyRenewalMemo, renewal_memo
+from aaa_vpn.wire.memo import Memo, PyRenewalMemo, renewal_memo
 from aaa_vpn.wire.memo import shape as memo_shape
 from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import (
@@ -144,7 +148,6 @@ from aaa_vpn.wire.radius_profile import (
     ProfileTemplate,
     compile_confirmation,
     compile_profile,
-    compile_with_digest,
 )
 from aaa_vpn.wire.radius_request import (
     MAX_KEY_EPOCH,
@@ -212,6 +215,10 @@ class SessionReader(Protocol):
 
     def session(self, session_id: str) -> Session | None:
         """One session, or None."""
+
+    def marks(self) -> SessionMarks | None:
+        """The session marks every writer sets (aaa_vpn/store/marks.py), or
+        None: then no session is decided from a copy."""
 
 
 @dataclass(frozen=True)
@@ -369,6 +376,8 @@ class _Job:
     request: AccessRequest
     conflicts: int = 0
     spi_draws: int = 0
+    #: The user's session mark taken before its live session was read (rule 12).
+    stamp: int | None = None
 
 
 @dataclass
@@ -398,16 +407,33 @@ class _Action:
 
 
 class _View:
-    """One requester's view of a session, compiled per flavour on demand."""
+    """One requester's view of a session: compiled in the aaa-vpn flavour at
+    once (plan.view_template), as a profile and in other flavours on demand."""
 
-    __slots__ = ("confirmation", "profile", "templates")
+    __slots__ = ("_profile", "confirmation", "digest", "epoch", "make_profile", "paths", "session_id", "templates")
 
-    def __init__(self, profile: VpnProfile) -> None:
-        """``profile`` without its digest: the aaa-vpn compilation gives it."""
-        template, digest = compile_with_digest(profile)
-        self.profile = dataclasses.replace(profile, digest=digest)
+    def __init__(
+        self,
+        template: ProfileTemplate,
+        digest: bytes,
+        paths: int,
+        session: Session,
+        make_profile: Callable[[], VpnProfile],
+    ) -> None:
+        self.digest = digest
+        self.paths = paths
+        self.session_id = session.session_id
+        self.epoch = session.epoch
+        self.make_profile = make_profile
+        self._profile: VpnProfile | None = None
         self.templates: dict[Flavour, ProfileTemplate] = {Flavour.AAA_VPN: template}
         self.confirmation: ProfileTemplate | None = None
+
+    @property
+    def profile(self) -> VpnProfile:
+        if self._profile is None:
+            self._profile = dataclasses.replace(self.make_profile(), digest=self.digest)
+        return self._profile
 
     def template(self, flavour: Flavour) -> ProfileTemplate:
         template = self.templates.get(flavour)
@@ -417,7 +443,7 @@ class _View:
 
     def confirmation_template(self) -> ProfileTemplate:
         if self.confirmation is None:
-            self.confirmation = compile_confirmation(self.profile)
+            self.confirmation = compile_confirmation(self.session_id, self.epoch, self.digest)
         return self.confirmation
 
 
@@ -463,9 +489,15 @@ class HomeAaa:
         self._plans: dict[tuple[str, int, int, int], list[PlannedPath]] = {}
         self._views: dict[tuple[object, ...], _View] = {}
         self._names: dict[int, tuple[list[PlannedPath], frozenset[str]]] = {}
-        self._memo = renewal_memo(_CACHE_LIMIT) if self.options.renewal_memo else PyRenewalMemo(0)
+        self._marks = sessions.marks()
+        if self.options.renewal_memo and self._marks is not None:
+            self._memo: Memo = renewal_memo(_CACHE_LIMIT, self._marks.buffer)
+        else:
+            self._memo = PyRenewalMemo(0)
         self._memo_keys: dict[str, set[bytes]] = {}  # by NAI: the memos that answer for its session
-        self._live: dict[str, Session] = {}  # by NAI: the session this worker last stored or read
+        # By NAI: the session this worker last stored or read, and the mark it
+        # holds while no other process changed it (None: read it again).
+        self._live: dict[str, tuple[Session, int | None]] = {}
         self._write_ids = itertools.count(1)
         self._writes: dict[int, tuple[_Job, _Answer] | _Action] = {}
         self._busy: dict[str, collections.deque[_Job]] = {}  # NAIs with a write in flight: who waits
@@ -542,7 +574,10 @@ class HomeAaa:
             waiting = self._busy.pop(nai, collections.deque())
         if outcome is WriteOutcome.STORED:
             if answer.session is not None:
-                self._remember(answer.session)
+                # A RENEW marks nothing, so the stamp read before still
+                # vouches for the copy; after any other write, read again.
+                renewed = answer.write is not None and answer.write.kind is WriteKind.RENEW
+                self._remember(answer.session, job.stamp if renewed else None)
             self._send(job, answer, now)
         elif outcome is WriteOutcome.CONFLICT:
             self._live.pop(nai, None)
@@ -599,7 +634,7 @@ class HomeAaa:
 
     def delete(self, session_id: str, now: float) -> None:
         """Forget a session (a :class:`StoreSession` DELETE)."""
-        for nai, cached in list(self._live.items()):
+        for nai, (cached, _stamp) in list(self._live.items()):
             if cached.session_id == session_id:
                 del self._live[nai]
                 self._forget_memos(nai)
@@ -609,7 +644,7 @@ class HomeAaa:
     def expire(self, now: float) -> None:
         """Housekeeping: forget old answers and expired cached sessions."""
         self.server.expire(now)
-        for nai in [nai for nai, session in self._live.items() if session.expires <= now]:
+        for nai in [nai for nai, (session, _stamp) in self._live.items() if session.expires <= now]:
             del self._live[nai]
 
     # -- outputs --------------------------------------------------------------------------------
@@ -709,7 +744,7 @@ class HomeAaa:
         if home_agent != user.home_agent:
             raise Rejected(RejectReason.BAD_REQUEST, f"requested home agent {home_agent} is not the user's home agent")
         paths = self._plan(ctx, user.home_address, home_agent, care_of)
-        current = self._current(request, home_agent, care_of, now)
+        current = self._current(job, home_agent, care_of, now)
         key_life = plan.key_lifetime(paths)
         vpn_changed = False
         if current is not None and request.session_id == current.session_id and current.care_of_address == care_of:
@@ -811,7 +846,7 @@ class HomeAaa:
                 valid_until = stored  # no grant can move the expiry a granule any more
             valid_until = min(valid_until, session.keyed_at + self.options.rekey_fraction * key_life)
         valid_until = min(valid_until, stored)
-        if valid_until <= now:
+        if valid_until <= now or job.stamp is None or self._marks is None or not self.options.renewal_memo:
             return
         incoming = job.incoming
         key = memo_shape(incoming.packet.data, incoming.source[0])
@@ -828,6 +863,8 @@ class HomeAaa:
             client.require_message_authenticator,
             valid_until,
             session.expires,
+            self._marks.slot(session.nai),
+            job.stamp,
         )
         keys = self._memo_keys.setdefault(session.nai, set())
         keys.add(key)
@@ -905,35 +942,42 @@ class HomeAaa:
         allocated = {a.path for a in session.spis}
         return [p for p in paths if p.a_key in allocated and p.b_key in allocated]
 
-    def _current(
-        self, request: AccessRequest, home_agent: IPv4Address, care_of: IPv4Address, now: float
-    ) -> Session | None:
-        """The live session an FA registration may renew or move (rule 6).
-        A renewal of the session this worker knows is decided from its copy
-        (the write's epoch condition catches a change made elsewhere); other
-        cases read the store."""
+    def _current(self, job: _Job, home_agent: IPv4Address, care_of: IPv4Address, now: float) -> Session | None:
+        """The live session an FA registration may renew or move (rule 6),
+        with the user's session mark in ``job.stamp``. A renewal of the
+        session this worker knows is decided from its copy while the mark
+        says no other process changed the session since it was read
+        (aaa_vpn/store/marks.py); anything else reads the store, the mark
+        taken first."""
+        request = job.request
         if not request.session_id and request.previous_fa is None:
             return None  # rule 6: a registration that names nothing creates
         nai = request.nai
+        marks = self._marks
+        stamp = marks.stamp(nai) if marks is not None else None
+        job.stamp = stamp
         cached = self._live.get(nai)
-        if (
-            cached is not None
-            and cached.session_id == request.session_id
-            and cached.care_of_address == care_of
-            and cached.home_agent == home_agent
-            and cached.expires > now
-            and (request.key_epoch is None or request.key_epoch == cached.epoch)
-        ):
-            return cached
-        session = self.sessions.live_session(nai, home_agent, now)
-        if session is not None:
-            self._remember(session)
-        return session
+        if cached is not None:
+            session, held = cached
+            if (
+                held is not None
+                and held == stamp
+                and session.session_id == request.session_id
+                and session.care_of_address == care_of
+                and session.home_agent == home_agent
+                and session.expires > now
+                and (request.key_epoch is None or request.key_epoch == session.epoch)
+            ):
+                return session
+        live = self.sessions.live_session(nai, home_agent, now)
+        if live is not None:
+            self._remember(live, stamp)
+        return live
 
-    def _remember(self, session: Session) -> None:
+    def _remember(self, session: Session, stamp: int | None) -> None:
         if len(self._live) >= _CACHE_LIMIT and session.nai not in self._live:
             self._live.clear()
-        self._live[session.nai] = session
+        self._live[session.nai] = (session, stamp)
 
     def _plan(
         self, ctx: UserContext, home_address: IPv4Address, home_agent: IPv4Address, care_of: IPv4Address
@@ -970,10 +1014,18 @@ class HomeAaa:
         )
         view = self._views.get(key)
         if view is None:
-            profile = plan.view_for(session, paths, role, request_type, node, ctx.user, 0, digest=False)
+            user = ctx.user
+            template, digest, count = plan.view_template(session, paths, role, request_type, node, user)
+            view = _View(
+                template,
+                digest,
+                count,
+                session,
+                functools.partial(plan.view_for, session, paths, role, request_type, node, user, 0, False),
+            )
             if len(self._views) >= _CACHE_LIMIT:
                 self._views.clear()
-            view = self._views[key] = _View(profile)
+            self._views[key] = view
         return view
 
     def _answer(
@@ -997,12 +1049,12 @@ class HomeAaa:
         confirm = (
             client.flavour is Flavour.AAA_VPN
             and request.profile_digest is not None
-            and request.profile_digest == view.profile.digest
+            and request.profile_digest == view.digest
         )
         try:
             template = view.confirmation_template() if confirm else view.template(client.flavour)
             salt = int.from_bytes(self.random_bytes(2), "big") if template.secrets else 0
-            attributes = template.render(lifetime, client.secret, incoming.authenticator, budget, salt)
+            attributes = [template.render_bytes(lifetime, client.secret, incoming.authenticator, budget, salt)]
         except ProfileError as exc:
             raise Rejected(RejectReason.PROFILE_TOO_LARGE, f"VPN profile does not fit: {exc}") from None
         decided = Decided(
@@ -1012,7 +1064,7 @@ class HomeAaa:
             "confirmed" if confirm else case.value if case is not None else "answered",
             session_id=session.session_id,
             care_of=str(session.care_of_address),
-            paths=len(view.profile.paths),
+            paths=view.paths,
         )
         return _Answer(rc.ACCESS_ACCEPT, attributes, decided, confirmation=template if confirm else None)
 
@@ -1124,7 +1176,7 @@ class HomeAaa:
             }.get(outcome, "the session store did not answer in time")
             self._events.append(Authorize(action.tag, action.action, previous, None, error=error))
             return
-        self._remember(moved)
+        self._remember(moved, None)
         lifetime = max(1, int(moved.expires - now))
         care_of, ha, user = moved.care_of_address, moved.home_agent, action.ctx.user
         paths = action.paths

@@ -93,7 +93,8 @@ from aaa_vpn.wire.profile import (
     RequestType,
     VpnProfile,
 )
-from aaa_vpn.wire.radius_profile import with_digest
+from aaa_vpn.wire.radius import AaaVpnAttr
+from aaa_vpn.wire.radius_profile import PathSkeleton, ProfileTemplate, compile_view, with_digest
 from aaa_vpn.wire.text import text
 
 #: The service used for the FA <-> HA path of a user without VPN records.
@@ -402,7 +403,7 @@ def _path_view(
     )
 
 
-def view_for(
+def _view_plan(
     session: Session,
     paths: Sequence[PlannedPath],
     role: ClientRole,
@@ -410,15 +411,10 @@ def view_for(
     node: IPv4Address,
     user: User,
     lifetime: int,
-    digest: bool = True,
-) -> VpnProfile:
-    """The profile one requester is sent (rule 5), with its digest unless
-    ``digest`` is false (a caller that compiles the view computes it then:
-    :func:`aaa_vpn.wire.radius_profile.compile_with_digest`).
-
-    ``node`` is the requester's own address on the path: the care-of address for
-    an FA (also when asked through a proxy), the HA address for an HA, the
-    gateway address for a gateway."""
+) -> tuple[VpnProfile, list[tuple[PlannedPath, IPv4Address, IPv4Address | None]], PathProfile | None]:
+    """What one requester is sent (rule 5): the view's session part (no
+    paths), its paths as (planned path, the requester's end, the HA whose
+    binding key it carries), and an FA's forwarding path after a move (rule 7)."""
     fa, ha = session.care_of_address, session.home_agent
     spis = _spi_table(session)
     fa_ha_spi = spis[_spi_key(FA_HA_MIP_LABEL, ha)]
@@ -432,58 +428,177 @@ def view_for(
         "epoch": session.epoch,
     }
     if request_type is RequestType.HA_REGISTRATION:
-        views = [_path_view(session, p, ha, spis, binding_for=ha) for p in paths if ha in (p.a, p.b)]
+        ends: list[tuple[PlannedPath, IPv4Address, IPv4Address | None]] = [
+            (p, ha, ha) for p in paths if ha in (p.a, p.b)
+        ]
         # The gateway's side of route-optimised paths: the HA hands it over in
         # the Binding Update (flow B), authenticated and wrapped with the key
         # it shares with that gateway.
-        views += [_path_view(session, p, p.b, spis, binding_for=ha) for p in paths if p.role is PathRole.FA_GW]
-        return _digested(
-            digest,
-            VpnProfile(
-                **common,  # type: ignore[arg-type]
-                paths=tuple(views),
-                mn_ha_spi=user.mn_ha_spi,
-                mn_ha_key=user.mn_ha_key,
-                fa_ha_spi=fa_ha_spi,
-                fa_ha_key=fa_ha_key,
-                session_root_key=session.session_root_key,
-            ),
-        )
-    if request_type is RequestType.GW_BINDING:
-        views = [_path_view(session, p, node, spis) for p in paths if node in (p.a, p.b)]
-        return _digested(digest, VpnProfile(**common, paths=tuple(views)))  # type: ignore[arg-type]
-    srk, epoch = session.session_root_key, session.epoch
-    views = [_path_view(session, p, fa, spis) for p in paths if fa in (p.a, p.b)]
-    previous = _previous_fa(spis, fa)
-    previous_key = None
-    fa_ha = next((v for v in views if v.role is PathRole.FA_HA), None)
-    if previous is not None and fa_ha is not None:
-        label = forwarding_label(previous)
-        views.append(
-            _forwarding_view(
-                srk,
-                fa_ha,
-                previous,
-                session.home_address,
-                epoch,
-                spis[_spi_key(label, fa)],
-                spis[_spi_key(label, previous)],
-            )
-        )
-        previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
-    return _digested(
-        digest,
-        VpnProfile(
+        ends += [(p, p.b, ha) for p in paths if p.role is PathRole.FA_GW]
+        session_part = VpnProfile(
             **common,  # type: ignore[arg-type]
-            paths=tuple(views),
+            mn_ha_spi=user.mn_ha_spi,
+            mn_ha_key=user.mn_ha_key,
             fa_ha_spi=fa_ha_spi,
             fa_ha_key=fa_ha_key,
-            session_root_key=srk if role is ClientRole.FOREIGN_AAA else None,
-            handoff_key=keys.derive_handoff_key(srk, fa, epoch),
-            previous_fa=previous if previous_key is not None else None,
-            previous_fa_handoff_key=previous_key,
-        ),
+            session_root_key=session.session_root_key,
+        )
+        return session_part, ends, None
+    if request_type is RequestType.GW_BINDING:
+        return VpnProfile(**common), [(p, node, None) for p in paths if node in (p.a, p.b)], None  # type: ignore[arg-type]
+    srk, epoch = session.session_root_key, session.epoch
+    ends = [(p, fa, None) for p in paths if fa in (p.a, p.b)]
+    previous = _previous_fa(spis, fa)
+    previous_key = forwarding = None
+    fa_ha = next((p for p, _local, _b in ends if p.role is PathRole.FA_HA), None)
+    if previous is not None and fa_ha is not None:
+        label = forwarding_label(previous)
+        forwarding = _forwarding_view(
+            srk,
+            _path_view(session, fa_ha, fa, spis),
+            previous,
+            session.home_address,
+            epoch,
+            spis[_spi_key(label, fa)],
+            spis[_spi_key(label, previous)],
+        )
+        previous_key = keys.derive_handoff_key(srk, previous, epoch - 1)
+    session_part = VpnProfile(
+        **common,  # type: ignore[arg-type]
+        fa_ha_spi=fa_ha_spi,
+        fa_ha_key=fa_ha_key,
+        session_root_key=srk if role is ClientRole.FOREIGN_AAA else None,
+        handoff_key=keys.derive_handoff_key(srk, fa, epoch),
+        previous_fa=previous if previous_key is not None else None,
+        previous_fa_handoff_key=previous_key,
     )
+    return session_part, ends, forwarding
+
+
+def view_for(
+    session: Session,
+    paths: Sequence[PlannedPath],
+    role: ClientRole,
+    request_type: RequestType,
+    node: IPv4Address,
+    user: User,
+    lifetime: int,
+    digest: bool = True,
+) -> VpnProfile:
+    """The profile one requester is sent (rule 5), with its digest unless
+    ``digest`` is false.
+
+    ``node`` is the requester's own address on the path: the care-of address for
+    an FA (also when asked through a proxy), the HA address for an HA, the
+    gateway address for a gateway."""
+    session_part, ends, forwarding = _view_plan(session, paths, role, request_type, node, user, lifetime)
+    spis = _spi_table(session)
+    views = [_path_view(session, p, local, spis, binding_for) for p, local, binding_for in ends]
+    if forwarding is not None:
+        views.append(forwarding)
+    return _digested(digest, dataclasses.replace(session_part, paths=tuple(views)))
+
+
+def view_template(
+    session: Session,
+    paths: Sequence[PlannedPath],
+    role: ClientRole,
+    request_type: RequestType,
+    node: IPv4Address,
+    user: User,
+) -> tuple[ProfileTemplate, bytes, int]:
+    """:func:`view_for` compiled in the aaa-vpn flavour, with its digest and
+    number of paths, without building the view: each path's attributes come
+    from a skeleton compiled once per path and requester (the same bytes as
+    compiling the view; tested so)."""
+    session_part, ends, forwarding = _view_plan(session, paths, role, request_type, node, user, 0)
+    spis = _spi_table(session)
+    filled = []
+    for tag, (path, local, binding_for) in enumerate(ends, start=1):
+        filled.append(
+            _skeleton(path, local, tag, binding_for).fill(_path_values(session, path, local, spis, binding_for))
+        )
+    if forwarding is not None:
+        tag = len(ends) + 1
+        filled.append(PathSkeleton(forwarding, tag).fill(_values_of(forwarding)))
+    template, digest = compile_view(session_part, filled)
+    return template, digest, len(filled)
+
+
+_SKELETONS: dict[tuple[int, int, int, int], tuple[PlannedPath, PathSkeleton]] = {}
+_SKELETON_LIMIT = 65536
+
+
+def _skeleton(path: PlannedPath, local: IPv4Address, tag: int, binding_for: IPv4Address | None) -> PathSkeleton:
+    """The skeleton of ``path`` as ``local`` sees it with ``tag``, cached."""
+    binds = binding_for is not None and path.gateway_key is not None
+    key = (id(path), int(local), tag, int(binding_for) if binds and binding_for is not None else -1)
+    found = _SKELETONS.get(key)
+    if found is not None and found[0] is path:
+        return found[1]
+    peer = path.b if local == path.a else path.a
+    local_ts, remote_ts = (path.a_ts, path.b_ts) if local == path.a else (path.b_ts, path.a_ts)
+    length = path.service.esp_transform.keymat_length
+    ikev2 = path.service.key_mode is KeyMode.IKEV2
+    placeholder = PathProfile(
+        role=path.role,
+        local=local,
+        peer=peer,
+        local_ts=local_ts,
+        remote_ts=remote_ts,
+        key_mode=path.service.key_mode,
+        esp_transform=path.service.esp_transform,
+        spi_in=0,
+        spi_out=0,
+        key_in=Secret(bytes(length)),
+        key_out=Secret(bytes(length)),
+        lifetime=path.service.sa_lifetime,
+        ike_proposal=path.service.ike_proposal if ikev2 else None,
+        ike_psk=Secret(bytes(keys.IKE_PSK_LENGTH)) if ikev2 else None,
+        qos=QosSpec(path.qos.name, path.qos.dscp, path.qos.rate_kbps) if path.qos else None,
+        gateway_mode=path.gateway_mode,
+        binding_key=Secret(bytes(keys.BINDING_KEY_LENGTH)) if binds else None,
+    )
+    skeleton = PathSkeleton(placeholder, tag)
+    if len(_SKELETONS) >= _SKELETON_LIMIT:
+        _SKELETONS.clear()
+    _SKELETONS[key] = (path, skeleton)
+    return skeleton
+
+
+def _path_values(
+    session: Session, path: PlannedPath, local: IPv4Address, spis: dict[str, int], binding_for: IPv4Address | None
+) -> dict[int, int | Secret]:
+    """The SPIs and keys of ``path`` as ``local`` sees it: what :func:`_path_view` derives."""
+    peer = path.b if local == path.a else path.a
+    srk, label = session.session_root_key, path.label.encode()
+    epoch = path_epoch(path.role, session.epoch, session.stationary_epoch)
+    length = path.service.esp_transform.keymat_length
+    values: dict[int, int | Secret] = {
+        AaaVpnAttr.PATH_SPI_IN: spis[path.spi_key(local)],
+        AaaVpnAttr.PATH_SPI_OUT: spis[path.spi_key(peer)],
+        AaaVpnAttr.PATH_KEY_IN: keys.derive_sa_key(srk, label, peer, local, epoch, length),
+        AaaVpnAttr.PATH_KEY_OUT: keys.derive_sa_key(srk, label, local, peer, epoch, length),
+    }
+    if path.service.key_mode is KeyMode.IKEV2:
+        values[AaaVpnAttr.PATH_IKE_PSK] = keys.derive_ike_psk(srk, label, local, peer, epoch)
+    if binding_for is not None and path.gateway_key is not None:
+        values[AaaVpnAttr.PATH_BINDING_KEY] = keys.derive_binding_key(path.gateway_key, binding_for, path.b)
+    return values
+
+
+def _values_of(path: PathProfile) -> dict[int, int | Secret]:
+    values: dict[int, int | Secret] = {
+        AaaVpnAttr.PATH_SPI_IN: path.spi_in,
+        AaaVpnAttr.PATH_SPI_OUT: path.spi_out,
+        AaaVpnAttr.PATH_KEY_IN: path.key_in,
+        AaaVpnAttr.PATH_KEY_OUT: path.key_out,
+    }
+    if path.ike_psk is not None:
+        values[AaaVpnAttr.PATH_IKE_PSK] = path.ike_psk
+    if path.binding_key is not None:
+        values[AaaVpnAttr.PATH_BINDING_KEY] = path.binding_key
+    return values
 
 
 def _digested(digest: bool, profile: VpnProfile) -> VpnProfile:

@@ -133,6 +133,13 @@ class HomeServerSettings:
         flag="--db-busy-timeout",
         check=Bounds("database busy timeout", low=0, high=60, low_open=True, rule="0 < seconds <= 60"),
     )
+    renewal_memo: bool = setting(
+        True,
+        help="Answer a renewal that asks exactly what an earlier one asked (and was confirmed) from memory,"
+        " checking its authenticators and MN-AAA proof but not reading the database (docs/protocol.md"
+        " section 1.3). --no-renewal-memo decides every request in full.",
+        flag="--renewal-memo",
+    )
 
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
@@ -259,6 +266,6 @@ class ConfigFile:
                 expected = _HOME_KEYS.get(key)
                 if expected is None:
                     raise ValidationError(f"{where('serve.home.' + key)} is not a known setting")
-                if isinstance(value, bool) or not isinstance(value, expected):
+                if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
                     raise ValidationError(f"{where('serve.home.' + key)} has the wrong type ({type(value).__name__})")
         return cls(db_path=paths["db"], key_file=paths["key_file"], serve_home=dict(home) if home else None)

@@ -35,6 +35,7 @@ process.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import time
@@ -54,6 +55,7 @@ from aaa_vpn.roles.home_plan import UserContext
 from aaa_vpn.roles.radius_server import Address, Dropped
 from aaa_vpn.service.logging import fields
 from aaa_vpn.store.base import NotFound, Store, StoreError
+from aaa_vpn.store.marks import SessionMarks
 
 log = logging.getLogger("aaa_vpn.home")
 
@@ -156,10 +158,11 @@ class StoreSessions:
         except NotFound:
             return None
 
+    def marks(self) -> SessionMarks | None:
+        return self.store.session_marks()
+
 
 def _with_expiry(session: Session, expires: float) -> Session:
-    import dataclasses
-
     return dataclasses.replace(session, expires=expires)
 
 

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 from typing import Protocol
 
 from aaa_vpn.model import Client, Gateway, QosClass, Service, Session, SessionWrite, User, VpnRecord, WriteOutcome
+from aaa_vpn.store.marks import SessionMarks
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class Store(Protocol):
         """A number that changes whenever provisioning data (not sessions) changes.
 
         Cheap to call; the server polls it to know when to drop its caches."""
+
+    def session_marks(self) -> SessionMarks | None:
+        """The marks every writer of this store's sessions sets after it
+        commits a created, replaced or deleted session (store/marks.py), or
+        None where they cannot be read (then no cached session is trusted)."""
 
     # -- users ---------------------------------------------------------------
     def add_user(self, user: User) -> None: ...

@@ -36,6 +36,7 @@ from aaa_vpn.model import (
     WriteOutcome,
 )
 from aaa_vpn.store.base import AlreadyExists, NotFound, ReferenceError_, SessionHead, SpiConflict, StoreError
+from aaa_vpn.store.marks import SessionMarks
 
 
 class MemoryStore:
@@ -56,6 +57,7 @@ class MemoryStore:
         self.closed = False
         #: While set, every write raises StoreError: a store that is down.
         self.unavailable = False
+        self.marks = SessionMarks.private()
 
     # -- plumbing ---------------------------------------------------------------
     def _changed(self) -> None:
@@ -82,6 +84,9 @@ class MemoryStore:
 
     def generation(self) -> int:
         return self._generation
+
+    def session_marks(self) -> SessionMarks:
+        return self.marks
 
     # -- users ------------------------------------------------------------------
     def add_user(self, user: User) -> None:
@@ -275,6 +280,7 @@ class MemoryStore:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return False
+        self.marks.mark(session.nai)
         for allocation in session.spis:
             self._spis.pop((int(allocation.node), allocation.spi), None)
         return True
@@ -292,6 +298,7 @@ class MemoryStore:
 
     def _insert(self, session: Session) -> None:
         self.sessions[session.session_id] = session
+        self.marks.mark(session.nai)
         for allocation in session.spis:
             self._spis[(int(allocation.node), allocation.spi)] = session.session_id
 

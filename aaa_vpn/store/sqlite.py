@@ -78,6 +78,7 @@ from aaa_vpn.store.base import (
     StoreError,
 )
 from aaa_vpn.store.crypto import SecretBox, secret_context
+from aaa_vpn.store.marks import MarksError, SessionMarks
 from aaa_vpn.wire.text import text
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ _SESSION_HEADS = (
 )
 _RENEW_SESSION = "UPDATE sessions SET expires = ? WHERE session_id = ?"
 _RENEW_AT_EPOCH = "UPDATE sessions SET expires = ? WHERE session_id = ? AND epoch = ?"
-_DELETE_AT_EPOCH = "DELETE FROM sessions WHERE session_id = ? AND epoch = ?"
+_DELETE_AT_EPOCH = "DELETE FROM sessions WHERE session_id = ? AND epoch = ? RETURNING nai"
 _LIST_SESSIONS = f"{_SESSION_SELECT} ORDER BY s.created, s.session_id, p.position"
 _INSERT_SESSION = (
     "INSERT INTO sessions (session_id, nai, session_root_key, epoch, home_address, home_agent,"
@@ -281,7 +282,7 @@ _INSERT_SESSION = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SPI = "INSERT INTO session_spis (session_id, position, node, spi, path) VALUES (?, ?, ?, ?, ?)"
-_DELETE_SESSION = "DELETE FROM sessions WHERE session_id = ?"
+_DELETE_SESSION = "DELETE FROM sessions WHERE session_id = ? RETURNING nai"
 _DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE nai = ?"
 _SPI_HOLDER = (
     "SELECT p.session_id, s.nai FROM session_spis AS p JOIN sessions AS s ON s.session_id = p.session_id"
@@ -332,6 +333,9 @@ class SqliteStore:
         if not create and not self.path.exists():
             raise StoreError(f"database {self.path} does not exist (create it with 'aaa-vpn db init')")
         self._busy_timeout_ms = busy_timeout_ms
+        self._marks: SessionMarks | None = None
+        self._marks_error = ""
+        self._changed_nais: set[str] = set()  # users whose sessions this transaction changes (marks)
         self._conn = self._connect("rwc" if create else "rw")
         try:
             self._setup(busy_timeout_ms, migrate)
@@ -471,6 +475,7 @@ class SqliteStore:
             # Inside transaction(): the outermost block commits or rolls back.
             yield conn
             return
+        self._changed_nais.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -488,8 +493,15 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"database {self.path}: {exc}") from None
+        if self._changed_nais:
+            # store/marks.py rule 2: after the commit. _writable_marks() opened them before.
+            assert self._marks is not None
+            for nai in self._changed_nais:
+                self._marks.mark(nai)
+            self._changed_nais.clear()
 
     def _rollback(self) -> None:
+        self._changed_nais.clear()
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
 
@@ -536,6 +548,31 @@ class SqliteStore:
         return StoreError(f"database {self.path}: stored {what} is invalid: {exc}")
 
     # -- change detection -------------------------------------------------------------
+
+    def session_marks(self) -> SessionMarks | None:
+        """The marks beside the database (store/marks.py): writable if they
+        can be, else read-only, else None (logged once)."""
+        if self._marks is None and not self._marks_error:
+            try:
+                self._marks = SessionMarks.beside(self.path, writable=True)
+            except MarksError:
+                try:
+                    self._marks = SessionMarks.beside(self.path, writable=False)
+                except MarksError as exc:
+                    self._marks_error = str(exc)
+                    log.warning("database %s: %s; cached sessions are not trusted", self.path, exc)
+        return self._marks
+
+    def _writable_marks(self) -> None:
+        """Before a transaction that changes sessions: the marks must be
+        writable (store/marks.py rule 4), or nothing is written."""
+        marks = self.session_marks()
+        if marks is None or not marks.writable:
+            self._marks, self._marks_error = None, ""  # it may have become writable: once more
+            marks = self.session_marks()
+        if marks is None or not marks.writable:
+            why = self._marks_error or f"{marks.path if marks else 'the session marks'} is read-only"
+            raise StoreError(f"database {self.path}: cannot change sessions: {why}")
 
     def generation(self) -> int:
         row = self._one(_GENERATION, ())
@@ -597,8 +634,10 @@ class SqliteStore:
                 raise NotFound(f"no user {user.nai!r}")
 
     def delete_user(self, nai: str) -> None:
+        self._writable_marks()
         with self._writing() as conn:
-            conn.execute("DELETE FROM sessions WHERE nai = ?", (nai,))
+            if conn.execute(_DELETE_USER_SESSIONS, (nai,)).rowcount:
+                self._changed_nais.add(nai)
             # vpn_records follow by ON DELETE CASCADE.
             if conn.execute("DELETE FROM users WHERE nai = ?", (nai,)).rowcount == 0:
                 raise NotFound(f"no user {nai!r}")
@@ -985,13 +1024,15 @@ class SqliteStore:
         replaces = list(replaces)
         # Seal before taking the write lock: keep the lock as short as possible.
         params, spis = self._session_params(session)
+        self._writable_marks()
         try:
             with self._writing() as conn:
                 for old in replaces:
-                    conn.execute(_DELETE_SESSION, (old,))
+                    self._changed_nais.update(row[0] for row in conn.execute(_DELETE_SESSION, (old,)))
                 # "put" replaces a session of the same id (e.g. after a handoff),
                 # whose own SPIs must not count as conflicts.
-                conn.execute(_DELETE_SESSION, (session.session_id,))
+                conn.execute(_DELETE_SESSION, (session.session_id,)).fetchall()
+                self._changed_nais.add(session.nai)
                 conn.execute(_INSERT_SESSION, params)
                 conn.executemany(_INSERT_SPI, spis)
         except StoreError as exc:
@@ -1015,6 +1056,8 @@ class SqliteStore:
         stored and SpiConflict is raised."""
         prepared = [self._session_params(session) for session in sessions]
         replaced: list[int] = []
+        if sessions:
+            self._writable_marks()
         try:
             with self._writing() as conn:
                 if renewals:
@@ -1027,6 +1070,7 @@ class SqliteStore:
                     # New sessions: a same-id row cannot exist (128-bit random
                     # ids), and the primary key would refuse one anyway.
                     conn.execute(_INSERT_SESSION, params)
+                    self._changed_nais.add(session.nai)
                     conn.executemany(_INSERT_SPI, spis)
         except StoreError as exc:
             if "UNIQUE constraint failed: session_spis" in str(exc):
@@ -1045,6 +1089,8 @@ class SqliteStore:
         transaction itself fails: then nothing was written."""
         # Seal before taking the write lock: keep the lock as short as possible.
         prepared = [self._session_params(w.session) if w.session is not None else None for w in writes]
+        if any(w.kind is not WriteKind.RENEW for w in writes):
+            self._writable_marks()
         for attempt in (1, 2):
             outcomes: list[WriteOutcome] = []
             try:
@@ -1058,29 +1104,30 @@ class SqliteStore:
             return outcomes
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
     def _apply_write(
+        self,
         conn: sqlite3.Connection,
         write: SessionWrite,
         params: tuple[tuple[object, ...], list[tuple[object, ...]]] | None,
     ) -> WriteOutcome:
         kind = write.kind
-        if kind is WriteKind.RENEW:
+        if kind is WriteKind.RENEW:  # marks nothing (store/marks.py rule 2)
             done = conn.execute(_RENEW_AT_EPOCH, (write.expires, write.session_id, write.expected_epoch)).rowcount
             return WriteOutcome.STORED if done else WriteOutcome.CONFLICT
         if kind is WriteKind.DELETE:
             if write.expected_epoch is None:
-                done = conn.execute(_DELETE_SESSION, (write.session_id,)).rowcount
+                gone = conn.execute(_DELETE_SESSION, (write.session_id,)).fetchall()
             else:
-                done = conn.execute(_DELETE_AT_EPOCH, (write.session_id, write.expected_epoch)).rowcount
-            return WriteOutcome.STORED if done else WriteOutcome.CONFLICT
+                gone = conn.execute(_DELETE_AT_EPOCH, (write.session_id, write.expected_epoch)).fetchall()
+            self._changed_nais.update(row[0] for row in gone)
+            return WriteOutcome.STORED if gone else WriteOutcome.CONFLICT
         assert params is not None and write.session is not None
         row, spis = params
         conn.execute("SAVEPOINT session_write")
         try:
             if kind is WriteKind.CREATE:
                 conn.execute(_DELETE_USER_SESSIONS, (write.session.nai,))
-            elif conn.execute(_DELETE_AT_EPOCH, (write.session_id, write.expected_epoch)).rowcount == 0:
+            elif not conn.execute(_DELETE_AT_EPOCH, (write.session_id, write.expected_epoch)).fetchall():
                 conn.execute("RELEASE session_write")
                 return WriteOutcome.CONFLICT
             conn.execute(_INSERT_SESSION, row)
@@ -1092,6 +1139,7 @@ class SqliteStore:
                 return WriteOutcome.SPI_TAKEN
             return WriteOutcome.CONFLICT  # the same session id twice: it changed meanwhile
         conn.execute("RELEASE session_write")
+        self._changed_nais.add(write.session.nai)
         return WriteOutcome.STORED
 
     def get_session(self, session_id: str) -> Session:
@@ -1114,9 +1162,12 @@ class SqliteStore:
         return self._sessions(self._all(_LIST_SESSIONS))
 
     def delete_session(self, session_id: str) -> None:
+        self._writable_marks()
         with self._writing() as conn:
-            if conn.execute(_DELETE_SESSION, (session_id,)).rowcount == 0:
+            gone = conn.execute(_DELETE_SESSION, (session_id,)).fetchall()
+            if not gone:
                 raise NotFound(f"no session {session_id!r}")
+            self._changed_nais.update(row[0] for row in gone)
 
     def expire_sessions(self, now: float) -> int:
         with self._writing() as conn:
@@ -1164,6 +1215,8 @@ class SqliteStore:
 
     def close(self) -> None:
         self._conn.close()
+        if self._marks is not None:
+            self._marks.close()
 
     def __enter__(self) -> Self:
         return self

@@ -12,7 +12,9 @@ answers a request of that shape from that source on its own:
 
 1. The packet is an Access-Request whose framing checks out (RFC 2865
    sections 3 and 5; anything else: not answered here).
-2. Its shape and source name a memo that is still valid at ``now``.
+2. Its shape and source name a memo that is still valid at ``now``, and
+   the session mark it was remembered with (if any) has not moved
+   (aaa_vpn/store/marks.py: no other process changed the session since).
 3. It carries exactly one Message-Authenticator, valid under the client's
    secret (RFC 3579 section 3.2); a client's request without one is answered
    here only if the client does not require it.
@@ -30,7 +32,7 @@ never changes state, and answers nothing the caller would not answer the
 same way. A retransmission answered here is answered alike (the lifetime may
 be one second less).
 
-The work is in a compiled module (``aaa_vpn.wire._memo``, C, built at
+The work is in a compiled module (``aaa_vpn.wire._fast``, C, built at
 install) when it is there; this module is its specification, its fallback
 and its test oracle (tests compare the two byte for byte).
 """
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import mmap
 import struct
 from collections.abc import Sequence
 from typing import Protocol
@@ -59,6 +62,10 @@ VARYING = frozenset((CHAP_PASSWORD, CHAP_CHALLENGE, MESSAGE_AUTHENTICATOR_TYPE, 
 _HEADER = struct.Struct("!BBH")
 _MA_HEAD = bytes((MESSAGE_AUTHENTICATOR_TYPE, 18))
 _ZERO16 = bytes(16)
+#: Lifetime slots one memo may hold (the home AAA uses two: Session-Timeout, Aaa-Vpn-Lifetime).
+MAX_SLOTS = 8
+#: The longest source address text a memo answers for (octets).
+MAX_SOURCE = 255
 
 
 class Memo(Protocol):
@@ -74,6 +81,8 @@ class Memo(Protocol):
         require_message_authenticator: bool,
         valid_until: float,
         expires: float,
+        mark_slot: int = -1,
+        mark_stamp: int = 0,
     ) -> None: ...
     def discard(self, key: bytes) -> None: ...
     def clear(self) -> None: ...
@@ -106,7 +115,17 @@ def shape(data: bytes, source: str) -> bytes | None:
 
 
 class _Entry:
-    __slots__ = ("attributes", "expires", "mn_aaa_secret", "require_ma", "secret", "slots", "valid_until")
+    __slots__ = (
+        "attributes",
+        "expires",
+        "mark_slot",
+        "mark_stamp",
+        "mn_aaa_secret",
+        "require_ma",
+        "secret",
+        "slots",
+        "valid_until",
+    )
 
     def __init__(
         self,
@@ -117,6 +136,8 @@ class _Entry:
         require_ma: bool,
         valid_until: float,
         expires: float,
+        mark_slot: int,
+        mark_stamp: int,
     ) -> None:
         self.secret = secret
         self.mn_aaa_secret = mn_aaa_secret
@@ -125,13 +146,18 @@ class _Entry:
         self.require_ma = require_ma
         self.valid_until = valid_until
         self.expires = expires
+        self.mark_slot = mark_slot
+        self.mark_stamp = mark_stamp
 
 
 class PyRenewalMemo:
-    """The memo in Python (module rules 1-5)."""
+    """The memo in Python (module rules 1-5). ``marks`` is the memory of the
+    session marks (:attr:`aaa_vpn.store.marks.SessionMarks.buffer`), if
+    memos are to be bound to them."""
 
-    def __init__(self, limit: int = 100_000) -> None:
+    def __init__(self, limit: int = 100_000, marks: mmap.mmap | bytearray | None = None) -> None:
         self.limit = limit
+        self._marks = memoryview(marks).cast("B").cast("Q") if marks is not None else None
         self._entries: dict[bytes, _Entry] = {}
         self._answered = 0
 
@@ -145,9 +171,17 @@ class PyRenewalMemo:
         require_message_authenticator: bool,
         valid_until: float,
         expires: float,
+        mark_slot: int = -1,
+        mark_stamp: int = 0,
     ) -> None:
         """Remember the reply ``attributes`` for requests of shape ``key``;
-        ``lifetime_slots`` are the offsets of 4-octet lifetime values in them."""
+        ``lifetime_slots`` are the offsets of 4-octet lifetime values in them;
+        the memo answers only while mark ``mark_slot`` (unless -1) holds
+        ``mark_stamp``."""
+        if not -1 <= mark_slot < (len(self._marks) if self._marks is not None else 0):
+            raise ValueError("the mark slot is not one of the marks")
+        if len(lifetime_slots) > MAX_SLOTS:
+            raise ValueError(f"at most {MAX_SLOTS} lifetime slots")
         if any(not 0 <= slot <= len(attributes) - 4 for slot in lifetime_slots):
             raise ValueError("a lifetime slot lies outside the attributes")
         if len(self._entries) >= self.limit and key not in self._entries:
@@ -160,6 +194,8 @@ class PyRenewalMemo:
             require_message_authenticator,
             valid_until,
             expires,
+            mark_slot,
+            mark_stamp,
         )
 
     def discard(self, key: bytes) -> None:
@@ -178,12 +214,13 @@ class PyRenewalMemo:
 
     def answer(self, data: bytes, source: str, now: float) -> bytes | None:
         """The reply to ``data`` from ``source`` (rules 1-5), or None."""
-        if len(data) < HEADER_LENGTH or data[0] != ACCESS_REQUEST:
+        source_bytes = source.encode()
+        if len(data) < HEADER_LENGTH or data[0] != ACCESS_REQUEST or len(source_bytes) > MAX_SOURCE:
             return None
         length = (data[2] << 8) | data[3]
         if length < HEADER_LENGTH or length > len(data) or length > MAX_PACKET_LENGTH:
             return None
-        key = [source.encode(), b"\x00"]
+        key = [source_bytes, b"\x00"]
         states = []
         ma = -1
         chap_password = chap_challenge = None
@@ -214,6 +251,8 @@ class PyRenewalMemo:
         entry = self._entries.get(b"".join(key))
         if entry is None or now >= entry.valid_until:
             return None
+        if entry.mark_slot >= 0 and self._marks is not None and self._marks[entry.mark_slot] != entry.mark_stamp:
+            return None
         packet = data[:length]
         authenticator = packet[4:HEADER_LENGTH]
         if ma < 0:
@@ -228,9 +267,10 @@ class PyRenewalMemo:
         expected = hashlib.md5(chap_password[:1] + entry.mn_aaa_secret + chap_challenge).digest()
         if not hmac.compare_digest(expected, chap_password[1:]):
             return None
-        lifetime = int(entry.expires - now)
-        if not 0 <= lifetime <= 0xFFFFFFFF:
+        left = entry.expires - now
+        if not 0 <= left < 2**32:
             return None
+        lifetime = int(left)
         body = bytearray(entry.attributes)
         packed = lifetime.to_bytes(4, "big")
         for slot in entry.slots:
@@ -246,20 +286,20 @@ class PyRenewalMemo:
         return head + hashlib.md5(head + authenticator + attributes + entry.secret).digest() + attributes
 
 
-def renewal_memo(limit: int = 100_000) -> Memo:
+def renewal_memo(limit: int = 100_000, marks: mmap.mmap | bytearray | None = None) -> Memo:
     """The compiled memo if it was built, else the Python one."""
     try:
-        from aaa_vpn.wire import _memo  # type: ignore[attr-defined]
+        from aaa_vpn.wire import _fast  # type: ignore[attr-defined]
     except ImportError:
-        return PyRenewalMemo(limit)
-    memo: Memo = _memo.RenewalMemo(limit)
+        return PyRenewalMemo(limit, marks)
+    memo: Memo = _fast.RenewalMemo(limit, marks)
     return memo
 
 
 def compiled() -> bool:
     """Whether the compiled memo is installed."""
     try:
-        from aaa_vpn.wire import _memo  # type: ignore[attr-defined]  # noqa: F401
+        from aaa_vpn.wire import _fast  # type: ignore[attr-defined]  # noqa: F401
     except ImportError:
         return False
     return True

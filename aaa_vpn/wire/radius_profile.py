@@ -85,6 +85,11 @@ from aaa_vpn.wire.radius import (
 )
 from aaa_vpn.wire.radius import iter_attributes as _radius_iter_attributes
 from aaa_vpn.wire.reader import DecodeError
+
+try:  # the compiled hot path, when it was built (setup.py)
+    from aaa_vpn.wire import _fast  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - a build without a compiler
+    _fast = None
 from aaa_vpn.wire.text import text as _text_of
 
 
@@ -257,9 +262,10 @@ class ProfileTemplate:
     :meth:`render` for each packet. A server caches a view's template while
     the view does not change, so a renewal re-encodes nothing but that."""
 
-    __slots__ = ("length", "parts", "secrets")
+    __slots__ = ("_flat", "length", "parts", "secrets")
 
     def __init__(self, parts: Sequence[bytes | _Secret | _Lifetime | _DigestSlot]) -> None:
+        self._flat: tuple[tuple[int, bytes, bytes], ...] | None = None
         self.parts: list[bytes | _Secret | _Lifetime] = []
         for part in parts:
             if isinstance(part, _DigestSlot):  # pragma: no cover - internal
@@ -293,6 +299,43 @@ class ProfileTemplate:
                 slots.append(len(out))
                 out += bytes(4)
         return bytes(out), tuple(slots)
+
+    def render_bytes(
+        self,
+        lifetime: int,
+        secret: bytes | Secret,
+        request_authenticator: bytes,
+        budget: int = DEFAULT_ATTRIBUTE_BUDGET,
+        salt_base: int | None = None,
+    ) -> bytes:
+        """:meth:`render`'s attributes as one string, by the compiled hot path
+        (aaa_vpn/wire/_fast.c) when it is installed."""
+        if _fast is None:
+            return b"".join(self.render(lifetime, secret, request_authenticator, budget, salt_base))
+        if len(request_authenticator) != AUTHENTICATOR_LENGTH:
+            raise ProfileError("the request authenticator is 16 octets")
+        if self.length > budget:
+            raise ProfileError(
+                f"the profile needs {self.length} octets but only {budget} are free in the packet"
+                " (RFC 2865 section 3: at most 4096)"
+            )
+        if not 0 <= lifetime <= UINT32_MAX:
+            raise ProfileError(f"lifetime {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
+        flat = self._flat
+        if flat is None:
+            flat = self._flat = tuple(
+                (0, part, b"")
+                if isinstance(part, bytes)
+                else (2, part.head, part.value)
+                if isinstance(part, _Secret)
+                else (1, part.head, b"")
+                for part in self.parts
+            )
+        key = secret.value if isinstance(secret, Secret) else secret
+        if salt_base is None:
+            salt_base = int.from_bytes(os.urandom(2), "big")
+        rendered: bytes = _fast.render(flat, lifetime, key, request_authenticator, salt_base & 0x7FFF)
+        return rendered
 
     def render(
         self,
@@ -346,7 +389,7 @@ class _Encoder:
         self.out: list[bytes | _Secret | _Lifetime | _DigestSlot] = []
 
     @staticmethod
-    def _check_secret(what: str, value: bytes) -> None:
+    def check_secret_size(what: str, value: bytes) -> None:
         if len(value) > MAX_SALT_PLAINTEXT:
             raise ProfileError(
                 f"{what} is {len(value)} octets; salt encryption fits at most {MAX_SALT_PLAINTEXT}"
@@ -366,7 +409,7 @@ class _Encoder:
     def secret_vsa(self, what: str, t: int, value: Secret, vendor: int = VENDOR_ID, tag: int | None = None) -> None:
         """A salt-encrypted vendor attribute (``tag || salt || ciphertext`` if tagged)."""
         raw = value.value
-        self._check_secret(what, raw)
+        self.check_secret_size(what, raw)
         n = _cipher_length(len(raw)) + (tag is not None)
         head = _VSA.pack(26, n + 8, vendor, t, n + 2) + (bytes((tag,)) if tag is not None else b"")
         root_key = vendor == VENDOR_ID and t == AaaVpnAttr.SESSION_ROOT_KEY
@@ -424,7 +467,7 @@ class _Encoder:
 
     def std_secret(self, what: str, t: int, value: Secret, tag: int) -> None:
         raw = value.value
-        self._check_secret(what, raw)
+        self.check_secret_size(what, raw)
         n = _cipher_length(len(raw)) + 1
         self.out.append(_Secret(bytes((t, n + 2, tag)), raw))
 
@@ -469,22 +512,23 @@ def compile_with_digest(profile: VpnProfile) -> tuple[ProfileTemplate, bytes]:
     views with the same digest install the same SAs with the same keys. The
     keys are random and at least 128 bits long, so the digest, which travels
     in clear, tells an observer nothing about them."""
-    enc = _compile(profile, Flavour.AAA_VPN, digest_slot=True)
+    return _with_digest(_compile(profile, Flavour.AAA_VPN, digest_slot=True).out)
+
+
+def _with_digest(parts: list[bytes | _Secret | _Lifetime | _DigestSlot]) -> tuple[ProfileTemplate, bytes]:
     hashed = hashlib.sha256(_DIGEST_LABEL)
-    for part in enc.out:
+    update = hashed.update
+    for part in parts:
         if isinstance(part, bytes):
-            hashed.update(part)
+            update(part)
         elif isinstance(part, _Secret):
             if not part.root_key:
-                hashed.update(part.head + len(part.value).to_bytes(2, "big") + part.value)
+                update(part.head + len(part.value).to_bytes(2, "big") + part.value)
         elif isinstance(part, _Lifetime):
-            hashed.update(part.head)
+            update(part.head)
     digest = hashed.digest()[:PROFILE_DIGEST_LENGTH]
-    filled = [
-        _VSA.pack(26, 24, VENDOR_ID, AaaVpnAttr.PROFILE_DIGEST, 18) + digest if isinstance(p, _DigestSlot) else p
-        for p in enc.out
-    ]
-    return ProfileTemplate(filled), digest
+    slot = _VSA.pack(26, 24, VENDOR_ID, AaaVpnAttr.PROFILE_DIGEST, 18) + digest
+    return ProfileTemplate([slot if isinstance(p, _DigestSlot) else p for p in parts]), digest
 
 
 def profile_digest(profile: VpnProfile) -> bytes:
@@ -497,19 +541,20 @@ def with_digest(profile: VpnProfile) -> VpnProfile:
     return dataclasses.replace(profile, digest=profile_digest(profile))
 
 
-def compile_confirmation(profile: VpnProfile) -> ProfileTemplate:
-    """The Access-Accept attributes confirming ``profile`` to a sender that
-    named its digest (docs/protocol.md section 1): Session-Timeout,
-    Aaa-Vpn-Session-Id, Aaa-Vpn-Key-Epoch, Aaa-Vpn-Lifetime and
-    Aaa-Vpn-Profile-Digest -- no key, no Aaa-Vpn-Home-Address."""
-    if profile.digest is None:
-        raise ProfileError("a confirmation names the profile's digest")
+def compile_confirmation(session_id: str, epoch: int, digest: bytes) -> ProfileTemplate:
+    """The Access-Accept attributes confirming the view of ``digest`` (session
+    ``session_id``, key epoch ``epoch``) to a sender that named that digest
+    (docs/protocol.md section 1): Session-Timeout, Aaa-Vpn-Session-Id,
+    Aaa-Vpn-Key-Epoch, Aaa-Vpn-Lifetime and Aaa-Vpn-Profile-Digest -- no key,
+    no Aaa-Vpn-Home-Address."""
+    if len(digest) != PROFILE_DIGEST_LENGTH:
+        raise ProfileError(f"a confirmation names a digest of {PROFILE_DIGEST_LENGTH} octets")
     enc = _Encoder()
     enc.session_timeout()
-    enc.vsa(AaaVpnAttr.SESSION_ID, profile.session_id.encode("utf-8"))
-    enc.u32(AaaVpnAttr.KEY_EPOCH, profile.epoch)
+    enc.vsa(AaaVpnAttr.SESSION_ID, session_id.encode("utf-8"))
+    enc.u32(AaaVpnAttr.KEY_EPOCH, epoch)
     enc.lifetime_u32(AaaVpnAttr.LIFETIME)
-    enc.vsa(AaaVpnAttr.PROFILE_DIGEST, profile.digest)
+    enc.vsa(AaaVpnAttr.PROFILE_DIGEST, digest)
     return ProfileTemplate(enc.out)
 
 
@@ -571,33 +616,114 @@ def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile, digest_slot: bool = False) -> 
     elif p.digest is not None:
         enc.vsa(A.PROFILE_DIGEST, p.digest)
     for index, path in enumerate(p.paths):
-        tag = index + 1
-        enc.tagged_u24(A.PATH_ROLE, tag, int(path.role))
-        enc.tagged_str(A.PATH_LOCAL, tag, _text_of(path.local))
-        enc.tagged_str(A.PATH_PEER, tag, _text_of(path.peer))
-        for net in path.local_ts:
-            enc.tagged_str(A.PATH_LOCAL_TS, tag, _text_of(net))
-        for net in path.remote_ts:
-            enc.tagged_str(A.PATH_REMOTE_TS, tag, _text_of(net))
-        enc.tagged_u24(A.PATH_KEY_MODE, tag, _KEY_MODE_CODE[path.key_mode])
-        enc.tagged_u24(A.PATH_ESP_TRANSFORM, tag, path.esp_transform.code)
-        enc.tagged_spi(A.PATH_SPI_IN, tag, path.spi_in)
-        enc.tagged_spi(A.PATH_SPI_OUT, tag, path.spi_out)
-        enc.tagged_secret(A.PATH_KEY_IN, tag, path.key_in)
-        enc.tagged_secret(A.PATH_KEY_OUT, tag, path.key_out)
-        enc.tagged_u24(A.PATH_LIFETIME, tag, path.lifetime)
-        if path.ike_proposal is not None:
-            enc.tagged_str(A.PATH_IKE_PROPOSAL, tag, path.ike_proposal)
-        if path.ike_psk is not None:
-            enc.tagged_secret(A.PATH_IKE_PSK, tag, path.ike_psk)
-        if path.qos is not None:
-            enc.tagged_str(A.PATH_QOS_CLASS, tag, path.qos.name)
-            enc.tagged_u24(A.PATH_DSCP, tag, path.qos.dscp)
-            enc.tagged_u24(A.PATH_RATE_LIMIT, tag, path.qos.rate_kbps)
-        if path.gateway_mode is not None:
-            enc.tagged_u24(A.PATH_GATEWAY_MODE, tag, _GATEWAY_MODE_CODE[path.gateway_mode])
-        if path.binding_key is not None:
-            enc.tagged_secret(A.PATH_BINDING_KEY, tag, path.binding_key)
+        _encode_path(enc, index + 1, path)
+
+
+def _encode_path(enc: _Encoder, tag: int, path: PathProfile) -> None:
+    A = AaaVpnAttr
+    enc.tagged_u24(A.PATH_ROLE, tag, int(path.role))
+    enc.tagged_str(A.PATH_LOCAL, tag, _text_of(path.local))
+    enc.tagged_str(A.PATH_PEER, tag, _text_of(path.peer))
+    for net in path.local_ts:
+        enc.tagged_str(A.PATH_LOCAL_TS, tag, _text_of(net))
+    for net in path.remote_ts:
+        enc.tagged_str(A.PATH_REMOTE_TS, tag, _text_of(net))
+    enc.tagged_u24(A.PATH_KEY_MODE, tag, _KEY_MODE_CODE[path.key_mode])
+    enc.tagged_u24(A.PATH_ESP_TRANSFORM, tag, path.esp_transform.code)
+    enc.tagged_spi(A.PATH_SPI_IN, tag, path.spi_in)
+    enc.tagged_spi(A.PATH_SPI_OUT, tag, path.spi_out)
+    enc.tagged_secret(A.PATH_KEY_IN, tag, path.key_in)
+    enc.tagged_secret(A.PATH_KEY_OUT, tag, path.key_out)
+    enc.tagged_u24(A.PATH_LIFETIME, tag, path.lifetime)
+    if path.ike_proposal is not None:
+        enc.tagged_str(A.PATH_IKE_PROPOSAL, tag, path.ike_proposal)
+    if path.ike_psk is not None:
+        enc.tagged_secret(A.PATH_IKE_PSK, tag, path.ike_psk)
+    if path.qos is not None:
+        enc.tagged_str(A.PATH_QOS_CLASS, tag, path.qos.name)
+        enc.tagged_u24(A.PATH_DSCP, tag, path.qos.dscp)
+        enc.tagged_u24(A.PATH_RATE_LIMIT, tag, path.qos.rate_kbps)
+    if path.gateway_mode is not None:
+        enc.tagged_u24(A.PATH_GATEWAY_MODE, tag, _GATEWAY_MODE_CODE[path.gateway_mode])
+    if path.binding_key is not None:
+        enc.tagged_secret(A.PATH_BINDING_KEY, tag, path.binding_key)
+
+
+# --- skeletons: a path's attributes compiled once, its SPIs and keys filled in per session ------
+
+
+class _Open:
+    """An SPI or key of a skeleton, filled in by :meth:`PathSkeleton.fill`."""
+
+    __slots__ = ("attribute", "head")
+
+    def __init__(self, attribute: int, head: bytes) -> None:
+        self.attribute = attribute
+        self.head = head
+
+
+class _SkeletonEncoder(_Encoder):
+    """An encoder that leaves a path's SPIs and keys open."""
+
+    __slots__ = ()
+
+    def tagged_spi(self, t: AaaVpnAttr, tag: int, value: int) -> None:
+        self.out.append(_Open(t, _HDR4[t] + bytes((tag,))))  # type: ignore[arg-type]
+
+    def tagged_secret(self, t: AaaVpnAttr, tag: int, value: Secret) -> None:
+        self.check_secret_size(_name(t), value.value)
+        n = _cipher_length(len(value.value)) + 1
+        self.out.append(_Open(t, _VSA.pack(26, n + 8, VENDOR_ID, t, n + 2) + bytes((tag,))))  # type: ignore[arg-type]
+
+
+class PathSkeleton:
+    """One path's aaa-vpn attributes (tag included) with its SPIs and keys
+    left open: compiled once for a path as one node sees it, filled in for
+    every session of that path (:meth:`fill`). The filled parts are exactly
+    what :func:`compile_profile` makes of the path."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, path: PathProfile, tag: int) -> None:
+        """``path``'s SPIs and keys are placeholders of the right sizes."""
+        enc = _SkeletonEncoder()
+        _encode_path(enc, tag, path)
+        parts: list[bytes | _Open] = []
+        for part in enc.out:
+            if isinstance(part, bytes) and parts and isinstance(parts[-1], bytes):
+                parts[-1] += part
+            else:
+                parts.append(part)  # type: ignore[arg-type]
+        self.parts = parts
+
+    def fill(self, values: dict[int, int | Secret]) -> list[bytes | _Secret]:
+        """The path's parts with ``values`` (by attribute type: SPIs as ints
+        of 24 bits, keys as secrets) in its open places."""
+        out: list[bytes | _Secret] = []
+        for part in self.parts:
+            if isinstance(part, bytes):
+                out.append(part)
+                continue
+            value = values[part.attribute]
+            if isinstance(value, int):
+                if not 0 <= value <= TAGGED_INT_MAX:
+                    raise ProfileError(
+                        f"{_name(AaaVpnAttr(part.attribute))} = {value}: a tagged integer is 0..{TAGGED_INT_MAX}"
+                    )
+                out.append(part.head[:-1] + _U32.pack(part.head[-1] << 24 | value))
+            else:
+                out.append(_Secret(part.head, value.value))
+        return out
+
+
+def compile_view(session_part: VpnProfile, paths: Sequence[list[bytes | _Secret]]) -> tuple[ProfileTemplate, bytes]:
+    """:func:`compile_with_digest` of ``session_part`` (a view without its
+    paths) with the filled skeletons of its paths (in tag order) appended:
+    the same template and digest as compiling the whole view."""
+    enc = _compile(session_part, Flavour.AAA_VPN, digest_slot=True)
+    for parts in paths:
+        enc.out.extend(parts)
+    return _with_digest(enc.out)
 
 
 def _encode_rfc2868(enc: _Encoder, p: VpnProfile) -> None:
@@ -1110,6 +1236,7 @@ __all__ = [
     "TUNNEL_TYPE_ESP",
     "AaaVpnAttr",
     "Attr",
+    "PathSkeleton",
     "ProfileDecodeError",
     "ProfileError",
     "ProfileTemplate",
@@ -1119,6 +1246,7 @@ __all__ = [
     "TunnelAttributes",
     "compile_confirmation",
     "compile_profile",
+    "compile_view",
     "compile_with_digest",
     "decode_3gpp2",
     "decode_profile",
