@@ -28,6 +28,12 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    renews (and its SAs) in place until it expires; the FA then asks for fresh
    keys at the next registration (Aaa-Vpn-Request-Type Service-Update, which
    re-keys the session: something on the path refused the old ones).
+4a. When ``ha_timeout`` ends a new registration it relayed, the home agent
+   may have accepted it and lost its reply: the FA sends it a revocation, a
+   Registration Request with lifetime 0 that carries the NAI, the session
+   NVSE of the registration and FA-HA authentication (and no MN-HA: the FA
+   has no such key), with its own timestamp Identification, retransmitted
+   like a relayed request until answered or ``ha_timeout`` (ha.py rule 4a).
 5. An accepted reply is relayed to the node (FA-HA stripped, a fresh
    challenge appended for its next registration) and the node becomes a
    visitor until its lifetime ends, when its paths are removed. A denial
@@ -39,8 +45,9 @@ Retransmissions (RFC 5944 section 3.6.3, RFC 4721; docs/protocol.md
 section 3.11):
 
 R1. The same request again (same home agent and Identification) while it
-    is worked on is absorbed. A request from the same node (NAI) with the
-    MN-FA challenge of a registration still being worked on is that
+    is worked on is absorbed. A request from the same node (NAI, source
+    address and port) with the MN-FA challenge of a registration still being
+    worked on is that
     registration retransmitted by the node with a new Identification: it is
     folded into it -- no second AAA request, SA or relay, never 104 -- and
     becomes the request the FA relays (at once, if the registration is
@@ -82,7 +89,8 @@ Smooth handoff (DESIGN.md flow E, docs/protocol.md section 5):
    NVSE of the previous FA's epoch and the previous FA's view of the path in
    a VPN-path CVSE, its keys wrapped, the message authenticated, under the
    two subkeys of the previous FA's handoff key (:func:`aaa_vpn.keys.handoff_subkeys`;
-   SPI :data:`HANDOFF_SPI`). It retransmits ``notification_retries`` times;
+   SPI :data:`HANDOFF_SPI`). It retransmits ``notification_retries`` times,
+   after ``notification_timeout`` seconds, then twice as long each time;
    unanswered or refused, it removes its end of the path and nothing else
    changes (counted). Acknowledged, its end goes when the granted lifetime
    ends.
@@ -154,6 +162,7 @@ from aaa_vpn.wire.mip import (
 )
 from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
+    append_authentication,
     append_generalized_authentication,
     mn_aaa_proof,
     relay_reply,
@@ -210,7 +219,8 @@ class FaConfig:
     max_forwarding_lifetime: int = 60
     """As a previous FA (rule 7): the longest forwarding it grants."""
     notification_timeout: float = 1.0
-    """How long it waits for the previous FA's Binding Acknowledge before sending again."""
+    """How long it waits for the previous FA's Binding Acknowledge before sending
+    again; twice as long after each retransmission (1, 2, 4 s: it gives up at 7 s)."""
     notification_retries: int = 2
     """How many times it sends a Previous-FA Notification again before giving up."""
     replay_tolerance: float = 7.0
@@ -238,6 +248,7 @@ class _Pending:
     retransmit: int | None = None
     repeat: bool = False  # R2: a retransmission of an accepted registration, nothing to install
     deadline: float = 0.0  # when ha_timeout ends
+    revocation: bool = False  # rule 4a
 
 
 @dataclass
@@ -465,7 +476,7 @@ class ForeignAgent(Agent):
         if challenges:
             first = self._by_challenge.get((nai, challenges[-1]))
             if first is not None:
-                self._fold(first, key, data, message, now)
+                self._fold(first, key, data, message, source, now)
                 return
             visitor = self.visitors.get(nai)
             if (
@@ -567,16 +578,27 @@ class ForeignAgent(Agent):
         self._keys[key] = key
         self._by_challenge[(pending.nai, pending.challenge)] = key
 
-    def _fold(self, first: object, key: object, data: bytes, message: mip.RegistrationRequest, now: float) -> None:
-        """R1/D2: the node retransmitted a registration still worked on."""
+    def _fold(
+        self, first: object, key: object, data: bytes, message: mip.RegistrationRequest, source: Address, now: float
+    ) -> None:
+        """R1/D2: the node retransmitted a registration still worked on. Only
+        from where the registration came from, for the same registration, and
+        only what can be relayed (else dropped and counted)."""
         pending = self._pending[first]
         old = pending.message
-        if (message.home_address, message.home_agent, message.care_of_address, message.lifetime) != (
-            old.home_address,
-            old.home_agent,
-            old.care_of_address,
-            old.lifetime,
-        ) or len(pending.keys) > MAX_FOLDED:
+        try:
+            relay_request(data)
+        except mip.MipDecodeError:
+            relayable = False
+        else:
+            relayable = True
+        if (
+            not relayable
+            or source != pending.source
+            or (message.home_address, message.home_agent, message.care_of_address, message.lifetime)
+            != (old.home_address, old.home_agent, old.care_of_address, old.lifetime)
+            or len(pending.keys) > MAX_FOLDED
+        ):
             self.counters["dropped.retransmission_mismatch"] += 1
             return
         self.counters["retransmissions_folded"] += 1
@@ -613,7 +635,7 @@ class ForeignAgent(Agent):
             return
         first = self._by_challenge.get((nai, None))
         if first is not None:
-            self._fold(first, key, data, message, now)
+            self._fold(first, key, data, message, source, now)
             return
         visitor = self.visitors.get(nai)
         if visitor is None:
@@ -741,6 +763,10 @@ class ForeignAgent(Agent):
         if key is None or pending is None or source[0] != str(message.home_agent):
             self.counters["dropped.unmatched_reply"] += 1
             return
+        if pending.revocation:  # the answer to a revocation (rule 4a)
+            self.counters["revocations_answered"] += 1
+            self._forget(key)
+            return
         if pending.message.lifetime == 0:  # deregistration (D2)
             self._forget(key)
             if message.accepted:
@@ -834,6 +860,9 @@ class ForeignAgent(Agent):
             return
         self._forget(key)
         if pending.profile is not None and not pending.repeat:
+            current = self.visitors.get(pending.nai)
+            if pending.relayed is not None and (current is None or current.owner != _owner(pending.profile)):
+                self._revoke(pending, now)
             self._discard(pending.nai, pending.profile)
         self._deny(
             pending.message,
@@ -842,6 +871,40 @@ class ForeignAgent(Agent):
             pending.nai,
             "no reply from the home agent",
         )
+
+    def _revoke(self, pending: _Pending, now: float) -> None:
+        """Rule 4a: the home agent may have accepted what this FA gave up on
+        (its reply lost): ask it to drop the binding of this registration's
+        session and epoch at this care-of address, if it made one."""
+        profile = pending.profile
+        assert profile is not None and profile.fa_ha_key is not None and profile.fa_ha_spi is not None
+        revocation = mip.RegistrationRequest(
+            flags=mip.RegistrationFlags(0),
+            lifetime=0,
+            home_address=pending.message.home_address,
+            home_agent=pending.message.home_agent,
+            care_of_address=self.config.address,
+            identification=self._identification(now),
+            extensions=(NaiExtension(pending.nai), session_extension(profile.session_id, profile.epoch)),
+        )
+        data = append_authentication(
+            mip.encode_registration_request(revocation), ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key
+        )
+        key = _key(revocation.home_agent, revocation.identification)
+        state = _Pending(data, revocation, (str(self.config.address), self.config.mip_port), pending.nai)
+        state.relayed, state.repeat, state.revocation = data, True, True
+        state.deadline = now + self.config.ha_timeout
+        self._pending[key] = state
+        state.keys.append(key)
+        self._keys[key] = key
+        state.timer = self._call_at(state.deadline, functools.partial(self._revocation_unanswered, key))
+        self.counters["revocations_sent"] += 1
+        self._relay_again(key, now)
+
+    def _revocation_unanswered(self, key: object, now: float) -> None:
+        if key in self._pending:
+            self.counters["revocations_unanswered"] += 1
+            self._forget(key)
 
     def _discard(self, nai: str, profile: VpnProfile) -> None:
         """Remove what a failed registration installed, unless the node's
@@ -1025,7 +1088,7 @@ class ForeignAgent(Agent):
             self.counters["handoff.notifications_retransmitted"] += 1
             self._send(Channel.MIP, state.data, (str(previous), self.config.mip_port))
             state.timer = self._call_at(
-                now + self.config.notification_timeout,
+                now + backoff(self.config.notification_timeout, state.sent),
                 functools.partial(self._notification_timeout, previous, identification),
             )
             return

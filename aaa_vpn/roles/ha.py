@@ -34,6 +34,13 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    renewed expires the same way. A retransmitted deregistration (the binding
    is gone, the same FA, authentic under the removed binding's MN-HA key,
    no older than the one that removed it) is accepted again.
+4a. A revocation from an FA (a Registration Request with lifetime 0, FA-HA
+   authentication and no MN-HA, fa.py rule 4a) removes the binding, or
+   ends the registration under way, that this FA relayed for the session and
+   epoch it names at this care-of address, if the FA-HA authenticator
+   verifies under that registration's key and its timestamp is within
+   ``replay_tolerance``; anything else is left alone. It is answered (code 0)
+   either way, so the FA stops sending it.
 8. Duplicates and retransmissions (RFC 5944 section 3.6.3; docs/protocol.md
    section 3.11). The same relayed request again gets the same reply,
    byte for byte, for ``answer_cache_seconds``. A request relayed by the same
@@ -406,6 +413,10 @@ class HomeAgent(Agent):
             self._deny(message, source, ReplyCode.HA_UNKNOWN_HOME_AGENT_ADDRESS, nai, "not this home agent", None)
             return
         if message.lifetime == 0:
+            auth = {e.type for e in message.extensions if isinstance(e, mip.AuthenticationExtension)}
+            if ExtensionType.FA_HA_AUTH in auth and ExtensionType.MN_HA_AUTH not in auth:
+                self._revocation(data, message, source, nai, now)
+                return
             self._deregistration(data, message, source, nai, now)
             return
         try:
@@ -933,6 +944,52 @@ class HomeAgent(Agent):
         for nai in [n for n, b in self.bindings.items() if fa_owner(b.profile) not in installed]:
             self.counters["restart.bindings_without_sas"] += 1
             self._remove_binding(nai, now)
+
+    def _revocation(self, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str, now: float) -> None:
+        """Rule 4a: an FA gave up on a registration it relayed."""
+        try:
+            session = session_of(message.extensions)
+        except mip.MipDecodeError:
+            session = None
+        fresh = check_timestamp(message.identification, now, None, self.config.replay_tolerance).ok
+        binding = self.bindings.get(nai)
+        pending_key = next(
+            (
+                k
+                for k, p in self._pending.items()
+                if p.nai == nai and p.source[0] == source[0] and p.session == session and p.message.lifetime
+            ),
+            None,
+        )
+        profile: VpnProfile | None = None
+        if (
+            binding is not None
+            and binding.fa == source[0]
+            and binding.care_of_address == message.care_of_address
+            and session == (binding.session_id, binding.profile.epoch)
+        ):
+            profile = binding.profile
+        elif pending_key is not None:
+            profile = self._pending[pending_key].profile
+        authentic = (
+            profile is not None
+            and profile.fa_ha_key is not None
+            and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
+        )
+        if profile is not None and not (authentic and fresh):
+            self.counters["dropped.bad_revocation"] += 1
+            return
+        if profile is not None and binding is not None and profile is binding.profile:
+            self.counters["revocations"] += 1
+            self._remove_binding(nai, now)
+            self._emit(RegistrationDone(nai, message.home_address, 0, 0, "revoked by the FA"))
+        elif profile is not None and pending_key is not None:
+            self.counters["revocations"] += 1
+            self._fail(pending_key, ReplyCode.HA_REASON_UNSPECIFIED, "revoked by the FA", now=now)
+        else:
+            self.counters["revocations.nothing"] += 1  # nothing of that registration here: nothing to do
+        # The answer only ends the FA's retransmissions.
+        self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile if authentic else None, fa_ha=authentic)
 
     # -- deregistration and expiry ----------------------------------------------------------------------
     def _deregistration(
