@@ -27,6 +27,7 @@ from pathlib import Path
 
 from aaa_vpn.lab.topology import HOME_ADDRESS, LOOPBACK, NAI, add_gateways, add_user_vpn
 from aaa_vpn.model import Client, ClientRole, KeyMode
+from aaa_vpn.net import coa_client
 from aaa_vpn.net.coa_client import TargetResult
 from aaa_vpn.roles.agent import Agent, Channel, Event, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
@@ -352,7 +353,8 @@ class Network:
     ) -> list[TargetResult]:
         """What net/coa_client.exchange does, over the link from the home AAA's
         address: send, let the network settle, resend what is unanswered
-        (byte-identical) after ``timeout`` seconds, ``retries`` times."""
+        (byte-identical) after ``timeout`` seconds, ``retries`` times, each
+        wait twice the one before (coa_client.waits)."""
         results = [
             TargetResult(t, error="" if r is not None else "no RADIUS client holds this address")
             for t, r in requests
@@ -360,7 +362,8 @@ class Network:
         waiting = {i: r for i, (_t, r) in enumerate(requests) if r is not None}
         sock = FakeSocket(self.link, AAA)
         try:
-            for attempt in range(retries + 1):
+            schedule = coa_client.waits(timeout, retries)
+            for attempt, wait in enumerate(schedule):
                 for i, data in waiting.items():
                     results[i].attempts += 1
                     target = requests[i][0]
@@ -385,7 +388,7 @@ class Network:
                 if not waiting:
                     break
                 if attempt < retries:
-                    self.advance(timeout)
+                    self.advance(wait)
             for i in waiting:
                 results[i].error = f"no answer after {results[i].attempts} attempts"
         finally:

@@ -260,7 +260,7 @@ def test_an_unreachable_previous_fa_does_not_delay_the_registration(net: Network
     assert register(net, FA2, previous=FA1) == 0  # answered without the clock moving
     assert net.clock == start
     assert table(net, "fa2") == [("FA_FA", FA1), ("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
-    net.advance(5.0)  # 1 s per attempt, 3 attempts
+    net.advance(7.5)  # 3 attempts, at 0, 1 and 3 s; given up at 7 s (1 + 2 + 4)
     counters = fa(net, "fa2").counters
     assert (counters["handoff.notifications_sent"], counters["handoff.notifications_retransmitted"]) == (1, 2)
     assert counters["handoff.unanswered"] == 1

@@ -46,9 +46,13 @@ from aaa_vpn.service.agent_config import MIP_PORT, parse_endpoint
 @click.option("--mn-aaa-secret", metavar="TEXT", help="The MN-AAA secret as text (visible in 'ps').")
 @click.option("--lifetime", type=click.IntRange(1, 0xFFFE), default=600, show_default=True, help="Lifetime to ask for.")
 @click.option(
-    "--retransmit", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds between tries."
+    "--retransmit",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds before the first retry (doubled for each next one).",
 )
-@click.option("--attempts", type=click.IntRange(1, 20), default=4, show_default=True, help="Tries before giving up.")
+@click.option("--attempts", type=click.IntRange(1, 20), default=5, show_default=True, help="Tries before giving up.")
 @click.option(
     "--mip-port", type=click.IntRange(1, 65535), default=MIP_PORT, show_default=True, help="The FAs' Mobile IP port."
 )

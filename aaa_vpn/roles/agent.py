@@ -10,6 +10,18 @@ from: Mobile IP or RADIUS), ``get_timer()`` and ``next_event()``. Agents never
 touch a socket, a clock, the database or an SA backend: they ask for SAs with
 :class:`InstallPaths` / :class:`DeletePaths` events that the service layer
 carries out (all or nothing) and reports back with ``paths_installed``.
+
+Two habits every agent shares (docs/protocol.md section 3.11):
+
+* Retransmission: a request that expects an answer is sent again, byte for
+  byte, after ``first``, then ``2 * first``, ``4 * first`` ... seconds
+  (:func:`backoff`), as long as an answer could still arrive before the
+  exchange's own timeout; the receiver of a duplicate answers it again and
+  starts nothing new.
+* Bounds: every table a peer that has not authenticated can make an agent
+  fill has a limit; reaching it is counted (``limits.<table>``) and reported
+  as a :class:`LimitReached` event at most once a minute per table, which the
+  service layer logs.
 """
 
 from __future__ import annotations
@@ -26,6 +38,27 @@ from typing import Any
 from aaa_vpn.wire.profile import PathProfile
 
 Address = tuple[str, int]
+
+#: Seconds between two :class:`LimitReached` events of one table (the log stays readable under a flood).
+LIMIT_REPORT_INTERVAL = 60.0
+
+
+def backoff(first: float, sent: int) -> float:
+    """Seconds to wait after the ``sent``-th transmission of a request (1 for
+    the first) before sending it again: ``first``, doubled each time (RFC 5944
+    section 3.6.3, RFC 5080 section 2.2.1)."""
+    return first * (1 << max(0, sent - 1))
+
+
+def transmission_times(first: float, timeout: float) -> list[float]:
+    """When (seconds after the first) a request is sent, first transmission
+    included, if nothing answers: every :func:`backoff` step that falls
+    before ``timeout``, when the exchange gives up."""
+    times, sent = [0.0], 1
+    while times[-1] + backoff(first, sent) < timeout:
+        times.append(times[-1] + backoff(first, sent))
+        sent += 1
+    return times
 
 
 class Channel(enum.Enum):
@@ -88,6 +121,18 @@ class RegistrationDone(Event):
     """Why, when denied."""
 
 
+@dataclass(frozen=True)
+class LimitReached(Event):
+    """A bounded table was full: something was refused or evicted (for logs)."""
+
+    table: str
+    """Which table (also the counter ``limits.<table>``)."""
+    limit: int
+    """Its size limit."""
+    hits: int
+    """How often the limit was hit since the last report."""
+
+
 class Agent:
     """Output queues and timers shared by the agents."""
 
@@ -98,6 +143,7 @@ class Agent:
         self._sequence = itertools.count()
         self._cancelled: set[int] = set()
         self.counters: collections.Counter[str] = collections.Counter()
+        self._limit_reports: dict[str, tuple[float, int]] = {}  # table -> (last report, hits since)
 
     # -- outputs --------------------------------------------------------------------------------
     def datagrams_to_send(self, now: float) -> list[Datagram]:
@@ -160,6 +206,16 @@ class Agent:
     def _cancel(self, number: int | None) -> None:
         if number is not None:
             self._cancelled.add(number)
+
+    def _limit_hit(self, table: str, limit: int, now: float) -> None:
+        """Count that ``table`` is full; report it at most every :data:`LIMIT_REPORT_INTERVAL` s."""
+        self.counters[f"limits.{table}"] += 1
+        last, hits = self._limit_reports.get(table, (float("-inf"), 0))
+        hits += 1
+        if now - last >= LIMIT_REPORT_INTERVAL:
+            self._emit(LimitReached(table, limit, hits))
+            last, hits = now, 0
+        self._limit_reports[table] = (last, hits)
 
     def _inner_timer(self) -> float | None:
         """Timers of embedded state machines (the RADIUS client)."""

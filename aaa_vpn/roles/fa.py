@@ -18,7 +18,9 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
 3. On an Access-Accept the FA asks the service layer to install its paths
    (all or nothing) and only then relays the request to the home agent with
    FA-HA authentication (RFC 5944 section 3.7.2.2). If the SAs cannot be
-   installed the node gets 66 and nothing is relayed.
+   installed the node gets 66 and nothing is relayed. The relayed request is
+   sent again, byte for byte, after ``ha_retransmit`` seconds, then twice as
+   long each time, while a reply could still come within ``ha_timeout``.
 4. The home agent's reply must carry a valid FA-HA authenticator (else 68 to
    the node); a denial or no reply within ``ha_timeout`` (78) removes the
    paths again: a registration is either fully set up or rolled back. A
@@ -26,11 +28,55 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    renews (and its SAs) in place until it expires; the FA then asks for fresh
    keys at the next registration (Aaa-Vpn-Request-Type Service-Update, which
    re-keys the session: something on the path refused the old ones).
+4a. When ``ha_timeout`` ends a new registration it relayed, the home agent
+   may have accepted it and lost its reply: the FA sends it a revocation, a
+   Registration Request with lifetime 0 that carries the NAI, the session
+   NVSE of the registration and FA-HA authentication (and no MN-HA: the FA
+   has no such key), with its own timestamp Identification, retransmitted
+   like a relayed request until answered or ``ha_timeout`` (ha.py rule 4a).
 5. An accepted reply is relayed to the node (FA-HA stripped, a fresh
    challenge appended for its next registration) and the node becomes a
-   visitor until its lifetime ends, when its paths are removed. A
-   deregistration (lifetime 0) is relayed without AAA and removes the
-   visitor when the home agent accepts it.
+   visitor until its lifetime ends, when its paths are removed. A denial
+   reaches the node with the home agent's code, with or without an MN-HA
+   extension (when the home agent could not add one, the FA sends the
+   reply's fixed part and NAI on).
+
+Retransmissions (RFC 5944 section 3.6.3, RFC 4721; docs/protocol.md
+section 3.11):
+
+R1. The same request again (same home agent and Identification) while it
+    is worked on is absorbed. A request from the same node (NAI, source
+    address and port) with the MN-FA challenge of a registration still being
+    worked on is that
+    registration retransmitted by the node with a new Identification: it is
+    folded into it -- no second AAA request, SA or relay, never 104 -- and
+    becomes the request the FA relays (at once, if the registration is
+    already with the home agent) and answers, so the reply carries the
+    Identification the node sent last.
+R2. The same, for a registration accepted less than ``challenge_lifetime``
+    ago whose reply the node evidently lost: the request is relayed to the
+    home agent again as it is (no AAA, no SA), which answers it from its
+    binding (ha.py rule 8); the reply goes to the node, nothing else changes.
+
+Deregistrations (lifetime 0) carry no challenge and are not sent to AAA:
+
+D1. The FA relays one only when it is well formed (NAI, and an MN-HA or
+    MN-AAA extension to relay it by; else 97 or 70) and names a home agent
+    it may talk to: the home agent of a visitor it holds with that NAI and
+    home address (that home agent accepted the visitor's registration with
+    FA-HA authentication), or of one it removed by an accepted
+    deregistration less than ``challenge_lifetime`` ago (so a retransmitted
+    deregistration is answered again). Anything else gets 194 (invalid home
+    agent address) and is relayed nowhere.
+D2. At most one deregistration per visitor is worked on; retransmissions
+    fold into it as in R1. It is timed (``ha_timeout``, then 78) and
+    retransmitted like a registration. An accepted reply removes the visitor.
+
+Bounds (docs/protocol.md section 3.11): at most ``max_pending``
+registrations and deregistrations at once (more: 66, counted
+``limits.pending``), at most ``max_challenges`` issued challenges (the
+oldest is forgotten first, counted ``limits.challenges``), at most
+:data:`MAX_FOLDED` retransmissions folded into one registration.
 
 Smooth handoff (DESIGN.md flow E, docs/protocol.md section 5):
 
@@ -43,7 +89,8 @@ Smooth handoff (DESIGN.md flow E, docs/protocol.md section 5):
    NVSE of the previous FA's epoch and the previous FA's view of the path in
    a VPN-path CVSE, its keys wrapped, the message authenticated, under the
    two subkeys of the previous FA's handoff key (:func:`aaa_vpn.keys.handoff_subkeys`;
-   SPI :data:`HANDOFF_SPI`). It retransmits ``notification_retries`` times;
+   SPI :data:`HANDOFF_SPI`). It retransmits ``notification_retries`` times,
+   after ``notification_timeout`` seconds, then twice as long each time;
    unanswered or refused, it removes its end of the path and nothing else
    changes (counted). Acknowledged, its end goes when the granted lifetime
    ends.
@@ -90,7 +137,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn import keys
-from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.ha import mirror
 from aaa_vpn.roles.radius_client import (
@@ -115,6 +162,7 @@ from aaa_vpn.wire.mip import (
 )
 from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
+    append_authentication,
     append_generalized_authentication,
     mn_aaa_proof,
     relay_reply,
@@ -141,6 +189,8 @@ CHALLENGE_LENGTH = 16
 #: 6); the key is the previous FA's handoff key for the node's session and
 #: epoch. 256 is the HA-GW one (aaa_vpn.roles.ha.BINDING_SPI).
 HANDOFF_SPI = 257
+#: Retransmissions of the node folded into one registration (R1); more are dropped.
+MAX_FOLDED = 8
 
 
 @dataclass(frozen=True)
@@ -157,8 +207,11 @@ class FaConfig:
     """The longest registration it grants (RFC 5944 section 3.7.2.3)."""
     challenge_lifetime: float = 30.0
     """How long an issued challenge may be answered (RFC 4721 CHALLENGE_WINDOW in time)."""
-    ha_timeout: float = 5.0
-    """How long it waits for the home agent's reply before answering 78."""
+    ha_timeout: float = 10.0
+    """How long it waits for the home agent's reply before answering 78
+    (longer than the home agent's own work: its AAA request and gateway_timeout)."""
+    ha_retransmit: float = 1.0
+    """Seconds before a relayed request is sent to the home agent again (doubled each time, rule 3)."""
     radius_timeout: float = 2.0
     radius_retries: int = 2
     forwarding_lifetime: int = 10
@@ -166,23 +219,36 @@ class FaConfig:
     max_forwarding_lifetime: int = 60
     """As a previous FA (rule 7): the longest forwarding it grants."""
     notification_timeout: float = 1.0
-    """How long it waits for the previous FA's Binding Acknowledge before sending again."""
+    """How long it waits for the previous FA's Binding Acknowledge before sending
+    again; twice as long after each retransmission (1, 2, 4 s: it gives up at 7 s)."""
     notification_retries: int = 2
     """How many times it sends a Previous-FA Notification again before giving up."""
     replay_tolerance: float = 7.0
     """RFC 5944 section 5.7: how far a notification's timestamp may be from this FA's clock."""
     coa_peers: Sequence[CoaPeer] = ()
     """Who else may send it Disconnect-/CoA-Requests (its AAA servers always may, rule 8)."""
+    max_pending: int = 1024
+    """Registrations and deregistrations worked on at once (bounds)."""
+    max_challenges: int = 4096
+    """Challenges issued and not yet answered (bounds)."""
 
 
 @dataclass
 class _Pending:
-    request: bytes
+    request: bytes  # the node's latest transmission (R1)
     message: mip.RegistrationRequest
     source: Address
     nai: str
     profile: VpnProfile | None = None
-    timer: int | None = None
+    timer: int | None = None  # ha_timeout, from the first relay
+    challenge: bytes | None = None
+    keys: list[object] = field(default_factory=list)  # every transmission's (home agent, identification)
+    relayed: bytes | None = None  # what went to the home agent last
+    sent: int = 0  # how often it went
+    retransmit: int | None = None
+    repeat: bool = False  # R2: a retransmission of an accepted registration, nothing to install
+    deadline: float = 0.0  # when ha_timeout ends
+    revocation: bool = False  # rule 4a
 
 
 @dataclass
@@ -201,6 +267,10 @@ class Visitor:
     #: the same keys, say): the next registration asks for fresh keys
     #: (a service update, docs/protocol.md section 4) instead of a renewal.
     renewal_refused: bool = False
+    #: The MN-FA challenge of the registration that made or renewed it, and
+    #: when (R2: a retransmission of it is answered again).
+    challenge: bytes | None = None
+    registered_at: float = 0.0
 
 
 @dataclass
@@ -278,7 +348,10 @@ class ForeignAgent(Agent):
         )
         self.visitors: dict[str, Visitor] = {}
         self._challenges: dict[bytes, float] = {}  # issued, not yet used: challenge -> issued at
-        self._pending: dict[object, _Pending] = {}
+        self._pending: dict[object, _Pending] = {}  # by the key of its first transmission
+        self._keys: dict[object, object] = {}  # every transmission's key -> the first's (R1)
+        self._by_challenge: dict[tuple[str, bytes | None], object] = {}  # (NAI, challenge; None: deregistration)
+        self._deregistered: dict[str, tuple[Visitor, float]] = {}  # D1: removed visitors, until
         self._by_owner: dict[str, object] = {}
         self._visitor_timers: dict[str, int] = {}
         # smooth handoff: as the new FA, notifications by (previous FA, identification)
@@ -339,38 +412,82 @@ class ForeignAgent(Agent):
             self._forget(key)
             self._deny(pending.message, pending.source, ReplyCode.FA_INSUFFICIENT_RESOURCES, pending.nai, error)
             return
-        profile = pending.profile
-        relayed = relay_request(
-            pending.request,
-            # Which session and key epoch these SAs belong to: after a handoff
-            # answered by the foreign AAA, the HA's home AAA learns it here.
-            extensions=[session_extension(profile.session_id, profile.epoch)],
-            fa_ha_spi=profile.fa_ha_spi,
-            fa_ha_key=profile.fa_ha_key,
-        )
-        self._send(Channel.MIP, relayed, (str(pending.message.home_agent), self.config.mip_port))
-        pending.timer = self._call_at(now + self.config.ha_timeout, functools.partial(self._ha_timeout, key))
+        self._wait_for_ha(key, pending, now)
         # The node is back here: what this FA still forwarded for it elsewhere
         # (flow E, from an earlier visit) goes now, not when the reply comes:
         # the HA sends here as soon as it accepts, and the forwarding path
         # would take those packets away from the node.
         self._stop_forwarding(pending.message.home_address)
 
+    def _relay(self, key: object, pending: _Pending, now: float) -> None:
+        """Send the node's latest transmission to the home agent and keep sending
+        it, with backoff, until a reply or ``ha_timeout`` (rule 3)."""
+        profile = pending.profile
+        if pending.message.lifetime == 0 or profile is None:
+            relayed = relay_request(pending.request)  # RFC 5944 section 3.5.4: no FA-HA on a deregistration
+        else:
+            relayed = relay_request(
+                pending.request,
+                # Which session and key epoch these SAs belong to: after a handoff
+                # answered by the foreign AAA, the HA's home AAA learns it here.
+                extensions=[session_extension(profile.session_id, profile.epoch)],
+                fa_ha_spi=profile.fa_ha_spi,
+                fa_ha_key=profile.fa_ha_key,
+            )
+        pending.relayed = relayed
+        pending.sent = 0
+        self._relay_again(key, now)
+
+    def _relay_again(self, key: object, now: float) -> None:
+        pending = self._pending.get(key)
+        if pending is None or pending.relayed is None:
+            return
+        if pending.sent:
+            self.counters["relays_retransmitted"] += 1
+        pending.sent += 1
+        self._send(Channel.MIP, pending.relayed, (str(pending.message.home_agent), self.config.mip_port))
+        self._cancel(pending.retransmit)
+        pending.retransmit = None
+        delay = backoff(self.config.ha_retransmit, pending.sent)
+        if now + delay < pending.deadline:
+            pending.retransmit = self._call_at(now + delay, functools.partial(self._relay_again, key))
+
+    def _wait_for_ha(self, key: object, pending: _Pending, now: float) -> None:
+        """Relay, and give the home agent ``ha_timeout`` from now (rule 4)."""
+        pending.deadline = now + self.config.ha_timeout
+        pending.timer = self._call_at(pending.deadline, functools.partial(self._ha_timeout, key))
+        self._relay(key, pending, now)
+
     # -- the registration request -------------------------------------------------------------------
     def _registration_request(self, data: bytes, message: mip.RegistrationRequest, source: Address, now: float) -> None:
         self.counters["requests"] += 1
         nai = next((e.nai for e in message.extensions if isinstance(e, NaiExtension)), "")
+        key = _key(message.home_agent, message.identification)
+        if key in self._keys:
+            self.counters["duplicates"] += 1  # the same transmission while we are still working on it
+            return
         if message.lifetime == 0:
-            self._deregistration(data, message, source, nai)
+            self._deregistration(data, message, source, nai, key, now)
             return
         if not nai:
             self._deny(message, source, ReplyCode.FA_MISSING_NAI, nai, "no NAI extension")
             return
-        key = _key(message.home_agent, message.identification)
-        if key in self._pending:
-            self.counters["duplicates"] += 1  # a retransmission while we are still working on it
-            return
         challenges = [e.challenge for e in message.extensions if isinstance(e, ChallengeExtension)]
+        if challenges:
+            first = self._by_challenge.get((nai, challenges[-1]))
+            if first is not None:
+                self._fold(first, key, data, message, source, now)
+                return
+            visitor = self.visitors.get(nai)
+            if (
+                visitor is not None
+                and visitor.challenge == challenges[-1]
+                and now - visitor.registered_at <= self.config.challenge_lifetime
+                and (visitor.home_address, visitor.home_agent) == (message.home_address, message.home_agent)
+                and message.care_of_address == self.config.address
+            ):
+                self._repeat(visitor, key, data, message, source, now)
+                return
         if not challenges:
             self._deny(
                 message, source, ReplyCode.FA_MISSING_CHALLENGE, nai, "no MN-FA challenge", challenge=True, now=now
@@ -410,6 +527,8 @@ class ForeignAgent(Agent):
         except (mip.MipDecodeError, mip.MipValueError) as exc:
             self._deny(message, source, ReplyCode.FA_POORLY_FORMED_REQUEST, nai, str(exc))
             return
+        if self._full(message, source, nai, now):
+            return
         del self._challenges[challenges[-1]]  # RFC 4721 section 9: each challenge is answered once
         home_agent = message.home_agent if int(message.home_agent) else None
         try:
@@ -441,15 +560,103 @@ class ForeignAgent(Agent):
                 visitor.profile.digest if visitor is not None and not visitor.renewal_refused else None
             ),
         )
-        self._pending[key] = _Pending(data, message, source, nai)
+        self._start(key, _Pending(data, message, source, nai, challenge=challenges[-1]))
         self.radius.request(info, now, tag=key)
         self._radius_events(now)
 
-    def _deregistration(self, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str) -> None:
-        key = _key(message.home_agent, message.identification)
-        self._pending[key] = _Pending(data, message, source, nai)
-        # RFC 5944 section 3.5.4: no FA-HA authentication on a deregistration.
-        self._send(Channel.MIP, relay_request(data), (str(message.home_agent), self.config.mip_port))
+    def _full(self, message: mip.RegistrationRequest, source: Address, nai: str, now: float) -> bool:
+        """Bounds: no room for one more registration (answered 66)."""
+        if len(self._pending) < self.config.max_pending:
+            return False
+        self._limit_hit("pending", self.config.max_pending, now)
+        self._deny(message, source, ReplyCode.FA_INSUFFICIENT_RESOURCES, nai, "too many registrations at once")
+        return True
+
+    def _start(self, key: object, pending: _Pending) -> None:
+        self._pending[key] = pending
+        pending.keys.append(key)
+        self._keys[key] = key
+        self._by_challenge[(pending.nai, pending.challenge)] = key
+
+    def _fold(
+        self, first: object, key: object, data: bytes, message: mip.RegistrationRequest, source: Address, now: float
+    ) -> None:
+        """R1/D2: the node retransmitted a registration still worked on. Only
+        from where the registration came from, for the same registration, and
+        only what can be relayed (else dropped and counted)."""
+        pending = self._pending[first]
+        old = pending.message
+        try:
+            relay_request(data)
+        except mip.MipDecodeError:
+            relayable = False
+        else:
+            relayable = True
+        if (
+            not relayable
+            or source != pending.source
+            or (message.home_address, message.home_agent, message.care_of_address, message.lifetime)
+            != (old.home_address, old.home_agent, old.care_of_address, old.lifetime)
+            or len(pending.keys) > MAX_FOLDED
+        ):
+            self.counters["dropped.retransmission_mismatch"] += 1
+            return
+        self.counters["retransmissions_folded"] += 1
+        pending.request, pending.message = data, message
+        pending.keys.append(key)
+        self._keys[key] = first
+        if pending.relayed is not None:
+            self._relay(first, pending, now)  # with the home agent already: the latest goes now
+
+    def _repeat(
+        self,
+        visitor: Visitor,
+        key: object,
+        data: bytes,
+        message: mip.RegistrationRequest,
+        source: Address,
+        now: float,
+    ) -> None:
+        """R2: the node retransmitted a registration already accepted."""
+        if self._full(message, source, visitor.nai, now):
+            return
+        self.counters["retransmissions_repeated"] += 1
+        pending = _Pending(data, message, source, visitor.nai, visitor.profile, challenge=visitor.challenge)
+        pending.repeat = True
+        self._start(key, pending)
+        self._wait_for_ha(key, pending, now)
+
+    def _deregistration(
+        self, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str, key: object, now: float
+    ) -> None:
+        """D1, D2."""
+        if not nai:
+            self._deny(message, source, ReplyCode.FA_MISSING_NAI, nai, "deregistration without NAI")
+            return
+        first = self._by_challenge.get((nai, None))
+        if first is not None:
+            self._fold(first, key, data, message, source, now)
+            return
+        visitor = self.visitors.get(nai)
+        if visitor is None:
+            removed = self._deregistered.get(nai)
+            visitor = removed[0] if removed is not None and removed[1] > now else None
+        if visitor is None or (visitor.home_address, visitor.home_agent) != (message.home_address, message.home_agent):
+            self.counters["dropped.deregistration_unknown_home_agent"] += 1
+            self._deny(
+                message, source, ReplyCode.INVALID_HOME_AGENT_ADDRESS, nai, "no visitor of that home agent here"
+            )
+            return
+        try:
+            relay_request(data)
+        except mip.MipDecodeError as exc:
+            self._deny(message, source, ReplyCode.FA_POORLY_FORMED_REQUEST, nai, str(exc))
+            return
+        if self._full(message, source, nai, now):
+            return
+        pending = _Pending(data, message, source, nai)
+        self._start(key, pending)
+        self._wait_for_ha(key, pending, now)
 
     # -- AAA answers ---------------------------------------------------------------------------------
     def _radius_events(self, now: float) -> None:
@@ -520,9 +727,10 @@ class ForeignAgent(Agent):
         self._emit(InstallPaths(owner, paths))
 
     def _rejected(self, event: RequestRejected) -> None:
-        pending = self._pending.pop(event.tag, None)
+        pending = self._pending.get(event.tag)
         if pending is None:
             return
+        self._forget(event.tag)
         code = (
             {
                 RejectReason.UNKNOWN_USER: ReplyCode.FA_MN_FAILED_AUTHENTICATION,
@@ -537,8 +745,9 @@ class ForeignAgent(Agent):
         self._deny(pending.message, pending.source, code, pending.nai, f"AAA rejected: {event.message}")
 
     def _aaa_failed(self, event: RequestFailed) -> None:
-        pending = self._pending.pop(event.tag, None)
+        pending = self._pending.get(event.tag)
         if pending is not None:
+            self._forget(event.tag)
             self._deny(
                 pending.message,
                 pending.source,
@@ -549,16 +758,23 @@ class ForeignAgent(Agent):
 
     # -- the home agent's reply ----------------------------------------------------------------------
     def _registration_reply(self, data: bytes, message: RegistrationReply, source: Address, now: float) -> None:
-        key = _key(message.home_agent, message.identification)
-        pending = self._pending.get(key)
-        if pending is None or source[0] != str(message.home_agent):
+        key = self._keys.get(_key(message.home_agent, message.identification))
+        pending = self._pending.get(key) if key is not None else None
+        if key is None or pending is None or source[0] != str(message.home_agent):
             self.counters["dropped.unmatched_reply"] += 1
             return
-        if pending.message.lifetime == 0:  # deregistration
-            self._pending.pop(key)
+        if pending.revocation:  # the answer to a revocation (rule 4a)
+            self.counters["revocations_answered"] += 1
+            self._forget(key)
+            return
+        if pending.message.lifetime == 0:  # deregistration (D2)
+            self._forget(key)
             if message.accepted:
+                visitor = self.visitors.get(pending.nai)
+                if visitor is not None:
+                    self._remember_deregistered(visitor, now)
                 self._remove_visitor(pending.nai)
-            self._send(Channel.MIP, relay_reply(data), pending.source)
+            self._send(Channel.MIP, self._relayed_reply(data, message), pending.source)
             self._emit(RegistrationDone(pending.nai, message.home_address, int(message.code), 0, "deregistration"))
             return
         profile = pending.profile
@@ -569,7 +785,8 @@ class ForeignAgent(Agent):
         if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
             self.counters["dropped.bad_fa_ha_auth"] += 1
             self._forget(key)
-            self._discard(pending.nai, profile)
+            if not pending.repeat:
+                self._discard(pending.nai, profile)
             self._deny(
                 pending.message,
                 pending.source,
@@ -579,6 +796,11 @@ class ForeignAgent(Agent):
             )
             return
         self._forget(key)
+        if pending.repeat:
+            # R2: the answer to a retransmission; the registration stands as it is.
+            extensions = [ChallengeExtension(self._new_challenge(now))] if message.accepted else []
+            self._send(Channel.MIP, self._relayed_reply(data, message, extensions), pending.source)
+            return
         if not message.accepted:
             current = self.visitors.get(pending.nai)
             if current is not None and current.owner == _owner(profile):
@@ -587,7 +809,7 @@ class ForeignAgent(Agent):
                 current.renewal_refused = True
                 self.counters["renewals_refused"] += 1
             self._discard(pending.nai, profile)
-            self._send(Channel.MIP, relay_reply(data), pending.source)
+            self._send(Channel.MIP, self._relayed_reply(data, message), pending.source)
             self._emit(
                 RegistrationDone(pending.nai, message.home_address, int(message.code), 0, "denied by the home agent")
             )
@@ -605,12 +827,42 @@ class ForeignAgent(Agent):
             # Rule 6, after the reply: the node never waits for the previous FA.
             self._notify_previous_fa(self.visitors[pending.nai], now)
 
+    def _relayed_reply(
+        self, data: bytes, message: RegistrationReply, extensions: Sequence[mip.Extension] = ()
+    ) -> bytes:
+        """The home agent's reply as the node gets it (rule 5). A denial the
+        home agent could not authenticate (it had no MN-HA key: no binding, an
+        unknown node) has nothing to keep intact: its fixed part, code and
+        NAI go on."""
+        try:
+            return relay_reply(data, extensions=extensions)
+        except mip.MipDecodeError:
+            if message.accepted:
+                raise
+            self.counters["relayed_unauthenticated_denials"] += 1
+            bare = dataclasses.replace(
+                message, extensions=tuple(e for e in message.extensions if isinstance(e, NaiExtension))
+            )
+            return mip.encode_registration_reply(bare)
+
+    def _remember_deregistered(self, visitor: Visitor, now: float) -> None:
+        """D1: a retransmission of the deregistration is relayed for a while."""
+        for nai in [n for n, (_v, until) in self._deregistered.items() if until <= now]:
+            del self._deregistered[nai]
+        if len(self._deregistered) >= self.config.max_pending:
+            self._limit_hit("deregistered", self.config.max_pending, now)
+            del self._deregistered[next(iter(self._deregistered))]
+        self._deregistered[visitor.nai] = (visitor, now + self.config.challenge_lifetime)
+
     def _ha_timeout(self, key: object, now: float) -> None:
         pending = self._pending.get(key)
         if pending is None:
             return
         self._forget(key)
-        if pending.profile is not None:
+        if pending.profile is not None and not pending.repeat:
+            current = self.visitors.get(pending.nai)
+            if pending.relayed is not None and (current is None or current.owner != _owner(pending.profile)):
+                self._revoke(pending, now)
             self._discard(pending.nai, pending.profile)
         self._deny(
             pending.message,
@@ -619,6 +871,40 @@ class ForeignAgent(Agent):
             pending.nai,
             "no reply from the home agent",
         )
+
+    def _revoke(self, pending: _Pending, now: float) -> None:
+        """Rule 4a: the home agent may have accepted what this FA gave up on
+        (its reply lost): ask it to drop the binding of this registration's
+        session and epoch at this care-of address, if it made one."""
+        profile = pending.profile
+        assert profile is not None and profile.fa_ha_key is not None and profile.fa_ha_spi is not None
+        revocation = mip.RegistrationRequest(
+            flags=mip.RegistrationFlags(0),
+            lifetime=0,
+            home_address=pending.message.home_address,
+            home_agent=pending.message.home_agent,
+            care_of_address=self.config.address,
+            identification=self._identification(now),
+            extensions=(NaiExtension(pending.nai), session_extension(profile.session_id, profile.epoch)),
+        )
+        data = append_authentication(
+            mip.encode_registration_request(revocation), ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key
+        )
+        key = _key(revocation.home_agent, revocation.identification)
+        state = _Pending(data, revocation, (str(self.config.address), self.config.mip_port), pending.nai)
+        state.relayed, state.repeat, state.revocation = data, True, True
+        state.deadline = now + self.config.ha_timeout
+        self._pending[key] = state
+        state.keys.append(key)
+        self._keys[key] = key
+        state.timer = self._call_at(state.deadline, functools.partial(self._revocation_unanswered, key))
+        self.counters["revocations_sent"] += 1
+        self._relay_again(key, now)
+
+    def _revocation_unanswered(self, key: object, now: float) -> None:
+        if key in self._pending:
+            self.counters["revocations_unanswered"] += 1
+            self._forget(key)
 
     def _discard(self, nai: str, profile: VpnProfile) -> None:
         """Remove what a failed registration installed, unless the node's
@@ -735,8 +1021,11 @@ class ForeignAgent(Agent):
             owner=_owner(profile),
             expires=now + reply.lifetime,
             profile=profile,
+            challenge=pending.challenge,
+            registered_at=now,
         )
         self.visitors[pending.nai] = visitor
+        self._deregistered.pop(pending.nai, None)
         self._visitor_timers[pending.nai] = self._call_at(visitor.expires, functools.partial(self._expire, pending.nai))
 
     def _expire(self, nai: str, now: float) -> None:
@@ -799,7 +1088,7 @@ class ForeignAgent(Agent):
             self.counters["handoff.notifications_retransmitted"] += 1
             self._send(Channel.MIP, state.data, (str(previous), self.config.mip_port))
             state.timer = self._call_at(
-                now + self.config.notification_timeout,
+                now + backoff(self.config.notification_timeout, state.sent),
                 functools.partial(self._notification_timeout, previous, identification),
             )
             return
@@ -1077,12 +1366,25 @@ class ForeignAgent(Agent):
         pending = self._pending.pop(key, None)
         if pending is not None:
             self._cancel(pending.timer)
-            if pending.profile is not None:
+            self._cancel(pending.retransmit)
+            for alias in pending.keys:
+                self._keys.pop(alias, None)
+            if self._by_challenge.get((pending.nai, pending.challenge)) == key:
+                del self._by_challenge[(pending.nai, pending.challenge)]
+            if pending.profile is not None and not pending.repeat:
                 self._by_owner.pop(_owner(pending.profile), None)
 
     def _new_challenge(self, now: float) -> bytes:
-        for old in [c for c, issued in self._challenges.items() if now - issued > self.config.challenge_lifetime]:
-            del self._challenges[old]
+        while self._challenges:  # in the order they were issued
+            oldest, issued = next(iter(self._challenges.items()))
+            if now - issued <= self.config.challenge_lifetime:
+                break
+            del self._challenges[oldest]
+        if len(self._challenges) >= self.config.max_challenges:
+            # Bounds: whoever asks for challenges faster than they expire
+            # pushes the oldest out (its node gets 104 and a fresh one).
+            self._limit_hit("challenges", self.config.max_challenges, now)
+            del self._challenges[next(iter(self._challenges))]
         challenge = self.random_bytes(CHALLENGE_LENGTH)
         self._challenges[challenge] = now
         return challenge

@@ -15,16 +15,26 @@ Rules (DESIGN.md flows A and B; docs/protocol.md section 3.6):
 3. The paths are installed all or nothing (else 161) under an owner of their
    own, and only then does the old binding of that home address lose its
    paths (make before break). The very same paths again only refresh the
-   binding's lifetime. Lifetime 0 removes the binding.
+   binding's lifetime. Every update names the HA's session and epoch (the
+   session NVSE, docs/protocol.md section 3.8a); the binding keeps the label
+   of the last update it took. Lifetime 0 (a withdrawal) removes the binding
+   only if it is the one the withdrawal is about: from the same HA, of the
+   same session and of an epoch no later than the withdrawal's; any other
+   binding of the home address stays, and the withdrawal is acknowledged
+   all the same (status 0, nothing removed).
 4. The Binding Acknowledge (sent when the update's A flag asks for one)
    echoes home address, care-of address and identification, carries the
-   granted lifetime and is authenticated with the same key.
+   granted lifetime and is authenticated with the same key. A retransmitted
+   update (same HA, home address and identification as the last one
+   answered) gets the same acknowledgement again and changes nothing; one
+   that arrives while its paths are being installed is answered once they are.
 5. Lifetimes (flow G; docs/protocol.md section 3.10). When a binding's
    remaining lifetime falls to ``refresh_threshold`` of the lifetime granted,
    the gateway sends the binding's HA a Binding Request authenticated like a
    Binding Update, with a timestamp Identification strictly greater than any
-   it sent before, and repeats it ``refresh_retries`` times, evenly spaced,
-   before the lifetime ends. Any Binding Update for the home address (rules 1
+   it sent before, and repeats it ``refresh_retries`` times before the
+   lifetime ends, each interval twice the one before (the last repeat goes
+   out before half of that window is left). Any Binding Update for the home address (rules 1
    to 3) renews the binding and stops the requests. An update that moves the
    expiry by no more than a second (the HA's own binding ends there too) is
    not asked about again. A binding that nothing renews expires, and its
@@ -41,7 +51,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn import keys
-from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.ha import BINDING_SPI
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import mip
@@ -55,7 +65,7 @@ from aaa_vpn.wire.mip import (
 )
 from aaa_vpn.wire.mip_auth import append_generalized_authentication, verify_authentication
 from aaa_vpn.wire.mip_replay import check_timestamp, timestamp_identification
-from aaa_vpn.wire.mip_vpn import VpnInformationError, unknown_critical_extensions, vpn_paths
+from aaa_vpn.wire.mip_vpn import VpnInformationError, session_of, unknown_critical_extensions, vpn_paths
 from aaa_vpn.wire.profile import PathProfile
 
 
@@ -106,6 +116,8 @@ class GwBinding:
     """Binding Requests sent for the current expiry."""
     asked_for: float | None = None
     """The expiry the first of those requests was about (None: not asked yet)."""
+    session: tuple[str, int] | None = None
+    """(session id, epoch) of the last Binding Update taken (None: it named none)."""
 
 
 @dataclass
@@ -115,6 +127,7 @@ class _Pending:
     auth_key: Secret
     paths: tuple[PathProfile, ...]
     lifetime: int
+    session: tuple[str, int] | None = None
 
 
 class CorrespondentGateway(Agent):
@@ -127,6 +140,8 @@ class CorrespondentGateway(Agent):
         self.bindings: dict[IPv4Address, GwBinding] = {}
         self._last: dict[tuple[IPv4Address, IPv4Address], int] = {}
         self._pending: dict[str, _Pending] = {}
+        # (HA, home address) -> (identification, acknowledgement) of the last update answered
+        self._answers: dict[tuple[IPv4Address, IPv4Address], tuple[int, bytes]] = {}
         # per home address: the expiry timer and the next Binding Request's timer
         self._binding_timers: dict[IPv4Address, int] = {}
         self._refresh_timers: dict[IPv4Address, int] = {}
@@ -168,6 +183,7 @@ class CorrespondentGateway(Agent):
             pending.paths,
             lifetime=pending.lifetime,
             home_agent_port=pending.source[1],
+            session=pending.session,
         )
         self.bindings[update.home_address] = binding
         self._schedule(binding, now)
@@ -187,6 +203,20 @@ class CorrespondentGateway(Agent):
         ):
             self.counters["dropped.bad_binding_auth"] += 1
             return
+        answered = self._answers.get((ha, update.home_address))
+        if answered is not None and answered[0] == update.identification:
+            # A retransmission of the update answered last: the same answer, nothing else.
+            self.counters["duplicates"] += 1
+            if update.acknowledge:
+                self._send(Channel.MIP, answered[1], source)
+            return
+        if any(
+            (IPv4Address(p.source[0]), p.update.home_address, p.update.identification)
+            == (ha, update.home_address, update.identification)
+            for p in self._pending.values()
+        ):
+            self.counters["duplicates"] += 1  # its paths are being installed: answered then
+            return
         verdict = check_timestamp(
             update.identification, now, self._last.get((ha, update.home_address)), self.config.replay_tolerance
         )
@@ -197,7 +227,18 @@ class CorrespondentGateway(Agent):
         if unknown_critical_extensions(update.extensions):
             self._acknowledge(source, auth_key, update, BindingStatus.UNKNOWN_VPN_INFORMATION, 0, "unknown CVSE")
             return
+        try:
+            session = session_of(update.extensions)
+        except mip.MipDecodeError as exc:
+            self._acknowledge(source, auth_key, update, BindingStatus.POORLY_FORMED, 0, str(exc))
+            return
         if update.lifetime == 0:
+            current = self.bindings.get(update.home_address)
+            if current is not None and not _withdraws(current, ha, session):
+                # Rule 3: a withdrawal removes only the binding it is about.
+                self.counters["withdrawals_of_another_binding"] += 1
+                self._acknowledge(source, auth_key, update, BindingStatus.ACCEPTED, 0, "not this binding: kept")
+                return
             self._remove(update.home_address)
             self._acknowledge(source, auth_key, update, BindingStatus.ACCEPTED, 0, "binding removed")
             return
@@ -222,13 +263,14 @@ class CorrespondentGateway(Agent):
             current.lifetime = lifetime
             current.care_of_address = update.care_of_address
             current.home_agent_port = source[1]
+            current.session = session
             if asked:
                 self.counters["bindings_refreshed"] += 1
             self._schedule(current, now)
             self._acknowledge(source, auth_key, update, BindingStatus.ACCEPTED, lifetime, "binding refreshed")
             return
         owner = f"binding:{update.home_address}:{update.identification:016x}"
-        self._pending[owner] = _Pending(update, source, auth_key, paths, lifetime)
+        self._pending[owner] = _Pending(update, source, auth_key, paths, lifetime, session)
         self._emit(InstallPaths(owner, paths))
 
     def _acknowledge(
@@ -250,6 +292,7 @@ class CorrespondentGateway(Agent):
         data = append_generalized_authentication(
             mip.encode_binding_message(ack), GeneralizedAuthSubtype.BINDING, BINDING_SPI, auth_key
         )
+        self._answers[(IPv4Address(source[0]), update.home_address)] = (update.identification, data)
         if update.acknowledge:
             self.counters[f"acknowledged.{int(status)}"] += 1
             self._send(Channel.MIP, data, source)
@@ -288,7 +331,10 @@ class CorrespondentGateway(Agent):
         binding.requests_sent += 1
         self._send_binding_request(binding, now)
         if binding.requests_sent <= self.config.refresh_retries:
-            interval = self._window(binding) / (self.config.refresh_retries + 1)
+            # Backoff: intervals of t, 2t, 4t ... with t = window / 2^(retries + 1),
+            # so the last repeat leaves at least half the window for an answer.
+            first = self._window(binding) / 2 ** (self.config.refresh_retries + 1)
+            interval = backoff(first, binding.requests_sent)
             if now + interval < binding.expires:
                 self._refresh_timers[home_address] = self._call_at(
                     now + interval, functools.partial(self._refresh, home_address)
@@ -325,6 +371,7 @@ class CorrespondentGateway(Agent):
         self._cancel(self._refresh_timers.pop(home_address, None))
         if binding is not None:
             self._emit(DeletePaths(binding.owner))
+            self._answers.pop((binding.home_agent, home_address), None)
 
     # -- restart (docs/agents.md, "Restart") ------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
@@ -338,6 +385,7 @@ class CorrespondentGateway(Agent):
                     "expires": b.expires,
                     "lifetime": b.lifetime,
                     "home_agent_port": b.home_agent_port,
+                    "session": list(b.session) if b.session is not None else None,
                     "paths": b.paths,
                 }
                 for b in self.bindings.values()
@@ -362,6 +410,7 @@ class CorrespondentGateway(Agent):
                 paths=tuple(entry["paths"]),
                 lifetime=int(entry["lifetime"]),
                 home_agent_port=int(entry["home_agent_port"]),
+                session=(str(entry["session"][0]), int(entry["session"][1])) if entry.get("session") else None,
             )
             self.bindings[binding.home_address] = binding
             self._schedule(binding, now)
@@ -376,3 +425,13 @@ class CorrespondentGateway(Agent):
 
     def home_addresses(self) -> Iterable[IPv4Address]:
         return self.bindings.keys()
+
+
+def _withdraws(binding: GwBinding, ha: IPv4Address, session: tuple[str, int] | None) -> bool:
+    """Rule 3: whether a withdrawal from ``ha`` naming ``session`` (session id,
+    epoch) is about ``binding``. Unlabelled withdrawals or bindings: yes."""
+    if binding.home_agent != ha:
+        return False
+    if session is None or binding.session is None:
+        return True
+    return binding.session[0] == session[0] and binding.session[1] <= session[1]

@@ -18,13 +18,42 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    keys wrapped under the HA-GW binding key (docs/protocol.md section 3.6).
    Only when every gateway acknowledged does it accept the registration; a
    gateway that refuses or does not answer within ``gateway_timeout`` makes
-   it remove everything it installed and deny with 130.
+   it remove everything it installed and deny with 130. Each Binding Update
+   is sent again, byte for byte, after ``gateway_retransmit`` seconds, then
+   twice as long each time, while an answer could still come within
+   ``gateway_timeout`` (docs/protocol.md section 3.11). Every Binding Update
+   names the session and epoch it is for (the session NVSE), and so does a
+   withdrawal (lifetime 0), which then removes only the binding of that
+   session, of that epoch or an earlier one (gw.py rule 3): a withdrawal
+   never removes a binding that another registration of the node made.
 4. The Registration Reply carries the NAI, MN-HA authentication and FA-HA
    authentication (RFC 5944 section 3.8.3.3). A new registration of the same
    node replaces the old binding and its paths; a deregistration (lifetime 0,
    authenticated with the MN-HA key of the existing binding) removes them and
    tells the gateways (Binding Update, lifetime 0). A binding that is not
-   renewed expires the same way.
+   renewed expires the same way. A retransmitted deregistration (the binding
+   is gone, the same FA, authentic under the removed binding's MN-HA key,
+   no older than the one that removed it) is accepted again.
+4a. A revocation from an FA (a Registration Request with lifetime 0, FA-HA
+   authentication and no MN-HA, fa.py rule 4a) removes the binding, or
+   ends the registration under way, that this FA relayed for the session and
+   epoch it names at this care-of address, if the FA-HA authenticator
+   verifies under that registration's key and its timestamp is within
+   ``replay_tolerance``; anything else is left alone. It is answered (code 0)
+   either way, so the FA stops sending it.
+8. Duplicates and retransmissions (RFC 5944 section 3.6.3; docs/protocol.md
+   section 3.11). The same relayed request again gets the same reply,
+   byte for byte, for ``answer_cache_seconds``. A request relayed by the same
+   FA for the same node, care-of address, session and MN-FA challenge as one
+   still being worked on (a mobile node's retransmission, with its new
+   Identification) is folded into it: once it authenticates (MN-HA, FA-HA,
+   timestamp newer), the one reply answers it, not the earlier one, and
+   nothing starts twice. The same after the registration was accepted: it
+   is answered from the binding (accepted, the binding's remaining lifetime)
+   without AAA or gateways.
+9. Bounds: at most ``max_pending`` registrations at once (more: 130, counted
+   ``limits.pending``); at most ``max_answers`` cached replies (the oldest go
+   first, counted ``limits.answers``).
 5. Binding Requests (flow G; docs/protocol.md section 3.10). A gateway's
    Binding Request is answered only if the home address has a live binding
    that has paths toward that gateway, the request authenticates under that
@@ -63,6 +92,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -71,7 +101,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn import keys
-from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone
+from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.radius_client import RadiusClient, RequestAccepted, RequestFailed, RequestRejected, ServerConfig
 from aaa_vpn.secret import Secret
@@ -80,6 +110,7 @@ from aaa_vpn.wire.mip import (
     BindingAcknowledge,
     BindingRequest,
     BindingUpdate,
+    ChallengeExtension,
     ExtensionType,
     GeneralizedAuthSubtype,
     NaiExtension,
@@ -93,7 +124,7 @@ from aaa_vpn.wire.mip_auth import (
     verify_authentication,
 )
 from aaa_vpn.wire.mip_replay import check_timestamp, mismatch_identification, timestamp_identification
-from aaa_vpn.wire.mip_vpn import encode_vpn_path, session_of
+from aaa_vpn.wire.mip_vpn import encode_vpn_path, session_extension, session_of
 from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import ProfileDecodeError
 from aaa_vpn.wire.radius_request import AccessRequest
@@ -113,11 +144,20 @@ class HaConfig:
     mip_port: int = MIP_PORT
     max_lifetime: int = 1800
     gateway_timeout: float = 3.0
+    """How long it waits for every gateway's Binding Acknowledge (rule 3)."""
+    gateway_retransmit: float = 0.25
+    """Seconds before a Binding Update is sent again (doubled each time, rule 3)."""
     replay_tolerance: float = 7.0  # RFC 5944 section 5.7: SHOULD be more than 3 s
     radius_timeout: float = 2.0
     radius_retries: int = 2
     coa_peers: Sequence[CoaPeer] = ()
     """Who else may send it Disconnect-/CoA-Requests (its AAA servers always may, rule 6)."""
+    answer_cache_seconds: float = 30.0
+    """How long a reply is kept to answer a retransmission of its request (rule 8)."""
+    max_pending: int = 1024
+    """Registrations worked on at once (rule 9)."""
+    max_answers: int = 4096
+    """Replies kept for retransmissions (rule 9)."""
 
 
 def mirror(path: PathProfile) -> PathProfile:
@@ -194,6 +234,13 @@ class Binding:
     expires: float
     identification: int
     profile: VpnProfile = field(repr=False)
+    challenge: bytes | None = None
+    """The MN-FA challenge of the request that made or renewed it (rule 8)."""
+    fa: str = ""
+    """The address that request came from."""
+    gateway_epoch: int = 0
+    """The latest epoch any gateway was told for this node in this session
+    (a failed move may have told some): what its withdrawals name."""
 
 
 @dataclass
@@ -208,6 +255,32 @@ class _Pending:
     waiting: dict[IPv4Address, int] = field(default_factory=dict)  # gateway -> BU identification
     installing: set[str] = field(default_factory=set)  # owners whose InstallPaths is not answered yet
     timer: int | None = None
+    challenge: bytes | None = None  # the MN-FA challenge (rule 8)
+    session: tuple[str, int] | None = None  # the session NVSE
+    candidate: tuple[bytes, mip.RegistrationRequest] | None = None  # a retransmission not yet checked (rule 8)
+    told: bool = False  # Binding Updates sent
+
+
+@dataclass
+class _Outgoing:
+    """A Binding Update (A set) waiting for its acknowledgement: sent again with backoff."""
+
+    gateway: IPv4Address
+    data: bytes
+    deadline: float
+    auth_key: Secret = field(repr=False)
+    sent: int = 1
+    timer: int | None = None
+
+
+@dataclass
+class _Tombstone:
+    """A binding removed by a deregistration, kept to answer its retransmissions."""
+
+    profile: VpnProfile = field(repr=False)
+    identification: int
+    fa: str
+    until: float
 
 
 @dataclass
@@ -250,6 +323,10 @@ class HomeAgent(Agent):
         self._nai_of: dict[IPv4Address, str] = {}  # home address -> NAI of its binding
         self._pushes: dict[str, _Push] = {}  # rule 7, by NAI
         self._push_owners: dict[str, str] = {}  # owner being installed -> NAI
+        self._outgoing: dict[tuple[IPv4Address, int], _Outgoing] = {}  # (gateway, identification)
+        self._answers: dict[bytes, tuple[float, bytes]] = {}  # rule 8: request digest -> (until, reply)
+        self._request_answers: dict[tuple[IPv4Address, IPv4Address], tuple[int, bytes]] = {}  # rule 5
+        self._deregistered: dict[str, _Tombstone] = {}  # rule 4, by NAI
         self.coa = CoaResponder(
             [CoaPeer(IPv4Address(s.address), s.secret) for s in config.aaa_servers] + list(config.coa_peers),
             self.counters,
@@ -297,6 +374,9 @@ class HomeAgent(Agent):
         if not pending.gateways:
             self._accept(key, now)
             return
+        assert pending.profile is not None
+        label = (pending.profile.session_id, pending.profile.epoch)
+        pending.told = True
         for gateway, (binding_key, views) in pending.gateways.items():
             identification = self._identification(now)
             pending.waiting[gateway] = identification
@@ -308,6 +388,8 @@ class HomeAgent(Agent):
                 pending.message.home_address,
                 pending.message.care_of_address,
                 identification,
+                label,
+                now=now,
             )
         pending.timer = self._call_at(now + self.config.gateway_timeout, functools.partial(self._gateway_timeout, key))
 
@@ -319,6 +401,11 @@ class HomeAgent(Agent):
         if key in self._pending:
             self.counters["duplicates"] += 1
             return
+        answer = self._answers.get(_digest(source, data))
+        if answer is not None and answer[0] > now:
+            self.counters["duplicates_answered"] += 1  # rule 8: the same reply again
+            self._send(Channel.MIP, answer[1], source)
+            return
         if not nai:
             self._deny(message, source, ReplyCode.HA_POORLY_FORMED_REQUEST, nai, "no NAI", None)
             return
@@ -326,6 +413,10 @@ class HomeAgent(Agent):
             self._deny(message, source, ReplyCode.HA_UNKNOWN_HOME_AGENT_ADDRESS, nai, "not this home agent", None)
             return
         if message.lifetime == 0:
+            auth = {e.type for e in message.extensions if isinstance(e, mip.AuthenticationExtension)}
+            if ExtensionType.FA_HA_AUTH in auth and ExtensionType.MN_HA_AUTH not in auth:
+                self._revocation(data, message, source, nai, now)
+                return
             self._deregistration(data, message, source, nai, now)
             return
         try:
@@ -338,7 +429,16 @@ class HomeAgent(Agent):
         except mip.MipDecodeError as exc:
             self._deny(message, source, ReplyCode.HA_POORLY_FORMED_REQUEST, nai, str(exc), None)
             return
+        challenge = _challenge(message)
+        if challenge is not None and self._fold(data, message, source, nai, session, challenge, now):
+            return
         binding = self.bindings.get(nai)
+        if challenge is not None and self._answer_from_binding(data, message, source, nai, session, challenge, now):
+            return
+        if len(self._pending) >= self.config.max_pending:
+            self._limit_hit("pending", self.config.max_pending, now)
+            self._deny(message, source, ReplyCode.HA_INSUFFICIENT_RESOURCES, nai, "too many at once", None)
+            return
         holds = (
             binding is not None
             and session is not None
@@ -359,9 +459,117 @@ class HomeAgent(Agent):
             # changed, the home AAA confirms it instead of sending the keys again.
             profile_digest=binding.profile.digest if holds and binding is not None else None,
         )
-        self._pending[key] = _Pending(data, message, source, nai)
+        self._pending[key] = _Pending(data, message, source, nai, challenge=challenge, session=session)
         self.radius.request(info, now, tag=key)
         self._radius_events(now)
+
+    def _fold(
+        self,
+        data: bytes,
+        message: mip.RegistrationRequest,
+        source: Address,
+        nai: str,
+        session: tuple[str, int] | None,
+        challenge: bytes,
+        now: float,
+    ) -> bool:
+        """Rule 8: a retransmission of a registration still being worked on is
+        folded into it (True), never started again."""
+        pending = next(
+            (
+                p
+                for p in self._pending.values()
+                if p.nai == nai
+                and p.source[0] == source[0]
+                and p.challenge == challenge
+                and p.session == session
+                and p.message.care_of_address == message.care_of_address
+                and p.message.lifetime != 0
+            ),
+            None,
+        )
+        if pending is None:
+            return False
+        self.counters["retransmissions_folded"] += 1
+        if pending.profile is None:
+            pending.candidate = (data, message)  # checked when AAA has answered
+        else:
+            self._adopt(pending, data, message, source, now)
+        return True
+
+    def _adopt(
+        self, pending: _Pending, data: bytes, message: mip.RegistrationRequest, source: Address, now: float
+    ) -> None:
+        """Answer ``message`` instead of the pending request if it authenticates
+        as the same node through the same FA and is newer."""
+        if message.identification == pending.message.identification:
+            return  # the very transmission again
+        profile = pending.profile
+        assert profile is not None and profile.mn_ha_key is not None and profile.fa_ha_key is not None
+        if (
+            verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi)
+            and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
+            and check_timestamp(
+                message.identification, now, pending.message.identification, self.config.replay_tolerance
+            ).ok
+        ):
+            pending.request, pending.message, pending.source = data, message, source
+            if self._last_identification.get(pending.nai, 0) < message.identification:
+                self._last_identification[pending.nai] = message.identification
+        else:
+            self.counters["retransmissions_refused"] += 1
+
+    def _answer_from_binding(
+        self,
+        data: bytes,
+        message: mip.RegistrationRequest,
+        source: Address,
+        nai: str,
+        session: tuple[str, int] | None,
+        challenge: bytes,
+        now: float,
+    ) -> bool:
+        """Rule 8: a retransmission of the registration that made (or renewed)
+        the binding is answered from it (True), with nothing started again."""
+        binding = self.bindings.get(nai)
+        if (
+            binding is None
+            or binding.expires <= now
+            or binding.challenge != challenge
+            or binding.fa != source[0]
+            or binding.care_of_address != message.care_of_address
+            or session != (binding.session_id, binding.profile.epoch)
+            or any(p.nai == nai for p in self._pending.values())
+        ):
+            return False
+        profile = binding.profile
+        assert profile.mn_ha_key is not None and profile.fa_ha_key is not None
+        if not (
+            verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi)
+            and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
+        ):
+            return False
+        if message.identification != binding.identification:
+            verdict = check_timestamp(
+                message.identification, now, self._last_identification.get(nai), self.config.replay_tolerance
+            )
+            if not verdict.ok:
+                return False
+            self._last_identification[nai] = binding.identification = message.identification
+        self.counters["retransmissions_answered"] += 1
+        lifetime = max(1, math.ceil(binding.expires - now))
+        self._reply(message, source, ReplyCode.ACCEPTED, lifetime, nai, profile)
+        return True
+
+    def _remember_answer(self, source: Address, request: bytes, reply: bytes, now: float) -> None:
+        """Rule 8: keep ``reply`` for retransmissions of ``request`` (bounded, oldest out first)."""
+        answers = self._answers
+        for old in [k for k, (until, _) in itertools.islice(answers.items(), 64) if until <= now]:
+            del answers[old]
+        if len(answers) >= self.config.max_answers:
+            self._limit_hit("answers", self.config.max_answers, now)
+            del answers[next(iter(answers))]
+        answers[_digest(source, request)] = (now + self.config.answer_cache_seconds, reply)
 
     def _radius_events(self, now: float) -> None:
         for datagram, address in self.radius.datagrams_to_send(now):
@@ -406,6 +614,9 @@ class HomeAgent(Agent):
             self._fail(key, ReplyCode.HA_IDENTIFICATION_MISMATCH, verdict.reason, delete=False, now=now)
             return
         self._last_identification[pending.nai] = message.identification
+        if pending.candidate is not None:
+            candidate, pending.candidate = pending.candidate, None
+            self._adopt(pending, *candidate, pending.source, now)
         # Never past what the home AAA granted (its keys' lifetime, home_aaa rule 8).
         pending.lifetime = min(message.lifetime, self.config.max_lifetime, profile.lifetime or message.lifetime)
         pending.gateways = gateway_views(profile, self.config.address)
@@ -469,14 +680,19 @@ class HomeAgent(Agent):
             now + pending.lifetime,
             pending.message.identification,
             profile,
+            challenge=pending.challenge,
+            fa=pending.source[0],
+            gateway_epoch=old.gateway_epoch if old is not None and old.session_id == profile.session_id else 0,
         )
+        self._deregistered.pop(pending.nai, None)
         self.bindings[pending.nai] = binding
         if old is not None and self._nai_of.get(old.home_address) == pending.nai:
             del self._nai_of[old.home_address]
         self._nai_of[binding.home_address] = pending.nai
         self._cancel(self._binding_timers.pop(pending.nai, None))
         self._binding_timers[pending.nai] = self._call_at(binding.expires, functools.partial(self._expire, pending.nai))
-        self._reply(pending.message, pending.source, ReplyCode.ACCEPTED, pending.lifetime, pending.nai, profile)
+        reply = self._reply(pending.message, pending.source, ReplyCode.ACCEPTED, pending.lifetime, pending.nai, profile)
+        self._remember_answer(pending.source, pending.request, reply, now)
         self.counters["accepted"] += 1
         self._emit(RegistrationDone(pending.nai, pending.message.home_address, 0, pending.lifetime))
 
@@ -499,8 +715,14 @@ class HomeAgent(Agent):
         home_address: IPv4Address,
         care_of_address: IPv4Address,
         identification: int,
+        label: tuple[str, int],
         acknowledge: bool = True,
-    ) -> None:
+        *,
+        now: float,
+    ) -> bytes:
+        """Send a Binding Update naming the session and epoch ``label``; one
+        with A set is sent again until acknowledged or ``gateway_timeout``
+        (rule 3). Returns the datagram."""
         auth_key, wrap_key = keys.binding_subkeys(binding_key)
         update = BindingUpdate(
             lifetime=lifetime,
@@ -508,16 +730,55 @@ class HomeAgent(Agent):
             care_of_address=care_of_address,
             identification=identification,
             acknowledge=acknowledge,
-            extensions=tuple(encode_vpn_path(view, wrap_key) for view in views),
+            extensions=(*(encode_vpn_path(view, wrap_key) for view in views), session_extension(*label)),
         )
         signed = append_generalized_authentication(
             mip.encode_binding_message(update), GeneralizedAuthSubtype.BINDING, BINDING_SPI, auth_key
         )
         self.counters["binding_updates"] += 1
         self._send(Channel.MIP, signed, (str(gateway), self.config.mip_port))
+        if acknowledge:
+            outgoing = _Outgoing(gateway, signed, now + self.config.gateway_timeout, auth_key)
+            self._outgoing[(gateway, identification)] = outgoing
+            self._arm_update(outgoing, identification, now)
+        return signed
+
+    def _arm_update(self, outgoing: _Outgoing, identification: int, now: float) -> None:
+        delay = backoff(self.config.gateway_retransmit, outgoing.sent)
+        if now + delay < outgoing.deadline:
+            outgoing.timer = self._call_at(
+                now + delay, functools.partial(self._update_again, outgoing.gateway, identification)
+            )
+        else:
+            outgoing.timer = self._call_at(
+                outgoing.deadline, functools.partial(self._update_expired, outgoing.gateway, identification)
+            )
+
+    def _update_expired(self, gateway: IPv4Address, identification: int, now: float) -> None:
+        self._outgoing.pop((gateway, identification), None)
+
+    def _update_again(self, gateway: IPv4Address, identification: int, now: float) -> None:
+        outgoing = self._outgoing.get((gateway, identification))
+        if outgoing is None:
+            return
+        outgoing.sent += 1
+        self.counters["binding_updates_retransmitted"] += 1
+        self._send(Channel.MIP, outgoing.data, (str(gateway), self.config.mip_port))
+        self._arm_update(outgoing, identification, now)
+
+    def _stop_updates(self, waiting: dict[IPv4Address, int]) -> None:
+        """No more retransmissions of these Binding Updates (their exchange ended)."""
+        for gateway, identification in waiting.items():
+            outgoing = self._outgoing.pop((gateway, identification), None)
+            if outgoing is not None:
+                self._cancel(outgoing.timer)
 
     def _binding_acknowledge(self, data: bytes, message: BindingAcknowledge, source: Address, now: float) -> None:
         gateway = IPv4Address(source[0])
+        outgoing = self._outgoing.get((gateway, message.identification))
+        if outgoing is not None and self._acknowledges(data, outgoing):
+            del self._outgoing[(gateway, message.identification)]
+            self._cancel(outgoing.timer)
         push = next((p for p in self._pushes.values() if p.waiting.get(gateway) == message.identification), None)
         if push is not None:
             self._push_acknowledged(push, gateway, data, message, now)
@@ -543,6 +804,16 @@ class HomeAgent(Agent):
         if not pending.waiting:
             self._accept(key, now)
 
+    def _acknowledges(self, data: bytes, outgoing: _Outgoing) -> bool:
+        """Whether ``data`` authenticates under the key ``outgoing`` was sent with."""
+        return verify_authentication(
+            data,
+            ExtensionType.GENERALIZED_AUTH,
+            outgoing.auth_key,
+            subtype=GeneralizedAuthSubtype.BINDING,
+            spi=BINDING_SPI,
+        )
+
     def _binding_request(self, data: bytes, request: BindingRequest, source: Address, now: float) -> None:
         """A gateway asks for a refresh of its binding (rule 5)."""
         self.counters["binding_requests"] += 1
@@ -565,12 +836,17 @@ class HomeAgent(Agent):
             self.counters["dropped.bad_binding_auth"] += 1
             return
         last = self._last_request.get((gateway, request.home_address))
+        answered = self._request_answers.get((gateway, request.home_address))
+        if answered is not None and answered[0] == request.identification:
+            self.counters["binding_requests.duplicates"] += 1  # the same answer again
+            self._send(Channel.MIP, answered[1], (str(gateway), self.config.mip_port))
+            return
         if not check_timestamp(request.identification, now, last, self.config.replay_tolerance).ok:
             self.counters["binding_requests.identification_mismatch"] += 1
             return
         self._last_request[(gateway, request.home_address)] = request.identification
         self.counters["binding_requests.answered"] += 1
-        self._send_binding_update(
+        answer = self._send_binding_update(
             gateway,
             binding_key,
             paths,
@@ -578,8 +854,11 @@ class HomeAgent(Agent):
             binding.home_address,
             binding.care_of_address,
             self._identification(now),
+            (binding.session_id, binding.profile.epoch),
             acknowledge=False,  # the update is the answer; the gateway asks again if it is lost
+            now=now,
         )
+        self._request_answers[(gateway, request.home_address)] = (request.identification, answer)
 
     def _gateway_timeout(self, key: object, now: float) -> None:
         pending = self._pending.get(key)
@@ -588,12 +867,23 @@ class HomeAgent(Agent):
             self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"no Binding Acknowledge from {missing}", now=now)
 
     def _withdraw_from_gateways(self, pending: _Pending, now: float) -> None:
-        """Tell gateways that may have installed paths to remove them (lifetime 0)."""
+        """Tell gateways that may have installed paths to remove them (lifetime 0):
+        only the binding of this registration's session and epoch (rule 3)."""
+        assert pending.profile is not None
+        label = (pending.profile.session_id, pending.profile.epoch)
         for gateway, (binding_key, views) in pending.gateways.items():
             identification = self._identification(now)
             message = pending.message
             self._send_binding_update(
-                gateway, binding_key, views, 0, message.home_address, message.care_of_address, identification
+                gateway,
+                binding_key,
+                views,
+                0,
+                message.home_address,
+                message.care_of_address,
+                identification,
+                label,
+                now=now,
             )
 
     # -- restart (docs/agents.md, "Restart") ------------------------------------------------------------
@@ -655,12 +945,77 @@ class HomeAgent(Agent):
             self.counters["restart.bindings_without_sas"] += 1
             self._remove_binding(nai, now)
 
+    def _revocation(self, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str, now: float) -> None:
+        """Rule 4a: an FA gave up on a registration it relayed."""
+        try:
+            session = session_of(message.extensions)
+        except mip.MipDecodeError:
+            session = None
+        fresh = check_timestamp(message.identification, now, None, self.config.replay_tolerance).ok
+        binding = self.bindings.get(nai)
+        pending_key = next(
+            (
+                k
+                for k, p in self._pending.items()
+                if p.nai == nai and p.source[0] == source[0] and p.session == session and p.message.lifetime
+            ),
+            None,
+        )
+        profile: VpnProfile | None = None
+        if (
+            binding is not None
+            and binding.fa == source[0]
+            and binding.care_of_address == message.care_of_address
+            and session == (binding.session_id, binding.profile.epoch)
+        ):
+            profile = binding.profile
+        elif pending_key is not None:
+            profile = self._pending[pending_key].profile
+        authentic = (
+            profile is not None
+            and profile.fa_ha_key is not None
+            and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
+        )
+        if profile is not None and not (authentic and fresh):
+            self.counters["dropped.bad_revocation"] += 1
+            return
+        if profile is not None and binding is not None and profile is binding.profile:
+            self.counters["revocations"] += 1
+            self._remove_binding(nai, now)
+            self._emit(RegistrationDone(nai, message.home_address, 0, 0, "revoked by the FA"))
+        elif profile is not None and pending_key is not None:
+            self.counters["revocations"] += 1
+            self._fail(pending_key, ReplyCode.HA_REASON_UNSPECIFIED, "revoked by the FA", now=now)
+        else:
+            self.counters["revocations.nothing"] += 1  # nothing of that registration here: nothing to do
+        # The answer only ends the FA's retransmissions.
+        self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile if authentic else None, fa_ha=authentic)
+
     # -- deregistration and expiry ----------------------------------------------------------------------
     def _deregistration(
         self, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str, now: float
     ) -> None:
         binding = self.bindings.get(nai)
         profile = binding.profile if binding is not None else None
+        tomb = self._deregistered.get(nai)
+        if binding is None and tomb is not None and tomb.until > now and tomb.fa == source[0]:
+            # Rule 4: a retransmission of the deregistration that removed it.
+            key = tomb.profile.mn_ha_key
+            if (
+                key is not None
+                and verify_authentication(data, ExtensionType.MN_HA_AUTH, key, spi=tomb.profile.mn_ha_spi)
+                and message.identification >= tomb.identification
+                and (
+                    message.identification == tomb.identification
+                    or check_timestamp(
+                        message.identification, now, self._last_identification.get(nai), self.config.replay_tolerance
+                    ).ok
+                )
+            ):
+                self.counters["deregistrations_repeated"] += 1
+                self._last_identification[nai] = max(message.identification, self._last_identification.get(nai, 0))
+                self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile, fa_ha=False)
+                return
         if profile is None or profile.mn_ha_key is None:
             self._deny(message, source, ReplyCode.HA_MN_FAILED_AUTHENTICATION, nai, "no binding to deregister", None)
             return
@@ -675,6 +1030,11 @@ class HomeAgent(Agent):
             return
         self._last_identification[nai] = message.identification
         self._remove_binding(nai, now)
+        for old in [n for n, t in self._deregistered.items() if t.until <= now]:
+            del self._deregistered[old]
+        self._deregistered[nai] = _Tombstone(
+            profile, message.identification, source[0], now + self.config.answer_cache_seconds
+        )
         self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=False)
         self._emit(RegistrationDone(nai, message.home_address, 0, 0, "deregistered"))
 
@@ -693,10 +1053,19 @@ class HomeAgent(Agent):
             del self._nai_of[binding.home_address]
         self._emit(DeletePaths(fa_owner(binding.profile)))
         self._emit(DeletePaths(stationary_owner(binding.profile)))
+        label = (binding.session_id, max(binding.profile.epoch, binding.gateway_epoch))
         for gateway, (binding_key, views) in gateway_views(binding.profile, self.config.address).items():
             identification = self._identification(now)
             self._send_binding_update(
-                gateway, binding_key, views, 0, binding.home_address, binding.care_of_address, identification
+                gateway,
+                binding_key,
+                views,
+                0,
+                binding.home_address,
+                binding.care_of_address,
+                identification,
+                label,
+                now=now,
             )
             self._last_request.pop((gateway, binding.home_address), None)
 
@@ -802,6 +1171,8 @@ class HomeAgent(Agent):
                 binding.home_address,
                 binding.care_of_address,
                 identification,
+                (push.profile.session_id, push.profile.epoch),
+                now=now,
             )
         push.timer = self._call_at(
             now + self.config.gateway_timeout, functools.partial(self._push_timeout, binding.nai, push)
@@ -833,6 +1204,7 @@ class HomeAgent(Agent):
         binding, old, profile = push.binding, push.binding.profile, push.profile
         del self._pushes[binding.nai]
         self._cancel(push.timer)
+        self._stop_updates(push.waiting)
         if self.bindings.get(binding.nai) is not binding:
             self._push_failed(push, now, coa.ErrorCause.SESSION_CONTEXT_NOT_FOUND)
             return
@@ -851,6 +1223,8 @@ class HomeAgent(Agent):
                     binding.home_address,
                     binding.care_of_address,
                     self._identification(now),
+                    (binding.session_id, max(old.epoch, binding.gateway_epoch)),
+                    now=now,
                 )
                 self._last_request.pop((gateway, binding.home_address), None)
         binding.profile = profile
@@ -870,6 +1244,9 @@ class HomeAgent(Agent):
         if stationary_owner(profile) != stationary_owner(binding.profile):
             self._emit(DeletePaths(stationary_owner(profile)))
         old_gateways = gateway_views(binding.profile, self.config.address)
+        self._stop_updates(push.waiting)
+        if push.told:
+            binding.gateway_epoch = max(binding.gateway_epoch, profile.epoch)
         for gateway, (binding_key, views) in push.gateways.items():
             if not push.told or gateway in old_gateways:
                 continue  # never told, or keeps a binding (refreshed, or updated if it acknowledged)
@@ -881,6 +1258,8 @@ class HomeAgent(Agent):
                 binding.home_address,
                 binding.care_of_address,
                 self._identification(now),
+                (profile.session_id, profile.epoch),
+                now=now,
             )
         self._coa_answer(push.received, False, now, cause)
 
@@ -893,6 +1272,7 @@ class HomeAgent(Agent):
         if pending is None:
             return
         self._cancel(pending.timer)
+        self._stop_updates(pending.waiting)
         profile = pending.profile
         if profile is not None:
             for owner in (fa_owner(profile), stationary_owner(profile)):
@@ -906,9 +1286,14 @@ class HomeAgent(Agent):
                     self._emit(DeletePaths(fa_owner(profile)))
                 if not same_session or stationary_owner(current.profile) != stationary_owner(profile):  # type: ignore[union-attr]
                     self._emit(DeletePaths(stationary_owner(profile)))
-                if pending.gateways and not same_session:
+                if pending.told and not same_session:
                     self._withdraw_from_gateways(pending, now)
-        self._deny(pending.message, pending.source, code, pending.nai, detail, pending.profile, now=now)
+                elif pending.told and current is not None:
+                    # The binding stays; some gateways may hold this epoch now:
+                    # its withdrawals must name it (rule 3).
+                    current.gateway_epoch = max(current.gateway_epoch, profile.epoch)
+        reply = self._deny(pending.message, pending.source, code, pending.nai, detail, pending.profile, now=now)
+        self._remember_answer(pending.source, pending.request, reply, now)
 
     def _deny(
         self,
@@ -919,7 +1304,7 @@ class HomeAgent(Agent):
         detail: str,
         profile: VpnProfile | None,
         now: float = 0.0,
-    ) -> None:
+    ) -> bytes:
         self.counters[f"denied.{int(code)}"] += 1
         identification = message.identification
         if code == ReplyCode.HA_IDENTIFICATION_MISMATCH:
@@ -932,8 +1317,9 @@ class HomeAgent(Agent):
             care_of_address=message.care_of_address,
             identification=identification,
         )
-        self._reply(reply_message, source, code, 0, nai, profile)
+        reply = self._reply(reply_message, source, code, 0, nai, profile)
         self._emit(RegistrationDone(nai, message.home_address, int(code), 0, detail))
+        return reply
 
     def _reply(
         self,
@@ -944,7 +1330,7 @@ class HomeAgent(Agent):
         nai: str,
         profile: VpnProfile | None,
         fa_ha: bool = True,
-    ) -> None:
+    ) -> bytes:
         """A Registration Reply: NAI, then MN-HA and FA-HA authentication when
         the keys are known (RFC 5944 section 3.8.3.3)."""
         reply = RegistrationReply(
@@ -961,6 +1347,7 @@ class HomeAgent(Agent):
         if fa_ha and profile is not None and profile.fa_ha_key is not None and profile.fa_ha_spi is not None:
             data = append_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key)
         self._send(Channel.MIP, data, source)
+        return data
 
     def _inner_timer(self) -> float | None:
         return self.radius.get_timer()
@@ -968,3 +1355,13 @@ class HomeAgent(Agent):
     def _inner_handle_timer(self, now: float) -> None:
         self.radius.handle_timer(now)
         self._radius_events(now)
+
+
+def _digest(source: Address, request: bytes) -> bytes:
+    """What names a request in the reply cache (rule 8): its sender and every octet."""
+    return hashlib.sha256(source[0].encode() + b"\0" + request).digest()
+
+
+def _challenge(message: mip.RegistrationRequest) -> bytes | None:
+    """The MN-FA challenge a relayed request carries (RFC 4721 section 4), if any."""
+    return next((e.challenge for e in reversed(message.extensions) if isinstance(e, ChallengeExtension)), None)

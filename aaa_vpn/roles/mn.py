@@ -14,8 +14,18 @@ Rules (RFC 5944 sections 3.3, 3.6 and 5.7; RFC 4721):
 3. An accepted reply must carry a valid MN-HA authenticator, or it is
    ignored (the node keeps waiting and retransmits). The granted lifetime is
    the smaller of the requested and the replied one.
-4. Unanswered requests are sent again every ``retransmit`` seconds, at most
-   ``attempts`` times; then the registration fails (reported as code 78).
+4. Unanswered requests are sent again (RFC 5944 section 3.6.3): the first
+   time after ``retransmit`` seconds (at least 1 s in a real deployment),
+   then twice as long each time, never longer than the requested lifetime;
+   at most ``attempts`` transmissions, and a last wait as long as the one
+   before; then the registration fails (reported as code 78). Each
+   transmission has a new Identification (timestamps, section 5.7) and the
+   same challenge -- the node has no other until a reply brings one --,
+   which is how the FA recognises it (fa.py rule R1, RFC 4721).
+5. A reply answers the outstanding registration if its Identification
+   matches that of any of the registration's transmissions (the low 32
+   bits, section 5.7) and it authenticates: an agent that got the request
+   more than once answers one of them, not necessarily the last.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from aaa_vpn.roles.agent import Address, Agent, Channel, RegistrationDone
+from aaa_vpn.roles.agent import Address, Agent, Channel, RegistrationDone, backoff
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import mip
 from aaa_vpn.wire.mip import (
@@ -60,7 +70,10 @@ class MnConfig:
     mn_aaa_secret: Secret = field(repr=False)
     lifetime: int = 600
     retransmit: float = 1.0
-    attempts: int = 4
+    """Seconds before the first retransmission (doubled each time, rule 4)."""
+    attempts: int = 5
+    """Transmissions of one request before it fails: 5 wait 1+2+4+8+16 = 31 s in all,
+    longer than an FA's worst case (RADIUS, then ha_timeout: docs/protocol.md section 3.11)."""
 
 
 @dataclass
@@ -69,6 +82,7 @@ class _Outstanding:
     lifetime: int
     previous_fa: IPv4Address | None
     identification: int = 0
+    identifications: list[int] = field(default_factory=list)  # of every transmission (rule 5)
     attempts: int = 0
     challenge_retries: int = 0
     timer: int | None = None
@@ -109,14 +123,17 @@ class MobileNode(Agent):
         if outstanding is None or source[0] != outstanding.fa[0]:
             self.counters["dropped.unexpected"] += 1
             return
-        if not identification_matches(reply.identification, outstanding.identification):
+        if not any(identification_matches(reply.identification, sent) for sent in outstanding.identifications):
             self.counters["dropped.unmatched"] += 1
             return
         challenge = next((e.challenge for e in reversed(reply.extensions) if isinstance(e, ChallengeExtension)), None)
         if challenge is not None:
             self._challenges[outstanding.fa[0]] = challenge
         if reply.code in _CHALLENGE_CODES and challenge is not None and outstanding.challenge_retries < 2:
+            # A new request with the challenge the FA gave: its own transmissions.
             outstanding.challenge_retries += 1
+            outstanding.attempts = 0
+            outstanding.identifications.clear()
             self._send_request(outstanding, now)
             return
         if reply.accepted and not verify_authentication(
@@ -148,9 +165,13 @@ class MobileNode(Agent):
             timestamp_identification(now, int.from_bytes(self.random_bytes(2), "big") & 0xFFF), self._last_sent + 1
         )
         self._last_sent = outstanding.identification
+        outstanding.identifications.append(outstanding.identification)
         self._send(Channel.MIP, self._request_bytes(outstanding), outstanding.fa)
         self._cancel(outstanding.timer)
-        outstanding.timer = self._call_at(now + self.config.retransmit, self._retransmit)
+        delay = backoff(self.config.retransmit, outstanding.attempts)
+        if outstanding.lifetime:
+            delay = min(delay, max(self.config.retransmit, float(outstanding.lifetime)))
+        outstanding.timer = self._call_at(now + delay, self._retransmit)
 
     def _retransmit(self, now: float) -> None:
         outstanding = self._outstanding

@@ -211,11 +211,18 @@ class AgentSettings:
     """FA and HA: the UDP port of Disconnect-/CoA-Requests from their AAA servers
     (RFC 5176; 0: none)."""
     ha_timeout: float = setting(
-        5.0,
-        help="Seconds to wait for the home agent before answering 78.",
+        10.0,
+        help="Seconds to wait for the home agent before answering 78 (above the HA's RADIUS and gateway time).",
         flag="--ha-timeout",
         roles=("fa",),
         check=_positive("HA timeout"),
+    )
+    ha_retransmit: float = setting(
+        1.0,
+        help="Seconds before a relayed registration goes to the home agent again (doubled each time).",
+        flag="--ha-retransmit",
+        roles=("fa",),
+        check=_positive("HA retransmission interval"),
     )
     challenge_lifetime: float = setting(
         30.0,
@@ -239,6 +246,13 @@ class AgentSettings:
         flag="--gateway-timeout",
         roles=("ha",),
         check=_positive("gateway timeout"),
+    )
+    gateway_retransmit: float = setting(
+        0.25,
+        help="Seconds before a Binding Update goes to a gateway again (doubled each time).",
+        flag="--gateway-retransmit",
+        roles=("ha",),
+        check=_positive("gateway retransmission interval"),
     )
     replay_tolerance: float = setting(
         7.0,

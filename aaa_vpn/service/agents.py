@@ -10,7 +10,8 @@ are removed again, so no node is ever left with half a registration.
 
 :func:`run_events` drains an agent's events: SA events are carried out (and
 their results fed back, which may cause more events), every SA change and
-every registration decision is logged and handed to the optional ``note``
+every registration decision (and every full table, as the roles report it:
+rate-limited) is logged and handed to the optional ``note``
 callback (the daemons' timeline), and the other events are returned in order.
 """
 
@@ -20,7 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from aaa_vpn.roles.agent import DeletePaths, Event, InstallPaths, RegistrationDone
+from aaa_vpn.roles.agent import DeletePaths, Event, InstallPaths, LimitReached, RegistrationDone
 from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.service.logging import fields
 from aaa_vpn.wire import mip
@@ -93,9 +94,7 @@ class SaExecutor:
     def delete(self, event: DeletePaths) -> list[InstalledPath]:
         """Remove the paths of ``event``; return those removed."""
         doomed = [
-            p
-            for p in self.backend.paths()
-            if p.owner == event.owner and (event.peer is None or p.peer == event.peer)
+            p for p in self.backend.paths() if p.owner == event.owner and (event.peer is None or p.peer == event.peer)
         ]
         self.backend.delete(event.owner, event.peer)
         for installed in doomed:
@@ -137,6 +136,12 @@ def run_events(
                 for installed in removed:
                     note("sa_removed", now, owner=installed.owner, **path_fields(installed.path))
         else:
+            if isinstance(event, LimitReached):
+                # The role reports a full table at most once a minute (roles/agent.py).
+                log.warning(
+                    "table full",
+                    extra=fields(node=node, table=event.table, limit=event.limit, hits=event.hits),
+                )
             if isinstance(event, RegistrationDone):
                 log.info(
                     "registration decided",
