@@ -23,6 +23,12 @@ class ValidationError(ValueError):
     """A record or a value given by the operator is invalid (the caller's fault)."""
 
 
+#: Shortest RADIUS shared secret accepted, here and by every daemon's settings.
+#: RFC 2865 section 3 asks for 16 octets; refusing obviously weak ones while
+#: accepting the common 10-octet test secrets.
+MIN_SHARED_SECRET = 8
+
+
 # RFC 7542 NAI, in the practical subset real MNs use: user@realm, realm required.
 _NAI_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,200}@[A-Za-z0-9.\-]{1,200}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
@@ -146,9 +152,7 @@ class Client:
         check_name("client", self.name)
         if not isinstance(self.network, IPv4Network):
             raise ValidationError("client network must be an IPv4Network")
-        # RFC 2865 section 3: the secret SHOULD be at least 16 octets; we refuse
-        # obviously weak ones but accept the common 10-byte test secrets.
-        _check_secret("RADIUS shared secret", self.secret, 8)
+        _check_secret("RADIUS shared secret", self.secret, MIN_SHARED_SECRET)
         if not 1 <= self.coa_port <= 65535:
             raise ValidationError(f"invalid CoA port {self.coa_port}")
         if self.domain and not re.match(r"^[A-Za-z0-9.\-]{1,200}$", self.domain):
@@ -324,6 +328,7 @@ class SessionWrite:
 
 
 __all__ = [
+    "MIN_SHARED_SECRET",
     "Client",
     "ClientRole",
     "EspTransform",

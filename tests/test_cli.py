@@ -265,6 +265,7 @@ def test_generated_secret_printed_once_only_when_asked(run: Cli) -> None:
 def test_secret_sources(run: Cli, tmp_path: Path) -> None:
     secret_file = tmp_path / "fa.secret"
     secret_file.write_text("from-a-file-secret\n")
+    secret_file.chmod(0o600)
     run("client", "add", "fa1", "--address", "192.0.2.1", "--role", "fa", "--secret-file", str(secret_file))
     assert run.json("client", "show", "fa1", "--show-secrets")["secret"]["text"] == "from-a-file-secret"
     run(

@@ -637,7 +637,7 @@ def test_a_config_with_secrets_readable_by_others_is_refused(tmp_path: Path) -> 
     path = write_config(tmp_path, public, mode=0o644)
     assert len(load_foreign_settings(path).clients) == 2
     (tmp_path / "block.secret").chmod(0o640)
-    with pytest.raises(ValidationError, match=r"block\.secret holds secrets but is accessible"):
+    with pytest.raises(ValidationError, match=r"block\.secret is accessible by group or others \(mode 0640\)"):
         load_foreign_settings(path)
 
 

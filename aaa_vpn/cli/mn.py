@@ -22,6 +22,8 @@ from aaa_vpn.cli.common import (
     StoreFailure,
     example,
     exit_with,
+    file_option,
+    hex_file_option,
     required_secret,
 )
 from aaa_vpn.model import check_nai, parse_ipv4
@@ -40,9 +42,10 @@ from aaa_vpn.service.agent_config import MIP_PORT, parse_endpoint
 @click.option("--home-address", metavar="ADDR", help="Its home address (required).")
 @click.option("--home-agent", metavar="ADDR", help="Its home agent (required).")
 @click.option("--mn-ha-spi", type=click.IntRange(256, 0xFFFFFFFF), help="The MN-HA SPI (required).")
-@click.option("--mn-ha-key-file", type=click.Path(dir_okay=False, allow_dash=True), help="The MN-HA key (raw bytes).")
+@file_option(MN_HA_KEY)
+@hex_file_option(MN_HA_KEY)
 @click.option("--mn-ha-key-hex", metavar="HEX", help="The MN-HA key in hex.")
-@click.option("--mn-aaa-secret-file", type=click.Path(dir_okay=False, allow_dash=True), help="The MN-AAA secret.")
+@file_option(MN_AAA_SECRET)
 @click.option("--mn-aaa-secret", metavar="TEXT", help="The MN-AAA secret as text (visible in 'ps').")
 @click.option("--lifetime", type=click.IntRange(1, 0xFFFE), default=600, show_default=True, help="Lifetime to ask for.")
 @click.option(

@@ -18,11 +18,14 @@ Rules (the format is in docs/agents.md):
   file and the key (``aaa[1].port``): unknown keys (including keys of another
   role), wrong types, bad addresses, a secret given both inline and as a
   file, or neither.
-* Secrets come from files (``secret_file``, ``gateway_key_file``) that must
+* Secrets come from files (``secret_file``, ``gateway_key_file``,
+  ``gateway_key_hex_file``) read by :mod:`aaa_vpn.secret_files`: they must
   not be accessible by group or others (the error says which ``chmod`` fixes
-  it); a file that holds a secret inline must not be either. One trailing
-  newline of a secret file is dropped (``echo secret > file``). Relative file
-  names in the TOML file are relative to the TOML file.
+  it), and neither may a file that holds a secret inline. A shared secret
+  file loses one trailing newline (``echo secret > file``); a gateway key
+  file is read exactly, or as hex digits when named by
+  ``--gateway-key-hex-file`` / ``gateway_key_hex_file``. Relative file names
+  in the TOML file are relative to the TOML file.
 * Secrets become :class:`~aaa_vpn.secret.Secret` at once and are never
   logged or written to the state file.
 """
@@ -30,15 +33,15 @@ Rules (the format is in docs/agents.md):
 from __future__ import annotations
 
 import functools
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aaa_vpn.model import ValidationError
+from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError
 from aaa_vpn.secret import Secret
+from aaa_vpn.secret_files import SecretForm, check_private, read_secret_file
 from aaa_vpn.service.config import log_format_setting, log_level_setting, read_toml
 from aaa_vpn.service.settings import Bounds, Choices, Declared, Setting, TomlReader, check_declared, declared, setting
 
@@ -54,8 +57,6 @@ BACKENDS = ("memory", "strongswan", "xfrm", "userspace")
 MIP_PORT = 434  # RFC 5944 section 1.8
 RADIUS_PORT = 1812  # RFC 2865 section 3
 COA_PORT = 3799  # RFC 5176 section 2.3
-#: Shortest RADIUS shared secret accepted (RFC 2865 section 3 asks for 16; the model allows 8).
-MIN_SECRET = 8
 #: Shortest gateway key accepted (the provisioned keys are 32 random octets).
 MIN_GATEWAY_KEY = 16
 
@@ -100,38 +101,6 @@ def parse_endpoint(what: str, value: str, default_port: int) -> tuple[IPv4Addres
     return address, port
 
 
-def check_private(path: Path, what: str) -> None:
-    """Refuse a secret file that group or others may access."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ValidationError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise ValidationError(f"{what} {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ValidationError(f"{what} {path} is not a regular file")
-    if mode & 0o077:
-        raise ValidationError(
-            f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); fix: chmod 600 {path}"
-        )
-
-
-def read_secret_file(path: Path, what: str, minimum: int = 1) -> Secret:
-    """The file's bytes, one trailing newline dropped; the file must be private."""
-    check_private(path, what)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValidationError(f"{what} {path}: cannot read it: {exc.strerror}") from None
-    if data.endswith(b"\r\n"):
-        data = data[:-2]
-    elif data.endswith(b"\n"):
-        data = data[:-1]
-    if len(data) < minimum:
-        raise ValidationError(f"{what} {path} holds {len(data)} octets; at least {minimum} are required")
-    return Secret(data)
-
-
 # -- the settings ----------------------------------------------------------------------------------
 
 
@@ -139,8 +108,8 @@ def _positive(what: str) -> Bounds:
     return Bounds(what, low=0, low_open=True, rule="must be > 0")
 
 
-def _secret_file(minimum: int, where: str, path: Path) -> Secret:
-    return read_secret_file(path, where, minimum)
+def _secret_file(form: SecretForm, minimum: int, where: str, path: Path) -> Secret:
+    return read_secret_file(path, where, form, minimum)
 
 
 def _servers_from_file(reader: TomlReader, key: str, items: Sequence[Any]) -> tuple[ServerConfig, ...]:
@@ -254,8 +223,10 @@ class AgentSettings:
         toml="gateway_key_file",
         kind=Path,
         roles=("gw",),
-        parse=functools.partial(_secret_file, MIN_GATEWAY_KEY),
+        parse=functools.partial(_secret_file, SecretForm.RAW, MIN_GATEWAY_KEY),
     )
+    """GW: the key provisioned for it, read exactly from ``--gateway-key-file``
+    or as hex from ``--gateway-key-hex-file`` (:data:`GATEWAY_KEY_HEX_FILE`)."""
     home_agents: frozenset[IPv4Address] = setting(
         frozenset(),
         help="Accept Binding Updates only from this home agent (repeatable).",
@@ -392,10 +363,33 @@ SECRET_FILE = Declared(
         flag="--secret-file",
         toml=False,
         roles=_RADIUS_ROLES,
-        parse=functools.partial(_secret_file, MIN_SECRET),
+        parse=functools.partial(_secret_file, SecretForm.TEXT, MIN_SHARED_SECRET),
     ),
     kind=Path,
 )
+
+#: ``--gateway-key-hex-file``, ``gateway_key_hex_file``: the gateway's key as
+#: hex digits (docs/agents.md). Not a field: it gives :attr:`AgentSettings.gateway_key`.
+GATEWAY_KEY_HEX_FILE = Declared(
+    "gateway_key_hex_file",
+    Setting(
+        help="The gateway's key as hex digits, in a file of mode 0600 (instead of --gateway-key-file).",
+        flag="--gateway-key-hex-file",
+        roles=("gw",),
+        parse=functools.partial(_secret_file, SecretForm.HEX, MIN_GATEWAY_KEY),
+    ),
+    kind=Path,
+)
+
+
+def _one_gateway_key(values: dict[str, Any], where: str, names: tuple[str, str]) -> None:
+    """Fold ``gateway_key_hex_file`` into ``gateway_key``: one of the two forms."""
+    hex_key = values.pop(GATEWAY_KEY_HEX_FILE.name, None)
+    if hex_key is None:
+        return
+    if values.get("gateway_key") is not None:
+        raise ValidationError(f"{where}give the gateway key once: {names[0]} or {names[1]}")
+    values["gateway_key"] = hex_key
 
 
 def agent_options(role: str) -> tuple[Declared, ...]:
@@ -406,6 +400,8 @@ def agent_options(role: str) -> tuple[Declared, ...]:
             options.append(item)
             if item.name == "aaa_servers":
                 options.append(SECRET_FILE)
+            if item.name == "gateway_key":
+                options.append(GATEWAY_KEY_HEX_FILE)
     return tuple(options)
 
 
@@ -414,6 +410,7 @@ def settings_from_options(role: str, path: Path | None, given: Mapping[str, Any]
     any) and the command-line options that were ``given`` (by field name, as
     the command line typed them), which win over the file. Raises ValidationError."""
     values = {item.name: item.from_option(given[item.name]) for item in agent_options(role) if item.name in given}
+    _one_gateway_key(values, "", ("--gateway-key-file", "--gateway-key-hex-file"))
     aaa: Sequence[tuple[IPv4Address, int]] = values.pop("aaa_servers", ())
     secret: Secret | None = values.pop("secret_file", None)
     return load_agent_settings(role, path, values, aaa=aaa, secret=secret)
@@ -439,19 +436,6 @@ class _Reader(TomlReader):
         super().__init__(path)
         self.secret_override = secret_override
 
-    def secret(self, table: Mapping[str, Any], key: str) -> Secret:
-        inline, file = table.get("secret"), table.get("secret_file")
-        if (inline is None) == (file is None):
-            raise self.error(key, "give exactly one of secret and secret_file")
-        if inline is not None:
-            self.inline_secrets = True
-            value = Secret(str(inline))
-        else:
-            value = read_secret_file(self.file(str(file)), f"config file {self.path}: {key}.secret_file")
-        if len(value) < MIN_SECRET:
-            raise self.error(key, f"the shared secret has {len(value)} octets; at least {MIN_SECRET} are required")
-        return value
-
 
 def _servers(reader: _Reader, items: Iterable[Any], secret: Secret | None) -> tuple[ServerConfig, ...]:
     from aaa_vpn.roles.radius_client import ServerConfig
@@ -471,7 +455,7 @@ def _servers(reader: _Reader, items: Iterable[Any], secret: Secret | None) -> tu
             raise reader.error(key, f"{address}:{port} is listed twice")
         seen.add((address, port))
         # --secret-file wins over the file's secret (and lets the file omit it)
-        server_secret = secret if secret is not None else reader.secret(table, key)
+        server_secret = secret if secret is not None else reader.shared_secret(table, key)
         servers.append(ServerConfig(str(address), port, server_secret, table.get("name", "")))
     return tuple(servers)
 
@@ -516,7 +500,9 @@ def load_agent_settings(
 
 def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
     reader = _Reader(path, secret)
-    values = reader.settings(read_toml(path), [item for item in declared(AgentSettings) if item.for_role(role)])
+    items = [*(item for item in declared(AgentSettings) if item.for_role(role)), GATEWAY_KEY_HEX_FILE]
+    values = reader.settings(read_toml(path), [item for item in items if item.for_role(role)])
+    _one_gateway_key(values, f"config file {path}: ", ("gateway_key_file", "gateway_key_hex_file"))
     if reader.inline_secrets:
         check_private(path, "config file")
     return values
@@ -524,16 +510,15 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
 
 __all__ = [
     "BACKENDS",
+    "GATEWAY_KEY_HEX_FILE",
     "MIP_PORT",
     "ROLES",
     "SECRET_FILE",
     "AgentSettings",
     "agent_options",
-    "check_private",
     "load_agent_settings",
     "parse_endpoint",
     "parse_ipv4",
-    "read_secret_file",
     "role_config",
     "settings_from_options",
 ]

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aaa_vpn.model import ValidationError
+from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError
+from aaa_vpn.secret import Secret
+from aaa_vpn.secret_files import SecretForm, read_secret_file
 
 #: Where a value comes from, for error messages: a flag (``--address``) or
 #: ``config file PATH: KEY``.
@@ -209,6 +211,30 @@ class TomlReader:
                 raise ValidationError(f"config file {self.path}: {where} is not a known setting (known: {known})")
             if (isinstance(item, bool) and expected is not bool) or not isinstance(item, expected):
                 raise ValidationError(f"config file {self.path}: {where} has the wrong type ({_type(item)})")
+        return value
+
+    def required(self, table: Mapping[str, Any], name: str, key: str) -> Any:
+        """``table[name]``, or an error naming ``key``."""
+        if name not in table:
+            raise self.error(key, f"{name} is required")
+        return table[name]
+
+    def shared_secret(self, table: Mapping[str, Any], key: str) -> Secret:
+        """The RADIUS shared secret of ``table``: ``secret`` inline (the file
+        must then be private: :attr:`inline_secrets`) or ``secret_file``,
+        exactly one of them, at least :data:`~aaa_vpn.model.MIN_SHARED_SECRET` octets."""
+        inline, file = table.get("secret"), table.get("secret_file")
+        if (inline is None) == (file is None):
+            raise self.error(key, "give exactly one of secret and secret_file")
+        if inline is not None:
+            self.inline_secrets = True
+            value = Secret(str(inline))
+        else:
+            value = read_secret_file(self.file(str(file)), f"{self.where(key)}.secret_file", SecretForm.TEXT)
+        if len(value) < MIN_SHARED_SECRET:
+            raise self.error(
+                key, f"the shared secret has {len(value)} octets; at least {MIN_SHARED_SECRET} are required"
+            )
         return value
 
     def file(self, value: str) -> Path:
