@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode
+from aaa_vpn.wire.nai import nai_problem, nai_realm, realm_problem
 
 
 class ValidationError(ValueError):
@@ -29,21 +30,24 @@ class ValidationError(ValueError):
 MIN_SHARED_SECRET = 8
 
 
-# RFC 7542 NAI, in the practical subset real MNs use: user@realm, realm required.
-_NAI_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,200}@[A-Za-z0-9.\-]{1,200}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
 
 def check_nai(nai: str) -> str:
-    """Return ``nai`` if it is a valid ``user@realm`` NAI (RFC 7542), else raise."""
-    if not isinstance(nai, str) or not _NAI_RE.match(nai) or ".." in nai:
-        raise ValidationError(f"invalid NAI {nai!r}: expected user@realm (RFC 7542)")
+    """Return ``nai`` if it is a ``user@realm`` NAI by the rules of
+    :mod:`aaa_vpn.wire.nai` (RFC 7542, UTF-8 allowed), else raise."""
+    problem = nai_problem(nai)
+    if problem is not None:
+        raise ValidationError(f"invalid NAI {nai!r}: {problem}")
     return nai
 
 
-def nai_realm(nai: str) -> str:
-    """The realm part of a NAI, lower-cased (realms compare case-insensitively)."""
-    return nai.rpartition("@")[2].lower()
+def check_realm(what: str, realm: str) -> str:
+    """Return ``realm`` if it is a NAI realm (:mod:`aaa_vpn.wire.nai`), else raise."""
+    problem = realm_problem(realm)
+    if problem is not None:
+        raise ValidationError(f"invalid {what} {realm!r}: {problem}")
+    return realm
 
 
 def check_name(kind: str, name: str) -> str:
@@ -155,8 +159,8 @@ class Client:
         _check_secret("RADIUS shared secret", self.secret, MIN_SHARED_SECRET)
         if not 1 <= self.coa_port <= 65535:
             raise ValidationError(f"invalid CoA port {self.coa_port}")
-        if self.domain and not re.match(r"^[A-Za-z0-9.\-]{1,200}$", self.domain):
-            raise ValidationError(f"invalid domain {self.domain!r}")
+        if self.domain:
+            check_realm("domain", self.domain)
 
 
 @dataclass(frozen=True)
@@ -347,6 +351,7 @@ __all__ = [
     "WriteKind",
     "WriteOutcome",
     "check_nai",
+    "check_realm",
     "nai_realm",
     "parse_ipv4",
     "parse_network",

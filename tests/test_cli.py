@@ -357,6 +357,21 @@ def test_errors_are_one_line_with_exit_code(run: Cli, args: tuple[str, ...], cod
     assert result.stdout == ""
 
 
+def test_unicode_nais_are_provisioned_in_nfc_and_refused_otherwise(run: Cli) -> None:
+    """RFC 7542 allows UTF-8 NAIs; the CLI takes them in NFC and names the NFC
+    form of one written otherwise (docs/protocol.md section 1, "NAIs")."""
+    nai = "jos\u00e9@b\u00fccher.example"
+    rest = ("--home-agent", "192.0.2.2", "--mn-ha-spi", "256", "--generate")
+    run("user", "add", nai, *rest)
+    assert run.json("user", "show", nai)["nai"] == nai
+    assert nai in run("user", "list").stdout
+    decomposed = "jose\u0301@b\u00fccher.example"
+    result = run("user", "add", decomposed, *rest, code=2)
+    assert "not in Unicode Normalization Form C" in result.stderr and repr(nai) in result.stderr
+    result = run("user", "add", "mn1@localhost", *rest, code=2)
+    assert "Error: invalid NAI 'mn1@localhost': the realm 'localhost' needs at least two labels" in result.stderr
+
+
 def test_duplicate_and_reference_errors(provisioned: Cli) -> None:
     run = provisioned
     assert "exists already" in run("qos", "add", "voice", code=1).stderr

@@ -616,6 +616,7 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         (lambda t: t.replace('name = "home-b"', "name = 5"), "realms[0].servers[1].name has the wrong type"),
         (lambda t: t.replace('secret = "fa1-to-aaaf-secret"', 'secret = "short"'), "at least 8 are required"),
         (lambda t: t + '\n[[realms]]\nname = "HOME.example"\nservers = []\n', "configured twice"),
+        (lambda t: t.replace('name = "home.example"', 'name = "home"'), "needs at least two labels"),
         (lambda t: t.replace("[upstream]", "[upstream]\nretries = true"), "retries has the wrong type (boolean)"),
         (lambda t: "listen = [", "is not valid TOML"),
     ],

@@ -53,6 +53,7 @@ from aaa_vpn.service.config import (
 )
 from aaa_vpn.service.logging import fields
 from aaa_vpn.service.settings import TomlReader
+from aaa_vpn.wire.nai import realm_problem
 
 log = logging.getLogger("aaa_vpn.foreign")
 
@@ -195,8 +196,9 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
         key = f"realms[{index}]"
         table = reader.table(item, key, _REALM)
         name = reader.required(table, "name", key)
-        if not name or "@" in name or any(c.isspace() for c in name):
-            raise reader.error(f"{key}.name", f"{name!r} is not a realm name")
+        problem = None if name.upper() == DEFAULT_REALM else realm_problem(name)
+        if problem is not None:
+            raise reader.error(f"{key}.name", f"{name!r} is not a realm name: {problem}")
         folded = DEFAULT_REALM if name.upper() == DEFAULT_REALM else name.lower()
         if folded in seen:
             raise reader.error(f"{key}.name", f"realm {name!r} is configured twice (realms compare case-insensitively)")
