@@ -617,6 +617,8 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         (lambda t: t.replace('secret = "fa1-to-aaaf-secret"', 'secret = "short"'), "at least 8 are required"),
         (lambda t: t + '\n[[realms]]\nname = "HOME.example"\nservers = []\n', "configured twice"),
         (lambda t: t.replace('name = "home.example"', 'name = "home"'), "needs at least two labels"),
+        (lambda t: t.replace('address = "127.0.1.0/24"', 'address = "0.0.0.0/0"'), "at most a /8"),
+        (lambda t: t.replace('address = "192.0.2.1"', 'address = "255.255.255.255"'), "the limited broadcast"),
         (lambda t: t.replace("[upstream]", "[upstream]\nretries = true"), "retries has the wrong type (boolean)"),
         (lambda t: "listen = [", "is not valid TOML"),
     ],

@@ -26,8 +26,9 @@ from aaa_vpn.cli.common import (
     hex_file_option,
     required_secret,
 )
-from aaa_vpn.model import check_nai, parse_ipv4
-from aaa_vpn.service.agent_config import MIP_PORT, parse_endpoint
+from aaa_vpn.model import check_nai, check_node_address, parse_ipv4
+from aaa_vpn.service.agent_config import MIP_PORT
+from aaa_vpn.service.settings import parse_endpoint
 
 
 @click.group(
@@ -81,10 +82,15 @@ def _run_mn(ctx: click.Context, fa: str, previous_fa: str | None, deregister: bo
     mn_aaa_secret = required_secret(MN_AAA_SECRET, dict(options), generated)
     source = options["source"]
     parse_ipv4("--source", source)
-    home_address = parse_ipv4("--home-address", options["home_address"])
-    home_agent = parse_ipv4("--home-agent", options["home_agent"])
+    home_address = check_node_address(
+        "--home-address", parse_ipv4("--home-address", options["home_address"]), loopback=False
+    )
+    home_agent = check_node_address("--home-agent", parse_ipv4("--home-agent", options["home_agent"]))
     address, port = parse_endpoint("--fa", fa, options["mip_port"])
+    check_node_address("--fa", address)
     previous = parse_ipv4("--previous-fa", previous_fa) if previous_fa is not None else None
+    if previous is not None:
+        check_node_address("--previous-fa", previous)
 
     # Imported here: the node and its driver pull in the Mobile IP codecs and asyncio.
     agents = importlib.import_module("aaa_vpn.net.agents")

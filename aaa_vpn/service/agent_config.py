@@ -35,15 +35,26 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError
+from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError, check_node_address
 from aaa_vpn.secret import Secret
 from aaa_vpn.secret_files import SecretForm, check_private, read_secret_file
 from aaa_vpn.service.config import log_format_setting, log_level_setting, read_toml
-from aaa_vpn.service.settings import Bounds, Choices, Declared, Setting, TomlReader, check_declared, declared, setting
+from aaa_vpn.service.settings import (
+    Bounds,
+    Choices,
+    Declared,
+    Setting,
+    TomlReader,
+    check_declared,
+    declared,
+    parse_endpoint,
+    parse_ipv4,
+    setting,
+)
 
 if TYPE_CHECKING:  # the roles pull in the Mobile IP and RADIUS codecs, which the command line loads only to run
     from aaa_vpn.roles.fa import FaConfig
@@ -68,37 +79,6 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
     "secret": str,
     "secret_file": str,
 }
-
-
-# -- written values -------------------------------------------------------------------------------
-
-
-def parse_ipv4(what: str, value: str) -> IPv4Address:
-    """An IPv4 address literal, or a ValidationError naming ``what``."""
-    try:
-        address = ip_address(value.strip())
-    except ValueError:
-        raise ValidationError(f"{what}: {value!r} is not an IP address") from None
-    if not isinstance(address, IPv4Address):
-        raise ValidationError(f"{what}: {value!r}: only IPv4 is supported")
-    return address
-
-
-def parse_endpoint(what: str, value: str, default_port: int) -> tuple[IPv4Address, int]:
-    """``ADDR`` or ``ADDR:PORT``."""
-    host, sep, port_text = value.strip().rpartition(":")
-    if not sep:
-        host, port_text = value.strip(), ""
-    address = parse_ipv4(what, host)
-    if not port_text:
-        return address, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValidationError(f"{what}: {value!r}: the port is not a number") from None
-    if not 1 <= port <= 65535:
-        raise ValidationError(f"{what}: {value!r}: the port must be 1..65535")
-    return address, port
 
 
 # -- the settings ----------------------------------------------------------------------------------
@@ -322,8 +302,13 @@ class AgentSettings:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValidationError(f"unknown agent role {self.role!r}: one of {', '.join(ROLES)}")
-        if not isinstance(self.address, IPv4Address) or self.address.is_unspecified:
-            raise ValidationError(f"the agent needs its own IPv4 address, not {self.address}")
+        if not isinstance(self.address, IPv4Address):
+            raise ValidationError(f"the agent needs its own IPv4 address, not {self.address!r}")
+        check_node_address("agent address", self.address)
+        for server in self.aaa_servers:
+            check_node_address("AAA server", IPv4Address(server.address))
+        for home_agent in self.home_agents:
+            check_node_address("trusted home agent", home_agent)
         if self.role in _RADIUS_ROLES and not self.aaa_servers:
             raise ValidationError(f"the {self.role.upper()} needs at least one AAA server (--aaa HOST:PORT)")
         if self.role == "gw" and (self.gateway_key is None or not self.gateway_key):
@@ -517,8 +502,6 @@ __all__ = [
     "AgentSettings",
     "agent_options",
     "load_agent_settings",
-    "parse_endpoint",
-    "parse_ipv4",
     "role_config",
     "settings_from_options",
 ]

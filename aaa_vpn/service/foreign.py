@@ -26,11 +26,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from typing import Any
 
-from aaa_vpn.model import ValidationError
+from aaa_vpn.model import ValidationError, check_client_network, check_node_address
 from aaa_vpn.roles.foreign_aaa import (
     DEFAULT_REALM,
     Answered,
@@ -52,7 +52,7 @@ from aaa_vpn.service.config import (
     read_toml,
 )
 from aaa_vpn.service.logging import fields
-from aaa_vpn.service.settings import TomlReader
+from aaa_vpn.service.settings import TomlReader, parse_ipv4
 from aaa_vpn.wire.nai import realm_problem
 
 log = logging.getLogger("aaa_vpn.foreign")
@@ -95,16 +95,6 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _ipv4(reader: TomlReader, key: str, value: str) -> IPv4Address:
-    try:
-        address = ip_address(value)
-    except ValueError:
-        raise reader.error(key, f"{value!r} is not an IP address") from None
-    if not isinstance(address, IPv4Address):
-        raise reader.error(key, f"{value!r}: only IPv4 is supported")
-    return address
-
-
 def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings:
     """Read the foreign AAA's configuration file; ``overrides`` (command-line
     options that were given) win over it. Raises ValidationError."""
@@ -119,7 +109,7 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         values["dup_cache_seconds"] = float(top["dup_cache_seconds"])
     for name in ("listen", "source_address"):
         if name in values:
-            _ipv4(reader, name, values[name])
+            parse_ipv4(reader.where(name), values[name])
     if "log_level" in values and values["log_level"] not in LOG_LEVELS:
         raise reader.error("log_level", f"{values['log_level']!r}: expected one of {', '.join(LOG_LEVELS)}")
     if "log_format" in values and values["log_format"] not in LOG_FORMATS:
@@ -173,6 +163,10 @@ def _clients(reader: TomlReader, items: list[Any]) -> tuple[ProxyClient, ...]:
             raise reader.error(f"{key}.address", f"{address!r} is not an address or CIDR block ({exc})") from None
         if not isinstance(network, IPv4Network):
             raise reader.error(f"{key}.address", f"{address!r}: only IPv4 is supported")
+        try:
+            check_client_network("client address", network)
+        except ValidationError as exc:
+            raise reader.error(f"{key}.address", str(exc)) from None
         if network in seen:
             raise reader.error(f"{key}.address", f"{network} is also the network of client {seen[network]}")
         seen[network] = name
@@ -211,7 +205,11 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
         for number, entry in enumerate(entries):
             where = f"{key}.servers[{number}]"
             server = reader.table(entry, where, _SERVER)
-            address = _ipv4(reader, f"{where}.address", reader.required(server, "address", where))
+            address = parse_ipv4(reader.where(f"{where}.address"), reader.required(server, "address", where))
+            try:
+                check_node_address("home server", address)
+            except ValidationError as exc:
+                raise reader.error(f"{where}.address", str(exc)) from None
             port = server.get("port", 1812)
             if not 1 <= port <= 65535:
                 raise reader.error(f"{where}.port", f"{port}: expected 1..65535")

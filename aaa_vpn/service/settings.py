@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,37 @@ def check_declared(settings: object) -> None:
             item.setting.check.check(value)
 
 
+# -- written values -------------------------------------------------------------------------------
+
+
+def parse_ipv4(what: str, value: str) -> IPv4Address:
+    """An IPv4 address literal, or a ValidationError naming ``what``."""
+    try:
+        address = ip_address(value.strip())
+    except ValueError:
+        raise ValidationError(f"{what}: {value!r} is not an IP address") from None
+    if not isinstance(address, IPv4Address):
+        raise ValidationError(f"{what}: {value!r}: only IPv4 is supported")
+    return address
+
+
+def parse_endpoint(what: str, value: str, default_port: int) -> tuple[IPv4Address, int]:
+    """``ADDR`` or ``ADDR:PORT``."""
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep:
+        host, port_text = value.strip(), ""
+    address = parse_ipv4(what, host)
+    if not port_text:
+        return address, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValidationError(f"{what}: {value!r}: the port is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ValidationError(f"{what}: {value!r}: the port must be 1..65535")
+    return address, port
+
+
 _TOML_TYPES = {dict: "table", list: "array", str: "string", bool: "boolean", int: "integer", float: "float"}
 
 
@@ -281,5 +313,7 @@ __all__ = [
     "TomlReader",
     "check_declared",
     "declared",
+    "parse_endpoint",
+    "parse_ipv4",
     "setting",
 ]
