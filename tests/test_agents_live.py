@@ -673,6 +673,30 @@ def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert "address already in use" in result.stderr and "Traceback" not in result.stderr
 
 
+AGENT_GW = (sys.executable, "-m", "aaa_vpn.cli", "agent", "gw", "--address", "127.0.0.21")
+
+
+def test_a_stop_right_after_the_agent_says_it_runs_is_graceful(tmp_path: Path) -> None:
+    """The state file says "running" before the agent's loop handles signals:
+    a SIGTERM sent the moment it appears (as a test or the demo may send it)
+    is still a graceful stop, not death by the default action."""
+    key = private(tmp_path / "gw.key", os.urandom(32))
+    state = tmp_path / "gw.json"
+    port = free_port(["127.0.0.21"])
+    process = subprocess.Popen(
+        [*AGENT_GW, "--mip-port", str(port), "--gateway-key-file", str(key), "--state-file", str(state)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while not state.exists():  # no sleep: the window is a few milliseconds
+        assert process.poll() is None and time.monotonic() < deadline
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    assert json.loads(state.read_text())["running"] is False
+
+
 # -- flow G with separate processes -------------------------------------------------------------------
 
 #: Gateways that grant at most 2 s and ask the HA for a refresh with 1 s left,

@@ -598,6 +598,14 @@ def run_agent(settings: AgentSettings) -> int:
     except AgentError as exc:
         log.error(str(exc), extra=fields(node=settings.node))
         return 1
+    # The state file says "running" as soon as open() returns, and whoever
+    # waits for it may stop the agent at once: a stop asked for before the
+    # loop handles signals is kept and honoured (a graceful stop, not death
+    # by the default action); an early SIGUSR1 is ignored.
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: early.append(signum))
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         node.open()
     except AgentError as exc:
@@ -625,6 +633,8 @@ def run_agent(settings: AgentSettings) -> int:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, node.log_table)
+        if early:
+            stop.set()
         await node.serve(stop)
 
     try:
