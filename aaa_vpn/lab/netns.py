@@ -221,7 +221,8 @@ class Lab:
 
     def _start(self) -> None:
         key_mode = KeyMode.IKEV2 if self.backend == "strongswan" else KeyMode.MANUAL
-        self.files = files = provision(self.directory, BACKBONE, key_mode=key_mode, coa_port=COA_PORT)
+        # each element has a namespace of its own, and so its own ports: the well-known ones are free
+        self.files = files = provision(self.directory, COA_PORT, BACKBONE, key_mode=key_mode)
         self._spawn("home-aaa", "aaa", self._aaa_vpn(*home_aaa_args(files, BACKBONE.aaa, RADIUS_PORT)))
         foreign = write_foreign_config(files, BACKBONE, RADIUS_PORT, RADIUS_PORT)
         self._spawn(

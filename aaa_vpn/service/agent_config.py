@@ -239,6 +239,30 @@ class AgentSettings:
         roles=("gw",),
         check=Bounds("refresh retries", 0, 100, rule="0..100"),
     )
+    mip_socket_fd: int | None = setting(
+        None,
+        help="Serve Mobile IP on this inherited UDP socket, already bound to ADDR:MIP_PORT, instead of binding"
+        " one (for a supervisor that binds the ports: the demo, the labs, systemd-style activation).",
+        flag="--mip-socket-fd",
+        metavar="FD",
+        toml=False,
+        kind=int,
+        check=Bounds("inherited socket", low=3, rule="a file descriptor >= 3 (0-2 are the standard streams)"),
+    )
+    """The Mobile IP socket, inherited bound (``--mip-socket-fd``): the process
+    that starts the agent holds the port, so no one can take it in between.
+    Only on the command line: a file descriptor belongs to one start."""
+    coa_socket_fd: int | None = setting(
+        None,
+        help="Take Disconnect/CoA-Requests on this inherited UDP socket, already bound to ADDR:COA_PORT.",
+        flag="--coa-socket-fd",
+        metavar="FD",
+        toml=False,
+        kind=int,
+        roles=_RADIUS_ROLES,
+        check=Bounds("inherited socket", low=3, rule="a file descriptor >= 3 (0-2 are the standard streams)"),
+    )
+    """FA and HA: the CoA socket, inherited bound like :attr:`mip_socket_fd`."""
     max_lifetime: int = setting(
         1800,
         help="Longest lifetime granted.",
@@ -318,6 +342,8 @@ class AgentSettings:
                 f"the gateway key has {len(self.gateway_key)} octets; at least {MIN_GATEWAY_KEY} are required"
             )
         check_declared(self)
+        if self.coa_socket_fd is not None and not self.coa_port:
+            raise ValidationError("--coa-socket-fd needs the port it is bound to: --coa-port N")
         if self.backend == "strongswan" and self.vici_socket is None:
             raise ValidationError("the strongswan backend needs charon's VICI socket (--vici-socket, vici_socket)")
 
