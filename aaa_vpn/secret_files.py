@@ -96,8 +96,10 @@ def check_private(path: Path, what: str) -> None:
 def read_private(path: Path, what: str) -> bytes:
     """The bytes of the secret file ``path``, checked as it is opened
     (module rules); ``what`` names it in errors (``--secret-file``)."""
+    # O_NONBLOCK: a FIFO named as a secret file is refused below, not waited on.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(path, flags)
     except OSError as exc:
         raise _os_error(path, what, exc) from None
     data = b""

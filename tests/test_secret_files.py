@@ -6,6 +6,7 @@ newline, and every reader refuses a file group or others can access."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,10 @@ def test_missing_and_odd_files_are_named(tmp_path: Path) -> None:
         read_secret_file(tmp_path / "none", "--secret-file", SecretForm.TEXT)
     with pytest.raises(SecretFileError, match="is not a regular file"):
         read_secret_file(tmp_path, "--secret-file", SecretForm.TEXT)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(SecretFileError, match="is not a regular file"):  # refused, not waited on
+        read_secret_file(fifo, "--secret-file", SecretForm.TEXT)
     short = private(tmp_path / "short", b"abc\n")
     with pytest.raises(SecretFileError, match="holds 3 octets; at least 8 are required"):
         read_secret_file(short, "--secret-file", SecretForm.TEXT, 8)
