@@ -17,27 +17,37 @@ from typing import NamedTuple
 
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode
+from aaa_vpn.wire.nai import nai_problem, nai_realm, realm_problem
 
 
 class ValidationError(ValueError):
     """A record or a value given by the operator is invalid (the caller's fault)."""
 
 
-# RFC 7542 NAI, in the practical subset real MNs use: user@realm, realm required.
-_NAI_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,200}@[A-Za-z0-9.\-]{1,200}$")
+#: Shortest RADIUS shared secret accepted, here and by every daemon's settings.
+#: RFC 2865 section 3 asks for 16 octets; refusing obviously weak ones while
+#: accepting the common 10-octet test secrets.
+MIN_SHARED_SECRET = 8
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
 
 def check_nai(nai: str) -> str:
-    """Return ``nai`` if it is a valid ``user@realm`` NAI (RFC 7542), else raise."""
-    if not isinstance(nai, str) or not _NAI_RE.match(nai) or ".." in nai:
-        raise ValidationError(f"invalid NAI {nai!r}: expected user@realm (RFC 7542)")
+    """Return ``nai`` if it is a ``user@realm`` NAI by the rules of
+    :mod:`aaa_vpn.wire.nai` (RFC 7542, UTF-8 allowed), else raise."""
+    problem = nai_problem(nai)
+    if problem is not None:
+        raise ValidationError(f"invalid NAI {nai!r}: {problem}")
     return nai
 
 
-def nai_realm(nai: str) -> str:
-    """The realm part of a NAI, lower-cased (realms compare case-insensitively)."""
-    return nai.rpartition("@")[2].lower()
+def check_realm(what: str, realm: str) -> str:
+    """Return ``realm`` if it is a NAI realm (:mod:`aaa_vpn.wire.nai`), else raise."""
+    problem = realm_problem(realm)
+    if problem is not None:
+        raise ValidationError(f"invalid {what} {realm!r}: {problem}")
+    return realm
 
 
 def check_name(kind: str, name: str) -> str:
@@ -66,10 +76,76 @@ def parse_network(what: str, value: str | IPv4Network) -> IPv4Network:
         raise ValidationError(f"invalid {what} {value!r}: {exc}") from None
 
 
-def _check_spi(what: str, spi: int) -> int:
-    # RFC 5944 section 1.6: SPIs 0-255 are reserved for Mobile IP security contexts.
-    if not isinstance(spi, int) or not 256 <= spi <= 0xFFFFFFFF:
-        raise ValidationError(f"invalid {what} {spi!r}: an SPI is 256..4294967295")
+# -- addresses no node can have (RFC 6890's special-purpose registry) -----------------------------------
+
+#: Ranges that hold no node's address, with the reason given in errors.
+_NOT_A_NODE: tuple[tuple[IPv4Network, str], ...] = (
+    (
+        IPv4Network("0.0.0.0/8"),
+        "'this network' (RFC 1122 section 3.2.1.3): a source only while a host starts, never an address to reach",
+    ),
+    (IPv4Network("224.0.0.0/4"), "multicast (RFC 5771): a group of listeners, not a node"),
+    (IPv4Network("255.255.255.255/32"), "the limited broadcast (RFC 919): every host of the link, not a node"),
+    (IPv4Network("240.0.0.0/4"), "reserved (RFC 1112 section 4): no host may use it"),
+)
+_LOOPBACK = (
+    IPv4Network("127.0.0.0/8"),
+    "loopback (RFC 1122 section 3.2.1.3): it never leaves its host, so no other node can reach it there",
+)
+#: The broadest RADIUS client network: more addresses sharing one secret are a mistake, not a pool of NASes.
+MAX_CLIENT_PREFIX = 8
+
+
+def _special(network: IPv4Network, *, loopback: bool) -> str | None:
+    """Why ``network`` (an address is a /32) overlaps addresses no node can
+    have (with ``loopback``: loopback too), or None."""
+    ranges = sorted(_NOT_A_NODE + ((_LOOPBACK,) if loopback else ()), key=lambda item: -item[0].prefixlen)
+    inside = next((why for special, why in ranges if network.subnet_of(special)), None)  # the narrowest first
+    return inside or next((why for special, why in ranges if network.overlaps(special)), None)
+
+
+def check_node_address(what: str, address: IPv4Address, *, loopback: bool = True) -> IPv4Address:
+    """Return ``address`` if a node can have it, else raise: not in 0.0.0.0/8,
+    multicast, the limited broadcast or reserved space; nor loopback unless
+    ``loopback`` (the whole topology may run on one host's loopback, as the
+    demo does; a home address cannot)."""
+    why = _special(IPv4Network(address), loopback=not loopback)
+    if why is not None:
+        raise ValidationError(f"invalid {what} {address}: {why}")
+    return address
+
+
+def check_traffic_network(what: str, network: IPv4Network) -> IPv4Network:
+    """Return ``network`` unless it lies wholly in addresses no node can have
+    or in loopback (a correspondent network, a protected prefix); one that
+    only overlaps them (0.0.0.0/0, a full tunnel) is fine."""
+    for special, why in (*_NOT_A_NODE, _LOOPBACK):
+        if network.subnet_of(special):
+            raise ValidationError(f"invalid {what} {network}: {why}")
+    return network
+
+
+def check_client_network(what: str, network: IPv4Network) -> IPv4Network:
+    """Return ``network`` if RADIUS clients can send from all of it: at most
+    a /8 (:data:`MAX_CLIENT_PREFIX`), and no address no node can have
+    (loopback is fine: a server and its clients may share a host)."""
+    if network.prefixlen < MAX_CLIENT_PREFIX:
+        scope = "every IPv4 address" if network.prefixlen == 0 else f"{network.num_addresses} addresses"
+        raise ValidationError(
+            f"invalid {what} {network}: it would let {scope} use this client's secret; a client network is"
+            f" at most a /{MAX_CLIENT_PREFIX} (give the NASes' own network, e.g. 192.0.2.0/24)"
+        )
+    why = _special(network, loopback=False)
+    if why is not None:
+        raise ValidationError(f"invalid {what} {network}: it holds {why}")
+    return network
+
+
+def _check_spi(what: str, spi: int, low: int = 256) -> int:
+    # RFC 5944 section 1.6 reserves 0-255 for Mobile IP security contexts (RFC
+    # 4303 section 2.1 the same for ESP); nothing reserves 0xFFFFFFFF.
+    if isinstance(spi, bool) or not isinstance(spi, int) or not low <= spi <= 0xFFFFFFFF:
+        raise ValidationError(f"invalid {what} {spi!r}: an SPI is {low}..4294967295")
     return spi
 
 
@@ -119,14 +195,14 @@ class User:
 
     def __post_init__(self) -> None:
         check_nai(self.nai)
-        parse_ipv4("home agent", self.home_agent)
+        check_node_address("home agent", parse_ipv4("home agent", self.home_agent))
         if self.home_address is not None:
-            parse_ipv4("home address", self.home_address)
+            check_node_address("home address", parse_ipv4("home address", self.home_address), loopback=False)
         _check_secret("MN-AAA secret", self.mn_aaa_secret, 1)
         _check_secret("MN-HA key", self.mn_ha_key, 16)  # RFC 5944 section 5.1: >= 128 bits
         _check_spi("MN-HA SPI", self.mn_ha_spi)
-        if not isinstance(self.mn_aaa_spi, int) or not 0 <= self.mn_aaa_spi <= 0xFFFFFFFF:
-            raise ValidationError(f"invalid MN-AAA SPI {self.mn_aaa_spi!r}")
+        # RFC 4721 section 8 and X.S0011 name MN-AAA algorithms by SPIs in the reserved range (CHAP_SPI = 2).
+        _check_spi("MN-AAA SPI", self.mn_aaa_spi, low=0)
 
 
 @dataclass(frozen=True)
@@ -146,13 +222,12 @@ class Client:
         check_name("client", self.name)
         if not isinstance(self.network, IPv4Network):
             raise ValidationError("client network must be an IPv4Network")
-        # RFC 2865 section 3: the secret SHOULD be at least 16 octets; we refuse
-        # obviously weak ones but accept the common 10-byte test secrets.
-        _check_secret("RADIUS shared secret", self.secret, 8)
+        check_client_network("client address", self.network)
+        _check_secret("RADIUS shared secret", self.secret, MIN_SHARED_SECRET)
         if not 1 <= self.coa_port <= 65535:
             raise ValidationError(f"invalid CoA port {self.coa_port}")
-        if self.domain and not re.match(r"^[A-Za-z0-9.\-]{1,200}$", self.domain):
-            raise ValidationError(f"invalid domain {self.domain!r}")
+        if self.domain:
+            check_realm("domain", self.domain)
 
 
 @dataclass(frozen=True)
@@ -167,9 +242,11 @@ class Gateway:
 
     def __post_init__(self) -> None:
         check_name("gateway", self.name)
-        parse_ipv4("gateway address", self.address)
+        check_node_address("gateway address", parse_ipv4("gateway address", self.address))
         if not self.protected_prefixes:
             raise ValidationError("a gateway protects at least one prefix")
+        for prefix in self.protected_prefixes:
+            check_traffic_network("protected prefix", prefix)
         _check_secret("gateway key", self.gateway_key, 16)
 
 
@@ -229,6 +306,7 @@ class VpnRecord:
         check_nai(self.nai)
         if not isinstance(self.correspondent, IPv4Network):
             raise ValidationError("correspondent must be an IPv4Network")
+        check_traffic_network("correspondent", self.correspondent)
         check_name("gateway", self.gateway)
         check_name("service", self.service)
         if self.qos is not None:
@@ -324,6 +402,8 @@ class SessionWrite:
 
 
 __all__ = [
+    "MAX_CLIENT_PREFIX",
+    "MIN_SHARED_SECRET",
     "Client",
     "ClientRole",
     "EspTransform",
@@ -341,7 +421,11 @@ __all__ = [
     "VpnRecord",
     "WriteKind",
     "WriteOutcome",
+    "check_client_network",
     "check_nai",
+    "check_node_address",
+    "check_realm",
+    "check_traffic_network",
     "nai_realm",
     "parse_ipv4",
     "parse_network",

@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyrad.packet
 
+from aaa_vpn.lab.processes import listening_port
+from aaa_vpn.lab.topology import BoundPort, bind_udp
 from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import radius as rc
@@ -149,7 +153,30 @@ def wait_until_serving(server: tuple[str, int], secret: bytes, deadline_seconds:
     raise TimeoutError(f"home AAA on {server} did not answer Status-Server")
 
 
-def free_udp_port(host: str = "127.0.0.1") -> int:
+def served_port(process: subprocess.Popen[bytes], log: Path, timeout: float = 15.0) -> int:
+    """The port a server started with ``--port 0`` (or ``port = 0``) says in
+    its log it is bound to: the servers pick their own ports, so no test hands
+    one a port that someone else may have taken since it was probed."""
+    deadline = time.monotonic() + timeout
+    while (port := listening_port(log)) is None:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server logged no 'worker listening' in {timeout} s:\n{log.read_text()}")
+        time.sleep(0.02)
+    return port
+
+
+def silent_server(host: str = "127.0.0.1") -> BoundPort:
+    """A port on ``host`` bound and never read: a RADIUS server that never
+    answers, which no one else can start there while the test holds it."""
+    return bind_udp([host])
+
+
+def probed_udp_port(host: str) -> int:
+    """A UDP port free on ``host`` a moment ago. Only for a program that can
+    neither take a bound socket nor pick and report its port (FreeRADIUS):
+    whoever uses it must start again when it turns out taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])

@@ -3,18 +3,20 @@ component a separate ``aaa-vpn`` process on loopback -- the same flows as
 tests/test_flows.py, tests/test_smooth_handoff.py and tests/test_coa.py,
 which run them in one process with a fake clock.
 
-* ``aaa-vpn serve home`` on 127.0.0.1 (a free port), its database
-  provisioned through the library with tests/mobility.py's ``provision``;
-* for flow C, ``aaa-vpn serve foreign`` on 127.0.0.3 with FA1 and FA2 as its
-  clients and realm home.example routed to the home AAA;
+* ``aaa-vpn serve home`` on 127.0.0.1 (port 0: the port it got is read from
+  its log), its database provisioned through the library with
+  tests/mobility.py's ``provision``;
+* for flow C, ``aaa-vpn serve foreign`` on 127.0.0.3 (port 0 too) with FA1
+  and FA2 as its clients and realm home.example routed to the home AAA;
 * ``aaa-vpn agent ha`` (127.0.0.2), ``agent fa`` FA1 (127.0.0.11) and FA2
   (127.0.0.12), ``agent gw`` static (127.0.0.21) and dynamic (127.0.0.22),
-  all on one free high Mobile IP port, each with a ``--state-file``;
+  all on one high Mobile IP port the test binds on every agent address and
+  hands over (``--mip-socket-fd``), each with a ``--state-file``;
 * the mobile node: ``aaa-vpn mn ... register`` / ``deregister``;
 * the operator (flow F): ``aaa-vpn vpn add``, ``session push`` and
   ``session disconnect --source <home AAA>`` on the test's database; the FA
-  and HA take CoA/Disconnect-Requests on a free ``--coa-port``, which the
-  database's client records name.
+  and HA take CoA/Disconnect-Requests on a port bound and handed over the
+  same way (``--coa-socket-fd``), which the database's client records name.
 
 After every step each node's SA table is read from its state file: the right
 peers, both ends of a path with mirrored SPIs, old SAs gone after the
@@ -37,12 +39,12 @@ from typing import Any
 
 import pytest
 
-from aaa_vpn.lab.topology import free_port
+from aaa_vpn.lab.processes import listening_port
+from aaa_vpn.lab.topology import BoundPort, bind_udp
 from aaa_vpn.store import init_store, open_store
 
 from .mobility import AAA, AAAF, FA1, FA2, GATEWAY_KEYS, GW_DYNAMIC, GW_STATIC, HA, HOME_ADDRESS, MN_HA, NAI, SECRETS
 from .mobility import provision as provision_store
-from .radius_client import free_udp_port
 
 REPO = Path(__file__).resolve().parents[1]
 MN_SOURCE = "127.0.0.100"
@@ -76,11 +78,16 @@ def aaa_vpn(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 @dataclass
 class Topology:
     tmp: Path
-    mip_port: int
-    radius_port: int
+    mip: BoundPort
+    coa: BoundPort
+    radius_port: int = 0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
-    commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    commands: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = field(default_factory=dict)
+
+    @property
+    def mip_port(self) -> int:
+        return self.mip.port
 
     def state_file(self, name: str) -> Path:
         return self.tmp / f"{name}.json"
@@ -95,14 +102,32 @@ class Topology:
     def tables(self) -> dict[str, Table]:
         return {name: self.table(name) for name in AGENTS}
 
-    def spawn(self, name: str, *args: str) -> None:
-        self.commands[name] = args
+    def spawn(self, name: str, *args: str, pass_fds: tuple[int, ...] = ()) -> None:
+        self.commands[name] = (args, pass_fds)
         log = self.tmp / f"{name}.log"
         with log.open("ab") as out:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "aaa_vpn.cli", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "aaa_vpn.cli", *args],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                pass_fds=pass_fds,
             )
         self.logs[name] = log
+
+    def respawn(self, name: str) -> None:
+        """Start ``name`` again with its command and its sockets."""
+        args, pass_fds = self.commands[name]
+        self.spawn(name, *args, pass_fds=pass_fds)
+
+    def listening(self, name: str, timeout: float = 20.0) -> int:
+        """The port AAA server ``name`` (started on port 0) says it got."""
+        deadline = time.monotonic() + timeout
+        while (port := listening_port(self.logs[name])) is None:
+            assert self.processes[name].poll() is None, f"{name} exited:\n{self.logs[name].read_text()}"
+            assert time.monotonic() < deadline, f"{name} is not listening"
+            time.sleep(0.03)
+        return port
 
     def mn(
         self, action: str, *args: str, mn_aaa_secret: bytes | None = None, options: tuple[str, ...] = ()
@@ -162,6 +187,8 @@ class Topology:
                 process.kill()
                 process.wait()
                 codes[name] = -9
+        self.mip.close()
+        self.coa.close()
         return codes
 
 
@@ -179,29 +206,31 @@ def start(
     ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
     ``gw_args``: more options for both gateways, ``home_args`` for the home
     AAA (flow G's lifetimes)."""
-    agent_addresses = [a for _r, a in AGENTS.values()]
-    coa_port = free_port(agent_addresses)
+    # The agents' ports are bound here and handed over; the servers bind port 0 and log theirs.
+    mip = bind_udp([a for _r, a in AGENTS.values()])
+    coa = bind_udp([a for role, a in AGENTS.values() if role != "gw"])
     store, _ = init_store(tmp / "vpn.db", tmp / "vpn.key")
     provision_store(store, gateways)  # AAAF is a foreign-aaa client of the home AAA
     for client in store.list_clients():  # where `session push|disconnect` send their requests
-        store.update_client(dataclasses.replace(client, coa_port=coa_port))
+        store.update_client(dataclasses.replace(client, coa_port=coa.port))
     store.close()
-    topology = Topology(tmp, free_port(agent_addresses), free_udp_port(AAA))
+    topology = Topology(tmp, mip, coa)
     private(tmp / "mn.mnha", MN_HA.value)
     topology.spawn(
         "home-aaa",
         *("--db", str(tmp / "vpn.db"), "--key-file", str(tmp / "vpn.key"), "serve", "home"),
-        *("--listen", AAA, "--port", str(topology.radius_port), "--workers", "1", "--log-level", "debug"),
+        *("--listen", AAA, "--port", "0", "--workers", "1", "--log-level", "debug"),
         *home_args,
     )
-    foreign_port = free_udp_port(AAAF)
+    topology.radius_port = topology.listening("home-aaa")
+    foreign_port = 0
     if foreign:
         private(tmp / "aaaf-home.secret", SECRETS[AAAF].value)
         for address in (FA1, FA2):
             private(tmp / f"aaaf-{address}.secret", SECRETS[address].value)
         config = tmp / "foreign.toml"
         config.write_text(
-            f'listen = "{AAAF}"\nport = {foreign_port}\n'
+            f'listen = "{AAAF}"\nport = 0\n'
             + "".join(
                 f'[[clients]]\nname = "fa-{a}"\naddress = "{a}"\nsecret_file = "aaaf-{a}.secret"\n' for a in (FA1, FA2)
             )
@@ -209,29 +238,29 @@ def start(
             f'port = {topology.radius_port}\nsecret_file = "aaaf-home.secret"\n'
         )
         topology.spawn("foreign-aaa", "serve", "foreign", "--config", str(config), "--log-level", "debug")
+        foreign_port = topology.listening("foreign-aaa")
     for name, (role, address) in AGENTS.items():
         args = ["agent", role, "--name", name, "--address", address, "--mip-port", str(topology.mip_port)]
         args += ["--state-file", str(topology.state_file(name)), "--log-level", "debug"]
-        args += ["--journal", str(tmp / f"{name}.journal")]
+        args += ["--journal", str(tmp / f"{name}.journal"), "--mip-socket-fd", str(mip.fd(address))]
+        fds = [mip.fd(address)]
         if role == "gw":
             key = private(tmp / f"{name}.key", GATEWAY_KEYS[address].value)
             args += ["--gateway-key-file", str(key), "--home-agent", HA, *gw_args]
         else:
             secret = private(tmp / f"{name}.secret", SECRETS[address].value + b"\n")  # the newline is dropped
             server = f"{AAAF}:{foreign_port}" if foreign and address in (FA1, FA2) else f"{AAA}:{topology.radius_port}"
-            args += ["--aaa", server, "--secret-file", str(secret), "--coa-port", str(coa_port)]
-        topology.spawn(name, *args)
+            args += ["--aaa", server, "--secret-file", str(secret), "--coa-port", str(coa.port)]
+            args += ["--coa-socket-fd", str(coa.fd(address))]
+            fds.append(coa.fd(address))
+        topology.spawn(name, *args, pass_fds=tuple(fds))
     deadline = time.monotonic() + 20
-    waiting = set(topology.processes)
+    waiting = set(AGENTS)
     while waiting:
         for name in list(waiting):
             process = topology.processes[name]
             assert process.poll() is None, f"{name} exited:\n{topology.logs[name].read_text()}"
-            if name in ("home-aaa", "foreign-aaa"):
-                ready = "worker listening" in topology.logs[name].read_text()
-            else:
-                ready = topology.state_file(name).exists() and topology.state(name)["running"]
-            if ready:
+            if topology.state_file(name).exists() and topology.state(name)["running"]:
                 waiting.discard(name)
         assert time.monotonic() < deadline, f"not ready: {waiting}"
         time.sleep(0.03)
@@ -561,13 +590,16 @@ def test_wrong_mn_aaa_secret_is_67_and_no_sas_anywhere(topology: Topology) -> No
 
 
 def test_unreachable_fa_is_78_and_exit_status_1(tmp_path: Path) -> None:
-    port = free_udp_port("127.0.0.13")
+    silent = bind_udp(["127.0.0.13"])  # bound and never read: no FA answers there, and no one else can
     private(tmp_path / "k", MN_HA.value)
-    result = aaa_vpn(
-        *("mn", "--nai", NAI, "--home-address", HOME_ADDRESS, "--home-agent", HA, "--mn-ha-spi", "256"),
-        *("--mn-ha-key-file", str(tmp_path / "k"), "--mn-aaa-secret", "x", "--retransmit", "0.1", "--attempts", "2"),
-        *("register", "--fa", f"127.0.0.13:{port}"),
-    )
+    try:
+        result = aaa_vpn(
+            *("mn", "--nai", NAI, "--home-address", HOME_ADDRESS, "--home-agent", HA, "--mn-ha-spi", "256"),
+            *("--mn-ha-key-file", str(tmp_path / "k"), "--mn-aaa-secret", "x", "--retransmit", "0.1"),
+            *("--attempts", "2", "register", "--fa", f"127.0.0.13:{silent.port}"),
+        )
+    finally:
+        silent.close()
     assert result.returncode == 1, result
     assert "code 78" in result.stdout and "Traceback" not in result.stderr
 
@@ -673,6 +705,71 @@ def test_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert "address already in use" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_inherited_socket_must_be_the_one_the_options_name(tmp_path: Path) -> None:
+    """``--mip-socket-fd``: the agent serves on the socket its starter bound,
+    which must be bound to ``--address``:``--mip-port``; anything else is one
+    clear error (exit status 1), never a silently different port."""
+    key = private(tmp_path / "gw.key", os.urandom(32))
+    bound = bind_udp(["127.0.0.21"])
+    not_a_socket = (tmp_path / "file").open("wb")
+    gw = ("agent", "gw", "--address", "127.0.0.21", "--gateway-key-file", str(key))
+    try:
+        fd = bound.fd("127.0.0.21")
+        wrong = subprocess.run(
+            [sys.executable, "-m", "aaa_vpn.cli", *gw, "--mip-port", str(bound.port + 1), "--mip-socket-fd", str(fd)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            pass_fds=(fd,),
+            check=False,
+        )
+        file_fd = not_a_socket.fileno()
+        no_socket = subprocess.run(
+            [sys.executable, "-m", "aaa_vpn.cli", *gw, "--mip-port", "4340", "--mip-socket-fd", str(file_fd)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            pass_fds=(file_fd,),
+            check=False,
+        )
+    finally:
+        bound.close()
+        not_a_socket.close()
+    assert wrong.returncode == 1, wrong
+    expected = f"is bound to 127.0.0.21:{bound.port}, not 127.0.0.21:{bound.port + 1}"
+    assert f"the inherited Mobile IP socket (file descriptor {fd}) {expected}" in wrong.stderr, wrong.stderr
+    assert no_socket.returncode == 1 and "the inherited Mobile IP socket" in no_socket.stderr, no_socket.stderr
+    assert "Traceback" not in wrong.stderr + no_socket.stderr
+
+
+AGENT_GW = (sys.executable, "-m", "aaa_vpn.cli", "agent", "gw", "--address", "127.0.0.21")
+
+
+def test_a_stop_right_after_the_agent_says_it_runs_is_graceful(tmp_path: Path) -> None:
+    """The state file says "running" before the agent's loop handles signals:
+    a SIGTERM sent the moment it appears (as a test or the demo may send it)
+    is still a graceful stop, not death by the default action."""
+    key = private(tmp_path / "gw.key", os.urandom(32))
+    state = tmp_path / "gw.json"
+    files = ("--gateway-key-file", str(key), "--state-file", str(state))
+    bound = bind_udp(["127.0.0.21"])
+    fd = bound.fd("127.0.0.21")
+    process = subprocess.Popen(
+        [*AGENT_GW, "--mip-port", str(bound.port), "--mip-socket-fd", str(fd), *files],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        pass_fds=(fd,),
+    )
+    bound.close()  # the agent holds the port now
+    deadline = time.monotonic() + 20
+    while not state.exists():  # no sleep: the window is a few milliseconds
+        assert process.poll() is None and time.monotonic() < deadline
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    assert json.loads(state.read_text())["running"] is False
+
+
 # -- flow G with separate processes -------------------------------------------------------------------
 
 #: Gateways that grant at most 2 s and ask the HA for a refresh with 1 s left,
@@ -754,7 +851,7 @@ def restart_agent(topology: Topology, name: str) -> dict[str, Any]:
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
     started = time.time()
-    topology.spawn(name, *topology.commands[name])
+    topology.respawn(name)
     deadline = time.monotonic() + 20
     while True:
         assert topology.processes[name].poll() is None, topology.logs[name].read_text()[-3000:]

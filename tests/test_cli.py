@@ -265,6 +265,7 @@ def test_generated_secret_printed_once_only_when_asked(run: Cli) -> None:
 def test_secret_sources(run: Cli, tmp_path: Path) -> None:
     secret_file = tmp_path / "fa.secret"
     secret_file.write_text("from-a-file-secret\n")
+    secret_file.chmod(0o600)
     run("client", "add", "fa1", "--address", "192.0.2.1", "--role", "fa", "--secret-file", str(secret_file))
     assert run.json("client", "show", "fa1", "--show-secrets")["secret"]["text"] == "from-a-file-secret"
     run(
@@ -354,6 +355,21 @@ def test_errors_are_one_line_with_exit_code(run: Cli, args: tuple[str, ...], cod
     result = run(*args, code=code)
     assert message in result.stderr
     assert result.stdout == ""
+
+
+def test_unicode_nais_are_provisioned_in_nfc_and_refused_otherwise(run: Cli) -> None:
+    """RFC 7542 allows UTF-8 NAIs; the CLI takes them in NFC and names the NFC
+    form of one written otherwise (docs/protocol.md section 1, "NAIs")."""
+    nai = "jos\u00e9@b\u00fccher.example"
+    rest = ("--home-agent", "192.0.2.2", "--mn-ha-spi", "256", "--generate")
+    run("user", "add", nai, *rest)
+    assert run.json("user", "show", nai)["nai"] == nai
+    assert nai in run("user", "list").stdout
+    decomposed = "jose\u0301@b\u00fccher.example"
+    result = run("user", "add", decomposed, *rest, code=2)
+    assert "not in Unicode Normalization Form C" in result.stderr and repr(nai) in result.stderr
+    result = run("user", "add", "mn1@localhost", *rest, code=2)
+    assert "Error: invalid NAI 'mn1@localhost': the realm 'localhost' needs at least two labels" in result.stderr
 
 
 def test_duplicate_and_reference_errors(provisioned: Cli) -> None:

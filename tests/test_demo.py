@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,18 +30,88 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_demo_json_every_step_succeeds() -> None:
-    result = subprocess.run(
+class Neighbour:
+    """A process beside the demo that binds, just before each of the demo's
+    processes starts, every port that process's command line names on its
+    address -- as anyone on the host may, by chance (an ephemeral port, a
+    second demo) or not. A port the demo merely probed would be lost to it;
+    a port the demo holds (or a server's port 0) cannot be."""
+
+    def __init__(self) -> None:
+        self.taken: list[tuple[str, int]] = []
+        self._sockets: list[socket.socket] = []
+
+    def grab(self, argv: Sequence[str]) -> None:
+        words = list(argv)
+
+        def value(flag: str) -> str | None:
+            return words[words.index(flag) + 1] if flag in words else None
+
+        address = value("--address") or value("--listen")
+        for flag in ("--mip-port", "--coa-port", "--port"):
+            port = value(flag)
+            if address is None or port is None or int(port) == 0:
+                continue
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((address, int(port)))
+            except OSError:
+                sock.close()
+            else:
+                self._sockets.append(sock)
+                self.taken.append((address, int(port)))
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_two_demos_side_by_side_and_a_neighbour_that_takes_free_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two demos at once on the same loopback addresses, one of them (in this
+    process) with a :class:`Neighbour` grabbing every port its processes are
+    given just before they start: every step of both succeeds, and the
+    neighbour got no port."""
+    from aaa_vpn.lab import processes
+    from aaa_vpn.lab.demo import DemoOptions, run_demo
+
+    other = subprocess.Popen(
         [sys.executable, "-m", "aaa_vpn.cli", "demo", "--json"],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
     )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    report = json.loads(result.stdout)
+    neighbour = Neighbour()
+    spawn = processes.Processes.spawn
+
+    def spawn_beside_a_neighbour(
+        self: processes.Processes, name: str, argv: Sequence[str], *rest: Any, **more: Any
+    ) -> Any:
+        neighbour.grab(argv)
+        return spawn(self, name, argv, *rest, **more)
+
+    monkeypatch.setattr(processes.Processes, "spawn", spawn_beside_a_neighbour)
+    try:
+        mine = run_demo(DemoOptions())
+        stdout, stderr = other.communicate(timeout=180)
+    finally:
+        neighbour.close()
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert neighbour.taken == []
+    failed = [(s["name"], [c for c in s["checks"] if not c["ok"]]) for s in mine["steps"] if not s["ok"]]
+    assert mine["ok"] is True, (mine.get("error"), failed)
+    assert other.returncode == 0, stdout[-5000:] + stderr[-5000:]
+    report = json.loads(stdout)
     assert report["ok"] is True
+    assert report["topology"]["mip_port"] != mine["topology"]["mip_port"]
+    assert report["topology"]["home_aaa"] != mine["topology"]["home_aaa"]
+    _every_step_succeeded(report)
+
+
+def _every_step_succeeded(report: dict[str, Any]) -> None:
+    """What ``aaa-vpn demo --json`` reports when every step succeeded."""
     assert [(s["name"], s["flow"], s["ok"]) for s in report["steps"]] == [
         ("register via FA1", "A+B", True),
         ("handoff to FA2", "C", True),

@@ -616,6 +616,9 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         (lambda t: t.replace('name = "home-b"', "name = 5"), "realms[0].servers[1].name has the wrong type"),
         (lambda t: t.replace('secret = "fa1-to-aaaf-secret"', 'secret = "short"'), "at least 8 are required"),
         (lambda t: t + '\n[[realms]]\nname = "HOME.example"\nservers = []\n', "configured twice"),
+        (lambda t: t.replace('name = "home.example"', 'name = "home"'), "needs at least two labels"),
+        (lambda t: t.replace('address = "127.0.1.0/24"', 'address = "0.0.0.0/0"'), "at most a /8"),
+        (lambda t: t.replace('address = "192.0.2.1"', 'address = "255.255.255.255"'), "the limited broadcast"),
         (lambda t: t.replace("[upstream]", "[upstream]\nretries = true"), "retries has the wrong type (boolean)"),
         (lambda t: "listen = [", "is not valid TOML"),
     ],
@@ -637,7 +640,7 @@ def test_a_config_with_secrets_readable_by_others_is_refused(tmp_path: Path) -> 
     path = write_config(tmp_path, public, mode=0o644)
     assert len(load_foreign_settings(path).clients) == 2
     (tmp_path / "block.secret").chmod(0o640)
-    with pytest.raises(ValidationError, match=r"block\.secret holds secrets but is accessible"):
+    with pytest.raises(ValidationError, match=r"block\.secret is accessible by group or others \(mode 0640\)"):
         load_foreign_settings(path)
 
 

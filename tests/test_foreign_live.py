@@ -34,7 +34,7 @@ from aaa_vpn.wire.profile import RejectReason, RequestType
 from aaa_vpn.wire.radius import prepare_tool_dir
 from aaa_vpn.wire.radius_request import Accepted, AccessRequest, Rejected
 
-from .radius_client import PRECEDING, free_udp_port, status_server, wait_until_serving
+from .radius_client import PRECEDING, served_port, silent_server, status_server, wait_until_serving
 from .test_home_server import MN_SECRET, NAI, REPO, SECRET, cli, provision, start_server, stop
 
 AAAF = "127.0.0.3"
@@ -71,13 +71,20 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     provision(db)
     proxy_client = ["aaaf", "--address", AAAF, "--role", "foreign-aaa", "--domain", "visited.example"]
     cli(db, "client", "add", *proxy_client, "--secret", AAAF_SECRET.decode())
-    home_port, dead_port = free_udp_port(), free_udp_port()
-    aaaf_port = free_udp_port(AAAF)
+    home_log, aaaf_log = tmp / "home.log", tmp / "foreign.log"
+    home = start_server(db, 0, 1, home_log)
+    dead = silent_server()
+    try:
+        home_port, dead_port = served_port(home, home_log), dead.port
+    except BaseException:
+        dead.close()
+        stop(home)
+        raise
     config = tmp / "foreign.toml"
     config.write_text(
         f"""\
 listen = "{AAAF}"
-port = {aaaf_port}
+port = 0
 dup_cache_seconds = 5
 
 [upstream]
@@ -106,14 +113,14 @@ secret = "{AAAF_SECRET.decode()}"
 """
     )
     config.chmod(0o600)
-    home_log, aaaf_log = tmp / "home.log", tmp / "foreign.log"
-    home = start_server(db, home_port, 1, home_log)
     aaaf = start_foreign(config, aaaf_log)
     try:
+        aaaf_port = served_port(aaaf, aaaf_log)
         wait_until_serving(("127.0.0.1", home_port), SECRET)
         wait_until_serving((AAAF, aaaf_port), FA_SECRET)
         yield Topology(db, ("127.0.0.1", home_port), (AAAF, aaaf_port), aaaf, aaaf_log, home_log)
     finally:
+        dead.close()
         codes = (stop(aaaf), stop(home))
         assert codes == (0, 0), f"exit codes {codes}:\n{aaaf_log.read_text()}\n{home_log.read_text()}"
 

@@ -68,7 +68,8 @@ from .radius_client import (
     PRECEDING,
     access_request,
     exchange,
-    free_udp_port,
+    probed_udp_port,
+    served_port,
     split_attributes,
     vendor_values,
     wait_until_serving,
@@ -181,21 +182,34 @@ def _run(binary: str, base: Path) -> Iterator[Visited]:
     provision(db)
     proxy_client = ["freeradius", "--address", str(PROXY), "--role", "proxy", "--domain", "visited.example"]
     cli(db, "client", "add", *proxy_client, "--secret", PROXY_SECRET.decode())
-    home_port, proxy_port = free_udp_port(), free_udp_port(str(PROXY))
-    raddb = freeradius.write_raddb(base / "fr", _server_conf(proxy_port), proxy=_proxy_conf(home_port))
-    (raddb / "clients.conf").write_text(_clients_conf())
-    freeradius.check_raddb(binary, raddb)
     home_log = base / "home.log"
-    home = start_server(db, home_port, 1, home_log)
+    home = start_server(db, 0, 1, home_log)
     proxy: subprocess.Popen[bytes] | None = None
+    raddb: Path | None = None
     try:
-        proxy = subprocess.Popen(
-            [binary, "-f", "-d", str(raddb)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        freeradius.wait_ready(proxy, raddb)
+        home_port = served_port(home, home_log)
+        # FreeRADIUS can neither take a bound socket nor pick and report its
+        # port: it is told a probed one, and started again if that was taken.
+        for attempt in range(3):
+            proxy_port = probed_udp_port(str(PROXY))
+            raddb = freeradius.write_raddb(
+                base / f"fr{attempt}", _server_conf(proxy_port), proxy=_proxy_conf(home_port)
+            )
+            (raddb / "clients.conf").write_text(_clients_conf())
+            freeradius.check_raddb(binary, raddb)
+            proxy = subprocess.Popen(
+                [binary, "-f", "-d", str(raddb)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                freeradius.wait_ready(proxy, raddb)
+                break
+            except RuntimeError as exc:
+                if "in use" not in str(exc) or attempt == 2:
+                    raise
+                proxy.wait()
         wait_until_serving(("127.0.0.1", home_port), SECRET)
         yield Visited(db, ("127.0.0.1", home_port), (str(PROXY), proxy_port), home_log, raddb)
     finally:
@@ -210,7 +224,7 @@ def _run(binary: str, base: Path) -> Iterator[Visited]:
                     proxy.wait()
             codes.append(proxy.returncode)
         codes.append(stop(home))
-        logs = f"{home_log.read_text(errors='replace')[-3000:]}\n{_fr_log(raddb)}"
+        logs = f"{home_log.read_text(errors='replace')[-3000:]}\n{_fr_log(raddb) if raddb else ''}"
         assert codes == [0] * len(codes), f"exit codes (freeradius, home AAA) {codes}:\n{logs}"
 
 

@@ -28,7 +28,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.store import open_store
 from aaa_vpn.wire.radius import prepare_tool_dir
 
-from .radius_client import PRECEDING, free_udp_port, wait_until_serving
+from .radius_client import PRECEDING, served_port, wait_until_serving
 from .test_dictionaries_interop import parse_reply
 from .test_home_server import MN_SECRET, NAI, SECRET, provision, start_server, stop
 
@@ -44,9 +44,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]
     tmp = tmp_path_factory.mktemp("interop")
     db = tmp / "vpn.db"
     provision(db)
-    port = free_udp_port()
-    process = start_server(db, port, 1, tmp / "server.log")
+    process = start_server(db, 0, 1, tmp / "server.log")
     try:
+        port = served_port(process, tmp / "server.log")
         wait_until_serving(("127.0.0.1", port), SECRET)
         yield db, port
     finally:

@@ -38,7 +38,7 @@ from aaa_vpn.wire.radius_request import Accepted, decode_access_reply
 from .radius_client import (
     access_request,
     exchange,
-    free_udp_port,
+    served_port,
     status_server,
     vendor_values,
     wait_until_serving,
@@ -269,10 +269,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("home")
     db = tmp / "vpn.db"
     provision(db)
-    port = free_udp_port()
     log = tmp / "server.log"
-    process = start_server(db, port, 2, log)
+    process = start_server(db, 0, 2, log)
     try:
+        port = served_port(process, log)
         wait_until_serving(("127.0.0.1", port), SECRET)
         yield Server(db, ("127.0.0.1", port), process, log)
     finally:
@@ -553,7 +553,7 @@ def test_logs_never_show_secrets(server: Server) -> None:
 def test_bad_start_is_one_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.db"
     log = tmp_path / "log"
-    process = start_server(missing, free_udp_port(), 2, log)
+    process = start_server(missing, 0, 2, log)
     assert process.wait(timeout=30) != 0
     assert "Traceback" not in log.read_text()
 

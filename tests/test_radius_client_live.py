@@ -26,7 +26,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import PathRole, RejectReason, RequestType
 from aaa_vpn.wire.radius_request import Accepted, AccessRequest, Rejected
 
-from .radius_client import PRECEDING, free_udp_port, wait_until_serving
+from .radius_client import PRECEDING, served_port, silent_server, wait_until_serving
 from .test_home_server import HA_SECRET, MN_SECRET, NAI, SECRET, provision, start_server, stop
 
 FA = IPv4Address("127.0.0.1")
@@ -43,26 +43,21 @@ class Home:
     logs: tuple[Path, Path]
 
 
-def _ports(count: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < count:
-        ports.add(free_udp_port())
-    return sorted(ports)
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
     tmp = tmp_path_factory.mktemp("radius-client")
     db = tmp / "vpn.db"
     provision(db)
-    one, two, dead = _ports(3)
     logs = (tmp / "one.log", tmp / "two.log")
-    processes = [start_server(db, one, 1, logs[0]), start_server(db, two, 1, logs[1])]
+    processes = [start_server(db, 0, 1, logs[0]), start_server(db, 0, 1, logs[1])]
+    dead = silent_server()
     try:
+        one, two = (served_port(process, log) for process, log in zip(processes, logs, strict=True))
         for port in (one, two):
             wait_until_serving(("127.0.0.1", port), SECRET)
-        yield Home(("127.0.0.1", one), ("127.0.0.1", two), ("127.0.0.1", dead), logs)
+        yield Home(("127.0.0.1", one), ("127.0.0.1", two), ("127.0.0.1", dead.port), logs)
     finally:
+        dead.close()
         codes = [stop(process) for process in processes]
         assert codes == [0, 0], f"servers exited with {codes}:\n{logs[0].read_text()}\n{logs[1].read_text()}"
 

@@ -82,23 +82,23 @@ def test_a_restarted_home_aaa_process_still_knows_the_session(tmp_path: Path) ->
     from aaa_vpn.wire.profile import RequestType
     from aaa_vpn.wire.radius_profile import decode_profile
 
-    from .radius_client import access_request, exchange, free_udp_port, wait_until_serving
+    from .radius_client import access_request, exchange, served_port, wait_until_serving
     from .test_home_server import HA_SECRET, MN_SECRET, NAI, SECRET, provision, start_server, stop
 
     db = tmp_path / "vpn.db"
     provision(db)
-    port = free_udp_port()
-    server = ("127.0.0.1", port)
-    process = start_server(db, port, 1, tmp_path / "first.log")
+    process = start_server(db, 0, 1, tmp_path / "first.log")
     try:
+        server = ("127.0.0.1", served_port(process, tmp_path / "first.log"))
         wait_until_serving(server, SECRET)
         ex = exchange(server, access_request(SECRET, NAI, MN_SECRET, care_of="127.0.0.1", home_agent="127.0.0.2"))
         assert ex.code == rc.ACCESS_ACCEPT
         fa_view = decode_profile(ex.reply[20:], SECRET, ex.authenticator)
     finally:
         assert stop(process) == 0
-    process = start_server(db, port, 2, tmp_path / "second.log")
+    process = start_server(db, 0, 2, tmp_path / "second.log")  # the restarted server: a port of its own
     try:
+        server = ("127.0.0.1", served_port(process, tmp_path / "second.log"))
         wait_until_serving(server, SECRET)
         # the HA asks after the restart: the stored session answers, mirrored to the FA's view
         request = access_request(

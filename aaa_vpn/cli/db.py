@@ -15,7 +15,7 @@ import click
 
 from aaa_vpn.cli.common import App, InvalidInput, emit, example, pass_app
 from aaa_vpn.store import init_store
-from aaa_vpn.store.transfer import export_document, import_document
+from aaa_vpn.store.transfer import export_document, import_document, parse_document
 
 
 @click.group(epilog=example("aaa-vpn db init"))
@@ -107,14 +107,13 @@ def import_(app: App, file: str, replace: bool, dry_run: bool) -> None:
     """
     try:
         if file == "-":
-            document = json.load(sys.stdin)
+            text = sys.stdin.buffer.read()
         else:
-            with open(file, encoding="utf-8") as handle:
-                document = json.load(handle)
+            with open(file, "rb") as handle:
+                text = handle.read()
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{file} is not valid JSON: {exc}") from None
+    document = parse_document(text, "stdin" if file == "-" else file)
     store = app.store()
     try:
         with store.transaction():

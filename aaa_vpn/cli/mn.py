@@ -22,10 +22,13 @@ from aaa_vpn.cli.common import (
     StoreFailure,
     example,
     exit_with,
+    file_option,
+    hex_file_option,
     required_secret,
 )
-from aaa_vpn.model import check_nai, parse_ipv4
-from aaa_vpn.service.agent_config import MIP_PORT, parse_endpoint
+from aaa_vpn.model import check_nai, check_node_address, parse_ipv4
+from aaa_vpn.service.agent_config import MIP_PORT
+from aaa_vpn.service.settings import parse_endpoint
 
 
 @click.group(
@@ -40,9 +43,10 @@ from aaa_vpn.service.agent_config import MIP_PORT, parse_endpoint
 @click.option("--home-address", metavar="ADDR", help="Its home address (required).")
 @click.option("--home-agent", metavar="ADDR", help="Its home agent (required).")
 @click.option("--mn-ha-spi", type=click.IntRange(256, 0xFFFFFFFF), help="The MN-HA SPI (required).")
-@click.option("--mn-ha-key-file", type=click.Path(dir_okay=False, allow_dash=True), help="The MN-HA key (raw bytes).")
+@file_option(MN_HA_KEY)
+@hex_file_option(MN_HA_KEY)
 @click.option("--mn-ha-key-hex", metavar="HEX", help="The MN-HA key in hex.")
-@click.option("--mn-aaa-secret-file", type=click.Path(dir_okay=False, allow_dash=True), help="The MN-AAA secret.")
+@file_option(MN_AAA_SECRET)
 @click.option("--mn-aaa-secret", metavar="TEXT", help="The MN-AAA secret as text (visible in 'ps').")
 @click.option("--lifetime", type=click.IntRange(1, 0xFFFE), default=600, show_default=True, help="Lifetime to ask for.")
 @click.option(
@@ -82,10 +86,15 @@ def _run_mn(ctx: click.Context, fa: str, previous_fa: str | None, deregister: bo
     mn_aaa_secret = required_secret(MN_AAA_SECRET, dict(options), generated)
     source = options["source"]
     parse_ipv4("--source", source)
-    home_address = parse_ipv4("--home-address", options["home_address"])
-    home_agent = parse_ipv4("--home-agent", options["home_agent"])
+    home_address = check_node_address(
+        "--home-address", parse_ipv4("--home-address", options["home_address"]), loopback=False
+    )
+    home_agent = check_node_address("--home-agent", parse_ipv4("--home-agent", options["home_agent"]))
     address, port = parse_endpoint("--fa", fa, options["mip_port"])
+    check_node_address("--fa", address)
     previous = parse_ipv4("--previous-fa", previous_fa) if previous_fa is not None else None
+    if previous is not None:
+        check_node_address("--previous-fa", previous)
 
     # Imported here: the node and its driver pull in the Mobile IP codecs and asyncio.
     agents = importlib.import_module("aaa_vpn.net.agents")

@@ -17,7 +17,9 @@ What it does:
    FA1 (127.0.0.11), FA2 (127.0.0.12) and FA3 (127.0.0.13, domain
    visited-b.example, which asks the home AAA directly), ``agent gw`` static
    (127.0.0.21) and dynamic (127.0.0.22); the agents on one free high Mobile
-   IP port (434 needs root), each with a ``--state-file``.
+   IP port (434 needs root), each with a ``--state-file``. The agents' ports
+   are bound by the demo and inherited; the AAA servers bind port 0 and log
+   the port they got (:class:`Topology`), so two demos can run side by side.
 3. The steps, each one ``aaa-vpn mn`` run from 127.0.0.100: registration
    through FA1 (flows A and B, proxied by the foreign AAA), handoff to FA2
    answered by the foreign AAA alone (flow C), handoff to FA3 through the
@@ -66,14 +68,14 @@ from aaa_vpn.lab.processes import Processes, log_tail
 from aaa_vpn.lab.topology import (
     AGENTS,
     BEHIND_FOREIGN_AAA,
+    COA_AGENTS,
     HOME_ADDRESS,
     LOOPBACK,
     NAI,
     SERVERS,
-    Files,
     LabError,
     agent_args,
-    free_port,
+    bind_udp,
     home_aaa_args,
     mn_args,
     mn_result,
@@ -105,9 +107,9 @@ class DemoOptions:
     """How the demo runs."""
 
     mip_port: int = 0
-    """The agents' Mobile IP port; 0: a free high port."""
+    """The agents' Mobile IP port, bound by the demo for them; 0: a free high port."""
     radius_port: int = 0
-    """The home AAA's RADIUS port; 0: a free high port."""
+    """The home AAA's RADIUS port; 0: a free one the server picks and logs."""
     keep: bool = False
     """Keep the temporary directory (database, logs, state files)."""
     python: str = sys.executable
@@ -279,29 +281,60 @@ NOTES = (
 
 
 class Topology:
-    """The processes of the demo; :meth:`stop` ends them by PID."""
+    """The processes of the demo; :meth:`stop` ends them by PID.
 
-    def __init__(self, options: DemoOptions, files: Files) -> None:
+    Ports: the agents' Mobile IP port (one for all six) and the FAs' and the
+    HA's CoA port are bound here on every agent's address before anything
+    starts (:func:`~aaa_vpn.lab.topology.bind_udp`) and handed to the agents
+    (``--mip-socket-fd``, ``--coa-socket-fd``); the AAA servers bind port 0
+    and say in their log which one they got, before anyone is told it. No
+    process is ever given a port that is merely believed free, so demos run
+    side by side."""
+
+    def __init__(self, options: DemoOptions, directory: Path) -> None:
         self.options = options
-        self.files = files
-        self.mip_port = options.mip_port or free_port([LOOPBACK.of(name) for name in AGENTS])
-        self.radius_port = options.radius_port or free_port((AAA,))
-        self.foreign_port = free_port((AAAF,))
-        self.processes = Processes(files.directory)
+        agents = [LOOPBACK.of(name) for name in AGENTS]
+        self.mip = bind_udp(agents, options.mip_port)
+        try:
+            self.coa = bind_udp([LOOPBACK.of(name) for name in COA_AGENTS])
+        except LabError:
+            self.mip.close()
+            raise
+        try:
+            self.files = provision(directory, self.coa.port)
+        except BaseException:
+            self.mip.close()
+            self.coa.close()
+            raise
+        self.processes = Processes(directory)
+        self.radius_port = 0
+        self.foreign_port = 0
         self._foreign_log_offset = 0
+
+    @property
+    def mip_port(self) -> int:
+        return self.mip.port
 
     def _command(self, *args: str) -> list[str]:
         return [self.options.python, "-m", "aaa_vpn.cli", *args]
 
     def start(self) -> None:
         files = self.files
-        self.processes.spawn("home-aaa", self._command(*home_aaa_args(files, AAA, self.radius_port)))
-        config = write_foreign_config(files, LOOPBACK, self.foreign_port, self.radius_port)
+        self.processes.spawn("home-aaa", self._command(*home_aaa_args(files, AAA, self.options.radius_port)))
+        self.processes.wait_ready(_START_TIMEOUT)
+        self.radius_port = self.processes.listening_port("home-aaa")
+        config = write_foreign_config(files, LOOPBACK, 0, self.radius_port)
         self.processes.spawn(
             "foreign-aaa",
             self._command("serve", "foreign", "--config", str(config), "--log-format", "json", "--log-level", "debug"),
         )
+        self.processes.wait_ready(_START_TIMEOUT)
+        self.foreign_port = self.processes.listening_port("foreign-aaa")
         for name, role in AGENTS.items():
+            address = LOOPBACK.of(name)
+            sockets = {"mip": self.mip.fd(address)}
+            if name in COA_AGENTS:
+                sockets["coa"] = self.coa.fd(address)
             args = agent_args(
                 name,
                 files,
@@ -309,6 +342,7 @@ class Topology:
                 self.mip_port,
                 self.processes.state_file(name),
                 (self.radius_port, self.foreign_port),
+                sockets,
             )
             if role in ("fa", "ha"):
                 args += ["--radius-retries", "2"]
@@ -316,7 +350,7 @@ class Topology:
                 # Flow G within the demo's seconds: bindings of at most 6 s, a
                 # Binding Request to the HA when half of one is left.
                 args += ["--max-lifetime", str(GATEWAY_MAX_LIFETIME), "--refresh-threshold", "0.5"]
-            self.processes.spawn(name, self._command(*args))
+            self.processes.spawn(name, self._command(*args), pass_fds=tuple(sockets.values()))
         self.processes.wait_ready(_START_TIMEOUT)
 
     def foreign_counters(self) -> dict[str, Any]:
@@ -408,8 +442,13 @@ class Topology:
         return {name: self.processes.state(name) for name in AGENTS}
 
     def stop(self) -> dict[str, int | None]:
-        """SIGTERM every process (agents first, the AAA servers last), wait, SIGKILL what remains."""
-        return self.processes.stop(_STOP_GRACE)
+        """SIGTERM every process (agents first, the AAA servers last), wait,
+        SIGKILL what remains; then release the ports bound for them."""
+        try:
+            return self.processes.stop(_STOP_GRACE)
+        finally:
+            self.mip.close()
+            self.coa.close()
 
 
 # -- checks --------------------------------------------------------------------------------------------
@@ -763,18 +802,18 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
     try:
         with _terminate_on_sigterm():
             try:
-                files = provision(directory)
-                topology = Topology(options, files)
+                topology = Topology(options, directory)
                 say(f"[demo] temporary directory {directory}")
-                say(f"[demo] starting (Mobile IP port {topology.mip_port}):")
-                say(f"[demo]   {'home-aaa':<11} aaa-vpn serve home --listen {AAA} --port {topology.radius_port}")
-                say(f"[demo]   {'foreign-aaa':<11} aaa-vpn serve foreign (listen {AAAF}:{topology.foreign_port})")
+                say(f"[demo] starting (Mobile IP port {topology.mip_port}, CoA port {topology.coa.port}):")
+                say(f"[demo]   {'home-aaa':<11} aaa-vpn serve home --listen {AAA} --port {options.radius_port}")
+                say(f"[demo]   {'foreign-aaa':<11} aaa-vpn serve foreign (listen {AAAF}, port 0)")
                 for name, role in AGENTS.items():
                     address = ADDRESSES[name]
                     server = "foreign-aaa" if name in BEHIND_FOREIGN_AAA else "home-aaa"
                     asks = f", asks {server}" if role in ("fa", "ha") else ""
                     say(f"[demo]   {name:<11} aaa-vpn agent {role} --address {address}{asks}")
                 topology.start()
+                say(f"[demo] home-aaa on {AAA}:{topology.radius_port}, foreign-aaa on {AAAF}:{topology.foreign_port}")
             except LabError as exc:
                 report["error"] = str(exc)
                 say(f"[demo] cannot start: {exc}")

@@ -221,7 +221,8 @@ class Lab:
 
     def _start(self) -> None:
         key_mode = KeyMode.IKEV2 if self.backend == "strongswan" else KeyMode.MANUAL
-        self.files = files = provision(self.directory, BACKBONE, key_mode=key_mode, coa_port=COA_PORT)
+        # each element has a namespace of its own, and so its own ports: the well-known ones are free
+        self.files = files = provision(self.directory, COA_PORT, BACKBONE, key_mode=key_mode)
         self._spawn("home-aaa", "aaa", self._aaa_vpn(*home_aaa_args(files, BACKBONE.aaa, RADIUS_PORT)))
         foreign = write_foreign_config(files, BACKBONE, RADIUS_PORT, RADIUS_PORT)
         self._spawn(
@@ -371,7 +372,7 @@ class Lab:
         from ipaddress import IPv4Address
 
         from aaa_vpn.roles.ha import mirror
-        from aaa_vpn.service.agent_config import read_secret_file
+        from aaa_vpn.secret_files import SecretForm, read_secret_file
         from aaa_vpn.service.journal import decode_journal
 
         views: list[Any] = []
@@ -380,7 +381,9 @@ class Lab:
             path = self.directory / f"{name}.journal"
             if not path.exists():
                 continue
-            secret = read_secret_file(self.files.secrets[name], name, 8)
+            # the node's own secret seals its journal: a gateway's key (raw), an FA's or HA's shared secret
+            form = SecretForm.RAW if role == "gw" else SecretForm.TEXT
+            secret = read_secret_file(self.files.secrets[name], name, form)
             state = decode_journal(path.read_bytes(), role, IPv4Address(address), secret)
             for entry in state.get("visitors", []) + state.get("bindings", []):
                 paths = entry["profile"].paths if "profile" in entry else entry["paths"]
@@ -617,15 +620,15 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
 
     from aaa_vpn.net.agents import run_mobile_node
     from aaa_vpn.roles.mn import MnConfig
-    from aaa_vpn.secret import Secret
+    from aaa_vpn.secret_files import SecretForm, read_secret_file
 
     config = MnConfig(
         NAI,
         IPv4Address(HOME_ADDRESS),
         IPv4Address(BACKBONE.ha),
         MN_HA_SPI,
-        Secret(mn_ha_key_file.read_bytes()),
-        Secret(mn_aaa_secret_file.read_bytes()),
+        read_secret_file(mn_ha_key_file, "--mn-ha-key-file", SecretForm.RAW),
+        read_secret_file(mn_aaa_secret_file, "--mn-aaa-secret-file", SecretForm.TEXT),
         lifetime=lifetime,
         retransmit=0.5,
         attempts=6,

@@ -8,9 +8,14 @@ Rules:
   Ctrl-C reaches the program that started it, which stops the processes in
   order and by PID -- never by name.
 * Ready means: an AAA server (:data:`~aaa_vpn.lab.topology.SERVERS`) has
-  logged ``worker listening``; an agent's state file (``<name>.state.json``)
-  says ``running``. A process that exits before it is ready is an error
-  (:class:`~aaa_vpn.lab.topology.LabError`, with the end of its log).
+  logged ``worker listening``, with the address it is bound to
+  (:func:`listening_port`: a server started on port 0 says there which port
+  it got, and no one uses the server before); an agent's state file
+  (``<name>.state.json``) says ``running``. A process that exits before it
+  is ready is an error (:class:`~aaa_vpn.lab.topology.LabError`, with the
+  end of its log).
+* A process may inherit sockets bound for it (``pass_fds``): they are handed
+  to it again when it is restarted, so its port is never free in between.
 * :meth:`Processes.stop` sends SIGTERM to every process, the AAA servers last,
   gives them all one grace period, then SIGKILLs what remains; an exit status
   of ``None`` means it had to be killed.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -49,6 +55,21 @@ def read_state(path: Path) -> dict[str, Any]:
     return document
 
 
+#: The address in a server's ``worker listening`` line, text (``address=H:P``) or JSON (``"address": "H:P"``).
+_LISTENING = re.compile(r'worker listening.*?\baddress"?[=:] ?"?(\d+\.\d+\.\d+\.\d+):(\d+)')
+
+
+def listening_port(log: Path) -> int | None:
+    """The port an AAA server's log says it listens on (``worker listening``),
+    or None while it says nothing yet."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    found = _LISTENING.search(text)
+    return int(found.group(2)) if found else None
+
+
 def log_tail(path: Path, lines: int = 20, separator: str = "\n") -> str:
     """The last ``lines`` lines of a log, joined by ``separator``."""
     try:
@@ -63,7 +84,7 @@ class Processes:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.running: dict[str, Process] = {}
-        self._commands: dict[str, list[str]] = {}
+        self._commands: dict[str, tuple[list[str], tuple[int, ...]]] = {}
 
     def __getitem__(self, name: str) -> Process:
         return self.running[name]
@@ -80,13 +101,19 @@ class Processes:
     def log(self, name: str) -> Path:
         return self.directory / f"{name}.log"
 
-    def spawn(self, name: str, argv: Sequence[str]) -> Process:
-        """Start ``argv`` as process ``name``, its output appended to its log."""
-        self._commands[name] = list(argv)
+    def spawn(self, name: str, argv: Sequence[str], pass_fds: Sequence[int] = ()) -> Process:
+        """Start ``argv`` as process ``name``, its output appended to its log;
+        it inherits the file descriptors ``pass_fds`` (sockets bound for it)."""
+        self._commands[name] = (list(argv), tuple(pass_fds))
         log = self.log(name)
         with log.open("ab") as out:
             process = subprocess.Popen(
-                list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
             )
         entry = self.running[name] = Process(process, log)
         return entry
@@ -103,6 +130,13 @@ class Processes:
     def pids(self) -> dict[str, int]:
         return {name: entry.process.pid for name, entry in self.running.items()}
 
+    def listening_port(self, name: str) -> int:
+        """The port AAA server ``name`` listens on (it is ready: :meth:`wait_ready`)."""
+        port = listening_port(self.log(name))
+        if port is None:
+            raise LabError(f"{name} did not say which port it listens on:\n{log_tail(self.log(name))}")
+        return port
+
     def wait_ready(self, timeout: float) -> None:
         """Wait until every process is ready (module rules); LabError when one
         exits or ``timeout`` seconds pass."""
@@ -114,7 +148,7 @@ class Processes:
                 if entry.process.poll() is not None:
                     raise LabError(f"{name} exited with status {entry.process.returncode}:\n{log_tail(entry.log)}")
                 if name in SERVERS:
-                    ready = "worker listening" in entry.log.read_text(errors="replace")
+                    ready = listening_port(entry.log) is not None
                 else:
                     ready = bool(self.state(name).get("running"))
                 if ready:
@@ -130,7 +164,8 @@ class Processes:
         entry.process.send_signal(signal.SIGTERM)
         if entry.process.wait(timeout) != 0:
             raise LabError(f"{name} did not stop cleanly: {log_tail(entry.log)}")
-        return self.spawn(name, self._commands[name])
+        argv, pass_fds = self._commands[name]
+        return self.spawn(name, argv, pass_fds)
 
     def stop(self, grace: float) -> dict[str, int | None]:
         """SIGTERM every process (the AAA servers last), wait up to ``grace``
@@ -158,4 +193,4 @@ class Processes:
         return codes
 
 
-__all__ = ["Process", "Processes", "log_tail", "read_state"]
+__all__ = ["Process", "Processes", "listening_port", "log_tail", "read_state"]

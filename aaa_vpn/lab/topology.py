@@ -106,6 +106,8 @@ AGENTS: dict[str, str] = {
     "gw-static": "gw",
     "gw-dynamic": "gw",
 }
+#: The agents that take CoA and Disconnect-Requests (RFC 5176): the RADIUS clients.
+COA_AGENTS = tuple(name for name, role in AGENTS.items() if role in ("fa", "ha"))
 #: The AAA servers, which keep no state file: ready when their log says so.
 SERVERS = ("home-aaa", "foreign-aaa")
 #: The FAs of the visited domain with a foreign AAA; FA3 asks the home AAA directly.
@@ -122,24 +124,52 @@ _FIELDS = {
 }
 
 
-def free_port(addresses: Sequence[str]) -> int:
-    """A UDP port that is free on every one of ``addresses`` right now."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((addresses[0], 0))
-            port = int(probe.getsockname()[1])
-            others: list[socket.socket] = []
-            try:
-                for address in addresses[1:]:
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    others.append(sock)
-                    sock.bind((address, port))
-            except OSError:
-                continue
-            finally:
-                for sock in others:
-                    sock.close()
-            return port
+@dataclass
+class BoundPort:
+    """One UDP port bound on several addresses, held by the program that
+    starts the processes which serve on it (:func:`bind_udp`)."""
+
+    port: int
+    sockets: dict[str, socket.socket]
+    """Address -> the socket bound to ``(address, port)``."""
+
+    def fd(self, address: str) -> int:
+        """The file descriptor to hand the process that serves on ``address``."""
+        return self.sockets[address].fileno()
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+
+
+def bind_udp(addresses: Sequence[str], port: int = 0) -> BoundPort:
+    """UDP sockets bound to one port on every one of ``addresses``.
+
+    The sockets stay bound: they are handed to the processes that serve on
+    them (``pass_fds`` and ``--mip-socket-fd`` / ``--coa-socket-fd``), never
+    closed for a process to bind the port again later -- a port probed and
+    closed can be taken by anyone before its process binds it (two demos side
+    by side, an agent's own ephemeral RADIUS socket). ``port`` 0: the kernel
+    picks one free on the first address, which is then bound on the others;
+    when one of them has it taken, all are closed and another is tried.
+    Raises :class:`LabError` when a given ``port`` is taken, or no port is free
+    on all of them."""
+    for _ in range(1 if port else 200):
+        bound: dict[str, socket.socket] = {}
+        chosen = port
+        try:
+            for address in addresses:
+                sock = bound[address] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind((address, chosen))
+                chosen = int(sock.getsockname()[1])
+        except OSError as exc:
+            for sock in bound.values():
+                sock.close()
+            if port:
+                raise LabError(f"cannot bind UDP port {port} on {address}: {exc.strerror}") from None
+            continue
+        return BoundPort(chosen, bound)
     raise LabError(f"no UDP port is free on every one of {', '.join(addresses)}")
 
 
@@ -203,20 +233,19 @@ class Files:
 
 def provision(
     directory: Path,
+    coa_port: int,
     addresses: Addresses = LOOPBACK,
     key_mode: KeyMode = KeyMode.MANUAL,
-    coa_port: int | None = None,
 ) -> Files:
     """A database in ``directory`` with the sample user's VPN and random
     secrets in files of mode 0600 for the processes to read. FA1 and FA2 share
     a secret with the foreign AAA; FA3, the HA and the foreign AAA (a proxy
     client) with the home AAA. The FA3 and HA client records name ``coa_port``
-    for CoA and Disconnect-Requests (default: one free on every agent address).
-    ``key_mode``: how both services key their SAs (IKEv2 for strongSwan)."""
+    for CoA and Disconnect-Requests (on loopback, one :func:`bind_udp` bound
+    for the agents). ``key_mode``: how both services key their SAs (IKEv2 for
+    strongSwan)."""
     a = addresses
     db, key = directory / "vpn.db", directory / "vpn.db.key"
-    if coa_port is None:
-        coa_port = free_port(tuple(a.of(name) for name in AGENTS))
     store, _ = init_store(db, key)
     client_secrets = {name: secrets.token_urlsafe(18).encode() for name in ("fa1", "fa2", "fa3", "ha", "aaaf")}
     gateway_keys = {name: secrets.token_bytes(32) for name in ("gw-static", "gw-dynamic")}
@@ -299,19 +328,27 @@ def agent_args(
     mip_port: int,
     state_file: Path,
     aaa_ports: tuple[int, int],
+    sockets: Mapping[str, int] | None = None,
 ) -> list[str]:
     """``aaa-vpn agent`` arguments of agent ``name`` that every topology gives
     it: the FAs and the HA ask their AAA server (``aaa_ports``: the home AAA's
     and the foreign AAA's RADIUS port) and take CoA and Disconnect-Requests;
-    the gateways hold their gateway key and know the HA."""
+    the gateways hold their gateway key and know the HA. ``sockets``: the
+    file descriptors of the ``mip`` and ``coa`` sockets :func:`bind_udp` bound
+    for it, which the process inherits (``pass_fds``)."""
     role = AGENTS[name]
+    inherited = sockets or {}
     args = ["agent", role, "--name", name, "--address", addresses.of(name), "--mip-port", str(mip_port)]
     args += ["--state-file", str(state_file), "--log-format", "json"]
+    if "mip" in inherited:
+        args += ["--mip-socket-fd", str(inherited["mip"])]
     if role in ("fa", "ha"):
         home_port, foreign_port = aaa_ports
         aaa = f"{addresses.aaaf}:{foreign_port}" if name in BEHIND_FOREIGN_AAA else f"{addresses.aaa}:{home_port}"
         args += ["--aaa", aaa, "--secret-file", str(files.secrets[name]), "--coa-port", str(files.coa_port)]
         args += ["--radius-timeout", "1"]
+        if "coa" in inherited:
+            args += ["--coa-socket-fd", str(inherited["coa"])]
     else:
         args += ["--gateway-key-file", str(files.secrets[name]), "--home-agent", addresses.ha]
     return args
@@ -359,6 +396,7 @@ __all__ = [
     "AGENTS",
     "BACKBONE",
     "BEHIND_FOREIGN_AAA",
+    "COA_AGENTS",
     "DYNAMIC_NETWORK",
     "HOME_ADDRESS",
     "LOOPBACK",
@@ -367,12 +405,13 @@ __all__ = [
     "SERVERS",
     "STATIC_NETWORK",
     "Addresses",
+    "BoundPort",
     "Files",
     "LabError",
     "add_gateways",
     "add_user_vpn",
     "agent_args",
-    "free_port",
+    "bind_udp",
     "home_aaa_args",
     "mn_args",
     "mn_result",

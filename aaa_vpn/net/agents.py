@@ -5,12 +5,17 @@ one-shot driver of the mobile-node simulator (:mod:`aaa_vpn.roles.mn`).
 An agent process owns:
 
 * a Mobile IP UDP socket bound to ``(address, mip_port)`` (RFC 5944 section
-  1.8: 434 by default), which receives and sends every Mobile IP message;
+  1.8: 434 by default), which receives and sends every Mobile IP message --
+  or, with ``--mip-socket-fd``, the socket the starting process bound there
+  and handed over (the demo and the labs: a port they merely probed could be
+  taken before the agent binds it);
 * for an FA or HA, a RADIUS client socket bound to ``(address, 0)``: the home
   AAA recognises its clients by their source address, the port is ephemeral;
 * for an FA or HA, a Dynamic Authorization socket bound to
-  ``(address, coa_port)`` (RFC 5176: 3799 by default; 0: none) for the
-  Disconnect-/CoA-Requests of its AAA servers (:mod:`aaa_vpn.roles.coa`);
+  ``(address, coa_port)`` (RFC 5176: 3799 by default; 0: none; inherited
+  with ``--coa-socket-fd``) for the Disconnect-/CoA-Requests of its AAA
+  servers (:mod:`aaa_vpn.roles.coa`), bound before the ephemeral RADIUS
+  socket, which could otherwise take its port;
 * one timer following the role's ``get_timer()``;
 * a :class:`~aaa_vpn.sa.memory.MemoryBackend` on which an
   :class:`~aaa_vpn.service.agents.SaExecutor` carries out the role's
@@ -185,6 +190,30 @@ def _bind(address: str, port: int, what: str) -> socket.socket:
     return sock
 
 
+def _socket(address: str, port: int, what: str, inherited: int | None) -> socket.socket:
+    """The ``what`` socket on ``(address, port)``: bound here, or the one the
+    starting process bound and handed over as file descriptor ``inherited``
+    (``--mip-socket-fd``, ``--coa-socket-fd``), which must be bound there."""
+    if inherited is None:
+        return _bind(address, port, what)
+    try:
+        sock = socket.socket(fileno=inherited)
+    except OSError as exc:
+        raise AgentError(f"the inherited {what} socket (file descriptor {inherited}): {exc.strerror}") from None
+    if sock.family != socket.AF_INET or sock.type != socket.SOCK_DGRAM:
+        sock.detach()  # not ours to close
+        raise AgentError(f"the inherited {what} socket (file descriptor {inherited}) is not an IPv4 UDP socket")
+    bound = sock.getsockname()
+    if bound != (address, port):
+        sock.detach()
+        raise AgentError(
+            f"the inherited {what} socket (file descriptor {inherited}) is bound to {bound[0]}:{bound[1]},"
+            f" not {address}:{port}"
+        )
+    sock.setblocking(False)
+    return sock
+
+
 def build_backend(settings: AgentSettings) -> SaBackend:
     """The SA backend the settings name (docs/sa-backends.md); AgentError if it
     cannot be reached (charon down, no netlink)."""
@@ -264,13 +293,14 @@ class AgentNode:
 
     # -- life cycle ---------------------------------------------------------------------------------
     def open(self) -> None:
-        address = str(self.settings.address)
+        settings = self.settings
+        address = str(settings.address)
         try:
-            self.sockets[Channel.MIP] = _bind(address, self.settings.mip_port, "Mobile IP")
-            if self.settings.role in ("fa", "ha"):
+            self.sockets[Channel.MIP] = _socket(address, settings.mip_port, "Mobile IP", settings.mip_socket_fd)
+            if settings.role in ("fa", "ha"):
+                if settings.coa_port:  # bound before the ephemeral RADIUS socket, which could take its port
+                    self.sockets[Channel.COA] = _socket(address, settings.coa_port, "CoA", settings.coa_socket_fd)
                 self.sockets[Channel.RADIUS] = _bind(address, 0, "RADIUS client")
-                if self.settings.coa_port:
-                    self.sockets[Channel.COA] = _bind(address, self.settings.coa_port, "CoA")
             self.running = True
             self._dirty = True
             self.recover()
@@ -452,13 +482,14 @@ class AgentNode:
     def state(self) -> dict[str, Any]:
         """The state file's document (docs/agents.md)."""
         agent = self.agent
+        coa_port = self._bound_port(Channel.COA, self.settings.coa_port) if self.settings.role in ("fa", "ha") else None
         document: dict[str, Any] = {
             "version": _STATE_VERSION,
             "node": self.settings.node,
             "role": self.settings.role,
             "address": str(self.settings.address),
-            "mip_port": self.settings.mip_port,
-            "coa_port": self.settings.coa_port if self.settings.role in ("fa", "ha") else None,
+            "mip_port": self._bound_port(Channel.MIP, self.settings.mip_port),
+            "coa_port": coa_port,
             "pid": os.getpid(),
             "running": self.running,
             "started": round(self.started, 6),
@@ -518,6 +549,11 @@ class AgentNode:
         document["counters"] = dict(sorted((agent.counters + self.counters).items()))
         document["events"] = list(self.events)
         return document
+
+    def _bound_port(self, channel: Channel, configured: int) -> int:
+        """The port ``channel``'s socket is bound to (the configured one when closed)."""
+        sock = self.sockets.get(channel)
+        return int(sock.getsockname()[1]) if sock is not None else configured
 
     def write_state(self) -> None:
         """Write the state file (if any) atomically: a temporary file, then rename."""
@@ -598,6 +634,14 @@ def run_agent(settings: AgentSettings) -> int:
     except AgentError as exc:
         log.error(str(exc), extra=fields(node=settings.node))
         return 1
+    # The state file says "running" as soon as open() returns, and whoever
+    # waits for it may stop the agent at once: a stop asked for before the
+    # loop handles signals is kept and honoured (a graceful stop, not death
+    # by the default action); an early SIGUSR1 is ignored.
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: early.append(signum))
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         node.open()
     except AgentError as exc:
@@ -625,6 +669,8 @@ def run_agent(settings: AgentSettings) -> int:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, node.log_table)
+        if early:
+            stop.set()
         await node.serve(stop)
 
     try:

@@ -18,11 +18,14 @@ Rules (the format is in docs/agents.md):
   file and the key (``aaa[1].port``): unknown keys (including keys of another
   role), wrong types, bad addresses, a secret given both inline and as a
   file, or neither.
-* Secrets come from files (``secret_file``, ``gateway_key_file``) that must
+* Secrets come from files (``secret_file``, ``gateway_key_file``,
+  ``gateway_key_hex_file``) read by :mod:`aaa_vpn.secret_files`: they must
   not be accessible by group or others (the error says which ``chmod`` fixes
-  it); a file that holds a secret inline must not be either. One trailing
-  newline of a secret file is dropped (``echo secret > file``). Relative file
-  names in the TOML file are relative to the TOML file.
+  it), and neither may a file that holds a secret inline. A shared secret
+  file loses one trailing newline (``echo secret > file``); a gateway key
+  file is read exactly, or as hex digits when named by
+  ``--gateway-key-hex-file`` / ``gateway_key_hex_file``. Relative file names
+  in the TOML file are relative to the TOML file.
 * Secrets become :class:`~aaa_vpn.secret.Secret` at once and are never
   logged or written to the state file.
 """
@@ -30,17 +33,28 @@ Rules (the format is in docs/agents.md):
 from __future__ import annotations
 
 import functools
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aaa_vpn.model import ValidationError
+from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError, check_node_address
 from aaa_vpn.secret import Secret
+from aaa_vpn.secret_files import SecretForm, check_private, read_secret_file
 from aaa_vpn.service.config import log_format_setting, log_level_setting, read_toml
-from aaa_vpn.service.settings import Bounds, Choices, Declared, Setting, TomlReader, check_declared, declared, setting
+from aaa_vpn.service.settings import (
+    Bounds,
+    Choices,
+    Declared,
+    Setting,
+    TomlReader,
+    check_declared,
+    declared,
+    parse_endpoint,
+    parse_ipv4,
+    setting,
+)
 
 if TYPE_CHECKING:  # the roles pull in the Mobile IP and RADIUS codecs, which the command line loads only to run
     from aaa_vpn.roles.fa import FaConfig
@@ -54,8 +68,6 @@ BACKENDS = ("memory", "strongswan", "xfrm", "userspace")
 MIP_PORT = 434  # RFC 5944 section 1.8
 RADIUS_PORT = 1812  # RFC 2865 section 3
 COA_PORT = 3799  # RFC 5176 section 2.3
-#: Shortest RADIUS shared secret accepted (RFC 2865 section 3 asks for 16; the model allows 8).
-MIN_SECRET = 8
 #: Shortest gateway key accepted (the provisioned keys are 32 random octets).
 MIN_GATEWAY_KEY = 16
 
@@ -69,69 +81,6 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
 }
 
 
-# -- written values -------------------------------------------------------------------------------
-
-
-def parse_ipv4(what: str, value: str) -> IPv4Address:
-    """An IPv4 address literal, or a ValidationError naming ``what``."""
-    try:
-        address = ip_address(value.strip())
-    except ValueError:
-        raise ValidationError(f"{what}: {value!r} is not an IP address") from None
-    if not isinstance(address, IPv4Address):
-        raise ValidationError(f"{what}: {value!r}: only IPv4 is supported")
-    return address
-
-
-def parse_endpoint(what: str, value: str, default_port: int) -> tuple[IPv4Address, int]:
-    """``ADDR`` or ``ADDR:PORT``."""
-    host, sep, port_text = value.strip().rpartition(":")
-    if not sep:
-        host, port_text = value.strip(), ""
-    address = parse_ipv4(what, host)
-    if not port_text:
-        return address, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValidationError(f"{what}: {value!r}: the port is not a number") from None
-    if not 1 <= port <= 65535:
-        raise ValidationError(f"{what}: {value!r}: the port must be 1..65535")
-    return address, port
-
-
-def check_private(path: Path, what: str) -> None:
-    """Refuse a secret file that group or others may access."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ValidationError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise ValidationError(f"{what} {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ValidationError(f"{what} {path} is not a regular file")
-    if mode & 0o077:
-        raise ValidationError(
-            f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); fix: chmod 600 {path}"
-        )
-
-
-def read_secret_file(path: Path, what: str, minimum: int = 1) -> Secret:
-    """The file's bytes, one trailing newline dropped; the file must be private."""
-    check_private(path, what)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValidationError(f"{what} {path}: cannot read it: {exc.strerror}") from None
-    if data.endswith(b"\r\n"):
-        data = data[:-2]
-    elif data.endswith(b"\n"):
-        data = data[:-1]
-    if len(data) < minimum:
-        raise ValidationError(f"{what} {path} holds {len(data)} octets; at least {minimum} are required")
-    return Secret(data)
-
-
 # -- the settings ----------------------------------------------------------------------------------
 
 
@@ -139,8 +88,8 @@ def _positive(what: str) -> Bounds:
     return Bounds(what, low=0, low_open=True, rule="must be > 0")
 
 
-def _secret_file(minimum: int, where: str, path: Path) -> Secret:
-    return read_secret_file(path, where, minimum)
+def _secret_file(form: SecretForm, minimum: int, where: str, path: Path) -> Secret:
+    return read_secret_file(path, where, form, minimum)
 
 
 def _servers_from_file(reader: TomlReader, key: str, items: Sequence[Any]) -> tuple[ServerConfig, ...]:
@@ -268,8 +217,10 @@ class AgentSettings:
         toml="gateway_key_file",
         kind=Path,
         roles=("gw",),
-        parse=functools.partial(_secret_file, MIN_GATEWAY_KEY),
+        parse=functools.partial(_secret_file, SecretForm.RAW, MIN_GATEWAY_KEY),
     )
+    """GW: the key provisioned for it, read exactly from ``--gateway-key-file``
+    or as hex from ``--gateway-key-hex-file`` (:data:`GATEWAY_KEY_HEX_FILE`)."""
     home_agents: frozenset[IPv4Address] = setting(
         frozenset(),
         help="Accept Binding Updates only from this home agent (repeatable).",
@@ -302,6 +253,30 @@ class AgentSettings:
         roles=("gw",),
         check=Bounds("refresh retries", 0, 100, rule="0..100"),
     )
+    mip_socket_fd: int | None = setting(
+        None,
+        help="Serve Mobile IP on this inherited UDP socket, already bound to ADDR:MIP_PORT, instead of binding"
+        " one (for a supervisor that binds the ports: the demo, the labs, systemd-style activation).",
+        flag="--mip-socket-fd",
+        metavar="FD",
+        toml=False,
+        kind=int,
+        check=Bounds("inherited socket", low=3, rule="a file descriptor >= 3 (0-2 are the standard streams)"),
+    )
+    """The Mobile IP socket, inherited bound (``--mip-socket-fd``): the process
+    that starts the agent holds the port, so no one can take it in between.
+    Only on the command line: a file descriptor belongs to one start."""
+    coa_socket_fd: int | None = setting(
+        None,
+        help="Take Disconnect/CoA-Requests on this inherited UDP socket, already bound to ADDR:COA_PORT.",
+        flag="--coa-socket-fd",
+        metavar="FD",
+        toml=False,
+        kind=int,
+        roles=_RADIUS_ROLES,
+        check=Bounds("inherited socket", low=3, rule="a file descriptor >= 3 (0-2 are the standard streams)"),
+    )
+    """FA and HA: the CoA socket, inherited bound like :attr:`mip_socket_fd`."""
     max_lifetime: int = setting(
         1800,
         help="Longest lifetime granted.",
@@ -365,8 +340,13 @@ class AgentSettings:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValidationError(f"unknown agent role {self.role!r}: one of {', '.join(ROLES)}")
-        if not isinstance(self.address, IPv4Address) or self.address.is_unspecified:
-            raise ValidationError(f"the agent needs its own IPv4 address, not {self.address}")
+        if not isinstance(self.address, IPv4Address):
+            raise ValidationError(f"the agent needs its own IPv4 address, not {self.address!r}")
+        check_node_address("agent address", self.address)
+        for server in self.aaa_servers:
+            check_node_address("AAA server", IPv4Address(server.address))
+        for home_agent in self.home_agents:
+            check_node_address("trusted home agent", home_agent)
         if self.role in _RADIUS_ROLES and not self.aaa_servers:
             raise ValidationError(f"the {self.role.upper()} needs at least one AAA server (--aaa HOST:PORT)")
         if self.role == "gw" and (self.gateway_key is None or not self.gateway_key):
@@ -376,6 +356,8 @@ class AgentSettings:
                 f"the gateway key has {len(self.gateway_key)} octets; at least {MIN_GATEWAY_KEY} are required"
             )
         check_declared(self)
+        if self.coa_socket_fd is not None and not self.coa_port:
+            raise ValidationError("--coa-socket-fd needs the port it is bound to: --coa-port N")
         if self.backend == "strongswan" and self.vici_socket is None:
             raise ValidationError("the strongswan backend needs charon's VICI socket (--vici-socket, vici_socket)")
 
@@ -406,10 +388,33 @@ SECRET_FILE = Declared(
         flag="--secret-file",
         toml=False,
         roles=_RADIUS_ROLES,
-        parse=functools.partial(_secret_file, MIN_SECRET),
+        parse=functools.partial(_secret_file, SecretForm.TEXT, MIN_SHARED_SECRET),
     ),
     kind=Path,
 )
+
+#: ``--gateway-key-hex-file``, ``gateway_key_hex_file``: the gateway's key as
+#: hex digits (docs/agents.md). Not a field: it gives :attr:`AgentSettings.gateway_key`.
+GATEWAY_KEY_HEX_FILE = Declared(
+    "gateway_key_hex_file",
+    Setting(
+        help="The gateway's key as hex digits, in a file of mode 0600 (instead of --gateway-key-file).",
+        flag="--gateway-key-hex-file",
+        roles=("gw",),
+        parse=functools.partial(_secret_file, SecretForm.HEX, MIN_GATEWAY_KEY),
+    ),
+    kind=Path,
+)
+
+
+def _one_gateway_key(values: dict[str, Any], where: str, names: tuple[str, str]) -> None:
+    """Fold ``gateway_key_hex_file`` into ``gateway_key``: one of the two forms."""
+    hex_key = values.pop(GATEWAY_KEY_HEX_FILE.name, None)
+    if hex_key is None:
+        return
+    if values.get("gateway_key") is not None:
+        raise ValidationError(f"{where}give the gateway key once: {names[0]} or {names[1]}")
+    values["gateway_key"] = hex_key
 
 
 def agent_options(role: str) -> tuple[Declared, ...]:
@@ -420,6 +425,8 @@ def agent_options(role: str) -> tuple[Declared, ...]:
             options.append(item)
             if item.name == "aaa_servers":
                 options.append(SECRET_FILE)
+            if item.name == "gateway_key":
+                options.append(GATEWAY_KEY_HEX_FILE)
     return tuple(options)
 
 
@@ -428,6 +435,7 @@ def settings_from_options(role: str, path: Path | None, given: Mapping[str, Any]
     any) and the command-line options that were ``given`` (by field name, as
     the command line typed them), which win over the file. Raises ValidationError."""
     values = {item.name: item.from_option(given[item.name]) for item in agent_options(role) if item.name in given}
+    _one_gateway_key(values, "", ("--gateway-key-file", "--gateway-key-hex-file"))
     aaa: Sequence[tuple[IPv4Address, int]] = values.pop("aaa_servers", ())
     secret: Secret | None = values.pop("secret_file", None)
     return load_agent_settings(role, path, values, aaa=aaa, secret=secret)
@@ -453,19 +461,6 @@ class _Reader(TomlReader):
         super().__init__(path)
         self.secret_override = secret_override
 
-    def secret(self, table: Mapping[str, Any], key: str) -> Secret:
-        inline, file = table.get("secret"), table.get("secret_file")
-        if (inline is None) == (file is None):
-            raise self.error(key, "give exactly one of secret and secret_file")
-        if inline is not None:
-            self.inline_secrets = True
-            value = Secret(str(inline))
-        else:
-            value = read_secret_file(self.file(str(file)), f"config file {self.path}: {key}.secret_file")
-        if len(value) < MIN_SECRET:
-            raise self.error(key, f"the shared secret has {len(value)} octets; at least {MIN_SECRET} are required")
-        return value
-
 
 def _servers(reader: _Reader, items: Iterable[Any], secret: Secret | None) -> tuple[ServerConfig, ...]:
     from aaa_vpn.roles.radius_client import ServerConfig
@@ -485,7 +480,7 @@ def _servers(reader: _Reader, items: Iterable[Any], secret: Secret | None) -> tu
             raise reader.error(key, f"{address}:{port} is listed twice")
         seen.add((address, port))
         # --secret-file wins over the file's secret (and lets the file omit it)
-        server_secret = secret if secret is not None else reader.secret(table, key)
+        server_secret = secret if secret is not None else reader.shared_secret(table, key)
         servers.append(ServerConfig(str(address), port, server_secret, table.get("name", "")))
     return tuple(servers)
 
@@ -530,7 +525,9 @@ def load_agent_settings(
 
 def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
     reader = _Reader(path, secret)
-    values = reader.settings(read_toml(path), [item for item in declared(AgentSettings) if item.for_role(role)])
+    items = [*(item for item in declared(AgentSettings) if item.for_role(role)), GATEWAY_KEY_HEX_FILE]
+    values = reader.settings(read_toml(path), [item for item in items if item.for_role(role)])
+    _one_gateway_key(values, f"config file {path}: ", ("gateway_key_file", "gateway_key_hex_file"))
     if reader.inline_secrets:
         check_private(path, "config file")
     return values
@@ -538,16 +535,13 @@ def _read_file(role: str, path: Path, secret: Secret | None) -> dict[str, Any]:
 
 __all__ = [
     "BACKENDS",
+    "GATEWAY_KEY_HEX_FILE",
     "MIP_PORT",
     "ROLES",
     "SECRET_FILE",
     "AgentSettings",
     "agent_options",
-    "check_private",
     "load_agent_settings",
-    "parse_endpoint",
-    "parse_ipv4",
-    "read_secret_file",
     "role_config",
     "settings_from_options",
 ]

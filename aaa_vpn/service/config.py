@@ -208,6 +208,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ValidationError(f"config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValidationError(f"config file {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib reads nested arrays and inline tables recursively
+        raise ValidationError(
+            f"config file {path} is not valid TOML: it nests arrays or tables deeper than the reader follows"
+        ) from None
 
 
 #: The keys of ``[serve.home]`` and their TOML types: the declared settings of ``serve home``.

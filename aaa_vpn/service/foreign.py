@@ -12,8 +12,9 @@ Configuration rules (the format is in docs/foreign-aaa.md):
 * A file that holds secrets inline must not be accessible by group or
   others (the error says which ``chmod`` fixes it); the same goes for every
   ``secret_file``. Relative ``secret_file`` paths are relative to the
-  configuration file. A secret file's trailing newline is not part of the
-  secret.
+  configuration file. A secret file loses one trailing newline: the file is
+  read as the agents read theirs (the TOML reader of
+  :mod:`aaa_vpn.service.settings`, :mod:`aaa_vpn.secret_files`).
 * Secrets become :class:`~aaa_vpn.secret.Secret` at once and are never
   logged; the log shows names, addresses, realms and counters.
 """
@@ -22,15 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from typing import Any
 
-from aaa_vpn.model import ValidationError
+from aaa_vpn.model import ValidationError, check_client_network, check_node_address
 from aaa_vpn.roles.foreign_aaa import (
     DEFAULT_REALM,
     Answered,
@@ -44,7 +44,7 @@ from aaa_vpn.roles.foreign_aaa import (
     UpstreamUp,
 )
 from aaa_vpn.roles.radius_client import ServerConfig
-from aaa_vpn.secret import Secret
+from aaa_vpn.secret_files import check_private
 from aaa_vpn.service.config import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -52,11 +52,11 @@ from aaa_vpn.service.config import (
     read_toml,
 )
 from aaa_vpn.service.logging import fields
+from aaa_vpn.service.settings import TomlReader, parse_ipv4
+from aaa_vpn.wire.nai import realm_problem
 
 log = logging.getLogger("aaa_vpn.foreign")
 
-#: Shortest shared secret accepted (RFC 2865 section 3 asks for 16; the model allows 8).
-MIN_SECRET = 8
 _LOG_BURST = 20  # per drop reason and minute
 
 _TOP: dict[str, type | tuple[type, ...]] = {
@@ -95,90 +95,11 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
 }
 
 
-class _Reader:
-    """Checks one file's values; every error names the file and the key."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.inline_secrets = False
-
-    def error(self, key: str, message: str) -> ValidationError:
-        return ValidationError(f"config file {self.path}: {key}: {message}")
-
-    def table(self, value: object, key: str, schema: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.error(key, f"must be a table, not {_type(value)}")
-        for name, item in value.items():
-            expected = schema.get(name)
-            where = f"{key}.{name}" if key else name
-            if expected is None:
-                known = ", ".join(sorted(schema))
-                raise ValidationError(f"config file {self.path}: {where} is not a known setting (known: {known})")
-            if (isinstance(item, bool) and expected is not bool) or not isinstance(item, expected):
-                raise ValidationError(f"config file {self.path}: {where} has the wrong type ({_type(item)})")
-        return value
-
-    def required(self, table: dict[str, Any], name: str, key: str) -> Any:
-        if name not in table:
-            raise self.error(key, f"{name} is required")
-        return table[name]
-
-    def secret(self, table: dict[str, Any], key: str) -> Secret:
-        inline, file = table.get("secret"), table.get("secret_file")
-        if (inline is None) == (file is None):
-            raise self.error(key, "give exactly one of secret and secret_file")
-        if inline is not None:
-            self.inline_secrets = True
-            value = inline.encode("utf-8")
-        else:
-            secret_path = Path(str(file))
-            if not secret_path.is_absolute():
-                secret_path = self.path.parent / secret_path
-            _check_private(secret_path, f"config file {self.path}: {key}.secret_file {secret_path}")
-            try:
-                value = secret_path.read_bytes().rstrip(b"\r\n")
-            except OSError as exc:
-                raise self.error(f"{key}.secret_file", f"cannot read {secret_path}: {exc.strerror}") from None
-        if len(value) < MIN_SECRET:
-            raise self.error(key, f"the shared secret has {len(value)} octets; at least {MIN_SECRET} are required")
-        return Secret(value)
-
-
-def _type(value: object) -> str:
-    return {dict: "table", list: "array", str: "string", bool: "boolean", int: "integer", float: "float"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _check_private(path: Path, what: str) -> None:
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ValidationError(f"{what} does not exist") from None
-    except OSError as exc:
-        raise ValidationError(f"{what}: {exc.strerror}") from None
-    if mode & 0o077:
-        raise ValidationError(
-            f"{what} holds secrets but is accessible by group or others (mode {stat.S_IMODE(mode):04o});"
-            f" fix: chmod 600 {path}"
-        )
-
-
-def _ipv4(reader: _Reader, key: str, value: str) -> IPv4Address:
-    try:
-        address = ip_address(value)
-    except ValueError:
-        raise reader.error(key, f"{value!r} is not an IP address") from None
-    if not isinstance(address, IPv4Address):
-        raise reader.error(key, f"{value!r}: only IPv4 is supported")
-    return address
-
-
 def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings:
     """Read the foreign AAA's configuration file; ``overrides`` (command-line
     options that were given) win over it. Raises ValidationError."""
     data = read_toml(path)
-    reader = _Reader(path)
+    reader = TomlReader(path)
     top = reader.table(data, "", _TOP)
     values: dict[str, Any] = {"config_path": path}
     for name in ("listen", "port", "workers", "log_level", "log_format", "cache_size", "source_address"):
@@ -188,7 +109,7 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         values["dup_cache_seconds"] = float(top["dup_cache_seconds"])
     for name in ("listen", "source_address"):
         if name in values:
-            _ipv4(reader, name, values[name])
+            parse_ipv4(reader.where(name), values[name])
     if "log_level" in values and values["log_level"] not in LOG_LEVELS:
         raise reader.error("log_level", f"{values['log_level']!r}: expected one of {', '.join(LOG_LEVELS)}")
     if "log_format" in values and values["log_format"] not in LOG_FORMATS:
@@ -214,7 +135,7 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
     values["clients"] = _clients(reader, top.get("clients", []))
     values["realms"] = _realms(reader, top.get("realms", []))
     if reader.inline_secrets:
-        _check_private(path, f"config file {path}")
+        check_private(path, "config file")
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ForeignServerSettings(**values)
@@ -222,7 +143,7 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         raise ValidationError(f"config file {path}: {exc}") from None
 
 
-def _clients(reader: _Reader, items: list[Any]) -> tuple[ProxyClient, ...]:
+def _clients(reader: TomlReader, items: list[Any]) -> tuple[ProxyClient, ...]:
     if not items:
         raise reader.error("clients", "at least one [[clients]] entry is required")
     clients: list[ProxyClient] = []
@@ -242,6 +163,10 @@ def _clients(reader: _Reader, items: list[Any]) -> tuple[ProxyClient, ...]:
             raise reader.error(f"{key}.address", f"{address!r} is not an address or CIDR block ({exc})") from None
         if not isinstance(network, IPv4Network):
             raise reader.error(f"{key}.address", f"{address!r}: only IPv4 is supported")
+        try:
+            check_client_network("client address", network)
+        except ValidationError as exc:
+            raise reader.error(f"{key}.address", str(exc)) from None
         if network in seen:
             raise reader.error(f"{key}.address", f"{network} is also the network of client {seen[network]}")
         seen[network] = name
@@ -249,14 +174,14 @@ def _clients(reader: _Reader, items: list[Any]) -> tuple[ProxyClient, ...]:
             ProxyClient(
                 name,
                 network,
-                reader.secret(table, key),
+                reader.shared_secret(table, key),
                 require_message_authenticator=table.get("require_message_authenticator", True),
             )
         )
     return tuple(clients)
 
 
-def _realms(reader: _Reader, items: list[Any]) -> tuple[Realm, ...]:
+def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
     if not items:
         raise reader.error("realms", "at least one [[realms]] entry is required")
     realms: list[Realm] = []
@@ -265,8 +190,9 @@ def _realms(reader: _Reader, items: list[Any]) -> tuple[Realm, ...]:
         key = f"realms[{index}]"
         table = reader.table(item, key, _REALM)
         name = reader.required(table, "name", key)
-        if not name or "@" in name or any(c.isspace() for c in name):
-            raise reader.error(f"{key}.name", f"{name!r} is not a realm name")
+        problem = None if name.upper() == DEFAULT_REALM else realm_problem(name)
+        if problem is not None:
+            raise reader.error(f"{key}.name", f"{name!r} is not a realm name: {problem}")
         folded = DEFAULT_REALM if name.upper() == DEFAULT_REALM else name.lower()
         if folded in seen:
             raise reader.error(f"{key}.name", f"realm {name!r} is configured twice (realms compare case-insensitively)")
@@ -279,14 +205,20 @@ def _realms(reader: _Reader, items: list[Any]) -> tuple[Realm, ...]:
         for number, entry in enumerate(entries):
             where = f"{key}.servers[{number}]"
             server = reader.table(entry, where, _SERVER)
-            address = _ipv4(reader, f"{where}.address", reader.required(server, "address", where))
+            address = parse_ipv4(reader.where(f"{where}.address"), reader.required(server, "address", where))
+            try:
+                check_node_address("home server", address)
+            except ValidationError as exc:
+                raise reader.error(f"{where}.address", str(exc)) from None
             port = server.get("port", 1812)
             if not 1 <= port <= 65535:
                 raise reader.error(f"{where}.port", f"{port}: expected 1..65535")
             if (address, port) in endpoints:
                 raise reader.error(where, f"{address}:{port} is already in this pool")
             endpoints.add((address, port))
-            servers.append(ServerConfig(str(address), port, reader.secret(server, where), server.get("name", "")))
+            servers.append(
+                ServerConfig(str(address), port, reader.shared_secret(server, where), server.get("name", ""))
+            )
         realms.append(Realm(name, tuple(servers)))
     return tuple(realms)
 

@@ -22,10 +22,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any
 
-from aaa_vpn.model import ValidationError
+from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError
+from aaa_vpn.secret import Secret
+from aaa_vpn.secret_files import SecretForm, read_secret_file
 
 #: Where a value comes from, for error messages: a flag (``--address``) or
 #: ``config file PATH: KEY``.
@@ -177,6 +180,37 @@ def check_declared(settings: object) -> None:
             item.setting.check.check(value)
 
 
+# -- written values -------------------------------------------------------------------------------
+
+
+def parse_ipv4(what: str, value: str) -> IPv4Address:
+    """An IPv4 address literal, or a ValidationError naming ``what``."""
+    try:
+        address = ip_address(value.strip())
+    except ValueError:
+        raise ValidationError(f"{what}: {value!r} is not an IP address") from None
+    if not isinstance(address, IPv4Address):
+        raise ValidationError(f"{what}: {value!r}: only IPv4 is supported")
+    return address
+
+
+def parse_endpoint(what: str, value: str, default_port: int) -> tuple[IPv4Address, int]:
+    """``ADDR`` or ``ADDR:PORT``."""
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep:
+        host, port_text = value.strip(), ""
+    address = parse_ipv4(what, host)
+    if not port_text:
+        return address, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValidationError(f"{what}: {value!r}: the port is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ValidationError(f"{what}: {value!r}: the port must be 1..65535")
+    return address, port
+
+
 _TOML_TYPES = {dict: "table", list: "array", str: "string", bool: "boolean", int: "integer", float: "float"}
 
 
@@ -209,6 +243,30 @@ class TomlReader:
                 raise ValidationError(f"config file {self.path}: {where} is not a known setting (known: {known})")
             if (isinstance(item, bool) and expected is not bool) or not isinstance(item, expected):
                 raise ValidationError(f"config file {self.path}: {where} has the wrong type ({_type(item)})")
+        return value
+
+    def required(self, table: Mapping[str, Any], name: str, key: str) -> Any:
+        """``table[name]``, or an error naming ``key``."""
+        if name not in table:
+            raise self.error(key, f"{name} is required")
+        return table[name]
+
+    def shared_secret(self, table: Mapping[str, Any], key: str) -> Secret:
+        """The RADIUS shared secret of ``table``: ``secret`` inline (the file
+        must then be private: :attr:`inline_secrets`) or ``secret_file``,
+        exactly one of them, at least :data:`~aaa_vpn.model.MIN_SHARED_SECRET` octets."""
+        inline, file = table.get("secret"), table.get("secret_file")
+        if (inline is None) == (file is None):
+            raise self.error(key, "give exactly one of secret and secret_file")
+        if inline is not None:
+            self.inline_secrets = True
+            value = Secret(str(inline))
+        else:
+            value = read_secret_file(self.file(str(file)), f"{self.where(key)}.secret_file", SecretForm.TEXT)
+        if len(value) < MIN_SHARED_SECRET:
+            raise self.error(
+                key, f"the shared secret has {len(value)} octets; at least {MIN_SHARED_SECRET} are required"
+            )
         return value
 
     def file(self, value: str) -> Path:
@@ -255,5 +313,7 @@ __all__ = [
     "TomlReader",
     "check_declared",
     "declared",
+    "parse_endpoint",
+    "parse_ipv4",
     "setting",
 ]

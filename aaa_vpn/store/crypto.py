@@ -33,12 +33,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from aaa_vpn.secret_files import SecretFileError, SecretFileMissing, read_private
 from aaa_vpn.store.base import StoreError
 
 KEY_SIZE = 32
@@ -81,25 +81,19 @@ def create_key_file(path: Path) -> None:
 
 
 def read_key_file(path: Path) -> bytes:
-    """Return the 32-byte key in ``path``, refusing files others can read."""
+    """Return the 32-byte key in ``path``, refusing files others can access
+    (read by :func:`aaa_vpn.secret_files.read_private`, like every secret file)."""
     try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            data = handle.read(4 * KEY_SIZE)
-    except FileNotFoundError:
+        data = read_private(path, "key file")
+    except SecretFileMissing:
         raise KeyFileError(
             f"key file {path} does not exist (create one with 'aaa-vpn db init', or name it"
             " with --key-file / AAA_VPN_KEY_FILE)"
         ) from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise KeyFileError(f"key file {path} is not a regular file")
-    if info.st_mode & 0o077:
-        raise KeyFileError(
-            f"key file {path} is accessible by group or others (mode"
-            f" {stat.S_IMODE(info.st_mode):04o}); run 'chmod 600 {path}'"
-        )
+    except SecretFileError as exc:
+        raise KeyFileError(str(exc)) from None
+    # Told apart by length, never by content: a raw key is exactly 32 octets,
+    # its hex form at least 64.
     if len(data) == KEY_SIZE:
         return data
     text = data.strip()

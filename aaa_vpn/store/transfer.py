@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from ipaddress import IPv4Network
 from typing import Any, Protocol, TypeVar
 
@@ -409,8 +409,43 @@ def _check_header(doc: object) -> dict[str, list[Any]]:
     return lists
 
 
+#: The deepest nesting an import document has: the document, a list of
+#: records, a record, a record's list or secret object, a string.
+DOCUMENT_DEPTH = 5
+
+
+def parse_document(text: str | bytes, source: str) -> object:
+    """The JSON text of an import document from ``source`` (a file name, for
+    errors) as a value for :func:`import_document`. Raises ValidationError
+    for text that is not JSON, and for JSON nested past the interpreter's
+    recursion limit (an import document nests only :data:`DOCUMENT_DEPTH`
+    levels)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValidationError(
+            f"{source} is not an import document: it nests deeper than the JSON reader follows"
+            f" (an import document nests {DOCUMENT_DEPTH} levels: docs/import-format.md)"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{source} is not valid JSON: {exc}") from None
+
+
 def _record_key(obj: object, key: str) -> object:
     return obj.get(key) if isinstance(obj, dict) else None
+
+
+@contextmanager
+def _named(where: str) -> Iterator[None]:
+    """Errors raised inside name the record ``where`` (the model's own do not)."""
+    try:
+        yield
+    except ValidationError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ValidationError(f"{where}: {exc}") from None
 
 
 def import_document(store: TransactionalStore, doc: object, *, replace: bool = False) -> ImportSummary:
@@ -446,7 +481,8 @@ def import_document(store: TransactionalStore, doc: object, *, replace: bool = F
                     existing = None
             else:
                 existing = None
-            record = parse(obj, where, existing)
+            with _named(where):
+                record = parse(obj, where, existing)
             if existing is None:
                 add(record)
                 summary.added[kind] += 1
@@ -472,7 +508,8 @@ def import_document(store: TransactionalStore, doc: object, *, replace: bool = F
         seen_vpn: dict[tuple[str, IPv4Network], int] = {}
         for index, obj in enumerate(lists["vpn_records"]):
             where = f"vpn_records[{index}]"
-            record = vpn_record_from_json(obj, where)
+            with _named(where):
+                record = vpn_record_from_json(obj, where)
             identity = (record.nai, record.correspondent)
             if identity in seen_vpn:
                 raise ValidationError(
@@ -512,6 +549,7 @@ def import_document(store: TransactionalStore, doc: object, *, replace: bool = F
 
 
 __all__ = [
+    "DOCUMENT_DEPTH",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "KINDS",
@@ -524,6 +562,7 @@ __all__ = [
     "gateway_to_json",
     "import_document",
     "parse_client_network",
+    "parse_document",
     "qos_from_json",
     "qos_to_json",
     "secret_from_json",
