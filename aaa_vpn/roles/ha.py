@@ -212,7 +212,7 @@ def stationary_owner(profile: VpnProfile) -> str:
 
     It names the paths' SPIs (a short digest), so the same stationary paths
     keep their owner across handoffs and renewals, and re-keyed ones (new
-    SPIs, home_aaa rule 8) get a new owner: installed beside the old ones,
+    SPIs, roles/home_plan.py rule 8) get a new owner: installed beside the old ones,
     which go once the registration or push is through (make before break)."""
     spis = sorted(
         (int(p.peer), p.spi_in, p.spi_out)
@@ -617,7 +617,7 @@ class HomeAgent(Agent):
         if pending.candidate is not None:
             candidate, pending.candidate = pending.candidate, None
             self._adopt(pending, *candidate, pending.source, now)
-        # Never past what the home AAA granted (its keys' lifetime, home_aaa rule 8).
+        # Never past what the home AAA granted (its keys' lifetime, roles/home_plan.py rule 8).
         pending.lifetime = min(message.lifetime, self.config.max_lifetime, profile.lifetime or message.lifetime)
         pending.gateways = gateway_views(profile, self.config.address)
         own = [p for p in profile.paths if p.local == self.config.address]
@@ -670,7 +670,7 @@ class HomeAgent(Agent):
                 if old.care_of_address != pending.message.care_of_address:
                     self.counters["handoffs"] += 1
             if stationary_owner(old.profile) != stationary_owner(profile):
-                # Re-keyed stationary paths (home_aaa rule 8); otherwise they stay.
+                # Re-keyed stationary paths (roles/home_plan.py rule 8); otherwise they stay.
                 self._emit(DeletePaths(stationary_owner(old.profile)))
         binding = Binding(
             pending.nai,
