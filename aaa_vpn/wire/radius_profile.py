@@ -266,20 +266,21 @@ class ProfileTemplate:
 
     def __init__(self, parts: Sequence[bytes | _Secret | _Lifetime | _DigestSlot]) -> None:
         self._flat: tuple[tuple[int, bytes, bytes], ...] | None = None
-        self.parts: list[bytes | _Secret | _Lifetime] = []
+        kept: list[bytes | _Secret | _Lifetime] = []
+        secrets = length = 0
         for part in parts:
-            if isinstance(part, _DigestSlot):  # pragma: no cover - internal
-                raise ValueError("a template whose digest slot is not filled")
-            self.parts.append(part)
-        self.secrets = sum(isinstance(part, _Secret) for part in parts)
-        length = 0
-        for part in self.parts:
             if isinstance(part, bytes):
                 length += len(part)
             elif isinstance(part, _Secret):
+                secrets += 1
                 length += len(part.head) + _cipher_length(len(part.value))
-            else:
+            elif isinstance(part, _Lifetime):
                 length += len(part.head) + 4
+            else:  # pragma: no cover - internal
+                raise ValueError("a template whose digest slot is not filled")
+            kept.append(part)
+        self.parts = kept
+        self.secrets = secrets
         self.length = length
         """Octets of every rendering."""
 
@@ -323,19 +324,27 @@ class ProfileTemplate:
             raise ProfileError(f"lifetime {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
         flat = self._flat
         if flat is None:
-            flat = self._flat = tuple(
-                (0, part, b"")
-                if isinstance(part, bytes)
-                else (2, part.head, part.value)
-                if isinstance(part, _Secret)
-                else (1, part.head, b"")
-                for part in self.parts
-            )
+            flat = self._flat = self._flatten()
         key = secret.value if isinstance(secret, Secret) else secret
         if salt_base is None:
             salt_base = int.from_bytes(os.urandom(2), "big")
         rendered: bytes = _fast.render(flat, lifetime, key, request_authenticator, salt_base & 0x7FFF)
         return rendered
+
+    def _flatten(self) -> tuple[tuple[int, bytes, bytes], ...]:
+        """The parts as the compiled renderer takes them, adjacent fixed parts joined."""
+        flat: list[tuple[int, bytes, bytes]] = []
+        for part in self.parts:
+            if isinstance(part, bytes):
+                if flat and flat[-1][0] == 0:
+                    flat[-1] = (0, flat[-1][1] + part, b"")
+                else:
+                    flat.append((0, part, b""))
+            elif isinstance(part, _Secret):
+                flat.append((2, part.head, part.value))
+            else:
+                flat.append((1, part.head, b""))
+        return tuple(flat)
 
     def render(
         self,
