@@ -313,6 +313,18 @@ class ProfileTemplate:
         (aaa_vpn/wire/_fast.c) when it is installed."""
         if _fast is None:
             return b"".join(self.render(lifetime, secret, request_authenticator, budget, salt_base))
+        self._check(lifetime, request_authenticator, budget)
+        flat = self._flat
+        if flat is None:
+            flat = self._flat = self._flatten()
+        key = secret.value if isinstance(secret, Secret) else secret
+        if salt_base is None:
+            salt_base = int.from_bytes(os.urandom(2), "big")
+        rendered: bytes = _fast.render(flat, lifetime, key, request_authenticator, salt_base & 0x7FFF)
+        return rendered
+
+    def _check(self, lifetime: int, request_authenticator: bytes, budget: int) -> None:
+        """What every rendering needs (ProfileError otherwise)."""
         if len(request_authenticator) != AUTHENTICATOR_LENGTH:
             raise ProfileError("the request authenticator is 16 octets")
         if self.length > budget:
@@ -322,14 +334,8 @@ class ProfileTemplate:
             )
         if not 0 <= lifetime <= UINT32_MAX:
             raise ProfileError(f"lifetime {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
-        flat = self._flat
-        if flat is None:
-            flat = self._flat = self._flatten()
-        key = secret.value if isinstance(secret, Secret) else secret
-        if salt_base is None:
-            salt_base = int.from_bytes(os.urandom(2), "big")
-        rendered: bytes = _fast.render(flat, lifetime, key, request_authenticator, salt_base & 0x7FFF)
-        return rendered
+        if self.secrets > 0x8000:
+            raise ProfileError("more salt-encrypted attributes than distinct salts")
 
     def _flatten(self) -> tuple[tuple[int, bytes, bytes], ...]:
         """The parts as the compiled renderer takes them, adjacent fixed parts joined."""
@@ -359,17 +365,7 @@ class ProfileTemplate:
         a CoA-Request), salts unique in the packet from ``salt_base`` (random
         if None), ``lifetime`` in Session-Timeout and Aaa-Vpn-Lifetime.
         Raises :class:`ProfileError` if it does not fit ``budget`` octets."""
-        if len(request_authenticator) != AUTHENTICATOR_LENGTH:
-            raise ProfileError("the request authenticator is 16 octets")
-        if self.length > budget:
-            raise ProfileError(
-                f"the profile needs {self.length} octets but only {budget} are free in the packet"
-                " (RFC 2865 section 3: at most 4096)"
-            )
-        if not 0 <= lifetime <= UINT32_MAX:
-            raise ProfileError(f"lifetime {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
-        if self.secrets > 0x8000:
-            raise ProfileError("more salt-encrypted attributes than distinct salts")
+        self._check(lifetime, request_authenticator, budget)
         key = secret.value if isinstance(secret, Secret) else secret
         if salt_base is None:
             salt_base = int.from_bytes(os.urandom(2), "big")
