@@ -51,7 +51,7 @@ from aaa_vpn.store import (
     open_store,
 )
 from aaa_vpn.store.crypto import SecretBox, read_key_file, secret_context
-from aaa_vpn.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+from aaa_vpn.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, render
 from aaa_vpn.store.transfer import export_document, import_document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -564,7 +564,7 @@ def _version_1_database(db_path: Path) -> None:
     box = SecretBox(read_key_file(Path(f"{db_path}.key")))
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("BEGIN")
-    for statement in MIGRATIONS[0]:
+    for statement in render(MIGRATIONS[0], Dialect.SQLITE):
         conn.execute(statement)
     conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (box.key_check,))
     conn.execute(
