@@ -21,8 +21,8 @@ batch costs that batch's replies, never the worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
-import functools
 import gc
 import logging
 import os
@@ -36,6 +36,8 @@ from typing import Any
 from aaa_vpn.roles.home_aaa import HomeAaaOptions
 from aaa_vpn.service.home import HomeService
 from aaa_vpn.service.logging import configure_logging, fields
+from aaa_vpn.store import is_url
+from aaa_vpn.store.marks import SessionMarks
 
 log = logging.getLogger("aaa_vpn.server")
 
@@ -69,10 +71,12 @@ def _bind(address: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _open(settings: Any) -> HomeService:
+def _open(settings: Any, marks: SessionMarks | None = None) -> HomeService:
     from aaa_vpn.store import open_store
 
-    store = open_store(settings.db_path, settings.key_file, busy_timeout_ms=int(settings.db_busy_timeout * 1000))
+    store = open_store(
+        settings.db_path, settings.key_file, busy_timeout_ms=int(settings.db_busy_timeout * 1000), marks=marks
+    )
     options = HomeAaaOptions(
         session_lifetime=settings.session_lifetime,
         dup_cache_seconds=settings.dup_cache_seconds,
@@ -85,9 +89,11 @@ def _log_counters(aaa: HomeService, message: str) -> None:
     log.info(message, extra=fields(**{k.replace(".", "_"): v for k, v in sorted(aaa.counters.items())}))
 
 
-def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -> int:
+def serve_worker(
+    settings: Any, index: int, sock: socket.socket | None = None, marks: SessionMarks | None = None
+) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the exit code."""
-    aaa = _open(settings)
+    aaa = _open(settings, marks)
     # A first registration allocates a few hundred objects, almost none of
     # them in reference cycles: collect the young generation every 20,000
     # allocations rather than every 700 (about 10 % of a registration's CPU
@@ -188,29 +194,54 @@ def run_home_server(settings: Any) -> int:
         "home AAA starting",
         extra=fields(address=f"{settings.listen}:{probe.getsockname()[1]}", workers=workers, clients=clients),
     )
+    # On PostgreSQL the node's workers share session marks that a process of
+    # their own keeps from every node's announcements (store/postgres.py).
+    marks = SessionMarks.shared() if is_url(settings.db_path) else None
+    processes = workers + (marks is not None)
     if workers == 1:
         # One worker serves on the socket bound here (a restarted worker
         # inherits it again): no moment without a listener, and port 0 stays
         # the port reported above.
         try:
-            return supervise(functools.partial(serve_worker, settings, sock=probe), 1, "home AAA")
+            return supervise(_roles(settings, workers, marks, probe), processes, "home AAA")
         finally:
             probe.close()
     if settings.port == 0:
         # Workers must share one concrete port.
-        settings = _with_port(settings, probe.getsockname()[1])
+        settings = dataclasses.replace(settings, port=probe.getsockname()[1])
     probe.close()
-    return _supervise(settings, workers)
+    return supervise(_roles(settings, workers, marks, None), processes, "home AAA")
 
 
-def _with_port(settings: Any, port: int) -> Any:
-    import dataclasses
+def _roles(
+    settings: Any, workers: int, marks: SessionMarks | None, sock: socket.socket | None
+) -> Callable[[int], int]:
+    """What forked process ``index`` does: serve (0 .. workers-1), or keep the
+    session marks (index ``workers``, PostgreSQL only)."""
 
-    return dataclasses.replace(settings, port=port)
+    def run(index: int) -> int:
+        if index < workers:
+            return serve_worker(settings, index, sock=sock, marks=marks)
+        assert marks is not None
+        return listen_for_changes(settings.db_path, marks)
+
+    return run
 
 
-def _supervise(settings: Any, workers: int) -> int:
-    return supervise(functools.partial(serve_worker, settings), workers, "home AAA")
+def listen_for_changes(url: str, marks: SessionMarks) -> int:
+    """The life of a PostgreSQL node's listener process, until SIGTERM/SIGINT."""
+    from aaa_vpn.store.postgres import SessionListener
+
+    stop = False
+
+    def stopping(*_args: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    SessionListener(url, marks).run(lambda: stop)
+    return 0
 
 
 def supervise(serve: Callable[[int], int], workers: int, what: str) -> int:

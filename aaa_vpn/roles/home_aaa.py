@@ -954,7 +954,7 @@ class HomeAaa:
             return None  # rule 6: a registration that names nothing creates
         nai = request.nai
         marks = self._marks
-        stamp = marks.stamp(nai) if marks is not None else None
+        stamp = marks.stamp(nai) if marks is not None and marks.available() else None
         job.stamp = stamp
         cached = self._live.get(nai)
         if cached is not None:

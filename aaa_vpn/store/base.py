@@ -36,7 +36,10 @@ class SessionHead:
 
 
 class StoreError(Exception):
-    """The database cannot do what was asked."""
+    """The database cannot do what was asked. ``cause``: the driver's error, if
+    one was (kept for the store's own checks; messages never need it)."""
+
+    cause: BaseException | None = None
 
 
 class NotFound(StoreError):

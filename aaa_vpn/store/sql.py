@@ -177,6 +177,8 @@ class SqlStore:
         #: (``execute``, ``executemany`` with ``?`` placeholders).
         self._db: Any = None
         self._changed_nais: set[str] = set()  # users whose sessions this transaction changes (marks)
+        #: The schema version found at open (0 for a new database).
+        self.opened_version = 0
 
     # -- what a subclass supplies ---------------------------------------------------
 
@@ -194,6 +196,12 @@ class SqlStore:
     def _error(self, exc: Exception) -> StoreError:
         """The operator's message for a failed statement."""
         raise NotImplementedError
+
+    def _failed(self, exc: Exception) -> StoreError:
+        """:meth:`_error`, remembering ``exc`` as its cause."""
+        error = self._error(exc)
+        error.cause = exc
+        return error
 
     def _is_unique(self, exc: Exception) -> bool:
         raise NotImplementedError
@@ -217,6 +225,11 @@ class SqlStore:
         """A VPN record was inserted with its id given: keep later ids above it."""
 
     def session_marks(self) -> SessionMarks | None:
+        raise NotImplementedError
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version the database has now."""
         raise NotImplementedError
 
     def close(self) -> None:

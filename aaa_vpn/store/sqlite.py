@@ -219,12 +219,12 @@ class SqliteStore(SqlStore):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise self._error(exc) from None
+            raise self._failed(exc) from None
         try:
             yield conn
         except sqlite3.Error as exc:
             self._rollback()
-            raise self._error(exc) from None
+            raise self._failed(exc) from None
         except BaseException:
             self._rollback()
             raise
