@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 
 from aaa_vpn.cli import cli
 from aaa_vpn.service.config import HomeServerSettings
+from aaa_vpn.store.schema import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
 NAI = "mn1@home.example"
@@ -144,7 +145,7 @@ def _secrets_in(text: str) -> list[str]:
 def test_db_init_creates_private_files_once(tmp_path: Path) -> None:
     run = Cli(tmp_path)
     out = run.json("db", "init")
-    assert out["key_file_created"] is True and out["schema_version"] == 3
+    assert out["key_file_created"] is True and out["schema_version"] == SCHEMA_VERSION
     assert stat.S_IMODE(run.key.stat().st_mode) == 0o600
     assert stat.S_IMODE(run.db.stat().st_mode) == 0o600
     key = run.key.read_bytes()
@@ -156,7 +157,8 @@ def test_db_init_creates_private_files_once(tmp_path: Path) -> None:
 
 
 def test_db_migrate_and_check(run: Cli) -> None:
-    assert run.json("db", "migrate") == {"database": str(run.db), "from_version": 3, "to_version": 3}
+    migrated = run.json("db", "migrate")
+    assert migrated == {"database": str(run.db), "from_version": SCHEMA_VERSION, "to_version": SCHEMA_VERSION}
     check = run.json("db", "check")
     assert check["ok"] is True and check["problems"] == []
     assert "ok" in run("db", "check").stdout
@@ -604,7 +606,7 @@ def test_real_entry_point_as_subprocess(tmp_path: Path) -> None:
 
     done = aaa_vpn("--json", "db", "init")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["schema_version"] == 3
+    assert json.loads(done.stdout)["schema_version"] == SCHEMA_VERSION
     done = aaa_vpn("user", "add", NAI, "--home-agent", "192.0.2.2", "--mn-ha-spi", "256", "--generate")
     assert done.returncode == 0, done.stderr
     listed = aaa_vpn("--json", "user", "list")
@@ -689,7 +691,7 @@ def test_postgres_databases_are_named_by_url_and_need_their_key_file(pg_url: str
     assert "a PostgreSQL database needs its key file named" in result.stderr
     run.env["AAA_VPN_KEY_FILE"] = str(run.key)
     out = run.json("db", "init")
-    assert out["schema_version"] == 3 and out["key_file_created"] is True
+    assert out["schema_version"] == SCHEMA_VERSION and out["key_file_created"] is True
     assert "hunter2" not in json.dumps(out) and out["database"].startswith("postgresql://postgres@/")
     again = run("db", "init", code=1)
     assert "holds an aaa_vpn schema already (use --force to replace it)" in again.stderr

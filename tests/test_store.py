@@ -625,7 +625,7 @@ def test_migration_from_version_1(db_path: Path) -> None:
         open_store(db_path, migrate=False)
     with open_store(db_path) as store:
         assert store.opened_version == 1
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         user = store.get_user(NAI)
         assert user.mn_ha_key == Secret(b"H" * 16)
         assert user.home_address is None

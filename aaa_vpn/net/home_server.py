@@ -90,9 +90,14 @@ def _log_counters(aaa: HomeService, message: str) -> None:
 
 
 def serve_worker(
-    settings: Any, index: int, sock: socket.socket | None = None, marks: SessionMarks | None = None
+    settings: Any,
+    index: int,
+    sock: socket.socket | None = None,
+    marks: SessionMarks | None = None,
+    accounting_sock: socket.socket | None = None,
 ) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the exit code."""
+    """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``
+    and ``accounting_sock``: the ports, bound already (else bound here)."""
     aaa = _open(settings, marks)
     # A first registration allocates a few hundred objects, almost none of
     # them in reference cycles: collect the young generation every 20,000
@@ -102,17 +107,21 @@ def serve_worker(
     gc.freeze()
     if sock is None:
         sock = _bind(settings.listen, settings.port, reuse_port=True)
+    if accounting_sock is None:
+        accounting_sock = _bind(settings.listen, settings.accounting, reuse_port=True)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
-    def readable() -> None:
+    def readable(
+        port: socket.socket, handle: Callable[[list[tuple[bytes, tuple[str, int]]], float], list[Any]]
+    ) -> None:
         # Drain what the socket holds (up to _BATCH datagrams), handle it as one
-        # batch -- one database transaction for all sessions it creates --
-        # then send the replies.
+        # batch -- one database transaction for all it writes -- then send the
+        # replies.
         batch: list[tuple[bytes, tuple[str, int]]] = []
         for _ in range(_BATCH):
             try:
-                batch.append(sock.recvfrom(65535))
+                batch.append(port.recvfrom(65535))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ECONNREFUSED reported for an earlier sendto
@@ -120,7 +129,7 @@ def serve_worker(
         if not batch:
             return
         try:
-            replies = aaa.handle_batch(batch, time.time())
+            replies = handle(batch, time.time())
         except Exception:  # a bug must cost these requests, never the daemon
             aaa.counters["dropped"] += len(batch)
             aaa.counters["dropped.internal_error"] += len(batch)
@@ -128,7 +137,7 @@ def serve_worker(
             return
         for reply, destination in replies:
             try:
-                sock.sendto(reply, destination)
+                port.sendto(reply, destination)
             except OSError as exc:
                 aaa.counters["send_errors"] += 1
                 log.warning("sendto failed", extra=fields(destination=destination[0], error=str(exc)))
@@ -150,15 +159,23 @@ def serve_worker(
                 last_stats = time.monotonic()
 
     async def main() -> None:
-        loop.add_reader(sock.fileno(), readable)
+        loop.add_reader(sock.fileno(), readable, sock, aaa.handle_batch)
+        loop.add_reader(accounting_sock.fileno(), readable, accounting_sock, aaa.handle_accounting_batch)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, lambda: _log_counters(aaa, "counters"))
         host, port = sock.getsockname()
-        log.info("worker listening", extra=fields(worker=index, address=f"{host}:{port}"))
+        accounting_host, accounting_port = accounting_sock.getsockname()
+        log.info(
+            "worker listening",
+            extra=fields(
+                worker=index, address=f"{host}:{port}", accounting=f"{accounting_host}:{accounting_port}"
+            ),
+        )
         task = asyncio.ensure_future(housekeeping())
         await stop.wait()
         loop.remove_reader(sock.fileno())
+        loop.remove_reader(accounting_sock.fileno())
         await task
 
     try:
@@ -167,6 +184,7 @@ def serve_worker(
         _log_counters(aaa, "worker stopped")
         loop.close()
         sock.close()
+        accounting_sock.close()
         aaa.store.close()
     return 0
 
@@ -182,6 +200,11 @@ def run_home_server(settings: Any) -> int:
         clients = len(aaa.provisioning.clients())
         aaa.store.close()
         probe = _bind(settings.listen, settings.port, reuse_port=workers > 1)
+        try:
+            accounting_probe = _bind(settings.listen, settings.accounting, reuse_port=workers > 1)
+        except ServerError:
+            probe.close()
+            raise
     except ServerError as exc:
         log.error(str(exc))
         return 1
@@ -192,7 +215,12 @@ def run_home_server(settings: Any) -> int:
         log.warning("no RADIUS clients are provisioned: every request will be dropped")
     log.info(
         "home AAA starting",
-        extra=fields(address=f"{settings.listen}:{probe.getsockname()[1]}", workers=workers, clients=clients),
+        extra=fields(
+            address=f"{settings.listen}:{probe.getsockname()[1]}",
+            accounting=f"{settings.listen}:{accounting_probe.getsockname()[1]}",
+            workers=workers,
+            clients=clients,
+        ),
     )
     # On PostgreSQL the node's workers share session marks that a process of
     # their own keeps from every node's announcements (store/postgres.py).
@@ -203,25 +231,33 @@ def run_home_server(settings: Any) -> int:
         # inherits it again): no moment without a listener, and port 0 stays
         # the port reported above.
         try:
-            return supervise(_roles(settings, workers, marks, probe), processes, "home AAA")
+            return supervise(_roles(settings, workers, marks, (probe, accounting_probe)), processes, "home AAA")
         finally:
             probe.close()
-    if settings.port == 0:
-        # Workers must share one concrete port.
-        settings = dataclasses.replace(settings, port=probe.getsockname()[1])
+            accounting_probe.close()
+    # Workers must share concrete ports.
+    settings = dataclasses.replace(
+        settings, port=probe.getsockname()[1], accounting_port=accounting_probe.getsockname()[1]
+    )
     probe.close()
+    accounting_probe.close()
     return supervise(_roles(settings, workers, marks, None), processes, "home AAA")
 
 
 def _roles(
-    settings: Any, workers: int, marks: SessionMarks | None, sock: socket.socket | None
+    settings: Any,
+    workers: int,
+    marks: SessionMarks | None,
+    sockets: tuple[socket.socket, socket.socket] | None,
 ) -> Callable[[int], int]:
-    """What forked process ``index`` does: serve (0 .. workers-1), or keep the
+    """What forked process ``index`` does: serve (0 .. workers-1), on the
+    bound ``sockets`` (authentication, accounting) if given, or keep the
     session marks (index ``workers``, PostgreSQL only)."""
 
     def run(index: int) -> int:
         if index < workers:
-            return serve_worker(settings, index, sock=sock, marks=marks)
+            sock, accounting = sockets if sockets is not None else (None, None)
+            return serve_worker(settings, index, sock=sock, marks=marks, accounting_sock=accounting)
         assert marks is not None
         return listen_for_changes(settings.db_path, marks)
 

@@ -132,6 +132,14 @@ class HomeServerSettings:
     log_level: str = log_level_setting()
     log_format: str = log_format_setting()
     dup_cache_seconds: float = _dup_cache_seconds("--dup-cache-seconds")
+    accounting_port: int | None = setting(
+        None,
+        help="RADIUS accounting port (RFC 2866) on the same address; 0: any free port.",
+        flag="--accounting-port",
+        shown_default="the authentication port + 1 (1813), or any free port with --port 0",
+        kind=int,
+        check=Bounds("accounting port", 0, 65535),
+    )
     session_lifetime: int = setting(
         DEFAULT_SESSION_LIFETIME,
         help="Seconds a session lives without re-registration.",
@@ -156,6 +164,13 @@ class HomeServerSettings:
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
         check_declared(self)
+
+    @property
+    def accounting(self) -> int:
+        """The accounting port to bind (0: any)."""
+        if self.accounting_port is not None:
+            return self.accounting_port
+        return self.port + 1 if 0 < self.port < 65535 else 0
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from psycopg import conninfo, pq
 from aaa_vpn.store.base import StoreBusy, StoreError
 from aaa_vpn.store.crypto import SecretBox
 from aaa_vpn.store.marks import SessionMarks
-from aaa_vpn.store.schema import APPLICATION_ID, MIGRATIONS, PROVISIONING_TABLES, SCHEMA_VERSION, Dialect, render
+from aaa_vpn.store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, TABLES, Dialect, render
 from aaa_vpn.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ CONNECT_TIMEOUT = 10
 #: The channel session changes are announced on.
 SESSIONS_CHANNEL = "aaa_vpn_sessions"
 _APPLICATION = b"aaa_vpn"
-_TABLES = (*PROVISIONING_TABLES, "meta", "generation", "sessions", "session_spis")
+_TABLES = TABLES
 
 
 def is_postgres_url(location: object) -> bool:
@@ -230,7 +230,7 @@ class PostgresStore(SqlStore):
         return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
 
     @contextmanager
-    def _writing(self) -> Iterator[Any]:
+    def _writing(self, durable: bool = False) -> Iterator[Any]:
         db = self._db
         if self._in_transaction():
             # Inside transaction(): the outermost block commits or rolls back.
@@ -241,6 +241,8 @@ class PostgresStore(SqlStore):
             self._ensure_connected()
             db = self._db
             db.execute("BEGIN")
+            if durable:
+                db.execute("SET LOCAL synchronous_commit = on")  # whatever the server's default
         except psycopg.Error as exc:
             raise self._failed(exc) from None
         try:

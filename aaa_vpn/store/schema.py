@@ -29,6 +29,7 @@ and PostgreSQL.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -214,15 +215,54 @@ MIGRATIONS: tuple[tuple[Operation, ...], ...] = (
         Sql("ALTER TABLE sessions ADD COLUMN keyed_at {REAL} NOT NULL DEFAULT 0"),
         Sql("UPDATE sessions SET keyed_at = created"),
     ),
+    # 4: RADIUS accounting (RFC 2866): one row per accounting session, keyed as
+    # FreeRADIUS keys radacct (Acct-Unique-Session-Id); counters NULL until reported.
+    (
+        Sql("""CREATE TABLE accounting (
+            unique_id TEXT PRIMARY KEY NOT NULL,
+            acct_session_id TEXT NOT NULL,
+            nai TEXT NOT NULL,
+            client TEXT NOT NULL,
+            nas TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            class TEXT NOT NULL,
+            started {REAL},
+            updated {REAL} NOT NULL,
+            stopped {REAL},
+            session_time {INT},
+            input_octets {INT},
+            output_octets {INT},
+            input_packets {INT},
+            output_packets {INT},
+            terminate_cause TEXT NOT NULL,
+            attributes TEXT NOT NULL,
+            updates {INT} NOT NULL
+        )"""),
+        Sql("CREATE INDEX accounting_by_nai ON accounting (nai, updated)"),
+        Sql("CREATE INDEX accounting_by_session ON accounting (session_id)"),
+        Sql("CREATE INDEX accounting_by_updated ON accounting (updated)"),
+        Sql("CREATE INDEX accounting_open_by_nas ON accounting (nas) WHERE stopped IS NULL"),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Every table the migrations create, in the order they do.
+TABLES: tuple[str, ...] = tuple(
+    match.group(1)
+    for step in MIGRATIONS
+    for operation in step
+    if isinstance(operation, Sql)
+    for match in [re.match(r"\s*CREATE TABLE (\w+)", operation.text)]
+    if match is not None
+)
 
 __all__ = [
     "APPLICATION_ID",
     "MIGRATIONS",
     "PROVISIONING_TABLES",
     "SCHEMA_VERSION",
+    "TABLES",
     "Dialect",
     "GenerationTriggers",
     "Operation",

@@ -35,9 +35,10 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 from aaa_vpn.model import (
+    AccountingRecord,
     Client,
     ClientRole,
     EspTransform,
@@ -57,6 +58,7 @@ from aaa_vpn.model import (
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.store.base import (
+    AccountingEntry,
     AlreadyExists,
     NotFound,
     ReferenceError_,
@@ -66,8 +68,16 @@ from aaa_vpn.store.base import (
 )
 from aaa_vpn.store.crypto import SecretBox, secret_context
 from aaa_vpn.store.marks import SessionMarks
-from aaa_vpn.store.schema import PROVISIONING_TABLES, Dialect
+from aaa_vpn.store.schema import TABLES, Dialect
+from aaa_vpn.wire.accounting import AcctStatus
 from aaa_vpn.wire.text import text
+
+
+def class_text(value: bytes) -> str:
+    """A Class as text: itself when printable ASCII, else 0x and hex."""
+    if value.isascii() and value.decode("ascii").isprintable():
+        return value.decode("ascii")
+    return "0x" + value.hex()
 
 # -- constant SQL, with ? placeholders (sqlite3 and psycopg keep them prepared) ----------
 
@@ -155,6 +165,50 @@ _SPI_HOLDER = (
 )
 _SPIS_IN_USE = "SELECT spi FROM session_spis WHERE node = ? ORDER BY spi"
 
+# Accounting (RFC 2866): one upsert for every kind of request. A later request
+# never takes back what an earlier one said: counters and times only grow (a
+# late Interim-Update cannot lower them or reopen a stopped record), the start
+# is the earliest seen, the other attributes accumulate (the latest value of each).
+_GREATER = (
+    "CASE WHEN excluded.{c} IS NULL THEN accounting.{c}"
+    " WHEN accounting.{c} IS NULL OR excluded.{c} > accounting.{c} THEN excluded.{c} ELSE accounting.{c} END"
+)
+_LESSER = (
+    "CASE WHEN excluded.{c} IS NULL THEN accounting.{c}"
+    " WHEN accounting.{c} IS NULL OR excluded.{c} < accounting.{c} THEN excluded.{c} ELSE accounting.{c} END"
+)
+_ACCOUNTING_COLUMNS = (
+    "unique_id, acct_session_id, nai, client, nas, session_id, class, started, updated, stopped, session_time,"
+    " input_octets, output_octets, input_packets, output_packets, terminate_cause, attributes, updates"
+)
+_RECORD_ACCOUNTING = (
+    f"INSERT INTO accounting ({_ACCOUNTING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+    " ON CONFLICT (unique_id) DO UPDATE SET "
+    + ", ".join(
+        [
+            "nai = CASE WHEN excluded.nai <> '' THEN excluded.nai ELSE accounting.nai END",
+            "session_id = CASE WHEN excluded.session_id <> '' THEN excluded.session_id ELSE accounting.session_id END",
+            "class = CASE WHEN excluded.class <> '' THEN excluded.class ELSE accounting.class END",
+            "started = " + _LESSER.format(c="started"),
+            "updated = " + _GREATER.format(c="updated"),
+            "stopped = CASE WHEN accounting.stopped IS NULL THEN excluded.stopped ELSE accounting.stopped END",
+            *(
+                f"{column} = " + _GREATER.format(c=column)
+                for column in ("session_time", "input_octets", "output_octets", "input_packets", "output_packets")
+            ),
+            "terminate_cause = CASE WHEN accounting.terminate_cause = '' THEN excluded.terminate_cause"
+            " ELSE accounting.terminate_cause END",
+            "attributes = excluded.attributes",  # merged by the writer (record_accounting)
+            "updates = accounting.updates + 1",
+        ]
+    )
+)
+_CLOSE_NAS_ACCOUNTING = (
+    "UPDATE accounting SET stopped = ?, updated = ?, terminate_cause = ?, updates = updates + 1"
+    " WHERE nas = ? AND stopped IS NULL AND (started IS NULL OR started <= ?)"
+)
+_GET_ACCOUNTING = f"SELECT {_ACCOUNTING_COLUMNS} FROM accounting WHERE unique_id = ?"
+
 _Row = tuple[Any, ...]
 
 
@@ -188,8 +242,10 @@ class SqlStore:
         raise NotImplementedError
 
     @contextmanager
-    def _writing(self) -> Iterator[Any]:
-        """One write transaction (joined if one is open); yields the connection."""
+    def _writing(self, durable: bool = False) -> Iterator[Any]:
+        """One write transaction (joined if one is open); yields the connection.
+        ``durable``: committed to disk before it returns, whatever the
+        connection's everyday setting (accounting)."""
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -887,11 +943,134 @@ class SqlStore:
     def spis_in_use(self, node: IPv4Address) -> Sequence[int]:
         return [int(row[0]) for row in self._all(_SPIS_IN_USE, (str(node),))]
 
+    # -- accounting ---------------------------------------------------------------------
+
+    def record_accounting(self, entries: Sequence[AccountingEntry]) -> None:
+        """Merge the requests into their records in one durable transaction
+        (the Store protocol). Accounting-On and -Off close every open record
+        of their NAS that started before them."""
+        rows: list[tuple[object, ...]] = []
+        closes: list[tuple[object, ...]] = []
+        kept: dict[str, dict[str, Any]] = {}  # unique id -> the attributes so far (merged below)
+        for entry in entries:
+            request = entry.request
+            at = request.event_time(entry.arrived)
+            if request.status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
+                closes.append((at, at, "NAS-Reboot", request.nas, at))
+                continue
+            stop = request.status is AcctStatus.STOP
+            rows.append(
+                (
+                    request.unique_id,
+                    request.acct_session_id,
+                    request.user_name,
+                    entry.client,
+                    request.nas,
+                    request.session_id,
+                    class_text(request.class_value),
+                    at if request.status is AcctStatus.START else None,
+                    at,
+                    at if stop else None,
+                    request.session_time,
+                    request.input_octets,
+                    request.output_octets,
+                    request.input_packets,
+                    request.output_packets,
+                    request.terminate_cause if stop else "",
+                    request.attributes,
+                )
+            )
+        with self._writing(durable=True) as conn:
+            if rows:
+                # Attributes accumulate over the record's requests (a Stop need
+                # not repeat what an Interim-Update said): merged here, in the
+                # transaction, since the two engines' JSON functions differ.
+                ids = sorted({str(row[0]) for row in rows})
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    marks = ", ".join("?" * len(chunk))
+                    for unique_id, text in conn.execute(
+                        f"SELECT unique_id, attributes FROM accounting WHERE unique_id IN ({marks})", chunk
+                    ).fetchall():
+                        try:
+                            old = json.loads(text)
+                        except ValueError:
+                            old = {}
+                        kept[unique_id] = old if isinstance(old, dict) else {}
+                merged: list[tuple[object, ...]] = []
+                for row in rows:
+                    attributes = kept.setdefault(str(row[0]), {})
+                    attributes.update(cast(dict[str, Any], row[-1]))
+                    merged.append((*row[:-1], json.dumps(attributes, sort_keys=True, separators=(",", ":"))))
+                conn.executemany(_RECORD_ACCOUNTING, merged)
+            for close in closes:
+                conn.execute(_CLOSE_NAS_ACCOUNTING, close)
+
+    def list_accounting(
+        self,
+        nai: str | None = None,
+        session_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[AccountingRecord]:
+        conditions: list[str] = []
+        params: list[object] = []
+        for column, value, test in (
+            ("nai", nai, "="),
+            ("session_id", session_id, "="),
+            ("updated", since, ">="),
+            ("updated", until, "<"),
+        ):
+            if value is not None:
+                conditions.append(f"{column} {test} ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        bounded = " LIMIT ?" if limit is not None else ""
+        if limit is not None:
+            params.append(limit)
+        sql = f"SELECT {_ACCOUNTING_COLUMNS} FROM accounting{where} ORDER BY updated, unique_id{bounded}"
+        return [self._accounting(row) for row in self._all(sql, params)]
+
+    def get_accounting(self, unique_id: str) -> AccountingRecord:
+        row = self._one(_GET_ACCOUNTING, (unique_id,))
+        if row is None:
+            raise NotFound(f"no accounting record {unique_id!r}")
+        return self._accounting(row)
+
+    def _accounting(self, row: _Row) -> AccountingRecord:
+        (unique_id, acct_session_id, nai, client, nas, session_id, class_value, started, updated, stopped) = row[:10]
+        session_time, input_octets, output_octets, input_packets, output_packets, cause, attributes, updates = row[10:]
+        try:
+            kept = json.loads(attributes)
+        except ValueError as exc:
+            raise self._corrupt(f"accounting record {unique_id!r}", exc) from None
+        return AccountingRecord(
+            unique_id=unique_id,
+            acct_session_id=acct_session_id,
+            nai=nai,
+            client=client,
+            nas=nas,
+            session_id=session_id,
+            class_value=class_value,
+            updated=updated,
+            started=started,
+            stopped=stopped,
+            session_time=session_time,
+            input_octets=input_octets,
+            output_octets=output_octets,
+            input_packets=input_packets,
+            output_packets=output_packets,
+            terminate_cause=cause,
+            attributes=kept if isinstance(kept, dict) else {},
+            updates=updates,
+        )
+
     # -- maintenance ------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """Rows per table, for ``aaa-vpn db check``."""
-        tables = (*PROVISIONING_TABLES, "sessions", "session_spis")
+        tables = [table for table in TABLES if table not in ("meta", "generation")]
         return {table: int(self._all(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
 
     def check(self) -> list[str]:
@@ -927,4 +1106,4 @@ class SqlStore:
         self.close()
 
 
-__all__ = ["Reopened", "SqlStore"]
+__all__ = ["Reopened", "SqlStore", "class_text"]

@@ -209,7 +209,7 @@ class SqliteStore(SqlStore):
         return self._user_version()
 
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         conn = self._conn
         if conn.in_transaction:
             # Inside transaction(): the outermost block commits or rolls back.
@@ -217,28 +217,44 @@ class SqliteStore(SqlStore):
             return
         self._changed_nais.clear()
         try:
+            if durable:
+                # synchronous=NORMAL in WAL mode survives a crash of the process,
+                # not of the machine; FULL syncs the WAL at this commit.
+                conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._normal(durable)
             raise self._failed(exc) from None
         try:
             yield conn
         except sqlite3.Error as exc:
             self._rollback()
+            self._normal(durable)
             raise self._failed(exc) from None
         except BaseException:
             self._rollback()
+            self._normal(durable)
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"database {self.path}: {exc}") from None
+        finally:
+            self._normal(durable)
         if self._changed_nais:
             # store/marks.py rule 2: after the commit. _writable_marks() opened them before.
             assert self._marks is not None
             for nai in self._changed_nais:
                 self._marks.mark(nai)
             self._changed_nais.clear()
+
+    def _normal(self, durable: bool) -> None:
+        if durable:
+            try:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error:
+                pass  # the connection is gone; a new one starts NORMAL
 
     def _rollback(self) -> None:
         self._changed_nais.clear()
