@@ -22,8 +22,8 @@ and PostgreSQL.
    times {REAL} seconds since the epoch, sealed secrets {BLOB}.
 3. What only one engine has is an operation of its own:
    :class:`GenerationTriggers` (provisioning changes bump the generation
-   counter: SQLite triggers; a PL/pgSQL function and statement triggers) and
-   :class:`SqliteOnly` (PRAGMAs).
+   counter: SQLite triggers; a PL/pgSQL function and statement triggers that
+   bump it once per transaction) and :class:`SqliteOnly` (PRAGMAs).
 """
 
 from __future__ import annotations
@@ -102,9 +102,19 @@ def render(step: Sequence[Operation], dialect: Dialect) -> list[str]:
                 for op in ("INSERT", "UPDATE", "DELETE")
             ]
         else:
+            # Once per transaction: each UPDATE of one row leaves a dead version
+            # behind in PostgreSQL, and thousands in one transaction (an import)
+            # make every later one slower. A transaction-local setting remembers
+            # that this transaction has bumped it already.
             out.append(
-                "CREATE OR REPLACE FUNCTION aaa_vpn_bump_generation() RETURNS trigger LANGUAGE plpgsql AS"
-                " $$ BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; RETURN NULL; END $$"
+                "CREATE OR REPLACE FUNCTION aaa_vpn_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN"
+                " IF current_setting('aaa_vpn.generation_bumped', true) IS DISTINCT FROM txid_current()::text THEN"
+                " UPDATE generation SET value = value + 1 WHERE id = 1;"
+                " PERFORM set_config('aaa_vpn.generation_bumped', txid_current()::text, true);"
+                " END IF;"
+                " RETURN NULL;"
+                " END $$"
             )
             out += [
                 f"CREATE TRIGGER {table}_bumps_generation AFTER INSERT OR UPDATE OR DELETE ON {table}"
