@@ -12,6 +12,7 @@ the FA the HA names holding the same registration.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
@@ -22,12 +23,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aaa_vpn.net import coa_client
-from aaa_vpn.roles.agent import LimitReached, transmission_times
+from aaa_vpn.roles.agent import LimitReached, backoff, transmission_times
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
+from aaa_vpn.roles.foreign_aaa import ForeignAaaOptions
 from aaa_vpn.roles.gw import CorrespondentGateway
 from aaa_vpn.roles.ha import HaConfig, HomeAgent
 from aaa_vpn.roles.mn import MnConfig, MobileNode
-from aaa_vpn.roles.radius_client import DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from aaa_vpn.roles.radius_client import (
+    DEFAULT_MAX_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    retransmission_waits,
+    server_time,
+)
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import mip
 from aaa_vpn.wire.mip import ReplyCode
@@ -200,13 +208,13 @@ def test_a_lost_relay_is_sent_again_and_the_node_never_gets_104(net: Network) ->
 
 
 def test_a_retransmission_is_folded_into_the_registration_under_way(net: Network) -> None:
-    # the home AAA's first Access-Accept to the FA is lost: the FA asks again
-    # after its RADIUS timeout (2 s); meanwhile the node retransmits (at 1 s)
-    # with a new Identification and the same challenge
+    # the home AAA's first three Access-Accepts to the FA are lost: the FA
+    # asks again at 0.25, 0.75 and 1.75 s; meanwhile the node retransmits (at
+    # 1 s) with a new Identification and the same challenge
     lost: list[bytes] = []
 
     def keep(source: Address, destination: Address, data: bytes) -> bool:
-        if destination[0] == FA1 and source[1] == net.radius_port and not lost:
+        if destination[0] == FA1 and source[1] == net.radius_port and len(lost) < 3:
             lost.append(data)
             return False
         return True
@@ -259,19 +267,28 @@ def test_a_withdrawal_removes_only_the_binding_it_created(net: Network) -> None:
 def test_the_coa_client_backs_off(net: Network) -> None:
     assert coa_client.waits(2.0, 2) == [2.0, 4.0, 8.0]
     assert transmission_times(0.25, 3.0) == [0.0, 0.25, 0.75, 1.75]
+    assert transmission_times(0.25, 4.0, 0.5) == [0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.25, 3.75]
 
 
 def test_timeouts_are_ordered_inner_before_outer() -> None:
     """docs/protocol.md section 3.11: an inner exchange, retries included, ends
     before the one around it gives up, with the defaults."""
-    radius = DEFAULT_TIMEOUT * (1 + DEFAULT_RETRIES)
+    radius = server_time()  # 0.25, 0.5, then 1 s apart: 7.75 s per server
+    fa_sent = list(itertools.accumulate([0.0, *retransmission_waits(DEFAULT_TIMEOUT, DEFAULT_RETRIES, 1.0)[:-1]]))
+    options = ForeignAaaOptions()
+    upstream = server_time(options.timeout, options.retries, options.max_timeout)
     ha_config = HaConfig(IPv4Address(HA), ())
     fa_config = FaConfig(IPv4Address(FA1), ())
     node = MnConfig(NAI, IPv4Address(HOME_ADDRESS), IPv4Address(HA), 256, Secret(b"k"), Secret(b"s"))
-    node_gives_up = sum(node.retransmit * 2**i for i in range(node.attempts))
-    assert transmission_times(ha_config.gateway_retransmit, ha_config.gateway_timeout)[-1] < ha_config.gateway_timeout
-    assert radius + ha_config.gateway_timeout < fa_config.ha_timeout
-    assert radius + fa_config.ha_timeout < node_gives_up
+    node_gives_up = sum(backoff(node.retransmit, n) for n in range(1, node.attempts + 1))
+    updates = transmission_times(
+        ha_config.gateway_retransmit, ha_config.gateway_timeout, ha_config.gateway_max_retransmit
+    )
+    assert len(updates) == 9 and updates[-1] < ha_config.gateway_timeout
+    assert radius + ha_config.gateway_timeout < fa_config.ha_timeout  # 11.75 < 15
+    # a foreign AAA gives up upstream while the FA still has a transmission to fetch its answer with
+    assert upstream + DEFAULT_MAX_TIMEOUT <= fa_sent[-1]  # 5.75 + 1 <= 6.75
+    assert radius + fa_config.ha_timeout < node_gives_up  # 22.75 < 31
 
 
 # -- forged and malformed input changes nothing -----------------------------------------------------

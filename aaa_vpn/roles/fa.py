@@ -137,6 +137,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn import keys
+from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.ha import mirror
@@ -207,13 +208,18 @@ class FaConfig:
     """The longest registration it grants (RFC 5944 section 3.7.2.3)."""
     challenge_lifetime: float = 30.0
     """How long an issued challenge may be answered (RFC 4721 CHALLENGE_WINDOW in time)."""
-    ha_timeout: float = 10.0
+    ha_timeout: float = 15.0
     """How long it waits for the home agent's reply before answering 78
     (longer than the home agent's own work: its AAA request and gateway_timeout)."""
     ha_retransmit: float = 1.0
     """Seconds before a relayed request is sent to the home agent again (doubled each time, rule 3)."""
-    radius_timeout: float = 2.0
-    radius_retries: int = 2
+    ha_max_retransmit: float = 2.0
+    """The longest wait between two relays of one request (rule 3)."""
+    radius_timeout: float = radius_client.DEFAULT_TIMEOUT
+    """Seconds before the first RADIUS retransmission (radius_client.py rule 1)."""
+    radius_retries: int = radius_client.DEFAULT_RETRIES
+    radius_max_timeout: float = radius_client.DEFAULT_MAX_TIMEOUT
+    """The longest wait between two RADIUS transmissions (rule 1)."""
     forwarding_lifetime: int = 10
     """Smooth handoff (rule 6): how long the previous FA is asked to forward (seconds; 0: not at all)."""
     max_forwarding_lifetime: int = 60
@@ -343,6 +349,7 @@ class ForeignAgent(Agent):
             config.aaa_servers,
             timeout=config.radius_timeout,
             retries=config.radius_retries,
+            max_timeout=config.radius_max_timeout,
             nas_ip_address=config.address,
             random_bytes=random_bytes,
         )
@@ -448,7 +455,7 @@ class ForeignAgent(Agent):
         self._send(Channel.MIP, pending.relayed, (str(pending.message.home_agent), self.config.mip_port))
         self._cancel(pending.retransmit)
         pending.retransmit = None
-        delay = backoff(self.config.ha_retransmit, pending.sent)
+        delay = backoff(self.config.ha_retransmit, pending.sent, self.config.ha_max_retransmit)
         if now + delay < pending.deadline:
             pending.retransmit = self._call_at(now + delay, functools.partial(self._relay_again, key))
 

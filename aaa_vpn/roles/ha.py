@@ -101,6 +101,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn import keys
+from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.radius_client import RadiusClient, RequestAccepted, RequestFailed, RequestRejected, ServerConfig
@@ -143,13 +144,19 @@ class HaConfig:
     aaa_servers: Sequence[ServerConfig]
     mip_port: int = MIP_PORT
     max_lifetime: int = 1800
-    gateway_timeout: float = 3.0
+    gateway_timeout: float = 4.0
     """How long it waits for every gateway's Binding Acknowledge (rule 3)."""
     gateway_retransmit: float = 0.25
     """Seconds before a Binding Update is sent again (doubled each time, rule 3)."""
+    gateway_max_retransmit: float = 0.5
+    """The longest wait between two transmissions of a Binding Update (rule 3):
+    nine transmissions within the default ``gateway_timeout``."""
     replay_tolerance: float = 7.0  # RFC 5944 section 5.7: SHOULD be more than 3 s
-    radius_timeout: float = 2.0
-    radius_retries: int = 2
+    radius_timeout: float = radius_client.DEFAULT_TIMEOUT
+    """Seconds before the first RADIUS retransmission (radius_client.py rule 1)."""
+    radius_retries: int = radius_client.DEFAULT_RETRIES
+    radius_max_timeout: float = radius_client.DEFAULT_MAX_TIMEOUT
+    """The longest wait between two RADIUS transmissions (rule 1)."""
     coa_peers: Sequence[CoaPeer] = ()
     """Who else may send it Disconnect-/CoA-Requests (its AAA servers always may, rule 6)."""
     answer_cache_seconds: float = 30.0
@@ -309,6 +316,7 @@ class HomeAgent(Agent):
             config.aaa_servers,
             timeout=config.radius_timeout,
             retries=config.radius_retries,
+            max_timeout=config.radius_max_timeout,
             nas_ip_address=config.address,
             random_bytes=random_bytes,
         )
@@ -744,7 +752,7 @@ class HomeAgent(Agent):
         return signed
 
     def _arm_update(self, outgoing: _Outgoing, identification: int, now: float) -> None:
-        delay = backoff(self.config.gateway_retransmit, outgoing.sent)
+        delay = backoff(self.config.gateway_retransmit, outgoing.sent, self.config.gateway_max_retransmit)
         if now + delay < outgoing.deadline:
             outgoing.timer = self._call_at(
                 now + delay, functools.partial(self._update_again, outgoing.gateway, identification)
