@@ -180,9 +180,13 @@ def test_a_lost_binding_update_is_sent_again_and_nothing_starts_twice(net: Netwo
     assert updates[:2] == [lost[0], lost[0]], (
         f"expected the lost Binding Update {lost[0].hex()} sent again byte for byte, got {[u.hex() for u in updates]}"
     )
-    codes = [int(r.code) for r in replies_to_node(seen)]
-    # 105 first: the node has no challenge of this FA yet (fa.py rule 1)
-    assert codes == [105, 0], f"the node should get 105, then 0; it got codes {codes}"
+    replies = replies_to_node(seen)
+    codes = [int(r.code) for r in replies]
+    # 105 first: the node has no challenge of this FA yet (fa.py rule 1); the
+    # acceptance, then its two copies (fa.py rule 5)
+    assert codes == [105, 0, 0, 0], f"the node should get 105, then 0 and its copies; it got codes {codes}"
+    accepted = [data for _s, d, data in seen if d[0] == MN_SOCKET and decoded(data) in replies[1:]]
+    assert len(set(accepted)) == 1, "the copies of the acceptance are the same octets"
     assert len(sessions(net)) == 1
     agree(net)
 
@@ -226,7 +230,9 @@ def test_a_retransmission_is_folded_into_the_registration_under_way(net: Network
     ]
     replies = replies_to_node(seen)
     codes = [int(r.code) for r in replies]
-    assert codes == [ReplyCode.FA_MISSING_CHALLENGE, 0], f"codes sent to the node: {codes} (expected 105, then 0)"
+    assert codes == [ReplyCode.FA_MISSING_CHALLENGE, 0, 0, 0], (
+        f"codes sent to the node: {codes} (expected 105, then 0 and its two copies)"
+    )
     # the reply answers the node's latest transmission (RFC 5944 section 3.6.3)
     assert replies[-1].identification & 0xFFFFFFFF == requests[-1].identification & 0xFFFFFFFF, (
         f"reply Identification {replies[-1].identification:016x}, latest request {requests[-1].identification:016x}"
@@ -272,7 +278,8 @@ def test_the_coa_client_backs_off(net: Network) -> None:
 
 def test_timeouts_are_ordered_inner_before_outer() -> None:
     """docs/protocol.md section 3.11: an inner exchange, retries included, ends
-    before the one around it gives up, with the defaults."""
+    before the one around it gives up, and what answers a retransmission is
+    kept as long as the requester retransmits, with the defaults."""
     radius = server_time()  # 0.25, 0.5, then 1 s apart: 7.75 s per server
     fa_sent = list(itertools.accumulate([0.0, *retransmission_waits(DEFAULT_TIMEOUT, DEFAULT_RETRIES, 1.0)[:-1]]))
     options = ForeignAaaOptions()
@@ -280,7 +287,8 @@ def test_timeouts_are_ordered_inner_before_outer() -> None:
     ha_config = HaConfig(IPv4Address(HA), ())
     fa_config = FaConfig(IPv4Address(FA1), ())
     node = MnConfig(NAI, IPv4Address(HOME_ADDRESS), IPv4Address(HA), 256, Secret(b"k"), Secret(b"s"))
-    node_gives_up = sum(backoff(node.retransmit, n) for n in range(1, node.attempts + 1))
+    node_waits = [backoff(node.retransmit, n) for n in range(1, node.attempts + 1)]
+    node_gives_up, node_last_sent = sum(node_waits), sum(node_waits[:-1])
     updates = transmission_times(
         ha_config.gateway_retransmit, ha_config.gateway_timeout, ha_config.gateway_max_retransmit
     )
@@ -289,6 +297,8 @@ def test_timeouts_are_ordered_inner_before_outer() -> None:
     # a foreign AAA gives up upstream while the FA still has a transmission to fetch its answer with
     assert upstream + DEFAULT_MAX_TIMEOUT <= fa_sent[-1]  # 5.75 + 1 <= 6.75
     assert radius + fa_config.ha_timeout < node_gives_up  # 22.75 < 31
+    # answers to retransmissions outlive the node's retransmissions
+    assert node_last_sent + fa_config.ha_timeout < min(ha_config.answer_cache_seconds, fa_config.answer_lifetime)
 
 
 # -- forged and malformed input changes nothing -----------------------------------------------------

@@ -35,8 +35,11 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    has no such key), with its own timestamp Identification, retransmitted
    like a relayed request until answered or ``ha_timeout`` (ha.py rule 4a).
 5. An accepted reply is relayed to the node (FA-HA stripped, a fresh
-   challenge appended for its next registration) and the node becomes a
-   visitor until its lifetime ends, when its paths are removed. A denial
+   challenge appended for its next registration), and the same octets again
+   ``reply_repeats`` later (0.25 and 0.75 s: nothing acknowledges a reply,
+   and the node's own retransmissions back off exponentially, RFC 5944
+   section 3.6.3; a node that has its answer discards the copies), and the
+   node becomes a visitor until its lifetime ends, when its paths are removed. A denial
    reaches the node with the home agent's code, with or without an MN-HA
    extension (when the home agent could not add one, the FA sends the
    reply's fixed part and NAI on).
@@ -65,7 +68,7 @@ D1. The FA relays one only when it is well formed (NAI, and an MN-HA or
     it may talk to: the home agent of a visitor it holds with that NAI and
     home address (that home agent accepted the visitor's registration with
     FA-HA authentication), or of one it removed by an accepted
-    deregistration less than ``challenge_lifetime`` ago (so a retransmitted
+    deregistration less than ``answer_lifetime`` ago (so a retransmitted
     deregistration is answered again). Anything else gets 194 (invalid home
     agent address) and is relayed nowhere.
 D2. At most one deregistration per visitor is worked on; retransmissions
@@ -208,6 +211,13 @@ class FaConfig:
     """The longest registration it grants (RFC 5944 section 3.7.2.3)."""
     challenge_lifetime: float = 30.0
     """How long an issued challenge may be answered (RFC 4721 CHALLENGE_WINDOW in time)."""
+    reply_repeats: tuple[float, ...] = (0.25, 0.75)
+    """Seconds after an accepted reply went to the node at which it is sent
+    to the node again, byte for byte (rule 5)."""
+    answer_lifetime: float = 60.0
+    """How long a node removed by an accepted deregistration is remembered, so
+    that the node's retransmissions of it are relayed again (D1): longer than
+    a node retransmits (docs/protocol.md section 3.11)."""
     ha_timeout: float = 15.0
     """How long it waits for the home agent's reply before answering 78
     (longer than the home agent's own work: its AAA request and gateway_timeout)."""
@@ -781,7 +791,7 @@ class ForeignAgent(Agent):
                 if visitor is not None:
                     self._remember_deregistered(visitor, now)
                 self._remove_visitor(pending.nai)
-            self._send(Channel.MIP, self._relayed_reply(data, message), pending.source)
+            self._to_node(self._relayed_reply(data, message), pending.source, message.accepted, now)
             self._emit(RegistrationDone(pending.nai, message.home_address, int(message.code), 0, "deregistration"))
             return
         profile = pending.profile
@@ -806,7 +816,7 @@ class ForeignAgent(Agent):
         if pending.repeat:
             # R2: the answer to a retransmission; the registration stands as it is.
             extensions = [ChallengeExtension(self._new_challenge(now))] if message.accepted else []
-            self._send(Channel.MIP, self._relayed_reply(data, message, extensions), pending.source)
+            self._to_node(self._relayed_reply(data, message, extensions), pending.source, message.accepted, now)
             return
         if not message.accepted:
             current = self.visitors.get(pending.nai)
@@ -826,13 +836,27 @@ class ForeignAgent(Agent):
             self._emit(DeletePaths(old.owner))
         self._add_visitor(pending, profile, message, now)
         relayed = relay_reply(data, extensions=[ChallengeExtension(self._new_challenge(now))])
-        self._send(Channel.MIP, relayed, pending.source)
+        self._to_node(relayed, pending.source, True, now)
         self._emit(RegistrationDone(pending.nai, message.home_address, int(message.code), message.lifetime))
         # The node is back here: what this FA still forwarded for it elsewhere goes.
         self._stop_forwarding(message.home_address)
         if old is None or old.owner != _owner(profile):
             # Rule 6, after the reply: the node never waits for the previous FA.
             self._notify_previous_fa(self.visitors[pending.nai], now)
+
+    def _to_node(self, reply: bytes, node: Address, accepted: bool, now: float) -> None:
+        """Send the node a reply from its home agent; an accepted one again
+        after each of ``reply_repeats`` (rule 5): the node's own
+        retransmissions back off exponentially, so a lost acceptance would
+        otherwise wait seconds for its next attempt."""
+        self._send(Channel.MIP, reply, node)
+        if accepted:
+            for delay in self.config.reply_repeats:
+                self._call_at(now + delay, functools.partial(self._repeat_reply, reply, node))
+
+    def _repeat_reply(self, reply: bytes, node: Address, now: float) -> None:
+        self.counters["replies_repeated"] += 1
+        self._send(Channel.MIP, reply, node)
 
     def _relayed_reply(
         self, data: bytes, message: RegistrationReply, extensions: Sequence[mip.Extension] = ()
@@ -859,7 +883,7 @@ class ForeignAgent(Agent):
         if len(self._deregistered) >= self.config.max_pending:
             self._limit_hit("deregistered", self.config.max_pending, now)
             del self._deregistered[next(iter(self._deregistered))]
-        self._deregistered[visitor.nai] = (visitor, now + self.config.challenge_lifetime)
+        self._deregistered[visitor.nai] = (visitor, now + self.config.answer_lifetime)
 
     def _ha_timeout(self, key: object, now: float) -> None:
         pending = self._pending.get(key)

@@ -159,7 +159,7 @@ class HaConfig:
     """The longest wait between two RADIUS transmissions (rule 1)."""
     coa_peers: Sequence[CoaPeer] = ()
     """Who else may send it Disconnect-/CoA-Requests (its AAA servers always may, rule 6)."""
-    answer_cache_seconds: float = 30.0
+    answer_cache_seconds: float = 60.0
     """How long a reply is kept to answer a retransmission of its request (rule 8)."""
     max_pending: int = 1024
     """Registrations worked on at once (rule 9)."""
@@ -373,7 +373,7 @@ class HomeAgent(Agent):
         if key is None or pending is None or pending.profile is None:
             return
         if error is not None:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"cannot install SAs: {error}")
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"cannot install SAs: {error}", now=now)
             return
         pending.installing.discard(owner)
         self._by_owner.pop(owner, None)
@@ -591,9 +591,10 @@ class HomeAgent(Agent):
                     RejectReason.AUTHENTICATION_FAILED: ReplyCode.HA_MN_FAILED_AUTHENTICATION,
                     RejectReason.NO_RESOURCES: ReplyCode.HA_INSUFFICIENT_RESOURCES,
                 }.get(event.reason or RejectReason.BAD_REQUEST, ReplyCode.HA_ADMINISTRATIVELY_PROHIBITED)
-                self._fail(event.tag, code, f"AAA rejected: {event.message}", delete=False)
+                self._fail(event.tag, code, f"AAA rejected: {event.message}", delete=False, now=now)
             elif isinstance(event, RequestFailed):
-                self._fail(event.tag, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"AAA unreachable: {event.reason}", False)
+                reason = f"AAA unreachable: {event.reason}"
+                self._fail(event.tag, ReplyCode.HA_INSUFFICIENT_RESOURCES, reason, delete=False, now=now)
 
     def _accepted(self, event: RequestAccepted, now: float) -> None:
         key = event.tag
@@ -603,16 +604,19 @@ class HomeAgent(Agent):
         profile = self._accepted_profile(event, pending.nai)
         message, data = pending.message, pending.request
         if profile is None:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA confirmed a view this HA does not hold", False)
+            reason = "AAA confirmed a view this HA does not hold"
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, reason, delete=False, now=now)
             return
         if profile.mn_ha_key is None or profile.fa_ha_key is None:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA gave no MN-HA or FA-HA key", delete=False)
+            self._fail(
+                key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA gave no MN-HA or FA-HA key", delete=False, now=now
+            )
             return
         if not verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi):
-            self._fail(key, ReplyCode.HA_MN_FAILED_AUTHENTICATION, "MN-HA authentication failed", delete=False)
+            self._fail(key, ReplyCode.HA_MN_FAILED_AUTHENTICATION, "MN-HA authentication failed", delete=False, now=now)
             return
         if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
-            self._fail(key, ReplyCode.HA_FA_FAILED_AUTHENTICATION, "FA-HA authentication failed", delete=False)
+            self._fail(key, ReplyCode.HA_FA_FAILED_AUTHENTICATION, "FA-HA authentication failed", delete=False, now=now)
             return
         verdict = check_timestamp(
             message.identification, now, self._last_identification.get(pending.nai), self.config.replay_tolerance
@@ -806,7 +810,9 @@ class HomeAgent(Agent):
             self.counters["dropped.bad_binding_auth"] += 1
             return
         if not message.accepted:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"gateway {gateway} refused: {message.status}")
+            self._fail(
+                key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"gateway {gateway} refused: {message.status}", now=now
+            )
             return
         del pending.waiting[gateway]
         if not pending.waiting:
@@ -1022,7 +1028,8 @@ class HomeAgent(Agent):
             ):
                 self.counters["deregistrations_repeated"] += 1
                 self._last_identification[nai] = max(message.identification, self._last_identification.get(nai, 0))
-                self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile, fa_ha=False)
+                reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile, fa_ha=False)
+                self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
                 return
         if profile is None or profile.mn_ha_key is None:
             self._deny(message, source, ReplyCode.HA_MN_FAILED_AUTHENTICATION, nai, "no binding to deregister", None)
@@ -1043,7 +1050,8 @@ class HomeAgent(Agent):
         self._deregistered[nai] = _Tombstone(
             profile, message.identification, source[0], now + self.config.answer_cache_seconds
         )
-        self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=False)
+        reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=False)
+        self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
         self._emit(RegistrationDone(nai, message.home_address, 0, 0, "deregistered"))
 
     def _expire(self, nai: str, now: float) -> None:
@@ -1275,7 +1283,7 @@ class HomeAgent(Agent):
         self._send(Channel.COA, self.coa.answer(received, ack, now, cause), received.source)
 
     # -- replies ----------------------------------------------------------------------------------
-    def _fail(self, key: object, code: ReplyCode, detail: str, delete: bool = True, now: float = 0.0) -> None:
+    def _fail(self, key: object, code: ReplyCode, detail: str, *, delete: bool = True, now: float) -> None:
         pending = self._pending.pop(key, None)
         if pending is None:
             return
