@@ -26,7 +26,7 @@ from aaa_vpn.net import coa_client
 from aaa_vpn.roles.agent import LimitReached, backoff, transmission_times
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.foreign_aaa import ForeignAaaOptions
-from aaa_vpn.roles.gw import CorrespondentGateway
+from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
 from aaa_vpn.roles.ha import HaConfig, HomeAgent
 from aaa_vpn.roles.mn import MnConfig, MobileNode
 from aaa_vpn.roles.radius_client import (
@@ -143,17 +143,27 @@ def agree(net: Network) -> None:
             continue
         owners = {p.owner for p in node.backend.paths()}
         assert owners <= node.agent.owners(), f"{name} holds SAs nobody owns: {owners - node.agent.owners()}"
-    # the gateways' bindings are the HA's (docs/protocol.md section 3.11)
+    # the gateways' bindings are the HA's (docs/protocol.md section 3.11): the
+    # same home addresses, sessions, epochs and care-of addresses
     for name, address in (("gw-static", GW_STATIC), ("gw-dynamic", GW_DYNAMIC)):
         if name not in net.nodes:
             continue
         wanted = {
-            b.home_address
+            b.home_address: b
             for b in home.bindings.values()
             if any(p.peer == IPv4Address(address) or p.local == IPv4Address(address) for p in b.profile.paths)
         }
-        held = set(gw(net, name).bindings)
-        assert held == wanted, f"{name} holds bindings for {sorted(map(str, held))}, the HA {sorted(map(str, wanted))}"
+        held = gw(net, name).bindings
+        assert set(held) == set(wanted), (
+            f"{name} holds bindings for {sorted(map(str, held))}, the HA {sorted(map(str, wanted))}"
+        )
+        for home_address, binding in held.items():
+            theirs = wanted[home_address]
+            ours = (binding.session, binding.care_of_address)
+            assert ours == ((theirs.session_id, theirs.profile.epoch), theirs.care_of_address), (
+                f"{name}'s binding of {home_address} is {ours}, the HA's"
+                f" {(theirs.session_id, theirs.profile.epoch, theirs.care_of_address)}"
+            )
     # the FA the HA's binding names holds the same registration
     for binding in home.bindings.values():
         at = next(n for n, node in net.nodes.items() if node.address == str(binding.care_of_address))
@@ -270,6 +280,103 @@ def test_a_withdrawal_removes_only_the_binding_it_created(net: Network) -> None:
     agree(net)
 
 
+def gateway_spis(net: Network, name: str) -> list[tuple[int, int]]:
+    return sorted((p.spi_in, p.spi_out) for p in net.nodes[name].backend.paths())  # type: ignore[union-attr]
+
+
+def test_a_failed_registration_of_a_new_session_leaves_the_gateways_the_binding_that_stands(net: Network) -> None:
+    # The node holds a registration (session S1, through FA1) and registers
+    # through FA2 without naming FA1: a new session S2. The static gateway
+    # takes S2's Binding Update (its paths replace S1's there); the dynamic
+    # gateway never gets one, so the HA denies S2 (130) and keeps S1. The
+    # static gateway must then hold S1 again, with S1's very SAs.
+    assert register(net, FA1) == 0
+    first = next(iter(ha(net).bindings.values()))
+    static_before = gateway_spis(net, "gw-static")
+
+    def keep(source: Address, destination: Address, data: bytes) -> bool:
+        message = decoded(data)
+        return not (
+            destination[0] == GW_DYNAMIC
+            and isinstance(message, mip.BindingUpdate)
+            and message.care_of_address == IPv4Address(FA2)
+        )
+
+    seen = wire(net, keep)
+    assert register(net, FA2) == ReplyCode.HA_INSUFFICIENT_RESOURCES
+    updates = [(d[0], m) for _s, d, data in seen if isinstance(m := decoded(data), mip.BindingUpdate)]
+    assert any(g == GW_STATIC and m.care_of_address == IPv4Address(FA2) and m.lifetime for g, m in updates), (
+        "the static gateway took the new session's Binding Update"
+    )
+    assert gw(net, "gw-static").counters["bindings_restored"] == 1
+    binding = gw(net, "gw-static").bindings[IPv4Address(HOME_ADDRESS)]
+    assert (binding.session, binding.care_of_address) == ((first.session_id, first.profile.epoch), IPv4Address(FA1))
+    assert gateway_spis(net, "gw-static") == static_before, "the static gateway's SAs are S1's again"
+    assert ha(net).bindings[NAI].session_id == first.session_id
+    assert NAI not in fa(net, "fa2").visitors and net.nodes["fa2"].backend.paths() == []  # type: ignore[union-attr]
+    agree(net)
+
+
+def test_a_failed_handoff_gives_the_dynamic_gateway_its_path_to_the_old_fa_back(net: Network) -> None:
+    # A move FA1 -> FA2 (same session, next epoch): the dynamic gateway
+    # installs its path toward FA2 and acknowledges; the static gateway never
+    # gets the update, so the HA denies the move and keeps the binding toward
+    # FA1 -- and so must the dynamic gateway, with its path toward FA1.
+    assert register(net, FA1) == 0
+    dynamic_before = gateway_spis(net, "gw-dynamic")
+
+    def keep(source: Address, destination: Address, data: bytes) -> bool:
+        message = decoded(data)
+        return not (
+            destination[0] == GW_STATIC
+            and isinstance(message, mip.BindingUpdate)
+            and message.care_of_address == IPv4Address(FA2)
+        )
+
+    wire(net, keep)
+    assert register(net, FA2, previous=FA1) == ReplyCode.HA_INSUFFICIENT_RESOURCES
+    binding = gw(net, "gw-dynamic").bindings[IPv4Address(HOME_ADDRESS)]
+    assert binding.care_of_address == IPv4Address(FA1) and [p.peer for p in binding.paths] == [IPv4Address(FA1)]
+    assert gateway_spis(net, "gw-dynamic") == dynamic_before
+    assert gw(net, "gw-dynamic").counters["bindings_restored"] == 1
+    agree(net)
+
+
+def test_a_gateway_lets_the_binding_it_replaced_go_when_the_ha_confirms_or_after_a_while(net: Network) -> None:
+    assert register(net, FA1) == 0
+    dynamic = gw(net, "gw-dynamic")
+    # the HA's confirmation arrives: the path toward FA1 goes at once
+    assert register(net, FA2, previous=FA1) == 0
+    assert dynamic.held_owners() == set() and [p.peer for p in net.nodes["gw-dynamic"].backend.paths()] == [  # type: ignore[union-attr]
+        IPv4Address(FA2)
+    ]
+    assert ha(net).counters["gateway_confirmations"] == 1  # only the dynamic gateway's paths changed
+
+    # every confirmation is lost (the registration's own update is not): the
+    # path toward FA2 stays until the hold ends
+    first_update: list[int] = []
+
+    def keep(source: Address, destination: Address, data: bytes) -> bool:
+        message = decoded(data)
+        if not (destination[0] == GW_DYNAMIC and isinstance(message, mip.BindingUpdate)):
+            return True
+        first_update[:] = first_update or [message.identification]
+        return message.identification == first_update[0]
+
+    net.add_fa("fa3", FA3)
+    wire(net, keep)
+    mn(net).register(net.fa_address(FA3), net.clock, IPv4Address(FA2))
+    net.settle()
+    assert last_code(net) == 0
+    assert len(dynamic.held_owners()) == 1 and len(net.nodes["gw-dynamic"].backend.paths()) == 2  # type: ignore[union-attr]
+    net.advance(dynamic.config.hold_replaced + 0.1)
+    assert dynamic.held_owners() == set() and dynamic.counters["replaced_expired"] == 1
+    assert [p.peer for p in net.nodes["gw-dynamic"].backend.paths()] == [IPv4Address(FA3)]  # type: ignore[union-attr]
+    wire(net)
+    net.advance(20.0)
+    agree(net)
+
+
 def test_the_coa_client_backs_off(net: Network) -> None:
     assert coa_client.waits(2.0, 2) == [2.0, 4.0, 8.0]
     assert transmission_times(0.25, 3.0) == [0.0, 0.25, 0.75, 1.75]
@@ -286,6 +393,7 @@ def test_timeouts_are_ordered_inner_before_outer() -> None:
     upstream = server_time(options.timeout, options.retries, options.max_timeout)
     ha_config = HaConfig(IPv4Address(HA), ())
     fa_config = FaConfig(IPv4Address(FA1), ())
+    gw_config = GwConfig(IPv4Address(GW_STATIC), Secret(b"k" * 16))
     node = MnConfig(NAI, IPv4Address(HOME_ADDRESS), IPv4Address(HA), 256, Secret(b"k"), Secret(b"s"))
     node_waits = [backoff(node.retransmit, n) for n in range(1, node.attempts + 1)]
     node_gives_up, node_last_sent = sum(node_waits), sum(node_waits[:-1])
@@ -299,6 +407,8 @@ def test_timeouts_are_ordered_inner_before_outer() -> None:
     assert radius + fa_config.ha_timeout < node_gives_up  # 22.75 < 31
     # answers to retransmissions outlive the node's retransmissions
     assert node_last_sent + fa_config.ha_timeout < min(ha_config.answer_cache_seconds, fa_config.answer_lifetime)
+    # a replaced gateway binding outlives the HA's Binding Updates and their restoration
+    assert 2 * ha_config.gateway_timeout < gw_config.hold_replaced
 
 
 # -- forged and malformed input changes nothing -----------------------------------------------------

@@ -26,6 +26,18 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    withdrawal (lifetime 0), which then removes only the binding of that
    session, of that epoch or an earlier one (gw.py rule 3): a withdrawal
    never removes a binding that another registration of the node made.
+3a. A gateway keeps the binding a Binding Update replaced, paths and all,
+   for a while (gw.py rule 3). When every gateway acknowledged and the
+   registration is accepted, each gateway whose paths changed gets them once
+   more (a confirmation, acknowledged like any Binding Update): its replaced
+   binding may go. When the
+   registration fails after its Binding Updates went out, a gateway of the
+   binding that stands (if any) gets that binding's paths again for its
+   remaining lifetime -- it puts back what it replaced, its SAs never having
+   left -- and any other gateway a withdrawal of the failed registration's
+   session and epoch. So after a failed registration every gateway holds
+   the binding the HA holds, or none. A VPN change pushed with CoA (rule 7)
+   ends the same way.
 4. The Registration Reply carries the NAI, MN-HA authentication and FA-HA
    authentication (RFC 5944 section 3.8.3.3). A new registration of the same
    node replaces the old binding and its paths; a deregistration (lifetime 0,
@@ -266,6 +278,7 @@ class _Pending:
     session: tuple[str, int] | None = None  # the session NVSE
     candidate: tuple[bytes, mip.RegistrationRequest] | None = None  # a retransmission not yet checked (rule 8)
     told: bool = False  # Binding Updates sent
+    refused: set[IPv4Address] = field(default_factory=set)  # gateways that refused them (nothing changed there)
 
 
 @dataclass
@@ -278,6 +291,7 @@ class _Outgoing:
     auth_key: Secret = field(repr=False)
     sent: int = 1
     timer: int | None = None
+    acknowledged: bool = False
 
 
 @dataclass
@@ -703,6 +717,7 @@ class HomeAgent(Agent):
         self._nai_of[binding.home_address] = pending.nai
         self._cancel(self._binding_timers.pop(pending.nai, None))
         self._binding_timers[pending.nai] = self._call_at(binding.expires, functools.partial(self._expire, pending.nai))
+        self._confirm(binding, old.profile if old is not None else None, pending.gateways, pending.lifetime, now)
         reply = self._reply(pending.message, pending.source, ReplyCode.ACCEPTED, pending.lifetime, pending.nai, profile)
         self._remember_answer(pending.source, pending.request, reply, now)
         self.counters["accepted"] += 1
@@ -791,6 +806,7 @@ class HomeAgent(Agent):
         if outgoing is not None and self._acknowledges(data, outgoing):
             del self._outgoing[(gateway, message.identification)]
             self._cancel(outgoing.timer)
+            outgoing.acknowledged = True
         push = next((p for p in self._pushes.values() if p.waiting.get(gateway) == message.identification), None)
         if push is not None:
             self._push_acknowledged(push, gateway, data, message, now)
@@ -799,7 +815,11 @@ class HomeAgent(Agent):
             ((k, p) for k, p in self._pending.items() if p.waiting.get(gateway) == message.identification), None
         )
         if found is None:
-            self.counters["dropped.unmatched_ack"] += 1
+            if outgoing is not None and outgoing.acknowledged:
+                # a withdrawal, restoration or confirmation: its exchange is over
+                self.counters[f"gateway_acknowledged.{int(message.status)}"] += 1
+            else:
+                self.counters["dropped.unmatched_ack"] += 1
             return
         key, pending = found
         binding_key = pending.gateways[gateway][0]
@@ -810,6 +830,7 @@ class HomeAgent(Agent):
             self.counters["dropped.bad_binding_auth"] += 1
             return
         if not message.accepted:
+            pending.refused.add(gateway)
             self._fail(
                 key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"gateway {gateway} refused: {message.status}", now=now
             )
@@ -880,14 +901,22 @@ class HomeAgent(Agent):
             missing = ", ".join(str(g) for g in pending.waiting)
             self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"no Binding Acknowledge from {missing}", now=now)
 
-    def _withdraw_from_gateways(self, pending: _Pending, now: float) -> None:
-        """Tell gateways that may have installed paths to remove them (lifetime 0):
-        only the binding of this registration's session and epoch (rule 3)."""
+    def _undo_at_gateways(self, pending: _Pending, current: Binding | None, now: float) -> None:
+        """A registration failed after its Binding Updates went out (rule 3a):
+        a gateway of the binding that stands gets that binding's paths again
+        (it puts back the binding it may have replaced, or only refreshes);
+        any other gets a withdrawal of this registration's session and epoch.
+        A gateway that refused the update changed nothing and gets neither."""
         assert pending.profile is not None
         label = (pending.profile.session_id, pending.profile.epoch)
+        standing = gateway_views(current.profile, self.config.address) if current is not None else {}
+        message = pending.message
         for gateway, (binding_key, views) in pending.gateways.items():
-            identification = self._identification(now)
-            message = pending.message
+            if gateway in pending.refused:
+                continue  # it changed nothing
+            if current is not None and gateway in standing:
+                self._restore_at(gateway, current, standing[gateway], now)
+                continue
             self._send_binding_update(
                 gateway,
                 binding_key,
@@ -895,8 +924,54 @@ class HomeAgent(Agent):
                 0,
                 message.home_address,
                 message.care_of_address,
-                identification,
+                self._identification(now),
                 label,
+                now=now,
+            )
+
+    def _restore_at(
+        self, gateway: IPv4Address, binding: Binding, view: tuple[Secret, list[PathProfile]], now: float
+    ) -> None:
+        """Rule 3a: the gateway's paths of ``binding`` again, for its remaining lifetime."""
+        self.counters["gateway_restorations"] += 1
+        binding_key, paths = view
+        self._send_binding_update(
+            gateway,
+            binding_key,
+            paths,
+            max(1, math.ceil(binding.expires - now)),
+            binding.home_address,
+            binding.care_of_address,
+            self._identification(now),
+            (binding.session_id, binding.profile.epoch),
+            now=now,
+        )
+
+    def _confirm(
+        self,
+        binding: Binding,
+        previous: VpnProfile | None,
+        gateways: dict[IPv4Address, tuple[Secret, list[PathProfile]]],
+        lifetime: int,
+        now: float,
+    ) -> None:
+        """Rule 3a: a gateway whose paths changed gets them once more (sent
+        again until acknowledged, like any Binding Update): the registration
+        is through, and the binding they replaced there may go."""
+        before = gateway_views(previous, self.config.address) if previous is not None else {}
+        for gateway, (binding_key, views) in gateways.items():
+            if previous is None or (gateway in before and before[gateway][1] == views):
+                continue
+            self.counters["gateway_confirmations"] += 1
+            self._send_binding_update(
+                gateway,
+                binding_key,
+                views,
+                lifetime,
+                binding.home_address,
+                binding.care_of_address,
+                self._identification(now),
+                (binding.session_id, binding.profile.epoch),
                 now=now,
             )
 
@@ -1244,6 +1319,7 @@ class HomeAgent(Agent):
                 )
                 self._last_request.pop((gateway, binding.home_address), None)
         binding.profile = profile
+        self._confirm(binding, old, push.gateways, push.lifetime, now)
         self.counters["coa.pushed"] += 1
         self._coa_answer(push.received, True, now)
 
@@ -1264,8 +1340,12 @@ class HomeAgent(Agent):
         if push.told:
             binding.gateway_epoch = max(binding.gateway_epoch, profile.epoch)
         for gateway, (binding_key, views) in push.gateways.items():
-            if not push.told or gateway in old_gateways:
-                continue  # never told, or keeps a binding (refreshed, or updated if it acknowledged)
+            if not push.told:
+                continue
+            if gateway in old_gateways:
+                # it keeps its binding: the paths of the view that stands (rule 3a)
+                self._restore_at(gateway, binding, old_gateways[gateway], now)
+                continue
             self._send_binding_update(
                 gateway,
                 binding_key,
@@ -1302,12 +1382,12 @@ class HomeAgent(Agent):
                     self._emit(DeletePaths(fa_owner(profile)))
                 if not same_session or stationary_owner(current.profile) != stationary_owner(profile):  # type: ignore[union-attr]
                     self._emit(DeletePaths(stationary_owner(profile)))
-                if pending.told and not same_session:
-                    self._withdraw_from_gateways(pending, now)
-                elif pending.told and current is not None:
-                    # The binding stays; some gateways may hold this epoch now:
-                    # its withdrawals must name it (rule 3).
+                if pending.told and same_session and current is not None:
+                    # The binding stays; a gateway whose restoration is lost may
+                    # hold this epoch: its withdrawals must name it (rule 3).
                     current.gateway_epoch = max(current.gateway_epoch, profile.epoch)
+                if pending.told:
+                    self._undo_at_gateways(pending, current, now)
         reply = self._deny(pending.message, pending.source, code, pending.nai, detail, pending.profile, now=now)
         self._remember_answer(pending.source, pending.request, reply, now)
 
