@@ -39,7 +39,12 @@ from aaa_vpn.roles.radius_client import (
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import mip
 from aaa_vpn.wire.mip import ReplyCode
-from aaa_vpn.wire.mip_auth import CHAP_SPI, append_authentication, append_generalized_authentication
+from aaa_vpn.wire.mip_auth import (
+    CHAP_SPI,
+    append_authentication,
+    append_generalized_authentication,
+    verify_authentication,
+)
 
 from .mobility import FA1, FA2, FA3, GW_DYNAMIC, GW_STATIC, HA, HOME_ADDRESS, MN_SOCKET, NAI, Network
 
@@ -449,6 +454,64 @@ def test_forged_deregistrations_are_relayed_nowhere_and_leave_nothing(net: Netwo
     assert answers <= {97, 194, 131, 70}, answers
     assert mn(net).current_fa is not None and NAI in agent.visitors  # the node is still registered
     agree(net)
+
+
+def test_a_forged_deregistration_reply_changes_nothing(net: Network) -> None:
+    """An accepted reply to a deregistration that only seems to come from the
+    HA (its address, the node's Identification, no valid FA-HA authenticator)
+    removes no visitor: the FA shares an FA-HA key with the HA for that
+    visitor and believes only replies that authenticate under it (RFC 5944
+    sections 3.5.4, 3.7.3.1); the genuine reply does."""
+    assert register(net) == 0
+    agent = fa(net, "fa1")
+    paths_before = sorted(p.owner for p in net.nodes["fa1"].backend.paths())  # type: ignore[union-attr]
+    held: list[bytes] = []
+
+    def keep(source: Address, destination: Address, data: bytes) -> bool:
+        if source == (HA, net.mip_port) and destination[0] == FA1 and isinstance(decoded(data), mip.RegistrationReply):
+            held.append(data)  # the HA's genuine replies wait
+            return False
+        return True
+
+    seen = wire(net, keep)
+    mn(net).deregister(net.clock)
+    net.settle()
+    relayed = [
+        m
+        for s, d, data in seen
+        if s[0] == FA1 and d[0] == HA
+        if isinstance(m := decoded(data), mip.RegistrationRequest)
+    ]
+    assert relayed and relayed[0].lifetime == 0
+    forger = net.socket(HA, 4343)  # the HA's address, not its key
+    for key in (None, Secret(b"a guessed FA-HA key")):
+        reply = mip.encode_registration_reply(
+            mip.RegistrationReply(
+                code=ReplyCode.ACCEPTED,
+                lifetime=0,
+                home_address=IPv4Address(HOME_ADDRESS),
+                home_agent=IPv4Address(HA),
+                identification=relayed[0].identification,
+                extensions=(mip.NaiExtension(NAI),),
+            )
+        )
+        reply = append_authentication(reply, mip.ExtensionType.MN_HA_AUTH, 256, Secret(b"a guessed MN-HA key"))
+        if key is not None:
+            reply = append_authentication(reply, mip.ExtensionType.FA_HA_AUTH, 256, key)
+        forger.sendto(reply, (FA1, net.mip_port))
+        net.settle()
+        assert NAI in agent.visitors, "a forged acceptance removed the visitor"
+        assert sorted(p.owner for p in net.nodes["fa1"].backend.paths()) == paths_before  # type: ignore[union-attr]
+    assert agent.counters["dropped.bad_fa_ha_auth"] == 2
+    # the HA's own reply (FA-HA authenticated) does
+    assert held and all(
+        verify_authentication(data, mip.ExtensionType.FA_HA_AUTH, agent.visitors[NAI].profile.fa_ha_key)  # type: ignore[arg-type]
+        for data in held
+    ), "the HA authenticates its replies to deregistrations"
+    wire(net)
+    net.advance(40.0)
+    assert NAI not in agent.visitors and net.nodes["fa1"].backend.paths() == []  # type: ignore[union-attr]
+    assert last_code(net) == 0
 
 
 def test_a_home_agent_denial_without_mn_ha_reaches_the_node_with_its_code(net: Network) -> None:

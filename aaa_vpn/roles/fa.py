@@ -33,7 +33,8 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    Registration Request with lifetime 0 that carries the NAI, the session
    NVSE of the registration and FA-HA authentication (and no MN-HA: the FA
    has no such key), with its own timestamp Identification, retransmitted
-   like a relayed request until answered or ``ha_timeout`` (ha.py rule 4a).
+   like a relayed request until answered under that FA-HA key or
+   ``ha_timeout`` (ha.py rule 4a).
 5. An accepted reply is relayed to the node (FA-HA stripped, a fresh
    challenge appended for its next registration), and the same octets again
    ``reply_repeats`` later (0.25 and 0.75 s: nothing acknowledges a reply,
@@ -73,7 +74,12 @@ D1. The FA relays one only when it is well formed (NAI, and an MN-HA or
     agent address) and is relayed nowhere.
 D2. At most one deregistration per visitor is worked on; retransmissions
     fold into it as in R1. It is timed (``ha_timeout``, then 78) and
-    retransmitted like a registration. An accepted reply removes the visitor.
+    retransmitted like a registration. An accepted reply removes the visitor
+    only if it carries a valid FA-HA authenticator under the visitor's FA-HA
+    key (RFC 5944 sections 3.5.4, 3.7.3.1: the home agent authenticates
+    every reply to an FA it shares a key with); without one it is dropped
+    and counted, and the deregistration goes on. A denial removes nothing
+    and reaches the node as rule 5 says.
 
 Bounds (docs/protocol.md section 3.11): at most ``max_pending``
 registrations and deregistrations at once (more: 66, counted
@@ -265,6 +271,8 @@ class _Pending:
     repeat: bool = False  # R2: a retransmission of an accepted registration, nothing to install
     deadline: float = 0.0  # when ha_timeout ends
     revocation: bool = False  # rule 4a
+    # (SPI, key) a reply must authenticate under (FA-HA) before it may remove anything (D2, rule 4a)
+    authenticator: tuple[int, Secret] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -672,6 +680,8 @@ class ForeignAgent(Agent):
         if self._full(message, source, nai, now):
             return
         pending = _Pending(data, message, source, nai)
+        if visitor.profile.fa_ha_spi is not None and visitor.profile.fa_ha_key is not None:
+            pending.authenticator = (visitor.profile.fa_ha_spi, visitor.profile.fa_ha_key)
         self._start(key, pending)
         self._wait_for_ha(key, pending, now)
 
@@ -780,6 +790,13 @@ class ForeignAgent(Agent):
         if key is None or pending is None or source[0] != str(message.home_agent):
             self.counters["dropped.unmatched_reply"] += 1
             return
+        if pending.authenticator is not None and (pending.revocation or message.accepted):
+            # D2, rule 4a: only the home agent that holds this registration's
+            # FA-HA key can end a revocation or remove a visitor
+            spi, fa_ha_key = pending.authenticator
+            if not verify_authentication(data, ExtensionType.FA_HA_AUTH, fa_ha_key, spi=spi):
+                self.counters["dropped.bad_fa_ha_auth"] += 1
+                return
         if pending.revocation:  # the answer to a revocation (rule 4a)
             self.counters["revocations_answered"] += 1
             self._forget(key)
@@ -924,6 +941,7 @@ class ForeignAgent(Agent):
         key = _key(revocation.home_agent, revocation.identification)
         state = _Pending(data, revocation, (str(self.config.address), self.config.mip_port), pending.nai)
         state.relayed, state.repeat, state.revocation = data, True, True
+        state.authenticator = (profile.fa_ha_spi, profile.fa_ha_key)
         state.deadline = now + self.config.ha_timeout
         self._pending[key] = state
         state.keys.append(key)

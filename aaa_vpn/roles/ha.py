@@ -45,7 +45,11 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    tells the gateways (Binding Update, lifetime 0). A binding that is not
    renewed expires the same way. A retransmitted deregistration (the binding
    is gone, the same FA, authentic under the removed binding's MN-HA key,
-   no older than the one that removed it) is accepted again.
+   no older than the one that removed it) is accepted again. Every reply to
+   the FA of a binding carries FA-HA authentication under that binding's
+   key, deregistration replies included (RFC 5944 section 3.5.4 allows it in
+   any reply where the two share a key): an FA removes a visitor only on an
+   authenticated acceptance (fa.py D2).
 4a. A revocation from an FA (a Registration Request with lifetime 0, FA-HA
    authentication and no MN-HA, fa.py rule 4a) removes the binding, or
    ends the registration under way, that this FA relayed for the session and
@@ -1103,7 +1107,7 @@ class HomeAgent(Agent):
             ):
                 self.counters["deregistrations_repeated"] += 1
                 self._last_identification[nai] = max(message.identification, self._last_identification.get(nai, 0))
-                reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile, fa_ha=False)
+                reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile)
                 self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
                 return
         if profile is None or profile.mn_ha_key is None:
@@ -1119,13 +1123,16 @@ class HomeAgent(Agent):
             self._deny(message, source, ReplyCode.HA_IDENTIFICATION_MISMATCH, nai, verdict.reason, profile, now=now)
             return
         self._last_identification[nai] = message.identification
+        assert binding is not None
+        # the FA-HA key is that FA's: only a reply to it is authenticated with it (rule 4)
+        through_its_fa = source[0] in (binding.fa, str(binding.care_of_address))
         self._remove_binding(nai, now)
         for old in [n for n, t in self._deregistered.items() if t.until <= now]:
             del self._deregistered[old]
         self._deregistered[nai] = _Tombstone(
             profile, message.identification, source[0], now + self.config.answer_cache_seconds
         )
-        reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=False)
+        reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=through_its_fa)
         self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
         self._emit(RegistrationDone(nai, message.home_address, 0, 0, "deregistered"))
 
