@@ -367,12 +367,15 @@ def test_every_home_server_down_gives_a_reject_with_no_resources(homes: dict[Add
     assert isinstance(result, Rejected)
     assert result.reason is RejectReason.NO_RESOURCES and "home.example" in result.message
     assert now == pytest.approx(T0 + 6.0)  # 3 transmissions to A, then 3 to B
-    # Both are now dead: the next request is answered at once.
+    # Both are now dead, and still asked (a dead mark only orders them): the
+    # next request is answered when they have not answered it either.
     net.to_clients.clear()
     second = fa_request()
     net.send(second, now + 1)
+    later = net.run(now + 1)
     result = decode_access_reply(only_reply(net), second, FA_SECRET)
     assert isinstance(result, Rejected) and result.reason is RejectReason.NO_RESOURCES
+    assert later == pytest.approx(now + 1 + 6.0)
     assert aaaf.counters["rejects.no_resources"] == 2 and aaaf.pending == 0
 
 

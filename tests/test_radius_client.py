@@ -37,6 +37,8 @@ from aaa_vpn.roles.radius_client import (
     ServerConfig,
     ServerDown,
     ServerUp,
+    retransmission_waits,
+    server_time,
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.home import HomeService
@@ -551,12 +553,56 @@ def test_no_server_answers_and_then_every_server_is_dead(servers: dict[Address, 
     assert done == T0 + 6.0
     [failed] = link.outcomes()
     assert failed == RequestFailed("t", "no reply from a, b", ("a", "b"))
-    # both dead: a new request fails at once, nothing is sent
+    # both dead: a dead mark only orders the servers, it never refuses a request
+    # (rule 3): the next one is still tried, a first (its dead time ends first)
     sent = len(link.sent)
     client.request(fa_info(), done + 1.0, tag="u")
-    link.pump(done + 1.0)
-    assert link.outcomes()[1] == RequestFailed("u", "every server is marked dead", ())
-    assert len(link.sent) == sent
+    link.run(done + 1.0, finished=2)
+    assert link.outcomes()[1] == RequestFailed("u", "no reply from a, b", ("a", "b"))
+    requests = [where for data, where in link.sent[sent:] if data[0] == rc.ACCESS_REQUEST]
+    assert requests == [SERVER_A] * 3 + [SERVER_B] * 3
+    assert client.counters["sent_to_dead"] == 2
+
+
+def test_a_lone_server_that_missed_a_request_is_asked_the_next_time(servers: dict[Address, HomeService]) -> None:
+    """Under loss every transmission of one request can be lost; the server is
+    marked dead, yet the next request goes to it at once (there is no other)
+    and succeeds -- it is not refused until a probe or the dead time revives it."""
+    client = RadiusClient([config(SERVER_A, SECRET_A, "a")], status_interval=None, random_bytes=seeded())
+    link = Link(client, servers)
+    link.down.add(SERVER_A)
+    client.request(fa_info(), T0, tag="lost")
+    done = link.run(T0)
+    assert link.outcomes() == [RequestFailed("lost", "no reply from a", ("a",))]
+    assert not client.is_alive("a", done)
+    link.down.clear()
+    client.request(fa_info(), done + 0.1, tag="next")
+    link.run(done + 0.1, finished=2)
+    assert isinstance(link.outcomes()[1], RequestAccepted) and client.is_alive("a", done + 0.2)
+
+
+def test_retransmissions_back_off_up_to_the_longest_wait(servers: dict[Address, HomeService]) -> None:
+    """Rule 1 with the defaults (RFC 5080 section 2.2.1's IRT, MRT and MRC):
+    the identical datagram at 0, 0.25, 0.75, 1.75, 2.75 ... 6.75 s, the server
+    given up at 7.75 s."""
+    assert retransmission_waits(0.25, 8, 1.0) == [0.25, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert server_time() == 7.75 and server_time(2.0, 2, 1.0) == 6.0  # a timeout above the cap: fixed
+    client = RadiusClient([config(SERVER_A, SECRET_A, "a")], status_interval=None, random_bytes=seeded())
+    sent: list[tuple[float, bytes]] = []
+    now = T0
+    client.request(fa_info(), now, tag="t")
+    events: list[Event] = []
+    while not any(isinstance(e, RequestFailed) for e in events):
+        sent += [(now - T0, data) for data, _where in client.datagrams_to_send(now)]
+        when = client.get_timer()
+        assert when is not None
+        now = when
+        client.handle_timer(now)
+        while (event := client.next_event()) is not None:
+            events.append(event)
+    assert [when for when, _data in sent] == [0.0, 0.25, 0.75, 1.75, 2.75, 3.75, 4.75, 5.75, 6.75]
+    assert len({data for _when, data in sent}) == 1, "every retransmission is the identical datagram"
+    assert now - T0 == 7.75
 
 
 def test_the_257th_outstanding_request_waits_for_a_free_identifier(servers: dict[Address, HomeService]) -> None:

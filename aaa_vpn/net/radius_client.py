@@ -26,6 +26,7 @@ from typing import Any
 
 from aaa_vpn.roles.radius_client import (
     DEFAULT_DEAD_TIME,
+    DEFAULT_MAX_TIMEOUT,
     DEFAULT_RETRIES,
     DEFAULT_STATUS_INTERVAL,
     DEFAULT_TIMEOUT,
@@ -81,6 +82,7 @@ class AsyncRadiusClient:
         local_address: tuple[str, int] = ("0.0.0.0", 0),
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        max_timeout: float = DEFAULT_MAX_TIMEOUT,
         dead_time: float = DEFAULT_DEAD_TIME,
         status_interval: float | None = DEFAULT_STATUS_INTERVAL,
         nas_ip_address: IPv4Address | None = None,
@@ -89,6 +91,7 @@ class AsyncRadiusClient:
             servers,
             timeout=timeout,
             retries=retries,
+            max_timeout=max_timeout,
             dead_time=dead_time,
             status_interval=status_interval,
             nas_ip_address=nas_ip_address,

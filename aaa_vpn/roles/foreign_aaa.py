@@ -103,6 +103,7 @@ from aaa_vpn.model import Flavour
 from aaa_vpn.roles.home_plan import moved_view
 from aaa_vpn.roles.radius_client import (
     DEFAULT_DEAD_TIME,
+    DEFAULT_MAX_TIMEOUT,
     DEFAULT_RETRIES,
     DEFAULT_STATUS_INTERVAL,
     DEFAULT_TIMEOUT,
@@ -141,6 +142,12 @@ from aaa_vpn.wire.radius_request import AccessRequest, RequestDecodeError, decod
 
 #: The realm name that catches every realm without its own pool.
 DEFAULT_REALM = "DEFAULT"
+#: Upstream retransmissions to one server (radius_client.py rule 1): two fewer
+#: than an agent's, so with the default waits a home AAA server is given up
+#: after 5.75 s, while an FA's own RADIUS client (7.75 s) still has two
+#: transmissions to fetch the answer from the duplicate cache (docs/protocol.md
+#: section 3.11).
+UPSTREAM_RETRIES = DEFAULT_RETRIES - 2
 DEFAULT_DUP_CACHE_SECONDS = 10.0
 DEFAULT_CACHE_SIZE = 100_000
 #: Our Proxy-State: 4 octets naming this proxy instance, 4 octets of sequence.
@@ -204,9 +211,11 @@ class ForeignAaaOptions:
     cache_size: int = DEFAULT_CACHE_SIZE
     """At most this many cached sessions."""
     timeout: float = DEFAULT_TIMEOUT
-    """Upstream: seconds before a transmission counts as unanswered."""
-    retries: int = DEFAULT_RETRIES
+    """Upstream: seconds before the first retransmission (doubled each time)."""
+    retries: int = UPSTREAM_RETRIES
     """Upstream: retransmissions to one server before failing over."""
+    max_timeout: float = DEFAULT_MAX_TIMEOUT
+    """Upstream: the longest wait between two transmissions."""
     dead_time: float = DEFAULT_DEAD_TIME
     """Upstream: seconds a server that timed out gets no requests."""
     status_interval: float | None = DEFAULT_STATUS_INTERVAL
@@ -498,6 +507,7 @@ class ForeignAaa:
                     realm.servers,
                     timeout=self.options.timeout,
                     retries=self.options.retries,
+                    max_timeout=self.options.max_timeout,
                     dead_time=self.options.dead_time,
                     status_interval=self.options.status_interval,
                     nas_ip_address=self.options.nas_ip_address,

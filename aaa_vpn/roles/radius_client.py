@@ -7,8 +7,12 @@ Rules (everything that decides what is sent when lives here):
 1. Retransmission (RFC 2865 section 2.5, RFC 5080 section 2.2.1): a request
    not answered within ``timeout`` seconds is sent again as the *identical*
    datagram -- same Identifier, same Request Authenticator, same source port
-   -- so the server's duplicate cache answers it instead of acting twice. It
-   is sent at most ``1 + retries`` times to one server, at a fixed interval.
+   -- so the server's duplicate cache answers it instead of acting twice.
+   Each later wait is twice the one before, but never longer than
+   ``max_timeout`` (RFC 5080's IRT, MRT and MRC): at most ``1 + retries``
+   transmissions to one server, which is given up when the wait after the
+   last one ends (:func:`retransmission_waits`; with the defaults at 0, 0.25,
+   0.75, 1.75, 2.75 ... 6.75 s, given up at 7.75 s).
 2. Identifiers (RFC 2865 section 3, RFC 5080 section 2.2.1): per server, an
    Identifier belongs to one outstanding datagram (request or probe) from its
    first transmission until its reply or its timeout; Identifiers are handed
@@ -22,8 +26,11 @@ Rules (everything that decides what is sent when lives here):
    a new Identifier and a new Request Authenticator, sealed with that
    server's secret (RFC 5080 section 2.2.1: a changed packet is a new
    request). With no such server the request fails (:class:`RequestFailed`).
-   A new request goes to the first live server; if every server is dead it
-   fails at once rather than wait out ``dead_time``.
+   A new request goes to the first live server. A dead mark only orders the
+   servers, it never refuses a request: when no live server is left that a
+   request has not tried, it goes to the dead one it has not tried whose dead
+   time ends first (a lone server that missed one request under loss is
+   still asked the next time), and fails only when it has tried them all.
 4. Dead servers (RFC 5997 section 4.3): a dead server gets no requests for
    ``dead_time`` seconds. Meanwhile it is probed with a Status-Server (with
    Message-Authenticator, RFC 5997 section 3) every ``status_interval``
@@ -78,10 +85,14 @@ from aaa_vpn.wire.radius_request import (
     seal_request,
 )
 
-#: Seconds before a transmission counts as unanswered (RFC 5080 section 2.2.1's IRT).
-DEFAULT_TIMEOUT = 2.0
-#: Retransmissions to one server after the first transmission.
-DEFAULT_RETRIES = 2
+#: Seconds before the first retransmission (RFC 5080 section 2.2.1's IRT): a
+#: backbone's round trip is milliseconds, a busy home AAA's group commit tens
+#: of them (docs/radius-client.md, "Defaults and why").
+DEFAULT_TIMEOUT = 0.25
+#: The longest wait between two transmissions (RFC 5080's MRT).
+DEFAULT_MAX_TIMEOUT = 1.0
+#: Retransmissions to one server after the first transmission (RFC 5080's MRC).
+DEFAULT_RETRIES = 8
 #: Seconds a server that timed out gets no requests unless it answers a probe.
 DEFAULT_DEAD_TIME = 30.0
 #: Seconds between Status-Server probes of a dead server (RFC 3539 section 3.4.1's minimum Tw).
@@ -90,6 +101,24 @@ DEFAULT_STATUS_INTERVAL = 6.0
 IDENTIFIERS = 256
 
 Address = tuple[str, int]
+
+
+def retransmission_waits(timeout: float, retries: int, max_timeout: float) -> list[float]:
+    """Rule 1: the seconds waited after each of the ``1 + retries``
+    transmissions of a request to one server -- ``timeout``, then twice the
+    wait before, never more than ``max_timeout`` (a ``timeout`` above it
+    gives a fixed interval). Their sum is how long one
+    server is given (:func:`server_time`)."""
+    return [min(timeout * (1 << min(n, 30)), max(timeout, max_timeout)) for n in range(retries + 1)]
+
+
+def server_time(
+    timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES, max_timeout: float = DEFAULT_MAX_TIMEOUT
+) -> float:
+    """Seconds from a request's first transmission to a server until that
+    server is given up (rule 1): what each configured server adds to an
+    unanswered request's time (docs/protocol.md section 3.11)."""
+    return sum(retransmission_waits(timeout, retries, max_timeout))
 
 
 @dataclass(frozen=True)
@@ -161,8 +190,8 @@ class RequestRejected(Event):
 
 @dataclass(frozen=True)
 class RequestFailed(Event):
-    """No usable answer: every server tried timed out, every server is dead,
-    or a server's authentic Accept did not decode. An agent maps this to a
+    """No usable answer: every server timed out, or a server's authentic
+    Accept did not decode. An agent maps this to a
     Mobile IP reply such as 88 (home agent / AAA unreachable)."""
 
     tag: object
@@ -269,6 +298,7 @@ class RadiusClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        max_timeout: float = DEFAULT_MAX_TIMEOUT,
         dead_time: float = DEFAULT_DEAD_TIME,
         status_interval: float | None = DEFAULT_STATUS_INTERVAL,
         nas_ip_address: IPv4Address | None = None,
@@ -284,12 +314,17 @@ class RadiusClient:
             raise ValueError(f"timeout {timeout}: expected > 0")
         if retries < 0:
             raise ValueError(f"retries {retries}: expected >= 0")
+        if max_timeout <= 0:
+            raise ValueError(f"max_timeout {max_timeout}: expected > 0")
         if dead_time < 0:
             raise ValueError(f"dead_time {dead_time}: expected >= 0")
         if status_interval is not None and status_interval <= 0:
             raise ValueError(f"status_interval {status_interval}: expected > 0, or None for no probes")
         self.timeout = timeout
         self.retries = retries
+        self.max_timeout = max(timeout, max_timeout)
+        self.waits = retransmission_waits(timeout, retries, max_timeout)
+        """Rule 1: the wait after each transmission to one server."""
         self.dead_time = dead_time
         self.status_interval = status_interval
         self.nas_ip_address = nas_ip_address
@@ -480,16 +515,14 @@ class RadiusClient:
 
     def _assign(self, entry: _Request, now: float) -> bool:
         """Send ``entry`` to its next server; False if it must wait for an Identifier."""
-        server = next((s for s in self._servers if s not in entry.tried and self._alive(s, now)), None)
+        untried = [s for s in self._servers if s not in entry.tried]
+        server = next((s for s in untried if self._alive(s, now)), None)
+        if server is None and untried:
+            # Rule 3: a dead mark orders the servers, it never refuses a request.
+            server = min(untried, key=lambda s: (s.dead_until or now, s.index))
+            self.counters["sent_to_dead"] += 1
         if server is None:
-            if entry.tried:
-                names = ", ".join(s.config.name for s in entry.tried)
-                reason = f"no reply from {names}"
-                if len(entry.tried) < len(self._servers):
-                    reason += "; the other servers are marked dead"
-            else:
-                reason = "every server is marked dead"
-            self._fail(entry, reason)
+            self._fail(entry, "no reply from " + ", ".join(s.config.name for s in entry.tried))
             return True
         identifier = server.allocate()
         if identifier is None:
@@ -500,7 +533,7 @@ class RadiusClient:
         entry.identifier = identifier
         entry.packet = seal_request(ACCESS_REQUEST, identifier, authenticator, server.key, entry.attributes)
         entry.transmissions = 1
-        entry.deadline = now + self.timeout
+        entry.deadline = now + self.waits[0]
         entry.tried.append(server)
         server.in_flight[identifier] = entry
         self._outbox.append((entry.packet, server.address))
@@ -516,7 +549,7 @@ class RadiusClient:
         if entry.transmissions <= self.retries:
             # Rule 1: the identical datagram, so the server's duplicate cache answers.
             entry.transmissions += 1
-            entry.deadline = now + self.timeout
+            entry.deadline = now + self.waits[entry.transmissions - 1]
             self._outbox.append((entry.packet, server.address))
             self.counters["retransmissions"] += 1
             self._push(entry.deadline, _FLIGHT, entry)
@@ -555,7 +588,7 @@ class RadiusClient:
         if identifier is None:
             return  # every Identifier is waiting on the server anyway
         packet = build_status_server(identifier, self.random_bytes(16), server.key, self.nas_ip_address)
-        probe = _Probe(server, identifier, packet, now + self.timeout)
+        probe = _Probe(server, identifier, packet, now + self.max_timeout)
         server.in_flight[identifier] = probe
         self._outbox.append((packet, server.address))
         self.counters["status_sent"] += 1
@@ -618,6 +651,7 @@ class RadiusClient:
 
 __all__ = [
     "DEFAULT_DEAD_TIME",
+    "DEFAULT_MAX_TIMEOUT",
     "DEFAULT_RETRIES",
     "DEFAULT_STATUS_INTERVAL",
     "DEFAULT_TIMEOUT",
@@ -629,4 +663,6 @@ __all__ = [
     "ServerConfig",
     "ServerDown",
     "ServerUp",
+    "retransmission_waits",
+    "server_time",
 ]

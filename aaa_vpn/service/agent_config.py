@@ -137,19 +137,31 @@ class AgentSettings:
     command line gives their endpoints (``--aaa``) and their secret
     (``--secret-file``, :data:`SECRET_FILE`); the file gives ``[[aaa]]`` tables."""
     radius_timeout: float = setting(
-        2.0,
-        help="Seconds before a RADIUS retransmission.",
+        0.25,
+        help="Seconds before the first RADIUS retransmission (then twice as long each time, up to"
+        " --radius-max-timeout).",
         flag="--radius-timeout",
         roles=_RADIUS_ROLES,
         check=_positive("RADIUS timeout"),
     )
     radius_retries: int = setting(
-        2,
+        8,
         help="Retransmissions per AAA server.",
         flag="--radius-retries",
         roles=_RADIUS_ROLES,
         check=Bounds("RADIUS retries", low=0, rule="must be >= 0"),
     )
+    radius_max_timeout: float = setting(
+        1.0,
+        help="The longest wait between two RADIUS transmissions (--radius-timeout if that is longer).",
+        flag="--radius-max-timeout",
+        roles=_RADIUS_ROLES,
+        check=_positive("RADIUS maximum timeout"),
+    )
+    """FA and HA: RADIUS retransmission (docs/radius-client.md rule 1): waits of
+    ``radius_timeout``, doubled each time up to ``radius_max_timeout``, after
+    each of ``1 + radius_retries`` transmissions per server (the role's
+    defaults: aaa_vpn.roles.radius_client)."""
     coa_port: int = setting(
         COA_PORT,
         help="UDP port for Disconnect/CoA-Requests from the AAA servers (RFC 5176; 0: none).",
@@ -160,7 +172,7 @@ class AgentSettings:
     """FA and HA: the UDP port of Disconnect-/CoA-Requests from their AAA servers
     (RFC 5176; 0: none)."""
     ha_timeout: float = setting(
-        10.0,
+        15.0,
         help="Seconds to wait for the home agent before answering 78 (above the HA's RADIUS and gateway time).",
         flag="--ha-timeout",
         roles=("fa",),
@@ -190,7 +202,7 @@ class AgentSettings:
     """FA: how long the previous FA is asked to forward after a move (smooth
     handoff, flow E); 0: no smooth handoff."""
     gateway_timeout: float = setting(
-        3.0,
+        4.0,
         help="Seconds to wait for a gateway's Binding Acknowledge.",
         flag="--gateway-timeout",
         roles=("ha",),

@@ -188,8 +188,11 @@ class ForeignServerSettings:
     dup_cache_seconds: float = _dup_cache_seconds(None)  # only in the file
     cache_size: int = setting(100_000, check=Bounds("cache size", low=1))
     source_address: str | None = None  # upstream sockets bind here; default: listen
-    timeout: float = 2.0
-    retries: int = 2
+    # the upstream RADIUS client's timing; None: the proxy's own defaults
+    # (aaa_vpn.roles.foreign_aaa.ForeignAaaOptions, ordered inside the FAs' own)
+    timeout: float | None = None
+    retries: int | None = None
+    max_timeout: float | None = None
     dead_time: float = 30.0
     status_interval: float | None = 6.0
     clients: tuple[ProxyClient, ...] = ()

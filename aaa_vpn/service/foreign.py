@@ -74,6 +74,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
 }
 _UPSTREAM: dict[str, type | tuple[type, ...]] = {
     "timeout": (int, float),
+    "max_timeout": (int, float),
     "retries": int,
     "dead_time": (int, float),
     "status_interval": (int, float),
@@ -119,6 +120,10 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         if upstream["timeout"] <= 0:
             raise reader.error("upstream.timeout", "must be > 0")
         values["timeout"] = float(upstream["timeout"])
+    if "max_timeout" in upstream:
+        if upstream["max_timeout"] <= 0:
+            raise reader.error("upstream.max_timeout", "must be > 0")
+        values["max_timeout"] = float(upstream["max_timeout"])
     if "retries" in upstream:
         if upstream["retries"] < 0:
             raise reader.error("upstream.retries", "must be >= 0")
@@ -229,14 +234,22 @@ def options_for(settings: ForeignServerSettings) -> ForeignAaaOptions:
     address = IPv4Address(settings.upstream_address)
     if not address.is_unspecified:
         nas = address
+    timing = {
+        name: value
+        for name, value in (
+            ("timeout", settings.timeout),
+            ("retries", settings.retries),
+            ("max_timeout", settings.max_timeout),
+        )
+        if value is not None
+    }
     return ForeignAaaOptions(
         dup_cache_seconds=settings.dup_cache_seconds,
         cache_size=settings.cache_size,
-        timeout=settings.timeout,
-        retries=settings.retries,
         dead_time=settings.dead_time,
         status_interval=settings.status_interval,
         nas_ip_address=nas,
+        **timing,  # type: ignore[arg-type]
     )
 
 
