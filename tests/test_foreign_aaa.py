@@ -39,7 +39,7 @@ from aaa_vpn.roles.foreign_aaa import (
 from aaa_vpn.roles.home_aaa import HomeAaaOptions
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.foreign import load_foreign_settings
+from aaa_vpn.service.foreign import load_foreign_settings, options_for
 from aaa_vpn.service.home import HomeService
 from aaa_vpn.store import init_store
 from aaa_vpn.store.sqlite import SqliteStore
@@ -624,12 +624,26 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         (lambda t: t.replace('address = "192.0.2.1"', 'address = "255.255.255.255"'), "the limited broadcast"),
         (lambda t: t.replace("[upstream]", "[upstream]\nretries = true"), "retries has the wrong type (boolean)"),
         (lambda t: "listen = [", "is not valid TOML"),
+        (lambda t: t.replace('name = "home.example"', 'name = "home.example"\npool = "rr"'), "realms[0].pool: 'rr'"),
+        (lambda t: t.replace("[upstream]", "[upstream]\nzombie_period = -1"), "upstream.zombie_period: must be >= 0"),
     ],
 )
 def test_config_errors_are_one_clear_message(tmp_path: Path, change: Callable[[str], str], message: str) -> None:
     with pytest.raises(ValidationError) as caught:
         load_foreign_settings(write_config(tmp_path, change(GOOD_CONFIG)))
     assert message in str(caught.value) and str(tmp_path) in str(caught.value)
+
+
+def test_a_realm_pool_type_and_the_zombie_period_reach_the_upstream_client(tmp_path: Path) -> None:
+    text = GOOD_CONFIG.replace('name = "home.example"', 'name = "home.example"\npool = "keyed-balance"')
+    settings = load_foreign_settings(
+        write_config(tmp_path, text.replace("[upstream]", "[upstream]\nzombie_period = 5"))
+    )
+    (realm,) = settings.realms
+    assert realm.pool_type == "keyed-balance" and settings.zombie_period == 5.0
+    aaaf = ForeignAaa(settings.clients, settings.realms, options_for(settings), now=T0)
+    (pool,) = aaaf.pools
+    assert pool.client.pool_type == "keyed-balance" and pool.client.zombie_period == 5.0
 
 
 def test_a_config_with_secrets_readable_by_others_is_refused(tmp_path: Path) -> None:

@@ -236,6 +236,12 @@ class FaConfig:
     radius_retries: int = radius_client.DEFAULT_RETRIES
     radius_max_timeout: float = radius_client.DEFAULT_MAX_TIMEOUT
     """The longest wait between two RADIUS transmissions (rule 1)."""
+    radius_pool: str = "fail-over"
+    """How requests are spread over the AAA servers (radius_client.py rule 4a)."""
+    radius_zombie_period: float = radius_client.DEFAULT_ZOMBIE_PERIOD
+    """Seconds a server that let a request time out is a zombie before it is dead (rule 4)."""
+    radius_dead_time: float = radius_client.DEFAULT_DEAD_TIME
+    """Seconds a dead server gets no requests unless it answers a probe (rule 4)."""
     forwarding_lifetime: int = 10
     """Smooth handoff (rule 6): how long the previous FA is asked to forward (seconds; 0: not at all)."""
     max_forwarding_lifetime: int = 60
@@ -368,6 +374,9 @@ class ForeignAgent(Agent):
             timeout=config.radius_timeout,
             retries=config.radius_retries,
             max_timeout=config.radius_max_timeout,
+            pool_type=config.radius_pool,
+            zombie_period=config.radius_zombie_period,
+            dead_time=config.radius_dead_time,
             nas_ip_address=config.address,
             random_bytes=random_bytes,
         )

@@ -107,6 +107,8 @@ from aaa_vpn.roles.radius_client import (
     DEFAULT_RETRIES,
     DEFAULT_STATUS_INTERVAL,
     DEFAULT_TIMEOUT,
+    DEFAULT_ZOMBIE_PERIOD,
+    POOL_TYPES,
     RadiusClient,
     RequestAccepted,
     RequestFailed,
@@ -114,6 +116,7 @@ from aaa_vpn.roles.radius_client import (
     ServerConfig,
     ServerDown,
     ServerUp,
+    ServerZombie,
 )
 from aaa_vpn.roles.radius_server import Dropped, Incoming, RadiusServer
 from aaa_vpn.secret import Secret
@@ -187,12 +190,20 @@ class Realm:
     """The NAI realm, e.g. ``home.example`` (matched case-insensitively), or ``DEFAULT``."""
     servers: tuple[ServerConfig, ...]
     """The pool, first preferred."""
+    pool_type: str = "fail-over"
+    """How the pool spreads requests (RadiusClient rule 4a): ``fail-over``,
+    ``load-balance``, ``client-balance`` (by the FA's address) or
+    ``keyed-balance`` (by the NAI)."""
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a realm needs a name")
         if not self.servers:
             raise ValueError(f"realm {self.name}: the pool needs at least one home server")
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(
+                f"realm {self.name}: pool type {self.pool_type!r}: expected one of {', '.join(POOL_TYPES)}"
+            )
 
     @property
     def key(self) -> str:
@@ -220,6 +231,8 @@ class ForeignAaaOptions:
     """Upstream: seconds a server that timed out gets no requests."""
     status_interval: float | None = DEFAULT_STATUS_INTERVAL
     """Upstream: seconds between Status-Server probes of a dead server (None: no probes)."""
+    zombie_period: float = DEFAULT_ZOMBIE_PERIOD
+    """Upstream: seconds a server that let a request time out stays a zombie before it is dead."""
     nas_ip_address: IPv4Address | None = None
     """The AAAF's own address, put into its Status-Server probes."""
 
@@ -265,12 +278,14 @@ class Answered(Event):
 
 @dataclass(frozen=True)
 class UpstreamDown(Event):
-    """A home server was marked dead (RadiusClient rule 4)."""
+    """A home server was marked zombie or dead (RadiusClient rule 4)."""
 
     pool: str
     """The pool's name (its realms)."""
     server: str
     """The server's name."""
+    state: str = "dead"
+    """``zombie`` (it let a request time out) or ``dead`` (its zombie period passed unanswered)."""
 
 
 @dataclass(frozen=True)
@@ -496,11 +511,14 @@ class ForeignAaa:
         # servers are dead; every distinct pool has its own upstream socket.
         self.pools: list[_Pool] = []
         self._routes: dict[str, _Pool] = {}
-        by_servers: dict[tuple[tuple[str, int, bytes], ...], _Pool] = {}
+        by_servers: dict[tuple[object, ...], _Pool] = {}
         for realm in realms:
             if realm.key in self._routes:
                 raise ValueError(f"realm {realm.name} is configured twice")
-            identity = tuple((s.address, s.port, hashlib.sha256(s.secret.value).digest()) for s in realm.servers)
+            identity = (
+                realm.pool_type,
+                *((s.address, s.port, hashlib.sha256(s.secret.value).digest()) for s in realm.servers),
+            )
             pool = by_servers.get(identity)
             if pool is None:
                 upstream = RadiusClient(
@@ -510,6 +528,8 @@ class ForeignAaa:
                     max_timeout=self.options.max_timeout,
                     dead_time=self.options.dead_time,
                     status_interval=self.options.status_interval,
+                    zombie_period=self.options.zombie_period,
+                    pool_type=realm.pool_type,
                     nas_ip_address=self.options.nas_ip_address,
                     random_bytes=random_bytes,
                 )
@@ -660,7 +680,8 @@ class ForeignAaa:
         tag = int.from_bytes(state[4:], "big")
         self._pending[tag] = pending
         self.counters["proxied"] += 1
-        pool.client.request_attributes(upstream, now, tag)
+        # RadiusClient rule 4a: client-balance by the FA, keyed-balance by the NAI.
+        pool.client.request_attributes(upstream, now, tag, key=nai.encode(), client=incoming.source[0].encode())
         self._collect(pool, None, now)
 
     def _handoff(self, pending: _Pending, request: AccessRequest, now: float) -> bool:
@@ -734,8 +755,10 @@ class ForeignAaa:
                     self._answer_locally(
                         pending, RejectReason.NO_RESOURCES, message, "no_resources", now, f"{message}: {event.reason}"
                     )
+            elif isinstance(event, ServerZombie):
+                self._events.append(UpstreamDown(pool.name, event.server, "zombie"))
             elif isinstance(event, ServerDown):
-                self._events.append(UpstreamDown(pool.name, event.server))
+                self._events.append(UpstreamDown(pool.name, event.server, "dead"))
             elif isinstance(event, ServerUp):
                 self._events.append(UpstreamUp(pool.name, event.server, event.reason))
 

@@ -173,6 +173,12 @@ class HaConfig:
     radius_retries: int = radius_client.DEFAULT_RETRIES
     radius_max_timeout: float = radius_client.DEFAULT_MAX_TIMEOUT
     """The longest wait between two RADIUS transmissions (rule 1)."""
+    radius_pool: str = "fail-over"
+    """How requests are spread over the AAA servers (radius_client.py rule 4a)."""
+    radius_zombie_period: float = radius_client.DEFAULT_ZOMBIE_PERIOD
+    """Seconds a server that let a request time out is a zombie before it is dead (rule 4)."""
+    radius_dead_time: float = radius_client.DEFAULT_DEAD_TIME
+    """Seconds a dead server gets no requests unless it answers a probe (rule 4)."""
     coa_peers: Sequence[CoaPeer] = ()
     """Who else may send it Disconnect-/CoA-Requests (its AAA servers always may, rule 6)."""
     answer_cache_seconds: float = 60.0
@@ -335,6 +341,9 @@ class HomeAgent(Agent):
             timeout=config.radius_timeout,
             retries=config.radius_retries,
             max_timeout=config.radius_max_timeout,
+            pool_type=config.radius_pool,
+            zombie_period=config.radius_zombie_period,
+            dead_time=config.radius_dead_time,
             nas_ip_address=config.address,
             random_bytes=random_bytes,
         )

@@ -1,6 +1,7 @@
-"""A sans-IO RADIUS client for the agents (FA, HA, gateway): Access-Requests to
-an ordered list of home AAA servers, with retransmission, failover and
-dead-server probing.
+"""A sans-IO RADIUS client for the agents (FA, HA, gateway) and the foreign
+AAA's upstream: Access-Requests to a pool of home AAA servers, with
+retransmission, FreeRADIUS's pool types, zombie and dead servers, and
+Status-Server probing.
 
 Rules (everything that decides what is sent when lives here):
 
@@ -21,23 +22,38 @@ Rules (everything that decides what is sent when lives here):
    all 256 in use, further requests for that server wait, first come first
    served, until one is freed.
 3. Failover: when a request's last transmission to a server times out, that
-   server is marked dead and the request moves to the next server in the
-   configured order that is alive and that this request has not tried, with
+   server becomes a zombie (rule 4) and the request moves to the next live
+   server of the pool (rule 4a) that this request has not tried, with
    a new Identifier and a new Request Authenticator, sealed with that
    server's secret (RFC 5080 section 2.2.1: a changed packet is a new
    request). With no such server the request fails (:class:`RequestFailed`).
-   A new request goes to the first live server. A dead mark only orders the
-   servers, it never refuses a request: when no live server is left that a
-   request has not tried, it goes to the dead one it has not tried whose dead
-   time ends first (a lone server that missed one request under loss is
-   still asked the next time), and fails only when it has tried them all.
-4. Dead servers (RFC 5997 section 4.3): a dead server gets no requests for
-   ``dead_time`` seconds. Meanwhile it is probed with a Status-Server (with
-   Message-Authenticator, RFC 5997 section 3) every ``status_interval``
-   seconds, each probe a fresh packet that is never retransmitted; any
-   verified reply from it -- a probe's answer, or a late answer to a request
-   -- revives it at once. When ``dead_time`` passes unanswered it is tried
-   again with real requests.
+   A new request goes to a live server (rule 4a). A zombie or dead mark only
+   orders the servers, it never refuses a request: when no live server is
+   left that a request has not tried, it goes to a zombie, else to the dead
+   one whose dead time ends first (a lone server that missed one request
+   under loss is still asked the next time), and fails only when it has
+   tried them all.
+4. Zombie and dead servers (RFC 5997 section 4.3, FreeRADIUS's
+   ``zombie_period``): a server that lets a request time out becomes a
+   *zombie*: it gets no new requests while a live server is left, and is
+   probed with a Status-Server (with Message-Authenticator, RFC 5997 section
+   3) every ``status_interval`` seconds, each probe a fresh packet that is
+   never retransmitted. Any verified reply from it -- a probe's answer, or a
+   late answer to a request -- revives it at once. A zombie that answers
+   nothing for ``zombie_period`` seconds is marked *dead* for ``dead_time``
+   seconds, probed the same way; when ``dead_time`` passes unanswered it is
+   tried again with real requests. ``zombie_period=0`` marks it dead at once.
+   Without probes (``status_interval=None``) only real requests and the
+   passing of ``dead_time`` bring it back.
+4a. Pools (FreeRADIUS's ``home_server_pool`` types): among the live servers a
+   request has not tried, ``fail-over`` takes the first in configured order;
+   ``load-balance`` the one with the fewest requests in flight (ties in
+   turn); ``client-balance`` and ``keyed-balance`` a server chosen by a hash
+   of the request's client (``nas_ip_address``, or the ``client`` a proxy
+   passes) or of its ``key`` (the caller's, e.g. the NAI) -- so one client or
+   one user keeps its server -- and the servers after it in order when it is
+   not live. With no live server left, zombies come before dead servers,
+   dead ones by the end of their dead time (rule 3).
 5. Replies are believed only through
    :func:`~aaa_vpn.wire.radius_request.decode_access_reply` /
    :func:`~aaa_vpn.wire.radius_request.decode_status_reply`, matched by the
@@ -62,6 +78,7 @@ over asyncio; tests drive it with a fake clock.
 from __future__ import annotations
 
 import collections
+import hashlib
 import heapq
 import itertools
 import os
@@ -69,6 +86,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 
+from aaa_vpn.roles.pools import DEFAULT_DEAD_TIME, DEFAULT_ZOMBIE_PERIOD, POOL_TYPES
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import RejectReason, VpnProfile
 from aaa_vpn.wire.radius import ACCESS_REQUEST
@@ -93,8 +111,6 @@ DEFAULT_TIMEOUT = 0.25
 DEFAULT_MAX_TIMEOUT = 1.0
 #: Retransmissions to one server after the first transmission (RFC 5080's MRC).
 DEFAULT_RETRIES = 8
-#: Seconds a server that timed out gets no requests unless it answers a probe.
-DEFAULT_DEAD_TIME = 30.0
 #: Seconds between Status-Server probes of a dead server (RFC 3539 section 3.4.1's minimum Tw).
 DEFAULT_STATUS_INTERVAL = 6.0
 #: Identifiers per server (one octet, RFC 2865 section 3).
@@ -213,6 +229,15 @@ class ServerDown(Event):
 
 
 @dataclass(frozen=True)
+class ServerZombie(Event):
+    """A server let a request time out: probed, and given no new requests
+    while another server is live, until it answers or ``until`` (rule 4)."""
+
+    server: str
+    until: float
+
+
+@dataclass(frozen=True)
 class ServerUp(Event):
     """A dead server is in use again (rule 4)."""
 
@@ -226,7 +251,18 @@ class ServerUp(Event):
 
 
 class _Server:
-    __slots__ = ("config", "dead_until", "in_flight", "index", "key", "next_id", "next_probe")
+    __slots__ = (
+        "config",
+        "dead_until",
+        "in_flight",
+        "index",
+        "key",
+        "next_id",
+        "next_probe",
+        "requests",
+        "stats",
+        "zombie_until",
+    )
 
     def __init__(self, index: int, config: ServerConfig, first_id: int) -> None:
         self.index = index
@@ -235,7 +271,15 @@ class _Server:
         self.in_flight: dict[int, _Request | _Probe] = {}
         self.next_id = first_id
         self.dead_until: float | None = None
+        self.zombie_until: float | None = None
         self.next_probe: float | None = None
+        self.requests = 0  # requests (not probes) in flight
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    @property
+    def down_until(self) -> float | None:
+        """The end of the zombie period or of the dead time, whichever applies."""
+        return self.dead_until if self.dead_until is not None else self.zombie_until
 
     @property
     def address(self) -> Address:
@@ -256,11 +300,23 @@ class _Server:
 class _Request:
     """One request, from :meth:`RadiusClient.request` until its event."""
 
-    __slots__ = ("attributes", "deadline", "done", "identifier", "packet", "server", "tag", "transmissions", "tried")
+    __slots__ = (
+        "attributes",
+        "balance",
+        "deadline",
+        "done",
+        "identifier",
+        "packet",
+        "server",
+        "tag",
+        "transmissions",
+        "tried",
+    )
 
-    def __init__(self, tag: object, attributes: bytes) -> None:
+    def __init__(self, tag: object, attributes: bytes, balance: int) -> None:
         self.tag = tag
         self.attributes = attributes
+        self.balance = balance  # rule 4a: where a balancing pool starts looking
         self.tried: list[_Server] = []
         self.server: _Server | None = None  # while a datagram is in flight
         self.identifier = -1
@@ -285,12 +341,12 @@ class _Probe:
 
 # Timer entries: (when, sequence, kind, object). Stale entries stay in the heap
 # and are skipped when they surface (lazy deletion).
-_FLIGHT, _PROBE_DUE, _REVIVE = 0, 1, 2
+_FLIGHT, _PROBE_DUE, _REVIVE, _ZOMBIE_END = 0, 1, 2, 3
 _TimerEntry = tuple[float, int, int, object]
 
 
 class RadiusClient:
-    """Access-Requests to ``servers`` (tried in this order), sans-IO."""
+    """Access-Requests to a pool of ``servers`` (in configured order), sans-IO."""
 
     def __init__(
         self,
@@ -301,13 +357,17 @@ class RadiusClient:
         max_timeout: float = DEFAULT_MAX_TIMEOUT,
         dead_time: float = DEFAULT_DEAD_TIME,
         status_interval: float | None = DEFAULT_STATUS_INTERVAL,
+        zombie_period: float = DEFAULT_ZOMBIE_PERIOD,
+        pool_type: str = "fail-over",
         nas_ip_address: IPv4Address | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """``status_interval=None`` disables probing (a dead server then comes
-        back only when ``dead_time`` passes). ``nas_ip_address`` goes into the
-        Status-Server probes. ``random_bytes`` supplies Request Authenticators
-        and the first Identifiers (tests pass a seeded one)."""
+        back only when ``dead_time`` passes). ``pool_type`` is one of
+        :data:`POOL_TYPES` (rule 4a). ``nas_ip_address`` goes into the
+        Status-Server probes and is the client ``client-balance`` hashes.
+        ``random_bytes`` supplies Request Authenticators and the first
+        Identifiers (tests pass a seeded one)."""
         if not servers:
             raise ValueError("a RADIUS client needs at least one server")
         if timeout <= 0:
@@ -320,6 +380,13 @@ class RadiusClient:
             raise ValueError(f"dead_time {dead_time}: expected >= 0")
         if status_interval is not None and status_interval <= 0:
             raise ValueError(f"status_interval {status_interval}: expected > 0, or None for no probes")
+        if zombie_period < 0:
+            raise ValueError(f"zombie_period {zombie_period}: expected >= 0")
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f"pool type {pool_type!r}: expected one of {', '.join(POOL_TYPES)}")
+        self.zombie_period = zombie_period
+        self.pool_type = pool_type
+        self._turn = 0  # load-balance: where ties start
         self.timeout = timeout
         self.retries = retries
         self.max_timeout = max(timeout, max_timeout)
@@ -332,7 +399,7 @@ class RadiusClient:
         self.counters: collections.Counter[str] = collections.Counter()
         """What happened, by name: ``requests``, ``sent``, ``retransmissions``,
         ``timeouts``, ``failovers``, ``accepts``, ``rejects``, ``failed``,
-        ``undecodable``, ``marked_dead``, ``revived``, ``status_sent``,
+        ``undecodable``, ``marked_zombie``, ``marked_dead``, ``revived``, ``status_sent``,
         ``status_replies``, ``status_timeouts``, ``received``, ``dropped`` and
         ``dropped.<reason>`` (``unknown_source``, ``malformed``, ``unmatched``,
         ``bad_reply``)."""
@@ -353,20 +420,33 @@ class RadiusClient:
         self._sequence = itertools.count()
 
     # -- the API ----------------------------------------------------------------------------
-    def request(self, info: AccessRequest, now: float, tag: object = None) -> None:
+    def request(self, info: AccessRequest, now: float, tag: object = None, key: bytes | None = None) -> None:
         """Queue an Access-Request for ``info``; its outcome arrives as one
         :class:`RequestAccepted`, :class:`RequestRejected` or
-        :class:`RequestFailed` carrying ``tag``.
+        :class:`RequestFailed` carrying ``tag``. ``key`` is what a
+        ``keyed-balance`` pool hashes (rule 4a; default: the NAI).
 
         Raises :class:`~aaa_vpn.wire.radius_request.RequestError` at once if
         the request cannot be encoded (the caller's fault)."""
-        self.request_attributes(encode_request_attributes(info), now, tag)
+        if key is None:
+            key = info.nai.encode()
+        self.request_attributes(encode_request_attributes(info), now, tag, key=key)
 
-    def request_attributes(self, attributes: bytes, now: float, tag: object = None) -> None:
+    def request_attributes(
+        self,
+        attributes: bytes,
+        now: float,
+        tag: object = None,
+        *,
+        key: bytes | None = None,
+        client: bytes | None = None,
+    ) -> None:
         """Like :meth:`request` for attributes already encoded (a proxy relays
         its client's verbatim): raw attributes without Message-Authenticator,
-        which sealing puts first for each server."""
-        entry = _Request(tag, attributes)
+        which sealing puts first for each server. ``client`` is the client a
+        ``client-balance`` pool hashes (default: ``nas_ip_address``); ``key``
+        the key of a ``keyed-balance`` one (default: the client)."""
+        entry = _Request(tag, attributes, self._balance(key, client))
         self.counters["requests"] += 1
         self._waiting.append(entry)
         self._dispatch(now)
@@ -402,6 +482,9 @@ class RadiusClient:
             elif kind == _PROBE_DUE:
                 assert isinstance(item, _Server)
                 self._probe(item, now)
+            elif kind == _ZOMBIE_END:
+                assert isinstance(item, _Server)
+                self._mark_dead(item, now)  # rule 4: a zombie period without an answer
             else:
                 assert isinstance(item, _Server)
                 self._revive(item, "dead time elapsed")
@@ -433,6 +516,7 @@ class RadiusClient:
                 return
             self._finish_probe(flight)
             self.counters["status_replies"] += 1
+            server.stats["status_replies"] += 1
             self._revive(server, "answered")
         else:
             self._reply(server, flight, data)
@@ -458,13 +542,51 @@ class RadiusClient:
         return sum(isinstance(f, _Request) for s in self._servers for f in s.in_flight.values())
 
     def is_alive(self, name: str, now: float) -> bool:
-        """Whether the server called ``name`` is in use (not marked dead) at ``now``."""
+        """Whether the server called ``name`` is in use (neither zombie nor
+        dead) at ``now``."""
+        return self.state(name, now) == "alive"
+
+    def state(self, name: str, now: float) -> str:
+        """``alive``, ``zombie`` or ``dead``: the server called ``name`` at ``now`` (rule 4)."""
         for server in self._servers:
             if server.config.name == name:
-                return server.dead_until is None or now >= server.dead_until
+                return self._state(server, now)
         raise KeyError(name)
 
+    def pool_status(self, now: float) -> list[dict[str, object]]:
+        """Per server, in configured order: name, state, requests in flight
+        and its counters (``sent``, ``retransmissions``, ``timeouts``,
+        ``accepts``, ``rejects``, ``status_sent``, ``status_replies``,
+        ``marked_zombie``, ``marked_dead``, ``revived``). Never secrets."""
+        return [
+            {
+                "name": s.config.name,
+                "state": self._state(s, now),
+                "in_flight": s.requests,
+                **dict(sorted(s.stats.items())),
+            }
+            for s in self._servers
+        ]
+
     # -- internals --------------------------------------------------------------------------
+    def _balance(self, key: bytes | None, client: bytes | None) -> int:
+        """Rule 4a: the index a hashing pool starts from (0 for the others)."""
+        if self.pool_type not in ("client-balance", "keyed-balance") or len(self._servers) == 1:
+            return 0
+        if client is None:
+            client = self.nas_ip_address.packed if self.nas_ip_address is not None else b""
+        material = client if self.pool_type == "client-balance" or key is None else key
+        digest = hashlib.blake2s(material, digest_size=8).digest()
+        return int.from_bytes(digest, "big") % len(self._servers)
+
+    @staticmethod
+    def _state(server: _Server, now: float) -> str:
+        if server.dead_until is not None and now < server.dead_until:
+            return "dead"
+        if server.zombie_until is not None and server.dead_until is None:
+            return "zombie"
+        return "alive"
+
     def _lookup(self, address: Address) -> _Server | None:
         """Slow path: the same address spelled differently (e.g. IPv6 forms)."""
         try:
@@ -492,15 +614,37 @@ class RadiusClient:
         assert isinstance(item, _Server)
         if kind == _PROBE_DUE:
             return item.next_probe == when
+        if kind == _ZOMBIE_END:
+            return item.zombie_until == when and item.dead_until is None
         return item.dead_until == when
 
     def _alive(self, server: _Server, now: float) -> bool:
-        if server.dead_until is None:
-            return True
-        if now >= server.dead_until:
+        if server.dead_until is not None:
+            if now < server.dead_until:
+                return False
             self._revive(server, "dead time elapsed")
-            return True
-        return False
+        return server.zombie_until is None
+
+    def _choose(self, entry: _Request, now: float) -> _Server | None:
+        """Rules 3 and 4a: the server ``entry`` goes to next, or None."""
+        servers = self._servers
+        count = len(servers)
+        start = entry.balance if count > 1 else 0
+        ordered = servers if start == 0 else servers[start:] + servers[:start]
+        untried = [s for s in ordered if s not in entry.tried]
+        if not untried:
+            return None
+        live = [s for s in untried if self._alive(s, now)]
+        if live:
+            if self.pool_type != "load-balance" or len(live) == 1:
+                return live[0]
+            fewest = min(s.requests for s in live)
+            candidates = [s for s in live if s.requests == fewest]
+            self._turn += 1
+            return candidates[self._turn % len(candidates)]
+        # Rule 3: a zombie or dead mark orders the servers, it never refuses a request.
+        self.counters["sent_to_dead"] += 1
+        return min(untried, key=lambda s: (s.dead_until is not None, s.down_until or now, s.index))
 
     def _dispatch(self, now: float) -> None:
         """Send what waits, in order, as far as Identifiers allow (rules 2, 3)."""
@@ -515,12 +659,7 @@ class RadiusClient:
 
     def _assign(self, entry: _Request, now: float) -> bool:
         """Send ``entry`` to its next server; False if it must wait for an Identifier."""
-        untried = [s for s in self._servers if s not in entry.tried]
-        server = next((s for s in untried if self._alive(s, now)), None)
-        if server is None and untried:
-            # Rule 3: a dead mark orders the servers, it never refuses a request.
-            server = min(untried, key=lambda s: (s.dead_until or now, s.index))
-            self.counters["sent_to_dead"] += 1
+        server = self._choose(entry, now)
         if server is None:
             self._fail(entry, "no reply from " + ", ".join(s.config.name for s in entry.tried))
             return True
@@ -536,6 +675,8 @@ class RadiusClient:
         entry.deadline = now + self.waits[0]
         entry.tried.append(server)
         server.in_flight[identifier] = entry
+        server.requests += 1
+        server.stats["sent"] += 1
         self._outbox.append((entry.packet, server.address))
         self.counters["sent"] += 1
         self._push(entry.deadline, _FLIGHT, entry)
@@ -552,30 +693,49 @@ class RadiusClient:
             entry.deadline = now + self.waits[entry.transmissions - 1]
             self._outbox.append((entry.packet, server.address))
             self.counters["retransmissions"] += 1
+            server.stats["retransmissions"] += 1
             self._push(entry.deadline, _FLIGHT, entry)
             return False
         self.counters["timeouts"] += 1
-        del server.in_flight[entry.identifier]
-        entry.server = None
-        self._mark_dead(server, now)
+        server.stats["timeouts"] += 1
+        self._release(server, entry)
+        self._mark_zombie(server, now)
         self.counters["failovers"] += 1
         return True
 
-    def _mark_dead(self, server: _Server, now: float) -> None:
+    def _mark_zombie(self, server: _Server, now: float) -> None:
+        """Rule 4: a server that let a request time out."""
         if server.dead_until is not None and server.dead_until > now:
+            return  # dead already
+        if server.zombie_until is not None:
+            return  # a zombie already: its period runs on
+        if self.zombie_period == 0:
+            self._mark_dead(server, now)
             return
+        server.dead_until = None
+        server.zombie_until = now + self.zombie_period
+        self.counters["marked_zombie"] += 1
+        server.stats["marked_zombie"] += 1
+        self._events.append(ServerZombie(server.config.name, server.zombie_until))
+        self._push(server.zombie_until, _ZOMBIE_END, server)
+        self._schedule_probe(server, now)
+
+    def _mark_dead(self, server: _Server, now: float) -> None:
+        server.zombie_until = None
         server.dead_until = now + self.dead_time
         self.counters["marked_dead"] += 1
+        server.stats["marked_dead"] += 1
         self._events.append(ServerDown(server.config.name, server.dead_until))
         self._push(server.dead_until, _REVIVE, server)
         self._schedule_probe(server, now)
 
     def _schedule_probe(self, server: _Server, now: float) -> None:
-        if self.status_interval is None or server.dead_until is None:
+        until = server.down_until
+        if self.status_interval is None or until is None:
             server.next_probe = None
             return
         due = now + self.status_interval
-        if due >= server.dead_until:
+        if due >= until and server.dead_until is not None:
             server.next_probe = None  # dead time ends first: real requests try it then
             return
         server.next_probe = due
@@ -592,6 +752,7 @@ class RadiusClient:
         server.in_flight[identifier] = probe
         self._outbox.append((packet, server.address))
         self.counters["status_sent"] += 1
+        server.stats["status_sent"] += 1
         self._push(probe.deadline, _FLIGHT, probe)
 
     def _probe_timed_out(self, probe: _Probe) -> None:
@@ -604,11 +765,13 @@ class RadiusClient:
         del probe.server.in_flight[probe.identifier]
 
     def _revive(self, server: _Server, reason: str) -> None:
-        if server.dead_until is None:
+        if server.dead_until is None and server.zombie_until is None:
             return
         server.dead_until = None
+        server.zombie_until = None
         server.next_probe = None
         self.counters["revived"] += 1
+        server.stats["revived"] += 1
         self._events.append(ServerUp(server.config.name, reason))
 
     def _reply(self, server: _Server, entry: _Request, data: bytes) -> None:
@@ -629,6 +792,7 @@ class RadiusClient:
         name = server.config.name
         if isinstance(result, Accepted):
             self.counters["accepts"] += 1
+            server.stats["accepts"] += 1
             self._events.append(
                 RequestAccepted(
                     entry.tag, result.profile, result.attributes, entry.packet[4:20], name, result.confirmation
@@ -636,11 +800,13 @@ class RadiusClient:
             )
         else:
             self.counters["rejects"] += 1
+            server.stats["rejects"] += 1
             self._events.append(RequestRejected(entry.tag, result.reason, result.message, name))
 
     @staticmethod
     def _release(server: _Server, entry: _Request) -> None:
         del server.in_flight[entry.identifier]
+        server.requests -= 1
         entry.server = None
 
     def _fail(self, entry: _Request, reason: str) -> None:
@@ -655,6 +821,8 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_STATUS_INTERVAL",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_ZOMBIE_PERIOD",
+    "POOL_TYPES",
     "Event",
     "RadiusClient",
     "RequestAccepted",
@@ -663,6 +831,7 @@ __all__ = [
     "ServerConfig",
     "ServerDown",
     "ServerUp",
+    "ServerZombie",
     "retransmission_waits",
     "server_time",
 ]

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError, check_node_address
+from aaa_vpn.roles.pools import DEFAULT_DEAD_TIME, DEFAULT_ZOMBIE_PERIOD, POOL_TYPES
 from aaa_vpn.secret import Secret
 from aaa_vpn.secret_files import SecretForm, check_private, read_secret_file
 from aaa_vpn.service.config import log_format_setting, log_level_setting, read_toml
@@ -162,6 +163,33 @@ class AgentSettings:
     ``radius_timeout``, doubled each time up to ``radius_max_timeout``, after
     each of ``1 + radius_retries`` transmissions per server (the role's
     defaults: aaa_vpn.roles.radius_client)."""
+    radius_pool: str = setting(
+        "fail-over",
+        help="How requests are spread over the AAA servers: fail-over (in order), load-balance (fewest in"
+        " flight), client-balance (by this agent), keyed-balance (by the NAI).",
+        flag="--aaa-pool",
+        toml="aaa_pool",
+        roles=_RADIUS_ROLES,
+        check=Choices("AAA pool type", POOL_TYPES),
+    )
+    radius_zombie_period: float = setting(
+        DEFAULT_ZOMBIE_PERIOD,
+        help="Seconds an AAA server that let a request time out is probed with Status-Server (and gets no"
+        " new requests while another is live) before it is marked dead.",
+        flag="--aaa-zombie-period",
+        toml="aaa_zombie_period",
+        roles=_RADIUS_ROLES,
+        check=Bounds("AAA zombie period", low=0, rule="must be >= 0"),
+    )
+    radius_dead_time: float = setting(
+        DEFAULT_DEAD_TIME,
+        help="Seconds a dead AAA server gets no requests unless it answers a Status-Server probe.",
+        flag="--aaa-dead-time",
+        toml="aaa_dead_time",
+        roles=_RADIUS_ROLES,
+        check=Bounds("AAA dead time", low=0, rule="must be >= 0"),
+    )
+    """FA and HA: the pool of AAA servers (docs/radius-client.md rules 4 and 4a)."""
     coa_port: int = setting(
         COA_PORT,
         help="UDP port for Disconnect/CoA-Requests from the AAA servers (RFC 5176; 0: none).",

@@ -195,6 +195,7 @@ class ForeignServerSettings:
     max_timeout: float | None = None
     dead_time: float = 30.0
     status_interval: float | None = 6.0
+    zombie_period: float = 40.0
     clients: tuple[ProxyClient, ...] = ()
     realms: tuple[Realm, ...] = ()
 

@@ -43,6 +43,7 @@ from aaa_vpn.roles.foreign_aaa import (
     UpstreamDown,
     UpstreamUp,
 )
+from aaa_vpn.roles.pools import POOL_TYPES
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret_files import check_private
 from aaa_vpn.service.config import (
@@ -78,6 +79,7 @@ _UPSTREAM: dict[str, type | tuple[type, ...]] = {
     "retries": int,
     "dead_time": (int, float),
     "status_interval": (int, float),
+    "zombie_period": (int, float),
 }
 _CLIENT: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -86,7 +88,7 @@ _CLIENT: dict[str, type | tuple[type, ...]] = {
     "secret_file": str,
     "require_message_authenticator": bool,
 }
-_REALM: dict[str, type | tuple[type, ...]] = {"name": str, "servers": list}
+_REALM: dict[str, type | tuple[type, ...]] = {"name": str, "servers": list, "pool": str}
 _SERVER: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "address": str,
@@ -132,6 +134,10 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         if upstream["dead_time"] < 0:
             raise reader.error("upstream.dead_time", "must be >= 0")
         values["dead_time"] = float(upstream["dead_time"])
+    if "zombie_period" in upstream:
+        if upstream["zombie_period"] < 0:
+            raise reader.error("upstream.zombie_period", "must be >= 0 (0: dead at the first timeout)")
+        values["zombie_period"] = float(upstream["zombie_period"])
     if "status_interval" in upstream:
         interval = upstream["status_interval"]
         if interval < 0:
@@ -224,7 +230,10 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
             servers.append(
                 ServerConfig(str(address), port, reader.shared_secret(server, where), server.get("name", ""))
             )
-        realms.append(Realm(name, tuple(servers)))
+        pool = table.get("pool", "fail-over")
+        if pool not in POOL_TYPES:
+            raise reader.error(f"{key}.pool", f"{pool!r}: expected one of {', '.join(POOL_TYPES)}")
+        realms.append(Realm(name, tuple(servers), pool))
     return tuple(realms)
 
 
@@ -248,6 +257,7 @@ def options_for(settings: ForeignServerSettings) -> ForeignAaaOptions:
         cache_size=settings.cache_size,
         dead_time=settings.dead_time,
         status_interval=settings.status_interval,
+        zombie_period=settings.zombie_period,
         nas_ip_address=nas,
         **timing,  # type: ignore[arg-type]
     )
@@ -332,7 +342,7 @@ class ForeignService:
                         ),
                     )
             elif isinstance(event, UpstreamDown):
-                log.warning("home server marked dead", extra=fields(pool=event.pool, server=event.server))
+                log.warning(f"home server marked {event.state}", extra=fields(pool=event.pool, server=event.server))
             elif isinstance(event, UpstreamUp):
                 log.info(
                     "home server in use again", extra=fields(pool=event.pool, server=event.server, reason=event.reason)
