@@ -24,6 +24,7 @@ for a graceful stop; SIGUSR1 logs the counters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
@@ -33,6 +34,7 @@ from functools import partial
 
 from aaa_vpn.model import ValidationError
 from aaa_vpn.net.home_server import ServerError, _bind, supervise
+from aaa_vpn.roles.foreign_aaa import ACCOUNTING_SOCKET
 from aaa_vpn.service.config import ForeignServerSettings
 from aaa_vpn.service.foreign import ForeignService, with_port
 from aaa_vpn.service.logging import configure_logging, fields
@@ -48,7 +50,12 @@ def _log_counters(service: ForeignService, message: str) -> None:
     log.info(message, extra=fields(**service.counters()))
 
 
-def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socket | None = None) -> int:
+def serve_worker(
+    settings: ForeignServerSettings,
+    index: int,
+    sock: socket.socket | None = None,
+    accounting_sock: socket.socket | None = None,
+) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the exit code."""
     loop = asyncio.new_event_loop()
     service = ForeignService(settings, loop.time())
@@ -56,11 +63,15 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
     if sock is None:
         sock = _bind(settings.listen, settings.port, reuse_port=True)
     try:
+        if accounting_sock is None:
+            accounting_sock = _bind(settings.listen, settings.accounting_bind_port, reuse_port=True)
         for _pool in service.aaa.pools:
             upstream.append(_bind(settings.upstream_address, 0, reuse_port=False))
     except ServerError:
         for opened in upstream:
             opened.close()
+        if accounting_sock is not None:
+            accounting_sock.close()
         sock.close()
         loop.close()
         raise
@@ -71,7 +82,12 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
     def flush() -> None:
         nonlocal timer, timer_at
         for datagram in service.outgoing():
-            out = sock if datagram.pool is None else upstream[datagram.pool]
+            if datagram.pool is None:
+                out = sock
+            elif datagram.pool == ACCOUNTING_SOCKET:
+                out = accounting_sock
+            else:
+                out = upstream[datagram.pool]
             try:
                 out.sendto(datagram.data, datagram.address)
             except OSError as exc:
@@ -110,6 +126,8 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
             peer = (str(address[0]), int(address[1]))
             if pool is None:
                 guarded(partial(service.receive_from_client, data, peer, loop.time()))
+            elif pool == ACCOUNTING_SOCKET:
+                guarded(partial(service.receive_accounting, data, peer, loop.time()))
             else:
                 guarded(partial(service.receive_from_upstream, data, peer, pool, loop.time()))
         flush()
@@ -128,6 +146,7 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
 
     async def main() -> None:
         loop.add_reader(sock.fileno(), drain, sock, None)
+        loop.add_reader(accounting_sock.fileno(), drain, accounting_sock, ACCOUNTING_SOCKET)
         for number, pool_sock in enumerate(upstream):
             loop.add_reader(pool_sock.fileno(), drain, pool_sock, number)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -139,12 +158,14 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
             extra=fields(
                 worker=index,
                 address=f"{host}:{port}",
+                accounting=f"{accounting_sock.getsockname()[0]}:{accounting_sock.getsockname()[1]}",
                 upstream=",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in upstream),
             ),
         )
         task = asyncio.ensure_future(housekeeping())
         await stop.wait()
         loop.remove_reader(sock.fileno())
+        loop.remove_reader(accounting_sock.fileno())
         for pool_sock in upstream:
             loop.remove_reader(pool_sock.fileno())
         await task
@@ -157,6 +178,7 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
             timer.cancel()
         loop.close()
         sock.close()
+        accounting_sock.close()
         for pool_sock in upstream:
             pool_sock.close()
     return 0
@@ -170,9 +192,15 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
         check = ForeignService(settings, 0.0)
         probe = _bind(settings.listen, settings.port, reuse_port=settings.workers > 1)
         try:
+            accounting_probe = _bind(settings.listen, settings.accounting_bind_port, reuse_port=settings.workers > 1)
+        except ServerError as exc:
+            probe.close()
+            raise ServerError(f"accounting port: {exc}") from None
+        try:
             _bind(settings.upstream_address, 0, reuse_port=False).close()
         except ServerError as exc:
             probe.close()
+            accounting_probe.close()
             raise ServerError(f"upstream source address: {exc}") from None
     except (ServerError, ValidationError) as exc:
         log.error(str(exc))
@@ -181,6 +209,7 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
         "foreign AAA starting",
         extra=fields(
             address=f"{settings.listen}:{probe.getsockname()[1]}",
+            accounting=f"{settings.listen}:{accounting_probe.getsockname()[1]}",
             workers=settings.workers,
             clients=len(settings.clients),
             realms=",".join(r.name for r in settings.realms),
@@ -188,10 +217,13 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
         ),
     )
     if settings.workers == 1:
-        return serve_worker(settings, 0, sock=probe)
-    if settings.port == 0:
-        settings = with_port(settings, probe.getsockname()[1])  # workers share one concrete port
+        return serve_worker(settings, 0, sock=probe, accounting_sock=accounting_probe)
+    # workers share one concrete port for each
+    settings = dataclasses.replace(
+        with_port(settings, probe.getsockname()[1]), accounting_port=accounting_probe.getsockname()[1]
+    )
     probe.close()
+    accounting_probe.close()
     return _supervise(settings)
 
 

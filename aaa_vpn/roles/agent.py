@@ -71,6 +71,7 @@ class Channel(enum.Enum):
     MIP = "mip"  # Mobile IP control messages (UDP 434)
     RADIUS = "radius"  # the agent's RADIUS client socket
     COA = "coa"  # Disconnect-/CoA-Requests from its AAA server (RFC 5176, UDP 3799)
+    ACCOUNTING = "accounting"  # the agent's RADIUS accounting client socket (RFC 2866)
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,23 @@ Rules (everything that decides what is sent, relayed or kept lives here):
    checks MN-HA and the home AAA the MN-AAA proof before any SA at the HA
    or a gateway moves; a forged request only makes the new FA install SAs
    that never carry traffic and are removed when the HA refuses.
+10. Accounting (RFC 2866 section 2.2, proxied): on its accounting socket
+   the AAAF admits Accounting-Requests from its clients (the same plumbing,
+   Request Authenticator checked under the client's secret) and answers
+   Status-Server itself. A request is routed like an Access-Request, by the
+   realm of its User-Name, to the accounting ports of the realm's pool
+   (each server's ``accounting_port``, by default its port + 1), its
+   attributes unchanged and in order, without Message-Authenticator, our
+   Proxy-State last, hashed again with the home server's secret by the
+   pool's accounting client (retransmission, failover, zombie and dead
+   servers as for Access-Requests). An Accounting-On or -Off speaks for the
+   whole NAS and goes to every pool. The FA gets its Accounting-Response only
+   when every home server it went to answered -- the record is stored
+   there (RFC 2866 section 4.1); with no answer (or no route) it gets none
+   and retransmits (``accounting.upstream_failed``, ``accounting.no_route``).
 
 Theory of operation (the aioquic shape): inputs are
-:meth:`ForeignAaa.receive_from_client`, :meth:`ForeignAaa.receive_from_upstream`
+:meth:`ForeignAaa.receive_from_client`, :meth:`ForeignAaa.receive_accounting`, :meth:`ForeignAaa.receive_from_upstream`
 and :meth:`ForeignAaa.handle_timer`, each with ``now`` (seconds, any monotonic
 clock); outputs are :meth:`ForeignAaa.datagrams_to_send` (each with the
 socket to send it from: the clients' socket, or the pool's upstream socket),
@@ -100,6 +114,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import NamedTuple
 
 from aaa_vpn.model import Flavour
+from aaa_vpn.roles.accounting import Prefixed
 from aaa_vpn.roles.home_plan import moved_view
 from aaa_vpn.roles.radius_client import (
     DEFAULT_DEAD_TIME,
@@ -109,6 +124,7 @@ from aaa_vpn.roles.radius_client import (
     DEFAULT_TIMEOUT,
     DEFAULT_ZOMBIE_PERIOD,
     POOL_TYPES,
+    AccountingAnswered,
     RadiusClient,
     RequestAccepted,
     RequestFailed,
@@ -124,6 +140,8 @@ from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfil
 from aaa_vpn.wire.radius import (
     ACCESS_ACCEPT,
     ACCESS_REJECT,
+    ACCOUNTING_REQUEST,
+    ACCOUNTING_RESPONSE,
     HEADER_LENGTH,
     MAX_PACKET_LENGTH,
     MESSAGE_AUTHENTICATOR_LENGTH,
@@ -143,6 +161,8 @@ from aaa_vpn.wire.radius import (
 from aaa_vpn.wire.radius_profile import ProfileError, encode_profile
 from aaa_vpn.wire.radius_request import AccessRequest, RequestDecodeError, decode_access_request
 
+ACCT_STATUS_TYPE = 40  # RFC 2866 section 5.1
+ACCT_ACCOUNTING_ON, ACCT_ACCOUNTING_OFF = 7, 8
 #: The realm name that catches every realm without its own pool.
 DEFAULT_REALM = "DEFAULT"
 #: Upstream retransmissions to one server (radius_client.py rule 1): two fewer
@@ -190,6 +210,8 @@ class Realm:
     """The NAI realm, e.g. ``home.example`` (matched case-insensitively), or ``DEFAULT``."""
     servers: tuple[ServerConfig, ...]
     """The pool, first preferred."""
+    accounting_ports: tuple[int, ...] = ()
+    """Each server's accounting port (rule 10); empty: each one's port + 1."""
     pool_type: str = "fail-over"
     """How the pool spreads requests (RadiusClient rule 4a): ``fail-over``,
     ``load-balance``, ``client-balance`` (by the FA's address) or
@@ -249,7 +271,12 @@ class Datagram(NamedTuple):
     """Where to: a client's (address, port) or a home server's."""
     pool: int | None
     """The socket to send it from: None for the clients' (listening) socket,
-    else the index of the pool whose upstream socket it belongs to."""
+    :data:`ACCOUNTING_SOCKET` for the accounting one, else the index of the
+    pool whose upstream socket it belongs to."""
+
+
+#: :attr:`Datagram.pool` of a reply on the accounting listening socket.
+ACCOUNTING_SOCKET = -1
 
 
 class Event:
@@ -423,6 +450,16 @@ class _Pool:
     index: int
     name: str
     client: RadiusClient
+    accounting: RadiusClient | None = None
+
+
+@dataclass
+class _AccountingPending:
+    """An Accounting-Request being proxied: answered when ``waiting`` reaches 0."""
+
+    incoming: Incoming[ProxyClient]
+    waiting: int
+    failed: bool = False
 
 
 @dataclass
@@ -505,6 +542,14 @@ class ForeignAaa:
             dup_limit=self.options.dup_cache_limit,
             counters=self.counters,
         )
+        self.accounting_server: RadiusServer[ProxyClient] = RadiusServer(
+            clients,
+            codes=(ACCOUNTING_REQUEST, STATUS_SERVER),
+            dup_ttl=self.options.dup_cache_seconds,
+            dup_limit=self.options.dup_cache_limit,
+            counters=Prefixed(self.counters, "accounting."),
+        )
+        self._accounting: dict[tuple[str, int], _AccountingPending] = {}  # by (kind, upstream tag)
         self.cache = SessionCache(self.options.cache_size)
         # Realms with the same pool (same servers, secrets and order) share one
         # upstream client, hence one Identifier space and one view of which
@@ -517,6 +562,7 @@ class ForeignAaa:
                 raise ValueError(f"realm {realm.name} is configured twice")
             identity = (
                 realm.pool_type,
+                realm.accounting_ports,
                 *((s.address, s.port, hashlib.sha256(s.secret.value).digest()) for s in realm.servers),
             )
             pool = by_servers.get(identity)
@@ -533,7 +579,23 @@ class ForeignAaa:
                     nas_ip_address=self.options.nas_ip_address,
                     random_bytes=random_bytes,
                 )
-                pool = by_servers[identity] = _Pool(len(self.pools), realm.key, upstream)
+                ports = realm.accounting_ports or tuple(min(65535, s.port + 1) for s in realm.servers)
+                accounting = RadiusClient(
+                    [
+                        ServerConfig(s.address, port, s.secret, f"{s.name}/acct")
+                        for s, port in zip(realm.servers, ports, strict=True)
+                    ],
+                    timeout=self.options.timeout,
+                    retries=self.options.retries,
+                    max_timeout=self.options.max_timeout,
+                    dead_time=self.options.dead_time,
+                    status_interval=self.options.status_interval,
+                    zombie_period=self.options.zombie_period,
+                    pool_type=realm.pool_type,
+                    nas_ip_address=self.options.nas_ip_address,
+                    random_bytes=random_bytes,
+                )
+                pool = by_servers[identity] = _Pool(len(self.pools), realm.key, upstream, accounting)
                 self.pools.append(pool)
             else:
                 pool.name += f",{realm.key}"
@@ -563,12 +625,34 @@ class ForeignAaa:
         self.counters["access_requests"] += 1
         self._access_request(result, now)
 
+    def receive_accounting(self, data: bytes, source: Address, now: float) -> None:
+        """Handle a datagram an FA sent to the AAAF's accounting socket (rule 10)."""
+        result = self.accounting_server.receive(data, source, now)
+        self._take_dropped()
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            self._outbox.append(Datagram(result, source, ACCOUNTING_SOCKET))
+            return
+        if result.code == STATUS_SERVER:
+            reply = self.accounting_server.status_reply(result, self._status_message(now), now)
+            self._take_dropped()
+            if reply is not None:
+                self._outbox.append(Datagram(reply, source, ACCOUNTING_SOCKET))
+            return
+        self._accounting_request(result, now)
+
     def receive_from_upstream(self, data: bytes, source: Address, pool: int, now: float) -> None:
         """Handle a datagram that arrived on pool ``pool``'s upstream socket."""
         if not 0 <= pool < len(self.pools):
             raise ValueError(f"no pool {pool}")  # the caller's bug
-        self.pools[pool].client.receive_datagram(data, source, now)
-        self._collect(self.pools[pool], data, now)
+        chosen = self.pools[pool]
+        if chosen.accounting is not None and chosen.accounting.knows(source):
+            chosen.accounting.receive_datagram(data, source, now)
+            self._collect_accounting(chosen, now)
+            return
+        chosen.client.receive_datagram(data, source, now)
+        self._collect(chosen, data, now)
 
     def handle_timer(self, now: float) -> None:
         """Retransmit, fail over and probe upstream; expire what is due."""
@@ -577,6 +661,11 @@ class ForeignAaa:
             if when is not None and when <= now:
                 pool.client.handle_timer(now)
                 self._collect(pool, None, now)
+            if pool.accounting is not None:
+                when = pool.accounting.get_timer()
+                if when is not None and when <= now:
+                    pool.accounting.handle_timer(now)
+                    self._collect_accounting(pool, now)
 
     def datagrams_to_send(self) -> list[Datagram]:
         """The datagrams to send now."""
@@ -586,6 +675,11 @@ class ForeignAaa:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must be called next, or None."""
         timers = [when for pool in self.pools if (when := pool.client.get_timer()) is not None]
+        timers += [
+            when
+            for pool in self.pools
+            if pool.accounting is not None and (when := pool.accounting.get_timer()) is not None
+        ]
         return min(timers) if timers else None
 
     def next_event(self) -> Event | Dropped | None:
@@ -596,6 +690,7 @@ class ForeignAaa:
         """Housekeeping: drop expired cached sessions and duplicate-cache
         entries; return the number of sessions dropped."""
         self.server.expire(now)
+        self.accounting_server.expire(now)
         count = self.cache.expire(now)
         self.counters["sessions_expired"] += count
         return count
@@ -618,9 +713,82 @@ class ForeignAaa:
 
     # -- client side ------------------------------------------------------------------------
     def _take_dropped(self) -> None:
-        dropped = self.server.dropped
-        while dropped:
-            self._events.append(dropped.popleft())
+        for server in (self.server, self.accounting_server):
+            dropped = server.dropped
+            while dropped:
+                self._events.append(dropped.popleft())
+
+    # -- accounting (rule 10) ---------------------------------------------------------------------
+    def _accounting_request(self, incoming: Incoming[ProxyClient], now: float) -> None:
+        packet = incoming.packet
+        status = int.from_bytes(packet.first(ACCT_STATUS_TYPE) or b"", "big")
+        for state in packet.all(PROXY_STATE):
+            if len(state) == PROXY_STATE_LENGTH and state[:4] == self._instance:
+                self.accounting_server.abandon(incoming, "proxy_loop", "our own Proxy-State came back")
+                self._take_dropped()
+                return
+        self.counters["accounting.requests"] += 1
+        if status in (ACCT_ACCOUNTING_ON, ACCT_ACCOUNTING_OFF):
+            pools = [p for p in self.pools if p.accounting is not None]
+        else:
+            names = packet.all(USER_NAME)
+            realm = realm_of(_printable(names[0])) if len(names) == 1 else ""
+            pool = self._routes.get(realm) or self._routes.get(DEFAULT_REALM)
+            pools = [pool] if pool is not None and pool.accounting is not None else []
+        if not pools:
+            self.accounting_server.abandon(incoming, "no_route", "no home AAA for this accounting request's realm")
+            self._take_dropped()
+            return
+        state = self._instance + struct.pack("!I", next(self._sequence) & 0xFFFFFFFF)
+        upstream = b"".join(
+            attribute(code, value) for code, value in packet.attributes if code != MESSAGE_AUTHENTICATOR_TYPE
+        )
+        upstream += attribute(PROXY_STATE, state)
+        if HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(upstream) > MAX_PACKET_LENGTH:
+            self.accounting_server.abandon(incoming, "bad_request", "the request is too large to proxy")
+            self._take_dropped()
+            return
+        tag = int.from_bytes(state[4:], "big")
+        self._accounting[("acct", tag)] = _AccountingPending(incoming, len(pools))
+        for pool in pools:
+            assert pool.accounting is not None
+            pool.accounting.request_accounting(upstream, now, ("acct", tag), key=incoming.source[0].encode())
+            self.counters["accounting.proxied"] += 1
+            self._collect_accounting(pool, now)
+
+    def _collect_accounting(self, pool: _Pool, now: float) -> None:
+        client = pool.accounting
+        assert client is not None
+        for packet, address in client.datagrams_to_send(now):
+            self._outbox.append(Datagram(packet, address, pool.index))
+        while (event := client.next_event()) is not None:
+            if isinstance(event, (AccountingAnswered, RequestFailed)):
+                tag = event.tag
+                pending = self._accounting.get(tag) if isinstance(tag, tuple) else None
+                if pending is None:  # pragma: no cover - every tag is ours
+                    continue
+                pending.waiting -= 1
+                pending.failed = pending.failed or isinstance(event, RequestFailed)
+                if pending.waiting > 0:
+                    continue
+                del self._accounting[tag]  # type: ignore[arg-type]
+                if pending.failed:
+                    self.counters["accounting.upstream_failed"] += 1
+                    self.accounting_server.abandon(
+                        pending.incoming, "upstream_failed", "no home AAA accounting server answered"
+                    )
+                    self._take_dropped()
+                    continue
+                reply = self.accounting_server.answer(pending.incoming, ACCOUNTING_RESPONSE, (), now)
+                if reply is not None:
+                    self.counters["accounting.answered"] += 1
+                    self._outbox.append(Datagram(reply, pending.incoming.source, ACCOUNTING_SOCKET))
+            elif isinstance(event, ServerZombie):
+                self._events.append(UpstreamDown(pool.name, event.server, "zombie"))
+            elif isinstance(event, ServerDown):
+                self._events.append(UpstreamDown(pool.name, event.server, "dead"))
+            elif isinstance(event, ServerUp):
+                self._events.append(UpstreamUp(pool.name, event.server, event.reason))
 
     def _drop(self, reason: str, source: Address, detail: str) -> None:
         self.server.drop(reason, source, detail)
@@ -849,6 +1017,7 @@ class ForeignAaa:
 
 
 __all__ = [
+    "ACCOUNTING_SOCKET",
     "DEFAULT_REALM",
     "Answered",
     "CachedSession",

@@ -65,6 +65,13 @@ Rules (everything that decides what is sent when lives here):
 6. An authentic Access-Accept whose profile does not decode fails the request
    at once (:class:`RequestFailed`): asking again would bring the same bytes
    from the server's duplicate cache.
+7. Accounting-Requests (RFC 2866) travel the same pool with the same
+   retransmission, Identifiers and failover: their Request Authenticator is
+   the hash of the packet (RFC 2866 section 3), so a retransmission is the
+   identical datagram and a failover a new one sealed with the next server's
+   secret; their Accounting-Response is verified by its Response
+   Authenticator (a Message-Authenticator, optional there, is checked when
+   present) and reported as :class:`AccountingAnswered`.
 
 Theory of operation (the aioquic shape): inputs are :meth:`RadiusClient.request`,
 :meth:`~RadiusClient.receive_datagram` and :meth:`~RadiusClient.handle_timer`,
@@ -89,7 +96,7 @@ from ipaddress import IPv4Address, ip_address
 from aaa_vpn.roles.pools import DEFAULT_DEAD_TIME, DEFAULT_ZOMBIE_PERIOD, POOL_TYPES
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import RejectReason, VpnProfile
-from aaa_vpn.wire.radius import ACCESS_REQUEST
+from aaa_vpn.wire.radius import ACCESS_REQUEST, ACCOUNTING_REQUEST, encode_hashed_request
 from aaa_vpn.wire.radius_request import (
     Accepted,
     AccessRequest,
@@ -98,6 +105,7 @@ from aaa_vpn.wire.radius_request import (
     ReplyError,
     build_status_server,
     decode_access_reply,
+    decode_accounting_response,
     decode_status_reply,
     encode_request_attributes,
     seal_request,
@@ -229,6 +237,16 @@ class ServerDown(Event):
 
 
 @dataclass(frozen=True)
+class AccountingAnswered(Event):
+    """A server answered an Accounting-Request: the record is stored (RFC 2866 section 4.1)."""
+
+    tag: object
+    """The caller's tag."""
+    server: str
+    """The name of the server that answered."""
+
+
+@dataclass(frozen=True)
 class ServerZombie(Event):
     """A server let a request time out: probed, and given no new requests
     while another server is live, until it answers or ``until`` (rule 4)."""
@@ -303,6 +321,7 @@ class _Request:
     __slots__ = (
         "attributes",
         "balance",
+        "code",
         "deadline",
         "done",
         "identifier",
@@ -313,8 +332,9 @@ class _Request:
         "tried",
     )
 
-    def __init__(self, tag: object, attributes: bytes, balance: int) -> None:
+    def __init__(self, tag: object, attributes: bytes, balance: int, code: int = ACCESS_REQUEST) -> None:
         self.tag = tag
+        self.code = code  # Access-Request, or Accounting-Request (rule 7)
         self.attributes = attributes
         self.balance = balance  # rule 4a: where a balancing pool starts looking
         self.tried: list[_Server] = []
@@ -451,6 +471,17 @@ class RadiusClient:
         self._waiting.append(entry)
         self._dispatch(now)
 
+    def request_accounting(
+        self, attributes: bytes, now: float, tag: object = None, *, key: bytes | None = None
+    ) -> None:
+        """Queue an Accounting-Request (rule 7) of raw ``attributes`` (without
+        Message-Authenticator; the seal adds one). Its outcome arrives as one
+        :class:`AccountingAnswered` or :class:`RequestFailed` carrying ``tag``."""
+        entry = _Request(tag, attributes, self._balance(key, None), ACCOUNTING_REQUEST)
+        self.counters["accounting_requests"] += 1
+        self._waiting.append(entry)
+        self._dispatch(now)
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         """The datagrams to send now, each with its destination (host, port)."""
         out, self._outbox = self._outbox, []
@@ -540,6 +571,10 @@ class RadiusClient:
     def outstanding(self) -> int:
         """Requests with a datagram in flight."""
         return sum(isinstance(f, _Request) for s in self._servers for f in s.in_flight.values())
+
+    def knows(self, address: Address) -> bool:
+        """Whether ``address`` (host, port) is one of this client's servers."""
+        return address in self._by_address or self._lookup(address) is not None
 
     def is_alive(self, name: str, now: float) -> bool:
         """Whether the server called ``name`` is in use (neither zombie nor
@@ -667,10 +702,12 @@ class RadiusClient:
         if identifier is None:
             self.counters["identifier_waits"] += 1
             return False
-        authenticator = self.random_bytes(16)
         entry.server = server
         entry.identifier = identifier
-        entry.packet = seal_request(ACCESS_REQUEST, identifier, authenticator, server.key, entry.attributes)
+        if entry.code == ACCOUNTING_REQUEST:
+            entry.packet = encode_hashed_request(ACCOUNTING_REQUEST, identifier, server.key, entry.attributes)
+        else:
+            entry.packet = seal_request(ACCESS_REQUEST, identifier, self.random_bytes(16), server.key, entry.attributes)
         entry.transmissions = 1
         entry.deadline = now + self.waits[0]
         entry.tried.append(server)
@@ -775,6 +812,19 @@ class RadiusClient:
         self._events.append(ServerUp(server.config.name, reason))
 
     def _reply(self, server: _Server, entry: _Request, data: bytes) -> None:
+        if entry.code == ACCOUNTING_REQUEST:
+            try:
+                decode_accounting_response(data, entry.packet, server.key)
+            except ReplyError as exc:
+                self._drop("bad_reply", f"{server.config.name}: {exc}")
+                return
+            self._release(server, entry)
+            self._revive(server, "answered")
+            entry.done = True
+            self.counters["accounting_responses"] += 1
+            server.stats["accounting_responses"] += 1
+            self._events.append(AccountingAnswered(entry.tag, server.config.name))
+            return
         try:
             result = decode_access_reply(data, entry.packet, server.key)
         except ProfileReplyError as exc:
@@ -823,6 +873,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_ZOMBIE_PERIOD",
     "POOL_TYPES",
+    "AccountingAnswered",
     "Event",
     "RadiusClient",
     "RequestAccepted",

@@ -190,6 +190,28 @@ class AgentSettings:
         check=Bounds("AAA dead time", low=0, rule="must be >= 0"),
     )
     """FA and HA: the pool of AAA servers (docs/radius-client.md rules 4 and 4a)."""
+    accounting: bool = setting(
+        False,
+        help="Send RADIUS accounting (Start, Interim-Update, Stop) to the AAA servers' accounting ports"
+        " (each server's port + 1).",
+        flag="--accounting",
+        roles=_RADIUS_ROLES,
+    )
+    accounting_port: int = setting(
+        0,
+        help="The UDP port of the AAA servers' accounting (0: each server's port + 1).",
+        flag="--accounting-port",
+        roles=_RADIUS_ROLES,
+        check=Bounds("accounting port", 0, 65535, rule="expected 0..65535"),
+    )
+    accounting_interim: float = setting(
+        300.0,
+        help="Seconds between two Interim-Updates of a registration (0: none).",
+        flag="--accounting-interim",
+        roles=_RADIUS_ROLES,
+        check=Bounds("accounting interim interval", low=0, rule="must be >= 0 (0: none)"),
+    )
+    """FA and HA: RADIUS accounting of their registrations (docs/accounting.md, "From the agents")."""
     coa_port: int = setting(
         COA_PORT,
         help="UDP port for Disconnect/CoA-Requests from the AAA servers (RFC 5176; 0: none).",

@@ -69,6 +69,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "dup_cache_seconds": (int, float),
     "cache_size": int,
     "source_address": str,
+    "accounting_port": int,
     "upstream": dict,
     "clients": list,
     "realms": list,
@@ -93,6 +94,7 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "address": str,
     "port": int,
+    "accounting_port": int,
     "secret": str,
     "secret_file": str,
 }
@@ -105,7 +107,16 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
     reader = TomlReader(path)
     top = reader.table(data, "", _TOP)
     values: dict[str, Any] = {"config_path": path}
-    for name in ("listen", "port", "workers", "log_level", "log_format", "cache_size", "source_address"):
+    for name in (
+        "listen",
+        "port",
+        "workers",
+        "log_level",
+        "log_format",
+        "cache_size",
+        "source_address",
+        "accounting_port",
+    ):
         if name in top:
             values[name] = top[name]
     if "dup_cache_seconds" in top:
@@ -209,6 +220,7 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
             raise reader.error(f"{key}.name", f"realm {name!r} is configured twice (realms compare case-insensitively)")
         seen.add(folded)
         servers: list[ServerConfig] = []
+        accounting_ports: list[int] = []
         endpoints: set[tuple[IPv4Address, int]] = set()
         entries = reader.required(table, "servers", key)
         if not entries:
@@ -226,6 +238,10 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
                 raise reader.error(f"{where}.port", f"{port}: expected 1..65535")
             if (address, port) in endpoints:
                 raise reader.error(where, f"{address}:{port} is already in this pool")
+            accounting_port = server.get("accounting_port", min(port + 1, 65535))
+            if not 1 <= accounting_port <= 65535:
+                raise reader.error(f"{where}.accounting_port", f"{accounting_port}: expected 1..65535")
+            accounting_ports.append(accounting_port)
             endpoints.add((address, port))
             servers.append(
                 ServerConfig(str(address), port, reader.shared_secret(server, where), server.get("name", ""))
@@ -233,7 +249,7 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
         pool = table.get("pool", "fail-over")
         if pool not in POOL_TYPES:
             raise reader.error(f"{key}.pool", f"{pool!r}: expected one of {', '.join(POOL_TYPES)}")
-        realms.append(Realm(name, tuple(servers), pool))
+        realms.append(Realm(name, tuple(servers), tuple(accounting_ports), pool))
     return tuple(realms)
 
 
@@ -289,6 +305,9 @@ class ForeignService:
 
     def receive_from_client(self, data: bytes, source: tuple[str, int], now: float) -> None:
         self.aaa.receive_from_client(data, source, now)
+
+    def receive_accounting(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        self.aaa.receive_accounting(data, source, now)
 
     def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
         self.aaa.receive_from_upstream(data, source, pool, now)
