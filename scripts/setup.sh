@@ -46,6 +46,7 @@ REQUIRED=(
     "-:libstrongswan-extra-plugins"
     "gcc:gcc"
     "-:postgresql"
+    "/usr/lib/freeradius/rlm_sql_postgresql.so:freeradius-postgresql"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke
