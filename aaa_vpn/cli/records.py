@@ -23,6 +23,7 @@ from aaa_vpn.model import (
     Gateway,
     GatewayMode,
     KeyMode,
+    PskEncoding,
     QosClass,
     Service,
     User,
@@ -142,6 +143,18 @@ CLIENT = Kind(
             "require_message_authenticator",
             "--require-message-authenticator/--no-require-message-authenticator",
             help="Drop its requests without Message-Authenticator.",
+        ),
+        _choice(
+            "psk_encoding",
+            "--psk-encoding",
+            PskEncoding,
+            help="3gpp2 flavour: send 3GPP2-Pre-Shared-Secret salt-encrypted (StarOS) or plain (in clear, as the"
+            " public dictionaries define it).",
+        ),
+        Field(
+            "require_coa_message_authenticator",
+            "--require-coa-message-authenticator/--no-require-coa-message-authenticator",
+            help="Believe its CoA/Disconnect ACKs and NAKs only with a Message-Authenticator.",
         ),
     ),
     secrets=(CLIENT_SECRET,),

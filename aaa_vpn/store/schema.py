@@ -253,6 +253,21 @@ MIGRATIONS: tuple[tuple[Operation, ...], ...] = (
         Sql("CREATE INDEX accounting_by_updated ON accounting (updated)"),
         Sql("CREATE INDEX accounting_open_by_nas ON accounting (nas) WHERE stopped IS NULL"),
     ),
+    # 5: Dynamic Authorization with any RFC 5176 server and 3GPP2 conformance
+    # (docs/protocol.md section 6, docs/radius-attributes.md): the
+    # identification attributes each agent sent, raw (NULL: none yet), so
+    # that a Disconnect- or CoA-Request names the session as the agent knows
+    # it; when the session entered its epoch (3GPP2-KeyID); per client, the
+    # 3GPP2-Pre-Shared-Secret encoding and whether its CoA answers must carry
+    # a Message-Authenticator.
+    (
+        Sql("ALTER TABLE sessions ADD COLUMN epoch_started {REAL} NOT NULL DEFAULT 0"),
+        Sql("UPDATE sessions SET epoch_started = keyed_at"),
+        Sql("ALTER TABLE sessions ADD COLUMN fa_identification {BLOB}"),
+        Sql("ALTER TABLE sessions ADD COLUMN ha_identification {BLOB}"),
+        Sql("ALTER TABLE clients ADD COLUMN psk_encoding TEXT NOT NULL DEFAULT 'salt'"),
+        Sql("ALTER TABLE clients ADD COLUMN require_coa_message_authenticator {INT} NOT NULL DEFAULT 0"),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
