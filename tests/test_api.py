@@ -296,7 +296,7 @@ CLI_AND_API = [
 
 
 def test_input_errors_are_the_cli_s(api: ApiProcess) -> None:
-    provision(api)
+    record_id = provision(api)
     db = ("--db", api.db, "--key-file", str(api.key_file))
     for cli_args, (collection, body), expected in CLI_AND_API:
         done = cli(*db, *cli_args)
@@ -316,6 +316,23 @@ def test_input_errors_are_the_cli_s(api: ApiProcess) -> None:
     # nothing of that was stored or audited
     assert [q["name"] for q in api.call("GET", "/api/v1/qos", "reader").json["qos"]] == ["voice"]
     assert len(api.call("GET", "/api/v1/audit", "reader").json["audit"]) == 10
+    # the CLI's changes are in the same audit log, with the same names, never with a secret
+    for args in (
+        ("qos", "add", "bulk", "--dscp", "10"),
+        ("user", "change", OTHER, "--mn-aaa-secret", "a-new-cli-secret", "--disable"),
+        ("vpn", "delete", str(record_id + 1)),
+    ):
+        done = cli(*db, *args)
+        assert done.returncode == 0, done.stderr
+    audit = api.call("GET", "/api/v1/audit", "reader")
+    assert "a-new-cli-secret" not in audit.text
+    entries = audit.json["audit"][-3:]
+    assert [(e["actor"].startswith("cli:"), e["action"], e["target"]) for e in entries] == [
+        (True, "qos.add", "bulk"),
+        (True, "users.change", OTHER),
+        (True, "vpn.delete", str(record_id + 1)),
+    ]
+    assert entries[1]["detail"]["secrets_set"] == ["MN-AAA secret"] and entries[1]["detail"]["enabled"] is False
 
 
 def test_openapi_is_served_and_matches_docs(api: ApiProcess) -> None:

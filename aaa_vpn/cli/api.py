@@ -7,7 +7,6 @@ The server is imported when it starts (it pulls in aiohttp), in one place:
 
 from __future__ import annotations
 
-import getpass
 import importlib
 import json
 import os
@@ -18,7 +17,17 @@ from typing import Any
 
 import click
 
-from aaa_vpn.cli.common import App, InvalidInput, StoreFailure, emit, emit_table, example, exit_with, pass_app
+from aaa_vpn.cli.common import (
+    App,
+    InvalidInput,
+    StoreFailure,
+    audit,
+    emit,
+    emit_table,
+    example,
+    exit_with,
+    pass_app,
+)
 from aaa_vpn.model import ValidationError
 from aaa_vpn.secret_files import SecretForm, decode_secret, read_private
 from aaa_vpn.service import openapi
@@ -33,13 +42,6 @@ def _run_api_server(settings: Any) -> int:
     except ImportError as exc:
         raise StoreFailure(f"the API server is not available: {exc}") from None
     return int(server.run_api_server(settings))
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid {os.getuid()}"
 
 
 @click.command(
@@ -169,7 +171,7 @@ def password(app: App, nai: str, password_file: str | None, remove: bool) -> Non
         store.get_user(nai)
         with store.transaction():
             removed = store.delete_web_credential(nai)
-            store.append_audit(time.time(), _actor(), "users.web-credential.delete", nai, "{}")
+            audit(store, "users.web-credential.delete", nai)
         emit(app, {"nai": nai, "web_credential": False, "removed": removed}, f"removed the web password of {nai}")
         return
     if password_file == "-":
@@ -184,7 +186,7 @@ def password(app: App, nai: str, password_file: str | None, remove: bool) -> Non
         raise InvalidInput("the password is not UTF-8 text") from None
     with store.transaction():
         store.set_web_credential(nai, verifier, time.time())
-        store.append_audit(time.time(), _actor(), "users.web-credential.set", nai, "{}")
+        audit(store, "users.web-credential.set", nai)
     emit(app, {"nai": nai, "web_credential": True}, f"set the web password of {nai}")
 
 
@@ -210,14 +212,14 @@ def allow(app: App, nai: str, gateways: tuple[str, ...], services: tuple[str, ..
     allowed = {"gateway": list(gateways), "service": list(services), "qos": list(qos)}
     with store.transaction():
         store.set_self_service(nai, allowed)
-        store.append_audit(time.time(), _actor(), "users.self-service.set", nai, json.dumps(allowed, sort_keys=True))
+        audit(store, "users.self-service.set", nai, dict(allowed))
     emit(app, {"nai": nai, **store.get_self_service(nai)}, f"set what {nai} may choose")
 
 
 @api.command("audit", epilog=example("aaa-vpn api audit --limit 20"))
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @pass_app
-def audit(app: App, limit: int) -> None:
+def audit_log(app: App, limit: int) -> None:
     """The audit log: who changed what, when (never a secret)."""
     rows = app.store().list_audit(limit=limit)
     emit_table(

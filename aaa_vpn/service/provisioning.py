@@ -388,8 +388,14 @@ KINDS: Mapping[str, tuple[KindRules, str]] = {
     "vpn": (VPN, "vpn_record"),
 }
 
+#: What the audit log calls a kind's changes (``<name>.add``), by the store's method stem.
+AUDIT_NAMES: Mapping[str, str] = {stem: collection for collection, (_rules, stem) in KINDS.items()} | {
+    "session": "sessions"
+}
+
 
 __all__ = [
+    "AUDIT_NAMES",
     "CLIENT",
     "GATEWAY",
     "KINDS",
