@@ -498,6 +498,28 @@ def test_user_page_shows_and_changes_only_the_user_s_own_records(page: ApiProces
     audit = page.call("GET", "/api/v1/audit", "admin").json["audit"]
     assert (audit[-1]["actor"], audit[-1]["action"], audit[-1]["target"]) == (f"user:{NAI}", "vpn.change", str(mine))
 
+    # a new correspondent, then removed again (the record's id is whatever the store gave it)
+    added = me.go(
+        "POST",
+        "/me/records",
+        {"csrf": csrf, "correspondent": "10.1.0.0/16", "gateway": "gw-s", "service": "gold", "qos": ""},
+    )
+    assert added.status == 200 and "Added record" in added.text, added.text
+    (new,) = [r for r in page.call("GET", f"/api/v1/vpn?user={NAI}", "admin").json["vpn"] if r["id"] != mine]
+    assert (new["correspondent"], new["gateway"], new["nai"]) == ("10.1.0.0/16", "gw-s", NAI)
+    assert f"id='record-{new['id']}'" in added.text
+    sneaky = me.go(
+        "POST",
+        "/me/records",
+        {"csrf": csrf, "correspondent": "10.9.0.0/16", "gateway": "gw-s", "service": "gold", "nai": OTHER},
+    )
+    assert sneaky.status == 200  # the form's "nai" is not a field of the page: the record is the signed-in user's
+    assert [r["nai"] for r in page.call("GET", "/api/v1/vpn?user=" + OTHER, "admin").json["vpn"]] == [OTHER]
+    for record in page.call("GET", f"/api/v1/vpn?user={NAI}", "admin").json["vpn"]:
+        if record["id"] != mine:
+            assert me.go("POST", f"/me/records/{record['id']}/delete", {"csrf": csrf}).status == 200
+    assert [r["id"] for r in page.call("GET", f"/api/v1/vpn?user={NAI}", "admin").json["vpn"]] == [mine]
+
     # the other user sees only theirs; signing out ends the session
     them = Visitor(page)
     assert them.sign_in(OTHER, "their own password").status == 303
