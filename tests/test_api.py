@@ -541,3 +541,23 @@ def test_sign_in_needs_its_form_token_and_locks_after_five_failures(page: ApiPro
         assert stranger.sign_in(NAI, "wrong password!").status == 401
     locked = stranger.sign_in(NAI, PASSWORD)
     assert locked.status == 429 and "aaa_vpn_session" not in stranger.cookies
+
+
+def test_serve_api_refuses_bad_tokens_files_in_one_line(tmp_path: Path) -> None:
+    init_store(tmp_path / "vpn.db", tmp_path / "vpn.key")[0].close()
+    db = ("--db", str(tmp_path / "vpn.db"))
+    tokens = tmp_path / "tokens"
+    cases = [
+        ("alice provisioning sha256:" + "ab" * 32 + "\n", 0o644, "group or others"),
+        ("alice provisioning sha256:abc\n", 0o600, "line 1: expected 'NAME ROLE[,ROLE] sha256:<64 hex digits>'"),
+        ("# operators\nalice boss sha256:" + "ab" * 32 + "\n", 0o600, "line 2: invalid role 'boss'"),
+    ]
+    for text, mode, expected in cases:
+        tokens.write_text(text)
+        tokens.chmod(mode)
+        done = cli(*db, "serve", "api", "--port", "0", "--tokens-file", str(tokens))
+        assert done.returncode == 2 and expected in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    tokens.chmod(0o600)
+    done = cli(*db, "serve", "api", "--tokens-file", str(tokens), "--tls-cert", str(tokens))
+    assert done.returncode == 2 and "give --tls-cert and --tls-key together" in done.stderr

@@ -74,8 +74,10 @@ def _run_api_server(settings: Any) -> int:
     show_default=True,
     help="Send CoA/Disconnect-Requests from this address (the agents accept only their AAA server's).",
 )
-@click.option("--coa-timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True)
-@click.option("--coa-retries", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option(
+    "--coa-timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True, help="Seconds per attempt."
+)
+@click.option("--coa-retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retransmissions.")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
