@@ -138,6 +138,7 @@ def test_roles_provisioning_audit_and_no_secrets(api: ApiProcess) -> None:
     assert [u["nai"] for u in api.call("GET", "/api/v1/users", "reader").json["users"]] == [NAI, OTHER]
     one = api.call("GET", f"/api/v1/users/{NAI}", "reader")
     assert one.status == 200 and one.json["mn_ha_spi"] == 256
+    assert [r["id"] for r in one.json["vpn_records"]] == [record_id] and one.json["sessions"] == []
     no_secret_in(one)
     no_secret_in(api.call("GET", "/api/v1/gateways/gw-d", "reader"))
     no_secret_in(api.call("GET", "/api/v1/clients/fa1", "admin"))
@@ -471,6 +472,8 @@ def test_user_page_shows_and_changes_only_the_user_s_own_records(page: ApiProces
     assert no_token.status == 403
     foreign = me.go("POST", f"/me/records/{mine}", {"csrf": csrf, "gateway": "gw-d"}, origin="https://evil.example")
     assert foreign.status == 403
+    opaque = me.go("POST", f"/me/records/{mine}", {"csrf": csrf, "gateway": "gw-d"}, origin="null")
+    assert opaque.status == 403
     # a gateway or service the operator does not allow
     not_allowed = me.go("POST", f"/me/records/{mine}", {"csrf": csrf, "service": "silver"})
     assert not_allowed.status == 400 and "does not let you choose service 'silver'" in html.unescape(not_allowed.text)

@@ -102,7 +102,8 @@ def test_user_changes_a_correspondent_to_the_dynamic_gateway_in_a_browser(
         browser.find_element(By.ID, "nai").send_keys(NAI)
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         browser.find_element(By.ID, "sign-in").click()
-        wait.until(lambda b: b.find_elements(By.ID, "records"))
+        wait.until(lambda b: b.find_elements(By.ID, "records") or b.find_elements(By.CLASS_NAME, "error"))
+        assert not browser.find_elements(By.CLASS_NAME, "error"), browser.page_source
         assert browser.current_url == f"{api.base}/me"
         rows = browser.find_elements(By.CSS_SELECTOR, "#records tr[id^='record-']")
         assert len(rows) == 1, browser.page_source

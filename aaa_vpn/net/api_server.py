@@ -25,7 +25,8 @@ Rules:
    SameSite=Strict, path /) names one; it ends after 15 minutes idle or 8
    hours. Every form that changes something carries the session's CSRF token
    (compared in constant time); the sign-in form a token bound to a
-   pre-session cookie; a request whose Origin is not this server is refused.
+   pre-session cookie; a request whose Origin is not this server (or is
+   "null") is refused.
    Five failed sign-ins lock that NAI for 60 seconds.
 6. The database is used from one thread of its own (an SQLite connection
    stays in the thread that opened it); CoA exchanges, which wait for the
@@ -75,6 +76,7 @@ T = TypeVar("T")
 IDLE_SECONDS = 15 * 60
 ABSOLUTE_SECONDS = 8 * 3600
 LOCK_AFTER, LOCK_SECONDS = 5, 60.0
+MAX_TRACKED_FAILURES = 10_000
 COOKIE = "aaa_vpn_session"
 LOGIN_COOKIE = "aaa_vpn_login"
 
@@ -309,8 +311,16 @@ class ApiServer:
         self._operator(request, Role.READ_ONLY)
         rules, stem = KINDS[collection]
         key = self._key(rules, request)
-        record = await self.store.call(lambda store: getattr(store, f"get_{stem}")(key))
-        return _json_response(_TO_JSON[collection](record))
+
+        def get(store: SqlStore) -> JsonObject:
+            record = getattr(store, f"get_{stem}")(key)
+            document = _TO_JSON[collection](record)
+            if collection == "users":  # as `aaa-vpn --json user show`, without keys
+                document["vpn_records"] = [vpn_record_to_json(r) for r in store.list_vpn_records(key)]
+                document["sessions"] = [session_to_json(s) for s in store.find_sessions(key)]
+            return document
+
+        return _json_response(await self.store.call(get))
 
     async def add_record(self, request: web.Request, collection: str) -> web.Response:
         operator = self._operator(request, Role.PROVISIONING)
@@ -575,12 +585,14 @@ class ApiServer:
         )
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null"
+        # with the page's own forms, which rule 5 refuses.
+        response.headers["Referrer-Policy"] = "same-origin"
         return response
 
     def _same_origin(self, request: web.Request) -> None:
         origin = request.headers.get("Origin")
-        if origin is not None and origin != "null" and origin != f"{request.scheme}://{request.host}":
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
             raise ApiError(403, "this form may only be sent from this site")
 
     def _web_session(self, request: web.Request) -> WebSession | None:
@@ -594,6 +606,11 @@ class ApiServer:
             return None
         session.seen = now
         return session
+
+    def _forget_expired(self, now: float) -> None:
+        for token, session in list(self.sessions.items()):
+            if now - session.seen > IDLE_SECONDS or now - session.started > ABSOLUTE_SECONDS:
+                del self.sessions[token]
 
     def _end_sessions_of(self, nai: str) -> None:
         for token, session in list(self.sessions.items()):
@@ -642,8 +659,11 @@ class ApiServer:
         if not bound or not hmac.compare_digest(form.get("csrf", ""), bound):
             return await self.page_login(request, "The sign-in form expired; please try again.", 403)
         nai, password = form.get("nai", "").strip(), form.get("password", "")
-        failures = self.failures.setdefault(nai, Failures())
         now = time.monotonic()
+        if nai not in self.failures and len(self.failures) >= MAX_TRACKED_FAILURES:
+            # Bounded memory whatever names are tried: forget those not locked now.
+            self.failures = {n: f for n, f in self.failures.items() if f.locked_until > now}
+        failures = self.failures.setdefault(nai, Failures())
         if failures.locked_until > now:
             return await self.page_login(request, "Too many failed attempts; wait a minute.", 429)
         verifier = await self.store.call(lambda store: store.get_web_credential(nai))
@@ -655,6 +675,7 @@ class ApiServer:
             log.info("user page: failed sign-in for %r from %s", nai, request.remote)
             return await self.page_login(request, "Wrong NAI or password.", 401)
         self.failures.pop(nai, None)
+        self._forget_expired(now)
         token = secrets.token_urlsafe(32)
         self.sessions[token] = WebSession(nai, secrets.token_urlsafe(32), now, now)
         log.info("user page: %s signed in from %s", nai, request.remote)
