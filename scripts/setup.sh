@@ -6,7 +6,8 @@
 #      left running nor enabled at boot when this script installs it), tshark, tcpdump,
 #      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes),
 #      PostgreSQL (initdb and pg_ctl for the tests' own clusters; no system cluster is
-#      started by this script's install).
+#      started by this script's install), headless Chromium and its WebDriver (the user-page
+#      browser test drives Debian's chromium through chromium-driver).
 #      Only what is missing is installed; `apt-get update` only runs when something is missing.
 #   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`, which
 #      also compiles aaa_vpn/wire/_fast.c (gcc and the Python headers); skipped when
@@ -47,6 +48,8 @@ REQUIRED=(
     "gcc:gcc"
     "-:postgresql"
     "/usr/lib/freeradius/rlm_sql_postgresql.so:freeradius-postgresql"
+    "chromium:chromium"
+    "chromedriver:chromium-driver"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke

@@ -631,13 +631,22 @@ def test_migration_from_version_1(db_path: Path) -> None:
         open_store(db_path, migrate=False)
     with open_store(db_path) as store:
         assert store.opened_version == 1
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         user = store.get_user(NAI)
         assert user.mn_ha_key == Secret(b"H" * 16)
         assert user.home_address is None
-    assert {"sessions_by_nai", "sessions_by_expiry", "vpn_records_by_gateway"} <= _indexes(db_path)
+    assert {"sessions_by_nai", "sessions_by_expiry", "vpn_records_by_gateway", "audit_log_by_time"} <= _indexes(db_path)
     with open_store(db_path) as store:
         assert store.opened_version == SCHEMA_VERSION
+        # step 6: web credentials and what users may choose go with their user; the audit log stays
+        store.set_web_credential(NAI, "scrypt$verifier", 1.0)
+        store.set_self_service(NAI, {"gateway": ["gw1"], "service": [], "qos": []})
+        store.append_audit(1.0, "cli:test", "users.web-credential.set", NAI, "{}")
+        assert store.get_web_credential(NAI) == "scrypt$verifier"
+        store.delete_user(NAI)
+        assert store.get_web_credential(NAI) is None
+        assert store.get_self_service(NAI) == {"gateway": [], "service": [], "qos": []}
+        assert [row[3] for row in store.list_audit()] == ["users.web-credential.set"]
 
 
 def test_migration_from_version_4_keeps_sessions_and_clients(db_path: Path) -> None:
@@ -666,7 +675,7 @@ def test_migration_from_version_4_keeps_sessions_and_clients(db_path: Path) -> N
     conn.execute("COMMIT")
     conn.close()
     with open_store(db_path) as store:
-        assert store.opened_version == 4 and store.schema_version == 5
+        assert store.opened_version == 4 and store.schema_version == SCHEMA_VERSION
         session = store.get_session("s1")
         assert (session.keyed_at, session.epoch_started) == (1500.0, 1500.0)
         assert (session.fa_identification, session.ha_identification) == (b"", b"")

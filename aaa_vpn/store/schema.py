@@ -268,6 +268,31 @@ MIGRATIONS: tuple[tuple[Operation, ...], ...] = (
         Sql("ALTER TABLE clients ADD COLUMN psk_encoding TEXT NOT NULL DEFAULT 'salt'"),
         Sql("ALTER TABLE clients ADD COLUMN require_coa_message_authenticator {INT} NOT NULL DEFAULT 0"),
     ),
+    # 6: self-service and the provisioning API (docs/api.md): a user's web
+    # credential (a scrypt verifier, never the password), what the operator lets
+    # the user choose on their own page, and the append-only audit log of changes.
+    (
+        Sql("""CREATE TABLE web_credentials (
+            nai TEXT PRIMARY KEY NOT NULL REFERENCES users (nai) ON DELETE CASCADE,
+            verifier TEXT NOT NULL,
+            changed {REAL} NOT NULL
+        )"""),
+        Sql("""CREATE TABLE self_service (
+            nai TEXT NOT NULL REFERENCES users (nai) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('gateway', 'service', 'qos')),
+            name TEXT NOT NULL,
+            PRIMARY KEY (nai, kind, name)
+        )"""),
+        Sql("""CREATE TABLE audit_log (
+            id {ID},
+            at {REAL} NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )"""),
+        Sql("CREATE INDEX audit_log_by_time ON audit_log (at)"),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar, Self, cast
@@ -1113,6 +1113,65 @@ class SqlStore:
             attributes=kept if isinstance(kept, dict) else {},
             updates=updates,
         )
+
+    # -- self-service and audit (docs/api.md) ------------------------------------------------
+
+    def set_web_credential(self, nai: str, verifier: str, changed: float) -> None:
+        """Store the user's web-credential verifier (aaa_vpn/service/webauth.py);
+        NotFound without such a user."""
+        with self._writing() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO web_credentials (nai, verifier, changed) VALUES (?, ?, ?)"
+                    " ON CONFLICT (nai) DO UPDATE SET verifier = excluded.verifier, changed = excluded.changed",
+                    (nai, verifier, changed),
+                )
+            except self._Integrity:
+                raise NotFound(f"no user {nai!r}") from None
+
+    def get_web_credential(self, nai: str) -> str | None:
+        row = self._one("SELECT verifier FROM web_credentials WHERE nai = ?", (nai,))
+        return None if row is None else str(row[0])
+
+    def delete_web_credential(self, nai: str) -> bool:
+        with self._writing() as conn:
+            return bool(conn.execute("DELETE FROM web_credentials WHERE nai = ?", (nai,)).rowcount)
+
+    def set_self_service(self, nai: str, allowed: Mapping[str, Sequence[str]]) -> None:
+        """What the user may choose on their own page: names per kind
+        (``gateway``, ``service``, ``qos``); replaces what was allowed."""
+        with self._writing() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE nai = ?", (nai,)).fetchone() is None:
+                raise NotFound(f"no user {nai!r}")
+            conn.execute("DELETE FROM self_service WHERE nai = ?", (nai,))
+            rows = [(nai, kind, name) for kind, names in allowed.items() for name in sorted(set(names))]
+            if rows:
+                conn.executemany("INSERT INTO self_service (nai, kind, name) VALUES (?, ?, ?)", rows)
+
+    def get_self_service(self, nai: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {"gateway": [], "service": [], "qos": []}
+        for kind, name in self._all("SELECT kind, name FROM self_service WHERE nai = ? ORDER BY kind, name", (nai,)):
+            out[str(kind)].append(str(name))
+        return out
+
+    def append_audit(self, at: float, actor: str, action: str, target: str, detail: str) -> None:
+        """Append one entry to the audit log (never a secret in it: the caller's rule)."""
+        with self._writing() as conn:
+            conn.execute(
+                "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                (at, actor, action, target, detail),
+            )
+
+    def list_audit(self, since: float | None = None, limit: int = 1000) -> list[tuple[int, float, str, str, str, str]]:
+        """Audit entries (id, at, actor, action, target, detail), oldest first."""
+        sql = "SELECT id, at, actor, action, target, detail FROM audit_log"
+        params: list[object] = []
+        if since is not None:
+            sql += " WHERE at >= ?"
+            params.append(since)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5])) for r in self._all(sql, params)]
 
     # -- maintenance ------------------------------------------------------------------------
 
