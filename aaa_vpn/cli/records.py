@@ -160,6 +160,7 @@ CLIENT = Kind(
             "psk_encoding",
             "--psk-encoding",
             PskEncoding,
+            rules.CLIENT,
             help="3gpp2 flavour: send 3GPP2-Pre-Shared-Secret salt-encrypted (StarOS) or plain (in clear, as the"
             " public dictionaries define it).",
         ),

@@ -48,6 +48,7 @@ from aaa_vpn.model import (
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.store.transfer import secret_from_json
+from aaa_vpn.wire.enums import PskEncoding
 
 Parser = Callable[[Any], Any]
 
@@ -298,6 +299,18 @@ CLIENT = KindRules(
             "require_message_authenticator",
             boolean("require_message_authenticator"),
             "Drop its requests without Message-Authenticator.",
+            json_type="boolean",
+        ),
+        _choice_field(
+            "psk_encoding",
+            "pre-shared-secret encoding",
+            PskEncoding,
+            "3gpp2 flavour: 3GPP2-Pre-Shared-Secret salt-encrypted (StarOS) or plain (the public dictionaries).",
+        ),
+        FieldRule(
+            "require_coa_message_authenticator",
+            boolean("require_coa_message_authenticator"),
+            "Believe its CoA/Disconnect ACKs and NAKs only with a Message-Authenticator.",
             json_type="boolean",
         ),
     ),
