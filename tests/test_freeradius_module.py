@@ -1,0 +1,341 @@
+"""aaa_vpn's home AAA as a FreeRADIUS module (rlm_python3), driven by radclient.
+
+FreeRADIUS 3.2 is the RADIUS server: its own clients, secrets and
+dictionaries; ``aaa_vpn.freeradius.module`` decides in ``authorize`` (one
+virtual server) or in ``post-auth`` (another), on the database the CLI
+provisioned (tests/test_home_server.py's ``provision``). radclient sends the
+FA's Access-Request from 127.0.0.1 under FreeRADIUS's secret, which is not
+the one in aaa_vpn's database; it verifies the Accept and decrypts the keys
+FreeRADIUS re-encrypted. The reply is compared with the session the database
+holds, as tests/test_home_interop.py does for the standalone server.
+
+The configuration is docs/freeradius-module.md's (:func:`module_config`).
+Everything runs on loopback, from a temporary raddb; FreeRADIUS is stopped by
+its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from aaa_vpn import keys
+from aaa_vpn.freeradius.pairs import PLAIN_IN_FREERADIUS, PairCodec, escape_string, unescape_printed
+from aaa_vpn.model import EspTransform
+from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
+from aaa_vpn.secret import Secret
+from aaa_vpn.store import open_store
+from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.radius import load_dictionary, prepare_tool_dir
+
+from . import freeradius
+from .conftest import _require_tool
+from .radius_client import PRECEDING, probed_udp_port
+from .test_dictionaries_interop import parse_reply
+from .test_home_server import MN_SECRET, NAI, provision
+
+pytestmark = [pytest.mark.interop, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[1]
+LISTEN = IPv4Address("127.0.0.7")  # FreeRADIUS
+FA = IPv4Address("127.0.0.1")  # radclient's source; client fa1 in aaa_vpn's database
+HA = IPv4Address("127.0.0.2")
+GW_DYN = IPv4Address("127.0.0.20")
+#: FreeRADIUS's own secret for the FA: aaa_vpn's database holds another one.
+FR_SECRET = "fa-to-freeradius-secret"
+
+
+def module_config(db: Path, key_file: Path) -> str:
+    """The ``python3`` module instance of docs/freeradius-module.md."""
+    site_packages = sysconfig.get_paths()["purelib"]  # where pyrad and cryptography are
+    return f"""\
+    python3 aaa_vpn {{
+        python_path = "{REPO}"
+        module = aaa_vpn.freeradius.module
+        pass_all_vps_dict = yes
+        mod_instantiate = ${{.module}}
+        func_instantiate = instantiate
+        mod_detach = ${{.module}}
+        func_detach = detach
+        mod_authorize = ${{.module}}
+        func_authorize = authorize
+        mod_post_auth = ${{.module}}
+        func_post_auth = post_auth
+        config {{
+            db = "{db}"
+            key_file = "{key_file}"
+            site_packages = "{site_packages}"
+            log_level = "info"
+        }}
+    }}
+"""
+
+
+CLIENT_POLICY = """\
+policy {
+    aaa_vpn_client {
+        update control {
+            &FreeRADIUS-Client-IP-Address := "%{Packet-Src-IP-Address}"
+        }
+    }
+}
+"""
+
+
+def server_config(db: Path, key_file: Path, authorize_port: int, post_auth_port: int) -> str:
+    return f"""\
+client fa1 {{
+    ipaddr = {FA}
+    secret = {FR_SECRET}
+    require_message_authenticator = yes
+}}
+{CLIENT_POLICY}
+modules {{
+{module_config(db, key_file)}
+}}
+server home_authorize {{
+    listen {{
+        type = auth
+        ipaddr = {LISTEN}
+        port = {authorize_port}
+    }}
+    authorize {{
+        aaa_vpn_client
+        aaa_vpn
+    }}
+    authenticate {{
+    }}
+    post-auth {{
+    }}
+}}
+server home_post_auth {{
+    listen {{
+        type = auth
+        ipaddr = {LISTEN}
+        port = {post_auth_port}
+    }}
+    authorize {{
+        aaa_vpn_client
+        update control {{
+            &Auth-Type := Accept
+        }}
+    }}
+    authenticate {{
+    }}
+    post-auth {{
+        aaa_vpn
+        Post-Auth-Type REJECT {{
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Hosted:
+    db: Path
+    key_file: Path
+    raddb: Path
+    ports: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosted]:
+    binary = _require_tool("freeradius")  # missing: skip, or fail under AAA_VPN_REQUIRE_TOOLS=1 (CI)
+    if not Path("/usr/lib/freeradius/rlm_python3.so").exists():
+        message = "rlm_python3 is not installed (Debian freeradius-python3; scripts/setup.sh)"
+        if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"AAA_VPN_REQUIRE_TOOLS=1 but {message}")
+        pytest.skip(message)
+    base = tmp_path_factory.mktemp("freeradius-module")
+    db = base / "vpn.db"
+    provision(db)
+    key_file = db.with_name(db.name + ".key")
+    process: subprocess.Popen[bytes] | None = None
+    raddb: Path | None = None
+    try:
+        for attempt in range(3):
+            ports = {"authorize": probed_udp_port(str(LISTEN)), "post-auth": probed_udp_port(str(LISTEN))}
+            raddb = freeradius.write_raddb(
+                base / f"fr{attempt}", server_config(db, key_file, ports["authorize"], ports["post-auth"])
+            )
+            freeradius.check_raddb(binary, raddb)
+            process = subprocess.Popen(
+                [binary, "-f", "-d", str(raddb)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                freeradius.wait_ready(process, raddb)
+                break
+            except RuntimeError as exc:
+                if "in use" not in str(exc) or attempt == 2:
+                    raise
+                process.wait()
+        assert raddb is not None
+        yield Hosted(db, key_file, raddb, ports)
+    finally:
+        if process is not None and process.poll() is None:  # stopped by its PID
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process is not None and raddb is not None:
+            log = freeradius.log_file(raddb).read_text(errors="replace")
+            assert process.returncode == 0, f"freeradius exited with {process.returncode}:\n{log[-3000:]}"
+
+
+def fr_log(hosted: Hosted) -> str:
+    return freeradius.log_file(hosted.raddb).read_text(errors="replace")
+
+
+def request_text(*, mn_secret: bytes = MN_SECRET, nai: str = NAI) -> str:
+    # radclient 3.2 re-encodes a 17-octet CHAP-Password whose octets are all >= 32
+    # as if it were a cleartext password: draw until one octet is below 32.
+    while True:
+        chap_password, chap_challenge = mn_aaa_chap_attributes(os.urandom(16), PRECEDING, Secret(mn_secret))
+        if min(chap_password) < 32:
+            break
+    return (
+        f'User-Name = "{nai}"\n'
+        f"CHAP-Password = 0x{chap_password.hex()}\n"
+        f"CHAP-Challenge = 0x{chap_challenge.hex()}\n"
+        f"NAS-IP-Address = {FA}\n"
+        "Aaa-Vpn-Request-Type = FA-Registration\n"
+        f"Aaa-Vpn-Care-Of-Address = {FA}\n"
+        f"Aaa-Vpn-Home-Agent = {HA}\n"
+        "Message-Authenticator = 0x00\n"
+    )
+
+
+def radclient(hosted: Hosted, section: str, text: str, tmp_path: Path) -> tuple[int, bytes]:
+    tooldir = prepare_tool_dir(tmp_path / f"dict-{section}")
+    request = tmp_path / f"request-{section}.txt"
+    request.write_text(text)
+    result = subprocess.run(
+        [
+            _require_tool("radclient"),
+            "-x",
+            "-r",
+            "1",
+            "-t",
+            "20",
+            "-d",
+            str(tooldir),
+            "-f",
+            str(request),
+            f"{LISTEN}:{hosted.ports[section]}",
+            "auth",
+            FR_SECRET,
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def session_of(hosted: Hosted, session_id: str) -> object:
+    store = open_store(hosted.db, hosted.key_file)
+    try:
+        return store.get_session(session_id)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("section", ["authorize", "post-auth"])
+def test_the_accept_freeradius_sends_carries_the_profile_of_the_stored_session(
+    hosted: Hosted, section: str, tmp_path: Path
+) -> None:
+    code, output = radclient(hosted, section, request_text(), tmp_path)
+    text = output.decode(errors="replace")
+    # exit 0: radclient checked the Response Authenticator and the Message-Authenticator
+    assert code == 0, f"{text}\n{fr_log(hosted)[-3000:]}"
+    assert "Received Access-Accept" in text, text
+    attributes = parse_reply(output)
+    assert attributes[0][0] == "Message-Authenticator", attributes  # FreeRADIUS signed it
+    by_name: dict[tuple[str, int], list[str | bytes]] = {}
+    for name, tag, value in attributes:
+        by_name.setdefault((name, tag), []).append(value)
+    (session_id,) = by_name[("Aaa-Vpn-Session-Id", 0)]
+    assert isinstance(session_id, bytes)
+    session = session_of(hosted, session_id.decode())  # the session is in the database
+    assert session.nai == NAI and session.care_of_address == FA and session.home_agent == HA  # type: ignore[attr-defined]
+    spi = {a.path: a.spi for a in session.spis}  # type: ignore[attr-defined]
+    tags = {value[0]: tag for (name, tag), value in by_name.items() if name == "Aaa-Vpn-Path-Role"}
+    assert set(tags) == {"FA-HA", "FA-GW"}, text
+
+    # FA <-> HA: SPIs and keys as the stored root key derives them; FreeRADIUS
+    # re-encrypted the keys under its own secret and radclient decrypted them.
+    srk, epoch = session.session_root_key, session.epoch  # type: ignore[attr-defined]
+    t = tags["FA-HA"]
+    assert by_name[("Aaa-Vpn-Path-Local", t)] == [b"127.0.0.1"] and by_name[("Aaa-Vpn-Path-Peer", t)] == [b"127.0.0.2"]
+    assert by_name[("Aaa-Vpn-Path-SPI-In", t)] == [str(spi["fa-ha@127.0.0.1"])]
+    assert by_name[("Aaa-Vpn-Path-SPI-Out", t)] == [str(spi["fa-ha@127.0.0.2"])]
+    length = EspTransform.AES_GCM_16_256.keymat_length
+    assert by_name[("Aaa-Vpn-Path-Key-In", t)] == [keys.derive_sa_key(srk, b"fa-ha", HA, FA, epoch, length).value]
+    assert by_name[("Aaa-Vpn-Path-Key-Out", t)] == [keys.derive_sa_key(srk, b"fa-ha", FA, HA, epoch, length).value]
+    assert by_name[("Aaa-Vpn-Path-IKE-PSK", t)] == [keys.derive_ike_psk(srk, b"fa-ha", FA, HA, epoch).value]
+    assert by_name[("Aaa-Vpn-Path-DSCP", t)] == ["46"]
+    t = tags["FA-GW"]
+    label = next(a.path for a in session.spis if a.path.startswith("fa-gw:")).split("@")[0].encode()  # type: ignore[attr-defined]
+    length = EspTransform.AES_CBC_128_HMAC_SHA256.keymat_length
+    assert by_name[("Aaa-Vpn-Path-Key-In", t)] == [keys.derive_sa_key(srk, label, GW_DYN, FA, epoch, length).value]
+    assert by_name[("Aaa-Vpn-Path-Remote-TS", t)] == [b"203.0.113.128/25"]
+    # the Class the NAS copies into its accounting names the session
+    assert any(name == "Class" for name, _, _ in attributes)
+
+
+@pytest.mark.parametrize("section", ["authorize", "post-auth"])
+def test_a_wrong_mn_aaa_proof_is_an_access_reject_with_its_reason(hosted: Hosted, section: str, tmp_path: Path) -> None:
+    _, output = radclient(hosted, section, request_text(mn_secret=b"not-the-mn-aaa-secret"), tmp_path)
+    text = output.decode(errors="replace")
+    assert "Received Access-Reject" in text, f"{text}\n{fr_log(hosted)[-3000:]}"
+    assert "Aaa-Vpn-Reject-Reason = Authentication-Failed" in text, text
+    assert "Reply-Message" in text
+
+
+def test_the_log_shows_no_secret(hosted: Hosted) -> None:
+    log = fr_log(hosted)
+    assert "aaa_vpn: hosted home AAA serving the database" in log, log[-2000:]
+    for secret in (MN_SECRET.decode(), "fa1-shared-secret", "ha1-shared-secret"):
+        assert secret not in log
+
+
+# -- the pair codec without FreeRADIUS -------------------------------------------------------------
+
+
+def test_escaped_strings_reach_the_wire_exactly() -> None:
+    for value in (b"", b"plain", b"back\\slash", bytes(range(256))):
+        assert unescape_printed(escape_string(value).replace("\\\\", "\\134")) == value
+
+
+def test_attributes_freeradius_defines_in_clear_are_the_ones_left_encrypted() -> None:
+    """PLAIN_IN_FREERADIUS: salt-encrypted in our dictionaries, plain in FreeRADIUS's."""
+    ours = {d.name for d in PairCodec.from_dictionary(load_dictionary()).by_name.values() if d.encrypt == 2}
+    encrypted_there: set[str] = set()
+    for path in Path("/usr/share/freeradius").glob("dictionary*"):
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 5 and parts[0] == "ATTRIBUTE" and "encrypt=2" in parts[4]:
+                encrypted_there.add(parts[1])
+    vendor = rc.dictionary_dir() / "dictionary.aaa_vpn"
+    for line in vendor.read_text().splitlines():  # our vendor file is FreeRADIUS's too (it is $INCLUDEd)
+        parts = line.split()
+        if len(parts) >= 5 and parts[0] == "ATTRIBUTE" and "encrypt=2" in parts[4]:
+            encrypted_there.add(parts[1])
+    if not encrypted_there:
+        pytest.skip("FreeRADIUS's dictionaries are not installed")
+    assert ours - encrypted_there == set(PLAIN_IN_FREERADIUS), sys.version
