@@ -9,7 +9,7 @@ the one in aaa_vpn's database; it verifies the Accept and decrypts the keys
 FreeRADIUS re-encrypted. The reply is compared with the session the database
 holds, as tests/test_home_interop.py does for the standalone server.
 
-The configuration is docs/freeradius-module.md's (:func:`module_config`).
+The configuration is docs/freeradius-module.md's (aaa_vpn/freeradius/config.py).
 Everything runs on loopback, from a temporary raddb; FreeRADIUS is stopped by
 its PID.
 """
@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -29,12 +28,24 @@ from pathlib import Path
 import pytest
 
 from aaa_vpn import keys
+from aaa_vpn.freeradius.bridge import (
+    ACCEPT,
+    RLM_MODULE_FAIL,
+    RLM_MODULE_REJECT,
+    RLM_MODULE_UPDATED,
+    SIGN_REPLY,
+    HostedHome,
+    HostedRequest,
+)
+from aaa_vpn.freeradius.config import CLIENT_POLICY, module_config
 from aaa_vpn.freeradius.pairs import PLAIN_IN_FREERADIUS, PairCodec, escape_string, unescape_printed
 from aaa_vpn.model import EspTransform
 from aaa_vpn.roles.home_plan import mn_aaa_chap_attributes
 from aaa_vpn.secret import Secret
+from aaa_vpn.service.home import HomeService
 from aaa_vpn.store import open_store
 from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.profile import RejectReason
 from aaa_vpn.wire.radius import load_dictionary, prepare_tool_dir
 
 from . import freeradius
@@ -45,50 +56,12 @@ from .test_home_server import MN_SECRET, NAI, provision
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
 
-REPO = Path(__file__).resolve().parents[1]
 LISTEN = IPv4Address("127.0.0.7")  # FreeRADIUS
 FA = IPv4Address("127.0.0.1")  # radclient's source; client fa1 in aaa_vpn's database
 HA = IPv4Address("127.0.0.2")
 GW_DYN = IPv4Address("127.0.0.20")
 #: FreeRADIUS's own secret for the FA: aaa_vpn's database holds another one.
 FR_SECRET = "fa-to-freeradius-secret"
-
-
-def module_config(db: Path, key_file: Path) -> str:
-    """The ``python3`` module instance of docs/freeradius-module.md."""
-    site_packages = sysconfig.get_paths()["purelib"]  # where pyrad and cryptography are
-    return f"""\
-    python3 aaa_vpn {{
-        python_path = "{REPO}"
-        module = aaa_vpn.freeradius.module
-        pass_all_vps_dict = yes
-        mod_instantiate = ${{.module}}
-        func_instantiate = instantiate
-        mod_detach = ${{.module}}
-        func_detach = detach
-        mod_authorize = ${{.module}}
-        func_authorize = authorize
-        mod_post_auth = ${{.module}}
-        func_post_auth = post_auth
-        config {{
-            db = "{db}"
-            key_file = "{key_file}"
-            site_packages = "{site_packages}"
-            log_level = "info"
-        }}
-    }}
-"""
-
-
-CLIENT_POLICY = """\
-policy {
-    aaa_vpn_client {
-        update control {
-            &FreeRADIUS-Client-IP-Address := "%{Packet-Src-IP-Address}"
-        }
-    }
-}
-"""
 
 
 def server_config(db: Path, key_file: Path, authorize_port: int, post_auth_port: int) -> str:
@@ -98,7 +71,8 @@ client fa1 {{
     secret = {FR_SECRET}
     require_message_authenticator = yes
 }}
-{CLIENT_POLICY}
+policy {{
+{CLIENT_POLICY}}}
 modules {{
 {module_config(db, key_file)}
 }}
@@ -314,7 +288,59 @@ def test_the_log_shows_no_secret(hosted: Hosted) -> None:
         assert secret not in log
 
 
-# -- the pair codec without FreeRADIUS -------------------------------------------------------------
+# -- the bridge and the pair codec without FreeRADIUS ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostedHome]:
+    db = tmp_path_factory.mktemp("bridge") / "vpn.db"
+    provision(db)
+    store = open_store(db, db.with_name(db.name + ".key"))
+    hosted = HostedHome(HomeService(store), PairCodec.from_dictionary(load_dictionary()))
+    try:
+        yield hosted
+    finally:
+        hosted.service.close()
+
+
+def _pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """radclient's request format as rlm_python3 prints the pairs (octets 0x.., strings bare)."""
+    pairs = []
+    for line in text.strip().splitlines():
+        name, _, value = line.partition(" = ")
+        pairs.append((name, value.strip('"')))
+    return tuple(pairs)
+
+
+def test_bridge_answers_each_request_of_a_batch(bridge: HostedHome) -> None:
+    good = HostedRequest(_pairs(request_text()), str(FA))
+    bad_proof = HostedRequest(_pairs(request_text(mn_secret=b"wrong-mn-aaa-secret")), str(FA))
+    accept, reject = bridge.decide([good, bad_proof], 1_000.0)
+    assert accept.code == RLM_MODULE_UPDATED and accept.config == (ACCEPT,), accept
+    assert accept.reply[0] == SIGN_REPLY
+    assert ("Aaa-Vpn-Path-Role:1", "1") in accept.reply or ("Aaa-Vpn-Path-Role:2", "1") in accept.reply
+    assert (
+        reject.code == RLM_MODULE_REJECT
+        and ("Aaa-Vpn-Reject-Reason", str(int(RejectReason.AUTHENTICATION_FAILED))) in reject.reply
+    ), reject
+    post = bridge.decide([HostedRequest(good.pairs, str(FA), "post-auth")], 1_001.0)[0]
+    assert post.code == RLM_MODULE_UPDATED and post.config == ()  # FreeRADIUS's own Auth-Type stands
+
+
+def test_bridge_fails_a_request_without_a_client_it_knows(bridge: HostedHome) -> None:
+    pairs = _pairs(request_text())
+    no_client, unknown = bridge.decide([HostedRequest(pairs, ""), HostedRequest(pairs, "192.0.2.99")], 1_000.0)
+    assert (no_client.code, no_client.outcome) == (RLM_MODULE_FAIL, "no-client")
+    assert (unknown.code, unknown.outcome) == (RLM_MODULE_FAIL, "unknown-client")
+    assert bridge.counters["freeradius.unknown_client"] >= 1
+
+
+def test_bridge_rejects_a_pair_it_cannot_convert(bridge: HostedHome) -> None:
+    pairs = (*_pairs(request_text()), ("Aaa-Vpn-Home-Agent", "not-an-address"))
+    (answer,) = bridge.decide([HostedRequest(pairs, str(FA))], 1_000.0)
+    assert answer.code == RLM_MODULE_REJECT
+    assert ("Aaa-Vpn-Reject-Reason", str(int(RejectReason.BAD_REQUEST))) in answer.reply, answer
+    assert any(name == "Reply-Message" and "not an IPv4 address" in value for name, value in answer.reply)
 
 
 def test_escaped_strings_reach_the_wire_exactly() -> None:

@@ -11,8 +11,10 @@ session in the database, the view and its profile attributes).
   FreeRADIUS's answer (return code, reply and control pairs) out.
 * :mod:`aaa_vpn.freeradius.module`: the functions rlm_python3 calls
   (``module = aaa_vpn.freeradius.module``).
+* :mod:`aaa_vpn.freeradius.config`: the FreeRADIUS configuration text
+  (``python -m aaa_vpn.freeradius --db PATH`` prints it).
 
-The configuration is in docs/freeradius-module.md. This package imports
-nothing at import time, so that :mod:`~aaa_vpn.freeradius.module` can order
+The configuration is in docs/freeradius-module.md. This package's
+``__init__`` imports nothing, so that :mod:`~aaa_vpn.freeradius.module` can order
 ``sys.path`` before anything else is loaded.
 """
