@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,7 +31,9 @@ import pytest
 from aaa_vpn import keys
 from aaa_vpn.freeradius.bridge import (
     ACCEPT,
+    DO_NOT_RESPOND,
     RLM_MODULE_FAIL,
+    RLM_MODULE_HANDLED,
     RLM_MODULE_REJECT,
     RLM_MODULE_UPDATED,
     SIGN_REPLY,
@@ -175,7 +178,15 @@ def fr_log(hosted: Hosted) -> str:
     return freeradius.log_file(hosted.raddb).read_text(errors="replace")
 
 
-def request_text(*, mn_secret: bytes = MN_SECRET, nai: str = NAI) -> str:
+def request_text(
+    *,
+    mn_secret: bytes = MN_SECRET,
+    nai: str = NAI,
+    nas: IPv4Address = FA,
+    request_type: str = "FA-Registration",
+    session_id: str | None = None,
+) -> str:
+    """An Access-Request in radclient's format, as an FA (or HA) sends it."""
     # radclient 3.2 re-encodes a 17-octet CHAP-Password whose octets are all >= 32
     # as if it were a cleartext password: draw until one octet is below 32.
     while True:
@@ -186,11 +197,12 @@ def request_text(*, mn_secret: bytes = MN_SECRET, nai: str = NAI) -> str:
         f'User-Name = "{nai}"\n'
         f"CHAP-Password = 0x{chap_password.hex()}\n"
         f"CHAP-Challenge = 0x{chap_challenge.hex()}\n"
-        f"NAS-IP-Address = {FA}\n"
-        "Aaa-Vpn-Request-Type = FA-Registration\n"
+        f"NAS-IP-Address = {nas}\n"
+        f"Aaa-Vpn-Request-Type = {request_type}\n"
         f"Aaa-Vpn-Care-Of-Address = {FA}\n"
         f"Aaa-Vpn-Home-Agent = {HA}\n"
-        "Message-Authenticator = 0x00\n"
+        + (f'Aaa-Vpn-Session-Id = "{session_id}"\n' if session_id else "")
+        + "Message-Authenticator = 0x00\n"
     )
 
 
@@ -325,6 +337,38 @@ def test_bridge_answers_each_request_of_a_batch(bridge: HostedHome) -> None:
     ), reject
     post = bridge.decide([HostedRequest(good.pairs, str(FA), "post-auth")], 1_001.0)[0]
     assert post.code == RLM_MODULE_UPDATED and post.config == ()  # FreeRADIUS's own Auth-Type stands
+
+
+def test_bridge_answers_the_ha_with_its_view_of_the_session_the_fa_made(bridge: HostedHome) -> None:
+    (fa,) = bridge.decide([HostedRequest(_pairs(request_text(nai="mn2@home.example")), str(FA))], 2_000.0)
+    session_id = dict(fa.reply)["Aaa-Vpn-Session-Id"]
+    ha_request = request_text(nai="mn2@home.example", nas=HA, request_type="HA-Registration", session_id=session_id)
+    (ha,) = bridge.decide([HostedRequest(_pairs(ha_request), str(HA))], 2_001.0)
+    assert ha.code == RLM_MODULE_UPDATED, ha
+    reply = dict(ha.reply)
+    assert reply["Aaa-Vpn-Session-Id"] == session_id
+    assert "Aaa-Vpn-Session-Root-Key" in reply  # the HA (only) gets the session root key (DESIGN.md section 3)
+    assert "Aaa-Vpn-Session-Root-Key" not in dict(fa.reply)
+
+
+def test_a_store_that_cannot_write_in_time_means_no_reply(tmp_path: Path) -> None:
+    """Bridge rule 4: the write did not get the database's lock within the busy
+    timeout; FreeRADIUS is told not to answer, so the retransmission is decided anew."""
+    db = tmp_path / "vpn.db"
+    provision(db)
+    store = open_store(db, db.with_name(db.name + ".key"), busy_timeout_ms=50)
+    hosted = HostedHome(HomeService(store), PairCodec.from_dictionary(load_dictionary()))
+    blocker = sqlite3.connect(db)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        (answer,) = hosted.decide([HostedRequest(_pairs(request_text()), str(FA))], 1_000.0)
+        assert (answer.code, answer.config, answer.outcome) == (RLM_MODULE_HANDLED, (DO_NOT_RESPOND,), "no-answer")
+        blocker.rollback()
+        (answer,) = hosted.decide([HostedRequest(_pairs(request_text()), str(FA))], 1_001.0)
+        assert answer.code == RLM_MODULE_UPDATED, answer
+    finally:
+        blocker.close()
+        hosted.service.close()
 
 
 def test_bridge_fails_a_request_without_a_client_it_knows(bridge: HostedHome) -> None:
