@@ -16,6 +16,7 @@ its PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -53,9 +54,16 @@ from aaa_vpn.wire.radius import load_dictionary, prepare_tool_dir
 
 from . import freeradius
 from .conftest import _require_tool
-from .radius_client import PRECEDING, probed_udp_port
+from .radius_client import (
+    PRECEDING,
+    access_request,
+    exchange,
+    probed_udp_port,
+    served_port,
+    wait_until_serving,
+)
 from .test_dictionaries_interop import parse_reply
-from .test_home_server import MN_SECRET, NAI, provision
+from .test_home_server import KEY_FILES, MN_SECRET, NAI, SECRET, provision, start_server, stop
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
 
@@ -119,24 +127,26 @@ server home_post_auth {{
 
 @dataclass
 class Hosted:
-    db: Path
+    db: Path | str
     key_file: Path
     raddb: Path
     ports: dict[str, int]
 
 
-@pytest.fixture(scope="module")
-def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosted]:
+def _freeradius_with_module() -> str:
     binary = _require_tool("freeradius")  # missing: skip, or fail under AAA_VPN_REQUIRE_TOOLS=1 (CI)
     if not Path("/usr/lib/freeradius/rlm_python3.so").exists():
         message = "rlm_python3 is not installed (Debian freeradius-python3; scripts/setup.sh)"
         if os.environ.get("AAA_VPN_REQUIRE_TOOLS") == "1":
             pytest.fail(f"AAA_VPN_REQUIRE_TOOLS=1 but {message}")
         pytest.skip(message)
-    base = tmp_path_factory.mktemp("freeradius-module")
-    db = base / "vpn.db"
-    provision(db)
-    key_file = db.with_name(db.name + ".key")
+    return binary
+
+
+@contextlib.contextmanager
+def running(db: Path | str, key_file: Path, base: Path) -> Iterator[Hosted]:
+    """FreeRADIUS with the module on ``db``, from its own raddb under ``base``; stopped by its PID."""
+    binary = _freeradius_with_module()
     process: subprocess.Popen[bytes] | None = None
     raddb: Path | None = None
     try:
@@ -172,6 +182,16 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosted]:
         if process is not None and raddb is not None:
             log = freeradius.log_file(raddb).read_text(errors="replace")
             assert process.returncode == 0, f"freeradius exited with {process.returncode}:\n{log[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosted]:
+    _freeradius_with_module()
+    base = tmp_path_factory.mktemp("freeradius-module")
+    db = base / "vpn.db"
+    provision(db)
+    with running(db, db.with_name(db.name + ".key"), base) as server:
+        yield server
 
 
 def fr_log(hosted: Hosted) -> str:
@@ -298,6 +318,43 @@ def test_the_log_shows_no_secret(hosted: Hosted) -> None:
     assert "aaa_vpn: hosted home AAA serving the database" in log, log[-2000:]
     for secret in (MN_SECRET.decode(), "fa1-shared-secret", "ha1-shared-secret"):
         assert secret not in log
+
+
+def test_on_postgresql_beside_the_standalone_server(pg_url: str, tmp_path: Path) -> None:
+    """One PostgreSQL database, two home AAAs: FreeRADIUS with the module creates
+    the session, ``aaa-vpn serve home`` renews it (it names the session), and
+    FreeRADIUS sees the renewal."""
+    _freeradius_with_module()
+    KEY_FILES[pg_url] = tmp_path / "vpn.key"
+    try:
+        provision(pg_url)
+        with running(pg_url, KEY_FILES[pg_url], tmp_path) as server:
+            code, output = radclient(server, "authorize", request_text(), tmp_path)
+            assert code == 0 and b"Received Access-Accept" in output, output.decode(errors="replace")
+            session_id = {n: v for n, _, v in parse_reply(output)}["Aaa-Vpn-Session-Id"]
+            assert isinstance(session_id, bytes)
+            created = session_of(server, session_id.decode())
+            log = tmp_path / "home.log"
+            home = start_server(pg_url, 0, 1, log)
+            try:
+                port = served_port(home, log)
+                wait_until_serving(("127.0.0.1", port), SECRET)
+                request = access_request(
+                    SECRET, NAI, MN_SECRET, care_of=str(FA), home_agent=str(HA), session_id=session_id.decode()
+                )
+                answer = exchange(("127.0.0.1", port), request)
+                assert answer.code == rc.ACCESS_ACCEPT, answer
+            finally:
+                assert stop(home) == 0, log.read_text()[-3000:]
+            renewed = session_of(server, session_id.decode())
+            assert renewed.epoch == created.epoch  # type: ignore[attr-defined]  # a renewal: same keys
+            assert renewed.expires >= created.expires  # type: ignore[attr-defined]
+            # and FreeRADIUS renews what the standalone server stored
+            code, output = radclient(server, "post-auth", request_text(session_id=session_id.decode()), tmp_path)
+            assert code == 0 and b"Received Access-Accept" in output, output.decode(errors="replace")
+            assert {n: v for n, _, v in parse_reply(output)}["Aaa-Vpn-Session-Id"] == session_id
+    finally:
+        KEY_FILES.pop(pg_url, None)
 
 
 # -- the bridge and the pair codec without FreeRADIUS ----------------------------------------------
