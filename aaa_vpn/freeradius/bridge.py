@@ -18,11 +18,11 @@ Rules:
    address the database does not know, is answered ``fail`` and logged.
 3. The request: every pair whose name the project's dictionaries define
    becomes its RADIUS attribute (:class:`~aaa_vpn.freeradius.pairs.PairCodec`);
-   FreeRADIUS's own internal pairs, Message-Authenticator and Proxy-State are
-   left out. The attributes are sealed into an Access-Request under the
-   client's secret in the database (fresh Request Authenticator,
-   Message-Authenticator first) and handed to the role from the client's
-   address. A pair that cannot be converted is a Bad-Request reject, like a
+   FreeRADIUS's own internal pairs, Message-Authenticator, Proxy-State and
+   User-Password (decrypted by FreeRADIUS; not the home AAA's) are left out.
+   The attributes are sealed into an Access-Request under the client's secret
+   in the database (fresh Request Authenticator, Message-Authenticator first)
+   and handed to the role from the client's address. A pair that cannot be converted is a Bad-Request reject, like a
    request the role cannot decode.
 4. The answer: an Access-Accept becomes ``updated`` with its attributes as
    reply pairs (salt-encrypted values decrypted, so that FreeRADIUS encrypts
@@ -73,7 +73,9 @@ CLIENT_ADDRESS = "FreeRADIUS-Client-IP-Address"
 SIGN_REPLY: Pair = ("Message-Authenticator", "0x00")
 ACCEPT: Pair = ("Auth-Type", "Accept")
 DO_NOT_RESPOND: Pair = ("Response-Packet-Type", "Do-Not-Respond")
-_LEFT_OUT = frozenset({"Message-Authenticator", "Proxy-State"})
+#: Rule 3: FreeRADIUS checked these; User-Password comes decrypted (RFC 2865
+#: section 5.2 hides it on the wire) and the home AAA does not read it.
+_LEFT_OUT = frozenset({"Message-Authenticator", "Proxy-State", "User-Password"})
 
 
 @dataclass(frozen=True)
