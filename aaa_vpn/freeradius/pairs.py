@@ -60,7 +60,6 @@ PLAIN_IN_FREERADIUS = frozenset({"3GPP2-Pre-Shared-Secret"})
 _INTEGER_TYPES = {"integer": 4, "short": 2, "byte": 1, "signed": 4, "integer64": 8}
 _ESCAPED_CONTROL = {"r": 0x0D, "n": 0x0A, "t": 0x09}
 _NAME = re.compile(r"^(?P<name>[A-Za-z0-9.+_-]+?)(?::(?P<tag>\d+))?$")
-_RAW_NAME = re.compile(r"^Attr-(?:26\.(?P<vendor>\d+)\.)?(?P<type>\d+)$")
 _OCTAL = re.compile(r"[0-7]{3}")
 
 
@@ -110,17 +109,18 @@ def unescape_printed(text: str | bytes) -> bytes:
     return bytes(out)
 
 
+#: Each octet as :func:`escape_string` writes it.
+_ESCAPED = tuple(
+    "\\\\" if octet == 0x5C else chr(octet) if 0x20 <= octet <= 0x7E else f"\\{octet:03o}" for octet in range(256)
+)
+_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+
+
 def escape_string(value: bytes) -> str:
     """``value`` as FreeRADIUS reads a double-quoted string (module doc)."""
-    parts = []
-    for octet in value:
-        if octet == 0x5C:
-            parts.append("\\\\")
-        elif 0x20 <= octet <= 0x7E:
-            parts.append(chr(octet))
-        else:
-            parts.append(f"\\{octet:03o}")
-    return "".join(parts)
+    if _PLAIN.fullmatch(value):
+        return value.decode("ascii")
+    return "".join(map(_ESCAPED.__getitem__, value))
 
 
 def definitions(dictionary: Dictionary) -> list[Definition]:
