@@ -466,3 +466,11 @@ def test_attributes_freeradius_defines_in_clear_are_the_ones_left_encrypted() ->
     if not encrypted_there:
         pytest.skip("FreeRADIUS's dictionaries are not installed")
     assert ours - encrypted_there == set(PLAIN_IN_FREERADIUS), sys.version
+
+
+def test_the_database_location_is_logged_without_its_password() -> None:
+    from aaa_vpn.freeradius.module import _redacted
+
+    assert _redacted("/var/lib/aaa_vpn/vpn.db") == "/var/lib/aaa_vpn/vpn.db"
+    assert "pw" not in _redacted("postgresql://aaa:pw@db.example/vpn")
+    assert "pw" not in _redacted("postgresql://db.example/vpn?password=pw")

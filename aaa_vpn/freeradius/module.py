@@ -18,7 +18,8 @@
 * ``post_auth``: the same decision, for configurations where FreeRADIUS
   authorizes and authenticates by its own policy first; the profile goes in
   the reply of the Access-Accept, a reject turns it into an Access-Reject.
-  Configure one of the two (``func_authorize`` or ``func_post_auth``), not both.
+  A virtual server calls the module from one of the two sections, not both
+  (each call is a decision).
 * ``detach``: closes the store.
 
 rlm_python3 declares itself thread-unsafe, so FreeRADIUS calls one instance
@@ -122,11 +123,14 @@ def stop() -> None:
 
 def _redacted(location: str) -> str:
     """A database location without a password (postgresql://user:secret@host)."""
-    if "://" in location and "@" in location:
+    if "://" not in location:
+        return location
+    location, _, query = location.partition("?")  # ?password=... too
+    if "@" in location:
         scheme, rest = location.split("://", 1)
         credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-    return location
+        location = f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return location + ("?***" if query else "")
 
 
 def _lists(p: Any) -> tuple[Any, Any]:
