@@ -3,7 +3,9 @@
 #
 #   1. system packages (Debian 12): RADIUS client tools, the FreeRADIUS server (the tests
 #      run their own instances from temporary configurations; the system daemon is neither
-#      left running nor enabled at boot when this script installs it), tshark, tcpdump,
+#      left running nor enabled at boot when this script installs it) and its Python 3
+#      module (rlm_python3, which hosts aaa_vpn's decisions: docs/freeradius-module.md),
+#      tshark, tcpdump,
 #      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes),
 #      PostgreSQL (initdb and pg_ctl for the tests' own clusters; no system cluster is
 #      started by this script's install), headless Chromium and its WebDriver (the user-page
@@ -35,6 +37,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 REQUIRED=(
     "radclient:freeradius-utils"
     "/usr/sbin/freeradius:freeradius"
+    "/usr/lib/freeradius/rlm_python3.so:freeradius-python3"
     "tshark:tshark"
     "tcpdump:tcpdump"
     "ip:iproute2"
@@ -53,9 +56,9 @@ REQUIRED=(
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke
-# under systemd) on *:1812/1813; postgresql's starts a system cluster on 5432, which the
-# tests do not use (they make throw-away clusters of their own, tests/postgres.py). Both
-# helpers ask /usr/sbin/policy-rc.d first and start
+# under systemd) on *:1812/1813, and freeradius-python3's force-reloads it; postgresql's
+# starts a system cluster on 5432, which the tests do not use (they make throw-away
+# clusters of their own, tests/postgres.py). Both helpers ask /usr/sbin/policy-rc.d first and start
 # nothing when it answers 101 ("action forbidden"), so setup.sh puts one there for the
 # install unless the machine has its own (Docker images do), removes it afterwards, then
 # disables the service for the next boot, stops it in case it ran and checks.
@@ -141,7 +144,7 @@ else
     # (Postinst of the strongSwan packages prints "Failed to send reload request" when
     # there is no systemd; that is harmless. No daemon is started.)
     aptlog=$(mktemp -t aaa_vpn-apt.XXXXXX.log)
-    if [[ " ${missing[*]} " == *" freeradius "* || " ${missing[*]} " == *" postgresql "* ]] && [[ ! -e $POLICY_RC ]]; then
+    if [[ " ${missing[*]} " =~ \ (freeradius|freeradius-python3|postgresql)\  ]] && [[ ! -e $POLICY_RC ]]; then
         trap drop_policy EXIT
         own_policy=1
         printf '#!/bin/sh\n# scripts/setup.sh (aaa_vpn): no daemon starts during its install\nexit 101\n' \
@@ -159,7 +162,7 @@ else
     say "apt-get install --no-install-recommends ${missing[*]}"
     run_apt apt-get install -y --no-install-recommends "${missing[@]}"
     drop_policy
-    if [[ " ${missing[*]} " == *" freeradius "* ]]; then
+    if [[ " ${missing[*]} " =~ \ (freeradius|freeradius-python3)\  ]]; then
         quiet_freeradius
     fi
     rm -f "$aptlog"
