@@ -515,9 +515,10 @@ class ForeignAaa:
         self._events: collections.deque[Event | Dropped] = collections.deque()
 
     # -- the API ----------------------------------------------------------------------------
-    def receive_from_client(self, data: bytes, source: Address, now: float) -> None:
-        """Handle a datagram an FA sent to the AAAF's listening socket."""
-        result = self.server.receive(data, source, now)
+    def receive_from_client(self, data: bytes, source: Address, now: float, client: ProxyClient | None = None) -> None:
+        """Handle a datagram an FA sent to the AAAF's listening socket;
+        ``client``: a RadSec peer's (roles/radsec.py rule 2)."""
+        result = self.server.receive(data, source, now, client)
         self._take_dropped()
         if result is None:
             return

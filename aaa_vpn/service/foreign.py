@@ -71,6 +71,12 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "upstream": dict,
     "clients": list,
     "realms": list,
+    "radsec_listen": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "radsec_client": list,
+    "radsec_idle_timeout": (int, float),
 }
 _UPSTREAM: dict[str, type | tuple[type, ...]] = {
     "timeout": (int, float),
@@ -107,6 +113,16 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
             values[name] = top[name]
     if "dup_cache_seconds" in top:
         values["dup_cache_seconds"] = float(top["dup_cache_seconds"])
+    # RadSec (docs/radsec.md): the same settings as serve home's options.
+    if "radsec_listen" in top:
+        values["radsec_listen"] = top["radsec_listen"]
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        if name in top:
+            values[name] = reader.file(top[name])
+    if "radsec_client" in top:
+        values["radsec_client"] = tuple(str(pin) for pin in top["radsec_client"])
+    if "radsec_idle_timeout" in top:
+        values["radsec_idle_timeout"] = float(top["radsec_idle_timeout"])
     for name in ("listen", "source_address"):
         if name in values:
             parse_ipv4(reader.where(name), values[name])
@@ -264,8 +280,10 @@ class ForeignService:
             raise ValidationError(str(exc)) from None
         self._budget: dict[str, _Budget] = {}
 
-    def receive_from_client(self, data: bytes, source: tuple[str, int], now: float) -> None:
-        self.aaa.receive_from_client(data, source, now)
+    def receive_from_client(
+        self, data: bytes, source: tuple[str, int], now: float, client: ProxyClient | None = None
+    ) -> None:
+        self.aaa.receive_from_client(data, source, now, client)
 
     def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
         self.aaa.receive_from_upstream(data, source, pool, now)
