@@ -53,11 +53,11 @@ class Home:
     certs: dict[str, Issued]
 
 
-def radsec_port(log: Path, timeout: float = 15.0) -> int:
+def radsec_port(log: Path, timeout: float = 15.0, host: str = "127.0.0.1") -> int:
     """The RadSec port the server logged ("worker listening ... radsec=HOST:PORT")."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = re.search(r"radsec=127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
+        found = re.search(rf"radsec={re.escape(host)}:(\d+)", log.read_text(errors="replace"))
         if found and "worker listening" in log.read_text(errors="replace"):
             return int(found.group(1))
         time.sleep(0.05)

@@ -54,6 +54,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn.net.datapath import VisitorRoutes
+from aaa_vpn.net.radsec import RadsecConnector, RadsecServer, TlsError, TlsFiles, client_context
 from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
@@ -276,6 +278,11 @@ class AgentNode:
         self.backend: SaBackend = backend if backend is not None else build_backend(settings)
         self.executor = SaExecutor(self.backend, settings.node)
         self.sockets: dict[Channel, socket.socket] = {}
+        #: RadSec (docs/radsec.md): the connections to the AAA servers of
+        #: transport ``radsec``, made when serving starts.
+        self.radsec: RadsecConnector | None = None
+        self._radsec_context: ssl.SSLContext | None = None
+        self._rearm: Callable[[], None] = lambda: None
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=_EVENTS_KEPT)
         self.counters: collections.Counter[str] = collections.Counter()
         self.started = clock()
@@ -301,6 +308,7 @@ class AgentNode:
                 if settings.coa_port:  # bound before the ephemeral RADIUS socket, which could take its port
                     self.sockets[Channel.COA] = _socket(address, settings.coa_port, "CoA", settings.coa_socket_fd)
                 self.sockets[Channel.RADIUS] = _bind(address, 0, "RADIUS client")
+                self._radsec_context = self._radsec_tls()
             self.running = True
             self._dirty = True
             self.recover()
@@ -417,6 +425,51 @@ class AgentNode:
                 log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
         self.service()
 
+    def _radsec_connector(self) -> RadsecConnector | None:
+        """The connector to the AAA servers of transport ``radsec``, if any."""
+        settings = self.settings
+        servers = [
+            RadsecServer((s.address, s.port), s.tls_name, s.name)
+            for s in settings.aaa_servers
+            if s.transport == "radsec"
+        ]
+        if not servers:
+            return None
+        context = self._radsec_context or self._radsec_tls()
+        assert context is not None
+        return RadsecConnector(servers, context, self._radsec_packet, local_address=str(settings.address))
+
+    def _radsec_tls(self) -> ssl.SSLContext | None:
+        """The RadSec client context, if any server needs one; AgentError if the files are bad."""
+        settings = self.settings
+        if not any(s.transport == "radsec" for s in settings.aaa_servers):
+            return None
+        assert settings.tls_cert is not None and settings.tls_key is not None and settings.tls_ca is not None
+        try:
+            return client_context(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca))
+        except TlsError as exc:
+            raise AgentError(str(exc)) from None
+
+    def _radsec_packet(self, data: bytes, address: Address) -> None:
+        """A packet from a RadSec server: handled as a datagram from it."""
+        now = self.clock()
+        self.counters[f"received.{Channel.RADIUS.value}"] += 1
+        if self._record_messages:
+            self._note(
+                "received",
+                now,
+                channel=Channel.RADIUS.value,
+                peer=f"{address[0]}:{address[1]}",
+                **describe_message(Channel.RADIUS, data),
+            )
+        try:
+            self.agent.receive_datagram(Channel.RADIUS, data, address, now)
+        except Exception:  # a bug must cost this packet, never the agent
+            self.counters["dropped.internal_error"] += 1
+            log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
+        self.service()
+        self._rearm()
+
     def fire_timer(self, now: float) -> None:
         try:
             self.agent.handle_timer(now)
@@ -452,6 +505,13 @@ class AgentNode:
                 self.counters["state_file_errors"] += 1
                 log.warning("cannot write the state file", extra=fields(node=self.settings.node, error=str(exc)))
         for datagram in datagrams:
+            if (
+                datagram.channel is Channel.RADIUS
+                and self.radsec is not None
+                and self.radsec.send(datagram.data, datagram.address)
+            ):
+                self.counters[f"sent.{datagram.channel.value}"] += 1
+                continue
             sock = self.sockets.get(datagram.channel)
             if sock is None:
                 continue
@@ -613,6 +673,8 @@ class AgentNode:
             self.receive(channel)
             arm()
 
+        self._rearm = arm
+        self.radsec = self._radsec_connector()
         for channel, sock in self.sockets.items():
             loop.add_reader(sock.fileno(), readable, channel)
         self.service()
@@ -620,6 +682,9 @@ class AgentNode:
         try:
             await stop.wait()
         finally:
+            if self.radsec is not None:
+                self.radsec.close()
+                self.radsec = None
             for sock in self.sockets.values():
                 loop.remove_reader(sock.fileno())
             if timer is not None:

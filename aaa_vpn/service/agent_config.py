@@ -78,6 +78,8 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
     "port": int,
     "secret": str,
     "secret_file": str,
+    "transport": str,
+    "tls_name": str,
 }
 
 
@@ -283,6 +285,20 @@ class AgentSettings:
         flag="--max-lifetime",
         check=Bounds("maximum lifetime", 1, 0xFFFE, rule="1..65534 seconds"),
     )
+    tls_cert: Path | None = setting(
+        None, help="RadSec: the agent's certificate (PEM).", flag="--tls-cert", kind=Path, roles=_RADIUS_ROLES
+    )
+    """FA and HA with an AAA server of transport ``radsec`` (docs/radsec.md)."""
+    tls_key: Path | None = setting(
+        None, help="RadSec: its private key (PEM).", flag="--tls-key", kind=Path, roles=_RADIUS_ROLES
+    )
+    tls_ca: Path | None = setting(
+        None,
+        help="RadSec: the CA certificate(s) the AAA servers' certificates must chain to (PEM).",
+        flag="--tls-ca",
+        kind=Path,
+        roles=_RADIUS_ROLES,
+    )
     state_file: Path | None = setting(
         None,
         help="Keep the SA table, visitors/bindings and recent events here as JSON (docs/agents.md).",
@@ -349,6 +365,12 @@ class AgentSettings:
             check_node_address("trusted home agent", home_agent)
         if self.role in _RADIUS_ROLES and not self.aaa_servers:
             raise ValidationError(f"the {self.role.upper()} needs at least one AAA server (--aaa HOST:PORT)")
+        if any(s.transport == "radsec" for s in self.aaa_servers) and None in (
+            self.tls_cert,
+            self.tls_key,
+            self.tls_ca,
+        ):
+            raise ValidationError("an AAA server of transport radsec needs tls_cert, tls_key and tls_ca")
         if self.role == "gw" and (self.gateway_key is None or not self.gateway_key):
             raise ValidationError("the gateway needs its provisioned key (--gateway-key-file)")
         if self.role == "gw" and self.gateway_key is not None and len(self.gateway_key) < MIN_GATEWAY_KEY:
@@ -479,9 +501,22 @@ def _servers(reader: _Reader, items: Iterable[Any], secret: Secret | None) -> tu
         if (address, port) in seen:
             raise reader.error(key, f"{address}:{port} is listed twice")
         seen.add((address, port))
-        # --secret-file wins over the file's secret (and lets the file omit it)
-        server_secret = secret if secret is not None else reader.shared_secret(table, key)
-        servers.append(ServerConfig(str(address), port, server_secret, table.get("name", "")))
+        transport = table.get("transport", "udp")
+        if transport not in ("udp", "radsec"):
+            raise reader.error(f"{key}.transport", f"{transport!r}: udp or radsec")
+        if transport == "radsec":
+            # RFC 6614 section 2.3: the secret of a RadSec connection is "radsec"
+            if "secret" in table or "secret_file" in table:
+                raise reader.error(key, "a radsec server has no shared secret (RFC 6614: it is 'radsec')")
+            from aaa_vpn.roles.radsec import RADSEC_SECRET
+
+            server_secret = RADSEC_SECRET
+        else:
+            # --secret-file wins over the file's secret (and lets the file omit it)
+            server_secret = secret if secret is not None else reader.shared_secret(table, key)
+        servers.append(
+            ServerConfig(str(address), port, server_secret, table.get("name", ""), transport, table.get("tls_name", ""))
+        )
     return tuple(servers)
 
 

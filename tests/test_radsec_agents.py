@@ -1,0 +1,82 @@
+"""The agents' AAA client over RadSec: flows A and B of tests/test_agents_live.py
+with FA1 and the HA asking the home AAA over TLS (``[[aaa]] transport =
+"radsec"``) instead of UDP, every component a separate ``aaa-vpn`` process
+on loopback.
+
+The home AAA listens for RadSec with a certificate from a throw-away CA
+(tests/radsec_pki.py); FA1's and the HA's certificates carry only their
+addresses (subjectAltName iPAddress), which is how the home AAA finds their
+provisioned client records (docs/radsec.md, rule 1c). After the mobile node
+registers, the SA tables are the same as over UDP, and the home AAA's log
+shows the two RadSec connections and no UDP request from FA1 or the HA.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from .mobility import AAA, FA1
+from .radsec_pki import Authority
+from .test_agents_live import AFTER_REGISTRATION, AGENTS, Topology, assert_mirrored, start
+from .test_radsec_live import radsec_port
+
+
+def _respawn_over_radsec(topology: Topology, name: str, role: str, address: str, pki: Authority, port: int) -> None:
+    """Stop agent ``name`` and start it again with its AAA server over RadSec."""
+    process = topology.processes[name]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    topology.state_file(name).unlink()
+    issued = pki.issue(f"{name}-tls", f"agent-{name}", addresses=(address,))
+    config = topology.tmp / f"{name}-radsec.toml"
+    config.write_text(
+        f'tls_cert = "{issued.cert}"\ntls_key = "{issued.key}"\ntls_ca = "{pki.cert}"\n'
+        f'[[aaa]]\naddress = "{AAA}"\nport = {port}\ntransport = "radsec"\ntls_name = "home-aaa.example"\n'
+    )
+    args = ["agent", role, "--config", str(config), "--name", name, "--address", address]
+    args += ["--mip-port", str(topology.mip_port), "--state-file", str(topology.state_file(name))]
+    args += ["--log-level", "debug", "--mip-socket-fd", str(topology.mip.fd(address))]
+    args += ["--coa-port", str(topology.coa.port), "--coa-socket-fd", str(topology.coa.fd(address))]
+    topology.spawn(name, *args, pass_fds=(topology.mip.fd(address), topology.coa.fd(address)))
+    deadline = time.monotonic() + 20
+    while not (topology.state_file(name).exists() and topology.state(name)["running"]):
+        assert topology.processes[name].poll() is None, topology.logs[name].read_text()
+        assert time.monotonic() < deadline, f"{name} did not start"
+        time.sleep(0.03)
+
+
+def test_fa_and_ha_register_over_radsec(tmp_path: Path) -> None:
+    pki = Authority(tmp_path / "pki")
+    server = pki.issue("home", "home-aaa.example", dns=("home-aaa.example",), addresses=(AAA,))
+    home_args = (
+        *("--radsec-listen", f"{AAA}:0", "--tls-cert", str(server.cert), "--tls-key", str(server.key)),
+        *("--tls-ca", str(pki.cert)),
+    )
+    topology = start(tmp_path, home_args=home_args)
+    try:
+        port = radsec_port(topology.logs["home-aaa"], host=AAA)
+        for name in ("fa1", "ha"):
+            role, address = AGENTS[name]
+            _respawn_over_radsec(topology, name, role, address, pki, port)
+        code, outcome = topology.mn("register", "--fa", FA1)
+        home_log = topology.logs["home-aaa"].read_text()
+        assert code == 0 and outcome["accepted"], (
+            f"{outcome}\n{home_log[-3000:]}\n{topology.logs['fa1'].read_text()[-3000:]}"
+        )
+        tables = topology.wait_for(AFTER_REGISTRATION)
+        assert tables == {n: sorted(t) for n, t in AFTER_REGISTRATION.items()}
+        assert_mirrored(topology, "fa1", "ha", "FA_HA")
+        home_log = topology.logs["home-aaa"].read_text()
+        # both asked over RadSec, each known by the address in its certificate
+        assert "radsec connection" in home_log and "client=" in home_log
+        connected = [
+            line for line in home_log.splitlines() if "aaa_vpn.radsec" in line and "radsec connection " in line
+        ]
+        assert len(connected) >= 2, home_log[-3000:]
+        for name in ("fa1", "ha"):
+            assert "radsec connected" in topology.logs[name].read_text(), topology.logs[name].read_text()[-2000:]
+    finally:
+        codes = topology.stop()
+    assert codes == dict.fromkeys(codes, 0), codes
