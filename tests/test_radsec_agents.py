@@ -17,14 +17,16 @@ import signal
 import time
 from pathlib import Path
 
-from .mobility import AAA, FA1
+from .mobility import AAA, AAAF, FA1, FA2, SECRETS
 from .radsec_pki import Authority
-from .test_agents_live import AFTER_REGISTRATION, AGENTS, Topology, assert_mirrored, start
+from .test_agents_live import AFTER_REGISTRATION, AGENTS, Topology, assert_mirrored, private, start
 from .test_radsec_live import radsec_port
 
 
-def _respawn_over_radsec(topology: Topology, name: str, role: str, address: str, pki: Authority, port: int) -> None:
-    """Stop agent ``name`` and start it again with its AAA server over RadSec."""
+def _respawn_over_radsec(
+    topology: Topology, name: str, role: str, address: str, pki: Authority, port: int, server: str = AAA
+) -> None:
+    """Stop agent ``name`` and start it again with its AAA server (``server``) over RadSec."""
     process = topology.processes[name]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
@@ -33,7 +35,7 @@ def _respawn_over_radsec(topology: Topology, name: str, role: str, address: str,
     config = topology.tmp / f"{name}-radsec.toml"
     config.write_text(
         f'tls_cert = "{issued.cert}"\ntls_key = "{issued.key}"\ntls_ca = "{pki.cert}"\n'
-        f'[[aaa]]\naddress = "{AAA}"\nport = {port}\ntransport = "radsec"\ntls_name = "home-aaa.example"\n'
+        f'[[aaa]]\naddress = "{server}"\nport = {port}\ntransport = "radsec"\ntls_name = "{server}"\n'
     )
     args = ["agent", role, "--config", str(config), "--name", name, "--address", address]
     args += ["--mip-port", str(topology.mip_port), "--state-file", str(topology.state_file(name))]
@@ -49,7 +51,7 @@ def _respawn_over_radsec(topology: Topology, name: str, role: str, address: str,
 
 def test_fa_and_ha_register_over_radsec(tmp_path: Path) -> None:
     pki = Authority(tmp_path / "pki")
-    server = pki.issue("home", "home-aaa.example", dns=("home-aaa.example",), addresses=(AAA,))
+    server = pki.issue("home", "home-aaa.example", dns=("home-aaa.example", AAA), addresses=(AAA,))
     home_args = (
         *("--radsec-listen", f"{AAA}:0", "--tls-cert", str(server.cert), "--tls-key", str(server.key)),
         *("--tls-ca", str(pki.cert)),
@@ -77,6 +79,49 @@ def test_fa_and_ha_register_over_radsec(tmp_path: Path) -> None:
         assert len(connected) >= 2, home_log[-3000:]
         for name in ("fa1", "ha"):
             assert "radsec connected" in topology.logs[name].read_text(), topology.logs[name].read_text()[-2000:]
+    finally:
+        codes = topology.stop()
+    assert codes == dict.fromkeys(codes, 0), codes
+
+
+def test_fa_to_foreign_to_home_all_over_radsec(tmp_path: Path) -> None:
+    """FA1 -> RadSec -> the foreign AAA -> RadSec -> the home AAA (flow A through
+    the visited domain): the foreign AAA serves RadSec and uses it upstream."""
+    pki = Authority(tmp_path / "pki")
+    home_cert = pki.issue("home", "home-aaa.example", dns=("home-aaa.example", AAA), addresses=(AAA,))
+    foreign_cert = pki.issue("foreign", "foreign-aaa.example", dns=(AAAF,), addresses=(AAAF,))
+    home_args = (
+        *("--radsec-listen", f"{AAA}:0", "--tls-cert", str(home_cert.cert), "--tls-key", str(home_cert.key)),
+        *("--tls-ca", str(pki.cert)),
+    )
+    topology = start(tmp_path, foreign=True, home_args=home_args)
+    try:
+        home_port = radsec_port(topology.logs["home-aaa"], host=AAA)
+        process = topology.processes["foreign-aaa"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        private(tmp_path / "aaaf-fa2.secret", SECRETS[FA2].value)
+        config = tmp_path / "foreign-radsec.toml"
+        config.write_text(
+            f'listen = "{AAAF}"\nport = 0\nradsec_listen = "{AAAF}:0"\n'
+            f'tls_cert = "{foreign_cert.cert}"\ntls_key = "{foreign_cert.key}"\ntls_ca = "{pki.cert}"\n'
+            f'[[clients]]\nname = "fa-{FA1}"\naddress = "{FA1}"\nsecret_file = "aaaf-{FA1}.secret"\n'
+            f'[[clients]]\nname = "fa-{FA2}"\naddress = "{FA2}"\nsecret_file = "aaaf-fa2.secret"\n'
+            f'[[realms]]\nname = "home.example"\n[[realms.servers]]\naddress = "{AAA}"\nport = {home_port}\n'
+            'transport = "radsec"\ntls_name = "home-aaa.example"\n'
+        )
+        topology.logs["foreign-aaa"].write_text("")
+        topology.spawn("foreign-aaa", "serve", "foreign", "--config", str(config), "--log-level", "debug")
+        foreign_port = radsec_port(topology.logs["foreign-aaa"], host=AAAF)
+        _respawn_over_radsec(topology, "fa1", "fa", FA1, pki, foreign_port, server=AAAF)
+        code, outcome = topology.mn("register", "--fa", FA1)
+        logs = {n: p.read_text()[-3000:] for n, p in topology.logs.items() if n in ("home-aaa", "foreign-aaa", "fa1")}
+        assert code == 0 and outcome["accepted"], f"{outcome}\n{logs}"
+        foreign_log = topology.logs["foreign-aaa"].read_text()
+        assert f"client=fa-{FA1}" in foreign_log, foreign_log[-2000:]  # FA1 known by its certificate's address
+        assert "radsec connected" in foreign_log  # the upstream connection to the home AAA
+        assert "radsec connection" in topology.logs["home-aaa"].read_text()
+        assert_mirrored(topology, "fa1", "ha", "FA_HA")
     finally:
         codes = topology.stop()
     assert codes == dict.fromkeys(codes, 0), codes

@@ -24,15 +24,28 @@ for a graceful stop; SIGUSR1 logs the counters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from functools import partial
 
 from aaa_vpn.model import ValidationError
-from aaa_vpn.net.home_server import ServerError, _bind, supervise
+from aaa_vpn.net.home_server import ServerError, _bind, _bind_radsec, supervise
+from aaa_vpn.net.radsec import (
+    CertificateClients,
+    RadsecConnector,
+    RadsecListener,
+    RadsecServer,
+    TlsError,
+    TlsFiles,
+    client_context,
+    server_tls,
+)
+from aaa_vpn.roles.foreign_aaa import ProxyClient
 from aaa_vpn.service.config import ForeignServerSettings
 from aaa_vpn.service.foreign import ForeignService, with_port
 from aaa_vpn.service.logging import configure_logging, fields
@@ -48,13 +61,25 @@ def _log_counters(service: ForeignService, message: str) -> None:
     log.info(message, extra=fields(**service.counters()))
 
 
-def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socket | None = None) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the exit code."""
+def serve_worker(
+    settings: ForeignServerSettings,
+    index: int,
+    sock: socket.socket | None = None,
+    radsec_sock: socket.socket | None = None,
+) -> int:
+    """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``
+    and ``radsec_sock`` (with ``radsec_listen``): bound already, else here."""
     loop = asyncio.new_event_loop()
     service = ForeignService(settings, loop.time())
     upstream: list[socket.socket] = []
     if sock is None:
         sock = _bind(settings.listen, settings.port, reuse_port=True)
+    if radsec_sock is None and settings.radsec_listen is not None:
+        radsec_sock = _bind_radsec(settings, reuse_port=True)
+    radsec: RadsecListener[ProxyClient] | None = None
+    # RadSec home servers (docs/radsec.md): one connector per pool, as each
+    # pool has its own UDP socket (its own Identifier space).
+    connectors: list[RadsecConnector | None] = []
     try:
         for _pool in service.aaa.pools:
             upstream.append(_bind(settings.upstream_address, 0, reuse_port=False))
@@ -71,6 +96,13 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
     def flush() -> None:
         nonlocal timer, timer_at
         for datagram in service.outgoing():
+            if datagram.pool is None:
+                if radsec is not None and radsec.deliver(datagram.data, datagram.address):
+                    continue
+            else:
+                connector = connectors[datagram.pool] if connectors else None
+                if connector is not None and connector.send(datagram.data, datagram.address):
+                    continue
             out = sock if datagram.pool is None else upstream[datagram.pool]
             try:
                 out.sendto(datagram.data, datagram.address)
@@ -126,7 +158,43 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
                 _log_counters(service, "counters")
                 last_stats = time.monotonic()
 
+    def from_radsec_client(packets: list[bytes], source: tuple[str, int], client: ProxyClient) -> None:
+        for packet in packets:
+            guarded(partial(service.receive_from_client, packet, source, loop.time(), client))
+        flush()
+
+    def from_radsec_server(pool: int, packet: bytes, source: tuple[str, int]) -> None:
+        guarded(partial(service.receive_from_upstream, packet, source, pool, loop.time()))
+        flush()
+
     async def main() -> None:
+        nonlocal radsec
+        if radsec_sock is not None:
+            radsec = RadsecListener(
+                radsec_sock,
+                server_tls(settings),
+                CertificateClients(lambda: settings.clients, lambda: 0, settings.radsec_client),
+                from_radsec_client,
+                service.aaa.counters,
+                idle_timeout=settings.radsec_idle_timeout,
+            )
+            await radsec.start()
+        for number, pool in enumerate(service.aaa.pools):
+            servers = [
+                RadsecServer((s.address, s.port), s.tls_name, s.name)
+                for s in pool.client.servers
+                if s.transport == "radsec"
+            ]
+            connectors.append(
+                RadsecConnector(
+                    servers,
+                    client_tls(settings),
+                    partial(from_radsec_server, number),
+                    local_address=settings.upstream_address,
+                )
+                if servers
+                else None
+            )
         loop.add_reader(sock.fileno(), drain, sock, None)
         for number, pool_sock in enumerate(upstream):
             loop.add_reader(pool_sock.fileno(), drain, pool_sock, number)
@@ -140,6 +208,7 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
                 worker=index,
                 address=f"{host}:{port}",
                 upstream=",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in upstream),
+                radsec="" if radsec is None else f"{radsec.address[0]}:{radsec.address[1]}",
             ),
         )
         task = asyncio.ensure_future(housekeeping())
@@ -147,6 +216,11 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
         loop.remove_reader(sock.fileno())
         for pool_sock in upstream:
             loop.remove_reader(pool_sock.fileno())
+        if radsec is not None:
+            await radsec.close()
+        for connector in connectors:
+            if connector is not None:
+                connector.close()
         await task
 
     try:
@@ -157,9 +231,18 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
             timer.cancel()
         loop.close()
         sock.close()
+        if radsec_sock is not None:
+            radsec_sock.close()
         for pool_sock in upstream:
             pool_sock.close()
     return 0
+
+
+def client_tls(settings: ForeignServerSettings) -> ssl.SSLContext:
+    """The context of the RadSec connections to home servers: the same
+    certificate the listener shows (docs/radsec.md)."""
+    assert settings.tls_cert is not None and settings.tls_key is not None and settings.tls_ca is not None
+    return client_context(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca))
 
 
 def run_foreign_server(settings: ForeignServerSettings) -> int:
@@ -168,13 +251,20 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
     try:
         # Check what a worker needs before forking: one clear error, not N.
         check = ForeignService(settings, 0.0)
+        radsec_probe = None
+        if settings.radsec_listen is not None:
+            server_tls(settings)  # a missing or bad certificate is one clear error
+        if any(s.transport == "radsec" for realm in settings.realms for s in realm.servers):
+            client_tls(settings)
+        if settings.radsec_listen is not None:
+            radsec_probe = _bind_radsec(settings, reuse_port=settings.workers > 1)
         probe = _bind(settings.listen, settings.port, reuse_port=settings.workers > 1)
         try:
             _bind(settings.upstream_address, 0, reuse_port=False).close()
         except ServerError as exc:
             probe.close()
             raise ServerError(f"upstream source address: {exc}") from None
-    except (ServerError, ValidationError) as exc:
+    except (ServerError, ValidationError, TlsError) as exc:
         log.error(str(exc))
         return 1
     log.info(
@@ -185,12 +275,16 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
             clients=len(settings.clients),
             realms=",".join(r.name for r in settings.realms),
             pools=len(check.aaa.pools),
+            radsec="" if radsec_probe is None else "{}:{}".format(*radsec_probe.getsockname()[:2]),
         ),
     )
     if settings.workers == 1:
-        return serve_worker(settings, 0, sock=probe)
+        return serve_worker(settings, 0, sock=probe, radsec_sock=radsec_probe)
     if settings.port == 0:
         settings = with_port(settings, probe.getsockname()[1])  # workers share one concrete port
+    if radsec_probe is not None:
+        settings = dataclasses.replace(settings, radsec_listen="{}:{}".format(*radsec_probe.getsockname()[:2]))
+        radsec_probe.close()
     probe.close()
     return _supervise(settings)
 

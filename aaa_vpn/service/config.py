@@ -287,6 +287,9 @@ class ForeignServerSettings:
     def __post_init__(self) -> None:
         check_declared(self)
         check_radsec(self)
+        radsec_upstream = any(s.transport == "radsec" for realm in self.realms for s in realm.servers)
+        if radsec_upstream and None in (self.tls_cert, self.tls_key, self.tls_ca):
+            raise ValidationError("a home server of transport radsec needs tls_cert, tls_key and tls_ca")
 
     @property
     def upstream_address(self) -> str:

@@ -44,6 +44,7 @@ from aaa_vpn.roles.foreign_aaa import (
     UpstreamUp,
 )
 from aaa_vpn.roles.radius_client import ServerConfig
+from aaa_vpn.roles.radsec import RADSEC_SECRET
 from aaa_vpn.secret_files import check_private
 from aaa_vpn.service.config import (
     LOG_FORMATS,
@@ -98,6 +99,8 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
     "port": int,
     "secret": str,
     "secret_file": str,
+    "transport": str,
+    "tls_name": str,
 }
 
 
@@ -232,8 +235,18 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
             if (address, port) in endpoints:
                 raise reader.error(where, f"{address}:{port} is already in this pool")
             endpoints.add((address, port))
+            transport = server.get("transport", "udp")
+            if transport not in ("udp", "radsec"):
+                raise reader.error(f"{where}.transport", f"{transport!r}: udp or radsec")
+            if transport == "radsec":
+                # RFC 6614 section 2.3: the secret of a RadSec connection is "radsec" (docs/radsec.md)
+                if "secret" in server or "secret_file" in server:
+                    raise reader.error(where, "a radsec server has no shared secret (RFC 6614: it is 'radsec')")
+                secret = RADSEC_SECRET
+            else:
+                secret = reader.shared_secret(server, where)
             servers.append(
-                ServerConfig(str(address), port, reader.shared_secret(server, where), server.get("name", ""))
+                ServerConfig(str(address), port, secret, server.get("name", ""), transport, server.get("tls_name", ""))
             )
         realms.append(Realm(name, tuple(servers)))
     return tuple(realms)
