@@ -265,3 +265,83 @@ def test_a_malformed_length_closes_the_connection(home: Home) -> None:
 def test_udp_is_unchanged(home: Home) -> None:
     wait_until_serving(home.udp, SECRET)
     assert cli(home.db, "client", "list").returncode == 0
+
+
+async def _session(
+    home: Home, steps: list[tuple[float, bytes | None]], **timers: float
+) -> tuple[list[bytes], RadsecConnector]:
+    """One connector (fa1's certificate) through ``steps``: (seconds to wait,
+    packet to send or None); returns what arrived and the connector."""
+    arrived: list[bytes] = []
+    connector = RadsecConnector(
+        [RadsecServer(home.radsec, tls_name="home-aaa.example")],
+        client_context(_files(home, "fa1")),
+        lambda packet, _address: arrived.append(packet),
+        local_address="127.0.0.1",
+        **timers,  # type: ignore[arg-type]
+    )
+    try:
+        for wait, packet in steps:
+            await asyncio.sleep(wait)
+            if packet is not None:
+                connector.send(packet, home.radsec)
+        return arrived, connector
+    finally:
+        connector.close()
+
+
+def test_the_watchdog_is_answered_over_the_connection(home: Home) -> None:
+    probe = build_status_server(50, b"\x33" * 16, RADSEC_SECRET)
+    arrived, connector = asyncio.run(
+        _session(home, [(0, probe), (3.0, None)], watchdog_interval=0.5, watchdog_timeout=5.0)
+    )
+    counters = connector.counters()
+    assert [p[1] for p in arrived] == [50]  # the watchdog's answers are not passed on
+    assert counters["radsec.watchdog_sent"] >= 1 and counters["radsec.watchdog_answered"] >= 1, counters
+    assert counters["radsec.closed.watchdog"] == 0 and counters["radsec.connects"] == 1, counters
+
+
+def test_an_unreachable_server_backs_off(home: Home) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        address = closed.getsockname()
+        down = Home(home.db, home.udp, address, home.log, home.ca, home.certs)
+        probe = build_status_server(1, b"\x44" * 16, RADSEC_SECRET)
+        arrived, connector = asyncio.run(
+            _session(
+                down, [(0, probe), (1.0, probe), (5.5, probe), (2.0, None)], reconnect_delay=5.0, reconnect_max=8.0
+            )
+        )
+    counters = connector.counters()
+    assert arrived == []
+    # the first packet tried a connection; the second, within the delay, was
+    # dropped; the third, after it, tried again and failed again
+    assert counters["radsec.connects"] == 2 and counters["radsec.failures"] == 2, counters
+    assert counters["radsec.dropped.unreachable"] >= 1, counters
+
+
+def test_the_server_closes_idle_connections_and_the_client_reconnects(tmp_path: Path, home: Home) -> None:
+    db = tmp_path / "vpn.db"
+    provision(db)
+    log = tmp_path / "server.log"
+    server = home.certs["server"]
+    process = start_server(
+        db, 0, 1, log, "--radsec-listen", "127.0.0.1:0", "--tls-cert", str(server.cert), "--tls-key",
+        str(server.key), "--tls-ca", str(home.ca), "--radsec-idle-timeout", "1",
+    )  # fmt: skip
+    try:
+        served_port(process, log)
+        idle = Home(db, home.udp, ("127.0.0.1", radsec_port(log)), log, home.ca, home.certs)
+        first = build_status_server(1, b"\x55" * 16, RADSEC_SECRET)
+        second = build_status_server(2, b"\x66" * 16, RADSEC_SECRET)
+        arrived, connector = asyncio.run(
+            _session(idle, [(0, first), (3.0, second), (2.0, None)], watchdog_interval=None)  # type: ignore[arg-type]
+        )
+        counters = connector.counters()
+        assert sorted(p[1] for p in arrived) == [1, 2], (counters, log.read_text()[-2000:])
+        assert "radsec connection closed: idle" in log.read_text()
+        # closed by the server while it owed nothing: no failure, a new connection on demand
+        assert counters["radsec.connects"] == 2 and counters["radsec.failures"] == 0, counters
+        assert counters["radsec.closed.by_peer"] >= 1, counters
+    finally:
+        assert stop(process) == 0, log.read_text()

@@ -33,6 +33,7 @@ Rules (the format is in docs/agents.md):
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address
@@ -397,7 +398,17 @@ class AgentSettings:
             return self.gateway_key
         if not self.aaa_servers:
             raise ValidationError("an FA or HA needs an AAA server")
-        return self.aaa_servers[0].secret
+        for server in self.aaa_servers:
+            if server.transport != "radsec":
+                return server.secret
+        # Only RadSec servers, whose secret is the public word "radsec": the
+        # node's own secret is its TLS private key (a file of its own).
+        assert self.tls_key is not None  # checked in __post_init__
+        try:
+            key = self.tls_key.read_bytes()
+        except OSError as exc:
+            raise ValidationError(f"cannot read the TLS key {self.tls_key}: {exc.strerror}") from None
+        return Secret(hashlib.sha256(b"aaa-vpn agent journal\x00" + key).digest())
 
 
 #: ``--secret-file``: the RADIUS shared secret of the AAA servers, those of
