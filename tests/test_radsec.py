@@ -298,3 +298,20 @@ def test_every_transition_is_in_the_table() -> None:
     assert {s for s, _ in TRANSITIONS} | set(TRANSITIONS.values()) == set(State)
     probe = build_status_server(1, bytes(16), RADSEC_SECRET)
     assert probe[0] == rc.STATUS_SERVER
+
+
+def test_a_watchdog_answer_needs_its_authenticator_and_a_valid_message_authenticator_if_any() -> None:
+    from aaa_vpn.roles.radsec import answers_status
+
+    probe = build_status_server(9, bytes(range(16)), RADSEC_SECRET)
+    with_ma = rc.encode_reply(rc.ACCESS_ACCEPT, 9, probe[4:20], b"radsec", b"")
+    bare = bytearray(bytes([rc.ACCESS_ACCEPT, 9, 0, 20]) + bytes(16))
+    bare[4:20] = rc.response_authenticator(bytes(bare), probe[4:20], b"radsec")
+    assert answers_status(with_ma, probe) and answers_status(bytes(bare), probe)  # FreeRADIUS 3.2 sends the bare one
+    assert not answers_status(rc.encode_reply(rc.ACCESS_ACCEPT, 9, probe[4:20], b"not-radsec", b""), probe)
+    assert not answers_status(rc.encode_reply(rc.ACCESS_REJECT, 9, probe[4:20], b"radsec", b""), probe)
+    assert not answers_status(rc.encode_reply(rc.ACCESS_ACCEPT, 8, probe[4:20], b"radsec", b""), probe)
+    forged = bytearray(with_ma)
+    forged[22] ^= 1  # inside the Message-Authenticator value (first attribute)
+    forged[4:20] = rc.response_authenticator(bytes(forged[:4]) + bytes(16) + bytes(forged[20:]), probe[4:20], b"radsec")
+    assert not answers_status(bytes(forged), probe)

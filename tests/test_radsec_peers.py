@@ -67,6 +67,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
         "server": pki.issue("home", "home-aaa.example", dns=("home-aaa.example",), addresses=("127.0.0.1",)),
         "rsp": pki.issue("rsp", "rsp"),
         "freeradius": pki.issue("freeradius", "freeradius-tls"),
+        "fr-server": pki.issue("fr-server", "freeradius-server", addresses=(FR,)),
+        "ours": pki.issue("ours", "aaa-vpn-agent", addresses=("127.0.0.1",)),
     }
     db = base / "vpn.db"
     provision(db)
@@ -345,6 +347,126 @@ def test_radclient_through_freeradius_over_tls(home: Home, tmp_path: Path) -> No
         by_name = {name: value for name, _tag, value in attributes}
         _session_of(home, bytes(by_name["Aaa-Vpn-Session-Id"]))  # type: ignore[arg-type]
         assert "client=freeradius-tls" in home.log.read_text()
+    finally:
+        code = _stop(process)
+    assert code == 0, freeradius.log_file(raddb).read_text(errors="replace")[-3000:]
+
+
+# -- FreeRADIUS as the RadSec server, our connector as its client -----------------------------
+
+
+def _fr_tls_server(home: Home, port: int) -> str:
+    cert = home.certs["fr-server"]
+    return f"""\
+clients radsec {{
+    client aaa-vpn {{
+        ipaddr = 127.0.0.1
+        proto = tls
+        secret = radsec
+    }}
+}}
+server radsec-home {{
+    listen {{
+        type = auth
+        ipaddr = {FR}
+        port = {port}
+        proto = tcp
+        clients = radsec
+        tls {{
+            private_key_file = {cert.key}
+            certificate_file = {cert.cert}
+            ca_file = {home.ca}
+            require_client_cert = yes
+            fragment_size = 8192
+            tls_min_version = "1.2"
+        }}
+    }}
+    authorize {{
+        update control {{
+            &Auth-Type := Accept
+        }}
+        update reply {{
+            &Reply-Message := "accepted by FreeRADIUS over TLS"
+        }}
+    }}
+    authenticate {{
+    }}
+}}
+"""
+
+
+def test_our_client_against_freeradius_as_a_radsec_server(home: Home, tmp_path: Path) -> None:
+    import asyncio
+
+    from aaa_vpn.net.radsec import RadsecConnector, RadsecServer, TlsFiles, client_context
+    from aaa_vpn.roles.radsec import RADSEC_SECRET, answers_status
+    from aaa_vpn.wire import radius as rc
+    from aaa_vpn.wire.radius_request import build_status_server
+
+    from .radius_client import access_request
+
+    binary = _require_tool("freeradius")
+    process: subprocess.Popen[bytes] | None = None
+    raddb: Path | None = None
+    for attempt in range(3):
+        port = probed_udp_port(FR)  # a TCP port this time; the same probe serves
+        raddb = freeradius.write_raddb(tmp_path / f"fr{attempt}", _fr_tls_server(home, port))
+        conf = raddb / "radiusd.conf"
+        conf.write_text(conf.read_text().replace("status_server = no", "status_server = yes"))
+        freeradius.check_raddb(binary, raddb)
+        process = subprocess.Popen(
+            [binary, "-f", "-d", str(raddb)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            freeradius.wait_ready(process, raddb)
+            break
+        except RuntimeError as exc:
+            if "in use" not in str(exc) or attempt == 2:
+                raise
+            process.wait()
+    assert process is not None and raddb is not None
+    request = bytes(
+        access_request(RADSEC_SECRET.value, NAI, MN_SECRET, care_of="127.0.0.1", identifier=5).RequestPacket()
+    )
+    probe = build_status_server(6, os.urandom(16), RADSEC_SECRET)
+    mine = home.certs["ours"]
+
+    async def run() -> tuple[dict[int, bytes], RadsecConnector]:
+        replies: dict[int, bytes] = {}
+        connector = RadsecConnector(
+            [RadsecServer((FR, port))],
+            client_context(TlsFiles(mine.cert, mine.key, home.ca)),
+            lambda packet, _address: replies.__setitem__(packet[1], packet),
+            local_address="127.0.0.1",
+            watchdog_interval=0.5,
+        )
+        try:
+            connector.send(request, (FR, port))
+            connector.send(probe, (FR, port))
+            deadline = time.monotonic() + 15
+            while (len(replies) < 2 or connector.counters()["radsec.watchdog_answered"] < 1) and (
+                time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.1)
+            return replies, connector
+        finally:
+            connector.close()
+
+    try:
+        replies, connector = asyncio.run(run())
+        fr_log = freeradius.log_file(raddb).read_text(errors="replace")[-3000:]
+        assert set(replies) == {5, 6}, f"{connector.counters()}\n{fr_log}"
+        accept = replies[5]
+        assert accept[0] == rc.ACCESS_ACCEPT
+        assert accept[4:20] == rc.response_authenticator(accept, request[4:20], b"radsec")
+        # FreeRADIUS 3.2 answers Status-Server over TLS with a bare Access-Accept,
+        # no Message-Authenticator: the Response Authenticator is what binds it
+        assert answers_status(replies[6], probe), replies[6].hex()
+        # our watchdog's Status-Server, answered by FreeRADIUS and kept by the connector
+        assert connector.counters()["radsec.watchdog_answered"] >= 1, connector.counters()
     finally:
         code = _stop(process)
     assert code == 0, freeradius.log_file(raddb).read_text(errors="replace")[-3000:]

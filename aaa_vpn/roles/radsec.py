@@ -46,8 +46,8 @@ Rules:
       was received for ``watchdog_interval`` seconds an open connection
       sends a Status-Server (RFC 5997, with Message-Authenticator) on an
       Identifier no request uses; no reply within ``watchdog_timeout``
-      closes the connection as failed. The answer is consumed here, never
-      passed to the RADIUS client;
+      closes the connection as failed. The answer (:func:`answers_status`)
+      is consumed here, never passed to the RADIUS client;
    d. a connection that carried no request for ``idle_timeout`` seconds
       and waits for no answer is closed (-> CLOSED; the next packet opens a
       new one);
@@ -74,6 +74,7 @@ from __future__ import annotations
 import collections
 import copy
 import enum
+import hmac
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -81,8 +82,15 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol, TypeVar
 
 from aaa_vpn.secret import Secret
-from aaa_vpn.wire.radius import HEADER_LENGTH
-from aaa_vpn.wire.radius_request import ReplyError, build_status_server, decode_status_reply
+from aaa_vpn.wire.radius import (
+    ACCESS_ACCEPT,
+    HEADER_LENGTH,
+    RadiusDecodeError,
+    check_message_authenticator,
+    decode_packet,
+    response_authenticator,
+)
+from aaa_vpn.wire.radius_request import build_status_server
 from aaa_vpn.wire.radius_stream import StreamFramingError, StreamReader
 
 #: The RadSec port (RFC 6614 section 2.1).
@@ -209,6 +217,25 @@ def radsec_view(client: C) -> C:
 def is_radsec(client: NamedClient) -> bool:
     """Whether ``client`` is a :func:`radsec_view` (no UDP secret can be ``radsec``)."""
     return client.secret == RADSEC_SECRET
+
+
+def answers_status(reply: bytes, probe: bytes) -> bool:
+    """Rule 5c: whether ``reply`` answers the watchdog's Status-Server ``probe``:
+    an Access-Accept (RFC 5997 section 3) with its Identifier and the
+    Response Authenticator under ``radsec``; a Message-Authenticator, if
+    present, must verify. Over TLS one is not required (the connection
+    protects integrity, and RFC 6614 peers such as FreeRADIUS 3.2 answer
+    without one)."""
+    if len(reply) < HEADER_LENGTH or reply[0] != ACCESS_ACCEPT or reply[1] != probe[1]:
+        return False
+    secret = RADSEC_SECRET.value
+    if not hmac.compare_digest(reply[4:20], response_authenticator(reply, probe[4:20], secret)):
+        return False
+    try:
+        found = check_message_authenticator(decode_packet(reply), secret, probe[4:20])
+    except RadiusDecodeError:
+        return False
+    return found is not False
 
 
 # --- the server's connections (rules 3, 4) ---------------------------------------------------
@@ -406,15 +433,10 @@ class ClientConnection:
         for packet in packets:
             self.counters["received"] += 1
             identifier = packet[1]
-            if self._probe is not None and identifier == self._probe[1]:
-                try:
-                    decode_status_reply(packet, self._probe, RADSEC_SECRET)
-                except ReplyError:
-                    pass
-                else:
-                    self._probe = None
-                    self.counters["watchdog_answered"] += 1
-                    continue
+            if self._probe is not None and identifier == self._probe[1] and answers_status(packet, self._probe):
+                self._probe = None
+                self.counters["watchdog_answered"] += 1
+                continue
             self._outstanding.pop(identifier, None)
             out.append(packet)
         return out
@@ -509,8 +531,12 @@ class ClientConnection:
 
 __all__ = [
     "DEFAULT_CLIENT_IDLE_TIMEOUT",
+    "DEFAULT_RECONNECT_DELAY",
+    "DEFAULT_RECONNECT_MAX",
     "DEFAULT_SERVER_IDLE_TIMEOUT",
     "DEFAULT_WATCHDOG_INTERVAL",
+    "DEFAULT_WATCHDOG_TIMEOUT",
+    "MAX_QUEUED",
     "RADSEC_PORT",
     "RADSEC_SECRET",
     "TRANSITIONS",
@@ -523,6 +549,7 @@ __all__ = [
     "ServerConnection",
     "State",
     "Write",
+    "answers_status",
     "is_radsec",
     "match_client",
     "parse_pin",
