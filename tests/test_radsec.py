@@ -315,3 +315,79 @@ def test_a_watchdog_answer_needs_its_authenticator_and_a_valid_message_authentic
     forged[22] ^= 1  # inside the Message-Authenticator value (first attribute)
     forged[4:20] = rc.response_authenticator(bytes(forged[:4]) + bytes(16) + bytes(forged[20:]), probe[4:20], b"radsec")
     assert not answers_status(bytes(forged), probe)
+
+
+# -- the asyncio listener and connector in one process --------------------------------------------
+
+
+def test_a_listener_keeps_at_most_max_connections(tmp_path: object) -> None:
+    import asyncio
+    import collections
+    from pathlib import Path
+
+    from aaa_vpn.net.radsec import (
+        CertificateClients,
+        RadsecConnector,
+        RadsecListener,
+        RadsecServer,
+        TlsFiles,
+        bind_listener,
+        client_context,
+        server_context,
+    )
+
+    from .radsec_pki import Authority
+
+    assert isinstance(tmp_path, Path)
+    pki = Authority(tmp_path / "pki")
+    server = pki.issue("server", "server", addresses=("127.0.0.1",))
+    fa1 = pki.issue("fa1", "fa1")
+    clients = [client("fa1", "127.0.0.1/32")]
+
+    async def run() -> tuple[collections.Counter[str], list[list[bytes]]]:
+        counters: collections.Counter[str] = collections.Counter()
+        sock = bind_listener("127.0.0.1", 0, reuse_port=False)
+        listener: RadsecListener[Client]
+
+        def handle(packets: list[bytes], source: tuple[str, int], who: Client) -> None:
+            assert who.name == "fa1" and is_radsec(who)
+            for p in packets:
+                listener.deliver(rc.encode_reply(rc.ACCESS_ACCEPT, p[1], p[4:20], b"radsec", b""), source)
+
+        listener = RadsecListener(
+            sock,
+            server_context(TlsFiles(server.cert, server.key, pki.cert)),
+            CertificateClients(lambda: clients, lambda: 0),
+            handle,
+            counters,
+            max_connections=1,
+        )
+        await listener.start()
+        arrived: list[list[bytes]] = [[], []]
+        connectors = [
+            RadsecConnector(
+                [RadsecServer(listener.address)],
+                client_context(TlsFiles(fa1.cert, fa1.key, pki.cert)),
+                lambda packet, _a, n=n: arrived[n].append(packet),
+                watchdog_interval=None,
+            )
+            for n in range(2)
+        ]
+        try:
+            for n, connector in enumerate(connectors):
+                connector.send(build_status_server(n, bytes([n]) * 16, RADSEC_SECRET), listener.address)
+                for _ in range(100):
+                    if arrived[n] or counters["radsec.refused.too_many"]:
+                        break
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+        finally:
+            for connector in connectors:
+                connector.close()
+            await listener.close()
+            sock.close()
+        return counters, arrived
+
+    counters, arrived = asyncio.run(run())
+    assert [len(a) for a in arrived] == [1, 0], (counters, arrived)
+    assert counters["radsec.refused.too_many"] == 1 and counters["radsec.connections"] == 1, counters

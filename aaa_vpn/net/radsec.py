@@ -67,6 +67,8 @@ log = logging.getLogger("aaa_vpn.radsec")
 Address = tuple[str, int]
 #: Seconds a TLS handshake may take.
 HANDSHAKE_TIMEOUT = 10.0
+#: Connections (identified or in their handshake) one listener keeps; more are closed at once.
+MAX_CONNECTIONS = 4096
 _LOG_BURST = 20
 
 
@@ -88,11 +90,12 @@ class TlsFiles:
 
 
 def _context(purpose: ssl.Purpose, files: TlsFiles) -> ssl.SSLContext:
+    for what, path in (("certificate", files.cert), ("key", files.key), ("CA file", files.ca)):
+        if not path.is_file():
+            raise TlsError(f"TLS {what} {path} does not exist or is not a file")
     try:
         context = ssl.create_default_context(purpose, cafile=str(files.ca))
         context.load_cert_chain(str(files.cert), str(files.key))
-    except FileNotFoundError as exc:
-        raise TlsError(f"TLS file {exc.filename or ''} does not exist") from None
     except (ssl.SSLError, OSError) as exc:
         raise TlsError(f"cannot load the TLS files ({files.cert}, {files.key}, CA {files.ca}): {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 6614 section 2.3 (and RFC 8996)
@@ -243,8 +246,11 @@ class RadsecListener(Generic[C]):
         *,
         idle_timeout: float = DEFAULT_SERVER_IDLE_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.sock = sock
+        self.max_connections = max_connections
+        self.handshakes = 0
         self.context = context
         self.identify = identify
         self.handle = handle
@@ -321,8 +327,16 @@ class _ServerProtocol(asyncio.Protocol, Generic[P]):
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()  # nothing is read before start_tls takes over
         self.transport = transport
-        self.listener.counters["radsec.accepted"] += 1
+        listener = self.listener
+        listener.counters["radsec.accepted"] += 1
+        if len(listener.connections) + listener.handshakes >= listener.max_connections:
+            listener.note("refused.too_many", self.source, f"{listener.max_connections} connections already")
+            self._closed = True
+            transport.abort()
+            return
+        listener.handshakes += 1
         self.handshake = asyncio.ensure_future(self._handshake(transport))
+        self.handshake.add_done_callback(lambda _done: setattr(listener, "handshakes", listener.handshakes - 1))
 
     async def _handshake(self, plain: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
