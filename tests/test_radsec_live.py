@@ -85,7 +85,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
     process = start_server(
         db,
         0,
-        1,
+        2,  # two workers share the RadSec port (SO_REUSEPORT), each accepts connections
         log,
         "--radsec-listen",
         "127.0.0.1:0",
