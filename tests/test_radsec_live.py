@@ -22,6 +22,7 @@ import re
 import socket
 import ssl
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,3 +346,66 @@ def test_the_server_closes_idle_connections_and_the_client_reconnects(tmp_path: 
         assert counters["radsec.closed.by_peer"] >= 1, counters
     finally:
         assert stop(process) == 0, log.read_text()
+
+
+def test_tls_1_2_is_accepted_and_older_versions_are_not(home: Home) -> None:
+    context = client_context(_files(home, "fa1"))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(home.radsec, timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="home-aaa.example") as tls:
+            assert tls.version() == "TLSv1.2"
+            probe = build_status_server(77, b"\x77" * 16, RADSEC_SECRET)
+            tls.sendall(probe)
+            reply = tls.recv(4096)
+    assert decode_status_reply(reply, probe, RADSEC_SECRET)
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname = False
+    old.verify_mode = ssl.CERT_NONE
+    try:
+        with warnings.catch_warnings():  # deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+    except (ValueError, ssl.SSLError):
+        return  # this OpenSSL cannot even offer TLS 1.1
+    with socket.create_connection(home.radsec, timeout=10) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with old.wrap_socket(raw) as tls:
+                tls.sendall(probe)
+                tls.recv(10)
+
+
+def test_a_client_without_a_certificate_is_refused(home: Home) -> None:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(home.ca))
+    before = home.log.read_text().count("radsec connection refused: handshake")
+    with socket.create_connection(home.radsec, timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="home-aaa.example") as tls:
+            try:
+                tls.sendall(build_status_server(1, b"\x01" * 16, RADSEC_SECRET))
+                data = tls.recv(100)  # TLS 1.3: the refusal comes after the client's handshake
+            except (ssl.SSLError, ConnectionError):
+                data = b""
+    assert data == b""
+    deadline = time.monotonic() + 5
+    while home.log.read_text().count("radsec connection refused: handshake") <= before:
+        assert time.monotonic() < deadline, home.log.read_text()[-2000:]
+        time.sleep(0.05)
+
+
+def test_the_client_checks_the_server_name(home: Home) -> None:
+    async def run() -> RadsecConnector:
+        connector = RadsecConnector(
+            [RadsecServer(home.radsec, tls_name="someone-else.example")],
+            client_context(_files(home, "fa1")),
+            lambda _packet, _address: None,
+        )
+        connector.send(build_status_server(1, b"\x02" * 16, RADSEC_SECRET), home.radsec)
+        for _ in range(100):
+            if connector.counters()["radsec.failures"]:
+                break
+            await asyncio.sleep(0.05)
+        connector.close()
+        return connector
+
+    counters = asyncio.run(run()).counters()
+    assert counters["radsec.failures"] == 1 and counters["radsec.connected"] == 0, counters
