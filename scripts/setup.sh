@@ -35,7 +35,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 REQUIRED=(
     "radclient:freeradius-utils"
     "/usr/sbin/freeradius:freeradius"
-    "radsecproxy:radsecproxy"
+    "/usr/sbin/radsecproxy:radsecproxy"
     "tshark:tshark"
     "tcpdump:tcpdump"
     "ip:iproute2"
