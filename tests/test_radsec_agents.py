@@ -13,18 +13,26 @@ shows the two RadSec connections and no UDP request from FA1 or the HA.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
 
-from .mobility import AAA, AAAF, FA1, FA2, SECRETS
+from .mobility import AAA, AAAF, FA1, FA2, HA, SECRETS
 from .radsec_pki import Authority
-from .test_agents_live import AFTER_REGISTRATION, AGENTS, Topology, assert_mirrored, private, start
+from .test_agents_live import AFTER_REGISTRATION, AGENTS, Topology, aaa_vpn, assert_mirrored, private, start
 from .test_radsec_live import radsec_port
 
 
 def _respawn_over_radsec(
-    topology: Topology, name: str, role: str, address: str, pki: Authority, port: int, server: str = AAA
+    topology: Topology,
+    name: str,
+    role: str,
+    address: str,
+    pki: Authority,
+    port: int,
+    server: str = AAA,
+    extra: str = "",
 ) -> None:
     """Stop agent ``name`` and start it again with its AAA server (``server``) over RadSec."""
     process = topology.processes[name]
@@ -34,7 +42,7 @@ def _respawn_over_radsec(
     issued = pki.issue(f"{name}-tls", f"agent-{name}", addresses=(address,))
     config = topology.tmp / f"{name}-radsec.toml"
     config.write_text(
-        f'tls_cert = "{issued.cert}"\ntls_key = "{issued.key}"\ntls_ca = "{pki.cert}"\n'
+        f'tls_cert = "{issued.cert}"\ntls_key = "{issued.key}"\ntls_ca = "{pki.cert}"\n{extra}'
         f'[[aaa]]\naddress = "{server}"\nport = {port}\ntransport = "radsec"\ntls_name = "{server}"\n'
     )
     args = ["agent", role, "--config", str(config), "--name", name, "--address", address]
@@ -61,7 +69,10 @@ def test_fa_and_ha_register_over_radsec(tmp_path: Path) -> None:
         port = radsec_port(topology.logs["home-aaa"], host=AAA)
         for name in ("fa1", "ha"):
             role, address = AGENTS[name]
-            _respawn_over_radsec(topology, name, role, address, pki, port)
+            # accounting too: on the same connection (RFC 6614 section 2.1)
+            _respawn_over_radsec(
+                topology, name, role, address, pki, port, extra="accounting = true\naccounting_interim = 1\n"
+            )
         code, outcome = topology.mn("register", "--fa", FA1)
         home_log = topology.logs["home-aaa"].read_text()
         assert code == 0 and outcome["accepted"], (
@@ -79,6 +90,20 @@ def test_fa_and_ha_register_over_radsec(tmp_path: Path) -> None:
         assert len(connected) >= 2, home_log[-3000:]
         for name in ("fa1", "ha"):
             assert "radsec connected" in topology.logs[name].read_text(), topology.logs[name].read_text()[-2000:]
+        # the FA's and HA's Accounting-Requests (Start, Interim-Updates) went over RadSec and were recorded
+        deadline = time.monotonic() + 15
+        while True:
+            listing = aaa_vpn("--db", str(tmp_path / "vpn.db"), "--key-file", str(tmp_path / "vpn.key"), "--json",
+                              "accounting", "list")  # fmt: skip
+            assert listing.returncode == 0, listing.stderr
+            records = json.loads(listing.stdout)["accounting"]
+            if {r["nas"] for r in records if r["updates"] >= 2} == {FA1, HA}:
+                break
+            assert time.monotonic() < deadline, records
+            time.sleep(0.2)
+        for name in ("fa1", "ha"):
+            counters = topology.state(name)["counters"]
+            assert counters["accounting.answered"] >= 2 and counters.get("sent.accounting", 0) >= 2, counters
     finally:
         codes = topology.stop()
     assert codes == dict.fromkeys(codes, 0), codes
@@ -113,7 +138,16 @@ def test_fa_to_foreign_to_home_all_over_radsec(tmp_path: Path) -> None:
         topology.logs["foreign-aaa"].write_text("")
         topology.spawn("foreign-aaa", "serve", "foreign", "--config", str(config), "--log-level", "debug")
         foreign_port = radsec_port(topology.logs["foreign-aaa"], host=AAAF)
-        _respawn_over_radsec(topology, "fa1", "fa", FA1, pki, foreign_port, server=AAAF)
+        _respawn_over_radsec(
+            topology,
+            "fa1",
+            "fa",
+            FA1,
+            pki,
+            foreign_port,
+            server=AAAF,
+            extra="accounting = true\naccounting_interim = 1\n",
+        )
         code, outcome = topology.mn("register", "--fa", FA1)
         logs = {n: p.read_text()[-3000:] for n, p in topology.logs.items() if n in ("home-aaa", "foreign-aaa", "fa1")}
         assert code == 0 and outcome["accepted"], f"{outcome}\n{logs}"
@@ -122,6 +156,17 @@ def test_fa_to_foreign_to_home_all_over_radsec(tmp_path: Path) -> None:
         assert "radsec connected" in foreign_log  # the upstream connection to the home AAA
         assert "radsec connection" in topology.logs["home-aaa"].read_text()
         assert_mirrored(topology, "fa1", "ha", "FA_HA")
+        # FA1's accounting: over RadSec to the foreign AAA, proxied home over RadSec, recorded there
+        deadline = time.monotonic() + 15
+        while True:
+            listing = aaa_vpn("--db", str(tmp_path / "vpn.db"), "--key-file", str(tmp_path / "vpn.key"), "--json",
+                              "accounting", "list")  # fmt: skip
+            assert listing.returncode == 0, listing.stderr
+            records = json.loads(listing.stdout)["accounting"]
+            if any(r["nas"] == FA1 and r["updates"] >= 2 for r in records):
+                break
+            assert time.monotonic() < deadline, (records, topology.logs["foreign-aaa"].read_text()[-3000:])
+            time.sleep(0.2)
     finally:
         codes = topology.stop()
     assert codes == dict.fromkeys(codes, 0), codes

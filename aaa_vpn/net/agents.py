@@ -63,11 +63,13 @@ from typing import Any
 
 from aaa_vpn.net.datapath import VisitorRoutes
 from aaa_vpn.net.radsec import RadsecConnector, RadsecServer, TlsError, TlsFiles, client_context
+from aaa_vpn.roles.accounting_client import AccountedSession, AccountingReporter, TerminateCause, Usage, usage_of
 from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
-from aaa_vpn.roles.ha import HaConfig, HomeAgent
+from aaa_vpn.roles.ha import HaConfig, HomeAgent, fa_owner
 from aaa_vpn.roles.mn import MnConfig, MobileNode
+from aaa_vpn.roles.radius_client import RadiusClient, ServerConfig
 from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
@@ -75,18 +77,29 @@ from aaa_vpn.service.agents import SaExecutor, binding_status_name, path_fields,
 from aaa_vpn.service.journal import JournalError, Recovery, decode_journal, encode_journal, recover, write_journal
 from aaa_vpn.service.logging import configure_logging, fields
 from aaa_vpn.wire import coa, mip
+from aaa_vpn.wire.radius import ACCOUNTING_RESPONSE
 
 log = logging.getLogger("aaa_vpn.agent")
 
 RoleAgent = ForeignAgent | HomeAgent | CorrespondentGateway
 
 _BATCH = 64  # datagrams per wake-up and socket before yielding to the loop
+_FINAL_USAGE_KEPT = 4096  # counters of removed SA owners kept for their accounting Stop
+#: RegistrationDone details that say why a registration ended (accounting Stop).
+_ENDINGS = {
+    "deregistration": TerminateCause.USER_REQUEST,
+    "deregistered": TerminateCause.USER_REQUEST,
+    "disconnected by AAA": TerminateCause.ADMIN_RESET,
+    "revoked by the FA": TerminateCause.LOST_SERVICE,
+}
 _EVENTS_KEPT = 500  # events kept for the state file
 _STATE_VERSION = 1
 _RADIUS_CODES = {
     1: "Access-Request",
     2: "Access-Accept",
     3: "Access-Reject",
+    4: "Accounting-Request",
+    5: "Accounting-Response",
     11: "Access-Challenge",
     12: "Status-Server",
 }
@@ -122,7 +135,7 @@ def path_json(installed: InstalledPath) -> dict[str, Any]:
 def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
     """What a datagram is, for logs and the state file: message name and the
     fields that say what it does (never an authenticator or a key)."""
-    if channel is Channel.RADIUS:
+    if channel is Channel.RADIUS or channel is Channel.ACCOUNTING:
         code = data[0] if data else -1
         return {"message": _RADIUS_CODES.get(code, f"RADIUS code {code}")}
     if channel is Channel.COA:
@@ -248,6 +261,41 @@ def build_backend(settings: AgentSettings) -> SaBackend:
     return backend
 
 
+def build_accounting(settings: AgentSettings) -> AccountingReporter | None:
+    """An FA's or HA's accounting reporter, if ``--accounting``: its AAA
+    servers at ``--accounting-port`` (default each one's port + 1, where
+    FreeRADIUS and ``serve home`` listen), the same secrets and pool."""
+    if not settings.accounting or settings.role not in ("fa", "ha"):
+        return None
+    port = settings.accounting_port
+    servers = [
+        # RadSec carries accounting on the same connection (RFC 6614 section 2.1)
+        ServerConfig(s.address, s.port, s.secret, f"{s.name}/acct", s.transport, s.tls_name)
+        if s.transport == "radsec"
+        else ServerConfig(s.address, port or s.port + 1, s.secret, f"{s.name}/acct")
+        for s in settings.aaa_servers
+        if port or s.port < 65535 or s.transport == "radsec"
+    ]
+    if not servers:
+        return None
+    client = RadiusClient(
+        servers,
+        timeout=settings.radius_timeout,
+        retries=settings.radius_retries,
+        max_timeout=settings.radius_max_timeout,
+        pool_type=settings.radius_pool,
+        zombie_period=settings.radius_zombie_period,
+        dead_time=settings.radius_dead_time,
+        nas_ip_address=settings.address,
+    )
+    return AccountingReporter(
+        client,
+        nas_ip_address=settings.address,
+        nas_identifier=settings.node,
+        interim_interval=settings.accounting_interim,
+    )
+
+
 def build_role(settings: AgentSettings) -> RoleAgent:
     """The sans-IO agent the settings describe."""
     config = role_config(settings)
@@ -297,6 +345,12 @@ class AgentNode:
             else None
         )
         self.recovery: Recovery | None = None
+        self.accounting = build_accounting(settings)
+        self._final_usage: collections.OrderedDict[str, Usage] = collections.OrderedDict()
+        self._accounting_dirty = True
+        self._endings: dict[str, TerminateCause] = {}
+        if self.accounting is not None:
+            self.executor.before_delete = self._remember_usage
 
     # -- life cycle ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -309,9 +363,14 @@ class AgentNode:
                     self.sockets[Channel.COA] = _socket(address, settings.coa_port, "CoA", settings.coa_socket_fd)
                 self.sockets[Channel.RADIUS] = _bind(address, 0, "RADIUS client")
                 self._radsec_context = self._radsec_tls()
+                if self.accounting is not None:
+                    self.sockets[Channel.ACCOUNTING] = _bind(address, 0, "RADIUS accounting client")
             self.running = True
             self._dirty = True
             self.recover()
+            if self.accounting is not None:
+                self.accounting.starting(self.clock(), recovered=bool(self._accounted()))
+                self.service()
             self.write_state()  # also the sign that the agent is ready
         except AgentError:
             self.running = False
@@ -419,7 +478,11 @@ class AgentNode:
                     **describe_message(channel, data),
                 )
             try:
-                self.agent.receive_datagram(channel, data, address, now)
+                if channel is Channel.ACCOUNTING:
+                    if self.accounting is not None:
+                        self.accounting.receive_datagram(data, address, now)
+                else:
+                    self.agent.receive_datagram(channel, data, address, now)
             except Exception:  # a bug must cost this datagram, never the agent
                 self.counters["dropped.internal_error"] += 1
                 log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
@@ -463,16 +526,31 @@ class AgentNode:
                 **describe_message(Channel.RADIUS, data),
             )
         try:
-            self.agent.receive_datagram(Channel.RADIUS, data, address, now)
+            if data[0] == ACCOUNTING_RESPONSE and self.accounting is not None:
+                # Accounting shares the connection (RFC 6614 section 2.1): its answers go to its client.
+                self.accounting.receive_datagram(data, address, now)
+            else:
+                self.agent.receive_datagram(Channel.RADIUS, data, address, now)
         except Exception:  # a bug must cost this packet, never the agent
             self.counters["dropped.internal_error"] += 1
             log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
         self.service()
         self._rearm()
 
+    def get_timer(self) -> float | None:
+        """When :meth:`fire_timer` must be called next (the role's and accounting's timers)."""
+        when = self.agent.get_timer()
+        if self.accounting is not None:
+            other = self.accounting.get_timer()
+            if other is not None and (when is None or other < when):
+                when = other
+        return when
+
     def fire_timer(self, now: float) -> None:
         try:
             self.agent.handle_timer(now)
+            if self.accounting is not None:
+                self.accounting.handle_timer(now, self._usage)
         except Exception:
             self.counters["timer_errors"] += 1
             log.exception("internal error in a timer", extra=fields(node=self.settings.node))
@@ -485,6 +563,8 @@ class AgentNode:
         self._run_events(now)
         if self.routes is not None and isinstance(self.agent, ForeignAgent):
             self.routes.sync(self.agent.node_routes())
+        if self.accounting is not None:
+            self._account(now)
         # Before anything leaves: an answer is never sent for state the
         # journal would not bring back after a crash.
         self.save_journal()
@@ -530,6 +610,79 @@ class AgentNode:
         for event in run_events(self.agent, self.executor, now, self._note, code_name):
             if isinstance(event, RegistrationDone):
                 self.counters["decisions"] += 1
+                self._accounting_dirty = True
+                ending = _ENDINGS.get(event.detail)
+                if ending is not None and event.nai:
+                    self._endings[event.nai] = ending
+
+    # -- accounting (roles/accounting_client.py) ------------------------------------------------------
+    def _accounted(self) -> list[AccountedSession]:
+        """The registrations accounting sees: an FA's visitors, an HA's bindings."""
+        agent = self.agent
+        if isinstance(agent, ForeignAgent):
+            return [
+                AccountedSession(v.owner, v.nai, v.session_id, v.home_address, v.expires, (v.owner,))
+                for v in agent.visitors.values()
+            ]
+        if isinstance(agent, HomeAgent):
+            sessions = []
+            for b in agent.bindings.values():
+                owner = fa_owner(b.profile)
+                sessions.append(AccountedSession(owner, b.nai, b.session_id, b.home_address, b.expires, (owner,)))
+            return sessions
+        return []
+
+    def _account(self, now: float) -> None:
+        accounting = self.accounting
+        assert accounting is not None
+        if self._accounting_dirty:
+            self._accounting_dirty = False
+            accounting.observe(self._accounted(), now, self._usage, self._endings)
+            self._endings.clear()
+        sock = self.sockets.get(Channel.ACCOUNTING)
+        for data, address in accounting.datagrams_to_send(now):
+            if self.radsec is not None and self.radsec.send(data, address):
+                self.counters["sent.accounting"] += 1
+                continue
+            if sock is None:
+                continue
+            try:
+                sock.sendto(data, address)
+                self.counters["sent.accounting"] += 1
+            except OSError as exc:
+                self.counters["send_errors"] += 1
+                log.warning(
+                    "sendto failed", extra=fields(node=self.settings.node, destination=address[0], error=str(exc))
+                )
+
+    def _live_usage(self, owner: str) -> Usage | None:
+        counters = getattr(self.backend, "counters", None)
+        if counters is None:
+            return None
+        try:
+            return usage_of((c.direction.value, c.packets, c.octets) for c in counters(owner))
+        except SaError:
+            return None
+
+    def _usage(self, owners: tuple[str, ...]) -> Usage | None:
+        """The SA counters of ``owners``: live, or as they were when removed."""
+        total: Usage | None = None
+        for owner in owners:
+            used = self._final_usage.pop(owner, None) if owner in self._final_usage else self._live_usage(owner)
+            if used is not None:
+                total = used if total is None else total + used
+        return total
+
+    def _remember_usage(self, owner: str) -> None:
+        """Before an owner's SAs go: keep their counters for its Stop."""
+        self._accounting_dirty = True
+        used = self._live_usage(owner)
+        if used is None:
+            return
+        self._final_usage[owner] = used
+        self._final_usage.move_to_end(owner)
+        while len(self._final_usage) > _FINAL_USAGE_KEPT:
+            self._final_usage.popitem(last=False)
 
     def _note(self, kind: str, now: float, **values: Any) -> None:
         self._sequence += 1
@@ -606,7 +759,10 @@ class AgentNode:
                 if self.running
                 else []
             )
-        document["counters"] = dict(sorted((agent.counters + self.counters).items()))
+        counters = agent.counters + self.counters
+        if self.accounting is not None:
+            counters.update({f"accounting.{k}": v for k, v in self.accounting.counters.items()})
+        document["counters"] = dict(sorted(counters.items()))
         document["events"] = list(self.events)
         return document
 
@@ -652,7 +808,7 @@ class AgentNode:
 
         def arm() -> None:
             nonlocal timer, timer_at
-            when = self.agent.get_timer()
+            when = self.get_timer()
             if when == timer_at and timer is not None:
                 return
             if timer is not None:

@@ -45,10 +45,11 @@ from aaa_vpn.net.radsec import (
     client_context,
     server_tls,
 )
-from aaa_vpn.roles.foreign_aaa import ProxyClient
+from aaa_vpn.roles.foreign_aaa import ACCOUNTING_SOCKET, ProxyClient
 from aaa_vpn.service.config import ForeignServerSettings
 from aaa_vpn.service.foreign import ForeignService, with_port
 from aaa_vpn.service.logging import configure_logging, fields
+from aaa_vpn.wire.radius import ACCOUNTING_REQUEST
 
 log = logging.getLogger("aaa_vpn.foreign_server")
 
@@ -65,10 +66,12 @@ def serve_worker(
     settings: ForeignServerSettings,
     index: int,
     sock: socket.socket | None = None,
+    accounting_sock: socket.socket | None = None,
     radsec_sock: socket.socket | None = None,
 ) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``
-    and ``radsec_sock`` (with ``radsec_listen``): bound already, else here."""
+    """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``,
+    ``accounting_sock`` and ``radsec_sock`` (with ``radsec_listen``): bound
+    already, else here."""
     loop = asyncio.new_event_loop()
     service = ForeignService(settings, loop.time())
     upstream: list[socket.socket] = []
@@ -81,11 +84,15 @@ def serve_worker(
     # pool has its own UDP socket (its own Identifier space).
     connectors: list[RadsecConnector | None] = []
     try:
+        if accounting_sock is None:
+            accounting_sock = _bind(settings.listen, settings.accounting_bind_port, reuse_port=True)
         for _pool in service.aaa.pools:
             upstream.append(_bind(settings.upstream_address, 0, reuse_port=False))
     except ServerError:
         for opened in upstream:
             opened.close()
+        if accounting_sock is not None:
+            accounting_sock.close()
         sock.close()
         loop.close()
         raise
@@ -99,11 +106,16 @@ def serve_worker(
             if datagram.pool is None:
                 if radsec is not None and radsec.deliver(datagram.data, datagram.address):
                     continue
+                out = sock
+            elif datagram.pool == ACCOUNTING_SOCKET:
+                if radsec is not None and radsec.deliver(datagram.data, datagram.address):
+                    continue
+                out = accounting_sock
             else:
                 connector = connectors[datagram.pool] if connectors else None
                 if connector is not None and connector.send(datagram.data, datagram.address):
                     continue
-            out = sock if datagram.pool is None else upstream[datagram.pool]
+                out = upstream[datagram.pool]
             try:
                 out.sendto(datagram.data, datagram.address)
             except OSError as exc:
@@ -142,6 +154,8 @@ def serve_worker(
             peer = (str(address[0]), int(address[1]))
             if pool is None:
                 guarded(partial(service.receive_from_client, data, peer, loop.time()))
+            elif pool == ACCOUNTING_SOCKET:
+                guarded(partial(service.receive_accounting, data, peer, loop.time()))
             else:
                 guarded(partial(service.receive_from_upstream, data, peer, pool, loop.time()))
         flush()
@@ -159,8 +173,10 @@ def serve_worker(
                 last_stats = time.monotonic()
 
     def from_radsec_client(packets: list[bytes], source: tuple[str, int], client: ProxyClient) -> None:
+        # Accounting shares the connection (RFC 6614 section 2.1): by code.
         for packet in packets:
-            guarded(partial(service.receive_from_client, packet, source, loop.time(), client))
+            receive = service.receive_accounting if packet[0] == ACCOUNTING_REQUEST else service.receive_from_client
+            guarded(partial(receive, packet, source, loop.time(), client))
         flush()
 
     def from_radsec_server(pool: int, packet: bytes, source: tuple[str, int]) -> None:
@@ -196,6 +212,7 @@ def serve_worker(
                 else None
             )
         loop.add_reader(sock.fileno(), drain, sock, None)
+        loop.add_reader(accounting_sock.fileno(), drain, accounting_sock, ACCOUNTING_SOCKET)
         for number, pool_sock in enumerate(upstream):
             loop.add_reader(pool_sock.fileno(), drain, pool_sock, number)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -207,6 +224,7 @@ def serve_worker(
             extra=fields(
                 worker=index,
                 address=f"{host}:{port}",
+                accounting=f"{accounting_sock.getsockname()[0]}:{accounting_sock.getsockname()[1]}",
                 upstream=",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in upstream),
                 radsec="" if radsec is None else f"{radsec.address[0]}:{radsec.address[1]}",
             ),
@@ -214,6 +232,7 @@ def serve_worker(
         task = asyncio.ensure_future(housekeeping())
         await stop.wait()
         loop.remove_reader(sock.fileno())
+        loop.remove_reader(accounting_sock.fileno())
         for pool_sock in upstream:
             loop.remove_reader(pool_sock.fileno())
         if radsec is not None:
@@ -231,6 +250,7 @@ def serve_worker(
             timer.cancel()
         loop.close()
         sock.close()
+        accounting_sock.close()
         if radsec_sock is not None:
             radsec_sock.close()
         for pool_sock in upstream:
@@ -260,9 +280,15 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
             radsec_probe = _bind_radsec(settings, reuse_port=settings.workers > 1)
         probe = _bind(settings.listen, settings.port, reuse_port=settings.workers > 1)
         try:
+            accounting_probe = _bind(settings.listen, settings.accounting_bind_port, reuse_port=settings.workers > 1)
+        except ServerError as exc:
+            probe.close()
+            raise ServerError(f"accounting port: {exc}") from None
+        try:
             _bind(settings.upstream_address, 0, reuse_port=False).close()
         except ServerError as exc:
             probe.close()
+            accounting_probe.close()
             raise ServerError(f"upstream source address: {exc}") from None
     except (ServerError, ValidationError, TlsError) as exc:
         log.error(str(exc))
@@ -271,6 +297,7 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
         "foreign AAA starting",
         extra=fields(
             address=f"{settings.listen}:{probe.getsockname()[1]}",
+            accounting=f"{settings.listen}:{accounting_probe.getsockname()[1]}",
             workers=settings.workers,
             clients=len(settings.clients),
             realms=",".join(r.name for r in settings.realms),
@@ -279,13 +306,16 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
         ),
     )
     if settings.workers == 1:
-        return serve_worker(settings, 0, sock=probe, radsec_sock=radsec_probe)
-    if settings.port == 0:
-        settings = with_port(settings, probe.getsockname()[1])  # workers share one concrete port
+        return serve_worker(settings, 0, sock=probe, accounting_sock=accounting_probe, radsec_sock=radsec_probe)
+    # workers share one concrete port for each
+    settings = dataclasses.replace(
+        with_port(settings, probe.getsockname()[1]), accounting_port=accounting_probe.getsockname()[1]
+    )
     if radsec_probe is not None:
         settings = dataclasses.replace(settings, radsec_listen="{}:{}".format(*radsec_probe.getsockname()[:2]))
         radsec_probe.close()
     probe.close()
+    accounting_probe.close()
     return _supervise(settings)
 
 
