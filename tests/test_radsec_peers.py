@@ -250,7 +250,8 @@ def test_radclient_through_radsecproxy(home: Home, tmp_path: Path) -> None:
         fa, ha = IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2")
         psk = keys.derive_ike_psk(session.session_root_key, b"fa-ha", fa, ha, session.epoch)  # type: ignore[attr-defined]
         psks = [value for name, _tag, value in attributes if name == "Aaa-Vpn-Path-IKE-PSK"]
-        assert psks and psk.value not in psks, psks
+        # (garbage that happens to decode with a bad length is shown raw, or not at all)
+        assert psk.value not in psks, psks
     finally:
         code = _stop(process)
     assert code in (0, -signal.SIGTERM), log.read_text(errors="replace")
