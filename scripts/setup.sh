@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a machine to build, test and demo aaa_vpn.
 #
-#   1. system packages (Debian 12): RADIUS client tools, the FreeRADIUS server (the tests
+#   1. system packages (Debian 12): RADIUS client tools, radsecproxy (a RadSec peer of the
+#      tests, run from their own configuration; the system service is left disabled), the FreeRADIUS server (the tests
 #      run their own instances from temporary configurations; the system daemon is neither
 #      left running nor enabled at boot when this script installs it) and its Python 3
 #      module (rlm_python3, which hosts aaa_vpn's decisions: docs/freeradius-module.md),
@@ -38,6 +39,7 @@ REQUIRED=(
     "radclient:freeradius-utils"
     "/usr/sbin/freeradius:freeradius"
     "/usr/lib/freeradius/rlm_python3.so:freeradius-python3"
+    "/usr/sbin/radsecproxy:radsecproxy"
     "tshark:tshark"
     "tcpdump:tcpdump"
     "ip:iproute2"
@@ -144,7 +146,8 @@ else
     # (Postinst of the strongSwan packages prints "Failed to send reload request" when
     # there is no systemd; that is harmless. No daemon is started.)
     aptlog=$(mktemp -t aaa_vpn-apt.XXXXXX.log)
-    if [[ " ${missing[*]} " =~ \ (freeradius|freeradius-python3|postgresql)\  ]] && [[ ! -e $POLICY_RC ]]; then
+    if [[ " ${missing[*]} " =~ \ (freeradius|freeradius-python3|postgresql|freeradius-postgresql|radsecproxy)\  ]] \
+        && [[ ! -e $POLICY_RC ]]; then
         trap drop_policy EXIT
         own_policy=1
         printf '#!/bin/sh\n# scripts/setup.sh (aaa_vpn): no daemon starts during its install\nexit 101\n' \
@@ -164,6 +167,14 @@ else
     drop_policy
     if [[ " ${missing[*]} " =~ \ (freeradius|freeradius-python3)\  ]]; then
         quiet_freeradius
+    fi
+    if [[ " ${missing[*]} " == *" radsecproxy "* ]]; then
+        # The RadSec tests run their own radsecproxy (-f, own config); the system one stays off.
+        if [[ -d /run/systemd/system ]]; then
+            "${SUDO[@]}" systemctl disable --now radsecproxy.service >>"$aptlog" 2>&1 || true
+        else
+            "${SUDO[@]}" update-rc.d radsecproxy disable >>"$aptlog" 2>&1 || true
+        fi
     fi
     rm -f "$aptlog"
     say "system packages installed"

@@ -54,6 +54,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn.net.datapath import VisitorRoutes
+from aaa_vpn.net.radsec import RadsecConnector, RadsecServer, TlsError, TlsFiles, client_context
 from aaa_vpn.roles.accounting_client import AccountedSession, AccountingReporter, TerminateCause, Usage, usage_of
 from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
@@ -75,6 +77,7 @@ from aaa_vpn.service.agents import SaExecutor, binding_status_name, path_fields,
 from aaa_vpn.service.journal import JournalError, Recovery, decode_journal, encode_journal, recover, write_journal
 from aaa_vpn.service.logging import configure_logging, fields
 from aaa_vpn.wire import coa, mip
+from aaa_vpn.wire.radius import ACCOUNTING_RESPONSE
 
 log = logging.getLogger("aaa_vpn.agent")
 
@@ -266,9 +269,12 @@ def build_accounting(settings: AgentSettings) -> AccountingReporter | None:
         return None
     port = settings.accounting_port
     servers = [
-        ServerConfig(s.address, port or s.port + 1, s.secret, f"{s.name}/acct")
+        # RadSec carries accounting on the same connection (RFC 6614 section 2.1)
+        ServerConfig(s.address, s.port, s.secret, f"{s.name}/acct", s.transport, s.tls_name)
+        if s.transport == "radsec"
+        else ServerConfig(s.address, port or s.port + 1, s.secret, f"{s.name}/acct")
         for s in settings.aaa_servers
-        if port or s.port < 65535
+        if port or s.port < 65535 or s.transport == "radsec"
     ]
     if not servers:
         return None
@@ -320,6 +326,11 @@ class AgentNode:
         self.backend: SaBackend = backend if backend is not None else build_backend(settings)
         self.executor = SaExecutor(self.backend, settings.node)
         self.sockets: dict[Channel, socket.socket] = {}
+        #: RadSec (docs/radsec.md): the connections to the AAA servers of
+        #: transport ``radsec``, made when serving starts.
+        self.radsec: RadsecConnector | None = None
+        self._radsec_context: ssl.SSLContext | None = None
+        self._rearm: Callable[[], None] = lambda: None
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=_EVENTS_KEPT)
         self.counters: collections.Counter[str] = collections.Counter()
         self.started = clock()
@@ -351,6 +362,7 @@ class AgentNode:
                 if settings.coa_port:  # bound before the ephemeral RADIUS socket, which could take its port
                     self.sockets[Channel.COA] = _socket(address, settings.coa_port, "CoA", settings.coa_socket_fd)
                 self.sockets[Channel.RADIUS] = _bind(address, 0, "RADIUS client")
+                self._radsec_context = self._radsec_tls()
                 if self.accounting is not None:
                     self.sockets[Channel.ACCOUNTING] = _bind(address, 0, "RADIUS accounting client")
             self.running = True
@@ -476,6 +488,55 @@ class AgentNode:
                 log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
         self.service()
 
+    def _radsec_connector(self) -> RadsecConnector | None:
+        """The connector to the AAA servers of transport ``radsec``, if any."""
+        settings = self.settings
+        servers = [
+            RadsecServer((s.address, s.port), s.tls_name, s.name)
+            for s in settings.aaa_servers
+            if s.transport == "radsec"
+        ]
+        if not servers:
+            return None
+        context = self._radsec_context or self._radsec_tls()
+        assert context is not None
+        return RadsecConnector(servers, context, self._radsec_packet, local_address=str(settings.address))
+
+    def _radsec_tls(self) -> ssl.SSLContext | None:
+        """The RadSec client context, if any server needs one; AgentError if the files are bad."""
+        settings = self.settings
+        if not any(s.transport == "radsec" for s in settings.aaa_servers):
+            return None
+        assert settings.tls_cert is not None and settings.tls_key is not None and settings.tls_ca is not None
+        try:
+            return client_context(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca))
+        except TlsError as exc:
+            raise AgentError(str(exc)) from None
+
+    def _radsec_packet(self, data: bytes, address: Address) -> None:
+        """A packet from a RadSec server: handled as a datagram from it."""
+        now = self.clock()
+        self.counters[f"received.{Channel.RADIUS.value}"] += 1
+        if self._record_messages:
+            self._note(
+                "received",
+                now,
+                channel=Channel.RADIUS.value,
+                peer=f"{address[0]}:{address[1]}",
+                **describe_message(Channel.RADIUS, data),
+            )
+        try:
+            if data[0] == ACCOUNTING_RESPONSE and self.accounting is not None:
+                # Accounting shares the connection (RFC 6614 section 2.1): its answers go to its client.
+                self.accounting.receive_datagram(data, address, now)
+            else:
+                self.agent.receive_datagram(Channel.RADIUS, data, address, now)
+        except Exception:  # a bug must cost this packet, never the agent
+            self.counters["dropped.internal_error"] += 1
+            log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
+        self.service()
+        self._rearm()
+
     def get_timer(self) -> float | None:
         """When :meth:`fire_timer` must be called next (the role's and accounting's timers)."""
         when = self.agent.get_timer()
@@ -524,6 +585,13 @@ class AgentNode:
                 self.counters["state_file_errors"] += 1
                 log.warning("cannot write the state file", extra=fields(node=self.settings.node, error=str(exc)))
         for datagram in datagrams:
+            if (
+                datagram.channel is Channel.RADIUS
+                and self.radsec is not None
+                and self.radsec.send(datagram.data, datagram.address)
+            ):
+                self.counters[f"sent.{datagram.channel.value}"] += 1
+                continue
             sock = self.sockets.get(datagram.channel)
             if sock is None:
                 continue
@@ -573,6 +641,9 @@ class AgentNode:
             self._endings.clear()
         sock = self.sockets.get(Channel.ACCOUNTING)
         for data, address in accounting.datagrams_to_send(now):
+            if self.radsec is not None and self.radsec.send(data, address):
+                self.counters["sent.accounting"] += 1
+                continue
             if sock is None:
                 continue
             try:
@@ -758,6 +829,8 @@ class AgentNode:
             self.receive(channel)
             arm()
 
+        self._rearm = arm
+        self.radsec = self._radsec_connector()
         for channel, sock in self.sockets.items():
             loop.add_reader(sock.fileno(), readable, channel)
         self.service()
@@ -765,6 +838,9 @@ class AgentNode:
         try:
             await stop.wait()
         finally:
+            if self.radsec is not None:
+                self.radsec.close()
+                self.radsec = None
             for sock in self.sockets.values():
                 loop.remove_reader(sock.fileno())
             if timer is not None:

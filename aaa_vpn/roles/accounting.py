@@ -79,9 +79,11 @@ class AccountingServer:
     def set_clients(self, clients: Iterable[Client]) -> None:
         self.server.set_clients(clients)
 
-    def receive_datagram(self, data: bytes, source: Address, now: float, status_message: str = "") -> None:
-        """Rules 1-2 for one datagram."""
-        result = self.server.receive(data, source, now)
+    def receive_datagram(
+        self, data: bytes, source: Address, now: float, status_message: str = "", client: Client | None = None
+    ) -> None:
+        """Rules 1-2 for one datagram; ``client``: a RadSec peer's (roles/radsec.py rule 2)."""
+        result = self.server.receive(data, source, now, client)
         self._take_dropped()
         if result is None:
             return

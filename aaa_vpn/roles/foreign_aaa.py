@@ -579,10 +579,13 @@ class ForeignAaa:
                     nas_ip_address=self.options.nas_ip_address,
                     random_bytes=random_bytes,
                 )
-                ports = realm.accounting_ports or tuple(min(65535, s.port + 1) for s in realm.servers)
+                # RadSec carries accounting on the server's connection (RFC 6614 section 2.1)
+                ports = realm.accounting_ports or tuple(
+                    s.port if s.transport == "radsec" else min(65535, s.port + 1) for s in realm.servers
+                )
                 accounting = RadiusClient(
                     [
-                        ServerConfig(s.address, port, s.secret, f"{s.name}/acct")
+                        ServerConfig(s.address, port, s.secret, f"{s.name}/acct", s.transport, s.tls_name)
                         for s, port in zip(realm.servers, ports, strict=True)
                     ],
                     timeout=self.options.timeout,
@@ -607,9 +610,10 @@ class ForeignAaa:
         self._events: collections.deque[Event | Dropped] = collections.deque()
 
     # -- the API ----------------------------------------------------------------------------
-    def receive_from_client(self, data: bytes, source: Address, now: float) -> None:
-        """Handle a datagram an FA sent to the AAAF's listening socket."""
-        result = self.server.receive(data, source, now)
+    def receive_from_client(self, data: bytes, source: Address, now: float, client: ProxyClient | None = None) -> None:
+        """Handle a datagram an FA sent to the AAAF's listening socket;
+        ``client``: a RadSec peer's (roles/radsec.py rule 2)."""
+        result = self.server.receive(data, source, now, client)
         self._take_dropped()
         if result is None:
             return
@@ -625,9 +629,10 @@ class ForeignAaa:
         self.counters["access_requests"] += 1
         self._access_request(result, now)
 
-    def receive_accounting(self, data: bytes, source: Address, now: float) -> None:
-        """Handle a datagram an FA sent to the AAAF's accounting socket (rule 10)."""
-        result = self.accounting_server.receive(data, source, now)
+    def receive_accounting(self, data: bytes, source: Address, now: float, client: ProxyClient | None = None) -> None:
+        """Handle a datagram an FA sent to the AAAF's accounting socket (rule 10);
+        ``client``: a RadSec peer's (roles/radsec.py rule 2)."""
+        result = self.accounting_server.receive(data, source, now, client)
         self._take_dropped()
         if result is None:
             return
@@ -647,7 +652,14 @@ class ForeignAaa:
         if not 0 <= pool < len(self.pools):
             raise ValueError(f"no pool {pool}")  # the caller's bug
         chosen = self.pools[pool]
-        if chosen.accounting is not None and chosen.accounting.knows(source):
+        # Over RadSec both clients talk to one (address, port): the code tells
+        # an Accounting-Response from the rest.
+        shared = chosen.client.knows(source)
+        if (
+            chosen.accounting is not None
+            and chosen.accounting.knows(source)
+            and (not shared or (len(data) >= 1 and data[0] == ACCOUNTING_RESPONSE))
+        ):
             chosen.accounting.receive_datagram(data, source, now)
             self._collect_accounting(chosen, now)
             return

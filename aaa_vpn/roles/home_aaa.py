@@ -150,6 +150,7 @@ from aaa_vpn.model import (
 from aaa_vpn.roles import home_plan as plan
 from aaa_vpn.roles.home_plan import PlannedPath, Rejected, UserContext
 from aaa_vpn.roles.radius_server import Address, Dropped, Incoming, RadiusServer
+from aaa_vpn.roles.radsec import is_radsec
 from aaa_vpn.secret import Secret
 from aaa_vpn.store.marks import SessionMarks
 from aaa_vpn.wire import coa
@@ -576,14 +577,22 @@ class HomeAaa:
             self._memo.clear()
             self._memo_keys.clear()
 
-    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
-        """Handle one datagram from ``source`` (rules 1-12)."""
-        reply = self._memo.answer(data, source[0], now)
-        if reply is not None:
-            self._outbox.append((reply, source))
-            return
-        result = self.server.receive(data, source, now)
-        if result is None and self.server.dropped and self.server.dropped[-1].reason == "unknown_client":
+    def receive_datagram(self, data: bytes, source: Address, now: float, client: Client | None = None) -> None:
+        """Handle one datagram from ``source`` (rules 1-12). ``client``: a
+        RadSec peer's client record as roles/radsec.py rule 2 makes it (the
+        renewal memo, keyed by source address, is not used for it)."""
+        if client is None:
+            reply = self._memo.answer(data, source[0], now)
+            if reply is not None:
+                self._outbox.append((reply, source))
+                return
+        result = self.server.receive(data, source, now, client)
+        if (
+            result is None
+            and client is None
+            and self.server.dropped
+            and self.server.dropped[-1].reason == "unknown_client"
+        ):
             # A client added a moment ago: look again with current provisioning.
             self.refresh()
             if self.server.clients.lookup(source[0]) is not None:
@@ -963,6 +972,8 @@ class HomeAaa:
         valid_until = min(valid_until, stored)
         if valid_until <= now or job.stamp is None or self._marks is None or not self.options.renewal_memo:
             return
+        if is_radsec(job.incoming.client):
+            return  # the memo knows clients by source address only
         incoming = job.incoming
         key = memo_shape(incoming.packet.data, incoming.source[0])
         if key is None:  # pragma: no cover - the packet decoded

@@ -158,8 +158,15 @@ class ServerConfig:
     """The RADIUS shared secret with this server."""
     name: str = ""
     """For events, logs and counters; defaults to ``address:port``."""
+    transport: str = "udp"
+    """``udp``, or ``radsec`` (RFC 6614: the driver carries this server's
+    datagrams over TLS, roles/radsec.py; the secret is then ``radsec``)."""
+    tls_name: str = ""
+    """RadSec: the name the server's certificate must carry; default: its address."""
 
     def __post_init__(self) -> None:
+        if self.transport not in ("udp", "radsec"):
+            raise ValueError(f"server transport {self.transport!r}: udp or radsec")
         try:
             normalised = str(ip_address(self.address))
         except ValueError:

@@ -33,6 +33,7 @@ Rules (the format is in docs/agents.md):
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address
@@ -79,6 +80,8 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
     "port": int,
     "secret": str,
     "secret_file": str,
+    "transport": str,
+    "tls_name": str,
 }
 
 
@@ -345,6 +348,20 @@ class AgentSettings:
         flag="--max-lifetime",
         check=Bounds("maximum lifetime", 1, 0xFFFE, rule="1..65534 seconds"),
     )
+    tls_cert: Path | None = setting(
+        None, help="RadSec: the agent's certificate (PEM).", flag="--tls-cert", kind=Path, roles=_RADIUS_ROLES
+    )
+    """FA and HA with an AAA server of transport ``radsec`` (docs/radsec.md)."""
+    tls_key: Path | None = setting(
+        None, help="RadSec: its private key (PEM).", flag="--tls-key", kind=Path, roles=_RADIUS_ROLES
+    )
+    tls_ca: Path | None = setting(
+        None,
+        help="RadSec: the CA certificate(s) the AAA servers' certificates must chain to (PEM).",
+        flag="--tls-ca",
+        kind=Path,
+        roles=_RADIUS_ROLES,
+    )
     state_file: Path | None = setting(
         None,
         help="Keep the SA table, visitors/bindings and recent events here as JSON (docs/agents.md).",
@@ -411,6 +428,12 @@ class AgentSettings:
             check_node_address("trusted home agent", home_agent)
         if self.role in _RADIUS_ROLES and not self.aaa_servers:
             raise ValidationError(f"the {self.role.upper()} needs at least one AAA server (--aaa HOST:PORT)")
+        if any(s.transport == "radsec" for s in self.aaa_servers) and None in (
+            self.tls_cert,
+            self.tls_key,
+            self.tls_ca,
+        ):
+            raise ValidationError("an AAA server of transport radsec needs tls_cert, tls_key and tls_ca")
         if self.role == "gw" and (self.gateway_key is None or not self.gateway_key):
             raise ValidationError("the gateway needs its provisioned key (--gateway-key-file)")
         if self.role == "gw" and self.gateway_key is not None and len(self.gateway_key) < MIN_GATEWAY_KEY:
@@ -437,7 +460,17 @@ class AgentSettings:
             return self.gateway_key
         if not self.aaa_servers:
             raise ValidationError("an FA or HA needs an AAA server")
-        return self.aaa_servers[0].secret
+        for server in self.aaa_servers:
+            if server.transport != "radsec":
+                return server.secret
+        # Only RadSec servers, whose secret is the public word "radsec": the
+        # node's own secret is its TLS private key (a file of its own).
+        assert self.tls_key is not None  # checked in __post_init__
+        try:
+            key = self.tls_key.read_bytes()
+        except OSError as exc:
+            raise ValidationError(f"cannot read the TLS key {self.tls_key}: {exc.strerror}") from None
+        return Secret(hashlib.sha256(b"aaa-vpn agent journal\x00" + key).digest())
 
 
 #: ``--secret-file``: the RADIUS shared secret of the AAA servers, those of
@@ -541,9 +574,22 @@ def _servers(reader: _Reader, items: Iterable[Any], secret: Secret | None) -> tu
         if (address, port) in seen:
             raise reader.error(key, f"{address}:{port} is listed twice")
         seen.add((address, port))
-        # --secret-file wins over the file's secret (and lets the file omit it)
-        server_secret = secret if secret is not None else reader.shared_secret(table, key)
-        servers.append(ServerConfig(str(address), port, server_secret, table.get("name", "")))
+        transport = table.get("transport", "udp")
+        if transport not in ("udp", "radsec"):
+            raise reader.error(f"{key}.transport", f"{transport!r}: udp or radsec")
+        if transport == "radsec":
+            # RFC 6614 section 2.3: the secret of a RadSec connection is "radsec"
+            if "secret" in table or "secret_file" in table:
+                raise reader.error(key, "a radsec server has no shared secret (RFC 6614: it is 'radsec')")
+            from aaa_vpn.roles.radsec import RADSEC_SECRET
+
+            server_secret = RADSEC_SECRET
+        else:
+            # --secret-file wins over the file's secret (and lets the file omit it)
+            server_secret = secret if secret is not None else reader.shared_secret(table, key)
+        servers.append(
+            ServerConfig(str(address), port, server_secret, table.get("name", ""), transport, table.get("tls_name", ""))
+        )
     return tuple(servers)
 
 

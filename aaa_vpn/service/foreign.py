@@ -45,6 +45,7 @@ from aaa_vpn.roles.foreign_aaa import (
 )
 from aaa_vpn.roles.pools import POOL_TYPES
 from aaa_vpn.roles.radius_client import ServerConfig
+from aaa_vpn.roles.radsec import RADSEC_SECRET
 from aaa_vpn.secret_files import check_private
 from aaa_vpn.service.config import (
     LOG_FORMATS,
@@ -73,6 +74,12 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "upstream": dict,
     "clients": list,
     "realms": list,
+    "radsec_listen": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "radsec_client": list,
+    "radsec_idle_timeout": (int, float),
 }
 _UPSTREAM: dict[str, type | tuple[type, ...]] = {
     "timeout": (int, float),
@@ -97,6 +104,8 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
     "accounting_port": int,
     "secret": str,
     "secret_file": str,
+    "transport": str,
+    "tls_name": str,
 }
 
 
@@ -121,6 +130,16 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
             values[name] = top[name]
     if "dup_cache_seconds" in top:
         values["dup_cache_seconds"] = float(top["dup_cache_seconds"])
+    # RadSec (docs/radsec.md): the same settings as serve home's options.
+    if "radsec_listen" in top:
+        values["radsec_listen"] = top["radsec_listen"]
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        if name in top:
+            values[name] = reader.file(top[name])
+    if "radsec_client" in top:
+        values["radsec_client"] = tuple(str(pin) for pin in top["radsec_client"])
+    if "radsec_idle_timeout" in top:
+        values["radsec_idle_timeout"] = float(top["radsec_idle_timeout"])
     for name in ("listen", "source_address"):
         if name in values:
             parse_ipv4(reader.where(name), values[name])
@@ -238,13 +257,26 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
                 raise reader.error(f"{where}.port", f"{port}: expected 1..65535")
             if (address, port) in endpoints:
                 raise reader.error(where, f"{address}:{port} is already in this pool")
-            accounting_port = server.get("accounting_port", min(port + 1, 65535))
+            transport = server.get("transport", "udp")
+            if transport not in ("udp", "radsec"):
+                raise reader.error(f"{where}.transport", f"{transport!r}: udp or radsec")
+            # RadSec carries accounting on the server's own connection (RFC 6614 section 2.1)
+            accounting_port = server.get("accounting_port", port if transport == "radsec" else min(port + 1, 65535))
             if not 1 <= accounting_port <= 65535:
                 raise reader.error(f"{where}.accounting_port", f"{accounting_port}: expected 1..65535")
+            if transport == "radsec" and accounting_port != port:
+                raise reader.error(f"{where}.accounting_port", "a radsec server takes accounting on its own port")
             accounting_ports.append(accounting_port)
             endpoints.add((address, port))
+            if transport == "radsec":
+                # RFC 6614 section 2.3: the secret of a RadSec connection is "radsec" (docs/radsec.md)
+                if "secret" in server or "secret_file" in server:
+                    raise reader.error(where, "a radsec server has no shared secret (RFC 6614: it is 'radsec')")
+                secret = RADSEC_SECRET
+            else:
+                secret = reader.shared_secret(server, where)
             servers.append(
-                ServerConfig(str(address), port, reader.shared_secret(server, where), server.get("name", ""))
+                ServerConfig(str(address), port, secret, server.get("name", ""), transport, server.get("tls_name", ""))
             )
         pool = table.get("pool", "fail-over")
         if pool not in POOL_TYPES:
@@ -303,11 +335,15 @@ class ForeignService:
             raise ValidationError(str(exc)) from None
         self._budget: dict[str, _Budget] = {}
 
-    def receive_from_client(self, data: bytes, source: tuple[str, int], now: float) -> None:
-        self.aaa.receive_from_client(data, source, now)
+    def receive_from_client(
+        self, data: bytes, source: tuple[str, int], now: float, client: ProxyClient | None = None
+    ) -> None:
+        self.aaa.receive_from_client(data, source, now, client)
 
-    def receive_accounting(self, data: bytes, source: tuple[str, int], now: float) -> None:
-        self.aaa.receive_accounting(data, source, now)
+    def receive_accounting(
+        self, data: bytes, source: tuple[str, int], now: float, client: ProxyClient | None = None
+    ) -> None:
+        self.aaa.receive_accounting(data, source, now, client)
 
     def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
         self.aaa.receive_from_upstream(data, source, pool, now)
