@@ -190,21 +190,25 @@ def run_nodes(args: argparse.Namespace) -> str:
 
 
 def accounting_file(base: Path, sessions: int) -> Path:
-    """Start, Interim-Update and Stop of ``sessions`` sessions, FreeRADIUS's names."""
-    lines = []
+    """Start, Interim-Update and Stop of ``sessions`` sessions, FreeRADIUS's names:
+    every Start, then every Interim-Update, then every Stop (many sessions open at
+    once, as at a PDSN; no two requests in flight for one record)."""
+    starts, interims, stops = [], [], []
     for n in range(sessions):
         common = (
             f'User-Name = "user{n:06d}@home.example"\nNAS-IP-Address = 127.0.0.1\n'
             f'Acct-Session-Id = "bench-{n:08d}"\nFramed-IP-Address = 10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}\n'
         )
-        lines.append(common + "Acct-Status-Type = Start\n")
-        lines.append(common + "Acct-Status-Type = Interim-Update\nAcct-Input-Octets = 1000\nAcct-Session-Time = 60\n")
-        lines.append(
+        starts.append(common + "Acct-Status-Type = Start\n")
+        interims.append(
+            common + "Acct-Status-Type = Interim-Update\nAcct-Input-Octets = 1000\nAcct-Session-Time = 60\n"
+        )
+        stops.append(
             common + "Acct-Status-Type = Stop\nAcct-Input-Octets = 2000\nAcct-Session-Time = 120\n"
             "Acct-Terminate-Cause = User-Request\n"
         )
     path = base / "acct.txt"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(starts + interims + stops))
     return path
 
 
@@ -241,6 +245,14 @@ UNIQUE = (
 )
 
 
+#: As many threads as database connections, all started at once: FreeRADIUS then never
+#: waits on its pool to open a connection while requests queue.
+THREADS = (
+    "thread pool {\n    start_servers = 32\n    max_servers = 32\n    min_spare_servers = 0\n"
+    "    max_spare_servers = 32\n    max_requests_per_server = 0\n    auto_limit_acct = no\n}\n"
+)
+
+
 def freeradius_sql(base: Path, url: str, port: int) -> Path:
     """FreeRADIUS with rlm_sql on ``url``'s database, its accounting on ``port``."""
     database, host = url.split("/")[3].split("?")[0], re.search(r"host=([^&]+)", url)
@@ -249,7 +261,8 @@ def freeradius_sql(base: Path, url: str, port: int) -> Path:
     conninfo = f"dbname={database} host={host.group(1)} port={pg_port.group(1)} user=postgres"
     return freeradius_conf.write_raddb(
         base,
-        f"""\
+        pool=THREADS,
+        body=f"""\
 client bench_nas {{
     ipaddr = 127.0.0.1
     secret = {rt.SECRET}
@@ -280,14 +293,14 @@ modules {{
         group_attribute = "SQL-Group"
         delete_stale_sessions = yes
         pool {{
-            start = 8
-            min = 8
+            start = 32
+            min = 32
             max = 32
-            spare = 8
+            spare = 0
             uses = 0
-            retry_delay = 30
+            retry_delay = 1
             lifetime = 0
-            idle_timeout = 60
+            idle_timeout = 0
         }}
         $INCLUDE {QUERIES}
     }}
