@@ -4,7 +4,8 @@
 #   1. system packages (Debian 12): RADIUS client tools, the FreeRADIUS server (the tests
 #      run their own instances from temporary configurations; the system daemon is neither
 #      left running nor enabled at boot when this script installs it), tshark, tcpdump,
-#      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes),
+#      iproute2, ping, nftables (random loss on the namespace lab's links), strongSwan with
+#      kernel-libipsec (see docs / test-environment notes),
 #      PostgreSQL (initdb and pg_ctl for the tests' own clusters; no system cluster is
 #      started by this script's install).
 #      Only what is missing is installed; `apt-get update` only runs when something is missing.
@@ -38,6 +39,7 @@ REQUIRED=(
     "tcpdump:tcpdump"
     "ip:iproute2"
     "ping:iputils-ping"
+    "/usr/sbin/nft:nftables"
     "swanctl:strongswan-swanctl"
     "charon-systemd:charon-systemd"
     "-:strongswan-charon"
