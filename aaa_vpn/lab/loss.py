@@ -213,6 +213,11 @@ class Step:
     """``in_flight`` of every agent after the step (all 0 once settled)."""
     problems: list[str] = field(default_factory=list)
     """:func:`disagreements` after the step, and whatever a failure left behind."""
+    notes: list[str] = field(default_factory=list)
+    """What is worth knowing but no disagreement (a deregistration carried out
+    whose every reply was lost: the node reports 78, nothing is left anywhere)."""
+    detail: dict[str, Any] = field(default_factory=dict)
+    """For a failed step: the FA's last decisions and what the node sent and got."""
     before: tuple[Any, ...] | None = None
     after: tuple[Any, ...] | None = None
 
@@ -229,6 +234,8 @@ class Step:
             "seconds": round(self.seconds, 4),
             "settled": self.settled,
             "problems": self.problems,
+            "notes": self.notes,
+            **({"detail": self.detail} if self.detail else {}),
         }
 
 
@@ -243,8 +250,9 @@ def run_rounds(
     """``rounds`` times :data:`ROUND` through the lab's node driver (started
     already); after every step the agents settle and :func:`disagreements`
     is checked. A failed step must leave the HA's binding as it was (none
-    for a first registration: then no SA, visitor or binding anywhere); the
-    node goes on from where the HA says it is."""
+    for a first registration: then no SA, visitor or binding anywhere) --
+    but for a deregistration carried out whose replies were all lost, which
+    is noted; the node goes on from where the HA says it is."""
     steps: list[Step] = []
     current = _binding(lab.state("ha"))
     at = _fa_named(current[2]) if current is not None and isinstance(current[2], str) else None  # the HA's binding
@@ -270,11 +278,23 @@ def run_rounds(
                 step.problems.append(f"not settled after {settle_timeout} s: {settled}")
             step.problems += disagreements(found)
             if code == 0:
-                at = None if action == "deregister" else target
                 if action != "deregister" and (after is None or after[2] != BACKBONE.of(target)):
                     step.problems.append(f"accepted, but the HA's binding is {after}")
+            elif action == "deregister" and after is None:
+                # the agents agree (checked above) that it is over; only the node did not hear it
+                step.notes.append(f"deregistration carried out, but the node heard no reply ({code})")
             elif after != before:
                 step.problems.append(f"failed with {code}, but the HA's binding went from {before} to {after}")
+            if code != 0:
+                step.detail = {
+                    "fa_decisions": [e for e in found[target]["events"] if e.get("kind") == "registration"][-4:],
+                    "node": [
+                        (e.get("direction"), e.get("message"), e.get("code"), e.get("time"))
+                        for e in result.get("exchange", [])
+                    ],
+                }
+            # the node goes on from where the HA says it is
+            at = _fa_named(after[2]) if after is not None and isinstance(after[2], str) else None
             steps.append(step)
             if progress is not None:
                 progress(step)
