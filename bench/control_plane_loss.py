@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import sys
@@ -47,6 +48,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from netns_cleanup import shield, sweep  # noqa: E402  (bench/netns_cleanup.py)
 
 from aaa_vpn.lab.loss import Step, dropped, run_rounds, set_loss  # noqa: E402
 from aaa_vpn.lab.netns import Lab  # noqa: E402
@@ -139,7 +143,10 @@ def main() -> int:
             print("interrupted", file=sys.stderr)
             return 1
         finally:
+            shield()  # the lab goes down completely, also when Ctrl-C is pressed again
             lab.close()
+            if left := sweep(re.compile(rf"^{lab.prefix}")):
+                print(f"cleaned up after an interruption: {len(left)} namespaces", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(every, indent=1))
     total = time.monotonic() - started
