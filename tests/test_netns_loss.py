@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from aaa_vpn.lab.loss import Step, dropped, loss_ruleset, run_rounds, set_loss, settle
+from aaa_vpn.lab.loss import Step, disagreements, dropped, loss_ruleset, run_rounds, set_loss, settle
 from aaa_vpn.lab.netns import Lab
+from aaa_vpn.lab.topology import BACKBONE, HOME_ADDRESS, NAI
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop]
 
@@ -102,3 +104,79 @@ def test_at_twenty_percent_loss_failures_are_rare_and_leave_nothing(lab: Lab) ->
     # carried it out), as long as the agents agree afterwards (checked above)
     failed = [s for s in steps if not s.ok and s.action != "deregister"]
     assert len(failed) <= 1, report(steps)
+
+
+def agreeing_states() -> dict[str, dict[str, Any]]:
+    """The state files' contents after a registration at FA1 (flows A and B)
+    with FA2 still forwarding to it (flow E)."""
+    session, owner = "s1", "s1#2"
+    binding = {"home_address": HOME_ADDRESS, "session_id": session, "epoch": 2, "care_of_address": BACKBONE.fa1}
+    gateway = {**binding, "replaced_owner": None}
+
+    def sa(owner: str, role: str, peer: str) -> dict[str, str]:
+        return {"owner": owner, "role": role, "peer": peer}
+
+    return {
+        "ha": {
+            "bindings": [{**binding, "nai": NAI}],
+            "sas": [sa(owner, "FA_HA", BACKBONE.fa1), sa("s1/stationary#ab", "HA_GW", BACKBONE.gw_static)],
+        },
+        "fa1": {
+            "visitors": [{"nai": NAI, "owner": owner}],
+            "forwarding": [],
+            "sas": [
+                sa(owner, "FA_HA", BACKBONE.ha),
+                sa(owner, "FA_GW", BACKBONE.gw_dynamic),
+                sa(owner, "FA_FA", BACKBONE.fa2),
+            ],
+        },
+        "fa2": {
+            "visitors": [],
+            "forwarding": [{"new_fa": BACKBONE.fa1, "owner": "s1#1/fwd"}],
+            "sas": [sa("s1#1/fwd", "FA_FA", BACKBONE.fa1)],
+        },
+        "fa3": {"visitors": [], "forwarding": [], "sas": []},
+        "gw-static": {
+            "bindings": [{**gateway, "owner": "binding:a"}],
+            "sas": [sa("binding:a", "HA_GW", BACKBONE.ha)],
+        },
+        "gw-dynamic": {
+            "bindings": [{**gateway, "owner": "binding:b"}],
+            "sas": [sa("binding:b", "FA_GW", BACKBONE.fa1)],
+        },
+    }
+
+
+def test_the_agreement_check_names_what_disagrees() -> None:
+    """aaa_vpn.lab.loss.disagreements on state files as the agents write them:
+    nothing for a consistent system, and each kind of disagreement named."""
+    assert disagreements(agreeing_states()) == []
+
+    states = agreeing_states()
+    states["gw-dynamic"]["bindings"][0]["epoch"] = 1  # a gateway left with the old epoch
+    assert disagreements(states) == [
+        f"gw-dynamic holds bindings [('{HOME_ADDRESS}', 's1', 1, '{BACKBONE.fa1}')],"
+        f" the HA [('{HOME_ADDRESS}', 's1', 2, '{BACKBONE.fa1}')]"
+    ]
+
+    states = agreeing_states()
+    states["fa3"]["visitors"] = [{"nai": NAI, "owner": "s0#1"}]  # a failed registration's visitor
+    states["fa3"]["sas"] = [{"owner": "s0#1", "role": "FA_HA", "peer": BACKBONE.ha}]
+    problems = disagreements(states)
+    assert any(p.startswith("fa3 has visitors") for p in problems), problems
+    assert any(p.startswith("fa3's SAs are") for p in problems), problems
+
+    states = agreeing_states()
+    states["gw-static"]["sas"].append({"owner": "binding:gone", "role": "HA_GW", "peer": BACKBONE.ha})
+    problems = disagreements(states)
+    assert "gw-static holds an SA (HA_GW to 192.0.2.2) nobody owns: binding:gone" in problems, problems
+
+    states = agreeing_states()
+    states["ha"]["bindings"] = []  # the HA gave the binding up, nobody else did
+    problems = disagreements(states)
+    assert any(p.startswith("gw-static holds bindings") for p in problems), problems
+    assert any(p.startswith("fa1 has visitors") for p in problems), problems
+
+    states = agreeing_states()
+    states["gw-static"]["bindings"][0]["replaced_owner"] = "binding:old"
+    assert disagreements(states) == ["gw-static still holds replaced bindings ['binding:old']"]
