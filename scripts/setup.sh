@@ -5,9 +5,10 @@
 #      tests, run from their own configuration; the system service is left disabled), the FreeRADIUS server (the tests
 #      run their own instances from temporary configurations; the system daemon is neither
 #      left running nor enabled at boot when this script installs it) and its Python 3
-#      module (rlm_python3, which hosts aaa_vpn's decisions: docs/freeradius-module.md),
-#      tshark, tcpdump,
-#      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes),
+#      module (rlm_python3, which hosts aaa_vpn's decisions: docs/freeradius-module.md) and
+#      rlm_sql_postgresql (bench/carrier.py's anchor), tshark, tcpdump, iproute2, ping,
+#      nftables (random loss on the namespace lab's links), strongSwan with kernel-libipsec
+#      (see docs / test-environment notes),
 #      PostgreSQL (initdb and pg_ctl for the tests' own clusters; no system cluster is
 #      started by this script's install), headless Chromium and its WebDriver (the user-page
 #      browser test drives Debian's chromium through chromium-driver).
@@ -44,6 +45,7 @@ REQUIRED=(
     "tcpdump:tcpdump"
     "ip:iproute2"
     "ping:iputils-ping"
+    "/usr/sbin/nft:nftables"
     "swanctl:strongswan-swanctl"
     "charon-systemd:charon-systemd"
     "-:strongswan-charon"

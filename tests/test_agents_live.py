@@ -103,6 +103,16 @@ class Topology:
     def tables(self) -> dict[str, Table]:
         return {name: self.table(name) for name in AGENTS}
 
+    def settled(self, timeout: float = 10.0) -> dict[str, int]:
+        """Poll the state files until no agent has an exchange under way
+        (``in_flight`` 0 everywhere); return what they show."""
+        deadline = time.monotonic() + timeout
+        while True:
+            in_flight = {name: self.state(name)["in_flight"] for name in AGENTS}
+            if not any(in_flight.values()) or time.monotonic() > deadline:
+                return in_flight
+            time.sleep(0.03)
+
     def spawn(self, name: str, *args: str, pass_fds: tuple[int, ...] = ()) -> None:
         self.commands[name] = (args, pass_fds)
         log = self.tmp / f"{name}.log"
@@ -329,6 +339,11 @@ def test_flows_a_b_handoff_and_back_and_deregistration(topology: Topology) -> No
     assert [v["nai"] for v in topology.state("fa1")["visitors"]] == [NAI]
     assert [(b["nai"], b["care_of_address"]) for b in topology.state("ha")["bindings"]] == [(NAI, FA1)]
     assert [b["care_of_address"] for b in topology.state("gw-dynamic")["bindings"]] == [FA1]
+    assert topology.settled() == dict.fromkeys(AGENTS, 0)
+    (binding,) = topology.state("gw-dynamic")["bindings"]
+    (ha_binding,) = topology.state("ha")["bindings"]
+    assert (binding["session_id"], binding["epoch"]) == (ha_binding["session_id"], ha_binding["epoch"])
+    assert binding["replaced_owner"] is None, binding
     # the dynamic gateway acknowledged before the HA replied (flow B): event order at the HA
     kinds = [(e["kind"], e.get("message")) for e in topology.state("ha")["events"]]
     ack = kinds.index(("received", "Binding Acknowledge"))
@@ -490,6 +505,8 @@ def test_flows_e_and_f_old_fa_forwarding_then_push_and_disconnect(topology: Topo
     assert topology.wait_for(expected) == expected
     assert_mirrored(topology, "fa1", "fa2", "FA_FA")
     assert topology.state("fa1")["visitors"] == []
+    forwarding = [(f["nai"], f["home_address"], f["new_fa"]) for f in topology.state("fa1")["forwarding"]]
+    assert forwarding == [(NAI, HOME_ADDRESS, FA2)]
     # ... for its forwarding lifetime (10 s; the FA agent has no option for
     # it), after which both ends of that path are gone
     expected = {**expected, "fa1": [], "fa2": [("FA_HA", HA)]}

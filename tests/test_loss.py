@@ -633,8 +633,8 @@ TWENTY_PERCENT: list[tuple[int, int]] = []
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), steps=STEPS)
 def test_the_agents_agree_after_every_step_at_twenty_percent_loss(tmp_path: Path, seed: int, steps: list[str]) -> None:
-    """Failures happen (mostly RADIUS: three transmissions at a fixed
-    interval), but every one leaves the agents agreeing (checked in the run)."""
+    """A failure may happen (an exchange that lost every transmission), but
+    every one leaves the agents agreeing (checked in the run)."""
     TWENTY_PERCENT.append(run_under_loss(tmp_path, 0.20, seed, steps))
 
 
@@ -643,4 +643,5 @@ def test_most_steps_succeed_at_twenty_percent_loss() -> None:
         pytest.skip("runs after test_the_agents_agree_after_every_step_at_twenty_percent_loss")
     successes = sum(s for s, _ in TWENTY_PERCENT)
     attempts = sum(a for _, a in TWENTY_PERCENT)
-    assert successes >= 0.7 * attempts, f"{successes} of {attempts} steps succeeded at 20 % loss"
+    # the issue's bound (docs/protocol.md section 3.11); the namespace lab measures it too
+    assert successes >= 0.99 * attempts, f"{successes} of {attempts} steps succeeded at 20 % loss"

@@ -622,7 +622,7 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
     from ipaddress import IPv4Address
 
     from aaa_vpn.net.agents import run_mobile_node
-    from aaa_vpn.roles.mn import MnConfig
+    from aaa_vpn.roles.mn import MnConfig, MobileNode
     from aaa_vpn.secret_files import SecretForm, read_secret_file
 
     config = MnConfig(
@@ -636,6 +636,7 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
         retransmit=0.5,
         attempts=6,
     )
+    node = MobileNode(config)  # one node throughout: it keeps the challenges the FAs gave it
     attached: str | None = None
 
     def ip(*args: str) -> None:
@@ -666,6 +667,7 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
                 deregister=words[0] == "deregister",
                 previous_fa=IPv4Address(BACKBONE.of(previous)) if previous else None,
                 source=source,
+                node=node,
             )
             answer = {**outcome.to_json(), "link_switched": switched}
             if words[0] == "soft" and old is not None:

@@ -68,7 +68,7 @@ from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
 from aaa_vpn.roles.ha import HaConfig, HomeAgent, fa_owner
-from aaa_vpn.roles.mn import MnConfig, MobileNode
+from aaa_vpn.roles.mn import MnConfig, MobileNode, give_up_after
 from aaa_vpn.roles.radius_client import RadiusClient, ServerConfig
 from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.sa.memory import MemoryBackend
@@ -337,6 +337,7 @@ class AgentNode:
         self.running = False
         self._sequence = 0
         self._dirty = True
+        self._in_flight_written = -1  # the state file's in_flight, to rewrite it when that changes
         self._record_messages = settings.state_file is not None or log.isEnabledFor(logging.DEBUG)
         self._journaled: dict[str, Any] | None = None  # the state last written to the journal
         self.routes = (
@@ -578,6 +579,8 @@ class AgentNode:
                     peer=f"{datagram.address[0]}:{datagram.address[1]}",
                     **describe_message(datagram.channel, datagram.data),
                 )
+        if self.settings.state_file is not None and self.agent.exchanges() != self._in_flight_written:
+            self._dirty = True  # an exchange ended or began without an event (a withdrawal given up, say)
         if self._dirty:
             try:
                 self.write_state()
@@ -726,6 +729,20 @@ class AgentNode:
                 if self.running
                 else []
             )
+            document["forwarding"] = (
+                [
+                    {
+                        "nai": f.nai,
+                        "home_address": str(f.home_address),
+                        "new_fa": str(f.new_fa),
+                        "owner": f.owner,
+                        "expires": round(f.expires, 3),
+                    }
+                    for f in agent.forwarding.values()
+                ]
+                if self.running
+                else []
+            )
         elif isinstance(agent, HomeAgent):
             document["bindings"] = (
                 [
@@ -750,15 +767,19 @@ class AgentNode:
                         "care_of_address": str(b.care_of_address),
                         "home_agent": str(b.home_agent),
                         "owner": b.owner,
+                        "session_id": b.session[0] if b.session is not None else None,
+                        "epoch": b.session[1] if b.session is not None else None,
                         "lifetime": b.lifetime,
                         "expires": round(b.expires, 3),
                         "binding_requests_sent": b.requests_sent,
+                        "replaced_owner": b.replaced.owner if b.replaced is not None else None,
                     }
                     for b in agent.bindings.values()
                 ]
                 if self.running
                 else []
             )
+        document["in_flight"] = agent.exchanges() if self.running else 0
         counters = agent.counters + self.counters
         if self.accounting is not None:
             counters.update({f"accounting.{k}": v for k, v in self.accounting.counters.items()})
@@ -778,8 +799,10 @@ class AgentNode:
         if path is None:
             return
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        document = self.state()
+        self._in_flight_written = document["in_flight"]
         try:
-            temporary.write_text(json.dumps(self.state(), indent=1) + "\n")
+            temporary.write_text(json.dumps(document, indent=1) + "\n")
             os.replace(temporary, path)
         except OSError as exc:
             try:
@@ -950,21 +973,25 @@ def run_mobile_node(
     deregister: bool = False,
     previous_fa: IPv4Address | None = None,
     source: str = "0.0.0.0",
+    node: MobileNode | None = None,
 ) -> MnOutcome:
     """Register (or deregister) the simulated node once through the FA at
     ``fa`` and return the outcome. The simulator's own retransmissions
     (``config.retransmit`` x ``config.attempts``) bound the time it takes;
     without an answer the outcome is code 78 (registration timeout).
+    ``node``: a node that lives on between calls (it keeps the challenges
+    the FAs' replies gave it, as a real node does); by default a new one.
 
     Raises :class:`AgentError` if the socket cannot be bound."""
     sock = _bind(source, 0, "mobile node")
-    node = MobileNode(config)
+    node = node if node is not None else MobileNode(config)
     started = time.time()
     exchange: list[dict[str, Any]] = []
-    deadline = started + config.retransmit * (config.attempts + 1) + 5.0
+    # the node's own give-up ends every exchange; this only guards against a bug
+    deadline = started + give_up_after(config, 0 if deregister else None) + 5.0
     try:
         if deregister:
-            node.current_fa = fa  # a fresh process: deregister through the FA named
+            node.current_fa = fa  # deregister through the FA named
             node.deregister(started)
         else:
             node.register(fa, started, previous_fa=previous_fa)
@@ -996,7 +1023,7 @@ def run_mobile_node(
                         time.time(),
                         exchange,
                     )
-            if now > deadline:  # cannot happen while the simulator retransmits; a last guard
+            if now > deadline:  # a last guard
                 return MnOutcome(
                     "deregister" if deregister else "register",
                     config.nai,

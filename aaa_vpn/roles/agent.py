@@ -192,6 +192,13 @@ class Agent:
         """The SA owners the live state uses: what a restarted agent keeps."""
         return set()
 
+    def exchanges(self) -> int:
+        """Exchanges under way: requests waiting for an answer, paths being
+        installed, state held for an outcome that is not known yet (zero: the
+        agent waits for nobody; tests and labs use it to know when the
+        system has settled)."""
+        return 0
+
     def forget_unbacked(self, installed: set[str], now: float) -> None:
         """After a restart: drop live state whose SAs are gone from the
         backend (``installed``: the owners it still holds), as if it had ended."""

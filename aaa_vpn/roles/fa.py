@@ -1059,6 +1059,16 @@ class ForeignAgent(Agent):
     def owners(self) -> set[str]:
         return {v.owner for v in self.visitors.values()} | {f.owner for f in self.forwarding.values()}
 
+    def exchanges(self) -> int:
+        return (
+            len(self._pending)
+            + len(self._notifications)
+            + len(self._installing)
+            + len(self._pushes)
+            + self.radius.outstanding
+            + self.radius.waiting
+        )
+
     def forget_unbacked(self, installed: set[str], now: float) -> None:
         for nai in [n for n, v in self.visitors.items() if v.owner not in installed]:
             self.counters["restart.visitors_without_sas"] += 1

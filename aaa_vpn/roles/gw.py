@@ -494,6 +494,10 @@ class CorrespondentGateway(Agent):
         # A replaced binding's paths are not kept across a restart (its hold ends).
         return {b.owner for b in self.bindings.values()}
 
+    def exchanges(self) -> int:
+        # a replaced binding waits for the HA's confirmation or restoration
+        return len(self._pending) + sum(b.replaced is not None for b in self.bindings.values())
+
     def held_owners(self) -> set[str]:
         """The owners of replaced bindings whose paths are still installed (rule 3)."""
         return {b.replaced.owner for b in self.bindings.values() if b.replaced is not None}

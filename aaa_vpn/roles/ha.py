@@ -1039,6 +1039,11 @@ class HomeAgent(Agent):
             owners |= {fa_owner(binding.profile), stationary_owner(binding.profile)}
         return owners
 
+    def exchanges(self) -> int:
+        return (
+            len(self._pending) + len(self._outgoing) + len(self._pushes) + self.radius.outstanding + self.radius.waiting
+        )
+
     def forget_unbacked(self, installed: set[str], now: float) -> None:
         """A binding whose FA-side SAs are gone ends (its gateways are told,
         lifetime 0); the node registers again. Missing stationary SAs alone
