@@ -68,6 +68,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "dup_cache_seconds": (int, float),
     "cache_size": int,
     "source_address": str,
+    "metrics_listen": str,
     "upstream": dict,
     "clients": list,
     "realms": list,
@@ -102,7 +103,16 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
     reader = TomlReader(path)
     top = reader.table(data, "", _TOP)
     values: dict[str, Any] = {"config_path": path}
-    for name in ("listen", "port", "workers", "log_level", "log_format", "cache_size", "source_address"):
+    for name in (
+        "listen",
+        "port",
+        "workers",
+        "log_level",
+        "log_format",
+        "cache_size",
+        "source_address",
+        "metrics_listen",
+    ):
         if name in top:
             values[name] = top[name]
     if "dup_cache_seconds" in top:
