@@ -13,7 +13,7 @@ from pathlib import Path
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
-_METRICS_ADDRESS = re.compile(r"metrics endpoint listening address=([0-9.]+):(\d+)")
+_METRICS_ADDRESS = re.compile(r"metrics endpoint listening .*?address=([0-9.]+):(\d+)")
 
 
 @dataclass

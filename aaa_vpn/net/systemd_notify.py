@@ -23,6 +23,7 @@ package does not handle the abstract namespace.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -86,6 +87,20 @@ class Notifier:
         self.send("WATCHDOG=1")
 
 
+def keep_watchdog(loop: asyncio.AbstractEventLoop, notifier: Notifier) -> None:
+    """A single-process daemon: ``WATCHDOG=1`` from its own event loop every
+    half interval, so a loop that stops turning stops the notifications."""
+    interval = notifier.watchdog_interval
+    if interval is None:
+        return
+
+    def beat() -> None:
+        notifier.watchdog()
+        loop.call_later(interval, beat)
+
+    beat()
+
+
 def without_notify_environment() -> None:
     """Forget the notification variables (in forked workers: only the main
     process speaks to systemd)."""
@@ -93,4 +108,4 @@ def without_notify_environment() -> None:
         os.environ.pop(name, None)
 
 
-__all__ = ["Notifier", "without_notify_environment"]
+__all__ = ["Notifier", "keep_watchdog", "without_notify_environment"]

@@ -1,0 +1,93 @@
+"""The foreign AAA's and the agents' metrics endpoints, scraped over HTTP
+while a mobile node registers and moves (flows A, B and C with every
+component a process, tests/test_agents_live.py's topology on loopback).
+
+Each endpoint listens on its node's own loopback address, port 0 (the port
+is read from the node's log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .metrics_scrape import Scrape, metrics_address, wait_for
+from .mobility import AAAF, FA1, FA2, GW_DYNAMIC, HA
+from .test_agents_live import Topology, start
+
+NODES = {"fa1": FA1, "fa2": FA2, "ha": HA, "gw-dynamic": GW_DYNAMIC, "foreign-aaa": AAAF}
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[Topology]:
+    extra = {name: ("--metrics-listen", f"{address}:0") for name, address in NODES.items()}
+    running = start(tmp_path, foreign=True, extra=extra)
+    try:
+        yield running
+    finally:
+        codes = running.stop()
+        assert codes == dict.fromkeys(codes, 0), codes
+
+
+def endpoints(topology: Topology) -> dict[str, tuple[str, int]]:
+    return {name: metrics_address(topology.logs[name]) for name in NODES}
+
+
+def test_agents_and_foreign_aaa_count_a_registration_and_a_handoff(topology: Topology) -> None:
+    where = endpoints(topology)
+    code, result = topology.mn("register", "--fa", FA1)
+    assert code == 0 and result["accepted"], result
+
+    fa1 = wait_for(where["fa1"], lambda s: s.value("aaa_vpn_visitors", role="fa") == 1)
+    assert fa1.value("aaa_vpn_sa_paths", role="fa", backend="memory") == 2  # FA-HA, FA-GW (dynamic)
+    # two Registration Requests answered: the first gets the FA's challenge (RFC 4721), the second the accept
+    assert fa1.value("aaa_vpn_request_duration_seconds_count", role="fa", kind="registration") == 2
+    assert fa1.value("aaa_vpn_request_duration_seconds_count", role="fa", kind="aaa") == 1
+    assert fa1.value("aaa_vpn_upstream_server_up", role="fa", server=f"{AAAF}:{_port(topology)}") == 1
+    assert fa1.value("aaa_vpn_role_events_total", role="fa", event="radius_client.accepts") == 1
+    assert fa1.value("aaa_vpn_workers", role="fa") == 1
+
+    ha = wait_for(where["ha"], lambda s: s.value("aaa_vpn_bindings", role="ha") == 1)
+    assert ha.value("aaa_vpn_request_duration_seconds_count", role="ha", kind="registration") == 1
+    assert ha.value("aaa_vpn_request_duration_seconds_count", role="ha", kind="aaa") == 1
+    gw = wait_for(where["gw-dynamic"], lambda s: s.value("aaa_vpn_bindings", role="gw") == 1)
+    assert gw.value("aaa_vpn_sa_paths", role="gw", backend="memory") == 1
+
+    # flow C: the move to FA2 is answered by the foreign AAA from its cache
+    code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+    assert code == 0 and result["accepted"], result
+    foreign = wait_for(where["foreign-aaa"], lambda s: s.value("aaa_vpn_handoffs_total", role="foreign") == 1)
+    fa1_client, fa2_client = f"fa-{FA1}", f"fa-{FA2}"
+    assert requests(foreign, fa1_client) == 1 and requests(foreign, fa2_client) == 1
+    assert (
+        foreign.value("aaa_vpn_radius_decisions_total", role="foreign", client=fa1_client, outcome="accept", reason="")
+        == 1
+    )
+    assert (
+        foreign.value("aaa_vpn_radius_decisions_total", role="foreign", client=fa2_client, outcome="handoff", reason="")
+        == 1
+    )
+    assert foreign.total("aaa_vpn_radius_replies_total", code="Access-Accept") == 2
+    assert foreign.value("aaa_vpn_request_duration_seconds_count", role="foreign", kind="Access-Request") == 2
+    assert foreign.value("aaa_vpn_sessions", role="foreign") == 1
+    assert foreign.total("aaa_vpn_upstream_server_up", role="foreign") == 1
+    ha = wait_for(where["ha"], lambda s: s.value("aaa_vpn_handoffs_total", role="ha") == 1)
+    assert ha.value("aaa_vpn_bindings", role="ha") == 1
+    fa2 = wait_for(where["fa2"], lambda s: s.value("aaa_vpn_visitors", role="fa") == 1)
+    assert fa2.value("aaa_vpn_request_duration_seconds_count", role="fa", kind="registration") == 2
+
+
+def requests(scrape: Scrape, client: str) -> float:
+    return scrape.value(
+        "aaa_vpn_radius_requests_total", role="foreign", port="auth", code="Access-Request", client=client
+    )
+
+
+def _port(topology: Topology) -> int:
+    from aaa_vpn.lab.processes import listening_port
+
+    port = listening_port(topology.logs["foreign-aaa"])
+    assert port is not None
+    return port
