@@ -6,7 +6,8 @@
 #      left running nor enabled at boot when this script installs it), tshark, tcpdump,
 #      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes),
 #      PostgreSQL (initdb and pg_ctl for the tests' own clusters; no system cluster is
-#      started by this script's install).
+#      started by this script's install), systemd (for `systemd-analyze verify` on the
+#      service units; nothing is started with it).
 #      Only what is missing is installed; `apt-get update` only runs when something is missing.
 #   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`, which
 #      also compiles aaa_vpn/wire/_fast.c (gcc and the Python headers); skipped when
@@ -46,6 +47,7 @@ REQUIRED=(
     "-:libstrongswan-extra-plugins"
     "gcc:gcc"
     "-:postgresql"
+    "systemd-analyze:systemd"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke

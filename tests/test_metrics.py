@@ -231,3 +231,14 @@ def test_the_endpoint_answers_only_metrics_and_survives_bad_requests(home: tuple
         raw.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000)
         assert raw.recv(100).startswith(b"HTTP/1.1 400")
     assert "secret" not in get(endpoint)[2].lower().replace("aaa_vpn_", "")
+
+
+def test_the_grafana_dashboard_queries_only_declared_families() -> None:
+    import json
+
+    dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used.update(re.findall(r"(aaa_vpn_[a-z_]+?)(?:_bucket)?[{\[ )]", target["expr"] + " "))
+    assert used and used <= set(FAMILIES), used - set(FAMILIES)
