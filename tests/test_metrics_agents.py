@@ -8,6 +8,7 @@ is read from the node's log).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +92,68 @@ def _port(topology: Topology) -> int:
     port = listening_port(topology.logs["foreign-aaa"])
     assert port is not None
     return port
+
+
+# -- the foreign AAA with two workers ----------------------------------------------------------------
+
+FOREIGN = "127.0.0.3"
+FA_SECRET = b"fa-to-aaaf-metrics-secret"
+AAAF_SECRET = b"aaaf-to-home-metrics-secret"
+
+
+def test_foreign_aaa_with_two_workers_sums_them_and_shows_its_pool(tmp_path: Path) -> None:
+    from .radius_client import access_request, exchange, served_port, silent_server, wait_until_serving
+    from .test_foreign_live import start_foreign
+    from .test_home_server import MN_SECRET, NAI, SECRET, cli, provision, start_server, stop
+
+    db = tmp_path / "vpn.db"
+    provision(db)
+    cli(db, "client", "add", "aaaf", "--address", FOREIGN, "--role", "foreign-aaa", "--secret", AAAF_SECRET.decode())
+    home_log, aaaf_log = tmp_path / "home.log", tmp_path / "foreign.log"
+    home = start_server(db, 0, 1, home_log)
+    dead = silent_server()
+    aaaf = None
+    try:
+        home_port = served_port(home, home_log)
+        config = tmp_path / "foreign.toml"
+        config.write_text(
+            f'listen = "{FOREIGN}"\nport = 0\nworkers = 2\nmetrics_listen = "{FOREIGN}:0"\n'
+            "[upstream]\ntimeout = 0.3\nretries = 1\ndead_time = 30\nstatus_interval = 1\n"
+            f'[[clients]]\nname = "fa-lo"\naddress = "127.0.0.1"\nsecret = "{FA_SECRET.decode()}"\n'
+            '[[realms]]\nname = "home.example"\n'
+            f'[[realms.servers]]\nname = "dead"\naddress = "127.0.0.1"\nport = {dead.port}\n'
+            f'secret = "{AAAF_SECRET.decode()}"\n'
+            f'[[realms.servers]]\nname = "home"\naddress = "127.0.0.1"\nport = {home_port}\n'
+            f'secret = "{AAAF_SECRET.decode()}"\n'
+        )
+        config.chmod(0o600)
+        aaaf = start_foreign(config, aaaf_log)
+        server = (FOREIGN, served_port(aaaf, aaaf_log))
+        endpoint = metrics_address(aaaf_log)
+        wait_until_serving(("127.0.0.1", home_port), SECRET)
+        wait_for(endpoint, lambda s: s.value("aaa_vpn_workers", role="foreign") == 2)
+        sent = 16
+        for _ in range(sent):  # each from a socket of its own: spread over both workers
+            request = access_request(FA_SECRET, NAI, MN_SECRET, care_of="127.0.0.1", home_agent="127.0.0.2")
+            assert exchange(server, request, timeout=5.0).code == 2  # Access-Accept
+        after = wait_for(endpoint, lambda s: s.total("aaa_vpn_radius_requests_total", client="fa-lo") == sent)
+        assert after.total("aaa_vpn_radius_replies_total", client="fa-lo", code="Access-Accept") == sent
+        assert after.total("aaa_vpn_request_duration_seconds_count", kind="Access-Request") == sent
+        accepted = after.value(
+            "aaa_vpn_radius_decisions_total", role="foreign", client="fa-lo", outcome="accept", reason=""
+        )
+        assert accepted == sent
+        # the pool's members, per worker that uses them: the silent one is marked dead by both
+        wait_for(
+            endpoint,
+            lambda s: (
+                s.value("aaa_vpn_upstream_server_up", role="foreign", server="dead") == 0
+                and s.value("aaa_vpn_upstream_server_up", role="foreign", server="home") == 2
+            ),
+        )
+        pids = set(re.findall(r"aaa_vpn\.foreign\[(\d+)\]: access accepted", aaaf_log.read_text()))
+        assert len(pids) == 2, f"accepts came from workers {pids}"
+    finally:
+        dead.close()
+        codes = (stop(aaaf) if aaaf is not None else 0, stop(home))
+        assert codes == (0, 0), aaaf_log.read_text()
