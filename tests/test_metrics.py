@@ -146,10 +146,22 @@ def test_two_workers_totals_equal_the_requests_sent(
     server, endpoint = home
     radclient = require_tool("radclient")
     before = settled(endpoint)
-    registrations, statuses, strangers = 24, 4, 3
+    registrations, statuses, strangers, accounting = 24, 4, 3, 3
     for _ in range(registrations):  # each from its own socket: the kernel spreads them over the workers
         request = access_request(SECRET, NAI, MN_SECRET, care_of="127.0.0.1", home_agent="127.0.0.2")
-        assert exchange(server.address, request).code == rc.ACCESS_ACCEPT
+        reply = exchange(server.address, request)
+        assert reply.code == rc.ACCESS_ACCEPT
+    class_value = next(v for c, v in reply.attributes if c == rc.CLASS)
+    for number in range(accounting):  # Accounting-Requests on the accounting port, by radclient
+        done = subprocess.run(
+            [radclient, "-r", "1", "-t", "5", f"127.0.0.1:{_accounting_port(server)}", "acct", SECRET.decode()],
+            input=f'User-Name = "{NAI}"\nNAS-IP-Address = 127.0.0.1\nAcct-Session-Id = "acct-{number}"\n'
+            f"Class = 0x{class_value.hex()}\nAcct-Status-Type = Start\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
     secret = SECRET.decode()
     request_file = tmp_path / "status.txt"
     request_file.write_text("Message-Authenticator = 0x00\nNAS-IP-Address = 127.0.0.1\n")
@@ -177,7 +189,7 @@ def test_two_workers_totals_equal_the_requests_sent(
     def grew(now: Scrape, name: str, **labels: str) -> float:
         return now.total(name, **labels) - before.total(name, **labels)
 
-    sent = registrations + statuses + strangers
+    sent = registrations + statuses + strangers + accounting
     after = wait_for(endpoint, lambda s: grew(s, "aaa_vpn_radius_requests_total", role="home") == sent)
     assert grew(after, "aaa_vpn_radius_requests_total", code="Access-Request", client="fa1") == registrations
     assert grew(after, "aaa_vpn_radius_requests_total", code="Status-Server", client="fa1") == statuses
@@ -188,6 +200,10 @@ def test_two_workers_totals_equal_the_requests_sent(
     assert grew(after, "aaa_vpn_request_duration_seconds_count", kind="Access-Request") == registrations
     assert grew(after, "aaa_vpn_request_duration_seconds_count", kind="Status-Server") == statuses
     assert grew(after, "aaa_vpn_role_events_total", event="access_requests") == registrations
+    assert grew(after, "aaa_vpn_radius_requests_total", port="acct", code="Accounting-Request") == accounting
+    assert grew(after, "aaa_vpn_radius_replies_total", port="acct", code="Accounting-Response") == accounting
+    assert grew(after, "aaa_vpn_request_duration_seconds_count", kind="Accounting-Request") == accounting
+    assert grew(after, "aaa_vpn_db_duration_seconds_count", operation="record_accounting") >= 1
     assert after.total("aaa_vpn_db_duration_seconds_count", operation="session_writes") >= 1
     assert after.value("aaa_vpn_workers", role="home") == 2
     assert after.types["aaa_vpn_request_duration_seconds"] == "histogram"
@@ -196,6 +212,11 @@ def test_two_workers_totals_equal_the_requests_sent(
     assert len(pids) == 2, f"the decisions came from workers {pids}"
     # the live session, counted by worker 0 from the database
     wait_for(endpoint, lambda s: s.value("aaa_vpn_sessions", role="home") == 1)
+
+
+def _accounting_port(server: Server) -> int:
+    line = next(line for line in server.log_text().splitlines() if "worker listening" in line)
+    return int(line.split("accounting=")[1].split()[0].rsplit(":", 1)[1])
 
 
 def settled(endpoint: tuple[str, int]) -> Scrape:
