@@ -245,10 +245,11 @@ class Histogram:
         if not self.counts:
             self.counts = [0] * (len(self.buckets) + 1)  # the last: +Inf
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
+    def observe(self, value: float, times: int = 1) -> None:
+        """``times`` observations of ``value``."""
+        self.counts[bisect.bisect_left(self.buckets, value)] += times
+        self.sum += value * times
+        self.count += times
 
     def add(self, other: Histogram) -> None:
         if other.buckets != self.buckets:
@@ -311,12 +312,12 @@ class Recorder:
     def inc(self, family: str, amount: int = 1, **labels: str) -> None:
         self.counts[(family, labels_of(role=self.role, **labels))] += amount
 
-    def observe(self, family: str, value: float, **labels: str) -> None:
+    def observe(self, family: str, value: float, times: int = 1, **labels: str) -> None:
         key = (family, labels_of(role=self.role, **labels))
         histogram = self.histograms.get(key)
         if histogram is None:
             histogram = self.histograms[key] = Histogram()
-        histogram.observe(value)
+        histogram.observe(value, times)
 
     def set(self, family: str, value: float, **labels: str) -> None:
         self.gauges[(family, labels_of(role=self.role, **labels))] = value
@@ -352,18 +353,30 @@ def record_exchange(
     """Count a batch of RADIUS datagrams received on ``port`` (``auth``,
     ``acct``) and the replies sent for it ``seconds`` later: by code and
     client, and each reply's duration by the kind of its request."""
-    kinds: dict[tuple[tuple[str, int], int], str] = {}
+    # Counted per batch first: one labelled series update per (code, client), not per datagram.
+    received: collections.Counter[tuple[int, str]] = collections.Counter()
+    sent: collections.Counter[tuple[int, str]] = collections.Counter()
+    answered: collections.Counter[int] = collections.Counter()
+    kinds: dict[tuple[tuple[str, int], int], int] = {}
     for data, source in requests:
-        name = code_name(data[0]) if data else "empty"
-        recorder.inc("aaa_vpn_radius_requests_total", port=port, code=name, client=client_name(source[0]))
+        code = data[0] if data else -1
+        received[(code, client_name(source[0]))] += 1
         if len(data) > 1:
-            kinds[(source, data[1])] = name
+            kinds[(source, data[1])] = code
     for reply, destination in replies:
-        name = code_name(reply[0]) if reply else "empty"
-        recorder.inc("aaa_vpn_radius_replies_total", port=port, code=name, client=client_name(destination[0]))
+        sent[(reply[0] if reply else -1, client_name(destination[0]))] += 1
         kind = kinds.get((destination, reply[1])) if len(reply) > 1 else None
         if kind is not None:
-            recorder.observe("aaa_vpn_request_duration_seconds", seconds, kind=kind)
+            answered[kind] += 1
+    for family, counts in (("aaa_vpn_radius_requests_total", received), ("aaa_vpn_radius_replies_total", sent)):
+        for (code, client), count in counts.items():
+            recorder.inc(family, count, port=port, code=_code_label(code), client=client)
+    for code, count in answered.items():
+        recorder.observe("aaa_vpn_request_duration_seconds", seconds, count, kind=_code_label(code))
+
+
+def _code_label(code: int) -> str:
+    return "empty" if code < 0 else code_name(code)
 
 
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
