@@ -73,7 +73,7 @@ def metrics_listen_setting() -> Any:
     """The ``metrics_listen`` setting of every daemon (docs/metrics.md)."""
     return setting(
         None,
-        help="Serve Prometheus metrics over HTTP on HOST:PORT (GET /metrics; docs/metrics.md); default: none.",
+        help="Serve Prometheus metrics over HTTP on HOST:PORT (GET /metrics; docs/metrics.md).",
         flag="--metrics-listen",
         metavar="HOST:PORT",
         kind=str,
