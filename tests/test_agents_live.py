@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,12 +202,14 @@ def start(
     gateways: tuple[str, ...] = ("static", "dynamic"),
     gw_args: tuple[str, ...] = (),
     home_args: tuple[str, ...] = (),
+    aaa_args: tuple[str, ...] = (),
     extra: dict[str, tuple[str, ...]] | None = None,
 ) -> Topology:
     """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
     ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
     ``gw_args``: more options for both gateways, ``home_args`` for the home
-    AAA (flow G's lifetimes); ``extra``: more options by process name."""
+    AAA (flow G's lifetimes), ``aaa_args`` for the FAs and the HA; ``extra``: more
+    options by process name."""
     extra = extra or {}
     # The agents' ports are bound here and handed over; the servers bind port 0 and log theirs.
     mip = bind_udp([a for _r, a in AGENTS.values()])
@@ -225,6 +228,10 @@ def start(
         *home_args,
     )
     topology.radius_port = topology.listening("home-aaa")
+    if "{accounting_port}" in aaa_args:
+        found = re.search(r"accounting=[\d.]+:(\d+)", topology.logs["home-aaa"].read_text())
+        assert found is not None, topology.logs["home-aaa"].read_text()
+        aaa_args = tuple(found.group(1) if a == "{accounting_port}" else a for a in aaa_args)
     foreign_port = 0
     if foreign:
         private(tmp / "aaaf-home.secret", SECRETS[AAAF].value)
@@ -262,7 +269,7 @@ def start(
             secret = private(tmp / f"{name}.secret", SECRETS[address].value + b"\n")  # the newline is dropped
             server = f"{AAAF}:{foreign_port}" if foreign and address in (FA1, FA2) else f"{AAA}:{topology.radius_port}"
             args += ["--aaa", server, "--secret-file", str(secret), "--coa-port", str(coa.port)]
-            args += ["--coa-socket-fd", str(coa.fd(address))]
+            args += ["--coa-socket-fd", str(coa.fd(address)), *aaa_args]
             fds.append(coa.fd(address))
         topology.spawn(name, *args, *extra.get(name, ()), pass_fds=tuple(fds))
     deadline = time.monotonic() + 20
@@ -949,6 +956,59 @@ def test_a_renewal_past_half_the_sa_lifetime_rekeys_every_path(tmp_path: Path) -
         assert_mirrored(topology, "ha", "gw-static", "HA_GW")
         assert_mirrored(topology, "fa1", "gw-dynamic", "FA_GW")
         assert [b["epoch"] for b in topology.state("ha")["bindings"]] == [2]
+    finally:
+        codes = topology.stop()
+        assert codes == dict.fromkeys(codes, 0), codes
+
+
+def test_the_fa_and_ha_account_each_registration_start_interim_and_stop(tmp_path: Path) -> None:
+    accounting = ("--accounting", "--accounting-interim", "1", "--accounting-port", "{accounting_port}")
+    topology = start(tmp_path, aaa_args=accounting)
+    try:
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        time.sleep(1.5)  # at least one Interim-Update from each
+        code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        code, result = topology.mn("deregister", "--fa", FA2)
+        assert (code, result["code"]) == (0, 0), result
+        expected = {"fa2": [], "ha": []}
+        assert {k: v for k, v in topology.wait_for(expected).items() if k in expected} == expected
+        deadline = time.monotonic() + 10
+        while True:
+            listing = aaa_vpn(
+                "--db",
+                str(tmp_path / "vpn.db"),
+                "--key-file",
+                str(tmp_path / "vpn.key"),
+                "--json",
+                "accounting",
+                "list",
+            )
+            assert listing.returncode == 0, listing.stderr
+            records = json.loads(listing.stdout)["accounting"]
+            if len(records) == 4 and all(r["stopped"] for r in records):
+                break
+            assert time.monotonic() < deadline, records
+            time.sleep(0.1)
+        session = records[0]["session_id"]
+        by = {(r["nas"], r["acct_session_id"]): r for r in records}
+        assert set(by) == {(FA1, f"{session}#1"), (FA2, f"{session}#2"), (HA, f"{session}#1"), (HA, f"{session}#2")}
+        assert all(r["session_id"] == session and r["nai"] == NAI for r in records)
+        assert by[(FA1, f"{session}#1")]["updates"] >= 3  # Start, Interim-Update(s), Stop
+        assert by[(FA1, f"{session}#1")]["terminate_cause"] == "Lost-Carrier"  # it moved to FA2
+        assert by[(FA2, f"{session}#2")]["terminate_cause"] == "User-Request"
+        assert by[(HA, f"{session}#1")]["terminate_cause"] == "NAS-Request"  # continued as epoch 2
+        assert by[(HA, f"{session}#1")]["attributes"]["3GPP2-Session-Continue"] == 1
+        assert by[(HA, f"{session}#2")]["terminate_cause"] == "User-Request"
+        # the memory backend carries no traffic on loopback: counts are there, and zero
+        assert by[(FA1, f"{session}#1")]["input_octets"] == 0
+        for name in ("fa1", "fa2", "ha"):
+            counters = topology.state(name)["counters"]
+            assert counters["accounting.answered"] == counters["accounting.start"] + counters[
+                "accounting.interim"
+            ] + counters["accounting.stop"] + counters.get("accounting.on", 0), (name, counters)
     finally:
         codes = topology.stop()
         assert codes == dict.fromkeys(codes, 0), codes

@@ -102,6 +102,7 @@ class Lab:
     prefix: str = field(default_factory=lambda: f"aae{os.getpid() % 100000}_")
     python: str = sys.executable
     log_keys: bool = False  # strongswan: CHILD_SA keys in charon's log, for tshark (tests only)
+    accounting_interim: float = 0.0  # > 0: FAs and the HA send RADIUS accounting, Interim-Updates this often
     charons: dict[str, Any] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
     attached: str | None = None
@@ -245,6 +246,8 @@ class Lab:
                 args += ["--vici-socket", str(self.charons[name].vici_socket), "--route-into", "ipsec0"]
             if role == "fa":
                 args += ["--data-path", "--forwarding-lifetime", str(self.forwarding_lifetime)]
+            if self.accounting_interim > 0 and role in ("fa", "ha"):
+                args += ["--accounting", "--accounting-interim", str(self.accounting_interim)]
             self._spawn(name, name, self._aaa_vpn(*args))
         self.processes.wait_ready(30.0)
 

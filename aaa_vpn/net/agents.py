@@ -63,11 +63,13 @@ from typing import Any
 from aaa_vpn.net.datapath import VisitorRoutes
 from aaa_vpn.net.metrics_server import MetricsError, MetricsHttp, bind_metrics
 from aaa_vpn.net.systemd_notify import Notifier, keep_watchdog
+from aaa_vpn.roles.accounting_client import AccountedSession, AccountingReporter, TerminateCause, Usage, usage_of
 from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
-from aaa_vpn.roles.ha import HaConfig, HomeAgent
+from aaa_vpn.roles.ha import HaConfig, HomeAgent, fa_owner
 from aaa_vpn.roles.mn import MnConfig, MobileNode
+from aaa_vpn.roles.radius_client import RadiusClient, ServerConfig
 from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
@@ -83,12 +85,22 @@ log = logging.getLogger("aaa_vpn.agent")
 RoleAgent = ForeignAgent | HomeAgent | CorrespondentGateway
 
 _BATCH = 64  # datagrams per wake-up and socket before yielding to the loop
+_FINAL_USAGE_KEPT = 4096  # counters of removed SA owners kept for their accounting Stop
+#: RegistrationDone details that say why a registration ended (accounting Stop).
+_ENDINGS = {
+    "deregistration": TerminateCause.USER_REQUEST,
+    "deregistered": TerminateCause.USER_REQUEST,
+    "disconnected by AAA": TerminateCause.ADMIN_RESET,
+    "revoked by the FA": TerminateCause.LOST_SERVICE,
+}
 _EVENTS_KEPT = 500  # events kept for the state file
 _STATE_VERSION = 1
 _RADIUS_CODES = {
     1: "Access-Request",
     2: "Access-Accept",
     3: "Access-Reject",
+    4: "Accounting-Request",
+    5: "Accounting-Response",
     11: "Access-Challenge",
     12: "Status-Server",
 }
@@ -124,7 +136,7 @@ def path_json(installed: InstalledPath) -> dict[str, Any]:
 def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
     """What a datagram is, for logs and the state file: message name and the
     fields that say what it does (never an authenticator or a key)."""
-    if channel is Channel.RADIUS:
+    if channel is Channel.RADIUS or channel is Channel.ACCOUNTING:
         code = data[0] if data else -1
         return {"message": _RADIUS_CODES.get(code, f"RADIUS code {code}")}
     if channel is Channel.COA:
@@ -250,6 +262,38 @@ def build_backend(settings: AgentSettings) -> SaBackend:
     return backend
 
 
+def build_accounting(settings: AgentSettings) -> AccountingReporter | None:
+    """An FA's or HA's accounting reporter, if ``--accounting``: its AAA
+    servers at ``--accounting-port`` (default each one's port + 1, where
+    FreeRADIUS and ``serve home`` listen), the same secrets and pool."""
+    if not settings.accounting or settings.role not in ("fa", "ha"):
+        return None
+    port = settings.accounting_port
+    servers = [
+        ServerConfig(s.address, port or s.port + 1, s.secret, f"{s.name}/acct")
+        for s in settings.aaa_servers
+        if port or s.port < 65535
+    ]
+    if not servers:
+        return None
+    client = RadiusClient(
+        servers,
+        timeout=settings.radius_timeout,
+        retries=settings.radius_retries,
+        max_timeout=settings.radius_max_timeout,
+        pool_type=settings.radius_pool,
+        zombie_period=settings.radius_zombie_period,
+        dead_time=settings.radius_dead_time,
+        nas_ip_address=settings.address,
+    )
+    return AccountingReporter(
+        client,
+        nas_ip_address=settings.address,
+        nas_identifier=settings.node,
+        interim_interval=settings.accounting_interim,
+    )
+
+
 def build_role(settings: AgentSettings) -> RoleAgent:
     """The sans-IO agent the settings describe."""
     config = role_config(settings)
@@ -295,6 +339,12 @@ class AgentNode:
         )
         self.recovery: Recovery | None = None
         self.metrics = AgentMetrics(settings.role, settings.backend, self.started)
+        self.accounting = build_accounting(settings)
+        self._final_usage: collections.OrderedDict[str, Usage] = collections.OrderedDict()
+        self._accounting_dirty = True
+        self._endings: dict[str, TerminateCause] = {}
+        if self.accounting is not None:
+            self.executor.before_delete = self._remember_usage
 
     # -- life cycle ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -306,9 +356,14 @@ class AgentNode:
                 if settings.coa_port:  # bound before the ephemeral RADIUS socket, which could take its port
                     self.sockets[Channel.COA] = _socket(address, settings.coa_port, "CoA", settings.coa_socket_fd)
                 self.sockets[Channel.RADIUS] = _bind(address, 0, "RADIUS client")
+                if self.accounting is not None:
+                    self.sockets[Channel.ACCOUNTING] = _bind(address, 0, "RADIUS accounting client")
             self.running = True
             self._dirty = True
             self.recover()
+            if self.accounting is not None:
+                self.accounting.starting(self.clock(), recovered=bool(self._accounted()))
+                self.service()
             self.write_state()  # also the sign that the agent is ready
         except AgentError:
             self.running = False
@@ -417,15 +472,30 @@ class AgentNode:
                     **describe_message(channel, data),
                 )
             try:
-                self.agent.receive_datagram(channel, data, address, now)
+                if channel is Channel.ACCOUNTING:
+                    if self.accounting is not None:
+                        self.accounting.receive_datagram(data, address, now)
+                else:
+                    self.agent.receive_datagram(channel, data, address, now)
             except Exception:  # a bug must cost this datagram, never the agent
                 self.counters["dropped.internal_error"] += 1
                 log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
         self.service()
 
+    def get_timer(self) -> float | None:
+        """When :meth:`fire_timer` must be called next (the role's and accounting's timers)."""
+        when = self.agent.get_timer()
+        if self.accounting is not None:
+            other = self.accounting.get_timer()
+            if other is not None and (when is None or other < when):
+                when = other
+        return when
+
     def fire_timer(self, now: float) -> None:
         try:
             self.agent.handle_timer(now)
+            if self.accounting is not None:
+                self.accounting.handle_timer(now, self._usage)
         except Exception:
             self.counters["timer_errors"] += 1
             log.exception("internal error in a timer", extra=fields(node=self.settings.node))
@@ -438,6 +508,8 @@ class AgentNode:
         self._run_events(now)
         if self.routes is not None and isinstance(self.agent, ForeignAgent):
             self.routes.sync(self.agent.node_routes())
+        if self.accounting is not None:
+            self._account(now)
         # Before anything leaves: an answer is never sent for state the
         # journal would not bring back after a crash.
         self.save_journal()
@@ -477,6 +549,76 @@ class AgentNode:
         for event in run_events(self.agent, self.executor, now, self._note, code_name):
             if isinstance(event, RegistrationDone):
                 self.counters["decisions"] += 1
+                self._accounting_dirty = True
+                ending = _ENDINGS.get(event.detail)
+                if ending is not None and event.nai:
+                    self._endings[event.nai] = ending
+
+    # -- accounting (roles/accounting_client.py) ------------------------------------------------------
+    def _accounted(self) -> list[AccountedSession]:
+        """The registrations accounting sees: an FA's visitors, an HA's bindings."""
+        agent = self.agent
+        if isinstance(agent, ForeignAgent):
+            return [
+                AccountedSession(v.owner, v.nai, v.session_id, v.home_address, v.expires, (v.owner,))
+                for v in agent.visitors.values()
+            ]
+        if isinstance(agent, HomeAgent):
+            sessions = []
+            for b in agent.bindings.values():
+                owner = fa_owner(b.profile)
+                sessions.append(AccountedSession(owner, b.nai, b.session_id, b.home_address, b.expires, (owner,)))
+            return sessions
+        return []
+
+    def _account(self, now: float) -> None:
+        accounting = self.accounting
+        assert accounting is not None
+        if self._accounting_dirty:
+            self._accounting_dirty = False
+            accounting.observe(self._accounted(), now, self._usage, self._endings)
+            self._endings.clear()
+        sock = self.sockets.get(Channel.ACCOUNTING)
+        for data, address in accounting.datagrams_to_send(now):
+            if sock is None:
+                continue
+            try:
+                sock.sendto(data, address)
+                self.counters["sent.accounting"] += 1
+            except OSError as exc:
+                self.counters["send_errors"] += 1
+                log.warning(
+                    "sendto failed", extra=fields(node=self.settings.node, destination=address[0], error=str(exc))
+                )
+
+    def _live_usage(self, owner: str) -> Usage | None:
+        counters = getattr(self.backend, "counters", None)
+        if counters is None:
+            return None
+        try:
+            return usage_of((c.direction.value, c.packets, c.octets) for c in counters(owner))
+        except SaError:
+            return None
+
+    def _usage(self, owners: tuple[str, ...]) -> Usage | None:
+        """The SA counters of ``owners``: live, or as they were when removed."""
+        total: Usage | None = None
+        for owner in owners:
+            used = self._final_usage.pop(owner, None) if owner in self._final_usage else self._live_usage(owner)
+            if used is not None:
+                total = used if total is None else total + used
+        return total
+
+    def _remember_usage(self, owner: str) -> None:
+        """Before an owner's SAs go: keep their counters for its Stop."""
+        self._accounting_dirty = True
+        used = self._live_usage(owner)
+        if used is None:
+            return
+        self._final_usage[owner] = used
+        self._final_usage.move_to_end(owner)
+        while len(self._final_usage) > _FINAL_USAGE_KEPT:
+            self._final_usage.popitem(last=False)
 
     def _note(self, kind: str, now: float, **values: Any) -> None:
         self._sequence += 1
@@ -553,7 +695,10 @@ class AgentNode:
                 if self.running
                 else []
             )
-        document["counters"] = dict(sorted((agent.counters + self.counters).items()))
+        counters = agent.counters + self.counters
+        if self.accounting is not None:
+            counters.update({f"accounting.{k}": v for k, v in self.accounting.counters.items()})
+        document["counters"] = dict(sorted(counters.items()))
         document["events"] = list(self.events)
         return document
 
@@ -561,9 +706,13 @@ class AgentNode:
         """The agent's metrics now (docs/metrics.md)."""
         agent = self.agent
         entries = len(agent.visitors) if isinstance(agent, ForeignAgent) else len(agent.bindings)
-        radius = agent.radius if isinstance(agent, ForeignAgent | HomeAgent) else None
-        counters = agent.counters + self.counters
-        return self.metrics.snapshot(counters, entries, self.backend if self.running else None, radius, self.clock())
+        clients = {"radius_client": agent.radius} if isinstance(agent, ForeignAgent | HomeAgent) else {}
+        counters = dict(agent.counters + self.counters)
+        if self.accounting is not None:
+            clients["accounting_client"] = self.accounting.client
+            counters.update({f"accounting.{k}": v for k, v in self.accounting.counters.items()})
+        backend = self.backend if self.running else None
+        return self.metrics.snapshot(counters, entries, backend, clients, self.clock())
 
     def _bound_port(self, channel: Channel, configured: int) -> int:
         """The port ``channel``'s socket is bound to (the configured one when closed)."""
@@ -607,7 +756,7 @@ class AgentNode:
 
         def arm() -> None:
             nonlocal timer, timer_at
-            when = self.agent.get_timer()
+            when = self.get_timer()
             if when == timer_at and timer is not None:
                 return
             if timer is not None:

@@ -31,6 +31,7 @@ publishes (several) -- net/systemd_notify.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
@@ -50,6 +51,7 @@ from aaa_vpn.net.metrics_server import (
     serve_metrics_process,
 )
 from aaa_vpn.net.systemd_notify import Notifier, keep_watchdog
+from aaa_vpn.roles.foreign_aaa import ACCOUNTING_SOCKET
 from aaa_vpn.service.config import ForeignServerSettings
 from aaa_vpn.service.foreign import ForeignService, with_port
 from aaa_vpn.service.logging import configure_logging, fields
@@ -70,6 +72,7 @@ def serve_worker(
     settings: ForeignServerSettings,
     index: int,
     sock: socket.socket | None = None,
+    accounting_sock: socket.socket | None = None,
     slots: WorkerSlots | None = None,
     metrics_sock: socket.socket | None = None,
     notifier: Notifier | None = None,
@@ -84,11 +87,15 @@ def serve_worker(
     if sock is None:
         sock = _bind(settings.listen, settings.port, reuse_port=True)
     try:
+        if accounting_sock is None:
+            accounting_sock = _bind(settings.listen, settings.accounting_bind_port, reuse_port=True)
         for _pool in service.aaa.pools:
             upstream.append(_bind(settings.upstream_address, 0, reuse_port=False))
     except ServerError:
         for opened in upstream:
             opened.close()
+        if accounting_sock is not None:
+            accounting_sock.close()
         sock.close()
         loop.close()
         raise
@@ -99,7 +106,12 @@ def serve_worker(
     def flush() -> None:
         nonlocal timer, timer_at
         for datagram in service.outgoing(loop.time()):
-            out = sock if datagram.pool is None else upstream[datagram.pool]
+            if datagram.pool is None:
+                out = sock
+            elif datagram.pool == ACCOUNTING_SOCKET:
+                out = accounting_sock
+            else:
+                out = upstream[datagram.pool]
             try:
                 out.sendto(datagram.data, datagram.address)
             except OSError as exc:
@@ -138,6 +150,8 @@ def serve_worker(
             peer = (str(address[0]), int(address[1]))
             if pool is None:
                 guarded(partial(service.receive_from_client, data, peer, loop.time()))
+            elif pool == ACCOUNTING_SOCKET:
+                guarded(partial(service.receive_accounting, data, peer, loop.time()))
             else:
                 guarded(partial(service.receive_from_upstream, data, peer, pool, loop.time()))
         flush()
@@ -175,6 +189,7 @@ def serve_worker(
 
     async def main() -> None:
         loop.add_reader(sock.fileno(), drain, sock, None)
+        loop.add_reader(accounting_sock.fileno(), drain, accounting_sock, ACCOUNTING_SOCKET)
         for number, pool_sock in enumerate(upstream):
             loop.add_reader(pool_sock.fileno(), drain, pool_sock, number)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -194,6 +209,7 @@ def serve_worker(
             extra=fields(
                 worker=index,
                 address=f"{host}:{port}",
+                accounting=f"{accounting_sock.getsockname()[0]}:{accounting_sock.getsockname()[1]}",
                 upstream=",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in upstream),
             ),
         )
@@ -207,6 +223,7 @@ def serve_worker(
         if http is not None:
             await http.close()
         loop.remove_reader(sock.fileno())
+        loop.remove_reader(accounting_sock.fileno())
         for pool_sock in upstream:
             loop.remove_reader(pool_sock.fileno())
         await task
@@ -221,6 +238,7 @@ def serve_worker(
             timer.cancel()
         loop.close()
         sock.close()
+        accounting_sock.close()
         for pool_sock in upstream:
             pool_sock.close()
     return 0
@@ -235,15 +253,22 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
         check = ForeignService(settings, 0.0)
         probe = _bind(settings.listen, settings.port, reuse_port=settings.workers > 1)
         try:
+            accounting_probe = _bind(settings.listen, settings.accounting_bind_port, reuse_port=settings.workers > 1)
+        except ServerError as exc:
+            probe.close()
+            raise ServerError(f"accounting port: {exc}") from None
+        try:
             _bind(settings.upstream_address, 0, reuse_port=False).close()
         except ServerError as exc:
             probe.close()
+            accounting_probe.close()
             raise ServerError(f"upstream source address: {exc}") from None
         if settings.metrics_listen:
             try:
                 metrics_sock = bind_metrics(settings.metrics_listen)
             except MetricsError:
                 probe.close()
+                accounting_probe.close()
                 raise
     except (ServerError, ValidationError, MetricsError) as exc:
         log.error(str(exc))
@@ -252,6 +277,7 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
         "foreign AAA starting",
         extra=fields(
             address=f"{settings.listen}:{probe.getsockname()[1]}",
+            accounting=f"{settings.listen}:{accounting_probe.getsockname()[1]}",
             workers=settings.workers,
             clients=len(settings.clients),
             realms=",".join(r.name for r in settings.realms),
@@ -265,11 +291,21 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
                 log.info(
                     "metrics endpoint listening", extra=fields(address="{}:{}".format(*metrics_sock.getsockname()[:2]))
                 )
-            return serve_worker(settings, 0, sock=probe, metrics_sock=metrics_sock, notifier=Notifier())
+            return serve_worker(
+                settings,
+                0,
+                sock=probe,
+                accounting_sock=accounting_probe,
+                metrics_sock=metrics_sock,
+                notifier=Notifier(),
+            )
         address = f"{settings.listen}:{probe.getsockname()[1]}"
-        if settings.port == 0:
-            settings = with_port(settings, probe.getsockname()[1])  # workers share one concrete port
+        # workers share one concrete port for each
+        settings = dataclasses.replace(
+            with_port(settings, probe.getsockname()[1]), accounting_port=accounting_probe.getsockname()[1]
+        )
         probe.close()
+        accounting_probe.close()
         return _supervise(settings, metrics_sock, f"foreign AAA on {address}, {settings.workers} workers")
     finally:
         if metrics_sock is not None:

@@ -74,7 +74,7 @@ class AccountingServer:
     def _plumbing(self) -> collections.Counter[str]:
         # The plumbing counts under "accounting." so that a worker's counters
         # tell the two ports apart.
-        return _Prefixed(self.counters, "accounting.")
+        return Prefixed(self.counters, "accounting.")
 
     def set_clients(self, clients: Iterable[Client]) -> None:
         self.server.set_clients(clients)
@@ -140,8 +140,8 @@ class AccountingServer:
             self.events.append(self.server.dropped.popleft())
 
 
-class _Prefixed(collections.Counter[str]):
-    """A view that adds to ``counters`` under ``prefix``."""
+class Prefixed(collections.Counter[str]):
+    """A view that adds to ``counters`` under ``prefix`` (the plumbing of a second port)."""
 
     def __init__(self, counters: collections.Counter[str], prefix: str) -> None:
         super().__init__()
@@ -155,4 +155,4 @@ class _Prefixed(collections.Counter[str]):
         self._counters[self._prefix + key] = value
 
 
-__all__ = ["AccountingServer", "StoreAccounting"]
+__all__ = ["AccountingServer", "Prefixed", "StoreAccounting"]

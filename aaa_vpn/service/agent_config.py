@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError, check_node_address
+from aaa_vpn.roles.pools import DEFAULT_DEAD_TIME, DEFAULT_ZOMBIE_PERIOD, POOL_TYPES
 from aaa_vpn.secret import Secret
 from aaa_vpn.secret_files import SecretForm, check_private, read_secret_file
 from aaa_vpn.service.config import log_format_setting, log_level_setting, metrics_listen_setting, read_toml
@@ -137,19 +138,80 @@ class AgentSettings:
     command line gives their endpoints (``--aaa``) and their secret
     (``--secret-file``, :data:`SECRET_FILE`); the file gives ``[[aaa]]`` tables."""
     radius_timeout: float = setting(
-        2.0,
-        help="Seconds before a RADIUS retransmission.",
+        0.25,
+        help="Seconds before the first RADIUS retransmission (then twice as long each time, up to"
+        " --radius-max-timeout).",
         flag="--radius-timeout",
         roles=_RADIUS_ROLES,
         check=_positive("RADIUS timeout"),
     )
     radius_retries: int = setting(
-        2,
+        8,
         help="Retransmissions per AAA server.",
         flag="--radius-retries",
         roles=_RADIUS_ROLES,
         check=Bounds("RADIUS retries", low=0, rule="must be >= 0"),
     )
+    radius_max_timeout: float = setting(
+        1.0,
+        help="The longest wait between two RADIUS transmissions (--radius-timeout if that is longer).",
+        flag="--radius-max-timeout",
+        roles=_RADIUS_ROLES,
+        check=_positive("RADIUS maximum timeout"),
+    )
+    """FA and HA: RADIUS retransmission (docs/radius-client.md rule 1): waits of
+    ``radius_timeout``, doubled each time up to ``radius_max_timeout``, after
+    each of ``1 + radius_retries`` transmissions per server (the role's
+    defaults: aaa_vpn.roles.radius_client)."""
+    radius_pool: str = setting(
+        "fail-over",
+        help="How requests are spread over the AAA servers: fail-over (in order), load-balance (fewest in"
+        " flight), client-balance (by this agent), keyed-balance (by the NAI).",
+        flag="--aaa-pool",
+        toml="aaa_pool",
+        roles=_RADIUS_ROLES,
+        check=Choices("AAA pool type", POOL_TYPES),
+    )
+    radius_zombie_period: float = setting(
+        DEFAULT_ZOMBIE_PERIOD,
+        help="Seconds an AAA server that let a request time out is probed with Status-Server (and gets no"
+        " new requests while another is live) before it is marked dead.",
+        flag="--aaa-zombie-period",
+        toml="aaa_zombie_period",
+        roles=_RADIUS_ROLES,
+        check=Bounds("AAA zombie period", low=0, rule="must be >= 0"),
+    )
+    radius_dead_time: float = setting(
+        DEFAULT_DEAD_TIME,
+        help="Seconds a dead AAA server gets no requests unless it answers a Status-Server probe.",
+        flag="--aaa-dead-time",
+        toml="aaa_dead_time",
+        roles=_RADIUS_ROLES,
+        check=Bounds("AAA dead time", low=0, rule="must be >= 0"),
+    )
+    """FA and HA: the pool of AAA servers (docs/radius-client.md rules 4 and 4a)."""
+    accounting: bool = setting(
+        False,
+        help="Send RADIUS accounting (Start, Interim-Update, Stop) to the AAA servers' accounting ports"
+        " (each server's port + 1).",
+        flag="--accounting",
+        roles=_RADIUS_ROLES,
+    )
+    accounting_port: int = setting(
+        0,
+        help="The UDP port of the AAA servers' accounting (0: each server's port + 1).",
+        flag="--accounting-port",
+        roles=_RADIUS_ROLES,
+        check=Bounds("accounting port", 0, 65535, rule="expected 0..65535"),
+    )
+    accounting_interim: float = setting(
+        300.0,
+        help="Seconds between two Interim-Updates of a registration (0: none).",
+        flag="--accounting-interim",
+        roles=_RADIUS_ROLES,
+        check=Bounds("accounting interim interval", low=0, rule="must be >= 0 (0: none)"),
+    )
+    """FA and HA: RADIUS accounting of their registrations (docs/accounting.md, "From the agents")."""
     coa_port: int = setting(
         COA_PORT,
         help="UDP port for Disconnect/CoA-Requests from the AAA servers (RFC 5176; 0: none).",
@@ -160,7 +222,7 @@ class AgentSettings:
     """FA and HA: the UDP port of Disconnect-/CoA-Requests from their AAA servers
     (RFC 5176; 0: none)."""
     ha_timeout: float = setting(
-        10.0,
+        15.0,
         help="Seconds to wait for the home agent before answering 78 (above the HA's RADIUS and gateway time).",
         flag="--ha-timeout",
         roles=("fa",),
@@ -190,7 +252,7 @@ class AgentSettings:
     """FA: how long the previous FA is asked to forward after a move (smooth
     handoff, flow E); 0: no smooth handoff."""
     gateway_timeout: float = setting(
-        3.0,
+        4.0,
         help="Seconds to wait for a gateway's Binding Acknowledge.",
         flag="--gateway-timeout",
         roles=("ha",),

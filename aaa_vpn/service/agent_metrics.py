@@ -10,7 +10,9 @@ Durations are measured at the agent's sockets, from the datagrams alone:
   copied from request to reply unchanged: those are matched);
 * ``aaa`` (FA, HA): an Access-Request sent to an AAA server until its answer
   (the same Identifier, from that server) is read; a retransmission keeps
-  the first send's time.
+  the first send's time;
+* ``accounting`` (FA, HA with ``--accounting``): an Accounting-Request sent
+  until its Accounting-Response is read, likewise.
 
 At most :data:`_TIMED_LIMIT` are awaited at once; those never answered are
 forgotten after a minute. Pure: no sockets, no clock (``now`` is passed in).
@@ -30,6 +32,7 @@ _TIMED_FOR = 60.0
 _RRQ, _RRP = 1, 3  # RFC 5944 message types
 _ACCESS_REQUEST = 1
 _AAA_ANSWERS = frozenset((2, 3, 11))  # Access-Accept, -Reject, -Challenge
+_ACCOUNTING_REQUEST, _ACCOUNTING_RESPONSE = 4, 5
 
 
 class AgentMetrics:
@@ -47,12 +50,16 @@ class AgentMetrics:
             self._start(("mip", source, data[20:24]), now, "registration")
         elif channel == "radius" and len(data) >= 2 and data[0] in _AAA_ANSWERS:
             self._finish(("radius", source, data[1:2]), now)
+        elif channel == "accounting" and len(data) >= 2 and data[0] == _ACCOUNTING_RESPONSE:
+            self._finish(("accounting", source, data[1:2]), now)
 
     def sent(self, channel: str, data: bytes, destination: Address, now: float) -> None:
         if channel == "mip" and len(data) >= 20 and data[0] == _RRP:
             self._finish(("mip", destination, data[16:20]), now)
         elif channel == "radius" and len(data) >= 2 and data[0] == _ACCESS_REQUEST:
             self._start(("radius", destination, data[1:2]), now, "aaa")
+        elif channel == "accounting" and len(data) >= 2 and data[0] == _ACCOUNTING_REQUEST:
+            self._start(("accounting", destination, data[1:2]), now, "accounting")
 
     def _start(self, key: tuple[str, Address, bytes], now: float, kind: str) -> None:
         if key in self._timed:
@@ -78,24 +85,25 @@ class AgentMetrics:
         counters: Mapping[str, int],
         entries: int,
         backend: SaBackend | None,
-        radius: RadiusClient | None,
+        clients: Mapping[str, RadiusClient],
         now: float,
     ) -> Snapshot:
         """The figures now: ``counters`` (the role's and the node's),
-        ``entries`` (visitors or bindings), the installed paths, the AAA servers."""
+        ``entries`` (visitors or bindings), the installed paths, the RADIUS
+        clients by the prefix of their counters (``radius_client``, ``accounting_client``)."""
         role = self.recorder.role
         self.forget(now)
         self.recorder.set("aaa_vpn_visitors" if role == "fa" else "aaa_vpn_bindings", entries)
         if backend is not None:
             self.recorder.set("aaa_vpn_sa_paths", len(backend.paths()), backend=self.backend_name)
         merged = dict(counters)
-        if radius is not None:
-            self.recorder.set("aaa_vpn_pending_requests", radius.waiting + radius.outstanding)
-            for server in radius.servers:
-                self.recorder.set(
-                    "aaa_vpn_upstream_server_up", int(radius.is_alive(server.name, now)), server=server.name
-                )
-            merged.update({f"radius_client.{k}": v for k, v in radius.counters.items()})
+        if clients:
+            self.recorder.set("aaa_vpn_pending_requests", sum(c.waiting + c.outstanding for c in clients.values()))
+        for prefix, client in clients.items():
+            for server in client.servers:
+                alive = int(client.is_alive(server.name, now))
+                self.recorder.set("aaa_vpn_upstream_server_up", alive, server=server.name)
+            merged.update({f"{prefix}.{k}": v for k, v in client.counters.items()})
         snapshot = self.recorder.snapshot(merged)
         snapshot.gauges[("aaa_vpn_workers", labels_of(role=role))] = 1
         snapshot.gauges[("aaa_vpn_start_time_seconds", labels_of(role=role))] = self.started

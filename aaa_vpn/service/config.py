@@ -200,10 +200,15 @@ class ForeignServerSettings:
     dup_cache_seconds: float = _dup_cache_seconds(None)  # only in the file
     cache_size: int = setting(100_000, check=Bounds("cache size", low=1))
     source_address: str | None = None  # upstream sockets bind here; default: listen
-    timeout: float = 2.0
-    retries: int = 2
+    accounting_port: int | None = None  # the accounting socket; None: port + 1 (0 when port is 0)
+    # the upstream RADIUS client's timing; None: the proxy's own defaults
+    # (aaa_vpn.roles.foreign_aaa.ForeignAaaOptions, ordered inside the FAs' own)
+    timeout: float | None = None
+    retries: int | None = None
+    max_timeout: float | None = None
     dead_time: float = 30.0
     status_interval: float | None = 6.0
+    zombie_period: float = 40.0
     clients: tuple[ProxyClient, ...] = ()
     realms: tuple[Realm, ...] = ()
     metrics_listen: str | None = metrics_listen_setting()
@@ -215,6 +220,13 @@ class ForeignServerSettings:
     def upstream_address(self) -> str:
         """The address the upstream sockets bind to: how the home AAA knows us."""
         return self.source_address or self.listen
+
+    @property
+    def accounting_bind_port(self) -> int:
+        """The accounting port to bind (0: any)."""
+        if self.accounting_port is not None:
+            return self.accounting_port
+        return self.port + 1 if 0 < self.port < 65535 else 0
 
 
 __all__ = [

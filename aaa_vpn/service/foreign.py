@@ -32,6 +32,7 @@ from typing import Any
 
 from aaa_vpn.model import ValidationError, check_client_network, check_node_address
 from aaa_vpn.roles.foreign_aaa import (
+    ACCOUNTING_SOCKET,
     DEFAULT_REALM,
     Answered,
     Datagram,
@@ -43,6 +44,7 @@ from aaa_vpn.roles.foreign_aaa import (
     UpstreamDown,
     UpstreamUp,
 )
+from aaa_vpn.roles.pools import POOL_TYPES
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret_files import check_private
 from aaa_vpn.service.config import (
@@ -73,15 +75,18 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "cache_size": int,
     "source_address": str,
     "metrics_listen": str,
+    "accounting_port": int,
     "upstream": dict,
     "clients": list,
     "realms": list,
 }
 _UPSTREAM: dict[str, type | tuple[type, ...]] = {
     "timeout": (int, float),
+    "max_timeout": (int, float),
     "retries": int,
     "dead_time": (int, float),
     "status_interval": (int, float),
+    "zombie_period": (int, float),
 }
 _CLIENT: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -90,11 +95,12 @@ _CLIENT: dict[str, type | tuple[type, ...]] = {
     "secret_file": str,
     "require_message_authenticator": bool,
 }
-_REALM: dict[str, type | tuple[type, ...]] = {"name": str, "servers": list}
+_REALM: dict[str, type | tuple[type, ...]] = {"name": str, "servers": list, "pool": str}
 _SERVER: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "address": str,
     "port": int,
+    "accounting_port": int,
     "secret": str,
     "secret_file": str,
 }
@@ -116,6 +122,7 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         "cache_size",
         "source_address",
         "metrics_listen",
+        "accounting_port",
     ):
         if name in top:
             values[name] = top[name]
@@ -133,6 +140,10 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         if upstream["timeout"] <= 0:
             raise reader.error("upstream.timeout", "must be > 0")
         values["timeout"] = float(upstream["timeout"])
+    if "max_timeout" in upstream:
+        if upstream["max_timeout"] <= 0:
+            raise reader.error("upstream.max_timeout", "must be > 0")
+        values["max_timeout"] = float(upstream["max_timeout"])
     if "retries" in upstream:
         if upstream["retries"] < 0:
             raise reader.error("upstream.retries", "must be >= 0")
@@ -141,6 +152,10 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         if upstream["dead_time"] < 0:
             raise reader.error("upstream.dead_time", "must be >= 0")
         values["dead_time"] = float(upstream["dead_time"])
+    if "zombie_period" in upstream:
+        if upstream["zombie_period"] < 0:
+            raise reader.error("upstream.zombie_period", "must be >= 0 (0: dead at the first timeout)")
+        values["zombie_period"] = float(upstream["zombie_period"])
     if "status_interval" in upstream:
         interval = upstream["status_interval"]
         if interval < 0:
@@ -212,6 +227,7 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
             raise reader.error(f"{key}.name", f"realm {name!r} is configured twice (realms compare case-insensitively)")
         seen.add(folded)
         servers: list[ServerConfig] = []
+        accounting_ports: list[int] = []
         endpoints: set[tuple[IPv4Address, int]] = set()
         entries = reader.required(table, "servers", key)
         if not entries:
@@ -229,11 +245,18 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
                 raise reader.error(f"{where}.port", f"{port}: expected 1..65535")
             if (address, port) in endpoints:
                 raise reader.error(where, f"{address}:{port} is already in this pool")
+            accounting_port = server.get("accounting_port", min(port + 1, 65535))
+            if not 1 <= accounting_port <= 65535:
+                raise reader.error(f"{where}.accounting_port", f"{accounting_port}: expected 1..65535")
+            accounting_ports.append(accounting_port)
             endpoints.add((address, port))
             servers.append(
                 ServerConfig(str(address), port, reader.shared_secret(server, where), server.get("name", ""))
             )
-        realms.append(Realm(name, tuple(servers)))
+        pool = table.get("pool", "fail-over")
+        if pool not in POOL_TYPES:
+            raise reader.error(f"{key}.pool", f"{pool!r}: expected one of {', '.join(POOL_TYPES)}")
+        realms.append(Realm(name, tuple(servers), tuple(accounting_ports), pool))
     return tuple(realms)
 
 
@@ -243,14 +266,23 @@ def options_for(settings: ForeignServerSettings) -> ForeignAaaOptions:
     address = IPv4Address(settings.upstream_address)
     if not address.is_unspecified:
         nas = address
+    timing = {
+        name: value
+        for name, value in (
+            ("timeout", settings.timeout),
+            ("retries", settings.retries),
+            ("max_timeout", settings.max_timeout),
+        )
+        if value is not None
+    }
     return ForeignAaaOptions(
         dup_cache_seconds=settings.dup_cache_seconds,
         cache_size=settings.cache_size,
-        timeout=settings.timeout,
-        retries=settings.retries,
         dead_time=settings.dead_time,
         status_interval=settings.status_interval,
+        zombie_period=settings.zombie_period,
         nas_ip_address=nas,
+        **timing,  # type: ignore[arg-type]
     )
 
 
@@ -279,18 +311,25 @@ class ForeignService:
         self._budget: dict[str, _Budget] = {}
         self.metrics = Recorder("foreign")
         """Figures the proxy does not count (docs/metrics.md)."""
-        self._timed: dict[tuple[tuple[str, int], int], tuple[float, str]] = {}
+        self._timed: dict[tuple[str, tuple[str, int], int], tuple[float, str]] = {}
 
     def client_name(self, address: str) -> str:
         client = self.aaa.server.clients.lookup(address)
         return client.name if client is not None else "unknown"
 
-    def receive_from_client(self, data: bytes, source: tuple[str, int], now: float) -> None:
+    def _count_request(self, port: str, data: bytes, source: tuple[str, int], now: float) -> None:
         kind = code_name(data[0]) if data else "empty"
-        self.metrics.inc("aaa_vpn_radius_requests_total", port="auth", code=kind, client=self.client_name(source[0]))
+        self.metrics.inc("aaa_vpn_radius_requests_total", port=port, code=kind, client=self.client_name(source[0]))
         if len(data) > 1 and len(self._timed) < _TIMED_LIMIT:
-            self._timed[(source, data[1])] = (now, kind)
+            self._timed[(port, source, data[1])] = (now, kind)
+
+    def receive_from_client(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        self._count_request("auth", data, source, now)
         self.aaa.receive_from_client(data, source, now)
+
+    def receive_accounting(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        self._count_request("acct", data, source, now)
+        self.aaa.receive_accounting(data, source, now)
 
     def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
         self.aaa.receive_from_upstream(data, source, pool, now)
@@ -304,16 +343,22 @@ class ForeignService:
         self._log_events()
         datagrams = self.aaa.datagrams_to_send()
         for datagram in datagrams:
-            if datagram.pool is not None or not datagram.data:
-                continue
+            if datagram.pool is None:
+                port = "auth"
+            elif datagram.pool == ACCOUNTING_SOCKET:
+                port = "acct"
+            else:
+                continue  # upstream
             reply = datagram.data
+            if not reply:
+                continue
             self.metrics.inc(
                 "aaa_vpn_radius_replies_total",
-                port="auth",
+                port=port,
                 code=code_name(reply[0]),
                 client=self.client_name(datagram.address[0]),
             )
-            timed = self._timed.pop((datagram.address, reply[1]), None) if len(reply) > 1 else None
+            timed = self._timed.pop((port, datagram.address, reply[1]), None) if len(reply) > 1 else None
             if timed is not None and now is not None:
                 self.metrics.observe("aaa_vpn_request_duration_seconds", max(0.0, now - timed[0]), kind=timed[1])
         return datagrams
@@ -377,7 +422,7 @@ class ForeignService:
                         ),
                     )
             elif isinstance(event, UpstreamDown):
-                log.warning("home server marked dead", extra=fields(pool=event.pool, server=event.server))
+                log.warning(f"home server marked {event.state}", extra=fields(pool=event.pool, server=event.server))
             elif isinstance(event, UpstreamUp):
                 log.info(
                     "home server in use again", extra=fields(pool=event.pool, server=event.server, reason=event.reason)

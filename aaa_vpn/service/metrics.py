@@ -209,6 +209,7 @@ DERIVED: dict[str, tuple[Derived, ...]] = {
     "fa": (
         Derived("aaa_vpn_radius_dropped_total", prefix="dropped", label="reason"),
         Derived("aaa_vpn_retransmissions_total", "duplicates", (("direction", "received"),)),
+        Derived("aaa_vpn_rekeys_total", "coa.pushed"),
         Derived("aaa_vpn_retransmissions_total", "relays_retransmitted", (("direction", "sent"),)),
         Derived("aaa_vpn_retransmissions_total", "radius_client.retransmissions", (("direction", "sent"),)),
     ),
