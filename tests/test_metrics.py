@@ -266,3 +266,32 @@ def test_the_grafana_dashboard_queries_only_declared_families() -> None:
         for target in panel["targets"]:
             used.update(re.findall(r"(aaa_vpn_[a-z_]+?)(?:_bucket)?[{\[ )]", target["expr"] + " "))
     assert used and used <= set(FAMILIES), used - set(FAMILIES)
+
+
+def test_agent_durations_pair_requests_with_their_answers() -> None:
+    from aaa_vpn.service.agent_metrics import AgentMetrics
+
+    figures = AgentMetrics("fa", "memory", 0.0)
+    mn, aaa = ("192.0.2.100", 434), ("192.0.2.5", 1812)
+    identification = bytes.fromhex("0102030405060708")
+    # RFC 5944 3.3: type 1, flags, lifetime, home address, home agent, care-of address, identification
+    rrq = bytes([1, 0]) + b"\x00\x3c" + bytes(12) + identification
+    # RFC 5944 3.4: type 3, code, lifetime, home address, home agent, identification (its high half may differ)
+    rrp = bytes([3, 0]) + b"\x00\x3c" + bytes(8) + b"\xff\xff\xff\xff" + identification[4:]
+    figures.received("mip", rrq, mn, 10.0)
+    figures.received("mip", rrq, mn, 10.5)  # a retransmission: the first one's time counts
+    figures.sent("radius", bytes([1, 7]) + bytes(18), aaa, 10.1)
+    figures.sent("radius", bytes([1, 7]) + bytes(18), aaa, 10.6)  # retransmitted
+    figures.received("radius", bytes([2, 7]) + bytes(18), aaa, 10.7)
+    figures.sent("accounting", bytes([4, 9]) + bytes(18), ("192.0.2.5", 1813), 11.0)
+    figures.received("accounting", bytes([5, 9]) + bytes(18), ("192.0.2.5", 1813), 11.25)
+    figures.received("radius", bytes([2, 8]) + bytes(18), aaa, 10.8)  # answers nothing asked: not timed
+    figures.sent("mip", rrp, mn, 11.0)
+    figures.sent("mip", rrp, ("192.0.2.101", 434), 11.0)  # another node: not timed
+    scrape = parse(render(figures.snapshot({"requests": 1}, 1, None, {}, 11.0)))
+    count, total = "aaa_vpn_request_duration_seconds_count", "aaa_vpn_request_duration_seconds_sum"
+    assert scrape.value(count, role="fa", kind="registration") == 1
+    assert scrape.value(total, role="fa", kind="registration") == pytest.approx(1.0)
+    assert scrape.value(total, role="fa", kind="aaa") == pytest.approx(0.6)
+    assert scrape.value(total, role="fa", kind="accounting") == pytest.approx(0.25)
+    assert scrape.value("aaa_vpn_visitors", role="fa") == 1

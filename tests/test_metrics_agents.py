@@ -9,7 +9,8 @@ is read from the node's log).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,9 @@ FA_SECRET = b"fa-to-aaaf-metrics-secret"
 AAAF_SECRET = b"aaaf-to-home-metrics-secret"
 
 
-def test_foreign_aaa_with_two_workers_sums_them_and_shows_its_pool(tmp_path: Path) -> None:
+def test_foreign_aaa_with_two_workers_sums_them_and_shows_its_pool(
+    tmp_path: Path, require_tool: Callable[[str], str]
+) -> None:
     from .radius_client import access_request, exchange, served_port, silent_server, wait_until_serving
     from .test_foreign_live import start_foreign
     from .test_home_server import MN_SECRET, NAI, SECRET, cli, provision, start_server, stop
@@ -115,6 +118,9 @@ def test_foreign_aaa_with_two_workers_sums_them_and_shows_its_pool(tmp_path: Pat
     aaaf = None
     try:
         home_port = served_port(home, home_log)
+        found = re.search(r"accounting=[\d.]+:(\d+)", home_log.read_text())
+        assert found is not None, home_log.read_text()
+        home_accounting = int(found.group(1))
         config = tmp_path / "foreign.toml"
         config.write_text(
             f'listen = "{FOREIGN}"\nport = 0\nworkers = 2\nmetrics_listen = "{FOREIGN}:0"\n'
@@ -124,6 +130,7 @@ def test_foreign_aaa_with_two_workers_sums_them_and_shows_its_pool(tmp_path: Pat
             f'[[realms.servers]]\nname = "dead"\naddress = "127.0.0.1"\nport = {dead.port}\n'
             f'secret = "{AAAF_SECRET.decode()}"\n'
             f'[[realms.servers]]\nname = "home"\naddress = "127.0.0.1"\nport = {home_port}\n'
+            f"accounting_port = {home_accounting}\n"
             f'secret = "{AAAF_SECRET.decode()}"\n'
         )
         config.chmod(0o600)
@@ -153,6 +160,25 @@ def test_foreign_aaa_with_two_workers_sums_them_and_shows_its_pool(tmp_path: Pat
         )
         pids = set(re.findall(r"aaa_vpn\.foreign\[(\d+)\]: access accepted", aaaf_log.read_text()))
         assert len(pids) == 2, f"accepts came from workers {pids}"
+        # accounting, proxied home, on the foreign AAA's accounting port (radclient as the FA)
+        found = re.search(r"worker listening .*accounting=[\d.]+:(\d+)", aaaf_log.read_text())
+        assert found is not None, aaaf_log.read_text()
+        radclient = require_tool("radclient")
+        for number in range(3):
+            done = subprocess.run(
+                [radclient, "-r", "1", "-t", "5", f"{FOREIGN}:{found.group(1)}", "acct", FA_SECRET.decode()],
+                input=f'User-Name = "{NAI}"\nNAS-IP-Address = 127.0.0.1\nAcct-Session-Id = "m-{number}"\n'
+                "Acct-Status-Type = Start\n",
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+        acct = wait_for(
+            endpoint, lambda s: s.total("aaa_vpn_radius_replies_total", port="acct", code="Accounting-Response") == 3
+        )
+        assert acct.total("aaa_vpn_radius_requests_total", port="acct", code="Accounting-Request", client="fa-lo") == 3
+        assert acct.total("aaa_vpn_request_duration_seconds_count", kind="Accounting-Request") == 3
     finally:
         dead.close()
         codes = (stop(aaaf) if aaaf is not None else 0, stop(home))

@@ -498,9 +498,7 @@ def server_supervision(
             log.warning("a worker is not responding: no watchdog notification", extra=fields(workers=late))
 
     def reload() -> bool:
-        if reloader is None:
-            log.warning("SIGHUP: this server was started without a reloadable configuration; ignored")
-            return False
+        assert reloader is not None
         notifier.reloading()
         try:
             new = reloader()
@@ -517,7 +515,7 @@ def server_supervision(
         notifier.ready(status)
         return True
 
-    return Supervision(tick=tick, reload=reload, stopping=notifier.stopping)
+    return Supervision(tick=tick, reload=reload if reloader is not None else None, stopping=notifier.stopping)
 
 
 def supervise(serve: Callable[[int], int], workers: int, what: str, supervision: Supervision | None = None) -> int:
