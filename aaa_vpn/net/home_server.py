@@ -499,12 +499,15 @@ def server_supervision(
 
     def reload() -> bool:
         assert reloader is not None
-        notifier.reloading()
+        serving = notifier.ready_sent  # a reload during start-up must not announce READY early
+        if serving:
+            notifier.reloading()
         try:
             new = reloader()
         except Exception as exc:  # noqa: BLE001 - a bad file must never stop a running server
             log.error("configuration reload failed: keeping the running configuration", extra=fields(error=str(exc)))
-            notifier.ready(status)
+            if serving:
+                notifier.ready(status)
             return False
         fixed = [name for name in RESTART_ONLY if getattr(new, name, None) != getattr(current[0], name, None)]
         reloaded(current[0], new)
@@ -512,7 +515,8 @@ def server_supervision(
             log.warning("changed settings need a restart to take effect", extra=fields(settings=",".join(fixed)))
         log.info("configuration reloaded")
         current[0] = new
-        notifier.ready(status)
+        if serving:
+            notifier.ready(status)
         return True
 
     return Supervision(tick=tick, reload=reload if reloader is not None else None, stopping=notifier.stopping)
