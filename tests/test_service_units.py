@@ -371,3 +371,44 @@ def test_serve_home_check_opens_the_database_without_binding(database: Path) -> 
     assert bad.returncode == 2 and "metrics-listen" in bad.stderr
     missing = cli(database.with_name("absent.db"), "serve", "home", "--check", check=False)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
+
+
+def test_the_units_checks_pass_on_valid_configuration_files(database: Path, tmp_path: Path) -> None:
+    """Every ExecStartPre line, run as written with /etc/aaa-vpn/ replaced by a
+    directory of valid files (and %i by an instance name), exits 0: the units'
+    command lines are real ones."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    key = database.parent / f"{database.name}.key"
+    (etc / "aaa-vpn.toml").write_text(
+        f'db = "{database}"\nkey_file = "{key}"\n'
+        '[serve.home]\nlisten = "127.0.0.1"\nmetrics_listen = "127.0.0.1:9812"\n'
+    )
+    secret = etc / "aaa.secret"
+    secret.write_text("a-shared-secret-of-length")
+    secret.chmod(0o600)
+    (etc / "foreign.toml").write_text(
+        'listen = "127.0.0.3"\n[[clients]]\nname = "fa"\naddress = "127.0.0.1"\nsecret_file = "aaa.secret"\n'
+        '[[realms]]\nname = "home.example"\n[[realms.servers]]\naddress = "127.0.0.1"\nsecret_file = "aaa.secret"\n'
+    )
+    for name, address in (("fa1", "127.0.0.11"), ("ha1", "127.0.0.2")):
+        (etc / f"{name}.toml").write_text(
+            f'address = "{address}"\nname = "{name}"\nstate_file = "{tmp_path}/{name}.json"\n'
+            '[[aaa]]\naddress = "127.0.0.1"\nsecret_file = "aaa.secret"\n'
+        )
+    gateway_key = etc / "gw1.key"
+    gateway_key.write_bytes(b"g" * 32)
+    gateway_key.chmod(0o600)
+    (etc / "gw1.toml").write_text('address = "127.0.0.21"\nname = "gw1"\ngateway_key_file = "gw1.key"\n')
+    instances = {"aaa-vpn-fa@.service": "fa1", "aaa-vpn-ha@.service": "ha1", "aaa-vpn-gw@.service": "gw1"}
+    for unit in units.UNITS:
+        text = units.render(unit, executable="aaa-vpn")
+        (line,) = [x for x in text.splitlines() if x.startswith("ExecStartPre=")]
+        command = line.removeprefix("ExecStartPre=").replace("/etc/aaa-vpn/", f"{etc}/")
+        command = command.replace("%i", instances.get(unit.name, ""))
+        args = command.split()[1:]  # the program: this checkout's, as the tests run it
+        done = subprocess.run(
+            [sys.executable, "-m", "aaa_vpn.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, (unit.name, args, done.stdout, done.stderr)
+        assert "OK" in done.stdout, (unit.name, done.stdout)
