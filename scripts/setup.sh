@@ -46,6 +46,8 @@ REQUIRED=(
     "-:libstrongswan-extra-plugins"
     "gcc:gcc"
     "-:postgresql"
+    "freeDiameterd:freediameterd"
+    "/usr/lib/freeDiameter/rt_default.fdx:freediameter-extensions"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke
