@@ -159,6 +159,7 @@ class ResultCode(enum.IntEnum):
     INVALID_AVP_BITS = 3009
     UNKNOWN_PEER = 3010
     AUTHENTICATION_REJECTED = 4001
+    ELECTION_LOST = 4003
     # RFC 4004 section 6.1 (transient)
     MIP_REPLY_FAILURE = 4005
     HA_NOT_AVAILABLE = 4006
