@@ -226,12 +226,14 @@ def run_home_server(settings: Any) -> int:
     # their own keeps from every node's announcements (store/postgres.py).
     marks = SessionMarks.shared() if is_url(settings.db_path) else None
     processes = workers + (marks is not None)
+    diameter = getattr(settings, "diameter_listen", None) is not None
     if workers == 1:
         # One worker serves on the socket bound here (a restarted worker
         # inherits it again): no moment without a listener, and port 0 stays
         # the port reported above.
         try:
-            return supervise(_roles(settings, workers, marks, (probe, accounting_probe)), processes, "home AAA")
+            roles = _with_diameter(settings, _roles(settings, workers, marks, (probe, accounting_probe)), processes)
+            return supervise(roles, processes + diameter, "home AAA")
         finally:
             probe.close()
             accounting_probe.close()
@@ -241,7 +243,24 @@ def run_home_server(settings: Any) -> int:
     )
     probe.close()
     accounting_probe.close()
-    return supervise(_roles(settings, workers, marks, None), processes, "home AAA")
+    roles = _with_diameter(settings, _roles(settings, workers, marks, None), processes)
+    return supervise(roles, processes + diameter, "home AAA")
+
+
+def _with_diameter(settings: Any, roles: Callable[[int], int], index: int) -> Callable[[int], int]:
+    """Process ``index`` (the one after the others) serves Diameter (net/diameter_server.py)
+    when ``--diameter-listen`` is given."""
+    if getattr(settings, "diameter_listen", None) is None:
+        return roles
+
+    def run(i: int) -> int:
+        if i != index:
+            return roles(i)
+        from aaa_vpn.net.diameter_server import options_from_settings, serve_diameter
+
+        return serve_diameter(_open(settings), options_from_settings(settings))
+
+    return run
 
 
 def _roles(

@@ -160,10 +160,60 @@ class HomeServerSettings:
         " section 1.3). --no-renewal-memo decides every request in full.",
         flag="--renewal-memo",
     )
+    diameter_listen: str | None = setting(
+        None,
+        help="Also serve the Diameter Mobile IPv4 application (RFC 4004) over TCP on ADDR[:PORT]"
+        " (3868 by default; docs/diameter.md).",
+        flag="--diameter-listen",
+        metavar="ADDR[:PORT]",
+        kind=str,
+        shown_default="off",
+    )
+    diameter_realm: str | None = setting(
+        None,
+        help="The Diameter Origin-Realm: the realm of this home AAA's users (needed with --diameter-listen).",
+        flag="--diameter-realm",
+        kind=str,
+    )
+    diameter_host: str | None = setting(
+        None,
+        help="The Diameter Origin-Host (an FQDN).",
+        flag="--diameter-host",
+        kind=str,
+        shown_default="aaa.REALM",
+    )
+    diameter_peers: tuple[str, ...] = setting(
+        (),
+        help="A Diameter peer (Origin-Host) accepted besides the RADIUS clients' names, e.g. a relay.",
+        flag="--diameter-peer",
+        metavar="HOST",
+        multiple=True,
+        kind=str,
+    )
+    diameter_plain_is_secure: bool = setting(
+        False,
+        help="Plain TCP to the Diameter peers is protected below Diameter (IPsec, a lab on loopback): keys"
+        " may be sent on it. Without it and without TLS every AMR is answered 5025.",
+        flag="--diameter-plain-is-secure",
+    )
+    diameter_tls_cert: Path | None = setting(
+        None, help="Diameter over TLS: this server's certificate (PEM).", flag="--diameter-tls-cert", kind=Path
+    )
+    diameter_tls_key: Path | None = setting(
+        None, help="Diameter over TLS: its private key (PEM).", flag="--diameter-tls-key", kind=Path
+    )
+    diameter_tls_ca: Path | None = setting(
+        None,
+        help="Diameter over TLS: peers must present a certificate this CA signed.",
+        flag="--diameter-tls-ca",
+        kind=Path,
+    )
 
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
         check_declared(self)
+        if self.diameter_listen is not None and not self.diameter_realm:
+            raise ValidationError("--diameter-listen needs --diameter-realm")
 
     @property
     def accounting(self) -> int:

@@ -1,0 +1,309 @@
+"""RFC 4004 at the home AAA (roles/diameter_home.py, net/diameter_server.py)
+over loopback TCP: an FA's AMR is decided by the same role and store as
+RADIUS, the AMA carries the addresses, the MSA, the VPN profile; renewals,
+push, STR/ASR; every refusal with its Result-Code; a HAR to a Diameter home
+agent; and an independent client (python-diameter) end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import struct
+import time
+from ipaddress import IPv4Address
+
+from aaa_vpn.lab.topology import HOME_ADDRESS, NAI
+from aaa_vpn.roles import diameter_peer as peer
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire import diameter as d
+from aaa_vpn.wire import mip
+from aaa_vpn.wire.diameter import AvpCode as C
+from aaa_vpn.wire.diameter import ResultCode
+from aaa_vpn.wire.diameter_profile import decode_profile_avps
+from aaa_vpn.wire.profile import PathRole
+from tests.diameter_lab import (
+    FA_HOST,
+    HA_HOST,
+    HOME_HOST,
+    Client,
+    amr,
+    home_service,
+    rrq,
+    run,
+    start_home,
+    wait_for,
+)
+from tests.mobility import FA1, HA
+
+
+def test_registration_renewal_push_and_str() -> None:
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa)
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+
+        ama = await fa.ask(amr("fa;1"))
+        assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)
+        assert ama.session_id == "fa;1" and ama.origin_host == HOME_HOST
+        assert ama.find(C.MIP_HOME_AGENT_ADDRESS).as_ipv4() == IPv4Address(HA)  # type: ignore[union-attr]
+        assert ama.find(C.MIP_MOBILE_NODE_ADDRESS).as_ipv4() == IPv4Address(HOME_ADDRESS)  # type: ignore[union-attr]
+        msa = {a.code: a for a in ama.find(C.MIP_FA_TO_HA_MSA).as_grouped()}  # type: ignore[union-attr]
+        assert msa[C.MIP_ALGORITHM_TYPE].as_u32() == d.ALGORITHM_HMAC_SHA1
+        profile = decode_profile_avps(ama.avps)
+        assert msa[C.MIP_FA_TO_HA_SPI].as_u32() == profile.fa_ha_spi
+        assert Secret(msa[C.MIP_SESSION_KEY].value) == profile.fa_ha_key
+        assert ama.u32(C.MIP_MSA_LIFETIME) == profile.lifetime == ama.u32(C.AUTHORIZATION_LIFETIME)
+        assert profile.care_of_address == IPv4Address(FA1) and profile.session_root_key is None  # the FA's view
+        assert {p.role for p in profile.paths} >= {PathRole.FA_HA}
+        assert d.unknown_mandatory(ama.avps, d.AVPS) is None  # every M-bit AVP is RFC 4004/6733's
+        # The session is the store's, as with RADIUS.
+        [stored] = aaa.store.find_sessions(NAI)
+        assert stored.session_id == profile.session_id == ama.text(C.ACCT_MULTI_SESSION_ID)
+        assert stored.care_of_address == IPv4Address(FA1)
+
+        # A re-registration on the same Diameter session renews that session.
+        again = await fa.ask(amr("fa;1"))
+        assert again.result_code == ResultCode.SUCCESS
+        assert decode_profile_avps(again.avps).session_id == profile.session_id
+        assert [s.session_id for s in aaa.store.find_sessions(NAI)] == [profile.session_id]
+
+        # The operator pushes it like any other session: the next epoch, CoA-Requests to its agents.
+        pushed = aaa.push(profile.session_id, time.time())
+        assert pushed.session is not None and pushed.session.epoch == stored.epoch + 1
+        assert {t.role for t, _ in pushed.requests} == {"fa", "ha"}
+
+        # STR ends it.
+        sta = await fa.ask(_str("fa;1"))
+        assert sta.result_code == ResultCode.SUCCESS
+        assert aaa.store.find_sessions(NAI) == []
+        sta = await fa.ask(_str("fa;1"))
+        assert sta.result_code == ResultCode.UNKNOWN_SESSION_ID
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+def _str(session_id: str) -> d.Message:
+    return d.Message(
+        d.Command.SESSION_TERMINATION,
+        True,
+        d.MOBILE_IPV4_APPLICATION,
+        avps=(
+            d.avp_text(C.SESSION_ID, session_id),
+            d.avp_text(C.ORIGIN_HOST, FA_HOST),
+            d.avp_text(C.ORIGIN_REALM, "visited.example"),
+            d.avp_text(C.DESTINATION_REALM, "home.example"),
+            d.avp_u32(C.AUTH_APPLICATION_ID, 2),
+            d.avp_u32(C.TERMINATION_CAUSE, d.TERMINATION_LOGOUT),
+        ),
+        proxiable=True,
+    )
+
+
+def test_refusals() -> None:
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa)
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+        wrong_key = rrq(secret=Secret(b"not-the-mn-aaa-key"))
+        cases = {
+            "wrong MN-AAA key": (amr("s1", wrong_key), ResultCode.AUTHENTICATION_REJECTED),
+            "unknown user": (amr("s2", rrq(nai="nobody@home.example"), nai="nobody@home.example"), 4001),
+            "no MIP-MN-AAA-Auth": (amr("s3", drop=C.MIP_MN_AAA_AUTH), ResultCode.MISSING_AVP),
+            "not an RRQ": (amr("s4", b"\x03" + bytes(23), auth_of=rrq()), ResultCode.INVALID_AVP_VALUE),
+            "care-of not this FA's": (amr("s5", rrq(care_of="192.0.2.99")), ResultCode.AUTHORIZATION_REJECTED),
+        }
+        for name, (request, code) in cases.items():
+            answer = await fa.ask(request)
+            assert answer.result_code == code, (name, answer.result_code, answer.text(C.ERROR_MESSAGE))
+            assert not any(a.vendor for a in answer.avps), name  # no profile, no keys
+        missing = await fa.ask(amr("s6", drop=C.MIP_MN_AAA_AUTH))
+        failed = missing.find(C.FAILED_AVP)
+        assert failed is not None and failed.as_grouped()[0].code == C.MIP_MN_AAA_AUTH
+        # Wrong description of the MN-AAA extension: 5004 naming MIP-MN-AAA-Auth.
+        request = rrq()
+        bad = d.avp_grouped(
+            C.MIP_MN_AAA_AUTH, [d.avp_u32(C.MIP_MN_AAA_SPI, 2), d.avp_u32(C.MIP_AUTHENTICATOR_OFFSET, 3)]
+        )
+        good = amr("s7", request)
+        odd = dataclasses.replace(good, avps=tuple(bad if a.code == C.MIP_MN_AAA_AUTH else a for a in good.avps))
+        answer = await fa.ask(odd)
+        assert answer.result_code == ResultCode.INVALID_AVP_VALUE
+        assert answer.find(C.FAILED_AVP).as_grouped()[0].code == C.MIP_MN_AAA_AUTH  # type: ignore[union-attr]
+        assert aaa.store.find_sessions(NAI) == []
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+def test_no_keys_over_an_unprotected_connection_5025() -> None:
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa, plain_is_secure=False)
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+        answer = await fa.ask(amr("fa;1"))
+        assert answer.result_code == ResultCode.END_TO_END_MIP_KEY_ENCRYPTION
+        assert aaa.store.find_sessions(NAI) == []  # nothing decided, nothing stored
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+def test_unknown_peer_refused_3010() -> None:
+    async def main() -> None:
+        server, port = await start_home()
+        stranger = Client("stranger.example", routes={"home.example": [HOME_HOST]})
+        await stranger.transport.connect("127.0.0.1", port)
+        await wait_for(lambda: stranger.node.counters["peer_down.refused"], what="refused")
+        assert server.node.counters["dropped.refused"] == 1
+        await server.transport.close()
+
+    run(main)
+
+
+def test_operator_disconnect_sends_asr() -> None:
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa)
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+        ama = await fa.ask(amr("fa;asr"))
+        session_id = decode_profile_avps(ama.avps).session_id
+        assert server.check_sessions(0.0) == 0
+        aaa.store.delete_session(session_id)  # what `aaa-vpn session delete` does
+        assert server.check_sessions(0.0) == 1
+        asr = await wait_for(lambda: fa.requests, what="ASR")
+        assert [(m.command, m.session_id, m.text(C.USER_NAME)) for m in asr] == [(274, "fa;asr", NAI)]
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+def test_home_agent_over_diameter_har_haa() -> None:
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa)
+        seen: list[d.Message] = []
+
+        def answer_har(event: peer.RequestReceived, node: peer.DiameterNode) -> None:
+            seen.append(event.message)
+            request = mip.decode_message(event.message.find(C.MIP_REG_REQUEST).value)  # type: ignore[union-attr]
+            assert isinstance(request, mip.RegistrationRequest)
+            reply = mip.encode_message(
+                mip.RegistrationReply(
+                    code=mip.ReplyCode.ACCEPTED,
+                    lifetime=request.lifetime,
+                    home_address=request.home_address,
+                    home_agent=request.home_agent,
+                    identification=request.identification,
+                )
+            )
+            node.answer(
+                event.handle,
+                peer.answer_to(event.message, node.identity, 2001, [d.avp_octets(C.MIP_REG_REPLY, reply)]),
+                0.0,
+            )
+
+        ha = Client(HA_HOST, realm="home.example", on_request=answer_har)
+        await ha.connect(port)
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+        ama = await fa.ask(amr("fa;har"))
+        assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)
+        [har] = seen
+        assert har.command == d.Command.HOME_AGENT_MIP and har.text(C.DESTINATION_HOST) == HA_HOST
+        ha_view = decode_profile_avps(har.avps)
+        fa_view = decode_profile_avps(ama.avps)
+        assert ha_view.session_id == fa_view.session_id and ha_view.session_root_key is not None
+        ha_msa = {a.code: a for a in har.find(C.MIP_HA_TO_FA_MSA).as_grouped()}  # type: ignore[union-attr]
+        assert Secret(ha_msa[C.MIP_SESSION_KEY].value) == fa_view.fa_ha_key
+        reply = mip.decode_message(ama.find(C.MIP_REG_REPLY).value)  # type: ignore[union-attr]
+        assert isinstance(reply, mip.RegistrationReply) and reply.code == mip.ReplyCode.ACCEPTED
+        await fa.transport.close()
+        await ha.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+# --- an independent client: python-diameter --------------------------------------------------
+
+
+def _read_message(sock: socket.socket) -> bytes:
+    head = b""
+    while len(head) < 4:
+        head += sock.recv(4 - len(head))
+    length = struct.unpack("!I", b"\x00" + head[1:4])[0]
+    body = head
+    while len(body) < length:
+        body += sock.recv(length - len(body))
+    return body
+
+
+def test_python_diameter_client_end_to_end() -> None:
+    from diameter.message import Message as PdMessage
+    from diameter.message.commands import AaMobileNodeAnswer, AaMobileNodeRequest, CapabilitiesExchangeRequest
+    from diameter.message.commands.aa_mobile_node import MipMnAaaAuth
+
+    async def main() -> None:
+        server, port = await start_home()
+
+        def client() -> AaMobileNodeAnswer:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                cer = CapabilitiesExchangeRequest()
+                cer.header.hop_by_hop_identifier = 1
+                cer.header.end_to_end_identifier = 1
+                cer.origin_host = FA_HOST.encode()
+                cer.origin_realm = b"visited.example"
+                cer.host_ip_address = "127.0.0.1"
+                cer.vendor_id = 0
+                cer.product_name = "python-diameter"
+                cer.auth_application_id = 2
+                sock.sendall(cer.as_bytes())
+                cea = PdMessage.from_bytes(_read_message(sock))
+                assert cea.result_code == 2001
+                request = rrq()
+                proof_avp = amr("x", request).find(C.MIP_MN_AAA_AUTH)
+                values = {a.code: a.as_u32() for a in proof_avp.as_grouped()}  # type: ignore[union-attr]
+                message = AaMobileNodeRequest()
+                message.header.application_id = 2
+                message.header.hop_by_hop_identifier = 2
+                message.header.end_to_end_identifier = 2
+                message.session_id = f"{FA_HOST};pd;1"
+                message.auth_application_id = 2
+                message.user_name = NAI
+                message.destination_realm = b"home.example"
+                message.origin_host = FA_HOST.encode()
+                message.origin_realm = b"visited.example"
+                message.mip_reg_request = request
+                message.mip_mn_aaa_auth = MipMnAaaAuth(
+                    mip_mn_aaa_spi=values[C.MIP_MN_AAA_SPI],
+                    mip_auth_input_data_length=values[C.MIP_AUTH_INPUT_DATA_LENGTH],
+                    mip_authenticator_length=values[C.MIP_AUTHENTICATOR_LENGTH],
+                    mip_authenticator_offset=values[C.MIP_AUTHENTICATOR_OFFSET],
+                )
+                sock.sendall(message.as_bytes())
+                answer = PdMessage.from_bytes(_read_message(sock))
+                assert isinstance(answer, AaMobileNodeAnswer)
+                return answer
+
+        answer = await asyncio.get_running_loop().run_in_executor(None, client)
+        assert answer.result_code == 2001
+        assert answer.session_id == f"{FA_HOST};pd;1"
+        assert answer.header.hop_by_hop_identifier == 2 and answer.header.end_to_end_identifier == 2
+        assert answer.mip_home_agent_address == (1, HA)
+        assert answer.mip_mobile_node_address == (1, str(HOME_ADDRESS))
+        assert answer.mip_fa_to_ha_msa.mip_algorithm_type == d.ALGORITHM_HMAC_SHA1
+        assert len(answer.mip_fa_to_ha_msa.mip_session_key) > 0
+        assert answer.mip_msa_lifetime > 0
+        await server.transport.close()
+
+    run(main)
