@@ -265,7 +265,7 @@ def options_from_settings(settings: Any) -> DiameterOptions:
         realm=realm,
         listen=host,
         port=int(port_text),
-        peers=tuple(settings.diameter_peers),
+        peers=tuple(settings.diameter_peers or ()),
         plain_is_secure=settings.diameter_plain_is_secure,
         tls_cert=str(settings.diameter_tls_cert) if settings.diameter_tls_cert else None,
         tls_key=str(settings.diameter_tls_key) if settings.diameter_tls_key else None,

@@ -182,13 +182,14 @@ class HomeServerSettings:
         kind=str,
         shown_default="aaa.REALM",
     )
-    diameter_peers: tuple[str, ...] = setting(
-        (),
+    diameter_peers: tuple[str, ...] | None = setting(
+        None,
         help="A Diameter peer (Origin-Host) accepted besides the RADIUS clients' names, e.g. a relay.",
         flag="--diameter-peer",
         metavar="HOST",
         multiple=True,
         kind=str,
+        shown_default="none",
     )
     diameter_plain_is_secure: bool = setting(
         False,
