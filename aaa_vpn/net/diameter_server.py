@@ -150,7 +150,7 @@ class DiameterHomeServer:
     def _request(self, event: peer.RequestReceived, now: float) -> None:
         message = event.message
         if message.command == Command.AA_MOBILE_NODE:
-            first = self.home.amr(event.handle, message, event.secure)
+            first = self.home.amr(event.handle, message, event.secure, event.peer)
             if isinstance(first, Message):
                 self.node.answer(event.handle, first, now)
                 return
@@ -204,7 +204,8 @@ class DiameterHomeServer:
         sent = 0
         for session in list(self.home.sessions.values()):
             if self.aaa.sessions.session(session.session_id) is None:
-                self.node.send_request(self.home.abort(session), now, tag=("asr", session.session_id))
+                asr = self.home.abort(session)
+                self.node.send_request(asr, now, tag=("asr", session.session_id), via=session.peer)
                 sent += 1
         if sent:
             self.transport.pump()

@@ -156,6 +156,8 @@ class DiameterSession:
     nai: str
     fa_host: str
     fa_realm: str
+    peer: str = ""
+    """The Diameter peer its AMRs came through (the FA, or a relay)."""
 
 
 @dataclass
@@ -172,6 +174,7 @@ class _Amr:
     ha: Decide | None = None
     ha_host: str = ""
     reg_reply: bytes | None = None
+    peer: str = ""
 
 
 class DiameterHome:
@@ -195,7 +198,7 @@ class DiameterHome:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     # -- AMR --------------------------------------------------------------------------------------
-    def amr(self, handle: int, message: Message, secure: bool) -> Decide | Message:
+    def amr(self, handle: int, message: Message, secure: bool, peer: str = "") -> Decide | Message:
         """Rules 1-5: the Access-Request to have decided, or the answer at once."""
         self._count("amr")
         for code, name in AMR_REQUIRED:
@@ -269,7 +272,7 @@ class DiameterHome:
             previous_fa=previous,
             session_id=known.session_id if known is not None and known.nai == nai else None,
         )
-        job = _Amr(handle, message, client, rrq_bytes, nai)
+        job = _Amr(handle, message, client, rrq_bytes, nai, peer=peer)
         job.decide = self._decide(request, client, rrq.care_of_address)
         self._jobs[handle] = job
         return job.decide
@@ -310,7 +313,12 @@ class DiameterHome:
         session_id = outcome.profile.session_id
         diameter_id = job.message.session_id or ""
         self.sessions[diameter_id] = DiameterSession(
-            diameter_id, session_id, job.nai, job.message.origin_host or "", job.message.origin_realm or ""
+            diameter_id,
+            session_id,
+            job.nai,
+            job.message.origin_host or "",
+            job.message.origin_realm or "",
+            job.peer,
         )
         return outcome.profile
 

@@ -444,15 +444,16 @@ class DiameterNode:
         if conn is not None and not conn.closed:
             self._write(conn, answer)
 
-    def send_request(self, message: Message, now: float, tag: object = None) -> None:
+    def send_request(self, message: Message, now: float, tag: object = None, via: str = "") -> None:
         """Send our own request, routed by Destination-Host, else
-        Destination-Realm (rule 7); the answer comes as :class:`AnswerReceived`
-        with ``tag``, or :class:`RequestFailed`. Hop-by-Hop and End-to-End
-        Identifiers are filled in here."""
+        Destination-Realm (rule 7), else through peer ``via`` (the one a
+        session's requests came through); the answer comes as
+        :class:`AnswerReceived` with ``tag``, or :class:`RequestFailed`.
+        Hop-by-Hop and End-to-End Identifiers are filled in here."""
         message = _with_ids(message, 0, self.end_to_end(now))
         realm = (message.text(C.DESTINATION_REALM) or "").lower()
         host = message.text(C.DESTINATION_HOST)
-        conn = self._route(host, realm)
+        conn = self._route(host, realm) or (self._route(via, "") if via else None)
         if conn is None:
             self._events.append(RequestFailed(tag, f"no open peer for {host or realm or 'the request'}"))
             return

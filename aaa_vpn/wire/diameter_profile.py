@@ -9,8 +9,9 @@ names as the RADIUS vendor attributes, so one table describes both:
   are AVPs of their own;
 * each path is one grouped AVP, **Aaa-Vpn-Path (64)**, holding that path's
   AVPs 32-50 -- Diameter groups what RADIUS had to tag (RFC 2868), so a
-  path's integers are plain Unsigned32 and traffic selectors are one AVP per
-  network;
+  path's integers are plain Unsigned32, addresses four octets (as the
+  RADIUS ``ipaddr`` of the same number; not RFC 6733's Address type with its
+  family) and traffic selectors one UTF8String AVP per network;
 * keys (the session root key, MN-HA, FA-HA, handoff keys, path keys and
   PSKs, binding keys) are OctetStrings in clear *inside the message*: Diameter
   has no attribute-level encryption (RFC 6733 section 13 leaves it to
@@ -76,6 +77,8 @@ def _t(code: int, value: str) -> Avp:
 
 
 def _a(code: int, value: IPv4Address) -> Avp:
+    # Four octets, as the RADIUS ipaddr of the same attribute (and as Wireshark
+    # reads a vendor AVP of type IPAddress), not RFC 6733's Address with its family.
     return _v(code, value.packed)
 
 
@@ -200,7 +203,7 @@ class _Values:
         if avp is None:
             return None
         if len(avp.value) != 4:
-            raise _fail(avp, f"{self.what}: {AVP_NAMES.get(code, code)} is not 4 octets")
+            raise _fail(avp, f"{self.what}: {AVP_NAMES.get(code, code)} is not 4 octets (an IPv4 address)")
         return IPv4Address(avp.value)
 
     def need_address(self, code: int) -> IPv4Address:
