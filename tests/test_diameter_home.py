@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from aaa_vpn.lab.topology import HOME_ADDRESS, NAI
 from aaa_vpn.roles import diameter_peer as peer
@@ -304,6 +305,118 @@ def test_python_diameter_client_end_to_end() -> None:
         assert answer.mip_fa_to_ha_msa.mip_algorithm_type == d.ALGORITHM_HMAC_SHA1
         assert len(answer.mip_fa_to_ha_msa.mip_session_key) > 0
         assert answer.mip_msa_lifetime > 0
+        await server.transport.close()
+
+    run(main)
+
+
+def test_bad_peers_get_protocol_answers_and_the_server_carries_on() -> None:
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa)
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+        # An AVP with the M bit nobody defined: 5001 with the AVP in a Failed-AVP.
+        odd = d.Avp(9999, b"\x00\x00\x00\x01", mandatory=True)
+        base = amr("bad;1")
+        answer = await fa.ask(dataclasses.replace(base, avps=(*base.avps, odd)))
+        assert answer.result_code == ResultCode.AVP_UNSUPPORTED
+        assert answer.find(C.FAILED_AVP).as_grouped() == (odd,)  # type: ignore[union-attr]
+        # Another application: 3007 with the E bit.
+        answer = await fa.ask(dataclasses.replace(base, application=4))
+        assert answer.result_code == ResultCode.APPLICATION_UNSUPPORTED and answer.error
+        # A command of application 2 it does not serve (HAR to the home AAA): 3001.
+        answer = await fa.ask(dataclasses.replace(base, command=d.Command.HOME_AGENT_MIP))
+        assert answer.result_code == ResultCode.COMMAND_UNSUPPORTED
+        # A malformed AVP (its Length runs past the message) on a raw connection: 5014.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        cer = d.Message(
+            d.Command.CAPABILITIES_EXCHANGE,
+            True,
+            avps=(
+                d.avp_text(C.ORIGIN_HOST, "c-127-0-0-2"),  # the HA's client name: a known peer
+                d.avp_text(C.ORIGIN_REALM, "home.example"),
+                d.avp_address(C.HOST_IP_ADDRESS, IPv4Address("127.0.0.1")),
+                d.avp_u32(C.VENDOR_ID, 0),
+                d.avp_text(C.PRODUCT_NAME, "raw"),
+                d.avp_u32(C.AUTH_APPLICATION_ID, 2),
+            ),
+        )
+        writer.write(cer.encode())
+        cea = d.decode_message(await _read(reader))
+        assert cea.result_code == ResultCode.SUCCESS
+        wire = bytearray(dataclasses.replace(amr("bad;2"), hop_by_hop=77).encode())
+        wire[20 + 5 : 20 + 8] = (500).to_bytes(3, "big")
+        writer.write(bytes(wire))
+        answer = d.decode_message(await _read(reader))
+        assert (answer.hop_by_hop, answer.result_code) == (77, ResultCode.INVALID_AVP_LENGTH)
+        # A stream that cannot be framed: the connection is closed, the server lives on.
+        writer.write(b"\x01\x00\x00\x07garbage")
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        good = await fa.ask(amr("good;1"))
+        assert good.result_code == ResultCode.SUCCESS
+        assert server.node.counters["dropped.framing"] == 1 and server.node.counters["avp_unsupported"] == 1
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+async def _read(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readexactly(4), 10)
+    return head + await reader.readexactly(int.from_bytes(head[1:4], "big") - 4)
+
+
+def test_over_tls_keys_are_sent(tmp_path: Path) -> None:
+    import ssl
+    import subprocess
+
+    from aaa_vpn.net.diameter_server import DiameterHomeServer, DiameterOptions
+
+    def make(name: str, ca: tuple[Path, Path] | None) -> tuple[Path, Path]:
+        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+        if ca is None:
+            args = ["-x509", "-days", "1"]
+        else:
+            args = []
+        subprocess.run(
+            ["openssl", "req", *args, "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
+             "-out", str(cert if ca is None else tmp_path / f"{name}.csr")],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        if ca is not None:
+            subprocess.run(
+                ["openssl", "x509", "-req", "-in", str(tmp_path / f"{name}.csr"), "-CA", str(ca[1]), "-CAkey",
+                 str(ca[0]), "-CAcreateserial", "-days", "1", "-out", str(cert),
+                 "-extfile", "/dev/stdin"],
+                input=f"subjectAltName=DNS:{name},IP:127.0.0.1".encode(),
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+        return key, cert
+
+    ca = make("test-ca", None)
+    server_key, server_cert = make(HOME_HOST, ca)
+    client_key, client_cert = make(FA_HOST, ca)
+
+    async def main() -> None:
+        aaa = home_service()
+        options = DiameterOptions(
+            HOME_HOST, "home.example", "127.0.0.1", 0,
+            tls_cert=str(server_cert), tls_key=str(server_key), tls_ca=str(ca[1]),
+        )  # fmt: skip
+        server = DiameterHomeServer(aaa, options)
+        listener = await server.start()
+        port = listener.sockets[0].getsockname()[1]
+        context = ssl.create_default_context(cafile=str(ca[1]))
+        context.load_cert_chain(str(client_cert), str(client_key))
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.transport.connect("127.0.0.1", port, tls=context)
+        await asyncio.wait_for(fa.up.wait(), 10)
+        ama = await fa.ask(amr("tls;1"))
+        assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)  # TLS: keys may go
+        assert decode_profile_avps(ama.avps).fa_ha_key is not None
+        await fa.transport.close()
         await server.transport.close()
 
     run(main)
