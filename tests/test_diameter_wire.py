@@ -293,3 +293,15 @@ def test_python_diameter_reads_ours_and_we_read_its() -> None:
     assert theirs.header.hop_by_hop_identifier == 0x0A0B0C0D
     # It re-encodes in its own AVP order, but loses none of ours (the vendor ones included).
     assert sorted(d.decode_message(theirs.as_bytes()).avps, key=d.encode_avp) == sorted(ama.avps, key=d.encode_avp)
+
+
+def test_wireshark_dictionary_is_the_code_table() -> None:
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    from aaa_vpn.wire.diameter_profile import AVP_NAMES
+
+    path = Path(__file__).resolve().parents[1] / "aaa_vpn" / "dictionaries" / "wireshark-diameter-aaa_vpn.xml"
+    vendor = ET.parse(path).getroot()
+    assert int(vendor.get("code", "")) == VENDOR_ID
+    assert {int(a.get("code", "")): a.get("name") for a in vendor.iter("avp")} == AVP_NAMES
