@@ -144,7 +144,7 @@ class DiameterHomeServer:
             log.warning("diameter message dropped", extra=fields(reason=event.reason, detail=event.detail[:200]))
 
     def _decide(self, decide: Decide, now: float) -> bytes | None:
-        self.aaa._refresh()
+        # handle() reads the provisioning generation first, as each RADIUS batch does.
         return self.aaa.handle(decide.datagram, decide.source, now)
 
     def _request(self, event: peer.RequestReceived, now: float) -> None:
