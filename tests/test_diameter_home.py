@@ -420,3 +420,39 @@ def test_over_tls_keys_are_sent(tmp_path: Path) -> None:
         await server.transport.close()
 
     run(main)
+
+
+def test_sessions_past_their_lifetime_are_forgotten_without_asr() -> None:
+    from aaa_vpn.roles.diameter_home import DiameterHome, DiameterSession
+
+    home = DiameterHome(d.Identity(HOME_HOST, "home.example"), lambda: [], lambda n: bytes(n))
+    home.sessions["a"] = DiameterSession("a", "s-a", NAI, FA_HOST, "visited.example", "relay", expires=100.0)
+    home.sessions["b"] = DiameterSession("b", "s-b", NAI, FA_HOST, "visited.example", "relay", expires=300.0)
+    home.sessions["c"] = DiameterSession("c", "s-c", NAI, FA_HOST, "visited.example", "relay", expires=300.0)
+    gone = {"s-a", "s-b"}  # a expired (the store dropped it), b the operator ended, c lives
+    asrs = home.ended(200.0, lambda session_id: session_id in gone)
+    assert [(m.command, m.session_id, m.text(C.DESTINATION_HOST)) for m in asrs] == [(274, "b", FA_HOST)]
+    assert list(home.sessions) == ["c"]
+
+
+def test_a_bug_costs_one_request_answered_5012() -> None:
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa)
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+        original = server.home.amr
+
+        def broken(*args: object) -> object:
+            raise RuntimeError("a bug")
+
+        server.home.amr = broken  # type: ignore[method-assign,assignment]
+        answer = await fa.ask(amr("bug;1"))
+        assert answer.result_code == ResultCode.UNABLE_TO_COMPLY
+        server.home.amr = original  # type: ignore[method-assign]
+        answer = await fa.ask(amr("bug;1"))  # the same Session-Id, a new End-to-End: decided
+        assert answer.result_code == ResultCode.SUCCESS
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)

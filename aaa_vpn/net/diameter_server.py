@@ -131,7 +131,14 @@ class DiameterHomeServer:
     def _event(self, event: peer.Event) -> None:
         now = time.time()
         if isinstance(event, peer.RequestReceived):
-            self._request(event, now)
+            try:
+                self._request(event, now)
+            except Exception:  # a bug costs this request (answered 5012), never the others
+                self.node.counters["internal_errors"] += 1
+                log.exception("internal error answering a Diameter request", extra=fields(peer=event.peer))
+                self.home.forget(event.handle)
+                answer = peer.answer_to(event.message, self.identity, ResultCode.UNABLE_TO_COMPLY)
+                self.node.answer(event.handle, answer, now)
         elif isinstance(event, peer.AnswerReceived):
             self._answer(event.tag, event.message, now)
         elif isinstance(event, peer.RequestFailed):
@@ -154,7 +161,7 @@ class DiameterHomeServer:
             if isinstance(first, Message):
                 self.node.answer(event.handle, first, now)
                 return
-            outcome = self.home.decided(event.handle, self._decide(first, now))
+            outcome = self.home.decided(event.handle, self._decide(first, now), now)
             if isinstance(outcome, VpnProfile):
                 if self._through_home_agent(event.handle, outcome, now):
                     return
@@ -201,15 +208,14 @@ class DiameterHomeServer:
     # -- housekeeping ---------------------------------------------------------------------------
     def check_sessions(self, now: float) -> int:
         """Send an ASR for each Diameter session the store no longer has; returns how many."""
-        sent = 0
-        for session in list(self.home.sessions.values()):
-            if self.aaa.sessions.session(session.session_id) is None:
-                asr = self.home.abort(session)
-                self.node.send_request(asr, now, tag=("asr", session.session_id), via=session.peer)
-                sent += 1
-        if sent:
+        peers = {s.diameter_id: s.peer for s in self.home.sessions.values()}
+        asrs = self.home.ended(now, lambda session_id: self.aaa.sessions.session(session_id) is None)
+        for asr in asrs:
+            session_id = asr.session_id or ""
+            self.node.send_request(asr, now, tag=("asr", session_id), via=peers.get(session_id, ""))
+        if asrs:
             self.transport.pump()
-        return sent
+        return len(asrs)
 
 
 def serve_diameter(aaa: HomeService, options: DiameterOptions) -> int:

@@ -43,7 +43,8 @@ section 6):
    same Session-Id names it, so it is renewed, re-keyed or updated as the
    home AAA decides (home_aaa rule 6). The mapping is also carried in the
    AMA's Class and Acct-Multi-Session-Id (the session id), which the FA
-   echoes in STR.
+   echoes in STR. It is forgotten on STR, on ASR, and once the session's
+   lifetime has passed without a renewal.
 6. The Access-Accept becomes an AMA with Result-Code 2001: Auth-Application-Id
    2, Auth-Session-State as asked (default STATE_MAINTAINED), User-Name,
    Authorization-Lifetime and MIP-MSA-Lifetime (the session's remaining
@@ -158,6 +159,8 @@ class DiameterSession:
     fa_realm: str
     peer: str = ""
     """The Diameter peer its AMRs came through (the FA, or a relay)."""
+    expires: float = 0.0
+    """When the home AAA's session expires unless renewed (then it is forgotten here, no ASR)."""
 
 
 @dataclass
@@ -284,7 +287,7 @@ class DiameterHome:
         # (source, Identifier, Request Authenticator).
         return Decide(datagram, (str(source), 1 + next(self._ids) % 65000), client.secret)
 
-    def decided(self, handle: int, reply: bytes | None) -> Message | VpnProfile | None:
+    def decided(self, handle: int, reply: bytes | None, now: float = 0.0) -> Message | VpnProfile | None:
         """The home AAA's reply to :meth:`amr`'s Access-Request: the error AMA
         (rule 7), or the FA's view when accepted -- then either
         :meth:`finish` answers, or rule 8 goes through the home agent first
@@ -319,6 +322,7 @@ class DiameterHome:
             job.message.origin_host or "",
             job.message.origin_realm or "",
             job.peer,
+            now + outcome.profile.lifetime,
         )
         return outcome.profile
 
@@ -436,6 +440,18 @@ class DiameterHome:
         return known.session_id, answer_to(
             message, self.identity, ResultCode.SUCCESS, [d.avp_octets(C.CLASS, known.session_id.encode())]
         )
+
+    def ended(self, now: float, gone: Callable[[str], bool]) -> list[Message]:
+        """Rule 9: the ASRs for the Diameter sessions whose home AAA session
+        ``gone`` says the operator ended; sessions past their lifetime are
+        forgotten without one (the FA lets them expire too)."""
+        out = []
+        for session in list(self.sessions.values()):
+            if now >= session.expires:
+                del self.sessions[session.diameter_id]
+            elif gone(session.session_id):
+                out.append(self.abort(session))
+        return out
 
     def abort(self, session: DiameterSession) -> Message:
         """Rule 9: the ASR for a session the operator ended."""
