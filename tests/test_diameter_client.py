@@ -1,0 +1,138 @@
+"""An FA's Diameter AAA client (roles/diameter_client.py) against the home
+AAA's real Diameter front end over loopback TCP: the Access-Request an FA
+makes becomes an AMR, the AMA the events the RADIUS client reports; renewals
+keep the Diameter session; refusals carry the reason an FA maps to its reply
+code; no route and no answer fail."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address
+
+from aaa_vpn.lab.topology import NAI
+from aaa_vpn.net.diameter import DiameterTransport
+from aaa_vpn.roles.diameter_client import DiameterAaaClient
+from aaa_vpn.roles.radius_client import Event, RequestAccepted, RequestFailed, RequestRejected
+from aaa_vpn.secret import Secret
+from aaa_vpn.wire import diameter as d
+from aaa_vpn.wire.mip_auth import mn_aaa_proof
+from aaa_vpn.wire.profile import RejectReason, RequestType
+from aaa_vpn.wire.radius_request import AccessRequest
+from tests.diameter_lab import FA_HOST, HOME_HOST, rrq, run, start_home, wait_for
+from tests.mobility import FA1, HA
+
+
+def access_request(registration: bytes, session_id: str | None = None, nai: str = NAI) -> AccessRequest:
+    """What the FA builds (roles/fa.py) from the node's Registration Request."""
+    chap_password, chap_challenge = mn_aaa_proof(registration).chap_attributes()
+    return AccessRequest(
+        nai=nai,
+        chap_password=chap_password,
+        chap_challenge=chap_challenge,
+        nas_ip_address=IPv4Address(FA1),
+        request_type=RequestType.FA_REGISTRATION,
+        care_of_address=IPv4Address(FA1),
+        home_agent=IPv4Address(HA),
+        session_id=session_id,
+    )
+
+
+class Driver:
+    def __init__(self, client: DiameterAaaClient) -> None:
+        self.client = client
+        self.events: list[Event] = []
+        self.transport = DiameterTransport(client.node, client.node_event)
+
+    def collect(self) -> list[Event]:
+        while (event := self.client.next_event()) is not None:
+            self.events.append(event)
+        return self.events
+
+    async def ask(self, info: AccessRequest, registration: bytes, tag: object) -> Event:
+        self.client.request(info, registration, 0.0, tag=tag)
+        self.transport.pump()
+        return await wait_for(
+            lambda: next((e for e in self.collect() if getattr(e, "tag", None) == tag), None), 10, f"answer {tag}"
+        )
+
+
+def client() -> DiameterAaaClient:
+    return DiameterAaaClient(
+        d.Identity(FA_HOST, "visited.example", (IPv4Address("127.0.0.1"),)),
+        {"home.example": [HOME_HOST]},
+        random_u32=lambda: 7,
+    )
+
+
+def test_amr_accepted_renewed_and_rejected() -> None:
+    async def main() -> None:
+        server, port = await start_home()
+        fa = Driver(client())
+        await fa.transport.connect("127.0.0.1", port)
+        await wait_for(lambda: fa.client.node.peers(), 10, "CER/CEA")
+
+        registration = rrq()
+        first = await fa.ask(access_request(registration), registration, "first")
+        assert isinstance(first, RequestAccepted), first
+        assert first.profile is not None and first.server == HOME_HOST
+        assert first.profile.care_of_address == IPv4Address(FA1) and first.profile.fa_ha_key is not None
+        [session] = server.home.sessions.values()
+
+        again = rrq()
+        renewed = await fa.ask(access_request(again, first.profile.session_id), again, "renewal")
+        assert isinstance(renewed, RequestAccepted) and renewed.profile is not None
+        assert renewed.profile.session_id == first.profile.session_id
+        assert list(server.home.sessions) == [session.diameter_id]  # the same Diameter session
+
+        wrong = rrq(secret=Secret(b"not-the-key"))
+        rejected = await fa.ask(access_request(wrong), wrong, "wrong")
+        assert isinstance(rejected, RequestRejected) and rejected.reason is RejectReason.AUTHENTICATION_FAILED
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+def test_no_route_and_no_answer_fail() -> None:
+    fa = client()
+    registration = rrq()
+    fa.request(access_request(registration), registration, 0.0, tag="nowhere")
+    event = fa.next_event()
+    assert isinstance(event, RequestFailed) and event.tag == "nowhere"
+
+    async def main() -> None:
+        # A peer that takes the AMR and never answers: RFC 6733's Tx timer fails it.
+        silent = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readexactly(4)
+            cer = d.decode_message(head + await reader.readexactly(int.from_bytes(head[1:4], "big") - 4))
+            cea = d.Message(
+                cer.command, False, 0, cer.hop_by_hop, cer.end_to_end,
+                (d.avp_u32(268, 2001), d.avp_text(264, HOME_HOST), d.avp_text(296, "home.example"),
+                 d.avp_u32(258, 2)),
+            )  # fmt: skip
+            writer.write(cea.encode())
+            await silent.wait()
+            writer.close()
+
+        listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        timing = DiameterAaaClient(
+            d.Identity(FA_HOST, "visited.example", (IPv4Address("127.0.0.1"),)),
+            {"home.example": [HOME_HOST]},
+            timeout=0.5,
+        )
+        fa = Driver(timing)
+        await fa.transport.connect("127.0.0.1", port)
+        await wait_for(lambda: timing.node.peers(), 10, "CER/CEA")
+        timing.request(access_request(registration), registration, 0.0, tag="silent")
+        fa.transport.pump()
+        timing.handle_timer(1.0)  # the clock is the caller's: half a second later, no answer
+        failed = [e for e in fa.collect() if isinstance(e, RequestFailed)]
+        assert [e.tag for e in failed] == ["silent"] and timing.counters["timeouts"] == 1
+        silent.set()
+        await fa.transport.close()
+        listener.close()
+
+    run(main)
