@@ -201,11 +201,12 @@ def start(
     gateways: tuple[str, ...] = ("static", "dynamic"),
     gw_args: tuple[str, ...] = (),
     home_args: tuple[str, ...] = (),
+    agent_args: dict[str, tuple[str, ...]] | None = None,
 ) -> Topology:
     """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
     ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
     ``gw_args``: more options for both gateways, ``home_args`` for the home
-    AAA (flow G's lifetimes)."""
+    AAA (flow G's lifetimes), ``agent_args`` for the agents named."""
     # The agents' ports are bound here and handed over; the servers bind port 0 and log theirs.
     mip = bind_udp([a for _r, a in AGENTS.values()])
     coa = bind_udp([a for role, a in AGENTS.values() if role != "gw"])
@@ -253,6 +254,7 @@ def start(
             args += ["--aaa", server, "--secret-file", str(secret), "--coa-port", str(coa.port)]
             args += ["--coa-socket-fd", str(coa.fd(address))]
             fds.append(coa.fd(address))
+        args += (agent_args or {}).get(name, ())
         topology.spawn(name, *args, pass_fds=tuple(fds))
     deadline = time.monotonic() + 20
     waiting = set(AGENTS)

@@ -49,7 +49,7 @@ class Driver:
         return self.events
 
     async def ask(self, info: AccessRequest, registration: bytes, tag: object) -> Event:
-        self.client.request(info, registration, 0.0, tag=tag)
+        self.client.amr(info, registration, 0.0, tag=tag)
         self.transport.pump()
         return await wait_for(
             lambda: next((e for e in self.collect() if getattr(e, "tag", None) == tag), None), 10, f"answer {tag}"
@@ -96,7 +96,7 @@ def test_amr_accepted_renewed_and_rejected() -> None:
 def test_no_route_and_no_answer_fail() -> None:
     fa = client()
     registration = rrq()
-    fa.request(access_request(registration), registration, 0.0, tag="nowhere")
+    fa.amr(access_request(registration), registration, 0.0, tag="nowhere")
     event = fa.next_event()
     assert isinstance(event, RequestFailed) and event.tag == "nowhere"
 
@@ -126,7 +126,7 @@ def test_no_route_and_no_answer_fail() -> None:
         fa = Driver(timing)
         await fa.transport.connect("127.0.0.1", port)
         await wait_for(lambda: timing.node.peers(), 10, "CER/CEA")
-        timing.request(access_request(registration), registration, 0.0, tag="silent")
+        timing.amr(access_request(registration), registration, 0.0, tag="silent")
         fa.transport.pump()
         timing.handle_timer(1.0)  # the clock is the caller's: half a second later, no answer
         failed = [e for e in fa.collect() if isinstance(e, RequestFailed)]

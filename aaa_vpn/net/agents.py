@@ -615,6 +615,7 @@ class AgentNode:
 
         for channel, sock in self.sockets.items():
             loop.add_reader(sock.fileno(), readable, channel)
+        link = self._diameter_link(arm)
         self.service()
         arm()
         try:
@@ -624,6 +625,28 @@ class AgentNode:
                 loop.remove_reader(sock.fileno())
             if timer is not None:
                 timer.cancel()
+            if link is not None:
+                await link.close()
+
+    def _diameter_link(self, arm: Callable[[], None]) -> Any:
+        """An FA with ``--aaa-protocol diameter``: its connection (net/diameter_agent.py)."""
+        client = getattr(self.agent, "diameter", None)
+        if client is None or not self.settings.diameter_server:
+            return None
+        from aaa_vpn.net.diameter_agent import DiameterLink
+
+        def answers() -> None:
+            try:
+                self.agent.aaa_events(self.clock())  # type: ignore[union-attr]
+            except Exception:  # a bug must cost these answers, never the agent
+                self.counters["dropped.internal_error"] += 1
+                log.exception("internal error handling Diameter answers", extra=fields(node=self.settings.node))
+            self.service()
+            arm()
+
+        link = DiameterLink(client, self.settings.diameter_server, self.clock, answers)
+        link.start()
+        return link
 
 
 def run_agent(settings: AgentSettings) -> int:

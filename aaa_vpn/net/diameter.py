@@ -11,7 +11,7 @@ A connection is *secure* (keys may be sent on it, roles/diameter_home.py)
 when it runs TLS, or when the operator declared plain TCP protected below
 Diameter (IPsec, a loopback lab): ``plain_is_secure``.
 
-Every input goes to the node with ``time.time()``; after each one the
+Every input goes to the node with the clock's time (``time.time`` unless given); after each one the
 transport delivers the node's events to ``on_event``, writes what the node
 has to send, closes what it asks to close and arms one timer for
 :meth:`DiameterNode.handle_timer`. A bug in ``on_event`` costs that event,
@@ -54,17 +54,17 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         secure = transport.get_extra_info("sslcontext") is not None or self.owner.plain_is_secure
-        self.id = self.owner.node.connection_made(time.time(), self.initiator, secure)
+        self.id = self.owner.node.connection_made(self.owner.clock(), self.initiator, secure)
         self.owner.connections[self.id] = self
         self.owner.pump()
 
     def data_received(self, data: bytes) -> None:
-        self.owner.node.data_received(self.id, data, time.time())
+        self.owner.node.data_received(self.id, data, self.owner.clock())
         self.owner.pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.connections.pop(self.id, None)
-        self.owner.node.connection_lost(self.id, time.time())
+        self.owner.node.connection_lost(self.id, self.owner.clock())
         self.owner.pump()
 
 
@@ -76,7 +76,9 @@ class DiameterTransport:
         node: DiameterNode,
         on_event: Callable[[Event], None],
         plain_is_secure: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock
         self.node = node
         self.on_event = on_event
         self.plain_is_secure = plain_is_secure
@@ -124,16 +126,16 @@ class DiameterTransport:
         if deadline is None:
             return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, deadline - time.time()), self._fire)
+        self._timer = loop.call_later(max(0.0, deadline - self.clock()), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        self.node.handle_timer(time.time())
+        self.node.handle_timer(self.clock())
         self.pump()
 
     async def close(self) -> None:
         """DPR every open peer, give them a moment, then close everything."""
-        now = time.time()
+        now = self.clock()
         for peer in self.node.peers():
             self.node.disconnect(peer.id, now)
         self.pump()

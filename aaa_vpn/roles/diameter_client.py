@@ -24,7 +24,7 @@ Rules:
    5025...), no route, or no answer within ``timeout`` seconds (RFC 6733's
    Tx timer) is :class:`RequestFailed`.
 
-Inputs: :meth:`~DiameterAaaClient.request`, the node's transport inputs
+Inputs: :meth:`~DiameterAaaClient.amr`, the node's transport inputs
 (``self.node``), :meth:`~DiameterAaaClient.handle_timer`; outputs:
 :meth:`~DiameterAaaClient.next_event`, :meth:`~DiameterAaaClient.get_timer`
 and the node's ``data_to_send``. No sockets, no clock.
@@ -101,7 +101,7 @@ class DiameterAaaClient:
         self._sessions[nai] = session
         return session
 
-    def request(self, info: AccessRequest, registration: bytes, now: float, tag: object = None) -> None:
+    def amr(self, info: AccessRequest, registration: bytes, now: float, tag: object = None) -> None:
         """Rule 1: the AMR for ``info`` and the Registration Request it is for."""
         number = next(self._numbers)
         try:
@@ -197,4 +197,30 @@ class DiameterAaaClient:
             self._events.append(RequestFailed(tag, f"answered {code}: {text}", (server,)))
 
 
-__all__ = ["REJECT_REASON", "DiameterAaaClient"]
+class FaDiameterClient(DiameterAaaClient):
+    """:class:`DiameterAaaClient` with the surface of
+    :class:`~aaa_vpn.roles.radius_client.RadiusClient` that
+    :class:`~aaa_vpn.roles.fa.ForeignAgent` uses: ``request(info, now, tag)``
+    finds the Registration Request through ``registration_of(tag)``; the
+    stream leaves through the transport, which ``flush`` (set by it) pumps
+    whenever the FA collects its datagrams."""
+
+    registration_of: Callable[[object], bytes | None] = staticmethod(lambda _tag: None)
+    flush: Callable[[], None] = staticmethod(lambda: None)
+
+    def request(self, info: AccessRequest, now: float, tag: object = None) -> None:
+        registration = self.registration_of(tag)
+        if registration is None:
+            self._events.append(RequestFailed(tag, "no Registration Request for this request", ()))
+            return
+        self.amr(info, registration, now, tag)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        self.flush()
+        return []
+
+    def receive_datagram(self, data: bytes, address: tuple[str, int], now: float) -> None:
+        """Nothing arrives as a datagram: the stream goes to ``self.node``."""
+
+
+__all__ = ["REJECT_REASON", "DiameterAaaClient", "FaDiameterClient"]

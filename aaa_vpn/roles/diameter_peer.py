@@ -343,7 +343,8 @@ class DiameterNode:
         #: (vendor, code) it accepts with the M bit (rule 6).
         self.known_avps = known_avps
         self.options = options or PeerOptions()
-        #: Realm -> the peers' Origin-Hosts that serve it (rule 7).
+        #: Realm -> the peers' Origin-Hosts that serve it (rule 7); ``*``: any
+        #: other realm (a client's default route to its server or relay).
         self.routes: dict[str, list[str]] = {k.lower(): v for k, v in (routes or {}).items()}
         self.accept_peer = accept_peer
         self._random = random_u32
@@ -517,7 +518,7 @@ class DiameterNode:
             conn = self.peer(host)
             if conn is not None and conn.watchdog is Watchdog.OKAY:
                 return conn
-        for name in self.routes.get(realm, []):
+        for name in self.routes.get(realm, self.routes.get("*", [])):
             conn = self.peer(name)
             if conn is not None and conn.watchdog is Watchdog.OKAY:
                 return conn

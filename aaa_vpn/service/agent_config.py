@@ -334,6 +334,30 @@ class AgentSettings:
     """FA: route each visitor's home address to the link its registration came
     from (the Mobile IP data path; off where agents share a host, e.g. tests on
     loopback)."""
+    aaa_protocol: str = setting(
+        "radius",
+        help="How the FA asks its AAA: RADIUS Access-Requests, or Diameter AMRs (RFC 4004, docs/diameter.md);"
+        " with diameter, --aaa still names who may send CoA/Disconnect-Requests.",
+        flag="--aaa-protocol",
+        check=Choices("AAA protocol", ("radius", "diameter")),
+        roles=("fa",),
+    )
+    diameter_server: str | None = setting(
+        None,
+        help="Diameter: the TCP address of the home AAA or of the visited realm's relay.",
+        flag="--diameter-server",
+        metavar="HOST:PORT",
+        kind=str,
+        roles=("fa",),
+    )
+    diameter_host: str = setting(
+        "", help="Diameter: this FA's Origin-Host (its RADIUS client name at the home AAA).", flag="--diameter-host",
+        roles=("fa",),
+    )  # fmt: skip
+    diameter_realm: str = setting("", help="Diameter: this FA's Origin-Realm.", flag="--diameter-realm", roles=("fa",))
+    diameter_peer_host: str = setting(
+        "", help="Diameter: the Origin-Host of --diameter-server.", flag="--diameter-peer-host", roles=("fa",)
+    )
     log_level: str = log_level_setting()
     log_format: str = log_format_setting()
 
@@ -356,6 +380,19 @@ class AgentSettings:
                 f"the gateway key has {len(self.gateway_key)} octets; at least {MIN_GATEWAY_KEY} are required"
             )
         check_declared(self)
+        if self.aaa_protocol == "diameter":
+            missing = [
+                flag
+                for flag, value in (
+                    ("--diameter-server", self.diameter_server),
+                    ("--diameter-host", self.diameter_host),
+                    ("--diameter-realm", self.diameter_realm),
+                    ("--diameter-peer-host", self.diameter_peer_host),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValidationError(f"--aaa-protocol diameter needs {', '.join(missing)}")
         if self.coa_socket_fd is not None and not self.coa_port:
             raise ValidationError("--coa-socket-fd needs the port it is bound to: --coa-port N")
         if self.backend == "strongswan" and self.vici_socket is None:

@@ -213,6 +213,8 @@ class HomeServerSettings:
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
         check_declared(self)
+        if self.diameter_peers == ():  # the command line gives () for an option not given
+            object.__setattr__(self, "diameter_peers", None)
         if self.diameter_listen is not None and not self.diameter_realm:
             raise ValidationError("--diameter-listen needs --diameter-realm")
 

@@ -1,0 +1,85 @@
+"""A foreign agent that speaks Diameter (``aaa-vpn agent fa --aaa-protocol
+diameter``) in the live loopback topology of tests/test_agents_live.py: every
+process real (home AAA with ``--diameter-listen``, HA and gateways over RADIUS,
+FA1 over Diameter, ``aaa-vpn mn``), SAs in the memory backend. The node
+registers through FA1 (flows A + B: the AMR's AMA installs FA1's paths, the
+HA asks over RADIUS as always), renews, moves to FA2 (RADIUS) and back, and
+deregisters."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mobility import AAA, FA1, FA2
+from tests.test_agents_live import AFTER_REGISTRATION, Topology, assert_mirrored, start
+
+FA1_HOST = f"c-{FA1.replace('.', '-')}"  # FA1's RADIUS client name at the home AAA
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[Topology]:
+    port = _free_port(AAA)
+    home = ("--diameter-listen", f"{AAA}:{port}", "--diameter-realm", "home.example",
+            "--diameter-host", "aaa.home.example", "--diameter-plain-is-secure")  # fmt: skip
+    fa1 = ("--aaa-protocol", "diameter", "--diameter-server", f"{AAA}:{port}", "--diameter-host", FA1_HOST,
+           "--diameter-realm", "visited.example", "--diameter-peer-host", "aaa.home.example")  # fmt: skip
+    running = start(tmp_path, home_args=home, agent_args={"fa1": fa1})
+    try:
+        yield running
+    finally:
+        codes = running.stop()
+        logs = "\n".join(f"--- {n}\n{p.read_text()[-3000:]}" for n, p in running.logs.items())
+        assert codes == dict.fromkeys(codes, 0), f"exit codes {codes}\n{logs}"
+
+
+def test_fa_over_diameter_registers_renews_moves_and_deregisters(topology: Topology) -> None:
+    home_log = topology.logs["home-aaa"]
+    fa1_log = topology.logs["fa1"]
+
+    def diameter_up() -> bool:
+        return "diameter peer up" in fa1_log.read_text(errors="replace")
+
+    topology_wait(diameter_up, "FA1's CER/CEA with the home AAA")
+    code, result = topology.mn("register", "--fa", FA1)
+    assert (code, result["code"], result["accepted"]) == (0, 0, True), (result, fa1_log.read_text()[-3000:])
+    assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+    assert_mirrored(topology, "fa1", "ha", "FA_HA")
+    # FA1's registration was decided by the home AAA's Diameter process, not a RADIUS worker.
+    text = home_log.read_text(errors="replace")
+    diameter_pid = re.search(r"aaa_vpn\.diameter\[(\d+)\]: diameter listening", text)
+    created = re.search(rf"aaa_vpn\.home\[(\d+)\]: session created .*client={FA1_HOST} ", text)
+    assert diameter_pid and created and created.group(1) == diameter_pid.group(1), text[-3000:]
+
+    # A renewal through FA1: the same Diameter session, the same keys.
+    before = topology.state("fa1")["sas"]
+    code, result = topology.mn("register", "--fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    assert topology.state("fa1")["sas"] == before
+
+    # Move to FA2 (RADIUS) and back to FA1 (Diameter): the same session moves.
+    code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    code, result = topology.mn("register", "--fa", FA1, "--previous-fa", FA2)
+    assert (code, result["code"]) == (0, 0), result
+
+    code, result = topology.mn("deregister", "--fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+
+
+def topology_wait(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.05)
