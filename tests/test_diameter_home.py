@@ -70,6 +70,14 @@ def test_registration_renewal_push_and_str() -> None:
         assert decode_profile_avps(again.avps).session_id == profile.session_id
         assert [s.session_id for s in aaa.store.find_sessions(NAI)] == [profile.session_id]
 
+        # A new Session-Id (the front end restarted, say) whose Class names the session: still a renewal.
+        named = amr("fa;other")
+        named = dataclasses.replace(named, avps=(*named.avps, d.avp_octets(C.CLASS, profile.session_id.encode())))
+        third = await fa.ask(named)
+        assert third.result_code == ResultCode.SUCCESS
+        assert decode_profile_avps(third.avps).session_id == profile.session_id
+        assert [s.session_id for s in aaa.store.find_sessions(NAI)] == [profile.session_id]
+
         # The operator pushes it like any other session: the next epoch, CoA-Requests to its agents.
         pushed = aaa.push(profile.session_id, time.time())
         assert pushed.session is not None and pushed.session.epoch == stored.epoch + 1

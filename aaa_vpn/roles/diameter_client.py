@@ -10,7 +10,8 @@ Rules:
    (routing by realm, through relays, RFC 6733 section 6.1), User-Name,
    MIP-Reg-Request (the Registration Request as received from the node),
    MIP-MN-AAA-Auth describing its MN-AAA extension, MIP-Feature-Vector
-   (FA-HA-Key-Request), MIP-Home-Agent-Address when the node named one.
+   (FA-HA-Key-Request), MIP-Home-Agent-Address when the node named one, and
+   Class holding the home AAA's session when the FA renews one.
 2. Sessions (RFC 6733 section 8.8, RFC 4004 section 4.1): a request that
    names no session starts a new Diameter session (``<host>;<high>;<low>``,
    the counter starting from a random value); one that names the home AAA's
@@ -129,6 +130,10 @@ class DiameterAaaClient:
             ),
             d.avp_u32(C.MIP_FEATURE_VECTOR, d.FEATURE_FA_HA_KEY_REQUEST),
         ]
+        if info.session_id is not None:
+            # The home AAA's session, as its AMA's Class named it (RFC 6733 section 8.20):
+            # a renewal stays one even if the server forgot the Diameter session.
+            avps.append(d.avp_octets(C.CLASS, info.session_id.encode()))
         home_agent = info.requested_home_agent
         if home_agent is not None and home_agent != IPv4Address(0):
             avps.append(d.avp_address(C.MIP_HOME_AGENT_ADDRESS, home_agent))

@@ -43,7 +43,9 @@ section 6):
    same Session-Id names it, so it is renewed, re-keyed or updated as the
    home AAA decides (home_aaa rule 6). The mapping is also carried in the
    AMA's Class and Acct-Multi-Session-Id (the session id), which the FA
-   echoes in STR. It is forgotten on STR, on ASR, and once the session's
+   echoes in STR; an AMR whose Session-Id is not (or no longer) known here
+   names the session by its Class (the home AAA checks it, home_aaa rule 6,
+   like any session a request names). It is forgotten on STR, on ASR, and once the session's
    lifetime has passed without a renewal.
 6. The Access-Accept becomes an AMA with Result-Code 2001: Auth-Application-Id
    2, Auth-Session-State as asked (default STATE_MAINTAINED), User-Name,
@@ -262,6 +264,10 @@ class DiameterHome:
             return self._error(message, ResultCode.INVALID_AVP_VALUE, str(exc), d.encode_avp(auth_avp))
         nai = message.text(C.USER_NAME) or ""
         known = self.sessions.get(message.session_id or "")
+        named = known.session_id if known is not None and known.nai == nai else None
+        class_avp = message.find(C.CLASS)
+        if named is None and class_avp is not None and 0 < len(class_avp.value) <= 64 and class_avp.value.isascii():
+            named = class_avp.value.decode("ascii")
         home_agent = rrq.home_agent if int(rrq.home_agent) else None
         request = AccessRequest(
             nai=nai,
@@ -273,7 +279,7 @@ class DiameterHome:
             care_of_address=rrq.care_of_address,
             home_agent=home_agent,
             previous_fa=previous,
-            session_id=known.session_id if known is not None and known.nai == nai else None,
+            session_id=named,
         )
         job = _Amr(handle, message, client, rrq_bytes, nai, peer=peer)
         job.decide = self._decide(request, client, rrq.care_of_address)
