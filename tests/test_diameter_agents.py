@@ -83,3 +83,22 @@ def topology_wait(condition: Callable[[], bool], what: str, timeout: float = 15.
     while not condition():
         assert time.monotonic() < deadline, f"timed out: {what}"
         time.sleep(0.05)
+
+
+def test_the_demo_runs_with_diameter() -> None:
+    import json
+    import shutil
+
+    from aaa_vpn.lab.demo import DemoOptions, run_demo
+
+    report = run_demo(DemoOptions(aaa_protocol="diameter", keep=True))
+    directory = Path(report["directory"])
+    try:
+        assert report["ok"], json.dumps(report, indent=1)[-4000:]
+        text = (directory / "home-aaa.log").read_text()
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        stopped = [line for line in lines if line.get("msg") == "diameter stopped"]
+        # FA3's registrations (flow D, twice) were AMRs answered by the home AAA's Diameter process.
+        assert stopped and stopped[0]["diameter_amr_accepted"] >= 2, stopped
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -102,6 +103,15 @@ _STOP_GRACE = 5.0
 Expected = dict[str, set[tuple[str, str]]]  # node -> {(path role, peer address)}
 
 
+#: With ``--aaa-protocol diameter``: the home AAA's Diameter options (docs/diameter.md; plain
+#: TCP on loopback is declared protected) and the FA that speaks Diameter to it.
+_DIAMETER_HOME = (
+    *("--diameter-realm", "home.example", "--diameter-host", "aaa.home.example"),
+    "--diameter-plain-is-secure",
+)
+DIAMETER_FA = "fa3"
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """How the demo runs."""
@@ -114,6 +124,9 @@ class DemoOptions:
     """Keep the temporary directory (database, logs, state files)."""
     python: str = sys.executable
     """The interpreter that runs ``-m aaa_vpn.cli`` for every process."""
+    aaa_protocol: str = "radius"
+    """``diameter``: the home AAA also serves Diameter (RFC 4004) and FA3, the
+    FA that asks the home AAA directly, asks it with AMRs (docs/diameter.md)."""
 
 
 @dataclass
@@ -308,6 +321,7 @@ class Topology:
             raise
         self.processes = Processes(directory)
         self.radius_port = 0
+        self.diameter_port = 0
         self.foreign_port = 0
         self._foreign_log_offset = 0
 
@@ -320,9 +334,14 @@ class Topology:
 
     def start(self) -> None:
         files = self.files
-        self.processes.spawn("home-aaa", self._command(*home_aaa_args(files, AAA, self.options.radius_port)))
+        home = home_aaa_args(files, AAA, self.options.radius_port)
+        if self.options.aaa_protocol == "diameter":
+            home += ["--diameter-listen", f"{AAA}:0", *_DIAMETER_HOME]
+        self.processes.spawn("home-aaa", self._command(*home))
         self.processes.wait_ready(_START_TIMEOUT)
         self.radius_port = self.processes.listening_port("home-aaa")
+        if self.options.aaa_protocol == "diameter":
+            self.diameter_port = self._diameter_port()
         config = write_foreign_config(files, LOOPBACK, 0, self.radius_port)
         self.processes.spawn(
             "foreign-aaa",
@@ -350,8 +369,23 @@ class Topology:
                 # Flow G within the demo's seconds: bindings of at most 6 s, a
                 # Binding Request to the HA when half of one is left.
                 args += ["--max-lifetime", str(GATEWAY_MAX_LIFETIME), "--refresh-threshold", "0.5"]
+            if name == DIAMETER_FA and self.options.aaa_protocol == "diameter":
+                args += ["--aaa-protocol", "diameter", "--diameter-server", f"{AAA}:{self.diameter_port}"]
+                args += ["--diameter-host", name, "--diameter-realm", "visited3.example"]
+                args += ["--diameter-peer-host", _DIAMETER_HOME[3]]
             self.processes.spawn(name, self._command(*args), pass_fds=tuple(sockets.values()))
         self.processes.wait_ready(_START_TIMEOUT)
+
+    def _diameter_port(self) -> int:
+        """The port the home AAA's Diameter process says it listens on."""
+        deadline = time.monotonic() + _START_TIMEOUT
+        pattern = re.compile(r'diameter listening.*?\baddress"?[=:] ?"?[\d.]+:(\d+)')
+        while time.monotonic() < deadline:
+            found = pattern.search(self.processes.log("home-aaa").read_text(errors="replace"))
+            if found:
+                return int(found.group(1))
+            time.sleep(0.05)
+        raise LabError("the home AAA did not start its Diameter front end")
 
     def foreign_counters(self) -> dict[str, Any]:
         """Ask the foreign AAA for its counters (SIGUSR1) and read them from its log."""
@@ -811,6 +845,8 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
                     address = ADDRESSES[name]
                     server = "foreign-aaa" if name in BEHIND_FOREIGN_AAA else "home-aaa"
                     asks = f", asks {server}" if role in ("fa", "ha") else ""
+                    if name == DIAMETER_FA and options.aaa_protocol == "diameter":
+                        asks += " over Diameter (RFC 4004)"
                     say(f"[demo]   {name:<11} aaa-vpn agent {role} --address {address}{asks}")
                 topology.start()
                 say(f"[demo] home-aaa on {AAA}:{topology.radius_port}, foreign-aaa on {AAAF}:{topology.foreign_port}")
