@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 from aaa_vpn.lab.topology import HOME_ADDRESS, NAI
@@ -184,3 +186,31 @@ async def start_home(
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())  # type: ignore[arg-type]
+
+
+def certificates(
+    directory: Path, server: str, client: str
+) -> tuple[tuple[Path, Path], tuple[Path, Path], tuple[Path, Path]]:
+    """A test CA and a server and a client certificate it signs (key, cert
+    each; the CA's as (key, cert)), each naming its host and 127.0.0.1."""
+
+    def make(name: str, ca: tuple[Path, Path] | None) -> tuple[Path, Path]:
+        key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+        out = cert if ca is None else directory / f"{name}.csr"
+        args = ["-x509", "-days", "1"] if ca is None else []
+        subprocess.run(
+            ["openssl", "req", *args, "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
+             "-out", str(out)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        if ca is not None:
+            subprocess.run(
+                ["openssl", "x509", "-req", "-in", str(out), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
+                 "-CAcreateserial", "-days", "1", "-out", str(cert), "-extfile", "/dev/stdin"],
+                input=f"subjectAltName=DNS:{name},IP:127.0.0.1".encode(),
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+        return key, cert
+
+    ca = make("test-ca", None)
+    return ca, make(server, ca), make(client, ca)

@@ -7,7 +7,9 @@ code; no route and no answer fail."""
 from __future__ import annotations
 
 import asyncio
+import time
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from aaa_vpn.lab.topology import NAI
 from aaa_vpn.net.diameter import DiameterTransport
@@ -134,5 +136,50 @@ def test_no_route_and_no_answer_fail() -> None:
         silent.set()
         await fa.transport.close()
         listener.close()
+
+    run(main)
+
+
+def test_fa_link_over_tls(tmp_path: Path) -> None:
+    """The FA's link (net/diameter_agent.py) with --diameter-tls-ca/-cert/-key:
+    the home AAA's certificate checked for its Origin-Host, the FA's for the
+    server's CA; keys are sent (TLS is a protected connection)."""
+    from aaa_vpn.net.diameter_agent import DiameterLink, client_tls
+    from aaa_vpn.net.diameter_server import DiameterHomeServer, DiameterOptions
+    from aaa_vpn.roles.diameter_client import FaDiameterClient
+    from tests.diameter_lab import certificates, home_service
+
+    ca, (server_key, server_cert), (client_key, client_cert) = certificates(tmp_path, HOME_HOST, FA_HOST)
+
+    async def main() -> None:
+        options = DiameterOptions(
+            HOME_HOST, "home.example", "127.0.0.1", 0,
+            tls_cert=str(server_cert), tls_key=str(server_key), tls_ca=str(ca[1]),
+        )  # fmt: skip
+        server = DiameterHomeServer(home_service(), options)
+        port = (await server.start()).sockets[0].getsockname()[1]
+        identity = d.Identity(FA_HOST, "visited.example", (IPv4Address("127.0.0.1"),))
+        fa = FaDiameterClient(identity, {"*": [HOME_HOST]}, random_u32=lambda: 3)
+        registration = rrq()
+        fa.registration_of = lambda tag: registration
+        answered: list[Event] = []
+
+        def answers() -> None:
+            while (event := fa.next_event()) is not None:
+                answered.append(event)
+
+        link = DiameterLink(
+            fa, f"127.0.0.1:{port}", time.time, answers, client_tls(ca[1], client_cert, client_key), HOME_HOST
+        )
+        link.start()
+        await wait_for(lambda: fa.node.peers(), 10, "CER/CEA over TLS")
+        assert fa.node.peers()[0].secure
+        fa.request(access_request(registration), 0.0, tag="tls")
+        fa.datagrams_to_send(0.0)  # what the FA does after each request: the stream leaves
+        await wait_for(lambda: answered, 10, "the AMA")
+        [event] = answered
+        assert isinstance(event, RequestAccepted) and event.profile is not None and event.profile.fa_ha_key is not None
+        await link.close()
+        await server.transport.close()
 
     run(main)

@@ -378,34 +378,11 @@ async def _read(reader: asyncio.StreamReader) -> bytes:
 
 def test_over_tls_keys_are_sent(tmp_path: Path) -> None:
     import ssl
-    import subprocess
 
     from aaa_vpn.net.diameter_server import DiameterHomeServer, DiameterOptions
+    from tests.diameter_lab import certificates
 
-    def make(name: str, ca: tuple[Path, Path] | None) -> tuple[Path, Path]:
-        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
-        if ca is None:
-            args = ["-x509", "-days", "1"]
-        else:
-            args = []
-        subprocess.run(
-            ["openssl", "req", *args, "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key),
-             "-out", str(cert if ca is None else tmp_path / f"{name}.csr")],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        if ca is not None:
-            subprocess.run(
-                ["openssl", "x509", "-req", "-in", str(tmp_path / f"{name}.csr"), "-CA", str(ca[1]), "-CAkey",
-                 str(ca[0]), "-CAcreateserial", "-days", "1", "-out", str(cert),
-                 "-extfile", "/dev/stdin"],
-                input=f"subjectAltName=DNS:{name},IP:127.0.0.1".encode(),
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
-        return key, cert
-
-    ca = make("test-ca", None)
-    server_key, server_cert = make(HOME_HOST, ca)
-    client_key, client_cert = make(FA_HOST, ca)
+    ca, (server_key, server_cert), (client_key, client_cert) = certificates(tmp_path, HOME_HOST, FA_HOST)
 
     async def main() -> None:
         aaa = home_service()

@@ -631,9 +631,10 @@ class AgentNode:
     def _diameter_link(self, arm: Callable[[], None]) -> Any:
         """An FA with ``--aaa-protocol diameter``: its connection (net/diameter_agent.py)."""
         client = getattr(self.agent, "diameter", None)
-        if client is None or not self.settings.diameter_server:
+        server = self.settings.diameter_server
+        if client is None or not server:
             return None
-        from aaa_vpn.net.diameter_agent import DiameterLink
+        from aaa_vpn.net.diameter_agent import DiameterLink, client_tls
 
         def answers() -> None:
             try:
@@ -644,7 +645,9 @@ class AgentNode:
             self.service()
             arm()
 
-        link = DiameterLink(client, self.settings.diameter_server, self.clock, answers)
+        settings = self.settings
+        tls = client_tls(settings.diameter_tls_ca, settings.diameter_tls_cert, settings.diameter_tls_key)
+        link = DiameterLink(client, server, self.clock, answers, tls, settings.diameter_peer_host)
         link.start()
         return link
 

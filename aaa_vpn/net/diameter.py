@@ -92,11 +92,19 @@ class DiameterTransport:
         self._servers.append(server)
         return server
 
-    async def connect(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        """Open a connection (this side sends CER); returns its id."""
+    async def connect(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None, server_hostname: str | None = None
+    ) -> int:
+        """Open a connection (this side sends CER); returns its id. With
+        ``tls``, the server's certificate must name ``server_hostname``
+        (default: ``host``)."""
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_connection(
-            lambda: _Connection(self, True), host, port, ssl=tls, server_hostname=host if tls else None
+            lambda: _Connection(self, True),
+            host,
+            port,
+            ssl=tls,
+            server_hostname=(server_hostname or host) if tls else None,
         )
         return protocol.id
 

@@ -3,7 +3,9 @@ TCP connection of its :class:`~aaa_vpn.roles.diameter_client.FaDiameterClient`
 to the home AAA or the visited realm's relay, kept open (reconnected a second
 after it drops or cannot be made), and the answers handed back to the agent.
 
-The FA role sends AMRs through the client; the stream leaves when the agent
+With ``--diameter-tls-ca`` the connection is TLS (the peer's certificate
+must name ``--diameter-peer-host``; ``--diameter-tls-cert/-key`` are this
+FA's own, for a server that asks for one). The FA role sends AMRs through the client; the stream leaves when the agent
 collects its datagrams (the client's ``flush`` pumps this transport). An
 answer arriving on the stream is queued in the client, and ``on_answers``
 (the agent node's) makes the role act on it and carries out what follows.
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 from aaa_vpn.net.diameter import DiameterTransport
 from aaa_vpn.roles import diameter_peer as peer
@@ -35,7 +39,10 @@ class DiameterLink:
         server: str,
         clock: Callable[[], float],
         on_answers: Callable[[], None],
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
+        self.tls, self.server_name = tls, server_name
         host, _, port = server.rpartition(":")
         self.host, self.port = (host, int(port)) if host else (server, 3868)
         self.client = client
@@ -69,7 +76,7 @@ class DiameterLink:
         while not self._stop.is_set():
             self._lost.clear()
             try:
-                await self.transport.connect(self.host, self.port)
+                await self.transport.connect(self.host, self.port, self.tls, self.server_name)
             except OSError as exc:
                 log.warning("diameter connect failed", extra=fields(server=f"{self.host}:{self.port}", error=str(exc)))
                 self._lost.set()
@@ -87,4 +94,16 @@ class DiameterLink:
         await self.transport.close()
 
 
-__all__ = ["DiameterLink"]
+def client_tls(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """TLS to the Diameter peer (RFC 6733 section 13): its certificate checked
+    against ``ca`` for its Origin-Host; ``cert``/``key`` this FA's own."""
+    if ca is None:
+        return None
+    context = ssl.create_default_context(cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return context
+
+
+__all__ = ["DiameterLink", "client_tls"]

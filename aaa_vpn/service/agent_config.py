@@ -358,6 +358,21 @@ class AgentSettings:
     diameter_peer_host: str = setting(
         "", help="Diameter: the Origin-Host of --diameter-server.", flag="--diameter-peer-host", roles=("fa",)
     )
+    diameter_tls_ca: Path | None = setting(
+        None,
+        help="Diameter over TLS: the CA that signed the peer's certificate (which must name --diameter-peer-host).",
+        flag="--diameter-tls-ca",
+        kind=Path,
+        roles=("fa",),
+    )
+    diameter_tls_cert: Path | None = setting(
+        None, help="Diameter over TLS: this FA's certificate (PEM).", flag="--diameter-tls-cert", kind=Path,
+        roles=("fa",),
+    )  # fmt: skip
+    diameter_tls_key: Path | None = setting(
+        None, help="Diameter over TLS: this FA's private key (PEM).", flag="--diameter-tls-key", kind=Path,
+        roles=("fa",),
+    )  # fmt: skip
     log_level: str = log_level_setting()
     log_format: str = log_format_setting()
 
