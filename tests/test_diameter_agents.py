@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mobility import AAA, FA1, FA2
+from tests.mobility import AAA, FA1, FA2, HA
 from tests.test_agents_live import AFTER_REGISTRATION, Topology, assert_mirrored, start
 
 FA1_HOST = f"c-{FA1.replace('.', '-')}"  # FA1's RADIUS client name at the home AAA
@@ -28,14 +28,25 @@ def _free_port(address: str) -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def topology(tmp_path: Path) -> Iterator[Topology]:
+HA_HOST = f"c-{HA.replace('.', '-')}"
+
+
+def _diameter(port: int, host: str, realm: str) -> tuple[str, ...]:
+    return ("--aaa-protocol", "diameter", "--diameter-server", f"{AAA}:{port}", "--diameter-host", host,
+            "--diameter-realm", realm, "--diameter-peer-host", "aaa.home.example")  # fmt: skip
+
+
+@pytest.fixture(params=["fa1", "fa1+ha"])
+def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """FA1 over Diameter; with ``fa1+ha`` the HA too (it takes the home AAA's HARs)."""
     port = _free_port(AAA)
     home = ("--diameter-listen", f"{AAA}:{port}", "--diameter-realm", "home.example",
             "--diameter-host", "aaa.home.example", "--diameter-plain-is-secure")  # fmt: skip
-    fa1 = ("--aaa-protocol", "diameter", "--diameter-server", f"{AAA}:{port}", "--diameter-host", FA1_HOST,
-           "--diameter-realm", "visited.example", "--diameter-peer-host", "aaa.home.example")  # fmt: skip
-    running = start(tmp_path, home_args=home, agent_args={"fa1": fa1})
+    agents = {"fa1": _diameter(port, FA1_HOST, "visited.example")}
+    if request.param == "fa1+ha":
+        agents["ha"] = _diameter(port, HA_HOST, "home.example")
+    running = start(tmp_path, home_args=home, agent_args=agents)
+    running.diameter_ha = request.param == "fa1+ha"  # type: ignore[attr-defined]
     try:
         yield running
     finally:
@@ -52,6 +63,11 @@ def test_fa_over_diameter_registers_renews_moves_and_deregisters(topology: Topol
         return "diameter peer up" in fa1_log.read_text(errors="replace")
 
     topology_wait(diameter_up, "FA1's CER/CEA with the home AAA")
+    diameter_ha = getattr(topology, "diameter_ha", False)
+    if diameter_ha:
+        topology_wait(
+            lambda: f"peer={HA_HOST}" in home_log.read_text(errors="replace"), "the HA's CER/CEA with the home AAA"
+        )
     code, result = topology.mn("register", "--fa", FA1)
     assert (code, result["code"], result["accepted"]) == (0, 0, True), (result, fa1_log.read_text()[-3000:])
     assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
@@ -61,6 +77,11 @@ def test_fa_over_diameter_registers_renews_moves_and_deregisters(topology: Topol
     diameter_pid = re.search(r"aaa_vpn\.diameter\[(\d+)\]: diameter listening", text)
     created = re.search(rf"aaa_vpn\.home\[(\d+)\]: session created .*client={FA1_HOST} ", text)
     assert diameter_pid and created and created.group(1) == diameter_pid.group(1), text[-3000:]
+    # The HA's part: with a Diameter HA the home AAA decided it for the HAR
+    # (in its Diameter process) and the HA asked nothing over RADIUS.
+    asked = re.findall(r"aaa_vpn\.home\[(\d+)\]: session \w+ .*client=" + HA_HOST + " request=ha_registration", text)
+    assert asked, text[-3000:]
+    assert (set(asked) == {diameter_pid.group(1)}) == diameter_ha, (asked, diameter_pid.group(1))
 
     # A renewal through FA1: the same Diameter session, the same keys.
     before = topology.state("fa1")["sas"]

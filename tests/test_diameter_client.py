@@ -43,7 +43,7 @@ class Driver:
     def __init__(self, client: DiameterAaaClient) -> None:
         self.client = client
         self.events: list[Event] = []
-        self.transport = DiameterTransport(client.node, client.node_event)
+        self.transport = DiameterTransport(client.node, lambda event: client.node_event(event, time.time()))
 
     def collect(self) -> list[Event]:
         while (event := self.client.next_event()) is not None:

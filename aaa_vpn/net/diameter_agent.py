@@ -1,14 +1,17 @@
-"""An FA's Diameter link (``aaa-vpn agent fa --aaa-protocol diameter``): the
-TCP connection of its :class:`~aaa_vpn.roles.diameter_client.FaDiameterClient`
-to the home AAA or the visited realm's relay, kept open (reconnected a second
-after it drops or cannot be made), and the answers handed back to the agent.
+"""An agent's Diameter link (``aaa-vpn agent fa|ha --aaa-protocol diameter``):
+the TCP connection of its Diameter client (roles/diameter_client.py: the FA's
+:class:`~aaa_vpn.roles.diameter_client.FaDiameterClient`, the HA's
+:class:`~aaa_vpn.roles.diameter_client.HaDiameterClient`) to the home AAA or
+the visited realm's relay, kept open (reconnected a second after it drops
+or cannot be made), and what arrives on it handed back to the agent.
 
 With ``--diameter-tls-ca`` the connection is TLS (the peer's certificate
-must name ``--diameter-peer-host``; ``--diameter-tls-cert/-key`` are this
-FA's own, for a server that asks for one). The FA role sends AMRs through the client; the stream leaves when the agent
-collects its datagrams (the client's ``flush`` pumps this transport). An
-answer arriving on the stream is queued in the client, and ``on_answers``
-(the agent node's) makes the role act on it and carries out what follows.
+must name ``--diameter-peer-host``; ``--diameter-tls-cert/-key`` are the
+agent's own, for a server that asks for one). The FA sends AMRs through its
+client, the HA answers HARs; the stream leaves when the agent collects its
+datagrams (the client's ``flush`` pumps this transport). What arrives on the
+stream is handled by the client, and ``on_answers`` (the agent node's) makes
+the role act on it and carries out what follows.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from aaa_vpn.net.diameter import DiameterTransport
 from aaa_vpn.roles import diameter_peer as peer
-from aaa_vpn.roles.diameter_client import FaDiameterClient
 from aaa_vpn.service.logging import fields
 
 log = logging.getLogger("aaa_vpn.diameter")
@@ -30,12 +33,21 @@ log = logging.getLogger("aaa_vpn.diameter")
 RECONNECT = 1.0
 
 
+class DiameterClientRole(Protocol):
+    """What the link needs of an agent's Diameter client (roles/diameter_client.py)."""
+
+    node: peer.DiameterNode
+    flush: Callable[[], None]
+
+    def node_event(self, event: peer.Event, now: float) -> None: ...
+
+
 class DiameterLink:
     """One FA's connection to its Diameter peer (module docstring)."""
 
     def __init__(
         self,
-        client: FaDiameterClient,
+        client: DiameterClientRole,
         server: str,
         clock: Callable[[], float],
         on_answers: Callable[[], None],
@@ -55,7 +67,7 @@ class DiameterLink:
         self._scheduled = False
 
     def _event(self, event: peer.Event) -> None:
-        self.client.node_event(event)
+        self.client.node_event(event, self.transport.clock())
         if isinstance(event, peer.PeerUp):
             log.info("diameter peer up", extra=fields(peer=event.host, realm=event.realm))
         elif isinstance(event, peer.PeerDown):

@@ -41,13 +41,13 @@ from ipaddress import IPv4Address
 
 from aaa_vpn.model import nai_realm
 from aaa_vpn.roles import diameter_peer as peer
-from aaa_vpn.roles.radius_client import Event, RequestAccepted, RequestFailed, RequestRejected
+from aaa_vpn.roles.radius_client import Event, RadiusClient, RequestAccepted, RequestFailed, RequestRejected
 from aaa_vpn.wire import diameter as d
 from aaa_vpn.wire.diameter import AvpCode as C
 from aaa_vpn.wire.diameter import Command, Message, ResultCode
 from aaa_vpn.wire.diameter_profile import decode_profile_avps
 from aaa_vpn.wire.mip_auth import mn_aaa_proof
-from aaa_vpn.wire.profile import RejectReason
+from aaa_vpn.wire.profile import RejectReason, VpnProfile
 from aaa_vpn.wire.radius_request import AccessRequest
 
 #: Rule 3: the refusals of roles/diameter_home.py rule 7, as reject reasons.
@@ -142,7 +142,7 @@ class DiameterAaaClient:
         heapq.heappush(self._deadlines, (now + self.timeout, number))
         self.counters["amr"] += 1
         self.node.send_request(message, now, tag=number)
-        self._node_events()
+        self._node_events(now)
 
     def handle_timer(self, now: float) -> None:
         self.node.handle_timer(now)
@@ -152,7 +152,7 @@ class DiameterAaaClient:
             if tag is not None:
                 self.counters["timeouts"] += 1
                 self._events.append(RequestFailed(tag, f"no answer within {self.timeout} s", ()))
-        self._node_events()
+        self._node_events(now)
 
     def get_timer(self) -> float | None:
         deadlines = [t for t in (self.node.get_timer(), self._deadlines[0][0] if self._deadlines else None) if t]
@@ -162,13 +162,13 @@ class DiameterAaaClient:
         self._node_events()
         return self._events.popleft() if self._events else None
 
-    def _node_events(self) -> None:
+    def _node_events(self, now: float = 0.0) -> None:
         while (event := self.node.next_event()) is not None:
-            self.node_event(event)
+            self.node_event(event, now)
 
-    def node_event(self, event: peer.Event) -> None:
+    def node_event(self, event: peer.Event, now: float) -> None:
         """One event of ``self.node`` (a transport that pumps the node itself
-        hands them here)."""
+        hands them here, with its clock's time)."""
         if isinstance(event, peer.AnswerReceived):
             self._answer(event.tag, event.message)
         elif isinstance(event, peer.RequestFailed):
@@ -178,7 +178,7 @@ class DiameterAaaClient:
         elif isinstance(event, peer.RequestReceived):
             # ASR (RFC 6733 section 8.5): acknowledged; the visitor expires with its lifetime.
             self.counters[f"received.{event.message.name}"] += 1
-            self.node.answer(event.handle, peer.answer_to(event.message, self.identity, ResultCode.SUCCESS), 0.0)
+            self.node.answer(event.handle, peer.answer_to(event.message, self.identity, ResultCode.SUCCESS), now)
 
     def _answer(self, number: object, message: Message) -> None:
         tag = self._pending.pop(number, None) if isinstance(number, int) else None
@@ -228,4 +228,140 @@ class FaDiameterClient(DiameterAaaClient):
         """Nothing arrives as a datagram: the stream goes to ``self.node``."""
 
 
-__all__ = ["REJECT_REASON", "DiameterAaaClient", "FaDiameterClient"]
+class HaDiameterClient:
+    """A home agent's AAA client when the home AAA speaks Diameter to it
+    (RFC 4004 section 5.3): a Home-Agent-MIP-Request carries the HA's view of
+    the session the home AAA has just authorized, and the HA's own request for
+    that registration is answered from it; anything else goes to the RADIUS
+    client as before. It has the surface of
+    :class:`~aaa_vpn.roles.radius_client.RadiusClient` that
+    :class:`~aaa_vpn.roles.ha.HomeAgent` uses.
+
+    Rules:
+
+    1. A HAR (Auth-Application-Id 2) with User-Name and the VPN profile's AVPs
+       (the HA's view: wire/diameter_profile.py) is kept for
+       :data:`VIEW_SECONDS`, one per NAI, and answered HAA 2001 with the
+       addresses; the registration itself still reaches the HA from the FA
+       (RFC 5944 relaying), so the HAA carries no MIP-Reg-Reply and the AMA
+       none either. A HAR whose profile does not decode: 5004 (or 5005) with
+       the AVP to blame. Other requests: 3001.
+    2. A request of the HA whose NAI has a kept view for the same care-of
+       address -- and, where the request names them, the same session and key
+       epoch -- is accepted from it at once (:class:`RequestAccepted`, counted
+       ``from_har``); the view is used once. Without one the request goes over
+       RADIUS (a same-domain handoff the foreign AAA answered never reaches
+       the home AAA's Diameter side, flow C).
+    """
+
+    #: Rule 1: how long a HAR's view waits for the registration it is for.
+    VIEW_SECONDS = 30.0
+
+    def __init__(
+        self,
+        identity: d.Identity,
+        routes: dict[str, list[str]],
+        radius: RadiusClient,
+        random_u32: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.identity = identity
+        self.radius = radius
+        self.node = peer.DiameterNode(
+            identity,
+            [d.MOBILE_IPV4_APPLICATION],
+            {d.MOBILE_IPV4_APPLICATION: frozenset(d.AVPS)},
+            routes=routes,
+            random_u32=random_u32,
+        )
+        self._views: dict[str, tuple[float, VpnProfile, str]] = {}  # NAI -> (until, view, from)
+        self._events: collections.deque[Event] = collections.deque()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.flush: Callable[[], None] = lambda: None
+        self._now = 0.0
+
+    # -- the RadiusClient surface ----------------------------------------------------------------
+    def request(self, info: AccessRequest, now: float, tag: object = None) -> None:
+        self._now = now
+        kept = self._views.get(info.nai)
+        if kept is not None:
+            until, view, server = kept
+            if (
+                until > now
+                and view.care_of_address == info.care_of_address
+                and info.session_id in (None, view.session_id)
+                and info.key_epoch in (None, view.epoch)
+            ):
+                del self._views[info.nai]
+                self.counters["from_har"] += 1
+                self._events.append(RequestAccepted(tag, view, b"", b"", server))
+                return
+        self.counters["over_radius"] += 1
+        self.radius.request(info, now, tag)
+
+    def receive_datagram(self, data: bytes, address: tuple[str, int], now: float) -> None:
+        self.radius.receive_datagram(data, address, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        self.flush()
+        return self.radius.datagrams_to_send(now)
+
+    def next_event(self) -> Event | None:
+        if self._events:
+            return self._events.popleft()
+        return self.radius.next_event()
+
+    def get_timer(self) -> float | None:
+        timers = [t for t in (self.radius.get_timer(), self.node.get_timer()) if t is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        self.radius.handle_timer(now)
+        self.node.handle_timer(now)
+        for nai in [n for n, (until, _, _) in self._views.items() if until <= now]:
+            del self._views[nai]
+
+    # -- the Diameter side -------------------------------------------------------------------------
+    def node_event(self, event: peer.Event, now: float) -> None:
+        """One event of ``self.node``, with the transport's time (rule 1)."""
+        self._now = max(self._now, now)
+        if not isinstance(event, peer.RequestReceived):
+            return
+        message = event.message
+        if message.command != Command.HOME_AGENT_MIP:
+            answer = peer.answer_to(message, self.identity, ResultCode.COMMAND_UNSUPPORTED)
+        else:
+            answer = self._har(message)
+        self.node.answer(event.handle, answer, self._now)
+
+    def _har(self, message: Message) -> Message:
+        """Rule 1."""
+        self.counters["har"] += 1
+        try:
+            nai = message.text(C.USER_NAME)
+            if not nai:
+                return peer.answer_to(
+                    message, self.identity, ResultCode.MISSING_AVP, error_message="HAR without User-Name"
+                )
+            view = decode_profile_avps(message.avps)
+        except d.DiameterDecodeError as exc:
+            return peer.answer_to(
+                message, self.identity, exc.result_code, error_message=str(exc), failed_avp=exc.failed_avp
+            )
+        if len(self._views) >= 100_000:
+            self._views.clear()
+        self._views[nai] = (self._now + self.VIEW_SECONDS, view, message.origin_host or "")
+        return peer.answer_to(
+            message,
+            self.identity,
+            ResultCode.SUCCESS,
+            [
+                d.avp_u32(C.AUTH_APPLICATION_ID, d.MOBILE_IPV4_APPLICATION),
+                d.avp_text(C.USER_NAME, nai),
+                d.avp_address(C.MIP_HOME_AGENT_ADDRESS, view.home_agent),
+                d.avp_address(C.MIP_MOBILE_NODE_ADDRESS, view.home_address),
+            ],
+        )
+
+
+__all__ = ["REJECT_REASON", "DiameterAaaClient", "FaDiameterClient", "HaDiameterClient"]

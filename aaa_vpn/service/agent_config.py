@@ -336,42 +336,44 @@ class AgentSettings:
     loopback)."""
     aaa_protocol: str = setting(
         "radius",
-        help="How the FA asks its AAA: RADIUS Access-Requests, or Diameter AMRs (RFC 4004, docs/diameter.md);"
-        " with diameter, --aaa still names who may send CoA/Disconnect-Requests.",
+        help="How the agent deals with its AAA: RADIUS, or Diameter (RFC 4004, docs/diameter.md): the FA"
+        " sends AMRs, the HA takes HARs (and asks over RADIUS what no HAR answered); --aaa is still needed.",
         flag="--aaa-protocol",
         check=Choices("AAA protocol", ("radius", "diameter")),
-        roles=("fa",),
+        roles=("fa", "ha"),
     )
     diameter_server: str | None = setting(
         None,
-        help="Diameter: the TCP address of the home AAA or of the visited realm's relay.",
+        help="Diameter: the TCP address of the home AAA (or, for an FA, of the visited realm's relay).",
         flag="--diameter-server",
         metavar="HOST:PORT",
         kind=str,
-        roles=("fa",),
+        roles=("fa", "ha"),
     )
     diameter_host: str = setting(
-        "", help="Diameter: this FA's Origin-Host (its RADIUS client name at the home AAA).", flag="--diameter-host",
-        roles=("fa",),
+        "", help="Diameter: the agent's Origin-Host (its RADIUS client name at the home AAA).", flag="--diameter-host",
+        roles=("fa", "ha"),
     )  # fmt: skip
-    diameter_realm: str = setting("", help="Diameter: this FA's Origin-Realm.", flag="--diameter-realm", roles=("fa",))
+    diameter_realm: str = setting(
+        "", help="Diameter: the agent's Origin-Realm.", flag="--diameter-realm", roles=("fa", "ha")
+    )
     diameter_peer_host: str = setting(
-        "", help="Diameter: the Origin-Host of --diameter-server.", flag="--diameter-peer-host", roles=("fa",)
+        "", help="Diameter: the Origin-Host of --diameter-server.", flag="--diameter-peer-host", roles=("fa", "ha")
     )
     diameter_tls_ca: Path | None = setting(
         None,
         help="Diameter over TLS: the CA that signed the peer's certificate (which must name --diameter-peer-host).",
         flag="--diameter-tls-ca",
         kind=Path,
-        roles=("fa",),
+        roles=("fa", "ha"),
     )
     diameter_tls_cert: Path | None = setting(
-        None, help="Diameter over TLS: this FA's certificate (PEM).", flag="--diameter-tls-cert", kind=Path,
-        roles=("fa",),
+        None, help="Diameter over TLS: the agent's certificate (PEM).", flag="--diameter-tls-cert", kind=Path,
+        roles=("fa", "ha"),
     )  # fmt: skip
     diameter_tls_key: Path | None = setting(
-        None, help="Diameter over TLS: this FA's private key (PEM).", flag="--diameter-tls-key", kind=Path,
-        roles=("fa",),
+        None, help="Diameter over TLS: the agent's private key (PEM).", flag="--diameter-tls-key", kind=Path,
+        roles=("fa", "ha"),
     )  # fmt: skip
     log_level: str = log_level_setting()
     log_format: str = log_format_setting()
