@@ -7,6 +7,7 @@ code; no route and no answer fail."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -180,6 +181,78 @@ def test_fa_link_over_tls(tmp_path: Path) -> None:
         [event] = answered
         assert isinstance(event, RequestAccepted) and event.profile is not None and event.profile.fa_ha_key is not None
         await link.close()
+        await server.transport.close()
+
+    run(main)
+
+
+def test_ha_client_takes_hars_and_answers_its_request_from_them() -> None:
+    """roles/diameter_client.py HaDiameterClient rules 1 and 2, with the home
+    AAA's real front end sending the HAR."""
+    from aaa_vpn.model import nai_realm
+    from aaa_vpn.roles.diameter_client import HaDiameterClient
+    from aaa_vpn.roles.radius_client import RadiusClient, ServerConfig
+    from aaa_vpn.wire.diameter import AvpCode as C
+    from aaa_vpn.wire.diameter import Command, Message
+    from tests.diameter_lab import HA_HOST
+    from tests.mobility import SECRETS
+
+    async def main() -> None:
+        server, port = await start_home()
+        radius = RadiusClient([ServerConfig("127.0.0.1", 9, SECRETS[HA])], nas_ip_address=IPv4Address(HA))
+        ha = HaDiameterClient(
+            d.Identity(HA_HOST, "home.example", (IPv4Address("127.0.0.1"),)), {"*": [HOME_HOST]}, radius
+        )
+        ha_transport = DiameterTransport(ha.node, lambda event: ha.node_event(event, time.time()))
+        ha.flush = ha_transport.pump
+        await ha_transport.connect("127.0.0.1", port)
+        await wait_for(lambda: ha.node.peers() and server.node.peer(HA_HOST), 10, "the HA's CER/CEA")
+
+        fa = Driver(client())
+        await fa.transport.connect("127.0.0.1", port)
+        await wait_for(lambda: fa.client.node.peers(), 10, "the FA's CER/CEA")
+        registration = rrq()
+        accepted = await fa.ask(access_request(registration), registration, "fa")
+        assert isinstance(accepted, RequestAccepted) and accepted.profile is not None
+        assert ha.counters["har"] == 1
+
+        # The HA's own request for that registration: answered from the HAR, nothing over RADIUS.
+        def ha_request(care_of: str, epoch: int | None) -> AccessRequest:
+            chap_password, chap_challenge = mn_aaa_proof(registration).chap_attributes()
+            return AccessRequest(
+                nai=NAI, chap_password=chap_password, chap_challenge=chap_challenge,
+                nas_ip_address=IPv4Address(HA), request_type=RequestType.HA_REGISTRATION,
+                care_of_address=IPv4Address(care_of), session_id=accepted.profile.session_id, key_epoch=epoch,
+            )  # fmt: skip
+
+        ha.request(ha_request(FA1, accepted.profile.epoch + 1), time.time(), tag="wrong epoch")
+        assert ha.datagrams_to_send(time.time()) != []  # not the HAR's session epoch: over RADIUS
+        ha.request(ha_request(FA1, accepted.profile.epoch), time.time(), tag="from HAR")
+        event = ha.next_event()
+        assert isinstance(event, RequestAccepted) and event.tag == "from HAR" and event.profile is not None
+        assert event.profile.session_id == accepted.profile.session_id and event.profile.mn_ha_key is not None
+        assert event.profile.session_root_key is not None  # the HA's view, not the FA's
+        assert ha.counters["from_har"] == 1 and ha.counters["over_radius"] == 1
+        ha.request(ha_request(FA1, accepted.profile.epoch), time.time(), tag="again")  # used once
+        assert ha.counters["over_radius"] == 2
+
+        # A HAR without User-Name is answered 5005; another command 3001.
+        bad = Message(
+            Command.HOME_AGENT_MIP, True, d.MOBILE_IPV4_APPLICATION,
+            avps=(d.avp_text(C.SESSION_ID, "x"), d.avp_text(C.ORIGIN_HOST, HOME_HOST),
+                  d.avp_text(C.ORIGIN_REALM, "home.example"), d.avp_text(C.DESTINATION_REALM, nai_realm(NAI)),
+                  d.avp_text(C.DESTINATION_HOST, HA_HOST), d.avp_u32(C.AUTH_APPLICATION_ID, 2)),
+        )  # fmt: skip
+        got: list[object] = []
+        server.node.send_request(bad, time.time(), tag=("test", 1))
+        server.node.send_request(dataclasses.replace(bad, command=Command.RE_AUTH), time.time(), tag=("test", 2))
+        server.transport.on_event = lambda event: got.append(event)
+        server.transport.pump()
+        answers = await wait_for(lambda: len(got) >= 2 and got, 10, "the HAAs")
+        codes = sorted(e.message.result_code for e in answers if hasattr(e, "message"))
+        assert codes == [3001, 5005], codes
+        await fa.transport.close()
+        await ha_transport.close()
         await server.transport.close()
 
     run(main)
