@@ -202,11 +202,13 @@ def start(
     gw_args: tuple[str, ...] = (),
     home_args: tuple[str, ...] = (),
     agent_args: dict[str, tuple[str, ...]] | None = None,
+    foreign_toml: str = "",
 ) -> Topology:
     """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
     ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
     ``gw_args``: more options for both gateways, ``home_args`` for the home
-    AAA (flow G's lifetimes), ``agent_args`` for the agents named."""
+    AAA (flow G's lifetimes), ``agent_args`` for the agents named,
+    ``foreign_toml`` more of the foreign AAA's file."""
     # The agents' ports are bound here and handed over; the servers bind port 0 and log theirs.
     mip = bind_udp([a for _r, a in AGENTS.values()])
     coa = bind_udp([a for role, a in AGENTS.values() if role != "gw"])
@@ -237,6 +239,7 @@ def start(
             )
             + f'[[realms]]\nname = "home.example"\n[[realms.servers]]\naddress = "{AAA}"\n'
             f'port = {topology.radius_port}\nsecret_file = "aaaf-home.secret"\n'
+            + foreign_toml
         )
         topology.spawn("foreign-aaa", "serve", "foreign", "--config", str(config), "--log-level", "debug")
         foreign_port = topology.listening("foreign-aaa")

@@ -123,3 +123,39 @@ def test_the_demo_runs_with_diameter() -> None:
         assert stopped and stopped[0]["diameter_amr_accepted"] >= 2, stopped
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_foreign_aaa_serves_its_fas_over_diameter(tmp_path: Path) -> None:
+    """The visited domain's foreign AAA with a ``[diameter]`` table: FA1 and
+    FA2 send it AMRs; the first registration is proxied to the home AAA over
+    RADIUS (flow A), the handoff to FA2 answered from its cache (flow C)."""
+    from tests.test_agents_live import AFTER_REGISTRATION as A
+
+    port = _free_port("127.0.0.3")
+    toml = f'[diameter]\nlisten = "127.0.0.3:{port}"\nrealm = "visited.example"\nplain_is_secure = true\n'
+    agents = {
+        name: ("--aaa-protocol", "diameter", "--diameter-server", f"127.0.0.3:{port}", "--diameter-host",
+               f"fa-{address}", "--diameter-realm", "visited.example", "--diameter-peer-host", "aaaf.visited.example")
+        for name, address in (("fa1", FA1), ("fa2", FA2))
+    }  # fmt: skip
+    topology = start(tmp_path, foreign=True, agent_args=agents, foreign_toml=toml)
+    try:
+        foreign_log = topology.logs["foreign-aaa"]
+        topology_wait(lambda: foreign_log.read_text(errors="replace").count("diameter peer up") >= 2, "FA1/FA2 CER")
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"], result["accepted"]) == (0, 0, True), (result, foreign_log.read_text()[-3000:])
+        assert topology.wait_for(A) == A
+        home_before = topology.logs["home-aaa"].read_text(errors="replace").count("request=fa_registration")
+        code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        # Flow C: the foreign AAA answered the handoff itself; the home AAA saw no FA registration.
+        home_after = topology.logs["home-aaa"].read_text(errors="replace").count("request=fa_registration")
+        assert home_after == home_before
+        code, result = topology.mn("deregister", "--fa", FA2)
+        assert (code, result["code"]) == (0, 0), result
+    finally:
+        codes = topology.stop()
+        logs = "\n".join(f"--- {n}\n{p.read_text()[-2000:]}" for n, p in topology.logs.items())
+        assert codes == dict.fromkeys(codes, 0), f"exit codes {codes}\n{logs}"
+    stopped = re.search(r"diameter stopped .*diameter_amr_accepted=(\d+)", foreign_log.read_text())
+    assert stopped and int(stopped.group(1)) == 2, foreign_log.read_text()[-2000:]  # FA1's and FA2's AMRs

@@ -30,6 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from aaa_vpn.model import ValidationError
 from aaa_vpn.net.home_server import ServerError, _bind, supervise
@@ -68,9 +69,14 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
 
+    front = _diameter_front(settings, service, loop) if index == 0 else None
+
     def flush() -> None:
         nonlocal timer, timer_at
         for datagram in service.outgoing():
+            if front is not None and datagram.pool is None and front.claims(datagram.address):
+                guarded(partial(front.reply, datagram.address, datagram.data))  # an AMR's answer
+                continue
             out = sock if datagram.pool is None else upstream[datagram.pool]
             try:
                 out.sendto(datagram.data, datagram.address)
@@ -83,6 +89,11 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
         if timer is not None:
             timer.cancel()
         timer, timer_at = (None, None) if when is None else (loop.call_at(when, on_timer), when)
+
+    def inject(data: bytes, source: tuple[str, int], now: float) -> None:
+        # An AMR's Access-Request (net/foreign_diameter.py), as if received from its FA.
+        guarded(partial(service.receive_from_client, data, source, now))
+        flush()
 
     def on_timer() -> None:
         nonlocal timer, timer_at
@@ -122,6 +133,8 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
             except TimeoutError:
                 pass
             guarded(lambda: service.housekeeping(loop.time()))
+            if front is not None:
+                guarded(lambda: front.expire(loop.time()))
             if time.monotonic() - last_stats >= _STATS_EVERY:
                 _log_counters(service, "counters")
                 last_stats = time.monotonic()
@@ -142,8 +155,14 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
                 upstream=",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in upstream),
             ),
         )
+        if front is not None:
+            front.inject = inject
+            await front.listen(settings.diameter_listen)
         task = asyncio.ensure_future(housekeeping())
         await stop.wait()
+        if front is not None:
+            await front.transport.close()
+            log.info("diameter stopped", extra=fields(**dict(sorted(front.counters.items()))))
         loop.remove_reader(sock.fileno())
         for pool_sock in upstream:
             loop.remove_reader(pool_sock.fileno())
@@ -160,6 +179,24 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
         for pool_sock in upstream:
             pool_sock.close()
     return 0
+
+
+def _diameter_front(settings: ForeignServerSettings, service: ForeignService, loop: asyncio.AbstractEventLoop) -> Any:
+    """The Diameter front end (net/foreign_diameter.py), when the file has a ``[diameter]`` table."""
+    if settings.diameter_listen is None:
+        return None
+    from aaa_vpn.net.foreign_diameter import ForeignDiameterFront
+
+    realms = tuple(r.name for r in settings.realms)
+    return ForeignDiameterFront(
+        settings.diameter_host or f"aaaf.{settings.diameter_realm}",
+        settings.diameter_realm,
+        realms,
+        settings.clients,
+        lambda data, source, now: None,
+        plain_is_secure=settings.diameter_plain_is_secure,
+        clock=loop.time,
+    )
 
 
 def run_foreign_server(settings: ForeignServerSettings) -> int:

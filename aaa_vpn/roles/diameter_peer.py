@@ -38,7 +38,8 @@ Rules (everything that decides what is sent, answered or closed lives here):
    random start below. An answer whose Hop-by-Hop names no pending request is
    dropped and counted (section 6.2).
 6. Routing of a request received (section 6.1): Destination-Host our host,
-   or no Destination-Host and Destination-Realm our realm: local; then an
+   or no Destination-Host and Destination-Realm our realm (or one of the
+   ``local_realms`` a proxy serves): local; then an
    application we do not serve is 3007 DIAMETER_APPLICATION_UNSUPPORTED, a
    command it does not know 3001 DIAMETER_COMMAND_UNSUPPORTED, an AVP with
    the M bit it does not know 5001 DIAMETER_AVP_UNSUPPORTED with a Failed-AVP
@@ -336,8 +337,12 @@ class DiameterNode:
         random_u32: Callable[[], int] = lambda: 0,
         jitter: Callable[[], float] = lambda: 0.0,
         now: float = 0.0,
+        local_realms: Iterable[str] = (),
     ) -> None:
         self.identity = identity
+        #: Realms whose requests the local application serves besides the
+        #: node's own (a proxy for its realm's users, rule 6).
+        self.local_realms = frozenset(r.lower() for r in (identity.realm, *local_realms))
         self.applications = frozenset(applications)
         #: The application commands each application knows, with the AVPs
         #: (vendor, code) it accepts with the M bit (rule 6).
@@ -733,7 +738,7 @@ class DiameterNode:
         dest_host = message.text(C.DESTINATION_HOST)
         dest_realm = (message.text(C.DESTINATION_REALM) or "").lower()
         ours = self.identity.host.lower()
-        local = (dest_host or "").lower() == ours or (not dest_host and dest_realm == self.identity.realm.lower())
+        local = (dest_host or "").lower() == ours or (not dest_host and dest_realm in self.local_realms)
         if not local:
             if any(r.as_text().lower() == ours for r in message.find_all(C.ROUTE_RECORD)):
                 self._write(conn, answer_to(message, self.identity, ResultCode.LOOP_DETECTED))

@@ -247,6 +247,15 @@ class ForeignServerSettings:
     status_interval: float | None = 6.0
     clients: tuple[ProxyClient, ...] = ()
     realms: tuple[Realm, ...] = ()
+    diameter_listen: str | None = None
+    """The ``[diameter]`` table's ``listen`` (ADDR[:PORT]): the first worker also
+    takes its FAs' AMRs (RFC 4004) over TCP (net/foreign_diameter.py)."""
+    diameter_host: str = ""
+    """``[diameter]`` ``host``: its Origin-Host (default ``aaaf.`` + the first realm)."""
+    diameter_realm: str = ""
+    """``[diameter]`` ``realm``: its Origin-Realm, the visited realm."""
+    diameter_plain_is_secure: bool = False
+    """``[diameter]`` ``plain_is_secure``: plain TCP to its FAs is protected below Diameter."""
 
     def __post_init__(self) -> None:
         check_declared(self)
