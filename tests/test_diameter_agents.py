@@ -119,8 +119,13 @@ def test_the_demo_runs_with_diameter() -> None:
         text = (directory / "home-aaa.log").read_text()
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         stopped = [line for line in lines if line.get("msg") == "diameter stopped"]
-        # FA3's registrations (flow D, twice) were AMRs answered by the home AAA's Diameter process.
+        # FA3's registrations (flow D, twice) were AMRs answered by the home AAA's Diameter
+        # process, which sent the HA a HAR for each.
         assert stopped and stopped[0]["diameter_amr_accepted"] >= 2, stopped
+        assert stopped[0]["diameter_received_HAA"] == stopped[0]["diameter_amr_accepted"], stopped
+        text = (directory / "foreign-aaa.log").read_text()
+        foreign = [json.loads(line) for line in text.splitlines() if '"diameter stopped"' in line]
+        assert foreign and foreign[0]["diameter_amr_accepted"] >= 3, foreign  # FA1, FA2, FA1 again
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -79,7 +79,8 @@ def _run(
     type=click.Choice(["radius", "diameter"]),
     default="radius",
     show_default=True,
-    help="Without --netns: diameter makes the home AAA serve Diameter too and FA3 ask it with AMRs (RFC 4004).",
+    help="Without --netns: diameter makes every FA and the HA speak Diameter (RFC 4004) to the foreign and"
+    " the home AAA.",
 )
 @pass_app
 def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, backend: str, aaa_protocol: str) -> None:
