@@ -266,3 +266,67 @@ def _str(session_id: str, origin: str) -> d.Message:
         ),
         proxiable=True,
     )
+
+
+def test_tshark_decodes_har_haa_asr_str_and_errors(tmp_path: Path, require_tool: Callable[[str], str]) -> None:
+    """Every other message the home AAA sends or takes -- HAR/HAA with a
+    Diameter HA, ASR/ASA, STR/STA, DPR/DPA, an error answer with a Failed-AVP
+    -- captured on loopback and decoded by tshark with its own dictionary (and
+    ours for the vendor AVPs): no malformed packet, no expert warning."""
+    tshark = require_tool("tshark")
+    require_tool("unshare")
+    from aaa_vpn.roles import diameter_peer as peer
+    from tests.diameter_lab import HA_HOST, home_service, start_home
+
+    pcap = tmp_path / "more.pcap"
+    ports: list[int] = []
+
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa)
+        ports.append(port)
+        capture = _start_capture(tshark, ports, pcap)
+        try:
+
+            def answer_har(event: peer.RequestReceived, node: peer.DiameterNode) -> None:
+                node.answer(event.handle, peer.answer_to(event.message, node.identity, 2001), 0.0)
+
+            ha = Client(HA_HOST, realm="home.example", on_request=answer_har)
+            await ha.connect(port)
+            fa = Client(FA_HOST, routes={HOME_REALM: [HOME_HOST]})
+            await fa.connect(port)
+            ama = await fa.ask(amr("fa;t;1"))
+            assert ama.result_code == ResultCode.SUCCESS
+            odd = amr("fa;t;2")
+            bad = await fa.ask(dataclasses.replace(odd, avps=(*odd.avps, d.Avp(4242, b"\0\0\0\1", mandatory=True))))
+            assert bad.result_code == ResultCode.AVP_UNSUPPORTED
+            ama2 = await fa.ask(amr("fa;t;3"))
+            with_session = decode_profile_avps(ama2.avps).session_id
+            aaa.store.delete_session(with_session)
+            assert server.check_sessions(0.0) >= 1  # ASR to the FA
+            await wait_for(lambda: any(m.command == 274 for m in fa.requests), 10, "the ASR")
+            sta = await fa.ask(_str("fa;t;1", FA_HOST))
+            assert sta.result_code in (ResultCode.SUCCESS, ResultCode.UNKNOWN_SESSION_ID)
+            await fa.transport.close()  # DPR/DPA
+            await ha.transport.close()
+            await wait_for(
+                lambda: "cmd=Disconnect-Peer Answer" in _decoded(tshark, pcap, ports), 30, "the DPA in the capture"
+            )
+        finally:
+            _stop(capture)
+            await server.transport.close()
+
+    asyncio.run(main())
+    dictionary = _dictionary(tmp_path / "wireshark")
+    base = ["-n", "-r", str(pcap), *_decode_as(ports)]
+    fields = _tshark(tshark, dictionary, [*base, "-Y", "diameter", "-T", "fields", "-e", "diameter.cmd.code"])
+    commands = {c for line in fields.split("\n") for c in line.split(",") if c}
+    assert {"257", "260", "262", "274", "275", "282"} <= commands, commands
+    bad = _tshark(tshark, dictionary, [*base, "-Y", "_ws.malformed || _ws.expert.severity >= error", "-V"])
+    assert bad.strip() == "", bad[:4000]
+    # Warnings only where the test itself sent an AVP nobody defines (4242: the AMR and its 5001's Failed-AVP).
+    warned = "(_ws.expert.severity >= warning) && !(diameter.avp.code == 4242)"
+    bad = _tshark(tshark, dictionary, [*base, "-Y", warned, "-V"])
+    assert bad.strip() == "", bad[:4000]
+    har = _tshark(tshark, dictionary, [*base, "-Y", "diameter.cmd.code == 262 && diameter.flags.request == 1", "-V"])
+    assert "MIP-HA-to-FA-MSA" in har and "Aaa-Vpn-Session-Root-Key" in har and "MIP-Reg-Request" in har
