@@ -441,3 +441,36 @@ def test_a_bug_costs_one_request_answered_5012() -> None:
         await server.transport.close()
 
     run(main)
+
+
+def test_over_tls_the_origin_host_must_be_the_certificates(tmp_path: Path) -> None:
+    """RFC 6733 section 13: the FA's certificate names FA_HOST; a CER claiming
+    another known peer (the HA) over it is refused 3010, its own is accepted."""
+    import ssl
+
+    from aaa_vpn.net.diameter_server import DiameterHomeServer, DiameterOptions
+    from tests.diameter_lab import HA_HOST, certificates
+
+    ca, (server_key, server_cert), (client_key, client_cert) = certificates(tmp_path, HOME_HOST, FA_HOST)
+
+    async def main() -> None:
+        options = DiameterOptions(
+            HOME_HOST, "home.example", "127.0.0.1", 0,
+            tls_cert=str(server_cert), tls_key=str(server_key), tls_ca=str(ca[1]),
+        )  # fmt: skip
+        server = DiameterHomeServer(home_service(), options)
+        port = (await server.start()).sockets[0].getsockname()[1]
+        context = ssl.create_default_context(cafile=str(ca[1]))
+        context.load_cert_chain(str(client_cert), str(client_key))
+        impostor = Client(HA_HOST, routes={"home.example": [HOME_HOST]})
+        await impostor.transport.connect("127.0.0.1", port, tls=context, server_hostname=HOME_HOST)
+        await wait_for(lambda: impostor.node.counters["peer_down.refused"], 10, "the refusal")
+        assert server.node.counters["dropped.refused"] == 1 and not server.node.peers()
+        honest = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await honest.transport.connect("127.0.0.1", port, tls=context, server_hostname=HOME_HOST)
+        await asyncio.wait_for(honest.up.wait(), 10)
+        assert [p.host for p in server.node.peers()] == [FA_HOST]
+        await honest.transport.close()
+        await server.transport.close()
+
+    run(main)

@@ -9,7 +9,10 @@ of its own; :func:`sctp_available` says what the running kernel does.
 
 A connection is *secure* (keys may be sent on it, roles/diameter_home.py)
 when it runs TLS, or when the operator declared plain TCP protected below
-Diameter (IPsec, a loopback lab): ``plain_is_secure``.
+Diameter (IPsec, a loopback lab): ``plain_is_secure``. A TLS peer that
+presented a certificate (a server requires one with a CA) must name itself
+in it: its CER's Origin-Host is checked against the certificate's DNS names
+and common name (roles/diameter_peer.py rule 2).
 
 Every input goes to the node with the clock's time (``time.time`` unless given); after each one the
 transport delivers the node's events to ``on_event``, writes what the node
@@ -43,6 +46,17 @@ def sctp_available() -> bool:
     return True
 
 
+def _certificate_names(certificate: object) -> frozenset[str] | None:
+    """The DNS names and common names of a verified peer certificate (lower
+    case), or None if the peer presented none."""
+    if not isinstance(certificate, dict) or not certificate:
+        return None
+    names = {value.lower() for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS"}
+    for rdn in certificate.get("subject", ()):
+        names.update(value.lower() for key, value in rdn if key == "commonName")
+    return frozenset(names)
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, owner: DiameterTransport, initiator: bool) -> None:
         self.owner = owner
@@ -53,8 +67,10 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        secure = transport.get_extra_info("sslcontext") is not None or self.owner.plain_is_secure
-        self.id = self.owner.node.connection_made(self.owner.clock(), self.initiator, secure)
+        tls = transport.get_extra_info("sslcontext") is not None
+        secure = tls or self.owner.plain_is_secure
+        names = _certificate_names(transport.get_extra_info("peercert")) if tls and not self.initiator else None
+        self.id = self.owner.node.connection_made(self.owner.clock(), self.initiator, secure, names)
         self.owner.connections[self.id] = self
         self.owner.pump()
 

@@ -17,7 +17,8 @@ Rules (everything that decides what is sent, answered or closed lives here):
    anything but CER/CEA closes the connection (section 5.6: Wait-CER). A CER
    without Origin-Host, Origin-Realm, Host-IP-Address, Vendor-Id or
    Product-Name is answered 5005 DIAMETER_MISSING_AVP; one from a host the
-   node does not accept (``accept_peer``) 3010 DIAMETER_UNKNOWN_PEER; one
+   node does not accept (``accept_peer``), or over TLS from a host its
+   certificate does not name (RFC 6733 section 13), 3010 DIAMETER_UNKNOWN_PEER; one
    with no application in common (the relay application 0xffffffff counts as
    all of them) 5010 DIAMETER_NO_COMMON_APPLICATION; each answer with the E
    bit and followed by a close. A second connection of an already open host
@@ -308,6 +309,8 @@ class PeerConnection:
     """When the watchdog or the open/close timer fires next."""
     close_after_send: bool = False
     closed: bool = False
+    names: frozenset[str] | None = None
+    """The names of the peer's TLS certificate, when it presented one (rule 2)."""
 
 
 # --- the node ------------------------------------------------------------------------------
@@ -378,8 +381,12 @@ class DiameterNode:
         return [c for c in self.connections.values() if c.state is PeerState.OPEN]
 
     # -- inputs ---------------------------------------------------------------------------------
-    def connection_made(self, now: float, initiator: bool, secure: bool = False) -> int:
-        """A transport connection is up; returns its id. The initiator sends CER (rule 2)."""
+    def connection_made(
+        self, now: float, initiator: bool, secure: bool = False, names: frozenset[str] | None = None
+    ) -> int:
+        """A transport connection is up; returns its id. The initiator sends CER
+        (rule 2). ``names``: the identities the peer's TLS certificate holds
+        (lower case), if it presented one: its CER's Origin-Host must be one."""
         conn_id = next(self._ids)
         conn = PeerConnection(
             conn_id,
@@ -388,6 +395,7 @@ class DiameterNode:
             PeerState.WAIT_CEA if initiator else PeerState.WAIT_CER,
             next_hop=self._random(),
             deadline=now + self.options.open_timeout,
+            names=names,
         )
         self.connections[conn_id] = conn
         if initiator:
@@ -713,6 +721,8 @@ class DiameterNode:
             code, text = ResultCode.MISSING_AVP, f"CER without {', '.join(missing)}"
         elif not self.accept_peer(host, realm):
             code, text = ResultCode.UNKNOWN_PEER, f"{host} is not a configured peer"
+        elif conn.names is not None and host.lower() not in conn.names:
+            code, text = ResultCode.UNKNOWN_PEER, f"{host} is not a name of the peer's certificate"
         elif not common:
             code, text = ResultCode.NO_COMMON_APPLICATION, f"no application in common (offered {sorted(theirs)})"
         elif self.peer(host) is not None:
