@@ -351,7 +351,9 @@ def _diameter_client(
     client = FaDiameterClient(
         Identity(config.diameter_host, config.diameter_realm, (config.address,)),
         {"*": [config.diameter_peer_host]},
-        timeout=config.radius_timeout * (1 + config.radius_retries),
+        # RFC 6733's Tx timer: TCP retransmits, so one wait as long as the RADIUS
+        # client's whole patience (at least 5 s) stands for its retransmissions.
+        timeout=max(5.0, config.radius_timeout * (1 + config.radius_retries)),
         random_u32=lambda: int.from_bytes(random_bytes(4), "big"),
     )
     client.registration_of = registration_of
