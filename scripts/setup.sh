@@ -48,6 +48,7 @@ REQUIRED=(
     "-:postgresql"
     "freeDiameterd:freediameterd"
     "/usr/lib/freeDiameter/rt_default.fdx:freediameter-extensions"
+    "openssl:openssl"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke
