@@ -59,6 +59,9 @@ REQUIRED=(
     "chromium:chromium"
     "chromedriver:chromium-driver"
     "systemd-analyze:systemd"
+    "freeDiameterd:freediameterd"
+    "/usr/lib/freeDiameter/rt_default.fdx:freediameter-extensions"
+    "openssl:openssl"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke

@@ -214,12 +214,15 @@ def start(
     home_args: tuple[str, ...] = (),
     aaa_args: tuple[str, ...] = (),
     extra: dict[str, tuple[str, ...]] | None = None,
+    agent_args: dict[str, tuple[str, ...]] | None = None,
+    foreign_toml: str = "",
 ) -> Topology:
     """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
     ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
     ``gw_args``: more options for both gateways, ``home_args`` for the home
     AAA (flow G's lifetimes), ``aaa_args`` for the FAs and the HA; ``extra``: more
-    options by process name."""
+    options by process name; ``agent_args`` for the agents named,
+    ``foreign_toml`` more of the foreign AAA's file."""
     extra = extra or {}
     # The agents' ports are bound here and handed over; the servers bind port 0 and log theirs.
     mip = bind_udp([a for _r, a in AGENTS.values()])
@@ -255,6 +258,7 @@ def start(
             )
             + f'[[realms]]\nname = "home.example"\n[[realms.servers]]\naddress = "{AAA}"\n'
             f'port = {topology.radius_port}\nsecret_file = "aaaf-home.secret"\n'
+            + foreign_toml
         )
         topology.spawn(
             "foreign-aaa",
@@ -281,6 +285,7 @@ def start(
             args += ["--aaa", server, "--secret-file", str(secret), "--coa-port", str(coa.port)]
             args += ["--coa-socket-fd", str(coa.fd(address)), *aaa_args]
             fds.append(coa.fd(address))
+        args += (agent_args or {}).get(name, ())
         topology.spawn(name, *args, *extra.get(name, ()), pass_fds=tuple(fds))
     deadline = time.monotonic() + 20
     waiting = set(AGENTS)

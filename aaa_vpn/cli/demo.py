@@ -28,12 +28,14 @@ def _lab(name: str) -> ModuleType:
     return importlib.import_module(_LAB_MODULES[name])
 
 
-def _run(netns: bool, backend: str, mip_port: int, keep: bool, progress: Any) -> dict[str, Any]:
+def _run(
+    netns: bool, backend: str, mip_port: int, keep: bool, progress: Any, aaa_protocol: str = "radius"
+) -> dict[str, Any]:
     """Run the demo; its report."""
     if not netns:
         demo_module = _lab("demo")
         report: dict[str, Any] = demo_module.run_demo(
-            demo_module.DemoOptions(mip_port=mip_port, keep=keep), progress=progress
+            demo_module.DemoOptions(mip_port=mip_port, keep=keep, aaa_protocol=aaa_protocol), progress=progress
         )
         return report
     directory = Path(tempfile.mkdtemp(prefix="aaa-vpn-netns-demo-"))
@@ -72,8 +74,16 @@ def _run(netns: bool, backend: str, mip_port: int, keep: bool, progress: Any) ->
     show_default=True,
     help="With --netns: the agents' SA backend.",
 )
+@click.option(
+    "--aaa-protocol",
+    type=click.Choice(["radius", "diameter"]),
+    default="radius",
+    show_default=True,
+    help="Without --netns: diameter makes every FA and the HA speak Diameter (RFC 4004) to the foreign and"
+    " the home AAA.",
+)
 @pass_app
-def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, backend: str) -> None:
+def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, backend: str, aaa_protocol: str) -> None:
     """Run the whole system and walk a mobile node through the flows of DESIGN.md.
 
     Without --netns, on loopback with the in-memory SA backend: starts the home
@@ -95,7 +105,7 @@ def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, back
     Exit status 0 when every step succeeded. Everything is stopped and
     removed at the end, also on Ctrl-C."""
     as_json = app.json_output or json_flag
-    report = _run(netns, backend, mip_port, keep, progress=None if as_json else click.echo)
+    report = _run(netns, backend, mip_port, keep, progress=None if as_json else click.echo, aaa_protocol=aaa_protocol)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     if report.get("error") == "interrupted":

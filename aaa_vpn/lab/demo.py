@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -102,6 +103,15 @@ _STOP_GRACE = 5.0
 Expected = dict[str, set[tuple[str, str]]]  # node -> {(path role, peer address)}
 
 
+#: With ``--aaa-protocol diameter``: the home AAA's Diameter options (docs/diameter.md; plain
+#: TCP on loopback is declared protected) and the visited realm of FA1 and FA2.
+_DIAMETER_HOME = (
+    *("--diameter-realm", "home.example", "--diameter-host", "aaa.home.example"),
+    "--diameter-plain-is-secure",
+)
+_VISITED_REALM = "visited.example"
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """How the demo runs."""
@@ -114,6 +124,10 @@ class DemoOptions:
     """Keep the temporary directory (database, logs, state files)."""
     python: str = sys.executable
     """The interpreter that runs ``-m aaa_vpn.cli`` for every process."""
+    aaa_protocol: str = "radius"
+    """``diameter``: the home and the foreign AAA also serve Diameter (RFC
+    4004), every FA asks with AMRs and the HA takes HARs (docs/diameter.md);
+    the foreign AAA still proxies to the home AAA over RADIUS."""
 
 
 @dataclass
@@ -308,6 +322,7 @@ class Topology:
             raise
         self.processes = Processes(directory)
         self.radius_port = 0
+        self.diameter_port = 0
         self.foreign_port = 0
         self._foreign_log_offset = 0
 
@@ -320,16 +335,26 @@ class Topology:
 
     def start(self) -> None:
         files = self.files
-        self.processes.spawn("home-aaa", self._command(*home_aaa_args(files, AAA, self.options.radius_port)))
+        home = home_aaa_args(files, AAA, self.options.radius_port)
+        if self.options.aaa_protocol == "diameter":
+            home += ["--diameter-listen", f"{AAA}:0", *_DIAMETER_HOME]
+        self.processes.spawn("home-aaa", self._command(*home))
         self.processes.wait_ready(_START_TIMEOUT)
         self.radius_port = self.processes.listening_port("home-aaa")
+        if self.options.aaa_protocol == "diameter":
+            self.diameter_port = self._diameter_port()
         config = write_foreign_config(files, LOOPBACK, 0, self.radius_port)
+        diameter = self.options.aaa_protocol == "diameter"
+        if diameter:  # its FAs send it AMRs too (docs/foreign-aaa.md)
+            with config.open("a") as out:
+                out.write(f'\n[diameter]\nlisten = "{AAAF}:0"\nrealm = "{_VISITED_REALM}"\nplain_is_secure = true\n')
         self.processes.spawn(
             "foreign-aaa",
             self._command("serve", "foreign", "--config", str(config), "--log-format", "json", "--log-level", "debug"),
         )
         self.processes.wait_ready(_START_TIMEOUT)
         self.foreign_port = self.processes.listening_port("foreign-aaa")
+        foreign_diameter = self._diameter_port("foreign-aaa") if diameter else 0
         for name, role in AGENTS.items():
             address = LOOPBACK.of(name)
             sockets = {"mip": self.mip.fd(address)}
@@ -350,8 +375,28 @@ class Topology:
                 # Flow G within the demo's seconds: bindings of at most 6 s, a
                 # Binding Request to the HA when half of one is left.
                 args += ["--max-lifetime", str(GATEWAY_MAX_LIFETIME), "--refresh-threshold", "0.5"]
+            if diameter and role in ("fa", "ha"):
+                # Every FA and the HA speak Diameter: FA1 and FA2 to the foreign AAA,
+                # FA3 and the HA to the home AAA (its names are their client names).
+                behind = name in BEHIND_FOREIGN_AAA
+                server = f"{AAAF}:{foreign_diameter}" if behind else f"{AAA}:{self.diameter_port}"
+                realm = "home.example" if role == "ha" else _VISITED_REALM if behind else "visited3.example"
+                args += ["--aaa-protocol", "diameter", "--diameter-server", server]
+                args += ["--diameter-host", name, "--diameter-realm", realm]
+                args += ["--diameter-peer-host", f"aaaf.{_VISITED_REALM}" if behind else _DIAMETER_HOME[3]]
             self.processes.spawn(name, self._command(*args), pass_fds=tuple(sockets.values()))
         self.processes.wait_ready(_START_TIMEOUT)
+
+    def _diameter_port(self, server: str = "home-aaa") -> int:
+        """The port an AAA server's log says its Diameter side listens on."""
+        deadline = time.monotonic() + _START_TIMEOUT
+        pattern = re.compile(r'diameter listening.*?\baddress"?[=:] ?"?[\d.]+:(\d+)')
+        while time.monotonic() < deadline:
+            found = pattern.search(self.processes.log(server).read_text(errors="replace"))
+            if found:
+                return int(found.group(1))
+            time.sleep(0.05)
+        raise LabError(f"{server} did not start its Diameter front end")
 
     def foreign_counters(self) -> dict[str, Any]:
         """Ask the foreign AAA for its counters (SIGUSR1) and read them from its log."""
@@ -811,6 +856,8 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
                     address = ADDRESSES[name]
                     server = "foreign-aaa" if name in BEHIND_FOREIGN_AAA else "home-aaa"
                     asks = f", asks {server}" if role in ("fa", "ha") else ""
+                    if role in ("fa", "ha") and options.aaa_protocol == "diameter":
+                        asks += " over Diameter (RFC 4004)"
                     say(f"[demo]   {name:<11} aaa-vpn agent {role} --address {address}{asks}")
                 topology.start()
                 say(f"[demo] home-aaa on {AAA}:{topology.radius_port}, foreign-aaa on {AAAF}:{topology.foreign_port}")

@@ -67,6 +67,7 @@ from aaa_vpn.net.radsec import RadsecConnector, RadsecServer, TlsError, TlsFiles
 from aaa_vpn.net.systemd_notify import Notifier, keep_watchdog
 from aaa_vpn.roles.accounting_client import AccountedSession, AccountingReporter, TerminateCause, Usage, usage_of
 from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
+from aaa_vpn.roles.diameter_client import HaDiameterClient
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
 from aaa_vpn.roles.ha import HaConfig, HomeAgent, fa_owner
@@ -798,7 +799,13 @@ class AgentNode:
         """The agent's metrics now (docs/metrics.md)."""
         agent = self.agent
         entries = len(agent.visitors) if isinstance(agent, ForeignAgent) else len(agent.bindings)
-        clients = {"radius_client": agent.radius} if isinstance(agent, ForeignAgent | HomeAgent) else {}
+        clients: dict[str, RadiusClient] = {}
+        if isinstance(agent, ForeignAgent | HomeAgent):
+            radius = agent.radius
+            if isinstance(radius, HaDiameterClient):
+                radius = radius.radius  # its RADIUS side; the Diameter peer is counted apart
+            if isinstance(radius, RadiusClient):
+                clients["radius_client"] = radius
         counters = dict(agent.counters + self.counters)
         if self.accounting is not None:
             clients["accounting_client"] = self.accounting.client
@@ -875,6 +882,7 @@ class AgentNode:
         self.radsec = self._radsec_connector()
         for channel, sock in self.sockets.items():
             loop.add_reader(sock.fileno(), readable, channel)
+        link = self._diameter_link(arm)
         self.service()
         arm()
         try:
@@ -887,6 +895,31 @@ class AgentNode:
                 loop.remove_reader(sock.fileno())
             if timer is not None:
                 timer.cancel()
+            if link is not None:
+                await link.close()
+
+    def _diameter_link(self, arm: Callable[[], None]) -> Any:
+        """An FA with ``--aaa-protocol diameter``: its connection (net/diameter_agent.py)."""
+        client = getattr(self.agent, "diameter", None)
+        server = self.settings.diameter_server
+        if client is None or not server:
+            return None
+        from aaa_vpn.net.diameter_agent import DiameterLink, client_tls
+
+        def answers() -> None:
+            try:
+                self.agent.aaa_events(self.clock())  # type: ignore[union-attr]
+            except Exception:  # a bug must cost these answers, never the agent
+                self.counters["dropped.internal_error"] += 1
+                log.exception("internal error handling Diameter answers", extra=fields(node=self.settings.node))
+            self.service()
+            arm()
+
+        settings = self.settings
+        tls = client_tls(settings.diameter_tls_ca, settings.diameter_tls_cert, settings.diameter_tls_key)
+        link = DiameterLink(client, server, self.clock, answers, tls, settings.diameter_peer_host)
+        link.start()
+        return link
 
 
 def run_agent(settings: AgentSettings) -> int:

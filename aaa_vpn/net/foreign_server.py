@@ -39,6 +39,7 @@ import ssl
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from aaa_vpn.model import ValidationError
 from aaa_vpn.net.home_server import ServerError, _bind, _bind_radsec, metrics_total, server_supervision, supervise
@@ -123,9 +124,14 @@ def serve_worker(
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
 
+    front = _diameter_front(settings, service, loop) if index == 0 else None
+
     def flush() -> None:
         nonlocal timer, timer_at
         for datagram in service.outgoing(loop.time()):
+            if front is not None and datagram.pool is None and front.claims(datagram.address):
+                guarded(partial(front.reply, datagram.address, datagram.data))  # an AMR's answer
+                continue
             if datagram.pool is None:
                 if radsec is not None and radsec.deliver(datagram.data, datagram.address):
                     continue
@@ -150,6 +156,11 @@ def serve_worker(
         if timer is not None:
             timer.cancel()
         timer, timer_at = (None, None) if when is None else (loop.call_at(when, on_timer), when)
+
+    def inject(data: bytes, source: tuple[str, int], now: float) -> None:
+        # An AMR's Access-Request (net/foreign_diameter.py), as if received from its FA.
+        guarded(partial(service.receive_from_client, data, source, now))
+        flush()
 
     def on_timer() -> None:
         nonlocal timer, timer_at
@@ -191,6 +202,8 @@ def serve_worker(
             except TimeoutError:
                 pass
             guarded(lambda: service.housekeeping(loop.time()))
+            if front is not None:
+                guarded(lambda: front.expire(loop.time()))
             if time.monotonic() - last_stats >= _STATS_EVERY:
                 _log_counters(service, "counters")
                 last_stats = time.monotonic()
@@ -279,6 +292,9 @@ def serve_worker(
                 radsec="" if radsec is None else f"{radsec.address[0]}:{radsec.address[1]}",
             ),
         )
+        if front is not None:
+            front.inject = inject
+            await front.listen(settings.diameter_listen)
         task = asyncio.ensure_future(housekeeping())
         if notifier is not None:
             notifier.ready(f"foreign AAA on {host}:{port}")
@@ -288,6 +304,9 @@ def serve_worker(
             notifier.stopping()
         if http is not None:
             await http.close()
+        if front is not None:
+            await front.transport.close()
+            log.info("diameter stopped", extra=fields(**dict(sorted(front.counters.items()))))
         loop.remove_reader(sock.fileno())
         loop.remove_reader(accounting_sock.fileno())
         for pool_sock in upstream:
@@ -322,6 +341,24 @@ def client_tls(settings: ForeignServerSettings) -> ssl.SSLContext:
     certificate the listener shows (docs/radsec.md)."""
     assert settings.tls_cert is not None and settings.tls_key is not None and settings.tls_ca is not None
     return client_context(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca))
+
+
+def _diameter_front(settings: ForeignServerSettings, service: ForeignService, loop: asyncio.AbstractEventLoop) -> Any:
+    """The Diameter front end (net/foreign_diameter.py), when the file has a ``[diameter]`` table."""
+    if settings.diameter_listen is None:
+        return None
+    from aaa_vpn.net.foreign_diameter import ForeignDiameterFront
+
+    realms = tuple(r.name for r in settings.realms)
+    return ForeignDiameterFront(
+        settings.diameter_host or f"aaaf.{settings.diameter_realm}",
+        settings.diameter_realm,
+        realms,
+        settings.clients,
+        lambda data, source, now: None,
+        plain_is_secure=settings.diameter_plain_is_secure,
+        clock=loop.time,
+    )
 
 
 def run_foreign_server(settings: ForeignServerSettings) -> int:

@@ -349,8 +349,6 @@ def _bind_radsec(settings: Any, reuse_port: bool) -> socket.socket:
         raise ServerError(f"cannot listen for RadSec on {host}:{port}: {exc.strerror}") from None
 
 
-
-
 def check_home(settings: Any) -> dict[str, Any]:
     """What ``serve home --check`` reports: the database opens with its key
     file and the metrics address is valid; raises ServerError, MetricsError
@@ -436,6 +434,7 @@ def run_home_server(settings: Any, reloader: Callable[[], Any] | None = None) ->
     marks = SessionMarks.shared() if is_url(settings.db_path) else None
     slots = WorkerSlots(workers)
     processes = workers + (marks is not None) + (metrics_sock is not None)
+    diameter = getattr(settings, "diameter_listen", None) is not None  # one more process, the last
     supervision = server_supervision(
         settings, slots, f"home AAA on {address}, {workers} worker(s)", reloader, _home_reload_check
     )
@@ -448,7 +447,9 @@ def run_home_server(settings: Any, reloader: Callable[[], Any] | None = None) ->
                 roles = _roles(
                     settings, workers, marks, (probe, accounting_probe, radsec_probe), slots, metrics_sock, reloader
                 )
-                return supervise(roles, processes, "home AAA", supervision)
+                return supervise(
+                    _with_diameter(settings, roles, processes), processes + diameter, "home AAA", supervision
+                )
             finally:
                 probe.close()
                 accounting_probe.close()
@@ -463,9 +464,8 @@ def run_home_server(settings: Any, reloader: Callable[[], Any] | None = None) ->
             radsec_probe.close()
         probe.close()
         accounting_probe.close()
-        return supervise(
-            _roles(settings, workers, marks, None, slots, metrics_sock, reloader), processes, "home AAA", supervision
-        )
+        roles = _roles(settings, workers, marks, None, slots, metrics_sock, reloader)
+        return supervise(_with_diameter(settings, roles, processes), processes + diameter, "home AAA", supervision)
     finally:
         if metrics_sock is not None:
             metrics_sock.close()
@@ -493,6 +493,22 @@ def metrics_total(slots: WorkerSlots, role: str, started: float) -> Callable[[],
         return total
 
     return collect
+
+
+def _with_diameter(settings: Any, roles: Callable[[int], int], index: int) -> Callable[[int], int]:
+    """Process ``index`` (the one after the others) serves Diameter (net/diameter_server.py)
+    when ``--diameter-listen`` is given."""
+    if getattr(settings, "diameter_listen", None) is None:
+        return roles
+
+    def run(i: int) -> int:
+        if i != index:
+            return roles(i)
+        from aaa_vpn.net.diameter_server import options_from_settings, serve_diameter
+
+        return serve_diameter(_open(settings), options_from_settings(settings))
+
+    return run
 
 
 def _roles(

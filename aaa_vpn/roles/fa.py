@@ -149,6 +149,7 @@ from aaa_vpn import keys
 from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
+from aaa_vpn.roles.diameter_client import FaDiameterClient
 from aaa_vpn.roles.ha import mirror
 from aaa_vpn.roles.radius_client import (
     RadiusClient,
@@ -259,6 +260,16 @@ class FaConfig:
     """Registrations and deregistrations worked on at once (bounds)."""
     max_challenges: int = 4096
     """Challenges issued and not yet answered (bounds)."""
+    aaa_protocol: str = "radius"
+    """``radius``, or ``diameter``: registrations are authorized with AMRs
+    (RFC 4004, roles/diameter_client.py) to ``diameter_peer_host``; CoA and
+    Disconnect still come over RADIUS from ``aaa_servers``."""
+    diameter_host: str = ""
+    """Diameter: this FA's Origin-Host (the home AAA knows it as its RADIUS client's name)."""
+    diameter_realm: str = ""
+    """Diameter: this FA's Origin-Realm."""
+    diameter_peer_host: str = ""
+    """Diameter: the Origin-Host of the peer AMRs go to (the home AAA, or a relay)."""
 
 
 @dataclass
@@ -362,6 +373,23 @@ def _key(home_agent: IPv4Address, identification: int) -> object:
     return (int(home_agent), identification & 0xFFFFFFFF)
 
 
+def _diameter_client(
+    config: FaConfig, random_bytes: Callable[[int], bytes], registration_of: Callable[[object], bytes | None]
+) -> FaDiameterClient:
+    from aaa_vpn.wire.diameter import Identity
+
+    client = FaDiameterClient(
+        Identity(config.diameter_host, config.diameter_realm, (config.address,)),
+        {"*": [config.diameter_peer_host]},
+        # RFC 6733's Tx timer: TCP retransmits, so one wait as long as the RADIUS
+        # client's whole patience (at least 5 s) stands for its retransmissions.
+        timeout=max(5.0, config.radius_timeout * (1 + config.radius_retries)),
+        random_u32=lambda: int.from_bytes(random_bytes(4), "big"),
+    )
+    client.registration_of = registration_of
+    return client
+
+
 class ForeignAgent(Agent):
     """One foreign agent."""
 
@@ -369,7 +397,7 @@ class ForeignAgent(Agent):
         super().__init__()
         self.config = config
         self.random_bytes = random_bytes
-        self.radius = RadiusClient(
+        self.radius: RadiusClient | FaDiameterClient = RadiusClient(
             config.aaa_servers,
             timeout=config.radius_timeout,
             retries=config.radius_retries,
@@ -380,6 +408,11 @@ class ForeignAgent(Agent):
             nas_ip_address=config.address,
             random_bytes=random_bytes,
         )
+        #: The Diameter AAA client when ``aaa_protocol`` is ``diameter`` (its
+        #: transport is the service layer's: net/agents.py).
+        self.diameter: FaDiameterClient | None = None
+        if config.aaa_protocol == "diameter":
+            self.radius = self.diameter = _diameter_client(config, random_bytes, self._registration_of)
         self.visitors: dict[str, Visitor] = {}
         self._challenges: dict[bytes, float] = {}  # issued, not yet used: challenge -> issued at
         self._pending: dict[object, _Pending] = {}  # by the key of its first transmission
@@ -1496,6 +1529,15 @@ class ForeignAgent(Agent):
         self.counters[f"denied.{int(code)}"] += 1
         self._send(Channel.MIP, mip.encode_registration_reply(reply), source)
         self._emit(RegistrationDone(nai, message.home_address, int(code), 0, detail))
+
+    def aaa_events(self, now: float) -> None:
+        """Answers that arrived for the AAA client outside :meth:`receive_datagram`
+        (the Diameter stream): act on them."""
+        self._radius_events(now)
+
+    def _registration_of(self, key: object) -> bytes | None:
+        pending = self._pending.get(self._keys.get(key, key))
+        return pending.request if pending is not None else None
 
     def _inner_timer(self) -> float | None:
         return self.radius.get_timer()

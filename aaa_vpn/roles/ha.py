@@ -120,9 +120,11 @@ from aaa_vpn import keys
 from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
+from aaa_vpn.roles.diameter_client import HaDiameterClient
 from aaa_vpn.roles.radius_client import RadiusClient, RequestAccepted, RequestFailed, RequestRejected, ServerConfig
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import coa, mip
+from aaa_vpn.wire.diameter import Identity
 from aaa_vpn.wire.mip import (
     BindingAcknowledge,
     BindingRequest,
@@ -187,6 +189,15 @@ class HaConfig:
     """Registrations worked on at once (rule 9)."""
     max_answers: int = 4096
     """Replies kept for retransmissions (rule 9)."""
+    aaa_protocol: str = "radius"
+    """``diameter``: the home AAA's HARs (RFC 4004) answer this HA's requests
+    for the registrations it authorized (roles/diameter_client.py); RADIUS the rest."""
+    diameter_host: str = ""
+    """Diameter: this HA's Origin-Host (its RADIUS client name at the home AAA)."""
+    diameter_realm: str = ""
+    """Diameter: this HA's Origin-Realm."""
+    diameter_peer_host: str = ""
+    """Diameter: the home AAA's Origin-Host."""
 
 
 def mirror(path: PathProfile) -> PathProfile:
@@ -336,7 +347,7 @@ class HomeAgent(Agent):
         super().__init__()
         self.config = config
         self.random_bytes = random_bytes
-        self.radius = RadiusClient(
+        self.radius: RadiusClient | HaDiameterClient = RadiusClient(
             config.aaa_servers,
             timeout=config.radius_timeout,
             retries=config.radius_retries,
@@ -347,6 +358,16 @@ class HomeAgent(Agent):
             nas_ip_address=config.address,
             random_bytes=random_bytes,
         )
+        #: With ``aaa_protocol`` ``diameter``: the HARs of the home AAA answer
+        #: this HA's requests, RADIUS the rest (its transport: net/agents.py).
+        self.diameter: HaDiameterClient | None = None
+        if config.aaa_protocol == "diameter":
+            self.radius = self.diameter = HaDiameterClient(
+                Identity(config.diameter_host, config.diameter_realm, (config.address,)),
+                {"*": [config.diameter_peer_host]},
+                self.radius,
+                random_u32=lambda: int.from_bytes(random_bytes(4), "big"),
+            )
         self.bindings: dict[str, Binding] = {}
         self._last_identification: dict[str, int] = {}
         self._pending: dict[object, _Pending] = {}
@@ -1465,6 +1486,11 @@ class HomeAgent(Agent):
             data = append_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key)
         self._send(Channel.MIP, data, source)
         return data
+
+    def aaa_events(self, now: float) -> None:
+        """Requests and answers that arrived outside :meth:`receive_datagram`
+        (the Diameter stream): act on them."""
+        self._radius_events(now)
 
     def _inner_timer(self) -> float | None:
         return self.radius.get_timer()

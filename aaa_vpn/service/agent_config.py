@@ -413,6 +413,47 @@ class AgentSettings:
     """FA: route each visitor's home address to the link its registration came
     from (the Mobile IP data path; off where agents share a host, e.g. tests on
     loopback)."""
+    aaa_protocol: str = setting(
+        "radius",
+        help="How the agent deals with its AAA: RADIUS, or Diameter (RFC 4004, docs/diameter.md): the FA"
+        " sends AMRs, the HA takes HARs (and asks over RADIUS what no HAR answered); --aaa is still needed.",
+        flag="--aaa-protocol",
+        check=Choices("AAA protocol", ("radius", "diameter")),
+        roles=("fa", "ha"),
+    )
+    diameter_server: str | None = setting(
+        None,
+        help="Diameter: the TCP address of the home AAA (or, for an FA, of the visited realm's relay).",
+        flag="--diameter-server",
+        metavar="HOST:PORT",
+        kind=str,
+        roles=("fa", "ha"),
+    )
+    diameter_host: str = setting(
+        "", help="Diameter: the agent's Origin-Host (its RADIUS client name at the home AAA).", flag="--diameter-host",
+        roles=("fa", "ha"),
+    )  # fmt: skip
+    diameter_realm: str = setting(
+        "", help="Diameter: the agent's Origin-Realm.", flag="--diameter-realm", roles=("fa", "ha")
+    )
+    diameter_peer_host: str = setting(
+        "", help="Diameter: the Origin-Host of --diameter-server.", flag="--diameter-peer-host", roles=("fa", "ha")
+    )
+    diameter_tls_ca: Path | None = setting(
+        None,
+        help="Diameter over TLS: the CA that signed the peer's certificate (which must name --diameter-peer-host).",
+        flag="--diameter-tls-ca",
+        kind=Path,
+        roles=("fa", "ha"),
+    )
+    diameter_tls_cert: Path | None = setting(
+        None, help="Diameter over TLS: the agent's certificate (PEM).", flag="--diameter-tls-cert", kind=Path,
+        roles=("fa", "ha"),
+    )  # fmt: skip
+    diameter_tls_key: Path | None = setting(
+        None, help="Diameter over TLS: the agent's private key (PEM).", flag="--diameter-tls-key", kind=Path,
+        roles=("fa", "ha"),
+    )  # fmt: skip
     log_level: str = log_level_setting()
     log_format: str = log_format_setting()
     metrics_listen: str | None = metrics_listen_setting()
@@ -442,6 +483,19 @@ class AgentSettings:
                 f"the gateway key has {len(self.gateway_key)} octets; at least {MIN_GATEWAY_KEY} are required"
             )
         check_declared(self)
+        if self.aaa_protocol == "diameter":
+            missing = [
+                flag
+                for flag, value in (
+                    ("--diameter-server", self.diameter_server),
+                    ("--diameter-host", self.diameter_host),
+                    ("--diameter-realm", self.diameter_realm),
+                    ("--diameter-peer-host", self.diameter_peer_host),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValidationError(f"--aaa-protocol diameter needs {', '.join(missing)}")
         if self.coa_socket_fd is not None and not self.coa_port:
             raise ValidationError("--coa-socket-fd needs the port it is bound to: --coa-port N")
         if self.backend == "strongswan" and self.vici_socket is None:

@@ -254,11 +254,64 @@ class HomeServerSettings:
     radsec_client: tuple[str, ...] = radsec_setting("radsec_client")
     radsec_idle_timeout: float = radsec_setting("radsec_idle_timeout")
     metrics_listen: str | None = metrics_listen_setting()
+    diameter_listen: str | None = setting(
+        None,
+        help="Also serve the Diameter Mobile IPv4 application (RFC 4004) over TCP on ADDR[:PORT]"
+        " (3868 by default; docs/diameter.md).",
+        flag="--diameter-listen",
+        metavar="ADDR[:PORT]",
+        kind=str,
+        shown_default="off",
+    )
+    diameter_realm: str | None = setting(
+        None,
+        help="The Diameter Origin-Realm: the realm of this home AAA's users (needed with --diameter-listen).",
+        flag="--diameter-realm",
+        kind=str,
+    )
+    diameter_host: str | None = setting(
+        None,
+        help="The Diameter Origin-Host (an FQDN).",
+        flag="--diameter-host",
+        kind=str,
+        shown_default="aaa.REALM",
+    )
+    diameter_peers: tuple[str, ...] | None = setting(
+        None,
+        help="A Diameter peer (Origin-Host) accepted besides the RADIUS clients' names, e.g. a relay.",
+        flag="--diameter-peer",
+        metavar="HOST",
+        multiple=True,
+        kind=str,
+        shown_default="none",
+    )
+    diameter_plain_is_secure: bool = setting(
+        False,
+        help="Plain TCP to the Diameter peers is protected below Diameter (IPsec, a lab on loopback): keys"
+        " may be sent on it. Without it and without TLS every AMR is answered 5025.",
+        flag="--diameter-plain-is-secure",
+    )
+    diameter_tls_cert: Path | None = setting(
+        None, help="Diameter over TLS: this server's certificate (PEM).", flag="--diameter-tls-cert", kind=Path
+    )
+    diameter_tls_key: Path | None = setting(
+        None, help="Diameter over TLS: its private key (PEM).", flag="--diameter-tls-key", kind=Path
+    )
+    diameter_tls_ca: Path | None = setting(
+        None,
+        help="Diameter over TLS: peers must present a certificate this CA signed.",
+        flag="--diameter-tls-ca",
+        kind=Path,
+    )
 
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
         check_declared(self)
         check_radsec(self)
+        if self.diameter_peers == ():  # the command line gives () for an option not given
+            object.__setattr__(self, "diameter_peers", None)
+        if self.diameter_listen is not None and not self.diameter_realm:
+            raise ValidationError("--diameter-listen needs --diameter-realm")
 
     @property
     def accounting(self) -> int:
@@ -301,6 +354,15 @@ class ForeignServerSettings:
     radsec_client: tuple[str, ...] = radsec_setting("radsec_client")
     radsec_idle_timeout: float = radsec_setting("radsec_idle_timeout")
     metrics_listen: str | None = metrics_listen_setting()
+    diameter_listen: str | None = None
+    """The ``[diameter]`` table's ``listen`` (ADDR[:PORT]): the first worker also
+    takes its FAs' AMRs (RFC 4004) over TCP (net/foreign_diameter.py)."""
+    diameter_host: str = ""
+    """``[diameter]`` ``host``: its Origin-Host (default ``aaaf.`` + the first realm)."""
+    diameter_realm: str = ""
+    """``[diameter]`` ``realm``: its Origin-Realm, the visited realm."""
+    diameter_plain_is_secure: bool = False
+    """``[diameter]`` ``plain_is_secure``: plain TCP to its FAs is protected below Diameter."""
 
     def __post_init__(self) -> None:
         check_declared(self)

@@ -86,7 +86,9 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "tls_ca": str,
     "radsec_client": list,
     "radsec_idle_timeout": (int, float),
+    "diameter": dict,
 }
+_DIAMETER: dict[str, type | tuple[type, ...]] = {"listen": str, "host": str, "realm": str, "plain_is_secure": bool}
 _UPSTREAM: dict[str, type | tuple[type, ...]] = {
     "timeout": (int, float),
     "max_timeout": (int, float),
@@ -180,6 +182,14 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         if interval < 0:
             raise reader.error("upstream.status_interval", "must be >= 0 (0: no Status-Server probes)")
         values["status_interval"] = float(interval) or None
+    diameter = reader.table(top.get("diameter", {}), "diameter", _DIAMETER)
+    if diameter:
+        if "listen" not in diameter or "realm" not in diameter:
+            raise reader.error("diameter", "needs listen (ADDR[:PORT]) and realm")
+        values["diameter_listen"] = diameter["listen"]
+        values["diameter_realm"] = diameter["realm"]
+        values["diameter_host"] = diameter.get("host", "")
+        values["diameter_plain_is_secure"] = diameter.get("plain_is_secure", False)
     values["clients"] = _clients(reader, top.get("clients", []))
     values["realms"] = _realms(reader, top.get("realms", []))
     if reader.inline_secrets:

@@ -1,0 +1,166 @@
+"""A foreign agent that speaks Diameter (``aaa-vpn agent fa --aaa-protocol
+diameter``) in the live loopback topology of tests/test_agents_live.py: every
+process real (home AAA with ``--diameter-listen``, HA and gateways over RADIUS,
+FA1 over Diameter, ``aaa-vpn mn``), SAs in the memory backend. The node
+registers through FA1 (flows A + B: the AMR's AMA installs FA1's paths, the
+HA asks over RADIUS as always), renews, moves to FA2 (RADIUS) and back, and
+deregisters."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mobility import AAA, FA1, FA2, HA
+from tests.test_agents_live import AFTER_REGISTRATION, Topology, assert_mirrored, start
+
+FA1_HOST = f"c-{FA1.replace('.', '-')}"  # FA1's RADIUS client name at the home AAA
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+HA_HOST = f"c-{HA.replace('.', '-')}"
+
+
+def _diameter(port: int, host: str, realm: str) -> tuple[str, ...]:
+    return ("--aaa-protocol", "diameter", "--diameter-server", f"{AAA}:{port}", "--diameter-host", host,
+            "--diameter-realm", realm, "--diameter-peer-host", "aaa.home.example")  # fmt: skip
+
+
+@pytest.fixture(params=["fa1", "fa1+ha"])
+def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """FA1 over Diameter; with ``fa1+ha`` the HA too (it takes the home AAA's HARs)."""
+    port = _free_port(AAA)
+    home = ("--diameter-listen", f"{AAA}:{port}", "--diameter-realm", "home.example",
+            "--diameter-host", "aaa.home.example", "--diameter-plain-is-secure")  # fmt: skip
+    agents = {"fa1": _diameter(port, FA1_HOST, "visited.example")}
+    if request.param == "fa1+ha":
+        agents["ha"] = _diameter(port, HA_HOST, "home.example")
+    running = start(tmp_path, home_args=home, agent_args=agents)
+    running.diameter_ha = request.param == "fa1+ha"  # type: ignore[attr-defined]
+    try:
+        yield running
+    finally:
+        codes = running.stop()
+        logs = "\n".join(f"--- {n}\n{p.read_text()[-3000:]}" for n, p in running.logs.items())
+        assert codes == dict.fromkeys(codes, 0), f"exit codes {codes}\n{logs}"
+
+
+def test_fa_over_diameter_registers_renews_moves_and_deregisters(topology: Topology) -> None:
+    home_log = topology.logs["home-aaa"]
+    fa1_log = topology.logs["fa1"]
+
+    def diameter_up() -> bool:
+        return "diameter peer up" in fa1_log.read_text(errors="replace")
+
+    topology_wait(diameter_up, "FA1's CER/CEA with the home AAA")
+    diameter_ha = getattr(topology, "diameter_ha", False)
+    if diameter_ha:
+        topology_wait(
+            lambda: f"peer={HA_HOST}" in home_log.read_text(errors="replace"), "the HA's CER/CEA with the home AAA"
+        )
+    code, result = topology.mn("register", "--fa", FA1)
+    assert (code, result["code"], result["accepted"]) == (0, 0, True), (result, fa1_log.read_text()[-3000:])
+    assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+    assert_mirrored(topology, "fa1", "ha", "FA_HA")
+    # FA1's registration was decided by the home AAA's Diameter process, not a RADIUS worker.
+    text = home_log.read_text(errors="replace")
+    diameter_pid = re.search(r"aaa_vpn\.diameter\[(\d+)\]: diameter listening", text)
+    created = re.search(rf"aaa_vpn\.home\[(\d+)\]: session created .*client={FA1_HOST} ", text)
+    assert diameter_pid and created and created.group(1) == diameter_pid.group(1), text[-3000:]
+    # The HA's part: with a Diameter HA the home AAA decided it for the HAR
+    # (in its Diameter process) and the HA asked nothing over RADIUS.
+    asked = re.findall(r"aaa_vpn\.home\[(\d+)\]: session \w+ .*client=" + HA_HOST + " request=ha_registration", text)
+    assert asked, text[-3000:]
+    assert (set(asked) == {diameter_pid.group(1)}) == diameter_ha, (asked, diameter_pid.group(1))
+
+    # A renewal through FA1: the same Diameter session, the same keys.
+    before = topology.state("fa1")["sas"]
+    code, result = topology.mn("register", "--fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    assert topology.state("fa1")["sas"] == before
+
+    # Move to FA2 (RADIUS) and back to FA1 (Diameter): the same session moves.
+    code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+    code, result = topology.mn("register", "--fa", FA1, "--previous-fa", FA2)
+    assert (code, result["code"]) == (0, 0), result
+
+    code, result = topology.mn("deregister", "--fa", FA1)
+    assert (code, result["code"]) == (0, 0), result
+
+
+def topology_wait(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.05)
+
+
+def test_the_demo_runs_with_diameter() -> None:
+    import json
+    import shutil
+
+    from aaa_vpn.lab.demo import DemoOptions, run_demo
+
+    report = run_demo(DemoOptions(aaa_protocol="diameter", keep=True))
+    directory = Path(report["directory"])
+    try:
+        assert report["ok"], json.dumps(report, indent=1)[-4000:]
+        text = (directory / "home-aaa.log").read_text()
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        stopped = [line for line in lines if line.get("msg") == "diameter stopped"]
+        # FA3's registrations (flow D, twice) were AMRs answered by the home AAA's Diameter
+        # process, which sent the HA a HAR for each.
+        assert stopped and stopped[0]["diameter_amr_accepted"] >= 2, stopped
+        assert stopped[0]["diameter_received_HAA"] == stopped[0]["diameter_amr_accepted"], stopped
+        text = (directory / "foreign-aaa.log").read_text()
+        foreign = [json.loads(line) for line in text.splitlines() if '"diameter stopped"' in line]
+        assert foreign and foreign[0]["diameter_amr_accepted"] >= 3, foreign  # FA1, FA2, FA1 again
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_foreign_aaa_serves_its_fas_over_diameter(tmp_path: Path) -> None:
+    """The visited domain's foreign AAA with a ``[diameter]`` table: FA1 and
+    FA2 send it AMRs; the first registration is proxied to the home AAA over
+    RADIUS (flow A), the handoff to FA2 answered from its cache (flow C)."""
+    from tests.test_agents_live import AFTER_REGISTRATION as A
+
+    port = _free_port("127.0.0.3")
+    toml = f'[diameter]\nlisten = "127.0.0.3:{port}"\nrealm = "visited.example"\nplain_is_secure = true\n'
+    agents = {
+        name: ("--aaa-protocol", "diameter", "--diameter-server", f"127.0.0.3:{port}", "--diameter-host",
+               f"fa-{address}", "--diameter-realm", "visited.example", "--diameter-peer-host", "aaaf.visited.example")
+        for name, address in (("fa1", FA1), ("fa2", FA2))
+    }  # fmt: skip
+    topology = start(tmp_path, foreign=True, agent_args=agents, foreign_toml=toml)
+    try:
+        foreign_log = topology.logs["foreign-aaa"]
+        topology_wait(lambda: foreign_log.read_text(errors="replace").count("diameter peer up") >= 2, "FA1/FA2 CER")
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"], result["accepted"]) == (0, 0, True), (result, foreign_log.read_text()[-3000:])
+        assert topology.wait_for(A) == A
+        home_before = topology.logs["home-aaa"].read_text(errors="replace").count("request=fa_registration")
+        code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        # Flow C: the foreign AAA answered the handoff itself; the home AAA saw no FA registration.
+        home_after = topology.logs["home-aaa"].read_text(errors="replace").count("request=fa_registration")
+        assert home_after == home_before
+        code, result = topology.mn("deregister", "--fa", FA2)
+        assert (code, result["code"]) == (0, 0), result
+    finally:
+        codes = topology.stop()
+        logs = "\n".join(f"--- {n}\n{p.read_text()[-2000:]}" for n, p in topology.logs.items())
+        assert codes == dict.fromkeys(codes, 0), f"exit codes {codes}\n{logs}"
+    stopped = re.search(r"diameter stopped .*diameter_amr_accepted=(\d+)", foreign_log.read_text())
+    assert stopped and int(stopped.group(1)) == 2, foreign_log.read_text()[-2000:]  # FA1's and FA2's AMRs
