@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -235,3 +236,44 @@ def test_the_log_is_structured_and_holds_no_secret(topology: Topology) -> None:
     assert "upstream_failovers=" in text
     for secret in (FA_SECRET, AAAF_SECRET, MN_SECRET):
         assert secret.decode() not in text
+
+
+def test_sighup_reloads_the_clients_and_keeps_the_running_configuration_on_a_broken_file(tmp_path: Path) -> None:
+    dead = silent_server()
+    config, log = tmp_path / "foreign.toml", tmp_path / "foreign.log"
+
+    def write(secret: str, realm: str = "home.example", broken: bool = False) -> None:
+        config.write_text(
+            f'listen = "{AAAF}"\nport = 0\n'
+            + ("[[clients]\n" if broken else "[[clients]]\n")
+            + f'name = "fa-lo"\naddress = "127.0.0.1"\nsecret = "{secret}"\n'
+            + f'[[realms]]\nname = "{realm}"\n[[realms.servers]]\naddress = "127.0.0.1"\nport = {dead.port}\n'
+            + f'secret = "{AAAF_SECRET.decode()}"\n'
+        )
+        config.chmod(0o600)
+
+    def reloaded(times: int, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while log.read_text().count(what) < times:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+
+    old, new = b"fa-secret-before-hup", b"fa-secret-after-hup"
+    write(old.decode())
+    process = start_foreign(config, log)
+    try:
+        address = (AAAF, served_port(process, log))
+        wait_until_serving(address, old)
+        write(new.decode(), realm="other.example")
+        process.send_signal(signal.SIGHUP)
+        reloaded(1, "configuration reloaded")
+        assert status_server(address, new).reply is not None, "the new secret is the client's now"
+        assert status_server(address, old, timeout=0.5).reply is None, "the old one is not"
+        assert "changed setting needs a restart" in log.read_text() and "realms" in log.read_text()
+        write("whatever", broken=True)
+        process.send_signal(signal.SIGHUP)
+        reloaded(1, "reload failed: keeping the running configuration")
+        assert status_server(address, new).reply is not None
+    finally:
+        dead.close()
+        assert stop(process) == 0, log.read_text()[-2000:]

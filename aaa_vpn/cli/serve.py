@@ -96,9 +96,11 @@ def _foreign_settings(config_path: Path, overrides: dict[str, Any]) -> ForeignSe
     return settings
 
 
-def _run_foreign_server(settings: ForeignServerSettings) -> int:
+def _run_foreign_server(
+    settings: ForeignServerSettings, reloader: Callable[[], ForeignServerSettings] | None = None
+) -> int:
     server = importlib.import_module("aaa_vpn.net.foreign_server")
-    return int(server.run_foreign_server(settings))
+    return int(server.run_foreign_server(settings, reloader))
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -165,7 +167,8 @@ def serve_home(app: App, /, check: bool, **options: Any) -> None:
 @pass_app
 def serve_foreign(app: App, /, config_path: Path, check: bool, **options: Any) -> None:
     """Run the foreign-domain AAA: a RADIUS proxy routing by NAI realm to home AAA pools."""
-    settings = _foreign_settings(config_path, given_options(click.get_current_context(), options))
+    given = given_options(click.get_current_context(), options)
+    settings = _foreign_settings(config_path, given)
     if check:
         document = {
             "config": str(config_path),
@@ -180,4 +183,5 @@ def serve_foreign(app: App, /, config_path: Path, check: bool, **options: Any) -
         lines += [f"realm {r.name} -> {', '.join(s.name for s in r.servers)}" for r in settings.realms]
         emit(app, document, "\n".join(lines))
         return
-    exit_with(_run_foreign_server(settings))
+    # SIGHUP reads the file again, with the same command-line options winning.
+    exit_with(_run_foreign_server(settings, lambda: _foreign_settings(config_path, given)))

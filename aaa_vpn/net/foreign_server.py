@@ -18,8 +18,12 @@ source address and port, so one FA's retransmissions always reach the same
 worker, but a handoff may reach a worker that did not proxy the session. The
 parent checks the configuration and address before it forks, restarts a
 worker that dies (and stops when they keep dying) and forwards SIGTERM/SIGINT
-for a graceful stop; SIGUSR1 logs the counters. SIGHUP does not reload the
-configuration (restart the proxy to change it); it is logged and ignored.
+for a graceful stop; SIGUSR1 logs the counters. SIGHUP reads the file again
+and applies what needs no new socket or pool -- the clients and their secrets,
+the log level and format, the duplicate cache's time -- between two batches,
+so no request is dropped; a changed listen address, port, worker count or
+realm is logged as needing a restart, and a file that no longer reads keeps
+the running configuration.
 
 Metrics (``--metrics-listen``, docs/metrics.md): one worker serves them from
 its own loop; several publish into shared slots and a process of their own
@@ -90,6 +94,7 @@ def serve_worker(
     slots: WorkerSlots | None = None,
     metrics_sock: socket.socket | None = None,
     notifier: Notifier | None = None,
+    reloader: Callable[[], ForeignServerSettings] | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``,
     ``accounting_sock`` and ``radsec_sock`` (with ``radsec_listen``): bound
@@ -219,6 +224,23 @@ def serve_worker(
         guarded(partial(service.receive_from_upstream, packet, source, pool, loop.time()))
         flush()
 
+    def reload() -> None:
+        if reloader is None:
+            log.warning("SIGHUP: no configuration file to read again; restart the foreign AAA to change it")
+            return
+        try:
+            new = reloader()
+        except Exception as exc:  # noqa: BLE001 - a file that no longer reads keeps the running configuration
+            log.error("reload failed: keeping the running configuration", extra=fields(worker=index, error=str(exc)))
+            return
+        if notifier is not None:  # the only process: systemd hears of it from here
+            notifier.reloading()
+        for name in service.apply_reload(new):
+            log.warning("changed setting needs a restart to take effect", extra=fields(worker=index, setting=name))
+        log.info("configuration reloaded", extra=fields(worker=index, clients=len(new.clients)))
+        if notifier is not None:
+            notifier.ready(f"foreign AAA on {settings.listen}")
+
     def collect() -> Snapshot:
         snapshot = service.snapshot(loop.time())
         if slots is None:  # the only process: its own gauges
@@ -273,10 +295,7 @@ def serve_worker(
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, lambda: _log_counters(service, "counters"))
-        loop.add_signal_handler(
-            signal.SIGHUP,
-            lambda: log.warning("SIGHUP: the foreign AAA does not reload its configuration; restart it to change it"),
-        )
+        loop.add_signal_handler(signal.SIGHUP, reload)
         if publisher is not None:
             publish()
         if http is not None:
@@ -361,7 +380,9 @@ def _diameter_front(settings: ForeignServerSettings, service: ForeignService, lo
     )
 
 
-def run_foreign_server(settings: ForeignServerSettings) -> int:
+def run_foreign_server(
+    settings: ForeignServerSettings, reloader: Callable[[], ForeignServerSettings] | None = None
+) -> int:
     """Entry point of ``aaa-vpn serve foreign``; returns the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
     metrics_sock: socket.socket | None = None
@@ -426,6 +447,7 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
                 radsec_sock=radsec_probe,
                 metrics_sock=metrics_sock,
                 notifier=Notifier(),
+                reloader=reloader,
             )
         address = f"{settings.listen}:{probe.getsockname()[1]}"
         # workers share one concrete port for each
@@ -437,26 +459,51 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
             radsec_probe.close()
         probe.close()
         accounting_probe.close()
-        return _supervise(settings, metrics_sock, f"foreign AAA on {address}, {settings.workers} workers")
+        return _supervise(settings, metrics_sock, f"foreign AAA on {address}, {settings.workers} workers", reloader)
     finally:
         if metrics_sock is not None:
             metrics_sock.close()
 
 
-def _supervise(settings: ForeignServerSettings, metrics_sock: socket.socket | None, status: str) -> int:
+def _supervise(
+    settings: ForeignServerSettings,
+    metrics_sock: socket.socket | None,
+    status: str,
+    reloader: Callable[[], ForeignServerSettings] | None = None,
+) -> int:
     """Several workers (and, with metrics, the process that serves their sum)."""
     slots = WorkerSlots(settings.workers)
     started = time.time()
 
     def run(index: int) -> int:
         if index < settings.workers:
-            return serve_worker(settings, index, slots=slots)
+            return serve_worker(settings, index, slots=slots, reloader=_concrete(settings, reloader))
         assert metrics_sock is not None
         return serve_metrics_process(metrics_sock, metrics_total(slots, "foreign", started))
 
     processes = settings.workers + (metrics_sock is not None)
-    supervision = server_supervision(settings, slots, status, None, lambda _old, _new: None)
+    supervision = server_supervision(
+        settings,
+        slots,
+        status,
+        _concrete(settings, reloader),
+        lambda _old, new: configure_logging(new.log_level, new.log_format),
+    )
     return supervise(run, processes, "foreign AAA", supervision)
+
+
+def _concrete(
+    settings: ForeignServerSettings, reloader: Callable[[], ForeignServerSettings] | None
+) -> Callable[[], ForeignServerSettings] | None:
+    """The file read again, with the ports the workers share (port 0 became a
+    concrete port at start: the file's 0 is no change)."""
+    if reloader is None:
+        return None
+
+    def read() -> ForeignServerSettings:
+        return dataclasses.replace(reloader(), port=settings.port, accounting_port=settings.accounting_port)
+
+    return read
 
 
 __all__ = ["run_foreign_server", "serve_worker"]

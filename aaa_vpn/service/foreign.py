@@ -54,7 +54,7 @@ from aaa_vpn.service.config import (
     ForeignServerSettings,
     read_toml,
 )
-from aaa_vpn.service.logging import fields
+from aaa_vpn.service.logging import configure_logging, fields
 from aaa_vpn.service.metrics import Recorder, Snapshot
 from aaa_vpn.service.settings import TomlReader, parse_ipv4
 from aaa_vpn.wire.nai import realm_problem
@@ -376,6 +376,24 @@ class ForeignService:
     ) -> None:
         self._count_request("acct", data, source, now)
         self.aaa.receive_accounting(data, source, now, client)
+
+    def apply_reload(self, new: ForeignServerSettings) -> list[str]:
+        """A worker's part of a reload (SIGHUP): the clients and their secrets,
+        logging and the duplicate cache's time take effect now; returns the
+        names of the changed settings that need a restart."""
+        configure_logging(new.log_level, new.log_format)
+        self.aaa.server.set_clients(new.clients)
+        self.aaa.accounting_server.set_clients(new.clients)
+        self.aaa.server.duplicates.ttl = new.dup_cache_seconds
+        self.aaa.accounting_server.duplicates.ttl = new.dup_cache_seconds
+        current = self.settings
+        fixed = [
+            name
+            for name in ("listen", "workers", "source_address", "realms", "timeout", "retries", "max_timeout")
+            if getattr(new, name) != getattr(current, name)
+        ]
+        self.settings = replace(new, realms=current.realms)
+        return fixed
 
     def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
         self.aaa.receive_from_upstream(data, source, pool, now)

@@ -7,9 +7,9 @@ Rules:
    serves and ``WATCHDOG=1`` while it is healthy (net/systemd_notify.py);
    ``WatchdogSec=`` restarts one whose loop stops.
 2. The configuration is checked before every start (``ExecStartPre=... --check``)
-   and, for the home AAA, before every reload (``ExecReload=`` runs the check
-   first, then sends SIGHUP, which reloads without dropping requests). The
-   foreign AAA and the agents do not reload: ``systemctl restart`` them.
+   and, for the home and the foreign AAA, before every reload (``ExecReload=``
+   runs the check first, then sends SIGHUP, which reloads without dropping
+   requests). The agents do not reload: ``systemctl restart`` them.
 3. Hardening: a dedicated user (``aaa-vpn``, made by the ``sysusers.d`` file
    written beside the units), no new privileges, the whole file system
    read-only (``ProtectSystem=strict``) except the state directory
@@ -59,6 +59,7 @@ UNITS: tuple[Unit, ...] = (
         "aaa-vpn-foreign.service",
         "aaa_vpn foreign AAA (RADIUS proxy by realm)",
         f"serve foreign --config {CONFIG_DIRECTORY}/foreign.toml",
+        reload=True,
     ),
     Unit(
         "aaa-vpn-fa@.service",
