@@ -750,7 +750,13 @@ def run_netns_demo(
         say("note: with strongSwan's kernel-libipsec smooth handoff is off (docs/sa-backends.md)")
         smooth = False
     lab = Lab(directory, backend=backend, forwarding_lifetime=10 if smooth else 0)
-    report: dict[str, Any] = {"backend": backend, "smooth_handoff": smooth, "directory": str(directory), "steps": []}
+    report: dict[str, Any] = {
+        "backend": backend,
+        "smooth_handoff": smooth,
+        "directory": str(directory),
+        "namespace_prefix": lab.prefix,
+        "steps": [],
+    }
     started = time.monotonic()
     try:
         say(f"building the topology in network namespaces {lab.prefix}* ({backend} backend) ...")
