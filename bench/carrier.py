@@ -105,6 +105,55 @@ def load_for(base: Path, clients: int) -> rt.Load:
     return rt.Load(dict_dir=rt.DICT_DIR / "freeradius", req_file=req, clients=clients)
 
 
+def bench_user(n: int) -> str:
+    return f"user{n:05d}@home.example"
+
+
+def add_users(url: str, key: Path, count: int) -> None:
+    """``count`` more users like the bench user (same MN-AAA secret, the same two VPN
+    records), each with a home address of its own: first registrations of
+    distinct users, as a carrier's FAs send them."""
+    from ipaddress import IPv4Address, IPv4Network
+
+    from aaa_vpn.model import User, VpnRecord
+    from aaa_vpn.secret import Secret
+    from aaa_vpn.store import open_store
+
+    store = open_store(url, key)
+    try:
+        with store.transaction():
+            for n in range(count):
+                nai = bench_user(n)
+                store.add_user(
+                    User(
+                        nai,
+                        IPv4Address(rt.HOME_AGENT),
+                        Secret(rt.MN_AAA_SECRET.encode()),
+                        rt.MN_HA_SPI,
+                        Secret(bytes.fromhex(rt.MN_HA_KEY)),
+                        IPv4Address(int(IPv4Address("10.64.0.0")) + n),
+                    )
+                )
+                for prefix, gateway in ((rt.PREFIX_STATIC, "gw-static"), (rt.PREFIX_DYNAMIC, "gw-dynamic")):
+                    store.add_vpn_record(VpnRecord(nai, IPv4Network(prefix), gateway, "gold", qos="video"))
+    finally:
+        store.close()
+
+
+def distinct_loads(base: Path, processes: int) -> list[rt.Load]:
+    """One request file per radclient process, 64 distinct users each."""
+    loads = []
+    for i in range(processes):
+        req = base / f"req-{i}.txt"
+        texts = [
+            rt.request_text(rt.fa_challenge()).replace(f'"{rt.NAI}"', f'"{bench_user(i * rt.IN_FLIGHT + j)}"')
+            for j in range(rt.IN_FLIGHT)
+        ]
+        req.write_text("\n".join(texts))
+        loads.append(rt.Load(dict_dir=rt.DICT_DIR / "freeradius", req_file=req, clients=1))
+    return loads
+
+
 def renewals(load: rt.Load, port: int) -> None:
     """From now on the request file renews the probe's session, naming its view."""
     out = rt.probe(load, port) or ""
@@ -116,14 +165,13 @@ def renewals(load: rt.Load, port: int) -> None:
     load.req_file.write_text(load.req_file.read_text().replace("Message-Authenticator", line + "Message-Authenticator"))
 
 
-def parallel(load: rt.Load, targets: list[tuple[int, int]], total: int) -> tuple[float, int, int]:
-    """radclient processes against (port, processes) pairs at once; (seconds, accepted, not accepted)."""
-    per = max(1, -(-total // (sum(n for _, n in targets) * load.in_flight)))
+def parallel(targets: list[tuple[int, rt.Load]], total: int) -> tuple[float, int, int]:
+    """One radclient process per (port, load) at once; (seconds, accepted, not accepted)."""
+    per = max(1, -(-total // (len(targets) * rt.IN_FLIGHT)))
     started = time.perf_counter()
     procs = [
         subprocess.Popen(load.argv(port, per), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for port, count in targets
-        for _ in range(count)
+        for port, load in targets
     ]
     outputs = [p.communicate()[0] for p in procs]
     elapsed = time.perf_counter() - started
@@ -140,6 +188,9 @@ def run_nodes(args: argparse.Namespace) -> str:
         key = base / "server.key"
         url = pg.create_database("bench")
         provision(url, key, commands)
+        if args.kind == "initial":
+            add_users(url, key, args.clients * rt.IN_FLIGHT)
+            commands.append(f"(and {args.clients * rt.IN_FLIGHT} users like it, through the store: add_users)")
         load = load_for(base, args.clients)
         for nodes in args.nodes:
             started = [start_node(url, key, base, n + 1) for n in range(nodes)]
@@ -152,11 +203,15 @@ def run_nodes(args: argparse.Namespace) -> str:
                     renewals(load, started[0][1])
                     for _process, port in started[1:]:
                         rt.probe(load, port)  # its memo learns the session
-                share = [(port, max(1, args.clients // nodes)) for _process, port in started]
+                ports = [port for _process, port in started]
+                if args.kind == "initial":  # distinct users, each radclient its own
+                    share = [(ports[i % nodes], one) for i, one in enumerate(distinct_loads(base, args.clients))]
+                else:
+                    share = [(ports[i % nodes], load) for i in range(args.clients)]
                 rates, cpus, splits = [], [], []
                 for _round in range(args.rounds):
                     before = [rt.tree_cpu(p.pid)[0] for p, _ in started]
-                    elapsed, accepted, other = parallel(load, share, args.requests)
+                    elapsed, accepted, other = parallel(share, args.requests)
                     after = [rt.tree_cpu(p.pid)[0] for p, _ in started]
                     used = [a - b for a, b in zip(after, before, strict=True)]
                     rates.append(accepted / elapsed)
