@@ -377,6 +377,12 @@ def test_both_ends_up_traffic_only_esp_in_udp_delete_both(lab2: Lab, require_too
     inner = {str(MN1), str(CN)}
     assert not [f for f in frames if inner & {*f[1].split(","), *f[2].split(",")}], "an inner address in clear"
     assert not any("icmp" in f[0] for f in frames), "an inner packet went in clear"
+    # Charon's counters, as accounting reads them: the three pings each way (84-octet inner packets).
+    counted = {c.direction.value: c for c in fa.counters("s1/FA_HA")}
+    assert set(counted) == {"in", "out"} and counted["out"].spi == fa_child.spi_out
+    assert counted["out"].packets >= 3 and counted["in"].packets >= 3, counted
+    assert counted["out"].octets >= 3 * 84 and counted["in"].octets >= 3 * 84, counted
+    assert fa.counters("another/owner") == []
 
     # The initiator deletes: both ends lose the SA; the FA keeps its loaded end until it deletes too.
     assert ha.delete("s1/FA_HA") == 1

@@ -97,6 +97,7 @@ from aaa_vpn.sa.base import (
     validate_path,
 )
 from aaa_vpn.sa.charon import FWMARK
+from aaa_vpn.sa.memory import Direction, SaCounters
 from aaa_vpn.sa.routing import PolicyRouting
 from aaa_vpn.sa.tun import IpCommand, NetnsError
 from aaa_vpn.wire.profile import PathProfile, PathRole
@@ -301,6 +302,10 @@ class ChildSaState:
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
     life_time: int  # seconds left before the hard expiry
+    bytes_in: int = 0  # inner octets and packets through it, as charon counts them
+    packets_in: int = 0
+    bytes_out: int = 0
+    packets_out: int = 0
 
 
 @dataclass(frozen=True)
@@ -347,6 +352,10 @@ def _ike_sa(name: str, sa: Mapping[str, object]) -> IkeSaState:
             local_ts=_texts(child.get("local-ts")),
             remote_ts=_texts(child.get("remote-ts")),
             life_time=_int(child.get("life-time")),
+            bytes_in=_int(child.get("bytes-in")),
+            packets_in=_int(child.get("packets-in")),
+            bytes_out=_int(child.get("bytes-out")),
+            packets_out=_int(child.get("packets-out")),
         )
         for child in map(_section, _section(sa.get("child-sas")).values())
     )
@@ -721,6 +730,23 @@ class StrongSwanBackend:
                     continue
                 if peer is None or parsed.peer == peer:
                     result.append(sa)
+        return result
+
+    def counters(self, owner: str | None = None) -> list[SaCounters]:
+        """Per-SA counters of ``owner``'s CHILD_SAs (all, if None) from charon's
+        ``list-sas`` (inbound then outbound per CHILD_SA): what accounting
+        reads (docs/accounting.md), in the shape of the memory backend's. An
+        SA charon re-keyed counts from its new CHILD_SA on."""
+        result: list[SaCounters] = []
+        for sa in self.sas(owner):
+            parsed = parse_connection_name(sa.name)
+            peer = parsed.peer if parsed is not None else IPv4Address(0)
+            name = parsed.owner if parsed is not None else sa.name
+            for child in sa.installed:
+                result.append(SaCounters(name, Direction.IN, child.spi_in, peer, child.packets_in, child.bytes_in, {}))
+                result.append(
+                    SaCounters(name, Direction.OUT, child.spi_out, peer, child.packets_out, child.bytes_out, {})
+                )
         return result
 
     def daemon_version(self) -> str:
