@@ -30,6 +30,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -808,6 +809,52 @@ def test_a_stop_right_after_the_agent_says_it_runs_is_graceful(tmp_path: Path) -
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0, stderr
     assert json.loads(state.read_text())["running"] is False
+
+
+def test_sighup_reloads_an_agent_s_file_and_keeps_what_needs_a_restart(tmp_path: Path) -> None:
+    """SIGHUP: the file read again; the log level takes effect at once (debug
+    lines for the next datagram), a changed port is logged as needing a
+    restart and kept, a broken file keeps the running configuration."""
+    key = private(tmp_path / "gw.key", os.urandom(32))
+    state, log = tmp_path / "gw.json", tmp_path / "gw.log"
+    config = tmp_path / "gw.toml"
+    bound = bind_udp(["127.0.0.21"])
+    base = f'address = "127.0.0.21"\ngateway_key_file = "{key}"\nhome_agents = ["127.0.0.2"]\n'
+    config.write_text(base + f'mip_port = {bound.port}\nlog_level = "info"\n')
+    fd = bound.fd("127.0.0.21")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*AGENT_GW[:5], "--config", str(config), "--mip-socket-fd", str(fd), "--state-file", str(state)],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=(fd,),
+        )
+    bound.close()
+
+    def logged(text: str, times: int = 1) -> None:
+        deadline = time.monotonic() + 10
+        while log.read_text().count(text) < times:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+
+    try:
+        logged("agent started")
+        config.write_text(base + f'mip_port = {bound.port + 1}\nlog_level = "debug"\n')
+        process.send_signal(signal.SIGHUP)
+        logged("configuration reloaded")
+        assert "changed setting needs a restart" in log.read_text() and "mip_port" in log.read_text()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.sendto(b"\x00" * 8, ("127.0.0.21", bound.port))  # still the old port: it answers nothing
+        logged("received")  # a debug line: the new log level
+        config.write_text("address = [")
+        process.send_signal(signal.SIGHUP)
+        logged("reload failed: keeping the running configuration")
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+    assert process.returncode == 0, log.read_text()[-2000:]
 
 
 # -- flow G with separate processes -------------------------------------------------------------------

@@ -59,13 +59,15 @@ def _check(app: App, settings: AgentSettings) -> None:
 
 
 def _run_agent(app: App, role: str, config_path: Path | None, check: bool, options: dict[str, Any]) -> None:
-    settings = settings_from_options(role, config_path, given_options(click.get_current_context(), options))
+    given = given_options(click.get_current_context(), options)
+    settings = settings_from_options(role, config_path, given)
     if check:
         _check(app, settings)
         return
     # Imported here: the agents pull in asyncio and the SA backend.
     agents = importlib.import_module("aaa_vpn.net.agents")
-    exit_with(int(agents.run_agent(settings)))
+    # SIGHUP reads the file again, the same command-line options winning.
+    exit_with(int(agents.run_agent(settings, lambda: settings_from_options(role, config_path, given))))
 
 
 @click.group(

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import errno
 import json
 import logging
@@ -922,8 +923,71 @@ class AgentNode:
         return link
 
 
-def run_agent(settings: AgentSettings) -> int:
-    """Entry point of ``aaa-vpn agent fa|ha|gw``; returns the process exit code."""
+#: Settings a running agent cannot change: they name its sockets, its peers,
+#: its SA backend and its files. A reload keeps them (and logs that they changed).
+RESTART_ONLY = frozenset(
+    {
+        "role",
+        "address",
+        "name",
+        "mip_port",
+        "aaa_servers",
+        "coa_port",
+        "backend",
+        "vici_socket",
+        "journal",
+        "state_file",
+        "metrics_listen",
+        "accounting",
+        "accounting_port",
+        "tun_name",
+        "route_into",
+        "xfrm_table",
+        "data_path",
+        "mip_socket_fd",
+        "coa_socket_fd",
+    }
+)
+
+
+def reload_settings(node: AgentNode, new: AgentSettings) -> list[str]:
+    """A reload (SIGHUP): everything but :data:`RESTART_ONLY` (and the
+    Diameter and TLS settings) takes effect now -- logging, the role's timers,
+    lifetimes and bounds, the RADIUS client's retransmission and pool, the
+    accounting interval; returns the names of the changed settings that need
+    a restart."""
+    current = node.settings
+    kept = {
+        item.name
+        for item in dataclasses.fields(AgentSettings)
+        if item.name in RESTART_ONLY or "diameter" in item.name or item.name.startswith("tls_")
+    }
+    changed = sorted(name for name in kept if getattr(new, name) != getattr(current, name))
+    merged = dataclasses.replace(new, **{name: getattr(current, name) for name in kept})
+    configure_logging(merged.log_level, merged.log_format)
+    agent = node.agent
+    agent.config = role_config(merged)
+    radius = getattr(agent, "radius", None)
+    if isinstance(radius, HaDiameterClient):
+        radius = radius.radius
+    if isinstance(radius, RadiusClient):
+        radius.retune(
+            timeout=merged.radius_timeout,
+            retries=merged.radius_retries,
+            max_timeout=merged.radius_max_timeout,
+            pool_type=merged.radius_pool,
+            zombie_period=merged.radius_zombie_period,
+            dead_time=merged.radius_dead_time,
+        )
+    if node.accounting is not None:
+        node.accounting.interim_interval = merged.accounting_interim
+    node.settings = merged
+    return changed
+
+
+def run_agent(settings: AgentSettings, reloader: Callable[[], AgentSettings] | None = None) -> int:
+    """Entry point of ``aaa-vpn agent fa|ha|gw``; returns the process exit code.
+    ``reloader`` reads the settings again on SIGHUP (None: SIGHUP is logged only)."""
     configure_logging(settings.log_level, settings.log_format)
     try:
         node = AgentNode(settings)
@@ -978,13 +1042,29 @@ def run_agent(settings: AgentSettings) -> int:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, node.log_table)
-        loop.add_signal_handler(
-            signal.SIGHUP,
-            lambda: log.warning(
-                "SIGHUP: an agent does not reload its configuration; restart it to change it",
-                extra=fields(node=settings.node),
-            ),
-        )
+
+        def reload() -> None:
+            if reloader is None:
+                log.warning(
+                    "SIGHUP: nothing to read again; restart the agent to change it", extra=fields(node=settings.node)
+                )
+                return
+            try:
+                new = reloader()
+            except Exception as exc:  # noqa: BLE001 - a file that no longer reads keeps the running configuration
+                log.error(
+                    "reload failed: keeping the running configuration", extra=fields(node=settings.node, error=str(exc))
+                )
+                return
+            notifier.reloading()
+            for name in reload_settings(node, new):
+                log.warning(
+                    "changed setting needs a restart to take effect", extra=fields(node=settings.node, setting=name)
+                )
+            log.info("configuration reloaded", extra=fields(node=settings.node))
+            notifier.ready(f"{settings.role} {settings.node}")
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         if http is not None:
             await http.start()
             log.info(

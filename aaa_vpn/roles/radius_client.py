@@ -579,6 +579,27 @@ class RadiusClient:
         """Requests with a datagram in flight."""
         return sum(isinstance(f, _Request) for s in self._servers for f in s.in_flight.values())
 
+    def retune(
+        self,
+        *,
+        timeout: float,
+        retries: int,
+        max_timeout: float,
+        pool_type: str,
+        zombie_period: float,
+        dead_time: float,
+    ) -> None:
+        """New timing and pool type for requests sent from now on (a reload);
+        what is in flight keeps its schedule. Raises ValueError like the constructor."""
+        if timeout <= 0 or retries < 0 or max_timeout <= 0 or zombie_period < 0 or dead_time < 0:
+            raise ValueError("timeout and max_timeout > 0; retries, zombie_period and dead_time >= 0")
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f"pool type {pool_type!r}: expected one of {', '.join(POOL_TYPES)}")
+        self.timeout, self.retries = timeout, retries
+        self.max_timeout = max(timeout, max_timeout)
+        self.waits = retransmission_waits(timeout, retries, max_timeout)
+        self.pool_type, self.zombie_period, self.dead_time = pool_type, zombie_period, dead_time
+
     def knows(self, address: Address) -> bool:
         """Whether ``address`` (host, port) is one of this client's servers."""
         return address in self._by_address or self._lookup(address) is not None

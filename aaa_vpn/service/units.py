@@ -7,9 +7,8 @@ Rules:
    serves and ``WATCHDOG=1`` while it is healthy (net/systemd_notify.py);
    ``WatchdogSec=`` restarts one whose loop stops.
 2. The configuration is checked before every start (``ExecStartPre=... --check``)
-   and, for the home and the foreign AAA, before every reload (``ExecReload=``
-   runs the check first, then sends SIGHUP, which reloads without dropping
-   requests). The agents do not reload: ``systemctl restart`` them.
+   and before every reload (``ExecReload=`` runs the check first, then sends
+   SIGHUP, which reloads without dropping requests).
 3. Hardening: a dedicated user (``aaa-vpn``, made by the ``sysusers.d`` file
    written beside the units), no new privileges, the whole file system
    read-only (``ProtectSystem=strict``) except the state directory
@@ -66,18 +65,21 @@ UNITS: tuple[Unit, ...] = (
         "aaa_vpn foreign agent %i",
         f"agent fa --config {CONFIG_DIRECTORY}/%i.toml",
         agent=True,
+        reload=True,
     ),
     Unit(
         "aaa-vpn-ha@.service",
         "aaa_vpn home agent %i",
         f"agent ha --config {CONFIG_DIRECTORY}/%i.toml",
         agent=True,
+        reload=True,
     ),
     Unit(
         "aaa-vpn-gw@.service",
         "aaa_vpn correspondent gateway %i",
         f"agent gw --config {CONFIG_DIRECTORY}/%i.toml",
         agent=True,
+        reload=True,
     ),
 )
 
