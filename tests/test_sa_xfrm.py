@@ -1128,6 +1128,23 @@ def test_fake_install_delete_and_idempotence() -> None:
     backend.close()
 
 
+def test_counters_are_the_kernel_s_curlft_of_each_sa() -> None:
+    backend, wire = fake_backend()
+    backend.install(fa_path(), OWNER)
+    path = fa_path()
+    for (daddr, spi), state in list(wire.kernel.states.items()):
+        used = (700, 7) if spi == path.spi_in else (500, 5)
+        wire.kernel.states[(daddr, spi)] = dataclasses.replace(
+            state, info=dataclasses.replace(state.info, curlft=xc.LifetimeCur(used[0], used[1], 1, 2))
+        )
+    counted = {c.direction.value: (c.spi, c.octets, c.packets, c.owner) for c in backend.counters(OWNER)}
+    assert counted == {"in": (path.spi_in, 700, 7, OWNER), "out": (path.spi_out, 500, 5, OWNER)}
+    assert backend.counters("nobody") == []
+    del wire.kernel.states[next(k for k in wire.kernel.states if k[1] == path.spi_out)]  # gone behind our back
+    assert [c.direction.value for c in backend.counters(OWNER)] == ["in"]
+    backend.close()
+
+
 def test_kernel_sa_on_the_inbound_spi_is_a_conflict() -> None:
     backend, wire = fake_backend()
     other = fa_path(seed=0x40, spi_ha=0x7007)

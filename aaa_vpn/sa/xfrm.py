@@ -88,6 +88,7 @@ from aaa_vpn.sa.base import (
     public_fields,
     validate_path,
 )
+from aaa_vpn.sa.memory import Direction, SaCounters
 from aaa_vpn.sa.netlink import (
     NETLINK_XFRM,
     NetlinkDecodeError,
@@ -394,6 +395,31 @@ class XfrmBackend:
             self._table.set_state([e.reqid for e in lost], DELETING)
             self._finish_pending()
         return [InstalledPath(e.owner, e.path) for e in self._entries.values() if e.state == INSTALLED]
+
+    def counters(self, owner: str | None = None) -> list[SaCounters]:
+        """Per-SA counters of ``owner``'s installed paths (all, if None), from
+        the kernel's ``curlft`` (XFRM_MSG_GETSA): inbound then outbound per
+        path, in the shape of the memory backend's; what accounting reads. An
+        SA the kernel no longer has counts nothing."""
+        self._check_open()
+        result: list[SaCounters] = []
+        for entry in self._entries.values():
+            if entry.state != INSTALLED or (owner is not None and entry.owner != owner):
+                continue
+            path = entry.path
+            for direction, daddr, spi in (
+                (Direction.IN, self.node, path.spi_in),
+                (Direction.OUT, path.peer, path.spi_out),
+            ):
+                try:
+                    message = self._get_sa(daddr, spi)
+                except (OSError, NetlinkDecodeError) as exc:
+                    raise SaError(f"cannot read the kernel's SA {spi:#x} of {self.node}: {exc}") from exc
+                if message is None:
+                    continue
+                used = message.info.curlft
+                result.append(SaCounters(entry.owner, direction, spi, path.peer, used.packets, used.byte_count, {}))
+        return result
 
     def close(self) -> None:
         """Close the netlink socket and the side table; the kernel keeps every SA and policy."""
