@@ -668,11 +668,8 @@ class AgentNode:
                 )
 
     def _live_usage(self, owner: str) -> Usage | None:
-        counters = getattr(self.backend, "counters", None)
-        if counters is None:
-            return None
         try:
-            return usage_of((c.direction.value, c.packets, c.octets) for c in counters(owner))
+            return usage_of((c.direction.value, c.packets, c.octets) for c in self.backend.counters(owner))
         except SaError:
             return None
 

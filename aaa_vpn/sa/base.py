@@ -39,11 +39,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec
+
+if TYPE_CHECKING:  # the memory backend defines the counters' shape and imports this module
+    from aaa_vpn.sa.memory import SaCounters
 
 #: Lowest SPI an SA may use: 1-255 are reserved by IANA (RFC 4303 section 2.1).
 SPI_MIN = 256
@@ -186,6 +189,12 @@ class SaBackend(Protocol):
 
     def paths(self) -> list[InstalledPath]:
         """What is installed now, in installation order."""
+        ...
+
+    def counters(self, owner: str | None = None) -> list[SaCounters]:
+        """Per-SA packet and octet counts of ``owner``'s paths (all, if None),
+        inbound then outbound per path: what accounting reports
+        (docs/accounting.md). An SA gone from the store counts nothing."""
         ...
 
     def close(self) -> None:
