@@ -567,36 +567,18 @@ class ForeignAaa:
             )
             pool = by_servers.get(identity)
             if pool is None:
-                upstream = RadiusClient(
-                    realm.servers,
-                    timeout=self.options.timeout,
-                    retries=self.options.retries,
-                    max_timeout=self.options.max_timeout,
-                    dead_time=self.options.dead_time,
-                    status_interval=self.options.status_interval,
-                    zombie_period=self.options.zombie_period,
-                    pool_type=realm.pool_type,
-                    nas_ip_address=self.options.nas_ip_address,
-                    random_bytes=random_bytes,
-                )
+                upstream = self._upstream(realm.servers, realm.pool_type, random_bytes)
                 # RadSec carries accounting on the server's connection (RFC 6614 section 2.1)
                 ports = realm.accounting_ports or tuple(
                     s.port if s.transport == "radsec" else min(65535, s.port + 1) for s in realm.servers
                 )
-                accounting = RadiusClient(
+                accounting = self._upstream(
                     [
                         ServerConfig(s.address, port, s.secret, f"{s.name}/acct", s.transport, s.tls_name)
                         for s, port in zip(realm.servers, ports, strict=True)
                     ],
-                    timeout=self.options.timeout,
-                    retries=self.options.retries,
-                    max_timeout=self.options.max_timeout,
-                    dead_time=self.options.dead_time,
-                    status_interval=self.options.status_interval,
-                    zombie_period=self.options.zombie_period,
-                    pool_type=realm.pool_type,
-                    nas_ip_address=self.options.nas_ip_address,
-                    random_bytes=random_bytes,
+                    realm.pool_type,
+                    random_bytes,
                 )
                 pool = by_servers[identity] = _Pool(len(self.pools), realm.key, upstream, accounting)
                 self.pools.append(pool)
@@ -608,6 +590,24 @@ class ForeignAaa:
         self._pending: dict[int, _Pending] = {}  # by upstream tag
         self._outbox: list[Datagram] = []
         self._events: collections.deque[Event | Dropped] = collections.deque()
+
+    def _upstream(
+        self, servers: Sequence[ServerConfig], pool_type: str, random_bytes: Callable[[int], bytes]
+    ) -> RadiusClient:
+        """A pool's RADIUS client (rule 6), for Access-Requests or for accounting (rule 10)."""
+        options = self.options
+        return RadiusClient(
+            servers,
+            timeout=options.timeout,
+            retries=options.retries,
+            max_timeout=options.max_timeout,
+            dead_time=options.dead_time,
+            status_interval=options.status_interval,
+            zombie_period=options.zombie_period,
+            pool_type=pool_type,
+            nas_ip_address=options.nas_ip_address,
+            random_bytes=random_bytes,
+        )
 
     # -- the API ----------------------------------------------------------------------------
     def receive_from_client(self, data: bytes, source: Address, now: float, client: ProxyClient | None = None) -> None:

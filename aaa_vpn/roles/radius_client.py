@@ -779,19 +779,19 @@ class RadiusClient:
             return
         server.dead_until = None
         server.zombie_until = now + self.zombie_period
-        self.counters["marked_zombie"] += 1
-        server.stats["marked_zombie"] += 1
-        self._events.append(ServerZombie(server.config.name, server.zombie_until))
-        self._push(server.zombie_until, _ZOMBIE_END, server)
-        self._schedule_probe(server, now)
+        self._marked(server, "marked_zombie", ServerZombie(server.config.name, server.zombie_until), _ZOMBIE_END, now)
 
     def _mark_dead(self, server: _Server, now: float) -> None:
         server.zombie_until = None
         server.dead_until = now + self.dead_time
-        self.counters["marked_dead"] += 1
-        server.stats["marked_dead"] += 1
-        self._events.append(ServerDown(server.config.name, server.dead_until))
-        self._push(server.dead_until, _REVIVE, server)
+        self._marked(server, "marked_dead", ServerDown(server.config.name, server.dead_until), _REVIVE, now)
+
+    def _marked(self, server: _Server, counter: str, event: ServerZombie | ServerDown, timer: int, now: float) -> None:
+        """Rule 4: count, report and time a server's new mark, and probe it."""
+        self.counters[counter] += 1
+        server.stats[counter] += 1
+        self._events.append(event)
+        self._push(event.until, timer, server)
         self._schedule_probe(server, now)
 
     def _schedule_probe(self, server: _Server, now: float) -> None:
