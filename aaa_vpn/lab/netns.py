@@ -93,6 +93,63 @@ def mn_link(fa: str) -> tuple[str, str]:
     return f"10.0.{k}.1", f"10.0.{k}.2"
 
 
+# -- link readiness ---------------------------------------------------------------------------------------
+
+_RTM_NEWLINK, _RTM_GETLINK = 16, 18
+_IFLA_IFNAME, _IFLA_OPERSTATE = 3, 16
+_IF_OPER_UP = 6
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+
+
+class LinkWatch:
+    """Whether the FA's end of a link to the node is operationally up (RFC 2863
+    ``up``, rtnetlink ``IFLA_OPERSTATE``), read in the FA's namespace.
+
+    Why it matters: when the node's end of a veth link comes up, the FA's end
+    gets its carrier at once, but it can send only after the kernel's link
+    watch has processed that (asynchronously, later under load; until then its
+    transmit queue drops everything). An ARP reply the FA sends in between is
+    lost, and the node retries ARP only after a second. A real node learns that
+    the link works from the FA's Agent Advertisement; the lab's node waits for
+    the FA's end to be up instead. One netlink socket per namespace, opened
+    once."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[str, Any] = {}
+
+    def up(self, netns: str, interface: str) -> bool:
+        from aaa_vpn.sa.netlink import NetlinkSocket, open_transport, split_message
+
+        connection = self._sockets.get(netns)
+        if connection is None:
+            connection = self._sockets[netns] = NetlinkSocket(open_transport(0, netns), {_RTM_GETLINK: "RTM_GETLINK"})
+        name = interface.encode() + b"\x00"
+        request = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + struct.pack("=HH", 4 + len(name), _IFLA_IFNAME)
+        request += name + bytes(-len(name) % 4)
+        for message in connection.request(_RTM_GETLINK, request):
+            if message.type != _RTM_NEWLINK:
+                continue
+            _fixed, attrs = split_message(message.payload, _IFINFOMSG.size, "ifinfomsg")
+            for type_, value in attrs:
+                if type_ & 0x3FFF == _IFLA_OPERSTATE and value:
+                    return value[0] == _IF_OPER_UP
+        return False
+
+    def wait(self, netns: str, interface: str, timeout: float = 3.0) -> bool:
+        """Wait until :meth:`up` (polling every millisecond), at most ``timeout`` s; whether it is."""
+        deadline = time.monotonic() + timeout
+        while not self.up(netns, interface):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def close(self) -> None:
+        for connection in self._sockets.values():
+            connection.close()
+        self._sockets.clear()
+
+
 @dataclass
 class Lab:
     """The namespaces, links and processes (see the module docstring)."""
@@ -274,6 +331,11 @@ class Lab:
         fa_side, _ = mn_link(fa)
         self._ip("link", "set", fa, "up", ns="mn")
         self._ip("route", "replace", "default", "via", fa_side, "dev", fa, "src", HOME_ADDRESS, ns="mn")
+        watch = LinkWatch()
+        try:
+            watch.wait(self.ns(fa), "mn")  # the FA's end can send (LinkWatch)
+        finally:
+            watch.close()
         self.attached = fa
 
     def mn(self, fa: str, previous: str | None = None, deregister: bool = False) -> dict[str, Any]:
@@ -293,6 +355,7 @@ class Lab:
                 *("ip", "netns", "exec", self.ns("mn"), self.python, "-m", "aaa_vpn.lab.netns", "mn-driver"),
                 *("--mn-ha-key-file", str(files.mn_ha_key), "--mn-aaa-secret-file", str(files.mn_aaa_secret)),
                 *("--lifetime", str(lifetime)),
+                *(word for fa in FAS for word in ("--fa-netns", f"{fa}={self.ns(fa)}")),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -610,13 +673,18 @@ def _receive(port: int, out: Path) -> None:
     out.write_text(json.dumps({"seqs": seqs, "arrivals": arrivals}))
 
 
-def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 600) -> None:
+def _mn_driver(
+    mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 600, fa_netns: dict[str, str] | None = None
+) -> None:
     """Commands on stdin, one JSON answer per line on stdout: ``hello``,
     ``move FA PREVIOUS|-`` (the old link down first: a hard handoff),
     ``soft FA PREVIOUS|- OVERLAP_MS`` (make before break: the new link up and
     the default route there while the old one stays up, the registration, the
     old link down OVERLAP_MS after the reply; the answer has
-    ``old_link_down``), ``deregister FA``. Registrations ask for ``lifetime``."""
+    ``old_link_down``), ``deregister FA``. Registrations ask for ``lifetime``.
+    With the FAs' namespaces (``fa_netns``: FA -> namespace) a new link counts
+    as switched once the FA's end of it is up (:class:`LinkWatch`); the answer
+    says how long that took (``link_wait_ms``)."""
     from ipaddress import IPv4Address
 
     from aaa_vpn.net.agents import run_mobile_node
@@ -635,6 +703,7 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
         attempts=6,
     )
     attached: str | None = None
+    watch = LinkWatch()
 
     def ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True)
@@ -649,6 +718,7 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
             fa = words[1]
             fa_side, source = mn_link(fa)
             switched = time.time()
+            link_wait_ms = 0.0
             old = attached if attached not in (None, fa) else None
             if words[0] != "deregister":
                 if old is not None and words[0] == "move":
@@ -657,6 +727,10 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
                 ip("route", "replace", "default", "via", fa_side, "dev", fa, "src", HOME_ADDRESS)
                 attached = fa
                 switched = time.time()
+                waited = time.monotonic()
+                if fa_netns and fa in fa_netns:
+                    watch.wait(fa_netns[fa], "mn")
+                link_wait_ms = round(1000 * (time.monotonic() - waited), 1)
             previous = words[2] if len(words) > 2 and words[2] != "-" else None
             outcome = run_mobile_node(
                 config,
@@ -666,6 +740,8 @@ def _mn_driver(mn_ha_key_file: Path, mn_aaa_secret_file: Path, lifetime: int = 6
                 source=source,
             )
             answer = {**outcome.to_json(), "link_switched": switched}
+            if words[0] != "deregister":
+                answer["link_wait_ms"] = link_wait_ms
             if words[0] == "soft" and old is not None:
                 time.sleep(float(words[3]) / 1000 if len(words) > 3 else 0.0)
                 ip("link", "set", old, "down")
@@ -691,13 +767,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     driver.add_argument("--mn-ha-key-file", type=Path, required=True)
     driver.add_argument("--mn-aaa-secret-file", type=Path, required=True)
     driver.add_argument("--lifetime", type=int, default=600)
+    driver.add_argument("--fa-netns", action="append", default=[], metavar="FA=NETNS")
     args = parser.parse_args(argv)
     if args.command == "send":
         _send(args.to, args.rate, args.size, args.port, args.out)
     elif args.command == "receive":
         _receive(args.port, args.out)
     else:
-        _mn_driver(args.mn_ha_key_file, args.mn_aaa_secret_file, args.lifetime)
+        fa_netns = dict(item.split("=", 1) for item in args.fa_netns)
+        _mn_driver(args.mn_ha_key_file, args.mn_aaa_secret_file, args.lifetime, fa_netns)
     return 0
 
 
