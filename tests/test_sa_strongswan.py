@@ -30,6 +30,7 @@ from aaa_vpn.sa.strongswan import (
     IkeSaState,
     PeerUnreachable,
     ProposalMismatch,
+    SideTableCorrupt,
     StrongSwanBackend,
     StrongSwanError,
     Vici,
@@ -542,6 +543,35 @@ def test_daemon_going_down_is_a_clear_error(lab2: Lab) -> None:
     fa_node.charon.start()
     assert fa.paths() == []
     assert json.loads(fa.state_file.read_text())["paths"] == []
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_side_table_is_reread_only_when_it_changed_and_a_corrupt_one_is_dropped_only_if_charon_is_empty(
+    lab2: Lab,
+) -> None:
+    ha_node, fa_node = lab2[0], lab2[1]
+    fa_view, _ha_view = fa_ha(fa_node.address, ha_node.address, MN1, 0x1001, 0x2002)
+    fa, other = fa_node.backend(), fa_node.backend()  # two objects of one node share the table
+    fa.install(fa_view, "s1")
+    assert [p.owner for p in other.paths()] == ["s1"]  # it changed: read again
+    assert other.delete("s1") == 1
+    assert fa.paths() == []  # the other object's change is seen
+    # Corrupt while charon holds a path of ours: an error, nothing dropped.
+    fa.install(fa_view, "s2")
+    fa.state_file.write_text("{not json")
+    with pytest.raises(SideTableCorrupt, match="corrupt"):
+        fa_node.backend().paths()
+    fa.state_file.write_text(json.dumps({"version": 1, "paths": []}))
+    assert fa_node.backend().paths() == []  # charon's connection is not ours by the table: dropped from view
+    with Vici(fa_node.charon.vici_socket, 5.0) as v:
+        v.unload_conn(connection_name("s2", ha_node.address, 0x1001))
+        v.unload_shared(connection_name("s2", ha_node.address, 0x1001))
+    assert leftovers(fa_node) == ([], [], [])
+    # Corrupt and charon holds nothing of ours (power lost before the rename reached the disk): start over.
+    fa.state_file.write_text("{not json")
+    fresh = fa_node.backend()
+    assert fresh.paths() == [] and json.loads(fa.state_file.read_text()) == {"version": 1, "paths": []}
 
 
 @pytest.mark.netns

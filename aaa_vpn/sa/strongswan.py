@@ -514,40 +514,59 @@ class _Record:
         return record
 
 
+class SideTableCorrupt(StrongSwanError):
+    """The side table cannot be read back (not what :meth:`_SideTable.save` writes)."""
+
+
 class _SideTable:
-    """The JSON file that survives the agent: ``{"version": 1, "paths": [record, ...]}``."""
+    """The JSON file that survives the agent: ``{"version": 1, "paths": [record, ...]}``.
+
+    It describes what lives in charon's memory, so it has to outlive the agent
+    process, not the machine: it is written atomically (a temporary file
+    renamed over it), without ``fsync``, which would put a disk flush into
+    every install and delete (milliseconds, on a busy disk tens of them, while
+    a handoff waits). After a power loss charon starts empty, and a table that
+    did not reach the disk is dropped (:meth:`StrongSwanBackend._sync`). A load
+    parses the file only when its content changed since the last load or save
+    (another backend object of the node may write it)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._text: bytes | None = None
+        self._cached: dict[str, _Record] = {}
 
     def load(self) -> dict[str, _Record]:
         try:
-            text = self.path.read_text()
+            text = self.path.read_bytes()
         except FileNotFoundError:
+            self._text, self._cached = None, {}
             return {}
         except OSError as exc:
             raise StrongSwanError(f"cannot read the side table {self.path}: {exc.strerror}") from None
+        if text == self._text:
+            return dict(self._cached)
         try:
             data = json.loads(text)
             if data.get("version") != TABLE_VERSION:
                 raise ValueError(f"version {data.get('version')!r}, expected {TABLE_VERSION}")
             records = [_Record.from_json(item) for item in data["paths"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise StrongSwanError(f"the side table {self.path} is corrupt ({exc}); remove it to start over") from None
-        return {record.name: record for record in records}
+            raise SideTableCorrupt(f"the side table {self.path} is corrupt ({exc}); remove it to start over") from None
+        self._text, self._cached = text, {record.name: record for record in records}
+        return dict(self._cached)
 
     def save(self, records: Mapping[str, _Record]) -> None:
         data = {"version": TABLE_VERSION, "paths": [r.to_json() for r in sorted(records.values(), key=_seq)]}
+        text = json.dumps(data, indent=1).encode()
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out, indent=1)
-                out.flush()
-                os.fsync(out.fileno())
+            with os.fdopen(fd, "wb") as out:
+                out.write(text)
             os.replace(tmp, self.path)
         except OSError as exc:
             raise StrongSwanError(f"cannot write the side table {self.path}: {exc.strerror}") from None
+        self._text, self._cached = text, dict(records)
 
 
 def _seq(record: _Record) -> int:
@@ -585,7 +604,10 @@ class StrongSwanBackend:
         self._table = _SideTable(
             Path(state_file) if state_file is not None else Path(str(vici_socket_path) + ".aaa_vpn.json")
         )
-        self._records = self._table.load()
+        try:
+            self._records = self._table.load()
+        except SideTableCorrupt:
+            self._records = {}  # _sync decides, knowing what charon holds
         self._full: dict[str, InstalledPath] = {}  # paths installed through this object, with their secrets
         self._closed = False
         # route_into: lead each path's traffic into charon's TUN device (kernel-libipsec,
@@ -750,7 +772,19 @@ class StrongSwanBackend:
         object of this node may have changed it) and forgets recorded paths that charon
         no longer has (it was restarted) or that belong to another node."""
         loaded = {name for name in v.connection_names() if parse_connection_name(name) is not None}
-        self._records = self._table.load()
+        try:
+            self._records = self._table.load()
+        except SideTableCorrupt as exc:
+            if loaded:
+                raise
+            # Nothing of ours in charon (a machine that lost power before the
+            # rename reached the disk): nothing is lost by starting over.
+            log.warning(
+                "side table unreadable, charon holds none of our paths: starting over",
+                extra={"fields": {"error": str(exc)}},
+            )
+            self._records = {}
+            self._table.save(self._records)
         gone = [n for n, r in self._records.items() if n not in loaded or r.fields["local"] != str(self.node)]
         for name in gone:
             record = self._records.pop(name)
