@@ -75,8 +75,10 @@ import json
 import logging
 import os
 import re
+import select
 import socket
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -111,6 +113,8 @@ CHILD_NAME = "esp"
 MAX_NAME = 255
 #: Side table format version.
 TABLE_VERSION = 1
+#: charon's connections are listed again at least this often (seconds; StrongSwanBackend._sync).
+RELIST_SECONDS = 1.0
 
 ANY = IPv4Network("0.0.0.0/0")
 
@@ -384,6 +388,16 @@ class Vici:
         with contextlib.suppress(OSError):
             self._sock.close()
 
+    def usable(self) -> bool:
+        """Whether the connection can carry another command: an idle VICI
+        connection has nothing to read, so anything readable is the end of it
+        (charon went away or restarted) or a stray message."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
     def __enter__(self) -> Vici:
         return self
 
@@ -534,16 +548,20 @@ class _SideTable:
         self.path = path
         self._text: bytes | None = None
         self._cached: dict[str, _Record] = {}
+        #: The last load found content this object had not read or written itself.
+        self.changed = False
 
     def load(self) -> dict[str, _Record]:
         try:
             text = self.path.read_bytes()
         except FileNotFoundError:
+            self.changed = self._text is not None
             self._text, self._cached = None, {}
             return {}
         except OSError as exc:
             raise StrongSwanError(f"cannot read the side table {self.path}: {exc.strerror}") from None
-        if text == self._text:
+        self.changed = text != self._text
+        if not self.changed:
             return dict(self._cached)
         try:
             data = json.loads(text)
@@ -610,6 +628,9 @@ class StrongSwanBackend:
             self._records = {}  # _sync decides, knowing what charon holds
         self._full: dict[str, InstalledPath] = {}  # paths installed through this object, with their secrets
         self._closed = False
+        self._session: Vici | None = None  # kept open between calls (_vici)
+        self._loaded: set[str] | None = None  # our connections in charon, as listed and kept up to date
+        self._listed_at = 0.0
         # route_into: lead each path's traffic into charon's TUN device (kernel-libipsec,
         # charon started with install_routes = no; aaa_vpn.sa.routing).
         self._routing: PolicyRouting | None = None
@@ -672,6 +693,7 @@ class StrongSwanBackend:
             try:
                 v.load_shared(name, path.ike_psk.value, [ike_identity(path.local, path.spi_in), self._peer_id(path)])
                 v.load_conn({name: self._connection(path, initiate)})
+                self._note_loaded(name)
                 if initiate:
                     self._initiate(v, name, path)
                 seq = max((r.seq for r in self._records.values()), default=0) + 1
@@ -728,6 +750,7 @@ class StrongSwanBackend:
         """Forget the in-memory state; charon keeps the connections and SAs (see the module docstring)."""
         self._full.clear()
         self._closed = True
+        self._drop_session()
 
     # -- beyond the interface ------------------------------------------------------------
 
@@ -760,8 +783,33 @@ class StrongSwanBackend:
         if self._closed:
             raise SaError(f"the strongswan backend of {self.node} is closed")
 
-    def _vici(self) -> Vici:
-        return Vici(self.vici_socket_path, self.timeout)
+    @contextlib.contextmanager
+    def _vici(self) -> Iterator[Vici]:
+        """The VICI connection, kept open between calls (one connect and one
+        ``list-conns`` less per call); a new one when charon closed the old
+        (it stopped or restarted), and none kept after a failure to talk to
+        charon or an interruption mid-command."""
+        session = self._session
+        if session is not None and not session.usable():
+            self._drop_session()
+            session = None
+        if session is None:
+            session = self._session = Vici(self.vici_socket_path, self.timeout)
+        try:
+            yield session
+        except (_CommandFailed, SaError) as exc:
+            if isinstance(exc, CharonUnavailable):
+                self._drop_session()
+            raise
+        except BaseException:
+            self._drop_session()
+            raise
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.close()
+        self._session = None
+        self._loaded = None  # a new connection lists again: charon may be another one
 
     def _order(self, name: str) -> tuple[int, str]:
         record = self._records.get(name)
@@ -770,18 +818,31 @@ class StrongSwanBackend:
     def _sync(self, v: Vici) -> set[str]:
         """Our connection names loaded in charon. Re-reads the side table (another backend
         object of this node may have changed it) and forgets recorded paths that charon
-        no longer has (it was restarted) or that belong to another node."""
-        loaded = {name for name in v.connection_names() if parse_connection_name(name) is not None}
+        no longer has (it was restarted) or that belong to another node.
+
+        charon's connections are listed (``list-conns``) on a new VICI
+        connection, when another object changed the side table, and at least
+        every :data:`RELIST_SECONDS`; in between, this object's own loads and
+        unloads keep the list (charon never drops a connection by itself)."""
+        corrupt: SideTableCorrupt | None = None
         try:
-            self._records = self._table.load()
+            records = self._table.load()
         except SideTableCorrupt as exc:
+            records, corrupt = {}, exc
+        now = time.monotonic()
+        if self._loaded is None or corrupt or self._table.changed or now - self._listed_at >= RELIST_SECONDS:
+            self._loaded = {name for name in v.connection_names() if parse_connection_name(name) is not None}
+            self._listed_at = now
+        loaded = set(self._loaded)
+        self._records = records
+        if corrupt is not None:
             if loaded:
-                raise
+                raise corrupt
             # Nothing of ours in charon (a machine that lost power before the
             # rename reached the disk): nothing is lost by starting over.
             log.warning(
                 "side table unreadable, charon holds none of our paths: starting over",
-                extra={"fields": {"error": str(exc)}},
+                extra={"fields": {"error": str(corrupt)}},
             )
             self._records = {}
             self._table.save(self._records)
@@ -860,13 +921,18 @@ class StrongSwanBackend:
 
     def _teardown(self, v: Vici, name: str) -> None:
         """Terminate the connection's SAs with the peer, then unload it and its key."""
-        if v.ike_sas(name):
-            with contextlib.suppress(_CommandFailed):  # gone in the meantime
-                v.terminate(name, self.timeout)
+        with contextlib.suppress(_CommandFailed):  # no SA (any more): nothing to terminate
+            v.terminate(name, self.timeout)
         with contextlib.suppress(_CommandFailed):  # not loaded
             v.unload_conn(name)
+        if self._loaded is not None:
+            self._loaded.discard(name)
         with contextlib.suppress(_CommandFailed):
             v.unload_shared(name)
+
+    def _note_loaded(self, name: str) -> None:
+        if self._loaded is not None:
+            self._loaded.add(name)
 
     def _rollback(self, v: Vici, name: str) -> None:
         """Best effort after a failed install: charon may be gone too."""
