@@ -23,10 +23,12 @@ Pure functions, no clock, no I/O except :func:`new_session_root_key`'s
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import struct
 from ipaddress import IPv4Address
+from typing import Any
 
 from aaa_vpn.secret import Secret
 
@@ -75,20 +77,37 @@ def _expand(prk: bytes, info: bytes, length: int) -> bytes:
 
 
 _ZERO_SALT = b"\x00" * 32
-# HKDF-Extract of recent session root keys: one registration derives half a
-# dozen keys from one SRK, and the extract step is the same for all of them.
-_PRK_CACHE: dict[bytes, bytes] = {}
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+# HKDF-Extract of recent session root keys, as HMAC-SHA256 states keyed with
+# the PRK: one registration derives half a dozen keys from one SRK, the
+# extract step and the HMAC key schedule are the same for all of them (and a
+# state's copy() is several times cheaper than a one-shot hmac.digest here).
+_PRK_CACHE: dict[bytes, tuple[Any, Any]] = {}
 _PRK_CACHE_SIZE = 256
 
 
 def _hkdf(srk: Secret, info: bytes, length: int) -> bytes:
     ikm = srk.value
-    prk = _PRK_CACHE.get(ikm)
-    if prk is None:
+    keyed = _PRK_CACHE.get(ikm)
+    if keyed is None:
         if len(_PRK_CACHE) >= _PRK_CACHE_SIZE:
             _PRK_CACHE.clear()
-        prk = _PRK_CACHE[ikm] = hmac.digest(_ZERO_SALT, ikm, "sha256")
-    return _expand(prk, info, length)
+        prk = hmac.digest(_ZERO_SALT, ikm, "sha256").ljust(64, b"\x00")  # RFC 2104: the key padded to a block
+        keyed = _PRK_CACHE[ikm] = (hashlib.sha256(prk.translate(_IPAD)), hashlib.sha256(prk.translate(_OPAD)))
+    inner_state, outer_state = keyed
+    if not 0 < length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 output length must be 1..8160")
+    out, block, counter = b"", b"", 1  # HKDF-Expand (RFC 5869 section 2.3)
+    while len(out) < length:
+        inner = inner_state.copy()
+        inner.update(block + info + bytes((counter,)))
+        outer = outer_state.copy()
+        outer.update(inner.digest())
+        block = outer.digest()
+        out += block
+        counter += 1
+    return out[:length]
 
 
 def _info(label: bytes, a: IPv4Address, b: IPv4Address, epoch: int) -> bytes:

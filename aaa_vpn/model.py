@@ -13,7 +13,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode
@@ -401,9 +401,43 @@ class SessionWrite:
             raise ValidationError(f"a {self.kind.value} write is conditional on the session's epoch")
 
 
+@dataclass(frozen=True)
+class AccountingRecord:
+    """One accounting session as stored (RFC 2866): what its NAS reported,
+    merged over its Start, Interim-Updates and Stop. Counters are None until
+    the NAS reports them; times are seconds since the epoch."""
+
+    unique_id: str
+    """FreeRADIUS's Acct-Unique-Session-Id (aaa_vpn/wire/accounting.py rule 3)."""
+    acct_session_id: str
+    nai: str
+    client: str
+    """The RADIUS client (by its provisioned name) that sent it."""
+    nas: str
+    """NAS-IP-Address, else NAS-Identifier."""
+    session_id: str
+    """The aaa_vpn session its Class named ("" for none)."""
+    class_value: str
+    updated: float
+    started: float | None = None
+    stopped: float | None = None
+    session_time: int | None = None
+    input_octets: int | None = None
+    output_octets: int | None = None
+    input_packets: int | None = None
+    output_packets: int | None = None
+    terminate_cause: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    """Every other attribute its requests carried, by dictionary name (the
+    latest value of each)."""
+    updates: int = 1
+    """Accounting requests merged into it."""
+
+
 __all__ = [
     "MAX_CLIENT_PREFIX",
     "MIN_SHARED_SECRET",
+    "AccountingRecord",
     "Client",
     "ClientRole",
     "EspTransform",

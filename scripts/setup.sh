@@ -4,7 +4,9 @@
 #   1. system packages (Debian 12): RADIUS client tools, the FreeRADIUS server (the tests
 #      run their own instances from temporary configurations; the system daemon is neither
 #      left running nor enabled at boot when this script installs it), tshark, tcpdump,
-#      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes).
+#      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes),
+#      PostgreSQL (initdb and pg_ctl for the tests' own clusters; no system cluster is
+#      started by this script's install).
 #      Only what is missing is installed; `apt-get update` only runs when something is missing.
 #   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`, which
 #      also compiles aaa_vpn/wire/_fast.c (gcc and the Python headers); skipped when
@@ -43,10 +45,13 @@ REQUIRED=(
     "/usr/lib/ipsec/plugins/libstrongswan-gcm.so:libstrongswan-standard-plugins"
     "-:libstrongswan-extra-plugins"
     "gcc:gcc"
+    "-:postgresql"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke
-# under systemd) on *:1812/1813. Both helpers ask /usr/sbin/policy-rc.d first and start
+# under systemd) on *:1812/1813; postgresql's starts a system cluster on 5432, which the
+# tests do not use (they make throw-away clusters of their own, tests/postgres.py). Both
+# helpers ask /usr/sbin/policy-rc.d first and start
 # nothing when it answers 101 ("action forbidden"), so setup.sh puts one there for the
 # install unless the machine has its own (Docker images do), removes it afterwards, then
 # disables the service for the next boot, stops it in case it ran and checks.
@@ -132,7 +137,7 @@ else
     # (Postinst of the strongSwan packages prints "Failed to send reload request" when
     # there is no systemd; that is harmless. No daemon is started.)
     aptlog=$(mktemp -t aaa_vpn-apt.XXXXXX.log)
-    if [[ " ${missing[*]} " == *" freeradius "* && ! -e $POLICY_RC ]]; then
+    if [[ " ${missing[*]} " == *" freeradius "* || " ${missing[*]} " == *" postgresql "* ]] && [[ ! -e $POLICY_RC ]]; then
         trap drop_policy EXIT
         own_policy=1
         printf '#!/bin/sh\n# scripts/setup.sh (aaa_vpn): no daemon starts during its install\nexit 101\n' \

@@ -184,6 +184,15 @@ RADIUS_PORT = 1812
 COA_PORT = 3799
 
 
+def memory_store() -> Store:
+    return MemoryStore()
+
+
+#: What a :class:`Network`'s home AAA stores in: the in-memory store, unless a
+#: test module makes it a real one (tests/test_flows.py runs on every engine).
+new_store: Callable[[], Store] = memory_store
+
+
 class Network:
     """The agents, the home AAA and the link between them."""
 
@@ -202,7 +211,7 @@ class Network:
         self.link.delayed = lambda source, destination: _home(source[0]) != _home(destination[0])
         self.mip_port = MIP_PORT
         self.radius_port = RADIUS_PORT
-        self.store = MemoryStore()
+        self.store = new_store()
         provisioner(self.store)
         self.home = HomeService(self.store, options, now=self.clock)
         self.aaa_socket = FakeSocket(self.link, AAA, self.radius_port)

@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 
 from aaa_vpn.cli import cli
 from aaa_vpn.service.config import HomeServerSettings
+from aaa_vpn.store.schema import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
 NAI = "mn1@home.example"
@@ -31,11 +32,15 @@ CLIENT_SECRET = "client-secret-marker-2"
 class Cli:
     """Runs commands against one database, with a clean environment."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.db = tmp_path / "vpn.db"
+    def __init__(self, tmp_path: Path, url: str | None = None) -> None:
+        """An SQLite file in ``tmp_path``, or the PostgreSQL database at ``url``."""
+        self.db: Path | str = tmp_path / "vpn.db" if url is None else url
         self.key = tmp_path / "vpn.db.key"
         self.runner = CliRunner()
-        self.env: dict[str, str | None] = {"AAA_VPN_DB": str(self.db), "AAA_VPN_KEY_FILE": None}
+        self.env: dict[str, str | None] = {
+            "AAA_VPN_DB": str(self.db),
+            "AAA_VPN_KEY_FILE": None if url is None else str(self.key),
+        }
 
     def __call__(self, *args: str, code: int = 0, input: str | bytes | None = None) -> Result:
         result = self.runner.invoke(cli, list(args), env=self.env, input=input)
@@ -49,8 +54,16 @@ class Cli:
         return json.loads(self("--json", *args).stdout)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def run(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
+    """The CLI on a new database of each engine."""
+    runner = Cli(tmp_path, request.getfixturevalue("pg_url") if request.param == "postgres" else None)
+    runner("db", "init")
+    return runner
+
+
 @pytest.fixture
-def run(tmp_path: Path) -> Cli:
+def sqlite_run(tmp_path: Path) -> Cli:
     runner = Cli(tmp_path)
     runner("db", "init")
     return runner
@@ -132,7 +145,7 @@ def _secrets_in(text: str) -> list[str]:
 def test_db_init_creates_private_files_once(tmp_path: Path) -> None:
     run = Cli(tmp_path)
     out = run.json("db", "init")
-    assert out["key_file_created"] is True and out["schema_version"] == 3
+    assert out["key_file_created"] is True and out["schema_version"] == SCHEMA_VERSION
     assert stat.S_IMODE(run.key.stat().st_mode) == 0o600
     assert stat.S_IMODE(run.db.stat().st_mode) == 0o600
     key = run.key.read_bytes()
@@ -144,7 +157,8 @@ def test_db_init_creates_private_files_once(tmp_path: Path) -> None:
 
 
 def test_db_migrate_and_check(run: Cli) -> None:
-    assert run.json("db", "migrate") == {"database": str(run.db), "from_version": 3, "to_version": 3}
+    migrated = run.json("db", "migrate")
+    assert migrated == {"database": str(run.db), "from_version": SCHEMA_VERSION, "to_version": SCHEMA_VERSION}
     check = run.json("db", "check")
     assert check["ok"] is True and check["problems"] == []
     assert "ok" in run("db", "check").stdout
@@ -380,13 +394,20 @@ def test_duplicate_and_reference_errors(provisioned: Cli) -> None:
 
 
 def test_corrupt_secret_is_an_error_not_a_traceback(provisioned: Cli) -> None:
-    import sqlite3
+    # A secret sealed for another row: the database's own tools could do this.
+    if isinstance(provisioned.db, Path):
+        import sqlite3
 
-    conn = sqlite3.connect(provisioned.db)
-    with conn:
-        (blob,) = conn.execute("SELECT secret FROM clients").fetchone()
-        conn.execute("UPDATE users SET mn_aaa_secret = ?", (blob,))
-    conn.close()
+        conn = sqlite3.connect(provisioned.db)
+        with conn:
+            (blob,) = conn.execute("SELECT secret FROM clients").fetchone()
+            conn.execute("UPDATE users SET mn_aaa_secret = ?", (blob,))
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(provisioned.db, autocommit=True) as pg:
+            pg.execute("UPDATE users SET mn_aaa_secret = (SELECT secret FROM clients LIMIT 1)")
     result = provisioned("user", "list", code=1)
     assert "cannot be decrypted" in result.stderr
     check = provisioned("--json", "db", "check", code=1)
@@ -447,7 +468,7 @@ def test_import_from_stdin_merge_replace_and_dry_run(provisioned: Cli) -> None:
     assert run.json("user", "show", NAI, "--show-secrets")["mn_aaa_secret"]["text"] == MN_AAA
 
     small = {"format": "aaa-vpn", "version": 1, "qos_classes": [{"name": "bulk", "dscp": 8}]}
-    path = Path(run.db.parent / "small.json")
+    path = run.key.parent / "small.json"
     path.write_text(json.dumps(small))
     out = run.json("import", str(path), "--replace", "--dry-run")
     assert out["dry_run"] is True and out["summary"]["users"]["deleted"] == 1
@@ -585,7 +606,7 @@ def test_real_entry_point_as_subprocess(tmp_path: Path) -> None:
 
     done = aaa_vpn("--json", "db", "init")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["schema_version"] == 3
+    assert json.loads(done.stdout)["schema_version"] == SCHEMA_VERSION
     done = aaa_vpn("user", "add", NAI, "--home-agent", "192.0.2.2", "--mn-ha-spi", "256", "--generate")
     assert done.returncode == 0, done.stderr
     listed = aaa_vpn("--json", "user", "list")
@@ -656,3 +677,41 @@ def test_config_file_serve_defaults_yield_to_options(tmp_path: Path, monkeypatch
     (settings,) = received
     assert (settings.listen, settings.port, settings.workers, settings.session_lifetime) == ("127.0.0.1", 19000, 3, 600)
     assert settings.db_path == db
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------------
+
+
+def test_postgres_databases_are_named_by_url_and_need_their_key_file(pg_url: str, tmp_path: Path) -> None:
+    # A password in the URL (trust authentication ignores it) is never printed.
+    with_password = pg_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2-secret@")
+    run = Cli(tmp_path, with_password)
+    run.env["AAA_VPN_KEY_FILE"] = None
+    result = run("db", "init", code=1)
+    assert "a PostgreSQL database needs its key file named" in result.stderr
+    run.env["AAA_VPN_KEY_FILE"] = str(run.key)
+    out = run.json("db", "init")
+    assert out["schema_version"] == SCHEMA_VERSION and out["key_file_created"] is True
+    assert "hunter2" not in json.dumps(out) and out["database"].startswith("postgresql://postgres@/")
+    again = run("db", "init", code=1)
+    assert "holds an aaa_vpn schema already (use --force to replace it)" in again.stderr
+    assert "hunter2" not in again.stderr
+    run("qos", "add", "voice", "--dscp", "46")
+    assert run.json("db", "init", "--force")["key_file_created"] is False
+    assert run.json("qos", "list") == {"qos_classes": []}
+    check = run("db", "check")
+    assert "hunter2" not in check.stdout and "ok" in check.stdout
+    bad = run("--db", "postgresql:/nohost", "user", "list", code=2)
+    assert "a PostgreSQL database is named postgresql://" in bad.stderr
+
+
+def test_a_postgres_database_that_is_not_ours_is_refused(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as pg:
+        pg.execute("CREATE TABLE users (name TEXT)")
+    run = Cli(tmp_path, pg_url)
+    result = run("db", "init", code=1)
+    assert "holds tables named like aaa_vpn's but is not an aaa_vpn database" in result.stderr
+    with psycopg.connect(pg_url, autocommit=True) as pg:
+        assert pg.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone() == (0,)

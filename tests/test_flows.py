@@ -15,9 +15,11 @@ import pytest
 from aaa_vpn.roles.agent import RegistrationDone
 from aaa_vpn.sa.esp import EspError
 from aaa_vpn.sa.memory import MemoryBackend
+from aaa_vpn.store import init_store
 from aaa_vpn.wire.mip import ReplyCode
 from aaa_vpn.wire.profile import PathRole
 
+from . import mobility
 from .mobility import (
     CN_DYNAMIC,
     CN_STATIC,
@@ -32,6 +34,17 @@ from .mobility import (
     provision,
     random_payload,
 )
+
+
+@pytest.fixture(autouse=True, params=["memory", "sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every flow runs on the in-memory store and on both databases."""
+    if request.param == "sqlite":
+        monkeypatch.setattr(mobility, "new_store", lambda: init_store(tmp_path / "flows.db")[0])
+    elif request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        monkeypatch.setattr(mobility, "new_store", lambda: init_store(url, tmp_path / "flows.key")[0])
+    return str(request.param)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ Every process started here is stopped by its PID; the temporary directory is rem
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -495,3 +496,31 @@ def test_contrast_as_foreign_aaa_the_same_freeradius_would_hand_the_fa_the_sessi
     found = vendor_values(split_attributes(wire.received[0]), VENDOR_ID, AaaVpnAttr.SESSION_ROOT_KEY)
     assert len(found) == 1, f"expected one Aaa-Vpn-Session-Root-Key in {wire.received[0].hex()}"
     assert profile.session_root_key == stored_session(visited.db).session_root_key
+
+
+def test_a_renewal_behind_freeradius_is_confirmed_without_a_key(visited: Visited) -> None:
+    """The FA names its session and the digest of the view it holds; FreeRADIUS
+    passes both through, and the home AAA's confirmation back: no key on
+    either leg, signed for the FA, the FA's Proxy-State echoed."""
+    first = accepted(ask(visited.proxy, FA_SECRET, FA1, fa_registration(FA1)), visited).profile
+    assert first.digest is not None
+    renewal = dataclasses.replace(fa_registration(FA1), session_id=first.session_id, profile_digest=first.digest)
+    wire = ask(visited.proxy, FA_SECRET, FA1, renewal)
+    event = accepted(wire, visited)
+    assert event.profile is None and event.confirmation is not None, event
+    confirmation = event.confirmation
+    assert (confirmation.session_id, confirmation.epoch, confirmation.digest) == (
+        first.session_id,
+        first.epoch,
+        first.digest,
+    )
+    assert 0 < confirmation.lifetime <= 3600
+    request, reply = wire.sent[0], wire.received[0]
+    assert _message_authenticator_ok(reply, FA_SECRET, request[4:20])
+    attributes = split_attributes(reply)
+    assert [v for c, v in attributes if c == rc.PROXY_STATE] == [FA_PROXY_STATE]
+    for kind in (AaaVpnAttr.PATH_KEY_IN, AaaVpnAttr.PATH_KEY_OUT, AaaVpnAttr.FA_HA_KEY, AaaVpnAttr.SESSION_ROOT_KEY):
+        assert vendor_values(attributes, VENDOR_ID, kind) == [], f"{kind.name} in a confirmation"
+    # the stored session is the same one, the same epoch
+    session = stored_session(visited.db)
+    assert (session.session_id, session.epoch) == (first.session_id, first.epoch)

@@ -51,9 +51,19 @@ MN_SECRET = b"mn1-aaa-secret"
 NAI = "mn1@home.example"
 
 
-def cli(db: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+#: The key file of each PostgreSQL database a test made (a file database's is <db>.key).
+KEY_FILES: dict[str, Path] = {}
+
+
+def database_args(db: Path | str) -> list[str]:
+    """``--db`` (and, for a PostgreSQL URL, ``--key-file``) for ``db``."""
+    key = KEY_FILES.get(str(db))
+    return ["--db", str(db), *(["--key-file", str(key)] if key is not None else [])]
+
+
+def cli(db: Path | str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "aaa_vpn.cli", "--db", str(db), *args],
+        [sys.executable, "-m", "aaa_vpn.cli", *database_args(db), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -64,7 +74,7 @@ def cli(db: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return result
 
 
-def provision(db: Path) -> None:
+def provision(db: Path | str) -> None:
     cli(db, "db", "init")
     cli(
         db,
@@ -225,15 +235,14 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(db: Path, port: int, workers: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_server(db: Path | str, port: int, workers: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "aaa_vpn.cli",
-                "--db",
-                str(db),
+                *database_args(db),
                 "serve",
                 "home",
                 "--listen",
@@ -280,7 +289,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         assert code == 0, f"server exited with {code}:\n{log.read_text()}"
 
 
-def sessions(db: Path, nai: str = NAI) -> list[dict[str, object]]:
+def sessions(db: Path | str, nai: str = NAI) -> list[dict[str, object]]:
     result = cli(db, "--json", "session", "list", "--user", nai)
     return list(json.loads(result.stdout)["sessions"])
 

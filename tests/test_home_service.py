@@ -229,7 +229,9 @@ def test_a_renewal_naming_its_view_is_confirmed_without_a_key(store: MemoryStore
     ours = {v[4] for c, v in attributes if c == rc.VENDOR_SPECIFIC}
     a = rc.AaaVpnAttr
     assert ours == {a.SESSION_ID, a.KEY_EPOCH, a.LIFETIME, a.PROFILE_DIGEST}
-    assert len(reply) <= 132, f"a confirmation of {len(reply)} octets"  # 20 + 18 (MA) + 6 + 40 + 12 + 12 + 24
+    # 20 + 18 (MA) + 42 (Class) + 6 + 40 + 12 + 12 + 24
+    assert len(reply) <= 174, f"a confirmation of {len(reply)} octets"
+    assert (rc.CLASS, b"aaa-vpn:" + first.session_id.encode()) in attributes  # for the NAS's accounting
     # the session lives on in the store
     assert only_session(store).expires == pytest.approx(NOW + 100 + 3600, abs=1)
     assert service.counters["renewals_confirmed"] == 1

@@ -58,3 +58,10 @@ def test_session_root_keys_are_fresh_and_never_shown() -> None:
     a, b = keys.new_session_root_key(), keys.new_session_root_key()
     assert len(a) == 32 and a != b
     assert a.value.hex() not in repr(a) and "redacted" in repr(a)
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=80), st.integers(1, 200))
+def test_the_cached_derivation_is_hkdf(ikm: bytes, info: bytes, length: int) -> None:
+    # Twice: the second time from the cached HMAC states of the root key.
+    assert keys._hkdf(Secret(ikm), info, length) == keys.hkdf_sha256(ikm, info, length)
+    assert keys._hkdf(Secret(ikm), info, length) == keys.hkdf_sha256(ikm, info, length)

@@ -11,6 +11,7 @@ import tempfile
 import textwrap
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -41,17 +42,19 @@ from aaa_vpn.model import (
 from aaa_vpn.secret import Secret
 from aaa_vpn.store import (
     AlreadyExists,
+    DatabaseLocation,
     NotFound,
     ReferenceError_,
     SpiConflict,
     SqliteStore,
+    SqlStore,
     StoreBusy,
     StoreError,
     init_store,
     open_store,
 )
 from aaa_vpn.store.crypto import SecretBox, read_key_file, secret_context
-from aaa_vpn.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+from aaa_vpn.store.schema import MIGRATIONS, SCHEMA_VERSION, Dialect, render
 from aaa_vpn.store.transfer import export_document, import_document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,15 +119,41 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "vpn.db"
 
 
+@dataclass(frozen=True)
+class Where:
+    """A database of either engine and its key file."""
+
+    db: DatabaseLocation
+    key: Path
+
+    def open(self) -> SqlStore:
+        return open_store(self.db, self.key)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Where:
+    if request.param == "sqlite":
+        return Where(tmp_path / "vpn.db", tmp_path / "vpn.db.key")
+    return Where(request.getfixturevalue("pg_url"), tmp_path / "vpn.key")
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteStore]:
-    opened, _ = init_store(db_path)
+def store(where: Where) -> Iterator[SqlStore]:
+    opened, _ = init_store(where.db, where.key)
     with opened:
         yield opened
 
 
 @pytest.fixture
-def provisioned(store: SqliteStore) -> SqliteStore:
+def sqlite_store(db_path: Path) -> Iterator[SqliteStore]:
+    opened, _ = init_store(db_path)
+    assert isinstance(opened, SqliteStore)
+    with opened:
+        yield opened
+
+
+@pytest.fixture
+def provisioned(store: SqlStore) -> SqlStore:
     store.add_user(make_user())
     store.add_gateway(make_gateway())
     store.add_service(Service("gold"))
@@ -135,7 +164,8 @@ def provisioned(store: SqliteStore) -> SqliteStore:
 # -- opening -------------------------------------------------------------------------------------
 
 
-def test_pragmas(store: SqliteStore) -> None:
+def test_pragmas(sqlite_store: SqlStore) -> None:
+    store = sqlite_store
     conn = store._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -194,7 +224,7 @@ def test_not_an_aaa_vpn_database(tmp_path: Path, db_path: Path) -> None:
 # -- users ----------------------------------------------------------------------------------------
 
 
-def test_user_crud(store: SqliteStore) -> None:
+def test_user_crud(store: SqlStore) -> None:
     user = make_user()
     store.add_user(user)
     assert store.get_user(NAI) == user
@@ -214,7 +244,7 @@ def test_user_crud(store: SqliteStore) -> None:
         store.update_user(user)
 
 
-def test_client_crud(store: SqliteStore) -> None:
+def test_client_crud(store: SqlStore) -> None:
     client = make_client()
     store.add_client(client)
     assert store.get_client("fa1") == client
@@ -236,7 +266,7 @@ def test_client_crud(store: SqliteStore) -> None:
         store.delete_client("fa1")
 
 
-def test_gateway_service_qos_crud(store: SqliteStore) -> None:
+def test_gateway_service_qos_crud(store: SqlStore) -> None:
     gateway = make_gateway()
     store.add_gateway(gateway)
     assert store.get_gateway("gw1") == gateway
@@ -275,7 +305,7 @@ def test_gateway_service_qos_crud(store: SqliteStore) -> None:
         store.update_qos(QosClass("x"))
 
 
-def test_vpn_record_crud(provisioned: SqliteStore) -> None:
+def test_vpn_record_crud(provisioned: SqlStore) -> None:
     store = provisioned
     record = store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold", "voice"))
     assert record.id is not None
@@ -308,7 +338,7 @@ def test_vpn_record_crud(provisioned: SqliteStore) -> None:
         (VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold", "video"), "QoS class 'video'"),
     ],
 )
-def test_vpn_record_names_missing_record(provisioned: SqliteStore, record: VpnRecord, message: str) -> None:
+def test_vpn_record_names_missing_record(provisioned: SqlStore, record: VpnRecord, message: str) -> None:
     with pytest.raises(ReferenceError_, match=f"{message}, which does not exist"):
         provisioned.add_vpn_record(record)
     assert provisioned.list_vpn_records() == []
@@ -317,7 +347,7 @@ def test_vpn_record_names_missing_record(provisioned: SqliteStore, record: VpnRe
         provisioned.update_vpn_record(dataclasses.replace(record, id=good.id))
 
 
-def test_restrict_delete_of_referenced_records(provisioned: SqliteStore) -> None:
+def test_restrict_delete_of_referenced_records(provisioned: SqlStore) -> None:
     store = provisioned
     record = store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold", "voice"))
     for delete, what in (
@@ -331,7 +361,7 @@ def test_restrict_delete_of_referenced_records(provisioned: SqliteStore) -> None
     assert store.get_gateway("gw1") and store.get_service("gold") and store.get_qos("voice")
 
 
-def test_delete_user_cascades_to_vpn_records_and_sessions(provisioned: SqliteStore) -> None:
+def test_delete_user_cascades_to_vpn_records_and_sessions(provisioned: SqlStore) -> None:
     store = provisioned
     store.add_user(make_user("other@home.example", spi=300))
     store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold"))
@@ -350,7 +380,7 @@ def test_delete_user_cascades_to_vpn_records_and_sessions(provisioned: SqliteSto
 # -- generation -------------------------------------------------------------------------------------
 
 
-def test_generation_moves_on_every_provisioning_change(store: SqliteStore) -> None:
+def test_generation_moves_on_every_provisioning_change(store: SqlStore) -> None:
     seen = [store.generation()]
 
     def moved() -> None:
@@ -387,7 +417,7 @@ def test_generation_moves_on_every_provisioning_change(store: SqliteStore) -> No
     moved()
 
 
-def test_generation_does_not_move_on_session_writes(provisioned: SqliteStore) -> None:
+def test_generation_does_not_move_on_session_writes(provisioned: SqlStore) -> None:
     store = provisioned
     before = store.generation()
     store.put_session(make_session("s1", spis=(("192.0.2.1", 4096),), expires=10.0))
@@ -400,15 +430,15 @@ def test_generation_does_not_move_on_session_writes(provisioned: SqliteStore) ->
     assert store.generation() == before
 
 
-def test_generation_seen_by_another_store_object(db_path: Path, store: SqliteStore) -> None:
-    other = open_store(db_path)
+def test_generation_seen_by_another_store_object(where: Where, store: SqlStore) -> None:
+    other = where.open()
     with other:
         before = other.generation()
         store.add_qos(QosClass("voice"))
         assert other.generation() != before
 
 
-def test_failed_write_changes_nothing(provisioned: SqliteStore) -> None:
+def test_failed_write_changes_nothing(provisioned: SqlStore) -> None:
     before = provisioned.generation()
     with pytest.raises(ReferenceError_):
         provisioned.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw9", "gold"))
@@ -420,7 +450,7 @@ def test_failed_write_changes_nothing(provisioned: SqliteStore) -> None:
 # -- sessions ---------------------------------------------------------------------------------------
 
 
-def test_session_round_trip_and_lookup(store: SqliteStore) -> None:
+def test_session_round_trip_and_lookup(store: SqlStore) -> None:
     session = make_session("s1", spis=(("192.0.2.1", 4096), ("192.0.2.2", 4096), ("192.0.2.1", 300)))
     store.put_session(session)
     assert store.get_session("s1") == session  # SPIs keep their order
@@ -437,7 +467,7 @@ def test_session_round_trip_and_lookup(store: SqliteStore) -> None:
         store.delete_session("s1")
 
 
-def test_put_session_again_replaces_it_with_its_own_spis(store: SqliteStore) -> None:
+def test_put_session_again_replaces_it_with_its_own_spis(store: SqlStore) -> None:
     store.put_session(make_session("s1", spis=(("192.0.2.1", 4096),)))
     moved = dataclasses.replace(
         make_session("s1", spis=(("192.0.2.1", 4096), ("192.0.2.7", 5000))), care_of_address=IPv4Address("192.0.2.7")
@@ -446,7 +476,7 @@ def test_put_session_again_replaces_it_with_its_own_spis(store: SqliteStore) -> 
     assert store.get_session("s1") == moved
 
 
-def test_put_session_replaces(store: SqliteStore) -> None:
+def test_put_session_replaces(store: SqlStore) -> None:
     store.put_session(make_session("old", spis=(("192.0.2.1", 4096),)))
     store.put_session(make_session("other", spis=(("192.0.2.1", 4097),)))
     # The new session may reuse the replaced session's SPI: it is freed first.
@@ -455,7 +485,7 @@ def test_put_session_replaces(store: SqliteStore) -> None:
     assert list(store.spis_in_use(IPv4Address("192.0.2.1"))) == [4096, 4097]
 
 
-def test_spi_conflict_stores_nothing(store: SqliteStore) -> None:
+def test_spi_conflict_stores_nothing(store: SqlStore) -> None:
     store.put_session(make_session("old", spis=(("192.0.2.1", 4096),)))
     store.put_session(make_session("holder", spis=(("192.0.2.2", 7000),)))
     attempt = make_session("new", spis=(("192.0.2.1", 4096), ("192.0.2.3", 1), ("192.0.2.2", 7000)))
@@ -467,7 +497,7 @@ def test_spi_conflict_stores_nothing(store: SqliteStore) -> None:
     assert store.get_session("old").spis == make_session("old", spis=(("192.0.2.1", 4096),)).spis
 
 
-def test_expire_sessions(store: SqliteStore) -> None:
+def test_expire_sessions(store: SqlStore) -> None:
     for number, expires in enumerate((10.0, 20.0, 30.0)):
         store.put_session(make_session(f"s{number}", spis=(("192.0.2.1", 4096 + number),), expires=expires))
     assert store.expire_sessions(20.0) == 1  # strictly before now
@@ -480,12 +510,12 @@ def test_expire_sessions(store: SqliteStore) -> None:
 # -- concurrency ----------------------------------------------------------------------------------------
 
 
-def test_two_store_objects_in_two_threads(db_path: Path, store: SqliteStore) -> None:
+def test_two_store_objects_in_two_threads(where: Where, store: SqlStore) -> None:
     errors: list[BaseException] = []
 
     def writer(prefix: str, base: int) -> None:
         try:
-            with open_store(db_path) as own:
+            with where.open() as own:
                 for number in range(50):
                     own.put_session(make_session(f"{prefix}{number}", spis=(("192.0.2.1", base + number),)))
                     own.get_session(f"{prefix}{number}")
@@ -505,13 +535,14 @@ _WORKER = textwrap.dedent(
     """
     import sys
     from ipaddress import IPv4Address
+    from pathlib import Path
     from aaa_vpn.model import Session, SpiAllocation
     from aaa_vpn.secret import Secret
     from aaa_vpn.store import SpiConflict, open_store
 
-    db, worker = sys.argv[1], sys.argv[2]
+    db, key, worker = sys.argv[1], sys.argv[2], sys.argv[3]
     won = 0
-    with open_store(db) as store:
+    with open_store(db if db.startswith("postgresql:") else Path(db), key) as store:
         for number in range(60):
             spis = (SpiAllocation(IPv4Address("192.0.2.1"), 10000 + number, "x"),)
             session = Session(f"{worker}-{number}", "mn1@home.example", Secret(b"R" * 32), 1,
@@ -533,10 +564,10 @@ _WORKER = textwrap.dedent(
 )
 
 
-def test_two_processes_racing_for_the_same_spis(db_path: Path, store: SqliteStore) -> None:
+def test_two_processes_racing_for_the_same_spis(where: Where, store: SqlStore) -> None:
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(db_path), str(worker)],
+            [sys.executable, "-c", _WORKER, str(where.db), str(where.key), str(worker)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -564,7 +595,7 @@ def _version_1_database(db_path: Path) -> None:
     box = SecretBox(read_key_file(Path(f"{db_path}.key")))
     conn = sqlite3.connect(db_path, isolation_level=None)
     conn.execute("BEGIN")
-    for statement in MIGRATIONS[0]:
+    for statement in render(MIGRATIONS[0], Dialect.SQLITE):
         conn.execute(statement)
     conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (box.key_check,))
     conn.execute(
@@ -594,7 +625,7 @@ def test_migration_from_version_1(db_path: Path) -> None:
         open_store(db_path, migrate=False)
     with open_store(db_path) as store:
         assert store.opened_version == 1
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         user = store.get_user(NAI)
         assert user.mn_ha_key == Secret(b"H" * 16)
         assert user.home_address is None
@@ -626,7 +657,7 @@ def test_newer_schema_is_refused(db_path: Path) -> None:
         open_store(db_path)
 
 
-def test_check_finds_nothing_on_a_good_database(provisioned: SqliteStore) -> None:
+def test_check_finds_nothing_on_a_good_database(provisioned: SqlStore) -> None:
     provisioned.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold"))
     provisioned.put_session(make_session("s1", spis=(("192.0.2.1", 4096),)))
     assert provisioned.check() == []
@@ -636,11 +667,11 @@ def test_check_finds_nothing_on_a_good_database(provisioned: SqliteStore) -> Non
 # -- import / export --------------------------------------------------------------------------------------
 
 
-def _document(store: SqliteStore) -> dict[str, object]:
+def _document(store: SqlStore) -> dict[str, object]:
     return export_document(store, with_secrets=True)
 
 
-def test_import_merge_keeps_secrets_and_replace_deletes(provisioned: SqliteStore, tmp_path: Path) -> None:
+def test_import_merge_keeps_secrets_and_replace_deletes(provisioned: SqlStore, tmp_path: Path) -> None:
     store = provisioned
     store.add_client(make_client())
     store.add_vpn_record(VpnRecord(NAI, IPv4Network("10.1.0.0/16"), "gw1", "gold"))
@@ -669,7 +700,7 @@ def test_import_merge_keeps_secrets_and_replace_deletes(provisioned: SqliteStore
     assert store.list_users() == [] and store.list_qos() == [QosClass("voice", dscp=46)]
 
 
-def test_import_is_atomic(provisioned: SqliteStore) -> None:
+def test_import_is_atomic(provisioned: SqlStore) -> None:
     before = _document(provisioned)
     generation = provisioned.generation()
     document = {
@@ -712,7 +743,7 @@ def test_import_is_atomic(provisioned: SqliteStore) -> None:
         ),
     ],
 )
-def test_import_rejects_bad_documents(store: SqliteStore, document: object, message: str) -> None:
+def test_import_rejects_bad_documents(store: SqlStore, document: object, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         import_document(store, document)
 
@@ -920,7 +951,7 @@ def test_a_database_opened_read_only_is_written_once_it_becomes_writable(tmp_pat
     assert lines[1:] == ["session write: stored", "qos: afterwards"], lines
 
 
-def test_conditional_session_writes_each_on_their_own(provisioned: SqliteStore) -> None:
+def test_conditional_session_writes_each_on_their_own(provisioned: SqlStore) -> None:
     store = provisioned
     base = Session(
         "s1",

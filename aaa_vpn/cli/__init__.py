@@ -31,14 +31,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
 from aaa_vpn import __version__
-from aaa_vpn.cli import agent, db, demo, mn, records, serve, session
+from aaa_vpn.cli import accounting, agent, db, demo, mn, records, serve, session
 from aaa_vpn.cli.common import App, F, Group, InvalidInput, example
 from aaa_vpn.model import ValidationError
 from aaa_vpn.service.config import CONFIG_ENV, DB_ENV, DEFAULT_DB_PATH, KEY_FILE_ENV, ConfigFile, StoreSettings
+from aaa_vpn.store import DatabaseLocation, database_location, is_url
 
 
 def _file_option(
@@ -56,14 +58,47 @@ def _file_option(
     )
 
 
+class _Database(click.ParamType[DatabaseLocation]):
+    """A database: a ``postgresql://`` URL as it is, anything else a file's path."""
+
+    name = "DB"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> DatabaseLocation:
+        if isinstance(value, Path):
+            return value
+        text = str(value)
+        if not text:
+            self.fail("an empty database name", param, ctx)
+        if text.startswith(("postgresql:", "postgres:")) and not is_url(text):
+            self.fail(f"{text!r}: a PostgreSQL database is named postgresql://[USER@]HOST[:PORT]/DB", param, ctx)
+        return database_location(text)
+
+
+_DATABASE = _Database()
+
+
 @click.group(
     "aaa-vpn",
     cls=Group,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=example("aaa-vpn --db /var/lib/aaa-vpn/vpn.db user list"),
 )
-@_file_option("--db", "db_path", DB_ENV, "The VPN database file.", f"./{DEFAULT_DB_PATH}")
-@_file_option("--key-file", "key_file", KEY_FILE_ENV, "The secrets key file (mode 0600).", "<db>.key")
+@click.option(
+    "--db",
+    "db_path",
+    type=_DATABASE,
+    envvar=DB_ENV,
+    show_envvar=True,
+    show_default=f"./{DEFAULT_DB_PATH}",
+    help="The VPN database: an SQLite file, or a postgresql://USER@HOST/DB URL (docs/deployment.md).",
+)
+@_file_option(
+    "--key-file",
+    "key_file",
+    KEY_FILE_ENV,
+    "The secrets key file (mode 0600); required with a PostgreSQL database.",
+    "<db>.key for a file",
+)
 @_file_option(
     "--config",
     "config_file",
@@ -76,7 +111,7 @@ def _file_option(
 @click.pass_context
 def cli(
     ctx: click.Context,
-    db_path: Path | None,
+    db_path: DatabaseLocation | None,
     key_file: Path | None,
     config_file: Path | None,
     json_output: bool,
@@ -103,6 +138,7 @@ for _command in (
     db.export,
     *records.groups(),
     session.session,
+    accounting.accounting,
     serve.serve,
     agent.agent,
     mn.mn,

@@ -36,7 +36,7 @@ from aaa_vpn.model import ValidationError
 from aaa_vpn.secret import Secret
 from aaa_vpn.secret_files import SecretForm, decode_secret, parse_hex, read_private
 from aaa_vpn.service.config import StoreSettings
-from aaa_vpn.store import SqliteStore, StoreError, open_store
+from aaa_vpn.store import SqlStore, StoreError, open_store
 from aaa_vpn.store.transfer import JsonObject, secret_to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,9 +85,9 @@ class App:
     settings: StoreSettings
     json_output: bool = False
     verbose: int = 0
-    _store: SqliteStore | None = field(default=None, repr=False)
+    _store: SqlStore | None = field(default=None, repr=False)
 
-    def store(self) -> SqliteStore:
+    def store(self) -> SqlStore:
         if self._store is None:
             self._store = open_store(self.settings.db_path, self.settings.key_file)
             click.get_current_context().call_on_close(self.close)

@@ -45,7 +45,7 @@ from aaa_vpn.cli.common import (
     with_options,
 )
 from aaa_vpn.secret import Secret
-from aaa_vpn.store import SqliteStore
+from aaa_vpn.store import SqlStore
 from aaa_vpn.store.transfer import JsonObject
 
 
@@ -174,7 +174,7 @@ class Kind:
     also the key of ``{"deleted": {<store>: KEY}}``."""
     table: str
     """The JSON key of ``list``."""
-    list_records: Callable[[SqliteStore, Any], Sequence[Any]]
+    list_records: Callable[[SqlStore, Any], Sequence[Any]]
     """The records ``list`` shows, given its filter's value (None without one)."""
     to_json: Callable[..., JsonObject]
     fields: tuple[Field, ...] = ()
@@ -184,7 +184,7 @@ class Kind:
     shown_secrets: tuple[str, ...] | None = None
     """What ``--show-secrets`` adds; default: the secrets' labels; empty: no such option."""
     list_filter: Field | None = None
-    show_extra: Callable[[SqliteStore, Any, bool], JsonObject] | None = None
+    show_extra: Callable[[SqlStore, Any, bool], JsonObject] | None = None
     """More for ``show``: (store, record, with secrets) -> entries."""
     commands: tuple[str, ...] = ("add", "list", "show", "change", "delete")
     sample: str = ""
@@ -199,7 +199,7 @@ class Kind:
         verbs = {"add": ("add",), "show": ("get",), "change": ("get", "update"), "delete": ("delete",)}
         for command in self.commands:
             for verb in verbs.get(command, ()):
-                if not callable(getattr(SqliteStore, f"{verb}_{self.store}", None)):
+                if not callable(getattr(SqlStore, f"{verb}_{self.store}", None)):
                     raise TypeError(f"the store has no {verb}_{self.store} for '{self.group} {command}'")
 
     @property
@@ -213,7 +213,7 @@ class Kind:
             return self.to_json(record, with_secrets=with_secrets)
         return self.to_json(record)
 
-    def method(self, store: SqliteStore, verb: str) -> Callable[..., Any]:
+    def method(self, store: SqlStore, verb: str) -> Callable[..., Any]:
         method: Callable[..., Any] = getattr(store, f"{verb}_{self.store}")
         return method
 

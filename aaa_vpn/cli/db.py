@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 import click
@@ -32,20 +33,22 @@ def db_init(app: App, force: bool, existing_key: bool) -> None:
     settings = app.settings
     store, key_created = init_store(settings.db_path, settings.key_file, force=force, existing_key=existing_key)
     try:
-        os.chmod(settings.db_path, 0o600)  # names and addresses of users are private too
+        if isinstance(settings.db_path, Path):
+            os.chmod(settings.db_path, 0o600)  # names and addresses of users are private too
         version = store.schema_version
+        shown = store.name
     finally:
         store.close()
     key_note = "created" if key_created else "existing"
     emit(
         app,
         {
-            "database": str(settings.db_path),
+            "database": shown,
             "key_file": str(settings.key_file),
             "key_file_created": key_created,
             "schema_version": version,
         },
-        f"created database {settings.db_path} (schema version {version}) with {key_note} key file"
+        f"created database {shown} (schema version {version}) with {key_note} key file"
         f" {settings.key_file}\nback up the key file separately: without it the secrets cannot be read",
     )
 
@@ -57,11 +60,11 @@ def db_migrate(app: App) -> None:
     store = app.store()
     before, after = store.opened_version, store.schema_version
     message = (
-        f"migrated {app.settings.db_path} from schema version {before} to {after}"
+        f"migrated {app.settings.shown} from schema version {before} to {after}"
         if before != after
-        else f"{app.settings.db_path} is up to date (schema version {after})"
+        else f"{app.settings.shown} is up to date (schema version {after})"
     )
-    emit(app, {"database": str(app.settings.db_path), "from_version": before, "to_version": after}, message)
+    emit(app, {"database": str(app.settings.shown), "from_version": before, "to_version": after}, message)
 
 
 @db.command("check", epilog=example("aaa-vpn db check"))
@@ -73,7 +76,7 @@ def db_check(app: App) -> None:
     counts = store.counts()
     version = store.schema_version
     document = {
-        "database": str(app.settings.db_path),
+        "database": str(app.settings.shown),
         "schema_version": version,
         "generation": store.generation(),
         "counts": counts,
@@ -81,7 +84,7 @@ def db_check(app: App) -> None:
         "ok": not problems,
     }
     summary = ", ".join(f"{n} {table}" for table, n in counts.items())
-    text = f"{app.settings.db_path}: schema version {version}; {summary}\n" + (
+    text = f"{app.settings.shown}: schema version {version}; {summary}\n" + (
         "\n".join(f"problem: {p}" for p in problems) if problems else "ok"
     )
     emit(app, document, text)

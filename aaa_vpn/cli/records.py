@@ -30,7 +30,7 @@ from aaa_vpn.model import (
     parse_ipv4,
     parse_network,
 )
-from aaa_vpn.store import SqliteStore
+from aaa_vpn.store import SqlStore
 from aaa_vpn.store.transfer import (
     JsonObject,
     client_to_json,
@@ -58,7 +58,7 @@ def _prefixes(values: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(parse_network("protected prefix", value) for value in values)
 
 
-def _user_extra(store: SqliteStore, user: User, with_secrets: bool) -> JsonObject:
+def _user_extra(store: SqlStore, user: User, with_secrets: bool) -> JsonObject:
     return {
         "vpn_records": [vpn_record_to_json(r) for r in store.list_vpn_records(user.nai)],
         "sessions": [session_to_json(s, with_secrets=with_secrets) for s in store.find_sessions(user.nai)],

@@ -17,7 +17,7 @@ import click
 from aaa_vpn.cli.common import App, InvalidInput, StoreFailure, emit, example, exit_with, pass_app, with_options
 from aaa_vpn.cli.crud import Field, Key, Kind, kind_group
 from aaa_vpn.model import Session
-from aaa_vpn.store import SqliteStore
+from aaa_vpn.store import SqlStore
 from aaa_vpn.store.transfer import JsonObject, session_to_json
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def _disconnect(app: App, session_id: str, source: str, timeout: float, retries:
     )
 
 
-def _agents(store: SqliteStore, session: Session, with_secrets: bool) -> JsonObject:
+def _agents(store: SqlStore, session: Session, with_secrets: bool) -> JsonObject:
     """The agents a disconnect would go to."""
     from aaa_vpn.net import coa_client as coa_service  # the RADIUS codecs, only when needed
 

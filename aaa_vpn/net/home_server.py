@@ -21,8 +21,9 @@ batch costs that batch's replies, never the worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
-import functools
+import gc
 import logging
 import os
 import signal
@@ -35,12 +36,15 @@ from typing import Any
 from aaa_vpn.roles.home_aaa import HomeAaaOptions
 from aaa_vpn.service.home import HomeService
 from aaa_vpn.service.logging import configure_logging, fields
+from aaa_vpn.store import is_url
+from aaa_vpn.store.marks import SessionMarks
 
 log = logging.getLogger("aaa_vpn.server")
 
 _BATCH = 256  # datagrams handled per wake-up before yielding to the loop
 _RECV_BUFFER = 4 * 1024 * 1024
 _EXPIRE_EVERY = 30.0
+_GC_THRESHOLDS = (20_000, 50, 100)  # gc.set_threshold in each worker (serve_worker)
 _STATS_EVERY = 300.0
 
 
@@ -67,10 +71,12 @@ def _bind(address: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _open(settings: Any) -> HomeService:
+def _open(settings: Any, marks: SessionMarks | None = None) -> HomeService:
     from aaa_vpn.store import open_store
 
-    store = open_store(settings.db_path, settings.key_file, busy_timeout_ms=int(settings.db_busy_timeout * 1000))
+    store = open_store(
+        settings.db_path, settings.key_file, busy_timeout_ms=int(settings.db_busy_timeout * 1000), marks=marks
+    )
     options = HomeAaaOptions(
         session_lifetime=settings.session_lifetime,
         dup_cache_seconds=settings.dup_cache_seconds,
@@ -83,22 +89,39 @@ def _log_counters(aaa: HomeService, message: str) -> None:
     log.info(message, extra=fields(**{k.replace(".", "_"): v for k, v in sorted(aaa.counters.items())}))
 
 
-def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the exit code."""
-    aaa = _open(settings)
+def serve_worker(
+    settings: Any,
+    index: int,
+    sock: socket.socket | None = None,
+    marks: SessionMarks | None = None,
+    accounting_sock: socket.socket | None = None,
+) -> int:
+    """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``
+    and ``accounting_sock``: the ports, bound already (else bound here)."""
+    aaa = _open(settings, marks)
+    # A first registration allocates a few hundred objects, almost none of
+    # them in reference cycles: collect the young generation every 20,000
+    # allocations rather than every 700 (about 10 % of a registration's CPU
+    # at the default), and leave what start-up made out of every collection.
+    gc.set_threshold(*_GC_THRESHOLDS)
+    gc.freeze()
     if sock is None:
         sock = _bind(settings.listen, settings.port, reuse_port=True)
+    if accounting_sock is None:
+        accounting_sock = _bind(settings.listen, settings.accounting, reuse_port=True)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
-    def readable() -> None:
+    def readable(
+        port: socket.socket, handle: Callable[[list[tuple[bytes, tuple[str, int]]], float], list[Any]]
+    ) -> None:
         # Drain what the socket holds (up to _BATCH datagrams), handle it as one
-        # batch -- one database transaction for all sessions it creates --
-        # then send the replies.
+        # batch -- one database transaction for all it writes -- then send the
+        # replies.
         batch: list[tuple[bytes, tuple[str, int]]] = []
         for _ in range(_BATCH):
             try:
-                batch.append(sock.recvfrom(65535))
+                batch.append(port.recvfrom(65535))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ECONNREFUSED reported for an earlier sendto
@@ -106,7 +129,7 @@ def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -
         if not batch:
             return
         try:
-            replies = aaa.handle_batch(batch, time.time())
+            replies = handle(batch, time.time())
         except Exception:  # a bug must cost these requests, never the daemon
             aaa.counters["dropped"] += len(batch)
             aaa.counters["dropped.internal_error"] += len(batch)
@@ -114,7 +137,7 @@ def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -
             return
         for reply, destination in replies:
             try:
-                sock.sendto(reply, destination)
+                port.sendto(reply, destination)
             except OSError as exc:
                 aaa.counters["send_errors"] += 1
                 log.warning("sendto failed", extra=fields(destination=destination[0], error=str(exc)))
@@ -136,15 +159,23 @@ def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -
                 last_stats = time.monotonic()
 
     async def main() -> None:
-        loop.add_reader(sock.fileno(), readable)
+        loop.add_reader(sock.fileno(), readable, sock, aaa.handle_batch)
+        loop.add_reader(accounting_sock.fileno(), readable, accounting_sock, aaa.handle_accounting_batch)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, lambda: _log_counters(aaa, "counters"))
         host, port = sock.getsockname()
-        log.info("worker listening", extra=fields(worker=index, address=f"{host}:{port}"))
+        accounting_host, accounting_port = accounting_sock.getsockname()
+        log.info(
+            "worker listening",
+            extra=fields(
+                worker=index, address=f"{host}:{port}", accounting=f"{accounting_host}:{accounting_port}"
+            ),
+        )
         task = asyncio.ensure_future(housekeeping())
         await stop.wait()
         loop.remove_reader(sock.fileno())
+        loop.remove_reader(accounting_sock.fileno())
         await task
 
     try:
@@ -153,6 +184,7 @@ def serve_worker(settings: Any, index: int, sock: socket.socket | None = None) -
         _log_counters(aaa, "worker stopped")
         loop.close()
         sock.close()
+        accounting_sock.close()
         aaa.store.close()
     return 0
 
@@ -168,6 +200,11 @@ def run_home_server(settings: Any) -> int:
         clients = len(aaa.provisioning.clients())
         aaa.store.close()
         probe = _bind(settings.listen, settings.port, reuse_port=workers > 1)
+        try:
+            accounting_probe = _bind(settings.listen, settings.accounting, reuse_port=workers > 1)
+        except ServerError:
+            probe.close()
+            raise
     except ServerError as exc:
         log.error(str(exc))
         return 1
@@ -178,31 +215,69 @@ def run_home_server(settings: Any) -> int:
         log.warning("no RADIUS clients are provisioned: every request will be dropped")
     log.info(
         "home AAA starting",
-        extra=fields(address=f"{settings.listen}:{probe.getsockname()[1]}", workers=workers, clients=clients),
+        extra=fields(
+            address=f"{settings.listen}:{probe.getsockname()[1]}",
+            accounting=f"{settings.listen}:{accounting_probe.getsockname()[1]}",
+            workers=workers,
+            clients=clients,
+        ),
     )
+    # On PostgreSQL the node's workers share session marks that a process of
+    # their own keeps from every node's announcements (store/postgres.py).
+    marks = SessionMarks.shared() if is_url(settings.db_path) else None
+    processes = workers + (marks is not None)
     if workers == 1:
         # One worker serves on the socket bound here (a restarted worker
         # inherits it again): no moment without a listener, and port 0 stays
         # the port reported above.
         try:
-            return supervise(functools.partial(serve_worker, settings, sock=probe), 1, "home AAA")
+            return supervise(_roles(settings, workers, marks, (probe, accounting_probe)), processes, "home AAA")
         finally:
             probe.close()
-    if settings.port == 0:
-        # Workers must share one concrete port.
-        settings = _with_port(settings, probe.getsockname()[1])
+            accounting_probe.close()
+    # Workers must share concrete ports.
+    settings = dataclasses.replace(
+        settings, port=probe.getsockname()[1], accounting_port=accounting_probe.getsockname()[1]
+    )
     probe.close()
-    return _supervise(settings, workers)
+    accounting_probe.close()
+    return supervise(_roles(settings, workers, marks, None), processes, "home AAA")
 
 
-def _with_port(settings: Any, port: int) -> Any:
-    import dataclasses
+def _roles(
+    settings: Any,
+    workers: int,
+    marks: SessionMarks | None,
+    sockets: tuple[socket.socket, socket.socket] | None,
+) -> Callable[[int], int]:
+    """What forked process ``index`` does: serve (0 .. workers-1), on the
+    bound ``sockets`` (authentication, accounting) if given, or keep the
+    session marks (index ``workers``, PostgreSQL only)."""
 
-    return dataclasses.replace(settings, port=port)
+    def run(index: int) -> int:
+        if index < workers:
+            sock, accounting = sockets if sockets is not None else (None, None)
+            return serve_worker(settings, index, sock=sock, marks=marks, accounting_sock=accounting)
+        assert marks is not None
+        return listen_for_changes(settings.db_path, marks)
+
+    return run
 
 
-def _supervise(settings: Any, workers: int) -> int:
-    return supervise(functools.partial(serve_worker, settings), workers, "home AAA")
+def listen_for_changes(url: str, marks: SessionMarks) -> int:
+    """The life of a PostgreSQL node's listener process, until SIGTERM/SIGINT."""
+    from aaa_vpn.store.postgres import SessionListener
+
+    stop = False
+
+    def stopping(*_args: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    SessionListener(url, marks).run(lambda: stop)
+    return 0
 
 
 def supervise(serve: Callable[[int], int], workers: int, what: str) -> int:

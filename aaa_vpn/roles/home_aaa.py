@@ -140,6 +140,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.store.marks import SessionMarks
 from aaa_vpn.wire import coa
 from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.accounting import session_class
 from aaa_vpn.wire.memo import Memo, PyRenewalMemo, renewal_memo
 from aaa_vpn.wire.memo import shape as memo_shape
 from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfile
@@ -447,6 +448,12 @@ class _View:
         return self.confirmation
 
 
+def _class_attribute(session_id: str) -> bytes:
+    """The Class every Access-Accept carries: the session it answers for, which
+    the NAS echoes in its accounting (RFC 2865 section 5.25)."""
+    return rc.attribute(rc.CLASS, session_class(session_id))
+
+
 def _printable(raw: bytes | str) -> str:
     text = raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
     return text[:128]
@@ -542,7 +549,7 @@ class HomeAaa:
             self._outbox.append((result, source))
             return
         if result.code == rc.STATUS_SERVER:
-            reply = self.server.status_reply(result, self._status_message(now), now)
+            reply = self.server.status_reply(result, self.status_message(now), now)
             self._take_dropped()
             if reply is not None:
                 self._outbox.append((reply, source))
@@ -852,14 +859,15 @@ class HomeAaa:
         key = memo_shape(incoming.packet.data, incoming.source[0])
         if key is None:  # pragma: no cover - the packet decoded
             return
-        attributes, slots = template.layout()
+        layout, slots = template.layout()
+        class_attribute = _class_attribute(session.session_id)  # as _answer puts it first
         client = incoming.client
         self._memo.remember(
             key,
             client.secret.value,
             ctx.user.mn_aaa_secret.value,
-            attributes,
-            slots,
+            class_attribute + layout,
+            [slot + len(class_attribute) for slot in slots],
             client.require_message_authenticator,
             valid_until,
             session.expires,
@@ -954,7 +962,7 @@ class HomeAaa:
             return None  # rule 6: a registration that names nothing creates
         nai = request.nai
         marks = self._marks
-        stamp = marks.stamp(nai) if marks is not None else None
+        stamp = marks.stamp(nai) if marks is not None and marks.available() else None
         job.stamp = stamp
         cached = self._live.get(nai)
         if cached is not None:
@@ -1044,7 +1052,8 @@ class HomeAaa:
         client, incoming, request = job.incoming.client, job.incoming, job.request
         view = self._view(session, paths, client.role, request_type, node, ctx)
         lifetime = max(0, int(session.expires - now))
-        reserved = len(incoming.packet.proxy_states())
+        class_attribute = _class_attribute(session.session_id)
+        reserved = len(incoming.packet.proxy_states()) + len(class_attribute)
         budget = rc.DEFAULT_ATTRIBUTE_BUDGET - reserved
         confirm = (
             client.flavour is Flavour.AAA_VPN
@@ -1054,7 +1063,10 @@ class HomeAaa:
         try:
             template = view.confirmation_template() if confirm else view.template(client.flavour)
             salt = int.from_bytes(self.random_bytes(2), "big") if template.secrets else 0
-            attributes = [template.render_bytes(lifetime, client.secret, incoming.authenticator, budget, salt)]
+            attributes = [
+                class_attribute,
+                template.render_bytes(lifetime, client.secret, incoming.authenticator, budget, salt),
+            ]
         except ProfileError as exc:
             raise Rejected(RejectReason.PROFILE_TOO_LARGE, f"VPN profile does not fit: {exc}") from None
         decided = Decided(
@@ -1113,7 +1125,8 @@ class HomeAaa:
         while dropped:
             self._events.append(dropped.popleft())  # type: ignore[arg-type]
 
-    def _status_message(self, now: float) -> str:
+    def status_message(self, now: float) -> str:
+        """The Reply-Message of a Status-Server answer: uptime and counters."""
         c = self.counters
         return (
             f"aaa-vpn home AAA up {int(now - self.started)}s pid {os.getpid()}:"

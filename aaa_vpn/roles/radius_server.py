@@ -11,7 +11,9 @@ Rules (RFC 2865, RFC 3579, RFC 5080 section 2.2.2, RFC 5997):
    header, a Length outside 20..4096 or beyond the datagram, an attribute
    whose Length runs past the packet -- is dropped. Octets beyond Length are
    padding (RFC 2865 section 3). Only the codes the owner serves are handled
-   (Access-Request and Status-Server); any other is dropped.
+   (Access-Request and Status-Server on an authentication port,
+   Accounting-Request and Status-Server on an accounting port); any other is
+   dropped.
 3. Duplicates (RFC 5080 section 2.2.2): a request with the same source
    address and port, Identifier and Request Authenticator as one answered
    within ``dup_ttl`` seconds gets the byte-identical reply again and changes
@@ -22,16 +24,22 @@ Rules (RFC 2865, RFC 3579, RFC 5080 section 2.2.2, RFC 5997):
 4. Message-Authenticator (RFC 3579 section 3.2, RFC 5080 section 2.2.2,
    BlastRADIUS): a wrong one, a repeated one or one of the wrong length is a
    silent drop; a missing one is a silent drop for Status-Server and for
-   clients that require it (the default). A wrong shared secret shows up
-   here.
+   clients that require it (the default) in Access-Requests. An
+   Accounting-Request must carry the Request Authenticator RFC 2866 section 3
+   defines (an MD5 over the packet and the secret: dropped otherwise), and
+   its Message-Authenticator, which it need not carry, is computed with that
+   field zeroed. A wrong shared secret shows up here.
 5. Replies are sealed by :meth:`RadiusServer.answer`: Message-Authenticator
-   first, the owner's attributes, then the request's Proxy-State attributes,
+   first (not in an Accounting-Response to an Accounting-Request: RFC 2866
+   section 4.2 has none, and FreeRADIUS computes one differently), the
+   owner's attributes, then the request's Proxy-State attributes,
    in order, at the end (RFC 2865 section 5.33); the Response Authenticator
    last. A reply that cannot fit 4096 octets (a request full of Proxy-State)
    is not sent: that one request is dropped and counted, nothing else is
    affected.
-6. Status-Server (RFC 5997 section 3) is answered with an Access-Accept whose
-   Reply-Message the owner writes (:meth:`RadiusServer.status_reply`).
+6. Status-Server (RFC 5997 section 3) is answered with an Access-Accept (an
+   Accounting-Response on an accounting port) whose Reply-Message the owner
+   writes (:meth:`RadiusServer.status_reply`).
 
 Every drop is counted (``dropped``, ``dropped.<reason>``) and reported as a
 :class:`Dropped` event for the service layer to log (rate-limited there).
@@ -252,11 +260,15 @@ class RadiusServer(Generic[C]):
                 # decided, answered again once it was.
                 self.counters["duplicates" if cached else "absorbed"] += 1
                 return cached or None
-        ma = rc.check_message_authenticator(packet, client.secret.value)
+        hashed = code == rc.ACCOUNTING_REQUEST
+        if hashed and not rc.check_hashed_request(packet, client.secret.value):
+            self.drop("bad_request_authenticator", source, f"client {client.name}")
+            return None
+        ma = rc.check_message_authenticator(packet, client.secret.value, rc.ZERO_AUTHENTICATOR if hashed else None)
         if ma is False:
             self.drop("bad_message_authenticator", source, f"client {client.name}")
             return None
-        if ma is None and (status or client.require_message_authenticator):
+        if ma is None and (status or (client.require_message_authenticator and not hashed)):
             self.drop("missing_message_authenticator", source, f"client {client.name}")
             return None
         if not status:
@@ -270,7 +282,12 @@ class RadiusServer(Generic[C]):
         body = b"".join(attributes) + proxy_states
         try:
             reply = rc.encode_reply(
-                code, incoming.identifier, incoming.authenticator, incoming.client.secret.value, body
+                code,
+                incoming.identifier,
+                incoming.authenticator,
+                incoming.client.secret.value,
+                body,
+                message_authenticator=code != rc.ACCOUNTING_RESPONSE or incoming.code == rc.STATUS_SERVER,
             )
         except rc.ReplyTooLarge as exc:
             self.abandon(incoming, "reply_too_large", str(exc))
@@ -280,9 +297,11 @@ class RadiusServer(Generic[C]):
         return reply
 
     def status_reply(self, incoming: Incoming[C], message: str, now: float) -> bytes | None:
-        """Rule 6: the Access-Accept answering a Status-Server."""
+        """Rule 6: the Access-Accept (Accounting-Response on an accounting
+        port) answering a Status-Server."""
         self.counters["status_server"] += 1
-        return self.answer(incoming, rc.ACCESS_ACCEPT, [rc.attribute(rc.REPLY_MESSAGE, message.encode()[:253])], now)
+        code = rc.ACCOUNTING_RESPONSE if rc.ACCOUNTING_REQUEST in self.codes else rc.ACCESS_ACCEPT
+        return self.answer(incoming, code, [rc.attribute(rc.REPLY_MESSAGE, message.encode()[:253])], now)
 
     def abandon(self, incoming: Incoming[C], reason: str, detail: str = "") -> None:
         """Drop a request that was being decided (counted): its

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aaa_vpn.model import ValidationError
 from aaa_vpn.service.settings import Bounds, Choices, check_declared, declared, setting
-from aaa_vpn.store import default_key_file
+from aaa_vpn.store import DatabaseLocation, database_location, default_key_file, is_url
 
 if TYPE_CHECKING:  # the roles pull in the RADIUS codecs, which provisioning commands do not need
     from aaa_vpn.roles.foreign_aaa import ProxyClient, Realm
@@ -86,40 +86,60 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def key_file_for(db_path: Path, key_file: Path | None) -> Path:
-    """The key file to use: the one named, else ``<db>.key`` beside the database."""
-    return key_file if key_file is not None else default_key_file(db_path)
+def key_file_for(db_path: DatabaseLocation, key_file: Path | None) -> Path | None:
+    """The key file to use: the one named, else ``<db>.key`` beside an SQLite
+    database; None for a PostgreSQL database without one (opening it says so)."""
+    if key_file is not None:
+        return key_file
+    return None if is_url(db_path) else default_key_file(db_path)
 
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """Where the VPN database and its secrets key live."""
+    """Where the VPN database (a file, or a ``postgresql://`` URL) and its secrets key live."""
 
-    db_path: Path = DEFAULT_DB_PATH
-    key_file: Path = Path(f"{DEFAULT_DB_PATH}.key")
+    db_path: DatabaseLocation = DEFAULT_DB_PATH
+    key_file: Path | None = Path(f"{DEFAULT_DB_PATH}.key")
 
     @classmethod
-    def resolve(cls, db_path: Path | None = None, key_file: Path | None = None) -> StoreSettings:
+    def resolve(cls, db_path: DatabaseLocation | None = None, key_file: Path | None = None) -> StoreSettings:
         """Fill in from the environment, then the defaults (options win over both)."""
         if db_path is None:
-            db_path = Path(os.environ.get(DB_ENV) or DEFAULT_DB_PATH)
+            db_path = database_location(os.environ.get(DB_ENV) or DEFAULT_DB_PATH)
         if key_file is None and os.environ.get(KEY_FILE_ENV):
             key_file = Path(os.environ[KEY_FILE_ENV])
         return cls(db_path=db_path, key_file=key_file_for(db_path, key_file))
+
+    @property
+    def shown(self) -> str:
+        """The database as messages name it (a URL without its password)."""
+        if is_url(self.db_path):
+            from aaa_vpn.store.postgres import redacted
+
+            return redacted(str(self.db_path))
+        return str(self.db_path)
 
 
 @dataclass(frozen=True)
 class HomeServerSettings:
     """Everything ``aaa-vpn serve home`` needs to run the home AAA server."""
 
-    db_path: Path
-    key_file: Path
+    db_path: DatabaseLocation
+    key_file: Path | None
     listen: str = _listen()
     port: int = _port()
     workers: int = _workers(cli_default=default_workers, shown_default="number of CPUs")
     log_level: str = log_level_setting()
     log_format: str = log_format_setting()
     dup_cache_seconds: float = _dup_cache_seconds("--dup-cache-seconds")
+    accounting_port: int | None = setting(
+        None,
+        help="RADIUS accounting port (RFC 2866) on the same address; 0: any free port.",
+        flag="--accounting-port",
+        shown_default="the authentication port + 1 (1813), or any free port with --port 0",
+        kind=int,
+        check=Bounds("accounting port", 0, 65535),
+    )
     session_lifetime: int = setting(
         DEFAULT_SESSION_LIFETIME,
         help="Seconds a session lives without re-registration.",
@@ -144,6 +164,13 @@ class HomeServerSettings:
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
         check_declared(self)
+
+    @property
+    def accounting(self) -> int:
+        """The accounting port to bind (0: any)."""
+        if self.accounting_port is not None:
+            return self.accounting_port
+        return self.port + 1 if 0 < self.port < 65535 else 0
 
 
 @dataclass(frozen=True)
@@ -239,7 +266,7 @@ class ConfigFile:
         session_lifetime = 3600
     """
 
-    db_path: Path | None = None
+    db_path: DatabaseLocation | None = None
     key_file: Path | None = None
     serve_home: dict[str, object] | None = None
 
@@ -254,12 +281,12 @@ class ConfigFile:
         unknown = set(data) - {"db", "key_file", "serve"}
         if unknown:
             raise ValidationError(f"{where(sorted(unknown)[0])} is not a known setting")
-        paths: dict[str, Path | None] = {}
+        paths: dict[str, str | None] = {}
         for key in ("db", "key_file"):
             value = data.get(key)
             if value is not None and not isinstance(value, str):
-                raise ValidationError(f"{where(key)} must be a string (a file name)")
-            paths[key] = Path(value) if value else None
+                raise ValidationError(f"{where(key)} must be a string (a file name or, for db, a postgresql:// URL)")
+            paths[key] = value or None
         serve = data.get("serve", {})
         if not isinstance(serve, dict) or set(serve) - {"home"}:
             raise ValidationError(f"{where('serve')} may only hold a [serve.home] table")
@@ -273,4 +300,8 @@ class ConfigFile:
                     raise ValidationError(f"{where('serve.home.' + key)} is not a known setting")
                 if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
                     raise ValidationError(f"{where('serve.home.' + key)} has the wrong type ({type(value).__name__})")
-        return cls(db_path=paths["db"], key_file=paths["key_file"], serve_home=dict(home) if home else None)
+        return cls(
+            db_path=database_location(paths["db"]) if paths["db"] else None,
+            key_file=Path(paths["key_file"]) if paths["key_file"] else None,
+            serve_home=dict(home) if home else None,
+        )

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from aaa_vpn.model import Client, Session, WriteOutcome
+from aaa_vpn.roles.accounting import AccountingServer
 from aaa_vpn.roles.home_aaa import (
     Authorize,
     Decided,
@@ -192,6 +193,9 @@ class HomeService:
             now=time.time() if now is None else now,
             random_bytes=random_bytes,
         )
+        self.accounting = AccountingServer(
+            self.provisioning.clients(), self.role.counters, dup_ttl=self.role.options.dup_cache_seconds
+        )
         self._budget: dict[str, _Budget] = {}
         self.authorizations: list[Authorize] = []
 
@@ -209,6 +213,32 @@ class HomeService:
             self.role.receive_datagram(data, source, now)
         self.run(now)
         return self.role.datagrams_to_send()
+
+    def handle_accounting_batch(
+        self, batch: Sequence[tuple[bytes, Address]], now: float
+    ) -> list[tuple[bytes, Address]]:
+        """The datagrams received together on the accounting port
+        (roles/accounting.py): recorded in one durable transaction before any
+        of them is answered; returns the responses, with their destinations."""
+        self.counters["accounting.batches"] += 1
+        self._refresh()
+        status = self.role.status_message(now)
+        for data, source in batch:
+            self.accounting.receive_datagram(data, source, now, status)
+        self.accounting.end_batch()
+        while self.accounting.events:
+            event = self.accounting.events.popleft()
+            if isinstance(event, Dropped):
+                self._log_drop(event, now)
+                continue
+            try:
+                self.store.record_accounting(event.entries)
+                ok = True
+            except StoreError as exc:
+                self._store_failed("cannot store accounting", exc)
+                ok = False
+            self.accounting.stored(event.write_id, ok, now)
+        return self.accounting.datagrams_to_send()
 
     def handle(self, data: bytes, source: Address, now: float) -> bytes | None:
         """One datagram; the reply to send to ``source``, if any."""
@@ -245,6 +275,7 @@ class HomeService:
         """Housekeeping: delete expired sessions from the store (one worker
         does it) and forget old answers."""
         self.role.expire(now)
+        self.accounting.expire(now)
         count = self.store.expire_sessions(now)
         if count:
             self.counters["sessions_expired"] += count
@@ -276,6 +307,7 @@ class HomeService:
         try:
             if self.provisioning.refresh():
                 self.role.refresh()
+                self.accounting.set_clients(self.provisioning.clients())
         except StoreError as exc:
             self._store_failed("cannot read provisioning", exc)
 

@@ -18,8 +18,20 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from aaa_vpn.model import Client, Gateway, QosClass, Service, Session, SessionWrite, User, VpnRecord, WriteOutcome
+from aaa_vpn.model import (
+    AccountingRecord,
+    Client,
+    Gateway,
+    QosClass,
+    Service,
+    Session,
+    SessionWrite,
+    User,
+    VpnRecord,
+    WriteOutcome,
+)
 from aaa_vpn.store.marks import SessionMarks
+from aaa_vpn.wire.accounting import AccountingRequest
 
 
 @dataclass(frozen=True)
@@ -36,7 +48,10 @@ class SessionHead:
 
 
 class StoreError(Exception):
-    """The database cannot do what was asked."""
+    """The database cannot do what was asked. ``cause``: the driver's error, if
+    one was (kept for the store's own checks; messages never need it)."""
+
+    cause: BaseException | None = None
 
 
 class NotFound(StoreError):
@@ -53,6 +68,16 @@ class ReferenceError_(StoreError):
 
 class SpiConflict(StoreError):
     """An SPI is already allocated on that receiving node."""
+
+
+@dataclass(frozen=True)
+class AccountingEntry:
+    """One accounting request to record: what it says, when it arrived, and
+    the RADIUS client (its provisioned name) that sent it."""
+
+    request: AccountingRequest
+    arrived: float
+    client: str
 
 
 class StoreBusy(StoreError):
@@ -156,5 +181,25 @@ class Store(Protocol):
         """Delete sessions whose ``expires`` is before ``now``; return how many."""
 
     def spis_in_use(self, node: IPv4Address) -> Sequence[int]: ...
+
+    # -- accounting (RFC 2866) ------------------------------------------------
+    def record_accounting(self, entries: Sequence[AccountingEntry]) -> None:
+        """Merge accounting requests into their records, all in one durable
+        transaction (committed to disk before this returns: RFC 2866 section
+        4.1 lets the server answer only then). Raises StoreError if nothing
+        could be stored."""
+
+    def list_accounting(
+        self,
+        nai: str | None = None,
+        session_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[AccountingRecord]:
+        """Records, oldest update first, whose user, session and last update
+        (since <= updated < until) match what is given."""
+
+    def get_accounting(self, unique_id: str) -> AccountingRecord: ...
 
     def close(self) -> None: ...

@@ -29,6 +29,12 @@ marks say so, cheaply enough to ask on every request:
    no stamp (None) and trusts no copy: every such request reads the
    database. A writer that cannot mark refuses to write (StoreError), before
    it writes anything.
+5. After the words, one more: zero while the marks can be trusted. Marks
+   kept from another source -- a PostgreSQL node's listener, which marks
+   what every node announces (aaa_vpn/store/postgres.py) -- say so while
+   that source is lost (:meth:`SessionMarks.set_available`), and every word
+   moves when it is found again (:meth:`SessionMarks.mark_all`): no copy read
+   meanwhile is trusted. The marks of an SQLite file are always available.
 
 Expired sessions are not marked: every copy carries its expiry and is not
 trusted past it.
@@ -42,10 +48,10 @@ import stat
 import zlib
 from pathlib import Path
 
-#: Words in a marks table (a power of two): 512 KiB.
+#: Words in a marks table (a power of two): 512 KiB, and the availability word.
 SLOTS = 1 << 16
 WORD = 8
-SIZE = SLOTS * WORD
+SIZE = (SLOTS + 1) * WORD
 
 
 class MarksError(OSError):
@@ -68,6 +74,12 @@ class SessionMarks:
     def private(cls) -> SessionMarks:
         """Marks for one process (an in-memory store)."""
         return cls(bytearray(SIZE))
+
+    @classmethod
+    def shared(cls) -> SessionMarks:
+        """Marks in anonymous shared memory: for the processes a server forks
+        after making them (a PostgreSQL node's workers and its listener)."""
+        return cls(mmap.mmap(-1, SIZE, mmap.MAP_SHARED))
 
     @classmethod
     def beside(cls, database: Path, writable: bool = True) -> SessionMarks:
@@ -115,6 +127,18 @@ class SessionMarks:
     def mark(self, nai: str) -> None:
         """The user's sessions changed (call after the commit)."""
         self._words[self.slot(nai)] = int.from_bytes(os.urandom(WORD), "little")
+
+    def mark_all(self) -> None:
+        """Every user's sessions may have changed (module rule 5)."""
+        fresh = memoryview(os.urandom(SLOTS * WORD)).cast("Q")
+        self._words[:SLOTS] = fresh
+
+    def available(self) -> bool:
+        """Whether copies may be trusted at all (module rule 5)."""
+        return self._words[SLOTS] == 0
+
+    def set_available(self, available: bool) -> None:
+        self._words[SLOTS] = 0 if available else 1
 
     def close(self) -> None:
         """Unmap the table, unless a memo still holds it (then it goes with the process)."""

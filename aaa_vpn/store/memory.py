@@ -24,6 +24,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Self
 
 from aaa_vpn.model import (
+    AccountingRecord,
     Client,
     Gateway,
     QosClass,
@@ -35,8 +36,18 @@ from aaa_vpn.model import (
     WriteKind,
     WriteOutcome,
 )
-from aaa_vpn.store.base import AlreadyExists, NotFound, ReferenceError_, SessionHead, SpiConflict, StoreError
+from aaa_vpn.store.base import (
+    AccountingEntry,
+    AlreadyExists,
+    NotFound,
+    ReferenceError_,
+    SessionHead,
+    SpiConflict,
+    StoreError,
+)
 from aaa_vpn.store.marks import SessionMarks
+from aaa_vpn.store.sql import class_text
+from aaa_vpn.wire.accounting import AcctStatus
 
 
 class MemoryStore:
@@ -50,6 +61,7 @@ class MemoryStore:
         self.qos: dict[str, QosClass] = {}
         self.records: dict[int, VpnRecord] = {}
         self.sessions: dict[str, Session] = {}
+        self.accounting: dict[str, AccountingRecord] = {}
         self._generation = 1
         self._ids = itertools.count(1)
         self._spis: dict[tuple[int, int], str] = {}  # (node, SPI) -> session id
@@ -407,6 +419,53 @@ class MemoryStore:
     def spis_in_use(self, node: IPv4Address) -> Sequence[int]:
         return sorted(spi for (n, spi) in self._spis if n == int(node))
 
+    # -- accounting ---------------------------------------------------------------
+    def record_accounting(self, entries: Sequence[AccountingEntry]) -> None:
+        """As the SQL stores merge them (aaa_vpn/store/sql.py)."""
+        self._check_writable()
+        for entry in entries:
+            request = entry.request
+            at = request.event_time(entry.arrived)
+            if request.status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
+                for key, record in list(self.accounting.items()):
+                    if record.nas == request.nas and record.stopped is None and (record.started or 0) <= at:
+                        self.accounting[key] = dataclasses.replace(
+                            record,
+                            stopped=at,
+                            updated=at,
+                            terminate_cause="NAS-Reboot",
+                            updates=record.updates + 1,
+                        )
+                continue
+            self.accounting[request.unique_id] = _merged(self.accounting.get(request.unique_id), entry, at)
+
+    def list_accounting(
+        self,
+        nai: str | None = None,
+        session_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[AccountingRecord]:
+        found = sorted(
+            (
+                r
+                for r in self.accounting.values()
+                if (nai is None or r.nai == nai)
+                and (session_id is None or r.session_id == session_id)
+                and (since is None or r.updated >= since)
+                and (until is None or r.updated < until)
+            ),
+            key=lambda r: (r.updated, r.unique_id),
+        )
+        return found if limit is None else found[:limit]
+
+    def get_accounting(self, unique_id: str) -> AccountingRecord:
+        try:
+            return self.accounting[unique_id]
+        except KeyError:
+            raise NotFound(f"no accounting record {unique_id!r}") from None
+
     def close(self) -> None:
         self.closed = True
 
@@ -429,3 +488,51 @@ if TYPE_CHECKING:
     def _conforms(store: MemoryStore) -> Store:
         # mypy checks here that MemoryStore implements the Store protocol.
         return store
+
+
+def _greater(old: int | float | None, new: int | float | None) -> Any:
+    return old if new is None else new if old is None or new > old else old
+
+
+def _merged(old: AccountingRecord | None, entry: AccountingEntry, at: float) -> AccountingRecord:
+    """``old`` with ``entry`` merged in, as the SQL upsert does."""
+    request = entry.request
+    stop = request.status is AcctStatus.STOP
+    started = at if request.status is AcctStatus.START else None
+    if old is None:
+        return AccountingRecord(
+            unique_id=request.unique_id,
+            acct_session_id=request.acct_session_id,
+            nai=request.user_name,
+            client=entry.client,
+            nas=request.nas,
+            session_id=request.session_id,
+            class_value=class_text(request.class_value),
+            updated=at,
+            started=started,
+            stopped=at if stop else None,
+            session_time=request.session_time,
+            input_octets=request.input_octets,
+            output_octets=request.output_octets,
+            input_packets=request.input_packets,
+            output_packets=request.output_packets,
+            terminate_cause=request.terminate_cause if stop else "",
+            attributes=dict(request.attributes),
+        )
+    return dataclasses.replace(
+        old,
+        nai=request.user_name or old.nai,
+        session_id=request.session_id or old.session_id,
+        class_value=class_text(request.class_value) or old.class_value,
+        started=old.started if started is None or (old.started is not None and old.started <= started) else started,
+        updated=_greater(old.updated, at),
+        stopped=old.stopped if old.stopped is not None else (at if stop else None),
+        session_time=_greater(old.session_time, request.session_time),
+        input_octets=_greater(old.input_octets, request.input_octets),
+        output_octets=_greater(old.output_octets, request.output_octets),
+        input_packets=_greater(old.input_packets, request.input_packets),
+        output_packets=_greater(old.output_packets, request.output_packets),
+        terminate_cause=old.terminate_cause or (request.terminate_cause if stop else ""),
+        attributes={**old.attributes, **request.attributes},
+        updates=old.updates + 1,
+    )

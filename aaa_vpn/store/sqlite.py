@@ -1,4 +1,5 @@
-"""The VPN database on SQLite (stdlib :mod:`sqlite3`): the default :class:`~aaa_vpn.store.base.Store`.
+"""The VPN database on SQLite (stdlib :mod:`sqlite3`): the default
+:class:`~aaa_vpn.store.base.Store`; every query is :class:`~aaa_vpn.store.sql.SqlStore`'s.
 
 Rules:
 
@@ -13,10 +14,6 @@ Rules:
   read-only, silently, when the file is write-protected) is opened again the
   first time a write finds it so: a database that becomes writable is written
   from then on, without a restart.
-- Session writes decided by the home AAA (:meth:`SqliteStore.apply_session_writes`)
-  are conditional on the session's epoch, each in its own savepoint of one
-  transaction: one that finds the session changed or an SPI taken is undone
-  alone and reported, the others commit.
 - WAL journal, ``synchronous=NORMAL`` (durable at checkpoints, never corrupt),
   ``foreign_keys=ON`` on every connection (SQLite's default is off).
 - Schema changes are an ordered list of steps (:data:`MIGRATIONS`); the schema
@@ -36,277 +33,28 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import sqlite3
 import stat
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING
 
-from aaa_vpn.model import (
-    Client,
-    ClientRole,
-    EspTransform,
-    Flavour,
-    Gateway,
-    GatewayMode,
-    KeyMode,
-    QosClass,
-    Service,
-    Session,
-    SessionWrite,
-    SpiAllocation,
-    User,
-    VpnRecord,
-    WriteKind,
-    WriteOutcome,
-)
-from aaa_vpn.secret import Secret
-from aaa_vpn.store.base import (
-    AlreadyExists,
-    NotFound,
-    ReferenceError_,
-    SessionHead,
-    SpiConflict,
-    StoreBusy,
-    StoreError,
-)
-from aaa_vpn.store.crypto import SecretBox, secret_context
+from aaa_vpn.store.base import StoreBusy, StoreError
+from aaa_vpn.store.crypto import SecretBox
 from aaa_vpn.store.marks import MarksError, SessionMarks
-from aaa_vpn.wire.text import text
+from aaa_vpn.store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Dialect, render
+from aaa_vpn.store.sql import Reopened, SqlStore
 
 log = logging.getLogger(__name__)
 
-#: "aavp": marks the file as an aaa_vpn database (PRAGMA application_id).
-APPLICATION_ID = 0x61617670
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 
-PROVISIONING_TABLES = ("users", "clients", "gateways", "services", "qos_classes", "vpn_records")
 
-
-def _generation_triggers() -> tuple[str, ...]:
-    return tuple(
-        f"CREATE TRIGGER {table}_{op.lower()}_bumps_generation AFTER {op} ON {table}"
-        " BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END"
-        for table in PROVISIONING_TABLES
-        for op in ("INSERT", "UPDATE", "DELETE")
-    )
-
-
-# Each step is a sequence of single statements, executed inside the migration
-# transaction. (``executescript`` would commit first, breaking atomicity.)
-# Never edit a released step: append a new one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 1: the tables.
-    (
-        f"PRAGMA application_id = {APPLICATION_ID}",
-        "CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
-        "CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)",
-        "INSERT INTO generation (id, value) VALUES (1, 1)",
-        """CREATE TABLE users (
-            nai TEXT PRIMARY KEY NOT NULL,
-            home_agent TEXT NOT NULL,
-            home_address TEXT,
-            mn_aaa_spi INTEGER NOT NULL,
-            mn_aaa_secret BLOB NOT NULL,
-            mn_ha_spi INTEGER NOT NULL,
-            mn_ha_key BLOB NOT NULL,
-            enabled INTEGER NOT NULL CHECK (enabled IN (0, 1))
-        )""",
-        # An exact duplicate network would make the client of a source address ambiguous.
-        """CREATE TABLE clients (
-            name TEXT PRIMARY KEY NOT NULL,
-            network TEXT NOT NULL UNIQUE,
-            secret BLOB NOT NULL,
-            role TEXT NOT NULL,
-            domain TEXT NOT NULL,
-            coa_port INTEGER NOT NULL,
-            flavour TEXT NOT NULL,
-            require_message_authenticator INTEGER NOT NULL
-        )""",
-        # Prefixes as a JSON array: read with the gateway in one row, never queried alone.
-        """CREATE TABLE gateways (
-            name TEXT PRIMARY KEY NOT NULL,
-            address TEXT NOT NULL,
-            mode TEXT NOT NULL,
-            protected_prefixes TEXT NOT NULL,
-            gateway_key BLOB NOT NULL
-        )""",
-        """CREATE TABLE services (
-            name TEXT PRIMARY KEY NOT NULL,
-            key_mode TEXT NOT NULL,
-            esp_transform TEXT NOT NULL,
-            ike_proposal TEXT NOT NULL,
-            sa_lifetime INTEGER NOT NULL,
-            ike_lifetime INTEGER NOT NULL
-        )""",
-        """CREATE TABLE qos_classes (
-            name TEXT PRIMARY KEY NOT NULL,
-            dscp INTEGER NOT NULL,
-            rate_kbps INTEGER NOT NULL
-        )""",
-        # AUTOINCREMENT: an id is never reused, so a stale id in an operator's
-        # script cannot hit someone else's record. UNIQUE (nai, correspondent)
-        # also serves list_vpn_records(nai).
-        """CREATE TABLE vpn_records (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            nai TEXT NOT NULL REFERENCES users (nai) ON DELETE CASCADE,
-            correspondent TEXT NOT NULL,
-            gateway TEXT NOT NULL REFERENCES gateways (name) ON DELETE RESTRICT,
-            service TEXT NOT NULL REFERENCES services (name) ON DELETE RESTRICT,
-            qos TEXT REFERENCES qos_classes (name) ON DELETE RESTRICT,
-            UNIQUE (nai, correspondent)
-        )""",
-        """CREATE TABLE sessions (
-            session_id TEXT PRIMARY KEY NOT NULL,
-            nai TEXT NOT NULL,
-            session_root_key BLOB NOT NULL,
-            epoch INTEGER NOT NULL,
-            home_address TEXT NOT NULL,
-            home_agent TEXT NOT NULL,
-            care_of_address TEXT NOT NULL,
-            created REAL NOT NULL,
-            expires REAL NOT NULL,
-            foreign_domain TEXT NOT NULL
-        )""",
-        # The primary key indexes session_id, which the cascade delete needs.
-        """CREATE TABLE session_spis (
-            session_id TEXT NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
-            position INTEGER NOT NULL,
-            node TEXT NOT NULL,
-            spi INTEGER NOT NULL,
-            path TEXT NOT NULL,
-            PRIMARY KEY (session_id, position),
-            UNIQUE (node, spi)
-        )""",
-        *_generation_triggers(),
-    ),
-    # 2: indexes for session lookups, expiry and the RESTRICT checks on delete.
-    # A separate step so that the upgrade path is exercised by tests from day one.
-    (
-        "CREATE INDEX sessions_by_nai ON sessions (nai)",
-        "CREATE INDEX sessions_by_expiry ON sessions (expires)",
-        "CREATE INDEX vpn_records_by_gateway ON vpn_records (gateway)",
-        "CREATE INDEX vpn_records_by_service ON vpn_records (service)",
-        "CREATE INDEX vpn_records_by_qos ON vpn_records (qos)",
-    ),
-    # 3: re-keying (docs/protocol.md section 4): the epoch of the stationary
-    # HA <-> GW keys and when the session's keys were last all renewed.
-    (
-        "ALTER TABLE sessions ADD COLUMN stationary_epoch INTEGER NOT NULL DEFAULT 1",
-        "ALTER TABLE sessions ADD COLUMN keyed_at REAL NOT NULL DEFAULT 0",
-        "UPDATE sessions SET keyed_at = created",
-    ),
-)
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-# -- constant SQL (sqlite3 keeps these prepared in its statement cache) ----------
-
-_GENERATION = "SELECT value FROM generation WHERE id = 1"
-
-_USER_COLUMNS = "nai, home_agent, home_address, mn_aaa_spi, mn_aaa_secret, mn_ha_spi, mn_ha_key, enabled"
-_GET_USER = f"SELECT {_USER_COLUMNS} FROM users WHERE nai = ?"
-_LIST_USERS = f"SELECT {_USER_COLUMNS} FROM users ORDER BY nai"
-_INSERT_USER = f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_UPDATE_USER = (
-    "UPDATE users SET nai = ?, home_agent = ?, home_address = ?, mn_aaa_spi = ?, mn_aaa_secret = ?,"
-    " mn_ha_spi = ?, mn_ha_key = ?, enabled = ? WHERE nai = ?"
-)
-
-_CLIENT_COLUMNS = "name, network, secret, role, domain, coa_port, flavour, require_message_authenticator"
-_GET_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE name = ?"
-_LIST_CLIENTS = f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY name"
-_INSERT_CLIENT = f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_UPDATE_CLIENT = (
-    "UPDATE clients SET name = ?, network = ?, secret = ?, role = ?, domain = ?, coa_port = ?,"
-    " flavour = ?, require_message_authenticator = ? WHERE name = ?"
-)
-
-_GATEWAY_COLUMNS = "name, address, mode, protected_prefixes, gateway_key"
-_GET_GATEWAY = f"SELECT {_GATEWAY_COLUMNS} FROM gateways WHERE name = ?"
-_LIST_GATEWAYS = f"SELECT {_GATEWAY_COLUMNS} FROM gateways ORDER BY name"
-_INSERT_GATEWAY = f"INSERT INTO gateways ({_GATEWAY_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
-_UPDATE_GATEWAY = (
-    "UPDATE gateways SET name = ?, address = ?, mode = ?, protected_prefixes = ?, gateway_key = ? WHERE name = ?"
-)
-
-_SERVICE_COLUMNS = "name, key_mode, esp_transform, ike_proposal, sa_lifetime, ike_lifetime"
-_GET_SERVICE = f"SELECT {_SERVICE_COLUMNS} FROM services WHERE name = ?"
-_LIST_SERVICES = f"SELECT {_SERVICE_COLUMNS} FROM services ORDER BY name"
-_INSERT_SERVICE = f"INSERT INTO services ({_SERVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-_UPDATE_SERVICE = (
-    "UPDATE services SET name = ?, key_mode = ?, esp_transform = ?, ike_proposal = ?, sa_lifetime = ?,"
-    " ike_lifetime = ? WHERE name = ?"
-)
-
-_GET_QOS = "SELECT name, dscp, rate_kbps FROM qos_classes WHERE name = ?"
-_LIST_QOS = "SELECT name, dscp, rate_kbps FROM qos_classes ORDER BY name"
-_INSERT_QOS = "INSERT INTO qos_classes (name, dscp, rate_kbps) VALUES (?, ?, ?)"
-_UPDATE_QOS = "UPDATE qos_classes SET name = ?, dscp = ?, rate_kbps = ? WHERE name = ?"
-
-_VPN_COLUMNS = "id, nai, correspondent, gateway, service, qos"
-_GET_VPN = f"SELECT {_VPN_COLUMNS} FROM vpn_records WHERE id = ?"
-_LIST_VPN = f"SELECT {_VPN_COLUMNS} FROM vpn_records ORDER BY id"
-_LIST_VPN_OF_USER = f"SELECT {_VPN_COLUMNS} FROM vpn_records WHERE nai = ? ORDER BY id"
-_INSERT_VPN = f"INSERT INTO vpn_records ({_VPN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-_UPDATE_VPN = "UPDATE vpn_records SET nai = ?, correspondent = ?, gateway = ?, service = ?, qos = ? WHERE id = ?"
-
-# Sessions are read with their SPIs in one statement, so that a concurrent
-# writer can never be seen half-way (one statement = one snapshot).
-_SESSION_SELECT = (
-    "SELECT s.session_id, s.nai, s.session_root_key, s.epoch, s.home_address, s.home_agent,"
-    " s.care_of_address, s.created, s.expires, s.foreign_domain, s.stationary_epoch, s.keyed_at,"
-    " p.node, p.spi, p.path"
-    " FROM sessions AS s LEFT JOIN session_spis AS p ON p.session_id = s.session_id"
-)
-_GET_SESSION = f"{_SESSION_SELECT} WHERE s.session_id = ? ORDER BY p.position"
-_FIND_SESSIONS = f"{_SESSION_SELECT} WHERE s.nai = ? ORDER BY s.created, s.session_id, p.position"
-_SESSION_HEADS = (
-    "SELECT session_id, home_agent, care_of_address, epoch, created, expires FROM sessions WHERE nai = ?"
-    " ORDER BY created, session_id"
-)
-_RENEW_SESSION = "UPDATE sessions SET expires = ? WHERE session_id = ?"
-_RENEW_AT_EPOCH = "UPDATE sessions SET expires = ? WHERE session_id = ? AND epoch = ?"
-_DELETE_AT_EPOCH = "DELETE FROM sessions WHERE session_id = ? AND epoch = ? RETURNING nai"
-_LIST_SESSIONS = f"{_SESSION_SELECT} ORDER BY s.created, s.session_id, p.position"
-_INSERT_SESSION = (
-    "INSERT INTO sessions (session_id, nai, session_root_key, epoch, home_address, home_agent,"
-    " care_of_address, created, expires, foreign_domain, stationary_epoch, keyed_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_SPI = "INSERT INTO session_spis (session_id, position, node, spi, path) VALUES (?, ?, ?, ?, ?)"
-_DELETE_SESSION = "DELETE FROM sessions WHERE session_id = ? RETURNING nai"
-_DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE nai = ?"
-_SPI_HOLDER = (
-    "SELECT p.session_id, s.nai FROM session_spis AS p JOIN sessions AS s ON s.session_id = p.session_id"
-    " WHERE p.node = ? AND p.spi = ?"
-)
-_SPIS_IN_USE = "SELECT spi FROM session_spis WHERE node = ? ORDER BY spi"
-
-_Row = tuple[Any, ...]
-
-
-class _Reopened(StoreError):
-    """A write found the connection read-only and opened it again: retry."""
-
-
-def _is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
-    text = str(exc)
-    return "UNIQUE constraint failed" in text or "PRIMARY KEY" in text
-
-
-def _is_fk_violation(exc: sqlite3.IntegrityError) -> bool:
-    return "FOREIGN KEY constraint failed" in str(exc)
-
-
-class SqliteStore:
+class SqliteStore(SqlStore):
     """:class:`~aaa_vpn.store.base.Store` on one SQLite file.
 
     ``create``: allow creating a new database file (``aaa-vpn db init``); otherwise
@@ -314,6 +62,10 @@ class SqliteStore:
     ``migrate``: apply missing schema steps at open (the default); if false, an
     old schema is an error.
     """
+
+    dialect = Dialect.SQLITE
+    _Error = sqlite3.Error
+    _Integrity = sqlite3.IntegrityError
 
     def __init__(
         self,
@@ -324,8 +76,8 @@ class SqliteStore:
         migrate: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
+        super().__init__(box)
         self.path = Path(path)
-        self._box = box
         #: The schema version found at open (0 for a new database).
         self.opened_version = 0
         #: How often the connection was opened again after it was found read-only.
@@ -335,8 +87,7 @@ class SqliteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._marks: SessionMarks | None = None
         self._marks_error = ""
-        self._changed_nais: set[str] = set()  # users whose sessions this transaction changes (marks)
-        self._conn = self._connect("rwc" if create else "rw")
+        self._conn = self._db = self._connect("rwc" if create else "rw")
         try:
             self._setup(busy_timeout_ms, migrate)
         except sqlite3.DatabaseError as exc:
@@ -371,7 +122,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             fresh.close()
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
-        self._conn = fresh
+        self._conn = self._db = fresh
         self.reopened += 1
 
     def _align_wal_modes(self) -> None:
@@ -440,7 +191,7 @@ class SqliteStore:
             current = self._user_version()
             self._refuse_newer(current)
             for step in MIGRATIONS[current:]:
-                for statement in step:
+                for statement in render(step, Dialect.SQLITE):
                     conn.execute(statement)
             if current == 0:
                 conn.execute("INSERT INTO meta (name, value) VALUES ('key_check', ?)", (self._box.key_check,))
@@ -457,19 +208,8 @@ class SqliteStore:
     def schema_version(self) -> int:
         return self._user_version()
 
-    # -- transactions ---------------------------------------------------------------
-
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group several store calls into one all-or-nothing write transaction.
-
-        Calls inside join it; an exception rolls everything back. Used by import.
-        """
-        with self._writing():
-            yield
-
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         conn = self._conn
         if conn.in_transaction:
             # Inside transaction(): the outermost block commits or rolls back.
@@ -477,22 +217,31 @@ class SqliteStore:
             return
         self._changed_nais.clear()
         try:
+            if durable:
+                # synchronous=NORMAL in WAL mode survives a crash of the process,
+                # not of the machine; FULL syncs the WAL at this commit.
+                conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise self._error(exc) from None
+            self._normal(durable)
+            raise self._failed(exc) from None
         try:
             yield conn
         except sqlite3.Error as exc:
             self._rollback()
-            raise self._error(exc) from None
+            self._normal(durable)
+            raise self._failed(exc) from None
         except BaseException:
             self._rollback()
+            self._normal(durable)
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"database {self.path}: {exc}") from None
+        finally:
+            self._normal(durable)
         if self._changed_nais:
             # store/marks.py rule 2: after the commit. _writable_marks() opened them before.
             assert self._marks is not None
@@ -500,12 +249,19 @@ class SqliteStore:
                 self._marks.mark(nai)
             self._changed_nais.clear()
 
+    def _normal(self, durable: bool) -> None:
+        if durable:
+            try:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error:
+                pass  # the connection is gone; a new one starts NORMAL
+
     def _rollback(self) -> None:
         self._changed_nais.clear()
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
 
-    def _error(self, exc: sqlite3.Error) -> StoreError:
+    def _error(self, exc: Exception) -> StoreError:
         """A write failed: the operator's message; a connection found
         read-only is opened again, so the next write may succeed."""
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY or isinstance(
@@ -515,7 +271,7 @@ class SqliteStore:
                 self._reopen()
             except StoreError as reopen:
                 return StoreError(f"database {self.path} is read-only: {exc}; {reopen}")
-            return _Reopened(f"database {self.path} was opened read-only: {exc} (opened again; retry)")
+            return Reopened(f"database {self.path} was opened read-only: {exc} (opened again; retry)")
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
             return StoreBusy(
                 f"database {self.path} is locked by another writer for more than"
@@ -523,29 +279,31 @@ class SqliteStore:
             )
         return StoreError(f"database {self.path}: {exc}")
 
-    def _one(self, sql: str, params: Sequence[object]) -> _Row | None:
-        try:
-            row: _Row | None = self._conn.execute(sql, params).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: {exc}") from None
-        return row
+    # -- the engine's ways ----------------------------------------------------------
 
-    def _all(self, sql: str, params: Sequence[object] = ()) -> list[_Row]:
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: {exc}") from None
+    @property
+    def name(self) -> str:
+        return str(self.path)
 
-    # -- secrets --------------------------------------------------------------------
+    def _is_unique(self, exc: Exception) -> bool:
+        message = str(exc)
+        return "UNIQUE constraint failed" in message or "PRIMARY KEY" in message
 
-    def _seal(self, secret: Secret, table: str, column: str, row_key: str) -> bytes:
-        return self._box.seal(secret.value, secret_context(table, column, row_key))
+    def _is_fk(self, exc: Exception) -> bool:
+        return "FOREIGN KEY constraint failed" in str(exc)
 
-    def _open(self, blob: bytes, table: str, column: str, row_key: str) -> Secret:
-        return Secret(self._box.open(bytes(blob), secret_context(table, column, row_key)))
+    def _violates(self, exc: Exception, table: str, column: str = "") -> bool:
+        # "UNIQUE constraint failed: clients.network", "...: session_spis.node, session_spis.spi"
+        message = str(exc)
+        return f"{table}.{column}" in message if column else f"{table}." in message
 
-    def _corrupt(self, what: str, exc: Exception) -> StoreError:
-        return StoreError(f"database {self.path}: stored {what} is invalid: {exc}")
+    def _engine_checks(self) -> list[str]:
+        problems = [f"integrity: {row[0]}" for row in self._all("PRAGMA integrity_check") if row[0] != "ok"]
+        problems += [
+            f"foreign key: {row[0]} row {row[1]} names a missing {row[2]} record"
+            for row in self._all("PRAGMA foreign_key_check")
+        ]
+        return problems
 
     # -- change detection -------------------------------------------------------------
 
@@ -574,662 +332,16 @@ class SqliteStore:
             why = self._marks_error or f"{marks.path if marks else 'the session marks'} is read-only"
             raise StoreError(f"database {self.path}: cannot change sessions: {why}")
 
-    def generation(self) -> int:
-        row = self._one(_GENERATION, ())
-        if row is None:
-            raise StoreError(f"database {self.path}: generation counter is missing")
-        return int(row[0])
-
-    # -- users ------------------------------------------------------------------------
-
-    def _user_params(self, user: User) -> tuple[object, ...]:
-        return (
-            user.nai,
-            str(user.home_agent),
-            None if user.home_address is None else str(user.home_address),
-            user.mn_aaa_spi,
-            self._seal(user.mn_aaa_secret, "users", "mn_aaa_secret", user.nai),
-            user.mn_ha_spi,
-            self._seal(user.mn_ha_key, "users", "mn_ha_key", user.nai),
-            int(user.enabled),
-        )
-
-    def _user(self, row: _Row) -> User:
-        nai, home_agent, home_address, mn_aaa_spi, mn_aaa_secret, mn_ha_spi, mn_ha_key, enabled = row
-        try:
-            return User(
-                nai=nai,
-                home_agent=IPv4Address(home_agent),
-                mn_aaa_secret=self._open(mn_aaa_secret, "users", "mn_aaa_secret", nai),
-                mn_ha_spi=mn_ha_spi,
-                mn_ha_key=self._open(mn_ha_key, "users", "mn_ha_key", nai),
-                home_address=None if home_address is None else IPv4Address(home_address),
-                mn_aaa_spi=mn_aaa_spi,
-                enabled=bool(enabled),
-            )
-        except ValueError as exc:  # ValidationError is a ValueError
-            raise self._corrupt(f"user {nai!r}", exc) from None
-
-    def add_user(self, user: User) -> None:
-        params = self._user_params(user)
-        with self._writing() as conn:
-            try:
-                conn.execute(_INSERT_USER, params)
-            except sqlite3.IntegrityError as exc:
-                raise self._integrity(exc, f"user {user.nai!r}") from None
-
-    def get_user(self, nai: str) -> User:
-        row = self._one(_GET_USER, (nai,))
-        if row is None:
-            raise NotFound(f"no user {nai!r}")
-        return self._user(row)
-
-    def list_users(self) -> list[User]:
-        return [self._user(row) for row in self._all(_LIST_USERS)]
-
-    def update_user(self, user: User) -> None:
-        params = self._user_params(user)
-        with self._writing() as conn:
-            if conn.execute(_UPDATE_USER, (*params, user.nai)).rowcount == 0:
-                raise NotFound(f"no user {user.nai!r}")
-
-    def delete_user(self, nai: str) -> None:
-        self._writable_marks()
-        with self._writing() as conn:
-            if conn.execute(_DELETE_USER_SESSIONS, (nai,)).rowcount:
-                self._changed_nais.add(nai)
-            # vpn_records follow by ON DELETE CASCADE.
-            if conn.execute("DELETE FROM users WHERE nai = ?", (nai,)).rowcount == 0:
-                raise NotFound(f"no user {nai!r}")
-
-    # -- RADIUS clients -----------------------------------------------------------------
-
-    def _client_params(self, client: Client) -> tuple[object, ...]:
-        return (
-            client.name,
-            str(client.network),
-            self._seal(client.secret, "clients", "secret", client.name),
-            client.role.value,
-            client.domain,
-            client.coa_port,
-            client.flavour.value,
-            int(client.require_message_authenticator),
-        )
-
-    def _client(self, row: _Row) -> Client:
-        name, network, secret, role, domain, coa_port, flavour, require_ma = row
-        try:
-            return Client(
-                name=name,
-                network=IPv4Network(network),
-                secret=self._open(secret, "clients", "secret", name),
-                role=ClientRole(role),
-                domain=domain,
-                coa_port=coa_port,
-                flavour=Flavour(flavour),
-                require_message_authenticator=bool(require_ma),
-            )
-        except ValueError as exc:
-            raise self._corrupt(f"client {name!r}", exc) from None
-
-    def _client_conflict(self, exc: sqlite3.IntegrityError, client: Client) -> StoreError:
-        if "clients.network" in str(exc):
-            return AlreadyExists(f"a client with network {client.network} exists already")
-        return self._integrity(exc, f"client {client.name!r}")
-
-    def add_client(self, client: Client) -> None:
-        params = self._client_params(client)
-        with self._writing() as conn:
-            try:
-                conn.execute(_INSERT_CLIENT, params)
-            except sqlite3.IntegrityError as exc:
-                raise self._client_conflict(exc, client) from None
-
-    def get_client(self, name: str) -> Client:
-        row = self._one(_GET_CLIENT, (name,))
-        if row is None:
-            raise NotFound(f"no client {name!r}")
-        return self._client(row)
-
-    def list_clients(self) -> list[Client]:
-        return [self._client(row) for row in self._all(_LIST_CLIENTS)]
-
-    def update_client(self, client: Client) -> None:
-        params = self._client_params(client)
-        with self._writing() as conn:
-            try:
-                updated = conn.execute(_UPDATE_CLIENT, (*params, client.name)).rowcount
-            except sqlite3.IntegrityError as exc:
-                raise self._client_conflict(exc, client) from None
-            if updated == 0:
-                raise NotFound(f"no client {client.name!r}")
-
-    def delete_client(self, name: str) -> None:
-        with self._writing() as conn:
-            if conn.execute("DELETE FROM clients WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFound(f"no client {name!r}")
-
-    # -- gateways ---------------------------------------------------------------------
-
-    def _gateway_params(self, gateway: Gateway) -> tuple[object, ...]:
-        return (
-            gateway.name,
-            str(gateway.address),
-            gateway.mode.value,
-            json.dumps([str(prefix) for prefix in gateway.protected_prefixes]),
-            self._seal(gateway.gateway_key, "gateways", "gateway_key", gateway.name),
-        )
-
-    def _gateway(self, row: _Row) -> Gateway:
-        name, address, mode, prefixes, gateway_key = row
-        try:
-            return Gateway(
-                name=name,
-                address=IPv4Address(address),
-                mode=GatewayMode(mode),
-                protected_prefixes=tuple(IPv4Network(prefix) for prefix in json.loads(prefixes)),
-                gateway_key=self._open(gateway_key, "gateways", "gateway_key", name),
-            )
-        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-            raise self._corrupt(f"gateway {name!r}", exc) from None
-
-    def add_gateway(self, gateway: Gateway) -> None:
-        params = self._gateway_params(gateway)
-        with self._writing() as conn:
-            try:
-                conn.execute(_INSERT_GATEWAY, params)
-            except sqlite3.IntegrityError as exc:
-                raise self._integrity(exc, f"gateway {gateway.name!r}") from None
-
-    def get_gateway(self, name: str) -> Gateway:
-        row = self._one(_GET_GATEWAY, (name,))
-        if row is None:
-            raise NotFound(f"no gateway {name!r}")
-        return self._gateway(row)
-
-    def list_gateways(self) -> list[Gateway]:
-        return [self._gateway(row) for row in self._all(_LIST_GATEWAYS)]
-
-    def update_gateway(self, gateway: Gateway) -> None:
-        params = self._gateway_params(gateway)
-        with self._writing() as conn:
-            if conn.execute(_UPDATE_GATEWAY, (*params, gateway.name)).rowcount == 0:
-                raise NotFound(f"no gateway {gateway.name!r}")
-
-    def delete_gateway(self, name: str) -> None:
-        self._delete_referenced("gateways", "gateway", name)
-
-    # -- security services ------------------------------------------------------------
-
-    @staticmethod
-    def _service_params(service: Service) -> tuple[object, ...]:
-        return (
-            service.name,
-            service.key_mode.value,
-            service.esp_transform.value,
-            service.ike_proposal,
-            service.sa_lifetime,
-            service.ike_lifetime,
-        )
-
-    def _service(self, row: _Row) -> Service:
-        name, key_mode, esp_transform, ike_proposal, sa_lifetime, ike_lifetime = row
-        try:
-            return Service(
-                name=name,
-                key_mode=KeyMode(key_mode),
-                esp_transform=EspTransform(esp_transform),
-                ike_proposal=ike_proposal,
-                sa_lifetime=sa_lifetime,
-                ike_lifetime=ike_lifetime,
-            )
-        except ValueError as exc:
-            raise self._corrupt(f"service {name!r}", exc) from None
-
-    def add_service(self, service: Service) -> None:
-        with self._writing() as conn:
-            try:
-                conn.execute(_INSERT_SERVICE, self._service_params(service))
-            except sqlite3.IntegrityError as exc:
-                raise self._integrity(exc, f"service {service.name!r}") from None
-
-    def get_service(self, name: str) -> Service:
-        row = self._one(_GET_SERVICE, (name,))
-        if row is None:
-            raise NotFound(f"no service {name!r}")
-        return self._service(row)
-
-    def list_services(self) -> list[Service]:
-        return [self._service(row) for row in self._all(_LIST_SERVICES)]
-
-    def update_service(self, service: Service) -> None:
-        with self._writing() as conn:
-            if conn.execute(_UPDATE_SERVICE, (*self._service_params(service), service.name)).rowcount == 0:
-                raise NotFound(f"no service {service.name!r}")
-
-    def delete_service(self, name: str) -> None:
-        self._delete_referenced("services", "service", name)
-
-    # -- QoS classes ----------------------------------------------------------------------
-
-    def _qos(self, row: _Row) -> QosClass:
-        name, dscp, rate_kbps = row
-        try:
-            return QosClass(name=name, dscp=dscp, rate_kbps=rate_kbps)
-        except ValueError as exc:
-            raise self._corrupt(f"QoS class {name!r}", exc) from None
-
-    def add_qos(self, qos: QosClass) -> None:
-        with self._writing() as conn:
-            try:
-                conn.execute(_INSERT_QOS, (qos.name, qos.dscp, qos.rate_kbps))
-            except sqlite3.IntegrityError as exc:
-                raise self._integrity(exc, f"QoS class {qos.name!r}") from None
-
-    def get_qos(self, name: str) -> QosClass:
-        row = self._one(_GET_QOS, (name,))
-        if row is None:
-            raise NotFound(f"no QoS class {name!r}")
-        return self._qos(row)
-
-    def list_qos(self) -> list[QosClass]:
-        return [self._qos(row) for row in self._all(_LIST_QOS)]
-
-    def update_qos(self, qos: QosClass) -> None:
-        with self._writing() as conn:
-            if conn.execute(_UPDATE_QOS, (qos.name, qos.dscp, qos.rate_kbps, qos.name)).rowcount == 0:
-                raise NotFound(f"no QoS class {qos.name!r}")
-
-    def delete_qos(self, name: str) -> None:
-        self._delete_referenced("qos_classes", "qos", name)
-
-    _KIND_NAMES: ClassVar[dict[str, str]] = {"gateway": "gateway", "service": "service", "qos": "QoS class"}
-
-    def _delete_referenced(self, table: str, column: str, name: str) -> None:
-        """Delete a record that VPN records may name (ON DELETE RESTRICT)."""
-        kind = self._KIND_NAMES[column]
-        with self._writing() as conn:
-            try:
-                deleted = conn.execute(f"DELETE FROM {table} WHERE name = ?", (name,)).rowcount
-            except sqlite3.IntegrityError as exc:
-                if not _is_fk_violation(exc):
-                    raise
-                users = conn.execute(
-                    f"SELECT id, nai FROM vpn_records WHERE {column} = ? ORDER BY id", (name,)
-                ).fetchall()
-                named = ", ".join(f"{record_id} ({nai})" for record_id, nai in users[:10])
-                more = f" and {len(users) - 10} more" if len(users) > 10 else ""
-                raise ReferenceError_(
-                    f"{kind} {name!r} is used by VPN record(s) {named}{more}; change or delete those first"
-                ) from None
-            if deleted == 0:
-                raise NotFound(f"no {kind} {name!r}")
-
-    # -- VPN records -------------------------------------------------------------------
-
-    def _vpn_record(self, row: _Row) -> VpnRecord:
-        record_id, nai, correspondent, gateway, service, qos = row
-        try:
-            return VpnRecord(
-                nai=nai,
-                correspondent=IPv4Network(correspondent),
-                gateway=gateway,
-                service=service,
-                qos=qos,
-                id=record_id,
-            )
-        except ValueError as exc:
-            raise self._corrupt(f"VPN record {record_id}", exc) from None
-
-    def _vpn_problem(self, conn: sqlite3.Connection, exc: sqlite3.IntegrityError, record: VpnRecord) -> StoreError:
-        if _is_unique_violation(exc):
-            existing = conn.execute(
-                "SELECT id FROM vpn_records WHERE nai = ? AND correspondent = ?",
-                (record.nai, str(record.correspondent)),
-            ).fetchone()
-            if existing is not None and existing[0] != record.id:
-                return AlreadyExists(
-                    f"user {record.nai!r} has a VPN record for {record.correspondent} already (id {existing[0]})"
-                )
-            return AlreadyExists(f"VPN record {record.id} exists already")
-        if _is_fk_violation(exc):
-            # SQLite does not say which reference failed; find it (error path only).
-            for kind, table, key, value in (
-                ("user", "users", "nai", record.nai),
-                ("gateway", "gateways", "name", record.gateway),
-                ("service", "services", "name", record.service),
-                ("QoS class", "qos_classes", "name", record.qos),
-            ):
-                if (
-                    value is not None
-                    and conn.execute(f"SELECT 1 FROM {table} WHERE {key} = ?", (value,)).fetchone() is None
-                ):
-                    return ReferenceError_(f"the VPN record names {kind} {value!r}, which does not exist")
-            return ReferenceError_(f"the VPN record names a record that does not exist: {exc}")
-        return StoreError(f"database {self.path}: {exc}")
-
-    def add_vpn_record(self, record: VpnRecord) -> VpnRecord:
-        params = (record.id, record.nai, str(record.correspondent), record.gateway, record.service, record.qos)
-        with self._writing() as conn:
-            try:
-                cursor = conn.execute(_INSERT_VPN, params)
-            except sqlite3.IntegrityError as exc:
-                raise self._vpn_problem(conn, exc, record) from None
-            record_id = cursor.lastrowid
-        return dataclasses.replace(record, id=record_id)
-
-    def get_vpn_record(self, record_id: int) -> VpnRecord:
-        row = self._one(_GET_VPN, (record_id,))
-        if row is None:
-            raise NotFound(f"no VPN record {record_id}")
-        return self._vpn_record(row)
-
-    def list_vpn_records(self, nai: str | None = None) -> list[VpnRecord]:
-        rows = self._all(_LIST_VPN) if nai is None else self._all(_LIST_VPN_OF_USER, (nai,))
-        return [self._vpn_record(row) for row in rows]
-
-    def update_vpn_record(self, record: VpnRecord) -> None:
-        if record.id is None:
-            raise NotFound("a VPN record without an id cannot be updated")
-        params = (record.nai, str(record.correspondent), record.gateway, record.service, record.qos, record.id)
-        with self._writing() as conn:
-            try:
-                updated = conn.execute(_UPDATE_VPN, params).rowcount
-            except sqlite3.IntegrityError as exc:
-                raise self._vpn_problem(conn, exc, record) from None
-            if updated == 0:
-                raise NotFound(f"no VPN record {record.id}")
-
-    def delete_vpn_record(self, record_id: int) -> None:
-        with self._writing() as conn:
-            if conn.execute("DELETE FROM vpn_records WHERE id = ?", (record_id,)).rowcount == 0:
-                raise NotFound(f"no VPN record {record_id}")
-
-    # -- sessions ------------------------------------------------------------------------
-
-    def _sessions(self, rows: list[_Row]) -> list[Session]:
-        """Fold joined (session, SPI) rows into sessions, keeping row order."""
-        sessions: list[Session] = []
-        current: _Row | None = None
-        spis: list[SpiAllocation] = []
-        for row in rows:
-            if current is not None and row[0] != current[0]:
-                sessions.append(self._session(current, spis))
-                spis = []
-            current = row
-            if row[12] is not None:
-                spis.append(SpiAllocation(node=IPv4Address(row[12]), spi=row[13], path=row[14]))
-        if current is not None:
-            sessions.append(self._session(current, spis))
-        return sessions
-
-    def _session(self, row: _Row, spis: list[SpiAllocation]) -> Session:
-        session_id, nai, root_key, epoch, home_address, home_agent, care_of_address, created, expires, domain = row[:10]
-        stationary_epoch, keyed_at = row[10:12]
-        try:
-            return Session(
-                session_id=session_id,
-                nai=nai,
-                session_root_key=self._open(root_key, "sessions", "session_root_key", session_id),
-                epoch=epoch,
-                home_address=IPv4Address(home_address),
-                home_agent=IPv4Address(home_agent),
-                care_of_address=IPv4Address(care_of_address),
-                created=created,
-                expires=expires,
-                spis=tuple(spis),
-                foreign_domain=domain,
-                stationary_epoch=stationary_epoch,
-                keyed_at=keyed_at,
-            )
-        except ValueError as exc:
-            raise self._corrupt(f"session {session_id!r}", exc) from None
-
-    def _session_params(self, session: Session) -> tuple[tuple[object, ...], list[tuple[object, ...]]]:
-        params: tuple[object, ...] = (
-            session.session_id,
-            session.nai,
-            self._seal(session.session_root_key, "sessions", "session_root_key", session.session_id),
-            session.epoch,
-            text(session.home_address),
-            text(session.home_agent),
-            text(session.care_of_address),
-            session.created,
-            session.expires,
-            session.foreign_domain,
-            session.stationary_epoch,
-            session.keyed_at,
-        )
-        spis: list[tuple[object, ...]] = [
-            (session.session_id, position, text(allocation.node), allocation.spi, allocation.path)
-            for position, allocation in enumerate(session.spis)
-        ]
-        return params, spis
-
-    def _spi_conflict(
-        self, spis: Iterable[tuple[object, ...]], freed_sessions: set[str], freed_nais: set[str]
-    ) -> SpiConflict:
-        """Name the SPI that collided (looked up after the rollback), ignoring
-        SPIs of sessions the failed transaction was replacing."""
-        for _sid, _pos, node, spi, _path in spis:
-            holder = self._one(_SPI_HOLDER, (node, spi))
-            if holder is not None and holder[0] not in freed_sessions and holder[1] not in freed_nais:
-                assert isinstance(spi, int)
-                return SpiConflict(f"SPI {spi} (0x{spi:08x}) is already allocated on node {node}")
-        return SpiConflict("two sessions of one batch drew the same SPI on one node")
-
-    def put_session(self, session: Session, replaces: Iterable[str] = ()) -> None:
-        """Store ``session`` (replacing one with the same id) and its SPIs, after
-        deleting the sessions in ``replaces``; all in one transaction."""
-        replaces = list(replaces)
-        # Seal before taking the write lock: keep the lock as short as possible.
-        params, spis = self._session_params(session)
-        self._writable_marks()
-        try:
-            with self._writing() as conn:
-                for old in replaces:
-                    self._changed_nais.update(row[0] for row in conn.execute(_DELETE_SESSION, (old,)))
-                # "put" replaces a session of the same id (e.g. after a handoff),
-                # whose own SPIs must not count as conflicts.
-                conn.execute(_DELETE_SESSION, (session.session_id,)).fetchall()
-                self._changed_nais.add(session.nai)
-                conn.execute(_INSERT_SESSION, params)
-                conn.executemany(_INSERT_SPI, spis)
-        except StoreError as exc:
-            if "UNIQUE constraint failed: session_spis" in str(exc):
-                raise self._spi_conflict(spis, {*replaces, session.session_id}, set()) from None
-            raise
-
-    def put_sessions(
-        self,
-        sessions: Sequence[Session],
-        replace_user_sessions: bool = False,
-        renewals: Sequence[tuple[str, float]] = (),
-    ) -> list[int]:
-        """Store several new sessions in one transaction (group commit), and
-        extend the lifetime of ``renewals`` (session id, new expiry).
-
-        With ``replace_user_sessions`` each session first deletes the other
-        sessions of its NAI (a new registration replaces the old one), in
-        order, so the last session of a NAI in the batch wins. Returns, per
-        session, how many sessions it replaced. On an SPI collision nothing is
-        stored and SpiConflict is raised."""
-        prepared = [self._session_params(session) for session in sessions]
-        replaced: list[int] = []
-        if sessions:
-            self._writable_marks()
-        try:
-            with self._writing() as conn:
-                if renewals:
-                    conn.executemany(_RENEW_SESSION, [(expires, sid) for sid, expires in renewals])
-                for session, (params, spis) in zip(sessions, prepared, strict=True):
-                    if replace_user_sessions:
-                        replaced.append(conn.execute(_DELETE_USER_SESSIONS, (session.nai,)).rowcount)
-                    else:
-                        replaced.append(0)
-                    # New sessions: a same-id row cannot exist (128-bit random
-                    # ids), and the primary key would refuse one anyway.
-                    conn.execute(_INSERT_SESSION, params)
-                    self._changed_nais.add(session.nai)
-                    conn.executemany(_INSERT_SPI, spis)
-        except StoreError as exc:
-            if "UNIQUE constraint failed: session_spis" in str(exc):
-                raise self._spi_conflict(
-                    (spi for _params, spis in prepared for spi in spis),
-                    {session.session_id for session in sessions},
-                    {session.nai for session in sessions} if replace_user_sessions else set(),
-                ) from None
-            raise
-        return replaced
-
-    def apply_session_writes(self, writes: Sequence[SessionWrite]) -> list[WriteOutcome]:
-        """Carry out the home AAA's session writes in one transaction, each in
-        its own savepoint (module rules); one outcome per write, in order.
-        Raises StoreError (:class:`StoreBusy` for a held lock) if the
-        transaction itself fails: then nothing was written."""
-        # Seal before taking the write lock: keep the lock as short as possible.
-        prepared = [self._session_params(w.session) if w.session is not None else None for w in writes]
-        if any(w.kind is not WriteKind.RENEW for w in writes):
-            self._writable_marks()
-        for attempt in (1, 2):
-            outcomes: list[WriteOutcome] = []
-            try:
-                with self._writing() as conn:
-                    for write, params in zip(writes, prepared, strict=True):
-                        outcomes.append(self._apply_write(conn, write, params))
-            except _Reopened:
-                if attempt == 2:
-                    raise
-                continue  # the connection was read-only and is not any more: once more
-            return outcomes
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _apply_write(
-        self,
-        conn: sqlite3.Connection,
-        write: SessionWrite,
-        params: tuple[tuple[object, ...], list[tuple[object, ...]]] | None,
-    ) -> WriteOutcome:
-        kind = write.kind
-        if kind is WriteKind.RENEW:  # marks nothing (store/marks.py rule 2)
-            done = conn.execute(_RENEW_AT_EPOCH, (write.expires, write.session_id, write.expected_epoch)).rowcount
-            return WriteOutcome.STORED if done else WriteOutcome.CONFLICT
-        if kind is WriteKind.DELETE:
-            if write.expected_epoch is None:
-                gone = conn.execute(_DELETE_SESSION, (write.session_id,)).fetchall()
-            else:
-                gone = conn.execute(_DELETE_AT_EPOCH, (write.session_id, write.expected_epoch)).fetchall()
-            self._changed_nais.update(row[0] for row in gone)
-            return WriteOutcome.STORED if gone else WriteOutcome.CONFLICT
-        assert params is not None and write.session is not None
-        row, spis = params
-        conn.execute("SAVEPOINT session_write")
-        try:
-            if kind is WriteKind.CREATE:
-                conn.execute(_DELETE_USER_SESSIONS, (write.session.nai,))
-            elif not conn.execute(_DELETE_AT_EPOCH, (write.session_id, write.expected_epoch)).fetchall():
-                conn.execute("RELEASE session_write")
-                return WriteOutcome.CONFLICT
-            conn.execute(_INSERT_SESSION, row)
-            conn.executemany(_INSERT_SPI, spis)
-        except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK TO session_write")
-            conn.execute("RELEASE session_write")
-            if "session_spis" in str(exc):
-                return WriteOutcome.SPI_TAKEN
-            return WriteOutcome.CONFLICT  # the same session id twice: it changed meanwhile
-        conn.execute("RELEASE session_write")
-        self._changed_nais.add(write.session.nai)
-        return WriteOutcome.STORED
-
-    def get_session(self, session_id: str) -> Session:
-        sessions = self._sessions(self._all(_GET_SESSION, (session_id,)))
-        if not sessions:
-            raise NotFound(f"no session {session_id!r}")
-        return sessions[0]
-
-    def find_sessions(self, nai: str) -> list[Session]:
-        return self._sessions(self._all(_FIND_SESSIONS, (nai,)))
-
-    def session_heads(self, nai: str) -> list[SessionHead]:
-        """The user's sessions without their keys and SPIs: one light query."""
-        return [
-            SessionHead(sid, IPv4Address(ha), IPv4Address(coa), epoch, created, expires)
-            for sid, ha, coa, epoch, created, expires in self._all(_SESSION_HEADS, (nai,))
-        ]
-
-    def list_sessions(self) -> list[Session]:
-        return self._sessions(self._all(_LIST_SESSIONS))
-
-    def delete_session(self, session_id: str) -> None:
-        self._writable_marks()
-        with self._writing() as conn:
-            gone = conn.execute(_DELETE_SESSION, (session_id,)).fetchall()
-            if not gone:
-                raise NotFound(f"no session {session_id!r}")
-            self._changed_nais.update(row[0] for row in gone)
-
-    def expire_sessions(self, now: float) -> int:
-        with self._writing() as conn:
-            return int(conn.execute("DELETE FROM sessions WHERE expires < ?", (now,)).rowcount)
-
-    def spis_in_use(self, node: IPv4Address) -> Sequence[int]:
-        return [int(row[0]) for row in self._all(_SPIS_IN_USE, (str(node),))]
-
-    # -- maintenance ------------------------------------------------------------------------
-
-    def counts(self) -> dict[str, int]:
-        """Rows per table, for ``aaa-vpn db check``."""
-        tables = (*PROVISIONING_TABLES, "sessions", "session_spis")
-        return {table: int(self._all(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
-
-    def check(self) -> list[str]:
-        """Look for damage: SQLite's integrity and foreign key checks, and every
-        secret opened under the key file. Returns the problems found."""
-        problems = [f"integrity: {row[0]}" for row in self._all("PRAGMA integrity_check") if row[0] != "ok"]
-        problems += [
-            f"foreign key: {row[0]} row {row[1]} names a missing {row[2]} record"
-            for row in self._all("PRAGMA foreign_key_check")
-        ]
-        for what, lister in (
-            ("users", self.list_users),
-            ("clients", self.list_clients),
-            ("gateways", self.list_gateways),
-            ("services", self.list_services),
-            ("QoS classes", self.list_qos),
-            ("VPN records", self.list_vpn_records),
-            ("sessions", self.list_sessions),
-        ):
-            try:
-                lister()
-            except StoreError as exc:
-                problems.append(f"{what}: {exc}")
-        return problems
-
-    def _integrity(self, exc: sqlite3.IntegrityError, what: str) -> StoreError:
-        if _is_unique_violation(exc):
-            return AlreadyExists(f"{what} exists already")
-        if _is_fk_violation(exc):
-            return ReferenceError_(f"{what} names a record that does not exist")
-        return StoreError(f"{what}: {exc}")
-
     def close(self) -> None:
         self._conn.close()
         if self._marks is not None:
             self._marks.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
 
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
-
+__all__ = ["APPLICATION_ID", "DEFAULT_BUSY_TIMEOUT_MS", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
 
 if TYPE_CHECKING:
     from aaa_vpn.store.base import Store

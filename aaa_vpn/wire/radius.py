@@ -234,6 +234,7 @@ ACCESS_REQUEST = int(Code.ACCESS_REQUEST)
 ACCESS_ACCEPT = int(Code.ACCESS_ACCEPT)
 ACCESS_REJECT = int(Code.ACCESS_REJECT)
 ACCOUNTING_REQUEST = int(Code.ACCOUNTING_REQUEST)
+ACCOUNTING_RESPONSE = int(Code.ACCOUNTING_RESPONSE)
 ACCESS_CHALLENGE = int(Code.ACCESS_CHALLENGE)
 STATUS_SERVER = int(Code.STATUS_SERVER)
 
@@ -243,6 +244,7 @@ NAS_IP_ADDRESS = int(Attr.NAS_IP_ADDRESS)
 REPLY_MESSAGE = int(Attr.REPLY_MESSAGE)
 VENDOR_SPECIFIC = int(Attr.VENDOR_SPECIFIC)
 SESSION_TIMEOUT = int(Attr.SESSION_TIMEOUT)
+CLASS = int(Attr.CLASS)
 NAS_IDENTIFIER = int(Attr.NAS_IDENTIFIER)
 PROXY_STATE = int(Attr.PROXY_STATE)
 CHAP_CHALLENGE = int(Attr.CHAP_CHALLENGE)
@@ -572,6 +574,7 @@ def encode_reply(
     request_authenticator: bytes,
     secret: bytes,
     attributes: bytes | Sequence[bytes],
+    message_authenticator: bool = True,
 ) -> bytes:
     """A complete reply: header, Message-Authenticator first (FreeRADIUS'
     BlastRADIUS guidance), then ``attributes`` (raw: one byte string, or a
@@ -580,8 +583,17 @@ def encode_reply(
     NAKs (RFC 5176 section 3.4).
 
     The Message-Authenticator is computed before the Response Authenticator
-    (RFC 3579 section 3.2). Raises :class:`ReplyTooLarge` beyond 4096 octets."""
+    (RFC 3579 section 3.2). Without ``message_authenticator`` there is none:
+    an Accounting-Response (RFC 2866 section 4.2 defines none, and its peers
+    disagree on how one would be computed). Raises :class:`ReplyTooLarge`
+    beyond 4096 octets."""
     body = attributes if isinstance(attributes, bytes) else b"".join(attributes)
+    if not message_authenticator:
+        length = HEADER_LENGTH + len(body)
+        if length > MAX_PACKET_LENGTH:
+            raise ReplyTooLarge(f"reply of {length} octets exceeds {MAX_PACKET_LENGTH} (RFC 2865 section 3)")
+        head = _HEADER.pack(code, identifier, length)
+        return head + hashlib.md5(head + request_authenticator + body + secret).digest() + body
     length = HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(body)
     if length > MAX_PACKET_LENGTH:
         raise ReplyTooLarge(f"reply of {length} octets exceeds {MAX_PACKET_LENGTH} (RFC 2865 section 3)")

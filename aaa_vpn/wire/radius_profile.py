@@ -266,20 +266,21 @@ class ProfileTemplate:
 
     def __init__(self, parts: Sequence[bytes | _Secret | _Lifetime | _DigestSlot]) -> None:
         self._flat: tuple[tuple[int, bytes, bytes], ...] | None = None
-        self.parts: list[bytes | _Secret | _Lifetime] = []
+        kept: list[bytes | _Secret | _Lifetime] = []
+        secrets = length = 0
         for part in parts:
-            if isinstance(part, _DigestSlot):  # pragma: no cover - internal
-                raise ValueError("a template whose digest slot is not filled")
-            self.parts.append(part)
-        self.secrets = sum(isinstance(part, _Secret) for part in parts)
-        length = 0
-        for part in self.parts:
             if isinstance(part, bytes):
                 length += len(part)
             elif isinstance(part, _Secret):
+                secrets += 1
                 length += len(part.head) + _cipher_length(len(part.value))
-            else:
+            elif isinstance(part, _Lifetime):
                 length += len(part.head) + 4
+            else:  # pragma: no cover - internal
+                raise ValueError("a template whose digest slot is not filled")
+            kept.append(part)
+        self.parts = kept
+        self.secrets = secrets
         self.length = length
         """Octets of every rendering."""
 
@@ -312,6 +313,18 @@ class ProfileTemplate:
         (aaa_vpn/wire/_fast.c) when it is installed."""
         if _fast is None:
             return b"".join(self.render(lifetime, secret, request_authenticator, budget, salt_base))
+        self._check(lifetime, request_authenticator, budget)
+        flat = self._flat
+        if flat is None:
+            flat = self._flat = self._flatten()
+        key = secret.value if isinstance(secret, Secret) else secret
+        if salt_base is None:
+            salt_base = int.from_bytes(os.urandom(2), "big")
+        rendered: bytes = _fast.render(flat, lifetime, key, request_authenticator, salt_base & 0x7FFF)
+        return rendered
+
+    def _check(self, lifetime: int, request_authenticator: bytes, budget: int) -> None:
+        """What every rendering needs (ProfileError otherwise)."""
         if len(request_authenticator) != AUTHENTICATOR_LENGTH:
             raise ProfileError("the request authenticator is 16 octets")
         if self.length > budget:
@@ -321,21 +334,23 @@ class ProfileTemplate:
             )
         if not 0 <= lifetime <= UINT32_MAX:
             raise ProfileError(f"lifetime {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
-        flat = self._flat
-        if flat is None:
-            flat = self._flat = tuple(
-                (0, part, b"")
-                if isinstance(part, bytes)
-                else (2, part.head, part.value)
-                if isinstance(part, _Secret)
-                else (1, part.head, b"")
-                for part in self.parts
-            )
-        key = secret.value if isinstance(secret, Secret) else secret
-        if salt_base is None:
-            salt_base = int.from_bytes(os.urandom(2), "big")
-        rendered: bytes = _fast.render(flat, lifetime, key, request_authenticator, salt_base & 0x7FFF)
-        return rendered
+        if self.secrets > 0x8000:
+            raise ProfileError("more salt-encrypted attributes than distinct salts")
+
+    def _flatten(self) -> tuple[tuple[int, bytes, bytes], ...]:
+        """The parts as the compiled renderer takes them, adjacent fixed parts joined."""
+        flat: list[tuple[int, bytes, bytes]] = []
+        for part in self.parts:
+            if isinstance(part, bytes):
+                if flat and flat[-1][0] == 0:
+                    flat[-1] = (0, flat[-1][1] + part, b"")
+                else:
+                    flat.append((0, part, b""))
+            elif isinstance(part, _Secret):
+                flat.append((2, part.head, part.value))
+            else:
+                flat.append((1, part.head, b""))
+        return tuple(flat)
 
     def render(
         self,
@@ -350,17 +365,7 @@ class ProfileTemplate:
         a CoA-Request), salts unique in the packet from ``salt_base`` (random
         if None), ``lifetime`` in Session-Timeout and Aaa-Vpn-Lifetime.
         Raises :class:`ProfileError` if it does not fit ``budget`` octets."""
-        if len(request_authenticator) != AUTHENTICATOR_LENGTH:
-            raise ProfileError("the request authenticator is 16 octets")
-        if self.length > budget:
-            raise ProfileError(
-                f"the profile needs {self.length} octets but only {budget} are free in the packet"
-                " (RFC 2865 section 3: at most 4096)"
-            )
-        if not 0 <= lifetime <= UINT32_MAX:
-            raise ProfileError(f"lifetime {lifetime}: a RADIUS integer is 0..{UINT32_MAX}")
-        if self.secrets > 0x8000:
-            raise ProfileError("more salt-encrypted attributes than distinct salts")
+        self._check(lifetime, request_authenticator, budget)
         key = secret.value if isinstance(secret, Secret) else secret
         if salt_base is None:
             salt_base = int.from_bytes(os.urandom(2), "big")
