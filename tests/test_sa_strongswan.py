@@ -22,13 +22,15 @@ import pytest
 import vici
 
 from aaa_vpn.model import EspTransform, KeyMode
-from aaa_vpn.sa import SaBackend, SaConflict, SaError, SaUnsupported
+from aaa_vpn.roles.agent import InstallPaths
+from aaa_vpn.sa import InstalledPath, SaBackend, SaConflict, SaError, SaUnsupported
 from aaa_vpn.sa.charon import Charon, CharonError, render_config
 from aaa_vpn.sa.strongswan import (
     AuthenticationFailed,
     CharonUnavailable,
     IkeSaState,
     PeerUnreachable,
+    PendingInstall,
     ProposalMismatch,
     SideTableCorrupt,
     StrongSwanBackend,
@@ -42,6 +44,7 @@ from aaa_vpn.sa.strongswan import (
     parse_connection_name,
 )
 from aaa_vpn.secret import Secret
+from aaa_vpn.service.agents import SaExecutor
 from aaa_vpn.wire.profile import PathProfile, PathRole
 from tests.sswan_lab import Lab, LabNode, tshark_fields, wait_until
 
@@ -652,3 +655,57 @@ def test_a_refused_configuration_is_rolled_back(lab2: Lab) -> None:
     with pytest.raises(StrongSwanError, match=r"charon refused the path toward 192\.0\.2\.1: "):
         fa.install(dataclasses.replace(fa_view, ike_proposal="aes128-nosuchprf-x25519"), "s1")  # the key was loaded
     assert leftovers(fa_node) == ([], [], []) and fa.paths() == []
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_staged_installs_negotiate_in_the_background_and_fail_leaving_nothing(lab3: Lab) -> None:
+    """begin_install / finish_install (what the HA's executor uses to tell its
+    gateways while it negotiates): the initiating end returns at once with a
+    pending install and the path is listed only when its CHILD_SA is up; two
+    negotiations run side by side; a responding end is done at once; a failed
+    negotiation raises at finish_install, as install would, and leaves nothing."""
+    ha_node, fa1_node, fa2_node = lab3[0], lab3[1], lab3[2]
+    ha, fa1, fa2 = ha_node.backend(timeout=2.0), fa1_node.backend(), fa2_node.backend()
+    HA, FA1, FA2 = ha_node.address, fa1_node.address, fa2_node.address
+    s1_fa, s1_ha = fa_ha(FA1, HA, MN1, 0x1601, 0x1701, seed=5)
+    s2_fa, s2_ha = fa_ha(FA2, HA, MN2, 0x1602, 0x1702, seed=6)
+    assert isinstance(fa1.begin_install(s1_fa, "s1"), InstalledPath)  # the responder: loaded, done
+    assert isinstance(fa2.begin_install(s2_fa, "s2"), InstalledPath)
+
+    first, second = ha.begin_install(s1_ha, "s1"), ha.begin_install(s2_ha, "s2")
+    assert isinstance(first, PendingInstall) and isinstance(second, PendingInstall)
+    assert ha.paths() == [], "a path is listed once it is established"
+    with pytest.raises(SaConflict):  # its SPI is taken already
+        ha.begin_install(dataclasses.replace(s1_ha, peer=FA2), "s9")
+    assert ha.finish_install(second).owner == "s2" and ha.finish_install(first).owner == "s1"
+    assert only_sa(ha, "s1", FA1) is not None and only_sa(ha, "s2", FA2) is not None
+    wait_until(lambda: children(fa1, "s1") == ["INSTALLED"] and children(fa2, "s2") == ["INSTALLED"])
+    assert [(p.owner, p.spi_in) for p in ha.paths()] == [("s2", 0x1702), ("s1", 0x1701)]
+
+    # FA1 has not loaded its end of s3: the HA's negotiation fails when it is finished.
+    _, s3_ha = fa_ha(FA1, HA, MN2, 0x1603, 0x1703, seed=7)
+    pending = ha.begin_install(s3_ha, "s3")
+    assert isinstance(pending, PendingInstall)
+    with pytest.raises(AuthenticationFailed, match="has not installed its end"):
+        ha.finish_install(pending)
+    conns, keys, sas = leftovers(ha_node)
+    kept = sorted(connection_name(o, p, s) for o, p, s in (("s1", FA1, 0x1701), ("s2", FA2, 0x1702)))
+    assert sorted(conns) == sorted(keys) == sorted(sas) == kept
+    assert "s3" not in {p.owner for p in ha.paths()} and fa1.sas("s3") == []
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_executor_begins_and_finishes_on_strongswan(lab2: Lab) -> None:
+    """SaExecutor.begin leaves an initiating install negotiating (None) and
+    finish reports it; a responding one is reported at once."""
+    ha_node, fa_node = lab2[0], lab2[1]
+    fa_view, ha_view = fa_ha(fa_node.address, ha_node.address, MN1, 0x1801, 0x1901)
+    fa = SaExecutor(fa_node.backend(), "fa")
+    ha = SaExecutor(ha_node.backend(), "ha")
+    assert fa.begin(InstallPaths("s1", (fa_view,))) == ([fa_view], None) and not fa.pending
+    event = InstallPaths("s1", (ha_view,))
+    assert ha.begin(event) is None and ha.pending
+    assert ha.finish() == [(event, [ha_view], None)] and not ha.pending
+    assert only_sa(ha.backend, "s1", fa_node.address) is not None  # type: ignore[arg-type]

@@ -77,6 +77,7 @@ import os
 import re
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -594,6 +595,43 @@ def _seq(record: _Record) -> int:
 # -- the backend ----------------------------------------------------------------------
 
 
+class PendingInstall:
+    """A path whose IKE exchange runs in a background thread, on a VICI
+    connection of its own (:meth:`StrongSwanBackend.begin_install`); the thread
+    touches nothing but that connection and this object."""
+
+    def __init__(self, owner: str, path: PathProfile, record: _Record) -> None:
+        self.owner = owner
+        self.path = path
+        self.record = record
+        self._error: _CommandFailed | StrongSwanError | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"PendingInstall(owner={self.owner!r}, peer={self.path.peer})"
+
+    def start(self, socket_path: Path, timeout: float) -> None:
+        def run() -> None:
+            try:
+                with Vici(socket_path, timeout) as v:
+                    v.initiate(self.record.name, CHILD_NAME, timeout)
+            except (_CommandFailed, StrongSwanError) as exc:
+                self._error = exc
+            except Exception as exc:  # noqa: BLE001 - never lost in the thread: finish_install raises it
+                self._error = StrongSwanError(f"initiating {self.record.name} failed: {exc}")
+
+        self._thread = threading.Thread(target=run, name=f"initiate {self.path.peer}", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float) -> _CommandFailed | StrongSwanError | None:
+        """Wait for the exchange (charon gives up after ``timeout``); its error, or None."""
+        if self._thread is not None:
+            self._thread.join(timeout + 10.0)
+            if self._thread.is_alive():
+                return CharonUnavailable(f"charon did not answer the initiation of {self.record.name}")
+        return self._error
+
+
 class StrongSwanBackend:
     """The SAs of one node in that node's charon (see the module docstring).
 
@@ -635,6 +673,7 @@ class StrongSwanBackend:
         # charon started with install_routes = no; aaa_vpn.sa.routing).
         self._routing: PolicyRouting | None = None
         self._routed: set[str] = set()
+        self._pending: dict[str, PendingInstall] = {}  # begun, not finished (begin_install)
         if route_into is not None:
             self._routing = PolicyRouting(
                 IpCommand(None, options=("-4",)), route_into, 4500, 4500, FWMARK, anchors=True
@@ -657,6 +696,17 @@ class StrongSwanBackend:
     def install(self, path: PathProfile, owner: str) -> InstalledPath:
         """Load ``path`` into charon for ``owner``; initiate it if this end initiates
         (see :class:`~aaa_vpn.sa.base.SaBackend` and the module docstring)."""
+        started = self.begin_install(path, owner)
+        return started if isinstance(started, InstalledPath) else self.finish_install(started)
+
+    def begin_install(self, path: PathProfile, owner: str) -> InstalledPath | PendingInstall:
+        """:meth:`install` in two steps (:class:`~aaa_vpn.sa.base.StagedBackend`):
+        load key and connection, and, when this end initiates, start the IKE
+        exchange on a VICI connection of its own in a background thread and
+        return a :class:`PendingInstall` at once, for :meth:`finish_install` to
+        wait for. A responding end (or an identical re-install) is done at once:
+        the :class:`~aaa_vpn.sa.base.InstalledPath`. Raises as :meth:`install`,
+        with nothing left."""
         self._check_open()
         validate_path(path, self.node)
         if path.key_mode is not KeyMode.IKEV2:
@@ -681,7 +731,7 @@ class StrongSwanBackend:
                     self._full[name] = installed
                     return installed  # identical: a no-op
                 raise SaConflict(f"inbound SPI 0x{path.spi_in:08x} is already in use on {self.node}")
-            for record in self._records.values():
+            for record in [*self._records.values(), *(p.record for p in self._pending.values())]:
                 if int(record.fields["spi_in"]) == path.spi_in:
                     raise SaConflict(f"inbound SPI 0x{path.spi_in:08x} is already in use on {self.node}")
             if name in loaded:  # left by an install that died half-way: ours by its name, but unknown
@@ -690,15 +740,11 @@ class StrongSwanBackend:
             initiate = bool(self.initiator(path))
             if self._routing is not None:
                 self._routing.acquire(path)  # SaError, with nothing left, if it cannot
+            record = _Record(name, owner, 0, initiate, print_, public)
             try:
                 v.load_shared(name, path.ike_psk.value, [ike_identity(path.local, path.spi_in), self._peer_id(path)])
                 v.load_conn({name: self._connection(path, initiate)})
                 self._note_loaded(name)
-                if initiate:
-                    self._initiate(v, name, path)
-                seq = max((r.seq for r in self._records.values()), default=0) + 1
-                self._records[name] = _Record(name, owner, seq, initiate, print_, public)
-                self._table.save(self._records)
             except _CommandFailed as exc:
                 self._rollback(v, name)
                 self._unroute(path)
@@ -707,11 +753,52 @@ class StrongSwanBackend:
                 self._rollback(v, name)
                 self._unroute(path)
                 raise
-            if self._routing is not None:
-                self._routed.add(name)
-        installed = InstalledPath(owner=owner, path=path)
-        self._full[name] = installed
-        log.info("path installed", extra={"fields": {"conn": name, "initiator": initiate}})
+            pending = PendingInstall(owner, path, record)
+            if not initiate:
+                return self._commit(pending)
+            self._pending[name] = pending
+            pending.start(self.vici_socket_path, self.timeout)
+        return pending
+
+    def finish_install(self, pending: PendingInstall) -> InstalledPath:
+        """Wait for the IKE exchange :meth:`begin_install` started: the installed
+        path once its CHILD_SA is established, or (nothing left of the path) the
+        error :meth:`install` would have raised."""
+        self._pending.pop(pending.record.name, None)
+        name, path = pending.record.name, pending.path
+        try:
+            error = pending.wait(self.timeout)
+        except BaseException:  # interrupted while waiting: the path goes, as in install
+            with contextlib.suppress(SaError), self._vici() as v:
+                self._rollback(v, name)
+            self._unroute(path)
+            raise
+        if error is None:
+            return self._commit(pending)
+        with self._vici() as v:
+            self._rollback(v, name)
+        self._unroute(path)
+        if isinstance(error, _CommandFailed):
+            raise _classify(error, path, self.timeout) from None
+        raise error
+
+    def _commit(self, pending: PendingInstall) -> InstalledPath:
+        """Record a path whose connection is loaded (and, if this end initiates, established)."""
+        record = pending.record
+        try:
+            record.seq = max((r.seq for r in self._records.values()), default=0) + 1
+            self._records[record.name] = record
+            self._table.save(self._records)
+        except BaseException:
+            with self._vici() as v:
+                self._rollback(v, record.name)
+            self._unroute(pending.path)
+            raise
+        if self._routing is not None:
+            self._routed.add(record.name)
+        installed = InstalledPath(owner=pending.owner, path=pending.path)
+        self._full[record.name] = installed
+        log.info("path installed", extra={"fields": {"conn": record.name, "initiator": record.initiator}})
         return installed
 
     def delete(self, owner: str, peer: IPv4Address | None = None) -> int:
