@@ -88,9 +88,10 @@ class Series:
 
 
 def aaa_vpn_command() -> list[str]:
-    """The ``aaa-vpn`` entry point of this interpreter's environment (or ``-m aaa_vpn.cli``)."""
-    script = Path(sys.executable).with_name("aaa-vpn")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "aaa_vpn.cli"]
+    """``aaa-vpn`` as this checkout's code: ``python -m aaa_vpn.cli`` run from the
+    repository root (the venv's ``aaa-vpn`` script may belong to another checkout
+    that shares the venv, e.g. a git worktree's)."""
+    return [sys.executable, "-m", "aaa_vpn.cli"]
 
 
 class Hogs:
@@ -143,8 +144,10 @@ def verdict_of(report: dict[str, Any] | None, exit_status: int | None, stderr: s
 
 def run_once(command: list[str], number: int, timeout: float, keep: Path | None, label: str) -> Run:
     started = time.monotonic()
+    # The demo's own processes inherit the environment: this checkout first on their path too.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
