@@ -33,6 +33,10 @@ Rules:
   initiating :meth:`StrongSwanBackend.install` returns only when the VICI
   ``initiate`` command reports the CHILD_SA established (installed), or fails;
   the responding one returns once the key and the connection are loaded.
+  :meth:`~StrongSwanBackend.begin_install` and
+  :meth:`~StrongSwanBackend.finish_install` are the same in two steps, the
+  exchange running in a background thread in between (the HA tells its
+  gateways meanwhile; ``aaa_vpn.service.agents``).
 * **All or nothing** (``aaa_vpn.sa.base``): on any failure (peer unreachable
   within ``timeout``, proposal mismatch, authentication failure, daemon gone)
   the IKE_SA is terminated and the connection and key unloaded before the
