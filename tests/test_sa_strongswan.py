@@ -384,7 +384,8 @@ def test_both_ends_up_traffic_only_esp_in_udp_delete_both(lab2: Lab, require_too
 
     # The initiator deletes: both ends lose the SA; the FA keeps its loaded end until it deletes too.
     assert ha.delete("s1/FA_HA") == 1
-    assert ha.sas() == [] and fa.sas() == [] and ha.paths() == []
+    assert ha.sas() == [] and ha.paths() == []
+    wait_until(lambda: fa.sas() == [], what="the FA to process the DELETE")
     assert leftovers(ha_node) == ([], [], [])
     assert [p.owner for p in fa.paths()] == ["s1/FA_HA"]
     assert fa.delete("s1/FA_HA") == 1 and fa.delete("s1/FA_HA") == 0
@@ -445,7 +446,8 @@ def test_handoff_replaces_exactly_the_affected_connection(lab3: Lab) -> None:
     fa2.install(s1_fa2, "s1")
     ha.install(s1_ha2, "s1")
 
-    assert ha.sas("s1", FA1) == [] and fa1.sas("s1") == [], "the old SA must be gone on both ends"
+    assert ha.sas("s1", FA1) == [], "the old SA must be gone on both ends"
+    wait_until(lambda: fa1.sas("s1") == [], what="FA1 to process the DELETE (delete does not wait for it)")
     for what, sa in untouched.items():  # same IKE_SA, same CHILD_SA: not renegotiated
         assert key(sa) in [key(s) for s in ha.sas(parse_owner(sa), IPv4Address(sa.remote_host))], what
     assert only_sa(fa1, "s2", HA) is not None
@@ -523,7 +525,7 @@ def test_failures_raise_and_leave_nothing_behind(
     assert sas == conns and [key(sa) for sa in ha.sas()] == [key(kept)]
     assert [p.owner for p in ha.paths()] == ["s9"]
     assert [r["owner"] for r in json.loads(ha.state_file.read_text())["paths"]] == ["s9"]
-    assert fa.sas("s1") == [], "the responder must not keep a half-made SA either"
+    wait_until(lambda: fa.sas("s1") == [], what="the responder to drop its half-made SA too")
 
 
 @pytest.mark.netns
@@ -609,7 +611,8 @@ def test_restarted_backend_finds_its_paths(lab2: Lab) -> None:
     # A different key under the same inbound SPI is still a conflict after the restart.
     with pytest.raises(SaConflict):
         ha_node.backend().install(dataclasses.replace(s2_ha, ike_psk=Secret(b"x" * 32)), "s2/FA_HA")
-    assert again.delete("s2/FA_HA") == 1 and fa_node.backend().sas("s2/FA_HA") == []
+    assert again.delete("s2/FA_HA") == 1
+    wait_until(lambda: fa_node.backend().sas("s2/FA_HA") == [], what="the FA to process the DELETE")
     assert [p.owner for p in ha_node.backend().paths()] == ["s1/FA_HA"]
 
 
@@ -709,3 +712,20 @@ def test_executor_begins_and_finishes_on_strongswan(lab2: Lab) -> None:
     assert ha.begin(event) is None and ha.pending
     assert ha.finish() == [(event, [ha_view], None)] and not ha.pending
     assert only_sa(ha.backend, "s1", fa_node.address) is not None  # type: ignore[arg-type]
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_delete_does_not_wait_for_a_peer_that_is_gone(lab2: Lab) -> None:
+    """A handoff away from a failed FA: the HA's delete toward it returns at once
+    (it used to wait the whole backend timeout for the DELETE's answer)."""
+    ha_node, fa_node = lab2[0], lab2[1]
+    fa_view, ha_view = fa_ha(fa_node.address, ha_node.address, MN1, 0x1A01, 0x1B01)
+    fa, ha = fa_node.backend(), ha_node.backend(timeout=30.0)
+    fa.install(fa_view, "s1")
+    ha.install(ha_view, "s1")
+    fa_node.run("ip", "link", "set", fa_node.veth, "down")
+    started = time.monotonic()
+    assert ha.delete("s1") == 1
+    assert time.monotonic() - started < 15.0, "delete waited for the peer's answer"
+    assert ha.paths() == [] and leftovers(ha_node) == ([], [], [])

@@ -50,9 +50,10 @@ Rules:
   CHILD_SAs hard-expire at ``lifetime`` if the initiator does not rekey. The
   agents' timers call :meth:`~StrongSwanBackend.delete` for the path itself.
 * **delete(owner, peer)** terminates the matching connections' IKE_SAs (the
-  peer gets the DELETE and removes its side; after ``timeout`` without an
-  answer the SA is dropped anyway) and unloads connection and key. Other
-  owners' and other peers' connections are not touched.
+  peer gets the DELETE and removes its side; this end drops them at once,
+  without waiting for the answer, so a peer that is gone costs nothing) and
+  unloads connection and key. Other owners' and other peers' connections are
+  not touched.
 * **Restart.** charon keeps the connections and SAs when the agent process
   goes (``close`` leaves them). What charon cannot give back is kept in a
   side table (a JSON file beside the VICI socket by default): per connection
@@ -379,7 +380,7 @@ class Vici:
     def __init__(self, socket_path: str | os.PathLike[str], timeout: float) -> None:
         self.socket_path = str(socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bounds every wait for a reply; initiate/terminate get their own, shorter, charon-side timeout.
+        # Bounds every wait for a reply; initiate gets its own, shorter, charon-side timeout.
         sock.settimeout(timeout + 5.0)
         try:
             sock.connect(self.socket_path)
@@ -472,11 +473,13 @@ class Vici:
         message = {"ike": ike, "child": child, "timeout": str(max(1, round(timeout * 1000)))}
         return self._streamed("initiate", "initiate", message)
 
-    def terminate(self, ike: str, timeout: float) -> list[str]:
-        """Delete every IKE_SA of connection ``ike`` (and their CHILD_SAs) with the peer;
-        without an answer within ``timeout`` seconds, drop them anyway."""
-        message = {"ike": ike, "timeout": str(max(1, round(timeout * 1000))), "force": "yes"}
-        return self._streamed("terminate", "terminate", message)
+    def terminate(self, ike: str) -> list[str]:
+        """Delete every IKE_SA of connection ``ike`` (and their CHILD_SAs): charon sends
+        the peer its DELETE and drops them at once, without waiting for the answer
+        (``force`` and no timeout). Waiting would hold the agent for the whole
+        timeout when the peer is gone (an FA that failed, a link that is down),
+        and a handoff away from it would wait that long at the gateway and the HA."""
+        return self._streamed("terminate", "terminate", {"ike": ike, "force": "yes"})
 
 
 # -- the side table -----------------------------------------------------------------
@@ -642,7 +645,7 @@ class StrongSwanBackend:
     ``vici_socket_path``: charon's VICI socket (one charon per node);
     ``initiator(path)``: whether this end initiates (:func:`initiator_for`,
     default :func:`default_initiator`); ``timeout``: seconds to wait for the
-    peer in an IKE exchange (initiation and deletion); ``state_file``: the side
+    peer in an IKE exchange (initiation); ``state_file``: the side
     table, by default ``<vici_socket_path>.aaa_vpn.json``.
     """
 
@@ -1004,16 +1007,10 @@ class StrongSwanBackend:
             },
         }
 
-    def _initiate(self, v: Vici, name: str, path: PathProfile) -> None:
-        try:
-            v.initiate(name, CHILD_NAME, self.timeout)
-        except _CommandFailed as exc:
-            raise _classify(exc, path, self.timeout) from None
-
     def _teardown(self, v: Vici, name: str) -> None:
         """Terminate the connection's SAs with the peer, then unload it and its key."""
         with contextlib.suppress(_CommandFailed):  # no SA (any more): nothing to terminate
-            v.terminate(name, self.timeout)
+            v.terminate(name)
         with contextlib.suppress(_CommandFailed):  # not loaded
             v.unload_conn(name)
         if self._loaded is not None:
