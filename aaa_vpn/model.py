@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, NamedTuple
 
 from aaa_vpn.secret import Secret
-from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode
+from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode, PskEncoding
 from aaa_vpn.wire.nai import nai_problem, nai_realm, realm_problem
 
 
@@ -217,6 +217,11 @@ class Client:
     coa_port: int = 3799  # RFC 5176 section 2.3
     flavour: Flavour = Flavour.AAA_VPN
     require_message_authenticator: bool = True
+    #: The 3gpp2 flavour: how 3GPP2-Pre-Shared-Secret is sent (docs/radius-attributes.md).
+    psk_encoding: PskEncoding = PskEncoding.SALT
+    #: Believe its CoA/Disconnect ACKs and NAKs only with a Message-Authenticator
+    #: (RFC 5176 section 3.4 makes it optional; docs/protocol.md section 6).
+    require_coa_message_authenticator: bool = False
 
     def __post_init__(self) -> None:
         check_name("client", self.name)
@@ -345,6 +350,15 @@ class Session:
     #: When the session's keys were last all renewed (created or re-keyed), in
     #: the caller's clock; the SA lifetimes count from here (docs/protocol.md 4).
     keyed_at: float = 0.0
+    #: When the session entered its epoch (created, moved or re-keyed): when
+    #: the keys of its paths that end at its FA were made (the 3GPP2-KeyID's time).
+    epoch_started: float = 0.0
+    #: The identification attributes (RFC 5176 section 3) its FA sent in its
+    #: latest registration, raw (Type, Length, Value) and in order; what a
+    #: Disconnect- or CoA-Request to that FA repeats (aaa_vpn/wire/coa.py).
+    fa_identification: bytes = b""
+    #: The same of its HA's latest request (b"" until the HA has asked).
+    ha_identification: bytes = b""
 
 
 class WriteKind(enum.Enum):
@@ -359,6 +373,10 @@ class WriteKind(enum.Enum):
     REPLACE = "replace"
     #: Delete a session (if ``expected_epoch`` is set, only at that epoch).
     DELETE = "delete"
+    #: Set the identification attributes its FA or HA sent (``fa_identification``,
+    #: ``ha_identification``: whichever is not None) of a session whose epoch is
+    #: still ``expected_epoch``; nothing else changes.
+    IDENTIFY = "identify"
 
 
 class WriteOutcome(enum.Enum):
@@ -391,14 +409,20 @@ class SessionWrite:
     expected_epoch: int | None = None
     #: RENEW: the new expiry.
     expires: float = 0.0
+    #: RENEW and IDENTIFY: the FA's new identification attributes (None: unchanged).
+    fa_identification: bytes | None = None
+    #: IDENTIFY: the HA's new identification attributes (None: unchanged).
+    ha_identification: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.kind in (WriteKind.CREATE, WriteKind.REPLACE) and (
             self.session is None or self.session.session_id != self.session_id
         ):
             raise ValidationError(f"a {self.kind.value} write carries the session it stores")
-        if self.kind in (WriteKind.RENEW, WriteKind.REPLACE) and self.expected_epoch is None:
+        if self.kind in (WriteKind.RENEW, WriteKind.REPLACE, WriteKind.IDENTIFY) and self.expected_epoch is None:
             raise ValidationError(f"a {self.kind.value} write is conditional on the session's epoch")
+        if self.kind is WriteKind.IDENTIFY and self.fa_identification is None and self.ha_identification is None:
+            raise ValidationError("an identify write carries the FA's or the HA's identification attributes")
 
 
 @dataclass(frozen=True)
@@ -445,6 +469,7 @@ __all__ = [
     "Gateway",
     "GatewayMode",
     "KeyMode",
+    "PskEncoding",
     "QosClass",
     "Service",
     "Session",

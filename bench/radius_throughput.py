@@ -14,6 +14,11 @@ Usage (from the repository root):
 
     .venv/bin/python bench/radius_throughput.py --rounds 3 --requests 20000 --workers 2
     .venv/bin/python bench/radius_throughput.py --freeradius-only      # anchor alone
+    .venv/bin/python bench/radius_throughput.py --with-module          # + FreeRADIUS hosting aaa_vpn
+
+``--with-module`` adds a third server to the same run: FreeRADIUS with aaa_vpn's home AAA
+as its ``rlm_python3`` module (aaa_vpn/freeradius, docs/freeradius-module.md) on the
+database our server uses, answering the same requests with the profile it decides.
     .venv/bin/python bench/radius_throughput.py --profile              # + py-spy profile
 
 Results are printed and appended to bench/results/radius-throughput.md. Everything runs
@@ -69,6 +74,7 @@ GW_DYNAMIC = "127.0.0.4"
 PREFIX_STATIC = "203.0.113.0/25"
 PREFIX_DYNAMIC = "203.0.113.128/25"
 IN_FLIGHT = 64  # requests in the file = requests in flight per radclient (-p)
+HOSTED = "FreeRADIUS+aaa_vpn"  # the --with-module server's name in the results
 
 
 def log(msg: str) -> None:
@@ -543,6 +549,43 @@ server bench {{
     )
 
 
+def write_module_raddb(base: Path, port: int, db: Path, key: Path) -> Path:
+    """FreeRADIUS hosting aaa_vpn's home AAA (aaa_vpn/freeradius/config.py's
+    configuration): the same client, deciding in ``authorize`` on ``db``."""
+    from aaa_vpn.freeradius.config import CLIENT_POLICY, module_config
+
+    return freeradius_conf.write_raddb(
+        base,
+        f"""\
+client bench_fa {{
+    ipaddr = 127.0.0.1
+    secret = {SECRET}
+    require_message_authenticator = yes
+}}
+policy {{
+{CLIENT_POLICY}}}
+modules {{
+{module_config(db, key, log_level="warning")}
+}}
+server bench_module {{
+    listen {{
+        type = auth
+        ipaddr = 127.0.0.1
+        port = {port}
+    }}
+    authorize {{
+        aaa_vpn_client
+        aaa_vpn
+    }}
+    authenticate {{
+    }}
+    post-auth {{
+    }}
+}}
+""",
+    )
+
+
 # --------------------------------------------------------------------------- our server
 
 
@@ -808,6 +851,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2000, help="unmeasured requests before the rounds")
     ap.add_argument("--freeradius-only", action="store_true", help="measure the FreeRADIUS anchor alone")
     ap.add_argument(
+        "--with-module",
+        action="store_true",
+        help="also measure FreeRADIUS hosting aaa_vpn's home AAA (rlm_python3, aaa_vpn.freeradius) on our"
+        " server's database, in the same interleaved rounds",
+    )
+    ap.add_argument(
         "--profile", action="store_true", help="after the measured rounds, one more round on our server under py-spy"
     )
     ap.add_argument(
@@ -894,6 +943,7 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
     ours = None
     ours_port = free_udp_port()
     ours_reply = None
+    provisioned_db: tuple[Path, Path] | None = None
     cli = None if args.freeradius_only else aaa_vpn_cmd()
     if args.freeradius_only:
         notes.append("our server: not run (--freeradius-only)")
@@ -905,6 +955,7 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
             notes.append(f"our server: not run ({provisioned})")
         else:
             db, key = provisioned
+            provisioned_db = (db, key)
             argv = serve_argv(cli, db, key, ours_port, args.workers, memo=not args.no_renewal_memo)
             commands.append(shlex.join(["aaa-vpn", *argv[len(cli) :]]).replace(str(base), "$T"))
             ours = start(argv, log_path=base / "ours.log")
@@ -966,10 +1017,40 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
     for name, (code, length, attrs) in shapes.items():
         log(f"{name}: {code}, {length} bytes, {len(attrs)} attributes")
 
+    # ---- FreeRADIUS hosting aaa_vpn (rlm_python3) on our server's database
+    hosted = None
+    hosted_port = free_udp_port()
+    if args.with_module:
+        if ours is None or provisioned_db is None:
+            notes.append("FreeRADIUS + aaa_vpn module: not run (our server's database is not provisioned)")
+        else:
+            mod_raddb = write_module_raddb(base / "module", hosted_port, *provisioned_db)
+            try:
+                freeradius_conf.check_raddb(freeradius, mod_raddb)
+            except RuntimeError as exc:
+                raise SystemExit(str(exc)) from None
+            commands.append("freeradius -f -d $T/module/raddb    # python -m aaa_vpn.freeradius --db $T/aaa.db")
+            hosted = start([freeradius, "-f", "-d", str(mod_raddb)], log_path=base / "module.out")
+            hosted_probe = probe(load, hosted_port)
+            if hosted_probe is None or reply_shape(hosted_probe)[0] != "Access-Accept":
+                log_tail = (base / "module" / "log" / "radius.log").read_text(errors="replace")[-1500:]
+                notes.append(f"FreeRADIUS + aaa_vpn module: not measured (probe: {log_tail!r})")
+                log(notes[-1])
+                stop(hosted, "FreeRADIUS + aaa_vpn module")
+                hosted = None
+            else:
+                shapes[HOSTED] = reply_shape(hosted_probe)
+                notes.append(
+                    f"{HOSTED}: FreeRADIUS with aaa_vpn.freeradius.module (rlm_python3, thread-unsafe: one"
+                    " request at a time) deciding in authorize on our server's database"
+                )
+
     servers: list[tuple[str, int, subprocess.Popen[bytes]]] = []
     if ours is not None:
         servers.append(("aaa_vpn", ours_port, ours))
     servers.append(("FreeRADIUS", fr_port, fr))
+    if hosted is not None:
+        servers.append((HOSTED, hosted_port, hosted))
     commands.append(
         shlex.join(load.argv(0, 0))
         .replace(str(base), "$T")
@@ -1008,6 +1089,8 @@ def run(args: argparse.Namespace, clients: int, base: Path, freeradius: str) -> 
             profile_md = profile_ours(load, ours_port, ours.pid, args.requests, base, commands, idle=args.profile_idle)
 
     stop(fr, "FreeRADIUS")
+    if hosted is not None:
+        stop(hosted, "FreeRADIUS + aaa_vpn module")
     if ours is not None:
         stop(ours, "our server")
 
@@ -1113,6 +1196,14 @@ def render(
             (
                 f"**Ratio aaa_vpn / FreeRADIUS: {ratio:.2f}x throughput ({verdict}); "
                 f"{cpu_ratio:.2f}x server CPU per request.**"
+            ),
+        ]
+    if HOSTED in med and "aaa_vpn" in med:
+        out += [
+            "",
+            (
+                f"**{HOSTED} / aaa_vpn: {med[HOSTED][0] / med['aaa_vpn'][0]:.2f}x throughput, "
+                f"{med[HOSTED][1] / med['aaa_vpn'][1]:.2f}x server CPU per request.**"
             ),
         ]
     out += [

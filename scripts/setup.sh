@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Prepare a machine to build, test and demo aaa_vpn.
 #
-#   1. system packages (Debian 12): RADIUS client tools, the FreeRADIUS server (the tests
+#   1. system packages (Debian 12): RADIUS client tools, radsecproxy (a RadSec peer of the
+#      tests, run from their own configuration; the system service is left disabled), the FreeRADIUS server (the tests
 #      run their own instances from temporary configurations; the system daemon is neither
-#      left running nor enabled at boot when this script installs it), tshark, tcpdump,
-#      iproute2, ping, strongSwan with kernel-libipsec (see docs / test-environment notes),
+#      left running nor enabled at boot when this script installs it) and its Python 3
+#      module (rlm_python3, which hosts aaa_vpn's decisions: docs/freeradius-module.md) and
+#      rlm_sql_postgresql (bench/carrier.py's anchor), tshark, tcpdump, iproute2, ping,
+#      nftables (random loss on the namespace lab's links), strongSwan with kernel-libipsec
+#      (see docs / test-environment notes),
 #      PostgreSQL (initdb and pg_ctl for the tests' own clusters; no system cluster is
-#      started by this script's install).
+#      started by this script's install), headless Chromium and its WebDriver (the user-page
+#      browser test drives Debian's chromium through chromium-driver).
 #      Only what is missing is installed; `apt-get update` only runs when something is missing.
 #   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`, which
 #      also compiles aaa_vpn/wire/_fast.c (gcc and the Python headers); skipped when
@@ -34,10 +39,13 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 REQUIRED=(
     "radclient:freeradius-utils"
     "/usr/sbin/freeradius:freeradius"
+    "/usr/lib/freeradius/rlm_python3.so:freeradius-python3"
+    "/usr/sbin/radsecproxy:radsecproxy"
     "tshark:tshark"
     "tcpdump:tcpdump"
     "ip:iproute2"
     "ping:iputils-ping"
+    "/usr/sbin/nft:nftables"
     "swanctl:strongswan-swanctl"
     "charon-systemd:charon-systemd"
     "-:strongswan-charon"
@@ -46,12 +54,15 @@ REQUIRED=(
     "-:libstrongswan-extra-plugins"
     "gcc:gcc"
     "-:postgresql"
+    "/usr/lib/freeradius/rlm_sql_postgresql.so:freeradius-postgresql"
+    "chromium:chromium"
+    "chromedriver:chromium-driver"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke
-# under systemd) on *:1812/1813; postgresql's starts a system cluster on 5432, which the
-# tests do not use (they make throw-away clusters of their own, tests/postgres.py). Both
-# helpers ask /usr/sbin/policy-rc.d first and start
+# under systemd) on *:1812/1813, and freeradius-python3's force-reloads it; postgresql's
+# starts a system cluster on 5432, which the tests do not use (they make throw-away
+# clusters of their own, tests/postgres.py). Both helpers ask /usr/sbin/policy-rc.d first and start
 # nothing when it answers 101 ("action forbidden"), so setup.sh puts one there for the
 # install unless the machine has its own (Docker images do), removes it afterwards, then
 # disables the service for the next boot, stops it in case it ran and checks.
@@ -137,7 +148,8 @@ else
     # (Postinst of the strongSwan packages prints "Failed to send reload request" when
     # there is no systemd; that is harmless. No daemon is started.)
     aptlog=$(mktemp -t aaa_vpn-apt.XXXXXX.log)
-    if [[ " ${missing[*]} " == *" freeradius "* || " ${missing[*]} " == *" postgresql "* ]] && [[ ! -e $POLICY_RC ]]; then
+    if [[ " ${missing[*]} " =~ \ (freeradius|freeradius-python3|postgresql|freeradius-postgresql|radsecproxy)\  ]] \
+        && [[ ! -e $POLICY_RC ]]; then
         trap drop_policy EXIT
         own_policy=1
         printf '#!/bin/sh\n# scripts/setup.sh (aaa_vpn): no daemon starts during its install\nexit 101\n' \
@@ -155,8 +167,16 @@ else
     say "apt-get install --no-install-recommends ${missing[*]}"
     run_apt apt-get install -y --no-install-recommends "${missing[@]}"
     drop_policy
-    if [[ " ${missing[*]} " == *" freeradius "* ]]; then
+    if [[ " ${missing[*]} " =~ \ (freeradius|freeradius-python3)\  ]]; then
         quiet_freeradius
+    fi
+    if [[ " ${missing[*]} " == *" radsecproxy "* ]]; then
+        # The RadSec tests run their own radsecproxy (-f, own config); the system one stays off.
+        if [[ -d /run/systemd/system ]]; then
+            "${SUDO[@]}" systemctl disable --now radsecproxy.service >>"$aptlog" 2>&1 || true
+        else
+            "${SUDO[@]}" update-rc.d radsecproxy disable >>"$aptlog" 2>&1 || true
+        fi
     fi
     rm -f "$aptlog"
     say "system packages installed"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,16 @@ class Topology:
 
     def tables(self) -> dict[str, Table]:
         return {name: self.table(name) for name in AGENTS}
+
+    def settled(self, timeout: float = 10.0) -> dict[str, int]:
+        """Poll the state files until no agent has an exchange under way
+        (``in_flight`` 0 everywhere); return what they show."""
+        deadline = time.monotonic() + timeout
+        while True:
+            in_flight = {name: self.state(name)["in_flight"] for name in AGENTS}
+            if not any(in_flight.values()) or time.monotonic() > deadline:
+                return in_flight
+            time.sleep(0.03)
 
     def spawn(self, name: str, *args: str, pass_fds: tuple[int, ...] = ()) -> None:
         self.commands[name] = (args, pass_fds)
@@ -201,11 +212,12 @@ def start(
     gateways: tuple[str, ...] = ("static", "dynamic"),
     gw_args: tuple[str, ...] = (),
     home_args: tuple[str, ...] = (),
+    aaa_args: tuple[str, ...] = (),
 ) -> Topology:
     """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
     ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
     ``gw_args``: more options for both gateways, ``home_args`` for the home
-    AAA (flow G's lifetimes)."""
+    AAA (flow G's lifetimes), ``aaa_args`` for the FAs and the HA."""
     # The agents' ports are bound here and handed over; the servers bind port 0 and log theirs.
     mip = bind_udp([a for _r, a in AGENTS.values()])
     coa = bind_udp([a for role, a in AGENTS.values() if role != "gw"])
@@ -223,6 +235,10 @@ def start(
         *home_args,
     )
     topology.radius_port = topology.listening("home-aaa")
+    if "{accounting_port}" in aaa_args:
+        found = re.search(r"accounting=[\d.]+:(\d+)", topology.logs["home-aaa"].read_text())
+        assert found is not None, topology.logs["home-aaa"].read_text()
+        aaa_args = tuple(found.group(1) if a == "{accounting_port}" else a for a in aaa_args)
     foreign_port = 0
     if foreign:
         private(tmp / "aaaf-home.secret", SECRETS[AAAF].value)
@@ -251,7 +267,7 @@ def start(
             secret = private(tmp / f"{name}.secret", SECRETS[address].value + b"\n")  # the newline is dropped
             server = f"{AAAF}:{foreign_port}" if foreign and address in (FA1, FA2) else f"{AAA}:{topology.radius_port}"
             args += ["--aaa", server, "--secret-file", str(secret), "--coa-port", str(coa.port)]
-            args += ["--coa-socket-fd", str(coa.fd(address))]
+            args += ["--coa-socket-fd", str(coa.fd(address)), *aaa_args]
             fds.append(coa.fd(address))
         topology.spawn(name, *args, pass_fds=tuple(fds))
     deadline = time.monotonic() + 20
@@ -323,6 +339,11 @@ def test_flows_a_b_handoff_and_back_and_deregistration(topology: Topology) -> No
     assert [v["nai"] for v in topology.state("fa1")["visitors"]] == [NAI]
     assert [(b["nai"], b["care_of_address"]) for b in topology.state("ha")["bindings"]] == [(NAI, FA1)]
     assert [b["care_of_address"] for b in topology.state("gw-dynamic")["bindings"]] == [FA1]
+    assert topology.settled() == dict.fromkeys(AGENTS, 0)
+    (binding,) = topology.state("gw-dynamic")["bindings"]
+    (ha_binding,) = topology.state("ha")["bindings"]
+    assert (binding["session_id"], binding["epoch"]) == (ha_binding["session_id"], ha_binding["epoch"])
+    assert binding["replaced_owner"] is None, binding
     # the dynamic gateway acknowledged before the HA replied (flow B): event order at the HA
     kinds = [(e["kind"], e.get("message")) for e in topology.state("ha")["events"]]
     ack = kinds.index(("received", "Binding Acknowledge"))
@@ -484,6 +505,8 @@ def test_flows_e_and_f_old_fa_forwarding_then_push_and_disconnect(topology: Topo
     assert topology.wait_for(expected) == expected
     assert_mirrored(topology, "fa1", "fa2", "FA_FA")
     assert topology.state("fa1")["visitors"] == []
+    forwarding = [(f["nai"], f["home_address"], f["new_fa"]) for f in topology.state("fa1")["forwarding"]]
+    assert forwarding == [(NAI, HOME_ADDRESS, FA2)]
     # ... for its forwarding lifetime (10 s; the FA agent has no option for
     # it), after which both ends of that path are gone
     expected = {**expected, "fa1": [], "fa2": [("FA_HA", HA)]}
@@ -938,6 +961,58 @@ def test_a_renewal_past_half_the_sa_lifetime_rekeys_every_path(tmp_path: Path) -
         assert_mirrored(topology, "ha", "gw-static", "HA_GW")
         assert_mirrored(topology, "fa1", "gw-dynamic", "FA_GW")
         assert [b["epoch"] for b in topology.state("ha")["bindings"]] == [2]
+    finally:
+        codes = topology.stop()
+        assert codes == dict.fromkeys(codes, 0), codes
+
+
+def test_the_fa_and_ha_account_each_registration_start_interim_and_stop(tmp_path: Path) -> None:
+    accounting = ("--accounting", "--accounting-interim", "1", "--accounting-port", "{accounting_port}")
+    topology = start(tmp_path, aaa_args=accounting)
+    try:
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        assert topology.wait_for(AFTER_REGISTRATION) == AFTER_REGISTRATION
+        time.sleep(1.5)  # at least one Interim-Update from each
+        code, result = topology.mn("register", "--fa", FA2, "--previous-fa", FA1)
+        assert (code, result["code"]) == (0, 0), result
+        code, result = topology.mn("deregister", "--fa", FA2)
+        assert (code, result["code"]) == (0, 0), result
+        expected = {"fa2": [], "ha": []}
+        assert {k: v for k, v in topology.wait_for(expected).items() if k in expected} == expected
+        deadline = time.monotonic() + 10
+        while True:
+            listing = aaa_vpn(
+                "--db",
+                str(tmp_path / "vpn.db"),
+                "--key-file",
+                str(tmp_path / "vpn.key"),
+                "--json",
+                "accounting",
+                "list",
+            )
+            assert listing.returncode == 0, listing.stderr
+            records = json.loads(listing.stdout)["accounting"]
+            if len(records) == 4 and all(r["stopped"] for r in records):
+                break
+            assert time.monotonic() < deadline, records
+            time.sleep(0.1)
+        session = records[0]["session_id"]
+        by = {(r["nas"], r["acct_session_id"]): r for r in records}
+        assert set(by) == {(FA1, f"{session}#1"), (FA2, f"{session}#2"), (HA, f"{session}#1"), (HA, f"{session}#2")}
+        assert all(r["session_id"] == session and r["nai"] == NAI for r in records)
+        assert by[(FA1, f"{session}#1")]["updates"] >= 3  # Start, Interim-Update(s), Stop
+        assert by[(FA1, f"{session}#1")]["terminate_cause"] == "Lost-Carrier"  # it moved to FA2
+        assert by[(FA2, f"{session}#2")]["terminate_cause"] == "User-Request"
+        assert by[(HA, f"{session}#1")]["terminate_cause"] == "NAS-Request"  # continued as epoch 2
+        assert by[(HA, f"{session}#1")]["attributes"]["3GPP2-Session-Continue"] == 1
+        assert by[(HA, f"{session}#2")]["terminate_cause"] == "User-Request"
+        # the memory backend carries no traffic on loopback: counts are there, and zero
+        assert by[(FA1, f"{session}#1")]["input_octets"] == 0
+        for name in ("fa1", "fa2", "ha"):
+            counters = topology.state(name)["counters"]
+            sent = sum(counters.get(f"accounting.{kind}", 0) for kind in ("on", "start", "interim", "stop"))
+            assert counters["accounting.answered"] == sent, (name, counters)
     finally:
         codes = topology.stop()
         assert codes == dict.fromkeys(codes, 0), codes

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
@@ -16,7 +18,7 @@ from pathlib import Path
 import pyrad.packet
 import pytest
 
-from aaa_vpn.model import VpnRecord
+from aaa_vpn.model import Flavour, VpnRecord
 from aaa_vpn.net import coa_client
 from aaa_vpn.roles.ha import stationary_owner
 from aaa_vpn.roles.home_aaa import Authorize, CoaTarget
@@ -24,7 +26,7 @@ from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import coa
 from aaa_vpn.wire import radius as rc
-from aaa_vpn.wire.profile import PathRole, VpnProfile
+from aaa_vpn.wire.profile import VENDOR_ID, PathRole, VpnProfile
 
 from .mobility import (
     AAA,
@@ -185,6 +187,71 @@ def test_answers_verify_against_their_request_only() -> None:
     reply = pyrad.packet.CoAPacket(packet=ack, secret=secret, dict=rc.load_dictionary())
     sent = pyrad.packet.CoAPacket(packet=request, secret=secret, dict=rc.load_dictionary())
     assert sent.VerifyReply(reply, ack)
+
+
+def _answer_without_ma(request: bytes, code: int, secret: bytes, ma_vector: bytes | None = None) -> bytes:
+    """An ACK as a third-party server may send it: no Message-Authenticator,
+    or one computed over ``ma_vector`` in the Authenticator field."""
+    body = b""
+    if ma_vector is not None:
+        body = bytes((80, 18)) + bytes(16)
+    head = bytes((code, request[1])) + (20 + len(body)).to_bytes(2, "big")
+    if ma_vector is not None:
+        body = bytes((80, 18)) + hmac.digest(secret, head + ma_vector + body, "md5")
+    return head + hashlib.md5(head + request[4:20] + body + secret).digest() + body
+
+
+def test_answers_are_believed_by_the_response_authenticator() -> None:
+    """RFC 5176 section 3.4 makes the answer's Message-Authenticator optional:
+    FreeRADIUS sends none by default, and with one it computes it over 16
+    zero octets (its rad_sign). Both are believed; a wrong one, or none
+    where the client requires one, is not; a wrong Response Authenticator
+    never is."""
+    secret = b"s3cret-s3cret"
+    request = coa.encode_request(coa.DISCONNECT_REQUEST, 5, secret, coa.session_attributes(NAI, "x"))
+    bare = _answer_without_ma(request, coa.DISCONNECT_ACK, secret)
+    answer = coa.decode_answer(bare, request, secret)
+    assert answer == coa.CoaAnswer(coa.DISCONNECT_ACK, None) and answer.signature is coa.Signature.NONE
+    assert coa.decode_answer(bare, request, secret, require_message_authenticator=True) is None
+    zero = _answer_without_ma(request, coa.DISCONNECT_ACK, secret, coa.ZERO_AUTHENTICATOR)
+    answer = coa.decode_answer(zero, request, secret, require_message_authenticator=True)
+    assert answer is not None and answer.signature is coa.Signature.ZERO
+    rfc = _answer_without_ma(request, coa.DISCONNECT_ACK, secret, request[4:20])
+    answer = coa.decode_answer(rfc, request, secret, require_message_authenticator=True)
+    assert answer is not None and answer.signature is coa.Signature.RFC5176
+    wrong = _answer_without_ma(request, coa.DISCONNECT_ACK, secret, b"\x01" * 16)
+    assert coa.decode_answer(wrong, request, secret) is None
+    forged = bytearray(bare)
+    forged[4] ^= 1
+    assert coa.decode_answer(bytes(forged), request, secret) is None
+
+
+def test_requests_repeat_the_agents_identification_attributes() -> None:
+    """RFC 5176 section 3: the NAS and session identification attributes the
+    agent sent in its Access-Request, raw and in order, the first of each
+    type; nothing else of the request. Aaa-Vpn-Session-Id only to an
+    aaa-vpn client (another receiver would NAK an attribute it does not know)."""
+    sent = [
+        (rc.USER_NAME, NAI.encode()),
+        (rc.NAS_IP_ADDRESS, bytes((192, 0, 2, 1))),
+        (31, b"0012-3456"),  # Calling-Station-Id
+        (80, bytes(16)),  # Message-Authenticator: not identification
+        (44, b"acct-1"),  # Acct-Session-Id
+        (rc.NAS_IP_ADDRESS, bytes((192, 0, 2, 9))),  # a second one: not repeated
+        (rc.NAS_IDENTIFIER, b"pdsn-1"),
+    ]
+    raw = coa.identification(sent)
+    assert raw == bytes.fromhex("04 06 c0000201") + b"\x1f\x0b0012-3456" + b"\x2c\x08acct-1" + b"\x20\x08pdsn-1"
+    ours = coa.session_attributes(NAI, "abc", raw, Flavour.AAA_VPN)
+    theirs = coa.session_attributes(NAI, "abc", raw, Flavour.THREEGPP2)
+    assert theirs == [rc.attribute(rc.USER_NAME, NAI.encode()), raw]
+    assert ours == [*theirs, rc.vendor_attribute(VENDOR_ID, coa.SESSION_ID_TYPE, b"abc")]
+    secret = b"a-shared-secret"
+    packet = pyrad.packet.CoAPacket(
+        packet=coa.encode_request(coa.DISCONNECT_REQUEST, 1, secret, theirs), secret=secret, dict=rc.load_dictionary()
+    )
+    assert packet["NAS-IP-Address"] == ["192.0.2.1"] and packet["Acct-Session-Id"] == ["acct-1"]
+    assert packet["Calling-Station-Id"] == ["0012-3456"] and packet["NAS-Identifier"] == ["pdsn-1"]
 
 
 # -- disconnect ------------------------------------------------------------------------------------

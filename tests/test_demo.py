@@ -161,6 +161,9 @@ def test_ctrl_c_stops_everything_and_removes_the_files() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell's background job inherits SIGINT ignored, and Python keeps an
+        # ignored SIGINT ignored: give the demo the default a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     directory, pids = None, []

@@ -25,6 +25,7 @@ import pytest
 
 from aaa_vpn.model import Client, ClientRole, Gateway, GatewayMode, Service, User, ValidationError, VpnRecord
 from aaa_vpn.roles.foreign_aaa import (
+    ACCOUNTING_SOCKET,
     CachedSession,
     Datagram,
     ForeignAaa,
@@ -39,11 +40,12 @@ from aaa_vpn.roles.foreign_aaa import (
 from aaa_vpn.roles.home_aaa import HomeAaaOptions
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.foreign import load_foreign_settings
+from aaa_vpn.service.foreign import load_foreign_settings, options_for
 from aaa_vpn.service.home import HomeService
 from aaa_vpn.store import init_store
 from aaa_vpn.store.sqlite import SqliteStore
 from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.accounting import AcctStatus, encode_accounting_request
 from aaa_vpn.wire.profile import VENDOR_ID, PathRole, RejectReason, VpnProfile
 from aaa_vpn.wire.radius_profile import AaaVpnAttr
 from aaa_vpn.wire.radius_request import (
@@ -367,12 +369,15 @@ def test_every_home_server_down_gives_a_reject_with_no_resources(homes: dict[Add
     assert isinstance(result, Rejected)
     assert result.reason is RejectReason.NO_RESOURCES and "home.example" in result.message
     assert now == pytest.approx(T0 + 6.0)  # 3 transmissions to A, then 3 to B
-    # Both are now dead: the next request is answered at once.
+    # Both are now dead, and still asked (a dead mark only orders them): the
+    # next request is answered when they have not answered it either.
     net.to_clients.clear()
     second = fa_request()
     net.send(second, now + 1)
+    later = net.run(now + 1)
     result = decode_access_reply(only_reply(net), second, FA_SECRET)
     assert isinstance(result, Rejected) and result.reason is RejectReason.NO_RESOURCES
+    assert later == pytest.approx(now + 1 + 6.0)
     assert aaaf.counters["rejects.no_resources"] == 2 and aaaf.pending == 0
 
 
@@ -621,12 +626,26 @@ def test_config_file_is_read(tmp_path: Path) -> None:
         (lambda t: t.replace('address = "192.0.2.1"', 'address = "255.255.255.255"'), "the limited broadcast"),
         (lambda t: t.replace("[upstream]", "[upstream]\nretries = true"), "retries has the wrong type (boolean)"),
         (lambda t: "listen = [", "is not valid TOML"),
+        (lambda t: t.replace('name = "home.example"', 'name = "home.example"\npool = "rr"'), "realms[0].pool: 'rr'"),
+        (lambda t: t.replace("[upstream]", "[upstream]\nzombie_period = -1"), "upstream.zombie_period: must be >= 0"),
     ],
 )
 def test_config_errors_are_one_clear_message(tmp_path: Path, change: Callable[[str], str], message: str) -> None:
     with pytest.raises(ValidationError) as caught:
         load_foreign_settings(write_config(tmp_path, change(GOOD_CONFIG)))
     assert message in str(caught.value) and str(tmp_path) in str(caught.value)
+
+
+def test_a_realm_pool_type_and_the_zombie_period_reach_the_upstream_client(tmp_path: Path) -> None:
+    text = GOOD_CONFIG.replace('name = "home.example"', 'name = "home.example"\npool = "keyed-balance"')
+    settings = load_foreign_settings(
+        write_config(tmp_path, text.replace("[upstream]", "[upstream]\nzombie_period = 5"))
+    )
+    (realm,) = settings.realms
+    assert realm.pool_type == "keyed-balance" and settings.zombie_period == 5.0
+    aaaf = ForeignAaa(settings.clients, settings.realms, options_for(settings), now=T0)
+    (pool,) = aaaf.pools
+    assert pool.client.pool_type == "keyed-balance" and pool.client.zombie_period == 5.0
 
 
 def test_a_config_with_secrets_readable_by_others_is_refused(tmp_path: Path) -> None:
@@ -661,3 +680,93 @@ def test_cli_check_and_errors(tmp_path: Path) -> None:
     assert bad.stderr.startswith("Error: config file") and f"chmod 600 {path}" in bad.stderr
     missing = run_cli("serve", "foreign", "--config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+# --- accounting, proxied home (rule 10) --------------------------------------------------------
+
+
+class AccountingNet(Net):
+    """Accounting datagrams: FA -> AAAF's accounting socket -> the homes' accounting ports (port + 1)."""
+
+    def send_accounting(self, data: bytes, now: float, source: Address = FA) -> None:
+        self.aaaf.receive_accounting(data, source, now)
+        self.pump(now)
+
+    def pump(self, now: float) -> None:
+        while out := self.aaaf.datagrams_to_send():
+            for datagram in out:
+                if datagram.pool is None or datagram.pool == ACCOUNTING_SOCKET:
+                    self.to_clients.append(datagram)
+                    continue
+                self.upstream.append(datagram)
+                auth = (datagram.address[0], datagram.address[1] - 1)
+                home = self.homes.get(auth)
+                if home is None or auth in self.down:
+                    continue
+                for reply, _ in home.handle_accounting_batch([(datagram.data, (AAAF, 50000 + datagram.pool))], now):
+                    self.aaaf.receive_from_upstream(reply, datagram.address, datagram.pool, now)
+
+
+def _acct(status: AcctStatus, session: str, *attributes: bytes, nai: str = NAI) -> bytes:
+    head = [rc.attribute(1, nai.encode())] if nai else []
+    head.append(rc.attribute(4, bytes((127, 0, 0, 1))))
+    return encode_accounting_request(7, FA_SECRET, status, session, [*head, *attributes])
+
+
+def test_accounting_is_proxied_home_and_answered_once_stored(
+    homes: dict[Address, HomeService], stores: dict[Address, SqliteStore]
+) -> None:
+    aaaf = proxy()
+    net = AccountingNet(aaaf, homes)
+    start = _acct(AcctStatus.START, "acct-1", rc.attribute(55, int(T0).to_bytes(4, "big")))
+    net.send_accounting(start, T0)
+    (answer,) = net.to_clients
+    assert answer.pool == ACCOUNTING_SOCKET and answer.address == FA
+    decoded = rc.decode_packet(answer.data)
+    assert decoded.code == rc.ACCOUNTING_RESPONSE and decoded.identifier == start[1]
+    assert rc.check_response_authenticator(decoded, start[4:20], FA_SECRET)
+    (record,) = stores[SERVER_A].list_accounting(nai=NAI)
+    assert record.acct_session_id == "acct-1" and record.nas == "127.0.0.1" and record.client == "aaaf"
+    (relayed,) = net.sent_to(("192.0.2.1", 1813))
+    assert rc.decode_packet(relayed).all(rc.PROXY_STATE), "our Proxy-State travels home"
+    # a retransmission of the answered request is answered again, not proxied again
+    net.send_accounting(start, T0 + 0.5)
+    assert len(net.to_clients) == 2 and net.to_clients[1].data == answer.data
+    assert len(net.sent_to(("192.0.2.1", 1813))) == 1
+    assert aaaf.counters["accounting.proxied"] == 1 and aaaf.counters["accounting.answered"] == 1
+
+
+def test_accounting_fails_over_and_no_answer_means_no_response(
+    homes: dict[Address, HomeService], stores: dict[Address, SqliteStore]
+) -> None:
+    aaaf = proxy(zombie_period=0)
+    net = AccountingNet(aaaf, homes)
+    net.down.add(SERVER_A)
+    net.send_accounting(_acct(AcctStatus.START, "acct-2"), T0)
+    net.run(T0)
+    assert len(net.to_clients) == 1 and stores[SERVER_B].list_accounting(nai=NAI)
+    # every server of the realm silent: no Accounting-Response (RFC 2866 section 4.1)
+    net.down.add(SERVER_B)
+    net.send_accounting(_acct(AcctStatus.STOP, "acct-3"), T0 + 10)
+    net.run(T0 + 10, until=T0 + 60)
+    assert len(net.to_clients) == 1 and aaaf.counters["accounting.upstream_failed"] == 1
+    # a realm nobody serves: dropped and counted, no response
+    lonely = proxy(HOME_REALM)
+    other = AccountingNet(lonely, homes)
+    other.send_accounting(_acct(AcctStatus.START, "acct-4", nai="mn1@elsewhere.example"), T0)
+    assert other.to_clients == [] and lonely.counters["accounting.dropped.no_route"] == 1
+
+
+def test_accounting_on_goes_to_every_pool_and_a_forged_request_changes_nothing(
+    homes: dict[Address, HomeService], stores: dict[Address, SqliteStore]
+) -> None:
+    aaaf = proxy(HOME_REALM, DEFAULT_REALM)
+    net = AccountingNet(aaaf, homes)
+    net.send_accounting(_acct(AcctStatus.ACCOUNTING_ON, "", nai=""), T0)
+    assert len(net.to_clients) == 1
+    assert {d.address for d in net.upstream} == {("192.0.2.1", 1813), ("192.0.2.3", 1813)}
+    forged = encode_accounting_request(
+        9, b"not-the-fa-secret", AcctStatus.START, "acct-5", [rc.attribute(1, NAI.encode())]
+    )
+    net.send_accounting(forged, T0 + 1)
+    assert len(net.to_clients) == 1 and not stores[SERVER_A].list_accounting(nai=NAI)

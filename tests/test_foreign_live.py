@@ -231,7 +231,7 @@ def test_the_log_is_structured_and_holds_no_secret(topology: Topology) -> None:
             break
         asyncio.run(asyncio.sleep(0.1))
     assert "foreign AAA starting" in text and "realms=home.example" in text
-    assert "home server marked dead" in text and "server=dead" in text  # failover over real sockets
+    assert "home server marked zombie" in text and "server=dead" in text  # failover over real sockets
     assert "upstream_failovers=" in text
     for secret in (FA_SECRET, AAAF_SECRET, MN_SECRET):
         assert secret.decode() not in text

@@ -238,18 +238,18 @@ def test_the_ha_does_not_answer_for_a_node_that_is_gone(tmp_path: Path) -> None:
         before = {name: spis(net, name) for name in GATEWAYS}
         net.advance(1.0)
         # the node deregisters, but the HA's withdrawals (lifetime 0), sent
-        # again until the HA's gateway_timeout (3 s), are all lost
+        # again until the HA's gateway_timeout (4 s), are all lost
         lose = [intercept(net, name, lambda data, source: False) for name in GATEWAYS]
         net.nodes["mn"].agent.deregister(net.clock)  # type: ignore[attr-defined]
         net.settle()
-        net.advance(3.5)
+        net.advance(4.5)
         for undo in lose:
             undo()
         assert ha(net).bindings == {}
         assert table(net, "ha") == [] and table(net, "fa1") == []
         for name in GATEWAYS:  # stale, until their lifetime ends
             assert spis(net, name) == before[name], name
-        net.advance(76.5)  # 81 s: past the threshold; the HA stays silent
+        net.advance(75.5)  # 81 s: past the threshold; the HA stays silent
         assert ha(net).counters["binding_requests.no_binding"] >= 2
         assert ha(net).counters["binding_requests.answered"] == 0
         for name in GATEWAYS:

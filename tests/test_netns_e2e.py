@@ -24,7 +24,10 @@ new FA would take the node's own outbound traffic; docs/sa-backends.md).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,7 +48,9 @@ STATIC_PORT, DYNAMIC_PORT = 9001, 9002
 MOVES = (("fa2", "fa1"), ("fa3", "fa2"), ("fa1", "fa3"))
 
 
-def running_lab(tmp_path: Path, require_tool: Callable[[str], str], backend: str, prefix: str) -> Iterator[Lab]:
+def running_lab(
+    tmp_path: Path, require_tool: Callable[[str], str], backend: str, prefix: str, accounting_interim: float = 0.0
+) -> Iterator[Lab]:
     """The lab (aaa_vpn.lab.netns) with ``backend``, up with its node driver, removed afterwards.
 
     strongSwan's kernel-libipsec prefers the newest of two policies with the
@@ -60,7 +65,14 @@ def running_lab(tmp_path: Path, require_tool: Callable[[str], str], backend: str
             pytest.fail(f"AAA_VPN_REQUIRE_TOOLS=1 but {message}")
         pytest.skip(message)
     forwarding = 0 if backend == "strongswan" else 10
-    running = Lab(tmp_path, backend=backend, prefix=prefix, log_keys=True, forwarding_lifetime=forwarding)
+    running = Lab(
+        tmp_path,
+        backend=backend,
+        prefix=prefix,
+        log_keys=True,
+        forwarding_lifetime=forwarding,
+        accounting_interim=accounting_interim,
+    )
     try:
         running.create()
         running.start()
@@ -194,3 +206,57 @@ def test_restarted_agents_keep_the_sas_charon_still_holds(strongswan_lab: Lab) -
     assert lab.reaches(CH1) and lab.reaches(CH2)
     sent, received = lab.stop_traffic(sender), lab.stop_traffic(receiver)
     assert len(set(received["seqs"])) >= 0.9 * len(sent["times"])
+
+
+@pytest.fixture
+def accounting_lab(tmp_path: Path, require_tool: Callable[[str], str]) -> Iterator[Lab]:
+    yield from running_lab(tmp_path, require_tool, "userspace", f"aae{os.getpid() % 10000}a_", accounting_interim=1.0)
+
+
+def _accounting(lab: Lab) -> list[dict[str, object]]:
+    files = lab.files
+    database = ("--db", str(files.db), "--key-file", str(files.key))
+    result = subprocess.run(
+        [sys.executable, "-m", "aaa_vpn.cli", *database, "--json", "accounting", "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    records: list[dict[str, object]] = json.loads(result.stdout)["accounting"]
+    return records
+
+
+def test_the_agents_account_the_traffic_their_sas_carried(accounting_lab: Lab) -> None:
+    """FA1 (through the foreign AAA, which proxies accounting home) and the HA
+    account the registration: Interim-Updates carry the userspace backend's
+    SA counters after real traffic; the move to FA3 stops FA1's record."""
+    lab = accounting_lab
+    receiver = lab.receive("mn", DYNAMIC_PORT)
+    assert lab.move("fa1")["code"] == 0
+    assert lab.wait_for(AFTER_FA1) == {**lab.tables(), **AFTER_FA1}
+    sender = lab.send("ch2", HOME_ADDRESS, RATE, port=DYNAMIC_PORT)
+    deadline = time.monotonic() + 20
+    fa1, ha = BACKBONE.of("fa1"), BACKBONE.of("ha")
+    while True:
+        records = {(r["nas"], r["acct_session_id"]): r for r in _accounting(lab)}
+        at_fa1 = [r for (nas, _), r in records.items() if nas == fa1]
+        at_ha = [r for (nas, _), r in records.items() if nas == ha]
+        if at_fa1 and at_ha and int(at_fa1[0]["input_octets"] or 0) > 0 and int(at_fa1[0]["updates"]) >= 2:  # type: ignore[call-overload]
+            break
+        assert time.monotonic() < deadline, records
+        time.sleep(0.5)
+    lab.stop_traffic(sender)
+    lab.stop_traffic(receiver)
+    (record,) = at_fa1
+    assert record["stopped"] is None and record["client"] == "aaaf"  # proxied by the foreign AAA
+    # The dynamic gateway's traffic enters the FA's FA-GW SA: input at FA1, in octets and packets.
+    assert int(record["input_packets"]) > 0 and int(record["input_octets"]) >= 200 * int(record["input_packets"])  # type: ignore[call-overload]
+    assert lab.move("fa3", "fa1")["code"] == 0
+    deadline = time.monotonic() + 20
+    while not all(r["stopped"] for r in _accounting(lab) if r["nas"] == fa1):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    (stopped,) = [r for r in _accounting(lab) if r["nas"] == fa1]
+    assert stopped["terminate_cause"] == "Lost-Carrier"
+    assert int(stopped["input_octets"]) >= int(record["input_octets"])  # type: ignore[call-overload]

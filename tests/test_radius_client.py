@@ -37,6 +37,9 @@ from aaa_vpn.roles.radius_client import (
     ServerConfig,
     ServerDown,
     ServerUp,
+    ServerZombie,
+    retransmission_waits,
+    server_time,
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.home import HomeService
@@ -133,7 +136,13 @@ def seeded(seed: int = 1) -> Callable[[int], bytes]:
 
 
 def fa_client(**options: object) -> RadiusClient:
-    defaults: dict[str, object] = {"timeout": 1.0, "retries": 2, "dead_time": 30.0, "status_interval": 5.0}
+    defaults: dict[str, object] = {
+        "timeout": 1.0,
+        "retries": 2,
+        "dead_time": 30.0,
+        "status_interval": 5.0,
+        "zombie_period": 0.0,
+    }
     defaults.update(options)
     return RadiusClient(
         [config(SERVER_A, SECRET_A, "a"), config(SERVER_B, SECRET_B, "b")],
@@ -551,12 +560,56 @@ def test_no_server_answers_and_then_every_server_is_dead(servers: dict[Address, 
     assert done == T0 + 6.0
     [failed] = link.outcomes()
     assert failed == RequestFailed("t", "no reply from a, b", ("a", "b"))
-    # both dead: a new request fails at once, nothing is sent
+    # both dead: a dead mark only orders the servers, it never refuses a request
+    # (rule 3): the next one is still tried, a first (its dead time ends first)
     sent = len(link.sent)
     client.request(fa_info(), done + 1.0, tag="u")
-    link.pump(done + 1.0)
-    assert link.outcomes()[1] == RequestFailed("u", "every server is marked dead", ())
-    assert len(link.sent) == sent
+    link.run(done + 1.0, finished=2)
+    assert link.outcomes()[1] == RequestFailed("u", "no reply from a, b", ("a", "b"))
+    requests = [where for data, where in link.sent[sent:] if data[0] == rc.ACCESS_REQUEST]
+    assert requests == [SERVER_A] * 3 + [SERVER_B] * 3
+    assert client.counters["sent_to_dead"] == 2
+
+
+def test_a_lone_server_that_missed_a_request_is_asked_the_next_time(servers: dict[Address, HomeService]) -> None:
+    """Under loss every transmission of one request can be lost; the server is
+    marked dead, yet the next request goes to it at once (there is no other)
+    and succeeds -- it is not refused until a probe or the dead time revives it."""
+    client = RadiusClient([config(SERVER_A, SECRET_A, "a")], status_interval=None, random_bytes=seeded())
+    link = Link(client, servers)
+    link.down.add(SERVER_A)
+    client.request(fa_info(), T0, tag="lost")
+    done = link.run(T0)
+    assert link.outcomes() == [RequestFailed("lost", "no reply from a", ("a",))]
+    assert not client.is_alive("a", done)
+    link.down.clear()
+    client.request(fa_info(), done + 0.1, tag="next")
+    link.run(done + 0.1, finished=2)
+    assert isinstance(link.outcomes()[1], RequestAccepted) and client.is_alive("a", done + 0.2)
+
+
+def test_retransmissions_back_off_up_to_the_longest_wait(servers: dict[Address, HomeService]) -> None:
+    """Rule 1 with the defaults (RFC 5080 section 2.2.1's IRT, MRT and MRC):
+    the identical datagram at 0, 0.25, 0.75, 1.75, 2.75 ... 6.75 s, the server
+    given up at 7.75 s."""
+    assert retransmission_waits(0.25, 8, 1.0) == [0.25, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert server_time() == 7.75 and server_time(2.0, 2, 1.0) == 6.0  # a timeout above the cap: fixed
+    client = RadiusClient([config(SERVER_A, SECRET_A, "a")], status_interval=None, random_bytes=seeded())
+    sent: list[tuple[float, bytes]] = []
+    now = T0
+    client.request(fa_info(), now, tag="t")
+    events: list[Event] = []
+    while not any(isinstance(e, RequestFailed) for e in events):
+        sent += [(now - T0, data) for data, _where in client.datagrams_to_send(now)]
+        when = client.get_timer()
+        assert when is not None
+        now = when
+        client.handle_timer(now)
+        while (event := client.next_event()) is not None:
+            events.append(event)
+    assert [when for when, _data in sent] == [0.0, 0.25, 0.75, 1.75, 2.75, 3.75, 4.75, 5.75, 6.75]
+    assert len({data for _when, data in sent}) == 1, "every retransmission is the identical datagram"
+    assert now - T0 == 7.75
 
 
 def test_the_257th_outstanding_request_waits_for_a_free_identifier(servers: dict[Address, HomeService]) -> None:
@@ -652,3 +705,106 @@ def test_vendor_reject_reason_unknown_number_is_none(servers: dict[Address, Home
     unknown = struct.pack("!BBIBBI", 26, 12, VENDOR_ID, 14, 6, 99)
     rejected = reseal(reply, request, SECRET_A, [b"\x12\x05no!", unknown], 3)
     assert decode_access_reply(rejected, request, SECRET_A) == Rejected(None, "no!")
+
+
+# --- pools: FreeRADIUS's pool types, zombie and dead servers (rules 4, 4a) ------------------
+
+
+def test_a_server_that_times_out_is_a_zombie_no_new_requests_then_dead_after_its_zombie_period(
+    servers: dict[Address, HomeService],
+) -> None:
+    client = fa_client(zombie_period=20.0, status_interval=5.0)
+    link = Link(client, servers)
+    link.down.add(SERVER_A)
+    client.request(fa_info(), T0, tag="first")
+    now = link.run(T0)
+    assert now == T0 + 3.0 and isinstance(link.outcomes()[0], RequestAccepted)
+    assert [e for e in link.events if isinstance(e, ServerZombie)] == [ServerZombie("a", T0 + 23.0)]
+    assert client.state("a", now) == "zombie" and not client.is_alive("a", now)
+    # While B is live, a zombie gets no new request, only probes.
+    sent_to_a = len(link.to(SERVER_A))
+    client.request(fa_info(), now + 1.0, tag="second")
+    link.run(now + 1.0, finished=2)
+    assert len(link.to(SERVER_A)) == sent_to_a
+    assert link.outcomes()[1].server == "b"  # type: ignore[attr-defined]
+    # Its zombie period passes unanswered: dead, for dead_time.
+    link.run(now + 1.0, until=T0 + 24.0)
+    probes = [p for p in link.to(SERVER_A)[sent_to_a:] if p[0] == 12]
+    assert len(probes) == 3  # T0+8, 13, 18: every status_interval while a zombie
+    assert [e for e in link.events if isinstance(e, ServerDown)] == [ServerDown("a", T0 + 23.0 + 30.0)]
+    assert client.state("a", T0 + 24.0) == "dead"
+    status = {s["name"]: s for s in client.pool_status(T0 + 24.0)}
+    assert status["a"]["state"] == "dead" and status["a"]["marked_zombie"] == 1 and status["a"]["marked_dead"] == 1
+    assert status["b"]["state"] == "alive" and status["b"]["accepts"] == 2
+    assert "secret" not in repr(client.pool_status(T0 + 24.0)).lower()
+
+
+def test_a_zombie_that_answers_a_probe_is_live_again_and_fail_over_prefers_it(
+    servers: dict[Address, HomeService],
+) -> None:
+    client = fa_client(zombie_period=20.0, status_interval=5.0)
+    link = Link(client, servers)
+    link.down.add(SERVER_A)
+    client.request(fa_info(), T0, tag="first")
+    now = link.run(T0)
+    link.down.clear()
+    link.run(now, until=T0 + 9.0)  # the probe at T0+8 is answered
+    assert [e for e in link.events if isinstance(e, ServerUp)] == [ServerUp("a", "answered")]
+    assert client.state("a", T0 + 9.0) == "alive"
+    assert not [e for e in link.events if isinstance(e, ServerDown)]
+    client.request(fa_info(), T0 + 9.0, tag="second")
+    link.run(T0 + 9.0, finished=2)
+    assert link.outcomes()[1].server == "a"  # type: ignore[attr-defined]
+
+
+def test_load_balance_spreads_requests_in_flight_over_the_live_servers(servers: dict[Address, HomeService]) -> None:
+    client = fa_client(pool_type="load-balance")
+    for n in range(10):
+        client.request(fa_info(), T0, tag=n)
+    out = client.datagrams_to_send(T0)
+    per_server = collections.Counter(destination for _, destination in out)
+    assert per_server == {SERVER_A: 5, SERVER_B: 5}
+    # Fail-over sends them all to the first.
+    first = fa_client()
+    for n in range(10):
+        first.request(fa_info(), T0, tag=n)
+    assert {destination for _, destination in first.datagrams_to_send(T0)} == {SERVER_A}
+
+
+def test_keyed_balance_keeps_one_user_on_one_server_and_spreads_users(servers: dict[Address, HomeService]) -> None:
+    client = fa_client(pool_type="keyed-balance")
+    chosen: dict[str, set[Address]] = collections.defaultdict(set)
+    for n in range(40):
+        nai = f"user{n % 20}@home.example"
+        client.request(fa_info(nai=nai), T0, tag=n)
+        for _, destination in client.datagrams_to_send(T0):
+            chosen[nai].add(destination)
+    assert all(len(destinations) == 1 for destinations in chosen.values())
+    assert {next(iter(d)) for d in chosen.values()} == {SERVER_A, SERVER_B}
+
+
+def test_client_balance_hashes_the_client_and_fails_over_from_its_server(servers: dict[Address, HomeService]) -> None:
+    client = fa_client(pool_type="client-balance")
+    chosen: dict[str, set[Address]] = collections.defaultdict(set)
+    for n in range(64):
+        source = f"10.0.{n % 16}.1"
+        client.request_attributes(b"", T0, tag=n, client=source.encode())
+        for _, destination in client.datagrams_to_send(T0):
+            chosen[source].add(destination)
+    assert all(len(d) == 1 for d in chosen.values())
+    assert {next(iter(d)) for d in chosen.values()} == {SERVER_A, SERVER_B}
+    # A client whose server is down is carried by the other one.
+    on_b = next(source for source, d in chosen.items() if d == {SERVER_B})
+    pool = fa_client(pool_type="client-balance")
+    link = Link(pool, servers)
+    link.down.add(SERVER_B)
+    pool.request_attributes(b"", T0, tag="x", client=on_b.encode())
+    link.run(T0)
+    assert len(link.to(SERVER_B)) == 3 and len(link.to(SERVER_A)) == 1
+
+
+def test_an_unknown_pool_type_or_a_negative_zombie_period_is_refused() -> None:
+    with pytest.raises(ValueError, match="pool type 'round-robin'"):
+        RadiusClient([config(SERVER_A, SECRET_A, "a")], pool_type="round-robin")
+    with pytest.raises(ValueError, match="zombie_period"):
+        RadiusClient([config(SERVER_A, SECRET_A, "a")], zombie_period=-1)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from aaa_vpn.model import EspTransform, Flavour, GatewayMode, KeyMode
 from aaa_vpn.secret import Secret
+from aaa_vpn.wire.enums import PskEncoding
 from aaa_vpn.wire.profile import PathProfile, PathRole, QosSpec, VpnProfile
 from aaa_vpn.wire.radius import (
     encode_reply,
@@ -31,6 +32,8 @@ from aaa_vpn.wire.radius_profile import (
     decode_tunnel_attributes,
     encode_profile,
     iter_attributes,
+    parse_key_id,
+    threegpp2_key_id,
 )
 
 SECRET = b"testing123"
@@ -231,6 +234,55 @@ def test_3gpp2_flavour() -> None:
     pkt.request_authenticator = RA
     assert pkt["3GPP2-MN-HA-Shared-Key"] == ["m" * 16]
     assert pkt["3GPP2-Security-Level"] == ["IPsec-Tunnels-And-Registration"]
+
+
+def test_3gpp2_key_id_and_the_two_pre_shared_secret_encodings() -> None:
+    """3GPP2-KeyID (26/5535/8) rides with the pre-shared secret: the FA and
+    the HA as eight hex digits each, then the key's time, 32 bits (StarOS's
+    layout, 20 octets as Wireshark's dictionary says). The secret itself is
+    salt-encrypted (StarOS) or plain (FreeRADIUS's and Wireshark's ``string``)."""
+    profile = make_profile(1)
+    psk = make_path(1).ike_psk
+    assert psk is not None
+    salted = encode_profile(profile, Flavour.THREEGPP2, SECRET, RA, key_time=0x5F5E1000)
+    key_id = b"c0000201" + b"c0000202" + bytes.fromhex("5f5e1000")
+    # 26 | 28 | 0000159f | 08 | 22 | key id
+    assert bytes.fromhex("1a 1c 0000159f 08 16") + key_id in salted
+    got = decode_3gpp2(salted, SECRET, RA)
+    assert got.key_id == key_id and got.pre_shared_secret == psk
+    assert parse_key_id(key_id) == (IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), 0x5F5E1000)
+    assert threegpp2_key_id(IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), 0x5F5E1000) == key_id
+    # the salt-encrypted form does not show the secret; the plain one is the secret, in clear
+    assert psk.value not in b"".join(salted)
+    plain = encode_profile(profile, Flavour.THREEGPP2, SECRET, RA, psk_encoding=PskEncoding.PLAIN, key_time=1)
+    header = bytes((26, 8 + len(psk.value))) + bytes.fromhex("0000159f") + bytes((3, 2 + len(psk.value)))
+    assert header + psk.value in plain
+    assert decode_3gpp2(plain, SECRET, RA, PskEncoding.PLAIN).pre_shared_secret == psk
+    # no time given, no KeyID; no pre-shared secret, no KeyID either
+    assert decode_3gpp2(encode_profile(profile, Flavour.THREEGPP2, SECRET, RA), SECRET, RA).key_id is None
+    bare = make_profile(1, paths=(make_path(1, ike_psk=None),))
+    assert decode_3gpp2(encode_profile(bare, Flavour.THREEGPP2, SECRET, RA, key_time=5), SECRET, RA).key_id is None
+    with pytest.raises(ProfileError, match="32-bit"):
+        threegpp2_key_id(IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2"), 1 << 32)
+    with pytest.raises(ProfileDecodeError, match="3GPP2-KeyID"):
+        parse_key_id(b"zz" * 8 + b"\x00" * 4)
+
+
+def test_rfc2868_marks_the_tunnels_the_receiver_only_relays() -> None:
+    """A tunnel whose Tunnel-Client-Endpoint is not the receiver's own address
+    (the gateway's side of a route-optimised path in the HA's view) has the
+    Tunnel-Assignment-Id ``relay:<role>``; the receiver's own tunnels keep
+    the plain role."""
+    gw_side = make_path(2, role=PathRole.FA_GW, local=IPv4Address("203.0.113.1"), peer=IPv4Address("192.0.2.1"))
+    profile = make_profile(2, paths=(make_path(1, local=IPv4Address("192.0.2.2")), gw_side))
+    attrs = encode_profile(profile, Flavour.RFC2868, SECRET, RA, receiver=IPv4Address("192.0.2.2"))
+    own, relayed = decode_tunnel_attributes(attrs, SECRET, RA).tunnels
+    assert (own.assignment_id, own.relayed, own.client_endpoint) == ("fa-ha", False, "192.0.2.2")
+    assert (relayed.assignment_id, relayed.relayed, relayed.client_endpoint) == ("relay:fa-gw", True, "203.0.113.1")
+    assert bytes.fromhex("52 0e 02") + b"relay:fa-gw" in attrs  # Tunnel-Assignment-Id:2
+    # without a receiver nothing is marked (the encoder cannot know)
+    unmarked = decode_tunnel_attributes(encode_profile(profile, Flavour.RFC2868, SECRET, RA), SECRET, RA).tunnels
+    assert [t.relayed for t in unmarked] == [False, False]
 
 
 def test_3gpp2_without_paths_or_mn_ha() -> None:

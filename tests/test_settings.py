@@ -102,10 +102,12 @@ def test_serve_home_options_and_toml_keys_are_the_declared_settings(tmp_path: Pa
     assert set(options) - {"help"} == {item.name for item in flagged}
     assert options["port"].default == 1812 and options["session_lifetime"].default == 3600
     config = tmp_path / "aaa-vpn.toml"
+
     def toml(value: object) -> str:
         return str(value).lower() if isinstance(value, bool) else repr(value)
 
-    given = [item for item in flagged if item.default is not None]  # TOML has no null: an unset key
+    # TOML has no null (an unset key) and no empty tuple literal here (a repeatable option's default)
+    given = [item for item in flagged if item.default is not None and not item.setting.multiple]
     config.write_text("[serve.home]\n" + "".join(f"{item.name} = {toml(item.default)}\n" for item in given))
     assert ConfigFile.load(config).serve_home == {item.name: item.default for item in given}
 
@@ -121,3 +123,23 @@ def test_every_record_kind_has_its_commands_and_options() -> None:
             assert (field.name in change) == field.on_change
         for spec in kind.secrets:
             assert {spec.param, f"{spec.param}_hex", f"{spec.param}_file", f"generate_{spec.param}"} <= set(add)
+
+
+def test_the_aaa_pool_of_an_fa_is_configured_by_option_or_file_and_checked(tmp_path: Path) -> None:
+    secret = Secret(b"s" * 16)
+    aaa = [(IPv4Address("192.0.2.3"), 1812), (IPv4Address("192.0.2.4"), 1812)]
+    settings = load_agent_settings(
+        "fa", None, {"address": IPv4Address("192.0.2.1"), "radius_pool": "keyed-balance"}, aaa=aaa, secret=secret
+    )
+    config = role_config(settings)
+    assert isinstance(config, FaConfig)
+    assert config.radius_pool == "keyed-balance" and config.radius_zombie_period == 40.0
+    assert [s.address for s in config.aaa_servers] == ["192.0.2.3", "192.0.2.4"]
+    toml = tmp_path / "fa.toml"
+    toml.write_text('address = "192.0.2.1"\naaa_pool = "load-balance"\naaa_zombie_period = 0\n')
+    from_file = role_config(load_agent_settings("fa", toml, {}, aaa=aaa, secret=secret))
+    assert isinstance(from_file, FaConfig)
+    assert from_file.radius_pool == "load-balance" and from_file.radius_zombie_period == 0.0
+    toml.write_text('address = "192.0.2.1"\naaa_pool = "round-robin"\n')
+    with pytest.raises(ValidationError, match="invalid AAA pool type 'round-robin': one of fail-over, load-balance"):
+        load_agent_settings("fa", toml, {}, aaa=aaa, secret=secret)

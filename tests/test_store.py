@@ -28,6 +28,7 @@ from aaa_vpn.model import (
     Gateway,
     GatewayMode,
     KeyMode,
+    PskEncoding,
     QosClass,
     Service,
     Session,
@@ -254,7 +255,12 @@ def test_client_crud(store: SqlStore) -> None:
     with pytest.raises(AlreadyExists, match="network"):
         store.update_client(dataclasses.replace(client, network=IPv4Network("192.0.2.128/25")))
     changed = dataclasses.replace(
-        client, role=ClientRole.FOREIGN_AAA, coa_port=1700, require_message_authenticator=False
+        client,
+        role=ClientRole.FOREIGN_AAA,
+        coa_port=1700,
+        require_message_authenticator=False,
+        psk_encoding=PskEncoding.PLAIN,
+        require_coa_message_authenticator=True,
     )
     store.update_client(changed)
     assert store.get_client("fa1") == changed
@@ -625,13 +631,90 @@ def test_migration_from_version_1(db_path: Path) -> None:
         open_store(db_path, migrate=False)
     with open_store(db_path) as store:
         assert store.opened_version == 1
-        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.schema_version == SCHEMA_VERSION == 6
         user = store.get_user(NAI)
         assert user.mn_ha_key == Secret(b"H" * 16)
         assert user.home_address is None
-    assert {"sessions_by_nai", "sessions_by_expiry", "vpn_records_by_gateway"} <= _indexes(db_path)
+    assert {"sessions_by_nai", "sessions_by_expiry", "vpn_records_by_gateway", "audit_log_by_time"} <= _indexes(db_path)
     with open_store(db_path) as store:
         assert store.opened_version == SCHEMA_VERSION
+        # step 6: web credentials and what users may choose go with their user; the audit log stays
+        store.set_web_credential(NAI, "scrypt$verifier", 1.0)
+        store.set_self_service(NAI, {"gateway": ["gw1"], "service": [], "qos": []})
+        store.append_audit(1.0, "cli:test", "users.web-credential.set", NAI, "{}")
+        assert store.get_web_credential(NAI) == "scrypt$verifier"
+        store.delete_user(NAI)
+        assert store.get_web_credential(NAI) is None
+        assert store.get_self_service(NAI) == {"gateway": [], "service": [], "qos": []}
+        assert [row[3] for row in store.list_audit()] == ["users.web-credential.set"]
+
+
+def test_migration_from_version_4_keeps_sessions_and_clients(db_path: Path) -> None:
+    """Step 5: a session's epoch started when it was keyed, it has no
+    identification attributes yet; a client sends the 3GPP2 pre-shared
+    secret salt-encrypted and takes CoA answers without Message-Authenticator."""
+    _version_1_database(db_path)
+    box = SecretBox(read_key_file(Path(f"{db_path}.key")))
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN")
+    for step in MIGRATIONS[1:4]:
+        for statement in render(step, Dialect.SQLITE):
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO clients (name, network, secret, role, domain, coa_port, flavour, require_message_authenticator)"
+        " VALUES ('fa1', '192.0.2.1/32', ?, 'fa', '', 3799, '3gpp2', 1)",
+        (box.seal(b"testing123", secret_context("clients", "secret", "fa1")),),
+    )
+    conn.execute(
+        "INSERT INTO sessions (session_id, nai, session_root_key, epoch, home_address, home_agent,"
+        " care_of_address, created, expires, foreign_domain, stationary_epoch, keyed_at)"
+        " VALUES ('s1', ?, ?, 3, '198.51.100.10', '192.0.2.2', '192.0.2.1', 1000, 2000, '', 3, 1500)",
+        (NAI, box.seal(b"R" * 32, secret_context("sessions", "session_root_key", "s1"))),
+    )
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute("COMMIT")
+    conn.close()
+    with open_store(db_path) as store:
+        assert store.opened_version == 4 and store.schema_version == SCHEMA_VERSION
+        session = store.get_session("s1")
+        assert (session.keyed_at, session.epoch_started) == (1500.0, 1500.0)
+        assert (session.fa_identification, session.ha_identification) == (b"", b"")
+        client = store.get_client("fa1")
+        assert client.psk_encoding is PskEncoding.SALT and client.require_coa_message_authenticator is False
+
+
+def test_identification_attributes_are_stored_with_the_session(where: Where, provisioned: SqlStore) -> None:
+    """roles/home_aaa.py rule 13 on either engine: raw attributes in, the same
+    bytes out; a renewal or an IDENTIFY write changes them at the session's
+    epoch only, and marks the user (another process's copy is not trusted)."""
+    store = provisioned
+    fa_id = bytes((4, 6)) + IPv4Address("192.0.2.1").packed + bytes((44, 6)) + b"0001"
+    session = dataclasses.replace(make_session(), epoch_started=1234.5, fa_identification=fa_id)
+    assert store.apply_session_writes([SessionWrite(WriteKind.CREATE, "s1", session)]) == [WriteOutcome.STORED]
+    assert store.get_session("s1") == session
+    # An SQLite store marks its own file; a PostgreSQL store marks through
+    # its listener (tests/test_postgres_nodes.py), not opened here.
+    marks = store.session_marks() if isinstance(store, SqliteStore) else None
+    stamp = marks.stamp(NAI) if marks is not None else 0
+    ha_id = bytes((32, 5)) + b"ha1"
+    new_fa_id = bytes((4, 6)) + IPv4Address("192.0.2.1").packed + bytes((44, 6)) + b"0002"
+    outcomes = store.apply_session_writes(
+        [
+            SessionWrite(WriteKind.IDENTIFY, "s1", expected_epoch=2, ha_identification=ha_id),  # wrong epoch
+            SessionWrite(WriteKind.IDENTIFY, "s1", expected_epoch=1, ha_identification=ha_id),
+            SessionWrite(WriteKind.RENEW, "s1", expected_epoch=1, expires=2500.0, fa_identification=new_fa_id),
+        ]
+    )
+    assert outcomes == [WriteOutcome.CONFLICT, WriteOutcome.STORED, WriteOutcome.STORED]
+    assert marks is None or marks.stamp(NAI) != stamp
+    with where.open() as other:
+        stored = other.get_session("s1")
+    assert (stored.fa_identification, stored.ha_identification, stored.expires) == (new_fa_id, ha_id, 2500.0)
+    assert stored.epoch_started == 1234.5
+    stamp = marks.stamp(NAI) if marks is not None else 0
+    store.apply_session_writes([SessionWrite(WriteKind.RENEW, "s1", expected_epoch=1, expires=2600.0)])
+    assert marks is None or marks.stamp(NAI) == stamp  # a plain renewal marks nothing (store/marks.py rule 2)
+    assert store.get_session("s1").fa_identification == new_fa_id
 
 
 def test_failed_migration_leaves_database_as_it_was(db_path: Path) -> None:

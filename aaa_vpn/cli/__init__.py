@@ -17,7 +17,8 @@ Rules:
 One module per command group: :mod:`~aaa_vpn.cli.db` (``db``, ``import``,
 ``export``), :mod:`~aaa_vpn.cli.records` (``user``, ``client``, ``gateway``,
 ``service``, ``qos``, ``vpn``, made by :mod:`~aaa_vpn.cli.crud`),
-:mod:`~aaa_vpn.cli.session`, :mod:`~aaa_vpn.cli.serve`, :mod:`~aaa_vpn.cli.agent`,
+:mod:`~aaa_vpn.cli.session`, :mod:`~aaa_vpn.cli.serve`, :mod:`~aaa_vpn.cli.api` (``api``,
+``serve api``), :mod:`~aaa_vpn.cli.agent`,
 :mod:`~aaa_vpn.cli.mn`, :mod:`~aaa_vpn.cli.demo`; what they share is in
 :mod:`~aaa_vpn.cli.common`, options made from declared settings in
 :mod:`~aaa_vpn.cli.options`.
@@ -36,7 +37,7 @@ from typing import Any
 import click
 
 from aaa_vpn import __version__
-from aaa_vpn.cli import accounting, agent, db, demo, mn, records, serve, session
+from aaa_vpn.cli import accounting, agent, api, db, demo, mn, records, serve, session
 from aaa_vpn.cli.common import App, F, Group, InvalidInput, example
 from aaa_vpn.model import ValidationError
 from aaa_vpn.service.config import CONFIG_ENV, DB_ENV, DEFAULT_DB_PATH, KEY_FILE_ENV, ConfigFile, StoreSettings
@@ -139,12 +140,16 @@ for _command in (
     *records.groups(),
     session.session,
     accounting.accounting,
+    api.api,
     serve.serve,
     agent.agent,
     mn.mn,
     demo.demo,
 ):
     cli.add_command(_command)
+
+
+serve.serve.add_command(api.serve_api)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,9 +22,12 @@ Rules:
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +103,19 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def cli_actor() -> str:
+    """Who the audit log says made a change from the command line: ``cli:<login>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid {os.getuid()}"
+
+
+def audit(store: SqlStore, action: str, target: str, detail: JsonObject | None = None) -> None:
+    """Append a change to the audit log (docs/api.md); ``detail`` never holds a secret."""
+    store.append_audit(time.time(), cli_actor(), action, target, json.dumps(detail or {}, sort_keys=True))
 
 
 def example(*lines: str) -> str:

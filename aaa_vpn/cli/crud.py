@@ -18,6 +18,8 @@ commands are generated from that, and behave alike for every kind:
 - Each prints one line (a table for ``list``, the record for ``show``), or one
   JSON document with ``--json``; a generated secret is shown only with
   ``--show-secret``.
+- ``add``, ``change`` and ``delete`` append an entry to the audit log in the
+  change's own transaction (``cli:<login>``, never a secret; docs/api.md).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from aaa_vpn.cli.common import (
     App,
     InvalidInput,
     SecretSpec,
+    audit,
     emit,
     emit_table,
     example,
@@ -45,6 +48,7 @@ from aaa_vpn.cli.common import (
     with_options,
 )
 from aaa_vpn.secret import Secret
+from aaa_vpn.service.provisioning import AUDIT_NAMES
 from aaa_vpn.store import SqlStore
 from aaa_vpn.store.transfer import JsonObject
 
@@ -275,8 +279,11 @@ def _add(kind: Kind) -> click.Command:
         for one in kind.fields:
             values.update(one.added(options, defaults.get(one.name)))
         record = kind.record(**values)
-        stored = kind.method(app.store(), "add")(record) or record
-        document = kind.json(stored)
+        store = app.store()
+        with store.transaction():
+            stored = kind.method(store, "add")(record) or record
+            document = kind.json(stored)
+            _audit(store, kind, "add", getattr(stored, kind.key.name), document, [s.label for s in kind.secrets])
         report_generated(app, generated, bool(options.get("show_secret")), document)
         emit(app, document, f"added {kind.label} {getattr(stored, kind.key.name)}")
 
@@ -329,8 +336,11 @@ def _change(kind: Kind) -> click.Command:
             if one.on_change:
                 changes.update(one.changed(options))
         record = dataclasses.replace(old, **changes)
-        kind.method(store, "update")(record)
-        document = kind.json(record)
+        with store.transaction():
+            kind.method(store, "update")(record)
+            document = kind.json(record)
+            given = [spec.label for spec in kind.secrets if spec.param in changes]
+            _audit(store, kind, "change", key, document, given)
         report_generated(app, generated, bool(options.get("show_secret")), document)
         emit(app, document, f"changed {kind.label} {key}")
 
@@ -344,10 +354,20 @@ def _change(kind: Kind) -> click.Command:
 def _delete(kind: Kind) -> click.Command:
     def delete(app: App, /, **options: Any) -> None:
         key = options[kind.key.name]
-        kind.method(app.store(), "delete")(key)
+        store = app.store()
+        with store.transaction():
+            kind.method(store, "delete")(key)
+            _audit(store, kind, "delete", key, {}, [])
         emit(app, {"deleted": {kind.store: key}}, f"deleted {kind.label} {key}")
 
     return click.command("delete")(with_options([_key_argument(kind)])(pass_app(delete)))
+
+
+def _audit(store: SqlStore, kind: Kind, verb: str, key: Any, document: JsonObject, secrets_set: list[str]) -> None:
+    """The change in the audit log, as the API writes it: the record without
+    its secrets, and which secrets were set (labels only)."""
+    detail = {**document, "secrets_set": sorted(secrets_set)} if secrets_set else document
+    audit(store, f"{AUDIT_NAMES.get(kind.store, kind.table)}.{verb}", str(key), detail)
 
 
 _MAKERS: dict[str, Callable[[Kind], click.Command]] = {

@@ -14,7 +14,7 @@ from typing import IO
 
 import click
 
-from aaa_vpn.cli.common import App, InvalidInput, emit, example, pass_app
+from aaa_vpn.cli.common import App, InvalidInput, audit, emit, example, pass_app
 from aaa_vpn.store import init_store
 from aaa_vpn.store.transfer import export_document, import_document, parse_document
 
@@ -121,6 +121,7 @@ def import_(app: App, file: str, replace: bool, dry_run: bool) -> None:
     try:
         with store.transaction():
             summary = import_document(store, document, replace=replace)
+            audit(store, "import", "stdin" if file == "-" else file, {"replace": replace, **summary.to_json()})
             if dry_run:
                 raise _DryRun
     except _DryRun:

@@ -3,7 +3,9 @@
 :mod:`aaa_vpn.cli.crud` makes the add/list/show/change/delete commands.
 
 The defaults of ``add`` are the model's (:mod:`aaa_vpn.model`); the records
-validate themselves, and the store checks names and references.
+validate themselves, and the store checks names and references. How each
+option's value is read (and the error when it cannot be) is the shared rule of
+:mod:`aaa_vpn.service.provisioning`, which the HTTP API applies too.
 """
 
 from __future__ import annotations
@@ -23,19 +25,19 @@ from aaa_vpn.model import (
     Gateway,
     GatewayMode,
     KeyMode,
+    PskEncoding,
     QosClass,
     Service,
     User,
+    ValidationError,
     VpnRecord,
-    parse_ipv4,
-    parse_network,
 )
+from aaa_vpn.service import provisioning as rules
 from aaa_vpn.store import SqlStore
 from aaa_vpn.store.transfer import (
     JsonObject,
     client_to_json,
     gateway_to_json,
-    parse_client_network,
     qos_to_json,
     service_to_json,
     session_to_json,
@@ -46,16 +48,27 @@ from aaa_vpn.store.transfer import (
 NAME = Key("name", "NAME")
 
 
-def _ipv4(name: str, flag: str, what: str, **how: Any) -> Field:
-    return Field(name, flag, metavar="IPV4", parse=lambda value: parse_ipv4(what, value), **how)
+def _ipv4(name: str, flag: str, kind: rules.KindRules, **how: Any) -> Field:
+    return Field(name, flag, metavar="IPV4", parse=kind.parser(name), **how)
 
 
-def _choice(name: str, flag: str, values: type[enum.Enum], **how: Any) -> Field:
-    return Field(name, flag, type=click.Choice([member.value for member in values]), parse=values, **how)
+class _RuleChoice(click.Choice):  # type: ignore[type-arg]
+    """click's choice (its metavar and help), read by the shared rule (its message)."""
+
+    def __init__(self, values: type[enum.Enum], parse: rules.Parser) -> None:
+        super().__init__([member.value for member in values])
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self._parse(value).value
+        except ValidationError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-def _prefixes(values: tuple[str, ...]) -> tuple[Any, ...]:
-    return tuple(parse_network("protected prefix", value) for value in values)
+def _choice(name: str, flag: str, values: type[enum.Enum], kind: rules.KindRules, **how: Any) -> Field:
+    parse = kind.parser(name)
+    return Field(name, flag, type=_RuleChoice(values, parse), parse=parse, **how)
 
 
 def _user_extra(store: SqlStore, user: User, with_secrets: bool) -> JsonObject:
@@ -77,11 +90,11 @@ USER = Kind(
     list_records=lambda store, _: store.list_users(),
     to_json=user_to_json,
     fields=(
-        _ipv4("home_agent", "--home-agent", "home agent", required=True, help="The user's home agent."),
+        _ipv4("home_agent", "--home-agent", rules.USER, required=True, help="The user's home agent."),
         _ipv4(
             "home_address",
             "--home-address",
-            "home address",
+            rules.USER,
             help="Fixed home address.",
             shown_default="the HA assigns one",
             clear=("--no-home-address", "Let the home agent assign the home address."),
@@ -130,18 +143,31 @@ CLIENT = Kind(
             "network",
             "--address",
             metavar="IPV4|CIDR",
-            parse=parse_client_network,
+            parse=rules.CLIENT.parser("network"),
             required=True,
             help="The client's address or network.",
         ),
-        _choice("role", "--role", ClientRole, required=True, help="What the client is."),
+        _choice("role", "--role", ClientRole, rules.CLIENT, required=True, help="What the client is."),
         Field("domain", "--domain", help="The client's administrative domain (realm)."),
-        _choice("flavour", "--flavour", Flavour, help="Which attributes carry its VPN profile."),
+        _choice("flavour", "--flavour", Flavour, rules.CLIENT, help="Which attributes carry its VPN profile."),
         Field("coa_port", "--coa-port", type=click.IntRange(1, 65535), help="Its CoA/Disconnect port (RFC 5176)."),
         Field(
             "require_message_authenticator",
             "--require-message-authenticator/--no-require-message-authenticator",
             help="Drop its requests without Message-Authenticator.",
+        ),
+        _choice(
+            "psk_encoding",
+            "--psk-encoding",
+            PskEncoding,
+            rules.CLIENT,
+            help="3gpp2 flavour: send 3GPP2-Pre-Shared-Secret salt-encrypted (StarOS) or plain (in clear, as the"
+            " public dictionaries define it).",
+        ),
+        Field(
+            "require_coa_message_authenticator",
+            "--require-coa-message-authenticator/--no-require-coa-message-authenticator",
+            help="Believe its CoA/Disconnect ACKs and NAKs only with a Message-Authenticator.",
         ),
     ),
     secrets=(CLIENT_SECRET,),
@@ -168,11 +194,12 @@ GATEWAY = Kind(
     list_records=lambda store, _: store.list_gateways(),
     to_json=gateway_to_json,
     fields=(
-        _ipv4("address", "--address", "gateway address", required=True, help="The gateway's address."),
+        _ipv4("address", "--address", rules.GATEWAY, required=True, help="The gateway's address."),
         _choice(
             "mode",
             "--mode",
             GatewayMode,
+            rules.GATEWAY,
             required=True,
             help="static: tunnel to the HA; dynamic: route optimisation to the FA.",
         ),
@@ -182,7 +209,7 @@ GATEWAY = Kind(
             metavar="CIDR",
             multiple=True,
             required=True,
-            parse=_prefixes,
+            parse=rules.GATEWAY.parser("protected_prefixes"),
             help="A prefix behind the gateway (repeat for more).",
             change_help="Replace the protected prefixes (repeat for more).",
         ),
@@ -209,9 +236,19 @@ SERVICE = Kind(
     to_json=service_to_json,
     fields=(
         _choice(
-            "key_mode", "--key-mode", KeyMode, help="manual: AAA-issued ESP keys; ikev2: IKEv2 with an AAA-issued PSK."
+            "key_mode",
+            "--key-mode",
+            KeyMode,
+            rules.SERVICE,
+            help="manual: AAA-issued ESP keys; ikev2: IKEv2 with an AAA-issued PSK.",
         ),
-        _choice("esp_transform", "--esp-transform", EspTransform, help="The ESP transform of the service's paths."),
+        _choice(
+            "esp_transform",
+            "--esp-transform",
+            EspTransform,
+            rules.SERVICE,
+            help="The ESP transform of the service's paths.",
+        ),
         Field("ike_proposal", "--ike-proposal", help="IKEv2 proposal in strongSwan syntax."),
         Field("sa_lifetime", "--sa-lifetime", type=int, help="Seconds."),
         Field("ike_lifetime", "--ike-lifetime", type=int, help="Seconds."),
@@ -267,7 +304,7 @@ VPN = Kind(
             "--correspondent",
             metavar="CIDR",
             required=True,
-            parse=lambda value: parse_network("correspondent", value),
+            parse=rules.VPN.parser("correspondent"),
             help="The correspondent network.",
         ),
         Field("gateway", "--gateway", metavar="NAME", required=True, help="The gateway in front of it."),

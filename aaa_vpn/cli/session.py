@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from aaa_vpn.cli.common import App, InvalidInput, StoreFailure, emit, example, exit_with, pass_app, with_options
+from aaa_vpn.cli.common import (
+    App,
+    InvalidInput,
+    StoreFailure,
+    audit,
+    emit,
+    example,
+    exit_with,
+    pass_app,
+    with_options,
+)
 from aaa_vpn.cli.crud import Field, Key, Kind, kind_group
 from aaa_vpn.model import Session
 from aaa_vpn.store import SqlStore
@@ -104,6 +114,15 @@ def _report(app: App, outcome: PushOutcome | DisconnectOutcome, last: str) -> No
     exit_with(0 if outcome.acknowledged else 1)
 
 
+def _audit_outcome(app: App, action: str, session_id: str, outcome: PushOutcome | DisconnectOutcome) -> None:
+    """The push or disconnect in the audit log, with what each agent answered."""
+    detail = {
+        "acknowledged": outcome.acknowledged,
+        "agents": [r.answer.name if r.answer is not None else None for r in outcome.results],
+    }
+    audit(app.store(), f"sessions.{action}", session_id, detail)
+
+
 #: The argument and options of a request to a session's agents.
 _SENDING = with_options(
     [
@@ -166,6 +185,7 @@ def session_disconnect(app: App, session_id: str, source: str, timeout: float, r
 
     Exit status 0 only if both acknowledged."""
     outcome = _disconnect(app, session_id, source, timeout, retries, keep)
+    _audit_outcome(app, "disconnect", session_id, outcome)
     _report(app, outcome, f"session {session_id} " + ("deleted" if outcome.deleted else "kept"))
 
 
@@ -186,4 +206,5 @@ def session_push(app: App, session_id: str, source: str, timeout: float, retries
 
     Exit status 0 only if both answered CoA-ACK."""
     outcome = _push(app, session_id, source, timeout, retries)
+    _audit_outcome(app, "push", session_id, outcome)
     _report(app, outcome, f"session {session_id} epoch {outcome.previous.epoch} -> {outcome.session.epoch}")

@@ -160,6 +160,7 @@ class Lab:
     prefix: str = field(default_factory=lambda: f"aae{os.getpid() % 100000}_")
     python: str = sys.executable
     log_keys: bool = False  # strongswan: CHILD_SA keys in charon's log, for tshark (tests only)
+    accounting_interim: float = 0.0  # > 0: FAs and the HA send RADIUS accounting, Interim-Updates this often
     charons: dict[str, Any] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
     attached: str | None = None
@@ -303,6 +304,8 @@ class Lab:
                 args += ["--vici-socket", str(self.charons[name].vici_socket), "--route-into", "ipsec0"]
             if role == "fa":
                 args += ["--data-path", "--forwarding-lifetime", str(self.forwarding_lifetime)]
+            if self.accounting_interim > 0 and role in ("fa", "ha"):
+                args += ["--accounting", "--accounting-interim", str(self.accounting_interim)]
             self._spawn(name, name, self._aaa_vpn(*args))
         self.processes.wait_ready(30.0)
 
@@ -688,7 +691,7 @@ def _mn_driver(
     from ipaddress import IPv4Address
 
     from aaa_vpn.net.agents import run_mobile_node
-    from aaa_vpn.roles.mn import MnConfig
+    from aaa_vpn.roles.mn import MnConfig, MobileNode
     from aaa_vpn.secret_files import SecretForm, read_secret_file
 
     config = MnConfig(
@@ -702,6 +705,7 @@ def _mn_driver(
         retransmit=0.5,
         attempts=6,
     )
+    node = MobileNode(config)  # one node throughout: it keeps the challenges the FAs gave it
     attached: str | None = None
     watch = LinkWatch()
 
@@ -738,6 +742,7 @@ def _mn_driver(
                 deregister=words[0] == "deregister",
                 previous_fa=IPv4Address(BACKBONE.of(previous)) if previous else None,
                 source=source,
+                node=node,
             )
             answer = {**outcome.to_json(), "link_switched": switched}
             if words[0] != "deregister":

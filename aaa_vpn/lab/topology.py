@@ -312,7 +312,6 @@ def write_foreign_config(files: Files, addresses: Addresses, port: int, home_por
     )
     path.write_text(
         f'listen = "{addresses.aaaf}"\nport = {port}\nworkers = 1\n\n'
-        "[upstream]\ntimeout = 1.0\nretries = 2\n\n"
         f"{clients}"
         '[[realms]]\nname = "home.example"\n[[realms.servers]]\nname = "home-aaa"\n'
         f'address = "{addresses.aaa}"\nport = {home_port}\nsecret_file = "{files.secrets["aaaf"]}"\n'
@@ -346,7 +345,6 @@ def agent_args(
         home_port, foreign_port = aaa_ports
         aaa = f"{addresses.aaaf}:{foreign_port}" if name in BEHIND_FOREIGN_AAA else f"{addresses.aaa}:{home_port}"
         args += ["--aaa", aaa, "--secret-file", str(files.secrets[name]), "--coa-port", str(files.coa_port)]
-        args += ["--radius-timeout", "1"]
         if "coa" in inherited:
             args += ["--coa-socket-fd", str(inherited["coa"])]
     else:
@@ -369,7 +367,6 @@ def mn_args(
         *("--json", "mn", "--nai", NAI, "--home-address", HOME_ADDRESS, "--home-agent", addresses.ha),
         *("--mn-ha-spi", str(MN_HA_SPI), "--mn-ha-key-file", str(files.mn_ha_key)),
         *("--mn-aaa-secret-file", str(files.mn_aaa_secret), "--mip-port", str(mip_port), "--source", source),
-        *("--retransmit", "1", "--attempts", "4"),
     ]
     if deregister:
         return [*args, "deregister", "--fa", fa]

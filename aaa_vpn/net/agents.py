@@ -54,6 +54,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,11 +62,14 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn.net.datapath import VisitorRoutes
+from aaa_vpn.net.radsec import RadsecConnector, RadsecServer, TlsError, TlsFiles, client_context
+from aaa_vpn.roles.accounting_client import AccountedSession, AccountingReporter, TerminateCause, Usage, usage_of
 from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
 from aaa_vpn.roles.gw import CorrespondentGateway, GwConfig
-from aaa_vpn.roles.ha import HaConfig, HomeAgent
-from aaa_vpn.roles.mn import MnConfig, MobileNode
+from aaa_vpn.roles.ha import HaConfig, HomeAgent, fa_owner
+from aaa_vpn.roles.mn import MnConfig, MobileNode, give_up_after
+from aaa_vpn.roles.radius_client import RadiusClient, ServerConfig
 from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
@@ -80,18 +84,29 @@ from aaa_vpn.service.agents import (
 from aaa_vpn.service.journal import JournalError, Recovery, decode_journal, encode_journal, recover, write_journal
 from aaa_vpn.service.logging import configure_logging, fields
 from aaa_vpn.wire import coa, mip
+from aaa_vpn.wire.radius import ACCOUNTING_RESPONSE
 
 log = logging.getLogger("aaa_vpn.agent")
 
 RoleAgent = ForeignAgent | HomeAgent | CorrespondentGateway
 
 _BATCH = 64  # datagrams per wake-up and socket before yielding to the loop
+_FINAL_USAGE_KEPT = 4096  # counters of removed SA owners kept for their accounting Stop
+#: RegistrationDone details that say why a registration ended (accounting Stop).
+_ENDINGS = {
+    "deregistration": TerminateCause.USER_REQUEST,
+    "deregistered": TerminateCause.USER_REQUEST,
+    "disconnected by AAA": TerminateCause.ADMIN_RESET,
+    "revoked by the FA": TerminateCause.LOST_SERVICE,
+}
 _EVENTS_KEPT = 500  # events kept for the state file
 _STATE_VERSION = 1
 _RADIUS_CODES = {
     1: "Access-Request",
     2: "Access-Accept",
     3: "Access-Reject",
+    4: "Accounting-Request",
+    5: "Accounting-Response",
     11: "Access-Challenge",
     12: "Status-Server",
 }
@@ -127,7 +142,7 @@ def path_json(installed: InstalledPath) -> dict[str, Any]:
 def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
     """What a datagram is, for logs and the state file: message name and the
     fields that say what it does (never an authenticator or a key)."""
-    if channel is Channel.RADIUS:
+    if channel is Channel.RADIUS or channel is Channel.ACCOUNTING:
         code = data[0] if data else -1
         return {"message": _RADIUS_CODES.get(code, f"RADIUS code {code}")}
     if channel is Channel.COA:
@@ -253,6 +268,41 @@ def build_backend(settings: AgentSettings) -> SaBackend:
     return backend
 
 
+def build_accounting(settings: AgentSettings) -> AccountingReporter | None:
+    """An FA's or HA's accounting reporter, if ``--accounting``: its AAA
+    servers at ``--accounting-port`` (default each one's port + 1, where
+    FreeRADIUS and ``serve home`` listen), the same secrets and pool."""
+    if not settings.accounting or settings.role not in ("fa", "ha"):
+        return None
+    port = settings.accounting_port
+    servers = [
+        # RadSec carries accounting on the same connection (RFC 6614 section 2.1)
+        ServerConfig(s.address, s.port, s.secret, f"{s.name}/acct", s.transport, s.tls_name)
+        if s.transport == "radsec"
+        else ServerConfig(s.address, port or s.port + 1, s.secret, f"{s.name}/acct")
+        for s in settings.aaa_servers
+        if port or s.port < 65535 or s.transport == "radsec"
+    ]
+    if not servers:
+        return None
+    client = RadiusClient(
+        servers,
+        timeout=settings.radius_timeout,
+        retries=settings.radius_retries,
+        max_timeout=settings.radius_max_timeout,
+        pool_type=settings.radius_pool,
+        zombie_period=settings.radius_zombie_period,
+        dead_time=settings.radius_dead_time,
+        nas_ip_address=settings.address,
+    )
+    return AccountingReporter(
+        client,
+        nas_ip_address=settings.address,
+        nas_identifier=settings.node,
+        interim_interval=settings.accounting_interim,
+    )
+
+
 def build_role(settings: AgentSettings) -> RoleAgent:
     """The sans-IO agent the settings describe."""
     config = role_config(settings)
@@ -283,12 +333,18 @@ class AgentNode:
         self.backend: SaBackend = backend if backend is not None else build_backend(settings)
         self.executor = SaExecutor(self.backend, settings.node)
         self.sockets: dict[Channel, socket.socket] = {}
+        #: RadSec (docs/radsec.md): the connections to the AAA servers of
+        #: transport ``radsec``, made when serving starts.
+        self.radsec: RadsecConnector | None = None
+        self._radsec_context: ssl.SSLContext | None = None
+        self._rearm: Callable[[], None] = lambda: None
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=_EVENTS_KEPT)
         self.counters: collections.Counter[str] = collections.Counter()
         self.started = clock()
         self.running = False
         self._sequence = 0
         self._dirty = True
+        self._in_flight_written = -1  # the state file's in_flight, to rewrite it when that changes
         self._record_messages = settings.state_file is not None or log.isEnabledFor(logging.DEBUG)
         self._journaled: dict[str, Any] | None = None  # the state last written to the journal
         self.routes = (
@@ -297,6 +353,12 @@ class AgentNode:
             else None
         )
         self.recovery: Recovery | None = None
+        self.accounting = build_accounting(settings)
+        self._final_usage: collections.OrderedDict[str, Usage] = collections.OrderedDict()
+        self._accounting_dirty = True
+        self._endings: dict[str, TerminateCause] = {}
+        if self.accounting is not None:
+            self.executor.before_delete = self._remember_usage
 
     # -- life cycle ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -308,9 +370,15 @@ class AgentNode:
                 if settings.coa_port:  # bound before the ephemeral RADIUS socket, which could take its port
                     self.sockets[Channel.COA] = _socket(address, settings.coa_port, "CoA", settings.coa_socket_fd)
                 self.sockets[Channel.RADIUS] = _bind(address, 0, "RADIUS client")
+                self._radsec_context = self._radsec_tls()
+                if self.accounting is not None:
+                    self.sockets[Channel.ACCOUNTING] = _bind(address, 0, "RADIUS accounting client")
             self.running = True
             self._dirty = True
             self.recover()
+            if self.accounting is not None:
+                self.accounting.starting(self.clock(), recovered=bool(self._accounted()))
+                self.service()
             self.write_state()  # also the sign that the agent is ready
         except AgentError:
             self.running = False
@@ -418,15 +486,79 @@ class AgentNode:
                     **describe_message(channel, data),
                 )
             try:
-                self.agent.receive_datagram(channel, data, address, now)
+                if channel is Channel.ACCOUNTING:
+                    if self.accounting is not None:
+                        self.accounting.receive_datagram(data, address, now)
+                else:
+                    self.agent.receive_datagram(channel, data, address, now)
             except Exception:  # a bug must cost this datagram, never the agent
                 self.counters["dropped.internal_error"] += 1
                 log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
         self.service()
 
+    def _radsec_connector(self) -> RadsecConnector | None:
+        """The connector to the AAA servers of transport ``radsec``, if any."""
+        settings = self.settings
+        servers = [
+            RadsecServer((s.address, s.port), s.tls_name, s.name)
+            for s in settings.aaa_servers
+            if s.transport == "radsec"
+        ]
+        if not servers:
+            return None
+        context = self._radsec_context or self._radsec_tls()
+        assert context is not None
+        return RadsecConnector(servers, context, self._radsec_packet, local_address=str(settings.address))
+
+    def _radsec_tls(self) -> ssl.SSLContext | None:
+        """The RadSec client context, if any server needs one; AgentError if the files are bad."""
+        settings = self.settings
+        if not any(s.transport == "radsec" for s in settings.aaa_servers):
+            return None
+        assert settings.tls_cert is not None and settings.tls_key is not None and settings.tls_ca is not None
+        try:
+            return client_context(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca))
+        except TlsError as exc:
+            raise AgentError(str(exc)) from None
+
+    def _radsec_packet(self, data: bytes, address: Address) -> None:
+        """A packet from a RadSec server: handled as a datagram from it."""
+        now = self.clock()
+        self.counters[f"received.{Channel.RADIUS.value}"] += 1
+        if self._record_messages:
+            self._note(
+                "received",
+                now,
+                channel=Channel.RADIUS.value,
+                peer=f"{address[0]}:{address[1]}",
+                **describe_message(Channel.RADIUS, data),
+            )
+        try:
+            if data[0] == ACCOUNTING_RESPONSE and self.accounting is not None:
+                # Accounting shares the connection (RFC 6614 section 2.1): its answers go to its client.
+                self.accounting.receive_datagram(data, address, now)
+            else:
+                self.agent.receive_datagram(Channel.RADIUS, data, address, now)
+        except Exception:  # a bug must cost this packet, never the agent
+            self.counters["dropped.internal_error"] += 1
+            log.exception("internal error handling a datagram", extra=fields(node=self.settings.node))
+        self.service()
+        self._rearm()
+
+    def get_timer(self) -> float | None:
+        """When :meth:`fire_timer` must be called next (the role's and accounting's timers)."""
+        when = self.agent.get_timer()
+        if self.accounting is not None:
+            other = self.accounting.get_timer()
+            if other is not None and (when is None or other < when):
+                when = other
+        return when
+
     def fire_timer(self, now: float) -> None:
         try:
             self.agent.handle_timer(now)
+            if self.accounting is not None:
+                self.accounting.handle_timer(now, self._usage)
         except Exception:
             self.counters["timer_errors"] += 1
             log.exception("internal error in a timer", extra=fields(node=self.settings.node))
@@ -448,6 +580,8 @@ class AgentNode:
         self._run_events(now)
         if self.routes is not None and isinstance(self.agent, ForeignAgent):
             self.routes.sync(self.agent.node_routes())
+        if self.accounting is not None:
+            self._account(now)
         # Before anything leaves: an answer is never sent for state the
         # journal would not bring back after a crash.
         self.save_journal()
@@ -461,6 +595,8 @@ class AgentNode:
                     peer=f"{datagram.address[0]}:{datagram.address[1]}",
                     **describe_message(datagram.channel, datagram.data),
                 )
+        if self.settings.state_file is not None and self.agent.exchanges() != self._in_flight_written:
+            self._dirty = True  # an exchange ended or began without an event (a withdrawal given up, say)
         if self._dirty:
             try:
                 self.write_state()
@@ -468,6 +604,13 @@ class AgentNode:
                 self.counters["state_file_errors"] += 1
                 log.warning("cannot write the state file", extra=fields(node=self.settings.node, error=str(exc)))
         for datagram in datagrams:
+            if (
+                datagram.channel is Channel.RADIUS
+                and self.radsec is not None
+                and self.radsec.send(datagram.data, datagram.address)
+            ):
+                self.counters[f"sent.{datagram.channel.value}"] += 1
+                continue
             sock = self.sockets.get(datagram.channel)
             if sock is None:
                 continue
@@ -486,6 +629,79 @@ class AgentNode:
         for event in run_events(self.agent, self.executor, now, self._note, code_name):
             if isinstance(event, RegistrationDone):
                 self.counters["decisions"] += 1
+                self._accounting_dirty = True
+                ending = _ENDINGS.get(event.detail)
+                if ending is not None and event.nai:
+                    self._endings[event.nai] = ending
+
+    # -- accounting (roles/accounting_client.py) ------------------------------------------------------
+    def _accounted(self) -> list[AccountedSession]:
+        """The registrations accounting sees: an FA's visitors, an HA's bindings."""
+        agent = self.agent
+        if isinstance(agent, ForeignAgent):
+            return [
+                AccountedSession(v.owner, v.nai, v.session_id, v.home_address, v.expires, (v.owner,))
+                for v in agent.visitors.values()
+            ]
+        if isinstance(agent, HomeAgent):
+            sessions = []
+            for b in agent.bindings.values():
+                owner = fa_owner(b.profile)
+                sessions.append(AccountedSession(owner, b.nai, b.session_id, b.home_address, b.expires, (owner,)))
+            return sessions
+        return []
+
+    def _account(self, now: float) -> None:
+        accounting = self.accounting
+        assert accounting is not None
+        if self._accounting_dirty:
+            self._accounting_dirty = False
+            accounting.observe(self._accounted(), now, self._usage, self._endings)
+            self._endings.clear()
+        sock = self.sockets.get(Channel.ACCOUNTING)
+        for data, address in accounting.datagrams_to_send(now):
+            if self.radsec is not None and self.radsec.send(data, address):
+                self.counters["sent.accounting"] += 1
+                continue
+            if sock is None:
+                continue
+            try:
+                sock.sendto(data, address)
+                self.counters["sent.accounting"] += 1
+            except OSError as exc:
+                self.counters["send_errors"] += 1
+                log.warning(
+                    "sendto failed", extra=fields(node=self.settings.node, destination=address[0], error=str(exc))
+                )
+
+    def _live_usage(self, owner: str) -> Usage | None:
+        counters = getattr(self.backend, "counters", None)
+        if counters is None:
+            return None
+        try:
+            return usage_of((c.direction.value, c.packets, c.octets) for c in counters(owner))
+        except SaError:
+            return None
+
+    def _usage(self, owners: tuple[str, ...]) -> Usage | None:
+        """The SA counters of ``owners``: live, or as they were when removed."""
+        total: Usage | None = None
+        for owner in owners:
+            used = self._final_usage.pop(owner, None) if owner in self._final_usage else self._live_usage(owner)
+            if used is not None:
+                total = used if total is None else total + used
+        return total
+
+    def _remember_usage(self, owner: str) -> None:
+        """Before an owner's SAs go: keep their counters for its Stop."""
+        self._accounting_dirty = True
+        used = self._live_usage(owner)
+        if used is None:
+            return
+        self._final_usage[owner] = used
+        self._final_usage.move_to_end(owner)
+        while len(self._final_usage) > _FINAL_USAGE_KEPT:
+            self._final_usage.popitem(last=False)
 
     def _note(self, kind: str, now: float, **values: Any) -> None:
         self._sequence += 1
@@ -529,6 +745,20 @@ class AgentNode:
                 if self.running
                 else []
             )
+            document["forwarding"] = (
+                [
+                    {
+                        "nai": f.nai,
+                        "home_address": str(f.home_address),
+                        "new_fa": str(f.new_fa),
+                        "owner": f.owner,
+                        "expires": round(f.expires, 3),
+                    }
+                    for f in agent.forwarding.values()
+                ]
+                if self.running
+                else []
+            )
         elif isinstance(agent, HomeAgent):
             document["bindings"] = (
                 [
@@ -553,16 +783,23 @@ class AgentNode:
                         "care_of_address": str(b.care_of_address),
                         "home_agent": str(b.home_agent),
                         "owner": b.owner,
+                        "session_id": b.session[0] if b.session is not None else None,
+                        "epoch": b.session[1] if b.session is not None else None,
                         "lifetime": b.lifetime,
                         "expires": round(b.expires, 3),
                         "binding_requests_sent": b.requests_sent,
+                        "replaced_owner": b.replaced.owner if b.replaced is not None else None,
                     }
                     for b in agent.bindings.values()
                 ]
                 if self.running
                 else []
             )
-        document["counters"] = dict(sorted((agent.counters + self.counters).items()))
+        document["in_flight"] = agent.exchanges() if self.running else 0
+        counters = agent.counters + self.counters
+        if self.accounting is not None:
+            counters.update({f"accounting.{k}": v for k, v in self.accounting.counters.items()})
+        document["counters"] = dict(sorted(counters.items()))
         document["events"] = list(self.events)
         return document
 
@@ -578,8 +815,10 @@ class AgentNode:
         if path is None:
             return
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        document = self.state()
+        self._in_flight_written = document["in_flight"]
         try:
-            temporary.write_text(json.dumps(self.state(), indent=1) + "\n")
+            temporary.write_text(json.dumps(document, indent=1) + "\n")
             os.replace(temporary, path)
         except OSError as exc:
             try:
@@ -608,7 +847,7 @@ class AgentNode:
 
         def arm() -> None:
             nonlocal timer, timer_at
-            when = self.agent.get_timer()
+            when = self.get_timer()
             if when == timer_at and timer is not None:
                 return
             if timer is not None:
@@ -629,6 +868,8 @@ class AgentNode:
             self.receive(channel)
             arm()
 
+        self._rearm = arm
+        self.radsec = self._radsec_connector()
         for channel, sock in self.sockets.items():
             loop.add_reader(sock.fileno(), readable, channel)
         self.service()
@@ -636,6 +877,9 @@ class AgentNode:
         try:
             await stop.wait()
         finally:
+            if self.radsec is not None:
+                self.radsec.close()
+                self.radsec = None
             for sock in self.sockets.values():
                 loop.remove_reader(sock.fileno())
             if timer is not None:
@@ -745,21 +989,25 @@ def run_mobile_node(
     deregister: bool = False,
     previous_fa: IPv4Address | None = None,
     source: str = "0.0.0.0",
+    node: MobileNode | None = None,
 ) -> MnOutcome:
     """Register (or deregister) the simulated node once through the FA at
     ``fa`` and return the outcome. The simulator's own retransmissions
     (``config.retransmit`` x ``config.attempts``) bound the time it takes;
     without an answer the outcome is code 78 (registration timeout).
+    ``node``: a node that lives on between calls (it keeps the challenges
+    the FAs' replies gave it, as a real node does); by default a new one.
 
     Raises :class:`AgentError` if the socket cannot be bound."""
     sock = _bind(source, 0, "mobile node")
-    node = MobileNode(config)
+    node = node if node is not None else MobileNode(config)
     started = time.time()
     exchange: list[dict[str, Any]] = []
-    deadline = started + config.retransmit * (config.attempts + 1) + 5.0
+    # the node's own give-up ends every exchange; this only guards against a bug
+    deadline = started + give_up_after(config, 0 if deregister else None) + 5.0
     try:
         if deregister:
-            node.current_fa = fa  # a fresh process: deregister through the FA named
+            node.current_fa = fa  # deregister through the FA named
             node.deregister(started)
         else:
             node.register(fa, started, previous_fa=previous_fa)
@@ -791,7 +1039,7 @@ def run_mobile_node(
                         time.time(),
                         exchange,
                     )
-            if now > deadline:  # cannot happen while the simulator retransmits; a last guard
+            if now > deadline:  # a last guard
                 return MnOutcome(
                     "deregister" if deregister else "register",
                     config.nai,

@@ -9,15 +9,18 @@ Theory of operation (docs/protocol.md section 6):
    Disconnect-Request per agent. Each agent is the RADIUS client of its role
    whose network holds its address, and gets its own request, sealed with its
    client's secret, to its client's ``coa_port``. A target that has no client
-   is reported, not sent to.
+   is reported, not sent to. Each request names the session as RFC 5176
+   section 3 asks, with the identification attributes that agent sent, and
+   a push carries the view in the agent's client's flavour.
 2. :func:`exchange` sends every request from one UDP socket, waits up to
    ``timeout`` seconds for the answers and sends the unanswered ones again,
    byte-identical (same Identifier and Authenticator, so an agent that did
    the work already answers from its duplicate cache), ``retries`` times,
    each wait twice the one before (:func:`waits`; RFC 5080 section 2.2.1):
    2, 4 and 8 s by default, 14 s in all, well inside the agents' 30 s
-   duplicate cache. Answers that do not verify are ignored (counted in the
-   result).
+   duplicate cache. Answers that do not verify (:func:`aaa_vpn.wire.coa.decode_answer`:
+   the Response Authenticator, and a Message-Authenticator where there is
+   one or the client requires one) are ignored (counted in the result).
 3. :func:`disconnect_session` then deletes the session (unless asked not to).
 
 :func:`exchange` touches no database, so tests can run it in a thread while
@@ -122,7 +125,9 @@ def exchange(
                         continue
                     assert target.secret is not None
                     try:
-                        answer = coa.decode_answer(data, request, target.secret.value)
+                        answer = coa.decode_answer(
+                            data, request, target.secret.value, target.require_message_authenticator
+                        )
                     except coa.CoaDecodeError:
                         answer = None
                     if answer is None:

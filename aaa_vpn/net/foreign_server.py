@@ -24,18 +24,32 @@ for a graceful stop; SIGUSR1 logs the counters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from functools import partial
 
 from aaa_vpn.model import ValidationError
-from aaa_vpn.net.home_server import ServerError, _bind, supervise
+from aaa_vpn.net.home_server import ServerError, _bind, _bind_radsec, supervise
+from aaa_vpn.net.radsec import (
+    CertificateClients,
+    RadsecConnector,
+    RadsecListener,
+    RadsecServer,
+    TlsError,
+    TlsFiles,
+    client_context,
+    server_tls,
+)
+from aaa_vpn.roles.foreign_aaa import ACCOUNTING_SOCKET, ProxyClient
 from aaa_vpn.service.config import ForeignServerSettings
 from aaa_vpn.service.foreign import ForeignService, with_port
 from aaa_vpn.service.logging import configure_logging, fields
+from aaa_vpn.wire.radius import ACCOUNTING_REQUEST
 
 log = logging.getLogger("aaa_vpn.foreign_server")
 
@@ -48,19 +62,37 @@ def _log_counters(service: ForeignService, message: str) -> None:
     log.info(message, extra=fields(**service.counters()))
 
 
-def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socket | None = None) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the exit code."""
+def serve_worker(
+    settings: ForeignServerSettings,
+    index: int,
+    sock: socket.socket | None = None,
+    accounting_sock: socket.socket | None = None,
+    radsec_sock: socket.socket | None = None,
+) -> int:
+    """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``,
+    ``accounting_sock`` and ``radsec_sock`` (with ``radsec_listen``): bound
+    already, else here."""
     loop = asyncio.new_event_loop()
     service = ForeignService(settings, loop.time())
     upstream: list[socket.socket] = []
     if sock is None:
         sock = _bind(settings.listen, settings.port, reuse_port=True)
+    if radsec_sock is None and settings.radsec_listen is not None:
+        radsec_sock = _bind_radsec(settings, reuse_port=True)
+    radsec: RadsecListener[ProxyClient] | None = None
+    # RadSec home servers (docs/radsec.md): one connector per pool, as each
+    # pool has its own UDP socket (its own Identifier space).
+    connectors: list[RadsecConnector | None] = []
     try:
+        if accounting_sock is None:
+            accounting_sock = _bind(settings.listen, settings.accounting_bind_port, reuse_port=True)
         for _pool in service.aaa.pools:
             upstream.append(_bind(settings.upstream_address, 0, reuse_port=False))
     except ServerError:
         for opened in upstream:
             opened.close()
+        if accounting_sock is not None:
+            accounting_sock.close()
         sock.close()
         loop.close()
         raise
@@ -71,7 +103,19 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
     def flush() -> None:
         nonlocal timer, timer_at
         for datagram in service.outgoing():
-            out = sock if datagram.pool is None else upstream[datagram.pool]
+            if datagram.pool is None:
+                if radsec is not None and radsec.deliver(datagram.data, datagram.address):
+                    continue
+                out = sock
+            elif datagram.pool == ACCOUNTING_SOCKET:
+                if radsec is not None and radsec.deliver(datagram.data, datagram.address):
+                    continue
+                out = accounting_sock
+            else:
+                connector = connectors[datagram.pool] if connectors else None
+                if connector is not None and connector.send(datagram.data, datagram.address):
+                    continue
+                out = upstream[datagram.pool]
             try:
                 out.sendto(datagram.data, datagram.address)
             except OSError as exc:
@@ -110,6 +154,8 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
             peer = (str(address[0]), int(address[1]))
             if pool is None:
                 guarded(partial(service.receive_from_client, data, peer, loop.time()))
+            elif pool == ACCOUNTING_SOCKET:
+                guarded(partial(service.receive_accounting, data, peer, loop.time()))
             else:
                 guarded(partial(service.receive_from_upstream, data, peer, pool, loop.time()))
         flush()
@@ -126,8 +172,47 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
                 _log_counters(service, "counters")
                 last_stats = time.monotonic()
 
+    def from_radsec_client(packets: list[bytes], source: tuple[str, int], client: ProxyClient) -> None:
+        # Accounting shares the connection (RFC 6614 section 2.1): by code.
+        for packet in packets:
+            receive = service.receive_accounting if packet[0] == ACCOUNTING_REQUEST else service.receive_from_client
+            guarded(partial(receive, packet, source, loop.time(), client))
+        flush()
+
+    def from_radsec_server(pool: int, packet: bytes, source: tuple[str, int]) -> None:
+        guarded(partial(service.receive_from_upstream, packet, source, pool, loop.time()))
+        flush()
+
     async def main() -> None:
+        nonlocal radsec
+        if radsec_sock is not None:
+            radsec = RadsecListener(
+                radsec_sock,
+                server_tls(settings),
+                CertificateClients(lambda: settings.clients, lambda: 0, settings.radsec_client),
+                from_radsec_client,
+                service.aaa.counters,
+                idle_timeout=settings.radsec_idle_timeout,
+            )
+            await radsec.start()
+        for number, pool in enumerate(service.aaa.pools):
+            servers = [
+                RadsecServer((s.address, s.port), s.tls_name, s.name)
+                for s in pool.client.servers
+                if s.transport == "radsec"
+            ]
+            connectors.append(
+                RadsecConnector(
+                    servers,
+                    client_tls(settings),
+                    partial(from_radsec_server, number),
+                    local_address=settings.upstream_address,
+                )
+                if servers
+                else None
+            )
         loop.add_reader(sock.fileno(), drain, sock, None)
+        loop.add_reader(accounting_sock.fileno(), drain, accounting_sock, ACCOUNTING_SOCKET)
         for number, pool_sock in enumerate(upstream):
             loop.add_reader(pool_sock.fileno(), drain, pool_sock, number)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -139,14 +224,22 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
             extra=fields(
                 worker=index,
                 address=f"{host}:{port}",
+                accounting=f"{accounting_sock.getsockname()[0]}:{accounting_sock.getsockname()[1]}",
                 upstream=",".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in upstream),
+                radsec="" if radsec is None else f"{radsec.address[0]}:{radsec.address[1]}",
             ),
         )
         task = asyncio.ensure_future(housekeeping())
         await stop.wait()
         loop.remove_reader(sock.fileno())
+        loop.remove_reader(accounting_sock.fileno())
         for pool_sock in upstream:
             loop.remove_reader(pool_sock.fileno())
+        if radsec is not None:
+            await radsec.close()
+        for connector in connectors:
+            if connector is not None:
+                connector.close()
         await task
 
     try:
@@ -157,9 +250,19 @@ def serve_worker(settings: ForeignServerSettings, index: int, sock: socket.socke
             timer.cancel()
         loop.close()
         sock.close()
+        accounting_sock.close()
+        if radsec_sock is not None:
+            radsec_sock.close()
         for pool_sock in upstream:
             pool_sock.close()
     return 0
+
+
+def client_tls(settings: ForeignServerSettings) -> ssl.SSLContext:
+    """The context of the RadSec connections to home servers: the same
+    certificate the listener shows (docs/radsec.md)."""
+    assert settings.tls_cert is not None and settings.tls_key is not None and settings.tls_ca is not None
+    return client_context(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca))
 
 
 def run_foreign_server(settings: ForeignServerSettings) -> int:
@@ -168,30 +271,51 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
     try:
         # Check what a worker needs before forking: one clear error, not N.
         check = ForeignService(settings, 0.0)
+        radsec_probe = None
+        if settings.radsec_listen is not None:
+            server_tls(settings)  # a missing or bad certificate is one clear error
+        if any(s.transport == "radsec" for realm in settings.realms for s in realm.servers):
+            client_tls(settings)
+        if settings.radsec_listen is not None:
+            radsec_probe = _bind_radsec(settings, reuse_port=settings.workers > 1)
         probe = _bind(settings.listen, settings.port, reuse_port=settings.workers > 1)
+        try:
+            accounting_probe = _bind(settings.listen, settings.accounting_bind_port, reuse_port=settings.workers > 1)
+        except ServerError as exc:
+            probe.close()
+            raise ServerError(f"accounting port: {exc}") from None
         try:
             _bind(settings.upstream_address, 0, reuse_port=False).close()
         except ServerError as exc:
             probe.close()
+            accounting_probe.close()
             raise ServerError(f"upstream source address: {exc}") from None
-    except (ServerError, ValidationError) as exc:
+    except (ServerError, ValidationError, TlsError) as exc:
         log.error(str(exc))
         return 1
     log.info(
         "foreign AAA starting",
         extra=fields(
             address=f"{settings.listen}:{probe.getsockname()[1]}",
+            accounting=f"{settings.listen}:{accounting_probe.getsockname()[1]}",
             workers=settings.workers,
             clients=len(settings.clients),
             realms=",".join(r.name for r in settings.realms),
             pools=len(check.aaa.pools),
+            radsec="" if radsec_probe is None else "{}:{}".format(*radsec_probe.getsockname()[:2]),
         ),
     )
     if settings.workers == 1:
-        return serve_worker(settings, 0, sock=probe)
-    if settings.port == 0:
-        settings = with_port(settings, probe.getsockname()[1])  # workers share one concrete port
+        return serve_worker(settings, 0, sock=probe, accounting_sock=accounting_probe, radsec_sock=radsec_probe)
+    # workers share one concrete port for each
+    settings = dataclasses.replace(
+        with_port(settings, probe.getsockname()[1]), accounting_port=accounting_probe.getsockname()[1]
+    )
+    if radsec_probe is not None:
+        settings = dataclasses.replace(settings, radsec_listen="{}:{}".format(*radsec_probe.getsockname()[:2]))
+        radsec_probe.close()
     probe.close()
+    accounting_probe.close()
     return _supervise(settings)
 
 

@@ -33,11 +33,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aaa_vpn.model import Client
+from aaa_vpn.net.radsec import (
+    CertificateClients,
+    RadsecListener,
+    TlsError,
+    bind_listener,
+    listen_address,
+    server_tls,
+)
 from aaa_vpn.roles.home_aaa import HomeAaaOptions
 from aaa_vpn.service.home import HomeService
 from aaa_vpn.service.logging import configure_logging, fields
 from aaa_vpn.store import is_url
 from aaa_vpn.store.marks import SessionMarks
+from aaa_vpn.wire.radius import ACCOUNTING_REQUEST
 
 log = logging.getLogger("aaa_vpn.server")
 
@@ -95,9 +105,11 @@ def serve_worker(
     sock: socket.socket | None = None,
     marks: SessionMarks | None = None,
     accounting_sock: socket.socket | None = None,
+    radsec_sock: socket.socket | None = None,
 ) -> int:
-    """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``
-    and ``accounting_sock``: the ports, bound already (else bound here)."""
+    """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``,
+    ``accounting_sock`` and ``radsec_sock`` (with ``--radsec-listen``): the
+    ports, bound already (else bound here)."""
     aaa = _open(settings, marks)
     # A first registration allocates a few hundred objects, almost none of
     # them in reference cycles: collect the young generation every 20,000
@@ -109,8 +121,35 @@ def serve_worker(
         sock = _bind(settings.listen, settings.port, reuse_port=True)
     if accounting_sock is None:
         accounting_sock = _bind(settings.listen, settings.accounting, reuse_port=True)
+    if radsec_sock is None and settings.radsec_listen is not None:
+        radsec_sock = _bind_radsec(settings, reuse_port=True)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
+    radsec: RadsecListener[Client] | None = None
+
+    def send(port: socket.socket, replies: list[tuple[bytes, tuple[str, int]]]) -> None:
+        # A reply goes to its RadSec connection if its destination is one
+        # (a request from it was decided in this batch), else by UDP.
+        for reply, destination in replies:
+            if radsec is not None and radsec.deliver(reply, destination):
+                continue
+            try:
+                port.sendto(reply, destination)
+            except OSError as exc:
+                aaa.counters["send_errors"] += 1
+                log.warning("sendto failed", extra=fields(destination=destination[0], error=str(exc)))
+
+    def radsec_packets(packets: list[bytes], source: tuple[str, int], client: Client) -> None:
+        # One connection's packets: accounting to the accounting server, the
+        # rest (Access-Request, Status-Server) to the home AAA, each as a
+        # batch, with the client the certificate named.
+        now = time.time()
+        accounting = [(p, source) for p in packets if p[0] == ACCOUNTING_REQUEST]
+        access = [(p, source) for p in packets if p[0] != ACCOUNTING_REQUEST]
+        if access:
+            send(sock, aaa.handle_batch(access, now, client))
+        if accounting:
+            send(accounting_sock, aaa.handle_accounting_batch(accounting, now, client))
 
     def readable(
         port: socket.socket, handle: Callable[[list[tuple[bytes, tuple[str, int]]], float], list[Any]]
@@ -135,12 +174,7 @@ def serve_worker(
             aaa.counters["dropped.internal_error"] += len(batch)
             log.exception("internal error handling requests", extra=fields(count=len(batch)))
             return
-        for reply, destination in replies:
-            try:
-                port.sendto(reply, destination)
-            except OSError as exc:
-                aaa.counters["send_errors"] += 1
-                log.warning("sendto failed", extra=fields(destination=destination[0], error=str(exc)))
+        send(port, replies)
 
     async def housekeeping() -> None:
         last_stats = time.monotonic()
@@ -159,6 +193,17 @@ def serve_worker(
                 last_stats = time.monotonic()
 
     async def main() -> None:
+        nonlocal radsec
+        if radsec_sock is not None:
+            radsec = RadsecListener(
+                radsec_sock,
+                server_tls(settings),
+                CertificateClients(aaa.current_clients, aaa.provisioning.generation, settings.radsec_client),
+                radsec_packets,
+                aaa.counters,
+                idle_timeout=settings.radsec_idle_timeout,
+            )
+            await radsec.start()
         loop.add_reader(sock.fileno(), readable, sock, aaa.handle_batch)
         loop.add_reader(accounting_sock.fileno(), readable, accounting_sock, aaa.handle_accounting_batch)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -169,13 +214,18 @@ def serve_worker(
         log.info(
             "worker listening",
             extra=fields(
-                worker=index, address=f"{host}:{port}", accounting=f"{accounting_host}:{accounting_port}"
+                worker=index,
+                address=f"{host}:{port}",
+                accounting=f"{accounting_host}:{accounting_port}",
+                radsec="" if radsec is None else f"{radsec.address[0]}:{radsec.address[1]}",
             ),
         )
         task = asyncio.ensure_future(housekeeping())
         await stop.wait()
         loop.remove_reader(sock.fileno())
         loop.remove_reader(accounting_sock.fileno())
+        if radsec is not None:
+            await radsec.close()
         await task
 
     try:
@@ -185,8 +235,21 @@ def serve_worker(
         loop.close()
         sock.close()
         accounting_sock.close()
+        if radsec_sock is not None:
+            radsec_sock.close()
         aaa.store.close()
     return 0
+
+
+def _bind_radsec(settings: Any, reuse_port: bool) -> socket.socket:
+    """The RadSec listening socket of ``--radsec-listen``; ServerError if it cannot be bound."""
+    host, port = listen_address(settings.radsec_listen)
+    try:
+        return bind_listener(host, port, reuse_port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerError(f"cannot listen for RadSec on {host}:{port}: address already in use") from None
+        raise ServerError(f"cannot listen for RadSec on {host}:{port}: {exc.strerror}") from None
 
 
 def run_home_server(settings: Any) -> int:
@@ -199,13 +262,22 @@ def run_home_server(settings: Any) -> int:
         aaa = _open(settings)
         clients = len(aaa.provisioning.clients())
         aaa.store.close()
-        probe = _bind(settings.listen, settings.port, reuse_port=workers > 1)
+        radsec_probe = None
+        if settings.radsec_listen is not None:
+            server_tls(settings)  # a missing or bad certificate is one clear error
+            radsec_probe = _bind_radsec(settings, reuse_port=workers > 1)
         try:
-            accounting_probe = _bind(settings.listen, settings.accounting, reuse_port=workers > 1)
+            probe = _bind(settings.listen, settings.port, reuse_port=workers > 1)
+            try:
+                accounting_probe = _bind(settings.listen, settings.accounting, reuse_port=workers > 1)
+            except ServerError:
+                probe.close()
+                raise
         except ServerError:
-            probe.close()
+            if radsec_probe is not None:
+                radsec_probe.close()
             raise
-    except ServerError as exc:
+    except (ServerError, TlsError) as exc:
         log.error(str(exc))
         return 1
     except Exception as exc:  # noqa: BLE001 - store errors, missing key file, corrupt database: one clear line
@@ -218,6 +290,7 @@ def run_home_server(settings: Any) -> int:
         extra=fields(
             address=f"{settings.listen}:{probe.getsockname()[1]}",
             accounting=f"{settings.listen}:{accounting_probe.getsockname()[1]}",
+            radsec="" if radsec_probe is None else "{}:{}".format(*radsec_probe.getsockname()[:2]),
             workers=workers,
             clients=clients,
         ),
@@ -231,14 +304,21 @@ def run_home_server(settings: Any) -> int:
         # inherits it again): no moment without a listener, and port 0 stays
         # the port reported above.
         try:
-            return supervise(_roles(settings, workers, marks, (probe, accounting_probe)), processes, "home AAA")
+            return supervise(
+                _roles(settings, workers, marks, (probe, accounting_probe, radsec_probe)), processes, "home AAA"
+            )
         finally:
             probe.close()
             accounting_probe.close()
+            if radsec_probe is not None:
+                radsec_probe.close()
     # Workers must share concrete ports.
     settings = dataclasses.replace(
         settings, port=probe.getsockname()[1], accounting_port=accounting_probe.getsockname()[1]
     )
+    if radsec_probe is not None:
+        settings = dataclasses.replace(settings, radsec_listen="{}:{}".format(*radsec_probe.getsockname()[:2]))
+        radsec_probe.close()
     probe.close()
     accounting_probe.close()
     return supervise(_roles(settings, workers, marks, None), processes, "home AAA")
@@ -248,7 +328,7 @@ def _roles(
     settings: Any,
     workers: int,
     marks: SessionMarks | None,
-    sockets: tuple[socket.socket, socket.socket] | None,
+    sockets: tuple[socket.socket, socket.socket, socket.socket | None] | None,
 ) -> Callable[[int], int]:
     """What forked process ``index`` does: serve (0 .. workers-1), on the
     bound ``sockets`` (authentication, accounting) if given, or keep the
@@ -256,8 +336,8 @@ def _roles(
 
     def run(index: int) -> int:
         if index < workers:
-            sock, accounting = sockets if sockets is not None else (None, None)
-            return serve_worker(settings, index, sock=sock, marks=marks, accounting_sock=accounting)
+            sock, accounting, radsec = sockets if sockets is not None else (None, None, None)
+            return serve_worker(settings, index, sock=sock, marks=marks, accounting_sock=accounting, radsec_sock=radsec)
         assert marks is not None
         return listen_for_changes(settings.db_path, marks)
 

@@ -26,9 +26,11 @@ from typing import Any
 
 from aaa_vpn.roles.radius_client import (
     DEFAULT_DEAD_TIME,
+    DEFAULT_MAX_TIMEOUT,
     DEFAULT_RETRIES,
     DEFAULT_STATUS_INTERVAL,
     DEFAULT_TIMEOUT,
+    DEFAULT_ZOMBIE_PERIOD,
     RadiusClient,
     RequestAccepted,
     RequestFailed,
@@ -36,6 +38,7 @@ from aaa_vpn.roles.radius_client import (
     ServerConfig,
     ServerDown,
     ServerUp,
+    ServerZombie,
 )
 from aaa_vpn.wire.radius_request import Accepted, AccessRequest, Rejected
 
@@ -81,16 +84,22 @@ class AsyncRadiusClient:
         local_address: tuple[str, int] = ("0.0.0.0", 0),
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        max_timeout: float = DEFAULT_MAX_TIMEOUT,
         dead_time: float = DEFAULT_DEAD_TIME,
         status_interval: float | None = DEFAULT_STATUS_INTERVAL,
+        zombie_period: float = DEFAULT_ZOMBIE_PERIOD,
+        pool_type: str = "fail-over",
         nas_ip_address: IPv4Address | None = None,
     ) -> None:
         self.client = RadiusClient(
             servers,
             timeout=timeout,
             retries=retries,
+            max_timeout=max_timeout,
             dead_time=dead_time,
             status_interval=status_interval,
+            zombie_period=zombie_period,
+            pool_type=pool_type,
             nas_ip_address=nas_ip_address,
         )
         """The sans-IO client: its ``counters`` say what happened."""
@@ -191,12 +200,14 @@ class AsyncRadiusClient:
             transport.sendto(data, address)
         while (event := self.client.next_event()) is not None:
             if isinstance(event, RequestAccepted):
-                self._resolve(event.tag, Accepted(event.profile, event.attributes))
+                self._resolve(event.tag, Accepted(event.profile, event.attributes, event.confirmation))
             elif isinstance(event, RequestRejected):
                 self._resolve(event.tag, Rejected(event.reason, event.message))
             elif isinstance(event, RequestFailed):
                 log.warning("radius request failed: %s", event.reason)
                 self._reject(event.tag, RadiusUnavailable(event.reason, event.servers))
+            elif isinstance(event, ServerZombie):
+                log.warning("radius server %s timed out: a zombie, probed", event.server)
             elif isinstance(event, ServerDown):
                 log.warning("radius server %s marked dead", event.server)
             elif isinstance(event, ServerUp):

@@ -74,14 +74,16 @@ class AccountingServer:
     def _plumbing(self) -> collections.Counter[str]:
         # The plumbing counts under "accounting." so that a worker's counters
         # tell the two ports apart.
-        return _Prefixed(self.counters, "accounting.")
+        return Prefixed(self.counters, "accounting.")
 
     def set_clients(self, clients: Iterable[Client]) -> None:
         self.server.set_clients(clients)
 
-    def receive_datagram(self, data: bytes, source: Address, now: float, status_message: str = "") -> None:
-        """Rules 1-2 for one datagram."""
-        result = self.server.receive(data, source, now)
+    def receive_datagram(
+        self, data: bytes, source: Address, now: float, status_message: str = "", client: Client | None = None
+    ) -> None:
+        """Rules 1-2 for one datagram; ``client``: a RadSec peer's (roles/radsec.py rule 2)."""
+        result = self.server.receive(data, source, now, client)
         self._take_dropped()
         if result is None:
             return
@@ -140,8 +142,8 @@ class AccountingServer:
             self.events.append(self.server.dropped.popleft())
 
 
-class _Prefixed(collections.Counter[str]):
-    """A view that adds to ``counters`` under ``prefix``."""
+class Prefixed(collections.Counter[str]):
+    """A view that adds to ``counters`` under ``prefix`` (the plumbing of a second port)."""
 
     def __init__(self, counters: collections.Counter[str], prefix: str) -> None:
         super().__init__()
@@ -155,4 +157,4 @@ class _Prefixed(collections.Counter[str]):
         self._counters[self._prefix + key] = value
 
 
-__all__ = ["AccountingServer", "StoreAccounting"]
+__all__ = ["AccountingServer", "Prefixed", "StoreAccounting"]

@@ -14,10 +14,10 @@ carries out (all or nothing) and reports back with ``paths_installed``.
 Two habits every agent shares (docs/protocol.md section 3.11):
 
 * Retransmission: a request that expects an answer is sent again, byte for
-  byte, after ``first``, then ``2 * first``, ``4 * first`` ... seconds
-  (:func:`backoff`), as long as an answer could still arrive before the
-  exchange's own timeout; the receiver of a duplicate answers it again and
-  starts nothing new.
+  byte, after ``first``, then ``2 * first``, ``4 * first`` ... seconds, each
+  wait at most the exchange's cap (:func:`backoff`), as long as an answer
+  could still arrive before the exchange's own timeout; the receiver of a
+  duplicate answers it again and starts nothing new.
 * Bounds: every table a peer that has not authenticated can make an agent
   fill has a limit; reaching it is counted (``limits.<table>``) and reported
   as a :class:`LimitReached` event at most once a minute per table, which the
@@ -30,6 +30,7 @@ import collections
 import enum
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -43,20 +44,23 @@ Address = tuple[str, int]
 LIMIT_REPORT_INTERVAL = 60.0
 
 
-def backoff(first: float, sent: int) -> float:
+def backoff(first: float, sent: int, cap: float = math.inf) -> float:
     """Seconds to wait after the ``sent``-th transmission of a request (1 for
     the first) before sending it again: ``first``, doubled each time (RFC 5944
-    section 3.6.3, RFC 5080 section 2.2.1)."""
-    return first * (1 << max(0, sent - 1))
+    section 3.6.3, RFC 5080 section 2.2.1), but never more than ``cap`` (RFC
+    5080's MRT: on a path whose round trip is milliseconds, a second or less
+    between transmissions keeps an exchange alive under loss without
+    crowding anyone)."""
+    return min(first * (1 << min(max(0, sent - 1), 30)), max(first, cap))
 
 
-def transmission_times(first: float, timeout: float) -> list[float]:
+def transmission_times(first: float, timeout: float, cap: float = math.inf) -> list[float]:
     """When (seconds after the first) a request is sent, first transmission
     included, if nothing answers: every :func:`backoff` step that falls
     before ``timeout``, when the exchange gives up."""
     times, sent = [0.0], 1
-    while times[-1] + backoff(first, sent) < timeout:
-        times.append(times[-1] + backoff(first, sent))
+    while times[-1] + backoff(first, sent, cap) < timeout:
+        times.append(times[-1] + backoff(first, sent, cap))
         sent += 1
     return times
 
@@ -67,6 +71,7 @@ class Channel(enum.Enum):
     MIP = "mip"  # Mobile IP control messages (UDP 434)
     RADIUS = "radius"  # the agent's RADIUS client socket
     COA = "coa"  # Disconnect-/CoA-Requests from its AAA server (RFC 5176, UDP 3799)
+    ACCOUNTING = "accounting"  # the agent's RADIUS accounting client socket (RFC 2866)
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,13 @@ class Agent:
     def owners(self) -> set[str]:
         """The SA owners the live state uses: what a restarted agent keeps."""
         return set()
+
+    def exchanges(self) -> int:
+        """Exchanges under way: requests waiting for an answer, paths being
+        installed, state held for an outcome that is not known yet (zero: the
+        agent waits for nobody; tests and labs use it to know when the
+        system has settled)."""
+        return 0
 
     def forget_unbacked(self, installed: set[str], now: float) -> None:
         """After a restart: drop live state whose SAs are gone from the

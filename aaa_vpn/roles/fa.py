@@ -33,10 +33,14 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    Registration Request with lifetime 0 that carries the NAI, the session
    NVSE of the registration and FA-HA authentication (and no MN-HA: the FA
    has no such key), with its own timestamp Identification, retransmitted
-   like a relayed request until answered or ``ha_timeout`` (ha.py rule 4a).
+   like a relayed request until answered under that FA-HA key or
+   ``ha_timeout`` (ha.py rule 4a).
 5. An accepted reply is relayed to the node (FA-HA stripped, a fresh
-   challenge appended for its next registration) and the node becomes a
-   visitor until its lifetime ends, when its paths are removed. A denial
+   challenge appended for its next registration), and the same octets again
+   ``reply_repeats`` later (0.25 and 0.75 s: nothing acknowledges a reply,
+   and the node's own retransmissions back off exponentially, RFC 5944
+   section 3.6.3; a node that has its answer discards the copies), and the
+   node becomes a visitor until its lifetime ends, when its paths are removed. A denial
    reaches the node with the home agent's code, with or without an MN-HA
    extension (when the home agent could not add one, the FA sends the
    reply's fixed part and NAI on).
@@ -65,12 +69,17 @@ D1. The FA relays one only when it is well formed (NAI, and an MN-HA or
     it may talk to: the home agent of a visitor it holds with that NAI and
     home address (that home agent accepted the visitor's registration with
     FA-HA authentication), or of one it removed by an accepted
-    deregistration less than ``challenge_lifetime`` ago (so a retransmitted
+    deregistration less than ``answer_lifetime`` ago (so a retransmitted
     deregistration is answered again). Anything else gets 194 (invalid home
     agent address) and is relayed nowhere.
 D2. At most one deregistration per visitor is worked on; retransmissions
     fold into it as in R1. It is timed (``ha_timeout``, then 78) and
-    retransmitted like a registration. An accepted reply removes the visitor.
+    retransmitted like a registration. An accepted reply removes the visitor
+    only if it carries a valid FA-HA authenticator under the visitor's FA-HA
+    key (RFC 5944 sections 3.5.4, 3.7.3.1: the home agent authenticates
+    every reply to an FA it shares a key with); without one it is dropped
+    and counted, and the deregistration goes on. A denial removes nothing
+    and reaches the node as rule 5 says.
 
 Bounds (docs/protocol.md section 3.11): at most ``max_pending``
 registrations and deregistrations at once (more: 66, counted
@@ -137,6 +146,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn import keys
+from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.ha import mirror
@@ -207,13 +217,31 @@ class FaConfig:
     """The longest registration it grants (RFC 5944 section 3.7.2.3)."""
     challenge_lifetime: float = 30.0
     """How long an issued challenge may be answered (RFC 4721 CHALLENGE_WINDOW in time)."""
-    ha_timeout: float = 10.0
+    reply_repeats: tuple[float, ...] = (0.25, 0.75)
+    """Seconds after an accepted reply went to the node at which it is sent
+    to the node again, byte for byte (rule 5)."""
+    answer_lifetime: float = 60.0
+    """How long a node removed by an accepted deregistration is remembered, so
+    that the node's retransmissions of it are relayed again (D1): longer than
+    a node retransmits (docs/protocol.md section 3.11)."""
+    ha_timeout: float = 15.0
     """How long it waits for the home agent's reply before answering 78
     (longer than the home agent's own work: its AAA request and gateway_timeout)."""
     ha_retransmit: float = 1.0
     """Seconds before a relayed request is sent to the home agent again (doubled each time, rule 3)."""
-    radius_timeout: float = 2.0
-    radius_retries: int = 2
+    ha_max_retransmit: float = 2.0
+    """The longest wait between two relays of one request (rule 3)."""
+    radius_timeout: float = radius_client.DEFAULT_TIMEOUT
+    """Seconds before the first RADIUS retransmission (radius_client.py rule 1)."""
+    radius_retries: int = radius_client.DEFAULT_RETRIES
+    radius_max_timeout: float = radius_client.DEFAULT_MAX_TIMEOUT
+    """The longest wait between two RADIUS transmissions (rule 1)."""
+    radius_pool: str = "fail-over"
+    """How requests are spread over the AAA servers (radius_client.py rule 4a)."""
+    radius_zombie_period: float = radius_client.DEFAULT_ZOMBIE_PERIOD
+    """Seconds a server that let a request time out is a zombie before it is dead (rule 4)."""
+    radius_dead_time: float = radius_client.DEFAULT_DEAD_TIME
+    """Seconds a dead server gets no requests unless it answers a probe (rule 4)."""
     forwarding_lifetime: int = 10
     """Smooth handoff (rule 6): how long the previous FA is asked to forward (seconds; 0: not at all)."""
     max_forwarding_lifetime: int = 60
@@ -249,6 +277,8 @@ class _Pending:
     repeat: bool = False  # R2: a retransmission of an accepted registration, nothing to install
     deadline: float = 0.0  # when ha_timeout ends
     revocation: bool = False  # rule 4a
+    # (SPI, key) a reply must authenticate under (FA-HA) before it may remove anything (D2, rule 4a)
+    authenticator: tuple[int, Secret] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -343,6 +373,10 @@ class ForeignAgent(Agent):
             config.aaa_servers,
             timeout=config.radius_timeout,
             retries=config.radius_retries,
+            max_timeout=config.radius_max_timeout,
+            pool_type=config.radius_pool,
+            zombie_period=config.radius_zombie_period,
+            dead_time=config.radius_dead_time,
             nas_ip_address=config.address,
             random_bytes=random_bytes,
         )
@@ -448,7 +482,7 @@ class ForeignAgent(Agent):
         self._send(Channel.MIP, pending.relayed, (str(pending.message.home_agent), self.config.mip_port))
         self._cancel(pending.retransmit)
         pending.retransmit = None
-        delay = backoff(self.config.ha_retransmit, pending.sent)
+        delay = backoff(self.config.ha_retransmit, pending.sent, self.config.ha_max_retransmit)
         if now + delay < pending.deadline:
             pending.retransmit = self._call_at(now + delay, functools.partial(self._relay_again, key))
 
@@ -655,6 +689,8 @@ class ForeignAgent(Agent):
         if self._full(message, source, nai, now):
             return
         pending = _Pending(data, message, source, nai)
+        if visitor.profile.fa_ha_spi is not None and visitor.profile.fa_ha_key is not None:
+            pending.authenticator = (visitor.profile.fa_ha_spi, visitor.profile.fa_ha_key)
         self._start(key, pending)
         self._wait_for_ha(key, pending, now)
 
@@ -763,6 +799,13 @@ class ForeignAgent(Agent):
         if key is None or pending is None or source[0] != str(message.home_agent):
             self.counters["dropped.unmatched_reply"] += 1
             return
+        if pending.authenticator is not None and (pending.revocation or message.accepted):
+            # D2, rule 4a: only the home agent that holds this registration's
+            # FA-HA key can end a revocation or remove a visitor
+            spi, fa_ha_key = pending.authenticator
+            if not verify_authentication(data, ExtensionType.FA_HA_AUTH, fa_ha_key, spi=spi):
+                self.counters["dropped.bad_fa_ha_auth"] += 1
+                return
         if pending.revocation:  # the answer to a revocation (rule 4a)
             self.counters["revocations_answered"] += 1
             self._forget(key)
@@ -774,7 +817,7 @@ class ForeignAgent(Agent):
                 if visitor is not None:
                     self._remember_deregistered(visitor, now)
                 self._remove_visitor(pending.nai)
-            self._send(Channel.MIP, self._relayed_reply(data, message), pending.source)
+            self._to_node(self._relayed_reply(data, message), pending.source, message.accepted, now)
             self._emit(RegistrationDone(pending.nai, message.home_address, int(message.code), 0, "deregistration"))
             return
         profile = pending.profile
@@ -799,7 +842,7 @@ class ForeignAgent(Agent):
         if pending.repeat:
             # R2: the answer to a retransmission; the registration stands as it is.
             extensions = [ChallengeExtension(self._new_challenge(now))] if message.accepted else []
-            self._send(Channel.MIP, self._relayed_reply(data, message, extensions), pending.source)
+            self._to_node(self._relayed_reply(data, message, extensions), pending.source, message.accepted, now)
             return
         if not message.accepted:
             current = self.visitors.get(pending.nai)
@@ -819,13 +862,27 @@ class ForeignAgent(Agent):
             self._emit(DeletePaths(old.owner))
         self._add_visitor(pending, profile, message, now)
         relayed = relay_reply(data, extensions=[ChallengeExtension(self._new_challenge(now))])
-        self._send(Channel.MIP, relayed, pending.source)
+        self._to_node(relayed, pending.source, True, now)
         self._emit(RegistrationDone(pending.nai, message.home_address, int(message.code), message.lifetime))
         # The node is back here: what this FA still forwarded for it elsewhere goes.
         self._stop_forwarding(message.home_address)
         if old is None or old.owner != _owner(profile):
             # Rule 6, after the reply: the node never waits for the previous FA.
             self._notify_previous_fa(self.visitors[pending.nai], now)
+
+    def _to_node(self, reply: bytes, node: Address, accepted: bool, now: float) -> None:
+        """Send the node a reply from its home agent; an accepted one again
+        after each of ``reply_repeats`` (rule 5): the node's own
+        retransmissions back off exponentially, so a lost acceptance would
+        otherwise wait seconds for its next attempt."""
+        self._send(Channel.MIP, reply, node)
+        if accepted:
+            for delay in self.config.reply_repeats:
+                self._call_at(now + delay, functools.partial(self._repeat_reply, reply, node))
+
+    def _repeat_reply(self, reply: bytes, node: Address, now: float) -> None:
+        self.counters["replies_repeated"] += 1
+        self._send(Channel.MIP, reply, node)
 
     def _relayed_reply(
         self, data: bytes, message: RegistrationReply, extensions: Sequence[mip.Extension] = ()
@@ -852,7 +909,7 @@ class ForeignAgent(Agent):
         if len(self._deregistered) >= self.config.max_pending:
             self._limit_hit("deregistered", self.config.max_pending, now)
             del self._deregistered[next(iter(self._deregistered))]
-        self._deregistered[visitor.nai] = (visitor, now + self.config.challenge_lifetime)
+        self._deregistered[visitor.nai] = (visitor, now + self.config.answer_lifetime)
 
     def _ha_timeout(self, key: object, now: float) -> None:
         pending = self._pending.get(key)
@@ -893,6 +950,7 @@ class ForeignAgent(Agent):
         key = _key(revocation.home_agent, revocation.identification)
         state = _Pending(data, revocation, (str(self.config.address), self.config.mip_port), pending.nai)
         state.relayed, state.repeat, state.revocation = data, True, True
+        state.authenticator = (profile.fa_ha_spi, profile.fa_ha_key)
         state.deadline = now + self.config.ha_timeout
         self._pending[key] = state
         state.keys.append(key)
@@ -1000,6 +1058,16 @@ class ForeignAgent(Agent):
 
     def owners(self) -> set[str]:
         return {v.owner for v in self.visitors.values()} | {f.owner for f in self.forwarding.values()}
+
+    def exchanges(self) -> int:
+        return (
+            len(self._pending)
+            + len(self._notifications)
+            + len(self._installing)
+            + len(self._pushes)
+            + self.radius.outstanding
+            + self.radius.waiting
+        )
 
     def forget_unbacked(self, installed: set[str], now: float) -> None:
         for nai in [n for n, v in self.visitors.items() if v.owner not in installed]:

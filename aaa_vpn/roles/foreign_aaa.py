@@ -76,9 +76,23 @@ Rules (everything that decides what is sent, relayed or kept lives here):
    checks MN-HA and the home AAA the MN-AAA proof before any SA at the HA
    or a gateway moves; a forged request only makes the new FA install SAs
    that never carry traffic and are removed when the HA refuses.
+10. Accounting (RFC 2866 section 2.2, proxied): on its accounting socket
+   the AAAF admits Accounting-Requests from its clients (the same plumbing,
+   Request Authenticator checked under the client's secret) and answers
+   Status-Server itself. A request is routed like an Access-Request, by the
+   realm of its User-Name, to the accounting ports of the realm's pool
+   (each server's ``accounting_port``, by default its port + 1), its
+   attributes unchanged and in order, without Message-Authenticator, our
+   Proxy-State last, hashed again with the home server's secret by the
+   pool's accounting client (retransmission, failover, zombie and dead
+   servers as for Access-Requests). An Accounting-On or -Off speaks for the
+   whole NAS and goes to every pool. The FA gets its Accounting-Response only
+   when every home server it went to answered -- the record is stored
+   there (RFC 2866 section 4.1); with no answer (or no route) it gets none
+   and retransmits (``accounting.upstream_failed``, ``accounting.no_route``).
 
 Theory of operation (the aioquic shape): inputs are
-:meth:`ForeignAaa.receive_from_client`, :meth:`ForeignAaa.receive_from_upstream`
+:meth:`ForeignAaa.receive_from_client`, :meth:`ForeignAaa.receive_accounting`, :meth:`ForeignAaa.receive_from_upstream`
 and :meth:`ForeignAaa.handle_timer`, each with ``now`` (seconds, any monotonic
 clock); outputs are :meth:`ForeignAaa.datagrams_to_send` (each with the
 socket to send it from: the clients' socket, or the pool's upstream socket),
@@ -100,12 +114,17 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import NamedTuple
 
 from aaa_vpn.model import Flavour
+from aaa_vpn.roles.accounting import Prefixed
 from aaa_vpn.roles.home_plan import moved_view
 from aaa_vpn.roles.radius_client import (
     DEFAULT_DEAD_TIME,
+    DEFAULT_MAX_TIMEOUT,
     DEFAULT_RETRIES,
     DEFAULT_STATUS_INTERVAL,
     DEFAULT_TIMEOUT,
+    DEFAULT_ZOMBIE_PERIOD,
+    POOL_TYPES,
+    AccountingAnswered,
     RadiusClient,
     RequestAccepted,
     RequestFailed,
@@ -113,6 +132,7 @@ from aaa_vpn.roles.radius_client import (
     ServerConfig,
     ServerDown,
     ServerUp,
+    ServerZombie,
 )
 from aaa_vpn.roles.radius_server import Dropped, Incoming, RadiusServer
 from aaa_vpn.secret import Secret
@@ -120,6 +140,8 @@ from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfil
 from aaa_vpn.wire.radius import (
     ACCESS_ACCEPT,
     ACCESS_REJECT,
+    ACCOUNTING_REQUEST,
+    ACCOUNTING_RESPONSE,
     HEADER_LENGTH,
     MAX_PACKET_LENGTH,
     MESSAGE_AUTHENTICATOR_LENGTH,
@@ -139,8 +161,16 @@ from aaa_vpn.wire.radius import (
 from aaa_vpn.wire.radius_profile import ProfileError, encode_profile
 from aaa_vpn.wire.radius_request import AccessRequest, RequestDecodeError, decode_access_request
 
+ACCT_STATUS_TYPE = 40  # RFC 2866 section 5.1
+ACCT_ACCOUNTING_ON, ACCT_ACCOUNTING_OFF = 7, 8
 #: The realm name that catches every realm without its own pool.
 DEFAULT_REALM = "DEFAULT"
+#: Upstream retransmissions to one server (radius_client.py rule 1): two fewer
+#: than an agent's, so with the default waits a home AAA server is given up
+#: after 5.75 s, while an FA's own RADIUS client (7.75 s) still has two
+#: transmissions to fetch the answer from the duplicate cache (docs/protocol.md
+#: section 3.11).
+UPSTREAM_RETRIES = DEFAULT_RETRIES - 2
 DEFAULT_DUP_CACHE_SECONDS = 10.0
 DEFAULT_CACHE_SIZE = 100_000
 #: Our Proxy-State: 4 octets naming this proxy instance, 4 octets of sequence.
@@ -180,12 +210,22 @@ class Realm:
     """The NAI realm, e.g. ``home.example`` (matched case-insensitively), or ``DEFAULT``."""
     servers: tuple[ServerConfig, ...]
     """The pool, first preferred."""
+    accounting_ports: tuple[int, ...] = ()
+    """Each server's accounting port (rule 10); empty: each one's port + 1."""
+    pool_type: str = "fail-over"
+    """How the pool spreads requests (RadiusClient rule 4a): ``fail-over``,
+    ``load-balance``, ``client-balance`` (by the FA's address) or
+    ``keyed-balance`` (by the NAI)."""
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a realm needs a name")
         if not self.servers:
             raise ValueError(f"realm {self.name}: the pool needs at least one home server")
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(
+                f"realm {self.name}: pool type {self.pool_type!r}: expected one of {', '.join(POOL_TYPES)}"
+            )
 
     @property
     def key(self) -> str:
@@ -204,13 +244,17 @@ class ForeignAaaOptions:
     cache_size: int = DEFAULT_CACHE_SIZE
     """At most this many cached sessions."""
     timeout: float = DEFAULT_TIMEOUT
-    """Upstream: seconds before a transmission counts as unanswered."""
-    retries: int = DEFAULT_RETRIES
+    """Upstream: seconds before the first retransmission (doubled each time)."""
+    retries: int = UPSTREAM_RETRIES
     """Upstream: retransmissions to one server before failing over."""
+    max_timeout: float = DEFAULT_MAX_TIMEOUT
+    """Upstream: the longest wait between two transmissions."""
     dead_time: float = DEFAULT_DEAD_TIME
     """Upstream: seconds a server that timed out gets no requests."""
     status_interval: float | None = DEFAULT_STATUS_INTERVAL
     """Upstream: seconds between Status-Server probes of a dead server (None: no probes)."""
+    zombie_period: float = DEFAULT_ZOMBIE_PERIOD
+    """Upstream: seconds a server that let a request time out stays a zombie before it is dead."""
     nas_ip_address: IPv4Address | None = None
     """The AAAF's own address, put into its Status-Server probes."""
 
@@ -227,7 +271,12 @@ class Datagram(NamedTuple):
     """Where to: a client's (address, port) or a home server's."""
     pool: int | None
     """The socket to send it from: None for the clients' (listening) socket,
-    else the index of the pool whose upstream socket it belongs to."""
+    :data:`ACCOUNTING_SOCKET` for the accounting one, else the index of the
+    pool whose upstream socket it belongs to."""
+
+
+#: :attr:`Datagram.pool` of a reply on the accounting listening socket.
+ACCOUNTING_SOCKET = -1
 
 
 class Event:
@@ -256,12 +305,14 @@ class Answered(Event):
 
 @dataclass(frozen=True)
 class UpstreamDown(Event):
-    """A home server was marked dead (RadiusClient rule 4)."""
+    """A home server was marked zombie or dead (RadiusClient rule 4)."""
 
     pool: str
     """The pool's name (its realms)."""
     server: str
     """The server's name."""
+    state: str = "dead"
+    """``zombie`` (it let a request time out) or ``dead`` (its zombie period passed unanswered)."""
 
 
 @dataclass(frozen=True)
@@ -399,6 +450,16 @@ class _Pool:
     index: int
     name: str
     client: RadiusClient
+    accounting: RadiusClient | None = None
+
+
+@dataclass
+class _AccountingPending:
+    """An Accounting-Request being proxied: answered when ``waiting`` reaches 0."""
+
+    incoming: Incoming[ProxyClient]
+    waiting: int
+    failed: bool = False
 
 
 @dataclass
@@ -481,29 +542,63 @@ class ForeignAaa:
             dup_limit=self.options.dup_cache_limit,
             counters=self.counters,
         )
+        self.accounting_server: RadiusServer[ProxyClient] = RadiusServer(
+            clients,
+            codes=(ACCOUNTING_REQUEST, STATUS_SERVER),
+            dup_ttl=self.options.dup_cache_seconds,
+            dup_limit=self.options.dup_cache_limit,
+            counters=Prefixed(self.counters, "accounting."),
+        )
+        self._accounting: dict[tuple[str, int], _AccountingPending] = {}  # by (kind, upstream tag)
         self.cache = SessionCache(self.options.cache_size)
         # Realms with the same pool (same servers, secrets and order) share one
         # upstream client, hence one Identifier space and one view of which
         # servers are dead; every distinct pool has its own upstream socket.
         self.pools: list[_Pool] = []
         self._routes: dict[str, _Pool] = {}
-        by_servers: dict[tuple[tuple[str, int, bytes], ...], _Pool] = {}
+        by_servers: dict[tuple[object, ...], _Pool] = {}
         for realm in realms:
             if realm.key in self._routes:
                 raise ValueError(f"realm {realm.name} is configured twice")
-            identity = tuple((s.address, s.port, hashlib.sha256(s.secret.value).digest()) for s in realm.servers)
+            identity = (
+                realm.pool_type,
+                realm.accounting_ports,
+                *((s.address, s.port, hashlib.sha256(s.secret.value).digest()) for s in realm.servers),
+            )
             pool = by_servers.get(identity)
             if pool is None:
                 upstream = RadiusClient(
                     realm.servers,
                     timeout=self.options.timeout,
                     retries=self.options.retries,
+                    max_timeout=self.options.max_timeout,
                     dead_time=self.options.dead_time,
                     status_interval=self.options.status_interval,
+                    zombie_period=self.options.zombie_period,
+                    pool_type=realm.pool_type,
                     nas_ip_address=self.options.nas_ip_address,
                     random_bytes=random_bytes,
                 )
-                pool = by_servers[identity] = _Pool(len(self.pools), realm.key, upstream)
+                # RadSec carries accounting on the server's connection (RFC 6614 section 2.1)
+                ports = realm.accounting_ports or tuple(
+                    s.port if s.transport == "radsec" else min(65535, s.port + 1) for s in realm.servers
+                )
+                accounting = RadiusClient(
+                    [
+                        ServerConfig(s.address, port, s.secret, f"{s.name}/acct", s.transport, s.tls_name)
+                        for s, port in zip(realm.servers, ports, strict=True)
+                    ],
+                    timeout=self.options.timeout,
+                    retries=self.options.retries,
+                    max_timeout=self.options.max_timeout,
+                    dead_time=self.options.dead_time,
+                    status_interval=self.options.status_interval,
+                    zombie_period=self.options.zombie_period,
+                    pool_type=realm.pool_type,
+                    nas_ip_address=self.options.nas_ip_address,
+                    random_bytes=random_bytes,
+                )
+                pool = by_servers[identity] = _Pool(len(self.pools), realm.key, upstream, accounting)
                 self.pools.append(pool)
             else:
                 pool.name += f",{realm.key}"
@@ -515,9 +610,10 @@ class ForeignAaa:
         self._events: collections.deque[Event | Dropped] = collections.deque()
 
     # -- the API ----------------------------------------------------------------------------
-    def receive_from_client(self, data: bytes, source: Address, now: float) -> None:
-        """Handle a datagram an FA sent to the AAAF's listening socket."""
-        result = self.server.receive(data, source, now)
+    def receive_from_client(self, data: bytes, source: Address, now: float, client: ProxyClient | None = None) -> None:
+        """Handle a datagram an FA sent to the AAAF's listening socket;
+        ``client``: a RadSec peer's (roles/radsec.py rule 2)."""
+        result = self.server.receive(data, source, now, client)
         self._take_dropped()
         if result is None:
             return
@@ -533,12 +629,42 @@ class ForeignAaa:
         self.counters["access_requests"] += 1
         self._access_request(result, now)
 
+    def receive_accounting(self, data: bytes, source: Address, now: float, client: ProxyClient | None = None) -> None:
+        """Handle a datagram an FA sent to the AAAF's accounting socket (rule 10);
+        ``client``: a RadSec peer's (roles/radsec.py rule 2)."""
+        result = self.accounting_server.receive(data, source, now, client)
+        self._take_dropped()
+        if result is None:
+            return
+        if isinstance(result, bytes):
+            self._outbox.append(Datagram(result, source, ACCOUNTING_SOCKET))
+            return
+        if result.code == STATUS_SERVER:
+            reply = self.accounting_server.status_reply(result, self._status_message(now), now)
+            self._take_dropped()
+            if reply is not None:
+                self._outbox.append(Datagram(reply, source, ACCOUNTING_SOCKET))
+            return
+        self._accounting_request(result, now)
+
     def receive_from_upstream(self, data: bytes, source: Address, pool: int, now: float) -> None:
         """Handle a datagram that arrived on pool ``pool``'s upstream socket."""
         if not 0 <= pool < len(self.pools):
             raise ValueError(f"no pool {pool}")  # the caller's bug
-        self.pools[pool].client.receive_datagram(data, source, now)
-        self._collect(self.pools[pool], data, now)
+        chosen = self.pools[pool]
+        # Over RadSec both clients talk to one (address, port): the code tells
+        # an Accounting-Response from the rest.
+        shared = chosen.client.knows(source)
+        if (
+            chosen.accounting is not None
+            and chosen.accounting.knows(source)
+            and (not shared or (len(data) >= 1 and data[0] == ACCOUNTING_RESPONSE))
+        ):
+            chosen.accounting.receive_datagram(data, source, now)
+            self._collect_accounting(chosen, now)
+            return
+        chosen.client.receive_datagram(data, source, now)
+        self._collect(chosen, data, now)
 
     def handle_timer(self, now: float) -> None:
         """Retransmit, fail over and probe upstream; expire what is due."""
@@ -547,6 +673,11 @@ class ForeignAaa:
             if when is not None and when <= now:
                 pool.client.handle_timer(now)
                 self._collect(pool, None, now)
+            if pool.accounting is not None:
+                when = pool.accounting.get_timer()
+                if when is not None and when <= now:
+                    pool.accounting.handle_timer(now)
+                    self._collect_accounting(pool, now)
 
     def datagrams_to_send(self) -> list[Datagram]:
         """The datagrams to send now."""
@@ -556,6 +687,11 @@ class ForeignAaa:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must be called next, or None."""
         timers = [when for pool in self.pools if (when := pool.client.get_timer()) is not None]
+        timers += [
+            when
+            for pool in self.pools
+            if pool.accounting is not None and (when := pool.accounting.get_timer()) is not None
+        ]
         return min(timers) if timers else None
 
     def next_event(self) -> Event | Dropped | None:
@@ -566,6 +702,7 @@ class ForeignAaa:
         """Housekeeping: drop expired cached sessions and duplicate-cache
         entries; return the number of sessions dropped."""
         self.server.expire(now)
+        self.accounting_server.expire(now)
         count = self.cache.expire(now)
         self.counters["sessions_expired"] += count
         return count
@@ -588,9 +725,82 @@ class ForeignAaa:
 
     # -- client side ------------------------------------------------------------------------
     def _take_dropped(self) -> None:
-        dropped = self.server.dropped
-        while dropped:
-            self._events.append(dropped.popleft())
+        for server in (self.server, self.accounting_server):
+            dropped = server.dropped
+            while dropped:
+                self._events.append(dropped.popleft())
+
+    # -- accounting (rule 10) ---------------------------------------------------------------------
+    def _accounting_request(self, incoming: Incoming[ProxyClient], now: float) -> None:
+        packet = incoming.packet
+        status = int.from_bytes(packet.first(ACCT_STATUS_TYPE) or b"", "big")
+        for state in packet.all(PROXY_STATE):
+            if len(state) == PROXY_STATE_LENGTH and state[:4] == self._instance:
+                self.accounting_server.abandon(incoming, "proxy_loop", "our own Proxy-State came back")
+                self._take_dropped()
+                return
+        self.counters["accounting.requests"] += 1
+        if status in (ACCT_ACCOUNTING_ON, ACCT_ACCOUNTING_OFF):
+            pools = [p for p in self.pools if p.accounting is not None]
+        else:
+            names = packet.all(USER_NAME)
+            realm = realm_of(_printable(names[0])) if len(names) == 1 else ""
+            pool = self._routes.get(realm) or self._routes.get(DEFAULT_REALM)
+            pools = [pool] if pool is not None and pool.accounting is not None else []
+        if not pools:
+            self.accounting_server.abandon(incoming, "no_route", "no home AAA for this accounting request's realm")
+            self._take_dropped()
+            return
+        state = self._instance + struct.pack("!I", next(self._sequence) & 0xFFFFFFFF)
+        upstream = b"".join(
+            attribute(code, value) for code, value in packet.attributes if code != MESSAGE_AUTHENTICATOR_TYPE
+        )
+        upstream += attribute(PROXY_STATE, state)
+        if HEADER_LENGTH + MESSAGE_AUTHENTICATOR_LENGTH + len(upstream) > MAX_PACKET_LENGTH:
+            self.accounting_server.abandon(incoming, "bad_request", "the request is too large to proxy")
+            self._take_dropped()
+            return
+        tag = int.from_bytes(state[4:], "big")
+        self._accounting[("acct", tag)] = _AccountingPending(incoming, len(pools))
+        for pool in pools:
+            assert pool.accounting is not None
+            pool.accounting.request_accounting(upstream, now, ("acct", tag), key=incoming.source[0].encode())
+            self.counters["accounting.proxied"] += 1
+            self._collect_accounting(pool, now)
+
+    def _collect_accounting(self, pool: _Pool, now: float) -> None:
+        client = pool.accounting
+        assert client is not None
+        for packet, address in client.datagrams_to_send(now):
+            self._outbox.append(Datagram(packet, address, pool.index))
+        while (event := client.next_event()) is not None:
+            if isinstance(event, (AccountingAnswered, RequestFailed)):
+                tag = event.tag
+                pending = self._accounting.get(tag) if isinstance(tag, tuple) else None
+                if pending is None:  # pragma: no cover - every tag is ours
+                    continue
+                pending.waiting -= 1
+                pending.failed = pending.failed or isinstance(event, RequestFailed)
+                if pending.waiting > 0:
+                    continue
+                del self._accounting[tag]  # type: ignore[arg-type]
+                if pending.failed:
+                    self.counters["accounting.upstream_failed"] += 1
+                    self.accounting_server.abandon(
+                        pending.incoming, "upstream_failed", "no home AAA accounting server answered"
+                    )
+                    self._take_dropped()
+                    continue
+                reply = self.accounting_server.answer(pending.incoming, ACCOUNTING_RESPONSE, (), now)
+                if reply is not None:
+                    self.counters["accounting.answered"] += 1
+                    self._outbox.append(Datagram(reply, pending.incoming.source, ACCOUNTING_SOCKET))
+            elif isinstance(event, ServerZombie):
+                self._events.append(UpstreamDown(pool.name, event.server, "zombie"))
+            elif isinstance(event, ServerDown):
+                self._events.append(UpstreamDown(pool.name, event.server, "dead"))
+            elif isinstance(event, ServerUp):
+                self._events.append(UpstreamUp(pool.name, event.server, event.reason))
 
     def _drop(self, reason: str, source: Address, detail: str) -> None:
         self.server.drop(reason, source, detail)
@@ -650,7 +860,8 @@ class ForeignAaa:
         tag = int.from_bytes(state[4:], "big")
         self._pending[tag] = pending
         self.counters["proxied"] += 1
-        pool.client.request_attributes(upstream, now, tag)
+        # RadiusClient rule 4a: client-balance by the FA, keyed-balance by the NAI.
+        pool.client.request_attributes(upstream, now, tag, key=nai.encode(), client=incoming.source[0].encode())
         self._collect(pool, None, now)
 
     def _handoff(self, pending: _Pending, request: AccessRequest, now: float) -> bool:
@@ -724,8 +935,10 @@ class ForeignAaa:
                     self._answer_locally(
                         pending, RejectReason.NO_RESOURCES, message, "no_resources", now, f"{message}: {event.reason}"
                     )
+            elif isinstance(event, ServerZombie):
+                self._events.append(UpstreamDown(pool.name, event.server, "zombie"))
             elif isinstance(event, ServerDown):
-                self._events.append(UpstreamDown(pool.name, event.server))
+                self._events.append(UpstreamDown(pool.name, event.server, "dead"))
             elif isinstance(event, ServerUp):
                 self._events.append(UpstreamUp(pool.name, event.server, event.reason))
 
@@ -816,6 +1029,7 @@ class ForeignAaa:
 
 
 __all__ = [
+    "ACCOUNTING_SOCKET",
     "DEFAULT_REALM",
     "Answered",
     "CachedSession",

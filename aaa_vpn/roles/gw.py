@@ -13,9 +13,16 @@ Rules (DESIGN.md flows A and B; docs/protocol.md section 3.6):
    Unknown critical vendor extensions give status 140; VPN information that
    does not unwrap, or paths that do not end at this gateway, 160.
 3. The paths are installed all or nothing (else 161) under an owner of their
-   own, and only then does the old binding of that home address lose its
-   paths (make before break). The very same paths again only refresh the
-   binding's lifetime. Every update names the HA's session and epoch (the
+   own and become the binding of that home address. The binding they
+   replace keeps its paths for ``hold_replaced`` seconds (make before break,
+   until the HA's registration is through): a Binding Update that carries
+   the new binding's paths again (the HA's confirmation once it accepted the
+   registration, or any later refresh) removes them, and one that carries
+   the replaced binding's paths (the HA's restoration when the registration
+   failed after this gateway acknowledged) puts the replaced binding back as
+   it was -- its SAs never left, so no key is installed twice -- and removes
+   the new one's. The very same paths again only refresh the binding's
+   lifetime. Every update names the HA's session and epoch (the
    session NVSE, docs/protocol.md section 3.8a); the binding keeps the label
    of the last update it took. Lifetime 0 (a withdrawal) removes the binding
    only if it is the one the withdrawal is about: from the same HA, of the
@@ -27,7 +34,10 @@ Rules (DESIGN.md flows A and B; docs/protocol.md section 3.6):
    granted lifetime and is authenticated with the same key. A retransmitted
    update (same HA, home address and identification as the last one
    answered) gets the same acknowledgement again and changes nothing; one
-   that arrives while its paths are being installed is answered once they are.
+   that arrives while its paths are being installed is answered once they
+   are. Paths whose installation ends after a newer update from the same HA
+   was taken (a restoration, a withdrawal) are removed again and answered
+   133: the HA no longer wants them.
 5. Lifetimes (flow G; docs/protocol.md section 3.10). When a binding's
    remaining lifetime falls to ``refresh_threshold`` of the lifetime granted,
    the gateway sends the binding's HA a Binding Request authenticated like a
@@ -85,6 +95,10 @@ class GwConfig:
     this fraction of the lifetime granted (0 < x < 1)."""
     refresh_retries: int = 3
     """Binding Requests repeated after the first, evenly spaced before expiry."""
+    hold_replaced: float = 10.0
+    """Seconds a replaced binding keeps its paths while the HA may still
+    restore it (rule 3): longer than an HA's gateway timeout and the
+    retransmissions of its restoration (docs/protocol.md section 3.11)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.refresh_threshold < 1:
@@ -118,6 +132,9 @@ class GwBinding:
     """The expiry the first of those requests was about (None: not asked yet)."""
     session: tuple[str, int] | None = None
     """(session id, epoch) of the last Binding Update taken (None: it named none)."""
+    replaced: GwBinding | None = None
+    """The binding this one replaced, its paths still installed while the HA
+    may restore it (rule 3)."""
 
 
 @dataclass
@@ -145,6 +162,7 @@ class CorrespondentGateway(Agent):
         # per home address: the expiry timer and the next Binding Request's timer
         self._binding_timers: dict[IPv4Address, int] = {}
         self._refresh_timers: dict[IPv4Address, int] = {}
+        self._hold_timers: dict[IPv4Address, int] = {}
         self._last_sent = 0
 
     def receive_datagram(self, channel: Channel, data: bytes, source: Address, now: float) -> None:
@@ -170,10 +188,17 @@ class CorrespondentGateway(Agent):
         if error is not None:
             self._acknowledge(pending.source, pending.auth_key, update, BindingStatus.SA_INSTALL_FAILED, 0, error)
             return
-        old = self.bindings.get(update.home_address)
-        if old is not None:
-            self._emit(DeletePaths(old.owner))
         ha = IPv4Address(pending.source[0])
+        if self._last.get((ha, update.home_address), 0) > update.identification:
+            # The HA sent a newer update (a restoration, a withdrawal) while
+            # these paths were being installed: it no longer wants them.
+            self.counters["superseded"] += 1
+            self._emit(DeletePaths(owner))
+            self._acknowledge(
+                pending.source, pending.auth_key, update, BindingStatus.IDENTIFICATION_MISMATCH, 0, "superseded"
+            )
+            return
+        old = self.bindings.get(update.home_address)
         binding = GwBinding(
             update.home_address,
             update.care_of_address,
@@ -185,6 +210,14 @@ class CorrespondentGateway(Agent):
             home_agent_port=pending.source[1],
             session=pending.session,
         )
+        if old is not None:
+            # Rule 3: the old binding's paths stay while the HA may restore it.
+            self._release(old)
+            binding.replaced = old
+            self._cancel(self._hold_timers.pop(update.home_address, None))
+            self._hold_timers[update.home_address] = self._call_at(
+                now + self.config.hold_replaced, functools.partial(self._hold_over, update.home_address, old)
+            )
         self.bindings[update.home_address] = binding
         self._schedule(binding, now)
         self._acknowledge(pending.source, pending.auth_key, update, BindingStatus.ACCEPTED, pending.lifetime, "")
@@ -256,18 +289,29 @@ class CorrespondentGateway(Agent):
         current = self.bindings.get(update.home_address)
         if current is not None and current.paths == paths and current.home_agent == ha:
             # The same paths again (a renewal, an answer to a Binding Request,
-            # or a handoff that did not move this gateway's stationary path):
-            # refresh the binding's lifetime.
+            # a handoff that did not move this gateway's stationary path, or
+            # the HA confirming a registration): refresh the binding's
+            # lifetime; the binding it replaced is not needed any more.
             asked = current.requests_sent > 0
-            current.expires = now + lifetime
-            current.lifetime = lifetime
-            current.care_of_address = update.care_of_address
-            current.home_agent_port = source[1]
-            current.session = session
+            self._renew(current, update, source, session, lifetime, now)
+            if current.replaced is not None:
+                self.counters["replaced_released"] += 1
+                self._release(current)
             if asked:
                 self.counters["bindings_refreshed"] += 1
-            self._schedule(current, now)
             self._acknowledge(source, auth_key, update, BindingStatus.ACCEPTED, lifetime, "binding refreshed")
+            return
+        held = current.replaced if current is not None else None
+        if current is not None and held is not None and held.paths == paths and held.home_agent == ha:
+            # Rule 3: the HA restores the binding this one replaced (the
+            # registration that replaced it failed): its paths never left.
+            self._emit(DeletePaths(current.owner))
+            current.replaced = None
+            self._cancel(self._hold_timers.pop(update.home_address, None))
+            self.bindings[update.home_address] = held
+            self._renew(held, update, source, session, lifetime, now)
+            self.counters["bindings_restored"] += 1
+            self._acknowledge(source, auth_key, update, BindingStatus.ACCEPTED, lifetime, "binding restored")
             return
         owner = f"binding:{update.home_address}:{update.identification:016x}"
         self._pending[owner] = _Pending(update, source, auth_key, paths, lifetime, session)
@@ -297,6 +341,36 @@ class CorrespondentGateway(Agent):
             self.counters[f"acknowledged.{int(status)}"] += 1
             self._send(Channel.MIP, data, source)
         self._emit(RegistrationDone("", update.home_address, int(status), lifetime, detail))
+
+    def _renew(
+        self,
+        binding: GwBinding,
+        update: BindingUpdate,
+        source: Address,
+        session: tuple[str, int] | None,
+        lifetime: int,
+        now: float,
+    ) -> None:
+        binding.expires = now + lifetime
+        binding.lifetime = lifetime
+        binding.care_of_address = update.care_of_address
+        binding.home_agent_port = source[1]
+        binding.session = session
+        self._schedule(binding, now)
+
+    def _release(self, binding: GwBinding) -> None:
+        """Rule 3: the binding ``binding`` replaced loses its paths now."""
+        held, binding.replaced = binding.replaced, None
+        if held is not None:
+            self._cancel(self._hold_timers.pop(binding.home_address, None))
+            self._emit(DeletePaths(held.owner))
+
+    def _hold_over(self, home_address: IPv4Address, held: GwBinding, now: float) -> None:
+        self._hold_timers.pop(home_address, None)
+        current = self.bindings.get(home_address)
+        if current is not None and current.replaced is held:
+            self.counters["replaced_expired"] += 1
+            self._release(current)
 
     # -- lifetimes: Binding Requests and expiry --------------------------------------------------
     def _schedule(self, binding: GwBinding, now: float) -> None:
@@ -370,6 +444,7 @@ class CorrespondentGateway(Agent):
         self._cancel(self._binding_timers.pop(home_address, None))
         self._cancel(self._refresh_timers.pop(home_address, None))
         if binding is not None:
+            self._release(binding)
             self._emit(DeletePaths(binding.owner))
             self._answers.pop((binding.home_agent, home_address), None)
 
@@ -416,7 +491,16 @@ class CorrespondentGateway(Agent):
             self._schedule(binding, now)
 
     def owners(self) -> set[str]:
+        # A replaced binding's paths are not kept across a restart (its hold ends).
         return {b.owner for b in self.bindings.values()}
+
+    def exchanges(self) -> int:
+        # a replaced binding waits for the HA's confirmation or restoration
+        return len(self._pending) + sum(b.replaced is not None for b in self.bindings.values())
+
+    def held_owners(self) -> set[str]:
+        """The owners of replaced bindings whose paths are still installed (rule 3)."""
+        return {b.replaced.owner for b in self.bindings.values() if b.replaced is not None}
 
     def forget_unbacked(self, installed: set[str], now: float) -> None:
         for home in [h for h, b in self.bindings.items() if b.owner not in installed]:

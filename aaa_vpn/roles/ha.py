@@ -26,6 +26,18 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    withdrawal (lifetime 0), which then removes only the binding of that
    session, of that epoch or an earlier one (gw.py rule 3): a withdrawal
    never removes a binding that another registration of the node made.
+3a. A gateway keeps the binding a Binding Update replaced, paths and all,
+   for a while (gw.py rule 3). When every gateway acknowledged and the
+   registration is accepted, each gateway whose paths changed gets them once
+   more (a confirmation, acknowledged like any Binding Update): its replaced
+   binding may go. When the
+   registration fails after its Binding Updates went out, a gateway of the
+   binding that stands (if any) gets that binding's paths again for its
+   remaining lifetime -- it puts back what it replaced, its SAs never having
+   left -- and any other gateway a withdrawal of the failed registration's
+   session and epoch. So after a failed registration every gateway holds
+   the binding the HA holds, or none. A VPN change pushed with CoA (rule 7)
+   ends the same way.
 4. The Registration Reply carries the NAI, MN-HA authentication and FA-HA
    authentication (RFC 5944 section 3.8.3.3). A new registration of the same
    node replaces the old binding and its paths; a deregistration (lifetime 0,
@@ -33,7 +45,11 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    tells the gateways (Binding Update, lifetime 0). A binding that is not
    renewed expires the same way. A retransmitted deregistration (the binding
    is gone, the same FA, authentic under the removed binding's MN-HA key,
-   no older than the one that removed it) is accepted again.
+   no older than the one that removed it) is accepted again. Every reply to
+   the FA of a binding carries FA-HA authentication under that binding's
+   key, deregistration replies included (RFC 5944 section 3.5.4 allows it in
+   any reply where the two share a key): an FA removes a visitor only on an
+   authenticated acceptance (fa.py D2).
 4a. A revocation from an FA (a Registration Request with lifetime 0, FA-HA
    authentication and no MN-HA, fa.py rule 4a) removes the binding, or
    ends the registration under way, that this FA relayed for the session and
@@ -101,6 +117,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn import keys
+from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.radius_client import RadiusClient, RequestAccepted, RequestFailed, RequestRejected, ServerConfig
@@ -143,16 +160,28 @@ class HaConfig:
     aaa_servers: Sequence[ServerConfig]
     mip_port: int = MIP_PORT
     max_lifetime: int = 1800
-    gateway_timeout: float = 3.0
+    gateway_timeout: float = 4.0
     """How long it waits for every gateway's Binding Acknowledge (rule 3)."""
     gateway_retransmit: float = 0.25
     """Seconds before a Binding Update is sent again (doubled each time, rule 3)."""
+    gateway_max_retransmit: float = 0.5
+    """The longest wait between two transmissions of a Binding Update (rule 3):
+    nine transmissions within the default ``gateway_timeout``."""
     replay_tolerance: float = 7.0  # RFC 5944 section 5.7: SHOULD be more than 3 s
-    radius_timeout: float = 2.0
-    radius_retries: int = 2
+    radius_timeout: float = radius_client.DEFAULT_TIMEOUT
+    """Seconds before the first RADIUS retransmission (radius_client.py rule 1)."""
+    radius_retries: int = radius_client.DEFAULT_RETRIES
+    radius_max_timeout: float = radius_client.DEFAULT_MAX_TIMEOUT
+    """The longest wait between two RADIUS transmissions (rule 1)."""
+    radius_pool: str = "fail-over"
+    """How requests are spread over the AAA servers (radius_client.py rule 4a)."""
+    radius_zombie_period: float = radius_client.DEFAULT_ZOMBIE_PERIOD
+    """Seconds a server that let a request time out is a zombie before it is dead (rule 4)."""
+    radius_dead_time: float = radius_client.DEFAULT_DEAD_TIME
+    """Seconds a dead server gets no requests unless it answers a probe (rule 4)."""
     coa_peers: Sequence[CoaPeer] = ()
     """Who else may send it Disconnect-/CoA-Requests (its AAA servers always may, rule 6)."""
-    answer_cache_seconds: float = 30.0
+    answer_cache_seconds: float = 60.0
     """How long a reply is kept to answer a retransmission of its request (rule 8)."""
     max_pending: int = 1024
     """Registrations worked on at once (rule 9)."""
@@ -259,6 +288,7 @@ class _Pending:
     session: tuple[str, int] | None = None  # the session NVSE
     candidate: tuple[bytes, mip.RegistrationRequest] | None = None  # a retransmission not yet checked (rule 8)
     told: bool = False  # Binding Updates sent
+    refused: set[IPv4Address] = field(default_factory=set)  # gateways that refused them (nothing changed there)
 
 
 @dataclass
@@ -271,6 +301,7 @@ class _Outgoing:
     auth_key: Secret = field(repr=False)
     sent: int = 1
     timer: int | None = None
+    acknowledged: bool = False
 
 
 @dataclass
@@ -309,6 +340,10 @@ class HomeAgent(Agent):
             config.aaa_servers,
             timeout=config.radius_timeout,
             retries=config.radius_retries,
+            max_timeout=config.radius_max_timeout,
+            pool_type=config.radius_pool,
+            zombie_period=config.radius_zombie_period,
+            dead_time=config.radius_dead_time,
             nas_ip_address=config.address,
             random_bytes=random_bytes,
         )
@@ -365,7 +400,7 @@ class HomeAgent(Agent):
         if key is None or pending is None or pending.profile is None:
             return
         if error is not None:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"cannot install SAs: {error}")
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"cannot install SAs: {error}", now=now)
             return
         pending.installing.discard(owner)
         self._by_owner.pop(owner, None)
@@ -606,9 +641,10 @@ class HomeAgent(Agent):
                     RejectReason.AUTHENTICATION_FAILED: ReplyCode.HA_MN_FAILED_AUTHENTICATION,
                     RejectReason.NO_RESOURCES: ReplyCode.HA_INSUFFICIENT_RESOURCES,
                 }.get(event.reason or RejectReason.BAD_REQUEST, ReplyCode.HA_ADMINISTRATIVELY_PROHIBITED)
-                self._fail(event.tag, code, f"AAA rejected: {event.message}", delete=False)
+                self._fail(event.tag, code, f"AAA rejected: {event.message}", delete=False, now=now)
             elif isinstance(event, RequestFailed):
-                self._fail(event.tag, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"AAA unreachable: {event.reason}", False)
+                reason = f"AAA unreachable: {event.reason}"
+                self._fail(event.tag, ReplyCode.HA_INSUFFICIENT_RESOURCES, reason, delete=False, now=now)
 
     def _accepted(self, event: RequestAccepted, now: float) -> None:
         key = event.tag
@@ -618,16 +654,19 @@ class HomeAgent(Agent):
         profile = self._accepted_profile(event, pending.nai)
         message, data = pending.message, pending.request
         if profile is None:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA confirmed a view this HA does not hold", False)
+            reason = "AAA confirmed a view this HA does not hold"
+            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, reason, delete=False, now=now)
             return
         if profile.mn_ha_key is None or profile.fa_ha_key is None:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA gave no MN-HA or FA-HA key", delete=False)
+            self._fail(
+                key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA gave no MN-HA or FA-HA key", delete=False, now=now
+            )
             return
         if not verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi):
-            self._fail(key, ReplyCode.HA_MN_FAILED_AUTHENTICATION, "MN-HA authentication failed", delete=False)
+            self._fail(key, ReplyCode.HA_MN_FAILED_AUTHENTICATION, "MN-HA authentication failed", delete=False, now=now)
             return
         if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
-            self._fail(key, ReplyCode.HA_FA_FAILED_AUTHENTICATION, "FA-HA authentication failed", delete=False)
+            self._fail(key, ReplyCode.HA_FA_FAILED_AUTHENTICATION, "FA-HA authentication failed", delete=False, now=now)
             return
         verdict = check_timestamp(
             message.identification, now, self._last_identification.get(pending.nai), self.config.replay_tolerance
@@ -714,6 +753,7 @@ class HomeAgent(Agent):
         self._nai_of[binding.home_address] = pending.nai
         self._cancel(self._binding_timers.pop(pending.nai, None))
         self._binding_timers[pending.nai] = self._call_at(binding.expires, functools.partial(self._expire, pending.nai))
+        self._confirm(binding, old.profile if old is not None else None, pending.gateways, pending.lifetime, now)
         reply = self._reply(pending.message, pending.source, ReplyCode.ACCEPTED, pending.lifetime, pending.nai, profile)
         self._remember_answer(pending.source, pending.request, reply, now)
         self.counters["accepted"] += 1
@@ -767,7 +807,7 @@ class HomeAgent(Agent):
         return signed
 
     def _arm_update(self, outgoing: _Outgoing, identification: int, now: float) -> None:
-        delay = backoff(self.config.gateway_retransmit, outgoing.sent)
+        delay = backoff(self.config.gateway_retransmit, outgoing.sent, self.config.gateway_max_retransmit)
         if now + delay < outgoing.deadline:
             outgoing.timer = self._call_at(
                 now + delay, functools.partial(self._update_again, outgoing.gateway, identification)
@@ -802,6 +842,7 @@ class HomeAgent(Agent):
         if outgoing is not None and self._acknowledges(data, outgoing):
             del self._outgoing[(gateway, message.identification)]
             self._cancel(outgoing.timer)
+            outgoing.acknowledged = True
         push = next((p for p in self._pushes.values() if p.waiting.get(gateway) == message.identification), None)
         if push is not None:
             self._push_acknowledged(push, gateway, data, message, now)
@@ -810,7 +851,11 @@ class HomeAgent(Agent):
             ((k, p) for k, p in self._pending.items() if p.waiting.get(gateway) == message.identification), None
         )
         if found is None:
-            self.counters["dropped.unmatched_ack"] += 1
+            if outgoing is not None and outgoing.acknowledged:
+                # a withdrawal, restoration or confirmation: its exchange is over
+                self.counters[f"gateway_acknowledged.{int(message.status)}"] += 1
+            else:
+                self.counters["dropped.unmatched_ack"] += 1
             return
         key, pending = found
         binding_key = pending.gateways[gateway][0]
@@ -821,7 +866,10 @@ class HomeAgent(Agent):
             self.counters["dropped.bad_binding_auth"] += 1
             return
         if not message.accepted:
-            self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"gateway {gateway} refused: {message.status}")
+            pending.refused.add(gateway)
+            self._fail(
+                key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"gateway {gateway} refused: {message.status}", now=now
+            )
             return
         del pending.waiting[gateway]
         if not pending.waiting and not pending.installing:
@@ -889,14 +937,22 @@ class HomeAgent(Agent):
             missing = ", ".join(str(g) for g in pending.waiting)
             self._fail(key, ReplyCode.HA_INSUFFICIENT_RESOURCES, f"no Binding Acknowledge from {missing}", now=now)
 
-    def _withdraw_from_gateways(self, pending: _Pending, now: float) -> None:
-        """Tell gateways that may have installed paths to remove them (lifetime 0):
-        only the binding of this registration's session and epoch (rule 3)."""
+    def _undo_at_gateways(self, pending: _Pending, current: Binding | None, now: float) -> None:
+        """A registration failed after its Binding Updates went out (rule 3a):
+        a gateway of the binding that stands gets that binding's paths again
+        (it puts back the binding it may have replaced, or only refreshes);
+        any other gets a withdrawal of this registration's session and epoch.
+        A gateway that refused the update changed nothing and gets neither."""
         assert pending.profile is not None
         label = (pending.profile.session_id, pending.profile.epoch)
+        standing = gateway_views(current.profile, self.config.address) if current is not None else {}
+        message = pending.message
         for gateway, (binding_key, views) in pending.gateways.items():
-            identification = self._identification(now)
-            message = pending.message
+            if gateway in pending.refused:
+                continue  # it changed nothing
+            if current is not None and gateway in standing:
+                self._restore_at(gateway, current, standing[gateway], now)
+                continue
             self._send_binding_update(
                 gateway,
                 binding_key,
@@ -904,8 +960,54 @@ class HomeAgent(Agent):
                 0,
                 message.home_address,
                 message.care_of_address,
-                identification,
+                self._identification(now),
                 label,
+                now=now,
+            )
+
+    def _restore_at(
+        self, gateway: IPv4Address, binding: Binding, view: tuple[Secret, list[PathProfile]], now: float
+    ) -> None:
+        """Rule 3a: the gateway's paths of ``binding`` again, for its remaining lifetime."""
+        self.counters["gateway_restorations"] += 1
+        binding_key, paths = view
+        self._send_binding_update(
+            gateway,
+            binding_key,
+            paths,
+            max(1, math.ceil(binding.expires - now)),
+            binding.home_address,
+            binding.care_of_address,
+            self._identification(now),
+            (binding.session_id, binding.profile.epoch),
+            now=now,
+        )
+
+    def _confirm(
+        self,
+        binding: Binding,
+        previous: VpnProfile | None,
+        gateways: dict[IPv4Address, tuple[Secret, list[PathProfile]]],
+        lifetime: int,
+        now: float,
+    ) -> None:
+        """Rule 3a: a gateway whose paths changed gets them once more (sent
+        again until acknowledged, like any Binding Update): the registration
+        is through, and the binding they replaced there may go."""
+        before = gateway_views(previous, self.config.address) if previous is not None else {}
+        for gateway, (binding_key, views) in gateways.items():
+            if previous is None or (gateway in before and before[gateway][1] == views):
+                continue
+            self.counters["gateway_confirmations"] += 1
+            self._send_binding_update(
+                gateway,
+                binding_key,
+                views,
+                lifetime,
+                binding.home_address,
+                binding.care_of_address,
+                self._identification(now),
+                (binding.session_id, binding.profile.epoch),
                 now=now,
             )
 
@@ -959,6 +1061,11 @@ class HomeAgent(Agent):
         for binding in self.bindings.values():
             owners |= {fa_owner(binding.profile), stationary_owner(binding.profile)}
         return owners
+
+    def exchanges(self) -> int:
+        return (
+            len(self._pending) + len(self._outgoing) + len(self._pushes) + self.radius.outstanding + self.radius.waiting
+        )
 
     def forget_unbacked(self, installed: set[str], now: float) -> None:
         """A binding whose FA-side SAs are gone ends (its gateways are told,
@@ -1037,7 +1144,8 @@ class HomeAgent(Agent):
             ):
                 self.counters["deregistrations_repeated"] += 1
                 self._last_identification[nai] = max(message.identification, self._last_identification.get(nai, 0))
-                self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile, fa_ha=False)
+                reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile)
+                self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
                 return
         if profile is None or profile.mn_ha_key is None:
             self._deny(message, source, ReplyCode.HA_MN_FAILED_AUTHENTICATION, nai, "no binding to deregister", None)
@@ -1052,13 +1160,17 @@ class HomeAgent(Agent):
             self._deny(message, source, ReplyCode.HA_IDENTIFICATION_MISMATCH, nai, verdict.reason, profile, now=now)
             return
         self._last_identification[nai] = message.identification
+        assert binding is not None
+        # the FA-HA key is that FA's: only a reply to it is authenticated with it (rule 4)
+        through_its_fa = source[0] in (binding.fa, str(binding.care_of_address))
         self._remove_binding(nai, now)
         for old in [n for n, t in self._deregistered.items() if t.until <= now]:
             del self._deregistered[old]
         self._deregistered[nai] = _Tombstone(
             profile, message.identification, source[0], now + self.config.answer_cache_seconds
         )
-        self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=False)
+        reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=through_its_fa)
+        self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
         self._emit(RegistrationDone(nai, message.home_address, 0, 0, "deregistered"))
 
     def _expire(self, nai: str, now: float) -> None:
@@ -1251,6 +1363,7 @@ class HomeAgent(Agent):
                 )
                 self._last_request.pop((gateway, binding.home_address), None)
         binding.profile = profile
+        self._confirm(binding, old, push.gateways, push.lifetime, now)
         self.counters["coa.pushed"] += 1
         self._coa_answer(push.received, True, now)
 
@@ -1271,8 +1384,12 @@ class HomeAgent(Agent):
         if push.told:
             binding.gateway_epoch = max(binding.gateway_epoch, profile.epoch)
         for gateway, (binding_key, views) in push.gateways.items():
-            if not push.told or gateway in old_gateways:
-                continue  # never told, or keeps a binding (refreshed, or updated if it acknowledged)
+            if not push.told:
+                continue
+            if gateway in old_gateways:
+                # it keeps its binding: the paths of the view that stands (rule 3a)
+                self._restore_at(gateway, binding, old_gateways[gateway], now)
+                continue
             self._send_binding_update(
                 gateway,
                 binding_key,
@@ -1290,7 +1407,7 @@ class HomeAgent(Agent):
         self._send(Channel.COA, self.coa.answer(received, ack, now, cause), received.source)
 
     # -- replies ----------------------------------------------------------------------------------
-    def _fail(self, key: object, code: ReplyCode, detail: str, delete: bool = True, now: float = 0.0) -> None:
+    def _fail(self, key: object, code: ReplyCode, detail: str, *, delete: bool = True, now: float) -> None:
         pending = self._pending.pop(key, None)
         if pending is None:
             return
@@ -1309,12 +1426,12 @@ class HomeAgent(Agent):
                     self._emit(DeletePaths(fa_owner(profile)))
                 if not same_session or stationary_owner(current.profile) != stationary_owner(profile):  # type: ignore[union-attr]
                     self._emit(DeletePaths(stationary_owner(profile)))
-                if pending.told and not same_session:
-                    self._withdraw_from_gateways(pending, now)
-                elif pending.told and current is not None:
-                    # The binding stays; some gateways may hold this epoch now:
-                    # its withdrawals must name it (rule 3).
+                if pending.told and same_session and current is not None:
+                    # The binding stays; a gateway whose restoration is lost may
+                    # hold this epoch: its withdrawals must name it (rule 3).
                     current.gateway_epoch = max(current.gateway_epoch, profile.epoch)
+                if pending.told:
+                    self._undo_at_gateways(pending, current, now)
         reply = self._deny(pending.message, pending.source, code, pending.nai, detail, pending.profile, now=now)
         self._remember_answer(pending.source, pending.request, reply, now)
 

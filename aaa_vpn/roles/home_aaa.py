@@ -50,7 +50,9 @@ here; "plan rule N" refers to :mod:`aaa_vpn.roles.home_plan`):
    deregistration or an expiry the session is gone) are never handed out
    again.
 7. An HA registration answers for the session it names (else the user's
-   newest live session through that HA; none: No-Session). If it reports
+   newest live session through that HA; none: No-Session). The FA it names
+   is Aaa-Vpn-Care-Of-Address or 3GPP2-Foreign-Agent-Address (26/5535/79),
+   checked alike; both, disagreeing: Bad-Request. If it reports
    the node at another care-of address or key epoch -- a foreign AAA
    answered a same-domain handoff from its cache (flow C) -- the session is
    moved the same deterministic way (plan rule 6) to that epoch, which must
@@ -81,8 +83,11 @@ here; "plan rule N" refers to :mod:`aaa_vpn.roles.home_plan`):
     :meth:`HomeAaa.push` re-keys a live session at the next epoch with the
     user's current VPN (every path, the stationary ones too) and, once that
     is stored, asks for a CoA-Request to its FA and HA carrying each one's
-    new view; :meth:`HomeAaa.disconnect` asks for Disconnect-Requests, and
-    :meth:`HomeAaa.delete` forgets the session.
+    new view in that agent's client's flavour; :meth:`HomeAaa.disconnect`
+    asks for Disconnect-Requests, and :meth:`HomeAaa.delete` forgets the
+    session. Each request names the session as RFC 5176 section 3 asks
+    (aaa_vpn/wire/coa.py): User-Name, the identification attributes the
+    agent sent (rule 13), and Aaa-Vpn-Session-Id to an ``aaa-vpn`` client.
 12. The renewal memo (:mod:`aaa_vpn.wire.memo`): a renewal confirmed
     without a write is remembered -- the request's shape, the client's and
     the mobile node's secrets, the confirmation -- until the same request
@@ -97,6 +102,14 @@ here; "plan rule N" refers to :mod:`aaa_vpn.roles.home_plan`):
     of a session, and the memo answers for it, only while the user's mark
     holds the stamp taken before that copy was read; without marks, every
     renewal reads the store and nothing is remembered.
+13. Identification (RFC 5176 section 3): the identification attributes of
+    an FA's or HA's request (:func:`aaa_vpn.wire.coa.identification`:
+    NAS-IP-Address, NAS-Identifier, Acct-Session-Id, Calling-Station-Id ...,
+    raw, in order) are stored with the session as that agent's
+    (``fa_identification``, ``ha_identification``), written when they
+    change: with the FA's create, move, re-key or renewal, and for an HA
+    with its move or as an IDENTIFY write of their own. A move reported by
+    the HA clears the FA's (the new FA never asked here).
 
 Theory of operation (the aioquic shape): inputs are
 :meth:`~HomeAaa.receive_datagram`, :meth:`~HomeAaa.sessions_stored`,
@@ -127,6 +140,7 @@ from aaa_vpn.model import (
     Client,
     ClientRole,
     Flavour,
+    PskEncoding,
     Session,
     SessionWrite,
     WriteKind,
@@ -136,6 +150,7 @@ from aaa_vpn.model import (
 from aaa_vpn.roles import home_plan as plan
 from aaa_vpn.roles.home_plan import PlannedPath, Rejected, UserContext
 from aaa_vpn.roles.radius_server import Address, Dropped, Incoming, RadiusServer
+from aaa_vpn.roles.radsec import is_radsec
 from aaa_vpn.secret import Secret
 from aaa_vpn.store.marks import SessionMarks
 from aaa_vpn.wire import coa
@@ -296,6 +311,17 @@ class CoaTarget:
     """Its CoA port (the client's ``coa_port``)."""
     secret: Secret | None = field(default=None, repr=False)
     """The client's shared secret."""
+    flavour: Flavour = Flavour.AAA_VPN
+    """The client's flavour: what a push carries, and whether requests name
+    the session with Aaa-Vpn-Session-Id (aaa_vpn/wire/coa.py)."""
+    psk_encoding: PskEncoding = PskEncoding.SALT
+    """The client's 3GPP2-Pre-Shared-Secret encoding (3gpp2 flavour)."""
+    require_message_authenticator: bool = False
+    """Believe its answers only with a Message-Authenticator (the client's
+    ``require_coa_message_authenticator``)."""
+    identification: bytes = b""
+    """The identification attributes the agent sent for the session (RFC 5176
+    section 3), raw: what the request repeats."""
 
 
 @dataclass(frozen=True)
@@ -379,6 +405,8 @@ class _Job:
     spi_draws: int = 0
     #: The user's session mark taken before its live session was read (rule 12).
     stamp: int | None = None
+    #: The requester's identification attributes (RFC 5176 section 3, rule 13).
+    identification: bytes = b""
 
 
 @dataclass
@@ -411,7 +439,18 @@ class _View:
     """One requester's view of a session: compiled in the aaa-vpn flavour at
     once (plan.view_template), as a profile and in other flavours on demand."""
 
-    __slots__ = ("_profile", "confirmation", "digest", "epoch", "make_profile", "paths", "session_id", "templates")
+    __slots__ = (
+        "_profile",
+        "confirmation",
+        "digest",
+        "epoch",
+        "key_time",
+        "make_profile",
+        "paths",
+        "receiver",
+        "session_id",
+        "templates",
+    )
 
     def __init__(
         self,
@@ -420,14 +459,19 @@ class _View:
         paths: int,
         session: Session,
         make_profile: Callable[[], VpnProfile],
+        receiver: IPv4Address,
     ) -> None:
         self.digest = digest
         self.paths = paths
         self.session_id = session.session_id
         self.epoch = session.epoch
+        self.key_time = int(session.epoch_started)
+        self.receiver = receiver
         self.make_profile = make_profile
         self._profile: VpnProfile | None = None
-        self.templates: dict[Flavour, ProfileTemplate] = {Flavour.AAA_VPN: template}
+        self.templates: dict[tuple[Flavour, PskEncoding], ProfileTemplate] = {
+            (Flavour.AAA_VPN, PskEncoding.SALT): template
+        }
         self.confirmation: ProfileTemplate | None = None
 
     @property
@@ -436,10 +480,17 @@ class _View:
             self._profile = dataclasses.replace(self.make_profile(), digest=self.digest)
         return self._profile
 
-    def template(self, flavour: Flavour) -> ProfileTemplate:
-        template = self.templates.get(flavour)
+    def template(self, flavour: Flavour, psk_encoding: PskEncoding = PskEncoding.SALT) -> ProfileTemplate:
+        key = (flavour, psk_encoding if flavour is Flavour.THREEGPP2 else PskEncoding.SALT)
+        template = self.templates.get(key)
         if template is None:
-            template = self.templates[flavour] = compile_profile(self.profile, flavour)
+            template = self.templates[key] = compile_profile(
+                self.profile,
+                flavour,
+                receiver=self.receiver,
+                psk_encoding=psk_encoding,
+                key_time=self.key_time,
+            )
         return template
 
     def confirmation_template(self) -> ProfileTemplate:
@@ -526,14 +577,22 @@ class HomeAaa:
             self._memo.clear()
             self._memo_keys.clear()
 
-    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
-        """Handle one datagram from ``source`` (rules 1-12)."""
-        reply = self._memo.answer(data, source[0], now)
-        if reply is not None:
-            self._outbox.append((reply, source))
-            return
-        result = self.server.receive(data, source, now)
-        if result is None and self.server.dropped and self.server.dropped[-1].reason == "unknown_client":
+    def receive_datagram(self, data: bytes, source: Address, now: float, client: Client | None = None) -> None:
+        """Handle one datagram from ``source`` (rules 1-12). ``client``: a
+        RadSec peer's client record as roles/radsec.py rule 2 makes it (the
+        renewal memo, keyed by source address, is not used for it)."""
+        if client is None:
+            reply = self._memo.answer(data, source[0], now)
+            if reply is not None:
+                self._outbox.append((reply, source))
+                return
+        result = self.server.receive(data, source, now, client)
+        if (
+            result is None
+            and client is None
+            and self.server.dropped
+            and self.server.dropped[-1].reason == "unknown_client"
+        ):
             # A client added a moment ago: look again with current provisioning.
             self.refresh()
             if self.server.clients.lookup(source[0]) is not None:
@@ -582,8 +641,10 @@ class HomeAaa:
         if outcome is WriteOutcome.STORED:
             if answer.session is not None:
                 # A RENEW marks nothing, so the stamp read before still
-                # vouches for the copy; after any other write, read again.
-                renewed = answer.write is not None and answer.write.kind is WriteKind.RENEW
+                # vouches for the copy; after any other write (new
+                # identification attributes too), read again.
+                write = answer.write
+                renewed = write is not None and write.kind is WriteKind.RENEW and write.fa_identification is None
                 self._remember(answer.session, job.stamp if renewed else None)
             self._send(job, answer, now)
         elif outcome is WriteOutcome.CONFLICT:
@@ -632,9 +693,17 @@ class HomeAaa:
         if session is None:
             self._events.append(Authorize(tag, "disconnect", None, None, error=f"no session {session_id}"))
             return
-        attributes = coa.session_attributes(session.nai, session.session_id)
         requests = tuple(
-            (target, self._coa_request(coa.DISCONNECT_REQUEST, target, attributes) if target.secret else None)
+            (
+                target,
+                self._coa_request(
+                    coa.DISCONNECT_REQUEST,
+                    target,
+                    coa.session_attributes(session.nai, session.session_id, target.identification, target.flavour),
+                )
+                if target.secret
+                else None,
+            )
             for target in self.coa_targets(session)
         )
         self._events.append(Authorize(tag, "disconnect", session, session, requests))
@@ -694,7 +763,8 @@ class HomeAaa:
         self._writes[write_id] = (job, answer)
         self._busy.setdefault(nai, collections.deque())
         self._in_flight[nai] += 1
-        self._forget_memos(nai)
+        if answer.write.kind is not WriteKind.IDENTIFY:  # an HA's identification changes no FA's answer
+            self._forget_memos(nai)
         self._events.append(StoreSession(write_id, answer.write))
 
     def _decide(self, job: _Job, now: float) -> _Answer:
@@ -718,6 +788,7 @@ class HomeAaa:
             if not plan.verify_mn_aaa_chap(request.chap_password, request.chap_challenge, ctx.user.mn_aaa_secret):
                 raise Rejected(RejectReason.AUTHENTICATION_FAILED, "mobile node failed authentication")
         node = self._requester_address(client, request, job.incoming.source)
+        job.identification = coa.identification(job.incoming.packet.attributes)
         if request_type in (RequestType.FA_REGISTRATION, RequestType.SERVICE_UPDATE):
             return self._fa_registration(job, ctx, node, now)
         if request_type is RequestType.HA_REGISTRATION:
@@ -760,10 +831,10 @@ class HomeAaa:
         case = choose_case(current, request, care_of, vpn_changed, keys_due)
         write: SessionWrite | None
         if case is Case.CREATE:
-            session, write = self._create(ctx, client, paths, home_agent, care_of, now)
+            session, write = self._create(ctx, client, paths, home_agent, care_of, job.identification, now)
         else:
             assert current is not None
-            session, write = _FA_CASES[case](self, current, paths, care_of, key_life, now)
+            session, write = _FA_CASES[case](self, current, paths, care_of, key_life, job.identification, now)
         answer = self._answer(job, session, paths, RequestType.FA_REGISTRATION, session.care_of_address, ctx, now, case)
         answer.write, answer.session = write, session
         if case is Case.RENEW and write is None and answer.confirmation is not None:
@@ -778,6 +849,7 @@ class HomeAaa:
         paths: list[PlannedPath],
         home_agent: IPv4Address,
         care_of: IPv4Address,
+        identification: bytes,
         now: float,
     ) -> tuple[Session, SessionWrite]:
         """A new session with a fresh session root key."""
@@ -792,39 +864,84 @@ class HomeAaa:
             random_bytes=self.random_bytes,
             foreign_domain=client.domain if client.role.relays else nai_realm(ctx.user.nai),
             paths=paths,
+            fa_identification=identification,
         )
         session = _within_key_life(session, paths, now)
         return session, SessionWrite(WriteKind.CREATE, session.session_id, session)
 
     def _renew(
-        self, current: Session, paths: list[PlannedPath], care_of: IPv4Address, key_life: int | None, now: float
+        self,
+        current: Session,
+        paths: list[PlannedPath],
+        care_of: IPv4Address,
+        key_life: int | None,
+        identification: bytes,
+        now: float,
     ) -> tuple[Session, SessionWrite | None]:
         """The same session, keys and SPIs; the expiry moves, never past the
         keys' lifetime. A renewal that would move it by less than
         :data:`RENEWAL_GRANULARITY` writes nothing and is granted the stored
-        expiry (a burst of renewals is one write)."""
+        expiry (a burst of renewals is one write) -- unless the FA's
+        identification attributes changed (rule 13), which are written then."""
         expires = plan.key_capped_expiry(now, self.options.session_lifetime, current.keyed_at, key_life)
+        identified = identification == current.fa_identification
         if expires - current.expires < RENEWAL_GRANULARITY:
-            return current, None
+            if identified:
+                return current, None
+            expires = current.expires
         session = _with_expiry(current, expires)
-        return session, SessionWrite(WriteKind.RENEW, current.session_id, expected_epoch=current.epoch, expires=expires)
+        if identified:
+            return session, SessionWrite(
+                WriteKind.RENEW, current.session_id, expected_epoch=current.epoch, expires=expires
+            )
+        session = dataclasses.replace(session, fa_identification=identification)
+        write = SessionWrite(
+            WriteKind.RENEW,
+            current.session_id,
+            expected_epoch=current.epoch,
+            expires=expires,
+            fa_identification=identification,
+        )
+        return session, write
 
     def _rekey(
-        self, current: Session, paths: list[PlannedPath], care_of: IPv4Address, key_life: int | None, now: float
+        self,
+        current: Session,
+        paths: list[PlannedPath],
+        care_of: IPv4Address,
+        key_life: int | None,
+        identification: bytes,
+        now: float,
     ) -> tuple[Session, SessionWrite]:
         """Next epoch at the same FA, every path re-keyed, the stationary ones
         too (plan rule 8), so a changed stationary path never reuses an SPI
         with other keys (re-key and VPN update alike)."""
         lifetime = self.options.session_lifetime
-        moved = plan.move_session(current, paths, care_of, now, lifetime, self.random_bytes, rekey=True)
+        moved = plan.move_session(
+            current, paths, care_of, now, lifetime, self.random_bytes, rekey=True, fa_identification=identification
+        )
         session = _within_key_life(moved, paths, now)
         return session, SessionWrite(WriteKind.REPLACE, session.session_id, session, expected_epoch=current.epoch)
 
     def _move(
-        self, current: Session, paths: list[PlannedPath], care_of: IPv4Address, key_life: int | None, now: float
+        self,
+        current: Session,
+        paths: list[PlannedPath],
+        care_of: IPv4Address,
+        key_life: int | None,
+        identification: bytes,
+        now: float,
     ) -> tuple[Session, SessionWrite]:
         """Next epoch at the new FA: what moves gets new SPIs and keys (plan rule 6)."""
-        moved = plan.move_session(current, paths, care_of, now, self.options.session_lifetime, self.random_bytes)
+        moved = plan.move_session(
+            current,
+            paths,
+            care_of,
+            now,
+            self.options.session_lifetime,
+            self.random_bytes,
+            fa_identification=identification,
+        )
         session = _within_key_life(moved, paths, now)
         return session, SessionWrite(WriteKind.REPLACE, session.session_id, session, expected_epoch=current.epoch)
 
@@ -855,6 +972,8 @@ class HomeAaa:
         valid_until = min(valid_until, stored)
         if valid_until <= now or job.stamp is None or self._marks is None or not self.options.renewal_memo:
             return
+        if is_radsec(job.incoming.client):
+            return  # the memo knows clients by source address only
         incoming = job.incoming
         key = memo_shape(incoming.packet.data, incoming.source[0])
         if key is None:  # pragma: no cover - the packet decoded
@@ -892,8 +1011,16 @@ class HomeAaa:
 
     def _ha_registration(self, job: _Job, ctx: UserContext, node: IPv4Address, now: float) -> _Answer:
         request = job.request
-        session = self._named_session(ctx, request, lambda s: s.home_agent == node and s.expires > now)
         care_of, epoch = request.care_of_address, request.key_epoch
+        threegpp2_fa = request.threegpp2_foreign_agent
+        if care_of is None:
+            care_of = threegpp2_fa  # rule 7: a 3GPP2 HA names the FA in its own attribute
+        elif threegpp2_fa is not None and threegpp2_fa != care_of:
+            raise Rejected(
+                RejectReason.BAD_REQUEST,
+                f"Aaa-Vpn-Care-Of-Address {care_of} and 3GPP2-Foreign-Agent-Address {threegpp2_fa} disagree",
+            )
+        session = self._named_session(ctx, request, lambda s: s.home_agent == node and s.expires > now)
         write = None
         elsewhere = care_of is not None and care_of != session.care_of_address
         if care_of is not None and (elsewhere or (epoch is not None and epoch != session.epoch)):
@@ -909,7 +1036,7 @@ class HomeAaa:
             moved = plan.move_session(
                 session, paths, care_of, now, self.options.session_lifetime, self.random_bytes, epoch=target
             )
-            moved = _within_key_life(moved, paths, now)
+            moved = dataclasses.replace(_within_key_life(moved, paths, now), ha_identification=job.identification)
             write = SessionWrite(WriteKind.REPLACE, session.session_id, moved, expected_epoch=session.epoch)
             session = moved
         paths = self._allocated_paths(ctx, session)
@@ -917,6 +1044,14 @@ class HomeAaa:
         if write is not None:
             answer.write, answer.session = write, session
             answer.decided = dataclasses.replace(answer.decided, outcome="moved")
+        elif job.identification != session.ha_identification:
+            # Rule 13: written when it changes, not on every HA request.
+            answer.write = SessionWrite(
+                WriteKind.IDENTIFY,
+                session.session_id,
+                expected_epoch=session.epoch,
+                ha_identification=job.identification,
+            )
         return answer
 
     def _gw_binding(self, job: _Job, ctx: UserContext, node: IPv4Address, now: float) -> _Answer:
@@ -1016,6 +1151,7 @@ class HomeAaa:
             session.epoch,
             session.stationary_epoch,
             int(session.care_of_address),
+            session.epoch_started,
             role is ClientRole.FOREIGN_AAA,
             request_type,
             int(node),
@@ -1030,6 +1166,7 @@ class HomeAaa:
                 count,
                 session,
                 functools.partial(plan.view_for, session, paths, role, request_type, node, user, 0, False),
+                node,
             )
             if len(self._views) >= _CACHE_LIMIT:
                 self._views.clear()
@@ -1061,7 +1198,7 @@ class HomeAaa:
             and request.profile_digest == view.digest
         )
         try:
-            template = view.confirmation_template() if confirm else view.template(client.flavour)
+            template = view.confirmation_template() if confirm else view.template(client.flavour, client.psk_encoding)
             salt = int.from_bytes(self.random_bytes(2), "big") if template.secrets else 0
             attributes = [
                 class_attribute,
@@ -1138,16 +1275,33 @@ class HomeAaa:
     def coa_targets(self, session: Session) -> list[CoaTarget]:
         """The session's FA and HA: the client of role ``fa`` whose network
         holds the care-of address and the client of role ``ha`` whose network
-        holds the home agent, the longest prefix winning."""
+        holds the home agent, the longest prefix winning; each with its
+        client's flavour and CoA settings and the identification attributes
+        it sent (rule 13)."""
         clients = self.provisioning.clients()
         targets = []
-        for role, address in (("fa", session.care_of_address), ("ha", session.home_agent)):
+        for role, address, identification in (
+            ("fa", session.care_of_address, session.fa_identification),
+            ("ha", session.home_agent, session.ha_identification),
+        ):
             matching = [c for c in clients if c.role is ClientRole(role) and address in c.network]
             client = max(matching, key=lambda c: c.network.prefixlen) if matching else None
             if client is None:
                 targets.append(CoaTarget(role, address))
             else:
-                targets.append(CoaTarget(role, address, client.name, client.coa_port, client.secret))
+                targets.append(
+                    CoaTarget(
+                        role,
+                        address,
+                        client.name,
+                        client.coa_port,
+                        client.secret,
+                        client.flavour,
+                        client.psk_encoding,
+                        client.require_coa_message_authenticator,
+                        identification,
+                    )
+                )
         return targets
 
     def _coa_request(self, code: int, target: CoaTarget, attributes: Sequence[bytes]) -> bytes:
@@ -1203,7 +1357,16 @@ class HomeAaa:
                 requests.append((target, None))
                 continue
             try:
-                attributes = coa.push_attributes(moved.nai, views[target.role], target.secret)
+                attributes = coa.push_attributes(
+                    moved.nai,
+                    views[target.role],
+                    target.secret,
+                    target.identification,
+                    target.flavour,
+                    receiver=target.address,
+                    psk_encoding=target.psk_encoding,
+                    key_time=int(moved.epoch_started),
+                )
             except ProfileError as exc:
                 error = f"the {target.role.upper()}'s view does not fit in a CoA-Request: {exc}"
                 self._events.append(Authorize(action.tag, action.action, previous, moved, error=error))

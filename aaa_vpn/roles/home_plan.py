@@ -664,10 +664,13 @@ def new_session(
     random_bytes: Callable[[int], bytes],
     foreign_domain: str = "",
     paths: list[PlannedPath] | None = None,
+    fa_identification: bytes = b"",
 ) -> tuple[Session, list[PlannedPath]]:
     """Plan a fresh session for an FA registration. ``paths``, if given, is
     what :func:`plan_paths` returns for this user, home agent and care-of
-    address (callers cache it while provisioning is unchanged)."""
+    address (callers cache it while provisioning is unchanged).
+    ``fa_identification``: the FA's identification attributes
+    (:func:`aaa_vpn.wire.coa.identification`)."""
     user = ctx.user
     if user.home_address is None:
         raise Rejected(
@@ -697,6 +700,8 @@ def new_session(
         spis=spis,
         foreign_domain=foreign_domain,
         keyed_at=now,
+        epoch_started=now,
+        fa_identification=fa_identification,
     )
     return session, paths
 
@@ -716,11 +721,15 @@ def move_session(
     random_bytes: Callable[[int], bytes],
     epoch: int | None = None,
     rekey: bool = False,
+    fa_identification: bytes | None = None,
 ) -> Session:
     """``session`` moved to the FA at ``care_of`` in ``epoch`` (default: the
     next one), rule 6. ``paths`` are the plans for the new care-of address.
     With ``rekey`` (rule 8) the stationary HA <-> GW paths get new keys and
     SPIs in that epoch too, and the key lifetimes start again at ``now``.
+    The epoch starts at ``now``. ``fa_identification``: the identification
+    attributes of the FA at ``care_of``; None keeps the session's if that
+    FA is the session's, else there are none (an HA reported the move).
 
     The SPIs of the moving paths are derived from the session root key
     (:func:`aaa_vpn.keys.derive_spi`), so a foreign AAA that answers the
@@ -753,7 +762,17 @@ def move_session(
     ) + tuple(derived)
     spis = allocate_spis(paths, (care_of, ha), kept, random_bytes)
     assert names <= {a.path for a in spis}
-    moved = dataclasses.replace(session, care_of_address=care_of, epoch=epoch, expires=now + lifetime, spis=spis)
+    if fa_identification is None:
+        fa_identification = session.fa_identification if previous == care_of else b""
+    moved = dataclasses.replace(
+        session,
+        care_of_address=care_of,
+        epoch=epoch,
+        expires=now + lifetime,
+        spis=spis,
+        epoch_started=now,
+        fa_identification=fa_identification,
+    )
     if rekey:
         moved = dataclasses.replace(moved, stationary_epoch=epoch, keyed_at=now)
     return moved

@@ -56,6 +56,8 @@ from aaa_vpn.wire.mip_replay import identification_matches, timestamp_identifica
 from aaa_vpn.wire.mip_vpn import previous_fa_extension
 
 _CHALLENGE_CODES = (ReplyCode.FA_MISSING_CHALLENGE, ReplyCode.FA_UNKNOWN_CHALLENGE, ReplyCode.FA_STALE_CHALLENGE)
+#: How often one registration starts over with a challenge an FA's reply brought (rule 2).
+CHALLENGE_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,18 @@ class MnConfig:
     attempts: int = 5
     """Transmissions of one request before it fails: 5 wait 1+2+4+8+16 = 31 s in all,
     longer than an FA's worst case (RADIUS, then ha_timeout: docs/protocol.md section 3.11)."""
+
+
+def give_up_after(config: MnConfig, lifetime: int | None = None) -> float:
+    """The longest one registration (or, ``lifetime`` 0, deregistration) can
+    take before the node reports 78: ``attempts`` transmissions and their
+    waits (rule 4), started over at most :data:`CHALLENGE_RETRIES` times with
+    a new challenge (rule 2)."""
+    lifetime = config.lifetime if lifetime is None else lifetime
+    waits = [backoff(config.retransmit, n) for n in range(1, config.attempts + 1)]
+    if lifetime:
+        waits = [min(w, max(config.retransmit, float(lifetime))) for w in waits]
+    return (1 + CHALLENGE_RETRIES) * sum(waits)
 
 
 @dataclass
@@ -129,7 +143,11 @@ class MobileNode(Agent):
         challenge = next((e.challenge for e in reversed(reply.extensions) if isinstance(e, ChallengeExtension)), None)
         if challenge is not None:
             self._challenges[outstanding.fa[0]] = challenge
-        if reply.code in _CHALLENGE_CODES and challenge is not None and outstanding.challenge_retries < 2:
+        if (
+            reply.code in _CHALLENGE_CODES
+            and challenge is not None
+            and outstanding.challenge_retries < CHALLENGE_RETRIES
+        ):
             # A new request with the challenge the FA gave: its own transmissions.
             outstanding.challenge_retries += 1
             outstanding.attempts = 0

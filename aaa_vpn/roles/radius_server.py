@@ -234,11 +234,14 @@ class RadiusServer(Generic[C]):
         """Provisioning changed: serve these clients from now on."""
         self.clients = ClientTable(clients)
 
-    def receive(self, data: bytes, source: Address, now: float) -> Incoming[C] | bytes | None:
+    def receive(self, data: bytes, source: Address, now: float, client: C | None = None) -> Incoming[C] | bytes | None:
         """Rules 1-4. Returns a request to decide, a reply to send again (a
-        retransmission of an answered request), or None (dropped or absorbed)."""
+        retransmission of an answered request), or None (dropped or absorbed).
+        ``client``: the client already known by other means (a RadSec peer's
+        certificate, roles/radsec.py), instead of rule 1's address lookup."""
         self.counters["received"] += 1
-        client = self.clients.lookup(source[0])
+        if client is None:
+            client = self.clients.lookup(source[0])
         if client is None:
             self.drop("unknown_client", source, "not a configured client")
             return None

@@ -33,6 +33,7 @@ Rules (the format is in docs/agents.md):
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError, check_node_address
+from aaa_vpn.roles.pools import DEFAULT_DEAD_TIME, DEFAULT_ZOMBIE_PERIOD, POOL_TYPES
 from aaa_vpn.secret import Secret
 from aaa_vpn.secret_files import SecretForm, check_private, read_secret_file
 from aaa_vpn.service.config import log_format_setting, log_level_setting, read_toml
@@ -78,6 +80,8 @@ _SERVER: dict[str, type | tuple[type, ...]] = {
     "port": int,
     "secret": str,
     "secret_file": str,
+    "transport": str,
+    "tls_name": str,
 }
 
 
@@ -137,19 +141,80 @@ class AgentSettings:
     command line gives their endpoints (``--aaa``) and their secret
     (``--secret-file``, :data:`SECRET_FILE`); the file gives ``[[aaa]]`` tables."""
     radius_timeout: float = setting(
-        2.0,
-        help="Seconds before a RADIUS retransmission.",
+        0.25,
+        help="Seconds before the first RADIUS retransmission (then twice as long each time, up to"
+        " --radius-max-timeout).",
         flag="--radius-timeout",
         roles=_RADIUS_ROLES,
         check=_positive("RADIUS timeout"),
     )
     radius_retries: int = setting(
-        2,
+        8,
         help="Retransmissions per AAA server.",
         flag="--radius-retries",
         roles=_RADIUS_ROLES,
         check=Bounds("RADIUS retries", low=0, rule="must be >= 0"),
     )
+    radius_max_timeout: float = setting(
+        1.0,
+        help="The longest wait between two RADIUS transmissions (--radius-timeout if that is longer).",
+        flag="--radius-max-timeout",
+        roles=_RADIUS_ROLES,
+        check=_positive("RADIUS maximum timeout"),
+    )
+    """FA and HA: RADIUS retransmission (docs/radius-client.md rule 1): waits of
+    ``radius_timeout``, doubled each time up to ``radius_max_timeout``, after
+    each of ``1 + radius_retries`` transmissions per server (the role's
+    defaults: aaa_vpn.roles.radius_client)."""
+    radius_pool: str = setting(
+        "fail-over",
+        help="How requests are spread over the AAA servers: fail-over (in order), load-balance (fewest in"
+        " flight), client-balance (by this agent), keyed-balance (by the NAI).",
+        flag="--aaa-pool",
+        toml="aaa_pool",
+        roles=_RADIUS_ROLES,
+        check=Choices("AAA pool type", POOL_TYPES),
+    )
+    radius_zombie_period: float = setting(
+        DEFAULT_ZOMBIE_PERIOD,
+        help="Seconds an AAA server that let a request time out is probed with Status-Server (and gets no"
+        " new requests while another is live) before it is marked dead.",
+        flag="--aaa-zombie-period",
+        toml="aaa_zombie_period",
+        roles=_RADIUS_ROLES,
+        check=Bounds("AAA zombie period", low=0, rule="must be >= 0"),
+    )
+    radius_dead_time: float = setting(
+        DEFAULT_DEAD_TIME,
+        help="Seconds a dead AAA server gets no requests unless it answers a Status-Server probe.",
+        flag="--aaa-dead-time",
+        toml="aaa_dead_time",
+        roles=_RADIUS_ROLES,
+        check=Bounds("AAA dead time", low=0, rule="must be >= 0"),
+    )
+    """FA and HA: the pool of AAA servers (docs/radius-client.md rules 4 and 4a)."""
+    accounting: bool = setting(
+        False,
+        help="Send RADIUS accounting (Start, Interim-Update, Stop) to the AAA servers' accounting ports"
+        " (each server's port + 1).",
+        flag="--accounting",
+        roles=_RADIUS_ROLES,
+    )
+    accounting_port: int = setting(
+        0,
+        help="The UDP port of the AAA servers' accounting (0: each server's port + 1).",
+        flag="--accounting-port",
+        roles=_RADIUS_ROLES,
+        check=Bounds("accounting port", 0, 65535, rule="expected 0..65535"),
+    )
+    accounting_interim: float = setting(
+        300.0,
+        help="Seconds between two Interim-Updates of a registration (0: none).",
+        flag="--accounting-interim",
+        roles=_RADIUS_ROLES,
+        check=Bounds("accounting interim interval", low=0, rule="must be >= 0 (0: none)"),
+    )
+    """FA and HA: RADIUS accounting of their registrations (docs/accounting.md, "From the agents")."""
     coa_port: int = setting(
         COA_PORT,
         help="UDP port for Disconnect/CoA-Requests from the AAA servers (RFC 5176; 0: none).",
@@ -160,7 +225,7 @@ class AgentSettings:
     """FA and HA: the UDP port of Disconnect-/CoA-Requests from their AAA servers
     (RFC 5176; 0: none)."""
     ha_timeout: float = setting(
-        10.0,
+        15.0,
         help="Seconds to wait for the home agent before answering 78 (above the HA's RADIUS and gateway time).",
         flag="--ha-timeout",
         roles=("fa",),
@@ -190,7 +255,7 @@ class AgentSettings:
     """FA: how long the previous FA is asked to forward after a move (smooth
     handoff, flow E); 0: no smooth handoff."""
     gateway_timeout: float = setting(
-        3.0,
+        4.0,
         help="Seconds to wait for a gateway's Binding Acknowledge.",
         flag="--gateway-timeout",
         roles=("ha",),
@@ -283,6 +348,20 @@ class AgentSettings:
         flag="--max-lifetime",
         check=Bounds("maximum lifetime", 1, 0xFFFE, rule="1..65534 seconds"),
     )
+    tls_cert: Path | None = setting(
+        None, help="RadSec: the agent's certificate (PEM).", flag="--tls-cert", kind=Path, roles=_RADIUS_ROLES
+    )
+    """FA and HA with an AAA server of transport ``radsec`` (docs/radsec.md)."""
+    tls_key: Path | None = setting(
+        None, help="RadSec: its private key (PEM).", flag="--tls-key", kind=Path, roles=_RADIUS_ROLES
+    )
+    tls_ca: Path | None = setting(
+        None,
+        help="RadSec: the CA certificate(s) the AAA servers' certificates must chain to (PEM).",
+        flag="--tls-ca",
+        kind=Path,
+        roles=_RADIUS_ROLES,
+    )
     state_file: Path | None = setting(
         None,
         help="Keep the SA table, visitors/bindings and recent events here as JSON (docs/agents.md).",
@@ -349,6 +428,12 @@ class AgentSettings:
             check_node_address("trusted home agent", home_agent)
         if self.role in _RADIUS_ROLES and not self.aaa_servers:
             raise ValidationError(f"the {self.role.upper()} needs at least one AAA server (--aaa HOST:PORT)")
+        if any(s.transport == "radsec" for s in self.aaa_servers) and None in (
+            self.tls_cert,
+            self.tls_key,
+            self.tls_ca,
+        ):
+            raise ValidationError("an AAA server of transport radsec needs tls_cert, tls_key and tls_ca")
         if self.role == "gw" and (self.gateway_key is None or not self.gateway_key):
             raise ValidationError("the gateway needs its provisioned key (--gateway-key-file)")
         if self.role == "gw" and self.gateway_key is not None and len(self.gateway_key) < MIN_GATEWAY_KEY:
@@ -375,7 +460,17 @@ class AgentSettings:
             return self.gateway_key
         if not self.aaa_servers:
             raise ValidationError("an FA or HA needs an AAA server")
-        return self.aaa_servers[0].secret
+        for server in self.aaa_servers:
+            if server.transport != "radsec":
+                return server.secret
+        # Only RadSec servers, whose secret is the public word "radsec": the
+        # node's own secret is its TLS private key (a file of its own).
+        assert self.tls_key is not None  # checked in __post_init__
+        try:
+            key = self.tls_key.read_bytes()
+        except OSError as exc:
+            raise ValidationError(f"cannot read the TLS key {self.tls_key}: {exc.strerror}") from None
+        return Secret(hashlib.sha256(b"aaa-vpn agent journal\x00" + key).digest())
 
 
 #: ``--secret-file``: the RADIUS shared secret of the AAA servers, those of
@@ -479,9 +574,22 @@ def _servers(reader: _Reader, items: Iterable[Any], secret: Secret | None) -> tu
         if (address, port) in seen:
             raise reader.error(key, f"{address}:{port} is listed twice")
         seen.add((address, port))
-        # --secret-file wins over the file's secret (and lets the file omit it)
-        server_secret = secret if secret is not None else reader.shared_secret(table, key)
-        servers.append(ServerConfig(str(address), port, server_secret, table.get("name", "")))
+        transport = table.get("transport", "udp")
+        if transport not in ("udp", "radsec"):
+            raise reader.error(f"{key}.transport", f"{transport!r}: udp or radsec")
+        if transport == "radsec":
+            # RFC 6614 section 2.3: the secret of a RadSec connection is "radsec"
+            if "secret" in table or "secret_file" in table:
+                raise reader.error(key, "a radsec server has no shared secret (RFC 6614: it is 'radsec')")
+            from aaa_vpn.roles.radsec import RADSEC_SECRET
+
+            server_secret = RADSEC_SECRET
+        else:
+            # --secret-file wins over the file's secret (and lets the file omit it)
+            server_secret = secret if secret is not None else reader.shared_secret(table, key)
+        servers.append(
+            ServerConfig(str(address), port, server_secret, table.get("name", ""), transport, table.get("tls_name", ""))
+        )
     return tuple(servers)
 
 

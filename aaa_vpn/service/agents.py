@@ -91,6 +91,8 @@ class SaExecutor:
     def __init__(self, backend: SaBackend, node: str = "") -> None:
         self.backend = backend
         self.node = node
+        self.before_delete: Callable[[str], None] | None = None
+        """Called with an owner just before its SAs are removed (accounting reads their counters)."""
         self._begun: list[_Begun] = []
 
     @property
@@ -180,6 +182,8 @@ class SaExecutor:
         doomed = [
             p for p in self.backend.paths() if p.owner == event.owner and (event.peer is None or p.peer == event.peer)
         ]
+        if doomed and self.before_delete is not None:
+            self.before_delete(event.owner)
         self.backend.delete(event.owner, event.peer)
         for installed in doomed:
             log.info("SA removed", extra=fields(node=self.node, owner=installed.owner, **path_fields(installed.path)))

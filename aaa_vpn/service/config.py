@@ -78,6 +78,82 @@ def _dup_cache_seconds(flag: str | None) -> Any:
     )
 
 
+#: RadSec's port (RFC 6614 section 2.1); roles/radsec.py has the same number.
+RADSEC_PORT = 2083
+
+
+def parse_radsec_listen(where: str, value: str) -> str:
+    """``ADDR[:PORT]`` (port 2083 if none, 0: any free port), normalised to ``ADDR:PORT``."""
+    from aaa_vpn.service.settings import parse_ipv4
+
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep:
+        host, port_text = value.strip(), str(RADSEC_PORT)
+    address = parse_ipv4(where, host)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValidationError(f"{where}: {value!r}: the port must be 0..65535")
+    return f"{address}:{int(port_text)}"
+
+
+def _parse_pin(where: str, value: str) -> str:
+    from aaa_vpn.roles.radsec import parse_pin
+
+    try:
+        pin = parse_pin(value)
+    except ValueError as exc:
+        raise ValidationError(f"{where}: {exc}") from None
+    return f"{pin.name}=sha256:{pin.fingerprint}"
+
+
+def radsec_setting(name: str) -> Any:
+    """The RadSec setting ``name`` every AAA server has (docs/radsec.md)."""
+    return {
+        "radsec_listen": setting(
+            None,
+            help="Also serve RadSec (RFC 6614: RADIUS over TLS) on ADDR[:PORT] (port 2083 if none; 0: any free"
+            " port); needs --tls-cert, --tls-key and --tls-ca.",
+            flag="--radsec-listen",
+            metavar="ADDR[:PORT]",
+            kind=str,
+            parse=parse_radsec_listen,
+        ),
+        "tls_cert": setting(None, help="RadSec: this server's certificate (PEM).", flag="--tls-cert", kind=Path),
+        "tls_key": setting(None, help="RadSec: its private key (PEM).", flag="--tls-key", kind=Path),
+        "tls_ca": setting(
+            None,
+            help="RadSec: the CA certificate(s) clients' certificates must chain to (PEM).",
+            flag="--tls-ca",
+            kind=Path,
+        ),
+        "radsec_client": setting(
+            (),
+            help="RadSec: the client NAME is the certificate with this SHA-256 fingerprint (repeatable); other"
+            " clients are known by their name or address in the certificate.",
+            flag="--radsec-client",
+            metavar="NAME=sha256:HEX",
+            multiple=True,
+            parse=_parse_pin,
+        ),
+        "radsec_idle_timeout": setting(
+            600.0,
+            help="RadSec: seconds after which a connection that sent nothing is closed.",
+            flag="--radsec-idle-timeout",
+            check=Bounds("RadSec idle timeout", low=0, low_open=True, rule="must be > 0"),
+        ),
+    }[name]
+
+
+def check_radsec(settings: Any) -> None:
+    """RadSec needs its three TLS files; they mean nothing without it."""
+    files = (settings.tls_cert, settings.tls_key, settings.tls_ca)
+    if settings.radsec_listen is not None:
+        parse_radsec_listen("--radsec-listen", settings.radsec_listen)
+        if None in files:
+            raise ValidationError("--radsec-listen needs --tls-cert, --tls-key and --tls-ca")
+    for pin in settings.radsec_client:
+        _parse_pin("--radsec-client", pin)
+
+
 def default_workers() -> int:
     """One worker per CPU this process may run on."""
     try:
@@ -160,10 +236,17 @@ class HomeServerSettings:
         " section 1.3). --no-renewal-memo decides every request in full.",
         flag="--renewal-memo",
     )
+    radsec_listen: str | None = radsec_setting("radsec_listen")
+    tls_cert: Path | None = radsec_setting("tls_cert")  # noqa: RUF009 - a field declaration, default None
+    tls_key: Path | None = radsec_setting("tls_key")  # noqa: RUF009 - a field declaration, default None
+    tls_ca: Path | None = radsec_setting("tls_ca")  # noqa: RUF009 - a field declaration, default None
+    radsec_client: tuple[str, ...] = radsec_setting("radsec_client")
+    radsec_idle_timeout: float = radsec_setting("radsec_idle_timeout")
 
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
         check_declared(self)
+        check_radsec(self)
 
     @property
     def accounting(self) -> int:
@@ -188,20 +271,42 @@ class ForeignServerSettings:
     dup_cache_seconds: float = _dup_cache_seconds(None)  # only in the file
     cache_size: int = setting(100_000, check=Bounds("cache size", low=1))
     source_address: str | None = None  # upstream sockets bind here; default: listen
-    timeout: float = 2.0
-    retries: int = 2
+    accounting_port: int | None = None  # the accounting socket; None: port + 1 (0 when port is 0)
+    # the upstream RADIUS client's timing; None: the proxy's own defaults
+    # (aaa_vpn.roles.foreign_aaa.ForeignAaaOptions, ordered inside the FAs' own)
+    timeout: float | None = None
+    retries: int | None = None
+    max_timeout: float | None = None
     dead_time: float = 30.0
     status_interval: float | None = 6.0
+    zombie_period: float = 40.0
     clients: tuple[ProxyClient, ...] = ()
     realms: tuple[Realm, ...] = ()
+    radsec_listen: str | None = radsec_setting("radsec_listen")
+    tls_cert: Path | None = radsec_setting("tls_cert")  # noqa: RUF009 - a field declaration, default None
+    tls_key: Path | None = radsec_setting("tls_key")  # noqa: RUF009 - a field declaration, default None
+    tls_ca: Path | None = radsec_setting("tls_ca")  # noqa: RUF009 - a field declaration, default None
+    radsec_client: tuple[str, ...] = radsec_setting("radsec_client")
+    radsec_idle_timeout: float = radsec_setting("radsec_idle_timeout")
 
     def __post_init__(self) -> None:
         check_declared(self)
+        check_radsec(self)
+        radsec_upstream = any(s.transport == "radsec" for realm in self.realms for s in realm.servers)
+        if radsec_upstream and None in (self.tls_cert, self.tls_key, self.tls_ca):
+            raise ValidationError("a home server of transport radsec needs tls_cert, tls_key and tls_ca")
 
     @property
     def upstream_address(self) -> str:
         """The address the upstream sockets bind to: how the home AAA knows us."""
         return self.source_address or self.listen
+
+    @property
+    def accounting_bind_port(self) -> int:
+        """The accounting port to bind (0: any)."""
+        if self.accounting_port is not None:
+            return self.accounting_port
+        return self.port + 1 if 0 < self.port < 65535 else 0
 
 
 __all__ = [

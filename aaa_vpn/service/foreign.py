@@ -43,7 +43,9 @@ from aaa_vpn.roles.foreign_aaa import (
     UpstreamDown,
     UpstreamUp,
 )
+from aaa_vpn.roles.pools import POOL_TYPES
 from aaa_vpn.roles.radius_client import ServerConfig
+from aaa_vpn.roles.radsec import RADSEC_SECRET
 from aaa_vpn.secret_files import check_private
 from aaa_vpn.service.config import (
     LOG_FORMATS,
@@ -68,15 +70,24 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "dup_cache_seconds": (int, float),
     "cache_size": int,
     "source_address": str,
+    "accounting_port": int,
     "upstream": dict,
     "clients": list,
     "realms": list,
+    "radsec_listen": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "radsec_client": list,
+    "radsec_idle_timeout": (int, float),
 }
 _UPSTREAM: dict[str, type | tuple[type, ...]] = {
     "timeout": (int, float),
+    "max_timeout": (int, float),
     "retries": int,
     "dead_time": (int, float),
     "status_interval": (int, float),
+    "zombie_period": (int, float),
 }
 _CLIENT: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -85,13 +96,16 @@ _CLIENT: dict[str, type | tuple[type, ...]] = {
     "secret_file": str,
     "require_message_authenticator": bool,
 }
-_REALM: dict[str, type | tuple[type, ...]] = {"name": str, "servers": list}
+_REALM: dict[str, type | tuple[type, ...]] = {"name": str, "servers": list, "pool": str}
 _SERVER: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "address": str,
     "port": int,
+    "accounting_port": int,
     "secret": str,
     "secret_file": str,
+    "transport": str,
+    "tls_name": str,
 }
 
 
@@ -102,11 +116,30 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
     reader = TomlReader(path)
     top = reader.table(data, "", _TOP)
     values: dict[str, Any] = {"config_path": path}
-    for name in ("listen", "port", "workers", "log_level", "log_format", "cache_size", "source_address"):
+    for name in (
+        "listen",
+        "port",
+        "workers",
+        "log_level",
+        "log_format",
+        "cache_size",
+        "source_address",
+        "accounting_port",
+    ):
         if name in top:
             values[name] = top[name]
     if "dup_cache_seconds" in top:
         values["dup_cache_seconds"] = float(top["dup_cache_seconds"])
+    # RadSec (docs/radsec.md): the same settings as serve home's options.
+    if "radsec_listen" in top:
+        values["radsec_listen"] = top["radsec_listen"]
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        if name in top:
+            values[name] = reader.file(top[name])
+    if "radsec_client" in top:
+        values["radsec_client"] = tuple(str(pin) for pin in top["radsec_client"])
+    if "radsec_idle_timeout" in top:
+        values["radsec_idle_timeout"] = float(top["radsec_idle_timeout"])
     for name in ("listen", "source_address"):
         if name in values:
             parse_ipv4(reader.where(name), values[name])
@@ -119,6 +152,10 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         if upstream["timeout"] <= 0:
             raise reader.error("upstream.timeout", "must be > 0")
         values["timeout"] = float(upstream["timeout"])
+    if "max_timeout" in upstream:
+        if upstream["max_timeout"] <= 0:
+            raise reader.error("upstream.max_timeout", "must be > 0")
+        values["max_timeout"] = float(upstream["max_timeout"])
     if "retries" in upstream:
         if upstream["retries"] < 0:
             raise reader.error("upstream.retries", "must be >= 0")
@@ -127,6 +164,10 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         if upstream["dead_time"] < 0:
             raise reader.error("upstream.dead_time", "must be >= 0")
         values["dead_time"] = float(upstream["dead_time"])
+    if "zombie_period" in upstream:
+        if upstream["zombie_period"] < 0:
+            raise reader.error("upstream.zombie_period", "must be >= 0 (0: dead at the first timeout)")
+        values["zombie_period"] = float(upstream["zombie_period"])
     if "status_interval" in upstream:
         interval = upstream["status_interval"]
         if interval < 0:
@@ -198,6 +239,7 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
             raise reader.error(f"{key}.name", f"realm {name!r} is configured twice (realms compare case-insensitively)")
         seen.add(folded)
         servers: list[ServerConfig] = []
+        accounting_ports: list[int] = []
         endpoints: set[tuple[IPv4Address, int]] = set()
         entries = reader.required(table, "servers", key)
         if not entries:
@@ -215,11 +257,31 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
                 raise reader.error(f"{where}.port", f"{port}: expected 1..65535")
             if (address, port) in endpoints:
                 raise reader.error(where, f"{address}:{port} is already in this pool")
+            transport = server.get("transport", "udp")
+            if transport not in ("udp", "radsec"):
+                raise reader.error(f"{where}.transport", f"{transport!r}: udp or radsec")
+            # RadSec carries accounting on the server's own connection (RFC 6614 section 2.1)
+            accounting_port = server.get("accounting_port", port if transport == "radsec" else min(port + 1, 65535))
+            if not 1 <= accounting_port <= 65535:
+                raise reader.error(f"{where}.accounting_port", f"{accounting_port}: expected 1..65535")
+            if transport == "radsec" and accounting_port != port:
+                raise reader.error(f"{where}.accounting_port", "a radsec server takes accounting on its own port")
+            accounting_ports.append(accounting_port)
             endpoints.add((address, port))
+            if transport == "radsec":
+                # RFC 6614 section 2.3: the secret of a RadSec connection is "radsec" (docs/radsec.md)
+                if "secret" in server or "secret_file" in server:
+                    raise reader.error(where, "a radsec server has no shared secret (RFC 6614: it is 'radsec')")
+                secret = RADSEC_SECRET
+            else:
+                secret = reader.shared_secret(server, where)
             servers.append(
-                ServerConfig(str(address), port, reader.shared_secret(server, where), server.get("name", ""))
+                ServerConfig(str(address), port, secret, server.get("name", ""), transport, server.get("tls_name", ""))
             )
-        realms.append(Realm(name, tuple(servers)))
+        pool = table.get("pool", "fail-over")
+        if pool not in POOL_TYPES:
+            raise reader.error(f"{key}.pool", f"{pool!r}: expected one of {', '.join(POOL_TYPES)}")
+        realms.append(Realm(name, tuple(servers), tuple(accounting_ports), pool))
     return tuple(realms)
 
 
@@ -229,14 +291,23 @@ def options_for(settings: ForeignServerSettings) -> ForeignAaaOptions:
     address = IPv4Address(settings.upstream_address)
     if not address.is_unspecified:
         nas = address
+    timing = {
+        name: value
+        for name, value in (
+            ("timeout", settings.timeout),
+            ("retries", settings.retries),
+            ("max_timeout", settings.max_timeout),
+        )
+        if value is not None
+    }
     return ForeignAaaOptions(
         dup_cache_seconds=settings.dup_cache_seconds,
         cache_size=settings.cache_size,
-        timeout=settings.timeout,
-        retries=settings.retries,
         dead_time=settings.dead_time,
         status_interval=settings.status_interval,
+        zombie_period=settings.zombie_period,
         nas_ip_address=nas,
+        **timing,  # type: ignore[arg-type]
     )
 
 
@@ -264,8 +335,15 @@ class ForeignService:
             raise ValidationError(str(exc)) from None
         self._budget: dict[str, _Budget] = {}
 
-    def receive_from_client(self, data: bytes, source: tuple[str, int], now: float) -> None:
-        self.aaa.receive_from_client(data, source, now)
+    def receive_from_client(
+        self, data: bytes, source: tuple[str, int], now: float, client: ProxyClient | None = None
+    ) -> None:
+        self.aaa.receive_from_client(data, source, now, client)
+
+    def receive_accounting(
+        self, data: bytes, source: tuple[str, int], now: float, client: ProxyClient | None = None
+    ) -> None:
+        self.aaa.receive_accounting(data, source, now, client)
 
     def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
         self.aaa.receive_from_upstream(data, source, pool, now)
@@ -319,7 +397,7 @@ class ForeignService:
                         ),
                     )
             elif isinstance(event, UpstreamDown):
-                log.warning("home server marked dead", extra=fields(pool=event.pool, server=event.server))
+                log.warning(f"home server marked {event.state}", extra=fields(pool=event.pool, server=event.server))
             elif isinstance(event, UpstreamUp):
                 log.info(
                     "home server in use again", extra=fields(pool=event.pool, server=event.server, reason=event.reason)

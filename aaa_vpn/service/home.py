@@ -204,18 +204,22 @@ class HomeService:
         return self.role.counters
 
     # -- requests ------------------------------------------------------------------------------------
-    def handle_batch(self, batch: Sequence[tuple[bytes, Address]], now: float) -> list[tuple[bytes, Address]]:
+    def handle_batch(
+        self, batch: Sequence[tuple[bytes, Address]], now: float, client: Client | None = None
+    ) -> list[tuple[bytes, Address]]:
         """Rules 1-4: the datagrams received together; returns the replies to
-        send, with their destinations."""
+        send, with their destinations. ``client``: the sender of every
+        datagram of the batch when a RadSec certificate named it
+        (roles/radsec.py), instead of the source address."""
         self.counters["batches"] += 1
         self._refresh()
         for data, source in batch:
-            self.role.receive_datagram(data, source, now)
+            self.role.receive_datagram(data, source, now, client)
         self.run(now)
         return self.role.datagrams_to_send()
 
     def handle_accounting_batch(
-        self, batch: Sequence[tuple[bytes, Address]], now: float
+        self, batch: Sequence[tuple[bytes, Address]], now: float, client: Client | None = None
     ) -> list[tuple[bytes, Address]]:
         """The datagrams received together on the accounting port
         (roles/accounting.py): recorded in one durable transaction before any
@@ -224,7 +228,7 @@ class HomeService:
         self._refresh()
         status = self.role.status_message(now)
         for data, source in batch:
-            self.accounting.receive_datagram(data, source, now, status)
+            self.accounting.receive_datagram(data, source, now, status, client)
         self.accounting.end_batch()
         while self.accounting.events:
             event = self.accounting.events.popleft()
@@ -239,6 +243,12 @@ class HomeService:
                 ok = False
             self.accounting.stored(event.write_id, ok, now)
         return self.accounting.datagrams_to_send()
+
+    def current_clients(self) -> Sequence[Client]:
+        """The provisioned clients as of now (rule 1), e.g. to match a RadSec
+        peer's certificate against."""
+        self._refresh()
+        return self.provisioning.clients()
 
     def handle(self, data: bytes, source: Address, now: float) -> bytes | None:
         """One datagram; the reply to send to ``source``, if any."""

@@ -61,9 +61,12 @@ def open_store(
     migrate: bool = True,
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     marks: SessionMarks | None = None,
+    any_thread: bool = False,
 ) -> SqlStore:
     """Open an existing database with the secrets key in ``key_file``;
-    ``marks`` are a PostgreSQL node's session marks (its listener's).
+    ``marks`` are a PostgreSQL node's session marks (its listener's);
+    ``any_thread``: a SQLite connection may be used from any thread, one at a
+    time (the caller serializes).
 
     Raises :class:`StoreError` (or its :class:`KeyFileError`) with an operator
     message if the database or key file is missing, the key file is readable by
@@ -75,7 +78,7 @@ def open_store(
         from aaa_vpn.store.postgres import PostgresStore
 
         return PostgresStore(str(path), box, migrate=migrate, busy_timeout_ms=busy_timeout_ms, marks=marks)
-    return SqliteStore(path, box, migrate=migrate, busy_timeout_ms=busy_timeout_ms)
+    return SqliteStore(path, box, migrate=migrate, busy_timeout_ms=busy_timeout_ms, any_thread=any_thread)
 
 
 def init_store(

@@ -361,7 +361,16 @@ class MemoryStore:
         if write.kind is WriteKind.RENEW:
             if current is None or not at_epoch:
                 return WriteOutcome.CONFLICT
-            self.sessions[write.session_id] = dataclasses.replace(current, expires=write.expires)
+            renewed = dataclasses.replace(current, expires=write.expires)
+            if write.fa_identification is None:  # marks nothing (store/marks.py rule 2)
+                self.sessions[write.session_id] = renewed
+                return WriteOutcome.STORED
+            self._identify(renewed, write)
+            return WriteOutcome.STORED
+        if write.kind is WriteKind.IDENTIFY:
+            if current is None or not at_epoch:
+                return WriteOutcome.CONFLICT
+            self._identify(current, write)
             return WriteOutcome.STORED
         if write.kind is WriteKind.DELETE:
             if not at_epoch:
@@ -385,6 +394,17 @@ class MemoryStore:
             return WriteOutcome.SPI_TAKEN
         self._insert(session)
         return WriteOutcome.STORED
+
+    def _identify(self, session: Session, write: SessionWrite) -> None:
+        """Store ``session`` with the write's identification attributes, marked
+        (as the SQL stores do: no copy keeps the old ones)."""
+        fa, ha = write.fa_identification, write.ha_identification
+        self.sessions[session.session_id] = dataclasses.replace(
+            session,
+            fa_identification=session.fa_identification if fa is None else fa,
+            ha_identification=session.ha_identification if ha is None else ha,
+        )
+        self.marks.mark(session.nai)
 
     def session_heads(self, nai: str) -> list[SessionHead]:
         return [

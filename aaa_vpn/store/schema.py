@@ -253,6 +253,46 @@ MIGRATIONS: tuple[tuple[Operation, ...], ...] = (
         Sql("CREATE INDEX accounting_by_updated ON accounting (updated)"),
         Sql("CREATE INDEX accounting_open_by_nas ON accounting (nas) WHERE stopped IS NULL"),
     ),
+    # 5: Dynamic Authorization with any RFC 5176 server and 3GPP2 conformance
+    # (docs/protocol.md section 6, docs/radius-attributes.md): the
+    # identification attributes each agent sent, raw (NULL: none yet), so
+    # that a Disconnect- or CoA-Request names the session as the agent knows
+    # it; when the session entered its epoch (3GPP2-KeyID); per client, the
+    # 3GPP2-Pre-Shared-Secret encoding and whether its CoA answers must carry
+    # a Message-Authenticator.
+    (
+        Sql("ALTER TABLE sessions ADD COLUMN epoch_started {REAL} NOT NULL DEFAULT 0"),
+        Sql("UPDATE sessions SET epoch_started = keyed_at"),
+        Sql("ALTER TABLE sessions ADD COLUMN fa_identification {BLOB}"),
+        Sql("ALTER TABLE sessions ADD COLUMN ha_identification {BLOB}"),
+        Sql("ALTER TABLE clients ADD COLUMN psk_encoding TEXT NOT NULL DEFAULT 'salt'"),
+        Sql("ALTER TABLE clients ADD COLUMN require_coa_message_authenticator {INT} NOT NULL DEFAULT 0"),
+    ),
+    # 6: self-service and the provisioning API (docs/api.md): a user's web
+    # credential (a scrypt verifier, never the password), what the operator lets
+    # the user choose on their own page, and the append-only audit log of changes.
+    (
+        Sql("""CREATE TABLE web_credentials (
+            nai TEXT PRIMARY KEY NOT NULL REFERENCES users (nai) ON DELETE CASCADE,
+            verifier TEXT NOT NULL,
+            changed {REAL} NOT NULL
+        )"""),
+        Sql("""CREATE TABLE self_service (
+            nai TEXT NOT NULL REFERENCES users (nai) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('gateway', 'service', 'qos')),
+            name TEXT NOT NULL,
+            PRIMARY KEY (nai, kind, name)
+        )"""),
+        Sql("""CREATE TABLE audit_log (
+            id {ID},
+            at {REAL} NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )"""),
+        Sql("CREATE INDEX audit_log_by_time ON audit_log (at)"),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,8 +16,9 @@ Rules:
   are conditional on the session's epoch, each in its own savepoint of one
   transaction: one that finds the session changed or an SPI taken is undone
   alone and reported, the others commit.
-- Every change of a user's sessions (created, replaced, deleted; not a
-  renewal) is collected while its transaction runs and marked for the other
+- Every change of a user's sessions (created, replaced, deleted, new
+  identification attributes; not a renewal that only moves the expiry) is
+  collected while its transaction runs and marked for the other
   processes (aaa_vpn/store/marks.py) once it commits.
 - Secret columns hold :class:`~aaa_vpn.store.crypto.SecretBox` blobs bound to
   their table, column and row key; plaintext secrets never reach the database.
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, ClassVar, Self, cast
@@ -46,6 +47,7 @@ from aaa_vpn.model import (
     Gateway,
     GatewayMode,
     KeyMode,
+    PskEncoding,
     QosClass,
     Service,
     Session,
@@ -79,6 +81,13 @@ def class_text(value: bytes) -> str:
         return value.decode("ascii")
     return "0x" + value.hex()
 
+
+def _marks(write: SessionWrite) -> bool:
+    """Whether ``write`` marks the user's sessions (store/marks.py rule 2):
+    all but a renewal that only moves the expiry."""
+    return not (write.kind is WriteKind.RENEW and write.fa_identification is None)
+
+
 # -- constant SQL, with ? placeholders (sqlite3 and psycopg keep them prepared) ----------
 
 _GENERATION = "SELECT value FROM generation WHERE id = 1"
@@ -92,13 +101,17 @@ _UPDATE_USER = (
     " mn_ha_spi = ?, mn_ha_key = ?, enabled = ? WHERE nai = ?"
 )
 
-_CLIENT_COLUMNS = "name, network, secret, role, domain, coa_port, flavour, require_message_authenticator"
+_CLIENT_COLUMNS = (
+    "name, network, secret, role, domain, coa_port, flavour, require_message_authenticator, psk_encoding,"
+    " require_coa_message_authenticator"
+)
 _GET_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE name = ?"
 _LIST_CLIENTS = f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY name"
-_INSERT_CLIENT = f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CLIENT = f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPDATE_CLIENT = (
     "UPDATE clients SET name = ?, network = ?, secret = ?, role = ?, domain = ?, coa_port = ?,"
-    " flavour = ?, require_message_authenticator = ? WHERE name = ?"
+    " flavour = ?, require_message_authenticator = ?, psk_encoding = ?, require_coa_message_authenticator = ?"
+    " WHERE name = ?"
 )
 
 _GATEWAY_COLUMNS = "name, address, mode, protected_prefixes, gateway_key"
@@ -127,9 +140,7 @@ _VPN_COLUMNS = "id, nai, correspondent, gateway, service, qos"
 _GET_VPN = f"SELECT {_VPN_COLUMNS} FROM vpn_records WHERE id = ?"
 _LIST_VPN = f"SELECT {_VPN_COLUMNS} FROM vpn_records ORDER BY id"
 _LIST_VPN_OF_USER = f"SELECT {_VPN_COLUMNS} FROM vpn_records WHERE nai = ? ORDER BY id"
-_INSERT_VPN = (
-    "INSERT INTO vpn_records (nai, correspondent, gateway, service, qos) VALUES (?, ?, ?, ?, ?) RETURNING id"
-)
+_INSERT_VPN = "INSERT INTO vpn_records (nai, correspondent, gateway, service, qos) VALUES (?, ?, ?, ?, ?) RETURNING id"
 _INSERT_VPN_WITH_ID = f"INSERT INTO vpn_records ({_VPN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
 _UPDATE_VPN = "UPDATE vpn_records SET nai = ?, correspondent = ?, gateway = ?, service = ?, qos = ? WHERE id = ?"
 
@@ -138,9 +149,11 @@ _UPDATE_VPN = "UPDATE vpn_records SET nai = ?, correspondent = ?, gateway = ?, s
 _SESSION_SELECT = (
     "SELECT s.session_id, s.nai, s.session_root_key, s.epoch, s.home_address, s.home_agent,"
     " s.care_of_address, s.created, s.expires, s.foreign_domain, s.stationary_epoch, s.keyed_at,"
-    " p.node, p.spi, p.path"
+    " s.epoch_started, s.fa_identification, s.ha_identification, p.node, p.spi, p.path"
     " FROM sessions AS s LEFT JOIN session_spis AS p ON p.session_id = s.session_id"
 )
+#: Where the SPI columns start in a _SESSION_SELECT row.
+_SPI_AT = 15
 _GET_SESSION = f"{_SESSION_SELECT} WHERE s.session_id = ? ORDER BY p.position"
 _FIND_SESSIONS = f"{_SESSION_SELECT} WHERE s.nai = ? ORDER BY s.created, s.session_id, p.position"
 _SESSION_HEADS = (
@@ -149,12 +162,24 @@ _SESSION_HEADS = (
 )
 _RENEW_SESSION = "UPDATE sessions SET expires = ? WHERE session_id = ?"
 _RENEW_AT_EPOCH = "UPDATE sessions SET expires = ? WHERE session_id = ? AND epoch = ?"
+_RENEW_IDENTIFIED_AT_EPOCH = (
+    "UPDATE sessions SET expires = ?, fa_identification = ? WHERE session_id = ? AND epoch = ? RETURNING nai"
+)
+_IDENTIFY_AT_EPOCH = {
+    (True, False): "UPDATE sessions SET fa_identification = ? WHERE session_id = ? AND epoch = ? RETURNING nai",
+    (False, True): "UPDATE sessions SET ha_identification = ? WHERE session_id = ? AND epoch = ? RETURNING nai",
+    (True, True): (
+        "UPDATE sessions SET fa_identification = ?, ha_identification = ? WHERE session_id = ? AND epoch = ?"
+        " RETURNING nai"
+    ),
+}
 _DELETE_AT_EPOCH = "DELETE FROM sessions WHERE session_id = ? AND epoch = ? RETURNING nai"
 _LIST_SESSIONS = f"{_SESSION_SELECT} ORDER BY s.created, s.session_id, p.position"
 _INSERT_SESSION = (
     "INSERT INTO sessions (session_id, nai, session_root_key, epoch, home_address, home_agent,"
-    " care_of_address, created, expires, foreign_domain, stationary_epoch, keyed_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " care_of_address, created, expires, foreign_domain, stationary_epoch, keyed_at, epoch_started,"
+    " fa_identification, ha_identification)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SPI = "INSERT INTO session_spis (session_id, position, node, spi, path) VALUES (?, ?, ?, ?, ?)"
 _DELETE_SESSION = "DELETE FROM sessions WHERE session_id = ? RETURNING nai"
@@ -409,10 +434,12 @@ class SqlStore:
             client.coa_port,
             client.flavour.value,
             int(client.require_message_authenticator),
+            client.psk_encoding.value,
+            int(client.require_coa_message_authenticator),
         )
 
     def _client(self, row: _Row) -> Client:
-        name, network, secret, role, domain, coa_port, flavour, require_ma = row
+        name, network, secret, role, domain, coa_port, flavour, require_ma, psk_encoding, require_coa_ma = row
         try:
             return Client(
                 name=name,
@@ -423,6 +450,8 @@ class SqlStore:
                 coa_port=coa_port,
                 flavour=Flavour(flavour),
                 require_message_authenticator=bool(require_ma),
+                psk_encoding=PskEncoding(psk_encoding),
+                require_coa_message_authenticator=bool(require_coa_ma),
             )
         except ValueError as exc:
             raise self._corrupt(f"client {name!r}", exc) from None
@@ -724,15 +753,16 @@ class SqlStore:
                 sessions.append(self._session(current, spis))
                 spis = []
             current = row
-            if row[12] is not None:
-                spis.append(SpiAllocation(node=IPv4Address(row[12]), spi=row[13], path=row[14]))
+            if row[_SPI_AT] is not None:
+                node, spi, path = row[_SPI_AT : _SPI_AT + 3]
+                spis.append(SpiAllocation(node=IPv4Address(node), spi=spi, path=path))
         if current is not None:
             sessions.append(self._session(current, spis))
         return sessions
 
     def _session(self, row: _Row, spis: list[SpiAllocation]) -> Session:
         session_id, nai, root_key, epoch, home_address, home_agent, care_of_address, created, expires, domain = row[:10]
-        stationary_epoch, keyed_at = row[10:12]
+        stationary_epoch, keyed_at, epoch_started, fa_identification, ha_identification = row[10:15]
         try:
             return Session(
                 session_id=session_id,
@@ -748,6 +778,9 @@ class SqlStore:
                 foreign_domain=domain,
                 stationary_epoch=stationary_epoch,
                 keyed_at=keyed_at,
+                epoch_started=epoch_started,
+                fa_identification=bytes(fa_identification or b""),
+                ha_identification=bytes(ha_identification or b""),
             )
         except ValueError as exc:
             raise self._corrupt(f"session {session_id!r}", exc) from None
@@ -766,6 +799,9 @@ class SqlStore:
             session.foreign_domain,
             session.stationary_epoch,
             session.keyed_at,
+            session.epoch_started,
+            session.fa_identification or None,
+            session.ha_identification or None,
         )
         spis: list[tuple[object, ...]] = [
             (session.session_id, position, text(allocation.node), allocation.spi, allocation.path)
@@ -856,7 +892,7 @@ class SqlStore:
         transaction itself fails: then nothing was written."""
         # Seal before taking the write lock: keep the lock as short as possible.
         prepared = [self._session_params(w.session) if w.session is not None else None for w in writes]
-        if any(w.kind is not WriteKind.RENEW for w in writes):
+        if any(_marks(w) for w in writes):
             self._writable_marks()
         for attempt in (1, 2):
             outcomes: list[WriteOutcome] = []
@@ -878,9 +914,21 @@ class SqlStore:
         params: tuple[tuple[object, ...], list[tuple[object, ...]]] | None,
     ) -> WriteOutcome:
         kind = write.kind
-        if kind is WriteKind.RENEW:  # marks nothing (store/marks.py rule 2)
+        if kind is WriteKind.RENEW and write.fa_identification is None:  # marks nothing (store/marks.py rule 2)
             done = conn.execute(_RENEW_AT_EPOCH, (write.expires, write.session_id, write.expected_epoch)).rowcount
             return WriteOutcome.STORED if done else WriteOutcome.CONFLICT
+        if kind in (WriteKind.RENEW, WriteKind.IDENTIFY):
+            # New identification attributes: marked, so that no worker's copy
+            # keeps the old ones (they name the session in Disconnect-Requests).
+            given = [v or None for v in (write.fa_identification, write.ha_identification) if v is not None]
+            if kind is WriteKind.RENEW:
+                sql, values = _RENEW_IDENTIFIED_AT_EPOCH, [write.expires, *given]
+            else:
+                sql = _IDENTIFY_AT_EPOCH[(write.fa_identification is not None, write.ha_identification is not None)]
+                values = [*given]
+            changed = conn.execute(sql, (*values, write.session_id, write.expected_epoch)).fetchall()
+            self._changed_nais.update(row[0] for row in changed)
+            return WriteOutcome.STORED if changed else WriteOutcome.CONFLICT
         if kind is WriteKind.DELETE:
             if write.expected_epoch is None:
                 gone = conn.execute(_DELETE_SESSION, (write.session_id,)).fetchall()
@@ -1065,6 +1113,65 @@ class SqlStore:
             attributes=kept if isinstance(kept, dict) else {},
             updates=updates,
         )
+
+    # -- self-service and audit (docs/api.md) ------------------------------------------------
+
+    def set_web_credential(self, nai: str, verifier: str, changed: float) -> None:
+        """Store the user's web-credential verifier (aaa_vpn/service/webauth.py);
+        NotFound without such a user."""
+        with self._writing() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO web_credentials (nai, verifier, changed) VALUES (?, ?, ?)"
+                    " ON CONFLICT (nai) DO UPDATE SET verifier = excluded.verifier, changed = excluded.changed",
+                    (nai, verifier, changed),
+                )
+            except self._Integrity:
+                raise NotFound(f"no user {nai!r}") from None
+
+    def get_web_credential(self, nai: str) -> str | None:
+        row = self._one("SELECT verifier FROM web_credentials WHERE nai = ?", (nai,))
+        return None if row is None else str(row[0])
+
+    def delete_web_credential(self, nai: str) -> bool:
+        with self._writing() as conn:
+            return bool(conn.execute("DELETE FROM web_credentials WHERE nai = ?", (nai,)).rowcount)
+
+    def set_self_service(self, nai: str, allowed: Mapping[str, Sequence[str]]) -> None:
+        """What the user may choose on their own page: names per kind
+        (``gateway``, ``service``, ``qos``); replaces what was allowed."""
+        with self._writing() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE nai = ?", (nai,)).fetchone() is None:
+                raise NotFound(f"no user {nai!r}")
+            conn.execute("DELETE FROM self_service WHERE nai = ?", (nai,))
+            rows = [(nai, kind, name) for kind, names in allowed.items() for name in sorted(set(names))]
+            if rows:
+                conn.executemany("INSERT INTO self_service (nai, kind, name) VALUES (?, ?, ?)", rows)
+
+    def get_self_service(self, nai: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {"gateway": [], "service": [], "qos": []}
+        for kind, name in self._all("SELECT kind, name FROM self_service WHERE nai = ? ORDER BY kind, name", (nai,)):
+            out[str(kind)].append(str(name))
+        return out
+
+    def append_audit(self, at: float, actor: str, action: str, target: str, detail: str) -> None:
+        """Append one entry to the audit log (never a secret in it: the caller's rule)."""
+        with self._writing() as conn:
+            conn.execute(
+                "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                (at, actor, action, target, detail),
+            )
+
+    def list_audit(self, since: float | None = None, limit: int = 1000) -> list[tuple[int, float, str, str, str, str]]:
+        """Audit entries (id, at, actor, action, target, detail), oldest first."""
+        sql = "SELECT id, at, actor, action, target, detail FROM audit_log"
+        params: list[object] = []
+        if since is not None:
+            sql += " WHERE at >= ?"
+            params.append(since)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5])) for r in self._all(sql, params)]
 
     # -- maintenance ------------------------------------------------------------------------
 

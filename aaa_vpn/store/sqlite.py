@@ -75,9 +75,14 @@ class SqliteStore(SqlStore):
         create: bool = False,
         migrate: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        any_thread: bool = False,
     ) -> None:
+        """``any_thread``: the connection may be used from any thread, one at
+        a time (the caller serializes; FreeRADIUS's rlm_python3 calls in from
+        its worker threads)."""
         super().__init__(box)
         self.path = Path(path)
+        self._any_thread = any_thread
         #: The schema version found at open (0 for a new database).
         self.opened_version = 0
         #: How often the connection was opened again after it was found read-only.
@@ -103,7 +108,12 @@ class SqliteStore(SqlStore):
         uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={mode}"
         try:
             return sqlite3.connect(
-                uri, uri=True, isolation_level=None, timeout=self._busy_timeout_ms / 1000, cached_statements=256
+                uri,
+                uri=True,
+                isolation_level=None,
+                timeout=self._busy_timeout_ms / 1000,
+                cached_statements=256,
+                check_same_thread=not self._any_thread,
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None

@@ -36,6 +36,7 @@ from aaa_vpn.model import (
     Gateway,
     GatewayMode,
     KeyMode,
+    PskEncoding,
     QosClass,
     Service,
     Session,
@@ -47,6 +48,7 @@ from aaa_vpn.model import (
 )
 from aaa_vpn.secret import Secret
 from aaa_vpn.store.base import NotFound, Store
+from aaa_vpn.wire.coa import IDENTIFICATION_NAMES
 
 FORMAT_NAME = "aaa-vpn"
 FORMAT_VERSION = 1
@@ -102,6 +104,8 @@ def client_to_json(client: Client, *, with_secrets: bool = False) -> JsonObject:
         "coa_port": client.coa_port,
         "flavour": client.flavour.value,
         "require_message_authenticator": client.require_message_authenticator,
+        "psk_encoding": client.psk_encoding.value,
+        "require_coa_message_authenticator": client.require_coa_message_authenticator,
     }
     if with_secrets:
         out["secret"] = secret_to_json(client.secret)
@@ -149,6 +153,20 @@ def vpn_record_to_json(record: VpnRecord, *, with_id: bool = True) -> JsonObject
     return out
 
 
+def identification_to_json(raw: bytes) -> list[JsonObject]:
+    """A session's stored identification attributes (RFC 5176 section 3,
+    raw Type-Length-Value) as ``{"type", "name", "hex"}`` objects, in order."""
+    out: list[JsonObject] = []
+    position = 0
+    while position + 2 <= len(raw):
+        code, length = raw[position], raw[position + 1]
+        value = raw[position + 2 : position + max(2, length)]
+        name = IDENTIFICATION_NAMES.get(code, f"Attr-{code}")
+        out.append({"type": code, "name": name, "hex": value.hex()})
+        position += max(2, length)
+    return out
+
+
 def session_to_json(session: Session, *, with_secrets: bool = False) -> JsonObject:
     out: JsonObject = {
         "session_id": session.session_id,
@@ -161,6 +179,9 @@ def session_to_json(session: Session, *, with_secrets: bool = False) -> JsonObje
         "expires": session.expires,
         "foreign_domain": session.foreign_domain,
         "spis": [{"node": str(a.node), "spi": a.spi, "path": a.path} for a in session.spis],
+        "epoch_started": session.epoch_started,
+        "fa_identification": identification_to_json(session.fa_identification),
+        "ha_identification": identification_to_json(session.ha_identification),
     }
     if with_secrets:
         out["session_root_key"] = secret_to_json(session.session_root_key)
@@ -302,6 +323,8 @@ def client_from_json(obj: object, where: str, existing: Client | None = None) ->
         coa_port=f.integer("coa_port", 3799),
         flavour=f.enum("flavour", Flavour, Flavour.AAA_VPN),
         require_message_authenticator=f.flag("require_message_authenticator", True),
+        psk_encoding=f.enum("psk_encoding", PskEncoding, PskEncoding.SALT),
+        require_coa_message_authenticator=f.flag("require_coa_message_authenticator", False),
     )
 
 
@@ -357,7 +380,18 @@ _USER_FIELDS = frozenset(
     {"nai", "home_agent", "home_address", "mn_aaa_spi", "mn_aaa_secret", "mn_ha_spi", "mn_ha_key", "enabled"}
 )
 _CLIENT_FIELDS = frozenset(
-    {"name", "network", "secret", "role", "domain", "coa_port", "flavour", "require_message_authenticator"}
+    {
+        "name",
+        "network",
+        "secret",
+        "role",
+        "domain",
+        "coa_port",
+        "flavour",
+        "require_message_authenticator",
+        "psk_encoding",
+        "require_coa_message_authenticator",
+    }
 )
 _GATEWAY_FIELDS = frozenset({"name", "address", "mode", "protected_prefixes", "gateway_key"})
 _SERVICE_FIELDS = frozenset({"name", "key_mode", "esp_transform", "ike_proposal", "sa_lifetime", "ike_lifetime"})
@@ -560,6 +594,7 @@ __all__ = [
     "export_document",
     "gateway_from_json",
     "gateway_to_json",
+    "identification_to_json",
     "import_document",
     "parse_client_network",
     "parse_document",

@@ -21,6 +21,15 @@ class Flavour(enum.Enum):
     THREEGPP2 = "3gpp2"  # the 3GPP2 attributes real PDSN/HA equipment reads
 
 
+class PskEncoding(enum.Enum):
+    """How the ``3gpp2`` flavour sends 3GPP2-Pre-Shared-Secret (26/5535/3):
+    salt-encrypted as StarOS documents it, or as the string the public
+    dictionaries (FreeRADIUS, Wireshark) define (docs/radius-attributes.md)."""
+
+    SALT = "salt"  # RFC 2868 section 3.5 salt encryption, like Tunnel-Password
+    PLAIN = "plain"  # the octets themselves: readable by anyone who sees the packet
+
+
 class GatewayMode(enum.Enum):
     """A correspondent's network apparatus: stationary tunnel to the HA, or route optimisation."""
 
@@ -88,4 +97,4 @@ _TRANSFORM_CODES = {
 }
 
 
-__all__ = ["EspTransform", "Flavour", "GatewayMode", "KeyMode"]
+__all__ = ["EspTransform", "Flavour", "GatewayMode", "KeyMode", "PskEncoding"]

@@ -18,17 +18,26 @@ Rules (everything that decides the wire format lives here):
   Tunnel-Medium-Type = IPv4 (1), Tunnel-Client-Endpoint = local,
   Tunnel-Server-Endpoint = peer, Tunnel-Password = the IKE PSK (omitted if
   the path has none), Tunnel-Assignment-Id = the role ("fa-ha"),
-  Tunnel-Preference = tag; plus Session-Timeout. It cannot express SPIs,
-  manual keys, transforms, traffic selectors, QoS, lifetimes per path, or
-  any session value but the lifetime.
+  Tunnel-Preference = tag; plus Session-Timeout. A path the receiver only
+  relays -- the gateway's side of a route-optimised path in the HA's view,
+  which the HA hands on in a Binding Update -- is marked: its
+  Tunnel-Assignment-Id is ``relay:`` + the role (:data:`RELAYED_PREFIX`) and
+  its Tunnel-Client-Endpoint is not the receiver's own address (the encoder
+  is told that address, ``receiver``). It cannot express SPIs, manual keys,
+  transforms, traffic selectors, QoS, lifetimes per path, or any session
+  value but the lifetime.
 * ``Flavour.THREEGPP2`` (vendor 5535, X.S0011-005 numbers):
   3GPP2-Home-Agent-IP-Address, 3GPP2-MN-HA-SPI and 3GPP2-MN-HA-Shared-Key
   (salt-encrypted) if the profile has them, 3GPP2-Security-Level = 3 (IPsec
-  for tunnels and registration messages) when there are paths, and
-  3GPP2-Pre-Shared-Secret = the IKE PSK of the first FA-HA path,
-  salt-encrypted (a project decision: STAROS calls it salt-encrypted,
-  FreeRADIUS' dictionary has no flag), plus Session-Timeout. It cannot
-  express paths other than the one FA-HA IKE PSK.
+  for tunnels and registration messages) when there are paths,
+  3GPP2-Pre-Shared-Secret = the IKE PSK of the first FA-HA path --
+  salt-encrypted (StarOS) or as it is (the public dictionaries' ``string``),
+  per client (:class:`~aaa_vpn.wire.enums.PskEncoding`) -- and with it
+  3GPP2-KeyID (:func:`threegpp2_key_id`: the FA and the HA as eight hex
+  digits each, then the time the key was made, 32 bits; StarOS's layout,
+  docs/radius-attributes.md) when the caller says when the key was made
+  (``key_time``), plus Session-Timeout. It cannot express paths other than
+  the one FA-HA IKE PSK.
 * Never truncate: anything that does not fit (a value beyond one attribute,
   more than 31 paths, a secret beyond 239 octets, the packet beyond its
   budget) raises :class:`ProfileError`, the caller's fault. Anything
@@ -58,7 +67,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TypeVar
 
 from aaa_vpn.secret import Secret
-from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode
+from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode, PskEncoding
 from aaa_vpn.wire.profile import (
     MAX_PATHS,
     PROFILE_DIGEST_LENGTH,
@@ -126,6 +135,11 @@ ASSIGNMENT_ID = {
     PathRole.FA_GW: "fa-gw",
     PathRole.FA_FA: "fa-fa",
 }
+#: RFC2868 flavour: the Tunnel-Assignment-Id of a tunnel the receiver only
+#: relays begins with this (``relay:fa-gw``).
+RELAYED_PREFIX = "relay:"
+#: 3GPP2-KeyID: two addresses as eight hex digits each and a 32-bit time.
+KEY_ID_LENGTH = 20
 
 # --- precomputed headers ------------------------------------------------------------------
 # A VSA in the RFC 2865 section 5.26 recommended format:
@@ -197,6 +211,7 @@ _3GPP2_NAMES = {
     ThreeGpp2Attr.HOME_AGENT_IP_ADDRESS: "3GPP2-Home-Agent-IP-Address",
     ThreeGpp2Attr.MN_HA_SPI: "3GPP2-MN-HA-SPI",
     ThreeGpp2Attr.MN_HA_SHARED_KEY: "3GPP2-MN-HA-Shared-Key",
+    ThreeGpp2Attr.KEY_ID: "3GPP2-KeyID",
     ThreeGpp2Attr.FOREIGN_AGENT_ADDRESS: "3GPP2-Foreign-Agent-Address",
     ThreeGpp2Attr.SESSION_TERMINATION_CAPABILITY: "3GPP2-Session-Termination-Capability",
 }
@@ -480,26 +495,46 @@ class _Encoder:
         self.out.append(_Lifetime(_SESSION_TIMEOUT_HDR))
 
 
-def _compile(profile: VpnProfile, flavour: Flavour, digest_slot: bool = False) -> _Encoder:
+def _compile(
+    profile: VpnProfile,
+    flavour: Flavour,
+    digest_slot: bool = False,
+    receiver: IPv4Address | None = None,
+    psk_encoding: PskEncoding = PskEncoding.SALT,
+    key_time: int | None = None,
+) -> _Encoder:
     if len(profile.paths) > MAX_PATHS:
         raise ProfileError(f"{len(profile.paths)} paths: at most {MAX_PATHS} fit (one RFC 2868 tag each)")
     enc = _Encoder()
     if flavour is Flavour.AAA_VPN:
         _encode_aaa_vpn(enc, profile, digest_slot)
     elif flavour is Flavour.RFC2868:
-        _encode_rfc2868(enc, profile)
+        _encode_rfc2868(enc, profile, receiver)
     elif flavour is Flavour.THREEGPP2:
-        _encode_3gpp2(enc, profile)
+        _encode_3gpp2(enc, profile, psk_encoding, key_time)
     else:  # pragma: no cover - Flavour is closed
         raise ProfileError(f"unknown flavour {flavour!r}")
     return enc
 
 
-def compile_profile(profile: VpnProfile, flavour: Flavour) -> ProfileTemplate:
+def compile_profile(
+    profile: VpnProfile,
+    flavour: Flavour,
+    *,
+    receiver: IPv4Address | None = None,
+    psk_encoding: PskEncoding = PskEncoding.SALT,
+    key_time: int | None = None,
+) -> ProfileTemplate:
     """``profile`` compiled for ``flavour`` (see the module rules); its
-    ``lifetime`` is filled in when the template is rendered. Raises
+    ``lifetime`` is filled in when the template is rendered.
+
+    ``receiver``: the address of the node the view is for (the FA's care-of
+    address, the HA, the gateway); the rfc2868 flavour marks the tunnels
+    that do not start there as relayed. ``psk_encoding`` and ``key_time``
+    (seconds since 1970: when the FA-HA keys of the view's epoch were made)
+    shape the 3gpp2 flavour's pre-shared secret and 3GPP2-KeyID. Raises
     :class:`ProfileError` for anything that does not fit."""
-    return ProfileTemplate(_compile(profile, flavour).out)
+    return ProfileTemplate(_compile(profile, flavour, False, receiver, psk_encoding, key_time).out)
 
 
 _DIGEST_LABEL = b"aaa-vpn profile digest 2\x00"
@@ -569,6 +604,10 @@ def encode_profile(
     secret: bytes | Secret,
     request_authenticator: bytes,
     budget: int = DEFAULT_ATTRIBUTE_BUDGET,
+    *,
+    receiver: IPv4Address | None = None,
+    psk_encoding: PskEncoding = PskEncoding.SALT,
+    key_time: int | None = None,
 ) -> list[bytes]:
     """Encode ``profile`` as complete raw attributes in ``flavour``.
 
@@ -577,12 +616,14 @@ def encode_profile(
     answered: both key the salt encryption. ``budget`` is the number of
     octets still free in the packet (default: 4096 minus the header and a
     Message-Authenticator). The result goes after the Message-Authenticator.
+    ``receiver``, ``psk_encoding`` and ``key_time``: as for :func:`compile_profile`.
 
     Raises :class:`ProfileError` instead of truncating anything.
     """
     if len(request_authenticator) != AUTHENTICATOR_LENGTH:
         raise ProfileError("the request authenticator is 16 octets")
-    return compile_profile(profile, flavour).render(profile.lifetime, secret, request_authenticator, budget)
+    template = compile_profile(profile, flavour, receiver=receiver, psk_encoding=psk_encoding, key_time=key_time)
+    return template.render(profile.lifetime, secret, request_authenticator, budget)
 
 
 def _encode_aaa_vpn(enc: _Encoder, p: VpnProfile, digest_slot: bool = False) -> None:
@@ -731,22 +772,52 @@ def compile_view(session_part: VpnProfile, paths: Sequence[list[bytes | _Secret]
     return _with_digest(enc.out)
 
 
-def _encode_rfc2868(enc: _Encoder, p: VpnProfile) -> None:
+def _encode_rfc2868(enc: _Encoder, p: VpnProfile, receiver: IPv4Address | None) -> None:
     for index, path in enumerate(p.paths):
         tag = index + 1
         t = bytes((tag,))
+        relayed = receiver is not None and path.local != receiver
+        assignment = (RELAYED_PREFIX if relayed else "") + ASSIGNMENT_ID[path.role]
         enc.std(Attr.TUNNEL_TYPE, _U32.pack(tag << 24 | TUNNEL_TYPE_ESP))
         enc.std(Attr.TUNNEL_MEDIUM_TYPE, _U32.pack(tag << 24 | TUNNEL_MEDIUM_IPV4))
         enc.std(Attr.TUNNEL_CLIENT_ENDPOINT, t + _text_of(path.local).encode("ascii"))
         enc.std(Attr.TUNNEL_SERVER_ENDPOINT, t + _text_of(path.peer).encode("ascii"))
         if path.ike_psk is not None:
             enc.std_secret("Tunnel-Password", Attr.TUNNEL_PASSWORD, path.ike_psk, tag)
-        enc.std(Attr.TUNNEL_ASSIGNMENT_ID, t + ASSIGNMENT_ID[path.role].encode("ascii"))
+        enc.std(Attr.TUNNEL_ASSIGNMENT_ID, t + assignment.encode("ascii"))
         enc.std(Attr.TUNNEL_PREFERENCE, _U32.pack(tag << 24 | tag))
     enc.session_timeout()
 
 
-def _encode_3gpp2(enc: _Encoder, p: VpnProfile) -> None:
+def threegpp2_key_id(fa: IPv4Address, ha: IPv4Address, key_time: int) -> bytes:
+    """3GPP2-KeyID (26/5535/8) of the IKE pre-shared secret the FA ``fa`` and
+    the HA ``ha`` share, made at ``key_time`` (seconds since 1970, UTC).
+
+    StarOS's layout (IPSec Reference, StarOS Release 16, table 4): the FA's
+    address in network order as eight hexadecimal characters, the HA's the
+    same, then the time as a 4-octet integer in network order -- 20 octets,
+    which is what Wireshark's ``dictionary.3gpp2`` ("20 octets") and
+    FreeRADIUS's ("22 octets", counting the vendor type and length) give.
+    Lower-case hex, as FreeRADIUS's ``%{hex:...}`` and Python print it."""
+    if not 0 <= key_time <= UINT32_MAX:
+        raise ProfileError(f"3GPP2-KeyID time {key_time}: a 32-bit count of seconds is 0..{UINT32_MAX}")
+    return f"{int(fa):08x}{int(ha):08x}".encode("ascii") + _U32.pack(key_time)
+
+
+def parse_key_id(value: bytes) -> tuple[IPv4Address, IPv4Address, int]:
+    """The (FA, HA, time) of a 3GPP2-KeyID made by :func:`threegpp2_key_id`;
+    :class:`ProfileDecodeError` if it is not one."""
+    if len(value) != KEY_ID_LENGTH:
+        raise _fail("3GPP2-KeyID", value, f"{KEY_ID_LENGTH} octets: two addresses in hex and a 32-bit time")
+    try:
+        text = value[:16].decode("ascii")
+        fa, ha = IPv4Address(int(text[:8], 16)), IPv4Address(int(text[8:], 16))
+    except ValueError:
+        raise _fail("3GPP2-KeyID", value, "two IPv4 addresses as eight hexadecimal characters each") from None
+    return fa, ha, int.from_bytes(value[16:], "big")
+
+
+def _encode_3gpp2(enc: _Encoder, p: VpnProfile, psk_encoding: PskEncoding, key_time: int | None) -> None:
     G = ThreeGpp2Attr
     v = THREEGPP2_VENDOR_ID
     enc.out.append(_HDR4_3GPP2[G.HOME_AGENT_IP_ADDRESS] + p.home_agent.packed)
@@ -760,7 +831,12 @@ def _encode_3gpp2(enc: _Encoder, p: VpnProfile) -> None:
         enc.out.append(_HDR4_3GPP2[G.SECURITY_LEVEL] + _U32.pack(SECURITY_LEVEL_IPSEC))
     fa_ha = next((path for path in p.paths if path.role is PathRole.FA_HA), None)
     if fa_ha is not None and fa_ha.ike_psk is not None:
-        enc.secret_vsa("3GPP2-Pre-Shared-Secret", G.PRE_SHARED_SECRET, fa_ha.ike_psk, v)
+        if psk_encoding is PskEncoding.PLAIN:
+            enc.vsa(G.PRE_SHARED_SECRET, fa_ha.ike_psk.value, v)
+        else:
+            enc.secret_vsa("3GPP2-Pre-Shared-Secret", G.PRE_SHARED_SECRET, fa_ha.ike_psk, v)
+        if key_time is not None:
+            enc.vsa(G.KEY_ID, threegpp2_key_id(p.care_of_address, p.home_agent, key_time), v)
     enc.session_timeout()
 
 
@@ -1071,6 +1147,12 @@ class Tunnel:
     client_auth_id: str | None = None  # section 3.9
     server_auth_id: str | None = None  # section 3.10
 
+    @property
+    def relayed(self) -> bool:
+        """A tunnel the receiver only relays (its Tunnel-Assignment-Id starts
+        with :data:`RELAYED_PREFIX`), not one it sets up itself."""
+        return self.assignment_id is not None and self.assignment_id.startswith(RELAYED_PREFIX)
+
 
 @dataclass(frozen=True)
 class TunnelAttributes:
@@ -1088,7 +1170,8 @@ class ThreeGpp2Attributes:
     mn_ha_spi: int | None = None
     mn_ha_key: Secret | None = None
     security_level: int | None = None
-    pre_shared_secret: Secret | None = None  # salt-encrypted on the wire (project decision)
+    pre_shared_secret: Secret | None = None  # salt-encrypted or plain on the wire (PskEncoding)
+    key_id: bytes | None = None  # 3GPP2-KeyID (parse_key_id)
     foreign_agent: IPv4Address | None = None
     session_timeout: int | None = None
 
@@ -1173,13 +1256,15 @@ def decode_3gpp2(
     attributes: bytes | bytearray | memoryview | Iterable[bytes],
     secret: bytes | Secret,
     request_authenticator: bytes,
+    psk_encoding: PskEncoding = PskEncoding.SALT,
 ) -> ThreeGpp2Attributes:
     """Decode the 3GPP2 attributes the THREEGPP2 flavour sends (plus
     3GPP2-Foreign-Agent-Address) and Session-Timeout.
 
-    3GPP2-MN-HA-Shared-Key and 3GPP2-Pre-Shared-Secret are read as
-    ``salt || ciphertext`` (RFC 2868 section 3.5 without a tag). Raises
-    :class:`ProfileDecodeError` for malformed or repeated values.
+    3GPP2-MN-HA-Shared-Key is read as ``salt || ciphertext`` (RFC 2868
+    section 3.5 without a tag), 3GPP2-Pre-Shared-Secret so too or, with
+    ``psk_encoding`` PLAIN, as it is. Raises :class:`ProfileDecodeError` for
+    malformed or repeated values.
     """
     key = _prepare(secret, request_authenticator)
     G = ThreeGpp2Attr
@@ -1198,6 +1283,7 @@ def decode_3gpp2(
             G.HOME_AGENT_IP_ADDRESS,
             G.MN_HA_SPI,
             G.MN_HA_SHARED_KEY,
+            G.KEY_ID,
             G.FOREIGN_AGENT_ADDRESS,
         ):
             if t in seen:
@@ -1222,12 +1308,15 @@ def decode_3gpp2(
         v = get(t)
         return None if v is None else _decrypt(name(t), v, key, request_authenticator, False)
 
+    raw_psk = get(G.PRE_SHARED_SECRET)
+    psk = Secret(raw_psk) if raw_psk is not None and psk_encoding is PskEncoding.PLAIN else sec(G.PRE_SHARED_SECRET)
     return ThreeGpp2Attributes(
         home_agent=ip(G.HOME_AGENT_IP_ADDRESS),
         mn_ha_spi=u32(G.MN_HA_SPI),
         mn_ha_key=sec(G.MN_HA_SHARED_KEY),
         security_level=u32(G.SECURITY_LEVEL),
-        pre_shared_secret=sec(G.PRE_SHARED_SECRET),
+        pre_shared_secret=psk,
+        key_id=get(G.KEY_ID),
         foreign_agent=ip(G.FOREIGN_AGENT_ADDRESS),
         session_timeout=session_timeout,
     )
@@ -1235,6 +1324,8 @@ def decode_3gpp2(
 
 __all__ = [
     "ASSIGNMENT_ID",
+    "KEY_ID_LENGTH",
+    "RELAYED_PREFIX",
     "SECURITY_LEVEL_IPSEC",
     "THREEGPP2_VENDOR_ID",
     "TUNNEL_MEDIUM_IPV4",
@@ -1258,6 +1349,8 @@ __all__ = [
     "decode_tunnel_attributes",
     "encode_profile",
     "iter_attributes",
+    "parse_key_id",
     "profile_digest",
+    "threegpp2_key_id",
     "with_digest",
 ]

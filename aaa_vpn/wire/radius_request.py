@@ -75,6 +75,8 @@ from aaa_vpn.wire.radius import (
     ACCESS_CHALLENGE,
     ACCESS_REJECT,
     ACCESS_REQUEST,
+    ACCOUNTING_REQUEST,
+    ACCOUNTING_RESPONSE,
     CHAP_CHALLENGE,
     CHAP_PASSWORD,
     HEADER_LENGTH,
@@ -516,7 +518,9 @@ class Rejected:
     """The Reply-Message text (RFC 2865 section 5.18), for logs."""
 
 
-def _verify(reply: bytes, request: bytes, secret: bytes, codes: frozenset[int]) -> Packet:
+def _verify(
+    reply: bytes, request: bytes, secret: bytes, codes: frozenset[int], require_ma: bool = True
+) -> Packet:
     """Check ``reply`` against ``request`` (module rules) and return it decoded."""
     if len(request) < HEADER_LENGTH:
         raise ValueError("the request is shorter than a RADIUS header")
@@ -536,9 +540,9 @@ def _verify(reply: bytes, request: bytes, secret: bytes, codes: frozenset[int]) 
             " another shared secret, or not a reply to this request"
         )
     ma = check_message_authenticator(packet, secret, request_authenticator)
-    if ma is None:
+    if ma is None and require_ma:
         raise ReplyError(f"{what} without Message-Authenticator (required: RFC 3579 section 3.2, BlastRADIUS)")
-    if not ma:
+    if ma is False:
         raise ReplyError(f"{what}: the Message-Authenticator is wrong, repeated or malformed (RFC 3579 section 3.2)")
     try:
         sent = decode_packet(request).all(PROXY_STATE)
@@ -555,6 +559,7 @@ def _verify(reply: bytes, request: bytes, secret: bytes, codes: frozenset[int]) 
 
 _ACCESS_REPLIES = frozenset((ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE))
 _STATUS_REPLIES = frozenset((ACCESS_ACCEPT,))
+_ACCOUNTING_REPLIES = frozenset((ACCOUNTING_RESPONSE,))
 
 
 def _reply_message(packet: Packet) -> str:
@@ -637,6 +642,16 @@ def decode_status_reply(reply: bytes, request: bytes, secret: bytes | Secret) ->
     return _reply_message(_verify(reply, request, _key(secret), _STATUS_REPLIES))
 
 
+def decode_accounting_response(reply: bytes, request: bytes, secret: bytes | Secret) -> None:
+    """Verify ``reply`` as the Accounting-Response to the Accounting-Request
+    ``request`` (RFC 2866 section 3: Response Authenticator over the request's
+    authenticator; a Message-Authenticator is optional there, and checked
+    when present). Raises :class:`ReplyError` like :func:`decode_access_reply`."""
+    if len(request) < HEADER_LENGTH or request[0] != ACCOUNTING_REQUEST:
+        raise ValueError("decode_accounting_response needs the raw Accounting-Request the reply answers")
+    _verify(reply, request, _key(secret), _ACCOUNTING_REPLIES, require_ma=False)
+
+
 __all__ = [
     "MAX_KEY_EPOCH",
     "Accepted",
@@ -650,6 +665,7 @@ __all__ = [
     "build_status_server",
     "decode_access_reply",
     "decode_access_request",
+    "decode_accounting_response",
     "decode_status_reply",
     "encode_access_request",
     "encode_request_attributes",
