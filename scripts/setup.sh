@@ -11,7 +11,8 @@
 #      (see docs / test-environment notes),
 #      PostgreSQL (initdb and pg_ctl for the tests' own clusters; no system cluster is
 #      started by this script's install), headless Chromium and its WebDriver (the user-page
-#      browser test drives Debian's chromium through chromium-driver).
+#      browser test drives Debian's chromium through chromium-driver), systemd (for
+#      `systemd-analyze verify` on the service units; nothing is started with it).
 #      Only what is missing is installed; `apt-get update` only runs when something is missing.
 #   2. a virtualenv in .venv (python3 >= 3.11) with `pip install -e '.[test]'`, which
 #      also compiles aaa_vpn/wire/_fast.c (gcc and the Python headers); skipped when
@@ -57,6 +58,7 @@ REQUIRED=(
     "/usr/lib/freeradius/rlm_sql_postgresql.so:freeradius-postgresql"
     "chromium:chromium"
     "chromedriver:chromium-driver"
+    "systemd-analyze:systemd"
 )
 
 # Debian's freeradius postinst starts the system daemon (invoke-rc.d, or deb-systemd-invoke

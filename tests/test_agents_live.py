@@ -213,11 +213,14 @@ def start(
     gw_args: tuple[str, ...] = (),
     home_args: tuple[str, ...] = (),
     aaa_args: tuple[str, ...] = (),
+    extra: dict[str, tuple[str, ...]] | None = None,
 ) -> Topology:
     """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
     ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
     ``gw_args``: more options for both gateways, ``home_args`` for the home
-    AAA (flow G's lifetimes), ``aaa_args`` for the FAs and the HA."""
+    AAA (flow G's lifetimes), ``aaa_args`` for the FAs and the HA; ``extra``: more
+    options by process name."""
+    extra = extra or {}
     # The agents' ports are bound here and handed over; the servers bind port 0 and log theirs.
     mip = bind_udp([a for _r, a in AGENTS.values()])
     coa = bind_udp([a for role, a in AGENTS.values() if role != "gw"])
@@ -253,7 +256,16 @@ def start(
             + f'[[realms]]\nname = "home.example"\n[[realms.servers]]\naddress = "{AAA}"\n'
             f'port = {topology.radius_port}\nsecret_file = "aaaf-home.secret"\n'
         )
-        topology.spawn("foreign-aaa", "serve", "foreign", "--config", str(config), "--log-level", "debug")
+        topology.spawn(
+            "foreign-aaa",
+            "serve",
+            "foreign",
+            "--config",
+            str(config),
+            "--log-level",
+            "debug",
+            *extra.get("foreign-aaa", ()),
+        )
         foreign_port = topology.listening("foreign-aaa")
     for name, (role, address) in AGENTS.items():
         args = ["agent", role, "--name", name, "--address", address, "--mip-port", str(topology.mip_port)]
@@ -269,7 +281,7 @@ def start(
             args += ["--aaa", server, "--secret-file", str(secret), "--coa-port", str(coa.port)]
             args += ["--coa-socket-fd", str(coa.fd(address)), *aaa_args]
             fds.append(coa.fd(address))
-        topology.spawn(name, *args, pass_fds=tuple(fds))
+        topology.spawn(name, *args, *extra.get(name, ()), pass_fds=tuple(fds))
     deadline = time.monotonic() + 20
     waiting = set(AGENTS)
     while waiting:

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -533,8 +534,9 @@ def test_serve_home_passes_settings(run: Cli, monkeypatch: pytest.MonkeyPatch) -
     received: list[HomeServerSettings] = []
     module = types.ModuleType("aaa_vpn.net.home_server")
 
-    def run_home_server(settings: HomeServerSettings) -> int:
+    def run_home_server(settings: HomeServerSettings, reloader: Callable[[], HomeServerSettings]) -> int:
         received.append(settings)
+        assert reloader() == settings  # SIGHUP reads the same settings again: the options given still win
         return 3 if settings.port == 0 else 0
 
     module.run_home_server = run_home_server  # type: ignore[attr-defined]
@@ -667,7 +669,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_config_file_serve_defaults_yield_to_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     received: list[HomeServerSettings] = []
     module = types.ModuleType("aaa_vpn.net.home_server")
-    module.run_home_server = lambda settings: received.append(settings) or 0  # type: ignore[attr-defined]
+    module.run_home_server = lambda settings, _reloader=None: received.append(settings) or 0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "aaa_vpn.net.home_server", module)
     config = tmp_path / "aaa-vpn.toml"
     config.write_text('[serve.home]\nlisten = "127.0.0.1"\nport = 18999\nworkers = 3\nsession_lifetime = 600\n')

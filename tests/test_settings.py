@@ -99,7 +99,7 @@ def test_role_configs_take_the_settings_of_their_role_by_name() -> None:
 def test_serve_home_options_and_toml_keys_are_the_declared_settings(tmp_path: Path) -> None:
     options = _options(_command("serve", "home"))
     flagged = [item for item in declared(HomeServerSettings) if item.setting.flag]
-    assert set(options) - {"help"} == {item.name for item in flagged}
+    assert set(options) - {"help", "check"} == {item.name for item in flagged}
     assert options["port"].default == 1812 and options["session_lifetime"].default == 3600
     config = tmp_path / "aaa-vpn.toml"
 

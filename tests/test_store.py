@@ -506,6 +506,7 @@ def test_spi_conflict_stores_nothing(store: SqlStore) -> None:
 def test_expire_sessions(store: SqlStore) -> None:
     for number, expires in enumerate((10.0, 20.0, 30.0)):
         store.put_session(make_session(f"s{number}", spis=(("192.0.2.1", 4096 + number),), expires=expires))
+    assert [store.count_live_sessions(now) for now in (5.0, 20.0, 25.0, 31.0)] == [3, 2, 1, 0]  # for the metrics
     assert store.expire_sessions(20.0) == 1  # strictly before now
     assert store.expire_sessions(25.0) == 1
     assert [s.session_id for s in store.list_sessions()] == ["s2"]

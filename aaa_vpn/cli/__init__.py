@@ -37,7 +37,7 @@ from typing import Any
 import click
 
 from aaa_vpn import __version__
-from aaa_vpn.cli import accounting, agent, api, db, demo, mn, records, serve, session
+from aaa_vpn.cli import accounting, agent, api, db, demo, mn, records, serve, session, units
 from aaa_vpn.cli.common import App, F, Group, InvalidInput, example
 from aaa_vpn.model import ValidationError
 from aaa_vpn.service.config import CONFIG_ENV, DB_ENV, DEFAULT_DB_PATH, KEY_FILE_ENV, ConfigFile, StoreSettings
@@ -145,6 +145,7 @@ for _command in (
     agent.agent,
     mn.mn,
     demo.demo,
+    units.install_units,
 ):
     cli.add_command(_command)
 

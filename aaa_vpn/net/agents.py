@@ -62,7 +62,9 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from aaa_vpn.net.datapath import VisitorRoutes
+from aaa_vpn.net.metrics_server import MetricsError, MetricsHttp, bind_metrics
 from aaa_vpn.net.radsec import RadsecConnector, RadsecServer, TlsError, TlsFiles, client_context
+from aaa_vpn.net.systemd_notify import Notifier, keep_watchdog
 from aaa_vpn.roles.accounting_client import AccountedSession, AccountingReporter, TerminateCause, Usage, usage_of
 from aaa_vpn.roles.agent import Address, Channel, RegistrationDone
 from aaa_vpn.roles.fa import FaConfig, ForeignAgent
@@ -73,6 +75,7 @@ from aaa_vpn.roles.radius_client import RadiusClient, ServerConfig
 from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
+from aaa_vpn.service.agent_metrics import AgentMetrics
 from aaa_vpn.service.agents import (
     SaExecutor,
     binding_status_name,
@@ -83,6 +86,7 @@ from aaa_vpn.service.agents import (
 )
 from aaa_vpn.service.journal import JournalError, Recovery, decode_journal, encode_journal, recover, write_journal
 from aaa_vpn.service.logging import configure_logging, fields
+from aaa_vpn.service.metrics import Snapshot
 from aaa_vpn.wire import coa, mip
 from aaa_vpn.wire.radius import ACCOUNTING_RESPONSE
 
@@ -353,6 +357,7 @@ class AgentNode:
             else None
         )
         self.recovery: Recovery | None = None
+        self.metrics = AgentMetrics(settings.role, settings.backend, self.started)
         self.accounting = build_accounting(settings)
         self._final_usage: collections.OrderedDict[str, Usage] = collections.OrderedDict()
         self._accounting_dirty = True
@@ -477,6 +482,7 @@ class AgentNode:
             now = self.clock()
             address: Address = (str(source[0]), int(source[1]))
             self.counters[f"received.{channel.value}"] += 1
+            self.metrics.received(channel.value, data, address, now)
             if self._record_messages:
                 self._note(
                     "received",
@@ -617,6 +623,7 @@ class AgentNode:
             try:
                 sock.sendto(datagram.data, datagram.address)
                 self.counters[f"sent.{datagram.channel.value}"] += 1
+                self.metrics.sent(datagram.channel.value, datagram.data, datagram.address, now)
             except OSError as exc:
                 self.counters["send_errors"] += 1
                 log.warning(
@@ -803,6 +810,18 @@ class AgentNode:
         document["events"] = list(self.events)
         return document
 
+    def snapshot(self) -> Snapshot:
+        """The agent's metrics now (docs/metrics.md)."""
+        agent = self.agent
+        entries = len(agent.visitors) if isinstance(agent, ForeignAgent) else len(agent.bindings)
+        clients = {"radius_client": agent.radius} if isinstance(agent, ForeignAgent | HomeAgent) else {}
+        counters = dict(agent.counters + self.counters)
+        if self.accounting is not None:
+            clients["accounting_client"] = self.accounting.client
+            counters.update({f"accounting.{k}": v for k, v in self.accounting.counters.items()})
+        backend = self.backend if self.running else None
+        return self.metrics.snapshot(counters, entries, backend, clients, self.clock())
+
     def _bound_port(self, channel: Channel, configured: int) -> int:
         """The port ``channel``'s socket is bound to (the configured one when closed)."""
         sock = self.sockets.get(channel)
@@ -894,6 +913,14 @@ def run_agent(settings: AgentSettings) -> int:
     except AgentError as exc:
         log.error(str(exc), extra=fields(node=settings.node))
         return 1
+    metrics_sock = None
+    if settings.metrics_listen:
+        try:
+            metrics_sock = bind_metrics(settings.metrics_listen)
+        except MetricsError as exc:
+            log.error(str(exc), extra=fields(node=settings.node))
+            node.backend.close()
+            return 1
     # The state file says "running" as soon as open() returns, and whoever
     # waits for it may stop the agent at once: a stop asked for before the
     # loop handles signals is kept and honoured (a graceful stop, not death
@@ -906,6 +933,8 @@ def run_agent(settings: AgentSettings) -> int:
         node.open()
     except AgentError as exc:
         log.error(str(exc), extra=fields(node=settings.node))
+        if metrics_sock is not None:
+            metrics_sock.close()
         return 1
     mip_address = node.sockets[Channel.MIP].getsockname()
     radius = node.sockets.get(Channel.RADIUS)
@@ -920,18 +949,39 @@ def run_agent(settings: AgentSettings) -> int:
             home_agents=",".join(sorted(str(a) for a in settings.home_agents)),
             state_file=str(settings.state_file or ""),
             backend=settings.backend,
+            metrics="" if metrics_sock is None else "{}:{}".format(*metrics_sock.getsockname()[:2]),
         ),
     )
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
+    notifier = Notifier()
+    http = MetricsHttp(metrics_sock, node.snapshot) if metrics_sock is not None else None
 
     async def main() -> None:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, node.log_table)
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: log.warning(
+                "SIGHUP: an agent does not reload its configuration; restart it to change it",
+                extra=fields(node=settings.node),
+            ),
+        )
+        if http is not None:
+            await http.start()
+            log.info(
+                "metrics endpoint listening",
+                extra=fields(node=settings.node, address="{}:{}".format(*http.sock.getsockname()[:2])),
+            )
         if early:
             stop.set()
+        notifier.ready(f"{settings.role} {settings.node} on {mip_address[0]}:{mip_address[1]}")
+        keep_watchdog(loop, notifier)
         await node.serve(stop)
+        notifier.stopping()
+        if http is not None:
+            await http.close()
 
     try:
         loop.run_until_complete(main())
@@ -939,6 +989,8 @@ def run_agent(settings: AgentSettings) -> int:
         node.log_table("agent stopped")
         node.close()
         loop.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
     return 0
 
 

@@ -18,7 +18,14 @@ source address and port, so one FA's retransmissions always reach the same
 worker, but a handoff may reach a worker that did not proxy the session. The
 parent checks the configuration and address before it forks, restarts a
 worker that dies (and stops when they keep dying) and forwards SIGTERM/SIGINT
-for a graceful stop; SIGUSR1 logs the counters.
+for a graceful stop; SIGUSR1 logs the counters. SIGHUP does not reload the
+configuration (restart the proxy to change it); it is logged and ignored.
+
+Metrics (``--metrics-listen``, docs/metrics.md): one worker serves them from
+its own loop; several publish into shared slots and a process of their own
+serves the sum, as the home AAA does. systemd notifications: READY=1 when
+serving and WATCHDOG=1 from the loop (one worker) or while every worker
+publishes (several) -- net/systemd_notify.py.
 """
 
 from __future__ import annotations
@@ -34,7 +41,16 @@ from collections.abc import Callable
 from functools import partial
 
 from aaa_vpn.model import ValidationError
-from aaa_vpn.net.home_server import ServerError, _bind, _bind_radsec, supervise
+from aaa_vpn.net.home_server import ServerError, _bind, _bind_radsec, metrics_total, server_supervision, supervise
+from aaa_vpn.net.metrics_server import (
+    PUBLISH_EVERY,
+    MetricsError,
+    MetricsHttp,
+    Publisher,
+    WorkerSlots,
+    bind_metrics,
+    serve_metrics_process,
+)
 from aaa_vpn.net.radsec import (
     CertificateClients,
     RadsecConnector,
@@ -45,10 +61,12 @@ from aaa_vpn.net.radsec import (
     client_context,
     server_tls,
 )
+from aaa_vpn.net.systemd_notify import Notifier, keep_watchdog
 from aaa_vpn.roles.foreign_aaa import ACCOUNTING_SOCKET, ProxyClient
 from aaa_vpn.service.config import ForeignServerSettings
 from aaa_vpn.service.foreign import ForeignService, with_port
 from aaa_vpn.service.logging import configure_logging, fields
+from aaa_vpn.service.metrics import Snapshot, labels_of
 from aaa_vpn.wire.radius import ACCOUNTING_REQUEST
 
 log = logging.getLogger("aaa_vpn.foreign_server")
@@ -68,11 +86,16 @@ def serve_worker(
     sock: socket.socket | None = None,
     accounting_sock: socket.socket | None = None,
     radsec_sock: socket.socket | None = None,
+    slots: WorkerSlots | None = None,
+    metrics_sock: socket.socket | None = None,
+    notifier: Notifier | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the exit code. ``sock``,
     ``accounting_sock`` and ``radsec_sock`` (with ``radsec_listen``): bound
-    already, else here."""
+    already, else here. Its metrics go to ``slots`` (several workers) or are
+    served on ``metrics_sock`` (one); ``notifier``: systemd's, for the only worker."""
     loop = asyncio.new_event_loop()
+    started = time.time()
     service = ForeignService(settings, loop.time())
     upstream: list[socket.socket] = []
     if sock is None:
@@ -102,7 +125,7 @@ def serve_worker(
 
     def flush() -> None:
         nonlocal timer, timer_at
-        for datagram in service.outgoing():
+        for datagram in service.outgoing(loop.time()):
             if datagram.pool is None:
                 if radsec is not None and radsec.deliver(datagram.data, datagram.address):
                     continue
@@ -183,6 +206,25 @@ def serve_worker(
         guarded(partial(service.receive_from_upstream, packet, source, pool, loop.time()))
         flush()
 
+    def collect() -> Snapshot:
+        snapshot = service.snapshot(loop.time())
+        if slots is None:  # the only process: its own gauges
+            snapshot.gauges[("aaa_vpn_workers", labels_of(role="foreign"))] = 1
+            snapshot.gauges[("aaa_vpn_start_time_seconds", labels_of(role="foreign"))] = started
+        return snapshot
+
+    publisher = Publisher(slots, index, collect) if slots is not None else None
+    http = MetricsHttp(metrics_sock, collect) if metrics_sock is not None else None
+
+    def publish() -> None:
+        assert publisher is not None
+        try:
+            publisher.publish()
+        except Exception:  # a bug in the metrics must never cost the requests
+            log.exception("cannot publish the metrics")
+        if not stop.is_set():
+            loop.call_later(PUBLISH_EVERY, publish)
+
     async def main() -> None:
         nonlocal radsec
         if radsec_sock is not None:
@@ -218,6 +260,14 @@ def serve_worker(
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, lambda: _log_counters(service, "counters"))
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: log.warning("SIGHUP: the foreign AAA does not reload its configuration; restart it to change it"),
+        )
+        if publisher is not None:
+            publish()
+        if http is not None:
+            await http.start()
         host, port = sock.getsockname()
         log.info(
             "worker listening",
@@ -230,7 +280,14 @@ def serve_worker(
             ),
         )
         task = asyncio.ensure_future(housekeeping())
+        if notifier is not None:
+            notifier.ready(f"foreign AAA on {host}:{port}")
+            keep_watchdog(loop, notifier)
         await stop.wait()
+        if notifier is not None:
+            notifier.stopping()
+        if http is not None:
+            await http.close()
         loop.remove_reader(sock.fileno())
         loop.remove_reader(accounting_sock.fileno())
         for pool_sock in upstream:
@@ -246,6 +303,8 @@ def serve_worker(
         loop.run_until_complete(main())
     finally:
         _log_counters(service, "worker stopped")
+        if publisher is not None:
+            publisher.publish()
         if timer is not None:
             timer.cancel()
         loop.close()
@@ -268,6 +327,7 @@ def client_tls(settings: ForeignServerSettings) -> ssl.SSLContext:
 def run_foreign_server(settings: ForeignServerSettings) -> int:
     """Entry point of ``aaa-vpn serve foreign``; returns the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
+    metrics_sock: socket.socket | None = None
     try:
         # Check what a worker needs before forking: one clear error, not N.
         check = ForeignService(settings, 0.0)
@@ -290,7 +350,16 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
             probe.close()
             accounting_probe.close()
             raise ServerError(f"upstream source address: {exc}") from None
-    except (ServerError, ValidationError, TlsError) as exc:
+        if settings.metrics_listen:
+            try:
+                metrics_sock = bind_metrics(settings.metrics_listen)
+            except MetricsError:
+                probe.close()
+                accounting_probe.close()
+                if radsec_probe is not None:
+                    radsec_probe.close()
+                raise
+    except (ServerError, ValidationError, TlsError, MetricsError) as exc:
         log.error(str(exc))
         return 1
     log.info(
@@ -303,24 +372,54 @@ def run_foreign_server(settings: ForeignServerSettings) -> int:
             realms=",".join(r.name for r in settings.realms),
             pools=len(check.aaa.pools),
             radsec="" if radsec_probe is None else "{}:{}".format(*radsec_probe.getsockname()[:2]),
+            metrics="" if metrics_sock is None else "{}:{}".format(*metrics_sock.getsockname()[:2]),
         ),
     )
-    if settings.workers == 1:
-        return serve_worker(settings, 0, sock=probe, accounting_sock=accounting_probe, radsec_sock=radsec_probe)
-    # workers share one concrete port for each
-    settings = dataclasses.replace(
-        with_port(settings, probe.getsockname()[1]), accounting_port=accounting_probe.getsockname()[1]
-    )
-    if radsec_probe is not None:
-        settings = dataclasses.replace(settings, radsec_listen="{}:{}".format(*radsec_probe.getsockname()[:2]))
-        radsec_probe.close()
-    probe.close()
-    accounting_probe.close()
-    return _supervise(settings)
+    try:
+        if settings.workers == 1:
+            if metrics_sock is not None:
+                log.info(
+                    "metrics endpoint listening", extra=fields(address="{}:{}".format(*metrics_sock.getsockname()[:2]))
+                )
+            return serve_worker(
+                settings,
+                0,
+                sock=probe,
+                accounting_sock=accounting_probe,
+                radsec_sock=radsec_probe,
+                metrics_sock=metrics_sock,
+                notifier=Notifier(),
+            )
+        address = f"{settings.listen}:{probe.getsockname()[1]}"
+        # workers share one concrete port for each
+        settings = dataclasses.replace(
+            with_port(settings, probe.getsockname()[1]), accounting_port=accounting_probe.getsockname()[1]
+        )
+        if radsec_probe is not None:
+            settings = dataclasses.replace(settings, radsec_listen="{}:{}".format(*radsec_probe.getsockname()[:2]))
+            radsec_probe.close()
+        probe.close()
+        accounting_probe.close()
+        return _supervise(settings, metrics_sock, f"foreign AAA on {address}, {settings.workers} workers")
+    finally:
+        if metrics_sock is not None:
+            metrics_sock.close()
 
 
-def _supervise(settings: ForeignServerSettings) -> int:
-    return supervise(partial(serve_worker, settings), settings.workers, "foreign AAA")
+def _supervise(settings: ForeignServerSettings, metrics_sock: socket.socket | None, status: str) -> int:
+    """Several workers (and, with metrics, the process that serves their sum)."""
+    slots = WorkerSlots(settings.workers)
+    started = time.time()
+
+    def run(index: int) -> int:
+        if index < settings.workers:
+            return serve_worker(settings, index, slots=slots)
+        assert metrics_sock is not None
+        return serve_metrics_process(metrics_sock, metrics_total(slots, "foreign", started))
+
+    processes = settings.workers + (metrics_sock is not None)
+    supervision = server_supervision(settings, slots, status, None, lambda _old, _new: None)
+    return supervise(run, processes, "foreign AAA", supervision)
 
 
 __all__ = ["run_foreign_server", "serve_worker"]

@@ -44,7 +44,7 @@ from aaa_vpn.model import MIN_SHARED_SECRET, ValidationError, check_node_address
 from aaa_vpn.roles.pools import DEFAULT_DEAD_TIME, DEFAULT_ZOMBIE_PERIOD, POOL_TYPES
 from aaa_vpn.secret import Secret
 from aaa_vpn.secret_files import SecretForm, check_private, read_secret_file
-from aaa_vpn.service.config import log_format_setting, log_level_setting, read_toml
+from aaa_vpn.service.config import log_format_setting, log_level_setting, metrics_listen_setting, read_toml
 from aaa_vpn.service.settings import (
     Bounds,
     Choices,
@@ -415,6 +415,7 @@ class AgentSettings:
     loopback)."""
     log_level: str = log_level_setting()
     log_format: str = log_format_setting()
+    metrics_listen: str | None = metrics_listen_setting()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

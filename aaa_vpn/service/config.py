@@ -69,6 +69,17 @@ def _workers(**how: Any) -> Any:
     return setting(1, help="Worker processes.", flag="--workers", check=Bounds("number of workers", low=1), **how)
 
 
+def metrics_listen_setting() -> Any:
+    """The ``metrics_listen`` setting of every daemon (docs/metrics.md)."""
+    return setting(
+        None,
+        help="Serve Prometheus metrics over HTTP on HOST:PORT (GET /metrics; docs/metrics.md).",
+        flag="--metrics-listen",
+        metavar="HOST:PORT",
+        kind=str,
+    )
+
+
 def _dup_cache_seconds(flag: str | None) -> Any:
     return setting(
         DEFAULT_DUP_CACHE_SECONDS,
@@ -242,6 +253,7 @@ class HomeServerSettings:
     tls_ca: Path | None = radsec_setting("tls_ca")  # noqa: RUF009 - a field declaration, default None
     radsec_client: tuple[str, ...] = radsec_setting("radsec_client")
     radsec_idle_timeout: float = radsec_setting("radsec_idle_timeout")
+    metrics_listen: str | None = metrics_listen_setting()
 
     def __post_init__(self) -> None:
         # The CLI validates its options already; this guards other callers.
@@ -288,6 +300,7 @@ class ForeignServerSettings:
     tls_ca: Path | None = radsec_setting("tls_ca")  # noqa: RUF009 - a field declaration, default None
     radsec_client: tuple[str, ...] = radsec_setting("radsec_client")
     radsec_idle_timeout: float = radsec_setting("radsec_idle_timeout")
+    metrics_listen: str | None = metrics_listen_setting()
 
     def __post_init__(self) -> None:
         check_declared(self)
@@ -369,6 +382,7 @@ class ConfigFile:
         log_format = "json"       # text | json
         dup_cache_seconds = 10
         session_lifetime = 3600
+        metrics_listen = "127.0.0.1:9812"
     """
 
     db_path: DatabaseLocation | None = None

@@ -32,6 +32,7 @@ from typing import Any
 
 from aaa_vpn.model import ValidationError, check_client_network, check_node_address
 from aaa_vpn.roles.foreign_aaa import (
+    ACCOUNTING_SOCKET,
     DEFAULT_REALM,
     Answered,
     Datagram,
@@ -54,12 +55,16 @@ from aaa_vpn.service.config import (
     read_toml,
 )
 from aaa_vpn.service.logging import fields
+from aaa_vpn.service.metrics import Recorder, Snapshot
 from aaa_vpn.service.settings import TomlReader, parse_ipv4
 from aaa_vpn.wire.nai import realm_problem
+from aaa_vpn.wire.radius import code_name
 
 log = logging.getLogger("aaa_vpn.foreign")
 
 _LOG_BURST = 20  # per drop reason and minute
+_TIMED_LIMIT = 100_000  # requests whose reply is awaited for the duration histogram
+_TIMED_FOR = 60.0  # seconds after which an unanswered one is forgotten
 
 _TOP: dict[str, type | tuple[type, ...]] = {
     "listen": str,
@@ -70,6 +75,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "dup_cache_seconds": (int, float),
     "cache_size": int,
     "source_address": str,
+    "metrics_listen": str,
     "accounting_port": int,
     "upstream": dict,
     "clients": list,
@@ -124,6 +130,7 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         "log_format",
         "cache_size",
         "source_address",
+        "metrics_listen",
         "accounting_port",
     ):
         if name in top:
@@ -334,15 +341,30 @@ class ForeignService:
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
         self._budget: dict[str, _Budget] = {}
+        self.metrics = Recorder("foreign")
+        """Figures the proxy does not count (docs/metrics.md)."""
+        self._timed: dict[tuple[str, tuple[str, int], int], tuple[float, str]] = {}
+
+    def client_name(self, address: str) -> str:
+        client = self.aaa.server.clients.lookup(address)
+        return client.name if client is not None else "unknown"
+
+    def _count_request(self, port: str, data: bytes, source: tuple[str, int], now: float) -> None:
+        kind = code_name(data[0]) if data else "empty"
+        self.metrics.inc("aaa_vpn_radius_requests_total", port=port, code=kind, client=self.client_name(source[0]))
+        if len(data) > 1 and len(self._timed) < _TIMED_LIMIT:
+            self._timed[(port, source, data[1])] = (now, kind)
 
     def receive_from_client(
         self, data: bytes, source: tuple[str, int], now: float, client: ProxyClient | None = None
     ) -> None:
+        self._count_request("auth", data, source, now)
         self.aaa.receive_from_client(data, source, now, client)
 
     def receive_accounting(
         self, data: bytes, source: tuple[str, int], now: float, client: ProxyClient | None = None
     ) -> None:
+        self._count_request("acct", data, source, now)
         self.aaa.receive_accounting(data, source, now, client)
 
     def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
@@ -351,12 +373,48 @@ class ForeignService:
     def handle_timer(self, now: float) -> None:
         self.aaa.handle_timer(now)
 
-    def outgoing(self) -> list[Datagram]:
-        """What to send now; logs the events that came with it."""
+    def outgoing(self, now: float | None = None) -> list[Datagram]:
+        """What to send now; logs the events that came with it. ``now``: the
+        clock of ``receive_from_client``, for the replies' durations."""
         self._log_events()
-        return self.aaa.datagrams_to_send()
+        datagrams = self.aaa.datagrams_to_send()
+        for datagram in datagrams:
+            if datagram.pool is None:
+                port = "auth"
+            elif datagram.pool == ACCOUNTING_SOCKET:
+                port = "acct"
+            else:
+                continue  # upstream
+            reply = datagram.data
+            if not reply:
+                continue
+            self.metrics.inc(
+                "aaa_vpn_radius_replies_total",
+                port=port,
+                code=code_name(reply[0]),
+                client=self.client_name(datagram.address[0]),
+            )
+            timed = self._timed.pop((port, datagram.address, reply[1]), None) if len(reply) > 1 else None
+            if timed is not None and now is not None:
+                self.metrics.observe("aaa_vpn_request_duration_seconds", max(0.0, now - timed[0]), kind=timed[1])
+        return datagrams
+
+    def snapshot(self, now: float) -> Snapshot:
+        """This worker's figures (docs/metrics.md)."""
+        self.metrics.set("aaa_vpn_sessions", len(self.aaa.cache))
+        self.metrics.set("aaa_vpn_pending_requests", self.aaa.pending)
+        for pool in self.aaa.pools:
+            for server in pool.client.servers:
+                alive = pool.client.is_alive(server.name, now)
+                self.metrics.set("aaa_vpn_upstream_server_up", 1 if alive else 0, server=server.name)
+        counters = dict(self.aaa.counters)
+        counters.update({f"upstream.{k}": v for k, v in self.aaa.upstream_counters().items()})
+        return self.metrics.snapshot(counters)
 
     def housekeeping(self, now: float) -> None:
+        stale = [key for key, (when, _kind) in self._timed.items() if now - when > _TIMED_FOR]
+        for key in stale:
+            del self._timed[key]
         count = self.aaa.expire(now)
         if count:
             log.info("cached sessions expired", extra=fields(count=count))
@@ -379,6 +437,9 @@ class ForeignService:
                         ),
                     )
             elif isinstance(event, Answered):
+                reason = "" if event.outcome in ("accept", "handoff") else event.outcome
+                outcome = event.outcome if not reason else "rejected"
+                self.metrics.inc("aaa_vpn_radius_decisions_total", client=event.client, outcome=outcome, reason=reason)
                 level = logging.DEBUG if event.outcome == "accept" else logging.INFO
                 message = {"accept": "access accepted", "handoff": "handoff answered from the cache"}.get(
                     event.outcome, "access rejected"

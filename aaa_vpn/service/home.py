@@ -55,6 +55,7 @@ from aaa_vpn.roles.home_aaa import (
 from aaa_vpn.roles.home_plan import UserContext
 from aaa_vpn.roles.radius_server import Address, Dropped
 from aaa_vpn.service.logging import fields
+from aaa_vpn.service.metrics import Recorder
 from aaa_vpn.store.base import NotFound, Store, StoreError
 from aaa_vpn.store.marks import SessionMarks
 
@@ -198,6 +199,18 @@ class HomeService:
         )
         self._budget: dict[str, _Budget] = {}
         self.authorizations: list[Authorize] = []
+        self.metrics = Recorder("home")
+        """Figures the role does not count (docs/metrics.md): decisions by
+        client, database durations; the network layer adds requests,
+        replies and their durations."""
+
+    def client_name(self, address: str) -> str:
+        """The provisioned client ``address`` belongs to (for metrics), or ``unknown``."""
+        client = self.role.server.clients.lookup(address)
+        return client.name if client is not None else "unknown"
+
+    def _db_time(self, operation: str, started: float) -> None:
+        self.metrics.observe("aaa_vpn_db_duration_seconds", time.perf_counter() - started, operation=operation)
 
     @property
     def counters(self) -> collections.Counter[str]:
@@ -235,9 +248,11 @@ class HomeService:
             if isinstance(event, Dropped):
                 self._log_drop(event, now)
                 continue
+            started = time.perf_counter()
             try:
                 self.store.record_accounting(event.entries)
                 ok = True
+                self._db_time("record_accounting", started)
             except StoreError as exc:
                 self._store_failed("cannot store accounting", exc)
                 ok = False
@@ -272,8 +287,10 @@ class HomeService:
                     self.authorizations.append(event)
             if not writes:
                 return
+            started = time.perf_counter()
             try:
                 outcomes = self.store.apply_session_writes([w.write for w in writes])
+                self._db_time("session_writes", started)
             except StoreError as exc:
                 self._store_failed("cannot store sessions", exc)
                 outcomes = [WriteOutcome.UNAVAILABLE] * len(writes)
@@ -286,7 +303,9 @@ class HomeService:
         does it) and forget old answers."""
         self.role.expire(now)
         self.accounting.expire(now)
+        started = time.perf_counter()
         count = self.store.expire_sessions(now)
+        self._db_time("expire_sessions", started)
         if count:
             self.counters["sessions_expired"] += count
             log.info("sessions expired", extra=fields(count=count))
@@ -314,8 +333,11 @@ class HomeService:
 
     def _refresh(self) -> None:
         """Rule 1: provisioning changes made before now are seen from now on."""
+        started = time.perf_counter()
         try:
-            if self.provisioning.refresh():
+            changed = self.provisioning.refresh()
+            self._db_time("provisioning_refresh", started)
+            if changed:
                 self.role.refresh()
                 self.accounting.set_clients(self.provisioning.clients())
         except StoreError as exc:
@@ -338,6 +360,9 @@ class HomeService:
             log.error(what, extra=fields(detail=str(exc)))
 
     def _log_decision(self, event: Decided) -> None:
+        self.metrics.inc(
+            "aaa_vpn_radius_decisions_total", client=event.client, outcome=event.outcome, reason=event.reason
+        )
         level = logging.DEBUG if event.outcome in ("answered", "confirmed", "renewed") else logging.INFO
         if not log.isEnabledFor(level):
             return

@@ -180,6 +180,9 @@ class Store(Protocol):
     def expire_sessions(self, now: float) -> int:
         """Delete sessions whose ``expires`` is before ``now``; return how many."""
 
+    def count_live_sessions(self, now: float) -> int:
+        """How many sessions expire at or after ``now`` (for metrics)."""
+
     def spis_in_use(self, node: IPv4Address) -> Sequence[int]: ...
 
     # -- accounting (RFC 2866) ------------------------------------------------

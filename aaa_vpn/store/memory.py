@@ -429,6 +429,9 @@ class MemoryStore:
         if not self._drop_session(session_id):
             raise NotFound(f"no session {session_id!r}")
 
+    def count_live_sessions(self, now: float) -> int:
+        return sum(1 for s in self.sessions.values() if s.expires >= now)
+
     def expire_sessions(self, now: float) -> int:
         self._check_writable()
         dead = [s.session_id for s in self.sessions.values() if s.expires < now]

@@ -988,6 +988,9 @@ class SqlStore:
         with self._writing() as conn:
             return int(conn.execute("DELETE FROM sessions WHERE expires < ?", (now,)).rowcount)
 
+    def count_live_sessions(self, now: float) -> int:
+        return int(self._all("SELECT count(*) FROM sessions WHERE expires >= ?", (now,))[0][0])
+
     def spis_in_use(self, node: IPv4Address) -> Sequence[int]:
         return [int(row[0]) for row in self._all(_SPIS_IN_USE, (str(node),))]
 
