@@ -60,6 +60,13 @@ Usage (root; from the repository root):
     .venv/bin/python bench/handoff_outage.py --rounds 10 --overlap --json /tmp/handoff.json
     .venv/bin/python bench/handoff_outage.py --rounds 10 --overlap --lifetime 3   # no stale state at revisits
     .venv/bin/python bench/handoff_outage.py --backends userspace --smooth on --rate 1000
+    .venv/bin/python bench/handoff_outage.py --smooth off --lifetime 3 --rounds 5 --repeat 3   # the backends in turn
+
+With both backends and a configuration they share (smooth handoff off), the
+report ends with strongswan's median ch2 outage as a multiple of userspace's,
+per handoff type. ``--repeat N`` runs the configurations N times in turn and
+pools each one's moves: on a shared machine whose load changes during the run,
+both backends then meet the same load.
 
 The markdown table goes to stdout (``--json PATH`` writes every move's raw
 numbers). Namespaces are ``aab<pid><k>_*``; every process is stopped by its
@@ -69,6 +76,7 @@ PID and every namespace deleted at the end, also on Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import itertools
 import json
@@ -247,6 +255,26 @@ def run_config(config: Config, args: argparse.Namespace, index: int) -> dict[str
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def pool(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per configuration from several passes (``--repeat``): the
+    moves of all passes (rounds numbered on), the streams' counts summed."""
+    pooled: dict[str, dict[str, Any]] = {}
+    for result in results:
+        into = pooled.get(result["label"])
+        if into is None:
+            first = copy.deepcopy(result)
+            pooled[result["label"]] = {**first, "lab_ready_seconds": [result["lab_ready_seconds"]], "passes": 1}
+            continue
+        offset = 1 + max((m["round"] for m in into["moves"]), default=-1)
+        into["moves"] += [{**m, "round": m["round"] + offset} for m in result["moves"]]
+        into["lab_ready_seconds"].append(result["lab_ready_seconds"])
+        into["passes"] += 1
+        for name, counts in result["streams"].items():
+            for what, value in counts.items():
+                into["streams"][name][what] += value
+    return list(pooled.values())
+
+
 # -- the report ----------------------------------------------------------------------------------------
 
 
@@ -290,6 +318,30 @@ def table(results: list[dict[str, Any]], rate: float, static_rate: float) -> str
     return "\n".join(lines)
 
 
+def ratios(results: list[dict[str, Any]]) -> list[str]:
+    """Per strongswan configuration with a userspace twin (same smooth handoff
+    and link switch) in this run: the median ch2 outage of each, per handoff
+    type and over all moves, and strongswan's as a multiple of userspace's."""
+    lines = []
+    by_config = {(r["config"]["backend"], r["config"]["smooth"], r["config"]["overlap"]): r for r in results}
+    for (backend, smooth, overlap), result in by_config.items():
+        twin = by_config.get(("userspace", smooth, overlap))
+        if backend != "strongswan" or twin is None:
+            continue
+        cells = []
+        for kind in [k for _fa, _previous, k in MOVES] + ["all moves"]:
+            medians = []
+            for r in (result, twin):
+                outages = [
+                    m["outage_ms"]["ch2"] for m in r["moves"] if m["code"] == 0 and kind in (m["kind"], "all moves")
+                ]
+                medians.append(statistics.median(outages) if outages else float("nan"))
+            ratio = medians[0] / medians[1] if medians[1] else float("nan")
+            cells.append(f"{kind}: {medians[0]:.0f} / {medians[1]:.0f} ms = {ratio:.2f}x")
+        lines.append(f"- ch2 outage, strongswan / userspace ({result['label'].split(', ', 1)[1]}): " + "; ".join(cells))
+    return lines
+
+
 def configurations(args: argparse.Namespace) -> tuple[list[Config], list[str]]:
     configs: list[Config] = []
     skipped: list[str] = []
@@ -326,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         help="registration lifetime in s (default 600, the lab driver); below 3 x --gap the previous FAs' "
         "visitor state expires before the node comes back",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the configurations this many times in turn (A, B, A, B, ...) and pool each one's moves, "
+        "so that load which changes during the run weighs on all of them alike (default 1)",
+    )
     parser.add_argument("--json", type=Path, help="write every move's numbers here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, userspace smooth and strongswan")
     parser.add_argument("--keep", action="store_true", help="keep each lab's directory (logs, state files)")
@@ -333,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
     if args.quick:
-        args.rounds, args.gap = 1, 1.0
+        args.rounds, args.gap, args.repeat = 1, 1.0, 1
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     backends = args.backends.split(",")
     if unknown := [b for b in backends if b not in ("userspace", "strongswan")]:
         parser.error(f"unknown backend(s) {', '.join(unknown)}")
@@ -357,9 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("at most 10 configurations in one run")
     results = []
     try:
-        for index, config in enumerate(configs):
-            print(f"{config.label}: {args.rounds} rounds ...", file=sys.stderr, flush=True)
-            results.append(run_config(config, args, index))
+        for turn in range(args.repeat):
+            for index, config in enumerate(configs):
+                passes = "" if args.repeat == 1 else f" (pass {turn + 1} of {args.repeat})"
+                print(f"{config.label}: {args.rounds} rounds{passes} ...", file=sys.stderr, flush=True)
+                results.append(run_config(config, args, index))
+        results = pool(results)
     finally:
         shield()
         if left := sweep(re.compile(rf"^aab{os.getpid() % 10000}\d_")):
@@ -388,9 +452,14 @@ def main(argv: list[str] | None = None) -> int:
             f"(lost before the first move {s['lost_before_first_move']})"
             for name, s in result["streams"].items()
         )
-        print(f"- {result['label']}: lab up in {result['lab_ready_seconds']} s; {streams}")
+        ready = ", ".join(f"{seconds}" for seconds in result["lab_ready_seconds"])
+        passes = "" if result["passes"] == 1 else f" ({result['passes']} passes)"
+        print(f"- {result['label']}{passes}: lab up in {ready} s; {streams}")
     print()
     print(table(results, args.rate, args.static_rate))
+    if compared := ratios(results):
+        print()
+        print("\n".join(compared))
     if args.json:
         document = {"command": command, "when": stamp, "args": {k: str(v) for k, v in vars(args).items()}}
         args.json.write_text(json.dumps({**document, "skipped": skipped, "results": results}, indent=1))

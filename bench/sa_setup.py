@@ -14,8 +14,8 @@ FA's view has the node's home address, the HA's 0.0.0.0/0):
   ``list-sas`` has no SA of the path, then ``delete`` on the FA (unload).
 
 IKEv2 with the model's default proposal (aes256gcm16-prfsha256-x25519, PSK),
-ESP AES-GCM-16-128 in UDP (libipsec), every VICI call over a fresh connection
-to the socket (as the backend does). Medians over ``-n`` runs after one
+ESP AES-GCM-16-128 in UDP (libipsec), through the backend as the agents use it
+(one VICI connection per backend object, kept open). Medians over ``-n`` runs after one
 warm-up run. Everything stays in the namespaces; the charons are stopped by
 PID and the namespaces deleted at the end (also on Ctrl-C / SIGTERM). Needs root.
 

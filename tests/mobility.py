@@ -39,7 +39,7 @@ from aaa_vpn.roles.mn import MnConfig, MobileNode
 from aaa_vpn.roles.radius_client import ServerConfig
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.secret import Secret
-from aaa_vpn.service.agents import SaExecutor, run_events
+from aaa_vpn.service.agents import SaExecutor, finish_installs, run_events
 from aaa_vpn.service.home import HomeService
 from aaa_vpn.store.base import Store
 from aaa_vpn.store.memory import MemoryStore
@@ -415,6 +415,10 @@ class Network:
                 sock.sendto(out.data, out.address)
                 moved = True
         for node in list(self.nodes.values()):
+            if node.executor is not None and node.executor.pending:
+                # Installs a staged backend left negotiating finish one round later.
+                finish_installs(node.agent, node.executor, self.clock)  # type: ignore[arg-type]
+                moved = True
             node.events += run_events(node.agent, node.executor, self.clock)  # type: ignore[arg-type]
             for datagram in node.agent.datagrams_to_send(self.clock):
                 sock = node.sockets.get(datagram.channel)

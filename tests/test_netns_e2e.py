@@ -110,8 +110,24 @@ def test_traffic_follows_the_node_as_esp_only(lab: Lab, tmp_path: Path) -> None:
         assert lab.reaches(CH1) and lab.reaches(CH2), f"the node reaches both correspondents through {fa}"
         issued.update({v.spi_out: v for v in lab.issued_sas()})
     sent = [lab.stop_traffic(name) for name in senders]
+    time.sleep(0.5)  # what is still in the tunnels arrives
     received = [lab.stop_traffic(name) for name in receivers]
     pcap = lab.stop_capture()
+
+    # The HA tells the gateways while it negotiates its path with the new FA
+    # (strongSwan, whose install waits for the IKE exchange), after installing it otherwise.
+    ha = lab.state("ha")
+    order: list[tuple[str, str]] = []  # (what, FA): the first Binding Update naming a care-of address, FA-HA installs
+    for e in ha["events"]:
+        if e["kind"] == "sent" and e.get("message") == "Binding Update" and e.get("lifetime"):
+            if ("BU", e["care_of_address"]) != next((o for o in reversed(order) if o[0] == "BU"), None):
+                order.append(("BU", e["care_of_address"]))
+        elif e["kind"] == "sa_installed" and e.get("role") == "FA_HA":
+            order.append(("FA-HA", e["peer"]))
+    fas = [getattr(BACKBONE, fa) for fa in ("fa1", "fa2", "fa3", "fa1")]
+    steps = ("BU", "FA-HA") if lab.backend == "strongswan" else ("FA-HA", "BU")
+    assert order == [(what, fa) for fa in fas for what in steps], order
+    assert ha["counters"].get("gateways_told_while_installing", 0) == (4 if lab.backend == "strongswan" else 0)
 
     # traffic arrived after every move, from both correspondents
     for stream, (s, r) in zip(("static", "dynamic"), zip(sent, received, strict=True), strict=True):

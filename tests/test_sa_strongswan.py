@@ -22,14 +22,17 @@ import pytest
 import vici
 
 from aaa_vpn.model import EspTransform, KeyMode
-from aaa_vpn.sa import SaBackend, SaConflict, SaError, SaUnsupported
+from aaa_vpn.roles.agent import InstallPaths
+from aaa_vpn.sa import InstalledPath, SaBackend, SaConflict, SaError, SaUnsupported
 from aaa_vpn.sa.charon import Charon, CharonError, render_config
 from aaa_vpn.sa.strongswan import (
     AuthenticationFailed,
     CharonUnavailable,
     IkeSaState,
     PeerUnreachable,
+    PendingInstall,
     ProposalMismatch,
+    SideTableCorrupt,
     StrongSwanBackend,
     StrongSwanError,
     Vici,
@@ -41,6 +44,7 @@ from aaa_vpn.sa.strongswan import (
     parse_connection_name,
 )
 from aaa_vpn.secret import Secret
+from aaa_vpn.service.agents import SaExecutor
 from aaa_vpn.wire.profile import PathProfile, PathRole
 from tests.sswan_lab import Lab, LabNode, tshark_fields, wait_until
 
@@ -386,7 +390,8 @@ def test_both_ends_up_traffic_only_esp_in_udp_delete_both(lab2: Lab, require_too
 
     # The initiator deletes: both ends lose the SA; the FA keeps its loaded end until it deletes too.
     assert ha.delete("s1/FA_HA") == 1
-    assert ha.sas() == [] and fa.sas() == [] and ha.paths() == []
+    assert ha.sas() == [] and ha.paths() == []
+    wait_until(lambda: fa.sas() == [], what="the FA to process the DELETE")
     assert leftovers(ha_node) == ([], [], [])
     assert [p.owner for p in fa.paths()] == ["s1/FA_HA"]
     assert fa.delete("s1/FA_HA") == 1 and fa.delete("s1/FA_HA") == 0
@@ -447,7 +452,8 @@ def test_handoff_replaces_exactly_the_affected_connection(lab3: Lab) -> None:
     fa2.install(s1_fa2, "s1")
     ha.install(s1_ha2, "s1")
 
-    assert ha.sas("s1", FA1) == [] and fa1.sas("s1") == [], "the old SA must be gone on both ends"
+    assert ha.sas("s1", FA1) == [], "the old SA must be gone on both ends"
+    wait_until(lambda: fa1.sas("s1") == [], what="FA1 to process the DELETE (delete does not wait for it)")
     for what, sa in untouched.items():  # same IKE_SA, same CHILD_SA: not renegotiated
         assert key(sa) in [key(s) for s in ha.sas(parse_owner(sa), IPv4Address(sa.remote_host))], what
     assert only_sa(fa1, "s2", HA) is not None
@@ -525,7 +531,7 @@ def test_failures_raise_and_leave_nothing_behind(
     assert sas == conns and [key(sa) for sa in ha.sas()] == [key(kept)]
     assert [p.owner for p in ha.paths()] == ["s9"]
     assert [r["owner"] for r in json.loads(ha.state_file.read_text())["paths"]] == ["s9"]
-    assert fa.sas("s1") == [], "the responder must not keep a half-made SA either"
+    wait_until(lambda: fa.sas("s1") == [], what="the responder to drop its half-made SA too")
 
 
 @pytest.mark.netns
@@ -548,6 +554,35 @@ def test_daemon_going_down_is_a_clear_error(lab2: Lab) -> None:
     fa_node.charon.start()
     assert fa.paths() == []
     assert json.loads(fa.state_file.read_text())["paths"] == []
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_side_table_is_reread_only_when_it_changed_and_a_corrupt_one_is_dropped_only_if_charon_is_empty(
+    lab2: Lab,
+) -> None:
+    ha_node, fa_node = lab2[0], lab2[1]
+    fa_view, _ha_view = fa_ha(fa_node.address, ha_node.address, MN1, 0x1001, 0x2002)
+    fa, other = fa_node.backend(), fa_node.backend()  # two objects of one node share the table
+    fa.install(fa_view, "s1")
+    assert [p.owner for p in other.paths()] == ["s1"]  # it changed: read again
+    assert other.delete("s1") == 1
+    assert fa.paths() == []  # the other object's change is seen
+    # Corrupt while charon holds a path of ours: an error, nothing dropped.
+    fa.install(fa_view, "s2")
+    fa.state_file.write_text("{not json")
+    with pytest.raises(SideTableCorrupt, match="corrupt"):
+        fa_node.backend().paths()
+    fa.state_file.write_text(json.dumps({"version": 1, "paths": []}))
+    assert fa_node.backend().paths() == []  # charon's connection is not ours by the table: dropped from view
+    with Vici(fa_node.charon.vici_socket, 5.0) as v:
+        v.unload_conn(connection_name("s2", ha_node.address, 0x1001))
+        v.unload_shared(connection_name("s2", ha_node.address, 0x1001))
+    assert leftovers(fa_node) == ([], [], [])
+    # Corrupt and charon holds nothing of ours (power lost before the rename reached the disk): start over.
+    fa.state_file.write_text("{not json")
+    fresh = fa_node.backend()
+    assert fresh.paths() == [] and json.loads(fa.state_file.read_text()) == {"version": 1, "paths": []}
 
 
 @pytest.mark.netns
@@ -582,7 +617,8 @@ def test_restarted_backend_finds_its_paths(lab2: Lab) -> None:
     # A different key under the same inbound SPI is still a conflict after the restart.
     with pytest.raises(SaConflict):
         ha_node.backend().install(dataclasses.replace(s2_ha, ike_psk=Secret(b"x" * 32)), "s2/FA_HA")
-    assert again.delete("s2/FA_HA") == 1 and fa_node.backend().sas("s2/FA_HA") == []
+    assert again.delete("s2/FA_HA") == 1
+    wait_until(lambda: fa_node.backend().sas("s2/FA_HA") == [], what="the FA to process the DELETE")
     assert [p.owner for p in ha_node.backend().paths()] == ["s1/FA_HA"]
 
 
@@ -628,3 +664,74 @@ def test_a_refused_configuration_is_rolled_back(lab2: Lab) -> None:
     with pytest.raises(StrongSwanError, match=r"charon refused the path toward 192\.0\.2\.1: "):
         fa.install(dataclasses.replace(fa_view, ike_proposal="aes128-nosuchprf-x25519"), "s1")  # the key was loaded
     assert leftovers(fa_node) == ([], [], []) and fa.paths() == []
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_staged_installs_negotiate_in_the_background_and_fail_leaving_nothing(lab3: Lab) -> None:
+    """begin_install / finish_install (what the HA's executor uses to tell its
+    gateways while it negotiates): the initiating end returns at once with a
+    pending install and the path is listed only when its CHILD_SA is up; two
+    negotiations run side by side; a responding end is done at once; a failed
+    negotiation raises at finish_install, as install would, and leaves nothing."""
+    ha_node, fa1_node, fa2_node = lab3[0], lab3[1], lab3[2]
+    ha, fa1, fa2 = ha_node.backend(timeout=2.0), fa1_node.backend(), fa2_node.backend()
+    HA, FA1, FA2 = ha_node.address, fa1_node.address, fa2_node.address
+    s1_fa, s1_ha = fa_ha(FA1, HA, MN1, 0x1601, 0x1701, seed=5)
+    s2_fa, s2_ha = fa_ha(FA2, HA, MN2, 0x1602, 0x1702, seed=6)
+    assert isinstance(fa1.begin_install(s1_fa, "s1"), InstalledPath)  # the responder: loaded, done
+    assert isinstance(fa2.begin_install(s2_fa, "s2"), InstalledPath)
+
+    first, second = ha.begin_install(s1_ha, "s1"), ha.begin_install(s2_ha, "s2")
+    assert isinstance(first, PendingInstall) and isinstance(second, PendingInstall)
+    assert ha.paths() == [], "a path is listed once it is established"
+    with pytest.raises(SaConflict):  # its SPI is taken already
+        ha.begin_install(dataclasses.replace(s1_ha, peer=FA2), "s9")
+    assert ha.finish_install(second).owner == "s2" and ha.finish_install(first).owner == "s1"
+    assert only_sa(ha, "s1", FA1) is not None and only_sa(ha, "s2", FA2) is not None
+    wait_until(lambda: children(fa1, "s1") == ["INSTALLED"] and children(fa2, "s2") == ["INSTALLED"])
+    assert [(p.owner, p.spi_in) for p in ha.paths()] == [("s2", 0x1702), ("s1", 0x1701)]
+
+    # FA1 has not loaded its end of s3: the HA's negotiation fails when it is finished.
+    _, s3_ha = fa_ha(FA1, HA, MN2, 0x1603, 0x1703, seed=7)
+    pending = ha.begin_install(s3_ha, "s3")
+    assert isinstance(pending, PendingInstall)
+    with pytest.raises(AuthenticationFailed, match="has not installed its end"):
+        ha.finish_install(pending)
+    conns, keys, sas = leftovers(ha_node)
+    kept = sorted(connection_name(o, p, s) for o, p, s in (("s1", FA1, 0x1701), ("s2", FA2, 0x1702)))
+    assert sorted(conns) == sorted(keys) == sorted(sas) == kept
+    assert "s3" not in {p.owner for p in ha.paths()} and fa1.sas("s3") == []
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_executor_begins_and_finishes_on_strongswan(lab2: Lab) -> None:
+    """SaExecutor.begin leaves an initiating install negotiating (None) and
+    finish reports it; a responding one is reported at once."""
+    ha_node, fa_node = lab2[0], lab2[1]
+    fa_view, ha_view = fa_ha(fa_node.address, ha_node.address, MN1, 0x1801, 0x1901)
+    fa = SaExecutor(fa_node.backend(), "fa")
+    ha = SaExecutor(ha_node.backend(), "ha")
+    assert fa.begin(InstallPaths("s1", (fa_view,))) == ([fa_view], None) and not fa.pending
+    event = InstallPaths("s1", (ha_view,))
+    assert ha.begin(event) is None and ha.pending
+    assert ha.finish() == [(event, [ha_view], None)] and not ha.pending
+    assert only_sa(ha.backend, "s1", fa_node.address) is not None  # type: ignore[arg-type]
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_delete_does_not_wait_for_a_peer_that_is_gone(lab2: Lab) -> None:
+    """A handoff away from a failed FA: the HA's delete toward it returns at once
+    (it used to wait the whole backend timeout for the DELETE's answer)."""
+    ha_node, fa_node = lab2[0], lab2[1]
+    fa_view, ha_view = fa_ha(fa_node.address, ha_node.address, MN1, 0x1A01, 0x1B01)
+    fa, ha = fa_node.backend(), ha_node.backend(timeout=30.0)
+    fa.install(fa_view, "s1")
+    ha.install(ha_view, "s1")
+    fa_node.run("ip", "link", "set", fa_node.veth, "down")
+    started = time.monotonic()
+    assert ha.delete("s1") == 1
+    assert time.monotonic() - started < 15.0, "delete waited for the peer's answer"
+    assert ha.paths() == [] and leftovers(ha_node) == ([], [], [])

@@ -83,6 +83,7 @@ from aaa_vpn.lab.topology import (
     provision,
     write_foreign_config,
 )
+from aaa_vpn.lab.verdict import failures, verdict
 
 AAA, HA, AAAF = LOOPBACK.aaa, LOOPBACK.ha, LOOPBACK.aaaf
 FA1, FA2, FA3 = LOOPBACK.fa1, LOOPBACK.fa2, LOOPBACK.fa3
@@ -837,6 +838,21 @@ def _terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_verdict(report: dict[str, Any]) -> str:
+    """``""`` when the run succeeded; otherwise ``FAILED:`` and every check
+    that failed, with its step and figures (and the error that stopped the
+    run, if one did)."""
+    lines = [
+        line
+        for step in report.get("steps", [])
+        for line in failures(step.get("checks", []), f"step {step.get('step')} ({step.get('name')})")
+    ]
+    found = verdict(lines, report.get("error"))
+    if not found and not report.get("ok"):
+        found = verdict(["the run did not complete"])
+    return found
+
+
 def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the demo; the report as data (``aaa-vpn demo --json``). ``progress``
     gets the readable text as the demo goes."""
@@ -962,7 +978,8 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
         with contextlib.suppress(OSError):
             for message in messages:
                 say(message)
-    say(f"[demo] {'every step succeeded' if report['ok'] else 'FAILED'}")
+    report["verdict"] = run_verdict(report)
+    say(f"[demo] {report['verdict'] or 'every step succeeded'}")
     for note in NOTES:
         say(f"[demo] note: {note}")
     return report

@@ -78,7 +78,14 @@ from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.service.agent_config import AgentSettings, role_config
 from aaa_vpn.service.agent_metrics import AgentMetrics
-from aaa_vpn.service.agents import SaExecutor, binding_status_name, path_fields, reply_code_name, run_events
+from aaa_vpn.service.agents import (
+    SaExecutor,
+    binding_status_name,
+    finish_installs,
+    path_fields,
+    reply_code_name,
+    run_events,
+)
 from aaa_vpn.service.journal import JournalError, Recovery, decode_journal, encode_journal, recover, write_journal
 from aaa_vpn.service.logging import configure_logging, fields
 from aaa_vpn.service.metrics import Snapshot
@@ -567,7 +574,16 @@ class AgentNode:
 
     # -- outputs ------------------------------------------------------------------------------------
     def service(self) -> None:
-        """Carry out the role's events, write the state file, send its datagrams."""
+        """Carry out the role's events, write the state file, send its datagrams;
+        then, if installs were left negotiating with their peers (the HA on
+        strongSwan: its Binding Updates are out meanwhile), wait for them and
+        do it all again with their outcome."""
+        self._service_once()
+        while self.executor.pending:
+            finish_installs(self.agent, self.executor, self.clock(), self._note)
+            self._service_once()
+
+    def _service_once(self) -> None:
         now = self.clock()
         self._run_events(now)
         if self.routes is not None and isinstance(self.agent, ForeignAgent):

@@ -427,9 +427,32 @@ class HomeAgent(Agent):
         self._by_owner.pop(owner, None)
         if pending.installing:
             return
+        if pending.told:  # the gateways were told while the paths were negotiated (paths_started)
+            if not pending.waiting:
+                self._accept(key, now)
+            return
         if not pending.gateways:
             self._accept(key, now)
             return
+        self._tell_gateways(key, pending, now)
+
+    def paths_started(self, owner: str, now: float) -> None:
+        """The service layer began installing ``owner``'s paths and reports with
+        :meth:`paths_installed` when its peer has answered (a backend that
+        negotiates them: strongSwan). If they are the last paths a registration
+        waits for, its gateways are told now, so that their own negotiations
+        with the new FA run while this one does; the reply still waits for
+        both (a failure here is handled as a gateway's would be, by _fail)."""
+        key = self._by_owner.get(owner)
+        pending = self._pending.get(key) if key is not None else None
+        if pending is None or pending.profile is None or pending.told or not pending.gateways:
+            return
+        if pending.installing == {owner}:
+            self.counters["gateways_told_while_installing"] += 1
+            self._tell_gateways(key, pending, now)
+
+    def _tell_gateways(self, key: object, pending: _Pending, now: float) -> None:
+        """Send every gateway of ``pending`` its Binding Update; wait for the acknowledgements."""
         assert pending.profile is not None
         label = (pending.profile.session_id, pending.profile.epoch)
         pending.told = True
@@ -870,7 +893,7 @@ class HomeAgent(Agent):
             )
             return
         del pending.waiting[gateway]
-        if not pending.waiting:
+        if not pending.waiting and not pending.installing:
             self._accept(key, now)
 
     def _acknowledges(self, data: bytes, outgoing: _Outgoing) -> bool:

@@ -204,3 +204,26 @@ class SaBackend(Protocol):
         charon), so that a restarted agent finds them with :meth:`paths`; the
         memory backend forgets them."""
         ...
+
+
+@runtime_checkable
+class PendingPath(Protocol):
+    """A path whose installation a :class:`StagedBackend` has begun and not finished."""
+
+    owner: str
+    path: PathProfile
+
+
+@runtime_checkable
+class StagedBackend(Protocol):
+    """A backend whose installs wait for the peer (an IKE exchange) and can run
+    that wait in the background: :meth:`begin_install` returns at once, either
+    the installed path (nothing to wait for) or a :class:`PendingPath` that
+    :meth:`finish_install` completes (or raises for, with nothing left, as
+    :meth:`SaBackend.install` would). The caller may do other work in between
+    (an HA tells its gateways while it negotiates with the FA), but calls
+    nothing else of the backend for the same owner."""
+
+    def begin_install(self, path: PathProfile, owner: str) -> InstalledPath | PendingPath: ...
+
+    def finish_install(self, pending: Any) -> InstalledPath: ...

@@ -38,13 +38,50 @@ Rules:
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 from ipaddress import IPv4Address, IPv4Network
 
 from aaa_vpn.sa.base import SaError
+from aaa_vpn.sa.netlink import NetlinkDecodeError, NetlinkSocket, open_transport, split_message
 from aaa_vpn.sa.tun import IpBatchError, IpCommand, NetnsError
 from aaa_vpn.wire.profile import PathProfile
 
 log = logging.getLogger("aaa_vpn.sa.routing")
+
+NETLINK_ROUTE = 0
+RTM_NEWADDR = 20
+RTM_GETADDR = 22
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+#: ``struct ifaddrmsg``: family, prefix length, flags, scope, interface index.
+_IFADDRMSG = struct.Struct("=BBBBI")
+
+
+def ipv4_addresses(netns: str | None = None) -> list[IPv4Address]:
+    """Every IPv4 address configured in ``netns`` (``None``: this process's
+    namespace), as ``ip -o -4 addr show`` lists them, read with one
+    ``RTM_GETADDR`` dump (rtnetlink(7)) instead of a process."""
+    connection = NetlinkSocket(open_transport(NETLINK_ROUTE, netns), {RTM_GETADDR: "RTM_GETADDR"})
+    try:
+        messages = connection.dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0))
+    finally:
+        connection.close()
+    addresses: list[IPv4Address] = []
+    for message in messages:
+        if message.type != RTM_NEWADDR:
+            continue
+        fixed, attrs = split_message(message.payload, _IFADDRMSG.size, "ifaddrmsg")
+        if fixed[0] != socket.AF_INET:
+            continue
+        values = {type_ & 0x3FFF: value for type_, value in attrs}
+        # IFA_LOCAL is the interface's own address; IFA_ADDRESS the peer's on a point-to-point link.
+        value = values.get(IFA_LOCAL, values.get(IFA_ADDRESS))
+        if value is None or len(value) != 4:
+            raise NetlinkDecodeError("RTM_NEWADDR without a 4-octet IPv4 address")
+        addresses.append(IPv4Address(value))
+    return addresses
+
 
 #: With anchors: the anchors' rules (to the anchor: go on at the path rules)
 #: come before the local table, which moves from priority 0 to this one.
@@ -103,12 +140,10 @@ class PolicyRouting:
         return [(local, remote) for local in path.local_ts for remote in path.remote_ts]
 
     def _node_addresses(self) -> list[IPv4Address]:
-        addresses = []
-        for line in self.ip.output("-o", "addr", "show").splitlines():
-            words = line.split()
-            if "inet" in words:
-                addresses.append(IPv4Address(words[words.index("inet") + 1].split("/")[0]))
-        return addresses
+        try:
+            return ipv4_addresses(self.ip.netns)
+        except (OSError, NetlinkDecodeError) as exc:
+            raise SaError(f"cannot list the node's addresses: {exc}") from None
 
     @staticmethod
     def _candidate(net: IPv4Network) -> IPv4Address:

@@ -33,6 +33,10 @@ Rules:
   initiating :meth:`StrongSwanBackend.install` returns only when the VICI
   ``initiate`` command reports the CHILD_SA established (installed), or fails;
   the responding one returns once the key and the connection are loaded.
+  :meth:`~StrongSwanBackend.begin_install` and
+  :meth:`~StrongSwanBackend.finish_install` are the same in two steps, the
+  exchange running in a background thread in between (the HA tells its
+  gateways meanwhile; ``aaa_vpn.service.agents``).
 * **All or nothing** (``aaa_vpn.sa.base``): on any failure (peer unreachable
   within ``timeout``, proposal mismatch, authentication failure, daemon gone)
   the IKE_SA is terminated and the connection and key unloaded before the
@@ -46,9 +50,10 @@ Rules:
   CHILD_SAs hard-expire at ``lifetime`` if the initiator does not rekey. The
   agents' timers call :meth:`~StrongSwanBackend.delete` for the path itself.
 * **delete(owner, peer)** terminates the matching connections' IKE_SAs (the
-  peer gets the DELETE and removes its side; after ``timeout`` without an
-  answer the SA is dropped anyway) and unloads connection and key. Other
-  owners' and other peers' connections are not touched.
+  peer gets the DELETE and removes its side; this end drops them at once,
+  without waiting for the answer, so a peer that is gone costs nothing) and
+  unloads connection and key. Other owners' and other peers' connections are
+  not touched.
 * **Restart.** charon keeps the connections and SAs when the agent process
   goes (``close`` leaves them). What charon cannot give back is kept in a
   side table (a JSON file beside the VICI socket by default): per connection
@@ -75,8 +80,11 @@ import json
 import logging
 import os
 import re
+import select
 import socket
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -112,6 +120,8 @@ CHILD_NAME = "esp"
 MAX_NAME = 255
 #: Side table format version.
 TABLE_VERSION = 1
+#: charon's connections are listed again at least this often (seconds; StrongSwanBackend._sync).
+RELIST_SECONDS = 1.0
 
 ANY = IPv4Network("0.0.0.0/0")
 
@@ -379,7 +389,7 @@ class Vici:
     def __init__(self, socket_path: str | os.PathLike[str], timeout: float) -> None:
         self.socket_path = str(socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bounds every wait for a reply; initiate/terminate get their own, shorter, charon-side timeout.
+        # Bounds every wait for a reply; initiate gets its own, shorter, charon-side timeout.
         sock.settimeout(timeout + 5.0)
         try:
             sock.connect(self.socket_path)
@@ -392,6 +402,16 @@ class Vici:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
+
+    def usable(self) -> bool:
+        """Whether the connection can carry another command: an idle VICI
+        connection has nothing to read, so anything readable is the end of it
+        (charon went away or restarted) or a stray message."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def __enter__(self) -> Vici:
         return self
@@ -462,11 +482,13 @@ class Vici:
         message = {"ike": ike, "child": child, "timeout": str(max(1, round(timeout * 1000)))}
         return self._streamed("initiate", "initiate", message)
 
-    def terminate(self, ike: str, timeout: float) -> list[str]:
-        """Delete every IKE_SA of connection ``ike`` (and their CHILD_SAs) with the peer;
-        without an answer within ``timeout`` seconds, drop them anyway."""
-        message = {"ike": ike, "timeout": str(max(1, round(timeout * 1000))), "force": "yes"}
-        return self._streamed("terminate", "terminate", message)
+    def terminate(self, ike: str) -> list[str]:
+        """Delete every IKE_SA of connection ``ike`` (and their CHILD_SAs): charon sends
+        the peer its DELETE and drops them at once, without waiting for the answer
+        (``force`` and no timeout). Waiting would hold the agent for the whole
+        timeout when the peer is gone (an FA that failed, a link that is down),
+        and a handoff away from it would wait that long at the gateway and the HA."""
+        return self._streamed("terminate", "terminate", {"ike": ike, "force": "yes"})
 
 
 # -- the side table -----------------------------------------------------------------
@@ -523,40 +545,63 @@ class _Record:
         return record
 
 
+class SideTableCorrupt(StrongSwanError):
+    """The side table cannot be read back (not what :meth:`_SideTable.save` writes)."""
+
+
 class _SideTable:
-    """The JSON file that survives the agent: ``{"version": 1, "paths": [record, ...]}``."""
+    """The JSON file that survives the agent: ``{"version": 1, "paths": [record, ...]}``.
+
+    It describes what lives in charon's memory, so it has to outlive the agent
+    process, not the machine: it is written atomically (a temporary file
+    renamed over it), without ``fsync``, which would put a disk flush into
+    every install and delete (milliseconds, on a busy disk tens of them, while
+    a handoff waits). After a power loss charon starts empty, and a table that
+    did not reach the disk is dropped (:meth:`StrongSwanBackend._sync`). A load
+    parses the file only when its content changed since the last load or save
+    (another backend object of the node may write it)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._text: bytes | None = None
+        self._cached: dict[str, _Record] = {}
+        #: The last load found content this object had not read or written itself.
+        self.changed = False
 
     def load(self) -> dict[str, _Record]:
         try:
-            text = self.path.read_text()
+            text = self.path.read_bytes()
         except FileNotFoundError:
+            self.changed = self._text is not None
+            self._text, self._cached = None, {}
             return {}
         except OSError as exc:
             raise StrongSwanError(f"cannot read the side table {self.path}: {exc.strerror}") from None
+        self.changed = text != self._text
+        if not self.changed:
+            return dict(self._cached)
         try:
             data = json.loads(text)
             if data.get("version") != TABLE_VERSION:
                 raise ValueError(f"version {data.get('version')!r}, expected {TABLE_VERSION}")
             records = [_Record.from_json(item) for item in data["paths"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise StrongSwanError(f"the side table {self.path} is corrupt ({exc}); remove it to start over") from None
-        return {record.name: record for record in records}
+            raise SideTableCorrupt(f"the side table {self.path} is corrupt ({exc}); remove it to start over") from None
+        self._text, self._cached = text, {record.name: record for record in records}
+        return dict(self._cached)
 
     def save(self, records: Mapping[str, _Record]) -> None:
         data = {"version": TABLE_VERSION, "paths": [r.to_json() for r in sorted(records.values(), key=_seq)]}
+        text = json.dumps(data, indent=1).encode()
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out, indent=1)
-                out.flush()
-                os.fsync(out.fileno())
+            with os.fdopen(fd, "wb") as out:
+                out.write(text)
             os.replace(tmp, self.path)
         except OSError as exc:
             raise StrongSwanError(f"cannot write the side table {self.path}: {exc.strerror}") from None
+        self._text, self._cached = text, dict(records)
 
 
 def _seq(record: _Record) -> int:
@@ -566,13 +611,50 @@ def _seq(record: _Record) -> int:
 # -- the backend ----------------------------------------------------------------------
 
 
+class PendingInstall:
+    """A path whose IKE exchange runs in a background thread, on a VICI
+    connection of its own (:meth:`StrongSwanBackend.begin_install`); the thread
+    touches nothing but that connection and this object."""
+
+    def __init__(self, owner: str, path: PathProfile, record: _Record) -> None:
+        self.owner = owner
+        self.path = path
+        self.record = record
+        self._error: _CommandFailed | StrongSwanError | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"PendingInstall(owner={self.owner!r}, peer={self.path.peer})"
+
+    def start(self, socket_path: Path, timeout: float) -> None:
+        def run() -> None:
+            try:
+                with Vici(socket_path, timeout) as v:
+                    v.initiate(self.record.name, CHILD_NAME, timeout)
+            except (_CommandFailed, StrongSwanError) as exc:
+                self._error = exc
+            except Exception as exc:  # noqa: BLE001 - never lost in the thread: finish_install raises it
+                self._error = StrongSwanError(f"initiating {self.record.name} failed: {exc}")
+
+        self._thread = threading.Thread(target=run, name=f"initiate {self.path.peer}", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float) -> _CommandFailed | StrongSwanError | None:
+        """Wait for the exchange (charon gives up after ``timeout``); its error, or None."""
+        if self._thread is not None:
+            self._thread.join(timeout + 10.0)
+            if self._thread.is_alive():
+                return CharonUnavailable(f"charon did not answer the initiation of {self.record.name}")
+        return self._error
+
+
 class StrongSwanBackend:
     """The SAs of one node in that node's charon (see the module docstring).
 
     ``vici_socket_path``: charon's VICI socket (one charon per node);
     ``initiator(path)``: whether this end initiates (:func:`initiator_for`,
     default :func:`default_initiator`); ``timeout``: seconds to wait for the
-    peer in an IKE exchange (initiation and deletion); ``state_file``: the side
+    peer in an IKE exchange (initiation); ``state_file``: the side
     table, by default ``<vici_socket_path>.aaa_vpn.json``.
     """
 
@@ -594,13 +676,20 @@ class StrongSwanBackend:
         self._table = _SideTable(
             Path(state_file) if state_file is not None else Path(str(vici_socket_path) + ".aaa_vpn.json")
         )
-        self._records = self._table.load()
+        try:
+            self._records = self._table.load()
+        except SideTableCorrupt:
+            self._records = {}  # _sync decides, knowing what charon holds
         self._full: dict[str, InstalledPath] = {}  # paths installed through this object, with their secrets
         self._closed = False
+        self._session: Vici | None = None  # kept open between calls (_vici)
+        self._loaded: set[str] | None = None  # our connections in charon, as listed and kept up to date
+        self._listed_at = 0.0
         # route_into: lead each path's traffic into charon's TUN device (kernel-libipsec,
         # charon started with install_routes = no; aaa_vpn.sa.routing).
         self._routing: PolicyRouting | None = None
         self._routed: set[str] = set()
+        self._pending: dict[str, PendingInstall] = {}  # begun, not finished (begin_install)
         if route_into is not None:
             self._routing = PolicyRouting(
                 IpCommand(None, options=("-4",)), route_into, 4500, 4500, FWMARK, anchors=True
@@ -623,6 +712,17 @@ class StrongSwanBackend:
     def install(self, path: PathProfile, owner: str) -> InstalledPath:
         """Load ``path`` into charon for ``owner``; initiate it if this end initiates
         (see :class:`~aaa_vpn.sa.base.SaBackend` and the module docstring)."""
+        started = self.begin_install(path, owner)
+        return started if isinstance(started, InstalledPath) else self.finish_install(started)
+
+    def begin_install(self, path: PathProfile, owner: str) -> InstalledPath | PendingInstall:
+        """:meth:`install` in two steps (:class:`~aaa_vpn.sa.base.StagedBackend`):
+        load key and connection, and, when this end initiates, start the IKE
+        exchange on a VICI connection of its own in a background thread and
+        return a :class:`PendingInstall` at once, for :meth:`finish_install` to
+        wait for. A responding end (or an identical re-install) is done at once:
+        the :class:`~aaa_vpn.sa.base.InstalledPath`. Raises as :meth:`install`,
+        with nothing left."""
         self._check_open()
         validate_path(path, self.node)
         if path.key_mode is not KeyMode.IKEV2:
@@ -647,7 +747,7 @@ class StrongSwanBackend:
                     self._full[name] = installed
                     return installed  # identical: a no-op
                 raise SaConflict(f"inbound SPI 0x{path.spi_in:08x} is already in use on {self.node}")
-            for record in self._records.values():
+            for record in [*self._records.values(), *(p.record for p in self._pending.values())]:
                 if int(record.fields["spi_in"]) == path.spi_in:
                     raise SaConflict(f"inbound SPI 0x{path.spi_in:08x} is already in use on {self.node}")
             if name in loaded:  # left by an install that died half-way: ours by its name, but unknown
@@ -656,14 +756,11 @@ class StrongSwanBackend:
             initiate = bool(self.initiator(path))
             if self._routing is not None:
                 self._routing.acquire(path)  # SaError, with nothing left, if it cannot
+            record = _Record(name, owner, 0, initiate, print_, public)
             try:
                 v.load_shared(name, path.ike_psk.value, [ike_identity(path.local, path.spi_in), self._peer_id(path)])
                 v.load_conn({name: self._connection(path, initiate)})
-                if initiate:
-                    self._initiate(v, name, path)
-                seq = max((r.seq for r in self._records.values()), default=0) + 1
-                self._records[name] = _Record(name, owner, seq, initiate, print_, public)
-                self._table.save(self._records)
+                self._note_loaded(name)
             except _CommandFailed as exc:
                 self._rollback(v, name)
                 self._unroute(path)
@@ -672,11 +769,52 @@ class StrongSwanBackend:
                 self._rollback(v, name)
                 self._unroute(path)
                 raise
-            if self._routing is not None:
-                self._routed.add(name)
-        installed = InstalledPath(owner=owner, path=path)
-        self._full[name] = installed
-        log.info("path installed", extra={"fields": {"conn": name, "initiator": initiate}})
+            pending = PendingInstall(owner, path, record)
+            if not initiate:
+                return self._commit(pending)
+            self._pending[name] = pending
+            pending.start(self.vici_socket_path, self.timeout)
+        return pending
+
+    def finish_install(self, pending: PendingInstall) -> InstalledPath:
+        """Wait for the IKE exchange :meth:`begin_install` started: the installed
+        path once its CHILD_SA is established, or (nothing left of the path) the
+        error :meth:`install` would have raised."""
+        self._pending.pop(pending.record.name, None)
+        name, path = pending.record.name, pending.path
+        try:
+            error = pending.wait(self.timeout)
+        except BaseException:  # interrupted while waiting: the path goes, as in install
+            with contextlib.suppress(SaError), self._vici() as v:
+                self._rollback(v, name)
+            self._unroute(path)
+            raise
+        if error is None:
+            return self._commit(pending)
+        with self._vici() as v:
+            self._rollback(v, name)
+        self._unroute(path)
+        if isinstance(error, _CommandFailed):
+            raise _classify(error, path, self.timeout) from None
+        raise error
+
+    def _commit(self, pending: PendingInstall) -> InstalledPath:
+        """Record a path whose connection is loaded (and, if this end initiates, established)."""
+        record = pending.record
+        try:
+            record.seq = max((r.seq for r in self._records.values()), default=0) + 1
+            self._records[record.name] = record
+            self._table.save(self._records)
+        except BaseException:
+            with self._vici() as v:
+                self._rollback(v, record.name)
+            self._unroute(pending.path)
+            raise
+        if self._routing is not None:
+            self._routed.add(record.name)
+        installed = InstalledPath(owner=pending.owner, path=pending.path)
+        self._full[record.name] = installed
+        log.info("path installed", extra={"fields": {"conn": record.name, "initiator": record.initiator}})
         return installed
 
     def delete(self, owner: str, peer: IPv4Address | None = None) -> int:
@@ -715,6 +853,7 @@ class StrongSwanBackend:
         """Forget the in-memory state; charon keeps the connections and SAs (see the module docstring)."""
         self._full.clear()
         self._closed = True
+        self._drop_session()
 
     # -- beyond the interface ------------------------------------------------------------
 
@@ -764,8 +903,33 @@ class StrongSwanBackend:
         if self._closed:
             raise SaError(f"the strongswan backend of {self.node} is closed")
 
-    def _vici(self) -> Vici:
-        return Vici(self.vici_socket_path, self.timeout)
+    @contextlib.contextmanager
+    def _vici(self) -> Iterator[Vici]:
+        """The VICI connection, kept open between calls (one connect and one
+        ``list-conns`` less per call); a new one when charon closed the old
+        (it stopped or restarted), and none kept after a failure to talk to
+        charon or an interruption mid-command."""
+        session = self._session
+        if session is not None and not session.usable():
+            self._drop_session()
+            session = None
+        if session is None:
+            session = self._session = Vici(self.vici_socket_path, self.timeout)
+        try:
+            yield session
+        except (_CommandFailed, SaError) as exc:
+            if isinstance(exc, CharonUnavailable):
+                self._drop_session()
+            raise
+        except BaseException:
+            self._drop_session()
+            raise
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.close()
+        self._session = None
+        self._loaded = None  # a new connection lists again: charon may be another one
 
     def _order(self, name: str) -> tuple[int, str]:
         record = self._records.get(name)
@@ -774,9 +938,34 @@ class StrongSwanBackend:
     def _sync(self, v: Vici) -> set[str]:
         """Our connection names loaded in charon. Re-reads the side table (another backend
         object of this node may have changed it) and forgets recorded paths that charon
-        no longer has (it was restarted) or that belong to another node."""
-        loaded = {name for name in v.connection_names() if parse_connection_name(name) is not None}
-        self._records = self._table.load()
+        no longer has (it was restarted) or that belong to another node.
+
+        charon's connections are listed (``list-conns``) on a new VICI
+        connection, when another object changed the side table, and at least
+        every :data:`RELIST_SECONDS`; in between, this object's own loads and
+        unloads keep the list (charon never drops a connection by itself)."""
+        corrupt: SideTableCorrupt | None = None
+        try:
+            records = self._table.load()
+        except SideTableCorrupt as exc:
+            records, corrupt = {}, exc
+        now = time.monotonic()
+        if self._loaded is None or corrupt or self._table.changed or now - self._listed_at >= RELIST_SECONDS:
+            self._loaded = {name for name in v.connection_names() if parse_connection_name(name) is not None}
+            self._listed_at = now
+        loaded = set(self._loaded)
+        self._records = records
+        if corrupt is not None:
+            if loaded:
+                raise corrupt
+            # Nothing of ours in charon (a machine that lost power before the
+            # rename reached the disk): nothing is lost by starting over.
+            log.warning(
+                "side table unreadable, charon holds none of our paths: starting over",
+                extra={"fields": {"error": str(corrupt)}},
+            )
+            self._records = {}
+            self._table.save(self._records)
         gone = [n for n, r in self._records.items() if n not in loaded or r.fields["local"] != str(self.node)]
         for name in gone:
             record = self._records.pop(name)
@@ -844,21 +1033,20 @@ class StrongSwanBackend:
             },
         }
 
-    def _initiate(self, v: Vici, name: str, path: PathProfile) -> None:
-        try:
-            v.initiate(name, CHILD_NAME, self.timeout)
-        except _CommandFailed as exc:
-            raise _classify(exc, path, self.timeout) from None
-
     def _teardown(self, v: Vici, name: str) -> None:
         """Terminate the connection's SAs with the peer, then unload it and its key."""
-        if v.ike_sas(name):
-            with contextlib.suppress(_CommandFailed):  # gone in the meantime
-                v.terminate(name, self.timeout)
+        with contextlib.suppress(_CommandFailed):  # no SA (any more): nothing to terminate
+            v.terminate(name)
         with contextlib.suppress(_CommandFailed):  # not loaded
             v.unload_conn(name)
+        if self._loaded is not None:
+            self._loaded.discard(name)
         with contextlib.suppress(_CommandFailed):
             v.unload_shared(name)
+
+    def _note_loaded(self, name: str) -> None:
+        if self._loaded is not None:
+            self._loaded.add(name)
 
     def _rollback(self, v: Vici, name: str) -> None:
         """Best effort after a failed install: charon may be gone too."""

@@ -13,16 +13,26 @@ their results fed back, which may cause more events), every SA change and
 every registration decision (and every full table, as the roles report it:
 rate-limited) is logged and handed to the optional ``note``
 callback (the daemons' timeline), and the other events are returned in order.
+
+Installs that wait for the peer: on a backend that can run that wait in the
+background (:class:`~aaa_vpn.sa.base.StagedBackend`: strongSwan, whose
+initiating end waits for the IKE exchange), an agent that has
+``paths_started(owner, now)`` (the HA) hears of the start at once and may send
+its datagrams meanwhile (the HA's Binding Updates go out while it negotiates
+with the new FA, so the gateways' negotiations run at the same time);
+:func:`finish_installs` then waits and reports ``paths_installed`` as before.
+Every other agent and backend installs in one step.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aaa_vpn.roles.agent import DeletePaths, Event, InstallPaths, LimitReached, RegistrationDone
-from aaa_vpn.sa.base import InstalledPath, SaBackend, SaError
+from aaa_vpn.sa.base import InstalledPath, PendingPath, SaBackend, SaError, StagedBackend
 from aaa_vpn.service.logging import fields
 from aaa_vpn.wire import mip
 from aaa_vpn.wire.profile import PathProfile
@@ -65,6 +75,16 @@ def binding_status_name(status: int) -> str:
         return f"status {status}"
 
 
+@dataclass
+class _Begun:
+    """An InstallPaths whose paths are begun (:meth:`SaExecutor.begin`)."""
+
+    event: InstallPaths
+    before: set[tuple[str, int]]
+    pending: list[PendingPath]
+    error: str | None = None
+
+
 class SaExecutor:
     """Performs one node's SA events on its backend."""
 
@@ -73,6 +93,73 @@ class SaExecutor:
         self.node = node
         self.before_delete: Callable[[str], None] | None = None
         """Called with an owner just before its SAs are removed (accounting reads their counters)."""
+        self._begun: list[_Begun] = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether installs begun with :meth:`begin` wait for :meth:`finish`."""
+        return bool(self._begun)
+
+    def begin(self, event: InstallPaths) -> tuple[list[PathProfile], str | None] | None:
+        """:meth:`install`, except that on a :class:`~aaa_vpn.sa.base.StagedBackend`
+        the paths that wait for their peer are left negotiating in the
+        background: None then, and :meth:`finish` gives the result later.
+        Otherwise (nothing to wait for, a failure, another backend) the result
+        at once, as :meth:`install` gives it."""
+        backend = self.backend
+        if not isinstance(backend, StagedBackend):
+            return self.install(event)
+        before = {(p.owner, p.spi_in) for p in backend.paths()}
+        begun = _Begun(event, before, [])
+        try:
+            for path in event.paths:
+                started = backend.begin_install(path, event.owner)
+                if not isinstance(started, InstalledPath):
+                    begun.pending.append(started)
+        except SaError as exc:
+            begun.error = str(exc)
+        if begun.error is not None:
+            self._wait(begun)  # what did start ends before it is undone
+        if begun.error is not None or not begun.pending:
+            return self._end(begun)
+        self._begun.append(begun)
+        return None
+
+    def finish(self) -> list[tuple[InstallPaths, list[PathProfile], str | None]]:
+        """Wait for every install :meth:`begin` left running; per event, as
+        :meth:`install` returns it (a failure removes the event's new paths)."""
+        results = []
+        while self._begun:
+            begun = self._begun.pop(0)
+            self._wait(begun)
+            added, error = self._end(begun)
+            results.append((begun.event, added, error))
+        return results
+
+    def _wait(self, begun: _Begun) -> None:
+        backend = self.backend
+        assert isinstance(backend, StagedBackend)
+        for pending in begun.pending:
+            try:
+                backend.finish_install(pending)
+            except SaError as exc:
+                begun.error = begun.error or str(exc)
+
+    def _end(self, begun: _Begun) -> tuple[list[PathProfile], str | None]:
+        event = begun.event
+        if begun.error is not None:
+            self._undo(event.owner, begun.before, begun.error)
+            return [], begun.error
+        added = [path for path in event.paths if (event.owner, path.spi_in) not in begun.before]
+        for path in added:
+            log.info("SA installed", extra=fields(node=self.node, owner=event.owner, **path_fields(path)))
+        return added, None
+
+    def _undo(self, owner: str, before: set[tuple[str, int]], error: str) -> None:
+        for installed in self.backend.paths():
+            if installed.owner == owner and (installed.owner, installed.spi_in) not in before:
+                self.backend.delete(owner, installed.peer)
+        log.warning("SA installation failed", extra=fields(node=self.node, owner=owner, error=error))
 
     def install(self, event: InstallPaths) -> tuple[list[PathProfile], str | None]:
         """Install every path of ``event``: the paths that were not there
@@ -83,10 +170,7 @@ class SaExecutor:
             for path in event.paths:
                 self.backend.install(path, event.owner)
         except SaError as exc:
-            for installed in self.backend.paths():
-                if installed.owner == event.owner and (installed.owner, installed.spi_in) not in before:
-                    self.backend.delete(event.owner, installed.peer)
-            log.warning("SA installation failed", extra=fields(node=self.node, owner=event.owner, error=str(exc)))
+            self._undo(event.owner, before, str(exc))
             return [], str(exc)
         added = [path for path in event.paths if (event.owner, path.spi_in) not in before]
         for path in added:
@@ -124,16 +208,17 @@ def run_events(
         if isinstance(event, InstallPaths):
             added: list[PathProfile]
             error: str | None
+            started = getattr(agent, "paths_started", None)
             if executor is None:
                 added, error = [], "no SA backend on this node"
-            else:
+            elif started is None:
                 added, error = executor.install(event)
-            if note is not None:
-                for path in added:
-                    note("sa_installed", now, owner=event.owner, **path_fields(path))
-                if error is not None:
-                    note("sa_install_failed", now, owner=event.owner, error=error)
-            agent.paths_installed(event.owner, error, now)
+            elif (result := executor.begin(event)) is None:
+                started(event.owner, now)  # finish_installs reports later
+                continue
+            else:
+                added, error = result
+            _installed(agent, event, added, error, now, note)
         elif isinstance(event, DeletePaths):
             removed = executor.delete(event) if executor is not None else []
             if note is not None:
@@ -173,9 +258,30 @@ def run_events(
     return others
 
 
+def finish_installs(agent: _Agent, executor: SaExecutor, now: float, note: Note | None = None) -> None:
+    """Wait for the installs :func:`run_events` left negotiating (an agent with
+    ``paths_started(owner, now)`` on a :class:`~aaa_vpn.sa.base.StagedBackend`)
+    and report each to the agent (``paths_installed``), which may cause more
+    events: run :func:`run_events` again."""
+    for event, added, error in executor.finish():
+        _installed(agent, event, added, error, now, note)
+
+
+def _installed(
+    agent: _Agent, event: InstallPaths, added: list[PathProfile], error: str | None, now: float, note: Note | None
+) -> None:
+    if note is not None:
+        for path in added:
+            note("sa_installed", now, owner=event.owner, **path_fields(path))
+        if error is not None:
+            note("sa_install_failed", now, owner=event.owner, error=error)
+    agent.paths_installed(event.owner, error, now)
+
+
 __all__ = [
     "SaExecutor",
     "binding_status_name",
+    "finish_installs",
     "path_fields",
     "reply_code_name",
     "run_events",
