@@ -14,7 +14,8 @@ Rules:
   (``busy_timeout_ms``, as SQLite's busy timeout): a write that cannot get it
   is a :class:`~aaa_vpn.store.base.StoreBusy` error.
 - The driver keeps the constant statements prepared (psycopg prepares a
-  statement after its fifth execution); ``executemany`` is pipelined.
+  statement after its fifth execution); ``executemany`` of more than a
+  session's few rows is pipelined.
 - The schema (aaa_vpn/store/schema.py) lives in the database the URL names;
   its version and the mark that it is aaa_vpn's are rows of ``meta``.
   Migrations take a transaction-level advisory lock, so that two nodes
@@ -96,8 +97,20 @@ class _Statements:
         return self._conn.execute(self._q(sql), params)
 
     def executemany(self, sql: str, rows: Any) -> None:
+        rows = list(rows)
         with self._conn.cursor() as cursor:
-            cursor.executemany(self._q(sql), rows)
+            if len(rows) <= _ONE_BY_ONE:
+                # A session's few SPIs: one by one, so an expected refusal (an
+                # SPI collision, retried with others) ends no pipeline, which
+                # psycopg would log as an error at every collision.
+                for row in rows:
+                    cursor.execute(self._q(sql), row)
+            else:
+                cursor.executemany(self._q(sql), rows)
+
+
+#: ``executemany`` runs up to this many rows as single statements, more in a pipeline.
+_ONE_BY_ONE = 16
 
 
 class PostgresStore(SqlStore):
