@@ -214,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=20_000, help="renewals measured (of the sessions made)")
     ap.add_argument("--engines", default="sqlite,postgres")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL server setting for the throw-away cluster, e.g. shared_buffers=1GB (repeatable)",
+    )
     args = ap.parse_args(argv)
     random.seed(1)
     results = []
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         elif engine == "postgres":
             from tests.postgres import Cluster
 
-            cluster = Cluster(durable=True)
+            cluster = Cluster(durable=True, settings=tuple(args.pg_setting))
             try:
 
                 def open_pg(cluster: Cluster = cluster) -> tuple[SqlStore, Callable[[], int]]:

@@ -32,7 +32,8 @@ def pg_bin(name: str) -> str | None:
 class Cluster:
     """One PostgreSQL cluster in a temporary directory (module rules)."""
 
-    def __init__(self, durable: bool = False) -> None:
+    def __init__(self, durable: bool = False, settings: tuple[str, ...] = ()) -> None:
+        """``settings``: more ``-c name=value`` server settings (benchmarks tune memory)."""
         initdb, self.pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
         if initdb is None or self.pg_ctl is None:
             raise FileNotFoundError("PostgreSQL's initdb and pg_ctl are not installed (scripts/setup.sh: postgresql)")
@@ -52,6 +53,7 @@ class Cluster:
             f"-k {self.sockets}",
             "-c listen_addresses=''",
             "-c max_connections=200",
+            *(f"-c {setting}" for setting in settings),
         ]
         if not durable:
             # A throw-away cluster for tests: nothing needs to survive a crash of the machine.
