@@ -530,6 +530,8 @@ class ForeignAaa:
         self.options = options or ForeignAaaOptions()
         self.random_bytes = random_bytes
         self.started = now
+        self.process_id = 0
+        """Shown in Status-Server answers; the service layer sets it (a role reads no process state)."""
         self.counters: collections.Counter[str] = collections.Counter()
         networks: dict[IPv4Network, str] = {}
         for client in clients:
@@ -812,7 +814,7 @@ class ForeignAaa:
     def _status_message(self, now: float) -> str:
         c, up = self.counters, self.upstream_counters()
         return (
-            f"aaa-vpn foreign AAA up {int(now - self.started)}s pid {os.getpid()}:"
+            f"aaa-vpn foreign AAA up {int(now - self.started)}s pid {self.process_id}:"
             f" requests {c['access_requests']} accepts {c['accepts']} rejects {c['rejects']}"
             f" no_route {c['rejects.no_route']} no_resources {c['rejects.no_resources']}"
             f" absorbed {c['absorbed']} duplicates {c['duplicates']} dropped {c['dropped']}"

@@ -539,6 +539,8 @@ class HomeAaa:
         self.options = options or HomeAaaOptions()
         self.random_bytes = random_bytes
         self.started = now
+        self.process_id = 0
+        """Shown in Status-Server answers; the service layer sets it (a role reads no process state)."""
         self.counters: collections.Counter[str] = collections.Counter()
         self.server: RadiusServer[Client] = RadiusServer(
             provisioning.clients(), dup_ttl=self.options.dup_cache_seconds, counters=self.counters
@@ -1266,7 +1268,7 @@ class HomeAaa:
         """The Reply-Message of a Status-Server answer: uptime and counters."""
         c = self.counters
         return (
-            f"aaa-vpn home AAA up {int(now - self.started)}s pid {os.getpid()}:"
+            f"aaa-vpn home AAA up {int(now - self.started)}s pid {self.process_id}:"
             f" requests {c['access_requests']} accepts {c['accepts']} rejects {c['rejects']}"
             f" duplicates {c['duplicates']} dropped {c['dropped']}"
         )

@@ -348,6 +348,7 @@ class ForeignService:
             self.aaa = ForeignAaa(
                 settings.clients, settings.realms, options_for(settings), now=now, random_bytes=random_bytes
             )
+            self.aaa.process_id = os.getpid()
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
         self._budget: dict[str, _Budget] = {}

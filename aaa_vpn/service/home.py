@@ -194,6 +194,7 @@ class HomeService:
             now=time.time() if now is None else now,
             random_bytes=random_bytes,
         )
+        self.role.process_id = os.getpid()
         self.accounting = AccountingServer(
             self.provisioning.clients(), self.role.counters, dup_ttl=self.role.options.dup_cache_seconds
         )
