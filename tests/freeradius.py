@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,35 @@ def wait_ready(process: subprocess.Popen[bytes], raddb: Path, timeout: float = 2
             return
         time.sleep(0.05)
     raise RuntimeError(f"freeradius did not log {READY!r} within {timeout} s:\n{_tail(log)}")
+
+
+def start_on_probed_ports(
+    freeradius: str, configure: Callable[[int], Path], attempts: int = 3
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start an instance from the raddb ``configure(attempt)`` writes on ports it
+    probes, and again with a new configuration while a probed port was taken
+    meanwhile: FreeRADIUS can neither take a bound socket nor report a port it
+    picked. Returns the process, ready, and its raddb; an instance that did not
+    come up is stopped by its PID before the error is raised."""
+    for attempt in range(attempts):
+        raddb = configure(attempt)
+        check_raddb(freeradius, raddb)
+        process = subprocess.Popen(
+            [freeradius, "-f", "-d", str(raddb)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_ready(process, raddb)
+            return process, raddb
+        except RuntimeError as exc:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            if "in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise ValueError(f"attempts {attempts}: expected at least 1")
 
 
 def _tail(path: Path, size: int = 3000) -> str:

@@ -225,7 +225,7 @@ def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Receive
     try:
         # FreeRADIUS can neither take a bound socket nor report its port: it is
         # told a probed one (the clients' coa_port too), and started again if taken.
-        for attempt in range(3):
+        def configure(attempt: int) -> Path:
             port = probed_udp_port(str(FA))
             if attempt == 0:
                 _provision(store, port, encoding)
@@ -233,22 +233,11 @@ def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Receive
                 for name in ("fa1", "ha1"):
                     client = store.get_client(name)
                     store.update_client(Client(**{**client.__dict__, "coa_port": port}))
-            raddb = freeradius.write_raddb(tmp_path / f"fr{attempt}", _raddb_body(tmp_path, port))
-            (raddb / "dictionary").write_text("# FreeRADIUS's own dictionaries only\n")
-            freeradius.check_raddb(binary, raddb)
-            process = subprocess.Popen(
-                [binary, "-f", "-d", str(raddb)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                freeradius.wait_ready(process, raddb)
-                break
-            except RuntimeError as exc:
-                if "in use" not in str(exc) or attempt == 2:
-                    raise
-                process.wait()
+            written = freeradius.write_raddb(tmp_path / f"fr{attempt}", _raddb_body(tmp_path, port))
+            (written / "dictionary").write_text("# FreeRADIUS's own dictionaries only\n")
+            return written
+
+        process, raddb = freeradius.start_on_probed_ports(binary, configure)
         store.close()
         yield Receiver(db, tmp_path, encoding)
     finally:

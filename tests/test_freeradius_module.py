@@ -150,26 +150,15 @@ def running(db: Path | str, key_file: Path, base: Path) -> Iterator[Hosted]:
     process: subprocess.Popen[bytes] | None = None
     raddb: Path | None = None
     try:
-        for attempt in range(3):
-            ports = {"authorize": probed_udp_port(str(LISTEN)), "post-auth": probed_udp_port(str(LISTEN))}
-            raddb = freeradius.write_raddb(
+        ports: dict[str, int] = {}
+
+        def configure(attempt: int) -> Path:
+            ports.update({"authorize": probed_udp_port(str(LISTEN)), "post-auth": probed_udp_port(str(LISTEN))})
+            return freeradius.write_raddb(
                 base / f"fr{attempt}", server_config(db, key_file, ports["authorize"], ports["post-auth"])
             )
-            freeradius.check_raddb(binary, raddb)
-            process = subprocess.Popen(
-                [binary, "-f", "-d", str(raddb)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                freeradius.wait_ready(process, raddb)
-                break
-            except RuntimeError as exc:
-                if "in use" not in str(exc) or attempt == 2:
-                    raise
-                process.wait()
-        assert raddb is not None
+
+        process, raddb = freeradius.start_on_probed_ports(binary, configure)
         yield Hosted(db, key_file, raddb, ports)
     finally:
         if process is not None and process.poll() is None:  # stopped by its PID

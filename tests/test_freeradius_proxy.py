@@ -191,26 +191,18 @@ def _run(binary: str, base: Path) -> Iterator[Visited]:
         home_port = served_port(home, home_log)
         # FreeRADIUS can neither take a bound socket nor pick and report its
         # port: it is told a probed one, and started again if that was taken.
-        for attempt in range(3):
-            proxy_port = probed_udp_port(str(PROXY))
-            raddb = freeradius.write_raddb(
-                base / f"fr{attempt}", _server_conf(proxy_port), proxy=_proxy_conf(home_port)
+        ports: list[int] = []
+
+        def configure(attempt: int) -> Path:
+            ports.append(probed_udp_port(str(PROXY)))
+            written = freeradius.write_raddb(
+                base / f"fr{attempt}", _server_conf(ports[-1]), proxy=_proxy_conf(home_port)
             )
-            (raddb / "clients.conf").write_text(_clients_conf())
-            freeradius.check_raddb(binary, raddb)
-            proxy = subprocess.Popen(
-                [binary, "-f", "-d", str(raddb)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                freeradius.wait_ready(proxy, raddb)
-                break
-            except RuntimeError as exc:
-                if "in use" not in str(exc) or attempt == 2:
-                    raise
-                proxy.wait()
+            (written / "clients.conf").write_text(_clients_conf())
+            return written
+
+        proxy, raddb = freeradius.start_on_probed_ports(binary, configure)
+        proxy_port = ports[-1]
         wait_until_serving(("127.0.0.1", home_port), SECRET)
         yield Visited(db, ("127.0.0.1", home_port), (str(PROXY), proxy_port), home_log, raddb)
     finally:

@@ -333,26 +333,14 @@ server visited {{
 
 def test_radclient_through_freeradius_over_tls(home: Home, tmp_path: Path) -> None:
     binary = _require_tool("freeradius")
-    process: subprocess.Popen[bytes] | None = None
-    raddb: Path | None = None
-    for attempt in range(3):
-        port = probed_udp_port(FR)
-        raddb = freeradius.write_raddb(tmp_path / f"fr{attempt}", _fr_server(port), proxy=_fr_proxy(home))
-        freeradius.check_raddb(binary, raddb)
-        process = subprocess.Popen(
-            [binary, "-f", "-d", str(raddb)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            freeradius.wait_ready(process, raddb)
-            break
-        except RuntimeError as exc:
-            if "in use" not in str(exc) or attempt == 2:
-                raise
-            process.wait()
-    assert process is not None and raddb is not None
+    ports: list[int] = []
+
+    def configure(attempt: int) -> Path:
+        ports.append(probed_udp_port(FR))
+        return freeradius.write_raddb(tmp_path / f"fr{attempt}", _fr_server(ports[-1]), proxy=_fr_proxy(home))
+
+    process, raddb = freeradius.start_on_probed_ports(binary, configure)
+    port = ports[-1]
     try:
         attributes = _radclient(home, (FR, port), tmp_path)
         by_name = {name: value for name, _tag, value in attributes}
