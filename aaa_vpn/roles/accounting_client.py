@@ -57,21 +57,10 @@ from aaa_vpn.roles.radius_client import (
     RequestFailed,
 )
 from aaa_vpn.wire import radius as rc
-from aaa_vpn.wire.accounting import AcctStatus, counter_attributes, session_class
+from aaa_vpn.wire.accounting import AcctStatus, accounting_attributes, counter_attributes, session_class
 
 _U32 = struct.Struct("!I")
-_NAS_IP = 4
-_CLASS = 25
-_NAS_IDENTIFIER = 32
-_STATUS = 40
-_SESSION_ID = 44
-_SESSION_TIME = 46
-_TERMINATE_CAUSE = 49
-_MULTI_SESSION_ID = 50
-_EVENT_TIMESTAMP = 55
-_FRAMED_IP = 8
-_USER_NAME = 1
-_SESSION_CONTINUE = 48  # 3GPP2-Session-Continue (26/5535/48, X.S0011-005)
+_A = rc.Attr
 _BACKLOG = 10_000
 
 
@@ -245,24 +234,26 @@ class AccountingReporter:
     def _stop(self, entry: _Tracked, now: float, usage: UsageReader, cause: tuple[TerminateCause, bool]) -> None:
         terminate, continues = cause
         attributes = self._identity(entry.session) + self._times(entry, now) + self._usage(entry, usage)
-        attributes.append(rc.attribute(_TERMINATE_CAUSE, _U32.pack(int(terminate))))
+        attributes.append(rc.attribute(_A.ACCT_TERMINATE_CAUSE, _U32.pack(int(terminate))))
         if continues:
-            attributes.append(rc.vendor_attribute(rc.THREEGPP2_VENDOR_ID, _SESSION_CONTINUE, _U32.pack(1)))
+            attributes.append(
+                rc.vendor_attribute(rc.THREEGPP2_VENDOR_ID, rc.ThreeGpp2Attr.SESSION_CONTINUE, _U32.pack(1))
+            )
         self._send(AcctStatus.STOP, entry.session.acct_session_id, attributes, now, entry.session.nai.encode())
         self.counters["stop"] += 1
         self.counters[f"stop.{terminate.name.lower()}"] += 1
 
     def _identity(self, session: AccountedSession) -> list[bytes]:
         return [
-            rc.attribute(_USER_NAME, session.nai.encode()),
-            rc.attribute(_FRAMED_IP, session.home_address.packed),
-            rc.attribute(_MULTI_SESSION_ID, session.session_id.encode()),
-            rc.attribute(_CLASS, session_class(session.session_id)),
+            rc.attribute(_A.USER_NAME, session.nai.encode()),
+            rc.attribute(_A.FRAMED_IP_ADDRESS, session.home_address.packed),
+            rc.attribute(_A.ACCT_MULTI_SESSION_ID, session.session_id.encode()),
+            rc.attribute(_A.CLASS, session_class(session.session_id)),
         ]
 
     @staticmethod
     def _times(entry: _Tracked, now: float) -> list[bytes]:
-        return [rc.attribute(_SESSION_TIME, _U32.pack(max(0, int(now - entry.started)) & 0xFFFFFFFF))]
+        return [rc.attribute(_A.ACCT_SESSION_TIME, _U32.pack(max(0, int(now - entry.started)) & 0xFFFFFFFF))]
 
     def _usage(self, entry: _Tracked, usage: UsageReader) -> list[bytes]:
         used = usage(entry.session.owners)
@@ -275,14 +266,11 @@ class AccountingReporter:
         if self.client.waiting >= self.backlog:
             self.counters["dropped_backlog"] += 1
             return
-        body = [rc.attribute(_STATUS, _U32.pack(int(status)))]
-        if acct_session_id:
-            body.append(rc.attribute(_SESSION_ID, acct_session_id.encode()))
-        body += attributes
-        body.append(rc.attribute(_NAS_IP, self.nas_ip_address.packed))
+        body = accounting_attributes(status, acct_session_id, attributes)
+        body.append(rc.attribute(_A.NAS_IP_ADDRESS, self.nas_ip_address.packed))
         if self.nas_identifier:
-            body.append(rc.attribute(_NAS_IDENTIFIER, self.nas_identifier.encode()[:253]))
-        body.append(rc.attribute(_EVENT_TIMESTAMP, _U32.pack(int(now) & 0xFFFFFFFF)))
+            body.append(rc.attribute(_A.NAS_IDENTIFIER, self.nas_identifier.encode()[:253]))
+        body.append(rc.attribute(_A.EVENT_TIMESTAMP, _U32.pack(int(now) & 0xFFFFFFFF)))
         self._tags += 1
         self.client.request_accounting(b"".join(body), now, ("acct", self._tags), key=key or None)
 

@@ -136,6 +136,7 @@ from aaa_vpn.roles.radius_client import (
 )
 from aaa_vpn.roles.radius_server import Dropped, Incoming, RadiusServer
 from aaa_vpn.secret import Secret
+from aaa_vpn.wire.accounting import AcctStatus
 from aaa_vpn.wire.profile import VENDOR_ID, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius import (
     ACCESS_ACCEPT,
@@ -154,6 +155,7 @@ from aaa_vpn.wire.radius import (
     USER_NAME,
     VENDOR_SPECIFIC,
     AaaVpnAttr,
+    Attr,
     RadiusDecodeError,
     attribute,
     split_attributes,
@@ -161,8 +163,6 @@ from aaa_vpn.wire.radius import (
 from aaa_vpn.wire.radius_profile import ProfileError, encode_profile
 from aaa_vpn.wire.radius_request import AccessRequest, RequestDecodeError, decode_access_request
 
-ACCT_STATUS_TYPE = 40  # RFC 2866 section 5.1
-ACCT_ACCOUNTING_ON, ACCT_ACCOUNTING_OFF = 7, 8
 #: The realm name that catches every realm without its own pool.
 DEFAULT_REALM = "DEFAULT"
 #: Upstream retransmissions to one server (radius_client.py rule 1): two fewer
@@ -735,14 +735,14 @@ class ForeignAaa:
     # -- accounting (rule 10) ---------------------------------------------------------------------
     def _accounting_request(self, incoming: Incoming[ProxyClient], now: float) -> None:
         packet = incoming.packet
-        status = int.from_bytes(packet.first(ACCT_STATUS_TYPE) or b"", "big")
+        status = int.from_bytes(packet.first(Attr.ACCT_STATUS_TYPE) or b"", "big")
         for state in packet.all(PROXY_STATE):
             if len(state) == PROXY_STATE_LENGTH and state[:4] == self._instance:
                 self.accounting_server.abandon(incoming, "proxy_loop", "our own Proxy-State came back")
                 self._take_dropped()
                 return
         self.counters["accounting.requests"] += 1
-        if status in (ACCT_ACCOUNTING_ON, ACCT_ACCOUNTING_OFF):
+        if status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
             pools = [p for p in self.pools if p.accounting is not None]
         else:
             names = packet.all(USER_NAME)

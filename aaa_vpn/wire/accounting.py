@@ -62,25 +62,15 @@ class AccountingDecodeError(DecodeError):
     """An Accounting-Request that cannot be recorded (module rule 2)."""
 
 
-# Attribute types (RFC 2865, 2866, 2869).
-_USER_NAME = 1
-_NAS_IP = 4
-_NAS_PORT = 5
-_CLASS = 25
-_NAS_IDENTIFIER = 32
-_STATUS = 40
-_DELAY = 41
-_IN_OCTETS = 42
-_OUT_OCTETS = 43
-_SESSION_ID = 44
-_SESSION_TIME = 46
-_IN_PACKETS = 47
-_OUT_PACKETS = 48
-_TERMINATE_CAUSE = 49
-_IN_GIGAWORDS = 52
-_OUT_GIGAWORDS = 53
-_EVENT_TIMESTAMP = 55
-_NAS_PORT_ID = 87
+# Attribute types (RFC 2865, 2866, 2869): the RADIUS kit's.
+_A = rc.Attr
+_USER_NAME, _NAS_IP, _NAS_PORT, _CLASS = _A.USER_NAME, _A.NAS_IP_ADDRESS, _A.NAS_PORT, _A.CLASS
+_NAS_IDENTIFIER, _NAS_PORT_ID, _EVENT_TIMESTAMP = _A.NAS_IDENTIFIER, _A.NAS_PORT_ID, _A.EVENT_TIMESTAMP
+_STATUS, _DELAY, _SESSION_ID = _A.ACCT_STATUS_TYPE, _A.ACCT_DELAY_TIME, _A.ACCT_SESSION_ID
+_IN_OCTETS, _OUT_OCTETS = _A.ACCT_INPUT_OCTETS, _A.ACCT_OUTPUT_OCTETS
+_IN_PACKETS, _OUT_PACKETS = _A.ACCT_INPUT_PACKETS, _A.ACCT_OUTPUT_PACKETS
+_IN_GIGAWORDS, _OUT_GIGAWORDS = _A.ACCT_INPUT_GIGAWORDS, _A.ACCT_OUTPUT_GIGAWORDS
+_SESSION_TIME, _TERMINATE_CAUSE = _A.ACCT_SESSION_TIME, _A.ACCT_TERMINATE_CAUSE
 _NEVER_KEPT = frozenset((rc.MESSAGE_AUTHENTICATOR_TYPE, rc.PROXY_STATE, 2, 3, 69))  # + User-/CHAP-/Tunnel-Password
 _U32 = struct.Struct("!I")
 
@@ -292,7 +282,7 @@ def decode_accounting_request(packet: rc.Packet) -> AccountingRequest:
     )
 
 
-_SINGLE = {
+_SINGLE: dict[int, str] = {
     _USER_NAME: "User-Name",
     _NAS_IP: "NAS-IP-Address",
     _NAS_PORT: "NAS-Port",
@@ -335,14 +325,21 @@ def encode_accounting_request(
     acct_session_id: str,
     attributes: Sequence[bytes] = (),
 ) -> bytes:
-    """An Accounting-Request: Acct-Status-Type, Acct-Session-Id (unless
-    empty), then ``attributes`` (complete raw attributes), hashed with
+    """An Accounting-Request: :func:`accounting_attributes`, hashed with
     ``secret`` (rule 1)."""
+    return rc.encode_hashed_request(
+        rc.ACCOUNTING_REQUEST, identifier, secret, accounting_attributes(status, acct_session_id, attributes)
+    )
+
+
+def accounting_attributes(status: AcctStatus, acct_session_id: str, attributes: Sequence[bytes] = ()) -> list[bytes]:
+    """An Accounting-Request's attributes: Acct-Status-Type, Acct-Session-Id
+    (unless empty), then ``attributes`` (complete raw attributes)."""
     body = [rc.attribute(_STATUS, _U32.pack(int(status)))]
     if acct_session_id:
         body.append(rc.attribute(_SESSION_ID, acct_session_id.encode()))
     body += attributes
-    return rc.encode_hashed_request(rc.ACCOUNTING_REQUEST, identifier, secret, body)
+    return body
 
 
 def counter_attributes(input_octets: int, output_octets: int, input_packets: int, output_packets: int) -> list[bytes]:
@@ -362,6 +359,7 @@ __all__ = [
     "AccountingDecodeError",
     "AccountingRequest",
     "AcctStatus",
+    "accounting_attributes",
     "counter_attributes",
     "decode_accounting_request",
     "encode_accounting_request",
