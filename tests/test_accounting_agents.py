@@ -165,3 +165,19 @@ def test_a_dead_accounting_server_fails_over_and_a_dead_pool_never_grows_memory(
     dead.run(NOW, NOW + 60, Counters())
     assert lonely.counters["failed"] == lonely.counters["start"] - lonely.counters["dropped_backlog"]
     assert lonely.client.outstanding == 0 and lonely.client.waiting == 0
+
+
+def test_a_forged_or_repeated_accounting_response_is_dropped_and_the_request_keeps_waiting(store: Store) -> None:
+    home = HomeService(store, now=NOW)
+    acct = reporter(HOME_A)
+    acct.observe([session()], NOW, Counters())
+    ((request, destination),) = acct.datagrams_to_send(NOW)
+    ((genuine, _),) = home.handle_accounting_batch([(request, SOURCE)], NOW)
+    forged = genuine[:4] + bytes(16) + genuine[20:]  # a Response Authenticator nobody with the secret made
+    acct.receive_datagram(forged, destination, NOW)
+    assert acct.counters["answered"] == 0 and acct.client.counters["dropped.bad_reply"] == 1
+    acct.receive_datagram(genuine, destination, NOW)
+    assert acct.counters["answered"] == 1
+    acct.receive_datagram(genuine, destination, NOW)  # the same answer again: nothing outstanding
+    assert acct.counters["answered"] == 1 and acct.client.counters["dropped.unmatched"] == 1
+    assert acct.client.outstanding == 0 and acct.get_timer() == NOW + 60.0  # the next Interim-Update only
