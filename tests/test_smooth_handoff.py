@@ -25,6 +25,7 @@ from aaa_vpn.model import ClientRole, Flavour, KeyMode, Session
 from aaa_vpn.roles import home_plan as home_aaa
 from aaa_vpn.roles.fa import HANDOFF_SPI, ForeignAgent
 from aaa_vpn.roles.ha import mirror
+from aaa_vpn.sa.base import SaError
 from aaa_vpn.sa.esp import EspError
 from aaa_vpn.sa.memory import MemoryBackend
 from aaa_vpn.secret import Secret
@@ -272,6 +273,84 @@ def test_an_unreachable_previous_fa_does_not_delay_the_registration(net: Network
     outbound = inner_packet(HOME_ADDRESS, CN_STATIC, random_payload())
     assert only_at(net, "fa2", outbound, "ha") == outbound
 
+    # it goes on telling FA1 to let the node go (Lifetime 0, a fresh identification
+    # each time) while FA2's own registration of the node lasts
+    assert counters["handoff.releases_sent"] >= 1
+    assert fa(net, "fa2").exchanges() == 1
+    visitor = fa(net, "fa2").visitors["mn1@home.example"]
+    net.advance(visitor.expires - net.clock + 1.0)
+    counters = fa(net, "fa2").counters
+    assert counters["handoff.release_unanswered"] == 1
+    # backed off to one every 16 s (release_max_interval), never faster
+    assert counters["handoff.releases_sent"] <= 4 + (visitor.expires - visitor.registered_at) / 16
+    assert fa(net, "fa2").exchanges() == 0
+
+
+def test_a_previous_fa_that_heard_no_notification_is_told_to_let_the_node_go(net: Network) -> None:
+    """Every transmission of the notification is lost (at 0, 1 and 3 s), and the
+    first release at 7 s: the next release (8 s) removes FA1's visitor and its
+    SAs toward the HA and the gateway without forwarding, and it is
+    acknowledged (authenticated) under the handoff key."""
+    assert register(net, FA1) == 0
+    net.advance(2.0)
+    lost_until = net.clock + 7.5
+    seen: list[tuple[float, bytes]] = []
+
+    def lose(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> bool:
+        if (source[0], destination[0]) != (FA2, FA1):
+            return False
+        seen.append((net.clock, data))
+        return net.clock < lost_until
+
+    net.drop = lose
+    assert register(net, FA2, previous=FA1) == 0
+    net.advance(7.4)
+    assert "mn1@home.example" in fa(net, "fa1").visitors  # it heard nothing
+    assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]  # the receiving end went at 7 s
+    net.advance(1.0)
+    assert fa(net, "fa1").visitors == {} and table(net, "fa1") == []
+    assert fa(net, "fa1").forwarding == {}  # let go, not forwarding
+    counters = fa(net, "fa2").counters
+    released = (counters["handoff.unanswered"], counters["handoff.releases_sent"], counters["handoff.released"])
+    assert released == (1, 2, 1)
+    assert fa(net, "fa2").exchanges() == 0
+    # what was sent: the notification three times byte for byte, then two releases
+    messages = [mip.decode_binding_message(data) for _, data in seen]
+    assert [m.lifetime for m in messages] == [FORWARDING_LIFETIME] * 3 + [0, 0]  # type: ignore[attr-defined]
+    assert len({data for _, data in seen[:3]}) == 1
+    identifications = [m.identification for m in messages]  # type: ignore[attr-defined]
+    assert identifications[2] < identifications[3] < identifications[4]
+    # the rest of the network follows FA2
+    assert table(net, "ha") == [("FA_HA", FA2), ("HA_GW", "127.0.0.21")]
+    assert table(net, "gw-dynamic") == [("FA_GW", FA2)]
+
+
+
+def test_a_previous_fa_that_cannot_install_the_forwarding_path_still_lets_the_node_go(
+    net: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FA1 refuses the forwarding path (161, its backend cannot install it) and
+    keeps the visitor: FA2 removes its receiving end and releases FA1's visitor
+    at once (Lifetime 0), so FA1 holds no SA toward the HA or the gateway."""
+    assert register(net, FA1) == 0
+    net.advance(2.0)
+    fa1_backend = backend(net, "fa1")
+    install = fa1_backend.install
+
+    def no_forwarding(path: PathProfile, owner: str):  # type: ignore[no-untyped-def]
+        if path.role is PathRole.FA_FA:
+            raise SaError("no room for a forwarding path")
+        return install(path, owner)
+
+    monkeypatch.setattr(fa1_backend, "install", no_forwarding)
+    assert register(net, FA2, previous=FA1) == 0
+    counters = fa(net, "fa2").counters
+    assert (counters["handoff.refused.161"], counters["handoff.released"]) == (1, 1)
+    assert fa(net, "fa1").visitors == {} and fa(net, "fa1").forwarding == {}
+    assert table(net, "fa1") == []
+    assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
+    assert fa(net, "fa2").exchanges() == 0
 
 # -- forged and refused notifications ---------------------------------------------------------------
 

@@ -100,9 +100,13 @@ Smooth handoff (DESIGN.md flow E, docs/protocol.md section 5):
    two subkeys of the previous FA's handoff key (:func:`aaa_vpn.keys.handoff_subkeys`;
    SPI :data:`HANDOFF_SPI`). It retransmits ``notification_retries`` times,
    after ``notification_timeout`` seconds, then twice as long each time;
-   unanswered or refused, it removes its end of the path and nothing else
-   changes (counted). Acknowledged, its end goes when the granted lifetime
-   ends.
+   unanswered or refused, it removes its end of the path (counted) and the
+   node's registration does not change. Acknowledged, its end goes when the
+   granted lifetime ends. Unanswered, or refused with 161 (the previous FA
+   keeps the visitor), it then *releases* the previous FA's visitor: the
+   notification with Lifetime 0 and a fresh identification each time, backed
+   off up to ``release_max_interval``, until any answer comes or its own
+   registration of the node ends.
 7. As the *previous* FA: a notification must authenticate under the handoff
    key of a visitor it has with that home address (otherwise it is dropped,
    counted, never answered); without such a visitor it is answered with
@@ -251,7 +255,11 @@ class FaConfig:
     """How long it waits for the previous FA's Binding Acknowledge before sending
     again; twice as long after each retransmission (1, 2, 4 s: it gives up at 7 s)."""
     notification_retries: int = 2
-    """How many times it sends a Previous-FA Notification again before giving up."""
+    """How many times it sends a Previous-FA Notification again before giving up
+    on forwarding (it then releases the previous FA's visitor, rule 6)."""
+    release_max_interval: float = 16.0
+    """The longest wait between two releases (Lifetime-0 notifications) to a
+    previous FA that did not answer (rule 6)."""
     replay_tolerance: float = 7.0
     """RFC 5944 section 5.7: how far a notification's timestamp may be from this FA's clock."""
     coa_peers: Sequence[CoaPeer] = ()
@@ -331,14 +339,25 @@ class Forwarding:
 
 @dataclass
 class _Notification:
-    """A Previous-FA Notification this FA (the new one) waits to see acknowledged."""
+    """A Previous-FA Notification this FA (the new one) waits to see
+    acknowledged: first the forwarding request, then, if that went
+    unanswered, the releases (Lifetime 0) that remove the previous FA's
+    visitor without forwarding."""
 
     previous: IPv4Address
     owner: str  # the visitor's owner, under which the forwarding path's receiving end is installed
     data: bytes
     auth_key: Secret = field(repr=False)
+    wrap_key: Secret = field(repr=False)
+    home_address: IPv4Address
+    session: tuple[str, int]  # the previous FA's registration: the session in the epoch before
+    path: PathProfile  # the previous FA's view of the forwarding path
+    identification: int  # of the forwarding request (its retransmissions are the same bytes)
+    until: float  # when this FA's own registration of the node ends: the previous FA's has by then
     sent: int = 1
     timer: int | None = None
+    releasing: bool = False
+    release: int | None = None  # the identification of the last release sent
 
 
 @dataclass
@@ -423,6 +442,8 @@ class ForeignAgent(Agent):
         self._visitor_timers: dict[str, int] = {}
         # smooth handoff: as the new FA, notifications by (previous FA, identification)
         self._notifications: dict[tuple[IPv4Address, int], _Notification] = {}
+        #: (previous FA, a release's identification) -> the key of its notification
+        self._release_ids: dict[tuple[IPv4Address, int], tuple[IPv4Address, int]] = {}
         # as the previous FA: forwarding by home address, installations by owner,
         # the last notification timestamp accepted per (new FA, home address)
         self.forwarding: dict[IPv4Address, Forwarding] = {}
@@ -1156,33 +1177,46 @@ class ForeignAgent(Agent):
             return
         auth_key, wrap_key = keys.handoff_subkeys(handoff_key)
         identification = self._identification(now)
-        notification = PreviousFaNotification(
-            lifetime=self.config.forwarding_lifetime,
+        state = _Notification(
+            previous=previous,
+            owner=visitor.owner,
+            data=b"",
+            auth_key=auth_key,
+            wrap_key=wrap_key,
             home_address=visitor.home_address,
-            care_of_address=self.config.address,
+            session=(profile.session_id, profile.epoch - 1),
+            path=mirror(path),
             identification=identification,
-            acknowledge=True,
-            extensions=(
-                # the registration the previous FA holds: the session in the epoch before
-                session_extension(profile.session_id, profile.epoch - 1),
-                encode_vpn_path(mirror(path), wrap_key),
-            ),
+            until=visitor.expires,
         )
-        data = append_generalized_authentication(
-            mip.encode_binding_message(notification), GeneralizedAuthSubtype.BINDING, HANDOFF_SPI, auth_key
-        )
-        state = _Notification(previous, visitor.owner, data, auth_key)
+        state.data = self._notification_data(state, self.config.forwarding_lifetime, identification)
         self._notifications[(previous, identification)] = state
         self.counters["handoff.notifications_sent"] += 1
-        self._send(Channel.MIP, data, (str(previous), self.config.mip_port))
+        self._send(Channel.MIP, state.data, (str(previous), self.config.mip_port))
         state.timer = self._call_at(
             now + self.config.notification_timeout,
             functools.partial(self._notification_timeout, previous, identification),
         )
 
+    def _notification_data(self, state: _Notification, lifetime: int, identification: int) -> bytes:
+        notification = PreviousFaNotification(
+            lifetime=lifetime,
+            home_address=state.home_address,
+            care_of_address=self.config.address,
+            identification=identification,
+            acknowledge=True,
+            extensions=(session_extension(*state.session), encode_vpn_path(state.path, state.wrap_key)),
+        )
+        return append_generalized_authentication(
+            mip.encode_binding_message(notification), GeneralizedAuthSubtype.BINDING, HANDOFF_SPI, state.auth_key
+        )
+
     def _notification_timeout(self, previous: IPv4Address, identification: int, now: float) -> None:
         state = self._notifications.get((previous, identification))
         if state is None:
+            return
+        if state.releasing:
+            self._send_release(state, now)
             return
         if state.sent <= self.config.notification_retries:
             state.sent += 1
@@ -1193,15 +1227,53 @@ class ForeignAgent(Agent):
                 functools.partial(self._notification_timeout, previous, identification),
             )
             return
-        # The previous FA is gone or silent: the node is registered all the same;
-        # only the receiving end of the forwarding path, now useless, goes.
-        del self._notifications[(previous, identification)]
+        # The previous FA is gone, silent or unreachable: the node is registered all
+        # the same; the receiving end of the forwarding path, now useless, goes.
         self.counters["handoff.unanswered"] += 1
         self._emit(DeletePaths(state.owner, previous))
+        self._start_releasing(state, now)
+
+    def _start_releasing(self, state: _Notification, now: float) -> None:
+        """The previous FA may still hold the node as a visitor, with SAs toward
+        the HA and the gateways that nobody else has any more: tell it to let the
+        node go (a notification with Lifetime 0, a fresh identification each
+        time so that its timestamp stays fresh), until it answers or until this
+        FA's own registration of the node ends (the previous one has by then)."""
+        state.releasing, state.sent = True, 0
+        if sum(1 for n in self._notifications.values() if n.releasing) > self.config.max_pending:
+            self._limit_hit("releases", self.config.max_pending, now)
+            self._end_notification(state)
+            return
+        self._send_release(state, now)
+
+    def _send_release(self, state: _Notification, now: float) -> None:
+        key = (state.previous, state.identification)
+        if state.release is not None:
+            self._release_ids.pop((state.previous, state.release), None)
+        if now >= state.until:
+            self.counters["handoff.release_unanswered"] += 1
+            self._end_notification(state)
+            return
+        state.sent += 1
+        state.release = self._identification(now)
+        self._release_ids[(state.previous, state.release)] = key
+        self.counters["handoff.releases_sent"] += 1
+        self._send(
+            Channel.MIP, self._notification_data(state, 0, state.release), (str(state.previous), self.config.mip_port)
+        )
+        wait = backoff(self.config.notification_timeout, state.sent, self.config.release_max_interval)
+        state.timer = self._call_at(min(now + wait, state.until), functools.partial(self._notification_timeout, *key))
+
+    def _end_notification(self, state: _Notification) -> None:
+        self._notifications.pop((state.previous, state.identification), None)
+        if state.release is not None:
+            self._release_ids.pop((state.previous, state.release), None)
+        self._cancel(state.timer)
 
     def _acknowledged(self, data: bytes, message: BindingAcknowledge, source: Address, now: float) -> None:
         previous = IPv4Address(source[0])
-        state = self._notifications.get((previous, message.identification))
+        key = (previous, message.identification)
+        state = self._notifications.get(key) or self._notifications.get(self._release_ids.get(key, key))
         if state is None:
             self.counters["dropped.unmatched_ack"] += 1
             return
@@ -1217,13 +1289,36 @@ class ForeignAgent(Agent):
             # the visitor has no key to sign with); it merely ends the retries.
             self.counters["dropped.bad_handoff_auth"] += 1
             return
-        del self._notifications[(previous, message.identification)]
-        self._cancel(state.timer)
+        forwarding = message.identification == state.identification
+        if state.releasing and not forwarding:
+            self._end_notification(state)
+            if message.accepted:
+                self.counters["handoff.released"] += 1
+            else:
+                # 131: it holds no such visitor (any more); 129: it holds the node
+                # in another session or epoch, which is not this FA's to remove.
+                self.counters[f"handoff.release_refused.{int(message.status)}"] += 1
+            return
         if not message.accepted:
             self.counters[f"handoff.refused.{int(message.status)}"] += 1
+            if state.releasing:
+                # a late answer to the forwarding request: only "no such visitor" ends the releases
+                if message.status == BindingStatus.AUTHENTICATION_FAILED:
+                    self._end_notification(state)
+                return
             self._emit(DeletePaths(state.owner, previous))
+            if message.status == BindingStatus.SA_INSTALL_FAILED and authentic:
+                # It kept the visitor because the forwarding path did not install:
+                # the node still goes from it, without forwarding.
+                self._cancel(state.timer)
+                self._start_releasing(state, now)
+            else:
+                self._end_notification(state)
             return
+        self._end_notification(state)
         self.counters["handoff.acknowledged"] += 1
+        if state.releasing:
+            return  # the answer came late: the receiving end is gone already
         # The receiving end lives as long as the previous FA forwards.
         self._call_at(now + message.lifetime, lambda _now: self._emit(DeletePaths(state.owner, previous)))
 
