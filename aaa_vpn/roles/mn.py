@@ -26,6 +26,11 @@ Rules (RFC 5944 sections 3.3, 3.6 and 5.7; RFC 4721):
    matches that of any of the registration's transmissions (the low 32
    bits, section 5.7) and it authenticates: an agent that got the request
    more than once answers one of them, not necessarily the last.
+6. With ``request_keys`` every registration (not a deregistration) asks the
+   home AAA for an MN-FA and an MN-HA key (RFC 3957 sections 3 and 6.1,
+   6.3): Generalized MN-FA and MN-HA Key Generation Nonce Requests of
+   subtype AAA, naming ``mn_fa_key_spi`` and ``mn_ha_key_spi``, right after
+   the NAI (so that every authenticator covers them).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from aaa_vpn.wire.mip import (
     ChallengeExtension,
     ExtensionType,
     GeneralizedAuthSubtype,
+    KeyRequestExtension,
     NaiExtension,
     RegistrationFlags,
     ReplyCode,
@@ -76,6 +82,12 @@ class MnConfig:
     attempts: int = 5
     """Transmissions of one request before it fails: 5 wait 1+2+4+8+16 = 31 s in all,
     longer than an FA's worst case (RADIUS, then ha_timeout: docs/protocol.md section 3.11)."""
+    request_keys: bool = False
+    """Rule 6: ask the home AAA for an MN-FA and an MN-HA key (RFC 3957)."""
+    mn_fa_key_spi: int = 0x3958
+    """Rule 6: the SPI the node gives the MSA with its FA (Mobile Node SPI of its request)."""
+    mn_ha_key_spi: int = 0x3957
+    """Rule 6: the SPI the node gives the MSA with its HA; not its provisioned ``mn_ha_spi``."""
 
 
 def give_up_after(config: MnConfig, lifetime: int | None = None) -> float:
@@ -208,6 +220,11 @@ class MobileNode(Agent):
     def _request_bytes(self, outstanding: _Outstanding) -> bytes:
         c = self.config
         extensions: list[mip.Extension] = [NaiExtension(c.nai)]
+        if c.request_keys and outstanding.lifetime:  # rule 6
+            extensions += [
+                KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, c.mn_fa_key_spi),
+                KeyRequestExtension(ExtensionType.MN_HA_KEY_REQUEST, c.mn_ha_key_spi),
+            ]
         if outstanding.previous_fa is not None:
             extensions.append(previous_fa_extension(outstanding.previous_fa))
         request = mip.RegistrationRequest(
