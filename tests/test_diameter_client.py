@@ -23,7 +23,17 @@ from aaa_vpn.wire import diameter as d
 from aaa_vpn.wire.mip_auth import mn_aaa_proof
 from aaa_vpn.wire.profile import RejectReason, RequestType
 from aaa_vpn.wire.radius_request import AccessRequest
-from tests.diameter_lab import ALL_KEYS, FA_HOST, HOME_HOST, MN_FA_KEY_SPI, rrq, run, start_home, wait_for
+from tests.diameter_lab import (
+    ALL_KEYS,
+    FA_HOST,
+    HOME_HOST,
+    MN_FA_KEY_SPI,
+    MN_HA_KEY_SPI,
+    rrq,
+    run,
+    start_home,
+    wait_for,
+)
 from tests.mobility import FA1, HA, MN_AAA
 
 
@@ -269,12 +279,13 @@ def test_ha_client_takes_hars_and_answers_its_request_from_them() -> None:
         assert ha.counters["har"] == 1
 
         # The HA's own request for that registration: answered from the HAR, nothing over RADIUS.
-        def ha_request(care_of: str, epoch: int | None) -> AccessRequest:
+        def ha_request(care_of: str, epoch: int | None, session: str | None = None) -> AccessRequest:
             chap_password, chap_challenge = mn_aaa_proof(registration).chap_attributes()
             return AccessRequest(
                 nai=NAI, chap_password=chap_password, chap_challenge=chap_challenge,
                 nas_ip_address=IPv4Address(HA), request_type=RequestType.HA_REGISTRATION,
-                care_of_address=IPv4Address(care_of), session_id=accepted.profile.session_id, key_epoch=epoch,
+                care_of_address=IPv4Address(care_of), session_id=session or accepted.profile.session_id,
+                key_epoch=epoch,
             )  # fmt: skip
 
         ha.request(ha_request(FA1, accepted.profile.epoch + 1), time.time(), tag="wrong epoch")
@@ -287,6 +298,21 @@ def test_ha_client_takes_hars_and_answers_its_request_from_them() -> None:
         assert ha.counters["from_har"] == 1 and ha.counters["over_radius"] == 1
         ha.request(ha_request(FA1, accepted.profile.epoch), time.time(), tag="again")  # used once
         assert ha.counters["over_radius"] == 2
+        assert event.mn_ha_key is None  # the node asked for no key
+
+        # A registration asking for keys: the HAR brings the MN-HA key, the HA's event carries it.
+        keyed = rrq(keys=True)
+        asked = await fa.ask(access_request(keyed), keyed, "keys")
+        assert isinstance(asked, RequestAccepted) and asked.profile is not None
+        assert ha.counters["har"] == 2
+        registration = keyed
+        ha.request(ha_request(FA1, asked.profile.epoch, asked.profile.session_id), time.time(), tag="keys from HAR")
+        keyed_event = ha.next_event()
+        assert isinstance(keyed_event, RequestAccepted) and keyed_event.tag == "keys from HAR"
+        mn_ha = keyed_event.mn_ha_key
+        assert mn_ha is not None and mn_ha.spi == MN_HA_KEY_SPI and mn_ha.replay_method == d.REPLAY_TIMESTAMPS
+        assert mn_ha.key.value == hmac.new(MN_AAA.value, mn_ha.nonce + NAI.encode(), hashlib.sha1).digest()
+        assert asked.mn_fa_key is not None and asked.mn_fa_key.nonce != mn_ha.nonce
 
         # A HAR without User-Name is answered 5005; another command 3001.
         bad = Message(

@@ -321,8 +321,10 @@ class HaDiameterClient:
        :data:`VIEW_SECONDS`, one per NAI, and answered HAA 2001 with the
        addresses; the registration itself still reaches the HA from the FA
        (RFC 5944 relaying), so the HAA carries no MIP-Reg-Reply and the AMA
-       none either. A HAR whose profile does not decode: 5004 (or 5005) with
-       the AVP to blame. Other requests: 3001.
+       none either. With MIP-MN-to-HA-MSA and MIP-HA-to-MN-MSA the view
+       keeps the node's new MN-HA key and its nonce (RFC 3957; ha.py rule
+       4b). A HAR whose profile or MSAs do not decode: 5004 (or 5005, 5007)
+       with the AVP to blame. Other requests: 3001.
     2. A request of the HA whose NAI has a kept view for the same care-of
        address -- and, where the request names them, the same session and key
        epoch -- is accepted from it at once (:class:`RequestAccepted`, counted
@@ -350,7 +352,7 @@ class HaDiameterClient:
             routes=routes,
             random_u32=random_u32,
         )
-        self._views: dict[str, tuple[float, VpnProfile, str]] = {}  # NAI -> (until, view, from)
+        self._views: dict[str, tuple[float, VpnProfile, str, MnKey | None]] = {}  # NAI -> (until, view, from, key)
         self._events: collections.deque[Event] = collections.deque()
         self.counters: collections.Counter[str] = collections.Counter()
         self.flush: Callable[[], None] = lambda: None
@@ -369,7 +371,7 @@ class HaDiameterClient:
         self._now = now
         kept = self._views.get(info.nai)
         if kept is not None:
-            until, view, server = kept
+            until, view, server, mn_ha = kept
             if (
                 until > now
                 and view.care_of_address == info.care_of_address
@@ -378,7 +380,7 @@ class HaDiameterClient:
             ):
                 del self._views[info.nai]
                 self.counters["from_har"] += 1
-                self._events.append(RequestAccepted(tag, view, b"", b"", server))
+                self._events.append(RequestAccepted(tag, view, b"", b"", server, mn_ha_key=mn_ha))
                 return
         self.counters["over_radius"] += 1
         self.radius.request(info, now, tag)
@@ -403,7 +405,7 @@ class HaDiameterClient:
         self._now = now
         self.radius.handle_timer(now)
         self.node.handle_timer(now)
-        for nai in [n for n, (until, _, _) in self._views.items() if until <= now]:
+        for nai in [n for n, (until, *_) in self._views.items() if until <= now]:
             del self._views[nai]
 
     # -- the Diameter side -------------------------------------------------------------------------
@@ -429,13 +431,14 @@ class HaDiameterClient:
                     message, self.identity, ResultCode.MISSING_AVP, error_message="HAR without User-Name"
                 )
             view = decode_profile_avps(message.avps)
+            mn_ha = mn_key(message, C.MIP_MN_TO_HA_MSA, C.MIP_HA_TO_MN_MSA)
         except d.DiameterDecodeError as exc:
             return peer.answer_to(
                 message, self.identity, exc.result_code, error_message=str(exc), failed_avp=exc.failed_avp
             )
         if len(self._views) >= 100_000:
             self._views.clear()
-        self._views[nai] = (self._now + self.VIEW_SECONDS, view, message.origin_host or "")
+        self._views[nai] = (self._now + self.VIEW_SECONDS, view, message.origin_host or "", mn_ha)
         return peer.answer_to(
             message,
             self.identity,

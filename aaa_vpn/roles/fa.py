@@ -160,7 +160,7 @@ from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.diameter_client import FaDiameterClient
-from aaa_vpn.roles.ha import mirror
+from aaa_vpn.roles.ha import mirror, mn_key_from_state, mn_key_state
 from aaa_vpn.roles.radius_client import (
     RadiusClient,
     RequestAccepted,
@@ -395,34 +395,6 @@ def _owner(profile: VpnProfile) -> str:
     # One owner per session epoch: after a handoff away and back, the paths of
     # the earlier visit (other keys, other SPIs) are told apart from the new.
     return f"{profile.session_id}#{profile.epoch}"
-
-
-def _mn_key_state(key: MnKey | None) -> dict[str, Any] | None:
-    """An MN-FA key as the state journal keeps it (the key stays a Secret: the
-    journal encrypts it)."""
-    if key is None:
-        return None
-    return {
-        "spi": key.spi,
-        "aaa_spi": key.aaa_spi,
-        "algorithm": key.algorithm,
-        "nonce": key.nonce.hex(),
-        "key": key.key,
-        "lifetime": key.lifetime,
-    }
-
-
-def _mn_key_from_state(entry: dict[str, Any] | None) -> MnKey | None:
-    if not entry:
-        return None
-    return MnKey(
-        spi=int(entry["spi"]),
-        aaa_spi=int(entry["aaa_spi"]),
-        algorithm=int(entry["algorithm"]),
-        nonce=bytes.fromhex(entry["nonce"]),
-        key=entry["key"],
-        lifetime=int(entry["lifetime"]),
-    )
 
 
 def _key(home_agent: IPv4Address, identification: int) -> object:
@@ -1106,7 +1078,7 @@ class ForeignAgent(Agent):
                     "expires": v.expires,
                     "renewal_refused": v.renewal_refused,
                     "profile": v.profile,
-                    "mn_fa": _mn_key_state(v.mn_fa),
+                    "mn_fa": mn_key_state(v.mn_fa),
                 }
                 for v in self.visitors.values()
             ],
@@ -1141,7 +1113,7 @@ class ForeignAgent(Agent):
                 expires=entry["expires"],
                 profile=entry["profile"],
                 renewal_refused=bool(entry.get("renewal_refused", False)),
-                mn_fa=_mn_key_from_state(entry.get("mn_fa")),
+                mn_fa=mn_key_from_state(entry.get("mn_fa")),
             )
             self.visitors[visitor.nai] = visitor
             self._visitor_timers[visitor.nai] = self._call_at(

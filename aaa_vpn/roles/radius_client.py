@@ -205,6 +205,9 @@ class RequestAccepted(Event):
     mn_fa_key: MnKey | None = None
     """Diameter only: the MN-FA key the home AAA made for the mobile node and
     the nonce it derives it from (RFC 3957; roles/diameter_home.py rule 10)."""
+    mn_ha_key: MnKey | None = None
+    """Diameter only (a HAR's view): the MN-HA key the home AAA made for the
+    mobile node and the nonce it derives it from."""
 
 
 @dataclass(frozen=True)
