@@ -33,6 +33,7 @@ from aaa_vpn.roles.ha import HomeAgent
 from aaa_vpn.roles.mn import MobileNode
 from aaa_vpn.roles.radius_client import Event, RadiusClient, RequestAccepted
 from aaa_vpn.secret import Secret
+from aaa_vpn.service.journal import decode_journal, encode_journal
 from aaa_vpn.wire import mip
 from aaa_vpn.wire.mip import ExtensionType, KeyReplyExtension, decode_aaa_nonce
 from aaa_vpn.wire.mip_auth import verify_authentication
@@ -145,7 +146,11 @@ def test_the_visitor_key_survives_a_restart_of_the_fa(net: Network) -> None:
     fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
     net.nodes["mn"].agent.register(net.fa_address(FA1), net.clock)  # type: ignore[attr-defined]
     net.settle()
-    state = fa.export_state()
+    # Through the sealed state journal, as the service layer keeps it.
+    credential = Secret(b"journal credential")
+    sealed = encode_journal(fa.export_state(), "fa", IPv4Address(FA1), credential, net.clock)
+    assert rfc3957_key(NONCE).hex().encode() not in sealed
+    state = decode_journal(sealed, "fa", IPv4Address(FA1), credential)
     again = ForeignAgent(fa.config)
     again.restore_state(state, net.clock)
     restored = again.visitors[NAI].mn_fa
@@ -261,8 +266,10 @@ def test_the_binding_msa_survives_a_restart_of_the_ha(net: Network) -> None:
     ha.radius = WithMnHaKey(ha.radius)  # type: ignore[assignment]
     mn.register(net.fa_address(FA1), net.clock)
     net.settle()
+    credential = Secret(b"journal credential")
+    sealed = encode_journal(ha.export_state(), "ha", ha.config.address, credential, net.clock)
     again = HomeAgent(ha.config)
-    again.restore_state(ha.export_state(), net.clock)
+    again.restore_state(decode_journal(sealed, "ha", ha.config.address, credential), net.clock)
     assert again.bindings[NAI].mn_ha == ha.bindings[NAI].mn_ha is not None
 
 
