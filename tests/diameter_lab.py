@@ -34,6 +34,11 @@ HOME_HOST = "aaa.home.example"
 FA_HOST = f"c-{FA1.replace('.', '-')}"  # the FA's RADIUS client name is its Diameter identity
 HA_HOST = f"c-{HA.replace('.', '-')}"
 VISITED_REALM = "visited.example"
+#: The SPIs a mobile node asks RFC 3957 keys with (its MN-FA and MN-HA Key Generation Nonce Requests).
+MN_FA_KEY_SPI = 0x3958
+MN_HA_KEY_SPI = 0x3957
+#: MIP-Feature-Vector asking for both keys (RFC 4004 section 7.5) besides the FA-HA key.
+ALL_KEYS = d.FEATURE_FA_HA_KEY_REQUEST | d.FEATURE_MN_FA_KEY_REQUEST | d.FEATURE_MN_HA_KEY_REQUEST
 _identification = itertools.count(1)
 
 
@@ -49,8 +54,18 @@ def rrq(
     secret: Secret = MN_AAA,
     nai: str = NAI,
     challenge: bytes = b"0123456789abcdef",
+    keys: bool = False,
 ) -> bytes:
-    """A Registration Request as the mobile node sends it (roles/mn.py)."""
+    """A Registration Request as the mobile node sends it (roles/mn.py); with
+    ``keys``, asking for an MN-FA and an MN-HA key (RFC 3957)."""
+    requests = (
+        (
+            mip.KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, MN_FA_KEY_SPI),
+            mip.KeyRequestExtension(ExtensionType.MN_HA_KEY_REQUEST, MN_HA_KEY_SPI),
+        )
+        if keys
+        else ()
+    )
     request = mip.RegistrationRequest(
         flags=mip.RegistrationFlags.T,
         lifetime=lifetime,
@@ -58,7 +73,7 @@ def rrq(
         home_agent=IPv4Address(HA),
         care_of_address=IPv4Address(care_of),
         identification=next(_identification) << 32,
-        extensions=(NaiExtension(nai),),
+        extensions=(NaiExtension(nai), *requests),
     )
     data = append_authentication(mip.encode_registration_request(request), ExtensionType.MN_HA_AUTH, 3, MN_HA)
     data += mip.encode_extension(ChallengeExtension(challenge))
@@ -86,6 +101,7 @@ def amr(
     origin: str = FA_HOST,
     drop: int = -1,
     auth_of: bytes | None = None,
+    features: int = d.FEATURE_FA_HA_KEY_REQUEST,
 ) -> Message:
     """An AMR as an FA sends it (RFC 4004 section 5.1); ``drop`` leaves an AVP
     out, ``auth_of`` describes another request's MN-AAA extension."""
@@ -99,7 +115,7 @@ def amr(
         d.avp_text(C.USER_NAME, nai),
         d.avp_octets(C.MIP_REG_REQUEST, request),
         mn_aaa_auth(request if auth_of is None else auth_of),
-        d.avp_u32(C.MIP_FEATURE_VECTOR, d.FEATURE_FA_HA_KEY_REQUEST),
+        d.avp_u32(C.MIP_FEATURE_VECTOR, features),
     ]
     return Message(
         Command.AA_MOBILE_NODE,

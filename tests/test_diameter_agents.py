@@ -164,3 +164,34 @@ def test_foreign_aaa_serves_its_fas_over_diameter(tmp_path: Path) -> None:
         assert codes == dict.fromkeys(codes, 0), f"exit codes {codes}\n{logs}"
     stopped = re.search(r"diameter stopped .*diameter_amr_accepted=(\d+)", foreign_log.read_text())
     assert stopped and int(stopped.group(1)) == 2, foreign_log.read_text()[-2000:]  # FA1's and FA2's AMRs
+
+
+def test_the_node_gets_its_keys_over_diameter(tmp_path: Path) -> None:
+    """FA1 and the HA over Diameter, ``aaa-vpn mn --request-keys``: the home AAA
+    makes an MN-FA and an MN-HA key (AMA, HAR), the HA's reply carries the MN-HA
+    Key Generation Nonce Reply and is authenticated under the new key, FA1 adds
+    the MN-FA one: the node accepts the reply only if the key it derives from
+    the nonce verifies it (roles/mn.py rule 7)."""
+    port = _free_port(AAA)
+    home = ("--diameter-listen", f"{AAA}:{port}", "--diameter-realm", "home.example",
+            "--diameter-host", "aaa.home.example", "--diameter-plain-is-secure")  # fmt: skip
+    agents = {"fa1": _diameter(port, FA1_HOST, "visited.example"), "ha": _diameter(port, HA_HOST, "home.example")}
+    topology = start(tmp_path, home_args=home, agent_args=agents)
+    try:
+        home_log = topology.logs["home-aaa"]
+        topology_wait(lambda: "diameter peer up" in topology.logs["fa1"].read_text(errors="replace"), "FA1's CER")
+        topology_wait(lambda: f"peer={HA_HOST}" in home_log.read_text(errors="replace"), "the HA's CER")
+        code, result = topology.mn("register", "--fa", FA1, options=("--request-keys",))
+        assert (code, result["accepted"]) == (0, True), result
+        [reply] = [m for m in result["exchange"] if m["direction"] == "received" and m.get("code") == 0]
+        assert reply["keys"] == ["mn_ha", "mn_fa"], reply
+        # The next call starts from the provisioned MN-HA key again: the HA accepts it too.
+        code, result = topology.mn("register", "--fa", FA1)
+        assert (code, result["accepted"]) == (0, True), result
+    finally:
+        codes = topology.stop()
+    logs = "\n".join(f"--- {n}\n{p.read_text()[-3000:]}" for n, p in topology.logs.items())
+    assert codes == dict.fromkeys(codes, 0), f"exit codes {codes}\n{logs}"
+    for name, log in topology.logs.items():
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text, (name, text[-3000:])

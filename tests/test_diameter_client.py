@@ -8,21 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import hmac
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from aaa_vpn.lab.topology import NAI
 from aaa_vpn.net.diameter import DiameterTransport
-from aaa_vpn.roles.diameter_client import DiameterAaaClient
+from aaa_vpn.roles.diameter_client import DiameterAaaClient, feature_vector, mn_key
 from aaa_vpn.roles.radius_client import Event, RequestAccepted, RequestFailed, RequestRejected
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import diameter as d
 from aaa_vpn.wire.mip_auth import mn_aaa_proof
 from aaa_vpn.wire.profile import RejectReason, RequestType
 from aaa_vpn.wire.radius_request import AccessRequest
-from tests.diameter_lab import FA_HOST, HOME_HOST, rrq, run, start_home, wait_for
-from tests.mobility import FA1, HA
+from tests.diameter_lab import (
+    ALL_KEYS,
+    FA_HOST,
+    HOME_HOST,
+    MN_FA_KEY_SPI,
+    MN_HA_KEY_SPI,
+    rrq,
+    run,
+    start_home,
+    wait_for,
+)
+from tests.mobility import FA1, HA, MN_AAA
 
 
 def access_request(registration: bytes, session_id: str | None = None, nai: str = NAI) -> AccessRequest:
@@ -94,6 +106,56 @@ def test_amr_accepted_renewed_and_rejected() -> None:
         await server.transport.close()
 
     run(main)
+
+
+def test_amr_asks_for_the_node_keys_and_the_event_carries_the_mn_fa_key() -> None:
+    # RFC 4004 section 7.5: the bits follow the request's Key Generation Nonce Requests (RFC 3957).
+    assert feature_vector(rrq()) == d.FEATURE_FA_HA_KEY_REQUEST
+    assert feature_vector(rrq(keys=True)) == ALL_KEYS
+    assert feature_vector(b"garbage") == d.FEATURE_FA_HA_KEY_REQUEST
+
+    async def main() -> None:
+        server, port = await start_home()
+        fa = Driver(client())
+        await fa.transport.connect("127.0.0.1", port)
+        await wait_for(lambda: fa.client.node.peers(), 10, "CER/CEA")
+        registration = rrq(keys=True)
+        accepted = await fa.ask(access_request(registration), registration, "keys")
+        assert isinstance(accepted, RequestAccepted) and accepted.profile is not None
+        key = accepted.mn_fa_key
+        assert key is not None and key.spi == MN_FA_KEY_SPI and key.aaa_spi == 2 and len(key.nonce) == 16
+        # The key the node will derive (RFC 3957 section 5), recomputed with the standard library.
+        assert key.key.value == hmac.new(MN_AAA.value, key.nonce + NAI.encode(), hashlib.sha1).digest()
+        assert key.lifetime == accepted.profile.lifetime and key.replay_method is None
+        assert key.key.value.hex() not in repr(accepted)
+        plain = rrq()
+        without = await fa.ask(access_request(plain), plain, "plain")
+        assert isinstance(without, RequestAccepted) and without.mn_fa_key is None
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+def test_mn_key_refuses_half_an_msa_pair() -> None:
+    nonce = d.encode_msa(d.AvpCode.MIP_MN_TO_FA_MSA, d.Msa(nonce=b"n" * 16, aaa_spi=2))
+    key = d.encode_msa(d.AvpCode.MIP_FA_TO_MN_MSA, d.Msa(spi=0x3958, session_key=b"k" * 20))
+    other = d.encode_msa(d.AvpCode.MIP_FA_TO_MN_MSA, d.Msa(algorithm=1, spi=0x3958, session_key=b"k" * 20))
+
+    def answer(*avps: d.Avp) -> d.Message:
+        return d.Message(d.Command.AA_MOBILE_NODE, False, 2, avps=avps)
+
+    pair = (d.AvpCode.MIP_MN_TO_FA_MSA, d.AvpCode.MIP_FA_TO_MN_MSA)
+    assert mn_key(answer(), *pair) is None
+    made = mn_key(answer(nonce, key, d.avp_u32(d.AvpCode.MIP_MSA_LIFETIME, 60)), *pair)
+    assert made is not None and (made.spi, made.nonce, made.lifetime) == (0x3958, b"n" * 16, 60)
+    for broken, code in ((answer(key), 5005), (answer(nonce), 5005), (answer(nonce, other), 5007)):
+        try:
+            mn_key(broken, *pair)
+        except d.DiameterDecodeError as exc:
+            assert exc.result_code == code
+        else:
+            raise AssertionError(f"accepted {broken}")
 
 
 def test_no_route_and_no_answer_fail() -> None:
@@ -217,12 +279,13 @@ def test_ha_client_takes_hars_and_answers_its_request_from_them() -> None:
         assert ha.counters["har"] == 1
 
         # The HA's own request for that registration: answered from the HAR, nothing over RADIUS.
-        def ha_request(care_of: str, epoch: int | None) -> AccessRequest:
+        def ha_request(care_of: str, epoch: int | None, session: str | None = None) -> AccessRequest:
             chap_password, chap_challenge = mn_aaa_proof(registration).chap_attributes()
             return AccessRequest(
                 nai=NAI, chap_password=chap_password, chap_challenge=chap_challenge,
                 nas_ip_address=IPv4Address(HA), request_type=RequestType.HA_REGISTRATION,
-                care_of_address=IPv4Address(care_of), session_id=accepted.profile.session_id, key_epoch=epoch,
+                care_of_address=IPv4Address(care_of), session_id=session or accepted.profile.session_id,
+                key_epoch=epoch,
             )  # fmt: skip
 
         ha.request(ha_request(FA1, accepted.profile.epoch + 1), time.time(), tag="wrong epoch")
@@ -235,6 +298,21 @@ def test_ha_client_takes_hars_and_answers_its_request_from_them() -> None:
         assert ha.counters["from_har"] == 1 and ha.counters["over_radius"] == 1
         ha.request(ha_request(FA1, accepted.profile.epoch), time.time(), tag="again")  # used once
         assert ha.counters["over_radius"] == 2
+        assert event.mn_ha_key is None  # the node asked for no key
+
+        # A registration asking for keys: the HAR brings the MN-HA key, the HA's event carries it.
+        keyed = rrq(keys=True)
+        asked = await fa.ask(access_request(keyed), keyed, "keys")
+        assert isinstance(asked, RequestAccepted) and asked.profile is not None
+        assert ha.counters["har"] == 2
+        registration = keyed
+        ha.request(ha_request(FA1, asked.profile.epoch, asked.profile.session_id), time.time(), tag="keys from HAR")
+        keyed_event = ha.next_event()
+        assert isinstance(keyed_event, RequestAccepted) and keyed_event.tag == "keys from HAR"
+        mn_ha = keyed_event.mn_ha_key
+        assert mn_ha is not None and mn_ha.spi == MN_HA_KEY_SPI and mn_ha.replay_method == d.REPLAY_TIMESTAMPS
+        assert mn_ha.key.value == hmac.new(MN_AAA.value, mn_ha.nonce + NAI.encode(), hashlib.sha1).digest()
+        assert asked.mn_fa_key is not None and asked.mn_fa_key.nonce != mn_ha.nonce
 
         # A HAR without User-Name is answered 5005; another command 3001.
         bad = Message(

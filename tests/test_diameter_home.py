@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import hmac
 import socket
 import struct
 import time
@@ -24,9 +26,12 @@ from aaa_vpn.wire.diameter import ResultCode
 from aaa_vpn.wire.diameter_profile import decode_profile_avps
 from aaa_vpn.wire.profile import PathRole
 from tests.diameter_lab import (
+    ALL_KEYS,
     FA_HOST,
     HA_HOST,
     HOME_HOST,
+    MN_FA_KEY_SPI,
+    MN_HA_KEY_SPI,
     Client,
     amr,
     home_service,
@@ -35,7 +40,7 @@ from tests.diameter_lab import (
     start_home,
     wait_for,
 )
-from tests.mobility import FA1, HA
+from tests.mobility import FA1, HA, MN_AAA
 
 
 def test_registration_renewal_push_and_str() -> None:
@@ -236,6 +241,104 @@ def test_home_agent_over_diameter_har_haa() -> None:
         assert Secret(ha_msa[C.MIP_SESSION_KEY].value) == fa_view.fa_ha_key
         reply = mip.decode_message(ama.find(C.MIP_REG_REPLY).value)  # type: ignore[union-attr]
         assert isinstance(reply, mip.RegistrationReply) and reply.code == mip.ReplyCode.ACCEPTED
+        await fa.transport.close()
+        await ha.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+# --- keys for the mobile node (RFC 4004 section 9, RFC 3957; rule 10) -------------------------
+
+
+def _group(message: d.Message, code: int) -> dict[int, d.Avp]:
+    avp = message.find(code)
+    assert avp is not None, f"no {d.AVPS[(0, code)].name} in the {message.name}"
+    return {a.code: a for a in avp.as_grouped()}
+
+
+def _rfc3957_key(nonce: bytes) -> bytes:
+    # RFC 3957 section 5, recomputed here with the standard library: HMAC-SHA1(AAA-key, nonce || NAI).
+    return hmac.new(MN_AAA.value, nonce + NAI.encode(), hashlib.sha1).digest()
+
+
+def test_mn_fa_key_from_a_home_nonce() -> None:
+    async def main() -> None:
+        server, port = await start_home()
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+        ama = await fa.ask(amr("fa;keys", rrq(keys=True), features=ALL_KEYS))
+        assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)
+        for_node = _group(ama, C.MIP_MN_TO_FA_MSA)
+        for_fa = _group(ama, C.MIP_FA_TO_MN_MSA)
+        nonce = for_node[C.MIP_NONCE].value
+        assert len(nonce) == 16
+        assert for_node[C.MIP_MN_AAA_SPI].as_u32() == 2  # the AAA SPI: the request's MN-AAA (CHAP_SPI)
+        assert for_node[C.MIP_ALGORITHM_TYPE].as_u32() == d.ALGORITHM_HMAC_SHA1
+        assert C.MIP_SESSION_KEY not in for_node  # the node gets the nonce, never the key
+        assert for_fa[C.MIP_FA_TO_MN_SPI].as_u32() == MN_FA_KEY_SPI
+        assert for_fa[C.MIP_SESSION_KEY].value == _rfc3957_key(nonce)
+        assert _rfc3957_key(nonce).hex() not in repr(ama) and _rfc3957_key(nonce).hex() not in repr(for_fa)
+        assert ama.u32(C.MIP_MSA_LIFETIME) == decode_profile_avps(ama.avps).lifetime
+        # No Diameter HA here: nobody could hand the HA an MN-HA key, so none is made.
+        assert ama.find(C.MIP_MN_TO_HA_MSA) is None and ama.find(C.MIP_HA_TO_MN_MSA) is None
+        assert d.unknown_mandatory(ama.avps, d.AVPS) is None
+        assert server.counters["diameter.keys.mn_fa"] == 1 and "diameter.keys.mn_ha" not in server.counters
+
+        # A renewal gets a fresh nonce and so a fresh key.
+        again = await fa.ask(amr("fa;keys", rrq(keys=True), features=ALL_KEYS))
+        fresh = _group(again, C.MIP_MN_TO_FA_MSA)[C.MIP_NONCE].value
+        assert fresh != nonce
+        assert _group(again, C.MIP_FA_TO_MN_MSA)[C.MIP_SESSION_KEY].value == _rfc3957_key(fresh)
+
+        # Only when both the feature vector and the request ask.
+        unasked = await fa.ask(amr("fa;keys", rrq(keys=True)))
+        no_extension = await fa.ask(amr("fa;keys", rrq(), features=ALL_KEYS))
+        for answer in (unasked, no_extension):
+            assert answer.result_code == ResultCode.SUCCESS
+            assert answer.find(C.MIP_MN_TO_FA_MSA) is None and answer.find(C.MIP_FA_TO_MN_MSA) is None
+        # A wrong MN-AAA proof gets no key (4001, nothing but the error).
+        refused = await fa.ask(amr("fa;bad", rrq(keys=True, secret=Secret(b"wrong")), features=ALL_KEYS))
+        assert refused.result_code == ResultCode.AUTHENTICATION_REJECTED
+        assert refused.find(C.MIP_FA_TO_MN_MSA) is None
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)
+
+
+def test_mn_ha_key_goes_to_the_ha_in_the_har() -> None:
+    async def main() -> None:
+        server, port = await start_home()
+        seen: list[d.Message] = []
+
+        def answer_har(event: peer.RequestReceived, node: peer.DiameterNode) -> None:
+            seen.append(event.message)
+            node.answer(event.handle, peer.answer_to(event.message, node.identity, 2001), 0.0)
+
+        ha = Client(HA_HOST, realm="home.example", on_request=answer_har)
+        await ha.connect(port)
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await fa.connect(port)
+        ama = await fa.ask(amr("fa;ha-keys", rrq(keys=True), features=ALL_KEYS))
+        assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)
+        [har] = seen
+        nonce_for_node = _group(har, C.MIP_MN_TO_HA_MSA)
+        key_for_ha = _group(har, C.MIP_HA_TO_MN_MSA)
+        nonce = nonce_for_node[C.MIP_NONCE].value
+        assert nonce_for_node[C.MIP_MN_HA_SPI].as_u32() == MN_HA_KEY_SPI
+        assert nonce_for_node[C.MIP_MN_AAA_SPI].as_u32() == 2
+        assert nonce_for_node[C.MIP_REPLAY_MODE].as_u32() == d.REPLAY_TIMESTAMPS
+        assert key_for_ha[C.MIP_SESSION_KEY].value == _rfc3957_key(nonce)
+        assert key_for_ha[C.MIP_REPLAY_MODE].as_u32() == d.REPLAY_TIMESTAMPS
+        # The HA learns no MN-FA key; the AMA names the same MN-HA nonce but carries no MN-HA key.
+        assert har.find(C.MIP_FA_TO_MN_MSA) is None and har.find(C.MIP_MN_TO_FA_MSA) is None
+        assert _group(ama, C.MIP_MN_TO_HA_MSA)[C.MIP_NONCE].value == nonce
+        assert ama.find(C.MIP_HA_TO_MN_MSA) is None
+        fa_nonce = _group(ama, C.MIP_MN_TO_FA_MSA)[C.MIP_NONCE].value
+        assert fa_nonce != nonce  # a nonce per key
+        assert _group(ama, C.MIP_FA_TO_MN_MSA)[C.MIP_SESSION_KEY].value == _rfc3957_key(fa_nonce)
+        assert server.counters["diameter.keys.mn_ha"] == 1
         await fa.transport.close()
         await ha.transport.close()
         await server.transport.close()

@@ -34,7 +34,7 @@ from aaa_vpn.wire.diameter_profile import decode_profile_avps
 from aaa_vpn.wire.mip import ChallengeExtension, ExtensionType, GeneralizedAuthSubtype, NaiExtension
 from aaa_vpn.wire.mip_auth import CHAP_SPI, append_authentication, append_generalized_authentication
 from aaa_vpn.wire.mip_vpn import previous_fa_extension
-from tests.diameter_lab import FA_HOST, HOME_HOST, HOME_REALM, Client, amr, rrq, wait_for
+from tests.diameter_lab import ALL_KEYS, FA_HOST, HOME_HOST, HOME_REALM, Client, amr, rrq, wait_for
 from tests.mobility import FA1, FA2, MN_AAA, MN_HA, provision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,7 +300,9 @@ def test_tshark_decodes_har_haa_asr_str_and_errors(tmp_path: Path, require_tool:
             odd = amr("fa;t;2")
             bad = await fa.ask(dataclasses.replace(odd, avps=(*odd.avps, d.Avp(4242, b"\0\0\0\1", mandatory=True))))
             assert bad.result_code == ResultCode.AVP_UNSUPPORTED
-            ama2 = await fa.ask(amr("fa;t;3"))
+            # The node's keys too (RFC 3957 nonces): the MSA groups in the AMA and the HAR.
+            ama2 = await fa.ask(amr("fa;t;3", rrq(keys=True), features=ALL_KEYS))
+            assert ama2.find(C.MIP_FA_TO_MN_MSA) is not None and ama2.find(C.MIP_MN_TO_HA_MSA) is not None
             with_session = decode_profile_avps(ama2.avps).session_id
             aaa.store.delete_session(with_session)
             assert server.check_sessions(0.0) >= 1  # ASR to the FA
@@ -330,3 +332,6 @@ def test_tshark_decodes_har_haa_asr_str_and_errors(tmp_path: Path, require_tool:
     assert bad.strip() == "", bad[:4000]
     har = _tshark(tshark, dictionary, [*base, "-Y", "diameter.cmd.code == 262 && diameter.flags.request == 1", "-V"])
     assert "MIP-HA-to-FA-MSA" in har and "Aaa-Vpn-Session-Root-Key" in har and "MIP-Reg-Request" in har
+    assert "MIP-MN-to-HA-MSA" in har and "MIP-HA-to-MN-MSA" in har and "MIP-Nonce" in har
+    ama = _tshark(tshark, dictionary, [*base, "-Y", "diameter.cmd.code == 260 && diameter.flags.request == 0", "-V"])
+    assert "MIP-MN-to-FA-MSA" in ama and "MIP-FA-to-MN-MSA" in ama and "MIP-FA-to-MN-SPI" in ama

@@ -305,3 +305,88 @@ def test_wireshark_dictionary_is_the_code_table() -> None:
     vendor = ET.parse(path).getroot()
     assert int(vendor.get("code", "")) == VENDOR_ID
     assert {int(a.get("code", "")): a.get("name") for a in vendor.iter("avp")} == AVP_NAMES
+
+
+
+# --------------------------------------------------------------------------------------------
+# Mobility security associations (RFC 4004 section 9)
+
+
+def test_msa_layouts_rfc4004_section_9() -> None:
+    # MIP-MN-to-HA-MSA (331): MIP-MN-HA-SPI, MIP-MN-AAA-SPI, MIP-Algorithm-Type, MIP-Replay-Mode, MIP-Nonce.
+    msa = d.Msa(algorithm=2, spi=0x3957, nonce=b"\xab" * 16, replay_mode=d.REPLAY_TIMESTAMPS, aaa_spi=2)
+    wire = d.encode_avp(d.encode_msa(C.MIP_MN_TO_HA_MSA, msa))
+    expected = (
+        "0000014b 40 000050"  # 331, M, length 8 + 4 * 12 + 24 = 80
+        "000001eb 40 00000c 00003957"  # MIP-MN-HA-SPI 491
+        "00000155 40 00000c 00000002"  # MIP-MN-AAA-SPI 341
+        "00000159 40 00000c 00000002"  # MIP-Algorithm-Type 345 = HMAC-SHA-1
+        "0000015a 40 00000c 00000002"  # MIP-Replay-Mode 346 = timestamps
+        "0000014f 40 000018" + "ab" * 16  # MIP-Nonce 335
+    )
+    assert wire.hex() == expected.replace(" ", "")
+    assert d.decode_msa(d.decode_avps(wire)[0]) == msa
+    # MIP-FA-to-MN-MSA (326): MIP-FA-to-MN-SPI 319, algorithm, MIP-Session-Key 343.
+    key = d.Msa(algorithm=2, spi=0x3958, session_key=b"k" * 20)
+    group = d.encode_msa(C.MIP_FA_TO_MN_MSA, key)
+    assert [a.code for a in group.as_grouped()] == [C.MIP_FA_TO_MN_SPI, C.MIP_ALGORITHM_TYPE, C.MIP_SESSION_KEY]
+    assert d.decode_msa(group) == key
+    assert "6b6b6b" not in repr(key) and "kkkk" not in repr(key)
+    # MIP-HA-to-MN-MSA (332) may leave its SPI to the MN-to-HA group.
+    bare = d.Msa(algorithm=2, session_key=b"k" * 20, replay_mode=2)
+    assert d.decode_msa(d.encode_msa(C.MIP_HA_TO_MN_MSA, bare)) == bare
+
+
+def test_msa_refusals() -> None:
+    with pytest.raises(d.DiameterValueError, match="without MIP-Nonce"):
+        d.encode_msa(C.MIP_MN_TO_FA_MSA, d.Msa(aaa_spi=2))
+    with pytest.raises(d.DiameterValueError, match="SPI"):
+        d.encode_msa(C.MIP_FA_TO_MN_MSA, d.Msa(session_key=b"k"))
+    with pytest.raises(d.DiameterValueError, match="not an MSA"):
+        d.encode_msa(C.MIP_NONCE, d.Msa())
+    no_algorithm = d.avp_grouped(C.MIP_MN_TO_FA_MSA, [d.avp_octets(C.MIP_NONCE, b"n")])
+    with pytest.raises(d.DiameterDecodeError, match="MIP-Algorithm-Type") as caught:
+        d.decode_msa(no_algorithm)
+    assert caught.value.result_code == d.ResultCode.MISSING_AVP
+    assert caught.value.failed_avp == d.encode_avp(no_algorithm)
+    empty = d.avp_grouped(C.MIP_MN_TO_FA_MSA, [d.avp_u32(C.MIP_ALGORITHM_TYPE, 2), d.avp_octets(C.MIP_NONCE, b"")])
+    with pytest.raises(d.DiameterDecodeError, match="empty") as caught:
+        d.decode_msa(empty)
+    assert caught.value.result_code == d.ResultCode.INVALID_AVP_VALUE
+    short = d.avp_grouped(
+        C.MIP_FA_TO_MN_MSA,
+        [
+            d.avp_octets(C.MIP_FA_TO_MN_SPI, b"\x01"),
+            d.avp_u32(C.MIP_ALGORITHM_TYPE, 2),
+            d.avp_octets(C.MIP_SESSION_KEY, b"k"),
+        ],
+    )
+    with pytest.raises(d.DiameterDecodeError) as caught:
+        d.decode_msa(short)
+    assert caught.value.result_code == d.ResultCode.INVALID_AVP_LENGTH
+
+
+_msa_groups = st.sampled_from(sorted(d.MSA_KEY_GROUPS | d.MSA_NONCE_GROUPS))
+
+
+@given(_msa_groups, st.integers(0, 2**32 - 1), st.binary(min_size=1, max_size=40), st.integers(0, 2**32 - 1))
+def test_msa_round_trip(group: int, spi: int, secret: bytes, number: int) -> None:
+    msa = d.Msa(
+        algorithm=number,
+        spi=spi if group in d.MSA_SPI else None,
+        session_key=secret if group in d.MSA_KEY_GROUPS else b"",
+        nonce=secret if group in d.MSA_NONCE_GROUPS else b"",
+        replay_mode=number if group in d.MSA_REPLAY_GROUPS else None,
+        aaa_spi=number if group in d.MSA_NONCE_GROUPS else None,
+    )
+    avp = d.decode_avps(d.encode_avp(d.encode_msa(group, msa)))[0]
+    assert d.decode_msa(avp) == msa
+
+
+@given(_msa_groups, st.binary(max_size=120))
+@settings(max_examples=300, deadline=None)
+def test_msa_garbage_raises_only_decode_error(group: int, value: bytes) -> None:
+    try:
+        d.decode_msa(d.Avp(group, value, mandatory=True))
+    except d.DiameterDecodeError:
+        pass

@@ -28,6 +28,7 @@ from aaa_vpn.model import EspTransform, GatewayMode, KeyMode
 from aaa_vpn.roles import home_plan as home_aaa
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.mip import (
+    AaaNonce,
     AuthenticationExtension,
     BindingAcknowledge,
     BindingRequest,
@@ -40,6 +41,10 @@ from aaa_vpn.wire.mip import (
     ExtensionType,
     GeneralizedAuthExtension,
     GeneralizedAuthSubtype,
+    KeyGenAlgorithm,
+    KeyGenSubtype,
+    KeyReplyExtension,
+    KeyRequestExtension,
     Message,
     MipDecodeError,
     MipValueError,
@@ -50,15 +55,18 @@ from aaa_vpn.wire.mip import (
     RegistrationFlags,
     RegistrationReply,
     RegistrationRequest,
+    ReplayMethod,
     ReplyCode,
     UnknownExtension,
     UnknownNonSkippableExtension,
+    decode_aaa_nonce,
     decode_binding_message,
     decode_extension,
     decode_extensions,
     decode_message,
     decode_registration_reply,
     decode_registration_request,
+    encode_aaa_nonce,
     encode_extension,
     encode_extensions,
     encode_message,
@@ -69,10 +77,12 @@ from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
     append_authentication,
     append_generalized_authentication,
+    derive_aaa_key,
     find_authentication,
     hmac_md5,
     mn_aaa_preceding,
     mn_aaa_proof,
+    mn_identifier,
     relay_reply,
     relay_request,
     verify_authentication,
@@ -340,6 +350,57 @@ def test_reply_codes_known_and_unknown() -> None:
         ),
         (ChallengeExtension(CHALLENGE), CHALLENGE_EXT),
         (UnknownExtension(200, b"zz"), [("Type = 200", "c8"), ("Length = 2", "02"), ("Data", "7a7a")]),
+        (
+            KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, 0x3958),
+            [
+                ("Type = 40 (MN-FA KeyGen Request, RFC 3957 6.1)", "28"),
+                ("Subtype = 1 (AAA)", "01"),
+                ("Length (16) = 4", "0004"),
+                ("Mobile Node SPI", "00003958"),
+            ],
+        ),
+        (
+            KeyRequestExtension(ExtensionType.MN_HA_KEY_REQUEST, 0x3957),
+            [
+                ("Type = 42 (MN-HA KeyGen Request, RFC 3957 6.3)", "2a"),
+                ("Subtype = 1 (AAA)", "01"),
+                ("Length (16) = 4", "0004"),
+                ("Mobile Node SPI", "00003957"),
+            ],
+        ),
+        (
+            encode_aaa_nonce(
+                ExtensionType.MN_FA_KEY_REPLY, 600, AaaNonce(CHAP_SPI, 0x3958, KeyGenAlgorithm.HMAC_SHA1, bytes(16))
+            ),
+            [
+                ("Type = 41 (MN-FA KeyGen Reply, RFC 3957 6.2)", "29"),
+                ("Subtype = 1 (AAA)", "01"),
+                ("Length (16) = 4 + 4 + 4 + 2 + 16", "001e"),
+                ("Lifetime = 600", "00000258"),
+                ("AAA SPI = 2", "00000002"),
+                ("FA SPI", "00003958"),
+                ("Algorithm Identifier = 2", "0002"),
+                ("Key Generation Nonce", "00" * 16),
+            ],
+        ),
+        (
+            encode_aaa_nonce(
+                ExtensionType.MN_HA_KEY_REPLY,
+                600,
+                AaaNonce(CHAP_SPI, 0x3957, KeyGenAlgorithm.HMAC_SHA1, b"\xab" * 16, ReplayMethod.TIMESTAMPS),
+            ),
+            [
+                ("Type = 43 (MN-HA KeyGen Reply, RFC 3957 6.4)", "2b"),
+                ("Subtype = 1 (AAA)", "01"),
+                ("Length (16) = 4 + 4 + 4 + 2 + 2 + 16", "0020"),
+                ("Lifetime = 600", "00000258"),
+                ("AAA SPI = 2", "00000002"),
+                ("HA SPI", "00003957"),
+                ("Algorithm Identifier = 2", "0002"),
+                ("Replay Method = 2 (timestamps)", "0002"),
+                ("Key Generation Nonce", "ab" * 16),
+            ],
+        ),
     ],
 )
 def test_extension_vectors(extension: Extension, fields: list[Field]) -> None:
@@ -377,6 +438,9 @@ def test_unknown_skippable_extension_round_trips_in_place() -> None:
         ("86 07 0000 00007ed9 00", "Vendor-NVSE-Type"),
         ("83 02 ff fe", "UTF-8"),
         ("83 00", "NAI"),
+        ("28 01 0003 000039", "SPI or lifetime"),  # KeyGen request shorter than its SPI
+        ("2a 01 0008 00003957", "octets needed"),  # Length past the end
+        ("29 01", "length"),  # KeyGen reply without Length
     ],
 )
 def test_malformed_extensions_raise(tail: str, complaint: str) -> None:
@@ -818,6 +882,47 @@ def test_previous_fa_nvse_and_unknown_cvse() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# AAA registration keys (RFC 3957)
+
+
+def test_aaa_nonce_reply_fields_and_refusals() -> None:
+    nonce = AaaNonce(CHAP_SPI, 0x3957, KeyGenAlgorithm.HMAC_SHA1, b"n" * 16, ReplayMethod.TIMESTAMPS)
+    reply = encode_aaa_nonce(ExtensionType.MN_HA_KEY_REPLY, 300, nonce)
+    assert reply.subtype is KeyGenSubtype.AAA and reply.lifetime == 300
+    assert decode_aaa_nonce(reply) == nonce
+    with pytest.raises(MipValueError, match="replay method"):
+        encode_aaa_nonce(ExtensionType.MN_FA_KEY_REPLY, 300, nonce)
+    with pytest.raises(MipValueError, match="replay method"):
+        encode_aaa_nonce(ExtensionType.MN_HA_KEY_REPLY, 300, AaaNonce(2, 3, 2, b"n"))
+    with pytest.raises(MipDecodeError, match="subtype 7"):
+        decode_aaa_nonce(KeyReplyExtension(ExtensionType.MN_FA_KEY_REPLY, 1, 7, bytes(20)))
+    with pytest.raises(MipDecodeError, match="without a nonce"):
+        decode_aaa_nonce(KeyReplyExtension(ExtensionType.MN_FA_KEY_REPLY, 1, 1, bytes(10)))
+    with pytest.raises(MipDecodeError, match="replay method"):
+        decode_aaa_nonce(KeyReplyExtension(ExtensionType.MN_HA_KEY_REPLY, 1, 1, bytes(11)))
+    with pytest.raises(MipValueError):
+        KeyRequestExtension(ExtensionType.MN_FA_KEY_REPLY, 1)
+    with pytest.raises(MipValueError):
+        KeyReplyExtension(ExtensionType.MN_HA_KEY_REQUEST, 1)
+
+
+def test_aaa_key_derivation_rfc3957_section_5() -> None:
+    # key = HMAC-SHA1(AAA-key, Key Generation Nonce || NAI), recomputed with the standard library.
+    nonce = bytes(range(16))
+    expected = hmac.new(MN_AAA_SECRET.value, nonce + NAI.encode(), hashlib.sha1).digest()
+    request = base_request()
+    assert mn_identifier(request) == NAI.encode()
+    assert derive_aaa_key(MN_AAA_SECRET, nonce, mn_identifier(request)).value == expected
+    assert len(expected) == 20
+    # Without an NAI the identifier is the home address.
+    bare = RegistrationRequest(RegistrationFlags(0), 0, HOME, HA, COA, 0)
+    assert mn_identifier(bare) == HOME.packed
+    assert derive_aaa_key(MN_AAA_SECRET, nonce, mn_identifier(bare)) != derive_aaa_key(
+        MN_AAA_SECRET, nonce, mn_identifier(request)
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Properties (Hypothesis)
 
 u32 = st.integers(0, 0xFFFFFFFF)
@@ -849,6 +954,20 @@ extensions: st.SearchStrategy[Extension] = st.one_of(
         UnknownExtension,
         st.integers(128, 255).filter(lambda t: t not in (131, 132, 134)),
         st.binary(max_size=255),
+    ),
+    st.builds(
+        KeyRequestExtension,
+        st.sampled_from([ExtensionType.MN_FA_KEY_REQUEST, ExtensionType.MN_HA_KEY_REQUEST]),
+        u32,
+        st.integers(0, 255),
+        st.binary(max_size=40),
+    ),
+    st.builds(
+        KeyReplyExtension,
+        st.sampled_from([ExtensionType.MN_FA_KEY_REPLY, ExtensionType.MN_HA_KEY_REPLY]),
+        u32,
+        st.integers(0, 255),
+        st.binary(max_size=60),
     ),
 )
 extension_lists = st.lists(extensions, max_size=6).map(tuple)
@@ -988,6 +1107,29 @@ def test_vpn_path_round_trip(path: PathProfile) -> None:
 def test_arbitrary_vpn_path_values_raise_only_decode_error(value: bytes) -> None:
     try:
         decode_vpn_path(CriticalVendorExtension(VENDOR_ID, CvseType.VPN_PATH, value), KEK)
+    except MipDecodeError:
+        pass
+
+
+@given(
+    st.sampled_from([ExtensionType.MN_FA_KEY_REPLY, ExtensionType.MN_HA_KEY_REPLY]),
+    u32,
+    st.builds(AaaNonce, u32, u32, st.integers(0, 0xFFFF), st.binary(min_size=1, max_size=40)),
+    st.integers(0, 0xFFFF),
+)
+def test_aaa_nonce_round_trip(reply_type: ExtensionType, lifetime: int, nonce: AaaNonce, replay: int) -> None:
+    if reply_type == ExtensionType.MN_HA_KEY_REPLY:
+        nonce = AaaNonce(nonce.aaa_spi, nonce.agent_spi, nonce.algorithm, nonce.nonce, replay)
+    extension = encode_aaa_nonce(reply_type, lifetime, nonce)
+    decoded = decode_extension(encode_extension(extension))
+    assert isinstance(decoded, KeyReplyExtension) and decoded == extension
+    assert decode_aaa_nonce(decoded) == nonce
+
+
+@given(st.sampled_from([ExtensionType.MN_FA_KEY_REPLY, ExtensionType.MN_HA_KEY_REPLY]), st.binary(max_size=40))
+def test_arbitrary_aaa_nonce_data_raises_only_decode_error(reply_type: ExtensionType, data: bytes) -> None:
+    try:
+        decode_aaa_nonce(KeyReplyExtension(reply_type, 0, KeyGenSubtype.AAA, data))
     except MipDecodeError:
         pass
 

@@ -61,6 +61,11 @@ from aaa_vpn.service.settings import parse_endpoint
     "--mip-port", type=click.IntRange(1, 65535), default=MIP_PORT, show_default=True, help="The FAs' Mobile IP port."
 )
 @click.option("--source", default="0.0.0.0", show_default=True, metavar="ADDR", help="Address to send from.")
+@click.option(
+    "--request-keys",
+    is_flag=True,
+    help="Ask the home AAA for MN-FA and MN-HA keys (RFC 3957 nonces; given over Diameter only).",
+)
 @click.pass_context
 def mn(ctx: click.Context, /, **options: Any) -> None:
     """Simulate a mobile node: register through an FA, move, deregister (one exchange per call).
@@ -110,6 +115,7 @@ def _run_mn(ctx: click.Context, fa: str, previous_fa: str | None, deregister: bo
         lifetime=options["lifetime"],
         retransmit=options["retransmit"],
         attempts=options["attempts"],
+        request_keys=options["request_keys"],
     )
     try:
         outcome = agents.run_mobile_node(

@@ -145,6 +145,9 @@ def path_json(installed: InstalledPath) -> dict[str, Any]:
     }
 
 
+_KEY_REPLIES = {mip.ExtensionType.MN_FA_KEY_REPLY: "mn_fa", mip.ExtensionType.MN_HA_KEY_REPLY: "mn_ha"}
+
+
 def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
     """What a datagram is, for logs and the state file: message name and the
     fields that say what it does (never an authenticator or a key)."""
@@ -168,13 +171,18 @@ def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
             "care_of_address": str(message.care_of_address),
         }
     if isinstance(message, mip.RegistrationReply):
-        return {
+        described: dict[str, Any] = {
             "message": "Registration Reply",
             "code": int(message.code),
             "code_name": reply_code_name(int(message.code)),
             "lifetime": message.lifetime,
             "home_address": str(message.home_address),
         }
+        # RFC 3957 Key Generation Nonce Replies: which keys, never the nonce.
+        keys = [_KEY_REPLIES[e.type] for e in message.extensions if isinstance(e, mip.KeyReplyExtension)]
+        if keys:
+            described["keys"] = keys
+        return described
     if isinstance(message, mip.BindingUpdate):
         return {
             "message": "Binding Update",

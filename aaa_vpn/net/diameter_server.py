@@ -35,6 +35,7 @@ from typing import Any
 from aaa_vpn.net.diameter import DiameterTransport
 from aaa_vpn.roles import diameter_peer as peer
 from aaa_vpn.roles.diameter_home import KNOWN_AVPS, Decide, DiameterHome
+from aaa_vpn.secret import Secret
 from aaa_vpn.service.home import HomeService
 from aaa_vpn.service.logging import fields
 from aaa_vpn.wire import diameter as d
@@ -109,7 +110,7 @@ class DiameterHomeServer:
             random_u32=lambda: int.from_bytes(os.urandom(4), "big"),
             jitter=lambda: (os.urandom(1)[0] - 128) / 64.0,
         )
-        self.home = DiameterHome(self.identity, aaa.provisioning.clients, os.urandom)
+        self.home = DiameterHome(self.identity, aaa.provisioning.clients, os.urandom, self._mn_aaa_secret)
         self.transport = DiameterTransport(self.node, self._event, plain_is_secure=options.plain_is_secure)
         self._peers = {p.lower() for p in options.peers}
 
@@ -118,6 +119,11 @@ class DiameterHomeServer:
         out = {f"diameter.{k}": v for k, v in self.node.counters.items()}
         out.update({f"diameter.{k}": v for k, v in self.home.counters.items()})
         return out
+
+    def _mn_aaa_secret(self, nai: str) -> Secret | None:
+        """roles/diameter_home.py rule 10: the user's MN-AAA secret."""
+        context = self.aaa.provisioning.user_context(nai)
+        return context.user.mn_aaa_secret if context is not None else None
 
     def _accept(self, host: str, _realm: str) -> bool:
         if host.lower() in self._peers:

@@ -10,8 +10,11 @@ Rules:
    (routing by realm, through relays, RFC 6733 section 6.1), User-Name,
    MIP-Reg-Request (the Registration Request as received from the node),
    MIP-MN-AAA-Auth describing its MN-AAA extension, MIP-Feature-Vector
-   (FA-HA-Key-Request), MIP-Home-Agent-Address when the node named one, and
-   Class holding the home AAA's session when the FA renews one.
+   (FA-HA-Key-Request, and MN-FA-Key-Request / MN-HA-Key-Request when the
+   Registration Request carries a Generalized MN-FA / MN-HA Key Generation
+   Nonce Request of subtype AAA, RFC 4004 section 7.5),
+   MIP-Home-Agent-Address when the node named one, and Class holding the
+   home AAA's session when the FA renews one.
 2. Sessions (RFC 6733 section 8.8, RFC 4004 section 4.1): a request that
    names no session starts a new Diameter session (``<host>;<high>;<low>``,
    the counter starting from a random value); one that names the home AAA's
@@ -19,7 +22,11 @@ Rules:
 3. Answers: 2001 with the VPN profile's AVPs is :class:`RequestAccepted`
    (profile decoded by :func:`~aaa_vpn.wire.diameter_profile.decode_profile_avps`;
    an AMA whose profile does not decode is :class:`RequestFailed`: asking
-   again would bring the same answer); a result the home AAA gives for a
+   again would bring the same answer). With MIP-FA-to-MN-MSA and
+   MIP-MN-to-FA-MSA (both, for the SPI the node asked with) the event
+   carries the MN-FA key and its nonce (``mn_fa_key``; lifetime
+   MIP-MSA-Lifetime); MSAs that do not decode, or disagree, make it
+   :class:`RequestFailed` too. A result the home AAA gives for a
    refusal is :class:`RequestRejected` with the reason an FA maps to its Mobile
    IP reply code (:data:`REJECT_REASON`); anything else (3002, 3003, 3004,
    5025...), no route, or no answer within ``timeout`` seconds (RFC 6733's
@@ -42,12 +49,14 @@ from ipaddress import IPv4Address
 from aaa_vpn.model import nai_realm
 from aaa_vpn.roles import diameter_peer as peer
 from aaa_vpn.roles.radius_client import Event, RadiusClient, RequestAccepted, RequestFailed, RequestRejected
+from aaa_vpn.secret import Secret
 from aaa_vpn.wire import diameter as d
+from aaa_vpn.wire import mip
 from aaa_vpn.wire.diameter import AvpCode as C
 from aaa_vpn.wire.diameter import Command, Message, ResultCode
 from aaa_vpn.wire.diameter_profile import decode_profile_avps
 from aaa_vpn.wire.mip_auth import mn_aaa_proof
-from aaa_vpn.wire.profile import RejectReason, VpnProfile
+from aaa_vpn.wire.profile import MnKey, RejectReason, VpnProfile
 from aaa_vpn.wire.radius_request import AccessRequest
 
 #: Rule 3: the refusals of roles/diameter_home.py rule 7, as reject reasons.
@@ -138,7 +147,7 @@ class DiameterAaaClient:
                     d.avp_u32(C.MIP_AUTHENTICATOR_OFFSET, start),
                 ],
             ),
-            d.avp_u32(C.MIP_FEATURE_VECTOR, d.FEATURE_FA_HA_KEY_REQUEST),
+            d.avp_u32(C.MIP_FEATURE_VECTOR, feature_vector(registration)),
         ]
         if info.session_id is not None:
             # The home AAA's session, as its AMA's Class named it (RFC 6733 section 8.20):
@@ -202,7 +211,12 @@ class DiameterAaaClient:
             except d.DiameterDecodeError as exc:
                 self._events.append(RequestFailed(tag, f"the AMA's profile does not decode: {exc}", (server,)))
                 return
-            self._events.append(RequestAccepted(tag, profile, b"", b"", server))
+            try:
+                mn_fa = mn_key(message, C.MIP_MN_TO_FA_MSA, C.MIP_FA_TO_MN_MSA)
+            except d.DiameterDecodeError as exc:
+                self._events.append(RequestFailed(tag, f"the AMA's MN-FA key does not decode: {exc}", (server,)))
+                return
+            self._events.append(RequestAccepted(tag, profile, b"", b"", server, mn_fa_key=mn_fa))
             return
         text = message.text(C.ERROR_MESSAGE) or ""
         reason = REJECT_REASON.get(code or 0)
@@ -210,6 +224,59 @@ class DiameterAaaClient:
             self._events.append(RequestRejected(tag, reason, f"{code}: {text}", server))
         else:
             self._events.append(RequestFailed(tag, f"answered {code}: {text}", (server,)))
+
+
+def feature_vector(registration: bytes) -> int:
+    """Rule 1: MIP-Feature-Vector for a Registration Request (RFC 4004 section
+    7.5): FA-HA-Key-Request, plus MN-FA-Key-Request and MN-HA-Key-Request for
+    the Key Generation Nonce Requests of subtype AAA it carries (RFC 3957)."""
+    features = d.FEATURE_FA_HA_KEY_REQUEST
+    try:
+        request = mip.decode_message(registration)
+    except mip.MipDecodeError:
+        return features
+    for extension in request.extensions:
+        if isinstance(extension, mip.KeyRequestExtension) and extension.subtype == mip.KeyGenSubtype.AAA:
+            if extension.type == mip.ExtensionType.MN_FA_KEY_REQUEST:
+                features |= d.FEATURE_MN_FA_KEY_REQUEST
+            else:
+                features |= d.FEATURE_MN_HA_KEY_REQUEST
+    return features
+
+
+def mn_key(message: Message, nonce_group: int, key_group: int) -> MnKey | None:
+    """The node's key an answer (AMA) or request (HAR) carries in ``key_group``
+    (MIP-FA-to-MN-MSA, MIP-HA-to-MN-MSA) with its nonce in ``nonce_group``
+    (MIP-MN-to-FA-MSA, MIP-MN-to-HA-MSA), or None if it carries neither;
+    :class:`~aaa_vpn.wire.diameter.DiameterDecodeError` if only one, or they
+    do not decode or disagree (RFC 4004 section 9)."""
+    nonce_avp, key_avp = message.find(nonce_group), message.find(key_group)
+    if nonce_avp is None and key_avp is None:
+        return None
+    if nonce_avp is None or key_avp is None:
+        missing = d.AVPS[(0, nonce_group if nonce_avp is None else key_group)].name
+        raise d.DiameterDecodeError(f"{missing} missing", result_code=ResultCode.MISSING_AVP)
+    nonce, key = d.decode_msa(nonce_avp), d.decode_msa(key_avp)
+    spi = key.spi if key.spi is not None else nonce.spi
+    if spi is None or nonce.aaa_spi is None:
+        raise d.DiameterDecodeError(
+            f"{key_avp.name}: no SPI, or {nonce_avp.name} without MIP-MN-AAA-SPI",
+            result_code=ResultCode.MISSING_AVP,
+        )
+    if nonce.spi not in (None, spi) or nonce.algorithm != key.algorithm or nonce.replay_mode != key.replay_mode:
+        raise d.DiameterDecodeError(
+            f"{nonce_avp.name} and {key_avp.name} disagree", result_code=ResultCode.CONTRADICTING_AVPS
+        )
+    lifetime = message.find(C.MIP_MSA_LIFETIME)
+    return MnKey(
+        spi=spi,
+        aaa_spi=nonce.aaa_spi,
+        algorithm=key.algorithm,
+        nonce=nonce.nonce,
+        key=Secret(key.session_key),
+        lifetime=lifetime.as_u32() if lifetime is not None else 0,
+        replay_method=key.replay_mode,
+    )
 
 
 class FaDiameterClient(DiameterAaaClient):
@@ -254,8 +321,10 @@ class HaDiameterClient:
        :data:`VIEW_SECONDS`, one per NAI, and answered HAA 2001 with the
        addresses; the registration itself still reaches the HA from the FA
        (RFC 5944 relaying), so the HAA carries no MIP-Reg-Reply and the AMA
-       none either. A HAR whose profile does not decode: 5004 (or 5005) with
-       the AVP to blame. Other requests: 3001.
+       none either. With MIP-MN-to-HA-MSA and MIP-HA-to-MN-MSA the view
+       keeps the node's new MN-HA key and its nonce (RFC 3957; ha.py rule
+       4b). A HAR whose profile or MSAs do not decode: 5004 (or 5005, 5007)
+       with the AVP to blame. Other requests: 3001.
     2. A request of the HA whose NAI has a kept view for the same care-of
        address -- and, where the request names them, the same session and key
        epoch -- is accepted from it at once (:class:`RequestAccepted`, counted
@@ -283,7 +352,7 @@ class HaDiameterClient:
             routes=routes,
             random_u32=random_u32,
         )
-        self._views: dict[str, tuple[float, VpnProfile, str]] = {}  # NAI -> (until, view, from)
+        self._views: dict[str, tuple[float, VpnProfile, str, MnKey | None]] = {}  # NAI -> (until, view, from, key)
         self._events: collections.deque[Event] = collections.deque()
         self.counters: collections.Counter[str] = collections.Counter()
         self.flush: Callable[[], None] = lambda: None
@@ -302,7 +371,7 @@ class HaDiameterClient:
         self._now = now
         kept = self._views.get(info.nai)
         if kept is not None:
-            until, view, server = kept
+            until, view, server, mn_ha = kept
             if (
                 until > now
                 and view.care_of_address == info.care_of_address
@@ -311,7 +380,7 @@ class HaDiameterClient:
             ):
                 del self._views[info.nai]
                 self.counters["from_har"] += 1
-                self._events.append(RequestAccepted(tag, view, b"", b"", server))
+                self._events.append(RequestAccepted(tag, view, b"", b"", server, mn_ha_key=mn_ha))
                 return
         self.counters["over_radius"] += 1
         self.radius.request(info, now, tag)
@@ -336,7 +405,7 @@ class HaDiameterClient:
         self._now = now
         self.radius.handle_timer(now)
         self.node.handle_timer(now)
-        for nai in [n for n, (until, _, _) in self._views.items() if until <= now]:
+        for nai in [n for n, (until, *_) in self._views.items() if until <= now]:
             del self._views[nai]
 
     # -- the Diameter side -------------------------------------------------------------------------
@@ -362,13 +431,14 @@ class HaDiameterClient:
                     message, self.identity, ResultCode.MISSING_AVP, error_message="HAR without User-Name"
                 )
             view = decode_profile_avps(message.avps)
+            mn_ha = mn_key(message, C.MIP_MN_TO_HA_MSA, C.MIP_HA_TO_MN_MSA)
         except d.DiameterDecodeError as exc:
             return peer.answer_to(
                 message, self.identity, exc.result_code, error_message=str(exc), failed_avp=exc.failed_avp
             )
         if len(self._views) >= 100_000:
             self._views.clear()
-        self._views[nai] = (self._now + self.VIEW_SECONDS, view, message.origin_host or "")
+        self._views[nai] = (self._now + self.VIEW_SECONDS, view, message.origin_host or "", mn_ha)
         return peer.answer_to(
             message,
             self.identity,
@@ -382,4 +452,11 @@ class HaDiameterClient:
         )
 
 
-__all__ = ["REJECT_REASON", "DiameterAaaClient", "FaDiameterClient", "HaDiameterClient"]
+__all__ = [
+    "REJECT_REASON",
+    "DiameterAaaClient",
+    "FaDiameterClient",
+    "HaDiameterClient",
+    "feature_vector",
+    "mn_key",
+]

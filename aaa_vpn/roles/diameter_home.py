@@ -79,6 +79,30 @@ section 6):
    2001, or 5002 for a Session-Id we do not know. ASR (section 8.5) is sent
    to the FA of a Diameter session that the operator ended (deleted from the
    store): :meth:`DiameterHome.abort`.
+10. Keys for the mobile node (RFC 4004 sections 7.5 and 9, RFC 3957): the
+    home AAA generates a key for an MSA of the node when the AMR's
+    MIP-Feature-Vector asks for it *and* the Registration Request carries the
+    matching Key Generation Nonce Request of subtype AAA (which gives the
+    node's SPI): MN-FA-Key-Request (32) with the MN-FA request (40),
+    MN-HA-Key-Request (16) with the MN-HA request (42); without both, none.
+    Each key has a nonce of :data:`NONCE_LENGTH` fresh octets from the
+    role's random source and is ``HMAC-SHA1(MN-AAA secret, nonce || NAI)``
+    (RFC 3957 section 5, the NAI of the request; the secret is the user's,
+    with which the home AAA has just checked the MN-AAA proof, so only an
+    accepted AMR gets keys). A fresh pair for every accepted AMR. MN-FA: the
+    AMA carries MIP-MN-to-FA-MSA (MIP-MN-AAA-SPI = the request's MN-AAA SPI,
+    the AAA SPI; MIP-Algorithm-Type; MIP-Nonce) for the node and
+    MIP-FA-to-MN-MSA (MIP-FA-to-MN-SPI = the node's SPI; MIP-Algorithm-Type;
+    MIP-Session-Key) for the FA, which builds the MN-FA Key Generation Nonce
+    Reply. MN-HA: only with a HAR (rule 8), because the home agent builds the
+    MN-HA Key Generation Nonce Reply (it precedes the MN-HA authenticator
+    the HA computes, RFC 3957 section 6.4): the HAR carries MIP-MN-to-HA-MSA
+    (MIP-MN-HA-SPI = the node's SPI, MIP-MN-AAA-SPI, algorithm,
+    MIP-Replay-Mode 2 timestamps, MIP-Nonce) and MIP-HA-to-MN-MSA (algorithm,
+    replay mode, MIP-Session-Key), the AMA MIP-MN-to-HA-MSA; an HA that asks
+    over RADIUS gets no such key, so none is made. MIP-MSA-Lifetime (the
+    session's remaining lifetime) is the keys' lifetime too. Keys leave only
+    in MIP-Session-Key (rule 4), never in a log or a repr.
 
 No sockets, no store, no clock: the service layer has each Access-Request
 decided (:class:`Decide`) and hands the reply back.
@@ -99,9 +123,9 @@ from aaa_vpn.wire import mip
 from aaa_vpn.wire.diameter import AvpCode as C
 from aaa_vpn.wire.diameter import Command, Message, ResultCode
 from aaa_vpn.wire.diameter_profile import encode_profile_avps
-from aaa_vpn.wire.mip_auth import mn_aaa_proof
+from aaa_vpn.wire.mip_auth import derive_aaa_key, mn_aaa_proof, mn_identifier
 from aaa_vpn.wire.mip_vpn import previous_fa
-from aaa_vpn.wire.profile import RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.profile import MnKey, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_request import (
     Accepted,
     AccessRequest,
@@ -136,6 +160,13 @@ REJECT_RESULT: dict[RejectReason | None, int] = {
 _FA_ROLES = frozenset({ClientRole.FA, ClientRole.PROXY, ClientRole.FOREIGN_AAA})
 #: The AVPs (vendor, code) the application accepts with the M bit: the dictionary's.
 KNOWN_AVPS: frozenset[tuple[int, int]] = frozenset(d.AVPS)
+#: Rule 10: octets of a Key Generation Nonce (RFC 3957: at least 128 bits).
+NONCE_LENGTH = 16
+#: Rule 10: the feature bit and the request extension that ask for each key.
+KEY_REQUESTS: dict[str, tuple[int, mip.ExtensionType]] = {
+    "mn_fa": (d.FEATURE_MN_FA_KEY_REQUEST, mip.ExtensionType.MN_FA_KEY_REQUEST),
+    "mn_ha": (d.FEATURE_MN_HA_KEY_REQUEST, mip.ExtensionType.MN_HA_KEY_REQUEST),
+}
 #: The commands of application 2 this home AAA serves.
 COMMANDS = frozenset({Command.AA_MOBILE_NODE, Command.SESSION_TERMINATION, Command.ABORT_SESSION})
 
@@ -180,6 +211,10 @@ class _Amr:
     ha_host: str = ""
     reg_reply: bytes | None = None
     peer: str = ""
+    mn_fa: MnKey | None = None
+    mn_ha: MnKey | None = None
+    """Rule 10: the keys made for the node (MN-HA only once a HAR carries it)."""
+    mn_ha_sent: bool = False
 
 
 class DiameterHome:
@@ -190,10 +225,13 @@ class DiameterHome:
         identity: d.Identity,
         clients: Callable[[], Sequence[Client]],
         random_bytes: Callable[[int], bytes],
+        mn_aaa_secret: Callable[[str], Secret | None] = lambda _nai: None,
     ) -> None:
         self.identity = identity
         self.clients = clients
         self._random = random_bytes
+        self._mn_aaa_secret = mn_aaa_secret
+        """Rule 10: the user's MN-AAA secret by NAI (None: no keys are made)."""
         self._ids = itertools.count(1)
         self.sessions: dict[str, DiameterSession] = {}
         self._jobs: dict[int, _Amr] = {}
@@ -319,6 +357,7 @@ class DiameterHome:
             del self._jobs[handle]
             return self._error(job.message, ResultCode.UNABLE_TO_COMPLY, "internal: a confirmation")
         job.accepted = outcome.profile
+        job.mn_fa, job.mn_ha = self._mn_keys(job, outcome.profile.lifetime)
         session_id = outcome.profile.session_id
         diameter_id = job.message.session_id or ""
         self.sessions[diameter_id] = DiameterSession(
@@ -331,6 +370,43 @@ class DiameterHome:
             now + outcome.profile.lifetime,
         )
         return outcome.profile
+
+    def _mn_keys(self, job: _Amr, lifetime: int) -> tuple[MnKey | None, MnKey | None]:
+        """Rule 10: the MN-FA and MN-HA keys the AMR and its request ask for."""
+        vector = job.message.find(C.MIP_FEATURE_VECTOR)
+        features = vector.as_u32() if vector is not None and len(vector.value) == 4 else 0
+        rrq = mip.decode_message(job.rrq)
+        assert isinstance(rrq, mip.RegistrationRequest)
+        asked = {
+            e.type: e
+            for e in rrq.extensions
+            if isinstance(e, mip.KeyRequestExtension) and e.subtype == mip.KeyGenSubtype.AAA
+        }
+        wanted = {name: asked.get(ext) for name, (bit, ext) in KEY_REQUESTS.items() if features & bit}
+        if not any(wanted.values()):
+            return None, None
+        secret = self._mn_aaa_secret(job.nai)
+        if secret is None:
+            return None, None
+        aaa_spi = mn_aaa_proof(job.rrq).spi
+        identifier = mn_identifier(rrq)
+
+        def make(name: str, replay: int | None) -> MnKey | None:
+            request = wanted.get(name)
+            if request is None:
+                return None
+            nonce = self._random(NONCE_LENGTH)
+            return MnKey(
+                spi=request.mn_spi,
+                aaa_spi=aaa_spi,
+                algorithm=d.ALGORITHM_HMAC_SHA1,
+                nonce=nonce,
+                key=derive_aaa_key(secret, nonce, identifier),
+                lifetime=lifetime,
+                replay_method=replay,
+            )
+
+        return make("mn_fa", None), make("mn_ha", d.REPLAY_TIMESTAMPS)
 
     def home_agent_client(self, address: IPv4Address) -> Client | None:
         """Rule 8: the RADIUS client of role ``ha`` that holds ``address``."""
@@ -392,6 +468,9 @@ class DiameterHome:
             d.avp_u32(C.MIP_MSA_LIFETIME, view.lifetime),
             *encode_profile_avps(view),
         ]
+        if job.mn_ha is not None:  # rule 10
+            avps += [_nonce_msa(C.MIP_MN_TO_HA_MSA, job.mn_ha), _key_msa(C.MIP_HA_TO_MN_MSA, job.mn_ha)]
+            job.mn_ha_sent = True
         return Message(Command.HOME_AGENT_MIP, True, d.MOBILE_IPV4_APPLICATION, avps=tuple(avps), proxiable=True)
 
     def haa(self, handle: int, answer: Message | None) -> Message | None:
@@ -430,6 +509,12 @@ class DiameterHome:
             *_msa(C.MIP_FA_TO_HA_MSA, C.MIP_FA_TO_HA_SPI, profile.fa_ha_spi, profile.fa_ha_key),
             d.avp_u32(C.MIP_MSA_LIFETIME, profile.lifetime),
         ]
+        if job.mn_fa is not None:  # rule 10
+            avps += [_nonce_msa(C.MIP_MN_TO_FA_MSA, job.mn_fa), _key_msa(C.MIP_FA_TO_MN_MSA, job.mn_fa)]
+            self._count("keys.mn_fa")
+        if job.mn_ha is not None and job.mn_ha_sent:
+            avps.append(_nonce_msa(C.MIP_MN_TO_HA_MSA, job.mn_ha))
+            self._count("keys.mn_ha")
         if job.reg_reply is not None:
             avps.append(d.avp_octets(C.MIP_REG_REPLY, job.reg_reply))
         avps += encode_profile_avps(profile)
@@ -496,19 +581,34 @@ class DiameterHome:
 
 
 def _msa(group: int, spi_code: int, spi: int | None, key: Secret | None) -> list[d.Avp]:
-    """An MSA (RFC 4004 section 9): SPI, MIP-Algorithm-Type, MIP-Session-Key."""
+    """An FA-HA MSA (RFC 4004 section 9): SPI, MIP-Algorithm-Type, MIP-Session-Key."""
     if spi is None or key is None:
         return []
-    return [
-        d.avp_grouped(
-            group,
-            [
-                d.avp_u32(spi_code, spi),
-                d.avp_u32(C.MIP_ALGORITHM_TYPE, d.ALGORITHM_HMAC_SHA1),
-                d.avp_octets(C.MIP_SESSION_KEY, key.value),
-            ],
-        )
-    ]
+    assert d.MSA_SPI[group] == spi_code
+    return [d.encode_msa(group, d.Msa(d.ALGORITHM_HMAC_SHA1, spi, key.value))]
 
 
-__all__ = ["AMR_REQUIRED", "COMMANDS", "KNOWN_AVPS", "REJECT_RESULT", "Decide", "DiameterHome", "DiameterSession"]
+def _nonce_msa(group: int, key: MnKey) -> d.Avp:
+    """Rule 10: MIP-MN-to-FA-MSA or MIP-MN-to-HA-MSA, what the node derives its key from."""
+    spi = key.spi if group in d.MSA_SPI else None
+    return d.encode_msa(
+        group, d.Msa(key.algorithm, spi, nonce=key.nonce, replay_mode=key.replay_method, aaa_spi=key.aaa_spi)
+    )
+
+
+def _key_msa(group: int, key: MnKey) -> d.Avp:
+    """Rule 10: MIP-FA-to-MN-MSA or MIP-HA-to-MN-MSA, the key itself for the agent."""
+    return d.encode_msa(group, d.Msa(key.algorithm, key.spi, session_key=key.key.value, replay_mode=key.replay_method))
+
+
+__all__ = [
+    "AMR_REQUIRED",
+    "COMMANDS",
+    "KEY_REQUESTS",
+    "KNOWN_AVPS",
+    "NONCE_LENGTH",
+    "REJECT_RESULT",
+    "Decide",
+    "DiameterHome",
+    "DiameterSession",
+]

@@ -36,7 +36,13 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    like a relayed request until answered under that FA-HA key or
    ``ha_timeout`` (ha.py rule 4a).
 5. An accepted reply is relayed to the node (FA-HA stripped, a fresh
-   challenge appended for its next registration), and the same octets again
+   challenge appended for its next registration; when AAA gave an MN-FA key
+   for the node -- over Diameter, asked with a Generalized MN-FA Key
+   Generation Nonce Request, RFC 3957 -- the MN-FA Key Generation Nonce
+   Reply from AAA (the key's lifetime, the AAA SPI, this FA's SPI = the one
+   the node asked with, the algorithm and the nonce) and MN-FA
+   authentication under the new key, RFC 3957 section 6.2 and RFC 5944
+   section 3.7.3.2; the visitor keeps the key), and the same octets again
    ``reply_repeats`` later (0.25 and 0.75 s: nothing acknowledges a reply,
    and the node's own retransmissions back off exponentially, RFC 5944
    section 3.6.3; a node that has its answer discards the copies), and the
@@ -154,7 +160,7 @@ from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.diameter_client import FaDiameterClient
-from aaa_vpn.roles.ha import mirror
+from aaa_vpn.roles.ha import mirror, mn_key_from_state, mn_key_state
 from aaa_vpn.roles.radius_client import (
     RadiusClient,
     RequestAccepted,
@@ -165,6 +171,7 @@ from aaa_vpn.roles.radius_client import (
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire import coa, mip
 from aaa_vpn.wire.mip import (
+    AaaNonce,
     BindingAcknowledge,
     BindingStatus,
     ChallengeExtension,
@@ -174,6 +181,7 @@ from aaa_vpn.wire.mip import (
     PreviousFaNotification,
     RegistrationReply,
     ReplyCode,
+    encode_aaa_nonce,
 )
 from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
@@ -194,7 +202,7 @@ from aaa_vpn.wire.mip_vpn import (
     unknown_critical_extensions,
     vpn_paths,
 )
-from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.profile import MnKey, PathProfile, PathRole, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import ProfileDecodeError
 from aaa_vpn.wire.radius_request import AccessRequest
 
@@ -298,6 +306,7 @@ class _Pending:
     revocation: bool = False  # rule 4a
     # (SPI, key) a reply must authenticate under (FA-HA) before it may remove anything (D2, rule 4a)
     authenticator: tuple[int, Secret] | None = field(default=None, repr=False)
+    mn_fa: MnKey | None = field(default=None, repr=False)  # rule 5: the node's new MN-FA key from AAA
 
 
 @dataclass
@@ -320,6 +329,8 @@ class Visitor:
     #: when (R2: a retransmission of it is answered again).
     challenge: bytes | None = None
     registered_at: float = 0.0
+    #: Rule 5: the MSA with the node that AAA made (RFC 3957), if any.
+    mn_fa: MnKey | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -798,6 +809,7 @@ class ForeignAgent(Agent):
             )
             return
         pending.profile = profile
+        pending.mn_fa = event.mn_fa_key
         owner = _owner(profile)
         self._by_owner[owner] = key
         current = self.visitors.get(pending.nai)
@@ -894,9 +906,11 @@ class ForeignAgent(Agent):
             return
         self._forget(key)
         if pending.repeat:
-            # R2: the answer to a retransmission; the registration stands as it is.
-            extensions = [ChallengeExtension(self._new_challenge(now))] if message.accepted else []
-            self._to_node(self._relayed_reply(data, message, extensions), pending.source, message.accepted, now)
+            # R2: the answer to a retransmission; the registration stands as it is
+            # (with the MN-FA key it was given, whose reply the node may have lost).
+            visitor = self.visitors.get(pending.nai)
+            mn_fa = visitor.mn_fa if visitor is not None and message.accepted else None
+            self._to_node(self._node_reply(data, message, mn_fa, now), pending.source, message.accepted, now)
             return
         if not message.accepted:
             current = self.visitors.get(pending.nai)
@@ -915,7 +929,7 @@ class ForeignAgent(Agent):
         if old is not None and old.owner != _owner(profile):
             self._emit(DeletePaths(old.owner))
         self._add_visitor(pending, profile, message, now)
-        relayed = relay_reply(data, extensions=[ChallengeExtension(self._new_challenge(now))])
+        relayed = self._node_reply(data, message, pending.mn_fa, now)
         self._to_node(relayed, pending.source, True, now)
         self._emit(RegistrationDone(pending.nai, message.home_address, int(message.code), message.lifetime))
         # The node is back here: what this FA still forwarded for it elsewhere goes.
@@ -923,6 +937,20 @@ class ForeignAgent(Agent):
         if old is None or old.owner != _owner(profile):
             # Rule 6, after the reply: the node never waits for the previous FA.
             self._notify_previous_fa(self.visitors[pending.nai], now)
+
+    def _node_reply(self, data: bytes, message: RegistrationReply, mn_fa: MnKey | None, now: float) -> bytes:
+        """Rule 5: an accepted reply as the node gets it: a fresh challenge and,
+        with an MN-FA key from AAA, its Key Generation Nonce Reply and MN-FA
+        authentication under it (RFC 3957 section 6.2: the reply precedes it)."""
+        if not message.accepted:
+            return self._relayed_reply(data, message)
+        extensions: list[mip.Extension] = [ChallengeExtension(self._new_challenge(now))]
+        if mn_fa is None:
+            return relay_reply(data, extensions=extensions)
+        nonce = AaaNonce(mn_fa.aaa_spi, mn_fa.spi, mn_fa.algorithm, mn_fa.nonce)
+        extensions.append(encode_aaa_nonce(ExtensionType.MN_FA_KEY_REPLY, mn_fa.lifetime, nonce))
+        self.counters["mn_fa_keys_relayed"] += 1
+        return relay_reply(data, extensions=extensions, mn_fa_spi=mn_fa.spi, mn_fa_key=mn_fa.key)
 
     def _to_node(self, reply: bytes, node: Address, accepted: bool, now: float) -> None:
         """Send the node a reply from its home agent; an accepted one again
@@ -1050,6 +1078,7 @@ class ForeignAgent(Agent):
                     "expires": v.expires,
                     "renewal_refused": v.renewal_refused,
                     "profile": v.profile,
+                    "mn_fa": mn_key_state(v.mn_fa),
                 }
                 for v in self.visitors.values()
             ],
@@ -1084,6 +1113,7 @@ class ForeignAgent(Agent):
                 expires=entry["expires"],
                 profile=entry["profile"],
                 renewal_refused=bool(entry.get("renewal_refused", False)),
+                mn_fa=mn_key_from_state(entry.get("mn_fa")),
             )
             self.visitors[visitor.nai] = visitor
             self._visitor_timers[visitor.nai] = self._call_at(
@@ -1133,6 +1163,8 @@ class ForeignAgent(Agent):
 
     # -- visitors ------------------------------------------------------------------------------------
     def _add_visitor(self, pending: _Pending, profile: VpnProfile, reply: RegistrationReply, now: float) -> None:
+        # A renewal that brought no new MN-FA key keeps the one the node has.
+        previous = self.visitors.get(pending.nai)
         self._remove_visitor(pending.nai, delete=False)
         visitor = Visitor(
             nai=pending.nai,
@@ -1145,6 +1177,7 @@ class ForeignAgent(Agent):
             profile=profile,
             challenge=pending.challenge,
             registered_at=now,
+            mn_fa=pending.mn_fa or (previous.mn_fa if previous is not None else None),
         )
         self.visitors[pending.nai] = visitor
         self._deregistered.pop(pending.nai, None)

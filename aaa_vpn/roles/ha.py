@@ -67,6 +67,19 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    nothing starts twice. The same after the registration was accepted: it
    is answered from the binding (accepted, the binding's remaining lifetime)
    without AAA or gateways.
+4b. Keys for the mobile node (RFC 3957; docs/diameter.md): when the home
+   AAA's answer carries an MN-HA key for the node (a HAR's
+   MIP-HA-to-MN-MSA, with the nonce of its MIP-MN-to-HA-MSA), the accepted
+   reply carries, after the NAI, the MN-HA Key Generation Nonce Reply from
+   AAA (the key's lifetime, the AAA SPI, the HA SPI = the node's SPI, the
+   algorithm, replay method 2 and the nonce) and then MN-HA authentication
+   under the *new* key and SPI (RFC 3957 section 6.4: the node derives the
+   key first, then checks the reply with it). The binding keeps that MSA;
+   from then on a request (registration, deregistration, retransmission)
+   whose MN-HA extension names its SPI is checked with it, one naming the
+   provisioned SPI of AAA's view with the provisioned key, and each reply is
+   authenticated under the MSA its request used. A later registration
+   without a new key keeps the binding's MSA; a VPN push leaves it.
 9. Bounds: at most ``max_pending`` registrations at once (more: 130, counted
    ``limits.pending``); at most ``max_answers`` cached replies (the oldest go
    first, counted ``limits.answers``).
@@ -126,6 +139,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.wire import coa, mip
 from aaa_vpn.wire.diameter import Identity
 from aaa_vpn.wire.mip import (
+    AaaNonce,
     BindingAcknowledge,
     BindingRequest,
     BindingUpdate,
@@ -135,16 +149,18 @@ from aaa_vpn.wire.mip import (
     NaiExtension,
     RegistrationReply,
     ReplyCode,
+    encode_aaa_nonce,
 )
 from aaa_vpn.wire.mip_auth import (
     append_authentication,
     append_generalized_authentication,
+    find_authentication,
     mn_aaa_proof,
     verify_authentication,
 )
 from aaa_vpn.wire.mip_replay import check_timestamp, mismatch_identification, timestamp_identification
 from aaa_vpn.wire.mip_vpn import encode_vpn_path, session_extension, session_of
-from aaa_vpn.wire.profile import PathProfile, PathRole, RejectReason, RequestType, VpnProfile
+from aaa_vpn.wire.profile import MnKey, PathProfile, PathRole, RejectReason, RequestType, VpnProfile
 from aaa_vpn.wire.radius_profile import ProfileDecodeError
 from aaa_vpn.wire.radius_request import AccessRequest
 
@@ -281,6 +297,8 @@ class Binding:
     gateway_epoch: int = 0
     """The latest epoch any gateway was told for this node in this session
     (a failed move may have told some): what its withdrawals name."""
+    mn_ha: MnKey | None = field(default=None, repr=False)
+    """Rule 4b: the MSA with the node that AAA made (RFC 3957), if any."""
 
 
 @dataclass
@@ -300,6 +318,8 @@ class _Pending:
     candidate: tuple[bytes, mip.RegistrationRequest] | None = None  # a retransmission not yet checked (rule 8)
     told: bool = False  # Binding Updates sent
     refused: set[IPv4Address] = field(default_factory=set)  # gateways that refused them (nothing changed there)
+    mn_ha: MnKey | None = field(default=None, repr=False)  # rule 4b: a new MSA from AAA for the reply
+    used: MnKey | None = field(default=None, repr=False)  # rule 4b: the binding's MSA the request used
 
 
 @dataclass
@@ -338,6 +358,57 @@ class _Push:
     installing: set[str] = field(default_factory=set)
     told: bool = False  # Binding Updates sent
     timer: int | None = None
+
+
+def _msa_used(derived: MnKey | None, data: bytes) -> MnKey | None:
+    """Rule 4b: ``derived`` if the request's MN-HA extension names its SPI."""
+    if derived is None:
+        return None
+    try:
+        site = find_authentication(data, ExtensionType.MN_HA_AUTH)
+    except mip.MipDecodeError:
+        return None
+    return derived if site is not None and site.extension.spi == derived.spi else None
+
+
+def _with_msa(profile: VpnProfile, derived: MnKey | None, data: bytes | None = None) -> VpnProfile:
+    """Rule 4b: ``profile`` with the MN-HA MSA a request used (``data``; or,
+    without it, ``derived`` itself) in place of the provisioned one."""
+    msa = derived if data is None else _msa_used(derived, data)
+    if msa is None:
+        return profile
+    return dataclasses.replace(profile, mn_ha_spi=msa.spi, mn_ha_key=msa.key)
+
+
+def mn_key_state(key: MnKey | None) -> dict[str, Any] | None:
+    """An MSA from AAA as an agent's state journal keeps it (the key stays a
+    Secret: the journal encrypts it)."""
+    if key is None:
+        return None
+    return {
+        "spi": key.spi,
+        "aaa_spi": key.aaa_spi,
+        "algorithm": key.algorithm,
+        "nonce": key.nonce.hex(),
+        "key": key.key,
+        "lifetime": key.lifetime,
+        "replay_method": key.replay_method,
+    }
+
+
+def mn_key_from_state(entry: dict[str, Any] | None) -> MnKey | None:
+    if not entry:
+        return None
+    replay = entry.get("replay_method")
+    return MnKey(
+        spi=int(entry["spi"]),
+        aaa_spi=int(entry["aaa_spi"]),
+        algorithm=int(entry["algorithm"]),
+        nonce=bytes.fromhex(entry["nonce"]),
+        key=entry["key"],
+        lifetime=int(entry["lifetime"]),
+        replay_method=int(replay) if replay is not None else None,
+    )
 
 
 class HomeAgent(Agent):
@@ -583,8 +654,9 @@ class HomeAgent(Agent):
         as the same node through the same FA and is newer."""
         if message.identification == pending.message.identification:
             return  # the very transmission again
-        profile = pending.profile
-        assert profile is not None and profile.mn_ha_key is not None and profile.fa_ha_key is not None
+        assert pending.profile is not None
+        profile = _with_msa(pending.profile, pending.used)
+        assert profile.mn_ha_key is not None and profile.fa_ha_key is not None
         if (
             verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi)
             and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
@@ -621,7 +693,7 @@ class HomeAgent(Agent):
             or any(p.nai == nai for p in self._pending.values())
         ):
             return False
-        profile = binding.profile
+        profile = _with_msa(binding.profile, binding.mn_ha, data)
         assert profile.mn_ha_key is not None and profile.fa_ha_key is not None
         if not (
             verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi)
@@ -683,7 +755,12 @@ class HomeAgent(Agent):
                 key, ReplyCode.HA_INSUFFICIENT_RESOURCES, "AAA gave no MN-HA or FA-HA key", delete=False, now=now
             )
             return
-        if not verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi):
+        binding = self.bindings.get(pending.nai)
+        pending.mn_ha = event.mn_ha_key
+        pending.used = _msa_used(binding.mn_ha if binding is not None else None, data)
+        checked = _with_msa(profile, pending.used)
+        assert checked.mn_ha_key is not None
+        if not verify_authentication(data, ExtensionType.MN_HA_AUTH, checked.mn_ha_key, spi=checked.mn_ha_spi):
             self._fail(key, ReplyCode.HA_MN_FAILED_AUTHENTICATION, "MN-HA authentication failed", delete=False, now=now)
             return
         if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
@@ -766,6 +843,8 @@ class HomeAgent(Agent):
             challenge=pending.challenge,
             fa=pending.source[0],
             gateway_epoch=old.gateway_epoch if old is not None and old.session_id == profile.session_id else 0,
+            # Rule 4b: a new MSA from AAA, else the one this request used (kept).
+            mn_ha=pending.mn_ha or pending.used,
         )
         self._deregistered.pop(pending.nai, None)
         self.bindings[pending.nai] = binding
@@ -775,7 +854,15 @@ class HomeAgent(Agent):
         self._cancel(self._binding_timers.pop(pending.nai, None))
         self._binding_timers[pending.nai] = self._call_at(binding.expires, functools.partial(self._expire, pending.nai))
         self._confirm(binding, old.profile if old is not None else None, pending.gateways, pending.lifetime, now)
-        reply = self._reply(pending.message, pending.source, ReplyCode.ACCEPTED, pending.lifetime, pending.nai, profile)
+        reply = self._reply(
+            pending.message,
+            pending.source,
+            ReplyCode.ACCEPTED,
+            pending.lifetime,
+            pending.nai,
+            _with_msa(profile, binding.mn_ha),
+            key_reply=pending.mn_ha,
+        )
         self._remember_answer(pending.source, pending.request, reply, now)
         self.counters["accepted"] += 1
         self._emit(RegistrationDone(pending.nai, pending.message.home_address, 0, pending.lifetime))
@@ -1044,6 +1131,7 @@ class HomeAgent(Agent):
                     "expires": b.expires,
                     "identification": b.identification,
                     "profile": b.profile,
+                    "mn_ha": mn_key_state(b.mn_ha),
                 }
                 for b in self.bindings.values()
             ],
@@ -1070,6 +1158,7 @@ class HomeAgent(Agent):
                 expires=entry["expires"],
                 identification=int(entry["identification"]),
                 profile=entry["profile"],
+                mn_ha=mn_key_from_state(entry.get("mn_ha")),
             )
             self.bindings[binding.nai] = binding
             self._nai_of[binding.home_address] = binding.nai
@@ -1147,7 +1236,7 @@ class HomeAgent(Agent):
         self, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str, now: float
     ) -> None:
         binding = self.bindings.get(nai)
-        profile = binding.profile if binding is not None else None
+        profile = _with_msa(binding.profile, binding.mn_ha, data) if binding is not None else None
         tomb = self._deregistered.get(nai)
         if binding is None and tomb is not None and tomb.until > now and tomb.fa == source[0]:
             # Rule 4: a retransmission of the deregistration that removed it.
@@ -1491,16 +1580,25 @@ class HomeAgent(Agent):
         nai: str,
         profile: VpnProfile | None,
         fa_ha: bool = True,
+        key_reply: MnKey | None = None,
     ) -> bytes:
-        """A Registration Reply: NAI, then MN-HA and FA-HA authentication when
-        the keys are known (RFC 5944 section 3.8.3.3)."""
+        """A Registration Reply: NAI, the MN-HA Key Generation Nonce Reply of
+        ``key_reply`` (rule 4b), then MN-HA and FA-HA authentication when the
+        keys are known (RFC 5944 section 3.8.3.3)."""
+        extensions: list[mip.Extension] = [NaiExtension(nai)] if nai else []
+        if key_reply is not None:
+            nonce = AaaNonce(
+                key_reply.aaa_spi, key_reply.spi, key_reply.algorithm, key_reply.nonce, key_reply.replay_method or 2
+            )
+            extensions.append(encode_aaa_nonce(ExtensionType.MN_HA_KEY_REPLY, key_reply.lifetime, nonce))
+            self.counters["mn_ha_keys_given"] += 1
         reply = RegistrationReply(
             code=code,
             lifetime=lifetime,
             home_address=message.home_address,
             home_agent=self.config.address,
             identification=message.identification,
-            extensions=(NaiExtension(nai),) if nai else (),
+            extensions=tuple(extensions),
         )
         data = mip.encode_registration_reply(reply)
         if profile is not None and profile.mn_ha_key is not None and profile.mn_ha_spi is not None:

@@ -26,6 +26,24 @@ Rules (RFC 5944 sections 3.3, 3.6 and 5.7; RFC 4721):
    matches that of any of the registration's transmissions (the low 32
    bits, section 5.7) and it authenticates: an agent that got the request
    more than once answers one of them, not necessarily the last.
+6. With ``request_keys`` every registration (not a deregistration) asks the
+   home AAA for an MN-FA and an MN-HA key (RFC 3957 sections 3 and 6.1,
+   6.3): Generalized MN-FA and MN-HA Key Generation Nonce Requests of
+   subtype AAA, naming ``mn_fa_key_spi`` and ``mn_ha_key_spi``, right after
+   the NAI (so that every authenticator covers them).
+7. A reply that carries an MN-HA Key Generation Nonce Reply from AAA (RFC
+   3957 section 6.4; AAA SPI the one of its MN-AAA extension, replay method
+   timestamps, a nonce of at least 16 octets) is checked with the key the
+   node derives, ``HMAC-SHA1(MN-AAA secret, nonce || NAI)`` (section 5),
+   under ``mn_ha_key_spi``; if it verifies, that MSA (SPI: the reply's HA
+   SPI) authenticates the node's next requests while it lives (the reply's
+   key lifetime) and the node is registered; a reply without one must verify
+   under the MSA its request used. Likewise an MN-FA Key Generation Nonce
+   Reply: the key derived from it must verify the reply's MN-FA
+   authentication (last extension, ``mn_fa_key_spi``), and is then kept
+   (``mn_fa``); one that does not verify is not kept (counted). A
+   deregistration, or the registration running out, returns the node to its
+   provisioned MN-HA key (the home agent's binding and its MSA are gone).
 """
 
 from __future__ import annotations
@@ -42,6 +60,8 @@ from aaa_vpn.wire.mip import (
     ChallengeExtension,
     ExtensionType,
     GeneralizedAuthSubtype,
+    KeyReplyExtension,
+    KeyRequestExtension,
     NaiExtension,
     RegistrationFlags,
     ReplyCode,
@@ -50,6 +70,7 @@ from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
     append_authentication,
     append_generalized_authentication,
+    derive_aaa_key,
     verify_authentication,
 )
 from aaa_vpn.wire.mip_replay import identification_matches, timestamp_identification
@@ -58,6 +79,18 @@ from aaa_vpn.wire.mip_vpn import previous_fa_extension
 _CHALLENGE_CODES = (ReplyCode.FA_MISSING_CHALLENGE, ReplyCode.FA_UNKNOWN_CHALLENGE, ReplyCode.FA_STALE_CHALLENGE)
 #: How often one registration starts over with a challenge an FA's reply brought (rule 2).
 CHALLENGE_RETRIES = 2
+#: Rule 7: the shortest Key Generation Nonce the node accepts (RFC 3957: at least 128 bits).
+MIN_NONCE = 16
+
+
+@dataclass(frozen=True)
+class Msa:
+    """A mobility security association of the node: the SPI its authentication
+    extensions carry and the key (rule 7)."""
+
+    spi: int
+    key: Secret = field(repr=False)
+    until: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -76,6 +109,12 @@ class MnConfig:
     attempts: int = 5
     """Transmissions of one request before it fails: 5 wait 1+2+4+8+16 = 31 s in all,
     longer than an FA's worst case (RADIUS, then ha_timeout: docs/protocol.md section 3.11)."""
+    request_keys: bool = False
+    """Rule 6: ask the home AAA for an MN-FA and an MN-HA key (RFC 3957)."""
+    mn_fa_key_spi: int = 0x3958
+    """Rule 6: the SPI the node gives the MSA with its FA (Mobile Node SPI of its request)."""
+    mn_ha_key_spi: int = 0x3957
+    """Rule 6: the SPI the node gives the MSA with its HA; not its provisioned ``mn_ha_spi``."""
 
 
 def give_up_after(config: MnConfig, lifetime: int | None = None) -> float:
@@ -100,6 +139,7 @@ class _Outstanding:
     attempts: int = 0
     challenge_retries: int = 0
     timer: int | None = None
+    msa: Msa | None = None  # the MN-HA MSA its requests are authenticated with (rule 7)
 
 
 class MobileNode(Agent):
@@ -114,6 +154,11 @@ class MobileNode(Agent):
         self._challenges: dict[str, bytes] = {}  # FA address -> challenge for the next request
         self._outstanding: _Outstanding | None = None
         self._last_sent = 0
+        self.mn_ha: Msa | None = None
+        """Rule 7: the MN-HA MSA AAA made, while it is in use."""
+        self.mn_fa: Msa | None = None
+        """Rule 7: the MN-FA MSA AAA made with the current FA."""
+        self._mn_fa_at: Address | None = None
 
     # -- the API --------------------------------------------------------------------------------
     def register(self, fa: Address, now: float, previous_fa: IPv4Address | None = None) -> None:
@@ -154,23 +199,72 @@ class MobileNode(Agent):
             outstanding.identifications.clear()
             self._send_request(outstanding, now)
             return
-        if reply.accepted and not verify_authentication(
-            data, ExtensionType.MN_HA_AUTH, self.config.mn_ha_key, spi=self.config.mn_ha_spi
-        ):
-            self.counters["dropped.bad_mn_ha_auth"] += 1
-            return
+        new_ha: Msa | None = None
+        if reply.accepted:
+            new_ha = self._new_key(reply, ExtensionType.MN_HA_KEY_REPLY, now)
+            used = outstanding.msa or Msa(self.config.mn_ha_spi, self.config.mn_ha_key)
+            check = Msa(self.config.mn_ha_key_spi, new_ha.key) if new_ha is not None else used
+            if not verify_authentication(data, ExtensionType.MN_HA_AUTH, check.key, spi=check.spi):
+                self.counters["dropped.bad_mn_ha_auth"] += 1
+                return
         self._cancel(outstanding.timer)
         self._outstanding = None
         if reply.accepted:
             lifetime = min(reply.lifetime, outstanding.lifetime)
             self.current_fa = outstanding.fa if lifetime else None
             self.registered_until = now + lifetime
+            if not lifetime:
+                self.mn_ha = self.mn_fa = None  # the binding and its MSA are gone
+            elif new_ha is not None:
+                self.mn_ha = new_ha
+                self.counters["keys.mn_ha"] += 1
+            new_fa = self._new_key(reply, ExtensionType.MN_FA_KEY_REPLY, now)
+            if self.mn_fa is not None and self.current_fa != self._mn_fa_at:
+                self.mn_fa = None  # an MN-FA MSA is with one FA only
+            if new_fa is not None and lifetime:
+                if verify_authentication(data, ExtensionType.MN_FA_AUTH, new_fa.key, spi=self.config.mn_fa_key_spi):
+                    self.mn_fa, self._mn_fa_at = new_fa, self.current_fa
+                    self.counters["keys.mn_fa"] += 1
+                else:
+                    self.counters["keys.bad_mn_fa_auth"] += 1
             self._emit(RegistrationDone(self.config.nai, self.config.home_address, int(reply.code), lifetime))
         else:
             self._emit(RegistrationDone(self.config.nai, self.config.home_address, int(reply.code), 0, "denied"))
 
+    def _new_key(self, reply: mip.RegistrationReply, reply_type: ExtensionType, now: float) -> Msa | None:
+        """Rule 7: the MSA a Key Generation Nonce Reply from AAA gives (its
+        key derived here), or None (none asked, none there, or unusable)."""
+        c = self.config
+        if not c.request_keys:
+            return None
+        extension = next(
+            (e for e in reply.extensions if isinstance(e, KeyReplyExtension) and e.type == reply_type), None
+        )
+        if extension is None:
+            return None
+        try:
+            nonce = mip.decode_aaa_nonce(extension)
+        except mip.MipDecodeError:
+            self.counters["keys.malformed"] += 1
+            return None
+        replay_ok = reply_type == ExtensionType.MN_FA_KEY_REPLY or nonce.replay_method == mip.ReplayMethod.TIMESTAMPS
+        if nonce.aaa_spi != CHAP_SPI or len(nonce.nonce) < MIN_NONCE or not replay_ok:
+            self.counters["keys.refused"] += 1
+            return None
+        key = derive_aaa_key(c.mn_aaa_secret, nonce.nonce, c.nai.encode("utf-8"))
+        return Msa(nonce.agent_spi, key, now + extension.lifetime)
+
+    def _mn_ha_msa(self, now: float) -> Msa | None:
+        """Rule 7: the MSA AAA made, while it lives and the node is registered."""
+        msa = self.mn_ha
+        if msa is not None and (now >= msa.until or now >= self.registered_until):
+            self.mn_ha = self.mn_fa = None
+            return None
+        return msa
+
     # -- requests -------------------------------------------------------------------------------
     def _start(self, outstanding: _Outstanding, now: float) -> None:
+        outstanding.msa = self._mn_ha_msa(now)
         if self._outstanding is not None:
             self._cancel(self._outstanding.timer)
         self._outstanding = outstanding
@@ -208,6 +302,11 @@ class MobileNode(Agent):
     def _request_bytes(self, outstanding: _Outstanding) -> bytes:
         c = self.config
         extensions: list[mip.Extension] = [NaiExtension(c.nai)]
+        if c.request_keys and outstanding.lifetime:  # rule 6
+            extensions += [
+                KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, c.mn_fa_key_spi),
+                KeyRequestExtension(ExtensionType.MN_HA_KEY_REQUEST, c.mn_ha_key_spi),
+            ]
         if outstanding.previous_fa is not None:
             extensions.append(previous_fa_extension(outstanding.previous_fa))
         request = mip.RegistrationRequest(
@@ -219,8 +318,9 @@ class MobileNode(Agent):
             identification=outstanding.identification,
             extensions=tuple(extensions),
         )
+        msa = outstanding.msa or Msa(c.mn_ha_spi, c.mn_ha_key)
         data = append_authentication(
-            mip.encode_registration_request(request), ExtensionType.MN_HA_AUTH, c.mn_ha_spi, c.mn_ha_key
+            mip.encode_registration_request(request), ExtensionType.MN_HA_AUTH, msa.spi, msa.key
         )
         challenge = self._challenges.get(outstanding.fa[0])
         if challenge is not None:

@@ -95,7 +95,7 @@ from ipaddress import IPv4Address, ip_address
 
 from aaa_vpn.roles.pools import DEFAULT_DEAD_TIME, DEFAULT_ZOMBIE_PERIOD, POOL_TYPES
 from aaa_vpn.secret import Secret
-from aaa_vpn.wire.profile import RejectReason, VpnProfile
+from aaa_vpn.wire.profile import MnKey, RejectReason, VpnProfile
 from aaa_vpn.wire.radius import ACCESS_REQUEST, ACCOUNTING_REQUEST, encode_hashed_request
 from aaa_vpn.wire.radius_request import (
     Accepted,
@@ -202,6 +202,12 @@ class RequestAccepted(Event):
     confirmation: Confirmation | None = None
     """Set instead of ``profile``: the server confirmed the view the request's
     Aaa-Vpn-Profile-Digest named (its keys stand; only the lifetime is new)."""
+    mn_fa_key: MnKey | None = None
+    """Diameter only: the MN-FA key the home AAA made for the mobile node and
+    the nonce it derives it from (RFC 3957; roles/diameter_home.py rule 10)."""
+    mn_ha_key: MnKey | None = None
+    """Diameter only (a HAR's view): the MN-HA key the home AAA made for the
+    mobile node and the nonce it derives it from."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,15 @@ What is here:
   the RFC 4004 dictionary Wireshark ships (``diameter/mobileipv4.xml``).
   RFC 4004 names an MIP-MN-HA-SPI inside MIP-MN-to-HA-MSA without assigning
   it a code; the code used is RFC 5778's (491), as Wireshark's dictionary does.
+* The mobility security associations of RFC 4004 section 9 (:class:`Msa`,
+  :func:`encode_msa`, :func:`decode_msa`): MIP-FA-to-HA-MSA and
+  MIP-HA-to-FA-MSA, the key the home AAA gives an agent for its MSA with the
+  mobile node (MIP-FA-to-MN-MSA, MIP-HA-to-MN-MSA) and the nonce it is
+  derived from, for the node (MIP-MN-to-FA-MSA, MIP-MN-to-HA-MSA; RFC 3957).
+  RFC 4004 names SPIs inside them that it gives no code (MIP-MN-FA-SPI,
+  MIP-HA-to-MN-SPI); as Wireshark's dictionary does, MIP-MN-to-FA-MSA carries
+  MIP-MN-AAA-SPI (the AAA SPI the key is derived under) and the MN-HA pair
+  MIP-MN-HA-SPI (one SPI names the MSA in both directions here).
 * The M-bit rule (section 4.1): :func:`unknown_mandatory` finds the first AVP
   with the M bit set that the receiving application does not know, which is
   answered with 5001 DIAMETER_AVP_UNSUPPORTED and a Failed-AVP holding it.
@@ -779,6 +788,111 @@ def iter_avps(avps: Iterable[Avp], code: int, vendor: int = 0) -> Iterator[Avp]:
     return (a for a in avps if a.code == code and a.vendor == vendor)
 
 
+# --------------------------------------------------------------------------------------------
+# Mobility security associations (RFC 4004 section 9)
+
+#: The SPI member of each MSA group (MIP-MN-to-FA-MSA has none: its SPI is the FA's).
+MSA_SPI: dict[int, int] = {
+    AvpCode.MIP_FA_TO_HA_MSA: AvpCode.MIP_FA_TO_HA_SPI,
+    AvpCode.MIP_HA_TO_FA_MSA: AvpCode.MIP_HA_TO_FA_SPI,
+    AvpCode.MIP_FA_TO_MN_MSA: AvpCode.MIP_FA_TO_MN_SPI,
+    AvpCode.MIP_MN_TO_HA_MSA: AvpCode.MIP_MN_HA_SPI,
+    AvpCode.MIP_HA_TO_MN_MSA: AvpCode.MIP_MN_HA_SPI,
+}
+#: Groups that carry the key itself (MIP-Session-Key) rather than a nonce (MIP-Nonce).
+MSA_KEY_GROUPS = frozenset(
+    {AvpCode.MIP_FA_TO_HA_MSA, AvpCode.MIP_HA_TO_FA_MSA, AvpCode.MIP_FA_TO_MN_MSA, AvpCode.MIP_HA_TO_MN_MSA}
+)
+MSA_NONCE_GROUPS = frozenset({AvpCode.MIP_MN_TO_FA_MSA, AvpCode.MIP_MN_TO_HA_MSA})
+#: Groups with MIP-Replay-Mode (RFC 4004 sections 9.3, 9.4: the MN-HA pair).
+MSA_REPLAY_GROUPS = frozenset({AvpCode.MIP_MN_TO_HA_MSA, AvpCode.MIP_HA_TO_MN_MSA})
+
+
+@dataclass(frozen=True)
+class Msa:
+    """The members of one MSA group (RFC 4004 section 9): which of them a group
+    has is given by :data:`MSA_SPI`, :data:`MSA_KEY_GROUPS`,
+    :data:`MSA_NONCE_GROUPS` and :data:`MSA_REPLAY_GROUPS`; ``aaa_spi``
+    (MIP-MN-AAA-SPI) goes with a nonce."""
+
+    algorithm: int = ALGORITHM_HMAC_SHA1
+    spi: int | None = None
+    session_key: bytes = field(default=b"", repr=False)  # a key: never in a repr
+    nonce: bytes = b""
+    replay_mode: int | None = None
+    aaa_spi: int | None = None
+
+
+def encode_msa(group: int, msa: Msa) -> Avp:
+    """The grouped AVP ``group`` (325, 326, 328, 329, 331 or 332) holding ``msa``;
+    :class:`DiameterValueError` if a member the group needs is missing."""
+    if group not in MSA_KEY_GROUPS and group not in MSA_NONCE_GROUPS:
+        raise DiameterValueError(f"AVP {group} is not an MSA")
+    spi_code = MSA_SPI.get(group)
+    needs = {
+        "SPI": spi_code is not None and msa.spi is None and group != AvpCode.MIP_HA_TO_MN_MSA,
+        "MIP-Session-Key": group in MSA_KEY_GROUPS and not msa.session_key,
+        "MIP-Nonce": group in MSA_NONCE_GROUPS and not msa.nonce,
+        "MIP-Replay-Mode": group in MSA_REPLAY_GROUPS and msa.replay_mode is None,
+    }
+    missing = [name for name, lacking in needs.items() if lacking]
+    if missing:
+        raise DiameterValueError(f"{AVPS[(0, group)].name} without {', '.join(missing)}")
+    avps = []
+    if spi_code is not None and msa.spi is not None:
+        avps.append(avp_u32(spi_code, msa.spi))
+    if msa.aaa_spi is not None:
+        avps.append(avp_u32(AvpCode.MIP_MN_AAA_SPI, msa.aaa_spi))
+    avps.append(avp_u32(AvpCode.MIP_ALGORITHM_TYPE, msa.algorithm))
+    if msa.replay_mode is not None:
+        avps.append(avp_u32(AvpCode.MIP_REPLAY_MODE, msa.replay_mode))
+    if group in MSA_KEY_GROUPS:
+        avps.append(avp_octets(AvpCode.MIP_SESSION_KEY, msa.session_key))
+    else:
+        avps.append(avp_octets(AvpCode.MIP_NONCE, msa.nonce))
+    return avp_grouped(group, avps)
+
+
+def decode_msa(avp: Avp) -> Msa:
+    """The members of an MSA group; :class:`DiameterDecodeError` (5005 with the
+    group as Failed-AVP) if one it needs is missing, 5014 if one has the wrong
+    length, 5004 if the key or nonce is empty."""
+    if avp.code not in MSA_KEY_GROUPS and avp.code not in MSA_NONCE_GROUPS:
+        raise DiameterDecodeError(f"{avp.name} is not an MSA", result_code=ResultCode.INVALID_AVP_VALUE)
+    members = avp.as_grouped()
+
+    def member(code: int, required: bool) -> Avp | None:
+        found = find_avp(members, code)
+        if found is None and required:
+            raise DiameterDecodeError(
+                f"{avp.name} without {AVPS[(0, code)].name}",
+                result_code=ResultCode.MISSING_AVP,
+                failed_avp=encode_avp(avp),
+            )
+        return found
+
+    spi_code = MSA_SPI.get(avp.code)
+    # MIP-HA-to-MN-MSA may leave its SPI to MIP-MN-to-HA-MSA (RFC 4004 gives MIP-HA-to-MN-SPI no code).
+    spi = member(spi_code, avp.code != AvpCode.MIP_HA_TO_MN_MSA) if spi_code is not None else None
+    aaa_spi = member(AvpCode.MIP_MN_AAA_SPI, False)
+    algorithm = member(AvpCode.MIP_ALGORITHM_TYPE, True)
+    replay = member(AvpCode.MIP_REPLAY_MODE, avp.code in MSA_REPLAY_GROUPS)
+    secret = member(AvpCode.MIP_SESSION_KEY if avp.code in MSA_KEY_GROUPS else AvpCode.MIP_NONCE, True)
+    assert algorithm is not None and secret is not None
+    if not secret.value:
+        raise DiameterDecodeError(
+            f"{avp.name}: an empty {secret.name}", result_code=ResultCode.INVALID_AVP_VALUE, failed_avp=encode_avp(avp)
+        )
+    return Msa(
+        algorithm=algorithm.as_u32(),
+        spi=spi.as_u32() if spi is not None else None,
+        session_key=secret.value if avp.code in MSA_KEY_GROUPS else b"",
+        nonce=secret.value if avp.code in MSA_NONCE_GROUPS else b"",
+        replay_mode=replay.as_u32() if replay is not None else None,
+        aaa_spi=aaa_spi.as_u32() if aaa_spi is not None else None,
+    )
+
+
 @dataclass(frozen=True)
 class Identity:
     """This node's identity as CER/CEA and every request carry it (RFC 6733 section 5.3)."""
@@ -812,6 +926,7 @@ __all__ = [
     "DiameterValueError",
     "Identity",
     "Message",
+    "Msa",
     "ResultCode",
     "avp_address",
     "avp_grouped",
@@ -821,9 +936,11 @@ __all__ = [
     "avp_u64",
     "decode_avps",
     "decode_message",
+    "decode_msa",
     "encode_avp",
     "encode_avps",
     "encode_message",
+    "encode_msa",
     "find_avp",
     "header_fields",
     "message_length",

@@ -16,8 +16,12 @@ What is here (numbers and layouts: ``docs/protocol.md`` section 3):
 * Extensions (RFC 5944 sections 1.8-1.11): one-byte padding (0), MN-HA (32),
   MN-FA (33) and FA-HA (34) authentication (RFC 5944 section 3.5), generalized
   authentication (36, long format, RFC 4721 section 5), CVSE (38) and NVSE
-  (134) (RFC 3115 section 2), Mobile Node NAI (131, RFC 2794 section 2) and
-  MN-FA challenge (132, RFC 4721 section 4). An unknown *skippable* extension
+  (134) (RFC 3115 section 2), Mobile Node NAI (131, RFC 2794 section 2),
+  MN-FA challenge (132, RFC 4721 section 4), and the Generalized MN-FA (40,
+  41) and MN-HA (42, 43) Key Generation Nonce Request and Reply (long
+  format, RFC 3957 section 6), with the subtype data of a reply "from AAA"
+  (subtype 1) read and built by :func:`decode_aaa_nonce` /
+  :func:`encode_aaa_nonce`. An unknown *skippable* extension
   (type 128-255) is kept as :class:`UnknownExtension` and re-encodes byte for
   byte; an unknown *non-skippable* one (type 1-127) makes the whole message
   undecodable (:class:`UnknownNonSkippableExtension`): RFC 5944 section 1.8
@@ -210,6 +214,10 @@ class ExtensionType(enum.IntEnum):
     FA_HA_AUTH = 34  # RFC 5944 section 3.5.4
     GENERALIZED_AUTH = 36  # RFC 4721 section 5 (long format)
     CVSE = 38  # RFC 3115 section 2.1
+    MN_FA_KEY_REQUEST = 40  # RFC 3957 section 6.1 (long format)
+    MN_FA_KEY_REPLY = 41  # RFC 3957 section 6.2
+    MN_HA_KEY_REQUEST = 42  # RFC 3957 section 6.3
+    MN_HA_KEY_REPLY = 43  # RFC 3957 section 6.4
     NAI = 131  # RFC 2794 section 2
     MN_FA_CHALLENGE = 132  # RFC 4721 section 4
     NVSE = 134  # RFC 3115 section 2.2
@@ -225,6 +233,33 @@ class GeneralizedAuthSubtype(enum.IntEnum):
     #: aaa_vpn: authenticates the binding messages (docs/protocol.md section 3.6).
     #: Only meaningful inside aaa_vpn's experimental (type 255) messages.
     BINDING = 255
+
+
+class KeyGenSubtype(enum.IntEnum):
+    """Sub-types of the Key Generation Nonce Request and Reply extensions (40-43)."""
+
+    #: RFC 3957 section 6: the nonce comes from the mobile node's home AAA
+    #: (RFC 4004 section 7.5 calls it "the AAA subtype (1)").
+    AAA = 1
+
+
+class KeyGenAlgorithm(enum.IntEnum):
+    """The Algorithm Identifier of a Key Generation Nonce Reply: the algorithm of
+    the new MSA's authenticators. RFC 4004 section 7.5's MIP-Algorithm-Type
+    defines only 2 (HMAC-SHA-1); 1 and 2 are the values of the ISAKMP
+    "Authentication Algorithm" registry (RFC 2407 section 4.5), which the
+    reference notes say RFC 3957 section 4 uses (not re-read here)."""
+
+    HMAC_MD5 = 1
+    HMAC_SHA1 = 2
+
+
+class ReplayMethod(enum.IntEnum):
+    """Replay Method of an MN-HA Key Generation Nonce Reply (RFC 3957 section 4;
+    0 and 1 reserved)."""
+
+    TIMESTAMPS = 2
+    NONCES = 3
 
 
 _E = TypeVar("_E", bound=enum.IntEnum)
@@ -386,6 +421,121 @@ class NormalVendorExtension:
         _check_int("NVSE reserved field", self.reserved, _U16_MAX)
 
 
+_KEY_REQUEST_TYPES = (ExtensionType.MN_FA_KEY_REQUEST, ExtensionType.MN_HA_KEY_REQUEST)
+_KEY_REPLY_TYPES = (ExtensionType.MN_FA_KEY_REPLY, ExtensionType.MN_HA_KEY_REPLY)
+
+
+@dataclass(frozen=True)
+class KeyRequestExtension:
+    """Generalized MN-FA (40) or MN-HA (42) Key Generation Nonce Request (RFC 3957
+    sections 6.1 and 6.3), long format:
+    ``Type | Subtype | Length (16) = 4 + len(data) | Mobile Node SPI (4) | Subtype data``.
+
+    ``mn_spi`` is the SPI the mobile node will give the new MSA. With subtype
+    1 (AAA) the subtype data is empty."""
+
+    type: ExtensionType
+    mn_spi: int
+    subtype: KeyGenSubtype | int = KeyGenSubtype.AAA
+    data: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.type not in _KEY_REQUEST_TYPES:
+            raise MipValueError(f"key generation request type {self.type!r}: expected 40 or 42")
+        object.__setattr__(self, "type", ExtensionType(self.type))
+        _check_int("key generation subtype", self.subtype, _U8_MAX)
+        object.__setattr__(self, "subtype", _known(KeyGenSubtype, int(self.subtype)))
+        _check_int("Mobile Node SPI", self.mn_spi, _U32_MAX)
+        _check_bytes("key generation request subtype data", self.data, _U16_MAX - 4)
+
+
+@dataclass(frozen=True)
+class KeyReplyExtension:
+    """Generalized MN-FA (41) or MN-HA (43) Key Generation Nonce Reply (RFC 3957
+    sections 6.2 and 6.4), long format:
+    ``Type | Subtype | Length (16) = 4 + len(data) | Lifetime (4) | Subtype data``.
+
+    ``lifetime`` is how many seconds the key is valid. The subtype data of a
+    reply from AAA (subtype 1) is :class:`AaaNonce`."""
+
+    type: ExtensionType
+    lifetime: int
+    subtype: KeyGenSubtype | int = KeyGenSubtype.AAA
+    data: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.type not in _KEY_REPLY_TYPES:
+            raise MipValueError(f"key generation reply type {self.type!r}: expected 41 or 43")
+        object.__setattr__(self, "type", ExtensionType(self.type))
+        _check_int("key generation subtype", self.subtype, _U8_MAX)
+        object.__setattr__(self, "subtype", _known(KeyGenSubtype, int(self.subtype)))
+        _check_int("key lifetime", self.lifetime, _U32_MAX)
+        _check_bytes("key generation reply subtype data", self.data, _U16_MAX - 4)
+
+
+@dataclass(frozen=True)
+class AaaNonce:
+    """The subtype data of a Key Generation Nonce Reply from AAA (subtype 1, RFC
+    3957 section 6.2 for MN-FA, 6.4 for MN-HA)::
+
+        MN-FA: AAA SPI (4) | FA SPI (4) | Algorithm Identifier (2) | Key Generation Nonce
+        MN-HA: AAA SPI (4) | HA SPI (4) | Algorithm Identifier (2) | Replay Method (2) | Key Generation Nonce
+
+    ``aaa_spi`` names the mobile node's security association with its home
+    AAA whose key the new key is derived from (:func:`aaa_vpn.wire.mip_auth.derive_aaa_key`);
+    ``agent_spi`` is the SPI the FA or HA gave the new MSA; ``replay_method``
+    is set exactly for MN-HA."""
+
+    aaa_spi: int
+    agent_spi: int
+    algorithm: KeyGenAlgorithm | int
+    nonce: bytes
+    replay_method: ReplayMethod | int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("AAA SPI", self.aaa_spi, _U32_MAX)
+        _check_int("agent SPI", self.agent_spi, _U32_MAX)
+        _check_int("algorithm identifier", self.algorithm, _U16_MAX)
+        object.__setattr__(self, "algorithm", _known(KeyGenAlgorithm, int(self.algorithm)))
+        if self.replay_method is not None:
+            _check_int("replay method", self.replay_method, _U16_MAX)
+            object.__setattr__(self, "replay_method", _known(ReplayMethod, int(self.replay_method)))
+        _check_bytes("key generation nonce", self.nonce, _U16_MAX - 18, 1)
+
+
+_AAA_NONCE_FA = struct.Struct("!IIH")
+_AAA_NONCE_HA = struct.Struct("!IIHH")
+
+
+def encode_aaa_nonce(reply_type: ExtensionType, lifetime: int, nonce: AaaNonce) -> KeyReplyExtension:
+    """The Key Generation Nonce Reply from AAA of type 41 (MN-FA, no replay
+    method) or 43 (MN-HA, with one)."""
+    if reply_type == ExtensionType.MN_FA_KEY_REPLY and nonce.replay_method is None:
+        data = _AAA_NONCE_FA.pack(nonce.aaa_spi, nonce.agent_spi, nonce.algorithm) + nonce.nonce
+    elif reply_type == ExtensionType.MN_HA_KEY_REPLY and nonce.replay_method is not None:
+        head = _AAA_NONCE_HA.pack(nonce.aaa_spi, nonce.agent_spi, nonce.algorithm, nonce.replay_method)
+        data = head + nonce.nonce
+    else:
+        raise MipValueError(f"type {reply_type!r}: an MN-HA reply (43) has a replay method, an MN-FA one (41) none")
+    return KeyReplyExtension(reply_type, lifetime, KeyGenSubtype.AAA, data)
+
+
+def decode_aaa_nonce(extension: KeyReplyExtension) -> AaaNonce:
+    """The subtype data of a reply from AAA; :class:`MipDecodeError` if it is
+    another subtype or does not hold the fields (the nonce at least one octet)."""
+    if extension.subtype != KeyGenSubtype.AAA:
+        raise MipDecodeError(f"key generation reply subtype {int(extension.subtype)}: expected 1 (AAA)")
+    r = mip_reader(extension.data)
+    aaa_spi = r.u32("AAA SPI")
+    agent_spi = r.u32("FA or HA SPI")
+    algorithm = r.u16("algorithm identifier")
+    replay = r.u16("replay method") if extension.type == ExtensionType.MN_HA_KEY_REPLY else None
+    nonce = r.rest()
+    if not nonce:
+        raise MipDecodeError("key generation reply from AAA without a nonce")
+    return AaaNonce(aaa_spi, agent_spi, algorithm, nonce, replay)
+
+
 @dataclass(frozen=True)
 class UnknownExtension:
     """A skippable extension (128-255) this codec does not interpret: ``Type |
@@ -409,6 +559,8 @@ Extension: TypeAlias = (
     | ChallengeExtension
     | CriticalVendorExtension
     | NormalVendorExtension
+    | KeyRequestExtension
+    | KeyReplyExtension
     | UnknownExtension
 )
 
@@ -420,6 +572,8 @@ _EXTENSION_CLASSES = (
     ChallengeExtension,
     CriticalVendorExtension,
     NormalVendorExtension,
+    KeyRequestExtension,
+    KeyReplyExtension,
     UnknownExtension,
 )
 
@@ -429,6 +583,7 @@ _LONG_HEADER = struct.Struct("!BBH")
 _GEN_AUTH_HEADER = struct.Struct("!BBHI")
 _CVSE_HEADER = struct.Struct("!BBHIH")
 _NVSE_HEADER = struct.Struct("!BBHIH")
+_KEYGEN_HEADER = struct.Struct("!BBHI")  # Type, Subtype, Length, Mobile Node SPI or Lifetime
 
 #: Octets from the start of an authentication extension up to and including its
 #: SPI: what the authenticator covers of its own extension (RFC 5944 section 3.5.1).
@@ -462,6 +617,12 @@ def encode_extension(extension: Extension) -> bytes:
             ExtensionType.NVSE, 8 + len(value), extension.reserved, extension.vendor_id, extension.vendor_type
         )
         return header + value
+    if isinstance(extension, KeyRequestExtension):
+        header = _KEYGEN_HEADER.pack(extension.type, extension.subtype, 4 + len(extension.data), extension.mn_spi)
+        return header + extension.data
+    if isinstance(extension, KeyReplyExtension):
+        header = _KEYGEN_HEADER.pack(extension.type, extension.subtype, 4 + len(extension.data), extension.lifetime)
+        return header + extension.data
     if isinstance(extension, UnknownExtension):
         return _SHORT.pack(extension.type, len(extension.data)) + extension.data
     if isinstance(extension, PaddingExtension):
@@ -544,6 +705,14 @@ def _decode_one(r: Reader) -> Extension:
                 f"CVSE Vendor/Org-ID 0x{vendor_id:08x}: the high-order octet must be 0 (RFC 3115)", start
             )
         return CriticalVendorExtension(vendor_id, vendor_type, body.rest(), reserved)
+    if extension_type in _KEY_REQUEST_TYPES or extension_type in _KEY_REPLY_TYPES:
+        # RFC 3957 section 6: Type | Subtype | Length(16) | Mobile Node SPI or Lifetime | Subtype data.
+        name = ExtensionType(extension_type).name
+        subtype = r.u8(f"{name} subtype")
+        body = r.sub(r.u16(f"{name} length"), f"{name} extension")
+        field_value = body.u32(f"{name} SPI or lifetime")
+        kind = KeyRequestExtension if extension_type in _KEY_REQUEST_TYPES else KeyReplyExtension
+        return kind(ExtensionType(extension_type), field_value, subtype, body.rest())
     decoder = _DECODERS_SHORT.get(extension_type)
     if decoder is None and extension_type < FIRST_SKIPPABLE_TYPE:
         # Its format (short or long) is unknown too: nothing after it can be trusted.

@@ -14,6 +14,10 @@ and what a foreign agent keeps, strips and appends when it relays.
   MD5(preceding || Type, Subtype, Length, SPI) || Challenge[-237:])``, which a
   foreign agent forwards to the home AAA as CHAP-Password and CHAP-Challenge
   (:class:`MnAaaProof`, docs/mn-aaa-chap.md).
+* RFC 3957 section 5: a key the home AAA generates for the mobile node's MSA
+  with its FA or HA is ``HMAC-SHA1(AAA-key, Key Generation Nonce || Mobile
+  Node identifier)`` (:func:`derive_aaa_key`), the identifier being the NAI
+  if the request carries one, else the home address (:func:`mn_identifier`).
 * RFC 5944 section 3.7.2.2 (requests) and 3.7.3.2 (replies): a relaying FA
   changes nothing from the fixed part through the authorization-enabling
   extension, removes what follows it, may append its own extensions and then
@@ -46,6 +50,7 @@ from aaa_vpn.wire.mip import (
     MessageType,
     MipDecodeError,
     MipValueError,
+    NaiExtension,
     RegistrationReply,
     RegistrationRequest,
     decode_message_spans,
@@ -67,6 +72,21 @@ _GEN_AUTH_HEADER = struct.Struct("!BBHI")
 def hmac_md5(key: Secret, data: bytes) -> bytes:
     """The default Mobile IP authenticator (RFC 5944 section 3.5.1, RFC 4721 section 6)."""
     return hmac.digest(key.value, data, "md5")
+
+
+def derive_aaa_key(aaa_key: Secret, nonce: bytes, identifier: bytes) -> Secret:
+    """RFC 3957 section 5: the key of a new MSA of the mobile node,
+    ``HMAC-SHA1(AAA-key, Key Generation Nonce || Mobile Node identifier)``
+    (20 octets), where AAA-key is the node's key with its home AAA (here its
+    MN-AAA secret)."""
+    return Secret(hmac.digest(aaa_key.value, bytes(nonce) + bytes(identifier), "sha1"))
+
+
+def mn_identifier(request: RegistrationRequest) -> bytes:
+    """RFC 3957 section 5: the mobile node identifier a key is derived with:
+    the NAI (RFC 2794) if the request carries one, else the home address."""
+    nai = next((e.nai for e in request.extensions if isinstance(e, NaiExtension)), None)
+    return nai.encode("utf-8") if nai is not None else request.home_address.packed
 
 
 def chap_authenticator(challenge: bytes, covered: bytes, key: Secret) -> bytes:

@@ -145,5 +145,29 @@ class VpnProfile:
     digest: bytes | None = None
 
 
+@dataclass(frozen=True)
+class MnKey:
+    """A key the home AAA generated for one mobility security association of
+    the mobile node -- with its FA or its HA -- and what the node derives it
+    from (RFC 3957 sections 5 and 6; carried by RFC 4004's MSA AVPs over
+    Diameter). ``key`` is ``HMAC-SHA1(MN-AAA secret, nonce || NAI)``."""
+
+    spi: int
+    """The SPI of the MSA: the Mobile Node SPI the node asked with; the agent
+    uses it in both directions."""
+    aaa_spi: int
+    """The node's security association with the home AAA the key is derived
+    under (the SPI of its MN-AAA extension)."""
+    algorithm: int
+    """MIP-Algorithm-Type / Algorithm Identifier."""
+    nonce: bytes
+    """The Key Generation Nonce the node derives the key from."""
+    key: Secret = field(repr=False)
+    lifetime: int = 0
+    """Seconds the key is valid (MIP-MSA-Lifetime)."""
+    replay_method: int | None = None
+    """MN-HA only: the replay protection of the MSA (RFC 3957 section 4)."""
+
+
 #: Octets of a profile digest (a truncated SHA-256).
 PROFILE_DIGEST_LENGTH = 16

@@ -1,0 +1,290 @@
+"""The mobile node's MSAs from home-generated nonces (RFC 3957, RFC 4004
+section 9) at the agents and the node: the FA turns the MN-FA key AAA gave
+it into the MN-FA Key Generation Nonce Reply and MN-FA authentication of the
+reply it relays, and keeps the key for the visitor; the HA does the same
+with the MN-HA key before its MN-HA authenticator and keeps the MSA in the
+binding; the node derives both keys from the nonces, and its next requests
+are authenticated under the new MN-HA MSA.
+
+The whole system runs in one process (tests/mobility.py). The agents' AAA
+clients are the real RADIUS ones; what Diameter adds -- the MN-FA key of an
+AMA, the MN-HA key of a HAR (roles/diameter_client.py ``mn_key``) -- is put
+into their accept events by a wrapper, with nonces the test chose, so that
+the keys the test expects are computed here with the standard library, never
+by the code under test. That the home AAA's front end makes exactly these
+keys and events is tests/test_diameter_home.py's and
+tests/test_diameter_client.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from aaa_vpn.lab.topology import NAI
+from aaa_vpn.roles.fa import ForeignAgent
+from aaa_vpn.roles.ha import HomeAgent
+from aaa_vpn.roles.mn import MobileNode
+from aaa_vpn.roles.radius_client import Event, RadiusClient, RequestAccepted
+from aaa_vpn.secret import Secret
+from aaa_vpn.service.journal import decode_journal, encode_journal
+from aaa_vpn.wire import mip
+from aaa_vpn.wire.mip import ExtensionType, KeyReplyExtension, decode_aaa_nonce
+from aaa_vpn.wire.mip_auth import verify_authentication
+from aaa_vpn.wire.profile import MnKey
+
+from .mobility import FA1, GW_DYNAMIC, GW_STATIC, MN_AAA, MN_HA, MN_SOCKET, Network
+
+NONCE = bytes(range(100, 116))
+HA_NONCE = bytes(range(200, 216))
+MN_FA_SPI = 0x3958
+MN_HA_SPI = 0x3957
+PROVISIONED_SPI = 256  # tests/mobility.py: the node's MN-HA SPI
+
+
+def rfc3957_key(nonce: bytes) -> bytes:
+    """RFC 3957 section 5: HMAC-SHA1(AAA-key, nonce || NAI)."""
+    return hmac.new(MN_AAA.value, nonce + NAI.encode(), hashlib.sha1).digest()
+
+
+class WithMnFaKey:
+    """The FA's AAA client, whose accepts carry an MN-FA key as a Diameter AMA's would."""
+
+    def __init__(self, inner: RadiusClient) -> None:
+        self.inner = inner
+        self.enabled = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def next_event(self) -> Event | None:
+        event = self.inner.next_event()
+        if self.enabled and isinstance(event, RequestAccepted) and event.profile is not None:
+            key = MnKey(MN_FA_SPI, 2, 2, NONCE, Secret(rfc3957_key(NONCE)), event.profile.lifetime)
+            return dataclasses.replace(event, mn_fa_key=key)
+        return event
+
+
+class WithMnHaKey(WithMnFaKey):
+    """The HA's AAA client, whose accepts carry an MN-HA key as a HAR's view would."""
+
+    def next_event(self) -> Event | None:
+        event = self.inner.next_event()
+        if self.enabled and isinstance(event, RequestAccepted) and event.profile is not None:
+            key = MnKey(MN_HA_SPI, 2, 2, HA_NONCE, Secret(rfc3957_key(HA_NONCE)), event.profile.lifetime, 2)
+            return dataclasses.replace(event, mn_ha_key=key)
+        return event
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path)
+    network.add_ha()
+    network.add_fa("fa1", FA1)
+    network.add_gw("gw-static", GW_STATIC)
+    network.add_gw("gw-dynamic", GW_DYNAMIC)
+    network.add_mn(request_keys=True, mn_fa_key_spi=MN_FA_SPI)
+    yield network
+    network.close()
+
+
+def replies_to_the_node(net: Network) -> list[bytes]:
+    seen: list[bytes] = []
+    send = net.link.send
+
+    def record(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        if destination[0] == MN_SOCKET and data[:1] == b"\x03":
+            seen.append(data)
+        send(source, destination, data)
+
+    net.link.send = record  # type: ignore[method-assign]
+    return seen
+
+
+def test_fa_relays_the_mn_fa_key_reply_and_authenticates_with_the_new_key(net: Network) -> None:
+    fa = net.nodes["fa1"].agent
+    assert isinstance(fa, ForeignAgent)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    replies = replies_to_the_node(net)
+    net.nodes["mn"].agent.register(net.fa_address(FA1), net.clock)  # type: ignore[attr-defined]
+    net.settle()
+    done = net.nodes["mn"].done()
+    assert done and done[-1].code == 0, done
+    accepted = [r for r in replies if mip.decode_registration_reply(r).accepted]
+    assert accepted, "no accepted reply reached the node"
+    reply = accepted[-1]
+    decoded = mip.decode_registration_reply(reply)
+    # RFC 3957 section 6.2: the MN-FA Key Generation Nonce Reply precedes the MN-FA authentication, which is last.
+    kinds = [type(e).__name__ for e in decoded.extensions]
+    assert kinds[-2:] == ["KeyReplyExtension", "AuthenticationExtension"], kinds
+    key_reply = decoded.extensions[-2]
+    assert isinstance(key_reply, KeyReplyExtension) and key_reply.type == ExtensionType.MN_FA_KEY_REPLY
+    from_aaa = decode_aaa_nonce(key_reply)
+    assert (from_aaa.aaa_spi, from_aaa.agent_spi, from_aaa.algorithm, from_aaa.nonce) == (2, MN_FA_SPI, 2, NONCE)
+    # The key lives as long as AAA said (MIP-MSA-Lifetime: the session's), not just this registration.
+    assert key_reply.lifetime == fa.visitors[NAI].profile.lifetime >= decoded.lifetime
+    # The MN-FA authenticator verifies under the key the node derives from the nonce, and only under it.
+    derived = Secret(rfc3957_key(from_aaa.nonce))
+    assert verify_authentication(reply, ExtensionType.MN_FA_AUTH, derived, spi=MN_FA_SPI)
+    assert not verify_authentication(reply, ExtensionType.MN_FA_AUTH, Secret(rfc3957_key(bytes(16))), spi=MN_FA_SPI)
+    # The visitor keeps the key; it is in no repr.
+    visitor = fa.visitors[NAI]
+    assert visitor.mn_fa is not None and visitor.mn_fa.key == derived
+    assert rfc3957_key(NONCE).hex() not in repr(visitor) and rfc3957_key(NONCE).hex() not in repr(visitor.mn_fa)
+    assert fa.counters["mn_fa_keys_relayed"] >= 1
+
+
+def test_the_visitor_key_survives_a_restart_of_the_fa(net: Network) -> None:
+    fa = net.nodes["fa1"].agent
+    assert isinstance(fa, ForeignAgent)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    net.nodes["mn"].agent.register(net.fa_address(FA1), net.clock)  # type: ignore[attr-defined]
+    net.settle()
+    # Through the sealed state journal, as the service layer keeps it.
+    credential = Secret(b"journal credential")
+    sealed = encode_journal(fa.export_state(), "fa", IPv4Address(FA1), credential, net.clock)
+    assert rfc3957_key(NONCE).hex().encode() not in sealed
+    state = decode_journal(sealed, "fa", IPv4Address(FA1), credential)
+    again = ForeignAgent(fa.config)
+    again.restore_state(state, net.clock)
+    restored = again.visitors[NAI].mn_fa
+    assert restored is not None and restored == fa.visitors[NAI].mn_fa
+    assert restored.key == Secret(rfc3957_key(NONCE))
+
+
+def test_without_a_key_from_aaa_the_reply_is_as_before(net: Network) -> None:
+    replies = replies_to_the_node(net)
+    net.nodes["mn"].agent.register(net.fa_address(FA1), net.clock)  # type: ignore[attr-defined]
+    net.settle()
+    reply = mip.decode_registration_reply(replies[-1])
+    assert reply.accepted
+    assert not any(isinstance(e, KeyReplyExtension) for e in reply.extensions)
+    assert not any(
+        isinstance(e, mip.AuthenticationExtension) and e.type == ExtensionType.MN_FA_AUTH for e in reply.extensions
+    )
+    fa = net.nodes["fa1"].agent
+    assert isinstance(fa, ForeignAgent) and fa.visitors[NAI].mn_fa is None
+
+
+def requests_to_the_ha(net: Network) -> list[bytes]:
+    from .mobility import HA
+
+    seen: list[bytes] = []
+    send = net.link.send
+
+    def record(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        if destination[0] == HA and data[:1] == b"\x01":
+            seen.append(data)
+        send(source, destination, data)
+
+    net.link.send = record  # type: ignore[method-assign]
+    return seen
+
+
+def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn_ha_key(net: Network) -> None:
+    fa, ha, mn = (net.nodes[name].agent for name in ("fa1", "ha", "mn"))
+    assert isinstance(fa, ForeignAgent) and isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    fa.radius = fa_keys = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+    replies = replies_to_the_node(net)
+    requests = requests_to_the_ha(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+
+    # The HA's reply: the MN-HA Key Generation Nonce Reply before MN-HA authentication under the new key.
+    reply = replies[-1]
+    decoded = mip.decode_registration_reply(reply)
+    ha_reply = next(e for e in decoded.extensions if isinstance(e, KeyReplyExtension))
+    assert ha_reply.type == ExtensionType.MN_HA_KEY_REPLY
+    nonce = decode_aaa_nonce(ha_reply)
+    assert (nonce.aaa_spi, nonce.agent_spi, nonce.replay_method, nonce.nonce) == (2, MN_HA_SPI, 2, HA_NONCE)
+    order = [type(e).__name__ for e in decoded.extensions]
+    assert order.index("KeyReplyExtension") < order.index("AuthenticationExtension")
+    new_key = Secret(rfc3957_key(HA_NONCE))
+    assert verify_authentication(reply, ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
+    assert not verify_authentication(reply, ExtensionType.MN_HA_AUTH, MN_HA, spi=PROVISIONED_SPI)
+
+    # The node derived both keys; they are the agents'.
+    assert mn.mn_ha is not None and mn.mn_ha.key == new_key == ha.bindings[NAI].mn_ha.key  # type: ignore[union-attr]
+    assert mn.mn_ha.spi == MN_HA_SPI
+    assert mn.mn_fa is not None and mn.mn_fa.key == Secret(rfc3957_key(NONCE)) == fa.visitors[NAI].mn_fa.key  # type: ignore[union-attr]
+    assert rfc3957_key(HA_NONCE).hex() not in repr(mn.mn_ha) + repr(ha.bindings[NAI])
+
+    # The next registration, with no new key: the node's MN-HA authenticator is under the new MSA.
+    fa_keys.enabled = ha_keys.enabled = False
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0, net.nodes["mn"].done()[-1]
+    renewal = requests[-1]
+    assert verify_authentication(renewal, ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
+    assert ha.bindings[NAI].mn_ha is not None and ha.bindings[NAI].mn_ha.key == new_key
+    assert verify_authentication(replies[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
+
+    # Deregistration under the new MSA; then the node is back on its provisioned key.
+    net.advance(5)
+    mn.deregister(net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and NAI not in ha.bindings
+    assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
+    assert mn.mn_ha is None
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, MN_HA, spi=PROVISIONED_SPI)
+
+
+def test_a_request_under_the_new_spi_with_another_key_is_refused(net: Network) -> None:
+    ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
+    assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert mn.mn_ha is not None
+    ha_keys.enabled = False
+    mn.mn_ha = dataclasses.replace(mn.mn_ha, key=Secret(b"not the derived key"))
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    # The HA refuses it (131); its denial, sent before it holds the view, carries no FA-HA
+    # authentication, so the FA passes the node 68 -- as for any MN-HA failure.
+    assert ha.counters["denied.131"] == 1
+    assert net.nodes["mn"].done()[-1].code != 0
+
+
+def test_the_binding_msa_survives_a_restart_of_the_ha(net: Network) -> None:
+    ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
+    assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    ha.radius = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    credential = Secret(b"journal credential")
+    sealed = encode_journal(ha.export_state(), "ha", ha.config.address, credential, net.clock)
+    again = HomeAgent(ha.config)
+    again.restore_state(decode_journal(sealed, "ha", ha.config.address, credential), net.clock)
+    assert again.bindings[NAI].mn_ha == ha.bindings[NAI].mn_ha is not None
+
+
+def test_a_move_to_another_fa_leaves_the_mn_fa_key_behind(net: Network) -> None:
+    from .mobility import FA2
+
+    net.add_fa("fa2", FA2)
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert mn.mn_fa is not None and mn.counters["keys.mn_fa"] == 1
+    net.advance(5)
+    mn.register(net.fa_address(FA2), net.clock, previous_fa=IPv4Address(FA1))
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert mn.mn_fa is None  # FA2 holds no MSA with the node
