@@ -324,7 +324,7 @@ def serve_worker(
         if http is not None:
             await http.close()
         if front is not None:
-            await front.transport.close()
+            await front.close()
             log.info("diameter stopped", extra=fields(**dict(sorted(front.counters.items()))))
         loop.remove_reader(sock.fileno())
         loop.remove_reader(accounting_sock.fileno())
@@ -369,6 +369,11 @@ def _diameter_front(settings: ForeignServerSettings, service: ForeignService, lo
     from aaa_vpn.net.foreign_diameter import ForeignDiameterFront
 
     realms = tuple(r.name for r in settings.realms)
+    tls = None
+    if any(p.tls for realm in settings.diameter_realms for p in realm.peers):
+        from aaa_vpn.net.diameter_agent import client_tls as diameter_tls
+
+        tls = diameter_tls(settings.tls_ca, settings.tls_cert, settings.tls_key)
     return ForeignDiameterFront(
         settings.diameter_host or f"aaaf.{settings.diameter_realm}",
         settings.diameter_realm,
@@ -377,6 +382,10 @@ def _diameter_front(settings: ForeignServerSettings, service: ForeignService, lo
         lambda data, source, now: None,
         plain_is_secure=settings.diameter_plain_is_secure,
         clock=loop.time,
+        aaa=service.aaa,
+        diameter_realms=settings.diameter_realms,
+        timeout=settings.diameter_timeout,
+        tls=tls,
     )
 
 

@@ -1,0 +1,317 @@
+"""The foreign AAA as a Diameter proxy agent (roles/diameter_proxy.py with
+roles/diameter_peer.py's ``forward``) between real nodes in memory, a fake
+clock: what the home peer receives, what the FA gets back, failover with the
+T bit, 3002/3004/3005/5012, duplicates; and the ``protocol = "diameter"``
+realms of ``serve foreign``'s file."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from aaa_vpn.model import ValidationError
+from aaa_vpn.roles import diameter_peer as p
+from aaa_vpn.roles.diameter_proxy import DiameterPeerConfig, DiameterProxy, DiameterRealm, Reply
+from aaa_vpn.secret import Secret
+from aaa_vpn.service.foreign import load_foreign_settings
+from aaa_vpn.wire import diameter as d
+from aaa_vpn.wire.diameter import AvpCode as C
+from aaa_vpn.wire.diameter import Message, ResultCode
+from aaa_vpn.wire.diameter_profile import PATH_AVP, decode_profile_avps, encode_profile_avps
+from aaa_vpn.wire.profile import VENDOR_ID, VpnProfile
+from aaa_vpn.wire.radius import AaaVpnAttr
+from tests.test_diameter_peer import Link, amr, events, node
+from tests.test_foreign_aaa import GOOD_CONFIG, write_config
+
+PROXY_HOST = "aaaf.visited.example"
+HOMES = ("aaa1.home.example", "aaa2.home.example")
+PROXY_INFO = d.avp_grouped(C.PROXY_INFO, [d.avp_text(280, "relay0.visited.example"), d.avp_octets(33, b"state")])
+ROOT_KEY = (VENDOR_ID, int(AaaVpnAttr.SESSION_ROOT_KEY))
+
+
+def profile(root_key: bool = True) -> VpnProfile:
+    return VpnProfile(
+        session_id="s-1",
+        home_address=IPv4Address("10.1.0.5"),
+        home_agent=IPv4Address("192.0.2.1"),
+        care_of_address=IPv4Address("198.51.100.1"),
+        lifetime=600,
+        epoch=0,
+        fa_ha_spi=300,
+        fa_ha_key=Secret(b"f" * 20),
+        session_root_key=Secret(b"\x42" * 32) if root_key else None,
+    )
+
+
+@dataclasses.dataclass
+class Lab:
+    """FA -- proxy -- (aaa1, aaa2), every connection open; the proxy node
+    serves home.example locally and hands every request to its DiameterProxy."""
+
+    fa: p.DiameterNode
+    proxy: p.DiameterNode
+    homes: list[p.DiameterNode]
+    role: DiameterProxy
+    link: Link
+    home_conns: list[int]
+    replies: list[Reply] = dataclasses.field(default_factory=list)
+
+    def step(self, now: float) -> None:
+        """Carry the messages; let the proxy act on its events."""
+        for _ in range(4):
+            self.link.run(now)
+            for event in events(self.proxy):
+                if isinstance(event, p.RequestReceived):
+                    realm = event.message.text(C.DESTINATION_REALM) or ""
+                    nai = event.message.text(C.USER_NAME) or ""
+                    tag = self.role.start(event.handle, event.message, nai, "fa1", realm, now)
+                    if isinstance(tag, Message):
+                        self.proxy.answer(event.handle, tag, now)
+                        continue
+                    code = self.node_forward(event.handle, now, tag)
+                    if code is not None:
+                        self.reply(self.role.not_sent(tag, code), now)
+                elif isinstance(event, p.AnswerReceived):
+                    self.reply(self.role.answered(event.tag, event.message), now)
+                elif isinstance(event, p.RequestFailed):
+                    self.reply(self.role.failed(event.tag, event.reason), now)
+            for reply in self.role.expire(now):
+                self.reply(reply, now)
+
+    def node_forward(self, handle: int, now: float, tag: int) -> int | None:
+        return self.proxy.forward(handle, now, tag)
+
+    def reply(self, reply: Reply | None, now: float) -> None:
+        if reply is not None:
+            self.replies.append(reply)
+            self.proxy.answer(reply.handle, reply.answer, now)
+
+    def requests_at(self, index: int) -> list[p.RequestReceived]:
+        return [e for e in events(self.homes[index]) if isinstance(e, p.RequestReceived)]
+
+    def answers_at_fa(self) -> list[p.AnswerReceived]:
+        return [e for e in events(self.fa) if isinstance(e, p.AnswerReceived)]
+
+
+def lab(timeout: float = 4.0, limit: int = 100) -> Lab:
+    identity = d.Identity(PROXY_HOST, "visited.example")
+    role = DiameterProxy(
+        identity,
+        (DiameterRealm("home.example", tuple(DiameterPeerConfig(h, IPv4Address("192.0.2.9")) for h in HOMES)),),
+        timeout,
+        limit,
+    )
+    fa = node("fa1.visited.example", "visited.example", routes={"home.example": [PROXY_HOST]})
+    proxy = node(PROXY_HOST, "visited.example", routes=role.routes(), local_realms=("home.example",))
+    homes = [node(h, "home.example") for h in HOMES]
+    link = Link()
+    link.connect(fa, proxy, 0.0)
+    conns = [link.connect(proxy, home, 0.0)[0] for home in homes]
+    for n in (fa, proxy, *homes):
+        events(n)
+    return Lab(fa, proxy, homes, role, link, conns)
+
+
+def home_answers(lab_: Lab, index: int, now: float, request: p.RequestReceived, avps: list[d.Avp]) -> None:
+    home = lab_.homes[index]
+    home.answer(request.handle, p.answer_to(request.message, home.identity, ResultCode.SUCCESS, avps), now)
+
+
+def test_an_amr_goes_home_with_a_route_record_and_the_ama_comes_back_without_the_root_key() -> None:
+    lab_ = lab()
+    sent = amr("fa1;7", "home.example", PROXY_INFO)
+    lab_.fa.send_request(sent, 1.0, tag="amr")
+    lab_.step(1.0)
+    [at_home] = lab_.requests_at(0)  # the first OKAY peer, in the configured order
+    assert not lab_.requests_at(1)
+    got = at_home.message
+    assert at_home.peer == PROXY_HOST
+    # RFC 6733 section 6.1.9: the same request plus a Route-Record naming the
+    # peer it came from; Session-Id, End-to-End and Proxy-Info as they were.
+    assert [a.as_text() for a in got.find_all(C.ROUTE_RECORD)] == ["fa1.visited.example"]
+    assert got.avps[:-1] == sent.avps and got.find(C.PROXY_INFO) == PROXY_INFO
+    [fa_conn] = lab_.fa.connections.values()
+    assert got.end_to_end != 0 and not got.retransmit
+    home_answers(lab_, 0, 1.5, at_home, encode_profile_avps(profile()))
+    lab_.step(1.5)
+    [answer] = lab_.answers_at_fa()
+    ama = answer.message
+    assert answer.tag == "amr" and ama.result_code == 2001 and ama.origin_host == HOMES[0]
+    assert ama.session_id == "fa1;7" and ama.find(C.PROXY_INFO) == PROXY_INFO
+    assert ROOT_KEY not in {(a.vendor, a.code) for a in ama.avps}
+    assert decode_profile_avps(ama.avps) == dataclasses.replace(profile(), session_root_key=None)
+    # What the cache learns: the whole profile, root key included.
+    [reply] = lab_.replies
+    assert reply.learned is not None and reply.learned.profile == profile()
+    assert (reply.learned.client, reply.learned.realm, reply.learned.server) == ("fa1", "home.example", HOMES[0])
+    shown = repr(reply)
+    assert "B" * 8 not in shown and "42" * 8 not in shown and "\\x42" not in shown  # the key (0x42...) never shown
+    assert lab_.proxy.counters["forwarded"] == 1 and lab_.role.pending == 0
+    del fa_conn
+
+
+def test_a_refusal_is_relayed_as_it_is_and_teaches_nothing() -> None:
+    lab_ = lab()
+    lab_.fa.send_request(amr(), 1.0, tag="amr")
+    lab_.step(1.0)
+    [at_home] = lab_.requests_at(0)
+    home = lab_.homes[0]
+    refusal = p.answer_to(at_home.message, home.identity, ResultCode.AUTHENTICATION_REJECTED, error_message="no")
+    home.answer(at_home.handle, refusal, 1.2)
+    lab_.step(1.2)
+    [answer] = lab_.answers_at_fa()
+    assert answer.message.result_code == ResultCode.AUTHENTICATION_REJECTED
+    assert answer.message.text(C.ERROR_MESSAGE) == "no"
+    assert [r.learned for r in lab_.replies] == [None]
+
+
+def test_the_home_peer_goes_away_the_request_fails_over_with_the_t_bit_then_3002() -> None:
+    lab_ = lab()
+    lab_.fa.send_request(amr(), 1.0, tag="amr")
+    lab_.step(1.0)
+    [first] = lab_.requests_at(0)
+    lab_.link.cut.add((id(lab_.proxy), lab_.home_conns[0]))
+    lab_.proxy.connection_lost(lab_.home_conns[0], 2.0)
+    lab_.step(2.0)
+    [again] = lab_.requests_at(1)
+    assert again.message.retransmit and again.message.end_to_end == first.message.end_to_end
+    assert again.message.find_all(C.ROUTE_RECORD) == first.message.find_all(C.ROUTE_RECORD)
+    lab_.link.cut.add((id(lab_.proxy), lab_.home_conns[1]))
+    lab_.proxy.connection_lost(lab_.home_conns[1], 3.0)
+    lab_.step(3.0)
+    [answer] = lab_.answers_at_fa()
+    assert answer.message.result_code == ResultCode.UNABLE_TO_DELIVER and answer.message.error
+    assert answer.message.u32(C.AUTH_APPLICATION_ID) == d.MOBILE_IPV4_APPLICATION
+    assert lab_.role.counters["unable_to_deliver"] == 1 and lab_.proxy.counters["failed_over"] == 1
+    # With no home peer open, the next AMR is answered 3002 at once.
+    lab_.fa.send_request(amr("fa1;2"), 4.0, tag="next")
+    lab_.step(4.0)
+    [answer] = lab_.answers_at_fa()
+    assert answer.tag == "next" and answer.message.result_code == ResultCode.UNABLE_TO_DELIVER
+    assert "no open home peer" in (answer.message.text(C.ERROR_MESSAGE) or "")
+
+
+def test_no_answer_in_time_is_3002_and_a_late_answer_is_dropped() -> None:
+    lab_ = lab(timeout=4.0)
+    lab_.fa.send_request(amr(), 1.0, tag="amr")
+    lab_.step(1.0)
+    [at_home] = lab_.requests_at(0)
+    assert lab_.role.get_timer() == 5.0
+    lab_.step(4.9)
+    assert not lab_.answers_at_fa()
+    lab_.step(5.0)
+    [answer] = lab_.answers_at_fa()
+    assert answer.message.result_code == ResultCode.UNABLE_TO_DELIVER
+    assert lab_.role.counters["timeouts"] == 1 and lab_.role.get_timer() is None
+    home_answers(lab_, 0, 6.0, at_home, encode_profile_avps(profile()))
+    lab_.step(6.0)
+    assert not lab_.answers_at_fa() and lab_.role.counters["late_answers"] == 1
+
+
+def test_a_loop_is_3005_and_a_full_table_3004() -> None:
+    lab_ = lab(limit=1)
+    lab_.fa.send_request(amr("s-loop", "home.example", d.avp_text(C.ROUTE_RECORD, PROXY_HOST)), 1.0, tag="loop")
+    lab_.step(1.0)
+    [answer] = lab_.answers_at_fa()
+    assert answer.message.result_code == ResultCode.LOOP_DETECTED and not lab_.requests_at(0)
+    lab_.fa.send_request(amr("s-1"), 2.0, tag="one")
+    lab_.fa.send_request(amr("s-2"), 2.0, tag="two")
+    lab_.step(2.0)
+    [busy] = lab_.answers_at_fa()
+    assert busy.tag == "two" and busy.message.result_code == ResultCode.TOO_BUSY
+    assert [r.message.session_id for r in lab_.requests_at(0)] == ["s-1"]
+
+
+def test_an_ama_whose_profile_does_not_decode_is_not_passed_on() -> None:
+    lab_ = lab()
+    lab_.fa.send_request(amr(), 1.0, tag="amr")
+    lab_.step(1.0)
+    [at_home] = lab_.requests_at(0)
+    bad = [a for a in encode_profile_avps(profile()) if a.code != AaaVpnAttr.HOME_ADDRESS]
+    bad.append(d.avp_octets(PATH_AVP, b"\x00\x00", VENDOR_ID, mandatory=False))
+    home_answers(lab_, 0, 1.5, at_home, bad)
+    lab_.step(1.5)
+    [answer] = lab_.answers_at_fa()
+    assert answer.message.result_code == ResultCode.UNABLE_TO_COMPLY
+    assert not any(a.vendor == VENDOR_ID for a in answer.message.avps)
+    assert lab_.role.counters["undecodable_answers"] == 1
+
+
+def test_a_retransmission_is_answered_from_the_duplicate_cache_not_sent_home_again() -> None:
+    lab_ = lab()
+    sent = amr()
+    lab_.fa.send_request(sent, 1.0, tag="amr")
+    lab_.step(1.0)
+    [at_home] = lab_.requests_at(0)
+    home_answers(lab_, 0, 1.2, at_home, encode_profile_avps(profile()))
+    lab_.step(1.2)
+    [first] = lab_.answers_at_fa()
+    # The FA sends it again, T bit set, the same End-to-End (RFC 6733 section 6.5).
+    [(fa_conn, _)] = [(c, 0) for c in lab_.fa.connections]
+    wire = dataclasses.replace(first.message, request=True, hop_by_hop=0x4711, retransmit=True)
+    wire = dataclasses.replace(wire, avps=sent.avps, end_to_end=first.message.end_to_end)
+    [proxy_conn] = [c for c, conn in lab_.proxy.connections.items() if conn.host == "fa1.visited.example"]
+    lab_.proxy.data_received(proxy_conn, wire.encode(), 2.0)
+    [(conn, out)] = [(c, data) for c, data in lab_.proxy.data_to_send() if c == proxy_conn]
+    again = d.decode_message(out)
+    assert (again.hop_by_hop, again.end_to_end) == (0x4711, first.message.end_to_end)
+    assert again.result_code == 2001 and ROOT_KEY not in {(a.vendor, a.code) for a in again.avps}
+    lab_.step(2.0)
+    assert not lab_.requests_at(0) and lab_.proxy.counters["duplicates"] == 1
+    del fa_conn, conn
+
+
+# --- the file -----------------------------------------------------------------------------------
+
+DIAMETER_REALM = """
+[[realms]]
+name = "diameter.example"
+protocol = "diameter"
+[[realms.peers]]
+host = "aaa1.diameter.example"
+address = "192.0.2.31"
+[[realms.peers]]
+host = "aaa2.diameter.example"
+address = "192.0.2.32"
+port = 13868
+"""
+DIAMETER_TABLE = '\n[diameter]\nlisten = "127.0.0.3:3868"\nrealm = "visited.example"\ntimeout = 2.5\n'
+
+
+def test_a_diameter_realm_is_read(tmp_path: Path) -> None:
+    settings = load_foreign_settings(write_config(tmp_path, GOOD_CONFIG + DIAMETER_REALM + DIAMETER_TABLE))
+    assert [r.name for r in settings.realms] == ["home.example"]  # the RADIUS pools
+    (realm,) = settings.diameter_realms
+    assert realm.name == "diameter.example" and settings.diameter_timeout == 2.5
+    assert realm.peers == (
+        DiameterPeerConfig("aaa1.diameter.example", IPv4Address("192.0.2.31"), 3868),
+        DiameterPeerConfig("aaa2.diameter.example", IPv4Address("192.0.2.32"), 13868),
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.replace('protocol = "diameter"', 'protocol = "sctp"'), "realms[1].protocol: 'sctp'"),
+        (lambda t: t.replace(DIAMETER_TABLE, ""), "a realm of protocol diameter needs the [diameter] table"),
+        (lambda t: t.replace('protocol = "diameter"\n', ""), "realms[1].peers: only a realm of protocol"),
+        (lambda t: t.replace('address = "192.0.2.32"', 'address = "aaa2"'), "is not an IP address"),
+        (lambda t: t.replace('host = "aaa2.diameter.example"', 'host = "a b"'), "realms[1].peers[1]"),
+        (lambda t: t.replace("port = 13868", "port = 0"), "expected 1..65535"),
+        (lambda t: t.replace('"aaa2.diameter.example"', '"AAA1.diameter.example"'), "named twice"),
+        (lambda t: t.replace("port = 13868", "tls = true"), "tls = true needs tls_cert, tls_key and tls_ca"),
+        (lambda t: t.replace('name = "diameter.example"', 'name = "DEFAULT"'), "DEFAULT cannot be a Diameter"),
+        (lambda t: t.replace("timeout = 2.5", "timeout = 0"), "diameter.timeout: 0"),
+        (lambda t: t.replace("port = 13868", "bogus = 1"), "bogus is not a known setting"),
+    ],
+)
+def test_diameter_realm_errors_are_one_clear_message(
+    tmp_path: Path, change: Callable[[str], str], message: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        load_foreign_settings(write_config(tmp_path, change(GOOD_CONFIG + DIAMETER_REALM + DIAMETER_TABLE)))
+    assert message in str(caught.value) and str(tmp_path) in str(caught.value)
