@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import subprocess
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -214,3 +216,86 @@ def certificates(
 
     ca = make("test-ca", None)
     return ca, make(server, ca), make(client, ca)
+
+
+class Tap:
+    """A TCP relay on loopback between two real Diameter peers: every message
+    each way is recorded (decoded with our codec) and passed on unchanged,
+    except requests toward ``target`` that ``swallow`` picks (a home peer that
+    takes them and never answers). :meth:`close` stops it and every
+    connection (the peer behind it is then down)."""
+
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
+        self.target = target
+        self.listener = socket.create_server((host, 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.seen: list[tuple[str, Message]] = []  # ("up": toward target, "down": back)
+        self.swallow: Callable[[Message], bool] = lambda _message: False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def messages(self, direction: str, command: int, request: bool) -> list[Message]:
+        with self._lock:
+            return [m for way, m in self.seen if way == direction and m.command == command and m.request == request]
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                near, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                far = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                near.close()
+                continue
+            with self._lock:
+                self._sockets += [near, far]
+            for way, source, sink in (("up", near, far), ("down", far, near)):
+                threading.Thread(target=self._pump, args=(way, source, sink), daemon=True).start()
+
+    def _pump(self, way: str, source: socket.socket, sink: socket.socket) -> None:
+        buffer = b""
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            buffer += data
+            while len(buffer) >= 4 and len(buffer) >= int.from_bytes(buffer[1:4], "big"):
+                length = int.from_bytes(buffer[1:4], "big")
+                raw, buffer = buffer[:length], buffer[length:]
+                message = d.decode_message(raw)
+                with self._lock:
+                    self.seen.append((way, message))
+                if way == "up" and message.request and self.swallow(message):
+                    continue
+                try:
+                    sink.sendall(raw)
+                except OSError:
+                    break
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
