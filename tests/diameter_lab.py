@@ -29,6 +29,7 @@ from aaa_vpn.wire.diameter import AvpCode as C
 from aaa_vpn.wire.diameter import Command, Message
 from aaa_vpn.wire.mip import ChallengeExtension, ExtensionType, GeneralizedAuthSubtype, NaiExtension
 from aaa_vpn.wire.mip_auth import CHAP_SPI, append_authentication, append_generalized_authentication, mn_aaa_proof
+from aaa_vpn.wire.mip_vpn import previous_fa_extension
 from tests.mobility import FA1, HA, MN_AAA, MN_HA, provision
 
 HOME_REALM = "home.example"
@@ -51,8 +52,11 @@ def rrq(
     secret: Secret = MN_AAA,
     nai: str = NAI,
     challenge: bytes = b"0123456789abcdef",
+    previous: str | None = None,
 ) -> bytes:
-    """A Registration Request as the mobile node sends it (roles/mn.py)."""
+    """A Registration Request as the mobile node sends it (roles/mn.py);
+    ``previous``: the FA it names as its previous one (after a move)."""
+    named = (previous_fa_extension(IPv4Address(previous)),) if previous else ()
     request = mip.RegistrationRequest(
         flags=mip.RegistrationFlags.T,
         lifetime=lifetime,
@@ -60,7 +64,7 @@ def rrq(
         home_agent=IPv4Address(HA),
         care_of_address=IPv4Address(care_of),
         identification=next(_identification) << 32,
-        extensions=(NaiExtension(nai),),
+        extensions=(NaiExtension(nai), *named),
     )
     data = append_authentication(mip.encode_registration_request(request), ExtensionType.MN_HA_AUTH, 3, MN_HA)
     data += mip.encode_extension(ChallengeExtension(challenge))

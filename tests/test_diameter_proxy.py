@@ -265,6 +265,126 @@ def test_a_retransmission_is_answered_from_the_duplicate_cache_not_sent_home_aga
     del fa_conn, conn
 
 
+def test_an_asr_of_the_home_aaa_reaches_the_fa_through_the_proxy() -> None:
+    """The home AAA sends its ASR to the FA it knows (Destination-Host), through
+    the peer the session's AMRs came from: the proxy relays it (rule 7)."""
+    lab_ = lab()
+    home = lab_.homes[0]
+    asr = Message(
+        d.Command.ABORT_SESSION,
+        True,
+        d.MOBILE_IPV4_APPLICATION,
+        avps=(
+            d.avp_text(C.SESSION_ID, "fa1;7"),
+            d.avp_text(C.ORIGIN_HOST, HOMES[0]),
+            d.avp_text(C.ORIGIN_REALM, "home.example"),
+            d.avp_text(C.DESTINATION_REALM, "visited.example"),
+            d.avp_text(C.DESTINATION_HOST, "fa1.visited.example"),
+            d.avp_u32(C.AUTH_APPLICATION_ID, d.MOBILE_IPV4_APPLICATION),
+        ),
+        proxiable=True,
+    )
+    home.send_request(asr, 1.0, tag="asr", via=PROXY_HOST)
+    lab_.step(1.0)
+    [at_fa] = [e for e in events(lab_.fa) if isinstance(e, p.RequestReceived)]
+    assert at_fa.message.session_id == "fa1;7"
+    assert [r.as_text() for r in at_fa.message.find_all(C.ROUTE_RECORD)] == [HOMES[0]]
+    lab_.fa.answer(at_fa.handle, p.answer_to(at_fa.message, lab_.fa.identity, ResultCode.SUCCESS), 1.1)
+    lab_.step(1.1)
+    [answer] = [e for e in events(home) if isinstance(e, p.AnswerReceived)]
+    assert answer.tag == "asr" and answer.message.result_code == 2001
+    assert answer.message.origin_host == "fa1.visited.example" and not lab_.replies
+
+
+# --- the front end (net/foreign_diameter.py) over loopback TCP -------------------------------------
+
+
+def test_the_front_end_proxies_to_the_home_aaa_and_answers_the_handoff_from_its_cache() -> None:
+    """The foreign AAA's Diameter side with a real home AAA front end
+    (tests/diameter_lab.py) behind it: FA1's AMR goes home and comes back
+    without the root key, the session lands in the role's cache; FA2's AMR
+    naming FA1 is answered here (the home AAA sees no second AMR); FA2's STR
+    goes home and ends the session there."""
+    import asyncio
+    import socket
+    from ipaddress import IPv4Network
+
+    from aaa_vpn.net.foreign_diameter import ForeignDiameterFront
+    from aaa_vpn.roles.foreign_aaa import ForeignAaa, ProxyClient
+    from aaa_vpn.store.memory import MemoryStore
+    from tests.diameter_lab import HOME_HOST, Client, amr, home_service, rrq, start_home, wait_for
+    from tests.mobility import AAAF, FA1, FA2, NAI, SECRETS
+    from tests.test_diameter_home import _str
+
+    aaaf_host = f"c-{AAAF.replace('.', '-')}"  # a client of role foreign-aaa at the home AAA
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        home_aaa = home_service()
+        assert isinstance(home_aaa.store, MemoryStore)
+        home, home_port = await start_home(home_aaa)
+        clients = tuple(ProxyClient(f"fa-{a}", IPv4Network(f"{a}/32"), SECRETS[a]) for a in (FA1, FA2))
+        role = ForeignAaa(clients, [], now=loop.time(), diameter_realms=["home.example"])
+        realm = DiameterRealm("home.example", (DiameterPeerConfig(HOME_HOST, IPv4Address("127.0.0.1"), home_port),))
+
+        def inject(data: bytes, source: tuple[str, int], now: float) -> None:  # as net/foreign_server.py does
+            role.receive_from_client(data, source, now)
+            for datagram in role.datagrams_to_send():
+                if datagram.pool is None and front.claims(datagram.address):
+                    front.reply(datagram.address, datagram.data)
+
+        front = ForeignDiameterFront(
+            aaaf_host, "visited.example", (), clients, inject, True, loop.time, role, (realm,), timeout=2.0
+        )
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        await front.listen(f"127.0.0.1:{port}")
+        await wait_for(lambda: front.node.peer(HOME_HOST), 10, "the foreign AAA's CER to the home AAA")
+        fa1 = Client(f"fa-{FA1}", routes={"home.example": [aaaf_host]})
+        fa2 = Client(f"fa-{FA2}", routes={"home.example": [aaaf_host]})
+        await fa1.connect(port)
+        await fa2.connect(port)
+
+        ama = await fa1.ask(amr("fa1;1", rrq(care_of=FA1), origin=f"fa-{FA1}"))
+        assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)
+        assert ama.origin_host == HOME_HOST and ROOT_KEY not in {(a.vendor, a.code) for a in ama.avps}
+        fa_view = decode_profile_avps(ama.avps)
+        [cached] = list(role.cache)
+        assert cached.session_id == fa_view.session_id and cached.session_root_key is not None
+        assert cached.care_of_address == IPv4Address(FA1) and cached.client == f"fa-{FA1}"
+        assert home.node.counters["received.AMR"] == 1
+
+        moved = await fa2.ask(amr("fa2;1", rrq(care_of=FA2, previous=FA1), origin=f"fa-{FA2}"))
+        assert moved.result_code == ResultCode.SUCCESS, moved.text(C.ERROR_MESSAGE)
+        assert moved.origin_host == aaaf_host  # answered here (flow C)
+        view = decode_profile_avps(moved.avps)
+        assert (view.session_id, view.epoch, view.care_of_address) == (
+            fa_view.session_id,
+            fa_view.epoch + 1,
+            IPv4Address(FA2),
+        )
+        assert view.session_root_key is None and home.node.counters["received.AMR"] == 1
+        assert role.counters["handoffs_answered"] == 1
+
+        ended = _str("fa1;1")
+        ended = dataclasses.replace(
+            ended,
+            avps=tuple(d.avp_text(C.ORIGIN_HOST, f"fa-{FA1}") if a.code == C.ORIGIN_HOST else a for a in ended.avps),
+        )
+        sta = await fa1.ask(ended)
+        assert sta.result_code == ResultCode.SUCCESS and sta.origin_host == HOME_HOST
+        assert home_aaa.store.find_sessions(NAI) == []
+        assert front.proxy.counters["forwarded.STR"] == 1
+
+        for client in (fa1, fa2):
+            await client.transport.close()
+        await front.close()
+        await home.transport.close()
+
+    asyncio.run(main())
+
+
 # --- the file -----------------------------------------------------------------------------------
 
 DIAMETER_REALM = """
@@ -291,6 +411,18 @@ def test_a_diameter_realm_is_read(tmp_path: Path) -> None:
         DiameterPeerConfig("aaa1.diameter.example", IPv4Address("192.0.2.31"), 3868),
         DiameterPeerConfig("aaa2.diameter.example", IPv4Address("192.0.2.32"), 13868),
     )
+
+
+def test_check_shows_the_diameter_realms(tmp_path: Path) -> None:
+    from tests.test_foreign_aaa import run_cli
+
+    path = write_config(tmp_path, GOOD_CONFIG + DIAMETER_REALM + DIAMETER_TABLE)
+    ok = run_cli("serve", "foreign", "--config", str(path), "--check")
+    assert ok.returncode == 0, ok.stderr
+    assert (
+        "realm diameter.example -> diameter aaa1.diameter.example (192.0.2.31:3868),"
+        " aaa2.diameter.example (192.0.2.32:13868)"
+    ) in ok.stdout
 
 
 @pytest.mark.parametrize(
