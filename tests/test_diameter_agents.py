@@ -183,6 +183,7 @@ def test_foreign_aaa_proxies_amrs_to_a_diameter_home_aaa(tmp_path: Path) -> None
     from aaa_vpn.wire.profile import VENDOR_ID
     from aaa_vpn.wire.radius import AaaVpnAttr
     from tests.diameter_lab import Tap
+    from tests.metrics_scrape import metrics_address, scrape
     from tests.mobility import AAAF
     from tests.test_agents_live import AFTER_REGISTRATION as A
 
@@ -207,7 +208,13 @@ def test_foreign_aaa_proxies_amrs_to_a_diameter_home_aaa(tmp_path: Path) -> None
                                       ("fa2", FA2, f"{AAAF}:{foreign_port}"))
     }  # fmt: skip
     topology = start(
-        tmp_path, foreign=True, home_args=home, agent_args=agents, foreign_toml=toml, foreign_realms=realms
+        tmp_path,
+        foreign=True,
+        home_args=home,
+        agent_args=agents,
+        foreign_toml=toml,
+        foreign_realms=realms,
+        extra={"foreign-aaa": ("--metrics-listen", f"{AAAF}:0")},
     )
     foreign_log, home_log = topology.logs["foreign-aaa"], topology.logs["home-aaa"]
     try:
@@ -279,6 +286,10 @@ def test_foreign_aaa_proxies_amrs_to_a_diameter_home_aaa(tmp_path: Path) -> None
         assert time.monotonic() - started < 1.5
         failed = to_foreign.messages("down", Command.AA_MOBILE_NODE, False)[-1]
         assert failed.result_code == d.ResultCode.UNABLE_TO_DELIVER, failed
+        events = scrape(metrics_address(foreign_log))
+        assert events.total("aaa_vpn_role_events_total", event="diameter_proxy.unable_to_deliver") == 2
+        assert events.total("aaa_vpn_role_events_total", event="diameter_proxy.timeouts") == 1
+        assert events.total("aaa_vpn_role_events_total", event="diameter_proxy.forwarded.AMR") == 3
     finally:
         to_home.close()
         to_foreign.close()

@@ -125,9 +125,15 @@ class ForeignDiameterFront:
 
     @property
     def counters(self) -> dict[str, int]:
-        out = {f"diameter_{k.replace('.', '_')}": v for k, v in self.node.counters.items()}
-        out.update({f"diameter_{k.replace('.', '_')}": v for k, v in self.home.counters.items()})
-        out.update({f"diameter_proxy_{k.replace('.', '_')}": v for k, v in self.proxy.counters.items()})
+        """For the log: ``diameter_*`` and ``diameter_proxy_*``."""
+        return {k.replace(".", "_"): v for k, v in self.events().items()}
+
+    def events(self) -> dict[str, int]:
+        """For the metrics (``aaa_vpn_role_events_total``): ``diameter.*`` (the
+        node and the translated AMRs) and ``diameter_proxy.*`` (roles/diameter_proxy.py)."""
+        out = {f"diameter.{k}": v for k, v in self.node.counters.items()}
+        out.update({f"diameter.{k}": v for k, v in self.home.counters.items()})
+        out.update({f"diameter_proxy.{k}": v for k, v in self.proxy.counters.items()})
         return out
 
     async def listen(self, listen: str | None) -> None:

@@ -130,6 +130,8 @@ def serve_worker(
     timer_at: float | None = None
 
     front = _diameter_front(settings, service, loop) if index == 0 else None
+    if front is not None:
+        service.more_counters = front.events
 
     def flush() -> None:
         nonlocal timer, timer_at

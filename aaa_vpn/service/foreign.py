@@ -420,6 +420,9 @@ class ForeignService:
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
         self._budget: dict[str, _Budget] = {}
+        self.more_counters: Callable[[], dict[str, int]] = dict
+        """Counters of the worker's other parts (its Diameter side: ``diameter.*``,
+        ``diameter_proxy.*``), for the log and the metrics; the network layer sets it."""
         self.metrics = Recorder("foreign")
         """Figures the proxy does not count (docs/metrics.md)."""
         self._timed: dict[tuple[str, tuple[str, int], int], tuple[float, str]] = {}
@@ -516,6 +519,7 @@ class ForeignService:
                 self.metrics.set("aaa_vpn_upstream_server_up", 1 if alive else 0, server=server.name)
         counters = dict(self.aaa.counters)
         counters.update({f"upstream.{k}": v for k, v in self.aaa.upstream_counters().items()})
+        counters.update(self.more_counters())
         return self.metrics.snapshot(counters)
 
     def housekeeping(self, now: float) -> None:
@@ -531,6 +535,7 @@ class ForeignService:
         merged.update({f"upstream_{k.replace('.', '_')}": v for k, v in sorted(self.aaa.upstream_counters().items())})
         merged["cached_sessions"] = len(self.aaa.cache)
         merged["pending"] = self.aaa.pending
+        merged.update({k.replace(".", "_"): v for k, v in sorted(self.more_counters().items())})
         return merged
 
     def _log_events(self) -> None:
