@@ -6,16 +6,23 @@ realms of ``serve foreign``'s file."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
+import ssl
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
 from aaa_vpn.model import ValidationError
+from aaa_vpn.net.diameter_agent import client_tls
+from aaa_vpn.net.diameter_server import DiameterHomeServer, DiameterOptions
+from aaa_vpn.net.foreign_diameter import ForeignDiameterFront
 from aaa_vpn.roles import diameter_peer as p
 from aaa_vpn.roles.diameter_proxy import DiameterPeerConfig, DiameterProxy, DiameterRealm, Reply
+from aaa_vpn.roles.foreign_aaa import ForeignAaa, ProxyClient
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.foreign import load_foreign_settings
 from aaa_vpn.wire import diameter as d
@@ -24,6 +31,10 @@ from aaa_vpn.wire.diameter import Message, ResultCode
 from aaa_vpn.wire.diameter_profile import PATH_AVP, decode_profile_avps, encode_profile_avps
 from aaa_vpn.wire.profile import VENDOR_ID, VpnProfile
 from aaa_vpn.wire.radius import AaaVpnAttr
+from tests.diameter_lab import HOME_HOST, Client, certificates, home_service, rrq, start_home, wait_for
+from tests.diameter_lab import amr as fa_amr
+from tests.mobility import AAAF, FA1, FA2, NAI, SECRETS
+from tests.test_diameter_home import _str
 from tests.test_diameter_peer import Link, amr, events, node
 from tests.test_foreign_aaa import GOOD_CONFIG, write_config
 
@@ -298,55 +309,53 @@ def test_an_asr_of_the_home_aaa_reaches_the_fa_through_the_proxy() -> None:
 
 # --- the front end (net/foreign_diameter.py) over loopback TCP -------------------------------------
 
+AAAF_HOST = f"c-{AAAF.replace('.', '-')}"  # a client of role foreign-aaa at the home AAA
+
+
+async def foreign_front(
+    peer: DiameterPeerConfig, tls: ssl.SSLContext | None = None
+) -> tuple[ForeignDiameterFront, ForeignAaa, int]:
+    """The foreign AAA's Diameter side (FA1 and FA2 its clients, home.example
+    of protocol diameter to ``peer``), as net/foreign_server.py runs it; its port."""
+    loop = asyncio.get_running_loop()
+    clients = tuple(ProxyClient(f"fa-{a}", IPv4Network(f"{a}/32"), SECRETS[a]) for a in (FA1, FA2))
+    role = ForeignAaa(clients, [], now=loop.time(), diameter_realms=["home.example"])
+
+    def inject(data: bytes, source: tuple[str, int], now: float) -> None:  # as net/foreign_server.py does
+        role.receive_from_client(data, source, now)
+        for datagram in role.datagrams_to_send():
+            if datagram.pool is None and front.claims(datagram.address):
+                front.reply(datagram.address, datagram.data)
+
+    realm = DiameterRealm("home.example", (peer,))
+    front = ForeignDiameterFront(
+        AAAF_HOST, "visited.example", (), clients, inject, True, loop.time, role, (realm,), timeout=2.0, tls=tls
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    await front.listen(f"127.0.0.1:{port}")
+    return front, role, port
+
 
 def test_the_front_end_proxies_to_the_home_aaa_and_answers_the_handoff_from_its_cache() -> None:
     """The foreign AAA's Diameter side with a real home AAA front end
     (tests/diameter_lab.py) behind it: FA1's AMR goes home and comes back
     without the root key, the session lands in the role's cache; FA2's AMR
-    naming FA1 is answered here (the home AAA sees no second AMR); FA2's STR
+    naming FA1 is answered here (the home AAA sees no second AMR); FA1's STR
     goes home and ends the session there."""
-    import asyncio
-    import socket
-    from ipaddress import IPv4Network
-
-    from aaa_vpn.net.foreign_diameter import ForeignDiameterFront
-    from aaa_vpn.roles.foreign_aaa import ForeignAaa, ProxyClient
-    from aaa_vpn.store.memory import MemoryStore
-    from tests.diameter_lab import HOME_HOST, Client, amr, home_service, rrq, start_home, wait_for
-    from tests.mobility import AAAF, FA1, FA2, NAI, SECRETS
-    from tests.test_diameter_home import _str
-
-    aaaf_host = f"c-{AAAF.replace('.', '-')}"  # a client of role foreign-aaa at the home AAA
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         home_aaa = home_service()
-        assert isinstance(home_aaa.store, MemoryStore)
         home, home_port = await start_home(home_aaa)
-        clients = tuple(ProxyClient(f"fa-{a}", IPv4Network(f"{a}/32"), SECRETS[a]) for a in (FA1, FA2))
-        role = ForeignAaa(clients, [], now=loop.time(), diameter_realms=["home.example"])
-        realm = DiameterRealm("home.example", (DiameterPeerConfig(HOME_HOST, IPv4Address("127.0.0.1"), home_port),))
-
-        def inject(data: bytes, source: tuple[str, int], now: float) -> None:  # as net/foreign_server.py does
-            role.receive_from_client(data, source, now)
-            for datagram in role.datagrams_to_send():
-                if datagram.pool is None and front.claims(datagram.address):
-                    front.reply(datagram.address, datagram.data)
-
-        front = ForeignDiameterFront(
-            aaaf_host, "visited.example", (), clients, inject, True, loop.time, role, (realm,), timeout=2.0
-        )
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        await front.listen(f"127.0.0.1:{port}")
+        front, role, port = await foreign_front(DiameterPeerConfig(HOME_HOST, IPv4Address("127.0.0.1"), home_port))
         await wait_for(lambda: front.node.peer(HOME_HOST), 10, "the foreign AAA's CER to the home AAA")
-        fa1 = Client(f"fa-{FA1}", routes={"home.example": [aaaf_host]})
-        fa2 = Client(f"fa-{FA2}", routes={"home.example": [aaaf_host]})
+        fa1 = Client(f"fa-{FA1}", routes={"home.example": [AAAF_HOST]})
+        fa2 = Client(f"fa-{FA2}", routes={"home.example": [AAAF_HOST]})
         await fa1.connect(port)
         await fa2.connect(port)
 
-        ama = await fa1.ask(amr("fa1;1", rrq(care_of=FA1), origin=f"fa-{FA1}"))
+        ama = await fa1.ask(fa_amr("fa1;1", rrq(care_of=FA1), origin=f"fa-{FA1}"))
         assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)
         assert ama.origin_host == HOME_HOST and ROOT_KEY not in {(a.vendor, a.code) for a in ama.avps}
         fa_view = decode_profile_avps(ama.avps)
@@ -355,9 +364,9 @@ def test_the_front_end_proxies_to_the_home_aaa_and_answers_the_handoff_from_its_
         assert cached.care_of_address == IPv4Address(FA1) and cached.client == f"fa-{FA1}"
         assert home.node.counters["received.AMR"] == 1
 
-        moved = await fa2.ask(amr("fa2;1", rrq(care_of=FA2, previous=FA1), origin=f"fa-{FA2}"))
+        moved = await fa2.ask(fa_amr("fa2;1", rrq(care_of=FA2, previous=FA1), origin=f"fa-{FA2}"))
         assert moved.result_code == ResultCode.SUCCESS, moved.text(C.ERROR_MESSAGE)
-        assert moved.origin_host == aaaf_host  # answered here (flow C)
+        assert moved.origin_host == AAAF_HOST  # answered here (flow C)
         view = decode_profile_avps(moved.avps)
         assert (view.session_id, view.epoch, view.care_of_address) == (
             fa_view.session_id,
@@ -379,6 +388,45 @@ def test_the_front_end_proxies_to_the_home_aaa_and_answers_the_handoff_from_its_
 
         for client in (fa1, fa2):
             await client.transport.close()
+        await front.close()
+        await home.transport.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("named", [HOME_HOST, "other.home.example"])
+def test_the_front_end_reaches_a_tls_home_peer_by_its_certificate(tmp_path: Path, named: str) -> None:
+    """``tls = true``: TLS both ways (the home AAA requires the foreign AAA's
+    certificate for its Origin-Host); the home peer's certificate must name
+    the configured ``host``, else no connection and the FA gets 3002."""
+    ca, (server_key, server_cert), (client_key, client_cert) = certificates(tmp_path, HOME_HOST, AAAF_HOST)
+
+    async def main() -> None:
+        home_aaa = home_service()
+        options = DiameterOptions(
+            HOME_HOST, "home.example", "127.0.0.1", 0,
+            tls_cert=str(server_cert), tls_key=str(server_key), tls_ca=str(ca[1]),
+        )  # fmt: skip
+        home = DiameterHomeServer(home_aaa, options)
+        home_port = (await home.start()).sockets[0].getsockname()[1]
+        tls = client_tls(ca[1], client_cert, client_key)
+        peer = DiameterPeerConfig(named, IPv4Address("127.0.0.1"), home_port, tls=True)
+        front, role, port = await foreign_front(peer, tls)
+        fa1 = Client(f"fa-{FA1}", routes={"home.example": [AAAF_HOST]})
+        await fa1.connect(port)
+        if named == HOME_HOST:
+            await wait_for(lambda: front.node.peer(HOME_HOST), 10, "the foreign AAA's CER over TLS")
+        else:
+            await asyncio.sleep(0.5)
+            assert front.node.peer(HOME_HOST) is None  # its certificate does not name the configured host
+        ama = await fa1.ask(fa_amr("fa1;1", rrq(care_of=FA1), origin=f"fa-{FA1}"))
+        if named == HOME_HOST:
+            assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)  # TLS: the keys may go
+            [cached] = list(role.cache)
+            assert cached.session_root_key is not None
+        else:
+            assert ama.result_code == ResultCode.UNABLE_TO_DELIVER and not list(role.cache)
+        await fa1.transport.close()
         await front.close()
         await home.transport.close()
 
