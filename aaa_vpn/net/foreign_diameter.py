@@ -277,7 +277,7 @@ class ForeignDiameterFront:
             self._log_failure(event.message, nai, "too many requests on their way home")
             self.node.answer(event.handle, started, now)
             return
-        code = self.node.forward(event.handle, now, started)
+        code = self.node.forward(event.handle, now, started, realm)  # the NAI's realm (RFC 4004 section 5.1)
         if code is not None:
             self._reply(self.proxy.not_sent(started, code), now)
         self._arm()

@@ -482,11 +482,12 @@ class DiameterNode:
             return
         self._send_request(conn, message, now, _Pending(message, realm, tag=tag))
 
-    def forward(self, handle: int, now: float, tag: object = None) -> int | None:
+    def forward(self, handle: int, now: float, tag: object = None, realm: str = "") -> int | None:
         """Rule 7, a proxy agent: relay local request ``handle`` to an OKAY
-        peer of its Destination-Realm (``routes``); its answer comes as
-        :class:`AnswerReceived` with ``tag`` (or :class:`RequestFailed`), and
-        the application answers ``handle`` with it. Returns None when sent,
+        peer of ``realm`` (default: its Destination-Realm) in ``routes``;
+        its answer comes as :class:`AnswerReceived` with ``tag`` (or
+        :class:`RequestFailed`), and the application answers ``handle`` with
+        it (failover, rule 8, stays within ``realm``). Returns None when sent,
         else the Result-Code to answer with (3002 no OKAY peer or the
         requester went away, 3005 a loop)."""
         local = self._local.get(handle)
@@ -498,7 +499,7 @@ class DiameterNode:
         if any(r.as_text().lower() == ours for r in message.find_all(C.ROUTE_RECORD)):
             self.counters["loops"] += 1
             return ResultCode.LOOP_DETECTED
-        realm = (message.text(C.DESTINATION_REALM) or "").lower()
+        realm = (realm or message.text(C.DESTINATION_REALM) or "").lower()
         host = message.text(C.DESTINATION_HOST)
         target = self._route(host if host and host.lower() != ours else None, realm)
         if target is None or target is source:
