@@ -276,6 +276,41 @@ def test_a_retransmission_is_answered_from_the_duplicate_cache_not_sent_home_aga
     del fa_conn, conn
 
 
+def test_after_the_fas_connection_drops_its_retransmission_goes_home_again_with_the_t_bit() -> None:
+    """Rule 4: the FA's connection closes while its AMR is on its way home; it
+    connects again and retransmits (T bit, the same End-to-End). The proxy
+    forwards that once more; the home node's duplicate detection answers it
+    with the first answer, and the late answer to the lost connection is
+    dropped (its session still cached)."""
+    lab_ = lab()
+    sent = amr()
+    lab_.fa.send_request(sent, 1.0, tag="amr")
+    lab_.step(1.0)
+    [first] = lab_.requests_at(0)
+    [(fa_side, proxy_side)] = [(a, b) for (n, a), (_, b) in lab_.link.pairs.items() if n == id(lab_.fa)]
+    lab_.link.cut |= {(id(lab_.fa), fa_side), (id(lab_.proxy), proxy_side)}
+    lab_.fa.connection_lost(fa_side, 1.5)
+    lab_.proxy.connection_lost(proxy_side, 1.5)
+    events(lab_.fa)
+    home_answers(lab_, 0, 1.6, first, encode_profile_avps(profile()))  # to a connection that is gone
+    lab_.step(1.6)
+    assert [r.learned is not None for r in lab_.replies] == [True]
+    lab_.link.connect(lab_.fa, lab_.proxy, 2.0)
+    events(lab_.fa)
+    # The FA node's own retransmission path (its failover, rule 8): the same
+    # request, T bit set, a new Hop-by-Hop on the new connection.
+    again = dataclasses.replace(first.message, retransmit=True, avps=sent.avps)
+    [conn] = [c for c in lab_.fa.connections.values() if not c.closed]
+    lab_.fa._send_request(conn, again, 2.0, p._Pending(again, "home.example", tag="again"))
+    lab_.step(2.0)
+    assert not lab_.requests_at(0)  # answered by the home node's duplicate cache, not its application
+    assert lab_.homes[0].counters["duplicates"] == 1 and lab_.proxy.counters["forwarded"] == 2
+    [answer] = lab_.answers_at_fa()
+    assert answer.tag == "again" and answer.message.result_code == 2001
+    assert answer.message.end_to_end == first.message.end_to_end
+    assert ROOT_KEY not in {(a.vendor, a.code) for a in answer.message.avps}
+
+
 def test_an_asr_of_the_home_aaa_reaches_the_fa_through_the_proxy() -> None:
     """The home AAA sends its ASR to the FA it knows (Destination-Host), through
     the peer the session's AMRs came from: the proxy relays it (rule 7)."""
