@@ -439,6 +439,7 @@ def run_foreign_server(
             workers=settings.workers,
             clients=len(settings.clients),
             realms=",".join(r.name for r in settings.realms),
+            diameter_realms=",".join(r.name for r in settings.diameter_realms),
             pools=len(check.aaa.pools),
             radsec="" if radsec_probe is None else "{}:{}".format(*radsec_probe.getsockname()[:2]),
             metrics="" if metrics_sock is None else "{}:{}".format(*metrics_sock.getsockname()[:2]),
