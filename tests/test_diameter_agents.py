@@ -119,13 +119,18 @@ def test_the_demo_runs_with_diameter() -> None:
         text = (directory / "home-aaa.log").read_text()
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         stopped = [line for line in lines if line.get("msg") == "diameter stopped"]
-        # FA3's registrations (flow D, twice) were AMRs answered by the home AAA's Diameter
-        # process, which sent the HA a HAR for each.
-        assert stopped and stopped[0]["diameter_amr_accepted"] >= 2, stopped
+        # FA3's registrations (flow D, twice) and those the foreign AAA proxied (FA1, FA1
+        # again) were AMRs answered by the home AAA's Diameter process, which sent the HA
+        # a HAR for each; the foreign AAA's were relayed (a Route-Record), not translated.
+        assert stopped and stopped[0]["diameter_amr_accepted"] >= 4, stopped
         assert stopped[0]["diameter_received_HAA"] == stopped[0]["diameter_amr_accepted"], stopped
         text = (directory / "foreign-aaa.log").read_text()
         foreign = [json.loads(line) for line in text.splitlines() if '"diameter stopped"' in line]
-        assert foreign and foreign[0]["diameter_amr_accepted"] >= 3, foreign  # FA1, FA2, FA1 again
+        # FA1 and FA1 again proxied home over Diameter, FA2's handoff answered from the cache.
+        assert foreign and foreign[0]["diameter_proxy_forwarded_AMR"] >= 2, foreign
+        assert foreign[0]["diameter_amr_accepted"] >= 1, foreign
+        counters = [json.loads(line) for line in text.splitlines() if '"worker stopped"' in line]
+        assert counters and counters[0].get("proxied", 0) == 0, counters  # no RADIUS Access-Request home
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
