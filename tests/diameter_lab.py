@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import subprocess
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -27,6 +29,7 @@ from aaa_vpn.wire.diameter import AvpCode as C
 from aaa_vpn.wire.diameter import Command, Message
 from aaa_vpn.wire.mip import ChallengeExtension, ExtensionType, GeneralizedAuthSubtype, NaiExtension
 from aaa_vpn.wire.mip_auth import CHAP_SPI, append_authentication, append_generalized_authentication, mn_aaa_proof
+from aaa_vpn.wire.mip_vpn import previous_fa_extension
 from tests.mobility import FA1, HA, MN_AAA, MN_HA, provision
 
 HOME_REALM = "home.example"
@@ -55,9 +58,11 @@ def rrq(
     nai: str = NAI,
     challenge: bytes = b"0123456789abcdef",
     keys: bool = False,
+    previous: str | None = None,
 ) -> bytes:
     """A Registration Request as the mobile node sends it (roles/mn.py); with
-    ``keys``, asking for an MN-FA and an MN-HA key (RFC 3957)."""
+    ``keys``, asking for an MN-FA and an MN-HA key (RFC 3957); ``previous``:
+    the FA it names as its previous one (after a move)."""
     requests = (
         (
             mip.KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, MN_FA_KEY_SPI),
@@ -66,6 +71,7 @@ def rrq(
         if keys
         else ()
     )
+    named = (previous_fa_extension(IPv4Address(previous)),) if previous else ()
     request = mip.RegistrationRequest(
         flags=mip.RegistrationFlags.T,
         lifetime=lifetime,
@@ -73,7 +79,7 @@ def rrq(
         home_agent=IPv4Address(HA),
         care_of_address=IPv4Address(care_of),
         identification=next(_identification) << 32,
-        extensions=(NaiExtension(nai), *requests),
+        extensions=(NaiExtension(nai), *named, *requests),
     )
     data = append_authentication(mip.encode_registration_request(request), ExtensionType.MN_HA_AUTH, 3, MN_HA)
     data += mip.encode_extension(ChallengeExtension(challenge))
@@ -230,3 +236,86 @@ def certificates(
 
     ca = make("test-ca", None)
     return ca, make(server, ca), make(client, ca)
+
+
+class Tap:
+    """A TCP relay on loopback between two real Diameter peers: every message
+    each way is recorded (decoded with our codec) and passed on unchanged,
+    except requests toward ``target`` that ``swallow`` picks (a home peer that
+    takes them and never answers). :meth:`close` stops it and every
+    connection (the peer behind it is then down)."""
+
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
+        self.target = target
+        self.listener = socket.create_server((host, 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.seen: list[tuple[str, Message]] = []  # ("up": toward target, "down": back)
+        self.swallow: Callable[[Message], bool] = lambda _message: False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def messages(self, direction: str, command: int, request: bool) -> list[Message]:
+        with self._lock:
+            return [m for way, m in self.seen if way == direction and m.command == command and m.request == request]
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                near, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                far = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                near.close()
+                continue
+            with self._lock:
+                self._sockets += [near, far]
+            for way, source, sink in (("up", near, far), ("down", far, near)):
+                threading.Thread(target=self._pump, args=(way, source, sink), daemon=True).start()
+
+    def _pump(self, way: str, source: socket.socket, sink: socket.socket) -> None:
+        buffer = b""
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            buffer += data
+            while len(buffer) >= 4 and len(buffer) >= int.from_bytes(buffer[1:4], "big"):
+                length = int.from_bytes(buffer[1:4], "big")
+                raw, buffer = buffer[:length], buffer[length:]
+                message = d.decode_message(raw)
+                with self._lock:
+                    self.seen.append((way, message))
+                if way == "up" and message.request and self.swallow(message):
+                    continue
+                try:
+                    sink.sendall(raw)
+                except OSError:
+                    break
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()

@@ -217,13 +217,15 @@ def start(
     extra: dict[str, tuple[str, ...]] | None = None,
     agent_args: dict[str, tuple[str, ...]] | None = None,
     foreign_toml: str = "",
+    foreign_realms: str | None = None,
 ) -> Topology:
     """The topology; with ``foreign`` FA1 and FA2 ask a foreign AAA process;
     ``gateways``: the user's VPN records (tests/mobility.py's ``provision``);
     ``gw_args``: more options for both gateways, ``home_args`` for the home
     AAA (flow G's lifetimes), ``aaa_args`` for the FAs and the HA; ``extra``: more
     options by process name; ``agent_args`` for the agents named,
-    ``foreign_toml`` more of the foreign AAA's file."""
+    ``foreign_toml`` more of the foreign AAA's file, ``foreign_realms`` its
+    ``[[realms]]`` instead of home.example over RADIUS."""
     extra = extra or {}
     # The agents' ports are bound here and handed over; the servers bind port 0 and log theirs.
     mip = bind_udp([a for _r, a in AGENTS.values()])
@@ -257,8 +259,12 @@ def start(
             + "".join(
                 f'[[clients]]\nname = "fa-{a}"\naddress = "{a}"\nsecret_file = "aaaf-{a}.secret"\n' for a in (FA1, FA2)
             )
-            + f'[[realms]]\nname = "home.example"\n[[realms.servers]]\naddress = "{AAA}"\n'
-            f'port = {topology.radius_port}\nsecret_file = "aaaf-home.secret"\n'
+            + (
+                f'[[realms]]\nname = "home.example"\n[[realms.servers]]\naddress = "{AAA}"\n'
+                f'port = {topology.radius_port}\nsecret_file = "aaaf-home.secret"\n'
+                if foreign_realms is None
+                else foreign_realms
+            )
             + foreign_toml
         )
         topology.spawn(

@@ -577,3 +577,43 @@ def test_over_tls_the_origin_host_must_be_the_certificates(tmp_path: Path) -> No
         await server.transport.close()
 
     run(main)
+
+
+def test_an_amr_relayed_by_the_foreign_aaa_is_decided_as_its_request() -> None:
+    """roles/diameter_home.py rule 2: the foreign AAA's proxied AMR (Origin-Host
+    an FA of the visited domain the home AAA does not know, a Route-Record
+    naming it, the connection the foreign AAA's) is decided as a request of
+    client c-127-0-0-3 (role foreign-aaa): the answer carries the session
+    root key. Without the Route-Record, or through a peer of another role,
+    the FA must be a client here itself (5003)."""
+    from tests.mobility import AAAF
+
+    aaaf_host, visited_fa = f"c-{AAAF.replace('.', '-')}", "fa-visited-1"
+
+    async def main() -> None:
+        aaa = home_service()
+        server, port = await start_home(aaa)
+        aaaf = Client(aaaf_host, routes={"home.example": [HOME_HOST]})
+        fa = Client(FA_HOST, routes={"home.example": [HOME_HOST]})
+        await aaaf.connect(port)
+        await fa.connect(port)
+        relayed = amr("fa-visited-1;1", origin=visited_fa)
+        relayed = dataclasses.replace(relayed, avps=(*relayed.avps, d.avp_text(C.ROUTE_RECORD, visited_fa)))
+        ama = await aaaf.ask(relayed)
+        assert ama.result_code == ResultCode.SUCCESS, ama.text(C.ERROR_MESSAGE)
+        profile = decode_profile_avps(ama.avps)
+        assert profile.session_root_key is not None and profile.care_of_address == IPv4Address(FA1)
+        [stored] = aaa.store.find_sessions(NAI)
+        assert stored.session_id == profile.session_id and stored.session_root_key == profile.session_root_key
+        assert stored.care_of_address == IPv4Address(FA1)
+        # Not relayed (no Route-Record): the Origin-Host must be an FA of ours.
+        direct = await aaaf.ask(amr("fa-visited-1;2", origin=visited_fa))
+        assert direct.result_code == ResultCode.AUTHORIZATION_REJECTED
+        # Relayed by a peer that is an FA, not a foreign AAA: the same.
+        through_fa = await fa.ask(relayed)
+        assert through_fa.result_code == ResultCode.AUTHORIZATION_REJECTED
+        await aaaf.transport.close()
+        await fa.transport.close()
+        await server.transport.close()
+
+    run(main)

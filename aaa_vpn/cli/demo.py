@@ -80,7 +80,7 @@ def _run(
     default="radius",
     show_default=True,
     help="Without --netns: diameter makes every FA and the HA speak Diameter (RFC 4004) to the foreign and"
-    " the home AAA.",
+    " the home AAA, and the foreign AAA proxy AMRs home over Diameter.",
 )
 @pass_app
 def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, backend: str, aaa_protocol: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,9 @@ from aaa_vpn.service.config import ConfigFile, ForeignServerSettings, HomeServer
 from aaa_vpn.service.settings import declared
 from aaa_vpn.store import DatabaseLocation
 from aaa_vpn.store.base import StoreError
+
+if TYPE_CHECKING:
+    from aaa_vpn.roles.diameter_proxy import DiameterPeerConfig
 
 FOREIGN_CONFIG_ENV = "AAA_VPN_FOREIGN_CONFIG"
 
@@ -145,6 +148,11 @@ def serve_home(app: App, /, check: bool, **options: Any) -> None:
     exit_with(_run_home_server(settings, reloader))
 
 
+def _diameter_peer(peer: DiameterPeerConfig) -> str:
+    """A home Diameter peer of ``serve foreign --check``: host (address:port[, tls])."""
+    return f"{peer.host} ({peer.address}:{peer.port}{', tls' if peer.tls else ''})"
+
+
 @serve.command(
     "foreign",
     epilog=example(
@@ -166,7 +174,7 @@ def serve_home(app: App, /, check: bool, **options: Any) -> None:
 @click.option("--check", is_flag=True, help="Only check the configuration, print a summary and exit.")
 @pass_app
 def serve_foreign(app: App, /, config_path: Path, check: bool, **options: Any) -> None:
-    """Run the foreign-domain AAA: a RADIUS proxy routing by NAI realm to home AAA pools."""
+    """Run the foreign-domain AAA: a RADIUS (and Diameter) proxy routing by NAI realm to home AAA pools."""
     given = given_options(click.get_current_context(), options)
     settings = _foreign_settings(config_path, given)
     if check:
@@ -177,10 +185,17 @@ def serve_foreign(app: App, /, config_path: Path, check: bool, **options: Any) -
             "workers": settings.workers,
             "clients": [{"name": c.name, "address": str(c.network)} for c in settings.clients],
             "realms": [{"name": r.name, "servers": [s.name for s in r.servers]} for r in settings.realms],
+            "diameter_realms": [
+                {"name": r.name, "peers": [_diameter_peer(p) for p in r.peers]} for r in settings.diameter_realms
+            ],
         }
         lines = [f"{config_path}: OK, listening on {settings.listen}:{settings.port}"]
         lines += [f"client {c.name} {c.network}" for c in settings.clients]
         lines += [f"realm {r.name} -> {', '.join(s.name for s in r.servers)}" for r in settings.realms]
+        lines += [
+            f"realm {r.name} -> diameter {', '.join(_diameter_peer(p) for p in r.peers)}"
+            for r in settings.diameter_realms
+        ]
         emit(app, document, "\n".join(lines))
         return
     # SIGHUP reads the file again, with the same command-line options winning.

@@ -111,6 +111,8 @@ _DIAMETER_HOME = (
     "--diameter-plain-is-secure",
 )
 _VISITED_REALM = "visited.example"
+#: The foreign AAA's Diameter Origin-Host: its client name at the home AAA.
+_FOREIGN_HOST = "aaaf"
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,9 @@ class DemoOptions:
     aaa_protocol: str = "radius"
     """``diameter``: the home and the foreign AAA also serve Diameter (RFC
     4004), every FA asks with AMRs and the HA takes HARs (docs/diameter.md);
-    the foreign AAA still proxies to the home AAA over RADIUS."""
+    the foreign AAA proxies AMRs to the home AAA over Diameter (realm
+    home.example of ``protocol = "diameter"``, docs/foreign-aaa.md), with
+    the home AAA's RADIUS port still behind it for RADIUS and accounting."""
 
 
 @dataclass
@@ -346,9 +350,23 @@ class Topology:
             self.diameter_port = self._diameter_port()
         config = write_foreign_config(files, LOOPBACK, 0, self.radius_port)
         diameter = self.options.aaa_protocol == "diameter"
-        if diameter:  # its FAs send it AMRs too (docs/foreign-aaa.md)
-            with config.open("a") as out:
-                out.write(f'\n[diameter]\nlisten = "{AAAF}:0"\nrealm = "{_VISITED_REALM}"\nplain_is_secure = true\n')
+        if diameter:
+            # Its FAs send it AMRs, and it proxies them to the home AAA's Diameter
+            # side as its client "aaaf" (role foreign-aaa): its Origin-Host is that
+            # name (docs/foreign-aaa.md, "Diameter home realms").
+            realm = '[[realms]]\nname = "home.example"\n'
+            text = config.read_text()
+            if realm not in text:  # pragma: no cover - write_foreign_config writes it
+                raise LabError("the foreign AAA's file has no realm home.example")
+            config.write_text(
+                text.replace(
+                    realm,
+                    f'{realm}protocol = "diameter"\n[[realms.peers]]\nhost = "{_DIAMETER_HOME[3]}"\n'
+                    f'address = "{AAA}"\nport = {self.diameter_port}\n',
+                )
+                + f'\n[diameter]\nlisten = "{AAAF}:0"\nrealm = "{_VISITED_REALM}"\nhost = "{_FOREIGN_HOST}"\n'
+                "plain_is_secure = true\n"
+            )
         self.processes.spawn(
             "foreign-aaa",
             self._command("serve", "foreign", "--config", str(config), "--log-format", "json", "--log-level", "debug"),
@@ -384,7 +402,7 @@ class Topology:
                 realm = "home.example" if role == "ha" else _VISITED_REALM if behind else "visited3.example"
                 args += ["--aaa-protocol", "diameter", "--diameter-server", server]
                 args += ["--diameter-host", name, "--diameter-realm", realm]
-                args += ["--diameter-peer-host", f"aaaf.{_VISITED_REALM}" if behind else _DIAMETER_HOME[3]]
+                args += ["--diameter-peer-host", _FOREIGN_HOST if behind else _DIAMETER_HOME[3]]
             self.processes.spawn(name, self._command(*args), pass_fds=tuple(sockets.values()))
         self.processes.wait_ready(_START_TIMEOUT)
 
@@ -918,7 +936,9 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
                 counters = topology.foreign_counters()
                 if step.foreign is not None:
                     proxied, answered = step.foreign
-                    actual = (counters.get("proxied"), counters.get("handoffs_answered", 0))
+                    # proxied home over RADIUS, or over Diameter (docs/foreign-aaa.md)
+                    home_bound = counters.get("proxied", 0) + counters.get("diameter_proxy_forwarded_AMR", 0)
+                    actual = (home_bound, counters.get("handoffs_answered", 0))
                     checks.append(
                         {
                             "check": f"the foreign AAA proxied {proxied} request(s) home and answered"

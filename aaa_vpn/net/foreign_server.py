@@ -130,6 +130,8 @@ def serve_worker(
     timer_at: float | None = None
 
     front = _diameter_front(settings, service, loop) if index == 0 else None
+    if front is not None:
+        service.more_counters = front.events
 
     def flush() -> None:
         nonlocal timer, timer_at
@@ -324,7 +326,7 @@ def serve_worker(
         if http is not None:
             await http.close()
         if front is not None:
-            await front.transport.close()
+            await front.close()
             log.info("diameter stopped", extra=fields(**dict(sorted(front.counters.items()))))
         loop.remove_reader(sock.fileno())
         loop.remove_reader(accounting_sock.fileno())
@@ -369,6 +371,11 @@ def _diameter_front(settings: ForeignServerSettings, service: ForeignService, lo
     from aaa_vpn.net.foreign_diameter import ForeignDiameterFront
 
     realms = tuple(r.name for r in settings.realms)
+    tls = None
+    if any(p.tls for realm in settings.diameter_realms for p in realm.peers):
+        from aaa_vpn.net.diameter_agent import client_tls as diameter_tls
+
+        tls = diameter_tls(settings.tls_ca, settings.tls_cert, settings.tls_key)
     return ForeignDiameterFront(
         settings.diameter_host or f"aaaf.{settings.diameter_realm}",
         settings.diameter_realm,
@@ -377,6 +384,10 @@ def _diameter_front(settings: ForeignServerSettings, service: ForeignService, lo
         lambda data, source, now: None,
         plain_is_secure=settings.diameter_plain_is_secure,
         clock=loop.time,
+        aaa=service.aaa,
+        diameter_realms=settings.diameter_realms,
+        timeout=settings.diameter_timeout,
+        tls=tls,
     )
 
 
@@ -428,6 +439,7 @@ def run_foreign_server(
             workers=settings.workers,
             clients=len(settings.clients),
             realms=",".join(r.name for r in settings.realms),
+            diameter_realms=",".join(r.name for r in settings.diameter_realms),
             pools=len(check.aaa.pools),
             radsec="" if radsec_probe is None else "{}:{}".format(*radsec_probe.getsockname()[:2]),
             metrics="" if metrics_sock is None else "{}:{}".format(*metrics_sock.getsockname()[:2]),

@@ -22,7 +22,12 @@ section 6):
    Origin-Host (case-insensitive), of role ``fa``, ``proxy`` or
    ``foreign-aaa``; none: 5003 DIAMETER_AUTHORIZATION_REJECTED. The
    Registration Request's care-of address must lie in that client's network
-   (else 5003): it is the address the Access-Request comes "from".
+   (else 5003): it is the address the Access-Request comes "from". An AMR
+   that a proxy relayed (a Route-Record names the hop before it) from a
+   peer whose name is a client of role ``foreign-aaa`` is that client's
+   request, as its RADIUS Access-Request would be: it comes "from" the
+   client's address, the FA behind it is the foreign AAA's to vouch for,
+   and the answer carries what that role gets (the session root key).
 3. MIP-Reg-Request must be a Registration Request (RFC 5944 section 3.3)
    with an MN-AAA authentication extension (RFC 4721), and MIP-MN-AAA-Auth
    must describe that extension exactly: MIP-MN-AAA-SPI its SPI,
@@ -259,7 +264,15 @@ class DiameterHome:
                 "keys are sent only over TLS or a connection declared protected",
             )
         host = message.origin_host or ""
-        client = next((c for c in self.clients() if c.name.lower() == host.lower() and c.role in _FA_ROLES), None)
+        relay = None
+        if peer and peer.lower() != host.lower() and message.find(C.ROUTE_RECORD) is not None:
+            relay = next(
+                (c for c in self.clients() if c.name.lower() == peer.lower() and c.role is ClientRole.FOREIGN_AAA),
+                None,
+            )
+        client = relay or next(
+            (c for c in self.clients() if c.name.lower() == host.lower() and c.role in _FA_ROLES), None
+        )
         if client is None:
             return self._error(message, ResultCode.AUTHORIZATION_REJECTED, f"{host} is not a foreign agent here")
         reg = message.find(C.MIP_REG_REQUEST)
@@ -290,7 +303,7 @@ class DiameterHome:
                 f"MIP-MN-AAA-Auth {described} does not describe the request's MN-AAA extension",
                 d.encode_avp(auth_avp),
             )
-        if rrq.care_of_address not in client.network:
+        if relay is None and rrq.care_of_address not in client.network:
             return self._error(
                 message,
                 ResultCode.AUTHORIZATION_REJECTED,
@@ -320,7 +333,7 @@ class DiameterHome:
             session_id=named,
         )
         job = _Amr(handle, message, client, rrq_bytes, nai, peer=peer)
-        job.decide = self._decide(request, client, rrq.care_of_address)
+        job.decide = self._decide(request, client, rrq.care_of_address if relay is None else client.network[0])
         self._jobs[handle] = job
         return job.decide
 

@@ -50,7 +50,15 @@ Rules (everything that decides what is sent, answered or closed lives here):
 7. Relaying (section 6.1.9): the request goes to an OKAY peer of the realm
    with a Route-Record naming the peer it came from and a new Hop-by-Hop
    Identifier; the answer comes back with the original one. No OKAY peer:
-   3002 DIAMETER_UNABLE_TO_DELIVER.
+   3002 DIAMETER_UNABLE_TO_DELIVER. A proxy agent (section 2.8.3) relays a
+   local request the same way when its application hands it on
+   (:meth:`DiameterNode.forward`): Route-Record, a new Hop-by-Hop
+   Identifier, the End-to-End Identifier, the T bit and every Proxy-Info
+   kept; its answer comes back to the application (:class:`AnswerReceived`,
+   or :class:`RequestFailed` after rule 8), which answers the request with
+   it. Our own host already in a Route-Record: 3005 DIAMETER_LOOP_DETECTED.
+   Every answer to a local request leaves with that request's Hop-by-Hop and
+   End-to-End Identifiers (section 6.2).
 8. Failover (RFC 3539 section 5.5, RFC 6733 section 5.5.4): requests pending
    on a connection that closes or turns SUSPECT are sent again, with the T
    bit, to another OKAY peer of their realm, else answered 3002 (relayed) or
@@ -450,6 +458,7 @@ class DiameterNode:
         if local is None:
             return
         self._in_progress.discard(local.key)
+        answer = _with_ids(answer, local.message.hop_by_hop, local.message.end_to_end)  # rule 7
         if len(self._answered) < _DUPLICATE_LIMIT:
             expires = now + self.options.duplicate_seconds
             self._answered[local.key] = (expires, answer)
@@ -472,6 +481,33 @@ class DiameterNode:
             self._events.append(RequestFailed(tag, f"no open peer for {host or realm or 'the request'}"))
             return
         self._send_request(conn, message, now, _Pending(message, realm, tag=tag))
+
+    def forward(self, handle: int, now: float, tag: object = None, realm: str = "") -> int | None:
+        """Rule 7, a proxy agent: relay local request ``handle`` to an OKAY
+        peer of ``realm`` (default: its Destination-Realm) in ``routes``;
+        its answer comes as :class:`AnswerReceived` with ``tag`` (or
+        :class:`RequestFailed`), and the application answers ``handle`` with
+        it (failover, rule 8, stays within ``realm``). Returns None when sent,
+        else the Result-Code to answer with (3002 no OKAY peer or the
+        requester went away, 3005 a loop)."""
+        local = self._local.get(handle)
+        source = self.connections.get(local.connection) if local is not None else None
+        if local is None or source is None or source.closed:
+            return ResultCode.UNABLE_TO_DELIVER
+        message = local.message
+        ours = self.identity.host.lower()
+        if any(r.as_text().lower() == ours for r in message.find_all(C.ROUTE_RECORD)):
+            self.counters["loops"] += 1
+            return ResultCode.LOOP_DETECTED
+        realm = (realm or message.text(C.DESTINATION_REALM) or "").lower()
+        host = message.text(C.DESTINATION_HOST)
+        target = self._route(host if host and host.lower() != ours else None, realm)
+        if target is None or target is source:
+            return ResultCode.UNABLE_TO_DELIVER
+        relayed = dataclasses.replace(message, avps=(*message.avps, d.avp_text(C.ROUTE_RECORD, source.host)))
+        self.counters["forwarded"] += 1
+        self._send_request(target, relayed, now, _Pending(relayed, realm, tag=tag))
+        return None
 
     def disconnect(self, conn_id: int, now: float, cause: int = d.DISCONNECT_REBOOTING) -> None:
         """Rule 4: DPR, then close on the DPA or after ``open_timeout``."""

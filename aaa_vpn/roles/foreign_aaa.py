@@ -28,8 +28,10 @@ Rules (everything that decides what is sent, relayed or kept lives here):
    pool goes to ``DEFAULT`` if configured. No route: Access-Reject with
    ``Reply-Message = "no route to realm ..."`` and
    ``Aaa-Vpn-Reject-Reason = Unknown-User`` (nobody here can vouch for the
-   user). A request whose Proxy-States already hold one of ours is a proxy
-   loop and is dropped.
+   user). A realm served over Diameter only (roles/diameter_proxy.py) has
+   no RADIUS route, not even ``DEFAULT``: Access-Reject, ``Reply-Message =
+   "realm ... is served over Diameter only"``. A request whose Proxy-States
+   already hold one of ours is a proxy loop and is dropped.
 6. Forwarding (RFC 2865 section 2.3): the client's attributes are carried
    unchanged and in order (its Proxy-States included), without its
    Message-Authenticator, and our own Proxy-State is appended last. The
@@ -59,9 +61,11 @@ Rules (everything that decides what is sent, relayed or kept lives here):
    * No usable answer (every server timed out or is dead, or an authentic
      Accept did not decode): Access-Reject with a Reply-Message and
      ``Aaa-Vpn-Reject-Reason = No-Resources``.
-8. Cache: every relayed Accept's full profile (session root key included) is
-   kept by NAI and session id, with the FA (care-of address) and client it
-   was for, until the profile's lifetime ends; a newer session of a NAI
+8. Cache: every relayed Accept's full profile (session root key included),
+   and every such AMA of a Diameter home AAA (roles/diameter_proxy.py rule
+   2, :meth:`ForeignAaa.remember`), is kept by NAI and session id, with
+   the FA (care-of address) and client it was for, until the profile's
+   lifetime ends; a newer session of a NAI
    replaces its older ones (as the home AAA does); at most ``cache_size``
    sessions, the oldest evicted first.
 9. Same-domain handoff (flow C): an FA-Registration that names a previous FA
@@ -522,13 +526,17 @@ class ForeignAaa:
         *,
         now: float = 0.0,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        diameter_realms: Sequence[str] = (),
     ) -> None:
-        """``now`` starts the uptime shown in Status-Server replies.
+        """``now`` starts the uptime shown in Status-Server replies;
+        ``diameter_realms``: realms whose home AAA is reached over Diameter
+        (roles/diameter_proxy.py), without a RADIUS pool of their own (rule 5).
 
         Raises ValueError for two clients with the same network or two realms
         of the same name (the configuration's fault)."""
         self.options = options or ForeignAaaOptions()
         self.random_bytes = random_bytes
+        self.diameter_realms = frozenset(r.lower() for r in diameter_realms)
         self.started = now
         self.process_id = 0
         """Shown in Status-Server answers; the service layer sets it (a role reads no process state)."""
@@ -747,7 +755,9 @@ class ForeignAaa:
         else:
             names = packet.all(USER_NAME)
             realm = realm_of(_printable(names[0])) if len(names) == 1 else ""
-            pool = self._routes.get(realm) or self._routes.get(DEFAULT_REALM)
+            pool = self._routes.get(realm) or (
+                None if realm in self.diameter_realms else self._routes.get(DEFAULT_REALM)
+            )
             pools = [pool] if pool is not None and pool.accounting is not None else []
         if not pools:
             self.accounting_server.abandon(incoming, "no_route", "no home AAA for this accounting request's realm")
@@ -842,9 +852,12 @@ class ForeignAaa:
         pending.realm = realm
         if self._handoff(pending, request, now):
             return
-        pool = self._routes.get(realm) or self._routes.get(DEFAULT_REALM)
+        pool = self._routes.get(realm) or (None if realm in self.diameter_realms else self._routes.get(DEFAULT_REALM))
         if pool is None:
-            message = f"no route to realm {realm!r}" if realm else "no route: the NAI has no realm"
+            if realm in self.diameter_realms:
+                message = f"realm {realm!r} is served over Diameter only"
+            else:
+                message = f"no route to realm {realm!r}" if realm else "no route: the NAI has no realm"
             self._answer_locally(pending, RejectReason.UNKNOWN_USER, message[:253], "no_route", now)
             return
         # Rule 6: the client's attributes in order, without its
@@ -866,16 +879,50 @@ class ForeignAaa:
         pool.client.request_attributes(upstream, now, tag, key=nai.encode(), client=incoming.source[0].encode())
         self._collect(pool, None, now)
 
+    def handoff_entry(
+        self,
+        nai: str,
+        previous_fa: IPv4Address | None,
+        care_of: IPv4Address | None,
+        client: ProxyClient,
+        now: float,
+    ) -> CachedSession | None:
+        """Rule 9: the cached session a registration of ``nai`` through
+        ``care_of`` (from ``client``) naming ``previous_fa`` moves, or None
+        if it is no same-domain handoff this proxy can answer."""
+        if previous_fa is None or care_of is None or care_of not in client.network:
+            return None
+        entry = self.cache.lookup(nai, previous_fa, now)
+        if entry is None or care_of == entry.care_of_address:
+            return None
+        return entry
+
+    def remember(self, nai: str, profile: VpnProfile, client: str, realm: str, server: str, now: float) -> None:
+        """Rule 8: cache the session of an accepted registration (a relayed
+        Access-Accept, or an AMA from a Diameter home AAA)."""
+        self.cache.put(
+            CachedSession(
+                nai=nai,
+                profile=profile,
+                care_of_address=profile.care_of_address,
+                client=client,
+                realm=realm,
+                server=server,
+                created=now,
+                expires=now + profile.lifetime,
+            )
+        )
+        self.counters["sessions_cached"] += 1
+
     def _handoff(self, pending: _Pending, request: AccessRequest, now: float) -> bool:
         """Answer a same-domain handoff from the cache (rule 9); False if this
         request is not one."""
-        previous = request.previous_fa
-        if previous is None or request.request_type not in (None, RequestType.FA_REGISTRATION):
+        if request.request_type not in (None, RequestType.FA_REGISTRATION):
             return False
         client = pending.client
         care_of = request.care_of_address or request.nas_ip_address
-        entry = self.cache.lookup(request.nai, previous, now)
-        if care_of is None or entry is None or care_of == entry.care_of_address or care_of not in client.network:
+        entry = self.handoff_entry(request.nai, request.previous_fa, care_of, client, now)
+        if entry is None or care_of is None:
             return False
         epoch = entry.profile.epoch + 1
         moved = moved_view(entry.profile, care_of, epoch, max(1, int(entry.expires - now)))
@@ -1013,19 +1060,7 @@ class ForeignAaa:
             # but a handoff cannot be answered here without the root key.
             self.counters["accepts_without_session_root_key"] += 1
         else:
-            self.cache.put(
-                CachedSession(
-                    nai=pending.nai,
-                    profile=profile,
-                    care_of_address=profile.care_of_address,
-                    client=pending.client.name,
-                    realm=pending.realm,
-                    server=event.server,
-                    created=now,
-                    expires=now + profile.lifetime,
-                )
-            )
-            self.counters["sessions_cached"] += 1
+            self.remember(pending.nai, profile, pending.client.name, pending.realm, event.server, now)
         outcome = Answered(pending.nai, pending.client.name, pending.realm, "accept", profile.session_id, event.server)
         self._finish(pending, ACCESS_ACCEPT, [*encoded, *extra], now, outcome)
 

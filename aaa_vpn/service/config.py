@@ -18,6 +18,7 @@ from aaa_vpn.service.settings import Bounds, Choices, check_declared, declared, 
 from aaa_vpn.store import DatabaseLocation, database_location, default_key_file, is_url
 
 if TYPE_CHECKING:  # the roles pull in the RADIUS codecs, which provisioning commands do not need
+    from aaa_vpn.roles.diameter_proxy import DiameterRealm
     from aaa_vpn.roles.foreign_aaa import ProxyClient, Realm
 
 DB_ENV = "AAA_VPN_DB"
@@ -362,11 +363,23 @@ class ForeignServerSettings:
     diameter_realm: str = ""
     """``[diameter]`` ``realm``: its Origin-Realm, the visited realm."""
     diameter_plain_is_secure: bool = False
-    """``[diameter]`` ``plain_is_secure``: plain TCP to its FAs is protected below Diameter."""
+    """``[diameter]`` ``plain_is_secure``: plain TCP to its FAs (and to home
+    peers without ``tls``) is protected below Diameter."""
+    diameter_realms: tuple[DiameterRealm, ...] = ()
+    """The ``[[realms]]`` of ``protocol = "diameter"``: AMRs for them go to
+    their home peers over Diameter (roles/diameter_proxy.py)."""
+    diameter_timeout: float | None = None
+    """``[diameter]`` ``timeout``: seconds a forwarded AMR waits for its answer
+    (then 3002); None: roles/diameter_proxy.py's default."""
 
     def __post_init__(self) -> None:
         check_declared(self)
         check_radsec(self)
+        if self.diameter_realms and self.diameter_listen is None:
+            raise ValidationError("a realm of protocol diameter needs the [diameter] table")
+        tls_peers = any(p.tls for realm in self.diameter_realms for p in realm.peers)
+        if tls_peers and None in (self.tls_cert, self.tls_key, self.tls_ca):
+            raise ValidationError("a Diameter peer with tls = true needs tls_cert, tls_key and tls_ca")
         radsec_upstream = any(s.transport == "radsec" for realm in self.realms for s in realm.servers)
         if radsec_upstream and None in (self.tls_cert, self.tls_key, self.tls_ca):
             raise ValidationError("a home server of transport radsec needs tls_cert, tls_key and tls_ca")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aaa_vpn.model import ValidationError, check_client_network, check_node_address
+from aaa_vpn.roles.diameter_proxy import DIAMETER_PORT, DiameterPeerConfig, DiameterRealm
 from aaa_vpn.roles.foreign_aaa import (
     ACCOUNTING_SOCKET,
     DEFAULT_REALM,
@@ -88,7 +89,13 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "radsec_idle_timeout": (int, float),
     "diameter": dict,
 }
-_DIAMETER: dict[str, type | tuple[type, ...]] = {"listen": str, "host": str, "realm": str, "plain_is_secure": bool}
+_DIAMETER: dict[str, type | tuple[type, ...]] = {
+    "listen": str,
+    "host": str,
+    "realm": str,
+    "plain_is_secure": bool,
+    "timeout": (int, float),
+}
 _UPSTREAM: dict[str, type | tuple[type, ...]] = {
     "timeout": (int, float),
     "max_timeout": (int, float),
@@ -104,7 +111,16 @@ _CLIENT: dict[str, type | tuple[type, ...]] = {
     "secret_file": str,
     "require_message_authenticator": bool,
 }
-_REALM: dict[str, type | tuple[type, ...]] = {"name": str, "servers": list, "pool": str}
+_REALM: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "servers": list,
+    "pool": str,
+    "protocol": str,
+    "peers": list,
+}
+_PEER: dict[str, type | tuple[type, ...]] = {"host": str, "address": str, "port": int, "tls": bool}
+#: ``protocol`` of a ``[[realms]]`` entry: how its AMRs and Access-Requests go home.
+PROTOCOLS = ("radius", "diameter")
 _SERVER: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "address": str,
@@ -190,8 +206,20 @@ def load_foreign_settings(path: Path, **overrides: Any) -> ForeignServerSettings
         values["diameter_realm"] = diameter["realm"]
         values["diameter_host"] = diameter.get("host", "")
         values["diameter_plain_is_secure"] = diameter.get("plain_is_secure", False)
+        if "timeout" in diameter:
+            if not 0 < diameter["timeout"] <= 60:
+                raise reader.error("diameter.timeout", f"{diameter['timeout']}: expected seconds in (0, 60]")
+            values["diameter_timeout"] = float(diameter["timeout"])
     values["clients"] = _clients(reader, top.get("clients", []))
-    values["realms"] = _realms(reader, top.get("realms", []))
+    values["realms"], values["diameter_realms"] = _realms(reader, top.get("realms", []))
+    if values["diameter_realms"] and not diameter:
+        raise reader.error(
+            "diameter", "a realm of protocol diameter needs the [diameter] table (this AAA's listen and realm)"
+        )
+    if any(p.tls for r in values["diameter_realms"] for p in r.peers) and not all(
+        name in values for name in ("tls_cert", "tls_key", "tls_ca")
+    ):
+        raise reader.error("realms", "a Diameter peer with tls = true needs tls_cert, tls_key and tls_ca")
     if reader.inline_secrets:
         check_private(path, "config file")
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -239,10 +267,34 @@ def _clients(reader: TomlReader, items: list[Any]) -> tuple[ProxyClient, ...]:
     return tuple(clients)
 
 
-def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
+def _peers(reader: TomlReader, table: dict[str, Any], key: str, name: str) -> DiameterRealm:
+    """A realm of ``protocol = "diameter"``: its ``[[realms.peers]]``, the home Diameter servers."""
+    entries = reader.required(table, "peers", key)
+    if not entries:
+        raise reader.error(f"{key}.peers", "a Diameter realm needs at least one [[realms.peers]] entry")
+    peers: list[DiameterPeerConfig] = []
+    for number, entry in enumerate(entries):
+        where = f"{key}.peers[{number}]"
+        peer = reader.table(entry, where, _PEER)
+        host = reader.required(peer, "host", where)
+        address = parse_ipv4(reader.where(f"{where}.address"), reader.required(peer, "address", where))
+        try:
+            check_node_address("Diameter peer", address)
+            peers.append(DiameterPeerConfig(host, address, peer.get("port", DIAMETER_PORT), peer.get("tls", False)))
+        except (ValidationError, ValueError) as exc:
+            raise reader.error(where, str(exc)) from None
+    try:
+        return DiameterRealm(name, tuple(peers))
+    except ValueError as exc:
+        raise reader.error(f"{key}.peers", str(exc)) from None
+
+
+def _realms(reader: TomlReader, items: list[Any]) -> tuple[tuple[Realm, ...], tuple[DiameterRealm, ...]]:
+    """The RADIUS realms (with their pools) and the Diameter realms (with their peers)."""
     if not items:
         raise reader.error("realms", "at least one [[realms]] entry is required")
     realms: list[Realm] = []
+    diameter_realms: list[DiameterRealm] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
         key = f"realms[{index}]"
@@ -255,6 +307,17 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
         if folded in seen:
             raise reader.error(f"{key}.name", f"realm {name!r} is configured twice (realms compare case-insensitively)")
         seen.add(folded)
+        protocol = table.get("protocol", "radius")
+        if protocol not in PROTOCOLS:
+            raise reader.error(f"{key}.protocol", f"{protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if protocol == "diameter":
+            if folded == DEFAULT_REALM:
+                raise reader.error(f"{key}.protocol", "DEFAULT cannot be a Diameter realm: name the realm")
+            diameter_realms.append(_peers(reader, table, key, name))
+            if "servers" not in table:  # RADIUS servers are optional: accounting, RADIUS FAs
+                continue
+        elif "peers" in table:
+            raise reader.error(f"{key}.peers", 'only a realm of protocol = "diameter" has Diameter peers')
         servers: list[ServerConfig] = []
         accounting_ports: list[int] = []
         endpoints: set[tuple[IPv4Address, int]] = set()
@@ -299,7 +362,7 @@ def _realms(reader: TomlReader, items: list[Any]) -> tuple[Realm, ...]:
         if pool not in POOL_TYPES:
             raise reader.error(f"{key}.pool", f"{pool!r}: expected one of {', '.join(POOL_TYPES)}")
         realms.append(Realm(name, tuple(servers), tuple(accounting_ports), pool))
-    return tuple(realms)
+    return tuple(realms), tuple(diameter_realms)
 
 
 def options_for(settings: ForeignServerSettings) -> ForeignAaaOptions:
@@ -346,12 +409,20 @@ class ForeignService:
         self.settings = settings
         try:
             self.aaa = ForeignAaa(
-                settings.clients, settings.realms, options_for(settings), now=now, random_bytes=random_bytes
+                settings.clients,
+                settings.realms,
+                options_for(settings),
+                now=now,
+                random_bytes=random_bytes,
+                diameter_realms=[r.name for r in settings.diameter_realms],
             )
             self.aaa.process_id = os.getpid()
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
         self._budget: dict[str, _Budget] = {}
+        self.more_counters: Callable[[], dict[str, int]] = dict
+        """Counters of the worker's other parts (its Diameter side: ``diameter.*``,
+        ``diameter_proxy.*``), for the log and the metrics; the network layer sets it."""
         self.metrics = Recorder("foreign")
         """Figures the proxy does not count (docs/metrics.md)."""
         self._timed: dict[tuple[str, tuple[str, int], int], tuple[float, str]] = {}
@@ -390,10 +461,20 @@ class ForeignService:
         current = self.settings
         fixed = [
             name
-            for name in ("listen", "workers", "source_address", "realms", "timeout", "retries", "max_timeout")
+            for name in (
+                "listen",
+                "workers",
+                "source_address",
+                "realms",
+                "timeout",
+                "retries",
+                "max_timeout",
+                "diameter_realms",
+                "diameter_timeout",
+            )
             if getattr(new, name) != getattr(current, name)
         ]
-        self.settings = replace(new, realms=current.realms)
+        self.settings = replace(new, realms=current.realms, diameter_realms=current.diameter_realms)
         return fixed
 
     def receive_from_upstream(self, data: bytes, source: tuple[str, int], pool: int, now: float) -> None:
@@ -438,6 +519,7 @@ class ForeignService:
                 self.metrics.set("aaa_vpn_upstream_server_up", 1 if alive else 0, server=server.name)
         counters = dict(self.aaa.counters)
         counters.update({f"upstream.{k}": v for k, v in self.aaa.upstream_counters().items()})
+        counters.update(self.more_counters())
         return self.metrics.snapshot(counters)
 
     def housekeeping(self, now: float) -> None:
@@ -453,6 +535,7 @@ class ForeignService:
         merged.update({f"upstream_{k.replace('.', '_')}": v for k, v in sorted(self.aaa.upstream_counters().items())})
         merged["cached_sessions"] = len(self.aaa.cache)
         merged["pending"] = self.aaa.pending
+        merged.update({k.replace(".", "_"): v for k, v in sorted(self.more_counters().items())})
         return merged
 
     def _log_events(self) -> None:
