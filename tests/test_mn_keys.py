@@ -387,3 +387,41 @@ def test_a_move_to_another_fa_leaves_the_mn_fa_key_behind(net: Network) -> None:
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0
     assert mn.mn_fa is None  # FA2 holds no MSA with the node
+
+
+def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Network) -> None:
+    from .mobility import HA
+
+    ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
+    assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert mn.mn_ha is not None
+    ha_keys.enabled = False
+    replies = replies_to_the_node(net)
+    send = net.link.send
+    lost: list[bytes] = []
+
+    def lose_first(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        # The HA's first answer to the deregistration is lost on its way to the FA.
+        if source[0] == HA and data[:1] == b"\x03" and not lost:
+            lost.append(data)
+            return
+        send(source, destination, data)
+
+    net.link.send = lose_first  # type: ignore[method-assign]
+    net.advance(5)
+    mn.deregister(net.clock)
+    net.settle()
+    net.advance(30)
+    net.settle()
+    assert lost and net.nodes["mn"].done()[-1].code == 0 and NAI not in ha.bindings
+    # The node's retransmission (a new Identification) reached the HA after its binding went:
+    # answered from the deregistration's tombstone, checked under the MSA and its algorithm.
+    assert ha.counters["deregistrations_repeated"] == 1
+    # Both answers are under the MSA the request used: HMAC-SHA-1.
+    new_key = Secret(rfc3957_key(HA_NONCE))
+    spi, auth, covered = authenticator(replies[-1], ExtensionType.MN_HA_AUTH)
+    assert (spi, auth) == (MN_HA_SPI, hmac_sha1(new_key.value, covered))
+    assert verify_authentication(lost[0], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
