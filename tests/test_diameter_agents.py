@@ -190,9 +190,17 @@ def test_the_node_gets_its_keys_over_diameter(tmp_path: Path) -> None:
         assert (code, result["accepted"]) == (0, True), result
         [reply] = [m for m in result["exchange"] if m["direction"] == "received" and m.get("code") == 0]
         assert reply["keys"] == ["mn_ha", "mn_fa"], reply
-        # The next call starts from the provisioned MN-HA key again: the HA accepts it too.
+        # On the wire: MN-HA and MN-FA authentication under the new MSAs' SPIs (roles/mn.py's
+        # defaults) are HMAC-SHA-1, the algorithm the MSAs name: 20-octet authenticators.
+        assert reply["authentication"] == [
+            {"extension": "mn_ha", "spi": 0x3957, "octets": 20},
+            {"extension": "mn_fa", "spi": 0x3958, "octets": 20},
+        ], reply
+        # The next call starts from the provisioned MN-HA key again (HMAC-MD5): the HA accepts it too.
         code, result = topology.mn("register", "--fa", FA1)
         assert (code, result["accepted"]) == (0, True), result
+        [reply] = [m for m in result["exchange"] if m["direction"] == "received" and m.get("code") == 0]
+        assert [(a["extension"], a["octets"]) for a in reply["authentication"]] == [("mn_ha", 16)], reply
     finally:
         codes = topology.stop()
     logs = "\n".join(f"--- {n}\n{p.read_text()[-3000:]}" for n, p in topology.logs.items())

@@ -75,14 +75,17 @@ from aaa_vpn.wire.mip import (
 )
 from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
+    MSA_ALGORITHMS,
     append_authentication,
     append_generalized_authentication,
     derive_aaa_key,
     find_authentication,
     hmac_md5,
+    mip_authenticator,
     mn_aaa_preceding,
     mn_aaa_proof,
     mn_identifier,
+    msa_algorithm,
     relay_reply,
     relay_request,
     verify_authentication,
@@ -205,6 +208,13 @@ def mn_request() -> bytes:
 def test_hmac_md5_rfc2202_test_case_1() -> None:
     # RFC 2202 section 2, test case 1.
     assert hmac_md5(Secret(b"\x0b" * 16), b"Hi There").hex() == "9294727a3638bb1c13f48ef8158bfc9d"
+    assert mip_authenticator(Secret(b"\x0b" * 16), b"Hi There") == hmac_md5(Secret(b"\x0b" * 16), b"Hi There")
+
+
+def test_hmac_sha1_rfc2202_test_case_1() -> None:
+    # RFC 2202 section 3, test case 1: the whole 20 octets, never truncated.
+    digest = mip_authenticator(Secret(b"\x0b" * 20), b"Hi There", KeyGenAlgorithm.HMAC_SHA1)
+    assert digest.hex() == "b617318655057264e28bc0b6fb378c8ef146be00"
 
 
 def test_aes_key_wrap_with_padding_rfc5649_vectors() -> None:
@@ -607,6 +617,87 @@ def test_fa_relays_reply_per_rfc5944_3_7_3_2() -> None:
     assert find_authentication(to_mn, ExtensionType.FA_HA_AUTH) is None
     assert verify_authentication(to_mn, ExtensionType.MN_FA_AUTH, MN_FA_KEY)
     assert verify_authentication(to_mn, ExtensionType.MN_HA_AUTH, MN_HA_KEY)
+
+
+# --------------------------------------------------------------------------------------------
+# Authenticators under an MSA's algorithm (RFC 4004 section 9.8, RFC 3957)
+
+#: RFC 3957 section 5: HMAC-SHA1(MN-AAA secret, nonce || NAI), nonce 100..115 -- the stdlib's value.
+MSA_KEY = Secret(_hex("dc597010429a6fa76c428185dbb0c0d90561f6bf"))
+SHA1_MN_HA_HEADER: list[Field] = [
+    ("MN-HA Type = 32", "20"),
+    ("MN-HA Length = 4 + 20", "18"),
+    ("MN-HA SPI = 0x3957", "00003957"),
+]
+SHA1_MN_HA_AUTHENTICATOR = "862b2413e7b204533c5e31a2c8a1a80704d30832"
+
+
+def test_msa_key_is_rfc3957_derivation() -> None:
+    nonce = bytes(range(100, 116))
+    assert hmac.digest(MN_AAA_SECRET.value, nonce + NAI.encode(), "sha1") == MSA_KEY.value
+    assert derive_aaa_key(MN_AAA_SECRET, nonce, NAI.encode()) == MSA_KEY
+
+
+def test_hmac_sha1_mn_ha_authenticator_vector() -> None:
+    # Length 24 and a 20-octet HMAC-SHA-1 over the fixed part, NAI, Type, Length and SPI.
+    data = append_authentication(
+        encode_message(base_request()), ExtensionType.MN_HA_AUTH, 0x3957, MSA_KEY, KeyGenAlgorithm.HMAC_SHA1
+    )
+    covered = _joined(RRQ_FIXED + NAI_EXT + SHA1_MN_HA_HEADER)
+    assert hmac.new(MSA_KEY.value, covered, hashlib.sha1).hexdigest() == SHA1_MN_HA_AUTHENTICATOR
+    assert_wire(
+        data, [*RRQ_FIXED, *NAI_EXT, *SHA1_MN_HA_HEADER, ("MN-HA Authenticator (HMAC-SHA-1)", SHA1_MN_HA_AUTHENTICATOR)]
+    )
+    sha1 = KeyGenAlgorithm.HMAC_SHA1
+    assert verify_authentication(data, ExtensionType.MN_HA_AUTH, MSA_KEY, spi=0x3957, algorithm=sha1)
+    # The same key and SPI under the default algorithm: not authentic (and no exception).
+    assert not verify_authentication(data, ExtensionType.MN_HA_AUTH, MSA_KEY, spi=0x3957)
+    assert not verify_authentication(data, ExtensionType.MN_HA_AUTH, Secret(b"another key"), spi=0x3957, algorithm=sha1)
+
+
+def test_an_authenticator_of_the_wrong_length_is_not_authentic() -> None:
+    message = encode_message(base_request())
+    md5 = append_authentication(message, ExtensionType.MN_HA_AUTH, 0x3957, MSA_KEY)
+    sha1 = append_authentication(message, ExtensionType.MN_HA_AUTH, 0x3957, MSA_KEY, KeyGenAlgorithm.HMAC_SHA1)
+    assert len(md5) - len(message) == 2 + 4 + 16 and len(sha1) - len(message) == 2 + 4 + 20
+    # The default is byte for byte what it always was.
+    assert md5 == append_authentication(message, ExtensionType.MN_HA_AUTH, 0x3957, MSA_KEY, KeyGenAlgorithm.HMAC_MD5)
+    assert md5[-16:] == hmac.digest(MSA_KEY.value, md5[:-16], "md5")
+    assert verify_authentication(md5, ExtensionType.MN_HA_AUTH, MSA_KEY)
+    assert not verify_authentication(md5, ExtensionType.MN_HA_AUTH, MSA_KEY, algorithm=KeyGenAlgorithm.HMAC_SHA1)
+    # HMAC-SHA-1 cut to 16 octets (as a truncating peer would send) is authentic under neither.
+    covered = message + bytes((ExtensionType.MN_HA_AUTH, 20)) + (0x3957).to_bytes(4, "big")
+    truncated = covered + hmac.digest(MSA_KEY.value, covered, "sha1")[:16]
+    for algorithm in (KeyGenAlgorithm.HMAC_MD5, KeyGenAlgorithm.HMAC_SHA1):
+        assert not verify_authentication(truncated, ExtensionType.MN_HA_AUTH, MSA_KEY, algorithm=algorithm)
+    # An algorithm this code does not compute verifies nothing, and appends nothing.
+    assert not verify_authentication(sha1, ExtensionType.MN_HA_AUTH, MSA_KEY, algorithm=7)
+    with pytest.raises(MipValueError):
+        append_authentication(message, ExtensionType.MN_HA_AUTH, 0x3957, MSA_KEY, 7)
+
+
+def test_fa_relays_reply_with_hmac_sha1_mn_fa_authentication() -> None:
+    reply = RegistrationReply(ReplyCode.ACCEPTED, 1800, HOME, HA, IDENT, (NaiExtension(NAI),))
+    from_ha = append_authentication(encode_message(reply), ExtensionType.MN_HA_AUTH, 0x100, MN_HA_KEY)
+    from_ha = append_authentication(from_ha, ExtensionType.FA_HA_AUTH, 0x300, FA_HA_KEY)
+    sha1 = KeyGenAlgorithm.HMAC_SHA1
+    to_mn = relay_reply(from_ha, mn_fa_spi=0x3958, mn_fa_key=MSA_KEY, mn_fa_algorithm=sha1)
+    last = decode_registration_reply(to_mn).extensions[-1]
+    assert isinstance(last, AuthenticationExtension) and last.type == ExtensionType.MN_FA_AUTH
+    assert to_mn[-26:-20] == bytes((33, 24)) + (0x3958).to_bytes(4, "big")
+    assert last.authenticator == hmac.new(MSA_KEY.value, to_mn[:-20], hashlib.sha1).digest()
+    assert verify_authentication(to_mn, ExtensionType.MN_FA_AUTH, MSA_KEY, spi=0x3958, algorithm=sha1)
+    assert not verify_authentication(to_mn, ExtensionType.MN_FA_AUTH, MSA_KEY, spi=0x3958)
+    # The HA's MN-HA authentication is untouched and still HMAC-MD5.
+    assert verify_authentication(to_mn, ExtensionType.MN_HA_AUTH, MN_HA_KEY, spi=0x100)
+
+
+def test_msa_algorithms_are_the_registry_ones() -> None:
+    # MIP-Algorithm-Type's IANA registry defines only 2 (HMAC-SHA-1).
+    assert msa_algorithm(2) is KeyGenAlgorithm.HMAC_SHA1
+    assert MSA_ALGORITHMS == {KeyGenAlgorithm.HMAC_SHA1}
+    for value in (0, 1, 3, 255, 0xFFFF, 0xFFFFFFFF):
+        assert msa_algorithm(value) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1140,3 +1231,26 @@ def test_appended_authenticator_verifies(message: Message) -> None:
     site = find_authentication(data, ExtensionType.FA_HA_AUTH)
     assert site is not None and site.end == len(data)
     assert verify_authentication(data, ExtensionType.FA_HA_AUTH, FA_HA_KEY, spi=0x1234)
+
+
+@given(messages, st.sampled_from(list(KeyGenAlgorithm)))
+def test_appended_authenticator_verifies_under_its_algorithm_only(message: Message, algorithm: KeyGenAlgorithm) -> None:
+    data = append_authentication(encode_message(message), ExtensionType.MN_FA_AUTH, 0x3958, MSA_KEY, algorithm)
+    other = KeyGenAlgorithm.HMAC_MD5 if algorithm == KeyGenAlgorithm.HMAC_SHA1 else KeyGenAlgorithm.HMAC_SHA1
+    assert verify_authentication(data, ExtensionType.MN_FA_AUTH, MSA_KEY, spi=0x3958, algorithm=algorithm)
+    assert not verify_authentication(data, ExtensionType.MN_FA_AUTH, MSA_KEY, spi=0x3958, algorithm=other)
+
+
+@given(messages, st.binary(max_size=40), st.integers(0, 0xFFFF))
+def test_any_authenticator_under_any_algorithm_is_a_plain_verdict(
+    message: Message, authenticator: bytes, algorithm: int
+) -> None:
+    extension = AuthenticationExtension(ExtensionType.MN_HA_AUTH, 0x3957, authenticator)
+    data = encode_message(message) + encode_extension(extension)
+    site = find_authentication(data, ExtensionType.MN_HA_AUTH)
+    assert site is not None
+    verdict = verify_authentication(data, ExtensionType.MN_HA_AUTH, MSA_KEY, algorithm=algorithm)
+    digest = {1: "md5", 2: "sha1"}.get(algorithm)
+    found = site.extension.authenticator  # ours, or an MN-HA extension the message already had
+    expected = digest is not None and found == hmac.digest(MSA_KEY.value, site.covered, digest)
+    assert verdict is expected

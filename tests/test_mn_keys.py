@@ -4,7 +4,9 @@ it into the MN-FA Key Generation Nonce Reply and MN-FA authentication of the
 reply it relays, and keeps the key for the visitor; the HA does the same
 with the MN-HA key before its MN-HA authenticator and keeps the MSA in the
 binding; the node derives both keys from the nonces, and its next requests
-are authenticated under the new MN-HA MSA.
+are authenticated under the new MN-HA MSA. Every authenticator under such an
+MSA is HMAC-SHA-1, the algorithm it names (20 octets); the provisioned MN-HA
+and the FA-HA ones stay HMAC-MD5 (16).
 
 The whole system runs in one process (tests/mobility.py). The agents' AAA
 clients are the real RADIUS ones; what Diameter adds -- the MN-FA key of an
@@ -35,8 +37,8 @@ from aaa_vpn.roles.radius_client import Event, RadiusClient, RequestAccepted
 from aaa_vpn.secret import Secret
 from aaa_vpn.service.journal import decode_journal, encode_journal
 from aaa_vpn.wire import mip
-from aaa_vpn.wire.mip import ExtensionType, KeyReplyExtension, decode_aaa_nonce
-from aaa_vpn.wire.mip_auth import verify_authentication
+from aaa_vpn.wire.mip import ExtensionType, KeyGenAlgorithm, KeyReplyExtension, decode_aaa_nonce
+from aaa_vpn.wire.mip_auth import find_authentication, verify_authentication
 from aaa_vpn.wire.profile import MnKey
 
 from .mobility import FA1, GW_DYNAMIC, GW_STATIC, MN_AAA, MN_HA, MN_SOCKET, Network
@@ -46,6 +48,7 @@ HA_NONCE = bytes(range(200, 216))
 MN_FA_SPI = 0x3958
 MN_HA_SPI = 0x3957
 PROVISIONED_SPI = 256  # tests/mobility.py: the node's MN-HA SPI
+SHA1 = KeyGenAlgorithm.HMAC_SHA1
 
 
 def rfc3957_key(nonce: bytes) -> bytes:
@@ -53,12 +56,24 @@ def rfc3957_key(nonce: bytes) -> bytes:
     return hmac.new(MN_AAA.value, nonce + NAI.encode(), hashlib.sha1).digest()
 
 
+def authenticator(message: bytes, extension_type: ExtensionType) -> tuple[int, bytes, bytes]:
+    """(SPI, authenticator, what it covers) of ``extension_type`` in ``message``."""
+    site = find_authentication(message, extension_type)
+    assert site is not None, f"no extension {extension_type!r}"
+    return site.extension.spi, site.extension.authenticator, site.covered
+
+
+def hmac_sha1(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha1).digest()
+
+
 class WithMnFaKey:
     """The FA's AAA client, whose accepts carry an MN-FA key as a Diameter AMA's would."""
 
-    def __init__(self, inner: RadiusClient) -> None:
+    def __init__(self, inner: RadiusClient, algorithm: int = 2) -> None:
         self.inner = inner
         self.enabled = True
+        self.algorithm = algorithm  # MIP-Algorithm-Type of the MSA
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -66,7 +81,7 @@ class WithMnFaKey:
     def next_event(self) -> Event | None:
         event = self.inner.next_event()
         if self.enabled and isinstance(event, RequestAccepted) and event.profile is not None:
-            key = MnKey(MN_FA_SPI, 2, 2, NONCE, Secret(rfc3957_key(NONCE)), event.profile.lifetime)
+            key = MnKey(MN_FA_SPI, 2, self.algorithm, NONCE, Secret(rfc3957_key(NONCE)), event.profile.lifetime)
             return dataclasses.replace(event, mn_fa_key=key)
         return event
 
@@ -77,7 +92,9 @@ class WithMnHaKey(WithMnFaKey):
     def next_event(self) -> Event | None:
         event = self.inner.next_event()
         if self.enabled and isinstance(event, RequestAccepted) and event.profile is not None:
-            key = MnKey(MN_HA_SPI, 2, 2, HA_NONCE, Secret(rfc3957_key(HA_NONCE)), event.profile.lifetime, 2)
+            key = MnKey(
+                MN_HA_SPI, 2, self.algorithm, HA_NONCE, Secret(rfc3957_key(HA_NONCE)), event.profile.lifetime, 2
+            )
             return dataclasses.replace(event, mn_ha_key=key)
         return event
 
@@ -129,10 +146,18 @@ def test_fa_relays_the_mn_fa_key_reply_and_authenticates_with_the_new_key(net: N
     assert (from_aaa.aaa_spi, from_aaa.agent_spi, from_aaa.algorithm, from_aaa.nonce) == (2, MN_FA_SPI, 2, NONCE)
     # The key lives as long as AAA said (MIP-MSA-Lifetime: the session's), not just this registration.
     assert key_reply.lifetime == fa.visitors[NAI].profile.lifetime >= decoded.lifetime
-    # The MN-FA authenticator verifies under the key the node derives from the nonce, and only under it.
+    # The MN-FA authenticator is HMAC-SHA-1, the algorithm the MSA names: 20 octets (Length 24), under
+    # the key the node derives from the nonce, and only under it; the HA's MN-HA one stays HMAC-MD5.
+    spi, mn_fa_auth, covered = authenticator(reply, ExtensionType.MN_FA_AUTH)
+    assert spi == MN_FA_SPI and len(mn_fa_auth) == 20 and reply[-26:-24] == bytes((33, 24))
+    assert mn_fa_auth == hmac_sha1(rfc3957_key(from_aaa.nonce), covered)
     derived = Secret(rfc3957_key(from_aaa.nonce))
-    assert verify_authentication(reply, ExtensionType.MN_FA_AUTH, derived, spi=MN_FA_SPI)
-    assert not verify_authentication(reply, ExtensionType.MN_FA_AUTH, Secret(rfc3957_key(bytes(16))), spi=MN_FA_SPI)
+    assert verify_authentication(reply, ExtensionType.MN_FA_AUTH, derived, spi=MN_FA_SPI, algorithm=SHA1)
+    assert not verify_authentication(reply, ExtensionType.MN_FA_AUTH, derived, spi=MN_FA_SPI)  # not HMAC-MD5
+    other = Secret(rfc3957_key(bytes(16)))
+    assert not verify_authentication(reply, ExtensionType.MN_FA_AUTH, other, spi=MN_FA_SPI, algorithm=SHA1)
+    assert len(authenticator(reply, ExtensionType.MN_HA_AUTH)[1]) == 16
+    assert verify_authentication(reply, ExtensionType.MN_HA_AUTH, MN_HA, spi=PROVISIONED_SPI)
     # The visitor keeps the key; it is in no repr.
     visitor = fa.visitors[NAI]
     assert visitor.mn_fa is not None and visitor.mn_fa.key == derived
@@ -208,7 +233,11 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     order = [type(e).__name__ for e in decoded.extensions]
     assert order.index("KeyReplyExtension") < order.index("AuthenticationExtension")
     new_key = Secret(rfc3957_key(HA_NONCE))
-    assert verify_authentication(reply, ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
+    spi, mn_ha_auth, covered = authenticator(reply, ExtensionType.MN_HA_AUTH)
+    assert (spi, len(mn_ha_auth)) == (MN_HA_SPI, 20) and nonce.algorithm == SHA1
+    assert mn_ha_auth == hmac_sha1(rfc3957_key(HA_NONCE), covered)
+    assert verify_authentication(reply, ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
+    assert not verify_authentication(reply, ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
     assert not verify_authentication(reply, ExtensionType.MN_HA_AUTH, MN_HA, spi=PROVISIONED_SPI)
 
     # The node derived both keys; they are the agents'.
@@ -224,22 +253,27 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0, net.nodes["mn"].done()[-1]
     renewal = requests[-1]
-    assert verify_authentication(renewal, ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
+    spi, mn_ha_auth, covered = authenticator(renewal, ExtensionType.MN_HA_AUTH)
+    assert spi == MN_HA_SPI and mn_ha_auth == hmac_sha1(new_key.value, covered)
+    # The FA-HA authentication the FA adds stays HMAC-MD5 (16 octets).
+    assert len(authenticator(renewal, ExtensionType.FA_HA_AUTH)[1]) == 16
     assert ha.bindings[NAI].mn_ha is not None and ha.bindings[NAI].mn_ha.key == new_key
-    assert verify_authentication(replies[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
+    assert verify_authentication(replies[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
 
     # Deregistration under the new MSA; then the node is back on its provisioned key.
     net.advance(5)
     mn.deregister(net.clock)
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0 and NAI not in ha.bindings
-    assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI)
+    assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
+    assert verify_authentication(replies[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
     assert mn.mn_ha is None
     net.advance(5)
     mn.register(net.fa_address(FA1), net.clock)
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0
     assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, MN_HA, spi=PROVISIONED_SPI)
+    assert len(authenticator(requests[-1], ExtensionType.MN_HA_AUTH)[1]) == 16
 
 
 def test_a_request_under_the_new_spi_with_another_key_is_refused(net: Network) -> None:
@@ -258,6 +292,71 @@ def test_a_request_under_the_new_spi_with_another_key_is_refused(net: Network) -
     # authentication, so the FA passes the node 68 -- as for any MN-HA failure.
     assert ha.counters["denied.131"] == 1
     assert net.nodes["mn"].done()[-1].code != 0
+
+
+def test_an_hmac_md5_authenticator_under_the_new_spi_is_refused(net: Network) -> None:
+    ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
+    assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+    requests = requests_to_the_ha(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert mn.mn_ha is not None and mn.mn_ha.algorithm == SHA1
+    ha_keys.enabled = False
+    # The right key and SPI, but HMAC-MD5 rather than the HMAC-SHA-1 the MSA names.
+    mn.mn_ha = dataclasses.replace(mn.mn_ha, algorithm=KeyGenAlgorithm.HMAC_MD5)
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    spi, md5_auth, covered = authenticator(requests[-1], ExtensionType.MN_HA_AUTH)
+    assert spi == MN_HA_SPI and md5_auth == hmac.new(rfc3957_key(HA_NONCE), covered, hashlib.md5).digest()
+    assert ha.counters["denied.131"] == 1
+    assert net.nodes["mn"].done()[-1].code != 0
+
+
+def test_an_msa_naming_another_algorithm_gives_no_key(net: Network) -> None:
+    fa, ha, mn = (net.nodes[name].agent for name in ("fa1", "ha", "mn"))
+    assert isinstance(fa, ForeignAgent) and isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius, algorithm=1)  # type: ignore[assignment]
+    ha.radius = WithMnHaKey(ha.radius, algorithm=7)  # type: ignore[assignment]
+    replies = replies_to_the_node(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    # Refused and counted at both agents; the registration goes on as without keys.
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert fa.counters["mn_fa_keys_refused"] == 1 and ha.counters["mn_ha_keys_refused"] == 1
+    assert fa.visitors[NAI].mn_fa is None and ha.bindings[NAI].mn_ha is None
+    reply = replies[-1]
+    assert not any(isinstance(e, KeyReplyExtension) for e in mip.decode_registration_reply(reply).extensions)
+    assert verify_authentication(reply, ExtensionType.MN_HA_AUTH, MN_HA, spi=PROVISIONED_SPI)
+    assert mn.mn_ha is None and mn.mn_fa is None
+
+
+def test_the_node_refuses_a_nonce_reply_naming_another_algorithm(net: Network) -> None:
+    fa, ha, mn = (net.nodes[name].agent for name in ("fa1", "ha", "mn"))
+    assert isinstance(fa, ForeignAgent) and isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    send = net.link.send
+
+    def rewrite(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        # The MN-FA Key Generation Nonce Reply's Algorithm Identifier (after Type, Subtype,
+        # Length, Lifetime, AAA SPI and FA SPI) becomes 7 on its way to the node.
+        if destination[0] == MN_SOCKET and data[:1] == b"\x03":
+            _, spans = mip.decode_message_spans(data)
+            for span in spans:
+                extension = span.extension
+                if isinstance(extension, KeyReplyExtension) and extension.type == ExtensionType.MN_FA_KEY_REPLY:
+                    at = span.start + 16
+                    data = data[:at] + b"\x00\x07" + data[at + 2 :]
+        send(source, destination, data)
+
+    net.link.send = rewrite  # type: ignore[method-assign]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    # No MN-FA key (counted); the reply is still the HA's, under the provisioned MN-HA key.
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert mn.counters["keys.unknown_algorithm"] >= 1 and mn.mn_fa is None
+    assert fa.visitors[NAI].mn_fa is not None
 
 
 def test_the_binding_msa_survives_a_restart_of_the_ha(net: Network) -> None:
@@ -288,3 +387,41 @@ def test_a_move_to_another_fa_leaves_the_mn_fa_key_behind(net: Network) -> None:
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0
     assert mn.mn_fa is None  # FA2 holds no MSA with the node
+
+
+def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Network) -> None:
+    from .mobility import HA
+
+    ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
+    assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert mn.mn_ha is not None
+    ha_keys.enabled = False
+    replies = replies_to_the_node(net)
+    send = net.link.send
+    lost: list[bytes] = []
+
+    def lose_first(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        # The HA's first answer to the deregistration is lost on its way to the FA.
+        if source[0] == HA and data[:1] == b"\x03" and not lost:
+            lost.append(data)
+            return
+        send(source, destination, data)
+
+    net.link.send = lose_first  # type: ignore[method-assign]
+    net.advance(5)
+    mn.deregister(net.clock)
+    net.settle()
+    net.advance(30)
+    net.settle()
+    assert lost and net.nodes["mn"].done()[-1].code == 0 and NAI not in ha.bindings
+    # The node's retransmission (a new Identification) reached the HA after its binding went:
+    # answered from the deregistration's tombstone, checked under the MSA and its algorithm.
+    assert ha.counters["deregistrations_repeated"] == 1
+    # Both answers are under the MSA the request used: HMAC-SHA-1.
+    new_key = Secret(rfc3957_key(HA_NONCE))
+    spi, auth, covered = authenticator(replies[-1], ExtensionType.MN_HA_AUTH)
+    assert (spi, auth) == (MN_HA_SPI, hmac_sha1(new_key.value, covered))
+    assert verify_authentication(lost[0], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)

@@ -146,11 +146,27 @@ def path_json(installed: InstalledPath) -> dict[str, Any]:
 
 
 _KEY_REPLIES = {mip.ExtensionType.MN_FA_KEY_REPLY: "mn_fa", mip.ExtensionType.MN_HA_KEY_REPLY: "mn_ha"}
+_AUTHENTICATIONS = {
+    mip.ExtensionType.MN_HA_AUTH: "mn_ha",
+    mip.ExtensionType.MN_FA_AUTH: "mn_fa",
+    mip.ExtensionType.FA_HA_AUTH: "fa_ha",
+}
+
+
+def _authentications(extensions: tuple[mip.Extension, ...]) -> list[dict[str, Any]]:
+    """The MN-HA, MN-FA and FA-HA extensions of a message: which, the SPI and
+    the authenticator's length (16 octets HMAC-MD5, 20 HMAC-SHA-1), never its value."""
+    return [
+        {"extension": _AUTHENTICATIONS[e.type], "spi": e.spi, "octets": len(e.authenticator)}
+        for e in extensions
+        if isinstance(e, mip.AuthenticationExtension)
+    ]
 
 
 def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
     """What a datagram is, for logs and the state file: message name and the
-    fields that say what it does (never an authenticator or a key)."""
+    fields that say what it does (never an authenticator or a key; of its
+    authentication extensions, the SPI and length)."""
     if channel is Channel.RADIUS or channel is Channel.ACCOUNTING:
         code = data[0] if data else -1
         return {"message": _RADIUS_CODES.get(code, f"RADIUS code {code}")}
@@ -169,6 +185,7 @@ def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
             "lifetime": message.lifetime,
             "home_address": str(message.home_address),
             "care_of_address": str(message.care_of_address),
+            "authentication": _authentications(message.extensions),
         }
     if isinstance(message, mip.RegistrationReply):
         described: dict[str, Any] = {
@@ -177,6 +194,7 @@ def describe_message(channel: Channel, data: bytes) -> dict[str, Any]:
             "code_name": reply_code_name(int(message.code)),
             "lifetime": message.lifetime,
             "home_address": str(message.home_address),
+            "authentication": _authentications(message.extensions),
         }
         # RFC 3957 Key Generation Nonce Replies: which keys, never the nonce.
         keys = [_KEY_REPLIES[e.type] for e in message.extensions if isinstance(e, mip.KeyReplyExtension)]

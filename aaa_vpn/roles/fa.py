@@ -41,7 +41,9 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    Generation Nonce Request, RFC 3957 -- the MN-FA Key Generation Nonce
    Reply from AAA (the key's lifetime, the AAA SPI, this FA's SPI = the one
    the node asked with, the algorithm and the nonce) and MN-FA
-   authentication under the new key, RFC 3957 section 6.2 and RFC 5944
+   authentication under the new key and the algorithm the MSA names
+   (HMAC-SHA-1, a 20-octet authenticator; an MSA naming any other gives no
+   key, counted ``mn_fa_keys_refused``), RFC 3957 section 6.2 and RFC 5944
    section 3.7.3.2; the visitor keeps the key), and the same octets again
    ``reply_repeats`` later (0.25 and 0.75 s: nothing acknowledges a reply,
    and the node's own retransmissions back off exponentially, RFC 5944
@@ -188,6 +190,7 @@ from aaa_vpn.wire.mip_auth import (
     append_authentication,
     append_generalized_authentication,
     mn_aaa_proof,
+    msa_algorithm,
     relay_reply,
     relay_request,
     verify_authentication,
@@ -810,6 +813,10 @@ class ForeignAgent(Agent):
             return
         pending.profile = profile
         pending.mn_fa = event.mn_fa_key
+        if pending.mn_fa is not None and msa_algorithm(pending.mn_fa.algorithm) is None:
+            # Rule 5: an MSA naming an algorithm this FA does not compute gives no key.
+            self.counters["mn_fa_keys_refused"] += 1
+            pending.mn_fa = None
         owner = _owner(profile)
         self._by_owner[owner] = key
         current = self.visitors.get(pending.nai)
@@ -945,12 +952,15 @@ class ForeignAgent(Agent):
         if not message.accepted:
             return self._relayed_reply(data, message)
         extensions: list[mip.Extension] = [ChallengeExtension(self._new_challenge(now))]
-        if mn_fa is None:
+        algorithm = msa_algorithm(mn_fa.algorithm) if mn_fa is not None else None
+        if mn_fa is None or algorithm is None:
             return relay_reply(data, extensions=extensions)
-        nonce = AaaNonce(mn_fa.aaa_spi, mn_fa.spi, mn_fa.algorithm, mn_fa.nonce)
+        nonce = AaaNonce(mn_fa.aaa_spi, mn_fa.spi, algorithm, mn_fa.nonce)
         extensions.append(encode_aaa_nonce(ExtensionType.MN_FA_KEY_REPLY, mn_fa.lifetime, nonce))
         self.counters["mn_fa_keys_relayed"] += 1
-        return relay_reply(data, extensions=extensions, mn_fa_spi=mn_fa.spi, mn_fa_key=mn_fa.key)
+        return relay_reply(
+            data, extensions=extensions, mn_fa_spi=mn_fa.spi, mn_fa_key=mn_fa.key, mn_fa_algorithm=algorithm
+        )
 
     def _to_node(self, reply: bytes, node: Address, accepted: bool, now: float) -> None:
         """Send the node a reply from its home agent; an accepted one again

@@ -73,12 +73,15 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    reply carries, after the NAI, the MN-HA Key Generation Nonce Reply from
    AAA (the key's lifetime, the AAA SPI, the HA SPI = the node's SPI, the
    algorithm, replay method 2 and the nonce) and then MN-HA authentication
-   under the *new* key and SPI (RFC 3957 section 6.4: the node derives the
-   key first, then checks the reply with it). The binding keeps that MSA;
+   under the *new* key and SPI and the algorithm the MSA names (HMAC-SHA-1,
+   a 20-octet authenticator; RFC 3957 section 6.4: the node derives the key
+   first, then checks the reply with it). An MSA naming any other algorithm
+   gives no key (counted ``mn_ha_keys_refused``). The binding keeps that MSA;
    from then on a request (registration, deregistration, retransmission)
    whose MN-HA extension names its SPI is checked with it, one naming the
    provisioned SPI of AAA's view with the provisioned key, and each reply is
-   authenticated under the MSA its request used. A later registration
+   authenticated under the MSA its request used (with its algorithm; the
+   provisioned key and the FA-HA key stay HMAC-MD5). A later registration
    without a new key keeps the binding's MSA; a VPN push leaves it.
 9. Bounds: at most ``max_pending`` registrations at once (more: 130, counted
    ``limits.pending``); at most ``max_answers`` cached replies (the oldest go
@@ -146,16 +149,19 @@ from aaa_vpn.wire.mip import (
     ChallengeExtension,
     ExtensionType,
     GeneralizedAuthSubtype,
+    KeyGenAlgorithm,
     NaiExtension,
     RegistrationReply,
     ReplyCode,
     encode_aaa_nonce,
 )
 from aaa_vpn.wire.mip_auth import (
+    DEFAULT_ALGORITHM,
     append_authentication,
     append_generalized_authentication,
     find_authentication,
     mn_aaa_proof,
+    msa_algorithm,
     verify_authentication,
 )
 from aaa_vpn.wire.mip_replay import check_timestamp, mismatch_identification, timestamp_identification
@@ -343,6 +349,7 @@ class _Tombstone:
     identification: int
     fa: str
     until: float
+    mn_ha_algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM  # of the MN-HA key in ``profile`` (rule 4b)
 
 
 @dataclass
@@ -371,6 +378,13 @@ def _msa_used(derived: MnKey | None, data: bytes) -> MnKey | None:
     return derived if site is not None and site.extension.spi == derived.spi else None
 
 
+def _algorithm(derived: MnKey | None, data: bytes | None = None) -> KeyGenAlgorithm | int:
+    """Rule 4b: the algorithm of the MN-HA MSA :func:`_with_msa` puts in the
+    profile: the MSA's own (HMAC-SHA-1), or HMAC-MD5 for the provisioned one."""
+    msa = derived if data is None else _msa_used(derived, data)
+    return msa.algorithm if msa is not None else DEFAULT_ALGORITHM
+
+
 def _with_msa(profile: VpnProfile, derived: MnKey | None, data: bytes | None = None) -> VpnProfile:
     """Rule 4b: ``profile`` with the MN-HA MSA a request used (``data``; or,
     without it, ``derived`` itself) in place of the provisioned one."""
@@ -397,7 +411,9 @@ def mn_key_state(key: MnKey | None) -> dict[str, Any] | None:
 
 
 def mn_key_from_state(entry: dict[str, Any] | None) -> MnKey | None:
-    if not entry:
+    """The MSA :func:`mn_key_state` kept, or None (none kept, or one naming an
+    algorithm this agent does not compute)."""
+    if not entry or msa_algorithm(int(entry["algorithm"])) is None:
         return None
     replay = entry.get("replay_method")
     return MnKey(
@@ -658,7 +674,13 @@ class HomeAgent(Agent):
         profile = _with_msa(pending.profile, pending.used)
         assert profile.mn_ha_key is not None and profile.fa_ha_key is not None
         if (
-            verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi)
+            verify_authentication(
+                data,
+                ExtensionType.MN_HA_AUTH,
+                profile.mn_ha_key,
+                spi=profile.mn_ha_spi,
+                algorithm=_algorithm(pending.used),
+            )
             and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
             and check_timestamp(
                 message.identification, now, pending.message.identification, self.config.replay_tolerance
@@ -694,9 +716,12 @@ class HomeAgent(Agent):
         ):
             return False
         profile = _with_msa(binding.profile, binding.mn_ha, data)
+        algorithm = _algorithm(binding.mn_ha, data)
         assert profile.mn_ha_key is not None and profile.fa_ha_key is not None
         if not (
-            verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi)
+            verify_authentication(
+                data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi, algorithm=algorithm
+            )
             and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
         ):
             return False
@@ -709,7 +734,7 @@ class HomeAgent(Agent):
             self._last_identification[nai] = binding.identification = message.identification
         self.counters["retransmissions_answered"] += 1
         lifetime = max(1, math.ceil(binding.expires - now))
-        self._reply(message, source, ReplyCode.ACCEPTED, lifetime, nai, profile)
+        self._reply(message, source, ReplyCode.ACCEPTED, lifetime, nai, profile, mn_ha_algorithm=algorithm)
         return True
 
     def _remember_answer(self, source: Address, request: bytes, reply: bytes, now: float) -> None:
@@ -757,10 +782,16 @@ class HomeAgent(Agent):
             return
         binding = self.bindings.get(pending.nai)
         pending.mn_ha = event.mn_ha_key
+        if pending.mn_ha is not None and msa_algorithm(pending.mn_ha.algorithm) is None:
+            # Rule 4b: an MSA naming an algorithm this HA does not compute gives no key.
+            self.counters["mn_ha_keys_refused"] += 1
+            pending.mn_ha = None
         pending.used = _msa_used(binding.mn_ha if binding is not None else None, data)
         checked = _with_msa(profile, pending.used)
         assert checked.mn_ha_key is not None
-        if not verify_authentication(data, ExtensionType.MN_HA_AUTH, checked.mn_ha_key, spi=checked.mn_ha_spi):
+        if not verify_authentication(
+            data, ExtensionType.MN_HA_AUTH, checked.mn_ha_key, spi=checked.mn_ha_spi, algorithm=_algorithm(pending.used)
+        ):
             self._fail(key, ReplyCode.HA_MN_FAILED_AUTHENTICATION, "MN-HA authentication failed", delete=False, now=now)
             return
         if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
@@ -862,6 +893,7 @@ class HomeAgent(Agent):
             pending.nai,
             _with_msa(profile, binding.mn_ha),
             key_reply=pending.mn_ha,
+            mn_ha_algorithm=_algorithm(binding.mn_ha),
         )
         self._remember_answer(pending.source, pending.request, reply, now)
         self.counters["accepted"] += 1
@@ -1237,13 +1269,16 @@ class HomeAgent(Agent):
     ) -> None:
         binding = self.bindings.get(nai)
         profile = _with_msa(binding.profile, binding.mn_ha, data) if binding is not None else None
+        algorithm = _algorithm(binding.mn_ha, data) if binding is not None else DEFAULT_ALGORITHM
         tomb = self._deregistered.get(nai)
         if binding is None and tomb is not None and tomb.until > now and tomb.fa == source[0]:
             # Rule 4: a retransmission of the deregistration that removed it.
             key = tomb.profile.mn_ha_key
             if (
                 key is not None
-                and verify_authentication(data, ExtensionType.MN_HA_AUTH, key, spi=tomb.profile.mn_ha_spi)
+                and verify_authentication(
+                    data, ExtensionType.MN_HA_AUTH, key, spi=tomb.profile.mn_ha_spi, algorithm=tomb.mn_ha_algorithm
+                )
                 and message.identification >= tomb.identification
                 and (
                     message.identification == tomb.identification
@@ -1254,20 +1289,33 @@ class HomeAgent(Agent):
             ):
                 self.counters["deregistrations_repeated"] += 1
                 self._last_identification[nai] = max(message.identification, self._last_identification.get(nai, 0))
-                reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile)
+                reply = self._reply(
+                    message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile, mn_ha_algorithm=tomb.mn_ha_algorithm
+                )
                 self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
                 return
         if profile is None or profile.mn_ha_key is None:
             self._deny(message, source, ReplyCode.HA_MN_FAILED_AUTHENTICATION, nai, "no binding to deregister", None)
             return
-        if not verify_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi):
+        if not verify_authentication(
+            data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi, algorithm=algorithm
+        ):
             self._deny(message, source, ReplyCode.HA_MN_FAILED_AUTHENTICATION, nai, "MN-HA authentication failed", None)
             return
         verdict = check_timestamp(
             message.identification, now, self._last_identification.get(nai), self.config.replay_tolerance
         )
         if not verdict.ok:
-            self._deny(message, source, ReplyCode.HA_IDENTIFICATION_MISMATCH, nai, verdict.reason, profile, now=now)
+            self._deny(
+                message,
+                source,
+                ReplyCode.HA_IDENTIFICATION_MISMATCH,
+                nai,
+                verdict.reason,
+                profile,
+                now=now,
+                mn_ha_algorithm=algorithm,
+            )
             return
         self._last_identification[nai] = message.identification
         assert binding is not None
@@ -1277,9 +1325,11 @@ class HomeAgent(Agent):
         for old in [n for n, t in self._deregistered.items() if t.until <= now]:
             del self._deregistered[old]
         self._deregistered[nai] = _Tombstone(
-            profile, message.identification, source[0], now + self.config.answer_cache_seconds
+            profile, message.identification, source[0], now + self.config.answer_cache_seconds, algorithm
         )
-        reply = self._reply(message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=through_its_fa)
+        reply = self._reply(
+            message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=through_its_fa, mn_ha_algorithm=algorithm
+        )
         self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
         self._emit(RegistrationDone(nai, message.home_address, 0, 0, "deregistered"))
 
@@ -1542,7 +1592,16 @@ class HomeAgent(Agent):
                     current.gateway_epoch = max(current.gateway_epoch, profile.epoch)
                 if pending.told:
                     self._undo_at_gateways(pending, current, now)
-        reply = self._deny(pending.message, pending.source, code, pending.nai, detail, pending.profile, now=now)
+        reply = self._deny(
+            pending.message,
+            pending.source,
+            code,
+            pending.nai,
+            detail,
+            _with_msa(profile, pending.used) if profile is not None else None,
+            now=now,
+            mn_ha_algorithm=_algorithm(pending.used),
+        )
         self._remember_answer(pending.source, pending.request, reply, now)
 
     def _deny(
@@ -1554,6 +1613,7 @@ class HomeAgent(Agent):
         detail: str,
         profile: VpnProfile | None,
         now: float = 0.0,
+        mn_ha_algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM,
     ) -> bytes:
         self.counters[f"denied.{int(code)}"] += 1
         identification = message.identification
@@ -1567,7 +1627,7 @@ class HomeAgent(Agent):
             care_of_address=message.care_of_address,
             identification=identification,
         )
-        reply = self._reply(reply_message, source, code, 0, nai, profile)
+        reply = self._reply(reply_message, source, code, 0, nai, profile, mn_ha_algorithm=mn_ha_algorithm)
         self._emit(RegistrationDone(nai, message.home_address, int(code), 0, detail))
         return reply
 
@@ -1581,10 +1641,13 @@ class HomeAgent(Agent):
         profile: VpnProfile | None,
         fa_ha: bool = True,
         key_reply: MnKey | None = None,
+        mn_ha_algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM,
     ) -> bytes:
         """A Registration Reply: NAI, the MN-HA Key Generation Nonce Reply of
-        ``key_reply`` (rule 4b), then MN-HA and FA-HA authentication when the
-        keys are known (RFC 5944 section 3.8.3.3)."""
+        ``key_reply`` (rule 4b), then MN-HA authentication (under
+        ``mn_ha_algorithm``: HMAC-MD5 with the provisioned key, the MSA's own
+        with one from AAA) and FA-HA authentication (HMAC-MD5) when the keys
+        are known (RFC 5944 section 3.8.3.3)."""
         extensions: list[mip.Extension] = [NaiExtension(nai)] if nai else []
         if key_reply is not None:
             nonce = AaaNonce(
@@ -1602,7 +1665,9 @@ class HomeAgent(Agent):
         )
         data = mip.encode_registration_reply(reply)
         if profile is not None and profile.mn_ha_key is not None and profile.mn_ha_spi is not None:
-            data = append_authentication(data, ExtensionType.MN_HA_AUTH, profile.mn_ha_spi, profile.mn_ha_key)
+            data = append_authentication(
+                data, ExtensionType.MN_HA_AUTH, profile.mn_ha_spi, profile.mn_ha_key, mn_ha_algorithm
+            )
         if fa_ha and profile is not None and profile.fa_ha_key is not None and profile.fa_ha_spi is not None:
             data = append_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key)
         self._send(Channel.MIP, data, source)

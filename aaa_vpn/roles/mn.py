@@ -33,14 +33,17 @@ Rules (RFC 5944 sections 3.3, 3.6 and 5.7; RFC 4721):
    the NAI (so that every authenticator covers them).
 7. A reply that carries an MN-HA Key Generation Nonce Reply from AAA (RFC
    3957 section 6.4; AAA SPI the one of its MN-AAA extension, replay method
-   timestamps, a nonce of at least 16 octets) is checked with the key the
-   node derives, ``HMAC-SHA1(MN-AAA secret, nonce || NAI)`` (section 5),
-   under ``mn_ha_key_spi``; if it verifies, that MSA (SPI: the reply's HA
-   SPI) authenticates the node's next requests while it lives (the reply's
-   key lifetime) and the node is registered; a reply without one must verify
-   under the MSA its request used. Likewise an MN-FA Key Generation Nonce
-   Reply: the key derived from it must verify the reply's MN-FA
-   authentication (last extension, ``mn_fa_key_spi``), and is then kept
+   timestamps, a nonce of at least 16 octets, an Algorithm Identifier the
+   node computes: HMAC-SHA-1, 2; otherwise no key, counted) is checked with
+   the key the node derives, ``HMAC-SHA1(MN-AAA secret, nonce || NAI)``
+   (section 5), under ``mn_ha_key_spi`` and that algorithm (a 20-octet
+   HMAC-SHA-1 authenticator); if it verifies, that MSA (SPI: the reply's HA
+   SPI, its algorithm) authenticates the node's next requests while it
+   lives (the reply's key lifetime) and the node is registered; a reply
+   without one must verify under the MSA its request used. Likewise an
+   MN-FA Key Generation Nonce Reply: the key derived from it must verify
+   the reply's MN-FA authentication (last extension, ``mn_fa_key_spi``,
+   under the algorithm the nonce reply names), and is then kept
    (``mn_fa``); one that does not verify is not kept (counted). A
    deregistration, or the registration running out, returns the node to its
    provisioned MN-HA key (the home agent's binding and its MSA are gone).
@@ -60,6 +63,7 @@ from aaa_vpn.wire.mip import (
     ChallengeExtension,
     ExtensionType,
     GeneralizedAuthSubtype,
+    KeyGenAlgorithm,
     KeyReplyExtension,
     KeyRequestExtension,
     NaiExtension,
@@ -68,9 +72,11 @@ from aaa_vpn.wire.mip import (
 )
 from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
+    DEFAULT_ALGORITHM,
     append_authentication,
     append_generalized_authentication,
     derive_aaa_key,
+    msa_algorithm,
     verify_authentication,
 )
 from aaa_vpn.wire.mip_replay import identification_matches, timestamp_identification
@@ -86,11 +92,14 @@ MIN_NONCE = 16
 @dataclass(frozen=True)
 class Msa:
     """A mobility security association of the node: the SPI its authentication
-    extensions carry and the key (rule 7)."""
+    extensions carry, the key and the algorithm (rule 7: HMAC-MD5 for the
+    provisioned MN-HA key, the one a Key Generation Nonce Reply names for an
+    MSA from AAA)."""
 
     spi: int
     key: Secret = field(repr=False)
     until: float = float("inf")
+    algorithm: KeyGenAlgorithm = DEFAULT_ALGORITHM
 
 
 @dataclass(frozen=True)
@@ -203,8 +212,10 @@ class MobileNode(Agent):
         if reply.accepted:
             new_ha = self._new_key(reply, ExtensionType.MN_HA_KEY_REPLY, now)
             used = outstanding.msa or Msa(self.config.mn_ha_spi, self.config.mn_ha_key)
-            check = Msa(self.config.mn_ha_key_spi, new_ha.key) if new_ha is not None else used
-            if not verify_authentication(data, ExtensionType.MN_HA_AUTH, check.key, spi=check.spi):
+            check = used if new_ha is None else Msa(self.config.mn_ha_key_spi, new_ha.key, algorithm=new_ha.algorithm)
+            if not verify_authentication(
+                data, ExtensionType.MN_HA_AUTH, check.key, spi=check.spi, algorithm=check.algorithm
+            ):
                 self.counters["dropped.bad_mn_ha_auth"] += 1
                 return
         self._cancel(outstanding.timer)
@@ -222,7 +233,8 @@ class MobileNode(Agent):
             if self.mn_fa is not None and self.current_fa != self._mn_fa_at:
                 self.mn_fa = None  # an MN-FA MSA is with one FA only
             if new_fa is not None and lifetime:
-                if verify_authentication(data, ExtensionType.MN_FA_AUTH, new_fa.key, spi=self.config.mn_fa_key_spi):
+                spi, algorithm = self.config.mn_fa_key_spi, new_fa.algorithm
+                if verify_authentication(data, ExtensionType.MN_FA_AUTH, new_fa.key, spi=spi, algorithm=algorithm):
                     self.mn_fa, self._mn_fa_at = new_fa, self.current_fa
                     self.counters["keys.mn_fa"] += 1
                 else:
@@ -251,8 +263,12 @@ class MobileNode(Agent):
         if nonce.aaa_spi != CHAP_SPI or len(nonce.nonce) < MIN_NONCE or not replay_ok:
             self.counters["keys.refused"] += 1
             return None
+        algorithm = msa_algorithm(nonce.algorithm)
+        if algorithm is None:
+            self.counters["keys.unknown_algorithm"] += 1
+            return None
         key = derive_aaa_key(c.mn_aaa_secret, nonce.nonce, c.nai.encode("utf-8"))
-        return Msa(nonce.agent_spi, key, now + extension.lifetime)
+        return Msa(nonce.agent_spi, key, now + extension.lifetime, algorithm)
 
     def _mn_ha_msa(self, now: float) -> Msa | None:
         """Rule 7: the MSA AAA made, while it lives and the node is registered."""
@@ -320,7 +336,7 @@ class MobileNode(Agent):
         )
         msa = outstanding.msa or Msa(c.mn_ha_spi, c.mn_ha_key)
         data = append_authentication(
-            mip.encode_registration_request(request), ExtensionType.MN_HA_AUTH, msa.spi, msa.key
+            mip.encode_registration_request(request), ExtensionType.MN_HA_AUTH, msa.spi, msa.key, msa.algorithm
         )
         challenge = self._challenges.get(outstanding.fa[0])
         if challenge is not None:

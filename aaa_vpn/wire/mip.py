@@ -245,10 +245,13 @@ class KeyGenSubtype(enum.IntEnum):
 
 class KeyGenAlgorithm(enum.IntEnum):
     """The Algorithm Identifier of a Key Generation Nonce Reply: the algorithm of
-    the new MSA's authenticators. RFC 4004 section 7.5's MIP-Algorithm-Type
-    defines only 2 (HMAC-SHA-1); 1 and 2 are the values of the ISAKMP
-    "Authentication Algorithm" registry (RFC 2407 section 4.5), which the
-    reference notes say RFC 3957 section 4 uses (not re-read here)."""
+    the new MSA's authenticators. RFC 4004 section 9.8's MIP-Algorithm-Type
+    defines only 2 (HMAC-SHA-1), taken here as the same number; 1 and 2 are
+    the values of the ISAKMP "Authentication Algorithm" registry (RFC 2407
+    section 4.5), which the reference notes say RFC 3957 section 4 uses (not
+    re-read here). ``HMAC_MD5`` also names the default algorithm of the
+    provisioned security associations (RFC 5944 section 3.5.1); an MSA from
+    AAA naming it is refused (:data:`aaa_vpn.wire.mip_auth.MSA_ALGORITHMS`)."""
 
     HMAC_MD5 = 1
     HMAC_SHA1 = 2

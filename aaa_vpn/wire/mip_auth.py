@@ -5,7 +5,12 @@ and what a foreign agent keeps, strips and appends when it relays.
   FA-HA (34) extension is HMAC-MD5 (RFC 2104, the mandatory default) over the
   UDP payload from its first octet up to and including the Type, Length and
   SPI of the extension itself. The Authenticator field and the UDP header are
-  not covered.
+  not covered. A security context names its algorithm (sections 1.6 and
+  5.1). An MSA the home AAA makes for the mobile node names HMAC-SHA-1 (RFC
+  4004 section 9.8, MIP-Algorithm-Type 2; RFC 3957's Algorithm Identifier):
+  its authenticator is the full 20-octet HMAC-SHA-1 over the same octets
+  (:data:`MSA_ALGORITHMS`; the ``algorithm`` argument of
+  :func:`append_authentication` and :func:`verify_authentication`).
 * RFC 4721 section 6: the MN-AAA authenticator (generalized authentication
   36, subtype 1) covers the same way, up to and including Type, Subtype,
   Length and SPI; HMAC-MD5 is the default.
@@ -33,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aaa_vpn.secret import Secret
@@ -47,6 +52,7 @@ from aaa_vpn.wire.mip import (
     ExtensionType,
     GeneralizedAuthExtension,
     GeneralizedAuthSubtype,
+    KeyGenAlgorithm,
     MessageType,
     MipDecodeError,
     MipValueError,
@@ -60,8 +66,21 @@ from aaa_vpn.wire.mip import (
 
 #: RFC 4721 section 8: the reserved SPI of the RADIUS-style (CHAP) MN-AAA authenticator.
 CHAP_SPI = 2
-#: HMAC-MD5 output (RFC 2104): the authenticator length of every extension we append.
+#: HMAC-MD5 output (RFC 2104): the authenticator length under the default algorithm.
 AUTHENTICATOR_LENGTH = 16
+#: The default algorithm of a security association (RFC 5944 section 3.5.1).
+DEFAULT_ALGORITHM = KeyGenAlgorithm.HMAC_MD5
+#: Per algorithm: the hash HMAC (RFC 2104) runs over, and the authenticator's
+#: octets (the whole HMAC output, never truncated).
+AUTHENTICATORS: Mapping[int, tuple[str, int]] = {
+    KeyGenAlgorithm.HMAC_MD5: ("md5", 16),
+    KeyGenAlgorithm.HMAC_SHA1: ("sha1", 20),
+}
+#: The algorithms an MSA the home AAA makes may name (MIP-Algorithm-Type,
+#: RFC 4004 section 9.8, and the Algorithm Identifier of a Key Generation
+#: Nonce Reply, taken as the same number): the IANA registry defines only 2,
+#: HMAC-SHA-1. Any other value makes the MSA unusable (:func:`msa_algorithm`).
+MSA_ALGORITHMS = frozenset({KeyGenAlgorithm.HMAC_SHA1})
 #: RFC 4721 section 8: the CHAP form uses the least-significant 237 octets of the challenge.
 CHAP_CHALLENGE_TAIL = 237
 
@@ -72,6 +91,32 @@ _GEN_AUTH_HEADER = struct.Struct("!BBHI")
 def hmac_md5(key: Secret, data: bytes) -> bytes:
     """The default Mobile IP authenticator (RFC 5944 section 3.5.1, RFC 4721 section 6)."""
     return hmac.digest(key.value, data, "md5")
+
+
+def authenticator_length(algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM) -> int:
+    """The octets of an authenticator under ``algorithm``;
+    :class:`MipValueError` if this module does not compute it."""
+    known = AUTHENTICATORS.get(int(algorithm))
+    if known is None:
+        raise MipValueError(f"authentication algorithm {int(algorithm)} is not one this implementation computes")
+    return known[1]
+
+
+def mip_authenticator(key: Secret, data: bytes, algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM) -> bytes:
+    """The authenticator of ``data`` under ``key`` and ``algorithm``
+    (HMAC-MD5 by default, 16 octets; HMAC-SHA-1, 20 octets);
+    :class:`MipValueError` for an algorithm it does not compute."""
+    known = AUTHENTICATORS.get(int(algorithm))
+    if known is None:
+        raise MipValueError(f"authentication algorithm {int(algorithm)} is not one this implementation computes")
+    return hmac.digest(key.value, data, known[0])
+
+
+def msa_algorithm(value: int) -> KeyGenAlgorithm | None:
+    """The algorithm an MSA from the home AAA names (MIP-Algorithm-Type or a
+    Key Generation Nonce Reply's Algorithm Identifier), or None if it is not
+    one of :data:`MSA_ALGORITHMS` (the receiver then refuses the MSA)."""
+    return KeyGenAlgorithm(value) if value in MSA_ALGORITHMS else None
 
 
 def derive_aaa_key(aaa_key: Secret, nonce: bytes, identifier: bytes) -> Secret:
@@ -171,8 +216,11 @@ def find_authentication(
     return None
 
 
-def expected_authenticator(site: AuthenticationSite, key: Secret) -> bytes:
-    """What the authenticator at ``site`` should be under ``key``."""
+def expected_authenticator(
+    site: AuthenticationSite, key: Secret, algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM
+) -> bytes:
+    """What the authenticator at ``site`` should be under ``key`` (and, but
+    for the CHAP MN-AAA form, ``algorithm``)."""
     extension = site.extension
     if (
         isinstance(extension, GeneralizedAuthExtension)
@@ -182,7 +230,7 @@ def expected_authenticator(site: AuthenticationSite, key: Secret) -> bytes:
         if not site.challenges:
             raise MipDecodeError("CHAP MN-AAA authentication without a preceding MN-FA challenge", site.start)
         return chap_authenticator(site.challenges[-1], site.covered, key)
-    return hmac_md5(key, site.covered)
+    return mip_authenticator(key, site.covered, algorithm)
 
 
 def verify_authentication(
@@ -192,36 +240,47 @@ def verify_authentication(
     *,
     subtype: int | None = None,
     spi: int | None = None,
+    algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM,
 ) -> bool:
     """Whether the ``extension_type`` extension of ``message`` (which one:
     :func:`find_authentication`) carries the right authenticator under ``key``
-    (and, if given, the SPI ``spi``).
+    and ``algorithm`` (and, if given, the SPI ``spi``).
 
-    False if the extension is missing or wrong; :class:`MipDecodeError` if the
-    message does not decode at all. The comparison is constant-time."""
+    False if the extension is missing or wrong -- an authenticator whose
+    length is not the algorithm's included, and so is any algorithm this
+    module does not compute; :class:`MipDecodeError` if the message does not
+    decode at all. The comparison is constant-time."""
     site = find_authentication(message, extension_type, subtype)
     if site is None or (spi is not None and site.extension.spi != spi):
         return False
     try:
-        expected = expected_authenticator(site, key)
-    except MipDecodeError:
+        expected = expected_authenticator(site, key, algorithm)
+    except (MipDecodeError, MipValueError):
         return False
-    return hmac.compare_digest(expected, site.extension.authenticator)
+    authenticator = site.extension.authenticator
+    return len(authenticator) == len(expected) and hmac.compare_digest(expected, authenticator)
 
 
 # --------------------------------------------------------------------------------------------
 # Appending an authentication extension to a message being built
 
 
-def append_authentication(message: bytes, extension_type: ExtensionType, spi: int, key: Secret) -> bytes:
+def append_authentication(
+    message: bytes,
+    extension_type: ExtensionType,
+    spi: int,
+    key: Secret,
+    algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM,
+) -> bytes:
     """``message`` followed by an MN-HA, MN-FA or FA-HA extension whose
-    HMAC-MD5 authenticator covers ``message`` and the new Type, Length and SPI."""
+    authenticator -- HMAC-MD5 (16 octets) unless ``algorithm`` says otherwise
+    (HMAC-SHA-1: 20) -- covers ``message`` and the new Type, Length and SPI."""
     if extension_type not in (ExtensionType.MN_HA_AUTH, ExtensionType.MN_FA_AUTH, ExtensionType.FA_HA_AUTH):
         raise MipValueError(f"extension type {extension_type!r} is not 32, 33 or 34")
     if not 0 <= spi <= 0xFFFFFFFF:
         raise MipValueError(f"SPI {spi} is not a 32-bit value")
-    covered = bytes(message) + _AUTH_HEADER.pack(extension_type, 4 + AUTHENTICATOR_LENGTH, spi)
-    return covered + hmac_md5(key, covered)
+    covered = bytes(message) + _AUTH_HEADER.pack(extension_type, 4 + authenticator_length(algorithm), spi)
+    return covered + mip_authenticator(key, covered, algorithm)
 
 
 def append_generalized_authentication(
@@ -365,13 +424,14 @@ def relay_reply(
     extensions: Sequence[Extension] = (),
     mn_fa_spi: int | None = None,
     mn_fa_key: Secret | None = None,
+    mn_fa_algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM,
 ) -> bytes:
     """The Registration Reply an FA sends on to the mobile node.
 
     RFC 5944 section 3.7.3.2: the fixed part through the MN-HA extension is kept
     byte for byte, what follows (extensions for the FA, FA-HA authentication) is
     removed, the FA's ``extensions`` and MN-FA authentication (if an MN-FA
-    security association exists) are appended."""
+    security association exists, under its ``mn_fa_algorithm``) are appended."""
     data = bytes(message)
     decoded, spans = decode_message_spans(data)
     if not isinstance(decoded, RegistrationReply):
@@ -380,5 +440,5 @@ def relay_reply(
     if (mn_fa_spi is None) != (mn_fa_key is None):
         raise MipValueError("give both mn_fa_spi and mn_fa_key, or neither")
     if mn_fa_spi is not None and mn_fa_key is not None:
-        relayed = append_authentication(relayed, ExtensionType.MN_FA_AUTH, mn_fa_spi, mn_fa_key)
+        relayed = append_authentication(relayed, ExtensionType.MN_FA_AUTH, mn_fa_spi, mn_fa_key, mn_fa_algorithm)
     return relayed
