@@ -181,6 +181,8 @@ def test_the_visitor_key_survives_a_restart_of_the_fa(net: Network) -> None:
     restored = again.visitors[NAI].mn_fa
     assert restored is not None and restored == fa.visitors[NAI].mn_fa
     assert restored.key == Secret(rfc3957_key(NONCE))
+    # Not yet confirmed by a request under it (rule 5a): that survives too.
+    assert again.visitors[NAI].mn_fa_confirmed is fa.visitors[NAI].mn_fa_confirmed is False
 
 
 def test_without_a_key_from_aaa_the_reply_is_as_before(net: Network) -> None:
@@ -383,10 +385,13 @@ def test_a_move_to_another_fa_leaves_the_mn_fa_key_behind(net: Network) -> None:
     net.settle()
     assert mn.mn_fa is not None and mn.counters["keys.mn_fa"] == 1
     net.advance(5)
+    to_fa2 = requests_from_the_node(net)
     mn.register(net.fa_address(FA2), net.clock, previous_fa=IPv4Address(FA1))
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0
     assert mn.mn_fa is None  # FA2 holds no MSA with the node
+    # ... and the request through FA2 carried no MN-FA authentication under FA1's key.
+    assert mn.counters["keys.mn_fa"] == 1 and 33 not in extension_types(to_fa2[0])
 
 
 def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Network) -> None:
@@ -425,3 +430,124 @@ def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Ne
     spi, auth, covered = authenticator(replies[-1], ExtensionType.MN_HA_AUTH)
     assert (spi, auth) == (MN_HA_SPI, hmac_sha1(new_key.value, covered))
     assert verify_authentication(lost[0], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
+
+
+def requests_from_the_node(net: Network) -> list[bytes]:
+    seen: list[bytes] = []
+    send = net.link.send
+
+    def record(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        if source[0] == MN_SOCKET and data[:1] == b"\x01":
+            seen.append(data)
+        send(source, destination, data)
+
+    net.link.send = record  # type: ignore[method-assign]
+    return seen
+
+
+def extension_types(message: bytes) -> list[int]:
+    _, spans = mip.decode_message_spans(message)
+    return [message[s.start] for s in spans]
+
+
+def registered_with_mn_fa_key(net: Network) -> tuple[ForeignAgent, MobileNode]:
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and mn.mn_fa is not None
+    return fa, mn
+
+
+def test_later_requests_to_that_fa_end_with_mn_fa_authentication_under_the_key(net: Network) -> None:
+    fa, mn = registered_with_mn_fa_key(net)
+    requests = requests_from_the_node(net)
+    relayed = requests_to_the_ha(net)
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)  # a renewal
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    net.advance(5)
+    mn.deregister(net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and NAI not in fa.visitors
+    key = rfc3957_key(NONCE)
+    renewal, deregistration = requests[0], requests[-1]
+    # RFC 5944 section 3.6.1.3: MN-HA, then the challenge and MN-AAA (RFC 4721), MN-FA last.
+    assert extension_types(renewal)[-4:] == [32, 132, 36, 33]
+    assert extension_types(deregistration)[-4:] == [32, 132, 36, 33]  # the node had a challenge
+    for request in (renewal, deregistration):
+        spi, auth, covered = authenticator(request, ExtensionType.MN_FA_AUTH)
+        assert spi == MN_FA_SPI and request[-26:-24] == bytes((33, 24))
+        assert auth == hmac_sha1(key, covered) and covered == request[:-20]
+    # The FA checked both and relayed neither with it (RFC 5944 section 3.7.2.2).
+    assert fa.counters["mn_fa_auth_verified"] == 2
+    assert relayed and all(33 not in extension_types(r) for r in relayed)
+
+
+def test_a_wrong_or_missing_mn_fa_authenticator_is_refused_with_67(net: Network) -> None:
+    fa, mn = registered_with_mn_fa_key(net)
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)  # verifies: the FA now knows the node holds the key
+    net.settle()
+    assert fa.visitors[NAI].mn_fa_confirmed
+    replies = replies_to_the_node(net)
+    relayed = requests_to_the_ha(net)
+    send = net.link.send
+    mangle: list[str] = []
+
+    def tamper(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        if source[0] == MN_SOCKET and data[:1] == b"\x01" and mangle:
+            if mangle[0] == "wrong":
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            else:  # missing: the request without its last extension
+                data = data[:-26]
+        send(source, destination, data)
+
+    net.link.send = tamper  # type: ignore[method-assign]
+    for what, counter in (("wrong", "mn_fa_auth_failed"), ("missing", "mn_fa_auth_missing")):
+        mangle[:] = [what]
+        net.advance(5)
+        mn.register(net.fa_address(FA1), net.clock)
+        net.settle()
+        done = net.nodes["mn"].done()[-1]
+        assert done.code == mip.ReplyCode.FA_MN_FAILED_AUTHENTICATION == 67, (what, done)
+        assert fa.counters[counter] == 1
+        assert mip.decode_registration_reply(replies[-1]).code == 67
+    assert relayed == []  # nothing went to the home agent
+    # A deregistration under a wrong key is refused too; the visitor stays.
+    mangle[:] = ["wrong"]
+    mn.deregister(net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 67 and NAI in fa.visitors and relayed == []
+
+
+def test_a_node_that_lost_the_reply_with_the_key_may_still_register_without_it(net: Network) -> None:
+    fa, mn = registered_with_mn_fa_key(net)
+    assert not fa.visitors[NAI].mn_fa_confirmed and fa.visitors[NAI].mn_fa_before is None
+    requests = requests_from_the_node(net)
+    replies = replies_to_the_node(net)
+    mn.mn_fa = None  # as if the reply that brought it had been lost
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and 33 not in extension_types(requests[0])
+    assert fa.counters["mn_fa_auth_previous"] == 1
+    # The FA went back to what the node has: no key (the renewal brought none, AAA confirmed the view),
+    # so it requires nothing of the node and its reply carries no MN-FA authentication.
+    assert fa.visitors[NAI].mn_fa is None and fa.visitors[NAI].mn_fa_confirmed
+    assert mn.mn_fa is None and 33 not in extension_types(replies[-1])
+
+
+def test_without_an_mn_fa_key_requests_carry_no_mn_fa_authentication(net: Network) -> None:
+    mn = net.nodes["mn"].agent
+    assert isinstance(mn, MobileNode)
+    requests = requests_from_the_node(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and mn.mn_fa is None
+    assert len(requests) >= 2 and all(33 not in extension_types(r) for r in requests)

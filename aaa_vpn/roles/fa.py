@@ -52,6 +52,16 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    reaches the node with the home agent's code, with or without an MN-HA
    extension (when the home agent could not add one, the FA sends the
    reply's fixed part and NAI on).
+5a. While a visitor holds an MN-FA key from AAA, the node's requests
+   (registrations, retransmissions, deregistrations) must end with MN-FA
+   authentication under that key's SPI and algorithm (RFC 5944 sections
+   3.5.3 and 3.7.2.1); a wrong or missing one is answered 67 (counted
+   ``mn_fa_auth_failed`` / ``mn_fa_auth_missing``) and goes nowhere. Until a
+   request verified under a new key the node may not have it (its reply was
+   lost): a request under the key before -- or, where there was none, without
+   MN-FA authentication -- is accepted as well, and the visitor goes back to
+   that key (or to none). What the FA relays never carries it (section
+   3.7.2.2).
 
 Retransmissions (RFC 5944 section 3.6.3, RFC 4721; docs/protocol.md
 section 3.11):
@@ -189,6 +199,7 @@ from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
     append_authentication,
     append_generalized_authentication,
+    find_authentication,
     mn_aaa_proof,
     msa_algorithm,
     relay_reply,
@@ -334,6 +345,12 @@ class Visitor:
     registered_at: float = 0.0
     #: Rule 5: the MSA with the node that AAA made (RFC 3957), if any.
     mn_fa: MnKey | None = field(default=None, repr=False)
+    #: Rule 5a: until a request verified under ``mn_fa`` (``mn_fa_confirmed``)
+    #: the node may not have it (the reply that brought it was lost): a request
+    #: authenticated under the key before (``mn_fa_before``; without one, a
+    #: request with no MN-FA authentication) is accepted too.
+    mn_fa_before: MnKey | None = field(default=None, repr=False)
+    mn_fa_confirmed: bool = True
 
 
 @dataclass
@@ -574,6 +591,8 @@ class ForeignAgent(Agent):
         if not nai:
             self._deny(message, source, ReplyCode.FA_MISSING_NAI, nai, "no NAI extension")
             return
+        if not self._mn_fa_authentic(self.visitors.get(nai), data, message, source, nai):
+            return
         challenges = [e.challenge for e in message.extensions if isinstance(e, ChallengeExtension)]
         if challenges:
             first = self._by_challenge.get((nai, challenges[-1]))
@@ -666,6 +685,44 @@ class ForeignAgent(Agent):
         self.radius.request(info, now, tag=key)
         self._radius_events(now)
 
+    def _mn_fa_authentic(
+        self, visitor: Visitor | None, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str
+    ) -> bool:
+        """Rule 5a: a request of a visitor that holds an MN-FA key from AAA must
+        end with MN-FA authentication under it (RFC 5944 section 3.7.2.1);
+        otherwise it is answered 67 (counted ``mn_fa_auth_missing`` or
+        ``mn_fa_auth_failed``; the decision is logged with its detail)."""
+        if visitor is None or visitor.mn_fa is None:
+            return True
+        try:
+            site = find_authentication(data, ExtensionType.MN_FA_AUTH)
+        except mip.MipDecodeError:
+            site = None
+        if self._mn_fa_verifies(data, visitor.mn_fa):
+            visitor.mn_fa_confirmed, visitor.mn_fa_before = True, None
+            self.counters["mn_fa_auth_verified"] += 1
+            return True
+        if not visitor.mn_fa_confirmed and (
+            self._mn_fa_verifies(data, visitor.mn_fa_before)
+            if visitor.mn_fa_before is not None
+            else site is None
+        ):
+            # The node shows it never got the new key: the visitor goes back to the one it has.
+            visitor.mn_fa, visitor.mn_fa_before, visitor.mn_fa_confirmed = visitor.mn_fa_before, None, True
+            self.counters["mn_fa_auth_previous"] += 1
+            return True
+        detail = "no MN-FA authentication" if site is None else "MN-FA authentication failed"
+        self.counters["mn_fa_auth_missing" if site is None else "mn_fa_auth_failed"] += 1
+        self._deny(message, source, ReplyCode.FA_MN_FAILED_AUTHENTICATION, nai, detail)  # logged with its detail
+        return False
+
+    @staticmethod
+    def _mn_fa_verifies(data: bytes, key: MnKey) -> bool:
+        algorithm = msa_algorithm(key.algorithm)
+        if algorithm is None:
+            return False
+        return verify_authentication(data, ExtensionType.MN_FA_AUTH, key.key, spi=key.spi, algorithm=algorithm)
+
     def _full(self, message: mip.RegistrationRequest, source: Address, nai: str, now: float) -> bool:
         """Bounds: no room for one more registration (answered 66)."""
         if len(self._pending) < self.config.max_pending:
@@ -748,6 +805,8 @@ class ForeignAgent(Agent):
             self._deny(
                 message, source, ReplyCode.INVALID_HOME_AGENT_ADDRESS, nai, "no visitor of that home agent here"
             )
+            return
+        if not self._mn_fa_authentic(visitor, data, message, source, nai):
             return
         try:
             relay_request(data)
@@ -1089,6 +1148,11 @@ class ForeignAgent(Agent):
                     "renewal_refused": v.renewal_refused,
                     "profile": v.profile,
                     "mn_fa": mn_key_state(v.mn_fa),
+                    **(
+                        {"mn_fa_before": mn_key_state(v.mn_fa_before), "mn_fa_confirmed": v.mn_fa_confirmed}
+                        if v.mn_fa is not None
+                        else {}
+                    ),
                 }
                 for v in self.visitors.values()
             ],
@@ -1124,6 +1188,8 @@ class ForeignAgent(Agent):
                 profile=entry["profile"],
                 renewal_refused=bool(entry.get("renewal_refused", False)),
                 mn_fa=mn_key_from_state(entry.get("mn_fa")),
+                mn_fa_before=mn_key_from_state(entry.get("mn_fa_before")),
+                mn_fa_confirmed=bool(entry.get("mn_fa_confirmed", True)),
             )
             self.visitors[visitor.nai] = visitor
             self._visitor_timers[visitor.nai] = self._call_at(
@@ -1187,8 +1253,13 @@ class ForeignAgent(Agent):
             profile=profile,
             challenge=pending.challenge,
             registered_at=now,
-            mn_fa=pending.mn_fa or (previous.mn_fa if previous is not None else None),
         )
+        if pending.mn_fa is not None:  # rule 5a: a new key, not yet shown to be the node's
+            visitor.mn_fa, visitor.mn_fa_confirmed = pending.mn_fa, False
+            visitor.mn_fa_before = previous.mn_fa if previous is not None else None
+        elif previous is not None:
+            visitor.mn_fa, visitor.mn_fa_before = previous.mn_fa, previous.mn_fa_before
+            visitor.mn_fa_confirmed = previous.mn_fa_confirmed
         self.visitors[pending.nai] = visitor
         self._deregistered.pop(pending.nai, None)
         self._visitor_timers[pending.nai] = self._call_at(visitor.expires, functools.partial(self._expire, pending.nai))

@@ -47,6 +47,12 @@ Rules (RFC 5944 sections 3.3, 3.6 and 5.7; RFC 4721):
    (``mn_fa``); one that does not verify is not kept (counted). A
    deregistration, or the registration running out, returns the node to its
    provisioned MN-HA key (the home agent's binding and its MSA are gone).
+8. While the node holds an MN-FA MSA from AAA, its requests through the FA
+   that gave it (renewals, retransmissions, its deregistration) end with
+   MN-FA authentication (RFC 5944 sections 3.5.3 and 3.6.1.3: after MN-HA,
+   the challenge and MN-AAA) under the MSA's SPI (the reply's FA SPI) and
+   algorithm. A request through another FA, or after the MSA's lifetime,
+   drops it: it is with that one FA only.
 """
 
 from __future__ import annotations
@@ -149,6 +155,7 @@ class _Outstanding:
     challenge_retries: int = 0
     timer: int | None = None
     msa: Msa | None = None  # the MN-HA MSA its requests are authenticated with (rule 7)
+    mn_fa: Msa | None = None  # the MN-FA MSA with this FA its requests end with (rule 8)
 
 
 class MobileNode(Agent):
@@ -281,6 +288,9 @@ class MobileNode(Agent):
     # -- requests -------------------------------------------------------------------------------
     def _start(self, outstanding: _Outstanding, now: float) -> None:
         outstanding.msa = self._mn_ha_msa(now)
+        if self.mn_fa is not None and (outstanding.fa != self._mn_fa_at or now >= self.mn_fa.until):
+            self.mn_fa = None  # rule 8: it is with the FA that gave it, while it lives
+        outstanding.mn_fa = self.mn_fa
         if self._outstanding is not None:
             self._cancel(self._outstanding.timer)
         self._outstanding = outstanding
@@ -342,4 +352,7 @@ class MobileNode(Agent):
         if challenge is not None:
             data += mip.encode_extension(ChallengeExtension(challenge))
             data = append_generalized_authentication(data, GeneralizedAuthSubtype.MN_AAA, CHAP_SPI, c.mn_aaa_secret)
+        if outstanding.mn_fa is not None:  # rule 8: the last extension
+            mn_fa = outstanding.mn_fa
+            data = append_authentication(data, ExtensionType.MN_FA_AUTH, mn_fa.spi, mn_fa.key, mn_fa.algorithm)
         return data
