@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import os
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -143,7 +144,10 @@ def test_fa_relays_the_mn_fa_key_reply_and_authenticates_with_the_new_key(net: N
     key_reply = decoded.extensions[-2]
     assert isinstance(key_reply, KeyReplyExtension) and key_reply.type == ExtensionType.MN_FA_KEY_REPLY
     from_aaa = decode_aaa_nonce(key_reply)
-    assert (from_aaa.aaa_spi, from_aaa.agent_spi, from_aaa.algorithm, from_aaa.nonce) == (2, MN_FA_SPI, 2, NONCE)
+    # RFC 4004 section 9.5: the FA SPI is the FA's own, allocated for this MSA (never reserved, never the node's).
+    fa_spi = fa.visitors[NAI].mn_fa.agent_spi  # type: ignore[union-attr]
+    assert fa_spi is not None and fa_spi >= 256 and fa_spi not in (MN_FA_SPI, fa.visitors[NAI].profile.fa_ha_spi)
+    assert (from_aaa.aaa_spi, from_aaa.agent_spi, from_aaa.algorithm, from_aaa.nonce) == (2, fa_spi, 2, NONCE)
     # The key lives as long as AAA said (MIP-MSA-Lifetime: the session's), not just this registration.
     assert key_reply.lifetime == fa.visitors[NAI].profile.lifetime >= decoded.lifetime
     # The MN-FA authenticator is HMAC-SHA-1, the algorithm the MSA names: 20 octets (Length 24), under
@@ -231,7 +235,11 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     ha_reply = next(e for e in decoded.extensions if isinstance(e, KeyReplyExtension))
     assert ha_reply.type == ExtensionType.MN_HA_KEY_REPLY
     nonce = decode_aaa_nonce(ha_reply)
-    assert (nonce.aaa_spi, nonce.agent_spi, nonce.replay_method, nonce.nonce) == (2, MN_HA_SPI, 2, HA_NONCE)
+    # RFC 4004 section 9.6: the HA SPI is the HA's own, allocated for this MSA; its reply names the node's
+    # (section 9.4: the node allocated the HA-to-MN SPI).
+    ha_spi = ha.bindings[NAI].mn_ha.agent_spi  # type: ignore[union-attr]
+    assert ha_spi is not None and ha_spi >= 256 and ha_spi not in (MN_HA_SPI, PROVISIONED_SPI)
+    assert (nonce.aaa_spi, nonce.agent_spi, nonce.replay_method, nonce.nonce) == (2, ha_spi, 2, HA_NONCE)
     order = [type(e).__name__ for e in decoded.extensions]
     assert order.index("KeyReplyExtension") < order.index("AuthenticationExtension")
     new_key = Secret(rfc3957_key(HA_NONCE))
@@ -244,7 +252,7 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
 
     # The node derived both keys; they are the agents'.
     assert mn.mn_ha is not None and mn.mn_ha.key == new_key == ha.bindings[NAI].mn_ha.key  # type: ignore[union-attr]
-    assert mn.mn_ha.spi == MN_HA_SPI
+    assert (mn.mn_ha.spi, mn.mn_ha.reply_spi) == (ha_spi, MN_HA_SPI)
     assert mn.mn_fa is not None and mn.mn_fa.key == Secret(rfc3957_key(NONCE)) == fa.visitors[NAI].mn_fa.key  # type: ignore[union-attr]
     assert rfc3957_key(HA_NONCE).hex() not in repr(mn.mn_ha) + repr(ha.bindings[NAI])
 
@@ -256,7 +264,7 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     assert net.nodes["mn"].done()[-1].code == 0, net.nodes["mn"].done()[-1]
     renewal = requests[-1]
     spi, mn_ha_auth, covered = authenticator(renewal, ExtensionType.MN_HA_AUTH)
-    assert spi == MN_HA_SPI and mn_ha_auth == hmac_sha1(new_key.value, covered)
+    assert spi == ha_spi and mn_ha_auth == hmac_sha1(new_key.value, covered)
     # The FA-HA authentication the FA adds stays HMAC-MD5 (16 octets).
     assert len(authenticator(renewal, ExtensionType.FA_HA_AUTH)[1]) == 16
     assert ha.bindings[NAI].mn_ha is not None and ha.bindings[NAI].mn_ha.key == new_key
@@ -267,7 +275,7 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     mn.deregister(net.clock)
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0 and NAI not in ha.bindings
-    assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
+    assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, new_key, spi=ha_spi, algorithm=SHA1)
     assert verify_authentication(replies[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
     assert mn.mn_ha is None
     net.advance(5)
@@ -311,7 +319,8 @@ def test_an_hmac_md5_authenticator_under_the_new_spi_is_refused(net: Network) ->
     mn.register(net.fa_address(FA1), net.clock)
     net.settle()
     spi, md5_auth, covered = authenticator(requests[-1], ExtensionType.MN_HA_AUTH)
-    assert spi == MN_HA_SPI and md5_auth == hmac.new(rfc3957_key(HA_NONCE), covered, hashlib.md5).digest()
+    ha_spi = ha.bindings[NAI].mn_ha.agent_spi  # type: ignore[union-attr]
+    assert spi == ha_spi and md5_auth == hmac.new(rfc3957_key(HA_NONCE), covered, hashlib.md5).digest()
     assert ha.counters["denied.131"] == 1
     assert net.nodes["mn"].done()[-1].code != 0
 
@@ -462,6 +471,7 @@ def registered_with_mn_fa_key(net: Network) -> tuple[ForeignAgent, MobileNode]:
 
 def test_later_requests_to_that_fa_end_with_mn_fa_authentication_under_the_key(net: Network) -> None:
     fa, mn = registered_with_mn_fa_key(net)
+    fa_spi = fa.visitors[NAI].mn_fa.agent_spi  # type: ignore[union-attr]
     requests = requests_from_the_node(net)
     relayed = requests_to_the_ha(net)
     net.advance(5)
@@ -479,7 +489,7 @@ def test_later_requests_to_that_fa_end_with_mn_fa_authentication_under_the_key(n
     assert extension_types(deregistration)[-4:] == [32, 132, 36, 33]  # the node had a challenge
     for request in (renewal, deregistration):
         spi, auth, covered = authenticator(request, ExtensionType.MN_FA_AUTH)
-        assert spi == MN_FA_SPI and request[-26:-24] == bytes((33, 24))
+        assert spi == fa_spi != MN_FA_SPI and request[-26:-24] == bytes((33, 24))  # the FA's SPI
         assert auth == hmac_sha1(key, covered) and covered == request[:-20]
     # The FA checked both and relayed neither with it (RFC 5944 section 3.7.2.2).
     assert fa.counters["mn_fa_auth_verified"] == 2
@@ -551,3 +561,87 @@ def test_without_an_mn_fa_key_requests_carry_no_mn_fa_authentication(net: Networ
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0 and mn.mn_fa is None
     assert len(requests) >= 2 and all(33 not in extension_types(r) for r in requests)
+
+
+class ScriptedSpis:
+    """An agent's random source whose 4-octet draws (only SPI allocation makes
+    them) come from a script, each value or a function giving it at the draw."""
+
+    def __init__(self, script: list[object]) -> None:
+        self.script = script
+        self.drawn: list[int] = []
+
+    def __call__(self, n: int) -> bytes:
+        if n != 4:
+            return os.urandom(n)
+        value = self.script.pop(0)
+        spi = value() if callable(value) else value
+        assert isinstance(spi, int)
+        self.drawn.append(spi)
+        return spi.to_bytes(4, "big")
+
+
+def test_the_agents_allocate_their_spis_never_reserved_provisioned_or_taken(net: Network) -> None:
+    from aaa_vpn.roles.fa import HANDOFF_SPI
+    from aaa_vpn.roles.ha import BINDING_SPI
+
+    fa, ha, mn = (net.nodes[name].agent for name in ("fa1", "ha", "mn"))
+    assert isinstance(fa, ForeignAgent) and isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    ha.radius = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+
+    def fa_ha_spi() -> int:
+        """The FA-HA SPI AAA gave for this registration (the FA holds it from before the HA's turn)."""
+        [pending] = [p for p in fa._pending.values() if p.profile is not None]
+        assert pending.profile is not None and pending.profile.fa_ha_spi is not None
+        return pending.profile.fa_ha_spi
+
+    # Each agent draws past a reserved SPI, its own fixed SPIs, the FA-HA SPI, the node's SPIs.
+    fa.random_bytes = fa_draws = ScriptedSpis(  # type: ignore[method-assign]
+        [5, HANDOFF_SPI, MN_FA_SPI, fa_ha_spi, 0x12345678]
+    )
+    ha.random_bytes = ha_draws = ScriptedSpis(  # type: ignore[method-assign]
+        [255, BINDING_SPI, PROVISIONED_SPI, MN_HA_SPI, fa_ha_spi, 0x2468ACE0]
+    )
+    replies = replies_to_the_node(net)
+    requests = requests_from_the_node(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert not fa_draws.script and not ha_draws.script, (fa_draws.drawn, ha_draws.drawn)
+    # On the wire: the FA and HA SPIs of the nonce replies are the agents' own; each agent's
+    # authentication of the reply names the node's SPI (RFC 4004 sections 9.1 and 9.4).
+    decoded = mip.decode_registration_reply(replies[-1])
+    nonces = {e.type: decode_aaa_nonce(e) for e in decoded.extensions if isinstance(e, KeyReplyExtension)}
+    assert nonces[ExtensionType.MN_FA_KEY_REPLY].agent_spi == 0x12345678
+    assert nonces[ExtensionType.MN_HA_KEY_REPLY].agent_spi == 0x2468ACE0
+    assert authenticator(replies[-1], ExtensionType.MN_HA_AUTH)[0] == MN_HA_SPI
+    assert authenticator(replies[-1], ExtensionType.MN_FA_AUTH)[0] == MN_FA_SPI
+    # The node's next request names the agents' SPIs, and both agents accept it.
+    fa.random_bytes = ha.random_bytes = os.urandom  # type: ignore[method-assign]
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert authenticator(requests[-1], ExtensionType.MN_HA_AUTH)[0] == 0x2468ACE0
+    assert authenticator(requests[-1], ExtensionType.MN_FA_AUTH)[0] == 0x12345678
+    assert fa.counters["mn_fa_auth_verified"] == 1 and ha.counters["denied.131"] == 0
+    assert 0x2468ACE0 in ha._spis_taken(ha.bindings[NAI].profile)
+    assert 0x12345678 in fa._spis_taken(fa.visitors[NAI].profile)
+
+
+def test_the_node_refuses_a_reserved_agent_spi(net: Network) -> None:
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    real = fa._node_reply
+
+    def reserved_fa_spi(data: bytes, message: mip.RegistrationReply, mn_fa: MnKey | None, now: float) -> bytes:
+        # An FA that names SPI 7 for the node's requests.
+        return real(data, message, dataclasses.replace(mn_fa, agent_spi=7) if mn_fa else None, now)
+
+    fa._node_reply = reserved_fa_spi  # type: ignore[method-assign]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert mn.mn_fa is None and mn.counters["keys.refused"] >= 1

@@ -39,9 +39,12 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    challenge appended for its next registration; when AAA gave an MN-FA key
    for the node -- over Diameter, asked with a Generalized MN-FA Key
    Generation Nonce Request, RFC 3957 -- the MN-FA Key Generation Nonce
-   Reply from AAA (the key's lifetime, the AAA SPI, this FA's SPI = the one
-   the node asked with, the algorithm and the nonce) and MN-FA
-   authentication under the new key and the algorithm the MSA names
+   Reply from AAA (the key's lifetime, the AAA SPI, the FA SPI -- which this
+   FA allocates for the MSA, RFC 4004 section 9.5: random, at least 256,
+   none of the handoff SPI, the FA-HA SPIs or any other MSA's SPIs it holds
+   --, the algorithm and the nonce) and MN-FA authentication under the new
+   key, the node's SPI (the one it asked with: section 9.1, the node
+   allocates the FA-to-MN SPI) and the algorithm the MSA names
    (HMAC-SHA-1, a 20-octet authenticator; an MSA naming any other gives no
    key, counted ``mn_fa_keys_refused``), RFC 3957 section 6.2 and RFC 5944
    section 3.7.3.2; the visitor keeps the key), and the same octets again
@@ -54,7 +57,7 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    reply's fixed part and NAI on).
 5a. While a visitor holds an MN-FA key from AAA, the node's requests
    (registrations, retransmissions, deregistrations) must end with MN-FA
-   authentication under that key's SPI and algorithm (RFC 5944 sections
+   authentication under that key's FA SPI and algorithm (RFC 5944 sections
    3.5.3 and 3.7.2.1); a wrong or missing one is answered 67 (counted
    ``mn_fa_auth_failed`` / ``mn_fa_auth_missing``) and goes nowhere. Until a
    request verified under a new key the node may not have it (its reply was
@@ -172,7 +175,7 @@ from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.diameter_client import FaDiameterClient
-from aaa_vpn.roles.ha import mirror, mn_key_from_state, mn_key_state
+from aaa_vpn.roles.ha import allocate_spi, mirror, mn_key_from_state, mn_key_state
 from aaa_vpn.roles.radius_client import (
     RadiusClient,
     RequestAccepted,
@@ -721,7 +724,22 @@ class ForeignAgent(Agent):
         algorithm = msa_algorithm(key.algorithm)
         if algorithm is None:
             return False
-        return verify_authentication(data, ExtensionType.MN_FA_AUTH, key.key, spi=key.spi, algorithm=algorithm)
+        return verify_authentication(data, ExtensionType.MN_FA_AUTH, key.key, spi=key.request_spi, algorithm=algorithm)
+
+    def _spis_taken(self, profile: VpnProfile) -> set[int]:
+        """Rule 5: the SPIs a new MN-to-FA SPI must not be: the handoff SPI,
+        the FA-HA SPIs of ``profile`` and of every visitor and registration in
+        progress, and both SPIs of every MN-FA MSA this FA holds."""
+        taken = {HANDOFF_SPI, CHAP_SPI}
+        profiles = [profile, *(v.profile for v in self.visitors.values())]
+        profiles += [p.profile for p in self._pending.values() if p.profile is not None]
+        taken.update(p.fa_ha_spi for p in profiles if p.fa_ha_spi is not None)
+        keys = [k for v in self.visitors.values() for k in (v.mn_fa, v.mn_fa_before)]
+        keys += [p.mn_fa for p in self._pending.values()]
+        for key in keys:
+            if key is not None:
+                taken.update((key.spi, key.request_spi))
+        return taken
 
     def _full(self, message: mip.RegistrationRequest, source: Address, nai: str, now: float) -> bool:
         """Bounds: no room for one more registration (answered 66)."""
@@ -876,6 +894,9 @@ class ForeignAgent(Agent):
             # Rule 5: an MSA naming an algorithm this FA does not compute gives no key.
             self.counters["mn_fa_keys_refused"] += 1
             pending.mn_fa = None
+        if pending.mn_fa is not None:  # rule 5: the MN-to-FA SPI is this FA's to allocate
+            spi = allocate_spi(self.random_bytes, self._spis_taken(profile))
+            pending.mn_fa = dataclasses.replace(pending.mn_fa, agent_spi=spi)
         owner = _owner(profile)
         self._by_owner[owner] = key
         current = self.visitors.get(pending.nai)
@@ -1014,7 +1035,7 @@ class ForeignAgent(Agent):
         algorithm = msa_algorithm(mn_fa.algorithm) if mn_fa is not None else None
         if mn_fa is None or algorithm is None:
             return relay_reply(data, extensions=extensions)
-        nonce = AaaNonce(mn_fa.aaa_spi, mn_fa.spi, algorithm, mn_fa.nonce)
+        nonce = AaaNonce(mn_fa.aaa_spi, mn_fa.request_spi, algorithm, mn_fa.nonce)  # the FA SPI: this FA's
         extensions.append(encode_aaa_nonce(ExtensionType.MN_FA_KEY_REPLY, mn_fa.lifetime, nonce))
         self.counters["mn_fa_keys_relayed"] += 1
         return relay_reply(
