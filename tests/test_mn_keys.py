@@ -333,9 +333,13 @@ def test_an_msa_naming_another_algorithm_gives_no_key(net: Network) -> None:
     replies = replies_to_the_node(net)
     mn.register(net.fa_address(FA1), net.clock)
     net.settle()
-    # Refused and counted at both agents; the registration goes on as without keys.
+    # Refused and counted at both agents. The FA has no MN-FA key to give: 107 (RFC 3957 section 7),
+    # and the node asks again without the MN-FA request (roles/mn.py rule 9); that goes on as without keys.
     assert net.nodes["mn"].done()[-1].code == 0
-    assert fa.counters["mn_fa_keys_refused"] == 1 and ha.counters["mn_ha_keys_refused"] == 1
+    codes = [mip.decode_registration_reply(r).code for r in replies]
+    assert codes[:3] == [105, 107, 0], codes  # no challenge yet; no MN-FA key; accepted
+    assert fa.counters["mn_fa_keys_unavailable"] == 1 and mn.counters["keys.mn_fa_unavailable"] == 1
+    assert fa.counters["mn_fa_keys_refused"] == 2 and ha.counters["mn_ha_keys_refused"] == 1
     assert fa.visitors[NAI].mn_fa is None and ha.bindings[NAI].mn_ha is None
     reply = replies[-1]
     assert not any(isinstance(e, KeyReplyExtension) for e in mip.decode_registration_reply(reply).extensions)
@@ -544,10 +548,16 @@ def test_a_node_that_lost_the_reply_with_the_key_may_still_register_without_it(n
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0 and 33 not in extension_types(requests[0])
     assert fa.counters["mn_fa_auth_previous"] == 1
-    # The FA went back to what the node has: no key (the renewal brought none, AAA confirmed the view),
-    # so it requires nothing of the node and its reply carries no MN-FA authentication.
-    assert fa.visitors[NAI].mn_fa is None and fa.visitors[NAI].mn_fa_confirmed
-    assert mn.mn_fa is None and 33 not in extension_types(replies[-1])
+    # The FA went back to what the node has, no key, and so asked AAA for a full answer (no profile
+    # digest): it brought a new key, which the node now holds; its next request is under it.
+    visitor = fa.visitors[NAI]
+    assert visitor.mn_fa is not None and not visitor.mn_fa_confirmed and visitor.mn_fa_before is None
+    assert mn.mn_fa is not None and extension_types(replies[-1])[-2:] == [41, 33]
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and extension_types(requests[-1])[-1] == 33
+    assert fa.visitors[NAI].mn_fa_confirmed and fa.counters["mn_fa_auth_verified"] == 1
 
 
 def test_without_an_mn_fa_key_requests_carry_no_mn_fa_authentication(net: Network) -> None:
@@ -645,3 +655,33 @@ def test_the_node_refuses_a_reserved_agent_spi(net: Network) -> None:
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0
     assert mn.mn_fa is None and mn.counters["keys.refused"] >= 1
+
+
+def test_an_fa_without_an_mn_fa_key_answers_107_and_the_node_asks_again_without(net: Network) -> None:
+    """RFC 3957 section 7: the node asked for an MN-FA key, AAA's answer (RADIUS
+    here) brings none: the FA denies with 107, before relaying anything."""
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    replies = replies_to_the_node(net)
+    requests = requests_from_the_node(net)
+    relayed = requests_to_the_ha(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    decoded = [mip.decode_registration_reply(r) for r in replies]
+    assert [r.code for r in decoded][:3] == [105, 107, 0]
+    denial = decoded[1]
+    assert denial.code == mip.ReplyCode.FA_MISSING_MN_FA_KEY and denial.lifetime == 0
+    assert any(isinstance(e, mip.ChallengeExtension) for e in denial.extensions)  # for the next request
+    assert fa.counters["mn_fa_keys_unavailable"] == 1 and fa.counters["denied.107"] == 1
+    # The request that got 107 asked for both keys; the one after asks for the MN-HA key only,
+    # and only that one went to the home agent.
+    asked = [[t for t in extension_types(r) if t in (40, 42)] for r in requests]
+    assert asked[:3] == [[40, 42], [40, 42], [42]], asked
+    assert len(relayed) == 1 and relayed[0][:24] == requests[2][:24]
+    # Later registrations through this FA do not ask it again.
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and 40 not in extension_types(requests[-1])
+    assert fa.counters["denied.107"] == 1

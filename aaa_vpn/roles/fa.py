@@ -65,6 +65,14 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    MN-FA authentication -- is accepted as well, and the visitor goes back to
    that key (or to none). What the FA relays never carries it (section
    3.7.2.2).
+5b. A registration whose request asked for an MN-FA key (a Generalized
+   MN-FA Key Generation Nonce Request of subtype AAA, RFC 3957 section 6.1)
+   when AAA's answer brings none this FA can use (no MSA -- RADIUS, say --
+   or one naming another algorithm) and the visitor holds none either is
+   answered 107 (RFC 3957 section 7: missing MN-FA Key Generation Nonce
+   Reply extension; counted ``mn_fa_keys_unavailable``) with a fresh
+   challenge, before anything is installed or relayed to the home agent. A
+   renewal of a visitor that holds a key goes on without a new one.
 
 Retransmissions (RFC 5944 section 3.6.3, RFC 4721; docs/protocol.md
 section 3.11):
@@ -192,6 +200,8 @@ from aaa_vpn.wire.mip import (
     ChallengeExtension,
     ExtensionType,
     GeneralizedAuthSubtype,
+    KeyGenSubtype,
+    KeyRequestExtension,
     NaiExtension,
     PreviousFaNotification,
     RegistrationReply,
@@ -418,6 +428,17 @@ def _owner(profile: VpnProfile) -> str:
     # One owner per session epoch: after a handoff away and back, the paths of
     # the earlier visit (other keys, other SPIs) are told apart from the new.
     return f"{profile.session_id}#{profile.epoch}"
+
+
+def _asks_mn_fa_key(message: mip.RegistrationRequest) -> bool:
+    """Rule 5b: the request carries a Generalized MN-FA Key Generation Nonce
+    Request of subtype AAA (RFC 3957 section 6.1)."""
+    return any(
+        isinstance(e, KeyRequestExtension)
+        and e.type == ExtensionType.MN_FA_KEY_REQUEST
+        and e.subtype == KeyGenSubtype.AAA
+        for e in message.extensions
+    )
 
 
 def _key(home_agent: IPv4Address, identification: int) -> object:
@@ -680,8 +701,13 @@ class ForeignAgent(Agent):
             session_id=visitor.session_id if visitor is not None else None,
             # ... and the view it holds: if nothing changed the AAA confirms it
             # rather than sending every key again (docs/protocol.md section 1).
+            # (Not when the node asks for an MN-FA key the visitor lacks: only a full answer brings one, rule 5b.)
             profile_digest=(
-                visitor.profile.digest if visitor is not None and not visitor.renewal_refused else None
+                visitor.profile.digest
+                if visitor is not None
+                and not visitor.renewal_refused
+                and (visitor.mn_fa is not None or not _asks_mn_fa_key(message))
+                else None
             ),
         )
         self._start(key, _Pending(data, message, source, nai, challenge=challenges[-1]))
@@ -718,6 +744,11 @@ class ForeignAgent(Agent):
         self.counters["mn_fa_auth_missing" if site is None else "mn_fa_auth_failed"] += 1
         self._deny(message, source, ReplyCode.FA_MN_FAILED_AUTHENTICATION, nai, detail)  # logged with its detail
         return False
+
+    def _holds_mn_fa_key(self, nai: str) -> bool:
+        """Rule 5b: the visitor already holds an MN-FA key (the node keeps it)."""
+        visitor = self.visitors.get(nai)
+        return visitor is not None and visitor.mn_fa is not None
 
     @staticmethod
     def _mn_fa_verifies(data: bytes, key: MnKey) -> bool:
@@ -897,6 +928,20 @@ class ForeignAgent(Agent):
         if pending.mn_fa is not None:  # rule 5: the MN-to-FA SPI is this FA's to allocate
             spi = allocate_spi(self.random_bytes, self._spis_taken(profile))
             pending.mn_fa = dataclasses.replace(pending.mn_fa, agent_spi=spi)
+        elif _asks_mn_fa_key(pending.message) and not self._holds_mn_fa_key(pending.nai):
+            # Rule 5b: the node asked for an MN-FA key and none can be given (RFC 3957 section 7).
+            self.counters["mn_fa_keys_unavailable"] += 1
+            self._forget(key)
+            self._deny(
+                pending.message,
+                pending.source,
+                ReplyCode.FA_MISSING_MN_FA_KEY,
+                pending.nai,
+                "no MN-FA key for the node from AAA",
+                challenge=True,
+                now=now,
+            )
+            return
         owner = _owner(profile)
         self._by_owner[owner] = key
         current = self.visitors.get(pending.nai)

@@ -55,6 +55,11 @@ Rules (RFC 5944 sections 3.3, 3.6 and 5.7; RFC 4721):
    the challenge and MN-AAA) under the MSA's SPI (the reply's FA SPI, which
    the FA allocated) and algorithm. A request through another FA, or after the MSA's lifetime,
    drops it: it is with that one FA only.
+9. An FA that answers 107 (RFC 3957 section 7: it has no MN-FA key to give)
+   to a request that asked for one is asked again at once -- with the
+   challenge its denial brought, like rule 2 -- without the MN-FA Key
+   Generation Nonce Request, and never asked for one again by this node
+   (counted ``keys.mn_fa_unavailable``); the MN-HA request stays.
 """
 
 from __future__ import annotations
@@ -183,6 +188,7 @@ class MobileNode(Agent):
         self.mn_fa: Msa | None = None
         """Rule 7: the MN-FA MSA AAA made with the current FA."""
         self._mn_fa_at: Address | None = None
+        self._no_mn_fa_key: set[str] = set()  # rule 9: FAs that answered 107
 
     # -- the API --------------------------------------------------------------------------------
     def register(self, fa: Address, now: float, previous_fa: IPv4Address | None = None) -> None:
@@ -218,6 +224,20 @@ class MobileNode(Agent):
             and outstanding.challenge_retries < CHALLENGE_RETRIES
         ):
             # A new request with the challenge the FA gave: its own transmissions.
+            outstanding.challenge_retries += 1
+            outstanding.attempts = 0
+            outstanding.identifications.clear()
+            self._send_request(outstanding, now)
+            return
+        if (
+            reply.code == ReplyCode.FA_MISSING_MN_FA_KEY
+            and self.config.request_keys
+            and outstanding.fa[0] not in self._no_mn_fa_key
+            and outstanding.challenge_retries < CHALLENGE_RETRIES
+        ):
+            # Rule 9: this FA cannot give an MN-FA key: at once again, without asking for one.
+            self._no_mn_fa_key.add(outstanding.fa[0])
+            self.counters["keys.mn_fa_unavailable"] += 1
             outstanding.challenge_retries += 1
             outstanding.attempts = 0
             outstanding.identifications.clear()
@@ -338,10 +358,9 @@ class MobileNode(Agent):
         c = self.config
         extensions: list[mip.Extension] = [NaiExtension(c.nai)]
         if c.request_keys and outstanding.lifetime:  # rule 6
-            extensions += [
-                KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, c.mn_fa_key_spi),
-                KeyRequestExtension(ExtensionType.MN_HA_KEY_REQUEST, c.mn_ha_key_spi),
-            ]
+            if outstanding.fa[0] not in self._no_mn_fa_key:  # rule 9
+                extensions.append(KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, c.mn_fa_key_spi))
+            extensions.append(KeyRequestExtension(ExtensionType.MN_HA_KEY_REQUEST, c.mn_ha_key_spi))
         if outstanding.previous_fa is not None:
             extensions.append(previous_fa_extension(outstanding.previous_fa))
         request = mip.RegistrationRequest(
