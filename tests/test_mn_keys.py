@@ -685,3 +685,27 @@ def test_an_fa_without_an_mn_fa_key_answers_107_and_the_node_asks_again_without(
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0 and 40 not in extension_types(requests[-1])
     assert fa.counters["denied.107"] == 1
+
+
+def test_a_request_that_is_not_accepted_leaves_the_visitors_key_alone(net: Network) -> None:
+    """Rule 5a's allowance changes the visitor only when the registration is
+    accepted: an old request replayed without MN-FA authentication while the
+    key is unconfirmed is refused (its challenge is used) and the key stays."""
+    from aaa_vpn.roles.agent import Channel
+
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    requests = requests_from_the_node(net)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    key = fa.visitors[NAI].mn_fa
+    assert key is not None and not fa.visitors[NAI].mn_fa_confirmed
+    old = next(r for r in requests if 132 in extension_types(r))  # with a challenge, no MN-FA authentication
+    replies = replies_to_the_node(net)
+    net.advance(fa.config.challenge_lifetime + 1)
+    fa.receive_datagram(Channel.MIP, old, (MN_SOCKET, 434), net.clock)
+    net.settle()
+    assert mip.decode_registration_reply(replies[-1]).code in (104, 106)
+    assert fa.visitors[NAI].mn_fa == key and not fa.visitors[NAI].mn_fa_confirmed
+    assert fa.counters["mn_fa_auth_previous"] == 1

@@ -62,9 +62,10 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    ``mn_fa_auth_failed`` / ``mn_fa_auth_missing``) and goes nowhere. Until a
    request verified under a new key the node may not have it (its reply was
    lost): a request under the key before -- or, where there was none, without
-   MN-FA authentication -- is accepted as well, and the visitor goes back to
-   that key (or to none). What the FA relays never carries it (section
-   3.7.2.2).
+   MN-FA authentication -- is accepted as well, and once that registration
+   is accepted the visitor goes back to that key (or to none; a request that
+   is not accepted changes nothing). What the FA relays never carries it
+   (section 3.7.2.2).
 5b. A registration whose request asked for an MN-FA key (a Generalized
    MN-FA Key Generation Nonce Request of subtype AAA, RFC 3957 section 6.1)
    when AAA's answer brings none this FA can use (no MSA -- RADIUS, say --
@@ -334,6 +335,7 @@ class _Pending:
     # (SPI, key) a reply must authenticate under (FA-HA) before it may remove anything (D2, rule 4a)
     authenticator: tuple[int, Secret] | None = field(default=None, repr=False)
     mn_fa: MnKey | None = field(default=None, repr=False)  # rule 5: the node's new MN-FA key from AAA
+    mn_fa_fallback: bool = False  # rule 5a: the request showed the node lacks the visitor's unconfirmed key
 
 
 @dataclass
@@ -615,8 +617,10 @@ class ForeignAgent(Agent):
         if not nai:
             self._deny(message, source, ReplyCode.FA_MISSING_NAI, nai, "no NAI extension")
             return
-        if not self._mn_fa_authentic(self.visitors.get(nai), data, message, source, nai):
+        mn_fa_check = self._mn_fa_authentic(self.visitors.get(nai), data, message, source, nai)
+        if mn_fa_check is None:
             return
+        fallback = mn_fa_check == "before"
         challenges = [e.challenge for e in message.extensions if isinstance(e, ChallengeExtension)]
         if challenges:
             first = self._by_challenge.get((nai, challenges[-1]))
@@ -706,23 +710,27 @@ class ForeignAgent(Agent):
                 visitor.profile.digest
                 if visitor is not None
                 and not visitor.renewal_refused
-                and (visitor.mn_fa is not None or not _asks_mn_fa_key(message))
+                and ((visitor.mn_fa is not None and not fallback) or not _asks_mn_fa_key(message))
                 else None
             ),
         )
-        self._start(key, _Pending(data, message, source, nai, challenge=challenges[-1]))
+        self._start(key, _Pending(data, message, source, nai, challenge=challenges[-1], mn_fa_fallback=fallback))
         self.radius.request(info, now, tag=key)
         self._radius_events(now)
 
     def _mn_fa_authentic(
         self, visitor: Visitor | None, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str
-    ) -> bool:
+    ) -> str | None:
         """Rule 5a: a request of a visitor that holds an MN-FA key from AAA must
         end with MN-FA authentication under it (RFC 5944 section 3.7.2.1);
         otherwise it is answered 67 (counted ``mn_fa_auth_missing`` or
-        ``mn_fa_auth_failed``; the decision is logged with its detail)."""
+        ``mn_fa_auth_failed``; the decision is logged with its detail) and
+        None returned. ``"key"``: verified under the visitor's key (now
+        confirmed); ``"before"``: accepted as the node's while that key is
+        unconfirmed (the visitor changes only when the registration is
+        accepted: :meth:`_add_visitor`); ``"none"``: no key required."""
         if visitor is None or visitor.mn_fa is None:
-            return True
+            return "none"
         try:
             site = find_authentication(data, ExtensionType.MN_FA_AUTH)
         except mip.MipDecodeError:
@@ -730,25 +738,25 @@ class ForeignAgent(Agent):
         if self._mn_fa_verifies(data, visitor.mn_fa):
             visitor.mn_fa_confirmed, visitor.mn_fa_before = True, None
             self.counters["mn_fa_auth_verified"] += 1
-            return True
+            return "key"
         if not visitor.mn_fa_confirmed and (
             self._mn_fa_verifies(data, visitor.mn_fa_before)
             if visitor.mn_fa_before is not None
             else site is None
         ):
-            # The node shows it never got the new key: the visitor goes back to the one it has.
-            visitor.mn_fa, visitor.mn_fa_before, visitor.mn_fa_confirmed = visitor.mn_fa_before, None, True
             self.counters["mn_fa_auth_previous"] += 1
-            return True
+            return "before"
         detail = "no MN-FA authentication" if site is None else "MN-FA authentication failed"
         self.counters["mn_fa_auth_missing" if site is None else "mn_fa_auth_failed"] += 1
         self._deny(message, source, ReplyCode.FA_MN_FAILED_AUTHENTICATION, nai, detail)  # logged with its detail
-        return False
+        return None
 
-    def _holds_mn_fa_key(self, nai: str) -> bool:
-        """Rule 5b: the visitor already holds an MN-FA key (the node keeps it)."""
+    def _holds_mn_fa_key(self, nai: str, fallback: bool) -> bool:
+        """Rule 5b: the visitor already holds an MN-FA key the node has (it keeps
+        it): its key, or the one before when the request showed (``fallback``,
+        rule 5a) that the node never got that one."""
         visitor = self.visitors.get(nai)
-        return visitor is not None and visitor.mn_fa is not None
+        return visitor is not None and (visitor.mn_fa_before if fallback else visitor.mn_fa) is not None
 
     @staticmethod
     def _mn_fa_verifies(data: bytes, key: MnKey) -> bool:
@@ -855,7 +863,7 @@ class ForeignAgent(Agent):
                 message, source, ReplyCode.INVALID_HOME_AGENT_ADDRESS, nai, "no visitor of that home agent here"
             )
             return
-        if not self._mn_fa_authentic(visitor, data, message, source, nai):
+        if self._mn_fa_authentic(visitor, data, message, source, nai) is None:
             return
         try:
             relay_request(data)
@@ -928,7 +936,7 @@ class ForeignAgent(Agent):
         if pending.mn_fa is not None:  # rule 5: the MN-to-FA SPI is this FA's to allocate
             spi = allocate_spi(self.random_bytes, self._spis_taken(profile))
             pending.mn_fa = dataclasses.replace(pending.mn_fa, agent_spi=spi)
-        elif _asks_mn_fa_key(pending.message) and not self._holds_mn_fa_key(pending.nai):
+        elif _asks_mn_fa_key(pending.message) and not self._holds_mn_fa_key(pending.nai, pending.mn_fa_fallback):
             # Rule 5b: the node asked for an MN-FA key and none can be given (RFC 3957 section 7).
             self.counters["mn_fa_keys_unavailable"] += 1
             self._forget(key)
@@ -1320,9 +1328,13 @@ class ForeignAgent(Agent):
             challenge=pending.challenge,
             registered_at=now,
         )
-        if pending.mn_fa is not None:  # rule 5a: a new key, not yet shown to be the node's
-            visitor.mn_fa, visitor.mn_fa_confirmed = pending.mn_fa, False
-            visitor.mn_fa_before = previous.mn_fa if previous is not None else None
+        # Rule 5a: the key the node has -- the visitor's, or the one before if the request showed
+        # the node never got that one.
+        held = None if previous is None else previous.mn_fa_before if pending.mn_fa_fallback else previous.mn_fa
+        if pending.mn_fa is not None:  # a new key, not yet shown to be the node's
+            visitor.mn_fa, visitor.mn_fa_confirmed, visitor.mn_fa_before = pending.mn_fa, False, held
+        elif pending.mn_fa_fallback:
+            visitor.mn_fa, visitor.mn_fa_confirmed, visitor.mn_fa_before = held, True, None
         elif previous is not None:
             visitor.mn_fa, visitor.mn_fa_before = previous.mn_fa, previous.mn_fa_before
             visitor.mn_fa_confirmed = previous.mn_fa_confirmed
