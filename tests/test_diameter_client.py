@@ -137,6 +137,24 @@ def test_amr_asks_for_the_node_keys_and_the_event_carries_the_mn_fa_key() -> Non
     run(main)
 
 
+def test_mn_key_takes_the_key_groups_spi_whatever_spi_the_nonce_group_names() -> None:
+    """RFC 4004 sections 9.4 and 9.6: the node allocates the HA-to-MN SPI, the HA
+    the MN-to-HA one; a home AAA that names another SPI in MIP-MN-to-HA-MSA is
+    not contradicting itself, and the key's SPI is the node's."""
+    nonce = d.encode_msa(
+        d.AvpCode.MIP_MN_TO_HA_MSA, d.Msa(spi=0x1111, nonce=b"n" * 16, aaa_spi=2, replay_mode=d.REPLAY_TIMESTAMPS)
+    )
+    key = d.encode_msa(
+        d.AvpCode.MIP_HA_TO_MN_MSA, d.Msa(spi=0x3957, session_key=b"k" * 20, replay_mode=d.REPLAY_TIMESTAMPS)
+    )
+    made = mn_key(
+        d.Message(d.Command.HOME_AGENT_MIP, True, 2, avps=(nonce, key)),
+        d.AvpCode.MIP_MN_TO_HA_MSA,
+        d.AvpCode.MIP_HA_TO_MN_MSA,
+    )
+    assert made is not None and (made.spi, made.agent_spi, made.request_spi) == (0x3957, None, 0x3957)
+
+
 def test_mn_key_refuses_half_an_msa_pair() -> None:
     nonce = d.encode_msa(d.AvpCode.MIP_MN_TO_FA_MSA, d.Msa(nonce=b"n" * 16, aaa_spi=2))
     key = d.encode_msa(d.AvpCode.MIP_FA_TO_MN_MSA, d.Msa(spi=0x3958, session_key=b"k" * 20))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import os
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -143,7 +144,10 @@ def test_fa_relays_the_mn_fa_key_reply_and_authenticates_with_the_new_key(net: N
     key_reply = decoded.extensions[-2]
     assert isinstance(key_reply, KeyReplyExtension) and key_reply.type == ExtensionType.MN_FA_KEY_REPLY
     from_aaa = decode_aaa_nonce(key_reply)
-    assert (from_aaa.aaa_spi, from_aaa.agent_spi, from_aaa.algorithm, from_aaa.nonce) == (2, MN_FA_SPI, 2, NONCE)
+    # RFC 4004 section 9.5: the FA SPI is the FA's own, allocated for this MSA (never reserved, never the node's).
+    fa_spi = fa.visitors[NAI].mn_fa.agent_spi  # type: ignore[union-attr]
+    assert fa_spi is not None and fa_spi >= 256 and fa_spi not in (MN_FA_SPI, fa.visitors[NAI].profile.fa_ha_spi)
+    assert (from_aaa.aaa_spi, from_aaa.agent_spi, from_aaa.algorithm, from_aaa.nonce) == (2, fa_spi, 2, NONCE)
     # The key lives as long as AAA said (MIP-MSA-Lifetime: the session's), not just this registration.
     assert key_reply.lifetime == fa.visitors[NAI].profile.lifetime >= decoded.lifetime
     # The MN-FA authenticator is HMAC-SHA-1, the algorithm the MSA names: 20 octets (Length 24), under
@@ -181,6 +185,8 @@ def test_the_visitor_key_survives_a_restart_of_the_fa(net: Network) -> None:
     restored = again.visitors[NAI].mn_fa
     assert restored is not None and restored == fa.visitors[NAI].mn_fa
     assert restored.key == Secret(rfc3957_key(NONCE))
+    # Not yet confirmed by a request under it (rule 5a): that survives too.
+    assert again.visitors[NAI].mn_fa_confirmed is fa.visitors[NAI].mn_fa_confirmed is False
 
 
 def test_without_a_key_from_aaa_the_reply_is_as_before(net: Network) -> None:
@@ -229,7 +235,11 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     ha_reply = next(e for e in decoded.extensions if isinstance(e, KeyReplyExtension))
     assert ha_reply.type == ExtensionType.MN_HA_KEY_REPLY
     nonce = decode_aaa_nonce(ha_reply)
-    assert (nonce.aaa_spi, nonce.agent_spi, nonce.replay_method, nonce.nonce) == (2, MN_HA_SPI, 2, HA_NONCE)
+    # RFC 4004 section 9.6: the HA SPI is the HA's own, allocated for this MSA; its reply names the node's
+    # (section 9.4: the node allocated the HA-to-MN SPI).
+    ha_spi = ha.bindings[NAI].mn_ha.agent_spi  # type: ignore[union-attr]
+    assert ha_spi is not None and ha_spi >= 256 and ha_spi not in (MN_HA_SPI, PROVISIONED_SPI)
+    assert (nonce.aaa_spi, nonce.agent_spi, nonce.replay_method, nonce.nonce) == (2, ha_spi, 2, HA_NONCE)
     order = [type(e).__name__ for e in decoded.extensions]
     assert order.index("KeyReplyExtension") < order.index("AuthenticationExtension")
     new_key = Secret(rfc3957_key(HA_NONCE))
@@ -242,7 +252,7 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
 
     # The node derived both keys; they are the agents'.
     assert mn.mn_ha is not None and mn.mn_ha.key == new_key == ha.bindings[NAI].mn_ha.key  # type: ignore[union-attr]
-    assert mn.mn_ha.spi == MN_HA_SPI
+    assert (mn.mn_ha.spi, mn.mn_ha.reply_spi) == (ha_spi, MN_HA_SPI)
     assert mn.mn_fa is not None and mn.mn_fa.key == Secret(rfc3957_key(NONCE)) == fa.visitors[NAI].mn_fa.key  # type: ignore[union-attr]
     assert rfc3957_key(HA_NONCE).hex() not in repr(mn.mn_ha) + repr(ha.bindings[NAI])
 
@@ -254,7 +264,7 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     assert net.nodes["mn"].done()[-1].code == 0, net.nodes["mn"].done()[-1]
     renewal = requests[-1]
     spi, mn_ha_auth, covered = authenticator(renewal, ExtensionType.MN_HA_AUTH)
-    assert spi == MN_HA_SPI and mn_ha_auth == hmac_sha1(new_key.value, covered)
+    assert spi == ha_spi and mn_ha_auth == hmac_sha1(new_key.value, covered)
     # The FA-HA authentication the FA adds stays HMAC-MD5 (16 octets).
     assert len(authenticator(renewal, ExtensionType.FA_HA_AUTH)[1]) == 16
     assert ha.bindings[NAI].mn_ha is not None and ha.bindings[NAI].mn_ha.key == new_key
@@ -265,7 +275,7 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     mn.deregister(net.clock)
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0 and NAI not in ha.bindings
-    assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
+    assert verify_authentication(requests[-1], ExtensionType.MN_HA_AUTH, new_key, spi=ha_spi, algorithm=SHA1)
     assert verify_authentication(replies[-1], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
     assert mn.mn_ha is None
     net.advance(5)
@@ -309,7 +319,8 @@ def test_an_hmac_md5_authenticator_under_the_new_spi_is_refused(net: Network) ->
     mn.register(net.fa_address(FA1), net.clock)
     net.settle()
     spi, md5_auth, covered = authenticator(requests[-1], ExtensionType.MN_HA_AUTH)
-    assert spi == MN_HA_SPI and md5_auth == hmac.new(rfc3957_key(HA_NONCE), covered, hashlib.md5).digest()
+    ha_spi = ha.bindings[NAI].mn_ha.agent_spi  # type: ignore[union-attr]
+    assert spi == ha_spi and md5_auth == hmac.new(rfc3957_key(HA_NONCE), covered, hashlib.md5).digest()
     assert ha.counters["denied.131"] == 1
     assert net.nodes["mn"].done()[-1].code != 0
 
@@ -322,9 +333,13 @@ def test_an_msa_naming_another_algorithm_gives_no_key(net: Network) -> None:
     replies = replies_to_the_node(net)
     mn.register(net.fa_address(FA1), net.clock)
     net.settle()
-    # Refused and counted at both agents; the registration goes on as without keys.
+    # Refused and counted at both agents. The FA has no MN-FA key to give: 107 (RFC 3957 section 7),
+    # and the node asks again without the MN-FA request (roles/mn.py rule 9); that goes on as without keys.
     assert net.nodes["mn"].done()[-1].code == 0
-    assert fa.counters["mn_fa_keys_refused"] == 1 and ha.counters["mn_ha_keys_refused"] == 1
+    codes = [mip.decode_registration_reply(r).code for r in replies]
+    assert codes[:3] == [105, 107, 0], codes  # no challenge yet; no MN-FA key; accepted
+    assert fa.counters["mn_fa_keys_unavailable"] == 1 and mn.counters["keys.mn_fa_unavailable"] == 1
+    assert fa.counters["mn_fa_keys_refused"] == 2 and ha.counters["mn_ha_keys_refused"] == 1
     assert fa.visitors[NAI].mn_fa is None and ha.bindings[NAI].mn_ha is None
     reply = replies[-1]
     assert not any(isinstance(e, KeyReplyExtension) for e in mip.decode_registration_reply(reply).extensions)
@@ -383,10 +398,13 @@ def test_a_move_to_another_fa_leaves_the_mn_fa_key_behind(net: Network) -> None:
     net.settle()
     assert mn.mn_fa is not None and mn.counters["keys.mn_fa"] == 1
     net.advance(5)
+    to_fa2 = requests_from_the_node(net)
     mn.register(net.fa_address(FA2), net.clock, previous_fa=IPv4Address(FA1))
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0
     assert mn.mn_fa is None  # FA2 holds no MSA with the node
+    # ... and the request through FA2 carried no MN-FA authentication under FA1's key.
+    assert mn.counters["keys.mn_fa"] == 1 and 33 not in extension_types(to_fa2[0])
 
 
 def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Network) -> None:
@@ -425,3 +443,269 @@ def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Ne
     spi, auth, covered = authenticator(replies[-1], ExtensionType.MN_HA_AUTH)
     assert (spi, auth) == (MN_HA_SPI, hmac_sha1(new_key.value, covered))
     assert verify_authentication(lost[0], ExtensionType.MN_HA_AUTH, new_key, spi=MN_HA_SPI, algorithm=SHA1)
+
+
+def requests_from_the_node(net: Network) -> list[bytes]:
+    seen: list[bytes] = []
+    send = net.link.send
+
+    def record(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        if source[0] == MN_SOCKET and data[:1] == b"\x01":
+            seen.append(data)
+        send(source, destination, data)
+
+    net.link.send = record  # type: ignore[method-assign]
+    return seen
+
+
+def extension_types(message: bytes) -> list[int]:
+    _, spans = mip.decode_message_spans(message)
+    return [message[s.start] for s in spans]
+
+
+def registered_with_mn_fa_key(net: Network) -> tuple[ForeignAgent, MobileNode]:
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and mn.mn_fa is not None
+    return fa, mn
+
+
+def test_later_requests_to_that_fa_end_with_mn_fa_authentication_under_the_key(net: Network) -> None:
+    fa, mn = registered_with_mn_fa_key(net)
+    fa_spi = fa.visitors[NAI].mn_fa.agent_spi  # type: ignore[union-attr]
+    requests = requests_from_the_node(net)
+    relayed = requests_to_the_ha(net)
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)  # a renewal
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    net.advance(5)
+    mn.deregister(net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and NAI not in fa.visitors
+    key = rfc3957_key(NONCE)
+    renewal, deregistration = requests[0], requests[-1]
+    # RFC 5944 section 3.6.1.3: MN-HA, then the challenge and MN-AAA (RFC 4721), MN-FA last.
+    assert extension_types(renewal)[-4:] == [32, 132, 36, 33]
+    assert extension_types(deregistration)[-4:] == [32, 132, 36, 33]  # the node had a challenge
+    for request in (renewal, deregistration):
+        spi, auth, covered = authenticator(request, ExtensionType.MN_FA_AUTH)
+        assert spi == fa_spi != MN_FA_SPI and request[-26:-24] == bytes((33, 24))  # the FA's SPI
+        assert auth == hmac_sha1(key, covered) and covered == request[:-20]
+    # The FA checked both and relayed neither with it (RFC 5944 section 3.7.2.2).
+    assert fa.counters["mn_fa_auth_verified"] == 2
+    assert relayed and all(33 not in extension_types(r) for r in relayed)
+
+
+def test_a_wrong_or_missing_mn_fa_authenticator_is_refused_with_67(net: Network) -> None:
+    fa, mn = registered_with_mn_fa_key(net)
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)  # verifies: the FA now knows the node holds the key
+    net.settle()
+    assert fa.visitors[NAI].mn_fa_confirmed
+    replies = replies_to_the_node(net)
+    relayed = requests_to_the_ha(net)
+    send = net.link.send
+    mangle: list[str] = []
+
+    def tamper(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        if source[0] == MN_SOCKET and data[:1] == b"\x01" and mangle:
+            if mangle[0] == "wrong":
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            else:  # missing: the request without its last extension
+                data = data[:-26]
+        send(source, destination, data)
+
+    net.link.send = tamper  # type: ignore[method-assign]
+    for what, counter in (("wrong", "mn_fa_auth_failed"), ("missing", "mn_fa_auth_missing")):
+        mangle[:] = [what]
+        net.advance(5)
+        mn.register(net.fa_address(FA1), net.clock)
+        net.settle()
+        done = net.nodes["mn"].done()[-1]
+        assert done.code == mip.ReplyCode.FA_MN_FAILED_AUTHENTICATION == 67, (what, done)
+        assert fa.counters[counter] == 1
+        assert mip.decode_registration_reply(replies[-1]).code == 67
+    assert relayed == []  # nothing went to the home agent
+    # A deregistration under a wrong key is refused too; the visitor stays.
+    mangle[:] = ["wrong"]
+    mn.deregister(net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 67 and NAI in fa.visitors and relayed == []
+
+
+def test_a_node_that_lost_the_reply_with_the_key_may_still_register_without_it(net: Network) -> None:
+    fa, mn = registered_with_mn_fa_key(net)
+    assert not fa.visitors[NAI].mn_fa_confirmed and fa.visitors[NAI].mn_fa_before is None
+    requests = requests_from_the_node(net)
+    replies = replies_to_the_node(net)
+    mn.mn_fa = None  # as if the reply that brought it had been lost
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and 33 not in extension_types(requests[0])
+    assert fa.counters["mn_fa_auth_previous"] == 1
+    # The FA went back to what the node has, no key, and so asked AAA for a full answer (no profile
+    # digest): it brought a new key, which the node now holds; its next request is under it.
+    visitor = fa.visitors[NAI]
+    assert visitor.mn_fa is not None and not visitor.mn_fa_confirmed and visitor.mn_fa_before is None
+    assert mn.mn_fa is not None and extension_types(replies[-1])[-2:] == [41, 33]
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and extension_types(requests[-1])[-1] == 33
+    assert fa.visitors[NAI].mn_fa_confirmed and fa.counters["mn_fa_auth_verified"] == 1
+
+
+def test_without_an_mn_fa_key_requests_carry_no_mn_fa_authentication(net: Network) -> None:
+    mn = net.nodes["mn"].agent
+    assert isinstance(mn, MobileNode)
+    requests = requests_from_the_node(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and mn.mn_fa is None
+    assert len(requests) >= 2 and all(33 not in extension_types(r) for r in requests)
+
+
+class ScriptedSpis:
+    """An agent's random source whose 4-octet draws (only SPI allocation makes
+    them) come from a script, each value or a function giving it at the draw."""
+
+    def __init__(self, script: list[object]) -> None:
+        self.script = script
+        self.drawn: list[int] = []
+
+    def __call__(self, n: int) -> bytes:
+        if n != 4:
+            return os.urandom(n)
+        value = self.script.pop(0)
+        spi = value() if callable(value) else value
+        assert isinstance(spi, int)
+        self.drawn.append(spi)
+        return spi.to_bytes(4, "big")
+
+
+def test_the_agents_allocate_their_spis_never_reserved_provisioned_or_taken(net: Network) -> None:
+    from aaa_vpn.roles.fa import HANDOFF_SPI
+    from aaa_vpn.roles.ha import BINDING_SPI
+
+    fa, ha, mn = (net.nodes[name].agent for name in ("fa1", "ha", "mn"))
+    assert isinstance(fa, ForeignAgent) and isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    ha.radius = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+
+    def fa_ha_spi() -> int:
+        """The FA-HA SPI AAA gave for this registration (the FA holds it from before the HA's turn)."""
+        [pending] = [p for p in fa._pending.values() if p.profile is not None]
+        assert pending.profile is not None and pending.profile.fa_ha_spi is not None
+        return pending.profile.fa_ha_spi
+
+    # Each agent draws past a reserved SPI, its own fixed SPIs, the FA-HA SPI, the node's SPIs.
+    fa.random_bytes = fa_draws = ScriptedSpis(  # type: ignore[method-assign]
+        [5, HANDOFF_SPI, MN_FA_SPI, fa_ha_spi, 0x12345678]
+    )
+    ha.random_bytes = ha_draws = ScriptedSpis(  # type: ignore[method-assign]
+        [255, BINDING_SPI, PROVISIONED_SPI, MN_HA_SPI, fa_ha_spi, 0x2468ACE0]
+    )
+    replies = replies_to_the_node(net)
+    requests = requests_from_the_node(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert not fa_draws.script and not ha_draws.script, (fa_draws.drawn, ha_draws.drawn)
+    # On the wire: the FA and HA SPIs of the nonce replies are the agents' own; each agent's
+    # authentication of the reply names the node's SPI (RFC 4004 sections 9.1 and 9.4).
+    decoded = mip.decode_registration_reply(replies[-1])
+    nonces = {e.type: decode_aaa_nonce(e) for e in decoded.extensions if isinstance(e, KeyReplyExtension)}
+    assert nonces[ExtensionType.MN_FA_KEY_REPLY].agent_spi == 0x12345678
+    assert nonces[ExtensionType.MN_HA_KEY_REPLY].agent_spi == 0x2468ACE0
+    assert authenticator(replies[-1], ExtensionType.MN_HA_AUTH)[0] == MN_HA_SPI
+    assert authenticator(replies[-1], ExtensionType.MN_FA_AUTH)[0] == MN_FA_SPI
+    # The node's next request names the agents' SPIs, and both agents accept it.
+    fa.random_bytes = ha.random_bytes = os.urandom  # type: ignore[method-assign]
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert authenticator(requests[-1], ExtensionType.MN_HA_AUTH)[0] == 0x2468ACE0
+    assert authenticator(requests[-1], ExtensionType.MN_FA_AUTH)[0] == 0x12345678
+    assert fa.counters["mn_fa_auth_verified"] == 1 and ha.counters["denied.131"] == 0
+    assert 0x2468ACE0 in ha._spis_taken(ha.bindings[NAI].profile)
+    assert 0x12345678 in fa._spis_taken(fa.visitors[NAI].profile)
+
+
+def test_the_node_refuses_a_reserved_agent_spi(net: Network) -> None:
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    real = fa._node_reply
+
+    def reserved_fa_spi(data: bytes, message: mip.RegistrationReply, mn_fa: MnKey | None, now: float) -> bytes:
+        # An FA that names SPI 7 for the node's requests.
+        return real(data, message, dataclasses.replace(mn_fa, agent_spi=7) if mn_fa else None, now)
+
+    fa._node_reply = reserved_fa_spi  # type: ignore[method-assign]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert mn.mn_fa is None and mn.counters["keys.refused"] >= 1
+
+
+def test_an_fa_without_an_mn_fa_key_answers_107_and_the_node_asks_again_without(net: Network) -> None:
+    """RFC 3957 section 7: the node asked for an MN-FA key, AAA's answer (RADIUS
+    here) brings none: the FA denies with 107, before relaying anything."""
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    replies = replies_to_the_node(net)
+    requests = requests_from_the_node(net)
+    relayed = requests_to_the_ha(net)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    decoded = [mip.decode_registration_reply(r) for r in replies]
+    assert [r.code for r in decoded][:3] == [105, 107, 0]
+    denial = decoded[1]
+    assert denial.code == mip.ReplyCode.FA_MISSING_MN_FA_KEY and denial.lifetime == 0
+    assert any(isinstance(e, mip.ChallengeExtension) for e in denial.extensions)  # for the next request
+    assert fa.counters["mn_fa_keys_unavailable"] == 1 and fa.counters["denied.107"] == 1
+    # The request that got 107 asked for both keys; the one after asks for the MN-HA key only,
+    # and only that one went to the home agent.
+    asked = [[t for t in extension_types(r) if t in (40, 42)] for r in requests]
+    assert asked[:3] == [[40, 42], [40, 42], [42]], asked
+    assert len(relayed) == 1 and relayed[0][:24] == requests[2][:24]
+    # Later registrations through this FA do not ask it again.
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0 and 40 not in extension_types(requests[-1])
+    assert fa.counters["denied.107"] == 1
+
+
+def test_a_request_that_is_not_accepted_leaves_the_visitors_key_alone(net: Network) -> None:
+    """Rule 5a's allowance changes the visitor only when the registration is
+    accepted: an old request replayed without MN-FA authentication while the
+    key is unconfirmed is refused (its challenge is used) and the key stays."""
+    from aaa_vpn.roles.agent import Channel
+
+    fa, mn = net.nodes["fa1"].agent, net.nodes["mn"].agent
+    assert isinstance(fa, ForeignAgent) and isinstance(mn, MobileNode)
+    requests = requests_from_the_node(net)
+    fa.radius = WithMnFaKey(fa.radius)  # type: ignore[assignment]
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    key = fa.visitors[NAI].mn_fa
+    assert key is not None and not fa.visitors[NAI].mn_fa_confirmed
+    old = next(r for r in requests if 132 in extension_types(r))  # with a challenge, no MN-FA authentication
+    replies = replies_to_the_node(net)
+    net.advance(fa.config.challenge_lifetime + 1)
+    fa.receive_datagram(Channel.MIP, old, (MN_SOCKET, 434), net.clock)
+    net.settle()
+    assert mip.decode_registration_reply(replies[-1]).code in (104, 106)
+    assert fa.visitors[NAI].mn_fa == key and not fa.visitors[NAI].mn_fa_confirmed
+    assert fa.counters["mn_fa_auth_previous"] == 1

@@ -64,7 +64,10 @@ from aaa_vpn.service.settings import parse_endpoint
 @click.option(
     "--request-keys",
     is_flag=True,
-    help="Ask the home AAA for MN-FA and MN-HA keys (RFC 3957 nonces; given over Diameter only).",
+    help=(
+        "Ask the home AAA for MN-FA and MN-HA keys (RFC 3957 nonces; given over Diameter only). "
+        "An FA that has no MN-FA key to give answers 107; the node then asks it for the MN-HA key only."
+    ),
 )
 @click.pass_context
 def mn(ctx: click.Context, /, **options: Any) -> None:

@@ -249,7 +249,9 @@ def mn_key(message: Message, nonce_group: int, key_group: int) -> MnKey | None:
     (MIP-FA-to-MN-MSA, MIP-HA-to-MN-MSA) with its nonce in ``nonce_group``
     (MIP-MN-to-FA-MSA, MIP-MN-to-HA-MSA), or None if it carries neither;
     :class:`~aaa_vpn.wire.diameter.DiameterDecodeError` if only one, or they
-    do not decode or disagree (RFC 4004 section 9)."""
+    do not decode or disagree (RFC 4004 section 9). Its :attr:`MnKey.spi` is
+    the key group's, the SPI the node allocated; the agent allocates the
+    other direction's (:attr:`MnKey.agent_spi`) itself."""
     nonce_avp, key_avp = message.find(nonce_group), message.find(key_group)
     if nonce_avp is None and key_avp is None:
         return None
@@ -263,7 +265,9 @@ def mn_key(message: Message, nonce_group: int, key_group: int) -> MnKey | None:
             f"{key_avp.name}: no SPI, or {nonce_avp.name} without MIP-MN-AAA-SPI",
             result_code=ResultCode.MISSING_AVP,
         )
-    if nonce.spi not in (None, spi) or nonce.algorithm != key.algorithm or nonce.replay_mode != key.replay_mode:
+    # The nonce group's own SPI (MIP-MN-to-HA-MSA's MIP-MN-HA-SPI) names the node-to-agent direction,
+    # which the agent allocates (RFC 4004 sections 9.5, 9.6): it may differ from the key's, and is not used.
+    if nonce.algorithm != key.algorithm or nonce.replay_mode != key.replay_mode:
         raise d.DiameterDecodeError(
             f"{nonce_avp.name} and {key_avp.name} disagree", result_code=ResultCode.CONTRADICTING_AVPS
         )

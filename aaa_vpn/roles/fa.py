@@ -39,9 +39,12 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    challenge appended for its next registration; when AAA gave an MN-FA key
    for the node -- over Diameter, asked with a Generalized MN-FA Key
    Generation Nonce Request, RFC 3957 -- the MN-FA Key Generation Nonce
-   Reply from AAA (the key's lifetime, the AAA SPI, this FA's SPI = the one
-   the node asked with, the algorithm and the nonce) and MN-FA
-   authentication under the new key and the algorithm the MSA names
+   Reply from AAA (the key's lifetime, the AAA SPI, the FA SPI -- which this
+   FA allocates for the MSA, RFC 4004 section 9.5: random, at least 256,
+   none of the handoff SPI, the FA-HA SPIs or any other MSA's SPIs it holds
+   --, the algorithm and the nonce) and MN-FA authentication under the new
+   key, the node's SPI (the one it asked with: section 9.1, the node
+   allocates the FA-to-MN SPI) and the algorithm the MSA names
    (HMAC-SHA-1, a 20-octet authenticator; an MSA naming any other gives no
    key, counted ``mn_fa_keys_refused``), RFC 3957 section 6.2 and RFC 5944
    section 3.7.3.2; the visitor keeps the key), and the same octets again
@@ -52,6 +55,25 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    reaches the node with the home agent's code, with or without an MN-HA
    extension (when the home agent could not add one, the FA sends the
    reply's fixed part and NAI on).
+5a. While a visitor holds an MN-FA key from AAA, the node's requests
+   (registrations, retransmissions, deregistrations) must end with MN-FA
+   authentication under that key's FA SPI and algorithm (RFC 5944 sections
+   3.5.3 and 3.7.2.1); a wrong or missing one is answered 67 (counted
+   ``mn_fa_auth_failed`` / ``mn_fa_auth_missing``) and goes nowhere. Until a
+   request verified under a new key the node may not have it (its reply was
+   lost): a request under the key before -- or, where there was none, without
+   MN-FA authentication -- is accepted as well, and once that registration
+   is accepted the visitor goes back to that key (or to none; a request that
+   is not accepted changes nothing). What the FA relays never carries it
+   (section 3.7.2.2).
+5b. A registration whose request asked for an MN-FA key (a Generalized
+   MN-FA Key Generation Nonce Request of subtype AAA, RFC 3957 section 6.1)
+   when AAA's answer brings none this FA can use (no MSA -- RADIUS, say --
+   or one naming another algorithm) and the visitor holds none either is
+   answered 107 (RFC 3957 section 7: missing MN-FA Key Generation Nonce
+   Reply extension; counted ``mn_fa_keys_unavailable``) with a fresh
+   challenge, before anything is installed or relayed to the home agent. A
+   renewal of a visitor that holds a key goes on without a new one.
 
 Retransmissions (RFC 5944 section 3.6.3, RFC 4721; docs/protocol.md
 section 3.11):
@@ -162,7 +184,7 @@ from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.diameter_client import FaDiameterClient
-from aaa_vpn.roles.ha import mirror, mn_key_from_state, mn_key_state
+from aaa_vpn.roles.ha import allocate_spi, mirror, mn_key_from_state, mn_key_state
 from aaa_vpn.roles.radius_client import (
     RadiusClient,
     RequestAccepted,
@@ -179,6 +201,8 @@ from aaa_vpn.wire.mip import (
     ChallengeExtension,
     ExtensionType,
     GeneralizedAuthSubtype,
+    KeyGenSubtype,
+    KeyRequestExtension,
     NaiExtension,
     PreviousFaNotification,
     RegistrationReply,
@@ -189,6 +213,7 @@ from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
     append_authentication,
     append_generalized_authentication,
+    find_authentication,
     mn_aaa_proof,
     msa_algorithm,
     relay_reply,
@@ -310,6 +335,7 @@ class _Pending:
     # (SPI, key) a reply must authenticate under (FA-HA) before it may remove anything (D2, rule 4a)
     authenticator: tuple[int, Secret] | None = field(default=None, repr=False)
     mn_fa: MnKey | None = field(default=None, repr=False)  # rule 5: the node's new MN-FA key from AAA
+    mn_fa_fallback: bool = False  # rule 5a: the request showed the node lacks the visitor's unconfirmed key
 
 
 @dataclass
@@ -334,6 +360,12 @@ class Visitor:
     registered_at: float = 0.0
     #: Rule 5: the MSA with the node that AAA made (RFC 3957), if any.
     mn_fa: MnKey | None = field(default=None, repr=False)
+    #: Rule 5a: until a request verified under ``mn_fa`` (``mn_fa_confirmed``)
+    #: the node may not have it (the reply that brought it was lost): a request
+    #: authenticated under the key before (``mn_fa_before``; without one, a
+    #: request with no MN-FA authentication) is accepted too.
+    mn_fa_before: MnKey | None = field(default=None, repr=False)
+    mn_fa_confirmed: bool = True
 
 
 @dataclass
@@ -398,6 +430,17 @@ def _owner(profile: VpnProfile) -> str:
     # One owner per session epoch: after a handoff away and back, the paths of
     # the earlier visit (other keys, other SPIs) are told apart from the new.
     return f"{profile.session_id}#{profile.epoch}"
+
+
+def _asks_mn_fa_key(message: mip.RegistrationRequest) -> bool:
+    """Rule 5b: the request carries a Generalized MN-FA Key Generation Nonce
+    Request of subtype AAA (RFC 3957 section 6.1)."""
+    return any(
+        isinstance(e, KeyRequestExtension)
+        and e.type == ExtensionType.MN_FA_KEY_REQUEST
+        and e.subtype == KeyGenSubtype.AAA
+        for e in message.extensions
+    )
 
 
 def _key(home_agent: IPv4Address, identification: int) -> object:
@@ -574,6 +617,10 @@ class ForeignAgent(Agent):
         if not nai:
             self._deny(message, source, ReplyCode.FA_MISSING_NAI, nai, "no NAI extension")
             return
+        mn_fa_check = self._mn_fa_authentic(self.visitors.get(nai), data, message, source, nai)
+        if mn_fa_check is None:
+            return
+        fallback = mn_fa_check == "before"
         challenges = [e.challenge for e in message.extensions if isinstance(e, ChallengeExtension)]
         if challenges:
             first = self._by_challenge.get((nai, challenges[-1]))
@@ -658,13 +705,80 @@ class ForeignAgent(Agent):
             session_id=visitor.session_id if visitor is not None else None,
             # ... and the view it holds: if nothing changed the AAA confirms it
             # rather than sending every key again (docs/protocol.md section 1).
+            # (Not when the node asks for an MN-FA key the visitor lacks: only a full answer brings one, rule 5b.)
             profile_digest=(
-                visitor.profile.digest if visitor is not None and not visitor.renewal_refused else None
+                visitor.profile.digest
+                if visitor is not None
+                and not visitor.renewal_refused
+                and ((visitor.mn_fa is not None and not fallback) or not _asks_mn_fa_key(message))
+                else None
             ),
         )
-        self._start(key, _Pending(data, message, source, nai, challenge=challenges[-1]))
+        self._start(key, _Pending(data, message, source, nai, challenge=challenges[-1], mn_fa_fallback=fallback))
         self.radius.request(info, now, tag=key)
         self._radius_events(now)
+
+    def _mn_fa_authentic(
+        self, visitor: Visitor | None, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str
+    ) -> str | None:
+        """Rule 5a: a request of a visitor that holds an MN-FA key from AAA must
+        end with MN-FA authentication under it (RFC 5944 section 3.7.2.1);
+        otherwise it is answered 67 (counted ``mn_fa_auth_missing`` or
+        ``mn_fa_auth_failed``; the decision is logged with its detail) and
+        None returned. ``"key"``: verified under the visitor's key (now
+        confirmed); ``"before"``: accepted as the node's while that key is
+        unconfirmed (the visitor changes only when the registration is
+        accepted: :meth:`_add_visitor`); ``"none"``: no key required."""
+        if visitor is None or visitor.mn_fa is None:
+            return "none"
+        try:
+            site = find_authentication(data, ExtensionType.MN_FA_AUTH)
+        except mip.MipDecodeError:
+            site = None
+        if self._mn_fa_verifies(data, visitor.mn_fa):
+            visitor.mn_fa_confirmed, visitor.mn_fa_before = True, None
+            self.counters["mn_fa_auth_verified"] += 1
+            return "key"
+        if not visitor.mn_fa_confirmed and (
+            self._mn_fa_verifies(data, visitor.mn_fa_before)
+            if visitor.mn_fa_before is not None
+            else site is None
+        ):
+            self.counters["mn_fa_auth_previous"] += 1
+            return "before"
+        detail = "no MN-FA authentication" if site is None else "MN-FA authentication failed"
+        self.counters["mn_fa_auth_missing" if site is None else "mn_fa_auth_failed"] += 1
+        self._deny(message, source, ReplyCode.FA_MN_FAILED_AUTHENTICATION, nai, detail)  # logged with its detail
+        return None
+
+    def _holds_mn_fa_key(self, nai: str, fallback: bool) -> bool:
+        """Rule 5b: the visitor already holds an MN-FA key the node has (it keeps
+        it): its key, or the one before when the request showed (``fallback``,
+        rule 5a) that the node never got that one."""
+        visitor = self.visitors.get(nai)
+        return visitor is not None and (visitor.mn_fa_before if fallback else visitor.mn_fa) is not None
+
+    @staticmethod
+    def _mn_fa_verifies(data: bytes, key: MnKey) -> bool:
+        algorithm = msa_algorithm(key.algorithm)
+        if algorithm is None:
+            return False
+        return verify_authentication(data, ExtensionType.MN_FA_AUTH, key.key, spi=key.request_spi, algorithm=algorithm)
+
+    def _spis_taken(self, profile: VpnProfile) -> set[int]:
+        """Rule 5: the SPIs a new MN-to-FA SPI must not be: the handoff SPI,
+        the FA-HA SPIs of ``profile`` and of every visitor and registration in
+        progress, and both SPIs of every MN-FA MSA this FA holds."""
+        taken = {HANDOFF_SPI, CHAP_SPI}
+        profiles = [profile, *(v.profile for v in self.visitors.values())]
+        profiles += [p.profile for p in self._pending.values() if p.profile is not None]
+        taken.update(p.fa_ha_spi for p in profiles if p.fa_ha_spi is not None)
+        keys = [k for v in self.visitors.values() for k in (v.mn_fa, v.mn_fa_before)]
+        keys += [p.mn_fa for p in self._pending.values()]
+        for key in keys:
+            if key is not None:
+                taken.update((key.spi, key.request_spi))
+        return taken
 
     def _full(self, message: mip.RegistrationRequest, source: Address, nai: str, now: float) -> bool:
         """Bounds: no room for one more registration (answered 66)."""
@@ -749,6 +863,8 @@ class ForeignAgent(Agent):
                 message, source, ReplyCode.INVALID_HOME_AGENT_ADDRESS, nai, "no visitor of that home agent here"
             )
             return
+        if self._mn_fa_authentic(visitor, data, message, source, nai) is None:
+            return
         try:
             relay_request(data)
         except mip.MipDecodeError as exc:
@@ -817,6 +933,23 @@ class ForeignAgent(Agent):
             # Rule 5: an MSA naming an algorithm this FA does not compute gives no key.
             self.counters["mn_fa_keys_refused"] += 1
             pending.mn_fa = None
+        if pending.mn_fa is not None:  # rule 5: the MN-to-FA SPI is this FA's to allocate
+            spi = allocate_spi(self.random_bytes, self._spis_taken(profile))
+            pending.mn_fa = dataclasses.replace(pending.mn_fa, agent_spi=spi)
+        elif _asks_mn_fa_key(pending.message) and not self._holds_mn_fa_key(pending.nai, pending.mn_fa_fallback):
+            # Rule 5b: the node asked for an MN-FA key and none can be given (RFC 3957 section 7).
+            self.counters["mn_fa_keys_unavailable"] += 1
+            self._forget(key)
+            self._deny(
+                pending.message,
+                pending.source,
+                ReplyCode.FA_MISSING_MN_FA_KEY,
+                pending.nai,
+                "no MN-FA key for the node from AAA",
+                challenge=True,
+                now=now,
+            )
+            return
         owner = _owner(profile)
         self._by_owner[owner] = key
         current = self.visitors.get(pending.nai)
@@ -955,7 +1088,7 @@ class ForeignAgent(Agent):
         algorithm = msa_algorithm(mn_fa.algorithm) if mn_fa is not None else None
         if mn_fa is None or algorithm is None:
             return relay_reply(data, extensions=extensions)
-        nonce = AaaNonce(mn_fa.aaa_spi, mn_fa.spi, algorithm, mn_fa.nonce)
+        nonce = AaaNonce(mn_fa.aaa_spi, mn_fa.request_spi, algorithm, mn_fa.nonce)  # the FA SPI: this FA's
         extensions.append(encode_aaa_nonce(ExtensionType.MN_FA_KEY_REPLY, mn_fa.lifetime, nonce))
         self.counters["mn_fa_keys_relayed"] += 1
         return relay_reply(
@@ -1089,6 +1222,11 @@ class ForeignAgent(Agent):
                     "renewal_refused": v.renewal_refused,
                     "profile": v.profile,
                     "mn_fa": mn_key_state(v.mn_fa),
+                    **(
+                        {"mn_fa_before": mn_key_state(v.mn_fa_before), "mn_fa_confirmed": v.mn_fa_confirmed}
+                        if v.mn_fa is not None
+                        else {}
+                    ),
                 }
                 for v in self.visitors.values()
             ],
@@ -1124,6 +1262,8 @@ class ForeignAgent(Agent):
                 profile=entry["profile"],
                 renewal_refused=bool(entry.get("renewal_refused", False)),
                 mn_fa=mn_key_from_state(entry.get("mn_fa")),
+                mn_fa_before=mn_key_from_state(entry.get("mn_fa_before")),
+                mn_fa_confirmed=bool(entry.get("mn_fa_confirmed", True)),
             )
             self.visitors[visitor.nai] = visitor
             self._visitor_timers[visitor.nai] = self._call_at(
@@ -1187,8 +1327,17 @@ class ForeignAgent(Agent):
             profile=profile,
             challenge=pending.challenge,
             registered_at=now,
-            mn_fa=pending.mn_fa or (previous.mn_fa if previous is not None else None),
         )
+        # Rule 5a: the key the node has -- the visitor's, or the one before if the request showed
+        # the node never got that one.
+        held = None if previous is None else previous.mn_fa_before if pending.mn_fa_fallback else previous.mn_fa
+        if pending.mn_fa is not None:  # a new key, not yet shown to be the node's
+            visitor.mn_fa, visitor.mn_fa_confirmed, visitor.mn_fa_before = pending.mn_fa, False, held
+        elif pending.mn_fa_fallback:
+            visitor.mn_fa, visitor.mn_fa_confirmed, visitor.mn_fa_before = held, True, None
+        elif previous is not None:
+            visitor.mn_fa, visitor.mn_fa_before = previous.mn_fa, previous.mn_fa_before
+            visitor.mn_fa_confirmed = previous.mn_fa_confirmed
         self.visitors[pending.nai] = visitor
         self._deregistered.pop(pending.nai, None)
         self._visitor_timers[pending.nai] = self._call_at(visitor.expires, functools.partial(self._expire, pending.nai))

@@ -71,16 +71,21 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    AAA's answer carries an MN-HA key for the node (a HAR's
    MIP-HA-to-MN-MSA, with the nonce of its MIP-MN-to-HA-MSA), the accepted
    reply carries, after the NAI, the MN-HA Key Generation Nonce Reply from
-   AAA (the key's lifetime, the AAA SPI, the HA SPI = the node's SPI, the
-   algorithm, replay method 2 and the nonce) and then MN-HA authentication
-   under the *new* key and SPI and the algorithm the MSA names (HMAC-SHA-1,
-   a 20-octet authenticator; RFC 3957 section 6.4: the node derives the key
-   first, then checks the reply with it). An MSA naming any other algorithm
-   gives no key (counted ``mn_ha_keys_refused``). The binding keeps that MSA;
-   from then on a request (registration, deregistration, retransmission)
-   whose MN-HA extension names its SPI is checked with it, one naming the
+   AAA (the key's lifetime, the AAA SPI, the HA SPI -- which this HA
+   allocates for the MSA, RFC 4004 section 9.6: random, at least 256, none
+   of the provisioned MN-HA and FA-HA SPIs, the binding SPI or any other
+   MSA's SPIs it holds --, the algorithm, replay method 2 and the nonce) and
+   then MN-HA authentication under the *new* key, the node's SPI (the one
+   it asked with: section 9.4, the node allocates the HA-to-MN SPI) and the
+   algorithm the MSA names (HMAC-SHA-1, a 20-octet authenticator; RFC 3957
+   section 6.4: the node derives the key first, then checks the reply with
+   it). An MSA naming any other algorithm gives no key (counted
+   ``mn_ha_keys_refused``). The binding keeps that MSA; from then on a
+   request (registration, deregistration, retransmission) whose MN-HA
+   extension names its HA SPI is checked with it, one naming the
    provisioned SPI of AAA's view with the provisioned key, and each reply is
-   authenticated under the MSA its request used (with its algorithm; the
+   authenticated under the MSA its request used (with its algorithm and,
+   for an MSA from AAA, the node's SPI; the
    provisioned key and the FA-HA key stay HMAC-MD5). A later registration
    without a new key keeps the binding's MSA; a VPN push leaves it.
 9. Bounds: at most ``max_pending`` registrations at once (more: 130, counted
@@ -127,7 +132,7 @@ import hashlib
 import itertools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
@@ -350,6 +355,7 @@ class _Tombstone:
     fa: str
     until: float
     mn_ha_algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM  # of the MN-HA key in ``profile`` (rule 4b)
+    mn_ha_reply_spi: int | None = None  # the SPI a reply under that MSA names (rule 4b, :func:`_reply_spi`)
 
 
 @dataclass
@@ -375,7 +381,7 @@ def _msa_used(derived: MnKey | None, data: bytes) -> MnKey | None:
         site = find_authentication(data, ExtensionType.MN_HA_AUTH)
     except mip.MipDecodeError:
         return None
-    return derived if site is not None and site.extension.spi == derived.spi else None
+    return derived if site is not None and site.extension.spi == derived.request_spi else None
 
 
 def _algorithm(derived: MnKey | None, data: bytes | None = None) -> KeyGenAlgorithm | int:
@@ -387,11 +393,21 @@ def _algorithm(derived: MnKey | None, data: bytes | None = None) -> KeyGenAlgori
 
 def _with_msa(profile: VpnProfile, derived: MnKey | None, data: bytes | None = None) -> VpnProfile:
     """Rule 4b: ``profile`` with the MN-HA MSA a request used (``data``; or,
-    without it, ``derived`` itself) in place of the provisioned one."""
+    without it, ``derived`` itself) in place of the provisioned one, under
+    the SPI the node's requests name (the HA's, :attr:`MnKey.request_spi`);
+    a reply names the node's own (:func:`_reply_spi`)."""
     msa = derived if data is None else _msa_used(derived, data)
     if msa is None:
         return profile
-    return dataclasses.replace(profile, mn_ha_spi=msa.spi, mn_ha_key=msa.key)
+    return dataclasses.replace(profile, mn_ha_spi=msa.request_spi, mn_ha_key=msa.key)
+
+
+def _reply_spi(derived: MnKey | None, data: bytes | None = None) -> int | None:
+    """Rule 4b: the SPI a reply under the MSA of :func:`_with_msa` names: the
+    node's (RFC 4004 section 9.4, the MIP-HA-to-MN-SPI the node allocated);
+    None for the provisioned key (its one SPI)."""
+    msa = derived if data is None else _msa_used(derived, data)
+    return msa.spi if msa is not None else None
 
 
 def mn_key_state(key: MnKey | None) -> dict[str, Any] | None:
@@ -407,7 +423,23 @@ def mn_key_state(key: MnKey | None) -> dict[str, Any] | None:
         "key": key.key,
         "lifetime": key.lifetime,
         "replay_method": key.replay_method,
+        **({"agent_spi": key.agent_spi} if key.agent_spi is not None else {}),
     }
+
+
+#: The SPIs below this are reserved (RFC 5944 section 3.5.1): no agent allocates one.
+FIRST_ALLOCATED_SPI = 256
+
+
+def allocate_spi(random_bytes: Callable[[int], bytes], taken: Collection[int]) -> int:
+    """An SPI for a new MSA of the node with this agent (RFC 4004 sections 9.5
+    and 9.6: the receiving agent allocates it): random, never below
+    :data:`FIRST_ALLOCATED_SPI`, never one in ``taken`` (the agent's
+    provisioned SPIs and every other MSA's)."""
+    while True:
+        spi = int.from_bytes(random_bytes(4), "big")
+        if spi >= FIRST_ALLOCATED_SPI and spi not in taken:
+            return spi
 
 
 def mn_key_from_state(entry: dict[str, Any] | None) -> MnKey | None:
@@ -424,6 +456,7 @@ def mn_key_from_state(entry: dict[str, Any] | None) -> MnKey | None:
         key=entry["key"],
         lifetime=int(entry["lifetime"]),
         replay_method=int(replay) if replay is not None else None,
+        agent_spi=int(entry["agent_spi"]) if entry.get("agent_spi") is not None else None,
     )
 
 
@@ -734,7 +767,16 @@ class HomeAgent(Agent):
             self._last_identification[nai] = binding.identification = message.identification
         self.counters["retransmissions_answered"] += 1
         lifetime = max(1, math.ceil(binding.expires - now))
-        self._reply(message, source, ReplyCode.ACCEPTED, lifetime, nai, profile, mn_ha_algorithm=algorithm)
+        self._reply(
+            message,
+            source,
+            ReplyCode.ACCEPTED,
+            lifetime,
+            nai,
+            profile,
+            mn_ha_algorithm=algorithm,
+            mn_ha_reply_spi=_reply_spi(binding.mn_ha, data),
+        )
         return True
 
     def _remember_answer(self, source: Address, request: bytes, reply: bytes, now: float) -> None:
@@ -786,6 +828,9 @@ class HomeAgent(Agent):
             # Rule 4b: an MSA naming an algorithm this HA does not compute gives no key.
             self.counters["mn_ha_keys_refused"] += 1
             pending.mn_ha = None
+        if pending.mn_ha is not None:  # rule 4b: the MN-to-HA SPI is this HA's to allocate
+            spi = allocate_spi(self.random_bytes, self._spis_taken(profile))
+            pending.mn_ha = dataclasses.replace(pending.mn_ha, agent_spi=spi)
         pending.used = _msa_used(binding.mn_ha if binding is not None else None, data)
         checked = _with_msa(profile, pending.used)
         assert checked.mn_ha_key is not None
@@ -823,6 +868,23 @@ class HomeAgent(Agent):
         for owner, paths in ((stationary_owner(profile), stationary), (fa_owner(profile), moving)):
             if paths:
                 self._emit(InstallPaths(owner, paths))
+
+    def _spis_taken(self, profile: VpnProfile) -> set[int]:
+        """Rule 4b: the SPIs a new MN-to-HA SPI must not be: the provisioned
+        MN-HA and FA-HA SPIs of ``profile`` and of every binding, tombstone
+        and registration in progress, every MSA's, and the binding SPI."""
+        taken = {BINDING_SPI}
+        profiles = [profile, *(b.profile for b in self.bindings.values())]
+        profiles += [t.profile for t in self._deregistered.values()]
+        profiles += [p.profile for p in self._pending.values() if p.profile is not None]
+        for each in profiles:
+            taken.update(spi for spi in (each.mn_ha_spi, each.fa_ha_spi) if spi is not None)
+        msas = [b.mn_ha for b in self.bindings.values()]
+        msas += [m for p in self._pending.values() for m in (p.mn_ha, p.used)]
+        for msa in msas:
+            if msa is not None:
+                taken.update((msa.spi, msa.request_spi))
+        return taken
 
     def _accepted_profile(self, event: RequestAccepted, nai: str) -> VpnProfile | None:
         """The view an Accept gives: its profile, or -- a confirmation -- the
@@ -894,6 +956,7 @@ class HomeAgent(Agent):
             _with_msa(profile, binding.mn_ha),
             key_reply=pending.mn_ha,
             mn_ha_algorithm=_algorithm(binding.mn_ha),
+            mn_ha_reply_spi=_reply_spi(binding.mn_ha),
         )
         self._remember_answer(pending.source, pending.request, reply, now)
         self.counters["accepted"] += 1
@@ -1270,6 +1333,7 @@ class HomeAgent(Agent):
         binding = self.bindings.get(nai)
         profile = _with_msa(binding.profile, binding.mn_ha, data) if binding is not None else None
         algorithm = _algorithm(binding.mn_ha, data) if binding is not None else DEFAULT_ALGORITHM
+        reply_spi = _reply_spi(binding.mn_ha, data) if binding is not None else None
         tomb = self._deregistered.get(nai)
         if binding is None and tomb is not None and tomb.until > now and tomb.fa == source[0]:
             # Rule 4: a retransmission of the deregistration that removed it.
@@ -1290,7 +1354,14 @@ class HomeAgent(Agent):
                 self.counters["deregistrations_repeated"] += 1
                 self._last_identification[nai] = max(message.identification, self._last_identification.get(nai, 0))
                 reply = self._reply(
-                    message, source, ReplyCode.ACCEPTED, 0, nai, tomb.profile, mn_ha_algorithm=tomb.mn_ha_algorithm
+                    message,
+                    source,
+                    ReplyCode.ACCEPTED,
+                    0,
+                    nai,
+                    tomb.profile,
+                    mn_ha_algorithm=tomb.mn_ha_algorithm,
+                    mn_ha_reply_spi=tomb.mn_ha_reply_spi,
                 )
                 self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
                 return
@@ -1315,6 +1386,7 @@ class HomeAgent(Agent):
                 profile,
                 now=now,
                 mn_ha_algorithm=algorithm,
+                mn_ha_reply_spi=reply_spi,
             )
             return
         self._last_identification[nai] = message.identification
@@ -1325,10 +1397,18 @@ class HomeAgent(Agent):
         for old in [n for n, t in self._deregistered.items() if t.until <= now]:
             del self._deregistered[old]
         self._deregistered[nai] = _Tombstone(
-            profile, message.identification, source[0], now + self.config.answer_cache_seconds, algorithm
+            profile, message.identification, source[0], now + self.config.answer_cache_seconds, algorithm, reply_spi
         )
         reply = self._reply(
-            message, source, ReplyCode.ACCEPTED, 0, nai, profile, fa_ha=through_its_fa, mn_ha_algorithm=algorithm
+            message,
+            source,
+            ReplyCode.ACCEPTED,
+            0,
+            nai,
+            profile,
+            fa_ha=through_its_fa,
+            mn_ha_algorithm=algorithm,
+            mn_ha_reply_spi=reply_spi,
         )
         self._remember_answer(source, data, reply, now)  # rule 8: the FA's relay again
         self._emit(RegistrationDone(nai, message.home_address, 0, 0, "deregistered"))
@@ -1601,6 +1681,7 @@ class HomeAgent(Agent):
             _with_msa(profile, pending.used) if profile is not None else None,
             now=now,
             mn_ha_algorithm=_algorithm(pending.used),
+            mn_ha_reply_spi=_reply_spi(pending.used),
         )
         self._remember_answer(pending.source, pending.request, reply, now)
 
@@ -1614,6 +1695,7 @@ class HomeAgent(Agent):
         profile: VpnProfile | None,
         now: float = 0.0,
         mn_ha_algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM,
+        mn_ha_reply_spi: int | None = None,
     ) -> bytes:
         self.counters[f"denied.{int(code)}"] += 1
         identification = message.identification
@@ -1627,7 +1709,16 @@ class HomeAgent(Agent):
             care_of_address=message.care_of_address,
             identification=identification,
         )
-        reply = self._reply(reply_message, source, code, 0, nai, profile, mn_ha_algorithm=mn_ha_algorithm)
+        reply = self._reply(
+            reply_message,
+            source,
+            code,
+            0,
+            nai,
+            profile,
+            mn_ha_algorithm=mn_ha_algorithm,
+            mn_ha_reply_spi=mn_ha_reply_spi,
+        )
         self._emit(RegistrationDone(nai, message.home_address, int(code), 0, detail))
         return reply
 
@@ -1642,16 +1733,22 @@ class HomeAgent(Agent):
         fa_ha: bool = True,
         key_reply: MnKey | None = None,
         mn_ha_algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM,
+        mn_ha_reply_spi: int | None = None,
     ) -> bytes:
         """A Registration Reply: NAI, the MN-HA Key Generation Nonce Reply of
         ``key_reply`` (rule 4b), then MN-HA authentication (under
         ``mn_ha_algorithm``: HMAC-MD5 with the provisioned key, the MSA's own
-        with one from AAA) and FA-HA authentication (HMAC-MD5) when the keys
-        are known (RFC 5944 section 3.8.3.3)."""
+        with one from AAA, and then under ``mn_ha_reply_spi``, the node's SPI)
+        and FA-HA authentication (HMAC-MD5) when the keys are known (RFC 5944
+        section 3.8.3.3). The key reply names the HA SPI this HA allocated."""
         extensions: list[mip.Extension] = [NaiExtension(nai)] if nai else []
         if key_reply is not None:
             nonce = AaaNonce(
-                key_reply.aaa_spi, key_reply.spi, key_reply.algorithm, key_reply.nonce, key_reply.replay_method or 2
+                key_reply.aaa_spi,
+                key_reply.request_spi,
+                key_reply.algorithm,
+                key_reply.nonce,
+                key_reply.replay_method or 2,
             )
             extensions.append(encode_aaa_nonce(ExtensionType.MN_HA_KEY_REPLY, key_reply.lifetime, nonce))
             self.counters["mn_ha_keys_given"] += 1
@@ -1665,9 +1762,8 @@ class HomeAgent(Agent):
         )
         data = mip.encode_registration_reply(reply)
         if profile is not None and profile.mn_ha_key is not None and profile.mn_ha_spi is not None:
-            data = append_authentication(
-                data, ExtensionType.MN_HA_AUTH, profile.mn_ha_spi, profile.mn_ha_key, mn_ha_algorithm
-            )
+            spi = profile.mn_ha_spi if mn_ha_reply_spi is None else mn_ha_reply_spi
+            data = append_authentication(data, ExtensionType.MN_HA_AUTH, spi, profile.mn_ha_key, mn_ha_algorithm)
         if fa_ha and profile is not None and profile.fa_ha_key is not None and profile.fa_ha_spi is not None:
             data = append_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key)
         self._send(Channel.MIP, data, source)

@@ -38,15 +38,28 @@ Rules (RFC 5944 sections 3.3, 3.6 and 5.7; RFC 4721):
    the key the node derives, ``HMAC-SHA1(MN-AAA secret, nonce || NAI)``
    (section 5), under ``mn_ha_key_spi`` and that algorithm (a 20-octet
    HMAC-SHA-1 authenticator); if it verifies, that MSA (SPI: the reply's HA
-   SPI, its algorithm) authenticates the node's next requests while it
-   lives (the reply's key lifetime) and the node is registered; a reply
-   without one must verify under the MSA its request used. Likewise an
+   SPI, which the HA allocated -- one below 256 gives no key --, its
+   algorithm) authenticates the node's next requests while it lives (the
+   reply's key lifetime) and the node is registered; a reply without one
+   must verify under the MSA its request used (an MSA from AAA: under the
+   node's own SPI, which the agents' messages to it name). Likewise an
    MN-FA Key Generation Nonce Reply: the key derived from it must verify
    the reply's MN-FA authentication (last extension, ``mn_fa_key_spi``,
    under the algorithm the nonce reply names), and is then kept
    (``mn_fa``); one that does not verify is not kept (counted). A
    deregistration, or the registration running out, returns the node to its
    provisioned MN-HA key (the home agent's binding and its MSA are gone).
+8. While the node holds an MN-FA MSA from AAA, its requests through the FA
+   that gave it (renewals, retransmissions, its deregistration) end with
+   MN-FA authentication (RFC 5944 sections 3.5.3 and 3.6.1.3: after MN-HA,
+   the challenge and MN-AAA) under the MSA's SPI (the reply's FA SPI, which
+   the FA allocated) and algorithm. A request through another FA, or after the MSA's lifetime,
+   drops it: it is with that one FA only.
+9. An FA that answers 107 (RFC 3957 section 7: it has no MN-FA key to give)
+   to a request that asked for one is asked again at once -- with the
+   challenge its denial brought, like rule 2 -- without the MN-FA Key
+   Generation Nonce Request, and never asked for one again by this node
+   (counted ``keys.mn_fa_unavailable``); the MN-HA request stays.
 """
 
 from __future__ import annotations
@@ -87,6 +100,8 @@ _CHALLENGE_CODES = (ReplyCode.FA_MISSING_CHALLENGE, ReplyCode.FA_UNKNOWN_CHALLEN
 CHALLENGE_RETRIES = 2
 #: Rule 7: the shortest Key Generation Nonce the node accepts (RFC 3957: at least 128 bits).
 MIN_NONCE = 16
+#: Rule 7: the lowest FA or HA SPI a Key Generation Nonce Reply may name (0-255 are reserved).
+FIRST_ALLOCATED_SPI = 256
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,10 @@ class Msa:
     key: Secret = field(repr=False)
     until: float = float("inf")
     algorithm: KeyGenAlgorithm = DEFAULT_ALGORITHM
+    reply_spi: int | None = None
+    """The SPI the agent's messages to the node name, if not :attr:`spi`: for
+    an MSA from AAA the node's own (it allocated it, the agent the one its
+    requests name; RFC 4004 sections 9.1, 9.4-9.6)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +168,7 @@ class _Outstanding:
     challenge_retries: int = 0
     timer: int | None = None
     msa: Msa | None = None  # the MN-HA MSA its requests are authenticated with (rule 7)
+    mn_fa: Msa | None = None  # the MN-FA MSA with this FA its requests end with (rule 8)
 
 
 class MobileNode(Agent):
@@ -168,6 +188,7 @@ class MobileNode(Agent):
         self.mn_fa: Msa | None = None
         """Rule 7: the MN-FA MSA AAA made with the current FA."""
         self._mn_fa_at: Address | None = None
+        self._no_mn_fa_key: set[str] = set()  # rule 9: FAs that answered 107
 
     # -- the API --------------------------------------------------------------------------------
     def register(self, fa: Address, now: float, previous_fa: IPv4Address | None = None) -> None:
@@ -208,14 +229,27 @@ class MobileNode(Agent):
             outstanding.identifications.clear()
             self._send_request(outstanding, now)
             return
+        if (
+            reply.code == ReplyCode.FA_MISSING_MN_FA_KEY
+            and self.config.request_keys
+            and outstanding.fa[0] not in self._no_mn_fa_key
+            and outstanding.challenge_retries < CHALLENGE_RETRIES
+        ):
+            # Rule 9: this FA cannot give an MN-FA key: at once again, without asking for one.
+            self._no_mn_fa_key.add(outstanding.fa[0])
+            self.counters["keys.mn_fa_unavailable"] += 1
+            outstanding.challenge_retries += 1
+            outstanding.attempts = 0
+            outstanding.identifications.clear()
+            self._send_request(outstanding, now)
+            return
         new_ha: Msa | None = None
         if reply.accepted:
             new_ha = self._new_key(reply, ExtensionType.MN_HA_KEY_REPLY, now)
             used = outstanding.msa or Msa(self.config.mn_ha_spi, self.config.mn_ha_key)
-            check = used if new_ha is None else Msa(self.config.mn_ha_key_spi, new_ha.key, algorithm=new_ha.algorithm)
-            if not verify_authentication(
-                data, ExtensionType.MN_HA_AUTH, check.key, spi=check.spi, algorithm=check.algorithm
-            ):
+            check = used if new_ha is None else new_ha
+            spi = check.spi if check.reply_spi is None else check.reply_spi
+            if not verify_authentication(data, ExtensionType.MN_HA_AUTH, check.key, spi=spi, algorithm=check.algorithm):
                 self.counters["dropped.bad_mn_ha_auth"] += 1
                 return
         self._cancel(outstanding.timer)
@@ -233,7 +267,7 @@ class MobileNode(Agent):
             if self.mn_fa is not None and self.current_fa != self._mn_fa_at:
                 self.mn_fa = None  # an MN-FA MSA is with one FA only
             if new_fa is not None and lifetime:
-                spi, algorithm = self.config.mn_fa_key_spi, new_fa.algorithm
+                spi, algorithm = self.config.mn_fa_key_spi, new_fa.algorithm  # the FA names the node's SPI
                 if verify_authentication(data, ExtensionType.MN_FA_AUTH, new_fa.key, spi=spi, algorithm=algorithm):
                     self.mn_fa, self._mn_fa_at = new_fa, self.current_fa
                     self.counters["keys.mn_fa"] += 1
@@ -260,7 +294,8 @@ class MobileNode(Agent):
             self.counters["keys.malformed"] += 1
             return None
         replay_ok = reply_type == ExtensionType.MN_FA_KEY_REPLY or nonce.replay_method == mip.ReplayMethod.TIMESTAMPS
-        if nonce.aaa_spi != CHAP_SPI or len(nonce.nonce) < MIN_NONCE or not replay_ok:
+        reserved = nonce.agent_spi < FIRST_ALLOCATED_SPI  # RFC 5944 section 3.5.1: 0-255 are reserved
+        if nonce.aaa_spi != CHAP_SPI or len(nonce.nonce) < MIN_NONCE or not replay_ok or reserved:
             self.counters["keys.refused"] += 1
             return None
         algorithm = msa_algorithm(nonce.algorithm)
@@ -268,7 +303,8 @@ class MobileNode(Agent):
             self.counters["keys.unknown_algorithm"] += 1
             return None
         key = derive_aaa_key(c.mn_aaa_secret, nonce.nonce, c.nai.encode("utf-8"))
-        return Msa(nonce.agent_spi, key, now + extension.lifetime, algorithm)
+        own = c.mn_fa_key_spi if reply_type == ExtensionType.MN_FA_KEY_REPLY else c.mn_ha_key_spi
+        return Msa(nonce.agent_spi, key, now + extension.lifetime, algorithm, reply_spi=own)
 
     def _mn_ha_msa(self, now: float) -> Msa | None:
         """Rule 7: the MSA AAA made, while it lives and the node is registered."""
@@ -281,6 +317,9 @@ class MobileNode(Agent):
     # -- requests -------------------------------------------------------------------------------
     def _start(self, outstanding: _Outstanding, now: float) -> None:
         outstanding.msa = self._mn_ha_msa(now)
+        if self.mn_fa is not None and (outstanding.fa != self._mn_fa_at or now >= self.mn_fa.until):
+            self.mn_fa = None  # rule 8: it is with the FA that gave it, while it lives
+        outstanding.mn_fa = self.mn_fa
         if self._outstanding is not None:
             self._cancel(self._outstanding.timer)
         self._outstanding = outstanding
@@ -319,10 +358,9 @@ class MobileNode(Agent):
         c = self.config
         extensions: list[mip.Extension] = [NaiExtension(c.nai)]
         if c.request_keys and outstanding.lifetime:  # rule 6
-            extensions += [
-                KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, c.mn_fa_key_spi),
-                KeyRequestExtension(ExtensionType.MN_HA_KEY_REQUEST, c.mn_ha_key_spi),
-            ]
+            if outstanding.fa[0] not in self._no_mn_fa_key:  # rule 9
+                extensions.append(KeyRequestExtension(ExtensionType.MN_FA_KEY_REQUEST, c.mn_fa_key_spi))
+            extensions.append(KeyRequestExtension(ExtensionType.MN_HA_KEY_REQUEST, c.mn_ha_key_spi))
         if outstanding.previous_fa is not None:
             extensions.append(previous_fa_extension(outstanding.previous_fa))
         request = mip.RegistrationRequest(
@@ -342,4 +380,7 @@ class MobileNode(Agent):
         if challenge is not None:
             data += mip.encode_extension(ChallengeExtension(challenge))
             data = append_generalized_authentication(data, GeneralizedAuthSubtype.MN_AAA, CHAP_SPI, c.mn_aaa_secret)
+        if outstanding.mn_fa is not None:  # rule 8: the last extension
+            mn_fa = outstanding.mn_fa
+            data = append_authentication(data, ExtensionType.MN_FA_AUTH, mn_fa.spi, mn_fa.key, mn_fa.algorithm)
         return data

@@ -153,8 +153,9 @@ class MnKey:
     Diameter). ``key`` is ``HMAC-SHA1(MN-AAA secret, nonce || NAI)``."""
 
     spi: int
-    """The SPI of the MSA: the Mobile Node SPI the node asked with; the agent
-    uses it in both directions."""
+    """The Mobile Node SPI the node asked with: the node allocated it, and the
+    agent's messages to the node name it (RFC 4004 sections 9.1 and 9.4:
+    MIP-FA-to-MN-SPI, MIP-HA-to-MN-SPI)."""
     aaa_spi: int
     """The node's security association with the home AAA the key is derived
     under (the SPI of its MN-AAA extension)."""
@@ -167,6 +168,17 @@ class MnKey:
     """Seconds the key is valid (MIP-MSA-Lifetime)."""
     replay_method: int | None = None
     """MN-HA only: the replay protection of the MSA (RFC 3957 section 4)."""
+    agent_spi: int | None = None
+    """The SPI the agent allocated for the node's messages to it, which the
+    agent's Key Generation Nonce Reply names (its FA SPI or HA SPI; RFC 4004
+    sections 9.5 and 9.6: the FA allocates the MN-to-FA SPI, the HA the
+    MN-to-HA SPI). None until the agent allocated one (as the home AAA sends
+    it): then :attr:`spi` names the MSA in both directions."""
+
+    @property
+    def request_spi(self) -> int:
+        """The SPI the node's messages to the agent name (:attr:`agent_spi`)."""
+        return self.spi if self.agent_spi is None else self.agent_spi
 
 
 #: Octets of a profile digest (a truncated SHA-256).
