@@ -522,6 +522,9 @@ def test_a_wrong_or_missing_mn_fa_authenticator_is_refused_with_67(net: Network)
     net.link.send = tamper  # type: ignore[method-assign]
     for what, counter in (("wrong", "mn_fa_auth_failed"), ("missing", "mn_fa_auth_missing")):
         mangle[:] = [what]
+        if what == "missing":
+            # a request asking for a new MN-FA key is let through to AAA (the next test)
+            mn.config = dataclasses.replace(mn.config, request_keys=False)
         net.advance(5)
         mn.register(net.fa_address(FA1), net.clock)
         net.settle()
@@ -536,6 +539,36 @@ def test_a_wrong_or_missing_mn_fa_authenticator_is_refused_with_67(net: Network)
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 67 and NAI in fa.visitors and relayed == []
 
+
+
+def test_a_node_that_lost_a_used_mn_fa_key_gets_a_new_one_through_aaa(net: Network) -> None:
+    """The node used its MN-FA key (the FA holds it confirmed), then lost it (a
+    restart): its next registration carries no MN-FA authentication but asks for
+    a new key, so the FA lets AAA authenticate it (MN-AAA) instead of refusing it
+    67 until the visitor expires; the new key is the visitor's and the node's,
+    and the renewal after verifies under it."""
+    fa, mn = registered_with_mn_fa_key(net)
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert fa.visitors[NAI].mn_fa_confirmed
+    mn.mn_fa = None  # the node restarted
+    requests = requests_from_the_node(net)
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert find_authentication(requests[-1], ExtensionType.MN_FA_AUTH) is None
+    assert fa.counters["mn_fa_rekeyed"] == 1 and fa.counters["mn_fa_auth_missing"] == 0
+    visitor_key = fa.visitors[NAI].mn_fa
+    assert mn.mn_fa is not None and visitor_key is not None and not fa.visitors[NAI].mn_fa_confirmed
+    assert mn.mn_fa.key.value == visitor_key.key.value
+    verified = fa.counters["mn_fa_auth_verified"]
+    net.advance(5)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert fa.counters["mn_fa_auth_verified"] == verified + 1 and fa.visitors[NAI].mn_fa_confirmed
 
 def test_a_node_that_lost_the_reply_with_the_key_may_still_register_without_it(net: Network) -> None:
     fa, mn = registered_with_mn_fa_key(net)

@@ -64,8 +64,13 @@ Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
    lost): a request under the key before -- or, where there was none, without
    MN-FA authentication -- is accepted as well, and once that registration
    is accepted the visitor goes back to that key (or to none; a request that
-   is not accepted changes nothing). What the FA relays never carries it
-   (section 3.7.2.2).
+   is not accepted changes nothing). A registration without MN-FA
+   authentication that asks for a new MN-FA key (rule 5b) is a node that
+   lost its MSA (a restart) establishing a new one through AAA (RFC 3957):
+   it goes to AAA like the above, whose MN-AAA check stands for it (counted
+   ``mn_fa_rekeyed``), so a node that lost a key it had used is not locked
+   out until the visitor expires. What the FA relays never carries MN-FA
+   authentication (section 3.7.2.2).
 5b. A registration whose request asked for an MN-FA key (a Generalized
    MN-FA Key Generation Nonce Request of subtype AAA, RFC 3957 section 6.1)
    when AAA's answer brings none this FA can use (no MSA -- RADIUS, say --
@@ -745,6 +750,10 @@ class ForeignAgent(Agent):
             else site is None
         ):
             self.counters["mn_fa_auth_previous"] += 1
+            return "before"
+        if site is None and message.lifetime and _asks_mn_fa_key(message):
+            # A node without the MSA asks AAA for a new one: MN-AAA speaks for it.
+            self.counters["mn_fa_rekeyed"] += 1
             return "before"
         detail = "no MN-FA authentication" if site is None else "MN-FA authentication failed"
         self.counters["mn_fa_auth_missing" if site is None else "mn_fa_auth_failed"] += 1
