@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -373,7 +374,9 @@ async def foreign_front(
     return front, role, port
 
 
-def test_the_front_end_proxies_to_the_home_aaa_and_answers_the_handoff_from_its_cache() -> None:
+def test_the_front_end_proxies_to_the_home_aaa_and_answers_the_handoff_from_its_cache(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The foreign AAA's Diameter side with a real home AAA front end
     (tests/diameter_lab.py) behind it: FA1's AMR goes home and comes back
     without the root key, the session lands in the role's cache; FA2's AMR
@@ -426,7 +429,11 @@ def test_the_front_end_proxies_to_the_home_aaa_and_answers_the_handoff_from_its_
         await front.close()
         await home.transport.close()
 
+    caplog.set_level(logging.DEBUG, logger="aaa_vpn.diameter")
     asyncio.run(main())
+    relayed = [r.fields for r in caplog.records if r.getMessage() == "diameter answer relayed from home"]  # type: ignore[attr-defined]
+    assert [(f["command"], f["result"], f["cached"]) for f in relayed] == [("AMA", 2001, True), ("STA", 2001, False)]
+    assert all(f["session"] for f in relayed)
 
 
 @pytest.mark.parametrize("named", [HOME_HOST, "other.home.example"])

@@ -294,6 +294,21 @@ class ForeignDiameterFront:
             )
         if reply.failure:
             self._log_failure(reply.answer, "", reply.failure)
+        else:
+            # As the RADIUS path logs its decisions: an accept at debug, anything else at info.
+            result = reply.answer.result_code or 0
+            level = logging.DEBUG if result == ResultCode.SUCCESS else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "diameter answer relayed from home",
+                    extra=fields(
+                        session=reply.answer.session_id or "",
+                        command=reply.answer.name,
+                        result=result,
+                        cached=reply.learned is not None,
+                    ),
+                )
         self.node.answer(reply.handle, reply.answer, now)
 
     @staticmethod
