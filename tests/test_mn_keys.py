@@ -39,7 +39,7 @@ from aaa_vpn.secret import Secret
 from aaa_vpn.service.journal import decode_journal, encode_journal
 from aaa_vpn.wire import mip
 from aaa_vpn.wire.mip import ExtensionType, KeyGenAlgorithm, KeyReplyExtension, decode_aaa_nonce
-from aaa_vpn.wire.mip_auth import find_authentication, verify_authentication
+from aaa_vpn.wire.mip_auth import append_authentication, find_authentication, verify_authentication
 from aaa_vpn.wire.profile import MnKey
 
 from .mobility import FA1, GW_DYNAMIC, GW_STATIC, MN_AAA, MN_HA, MN_SOCKET, Network
@@ -742,3 +742,56 @@ def test_a_request_that_is_not_accepted_leaves_the_visitors_key_alone(net: Netwo
     assert mip.decode_registration_reply(replies[-1]).code in (104, 106)
     assert fa.visitors[NAI].mn_fa == key and not fa.visitors[NAI].mn_fa_confirmed
     assert fa.counters["mn_fa_auth_previous"] == 1
+
+
+
+def test_the_ha_takes_fa_ha_authentication_under_hmac_sha1_and_answers_in_kind(net: Network) -> None:
+    """An RFC 4004 FA computes FA-HA authentication with the algorithm the
+    AMA's MIP-FA-to-HA-MSA names (MIP-Algorithm-Type 2, HMAC-SHA-1); this
+    project's FA keeps HMAC-MD5. The HA takes either under the FA-HA key (the
+    authenticator's length says which) and authenticates its reply with the
+    request's algorithm (ha.py rule 4c). Here FA1's relayed request is re-signed
+    with HMAC-SHA-1 on its way to the HA, and the HA's reply is checked on its
+    way back (then re-signed with HMAC-MD5 for FA1, which speaks only that)."""
+    from aaa_vpn import keys
+
+    from .mobility import HA
+
+    def fa_ha_key() -> Secret:
+        (session,) = net.store.find_sessions(NAI)
+        return keys.derive_fa_ha_key(session.session_root_key, IPv4Address(FA1), IPv4Address(HA), session.epoch)
+
+    requests: list[bytes] = []
+    replies: list[bytes] = []
+    send = net.link.send
+
+    def resign(data: bytes, algorithm: KeyGenAlgorithm) -> bytes:
+        site = find_authentication(data, ExtensionType.FA_HA_AUTH)
+        assert site is not None and site.end == len(data)
+        spi, key = site.extension.spi, fa_ha_key()
+        return append_authentication(data[: site.start], ExtensionType.FA_HA_AUTH, spi, key, algorithm)
+
+    def tamper(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
+        if (source[0], destination[0]) == (FA1, HA) and data[:1] == b"\x01":
+            data = resign(data, KeyGenAlgorithm.HMAC_SHA1)
+            requests.append(data)
+        elif (source[0], destination[0]) == (HA, FA1) and data[:1] == b"\x03":
+            replies.append(data)
+            data = resign(data, KeyGenAlgorithm.HMAC_MD5)
+        send(source, destination, data)
+
+    net.link.send = tamper  # type: ignore[method-assign]
+    mn = net.nodes["mn"].agent
+    assert isinstance(mn, MobileNode)
+    mn.register(net.fa_address(FA1), net.clock)
+    net.settle()
+    assert net.nodes["mn"].done()[-1].code == 0
+    assert requests and replies
+    key = fa_ha_key()
+    for data in requests + replies:
+        site = find_authentication(data, ExtensionType.FA_HA_AUTH)
+        assert site is not None and len(site.extension.authenticator) == 20
+        assert verify_authentication(data, ExtensionType.FA_HA_AUTH, key, algorithm=KeyGenAlgorithm.HMAC_SHA1)
+        assert not verify_authentication(data, ExtensionType.FA_HA_AUTH, key)  # not HMAC-MD5
+    ha = net.nodes["ha"].agent
+    assert isinstance(ha, HomeAgent) and NAI in ha.bindings

@@ -86,8 +86,16 @@ Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
    provisioned SPI of AAA's view with the provisioned key, and each reply is
    authenticated under the MSA its request used (with its algorithm and,
    for an MSA from AAA, the node's SPI; the
-   provisioned key and the FA-HA key stay HMAC-MD5). A later registration
+   provisioned key stays HMAC-MD5). A later registration
    without a new key keeps the binding's MSA; a VPN push leaves it.
+4c. FA-HA authentication: this project's FA computes it with HMAC-MD5 (RFC
+   5944's default; it also learns the key over RADIUS, which names no
+   algorithm), while a Diameter MIP-FA-to-HA-MSA must announce
+   MIP-Algorithm-Type 2, HMAC-SHA-1 (RFC 4004 section 9.8), which an RFC
+   4004 FA will use. So a request's FA-HA authenticator is checked under
+   the FA-HA key with either algorithm (its length, 16 or 20 octets, says
+   which), and the reply's FA-HA authentication uses the algorithm of the
+   request it answers.
 9. Bounds: at most ``max_pending`` registrations at once (more: 130, counted
    ``limits.pending``); at most ``max_answers`` cached replies (the oldest go
    first, counted ``limits.answers``).
@@ -164,6 +172,7 @@ from aaa_vpn.wire.mip_auth import (
     DEFAULT_ALGORITHM,
     append_authentication,
     append_generalized_authentication,
+    authenticator_length,
     find_authentication,
     mn_aaa_proof,
     msa_algorithm,
@@ -390,6 +399,27 @@ def _algorithm(derived: MnKey | None, data: bytes | None = None) -> KeyGenAlgori
     msa = derived if data is None else _msa_used(derived, data)
     return msa.algorithm if msa is not None else DEFAULT_ALGORITHM
 
+
+
+def _fa_ha_algorithm(message: mip.RegistrationRequest) -> KeyGenAlgorithm | int:
+    """Rule 4c: the algorithm of a request's FA-HA authenticator, by its
+    length: HMAC-SHA-1 (20 octets) from an FA that follows the
+    MIP-FA-to-HA-MSA's MIP-Algorithm-Type 2 (RFC 4004 section 9.8), else
+    HMAC-MD5 (16, RFC 5944's default, what this project's FA sends)."""
+    for extension in message.extensions:
+        if isinstance(extension, mip.AuthenticationExtension) and extension.type == ExtensionType.FA_HA_AUTH:
+            if len(extension.authenticator) == authenticator_length(KeyGenAlgorithm.HMAC_SHA1):
+                return KeyGenAlgorithm.HMAC_SHA1
+    return DEFAULT_ALGORITHM
+
+
+def _fa_ha_authentic(data: bytes, key: Secret, spi: int | None) -> bool:
+    """Rule 4c: FA-HA authentication under ``key`` with either algorithm the
+    key may be used with (the authenticator's length says which)."""
+    return any(
+        verify_authentication(data, ExtensionType.FA_HA_AUTH, key, spi=spi, algorithm=algorithm)
+        for algorithm in (DEFAULT_ALGORITHM, KeyGenAlgorithm.HMAC_SHA1)
+    )
 
 def _with_msa(profile: VpnProfile, derived: MnKey | None, data: bytes | None = None) -> VpnProfile:
     """Rule 4b: ``profile`` with the MN-HA MSA a request used (``data``; or,
@@ -714,7 +744,7 @@ class HomeAgent(Agent):
                 spi=profile.mn_ha_spi,
                 algorithm=_algorithm(pending.used),
             )
-            and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
+            and _fa_ha_authentic(data, profile.fa_ha_key, profile.fa_ha_spi)
             and check_timestamp(
                 message.identification, now, pending.message.identification, self.config.replay_tolerance
             ).ok
@@ -755,7 +785,7 @@ class HomeAgent(Agent):
             verify_authentication(
                 data, ExtensionType.MN_HA_AUTH, profile.mn_ha_key, spi=profile.mn_ha_spi, algorithm=algorithm
             )
-            and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
+            and _fa_ha_authentic(data, profile.fa_ha_key, profile.fa_ha_spi)
         ):
             return False
         if message.identification != binding.identification:
@@ -839,7 +869,7 @@ class HomeAgent(Agent):
         ):
             self._fail(key, ReplyCode.HA_MN_FAILED_AUTHENTICATION, "MN-HA authentication failed", delete=False, now=now)
             return
-        if not verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi):
+        if not _fa_ha_authentic(data, profile.fa_ha_key, profile.fa_ha_spi):
             self._fail(key, ReplyCode.HA_FA_FAILED_AUTHENTICATION, "FA-HA authentication failed", delete=False, now=now)
             return
         verdict = check_timestamp(
@@ -1309,7 +1339,7 @@ class HomeAgent(Agent):
         authentic = (
             profile is not None
             and profile.fa_ha_key is not None
-            and verify_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_key, spi=profile.fa_ha_spi)
+            and _fa_ha_authentic(data, profile.fa_ha_key, profile.fa_ha_spi)
         )
         if profile is not None and not (authentic and fresh):
             self.counters["dropped.bad_revocation"] += 1
@@ -1739,8 +1769,8 @@ class HomeAgent(Agent):
         ``key_reply`` (rule 4b), then MN-HA authentication (under
         ``mn_ha_algorithm``: HMAC-MD5 with the provisioned key, the MSA's own
         with one from AAA, and then under ``mn_ha_reply_spi``, the node's SPI)
-        and FA-HA authentication (HMAC-MD5) when the keys are known (RFC 5944
-        section 3.8.3.3). The key reply names the HA SPI this HA allocated."""
+        and FA-HA authentication when the keys are known (RFC 5944 section
+        3.8.3.3), under the algorithm of the request's (rule 4c). The key reply names the HA SPI this HA allocated."""
         extensions: list[mip.Extension] = [NaiExtension(nai)] if nai else []
         if key_reply is not None:
             nonce = AaaNonce(
@@ -1765,7 +1795,9 @@ class HomeAgent(Agent):
             spi = profile.mn_ha_spi if mn_ha_reply_spi is None else mn_ha_reply_spi
             data = append_authentication(data, ExtensionType.MN_HA_AUTH, spi, profile.mn_ha_key, mn_ha_algorithm)
         if fa_ha and profile is not None and profile.fa_ha_key is not None and profile.fa_ha_spi is not None:
-            data = append_authentication(data, ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key)
+            data = append_authentication(
+                data, ExtensionType.FA_HA_AUTH, profile.fa_ha_spi, profile.fa_ha_key, _fa_ha_algorithm(message)
+            )
         self._send(Channel.MIP, data, source)
         return data
 
