@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import hmac
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from aaa_vpn.wire.mip import ExtensionType, KeyGenAlgorithm, KeyReplyExtension, 
 from aaa_vpn.wire.mip_auth import append_authentication, find_authentication, verify_authentication
 from aaa_vpn.wire.profile import MnKey
 
-from .mobility import FA1, GW_DYNAMIC, GW_STATIC, MN_AAA, MN_HA, MN_SOCKET, Network
+from .mobility import FA1, GW_DYNAMIC, GW_STATIC, HA, MN_AAA, MN_HA, MN_SOCKET, Network
 
 NONCE = bytes(range(100, 116))
 HA_NONCE = bytes(range(200, 216))
@@ -112,17 +112,23 @@ def net(tmp_path: Path) -> Iterator[Network]:
     network.close()
 
 
-def replies_to_the_node(net: Network) -> list[bytes]:
+def recorded(net: Network, keep: Callable[[str, str, bytes], bool]) -> list[bytes]:
+    """Every datagram the link carries from now on for which ``keep(source
+    address, destination address, data)`` holds, in order."""
     seen: list[bytes] = []
     send = net.link.send
 
     def record(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
-        if destination[0] == MN_SOCKET and data[:1] == b"\x03":
+        if keep(source[0], destination[0], data):
             seen.append(data)
         send(source, destination, data)
 
     net.link.send = record  # type: ignore[method-assign]
     return seen
+
+
+def replies_to_the_node(net: Network) -> list[bytes]:
+    return recorded(net, lambda _source, destination, data: destination == MN_SOCKET and data[:1] == b"\x03")
 
 
 def test_fa_relays_the_mn_fa_key_reply_and_authenticates_with_the_new_key(net: Network) -> None:
@@ -204,18 +210,7 @@ def test_without_a_key_from_aaa_the_reply_is_as_before(net: Network) -> None:
 
 
 def requests_to_the_ha(net: Network) -> list[bytes]:
-    from .mobility import HA
-
-    seen: list[bytes] = []
-    send = net.link.send
-
-    def record(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
-        if destination[0] == HA and data[:1] == b"\x01":
-            seen.append(data)
-        send(source, destination, data)
-
-    net.link.send = record  # type: ignore[method-assign]
-    return seen
+    return recorded(net, lambda _source, destination, data: destination == HA and data[:1] == b"\x01")
 
 
 def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn_ha_key(net: Network) -> None:
@@ -408,8 +403,6 @@ def test_a_move_to_another_fa_leaves_the_mn_fa_key_behind(net: Network) -> None:
 
 
 def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Network) -> None:
-    from .mobility import HA
-
     ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
     assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
     ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
@@ -446,16 +439,7 @@ def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Ne
 
 
 def requests_from_the_node(net: Network) -> list[bytes]:
-    seen: list[bytes] = []
-    send = net.link.send
-
-    def record(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> None:
-        if source[0] == MN_SOCKET and data[:1] == b"\x01":
-            seen.append(data)
-        send(source, destination, data)
-
-    net.link.send = record  # type: ignore[method-assign]
-    return seen
+    return recorded(net, lambda source, _destination, data: source == MN_SOCKET and data[:1] == b"\x01")
 
 
 def extension_types(message: bytes) -> list[int]:
@@ -540,7 +524,6 @@ def test_a_wrong_or_missing_mn_fa_authenticator_is_refused_with_67(net: Network)
     assert net.nodes["mn"].done()[-1].code == 67 and NAI in fa.visitors and relayed == []
 
 
-
 def test_a_node_that_lost_a_used_mn_fa_key_gets_a_new_one_through_aaa(net: Network) -> None:
     """The node used its MN-FA key (the FA holds it confirmed), then lost it (a
     restart): its next registration carries no MN-FA authentication but asks for
@@ -569,6 +552,7 @@ def test_a_node_that_lost_a_used_mn_fa_key_gets_a_new_one_through_aaa(net: Netwo
     net.settle()
     assert net.nodes["mn"].done()[-1].code == 0
     assert fa.counters["mn_fa_auth_verified"] == verified + 1 and fa.visitors[NAI].mn_fa_confirmed
+
 
 def test_a_node_that_lost_the_reply_with_the_key_may_still_register_without_it(net: Network) -> None:
     fa, mn = registered_with_mn_fa_key(net)
@@ -744,7 +728,6 @@ def test_a_request_that_is_not_accepted_leaves_the_visitors_key_alone(net: Netwo
     assert fa.counters["mn_fa_auth_previous"] == 1
 
 
-
 def test_the_ha_takes_fa_ha_authentication_under_hmac_sha1_and_answers_in_kind(net: Network) -> None:
     """An RFC 4004 FA computes FA-HA authentication with the algorithm the
     AMA's MIP-FA-to-HA-MSA names (MIP-Algorithm-Type 2, HMAC-SHA-1); this
@@ -754,8 +737,6 @@ def test_the_ha_takes_fa_ha_authentication_under_hmac_sha1_and_answers_in_kind(n
     with HMAC-SHA-1 on its way to the HA, and the HA's reply is checked on its
     way back (then re-signed with HMAC-MD5 for FA1, which speaks only that)."""
     from aaa_vpn import keys
-
-    from .mobility import HA
 
     def fa_ha_key() -> Secret:
         (session,) = net.store.find_sessions(NAI)
