@@ -295,8 +295,11 @@ def test_a_previous_fa_that_heard_no_notification_is_told_to_let_the_node_go(net
     net.advance(2.0)
     lost_until = net.clock + 7.5
     seen: list[tuple[float, bytes]] = []
+    acks: list[tuple[tuple[str, int], bytes]] = []
 
     def lose(source: tuple[str, int], destination: tuple[str, int], data: bytes) -> bool:
+        if (source, destination[0]) == (net.fa_address(FA1), FA2):
+            acks.append((destination, data))  # FA1's own answers (not the test's forgery)
         if (source[0], destination[0]) != (FA2, FA1):
             return False
         seen.append((net.clock, data))
@@ -308,6 +311,19 @@ def test_a_previous_fa_that_heard_no_notification_is_told_to_let_the_node_go(net
     assert "mn1@home.example" in fa(net, "fa1").visitors  # it heard nothing
     assert table(net, "fa1") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
     assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]  # the receiving end went at 7 s
+    # A forged acceptance of the first release (FA1's address, no handoff key) is dropped:
+    # the releases go on.
+    release = mip.decode_binding_message(seen[3][1])
+    assert isinstance(release, PreviousFaNotification) and release.lifetime == 0
+    forged = mip.encode_binding_message(
+        BindingAcknowledge(BindingStatus.ACCEPTED, 0, release.home_address, IPv4Address(FA2), release.identification)
+    )
+    forged = append_generalized_authentication(
+        forged, GeneralizedAuthSubtype.BINDING, HANDOFF_SPI, Secret(b"not the handoff key, 32 octets.")
+    )
+    net.socket(FA1, 50434).sendto(forged, net.fa_address(FA2))
+    net.settle()
+    assert fa(net, "fa2").counters["dropped.bad_handoff_auth"] == 1 and fa(net, "fa2").exchanges() == 1
     net.advance(1.0)
     assert fa(net, "fa1").visitors == {} and table(net, "fa1") == []
     assert fa(net, "fa1").forwarding == {}  # let go, not forwarding
@@ -324,7 +340,12 @@ def test_a_previous_fa_that_heard_no_notification_is_told_to_let_the_node_go(net
     # the rest of the network follows FA2
     assert table(net, "ha") == [("FA_HA", FA2), ("HA_GW", "127.0.0.21")]
     assert table(net, "gw-dynamic") == [("FA_GW", FA2)]
-
+    # FA1's acknowledgement of the release, delivered twice: the copy matches nothing
+    ((destination, ack),) = acks
+    net.socket(FA1, 50434).sendto(ack, destination)
+    net.settle()
+    counters = fa(net, "fa2").counters
+    assert (counters["dropped.unmatched_ack"], counters["handoff.released"]) == (1, 1)
 
 
 def test_a_previous_fa_that_cannot_install_the_forwarding_path_still_lets_the_node_go(
@@ -351,6 +372,7 @@ def test_a_previous_fa_that_cannot_install_the_forwarding_path_still_lets_the_no
     assert table(net, "fa1") == []
     assert table(net, "fa2") == [("FA_GW", GW_DYNAMIC), ("FA_HA", HA)]
     assert fa(net, "fa2").exchanges() == 0
+
 
 # -- forged and refused notifications ---------------------------------------------------------------
 
