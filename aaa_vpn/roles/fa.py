@@ -189,7 +189,7 @@ from aaa_vpn.roles import radius_client
 from aaa_vpn.roles.agent import Address, Agent, Channel, DeletePaths, InstallPaths, RegistrationDone, backoff
 from aaa_vpn.roles.coa import CoaPeer, CoaResponder, Received
 from aaa_vpn.roles.diameter_client import FaDiameterClient
-from aaa_vpn.roles.ha import allocate_spi, mirror, mn_key_from_state, mn_key_state
+from aaa_vpn.roles.ha import mirror, mn_key_from_state, mn_key_state, own_msa
 from aaa_vpn.roles.radius_client import (
     RadiusClient,
     RequestAccepted,
@@ -937,15 +937,16 @@ class ForeignAgent(Agent):
             )
             return
         pending.profile = profile
-        pending.mn_fa = event.mn_fa_key
-        if pending.mn_fa is not None and msa_algorithm(pending.mn_fa.algorithm) is None:
-            # Rule 5: an MSA naming an algorithm this FA does not compute gives no key.
-            self.counters["mn_fa_keys_refused"] += 1
-            pending.mn_fa = None
-        if pending.mn_fa is not None:  # rule 5: the MN-to-FA SPI is this FA's to allocate
-            spi = allocate_spi(self.random_bytes, self._spis_taken(profile))
-            pending.mn_fa = dataclasses.replace(pending.mn_fa, agent_spi=spi)
-        elif _asks_mn_fa_key(pending.message) and not self._holds_mn_fa_key(pending.nai, pending.mn_fa_fallback):
+        pending.mn_fa = None
+        if event.mn_fa_key is not None:  # rule 5
+            pending.mn_fa = own_msa(event.mn_fa_key, self.random_bytes, self._spis_taken(profile))
+            if pending.mn_fa is None:
+                self.counters["mn_fa_keys_refused"] += 1
+        if (
+            pending.mn_fa is None
+            and _asks_mn_fa_key(pending.message)
+            and not self._holds_mn_fa_key(pending.nai, pending.mn_fa_fallback)
+        ):
             # Rule 5b: the node asked for an MN-FA key and none can be given (RFC 3957 section 7).
             self.counters["mn_fa_keys_unavailable"] += 1
             self._forget(key)

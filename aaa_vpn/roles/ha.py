@@ -472,6 +472,16 @@ def allocate_spi(random_bytes: Callable[[int], bytes], taken: Collection[int]) -
             return spi
 
 
+def own_msa(key: MnKey, random_bytes: Callable[[int], bytes], taken: Collection[int]) -> MnKey | None:
+    """The node's MSA with this agent from the MSA AAA gave (FA rule 5, HA rule
+    4b): None if it names an algorithm this agent does not compute, else
+    ``key`` with the SPI of the node's requests to this agent allocated here
+    (:func:`allocate_spi`; never the node's own SPI of that MSA either)."""
+    if msa_algorithm(key.algorithm) is None:
+        return None
+    return dataclasses.replace(key, agent_spi=allocate_spi(random_bytes, {*taken, key.spi}))
+
+
 def mn_key_from_state(entry: dict[str, Any] | None) -> MnKey | None:
     """The MSA :func:`mn_key_state` kept, or None (none kept, or one naming an
     algorithm this agent does not compute)."""
@@ -853,14 +863,11 @@ class HomeAgent(Agent):
             )
             return
         binding = self.bindings.get(pending.nai)
-        pending.mn_ha = event.mn_ha_key
-        if pending.mn_ha is not None and msa_algorithm(pending.mn_ha.algorithm) is None:
-            # Rule 4b: an MSA naming an algorithm this HA does not compute gives no key.
-            self.counters["mn_ha_keys_refused"] += 1
-            pending.mn_ha = None
-        if pending.mn_ha is not None:  # rule 4b: the MN-to-HA SPI is this HA's to allocate
-            spi = allocate_spi(self.random_bytes, self._spis_taken(profile))
-            pending.mn_ha = dataclasses.replace(pending.mn_ha, agent_spi=spi)
+        pending.mn_ha = None
+        if event.mn_ha_key is not None:  # rule 4b
+            pending.mn_ha = own_msa(event.mn_ha_key, self.random_bytes, self._spis_taken(profile))
+            if pending.mn_ha is None:
+                self.counters["mn_ha_keys_refused"] += 1
         pending.used = _msa_used(binding.mn_ha if binding is not None else None, data)
         checked = _with_msa(profile, pending.used)
         assert checked.mn_ha_key is not None
