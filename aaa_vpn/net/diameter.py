@@ -35,6 +35,21 @@ from aaa_vpn.roles.diameter_peer import DiameterNode, Event
 log = logging.getLogger("aaa_vpn.diameter")
 
 
+#: Seconds between attempts to connect to a Diameter peer that went away.
+RECONNECT = 1.0
+
+
+async def until_reconnect(lost: asyncio.Event, stop: asyncio.Event) -> None:
+    """Wait until a kept connection is ``lost`` or the keeper is told to
+    ``stop``; after a loss, :data:`RECONNECT` seconds more before the next
+    attempt."""
+    waits = {asyncio.ensure_future(lost.wait()), asyncio.ensure_future(stop.wait())}
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    if not stop.is_set():
+        await asyncio.sleep(RECONNECT)
+
 def sctp_available() -> bool:
     """Whether this kernel opens SCTP sockets (RFC 4960)."""
     proto = getattr(socket, "IPPROTO_SCTP", 132)

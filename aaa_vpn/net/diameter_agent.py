@@ -23,15 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from aaa_vpn.net.diameter import DiameterTransport
+from aaa_vpn.net.diameter import DiameterTransport, until_reconnect
 from aaa_vpn.roles import diameter_peer as peer
 from aaa_vpn.service.logging import fields
 
 log = logging.getLogger("aaa_vpn.diameter")
-
-#: Seconds between connection attempts.
-RECONNECT = 1.0
-
 
 class DiameterClientRole(Protocol):
     """What the link needs of an agent's Diameter client (roles/diameter_client.py)."""
@@ -92,12 +88,7 @@ class DiameterLink:
             except OSError as exc:
                 log.warning("diameter connect failed", extra=fields(server=f"{self.host}:{self.port}", error=str(exc)))
                 self._lost.set()
-            waits = {asyncio.ensure_future(self._lost.wait()), asyncio.ensure_future(self._stop.wait())}
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            if not self._stop.is_set():
-                await asyncio.sleep(RECONNECT)
+            await until_reconnect(self._lost, self._stop)
 
     async def close(self) -> None:
         self._stop.set()

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from aaa_vpn.model import Client, ClientRole, ValidationError
-from aaa_vpn.net.diameter import DiameterTransport
+from aaa_vpn.net.diameter import RECONNECT, DiameterTransport, until_reconnect
 from aaa_vpn.roles import diameter_peer as peer
 from aaa_vpn.roles.diameter_home import KNOWN_AVPS, DiameterHome
 from aaa_vpn.roles.diameter_proxy import DEFAULT_TIMEOUT, DiameterPeerConfig, DiameterProxy, DiameterRealm, Reply
@@ -59,8 +59,6 @@ log = logging.getLogger("aaa_vpn.diameter")
 
 #: Seconds an AMR waits for the foreign AAA's reply.
 WAIT = 30.0
-#: Seconds between attempts to connect to a home Diameter peer.
-RECONNECT = 1.0
 
 
 def _clients(proxy_clients: tuple[ProxyClient, ...]) -> list[Client]:
@@ -174,12 +172,7 @@ class ForeignDiameterFront:
                 self._lost[conn_id] = lost
                 if conn_id not in self.transport.connections:  # gone before we could watch it
                     lost.set()
-            waits = {asyncio.ensure_future(lost.wait()), asyncio.ensure_future(self._stop.wait())}
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            if not self._stop.is_set():
-                await asyncio.sleep(RECONNECT)
+            await until_reconnect(lost, self._stop)
 
     async def close(self) -> None:
         """DPR the peers, stop reconnecting, close."""
