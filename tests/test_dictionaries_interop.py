@@ -209,6 +209,14 @@ def unescape(quoted: bytes) -> bytes:
     return bytes(out)
 
 
+def as_freeradius_prints(value: bytes) -> bytes:
+    """A tagged key as radclient shows it: radclient 3.2 prints a ``string``
+    attribute without its last NUL (one key in 256 ends in zero). The value
+    itself keeps it: FreeRADIUS relays such keys whole
+    (tests/test_freeradius_proxy.py)."""
+    return value[:-1] if value.endswith(b"\x00") else value
+
+
 def parse_reply(output: bytes) -> list[tuple[str, int, str | bytes]]:
     """The attributes radclient printed under "Received Access-Accept":
     (name, tag or 0, value); strings and octets as bytes, the rest as text."""

@@ -62,7 +62,7 @@ from .radius_client import (
     served_port,
     wait_until_serving,
 )
-from .test_dictionaries_interop import parse_reply
+from .test_dictionaries_interop import as_freeradius_prints, parse_reply
 from .test_home_server import KEY_FILES, MN_SECRET, NAI, SECRET, provision, start_server, stop
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
@@ -280,14 +280,18 @@ def test_the_accept_freeradius_sends_carries_the_profile_of_the_stored_session(
     assert by_name[("Aaa-Vpn-Path-SPI-In", t)] == [str(spi["fa-ha@127.0.0.1"])]
     assert by_name[("Aaa-Vpn-Path-SPI-Out", t)] == [str(spi["fa-ha@127.0.0.2"])]
     length = EspTransform.AES_GCM_16_256.keymat_length
-    assert by_name[("Aaa-Vpn-Path-Key-In", t)] == [keys.derive_sa_key(srk, b"fa-ha", HA, FA, epoch, length).value]
-    assert by_name[("Aaa-Vpn-Path-Key-Out", t)] == [keys.derive_sa_key(srk, b"fa-ha", FA, HA, epoch, length).value]
-    assert by_name[("Aaa-Vpn-Path-IKE-PSK", t)] == [keys.derive_ike_psk(srk, b"fa-ha", FA, HA, epoch).value]
+
+    def shown(key: Secret) -> list[str | bytes]:
+        return [as_freeradius_prints(key.value)]
+
+    assert by_name[("Aaa-Vpn-Path-Key-In", t)] == shown(keys.derive_sa_key(srk, b"fa-ha", HA, FA, epoch, length))
+    assert by_name[("Aaa-Vpn-Path-Key-Out", t)] == shown(keys.derive_sa_key(srk, b"fa-ha", FA, HA, epoch, length))
+    assert by_name[("Aaa-Vpn-Path-IKE-PSK", t)] == shown(keys.derive_ike_psk(srk, b"fa-ha", FA, HA, epoch))
     assert by_name[("Aaa-Vpn-Path-DSCP", t)] == ["46"]
     t = tags["FA-GW"]
     label = next(a.path for a in session.spis if a.path.startswith("fa-gw:")).split("@")[0].encode()  # type: ignore[attr-defined]
     length = EspTransform.AES_CBC_128_HMAC_SHA256.keymat_length
-    assert by_name[("Aaa-Vpn-Path-Key-In", t)] == [keys.derive_sa_key(srk, label, GW_DYN, FA, epoch, length).value]
+    assert by_name[("Aaa-Vpn-Path-Key-In", t)] == shown(keys.derive_sa_key(srk, label, GW_DYN, FA, epoch, length))
     assert by_name[("Aaa-Vpn-Path-Remote-TS", t)] == [b"203.0.113.128/25"]
     # the Class the NAS copies into its accounting names the session
     assert any(name == "Class" for name, _, _ in attributes)

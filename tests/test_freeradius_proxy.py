@@ -37,10 +37,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,9 @@ from aaa_vpn.roles.radius_client import (
 from aaa_vpn.secret import Secret
 from aaa_vpn.store import open_store
 from aaa_vpn.wire import radius as rc
+from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode
 from aaa_vpn.wire.profile import VENDOR_ID, PathProfile, PathRole, RequestType, VpnProfile
-from aaa_vpn.wire.radius_profile import AaaVpnAttr
+from aaa_vpn.wire.radius_profile import AaaVpnAttr, encode_profile
 from aaa_vpn.wire.radius_request import AccessRequest
 
 from . import freeradius
@@ -516,3 +518,116 @@ def test_a_renewal_behind_freeradius_is_confirmed_without_a_key(visited: Visited
     # the stored session is the same one, the same epoch
     session = stored_session(visited.db)
     assert (session.session_id, session.epoch) == (first.session_id, first.epoch)
+
+
+# -- a key ending in zero through FreeRADIUS ---------------------------------------------------
+
+#: Keys whose last octet is zero: radclient prints such a ``string`` value one
+#: NUL short (tests/test_home_interop.py), but the proxy must relay it whole.
+_ZERO_ENDED = hashlib.sha256(b"aaa_vpn key ending in zero").digest()[:35] + b"\x00"
+_TWO_ZEROS = hashlib.sha256(b"aaa_vpn key ending in two zeros").digest()[:34] + b"\x00\x00"
+
+
+def _zero_ended_profile() -> VpnProfile:
+    psk = hashlib.sha256(b"aaa_vpn psk ending in zero").digest()[:31] + b"\x00"
+    binding = hashlib.sha256(b"aaa_vpn binding key ending in zero").digest()[:31] + b"\x00"
+    path = PathProfile(
+        role=PathRole.FA_HA,
+        local=FA1,
+        peer=HA,
+        local_ts=(IPv4Network("198.51.100.10/32"),),
+        remote_ts=(IPv4Network("0.0.0.0/0"),),
+        key_mode=KeyMode.IKEV2,
+        esp_transform=EspTransform.AES_GCM_16_256,  # 36-octet keys
+        spi_in=0x1001,
+        spi_out=0x1002,
+        key_in=Secret(_ZERO_ENDED),
+        key_out=Secret(_TWO_ZEROS),
+        lifetime=3600,
+        ike_proposal="aes256gcm16-prfsha256-x25519",
+        ike_psk=Secret(psk),
+        gateway_mode=GatewayMode.DYNAMIC,
+        binding_key=Secret(binding),
+    )
+    return VpnProfile(
+        session_id="zero-ended@home.example",
+        home_address=IPv4Address("198.51.100.10"),
+        home_agent=HA,
+        care_of_address=FA1,
+        lifetime=1800,
+        epoch=3,
+        paths=(path,),
+    )
+
+
+def _answer_once(sock: socket.socket, profile: VpnProfile, errors: list[BaseException]) -> None:
+    """A scripted home AAA: answers one proxied Access-Request with ``profile``,
+    Proxy-States echoed, signed under the proxy's secret."""
+    try:
+        data, address = sock.recvfrom(4096)
+        authenticator = data[4:20]
+        states = [rc.attribute(c, v) for c, v in split_attributes(data) if c == rc.PROXY_STATE]
+        body = encode_profile(profile, Flavour.AAA_VPN, PROXY_SECRET, authenticator) + states
+        sock.sendto(rc.encode_reply(rc.ACCESS_ACCEPT, data[1], authenticator, PROXY_SECRET, body), address)
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)
+
+
+def test_keys_ending_in_zero_survive_freeradius(tmp_path: Path) -> None:
+    """The tagged keys are ``string`` in FreeRADIUS's dictionary (it cannot tag
+    octets), and radclient prints a string without its last NUL: FreeRADIUS as
+    the proxy must still re-encrypt every key whole for the FA, trailing zeros
+    included."""
+    binary = _require_tool("freeradius")
+    profile = _zero_ended_profile()
+    home = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    home.bind(("127.0.0.1", 0))
+    home.settimeout(20)
+    errors: list[BaseException] = []
+    responder = threading.Thread(target=_answer_once, args=(home, profile, errors), daemon=True)
+    responder.start()
+    ports: list[int] = []
+
+    def configure(attempt: int) -> Path:
+        ports.append(probed_udp_port(str(PROXY)))
+        written = freeradius.write_raddb(
+            tmp_path / f"fr{attempt}", _server_conf(ports[-1]), proxy=_proxy_conf(home.getsockname()[1])
+        )
+        (written / "clients.conf").write_text(_clients_conf())
+        return written
+
+    proxy, raddb = freeradius.start_on_probed_ports(binary, configure)
+    try:
+        wire = ask((str(PROXY), ports[-1]), FA_SECRET, FA1, fa_registration(FA1))
+        responder.join(timeout=20)
+    finally:
+        home.close()
+        proxy.send_signal(signal.SIGTERM)  # stopped by its PID
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait()
+    assert errors == [] and isinstance(wire.event, RequestAccepted), f"{errors} {wire.event}\n{_fr_log(raddb)}"
+
+    # On FreeRADIUS's wire to the FA: every key re-encrypted whole under the FA's secret.
+    request, reply = wire.sent[0], wire.received[0]
+    (path,) = profile.paths
+    A = AaaVpnAttr
+    relayed = {
+        kind: rc.salt_decrypt(value[1:], FA_SECRET, request[4:20])
+        for kind in (A.PATH_KEY_IN, A.PATH_KEY_OUT, A.PATH_IKE_PSK, A.PATH_BINDING_KEY)
+        for value in vendor_values(split_attributes(reply), VENDOR_ID, kind)
+    }
+    assert path.ike_psk is not None and path.binding_key is not None
+    assert relayed == {
+        A.PATH_KEY_IN: _ZERO_ENDED,
+        A.PATH_KEY_OUT: _TWO_ZEROS,
+        A.PATH_IKE_PSK: path.ike_psk.value,
+        A.PATH_BINDING_KEY: path.binding_key.value,
+    }
+    # What the FA decoded: the keys the home AAA sent.
+    assert wire.event.profile is not None
+    (decoded,) = wire.event.profile.paths
+    assert (decoded.key_in, decoded.key_out) == (path.key_in, path.key_out)
+    assert (decoded.ike_psk, decoded.binding_key) == (path.ike_psk, path.binding_key)

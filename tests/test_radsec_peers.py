@@ -40,7 +40,7 @@ from . import freeradius
 from .conftest import _require_tool
 from .radius_client import PRECEDING, probed_udp_port, served_port, wait_until_serving
 from .radsec_pki import Authority, Issued
-from .test_dictionaries_interop import parse_reply
+from .test_dictionaries_interop import as_freeradius_prints, parse_reply
 from .test_home_server import MN_SECRET, NAI, SECRET, cli, provision, start_server, stop
 from .test_radsec_live import radsec_port
 
@@ -350,7 +350,8 @@ def test_radclient_through_freeradius_over_tls(home: Home, tmp_path: Path) -> No
         # "radsec" and encrypts it again under the FA's secret, so radclient gets the key
         fa, ha = IPv4Address("127.0.0.1"), IPv4Address("127.0.0.2")
         psk = keys.derive_ike_psk(session.session_root_key, b"fa-ha", fa, ha, session.epoch)  # type: ignore[attr-defined]
-        assert psk.value in [value for name, _tag, value in attributes if name == "Aaa-Vpn-Path-IKE-PSK"]
+        shown = as_freeradius_prints(psk.value)
+        assert shown in [value for name, _tag, value in attributes if name == "Aaa-Vpn-Path-IKE-PSK"]
     finally:
         code = _stop(process)
     assert code == 0, freeradius.log_file(raddb).read_text(errors="replace")[-3000:]
