@@ -210,9 +210,9 @@ def unescape(quoted: bytes) -> bytes:
 
 
 def as_freeradius_prints(value: bytes) -> bytes:
-    """A tagged key as radclient shows it: radclient 3.2 prints a ``string``
-    attribute without its last NUL (one key in 256 ends in zero). The value
-    itself keeps it: FreeRADIUS relays such keys whole
+    """A binary ``string`` value (a tagged key, a PSK) as FreeRADIUS 3.2 prints
+    it -- radclient, detail files: without its last NUL (one key in 256 ends in
+    zero). The value itself keeps it: FreeRADIUS relays such keys whole
     (tests/test_freeradius_proxy.py)."""
     return value[:-1] if value.endswith(b"\x00") else value
 

@@ -70,6 +70,7 @@ from aaa_vpn.wire.radius_request import AccessRequest, encode_access_request
 from . import freeradius
 from .conftest import _require_tool
 from .radius_client import PRECEDING, probed_udp_port
+from .test_dictionaries_interop import as_freeradius_prints
 from .test_home_server import cli
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
@@ -323,7 +324,8 @@ def test_push_and_disconnect_complete_with_freeradius_as_the_coa_server(receiver
     assert fa_ha.ike_psk is not None
     (printed_psk,) = fa["3GPP2-Pre-Shared-Secret"]
     if receiver.encoding is PskEncoding.PLAIN:
-        assert _unescape(printed_psk) == fa_ha.ike_psk.value  # FreeRADIUS's dictionary: a plain string
+        # FreeRADIUS's dictionary: a plain string (printed without a last NUL)
+        assert _unescape(printed_psk) == as_freeradius_prints(fa_ha.ike_psk.value)
     else:
         assert _unescape(printed_psk) != fa_ha.ike_psk.value  # salt-encrypted: opaque to it (StarOS decrypts)
     (printed_key_id,) = fa["3GPP2-KeyID"]
@@ -340,7 +342,7 @@ def test_push_and_disconnect_complete_with_freeradius_as_the_coa_server(receiver
         role = {PathRole.FA_HA: "fa-ha", PathRole.FA_GW: "fa-gw", PathRole.HA_GW: "ha-gw"}[path.role]
         assert ha[f"Tunnel-Assignment-Id:{tag}"] == [f'"{"relay:" if relayed else ""}{role}"']
         if path.ike_psk is not None:  # FreeRADIUS decrypts Tunnel-Password (its dictionary: encrypt=2)
-            assert _unescape(ha[f"Tunnel-Password:{tag}"][0]) == path.ike_psk.value
+            assert _unescape(ha[f"Tunnel-Password:{tag}"][0]) == as_freeradius_prints(path.ike_psk.value)
     assert {p.local for p in ha_view.paths} == {HA, GW}  # the gateway's side is there, marked relayed
 
     # -- disconnect: both agents ACK; the session is gone
