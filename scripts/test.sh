@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole check: setup, pytest (arguments are passed through), ruff, mypy.
+# Run the whole check: setup, pytest (arguments are passed through), ruff (lint and
+# format), mypy.
 #
 #   scripts/test.sh                 everything
 #   scripts/test.sh -k profile -x   pytest arguments pass through
@@ -30,6 +31,8 @@ for p in aaa_vpn tests bench; do [[ -d $p ]] && lint_paths+=("$p"); done
 say "ruff check ${lint_paths[*]}"
 "$VENV/bin/ruff" check "${lint_paths[@]}"
 ruff_rc=$?
+say "ruff format --check ${lint_paths[*]}"
+"$VENV/bin/ruff" format --check "${lint_paths[@]}" || ruff_rc=1
 
 say "mypy --strict aaa_vpn"
 "$VENV/bin/mypy" --strict aaa_vpn

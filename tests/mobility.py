@@ -365,8 +365,7 @@ class Network:
         (byte-identical) after ``timeout`` seconds, ``retries`` times, each
         wait twice the one before (coa_client.waits)."""
         results = [
-            TargetResult(t, error="" if r is not None else "no RADIUS client holds this address")
-            for t, r in requests
+            TargetResult(t, error="" if r is not None else "no RADIUS client holds this address") for t, r in requests
         ]
         waiting = {i: r for i, (_t, r) in enumerate(requests) if r is not None}
         sock = FakeSocket(self.link, AAA)

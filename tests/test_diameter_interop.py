@@ -112,7 +112,7 @@ def _dictionary(directory: Path) -> Path:
     shutil.copytree(SYSTEM_DICTIONARY, target)
     (target / "aaa_vpn.xml").write_text(DICTIONARY.read_text())
     main = (target / "dictionary.xml").read_text()
-    main = main.replace('<!ENTITY Custom', '<!ENTITY AaaVpn SYSTEM "aaa_vpn.xml">\n<!ENTITY Custom', 1)
+    main = main.replace("<!ENTITY Custom", '<!ENTITY AaaVpn SYSTEM "aaa_vpn.xml">\n<!ENTITY Custom', 1)
     main = main.replace("&Custom;", "&Custom;\n&AaaVpn;", 1)
     (target / "dictionary.xml").write_text(main)
     return target
@@ -126,9 +126,7 @@ def _tshark(tshark: str, dictionary: Path, args: list[str]) -> str:
     return result.stdout.decode(errors="replace")
 
 
-def test_freediameter_relay_registration_handoff_and_tshark(
-    tmp_path: Path, require_tool: Callable[[str], str]
-) -> None:
+def test_freediameter_relay_registration_handoff_and_tshark(tmp_path: Path, require_tool: Callable[[str], str]) -> None:
     fd, tshark = require_tool("freeDiameterd"), require_tool("tshark")
     require_tool("openssl")
     require_tool("unshare")

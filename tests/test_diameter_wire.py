@@ -27,17 +27,14 @@ def test_header_and_avp_layout() -> None:
         d.Command.DEVICE_WATCHDOG, True, 0, 0x11223344, 0x55667788, (d.avp_text(C.ORIGIN_HOST, "a.b.c"),)
     )
     wire = message.encode()
-    assert wire.hex() == (
-        "01" "000024" "80" "000118" "00000000" "11223344" "55667788"
-        "00000108" "40" "00000d" "612e622e63" "000000"
-    )
+    assert wire.hex() == ("0100002480000118000000001122334455667788000001084000000d612e622e63000000")
     assert d.decode_message(wire) == message
 
 
 def test_vendor_avp_layout() -> None:
     # Section 4.1: the V bit adds the 4-octet Vendor-ID; Length counts it.
     avp = d.avp_u32(12, 7, vendor=VENDOR_ID, mandatory=False)
-    assert d.encode_avp(avp).hex() == "0000000c" "80" "000010" "00007ed9" "00000007"
+    assert d.encode_avp(avp).hex() == "0000000c8000001000007ed900000007"
     assert d.decode_avps(d.encode_avp(avp)) == (avp,)
 
 
@@ -54,10 +51,20 @@ def test_dictionary_codes_rfc4004() -> None:
     # RFC 4004 sections 5 and 7 (and Wireshark's diameter/mobileipv4.xml).
     assert (d.Command.AA_MOBILE_NODE, d.Command.HOME_AGENT_MIP) == (260, 262)
     expected = {
-        "MIP-Reg-Request": 320, "MIP-Reg-Reply": 321, "MIP-MN-AAA-Auth": 322, "MIP-FA-to-HA-MSA": 328,
-        "MIP-HA-to-FA-MSA": 329, "MIP-MN-to-HA-MSA": 331, "MIP-HA-to-MN-MSA": 332,
-        "MIP-Mobile-Node-Address": 333, "MIP-Home-Agent-Address": 334, "MIP-Nonce": 335,
-        "MIP-MN-AAA-SPI": 341, "MIP-Session-Key": 343, "MIP-Algorithm-Type": 345, "MIP-MSA-Lifetime": 367,
+        "MIP-Reg-Request": 320,
+        "MIP-Reg-Reply": 321,
+        "MIP-MN-AAA-Auth": 322,
+        "MIP-FA-to-HA-MSA": 328,
+        "MIP-HA-to-FA-MSA": 329,
+        "MIP-MN-to-HA-MSA": 331,
+        "MIP-HA-to-MN-MSA": 332,
+        "MIP-Mobile-Node-Address": 333,
+        "MIP-Home-Agent-Address": 334,
+        "MIP-Nonce": 335,
+        "MIP-MN-AAA-SPI": 341,
+        "MIP-Session-Key": 343,
+        "MIP-Algorithm-Type": 345,
+        "MIP-MSA-Lifetime": 367,
     }
     names = {v.name: v.code for v in d.AVPS.values()}
     assert {k: names[k] for k in expected} == expected
@@ -67,13 +74,13 @@ def test_dictionary_codes_rfc4004() -> None:
 @pytest.mark.parametrize(
     ("wire", "code"),
     [
-        ("02000014" "80000118" "00000000" "00000001" "00000001", 5011),  # Version 2
-        ("01000015" "80000118" "00000000" "00000001" "00000001" "00", 5015),  # Length not a multiple of 4
-        ("01000018" "80000118" "00000000" "00000001" "00000001", 5015),  # Length beyond the octets
-        ("01000014" "a0000118" "00000000" "00000001" "00000001", 3008),  # E on a request
-        ("01000014" "81000118" "00000000" "00000001" "00000001", 3008),  # a reserved flag
-        ("0100001c" "80000118" "00000000" "00000001" "00000001" "00000108" "40000010", 5014),  # AVP past the end
-        ("0100001c" "80000118" "00000000" "00000001" "00000001" "00000108" "40000007", 5014),  # AVP Length < 8
+        ("0200001480000118000000000000000100000001", 5011),  # Version 2
+        ("010000158000011800000000000000010000000100", 5015),  # Length not a multiple of 4
+        ("0100001880000118000000000000000100000001", 5015),  # Length beyond the octets
+        ("01000014a0000118000000000000000100000001", 3008),  # E on a request
+        ("0100001481000118000000000000000100000001", 3008),  # a reserved flag
+        ("0100001c800001180000000000000001000000010000010840000010", 5014),  # AVP past the end
+        ("0100001c800001180000000000000001000000010000010840000007", 5014),  # AVP Length < 8
     ],
 )
 def test_refused_with_result_code(wire: str, code: int) -> None:
@@ -305,7 +312,6 @@ def test_wireshark_dictionary_is_the_code_table() -> None:
     vendor = ET.parse(path).getroot()
     assert int(vendor.get("code", "")) == VENDOR_ID
     assert {int(a.get("code", "")): a.get("name") for a in vendor.iter("avp")} == AVP_NAMES
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -191,9 +191,7 @@ def _mutations(packet: bytes, draw: st.DrawFn) -> list[bytes]:
     require_ma=st.booleans(),
     valid_for=st.one_of(st.floats(1, 60), st.floats(-5, 60)),
     expires_in=st.one_of(st.floats(1, 7200), st.floats(-5, 2**33)),
-    elapsed=st.one_of(
-        st.floats(0, 1), st.floats(0, 120), st.sampled_from([float("nan"), float("inf"), -float("inf")])
-    ),
+    elapsed=st.one_of(st.floats(0, 1), st.floats(0, 120), st.sampled_from([float("nan"), float("inf"), -float("inf")])),
     data=st.data(),
 )
 def test_the_compiled_memo_answers_as_the_python_one(

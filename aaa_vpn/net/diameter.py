@@ -50,6 +50,7 @@ async def until_reconnect(lost: asyncio.Event, stop: asyncio.Event) -> None:
     if not stop.is_set():
         await asyncio.sleep(RECONNECT)
 
+
 def sctp_available() -> bool:
     """Whether this kernel opens SCTP sockets (RFC 4960)."""
     proto = getattr(socket, "IPPROTO_SCTP", 132)

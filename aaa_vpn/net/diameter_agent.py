@@ -29,6 +29,7 @@ from aaa_vpn.service.logging import fields
 
 log = logging.getLogger("aaa_vpn.diameter")
 
+
 class DiameterClientRole(Protocol):
     """What the link needs of an agent's Diameter client (roles/diameter_client.py)."""
 

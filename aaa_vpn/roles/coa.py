@@ -33,7 +33,6 @@ from aaa_vpn.wire import coa
 DUPLICATE_TTL = 30.0
 
 
-
 @dataclass(frozen=True)
 class CoaPeer:
     """Who may send an agent Disconnect-/CoA-Requests, with which secret."""

@@ -745,9 +745,7 @@ class ForeignAgent(Agent):
             self.counters["mn_fa_auth_verified"] += 1
             return "key"
         if not visitor.mn_fa_confirmed and (
-            self._mn_fa_verifies(data, visitor.mn_fa_before)
-            if visitor.mn_fa_before is not None
-            else site is None
+            self._mn_fa_verifies(data, visitor.mn_fa_before) if visitor.mn_fa_before is not None else site is None
         ):
             self.counters["mn_fa_auth_previous"] += 1
             return "before"
@@ -868,9 +866,7 @@ class ForeignAgent(Agent):
             visitor = removed[0] if removed is not None and removed[1] > now else None
         if visitor is None or (visitor.home_address, visitor.home_agent) != (message.home_address, message.home_agent):
             self.counters["dropped.deregistration_unknown_home_agent"] += 1
-            self._deny(
-                message, source, ReplyCode.INVALID_HOME_AGENT_ADDRESS, nai, "no visitor of that home agent here"
-            )
+            self._deny(message, source, ReplyCode.INVALID_HOME_AGENT_ADDRESS, nai, "no visitor of that home agent here")
             return
         if self._mn_fa_authentic(visitor, data, message, source, nai) is None:
             return

@@ -400,7 +400,6 @@ def _algorithm(derived: MnKey | None, data: bytes | None = None) -> KeyGenAlgori
     return msa.algorithm if msa is not None else DEFAULT_ALGORITHM
 
 
-
 def _fa_ha_algorithm(message: mip.RegistrationRequest) -> KeyGenAlgorithm | int:
     """Rule 4c: the algorithm of a request's FA-HA authenticator, by its
     length: HMAC-SHA-1 (20 octets) from an FA that follows the
@@ -420,6 +419,7 @@ def _fa_ha_authentic(data: bytes, key: Secret, spi: int | None) -> bool:
         verify_authentication(data, ExtensionType.FA_HA_AUTH, key, spi=spi, algorithm=algorithm)
         for algorithm in (DEFAULT_ALGORITHM, KeyGenAlgorithm.HMAC_SHA1)
     )
+
 
 def _with_msa(profile: VpnProfile, derived: MnKey | None, data: bytes | None = None) -> VpnProfile:
     """Rule 4b: ``profile`` with the MN-HA MSA a request used (``data``; or,

@@ -323,8 +323,7 @@ class PostgresStore(SqlStore):
 
     def _vpn_id_given(self, conn: Any) -> None:
         conn.execute(
-            "SELECT setval(pg_get_serial_sequence('vpn_records', 'id'),"
-            " GREATEST((SELECT max(id) FROM vpn_records), 1))"
+            "SELECT setval(pg_get_serial_sequence('vpn_records', 'id'), GREATEST((SELECT max(id) FROM vpn_records), 1))"
         )
 
     def session_marks(self) -> SessionMarks | None:

@@ -60,6 +60,7 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 #: user's provisioning, 3 / 3 us for its session heads). Each worker holds one.
 CACHE_SIZE = -65536
 
+
 class SqliteStore(SqlStore):
     """:class:`~aaa_vpn.store.base.Store` on one SQLite file.
 
@@ -283,7 +284,8 @@ class SqliteStore(SqlStore):
         """A write failed: the operator's message; a connection found
         read-only is opened again, so the next write may succeed."""
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY or isinstance(
-            exc, sqlite3.ProgrammingError  # closed: an earlier reopen failed
+            exc,
+            sqlite3.ProgrammingError,  # closed: an earlier reopen failed
         ):
             try:
                 self._reopen()
@@ -292,8 +294,7 @@ class SqliteStore(SqlStore):
             return Reopened(f"database {self.path} was opened read-only: {exc} (opened again; retry)")
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
             return StoreBusy(
-                f"database {self.path} is locked by another writer for more than"
-                f" {self._busy_timeout_ms} ms: {exc}"
+                f"database {self.path} is locked by another writer for more than {self._busy_timeout_ms} ms: {exc}"
             )
         return StoreError(f"database {self.path}: {exc}")
 

@@ -227,9 +227,7 @@ class AccessRequest:
                 limit = MAX_ATTRIBUTE_VALUE if name == "NAS-Identifier" else MAX_VSA_VALUE
                 if not 1 <= size <= limit:
                     raise RequestError(f"{name} is {size} octets, expected 1..{limit}")
-        if self.key_epoch is not None and (
-            isinstance(self.key_epoch, bool) or not 0 <= self.key_epoch <= 0xFFFFFFFF
-        ):
+        if self.key_epoch is not None and (isinstance(self.key_epoch, bool) or not 0 <= self.key_epoch <= 0xFFFFFFFF):
             raise RequestError(f"Aaa-Vpn-Key-Epoch {self.key_epoch!r}: expected 0..4294967295")
         if self.profile_digest is not None and len(self.profile_digest) != PROFILE_DIGEST_LENGTH:
             raise RequestError(
@@ -518,9 +516,7 @@ class Rejected:
     """The Reply-Message text (RFC 2865 section 5.18), for logs."""
 
 
-def _verify(
-    reply: bytes, request: bytes, secret: bytes, codes: frozenset[int], require_ma: bool = True
-) -> Packet:
+def _verify(reply: bytes, request: bytes, secret: bytes, codes: frozenset[int], require_ma: bool = True) -> Packet:
     """Check ``reply`` against ``request`` (module rules) and return it decoded."""
     if len(request) < HEADER_LENGTH:
         raise ValueError("the request is shorter than a RADIUS header")
