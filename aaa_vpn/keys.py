@@ -1,4 +1,4 @@
-"""The key hierarchy of DESIGN.md section 3.
+"""The key hierarchy of docs/design.md section 3.
 
 * Per registration the home AAA makes a session root key (SRK): 32 random bytes.
 * Every SA key is derived, never reused across paths or directions::
@@ -147,7 +147,7 @@ def derive_binding_key(gateway_key: Secret, home_agent: IPv4Address, gateway: IP
     Derived from the gateway's provisioned key, which only the gateway and the
     home AAA hold; the HA is told the derived key for its own address only, so
     one HA cannot speak for another. Not tied to a session: it is the
-    "pairwise key that AAA distributed earlier" of DESIGN.md section 3."""
+    "pairwise key that AAA distributed earlier" of docs/design.md section 3."""
     return Secret(hkdf_sha256(gateway_key.value, _info(LABEL_BINDING, home_agent, gateway, 0), BINDING_KEY_LENGTH))
 
 

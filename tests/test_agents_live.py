@@ -1,4 +1,4 @@
-"""Flows A, B, C, D, E and F (DESIGN.md section 2, docs/flows.md) with every
+"""Flows A, B, C, D, E and F (docs/design.md section 2, docs/flows.md) with every
 component a separate ``aaa-vpn`` process on loopback -- the same flows as
 tests/test_flows.py, tests/test_smooth_handoff.py and tests/test_coa.py,
 which run them in one process with a fake clock.

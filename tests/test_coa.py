@@ -1,4 +1,4 @@
-"""Dynamic Authorization (RFC 5176, DESIGN.md flow F): Disconnect-Requests
+"""Dynamic Authorization (RFC 5176, docs/design.md flow F): Disconnect-Requests
 (and CoA pushes) from the home AAA to the agents, with the whole system in
 one process over the fake link (tests/mobility.py). After every step each
 node's SA table is checked. The command line's ``session push|disconnect``

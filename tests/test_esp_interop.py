@@ -1,4 +1,4 @@
-"""Our ESP against independent implementations (DESIGN.md section 7).
+"""Our ESP against independent implementations (docs/design.md section 7).
 
 * scapy's ``SecurityAssociation`` (tunnel mode) decrypts what we encrypt,
   including a look at our padding and Next Header through its own parser, and

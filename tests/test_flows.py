@@ -1,4 +1,4 @@
-"""Flows A and B of DESIGN.md section 2, and the ways a registration fails,
+"""Flows A and B of docs/design.md section 2, and the ways a registration fails,
 with the whole system in one process on loopback and a fake clock
 (tests/mobility.py). After every step each node's SA table is checked, and
 packets encrypted at one end of a path must decrypt at the other end and

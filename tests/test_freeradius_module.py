@@ -397,7 +397,7 @@ def test_bridge_answers_the_ha_with_its_view_of_the_session_the_fa_made(bridge: 
     assert ha.code == RLM_MODULE_UPDATED, ha
     reply = dict(ha.reply)
     assert reply["Aaa-Vpn-Session-Id"] == session_id
-    assert "Aaa-Vpn-Session-Root-Key" in reply  # the HA (only) gets the session root key (DESIGN.md section 3)
+    assert "Aaa-Vpn-Session-Root-Key" in reply  # the HA (only) gets the session root key (docs/design.md section 3)
     assert "Aaa-Vpn-Session-Root-Key" not in dict(fa.reply)
 
 

@@ -1,6 +1,6 @@
 """FreeRADIUS 3.2 as the visited domain's RADIUS proxy in front of the home AAA.
 
-DESIGN.md section 3: the session root key (SRK) goes to the HA and to this
+docs/design.md section 3: the session root key (SRK) goes to the HA and to this
 project's foreign AAA, never to an FA. A generic RADIUS proxy relays
 everything it is given to the FA, so the home AAA must not give it the SRK:
 its client role is ``proxy``, and only ``foreign-aaa`` gets the SRK. This

@@ -362,7 +362,7 @@ def test_gateway_gets_only_its_own_paths(server: Server) -> None:
 
 
 def test_only_a_foreign_aaa_gets_the_session_root_key(server: Server) -> None:
-    # DESIGN.md section 3: the SRK goes to this project's foreign AAA (which keeps
+    # docs/design.md section 3: the SRK goes to this project's foreign AAA (which keeps
     # it for same-domain handoffs and strips it), never to a generic proxy, which
     # would pass it on to the FA.
     request = access_request(b"proxy-secret", NAI, MN_SECRET, nas_ip="127.0.0.1", care_of="127.0.0.1")

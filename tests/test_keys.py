@@ -1,4 +1,4 @@
-"""The key hierarchy (DESIGN.md section 3) and its HKDF (RFC 5869)."""
+"""The key hierarchy (docs/design.md section 3) and its HKDF (RFC 5869)."""
 
 from __future__ import annotations
 

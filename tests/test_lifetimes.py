@@ -1,4 +1,4 @@
-"""Flow G of DESIGN.md section 2: lifetimes. Gateways ask the home agent to
+"""Flow G of docs/design.md section 2: lifetimes. Gateways ask the home agent to
 refresh a binding before it ends (Binding Request, docs/protocol.md section
 3.10); the HA answers only for a live binding and an authenticated request;
 whatever nothing renews expires with its SAs, on every node. The whole system

@@ -256,7 +256,7 @@ def test_3gpp2_flavour(home: Home, tmp_path: Path, require_tool: Callable[[str],
 
     got = _by_name(output)
     assert got[("3GPP2-Home-Agent-IP-Address", 0)] == [str(HA)]
-    if view.mn_ha_key is not None:  # the FA's view has none (DESIGN.md section 3); an HA's has
+    if view.mn_ha_key is not None:  # the FA's view has none (docs/design.md section 3); an HA's has
         assert got[("3GPP2-MN-HA-SPI", 0)] == [str(view.mn_ha_spi)]
         assert got[("3GPP2-MN-HA-Shared-Key", 0)] == [view.mn_ha_key.value]  # its dictionary: encrypt=2
     else:

@@ -1,4 +1,4 @@
-"""Flow E of DESIGN.md section 2, smooth handoff (docs/protocol.md section 5).
+"""Flow E of docs/design.md section 2, smooth handoff (docs/protocol.md section 5).
 
 After a move the new FA sends the previous FA a Previous-FA Notification; the
 previous FA replaces the node's SAs toward the HA and the gateways with a

@@ -1,7 +1,7 @@
 """Claim 24 end to end, in a real browser: the user signs in to their own
 page (headless Chromium driven by Selenium through chromium-driver, over
 HTTPS), changes a correspondent to the dynamic gateway, and the change reaches
-the live session at once (CoA, DESIGN.md flow F): the agents' SA tables --
+the live session at once (CoA, docs/design.md flow F): the agents' SA tables --
 each ``aaa-vpn agent`` process's state file, memory SA backend -- show the
 FA <-> GW route-optimised path. The page shows what each node answered.
 Then the operator ends the session through the API (role sessions).

@@ -1,5 +1,5 @@
 """The ``demo`` command: the whole system, walked through the flows of
-DESIGN.md, on loopback or in network namespaces.
+docs/design.md, on loopback or in network namespaces.
 
 The topologies live in :mod:`aaa_vpn.lab.demo` and :mod:`aaa_vpn.lab.netns`, imported
 when the demo runs, in one place: :func:`_lab`.
@@ -84,7 +84,7 @@ def _run(
 )
 @pass_app
 def demo(app: App, mip_port: int, json_flag: bool, keep: bool, netns: bool, backend: str, aaa_protocol: str) -> None:
-    """Run the whole system and walk a mobile node through the flows of DESIGN.md.
+    """Run the whole system and walk a mobile node through the flows of docs/design.md.
 
     Without --netns, on loopback with the in-memory SA backend: starts the home
     AAA on a temporary database with a sample user, a foreign AAA, a home

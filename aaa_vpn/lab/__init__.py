@@ -1,4 +1,4 @@
-"""Whole topologies for the demo, the namespace lab and the benchmarks (DESIGN.md section 6).
+"""Whole topologies for the demo, the namespace lab and the benchmarks (docs/design.md section 6).
 
 * :mod:`aaa_vpn.lab.topology`: the elements and their addresses, the sample
   user's VPN in the database, the command lines that start each element.

@@ -1,5 +1,5 @@
 """``aaa-vpn demo``: the whole system on loopback, as real processes, and a
-mobile node walked through flows A to F of DESIGN.md section 2 (docs/flows.md).
+mobile node walked through flows A to F of docs/design.md section 2 (docs/flows.md).
 
 What it does:
 

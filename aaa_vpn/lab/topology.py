@@ -2,7 +2,7 @@
 tests build: its elements and where they are, the sample user's VPN in the
 database, and the ``aaa-vpn`` command lines that start each element.
 
-The elements (DESIGN.md section 2):
+The elements (docs/design.md section 2):
 
 * the home AAA, the HA, the static gateway (stationary tunnel to the HA,
   protecting :data:`STATIC_NETWORK`) and the dynamic gateway (route

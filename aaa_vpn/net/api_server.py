@@ -19,7 +19,7 @@ Rules:
    (``self_service``; the record's current choice stays allowed). Another
    user's record is answered as a missing one (404), whatever its id.
 4. A change on the page is pushed at once to the user's live sessions: a
-   CoA-Request to the FA and HA of each (RFC 5176, DESIGN.md flow F, as
+   CoA-Request to the FA and HA of each (RFC 5176, docs/design.md flow F, as
    ``aaa-vpn session push``), and the page shows what each node answered.
 5. Browser sessions live in this process: a random cookie (HttpOnly, Secure,
    SameSite=Strict, path /) names one; it ends after 15 minutes idle or 8

@@ -2,7 +2,7 @@
 realms whose home AAA speaks Diameter (``protocol = "diameter"`` in
 ``serve foreign``'s file), sans-IO: which AMRs go home, what comes back to
 the FA, and what the foreign AAA's session cache learns on the way
-(DESIGN.md flows A, B and C over Diameter).
+(docs/design.md flows A, B and C over Diameter).
 
 Rules (RFC 6733 sections 6.1.9, 6.2, 6.5 and 6.7; RFC 4004 section 5.1):
 
@@ -20,7 +20,7 @@ Rules (RFC 6733 sections 6.1.9, 6.2, 6.5 and 6.7; RFC 4004 section 5.1):
    clients only -- the session is cached for same-domain handoffs exactly as
    from a RADIUS Access-Accept (roles/foreign_aaa.py rule 8), and
    **Aaa-Vpn-Session-Root-Key is removed** from what the FA gets (least
-   privilege, DESIGN.md section 3) -- from every answer relayed. An AMA
+   privilege, docs/design.md section 3) -- from every answer relayed. An AMA
    2001 with the project's vendor AVPs that do not decode as a profile is
    not passed on: the FA gets 5012 DIAMETER_UNABLE_TO_COMPLY. Any other
    answer (a refusal, 3xxx from further on) is relayed as it is.

@@ -1,6 +1,6 @@
 """The foreign agent (FA), sans-IO.
 
-Rules (RFC 5944 sections 3.7 and 5; RFC 4721; DESIGN.md flow A):
+Rules (RFC 5944 sections 3.7 and 5; RFC 4721; docs/design.md flow A):
 
 1. A Registration Request from a mobile node must carry the NAI (RFC 2794;
    else code 97), a fresh MN-FA challenge this FA issued and nobody used yet
@@ -122,7 +122,7 @@ registrations and deregistrations at once (more: 66, counted
 oldest is forgotten first, counted ``limits.challenges``), at most
 :data:`MAX_FOLDED` retransmissions folded into one registration.
 
-Smooth handoff (DESIGN.md flow E, docs/protocol.md section 5):
+Smooth handoff (docs/design.md flow E, docs/protocol.md section 5):
 
 6. As the *new* FA: when AAA's view names a previous FA (with that FA's
    handoff key) and carries the FA-FA forwarding path, the path's receiving

@@ -1,6 +1,6 @@
 """The foreign-domain AAA (AAAF): a sans-IO RADIUS proxy that routes the
 visited domain's Access-Requests by NAI realm to pools of home AAA servers
-(DESIGN.md flows A and B), and caches what it learns for same-domain
+(docs/design.md flows A and B), and caches what it learns for same-domain
 handoffs (flow C, answered later from :class:`SessionCache`).
 
 Rules (everything that decides what is sent, relayed or kept lives here):
@@ -52,7 +52,7 @@ Rules (everything that decides what is sent, relayed or kept lives here):
      and the proxied request's authenticator -- is re-encoded in the
      ``aaa-vpn`` flavour with the client's secret and the client's Request
      Authenticator (RFC 2868 section 3.5), **without the session root key**,
-     which stays here (least privilege, DESIGN.md section 3). Other standard
+     which stays here (least privilege, docs/design.md section 3). Other standard
      attributes are copied; Tunnel-Password and other vendors' attributes are
      not, since they may be encrypted under the home server's secret. A
      confirmation (the FA's renewal named the digest of the view it holds,
@@ -336,7 +336,7 @@ class UpstreamUp(Event):
 
 @dataclass(frozen=True)
 class CachedSession:
-    """What the AAAF keeps of one proxied registration (DESIGN.md flow C).
+    """What the AAAF keeps of one proxied registration (docs/design.md flow C).
 
     The profile is the proxy's view from the home AAA: the FA's paths, the
     FA-HA key and the session root key, all :class:`Secret` (redacted in

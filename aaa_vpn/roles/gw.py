@@ -1,6 +1,6 @@
 """The correspondent gateway (GW), sans-IO.
 
-Rules (DESIGN.md flows A and B; docs/protocol.md section 3.6):
+Rules (docs/design.md flows A and B; docs/protocol.md section 3.6):
 
 1. A gateway accepts Binding Updates only from home agents it trusts
    (``home_agents``; empty: any) and only with a valid binding

@@ -1,6 +1,6 @@
 """The home agent (HA), sans-IO.
 
-Rules (RFC 5944 sections 3.8 and 5.7; DESIGN.md flows A and B):
+Rules (RFC 5944 sections 3.8 and 5.7; docs/design.md flows A and B):
 
 1. A relayed Registration Request must carry the NAI and the MN-AAA proof
    (else 134). The HA asks the home AAA for its part of the profile

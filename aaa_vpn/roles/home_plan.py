@@ -22,7 +22,7 @@ role and the docs cite them as "plan rule N"):
    id), or the built-in default service when the user has none.
 4. Keys come from the session root key (keys.py); every direction of every
    path has its own key; SPIs are allocated per receiving node.
-5. Least privilege (DESIGN.md section 3): the FA sees only paths that end at the
+5. Least privilege (docs/design.md section 3): the FA sees only paths that end at the
    FA; the HA sees its own paths plus the gateway's side of FA <-> GW paths (it
    forwards those in a Binding Update) and the SRK; this project's foreign AAA
    (client role ``foreign-aaa``) sees the FA's view plus the SRK, so it can

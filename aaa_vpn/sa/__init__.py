@@ -1,4 +1,4 @@
-"""SA backends (DESIGN.md section 5) behind one small interface.
+"""SA backends (docs/design.md section 5) behind one small interface.
 
 * :mod:`aaa_vpn.sa.base`: the :class:`SaBackend` protocol, :class:`InstalledPath`
   and the errors every backend raises.

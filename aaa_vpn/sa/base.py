@@ -19,7 +19,7 @@ Rules (what every backend guarantees):
   sequence counters). Another path with an inbound SPI that is already in use
   on the node raises :class:`SaConflict` (with manual keys the SPI alone
   selects the inbound SA, RFC 4303 section 2.1; with IKE it names the path).
-* Tunnel mode only (DESIGN.md section 4). Lifetimes are enforced by the agents'
+* Tunnel mode only (docs/design.md section 4). Lifetimes are enforced by the agents'
   timers, which call :meth:`SaBackend.delete`; a backend may also expire SAs
   itself (strongSwan does) but never silently keeps one past ``lifetime``.
 

@@ -26,7 +26,7 @@ Rules:
   installed once on this node is refused afterwards, even after ``delete``,
   because a new SA would restart the sequence counter (an AES-GCM nonce reuse,
   RFC 4106 section 3.1, and a replay window reset). Keys are derived per epoch
-  (DESIGN.md section 3), so a legitimate new path always has new keys. Only
+  (docs/design.md section 3), so a legitimate new path always has new keys. Only
   digests of used keys are kept.
 * Any key mode is accepted: for an IKEv2 path the profile's ESP keys stand in
   for the keys IKE would have negotiated. Lifetimes are not enforced here; the

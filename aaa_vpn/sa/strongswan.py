@@ -227,7 +227,7 @@ AgentKind = Literal["fa", "ha", "gw"]
 
 
 def initiator_for(kind: AgentKind) -> Callable[[PathProfile], bool]:
-    """The rule of DESIGN.md's flows for the agent running on this node: the end
+    """The rule of docs/design.md's flows for the agent running on this node: the end
     that installs second initiates.
 
     * HA: FA-HA paths (the FA installed before relaying the registration);

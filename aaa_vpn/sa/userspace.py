@@ -3,7 +3,7 @@ tunnel mode) on a TUN device and raw IP sockets, for hosts whose kernel has no
 ESP (like the build machine, reference/test-environment.md section 3) or where
 the kernel's IPsec is not wanted.
 
-What it is made of (DESIGN.md section 5):
+What it is made of (docs/design.md section 5):
 
 * the SAD and SPD of :class:`~aaa_vpn.sa.memory.MemoryBackend` (composed, not
   copied): install/delete rules, owners, :class:`~aaa_vpn.sa.base.SaConflict`,

@@ -1,4 +1,4 @@
-"""Secrets at rest: AES-256-GCM under a server key file (DESIGN.md section 3).
+"""Secrets at rest: AES-256-GCM under a server key file (docs/design.md section 3).
 
 Every secret column of the VPN database (MN-AAA secret, MN-HA key, RADIUS client
 secret, gateway key, session root key) is stored sealed by :class:`SecretBox`.

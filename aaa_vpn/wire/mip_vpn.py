@@ -7,7 +7,7 @@
   would accept a binding without its VPN (RFC 3115 section 2.3).
 * Its keys (ESP key material in both directions, the IKE PSK) are wrapped
   with AES key wrap with padding (RFC 5649) under a pairwise key that AAA
-  distributed earlier (DESIGN.md section 3: HA-GW, the gateway's provisioned
+  distributed earlier (docs/design.md section 3: HA-GW, the gateway's provisioned
   key; new FA - previous FA, the per-FA handoff key). The wrapped plaintext
   starts with the path's two SPIs, which the decoder checks against the clear
   ones, so keys cannot be moved to another path even under the same wrapping

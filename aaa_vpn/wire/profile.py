@@ -108,7 +108,7 @@ class PathProfile:
     gateway_mode: GatewayMode | None = None  # set on paths that end at a gateway
     #: HA only, on paths that end at a gateway: the HA-GW pairwise key with which
     #: the HA authenticates its Binding Update to that gateway and wraps the
-    #: keys it forwards (DESIGN.md section 3; keys.derive_binding_key).
+    #: keys it forwards (docs/design.md section 3; keys.derive_binding_key).
     binding_key: Secret | None = None
 
 

@@ -26,7 +26,7 @@ project's RADIUS clients and servers share, defined once.
   :func:`attribute` / :func:`vendor_attribute`.
 * Hiding: :func:`salt_encrypt` / :func:`salt_decrypt`, the salt scheme of RFC
   2868 section 3.5 (Tunnel-Password; dictionaries say ``encrypt=2``), which
-  the project uses for every key it sends in an attribute (DESIGN.md section
+  the project uses for every key it sends in an attribute (docs/design.md section
   3); :func:`hide_user_password` / :func:`recover_user_password`, RFC 2865
   section 5.2 (``encrypt=1``).
 * Size limits of RFC 2865 sections 3 and 5.

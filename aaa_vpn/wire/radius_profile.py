@@ -1,5 +1,5 @@
 """The VPN profile as RADIUS attributes: :class:`~aaa_vpn.wire.profile.VpnProfile`
-<-> raw attributes, in three flavours (DESIGN.md section 4).
+<-> raw attributes, in three flavours (docs/design.md section 4).
 
 Rules (everything that decides the wire format lives here):
 
