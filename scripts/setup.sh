@@ -225,5 +225,10 @@ else
     say "python packages installed"
 fi
 
-say "ready: $("$VENV/bin/python" --version), $(radclient -v 2>/dev/null | head -n1 || echo 'radclient ?')"
-say "       $(/usr/sbin/freeradius -v 2>/dev/null | head -n1 || echo 'freeradius ?')"
+# First lines only, read after the tools exit: `tool -v | head -n1` under pipefail
+# reports the tool's SIGPIPE as a failure once head has closed the pipe.
+first_line() { local out; out=$("$@" 2>/dev/null) || true; printf '%s' "${out%%$'\n'*}"; }
+radclient_version=$(first_line radclient -v)
+freeradius_version=$(first_line /usr/sbin/freeradius -v)
+say "ready: $("$VENV/bin/python" --version), ${radclient_version:-radclient ?}"
+say "       ${freeradius_version:-freeradius ?}"
