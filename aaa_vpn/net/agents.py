@@ -317,16 +317,7 @@ def build_accounting(settings: AgentSettings) -> AccountingReporter | None:
     ]
     if not servers:
         return None
-    client = RadiusClient(
-        servers,
-        timeout=settings.radius_timeout,
-        retries=settings.radius_retries,
-        max_timeout=settings.radius_max_timeout,
-        pool_type=settings.radius_pool,
-        zombie_period=settings.radius_zombie_period,
-        dead_time=settings.radius_dead_time,
-        nas_ip_address=settings.address,
-    )
+    client = RadiusClient.for_agent(settings, servers=servers)
     return AccountingReporter(
         client,
         nas_ip_address=settings.address,

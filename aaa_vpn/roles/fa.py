@@ -478,17 +478,7 @@ class ForeignAgent(Agent):
         super().__init__()
         self.config = config
         self.random_bytes = random_bytes
-        self.radius: RadiusClient | FaDiameterClient = RadiusClient(
-            config.aaa_servers,
-            timeout=config.radius_timeout,
-            retries=config.radius_retries,
-            max_timeout=config.radius_max_timeout,
-            pool_type=config.radius_pool,
-            zombie_period=config.radius_zombie_period,
-            dead_time=config.radius_dead_time,
-            nas_ip_address=config.address,
-            random_bytes=random_bytes,
-        )
+        self.radius: RadiusClient | FaDiameterClient = RadiusClient.for_agent(config, random_bytes)
         #: The Diameter AAA client when ``aaa_protocol`` is ``diameter`` (its
         #: transport is the service layer's: net/agents.py).
         self.diameter: FaDiameterClient | None = None

@@ -507,17 +507,7 @@ class HomeAgent(Agent):
         super().__init__()
         self.config = config
         self.random_bytes = random_bytes
-        self.radius: RadiusClient | HaDiameterClient = RadiusClient(
-            config.aaa_servers,
-            timeout=config.radius_timeout,
-            retries=config.radius_retries,
-            max_timeout=config.radius_max_timeout,
-            pool_type=config.radius_pool,
-            zombie_period=config.radius_zombie_period,
-            dead_time=config.radius_dead_time,
-            nas_ip_address=config.address,
-            random_bytes=random_bytes,
-        )
+        self.radius: RadiusClient | HaDiameterClient = RadiusClient.for_agent(config, random_bytes)
         #: With ``aaa_protocol`` ``diameter``: the HARs of the home AAA answer
         #: this HA's requests, RADIUS the rest (its transport: net/agents.py).
         self.diameter: HaDiameterClient | None = None

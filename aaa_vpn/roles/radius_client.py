@@ -92,6 +92,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
+from typing import Protocol
 
 from aaa_vpn.roles.pools import DEFAULT_DEAD_TIME, DEFAULT_ZOMBIE_PERIOD, POOL_TYPES
 from aaa_vpn.secret import Secret
@@ -378,8 +379,51 @@ _FLIGHT, _PROBE_DUE, _REVIVE, _ZOMBIE_END = 0, 1, 2, 3
 _TimerEntry = tuple[float, int, int, object]
 
 
+class AgentAaaSettings(Protocol):
+    """What an agent's settings say about its AAA servers (FaConfig, HaConfig)."""
+
+    @property
+    def address(self) -> IPv4Address: ...
+    @property
+    def aaa_servers(self) -> Sequence[ServerConfig]: ...
+    @property
+    def radius_timeout(self) -> float: ...
+    @property
+    def radius_retries(self) -> int: ...
+    @property
+    def radius_max_timeout(self) -> float: ...
+    @property
+    def radius_pool(self) -> str: ...
+    @property
+    def radius_zombie_period(self) -> float: ...
+    @property
+    def radius_dead_time(self) -> float: ...
+
+
 class RadiusClient:
     """Access-Requests to a pool of ``servers`` (in configured order), sans-IO."""
+
+    @classmethod
+    def for_agent(
+        cls,
+        config: AgentAaaSettings,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        servers: Sequence[ServerConfig] | None = None,
+    ) -> RadiusClient:
+        """The client of an FA or HA: its servers (or ``servers``: the same
+        ones' accounting ports), pool and timers from its settings, its own
+        address in Status-Server probes."""
+        return cls(
+            config.aaa_servers if servers is None else servers,
+            timeout=config.radius_timeout,
+            retries=config.radius_retries,
+            max_timeout=config.radius_max_timeout,
+            pool_type=config.radius_pool,
+            zombie_period=config.radius_zombie_period,
+            dead_time=config.radius_dead_time,
+            nas_ip_address=config.address,
+            random_bytes=random_bytes,
+        )
 
     def __init__(
         self,
