@@ -28,7 +28,7 @@ from aaa_vpn.roles import home_plan as home_aaa
 from aaa_vpn.roles.home_plan import Rejected, UserContext
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.profile import SPI_MAX, SPI_MIN, PathRole, RejectReason, RequestType
-from aaa_vpn.wire.radius_profile import compile_with_digest
+from aaa_vpn.wire.radius_profile import ProfileTemplate, compile_with_digest
 
 FA = IPv4Address("192.0.2.1")
 HA = IPv4Address("192.0.2.2")
@@ -335,6 +335,10 @@ def test_the_view_template_is_the_compiled_view(
     template, digest, count = home_aaa.view_template(session, paths, role, request_type, node, ctx.user)
     assert digest == expected_digest == view.digest
     assert count == len(view.paths)
+    # what the one pass of _with_digest worked out, against the long way
+    rebuilt = ProfileTemplate(template.parts)
+    assert (template.length, template.secrets) == (rebuilt.length, rebuilt.secrets)
+    assert template._flat == rebuilt._flatten()
     authenticator = hashlib.sha256(secret).digest()[:16]
     assert template.render_bytes(lifetime, secret, authenticator, salt_base=salt_base) == b"".join(
         expected.render(lifetime, secret, authenticator, salt_base=salt_base)

@@ -299,6 +299,23 @@ class ProfileTemplate:
         self.length = length
         """Octets of every rendering."""
 
+    @classmethod
+    def prepared(
+        cls,
+        parts: list[bytes | _Secret | _Lifetime],
+        flat: tuple[tuple[int, bytes, bytes], ...],
+        length: int,
+        secrets: int,
+    ) -> ProfileTemplate:
+        """A template whose octet count, secrets and flat parts the caller
+        has already worked out from ``parts`` (:func:`_with_digest`)."""
+        template = cls.__new__(cls)
+        template.parts = parts
+        template._flat = flat
+        template.length = length
+        template.secrets = secrets
+        return template
+
     def layout(self) -> tuple[bytes, tuple[int, ...]]:
         """A template without keys as bytes, with the offsets of its 4-octet
         lifetime values (zero here). ValueError if it has keys (they are
@@ -556,19 +573,55 @@ def compile_with_digest(profile: VpnProfile) -> tuple[ProfileTemplate, bytes]:
 
 
 def _with_digest(parts: list[bytes | _Secret | _Lifetime | _DigestSlot]) -> tuple[ProfileTemplate, bytes]:
+    """The template of ``parts`` with the digest in its slot, and the digest.
+
+    One pass does what hashing the parts, ``ProfileTemplate(parts)`` and its
+    ``_flatten`` would do in three (a first registration compiles a view
+    every time): the digest, the octet count, the secrets and the flat parts
+    with adjacent fixed ones joined; the slot is filled in afterwards."""
     hashed = hashlib.sha256(_DIGEST_LABEL)
     update = hashed.update
+    flat: list[tuple[int, bytes, bytes] | None] = []  # None: the digest slot
+    run: list[bytes] = []  # fixed parts not yet joined into ``flat``
+    secrets = length = 0
     for part in parts:
         if isinstance(part, bytes):
             update(part)
-        elif isinstance(part, _Secret):
+            length += len(part)
+            run.append(part)
+            continue
+        if run:
+            flat.append((0, b"".join(run), b""))
+            run = []
+        if isinstance(part, _Secret):
             if not part.root_key:
                 update(part.head + len(part.value).to_bytes(2, "big") + part.value)
+            secrets += 1
+            length += len(part.head) + _cipher_length(len(part.value))
+            flat.append((2, part.head, part.value))
         elif isinstance(part, _Lifetime):
             update(part.head)
+            length += len(part.head) + 4
+            flat.append((1, part.head, b""))
+        elif isinstance(part, _DigestSlot):
+            flat.append(None)
+        else:  # pragma: no cover - internal
+            raise ValueError(f"a template part of type {type(part).__name__}")
+    if run:
+        flat.append((0, b"".join(run), b""))
     digest = hashed.digest()[:PROFILE_DIGEST_LENGTH]
     slot = _VSA.pack(26, 24, VENDOR_ID, AaaVpnAttr.PROFILE_DIGEST, 18) + digest
-    return ProfileTemplate([slot if isinstance(p, _DigestSlot) else p for p in parts]), digest
+    joined: list[tuple[int, bytes, bytes]] = []
+    for entry in flat:
+        if entry is None:
+            entry = (0, slot, b"")
+            length += len(slot)
+        if entry[0] == 0 and joined and joined[-1][0] == 0:
+            joined[-1] = (0, joined[-1][1] + entry[1], b"")
+        else:
+            joined.append(entry)
+    kept = [slot if isinstance(p, _DigestSlot) else p for p in parts]
+    return ProfileTemplate.prepared(kept, tuple(joined), length, secrets), digest
 
 
 def profile_digest(profile: VpnProfile) -> bytes:
