@@ -281,7 +281,9 @@ def test_the_node_derives_the_keys_the_agents_hold_and_registers_with_the_new_mn
     assert len(authenticator(requests[-1], ExtensionType.MN_HA_AUTH)[1]) == 16
 
 
-def test_a_request_under_the_new_spi_with_another_key_is_refused(net: Network) -> None:
+def under_the_derived_mn_ha_msa(net: Network) -> tuple[HomeAgent, MobileNode]:
+    """The node registered at FA1 with an MN-HA key from AAA; after that the
+    HA's AAA gives no new key, so later requests go under the MSA the node derived."""
     ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
     assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
     ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
@@ -289,6 +291,12 @@ def test_a_request_under_the_new_spi_with_another_key_is_refused(net: Network) -
     net.settle()
     assert mn.mn_ha is not None
     ha_keys.enabled = False
+    return ha, mn
+
+
+def test_a_request_under_the_new_spi_with_another_key_is_refused(net: Network) -> None:
+    ha, mn = under_the_derived_mn_ha_msa(net)
+    assert mn.mn_ha is not None
     mn.mn_ha = dataclasses.replace(mn.mn_ha, key=Secret(b"not the derived key"))
     net.advance(5)
     mn.register(net.fa_address(FA1), net.clock)
@@ -300,14 +308,9 @@ def test_a_request_under_the_new_spi_with_another_key_is_refused(net: Network) -
 
 
 def test_an_hmac_md5_authenticator_under_the_new_spi_is_refused(net: Network) -> None:
-    ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
-    assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
-    ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
+    ha, mn = under_the_derived_mn_ha_msa(net)
     requests = requests_to_the_ha(net)
-    mn.register(net.fa_address(FA1), net.clock)
-    net.settle()
     assert mn.mn_ha is not None and mn.mn_ha.algorithm == SHA1
-    ha_keys.enabled = False
     # The right key and SPI, but HMAC-MD5 rather than the HMAC-SHA-1 the MSA names.
     mn.mn_ha = dataclasses.replace(mn.mn_ha, algorithm=KeyGenAlgorithm.HMAC_MD5)
     net.advance(5)
@@ -403,13 +406,7 @@ def test_a_move_to_another_fa_leaves_the_mn_fa_key_behind(net: Network) -> None:
 
 
 def test_a_lost_deregistration_reply_is_answered_again_under_the_new_msa(net: Network) -> None:
-    ha, mn = net.nodes["ha"].agent, net.nodes["mn"].agent
-    assert isinstance(ha, HomeAgent) and isinstance(mn, MobileNode)
-    ha.radius = ha_keys = WithMnHaKey(ha.radius)  # type: ignore[assignment]
-    mn.register(net.fa_address(FA1), net.clock)
-    net.settle()
-    assert mn.mn_ha is not None
-    ha_keys.enabled = False
+    ha, mn = under_the_derived_mn_ha_msa(net)
     replies = replies_to_the_node(net)
     send = net.link.send
     lost: list[bytes] = []
