@@ -393,10 +393,9 @@ def _msa_used(derived: MnKey | None, data: bytes) -> MnKey | None:
     return derived if site is not None and site.extension.spi == derived.request_spi else None
 
 
-def _algorithm(derived: MnKey | None, data: bytes | None = None) -> KeyGenAlgorithm | int:
+def _algorithm(msa: MnKey | None) -> KeyGenAlgorithm | int:
     """Rule 4b: the algorithm of the MN-HA MSA :func:`_with_msa` puts in the
     profile: the MSA's own (HMAC-SHA-1), or HMAC-MD5 for the provisioned one."""
-    msa = derived if data is None else _msa_used(derived, data)
     return msa.algorithm if msa is not None else DEFAULT_ALGORITHM
 
 
@@ -421,22 +420,20 @@ def _fa_ha_authentic(data: bytes, key: Secret, spi: int | None) -> bool:
     )
 
 
-def _with_msa(profile: VpnProfile, derived: MnKey | None, data: bytes | None = None) -> VpnProfile:
-    """Rule 4b: ``profile`` with the MN-HA MSA a request used (``data``; or,
-    without it, ``derived`` itself) in place of the provisioned one, under
-    the SPI the node's requests name (the HA's, :attr:`MnKey.request_spi`);
-    a reply names the node's own (:func:`_reply_spi`)."""
-    msa = derived if data is None else _msa_used(derived, data)
+def _with_msa(profile: VpnProfile, msa: MnKey | None) -> VpnProfile:
+    """Rule 4b: ``profile`` with the MN-HA MSA ``msa`` (the one a request used,
+    :func:`_msa_used`) in place of the provisioned one, under the SPI the
+    node's requests name (the HA's, :attr:`MnKey.request_spi`); a reply names
+    the node's own (:func:`_reply_spi`). None: the provisioned one stays."""
     if msa is None:
         return profile
     return dataclasses.replace(profile, mn_ha_spi=msa.request_spi, mn_ha_key=msa.key)
 
 
-def _reply_spi(derived: MnKey | None, data: bytes | None = None) -> int | None:
+def _reply_spi(msa: MnKey | None) -> int | None:
     """Rule 4b: the SPI a reply under the MSA of :func:`_with_msa` names: the
     node's (RFC 4004 section 9.4, the MIP-HA-to-MN-SPI the node allocated);
     None for the provisioned key (its one SPI)."""
-    msa = derived if data is None else _msa_used(derived, data)
     return msa.spi if msa is not None else None
 
 
@@ -778,8 +775,9 @@ class HomeAgent(Agent):
             or any(p.nai == nai for p in self._pending.values())
         ):
             return False
-        profile = _with_msa(binding.profile, binding.mn_ha, data)
-        algorithm = _algorithm(binding.mn_ha, data)
+        used = _msa_used(binding.mn_ha, data)
+        profile = _with_msa(binding.profile, used)
+        algorithm = _algorithm(used)
         assert profile.mn_ha_key is not None and profile.fa_ha_key is not None
         if not (
             verify_authentication(
@@ -805,7 +803,7 @@ class HomeAgent(Agent):
             nai,
             profile,
             mn_ha_algorithm=algorithm,
-            mn_ha_reply_spi=_reply_spi(binding.mn_ha, data),
+            mn_ha_reply_spi=_reply_spi(used),
         )
         return True
 
@@ -1358,9 +1356,9 @@ class HomeAgent(Agent):
         self, data: bytes, message: mip.RegistrationRequest, source: Address, nai: str, now: float
     ) -> None:
         binding = self.bindings.get(nai)
-        profile = _with_msa(binding.profile, binding.mn_ha, data) if binding is not None else None
-        algorithm = _algorithm(binding.mn_ha, data) if binding is not None else DEFAULT_ALGORITHM
-        reply_spi = _reply_spi(binding.mn_ha, data) if binding is not None else None
+        used = _msa_used(binding.mn_ha, data) if binding is not None else None
+        profile = _with_msa(binding.profile, used) if binding is not None else None
+        algorithm, reply_spi = _algorithm(used), _reply_spi(used)
         tomb = self._deregistered.get(nai)
         if binding is None and tomb is not None and tomb.until > now and tomb.fa == source[0]:
             # Rule 4: a retransmission of the deregistration that removed it.
