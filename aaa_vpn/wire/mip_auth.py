@@ -93,23 +93,26 @@ def hmac_md5(key: Secret, data: bytes) -> bytes:
     return hmac.digest(key.value, data, "md5")
 
 
-def authenticator_length(algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM) -> int:
-    """The octets of an authenticator under ``algorithm``;
-    :class:`MipValueError` if this module does not compute it."""
+def _authenticator(algorithm: KeyGenAlgorithm | int) -> tuple[str, int]:
+    """``algorithm``'s entry of :data:`AUTHENTICATORS`; :class:`MipValueError`
+    if this module does not compute it."""
     known = AUTHENTICATORS.get(int(algorithm))
     if known is None:
         raise MipValueError(f"authentication algorithm {int(algorithm)} is not one this implementation computes")
-    return known[1]
+    return known
+
+
+def authenticator_length(algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM) -> int:
+    """The octets of an authenticator under ``algorithm``;
+    :class:`MipValueError` if this module does not compute it."""
+    return _authenticator(algorithm)[1]
 
 
 def mip_authenticator(key: Secret, data: bytes, algorithm: KeyGenAlgorithm | int = DEFAULT_ALGORITHM) -> bytes:
     """The authenticator of ``data`` under ``key`` and ``algorithm``
     (HMAC-MD5 by default, 16 octets; HMAC-SHA-1, 20 octets);
     :class:`MipValueError` for an algorithm it does not compute."""
-    known = AUTHENTICATORS.get(int(algorithm))
-    if known is None:
-        raise MipValueError(f"authentication algorithm {int(algorithm)} is not one this implementation computes")
-    return hmac.digest(key.value, data, known[0])
+    return hmac.digest(key.value, data, _authenticator(algorithm)[0])
 
 
 def msa_algorithm(value: int) -> KeyGenAlgorithm | None:
