@@ -170,6 +170,7 @@ from aaa_vpn.wire.mip import (
 )
 from aaa_vpn.wire.mip_auth import (
     DEFAULT_ALGORITHM,
+    FIRST_ALLOCATED_SPI,
     append_authentication,
     append_generalized_authentication,
     authenticator_length,
@@ -452,10 +453,6 @@ def mn_key_state(key: MnKey | None) -> dict[str, Any] | None:
         "replay_method": key.replay_method,
         **({"agent_spi": key.agent_spi} if key.agent_spi is not None else {}),
     }
-
-
-#: The SPIs below this are reserved (RFC 5944 section 3.5.1): no agent allocates one.
-FIRST_ALLOCATED_SPI = 256
 
 
 def allocate_spi(random_bytes: Callable[[int], bytes], taken: Collection[int]) -> int:

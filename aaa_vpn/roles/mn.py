@@ -86,6 +86,7 @@ from aaa_vpn.wire.mip import (
 from aaa_vpn.wire.mip_auth import (
     CHAP_SPI,
     DEFAULT_ALGORITHM,
+    FIRST_ALLOCATED_SPI,
     append_authentication,
     append_generalized_authentication,
     derive_aaa_key,
@@ -100,8 +101,6 @@ _CHALLENGE_CODES = (ReplyCode.FA_MISSING_CHALLENGE, ReplyCode.FA_UNKNOWN_CHALLEN
 CHALLENGE_RETRIES = 2
 #: Rule 7: the shortest Key Generation Nonce the node accepts (RFC 3957: at least 128 bits).
 MIN_NONCE = 16
-#: Rule 7: the lowest FA or HA SPI a Key Generation Nonce Reply may name (0-255 are reserved).
-FIRST_ALLOCATED_SPI = 256
 
 
 @dataclass(frozen=True)
@@ -294,7 +293,7 @@ class MobileNode(Agent):
             self.counters["keys.malformed"] += 1
             return None
         replay_ok = reply_type == ExtensionType.MN_FA_KEY_REPLY or nonce.replay_method == mip.ReplayMethod.TIMESTAMPS
-        reserved = nonce.agent_spi < FIRST_ALLOCATED_SPI  # RFC 5944 section 3.5.1: 0-255 are reserved
+        reserved = nonce.agent_spi < FIRST_ALLOCATED_SPI  # rule 7: the agent named a reserved SPI
         if nonce.aaa_spi != CHAP_SPI or len(nonce.nonce) < MIN_NONCE or not replay_ok or reserved:
             self.counters["keys.refused"] += 1
             return None

@@ -66,6 +66,9 @@ from aaa_vpn.wire.mip import (
 
 #: RFC 4721 section 8: the reserved SPI of the RADIUS-style (CHAP) MN-AAA authenticator.
 CHAP_SPI = 2
+#: SPIs 0-255 are reserved (RFC 5944 section 1.6): an agent allocates none for
+#: an MSA, and a node takes none an agent names for one.
+FIRST_ALLOCATED_SPI = 256
 #: HMAC-MD5 output (RFC 2104): the authenticator length under the default algorithm.
 AUTHENTICATOR_LENGTH = 16
 #: The default algorithm of a security association (RFC 5944 section 3.5.1).
