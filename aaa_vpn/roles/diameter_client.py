@@ -235,12 +235,11 @@ def feature_vector(registration: bytes) -> int:
         request = mip.decode_message(registration)
     except mip.MipDecodeError:
         return features
-    for extension in request.extensions:
-        if isinstance(extension, mip.KeyRequestExtension) and extension.subtype == mip.KeyGenSubtype.AAA:
-            if extension.type == mip.ExtensionType.MN_FA_KEY_REQUEST:
-                features |= d.FEATURE_MN_FA_KEY_REQUEST
-            else:
-                features |= d.FEATURE_MN_HA_KEY_REQUEST
+    asked = mip.aaa_key_requests(request.extensions)
+    if mip.ExtensionType.MN_FA_KEY_REQUEST in asked:
+        features |= d.FEATURE_MN_FA_KEY_REQUEST
+    if mip.ExtensionType.MN_HA_KEY_REQUEST in asked:
+        features |= d.FEATURE_MN_HA_KEY_REQUEST
     return features
 
 

@@ -390,11 +390,7 @@ class DiameterHome:
         features = vector.as_u32() if vector is not None and len(vector.value) == 4 else 0
         rrq = mip.decode_message(job.rrq)
         assert isinstance(rrq, mip.RegistrationRequest)
-        asked = {
-            e.type: e
-            for e in rrq.extensions
-            if isinstance(e, mip.KeyRequestExtension) and e.subtype == mip.KeyGenSubtype.AAA
-        }
+        asked = mip.aaa_key_requests(rrq.extensions)
         wanted = {name: asked.get(ext) for name, (bit, ext) in KEY_REQUESTS.items() if features & bit}
         if not any(wanted.values()):
             return None, None

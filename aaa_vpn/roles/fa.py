@@ -206,8 +206,6 @@ from aaa_vpn.wire.mip import (
     ChallengeExtension,
     ExtensionType,
     GeneralizedAuthSubtype,
-    KeyGenSubtype,
-    KeyRequestExtension,
     NaiExtension,
     PreviousFaNotification,
     RegistrationReply,
@@ -440,12 +438,7 @@ def _owner(profile: VpnProfile) -> str:
 def _asks_mn_fa_key(message: mip.RegistrationRequest) -> bool:
     """Rule 5b: the request carries a Generalized MN-FA Key Generation Nonce
     Request of subtype AAA (RFC 3957 section 6.1)."""
-    return any(
-        isinstance(e, KeyRequestExtension)
-        and e.type == ExtensionType.MN_FA_KEY_REQUEST
-        and e.subtype == KeyGenSubtype.AAA
-        for e in message.extensions
-    )
+    return ExtensionType.MN_FA_KEY_REQUEST in mip.aaa_key_requests(message.extensions)
 
 
 def _key(home_agent: IPv4Address, identification: int) -> object:

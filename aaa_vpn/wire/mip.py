@@ -452,6 +452,14 @@ class KeyRequestExtension:
         _check_bytes("key generation request subtype data", self.data, _U16_MAX - 4)
 
 
+def aaa_key_requests(extensions: Iterable[object]) -> dict[ExtensionType, KeyRequestExtension]:
+    """The Key Generation Nonce Requests of subtype AAA among ``extensions``
+    (RFC 3957 section 6.1 and 6.3: the node asks its home AAA for an MN-FA or
+    MN-HA key), by type (:attr:`ExtensionType.MN_FA_KEY_REQUEST` or
+    :attr:`ExtensionType.MN_HA_KEY_REQUEST`); the last one of a type counts."""
+    return {e.type: e for e in extensions if isinstance(e, KeyRequestExtension) and e.subtype == KeyGenSubtype.AAA}
+
+
 @dataclass(frozen=True)
 class KeyReplyExtension:
     """Generalized MN-FA (41) or MN-HA (43) Key Generation Nonce Reply (RFC 3957
