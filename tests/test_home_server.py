@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -593,8 +594,8 @@ def test_sigusr1_logs_every_workers_counters(server: Server) -> None:
 
 def test_no_worker_confirms_a_session_another_worker_replaced(server: Server) -> None:
     """Both workers hold the session and remember its confirmation (renewals
-    come from eight source ports, which SO_REUSEPORT spreads over the
-    workers); a registration that names nothing replaces it; no worker then
+    from eight source ports, which the workers share by their authenticators,
+    net/reuseport.py); a registration that names nothing replaces it; no worker then
     confirms the old session, from its copy or from its memo."""
     sockets = []
     try:
@@ -630,3 +631,36 @@ def test_no_worker_confirms_a_session_another_worker_replaced(server: Server) ->
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_one_peer_is_served_by_every_worker(tmp_path: Path) -> None:
+    """One RADIUS peer sending from one port (a proxy, say) is spread over
+    both workers by its requests' authenticators, not pinned to one by its
+    address and port (net/reuseport.py); each worker's counters show its share."""
+    db = tmp_path / "vpn.db"
+    provision(db)
+    log = tmp_path / "server.log"
+    process = start_server(db, 0, 2, log)
+    try:
+        address = ("127.0.0.1", served_port(process, log))
+        wait_until_serving(address, SECRET)
+        deadline = time.monotonic() + 10  # both workers in the group: else the first takes all
+        while log.read_text().count("worker listening") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            for _ in range(64):
+                ex = exchange(address, access_request(SECRET, "nobody@home.example", MN_SECRET), sock=peer)
+                assert ex.code == rc.ACCESS_REJECT
+        process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # one line per worker ("counters" alone if it counted nothing)
+            lines = [line for line in log.read_text().splitlines() if re.search(r"\]: counters( |$)", line)]
+            if len(lines) >= 2:
+                break
+            time.sleep(0.05)
+        assert len(lines) == 2, lines
+        shares = [int(match.group(1)) if (match := re.search(r" rejects=(\d+)", line)) else 0 for line in lines]
+        assert sum(shares) == 64 and min(shares) > 0, (shares, lines)
+    finally:
+        assert stop(process) == 0, log.read_text()[-2000:]

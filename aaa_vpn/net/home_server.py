@@ -2,8 +2,10 @@
 
 Each worker is one process with its own socket bound with ``SO_REUSEPORT`` to
 the same address and port; the kernel spreads datagrams over the workers by
-source address and port, so one retransmitting NAS always reaches the same
-worker and its duplicate cache. Each worker runs an asyncio loop that drains
+their Request Authenticator (net/reuseport.py), so one busy peer -- a proxy
+sending from one port -- keeps every worker busy, and a retransmission, which
+repeats its authenticator, reaches the worker that holds it in its duplicate
+cache. Each worker runs an asyncio loop that drains
 its socket in batches (``loop.add_reader`` + non-blocking ``recvfrom``) rather
 than through a datagram transport, which costs a loop iteration per datagram.
 
@@ -64,6 +66,7 @@ from aaa_vpn.net.radsec import (
     listen_address,
     server_tls,
 )
+from aaa_vpn.net.reuseport import spread_by_authenticator
 from aaa_vpn.net.systemd_notify import Notifier, without_notify_environment
 from aaa_vpn.roles.home_aaa import HomeAaaOptions
 from aaa_vpn.service.home import HomeService
@@ -100,7 +103,10 @@ class ServerError(Exception):
     """The server cannot start: bad configuration, address in use, ..."""
 
 
-def _bind(address: str, port: int, reuse_port: bool) -> socket.socket:
+def _bind(address: str, port: int, reuse_port: bool, spread_over: int = 1) -> socket.socket:
+    """A UDP socket bound to ``address``:``port``; with ``spread_over`` > 1 (and
+    ``reuse_port``) the port's group of sockets is spread request by request
+    over that many workers (net/reuseport.py)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         if reuse_port:
@@ -115,6 +121,14 @@ def _bind(address: str, port: int, reuse_port: bool) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise ServerError(f"cannot listen on {address}:{port}: address already in use") from None
         raise ServerError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
+    if reuse_port and spread_over > 1:
+        try:
+            spread_by_authenticator(sock, spread_over)
+        except OSError as exc:
+            log.warning(
+                "the kernel refused SO_ATTACH_REUSEPORT_CBPF: requests are spread over workers by peer, not by request",
+                extra=fields(address=f"{address}:{port}", error=exc.strerror or str(exc)),
+            )
     sock.setblocking(False)
     return sock
 
@@ -171,10 +185,13 @@ def serve_worker(
     # at the default), and leave what start-up made out of every collection.
     gc.set_threshold(*_GC_THRESHOLDS)
     gc.freeze()
+    # Several workers share the ports: each request goes to the worker its
+    # Request Authenticator picks (net/reuseport.py), so one busy peer uses them all.
+    spread = settings.workers or default_worker_count()
     if sock is None:
-        sock = _bind(settings.listen, settings.port, reuse_port=True)
+        sock = _bind(settings.listen, settings.port, reuse_port=True, spread_over=spread)
     if accounting_sock is None:
-        accounting_sock = _bind(settings.listen, settings.accounting, reuse_port=True)
+        accounting_sock = _bind(settings.listen, settings.accounting, reuse_port=True, spread_over=spread)
     if radsec_sock is None and settings.radsec_listen is not None:
         radsec_sock = _bind_radsec(settings, reuse_port=True)
     loop = asyncio.new_event_loop()
@@ -457,7 +474,10 @@ def run_home_server(settings: Any, reloader: Callable[[], Any] | None = None) ->
                     radsec_probe.close()
         # Workers must share concrete ports.
         settings = dataclasses.replace(
-            settings, port=probe.getsockname()[1], accounting_port=accounting_probe.getsockname()[1]
+            settings,
+            port=probe.getsockname()[1],
+            accounting_port=accounting_probe.getsockname()[1],
+            workers=workers,
         )
         if radsec_probe is not None:
             settings = dataclasses.replace(settings, radsec_listen="{}:{}".format(*radsec_probe.getsockname()[:2]))
