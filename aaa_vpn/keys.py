@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -91,10 +92,9 @@ def _hkdf(srk: Secret, info: bytes, length: int) -> bytes:
     ikm = srk.value
     keyed = _PRK_CACHE.get(ikm)
     if keyed is None:
-        if len(_PRK_CACHE) >= _PRK_CACHE_SIZE:
-            _PRK_CACHE.clear()
-        prk = hmac.digest(_ZERO_SALT, ikm, "sha256").ljust(64, b"\x00")  # RFC 2104: the key padded to a block
-        keyed = _PRK_CACHE[ikm] = (hashlib.sha256(prk.translate(_IPAD)), hashlib.sha256(prk.translate(_OPAD)))
+        if type(srk) is KeyRecorder:
+            return srk.record(info, length)
+        keyed = _prk_states(ikm)
     inner_state, outer_state = keyed
     if not 0 < length <= 255 * 32:
         raise ValueError("HKDF-SHA256 output length must be 1..8160")
@@ -108,6 +108,85 @@ def _hkdf(srk: Secret, info: bytes, length: int) -> bytes:
         out += block
         counter += 1
     return out[:length]
+
+
+def _prk_states(ikm: bytes) -> tuple[Any, Any]:
+    """HKDF-Extract of ``ikm`` as HMAC-SHA256 inner and outer states, cached."""
+    keyed = _PRK_CACHE.get(ikm)
+    if keyed is None:
+        if len(_PRK_CACHE) >= _PRK_CACHE_SIZE:
+            _PRK_CACHE.clear()
+        prk = hmac.digest(_ZERO_SALT, ikm, "sha256").ljust(64, b"\x00")  # RFC 2104: the key padded to a block
+        keyed = _PRK_CACHE[ikm] = (hashlib.sha256(prk.translate(_IPAD)), hashlib.sha256(prk.translate(_OPAD)))
+    return keyed
+
+
+class KeyRecorder(Secret):
+    """A stand-in session root key from which nothing is derived: every
+    derivation asked of it is recorded (its HKDF info and length) and answered
+    with a placeholder of that length, distinct from every other.
+
+    The home AAA compiles what one shape of view derives once with it
+    (roles/home_plan.py, :func:`~aaa_vpn.roles.home_plan.view_template`), then
+    derives the same keys from each real root key with :func:`derive_all`."""
+
+    __slots__ = ("derivations", "placeholders")
+
+    def __init__(self, length: int = SESSION_ROOT_KEY_LENGTH) -> None:
+        """``length``: the octets of the root key it stands in for."""
+        super().__init__(_placeholder(b"root", length))
+        self.derivations: list[tuple[bytes, int]] = []
+        #: placeholder -> index in :attr:`derivations`
+        self.placeholders: dict[bytes, int] = {}
+
+    def record(self, info: bytes, length: int) -> bytes:
+        if not 0 < length <= 255 * 32:
+            raise ValueError("HKDF-SHA256 output length must be 1..8160")
+        value = _placeholder(len(self.derivations).to_bytes(4, "big"), length)
+        if value in self.placeholders:  # only for keys of a few octets
+            raise ValueError(f"no distinct placeholder of {length} octets")
+        self.placeholders[value] = len(self.derivations)
+        self.derivations.append((info, length))
+        return value
+
+
+def _placeholder(name: bytes, length: int) -> bytes:
+    out, counter = b"", 0
+    while len(out) < length:
+        out += hashlib.sha256(b"aaa-vpn key placeholder\x00" + name + counter.to_bytes(2, "big")).digest()
+        counter += 1
+    return out[:length]
+
+
+def expansions(derivations: Sequence[tuple[bytes, int]]) -> tuple[tuple[bytes, bytes, int], ...]:
+    """``derivations`` (HKDF info, length; each at most 64 octets) as
+    :func:`derive_all` takes them: the messages of their two HKDF-Expand
+    blocks worked out once."""
+    if any(not 0 < length <= 64 for _info, length in derivations):
+        raise ValueError("derive_all derives keys of 1..64 octets")
+    return tuple((info + b"\x01", info + b"\x02", length) for info, length in derivations)
+
+
+def derive_all(srk: Secret, expanded: Sequence[tuple[bytes, bytes, int]]) -> list[bytes]:
+    """The keys named by ``expanded`` (:func:`expansions` of a
+    :class:`KeyRecorder`'s derivations), derived from ``srk``: what
+    :func:`_hkdf` gives for each, in one loop."""
+    inner_state, outer_state = _prk_states(srk.value)
+    out = []
+    for first, second, length in expanded:
+        inner = inner_state.copy()
+        inner.update(first)
+        outer = outer_state.copy()
+        outer.update(inner.digest())
+        block = outer.digest()
+        if length > 32:
+            inner = inner_state.copy()
+            inner.update(block + second)
+            outer = outer_state.copy()
+            outer.update(inner.digest())
+            block += outer.digest()
+        out.append(block[:length])
+    return out
 
 
 def _info(label: bytes, a: IPv4Address, b: IPv4Address, epoch: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -349,3 +350,65 @@ def test_the_view_template_is_the_compiled_view(
     assert again.render_bytes(lifetime, secret, authenticator, salt_base=salt_base) == template.render_bytes(
         lifetime, secret, authenticator, salt_base=salt_base
     )
+
+
+_HOMES = ["198.51.100.10", "10.1.2.3", "198.51.100.254", "100.64.0.1"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.integers(0, 2),
+    key_mode=st.sampled_from(KeyMode),
+    srks=st.lists(st.binary(min_size=32, max_size=32), min_size=3, max_size=3, unique=True),
+    homes=st.lists(st.sampled_from(_HOMES), min_size=3, max_size=3),
+    moves=st.integers(0, 3),
+    requester=st.sampled_from(_REQUESTERS),
+    lifetime=st.integers(0, 2**32 - 1),
+    secret=st.binary(min_size=1, max_size=32),
+)
+def test_views_of_one_shape_are_filled_in_from_one_compiled_view(
+    records: int,
+    key_mode: KeyMode,
+    srks: list[bytes],
+    homes: list[str],
+    moves: int,
+    requester: tuple[ClientRole, RequestType, IPv4Address | None],
+    lifetime: int,
+    secret: bytes,
+) -> None:
+    """Three users with the same VPN records at the same FA and HA but their
+    own home address, MN-HA SPI and key, root key, session id and SPIs: the
+    third view (and the second's, once its shape was seen) comes from the
+    view compiled with stand-ins, and is byte for byte the long way's."""
+    home_aaa._OPEN_VIEWS.clear()
+    base = make_context(records, key_mode)
+    role, request_type, node = requester
+    authenticator = hashlib.sha256(secret).digest()[:16]
+    for n, (srk, home) in enumerate(zip(srks, homes, strict=True)):
+        user = dataclasses.replace(
+            base.user,
+            nai=f"mn{n}@home.example",
+            home_address=IPv4Address(home),
+            mn_ha_spi=300 + n,
+            mn_ha_key=Secret(bytes([n + 1]) * 16),
+        )
+        ctx = dataclasses.replace(base, user=user)
+        session_id = f"session-{n}" * (n + 1)  # of different lengths
+        session, paths = home_aaa.new_session(ctx, session_id, Secret(srk), HA, FA, 1000.0, 3600, os.urandom)
+        fa = FA
+        for m in range(moves):
+            fa = IPv4Address(f"192.0.2.{100 + m}")
+            paths = home_aaa.plan_paths(ctx, user.home_address, HA, fa)
+            session = home_aaa.move_session(session, paths, fa, 1000.0 + m, 3600, os.urandom, rekey=m == 2)
+        at = fa if node is None else node
+        view = home_aaa.view_for(session, paths, role, request_type, at, user, lifetime)
+        expected, expected_digest = compile_with_digest(view)
+        template, digest, count = home_aaa.view_template(session, paths, role, request_type, at, user)
+        assert digest == expected_digest == view.digest
+        assert count == len(view.paths)
+        assert template.length == expected.length and template.secrets == expected.secrets
+        assert template.render_bytes(lifetime, secret, authenticator, salt_base=n) == b"".join(
+            expected.render(lifetime, secret, authenticator, salt_base=n)
+        )
+    compiled = [v for v in home_aaa._OPEN_VIEWS.values() if isinstance(v, home_aaa._Compiled)]
+    assert len(compiled) == 1, home_aaa._OPEN_VIEWS  # one shape, compiled at its second sighting

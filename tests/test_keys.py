@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
@@ -65,3 +66,33 @@ def test_the_cached_derivation_is_hkdf(ikm: bytes, info: bytes, length: int) -> 
     # Twice: the second time from the cached HMAC states of the root key.
     assert keys._hkdf(Secret(ikm), info, length) == keys.hkdf_sha256(ikm, info, length)
     assert keys._hkdf(Secret(ikm), info, length) == keys.hkdf_sha256(ikm, info, length)
+
+
+@given(
+    ikm=st.binary(min_size=1, max_size=64),
+    wanted=st.lists(st.tuples(st.binary(max_size=80), st.integers(8, 64)), max_size=8),
+)
+def test_derive_all_is_hkdf_and_the_recorder_derives_nothing(ikm: bytes, wanted: list[tuple[bytes, int]]) -> None:
+    """A KeyRecorder answers each derivation with a distinct placeholder and
+    remembers it; derive_all then gives from a real key what HKDF-SHA256 gives
+    (cryptography's, the oracle), and never caches the recorder."""
+    recorder = keys.KeyRecorder(len(ikm))
+    placeholders = [keys._hkdf(recorder, info, length) for info, length in wanted]
+    assert recorder.derivations == wanted
+    assert [len(p) for p in placeholders] == [length for _info, length in wanted]
+    assert len(set(placeholders)) == len(placeholders) == len(recorder.placeholders)
+    assert recorder.value not in keys._PRK_CACHE
+    derived = keys.derive_all(Secret(ikm), keys.expansions(recorder.derivations))
+    expected = [
+        HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(ikm) for info, length in wanted
+    ]
+    assert derived == expected
+
+
+def test_derive_all_refuses_what_it_cannot_derive() -> None:
+    with pytest.raises(ValueError, match=r"1\.\.64"):
+        keys.expansions([(b"info", 65)])
+    recorder = keys.KeyRecorder()
+    with pytest.raises(ValueError, match="distinct"):
+        for _ in range(300):  # one octet: 256 values at most
+            keys._hkdf(recorder, b"info", 1)

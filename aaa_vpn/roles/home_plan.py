@@ -64,9 +64,12 @@ import dataclasses
 import functools
 import hashlib
 import hmac
+import itertools
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple
 
 from aaa_vpn import keys
 from aaa_vpn.model import (
@@ -94,7 +97,14 @@ from aaa_vpn.wire.profile import (
     VpnProfile,
 )
 from aaa_vpn.wire.radius import AaaVpnAttr
-from aaa_vpn.wire.radius_profile import PathSkeleton, ProfileTemplate, compile_view, with_digest
+from aaa_vpn.wire.radius_profile import (
+    OpenView,
+    PathSkeleton,
+    ProfileTemplate,
+    StandIns,
+    compile_view,
+    with_digest,
+)
 from aaa_vpn.wire.text import text
 
 #: The service used for the FA <-> HA path of a user without VPN records.
@@ -319,28 +329,36 @@ def allocate_spis(
     result: list[SpiAllocation] = []
 
     # One call for all the randomness of a typical allocation (the source is
-    # os.urandom: a system call per request rather than per SPI).
-    pool = bytearray()
+    # os.urandom: a system call per request rather than per SPI), as 32-bit
+    # words taken in order; another call only after a collision.
+    chunk = 4 * (2 * len(paths) + 1)
+    words: list[int] = []
 
-    def draw(node: IPv4Address, low: int, high: int) -> int:
-        used = taken.setdefault(int(node), set())
+    def draw(node: int, low: int, high: int) -> int:
+        used = taken.get(node)
+        if used is None:
+            used = taken[node] = set()
+        span = high - low + 1
         while True:
-            if len(pool) < 4:
-                pool.extend(random_bytes(4 * (2 * len(paths) + 1)))
-            spi = low + int.from_bytes(pool[:4], "big") % (high - low + 1)
-            del pool[:4]
+            if not words:
+                more = random_bytes(chunk)
+                words.extend(reversed(struct.unpack(f"!{len(more) // 4}I", more[: len(more) // 4 * 4])))
+            spi = low + words.pop() % span
             if spi not in used:
                 used.add(spi)
                 return spi
 
     for path in paths:
-        for node, key in ((path.a, path.a_key), (path.b, path.b_key)):
-            result.append(have.get(key) or SpiAllocation(node, draw(node, SPI_MIN, SPI_MAX), key))
+        a_key, b_key = path.a_key, path.b_key
+        found = have.get(a_key) if have else None
+        result.append(found or SpiAllocation(path.a, draw(int(path.a), SPI_MIN, SPI_MAX), a_key))
+        found = have.get(b_key) if have else None
+        result.append(found or SpiAllocation(path.b, draw(int(path.b), SPI_MIN, SPI_MAX), b_key))
     # The Mobile IP FA-HA security association is indexed by SPI at the HA
     # (RFC 5944 section 3.5.4); its SPI lives in the same per-node table.
     ha = fa_ha_nodes[1]
     key = _spi_key(FA_HA_MIP_LABEL, ha)
-    result.append(have.get(key) or SpiAllocation(ha, draw(ha, 256, 0xFFFFFFFF), key))
+    result.append(have.get(key) or SpiAllocation(ha, draw(int(ha), 256, 0xFFFFFFFF), key))
     # The forwarding path of the last move (rule 7) is not planned: it stays
     # as the move derived it, so that a renewal finds the same table.
     result += [a for a in existing if a.path.startswith(FORWARDING_LABEL_PREFIX)]
@@ -508,9 +526,196 @@ def view_template(
     user: User,
 ) -> tuple[ProfileTemplate, bytes, int]:
     """:func:`view_for` compiled in the aaa-vpn flavour, with its digest and
-    number of paths, without building the view: each path's attributes come
-    from a skeleton compiled once per path and requester (the same bytes as
-    compiling the view; tested so)."""
+    number of paths, without building the view (the same bytes as compiling
+    the view; tested so).
+
+    Views of the same shape -- the same requester, FA, HA, epochs, SPI names
+    and paths but for the home address -- differ only in the session id, the
+    home address, the SPIs, the user's MN-HA SPI and key, the root key and
+    the keys derived from it. The second time a shape is asked for, it is
+    compiled once with stand-ins for those (:class:`~aaa_vpn.wire.radius_profile.OpenView`,
+    checked against the long way), and from then on every view of that shape,
+    whichever user's, is that compiled view filled in. Until then each path's
+    attributes come from a skeleton compiled once per path and requester."""
+    srk = session.session_root_key
+    home = session.home_address
+    shape = (
+        request_type,
+        role,
+        int(node),
+        int(session.care_of_address),
+        int(session.home_agent),
+        session.epoch,
+        session.stationary_epoch,
+        len(srk.value),
+        len(user.mn_ha_key.value) if request_type is RequestType.HA_REGISTRATION else 0,
+        tuple([a.path for a in session.spis]),
+        _paths_form(paths, home),
+    )
+    known = _OPEN_VIEWS.get(shape)
+    if isinstance(known, _Compiled):
+        open_view, derivations, count = known
+        template, digest = open_view.fill(
+            session.session_id,
+            home,
+            srk.value,
+            keys.derive_all(srk, derivations),
+            _spi_table(session),
+            user.mn_ha_spi,
+            user.mn_ha_key.value,
+        )
+        return template, digest, count
+    template, digest, count = _view_template(session, paths, role, request_type, node, user)
+    if known is None:
+        _remember_view(shape, _SEEN_ONCE)
+    elif known is _SEEN_ONCE:
+        _remember_view(shape, _open_view(session, paths, role, request_type, node, user, template, digest, count))
+    return template, digest, count
+
+
+class _Compiled(NamedTuple):
+    """A shape's open view, the derivations it takes and its number of paths."""
+
+    open_view: OpenView
+    derivations: tuple[tuple[bytes, bytes, int], ...]
+    paths: int
+
+
+# Open views by shape (view_template): _SEEN_ONCE after the first time, then
+# _Compiled, or _NO_OPEN_VIEW if the compiled view did not give the long
+# way's bytes (never expected; a test checks it). Bounded: cleared when full.
+_OPEN_VIEWS: dict[tuple[object, ...], object] = {}
+_OPEN_VIEW_LIMIT = 4096
+_SEEN_ONCE = object()
+_NO_OPEN_VIEW = object()
+
+
+def _remember_view(shape: tuple[object, ...], entry: object) -> None:
+    if len(_OPEN_VIEWS) >= _OPEN_VIEW_LIMIT:
+        _OPEN_VIEWS.clear()
+    _OPEN_VIEWS[shape] = entry
+
+
+# The form of a list of paths (_paths_form) by id(paths), with the list and
+# the home address it is for; forms by value, each with a number never given
+# to another (so that a shape can hold the number, cheap to hash).
+_FORMS: dict[int, tuple[Sequence[PlannedPath], IPv4Address, int]] = {}
+_FORM_NUMBERS: dict[tuple[object, ...], int] = {}
+_NEXT_FORM = itertools.count()
+
+
+def _paths_form(paths: Sequence[PlannedPath], home: IPv4Address) -> int:
+    """The number of the form of ``paths``: the paths with the home address
+    left out (every traffic selector that is the home address alone counts as
+    "the home address", whichever it is). Cached per list (the home AAA keeps
+    its users' lists while provisioning is unchanged)."""
+    found = _FORMS.get(id(paths))
+    if found is not None and found[0] is paths and found[1] == home:
+        return found[2]
+    home_net = _host_network(home)
+    form = tuple(
+        (
+            p.label,
+            p.role,
+            int(p.a),
+            int(p.b),
+            tuple(None if n == home_net else n for n in p.a_ts),
+            tuple(None if n == home_net else n for n in p.b_ts),
+            p.service,
+            p.qos,
+            p.gateway_mode,
+            p.gateway_key,
+        )
+        for p in paths
+    )
+    number = _FORM_NUMBERS.get(form)
+    if number is None:
+        if len(_FORM_NUMBERS) >= _OPEN_VIEW_LIMIT:
+            _FORM_NUMBERS.clear()  # numbers are never reused: shapes that held the old ones just miss
+        number = _FORM_NUMBERS[form] = next(_NEXT_FORM)
+    if len(_FORMS) >= _OPEN_VIEW_LIMIT:
+        _FORMS.clear()
+    _FORMS[id(paths)] = (paths, home, number)
+    return number
+
+
+def _open_view(
+    session: Session,
+    paths: Sequence[PlannedPath],
+    role: ClientRole,
+    request_type: RequestType,
+    node: IPv4Address,
+    user: User,
+    template: ProfileTemplate,
+    digest: bytes,
+    count: int,
+) -> object:
+    """The open view of ``session``'s shape (view_template), checked against
+    ``template`` and ``digest``, the long way's; _NO_OPEN_VIEW if it differs."""
+    home_net = _host_network(session.home_address)
+    taken = {int(a) for p in paths for a in (p.a, p.b)} | {n for p in paths for n in (*p.a_ts, *p.b_ts)}
+    stand_in_home = next(
+        IPv4Address(n) for n in range(1, 256) if n not in taken and _host_network(IPv4Address(n)) not in taken
+    )
+    stand_in_net = _host_network(stand_in_home)
+    shaped_paths = [
+        dataclasses.replace(
+            p,
+            a_ts=tuple(stand_in_net if n == home_net else n for n in p.a_ts),
+            b_ts=tuple(stand_in_net if n == home_net else n for n in p.b_ts),
+        )
+        for p in paths
+    ]
+    recorder = keys.KeyRecorder(len(session.session_root_key.value))
+    spi_names = {SPI_MIN + i: a.path for i, a in enumerate(session.spis)}
+    shaped = dataclasses.replace(
+        session,
+        session_id="-",
+        session_root_key=recorder,
+        home_address=stand_in_home,
+        spis=tuple(a._replace(spi=SPI_MIN + i) for i, a in enumerate(session.spis)),
+    )
+    stand_in_key = keys.KeyRecorder(len(user.mn_ha_key.value)).value
+    stand_in_user = dataclasses.replace(user, mn_ha_key=Secret(bytes(x ^ 0x5A for x in stand_in_key)))
+    try:
+        view = view_for(shaped, shaped_paths, role, request_type, node, stand_in_user, 0, digest=False)
+        open_view = OpenView.open(
+            view,
+            StandIns(
+                recorder.placeholders,
+                recorder.value,
+                spi_names,
+                stand_in_home,
+                stand_in_user.mn_ha_key.value,
+            ),
+        )
+        derivations = keys.expansions([recorder.derivations[i] for i in open_view.keys])
+    except ValueError:
+        return _NO_OPEN_VIEW
+    srk = session.session_root_key
+    again, again_digest = open_view.fill(
+        session.session_id,
+        session.home_address,
+        srk.value,
+        keys.derive_all(srk, derivations),
+        _spi_table(session),
+        user.mn_ha_spi,
+        user.mn_ha_key.value,
+    )
+    if again_digest != digest or again._flatten() != template._flatten():
+        return _NO_OPEN_VIEW
+    return _Compiled(open_view, derivations, count)
+
+
+def _view_template(
+    session: Session,
+    paths: Sequence[PlannedPath],
+    role: ClientRole,
+    request_type: RequestType,
+    node: IPv4Address,
+    user: User,
+) -> tuple[ProfileTemplate, bytes, int]:
+    """view_template the long way: each path from its skeleton."""
     session_part, ends, forwarding = _view_plan(session, paths, role, request_type, node, user, 0)
     spis = _spi_table(session)
     filled = []

@@ -61,10 +61,10 @@ import enum
 import hashlib
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aaa_vpn.secret import Secret
 from aaa_vpn.wire.enums import EspTransform, Flavour, GatewayMode, KeyMode, PskEncoding
@@ -825,6 +825,145 @@ def compile_view(session_part: VpnProfile, paths: Sequence[list[bytes | _Secret]
     return _with_digest(enc.out)
 
 
+_VENDOR_OCTETS = VENDOR_ID.to_bytes(4, "big")
+# Integer attributes an OpenView leaves open: SPIs by name (tagged: a path's), the user's MN-HA SPI.
+_OPEN_SPIS: dict[int, bool] = {AaaVpnAttr.PATH_SPI_IN: True, AaaVpnAttr.PATH_SPI_OUT: True, AaaVpnAttr.FA_HA_SPI: False}
+_OPEN_TS = (AaaVpnAttr.PATH_LOCAL_TS, AaaVpnAttr.PATH_REMOTE_TS)
+_FIXED, _SESSION_ID, _HOME, _HOME_TS, _SPI, _MN_HA_SPI, _KEY, _ROOT_KEY, _MN_HA_KEY = range(9)
+
+
+@dataclasses.dataclass(frozen=True)
+class StandIns:
+    """What a view was compiled with in place of one session's own values
+    (:meth:`OpenView.open`): every value here must be unlike any other in the
+    view, so that where it shows, that value and nothing else was put."""
+
+    keys: Mapping[bytes, int]
+    """Placeholder -> index of the derivation it stands for."""
+    root_key: bytes
+    spis: Mapping[int, str]
+    """SPI value -> SPI name (``<path label>@<node>``)."""
+    home_address: IPv4Address
+    mn_ha_key: bytes
+
+
+class OpenView:
+    """A view compiled in the aaa-vpn flavour with what differs from one
+    session of the same shape to the next left open -- the session id, the
+    home address (its attribute and the traffic selectors that are the home
+    address alone), the SPIs (by name), the user's MN-HA SPI and key, the
+    session root key and the keys derived from it (by index). :meth:`fill`
+    gives the very template and digest that compiling the filled-in view
+    would (:func:`compile_with_digest`)."""
+
+    __slots__ = ("_entries", "keys")
+
+    def __init__(self, entries: list[tuple[int, Any, Any]], keys: list[int]) -> None:
+        self._entries = entries
+        self.keys = keys
+        """The derivations :meth:`fill` takes, in its order (the stand-ins' indexes)."""
+
+    @classmethod
+    def open(cls, view: VpnProfile, stand_ins: StandIns) -> OpenView:
+        """``view``, compiled with ``stand_ins`` for its own values, opened
+        where they show. ValueError if an SPI attribute holds no stand-in."""
+        entries: list[tuple[int, Any, Any]] = []
+        keys: list[int] = []
+        home_ts = _text_of(IPv4Network((int(stand_ins.home_address), 32))).encode()
+        for part in _compile(view, Flavour.AAA_VPN, digest_slot=True).out:
+            if isinstance(part, bytes) and len(part) >= 8 and part[1] == len(part) and part[2:6] == _VENDOR_OCTETS:
+                t = part[6]  # one aaa-vpn attribute (the encoder makes one part per attribute)
+                if t == AaaVpnAttr.SESSION_ID:
+                    entries.append((_SESSION_ID, None, None))
+                    continue
+                if t == AaaVpnAttr.HOME_ADDRESS:
+                    if part[8:] != stand_ins.home_address.packed:
+                        raise ValueError("Aaa-Vpn-Home-Address is not the stand-in")
+                    entries.append((_HOME, part[:8], None))
+                    continue
+                if t in _OPEN_TS and part[9:] == home_ts:
+                    entries.append((_HOME_TS, part[:9], t))
+                    continue
+                if t == AaaVpnAttr.MN_HA_SPI and len(part) == 12:
+                    entries.append((_MN_HA_SPI, part[:8], None))
+                    continue
+                tagged = _OPEN_SPIS.get(t) if len(part) == 12 else None
+                if tagged is not None:
+                    value = int.from_bytes(part[9:12] if tagged else part[8:12], "big")
+                    name = stand_ins.spis.get(value)
+                    if name is None:
+                        raise ValueError(f"{_name(AaaVpnAttr(t))} {value} is not a stand-in")
+                    entries.append((_SPI, part[:9] if tagged else part[:8], (tagged, name, t)))
+                    continue
+            if isinstance(part, _Secret):
+                if part.root_key and part.value == stand_ins.root_key:
+                    entries.append((_ROOT_KEY, part.head, None))
+                    continue
+                if part.value == stand_ins.mn_ha_key:
+                    entries.append((_MN_HA_KEY, part.head, None))
+                    continue
+                index = stand_ins.keys.get(part.value)
+                if index is not None:
+                    entries.append((_KEY, part.head, len(keys)))
+                    keys.append(index)
+                    continue
+            if isinstance(part, bytes) and entries and entries[-1][0] == _FIXED and isinstance(entries[-1][1], bytes):
+                entries[-1] = (_FIXED, entries[-1][1] + part, None)  # fewer parts to fill and to digest
+            else:
+                entries.append((_FIXED, part, None))
+        return cls(entries, keys)
+
+    def fill(
+        self,
+        session_id: str,
+        home_address: IPv4Address,
+        root_key: bytes,
+        derived: Sequence[bytes],
+        spis: Mapping[str, int],
+        mn_ha_spi: int,
+        mn_ha_key: bytes,
+    ) -> tuple[ProfileTemplate, bytes]:
+        """The template and digest of the view with these values (``derived``:
+        the keys of :attr:`keys`, in that order). ProfileError for what the
+        encoder would refuse."""
+        out: list[bytes | _Secret | _Lifetime | _DigestSlot] = []
+        append = out.append
+        home_ts = b""
+        for kind, a, b in self._entries:
+            if kind == _FIXED:
+                append(a)
+            elif kind == _KEY:
+                append(_Secret(a, derived[b]))
+            elif kind == _SPI:
+                tagged, name, t = b
+                value = spis[name]
+                if tagged:
+                    if not 0 <= value <= TAGGED_INT_MAX:
+                        raise ProfileError(f"{_name(AaaVpnAttr(t))} = {value}: a tagged integer is 0..{TAGGED_INT_MAX}")
+                    append(a + value.to_bytes(3, "big"))
+                else:
+                    append(a + _U32.pack(value))
+            elif kind == _SESSION_ID:
+                encoded = session_id.encode("utf-8")
+                if not encoded:
+                    raise ProfileError("the session id is empty")  # as _encode_aaa_vpn
+                enc = _Encoder()
+                enc.vsa(AaaVpnAttr.SESSION_ID, encoded)
+                append(enc.out[0])
+            elif kind == _HOME:
+                append(a + home_address.packed)
+            elif kind == _HOME_TS:
+                home_ts = home_ts or (_text_of(home_address) + "/32").encode()
+                append(_VSA.pack(26, len(home_ts) + 9, VENDOR_ID, b, len(home_ts) + 3) + a[8:9] + home_ts)
+            elif kind == _MN_HA_SPI:
+                append(a + _U32.pack(mn_ha_spi))
+            elif kind == _MN_HA_KEY:
+                append(_Secret(a, mn_ha_key))
+            else:
+                append(_Secret(a, root_key, True))
+        return _with_digest(out)
+
+
 def _encode_rfc2868(enc: _Encoder, p: VpnProfile, receiver: IPv4Address | None) -> None:
     for index, path in enumerate(p.paths):
         tag = index + 1
@@ -1385,10 +1524,12 @@ __all__ = [
     "TUNNEL_TYPE_ESP",
     "AaaVpnAttr",
     "Attr",
+    "OpenView",
     "PathSkeleton",
     "ProfileDecodeError",
     "ProfileError",
     "ProfileTemplate",
+    "StandIns",
     "ThreeGpp2Attr",
     "ThreeGpp2Attributes",
     "Tunnel",
